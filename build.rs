@@ -1,0 +1,21 @@
+//! Compiles the public contract with a vendored protoc, so the build needs
+//! nothing but cargo.
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .extern_path(".google.rpc", "::tonic_types")
+        .file_descriptor_set_path(out_dir.join("fieldvault_descriptor.bin"))
+        .compile_with_config(
+            config,
+            &[PathBuf::from("proto/fieldvault/v1/vault.proto")],
+            &[PathBuf::from("proto"), protoc_bin_vendored::include_path()?],
+        )?;
+    println!("cargo:rerun-if-changed=proto");
+    Ok(())
+}

@@ -1,0 +1,260 @@
+use super::{CryptoError, MasterKey, NONCE_LEN};
+use crate::domain::{FieldKind, Plaintext, TokenId};
+use aes_gcm::aead::rand_core::RngCore;
+use aes_gcm::aead::{Aead, OsRng, Payload};
+use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
+use std::collections::BTreeMap;
+use std::fmt;
+use zeroize::{Zeroize, Zeroizing};
+
+/// The version of a data key. New records use the active (highest) version;
+/// older versions stay readable until a rewrap has moved every record off them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyVersion(pub u32);
+
+/// A data key as stored: sealed under the master key. Not secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WrappedDataKey {
+    pub version: KeyVersion,
+    pub nonce: [u8; NONCE_LEN],
+    pub ciphertext: Vec<u8>,
+}
+
+/// One encrypted value as stored. Not secret; useless without its token id,
+/// kind and key version, which the associated data binds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealedRecord {
+    pub kind: FieldKind,
+    pub key_version: KeyVersion,
+    pub nonce: [u8; NONCE_LEN],
+    pub ciphertext: Vec<u8>,
+}
+
+const DEK_AAD_LABEL: &[u8] = b"fieldvault/dek/v1";
+const RECORD_AAD_LABEL: &[u8] = b"fieldvault/record/v1";
+
+fn dek_aad(version: KeyVersion) -> Vec<u8> {
+    let mut aad = DEK_AAD_LABEL.to_vec();
+    aad.extend_from_slice(&version.0.to_be_bytes());
+    aad
+}
+
+fn record_aad(token: &TokenId, kind: FieldKind, version: KeyVersion) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(RECORD_AAD_LABEL.len() + 16 + 1 + 4);
+    aad.extend_from_slice(RECORD_AAD_LABEL);
+    aad.extend_from_slice(token.as_bytes());
+    aad.push(kind.code());
+    aad.extend_from_slice(&version.0.to_be_bytes());
+    aad
+}
+
+fn random_nonce() -> [u8; NONCE_LEN] {
+    let mut nonce = [0u8; NONCE_LEN];
+    OsRng.fill_bytes(&mut nonce);
+    nonce
+}
+
+fn seal_with(cipher: &Aes256Gcm, nonce: &[u8; NONCE_LEN], aad: &[u8], msg: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    cipher
+        .encrypt(Nonce::from_slice(nonce), Payload { msg, aad })
+        .map_err(|_| CryptoError::Seal)
+}
+
+fn open_with(cipher: &Aes256Gcm, nonce: &[u8; NONCE_LEN], aad: &[u8], ct: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    cipher
+        .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
+        .map_err(|_| CryptoError::Integrity)
+}
+
+/// The unwrapped data keys, each as a ready AES-256-GCM cipher (building
+/// the cipher costs more than sealing a short value, so it is cached per
+/// version). Key material is wiped when the keyring is dropped.
+pub struct Keyring {
+    active: KeyVersion,
+    ciphers: BTreeMap<KeyVersion, Aes256Gcm>,
+}
+
+impl Keyring {
+    /// A keyring with a fresh data key v1, and that key wrapped for storage.
+    pub fn create(master: &MasterKey) -> Result<(Self, WrappedDataKey), CryptoError> {
+        let version = KeyVersion(1);
+        let mut dek = Zeroizing::new([0u8; 32]);
+        OsRng.fill_bytes(dek.as_mut());
+        let kek = Aes256Gcm::new(master.bytes().into());
+        let nonce = random_nonce();
+        let ciphertext = seal_with(&kek, &nonce, &dek_aad(version), dek.as_ref())?;
+        let wrapped = WrappedDataKey {
+            version,
+            nonce,
+            ciphertext,
+        };
+        let mut ciphers = BTreeMap::new();
+        ciphers.insert(version, Aes256Gcm::new(dek.as_ref().into()));
+        Ok((Self { active: version, ciphers }, wrapped))
+    }
+
+    /// Unwraps every stored data key; the highest version becomes active.
+    /// Fails if any key does not unwrap (the wrong master key).
+    pub fn unlock(master: &MasterKey, wrapped: &[WrappedDataKey]) -> Result<Self, CryptoError> {
+        let kek = Aes256Gcm::new(master.bytes().into());
+        let mut ciphers = BTreeMap::new();
+        for w in wrapped {
+            let mut dek = open_with(&kek, &w.nonce, &dek_aad(w.version), &w.ciphertext)
+                .map_err(|_| CryptoError::Unwrap(w.version.0))?;
+            if dek.len() != 32 {
+                dek.zeroize();
+                return Err(CryptoError::Unwrap(w.version.0));
+            }
+            ciphers.insert(w.version, Aes256Gcm::new(dek.as_slice().into()));
+            dek.zeroize();
+        }
+        let active = *ciphers.keys().next_back().ok_or(CryptoError::Empty)?;
+        Ok(Self { active, ciphers })
+    }
+
+    pub fn active_version(&self) -> KeyVersion {
+        self.active
+    }
+
+    /// Seals a canonical value for `token` under the active data key.
+    pub fn seal(&self, token: &TokenId, kind: FieldKind, value: &Plaintext) -> Result<SealedRecord, CryptoError> {
+        let cipher = self
+            .ciphers
+            .get(&self.active)
+            .ok_or(CryptoError::UnknownKeyVersion(self.active.0))?;
+        let nonce = random_nonce();
+        let aad = record_aad(token, kind, self.active);
+        let ciphertext = seal_with(cipher, &nonce, &aad, value.expose().as_bytes())?;
+        Ok(SealedRecord {
+            kind,
+            key_version: self.active,
+            nonce,
+            ciphertext,
+        })
+    }
+
+    /// Opens the record stored under `token`. Any change to the ciphertext,
+    /// nonce, kind, version or token makes this fail with `Integrity`.
+    pub fn open(&self, token: &TokenId, record: &SealedRecord) -> Result<Plaintext, CryptoError> {
+        let cipher = self
+            .ciphers
+            .get(&record.key_version)
+            .ok_or(CryptoError::UnknownKeyVersion(record.key_version.0))?;
+        let aad = record_aad(token, record.kind, record.key_version);
+        let bytes = open_with(cipher, &record.nonce, &aad, &record.ciphertext)?;
+        String::from_utf8(bytes).map(Plaintext::new).map_err(|e| {
+            e.into_bytes().zeroize();
+            CryptoError::Integrity
+        })
+    }
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keyring")
+            .field("active", &self.active)
+            .field("versions", &self.ciphers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(s: &str) -> Vec<u8> {
+        hex::decode(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// AES-256-GCM test case 16 of McGrew & Viega, "The Galois/Counter Mode
+    /// of Operation" (the NIST submission): 256-bit key, 96-bit IV, AAD.
+    #[test]
+    fn aes_256_gcm_matches_the_published_vector() {
+        let key = h("feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308");
+        let nonce: [u8; 12] = h("cafebabefacedbaddecaf888").try_into().unwrap_or_else(|_| panic!("iv"));
+        let pt = h("d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a721c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39");
+        let aad = h("feedfacedeadbeeffeedfacedeadbeefabaddad2");
+        let expected = [
+            h("522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662"),
+            h("76fc6ece0f4e1768cddf8853bb2d551b"),
+        ]
+        .concat();
+        let cipher = Aes256Gcm::new(key.as_slice().into());
+        let ct = seal_with(&cipher, &nonce, &aad, &pt).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ct, expected);
+        assert_eq!(open_with(&cipher, &nonce, &aad, &ct), Ok(pt));
+    }
+
+    fn sample() -> (MasterKey, Keyring, WrappedDataKey) {
+        let master = MasterKey::generate();
+        let (ring, wrapped) = Keyring::create(&master).unwrap_or_else(|e| panic!("{e}"));
+        (master, ring, wrapped)
+    }
+
+    fn value() -> Plaintext {
+        Plaintext::new("+12025550142".to_owned())
+    }
+
+    #[test]
+    fn a_sealed_record_opens_after_unlock_with_the_same_master_key() {
+        let (master, ring, wrapped) = sample();
+        let token = TokenId::new_random();
+        let rec = ring.seal(&token, FieldKind::Phone, &value()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!rec.ciphertext.windows(4).any(|w| w == b"5550"));
+        let reopened = Keyring::unlock(&master, &[wrapped]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(reopened.open(&token, &rec), Ok(value()));
+    }
+
+    #[test]
+    fn the_wrong_master_key_cannot_unlock_the_keyring() {
+        let (_, _, wrapped) = sample();
+        let other = MasterKey::generate();
+        assert_eq!(Keyring::unlock(&other, &[wrapped]).err(), Some(CryptoError::Unwrap(1)));
+    }
+
+    #[test]
+    fn the_wrong_data_key_cannot_open_a_record() {
+        let (_, ring, _) = sample();
+        let (_, other_ring, _) = sample();
+        let token = TokenId::new_random();
+        let rec = ring.seal(&token, FieldKind::Phone, &value()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(other_ring.open(&token, &rec), Err(CryptoError::Integrity));
+    }
+
+    #[test]
+    fn a_record_is_bound_to_its_token_kind_version_and_bytes() {
+        let (_, ring, _) = sample();
+        let token = TokenId::new_random();
+        let rec = ring.seal(&token, FieldKind::Phone, &value()).unwrap_or_else(|e| panic!("{e}"));
+
+        assert_eq!(ring.open(&TokenId::new_random(), &rec), Err(CryptoError::Integrity));
+        let relabelled = SealedRecord {
+            kind: FieldKind::NationalId,
+            ..rec.clone()
+        };
+        assert_eq!(ring.open(&token, &relabelled), Err(CryptoError::Integrity));
+        let other_version = SealedRecord {
+            key_version: KeyVersion(2),
+            ..rec.clone()
+        };
+        assert_eq!(ring.open(&token, &other_version), Err(CryptoError::UnknownKeyVersion(2)));
+        for i in 0..rec.ciphertext.len() {
+            let mut flipped = rec.clone();
+            flipped.ciphertext[i] ^= 0x01;
+            assert_eq!(ring.open(&token, &flipped), Err(CryptoError::Integrity), "byte {i}");
+        }
+        let mut nonce = rec.clone();
+        nonce.nonce[0] ^= 0x80;
+        assert_eq!(ring.open(&token, &nonce), Err(CryptoError::Integrity));
+    }
+
+    #[test]
+    fn two_seals_of_one_value_differ() {
+        let (_, ring, _) = sample();
+        let token = TokenId::new_random();
+        let a = ring.seal(&token, FieldKind::Phone, &value()).unwrap_or_else(|e| panic!("{e}"));
+        let b = ring.seal(&token, FieldKind::Phone, &value()).unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(a.nonce, b.nonce);
+        assert_ne!(a.ciphertext, b.ciphertext);
+    }
+}

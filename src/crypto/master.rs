@@ -1,0 +1,107 @@
+use std::fmt;
+use std::path::Path;
+use zeroize::Zeroizing;
+
+/// The 256-bit key-encryption key. It only wraps and unwraps data keys.
+/// Memory is wiped on drop; `Debug` is redacted.
+pub struct MasterKey(Zeroizing<[u8; 32]>);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MasterKeyError {
+    #[error("master key file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("master key file {path} is readable or writable by group or others (mode {mode:o}); run: chmod 600 {path}")]
+    Permissions { path: String, mode: u32 },
+    #[error("master key {origin}: expected 64 hex characters (32 bytes)")]
+    Format { origin: String },
+}
+
+impl MasterKey {
+    /// A new random key (dev mode and tests).
+    pub fn generate() -> Self {
+        use aes_gcm::aead::rand_core::RngCore;
+        let mut key = Zeroizing::new([0u8; 32]);
+        aes_gcm::aead::OsRng.fill_bytes(key.as_mut());
+        Self(key)
+    }
+
+    /// Parses 64 hex characters, surrounding whitespace ignored. `origin`
+    /// names where the text came from, for the error message.
+    pub fn from_hex(text: &str, origin: &str) -> Result<Self, MasterKeyError> {
+        let mut key = Zeroizing::new([0u8; 32]);
+        hex::decode_to_slice(text.trim(), key.as_mut()).map_err(|_| MasterKeyError::Format {
+            origin: origin.to_owned(),
+        })?;
+        Ok(Self(key))
+    }
+
+    /// Reads a key file written by [`MasterKey::to_hex`]. Refuses a file that
+    /// group or others can access.
+    pub fn from_file(path: &Path) -> Result<Self, MasterKeyError> {
+        let shown = path.display().to_string();
+        let read_err = |source| MasterKeyError::Read {
+            path: shown.clone(),
+            source,
+        };
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path).map_err(read_err)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                return Err(MasterKeyError::Permissions {
+                    path: shown,
+                    mode: mode & 0o777,
+                });
+            }
+        }
+        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(read_err)?);
+        Self::from_hex(&text, &format!("file {shown}"))
+    }
+
+    /// Hex form, for writing a new key file.
+    pub fn to_hex(&self) -> Zeroizing<String> {
+        Zeroizing::new(hex::encode(self.0.as_ref()))
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MasterKey(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_file_open_to_others_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("master.key");
+        let key = MasterKey::generate();
+        std::fs::write(&path, key.to_hex().as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        for mode in [0o644, 0o640, 0o604, 0o660] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap_or_else(|e| panic!("{e}"));
+            let err = MasterKey::from_file(&path).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains("chmod 600"), "mode {mode:o}: {err}");
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap_or_else(|e| panic!("{e}"));
+        let loaded = MasterKey::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(loaded.bytes(), key.bytes());
+    }
+
+    #[test]
+    fn bad_key_text_is_refused_without_echoing_it() {
+        let err = MasterKey::from_hex("00112233", "env FIELDVAULT_MASTER_KEY")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("64 hex characters") && !err.contains("00112233"), "{err}");
+        assert_eq!(format!("{:?}", MasterKey::generate()), "MasterKey(<redacted>)");
+    }
+}

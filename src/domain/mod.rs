@@ -1,0 +1,17 @@
+//! The vault's vocabulary: field kinds, tokens, callers, purposes, secret
+//! values, validation, masking and policy decisions. Nothing here does I/O.
+
+mod caller;
+mod kind;
+pub mod mask;
+pub mod policy;
+mod purpose;
+mod secret;
+mod token;
+pub mod value;
+
+pub use caller::{CallerId, CallerIdError};
+pub use kind::{FieldKind, UnknownFieldKind};
+pub use purpose::{Justification, Purpose, TextError};
+pub use secret::Plaintext;
+pub use token::{TokenId, TokenParseError, TOKEN_PREFIX};

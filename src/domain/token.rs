@@ -1,0 +1,130 @@
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use std::fmt;
+use std::str::FromStr;
+use uuid::Uuid;
+
+/// Every token starts with this prefix: it names the token format version so
+/// a later format can coexist with this one.
+pub const TOKEN_PREFIX: &str = "fv1_";
+
+/// The identity of a stored record: a random (v4) UUID, 122 random bits,
+/// carrying nothing of the value. On the wire it is `fv1_` followed by the
+/// 16 bytes in unpadded URL-safe base64 (26 characters in all).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TokenId(Uuid);
+
+impl TokenId {
+    pub fn new_random() -> Self {
+        Self(Uuid::new_v4())
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        self.0.as_bytes()
+    }
+
+    /// Rebuilds a token id from its stored bytes. Only v4 UUIDs are token ids.
+    pub fn from_bytes(bytes: [u8; 16]) -> Result<Self, TokenParseError> {
+        let uuid = Uuid::from_bytes(bytes);
+        if uuid.get_version_num() != 4 || uuid.get_variant() != uuid::Variant::RFC4122 {
+            return Err(TokenParseError::Malformed);
+        }
+        Ok(Self(uuid))
+    }
+}
+
+impl fmt::Display for TokenId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(TOKEN_PREFIX)?;
+        f.write_str(&URL_SAFE_NO_PAD.encode(self.0.as_bytes()))
+    }
+}
+
+/// Tokens are not secret, but `Debug` shows the wire form for log lines.
+impl fmt::Debug for TokenId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TokenId({self})")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenParseError {
+    #[error("token is empty")]
+    Empty,
+    #[error("token does not start with the '{TOKEN_PREFIX}' format prefix")]
+    UnknownFormat,
+    #[error("token is malformed")]
+    Malformed,
+}
+
+impl FromStr for TokenId {
+    type Err = TokenParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            return Err(TokenParseError::Empty);
+        }
+        let body = s
+            .strip_prefix(TOKEN_PREFIX)
+            .ok_or(TokenParseError::UnknownFormat)?;
+        if body.len() != 22 {
+            return Err(TokenParseError::Malformed);
+        }
+        let bytes = URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|_| TokenParseError::Malformed)?;
+        let bytes: [u8; 16] = bytes
+            .try_into()
+            .map_err(|_| TokenParseError::Malformed)?;
+        let id = Self::from_bytes(bytes)?;
+        // Reject non-canonical encodings (base64 slack bits), so one record
+        // has exactly one token string.
+        if id.to_string() != s {
+            return Err(TokenParseError::Malformed);
+        }
+        Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_short_url_safe_and_round_trips() {
+        for _ in 0..100 {
+            let t = TokenId::new_random();
+            let s = t.to_string();
+            assert!(s.len() <= 40, "{s}");
+            assert_eq!(s.len(), 26);
+            assert!(s
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
+            assert_eq!(s.parse::<TokenId>(), Ok(t));
+        }
+    }
+
+    #[test]
+    fn two_tokens_differ() {
+        assert_ne!(TokenId::new_random(), TokenId::new_random());
+    }
+
+    #[test]
+    fn malformed_tokens_are_rejected_with_the_reason() {
+        assert_eq!("".parse::<TokenId>(), Err(TokenParseError::Empty));
+        assert_eq!(
+            "tok_AAAAAAAAAAAAAAAAAAAAAA".parse::<TokenId>(),
+            Err(TokenParseError::UnknownFormat)
+        );
+        assert_eq!("fv1_abc".parse::<TokenId>(), Err(TokenParseError::Malformed));
+        assert_eq!(
+            "fv1_!!!!!!!!!!!!!!!!!!!!!!".parse::<TokenId>(),
+            Err(TokenParseError::Malformed)
+        );
+        // Valid base64 but not a v4 UUID.
+        assert_eq!(
+            "fv1_AAAAAAAAAAAAAAAAAAAAAA".parse::<TokenId>(),
+            Err(TokenParseError::Malformed)
+        );
+    }
+}

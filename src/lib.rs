@@ -1,0 +1,7 @@
+//! fieldvault: a gRPC data vault. See README.md and shared design notes.
+//!
+//! Layers (one-way): `grpc` → `vault` → (`domain`, `crypto`, `store`, `audit`);
+//! `app` wires them; `config` reads settings; `devpki` makes dev certificates.
+
+pub mod crypto;
+pub mod domain;
