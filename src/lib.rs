@@ -5,3 +5,7 @@
 
 pub mod crypto;
 pub mod domain;
+pub mod store;
+pub mod audit;
+pub mod vault;
+pub mod grpc;

@@ -1,0 +1,38 @@
+//! The wire edge: the only module that sees protobuf types. Service
+//! implementations, protobuf <-> domain conversions, the one place vault
+//! errors become gRPC statuses, and peer certificate -> caller identity.
+
+mod error;
+mod identity;
+mod service;
+
+pub use identity::{caller_from_cert_der, IdentityError};
+pub use service::VaultService;
+
+/// Generated protobuf types and gRPC stubs for `fieldvault.v1`.
+pub mod pb {
+    #![allow(clippy::all, clippy::unwrap_used, clippy::expect_used)]
+    tonic::include_proto!("fieldvault.v1");
+
+    /// The encoded descriptor set, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("fieldvault_descriptor");
+
+    impl std::fmt::Debug for Field {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Field")
+                .field("kind", &self.kind)
+                .field("value", &"<redacted>")
+                .finish()
+        }
+    }
+
+    impl std::fmt::Debug for RevealedValue {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("RevealedValue")
+                .field("kind", &self.kind)
+                .field("reveal", &self.reveal)
+                .field("value", &"<redacted>")
+                .finish()
+        }
+    }
+}

@@ -1,0 +1,136 @@
+use super::error::{call_status, item_status};
+use super::identity::caller_from_cert_der;
+use super::pb;
+use crate::domain::policy::RevealLevel;
+use crate::domain::{CallerId, FieldKind, Plaintext};
+use crate::vault::{ItemError, TokenizeItem, Vault};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// `fieldvault.v1.Vault` over a [`Vault`].
+#[derive(Clone)]
+pub struct VaultService {
+    vault: Arc<Vault>,
+}
+
+impl VaultService {
+    pub fn new(vault: Arc<Vault>) -> Self {
+        Self { vault }
+    }
+
+    pub fn into_server(self) -> pb::vault_server::VaultServer<Self> {
+        pb::vault_server::VaultServer::new(self)
+    }
+}
+
+/// The caller proven by the connection's client certificate.
+fn caller<T>(req: &Request<T>) -> Result<CallerId, Status> {
+    let certs = req
+        .peer_certs()
+        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+    caller_from_cert_der(leaf).map_err(|e| Status::unauthenticated(e.to_string()))
+}
+
+fn kind_from_pb(kind: i32) -> Result<FieldKind, ItemError> {
+    match pb::FieldKind::try_from(kind) {
+        Ok(pb::FieldKind::Phone) => Ok(FieldKind::Phone),
+        Ok(pb::FieldKind::Address) => Ok(FieldKind::Address),
+        Ok(pb::FieldKind::NationalId) => Ok(FieldKind::NationalId),
+        Ok(pb::FieldKind::Unspecified) => Err(ItemError::InvalidArgument {
+            field: Some("kind"),
+            reason: "must be set (FIELD_KIND_UNSPECIFIED is not a kind)".into(),
+        }),
+        Err(_) => Err(ItemError::InvalidArgument {
+            field: Some("kind"),
+            reason: format!("unknown field kind {kind}"),
+        }),
+    }
+}
+
+fn kind_to_pb(kind: FieldKind) -> pb::FieldKind {
+    match kind {
+        FieldKind::Phone => pb::FieldKind::Phone,
+        FieldKind::Address => pb::FieldKind::Address,
+        FieldKind::NationalId => pb::FieldKind::NationalId,
+    }
+}
+
+fn reveal_to_pb(level: RevealLevel) -> pb::Reveal {
+    match level {
+        RevealLevel::Full => pb::Reveal::Full,
+        RevealLevel::Masked => pb::Reveal::Masked,
+    }
+}
+
+#[tonic::async_trait]
+impl pb::vault_server::Vault for VaultService {
+    async fn tokenize(
+        &self,
+        request: Request<pb::TokenizeRequest>,
+    ) -> Result<Response<pb::TokenizeResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let items = req
+            .fields
+            .into_iter()
+            .map(|f| {
+                let kind = kind_from_pb(f.kind)?;
+                // The String moves into the zeroizing wrapper without a copy.
+                Ok(TokenizeItem {
+                    kind,
+                    value: Plaintext::new(f.value),
+                })
+            })
+            .collect();
+        let results = self
+            .vault
+            .tokenize(&caller, req.purpose.as_deref(), items)
+            .await
+            .map_err(call_status)?;
+        let results = results
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| pb::TokenizeResult {
+                outcome: Some(match r {
+                    Ok(token) => pb::tokenize_result::Outcome::Token(token.to_string()),
+                    Err(e) => pb::tokenize_result::Outcome::Error(item_status(&format!("fields[{i}]"), &e)),
+                }),
+            })
+            .collect();
+        Ok(Response::new(pb::TokenizeResponse { results }))
+    }
+
+    async fn detokenize(
+        &self,
+        request: Request<pb::DetokenizeRequest>,
+    ) -> Result<Response<pb::DetokenizeResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let results = self
+            .vault
+            .detokenize(&caller, &req.purpose, &req.justification, req.tokens.clone())
+            .await
+            .map_err(call_status)?;
+        let results = req
+            .tokens
+            .into_iter()
+            .zip(results)
+            .enumerate()
+            .map(|(i, (token, r))| pb::DetokenizeResult {
+                token,
+                outcome: Some(match r {
+                    Ok(revealed) => pb::detokenize_result::Outcome::Revealed(pb::RevealedValue {
+                        kind: kind_to_pb(revealed.kind) as i32,
+                        reveal: reveal_to_pb(revealed.reveal) as i32,
+                        value: revealed.value.expose().to_owned(),
+                    }),
+                    Err(e) => pb::detokenize_result::Outcome::Error(item_status(&format!("tokens[{i}]"), &e)),
+                }),
+            })
+            .collect();
+        Ok(Response::new(pb::DetokenizeResponse { results }))
+    }
+}

@@ -1,0 +1,340 @@
+//! Use cases: tokenize and detokenize. Composes the domain rules, the
+//! keyring, the store and the audit trail. Knows nothing of protobuf or
+//! sled.
+
+use crate::audit::{now_unix_ms, AuditEvent, AuditItem, AuditSink};
+use crate::crypto::{CryptoError, Keyring};
+use crate::domain::mask::mask;
+use crate::domain::policy::{Action, Denial, Policy, RevealLevel};
+use crate::domain::value::canonicalise;
+use crate::domain::{CallerId, FieldKind, Justification, Plaintext, Purpose, TokenId};
+use crate::crypto::MasterKey;
+use crate::store::{Store, StoreError};
+use std::sync::{Arc, RwLock};
+
+/// Limits a deployment sets.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// The most items (fields or tokens) one call may carry.
+    pub max_batch_items: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_batch_items: 1000 }
+    }
+}
+
+/// A call-level failure: nothing in the batch was done.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    #[error("{0}")]
+    PermissionDenied(Denial),
+    /// Storage or audit is failing; retrying later may succeed.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// A failure of one item of a batch. `field` names the part of the item
+/// that is wrong (`value`, `kind`), or `None` when the item is a scalar
+/// (a token); the wire layer adds the item's index.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ItemError {
+    #[error("{reason}")]
+    InvalidArgument { field: Option<&'static str>, reason: String },
+    #[error("no record for this token")]
+    NotFound,
+    #[error("{0}")]
+    PermissionDenied(Denial),
+    /// The stored record failed its integrity check; nothing is revealed.
+    #[error("stored record failed its integrity check; nothing revealed")]
+    DataLoss,
+    #[error("internal error")]
+    Internal,
+}
+
+impl ItemError {
+    fn audit_code(&self) -> &'static str {
+        match self {
+            ItemError::InvalidArgument { .. } => "invalid_argument",
+            ItemError::NotFound => "not_found",
+            ItemError::PermissionDenied(_) => "permission_denied",
+            ItemError::DataLoss => "data_loss",
+            ItemError::Internal => "internal",
+        }
+    }
+}
+
+pub struct TokenizeItem {
+    pub kind: FieldKind,
+    pub value: Plaintext,
+}
+
+#[derive(Debug)]
+pub struct Revealed {
+    pub kind: FieldKind,
+    pub reveal: RevealLevel,
+    pub value: Plaintext,
+}
+
+/// Unlocks the stored data keys with `master`, or, on an empty store,
+/// creates data key v1 and stores it wrapped.
+pub async fn open_keyring(store: &dyn Store, master: &MasterKey) -> Result<Keyring, KeyringSetupError> {
+    let wrapped = store.data_keys().await?;
+    if !wrapped.is_empty() {
+        return Ok(Keyring::unlock(master, &wrapped)?);
+    }
+    let (keyring, first) = Keyring::create(master)?;
+    store.insert_data_key(first).await?;
+    tracing::info!(version = keyring.active_version().0, "created the first data key");
+    Ok(keyring)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyringSetupError {
+    #[error("keyring: {0}")]
+    Crypto(#[from] CryptoError),
+    #[error("keyring: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// The vault. Cheap to share behind an `Arc`.
+pub struct Vault {
+    store: Arc<dyn Store>,
+    keyring: Keyring,
+    policy: RwLock<Arc<Policy>>,
+    audit: Arc<dyn AuditSink>,
+    limits: Limits,
+}
+
+impl Vault {
+    pub fn new(
+        store: Arc<dyn Store>,
+        keyring: Keyring,
+        policy: Policy,
+        audit: Arc<dyn AuditSink>,
+        limits: Limits,
+    ) -> Self {
+        Self {
+            store,
+            keyring,
+            policy: RwLock::new(Arc::new(policy)),
+            audit,
+            limits,
+        }
+    }
+
+    /// The policy in force. Swapped whole by [`Vault::replace_policy`], so a
+    /// call sees one consistent policy.
+    pub fn policy(&self) -> Arc<Policy> {
+        // A poisoned lock only means a writer panicked between two whole
+        // assignments; the Arc inside is still a complete policy.
+        match self.policy.read() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn replace_policy(&self, policy: Policy) {
+        match self.policy.write() {
+            Ok(mut p) => *p = Arc::new(policy),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(policy),
+        }
+    }
+
+    fn check_batch(&self, len: usize, field: &'static str) -> Result<(), VaultError> {
+        if len == 0 {
+            return Err(VaultError::InvalidArgument {
+                field,
+                reason: "must hold at least one item".into(),
+            });
+        }
+        if len > self.limits.max_batch_items {
+            return Err(VaultError::InvalidArgument {
+                field,
+                reason: format!(
+                    "holds {len} items; at most {} are allowed per call",
+                    self.limits.max_batch_items
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Stores each valid, allowed item under a new token. Returns only once
+    /// every stored record is durable. An item that already failed to decode
+    /// at the edge is passed in as its error, so the batch limit counts it
+    /// and the result still has one entry per item, in order.
+    pub async fn tokenize(
+        &self,
+        caller: &CallerId,
+        purpose: Option<&str>,
+        items: Vec<Result<TokenizeItem, ItemError>>,
+    ) -> Result<Vec<Result<TokenId, ItemError>>, VaultError> {
+        self.check_batch(items.len(), "fields")?;
+        let purpose = purpose
+            .map(|p| {
+                Purpose::parse(p).map_err(|e| VaultError::InvalidArgument {
+                    field: "purpose",
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()?;
+        let policy = self.policy();
+        policy
+            .check_call(caller, Action::Tokenize, purpose.as_ref())
+            .map_err(VaultError::PermissionDenied)?;
+
+        let mut results = Vec::with_capacity(items.len());
+        let mut to_store = Vec::with_capacity(items.len());
+        for item in items {
+            let outcome = item.and_then(|item| {
+                policy
+                    .decide(caller, Action::Tokenize, item.kind, purpose.as_ref())
+                    .map_err(ItemError::PermissionDenied)?;
+                let canonical =
+                    canonicalise(item.kind, item.value.expose()).map_err(|e| ItemError::InvalidArgument {
+                        field: Some("value"),
+                        reason: e.to_string(),
+                    })?;
+                let token = TokenId::new_random();
+                let sealed = self.keyring.seal(&token, item.kind, &canonical).map_err(|e| {
+                    tracing::error!(error = %e, "sealing failed");
+                    ItemError::Internal
+                })?;
+                Ok((token, sealed))
+            });
+                        match outcome {
+                Ok((token, sealed)) => {
+                    to_store.push((token, sealed));
+                    results.push(Ok(token));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        if !to_store.is_empty() {
+            self.store.insert_records(to_store).await.map_err(|e| {
+                tracing::error!(error = %e, "storing records failed; nothing acknowledged");
+                VaultError::Unavailable("storage is unavailable; nothing was stored".into())
+            })?;
+        }
+        let stored = results.iter().filter(|r| r.is_ok()).count();
+        tracing::info!(caller = %caller, items = results.len(), stored, "tokenize");
+        Ok(results)
+    }
+
+    /// Reveals the values behind `tokens` as the policy allows. One audit
+    /// event is written for the call before anything is returned; if it
+    /// cannot be written, the call fails and nothing is revealed.
+    pub async fn detokenize(
+        &self,
+        caller: &CallerId,
+        purpose: &str,
+        justification: &str,
+        tokens: Vec<String>,
+    ) -> Result<Vec<Result<Revealed, ItemError>>, VaultError> {
+        self.check_batch(tokens.len(), "tokens")?;
+        let purpose = Purpose::parse(purpose).map_err(|e| VaultError::InvalidArgument {
+            field: "purpose",
+            reason: format!("{e}; detokenize needs a purpose a policy rule lists"),
+        })?;
+        let justification = Justification::parse(justification).map_err(|e| VaultError::InvalidArgument {
+            field: "justification",
+            reason: e.to_string(),
+        })?;
+        let mut event = AuditEvent {
+            unix_ms: now_unix_ms(),
+            caller: caller.to_string(),
+            action: Action::Detokenize.as_str(),
+            purpose: Some(purpose.to_string()),
+            justification: Some(justification.as_str().to_owned()).filter(|j| !j.is_empty()),
+            outcome: "ok".into(),
+            items: Vec::new(),
+        };
+        let policy = self.policy();
+        if let Err(denial) = policy.check_call(caller, Action::Detokenize, Some(&purpose)) {
+            event.outcome = format!("permission_denied: {denial}");
+            // The call is refused either way; a failing audit log is logged.
+            if let Err(e) = self.audit.record(&event).await {
+                tracing::error!(error = %e, "could not audit a refused detokenize");
+            }
+            return Err(VaultError::PermissionDenied(denial));
+        }
+
+        let parsed: Vec<Result<TokenId, ItemError>> = tokens
+            .iter()
+            .map(|t| {
+                t.parse::<TokenId>().map_err(|e| ItemError::InvalidArgument {
+                    field: None,
+                    reason: e.to_string(),
+                })
+            })
+            .collect();
+        let ids: Vec<TokenId> = parsed.iter().filter_map(|p| p.as_ref().ok().copied()).collect();
+        let mut records = self
+            .store
+            .get_records(ids)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "reading records failed");
+                VaultError::Unavailable("storage is unavailable; nothing was revealed".into())
+            })?
+            .into_iter();
+
+        let mut results = Vec::with_capacity(parsed.len());
+        for p in parsed {
+            let mut item = AuditItem {
+                token: None,
+                kind: None,
+                outcome: "",
+                rule: None,
+            };
+            let outcome = p.and_then(|token| {
+                item.token = Some(token.to_string());
+                // `records` yields one entry per parsed token, in order.
+                let record = records.next().flatten().ok_or(ItemError::NotFound)?;
+                item.kind = Some(record.kind.as_str());
+                let grant = policy
+                    .decide(caller, Action::Detokenize, record.kind, Some(&purpose))
+                    .map_err(ItemError::PermissionDenied)?;
+                item.rule = Some(grant.rule);
+                let reveal = grant.reveal.ok_or(ItemError::Internal)?;
+                let value = self.keyring.open(&token, &record).map_err(|e| match e {
+                    CryptoError::Integrity => {
+                        tracing::error!(token = %token, "stored record failed authentication");
+                        ItemError::DataLoss
+                    }
+                    other => {
+                        tracing::error!(token = %token, error = %other, "opening record failed");
+                        ItemError::Internal
+                    }
+                })?;
+                let value = match reveal {
+                    RevealLevel::Full => value,
+                    RevealLevel::Masked => mask(record.kind, &value),
+                };
+                Ok(Revealed {
+                    kind: record.kind,
+                    reveal,
+                    value,
+                })
+            });
+            item.outcome = match &outcome {
+                Ok(r) => r.reveal.as_str(),
+                Err(e) => e.audit_code(),
+            };
+            event.items.push(item);
+            results.push(outcome);
+        }
+
+        self.audit.record(&event).await.map_err(|e| {
+            tracing::error!(error = %e, "audit write failed; reveal refused");
+            VaultError::Unavailable("audit log is unavailable; nothing was revealed".into())
+        })?;
+        let revealed = results.iter().filter(|r| r.is_ok()).count();
+        tracing::info!(caller = %caller, purpose = %purpose, items = results.len(), revealed, "detokenize");
+        Ok(results)
+    }
+}
