@@ -1,0 +1,116 @@
+//! The server side of mTLS. fieldvault owns its accept loop (rustls +
+//! tokio-rustls) rather than using tonic's TLS settings, so certificate
+//! reload and CRLs (`WebPkiClientVerifier::with_crls`) can be added without
+//! changing how the server is wired.
+
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// How long a client has to finish the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{field}: {path}: {reason}")]
+    File { field: &'static str, path: String, reason: String },
+    #[error("TLS configuration rejected: {0}")]
+    Rustls(String),
+}
+
+fn file_err(field: &'static str, path: &Path, reason: impl std::fmt::Display) -> TlsError {
+    TlsError::File {
+        field,
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Reads every certificate in a PEM file; `field` names the setting in errors.
+pub fn read_certs(field: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = std::fs::read(path).map_err(|e| file_err(field, path, e))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_err(field, path, e))?;
+    if certs.is_empty() {
+        return Err(file_err(field, path, "holds no PEM certificate"));
+    }
+    Ok(certs)
+}
+
+fn read_key(field: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| file_err(field, path, e))?);
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| file_err(field, path, e))
+}
+
+/// A server config that demands a client certificate chained to `client_ca`
+/// and offers HTTP/2 only.
+pub fn server_config(cert: &Path, key: &Path, client_ca: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for ca in read_certs("tls.client_ca", client_ca)? {
+        roots
+            .add(ca)
+            .map_err(|e| file_err("tls.client_ca", client_ca, e))?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(read_certs("tls.cert", cert)?, read_key("tls.key", key)?)
+        .map_err(|e| TlsError::Rustls(format!("tls.cert / tls.key: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Accepts TCP connections and completes TLS handshakes concurrently; only
+/// connections that presented a valid client certificate come out of the
+/// stream. Abort the returned task to stop accepting.
+pub fn incoming(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+) -> (ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>>, JoinHandle<()>) {
+    let acceptor = TlsAcceptor::from(config);
+    let (tx, rx) = mpsc::channel(256);
+    let task = tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if tx.is_closed() {
+                break;
+            }
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake refused"),
+                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    (ReceiverStream::new(rx), task)
+}
