@@ -68,8 +68,8 @@ impl Server {
         }
     }
 
-    /// Runs until the server stops on its own (it does not, unless it fails).
-    pub async fn wait(mut self) -> Result<(), tonic::transport::Error> {
+    /// Resolves when the server stops on its own (it does not, unless it fails).
+    pub async fn wait_ref(&mut self) -> Result<(), tonic::transport::Error> {
         match (&mut self.serve).await {
             Ok(result) => result,
             Err(e) => {

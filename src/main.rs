@@ -1,1 +1,320 @@
-fn main(){}
+//! The `fieldvault` command: the server and a command-line client.
+
+use clap::{Args, Parser, Subcommand};
+use fieldvault::client::{connect, ClientTls};
+use fieldvault::grpc::pb;
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const DEFAULT_DATA_DIR: &str = "./fieldvault-data";
+const DEFAULT_ADDR: &str = "127.0.0.1:50051";
+
+#[derive(Parser)]
+#[command(name = "fieldvault", version, about = "A gRPC vault for phone numbers, addresses and national IDs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Swap values for tokens.
+    Tokenize(TokenizeArgs),
+    /// Reveal the values behind tokens (audited).
+    Detokenize(DetokenizeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Development mode: create (or reuse) a dev CA, certificates for the
+    /// sample callers, a master key and a sample policy under DATA_DIR/dev/.
+    #[arg(long)]
+    dev: bool,
+    /// Config file (required without --dev). See deploy/fieldvault.toml.
+    #[arg(long, conflicts_with = "dev")]
+    config: Option<PathBuf>,
+    /// Data directory for --dev.
+    #[arg(long, default_value = DEFAULT_DATA_DIR, requires = "dev")]
+    data_dir: PathBuf,
+    /// Address to listen on in --dev mode.
+    #[arg(long, default_value = DEFAULT_ADDR, requires = "dev")]
+    listen: SocketAddr,
+}
+
+#[derive(Args)]
+struct Conn {
+    /// Server address, host:port.
+    #[arg(long, default_value = DEFAULT_ADDR, env = "FIELDVAULT_ADDR")]
+    addr: String,
+    /// CA certificate that signed the server certificate (PEM).
+    #[arg(long, requires_all = ["cert", "key"], conflicts_with = "dev_identity")]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM).
+    #[arg(long, requires_all = ["ca", "key"])]
+    cert: Option<PathBuf>,
+    /// Client private key (PEM).
+    #[arg(long, requires_all = ["ca", "cert"])]
+    key: Option<PathBuf>,
+    /// Use the dev identity NAME (orders, support, rotator, intruder) from
+    /// DATA_DIR/dev/ made by `serve --dev`.
+    #[arg(long, value_name = "NAME")]
+    dev_identity: Option<String>,
+    /// Data directory holding dev/ for --dev-identity.
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// Print one JSON object per item instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Conn {
+    fn tls(&self) -> Result<ClientTls, String> {
+        match (&self.dev_identity, &self.ca, &self.cert, &self.key) {
+            (Some(name), None, None, None) => ClientTls::dev(&self.data_dir, name).map_err(|e| e.to_string()),
+            (None, Some(ca), Some(cert), Some(key)) => ClientTls::from_files(ca, cert, key).map_err(|e| e.to_string()),
+            _ => Err("give either --dev-identity NAME or all of --ca, --cert and --key".into()),
+        }
+    }
+}
+
+#[derive(Args)]
+struct TokenizeArgs {
+    /// Field kind of every value: phone, address or national_id.
+    #[arg(long)]
+    kind: fieldvault::domain::FieldKind,
+    /// Purpose, when the caller's policy requires one for tokenize.
+    #[arg(long)]
+    purpose: Option<String>,
+    /// Read values from standard input, one per line, instead of arguments
+    /// (keeps them out of the process list and shell history).
+    #[arg(long, conflicts_with = "values")]
+    stdin: bool,
+    /// The values.
+    #[arg(required_unless_present = "stdin")]
+    values: Vec<String>,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Args)]
+struct DetokenizeArgs {
+    /// Why the values are needed; must be a purpose the policy lists.
+    #[arg(long)]
+    purpose: String,
+    /// Free text for the audit log (e.g. a ticket number).
+    #[arg(long, default_value = "")]
+    justification: String,
+    /// The tokens.
+    #[arg(required = true)]
+    tokens: Vec<String>,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => {
+            init_logging();
+            serve(args).await
+        }
+        Command::Tokenize(args) => tokenize(args).await,
+        Command::Detokenize(args) => detokenize(args).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("fieldvault: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
+    let env = |k: &str| std::env::var(k).ok();
+    let config = if args.dev {
+        let (config, created) =
+            fieldvault::dev::prepare(&args.data_dir, args.listen).map_err(|e| e.to_string())?;
+        let dir = fieldvault::dev::dev_dir(&args.data_dir);
+        println!(
+            "fieldvault dev mode ({} {})",
+            if created { "created" } else { "reusing" },
+            dir.display()
+        );
+        println!("  CA certificate : {}", dir.join("ca.pem").display());
+        println!("  server         : {} (localhost, 127.0.0.1)", dir.join("server.pem").display());
+        for name in fieldvault::dev::DEV_CALLERS {
+            println!(
+                "  caller {name:<8}: {0}.pem / {0}.key  ({1})",
+                dir.join(name).display(),
+                fieldvault::dev::spiffe_id(name)
+            );
+        }
+        println!("  master key     : {}", dir.join("master.key").display());
+        println!("  policy         : {}", config.policy_file.display());
+        println!("  store          : {}", config.store_dir().display());
+        println!("  audit log      : {}", config.audit_log.display());
+        config
+    } else {
+        let path = args
+            .config
+            .ok_or("serve needs --config FILE (or --dev for a development setup)")?;
+        fieldvault::config::Config::load(&path, &env).map_err(|e| e.to_string())?
+    };
+    let mut server = fieldvault::app::start(&config, &env).await.map_err(|e| e.to_string())?;
+    println!("listening on {}", server.local_addr());
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    };
+    let stopped_by_signal = tokio::select! {
+        result = server.wait_ref() => {
+            result.map_err(|e| format!("server failed: {e}"))?;
+            false
+        }
+        _ = shutdown => true,
+    };
+    if stopped_by_signal {
+        tracing::info!("shutting down: finishing in-flight calls");
+        server.shutdown().await.map_err(|e| format!("shutdown: {e}"))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status_line(e: &tonic::Status) -> String {
+    format!("{:?}: {}", e.code(), e.message())
+}
+
+fn item_error(s: &tonic_types::Status) -> (String, String) {
+    (format!("{:?}", tonic::Code::from_i32(s.code)), s.message.clone())
+}
+
+async fn tokenize(args: TokenizeArgs) -> Result<ExitCode, String> {
+    let values = if args.stdin {
+        std::io::stdin()
+            .lock()
+            .lines()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("reading standard input: {e}"))?
+            .into_iter()
+            .filter(|l| !l.trim().is_empty())
+            .collect()
+    } else {
+        args.values
+    };
+    let kind = match args.kind {
+        fieldvault::domain::FieldKind::Phone => pb::FieldKind::Phone,
+        fieldvault::domain::FieldKind::Address => pb::FieldKind::Address,
+        fieldvault::domain::FieldKind::NationalId => pb::FieldKind::NationalId,
+    };
+    let mut client = connect(&args.conn.addr, &args.conn.tls()?)
+        .await
+        .map_err(|e| e.to_string())?;
+    let request = pb::TokenizeRequest {
+        fields: values
+            .into_iter()
+            .map(|value| pb::Field {
+                kind: kind as i32,
+                value,
+            })
+            .collect(),
+        purpose: args.purpose,
+    };
+    let response = client
+        .tokenize(request)
+        .await
+        .map_err(|e| status_line(&e))?
+        .into_inner();
+    let mut failed = false;
+    for (i, result) in response.results.iter().enumerate() {
+        match &result.outcome {
+            Some(pb::tokenize_result::Outcome::Token(token)) => {
+                if args.conn.json {
+                    println!("{}", serde_json::json!({"index": i, "token": token}));
+                } else {
+                    println!("{token}");
+                }
+            }
+            Some(pb::tokenize_result::Outcome::Error(e)) => {
+                failed = true;
+                let (code, message) = item_error(e);
+                if args.conn.json {
+                    println!("{}", serde_json::json!({"index": i, "error": {"code": code, "message": message}}));
+                } else {
+                    println!("error {code}: {message}");
+                }
+            }
+            None => {
+                failed = true;
+                println!("error: empty result for item {i}");
+            }
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+async fn detokenize(args: DetokenizeArgs) -> Result<ExitCode, String> {
+    let mut client = connect(&args.conn.addr, &args.conn.tls()?)
+        .await
+        .map_err(|e| e.to_string())?;
+    let response = client
+        .detokenize(pb::DetokenizeRequest {
+            tokens: args.tokens,
+            purpose: args.purpose,
+            justification: args.justification,
+        })
+        .await
+        .map_err(|e| status_line(&e))?
+        .into_inner();
+    let mut failed = false;
+    for result in &response.results {
+        match &result.outcome {
+            Some(pb::detokenize_result::Outcome::Revealed(v)) => {
+                let kind = pb::FieldKind::try_from(v.kind).map_or("unknown", |k| k.as_str_name());
+                let reveal = pb::Reveal::try_from(v.reveal).map_or("unknown", |r| r.as_str_name());
+                if args.conn.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"token": result.token, "kind": kind, "reveal": reveal, "value": v.value})
+                    );
+                } else {
+                    println!("{}\t{}\t{}\t{}", result.token, kind, reveal, v.value);
+                }
+            }
+            Some(pb::detokenize_result::Outcome::Error(e)) => {
+                failed = true;
+                let (code, message) = item_error(e);
+                if args.conn.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"token": result.token, "error": {"code": code, "message": message}})
+                    );
+                } else {
+                    println!("{}\terror {code}: {message}", result.token);
+                }
+            }
+            None => {
+                failed = true;
+                println!("{}\terror: empty result", result.token);
+            }
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
