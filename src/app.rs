@@ -89,24 +89,36 @@ impl Drop for Server {
     }
 }
 
-fn load_master_key(source: &MasterKeySource, env: &dyn Fn(&str) -> Option<String>) -> Result<MasterKey, StartError> {
+fn load_master_key(
+    source: &MasterKeySource,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<MasterKey, StartError> {
     match source {
         MasterKeySource::File(path) => Ok(MasterKey::from_file(path)?),
         MasterKeySource::Env(var) => {
-            let text = zeroize::Zeroizing::new(env(var).ok_or_else(|| StartError::MasterKeyEnvMissing(var.clone()))?);
-            Ok(MasterKey::from_hex(&text, &format!("environment variable {var}"))?)
+            let text = zeroize::Zeroizing::new(
+                env(var).ok_or_else(|| StartError::MasterKeyEnvMissing(var.clone()))?,
+            );
+            Ok(MasterKey::from_hex(
+                &text,
+                &format!("environment variable {var}"),
+            )?)
         }
     }
 }
 
 /// Opens everything `config` names and starts serving. Fails, naming the
 /// setting, if anything is missing or wrong; nothing is served then.
-pub async fn start(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> Result<Server, StartError> {
+pub async fn start(
+    config: &Config,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Server, StartError> {
     let master = load_master_key(&config.master_key, env)?;
-    let policy_text = std::fs::read_to_string(&config.policy_file).map_err(|e| StartError::PolicyRead {
-        path: config.policy_file.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    let policy_text =
+        std::fs::read_to_string(&config.policy_file).map_err(|e| StartError::PolicyRead {
+            path: config.policy_file.display().to_string(),
+            reason: e.to_string(),
+        })?;
     let policy = Policy::from_toml(&policy_text)?;
     let tls = crate::tls::server_config(&config.tls.cert, &config.tls.key, &config.tls.client_ca)?;
     let store = SledStore::open(&SledConfig {

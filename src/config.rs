@@ -105,9 +105,15 @@ impl Config {
         Self::from_toml(&text, env)
     }
 
-    pub fn from_toml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
-        let listen = env("FIELDVAULT_LISTEN").or(raw.listen).ok_or_else(|| missing("listen"))?;
+    pub fn from_toml(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let listen = env("FIELDVAULT_LISTEN")
+            .or(raw.listen)
+            .ok_or_else(|| missing("listen"))?;
         let listen = listen.parse().map_err(|e| ConfigError::Field {
             field: "listen",
             reason: format!("'{listen}' is not an address:port ({e})"),
@@ -190,7 +196,10 @@ env = "FIELDVAULT_MASTER_KEY"
         let c = Config::from_toml(FULL, &no_env).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.max_batch_items, 1000);
         assert_eq!(c.cache_capacity_mib, 64);
-        assert_eq!(c.master_key, MasterKeySource::Env("FIELDVAULT_MASTER_KEY".into()));
+        assert_eq!(
+            c.master_key,
+            MasterKeySource::Env("FIELDVAULT_MASTER_KEY".into())
+        );
         assert_eq!(c.store_dir(), PathBuf::from("/var/lib/fieldvault/store"));
     }
 
@@ -204,14 +213,23 @@ env = "FIELDVAULT_MASTER_KEY"
     #[test]
     fn errors_name_the_setting() {
         let cases = [
-            (FULL.replace("policy_file", "# "), "policy_file: is required"),
+            (
+                FULL.replace("policy_file", "# "),
+                "policy_file: is required",
+            ),
             (FULL.replace("127.0.0.1:50051", "nowhere"), "listen:"),
-            (FULL.replace("env = ", "file = 'k'\nenv = "), "master_key: set exactly one"),
+            (
+                FULL.replace("env = ", "file = 'k'\nenv = "),
+                "master_key: set exactly one",
+            ),
             (format!("{FULL}\nmax_batch_items = 0"), "max_batch_items"),
             (FULL.replace("client_ca", "ca"), "unknown field"),
         ];
         for (text, expected) in cases {
-            let err = Config::from_toml(&text, &no_env).err().map(|e| e.to_string()).unwrap_or_default();
+            let err = Config::from_toml(&text, &no_env)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(err.contains(expected), "{expected}: {err}");
         }
     }

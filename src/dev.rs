@@ -1,7 +1,9 @@
 //! `fieldvault serve --dev`: everything a developer needs under
 //! `DATA_DIR/dev/`, made on first start and reused afterwards.
 
-use crate::config::{Config, MasterKeySource, TlsPaths, DEFAULT_CACHE_CAPACITY_MIB, DEFAULT_MAX_BATCH_ITEMS};
+use crate::config::{
+    Config, MasterKeySource, TlsPaths, DEFAULT_CACHE_CAPACITY_MIB, DEFAULT_MAX_BATCH_ITEMS,
+};
 use crate::crypto::MasterKey;
 use crate::devpki::DevCa;
 use std::io::Write;
@@ -54,9 +56,16 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<(), DevError> {
 }
 
 fn expected_files() -> Vec<String> {
-    let mut files: Vec<String> = ["ca.pem", "ca.key", "server.pem", "server.key", "master.key", "policy.toml"]
-        .map(String::from)
-        .to_vec();
+    let mut files: Vec<String> = [
+        "ca.pem",
+        "ca.key",
+        "server.pem",
+        "server.key",
+        "master.key",
+        "policy.toml",
+    ]
+    .map(String::from)
+    .to_vec();
     for name in DEV_CALLERS {
         files.push(format!("{name}.pem"));
         files.push(format!("{name}.key"));
@@ -113,7 +122,10 @@ fn create(dir: &Path) -> Result<(), DevError> {
         write_private(&dir.join(format!("{name}.pem")), client.cert_pem.as_bytes())?;
         write_private(&dir.join(format!("{name}.key")), client.key_pem.as_bytes())?;
     }
-    write_private(&dir.join("master.key"), MasterKey::generate().to_hex().as_bytes())?;
+    write_private(
+        &dir.join("master.key"),
+        MasterKey::generate().to_hex().as_bytes(),
+    )?;
     write_private(&dir.join("policy.toml"), DEV_POLICY.as_bytes())?;
     // The CA key is written last, with the certificate: its presence marks
     // a complete setup.

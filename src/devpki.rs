@@ -3,8 +3,8 @@
 //! Never use these in production: the CA key sits next to the certificates.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    SanType,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use zeroize::Zeroizing;
 
@@ -24,7 +24,9 @@ impl DevCa {
     pub fn new(common_name: &str) -> Result<Self, rcgen::Error> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -51,16 +53,24 @@ impl DevCa {
     pub fn issue_server(&self, names: &[&str]) -> Result<Issued, rcgen::Error> {
         let names: Vec<String> = names.iter().map(|s| (*s).to_owned()).collect();
         let mut params = CertificateParams::new(names.clone())?;
-        params.distinguished_name.push(DnType::CommonName, names.first().map_or("server", |s| s));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, names.first().map_or("server", |s| s));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         self.issue(params)
     }
 
     /// A client certificate with subject CN `common_name` and, if given, a
     /// SPIFFE ID as URI SAN.
-    pub fn issue_client(&self, common_name: &str, spiffe_id: Option<&str>) -> Result<Issued, rcgen::Error> {
+    pub fn issue_client(
+        &self,
+        common_name: &str,
+        spiffe_id: Option<&str>,
+    ) -> Result<Issued, rcgen::Error> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
         if let Some(id) = spiffe_id {
             params.subject_alt_names = vec![SanType::URI(id.try_into()?)];
         }

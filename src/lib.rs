@@ -3,15 +3,15 @@
 //! Layers (one-way): `grpc` → `vault` → (`domain`, `crypto`, `store`, `audit`);
 //! `app` wires them; `config` reads settings; `devpki` makes dev certificates.
 
-pub mod crypto;
-pub mod domain;
-pub mod store;
-pub mod audit;
-pub mod vault;
-pub mod grpc;
 pub mod app;
+pub mod audit;
 pub mod client;
 pub mod config;
+pub mod crypto;
 pub mod dev;
 pub mod devpki;
+pub mod domain;
+pub mod grpc;
+pub mod store;
 pub mod tls;
+pub mod vault;

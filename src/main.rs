@@ -12,7 +12,11 @@ const DEFAULT_DATA_DIR: &str = "./fieldvault-data";
 const DEFAULT_ADDR: &str = "127.0.0.1:50051";
 
 #[derive(Parser)]
-#[command(name = "fieldvault", version, about = "A gRPC vault for phone numbers, addresses and national IDs")]
+#[command(
+    name = "fieldvault",
+    version,
+    about = "A gRPC vault for phone numbers, addresses and national IDs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -74,8 +78,12 @@ struct Conn {
 impl Conn {
     fn tls(&self) -> Result<ClientTls, String> {
         match (&self.dev_identity, &self.ca, &self.cert, &self.key) {
-            (Some(name), None, None, None) => ClientTls::dev(&self.data_dir, name).map_err(|e| e.to_string()),
-            (None, Some(ca), Some(cert), Some(key)) => ClientTls::from_files(ca, cert, key).map_err(|e| e.to_string()),
+            (Some(name), None, None, None) => {
+                ClientTls::dev(&self.data_dir, name).map_err(|e| e.to_string())
+            }
+            (None, Some(ca), Some(cert), Some(key)) => {
+                ClientTls::from_files(ca, cert, key).map_err(|e| e.to_string())
+            }
             _ => Err("give either --dev-identity NAME or all of --ca, --cert and --key".into()),
         }
     }
@@ -156,7 +164,10 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
             dir.display()
         );
         println!("  CA certificate : {}", dir.join("ca.pem").display());
-        println!("  server         : {} (localhost, 127.0.0.1)", dir.join("server.pem").display());
+        println!(
+            "  server         : {} (localhost, 127.0.0.1)",
+            dir.join("server.pem").display()
+        );
         for name in fieldvault::dev::DEV_CALLERS {
             println!(
                 "  caller {name:<8}: {0}.pem / {0}.key  ({1})",
@@ -175,10 +186,13 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
             .ok_or("serve needs --config FILE (or --dev for a development setup)")?;
         fieldvault::config::Config::load(&path, &env).map_err(|e| e.to_string())?
     };
-    let mut server = fieldvault::app::start(&config, &env).await.map_err(|e| e.to_string())?;
+    let mut server = fieldvault::app::start(&config, &env)
+        .await
+        .map_err(|e| e.to_string())?;
     println!("listening on {}", server.local_addr());
     let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
@@ -193,7 +207,10 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     };
     if stopped_by_signal {
         tracing::info!("shutting down: finishing in-flight calls");
-        server.shutdown().await.map_err(|e| format!("shutdown: {e}"))?;
+        server
+            .shutdown()
+            .await
+            .map_err(|e| format!("shutdown: {e}"))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -203,7 +220,10 @@ fn status_line(e: &tonic::Status) -> String {
 }
 
 fn item_error(s: &tonic_types::Status) -> (String, String) {
-    (format!("{:?}", tonic::Code::from_i32(s.code)), s.message.clone())
+    (
+        format!("{:?}", tonic::Code::from_i32(s.code)),
+        s.message.clone(),
+    )
 }
 
 async fn tokenize(args: TokenizeArgs) -> Result<ExitCode, String> {
@@ -256,7 +276,10 @@ async fn tokenize(args: TokenizeArgs) -> Result<ExitCode, String> {
                 failed = true;
                 let (code, message) = item_error(e);
                 if args.conn.json {
-                    println!("{}", serde_json::json!({"index": i, "error": {"code": code, "message": message}}));
+                    println!(
+                        "{}",
+                        serde_json::json!({"index": i, "error": {"code": code, "message": message}})
+                    );
                 } else {
                     println!("error {code}: {message}");
                 }
@@ -267,7 +290,11 @@ async fn tokenize(args: TokenizeArgs) -> Result<ExitCode, String> {
             }
         }
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn detokenize(args: DetokenizeArgs) -> Result<ExitCode, String> {
@@ -316,5 +343,9 @@ async fn detokenize(args: DetokenizeArgs) -> Result<ExitCode, String> {
             }
         }
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

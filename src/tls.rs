@@ -23,7 +23,11 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{field}: {path}: {reason}")]
-    File { field: &'static str, path: String, reason: String },
+    File {
+        field: &'static str,
+        path: String,
+        reason: String,
+    },
     #[error("TLS configuration rejected: {0}")]
     Rustls(String),
 }
@@ -37,7 +41,10 @@ fn file_err(field: &'static str, path: &Path, reason: impl std::fmt::Display) ->
 }
 
 /// Reads every certificate in a PEM file; `field` names the setting in errors.
-pub fn read_certs(field: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub fn read_certs(
+    field: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = std::fs::read(path).map_err(|e| file_err(field, path, e))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
@@ -55,7 +62,11 @@ fn read_key(field: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, 
 
 /// A server config that demands a client certificate chained to `client_ca`
 /// and offers HTTP/2 only.
-pub fn server_config(cert: &Path, key: &Path, client_ca: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: &Path,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
     for ca in read_certs("tls.client_ca", client_ca)? {
@@ -82,7 +93,10 @@ pub fn server_config(cert: &Path, key: &Path, client_ca: &Path) -> Result<Arc<Se
 pub fn incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
-) -> (ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>>, JoinHandle<()>) {
+) -> (
+    ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>>,
+    JoinHandle<()>,
+) {
     let acceptor = TlsAcceptor::from(config);
     let (tx, rx) = mpsc::channel(256);
     let task = tokio::spawn(async move {

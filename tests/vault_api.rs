@@ -63,10 +63,18 @@ async fn intruder_with_a_valid_certificate_and_no_rules_is_denied() {
 
     for name in ["intruder", "rotator"] {
         let mut client = vault.client(name).await;
-        let err = detokenize(&mut client, "callback", &tokens).await.unwrap_err();
+        let err = detokenize(&mut client, "callback", &tokens)
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied);
-        assert!(err.message().contains("no policy rule names caller"), "{}", err.message());
-        let err = tokenize(&mut client, vec![field(FieldKind::Phone, PHONE)]).await.unwrap_err();
+        assert!(
+            err.message().contains("no policy rule names caller"),
+            "{}",
+            err.message()
+        );
+        let err = tokenize(&mut client, vec![field(FieldKind::Phone, PHONE)])
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied);
         assert!(!err.message().contains("555"));
     }
@@ -83,11 +91,19 @@ async fn support_needs_a_purpose_the_policy_lists() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().starts_with("purpose:"), "{}", err.message());
 
-    let err = detokenize(&mut support, "marketing", &tokens).await.unwrap_err();
+    let err = detokenize(&mut support, "marketing", &tokens)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    assert!(err.message().contains("purpose 'marketing'"), "{}", err.message());
+    assert!(
+        err.message().contains("purpose 'marketing'"),
+        "{}",
+        err.message()
+    );
 
-    let err = detokenize(&mut support, "Not A Purpose", &tokens).await.unwrap_err();
+    let err = detokenize(&mut support, "Not A Purpose", &tokens)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 }
 
@@ -96,9 +112,15 @@ async fn orders_may_tokenize_but_not_detokenize() {
     let vault = TestVault::start().await;
     let mut orders = vault.client("orders").await;
     let tokens = tokens_for(&mut orders, vec![field(FieldKind::Phone, PHONE)]).await;
-    let err = detokenize(&mut orders, "callback", &tokens).await.unwrap_err();
+    let err = detokenize(&mut orders, "callback", &tokens)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    assert!(err.message().contains("has no rule allowing detokenize"), "{}", err.message());
+    assert!(
+        err.message().contains("has no rule allowing detokenize"),
+        "{}",
+        err.message()
+    );
 }
 
 #[tokio::test]
@@ -107,17 +129,30 @@ async fn an_unknown_token_is_a_per_item_not_found_while_the_others_succeed() {
     let mut orders = vault.client("orders").await;
     let known = tokens_for(&mut orders, vec![field(FieldKind::Phone, PHONE)]).await;
     let unknown = TokenId::new_random().to_string();
-    let tokens = vec![known[0].clone(), unknown, "not-a-token".to_owned(), known[0].clone()];
+    let tokens = vec![
+        known[0].clone(),
+        unknown,
+        "not-a-token".to_owned(),
+        known[0].clone(),
+    ];
 
     let mut support = vault.client("support").await;
     let got = detokenize(&mut support, "callback", &tokens).await.unwrap();
     assert_eq!(got[0].as_ref().unwrap().value, "+12025550142");
     let not_found = got[1].as_ref().unwrap_err();
     assert_eq!(code(not_found), Code::NotFound);
-    assert!(not_found.message.starts_with("tokens[1]"), "{}", not_found.message);
+    assert!(
+        not_found.message.starts_with("tokens[1]"),
+        "{}",
+        not_found.message
+    );
     let malformed = got[2].as_ref().unwrap_err();
     assert_eq!(code(malformed), Code::InvalidArgument);
-    assert!(malformed.message.starts_with("tokens[2]"), "{}", malformed.message);
+    assert!(
+        malformed.message.starts_with("tokens[2]"),
+        "{}",
+        malformed.message
+    );
     assert_eq!(got[3].as_ref().unwrap().value, "+12025550142");
 }
 
@@ -142,7 +177,12 @@ async fn a_bad_item_fails_alone_with_its_field_named() {
     .await
     .unwrap();
     assert!(got[0].is_ok());
-    let expect = [(1, "fields[1].kind"), (2, "fields[2].value"), (3, "fields[3].kind"), (4, "fields[4].value")];
+    let expect = [
+        (1, "fields[1].kind"),
+        (2, "fields[2].value"),
+        (3, "fields[3].kind"),
+        (4, "fields[4].value"),
+    ];
     for (i, prefix) in expect {
         let e = got[i].as_ref().unwrap_err();
         assert_eq!(code(e), Code::InvalidArgument, "{}", e.message);
@@ -186,17 +226,25 @@ async fn every_reveal_and_refusal_is_in_the_audit_log_without_values() {
     let tokens = tokens_for(&mut orders, vec![field(FieldKind::Phone, PHONE)]).await;
     let mut support = vault.client("support").await;
     detokenize(&mut support, "callback", &tokens).await.unwrap();
-    detokenize(&mut support, "marketing", &tokens).await.unwrap_err();
+    detokenize(&mut support, "marketing", &tokens)
+        .await
+        .unwrap_err();
 
     let log = std::fs::read_to_string(&vault.config.audit_log).unwrap();
-    let lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["caller"], "spiffe://fieldvault.dev/support");
     assert_eq!(lines[0]["purpose"], "callback");
     assert_eq!(lines[0]["justification"], "ticket TEST-1");
     assert_eq!(lines[0]["items"][0]["token"], tokens[0].as_str());
     assert_eq!(lines[0]["items"][0]["outcome"], "full");
-    assert!(lines[1]["outcome"].as_str().unwrap().starts_with("permission_denied"));
+    assert!(lines[1]["outcome"]
+        .as_str()
+        .unwrap()
+        .starts_with("permission_denied"));
     assert!(!log.contains("0142"));
 }
 
@@ -214,7 +262,10 @@ async fn health_and_reflection_are_served() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(resp.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        resp.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
@@ -235,6 +286,12 @@ async fn health_and_reflection_are_served() {
         panic!("unexpected reflection reply");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(names.contains(&"fieldvault.v1.Vault".to_owned()), "{names:?}");
-    assert!(names.contains(&"grpc.health.v1.Health".to_owned()), "{names:?}");
+    assert!(
+        names.contains(&"fieldvault.v1.Vault".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_owned()),
+        "{names:?}"
+    );
 }

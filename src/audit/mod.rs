@@ -110,7 +110,9 @@ mod tests {
     async fn events_are_appended_as_json_lines() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("audit/audit.log");
-        let log = FileAuditLog::open(&path).await.unwrap_or_else(|e| panic!("{e}"));
+        let log = FileAuditLog::open(&path)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         let event = AuditEvent {
             unix_ms: 1,
             caller: "spiffe://t.example/support".into(),

@@ -54,13 +54,23 @@ fn random_nonce() -> [u8; NONCE_LEN] {
     nonce
 }
 
-fn seal_with(cipher: &Aes256Gcm, nonce: &[u8; NONCE_LEN], aad: &[u8], msg: &[u8]) -> Result<Vec<u8>, CryptoError> {
+fn seal_with(
+    cipher: &Aes256Gcm,
+    nonce: &[u8; NONCE_LEN],
+    aad: &[u8],
+    msg: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
     cipher
         .encrypt(Nonce::from_slice(nonce), Payload { msg, aad })
         .map_err(|_| CryptoError::Seal)
 }
 
-fn open_with(cipher: &Aes256Gcm, nonce: &[u8; NONCE_LEN], aad: &[u8], ct: &[u8]) -> Result<Vec<u8>, CryptoError> {
+fn open_with(
+    cipher: &Aes256Gcm,
+    nonce: &[u8; NONCE_LEN],
+    aad: &[u8],
+    ct: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
     cipher
         .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
         .map_err(|_| CryptoError::Integrity)
@@ -90,7 +100,13 @@ impl Keyring {
         };
         let mut ciphers = BTreeMap::new();
         ciphers.insert(version, Aes256Gcm::new(dek.as_ref().into()));
-        Ok((Self { active: version, ciphers }, wrapped))
+        Ok((
+            Self {
+                active: version,
+                ciphers,
+            },
+            wrapped,
+        ))
     }
 
     /// Unwraps every stored data key; the highest version becomes active.
@@ -117,7 +133,12 @@ impl Keyring {
     }
 
     /// Seals a canonical value for `token` under the active data key.
-    pub fn seal(&self, token: &TokenId, kind: FieldKind, value: &Plaintext) -> Result<SealedRecord, CryptoError> {
+    pub fn seal(
+        &self,
+        token: &TokenId,
+        kind: FieldKind,
+        value: &Plaintext,
+    ) -> Result<SealedRecord, CryptoError> {
         let cipher = self
             .ciphers
             .get(&self.active)
@@ -171,7 +192,9 @@ mod tests {
     #[test]
     fn aes_256_gcm_matches_the_published_vector() {
         let key = h("feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308");
-        let nonce: [u8; 12] = h("cafebabefacedbaddecaf888").try_into().unwrap_or_else(|_| panic!("iv"));
+        let nonce: [u8; 12] = h("cafebabefacedbaddecaf888")
+            .try_into()
+            .unwrap_or_else(|_| panic!("iv"));
         let pt = h("d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a721c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39");
         let aad = h("feedfacedeadbeeffeedfacedeadbeefabaddad2");
         let expected = [
@@ -199,7 +222,9 @@ mod tests {
     fn a_sealed_record_opens_after_unlock_with_the_same_master_key() {
         let (master, ring, wrapped) = sample();
         let token = TokenId::new_random();
-        let rec = ring.seal(&token, FieldKind::Phone, &value()).unwrap_or_else(|e| panic!("{e}"));
+        let rec = ring
+            .seal(&token, FieldKind::Phone, &value())
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(!rec.ciphertext.windows(4).any(|w| w == b"5550"));
         let reopened = Keyring::unlock(&master, &[wrapped]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(reopened.open(&token, &rec), Ok(value()));
@@ -209,7 +234,10 @@ mod tests {
     fn the_wrong_master_key_cannot_unlock_the_keyring() {
         let (_, _, wrapped) = sample();
         let other = MasterKey::generate();
-        assert_eq!(Keyring::unlock(&other, &[wrapped]).err(), Some(CryptoError::Unwrap(1)));
+        assert_eq!(
+            Keyring::unlock(&other, &[wrapped]).err(),
+            Some(CryptoError::Unwrap(1))
+        );
     }
 
     #[test]
@@ -217,7 +245,9 @@ mod tests {
         let (_, ring, _) = sample();
         let (_, other_ring, _) = sample();
         let token = TokenId::new_random();
-        let rec = ring.seal(&token, FieldKind::Phone, &value()).unwrap_or_else(|e| panic!("{e}"));
+        let rec = ring
+            .seal(&token, FieldKind::Phone, &value())
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(other_ring.open(&token, &rec), Err(CryptoError::Integrity));
     }
 
@@ -225,9 +255,14 @@ mod tests {
     fn a_record_is_bound_to_its_token_kind_version_and_bytes() {
         let (_, ring, _) = sample();
         let token = TokenId::new_random();
-        let rec = ring.seal(&token, FieldKind::Phone, &value()).unwrap_or_else(|e| panic!("{e}"));
+        let rec = ring
+            .seal(&token, FieldKind::Phone, &value())
+            .unwrap_or_else(|e| panic!("{e}"));
 
-        assert_eq!(ring.open(&TokenId::new_random(), &rec), Err(CryptoError::Integrity));
+        assert_eq!(
+            ring.open(&TokenId::new_random(), &rec),
+            Err(CryptoError::Integrity)
+        );
         let relabelled = SealedRecord {
             kind: FieldKind::NationalId,
             ..rec.clone()
@@ -237,11 +272,18 @@ mod tests {
             key_version: KeyVersion(2),
             ..rec.clone()
         };
-        assert_eq!(ring.open(&token, &other_version), Err(CryptoError::UnknownKeyVersion(2)));
+        assert_eq!(
+            ring.open(&token, &other_version),
+            Err(CryptoError::UnknownKeyVersion(2))
+        );
         for i in 0..rec.ciphertext.len() {
             let mut flipped = rec.clone();
             flipped.ciphertext[i] ^= 0x01;
-            assert_eq!(ring.open(&token, &flipped), Err(CryptoError::Integrity), "byte {i}");
+            assert_eq!(
+                ring.open(&token, &flipped),
+                Err(CryptoError::Integrity),
+                "byte {i}"
+            );
         }
         let mut nonce = rec.clone();
         nonce.nonce[0] ^= 0x80;
@@ -252,8 +294,12 @@ mod tests {
     fn two_seals_of_one_value_differ() {
         let (_, ring, _) = sample();
         let token = TokenId::new_random();
-        let a = ring.seal(&token, FieldKind::Phone, &value()).unwrap_or_else(|e| panic!("{e}"));
-        let b = ring.seal(&token, FieldKind::Phone, &value()).unwrap_or_else(|e| panic!("{e}"));
+        let a = ring
+            .seal(&token, FieldKind::Phone, &value())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let b = ring
+            .seal(&token, FieldKind::Phone, &value())
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_ne!(a.nonce, b.nonce);
         assert_ne!(a.ciphertext, b.ciphertext);
     }

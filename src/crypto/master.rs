@@ -9,7 +9,10 @@ pub struct MasterKey(Zeroizing<[u8; 32]>);
 #[derive(Debug, thiserror::Error)]
 pub enum MasterKeyError {
     #[error("master key file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("master key file {path} is readable or writable by group or others (mode {mode:o}); run: chmod 600 {path}")]
     Permissions { path: String, mode: u32 },
     #[error("master key {origin}: expected 64 hex characters (32 bytes)")]
@@ -46,7 +49,10 @@ impl MasterKey {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(path).map_err(read_err)?.permissions().mode();
+            let mode = std::fs::metadata(path)
+                .map_err(read_err)?
+                .permissions()
+                .mode();
             if mode & 0o077 != 0 {
                 return Err(MasterKeyError::Permissions {
                     path: shown,
@@ -86,11 +92,16 @@ mod tests {
         let key = MasterKey::generate();
         std::fs::write(&path, key.to_hex().as_bytes()).unwrap_or_else(|e| panic!("{e}"));
         for mode in [0o644, 0o640, 0o604, 0o660] {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap_or_else(|e| panic!("{e}"));
-            let err = MasterKey::from_file(&path).err().map(|e| e.to_string()).unwrap_or_default();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .unwrap_or_else(|e| panic!("{e}"));
+            let err = MasterKey::from_file(&path)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(err.contains("chmod 600"), "mode {mode:o}: {err}");
         }
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .unwrap_or_else(|e| panic!("{e}"));
         let loaded = MasterKey::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(loaded.bytes(), key.bytes());
     }
@@ -101,7 +112,13 @@ mod tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(err.contains("64 hex characters") && !err.contains("00112233"), "{err}");
-        assert_eq!(format!("{:?}", MasterKey::generate()), "MasterKey(<redacted>)");
+        assert!(
+            err.contains("64 hex characters") && !err.contains("00112233"),
+            "{err}"
+        );
+        assert_eq!(
+            format!("{:?}", MasterKey::generate()),
+            "MasterKey(<redacted>)"
+        );
     }
 }

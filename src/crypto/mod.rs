@@ -9,7 +9,7 @@
 mod keyring;
 mod master;
 
-pub use keyring::{Keyring, KeyVersion, SealedRecord, WrappedDataKey};
+pub use keyring::{KeyVersion, Keyring, SealedRecord, WrappedDataKey};
 pub use master::{MasterKey, MasterKeyError};
 
 /// Length of an AES-GCM nonce in bytes (96 bits, random per seal).
@@ -23,7 +23,9 @@ pub enum CryptoError {
     Integrity,
     #[error("record is sealed under key version {0}, which this keyring does not hold")]
     UnknownKeyVersion(u32),
-    #[error("data key version {0} could not be unwrapped: the master key does not match this keyring")]
+    #[error(
+        "data key version {0} could not be unwrapped: the master key does not match this keyring"
+    )]
     Unwrap(u32),
     #[error("encryption failed")]
     Seal,

@@ -28,14 +28,14 @@ impl CallerId {
             .ok_or(CallerIdError::BadSpiffeId)?;
         let (domain, path) = rest.split_once('/').ok_or(CallerIdError::BadSpiffeId)?;
         let domain_ok = !domain.is_empty()
-            && domain
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'));
+            && domain.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_')
+            });
         let path_ok = !path.is_empty()
             && !path.ends_with('/')
-            && path.chars().all(|c| {
-                c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/')
-            });
+            && path
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/'));
         if domain_ok && path_ok && uri.len() <= 2048 {
             Ok(Self::Spiffe(uri.to_owned()))
         } else {

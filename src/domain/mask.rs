@@ -49,7 +49,9 @@ mod tests {
     use super::*;
 
     fn m(kind: FieldKind, v: &str) -> String {
-        mask(kind, &Plaintext::new(v.to_owned())).expose().to_owned()
+        mask(kind, &Plaintext::new(v.to_owned()))
+            .expose()
+            .to_owned()
     }
 
     #[test]
@@ -60,7 +62,10 @@ mod tests {
 
     #[test]
     fn address_shows_only_the_last_part() {
-        assert_eq!(m(FieldKind::Address, "1 Example Way, Springfield, ZZ 00000"), "***, ZZ 00000");
+        assert_eq!(
+            m(FieldKind::Address, "1 Example Way, Springfield, ZZ 00000"),
+            "***, ZZ 00000"
+        );
         assert_eq!(m(FieldKind::Address, "1 Example Way"), "***");
         assert_eq!(m(FieldKind::Address, "1 Example Way,"), "***");
     }
@@ -73,6 +78,9 @@ mod tests {
 
     #[test]
     fn masks_do_not_reveal_the_length() {
-        assert_eq!(m(FieldKind::Phone, "+861381234567"), m(FieldKind::Phone, "2025554567"));
+        assert_eq!(
+            m(FieldKind::Phone, "+861381234567"),
+            m(FieldKind::Phone, "2025554567")
+        );
     }
 }

@@ -143,7 +143,8 @@ struct RawRule {
 impl Policy {
     /// Parses and validates a policy file. Errors name the rule and field.
     pub fn from_toml(text: &str) -> Result<Self, PolicyError> {
-        let raw: RawPolicy = toml::from_str(text).map_err(|e| PolicyError::Syntax(e.to_string()))?;
+        let raw: RawPolicy =
+            toml::from_str(text).map_err(|e| PolicyError::Syntax(e.to_string()))?;
         if raw.version != 1 {
             return Err(PolicyError::Version(raw.version));
         }
@@ -157,7 +158,11 @@ impl Policy {
     }
 
     fn rule(index: usize, r: RawRule) -> Result<Rule, PolicyError> {
-        let bad = |field: &'static str, reason: String| PolicyError::Rule { index, field, reason };
+        let bad = |field: &'static str, reason: String| PolicyError::Rule {
+            index,
+            field,
+            reason,
+        };
         if r.callers.is_empty() {
             return Err(bad("callers", "must name at least one caller".into()));
         }
@@ -168,7 +173,10 @@ impl Policy {
                 CallerId::common_name(c).is_ok()
             };
             if !ok {
-                return Err(bad("callers", format!("'{c}' is neither a SPIFFE ID nor a common name")));
+                return Err(bad(
+                    "callers",
+                    format!("'{c}' is neither a SPIFFE ID nor a common name"),
+                ));
             }
         }
         if r.kinds.is_empty() {
@@ -188,10 +196,16 @@ impl Policy {
         match r.action {
             Action::Detokenize => {
                 if purposes.is_empty() {
-                    return Err(bad("purposes", "a detokenize rule must list its purposes".into()));
+                    return Err(bad(
+                        "purposes",
+                        "a detokenize rule must list its purposes".into(),
+                    ));
                 }
                 if r.reveal.is_none() {
-                    return Err(bad("reveal", "a detokenize rule must say 'full' or 'masked'".into()));
+                    return Err(bad(
+                        "reveal",
+                        "a detokenize rule must say 'full' or 'masked'".into(),
+                    ));
                 }
             }
             Action::Tokenize => {
@@ -240,7 +254,10 @@ impl Policy {
         purpose: Option<&Purpose>,
     ) -> Result<Grant, Denial> {
         let rules = self.for_caller_and_action(caller, action)?;
-        let for_kind: Vec<&Rule> = rules.into_iter().filter(|r| r.kinds.contains(&kind)).collect();
+        let for_kind: Vec<&Rule> = rules
+            .into_iter()
+            .filter(|r| r.kinds.contains(&kind))
+            .collect();
         if for_kind.is_empty() {
             return Err(Denial {
                 on: DeniedOn::Kind,
@@ -258,7 +275,11 @@ impl Policy {
             .ok_or_else(|| purpose_denial(caller, action, Some(kind), purpose))
     }
 
-    fn for_caller_and_action(&self, caller: &CallerId, action: Action) -> Result<Vec<&Rule>, Denial> {
+    fn for_caller_and_action(
+        &self,
+        caller: &CallerId,
+        action: Action,
+    ) -> Result<Vec<&Rule>, Denial> {
         let for_caller: Vec<&Rule> = self
             .rules
             .iter()
@@ -270,7 +291,10 @@ impl Policy {
                 message: format!("no policy rule names caller '{caller}'"),
             });
         }
-        let for_action: Vec<&Rule> = for_caller.into_iter().filter(|r| r.action == action).collect();
+        let for_action: Vec<&Rule> = for_caller
+            .into_iter()
+            .filter(|r| r.action == action)
+            .collect();
         if for_action.is_empty() {
             return Err(Denial {
                 on: DeniedOn::Action,
@@ -354,9 +378,19 @@ reveal = "masked"
     fn the_most_revealing_matching_rule_wins() {
         let p = policy();
         let cb = purpose("callback");
-        let g = p.decide(&caller("support"), Action::Detokenize, FieldKind::Phone, Some(&cb));
+        let g = p.decide(
+            &caller("support"),
+            Action::Detokenize,
+            FieldKind::Phone,
+            Some(&cb),
+        );
         assert_eq!(g.map(|g| g.reveal), Ok(Some(RevealLevel::Full)));
-        let g = p.decide(&caller("support"), Action::Detokenize, FieldKind::Address, Some(&cb));
+        let g = p.decide(
+            &caller("support"),
+            Action::Detokenize,
+            FieldKind::Address,
+            Some(&cb),
+        );
         assert_eq!(g.map(|g| g.reveal), Ok(Some(RevealLevel::Masked)));
     }
 
@@ -364,17 +398,39 @@ reveal = "masked"
     fn denials_name_the_dimension_that_failed() {
         let p = policy();
         let cb = purpose("callback");
-        let deny = |c: &str, a, k, pu: Option<&Purpose>| p.decide(&caller(c), a, k, pu).err().map(|d| d.on);
-        assert_eq!(deny("intruder", Action::Tokenize, FieldKind::Phone, None), Some(DeniedOn::Caller));
-        assert_eq!(deny("orders", Action::Detokenize, FieldKind::Phone, Some(&cb)), Some(DeniedOn::Action));
+        let deny = |c: &str, a, k, pu: Option<&Purpose>| {
+            p.decide(&caller(c), a, k, pu).err().map(|d| d.on)
+        };
         assert_eq!(
-            deny("support", Action::Detokenize, FieldKind::NationalId, Some(&cb)),
+            deny("intruder", Action::Tokenize, FieldKind::Phone, None),
+            Some(DeniedOn::Caller)
+        );
+        assert_eq!(
+            deny("orders", Action::Detokenize, FieldKind::Phone, Some(&cb)),
+            Some(DeniedOn::Action)
+        );
+        assert_eq!(
+            deny(
+                "support",
+                Action::Detokenize,
+                FieldKind::NationalId,
+                Some(&cb)
+            ),
             Some(DeniedOn::Kind)
         );
         let mk = purpose("marketing");
-        assert_eq!(deny("support", Action::Detokenize, FieldKind::Phone, Some(&mk)), Some(DeniedOn::Purpose));
-        assert_eq!(deny("support", Action::Detokenize, FieldKind::Phone, None), Some(DeniedOn::Purpose));
-        assert_eq!(deny("orders", Action::Tokenize, FieldKind::Phone, None), None);
+        assert_eq!(
+            deny("support", Action::Detokenize, FieldKind::Phone, Some(&mk)),
+            Some(DeniedOn::Purpose)
+        );
+        assert_eq!(
+            deny("support", Action::Detokenize, FieldKind::Phone, None),
+            Some(DeniedOn::Purpose)
+        );
+        assert_eq!(
+            deny("orders", Action::Tokenize, FieldKind::Phone, None),
+            None
+        );
 
         let d = p.check_call(&caller("support"), Action::Detokenize, Some(&mk));
         let msg = d.err().map(|d| d.to_string()).unwrap_or_default();
@@ -384,7 +440,9 @@ reveal = "masked"
     #[test]
     fn an_empty_policy_denies_everything() {
         let p = Policy::from_toml("version = 1").unwrap_or_else(|e| panic!("{e}"));
-        assert!(p.check_call(&caller("orders"), Action::Tokenize, None).is_err());
+        assert!(p
+            .check_call(&caller("orders"), Action::Tokenize, None)
+            .is_err());
     }
 
     #[test]
@@ -406,7 +464,10 @@ reveal = "masked"
             ("version = 1\nrule = 3", "unknown field"),
         ];
         for (text, expected) in cases {
-            let err = Policy::from_toml(text).err().map(|e| e.to_string()).unwrap_or_default();
+            let err = Policy::from_toml(text)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(err.contains(expected), "{text:?}: {err}");
         }
     }

@@ -73,9 +73,7 @@ impl FromStr for TokenId {
         let bytes = URL_SAFE_NO_PAD
             .decode(body)
             .map_err(|_| TokenParseError::Malformed)?;
-        let bytes: [u8; 16] = bytes
-            .try_into()
-            .map_err(|_| TokenParseError::Malformed)?;
+        let bytes: [u8; 16] = bytes.try_into().map_err(|_| TokenParseError::Malformed)?;
         let id = Self::from_bytes(bytes)?;
         // Reject non-canonical encodings (base64 slack bits), so one record
         // has exactly one token string.
@@ -116,7 +114,10 @@ mod tests {
             "tok_AAAAAAAAAAAAAAAAAAAAAA".parse::<TokenId>(),
             Err(TokenParseError::UnknownFormat)
         );
-        assert_eq!("fv1_abc".parse::<TokenId>(), Err(TokenParseError::Malformed));
+        assert_eq!(
+            "fv1_abc".parse::<TokenId>(),
+            Err(TokenParseError::Malformed)
+        );
         assert_eq!(
             "fv1_!!!!!!!!!!!!!!!!!!!!!!".parse::<TokenId>(),
             Err(TokenParseError::Malformed)

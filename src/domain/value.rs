@@ -64,7 +64,11 @@ fn phone(s: &str) -> Result<Plaintext, ValueError> {
             '0'..='9' => out.push(c),
             ' ' | '-' | '(' | ')' | '.' => {}
             '+' => return Err(ValueError::Phone("'+' is allowed only at the start")),
-            _ => return Err(ValueError::Phone("holds a character other than digits and separators")),
+            _ => {
+                return Err(ValueError::Phone(
+                    "holds a character other than digits and separators",
+                ))
+            }
         }
     }
     let digits = out.len() - usize::from(plus);
@@ -109,18 +113,40 @@ mod tests {
 
     #[test]
     fn phone_numbers_keep_plus_and_digits() {
-        assert_eq!(canon(FieldKind::Phone, " +1 (202) 555-0142 ").as_deref(), Ok("+12025550142"));
-        assert_eq!(canon(FieldKind::Phone, "202.555.0142").as_deref(), Ok("2025550142"));
-        assert!(matches!(canon(FieldKind::Phone, "555-01"), Err(ValueError::Phone(_))));
-        assert!(matches!(canon(FieldKind::Phone, "+1 202 555 01x2"), Err(ValueError::Phone(_))));
-        assert!(matches!(canon(FieldKind::Phone, "1+2025550142"), Err(ValueError::Phone(_))));
-        assert!(matches!(canon(FieldKind::Phone, "1234567890123456"), Err(ValueError::Phone(_))));
+        assert_eq!(
+            canon(FieldKind::Phone, " +1 (202) 555-0142 ").as_deref(),
+            Ok("+12025550142")
+        );
+        assert_eq!(
+            canon(FieldKind::Phone, "202.555.0142").as_deref(),
+            Ok("2025550142")
+        );
+        assert!(matches!(
+            canon(FieldKind::Phone, "555-01"),
+            Err(ValueError::Phone(_))
+        ));
+        assert!(matches!(
+            canon(FieldKind::Phone, "+1 202 555 01x2"),
+            Err(ValueError::Phone(_))
+        ));
+        assert!(matches!(
+            canon(FieldKind::Phone, "1+2025550142"),
+            Err(ValueError::Phone(_))
+        ));
+        assert!(matches!(
+            canon(FieldKind::Phone, "1234567890123456"),
+            Err(ValueError::Phone(_))
+        ));
     }
 
     #[test]
     fn addresses_are_trimmed_and_collapsed() {
         assert_eq!(
-            canon(FieldKind::Address, "  1 Example Way,\n  Springfield,  ZZ 00000 ").as_deref(),
+            canon(
+                FieldKind::Address,
+                "  1 Example Way,\n  Springfield,  ZZ 00000 "
+            )
+            .as_deref(),
             Ok("1 Example Way, Springfield, ZZ 00000")
         );
         assert_eq!(canon(FieldKind::Address, " \t "), Err(ValueError::Empty));
@@ -128,17 +154,32 @@ mod tests {
 
     #[test]
     fn national_ids_are_upper_cased_without_separators() {
-        assert_eq!(canon(FieldKind::NationalId, "078-05-1120").as_deref(), Ok("078051120"));
-        assert_eq!(canon(FieldKind::NationalId, "ab 12 34 56 c").as_deref(), Ok("AB123456C"));
-        assert!(matches!(canon(FieldKind::NationalId, "12/34"), Err(ValueError::NationalId(_))));
+        assert_eq!(
+            canon(FieldKind::NationalId, "078-05-1120").as_deref(),
+            Ok("078051120")
+        );
+        assert_eq!(
+            canon(FieldKind::NationalId, "ab 12 34 56 c").as_deref(),
+            Ok("AB123456C")
+        );
+        assert!(matches!(
+            canon(FieldKind::NationalId, "12/34"),
+            Err(ValueError::NationalId(_))
+        ));
     }
 
     #[test]
     fn limits_apply_to_every_kind_and_errors_never_quote_the_value() {
         for kind in FieldKind::ALL {
             assert_eq!(canon(kind, ""), Err(ValueError::Empty));
-            assert_eq!(canon(kind, &"9".repeat(MAX_VALUE_BYTES + 1)), Err(ValueError::TooLong));
-            assert_eq!(canon(kind, "12345\u{0}678"), Err(ValueError::ControlCharacters));
+            assert_eq!(
+                canon(kind, &"9".repeat(MAX_VALUE_BYTES + 1)),
+                Err(ValueError::TooLong)
+            );
+            assert_eq!(
+                canon(kind, "12345\u{0}678"),
+                Err(ValueError::ControlCharacters)
+            );
             if let Err(e) = canon(kind, "+1 202 555 01x2") {
                 assert!(!e.to_string().contains("555"));
             }

@@ -20,14 +20,18 @@ pub enum IdentityError {
 /// The SPIFFE ID from a URI SAN when there is one, else the subject CN.
 pub fn caller_from_cert_der(der: &[u8]) -> Result<CallerId, IdentityError> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|_| IdentityError::Unparseable)?;
-    let san = cert.subject_alternative_name().map_err(|_| IdentityError::Unparseable)?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|_| IdentityError::Unparseable)?;
     let spiffe: Vec<&str> = san
         .map(|ext| {
             ext.value
                 .general_names
                 .iter()
                 .filter_map(|n| match n {
-                    GeneralName::URI(uri) if uri.to_ascii_lowercase().starts_with("spiffe:") => Some(*uri),
+                    GeneralName::URI(uri) if uri.to_ascii_lowercase().starts_with("spiffe:") => {
+                        Some(*uri)
+                    }
                     _ => None,
                 })
                 .collect()
@@ -63,7 +67,11 @@ mod tests {
             .map(|u| SanType::URI((*u).try_into().unwrap_or_else(|e| panic!("{e}"))))
             .collect();
         let key = KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
-        params.self_signed(&key).unwrap_or_else(|e| panic!("{e}")).der().to_vec()
+        params
+            .self_signed(&key)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .der()
+            .to_vec()
     }
 
     #[test]
@@ -81,14 +89,23 @@ mod tests {
     #[test]
     fn ambiguous_or_empty_certificates_have_no_identity() {
         assert_eq!(
-            caller_from_cert_der(&cert(Some("x"), &["spiffe://t.example/a", "spiffe://t.example/b"])),
+            caller_from_cert_der(&cert(
+                Some("x"),
+                &["spiffe://t.example/a", "spiffe://t.example/b"]
+            )),
             Err(IdentityError::SeveralSpiffeIds)
         );
-        assert_eq!(caller_from_cert_der(&cert(None, &[])), Err(IdentityError::NoIdentity));
+        assert_eq!(
+            caller_from_cert_der(&cert(None, &[])),
+            Err(IdentityError::NoIdentity)
+        );
         assert!(matches!(
             caller_from_cert_der(&cert(Some("spiffe://t.example/admin"), &[])),
             Err(IdentityError::Invalid(_))
         ));
-        assert_eq!(caller_from_cert_der(b"not a certificate"), Err(IdentityError::Unparseable));
+        assert_eq!(
+            caller_from_cert_der(b"not a certificate"),
+            Err(IdentityError::Unparseable)
+        );
     }
 }

@@ -15,7 +15,8 @@ pub mod pb {
     tonic::include_proto!("fieldvault.v1");
 
     /// The encoded descriptor set, for server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("fieldvault_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("fieldvault_descriptor");
 
     impl std::fmt::Debug for Field {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

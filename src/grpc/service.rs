@@ -96,7 +96,10 @@ impl pb::vault_server::Vault for VaultService {
             .map(|(i, r)| pb::TokenizeResult {
                 outcome: Some(match r {
                     Ok(token) => pb::tokenize_result::Outcome::Token(token.to_string()),
-                    Err(e) => pb::tokenize_result::Outcome::Error(item_status(&format!("fields[{i}]"), &e)),
+                    Err(e) => pb::tokenize_result::Outcome::Error(item_status(
+                        &format!("fields[{i}]"),
+                        &e,
+                    )),
                 }),
             })
             .collect();
@@ -111,7 +114,12 @@ impl pb::vault_server::Vault for VaultService {
         let req = request.into_inner();
         let results = self
             .vault
-            .detokenize(&caller, &req.purpose, &req.justification, req.tokens.clone())
+            .detokenize(
+                &caller,
+                &req.purpose,
+                &req.justification,
+                req.tokens.clone(),
+            )
             .await
             .map_err(call_status)?;
         let results = req
@@ -127,7 +135,10 @@ impl pb::vault_server::Vault for VaultService {
                         reveal: reveal_to_pb(revealed.reveal) as i32,
                         value: revealed.value.expose().to_owned(),
                     }),
-                    Err(e) => pb::detokenize_result::Outcome::Error(item_status(&format!("tokens[{i}]"), &e)),
+                    Err(e) => pb::detokenize_result::Outcome::Error(item_status(
+                        &format!("tokens[{i}]"),
+                        &e,
+                    )),
                 }),
             })
             .collect();

@@ -20,7 +20,10 @@ pub enum StoreError {
     AlreadyExists(&'static str),
     /// Stored bytes do not decode: disk corruption or tampering.
     #[error("stored {what} is corrupt: {reason}")]
-    Corrupt { what: &'static str, reason: &'static str },
+    Corrupt {
+        what: &'static str,
+        reason: &'static str,
+    },
     /// The backend failed (I/O, lock, flush or sync). Writes are not
     /// acknowledged when this happens.
     #[error("storage backend failed: {0}")]
@@ -38,8 +41,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Adds records, all or none; `AlreadyExists` if any token is taken.
     /// Durable when it returns.
-    async fn insert_records(&self, records: Vec<(TokenId, SealedRecord)>) -> Result<(), StoreError>;
+    async fn insert_records(&self, records: Vec<(TokenId, SealedRecord)>)
+        -> Result<(), StoreError>;
 
     /// The records for `tokens`, in the same order (`None` when absent).
-    async fn get_records(&self, tokens: Vec<TokenId>) -> Result<Vec<Option<SealedRecord>>, StoreError>;
+    async fn get_records(
+        &self,
+        tokens: Vec<TokenId>,
+    ) -> Result<Vec<Option<SealedRecord>>, StoreError>;
 }

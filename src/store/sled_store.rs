@@ -46,7 +46,8 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 
 impl SledStore {
     pub fn open(config: &SledConfig) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(&config.path).map_err(|e| backend(format!("{}: {e}", config.path.display())))?;
+        std::fs::create_dir_all(&config.path)
+            .map_err(|e| backend(format!("{}: {e}", config.path.display())))?;
         let db = sled::Config::new()
             .path(&config.path)
             .cache_capacity(config.cache_capacity_bytes)
@@ -84,7 +85,9 @@ fn data_file_path(dir: &Path) -> PathBuf {
 impl Inner {
     /// Makes every write so far durable: sled flush, then fdatasync.
     fn make_durable(&self) -> Result<(), StoreError> {
-        self.db.flush().map_err(|e| backend(format!("flush: {e}")))?;
+        self.db
+            .flush()
+            .map_err(|e| backend(format!("flush: {e}")))?;
         self.data_file
             .sync_data()
             .map_err(|e| backend(format!("fdatasync: {e}")))
@@ -109,7 +112,11 @@ impl Store for SledStore {
         self.blocking(move |inner| {
             let swapped = inner
                 .data_keys
-                .compare_and_swap(key.version.0.to_be_bytes(), None::<&[u8]>, Some(encode_data_key(&key)))
+                .compare_and_swap(
+                    key.version.0.to_be_bytes(),
+                    None::<&[u8]>,
+                    Some(encode_data_key(&key)),
+                )
                 .map_err(backend)?;
             if swapped.is_err() {
                 return Err(StoreError::AlreadyExists("data key version"));
@@ -119,7 +126,10 @@ impl Store for SledStore {
         .await
     }
 
-    async fn insert_records(&self, records: Vec<(TokenId, SealedRecord)>) -> Result<(), StoreError> {
+    async fn insert_records(
+        &self,
+        records: Vec<(TokenId, SealedRecord)>,
+    ) -> Result<(), StoreError> {
         self.blocking(move |inner| {
             let encoded: Vec<([u8; 16], Vec<u8>)> = records
                 .iter()
@@ -145,14 +155,19 @@ impl Store for SledStore {
         .await
     }
 
-    async fn get_records(&self, tokens: Vec<TokenId>) -> Result<Vec<Option<SealedRecord>>, StoreError> {
+    async fn get_records(
+        &self,
+        tokens: Vec<TokenId>,
+    ) -> Result<Vec<Option<SealedRecord>>, StoreError> {
         self.blocking(move |inner| {
             tokens
                 .iter()
-                .map(|t| match inner.records.get(t.as_bytes()).map_err(backend)? {
-                    Some(bytes) => decode_record(&bytes).map(Some),
-                    None => Ok(None),
-                })
+                .map(
+                    |t| match inner.records.get(t.as_bytes()).map_err(backend)? {
+                        Some(bytes) => decode_record(&bytes).map(Some),
+                        None => Ok(None),
+                    },
+                )
                 .collect()
         })
         .await
@@ -170,7 +185,10 @@ fn encode_record(r: &SealedRecord) -> Vec<u8> {
 }
 
 fn decode_record(b: &[u8]) -> Result<SealedRecord, StoreError> {
-    let corrupt = |reason| StoreError::Corrupt { what: "record", reason };
+    let corrupt = |reason| StoreError::Corrupt {
+        what: "record",
+        reason,
+    };
     if b.len() < 1 + 1 + 4 + NONCE_LEN + 16 {
         return Err(corrupt("too short"));
     }
@@ -199,7 +217,10 @@ fn encode_data_key(k: &WrappedDataKey) -> Vec<u8> {
 }
 
 fn decode_data_key(b: &[u8]) -> Result<WrappedDataKey, StoreError> {
-    let corrupt = |reason| StoreError::Corrupt { what: "data key", reason };
+    let corrupt = |reason| StoreError::Corrupt {
+        what: "data key",
+        reason,
+    };
     if b.len() < 1 + 4 + NONCE_LEN + 16 {
         return Err(corrupt("too short"));
     }
@@ -243,7 +264,10 @@ mod tests {
         {
             let store = open(dir.path());
             store
-                .insert_records(vec![(a, record(FieldKind::Phone)), (b, record(FieldKind::Address))])
+                .insert_records(vec![
+                    (a, record(FieldKind::Phone)),
+                    (b, record(FieldKind::Address)),
+                ])
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
         }
@@ -252,7 +276,14 @@ mod tests {
             .get_records(vec![b, TokenId::new_random(), a])
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(got, vec![Some(record(FieldKind::Address)), None, Some(record(FieldKind::Phone))]);
+        assert_eq!(
+            got,
+            vec![
+                Some(record(FieldKind::Address)),
+                None,
+                Some(record(FieldKind::Phone))
+            ]
+        );
     }
 
     #[tokio::test]
@@ -265,10 +296,16 @@ mod tests {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let err = store
-            .insert_records(vec![(b, record(FieldKind::Phone)), (a, record(FieldKind::NationalId))])
+            .insert_records(vec![
+                (b, record(FieldKind::Phone)),
+                (a, record(FieldKind::NationalId)),
+            ])
             .await;
         assert!(matches!(err, Err(StoreError::AlreadyExists("token"))));
-        let got = store.get_records(vec![a, b]).await.unwrap_or_else(|e| panic!("{e}"));
+        let got = store
+            .get_records(vec![a, b])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(got, vec![Some(record(FieldKind::Phone)), None]);
     }
 
@@ -281,12 +318,18 @@ mod tests {
             nonce: [3; NONCE_LEN],
             ciphertext: vec![4; 48],
         };
-        store.insert_data_key(key.clone()).await.unwrap_or_else(|e| panic!("{e}"));
+        store
+            .insert_data_key(key.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(
             store.insert_data_key(key.clone()).await,
             Err(StoreError::AlreadyExists(_))
         ));
-        assert_eq!(store.data_keys().await.unwrap_or_else(|e| panic!("{e}")), vec![key]);
+        assert_eq!(
+            store.data_keys().await.unwrap_or_else(|e| panic!("{e}")),
+            vec![key]
+        );
     }
 
     #[test]
@@ -294,8 +337,14 @@ mod tests {
         assert!(decode_record(&[1, 1, 0]).is_err());
         let mut bytes = encode_record(&record(FieldKind::Phone));
         bytes[1] = 99;
-        assert!(matches!(decode_record(&bytes), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(
+            decode_record(&bytes),
+            Err(StoreError::Corrupt { .. })
+        ));
         bytes[0] = 2;
-        assert!(matches!(decode_record(&bytes), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(
+            decode_record(&bytes),
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 }

@@ -3,12 +3,12 @@
 //! sled.
 
 use crate::audit::{now_unix_ms, AuditEvent, AuditItem, AuditSink};
+use crate::crypto::MasterKey;
 use crate::crypto::{CryptoError, Keyring};
 use crate::domain::mask::mask;
 use crate::domain::policy::{Action, Denial, Policy, RevealLevel};
 use crate::domain::value::canonicalise;
 use crate::domain::{CallerId, FieldKind, Justification, Plaintext, Purpose, TokenId};
-use crate::crypto::MasterKey;
 use crate::store::{Store, StoreError};
 use std::sync::{Arc, RwLock};
 
@@ -21,7 +21,9 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_batch_items: 1000 }
+        Self {
+            max_batch_items: 1000,
+        }
     }
 }
 
@@ -43,7 +45,10 @@ pub enum VaultError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ItemError {
     #[error("{reason}")]
-    InvalidArgument { field: Option<&'static str>, reason: String },
+    InvalidArgument {
+        field: Option<&'static str>,
+        reason: String,
+    },
     #[error("no record for this token")]
     NotFound,
     #[error("{0}")]
@@ -81,14 +86,20 @@ pub struct Revealed {
 
 /// Unlocks the stored data keys with `master`, or, on an empty store,
 /// creates data key v1 and stores it wrapped.
-pub async fn open_keyring(store: &dyn Store, master: &MasterKey) -> Result<Keyring, KeyringSetupError> {
+pub async fn open_keyring(
+    store: &dyn Store,
+    master: &MasterKey,
+) -> Result<Keyring, KeyringSetupError> {
     let wrapped = store.data_keys().await?;
     if !wrapped.is_empty() {
         return Ok(Keyring::unlock(master, &wrapped)?);
     }
     let (keyring, first) = Keyring::create(master)?;
     store.insert_data_key(first).await?;
-    tracing::info!(version = keyring.active_version().0, "created the first data key");
+    tracing::info!(
+        version = keyring.active_version().0,
+        "created the first data key"
+    );
     Ok(keyring)
 }
 
@@ -194,19 +205,23 @@ impl Vault {
                 policy
                     .decide(caller, Action::Tokenize, item.kind, purpose.as_ref())
                     .map_err(ItemError::PermissionDenied)?;
-                let canonical =
-                    canonicalise(item.kind, item.value.expose()).map_err(|e| ItemError::InvalidArgument {
+                let canonical = canonicalise(item.kind, item.value.expose()).map_err(|e| {
+                    ItemError::InvalidArgument {
                         field: Some("value"),
                         reason: e.to_string(),
-                    })?;
-                let token = TokenId::new_random();
-                let sealed = self.keyring.seal(&token, item.kind, &canonical).map_err(|e| {
-                    tracing::error!(error = %e, "sealing failed");
-                    ItemError::Internal
+                    }
                 })?;
+                let token = TokenId::new_random();
+                let sealed = self
+                    .keyring
+                    .seal(&token, item.kind, &canonical)
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "sealing failed");
+                        ItemError::Internal
+                    })?;
                 Ok((token, sealed))
             });
-                        match outcome {
+            match outcome {
                 Ok((token, sealed)) => {
                     to_store.push((token, sealed));
                     results.push(Ok(token));
@@ -240,10 +255,11 @@ impl Vault {
             field: "purpose",
             reason: format!("{e}; detokenize needs a purpose a policy rule lists"),
         })?;
-        let justification = Justification::parse(justification).map_err(|e| VaultError::InvalidArgument {
-            field: "justification",
-            reason: e.to_string(),
-        })?;
+        let justification =
+            Justification::parse(justification).map_err(|e| VaultError::InvalidArgument {
+                field: "justification",
+                reason: e.to_string(),
+            })?;
         let mut event = AuditEvent {
             unix_ms: now_unix_ms(),
             caller: caller.to_string(),
@@ -266,13 +282,17 @@ impl Vault {
         let parsed: Vec<Result<TokenId, ItemError>> = tokens
             .iter()
             .map(|t| {
-                t.parse::<TokenId>().map_err(|e| ItemError::InvalidArgument {
-                    field: None,
-                    reason: e.to_string(),
-                })
+                t.parse::<TokenId>()
+                    .map_err(|e| ItemError::InvalidArgument {
+                        field: None,
+                        reason: e.to_string(),
+                    })
             })
             .collect();
-        let ids: Vec<TokenId> = parsed.iter().filter_map(|p| p.as_ref().ok().copied()).collect();
+        let ids: Vec<TokenId> = parsed
+            .iter()
+            .filter_map(|p| p.as_ref().ok().copied())
+            .collect();
         let mut records = self
             .store
             .get_records(ids)

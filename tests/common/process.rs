@@ -1,0 +1,99 @@
+//! The real `fieldvault` binary as a child process, for tests that need a
+//! process boundary: kill -9, restart, captured logs, dev mode.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_fieldvault");
+
+pub struct ServerProcess {
+    child: Child,
+    pub addr: String,
+    /// Everything the server printed to stdout so far.
+    pub stdout: String,
+    /// The file that receives the server's stderr (its logs).
+    pub log_path: PathBuf,
+}
+
+/// Starts `fieldvault serve --dev` on a free port with trace logging and
+/// waits for "listening on ADDR". `log_path` gathers stderr (appended, so
+/// logs of several runs accumulate).
+pub fn start_dev(data_dir: &Path, log_path: &Path) -> Result<ServerProcess, String> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("RUST_LOG", "trace")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut printed = String::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => {
+                printed.push_str(&line);
+                printed.push('\n');
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    return Ok(ServerProcess {
+                        child,
+                        addr: addr.trim().to_owned(),
+                        stdout: printed,
+                        log_path: log_path.to_path_buf(),
+                    });
+                }
+            }
+            Err(_) => {
+                // Exited (or hung) before listening: report what it said.
+                let _ = child.kill();
+                let _ = child.wait();
+                let logs = std::fs::read_to_string(log_path).unwrap_or_default();
+                return Err(format!("{printed}{logs}"));
+            }
+        }
+    }
+}
+
+impl ServerProcess {
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the CLI with `args` and returns its output.
+pub fn cli(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}

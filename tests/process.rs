@@ -1,0 +1,173 @@
+//! The real binary: dev mode and the CLI quickstart, kill -9 and restart,
+//! and no plaintext in the data dir or the logs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::process::{cli, start_dev};
+use std::path::Path;
+
+/// A value used nowhere else, in raw and canonical form.
+const PHONE: &str = "+1 202-555-0176";
+const PHONE_CANONICAL: &str = "+12025550176";
+const ADDRESS: &str = "17 Fakestreet Lane, Testville, ZZ 99999";
+
+fn run_ok(args: &[&str]) -> String {
+    let out = cli(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn files_containing(dir: &Path, needles: &[&[u8]]) -> Vec<String> {
+    let mut hits = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            hits.extend(files_containing(&path, needles));
+        } else {
+            let bytes = std::fs::read(&path).unwrap();
+            for needle in needles {
+                if bytes.windows(needle.len()).any(|w| w == *needle) {
+                    hits.push(format!(
+                        "{} holds {:?}",
+                        path.display(),
+                        String::from_utf8_lossy(needle)
+                    ));
+                }
+            }
+        }
+    }
+    hits
+}
+
+#[test]
+fn dev_mode_quickstart_survives_kill_9_and_leaves_no_plaintext_on_disk_or_in_logs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let data_s = data.to_str().unwrap();
+    let log = tmp.path().join("server.log");
+
+    let server = start_dev(&data, &log).unwrap();
+    assert!(server.stdout.contains("created"), "{}", server.stdout);
+    for f in [
+        "ca.pem",
+        "server.pem",
+        "server.key",
+        "master.key",
+        "policy.toml",
+    ] {
+        assert!(data.join("dev").join(f).exists(), "{f}");
+    }
+    for name in ["orders", "support", "rotator", "intruder"] {
+        assert!(data.join("dev").join(format!("{name}.pem")).exists());
+        assert!(data.join("dev").join(format!("{name}.key")).exists());
+    }
+    let addr = server.addr.clone();
+    let conn = |who: &'static str| {
+        ["--addr", &addr, "--dev-identity", who, "--data-dir", data_s].map(str::to_owned)
+    };
+
+    let mut args = vec!["tokenize", "--kind", "phone", PHONE];
+    let orders = conn("orders");
+    args.extend(orders.iter().map(String::as_str));
+    let phone_token = run_ok(&args).trim().to_owned();
+    let mut args = vec!["tokenize", "--kind", "address", "--json", ADDRESS];
+    args.extend(orders.iter().map(String::as_str));
+    let json: serde_json::Value = serde_json::from_str(run_ok(&args).trim()).unwrap();
+    let address_token = json["token"].as_str().unwrap().to_owned();
+
+    // kill -9: the acknowledged tokens must survive.
+    server.kill9();
+    let server = start_dev(&data, &log).unwrap();
+    assert!(server.stdout.contains("reusing"), "{}", server.stdout);
+    let addr = server.addr.clone();
+    let support = [
+        "--addr",
+        &addr,
+        "--dev-identity",
+        "support",
+        "--data-dir",
+        data_s,
+    ];
+    let mut args = vec![
+        "detokenize",
+        "--purpose",
+        "callback",
+        "--justification",
+        "SUP-1",
+        &phone_token,
+        &address_token,
+    ];
+    args.extend(support);
+    let out = run_ok(&args);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0],
+        format!("{phone_token}\tFIELD_KIND_PHONE\tREVEAL_FULL\t{PHONE_CANONICAL}")
+    );
+    assert_eq!(
+        lines[1],
+        format!("{address_token}\tFIELD_KIND_ADDRESS\tREVEAL_MASKED\t***, ZZ 99999")
+    );
+
+    // A refused call exits non-zero and says why.
+    let mut args = vec!["detokenize", "--purpose", "marketing", &phone_token];
+    args.extend(support);
+    let out = cli(&args);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PermissionDenied"));
+    drop(server);
+
+    let needles: [&[u8]; 5] = [
+        PHONE.as_bytes(),
+        PHONE_CANONICAL.as_bytes(),
+        b"2025550176",
+        b"Fakestreet",
+        b"Testville",
+    ];
+    let hits = files_containing(&data, &needles);
+    assert!(hits.is_empty(), "plaintext at rest: {hits:?}");
+    let logs = std::fs::read(&log).unwrap();
+    assert!(logs.len() > 1000, "trace logs were captured");
+    let hits = files_containing(tmp.path(), &needles);
+    assert!(hits.is_empty(), "plaintext in data dir or logs: {hits:?}");
+}
+
+#[test]
+fn the_server_refuses_a_master_key_file_others_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let log = tmp.path().join("server.log");
+    drop(start_dev(&data, &log).unwrap());
+    let key = data.join("dev/master.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = start_dev(&data, &log).err().unwrap();
+    assert!(
+        err.contains("master.key") && err.contains("chmod 600"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_server_refuses_the_wrong_master_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let log = tmp.path().join("server.log");
+    drop(start_dev(&data, &log).unwrap());
+    let key = data.join("dev/master.key");
+    std::fs::write(
+        &key,
+        fieldvault::crypto::MasterKey::generate()
+            .to_hex()
+            .as_bytes(),
+    )
+    .unwrap();
+    let err = start_dev(&data, &log).err().unwrap();
+    assert!(err.contains("master key does not match"), "{err}");
+}

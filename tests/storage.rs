@@ -1,0 +1,117 @@
+//! What is on disk: it survives a restart, and tampering with it is
+//! detected instead of returning garbage.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use fieldvault::domain::TokenId;
+use fieldvault::grpc::pb::FieldKind;
+use tonic::Code;
+
+const PHONE: &str = "+1 202-555-0143";
+const OTHER_PHONE: &str = "+1 202-555-0187";
+
+/// Opens the stopped server's sled store directly and edits one tree.
+fn edit_records(vault: &TestVault, edit: impl FnOnce(&sled::Tree)) {
+    let db = sled::open(vault.config.store_dir()).unwrap();
+    let records = db.open_tree("records").unwrap();
+    edit(&records);
+    db.flush().unwrap();
+}
+
+fn key(token: &str) -> Vec<u8> {
+    token.parse::<TokenId>().unwrap().as_bytes().to_vec()
+}
+
+#[tokio::test]
+async fn a_restarted_server_still_detokenizes_earlier_tokens() {
+    let mut vault = TestVault::start().await;
+    let mut orders = vault.client("orders").await;
+    let tokens = tokens_for(&mut orders, vec![field(FieldKind::Phone, PHONE)]).await;
+    drop(orders);
+    vault.restart().await;
+    let mut support = vault.client("support").await;
+    let got = detokenize(&mut support, "callback", &tokens).await.unwrap();
+    assert_eq!(got[0].as_ref().unwrap().value, "+12025550143");
+}
+
+#[tokio::test]
+async fn a_ciphertext_altered_on_disk_fails_to_decrypt_with_an_error() {
+    let mut vault = TestVault::start().await;
+    let mut orders = vault.client("orders").await;
+    let tokens = tokens_for(
+        &mut orders,
+        vec![
+            field(FieldKind::Phone, PHONE),
+            field(FieldKind::Phone, OTHER_PHONE),
+        ],
+    )
+    .await;
+    drop(orders);
+    vault.stop().await;
+    edit_records(&vault, |records| {
+        let k = key(&tokens[0]);
+        let mut bytes = records.get(&k).unwrap().unwrap().to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x01;
+        records.insert(&k, bytes).unwrap();
+    });
+    vault.restart().await;
+
+    let mut support = vault.client("support").await;
+    let got = detokenize(&mut support, "callback", &tokens).await.unwrap();
+    let err = got[0].as_ref().unwrap_err();
+    assert_eq!(code(err), Code::DataLoss, "{}", err.message);
+    assert!(err.message.contains("integrity"), "{}", err.message);
+    // The untouched record next to it is fine.
+    assert_eq!(got[1].as_ref().unwrap().value, "+12025550187");
+}
+
+#[tokio::test]
+async fn a_ciphertext_moved_to_another_token_fails_to_decrypt() {
+    let mut vault = TestVault::start().await;
+    let mut orders = vault.client("orders").await;
+    let tokens = tokens_for(
+        &mut orders,
+        vec![
+            field(FieldKind::Phone, PHONE),
+            field(FieldKind::Phone, OTHER_PHONE),
+        ],
+    )
+    .await;
+    drop(orders);
+    vault.stop().await;
+    edit_records(&vault, |records| {
+        // Replay the first record's bytes under the second token.
+        let first = records.get(key(&tokens[0])).unwrap().unwrap();
+        records.insert(key(&tokens[1]), first).unwrap();
+    });
+    vault.restart().await;
+
+    let mut support = vault.client("support").await;
+    let got = detokenize(&mut support, "callback", &tokens).await.unwrap();
+    assert_eq!(got[0].as_ref().unwrap().value, "+12025550143");
+    assert_eq!(code(got[1].as_ref().unwrap_err()), Code::DataLoss);
+}
+
+#[tokio::test]
+async fn a_record_relabelled_as_another_kind_fails_to_decrypt() {
+    let mut vault = TestVault::start().await;
+    let mut orders = vault.client("orders").await;
+    let tokens = tokens_for(&mut orders, vec![field(FieldKind::Phone, PHONE)]).await;
+    drop(orders);
+    vault.stop().await;
+    edit_records(&vault, |records| {
+        let k = key(&tokens[0]);
+        let mut bytes = records.get(&k).unwrap().unwrap().to_vec();
+        // Byte 1 holds the kind code: claim it is an address (masked reveal).
+        bytes[1] = 2;
+        records.insert(&k, bytes).unwrap();
+    });
+    vault.restart().await;
+
+    let mut support = vault.client("support").await;
+    let got = detokenize(&mut support, "callback", &tokens).await.unwrap();
+    assert_eq!(code(got[0].as_ref().unwrap_err()), Code::DataLoss);
+}
