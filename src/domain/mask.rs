@@ -2,6 +2,7 @@
 //! value and nothing about the length of what it hides.
 
 use super::{FieldKind, Plaintext};
+use zeroize::Zeroizing;
 
 /// What replaces the hidden part of a value.
 pub const HIDDEN: &str = "***";
@@ -13,17 +14,9 @@ pub const HIDDEN: &str = "***";
 /// - national ID: `***` and the last 4 characters (`***1120`).
 pub fn mask(kind: FieldKind, value: &Plaintext) -> Plaintext {
     let v = value.expose();
-    let shown = match kind {
-        FieldKind::Phone => {
-            let digits: Vec<char> = v.chars().filter(char::is_ascii_digit).collect();
-            let tail: String = digits[digits.len().saturating_sub(4)..].iter().collect();
-            // Canonical phones have at least 7 digits; a shorter one shows nothing.
-            if digits.len() > 4 {
-                tail
-            } else {
-                String::new()
-            }
-        }
+    // The shown part is itself a piece of the value: keep it in wiped memory.
+    let shown: Zeroizing<String> = Zeroizing::new(match kind {
+        FieldKind::Phone => last_n(v.chars().filter(char::is_ascii_digit), 4),
         FieldKind::Address => {
             return Plaintext::new(match v.rsplit_once(',') {
                 Some((_, last)) if !last.trim().is_empty() => {
@@ -32,16 +25,20 @@ pub fn mask(kind: FieldKind, value: &Plaintext) -> Plaintext {
                 _ => HIDDEN.to_owned(),
             })
         }
-        FieldKind::NationalId => {
-            let chars: Vec<char> = v.chars().collect();
-            if chars.len() > 4 {
-                chars[chars.len() - 4..].iter().collect()
-            } else {
-                String::new()
-            }
-        }
-    };
-    Plaintext::new(format!("{HIDDEN}{shown}"))
+        FieldKind::NationalId => last_n(v.chars(), 4),
+    });
+    Plaintext::new(format!("{HIDDEN}{}", shown.as_str()))
+}
+
+/// The last `n` characters, or nothing when there are not more than `n`
+/// (showing all of a short value would reveal it).
+fn last_n(chars: impl Iterator<Item = char> + Clone, n: usize) -> String {
+    let count = chars.clone().count();
+    if count > n {
+        chars.skip(count - n).collect()
+    } else {
+        String::new()
+    }
 }
 
 #[cfg(test)]

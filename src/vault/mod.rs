@@ -236,7 +236,7 @@ impl Vault {
             })?;
         }
         let stored = results.iter().filter(|r| r.is_ok()).count();
-        tracing::info!(caller = %caller, items = results.len(), stored, "tokenize");
+        tracing::debug!(caller = %caller, items = results.len(), stored, "tokenize");
         Ok(results)
     }
 
@@ -354,7 +354,7 @@ impl Vault {
             VaultError::Unavailable("audit log is unavailable; nothing was revealed".into())
         })?;
         let revealed = results.iter().filter(|r| r.is_ok()).count();
-        tracing::info!(caller = %caller, purpose = %purpose, items = results.len(), revealed, "detokenize");
+        tracing::debug!(caller = %caller, purpose = %purpose, items = results.len(), revealed, "detokenize");
         Ok(results)
     }
 }
