@@ -7,7 +7,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     // Messages that carry plaintext get a hand-written, redacted Debug.
-    config.skip_debug(["fieldvault.v1.Field", "fieldvault.v1.RevealedValue"]);
+    config.skip_debug([
+        "fieldvault.v1.Field",
+        "fieldvault.v1.RevealedValue",
+        "fieldvault.v1.PostalAddress",
+    ]);
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -8,7 +8,7 @@ use crate::domain::policy::{Policy, PolicyError};
 use crate::grpc::{pb, VaultService};
 use crate::store::{SledConfig, SledStore, StoreError};
 use crate::tls::TlsError;
-use crate::vault::{open_keyring, KeyringSetupError, Limits, Vault};
+use crate::vault::{open_keyring, KeyringSetupError, Settings, Vault};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -133,8 +133,10 @@ pub async fn start(
         keyring,
         policy,
         Arc::new(audit),
-        Limits {
+        Settings {
             max_batch_items: config.max_batch_items,
+            default_region: config.default_phone_region,
+            token_modes: config.token_modes,
         },
     ));
 

@@ -8,6 +8,10 @@
 //! audit_log = "/var/log/fieldvault/audit.log"
 //! max_batch_items = 1000                  # optional, default 1000
 //! cache_capacity_mib = 64                 # optional, sled page cache bound
+//! default_phone_region = "US"             # optional: reads national-format numbers
+//!
+//! [token_modes]                           # optional, per kind: "random" (default)
+//! phone = "deterministic"                 # or "deterministic"
 //!
 //! [tls]
 //! cert = "/etc/fieldvault/tls/server.pem"
@@ -21,6 +25,9 @@
 //!
 //! Environment overrides: `FIELDVAULT_LISTEN`, `FIELDVAULT_DATA_DIR`.
 
+use crate::domain::value::PhoneRegion;
+use crate::domain::TokenMode;
+use crate::vault::TokenModes;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -36,6 +43,8 @@ pub struct Config {
     pub audit_log: PathBuf,
     pub max_batch_items: usize,
     pub cache_capacity_mib: u64,
+    pub default_phone_region: Option<PhoneRegion>,
+    pub token_modes: TokenModes,
     pub tls: TlsPaths,
     pub master_key: MasterKeySource,
 }
@@ -76,8 +85,24 @@ struct RawConfig {
     audit_log: Option<PathBuf>,
     max_batch_items: Option<usize>,
     cache_capacity_mib: Option<u64>,
+    default_phone_region: Option<String>,
+    #[serde(default)]
+    token_modes: RawTokenModes,
     tls: Option<TlsPaths>,
     master_key: Option<RawMasterKey>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTokenModes {
+    #[serde(default)]
+    phone: TokenMode,
+    #[serde(default)]
+    address: TokenMode,
+    #[serde(default)]
+    national_id: TokenMode,
+    #[serde(default)]
+    email: TokenMode,
 }
 
 #[derive(Deserialize)]
@@ -152,9 +177,26 @@ impl Config {
                 reason: "must be between 1 and 65536".into(),
             });
         }
+        let default_phone_region = raw
+            .default_phone_region
+            .map(|r| {
+                PhoneRegion::parse(&r).map_err(|reason| ConfigError::Field {
+                    field: "default_phone_region",
+                    reason,
+                })
+            })
+            .transpose()?;
+        let m = raw.token_modes;
         Ok(Self {
             listen,
             data_dir,
+            default_phone_region,
+            token_modes: TokenModes {
+                phone: m.phone,
+                address: m.address,
+                national_id: m.national_id,
+                email: m.email,
+            },
             policy_file: raw.policy_file.ok_or_else(|| missing("policy_file"))?,
             audit_log: raw.audit_log.ok_or_else(|| missing("audit_log"))?,
             max_batch_items,
@@ -201,6 +243,30 @@ env = "FIELDVAULT_MASTER_KEY"
             MasterKeySource::Env("FIELDVAULT_MASTER_KEY".into())
         );
         assert_eq!(c.store_dir(), PathBuf::from("/var/lib/fieldvault/store"));
+        assert_eq!(c.token_modes, TokenModes::default());
+        assert_eq!(c.default_phone_region, None);
+    }
+
+    #[test]
+    fn token_modes_and_default_region_are_read() {
+        let text = format!(
+            "default_phone_region = \"cn\"\n{FULL}\n[token_modes]\nphone = \"deterministic\"\n"
+        );
+        let c = Config::from_toml(&text, &no_env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.token_modes.phone, TokenMode::Deterministic);
+        assert_eq!(c.token_modes.email, TokenMode::Random);
+        assert_eq!(
+            c.default_phone_region.map(|r| r.as_str().to_owned()),
+            Some("CN".to_owned())
+        );
+        let bad = format!("default_phone_region = \"Narnia\"\n{FULL}");
+        let err = Config::from_toml(&bad, &no_env)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("default_phone_region"), "{err}");
+        let bad = format!("{FULL}\n[token_modes]\nphone = \"sometimes\"\n");
+        assert!(Config::from_toml(&bad, &no_env).is_err());
     }
 
     #[test]

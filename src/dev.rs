@@ -6,6 +6,7 @@ use crate::config::{
 };
 use crate::crypto::MasterKey;
 use crate::devpki::DevCa;
+use crate::vault::TokenModes;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -96,6 +97,8 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<(Config, bool), De
         audit_log: data_dir.join("audit.log"),
         max_batch_items: DEFAULT_MAX_BATCH_ITEMS,
         cache_capacity_mib: DEFAULT_CACHE_CAPACITY_MIB,
+        default_phone_region: None,
+        token_modes: TokenModes::default(),
         tls: TlsPaths {
             cert: dir.join("server.pem"),
             key: dir.join("server.key"),

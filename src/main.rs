@@ -91,9 +91,17 @@ impl Conn {
 
 #[derive(Args)]
 struct TokenizeArgs {
-    /// Field kind of every value: phone, address or national_id.
+    /// Field kind of every value: phone, email, address or national_id.
     #[arg(long)]
     kind: fieldvault::domain::FieldKind,
+    /// Phone only: ISO 3166 alpha-2 region to read national-format numbers
+    /// in (e.g. CN for "138 1234 5678").
+    #[arg(long)]
+    region: Option<String>,
+    /// National ID only (required): cn_ric, us_ssn, br_cpf, in_aadhaar,
+    /// hk_hkid or es_dni.
+    #[arg(long)]
+    scheme: Option<fieldvault::domain::value::IdScheme>,
     /// Purpose, when the caller's policy requires one for tokenize.
     #[arg(long)]
     purpose: Option<String>,
@@ -239,10 +247,22 @@ async fn tokenize(args: TokenizeArgs) -> Result<ExitCode, String> {
     } else {
         args.values
     };
+    use fieldvault::domain::value::IdScheme;
+    use fieldvault::domain::FieldKind;
     let kind = match args.kind {
-        fieldvault::domain::FieldKind::Phone => pb::FieldKind::Phone,
-        fieldvault::domain::FieldKind::Address => pb::FieldKind::Address,
-        fieldvault::domain::FieldKind::NationalId => pb::FieldKind::NationalId,
+        FieldKind::Phone => pb::FieldKind::Phone,
+        FieldKind::Address => pb::FieldKind::Address,
+        FieldKind::NationalId => pb::FieldKind::NationalId,
+        FieldKind::Email => pb::FieldKind::Email,
+    };
+    let scheme = match args.scheme {
+        None => pb::NationalIdScheme::Unspecified,
+        Some(IdScheme::CnRic) => pb::NationalIdScheme::CnRic,
+        Some(IdScheme::UsSsn) => pb::NationalIdScheme::UsSsn,
+        Some(IdScheme::BrCpf) => pb::NationalIdScheme::BrCpf,
+        Some(IdScheme::InAadhaar) => pb::NationalIdScheme::InAadhaar,
+        Some(IdScheme::HkHkid) => pb::NationalIdScheme::HkHkid,
+        Some(IdScheme::EsDni) => pb::NationalIdScheme::EsDni,
     };
     let mut client = connect(&args.conn.addr, &args.conn.tls()?)
         .await
@@ -253,6 +273,9 @@ async fn tokenize(args: TokenizeArgs) -> Result<ExitCode, String> {
             .map(|value| pb::Field {
                 kind: kind as i32,
                 value,
+                region: args.region.clone().unwrap_or_default(),
+                scheme: scheme as i32,
+                address: None,
             })
             .collect(),
         purpose: args.purpose,
@@ -317,10 +340,20 @@ async fn detokenize(args: DetokenizeArgs) -> Result<ExitCode, String> {
                 let kind = pb::FieldKind::try_from(v.kind).map_or("unknown", |k| k.as_str_name());
                 let reveal = pb::Reveal::try_from(v.reveal).map_or("unknown", |r| r.as_str_name());
                 if args.conn.json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"token": result.token, "kind": kind, "reveal": reveal, "value": v.value})
-                    );
+                    let mut obj = serde_json::json!({"token": result.token, "kind": kind, "reveal": reveal, "value": v.value});
+                    if let Ok(scheme) = pb::NationalIdScheme::try_from(v.scheme) {
+                        if scheme != pb::NationalIdScheme::Unspecified {
+                            obj["scheme"] = scheme.as_str_name().into();
+                        }
+                    }
+                    if let Some(a) = &v.address {
+                        obj["address"] = serde_json::json!({
+                            "country": a.country, "region": a.region, "city": a.city,
+                            "district": a.district, "street_lines": a.street_lines,
+                            "postal_code": a.postal_code, "recipient": a.recipient,
+                        });
+                    }
+                    println!("{obj}");
                 } else {
                     println!("{}\t{}\t{}\t{}", result.token, kind, reveal, v.value);
                 }

@@ -3,6 +3,8 @@ use crate::domain::{FieldKind, Plaintext, TokenId};
 use aes_gcm::aead::rand_core::RngCore;
 use aes_gcm::aead::{Aead, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use std::collections::BTreeMap;
 use std::fmt;
 use zeroize::{Zeroize, Zeroizing};
@@ -12,12 +14,53 @@ use zeroize::{Zeroize, Zeroizing};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyVersion(pub u32);
 
-/// A data key as stored: sealed under the master key. Not secret.
+/// What a key is for. Each purpose has its own versions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KeyPurpose {
+    /// AES-256-GCM data key (DEK) sealing records.
+    Data,
+    /// HMAC-SHA256 key of the blind index (value -> tokens).
+    Index,
+}
+
+impl KeyPurpose {
+    /// The stable code stored with the key and bound into its wrapping AAD.
+    pub fn code(self) -> u8 {
+        match self {
+            KeyPurpose::Data => 1,
+            KeyPurpose::Index => 2,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        [KeyPurpose::Data, KeyPurpose::Index]
+            .into_iter()
+            .find(|p| p.code() == code)
+    }
+}
+
+/// A key as stored: sealed under the master key. Not secret.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WrappedDataKey {
+pub struct WrappedKey {
+    pub purpose: KeyPurpose,
     pub version: KeyVersion,
     pub nonce: [u8; NONCE_LEN],
     pub ciphertext: Vec<u8>,
+}
+
+/// The blind index of a canonical value: HMAC-SHA256 under index key
+/// `version`. Equal values give equal indexes; the index reveals nothing
+/// about the value without the key. Not secret, but not for logs either.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BlindIndex {
+    pub version: KeyVersion,
+    pub mac: [u8; 32],
+}
+
+impl fmt::Debug for BlindIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BlindIndex(v{}, <redacted>)", self.version.0)
+    }
 }
 
 /// One encrypted value as stored. Not secret; useless without its token id,
@@ -30,11 +73,13 @@ pub struct SealedRecord {
     pub ciphertext: Vec<u8>,
 }
 
-const DEK_AAD_LABEL: &[u8] = b"fieldvault/dek/v1";
+const WRAP_AAD_LABEL: &[u8] = b"fieldvault/wrapped-key/v1";
 const RECORD_AAD_LABEL: &[u8] = b"fieldvault/record/v1";
+const INDEX_LABEL: &[u8] = b"fieldvault/blind-index/v1";
 
-fn dek_aad(version: KeyVersion) -> Vec<u8> {
-    let mut aad = DEK_AAD_LABEL.to_vec();
+fn wrap_aad(purpose: KeyPurpose, version: KeyVersion) -> Vec<u8> {
+    let mut aad = WRAP_AAD_LABEL.to_vec();
+    aad.push(purpose.code());
     aad.extend_from_slice(&version.0.to_be_bytes());
     aad
 }
@@ -76,56 +121,123 @@ fn open_with(
         .map_err(|_| CryptoError::Integrity)
 }
 
-/// The unwrapped data keys, each as a ready AES-256-GCM cipher (building
+/// The unwrapped keys: data keys as ready AES-256-GCM ciphers (building
 /// the cipher costs more than sealing a short value, so it is cached per
-/// version). Key material is wiped when the keyring is dropped.
+/// version) and blind-index HMAC keys. Key material is wiped on drop.
 pub struct Keyring {
     active: KeyVersion,
     ciphers: BTreeMap<KeyVersion, Aes256Gcm>,
+    index_active: KeyVersion,
+    index_keys: BTreeMap<KeyVersion, Zeroizing<[u8; 32]>>,
+}
+
+fn random_key() -> Zeroizing<[u8; 32]> {
+    let mut key = Zeroizing::new([0u8; 32]);
+    OsRng.fill_bytes(key.as_mut());
+    key
+}
+
+fn wrap(
+    kek: &Aes256Gcm,
+    purpose: KeyPurpose,
+    version: KeyVersion,
+    key: &[u8; 32],
+) -> Result<WrappedKey, CryptoError> {
+    let nonce = random_nonce();
+    let ciphertext = seal_with(kek, &nonce, &wrap_aad(purpose, version), key)?;
+    Ok(WrappedKey {
+        purpose,
+        version,
+        nonce,
+        ciphertext,
+    })
 }
 
 impl Keyring {
-    /// A keyring with a fresh data key v1, and that key wrapped for storage.
-    pub fn create(master: &MasterKey) -> Result<(Self, WrappedDataKey), CryptoError> {
+    /// A keyring with a fresh data key v1 and index key v1, and both keys
+    /// wrapped for storage.
+    pub fn create(master: &MasterKey) -> Result<(Self, Vec<WrappedKey>), CryptoError> {
         let version = KeyVersion(1);
-        let mut dek = Zeroizing::new([0u8; 32]);
-        OsRng.fill_bytes(dek.as_mut());
         let kek = Aes256Gcm::new(master.bytes().into());
-        let nonce = random_nonce();
-        let ciphertext = seal_with(&kek, &nonce, &dek_aad(version), dek.as_ref())?;
-        let wrapped = WrappedDataKey {
-            version,
-            nonce,
-            ciphertext,
-        };
+        let dek = random_key();
+        let index_key = random_key();
+        let wrapped = vec![
+            wrap(&kek, KeyPurpose::Data, version, &dek)?,
+            wrap(&kek, KeyPurpose::Index, version, &index_key)?,
+        ];
         let mut ciphers = BTreeMap::new();
         ciphers.insert(version, Aes256Gcm::new(dek.as_ref().into()));
+        let mut index_keys = BTreeMap::new();
+        index_keys.insert(version, index_key);
         Ok((
             Self {
                 active: version,
                 ciphers,
+                index_active: version,
+                index_keys,
             },
             wrapped,
         ))
     }
 
-    /// Unwraps every stored data key; the highest version becomes active.
-    /// Fails if any key does not unwrap (the wrong master key).
-    pub fn unlock(master: &MasterKey, wrapped: &[WrappedDataKey]) -> Result<Self, CryptoError> {
+    /// Unwraps every stored key; the highest version of each purpose becomes
+    /// active. Fails if any key does not unwrap (the wrong master key) or a
+    /// purpose has no key.
+    pub fn unlock(master: &MasterKey, wrapped: &[WrappedKey]) -> Result<Self, CryptoError> {
         let kek = Aes256Gcm::new(master.bytes().into());
         let mut ciphers = BTreeMap::new();
+        let mut index_keys = BTreeMap::new();
         for w in wrapped {
-            let mut dek = open_with(&kek, &w.nonce, &dek_aad(w.version), &w.ciphertext)
-                .map_err(|_| CryptoError::Unwrap(w.version.0))?;
-            if dek.len() != 32 {
-                dek.zeroize();
-                return Err(CryptoError::Unwrap(w.version.0));
+            let mut raw = open_with(
+                &kek,
+                &w.nonce,
+                &wrap_aad(w.purpose, w.version),
+                &w.ciphertext,
+            )
+            .map_err(|_| CryptoError::Unwrap(w.version.0))?;
+            let key: Result<[u8; 32], _> = raw.as_slice().try_into();
+            raw.zeroize();
+            let key = Zeroizing::new(key.map_err(|_| CryptoError::Unwrap(w.version.0))?);
+            match w.purpose {
+                KeyPurpose::Data => {
+                    ciphers.insert(w.version, Aes256Gcm::new(key.as_ref().into()));
+                }
+                KeyPurpose::Index => {
+                    index_keys.insert(w.version, key);
+                }
             }
-            ciphers.insert(w.version, Aes256Gcm::new(dek.as_slice().into()));
-            dek.zeroize();
         }
         let active = *ciphers.keys().next_back().ok_or(CryptoError::Empty)?;
-        Ok(Self { active, ciphers })
+        let index_active = *index_keys.keys().next_back().ok_or(CryptoError::Empty)?;
+        Ok(Self {
+            active,
+            ciphers,
+            index_active,
+            index_keys,
+        })
+    }
+
+    /// The blind index of a canonical value of `kind` under the active
+    /// index key. The kind is part of the input, so one string stored as
+    /// two kinds gives two indexes.
+    pub fn blind_index(
+        &self,
+        kind: FieldKind,
+        canonical: &Plaintext,
+    ) -> Result<BlindIndex, CryptoError> {
+        let key = self
+            .index_keys
+            .get(&self.index_active)
+            .ok_or(CryptoError::UnknownKeyVersion(self.index_active.0))?;
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(key.as_ref()).map_err(|_| CryptoError::Seal)?;
+        mac.update(INDEX_LABEL);
+        mac.update(&[kind.code()]);
+        mac.update(canonical.expose().as_bytes());
+        Ok(BlindIndex {
+            version: self.index_active,
+            mac: mac.finalize().into_bytes().into(),
+        })
     }
 
     pub fn active_version(&self) -> KeyVersion {
@@ -175,6 +287,7 @@ impl fmt::Debug for Keyring {
         f.debug_struct("Keyring")
             .field("active", &self.active)
             .field("versions", &self.ciphers.keys().collect::<Vec<_>>())
+            .field("index_active", &self.index_active)
             .finish_non_exhaustive()
     }
 }
@@ -208,7 +321,7 @@ mod tests {
         assert_eq!(open_with(&cipher, &nonce, &aad, &ct), Ok(pt));
     }
 
-    fn sample() -> (MasterKey, Keyring, WrappedDataKey) {
+    fn sample() -> (MasterKey, Keyring, Vec<WrappedKey>) {
         let master = MasterKey::generate();
         let (ring, wrapped) = Keyring::create(&master).unwrap_or_else(|e| panic!("{e}"));
         (master, ring, wrapped)
@@ -226,7 +339,7 @@ mod tests {
             .seal(&token, FieldKind::Phone, &value())
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(!rec.ciphertext.windows(4).any(|w| w == b"5550"));
-        let reopened = Keyring::unlock(&master, &[wrapped]).unwrap_or_else(|e| panic!("{e}"));
+        let reopened = Keyring::unlock(&master, &wrapped).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(reopened.open(&token, &rec), Ok(value()));
     }
 
@@ -235,7 +348,7 @@ mod tests {
         let (_, _, wrapped) = sample();
         let other = MasterKey::generate();
         assert_eq!(
-            Keyring::unlock(&other, &[wrapped]).err(),
+            Keyring::unlock(&other, &wrapped).err(),
             Some(CryptoError::Unwrap(1))
         );
     }
@@ -288,6 +401,27 @@ mod tests {
         let mut nonce = rec.clone();
         nonce.nonce[0] ^= 0x80;
         assert_eq!(ring.open(&token, &nonce), Err(CryptoError::Integrity));
+    }
+
+    #[test]
+    fn the_blind_index_is_deterministic_keyed_and_kind_bound() {
+        let (master, ring, wrapped) = sample();
+        let v = value();
+        let a = ring
+            .blind_index(FieldKind::Phone, &v)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let reopened = Keyring::unlock(&master, &wrapped).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(reopened.blind_index(FieldKind::Phone, &v), Ok(a));
+        assert_ne!(
+            ring.blind_index(FieldKind::NationalId, &v).map(|i| i.mac),
+            Ok(a.mac)
+        );
+        let (_, other, _) = sample();
+        assert_ne!(
+            other.blind_index(FieldKind::Phone, &v).map(|i| i.mac),
+            Ok(a.mac)
+        );
+        assert_eq!(format!("{a:?}"), "BlindIndex(v1, <redacted>)");
     }
 
     #[test]

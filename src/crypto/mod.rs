@@ -9,7 +9,7 @@
 mod keyring;
 mod master;
 
-pub use keyring::{KeyVersion, Keyring, SealedRecord, WrappedDataKey};
+pub use keyring::{BlindIndex, KeyPurpose, KeyVersion, Keyring, SealedRecord, WrappedKey};
 pub use master::{MasterKey, MasterKeyError};
 
 /// Length of an AES-GCM nonce in bytes (96 bits, random per seal).

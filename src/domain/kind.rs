@@ -9,10 +9,16 @@ pub enum FieldKind {
     Phone,
     Address,
     NationalId,
+    Email,
 }
 
 impl FieldKind {
-    pub const ALL: [FieldKind; 3] = [FieldKind::Phone, FieldKind::Address, FieldKind::NationalId];
+    pub const ALL: [FieldKind; 4] = [
+        FieldKind::Phone,
+        FieldKind::Address,
+        FieldKind::NationalId,
+        FieldKind::Email,
+    ];
 
     /// The name used in policy files, the CLI and messages.
     pub fn as_str(self) -> &'static str {
@@ -20,6 +26,7 @@ impl FieldKind {
             FieldKind::Phone => "phone",
             FieldKind::Address => "address",
             FieldKind::NationalId => "national_id",
+            FieldKind::Email => "email",
         }
     }
 
@@ -30,6 +37,7 @@ impl FieldKind {
             FieldKind::Phone => 1,
             FieldKind::Address => 2,
             FieldKind::NationalId => 3,
+            FieldKind::Email => 4,
         }
     }
 
@@ -45,7 +53,7 @@ impl fmt::Display for FieldKind {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown field kind '{0}' (expected one of: phone, address, national_id)")]
+#[error("unknown field kind '{0}' (expected one of: phone, address, national_id, email)")]
 pub struct UnknownFieldKind(pub String);
 
 impl FromStr for FieldKind {
@@ -70,6 +78,6 @@ mod tests {
             assert_eq!(FieldKind::from_code(kind.code()), Some(kind));
         }
         assert_eq!(FieldKind::from_code(0), None);
-        assert!("email".parse::<FieldKind>().is_err());
+        assert!("ssn".parse::<FieldKind>().is_err());
     }
 }

@@ -3,7 +3,6 @@
 
 mod caller;
 mod kind;
-pub mod mask;
 pub mod policy;
 mod purpose;
 mod secret;
@@ -14,4 +13,4 @@ pub use caller::{CallerId, CallerIdError};
 pub use kind::{FieldKind, UnknownFieldKind};
 pub use purpose::{Justification, Purpose, TextError};
 pub use secret::Plaintext;
-pub use token::{TokenId, TokenParseError, TOKEN_PREFIX};
+pub use token::{TokenId, TokenMode, TokenParseError, TOKEN_PREFIX};

@@ -13,9 +13,9 @@
 //! name = "support: phone in full for callbacks"
 //! callers = ["spiffe://fieldvault.dev/support"]
 //! action = "detokenize"            # or "tokenize"
-//! kinds = ["phone"]                # phone, address, national_id
+//! kinds = ["phone"]                # phone, email, address, national_id
 //! purposes = ["callback"]          # required for detokenize rules
-//! reveal = "full"                  # detokenize only: "full" or "masked"
+//! reveal = "full"                  # detokenize only: "full", "masked" or "none"
 //! ```
 //! When several rules allow the same detokenize, the most revealing wins.
 
@@ -45,10 +45,12 @@ impl fmt::Display for Action {
     }
 }
 
-/// How much of a value a reveal shows. Ordered: `Masked < Full`.
+/// How much of a value a reveal shows. Ordered: `None < Masked < Full`.
+/// `None` reveals only metadata (the kind, a national ID's scheme).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RevealLevel {
+    None,
     Masked,
     Full,
 }
@@ -56,6 +58,7 @@ pub enum RevealLevel {
 impl RevealLevel {
     pub fn as_str(self) -> &'static str {
         match self {
+            RevealLevel::None => "none",
             RevealLevel::Masked => "masked",
             RevealLevel::Full => "full",
         }
@@ -204,7 +207,7 @@ impl Policy {
                 if r.reveal.is_none() {
                     return Err(bad(
                         "reveal",
-                        "a detokenize rule must say 'full' or 'masked'".into(),
+                        "a detokenize rule must say 'full', 'masked' or 'none'".into(),
                     ));
                 }
             }
@@ -450,7 +453,7 @@ reveal = "masked"
         let cases = [
             ("version = 2", "version 2"),
             ("version = 1\n[[rules]]\ncallers=[]\naction='tokenize'\nkinds=['phone']", "rules[0].callers"),
-            ("version = 1\n[[rules]]\ncallers=['a']\naction='tokenize'\nkinds=['email']", "rules[0].kinds"),
+            ("version = 1\n[[rules]]\ncallers=['a']\naction='tokenize'\nkinds=['fax']", "rules[0].kinds"),
             (
                 "version = 1\n[[rules]]\ncallers=['a']\naction='detokenize'\nkinds=['phone']\nreveal='full'",
                 "rules[0].purposes",

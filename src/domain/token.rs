@@ -4,6 +4,18 @@ use std::fmt;
 use std::str::FromStr;
 use uuid::Uuid;
 
+/// How tokens are issued for a field kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenMode {
+    /// A new token on every call, even for a value seen before.
+    #[default]
+    Random,
+    /// One token per canonical value, found through the blind index: the
+    /// same value always yields the same token (joins, dedup).
+    Deterministic,
+}
+
 /// Every token starts with this prefix: it names the token format version so
 /// a later format can coexist with this one.
 pub const TOKEN_PREFIX: &str = "fv1_";

@@ -21,14 +21,39 @@ pub(crate) fn call_status(e: VaultError) -> Status {
     }
 }
 
+/// A `google.rpc.BadRequest` detail with one field violation.
+fn bad_request(field: &str, description: &str) -> prost_types::Any {
+    use prost::Message;
+    let detail = tonic_types::pb::BadRequest {
+        field_violations: vec![tonic_types::pb::bad_request::FieldViolation {
+            field: field.to_owned(),
+            description: description.to_owned(),
+            ..Default::default()
+        }],
+    };
+    prost_types::Any {
+        type_url: "type.googleapis.com/google.rpc.BadRequest".to_owned(),
+        value: detail.encode_to_vec(),
+    }
+}
+
 /// A per-item error as a `google.rpc.Status`. `prefix` locates the item in
-/// the request, e.g. `fields[3]` or `tokens[0]`.
+/// the request, e.g. `fields[3]` or `tokens[0]`. INVALID_ARGUMENT carries a
+/// `google.rpc.BadRequest` naming the exact field (`fields[3].value`).
 pub(crate) fn item_status(prefix: &str, e: &ItemError) -> tonic_types::Status {
+    if let ItemError::InvalidArgument { field, reason } = e {
+        let path = match field {
+            Some(field) => format!("{prefix}.{field}"),
+            None => prefix.to_owned(),
+        };
+        return tonic_types::Status {
+            code: Code::InvalidArgument as i32,
+            message: format!("{path}: {reason}"),
+            details: vec![bad_request(&path, reason)],
+        };
+    }
     let (code, message) = match e {
-        ItemError::InvalidArgument { field, reason } => match field {
-            Some(field) => (Code::InvalidArgument, format!("{prefix}.{field}: {reason}")),
-            None => (Code::InvalidArgument, format!("{prefix}: {reason}")),
-        },
+        ItemError::InvalidArgument { .. } => (Code::InvalidArgument, format!("{prefix}: {e}")),
         ItemError::NotFound => (Code::NotFound, format!("{prefix}: {e}")),
         ItemError::PermissionDenied(d) => (Code::PermissionDenied, format!("{prefix}: {d}")),
         ItemError::DataLoss => (Code::DataLoss, format!("{prefix}: {e}")),

@@ -23,7 +23,16 @@ pub mod pb {
             f.debug_struct("Field")
                 .field("kind", &self.kind)
                 .field("value", &"<redacted>")
+                .field("region", &self.region)
+                .field("scheme", &self.scheme)
+                .field("address", &self.address)
                 .finish()
+        }
+    }
+
+    impl std::fmt::Debug for PostalAddress {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("PostalAddress(<redacted>)")
         }
     }
 
@@ -33,6 +42,8 @@ pub mod pb {
                 .field("kind", &self.kind)
                 .field("reveal", &self.reveal)
                 .field("value", &"<redacted>")
+                .field("scheme", &self.scheme)
+                .field("address", &self.address)
                 .finish()
         }
     }

@@ -2,8 +2,9 @@ use super::error::{call_status, item_status};
 use super::identity::caller_from_cert_der;
 use super::pb;
 use crate::domain::policy::RevealLevel;
+use crate::domain::value::{Address, FieldInput, IdScheme};
 use crate::domain::{CallerId, FieldKind, Plaintext};
-use crate::vault::{ItemError, TokenizeItem, Vault};
+use crate::vault::{ItemError, Vault};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -39,6 +40,7 @@ fn kind_from_pb(kind: i32) -> Result<FieldKind, ItemError> {
         Ok(pb::FieldKind::Phone) => Ok(FieldKind::Phone),
         Ok(pb::FieldKind::Address) => Ok(FieldKind::Address),
         Ok(pb::FieldKind::NationalId) => Ok(FieldKind::NationalId),
+        Ok(pb::FieldKind::Email) => Ok(FieldKind::Email),
         Ok(pb::FieldKind::Unspecified) => Err(ItemError::InvalidArgument {
             field: Some("kind"),
             reason: "must be set (FIELD_KIND_UNSPECIFIED is not a kind)".into(),
@@ -55,13 +57,83 @@ fn kind_to_pb(kind: FieldKind) -> pb::FieldKind {
         FieldKind::Phone => pb::FieldKind::Phone,
         FieldKind::Address => pb::FieldKind::Address,
         FieldKind::NationalId => pb::FieldKind::NationalId,
+        FieldKind::Email => pb::FieldKind::Email,
     }
+}
+
+/// `Ok(None)` for UNSPECIFIED (absent).
+fn scheme_from_pb(scheme: i32) -> Result<Option<IdScheme>, ItemError> {
+    use pb::NationalIdScheme as S;
+    Ok(Some(match S::try_from(scheme) {
+        Ok(S::Unspecified) => return Ok(None),
+        Ok(S::CnRic) => IdScheme::CnRic,
+        Ok(S::UsSsn) => IdScheme::UsSsn,
+        Ok(S::BrCpf) => IdScheme::BrCpf,
+        Ok(S::InAadhaar) => IdScheme::InAadhaar,
+        Ok(S::HkHkid) => IdScheme::HkHkid,
+        Ok(S::EsDni) => IdScheme::EsDni,
+        Err(_) => {
+            return Err(ItemError::InvalidArgument {
+                field: Some("scheme"),
+                reason: format!("unknown national ID scheme {scheme}"),
+            })
+        }
+    }))
+}
+
+fn scheme_to_pb(scheme: IdScheme) -> pb::NationalIdScheme {
+    use pb::NationalIdScheme as S;
+    match scheme {
+        IdScheme::CnRic => S::CnRic,
+        IdScheme::UsSsn => S::UsSsn,
+        IdScheme::BrCpf => S::BrCpf,
+        IdScheme::InAadhaar => S::InAadhaar,
+        IdScheme::HkHkid => S::HkHkid,
+        IdScheme::EsDni => S::EsDni,
+    }
+}
+
+/// Moves the strings into the zeroizing domain type without copying.
+fn address_from_pb(a: pb::PostalAddress) -> Address {
+    let mut out = Address::default();
+    out.country = a.country;
+    out.region = a.region;
+    out.city = a.city;
+    out.district = a.district;
+    out.street_lines = a.street_lines;
+    out.postal_code = a.postal_code;
+    out.recipient = a.recipient;
+    out
+}
+
+fn address_to_pb(a: &Address) -> pb::PostalAddress {
+    pb::PostalAddress {
+        country: a.country.clone(),
+        region: a.region.clone(),
+        city: a.city.clone(),
+        district: a.district.clone(),
+        street_lines: a.street_lines.clone(),
+        postal_code: a.postal_code.clone(),
+        recipient: a.recipient.clone(),
+    }
+}
+
+fn field_from_pb(f: pb::Field) -> Result<FieldInput, ItemError> {
+    Ok(FieldInput {
+        kind: kind_from_pb(f.kind)?,
+        // The String moves into the zeroizing wrapper without a copy.
+        value: Plaintext::new(f.value),
+        region: Some(f.region).filter(|r| !r.is_empty()),
+        scheme: scheme_from_pb(f.scheme)?,
+        address: f.address.map(address_from_pb),
+    })
 }
 
 fn reveal_to_pb(level: RevealLevel) -> pb::Reveal {
     match level {
         RevealLevel::Full => pb::Reveal::Full,
         RevealLevel::Masked => pb::Reveal::Masked,
+        RevealLevel::None => pb::Reveal::None,
     }
 }
 
@@ -73,18 +145,7 @@ impl pb::vault_server::Vault for VaultService {
     ) -> Result<Response<pb::TokenizeResponse>, Status> {
         let caller = caller(&request)?;
         let req = request.into_inner();
-        let items = req
-            .fields
-            .into_iter()
-            .map(|f| {
-                let kind = kind_from_pb(f.kind)?;
-                // The String moves into the zeroizing wrapper without a copy.
-                Ok(TokenizeItem {
-                    kind,
-                    value: Plaintext::new(f.value),
-                })
-            })
-            .collect();
+        let items = req.fields.into_iter().map(field_from_pb).collect();
         let results = self
             .vault
             .tokenize(&caller, req.purpose.as_deref(), items)
@@ -134,6 +195,11 @@ impl pb::vault_server::Vault for VaultService {
                         kind: kind_to_pb(revealed.kind) as i32,
                         reveal: reveal_to_pb(revealed.reveal) as i32,
                         value: revealed.value.expose().to_owned(),
+                        scheme: revealed
+                            .scheme
+                            .map_or(pb::NationalIdScheme::Unspecified, scheme_to_pb)
+                            as i32,
+                        address: revealed.address.as_ref().map(address_to_pb),
                     }),
                     Err(e) => pb::detokenize_result::Outcome::Error(item_status(
                         &format!("tokens[{i}]"),

@@ -7,7 +7,7 @@
 
 mod sled_store;
 
-use crate::crypto::{SealedRecord, WrappedDataKey};
+use crate::crypto::{BlindIndex, SealedRecord, WrappedKey};
 use crate::domain::TokenId;
 use async_trait::async_trait;
 
@@ -30,19 +30,38 @@ pub enum StoreError {
     Backend(String),
 }
 
+/// A record to add, with its blind-index entry.
+#[derive(Clone, Debug)]
+pub struct NewRecord {
+    pub token: TokenId,
+    pub record: SealedRecord,
+    pub index: BlindIndex,
+    /// Deterministic mode: if a deterministic token already exists for this
+    /// blind index, nothing is written and that token is returned instead.
+    pub deterministic: bool,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Every wrapped data key, in version order.
-    async fn data_keys(&self) -> Result<Vec<WrappedDataKey>, StoreError>;
+    /// Every wrapped key (data and index keys), in (purpose, version) order.
+    async fn keys(&self) -> Result<Vec<WrappedKey>, StoreError>;
 
-    /// Adds a wrapped data key; `AlreadyExists` if its version is taken.
-    /// Durable when it returns.
-    async fn insert_data_key(&self, key: WrappedDataKey) -> Result<(), StoreError>;
+    /// Adds wrapped keys, all or none; `AlreadyExists` if any (purpose,
+    /// version) is taken. Durable when it returns.
+    async fn insert_keys(&self, keys: Vec<WrappedKey>) -> Result<(), StoreError>;
 
-    /// Adds records, all or none; `AlreadyExists` if any token is taken.
+    /// Adds records and their blind-index entries atomically (a crash never
+    /// leaves one without the other) and returns, per record in order, the
+    /// token that now stands for it: its own, or for a deterministic record
+    /// whose value already has a deterministic token, that token. Concurrent
+    /// calls for one deterministic value agree on one token.
+    /// `AlreadyExists` if a new token is taken (nothing written then).
     /// Durable when it returns.
-    async fn insert_records(&self, records: Vec<(TokenId, SealedRecord)>)
-        -> Result<(), StoreError>;
+    async fn insert_records(&self, records: Vec<NewRecord>) -> Result<Vec<TokenId>, StoreError>;
+
+    /// Every token whose value has this blind index (random and
+    /// deterministic), for erase-by-value and consistency checks.
+    async fn tokens_by_index(&self, index: BlindIndex) -> Result<Vec<TokenId>, StoreError>;
 
     /// The records for `tokens`, in the same order (`None` when absent).
     async fn get_records(

@@ -1,24 +1,30 @@
 //! The embedded sled backend.
 //!
-//! Layout: tree `records` maps the 16 token-id bytes to an encoded
-//! [`SealedRecord`]; tree `data_keys` maps a big-endian key version to an
-//! encoded [`WrappedDataKey`]. Encodings start with a format byte.
+//! Layout (big-endian integers; encodings start with a format byte):
+//! - `records`: token id (16 bytes) → encoded [`SealedRecord`];
+//! - `blind_index`: index version (4) ‖ mac (32) ‖ token id (16) → empty,
+//!   every token of a value, random or deterministic;
+//! - `deterministic`: index version (4) ‖ mac (32) → token id, the one
+//!   deterministic token of a value;
+//! - `keys`: purpose (1) ‖ version (4) → encoded [`WrappedKey`].
+//!
+//! The three record trees are written in one sled transaction.
 //!
 //! Durability: sled's `flush` uses `sync_file_range` on Linux, which
 //! survives a process kill but not power loss (sled issue #1452), so every
 //! acknowledged write is followed by an `fdatasync` of sled's data file.
 
-use super::{Store, StoreError};
-use crate::crypto::{KeyVersion, SealedRecord, WrappedDataKey, NONCE_LEN};
+use super::{NewRecord, Store, StoreError};
+use crate::crypto::{BlindIndex, KeyPurpose, KeyVersion, SealedRecord, WrappedKey, NONCE_LEN};
 use crate::domain::{FieldKind, TokenId};
 use async_trait::async_trait;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 const RECORD_FORMAT: u8 = 1;
-const DATA_KEY_FORMAT: u8 = 1;
+const KEY_FORMAT: u8 = 1;
 
 #[derive(Clone, Debug)]
 pub struct SledConfig {
@@ -35,7 +41,9 @@ pub struct SledStore {
 struct Inner {
     db: sled::Db,
     records: sled::Tree,
-    data_keys: sled::Tree,
+    blind_index: sled::Tree,
+    deterministic: sled::Tree,
+    keys: sled::Tree,
     /// sled's data file, kept open to `fdatasync` it after each flush.
     data_file: File,
 }
@@ -54,13 +62,17 @@ impl SledStore {
             .open()
             .map_err(|e| backend(format!("opening {}: {e}", config.path.display())))?;
         let records = db.open_tree("records").map_err(backend)?;
-        let data_keys = db.open_tree("data_keys").map_err(backend)?;
+        let blind_index = db.open_tree("blind_index").map_err(backend)?;
+        let deterministic = db.open_tree("deterministic").map_err(backend)?;
+        let keys = db.open_tree("keys").map_err(backend)?;
         let data_file = File::open(data_file_path(&config.path)).map_err(backend)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
                 records,
-                data_keys,
+                blind_index,
+                deterministic,
+                keys,
                 data_file,
             }),
         })
@@ -94,63 +106,133 @@ impl Inner {
     }
 }
 
+fn index_prefix(index: &BlindIndex) -> [u8; 36] {
+    let mut key = [0u8; 36];
+    key[..4].copy_from_slice(&index.version.0.to_be_bytes());
+    key[4..].copy_from_slice(&index.mac);
+    key
+}
+
+fn index_entry(index: &BlindIndex, token: &TokenId) -> [u8; 52] {
+    let mut key = [0u8; 52];
+    key[..36].copy_from_slice(&index_prefix(index));
+    key[36..].copy_from_slice(token.as_bytes());
+    key
+}
+
+fn key_id(purpose: KeyPurpose, version: KeyVersion) -> [u8; 5] {
+    let mut id = [0u8; 5];
+    id[0] = purpose.code();
+    id[1..].copy_from_slice(&version.0.to_be_bytes());
+    id
+}
+
+fn token_from(bytes: &[u8]) -> Result<TokenId, StoreError> {
+    let corrupt = StoreError::Corrupt {
+        what: "token reference",
+        reason: "not a token id",
+    };
+    let array: [u8; 16] = bytes.try_into().map_err(|_| corrupt)?;
+    TokenId::from_bytes(array).map_err(|_| StoreError::Corrupt {
+        what: "token reference",
+        reason: "not a token id",
+    })
+}
+
+/// Why a record transaction gave up.
+enum Abort {
+    TokenTaken,
+    Corrupt,
+}
+
 #[async_trait]
 impl Store for SledStore {
-    async fn data_keys(&self) -> Result<Vec<WrappedDataKey>, StoreError> {
+    async fn keys(&self) -> Result<Vec<WrappedKey>, StoreError> {
         self.blocking(|inner| {
             inner
-                .data_keys
+                .keys
                 .iter()
                 .values()
-                .map(|v| decode_data_key(&v.map_err(backend)?))
+                .map(|v| decode_key(&v.map_err(backend)?))
                 .collect()
         })
         .await
     }
 
-    async fn insert_data_key(&self, key: WrappedDataKey) -> Result<(), StoreError> {
+    async fn insert_keys(&self, keys: Vec<WrappedKey>) -> Result<(), StoreError> {
         self.blocking(move |inner| {
-            let swapped = inner
-                .data_keys
-                .compare_and_swap(
-                    key.version.0.to_be_bytes(),
-                    None::<&[u8]>,
-                    Some(encode_data_key(&key)),
-                )
-                .map_err(backend)?;
-            if swapped.is_err() {
-                return Err(StoreError::AlreadyExists("data key version"));
-            }
+            inner
+                .keys
+                .transaction(|tx| {
+                    for key in &keys {
+                        let id = key_id(key.purpose, key.version);
+                        if tx.get(id)?.is_some() {
+                            return Err(ConflictableTransactionError::Abort(()));
+                        }
+                        tx.insert(&id[..], encode_key(key))?;
+                    }
+                    Ok(())
+                })
+                .map_err(|e| match e {
+                    TransactionError::Abort(()) => StoreError::AlreadyExists("key version"),
+                    TransactionError::Storage(e) => backend(e),
+                })?;
             inner.make_durable()
         })
         .await
     }
 
-    async fn insert_records(
-        &self,
-        records: Vec<(TokenId, SealedRecord)>,
-    ) -> Result<(), StoreError> {
+    async fn insert_records(&self, records: Vec<NewRecord>) -> Result<Vec<TokenId>, StoreError> {
         self.blocking(move |inner| {
-            let encoded: Vec<([u8; 16], Vec<u8>)> = records
-                .iter()
-                .map(|(t, r)| (*t.as_bytes(), encode_record(r)))
-                .collect();
-            inner
-                .records
-                .transaction(|tx| {
-                    for (key, value) in &encoded {
-                        if tx.get(key)?.is_some() {
-                            return Err(ConflictableTransactionError::Abort(()));
+            let encoded: Vec<Vec<u8>> = records.iter().map(|r| encode_record(&r.record)).collect();
+            let tokens = (&inner.records, &inner.blind_index, &inner.deterministic)
+                .transaction(|(rec, idx, det)| {
+                    let mut tokens = Vec::with_capacity(records.len());
+                    for (new, bytes) in records.iter().zip(&encoded) {
+                        let prefix = index_prefix(&new.index);
+                        if new.deterministic {
+                            if let Some(existing) = det.get(prefix)? {
+                                let token = token_from(&existing).map_err(|_| {
+                                    ConflictableTransactionError::Abort(Abort::Corrupt)
+                                })?;
+                                tokens.push(token);
+                                continue;
+                            }
+                            det.insert(&prefix[..], &new.token.as_bytes()[..])?;
                         }
-                        tx.insert(key, value.as_slice())?;
+                        if rec.get(new.token.as_bytes())?.is_some() {
+                            return Err(ConflictableTransactionError::Abort(Abort::TokenTaken));
+                        }
+                        rec.insert(new.token.as_bytes(), bytes.as_slice())?;
+                        idx.insert(&index_entry(&new.index, &new.token)[..], &[][..])?;
+                        tokens.push(new.token);
                     }
-                    Ok(())
+                    Ok(tokens)
                 })
                 .map_err(|e| match e {
-                    TransactionError::Abort(()) => StoreError::AlreadyExists("token"),
+                    TransactionError::Abort(Abort::TokenTaken) => {
+                        StoreError::AlreadyExists("token")
+                    }
+                    TransactionError::Abort(Abort::Corrupt) => StoreError::Corrupt {
+                        what: "deterministic index",
+                        reason: "not a token id",
+                    },
                     TransactionError::Storage(e) => backend(e),
                 })?;
-            inner.make_durable()
+            inner.make_durable()?;
+            Ok(tokens)
+        })
+        .await
+    }
+
+    async fn tokens_by_index(&self, index: BlindIndex) -> Result<Vec<TokenId>, StoreError> {
+        self.blocking(move |inner| {
+            inner
+                .blind_index
+                .scan_prefix(index_prefix(&index))
+                .keys()
+                .map(|k| token_from(&k.map_err(backend)?[36..]))
+                .collect()
         })
         .await
     }
@@ -207,32 +289,35 @@ fn decode_record(b: &[u8]) -> Result<SealedRecord, StoreError> {
     })
 }
 
-fn encode_data_key(k: &WrappedDataKey) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + 4 + NONCE_LEN + k.ciphertext.len());
-    out.push(DATA_KEY_FORMAT);
+fn encode_key(k: &WrappedKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + 4 + NONCE_LEN + k.ciphertext.len());
+    out.push(KEY_FORMAT);
+    out.push(k.purpose.code());
     out.extend_from_slice(&k.version.0.to_be_bytes());
     out.extend_from_slice(&k.nonce);
     out.extend_from_slice(&k.ciphertext);
     out
 }
 
-fn decode_data_key(b: &[u8]) -> Result<WrappedDataKey, StoreError> {
+fn decode_key(b: &[u8]) -> Result<WrappedKey, StoreError> {
     let corrupt = |reason| StoreError::Corrupt {
-        what: "data key",
+        what: "wrapped key",
         reason,
     };
-    if b.len() < 1 + 4 + NONCE_LEN + 16 {
+    if b.len() < 2 + 4 + NONCE_LEN + 16 {
         return Err(corrupt("too short"));
     }
-    if b[0] != DATA_KEY_FORMAT {
+    if b[0] != KEY_FORMAT {
         return Err(corrupt("unknown format"));
     }
+    let purpose = KeyPurpose::from_code(b[1]).ok_or(corrupt("unknown key purpose"))?;
     let mut nonce = [0u8; NONCE_LEN];
-    nonce.copy_from_slice(&b[5..5 + NONCE_LEN]);
-    Ok(WrappedDataKey {
-        version: KeyVersion(u32::from_be_bytes([b[1], b[2], b[3], b[4]])),
+    nonce.copy_from_slice(&b[6..6 + NONCE_LEN]);
+    Ok(WrappedKey {
+        purpose,
+        version: KeyVersion(u32::from_be_bytes([b[2], b[3], b[4], b[5]])),
         nonce,
-        ciphertext: b[5 + NONCE_LEN..].to_vec(),
+        ciphertext: b[6 + NONCE_LEN..].to_vec(),
     })
 }
 
@@ -257,25 +342,42 @@ mod tests {
         }
     }
 
+    fn index(byte: u8) -> BlindIndex {
+        BlindIndex {
+            version: KeyVersion(1),
+            mac: [byte; 32],
+        }
+    }
+
+    fn new(token: TokenId, kind: FieldKind, idx: u8, deterministic: bool) -> NewRecord {
+        NewRecord {
+            token,
+            record: record(kind),
+            index: index(idx),
+            deterministic,
+        }
+    }
+
+    fn ok<T>(r: Result<T, StoreError>) -> T {
+        r.unwrap_or_else(|e| panic!("{e}"))
+    }
+
     #[tokio::test]
     async fn records_round_trip_and_survive_reopening() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = ok(tempfile::tempdir().map_err(|e| backend(e)));
         let (a, b) = (TokenId::new_random(), TokenId::new_random());
         {
             let store = open(dir.path());
-            store
+            let got = ok(store
                 .insert_records(vec![
-                    (a, record(FieldKind::Phone)),
-                    (b, record(FieldKind::Address)),
+                    new(a, FieldKind::Phone, 1, false),
+                    new(b, FieldKind::Address, 2, false),
                 ])
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
+                .await);
+            assert_eq!(got, vec![a, b]);
         }
         let store = open(dir.path());
-        let got = store
-            .get_records(vec![b, TokenId::new_random(), a])
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let got = ok(store.get_records(vec![b, TokenId::new_random(), a]).await);
         assert_eq!(
             got,
             vec![
@@ -284,51 +386,88 @@ mod tests {
                 Some(record(FieldKind::Phone))
             ]
         );
+        assert_eq!(ok(store.tokens_by_index(index(1)).await), vec![a]);
     }
 
     #[tokio::test]
     async fn a_taken_token_fails_the_whole_batch() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = ok(tempfile::tempdir().map_err(|e| backend(e)));
         let store = open(dir.path());
         let (a, b) = (TokenId::new_random(), TokenId::new_random());
-        store
-            .insert_records(vec![(a, record(FieldKind::Phone))])
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        ok(store
+            .insert_records(vec![new(a, FieldKind::Phone, 1, false)])
+            .await);
         let err = store
             .insert_records(vec![
-                (b, record(FieldKind::Phone)),
-                (a, record(FieldKind::NationalId)),
+                new(b, FieldKind::Phone, 2, false),
+                new(a, FieldKind::NationalId, 3, false),
             ])
             .await;
         assert!(matches!(err, Err(StoreError::AlreadyExists("token"))));
-        let got = store
-            .get_records(vec![a, b])
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let got = ok(store.get_records(vec![a, b]).await);
         assert_eq!(got, vec![Some(record(FieldKind::Phone)), None]);
+        assert!(ok(store.tokens_by_index(index(2)).await).is_empty());
     }
 
     #[tokio::test]
-    async fn data_keys_are_insert_once() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    async fn a_deterministic_value_keeps_its_first_token_and_random_ones_add_up() {
+        let dir = ok(tempfile::tempdir().map_err(|e| backend(e)));
         let store = open(dir.path());
-        let key = WrappedDataKey {
+        let (a, b, c, d) = (
+            TokenId::new_random(),
+            TokenId::new_random(),
+            TokenId::new_random(),
+            TokenId::new_random(),
+        );
+        // Within one batch and across batches, the first deterministic token wins.
+        let got = ok(store
+            .insert_records(vec![
+                new(a, FieldKind::Phone, 5, true),
+                new(b, FieldKind::Phone, 5, true),
+            ])
+            .await);
+        assert_eq!(got, vec![a, a]);
+        assert_eq!(
+            ok(store
+                .insert_records(vec![new(c, FieldKind::Phone, 5, true)])
+                .await),
+            vec![a]
+        );
+        assert_eq!(ok(store.get_records(vec![b, c]).await), vec![None, None]);
+        // A random token of the same value is indexed beside it.
+        assert_eq!(
+            ok(store
+                .insert_records(vec![new(d, FieldKind::Phone, 5, false)])
+                .await),
+            vec![d]
+        );
+        let mut all = ok(store.tokens_by_index(index(5)).await);
+        all.sort();
+        let mut expected = vec![a, d];
+        expected.sort();
+        assert_eq!(all, expected);
+    }
+
+    #[tokio::test]
+    async fn keys_are_insert_once() {
+        let dir = ok(tempfile::tempdir().map_err(|e| backend(e)));
+        let store = open(dir.path());
+        let key = |purpose| WrappedKey {
+            purpose,
             version: KeyVersion(1),
             nonce: [3; NONCE_LEN],
             ciphertext: vec![4; 48],
         };
-        store
-            .insert_data_key(key.clone())
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        ok(store
+            .insert_keys(vec![key(KeyPurpose::Data), key(KeyPurpose::Index)])
+            .await);
         assert!(matches!(
-            store.insert_data_key(key.clone()).await,
+            store.insert_keys(vec![key(KeyPurpose::Index)]).await,
             Err(StoreError::AlreadyExists(_))
         ));
         assert_eq!(
-            store.data_keys().await.unwrap_or_else(|e| panic!("{e}")),
-            vec![key]
+            ok(store.keys().await),
+            vec![key(KeyPurpose::Data), key(KeyPurpose::Index)]
         );
     }
 

@@ -3,26 +3,49 @@
 //! sled.
 
 use crate::audit::{now_unix_ms, AuditEvent, AuditItem, AuditSink};
-use crate::crypto::MasterKey;
-use crate::crypto::{CryptoError, Keyring};
-use crate::domain::mask::mask;
+use crate::crypto::{CryptoError, Keyring, MasterKey};
 use crate::domain::policy::{Action, Denial, Policy, RevealLevel};
-use crate::domain::value::canonicalise;
-use crate::domain::{CallerId, FieldKind, Justification, Plaintext, Purpose, TokenId};
-use crate::store::{Store, StoreError};
+use crate::domain::value::{canonicalise, render, Address, FieldInput, IdScheme, PhoneRegion};
+use crate::domain::{CallerId, FieldKind, Justification, Plaintext, Purpose, TokenId, TokenMode};
+use crate::store::{NewRecord, Store, StoreError};
 use std::sync::{Arc, RwLock};
 
-/// Limits a deployment sets.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    /// The most items (fields or tokens) one call may carry.
-    pub max_batch_items: usize,
+/// The token mode of each field kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenModes {
+    pub phone: TokenMode,
+    pub address: TokenMode,
+    pub national_id: TokenMode,
+    pub email: TokenMode,
 }
 
-impl Default for Limits {
+impl TokenModes {
+    pub fn for_kind(&self, kind: FieldKind) -> TokenMode {
+        match kind {
+            FieldKind::Phone => self.phone,
+            FieldKind::Address => self.address,
+            FieldKind::NationalId => self.national_id,
+            FieldKind::Email => self.email,
+        }
+    }
+}
+
+/// What a deployment sets.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// The most items (fields or tokens) one call may carry.
+    pub max_batch_items: usize,
+    /// Reads national-format phone numbers sent without a region.
+    pub default_region: Option<PhoneRegion>,
+    pub token_modes: TokenModes,
+}
+
+impl Default for Settings {
     fn default() -> Self {
         Self {
             max_batch_items: 1000,
+            default_region: None,
+            token_modes: TokenModes::default(),
         }
     }
 }
@@ -72,16 +95,15 @@ impl ItemError {
     }
 }
 
-pub struct TokenizeItem {
-    pub kind: FieldKind,
-    pub value: Plaintext,
-}
-
 #[derive(Debug)]
 pub struct Revealed {
     pub kind: FieldKind,
     pub reveal: RevealLevel,
+    /// Empty for `RevealLevel::None`.
     pub value: Plaintext,
+    pub scheme: Option<IdScheme>,
+    /// Structured addresses only.
+    pub address: Option<Address>,
 }
 
 /// Unlocks the stored data keys with `master`, or, on an empty store,
@@ -90,15 +112,15 @@ pub async fn open_keyring(
     store: &dyn Store,
     master: &MasterKey,
 ) -> Result<Keyring, KeyringSetupError> {
-    let wrapped = store.data_keys().await?;
+    let wrapped = store.keys().await?;
     if !wrapped.is_empty() {
         return Ok(Keyring::unlock(master, &wrapped)?);
     }
     let (keyring, first) = Keyring::create(master)?;
-    store.insert_data_key(first).await?;
+    store.insert_keys(first).await?;
     tracing::info!(
         version = keyring.active_version().0,
-        "created the first data key"
+        "created the first data key and blind-index key"
     );
     Ok(keyring)
 }
@@ -117,7 +139,7 @@ pub struct Vault {
     keyring: Keyring,
     policy: RwLock<Arc<Policy>>,
     audit: Arc<dyn AuditSink>,
-    limits: Limits,
+    settings: Settings,
 }
 
 impl Vault {
@@ -126,14 +148,14 @@ impl Vault {
         keyring: Keyring,
         policy: Policy,
         audit: Arc<dyn AuditSink>,
-        limits: Limits,
+        settings: Settings,
     ) -> Self {
         Self {
             store,
             keyring,
             policy: RwLock::new(Arc::new(policy)),
             audit,
-            limits,
+            settings,
         }
     }
 
@@ -162,12 +184,12 @@ impl Vault {
                 reason: "must hold at least one item".into(),
             });
         }
-        if len > self.limits.max_batch_items {
+        if len > self.settings.max_batch_items {
             return Err(VaultError::InvalidArgument {
                 field,
                 reason: format!(
                     "holds {len} items; at most {} are allowed per call",
-                    self.limits.max_batch_items
+                    self.settings.max_batch_items
                 ),
             });
         }
@@ -182,7 +204,7 @@ impl Vault {
         &self,
         caller: &CallerId,
         purpose: Option<&str>,
-        items: Vec<Result<TokenizeItem, ItemError>>,
+        items: Vec<Result<FieldInput, ItemError>>,
     ) -> Result<Vec<Result<TokenId, ItemError>>, VaultError> {
         self.check_batch(items.len(), "fields")?;
         let purpose = purpose
@@ -198,43 +220,58 @@ impl Vault {
             .check_call(caller, Action::Tokenize, purpose.as_ref())
             .map_err(VaultError::PermissionDenied)?;
 
-        let mut results = Vec::with_capacity(items.len());
+        // Per item: Ok(index into `to_store`) or the item's error.
+        let mut slots: Vec<Result<usize, ItemError>> = Vec::with_capacity(items.len());
         let mut to_store = Vec::with_capacity(items.len());
         for item in items {
-            let outcome = item.and_then(|item| {
+            let prepared = item.and_then(|item| {
                 policy
                     .decide(caller, Action::Tokenize, item.kind, purpose.as_ref())
                     .map_err(ItemError::PermissionDenied)?;
-                let canonical = canonicalise(item.kind, item.value.expose()).map_err(|e| {
+                let canonical = canonicalise(&item, self.settings.default_region).map_err(|e| {
                     ItemError::InvalidArgument {
-                        field: Some("value"),
-                        reason: e.to_string(),
+                        field: Some(e.field),
+                        reason: e.reason,
                     }
                 })?;
                 let token = TokenId::new_random();
-                let sealed = self
+                let internal = |e: crate::crypto::CryptoError| {
+                    tracing::error!(error = %e, "sealing failed");
+                    ItemError::Internal
+                };
+                let record = self
                     .keyring
                     .seal(&token, item.kind, &canonical)
-                    .map_err(|e| {
-                        tracing::error!(error = %e, "sealing failed");
-                        ItemError::Internal
-                    })?;
-                Ok((token, sealed))
+                    .map_err(internal)?;
+                let index = self
+                    .keyring
+                    .blind_index(item.kind, &canonical)
+                    .map_err(internal)?;
+                Ok(NewRecord {
+                    token,
+                    record,
+                    index,
+                    deterministic: self.settings.token_modes.for_kind(item.kind)
+                        == TokenMode::Deterministic,
+                })
             });
-            match outcome {
-                Ok((token, sealed)) => {
-                    to_store.push((token, sealed));
-                    results.push(Ok(token));
-                }
-                Err(e) => results.push(Err(e)),
-            }
+            slots.push(prepared.map(|new| {
+                to_store.push(new);
+                to_store.len() - 1
+            }));
         }
-        if !to_store.is_empty() {
+        let tokens = if to_store.is_empty() {
+            Vec::new()
+        } else {
             self.store.insert_records(to_store).await.map_err(|e| {
                 tracing::error!(error = %e, "storing records failed; nothing acknowledged");
                 VaultError::Unavailable("storage is unavailable; nothing was stored".into())
-            })?;
-        }
+            })?
+        };
+        let results: Vec<Result<TokenId, ItemError>> = slots
+            .into_iter()
+            .map(|slot| slot.and_then(|i| tokens.get(i).copied().ok_or(ItemError::Internal)))
+            .collect();
         let stored = results.iter().filter(|r| r.is_ok()).count();
         tracing::debug!(caller = %caller, items = results.len(), stored, "tokenize");
         Ok(results)
@@ -321,7 +358,7 @@ impl Vault {
                     .map_err(ItemError::PermissionDenied)?;
                 item.rule = Some(grant.rule);
                 let reveal = grant.reveal.ok_or(ItemError::Internal)?;
-                let value = self.keyring.open(&token, &record).map_err(|e| match e {
+                let canonical = self.keyring.open(&token, &record).map_err(|e| match e {
                     CryptoError::Integrity => {
                         tracing::error!(token = %token, "stored record failed authentication");
                         ItemError::DataLoss
@@ -331,14 +368,16 @@ impl Vault {
                         ItemError::Internal
                     }
                 })?;
-                let value = match reveal {
-                    RevealLevel::Full => value,
-                    RevealLevel::Masked => mask(record.kind, &value),
-                };
+                let rendered = render(record.kind, &canonical, reveal).map_err(|e| {
+                    tracing::error!(token = %token, error = %e, "stored value does not decode");
+                    ItemError::DataLoss
+                })?;
                 Ok(Revealed {
                     kind: record.kind,
                     reveal,
-                    value,
+                    value: rendered.value,
+                    scheme: rendered.scheme,
+                    address: rendered.address,
                 })
             });
             item.outcome = match &outcome {

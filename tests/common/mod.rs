@@ -109,6 +109,8 @@ impl TestVault {
             audit_log: tmp.path().join("data/audit.log"),
             max_batch_items: 1000,
             cache_capacity_mib: 16,
+            default_phone_region: None,
+            token_modes: Default::default(),
             tls: TlsPaths {
                 cert: pki.dir.join("server.pem"),
                 key: pki.dir.join("server.key"),
@@ -153,6 +155,14 @@ pub fn field(kind: pb::FieldKind, value: &str) -> pb::Field {
     pb::Field {
         kind: kind as i32,
         value: value.to_owned(),
+        ..Default::default()
+    }
+}
+
+pub fn national_id(scheme: pb::NationalIdScheme, value: &str) -> pb::Field {
+    pb::Field {
+        scheme: scheme as i32,
+        ..field(pb::FieldKind::NationalId, value)
     }
 }
 

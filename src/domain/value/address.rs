@@ -1,0 +1,347 @@
+//! Postal addresses, free-form or structured.
+//!
+//! Normalised: every text part is Unicode NFKC, trimmed, with whitespace runs
+//! collapsed to one space; the country becomes its ISO 3166 alpha-2 code
+//! (from alpha-2, alpha-3 or the English short name, any case); postal codes
+//! are checked and formatted for the countries in [`postal_code`]. Not
+//! normalised: street names, abbreviations ("St" vs "Street"), the order of
+//! parts in a free-form address, transliteration between scripts.
+
+use super::ValueError;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use unicode_normalization::UnicodeNormalization;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// The most street lines a structured address may carry.
+pub const MAX_STREET_LINES: usize = 8;
+/// The longest a single part may be, in bytes, after normalisation.
+pub const MAX_PART_BYTES: usize = 256;
+
+/// A structured postal address. Holds personal data: wiped on drop,
+/// redacted in `Debug`. Empty strings mean "not given".
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+#[serde(deny_unknown_fields)]
+pub struct Address {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub country: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub region: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub city: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub district: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub street_lines: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub postal_code: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub recipient: String,
+}
+
+impl fmt::Debug for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Address(<redacted>)")
+    }
+}
+
+impl Address {
+    /// One line, most specific part first, empty parts skipped:
+    /// `recipient, street lines…, district, city, region, postal code, country`.
+    pub fn one_line(&self) -> String {
+        let mut parts: Vec<&str> = Vec::new();
+        parts.push(&self.recipient);
+        parts.extend(self.street_lines.iter().map(String::as_str));
+        parts.extend([
+            self.district.as_str(),
+            self.city.as_str(),
+            self.region.as_str(),
+            self.postal_code.as_str(),
+            self.country.as_str(),
+        ]);
+        parts.retain(|p| !p.is_empty());
+        parts.join(", ")
+    }
+
+    /// Only what a masked reveal shows: country, region and city.
+    pub fn masked(&self) -> Address {
+        Address {
+            country: self.country.clone(),
+            region: self.region.clone(),
+            city: self.city.clone(),
+            district: String::new(),
+            street_lines: Vec::new(),
+            postal_code: String::new(),
+            recipient: String::new(),
+        }
+    }
+}
+
+/// NFKC, trimmed, whitespace collapsed; refuses control characters and
+/// over-long parts.
+pub(super) fn normalise_text(field: &'static str, raw: &str) -> Result<String, ValueError> {
+    if raw.chars().any(|c| c.is_control() && !c.is_whitespace()) {
+        return Err(ValueError::new(field, "holds control characters"));
+    }
+    let nfkc: String = raw.nfkc().collect();
+    let out = nfkc.split_whitespace().collect::<Vec<_>>().join(" ");
+    if out.len() > MAX_PART_BYTES {
+        return Err(ValueError::new(
+            field,
+            format!("is longer than {MAX_PART_BYTES} bytes"),
+        ));
+    }
+    Ok(out)
+}
+
+/// ISO 3166 alpha-2 from alpha-2, alpha-3 or the English short name.
+pub(super) fn country_code(raw: &str) -> Result<String, ValueError> {
+    use isocountry::CountryCode;
+    let s = raw.trim();
+    let found = CountryCode::for_alpha2_caseless(s)
+        .or_else(|_| CountryCode::for_alpha3_caseless(s))
+        .ok()
+        .or_else(|| {
+            CountryCode::as_array()
+                .iter()
+                .copied()
+                .find(|c| c.name().eq_ignore_ascii_case(s))
+        });
+    found.map(|c| c.alpha2().to_owned()).ok_or_else(|| {
+        ValueError::new(
+            "address.country",
+            "is not an ISO 3166 country (alpha-2, alpha-3 or English name)",
+        )
+    })
+}
+
+/// Checks and formats a postal code for the countries with a known format;
+/// for other countries the normalised text is kept as given (upper-cased).
+/// Checked: US, CN, IN, DE, FR, ES, IT, BR, JP, GB, CA, NL, HK (none issued).
+pub(super) fn postal_code(country: &str, raw: &str) -> Result<String, ValueError> {
+    let upper = raw.to_uppercase();
+    let compact: String = upper
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .collect();
+    let all_digits = |s: &str, n: usize| s.len() == n && s.chars().all(|c| c.is_ascii_digit());
+    let bad = |format: &str| {
+        ValueError::new(
+            "address.postal_code",
+            format!("is not a {country} postal code ({format})"),
+        )
+    };
+    match country {
+        "US" => {
+            if all_digits(&compact, 5) {
+                Ok(compact)
+            } else if all_digits(&compact, 9) {
+                Ok(format!("{}-{}", &compact[..5], &compact[5..]))
+            } else {
+                Err(bad("5 digits or ZIP+4"))
+            }
+        }
+        "CN" | "IN" if !all_digits(&compact, 6) => Err(bad("6 digits")),
+        "IN" if compact.starts_with('0') => Err(bad("6 digits, not starting with 0")),
+        "CN" | "IN" => Ok(compact),
+        "DE" | "FR" | "ES" | "IT" if !all_digits(&compact, 5) => Err(bad("5 digits")),
+        "DE" | "FR" | "ES" | "IT" => Ok(compact),
+        "BR" if all_digits(&compact, 8) => Ok(format!("{}-{}", &compact[..5], &compact[5..])),
+        "BR" => Err(bad("8 digits, NNNNN-NNN")),
+        "JP" if all_digits(&compact, 7) => Ok(format!("{}-{}", &compact[..3], &compact[3..])),
+        "JP" => Err(bad("7 digits, NNN-NNNN")),
+        "NL" if compact.len() == 6
+            && all_digits(&compact[..4], 4)
+            && compact[4..].chars().all(|c| c.is_ascii_uppercase()) =>
+        {
+            Ok(format!("{} {}", &compact[..4], &compact[4..]))
+        }
+        "NL" => Err(bad("4 digits and 2 letters")),
+        "CA" => {
+            let b = compact.as_bytes();
+            let shape = b.len() == 6
+                && b.iter().enumerate().all(|(i, c)| {
+                    if i % 2 == 0 {
+                        c.is_ascii_uppercase()
+                    } else {
+                        c.is_ascii_digit()
+                    }
+                });
+            if shape {
+                Ok(format!("{} {}", &compact[..3], &compact[3..]))
+            } else {
+                Err(bad("A1A 1A1"))
+            }
+        }
+        "GB" => {
+            // Outward code (2-4 chars) + inward code (digit, 2 letters).
+            let n = compact.len();
+            let b = compact.as_bytes();
+            let inward_ok = n >= 5
+                && b[n - 3].is_ascii_digit()
+                && b[n - 2].is_ascii_uppercase()
+                && b[n - 1].is_ascii_uppercase();
+            let outward = &compact[..n.saturating_sub(3)];
+            let outward_ok = (2..=4).contains(&outward.len())
+                && outward.as_bytes()[0].is_ascii_uppercase()
+                && outward.chars().all(|c| c.is_ascii_alphanumeric())
+                && outward.chars().any(|c| c.is_ascii_digit());
+            if inward_ok && outward_ok {
+                Ok(format!("{outward} {}", &compact[n - 3..]))
+            } else {
+                Err(bad("like SW1A 1AA"))
+            }
+        }
+        "HK" if !compact.is_empty() => Err(bad("Hong Kong has no postal codes; leave it empty")),
+        _ => Ok(upper),
+    }
+}
+
+/// Normalises a structured address. The country is required.
+pub(super) fn canonical_structured(raw: &Address) -> Result<Address, ValueError> {
+    if raw.country.trim().is_empty() {
+        return Err(ValueError::new(
+            "address.country",
+            "is required in a structured address",
+        ));
+    }
+    let country = country_code(&raw.country)?;
+    if raw.street_lines.len() > MAX_STREET_LINES {
+        return Err(ValueError::new(
+            "address.street_lines",
+            format!("holds more than {MAX_STREET_LINES} lines"),
+        ));
+    }
+    let mut street_lines = Vec::with_capacity(raw.street_lines.len());
+    for line in &raw.street_lines {
+        let line = normalise_text("address.street_lines", line)?;
+        if !line.is_empty() {
+            street_lines.push(line);
+        }
+    }
+    let postal = normalise_text("address.postal_code", &raw.postal_code)?;
+    let postal_code = if postal.is_empty() && country != "HK" {
+        postal
+    } else {
+        postal_code(&country, &postal)?
+    };
+    let out = Address {
+        region: normalise_text("address.region", &raw.region)?,
+        city: normalise_text("address.city", &raw.city)?,
+        district: normalise_text("address.district", &raw.district)?,
+        recipient: normalise_text("address.recipient", &raw.recipient)?,
+        street_lines,
+        postal_code,
+        country,
+    };
+    if out.street_lines.is_empty()
+        && out.city.is_empty()
+        && out.region.is_empty()
+        && out.postal_code.is_empty()
+    {
+        return Err(ValueError::new(
+            "address",
+            "needs more than a country: give street lines, a city, a region or a postal code",
+        ));
+    }
+    Ok(out)
+}
+
+/// Builds an address from `(part, text)` pairs (tests only): `country`,
+/// `region`, `city`, `district`, `street` (appends a line), `postal_code`,
+/// `recipient`.
+#[cfg(test)]
+pub(crate) fn address_of(parts: &[(&str, &str)]) -> Address {
+    let mut a = Address::default();
+    for (part, text) in parts {
+        let text = (*text).to_owned();
+        match *part {
+            "country" => a.country = text,
+            "region" => a.region = text,
+            "city" => a.city = text,
+            "district" => a.district = text,
+            "street" => a.street_lines.push(text),
+            "postal_code" => a.postal_code = text,
+            "recipient" => a.recipient = text,
+            other => panic!("no address part {other}"),
+        }
+    }
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn structured(country: &str, city: &str, postal: &str) -> Address {
+        address_of(&[
+            ("country", country),
+            ("city", city),
+            ("postal_code", postal),
+            ("street", "  1   Example\u{3000}Way "),
+        ])
+    }
+
+    #[test]
+    fn structured_addresses_are_normalised() {
+        let a = canonical_structured(&structured(
+            "united states of america",
+            " Springfield ",
+            "20500 1234",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(a.country, "US");
+        assert_eq!(a.city, "Springfield");
+        assert_eq!(a.postal_code, "20500-1234");
+        assert_eq!(a.street_lines, vec!["1 Example Way".to_owned()]);
+        let b = canonical_structured(&structured("GBR", "London", "sw1a1aa"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (b.country.as_str(), b.postal_code.as_str()),
+            ("GB", "SW1A 1AA")
+        );
+        // NFKC folds full-width forms.
+        let c = canonical_structured(&structured("cn", "Ｂｅｉｊｉｎｇ", "１０００００"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (c.city.as_str(), c.postal_code.as_str()),
+            ("Beijing", "100000")
+        );
+    }
+
+    #[test]
+    fn bad_structured_addresses_name_the_part() {
+        let field = |a: Address| {
+            canonical_structured(&a)
+                .err()
+                .map(|e| e.field)
+                .unwrap_or_default()
+        };
+        assert_eq!(field(structured("", "X", "")), "address.country");
+        assert_eq!(field(structured("Atlantis", "X", "")), "address.country");
+        assert_eq!(field(structured("US", "X", "1234")), "address.postal_code");
+        assert_eq!(
+            field(structured("CN", "X", "1000001")),
+            "address.postal_code"
+        );
+        assert_eq!(
+            field(structured("HK", "X", "999077")),
+            "address.postal_code"
+        );
+        assert_eq!(field(address_of(&[("country", "US")])), "address");
+    }
+
+    #[test]
+    fn one_line_and_masked_forms() {
+        let mut raw = structured("US", "Springfield", "00000");
+        raw.recipient = "Test Person".into();
+        raw.region = "ZZ".into();
+        let a = canonical_structured(&raw).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            a.one_line(),
+            "Test Person, 1 Example Way, Springfield, ZZ, 00000, US"
+        );
+        assert_eq!(a.masked().one_line(), "Springfield, ZZ, US");
+        assert_eq!(format!("{a:?}"), "Address(<redacted>)");
+    }
+}

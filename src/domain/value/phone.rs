@@ -1,0 +1,173 @@
+//! Phone numbers, parsed and validated with the `phonenumber` crate
+//! (libphonenumber's metadata). Canonical form: E.164.
+
+use super::ValueError;
+use phonenumber::country;
+use phonenumber::{Mode, ParseError};
+use std::fmt;
+use std::str::FromStr;
+
+/// A region (ISO 3166 alpha-2, e.g. `CN`) for reading numbers written in
+/// national format.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PhoneRegion(country::Id);
+
+impl PhoneRegion {
+    /// Parses an ISO 3166 alpha-2 code (any case) that has phone metadata.
+    pub fn parse(code: &str) -> Result<Self, String> {
+        let upper = code.trim().to_ascii_uppercase();
+        if upper.len() != 2 || !upper.chars().all(|c| c.is_ascii_uppercase()) {
+            return Err("must be an ISO 3166 alpha-2 region code such as 'US' or 'CN'".into());
+        }
+        country::Id::from_str(&upper)
+            .map(Self)
+            .map_err(|_| format!("'{upper}' is not a region with phone numbering metadata"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_ref()
+    }
+}
+
+impl fmt::Debug for PhoneRegion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PhoneRegion({})", self.as_str())
+    }
+}
+
+fn invalid(reason: impl Into<String>) -> ValueError {
+    ValueError::new("value", reason)
+}
+
+/// Parses `raw` (international, or national format for `region`) and returns
+/// its E.164 form. Numbers that are not valid for their region are refused.
+pub(super) fn canonical(raw: &str, region: Option<PhoneRegion>) -> Result<String, ValueError> {
+    // libphonenumber accepts letters (vanity numbers) and a lot of
+    // punctuation; a vault should store digits people actually dial.
+    if raw.chars().any(|c| c.is_alphabetic()) {
+        return Err(invalid("not a number: letters are not accepted"));
+    }
+    // Keep digits and a leading '+', drop the separators people write. This
+    // also sidesteps a parser bug in phonenumber 0.3 with some separator
+    // placements ("+86138-1234-5678" overflows its integer parsing).
+    let trimmed = raw.trim();
+    let (plus, rest) = match trimmed.strip_prefix('+') {
+        Some(rest) => ("+", rest),
+        None => ("", trimmed),
+    };
+    let mut compact = String::with_capacity(trimmed.len());
+    compact.push_str(plus);
+    for c in rest.chars() {
+        match c {
+            '0'..='9' => compact.push(c),
+            ' ' | '-' | '.' | '(' | ')' | '/' | '\u{a0}' => {}
+            _ => return Err(invalid(
+                "not a number: only digits, a leading '+' and separators ( ) - . / are accepted",
+            )),
+        }
+    }
+    let compact = zeroize::Zeroizing::new(compact);
+    let number = phonenumber::parse(region.map(|r| r.0), compact.as_str()).map_err(|e| {
+        invalid(match e {
+            ParseError::NoNumber => "not a number".to_owned(),
+            ParseError::InvalidCountryCode => match region {
+                Some(_) => "invalid country calling code".to_owned(),
+                None => {
+                    "no country calling code and no region to read it in (send 'region' or use +CC)"
+                        .to_owned()
+                }
+            },
+            ParseError::TooShortAfterIdd | ParseError::TooShortNsn => "too short".to_owned(),
+            ParseError::TooLong => "too long".to_owned(),
+            other => format!("not a number ({other})"),
+        })
+    })?;
+    if number.extension().is_some() {
+        return Err(invalid("extensions are not accepted"));
+    }
+    if !phonenumber::is_valid(&number) {
+        let region_name = number
+            .country()
+            .id()
+            .map(|id| id.as_ref().to_owned())
+            .unwrap_or_else(|| format!("+{}", number.code().value()));
+        return Err(invalid(format!(
+            "not a valid number for region {region_name}"
+        )));
+    }
+    Ok(number.format().mode(Mode::E164).to_string())
+}
+
+/// The country calling code of a canonical E.164 number (`86` for `+86…`).
+pub(super) fn calling_code(e164: &str) -> Option<u16> {
+    phonenumber::parse(None, e164)
+        .ok()
+        .map(|n| n.code().value())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cn() -> Option<PhoneRegion> {
+        PhoneRegion::parse("CN").ok()
+    }
+
+    #[test]
+    fn format_variants_of_one_number_are_one_value() {
+        let expected = Ok("+8613812345678".to_owned());
+        assert_eq!(canonical("+86 138-1234-5678", None), expected);
+        assert_eq!(canonical("+86 138-1234-5678", cn()), expected);
+        assert_eq!(canonical("008613812345678", cn()), expected);
+        assert_eq!(canonical("13812345678", cn()), expected);
+        assert_eq!(canonical("138 1234 5678", cn()), expected);
+        let us = PhoneRegion::parse("us").ok();
+        assert_eq!(
+            canonical("(202) 555-0142", us),
+            Ok("+12025550142".to_owned())
+        );
+        assert_eq!(
+            canonical("+1 202 555 0142", cn()),
+            Ok("+12025550142".to_owned())
+        );
+    }
+
+    #[test]
+    fn invalid_numbers_are_refused_with_the_reason() {
+        let reason = |raw: &str, region| {
+            canonical(raw, region)
+                .err()
+                .map(|e| e.reason)
+                .unwrap_or_default()
+        };
+        assert!(!reason("12", cn()).is_empty());
+        assert!(reason("+86 138 1234 5678 + 1", None).contains("only digits"));
+        assert!(
+            reason("+86 1", None).contains("too short"),
+            "{}",
+            reason("+86 1", None)
+        );
+        assert!(reason("+86 138", None).contains("not a valid number for region CN"));
+        let r = reason("12812345678", cn());
+        assert!(r.contains("not a valid number"), "{r}");
+        assert!(reason("13812345678", None).contains("no country calling code"));
+        assert!(reason("1-800-FLOWERS", PhoneRegion::parse("US").ok()).contains("letters"));
+        assert!(reason("hello", None).contains("not a number"));
+        // The reason never quotes the input.
+        assert!(!r.contains("1281"));
+    }
+
+    #[test]
+    fn regions_must_be_alpha_2_codes_with_metadata() {
+        assert!(PhoneRegion::parse("CN").is_ok());
+        assert!(PhoneRegion::parse("gb").is_ok());
+        assert!(PhoneRegion::parse("CHN").is_err());
+        assert!(PhoneRegion::parse("XX").is_err());
+    }
+
+    #[test]
+    fn calling_codes_come_from_the_number() {
+        assert_eq!(calling_code("+8613812345678"), Some(86));
+        assert_eq!(calling_code("+12025550142"), Some(1));
+    }
+}
