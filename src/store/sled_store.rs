@@ -364,7 +364,7 @@ mod tests {
 
     #[tokio::test]
     async fn records_round_trip_and_survive_reopening() {
-        let dir = ok(tempfile::tempdir().map_err(|e| backend(e)));
+        let dir = ok(tempfile::tempdir().map_err(backend));
         let (a, b) = (TokenId::new_random(), TokenId::new_random());
         {
             let store = open(dir.path());
@@ -391,7 +391,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_taken_token_fails_the_whole_batch() {
-        let dir = ok(tempfile::tempdir().map_err(|e| backend(e)));
+        let dir = ok(tempfile::tempdir().map_err(backend));
         let store = open(dir.path());
         let (a, b) = (TokenId::new_random(), TokenId::new_random());
         ok(store
@@ -411,7 +411,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_deterministic_value_keeps_its_first_token_and_random_ones_add_up() {
-        let dir = ok(tempfile::tempdir().map_err(|e| backend(e)));
+        let dir = ok(tempfile::tempdir().map_err(backend));
         let store = open(dir.path());
         let (a, b, c, d) = (
             TokenId::new_random(),
@@ -450,7 +450,7 @@ mod tests {
 
     #[tokio::test]
     async fn keys_are_insert_once() {
-        let dir = ok(tempfile::tempdir().map_err(|e| backend(e)));
+        let dir = ok(tempfile::tempdir().map_err(backend));
         let store = open(dir.path());
         let key = |purpose| WrappedKey {
             purpose,

@@ -67,7 +67,15 @@ pub(super) fn canonical(raw: &str, region: Option<PhoneRegion>) -> Result<String
         }
     }
     let compact = zeroize::Zeroizing::new(compact);
-    let number = phonenumber::parse(region.map(|r| r.0), compact.as_str()).map_err(|e| {
+    // An international number names its own country; the region hint only
+    // reads national and IDD-prefixed numbers. (phonenumber 0.3 wrongly
+    // applies the hint's national-prefix rules to +CC numbers.)
+    let hint = if plus.is_empty() {
+        region.map(|r| r.0)
+    } else {
+        None
+    };
+    let number = phonenumber::parse(hint, compact.as_str()).map_err(|e| {
         invalid(match e {
             ParseError::NoNumber => "not a number".to_owned(),
             ParseError::InvalidCountryCode => match region {
