@@ -23,3 +23,15 @@ fn the_example_and_dev_policies_parse() {
         assert!(!policy.rules().is_empty());
     }
 }
+
+#[test]
+fn the_example_config_sets_token_modes_and_region() {
+    use fieldvault::domain::TokenMode;
+    let config = Config::load(Path::new("deploy/fieldvault.toml"), &|_| None).unwrap();
+    assert_eq!(config.token_modes.phone, TokenMode::Deterministic);
+    assert_eq!(config.token_modes.address, TokenMode::Random);
+    assert_eq!(
+        config.default_phone_region.map(|r| r.as_str().to_owned()),
+        Some("US".to_owned())
+    );
+}
