@@ -424,6 +424,26 @@ mod tests {
         assert_eq!(format!("{a:?}"), "BlindIndex(v1, <redacted>)");
     }
 
+    proptest::proptest! {
+        /// Deterministic tokens come from the blind index of the canonical
+        /// value: format variants of one number must index identically.
+        #[test]
+        fn format_variants_of_one_number_have_one_blind_index(
+            sep in proptest::sample::select(vec!["", " ", "-", "."]),
+            prefix in proptest::sample::select(vec!["+86 ", "0086", "+86", ""]),
+        ) {
+            use crate::domain::value::{canonicalise, FieldInput, PhoneRegion};
+            let (_, ring, _) = sample();
+            let index_of = |raw: &str| {
+                let canonical = canonicalise(&FieldInput::simple(FieldKind::Phone, raw), PhoneRegion::parse("CN").ok())
+                    .unwrap_or_else(|e| panic!("{e}"));
+                ring.blind_index(FieldKind::Phone, &canonical).unwrap_or_else(|e| panic!("{e}"))
+            };
+            let variant = format!("{prefix}138{sep}1234{sep}5678");
+            proptest::prop_assert_eq!(index_of(&variant), index_of("+8613812345678"));
+        }
+    }
+
     #[test]
     fn two_seals_of_one_value_differ() {
         let (_, ring, _) = sample();
