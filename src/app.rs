@@ -44,6 +44,7 @@ pub struct Server {
     shutdown: Option<oneshot::Sender<()>>,
     serve: JoinHandle<Result<(), tonic::transport::Error>>,
     accept: JoinHandle<()>,
+    health: JoinHandle<()>,
 }
 
 impl Server {
@@ -56,6 +57,7 @@ impl Server {
     /// server (and so the store) to close.
     pub async fn shutdown(mut self) -> Result<(), tonic::transport::Error> {
         self.accept.abort();
+        self.health.abort();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -83,6 +85,7 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.accept.abort();
+        self.health.abort();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -155,6 +158,7 @@ pub async fn start(
     health_reporter
         .set_serving::<pb::vault_server::VaultServer<VaultService>>()
         .await;
+    let health = tokio::spawn(watch_storage(vault.clone(), health_reporter));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -180,5 +184,25 @@ pub async fn start(
         shutdown: Some(shutdown_tx),
         serve,
         accept,
+        health,
     })
+}
+
+/// Reports NOT_SERVING (for the Vault service and the server as a whole)
+/// once storage has failed: a failed flush or fsync is fatal for writes.
+async fn watch_storage(vault: Arc<Vault>, reporter: tonic_health::server::HealthReporter) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        if let Some(failure) = vault.storage_failure() {
+            tracing::error!(%failure, "storage failed: reporting NOT_SERVING");
+            reporter
+                .set_not_serving::<pb::vault_server::VaultServer<VaultService>>()
+                .await;
+            reporter
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            return;
+        }
+    }
 }

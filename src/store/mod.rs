@@ -5,6 +5,7 @@
 //! Durability contract: a write method returns `Ok` only once its data would
 //! survive `kill -9` and power loss.
 
+mod group_commit;
 mod sled_store;
 
 use crate::crypto::{BlindIndex, SealedRecord, WrappedKey};
@@ -58,6 +59,10 @@ pub trait Store: Send + Sync + 'static {
     /// `AlreadyExists` if a new token is taken (nothing written then).
     /// Durable when it returns.
     async fn insert_records(&self, records: Vec<NewRecord>) -> Result<Vec<TokenId>, StoreError>;
+
+    /// Why the store refuses writes, if it does (a failed flush or fsync is
+    /// fatal: the server reports unhealthy and stops acknowledging writes).
+    fn failure(&self) -> Option<String>;
 
     /// Every token whose value has this blind index (random and
     /// deterministic), for erase-by-value and consistency checks.

@@ -13,7 +13,9 @@
 //! Durability: sled's `flush` uses `sync_file_range` on Linux, which
 //! survives a process kill but not power loss (sled issue #1452), so every
 //! acknowledged write is followed by an `fdatasync` of sled's data file.
+//! Concurrent writes share one flush + fdatasync through [`GroupCommit`].
 
+use super::group_commit::GroupCommit;
 use super::{NewRecord, Store, StoreError};
 use crate::crypto::{BlindIndex, KeyPurpose, KeyVersion, SealedRecord, WrappedKey, NONCE_LEN};
 use crate::domain::{FieldKind, TokenId};
@@ -39,13 +41,11 @@ pub struct SledStore {
 }
 
 struct Inner {
-    db: sled::Db,
     records: sled::Tree,
     blind_index: sled::Tree,
     deterministic: sled::Tree,
     keys: sled::Tree,
-    /// sled's data file, kept open to `fdatasync` it after each flush.
-    data_file: File,
+    commit: GroupCommit,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -65,15 +65,20 @@ impl SledStore {
         let blind_index = db.open_tree("blind_index").map_err(backend)?;
         let deterministic = db.open_tree("deterministic").map_err(backend)?;
         let keys = db.open_tree("keys").map_err(backend)?;
+        // sled's data file, kept open to fdatasync it after each flush.
         let data_file = File::open(data_file_path(&config.path)).map_err(backend)?;
+        let flusher = db.clone();
+        let commit = GroupCommit::start(move || {
+            flusher.flush().map_err(|e| format!("flush: {e}"))?;
+            data_file.sync_data().map_err(|e| format!("fdatasync: {e}"))
+        })?;
         Ok(Self {
             inner: Arc::new(Inner {
-                db,
                 records,
                 blind_index,
                 deterministic,
                 keys,
-                data_file,
+                commit,
             }),
         })
     }
@@ -92,18 +97,6 @@ impl SledStore {
 
 fn data_file_path(dir: &Path) -> PathBuf {
     dir.join("db")
-}
-
-impl Inner {
-    /// Makes every write so far durable: sled flush, then fdatasync.
-    fn make_durable(&self) -> Result<(), StoreError> {
-        self.db
-            .flush()
-            .map_err(|e| backend(format!("flush: {e}")))?;
-        self.data_file
-            .sync_data()
-            .map_err(|e| backend(format!("fdatasync: {e}")))
-    }
 }
 
 fn index_prefix(index: &BlindIndex) -> [u8; 36] {
@@ -160,6 +153,7 @@ impl Store for SledStore {
     }
 
     async fn insert_keys(&self, keys: Vec<WrappedKey>) -> Result<(), StoreError> {
+        self.inner.commit.check_writable()?;
         self.blocking(move |inner| {
             inner
                 .keys
@@ -176,53 +170,63 @@ impl Store for SledStore {
                 .map_err(|e| match e {
                     TransactionError::Abort(()) => StoreError::AlreadyExists("key version"),
                     TransactionError::Storage(e) => backend(e),
-                })?;
-            inner.make_durable()
+                })
         })
-        .await
+        .await?;
+        self.inner.commit.durable().await
     }
 
     async fn insert_records(&self, records: Vec<NewRecord>) -> Result<Vec<TokenId>, StoreError> {
-        self.blocking(move |inner| {
-            let encoded: Vec<Vec<u8>> = records.iter().map(|r| encode_record(&r.record)).collect();
-            let tokens = (&inner.records, &inner.blind_index, &inner.deterministic)
-                .transaction(|(rec, idx, det)| {
-                    let mut tokens = Vec::with_capacity(records.len());
-                    for (new, bytes) in records.iter().zip(&encoded) {
-                        let prefix = index_prefix(&new.index);
-                        if new.deterministic {
-                            if let Some(existing) = det.get(prefix)? {
-                                let token = token_from(&existing).map_err(|_| {
-                                    ConflictableTransactionError::Abort(Abort::Corrupt)
-                                })?;
-                                tokens.push(token);
-                                continue;
+        self.inner.commit.check_writable()?;
+        let tokens = self
+            .blocking(move |inner| {
+                let encoded: Vec<Vec<u8>> =
+                    records.iter().map(|r| encode_record(&r.record)).collect();
+                (&inner.records, &inner.blind_index, &inner.deterministic)
+                    .transaction(|(rec, idx, det)| {
+                        let mut tokens = Vec::with_capacity(records.len());
+                        for (new, bytes) in records.iter().zip(&encoded) {
+                            let prefix = index_prefix(&new.index);
+                            if new.deterministic {
+                                if let Some(existing) = det.get(prefix)? {
+                                    let token = token_from(&existing).map_err(|_| {
+                                        ConflictableTransactionError::Abort(Abort::Corrupt)
+                                    })?;
+                                    tokens.push(token);
+                                    continue;
+                                }
+                                det.insert(&prefix[..], &new.token.as_bytes()[..])?;
                             }
-                            det.insert(&prefix[..], &new.token.as_bytes()[..])?;
+                            if rec.get(new.token.as_bytes())?.is_some() {
+                                return Err(ConflictableTransactionError::Abort(Abort::TokenTaken));
+                            }
+                            rec.insert(new.token.as_bytes(), bytes.as_slice())?;
+                            idx.insert(&index_entry(&new.index, &new.token)[..], &[][..])?;
+                            tokens.push(new.token);
                         }
-                        if rec.get(new.token.as_bytes())?.is_some() {
-                            return Err(ConflictableTransactionError::Abort(Abort::TokenTaken));
+                        Ok(tokens)
+                    })
+                    .map_err(|e| match e {
+                        TransactionError::Abort(Abort::TokenTaken) => {
+                            StoreError::AlreadyExists("token")
                         }
-                        rec.insert(new.token.as_bytes(), bytes.as_slice())?;
-                        idx.insert(&index_entry(&new.index, &new.token)[..], &[][..])?;
-                        tokens.push(new.token);
-                    }
-                    Ok(tokens)
-                })
-                .map_err(|e| match e {
-                    TransactionError::Abort(Abort::TokenTaken) => {
-                        StoreError::AlreadyExists("token")
-                    }
-                    TransactionError::Abort(Abort::Corrupt) => StoreError::Corrupt {
-                        what: "deterministic index",
-                        reason: "not a token id",
-                    },
-                    TransactionError::Storage(e) => backend(e),
-                })?;
-            inner.make_durable()?;
-            Ok(tokens)
-        })
-        .await
+                        TransactionError::Abort(Abort::Corrupt) => StoreError::Corrupt {
+                            what: "deterministic index",
+                            reason: "not a token id",
+                        },
+                        TransactionError::Storage(e) => backend(e),
+                    })
+            })
+            .await?;
+        // The write is applied; answer only once it is on disk. A
+        // deterministic hit on another call's fresh write waits too: that
+        // write was applied before this one read it, so this sync covers it.
+        self.inner.commit.durable().await?;
+        Ok(tokens)
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.inner.commit.failure()
     }
 
     async fn tokens_by_index(&self, index: BlindIndex) -> Result<Vec<TokenId>, StoreError> {

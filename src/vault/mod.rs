@@ -170,6 +170,11 @@ impl Vault {
         }
     }
 
+    /// Why storage refuses writes, if it does (see [`Store::failure`]).
+    pub fn storage_failure(&self) -> Option<String> {
+        self.store.failure()
+    }
+
     pub fn replace_policy(&self, policy: Policy) {
         match self.policy.write() {
             Ok(mut p) => *p = Arc::new(policy),
