@@ -123,6 +123,7 @@ pub async fn start(
             reason: e.to_string(),
         })?;
     let policy = Policy::from_toml(&policy_text)?;
+    crate::domain::value::warm_up();
     let tls = crate::tls::server_config(&config.tls.cert, &config.tls.key, &config.tls.client_ca)?;
     let store = SledStore::open(&SledConfig {
         path: config.store_dir(),

@@ -31,6 +31,16 @@ pub enum StoreError {
     Backend(String),
 }
 
+/// The result of [`Store::check_integrity`]. Problems name tokens, never
+/// values.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IntegrityReport {
+    pub records: u64,
+    pub index_entries: u64,
+    pub deterministic_entries: u64,
+    pub problems: Vec<String>,
+}
+
 /// A record to add, with its blind-index entry.
 #[derive(Clone, Debug)]
 pub struct NewRecord {
@@ -63,6 +73,12 @@ pub trait Store: Send + Sync + 'static {
     /// Why the store refuses writes, if it does (a failed flush or fsync is
     /// fatal: the server reports unhealthy and stops acknowledging writes).
     fn failure(&self) -> Option<String>;
+
+    /// Checks that records and indexes agree: every record decodes and has
+    /// exactly one blind-index entry; every index entry and deterministic
+    /// mapping points at an existing record. Reads everything: for
+    /// operators and the crash harness, not for the request path.
+    async fn check_integrity(&self) -> Result<IntegrityReport, StoreError>;
 
     /// Every token whose value has this blind index (random and
     /// deterministic), for erase-by-value and consistency checks.

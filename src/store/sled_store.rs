@@ -16,7 +16,7 @@
 //! Concurrent writes share one flush + fdatasync through [`GroupCommit`].
 
 use super::group_commit::GroupCommit;
-use super::{NewRecord, Store, StoreError};
+use super::{IntegrityReport, NewRecord, Store, StoreError};
 use crate::crypto::{BlindIndex, KeyPurpose, KeyVersion, SealedRecord, WrappedKey, NONCE_LEN};
 use crate::domain::{FieldKind, TokenId};
 use async_trait::async_trait;
@@ -227,6 +227,79 @@ impl Store for SledStore {
 
     fn failure(&self) -> Option<String> {
         self.inner.commit.failure()
+    }
+
+    async fn check_integrity(&self) -> Result<IntegrityReport, StoreError> {
+        self.blocking(|inner| {
+            use std::collections::HashMap;
+            let mut report = IntegrityReport::default();
+            // token -> number of blind-index entries naming it
+            let mut indexed: HashMap<[u8; 16], u32> = HashMap::new();
+            for entry in inner.records.iter() {
+                let (key, value) = entry.map_err(backend)?;
+                report.records += 1;
+                match token_from(&key) {
+                    Ok(token) => {
+                        if decode_record(&value).is_err() {
+                            report
+                                .problems
+                                .push(format!("record {token} does not decode"));
+                        }
+                        indexed.insert(*token.as_bytes(), 0);
+                    }
+                    Err(_) => report
+                        .problems
+                        .push("a record key is not a token id".into()),
+                }
+            }
+            for key in inner.blind_index.iter().keys() {
+                let key = key.map_err(backend)?;
+                report.index_entries += 1;
+                match key.get(36..).map(token_from) {
+                    Some(Ok(token)) => match indexed.get_mut(token.as_bytes()) {
+                        Some(n) => *n += 1,
+                        None => report
+                            .problems
+                            .push(format!("blind index names {token}, which has no record")),
+                    },
+                    _ => report
+                        .problems
+                        .push("a blind-index key is malformed".into()),
+                }
+            }
+            for (token, n) in &indexed {
+                if *n != 1 {
+                    let token =
+                        TokenId::from_bytes(*token).map_or_else(|_| "?".into(), |t| t.to_string());
+                    report
+                        .problems
+                        .push(format!("record {token} has {n} blind-index entries"));
+                }
+            }
+            for entry in inner.deterministic.iter() {
+                let (prefix, token) = entry.map_err(backend)?;
+                report.deterministic_entries += 1;
+                let Ok(token) = token_from(&token) else {
+                    report
+                        .problems
+                        .push("a deterministic entry is malformed".into());
+                    continue;
+                };
+                let mut entry = prefix.to_vec();
+                entry.extend_from_slice(token.as_bytes());
+                if !indexed.contains_key(token.as_bytes()) {
+                    report.problems.push(format!(
+                        "deterministic entry names {token}, which has no record"
+                    ));
+                } else if !inner.blind_index.contains_key(&entry).map_err(backend)? {
+                    report.problems.push(format!(
+                        "deterministic token {token} is not under the same blind index"
+                    ));
+                }
+            }
+            Ok(report)
+        })
+        .await
     }
 
     async fn tokens_by_index(&self, index: BlindIndex) -> Result<Vec<TokenId>, StoreError> {
@@ -450,6 +523,37 @@ mod tests {
         let mut expected = vec![a, d];
         expected.sort();
         assert_eq!(all, expected);
+        let report = ok(store.check_integrity().await);
+        assert_eq!(
+            (
+                report.records,
+                report.index_entries,
+                report.deterministic_entries
+            ),
+            (2, 2, 1)
+        );
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    }
+
+    #[tokio::test]
+    async fn the_integrity_check_finds_a_record_without_its_index_entry() {
+        let dir = ok(tempfile::tempdir().map_err(backend));
+        let store = open(dir.path());
+        let (a, b) = (TokenId::new_random(), TokenId::new_random());
+        ok(store
+            .insert_records(vec![
+                new(a, FieldKind::Phone, 1, true),
+                new(b, FieldKind::Phone, 2, false),
+            ])
+            .await);
+        ok(store
+            .inner
+            .blind_index
+            .remove(index_entry(&index(1), &a))
+            .map_err(backend));
+        ok(store.inner.records.remove(b.as_bytes()).map_err(backend));
+        let report = ok(store.check_integrity().await);
+        assert_eq!(report.problems.len(), 3, "{:?}", report.problems);
     }
 
     #[tokio::test]

@@ -23,15 +23,40 @@ pub struct ServerProcess {
 /// waits for "listening on ADDR". `log_path` gathers stderr (appended, so
 /// logs of several runs accumulate).
 pub fn start_dev(data_dir: &Path, log_path: &Path) -> Result<ServerProcess, String> {
+    let data_dir = data_dir.to_str().unwrap();
+    start(
+        &[
+            "serve",
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data_dir,
+        ],
+        "trace",
+        log_path,
+    )
+}
+
+/// Starts `fieldvault serve --config FILE` (the config should listen on
+/// port 0) with `info` logging.
+pub fn start_with_config(config: &Path, log_path: &Path) -> Result<ServerProcess, String> {
+    start(
+        &["serve", "--config", config.to_str().unwrap()],
+        "info",
+        log_path,
+    )
+}
+
+fn start(args: &[&str], log_level: &str, log_path: &Path) -> Result<ServerProcess, String> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log_path)
         .unwrap();
     let mut child = Command::new(BIN)
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env("RUST_LOG", "trace")
+        .args(args)
+        .env("RUST_LOG", log_level)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

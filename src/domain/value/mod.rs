@@ -78,6 +78,13 @@ fn only_for(field: &'static str, kind: &str) -> ValueError {
     ValueError::new(field, format!("applies only to {kind} fields"))
 }
 
+/// Loads the phone-number metadata now rather than on the first request
+/// (it is parsed lazily and takes a noticeable moment, most of all in debug
+/// builds).
+pub fn warm_up() {
+    let _ = phone::calling_code("+12025550100");
+}
+
 /// Checks a field and returns the canonical encoding that gets sealed.
 /// `default_region` reads national-format phone numbers sent without a region.
 pub fn canonicalise(
