@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod audit;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod crypto;

@@ -1,0 +1,74 @@
+//! The transport ceiling: the `fieldvault.v1.Vault` service with no work
+//! behind it, on the same mTLS accept loop, so the benchmark can show how
+//! close the real vault gets to what TLS + HTTP/2 + protobuf allow.
+
+use crate::config::Config;
+use crate::grpc::pb;
+use std::net::SocketAddr;
+use tonic::{Request, Response, Status};
+
+/// Answers every Tokenize and Detokenize at once with fixed results of the
+/// same shape as the real service's.
+#[derive(Clone, Copy, Default)]
+pub struct NullVault;
+
+const FIXED_TOKEN: &str = "fv1_AAAAAAAAQACAAAAAAAAAAA";
+
+#[tonic::async_trait]
+impl pb::vault_server::Vault for NullVault {
+    async fn tokenize(
+        &self,
+        request: Request<pb::TokenizeRequest>,
+    ) -> Result<Response<pb::TokenizeResponse>, Status> {
+        let results = request
+            .into_inner()
+            .fields
+            .iter()
+            .map(|_| pb::TokenizeResult {
+                outcome: Some(pb::tokenize_result::Outcome::Token(FIXED_TOKEN.to_owned())),
+            })
+            .collect();
+        Ok(Response::new(pb::TokenizeResponse { results }))
+    }
+
+    async fn detokenize(
+        &self,
+        request: Request<pb::DetokenizeRequest>,
+    ) -> Result<Response<pb::DetokenizeResponse>, Status> {
+        let results = request
+            .into_inner()
+            .tokens
+            .into_iter()
+            .map(|token| pb::DetokenizeResult {
+                token,
+                outcome: Some(pb::detokenize_result::Outcome::Revealed(
+                    pb::RevealedValue {
+                        kind: pb::FieldKind::Email as i32,
+                        reveal: pb::Reveal::Full as i32,
+                        value: "user0000000@example.com".to_owned(),
+                        ..Default::default()
+                    },
+                )),
+            })
+            .collect();
+        Ok(Response::new(pb::DetokenizeResponse { results }))
+    }
+}
+
+/// Serves [`NullVault`] with the TLS settings of `config` until the process
+/// ends. Prints `listening on ADDR` like the real server.
+pub async fn serve(config: &Config) -> Result<(), String> {
+    let tls = crate::tls::server_config(&config.tls.cert, &config.tls.key, &config.tls.client_ca)
+        .map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("listen {}: {e}", config.listen))?;
+    let addr: SocketAddr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (incoming, _accept) = crate::tls::incoming(listener, tls);
+    println!("listening on {addr}");
+    tonic::transport::Server::builder()
+        .add_service(pb::vault_server::VaultServer::new(NullVault))
+        .serve_with_incoming(incoming)
+        .await
+        .map_err(|e| e.to_string())
+}

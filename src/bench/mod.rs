@@ -1,0 +1,676 @@
+//! `fieldvault bench`: a load generator over real mTLS with gRPC status
+//! checks and latency histograms, run against the vault and, in the same
+//! run with the same client, against a transport ceiling (the same service
+//! with no work behind it).
+//!
+//! By default it starts both servers itself as child processes (so their
+//! RSS can be read from /proc) on a fresh data dir with a dev PKI made by
+//! rcgen. Each scenario runs for `--duration` seconds against each server.
+
+pub mod ceiling;
+
+use crate::client::{self, ClientTls};
+use crate::grpc::pb;
+use crate::grpc::pb::vault_client::VaultClient;
+use hdrhistogram::Histogram;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+/// Settings of one benchmark run.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub duration: Duration,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    /// HTTP/2 connections the requests are spread over.
+    pub connections: usize,
+    /// Tokens stored before the read scenarios run.
+    pub preload: u64,
+    /// Scenario names to run (empty: all).
+    pub scenarios: Vec<String>,
+    /// Where the servers keep their data (a temporary dir if `None`).
+    pub data_dir: Option<PathBuf>,
+    /// sled cache bound for the vault server.
+    pub cache_capacity_mib: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    TokenizeRandom,
+    TokenizeDeterministic,
+    TokenizeBatch100,
+    Detokenize,
+    DetokenizeBatch100,
+    Mixed8020,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 6] = [
+        Scenario::TokenizeRandom,
+        Scenario::TokenizeDeterministic,
+        Scenario::TokenizeBatch100,
+        Scenario::Detokenize,
+        Scenario::DetokenizeBatch100,
+        Scenario::Mixed8020,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::TokenizeRandom => "tokenize-1-random",
+            Scenario::TokenizeDeterministic => "tokenize-1-deterministic",
+            Scenario::TokenizeBatch100 => "tokenize-100",
+            Scenario::Detokenize => "detokenize-1",
+            Scenario::DetokenizeBatch100 => "detokenize-100",
+            Scenario::Mixed8020 => "mixed-80r-20w",
+        }
+    }
+
+    /// Values per call (the mixed scenario counts one per call).
+    fn values_per_call(self) -> u64 {
+        match self {
+            Scenario::TokenizeBatch100 | Scenario::DetokenizeBatch100 => 100,
+            _ => 1,
+        }
+    }
+}
+
+/// The measurements of one scenario against one server.
+#[derive(Clone, Debug)]
+pub struct Measurement {
+    pub calls: u64,
+    pub failed: u64,
+    pub seconds: f64,
+    pub values_per_call: u64,
+    pub p50_us: u64,
+    pub p95_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+    /// Values this run wrote (for bytes-per-token on disk).
+    pub written: u64,
+}
+
+impl Measurement {
+    pub fn ops_per_sec(&self) -> f64 {
+        self.calls as f64 / self.seconds
+    }
+
+    pub fn values_per_sec(&self) -> f64 {
+        self.ops_per_sec() * self.values_per_call as f64
+    }
+}
+
+/// One row of the report.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub scenario: Scenario,
+    pub vault: Measurement,
+    pub ceiling: Measurement,
+    pub vault_rss_mib: Option<f64>,
+}
+
+pub struct Report {
+    pub rows: Vec<Row>,
+    pub stored_tokens: u64,
+    pub store_bytes: u64,
+    pub startup_seconds: Option<f64>,
+    pub rss_after_restart_mib: Option<f64>,
+    pub options: BenchOptions,
+}
+
+impl Report {
+    pub fn failed_calls(&self) -> u64 {
+        self.rows
+            .iter()
+            .map(|r| r.vault.failed + r.ceiling.failed)
+            .sum()
+    }
+
+    /// The report as a Markdown table and notes.
+    pub fn to_markdown(&self) -> String {
+        let o = &self.options;
+        let mut out = format!(
+            "fieldvault bench: {}s per scenario and server, {} in flight over {} connections, {} tokens preloaded\n\n",
+            o.duration.as_secs_f64(),
+            o.concurrency,
+            o.connections,
+            o.preload
+        );
+        out.push_str("| scenario | ops/s | values/s | p50 ms | p95 ms | p99 ms | max ms | ceiling ops/s | vs ceiling | server RSS MiB | failed |\n");
+        out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        for r in &self.rows {
+            let v = &r.vault;
+            out.push_str(&format!(
+                "| {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.2} | {} | {} |\n",
+                r.scenario.name(),
+                v.ops_per_sec(),
+                v.values_per_sec(),
+                v.p50_us as f64 / 1000.0,
+                v.p95_us as f64 / 1000.0,
+                v.p99_us as f64 / 1000.0,
+                v.max_us as f64 / 1000.0,
+                r.ceiling.ops_per_sec(),
+                v.ops_per_sec() / r.ceiling.ops_per_sec().max(1.0),
+                r.vault_rss_mib.map_or("-".into(), |m| format!("{m:.0}")),
+                v.failed + r.ceiling.failed,
+            ));
+        }
+        out.push('\n');
+        if self.stored_tokens > 0 {
+            out.push_str(&format!(
+                "store: {} tokens, {:.1} MiB on disk, {:.0} bytes per token\n",
+                self.stored_tokens,
+                self.store_bytes as f64 / (1024.0 * 1024.0),
+                self.store_bytes as f64 / self.stored_tokens as f64
+            ));
+        }
+        if let Some(s) = self.startup_seconds {
+            out.push_str(&format!(
+                "restart with {} tokens stored: listening after {:.2}s, RSS {} MiB\n",
+                self.stored_tokens,
+                s,
+                self.rss_after_restart_mib
+                    .map_or("-".into(), |m| format!("{m:.0}"))
+            ));
+        }
+        out
+    }
+}
+
+/// A server child process and where it listens.
+struct ServerChild {
+    child: Child,
+    addr: String,
+}
+
+impl ServerChild {
+    fn spawn(exe: &Path, args: &[&str]) -> Result<(Self, Duration), String> {
+        let started = Instant::now();
+        let mut child = Command::new(exe)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", exe.display()))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(addr) = line.strip_prefix("listening on ") {
+                        let elapsed = started.elapsed();
+                        let addr = addr.trim().to_owned();
+                        // Keep draining stdout so the child never blocks on it.
+                        std::thread::spawn(move || for _ in lines {});
+                        return Ok((Self { child, addr }, elapsed));
+                    }
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!(
+                        "{} {args:?} exited before listening",
+                        exe.display()
+                    ));
+                }
+            }
+        }
+    }
+
+    fn rss_mib(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let kb: f64 = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        Some(kb / 1024.0)
+    }
+
+    /// SIGTERM and wait: the server shuts down cleanly.
+    fn stop(mut self) {
+        // Without a signal crate: `kill -TERM` from the system, else SIGKILL.
+        let pid = self.child.id().to_string();
+        let terminated = Command::new("kill").args(["-TERM", &pid]).status().is_ok();
+        if !terminated {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const BENCH_POLICY: &str = r#"version = 1
+[[rules]]
+name = "bench writer"
+callers = ["spiffe://fieldvault.dev/orders"]
+action = "tokenize"
+kinds = ["phone", "email"]
+[[rules]]
+name = "bench reader"
+callers = ["spiffe://fieldvault.dev/support"]
+action = "detokenize"
+kinds = ["phone", "email"]
+purposes = ["bench"]
+reveal = "full"
+"#;
+
+/// Writes a config for the vault (and the ceiling) under `dir` using a dev
+/// PKI, phone tokens deterministic and email tokens random.
+fn write_config(dir: &Path, cache_capacity_mib: u64) -> Result<PathBuf, String> {
+    let (config, _) = crate::dev::prepare(dir, "127.0.0.1:0".parse().map_err(|_| "addr")?)
+        .map_err(|e| e.to_string())?;
+    let policy = dir.join("bench-policy.toml");
+    std::fs::write(&policy, BENCH_POLICY).map_err(|e| e.to_string())?;
+    let crate::config::MasterKeySource::File(key) = &config.master_key else {
+        return Err("dev setup has no key file".into());
+    };
+    let text = format!(
+        r#"listen = "127.0.0.1:0"
+data_dir = "{data}"
+policy_file = "{policy}"
+audit_log = "{audit}"
+cache_capacity_mib = {cache_capacity_mib}
+[token_modes]
+phone = "deterministic"
+email = "random"
+[tls]
+cert = "{cert}"
+key = "{tls_key}"
+client_ca = "{ca}"
+[master_key]
+file = "{key}"
+"#,
+        data = dir.display(),
+        policy = policy.display(),
+        audit = dir.join("audit.log").display(),
+        cert = config.tls.cert.display(),
+        tls_key = config.tls.key.display(),
+        ca = config.tls.client_ca.display(),
+        key = key.display(),
+    );
+    let path = dir.join("bench.toml");
+    std::fs::write(&path, text).map_err(|e| e.to_string())?;
+    Ok(path)
+}
+
+/// The numbered values the load generator sends. Every value is unique
+/// within a run, so writes are real writes.
+struct Values {
+    next: AtomicU64,
+}
+
+impl Values {
+    fn email(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        format!("user{n:010}@example.com")
+    }
+
+    /// Chinese mobile numbers (+86 139 xxxx xxxx) are all valid: 10^8 of them.
+    fn phone(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed) % 100_000_000;
+        format!("+86139{n:08}")
+    }
+}
+
+fn email_field(v: String) -> pb::Field {
+    pb::Field {
+        kind: pb::FieldKind::Email as i32,
+        value: v,
+        ..Default::default()
+    }
+}
+
+/// Everything a worker needs.
+struct Load {
+    writers: Vec<VaultClient<Channel>>,
+    readers: Vec<VaultClient<Channel>>,
+    values: Values,
+    tokens: Arc<Vec<String>>,
+}
+
+enum Call {
+    Tokenize(pb::TokenizeRequest),
+    Detokenize(pb::DetokenizeRequest),
+}
+
+impl Load {
+    fn request(&self, scenario: Scenario, seq: u64) -> Call {
+        let pick = |i: u64| {
+            // A cheap spread over the preloaded tokens.
+            let n = self.tokens.len() as u64;
+            self.tokens[((i.wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 11) as usize % n as usize]
+                .clone()
+        };
+        let detokenize = |tokens: Vec<String>| {
+            Call::Detokenize(pb::DetokenizeRequest {
+                tokens,
+                purpose: "bench".into(),
+                justification: String::new(),
+            })
+        };
+        match scenario {
+            Scenario::TokenizeRandom => Call::Tokenize(pb::TokenizeRequest {
+                fields: vec![email_field(self.values.email())],
+                purpose: None,
+            }),
+            Scenario::TokenizeDeterministic => Call::Tokenize(pb::TokenizeRequest {
+                fields: vec![pb::Field {
+                    kind: pb::FieldKind::Phone as i32,
+                    value: self.values.phone(),
+                    ..Default::default()
+                }],
+                purpose: None,
+            }),
+            Scenario::TokenizeBatch100 => Call::Tokenize(pb::TokenizeRequest {
+                fields: (0..100).map(|_| email_field(self.values.email())).collect(),
+                purpose: None,
+            }),
+            Scenario::Detokenize => detokenize(vec![pick(seq)]),
+            Scenario::DetokenizeBatch100 => {
+                detokenize((0..100).map(|i| pick(seq * 100 + i)).collect())
+            }
+            Scenario::Mixed8020 => {
+                if seq % 5 == 0 {
+                    self.request(Scenario::TokenizeRandom, seq)
+                } else {
+                    self.request(Scenario::Detokenize, seq)
+                }
+            }
+        }
+    }
+}
+
+/// Sends one call; true when the call and every item succeeded.
+async fn send(load: &Load, worker: usize, call: Call) -> bool {
+    match call {
+        Call::Tokenize(req) => {
+            let mut client = load.writers[worker % load.writers.len()].clone();
+            match client.tokenize(req).await {
+                Ok(resp) => resp
+                    .into_inner()
+                    .results
+                    .iter()
+                    .all(|r| matches!(r.outcome, Some(pb::tokenize_result::Outcome::Token(_)))),
+                Err(_) => false,
+            }
+        }
+        Call::Detokenize(req) => {
+            let mut client = load.readers[worker % load.readers.len()].clone();
+            match client.detokenize(req).await {
+                Ok(resp) => resp.into_inner().results.iter().all(|r| {
+                    matches!(r.outcome, Some(pb::detokenize_result::Outcome::Revealed(_)))
+                }),
+                Err(_) => false,
+            }
+        }
+    }
+}
+
+/// Runs `scenario` for `duration` with `concurrency` workers.
+async fn measure(
+    load: Arc<Load>,
+    scenario: Scenario,
+    duration: Duration,
+    concurrency: usize,
+) -> Measurement {
+    let seq = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut workers = Vec::with_capacity(concurrency);
+    for worker in 0..concurrency {
+        let load = load.clone();
+        let seq = seq.clone();
+        workers.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
+            let (mut calls, mut failed) = (0u64, 0u64);
+            while Instant::now() < deadline {
+                let call = load.request(scenario, seq.fetch_add(1, Ordering::Relaxed));
+                let t = Instant::now();
+                let ok = send(&load, worker, call).await;
+                let us = t.elapsed().as_micros() as u64;
+                calls += 1;
+                if !ok {
+                    failed += 1;
+                }
+                if let Some(h) = hist.as_mut() {
+                    let _ = h.record(us.max(1));
+                }
+            }
+            (calls, failed, hist)
+        }));
+    }
+    let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
+    let (mut calls, mut failed) = (0, 0);
+    for w in workers {
+        match w.await {
+            Ok((c, f, h)) => {
+                calls += c;
+                failed += f;
+                if let (Some(total), Some(h)) = (total.as_mut(), h) {
+                    let _ = total.add(h);
+                }
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let q = |p: f64| total.as_ref().map_or(0, |h| h.value_at_quantile(p));
+    let written = match scenario {
+        Scenario::TokenizeRandom | Scenario::TokenizeDeterministic => calls - failed,
+        Scenario::TokenizeBatch100 => (calls - failed) * 100,
+        Scenario::Mixed8020 => (calls - failed) / 5,
+        _ => 0,
+    };
+    Measurement {
+        calls,
+        failed,
+        seconds,
+        values_per_call: scenario.values_per_call(),
+        p50_us: q(0.50),
+        p95_us: q(0.95),
+        p99_us: q(0.99),
+        max_us: total.as_ref().map_or(0, |h| h.max()),
+        written,
+    }
+}
+
+async fn clients(
+    addr: &str,
+    tls: &ClientTls,
+    n: usize,
+) -> Result<Vec<VaultClient<Channel>>, String> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(
+            client::connect(addr, tls)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    Ok(out)
+}
+
+/// Preloads `n` email tokens in batches of 1000 and returns them.
+async fn preload(
+    writers: &[VaultClient<Channel>],
+    values: &Values,
+    n: u64,
+) -> Result<Vec<String>, String> {
+    let mut tokens = Vec::with_capacity(n as usize);
+    let mut remaining = n;
+    while remaining > 0 {
+        // Several batches in flight, one per writer connection.
+        let mut calls = Vec::new();
+        for w in writers {
+            if remaining == 0 {
+                break;
+            }
+            let size = remaining.min(1000);
+            remaining -= size;
+            let req = pb::TokenizeRequest {
+                fields: (0..size).map(|_| email_field(values.email())).collect(),
+                purpose: None,
+            };
+            let mut client = w.clone();
+            calls.push(tokio::spawn(async move { client.tokenize(req).await }));
+        }
+        for c in calls {
+            let resp = c
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("preload: {}", e.message()))?;
+            for r in resp.into_inner().results {
+                match r.outcome {
+                    Some(pb::tokenize_result::Outcome::Token(t)) => tokens.push(t),
+                    _ => return Err("preload: an item failed".into()),
+                }
+            }
+        }
+    }
+    Ok(tokens)
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Runs the benchmark: starts the vault and the ceiling, preloads, runs
+/// every scenario against both, restarts the vault to time startup.
+pub async fn run(options: BenchOptions) -> Result<Report, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let tmp;
+    let dir = match &options.data_dir {
+        Some(d) => d.clone(),
+        None => {
+            tmp = tempfile_dir()?;
+            tmp.clone()
+        }
+    };
+    let config = write_config(&dir, options.cache_capacity_mib)?;
+    let config_s = config.to_str().ok_or("non-UTF-8 path")?;
+    let (vault, _) = ServerChild::spawn(&exe, &["serve", "--config", config_s])?;
+    let (ceiling, _) = ServerChild::spawn(&exe, &["bench-ceiling", "--config", config_s])?;
+    let writer_tls = ClientTls::dev(&dir, "orders").map_err(|e| e.to_string())?;
+    let reader_tls = ClientTls::dev(&dir, "support").map_err(|e| e.to_string())?;
+    let k = options.connections.max(1);
+
+    let values = Values {
+        next: AtomicU64::new(0),
+    };
+    let vault_writers = clients(&vault.addr, &writer_tls, k).await?;
+    eprintln!("preloading {} tokens…", options.preload);
+    let t = Instant::now();
+    let tokens = preload(&vault_writers, &values, options.preload.max(1)).await?;
+    eprintln!("preloaded in {:.1}s", t.elapsed().as_secs_f64());
+    let tokens = Arc::new(tokens);
+    let vault_load = Arc::new(Load {
+        writers: vault_writers,
+        readers: clients(&vault.addr, &reader_tls, k).await?,
+        values,
+        tokens: tokens.clone(),
+    });
+    let ceiling_load = Arc::new(Load {
+        writers: clients(&ceiling.addr, &writer_tls, k).await?,
+        readers: clients(&ceiling.addr, &reader_tls, k).await?,
+        values: Values {
+            next: AtomicU64::new(0),
+        },
+        tokens,
+    });
+
+    let mut rows = Vec::new();
+    let mut stored = options.preload.max(1);
+    for scenario in Scenario::ALL {
+        if !options.scenarios.is_empty() && !options.scenarios.iter().any(|s| s == scenario.name())
+        {
+            continue;
+        }
+        eprintln!("running {}…", scenario.name());
+        let v = measure(
+            vault_load.clone(),
+            scenario,
+            options.duration,
+            options.concurrency,
+        )
+        .await;
+        let vault_rss_mib = vault.rss_mib();
+        let c = measure(
+            ceiling_load.clone(),
+            scenario,
+            options.duration,
+            options.concurrency,
+        )
+        .await;
+        stored += v.written;
+        rows.push(Row {
+            scenario,
+            vault: v,
+            ceiling: c,
+            vault_rss_mib,
+        });
+    }
+    drop(vault_load);
+    drop(ceiling_load);
+    drop(ceiling);
+    vault.stop();
+    let store_bytes = dir_bytes(&dir.join("store"));
+
+    // Startup with everything stored.
+    let (restarted, startup) = ServerChild::spawn(&exe, &["serve", "--config", config_s])?;
+    let rss_after_restart_mib = restarted.rss_mib();
+    restarted.stop();
+
+    if options.data_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(Report {
+        rows,
+        stored_tokens: stored,
+        store_bytes,
+        startup_seconds: Some(startup.as_secs_f64()),
+        rss_after_restart_mib,
+        options,
+    })
+}
+
+/// A fresh private directory for a run without `--data-dir`.
+fn tempfile_dir() -> Result<PathBuf, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!("fieldvault-bench-{}-{nanos}", std::process::id()));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(dir)
+}
