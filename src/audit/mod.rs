@@ -12,9 +12,9 @@
 
 use async_trait::async_trait;
 use serde::Serialize;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use tokio::io::AsyncWriteExt;
-use tokio::sync::Mutex;
+use std::sync::Mutex;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct AuditEvent {
@@ -52,7 +52,9 @@ pub trait AuditSink: Send + Sync + 'static {
 /// Appends one JSON object per line to a file.
 pub struct FileAuditLog {
     path: PathBuf,
-    file: Mutex<tokio::fs::File>,
+    /// Opened in append mode; each event is one `write(2)` of a whole line,
+    /// so lines never interleave and there is no user-space buffer to lose.
+    file: Mutex<std::fs::File>,
 }
 
 impl FileAuditLog {
@@ -62,12 +64,12 @@ impl FileAuditLog {
                 .await
                 .map_err(|e| AuditError(format!("{}: {e}", parent.display())))?;
         }
-        let file = tokio::fs::OpenOptions::new()
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
             .open(path)
-            .await
             .map_err(|e| AuditError(format!("{}: {e}", path.display())))?;
         Ok(Self {
             path: path.to_path_buf(),
@@ -85,12 +87,11 @@ impl AuditSink for FileAuditLog {
     async fn record(&self, event: &AuditEvent) -> Result<(), AuditError> {
         let mut line = serde_json::to_vec(event).map_err(|e| AuditError(e.to_string()))?;
         line.push(b'\n');
-        let mut file = self.file.lock().await;
+        // A short, non-blocking-in-practice page-cache write: done inline
+        // rather than through a blocking-pool hop. A poisoned lock only
+        // means another writer panicked; the file handle is still sound.
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
         file.write_all(&line)
-            .await
-            .map_err(|e| AuditError(format!("{}: {e}", self.path.display())))?;
-        file.flush()
-            .await
             .map_err(|e| AuditError(format!("{}: {e}", self.path.display())))
     }
 }
