@@ -61,16 +61,11 @@ impl Server {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        match (&mut self.serve).await {
-            Ok(result) => result,
-            Err(e) => {
-                tracing::error!(error = %e, "server task failed");
-                Ok(())
-            }
-        }
+        self.wait_ref().await
     }
 
-    /// Resolves when the server stops on its own (it does not, unless it fails).
+    /// Resolves when the server task ends: after [`Server::shutdown`], or on
+    /// its own if it fails.
     pub async fn wait_ref(&mut self) -> Result<(), tonic::transport::Error> {
         match (&mut self.serve).await {
             Ok(result) => result,

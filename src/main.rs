@@ -324,23 +324,11 @@ async fn tokenize(args: TokenizeArgs) -> Result<ExitCode, String> {
     } else {
         args.values
     };
-    use fieldvault::domain::value::IdScheme;
-    use fieldvault::domain::FieldKind;
-    let kind = match args.kind {
-        FieldKind::Phone => pb::FieldKind::Phone,
-        FieldKind::Address => pb::FieldKind::Address,
-        FieldKind::NationalId => pb::FieldKind::NationalId,
-        FieldKind::Email => pb::FieldKind::Email,
-    };
-    let scheme = match args.scheme {
-        None => pb::NationalIdScheme::Unspecified,
-        Some(IdScheme::CnRic) => pb::NationalIdScheme::CnRic,
-        Some(IdScheme::UsSsn) => pb::NationalIdScheme::UsSsn,
-        Some(IdScheme::BrCpf) => pb::NationalIdScheme::BrCpf,
-        Some(IdScheme::InAadhaar) => pb::NationalIdScheme::InAadhaar,
-        Some(IdScheme::HkHkid) => pb::NationalIdScheme::HkHkid,
-        Some(IdScheme::EsDni) => pb::NationalIdScheme::EsDni,
-    };
+    let kind = fieldvault::grpc::kind_to_pb(args.kind);
+    let scheme = args.scheme.map_or(
+        pb::NationalIdScheme::Unspecified,
+        fieldvault::grpc::scheme_to_pb,
+    );
     let mut client = connect(&args.conn.addr, &args.conn.tls()?)
         .await
         .map_err(|e| e.to_string())?;

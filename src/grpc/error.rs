@@ -41,27 +41,29 @@ fn bad_request(field: &str, description: &str) -> prost_types::Any {
 /// the request, e.g. `fields[3]` or `tokens[0]`. INVALID_ARGUMENT carries a
 /// `google.rpc.BadRequest` naming the exact field (`fields[3].value`).
 pub(crate) fn item_status(prefix: &str, e: &ItemError) -> tonic_types::Status {
-    if let ItemError::InvalidArgument { field, reason } = e {
-        let path = match field {
-            Some(field) => format!("{prefix}.{field}"),
-            None => prefix.to_owned(),
-        };
-        return tonic_types::Status {
-            code: Code::InvalidArgument as i32,
-            message: format!("{path}: {reason}"),
-            details: vec![bad_request(&path, reason)],
-        };
-    }
-    let (code, message) = match e {
-        ItemError::InvalidArgument { .. } => (Code::InvalidArgument, format!("{prefix}: {e}")),
-        ItemError::NotFound => (Code::NotFound, format!("{prefix}: {e}")),
-        ItemError::PermissionDenied(d) => (Code::PermissionDenied, format!("{prefix}: {d}")),
-        ItemError::DataLoss => (Code::DataLoss, format!("{prefix}: {e}")),
-        ItemError::Internal => (Code::Internal, format!("{prefix}: {e}")),
+    let (code, message, details) = match e {
+        ItemError::InvalidArgument { field, reason } => {
+            let path = match field {
+                Some(field) => format!("{prefix}.{field}"),
+                None => prefix.to_owned(),
+            };
+            let detail = bad_request(&path, reason);
+            (
+                Code::InvalidArgument,
+                format!("{path}: {reason}"),
+                vec![detail],
+            )
+        }
+        ItemError::PermissionDenied(d) => {
+            (Code::PermissionDenied, format!("{prefix}: {d}"), Vec::new())
+        }
+        ItemError::NotFound => (Code::NotFound, format!("{prefix}: {e}"), Vec::new()),
+        ItemError::DataLoss => (Code::DataLoss, format!("{prefix}: {e}"), Vec::new()),
+        ItemError::Internal => (Code::Internal, format!("{prefix}: {e}"), Vec::new()),
     };
     tonic_types::Status {
         code: code as i32,
         message,
-        details: Vec::new(),
+        details,
     }
 }

@@ -7,7 +7,7 @@ mod identity;
 mod service;
 
 pub use identity::{caller_from_cert_der, IdentityError};
-pub use service::VaultService;
+pub use service::{kind_to_pb, scheme_to_pb, VaultService};
 
 /// Generated protobuf types and gRPC stubs for `fieldvault.v1`.
 pub mod pb {

@@ -52,7 +52,8 @@ fn kind_from_pb(kind: i32) -> Result<FieldKind, ItemError> {
     }
 }
 
-fn kind_to_pb(kind: FieldKind) -> pb::FieldKind {
+/// The protobuf enum of a field kind.
+pub fn kind_to_pb(kind: FieldKind) -> pb::FieldKind {
     match kind {
         FieldKind::Phone => pb::FieldKind::Phone,
         FieldKind::Address => pb::FieldKind::Address,
@@ -81,7 +82,8 @@ fn scheme_from_pb(scheme: i32) -> Result<Option<IdScheme>, ItemError> {
     }))
 }
 
-fn scheme_to_pb(scheme: IdScheme) -> pb::NationalIdScheme {
+/// The protobuf enum of a national ID scheme.
+pub fn scheme_to_pb(scheme: IdScheme) -> pb::NationalIdScheme {
     use pb::NationalIdScheme as S;
     match scheme {
         IdScheme::CnRic => S::CnRic,
