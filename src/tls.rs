@@ -3,13 +3,19 @@
 //! reload and CRLs (`WebPkiClientVerifier::with_crls`) can be added without
 //! changing how the server is wired.
 
+use crate::domain::CallerId;
+use crate::identity::{caller_from_cert_der, IdentityError};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -87,6 +93,95 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// Who is on the other end of a connection: read from the client
+/// certificate once, right after the handshake, and handed to every request
+/// on that connection as a request extension (cheap to clone).
+#[derive(Clone, Debug)]
+pub struct Peer(Arc<PeerInner>);
+
+#[derive(Debug)]
+struct PeerInner {
+    addr: SocketAddr,
+    caller: Result<Arc<CallerId>, IdentityError>,
+}
+
+impl Peer {
+    fn from_tls(addr: SocketAddr, tls: &TlsStream<TcpStream>) -> Self {
+        let caller = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .ok_or(IdentityError::NoCertificate)
+            .and_then(|leaf| caller_from_cert_der(leaf))
+            .map(Arc::new);
+        Self(Arc::new(PeerInner { addr, caller }))
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.0.addr
+    }
+
+    /// The identity the client certificate names, or why it names none.
+    pub fn caller(&self) -> Result<Arc<CallerId>, IdentityError> {
+        self.0.caller.clone()
+    }
+}
+
+/// A TLS connection that completed the mTLS handshake, with its [`Peer`].
+pub struct PeerStream {
+    tls: TlsStream<TcpStream>,
+    peer: Peer,
+}
+
+impl tonic::transport::server::Connected for PeerStream {
+    type ConnectInfo = Peer;
+
+    fn connect_info(&self) -> Peer {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for PeerStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tls).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PeerStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tls).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tls).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tls.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tls).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tls).poll_shutdown(cx)
+    }
+}
+
 /// Accepts TCP connections and completes TLS handshakes concurrently; only
 /// connections that presented a valid client certificate come out of the
 /// stream. Abort the returned task to stop accepting.
@@ -94,7 +189,7 @@ pub fn incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
 ) -> (
-    ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>>,
+    ReceiverStream<Result<PeerStream, std::io::Error>>,
     JoinHandle<()>,
 ) {
     let acceptor = TlsAcceptor::from(config);
@@ -118,7 +213,8 @@ pub fn incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(tls)).await;
+                        let peer = Peer::from_tls(peer, &tls);
+                        let _ = tx.send(Ok(PeerStream { tls, peer })).await;
                     }
                     Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake refused"),
                     Err(_) => tracing::info!(%peer, "TLS handshake timed out"),

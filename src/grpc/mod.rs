@@ -3,10 +3,8 @@
 //! errors become gRPC statuses, and peer certificate -> caller identity.
 
 mod error;
-mod identity;
 mod service;
 
-pub use identity::{caller_from_cert_der, IdentityError};
 pub use service::{kind_to_pb, scheme_to_pb, VaultService};
 
 /// Generated protobuf types and gRPC stubs for `fieldvault.v1`.

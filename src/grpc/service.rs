@@ -1,9 +1,9 @@
 use super::error::{call_status, item_status};
-use super::identity::caller_from_cert_der;
 use super::pb;
 use crate::domain::policy::RevealLevel;
 use crate::domain::value::{Address, FieldInput, IdScheme};
 use crate::domain::{CallerId, FieldKind, Plaintext};
+use crate::tls::Peer;
 use crate::vault::{ItemError, Vault};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -24,15 +24,15 @@ impl VaultService {
     }
 }
 
-/// The caller proven by the connection's client certificate.
-fn caller<T>(req: &Request<T>) -> Result<CallerId, Status> {
-    let certs = req
-        .peer_certs()
+/// The caller proven by the connection's client certificate, read once per
+/// connection by the TLS accept loop.
+fn caller<T>(req: &Request<T>) -> Result<Arc<CallerId>, Status> {
+    let peer = req
+        .extensions()
+        .get::<Peer>()
         .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-    let leaf = certs
-        .first()
-        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-    caller_from_cert_der(leaf).map_err(|e| Status::unauthenticated(e.to_string()))
+    peer.caller()
+        .map_err(|e| Status::unauthenticated(e.to_string()))
 }
 
 fn kind_from_pb(kind: i32) -> Result<FieldKind, ItemError> {

@@ -1,5 +1,7 @@
 //! Peer certificate -> caller identity. The TLS layer has already verified
 //! the chain to the client CA; this only reads who the certificate names.
+//! It runs once per connection, right after the handshake (see
+//! [`crate::tls::Peer`]), not once per request.
 
 use crate::domain::{CallerId, CallerIdError};
 use x509_parser::extensions::GeneralName;
@@ -7,6 +9,8 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdentityError {
+    #[error("a client certificate is required")]
+    NoCertificate,
     #[error("client certificate could not be parsed")]
     Unparseable,
     #[error("client certificate has more than one SPIFFE ID")]
