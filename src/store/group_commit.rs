@@ -1,15 +1,18 @@
-//! Group commit: one thread makes writes durable for every request that is
-//! waiting, so concurrent writers share one flush + fsync instead of paying
-//! for one each.
+//! Group commit: one thread makes every queued write durable together, so
+//! concurrent writers share one sync instead of paying for one each.
 //!
-//! Protocol: a writer first applies its write (it is then in sled's memory),
-//! then calls [`GroupCommit::durable`]. The committer takes every request
-//! queued so far, runs one sync, and answers them all. A sync that starts
-//! after a request was queued covers that request's write, so no request is
-//! answered before its write is on disk.
+//! Protocol: a writer hands its write to [`GroupCommit::submit`]. The commit
+//! thread takes every write queued so far and hands them, in queue order,
+//! to [`Committer::commit`], which makes them all durable with one sync;
+//! only then are they answered. No write is answered before it is on disk.
 //!
-//! A failed sync is fatal: that batch and every later request get an error
-//! and [`GroupCommit::failure`] reports it (the server then reports
+//! Why the writes themselves run on the commit thread, not only the sync:
+//! one writer never waits on another writer's lock or flush, and
+//! check-then-insert steps (deterministic tokens) need no transaction to be
+//! race-free.
+//!
+//! A failed write or sync is fatal: that batch and every later write get
+//! an error and [`GroupCommit::failure`] reports it (the server then reports
 //! unhealthy). Nothing is retried: after a failed fsync the kernel may have
 //! dropped the dirty pages, so a later "successful" fsync proves nothing.
 
@@ -19,10 +22,31 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 
-type Waiter = oneshot::Sender<Result<(), String>>;
+/// The backend side of group commit, run on the commit thread.
+pub(crate) trait Committer: Send + 'static {
+    type Write: Send + 'static;
+    type Output: Send + 'static;
 
-pub(crate) struct GroupCommit {
-    queue: Option<mpsc::Sender<Waiter>>,
+    /// Makes `writes` durable, in order, and returns one outcome per write,
+    /// in the same order. A write that fails leaves nothing of itself
+    /// behind. `Err` means the storage failed (a write or sync error): the
+    /// whole batch fails and no later write is accepted.
+    fn commit(
+        &mut self,
+        writes: Vec<Self::Write>,
+    ) -> Result<Vec<Result<Self::Output, StoreError>>, String>;
+
+    /// Called once when the store closes, after the last commit.
+    fn close(&mut self) {}
+}
+
+struct Job<C: Committer> {
+    write: C::Write,
+    reply: oneshot::Sender<Result<C::Output, StoreError>>,
+}
+
+pub(crate) struct GroupCommit<C: Committer> {
+    queue: Option<mpsc::Sender<Job<C>>>,
     failure: Arc<Mutex<Option<String>>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -33,18 +57,21 @@ fn lock(m: &Mutex<Option<String>>) -> std::sync::MutexGuard<'_, Option<String>> 
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-impl GroupCommit {
-    /// Starts the committer thread. `sync` makes every write applied so far
-    /// durable.
-    pub(crate) fn start(
-        sync: impl FnMut() -> Result<(), String> + Send + 'static,
-    ) -> Result<Self, StoreError> {
-        let (tx, rx) = mpsc::channel::<Waiter>();
+fn refused(e: &str) -> StoreError {
+    StoreError::Backend(format!(
+        "writes are refused since a storage write failed ({e}); restart after fixing the disk"
+    ))
+}
+
+impl<C: Committer> GroupCommit<C> {
+    /// Starts the commit thread, which owns `committer` from now on.
+    pub(crate) fn start(committer: C) -> Result<Self, StoreError> {
+        let (tx, rx) = mpsc::channel::<Job<C>>();
         let failure = Arc::new(Mutex::new(None));
         let thread_failure = failure.clone();
         let thread = std::thread::Builder::new()
             .name("fieldvault-commit".into())
-            .spawn(move || run(rx, sync, &thread_failure))
+            .spawn(move || run(rx, committer, &thread_failure))
             .map_err(|e| StoreError::Backend(format!("starting the commit thread: {e}")))?;
         Ok(Self {
             queue: Some(tx),
@@ -58,59 +85,66 @@ impl GroupCommit {
         lock(&self.failure).clone()
     }
 
-    /// Refuses new writes once a sync has failed.
-    pub(crate) fn check_writable(&self) -> Result<(), StoreError> {
-        match self.failure() {
-            Some(e) => Err(StoreError::Backend(format!(
-                "writes are refused since a sync failed ({e}); restart after fixing the disk"
-            ))),
-            None => Ok(()),
+    /// Hands `write` to the commit thread; resolves once it is durable.
+    pub(crate) async fn submit(&self, write: C::Write) -> Result<C::Output, StoreError> {
+        if let Some(e) = self.failure() {
+            return Err(refused(&e));
         }
-    }
-
-    /// Resolves once every write applied before this call is durable.
-    pub(crate) async fn durable(&self) -> Result<(), StoreError> {
-        let (tx, rx) = oneshot::channel();
+        let (reply, rx) = oneshot::channel();
         self.queue
             .as_ref()
             .ok_or_else(|| StoreError::Backend("store is closing".into()))?
-            .send(tx)
+            .send(Job { write, reply })
             .map_err(|_| StoreError::Backend("commit thread is gone".into()))?;
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(StoreError::Backend(e)),
-            Err(_) => Err(StoreError::Backend("commit thread is gone".into())),
-        }
+        rx.await
+            .unwrap_or_else(|_| Err(StoreError::Backend("commit thread is gone".into())))
     }
 }
 
-fn run(
-    rx: mpsc::Receiver<Waiter>,
-    mut sync: impl FnMut() -> Result<(), String>,
+fn run<C: Committer>(
+    rx: mpsc::Receiver<Job<C>>,
+    mut committer: C,
     failure: &Mutex<Option<String>>,
 ) {
     while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        batch.extend(rx.try_iter());
+        let mut jobs = vec![first];
+        jobs.extend(rx.try_iter());
         // Bind first: a guard in the match scrutinee would live through the
         // arms and deadlock the lock below.
         let earlier = lock(failure).clone();
-        let outcome = match earlier {
-            Some(e) => Err(e),
-            None => sync().map_err(|e| {
-                tracing::error!(error = %e, "sync failed: storage refuses writes from now on");
+        if let Some(e) = earlier {
+            for job in jobs {
+                let _ = job.reply.send(Err(refused(&e)));
+            }
+            continue;
+        }
+        let (writes, replies): (Vec<_>, Vec<_>) =
+            jobs.into_iter().map(|j| (j.write, j.reply)).unzip();
+        let mut outcomes = match committer.commit(writes) {
+            Ok(outcomes) => outcomes.into_iter(),
+            Err(e) => {
+                tracing::error!(error = %e, "storage write failed: refusing writes from now on");
                 *lock(failure) = Some(e.clone());
-                e
-            }),
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Backend(e.clone())));
+                }
+                continue;
+            }
         };
-        for waiter in batch {
+        for reply in replies {
+            let outcome = outcomes.next().unwrap_or_else(|| {
+                Err(StoreError::Backend(
+                    "the backend returned fewer outcomes than writes".into(),
+                ))
+            });
             // A caller that gave up waiting is fine to skip.
-            let _ = waiter.send(outcome.clone());
+            let _ = reply.send(outcome);
         }
     }
+    committer.close();
 }
 
-impl Drop for GroupCommit {
+impl<C: Committer> Drop for GroupCommit<C> {
     fn drop(&mut self) {
         // Closing the queue ends the thread; joining it releases the
         // database handles it holds before the store counts as closed.
@@ -126,46 +160,101 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_requests_share_syncs() {
+    /// Applies writes to a Vec, then "syncs" by copying it to `durable`;
+    /// counts syncs and can be told to fail one.
+    struct Fake {
+        applied: Vec<u32>,
+        durable: Arc<Mutex<Vec<u32>>>,
+        syncs: Arc<AtomicUsize>,
+        fail_sync: Option<usize>,
+    }
+
+    impl Committer for Fake {
+        type Write = u32;
+        type Output = u32;
+
+        fn commit(&mut self, writes: Vec<u32>) -> Result<Vec<Result<u32, StoreError>>, String> {
+            let outcomes = writes
+                .into_iter()
+                .map(|w| {
+                    if w == 0 {
+                        return Err(StoreError::AlreadyExists("zero"));
+                    }
+                    self.applied.push(w);
+                    Ok(w * 10)
+                })
+                .collect();
+            let n = self.syncs.fetch_add(1, Ordering::SeqCst) + 1;
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            if Some(n) == self.fail_sync {
+                return Err("fdatasync: EIO".into());
+            }
+            *self.durable.lock().unwrap_or_else(|p| p.into_inner()) = self.applied.clone();
+            Ok(outcomes)
+        }
+    }
+
+    fn fake(fail_sync: Option<usize>) -> (Fake, Arc<Mutex<Vec<u32>>>, Arc<AtomicUsize>) {
+        let durable = Arc::new(Mutex::new(Vec::new()));
         let syncs = Arc::new(AtomicUsize::new(0));
-        let counter = syncs.clone();
-        let gc = Arc::new(
-            GroupCommit::start(move || {
-                counter.fetch_add(1, Ordering::SeqCst);
-                std::thread::sleep(std::time::Duration::from_millis(2));
-                Ok(())
-            })
-            .unwrap_or_else(|e| panic!("{e}")),
-        );
+        let f = Fake {
+            applied: Vec::new(),
+            durable: durable.clone(),
+            syncs: syncs.clone(),
+            fail_sync,
+        };
+        (f, durable, syncs)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writes_share_syncs_and_are_durable_when_answered() {
+        let (f, durable, syncs) = fake(None);
+        let gc = Arc::new(GroupCommit::start(f).unwrap_or_else(|e| panic!("{e}")));
         let mut tasks = Vec::new();
-        for _ in 0..64 {
+        for i in 1..=64u32 {
             let gc = gc.clone();
-            tasks.push(tokio::spawn(async move { gc.durable().await }));
+            let durable = durable.clone();
+            tasks.push(tokio::spawn(async move {
+                let out = gc.submit(i).await;
+                let on_disk = durable
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(&i);
+                (out.ok(), on_disk, i)
+            }));
         }
         for t in tasks {
-            assert!(t.await.map(|r| r.is_ok()).unwrap_or(false));
+            let (out, on_disk, i) = t.await.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(out, Some(i * 10), "each write gets its own outcome");
+            assert!(on_disk, "write {i} was answered before its sync");
         }
         let n = syncs.load(Ordering::SeqCst);
-        assert!((1..64).contains(&n), "64 requests took {n} syncs");
+        assert!((1..64).contains(&n), "64 writes took {n} syncs");
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_keeps_its_own_error() {
+        let (f, _, _) = fake(None);
+        let gc = GroupCommit::start(f).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            gc.submit(0).await,
+            Err(StoreError::AlreadyExists("zero"))
+        ));
+        assert_eq!(gc.submit(3).await.ok(), Some(30));
     }
 
     #[tokio::test]
     async fn a_failed_sync_fails_its_batch_and_every_later_write() {
-        let mut calls = 0;
-        let gc = GroupCommit::start(move || {
-            calls += 1;
-            if calls == 2 {
-                Err("fdatasync: EIO".into())
-            } else {
-                Ok(())
-            }
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
-        assert!(gc.durable().await.is_ok());
-        assert!(gc.durable().await.is_err());
-        assert!(gc.durable().await.is_err(), "no retry after a failed sync");
-        assert!(gc.check_writable().is_err());
+        let (f, _, syncs) = fake(Some(2));
+        let gc = GroupCommit::start(f).unwrap_or_else(|e| panic!("{e}"));
+        assert!(gc.submit(1).await.is_ok());
+        assert!(gc.submit(2).await.is_err());
+        assert!(gc.submit(3).await.is_err(), "no retry after a failed sync");
+        assert_eq!(
+            syncs.load(Ordering::SeqCst),
+            2,
+            "nothing synced after the failure"
+        );
         assert_eq!(gc.failure().as_deref(), Some("fdatasync: EIO"));
     }
 }

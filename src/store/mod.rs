@@ -7,6 +7,7 @@
 
 mod group_commit;
 mod sled_store;
+mod wal;
 
 use crate::crypto::{BlindIndex, SealedRecord, WrappedKey};
 use crate::domain::TokenId;
