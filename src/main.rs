@@ -65,6 +65,15 @@ struct BenchArgs {
     /// sled cache bound of the vault server, MiB.
     #[arg(long, default_value_t = 64)]
     cache_capacity_mib: u64,
+    /// Load a vault that is already running at HOST:PORT instead of
+    /// starting one. Needs --data-dir: the data dir of that vault's
+    /// `serve --dev`, whose dev certificates the load generator uses.
+    #[arg(long, requires = "data_dir")]
+    addr: Option<String>,
+    /// Purpose declared by detokenize calls (`callback` for a
+    /// `serve --dev` vault's sample policy).
+    #[arg(long, default_value = "bench")]
+    purpose: String,
 }
 
 #[derive(Args)]
@@ -289,6 +298,8 @@ async fn bench(args: BenchArgs) -> Result<ExitCode, String> {
         scenarios: args.scenarios,
         data_dir: args.data_dir,
         cache_capacity_mib: args.cache_capacity_mib,
+        addr: args.addr,
+        purpose: args.purpose,
     })
     .await?;
     print!("{}", report.to_markdown());

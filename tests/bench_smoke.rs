@@ -2,7 +2,30 @@
 //! timing is asserted: numbers come from `fieldvault bench` runs, not tests).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::process::start_dev;
 use std::process::Command;
+
+const SCENARIOS: [&str; 6] = [
+    "tokenize-1-random",
+    "tokenize-1-deterministic",
+    "tokenize-100",
+    "detokenize-1",
+    "detokenize-100",
+    "mixed-80r-20w",
+];
+
+/// Every scenario has a row whose last column (failed calls) is 0.
+fn assert_no_failed_calls(stdout: &str) {
+    for scenario in SCENARIOS {
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {scenario} |")))
+            .unwrap_or_else(|| panic!("no row for {scenario}: {stdout}"));
+        assert!(row.trim_end().ends_with("| 0 |"), "{row}");
+    }
+}
 
 #[test]
 fn a_short_benchmark_run_succeeds_on_every_call() {
@@ -26,21 +49,68 @@ fn a_short_benchmark_run_succeeds_on_every_call() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for scenario in [
-        "tokenize-1-random",
-        "tokenize-1-deterministic",
-        "tokenize-100",
-        "detokenize-1",
-        "detokenize-100",
-        "mixed-80r-20w",
-    ] {
-        let row = stdout
-            .lines()
-            .find(|l| l.starts_with(&format!("| {scenario} |")))
-            .unwrap_or_else(|| panic!("no row for {scenario}: {stdout}"));
-        // The last column counts failed calls.
-        assert!(row.trim_end().ends_with("| 0 |"), "{row}");
-    }
+    assert_no_failed_calls(&stdout);
     assert!(stdout.contains("bytes per token"), "{stdout}");
     assert!(stdout.contains("restart with"), "{stdout}");
+}
+
+#[test]
+fn the_benchmark_loads_a_vault_that_is_already_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_dev(dir.path(), &dir.path().join("server.log")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fieldvault"))
+        .args([
+            "bench",
+            "--addr",
+            &server.addr,
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            // The sample policy of `serve --dev` reveals for callbacks.
+            "--purpose",
+            "callback",
+            "--duration",
+            "0.3",
+            "--preload",
+            "200",
+            "--concurrency",
+            "8",
+            "--connections",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_no_failed_calls(&stdout);
+    // Not our process: no RSS, disk or restart figures are made up.
+    assert!(!stdout.contains("restart with"), "{stdout}");
+    // The running vault really took the load: its audit log has the reads.
+    let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+    assert!(
+        audit.lines().count() > 10,
+        "{} audit lines",
+        audit.lines().count()
+    );
+}
+
+#[test]
+fn addr_without_a_dev_pki_is_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fieldvault"))
+        .args([
+            "bench",
+            "--addr",
+            "127.0.0.1:1",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no dev PKI here"), "{stderr}");
 }

@@ -5,7 +5,10 @@
 //!
 //! By default it starts both servers itself as child processes (so their
 //! RSS can be read from /proc) on a fresh data dir with a dev PKI made by
-//! rcgen. Each scenario runs for `--duration` seconds against each server.
+//! rcgen. With `--addr` it loads a vault that is already running instead
+//! (one started with `serve --dev --data-dir DIR`, whose dev PKI it reuses);
+//! the ceiling is still started here. Each scenario runs for `--duration`
+//! seconds against each server.
 
 pub mod ceiling;
 
@@ -37,6 +40,11 @@ pub struct BenchOptions {
     pub data_dir: Option<PathBuf>,
     /// sled cache bound for the vault server.
     pub cache_capacity_mib: u64,
+    /// Load this running vault instead of starting one. Needs `data_dir`:
+    /// the data dir whose `dev/` PKI the vault was started with.
+    pub addr: Option<String>,
+    /// The purpose detokenize calls declare.
+    pub purpose: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,6 +186,28 @@ impl Report {
             ));
         }
         out
+    }
+}
+
+/// The vault under load: started here, or already running at an address.
+enum Target {
+    Own(ServerChild),
+    External(String),
+}
+
+impl Target {
+    fn addr(&self) -> &str {
+        match self {
+            Target::Own(child) => &child.addr,
+            Target::External(addr) => addr,
+        }
+    }
+
+    fn rss_mib(&self) -> Option<f64> {
+        match self {
+            Target::Own(child) => child.rss_mib(),
+            Target::External(_) => None,
+        }
     }
 }
 
@@ -341,6 +371,7 @@ struct Load {
     readers: Vec<VaultClient<Channel>>,
     values: Values,
     tokens: Arc<Vec<String>>,
+    purpose: String,
 }
 
 enum Call {
@@ -359,7 +390,7 @@ impl Load {
         let detokenize = |tokens: Vec<String>| {
             Call::Detokenize(pb::DetokenizeRequest {
                 tokens,
-                purpose: "bench".into(),
+                purpose: self.purpose.clone(),
                 justification: String::new(),
             })
         };
@@ -565,16 +596,30 @@ fn dir_bytes(dir: &Path) -> u64 {
 pub async fn run(options: BenchOptions) -> Result<Report, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let tmp;
-    let dir = match &options.data_dir {
-        Some(d) => d.clone(),
-        None => {
+    let dir = match (&options.data_dir, &options.addr) {
+        (Some(d), _) => d.clone(),
+        (None, Some(_)) => return Err(
+            "--addr needs --data-dir: the data dir whose dev/ certificates the running vault uses"
+                .into(),
+        ),
+        (None, None) => {
             tmp = tempfile_dir()?;
             tmp.clone()
         }
     };
+    if options.addr.is_some() && !crate::dev::dev_dir(&dir).join("ca.pem").exists() {
+        return Err(format!(
+            "{}: no dev PKI here; start the vault with `fieldvault serve --dev --data-dir {}` first",
+            crate::dev::dev_dir(&dir).display(),
+            dir.display()
+        ));
+    }
     let config = write_config(&dir, options.cache_capacity_mib)?;
     let config_s = config.to_str().ok_or("non-UTF-8 path")?;
-    let (vault, _) = ServerChild::spawn(&exe, &["serve", "--config", config_s])?;
+    let vault = match &options.addr {
+        Some(addr) => Target::External(addr.clone()),
+        None => Target::Own(ServerChild::spawn(&exe, &["serve", "--config", config_s])?.0),
+    };
     let (ceiling, _) = ServerChild::spawn(&exe, &["bench-ceiling", "--config", config_s])?;
     let writer_tls = ClientTls::dev(&dir, "orders").map_err(|e| e.to_string())?;
     let reader_tls = ClientTls::dev(&dir, "support").map_err(|e| e.to_string())?;
@@ -583,7 +628,7 @@ pub async fn run(options: BenchOptions) -> Result<Report, String> {
     let values = Values {
         next: AtomicU64::new(0),
     };
-    let vault_writers = clients(&vault.addr, &writer_tls, k).await?;
+    let vault_writers = clients(vault.addr(), &writer_tls, k).await?;
     eprintln!("preloading {} tokens…", options.preload);
     let t = Instant::now();
     let tokens = preload(&vault_writers, &values, options.preload.max(1)).await?;
@@ -591,9 +636,10 @@ pub async fn run(options: BenchOptions) -> Result<Report, String> {
     let tokens = Arc::new(tokens);
     let vault_load = Arc::new(Load {
         writers: vault_writers,
-        readers: clients(&vault.addr, &reader_tls, k).await?,
+        readers: clients(vault.addr(), &reader_tls, k).await?,
         values,
         tokens: tokens.clone(),
+        purpose: options.purpose.clone(),
     });
     let ceiling_load = Arc::new(Load {
         writers: clients(&ceiling.addr, &writer_tls, k).await?,
@@ -602,6 +648,7 @@ pub async fn run(options: BenchOptions) -> Result<Report, String> {
             next: AtomicU64::new(0),
         },
         tokens,
+        purpose: options.purpose.clone(),
     });
 
     let mut rows = Vec::new();
@@ -638,6 +685,17 @@ pub async fn run(options: BenchOptions) -> Result<Report, String> {
     drop(vault_load);
     drop(ceiling_load);
     drop(ceiling);
+    let Target::Own(vault) = vault else {
+        // Not our server: its disk use and restart are not ours to measure.
+        return Ok(Report {
+            rows,
+            stored_tokens: 0,
+            store_bytes: 0,
+            startup_seconds: None,
+            rss_after_restart_mib: None,
+            options,
+        });
+    };
     vault.stop();
     let store_bytes = dir_bytes(&dir.join("store"));
 
