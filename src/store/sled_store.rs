@@ -138,6 +138,7 @@ impl SledWriter {
     ) -> Result<Vec<TokenId>, StoreError> {
         let mut tokens = Vec::with_capacity(records.len());
         let mut staged: Vec<Staged> = Vec::new();
+        let mut new_tokens: HashSet<[u8; 16]> = HashSet::new();
         let mut mine: HashMap<[u8; 36], TokenId> = HashMap::new();
         for new in records {
             let prefix = index_prefix(&new.index);
@@ -165,7 +166,7 @@ impl SledWriter {
             }
             let id = new.token.as_bytes();
             if group.tokens.contains(id)
-                || staged.iter().any(|s| s.token == new.token)
+                || !new_tokens.insert(*id)
                 || self.records.contains_key(id).map_err(backend)?
             {
                 return Err(StoreError::AlreadyExists("token"));
@@ -178,9 +179,7 @@ impl SledWriter {
             });
             tokens.push(new.token);
         }
-        for s in &staged {
-            group.tokens.insert(*s.token.as_bytes());
-        }
+        group.tokens.extend(new_tokens);
         group.deterministic.extend(mine);
         group.staged.extend(staged);
         Ok(tokens)
@@ -735,6 +734,16 @@ mod tests {
         assert!(matches!(err, Err(StoreError::AlreadyExists("token"))));
         let got = ok(store.get_records(vec![a, b]).await);
         assert_eq!(got, vec![Some(record(FieldKind::Phone)), None]);
+        // The same new token twice in one call is refused too.
+        let c = TokenId::new_random();
+        let err = store
+            .insert_records(vec![
+                new(c, FieldKind::Phone, 4, false),
+                new(c, FieldKind::Email, 5, false),
+            ])
+            .await;
+        assert!(matches!(err, Err(StoreError::AlreadyExists("token"))));
+        assert_eq!(ok(store.get_records(vec![c]).await), vec![None]);
         assert!(ok(store.tokens_by_index(index(2)).await).is_empty());
     }
 
