@@ -9,7 +9,6 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -101,12 +100,11 @@ pub struct Peer(Arc<PeerInner>);
 
 #[derive(Debug)]
 struct PeerInner {
-    addr: SocketAddr,
     caller: Result<Arc<CallerId>, IdentityError>,
 }
 
 impl Peer {
-    fn from_tls(addr: SocketAddr, tls: &TlsStream<TcpStream>) -> Self {
+    fn from_tls(tls: &TlsStream<TcpStream>) -> Self {
         let caller = tls
             .get_ref()
             .1
@@ -115,11 +113,7 @@ impl Peer {
             .ok_or(IdentityError::NoCertificate)
             .and_then(|leaf| caller_from_cert_der(leaf))
             .map(Arc::new);
-        Self(Arc::new(PeerInner { addr, caller }))
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.0.addr
+        Self(Arc::new(PeerInner { caller }))
     }
 
     /// The identity the client certificate names, or why it names none.
@@ -213,7 +207,7 @@ pub fn incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let peer = Peer::from_tls(peer, &tls);
+                        let peer = Peer::from_tls(&tls);
                         let _ = tx.send(Ok(PeerStream { tls, peer })).await;
                     }
                     Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake refused"),

@@ -27,28 +27,34 @@ fn assert_no_failed_calls(stdout: &str) {
     }
 }
 
-#[test]
-fn a_short_benchmark_run_succeeds_on_every_call() {
+/// Runs `fieldvault bench ARGS`, asserts it exited 0, returns its stdout.
+fn bench(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_fieldvault"))
-        .args([
-            "bench",
-            "--duration",
-            "0.3",
-            "--preload",
-            "500",
-            "--concurrency",
-            "8",
-            "--connections",
-            "2",
-        ])
+        .arg("bench")
+        .args(args)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    stdout
+}
+
+#[test]
+fn a_short_benchmark_run_succeeds_on_every_call() {
+    let stdout = bench(&[
+        "--duration",
+        "0.3",
+        "--preload",
+        "500",
+        "--concurrency",
+        "8",
+        "--connections",
+        "2",
+    ]);
     assert_no_failed_calls(&stdout);
     assert!(stdout.contains("bytes per token"), "{stdout}");
     assert!(stdout.contains("restart with"), "{stdout}");
@@ -58,33 +64,23 @@ fn a_short_benchmark_run_succeeds_on_every_call() {
 fn the_benchmark_loads_a_vault_that_is_already_running() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_dev(dir.path(), &dir.path().join("server.log")).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_fieldvault"))
-        .args([
-            "bench",
-            "--addr",
-            &server.addr,
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            // The sample policy of `serve --dev` reveals for callbacks.
-            "--purpose",
-            "callback",
-            "--duration",
-            "0.3",
-            "--preload",
-            "200",
-            "--concurrency",
-            "8",
-            "--connections",
-            "1",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = bench(&[
+        "--addr",
+        &server.addr,
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+        // The sample policy of `serve --dev` reveals for callbacks.
+        "--purpose",
+        "callback",
+        "--duration",
+        "0.3",
+        "--preload",
+        "200",
+        "--concurrency",
+        "8",
+        "--connections",
+        "1",
+    ]);
     assert_no_failed_calls(&stdout);
     // Not our process: no RSS, disk or restart figures are made up.
     assert!(!stdout.contains("restart with"), "{stdout}");
