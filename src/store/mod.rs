@@ -5,6 +5,7 @@
 //! Durability contract: a write method returns `Ok` only once its data would
 //! survive `kill -9` and power loss.
 
+mod apply;
 mod group_commit;
 mod sled_store;
 mod wal;

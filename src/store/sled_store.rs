@@ -12,8 +12,10 @@
 //! For each group of queued calls it decides the outcomes (deterministic
 //! hits, taken tokens), appends the new entries — record, blind-index entry,
 //! deterministic mapping — as one frame to the write-ahead log ([`Wal`],
-//! `fdatasync`ed), then applies them to the three trees with plain inserts,
-//! then answers the calls. After a crash the log is replayed on open, so
+//! `fdatasync`ed), then answers the calls. An apply thread ([`Applier`])
+//! inserts each synced group into the three trees while the commit thread
+//! goes on with the next group; until then lookups find the group in an
+//! overlay ([`Unapplied`]). After a crash the log is replayed on open, so
 //! the trees never keep a record without its index entries or the reverse,
 //! and every acknowledged token is there.
 //!
@@ -26,6 +28,7 @@
 //! Key writes (rare: first start, rotation) use a sled transaction on the
 //! `keys` tree followed by a checkpoint.
 
+use super::apply::{index_prefix, Applier, Staged, Unapplied};
 use super::group_commit::{Committer, GroupCommit};
 use super::wal::Wal;
 use super::{IntegrityReport, NewRecord, Store, StoreError};
@@ -59,32 +62,31 @@ pub struct SledStore {
 }
 
 struct Inner {
-    records: sled::Tree,
-    blind_index: sled::Tree,
-    deterministic: sled::Tree,
+    trees: Trees,
     keys: sled::Tree,
+    /// Acknowledged writes the apply thread has not inserted yet.
+    unapplied: Arc<Unapplied>,
     commit: GroupCommit<SledWriter>,
 }
 
-/// The one writer: owns clones of the trees and the write-ahead log, and
-/// runs every write on the commit thread (see [`GroupCommit`]).
+/// The record trees.
+#[derive(Clone)]
+struct Trees {
+    records: sled::Tree,
+    blind_index: sled::Tree,
+    deterministic: sled::Tree,
+}
+
+/// The one writer: owns the write-ahead log and the apply thread, and runs
+/// every write on the commit thread (see [`GroupCommit`]).
 struct SledWriter {
     db: sled::Db,
     /// sled's data file, kept open to fdatasync it at checkpoints.
     data_file: File,
     wal: Wal,
-    records: sled::Tree,
-    blind_index: sled::Tree,
-    deterministic: sled::Tree,
+    trees: Trees,
     keys: sled::Tree,
-}
-
-/// A record decided on the commit thread, logged, then applied.
-struct Staged {
-    token: TokenId,
-    index: BlindIndex,
-    deterministic: bool,
-    record: Vec<u8>,
+    applier: Applier,
 }
 
 /// What the current group has decided but not yet applied, so later calls
@@ -146,9 +148,11 @@ impl SledWriter {
                 let known = match mine
                     .get(&prefix)
                     .or_else(|| group.deterministic.get(&prefix))
+                    .copied()
+                    .or_else(|| self.applier.shared().deterministic(&prefix))
                 {
-                    Some(token) => Some(*token),
-                    None => match self.deterministic.get(prefix).map_err(backend)? {
+                    Some(token) => Some(token),
+                    None => match self.trees.deterministic.get(prefix).map_err(backend)? {
                         Some(bytes) => {
                             Some(token_from(&bytes).map_err(|_| StoreError::Corrupt {
                                 what: "deterministic index",
@@ -167,7 +171,8 @@ impl SledWriter {
             let id = new.token.as_bytes();
             if group.tokens.contains(id)
                 || !new_tokens.insert(*id)
-                || self.records.contains_key(id).map_err(backend)?
+                || self.applier.shared().has_token(&new.token)
+                || self.trees.records.contains_key(id).map_err(backend)?
             {
                 return Err(StoreError::AlreadyExists("token"));
             }
@@ -184,9 +189,11 @@ impl SledWriter {
         group.staged.extend(staged);
         Ok(tokens)
     }
+}
 
-    /// Inserts logged entries into the trees (also used for replay: every
-    /// insert is idempotent).
+impl Trees {
+    /// Inserts logged entries into the trees (on the apply thread, and for
+    /// replay: every insert is idempotent).
     fn apply(&self, staged: &[Staged]) -> Result<(), StoreError> {
         for s in staged {
             let id = s.token.as_bytes();
@@ -204,9 +211,14 @@ impl SledWriter {
         }
         Ok(())
     }
+}
 
-    /// Makes the trees durable on their own, then empties the log.
+impl SledWriter {
+    /// Makes the trees durable on their own, then empties the log. Waits
+    /// for every logged group to be applied first: the log is their only
+    /// durable copy until this flush.
     fn checkpoint(&mut self) -> Result<(), String> {
+        self.applier.shared().wait_until(0)?;
         self.db.flush().map_err(|e| format!("flush: {e}"))?;
         self.data_file
             .sync_data()
@@ -220,7 +232,7 @@ impl SledWriter {
         for frame in frames {
             let staged = decode_frame(frame)?;
             entries += staged.len();
-            self.apply(&staged)?;
+            self.trees.apply(&staged)?;
         }
         self.checkpoint().map_err(backend)?;
         tracing::info!(
@@ -302,6 +314,9 @@ impl Committer for SledWriter {
     type Output = Written;
 
     fn commit(&mut self, writes: Vec<Write>) -> Result<Vec<Result<Written, StoreError>>, String> {
+        // One group may still be applying while this one is staged and
+        // synced; a second would only grow the overlay.
+        self.applier.shared().wait_until(1)?;
         let mut group = Group::default();
         let mut keys_written = false;
         let outcomes = writes
@@ -321,9 +336,10 @@ impl Committer for SledWriter {
             self.wal
                 .append(&encode_frame(&group.staged))
                 .map_err(|e| e.to_string())?;
-            // Logged and durable: if applying fails now, the replay at the
-            // next start repairs it, but this process stops writing.
-            self.apply(&group.staged).map_err(|e| e.to_string())?;
+            // Logged and durable: the callers can be answered. If applying
+            // fails later, the replay at the next start repairs it, but this
+            // process stops writing.
+            self.applier.publish(group.staged)?;
         }
         if keys_written || self.wal.len() >= CHECKPOINT_BYTES {
             self.checkpoint()?;
@@ -355,15 +371,22 @@ impl SledStore {
         let blind_index = db.open_tree("blind_index").map_err(backend)?;
         let deterministic = db.open_tree("deterministic").map_err(backend)?;
         let keys = db.open_tree("keys").map_err(backend)?;
+        let trees = Trees {
+            records,
+            blind_index,
+            deterministic,
+        };
         let (wal, frames) = Wal::open(&config.path.join(WAL_FILE)).map_err(backend)?;
+        let apply_trees = trees.clone();
+        let applier = Applier::start(move |group| apply_trees.apply(group))?;
+        let unapplied = applier.shared().clone();
         let mut writer = SledWriter {
             data_file: File::open(data_file_path(&config.path)).map_err(backend)?,
             db,
             wal,
-            records: records.clone(),
-            blind_index: blind_index.clone(),
-            deterministic: deterministic.clone(),
+            trees: trees.clone(),
             keys: keys.clone(),
+            applier,
         };
         if !frames.is_empty() {
             writer.replay(&frames)?;
@@ -371,10 +394,9 @@ impl SledStore {
         let commit = GroupCommit::start(writer)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                records,
-                blind_index,
-                deterministic,
+                trees,
                 keys,
+                unapplied,
                 commit,
             }),
         })
@@ -397,13 +419,6 @@ const WAL_FILE: &str = "fieldvault.wal";
 
 fn data_file_path(dir: &Path) -> PathBuf {
     dir.join("db")
-}
-
-fn index_prefix(index: &BlindIndex) -> [u8; 36] {
-    let mut key = [0u8; 36];
-    key[..4].copy_from_slice(&index.version.0.to_be_bytes());
-    key[4..].copy_from_slice(&index.mac);
-    key
 }
 
 fn index_entry(index: &BlindIndex, token: &TokenId) -> [u8; 52] {
@@ -461,16 +476,20 @@ impl Store for SledStore {
     }
 
     fn failure(&self) -> Option<String> {
-        self.inner.commit.failure()
+        self.inner
+            .commit
+            .failure()
+            .or_else(|| self.inner.unapplied.failure())
     }
 
     async fn check_integrity(&self) -> Result<IntegrityReport, StoreError> {
         self.blocking(|inner| {
-            use std::collections::HashMap;
+            // Compare the trees once every acknowledged write is in them.
+            inner.unapplied.wait_until(0).map_err(backend)?;
             let mut report = IntegrityReport::default();
             // token -> number of blind-index entries naming it
             let mut indexed: HashMap<[u8; 16], u32> = HashMap::new();
-            for entry in inner.records.iter() {
+            for entry in inner.trees.records.iter() {
                 let (key, value) = entry.map_err(backend)?;
                 report.records += 1;
                 match token_from(&key) {
@@ -487,7 +506,7 @@ impl Store for SledStore {
                         .push("a record key is not a token id".into()),
                 }
             }
-            for key in inner.blind_index.iter().keys() {
+            for key in inner.trees.blind_index.iter().keys() {
                 let key = key.map_err(backend)?;
                 report.index_entries += 1;
                 match key.get(36..).map(token_from) {
@@ -511,7 +530,7 @@ impl Store for SledStore {
                         .push(format!("record {token} has {n} blind-index entries"));
                 }
             }
-            for entry in inner.deterministic.iter() {
+            for entry in inner.trees.deterministic.iter() {
                 let (prefix, token) = entry.map_err(backend)?;
                 report.deterministic_entries += 1;
                 let Ok(token) = token_from(&token) else {
@@ -526,7 +545,12 @@ impl Store for SledStore {
                     report.problems.push(format!(
                         "deterministic entry names {token}, which has no record"
                     ));
-                } else if !inner.blind_index.contains_key(&entry).map_err(backend)? {
+                } else if !inner
+                    .trees
+                    .blind_index
+                    .contains_key(&entry)
+                    .map_err(backend)?
+                {
                     report.problems.push(format!(
                         "deterministic token {token} is not under the same blind index"
                     ));
@@ -539,12 +563,16 @@ impl Store for SledStore {
 
     async fn tokens_by_index(&self, index: BlindIndex) -> Result<Vec<TokenId>, StoreError> {
         self.blocking(move |inner| {
-            inner
-                .blind_index
-                .scan_prefix(index_prefix(&index))
-                .keys()
-                .map(|k| token_from(&k.map_err(backend)?[36..]))
-                .collect()
+            let prefix = index_prefix(&index);
+            // Overlay first: an entry leaves it only once it is in the tree.
+            let mut tokens = inner.unapplied.tokens_by_index(&prefix);
+            for key in inner.trees.blind_index.scan_prefix(prefix).keys() {
+                tokens.push(token_from(&key.map_err(backend)?[36..])?);
+            }
+            // An entry applied during the scan shows up in both.
+            tokens.sort_unstable();
+            tokens.dedup();
+            Ok(tokens)
         })
         .await
     }
@@ -575,12 +603,16 @@ fn read_records(
 ) -> Result<Vec<Option<SealedRecord>>, StoreError> {
     tokens
         .iter()
-        .map(
-            |t| match inner.records.get(t.as_bytes()).map_err(backend)? {
+        .map(|t| {
+            // Overlay first: an entry leaves it only once it is in the tree.
+            if let Some(bytes) = inner.unapplied.record(t) {
+                return decode_record(&bytes).map(Some);
+            }
+            match inner.trees.records.get(t.as_bytes()).map_err(backend)? {
                 Some(bytes) => decode_record(&bytes).map(Some),
                 None => Ok(None),
-            },
-        )
+            }
+        })
         .collect()
 }
 
@@ -747,6 +779,36 @@ mod tests {
         assert!(ok(store.tokens_by_index(index(2)).await).is_empty());
     }
 
+    /// Back-to-back writes: each call is staged while the previous group
+    /// may still be applying, so lookups go through the overlay as often as
+    /// through the trees. Either way every write is readable once answered
+    /// and a deterministic value keeps one token.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answered_writes_are_visible_whether_or_not_applied_yet() {
+        let dir = ok(tempfile::tempdir().map_err(backend));
+        let store = open(dir.path());
+        let mut first: HashMap<u8, TokenId> = HashMap::new();
+        for round in 0..300u32 {
+            let value = (round % 7) as u8;
+            let (det, random) = (TokenId::new_random(), TokenId::new_random());
+            let got = ok(store
+                .insert_records(vec![
+                    new(det, FieldKind::Phone, value, true),
+                    new(random, FieldKind::Phone, value, false),
+                ])
+                .await);
+            let det_token = *first.entry(value).or_insert(det);
+            assert_eq!(got, vec![det_token, random], "round {round}");
+            let read = ok(store.get_records(vec![det_token, random]).await);
+            assert!(read.iter().all(Option::is_some), "round {round}");
+            assert!(ok(store.tokens_by_index(index(value)).await).contains(&random));
+        }
+        let report = ok(store.check_integrity().await);
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert_eq!(report.records, 300 + 7);
+        assert_eq!(report.deterministic_entries, 7);
+    }
+
     #[tokio::test]
     async fn a_deterministic_value_keeps_its_first_token_and_random_ones_add_up() {
         let dir = ok(tempfile::tempdir().map_err(backend));
@@ -887,12 +949,14 @@ mod tests {
                 new(b, FieldKind::Phone, 2, false),
             ])
             .await);
-        ok(store
-            .inner
+        // Damage the trees once the apply thread has filled them.
+        ok(store.inner.unapplied.wait_until(0).map_err(backend));
+        let trees = &store.inner.trees;
+        ok(trees
             .blind_index
             .remove(index_entry(&index(1), &a))
             .map_err(backend));
-        ok(store.inner.records.remove(b.as_bytes()).map_err(backend));
+        ok(trees.records.remove(b.as_bytes()).map_err(backend));
         let report = ok(store.check_integrity().await);
         assert_eq!(report.problems.len(), 3, "{:?}", report.problems);
     }

@@ -1,0 +1,335 @@
+//! Applying logged writes to the trees off the commit path.
+//!
+//! Once a group's write-ahead-log frame is synced, the group is durable and
+//! its callers can be answered; inserting it into the trees is only needed
+//! so reads find it. So the commit thread hands each synced group to an
+//! apply thread and goes on to stage and sync the next group while the
+//! previous one is inserted: the disk wait of one group overlaps the tree
+//! inserts of the other.
+//!
+//! Until a group is applied its entries sit in an [`Unapplied`] overlay
+//! that every lookup consults before the trees. The apply thread inserts
+//! into the trees first and only then removes the entries from the overlay,
+//! so a lookup that misses the overlay and then reads the trees never
+//! misses an acknowledged write.
+//!
+//! Bounds: the commit thread waits before staging while more than one group
+//! is still unapplied, and a checkpoint (which empties the log) first waits
+//! for every group to be applied. So the overlay never holds more than the
+//! log since the last checkpoint (a few MiB), not per-token state.
+//!
+//! A failed apply is fatal for writes, like a failed sync: the group stays
+//! in the overlay (reads still find it; the log replays it at the next
+//! start) and [`Unapplied::failure`] reports the error.
+
+use super::StoreError;
+use crate::crypto::BlindIndex;
+use crate::domain::TokenId;
+use std::collections::HashMap;
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
+
+/// A record decided on the commit thread: logged, then applied.
+#[derive(Clone, Debug)]
+pub(super) struct Staged {
+    pub(super) token: TokenId,
+    pub(super) index: BlindIndex,
+    pub(super) deterministic: bool,
+    /// The encoded record, as the `records` tree stores it.
+    pub(super) record: Vec<u8>,
+}
+
+/// `BlindIndex` as a map key: version ‖ mac.
+pub(super) fn index_prefix(index: &BlindIndex) -> [u8; 36] {
+    let mut key = [0u8; 36];
+    key[..4].copy_from_slice(&index.version.0.to_be_bytes());
+    key[4..].copy_from_slice(&index.mac);
+    key
+}
+
+/// Entries that are durable (logged) but not yet in the trees.
+#[derive(Default)]
+struct Overlay {
+    records: HashMap<[u8; 16], Vec<u8>>,
+    deterministic: HashMap<[u8; 36], TokenId>,
+    index: HashMap<[u8; 36], Vec<TokenId>>,
+}
+
+impl Overlay {
+    fn add(&mut self, group: &[Staged]) {
+        for s in group {
+            let prefix = index_prefix(&s.index);
+            self.records.insert(*s.token.as_bytes(), s.record.clone());
+            if s.deterministic {
+                self.deterministic.insert(prefix, s.token);
+            }
+            self.index.entry(prefix).or_default().push(s.token);
+        }
+    }
+
+    fn remove(&mut self, group: &[Staged]) {
+        for s in group {
+            let prefix = index_prefix(&s.index);
+            self.records.remove(s.token.as_bytes());
+            if s.deterministic {
+                self.deterministic.remove(&prefix);
+            }
+            if let Some(tokens) = self.index.get_mut(&prefix) {
+                tokens.retain(|t| *t != s.token);
+                if tokens.is_empty() {
+                    self.index.remove(&prefix);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Progress {
+    /// Groups handed to the apply thread and not yet applied.
+    queued: usize,
+    failure: Option<String>,
+}
+
+/// What has been acknowledged but not yet applied; shared by the commit
+/// thread, the apply thread and readers.
+#[derive(Default)]
+pub(super) struct Unapplied {
+    overlay: RwLock<Overlay>,
+    progress: Mutex<Progress>,
+    changed: Condvar,
+}
+
+impl Unapplied {
+    // The locks guard plain maps and counters that no code path leaves
+    // half-updated, so a poisoned lock (a panic elsewhere) is still sound.
+    fn overlay(&self) -> std::sync::RwLockReadGuard<'_, Overlay> {
+        self.overlay.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn overlay_mut(&self) -> std::sync::RwLockWriteGuard<'_, Overlay> {
+        self.overlay.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn progress(&self) -> MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The encoded record of an unapplied token.
+    pub(super) fn record(&self, token: &TokenId) -> Option<Vec<u8>> {
+        self.overlay().records.get(token.as_bytes()).cloned()
+    }
+
+    pub(super) fn has_token(&self, token: &TokenId) -> bool {
+        self.overlay().records.contains_key(token.as_bytes())
+    }
+
+    /// The unapplied deterministic token of a blind index.
+    pub(super) fn deterministic(&self, prefix: &[u8; 36]) -> Option<TokenId> {
+        self.overlay().deterministic.get(prefix).copied()
+    }
+
+    /// Unapplied tokens under a blind index.
+    pub(super) fn tokens_by_index(&self, prefix: &[u8; 36]) -> Vec<TokenId> {
+        self.overlay()
+            .index
+            .get(prefix)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Why applying stopped, if it did.
+    pub(super) fn failure(&self) -> Option<String> {
+        self.progress().failure.clone()
+    }
+
+    /// Blocks until at most `queued` groups are unapplied; `Err` once an
+    /// apply has failed.
+    pub(super) fn wait_until(&self, queued: usize) -> Result<(), String> {
+        let mut progress = self.progress();
+        loop {
+            if let Some(e) = &progress.failure {
+                return Err(format!("applying logged writes failed: {e}"));
+            }
+            if progress.queued <= queued {
+                return Ok(());
+            }
+            progress = self
+                .changed
+                .wait(progress)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// The apply thread and the handle that feeds it.
+pub(super) struct Applier {
+    queue: Option<mpsc::Sender<Vec<Staged>>>,
+    thread: Option<JoinHandle<()>>,
+    shared: Arc<Unapplied>,
+}
+
+impl Applier {
+    /// Starts the apply thread; `apply` inserts one group into the trees
+    /// (idempotently).
+    pub(super) fn start<F>(apply: F) -> Result<Self, StoreError>
+    where
+        F: FnMut(&[Staged]) -> Result<(), StoreError> + Send + 'static,
+    {
+        let shared = Arc::new(Unapplied::default());
+        let (tx, rx) = mpsc::channel();
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("fieldvault-apply".into())
+            .spawn(move || run(rx, apply, &thread_shared))
+            .map_err(|e| StoreError::Backend(format!("starting the apply thread: {e}")))?;
+        Ok(Self {
+            queue: Some(tx),
+            thread: Some(thread),
+            shared,
+        })
+    }
+
+    pub(super) fn shared(&self) -> &Arc<Unapplied> {
+        &self.shared
+    }
+
+    /// Makes a logged group visible to lookups and queues it for applying.
+    pub(super) fn publish(&self, group: Vec<Staged>) -> Result<(), String> {
+        if group.is_empty() {
+            return Ok(());
+        }
+        self.shared.overlay_mut().add(&group);
+        self.shared.progress().queued += 1;
+        self.queue
+            .as_ref()
+            .ok_or("the apply thread is stopping")?
+            .send(group)
+            .map_err(|_| "the apply thread is gone".to_string())
+    }
+}
+
+fn run<F>(rx: mpsc::Receiver<Vec<Staged>>, mut apply: F, shared: &Unapplied)
+where
+    F: FnMut(&[Staged]) -> Result<(), StoreError>,
+{
+    while let Ok(group) = rx.recv() {
+        if shared.failure().is_some() {
+            // Stopped: later groups stay in the overlay and the log.
+            continue;
+        }
+        let outcome = apply(&group);
+        if outcome.is_ok() {
+            shared.overlay_mut().remove(&group);
+        }
+        let mut progress = shared.progress();
+        match outcome {
+            Ok(()) => progress.queued -= 1,
+            Err(e) => {
+                tracing::error!(error = %e, "applying logged writes failed: refusing writes from now on");
+                progress.failure = Some(e.to_string());
+            }
+        }
+        drop(progress);
+        shared.changed.notify_all();
+    }
+}
+
+impl Drop for Applier {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread once it has applied what was
+        // queued; joining releases its tree handles.
+        self.queue.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::KeyVersion;
+
+    fn staged(mac: u8, deterministic: bool) -> Staged {
+        Staged {
+            token: TokenId::new_random(),
+            index: BlindIndex {
+                version: KeyVersion(1),
+                mac: [mac; 32],
+            },
+            deterministic,
+            record: vec![mac; 8],
+        }
+    }
+
+    /// An apply function that waits for a go-ahead per group and records
+    /// what it applied.
+    #[allow(clippy::type_complexity)]
+    fn gated(
+        fail: bool,
+    ) -> (
+        impl FnMut(&[Staged]) -> Result<(), StoreError> + Send + 'static,
+        mpsc::Sender<()>,
+        Arc<Mutex<Vec<TokenId>>>,
+    ) {
+        let (go, wait) = mpsc::channel::<()>();
+        let applied = Arc::new(Mutex::new(Vec::new()));
+        let seen = applied.clone();
+        let apply = move |group: &[Staged]| {
+            let _ = wait.recv();
+            if fail {
+                return Err(StoreError::Backend("disk full".into()));
+            }
+            let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+            seen.extend(group.iter().map(|s| s.token));
+            Ok(())
+        };
+        (apply, go, applied)
+    }
+
+    fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+        r.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn published_entries_are_found_until_applied_then_leave_the_overlay() {
+        let (apply, go, applied) = gated(false);
+        let applier = ok(Applier::start(apply));
+        let (random, det) = (staged(1, false), staged(2, true));
+        let same_value = staged(2, false);
+        ok(applier.publish(vec![random.clone(), det.clone(), same_value.clone()]));
+        let u = applier.shared().clone();
+        assert_eq!(u.record(&random.token), Some(vec![1; 8]));
+        assert!(u.has_token(&det.token));
+        let prefix = index_prefix(&det.index);
+        assert_eq!(u.deterministic(&prefix), Some(det.token));
+        assert_eq!(u.deterministic(&index_prefix(&random.index)), None);
+        assert_eq!(
+            u.tokens_by_index(&prefix),
+            vec![det.token, same_value.token]
+        );
+
+        ok(go.send(()));
+        ok(u.wait_until(0));
+        assert_eq!(applied.lock().map(|a| a.len()).unwrap_or(0), 3);
+        assert_eq!(u.record(&random.token), None, "applied entries leave");
+        assert_eq!(u.deterministic(&prefix), None);
+        assert!(u.tokens_by_index(&prefix).is_empty());
+        assert!(u.failure().is_none());
+    }
+
+    #[test]
+    fn a_failed_apply_is_reported_and_keeps_its_entries_readable() {
+        let (apply, go, _) = gated(true);
+        let applier = ok(Applier::start(apply));
+        let s = staged(3, false);
+        ok(applier.publish(vec![s.clone()]));
+        ok(go.send(()));
+        let u = applier.shared().clone();
+        let err = u.wait_until(0).err().unwrap_or_default();
+        assert!(err.contains("disk full"), "{err}");
+        assert!(u.failure().is_some());
+        assert_eq!(u.record(&s.token), Some(vec![3; 8]), "still readable");
+    }
+}
