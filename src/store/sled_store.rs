@@ -218,12 +218,21 @@ impl SledWriter {
     /// for every logged group to be applied first: the log is their only
     /// durable copy until this flush.
     fn checkpoint(&mut self) -> Result<(), String> {
+        let (start, log_bytes) = (std::time::Instant::now(), self.wal.len());
         self.applier.shared().wait_until(0)?;
+        let applied = start.elapsed();
         self.db.flush().map_err(|e| format!("flush: {e}"))?;
         self.data_file
             .sync_data()
             .map_err(|e| format!("fdatasync: {e}"))?;
-        self.wal.reset().map_err(|e| e.to_string())
+        self.wal.reset().map_err(|e| e.to_string())?;
+        tracing::debug!(
+            log_bytes,
+            wait_for_apply_ms = applied.as_millis() as u64,
+            total_ms = start.elapsed().as_millis() as u64,
+            "checkpoint"
+        );
+        Ok(())
     }
 
     /// Applies the frames a crash left in the log, then checkpoints.
