@@ -8,7 +8,8 @@
 //! rcgen. With `--addr` it loads a vault that is already running instead
 //! (one started with `serve --dev --data-dir DIR`, whose dev PKI it reuses);
 //! the ceiling is still started here. Each scenario runs for `--duration`
-//! seconds against each server.
+//! seconds against each server: first the ceiling, after a pause that lets
+//! the previous load's background work finish, then the vault.
 
 pub mod ceiling;
 
@@ -591,6 +592,11 @@ fn dir_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// The pause before each ceiling measurement: half a scenario, at most 2 s.
+fn settle_time(duration: Duration) -> Duration {
+    (duration / 2).min(Duration::from_secs(2))
+}
+
 /// Runs the benchmark: starts the vault and the ceiling, preloads, runs
 /// every scenario against both, restarts the vault to time startup.
 pub async fn run(options: BenchOptions) -> Result<Report, String> {
@@ -659,6 +665,17 @@ pub async fn run(options: BenchOptions) -> Result<Report, String> {
             continue;
         }
         eprintln!("running {}…", scenario.name());
+        // The ceiling is the transport on a quiet machine: let the vault
+        // finish what the previous load left behind (its log flusher, the
+        // kernel's writeback) before measuring it, then load the vault.
+        tokio::time::sleep(settle_time(options.duration)).await;
+        let c = measure(
+            ceiling_load.clone(),
+            scenario,
+            options.duration,
+            options.concurrency,
+        )
+        .await;
         let v = measure(
             vault_load.clone(),
             scenario,
@@ -667,13 +684,6 @@ pub async fn run(options: BenchOptions) -> Result<Report, String> {
         )
         .await;
         let vault_rss_mib = vault.rss_mib();
-        let c = measure(
-            ceiling_load.clone(),
-            scenario,
-            options.duration,
-            options.concurrency,
-        )
-        .await;
         stored += v.written;
         rows.push(Row {
             scenario,
