@@ -209,10 +209,24 @@ impl Applier {
     }
 }
 
+/// Reports a panic of the apply thread as a failure, so the commit thread
+/// and checkpoints waiting on it fail instead of waiting forever.
+struct PanicGuard<'a>(&'a Unapplied);
+
+impl Drop for PanicGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.progress().failure = Some("the apply thread panicked".into());
+            self.0.changed.notify_all();
+        }
+    }
+}
+
 fn run<F>(rx: mpsc::Receiver<Vec<Staged>>, mut apply: F, shared: &Unapplied)
 where
     F: FnMut(&[Staged]) -> Result<(), StoreError>,
 {
+    let _guard = PanicGuard(shared);
     while let Ok(group) = rx.recv() {
         if shared.failure().is_some() {
             // Stopped: later groups stay in the overlay and the log.
@@ -331,5 +345,15 @@ mod tests {
         assert!(err.contains("disk full"), "{err}");
         assert!(u.failure().is_some());
         assert_eq!(u.record(&s.token), Some(vec![3; 8]), "still readable");
+    }
+
+    #[test]
+    fn a_panicking_apply_thread_fails_waiters_instead_of_hanging_them() {
+        let applier = ok(Applier::start(|_: &[Staged]| -> Result<(), StoreError> {
+            panic!("sled bug (expected in this test)")
+        }));
+        ok(applier.publish(vec![staged(4, false)]));
+        let err = applier.shared().wait_until(0).err().unwrap_or_default();
+        assert!(err.contains("panicked"), "{err}");
     }
 }
