@@ -70,7 +70,7 @@ struct BenchArgs {
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// sled cache bound of the vault server, MiB.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = fieldvault::config::DEFAULT_CACHE_CAPACITY_MIB)]
     cache_capacity_mib: u64,
     /// Load a vault that is already running at HOST:PORT instead of
     /// starting one. Needs --data-dir: the data dir of that vault's
