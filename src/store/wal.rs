@@ -117,6 +117,11 @@ impl Wal {
                 ignored_bytes = bytes.len() - at,
                 "write-ahead log ends in an interrupted write; it was never acknowledged"
             );
+            // Cut the interrupted write off, so that the frames appended
+            // next are not followed by its leftovers.
+            file.set_len(at as u64)
+                .and_then(|()| file.sync_all())
+                .map_err(io)?;
         }
         Ok((
             Self {
@@ -231,7 +236,10 @@ mod tests {
         ok(std::fs::write(&path, &full[..full.len() - 3]));
         let (mut wal, frames) = ok(Wal::open(&path));
         assert_eq!(frames, vec![b"kept".to_vec()]);
-        // New frames go where the intact part ends.
+        // The interrupted write is cut off, and new frames go where the
+        // intact part ends.
+        let intact = HEADER_LEN as usize + FRAME_HEADER_LEN + b"kept".len();
+        assert_eq!(ok(std::fs::metadata(&path)).len(), intact as u64);
         ok(wal.append(b"next"));
         drop(wal);
         let (_, frames) = ok(Wal::open(&path));
