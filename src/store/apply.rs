@@ -21,6 +21,12 @@
 //! A failed apply is fatal for writes, like a failed sync: the group stays
 //! in the overlay (reads still find it; the log replays it at the next
 //! start) and [`Unapplied::failure`] reports the error.
+//!
+//! For the writes still to come (delete and erase, rewrap): the overlay only
+//! ever adds entries, so a lookup that finds nothing in it may read the
+//! trees. A delete or a rewritten record must enter the overlay too — a
+//! tombstone, or the new record — or a lookup could read the old one from a
+//! tree the apply thread has not reached yet.
 
 use super::StoreError;
 use crate::crypto::BlindIndex;
