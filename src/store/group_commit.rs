@@ -58,9 +58,7 @@ fn lock(m: &Mutex<Option<String>>) -> std::sync::MutexGuard<'_, Option<String>> 
 }
 
 fn refused(e: &str) -> StoreError {
-    StoreError::Backend(format!(
-        "writes are refused since a storage write failed ({e}); restart after fixing the disk"
-    ))
+    StoreError::WritesStopped(e.to_owned())
 }
 
 impl<C: Committer> GroupCommit<C> {
@@ -248,8 +246,11 @@ mod tests {
         let (f, _, syncs) = fake(Some(2));
         let gc = GroupCommit::start(f).unwrap_or_else(|e| panic!("{e}"));
         assert!(gc.submit(1).await.is_ok());
-        assert!(gc.submit(2).await.is_err());
-        assert!(gc.submit(3).await.is_err(), "no retry after a failed sync");
+        assert!(matches!(gc.submit(2).await, Err(StoreError::Backend(_))));
+        assert!(
+            matches!(gc.submit(3).await, Err(StoreError::WritesStopped(e)) if e == "fdatasync: EIO"),
+            "no retry after a failed sync"
+        );
         assert_eq!(
             syncs.load(Ordering::SeqCst),
             2,

@@ -31,6 +31,13 @@ pub enum StoreError {
     /// acknowledged when this happens.
     #[error("storage backend failed: {0}")]
     Backend(String),
+    /// An earlier write failed, so the store refuses every write until the
+    /// process restarts; the failure itself was reported once, when it
+    /// happened. Nothing was written.
+    #[error(
+        "writes are refused since a storage write failed ({0}); restart after fixing the disk"
+    )]
+    WritesStopped(String),
 }
 
 /// The result of [`Store::check_integrity`]. Problems name tokens, never

@@ -269,7 +269,16 @@ impl Vault {
             Vec::new()
         } else {
             self.store.insert_records(to_store).await.map_err(|e| {
-                tracing::error!(error = %e, "storing records failed; nothing acknowledged");
+                match e {
+                    // Reported at ERROR once, when writes stopped; one line per
+                    // refused call after that would only flood the log.
+                    StoreError::WritesStopped(_) => {
+                        tracing::debug!(error = %e, "write refused; nothing acknowledged")
+                    }
+                    _ => {
+                        tracing::error!(error = %e, "storing records failed; nothing acknowledged")
+                    }
+                }
                 VaultError::Unavailable("storage is unavailable; nothing was stored".into())
             })?
         };
