@@ -5,6 +5,13 @@
 //! - a deterministic value still maps to one token, across all rounds;
 //! - records and indexes agree (the store's integrity check, at the end).
 //!
+//! Then one disk-full round, on a fresh data dir: the server runs with a
+//! 1 MiB file size limit under the same load. The first write past it fails
+//! (EFBIG, as on a full disk); every later write must be refused with
+//! UNAVAILABLE, health must report NOT_SERVING and the process must stay up.
+//! Restarted without the limit, it must hold every token acknowledged
+//! before the failure, and its records and indexes must agree.
+//!
 //! `cargo test --test crash` runs 20 rounds; `-- --rounds N` runs more.
 //! Later issues add rounds killed mid-rewrap and mid-erase: a round is
 //! "start, load with a workload, kill -9, restart, verify".
@@ -12,16 +19,19 @@
 
 mod common;
 
-use common::process::{start_with_config, ServerProcess};
+use common::process::{start_with_config, start_with_config_and_file_limit, ServerProcess};
 use common::{write, Pki};
 use fieldvault::client::{self, ClientTls};
 use fieldvault::crypto::MasterKey;
 use fieldvault::grpc::pb::{self, FieldKind};
-use fieldvault::store::{SledConfig, SledStore, Store};
+use fieldvault::store::{IntegrityReport, SledConfig, SledStore, Store};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
 const POLICY: &str = r#"
 version = 1
@@ -105,8 +115,30 @@ file = "{key}"
             .unwrap_or_else(|e| panic!("server did not start: {e}"))
     }
 
+    fn start_with_file_limit(&self, max_file_bytes: u64) -> ServerProcess {
+        start_with_config_and_file_limit(&self.config, &self.log, max_file_bytes)
+            .unwrap_or_else(|e| panic!("server did not start: {e}"))
+    }
+
     fn tls(&self, name: &str) -> ClientTls {
         self.pki.client_tls(name)
+    }
+
+    /// Opens the store (the server must be stopped) and compares records
+    /// and indexes.
+    async fn check_integrity(&self) -> IntegrityReport {
+        let store = SledStore::open(&SledConfig {
+            path: self.dir.join("data/store"),
+            cache_capacity_bytes: 16 << 20,
+        })
+        .unwrap();
+        let report = store.check_integrity().await.unwrap();
+        assert!(
+            report.problems.is_empty(),
+            "integrity problems: {:?}",
+            report.problems
+        );
+        report
     }
 }
 
@@ -118,10 +150,17 @@ fn phone_value(n: u64) -> (String, String) {
     (format!("+86 138 0000 {n:04}"), format!("+861380000{n:04}"))
 }
 
-/// Tokenizes until the server goes away; records every acknowledged token.
-async fn writer(addr: String, tls: ClientTls, seed: u64, acked: Acked) -> u64 {
+/// Tokenizes until a call fails (the server was killed, or refused the
+/// write); records every acknowledged token. Returns the number of calls
+/// acknowledged and the status of the call that failed.
+async fn writer(
+    addr: String,
+    tls: ClientTls,
+    seed: u64,
+    acked: Acked,
+) -> (u64, Option<tonic::Status>) {
     let Ok(mut client) = client::connect(&addr, &tls).await else {
-        return 0;
+        return (0, None);
     };
     let mut rng = Rng(seed | 1);
     let mut calls = 0;
@@ -156,8 +195,10 @@ async fn writer(addr: String, tls: ClientTls, seed: u64, acked: Acked) -> u64 {
             fields,
             purpose: None,
         };
-        let Ok(response) = client.tokenize(request).await else {
-            return calls; // killed: an unacknowledged call proves nothing
+        let response = match client.tokenize(request).await {
+            Ok(response) => response,
+            // Unacknowledged: its values prove nothing.
+            Err(status) => return (calls, Some(status)),
         };
         calls += 1;
         let mut acked = acked.lock().unwrap();
@@ -263,7 +304,7 @@ async fn run(rounds: u32) {
         server.kill9();
         let mut calls = 0;
         for w in writers {
-            calls += w.await.unwrap();
+            calls += w.await.unwrap().0;
         }
 
         let server = harness.start();
@@ -277,30 +318,121 @@ async fn run(rounds: u32) {
     }
 
     // Finally, the store itself: records and indexes agree.
-    let store = SledStore::open(&SledConfig {
-        path: harness.dir.join("data/store"),
-        cache_capacity_bytes: 16 << 20,
-    })
-    .unwrap();
-    let report = store.check_integrity().await.unwrap();
+    let report = harness.check_integrity().await;
+    let acked = acked.lock().unwrap().len();
+    assert!(report.records as usize >= acked);
     assert!(
-        report.problems.is_empty(),
-        "integrity problems: {:?}",
-        report.problems
-    );
-    let acked = acked.lock().unwrap();
-    assert!(report.records as usize >= acked.len());
-    assert!(
-        acked.len() > rounds as usize,
+        acked > rounds as usize,
         "the load acknowledged too little to prove anything"
     );
     println!(
-        "crash harness: {} acknowledged tokens, {} records, {} index entries, {} deterministic; {:.1}s",
-        acked.len(),
+        "crash harness: {acked} acknowledged tokens, {} records, {} index entries, {} deterministic; {:.1}s",
         report.records,
         report.index_entries,
         report.deterministic_entries,
         started.elapsed().as_secs_f64()
     );
-    println!("crash: {rounds} passed, 0 failed");
+
+    disk_full_round(&Harness::new(&tmp.path().join("disk-full")), &mut rng).await;
+    println!("crash: {rounds} passed, 0 failed; disk-full round passed");
+}
+
+/// The health status the server reports for `service` ("" for the whole
+/// server).
+async fn health(addr: &str, tls: &ClientTls, service: &str) -> i32 {
+    let channel = client::channel(addr, tls).await.unwrap();
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
+/// See the module doc: a failed write is fatal for writes, never for the
+/// process, and loses nothing that was acknowledged.
+async fn disk_full_round(harness: &Harness, rng: &mut Rng) {
+    let acked: Acked = Arc::new(Mutex::new(HashMap::new()));
+    let mut server = harness.start_with_file_limit(1 << 20);
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        writers.push(tokio::spawn(writer(
+            server.addr.clone(),
+            harness.tls("orders"),
+            rng.next() ^ w as u64,
+            acked.clone(),
+        )));
+    }
+    // Each writer runs until its first refused call.
+    let mut calls = 0;
+    for w in writers {
+        let (n, refused) = tokio::time::timeout(Duration::from_secs(120), w)
+            .await
+            .expect("the file size limit never stopped the writes")
+            .unwrap();
+        calls += n;
+        let status = refused.expect("a writer could not connect");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    }
+    assert!(calls > 0, "nothing was acknowledged before the limit");
+    assert!(server.is_running(), "a failed write stopped the server");
+
+    let tls = harness.tls("orders");
+    let mut reported = Vec::new();
+    for _ in 0..40 {
+        reported = vec![
+            health(&server.addr, &tls, "").await,
+            health(&server.addr, &tls, "fieldvault.v1.Vault").await,
+        ];
+        if reported
+            .iter()
+            .all(|s| *s == ServingStatus::NotServing as i32)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        reported,
+        vec![ServingStatus::NotServing as i32; 2],
+        "health still reports serving after a failed write"
+    );
+    let one_address = || pb::TokenizeRequest {
+        fields: vec![pb::Field {
+            kind: FieldKind::Address as i32,
+            value: "1 Fakestreet Lane, Testville".into(),
+            ..Default::default()
+        }],
+        purpose: None,
+    };
+    let mut client = client::connect(&server.addr, &tls).await.unwrap();
+    let status = client
+        .tokenize(one_address())
+        .await
+        .expect_err("a write was accepted after a failed write");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    server.kill9();
+
+    // Restarted with room on the disk: everything acknowledged is there,
+    // and writes work again.
+    let server = harness.start();
+    let snapshot = acked.lock().unwrap().clone();
+    verify(&server.addr, &harness.tls("support"), &snapshot).await;
+    let mut client = client::connect(&server.addr, &tls).await.unwrap();
+    client
+        .tokenize(one_address())
+        .await
+        .expect("writes work again after a restart");
+    drop(server);
+    let report = harness.check_integrity().await;
+    assert!(report.records as usize > snapshot.len());
+    println!(
+        "disk-full round: {calls} calls acknowledged before the 1 MiB file limit; then writes \
+         refused with UNAVAILABLE, health NOT_SERVING, server up; after a restart {} tokens \
+         verified, {} records, integrity clean",
+        snapshot.len(),
+        report.records
+    );
 }

@@ -48,14 +48,41 @@ pub fn start_with_config(config: &Path, log_path: &Path) -> Result<ServerProcess
     )
 }
 
+/// Like [`start_with_config`], but no file the server writes may grow past
+/// `max_file_bytes` (RLIMIT_FSIZE, set by `ulimit -f` in a shell that then
+/// execs the server, with SIGXFSZ ignored): a write beyond it fails with
+/// EFBIG, as on a full disk, and the server must survive it.
+pub fn start_with_config_and_file_limit(
+    config: &Path,
+    log_path: &Path,
+    max_file_bytes: u64,
+) -> Result<ServerProcess, String> {
+    let mut command = Command::new("/bin/sh");
+    command
+        .arg("-c")
+        .arg(r#"trap '' XFSZ; ulimit -f "$1" || exit 1; shift; exec "$@""#)
+        .arg("sh")
+        // Blocks of 512 bytes in dash, of 1024 in bash: the limit is at
+        // least `max_file_bytes` either way.
+        .arg((max_file_bytes / 512).to_string())
+        .arg(BIN)
+        .args(["serve", "--config", config.to_str().unwrap()]);
+    spawn(command, "info", log_path)
+}
+
 fn start(args: &[&str], log_level: &str, log_path: &Path) -> Result<ServerProcess, String> {
+    let mut command = Command::new(BIN);
+    command.args(args);
+    spawn(command, log_level, log_path)
+}
+
+fn spawn(mut command: Command, log_level: &str, log_path: &Path) -> Result<ServerProcess, String> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log_path)
         .unwrap();
-    let mut child = Command::new(BIN)
-        .args(args)
+    let mut child = command
         .env("RUST_LOG", log_level)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
@@ -100,6 +127,11 @@ fn start(args: &[&str], log_level: &str, log_path: &Path) -> Result<ServerProces
 }
 
 impl ServerProcess {
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub fn kill9(mut self) {
         self.child.kill().unwrap();
