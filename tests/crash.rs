@@ -213,6 +213,25 @@ async fn writer(
     }
 }
 
+/// Starts `WRITERS` concurrent [`writer`]s against `server`.
+fn spawn_writers(
+    harness: &Harness,
+    server: &ServerProcess,
+    rng: &mut Rng,
+    acked: &Acked,
+) -> Vec<tokio::task::JoinHandle<(u64, Option<tonic::Status>)>> {
+    (0..WRITERS)
+        .map(|w| {
+            tokio::spawn(writer(
+                server.addr.clone(),
+                harness.tls("orders"),
+                rng.next() ^ w as u64,
+                acked.clone(),
+            ))
+        })
+        .collect()
+}
+
 /// Every acknowledged token must come back with exactly its value, and each
 /// deterministic value must have exactly one token.
 async fn verify(addr: &str, tls: &ClientTls, acked: &HashMap<String, (FieldKind, String)>) {
@@ -290,15 +309,7 @@ async fn run(rounds: u32) {
     let started = Instant::now();
     for round in 0..rounds {
         let server = harness.start();
-        let mut writers = Vec::new();
-        for w in 0..WRITERS {
-            writers.push(tokio::spawn(writer(
-                server.addr.clone(),
-                harness.tls("orders"),
-                rng.next() ^ w as u64,
-                acked.clone(),
-            )));
-        }
+        let writers = spawn_writers(&harness, &server, &mut rng, &acked);
         // Let the load run, then kill -9 mid-flight.
         tokio::time::sleep(Duration::from_millis(200 + rng.next() % 500)).await;
         server.kill9();
@@ -339,9 +350,8 @@ async fn run(rounds: u32) {
 
 /// The health status the server reports for `service` ("" for the whole
 /// server).
-async fn health(addr: &str, tls: &ClientTls, service: &str) -> i32 {
-    let channel = client::channel(addr, tls).await.unwrap();
-    HealthClient::new(channel)
+async fn health(client: &mut HealthClient<tonic::transport::Channel>, service: &str) -> i32 {
+    client
         .check(HealthCheckRequest {
             service: service.into(),
         })
@@ -356,15 +366,7 @@ async fn health(addr: &str, tls: &ClientTls, service: &str) -> i32 {
 async fn disk_full_round(harness: &Harness, rng: &mut Rng) {
     let acked: Acked = Arc::new(Mutex::new(HashMap::new()));
     let mut server = harness.start_with_file_limit(1 << 20);
-    let mut writers = Vec::new();
-    for w in 0..WRITERS {
-        writers.push(tokio::spawn(writer(
-            server.addr.clone(),
-            harness.tls("orders"),
-            rng.next() ^ w as u64,
-            acked.clone(),
-        )));
-    }
+    let writers = spawn_writers(harness, &server, rng, &acked);
     // Each writer runs until its first refused call.
     let mut calls = 0;
     for w in writers {
@@ -380,11 +382,12 @@ async fn disk_full_round(harness: &Harness, rng: &mut Rng) {
     assert!(server.is_running(), "a failed write stopped the server");
 
     let tls = harness.tls("orders");
+    let mut health_client = HealthClient::new(client::channel(&server.addr, &tls).await.unwrap());
     let mut reported = Vec::new();
     for _ in 0..40 {
         reported = vec![
-            health(&server.addr, &tls, "").await,
-            health(&server.addr, &tls, "fieldvault.v1.Vault").await,
+            health(&mut health_client, "").await,
+            health(&mut health_client, "fieldvault.v1.Vault").await,
         ];
         if reported
             .iter()
