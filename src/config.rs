@@ -274,6 +274,23 @@ env = "FIELDVAULT_MASTER_KEY"
     }
 
     #[test]
+    fn top_level_settings_placed_before_the_tables_are_read() {
+        let text = format!("max_batch_items = 7\ncache_capacity_mib = 3\n{FULL}");
+        let c = Config::from_toml(&text, &no_env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.max_batch_items, 7);
+        assert_eq!(c.cache_capacity_mib, 3);
+    }
+
+    #[test]
+    fn a_top_level_setting_appended_after_a_table_is_refused_as_unknown_there() {
+        let err = Config::from_toml(&format!("{FULL}\nmax_batch_items = 7"), &no_env)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("unknown field `max_batch_items`"), "{err}");
+    }
+
+    #[test]
     fn environment_overrides_the_file() {
         let env = |k: &str| (k == "FIELDVAULT_LISTEN").then(|| "0.0.0.0:6000".to_owned());
         let c = Config::from_toml(FULL, &env).unwrap_or_else(|e| panic!("{e}"));
@@ -292,7 +309,16 @@ env = "FIELDVAULT_MASTER_KEY"
                 FULL.replace("env = ", "file = 'k'\nenv = "),
                 "master_key: set exactly one",
             ),
-            (format!("{FULL}\nmax_batch_items = 0"), "max_batch_items"),
+            // Top-level keys go before FULL: appended after it they would land
+            // in its last table, [master_key], and fail as an unknown field.
+            (
+                format!("max_batch_items = 0\n{FULL}"),
+                "config: max_batch_items: must be between 1 and 100000",
+            ),
+            (
+                format!("cache_capacity_mib = 0\n{FULL}"),
+                "config: cache_capacity_mib: must be between 1 and 65536",
+            ),
             (FULL.replace("client_ca", "ca"), "unknown field"),
         ];
         for (text, expected) in cases {

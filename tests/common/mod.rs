@@ -5,16 +5,65 @@
 pub mod process;
 
 use fieldvault::app::{self, Server};
-use fieldvault::client::{self, ClientTls};
+use fieldvault::client::ClientTls;
 use fieldvault::config::{Config, MasterKeySource, TlsPaths};
 use fieldvault::crypto::MasterKey;
 use fieldvault::dev::{spiffe_id, DEV_CALLERS, DEV_POLICY};
 use fieldvault::devpki::DevCa;
 use fieldvault::grpc::pb;
 use fieldvault::grpc::pb::vault_client::VaultClient;
+use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use tonic::transport::Channel;
+use std::time::Duration;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// The deadline of every call a test client makes (the channel enforces it:
+/// a call past it fails with a status instead of hanging the test).
+pub const CALL_DEADLINE: Duration = Duration::from_secs(20);
+/// The bound on connecting (TCP and the TLS handshake).
+pub const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
+/// The bound on starting or stopping an in-process server.
+pub const SERVER_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Awaits `future` for at most `limit`; panics naming `what` past it.
+pub async fn bounded<F: Future>(limit: Duration, what: &str, future: F) -> F::Output {
+    match tokio::time::timeout(limit, future).await {
+        Ok(out) => out,
+        Err(_) => panic!("gave up after {limit:?} waiting for {what}"),
+    }
+}
+
+/// An mTLS channel to `addr` on which every call has [`CALL_DEADLINE`] and
+/// connecting has [`CONNECT_DEADLINE`].
+pub async fn try_channel(addr: &str, tls: &ClientTls) -> Result<Channel, String> {
+    let tls_config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&tls.ca_pem))
+        .identity(Identity::from_pem(&tls.cert_pem, tls.key_pem.as_slice()));
+    let endpoint = Endpoint::from_shared(format!("https://{addr}"))
+        .map_err(|e| e.to_string())?
+        .tls_config(tls_config)
+        .map_err(|e| e.to_string())?
+        .connect_timeout(CONNECT_DEADLINE)
+        .timeout(CALL_DEADLINE);
+    match tokio::time::timeout(CONNECT_DEADLINE, endpoint.connect()).await {
+        Ok(Ok(channel)) => Ok(channel),
+        Ok(Err(e)) => Err(format!("connecting to {addr}: {e}")),
+        Err(_) => Err(format!(
+            "connecting to {addr}: no answer within {CONNECT_DEADLINE:?}"
+        )),
+    }
+}
+
+/// [`try_channel`] that must succeed.
+pub async fn channel(addr: &str, tls: &ClientTls) -> Channel {
+    try_channel(addr, tls).await.unwrap()
+}
+
+/// A Vault client whose calls all have [`CALL_DEADLINE`].
+pub async fn connect(addr: &str, tls: &ClientTls) -> VaultClient<Channel> {
+    VaultClient::new(channel(addr, tls).await)
+}
 
 pub fn write(path: &Path, contents: &[u8]) {
     std::fs::write(path, contents).unwrap();
@@ -119,7 +168,13 @@ impl TestVault {
             master_key: MasterKeySource::File(master),
         };
         adjust(&mut config);
-        let server = app::start(&config, &no_env).await.unwrap();
+        let server = bounded(
+            SERVER_DEADLINE,
+            "the server to start",
+            app::start(&config, &no_env),
+        )
+        .await
+        .unwrap();
         Self {
             tmp,
             pki,
@@ -133,21 +188,32 @@ impl TestVault {
     }
 
     pub async fn client(&self, name: &str) -> VaultClient<Channel> {
-        client::connect(&self.addr(), &self.pki.client_tls(name))
-            .await
-            .unwrap()
+        connect(&self.addr(), &self.pki.client_tls(name)).await
     }
 
     pub async fn stop(&mut self) {
         if let Some(server) = self.server.take() {
-            server.shutdown().await.unwrap();
+            bounded(
+                SERVER_DEADLINE,
+                "the server to shut down",
+                server.shutdown(),
+            )
+            .await
+            .unwrap();
         }
     }
 
     /// Stops the server and starts it again on the same data dir and keys.
     pub async fn restart(&mut self) {
         self.stop().await;
-        self.server = Some(app::start(&self.config, &no_env).await.unwrap());
+        let server = bounded(
+            SERVER_DEADLINE,
+            "the server to restart",
+            app::start(&self.config, &no_env),
+        )
+        .await
+        .unwrap();
+        self.server = Some(server);
     }
 }
 
