@@ -13,6 +13,12 @@
 //! before the failure, and its records and indexes must agree.
 //!
 //! `cargo test --test crash` runs 20 rounds; `-- --rounds N` runs more.
+//! The harness is the test named `crash`: like a libtest harness it honours
+//! name filters (`cargo test foo` skips it), `--exact`, `--skip`, `--list`
+//! and `--ignored`. It never hangs: every call has a deadline, every wait a
+//! bound, and a watchdog ends the run past `--time-limit SECS` (default
+//! 60 + 15 per round) or when one phase takes longer than 180 s, printing
+//! what it was waiting for, the tail of the server log and the data dir.
 //! Later issues add rounds killed mid-rewrap and mid-erase: a round is
 //! "start, load with a workload, kill -9, restart, verify".
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -20,8 +26,8 @@
 mod common;
 
 use common::process::{start_with_config, start_with_config_and_file_limit, ServerProcess};
-use common::{write, Pki};
-use fieldvault::client::{self, ClientTls};
+use common::{bounded, write, Pki};
+use fieldvault::client::ClientTls;
 use fieldvault::crypto::MasterKey;
 use fieldvault::grpc::pb::{self, FieldKind};
 use fieldvault::store::{IntegrityReport, SledConfig, SledStore, Store};
@@ -50,6 +56,8 @@ reveal = "full"
 /// How many distinct deterministic phone values the load cycles through.
 const PHONE_POOL: u64 = 40;
 const WRITERS: usize = 4;
+/// How long a writer may take to notice that its server was killed.
+const WRITER_STOP_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A small xorshift generator: rounds differ, and a failing seed can be replayed.
 struct Rng(u64);
@@ -159,9 +167,10 @@ async fn writer(
     seed: u64,
     acked: Acked,
 ) -> (u64, Option<tonic::Status>) {
-    let Ok(mut client) = client::connect(&addr, &tls).await else {
+    let Ok(channel) = common::try_channel(&addr, &tls).await else {
         return (0, None);
     };
+    let mut client = pb::vault_client::VaultClient::new(channel);
     let mut rng = Rng(seed | 1);
     let mut calls = 0;
     loop {
@@ -235,7 +244,7 @@ fn spawn_writers(
 /// Every acknowledged token must come back with exactly its value, and each
 /// deterministic value must have exactly one token.
 async fn verify(addr: &str, tls: &ClientTls, acked: &HashMap<String, (FieldKind, String)>) {
-    let mut client = client::connect(addr, tls).await.unwrap();
+    let mut client = common::connect(addr, tls).await;
     let tokens: Vec<&String> = acked.keys().collect();
     for chunk in tokens.chunks(500) {
         let response = client
@@ -271,32 +280,166 @@ async fn verify(addr: &str, tls: &ClientTls, acked: &HashMap<String, (FieldKind,
     }
 }
 
-fn parse_rounds() -> Option<u32> {
-    let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|a| a == "--list") {
-        return None; // `cargo test -- --list`: nothing to list here
+/// The one test this harness runs, as libtest would name it.
+const TEST_NAME: &str = "crash";
+/// Longest a single phase (start, load, kill, verify, ...) may take.
+const PHASE_LIMIT: Duration = Duration::from_secs(180);
+
+#[derive(Debug, PartialEq)]
+enum Mode {
+    /// `--list`: print the test like libtest, run nothing.
+    List {
+        listed: bool,
+    },
+    /// Filtered out (a name filter that does not match, `--skip`, `--ignored`).
+    Skip,
+    Run {
+        rounds: u32,
+        time_limit: Duration,
+    },
+}
+
+/// Reads libtest's arguments (filters, `--exact`, `--skip`, `--list`,
+/// `--ignored`; the rest are accepted and ignored) and the harness's own
+/// (`--rounds N`, `--time-limit SECS`).
+fn parse_args(args: &[String]) -> Result<Mode, String> {
+    let mut filters = Vec::new();
+    let mut skips = Vec::new();
+    let (mut exact, mut list, mut only_ignored) = (false, false, false);
+    let (mut rounds, mut time_limit) = (20u32, None);
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| {
+            args.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} takes a value"))
+        };
+        match arg.as_str() {
+            "--rounds" => {
+                rounds = value("--rounds")?
+                    .parse()
+                    .map_err(|e| format!("--rounds: {e}"))?
+            }
+            "--time-limit" => {
+                let secs: u64 = value("--time-limit")?
+                    .parse()
+                    .map_err(|e| format!("--time-limit: {e}"))?;
+                time_limit = Some(Duration::from_secs(secs));
+            }
+            "--exact" => exact = true,
+            "--list" => list = true,
+            "--ignored" => only_ignored = true,
+            "--skip" => skips.push(value("--skip")?),
+            // libtest options with a value.
+            "--test-threads" | "--color" | "--format" | "--logfile" | "-Z" | "--shuffle-seed" => {
+                value(arg)?;
+            }
+            a if a.starts_with('-') => {} // other libtest flags: --nocapture, -q, ...
+            filter => filters.push(filter.to_owned()),
+        }
     }
-    let rounds = args
-        .iter()
-        .position(|a| a == "--rounds")
-        .and_then(|i| args.get(i + 1))
-        .map(|n| n.parse().expect("--rounds takes a number"))
-        .unwrap_or(20);
-    Some(rounds)
+    let matches = |pattern: &String| {
+        if exact {
+            TEST_NAME == pattern
+        } else {
+            TEST_NAME.contains(pattern.as_str())
+        }
+    };
+    let selected = (filters.is_empty() || filters.iter().any(matches))
+        && !skips.iter().any(matches)
+        && !only_ignored; // the harness is not an ignored test
+    if list {
+        return Ok(Mode::List { listed: selected });
+    }
+    if !selected {
+        return Ok(Mode::Skip);
+    }
+    let time_limit = time_limit.unwrap_or(Duration::from_secs(60 + 15 * u64::from(rounds)));
+    Ok(Mode::Run { rounds, time_limit })
+}
+
+/// What the harness is doing now, for the watchdog.
+static PHASE: Mutex<Option<(String, Instant)>> = Mutex::new(None);
+
+fn phase(what: impl Into<String>) {
+    if let Ok(mut p) = PHASE.lock() {
+        *p = Some((what.into(), Instant::now()));
+    }
+}
+
+/// Ends the process, loudly, if the run takes longer than `limit` or one
+/// phase longer than [`PHASE_LIMIT`]: prints what it was waiting for and
+/// the tail of the server log, kills the servers, exits non-zero.
+fn start_watchdog(limit: Duration, dir: PathBuf) {
+    let started = Instant::now();
+    std::thread::spawn(move || loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let (what, since) = PHASE
+            .lock()
+            .ok()
+            .and_then(|p| p.clone())
+            .unwrap_or_else(|| ("starting".to_owned(), started));
+        let why = if started.elapsed() > limit {
+            format!("the run took longer than its time limit of {limit:?}")
+        } else if since.elapsed() > PHASE_LIMIT {
+            format!("one phase took longer than {PHASE_LIMIT:?}")
+        } else {
+            continue;
+        };
+        let mut log_tail = String::new();
+        for name in ["server.log", "disk-full/server.log"] {
+            if let Ok(log) = std::fs::read_to_string(dir.join(name)) {
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+                log_tail.push_str(&format!("--- last lines of {name}:\n{tail}\n"));
+            }
+        }
+        eprintln!(
+            "crash harness FAILED: {why}.\n  waiting for: {what} (for {:.1}s, {:.1}s into the run)\n  \
+             data dir kept: {}\n{log_tail}",
+            since.elapsed().as_secs_f64(),
+            started.elapsed().as_secs_f64(),
+            dir.display()
+        );
+        common::process::kill_live_servers();
+        std::process::exit(2);
+    });
 }
 
 fn main() {
-    let Some(rounds) = parse_rounds() else { return };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = match parse_args(&args) {
+        Ok(mode) => mode,
+        Err(e) => {
+            eprintln!("crash harness: {e}");
+            std::process::exit(2);
+        }
+    };
+    let (rounds, time_limit) = match mode {
+        Mode::List { listed } => {
+            if listed {
+                println!("{TEST_NAME}: test");
+            }
+            return;
+        }
+        Mode::Skip => {
+            println!("\nrunning 0 tests\n\ntest result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 1 filtered out\n");
+            return;
+        }
+        Mode::Run { rounds, time_limit } => (rounds, time_limit),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(run(rounds));
+    runtime.block_on(run(rounds, time_limit));
 }
 
-async fn run(rounds: u32) {
+async fn run(rounds: u32, time_limit: Duration) {
     let tmp = tempfile::tempdir().unwrap();
+    start_watchdog(time_limit, tmp.path().to_path_buf());
+    phase("making the certificates and config");
     let harness = Harness::new(tmp.path());
 
     let acked: Acked = Arc::new(Mutex::new(HashMap::new()));
@@ -308,18 +451,30 @@ async fn run(rounds: u32) {
     let mut rng = Rng(seed | 1);
     let started = Instant::now();
     for round in 0..rounds {
+        phase(format!("round {round}: the server to start"));
         let server = harness.start();
         let writers = spawn_writers(&harness, &server, &mut rng, &acked);
         // Let the load run, then kill -9 mid-flight.
+        phase(format!("round {round}: load before the kill"));
         tokio::time::sleep(Duration::from_millis(200 + rng.next() % 500)).await;
+        phase(format!("round {round}: kill -9 of the server"));
         server.kill9();
         let mut calls = 0;
-        for w in writers {
-            calls += w.await.unwrap().0;
+        for (i, w) in writers.into_iter().enumerate() {
+            phase(format!("round {round}: writer {i} to stop after the kill"));
+            calls += bounded(WRITER_STOP_DEADLINE, "a writer to stop after the kill", w)
+                .await
+                .unwrap()
+                .0;
         }
 
+        phase(format!("round {round}: the server to restart"));
         let server = harness.start();
         let snapshot = acked.lock().unwrap().clone();
+        phase(format!(
+            "round {round}: detokenize of {} acknowledged tokens",
+            snapshot.len()
+        ));
         verify(&server.addr, &harness.tls("support"), &snapshot).await;
         drop(server);
         println!(
@@ -329,6 +484,7 @@ async fn run(rounds: u32) {
     }
 
     // Finally, the store itself: records and indexes agree.
+    phase("the integrity check of the store");
     let report = harness.check_integrity().await;
     let acked = acked.lock().unwrap().len();
     assert!(report.records as usize >= acked);
@@ -344,6 +500,7 @@ async fn run(rounds: u32) {
         started.elapsed().as_secs_f64()
     );
 
+    phase("disk-full round: certificates and config");
     disk_full_round(&Harness::new(&tmp.path().join("disk-full")), &mut rng).await;
     println!("crash: {rounds} passed, 0 failed; disk-full round passed");
 }
@@ -365,15 +522,22 @@ async fn health(client: &mut HealthClient<tonic::transport::Channel>, service: &
 /// process, and loses nothing that was acknowledged.
 async fn disk_full_round(harness: &Harness, rng: &mut Rng) {
     let acked: Acked = Arc::new(Mutex::new(HashMap::new()));
+    phase("disk-full round: the server to start with a 1 MiB file size limit");
     let mut server = harness.start_with_file_limit(1 << 20);
     let writers = spawn_writers(harness, &server, rng, &acked);
     // Each writer runs until its first refused call.
     let mut calls = 0;
-    for w in writers {
-        let (n, refused) = tokio::time::timeout(Duration::from_secs(120), w)
-            .await
-            .expect("the file size limit never stopped the writes")
-            .unwrap();
+    for (i, w) in writers.into_iter().enumerate() {
+        phase(format!(
+            "disk-full round: writer {i} to be refused once the file size limit is reached"
+        ));
+        let (n, refused) = bounded(
+            Duration::from_secs(120),
+            "the file size limit to stop the writes",
+            w,
+        )
+        .await
+        .unwrap();
         calls += n;
         let status = refused.expect("a writer could not connect");
         assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
@@ -381,8 +545,9 @@ async fn disk_full_round(harness: &Harness, rng: &mut Rng) {
     assert!(calls > 0, "nothing was acknowledged before the limit");
     assert!(server.is_running(), "a failed write stopped the server");
 
+    phase("disk-full round: health to report NOT_SERVING");
     let tls = harness.tls("orders");
-    let mut health_client = HealthClient::new(client::channel(&server.addr, &tls).await.unwrap());
+    let mut health_client = HealthClient::new(common::channel(&server.addr, &tls).await);
     let mut reported = Vec::new();
     for _ in 0..40 {
         reported = vec![
@@ -410,7 +575,8 @@ async fn disk_full_round(harness: &Harness, rng: &mut Rng) {
         }],
         purpose: None,
     };
-    let mut client = client::connect(&server.addr, &tls).await.unwrap();
+    phase("disk-full round: a write after the failure");
+    let mut client = common::connect(&server.addr, &tls).await;
     let status = client
         .tokenize(one_address())
         .await
@@ -420,15 +586,22 @@ async fn disk_full_round(harness: &Harness, rng: &mut Rng) {
 
     // Restarted with room on the disk: everything acknowledged is there,
     // and writes work again.
+    phase("disk-full round: the server to restart without the limit");
     let server = harness.start();
     let snapshot = acked.lock().unwrap().clone();
+    phase(format!(
+        "disk-full round: detokenize of {} acknowledged tokens",
+        snapshot.len()
+    ));
     verify(&server.addr, &harness.tls("support"), &snapshot).await;
-    let mut client = client::connect(&server.addr, &tls).await.unwrap();
+    phase("disk-full round: a write after the restart");
+    let mut client = common::connect(&server.addr, &tls).await;
     client
         .tokenize(one_address())
         .await
         .expect("writes work again after a restart");
     drop(server);
+    phase("disk-full round: the integrity check of the store");
     let report = harness.check_integrity().await;
     assert!(report.records as usize > snapshot.len());
     println!(

@@ -5,8 +5,33 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::sync::{mpsc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a server may take to print "listening on".
+pub const START_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a CLI command may run.
+pub const CLI_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The pids of the server processes now running, for [`kill_live_servers`].
+static LIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn forget(pid: u32) {
+    if let Ok(mut live) = LIVE.lock() {
+        live.retain(|p| *p != pid);
+    }
+}
+
+/// SIGKILLs every server this process started and has not stopped: for a
+/// watchdog about to exit, when no destructor will run.
+pub fn kill_live_servers() {
+    let pids = LIVE.lock().map(|l| l.clone()).unwrap_or_default();
+    for pid in pids {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+}
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_fieldvault");
 
@@ -90,6 +115,7 @@ fn spawn(mut command: Command, log_level: &str, log_path: &Path) -> Result<Serve
         .stderr(Stdio::from(log))
         .spawn()
         .unwrap();
+    LIVE.lock().unwrap().push(child.id());
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel::<String>();
     std::thread::spawn(move || {
@@ -102,7 +128,7 @@ fn spawn(mut command: Command, log_level: &str, log_path: &Path) -> Result<Serve
     });
     let mut printed = String::new();
     loop {
-        match rx.recv_timeout(Duration::from_secs(30)) {
+        match rx.recv_timeout(START_DEADLINE) {
             Ok(line) => {
                 printed.push_str(&line);
                 printed.push('\n');
@@ -115,10 +141,16 @@ fn spawn(mut command: Command, log_level: &str, log_path: &Path) -> Result<Serve
                     });
                 }
             }
-            Err(_) => {
+            Err(e) => {
                 // Exited (or hung) before listening: report what it said.
                 let _ = child.kill();
                 let _ = child.wait();
+                forget(child.id());
+                if e == mpsc::RecvTimeoutError::Timeout {
+                    printed.push_str(&format!(
+                        "(not listening after {START_DEADLINE:?}: killed)\n"
+                    ));
+                }
                 let logs = std::fs::read_to_string(log_path).unwrap_or_default();
                 return Err(format!("{printed}{logs}"));
             }
@@ -136,6 +168,7 @@ impl ServerProcess {
     pub fn kill9(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+        forget(self.child.id());
     }
 }
 
@@ -143,14 +176,45 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        forget(self.child.id());
     }
 }
 
-/// Runs the CLI with `args` and returns its output.
+/// Runs the CLI with `args` and returns its output; panics (after killing
+/// it) if it runs longer than [`CLI_DEADLINE`].
 pub fn cli(args: &[&str]) -> Output {
-    Command::new(BIN)
+    let mut child = Command::new(BIN)
         .args(args)
         .stdin(Stdio::null())
-        .output()
-        .unwrap()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Drain both pipes while waiting, so a chatty child never blocks.
+    let read = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = pipe.read_to_end(&mut out);
+            out
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().unwrap()));
+    let stderr = read(Box::new(child.stderr.take().unwrap()));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > CLI_DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("fieldvault {args:?} still running after {CLI_DEADLINE:?}: killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
 }
