@@ -38,11 +38,23 @@ pub enum StartError {
     Reflection(String),
 }
 
+/// Why the server stopped on its own, or failed to stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("the server task panicked")]
+    Panicked,
+    #[error("the server task was cancelled")]
+    Cancelled,
+}
+
 /// A running server. Drop it or call [`Server::shutdown`] to stop.
 pub struct Server {
     local_addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
-    serve: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// `None` once [`Server::wait_ref`] has seen it end.
+    serve: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     accept: JoinHandle<()>,
     health: JoinHandle<()>,
 }
@@ -53,26 +65,40 @@ impl Server {
         self.local_addr
     }
 
-    /// Stops accepting, lets in-flight calls finish, and waits for the
-    /// server (and so the store) to close.
-    pub async fn shutdown(mut self) -> Result<(), tonic::transport::Error> {
+    /// Stops accepting, lets in-flight calls finish, and waits for every
+    /// task of the server, so that the store they hold is closed (and
+    /// checkpointed) when this returns. Reports how the server task ended:
+    /// an error if it failed or panicked, now or before.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
         self.accept.abort();
         self.health.abort();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        self.wait_ref().await
+        let served = self.wait_ref().await;
+        // Aborted tasks end with a cancellation: what matters is that their
+        // futures (and the handles to the store they hold) are dropped.
+        let _ = (&mut self.accept).await;
+        let _ = (&mut self.health).await;
+        served
     }
 
     /// Resolves when the server task ends: after [`Server::shutdown`], or on
-    /// its own if it fails.
-    pub async fn wait_ref(&mut self) -> Result<(), tonic::transport::Error> {
-        match (&mut self.serve).await {
-            Ok(result) => result,
-            Err(e) => {
-                tracing::error!(error = %e, "server task failed");
-                Ok(())
+    /// its own if it fails or panics (an error then). Cancel-safe; once it
+    /// has resolved, later calls return `Ok(())` at once.
+    pub async fn wait_ref(&mut self) -> Result<(), ServerError> {
+        let Some(serve) = self.serve.as_mut() else {
+            return Ok(());
+        };
+        let joined = serve.await;
+        self.serve = None;
+        match joined {
+            Ok(result) => Ok(result?),
+            Err(e) if e.is_panic() => {
+                tracing::error!("the server task panicked");
+                Err(ServerError::Panicked)
             }
+            Err(_) => Err(ServerError::Cancelled),
         }
     }
 }
@@ -178,7 +204,7 @@ pub async fn start(
     Ok(Server {
         local_addr,
         shutdown: Some(shutdown_tx),
-        serve,
+        serve: Some(serve),
         accept,
         health,
     })
@@ -200,5 +226,70 @@ async fn watch_storage(vault: Arc<Vault>, reporter: tonic_health::server::Health
                 .await;
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    /// A server whose serve task is `serve` and whose other tasks idle.
+    fn server_with_task(
+        serve: JoinHandle<Result<(), tonic::transport::Error>>,
+    ) -> (Server, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        let server = Server {
+            local_addr: "127.0.0.1:9".parse().unwrap(),
+            shutdown: Some(tx),
+            serve: Some(serve),
+            accept: tokio::spawn(std::future::pending()),
+            health: tokio::spawn(std::future::pending()),
+        };
+        (server, rx)
+    }
+
+    #[tokio::test]
+    async fn wait_reports_an_error_when_the_server_task_panics() {
+        let (mut server, _rx) = server_with_task(tokio::spawn(async {
+            tokio::task::yield_now().await;
+            panic!("a bug in the server task");
+        }));
+        let waited = server.wait_ref().await;
+        assert!(matches!(waited, Err(ServerError::Panicked)), "{waited:?}");
+        // Seen once: a later wait returns at once, shutdown still closes.
+        assert!(server.wait_ref().await.is_ok());
+        server.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn shutdown_reports_an_error_when_the_server_task_panics_on_the_way_down() {
+        let (tx, rx) = oneshot::channel::<()>();
+        let (mut server, _unused) = server_with_task(tokio::spawn(async move {
+            let _ = rx.await;
+            panic!("a bug in the server task at shutdown");
+        }));
+        server.shutdown = Some(tx);
+        let shut = server.shutdown().await;
+        assert!(matches!(shut, Err(ServerError::Panicked)), "{shut:?}");
+    }
+
+    #[tokio::test]
+    async fn shutdown_returns_only_once_the_store_is_closed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (config, _) = crate::dev::prepare(tmp.path(), "127.0.0.1:0".parse().unwrap()).unwrap();
+        let server = start(&config, &no_env).await.unwrap();
+        server.shutdown().await.unwrap();
+        // sled locks its files while open: this fails if anything still
+        // holds the store.
+        let reopened = SledStore::open(&SledConfig {
+            path: config.store_dir(),
+            cache_capacity_bytes: 1 << 20,
+        });
+        assert!(reopened.is_ok(), "{:?}", reopened.err());
     }
 }

@@ -286,21 +286,34 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
         }
     };
-    let stopped_by_signal = tokio::select! {
-        result = server.wait_ref() => {
-            result.map_err(|e| format!("server failed: {e}"))?;
-            false
-        }
-        _ = shutdown => true,
+    // Either way, `shutdown` waits for every task holding the store, so it
+    // is closed and checkpointed before the process exits; a server task
+    // that failed or panicked makes the exit code non-zero.
+    let ended_on_its_own = tokio::select! {
+        result = server.wait_ref() => Some(result),
+        _ = shutdown => None,
     };
-    if stopped_by_signal {
-        tracing::info!("shutting down: finishing in-flight calls");
-        server
-            .shutdown()
-            .await
-            .map_err(|e| format!("shutdown: {e}"))?;
+    match ended_on_its_own {
+        None => {
+            tracing::info!("shutting down: finishing in-flight calls");
+            server
+                .shutdown()
+                .await
+                .map_err(|e| format!("server failed: {e}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(result) => {
+            let closed = server.shutdown().await;
+            let failure = match result {
+                Err(e) => e,
+                Ok(()) => match closed {
+                    Err(e) => e,
+                    Ok(()) => return Err("server stopped on its own".into()),
+                },
+            };
+            Err(format!("server failed: {failure}"))
+        }
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 async fn bench(args: BenchArgs) -> Result<ExitCode, String> {
