@@ -5,7 +5,6 @@
 
 pub mod app;
 pub mod audit;
-pub mod bench;
 pub mod client;
 pub mod config;
 pub mod crypto;

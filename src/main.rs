@@ -37,50 +37,6 @@ enum Command {
     Tokenize(TokenizeArgs),
     /// Reveal the values behind tokens (audited).
     Detokenize(DetokenizeArgs),
-    /// Measure throughput and latency against a transport ceiling.
-    Bench(BenchArgs),
-    /// The transport ceiling the benchmark starts (internal).
-    #[command(hide = true)]
-    BenchCeiling {
-        #[arg(long)]
-        config: PathBuf,
-    },
-}
-
-#[derive(Args)]
-struct BenchArgs {
-    /// Seconds per scenario and server.
-    #[arg(long, default_value_t = 10.0)]
-    duration: f64,
-    /// Requests in flight.
-    #[arg(long, default_value_t = 64)]
-    concurrency: usize,
-    /// HTTP/2 connections per server and identity.
-    #[arg(long, default_value_t = 4)]
-    connections: usize,
-    /// Tokens stored before the scenarios run (read scenarios pick from them).
-    #[arg(long, default_value_t = 100_000)]
-    preload: u64,
-    /// Run only these scenarios (comma-separated): tokenize-1-random,
-    /// tokenize-1-deterministic, tokenize-100, detokenize-1, detokenize-100,
-    /// mixed-80r-20w.
-    #[arg(long, value_delimiter = ',')]
-    scenarios: Vec<String>,
-    /// Keep the servers' data here instead of a temporary directory.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// sled cache bound of the vault server, MiB.
-    #[arg(long, default_value_t = fieldvault::config::DEFAULT_CACHE_CAPACITY_MIB)]
-    cache_capacity_mib: u64,
-    /// Load a vault that is already running at HOST:PORT instead of
-    /// starting one. Needs --data-dir: the data dir of that vault's
-    /// `serve --dev`, whose dev certificates the load generator uses.
-    #[arg(long, requires = "data_dir")]
-    addr: Option<String>,
-    /// Purpose declared by detokenize calls (`callback` for a
-    /// `serve --dev` vault's sample policy).
-    #[arg(long, default_value = "bench")]
-    purpose: String,
 }
 
 #[derive(Args)]
@@ -219,17 +175,6 @@ async fn run() -> ExitCode {
         }
         Command::Tokenize(args) => tokenize(args).await,
         Command::Detokenize(args) => detokenize(args).await,
-        Command::Bench(args) => bench(args).await,
-        Command::BenchCeiling { config } => {
-            let config = fieldvault::config::Config::load(&config, &|k| std::env::var(k).ok())
-                .map_err(|e| e.to_string());
-            match config {
-                Ok(c) => fieldvault::bench::ceiling::serve(&c)
-                    .await
-                    .map(|_| ExitCode::SUCCESS),
-                Err(e) => Err(e),
-            }
-        }
     };
     match result {
         Ok(code) => code,
@@ -314,39 +259,6 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
             Err(format!("server failed: {failure}"))
         }
     }
-}
-
-async fn bench(args: BenchArgs) -> Result<ExitCode, String> {
-    if args.duration <= 0.0 || args.concurrency == 0 {
-        return Err("--duration and --concurrency must be positive".into());
-    }
-    for s in &args.scenarios {
-        if !fieldvault::bench::Scenario::ALL
-            .iter()
-            .any(|k| k.name() == s)
-        {
-            return Err(format!("unknown scenario '{s}'"));
-        }
-    }
-    let report = fieldvault::bench::run(fieldvault::bench::BenchOptions {
-        duration: std::time::Duration::from_secs_f64(args.duration),
-        concurrency: args.concurrency,
-        connections: args.connections,
-        preload: args.preload,
-        scenarios: args.scenarios,
-        data_dir: args.data_dir,
-        cache_capacity_mib: args.cache_capacity_mib,
-        addr: args.addr,
-        purpose: args.purpose,
-    })
-    .await?;
-    print!("{}", report.to_markdown());
-    let failed = report.failed_calls();
-    if failed > 0 {
-        eprintln!("fieldvault bench: {failed} calls failed");
-        return Ok(ExitCode::FAILURE);
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn status_line(e: &tonic::Status) -> String {

@@ -1,11 +1,18 @@
-//! The benchmark runs end to end and every call it makes succeeds (no
-//! timing is asserted: numbers come from `fieldvault bench` runs, not tests).
+//! The benchmark (`fieldvault-bench`, a binary of its own) runs end to end
+//! and every call it makes succeeds (no timing is asserted: numbers come
+//! from `fieldvault-bench` runs, not tests). The server binary has no
+//! benchmark or ceiling command.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use common::process::start_dev;
-use std::process::Command;
+use common::process::{cli, output_within, start_dev};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+const BENCH: &str = env!("CARGO_BIN_EXE_fieldvault-bench");
+/// The bound on one benchmark run in these tests.
+const RUN_DEADLINE: Duration = Duration::from_secs(180);
 
 const SCENARIOS: [&str; 6] = [
     "tokenize-1-random",
@@ -27,13 +34,16 @@ fn assert_no_failed_calls(stdout: &str) {
     }
 }
 
-/// Runs `fieldvault bench ARGS`, asserts it exited 0, returns its stdout.
+/// Runs `fieldvault-bench ARGS`, killing it past [`RUN_DEADLINE`].
+fn run_bench(args: &[&str]) -> Output {
+    let mut command = Command::new(BENCH);
+    command.args(args);
+    output_within(command, RUN_DEADLINE)
+}
+
+/// Runs `fieldvault-bench ARGS`, asserts it exited 0, returns its stdout.
 fn bench(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_fieldvault"))
-        .arg("bench")
-        .args(args)
-        .output()
-        .unwrap();
+    let out = run_bench(args);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -96,17 +106,45 @@ fn the_benchmark_loads_a_vault_that_is_already_running() {
 #[test]
 fn addr_without_a_dev_pki_is_refused_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_fieldvault"))
-        .args([
-            "bench",
-            "--addr",
-            "127.0.0.1:1",
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let out = run_bench(&[
+        "--addr",
+        "127.0.0.1:1",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no dev PKI here"), "{stderr}");
+}
+
+#[test]
+fn the_server_binary_has_no_benchmark_or_ceiling_command() {
+    for command in ["bench", "bench-ceiling", "ceiling"] {
+        let out = cli(&[command, "--help"]);
+        assert!(!out.status.success(), "fieldvault {command} exists");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("unrecognized subcommand"), "{stderr}");
+    }
+    let help = String::from_utf8_lossy(&cli(&["--help"]).stdout).into_owned();
+    assert!(!help.contains("bench"), "{help}");
+}
+
+#[test]
+fn the_benchmark_names_a_missing_server_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-fieldvault");
+    let out = run_bench(&[
+        "--vault-bin",
+        missing.to_str().unwrap(),
+        "--duration",
+        "0.1",
+        "--preload",
+        "1",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no-such-fieldvault: no fieldvault server binary there"),
+        "{stderr}"
+    );
 }

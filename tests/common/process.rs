@@ -183,8 +183,15 @@ impl Drop for ServerProcess {
 /// Runs the CLI with `args` and returns its output; panics (after killing
 /// it) if it runs longer than [`CLI_DEADLINE`].
 pub fn cli(args: &[&str]) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
+    let mut command = Command::new(BIN);
+    command.args(args);
+    output_within(command, CLI_DEADLINE)
+}
+
+/// Runs `command` to completion and returns its output; panics (after
+/// killing it) if it runs longer than `deadline`.
+pub fn output_within(mut command: Command, deadline: Duration) -> Output {
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -205,10 +212,10 @@ pub fn cli(args: &[&str]) -> Output {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        if started.elapsed() > CLI_DEADLINE {
+        if started.elapsed() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("fieldvault {args:?} still running after {CLI_DEADLINE:?}: killed");
+            panic!("{command:?} still running after {deadline:?}: killed");
         }
         std::thread::sleep(Duration::from_millis(20));
     };

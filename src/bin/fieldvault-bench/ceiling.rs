@@ -2,8 +2,8 @@
 //! behind it, on the same mTLS accept loop, so the benchmark can show how
 //! close the real vault gets to what TLS + HTTP/2 + protobuf allow.
 
-use crate::config::Config;
-use crate::grpc::pb;
+use fieldvault::config::Config;
+use fieldvault::grpc::pb;
 use std::net::SocketAddr;
 use tonic::{Request, Response, Status};
 
@@ -58,13 +58,14 @@ impl pb::vault_server::Vault for NullVault {
 /// Serves [`NullVault`] with the TLS settings of `config` until the process
 /// ends. Prints `listening on ADDR` like the real server.
 pub async fn serve(config: &Config) -> Result<(), String> {
-    let tls = crate::tls::server_config(&config.tls.cert, &config.tls.key, &config.tls.client_ca)
-        .map_err(|e| e.to_string())?;
+    let tls =
+        fieldvault::tls::server_config(&config.tls.cert, &config.tls.key, &config.tls.client_ca)
+            .map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("listen {}: {e}", config.listen))?;
     let addr: SocketAddr = listener.local_addr().map_err(|e| e.to_string())?;
-    let (incoming, _accept) = crate::tls::incoming(listener, tls);
+    let (incoming, _accept) = fieldvault::tls::incoming(listener, tls);
     println!("listening on {addr}");
     tonic::transport::Server::builder()
         .add_service(pb::vault_server::VaultServer::new(NullVault))

@@ -1,4 +1,4 @@
-//! `fieldvault bench`: a load generator over real mTLS with gRPC status
+//! The load generator of `fieldvault-bench`: a load generator over real mTLS with gRPC status
 //! checks and latency histograms, run against the vault and, in the same
 //! run with the same client, against a transport ceiling (the same service
 //! with no work behind it).
@@ -11,11 +11,9 @@
 //! seconds against each server: first the ceiling, after a pause that lets
 //! the previous load's background work finish, then the vault.
 
-pub mod ceiling;
-
-use crate::client::{self, ClientTls};
-use crate::grpc::pb;
-use crate::grpc::pb::vault_client::VaultClient;
+use fieldvault::client::{self, ClientTls};
+use fieldvault::grpc::pb;
+use fieldvault::grpc::pb::vault_client::VaultClient;
 use hdrhistogram::Histogram;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -46,6 +44,8 @@ pub struct BenchOptions {
     pub addr: Option<String>,
     /// The purpose detokenize calls declare.
     pub purpose: String,
+    /// The `fieldvault` binary to start (default: next to this one).
+    pub vault_bin: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -303,11 +303,11 @@ reveal = "full"
 /// Writes a config for the vault (and the ceiling) under `dir` using a dev
 /// PKI, phone tokens deterministic and email tokens random.
 fn write_config(dir: &Path, cache_capacity_mib: u64) -> Result<PathBuf, String> {
-    let (config, _) = crate::dev::prepare(dir, "127.0.0.1:0".parse().map_err(|_| "addr")?)
+    let (config, _) = fieldvault::dev::prepare(dir, "127.0.0.1:0".parse().map_err(|_| "addr")?)
         .map_err(|e| e.to_string())?;
     let policy = dir.join("bench-policy.toml");
     std::fs::write(&policy, BENCH_POLICY).map_err(|e| e.to_string())?;
-    let crate::config::MasterKeySource::File(key) = &config.master_key else {
+    let fieldvault::config::MasterKeySource::File(key) = &config.master_key else {
         return Err("dev setup has no key file".into());
     };
     let text = format!(
@@ -600,7 +600,7 @@ fn settle_time(duration: Duration) -> Duration {
 /// Runs the benchmark: starts the vault and the ceiling, preloads, runs
 /// every scenario against both, restarts the vault to time startup.
 pub async fn run(options: BenchOptions) -> Result<Report, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let own = std::env::current_exe().map_err(|e| format!("finding this executable: {e}"))?;
     let tmp;
     let dir = match (&options.data_dir, &options.addr) {
         (Some(d), _) => d.clone(),
@@ -613,10 +613,10 @@ pub async fn run(options: BenchOptions) -> Result<Report, String> {
             tmp.clone()
         }
     };
-    if options.addr.is_some() && !crate::dev::dev_dir(&dir).join("ca.pem").exists() {
+    if options.addr.is_some() && !fieldvault::dev::dev_dir(&dir).join("ca.pem").exists() {
         return Err(format!(
             "{}: no dev PKI here; start the vault with `fieldvault serve --dev --data-dir {}` first",
-            crate::dev::dev_dir(&dir).display(),
+            fieldvault::dev::dev_dir(&dir).display(),
             dir.display()
         ));
     }
@@ -624,9 +624,16 @@ pub async fn run(options: BenchOptions) -> Result<Report, String> {
     let config_s = config.to_str().ok_or("non-UTF-8 path")?;
     let vault = match &options.addr {
         Some(addr) => Target::External(addr.clone()),
-        None => Target::Own(ServerChild::spawn(&exe, &["serve", "--config", config_s])?.0),
+        None => Target::Own(
+            ServerChild::spawn(
+                &vault_binary(&own, options.vault_bin.as_deref())?,
+                &["serve", "--config", config_s],
+            )?
+            .0,
+        ),
     };
-    let (ceiling, _) = ServerChild::spawn(&exe, &["bench-ceiling", "--config", config_s])?;
+    // The ceiling is this binary again, in its own process like the vault.
+    let (ceiling, _) = ServerChild::spawn(&own, &[CEILING_COMMAND, "--config", config_s])?;
     let writer_tls = ClientTls::dev(&dir, "orders").map_err(|e| e.to_string())?;
     let reader_tls = ClientTls::dev(&dir, "support").map_err(|e| e.to_string())?;
     let k = options.connections.max(1);
@@ -710,7 +717,10 @@ pub async fn run(options: BenchOptions) -> Result<Report, String> {
     let store_bytes = dir_bytes(&dir.join("store"));
 
     // Startup with everything stored.
-    let (restarted, startup) = ServerChild::spawn(&exe, &["serve", "--config", config_s])?;
+    let (restarted, startup) = ServerChild::spawn(
+        &vault_binary(&own, options.vault_bin.as_deref())?,
+        &["serve", "--config", config_s],
+    )?;
     let rss_after_restart_mib = restarted.rss_mib();
     restarted.stop();
 
@@ -725,6 +735,27 @@ pub async fn run(options: BenchOptions) -> Result<Report, String> {
         rss_after_restart_mib,
         options,
     })
+}
+
+/// The hidden command of this binary that serves the transport ceiling.
+pub const CEILING_COMMAND: &str = "ceiling";
+
+/// The `fieldvault` server binary: `explicit`, else the one next to this
+/// executable (`cargo build --release` puts both in target/release/).
+fn vault_binary(own: &Path, explicit: Option<&Path>) -> Result<PathBuf, String> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => own.with_file_name("fieldvault"),
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{}: no fieldvault server binary there; build both with `cargo build --release` \
+             or name it with --vault-bin",
+            path.display()
+        ))
+    }
 }
 
 /// A fresh private directory for a run without `--data-dir`.

@@ -1,0 +1,143 @@
+//! `fieldvault-bench`: throughput and latency of a fieldvault server over
+//! real mTLS, against a transport ceiling (the same gRPC service with no
+//! work behind it). Not part of the `fieldvault` binary: it starts
+//! `fieldvault serve` (found next to this executable) as a child process,
+//! and the ceiling as a second child of its own.
+//!
+//! ```text
+//! cargo build --release
+//! ./target/release/fieldvault-bench --duration 5 --preload 1000000
+//! ```
+
+mod ceiling;
+mod load;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "fieldvault-bench",
+    version,
+    about = "Measure fieldvault's throughput and latency against a transport ceiling",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Internal>,
+    #[command(flatten)]
+    bench: BenchArgs,
+}
+
+#[derive(Subcommand)]
+enum Internal {
+    /// The transport ceiling the benchmark starts as a child (internal).
+    #[command(name = "ceiling", hide = true)]
+    Ceiling {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Seconds per scenario and server.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// HTTP/2 connections per server and identity.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Tokens stored before the scenarios run (read scenarios pick from them).
+    #[arg(long, default_value_t = 100_000)]
+    preload: u64,
+    /// Run only these scenarios (comma-separated): tokenize-1-random,
+    /// tokenize-1-deterministic, tokenize-100, detokenize-1, detokenize-100,
+    /// mixed-80r-20w.
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Vec<String>,
+    /// Keep the servers' data here instead of a temporary directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// sled cache bound of the vault server, MiB.
+    #[arg(long, default_value_t = fieldvault::config::DEFAULT_CACHE_CAPACITY_MIB)]
+    cache_capacity_mib: u64,
+    /// Load a vault that is already running at HOST:PORT instead of
+    /// starting one. Needs --data-dir: the data dir of that vault's
+    /// `serve --dev`, whose dev certificates the load generator uses.
+    #[arg(long, requires = "data_dir")]
+    addr: Option<String>,
+    /// Purpose declared by detokenize calls (`callback` for a
+    /// `serve --dev` vault's sample policy).
+    #[arg(long, default_value = "bench")]
+    purpose: String,
+    /// The `fieldvault` server binary to start (default: the one next to
+    /// this executable).
+    #[arg(long)]
+    vault_bin: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("fieldvault-bench: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Some(Internal::Ceiling { config }) => {
+                let config = fieldvault::config::Config::load(&config, &|k| std::env::var(k).ok())
+                    .map_err(|e| e.to_string())?;
+                ceiling::serve(&config).await.map(|()| ExitCode::SUCCESS)
+            }
+            None => bench(cli.bench).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("fieldvault-bench: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn bench(args: BenchArgs) -> Result<ExitCode, String> {
+    if args.duration <= 0.0 || args.concurrency == 0 {
+        return Err("--duration and --concurrency must be positive".into());
+    }
+    for s in &args.scenarios {
+        if !load::Scenario::ALL.iter().any(|k| k.name() == s) {
+            return Err(format!("unknown scenario '{s}'"));
+        }
+    }
+    let report = load::run(load::BenchOptions {
+        duration: std::time::Duration::from_secs_f64(args.duration),
+        concurrency: args.concurrency,
+        connections: args.connections,
+        preload: args.preload,
+        scenarios: args.scenarios,
+        data_dir: args.data_dir,
+        cache_capacity_mib: args.cache_capacity_mib,
+        addr: args.addr,
+        purpose: args.purpose,
+        vault_bin: args.vault_bin,
+    })
+    .await?;
+    print!("{}", report.to_markdown());
+    let failed = report.failed_calls();
+    if failed > 0 {
+        eprintln!("fieldvault-bench: {failed} calls failed");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
