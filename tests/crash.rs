@@ -330,6 +330,7 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
             "--list" => list = true,
             "--ignored" => only_ignored = true,
             "--skip" => skips.push(value("--skip")?),
+            a if a.starts_with("--skip=") => skips.push(a["--skip=".len()..].to_owned()),
             // libtest options with a value.
             "--test-threads" | "--color" | "--format" | "--logfile" | "-Z" | "--shuffle-seed" => {
                 value(arg)?;
