@@ -164,6 +164,28 @@ impl ServerProcess {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// SIGTERM, then waits (at most `deadline`, then SIGKILL and panic) for
+    /// the process to exit; returns how it exited.
+    pub fn terminate(mut self, deadline: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                forget(self.child.id());
+                return status;
+            }
+            if started.elapsed() > deadline {
+                panic!("the server did not exit within {deadline:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub fn kill9(mut self) {
         self.child.kill().unwrap();
