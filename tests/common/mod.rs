@@ -117,6 +117,9 @@ impl TestVault {
                 client_ca: pki.dir.join("ca.pem"),
             },
             master_key: MasterKeySource::File(master),
+            tls_options: Default::default(),
+            reflection: true,
+            limits: Default::default(),
         };
         adjust(&mut config);
         let server = app::start(&config, &no_env).await.unwrap();
