@@ -433,30 +433,36 @@ async fn a_thousand_half_open_4_mib_streams_on_each_of_several_connections_neith
 // Connection caps, idle timeout, TLS and identity options: in-process.
 
 #[tokio::test]
-async fn the_server_announces_its_stream_limit_in_its_http2_settings() {
+async fn the_server_announces_its_stream_limit_and_holds_clients_to_it() {
     let vault = TestVault::start_with(|c| c.limits.max_concurrent_streams = 7).await;
     let mut conn = h2_connect(&vault.addr(), &vault.pki.dir, "orders").await.unwrap();
     // One exchange, so the server's SETTINGS have been read.
     assert!(alive(&mut conn).await);
-    let mut streams = Vec::new();
+    assert_eq!(conn.send.current_max_send_streams(), 7);
+    // Seven calls that wait for their message hold every slot.
+    let mut waiting = Vec::new();
     for _ in 0..7 {
-        let mut ready = timeout(STEP, conn.send.clone().ready())
-            .await
-            .unwrap()
+        let mut send = timeout(STEP, conn.send.clone().ready()).await.unwrap().unwrap();
+        let (resp, mut body) = send.send_request(grpc_request(TOKENIZE), false).unwrap();
+        body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), false)
             .unwrap();
-        let (resp, mut body) = ready.send_request(grpc_request(TOKENIZE), false).unwrap();
-        body.send_data(Bytes::from_static(&[0, 0, 0, 0, 9]), false)
-            .unwrap();
-        streams.push((resp, body));
+        waiting.push((resp, body));
     }
-    // Seven streams wait for their message: an eighth gets no slot.
-    let eighth = timeout(Duration::from_millis(500), conn.send.clone().ready()).await;
-    assert!(eighth.is_err(), "an 8th stream was allowed");
-    // One finishes (its message arrives): a slot comes back.
-    let (resp, mut body) = streams.pop().unwrap();
-    body.send_data(Bytes::from_static(&[0; 9]), true).unwrap();
-    timeout(STEP, resp).await.unwrap().unwrap();
-    timeout(STEP, conn.send.clone().ready()).await.unwrap().unwrap();
+    // A complete eighth call is not served (the client queues it) ...
+    let mut send = timeout(STEP, conn.send.clone().ready()).await.unwrap().unwrap();
+    let (eighth, mut body) = send.send_request(grpc_request(TOKENIZE), false).unwrap();
+    body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .unwrap();
+    let mut eighth = std::pin::pin!(eighth);
+    assert!(
+        timeout(Duration::from_millis(500), &mut eighth).await.is_err(),
+        "an 8th stream was served past the limit of 7"
+    );
+    // ... until one of the seven ends.
+    let (first, mut body) = waiting.remove(0);
+    body.send_data(Bytes::new(), true).unwrap();
+    timeout(STEP, first).await.unwrap().unwrap();
+    timeout(STEP, eighth).await.unwrap().unwrap();
 }
 
 #[tokio::test]
