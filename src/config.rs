@@ -275,9 +275,7 @@ impl RawLimits {
             if per_identity > total {
                 return Err(ConfigError::Field {
                     field: "limits.max_connections_per_identity",
-                    reason: format!(
-                        "{per_identity} is above limits.max_connections ({total})"
-                    ),
+                    reason: format!("{per_identity} is above limits.max_connections ({total})"),
                 });
             }
         }

@@ -87,8 +87,7 @@ pub fn max_field_bytes() -> usize {
 /// tokens, plus purpose, justification and slack. Derived from the value
 /// validators' bounds, not tonic's 4 MiB default.
 pub fn max_message_bytes(max_batch_items: usize) -> usize {
-    let tokenize =
-        max_batch_items * delimited(max_field_bytes()) + delimited(Purpose::MAX_LEN);
+    let tokenize = max_batch_items * delimited(max_field_bytes()) + delimited(Purpose::MAX_LEN);
     let detokenize = max_batch_items * delimited(RAW_TOKEN_BYTES)
         + delimited(Purpose::MAX_LEN)
         + delimited(Justification::MAX_LEN);
@@ -182,9 +181,7 @@ impl Resolved {
             Some(n) if n < per_identity => {
                 return Err(field_err(
                     "limits.max_request_bytes",
-                    format!(
-                        "{n} is below limits.max_request_bytes_per_identity ({per_identity})"
-                    ),
+                    format!("{n} is below limits.max_request_bytes_per_identity ({per_identity})"),
                 ))
             }
             Some(n) => n,

@@ -154,7 +154,9 @@ async fn alive(conn: &mut H2Conn) -> bool {
 }
 
 /// One orders Tokenize on a fresh or given client, under the 1 s deadline.
-async fn normal_call(client: &mut pb::vault_client::VaultClient<tonic::transport::Channel>) -> Duration {
+async fn normal_call(
+    client: &mut pb::vault_client::VaultClient<tonic::transport::Channel>,
+) -> Duration {
     let start = Instant::now();
     let resp = timeout(
         NORMAL_CALL_DEADLINE,
@@ -173,7 +175,10 @@ async fn normal_call(client: &mut pb::vault_client::VaultClient<tonic::transport
     start.elapsed()
 }
 
-async fn orders_client(addr: &str, pki: &Pki) -> pb::vault_client::VaultClient<tonic::transport::Channel> {
+async fn orders_client(
+    addr: &str,
+    pki: &Pki,
+) -> pb::vault_client::VaultClient<tonic::transport::Channel> {
     timeout(STEP, client::connect(addr, &pki.client_tls("orders")))
         .await
         .unwrap()
@@ -289,14 +294,12 @@ async fn flood(
             let mut bodies = Vec::new();
             let mut responses = Vec::new();
             for _ in 0..streams {
-                let Ok(Ok(mut ready)) =
-                    timeout(Duration::from_secs(2), send.clone().ready()).await
+                let Ok(Ok(mut ready)) = timeout(Duration::from_secs(2), send.clone().ready()).await
                 else {
                     flood.not_opened += 1;
                     continue;
                 };
-                let Ok((resp, mut body)) = ready.send_request(grpc_request(TOKENIZE), false)
-                else {
+                let Ok((resp, mut body)) = ready.send_request(grpc_request(TOKENIZE), false) else {
                     flood.not_opened += 1;
                     continue;
                 };
@@ -375,13 +378,16 @@ async fn flood_with_normal_calls(
             peak
         }
     });
-    let (result, conns, bodies) =
-        flood(&addr, &vault.pki.dir, "intruder", connections, 1000).await;
+    let (result, conns, bodies) = flood(&addr, &vault.pki.dir, "intruder", connections, 1000).await;
     // Hold everything open a little longer, still calling.
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::SeqCst);
     let (slowest, calls) = timeout(STEP, caller).await.unwrap().unwrap();
-    let peak = timeout(STEP, sampler).await.unwrap().unwrap().max(rss_mib(pid));
+    let peak = timeout(STEP, sampler)
+        .await
+        .unwrap()
+        .unwrap()
+        .max(rss_mib(pid));
     assert!(calls >= 5, "the normal caller made {calls} calls");
     drop(bodies);
     drop(conns);
@@ -435,27 +441,37 @@ async fn a_thousand_half_open_4_mib_streams_on_each_of_several_connections_neith
 #[tokio::test]
 async fn the_server_announces_its_stream_limit_and_holds_clients_to_it() {
     let vault = TestVault::start_with(|c| c.limits.max_concurrent_streams = 7).await;
-    let mut conn = h2_connect(&vault.addr(), &vault.pki.dir, "orders").await.unwrap();
+    let mut conn = h2_connect(&vault.addr(), &vault.pki.dir, "orders")
+        .await
+        .unwrap();
     // One exchange, so the server's SETTINGS have been read.
     assert!(alive(&mut conn).await);
     assert_eq!(conn.send.current_max_send_streams(), 7);
     // Seven calls that wait for their message hold every slot.
     let mut waiting = Vec::new();
     for _ in 0..7 {
-        let mut send = timeout(STEP, conn.send.clone().ready()).await.unwrap().unwrap();
+        let mut send = timeout(STEP, conn.send.clone().ready())
+            .await
+            .unwrap()
+            .unwrap();
         let (resp, mut body) = send.send_request(grpc_request(TOKENIZE), false).unwrap();
         body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), false)
             .unwrap();
         waiting.push((resp, body));
     }
     // A complete eighth call is not served (the client queues it) ...
-    let mut send = timeout(STEP, conn.send.clone().ready()).await.unwrap().unwrap();
+    let mut send = timeout(STEP, conn.send.clone().ready())
+        .await
+        .unwrap()
+        .unwrap();
     let (eighth, mut body) = send.send_request(grpc_request(TOKENIZE), false).unwrap();
     body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true)
         .unwrap();
     let mut eighth = std::pin::pin!(eighth);
     assert!(
-        timeout(Duration::from_millis(500), &mut eighth).await.is_err(),
+        timeout(Duration::from_millis(500), &mut eighth)
+            .await
+            .is_err(),
         "an 8th stream was served past the limit of 7"
     );
     // ... until one of the seven ends.
@@ -517,7 +533,9 @@ async fn connections_past_the_global_cap_are_closed_at_once_and_existing_ones_ke
     .await;
     let mut held = Vec::new();
     for _ in 0..3 {
-        let mut conn = h2_connect(&vault.addr(), &vault.pki.dir, "intruder").await.unwrap();
+        let mut conn = h2_connect(&vault.addr(), &vault.pki.dir, "intruder")
+            .await
+            .unwrap();
         assert!(alive(&mut conn).await);
         held.push(conn);
     }
@@ -527,7 +545,12 @@ async fn connections_past_the_global_cap_are_closed_at_once_and_existing_ones_ke
     // take the last two slots, and 50 more are closed at once.
     let mut silent = Vec::new();
     for _ in 0..52 {
-        silent.push(timeout(STEP, TcpStream::connect(vault.addr())).await.unwrap().unwrap());
+        silent.push(
+            timeout(STEP, TcpStream::connect(vault.addr()))
+                .await
+                .unwrap()
+                .unwrap(),
+        );
     }
     let mut closed = 0;
     for s in &mut silent {
@@ -572,7 +595,12 @@ async fn a_flood_of_connections_under_a_low_descriptor_limit_exhausts_no_descrip
     normal_call(&mut orders).await;
     let mut silent = Vec::new();
     for _ in 0..400 {
-        silent.push(timeout(STEP, TcpStream::connect(&addr)).await.unwrap().unwrap());
+        silent.push(
+            timeout(STEP, TcpStream::connect(&addr))
+                .await
+                .unwrap()
+                .unwrap(),
+        );
     }
     normal_call(&mut orders).await;
     let fds = std::fs::read_dir(format!("/proc/{}/fd", vault.server.pid()))
@@ -595,27 +623,43 @@ async fn a_flood_of_connections_under_a_low_descriptor_limit_exhausts_no_descrip
         .lines()
         .filter(|l| l.contains("limits.max_connections reached"))
         .count();
-    assert!(refusal_lines <= 10, "{refusal_lines} refusal lines: not rate-limited");
+    assert!(
+        refusal_lines <= 10,
+        "{refusal_lines} refusal lines: not rate-limited"
+    );
 }
 
 #[tokio::test]
 async fn a_connection_with_no_open_stream_is_closed_after_the_idle_timeout() {
     let vault = TestVault::start_with(|c| c.limits.idle_timeout_secs = 1).await;
-    let mut idle = h2_connect(&vault.addr(), &vault.pki.dir, "orders").await.unwrap();
+    let mut idle = h2_connect(&vault.addr(), &vault.pki.dir, "orders")
+        .await
+        .unwrap();
     assert!(alive(&mut idle).await);
-    let mut busy = h2_connect(&vault.addr(), &vault.pki.dir, "orders").await.unwrap();
+    let mut busy = h2_connect(&vault.addr(), &vault.pki.dir, "orders")
+        .await
+        .unwrap();
     let start = Instant::now();
     // busy calls every 300 ms for 2.5 s: never idle for 1 s.
     while start.elapsed() < Duration::from_millis(2500) {
         assert!(alive(&mut busy).await, "a busy connection was closed");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    assert!(idle.driver.is_finished(), "the idle connection is still open");
+    assert!(
+        idle.driver.is_finished(),
+        "the idle connection is still open"
+    );
     // A connection whose only stream stays open is not idle.
-    let mut waiting = h2_connect(&vault.addr(), &vault.pki.dir, "orders").await.unwrap();
-    let mut ready = timeout(STEP, waiting.send.clone().ready()).await.unwrap().unwrap();
+    let mut waiting = h2_connect(&vault.addr(), &vault.pki.dir, "orders")
+        .await
+        .unwrap();
+    let mut ready = timeout(STEP, waiting.send.clone().ready())
+        .await
+        .unwrap()
+        .unwrap();
     let (_resp, mut body) = ready.send_request(grpc_request(TOKENIZE), false).unwrap();
-    body.send_data(Bytes::from_static(&[0, 0, 0, 0, 9]), false).unwrap();
+    body.send_data(Bytes::from_static(&[0, 0, 0, 0, 9]), false)
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(!waiting.driver.is_finished(), "closed with a stream open");
     assert!(alive(&mut waiting).await);
@@ -624,28 +668,52 @@ async fn a_connection_with_no_open_stream_is_closed_after_the_idle_timeout() {
 #[tokio::test]
 async fn a_tls_1_2_client_is_refused_by_default_and_accepted_when_allowed() {
     let vault = TestVault::start().await;
-    let err = tls_connect(&vault.addr(), &vault.pki.dir, "orders", &[&rustls::version::TLS12])
-        .await
-        .err()
-        .unwrap_or_default();
-    assert!(err.contains("ProtocolVersion") || err.contains("version"), "{err}");
-    let mut tls13 = tls_connect(&vault.addr(), &vault.pki.dir, "orders", &[&rustls::version::TLS13])
+    let err = tls_connect(
+        &vault.addr(),
+        &vault.pki.dir,
+        "orders",
+        &[&rustls::version::TLS12],
+    )
+    .await
+    .err()
+    .unwrap_or_default();
+    assert!(
+        err.contains("ProtocolVersion") || err.contains("version"),
+        "{err}"
+    );
+    let mut tls13 = tls_connect(
+        &vault.addr(),
+        &vault.pki.dir,
+        "orders",
+        &[&rustls::version::TLS13],
+    )
+    .await
+    .unwrap();
+    tls13
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
         .await
         .unwrap();
-    tls13.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
 
     let vault = TestVault::start_with(|c| {
         c.tls_options.min_version = fieldvault::config::TlsMinVersion::Tls12;
     })
     .await;
-    let mut tls12 = tls_connect(&vault.addr(), &vault.pki.dir, "orders", &[&rustls::version::TLS12])
-        .await
-        .unwrap();
+    let mut tls12 = tls_connect(
+        &vault.addr(),
+        &vault.pki.dir,
+        "orders",
+        &[&rustls::version::TLS12],
+    )
+    .await
+    .unwrap();
     assert_eq!(
         tls12.get_ref().1.protocol_version(),
         Some(rustls::ProtocolVersion::TLSv1_2)
     );
-    tls12.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    tls12
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = [0u8; 16];
     let n = timeout(STEP, tls12.read(&mut buf)).await.unwrap().unwrap();
     assert!(n > 0, "the server answers a TLS 1.2 client when allowed");
@@ -655,15 +723,20 @@ async fn a_tls_1_2_client_is_refused_by_default_and_accepted_when_allowed() {
 async fn a_certificate_without_a_spiffe_id_is_refused_when_the_cn_fallback_is_off() {
     let vault = TestVault::start_with(|c| c.tls_options.identity_from_cn = false).await;
     vault.pki.issue_client("billing", "billing", None);
-    let mut billing = h2_connect(&vault.addr(), &vault.pki.dir, "billing").await.unwrap();
+    let mut billing = h2_connect(&vault.addr(), &vault.pki.dir, "billing")
+        .await
+        .unwrap();
     assert_eq!(
         grpc_status(&mut billing.send, TOKENIZE).await,
         Ok(tonic::Code::Unauthenticated as u32)
     );
-    let mut client = timeout(STEP, client::connect(&vault.addr(), &vault.pki.client_tls("billing")))
-        .await
-        .unwrap()
-        .unwrap();
+    let mut client = timeout(
+        STEP,
+        client::connect(&vault.addr(), &vault.pki.client_tls("billing")),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     let err = timeout(
         STEP,
         client.tokenize(pb::TokenizeRequest {
@@ -675,7 +748,11 @@ async fn a_certificate_without_a_spiffe_id_is_refused_when_the_cn_fallback_is_of
     .unwrap()
     .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
-    assert!(err.message().contains("tls.identity_from_cn"), "{}", err.message());
+    assert!(
+        err.message().contains("tls.identity_from_cn"),
+        "{}",
+        err.message()
+    );
     // SPIFFE identities are unaffected.
     normal_call(&mut orders_client(&vault.addr(), &vault.pki).await).await;
 }
@@ -692,7 +769,9 @@ async fn server_reflection_is_absent_when_turned_off() {
     assert_ne!(status, tonic::Code::Unimplemented as u32);
 
     let off = TestVault::start_with(|c| c.reflection = false).await;
-    let mut conn = h2_connect(&off.addr(), &off.pki.dir, "orders").await.unwrap();
+    let mut conn = h2_connect(&off.addr(), &off.pki.dir, "orders")
+        .await
+        .unwrap();
     assert_eq!(
         grpc_status(&mut conn.send, REFLECTION).await,
         Ok(tonic::Code::Unimplemented as u32)
