@@ -308,35 +308,54 @@ async fn flood(
                 flood.opened += 1;
                 bodies.push(body);
                 responses.push(tokio::spawn(async move {
-                    match timeout(Duration::from_secs(3), resp).await {
-                        Err(_) => "pending",
-                        Ok(Err(_)) => "refused",
-                        Ok(Ok(r)) => match r.headers().get("grpc-status") {
+                    match resp.await {
+                        Err(_) => "refused",
+                        Ok(r) => match r.headers().get("grpc-status") {
                             Some(s) if s == "8" => "refused",
                             _ => "answered",
                         },
                     }
                 }));
             }
-            for r in responses {
-                match r.await.unwrap() {
-                    "pending" => flood.pending += 1,
-                    "refused" => flood.refused += 1,
-                    other => panic!("a half-open stream was answered: {other}"),
-                }
-            }
-            (flood, bodies)
+            (flood, bodies, responses)
         }));
     }
     let mut total = Flood::default();
     let mut bodies = Vec::new();
+    let mut responses = Vec::new();
     for t in tasks {
-        let (f, b) = timeout(Duration::from_secs(30), t).await.unwrap().unwrap();
+        let (f, b, r) = timeout(Duration::from_secs(30), t).await.unwrap().unwrap();
         total.opened += f.opened;
-        total.refused += f.refused;
-        total.pending += f.pending;
         total.not_opened += f.not_opened;
         bodies.extend(b);
+        responses.extend(r);
+    }
+    // Streams still waiting once the count of unanswered ones has not moved
+    // for a second (or after 20 s) are the ones the server holds open.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut unanswered = usize::MAX;
+    let mut since = Instant::now();
+    loop {
+        let now = responses.iter().filter(|r| !r.is_finished()).count();
+        if now != unanswered {
+            unanswered = now;
+            since = Instant::now();
+        }
+        if since.elapsed() >= Duration::from_secs(1) || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for r in responses {
+        if !r.is_finished() {
+            total.pending += 1;
+            r.abort();
+            continue;
+        }
+        match r.await.unwrap() {
+            "refused" => total.refused += 1,
+            other => panic!("a half-open stream was answered: {other}"),
+        }
     }
     (total, conns, bodies)
 }
