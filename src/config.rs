@@ -9,6 +9,7 @@
 //! max_batch_items = 1000                  # optional, default 1000
 //! cache_capacity_mib = 16                 # optional, sled page cache bound
 //! default_phone_region = "US"             # optional: reads national-format numbers
+//! reflection = true                       # optional: gRPC server reflection
 //!
 //! [token_modes]                           # optional, per kind: "random" (default)
 //! phone = "deterministic"                 # or "deterministic"
@@ -100,7 +101,7 @@ impl Default for TlsOptions {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Open connections, TLS handshakes included (`limits.max_connections`).
-    /// `None`: 1000, or 3/4 of the file-descriptor limit if that is lower.
+    /// `None`: 1000, or the file-descriptor limit less 64 if that is lower.
     pub max_connections: Option<usize>,
     /// Open connections per caller identity
     /// (`limits.max_connections_per_identity`).

@@ -796,3 +796,50 @@ async fn server_reflection_is_absent_when_turned_off() {
         Ok(tonic::Code::Unimplemented as u32)
     );
 }
+
+#[test]
+fn the_defaults_documented_in_the_example_config_are_the_real_defaults() {
+    // Uncomment every commented `key = value` line except the master key's
+    // alternative: the result must parse to the defaults.
+    let text = std::fs::read_to_string("deploy/fieldvault.toml").unwrap();
+    let uncommented: String = text
+        .lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(rest)
+                if rest.split_once(" = ").is_some_and(|(k, _)| {
+                    k != "env" && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                }) =>
+            {
+                rest
+            }
+            _ => line,
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(uncommented.len() < text.len(), "nothing was uncommented");
+    let documented = fieldvault::config::Config::from_toml(&uncommented, &no_env).unwrap();
+    let plain = fieldvault::config::Config::from_toml(&text, &no_env).unwrap();
+    assert_eq!(documented.tls_options, plain.tls_options);
+    assert_eq!(documented.reflection, plain.reflection);
+    let d = fieldvault::config::Limits::default();
+    // Derived when unset; the example shows what they come to.
+    assert_eq!(documented.limits.max_connections, Some(1000));
+    assert_eq!(
+        documented.limits.max_request_bytes_per_identity,
+        Some(fieldvault::limits::DEFAULT_REQUEST_BYTES_PER_IDENTITY)
+    );
+    assert_eq!(
+        documented.limits.max_request_bytes,
+        Some(fieldvault::limits::DEFAULT_REQUEST_BYTES)
+    );
+    let derived = fieldvault::config::Limits {
+        max_connections: None,
+        max_request_bytes_per_identity: None,
+        max_request_bytes: None,
+        ..documented.limits.clone()
+    };
+    assert_eq!(derived, d);
+    assert_eq!(plain.limits, d);
+    // The README's figure for 1000 items.
+    assert_eq!(fieldvault::limits::max_message_bytes(1000), 8_802_162);
+}
