@@ -249,6 +249,12 @@ impl RefusalLog {
         self.admit_at(Instant::now())
     }
 
+    /// Takes the count of events not logged so far (for a periodic line, so
+    /// a burst that stops is still reported).
+    pub fn take_suppressed(&self) -> u64 {
+        std::mem::take(&mut lock(&self.state).suppressed)
+    }
+
     /// [`RefusalLog::admit`] at a given time.
     pub fn admit_at(&self, now: Instant) -> Option<u64> {
         let mut w = lock(&self.state);
@@ -662,6 +668,8 @@ mod tests {
         assert_eq!(log.admit_at(t0 + Duration::from_secs(60)), Some(2));
         assert_eq!(log.admit_at(t0 + Duration::from_secs(61)), Some(0));
         assert_eq!(log.admit_at(t0 + Duration::from_secs(62)), None);
+        assert_eq!(log.take_suppressed(), 1);
+        assert_eq!(log.take_suppressed(), 0);
     }
 
     #[test]

@@ -321,8 +321,20 @@ pub fn incoming_with(
     let (tx, rx) = mpsc::channel(256);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let task = tokio::spawn(async move {
+        let mut report = tokio::time::interval(Duration::from_secs(60));
+        report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let (tcp, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = report.tick() => {
+                    let not_logged = limits.refusals.take_suppressed();
+                    if not_logged > 0 {
+                        tracing::info!(not_logged, "refused connections not logged in the last minute");
+                    }
+                    continue;
+                }
+            };
+            let (tcp, peer) = match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
                     // EMFILE and the like: wait for descriptors to come back.
