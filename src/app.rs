@@ -36,6 +36,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, reason: String },
     #[error("reflection: {0}")]
     Reflection(String),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// Why the server stopped on its own, or failed to stop cleanly.
@@ -145,7 +147,13 @@ pub async fn start(
         })?;
     let policy = Policy::from_toml(&policy_text)?;
     crate::domain::value::warm_up();
-    let tls = crate::tls::server_config(&config.tls.cert, &config.tls.key, &config.tls.client_ca)?;
+    let limits = crate::limits::Resolved::new(config, crate::limits::nofile_soft_limit())?;
+    let tls = crate::tls::server_config_with(
+        &config.tls.cert,
+        &config.tls.key,
+        &config.tls.client_ca,
+        limits.tls_min_version,
+    )?;
     let store = SledStore::open(&SledConfig {
         path: config.store_dir(),
         cache_capacity_bytes: config.cache_capacity_mib * 1024 * 1024,
@@ -181,18 +189,58 @@ pub async fn start(
         .set_serving::<pb::vault_server::VaultServer<VaultService>>()
         .await;
     let health = tokio::spawn(watch_storage(vault.clone(), health_reporter));
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| StartError::Reflection(e.to_string()))?;
+    let health_service =
+        health_service.max_decoding_message_size(crate::limits::SMALL_SERVICE_MESSAGE_BYTES);
+    let reflection = if config.reflection {
+        Some(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .build_v1()
+                .map_err(|e| StartError::Reflection(e.to_string()))?
+                .max_decoding_message_size(crate::limits::SMALL_SERVICE_MESSAGE_BYTES),
+        )
+    } else {
+        None
+    };
+    let vault_service = VaultService::new(vault)
+        .into_server()
+        .max_decoding_message_size(limits.max_message_bytes)
+        .max_encoding_message_size(limits.max_message_bytes);
 
-    let (incoming, accept) = crate::tls::incoming(listener, tls);
+    let (incoming, accept) = crate::tls::incoming_with(
+        listener,
+        tls,
+        crate::tls::AcceptLimits {
+            max_connections: limits.max_connections,
+            identities: crate::limits::Identities::new(
+                limits.max_connections_per_identity,
+                limits.max_request_bytes_per_identity,
+            ),
+            handshake_timeout: limits.handshake_timeout,
+            idle_timeout: Some(limits.idle_timeout),
+            identity_from_cn: limits.identity_from_cn,
+            refusals: Arc::new(crate::limits::RefusalLog::new(
+                limits.refusal_log_lines_per_minute,
+            )),
+        },
+    );
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .initial_stream_window_size(limits.stream_window_bytes)
+        .initial_connection_window_size(limits.connection_window_bytes)
+        .http2_max_header_list_size(crate::limits::MAX_HEADER_LIST_BYTES)
+        .http2_keepalive_interval(limits.keepalive_interval)
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .timeout(limits.request_timeout)
+        .layer(crate::limits::GuardLayer::new(
+            limits.max_request_bytes,
+            limits.max_message_bytes,
+        ))
         .add_service(health_service)
-        .add_service(reflection)
-        .add_service(VaultService::new(vault).into_server());
+        .add_optional_service(reflection)
+        .add_service(vault_service);
     let serve = tokio::spawn(async move {
         router
             .serve_with_incoming_shutdown(incoming, async {
@@ -200,7 +248,15 @@ pub async fn start(
             })
             .await
     });
-    tracing::info!(%local_addr, "fieldvault listening (mTLS required)");
+    tracing::info!(
+        %local_addr,
+        max_connections = limits.max_connections,
+        max_connections_per_identity = limits.max_connections_per_identity,
+        max_concurrent_streams = limits.max_concurrent_streams,
+        max_message_bytes = limits.max_message_bytes,
+        max_request_bytes = limits.max_request_bytes,
+        "fieldvault listening (mTLS required)"
+    );
     Ok(Server {
         local_addr,
         shutdown: Some(shutdown_tx),

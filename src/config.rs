@@ -9,6 +9,7 @@
 //! max_batch_items = 1000                  # optional, default 1000
 //! cache_capacity_mib = 16                 # optional, sled page cache bound
 //! default_phone_region = "US"             # optional: reads national-format numbers
+//! reflection = true                       # optional: gRPC server reflection
 //!
 //! [token_modes]                           # optional, per kind: "random" (default)
 //! phone = "deterministic"                 # or "deterministic"
@@ -17,6 +18,11 @@
 //! cert = "/etc/fieldvault/tls/server.pem"
 //! key = "/etc/fieldvault/tls/server.key"
 //! client_ca = "/etc/fieldvault/tls/client-ca.pem"
+//! min_version = "1.3"                     # optional: "1.3" (default) or "1.2"
+//! identity_from_cn = true                 # optional: subject CN when no SPIFFE ID
+//!
+//! [limits]                                # optional, every key: see [`Limits`]
+//! max_connections = 1000
 //!
 //! [master_key]
 //! file = "/etc/fieldvault/master.key"     # 64 hex chars, mode 0600
@@ -51,10 +57,110 @@ pub struct Config {
     pub token_modes: TokenModes,
     pub tls: TlsPaths,
     pub master_key: MasterKeySource,
+    /// `[tls]` settings besides the paths.
+    pub tls_options: TlsOptions,
+    /// Whether gRPC server reflection is offered (`reflection`, default true).
+    pub reflection: bool,
+    /// `[limits]`: connections, streams, message sizes, timeouts.
+    pub limits: Limits,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The lowest TLS version the server accepts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TlsMinVersion {
+    /// TLS 1.3 only (the default).
+    #[default]
+    Tls13,
+    /// TLS 1.2 and 1.3.
+    Tls12,
+}
+
+/// `[tls]` settings besides the paths.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsOptions {
+    pub min_version: TlsMinVersion,
+    /// Whether a certificate without a SPIFFE URI SAN names its caller by its
+    /// subject CN (`tls.identity_from_cn`, default true). When false, such a
+    /// certificate is refused right after the handshake.
+    pub identity_from_cn: bool,
+}
+
+impl Default for TlsOptions {
+    fn default() -> Self {
+        Self {
+            min_version: TlsMinVersion::Tls13,
+            identity_from_cn: true,
+        }
+    }
+}
+
+/// `[limits]`: what one peer, one identity and everyone together may hold.
+/// Every key is optional; the defaults protect a 2-core box (README,
+/// "Limits"). Sizes derived from other settings are computed in
+/// [`crate::limits`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Open connections, TLS handshakes included (`limits.max_connections`).
+    /// `None`: 1000, or the file-descriptor limit less 64 if that is lower.
+    pub max_connections: Option<usize>,
+    /// Open connections per caller identity
+    /// (`limits.max_connections_per_identity`).
+    pub max_connections_per_identity: usize,
+    /// HTTP/2 streams a connection may have open at once
+    /// (`limits.max_concurrent_streams`).
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 initial window per stream (`limits.stream_window_bytes`).
+    pub stream_window_bytes: u32,
+    /// HTTP/2 initial window per connection (`limits.connection_window_bytes`).
+    pub connection_window_bytes: u32,
+    /// Request message bytes one identity may have announced and not yet
+    /// finished, over all its streams (`limits.max_request_bytes_per_identity`).
+    /// `None`: 32 MiB, or the largest legal message if that is larger.
+    pub max_request_bytes_per_identity: Option<u64>,
+    /// The same, for all identities together (`limits.max_request_bytes`).
+    /// `None`: 128 MiB, or the per-identity bound if that is larger.
+    pub max_request_bytes: Option<u64>,
+    /// A call (request body included) must finish within this many seconds
+    /// (`limits.request_timeout_secs`).
+    pub request_timeout_secs: u64,
+    /// A connection with no open stream for this long is closed
+    /// (`limits.idle_timeout_secs`).
+    pub idle_timeout_secs: u64,
+    /// HTTP/2 PING after this much silence; 0 turns keepalive off
+    /// (`limits.keepalive_interval_secs`).
+    pub keepalive_interval_secs: u64,
+    /// Close the connection when a PING is not answered within this long
+    /// (`limits.keepalive_timeout_secs`).
+    pub keepalive_timeout_secs: u64,
+    /// How long a client has to complete the TLS handshake
+    /// (`limits.handshake_timeout_secs`).
+    pub handshake_timeout_secs: u64,
+    /// Refused connections logged per minute at most; the rest are counted
+    /// and reported in one line (`limits.refusal_log_lines_per_minute`).
+    pub refusal_log_lines_per_minute: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: None,
+            max_connections_per_identity: 32,
+            max_concurrent_streams: 32,
+            stream_window_bytes: 256 * 1024,
+            connection_window_bytes: 1024 * 1024,
+            max_request_bytes_per_identity: None,
+            max_request_bytes: None,
+            request_timeout_secs: 30,
+            idle_timeout_secs: 300,
+            keepalive_interval_secs: 60,
+            keepalive_timeout_secs: 20,
+            handshake_timeout_secs: 10,
+            refusal_log_lines_per_minute: 10,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsPaths {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -92,8 +198,160 @@ struct RawConfig {
     default_phone_region: Option<String>,
     #[serde(default)]
     token_modes: RawTokenModes,
-    tls: Option<TlsPaths>,
+    tls: Option<RawTls>,
     master_key: Option<RawMasterKey>,
+    reflection: Option<bool>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: PathBuf,
+    min_version: Option<String>,
+    identity_from_cn: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<i64>,
+    max_connections_per_identity: Option<i64>,
+    max_concurrent_streams: Option<i64>,
+    stream_window_bytes: Option<i64>,
+    connection_window_bytes: Option<i64>,
+    max_request_bytes_per_identity: Option<i64>,
+    max_request_bytes: Option<i64>,
+    request_timeout_secs: Option<i64>,
+    idle_timeout_secs: Option<i64>,
+    keepalive_interval_secs: Option<i64>,
+    keepalive_timeout_secs: Option<i64>,
+    handshake_timeout_secs: Option<i64>,
+    refusal_log_lines_per_minute: Option<i64>,
+}
+
+/// A `[limits]` integer within `range`, or the default.
+fn limit(
+    field: &'static str,
+    value: Option<i64>,
+    range: std::ops::RangeInclusive<i64>,
+    default: i64,
+) -> Result<i64, ConfigError> {
+    let v = value.unwrap_or(default);
+    if range.contains(&v) {
+        Ok(v)
+    } else {
+        Err(ConfigError::Field {
+            field,
+            reason: format!(
+                "{v} is out of range: must be between {} and {}",
+                range.start(),
+                range.end()
+            ),
+        })
+    }
+}
+
+impl RawLimits {
+    fn parse(self) -> Result<Limits, ConfigError> {
+        const MIB: i64 = 1024 * 1024;
+        // HTTP/2 caps a window at 2^31 - 1.
+        const MAX_WINDOW: i64 = (1 << 31) - 1;
+        let d = Limits::default();
+        let max_connections = self
+            .max_connections
+            .map(|v| limit("limits.max_connections", Some(v), 1..=1_000_000, 0))
+            .transpose()?
+            .map(|v| v as usize);
+        let per_identity = limit(
+            "limits.max_connections_per_identity",
+            self.max_connections_per_identity,
+            1..=1_000_000,
+            d.max_connections_per_identity as i64,
+        )? as usize;
+        if let Some(total) = max_connections {
+            if per_identity > total {
+                return Err(ConfigError::Field {
+                    field: "limits.max_connections_per_identity",
+                    reason: format!("{per_identity} is above limits.max_connections ({total})"),
+                });
+            }
+        }
+        let bytes = |field, v: Option<i64>| {
+            v.map(|v| limit(field, Some(v), 1..=64 * 1024 * MIB, 0))
+                .transpose()
+                .map(|v| v.map(|v| v as u64))
+        };
+        let secs = |field, v: Option<i64>, min: i64, default: u64| {
+            limit(field, v, min..=86_400, default as i64).map(|v| v as u64)
+        };
+        Ok(Limits {
+            max_connections,
+            max_connections_per_identity: per_identity,
+            max_concurrent_streams: limit(
+                "limits.max_concurrent_streams",
+                self.max_concurrent_streams,
+                1..=10_000,
+                i64::from(d.max_concurrent_streams),
+            )? as u32,
+            stream_window_bytes: limit(
+                "limits.stream_window_bytes",
+                self.stream_window_bytes,
+                65_535..=MAX_WINDOW,
+                i64::from(d.stream_window_bytes),
+            )? as u32,
+            connection_window_bytes: limit(
+                "limits.connection_window_bytes",
+                self.connection_window_bytes,
+                65_535..=MAX_WINDOW,
+                i64::from(d.connection_window_bytes),
+            )? as u32,
+            max_request_bytes_per_identity: bytes(
+                "limits.max_request_bytes_per_identity",
+                self.max_request_bytes_per_identity,
+            )?,
+            max_request_bytes: bytes("limits.max_request_bytes", self.max_request_bytes)?,
+            request_timeout_secs: secs(
+                "limits.request_timeout_secs",
+                self.request_timeout_secs,
+                1,
+                d.request_timeout_secs,
+            )?,
+            idle_timeout_secs: secs(
+                "limits.idle_timeout_secs",
+                self.idle_timeout_secs,
+                1,
+                d.idle_timeout_secs,
+            )?,
+            keepalive_interval_secs: secs(
+                "limits.keepalive_interval_secs",
+                self.keepalive_interval_secs,
+                0,
+                d.keepalive_interval_secs,
+            )?,
+            keepalive_timeout_secs: secs(
+                "limits.keepalive_timeout_secs",
+                self.keepalive_timeout_secs,
+                1,
+                d.keepalive_timeout_secs,
+            )?,
+            handshake_timeout_secs: secs(
+                "limits.handshake_timeout_secs",
+                self.handshake_timeout_secs,
+                1,
+                d.handshake_timeout_secs,
+            )?,
+            refusal_log_lines_per_minute: limit(
+                "limits.refusal_log_lines_per_minute",
+                self.refusal_log_lines_per_minute,
+                0..=10_000,
+                i64::from(d.refusal_log_lines_per_minute),
+            )? as u32,
+        })
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -191,6 +449,22 @@ impl Config {
             })
             .transpose()?;
         let m = raw.token_modes;
+        let raw_tls = raw.tls.ok_or_else(|| missing("tls"))?;
+        let min_version = match raw_tls.min_version.as_deref() {
+            None | Some("1.3") => TlsMinVersion::Tls13,
+            Some("1.2") => TlsMinVersion::Tls12,
+            Some(other) => {
+                return Err(ConfigError::Field {
+                    field: "tls.min_version",
+                    reason: format!("'{other}' is not a TLS version: use \"1.3\" or \"1.2\""),
+                })
+            }
+        };
+        let tls_options = TlsOptions {
+            min_version,
+            identity_from_cn: raw_tls.identity_from_cn.unwrap_or(true),
+        };
+        let limits = raw.limits.parse()?;
         Ok(Self {
             listen,
             data_dir,
@@ -205,8 +479,15 @@ impl Config {
             audit_log: raw.audit_log.ok_or_else(|| missing("audit_log"))?,
             max_batch_items,
             cache_capacity_mib,
-            tls: raw.tls.ok_or_else(|| missing("tls"))?,
+            tls: TlsPaths {
+                cert: raw_tls.cert,
+                key: raw_tls.key,
+                client_ca: raw_tls.client_ca,
+            },
             master_key,
+            tls_options,
+            reflection: raw.reflection.unwrap_or(true),
+            limits,
         })
     }
 
@@ -291,6 +572,30 @@ env = "FIELDVAULT_MASTER_KEY"
     }
 
     #[test]
+    fn limits_and_tls_options_have_protective_defaults_and_are_read() {
+        let c = Config::from_toml(FULL, &no_env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.tls_options.min_version, TlsMinVersion::Tls13);
+        assert!(c.tls_options.identity_from_cn);
+        assert!(c.reflection);
+        let text = format!(
+            "reflection = false\n{}\n[limits]\nmax_connections = 200\nidle_timeout_secs = 5\nkeepalive_interval_secs = 0\n",
+            FULL.replace(
+                "[tls]",
+                "[tls]\nmin_version = \"1.2\"\nidentity_from_cn = false"
+            )
+        );
+        let c = Config::from_toml(&text, &no_env).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!c.reflection);
+        assert_eq!(c.tls_options.min_version, TlsMinVersion::Tls12);
+        assert!(!c.tls_options.identity_from_cn);
+        assert_eq!(c.limits.max_connections, Some(200));
+        assert_eq!(c.limits.idle_timeout_secs, 5);
+        assert_eq!(c.limits.keepalive_interval_secs, 0);
+        assert_eq!(c.limits.max_concurrent_streams, 32);
+    }
+
+    #[test]
     fn environment_overrides_the_file() {
         let env = |k: &str| (k == "FIELDVAULT_LISTEN").then(|| "0.0.0.0:6000".to_owned());
         let c = Config::from_toml(FULL, &env).unwrap_or_else(|e| panic!("{e}"));
@@ -320,6 +625,30 @@ env = "FIELDVAULT_MASTER_KEY"
                 "config: cache_capacity_mib: must be between 1 and 65536",
             ),
             (FULL.replace("client_ca", "ca"), "unknown field"),
+            (
+                format!("{FULL}\n[limits]\nmax_connections = 0"),
+                "config: limits.max_connections: 0 is out of range",
+            ),
+            (
+                format!("{FULL}\n[limits]\nmax_connections = 4\nmax_connections_per_identity = 5"),
+                "config: limits.max_connections_per_identity: 5 is above limits.max_connections",
+            ),
+            (
+                format!("{FULL}\n[limits]\nstream_window_bytes = 10"),
+                "config: limits.stream_window_bytes",
+            ),
+            (
+                format!("{FULL}\n[limits]\nidle_timeout_secs = -1"),
+                "config: limits.idle_timeout_secs",
+            ),
+            (
+                format!("{FULL}\n[limits]\nmax_streams = 3"),
+                "unknown field `max_streams`",
+            ),
+            (
+                FULL.replace("[tls]", "[tls]\nmin_version = \"1.1\""),
+                "config: tls.min_version: '1.1' is not a TLS version",
+            ),
         ];
         for (text, expected) in cases {
             let err = Config::from_toml(&text, &no_env)

@@ -105,6 +105,9 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<(Config, bool), De
             client_ca: dir.join("ca.pem"),
         },
         master_key: MasterKeySource::File(dir.join("master.key")),
+        tls_options: Default::default(),
+        reflection: true,
+        limits: Default::default(),
     };
     Ok((config, created))
 }

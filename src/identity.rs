@@ -17,12 +17,23 @@ pub enum IdentityError {
     SeveralSpiffeIds,
     #[error("client certificate names no identity (no SPIFFE URI SAN, no subject CN)")]
     NoIdentity,
+    #[error("client certificate has no SPIFFE ID, and identity from the subject CN is turned off (tls.identity_from_cn = false)")]
+    CommonNameRefused,
     #[error("client certificate identity rejected: {0}")]
     Invalid(#[from] CallerIdError),
 }
 
 /// The SPIFFE ID from a URI SAN when there is one, else the subject CN.
 pub fn caller_from_cert_der(der: &[u8]) -> Result<CallerId, IdentityError> {
+    caller_from_cert_der_with(der, true)
+}
+
+/// Like [`caller_from_cert_der`]; with `identity_from_cn` false, a
+/// certificate without a SPIFFE ID names no caller.
+pub fn caller_from_cert_der_with(
+    der: &[u8],
+    identity_from_cn: bool,
+) -> Result<CallerId, IdentityError> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|_| IdentityError::Unparseable)?;
     let san = cert
         .subject_alternative_name()
@@ -45,6 +56,9 @@ pub fn caller_from_cert_der(der: &[u8]) -> Result<CallerId, IdentityError> {
         [one] => return Ok(CallerId::spiffe(one)?),
         [] => {}
         _ => return Err(IdentityError::SeveralSpiffeIds),
+    }
+    if !identity_from_cn {
+        return Err(IdentityError::CommonNameRefused);
     }
     let cn = cert
         .subject()
@@ -88,6 +102,18 @@ mod tests {
     fn without_a_spiffe_id_the_common_name_is_the_identity() {
         let id = caller_from_cert_der(&cert(Some("billing"), &["https://t.example/x"]));
         assert_eq!(id, Ok(CallerId::CommonName("billing".into())));
+    }
+
+    #[test]
+    fn without_the_cn_fallback_only_a_spiffe_id_names_a_caller() {
+        assert_eq!(
+            caller_from_cert_der_with(&cert(Some("billing"), &[]), false),
+            Err(IdentityError::CommonNameRefused)
+        );
+        assert_eq!(
+            caller_from_cert_der_with(&cert(Some("orders"), &["spiffe://t.example/orders"]), false),
+            Ok(CallerId::Spiffe("spiffe://t.example/orders".into()))
+        );
     }
 
     #[test]

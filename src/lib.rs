@@ -13,6 +13,7 @@ pub mod devpki;
 pub mod domain;
 pub mod grpc;
 pub mod identity;
+pub mod limits;
 pub mod store;
 pub mod tls;
 pub mod vault;

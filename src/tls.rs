@@ -3,12 +3,15 @@
 //! reload and CRLs (`WebPkiClientVerifier::with_crls`) can be added without
 //! changing how the server is wired.
 
+use crate::config::TlsMinVersion;
 use crate::domain::CallerId;
-use crate::identity::{caller_from_cert_der, IdentityError};
+use crate::identity::{caller_from_cert_der_with, IdentityError};
+use crate::limits::{ConnActivity, Identities, IdentitySlot, RefusalLog};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,12 +20,14 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
-/// How long a client has to finish the TLS handshake.
+/// How long a client has to finish the TLS handshake unless
+/// `limits.handshake_timeout_secs` says otherwise.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
@@ -65,12 +70,26 @@ fn read_key(field: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, 
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| file_err(field, path, e))
 }
 
-/// A server config that demands a client certificate chained to `client_ca`
-/// and offers HTTP/2 only.
+static TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+static TLS13_AND_12: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// A server config that demands a client certificate chained to `client_ca`,
+/// speaks TLS 1.3 only and offers HTTP/2 only.
 pub fn server_config(
     cert: &Path,
     key: &Path,
     client_ca: &Path,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_with(cert, key, client_ca, TlsMinVersion::Tls13)
+}
+
+/// [`server_config`] with TLS 1.2 allowed if `min_version` says so.
+pub fn server_config_with(
+    cert: &Path,
+    key: &Path,
+    client_ca: &Path,
+    min_version: TlsMinVersion,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
@@ -83,7 +102,10 @@ pub fn server_config(
         .build()
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
     let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(match min_version {
+            TlsMinVersion::Tls13 => TLS13_ONLY,
+            TlsMinVersion::Tls12 => TLS13_AND_12,
+        })
         .map_err(|e| TlsError::Rustls(e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(read_certs("tls.cert", cert)?, read_key("tls.key", key)?)
@@ -101,31 +123,90 @@ pub struct Peer(Arc<PeerInner>);
 #[derive(Debug)]
 struct PeerInner {
     caller: Result<Arc<CallerId>, IdentityError>,
+    activity: Arc<ConnActivity>,
+    budget: Option<Arc<Semaphore>>,
+}
+
+/// The key connections are counted under: the caller, or one shared key
+/// for every certificate that names none.
+fn identity_key(caller: &Result<Arc<CallerId>, IdentityError>) -> String {
+    match caller {
+        Ok(id) => id.to_string(),
+        Err(_) => "(no identity)".to_owned(),
+    }
+}
+
+fn caller_of(
+    tls: &TlsStream<TcpStream>,
+    identity_from_cn: bool,
+) -> Result<Arc<CallerId>, IdentityError> {
+    tls.get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .ok_or(IdentityError::NoCertificate)
+        .and_then(|leaf| caller_from_cert_der_with(leaf, identity_from_cn))
+        .map(Arc::new)
 }
 
 impl Peer {
-    fn from_tls(tls: &TlsStream<TcpStream>) -> Self {
-        let caller = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|certs| certs.first())
-            .ok_or(IdentityError::NoCertificate)
-            .and_then(|leaf| caller_from_cert_der(leaf))
-            .map(Arc::new);
-        Self(Arc::new(PeerInner { caller }))
-    }
-
     /// The identity the client certificate names, or why it names none.
     pub fn caller(&self) -> Result<Arc<CallerId>, IdentityError> {
         self.0.caller.clone()
     }
+
+    /// The connection's open-stream counter.
+    pub fn activity(&self) -> Option<Arc<ConnActivity>> {
+        Some(self.0.activity.clone())
+    }
+
+    /// The identity's budget of request bytes (see [`crate::limits`]).
+    pub fn budget(&self) -> Option<Arc<Semaphore>> {
+        self.0.budget.clone()
+    }
 }
 
 /// A TLS connection that completed the mTLS handshake, with its [`Peer`].
+/// It holds its place under the connection caps until dropped, and reads
+/// end (EOF) once it has had no open stream for the idle timeout.
 pub struct PeerStream {
     tls: TlsStream<TcpStream>,
     peer: Peer,
+    idle: Option<IdleTimer>,
+    _connection: Option<OwnedSemaphorePermit>,
+    _identity: Option<IdentitySlot>,
+}
+
+struct IdleTimer {
+    timeout: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    expired: bool,
+}
+
+impl PeerStream {
+    /// Whether the idle timeout has passed with no stream open; re-arms the
+    /// timer otherwise. The timer's waker is the connection task's, which
+    /// always has a read pending, so it is polled when the timer fires.
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(idle) = &mut self.idle else {
+            return false;
+        };
+        while !idle.expired && idle.sleep.as_mut().poll(cx).is_ready() {
+            let now = tokio::time::Instant::now();
+            match self.peer.0.activity.idle_since() {
+                Some(since) if since.elapsed() >= idle.timeout => {
+                    tracing::debug!("closing a connection idle for limits.idle_timeout_secs");
+                    idle.expired = true;
+                }
+                Some(since) => {
+                    let left = idle.timeout.saturating_sub(since.elapsed());
+                    idle.sleep.as_mut().reset(now + left);
+                }
+                None => idle.sleep.as_mut().reset(now + idle.timeout),
+            }
+        }
+        idle.expired
+    }
 }
 
 impl tonic::transport::server::Connected for PeerStream {
@@ -142,6 +223,10 @@ impl AsyncRead for PeerStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if self.idle_expired(cx) {
+            // End of stream: hyper closes the connection.
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.tls).poll_read(cx, buf)
     }
 }
@@ -176,6 +261,35 @@ impl AsyncWrite for PeerStream {
     }
 }
 
+/// What the accept loop enforces (see [`crate::limits::Resolved`]).
+#[derive(Clone, Debug)]
+pub struct AcceptLimits {
+    pub max_connections: usize,
+    pub identities: Arc<Identities>,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Option<Duration>,
+    pub identity_from_cn: bool,
+    pub refusals: Arc<RefusalLog>,
+}
+
+impl Default for AcceptLimits {
+    /// The `[limits]` defaults, for callers without a config.
+    fn default() -> Self {
+        let d = crate::config::Limits::default();
+        Self {
+            max_connections: crate::limits::DEFAULT_MAX_CONNECTIONS,
+            identities: Identities::new(
+                d.max_connections_per_identity,
+                crate::limits::DEFAULT_REQUEST_BYTES_PER_IDENTITY,
+            ),
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            idle_timeout: Some(Duration::from_secs(d.idle_timeout_secs)),
+            identity_from_cn: true,
+            refusals: Arc::new(RefusalLog::new(d.refusal_log_lines_per_minute)),
+        }
+    }
+}
+
 /// Accepts TCP connections and completes TLS handshakes concurrently; only
 /// connections that presented a valid client certificate come out of the
 /// stream. Abort the returned task to stop accepting.
@@ -186,14 +300,45 @@ pub fn incoming(
     ReceiverStream<Result<PeerStream, std::io::Error>>,
     JoinHandle<()>,
 ) {
+    incoming_with(listener, config, AcceptLimits::default())
+}
+
+/// [`incoming`] under explicit limits. At `max_connections` open (TLS
+/// handshakes included), a new TCP connection is closed at once; a
+/// connection whose identity already holds its
+/// `limits.max_connections_per_identity` is closed right after the
+/// handshake. Refusals are logged at most
+/// `limits.refusal_log_lines_per_minute` times a minute.
+pub fn incoming_with(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    limits: AcceptLimits,
+) -> (
+    ReceiverStream<Result<PeerStream, std::io::Error>>,
+    JoinHandle<()>,
+) {
     let acceptor = TlsAcceptor::from(config);
     let (tx, rx) = mpsc::channel(256);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let task = tokio::spawn(async move {
+        let mut report = tokio::time::interval(Duration::from_secs(60));
+        report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let (tcp, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = report.tick() => {
+                    let not_logged = limits.refusals.take_suppressed();
+                    if not_logged > 0 {
+                        tracing::info!(not_logged, "refused connections not logged in the last minute");
+                    }
+                    continue;
+                }
+            };
+            let (tcp, peer) = match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    // EMFILE and the like: wait for descriptors to come back.
+                    crate::log_refusal!(limits.refusals, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -201,18 +346,68 @@ pub fn incoming(
             if tx.is_closed() {
                 break;
             }
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                drop(tcp);
+                crate::log_refusal!(
+                    limits.refusals,
+                    %peer,
+                    max_connections = limits.max_connections,
+                    "connection refused: limits.max_connections reached"
+                );
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let limits = limits.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        let peer = Peer::from_tls(&tls);
-                        let _ = tx.send(Ok(PeerStream { tls, peer })).await;
+                let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        crate::log_refusal!(limits.refusals, %peer, error = %e, "TLS handshake refused");
+                        return;
                     }
-                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake refused"),
-                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
-                }
+                    Err(_) => {
+                        crate::log_refusal!(limits.refusals, %peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let caller = caller_of(&tls, limits.identity_from_cn);
+                let key = identity_key(&caller);
+                let identity = match limits.identities.enter(&key) {
+                    Ok(identity) => identity,
+                    Err(open) => {
+                        crate::log_refusal!(
+                            limits.refusals,
+                            %peer,
+                            identity = %key,
+                            open,
+                            "connection refused: limits.max_connections_per_identity reached"
+                        );
+                        return;
+                    }
+                };
+                let peer = Peer(Arc::new(PeerInner {
+                    caller,
+                    activity: Arc::new(ConnActivity::default()),
+                    budget: Some(identity.budget()),
+                }));
+                let idle = limits.idle_timeout.map(|timeout| IdleTimer {
+                    timeout,
+                    sleep: Box::pin(tokio::time::sleep(timeout)),
+                    expired: false,
+                });
+                let _ = tx
+                    .send(Ok(PeerStream {
+                        tls,
+                        peer,
+                        idle,
+                        _connection: Some(slot),
+                        _identity: Some(identity),
+                    }))
+                    .await;
             });
         }
     });

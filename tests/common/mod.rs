@@ -166,6 +166,9 @@ impl TestVault {
                 client_ca: pki.dir.join("ca.pem"),
             },
             master_key: MasterKeySource::File(master),
+            tls_options: Default::default(),
+            reflection: true,
+            limits: Default::default(),
         };
         adjust(&mut config);
         let server = bounded(

@@ -95,6 +95,24 @@ pub fn start_with_config_and_file_limit(
     spawn(command, "info", log_path)
 }
 
+/// Like [`start_with_config`], under an open-file limit (RLIMIT_NOFILE, set
+/// by `ulimit -n` in a shell that then execs the server).
+pub fn start_with_config_and_open_file_limit(
+    config: &Path,
+    log_path: &Path,
+    max_open_files: u64,
+) -> Result<ServerProcess, String> {
+    let mut command = Command::new("/bin/sh");
+    command
+        .arg("-c")
+        .arg(r#"ulimit -n "$1" || exit 1; shift; exec "$@""#)
+        .arg("sh")
+        .arg(max_open_files.to_string())
+        .arg(BIN)
+        .args(["serve", "--config", config.to_str().unwrap()]);
+    spawn(command, "info", log_path)
+}
+
 fn start(args: &[&str], log_level: &str, log_path: &Path) -> Result<ServerProcess, String> {
     let mut command = Command::new(BIN);
     command.args(args);
@@ -159,6 +177,11 @@ fn spawn(mut command: Command, log_level: &str, log_path: &Path) -> Result<Serve
 }
 
 impl ServerProcess {
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
