@@ -139,6 +139,7 @@ pub async fn start(
             max_batch_items: config.max_batch_items,
             default_region: config.default_phone_region,
             token_modes: config.token_modes,
+            explicit_kind_denials: config.explicit_kind_denials,
         },
     ));
 

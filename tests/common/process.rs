@@ -70,6 +70,24 @@ pub fn start_with_config_and_file_limit(
     spawn(command, "info", log_path)
 }
 
+/// Like [`start_with_config`], but the server starts under `umask` (set by
+/// a shell that then execs the server), as a service started by hand would.
+pub fn start_with_config_under_umask(
+    config: &Path,
+    log_path: &Path,
+    umask: &str,
+) -> Result<ServerProcess, String> {
+    let mut command = Command::new("/bin/sh");
+    command
+        .arg("-c")
+        .arg(r#"umask "$1" || exit 1; shift; exec "$@""#)
+        .arg("sh")
+        .arg(umask)
+        .arg(BIN)
+        .args(["serve", "--config", config.to_str().unwrap()]);
+    spawn(command, "info", log_path)
+}
+
 fn start(args: &[&str], log_level: &str, log_path: &Path) -> Result<ServerProcess, String> {
     let mut command = Command::new(BIN);
     command.args(args);
