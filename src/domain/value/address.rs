@@ -389,6 +389,41 @@ mod tests {
     }
 
     #[test]
+    fn a_worst_case_structured_address_is_encoded_without_growing_its_buffer() {
+        // Every part at its longest and made of the one character JSON
+        // escapes: a reallocation would leave an unwiped copy behind.
+        let quotes = "\"".repeat(MAX_PART_BYTES);
+        let mut a = Address::default();
+        a.country = "AQ".into();
+        for part in [
+            &mut a.region,
+            &mut a.city,
+            &mut a.district,
+            &mut a.postal_code,
+            &mut a.recipient,
+        ] {
+            *part = quotes.clone();
+        }
+        a.street_lines = vec![quotes.clone(); MAX_STREET_LINES];
+        let canonical = canonical_structured(&a).unwrap_or_else(|e| panic!("{e}"));
+        let text_bytes = 2 + 5 * MAX_PART_BYTES + MAX_STREET_LINES * MAX_PART_BYTES;
+        let encoded = encode_structured(&canonical).unwrap_or_else(|e| panic!("{e}"));
+        assert!(encoded.len() > 2 * (text_bytes - 2), "{}", encoded.len());
+        assert_eq!(encoded.capacity(), 2 + 2 * text_bytes + 512);
+    }
+
+    #[test]
+    fn wiped_strings_keep_their_text_as_they_grow() {
+        let mut s = WipedString::with_capacity(1);
+        for i in 0..100 {
+            s.push_str(&i.to_string());
+            s.push('\u{00FC}');
+        }
+        let expected: String = (0..100).map(|i| format!("{i}\u{00FC}")).collect();
+        assert_eq!(s.as_str(), expected);
+    }
+
+    #[test]
     fn one_line_and_masked_forms() {
         let mut raw = structured("US", "Springfield", "00000");
         raw.recipient = "Test Person".into();
