@@ -9,7 +9,8 @@
 //! - Everything the server creates is owner-only: [`restrict_umask`] sets
 //!   the process umask to 077 (sled creates its own files and snapshots),
 //!   the data dir and the store dir are created 0700 (and tightened to 0700
-//!   if they exist with more), and [`tighten_tree`] makes every file under
+//!   if they exist with more: the data dir only when it is plainly
+//!   fieldvault's, see [`ensure_private_dir`]), and [`tighten_tree`] makes every file under
 //!   the store 0600 and every directory 0700, for stores written by an
 //!   earlier version under a looser umask.
 
@@ -134,8 +135,8 @@ pub fn prepare_for_start(config: &crate::config::Config) -> Result<(), PermError
     ] {
         open_checked(setting, path, access)?;
     }
-    ensure_private_dir("data_dir", &config.data_dir)?;
-    ensure_private_dir("data_dir", &config.store_dir())
+    ensure_private_dir("data_dir", &config.data_dir, Some("store"))?;
+    ensure_private_dir("data_dir", &config.store_dir(), None)
 }
 
 /// Sets the process umask to 077, so every file the server (and sled,
@@ -150,7 +151,16 @@ pub fn restrict_umask() -> u32 {
 /// to 0700 if group or others have any access to it. The directories
 /// fieldvault owns (the data dir, the store) hold ciphertext, wrapped keys
 /// and the blind index: nobody else needs to list them.
-pub fn ensure_private_dir(setting: &'static str, dir: &Path) -> Result<(), PermError> {
+///
+/// An existing directory is only changed when it is plainly fieldvault's:
+/// empty, or already holding the store (`marker`). Anything else (a data
+/// dir pointed at a shared directory by mistake) is refused with the
+/// `chmod` to run, rather than changed under other programs' feet.
+pub fn ensure_private_dir(
+    setting: &'static str,
+    dir: &Path,
+    marker: Option<&str>,
+) -> Result<(), PermError> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -159,16 +169,52 @@ pub fn ensure_private_dir(setting: &'static str, dir: &Path) -> Result<(), PermE
     let mode = std::fs::metadata(dir)
         .map_err(io_error(setting, dir))?
         .mode();
-    if mode & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(io_error(setting, dir))?;
-        tracing::warn!(
-            setting,
-            path = %dir.display(),
-            old_mode = format_args!("{:04o}", mode & 0o7777),
-            "directory was open to group or others; set it to 0700"
-        );
+    if mode & 0o077 == 0 {
+        return Ok(());
     }
+    let ours = match marker {
+        None => true,
+        Some(marker) => {
+            dir.join(marker).is_dir()
+                || std::fs::read_dir(dir)
+                    .map_err(io_error(setting, dir))?
+                    .next()
+                    .is_none()
+        }
+    };
+    let refused = || {
+        check_mode(setting, dir, mode, Access::OwnerOnly).map_err(|e| match e {
+            PermError::Mode {
+                setting,
+                path,
+                mode,
+                access,
+                who,
+                ..
+            } => PermError::Mode {
+                setting,
+                path,
+                mode,
+                access,
+                who,
+                fix: "700",
+            },
+            other => other,
+        })
+    };
+    if !ours {
+        return refused();
+    }
+    if std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).is_err() {
+        // Not ours to change (another owner): say what to run.
+        return refused();
+    }
+    tracing::warn!(
+        setting,
+        path = %dir.display(),
+        old_mode = format_args!("{:04o}", mode & 0o7777),
+        "directory was open to group or others; set it to 0700"
+    );
     Ok(())
 }
 
@@ -275,6 +321,46 @@ mod tests {
         let text = read_checked("policy_file", &path, Access::NoOtherWrites)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(text, "version = 1\n");
+    }
+
+    #[test]
+    fn a_data_dir_is_tightened_when_it_is_fieldvaults_and_refused_otherwise() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mode = |p: &Path| {
+            std::fs::metadata(p)
+                .map(|m| m.mode() & 0o777)
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let set = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m))
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        // Missing: created 0700 (parents too).
+        let new = tmp.path().join("a/b");
+        assert!(ensure_private_dir("data_dir", &new, Some("store")).is_ok());
+        assert_eq!(mode(&new), 0o700);
+        // Empty, or holding a store: tightened.
+        set(&new, 0o755);
+        assert!(ensure_private_dir("data_dir", &new, Some("store")).is_ok());
+        assert_eq!(mode(&new), 0o700);
+        std::fs::create_dir(new.join("store")).unwrap_or_else(|e| panic!("{e}"));
+        set(&new, 0o750);
+        assert!(ensure_private_dir("data_dir", &new, Some("store")).is_ok());
+        assert_eq!(mode(&new), 0o700);
+        // Holding something else: refused, untouched.
+        let shared = tmp.path().join("shared");
+        std::fs::create_dir(&shared).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(shared.join("other"), b"x").unwrap_or_else(|e| panic!("{e}"));
+        set(&shared, 0o755);
+        let err = ensure_private_dir("data_dir", &shared, Some("store"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("mode 0755 is readable by group and others; run: chmod 700"),
+            "{err}"
+        );
+        assert_eq!(mode(&shared), 0o755);
     }
 
     #[test]
