@@ -97,14 +97,25 @@ mod tests {
         let path = dir.path().join("master.key");
         let key = MasterKey::generate();
         std::fs::write(&path, key.to_hex().as_bytes()).unwrap_or_else(|e| panic!("{e}"));
-        for mode in [0o644, 0o640, 0o604, 0o660] {
+        // The same message, from the same helper, as for the TLS key.
+        for (mode, what) in [
+            (0o644, "readable by group and others"),
+            (0o640, "readable by group"),
+            (0o604, "readable by others"),
+            (0o660, "readable and writable by group"),
+            (0o620, "writable by group"),
+        ] {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
                 .unwrap_or_else(|e| panic!("{e}"));
             let err = MasterKey::from_file(&path)
                 .err()
                 .map(|e| e.to_string())
                 .unwrap_or_default();
-            assert!(err.contains("chmod 600"), "mode {mode:o}: {err}");
+            let shown = path.display();
+            assert_eq!(
+                err,
+                format!("file {shown}: mode {mode:04o} is {what}; run: chmod 600 {shown}")
+            );
         }
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .unwrap_or_else(|e| panic!("{e}"));
