@@ -223,7 +223,7 @@ async fn the_server_refuses_a_policy_ca_or_key_file_others_can_change_or_read() 
     ];
     for (setting, path, mode, expected) in cases {
         set_mode(&path, mode);
-        let err = app::start(&config, &no_env)
+        let err = bounded("start", app::start(&config, &no_env))
             .await
             .err()
             .unwrap()
@@ -237,13 +237,15 @@ async fn the_server_refuses_a_policy_ca_or_key_file_others_can_change_or_read() 
     }
     // A policy others may read (but not change) is fine.
     set_mode(&config.policy_file, 0o644);
-    let server = app::start(&config, &no_env).await.unwrap();
-    server.shutdown().await.unwrap();
+    let server = bounded("start", app::start(&config, &no_env))
+        .await
+        .unwrap();
+    bounded("shutdown", server.shutdown()).await.unwrap();
 }
 
 /// Detokenizes one token as support for "callback" and returns its error.
 async fn refusal(vault: &TestVault, token: &str) -> tonic_types::Status {
-    let mut support = vault.client("support").await;
+    let mut support = bounded("connect", vault.client("support")).await;
     let got = bounded(
         "detokenize",
         detokenize(&mut support, "callback", &[token.to_owned()]),
@@ -254,7 +256,7 @@ async fn refusal(vault: &TestVault, token: &str) -> tonic_types::Status {
 }
 
 async fn national_id_token(vault: &TestVault) -> String {
-    let mut orders = vault.client("orders").await;
+    let mut orders = bounded("connect", vault.client("orders")).await;
     let fields = vec![national_id(NationalIdScheme::CnRic, "11010519491231002X")];
     bounded("tokenize", tokens_for(&mut orders, fields))
         .await
