@@ -24,10 +24,10 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("{0} (is this the right master key for this data_dir?)")]
     Keyring(#[from] KeyringSetupError),
-    #[error("policy_file {path}: {reason}")]
-    PolicyRead { path: String, reason: String },
     #[error("policy_file: {0}")]
     Policy(#[from] PolicyError),
+    #[error("{0}")]
+    Files(#[from] crate::fsperm::PermError),
     #[error("audit_log: {0}")]
     Audit(#[from] crate::audit::AuditError),
     #[error("{0}")]
@@ -139,12 +139,13 @@ pub async fn start(
     config: &Config,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Server, StartError> {
+    crate::fsperm::prepare_for_start(config)?;
     let master = load_master_key(&config.master_key, env)?;
-    let policy_text =
-        std::fs::read_to_string(&config.policy_file).map_err(|e| StartError::PolicyRead {
-            path: config.policy_file.display().to_string(),
-            reason: e.to_string(),
-        })?;
+    let policy_text = crate::fsperm::read_checked(
+        "policy_file",
+        &config.policy_file,
+        crate::fsperm::Access::NoOtherWrites,
+    )?;
     let policy = Policy::from_toml(&policy_text)?;
     crate::domain::value::warm_up();
     let limits = crate::limits::Resolved::new(config, crate::limits::nofile_soft_limit())?;
@@ -158,6 +159,8 @@ pub async fn start(
         path: config.store_dir(),
         cache_capacity_bytes: config.cache_capacity_mib * 1024 * 1024,
     })?;
+    // Files an earlier run made under a looser umask become owner-only.
+    crate::fsperm::tighten_tree("data_dir", &config.store_dir())?;
     let keyring = open_keyring(&store, &master).await?;
     drop(master);
     let audit = FileAuditLog::open(&config.audit_log).await?;
@@ -170,6 +173,7 @@ pub async fn start(
             max_batch_items: config.max_batch_items,
             default_region: config.default_phone_region,
             token_modes: config.token_modes,
+            explicit_kind_denials: config.explicit_kind_denials,
         },
     ));
 

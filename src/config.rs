@@ -10,6 +10,8 @@
 //! cache_capacity_mib = 16                 # optional, sled page cache bound
 //! default_phone_region = "US"             # optional: reads national-format numbers
 //! reflection = true                       # optional: gRPC server reflection
+//! explicit_kind_denials = false           # optional: true tells a caller which kind
+//!                                         # it may not see (default: "no record")
 //!
 //! [token_modes]                           # optional, per kind: "random" (default)
 //! phone = "deterministic"                 # or "deterministic"
@@ -55,6 +57,10 @@ pub struct Config {
     pub cache_capacity_mib: u64,
     pub default_phone_region: Option<PhoneRegion>,
     pub token_modes: TokenModes,
+    /// Detokenize answers a token of a kind the caller may not see with
+    /// PERMISSION_DENIED naming the kind (true) or exactly as an unknown
+    /// token (false, the default: no existence or kind oracle).
+    pub explicit_kind_denials: bool,
     pub tls: TlsPaths,
     pub master_key: MasterKeySource,
     /// `[tls]` settings besides the paths.
@@ -198,6 +204,8 @@ struct RawConfig {
     default_phone_region: Option<String>,
     #[serde(default)]
     token_modes: RawTokenModes,
+    #[serde(default)]
+    explicit_kind_denials: bool,
     tls: Option<RawTls>,
     master_key: Option<RawMasterKey>,
     reflection: Option<bool>,
@@ -475,6 +483,7 @@ impl Config {
                 national_id: m.national_id,
                 email: m.email,
             },
+            explicit_kind_denials: raw.explicit_kind_denials,
             policy_file: raw.policy_file.ok_or_else(|| missing("policy_file"))?,
             audit_log: raw.audit_log.ok_or_else(|| missing("audit_log"))?,
             max_batch_items,
@@ -530,6 +539,10 @@ env = "FIELDVAULT_MASTER_KEY"
         assert_eq!(c.store_dir(), PathBuf::from("/var/lib/fieldvault/store"));
         assert_eq!(c.token_modes, TokenModes::default());
         assert_eq!(c.default_phone_region, None);
+        assert!(!c.explicit_kind_denials);
+        let text = format!("explicit_kind_denials = true\n{FULL}");
+        let c = Config::from_toml(&text, &no_env).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.explicit_kind_denials);
     }
 
     #[test]

@@ -99,6 +99,7 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<(Config, bool), De
         cache_capacity_mib: DEFAULT_CACHE_CAPACITY_MIB,
         default_phone_region: None,
         token_modes: TokenModes::default(),
+        explicit_kind_denials: false,
         tls: TlsPaths {
             cert: dir.join("server.pem"),
             key: dir.join("server.key"),

@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod dev;
 pub mod devpki;
 pub mod domain;
+pub mod fsperm;
 pub mod grpc;
 pub mod identity;
 pub mod limits;

@@ -207,6 +207,49 @@ async fn invalid_values_fail_per_item_with_a_bad_request_naming_the_field() {
     }
 }
 
+#[tokio::test]
+async fn bidi_controls_and_broken_email_domains_fail_per_item_naming_the_field() {
+    let vault = start(TokenMode::Random).await;
+    let mut orders = vault.client("orders").await;
+    let mut city_with_override = structured_address();
+    if let Some(a) = city_with_override.address.as_mut() {
+        a.city = "Spring\u{202E}dleif".into();
+    }
+    let got = tokenize(
+        &mut orders,
+        vec![
+            field(FieldKind::Address, "17 Fakestreet\u{2067} Lane, ZZ"),
+            city_with_override,
+            field(FieldKind::Email, "test\u{202D}user@example.com"),
+            field(FieldKind::Email, "testuser@-x-.com"),
+            phone("+1 202-555-0142", "US"),
+        ],
+    )
+    .await
+    .unwrap();
+    let expect = [
+        (0, "fields[0].value", "bidirectional"),
+        (1, "fields[1].address.city", "bidirectional"),
+        (2, "fields[2].value", "bidirectional"),
+        (3, "fields[3].value", "starts or ends with '-'"),
+    ];
+    for (i, path, words) in expect {
+        let e = got[i].as_ref().unwrap_err();
+        assert_eq!(code(e), Code::InvalidArgument, "{}", e.message);
+        assert!(
+            e.message.starts_with(path) && e.message.contains(words),
+            "{}",
+            e.message
+        );
+        let bad = e.get_details_bad_request().expect("a BadRequest detail");
+        assert_eq!(bad.field_violations[0].field, path);
+        for secret in ["Fakestreet", "Spring", "testuser", "-x-", "user@"] {
+            assert!(!e.message.contains(secret), "{}", e.message);
+        }
+    }
+    assert!(got[4].is_ok(), "{:?}", got[4]);
+}
+
 fn structured_address() -> pb::Field {
     pb::Field {
         address: Some(pb::PostalAddress {

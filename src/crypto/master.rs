@@ -13,8 +13,9 @@ pub enum MasterKeyError {
         path: String,
         source: std::io::Error,
     },
-    #[error("master key file {path} is readable or writable by group or others (mode {mode:o}); run: chmod 600 {path}")]
-    Permissions { path: String, mode: u32 },
+    /// Open to group or others, or unreadable.
+    #[error("{0}")]
+    File(#[from] crate::fsperm::PermError),
     #[error("master key {origin}: expected 64 hex characters (32 bytes)")]
     Format { origin: String },
 }
@@ -39,29 +40,34 @@ impl MasterKey {
     }
 
     /// Reads a key file written by [`MasterKey::to_hex`]. Refuses a file that
-    /// group or others can access.
+    /// group or others can access. The file is opened once: its mode is
+    /// checked on that handle and the key read from it, so the file checked
+    /// is the file read. The text lands in a fixed, wiped buffer (no
+    /// reallocation leaves a copy behind).
     pub fn from_file(path: &Path) -> Result<Self, MasterKeyError> {
-        let shown = path.display().to_string();
-        let read_err = |source| MasterKeyError::Read {
-            path: shown.clone(),
-            source,
-        };
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(path)
-                .map_err(read_err)?
-                .permissions()
-                .mode();
-            if mode & 0o077 != 0 {
-                return Err(MasterKeyError::Permissions {
-                    path: shown,
-                    mode: mode & 0o777,
-                });
+        use std::io::Read;
+        let mut file = crate::fsperm::open_checked("file", path, crate::fsperm::Access::OwnerOnly)?;
+        // 64 hex characters and a little whitespace; anything longer is not
+        // a key file.
+        let mut buf = Zeroizing::new([0u8; 256]);
+        let mut len = 0;
+        while len < buf.len() {
+            let n = file
+                .read(&mut buf[len..])
+                .map_err(|source| MasterKeyError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            if n == 0 {
+                break;
             }
+            len += n;
         }
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(read_err)?);
-        Self::from_hex(&text, &format!("file {shown}"))
+        let origin = format!("file {}", path.display());
+        let text = std::str::from_utf8(&buf[..len]).map_err(|_| MasterKeyError::Format {
+            origin: origin.clone(),
+        })?;
+        Self::from_hex(text, &origin)
     }
 
     /// Hex form, for writing a new key file.
@@ -91,19 +97,66 @@ mod tests {
         let path = dir.path().join("master.key");
         let key = MasterKey::generate();
         std::fs::write(&path, key.to_hex().as_bytes()).unwrap_or_else(|e| panic!("{e}"));
-        for mode in [0o644, 0o640, 0o604, 0o660] {
+        // The same message, from the same helper, as for the TLS key.
+        for (mode, what) in [
+            (0o644, "readable by group and others"),
+            (0o640, "readable by group"),
+            (0o604, "readable by others"),
+            (0o660, "readable and writable by group"),
+            (0o620, "writable by group"),
+        ] {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
                 .unwrap_or_else(|e| panic!("{e}"));
             let err = MasterKey::from_file(&path)
                 .err()
                 .map(|e| e.to_string())
                 .unwrap_or_default();
-            assert!(err.contains("chmod 600"), "mode {mode:o}: {err}");
+            let shown = path.display();
+            assert_eq!(
+                err,
+                format!("file {shown}: mode {mode:04o} is {what}; run: chmod 600 {shown}")
+            );
         }
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .unwrap_or_else(|e| panic!("{e}"));
         let loaded = MasterKey::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(loaded.bytes(), key.bytes());
+    }
+
+    #[test]
+    fn a_key_file_is_read_whole_with_its_newline_and_an_oversized_one_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("master.key");
+        let key = MasterKey::generate();
+        let write = |text: &[u8]| {
+            std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400))
+                .unwrap_or_else(|e| panic!("{e}"));
+        };
+        write(format!("{}\n", key.to_hex().as_str()).as_bytes());
+        let loaded = MasterKey::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(loaded.bytes(), key.bytes());
+        std::fs::remove_file(&path).unwrap_or_else(|e| panic!("{e}"));
+        // The key followed by 300 more hex characters: not a key file, and
+        // not echoed.
+        let long = format!("{}{}", key.to_hex().as_str(), "ab".repeat(150));
+        write(long.as_bytes());
+        let err = MasterKey::from_file(&path)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("64 hex characters") && !err.contains(&key.to_hex()[..16]),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_aes_key_schedule_is_wiped_on_drop() {
+        // Compiles only when `aes` is built with its `zeroize` feature.
+        fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        wiped_on_drop::<aes::Aes256>();
     }
 
     #[test]

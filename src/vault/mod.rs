@@ -38,6 +38,11 @@ pub struct Settings {
     /// Reads national-format phone numbers sent without a region.
     pub default_region: Option<PhoneRegion>,
     pub token_modes: TokenModes,
+    /// Whether detokenize tells a caller that a token exists but holds a
+    /// kind it may not see (PERMISSION_DENIED naming the kind). Off by
+    /// default: such a token is answered exactly as an unknown one, and only
+    /// the audit log records the truth.
+    pub explicit_kind_denials: bool,
 }
 
 impl Default for Settings {
@@ -46,6 +51,7 @@ impl Default for Settings {
             max_batch_items: 1000,
             default_region: None,
             token_modes: TokenModes::default(),
+            explicit_kind_denials: false,
         }
     }
 }
@@ -399,6 +405,15 @@ impl Vault {
                 Err(e) => e.audit_code(),
             };
             event.items.push(item);
+            // The audit item above keeps the truth (kind, permission_denied);
+            // the caller learns no more than for a token that does not exist,
+            // unless the deployment asks for explicit denials.
+            let outcome = match outcome {
+                Err(ItemError::PermissionDenied(_)) if !self.settings.explicit_kind_denials => {
+                    Err(ItemError::NotFound)
+                }
+                other => other,
+            };
             results.push(outcome);
         }
 

@@ -160,6 +160,7 @@ impl TestVault {
             cache_capacity_mib: 16,
             default_phone_region: None,
             token_modes: Default::default(),
+            explicit_kind_denials: false,
             tls: TlsPaths {
                 cert: pki.dir.join("server.pem"),
                 key: pki.dir.join("server.key"),

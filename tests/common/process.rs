@@ -102,12 +102,43 @@ pub fn start_with_config_and_open_file_limit(
     log_path: &Path,
     max_open_files: u64,
 ) -> Result<ServerProcess, String> {
+    start_in_shell(
+        r#"ulimit -n "$1" || exit 1; shift; exec "$@""#,
+        &max_open_files.to_string(),
+        config,
+        log_path,
+    )
+}
+
+/// Like [`start_with_config`], but the server starts under `umask` (set by
+/// a shell that then execs the server), as a service started by hand would.
+pub fn start_with_config_under_umask(
+    config: &Path,
+    log_path: &Path,
+    umask: &str,
+) -> Result<ServerProcess, String> {
+    start_in_shell(
+        r#"umask "$1" || exit 1; shift; exec "$@""#,
+        umask,
+        config,
+        log_path,
+    )
+}
+
+/// Runs `script` in `/bin/sh` with `arg` as `$1`, then the server's command
+/// line, which the script execs.
+fn start_in_shell(
+    script: &str,
+    arg: &str,
+    config: &Path,
+    log_path: &Path,
+) -> Result<ServerProcess, String> {
     let mut command = Command::new("/bin/sh");
     command
         .arg("-c")
-        .arg(r#"ulimit -n "$1" || exit 1; shift; exec "$@""#)
+        .arg(script)
         .arg("sh")
-        .arg(max_open_files.to_string())
+        .arg(arg)
         .arg(BIN)
         .args(["serve", "--config", config.to_str().unwrap()]);
     spawn(command, "info", log_path)

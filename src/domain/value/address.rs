@@ -7,11 +7,11 @@
 //! normalised: street names, abbreviations ("St" vs "Street"), the order of
 //! parts in a free-form address, transliteration between scripts.
 
-use super::ValueError;
+use super::{is_bidi_control, ValueError, WipedString, BIDI_REASON};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use unicode_normalization::UnicodeNormalization;
-use zeroize::{Zeroize, ZeroizeOnDrop};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 /// The most street lines a structured address may carry.
 pub const MAX_STREET_LINES: usize = 8;
@@ -77,21 +77,72 @@ impl Address {
     }
 }
 
-/// NFKC, trimmed, whitespace collapsed; refuses control characters and
-/// over-long parts.
-pub(super) fn normalise_text(field: &'static str, raw: &str) -> Result<String, ValueError> {
+/// NFKC, trimmed, whitespace collapsed; refuses control characters,
+/// bidirectional overrides and isolates, and over-long parts. Built in
+/// wiped memory.
+pub(super) fn normalise_text(
+    field: &'static str,
+    raw: &str,
+) -> Result<Zeroizing<String>, ValueError> {
     if raw.chars().any(|c| c.is_control() && !c.is_whitespace()) {
         return Err(ValueError::new(field, "holds control characters"));
     }
-    let nfkc: String = raw.nfkc().collect();
-    let out = nfkc.split_whitespace().collect::<Vec<_>>().join(" ");
-    if out.len() > MAX_PART_BYTES {
+    let mut nfkc = WipedString::with_capacity(raw.len());
+    for c in raw.nfkc() {
+        nfkc.push(c);
+    }
+    if nfkc.as_str().chars().any(is_bidi_control) {
+        return Err(ValueError::new(field, BIDI_REASON));
+    }
+    let mut out = WipedString::with_capacity(nfkc.as_str().len());
+    for (i, word) in nfkc.as_str().split_whitespace().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    if out.as_str().len() > MAX_PART_BYTES {
         return Err(ValueError::new(
             field,
             format!("is longer than {MAX_PART_BYTES} bytes"),
         ));
     }
-    Ok(out)
+    Ok(out.into_zeroizing())
+}
+
+/// `a`, `sep`, `b` in one exactly sized allocation (`format!` may grow and
+/// leave an unwiped copy behind).
+fn joined(a: &str, sep: &str, b: &str) -> String {
+    let mut out = WipedString::with_capacity(a.len() + sep.len() + b.len());
+    out.push_str(a);
+    out.push_str(sep);
+    out.push_str(b);
+    out.into_string()
+}
+
+/// The sealed encoding of a structured address: `s:` and its JSON, written
+/// into one wiped buffer sized for the worst case.
+pub(super) fn encode_structured(address: &Address) -> Result<String, ValueError> {
+    let text_bytes: usize = [
+        &address.country,
+        &address.region,
+        &address.city,
+        &address.district,
+        &address.postal_code,
+        &address.recipient,
+    ]
+    .iter()
+    .map(|s| s.len())
+    .chain(address.street_lines.iter().map(String::len))
+    .sum();
+    // JSON escapes at most double a text (control characters are refused,
+    // so only `"` and `\` are escaped); keys and punctuation take < 512.
+    let mut buf = Zeroizing::new(Vec::with_capacity(2 + 2 * text_bytes + 512));
+    buf.extend_from_slice(b"s:");
+    serde_json::to_writer(&mut *buf, address)
+        .map_err(|_| ValueError::new("address", "cannot be encoded"))?;
+    String::from_utf8(std::mem::take(&mut *buf))
+        .map_err(|_| ValueError::new("address", "cannot be encoded"))
 }
 
 /// ISO 3166 alpha-2 from alpha-2, alpha-3 or the English short name.
@@ -119,11 +170,19 @@ pub(super) fn country_code(raw: &str) -> Result<String, ValueError> {
 /// for other countries the normalised text is kept as given (upper-cased).
 /// Checked: US, CN, IN, DE, FR, ES, IT, BR, JP, GB, CA, NL, HK (none issued).
 pub(super) fn postal_code(country: &str, raw: &str) -> Result<String, ValueError> {
-    let upper = raw.to_uppercase();
-    let compact: String = upper
+    let mut upper = WipedString::with_capacity(raw.len());
+    for c in raw.chars().flat_map(char::to_uppercase) {
+        upper.push(c);
+    }
+    let mut compact = WipedString::with_capacity(raw.len());
+    for c in upper
+        .as_str()
         .chars()
         .filter(|c| !c.is_whitespace() && *c != '-')
-        .collect();
+    {
+        compact.push(c);
+    }
+    let compact = compact.as_str();
     let all_digits = |s: &str, n: usize| s.len() == n && s.chars().all(|c| c.is_ascii_digit());
     let bad = |format: &str| {
         ValueError::new(
@@ -133,28 +192,28 @@ pub(super) fn postal_code(country: &str, raw: &str) -> Result<String, ValueError
     };
     match country {
         "US" => {
-            if all_digits(&compact, 5) {
-                Ok(compact)
-            } else if all_digits(&compact, 9) {
-                Ok(format!("{}-{}", &compact[..5], &compact[5..]))
+            if all_digits(compact, 5) {
+                Ok(compact.to_owned())
+            } else if all_digits(compact, 9) {
+                Ok(joined(&compact[..5], "-", &compact[5..]))
             } else {
                 Err(bad("5 digits or ZIP+4"))
             }
         }
-        "CN" | "IN" if !all_digits(&compact, 6) => Err(bad("6 digits")),
+        "CN" | "IN" if !all_digits(compact, 6) => Err(bad("6 digits")),
         "IN" if compact.starts_with('0') => Err(bad("6 digits, not starting with 0")),
-        "CN" | "IN" => Ok(compact),
-        "DE" | "FR" | "ES" | "IT" if !all_digits(&compact, 5) => Err(bad("5 digits")),
-        "DE" | "FR" | "ES" | "IT" => Ok(compact),
-        "BR" if all_digits(&compact, 8) => Ok(format!("{}-{}", &compact[..5], &compact[5..])),
+        "CN" | "IN" => Ok(compact.to_owned()),
+        "DE" | "FR" | "ES" | "IT" if !all_digits(compact, 5) => Err(bad("5 digits")),
+        "DE" | "FR" | "ES" | "IT" => Ok(compact.to_owned()),
+        "BR" if all_digits(compact, 8) => Ok(joined(&compact[..5], "-", &compact[5..])),
         "BR" => Err(bad("8 digits, NNNNN-NNN")),
-        "JP" if all_digits(&compact, 7) => Ok(format!("{}-{}", &compact[..3], &compact[3..])),
+        "JP" if all_digits(compact, 7) => Ok(joined(&compact[..3], "-", &compact[3..])),
         "JP" => Err(bad("7 digits, NNN-NNNN")),
         "NL" if compact.len() == 6
             && all_digits(&compact[..4], 4)
             && compact[4..].chars().all(|c| c.is_ascii_uppercase()) =>
         {
-            Ok(format!("{} {}", &compact[..4], &compact[4..]))
+            Ok(joined(&compact[..4], " ", &compact[4..]))
         }
         "NL" => Err(bad("4 digits and 2 letters")),
         "CA" => {
@@ -168,7 +227,7 @@ pub(super) fn postal_code(country: &str, raw: &str) -> Result<String, ValueError
                     }
                 });
             if shape {
-                Ok(format!("{} {}", &compact[..3], &compact[3..]))
+                Ok(joined(&compact[..3], " ", &compact[3..]))
             } else {
                 Err(bad("A1A 1A1"))
             }
@@ -187,13 +246,13 @@ pub(super) fn postal_code(country: &str, raw: &str) -> Result<String, ValueError
                 && outward.chars().all(|c| c.is_ascii_alphanumeric())
                 && outward.chars().any(|c| c.is_ascii_digit());
             if inward_ok && outward_ok {
-                Ok(format!("{outward} {}", &compact[n - 3..]))
+                Ok(joined(outward, " ", &compact[n - 3..]))
             } else {
                 Err(bad("like SW1A 1AA"))
             }
         }
         "HK" if !compact.is_empty() => Err(bad("Hong Kong has no postal codes; leave it empty")),
-        _ => Ok(upper),
+        _ => Ok(upper.into_string()),
     }
 }
 
@@ -212,28 +271,26 @@ pub(super) fn canonical_structured(raw: &Address) -> Result<Address, ValueError>
             format!("holds more than {MAX_STREET_LINES} lines"),
         ));
     }
-    let mut street_lines = Vec::with_capacity(raw.street_lines.len());
+    // Filled part by part: if a later part is refused, the parts already
+    // normalised are wiped with `out` on the way out.
+    let mut out = Address::default();
+    out.country = country;
+    out.street_lines.reserve_exact(raw.street_lines.len());
+    let take = |mut text: Zeroizing<String>| std::mem::take(&mut *text);
     for line in &raw.street_lines {
         let line = normalise_text("address.street_lines", line)?;
         if !line.is_empty() {
-            street_lines.push(line);
+            out.street_lines.push(take(line));
         }
     }
     let postal = normalise_text("address.postal_code", &raw.postal_code)?;
-    let postal_code = if postal.is_empty() && country != "HK" {
-        postal
-    } else {
-        postal_code(&country, &postal)?
-    };
-    let out = Address {
-        region: normalise_text("address.region", &raw.region)?,
-        city: normalise_text("address.city", &raw.city)?,
-        district: normalise_text("address.district", &raw.district)?,
-        recipient: normalise_text("address.recipient", &raw.recipient)?,
-        street_lines,
-        postal_code,
-        country,
-    };
+    if !postal.is_empty() || out.country == "HK" {
+        out.postal_code = postal_code(&out.country, &postal)?;
+    }
+    out.region = take(normalise_text("address.region", &raw.region)?);
+    out.city = take(normalise_text("address.city", &raw.city)?);
+    out.district = take(normalise_text("address.district", &raw.district)?);
+    out.recipient = take(normalise_text("address.recipient", &raw.recipient)?);
     if out.street_lines.is_empty()
         && out.city.is_empty()
         && out.region.is_empty()
@@ -329,6 +386,41 @@ mod tests {
             "address.postal_code"
         );
         assert_eq!(field(address_of(&[("country", "US")])), "address");
+    }
+
+    #[test]
+    fn a_worst_case_structured_address_is_encoded_without_growing_its_buffer() {
+        // Every part at its longest and made of the one character JSON
+        // escapes: a reallocation would leave an unwiped copy behind.
+        let quotes = "\"".repeat(MAX_PART_BYTES);
+        let mut a = Address::default();
+        a.country = "AQ".into();
+        for part in [
+            &mut a.region,
+            &mut a.city,
+            &mut a.district,
+            &mut a.postal_code,
+            &mut a.recipient,
+        ] {
+            *part = quotes.clone();
+        }
+        a.street_lines = vec![quotes.clone(); MAX_STREET_LINES];
+        let canonical = canonical_structured(&a).unwrap_or_else(|e| panic!("{e}"));
+        let text_bytes = 2 + 5 * MAX_PART_BYTES + MAX_STREET_LINES * MAX_PART_BYTES;
+        let encoded = encode_structured(&canonical).unwrap_or_else(|e| panic!("{e}"));
+        assert!(encoded.len() > 2 * (text_bytes - 2), "{}", encoded.len());
+        assert_eq!(encoded.capacity(), 2 + 2 * text_bytes + 512);
+    }
+
+    #[test]
+    fn wiped_strings_keep_their_text_as_they_grow() {
+        let mut s = WipedString::with_capacity(1);
+        for i in 0..100 {
+            s.push_str(&i.to_string());
+            s.push('\u{00FC}');
+        }
+        let expected: String = (0..100).map(|i| format!("{i}\u{00FC}")).collect();
+        assert_eq!(s.as_str(), expected);
     }
 
     #[test]

@@ -2,8 +2,15 @@
 //! IDNA-normalised to its ASCII (punycode) form by the `idna` crate. The
 //! local part is kept as written: RFC 5321 leaves its case to the receiving
 //! server, so folding it could merge two people.
+//!
+//! The domain must be a host name under UTS 46 with the STD3 rules (letters,
+//! digits and `-` in each label, no label starting or ending with `-`, no
+//! empty label, labels of at most 63 bytes). The local part may not hold
+//! bidirectional overrides or isolates.
 
-use super::ValueError;
+use super::{is_bidi_control, ValueError, WipedString, BIDI_REASON};
+use idna::uts46::{AsciiDenyList, DnsLength, Hyphens, Uts46};
+use zeroize::Zeroizing;
 
 pub(super) fn canonical(raw: &str) -> Result<String, ValueError> {
     let fail = |reason: &str| ValueError::new("value", format!("not an email address: {reason}"));
@@ -20,33 +27,72 @@ pub(super) fn canonical(raw: &str) -> Result<String, ValueError> {
             "the part before '@' holds spaces or control characters",
         ));
     }
+    if local.chars().any(is_bidi_control) {
+        return Err(ValueError::new(
+            "value",
+            format!("not an email address: the part before '@' {BIDI_REASON}"),
+        ));
+    }
     if local.contains('@') && !(local.starts_with('"') && local.ends_with('"')) {
         return Err(fail("more than one '@'"));
     }
     if domain.is_empty() {
         return Err(fail("the domain is empty"));
     }
-    let ascii = idna::domain_to_ascii(domain)
-        .map_err(|_| fail("the domain is not a valid (internationalised) domain name"))?;
-    if !ascii.contains('.')
-        || ascii.starts_with('.')
-        || ascii.ends_with('.')
-        || ascii.contains("..")
-    {
+    // First the lenient mapping, to name the broken rule precisely below;
+    // then the crate's strict UTS 46 processing (STD3 rules, hyphens at
+    // label ends, DNS lengths) has the last word.
+    let ascii = Zeroizing::new(
+        idna::domain_to_ascii(domain)
+            .map_err(|_| fail("the domain is not a valid (internationalised) domain name"))?,
+    );
+    if !ascii.contains('.') {
         return Err(fail(
             "the domain needs at least two labels, like example.com",
         ));
     }
-    if !ascii.split('.').all(|l| {
-        !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-    }) {
-        return Err(fail("the domain holds characters a host name cannot"));
+    for label in ascii.split('.') {
+        if label.is_empty() {
+            return Err(fail(
+                "the domain has an empty label (a leading, trailing or doubled '.')",
+            ));
+        }
+        if label.len() > 63 {
+            return Err(fail("a label of the domain is longer than 63 bytes"));
+        }
+        if !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(fail(
+                "the domain holds characters a host name cannot (letters, digits and '-' only)",
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(fail("a label of the domain starts or ends with '-'"));
+        }
     }
-    let out = format!("{local}@{ascii}");
-    if out.len() > 254 {
+    let strict = Uts46::new()
+        .to_ascii(
+            domain.as_bytes(),
+            AsciiDenyList::STD3,
+            Hyphens::CheckFirstLast,
+            DnsLength::Verify,
+        )
+        .map_err(|_| fail("the domain breaks the UTS 46 rules for host names (STD3)"))?;
+    // Both mappings agree on a valid name; if not, the strict one is right.
+    let strict = Zeroizing::new(strict.into_owned());
+    if strict.as_str() != ascii.as_str() {
+        return Err(fail(
+            "the domain breaks the UTS 46 rules for host names (STD3)",
+        ));
+    }
+    let len = local.len() + 1 + ascii.len();
+    if len > 254 {
         return Err(fail("longer than 254 bytes"));
     }
-    Ok(out)
+    let mut out = WipedString::with_capacity(len);
+    out.push_str(local);
+    out.push('@');
+    out.push_str(&ascii);
+    Ok(out.into_string())
 }
 
 #[cfg(test)]

@@ -74,6 +74,59 @@ impl FieldInput {
     }
 }
 
+/// A string built in wiped memory. A `String` reallocates as it grows and
+/// frees the old buffer without wiping it; this one grows by copying into a
+/// new wiped buffer, so no stray copy of the value is left on the heap.
+pub(super) struct WipedString(Zeroizing<String>);
+
+impl WipedString {
+    pub(super) fn with_capacity(capacity: usize) -> Self {
+        Self(Zeroizing::new(String::with_capacity(capacity)))
+    }
+
+    pub(super) fn push_str(&mut self, s: &str) {
+        let needed = self.0.len() + s.len();
+        if needed > self.0.capacity() {
+            let mut bigger = Zeroizing::new(String::with_capacity(
+                needed.max(self.0.capacity().saturating_mul(2)),
+            ));
+            bigger.push_str(&self.0);
+            // The old buffer is wiped as it drops here.
+            self.0 = bigger;
+        }
+        self.0.push_str(s);
+    }
+
+    pub(super) fn push(&mut self, c: char) {
+        self.push_str(c.encode_utf8(&mut [0; 4]));
+    }
+
+    pub(super) fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The string, moved out without a copy: hand it straight to a type
+    /// that wipes it ([`Plaintext`], [`Address`]).
+    pub(super) fn into_string(mut self) -> String {
+        std::mem::take(&mut *self.0)
+    }
+
+    /// A `Zeroizing` string, moved out without a copy.
+    pub(super) fn into_zeroizing(mut self) -> Zeroizing<String> {
+        Zeroizing::new(std::mem::take(&mut *self.0))
+    }
+}
+
+/// Bidirectional overrides and isolates (U+202A–U+202E, U+2066–U+2069):
+/// they reorder how text is displayed, so a value could show as something
+/// it is not (a "Trojan Source" address or mailbox).
+pub(super) fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+pub(super) const BIDI_REASON: &str =
+    "holds bidirectional override or isolate characters (U+202A-U+202E, U+2066-U+2069)";
+
 fn only_for(field: &'static str, kind: &str) -> ValueError {
     ValueError::new(field, format!("applies only to {kind} fields"))
 }
@@ -128,7 +181,12 @@ pub fn canonicalise(
             let scheme = input
                 .scheme
                 .ok_or_else(|| ValueError::new("scheme", "is required for national_id fields"))?;
-            format!("{scheme}:{}", national_id::canonical(scheme, raw)?)
+            let number = national_id::canonical(scheme, raw)?;
+            let mut out = WipedString::with_capacity(scheme.as_str().len() + 1 + number.len());
+            out.push_str(scheme.as_str());
+            out.push(':');
+            out.push_str(&number);
+            out.into_string()
         }
         FieldKind::Address => match &input.address {
             Some(_) if !raw.trim().is_empty() => {
@@ -137,15 +195,14 @@ pub fn canonicalise(
                     "give either value or address, not both",
                 ))
             }
-            Some(a) => {
-                let canonical = address::canonical_structured(a)?;
-                let json = Zeroizing::new(
-                    serde_json::to_string(&canonical)
-                        .map_err(|_| ValueError::new("address", "cannot be encoded"))?,
-                );
-                format!("s:{}", json.as_str())
+            Some(a) => address::encode_structured(&address::canonical_structured(a)?)?,
+            None => {
+                let text = address::normalise_text("value", raw)?;
+                let mut out = WipedString::with_capacity(2 + text.len());
+                out.push_str("t:");
+                out.push_str(&text);
+                out.into_string()
             }
-            None => format!("t:{}", address::normalise_text("value", raw)?),
         },
     };
     Ok(Plaintext::new(encoded))

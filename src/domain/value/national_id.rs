@@ -3,9 +3,10 @@
 //! Rust crate covers these schemes. Errors name the scheme and the rule,
 //! never the number.
 
-use super::ValueError;
+use super::{ValueError, WipedString};
 use std::fmt;
 use std::str::FromStr;
+use zeroize::Zeroizing;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum IdScheme {
@@ -66,34 +67,44 @@ impl FromStr for IdScheme {
     }
 }
 
-/// Checks `raw` under `scheme` and returns its canonical form.
-pub(super) fn canonical(scheme: IdScheme, raw: &str) -> Result<String, ValueError> {
+/// Checks `raw` under `scheme` and returns its canonical form. The copies
+/// made on the way are wiped.
+pub(super) fn canonical(scheme: IdScheme, raw: &str) -> Result<Zeroizing<String>, ValueError> {
     let fail =
         |rule: &str| ValueError::new("value", format!("not a valid {scheme} number: {rule}"));
     // Separators people write: spaces, dashes, dots, slashes, parentheses.
-    let compact: String = raw
+    let mut compact = WipedString::with_capacity(raw.len());
+    for c in raw
         .chars()
         .filter(|c| !matches!(c, ' ' | '-' | '.' | '/' | '(' | ')'))
-        .map(|c| c.to_ascii_uppercase())
-        .collect();
+    {
+        compact.push(c.to_ascii_uppercase());
+    }
+    let compact = compact.as_str();
     if !compact.chars().all(|c| c.is_ascii_alphanumeric()) {
         return Err(fail(
             "holds characters other than letters, digits and separators",
         ));
     }
     let result = match scheme {
-        IdScheme::CnRic => cn_ric(&compact),
-        IdScheme::UsSsn => us_ssn(raw.trim(), &compact),
-        IdScheme::BrCpf => br_cpf(&compact),
-        IdScheme::InAadhaar => in_aadhaar(&compact),
-        IdScheme::HkHkid => hk_hkid(&compact),
-        IdScheme::EsDni => es_dni(&compact),
+        IdScheme::CnRic => cn_ric(compact),
+        IdScheme::UsSsn => us_ssn(raw.trim(), compact),
+        IdScheme::BrCpf => br_cpf(compact),
+        IdScheme::InAadhaar => in_aadhaar(compact),
+        IdScheme::HkHkid => hk_hkid(compact),
+        IdScheme::EsDni => es_dni(compact),
     };
-    result.map_err(fail)
+    // Each scheme returns one exactly sized allocation.
+    result.map(Zeroizing::new).map_err(fail)
 }
 
-fn digits(s: &str) -> Option<Vec<u32>> {
-    s.chars().map(|c| c.to_digit(10)).collect()
+/// The digits of `s`, in a wiped buffer allocated once.
+fn digits(s: &str) -> Option<Zeroizing<Vec<u32>>> {
+    let mut out = Zeroizing::new(Vec::with_capacity(s.len()));
+    for c in s.chars() {
+        out.push(c.to_digit(10)?);
+    }
+    Some(out)
 }
 
 /// GB 11643-1999: 6-digit region code, birth date YYYYMMDD, 3-digit
@@ -161,12 +172,11 @@ fn us_ssn(trimmed: &str, compact: &str) -> Result<String, &'static str> {
     if d[5..].iter().all(|&x| x == 0) {
         return Err("the serial number is never 0000");
     }
-    Ok(format!(
-        "{}-{}-{}",
-        &compact[..3],
-        &compact[3..5],
-        &compact[5..]
-    ))
+    let mut out = WipedString::with_capacity(11);
+    for part in [&compact[..3], "-", &compact[3..5], "-", &compact[5..]] {
+        out.push_str(part);
+    }
+    Ok(out.into_string())
 }
 
 /// Receita Federal: 9 digits and two mod-11 check digits; numbers of one
@@ -292,12 +302,14 @@ mod tests {
     use super::*;
 
     fn ok(scheme: IdScheme, raw: &str) -> String {
-        canonical(scheme, raw).unwrap_or_else(|e| panic!("{scheme} {raw}: {e}"))
+        canonical(scheme, raw)
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_else(|e| panic!("{scheme} {raw}: {e}"))
     }
 
     fn reason(scheme: IdScheme, raw: &str) -> String {
         match canonical(scheme, raw) {
-            Ok(v) => panic!("{scheme}: accepted {v}"),
+            Ok(v) => panic!("{scheme}: accepted {}", v.as_str()),
             Err(e) => e.reason,
         }
     }

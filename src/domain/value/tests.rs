@@ -71,6 +71,117 @@ fn fields_that_do_not_belong_to_the_kind_are_refused() {
     assert_eq!(field(FieldInput::simple(FieldKind::Email, " ")), "value");
 }
 
+/// The bidirectional overrides and isolates, each hidden in otherwise
+/// valid text.
+const BIDI: [char; 9] = [
+    '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}', '\u{2066}', '\u{2067}', '\u{2068}',
+    '\u{2069}',
+];
+
+#[test]
+fn bidi_overrides_and_isolates_are_refused_in_every_address_part_without_echoing_it() {
+    for c in BIDI {
+        let text = format!("1 Example Way{c} ZZ");
+        let err = canon(&FieldInput::simple(FieldKind::Address, &text))
+            .err()
+            .unwrap_or_else(|| panic!("U+{:04X} accepted in a free-form address", c as u32));
+        assert_eq!(err.field, "value");
+        assert!(err.reason.contains("bidirectional"), "{}", err.reason);
+        assert!(!err.reason.contains("Example"), "{}", err.reason);
+        for part in [
+            "street",
+            "city",
+            "region",
+            "district",
+            "recipient",
+            "postal_code",
+        ] {
+            let mut parts = vec![("country", "US"), ("city", "Springfield")];
+            parts.retain(|(p, _)| *p != part);
+            parts.push((part, text.as_str()));
+            let input = FieldInput {
+                address: Some(address_of(&parts)),
+                ..FieldInput::simple(FieldKind::Address, "")
+            };
+            let err = canon(&input)
+                .err()
+                .unwrap_or_else(|| panic!("U+{:04X} accepted in {part}", c as u32));
+            let expected = if part == "street" {
+                "address.street_lines".to_owned()
+            } else {
+                format!("address.{part}")
+            };
+            assert_eq!(err.field, expected);
+            assert!(err.reason.contains("U+202A-U+202E"), "{}", err.reason);
+        }
+    }
+    // Right-to-left text itself is fine, with its marks (U+200F).
+    assert!(canon(&FieldInput::simple(
+        FieldKind::Address,
+        "\u{05E8}\u{05D7}\u{05D5}\u{05D1} 1\u{200F}, ZZ"
+    ))
+    .is_ok());
+}
+
+#[test]
+fn bidi_controls_in_an_email_local_part_are_refused() {
+    for c in BIDI {
+        let email = format!("test{c}moc.elpmaxe@example.com");
+        let err = canon(&FieldInput::simple(FieldKind::Email, &email))
+            .err()
+            .unwrap_or_else(|| panic!("U+{:04X} accepted", c as u32));
+        assert_eq!(err.field, "value");
+        assert!(
+            err.reason.contains("before '@'") && err.reason.contains("bidirectional"),
+            "{}",
+            err.reason
+        );
+        assert!(!err.reason.contains("test"), "{}", err.reason);
+    }
+}
+
+#[test]
+fn email_domains_that_break_host_name_rules_are_refused_with_the_rule() {
+    let reason = |email: &str| {
+        canon(&FieldInput::simple(FieldKind::Email, email))
+            .err()
+            .map(|e| e.reason)
+            .unwrap_or_else(|| panic!("{email} accepted"))
+    };
+    for (email, rule) in [
+        ("a@-x-.com", "starts or ends with '-'"),
+        ("a@x-.com", "starts or ends with '-'"),
+        ("a@zzqx.-com", "starts or ends with '-'"),
+        ("a@zz_qx.com", "letters, digits and '-' only"),
+        ("a@zz$qx.com", "letters, digits and '-' only"),
+        ("a@zzqx..com", "empty label"),
+        ("a@zzqx.com.", "empty label"),
+        ("a@.zzqx.com", "empty label"),
+        ("a@zzqx", "at least two labels"),
+    ] {
+        let got = reason(email);
+        assert!(got.contains(rule), "{email}: {got}");
+        // The rule, never the value.
+        assert!(!got.contains("zz") && !got.contains("x-"), "{got}");
+    }
+    let long_label = format!("a@{}.com", "x".repeat(64));
+    assert!(reason(&long_label).contains("longer than 63"));
+    // Characters UTS 46 maps to something STD3 forbids: ⑴ becomes "(1)".
+    assert!(reason("a@\u{2474}.example").contains("host name"));
+    // Hyphens inside a label, digits and IDNs are fine.
+    for good in [
+        "a@my-host.example.com",
+        "a@1-2.example",
+        "a@b\u{00FC}cher.example",
+        "a@xn--bcher-kva.example",
+    ] {
+        assert!(
+            canon(&FieldInput::simple(FieldKind::Email, good)).is_ok(),
+            "{good}"
+        );
+    }
+}
+
 #[test]
 fn the_default_region_reads_national_numbers() {
     let input = FieldInput::simple(FieldKind::Phone, "13812345678");

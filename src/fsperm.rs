@@ -1,0 +1,392 @@
+//! File modes: what the server refuses to read and what it creates.
+//!
+//! - Files that steer the server (policy, client CA, server certificate)
+//!   are refused when group or others can write them; key files (server
+//!   key, master key) also when group or others can read them. Each is
+//!   opened once and checked with `fstat` on that handle, and read from the
+//!   same handle where the server reads it here (policy, master key), so
+//!   the file checked is the file read.
+//! - Everything the server creates is owner-only: [`restrict_umask`] sets
+//!   the process umask to 077 (sled creates its own files and snapshots),
+//!   the data dir and the store dir are created 0700 (and tightened to 0700
+//!   if they exist with more: the data dir only when it is plainly
+//!   fieldvault's, see [`ensure_private_dir`]), and [`tighten_tree`] makes every file under
+//!   the store 0600 and every directory 0700, for stores written by an
+//!   earlier version under a looser umask.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+
+/// Who may touch a file besides its owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Group and others may read but not write: policy, CA, certificates.
+    NoOtherWrites,
+    /// Owner only: key files. Group or others may neither read nor write.
+    OwnerOnly,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PermError {
+    /// `policy_file /etc/x/policy.toml: mode 0664 is writable by group; chmod g-w,o-w /etc/x/policy.toml`
+    #[error("{setting} {path}: mode {mode:04o} is {access} by {who}; run: chmod {fix} {path}")]
+    Mode {
+        setting: &'static str,
+        path: String,
+        mode: u32,
+        access: &'static str,
+        who: &'static str,
+        fix: &'static str,
+    },
+    #[error("{setting} {path}: {source}")]
+    Io {
+        setting: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+fn io_error(setting: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> PermError {
+    let path = path.display().to_string();
+    move |source| PermError::Io {
+        setting,
+        path,
+        source,
+    }
+}
+
+/// Checks `mode` (the permission bits of `path`, named by config setting
+/// `setting`) against `access`.
+pub fn check_mode(
+    setting: &'static str,
+    path: &Path,
+    mode: u32,
+    access: Access,
+) -> Result<(), PermError> {
+    let mode = mode & 0o7777;
+    let forbidden = match access {
+        Access::NoOtherWrites => 0o022,
+        Access::OwnerOnly => 0o077,
+    };
+    let bad = mode & forbidden;
+    if bad == 0 {
+        return Ok(());
+    }
+    let (readable, writable) = (bad & 0o044 != 0, bad & 0o022 != 0);
+    let access_words = match (readable, writable) {
+        (true, true) => "readable and writable",
+        (true, false) => "readable",
+        (false, true) => "writable",
+        (false, false) => "accessible",
+    };
+    let who = match (bad & 0o070 != 0, bad & 0o007 != 0) {
+        (true, true) => "group and others",
+        (true, false) => "group",
+        _ => "others",
+    };
+    Err(PermError::Mode {
+        setting,
+        path: path.display().to_string(),
+        mode,
+        access: access_words,
+        who,
+        fix: match access {
+            Access::NoOtherWrites => "g-w,o-w",
+            Access::OwnerOnly => "600",
+        },
+    })
+}
+
+/// Opens `path` once and checks the mode of that open file (no window
+/// between the check and the read). Read it from the returned handle.
+pub fn open_checked(setting: &'static str, path: &Path, access: Access) -> Result<File, PermError> {
+    let file = File::open(path).map_err(io_error(setting, path))?;
+    let meta = file.metadata().map_err(io_error(setting, path))?;
+    check_mode(setting, path, meta.mode(), access)?;
+    Ok(file)
+}
+
+/// [`open_checked`], then the whole file as UTF-8 from the same handle.
+pub fn read_checked(
+    setting: &'static str,
+    path: &Path,
+    access: Access,
+) -> Result<String, PermError> {
+    let mut text = String::new();
+    open_checked(setting, path, access)?
+        .read_to_string(&mut text)
+        .map_err(io_error(setting, path))?;
+    Ok(text)
+}
+
+/// What the server does before it opens anything: umask 077, the TLS
+/// files checked, the data dir and the store dir owner-only (created 0700,
+/// or tightened to 0700). The policy file and the master key are checked
+/// where they are read ([`read_checked`], `MasterKey::from_file`).
+pub fn prepare_for_start(config: &crate::config::Config) -> Result<(), PermError> {
+    restrict_umask();
+    let tls = &config.tls;
+    for (setting, path, access) in [
+        ("tls.cert", &tls.cert, Access::NoOtherWrites),
+        ("tls.key", &tls.key, Access::OwnerOnly),
+        ("tls.client_ca", &tls.client_ca, Access::NoOtherWrites),
+    ] {
+        open_checked(setting, path, access)?;
+    }
+    ensure_private_dir("data_dir", &config.data_dir, Some("store"))?;
+    ensure_private_dir("data_dir", &config.store_dir(), None)
+}
+
+/// Sets the process umask to 077, so every file the server (and sled,
+/// which opens its files itself) creates from now on is owner-only,
+/// whatever umask the server was started with. Returns the old umask.
+pub fn restrict_umask() -> u32 {
+    use rustix::fs::Mode;
+    rustix::process::umask(Mode::from_raw_mode(0o077)).bits()
+}
+
+/// Creates `dir` (and missing parents) 0700, or tightens an existing `dir`
+/// to 0700 if group or others have any access to it. The directories
+/// fieldvault owns (the data dir, the store) hold ciphertext, wrapped keys
+/// and the blind index: nobody else needs to list them.
+///
+/// An existing directory is only changed when it is plainly fieldvault's:
+/// empty, or already holding the store (`marker`). Anything else (a data
+/// dir pointed at a shared directory by mistake) is refused with the
+/// `chmod` to run, rather than changed under other programs' feet.
+pub fn ensure_private_dir(
+    setting: &'static str,
+    dir: &Path,
+    marker: Option<&str>,
+) -> Result<(), PermError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_error(setting, dir))?;
+    let mode = std::fs::metadata(dir)
+        .map_err(io_error(setting, dir))?
+        .mode();
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    let ours = match marker {
+        None => true,
+        Some(marker) => {
+            dir.join(marker).is_dir()
+                || std::fs::read_dir(dir)
+                    .map_err(io_error(setting, dir))?
+                    .next()
+                    .is_none()
+        }
+    };
+    let refused = || {
+        check_mode(setting, dir, mode, Access::OwnerOnly).map_err(|e| match e {
+            PermError::Mode {
+                setting,
+                path,
+                mode,
+                access,
+                who,
+                ..
+            } => PermError::Mode {
+                setting,
+                path,
+                mode,
+                access,
+                who,
+                fix: "700",
+            },
+            other => other,
+        })
+    };
+    if !ours {
+        return refused();
+    }
+    if std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).is_err() {
+        // Not ours to change (another owner): say what to run.
+        return refused();
+    }
+    tracing::warn!(
+        setting,
+        path = %dir.display(),
+        old_mode = format_args!("{:04o}", mode & 0o7777),
+        "directory was open to group or others; set it to 0700"
+    );
+    Ok(())
+}
+
+/// Makes every directory under `root` (itself included) 0700 and every
+/// regular file 0600. Symbolic links are neither followed nor changed.
+/// Returns how many entries were changed.
+pub fn tighten_tree(setting: &'static str, root: &Path) -> Result<usize, PermError> {
+    let mut changed = 0;
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        changed += tighten(setting, &dir, 0o700)?;
+        for entry in std::fs::read_dir(&dir).map_err(io_error(setting, &dir))? {
+            let entry = entry.map_err(io_error(setting, &dir))?;
+            let path = entry.path();
+            let kind = entry.file_type().map_err(io_error(setting, &path))?;
+            if kind.is_dir() {
+                pending.push(path);
+            } else if kind.is_file() {
+                changed += tighten(setting, &path, 0o600)?;
+            }
+        }
+    }
+    if changed > 0 {
+        tracing::warn!(
+            setting,
+            path = %root.display(),
+            changed,
+            "files or directories were open to group or others; made them owner-only"
+        );
+    }
+    Ok(changed)
+}
+
+/// Clears the group and other bits of `path` if any are set; `mode` is
+/// what it becomes then. Returns 1 if it changed.
+fn tighten(setting: &'static str, path: &Path, mode: u32) -> Result<usize, PermError> {
+    let meta = std::fs::symlink_metadata(path).map_err(io_error(setting, path))?;
+    if meta.mode() & 0o077 == 0 {
+        return Ok(0);
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io_error(setting, path))?;
+    Ok(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(r: Result<(), PermError>) -> String {
+        r.err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_group_writable_policy_is_named_with_its_mode_and_the_fix() {
+        let p = Path::new("/etc/x/policy.toml");
+        assert_eq!(
+            msg(check_mode(
+                "policy_file",
+                p,
+                0o100664,
+                Access::NoOtherWrites
+            )),
+            "policy_file /etc/x/policy.toml: mode 0664 is writable by group; \
+             run: chmod g-w,o-w /etc/x/policy.toml"
+        );
+        assert!(check_mode("policy_file", p, 0o644, Access::NoOtherWrites).is_ok());
+        assert!(check_mode("policy_file", p, 0o600, Access::NoOtherWrites).is_ok());
+        assert!(
+            msg(check_mode("policy_file", p, 0o602, Access::NoOtherWrites))
+                .contains("writable by others")
+        );
+    }
+
+    #[test]
+    fn a_key_readable_by_anyone_but_its_owner_is_refused() {
+        let p = Path::new("/k/server.key");
+        assert_eq!(
+            msg(check_mode("tls.key", p, 0o644, Access::OwnerOnly)),
+            "tls.key /k/server.key: mode 0644 is readable by group and others; \
+             run: chmod 600 /k/server.key"
+        );
+        assert!(msg(check_mode("tls.key", p, 0o660, Access::OwnerOnly))
+            .contains("readable and writable by group;"));
+        for ok in [0o600, 0o400, 0o700] {
+            assert!(check_mode("tls.key", p, ok, Access::OwnerOnly).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_checked_file_is_read_through_the_handle_that_was_checked() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("policy.toml");
+        std::fs::write(&path, "version = 1\n").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o664))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = read_checked("policy_file", &path, Access::NoOtherWrites)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("mode 0664 is writable by group"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let text = read_checked("policy_file", &path, Access::NoOtherWrites)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(text, "version = 1\n");
+    }
+
+    #[test]
+    fn a_data_dir_is_tightened_when_it_is_fieldvaults_and_refused_otherwise() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mode = |p: &Path| {
+            std::fs::metadata(p)
+                .map(|m| m.mode() & 0o777)
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let set = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m))
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        // Missing: created 0700 (parents too).
+        let new = tmp.path().join("a/b");
+        assert!(ensure_private_dir("data_dir", &new, Some("store")).is_ok());
+        assert_eq!(mode(&new), 0o700);
+        // Empty, or holding a store: tightened.
+        set(&new, 0o755);
+        assert!(ensure_private_dir("data_dir", &new, Some("store")).is_ok());
+        assert_eq!(mode(&new), 0o700);
+        std::fs::create_dir(new.join("store")).unwrap_or_else(|e| panic!("{e}"));
+        set(&new, 0o750);
+        assert!(ensure_private_dir("data_dir", &new, Some("store")).is_ok());
+        assert_eq!(mode(&new), 0o700);
+        // Holding something else: refused, untouched.
+        let shared = tmp.path().join("shared");
+        std::fs::create_dir(&shared).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(shared.join("other"), b"x").unwrap_or_else(|e| panic!("{e}"));
+        set(&shared, 0o755);
+        let err = ensure_private_dir("data_dir", &shared, Some("store"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("mode 0755 is readable by group and others; run: chmod 700"),
+            "{err}"
+        );
+        assert_eq!(mode(&shared), 0o755);
+    }
+
+    #[test]
+    fn tightening_a_tree_makes_files_0600_and_directories_0700() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let root = dir.path().join("store");
+        let sub = root.join("blobs");
+        std::fs::create_dir_all(&sub).unwrap_or_else(|e| panic!("{e}"));
+        for (path, mode) in [(&root, 0o755), (&sub, 0o775)] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let file = sub.join("1");
+        std::fs::write(&file, b"x").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(tighten_tree("data_dir", &root).ok(), Some(3));
+        let mode = |p: &Path| {
+            std::fs::metadata(p)
+                .map(|m| m.mode() & 0o777)
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert_eq!(
+            (mode(&root), mode(&sub), mode(&file)),
+            (0o700, 0o700, 0o600)
+        );
+        assert_eq!(tighten_tree("data_dir", &root).ok(), Some(0));
+    }
+}
