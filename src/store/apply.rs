@@ -28,12 +28,13 @@
 //! tombstone, or the new record — or a lookup could read the old one from a
 //! tree the apply thread has not reached yet.
 
+use super::layout::index_prefix;
+use super::worker::Worker;
 use super::StoreError;
 use crate::crypto::BlindIndex;
 use crate::domain::TokenId;
 use std::collections::HashMap;
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, RwLock};
-use std::thread::JoinHandle;
 
 /// A record decided on the commit thread: logged, then applied.
 #[derive(Clone, Debug)]
@@ -43,14 +44,6 @@ pub(super) struct Staged {
     pub(super) deterministic: bool,
     /// The encoded record, as the `records` tree stores it.
     pub(super) record: Vec<u8>,
-}
-
-/// `BlindIndex` as a map key: version ‖ mac.
-pub(super) fn index_prefix(index: &BlindIndex) -> [u8; 36] {
-    let mut key = [0u8; 36];
-    key[..4].copy_from_slice(&index.version.0.to_be_bytes());
-    key[4..].copy_from_slice(&index.mac);
-    key
 }
 
 /// Entries that are durable (logged) but not yet in the trees.
@@ -171,7 +164,7 @@ impl Unapplied {
 /// The apply thread and the handle that feeds it.
 pub(super) struct Applier {
     queue: Option<mpsc::Sender<Vec<Staged>>>,
-    thread: Option<JoinHandle<()>>,
+    thread: Worker,
     shared: Arc<Unapplied>,
 }
 
@@ -184,14 +177,20 @@ impl Applier {
     {
         let shared = Arc::new(Unapplied::default());
         let (tx, rx) = mpsc::channel();
-        let thread_shared = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("fieldvault-apply".into())
-            .spawn(move || run(rx, apply, &thread_shared))
-            .map_err(|e| StoreError::Backend(format!("starting the apply thread: {e}")))?;
+        let (thread_shared, panic_shared) = (shared.clone(), shared.clone());
+        // A panic is reported as a failure, so the commit thread and
+        // checkpoints waiting on it fail instead of waiting forever.
+        let thread = Worker::spawn(
+            "fieldvault-apply",
+            move || run(rx, apply, &thread_shared),
+            move || {
+                panic_shared.progress().failure = Some("the apply thread panicked".into());
+                panic_shared.changed.notify_all();
+            },
+        )?;
         Ok(Self {
             queue: Some(tx),
-            thread: Some(thread),
+            thread,
             shared,
         })
     }
@@ -215,24 +214,10 @@ impl Applier {
     }
 }
 
-/// Reports a panic of the apply thread as a failure, so the commit thread
-/// and checkpoints waiting on it fail instead of waiting forever.
-struct PanicGuard<'a>(&'a Unapplied);
-
-impl Drop for PanicGuard<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0.progress().failure = Some("the apply thread panicked".into());
-            self.0.changed.notify_all();
-        }
-    }
-}
-
 fn run<F>(rx: mpsc::Receiver<Vec<Staged>>, mut apply: F, shared: &Unapplied)
 where
     F: FnMut(&[Staged]) -> Result<(), StoreError>,
 {
-    let _guard = PanicGuard(shared);
     while let Ok(group) = rx.recv() {
         if shared.failure().is_some() {
             // Stopped: later groups stay in the overlay and the log.
@@ -260,9 +245,7 @@ impl Drop for Applier {
         // Closing the queue ends the thread once it has applied what was
         // queued; joining releases its tree handles.
         self.queue.take();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.thread.join();
     }
 }
 

@@ -16,10 +16,10 @@
 //! unhealthy). Nothing is retried: after a failed fsync the kernel may have
 //! dropped the dirty pages, so a later "successful" fsync proves nothing.
 
+use super::worker::Worker;
 use super::StoreError;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use tokio::sync::oneshot;
 
 /// The backend side of group commit, run on the commit thread.
@@ -48,7 +48,7 @@ struct Job<C: Committer> {
 pub(crate) struct GroupCommit<C: Committer> {
     queue: Option<mpsc::Sender<Job<C>>>,
     failure: Arc<Mutex<Option<String>>>,
-    thread: Option<JoinHandle<()>>,
+    thread: Worker,
 }
 
 fn lock(m: &Mutex<Option<String>>) -> std::sync::MutexGuard<'_, Option<String>> {
@@ -67,14 +67,15 @@ impl<C: Committer> GroupCommit<C> {
         let (tx, rx) = mpsc::channel::<Job<C>>();
         let failure = Arc::new(Mutex::new(None));
         let thread_failure = failure.clone();
-        let thread = std::thread::Builder::new()
-            .name("fieldvault-commit".into())
-            .spawn(move || run(rx, committer, &thread_failure))
-            .map_err(|e| StoreError::Backend(format!("starting the commit thread: {e}")))?;
+        let thread = Worker::spawn(
+            "fieldvault-commit",
+            move || run(rx, committer, &thread_failure),
+            || {},
+        )?;
         Ok(Self {
             queue: Some(tx),
             failure,
-            thread: Some(thread),
+            thread,
         })
     }
 
@@ -147,9 +148,7 @@ impl<C: Committer> Drop for GroupCommit<C> {
         // Closing the queue ends the thread; joining it releases the
         // database handles it holds before the store counts as closed.
         self.queue.take();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.thread.join();
     }
 }
 

@@ -7,8 +7,12 @@
 
 mod apply;
 mod group_commit;
+mod integrity;
+mod layout;
 mod sled_store;
 mod wal;
+mod worker;
+mod writer;
 
 use crate::crypto::{BlindIndex, SealedRecord, WrappedKey};
 use crate::domain::TokenId;

@@ -1,53 +1,26 @@
-//! The embedded sled backend.
+//! The embedded sled backend: [`SledStore`] and its [`Store`] methods.
 //!
-//! Layout (big-endian integers; encodings start with a format byte):
-//! - `records`: token id (16 bytes) → encoded [`SealedRecord`];
-//! - `blind_index`: index version (4) ‖ mac (32) ‖ token id (16) → empty,
-//!   every token of a value, random or deterministic;
-//! - `deterministic`: index version (4) ‖ mac (32) → token id, the one
-//!   deterministic token of a value;
-//! - `keys`: purpose (1) ‖ version (4) → encoded [`WrappedKey`].
-//!
-//! Writes: every write goes through one commit thread ([`GroupCommit`]).
-//! For each group of queued calls it decides the outcomes (deterministic
-//! hits, taken tokens), appends the new entries — record, blind-index entry,
-//! deterministic mapping — as one frame to the write-ahead log ([`Wal`],
-//! `fdatasync`ed), then answers the calls. An apply thread ([`Applier`])
-//! inserts each synced group into the three trees while the commit thread
-//! goes on with the next group; until then lookups find the group in an
-//! overlay ([`Unapplied`]). After a crash the log is replayed on open, so
-//! the trees never keep a record without its index entries or the reverse,
-//! and every acknowledged token is there.
-//!
-//! A checkpoint — sled `flush` plus an `fdatasync` of sled's data file
-//! (sled's flush uses `sync_file_range`, which does not survive power loss:
-//! sled issue #1452) — makes the trees durable on their own and empties the
-//! log. It runs when the log passes [`CHECKPOINT_BYTES`], after key writes,
-//! after a replay, and on close.
-//!
-//! Key writes (rare: first start, rotation) use a sled transaction on the
-//! `keys` tree followed by a checkpoint.
+//! The parts: [`layout`](super::layout) (tree keys and byte encodings),
+//! [`writer`](super::writer) (the commit thread's writer: log, apply,
+//! checkpoint, replay), [`integrity`](super::integrity) (the check).
+//! Reads consult the overlay of acknowledged but unapplied writes first,
+//! then the trees.
 
-use super::apply::{index_prefix, Applier, Staged, Unapplied};
-use super::group_commit::{Committer, GroupCommit};
+use super::apply::{Applier, Unapplied};
+use super::group_commit::GroupCommit;
+use super::integrity;
+use super::layout::{
+    backend, data_file_path, decode_key, decode_record, index_prefix, token_from, WAL_FILE,
+};
 use super::wal::Wal;
+use super::writer::{SledWriter, Trees, Write, Written};
 use super::{IntegrityReport, NewRecord, Store, StoreError};
-use crate::crypto::{BlindIndex, KeyPurpose, KeyVersion, SealedRecord, WrappedKey, NONCE_LEN};
-use crate::domain::{FieldKind, TokenId};
+use crate::crypto::{BlindIndex, SealedRecord, WrappedKey};
+use crate::domain::TokenId;
 use async_trait::async_trait;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
-use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-
-const RECORD_FORMAT: u8 = 1;
-const KEY_FORMAT: u8 = 1;
-/// Write-ahead log entry tag: a new record with its index entries.
-const WAL_NEW_RECORD: u8 = 1;
-/// The log is checkpointed once it holds this much. Bounds the replay after
-/// a crash (about 15k records) and the stall of one checkpoint.
-const CHECKPOINT_BYTES: u64 = 4 << 20;
 
 #[derive(Clone, Debug)]
 pub struct SledConfig {
@@ -67,304 +40,6 @@ struct Inner {
     /// Acknowledged writes the apply thread has not inserted yet.
     unapplied: Arc<Unapplied>,
     commit: GroupCommit<SledWriter>,
-}
-
-/// The record trees.
-#[derive(Clone)]
-struct Trees {
-    records: sled::Tree,
-    blind_index: sled::Tree,
-    deterministic: sled::Tree,
-}
-
-/// The one writer: owns the write-ahead log and the apply thread, and runs
-/// every write on the commit thread (see [`GroupCommit`]).
-struct SledWriter {
-    db: sled::Db,
-    /// sled's data file, kept open to fdatasync it at checkpoints.
-    data_file: File,
-    wal: Wal,
-    trees: Trees,
-    keys: sled::Tree,
-    applier: Applier,
-}
-
-/// What the current group has decided but not yet applied, so later calls
-/// in the same group see it.
-#[derive(Default)]
-struct Group {
-    staged: Vec<Staged>,
-    tokens: HashSet<[u8; 16]>,
-    deterministic: HashMap<[u8; 36], TokenId>,
-}
-
-enum Write {
-    Records(Vec<NewRecord>),
-    Keys(Vec<WrappedKey>),
-}
-
-enum Written {
-    Tokens(Vec<TokenId>),
-    Keys,
-}
-
-impl SledWriter {
-    /// Adds wrapped keys in one transaction, all or none.
-    fn write_keys(&self, keys: &[WrappedKey]) -> Result<(), StoreError> {
-        self.keys
-            .transaction(|tx| {
-                for key in keys {
-                    let id = key_id(key.purpose, key.version);
-                    if tx.get(id)?.is_some() {
-                        return Err(ConflictableTransactionError::Abort(()));
-                    }
-                    tx.insert(&id[..], encode_key(key))?;
-                }
-                Ok(())
-            })
-            .map_err(|e| match e {
-                TransactionError::Abort(()) => StoreError::AlreadyExists("key version"),
-                TransactionError::Storage(e) => backend(e),
-            })
-    }
-
-    /// Decides one call's records against the trees and the group so far:
-    /// a deterministic value that already has a token gets that token, the
-    /// rest are staged. All or nothing: a taken token stages none of them.
-    /// Only the commit thread writes, so nothing changes between this
-    /// lookup and the insert.
-    fn stage_records(
-        &self,
-        records: &[NewRecord],
-        group: &mut Group,
-    ) -> Result<Vec<TokenId>, StoreError> {
-        let mut tokens = Vec::with_capacity(records.len());
-        let mut staged: Vec<Staged> = Vec::new();
-        let mut new_tokens: HashSet<[u8; 16]> = HashSet::new();
-        let mut mine: HashMap<[u8; 36], TokenId> = HashMap::new();
-        for new in records {
-            let prefix = index_prefix(&new.index);
-            if new.deterministic {
-                let known = match mine
-                    .get(&prefix)
-                    .or_else(|| group.deterministic.get(&prefix))
-                    .copied()
-                    .or_else(|| self.applier.shared().deterministic(&prefix))
-                {
-                    Some(token) => Some(token),
-                    None => match self.trees.deterministic.get(prefix).map_err(backend)? {
-                        Some(bytes) => {
-                            Some(token_from(&bytes).map_err(|_| StoreError::Corrupt {
-                                what: "deterministic index",
-                                reason: "not a token id",
-                            })?)
-                        }
-                        None => None,
-                    },
-                };
-                if let Some(token) = known {
-                    tokens.push(token);
-                    continue;
-                }
-                mine.insert(prefix, new.token);
-            }
-            let id = new.token.as_bytes();
-            if group.tokens.contains(id)
-                || !new_tokens.insert(*id)
-                || self.applier.shared().has_token(&new.token)
-                || self.trees.records.contains_key(id).map_err(backend)?
-            {
-                return Err(StoreError::AlreadyExists("token"));
-            }
-            staged.push(Staged {
-                token: new.token,
-                index: new.index,
-                deterministic: new.deterministic,
-                record: encode_record(&new.record),
-            });
-            tokens.push(new.token);
-        }
-        group.tokens.extend(new_tokens);
-        group.deterministic.extend(mine);
-        group.staged.extend(staged);
-        Ok(tokens)
-    }
-}
-
-impl Trees {
-    /// Inserts logged entries into the trees (on the apply thread, and for
-    /// replay: every insert is idempotent).
-    fn apply(&self, staged: &[Staged]) -> Result<(), StoreError> {
-        for s in staged {
-            let id = s.token.as_bytes();
-            if s.deterministic {
-                self.deterministic
-                    .insert(&index_prefix(&s.index)[..], &id[..])
-                    .map_err(backend)?;
-            }
-            self.blind_index
-                .insert(&index_entry(&s.index, &s.token)[..], &[][..])
-                .map_err(backend)?;
-            self.records
-                .insert(&id[..], s.record.as_slice())
-                .map_err(backend)?;
-        }
-        Ok(())
-    }
-}
-
-impl SledWriter {
-    /// Makes the trees durable on their own, then empties the log. Waits
-    /// for every logged group to be applied first: the log is their only
-    /// durable copy until this flush.
-    fn checkpoint(&mut self) -> Result<(), String> {
-        let (start, log_bytes) = (std::time::Instant::now(), self.wal.len());
-        self.applier.shared().wait_until(0)?;
-        let applied = start.elapsed();
-        self.db.flush().map_err(|e| format!("flush: {e}"))?;
-        self.data_file
-            .sync_data()
-            .map_err(|e| format!("fdatasync: {e}"))?;
-        self.wal.reset().map_err(|e| e.to_string())?;
-        tracing::debug!(
-            log_bytes,
-            wait_for_apply_ms = applied.as_millis() as u64,
-            total_ms = start.elapsed().as_millis() as u64,
-            "checkpoint"
-        );
-        Ok(())
-    }
-
-    /// Applies the frames a crash left in the log, then checkpoints.
-    fn replay(&mut self, frames: &[Vec<u8>]) -> Result<(), StoreError> {
-        let mut entries = 0;
-        for frame in frames {
-            let staged = decode_frame(frame)?;
-            entries += staged.len();
-            self.trees.apply(&staged)?;
-        }
-        self.checkpoint().map_err(backend)?;
-        tracing::info!(
-            frames = frames.len(),
-            records = entries,
-            "replayed the write-ahead log"
-        );
-        Ok(())
-    }
-}
-
-fn encode_frame(staged: &[Staged]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(staged.len() * 128);
-    for s in staged {
-        out.push(WAL_NEW_RECORD);
-        out.extend_from_slice(s.token.as_bytes());
-        out.extend_from_slice(&index_prefix(&s.index));
-        out.push(u8::from(s.deterministic));
-        out.extend_from_slice(&(s.record.len() as u32).to_be_bytes());
-        out.extend_from_slice(&s.record);
-    }
-    out
-}
-
-/// Splits `n` bytes off the front of `b`.
-fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], StoreError> {
-    if b.len() < n {
-        return Err(StoreError::Corrupt {
-            what: "write-ahead log entry",
-            reason: "cut short",
-        });
-    }
-    let (head, rest) = b.split_at(n);
-    *b = rest;
-    Ok(head)
-}
-
-fn decode_frame(mut b: &[u8]) -> Result<Vec<Staged>, StoreError> {
-    let corrupt = |reason| StoreError::Corrupt {
-        what: "write-ahead log entry",
-        reason,
-    };
-    let mut out = Vec::new();
-    while !b.is_empty() {
-        if take(&mut b, 1)?[0] != WAL_NEW_RECORD {
-            return Err(corrupt("unknown entry type"));
-        }
-        let token = token_from(take(&mut b, 16)?)?;
-        let prefix = take(&mut b, 36)?;
-        let mut mac = [0u8; 32];
-        mac.copy_from_slice(&prefix[4..]);
-        let index = BlindIndex {
-            version: KeyVersion(u32::from_be_bytes([
-                prefix[0], prefix[1], prefix[2], prefix[3],
-            ])),
-            mac,
-        };
-        let deterministic = match take(&mut b, 1)?[0] {
-            0 => false,
-            1 => true,
-            _ => return Err(corrupt("bad flag")),
-        };
-        let len = take(&mut b, 4)?;
-        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        let record = take(&mut b, len)?.to_vec();
-        decode_record(&record)?;
-        out.push(Staged {
-            token,
-            index,
-            deterministic,
-            record,
-        });
-    }
-    Ok(out)
-}
-
-impl Committer for SledWriter {
-    type Write = Write;
-    type Output = Written;
-
-    fn commit(&mut self, writes: Vec<Write>) -> Result<Vec<Result<Written, StoreError>>, String> {
-        // One group may still be applying while this one is staged and
-        // synced; a second would only grow the overlay.
-        self.applier.shared().wait_until(1)?;
-        let mut group = Group::default();
-        let mut keys_written = false;
-        let outcomes = writes
-            .into_iter()
-            .map(|w| match w {
-                Write::Records(records) => self
-                    .stage_records(&records, &mut group)
-                    .map(Written::Tokens),
-                Write::Keys(keys) => {
-                    let written = self.write_keys(&keys);
-                    keys_written |= written.is_ok();
-                    written.map(|()| Written::Keys)
-                }
-            })
-            .collect();
-        if !group.staged.is_empty() {
-            self.wal
-                .append(&encode_frame(&group.staged))
-                .map_err(|e| e.to_string())?;
-            // Logged and durable: the callers can be answered. If applying
-            // fails later, the replay at the next start repairs it, but this
-            // process stops writing.
-            self.applier.publish(group.staged)?;
-        }
-        if keys_written || self.wal.len() >= CHECKPOINT_BYTES {
-            self.checkpoint()?;
-        }
-        Ok(outcomes)
-    }
-
-    fn close(&mut self) {
-        if let Err(e) = self.checkpoint() {
-            tracing::error!(error = %e, "checkpoint at close failed; the next start replays the log");
-        }
-    }
-}
-
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
 }
 
 impl SledStore {
@@ -389,14 +64,14 @@ impl SledStore {
         let apply_trees = trees.clone();
         let applier = Applier::start(move |group| apply_trees.apply(group))?;
         let unapplied = applier.shared().clone();
-        let mut writer = SledWriter {
-            data_file: File::open(data_file_path(&config.path)).map_err(backend)?,
+        let mut writer = SledWriter::new(
             db,
+            File::open(data_file_path(&config.path)).map_err(backend)?,
             wal,
-            trees: trees.clone(),
-            keys: keys.clone(),
+            trees.clone(),
+            keys.clone(),
             applier,
-        };
+        );
         if !frames.is_empty() {
             writer.replay(&frames)?;
         }
@@ -421,39 +96,6 @@ impl SledStore {
             .await
             .map_err(|e| backend(format!("storage task failed: {e}")))?
     }
-}
-
-/// The write-ahead log, beside sled's own files.
-const WAL_FILE: &str = "fieldvault.wal";
-
-fn data_file_path(dir: &Path) -> PathBuf {
-    dir.join("db")
-}
-
-fn index_entry(index: &BlindIndex, token: &TokenId) -> [u8; 52] {
-    let mut key = [0u8; 52];
-    key[..36].copy_from_slice(&index_prefix(index));
-    key[36..].copy_from_slice(token.as_bytes());
-    key
-}
-
-fn key_id(purpose: KeyPurpose, version: KeyVersion) -> [u8; 5] {
-    let mut id = [0u8; 5];
-    id[0] = purpose.code();
-    id[1..].copy_from_slice(&version.0.to_be_bytes());
-    id
-}
-
-fn token_from(bytes: &[u8]) -> Result<TokenId, StoreError> {
-    let corrupt = StoreError::Corrupt {
-        what: "token reference",
-        reason: "not a token id",
-    };
-    let array: [u8; 16] = bytes.try_into().map_err(|_| corrupt)?;
-    TokenId::from_bytes(array).map_err(|_| StoreError::Corrupt {
-        what: "token reference",
-        reason: "not a token id",
-    })
 }
 
 #[async_trait]
@@ -495,77 +137,7 @@ impl Store for SledStore {
         self.blocking(|inner| {
             // Compare the trees once every acknowledged write is in them.
             inner.unapplied.wait_until(0).map_err(backend)?;
-            let mut report = IntegrityReport::default();
-            // token -> number of blind-index entries naming it
-            let mut indexed: HashMap<[u8; 16], u32> = HashMap::new();
-            for entry in inner.trees.records.iter() {
-                let (key, value) = entry.map_err(backend)?;
-                report.records += 1;
-                match token_from(&key) {
-                    Ok(token) => {
-                        if decode_record(&value).is_err() {
-                            report
-                                .problems
-                                .push(format!("record {token} does not decode"));
-                        }
-                        indexed.insert(*token.as_bytes(), 0);
-                    }
-                    Err(_) => report
-                        .problems
-                        .push("a record key is not a token id".into()),
-                }
-            }
-            for key in inner.trees.blind_index.iter().keys() {
-                let key = key.map_err(backend)?;
-                report.index_entries += 1;
-                match key.get(36..).map(token_from) {
-                    Some(Ok(token)) => match indexed.get_mut(token.as_bytes()) {
-                        Some(n) => *n += 1,
-                        None => report
-                            .problems
-                            .push(format!("blind index names {token}, which has no record")),
-                    },
-                    _ => report
-                        .problems
-                        .push("a blind-index key is malformed".into()),
-                }
-            }
-            for (token, n) in &indexed {
-                if *n != 1 {
-                    let token =
-                        TokenId::from_bytes(*token).map_or_else(|_| "?".into(), |t| t.to_string());
-                    report
-                        .problems
-                        .push(format!("record {token} has {n} blind-index entries"));
-                }
-            }
-            for entry in inner.trees.deterministic.iter() {
-                let (prefix, token) = entry.map_err(backend)?;
-                report.deterministic_entries += 1;
-                let Ok(token) = token_from(&token) else {
-                    report
-                        .problems
-                        .push("a deterministic entry is malformed".into());
-                    continue;
-                };
-                let mut entry = prefix.to_vec();
-                entry.extend_from_slice(token.as_bytes());
-                if !indexed.contains_key(token.as_bytes()) {
-                    report.problems.push(format!(
-                        "deterministic entry names {token}, which has no record"
-                    ));
-                } else if !inner
-                    .trees
-                    .blind_index
-                    .contains_key(&entry)
-                    .map_err(backend)?
-                {
-                    report.problems.push(format!(
-                        "deterministic token {token} is not under the same blind index"
-                    ));
-                }
-            }
-            Ok(report)
+            integrity::check(&inner.trees)
         })
         .await
     }
@@ -625,74 +197,15 @@ fn read_records(
         .collect()
 }
 
-fn encode_record(r: &SealedRecord) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + 1 + 4 + NONCE_LEN + r.ciphertext.len());
-    out.push(RECORD_FORMAT);
-    out.push(r.kind.code());
-    out.extend_from_slice(&r.key_version.0.to_be_bytes());
-    out.extend_from_slice(&r.nonce);
-    out.extend_from_slice(&r.ciphertext);
-    out
-}
-
-fn decode_record(b: &[u8]) -> Result<SealedRecord, StoreError> {
-    let corrupt = |reason| StoreError::Corrupt {
-        what: "record",
-        reason,
-    };
-    if b.len() < 1 + 1 + 4 + NONCE_LEN + 16 {
-        return Err(corrupt("too short"));
-    }
-    if b[0] != RECORD_FORMAT {
-        return Err(corrupt("unknown format"));
-    }
-    let kind = FieldKind::from_code(b[1]).ok_or(corrupt("unknown field kind"))?;
-    let version = u32::from_be_bytes([b[2], b[3], b[4], b[5]]);
-    let mut nonce = [0u8; NONCE_LEN];
-    nonce.copy_from_slice(&b[6..6 + NONCE_LEN]);
-    Ok(SealedRecord {
-        kind,
-        key_version: KeyVersion(version),
-        nonce,
-        ciphertext: b[6 + NONCE_LEN..].to_vec(),
-    })
-}
-
-fn encode_key(k: &WrappedKey) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + 4 + NONCE_LEN + k.ciphertext.len());
-    out.push(KEY_FORMAT);
-    out.push(k.purpose.code());
-    out.extend_from_slice(&k.version.0.to_be_bytes());
-    out.extend_from_slice(&k.nonce);
-    out.extend_from_slice(&k.ciphertext);
-    out
-}
-
-fn decode_key(b: &[u8]) -> Result<WrappedKey, StoreError> {
-    let corrupt = |reason| StoreError::Corrupt {
-        what: "wrapped key",
-        reason,
-    };
-    if b.len() < 2 + 4 + NONCE_LEN + 16 {
-        return Err(corrupt("too short"));
-    }
-    if b[0] != KEY_FORMAT {
-        return Err(corrupt("unknown format"));
-    }
-    let purpose = KeyPurpose::from_code(b[1]).ok_or(corrupt("unknown key purpose"))?;
-    let mut nonce = [0u8; NONCE_LEN];
-    nonce.copy_from_slice(&b[6..6 + NONCE_LEN]);
-    Ok(WrappedKey {
-        purpose,
-        version: KeyVersion(u32::from_be_bytes([b[2], b[3], b[4], b[5]])),
-        nonce,
-        ciphertext: b[6 + NONCE_LEN..].to_vec(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::{KeyPurpose, KeyVersion, NONCE_LEN};
+    use crate::domain::FieldKind;
+    use crate::store::apply::Staged;
+    use crate::store::layout::{encode_frame, encode_record, index_entry};
+    use std::collections::HashMap;
+    use std::path::Path;
 
     fn open(dir: &Path) -> SledStore {
         SledStore::open(&SledConfig {
@@ -925,28 +438,6 @@ mod tests {
         assert!(frames.is_empty(), "the replay was checkpointed");
     }
 
-    #[test]
-    fn a_logged_frame_round_trips_and_damage_is_reported() {
-        let token = TokenId::new_random();
-        let staged = Staged {
-            token,
-            index: index(4),
-            deterministic: true,
-            record: encode_record(&record(FieldKind::Address)),
-        };
-        let frame = encode_frame(&[staged]);
-        let back = ok(decode_frame(&frame));
-        assert_eq!(back.len(), 1);
-        assert_eq!(
-            (back[0].token, back[0].index, back[0].deterministic),
-            (token, index(4), true)
-        );
-        assert!(decode_frame(&frame[..frame.len() - 1]).is_err());
-        let mut bad = frame.clone();
-        bad[0] = 9;
-        assert!(decode_frame(&bad).is_err());
-    }
-
     #[tokio::test]
     async fn the_integrity_check_finds_a_record_without_its_index_entry() {
         let dir = ok(tempfile::tempdir().map_err(backend));
@@ -991,21 +482,5 @@ mod tests {
             ok(store.keys().await),
             vec![key(KeyPurpose::Data), key(KeyPurpose::Index)]
         );
-    }
-
-    #[test]
-    fn truncated_or_unknown_bytes_are_reported_corrupt() {
-        assert!(decode_record(&[1, 1, 0]).is_err());
-        let mut bytes = encode_record(&record(FieldKind::Phone));
-        bytes[1] = 99;
-        assert!(matches!(
-            decode_record(&bytes),
-            Err(StoreError::Corrupt { .. })
-        ));
-        bytes[0] = 2;
-        assert!(matches!(
-            decode_record(&bytes),
-            Err(StoreError::Corrupt { .. })
-        ));
     }
 }

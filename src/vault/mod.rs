@@ -6,29 +6,11 @@ use crate::audit::{now_unix_ms, AuditEvent, AuditItem, AuditSink};
 use crate::crypto::{CryptoError, Keyring, MasterKey};
 use crate::domain::policy::{Action, Denial, Policy, RevealLevel};
 use crate::domain::value::{canonicalise, render, Address, FieldInput, IdScheme, PhoneRegion};
-use crate::domain::{CallerId, FieldKind, Justification, Plaintext, Purpose, TokenId, TokenMode};
+use crate::domain::{
+    CallerId, FieldKind, Justification, Plaintext, Purpose, TokenId, TokenMode, TokenModes,
+};
 use crate::store::{NewRecord, Store, StoreError};
 use std::sync::{Arc, RwLock};
-
-/// The token mode of each field kind.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TokenModes {
-    pub phone: TokenMode,
-    pub address: TokenMode,
-    pub national_id: TokenMode,
-    pub email: TokenMode,
-}
-
-impl TokenModes {
-    pub fn for_kind(&self, kind: FieldKind) -> TokenMode {
-        match kind {
-            FieldKind::Phone => self.phone,
-            FieldKind::Address => self.address,
-            FieldKind::NationalId => self.national_id,
-            FieldKind::Email => self.email,
-        }
-    }
-}
 
 /// What a deployment sets.
 #[derive(Clone, Copy, Debug)]
