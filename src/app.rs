@@ -123,6 +123,7 @@ pub async fn start(
     let store = SledStore::open(&SledConfig {
         path: config.store_dir(),
         cache_capacity_bytes: config.cache_capacity_mib * 1024 * 1024,
+        max_queued_writes: crate::store::DEFAULT_MAX_QUEUED_WRITES,
     })?;
     let keyring = open_keyring(&store, &master).await?;
     drop(master);

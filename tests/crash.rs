@@ -130,6 +130,7 @@ file = "{key}"
         let store = SledStore::open(&SledConfig {
             path: self.dir.join("data/store"),
             cache_capacity_bytes: 16 << 20,
+            max_queued_writes: fieldvault::store::DEFAULT_MAX_QUEUED_WRITES,
         })
         .unwrap();
         let report = store.check_integrity().await.unwrap();

@@ -10,7 +10,7 @@
 //! - `keys`: purpose (1) ‖ version (4) → encoded [`WrappedKey`].
 
 use super::apply::Staged;
-use super::StoreError;
+use super::{FailureCause, StorageFailure, StoreError};
 use crate::crypto::{BlindIndex, KeyPurpose, KeyVersion, SealedRecord, WrappedKey, NONCE_LEN};
 use crate::domain::{FieldKind, TokenId};
 use std::path::{Path, PathBuf};
@@ -19,6 +19,8 @@ const RECORD_FORMAT: u8 = 1;
 const KEY_FORMAT: u8 = 1;
 /// Write-ahead log entry tag: a new record with its index entries.
 const WAL_NEW_RECORD: u8 = 1;
+/// Write-ahead log entry tag: a new wrapped key.
+const WAL_NEW_KEY: u8 = 2;
 
 /// The write-ahead log, beside sled's own files.
 pub(super) const WAL_FILE: &str = "fieldvault.wal";
@@ -61,13 +63,42 @@ pub(super) fn token_from(bytes: &[u8]) -> Result<TokenId, StoreError> {
     })
 }
 
-pub(super) fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+/// A sled error as a typed storage failure.
+pub(super) fn backend(e: sled::Error) -> StoreError {
+    StoreError::Backend(sled_failure("sled", &e))
 }
 
-pub(super) fn encode_frame(staged: &[Staged]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(staged.len() * 128);
-    for s in staged {
+/// A sled error while `doing` something, typed by its cause.
+pub(super) fn sled_failure(doing: &str, e: &sled::Error) -> StorageFailure {
+    match e {
+        sled::Error::Io(io) => StorageFailure::io(doing, io),
+        sled::Error::Corruption { .. } => {
+            StorageFailure::new(FailureCause::Corrupt, format!("{doing}: {e}"))
+        }
+        _ => StorageFailure::internal(format!("{doing}: {e}")),
+    }
+}
+
+/// One group as logged: new wrapped keys, and new records with their
+/// index entries. Replaying it inserts all of them (idempotently).
+#[derive(Debug, Default)]
+pub(super) struct Frame {
+    pub(super) keys: Vec<WrappedKey>,
+    pub(super) records: Vec<Staged>,
+}
+
+/// Entries: `WAL_NEW_KEY` ‖ length (4) ‖ encoded key, or `WAL_NEW_RECORD`
+/// ‖ token id (16) ‖ index version (4) ‖ mac (32) ‖ deterministic (1) ‖
+/// length (4) ‖ encoded record.
+pub(super) fn encode_frame(keys: &[WrappedKey], records: &[Staged]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(keys.len() * 80 + records.len() * 128);
+    for k in keys {
+        let key = encode_key(k);
+        out.push(WAL_NEW_KEY);
+        out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+        out.extend_from_slice(&key);
+    }
+    for s in records {
         out.push(WAL_NEW_RECORD);
         out.extend_from_slice(s.token.as_bytes());
         out.extend_from_slice(&index_prefix(&s.index));
@@ -91,15 +122,27 @@ fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], StoreError> {
     Ok(head)
 }
 
-pub(super) fn decode_frame(mut b: &[u8]) -> Result<Vec<Staged>, StoreError> {
+/// A length (4 bytes) and that many bytes.
+fn take_sized<'a>(b: &mut &'a [u8]) -> Result<&'a [u8], StoreError> {
+    let len = take(b, 4)?;
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    take(b, len)
+}
+
+pub(super) fn decode_frame(mut b: &[u8]) -> Result<Frame, StoreError> {
     let corrupt = |reason| StoreError::Corrupt {
         what: "write-ahead log entry",
         reason,
     };
-    let mut out = Vec::new();
+    let mut out = Frame::default();
     while !b.is_empty() {
-        if take(&mut b, 1)?[0] != WAL_NEW_RECORD {
-            return Err(corrupt("unknown entry type"));
+        match take(&mut b, 1)?[0] {
+            WAL_NEW_RECORD => {}
+            WAL_NEW_KEY => {
+                out.keys.push(decode_key(take_sized(&mut b)?)?);
+                continue;
+            }
+            _ => return Err(corrupt("unknown entry type")),
         }
         let token = token_from(take(&mut b, 16)?)?;
         let prefix = take(&mut b, 36)?;
@@ -116,11 +159,9 @@ pub(super) fn decode_frame(mut b: &[u8]) -> Result<Vec<Staged>, StoreError> {
             1 => true,
             _ => return Err(corrupt("bad flag")),
         };
-        let len = take(&mut b, 4)?;
-        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        let record = take(&mut b, len)?.to_vec();
+        let record = take_sized(&mut b)?.to_vec();
         decode_record(&record)?;
-        out.push(Staged {
+        out.records.push(Staged {
             token,
             index,
             deterministic,
@@ -228,13 +269,24 @@ mod tests {
             deterministic: true,
             record: encode_record(&record(FieldKind::Address)),
         };
-        let frame = encode_frame(&[staged]);
+        let key = WrappedKey {
+            purpose: KeyPurpose::Index,
+            version: KeyVersion(3),
+            nonce: [5; NONCE_LEN],
+            ciphertext: vec![6; 48],
+        };
+        let frame = encode_frame(std::slice::from_ref(&key), &[staged]);
         let back = ok(decode_frame(&frame));
-        assert_eq!(back.len(), 1);
+        assert_eq!(back.records.len(), 1);
         assert_eq!(
-            (back[0].token, back[0].index, back[0].deterministic),
+            (
+                back.records[0].token,
+                back.records[0].index,
+                back.records[0].deterministic
+            ),
             (token, index(4), true)
         );
+        assert_eq!(back.keys, vec![key]);
         assert!(decode_frame(&frame[..frame.len() - 1]).is_err());
         let mut bad = frame.clone();
         bad[0] = 9;

@@ -10,11 +10,12 @@ use super::apply::{Applier, Unapplied};
 use super::group_commit::GroupCommit;
 use super::integrity;
 use super::layout::{
-    backend, data_file_path, decode_key, decode_record, index_prefix, token_from, WAL_FILE,
+    backend, data_file_path, decode_key, decode_record, index_prefix, sled_failure, token_from,
+    WAL_FILE,
 };
 use super::wal::Wal;
 use super::writer::{SledWriter, Trees, Write, Written};
-use super::{IntegrityReport, NewRecord, Store, StoreError};
+use super::{IntegrityReport, NewRecord, StorageFailure, Store, StoreError};
 use crate::crypto::{BlindIndex, SealedRecord, WrappedKey};
 use crate::domain::TokenId;
 use async_trait::async_trait;
@@ -27,6 +28,10 @@ pub struct SledConfig {
     pub path: PathBuf,
     /// sled's page cache bound in bytes (sled's own default is 1 GiB).
     pub cache_capacity_bytes: u64,
+    /// At most this many write calls wait for the commit thread at once;
+    /// more wait (asynchronously) for a place. Default
+    /// [`DEFAULT_MAX_QUEUED_WRITES`]; 0 counts as 1.
+    pub max_queued_writes: usize,
 }
 
 #[derive(Clone)]
@@ -40,17 +45,20 @@ struct Inner {
     /// Acknowledged writes the apply thread has not inserted yet.
     unapplied: Arc<Unapplied>,
     commit: GroupCommit<SledWriter>,
+    #[cfg(test)]
+    faults: Arc<super::writer::Faults>,
 }
 
 impl SledStore {
     pub fn open(config: &SledConfig) -> Result<Self, StoreError> {
+        let path = config.path.display();
         std::fs::create_dir_all(&config.path)
-            .map_err(|e| backend(format!("{}: {e}", config.path.display())))?;
+            .map_err(|e| StoreError::Backend(StorageFailure::io(&path, &e)))?;
         let db = sled::Config::new()
             .path(&config.path)
             .cache_capacity(config.cache_capacity_bytes)
             .open()
-            .map_err(|e| backend(format!("opening {}: {e}", config.path.display())))?;
+            .map_err(|e| StoreError::Backend(sled_failure(&format!("opening {path}"), &e)))?;
         let records = db.open_tree("records").map_err(backend)?;
         let blind_index = db.open_tree("blind_index").map_err(backend)?;
         let deterministic = db.open_tree("deterministic").map_err(backend)?;
@@ -60,13 +68,20 @@ impl SledStore {
             blind_index,
             deterministic,
         };
-        let (wal, frames) = Wal::open(&config.path.join(WAL_FILE)).map_err(backend)?;
+        let (wal, frames) = Wal::open(&config.path.join(WAL_FILE)).map_err(|e| {
+            StoreError::Backend(StorageFailure::of_error("opening the write-ahead log", &e))
+        })?;
         let apply_trees = trees.clone();
         let applier = Applier::start(move |group| apply_trees.apply(group))?;
         let unapplied = applier.shared().clone();
         let mut writer = SledWriter::new(
             db,
-            File::open(data_file_path(&config.path)).map_err(backend)?,
+            File::open(data_file_path(&config.path)).map_err(|e| {
+                StoreError::Backend(StorageFailure::io(
+                    format!("opening {}", data_file_path(&config.path).display()),
+                    &e,
+                ))
+            })?,
             wal,
             trees.clone(),
             keys.clone(),
@@ -75,13 +90,17 @@ impl SledStore {
         if !frames.is_empty() {
             writer.replay(&frames)?;
         }
-        let commit = GroupCommit::start(writer)?;
+        #[cfg(test)]
+        let faults = writer.faults();
+        let commit = GroupCommit::start(writer, config.max_queued_writes)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 trees,
                 keys,
                 unapplied,
                 commit,
+                #[cfg(test)]
+                faults,
             }),
         })
     }
@@ -94,7 +113,11 @@ impl SledStore {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || f(&inner))
             .await
-            .map_err(|e| backend(format!("storage task failed: {e}")))?
+            .map_err(|e| {
+                StoreError::Backend(StorageFailure::internal(format!(
+                    "storage task failed: {e}"
+                )))
+            })?
     }
 }
 
@@ -115,18 +138,22 @@ impl Store for SledStore {
     async fn insert_keys(&self, keys: Vec<WrappedKey>) -> Result<(), StoreError> {
         match self.inner.commit.submit(Write::Keys(keys)).await? {
             Written::Keys => Ok(()),
-            Written::Tokens(_) => Err(backend("a key write returned tokens")),
+            Written::Tokens(_) => Err(StoreError::Backend(StorageFailure::internal(
+                "a key write returned tokens",
+            ))),
         }
     }
 
     async fn insert_records(&self, records: Vec<NewRecord>) -> Result<Vec<TokenId>, StoreError> {
         match self.inner.commit.submit(Write::Records(records)).await? {
             Written::Tokens(tokens) => Ok(tokens),
-            Written::Keys => Err(backend("a record write returned no tokens")),
+            Written::Keys => Err(StoreError::Backend(StorageFailure::internal(
+                "a record write returned no tokens",
+            ))),
         }
     }
 
-    fn failure(&self) -> Option<String> {
+    fn failure(&self) -> Option<StorageFailure> {
         self.inner
             .commit
             .failure()
@@ -136,7 +163,7 @@ impl Store for SledStore {
     async fn check_integrity(&self) -> Result<IntegrityReport, StoreError> {
         self.blocking(|inner| {
             // Compare the trees once every acknowledged write is in them.
-            inner.unapplied.wait_until(0).map_err(backend)?;
+            inner.unapplied.wait_until(0).map_err(StoreError::Backend)?;
             integrity::check(&inner.trees)
         })
         .await
@@ -204,6 +231,7 @@ mod tests {
     use crate::domain::FieldKind;
     use crate::store::apply::Staged;
     use crate::store::layout::{encode_frame, encode_record, index_entry};
+    use crate::store::FailureCause;
     use std::collections::HashMap;
     use std::path::Path;
 
@@ -211,6 +239,7 @@ mod tests {
         SledStore::open(&SledConfig {
             path: dir.to_path_buf(),
             cache_capacity_bytes: 8 << 20,
+            max_queued_writes: crate::store::DEFAULT_MAX_QUEUED_WRITES,
         })
         .unwrap_or_else(|e| panic!("{e}"))
     }
@@ -240,13 +269,22 @@ mod tests {
         }
     }
 
-    fn ok<T>(r: Result<T, StoreError>) -> T {
+    fn wrapped(purpose: KeyPurpose, version: u32) -> WrappedKey {
+        WrappedKey {
+            purpose,
+            version: KeyVersion(version),
+            nonce: [3; NONCE_LEN],
+            ciphertext: vec![4; 48],
+        }
+    }
+
+    fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
         r.unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[tokio::test]
     async fn records_round_trip_and_survive_reopening() {
-        let dir = ok(tempfile::tempdir().map_err(backend));
+        let dir = ok(tempfile::tempdir());
         let (a, b) = (TokenId::new_random(), TokenId::new_random());
         {
             let store = open(dir.path());
@@ -273,7 +311,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_taken_token_fails_the_whole_batch() {
-        let dir = ok(tempfile::tempdir().map_err(backend));
+        let dir = ok(tempfile::tempdir());
         let store = open(dir.path());
         let (a, b) = (TokenId::new_random(), TokenId::new_random());
         ok(store
@@ -307,7 +345,7 @@ mod tests {
     /// and a deterministic value keeps one token.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn answered_writes_are_visible_whether_or_not_applied_yet() {
-        let dir = ok(tempfile::tempdir().map_err(backend));
+        let dir = ok(tempfile::tempdir());
         let store = open(dir.path());
         let mut first: HashMap<u8, TokenId> = HashMap::new();
         for round in 0..300u32 {
@@ -333,7 +371,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_deterministic_value_keeps_its_first_token_and_random_ones_add_up() {
-        let dir = ok(tempfile::tempdir().map_err(backend));
+        let dir = ok(tempfile::tempdir());
         let store = open(dir.path());
         let (a, b, c, d) = (
             TokenId::new_random(),
@@ -382,7 +420,7 @@ mod tests {
 
     #[tokio::test]
     async fn logged_writes_that_never_reached_the_trees_are_replayed_on_open() {
-        let dir = ok(tempfile::tempdir().map_err(backend));
+        let dir = ok(tempfile::tempdir());
         let (a, b, c) = (
             TokenId::new_random(),
             TokenId::new_random(),
@@ -396,10 +434,11 @@ mod tests {
                 .insert_records(vec![new(a, FieldKind::Phone, 1, true)])
                 .await);
         }
-        // As if the process died after logging two groups but before
-        // applying them: the frames are in the log, the trees lack them.
+        // As if the process died after logging two groups (records, and a
+        // key) but before applying them: the frames are in the log, the
+        // trees lack them.
         {
-            let (mut wal, frames) = ok(Wal::open(&dir.path().join(WAL_FILE)).map_err(backend));
+            let (mut wal, frames) = ok(Wal::open(&dir.path().join(WAL_FILE)));
             assert!(frames.is_empty(), "a clean close leaves an empty log");
             let staged = |t: TokenId, idx: u8, det: bool| Staged {
                 token: t,
@@ -407,17 +446,21 @@ mod tests {
                 deterministic: det,
                 record: encode_record(&record(FieldKind::Email)),
             };
-            ok(wal
-                .append(&encode_frame(&[staged(b, 2, true)]))
-                .map_err(backend));
-            ok(wal
-                .append(&encode_frame(&[staged(c, 3, false), staged(a, 1, true)]))
-                .map_err(backend));
+            ok(wal.append(&encode_frame(&[], &[staged(b, 2, true)])));
+            ok(wal.append(&encode_frame(
+                &[wrapped(KeyPurpose::Data, 2)],
+                &[staged(c, 3, false), staged(a, 1, true)],
+            )));
         }
         let store = open(dir.path());
         let got = ok(store.get_records(vec![a, b, c]).await);
         assert!(got.iter().all(Option::is_some), "{got:?}");
         assert_eq!(ok(store.tokens_by_index(index(2)).await), vec![b]);
+        assert_eq!(
+            ok(store.keys().await),
+            vec![wrapped(KeyPurpose::Data, 2)],
+            "a logged key is replayed"
+        );
         // A replayed deterministic mapping is honoured by later writes.
         let d = TokenId::new_random();
         assert_eq!(
@@ -434,13 +477,13 @@ mod tests {
             "replaying `a` again changed nothing"
         );
         drop(store);
-        let (_, frames) = ok(Wal::open(&dir.path().join(WAL_FILE)).map_err(backend));
+        let (_, frames) = ok(Wal::open(&dir.path().join(WAL_FILE)));
         assert!(frames.is_empty(), "the replay was checkpointed");
     }
 
     #[tokio::test]
     async fn the_integrity_check_finds_a_record_without_its_index_entry() {
-        let dir = ok(tempfile::tempdir().map_err(backend));
+        let dir = ok(tempfile::tempdir());
         let store = open(dir.path());
         let (a, b) = (TokenId::new_random(), TokenId::new_random());
         ok(store
@@ -450,20 +493,142 @@ mod tests {
             ])
             .await);
         // Damage the trees once the apply thread has filled them.
-        ok(store.inner.unapplied.wait_until(0).map_err(backend));
+        ok(store.inner.unapplied.wait_until(0));
         let trees = &store.inner.trees;
-        ok(trees
-            .blind_index
-            .remove(index_entry(&index(1), &a))
-            .map_err(backend));
-        ok(trees.records.remove(b.as_bytes()).map_err(backend));
+        ok(trees.blind_index.remove(index_entry(&index(1), &a)));
+        ok(trees.records.remove(b.as_bytes()));
         let report = ok(store.check_integrity().await);
         assert_eq!(report.problems.len(), 3, "{:?}", report.problems);
     }
 
+    fn inject(slot: &std::sync::atomic::AtomicI32, errno: i32) {
+        slot.store(errno, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    #[tokio::test]
+    async fn a_batch_whose_checkpoint_fails_after_its_log_sync_gets_its_tokens_and_they_are_there_after_a_restart(
+    ) {
+        let dir = ok(tempfile::tempdir());
+        let (a, b, later) = (
+            TokenId::new_random(),
+            TokenId::new_random(),
+            TokenId::new_random(),
+        );
+        {
+            let store = open(dir.path());
+            // EIO from the checkpoint that follows the next group's sync.
+            inject(&store.inner.faults.checkpoint, 5);
+            let got = store
+                .insert_records(vec![
+                    new(a, FieldKind::Phone, 1, true),
+                    new(b, FieldKind::Email, 2, false),
+                ])
+                .await;
+            assert_eq!(ok(got), vec![a, b], "a durable batch gets its tokens");
+            // Later writes are refused, with the typed cause.
+            let refused = store
+                .insert_records(vec![new(later, FieldKind::Phone, 3, false)])
+                .await;
+            let eio = FailureCause::Io {
+                kind: std::io::ErrorKind::Other,
+                errno: Some(5),
+            };
+            assert!(
+                matches!(&refused, Err(StoreError::WritesStopped(f)) if f.cause.to_string() == eio.to_string()),
+                "{refused:?}"
+            );
+            assert!(store.failure().is_some());
+            // Reads in this process still find the batch.
+            let read = ok(store.get_records(vec![a, b]).await);
+            assert!(read.iter().all(Option::is_some), "{read:?}");
+        }
+        let store = open(dir.path());
+        let read = ok(store.get_records(vec![a, b, later]).await);
+        assert_eq!(
+            read,
+            vec![
+                Some(record(FieldKind::Phone)),
+                Some(record(FieldKind::Email)),
+                None
+            ]
+        );
+        assert_eq!(ok(store.tokens_by_index(index(1)).await), vec![a]);
+        let report = ok(store.check_integrity().await);
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert!(store.failure().is_none(), "a restart writes again");
+    }
+
+    #[tokio::test]
+    async fn a_failed_publish_after_the_log_sync_answers_with_the_tokens_and_stops_later_writes_with_the_cause(
+    ) {
+        let dir = ok(tempfile::tempdir());
+        let (a, later) = (TokenId::new_random(), TokenId::new_random());
+        {
+            let store = open(dir.path());
+            // ENOSPC when handing the synced group to the apply thread.
+            inject(&store.inner.faults.publish, 28);
+            let got = store
+                .insert_records(vec![new(a, FieldKind::Phone, 1, false)])
+                .await;
+            assert_eq!(ok(got), vec![a]);
+            for refused in [
+                store
+                    .insert_records(vec![new(later, FieldKind::Phone, 2, false)])
+                    .await
+                    .err(),
+                store
+                    .insert_keys(vec![wrapped(KeyPurpose::Data, 9)])
+                    .await
+                    .err(),
+            ] {
+                assert!(
+                    matches!(&refused, Some(StoreError::WritesStopped(f)) if f.cause == FailureCause::StorageFull),
+                    "{refused:?}"
+                );
+            }
+            assert_eq!(
+                store.failure().map(|f| f.cause),
+                Some(FailureCause::StorageFull)
+            );
+        }
+        // The log kept the group (no checkpoint after the failure, not even
+        // at close): the restart replays it.
+        let store = open(dir.path());
+        let read = ok(store.get_records(vec![a, later]).await);
+        assert_eq!(read, vec![Some(record(FieldKind::Phone)), None]);
+        assert!(ok(store.keys().await).is_empty());
+        let report = ok(store.check_integrity().await);
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    }
+
+    #[tokio::test]
+    async fn a_key_write_whose_log_append_fails_leaves_no_key_behind() {
+        let dir = ok(tempfile::tempdir());
+        {
+            let store = open(dir.path());
+            inject(&store.inner.faults.append, 28);
+            let failed = store
+                .insert_keys(vec![
+                    wrapped(KeyPurpose::Data, 1),
+                    wrapped(KeyPurpose::Index, 1),
+                ])
+                .await;
+            assert!(
+                matches!(&failed, Err(StoreError::Backend(f)) if f.cause == FailureCause::StorageFull),
+                "{failed:?}"
+            );
+            assert!(ok(store.keys().await).is_empty(), "nothing in this process");
+        }
+        let store = open(dir.path());
+        assert!(ok(store.keys().await).is_empty(), "nothing after a restart");
+        // The store writes again after the restart, keys included.
+        ok(store.insert_keys(vec![wrapped(KeyPurpose::Data, 1)]).await);
+        assert_eq!(ok(store.keys().await), vec![wrapped(KeyPurpose::Data, 1)]);
+    }
+
     #[tokio::test]
     async fn keys_are_insert_once() {
-        let dir = ok(tempfile::tempdir().map_err(backend));
+        let dir = ok(tempfile::tempdir());
         let store = open(dir.path());
         let key = |purpose| WrappedKey {
             purpose,

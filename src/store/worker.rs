@@ -2,7 +2,7 @@
 //! thread): spawned once, joined when dropped, and a panic reported instead
 //! of leaving its waiters hanging.
 
-use super::StoreError;
+use super::{StorageFailure, StoreError};
 use std::thread::JoinHandle;
 
 pub(super) struct Worker {
@@ -38,7 +38,12 @@ impl Worker {
                 let _guard = PanicGuard(Some(on_panic));
                 body();
             })
-            .map_err(|e| StoreError::Backend(format!("starting the {name} thread: {e}")))?;
+            .map_err(|e| {
+                StoreError::Backend(StorageFailure::io(
+                    format!("starting the {name} thread"),
+                    &e,
+                ))
+            })?;
         Ok(Self {
             name,
             thread: Some(thread),

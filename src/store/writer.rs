@@ -18,23 +18,31 @@
 //! log. It runs when the log passes [`CHECKPOINT_BYTES`], after key writes,
 //! after a replay, and on close.
 //!
-//! Key writes (rare: first start, rotation) use a sled transaction on the
-//! `keys` tree followed by a checkpoint.
+//! Key writes (rare: first start, rotation) go the same way: logged in the
+//! group's frame beside the records, inserted into the `keys` tree once the
+//! frame is synced (on the commit thread, before the callers are answered),
+//! replayed from the log like records, and followed by a checkpoint.
+//!
+//! Errors: a failure before the frame is synced fails the whole group; a
+//! failure after it (publishing to the apply thread, inserting keys, the
+//! checkpoint) does not take back what is durable — the callers get their
+//! outcomes, the next start replays the frame — but stops later writes,
+//! and the writer no longer checkpoints (not even at close), so the log
+//! keeps every frame the trees may lack.
 //!
 //! [`GroupCommit`]: super::group_commit::GroupCommit
 //! [`Unapplied`]: super::apply::Unapplied
 
 use super::apply::{Applier, Staged};
-use super::group_commit::Committer;
+use super::group_commit::{Commit, Committer};
 use super::layout::{
     backend, decode_frame, encode_frame, encode_key, encode_record, index_entry, index_prefix,
-    key_id, token_from,
+    key_id, sled_failure, token_from,
 };
 use super::wal::Wal;
-use super::{NewRecord, StoreError};
+use super::{NewRecord, StorageFailure, StoreError};
 use crate::crypto::WrappedKey;
 use crate::domain::TokenId;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 
@@ -60,6 +68,36 @@ pub(super) struct SledWriter {
     trees: Trees,
     keys: sled::Tree,
     applier: Applier,
+    /// Set once storage failed: no checkpoint from then on.
+    stopped: bool,
+    #[cfg(test)]
+    faults: std::sync::Arc<Faults>,
+}
+
+/// Failures a test can inject, each an OS error number (0: none), used
+/// once.
+#[cfg(test)]
+#[derive(Default)]
+pub(super) struct Faults {
+    /// The next log append fails before anything is written.
+    pub(super) append: std::sync::atomic::AtomicI32,
+    /// The next group is synced, then handing it to the apply thread fails.
+    pub(super) publish: std::sync::atomic::AtomicI32,
+    /// The next group is synced, then checkpointed, and that fails.
+    pub(super) checkpoint: std::sync::atomic::AtomicI32,
+}
+
+#[cfg(test)]
+impl Faults {
+    fn take(slot: &std::sync::atomic::AtomicI32, doing: &str) -> Result<(), StorageFailure> {
+        match slot.swap(0, std::sync::atomic::Ordering::SeqCst) {
+            0 => Ok(()),
+            errno => Err(StorageFailure::io(
+                format!("{doing} (injected by a test)"),
+                &std::io::Error::from_raw_os_error(errno),
+            )),
+        }
+    }
 }
 
 impl SledWriter {
@@ -78,7 +116,15 @@ impl SledWriter {
             trees,
             keys,
             applier,
+            stopped: false,
+            #[cfg(test)]
+            faults: Default::default(),
         }
+    }
+
+    #[cfg(test)]
+    pub(super) fn faults(&self) -> std::sync::Arc<Faults> {
+        self.faults.clone()
     }
 }
 
@@ -89,6 +135,8 @@ struct Group {
     staged: Vec<Staged>,
     tokens: HashSet<[u8; 16]>,
     deterministic: HashMap<[u8; 36], TokenId>,
+    keys: Vec<WrappedKey>,
+    key_ids: HashSet<[u8; 5]>,
 }
 
 pub(super) enum Write {
@@ -102,23 +150,24 @@ pub(super) enum Written {
 }
 
 impl SledWriter {
-    /// Adds wrapped keys in one transaction, all or none.
-    fn write_keys(&self, keys: &[WrappedKey]) -> Result<(), StoreError> {
-        self.keys
-            .transaction(|tx| {
-                for key in keys {
-                    let id = key_id(key.purpose, key.version);
-                    if tx.get(id)?.is_some() {
-                        return Err(ConflictableTransactionError::Abort(()));
-                    }
-                    tx.insert(&id[..], encode_key(key))?;
-                }
-                Ok(())
-            })
-            .map_err(|e| match e {
-                TransactionError::Abort(()) => StoreError::AlreadyExists("key version"),
-                TransactionError::Storage(e) => backend(e),
-            })
+    /// Decides one call's keys against the `keys` tree and the group so
+    /// far: all or none; `AlreadyExists` if a (purpose, version) is taken,
+    /// also within the call. Only the commit thread writes keys, so nothing
+    /// changes between this lookup and the insert.
+    fn stage_keys(&self, keys: &[WrappedKey], group: &mut Group) -> Result<(), StoreError> {
+        let mut mine = HashSet::new();
+        for key in keys {
+            let id = key_id(key.purpose, key.version);
+            if group.key_ids.contains(&id)
+                || !mine.insert(id)
+                || self.keys.contains_key(id).map_err(backend)?
+            {
+                return Err(StoreError::AlreadyExists("key version"));
+            }
+        }
+        group.key_ids.extend(mine);
+        group.keys.extend_from_slice(keys);
+        Ok(())
     }
 
     /// Decides one call's records against the trees and the group so far:
@@ -187,38 +236,54 @@ impl SledWriter {
 impl Trees {
     /// Inserts logged entries into the trees (on the apply thread, and for
     /// replay: every insert is idempotent).
-    pub(super) fn apply(&self, staged: &[Staged]) -> Result<(), StoreError> {
+    pub(super) fn apply(&self, staged: &[Staged]) -> Result<(), StorageFailure> {
+        let failed = |e| sled_failure("inserting logged records", &e);
         for s in staged {
             let id = s.token.as_bytes();
             if s.deterministic {
                 self.deterministic
                     .insert(&index_prefix(&s.index)[..], &id[..])
-                    .map_err(backend)?;
+                    .map_err(failed)?;
             }
             self.blind_index
                 .insert(&index_entry(&s.index, &s.token)[..], &[][..])
-                .map_err(backend)?;
+                .map_err(failed)?;
             self.records
                 .insert(&id[..], s.record.as_slice())
-                .map_err(backend)?;
+                .map_err(failed)?;
         }
         Ok(())
     }
+}
+
+/// Inserts logged keys into the `keys` tree (idempotent, for replay too).
+fn apply_keys(tree: &sled::Tree, keys: &[WrappedKey]) -> Result<(), StorageFailure> {
+    for key in keys {
+        tree.insert(&key_id(key.purpose, key.version)[..], encode_key(key))
+            .map_err(|e| sled_failure("inserting logged keys", &e))?;
+    }
+    Ok(())
 }
 
 impl SledWriter {
     /// Makes the trees durable on their own, then empties the log. Waits
     /// for every logged group to be applied first: the log is their only
     /// durable copy until this flush.
-    fn checkpoint(&mut self) -> Result<(), String> {
+    fn checkpoint(&mut self) -> Result<(), StorageFailure> {
         let (start, log_bytes) = (std::time::Instant::now(), self.wal.len());
         self.applier.shared().wait_until(0)?;
         let applied = start.elapsed();
-        self.db.flush().map_err(|e| format!("flush: {e}"))?;
+        #[cfg(test)]
+        Faults::take(&self.faults.checkpoint, "checkpoint")?;
+        self.db
+            .flush()
+            .map_err(|e| sled_failure("flushing sled", &e))?;
         self.data_file
             .sync_data()
-            .map_err(|e| format!("fdatasync: {e}"))?;
-        self.wal.reset().map_err(|e| e.to_string())?;
+            .map_err(|e| StorageFailure::io("fdatasync of sled's data file", &e))?;
+        self.wal
+            .reset()
+            .map_err(|e| StorageFailure::of_error("resetting the write-ahead log", &e))?;
         tracing::debug!(
             log_bytes,
             wait_for_apply_ms = applied.as_millis() as u64,
@@ -230,18 +295,63 @@ impl SledWriter {
 
     /// Applies the frames a crash left in the log, then checkpoints.
     pub(super) fn replay(&mut self, frames: &[Vec<u8>]) -> Result<(), StoreError> {
-        let mut entries = 0;
+        let (mut records, mut keys) = (0, 0);
         for frame in frames {
-            let staged = decode_frame(frame)?;
-            entries += staged.len();
-            self.trees.apply(&staged)?;
+            let frame = decode_frame(frame)?;
+            records += frame.records.len();
+            keys += frame.keys.len();
+            apply_keys(&self.keys, &frame.keys).map_err(StoreError::Backend)?;
+            self.trees
+                .apply(&frame.records)
+                .map_err(StoreError::Backend)?;
         }
-        self.checkpoint().map_err(backend)?;
+        self.checkpoint().map_err(StoreError::Backend)?;
         tracing::info!(
             frames = frames.len(),
-            records = entries,
+            records,
+            keys,
             "replayed the write-ahead log"
         );
+        Ok(())
+    }
+
+    /// Logs the group's frame and syncs it: from then on it is durable.
+    fn log(&mut self, group: &Group) -> Result<(), StorageFailure> {
+        #[cfg(test)]
+        Faults::take(&self.faults.append, "appending to the write-ahead log")?;
+        self.wal
+            .append(&encode_frame(&group.keys, &group.staged))
+            .map_err(|e| StorageFailure::of_error("appending to the write-ahead log", &e))
+    }
+
+    /// What follows the sync of a group's frame: make it visible (records
+    /// to the overlay and the apply thread, keys into their tree), and
+    /// checkpoint when due. Every step is tried; the first failure is
+    /// returned.
+    fn after_sync(&mut self, group: Group) -> Result<(), StorageFailure> {
+        let keys_written = !group.keys.is_empty();
+        #[cfg(test)]
+        let injected = Faults::take(
+            &self.faults.publish,
+            "handing logged writes to the apply thread",
+        );
+        #[cfg(not(test))]
+        let injected = Ok(());
+        let published = injected.and_then(|()| self.applier.publish(group.staged));
+        let keys = apply_keys(&self.keys, &group.keys);
+        published?;
+        keys?;
+        #[cfg(test)]
+        let forced = self
+            .faults
+            .checkpoint
+            .load(std::sync::atomic::Ordering::SeqCst)
+            != 0;
+        #[cfg(not(test))]
+        let forced = false;
+        if forced || keys_written || self.wal.len() >= CHECKPOINT_BYTES {
+            self.checkpoint()?;
+        }
         Ok(())
     }
 }
@@ -250,41 +360,46 @@ impl Committer for SledWriter {
     type Write = Write;
     type Output = Written;
 
-    fn commit(&mut self, writes: Vec<Write>) -> Result<Vec<Result<Written, StoreError>>, String> {
+    fn commit(&mut self, writes: Vec<Write>) -> Commit<Written> {
         // One group may still be applying while this one is staged and
         // synced; a second would only grow the overlay.
-        self.applier.shared().wait_until(1)?;
+        if let Err(e) = self.applier.shared().wait_until(1) {
+            self.stopped = true;
+            return Commit::Failed(e);
+        }
         let mut group = Group::default();
-        let mut keys_written = false;
         let outcomes = writes
             .into_iter()
             .map(|w| match w {
                 Write::Records(records) => self
                     .stage_records(&records, &mut group)
                     .map(Written::Tokens),
-                Write::Keys(keys) => {
-                    let written = self.write_keys(&keys);
-                    keys_written |= written.is_ok();
-                    written.map(|()| Written::Keys)
-                }
+                Write::Keys(keys) => self.stage_keys(&keys, &mut group).map(|()| Written::Keys),
             })
             .collect();
-        if !group.staged.is_empty() {
-            self.wal
-                .append(&encode_frame(&group.staged))
-                .map_err(|e| e.to_string())?;
-            // Logged and durable: the callers can be answered. If applying
-            // fails later, the replay at the next start repairs it, but this
-            // process stops writing.
-            self.applier.publish(group.staged)?;
+        if group.staged.is_empty() && group.keys.is_empty() {
+            return Commit::Done(outcomes);
         }
-        if keys_written || self.wal.len() >= CHECKPOINT_BYTES {
-            self.checkpoint()?;
+        if let Err(e) = self.log(&group) {
+            self.stopped = true;
+            return Commit::Failed(e);
         }
-        Ok(outcomes)
+        // Logged and durable: the callers get their outcomes whatever
+        // fails from here, and the next start replays the frame.
+        match self.after_sync(group) {
+            Ok(()) => Commit::Done(outcomes),
+            Err(e) => {
+                self.stopped = true;
+                Commit::DoneThenFailed(outcomes, e)
+            }
+        }
     }
 
     fn close(&mut self) {
+        if self.stopped {
+            tracing::warn!("storage failed earlier: no checkpoint at close; the next start replays the write-ahead log");
+            return;
+        }
         if let Err(e) = self.checkpoint() {
             tracing::error!(error = %e, "checkpoint at close failed; the next start replays the log");
         }

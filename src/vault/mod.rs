@@ -9,7 +9,7 @@ use crate::domain::value::{canonicalise, render, Address, FieldInput, IdScheme, 
 use crate::domain::{
     CallerId, FieldKind, Justification, Plaintext, Purpose, TokenId, TokenMode, TokenModes,
 };
-use crate::store::{NewRecord, Store, StoreError};
+use crate::store::{NewRecord, StorageFailure, Store, StoreError};
 use std::sync::{Arc, RwLock};
 
 /// What a deployment sets.
@@ -115,6 +115,15 @@ pub enum KeyringSetupError {
     Store(#[from] StoreError),
 }
 
+/// A storage failure as callers see it: its kind ("storage full", "I/O
+/// error (os error 5)"), never a value or a path.
+fn unavailable(e: &StoreError, what: &str) -> VaultError {
+    let cause = e
+        .failure()
+        .map_or_else(|| "storage error".to_owned(), |f| f.cause.to_string());
+    VaultError::Unavailable(format!("storage is unavailable ({cause}); {what}"))
+}
+
 /// The vault. Cheap to share behind an `Arc`.
 pub struct Vault {
     store: Arc<dyn Store>,
@@ -153,7 +162,7 @@ impl Vault {
     }
 
     /// Why storage refuses writes, if it does (see [`Store::failure`]).
-    pub fn storage_failure(&self) -> Option<String> {
+    pub fn storage_failure(&self) -> Option<StorageFailure> {
         self.store.failure()
     }
 
@@ -261,7 +270,7 @@ impl Vault {
                         tracing::error!(error = %e, "storing records failed; nothing acknowledged")
                     }
                 }
-                VaultError::Unavailable("storage is unavailable; nothing was stored".into())
+                unavailable(&e, "nothing was stored")
             })?
         };
         let results: Vec<Result<TokenId, ItemError>> = slots
@@ -332,7 +341,7 @@ impl Vault {
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "reading records failed");
-                VaultError::Unavailable("storage is unavailable; nothing was revealed".into())
+                unavailable(&e, "nothing was revealed")
             })?
             .into_iter();
 
