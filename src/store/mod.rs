@@ -200,9 +200,13 @@ pub trait Store: Send + Sync + 'static {
     /// deterministic), for erase-by-value and consistency checks.
     async fn tokens_by_index(&self, index: BlindIndex) -> Result<Vec<TokenId>, StoreError>;
 
-    /// The records for `tokens`, in the same order (`None` when absent).
-    async fn get_records(
-        &self,
-        tokens: Vec<TokenId>,
-    ) -> Result<Vec<Option<SealedRecord>>, StoreError>;
+    /// The records for `tokens`, in the same order: `Ok(Some)` when found,
+    /// `Ok(None)` when absent, `Err` for one record that cannot be read
+    /// (its stored bytes do not decode, or the backend failed to read that
+    /// key), so one bad record does not withhold the others. The call fails
+    /// as a whole only when nothing could be read.
+    async fn get_records(&self, tokens: Vec<TokenId>) -> Result<Vec<RecordRead>, StoreError>;
 }
+
+/// One record read by [`Store::get_records`].
+pub type RecordRead = Result<Option<SealedRecord>, StoreError>;

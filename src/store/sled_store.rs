@@ -15,8 +15,8 @@ use super::layout::{
 };
 use super::wal::Wal;
 use super::writer::{SledWriter, Trees, Write, Written};
-use super::{IntegrityReport, NewRecord, StorageFailure, Store, StoreError};
-use crate::crypto::{BlindIndex, SealedRecord, WrappedKey};
+use super::{IntegrityReport, NewRecord, RecordRead, StorageFailure, Store, StoreError};
+use crate::crypto::{BlindIndex, WrappedKey};
 use crate::domain::TokenId;
 use async_trait::async_trait;
 use std::fs::File;
@@ -185,10 +185,7 @@ impl Store for SledStore {
         .await
     }
 
-    async fn get_records(
-        &self,
-        tokens: Vec<TokenId>,
-    ) -> Result<Vec<Option<SealedRecord>>, StoreError> {
+    async fn get_records(&self, tokens: Vec<TokenId>) -> Result<Vec<RecordRead>, StoreError> {
         // A few point reads are a few microseconds from sled's cache (at
         // worst a page-cache `pread`): cheaper inline than the thread hop of
         // `spawn_blocking`, which cost ~10% of a single-token detokenize.
@@ -205,11 +202,10 @@ impl Store for SledStore {
 /// Batches up to this many tokens are read on the calling task.
 const INLINE_READS: usize = 8;
 
-fn read_records(
-    inner: &Inner,
-    tokens: &[TokenId],
-) -> Result<Vec<Option<SealedRecord>>, StoreError> {
-    tokens
+/// Reads each record on its own: a corrupt one, or a read error for one
+/// key, fails that item only.
+fn read_records(inner: &Inner, tokens: &[TokenId]) -> Result<Vec<RecordRead>, StoreError> {
+    Ok(tokens
         .iter()
         .map(|t| {
             // Overlay first: an entry leaves it only once it is in the tree.
@@ -221,13 +217,13 @@ fn read_records(
                 None => Ok(None),
             }
         })
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::{KeyPurpose, KeyVersion, NONCE_LEN};
+    use crate::crypto::{KeyPurpose, KeyVersion, SealedRecord, NONCE_LEN};
     use crate::domain::FieldKind;
     use crate::store::apply::Staged;
     use crate::store::layout::{encode_frame, encode_record, index_entry};
@@ -297,7 +293,7 @@ mod tests {
             assert_eq!(got, vec![a, b]);
         }
         let store = open(dir.path());
-        let got = ok(store.get_records(vec![b, TokenId::new_random(), a]).await);
+        let got = read(&store, vec![b, TokenId::new_random(), a]).await;
         assert_eq!(
             got,
             vec![
@@ -324,7 +320,7 @@ mod tests {
             ])
             .await;
         assert!(matches!(err, Err(StoreError::AlreadyExists("token"))));
-        let got = ok(store.get_records(vec![a, b]).await);
+        let got = read(&store, vec![a, b]).await;
         assert_eq!(got, vec![Some(record(FieldKind::Phone)), None]);
         // The same new token twice in one call is refused too.
         let c = TokenId::new_random();
@@ -335,7 +331,7 @@ mod tests {
             ])
             .await;
         assert!(matches!(err, Err(StoreError::AlreadyExists("token"))));
-        assert_eq!(ok(store.get_records(vec![c]).await), vec![None]);
+        assert_eq!(read(&store, vec![c]).await, vec![None]);
         assert!(ok(store.tokens_by_index(index(2)).await).is_empty());
     }
 
@@ -359,7 +355,7 @@ mod tests {
                 .await);
             let det_token = *first.entry(value).or_insert(det);
             assert_eq!(got, vec![det_token, random], "round {round}");
-            let read = ok(store.get_records(vec![det_token, random]).await);
+            let read = read(&store, vec![det_token, random]).await;
             assert!(read.iter().all(Option::is_some), "round {round}");
             assert!(ok(store.tokens_by_index(index(value)).await).contains(&random));
         }
@@ -393,7 +389,7 @@ mod tests {
                 .await),
             vec![a]
         );
-        assert_eq!(ok(store.get_records(vec![b, c]).await), vec![None, None]);
+        assert_eq!(read(&store, vec![b, c]).await, vec![None, None]);
         // A random token of the same value is indexed beside it.
         assert_eq!(
             ok(store
@@ -453,7 +449,7 @@ mod tests {
             )));
         }
         let store = open(dir.path());
-        let got = ok(store.get_records(vec![a, b, c]).await);
+        let got = read(&store, vec![a, b, c]).await;
         assert!(got.iter().all(Option::is_some), "{got:?}");
         assert_eq!(ok(store.tokens_by_index(index(2)).await), vec![b]);
         assert_eq!(
@@ -501,6 +497,14 @@ mod tests {
         assert_eq!(report.problems.len(), 3, "{:?}", report.problems);
     }
 
+    /// Reads records, failing the test on any unreadable one.
+    async fn read(store: &SledStore, tokens: Vec<TokenId>) -> Vec<Option<SealedRecord>> {
+        ok(store.get_records(tokens).await)
+            .into_iter()
+            .map(|r| ok(r))
+            .collect()
+    }
+
     fn inject(slot: &std::sync::atomic::AtomicI32, errno: i32) {
         slot.store(errno, std::sync::atomic::Ordering::SeqCst);
     }
@@ -539,11 +543,11 @@ mod tests {
             );
             assert!(store.failure().is_some());
             // Reads in this process still find the batch.
-            let read = ok(store.get_records(vec![a, b]).await);
+            let read = read(&store, vec![a, b]).await;
             assert!(read.iter().all(Option::is_some), "{read:?}");
         }
         let store = open(dir.path());
-        let read = ok(store.get_records(vec![a, b, later]).await);
+        let read = read(&store, vec![a, b, later]).await;
         assert_eq!(
             read,
             vec![
@@ -594,7 +598,7 @@ mod tests {
         // The log kept the group (no checkpoint after the failure, not even
         // at close): the restart replays it.
         let store = open(dir.path());
-        let read = ok(store.get_records(vec![a, later]).await);
+        let read = read(&store, vec![a, later]).await;
         assert_eq!(read, vec![Some(record(FieldKind::Phone)), None]);
         assert!(ok(store.keys().await).is_empty());
         let report = ok(store.check_integrity().await);
@@ -624,6 +628,37 @@ mod tests {
         // The store writes again after the restart, keys included.
         ok(store.insert_keys(vec![wrapped(KeyPurpose::Data, 1)]).await);
         assert_eq!(ok(store.keys().await), vec![wrapped(KeyPurpose::Data, 1)]);
+    }
+
+    #[tokio::test]
+    async fn a_record_that_does_not_decode_fails_alone() {
+        let dir = ok(tempfile::tempdir());
+        let store = open(dir.path());
+        let (a, b, absent) = (
+            TokenId::new_random(),
+            TokenId::new_random(),
+            TokenId::new_random(),
+        );
+        ok(store
+            .insert_records(vec![
+                new(a, FieldKind::Phone, 1, false),
+                new(b, FieldKind::Phone, 2, false),
+            ])
+            .await);
+        ok(store.inner.unapplied.wait_until(0));
+        ok(store
+            .inner
+            .trees
+            .records
+            .insert(a.as_bytes(), &[9u8, 9, 9][..]));
+        let got = ok(store.get_records(vec![a, b, absent]).await);
+        assert!(
+            matches!(got[0], Err(StoreError::Corrupt { what: "record", .. })),
+            "{:?}",
+            got[0]
+        );
+        assert_eq!(got[1].as_ref().ok(), Some(&Some(record(FieldKind::Phone))));
+        assert_eq!(got[2].as_ref().ok(), Some(&None));
     }
 
     #[tokio::test]

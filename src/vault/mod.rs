@@ -356,7 +356,14 @@ impl Vault {
             let outcome = p.and_then(|token| {
                 item.token = Some(token.to_string());
                 // `records` yields one entry per parsed token, in order.
-                let record = records.next().flatten().ok_or(ItemError::NotFound)?;
+                let record = match records.next() {
+                    Some(Ok(Some(record))) => record,
+                    Some(Err(e)) => {
+                        tracing::error!(token = %token, error = %e, "stored record cannot be read");
+                        return Err(ItemError::DataLoss);
+                    }
+                    Some(Ok(None)) | None => return Err(ItemError::NotFound),
+                };
                 item.kind = Some(record.kind.as_str());
                 let grant = policy
                     .decide(caller, Action::Detokenize, record.kind, Some(&purpose))
