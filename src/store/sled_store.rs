@@ -501,7 +501,7 @@ mod tests {
     async fn read(store: &SledStore, tokens: Vec<TokenId>) -> Vec<Option<SealedRecord>> {
         ok(store.get_records(tokens).await)
             .into_iter()
-            .map(|r| ok(r))
+            .map(ok)
             .collect()
     }
 
