@@ -417,6 +417,11 @@ async fn disk_full_round(harness: &Harness, rng: &mut Rng) {
         .await
         .expect_err("a write was accepted after a failed write");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    // The server handled SIGXFSZ and typed the EFBIG it got.
+    assert!(
+        status.message().contains("file size limit reached"),
+        "{status:?}"
+    );
     server.kill9();
 
     // Restarted with room on the disk: everything acknowledged is there,
