@@ -105,6 +105,16 @@ impl SledStore {
         })
     }
 
+    /// Test fault: the checkpoint after the next group's log sync fails
+    /// with OS error `errno`.
+    #[cfg(test)]
+    pub(crate) fn fail_next_checkpoint(&self, errno: i32) {
+        self.inner
+            .faults
+            .checkpoint
+            .store(errno, std::sync::atomic::Ordering::SeqCst);
+    }
+
     async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,

@@ -12,6 +12,9 @@ use crate::domain::{
 use crate::store::{NewRecord, StorageFailure, Store, StoreError};
 use std::sync::{Arc, RwLock};
 
+#[cfg(test)]
+mod storage_failure_tests;
+
 /// What a deployment sets.
 #[derive(Clone, Copy, Debug)]
 pub struct Settings {
