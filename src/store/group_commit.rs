@@ -19,14 +19,15 @@
 //! stops later writes only: the batch's callers get their real outcomes.
 //!
 //! Backpressure: at most `max_queued` writes are handed to the commit
-//! thread and not yet answered; more wait in [`GroupCommit::submit`] (an
-//! async wait on a semaphore, not a blocked runtime thread).
+//! thread and not yet answered, cancelled ones included; more wait in
+//! [`GroupCommit::submit`] (an async wait on a semaphore, not a blocked
+//! runtime thread).
 
 use super::worker::Worker;
 use super::{StorageFailure, StoreError};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// What one [`Committer::commit`] did with its batch.
 pub(crate) enum Commit<O> {
@@ -59,6 +60,10 @@ pub(crate) trait Committer: Send + 'static {
 struct Job<C: Committer> {
     write: C::Write,
     reply: oneshot::Sender<Result<C::Output, StoreError>>,
+    /// Its place in the queue, given back once it is answered (not when
+    /// its caller stops waiting: a cancelled call still occupies the
+    /// commit thread).
+    permit: OwnedSemaphorePermit,
 }
 
 /// Writes waiting for the commit thread (queued or being committed) are
@@ -70,7 +75,7 @@ pub(crate) struct GroupCommit<C: Committer> {
     queue: Option<mpsc::Sender<Job<C>>>,
     /// One permit per write handed to the commit thread and not yet
     /// answered: the bound of the queue.
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
     failure: Arc<Mutex<Option<StorageFailure>>>,
     thread: Worker,
 }
@@ -101,7 +106,7 @@ impl<C: Committer> GroupCommit<C> {
         )?;
         Ok(Self {
             queue: Some(tx),
-            permits: Semaphore::new(max_queued.max(1)),
+            permits: Arc::new(Semaphore::new(max_queued.max(1))),
             failure,
             thread,
         })
@@ -119,8 +124,13 @@ impl<C: Committer> GroupCommit<C> {
         if let Some(e) = self.failure() {
             return Err(StoreError::WritesStopped(e));
         }
-        // Held until the answer arrives. The semaphore is never closed.
-        let _permit = self.permits.acquire().await.map_err(|_| gone())?;
+        // The semaphore is never closed.
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| gone())?;
         if let Some(e) = self.failure() {
             return Err(StoreError::WritesStopped(e));
         }
@@ -128,7 +138,11 @@ impl<C: Committer> GroupCommit<C> {
         self.queue
             .as_ref()
             .ok_or_else(|| StoreError::Backend(StorageFailure::internal("the store is closing")))?
-            .send(Job { write, reply })
+            .send(Job {
+                write,
+                reply,
+                permit,
+            })
             .map_err(|_| gone())?;
         rx.await.unwrap_or_else(|_| Err(gone()))
     }
@@ -164,8 +178,14 @@ fn run<C: Committer>(rx: mpsc::Receiver<Job<C>>, mut committer: C, failure: &Fai
             }
             continue;
         }
-        let (writes, replies): (Vec<_>, Vec<_>) =
-            jobs.into_iter().map(|j| (j.write, j.reply)).unzip();
+        let mut permits = Vec::with_capacity(jobs.len());
+        let (writes, replies): (Vec<_>, Vec<_>) = jobs
+            .into_iter()
+            .map(|j| {
+                permits.push(j.permit);
+                (j.write, j.reply)
+            })
+            .unzip();
         match committer.commit(writes) {
             Commit::Done(outcomes) => answer(replies, outcomes),
             Commit::DoneThenFailed(outcomes, e) => {
@@ -185,6 +205,8 @@ fn run<C: Committer>(rx: mpsc::Receiver<Job<C>>, mut committer: C, failure: &Fai
                 }
             }
         }
+        // Answered: their places are free.
+        drop(permits);
     }
     committer.close();
 }

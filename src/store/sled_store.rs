@@ -105,6 +105,24 @@ impl SledStore {
         })
     }
 
+    /// [`SledStore::open`] for tests that reopen a store they just
+    /// dropped: sled's background log writes can hold its file lock for a
+    /// moment after the last handle is gone, so a lock conflict is retried
+    /// (at most 100 times, 20 ms apart).
+    #[cfg(test)]
+    pub(crate) fn reopen_in_test(config: &SledConfig) -> Result<Self, StoreError> {
+        let mut tries = 0;
+        loop {
+            match Self::open(config) {
+                Err(e) if tries < 100 && e.to_string().contains("could not acquire lock") => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Test fault: the checkpoint after the next group's log sync fails
     /// with OS error `errno`.
     #[cfg(test)]
@@ -242,7 +260,7 @@ mod tests {
     use std::path::Path;
 
     fn open(dir: &Path) -> SledStore {
-        SledStore::open(&SledConfig {
+        SledStore::reopen_in_test(&SledConfig {
             path: dir.to_path_buf(),
             cache_capacity_bytes: 8 << 20,
             max_queued_writes: crate::store::DEFAULT_MAX_QUEUED_WRITES,

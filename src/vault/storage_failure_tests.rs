@@ -35,7 +35,7 @@ fn caller(name: &str) -> CallerId {
 
 /// A vault over the store in `dir`, and the store.
 async fn vault(dir: &Path, master: &MasterKey) -> (Vault, Arc<SledStore>) {
-    let store = Arc::new(ok(SledStore::open(&SledConfig {
+    let store = Arc::new(ok(SledStore::reopen_in_test(&SledConfig {
         path: dir.join("store"),
         cache_capacity_bytes: 8 << 20,
         max_queued_writes: DEFAULT_MAX_QUEUED_WRITES,
