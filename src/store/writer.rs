@@ -325,9 +325,10 @@ impl SledWriter {
     }
 
     /// What follows the sync of a group's frame: make it visible (records
-    /// to the overlay and the apply thread, keys into their tree), and
-    /// checkpoint when due. Every step is tried; the first failure is
-    /// returned.
+    /// to the overlay and the apply thread, keys into their tree), then
+    /// checkpoint when due. Both visibility steps are tried even if one
+    /// fails (reads find as much as possible); a failure of either skips
+    /// the checkpoint, so the log keeps the group.
     fn after_sync(&mut self, group: Group) -> Result<(), StorageFailure> {
         let keys_written = !group.keys.is_empty();
         #[cfg(test)]
