@@ -34,8 +34,7 @@
 //! Environment overrides: `FIELDVAULT_LISTEN`, `FIELDVAULT_DATA_DIR`.
 
 use crate::domain::value::PhoneRegion;
-use crate::domain::TokenMode;
-use crate::vault::TokenModes;
+use crate::domain::{TokenMode, TokenModes};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

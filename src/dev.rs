@@ -6,7 +6,7 @@ use crate::config::{
 };
 use crate::crypto::MasterKey;
 use crate::devpki::DevCa;
-use crate::vault::TokenModes;
+use crate::domain::TokenModes;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

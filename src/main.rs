@@ -185,7 +185,24 @@ async fn run() -> ExitCode {
     }
 }
 
+/// SIGXFSZ on Linux (asm-generic and x86), and on the BSDs and macOS.
+const SIGXFSZ: i32 = 25;
+
 async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
+    // A file-size limit (RLIMIT_FSIZE) sends SIGXFSZ to a process whose
+    // write would cross it, and the default action kills the process.
+    // With a handler installed the write fails with EFBIG instead, which
+    // the store reports as a storage failure ("file size limit reached"):
+    // writes stop, health reports NOT_SERVING, reads go on. Installed
+    // before the store opens; the stream is kept (and drained) for the
+    // life of the server.
+    let mut xfsz = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(SIGXFSZ))
+        .map_err(|e| format!("installing a SIGXFSZ handler: {e}"))?;
+    tokio::spawn(async move {
+        while xfsz.recv().await.is_some() {
+            tracing::debug!("SIGXFSZ: a write crossed the file-size limit and fails with EFBIG");
+        }
+    });
     let env = |k: &str| std::env::var(k).ok();
     let config = if args.dev {
         let (config, created) =

@@ -138,6 +138,7 @@ file = "{key}"
         let store = SledStore::open(&SledConfig {
             path: self.dir.join("data/store"),
             cache_capacity_bytes: 16 << 20,
+            max_queued_writes: fieldvault::store::DEFAULT_MAX_QUEUED_WRITES,
         })
         .unwrap();
         let report = store.check_integrity().await.unwrap();
@@ -583,6 +584,11 @@ async fn disk_full_round(harness: &Harness, rng: &mut Rng) {
         .await
         .expect_err("a write was accepted after a failed write");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    // The server handled SIGXFSZ and typed the EFBIG it got.
+    assert!(
+        status.message().contains("file size limit reached"),
+        "{status:?}"
+    );
     server.kill9();
 
     // Restarted with room on the disk: everything acknowledged is there,

@@ -115,6 +115,7 @@ async fn random_mode_gives_a_new_token_each_time_but_indexes_them_all() {
     let store = SledStore::open(&SledConfig {
         path: vault.config.store_dir(),
         cache_capacity_bytes: 8 << 20,
+        max_queued_writes: fieldvault::store::DEFAULT_MAX_QUEUED_WRITES,
     })
     .unwrap();
     let fieldvault::config::MasterKeySource::File(key_path) = &vault.config.master_key else {

@@ -111,3 +111,29 @@ async fn a_record_relabelled_as_another_kind_fails_to_decrypt() {
     assert_eq!(code(got[0].as_ref().unwrap_err()), Code::DataLoss);
     assert!(got[1].is_ok());
 }
+
+#[tokio::test]
+async fn a_stored_record_that_does_not_decode_is_data_loss_for_its_item_only() {
+    let mut vault = TestVault::start().await;
+    let mut orders = vault.client("orders").await;
+    let fields = vec![
+        field(FieldKind::Phone, PHONE),
+        field(FieldKind::Phone, "+1 202-555-0161"),
+        field(FieldKind::Phone, OTHER_PHONE),
+    ];
+    let tokens = tokens_for(&mut orders, fields).await;
+    drop(orders);
+    vault.stop().await;
+    let vault = tamper_and_restart(vault, |records| {
+        // Not a record at all: an unknown format byte and too short.
+        records.insert(key(&tokens[1]), &[9u8, 9, 9][..]).unwrap();
+    })
+    .await;
+
+    let mut support = vault.client("support").await;
+    let got = detokenize(&mut support, "callback", &tokens).await.unwrap();
+    assert_eq!(got[0].as_ref().unwrap().value, "+12025550143");
+    let err = got[1].as_ref().unwrap_err();
+    assert_eq!(code(err), Code::DataLoss, "{}", err.message);
+    assert_eq!(got[2].as_ref().unwrap().value, "+12025550187");
+}

@@ -1,3 +1,4 @@
+use super::FieldKind;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use std::fmt;
@@ -14,6 +15,26 @@ pub enum TokenMode {
     /// One token per canonical value, found through the blind index: the
     /// same value always yields the same token (joins, dedup).
     Deterministic,
+}
+
+/// The token mode of each field kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenModes {
+    pub phone: TokenMode,
+    pub address: TokenMode,
+    pub national_id: TokenMode,
+    pub email: TokenMode,
+}
+
+impl TokenModes {
+    pub fn for_kind(&self, kind: FieldKind) -> TokenMode {
+        match kind {
+            FieldKind::Phone => self.phone,
+            FieldKind::Address => self.address,
+            FieldKind::NationalId => self.national_id,
+            FieldKind::Email => self.email,
+        }
+    }
 }
 
 /// Every token starts with this prefix: it names the token format version so

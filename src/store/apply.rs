@@ -28,12 +28,13 @@
 //! tombstone, or the new record — or a lookup could read the old one from a
 //! tree the apply thread has not reached yet.
 
-use super::StoreError;
+use super::layout::index_prefix;
+use super::worker::Worker;
+use super::{StorageFailure, StoreError};
 use crate::crypto::BlindIndex;
 use crate::domain::TokenId;
 use std::collections::HashMap;
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, RwLock};
-use std::thread::JoinHandle;
 
 /// A record decided on the commit thread: logged, then applied.
 #[derive(Clone, Debug)]
@@ -43,14 +44,6 @@ pub(super) struct Staged {
     pub(super) deterministic: bool,
     /// The encoded record, as the `records` tree stores it.
     pub(super) record: Vec<u8>,
-}
-
-/// `BlindIndex` as a map key: version ‖ mac.
-pub(super) fn index_prefix(index: &BlindIndex) -> [u8; 36] {
-    let mut key = [0u8; 36];
-    key[..4].copy_from_slice(&index.version.0.to_be_bytes());
-    key[4..].copy_from_slice(&index.mac);
-    key
 }
 
 /// Entries that are durable (logged) but not yet in the trees.
@@ -94,7 +87,7 @@ impl Overlay {
 struct Progress {
     /// Groups handed to the apply thread and not yet applied.
     queued: usize,
-    failure: Option<String>,
+    failure: Option<StorageFailure>,
 }
 
 /// What has been acknowledged but not yet applied; shared by the commit
@@ -145,17 +138,26 @@ impl Unapplied {
     }
 
     /// Why applying stopped, if it did.
-    pub(super) fn failure(&self) -> Option<String> {
+    pub(super) fn failure(&self) -> Option<StorageFailure> {
         self.progress().failure.clone()
+    }
+
+    /// Stops applying: waiters and later groups fail with `failure`.
+    fn fail(&self, failure: StorageFailure) {
+        self.progress().failure.get_or_insert(failure);
+        self.changed.notify_all();
     }
 
     /// Blocks until at most `queued` groups are unapplied; `Err` once an
     /// apply has failed.
-    pub(super) fn wait_until(&self, queued: usize) -> Result<(), String> {
+    pub(super) fn wait_until(&self, queued: usize) -> Result<(), StorageFailure> {
         let mut progress = self.progress();
         loop {
             if let Some(e) = &progress.failure {
-                return Err(format!("applying logged writes failed: {e}"));
+                return Err(StorageFailure::new(
+                    e.cause,
+                    format!("applying logged writes failed: {}", e.detail),
+                ));
             }
             if progress.queued <= queued {
                 return Ok(());
@@ -171,7 +173,7 @@ impl Unapplied {
 /// The apply thread and the handle that feeds it.
 pub(super) struct Applier {
     queue: Option<mpsc::Sender<Vec<Staged>>>,
-    thread: Option<JoinHandle<()>>,
+    thread: Worker,
     shared: Arc<Unapplied>,
 }
 
@@ -180,18 +182,21 @@ impl Applier {
     /// (idempotently).
     pub(super) fn start<F>(apply: F) -> Result<Self, StoreError>
     where
-        F: FnMut(&[Staged]) -> Result<(), StoreError> + Send + 'static,
+        F: FnMut(&[Staged]) -> Result<(), StorageFailure> + Send + 'static,
     {
         let shared = Arc::new(Unapplied::default());
         let (tx, rx) = mpsc::channel();
-        let thread_shared = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("fieldvault-apply".into())
-            .spawn(move || run(rx, apply, &thread_shared))
-            .map_err(|e| StoreError::Backend(format!("starting the apply thread: {e}")))?;
+        let (thread_shared, panic_shared) = (shared.clone(), shared.clone());
+        // A panic is reported as a failure, so the commit thread and
+        // checkpoints waiting on it fail instead of waiting forever.
+        let thread = Worker::spawn(
+            "fieldvault-apply",
+            move || run(rx, apply, &thread_shared),
+            move || panic_shared.fail(StorageFailure::internal("the apply thread panicked")),
+        )?;
         Ok(Self {
             queue: Some(tx),
-            thread: Some(thread),
+            thread,
             shared,
         })
     }
@@ -201,38 +206,30 @@ impl Applier {
     }
 
     /// Makes a logged group visible to lookups and queues it for applying.
-    pub(super) fn publish(&self, group: Vec<Staged>) -> Result<(), String> {
+    /// A failure stops applying (see [`Unapplied::wait_until`]): the group
+    /// stays in the overlay and the log.
+    pub(super) fn publish(&self, group: Vec<Staged>) -> Result<(), StorageFailure> {
         if group.is_empty() {
             return Ok(());
         }
         self.shared.overlay_mut().add(&group);
         self.shared.progress().queued += 1;
-        self.queue
-            .as_ref()
-            .ok_or("the apply thread is stopping")?
-            .send(group)
-            .map_err(|_| "the apply thread is gone".to_string())
-    }
-}
-
-/// Reports a panic of the apply thread as a failure, so the commit thread
-/// and checkpoints waiting on it fail instead of waiting forever.
-struct PanicGuard<'a>(&'a Unapplied);
-
-impl Drop for PanicGuard<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0.progress().failure = Some("the apply thread panicked".into());
-            self.0.changed.notify_all();
-        }
+        let sent = match &self.queue {
+            Some(queue) => queue.send(group).map_err(|_| "the apply thread is gone"),
+            None => Err("the apply thread is stopping"),
+        };
+        sent.map_err(|e| {
+            let failure = StorageFailure::internal(e);
+            self.shared.fail(failure.clone());
+            failure
+        })
     }
 }
 
 fn run<F>(rx: mpsc::Receiver<Vec<Staged>>, mut apply: F, shared: &Unapplied)
 where
-    F: FnMut(&[Staged]) -> Result<(), StoreError>,
+    F: FnMut(&[Staged]) -> Result<(), StorageFailure>,
 {
-    let _guard = PanicGuard(shared);
     while let Ok(group) = rx.recv() {
         if shared.failure().is_some() {
             // Stopped: later groups stay in the overlay and the log.
@@ -247,7 +244,7 @@ where
             Ok(()) => progress.queued -= 1,
             Err(e) => {
                 tracing::error!(error = %e, "applying logged writes failed: refusing writes from now on");
-                progress.failure = Some(e.to_string());
+                progress.failure = Some(e);
             }
         }
         drop(progress);
@@ -260,9 +257,7 @@ impl Drop for Applier {
         // Closing the queue ends the thread once it has applied what was
         // queued; joining releases its tree handles.
         self.queue.take();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.thread.join();
     }
 }
 
@@ -289,7 +284,7 @@ mod tests {
     fn gated(
         fail: bool,
     ) -> (
-        impl FnMut(&[Staged]) -> Result<(), StoreError> + Send + 'static,
+        impl FnMut(&[Staged]) -> Result<(), StorageFailure> + Send + 'static,
         mpsc::Sender<()>,
         Arc<Mutex<Vec<TokenId>>>,
     ) {
@@ -299,7 +294,10 @@ mod tests {
         let apply = move |group: &[Staged]| {
             let _ = wait.recv();
             if fail {
-                return Err(StoreError::Backend("disk full".into()));
+                return Err(StorageFailure::new(
+                    crate::store::FailureCause::StorageFull,
+                    "inserting into sled",
+                ));
             }
             let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
             seen.extend(group.iter().map(|s| s.token));
@@ -347,19 +345,30 @@ mod tests {
         ok(applier.publish(vec![s.clone()]));
         ok(go.send(()));
         let u = applier.shared().clone();
-        let err = u.wait_until(0).err().unwrap_or_default();
-        assert!(err.contains("disk full"), "{err}");
+        let err = u
+            .wait_until(0)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.starts_with("storage full"), "{err}");
         assert!(u.failure().is_some());
         assert_eq!(u.record(&s.token), Some(vec![3; 8]), "still readable");
     }
 
     #[test]
     fn a_panicking_apply_thread_fails_waiters_instead_of_hanging_them() {
-        let applier = ok(Applier::start(|_: &[Staged]| -> Result<(), StoreError> {
-            panic!("sled bug (expected in this test)")
-        }));
+        let applier = ok(Applier::start(
+            |_: &[Staged]| -> Result<(), StorageFailure> {
+                panic!("sled bug (expected in this test)")
+            },
+        ));
         ok(applier.publish(vec![staged(4, false)]));
-        let err = applier.shared().wait_until(0).err().unwrap_or_default();
+        let err = applier
+            .shared()
+            .wait_until(0)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("panicked"), "{err}");
     }
 }

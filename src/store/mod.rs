@@ -7,13 +7,18 @@
 
 mod apply;
 mod group_commit;
+mod integrity;
+mod layout;
 mod sled_store;
 mod wal;
+mod worker;
+mod writer;
 
 use crate::crypto::{BlindIndex, SealedRecord, WrappedKey};
 use crate::domain::TokenId;
 use async_trait::async_trait;
 
+pub use group_commit::DEFAULT_MAX_QUEUED_WRITES;
 pub use sled_store::{SledConfig, SledStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -27,17 +32,119 @@ pub enum StoreError {
         what: &'static str,
         reason: &'static str,
     },
-    /// The backend failed (I/O, lock, flush or sync). Writes are not
-    /// acknowledged when this happens.
-    #[error("storage backend failed: {0}")]
-    Backend(String),
-    /// An earlier write failed, so the store refuses every write until the
-    /// process restarts; the failure itself was reported once, when it
-    /// happened. Nothing was written.
-    #[error(
-        "writes are refused since a storage write failed ({0}); restart after fixing the disk"
-    )]
-    WritesStopped(String),
+    /// The backend failed (I/O, lock, flush or sync), with its typed
+    /// cause. A write that gets this was not acknowledged.
+    #[error("storage failed: {0}")]
+    Backend(StorageFailure),
+    /// An earlier storage failure (the typed cause) stopped writes: the
+    /// store refuses every write until the process restarts; the failure
+    /// itself was reported once, when it happened. Nothing was written.
+    #[error("writes are refused since storage failed ({0}); restart after fixing the disk")]
+    WritesStopped(StorageFailure),
+}
+
+impl StoreError {
+    /// The typed cause of a storage failure, if this is one.
+    pub fn failure(&self) -> Option<&StorageFailure> {
+        match self {
+            Self::Backend(f) | Self::WritesStopped(f) => Some(f),
+            Self::AlreadyExists(_) | Self::Corrupt { .. } => None,
+        }
+    }
+}
+
+/// What kind of storage failure, so that a full disk is told from a failing
+/// one (ENOSPC is not EIO).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureCause {
+    /// ENOSPC or EDQUOT: the disk or the quota is full.
+    StorageFull,
+    /// EFBIG: a file-size limit (`RLIMIT_FSIZE`, SIGXFSZ) or the
+    /// filesystem's largest file.
+    FileTooLarge,
+    /// EROFS: the filesystem is read-only.
+    ReadOnly,
+    /// Any other I/O error (EIO, …), with its kind and OS error number when
+    /// known.
+    Io {
+        kind: std::io::ErrorKind,
+        errno: Option<i32>,
+    },
+    /// The backend found its own files corrupt.
+    Corrupt,
+    /// Not the disk: a storage thread stopped or panicked, or a backend bug.
+    Internal,
+}
+
+impl FailureCause {
+    pub fn of_io(e: &std::io::Error) -> Self {
+        use std::io::ErrorKind as K;
+        match e.kind() {
+            K::StorageFull | K::QuotaExceeded => Self::StorageFull,
+            K::FileTooLarge => Self::FileTooLarge,
+            K::ReadOnlyFilesystem => Self::ReadOnly,
+            kind => Self::Io {
+                kind,
+                errno: e.raw_os_error(),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for FailureCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::StorageFull => f.write_str("storage full"),
+            Self::FileTooLarge => f.write_str("file size limit reached"),
+            Self::ReadOnly => f.write_str("storage is read-only"),
+            Self::Io {
+                errno: Some(errno), ..
+            } => write!(f, "I/O error (os error {errno})"),
+            Self::Io { kind, errno: None } => write!(f, "I/O error ({kind})"),
+            Self::Corrupt => f.write_str("storage files are corrupt"),
+            Self::Internal => f.write_str("internal storage error"),
+        }
+    }
+}
+
+/// A storage failure: its typed cause and what was being done (operations
+/// and paths, never a stored value).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{cause}: {detail}")]
+pub struct StorageFailure {
+    pub cause: FailureCause,
+    pub detail: String,
+}
+
+impl StorageFailure {
+    pub fn new(cause: FailureCause, detail: impl Into<String>) -> Self {
+        Self {
+            cause,
+            detail: detail.into(),
+        }
+    }
+
+    /// An I/O error while `doing` something.
+    pub fn io(doing: impl std::fmt::Display, e: &std::io::Error) -> Self {
+        Self::new(FailureCause::of_io(e), format!("{doing}: {e}"))
+    }
+
+    /// Any error while `doing` something: typed by the first I/O error in
+    /// its source chain, else internal.
+    pub fn of_error(doing: impl std::fmt::Display, e: &(dyn std::error::Error + 'static)) -> Self {
+        let mut next = Some(e);
+        while let Some(err) = next {
+            if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                return Self::new(FailureCause::of_io(io), format!("{doing}: {e}"));
+            }
+            next = err.source();
+        }
+        Self::internal(format!("{doing}: {e}"))
+    }
+
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Self::new(FailureCause::Internal, detail)
+    }
 }
 
 /// The result of [`Store::check_integrity`]. Problems name tokens, never
@@ -81,7 +188,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Why the store refuses writes, if it does (a failed flush or fsync is
     /// fatal: the server reports unhealthy and stops acknowledging writes).
-    fn failure(&self) -> Option<String>;
+    fn failure(&self) -> Option<StorageFailure>;
 
     /// Checks that records and indexes agree: every record decodes and has
     /// exactly one blind-index entry; every index entry and deterministic
@@ -93,9 +200,13 @@ pub trait Store: Send + Sync + 'static {
     /// deterministic), for erase-by-value and consistency checks.
     async fn tokens_by_index(&self, index: BlindIndex) -> Result<Vec<TokenId>, StoreError>;
 
-    /// The records for `tokens`, in the same order (`None` when absent).
-    async fn get_records(
-        &self,
-        tokens: Vec<TokenId>,
-    ) -> Result<Vec<Option<SealedRecord>>, StoreError>;
+    /// The records for `tokens`, in the same order: `Ok(Some)` when found,
+    /// `Ok(None)` when absent, `Err` for one record that cannot be read
+    /// (its stored bytes do not decode, or the backend failed to read that
+    /// key), so one bad record does not withhold the others. The call fails
+    /// as a whole only when nothing could be read.
+    async fn get_records(&self, tokens: Vec<TokenId>) -> Result<Vec<RecordRead>, StoreError>;
 }
+
+/// One record read by [`Store::get_records`].
+pub type RecordRead = Result<Option<SealedRecord>, StoreError>;

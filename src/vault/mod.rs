@@ -6,29 +6,14 @@ use crate::audit::{now_unix_ms, AuditEvent, AuditItem, AuditSink};
 use crate::crypto::{CryptoError, Keyring, MasterKey};
 use crate::domain::policy::{Action, Denial, Policy, RevealLevel};
 use crate::domain::value::{canonicalise, render, Address, FieldInput, IdScheme, PhoneRegion};
-use crate::domain::{CallerId, FieldKind, Justification, Plaintext, Purpose, TokenId, TokenMode};
-use crate::store::{NewRecord, Store, StoreError};
+use crate::domain::{
+    CallerId, FieldKind, Justification, Plaintext, Purpose, TokenId, TokenMode, TokenModes,
+};
+use crate::store::{NewRecord, StorageFailure, Store, StoreError};
 use std::sync::{Arc, RwLock};
 
-/// The token mode of each field kind.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TokenModes {
-    pub phone: TokenMode,
-    pub address: TokenMode,
-    pub national_id: TokenMode,
-    pub email: TokenMode,
-}
-
-impl TokenModes {
-    pub fn for_kind(&self, kind: FieldKind) -> TokenMode {
-        match kind {
-            FieldKind::Phone => self.phone,
-            FieldKind::Address => self.address,
-            FieldKind::NationalId => self.national_id,
-            FieldKind::Email => self.email,
-        }
-    }
-}
+#[cfg(test)]
+mod storage_failure_tests;
 
 /// What a deployment sets.
 #[derive(Clone, Copy, Debug)]
@@ -139,6 +124,15 @@ pub enum KeyringSetupError {
     Store(#[from] StoreError),
 }
 
+/// A storage failure as callers see it: its kind ("storage full", "I/O
+/// error (os error 5)"), never a value or a path.
+fn unavailable(e: &StoreError, what: &str) -> VaultError {
+    let cause = e
+        .failure()
+        .map_or_else(|| "storage error".to_owned(), |f| f.cause.to_string());
+    VaultError::Unavailable(format!("storage is unavailable ({cause}); {what}"))
+}
+
 /// The vault. Cheap to share behind an `Arc`.
 pub struct Vault {
     store: Arc<dyn Store>,
@@ -177,7 +171,7 @@ impl Vault {
     }
 
     /// Why storage refuses writes, if it does (see [`Store::failure`]).
-    pub fn storage_failure(&self) -> Option<String> {
+    pub fn storage_failure(&self) -> Option<StorageFailure> {
         self.store.failure()
     }
 
@@ -285,7 +279,7 @@ impl Vault {
                         tracing::error!(error = %e, "storing records failed; nothing acknowledged")
                     }
                 }
-                VaultError::Unavailable("storage is unavailable; nothing was stored".into())
+                unavailable(&e, "nothing was stored")
             })?
         };
         let results: Vec<Result<TokenId, ItemError>> = slots
@@ -356,7 +350,7 @@ impl Vault {
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "reading records failed");
-                VaultError::Unavailable("storage is unavailable; nothing was revealed".into())
+                unavailable(&e, "nothing was revealed")
             })?
             .into_iter();
 
@@ -371,7 +365,14 @@ impl Vault {
             let outcome = p.and_then(|token| {
                 item.token = Some(token.to_string());
                 // `records` yields one entry per parsed token, in order.
-                let record = records.next().flatten().ok_or(ItemError::NotFound)?;
+                let record = match records.next() {
+                    Some(Ok(Some(record))) => record,
+                    Some(Err(e)) => {
+                        tracing::error!(token = %token, error = %e, "stored record cannot be read");
+                        return Err(ItemError::DataLoss);
+                    }
+                    Some(Ok(None)) | None => return Err(ItemError::NotFound),
+                };
                 item.kind = Some(record.kind.as_str());
                 let grant = policy
                     .decide(caller, Action::Detokenize, record.kind, Some(&purpose))

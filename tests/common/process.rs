@@ -75,8 +75,9 @@ pub fn start_with_config(config: &Path, log_path: &Path) -> Result<ServerProcess
 
 /// Like [`start_with_config`], but no file the server writes may grow past
 /// `max_file_bytes` (RLIMIT_FSIZE, set by `ulimit -f` in a shell that then
-/// execs the server, with SIGXFSZ ignored): a write beyond it fails with
-/// EFBIG, as on a full disk, and the server must survive it.
+/// execs the server, SIGXFSZ left at its default action, which kills the
+/// process): the server must handle the signal itself, so that a write
+/// beyond the limit fails with EFBIG, as on a full disk, and it survives.
 pub fn start_with_config_and_file_limit(
     config: &Path,
     log_path: &Path,
@@ -85,7 +86,7 @@ pub fn start_with_config_and_file_limit(
     let mut command = Command::new("/bin/sh");
     command
         .arg("-c")
-        .arg(r#"trap '' XFSZ; ulimit -f "$1" || exit 1; shift; exec "$@""#)
+        .arg(r#"trap - XFSZ; ulimit -f "$1" || exit 1; shift; exec "$@""#)
         .arg("sh")
         // Blocks of 512 bytes in dash, of 1024 in bash: the limit is at
         // least `max_file_bytes` either way.

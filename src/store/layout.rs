@@ -1,0 +1,311 @@
+//! The sled layout and the byte encodings of everything the store keeps:
+//! tree keys, records, wrapped keys and write-ahead-log frames.
+//!
+//! Layout (big-endian integers; encodings start with a format byte):
+//! - `records`: token id (16 bytes) → encoded [`SealedRecord`];
+//! - `blind_index`: index version (4) ‖ mac (32) ‖ token id (16) → empty,
+//!   every token of a value, random or deterministic;
+//! - `deterministic`: index version (4) ‖ mac (32) → token id, the one
+//!   deterministic token of a value;
+//! - `keys`: purpose (1) ‖ version (4) → encoded [`WrappedKey`].
+
+use super::apply::Staged;
+use super::{FailureCause, StorageFailure, StoreError};
+use crate::crypto::{BlindIndex, KeyPurpose, KeyVersion, SealedRecord, WrappedKey, NONCE_LEN};
+use crate::domain::{FieldKind, TokenId};
+use std::path::{Path, PathBuf};
+
+const RECORD_FORMAT: u8 = 1;
+const KEY_FORMAT: u8 = 1;
+/// Write-ahead log entry tag: a new record with its index entries.
+const WAL_NEW_RECORD: u8 = 1;
+/// Write-ahead log entry tag: a new wrapped key.
+const WAL_NEW_KEY: u8 = 2;
+
+/// The write-ahead log, beside sled's own files.
+pub(super) const WAL_FILE: &str = "fieldvault.wal";
+
+pub(super) fn data_file_path(dir: &Path) -> PathBuf {
+    dir.join("db")
+}
+
+/// `BlindIndex` as a map key: version ‖ mac.
+pub(super) fn index_prefix(index: &BlindIndex) -> [u8; 36] {
+    let mut key = [0u8; 36];
+    key[..4].copy_from_slice(&index.version.0.to_be_bytes());
+    key[4..].copy_from_slice(&index.mac);
+    key
+}
+
+pub(super) fn index_entry(index: &BlindIndex, token: &TokenId) -> [u8; 52] {
+    let mut key = [0u8; 52];
+    key[..36].copy_from_slice(&index_prefix(index));
+    key[36..].copy_from_slice(token.as_bytes());
+    key
+}
+
+pub(super) fn key_id(purpose: KeyPurpose, version: KeyVersion) -> [u8; 5] {
+    let mut id = [0u8; 5];
+    id[0] = purpose.code();
+    id[1..].copy_from_slice(&version.0.to_be_bytes());
+    id
+}
+
+pub(super) fn token_from(bytes: &[u8]) -> Result<TokenId, StoreError> {
+    let corrupt = StoreError::Corrupt {
+        what: "token reference",
+        reason: "not a token id",
+    };
+    let array: [u8; 16] = bytes.try_into().map_err(|_| corrupt)?;
+    TokenId::from_bytes(array).map_err(|_| StoreError::Corrupt {
+        what: "token reference",
+        reason: "not a token id",
+    })
+}
+
+/// A sled error as a typed storage failure.
+pub(super) fn backend(e: sled::Error) -> StoreError {
+    StoreError::Backend(sled_failure("sled", &e))
+}
+
+/// A sled error while `doing` something, typed by its cause.
+pub(super) fn sled_failure(doing: &str, e: &sled::Error) -> StorageFailure {
+    match e {
+        sled::Error::Io(io) => StorageFailure::io(doing, io),
+        sled::Error::Corruption { .. } => {
+            StorageFailure::new(FailureCause::Corrupt, format!("{doing}: {e}"))
+        }
+        _ => StorageFailure::internal(format!("{doing}: {e}")),
+    }
+}
+
+/// One group as logged: new wrapped keys, and new records with their
+/// index entries. Replaying it inserts all of them (idempotently).
+#[derive(Debug, Default)]
+pub(super) struct Frame {
+    pub(super) keys: Vec<WrappedKey>,
+    pub(super) records: Vec<Staged>,
+}
+
+/// Entries: `WAL_NEW_KEY` ‖ length (4) ‖ encoded key, or `WAL_NEW_RECORD`
+/// ‖ token id (16) ‖ index version (4) ‖ mac (32) ‖ deterministic (1) ‖
+/// length (4) ‖ encoded record.
+pub(super) fn encode_frame(keys: &[WrappedKey], records: &[Staged]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(keys.len() * 80 + records.len() * 128);
+    for k in keys {
+        let key = encode_key(k);
+        out.push(WAL_NEW_KEY);
+        out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+        out.extend_from_slice(&key);
+    }
+    for s in records {
+        out.push(WAL_NEW_RECORD);
+        out.extend_from_slice(s.token.as_bytes());
+        out.extend_from_slice(&index_prefix(&s.index));
+        out.push(u8::from(s.deterministic));
+        out.extend_from_slice(&(s.record.len() as u32).to_be_bytes());
+        out.extend_from_slice(&s.record);
+    }
+    out
+}
+
+/// Splits `n` bytes off the front of `b`.
+fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], StoreError> {
+    if b.len() < n {
+        return Err(StoreError::Corrupt {
+            what: "write-ahead log entry",
+            reason: "cut short",
+        });
+    }
+    let (head, rest) = b.split_at(n);
+    *b = rest;
+    Ok(head)
+}
+
+/// A length (4 bytes) and that many bytes.
+fn take_sized<'a>(b: &mut &'a [u8]) -> Result<&'a [u8], StoreError> {
+    let len = take(b, 4)?;
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    take(b, len)
+}
+
+pub(super) fn decode_frame(mut b: &[u8]) -> Result<Frame, StoreError> {
+    let corrupt = |reason| StoreError::Corrupt {
+        what: "write-ahead log entry",
+        reason,
+    };
+    let mut out = Frame::default();
+    while !b.is_empty() {
+        match take(&mut b, 1)?[0] {
+            WAL_NEW_RECORD => {}
+            WAL_NEW_KEY => {
+                out.keys.push(decode_key(take_sized(&mut b)?)?);
+                continue;
+            }
+            _ => return Err(corrupt("unknown entry type")),
+        }
+        let token = token_from(take(&mut b, 16)?)?;
+        let prefix = take(&mut b, 36)?;
+        let mut mac = [0u8; 32];
+        mac.copy_from_slice(&prefix[4..]);
+        let index = BlindIndex {
+            version: KeyVersion(u32::from_be_bytes([
+                prefix[0], prefix[1], prefix[2], prefix[3],
+            ])),
+            mac,
+        };
+        let deterministic = match take(&mut b, 1)?[0] {
+            0 => false,
+            1 => true,
+            _ => return Err(corrupt("bad flag")),
+        };
+        let record = take_sized(&mut b)?.to_vec();
+        decode_record(&record)?;
+        out.records.push(Staged {
+            token,
+            index,
+            deterministic,
+            record,
+        });
+    }
+    Ok(out)
+}
+
+pub(super) fn encode_record(r: &SealedRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 1 + 4 + NONCE_LEN + r.ciphertext.len());
+    out.push(RECORD_FORMAT);
+    out.push(r.kind.code());
+    out.extend_from_slice(&r.key_version.0.to_be_bytes());
+    out.extend_from_slice(&r.nonce);
+    out.extend_from_slice(&r.ciphertext);
+    out
+}
+
+pub(super) fn decode_record(b: &[u8]) -> Result<SealedRecord, StoreError> {
+    let corrupt = |reason| StoreError::Corrupt {
+        what: "record",
+        reason,
+    };
+    if b.len() < 1 + 1 + 4 + NONCE_LEN + 16 {
+        return Err(corrupt("too short"));
+    }
+    if b[0] != RECORD_FORMAT {
+        return Err(corrupt("unknown format"));
+    }
+    let kind = FieldKind::from_code(b[1]).ok_or(corrupt("unknown field kind"))?;
+    let version = u32::from_be_bytes([b[2], b[3], b[4], b[5]]);
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce.copy_from_slice(&b[6..6 + NONCE_LEN]);
+    Ok(SealedRecord {
+        kind,
+        key_version: KeyVersion(version),
+        nonce,
+        ciphertext: b[6 + NONCE_LEN..].to_vec(),
+    })
+}
+
+pub(super) fn encode_key(k: &WrappedKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + 4 + NONCE_LEN + k.ciphertext.len());
+    out.push(KEY_FORMAT);
+    out.push(k.purpose.code());
+    out.extend_from_slice(&k.version.0.to_be_bytes());
+    out.extend_from_slice(&k.nonce);
+    out.extend_from_slice(&k.ciphertext);
+    out
+}
+
+pub(super) fn decode_key(b: &[u8]) -> Result<WrappedKey, StoreError> {
+    let corrupt = |reason| StoreError::Corrupt {
+        what: "wrapped key",
+        reason,
+    };
+    if b.len() < 2 + 4 + NONCE_LEN + 16 {
+        return Err(corrupt("too short"));
+    }
+    if b[0] != KEY_FORMAT {
+        return Err(corrupt("unknown format"));
+    }
+    let purpose = KeyPurpose::from_code(b[1]).ok_or(corrupt("unknown key purpose"))?;
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce.copy_from_slice(&b[6..6 + NONCE_LEN]);
+    Ok(WrappedKey {
+        purpose,
+        version: KeyVersion(u32::from_be_bytes([b[2], b[3], b[4], b[5]])),
+        nonce,
+        ciphertext: b[6 + NONCE_LEN..].to_vec(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(kind: FieldKind) -> SealedRecord {
+        SealedRecord {
+            kind,
+            key_version: KeyVersion(7),
+            nonce: [9; NONCE_LEN],
+            ciphertext: vec![1; 40],
+        }
+    }
+
+    fn index(byte: u8) -> BlindIndex {
+        BlindIndex {
+            version: KeyVersion(1),
+            mac: [byte; 32],
+        }
+    }
+
+    fn ok<T>(r: Result<T, StoreError>) -> T {
+        r.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_logged_frame_round_trips_and_damage_is_reported() {
+        let token = TokenId::new_random();
+        let staged = Staged {
+            token,
+            index: index(4),
+            deterministic: true,
+            record: encode_record(&record(FieldKind::Address)),
+        };
+        let key = WrappedKey {
+            purpose: KeyPurpose::Index,
+            version: KeyVersion(3),
+            nonce: [5; NONCE_LEN],
+            ciphertext: vec![6; 48],
+        };
+        let frame = encode_frame(std::slice::from_ref(&key), &[staged]);
+        let back = ok(decode_frame(&frame));
+        assert_eq!(back.records.len(), 1);
+        assert_eq!(
+            (
+                back.records[0].token,
+                back.records[0].index,
+                back.records[0].deterministic
+            ),
+            (token, index(4), true)
+        );
+        assert_eq!(back.keys, vec![key]);
+        assert!(decode_frame(&frame[..frame.len() - 1]).is_err());
+        let mut bad = frame.clone();
+        bad[0] = 9;
+        assert!(decode_frame(&bad).is_err());
+    }
+
+    #[test]
+    fn truncated_or_unknown_bytes_are_reported_corrupt() {
+        assert!(decode_record(&[1, 1, 0]).is_err());
+        let mut bytes = encode_record(&record(FieldKind::Phone));
+        bytes[1] = 99;
+        assert!(matches!(
+            decode_record(&bytes),
+            Err(StoreError::Corrupt { .. })
+        ));
+        bytes[0] = 2;
+        assert!(matches!(
+            decode_record(&bytes),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+}

@@ -1,0 +1,408 @@
+//! The one writer: stages every write on the commit thread, logs it, hands
+//! it to the apply thread, and checkpoints.
+//!
+//! Writes: every write goes through one commit thread ([`GroupCommit`]).
+//! For each group of queued calls it decides the outcomes (deterministic
+//! hits, taken tokens), appends the new entries — record, blind-index entry,
+//! deterministic mapping — as one frame to the write-ahead log ([`Wal`],
+//! `fdatasync`ed), then answers the calls. An apply thread ([`Applier`])
+//! inserts each synced group into the three trees while the commit thread
+//! goes on with the next group; until then lookups find the group in an
+//! overlay ([`Unapplied`]). After a crash the log is replayed on open, so
+//! the trees never keep a record without its index entries or the reverse,
+//! and every acknowledged token is there.
+//!
+//! A checkpoint — sled `flush` plus an `fdatasync` of sled's data file
+//! (sled's flush uses `sync_file_range`, which does not survive power loss:
+//! sled issue #1452) — makes the trees durable on their own and empties the
+//! log. It runs when the log passes [`CHECKPOINT_BYTES`], after key writes,
+//! after a replay, and on close.
+//!
+//! Key writes (rare: first start, rotation) go the same way: logged in the
+//! group's frame beside the records, inserted into the `keys` tree once the
+//! frame is synced (on the commit thread, before the callers are answered),
+//! replayed from the log like records, and followed by a checkpoint.
+//!
+//! Errors: a failure before the frame is synced fails the whole group; a
+//! failure after it (publishing to the apply thread, inserting keys, the
+//! checkpoint) does not take back what is durable — the callers get their
+//! outcomes, the next start replays the frame — but stops later writes,
+//! and the writer no longer checkpoints (not even at close), so the log
+//! keeps every frame the trees may lack.
+//!
+//! [`GroupCommit`]: super::group_commit::GroupCommit
+//! [`Unapplied`]: super::apply::Unapplied
+
+use super::apply::{Applier, Staged};
+use super::group_commit::{Commit, Committer};
+use super::layout::{
+    backend, decode_frame, encode_frame, encode_key, encode_record, index_entry, index_prefix,
+    key_id, sled_failure, token_from,
+};
+use super::wal::Wal;
+use super::{NewRecord, StorageFailure, StoreError};
+use crate::crypto::WrappedKey;
+use crate::domain::TokenId;
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+
+/// The log is checkpointed once it holds this much. Bounds the replay after
+/// a crash (about 15k records) and the stall of one checkpoint.
+const CHECKPOINT_BYTES: u64 = 4 << 20;
+
+/// The record trees.
+#[derive(Clone)]
+pub(super) struct Trees {
+    pub(super) records: sled::Tree,
+    pub(super) blind_index: sled::Tree,
+    pub(super) deterministic: sled::Tree,
+}
+
+/// The one writer: owns the write-ahead log and the apply thread, and runs
+/// every write on the commit thread (see [`GroupCommit`]).
+pub(super) struct SledWriter {
+    db: sled::Db,
+    /// sled's data file, kept open to fdatasync it at checkpoints.
+    data_file: File,
+    wal: Wal,
+    trees: Trees,
+    keys: sled::Tree,
+    applier: Applier,
+    /// Set once storage failed: no checkpoint from then on.
+    stopped: bool,
+    #[cfg(test)]
+    faults: std::sync::Arc<Faults>,
+}
+
+/// Failures a test can inject, each an OS error number (0: none), used
+/// once.
+#[cfg(test)]
+#[derive(Default)]
+pub(super) struct Faults {
+    /// The next log append fails before anything is written.
+    pub(super) append: std::sync::atomic::AtomicI32,
+    /// The next group is synced, then handing it to the apply thread fails.
+    pub(super) publish: std::sync::atomic::AtomicI32,
+    /// The next group is synced, then checkpointed, and that fails.
+    pub(super) checkpoint: std::sync::atomic::AtomicI32,
+}
+
+#[cfg(test)]
+impl Faults {
+    fn take(slot: &std::sync::atomic::AtomicI32, doing: &str) -> Result<(), StorageFailure> {
+        match slot.swap(0, std::sync::atomic::Ordering::SeqCst) {
+            0 => Ok(()),
+            errno => Err(StorageFailure::io(
+                format!("{doing} (injected by a test)"),
+                &std::io::Error::from_raw_os_error(errno),
+            )),
+        }
+    }
+}
+
+impl SledWriter {
+    pub(super) fn new(
+        db: sled::Db,
+        data_file: File,
+        wal: Wal,
+        trees: Trees,
+        keys: sled::Tree,
+        applier: Applier,
+    ) -> Self {
+        Self {
+            db,
+            data_file,
+            wal,
+            trees,
+            keys,
+            applier,
+            stopped: false,
+            #[cfg(test)]
+            faults: Default::default(),
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn faults(&self) -> std::sync::Arc<Faults> {
+        self.faults.clone()
+    }
+}
+
+/// What the current group has decided but not yet applied, so later calls
+/// in the same group see it.
+#[derive(Default)]
+struct Group {
+    staged: Vec<Staged>,
+    tokens: HashSet<[u8; 16]>,
+    deterministic: HashMap<[u8; 36], TokenId>,
+    keys: Vec<WrappedKey>,
+    key_ids: HashSet<[u8; 5]>,
+}
+
+pub(super) enum Write {
+    Records(Vec<NewRecord>),
+    Keys(Vec<WrappedKey>),
+}
+
+pub(super) enum Written {
+    Tokens(Vec<TokenId>),
+    Keys,
+}
+
+impl SledWriter {
+    /// Decides one call's keys against the `keys` tree and the group so
+    /// far: all or none; `AlreadyExists` if a (purpose, version) is taken,
+    /// also within the call. Only the commit thread writes keys, so nothing
+    /// changes between this lookup and the insert.
+    fn stage_keys(&self, keys: &[WrappedKey], group: &mut Group) -> Result<(), StoreError> {
+        let mut mine = HashSet::new();
+        for key in keys {
+            let id = key_id(key.purpose, key.version);
+            if group.key_ids.contains(&id)
+                || !mine.insert(id)
+                || self.keys.contains_key(id).map_err(backend)?
+            {
+                return Err(StoreError::AlreadyExists("key version"));
+            }
+        }
+        group.key_ids.extend(mine);
+        group.keys.extend_from_slice(keys);
+        Ok(())
+    }
+
+    /// Decides one call's records against the trees and the group so far:
+    /// a deterministic value that already has a token gets that token, the
+    /// rest are staged. All or nothing: a taken token stages none of them.
+    /// Only the commit thread writes, so nothing changes between this
+    /// lookup and the insert.
+    fn stage_records(
+        &self,
+        records: &[NewRecord],
+        group: &mut Group,
+    ) -> Result<Vec<TokenId>, StoreError> {
+        let mut tokens = Vec::with_capacity(records.len());
+        let mut staged: Vec<Staged> = Vec::new();
+        let mut new_tokens: HashSet<[u8; 16]> = HashSet::new();
+        let mut mine: HashMap<[u8; 36], TokenId> = HashMap::new();
+        for new in records {
+            let prefix = index_prefix(&new.index);
+            if new.deterministic {
+                let known = match mine
+                    .get(&prefix)
+                    .or_else(|| group.deterministic.get(&prefix))
+                    .copied()
+                    .or_else(|| self.applier.shared().deterministic(&prefix))
+                {
+                    Some(token) => Some(token),
+                    None => match self.trees.deterministic.get(prefix).map_err(backend)? {
+                        Some(bytes) => {
+                            Some(token_from(&bytes).map_err(|_| StoreError::Corrupt {
+                                what: "deterministic index",
+                                reason: "not a token id",
+                            })?)
+                        }
+                        None => None,
+                    },
+                };
+                if let Some(token) = known {
+                    tokens.push(token);
+                    continue;
+                }
+                mine.insert(prefix, new.token);
+            }
+            let id = new.token.as_bytes();
+            if group.tokens.contains(id)
+                || !new_tokens.insert(*id)
+                || self.applier.shared().has_token(&new.token)
+                || self.trees.records.contains_key(id).map_err(backend)?
+            {
+                return Err(StoreError::AlreadyExists("token"));
+            }
+            staged.push(Staged {
+                token: new.token,
+                index: new.index,
+                deterministic: new.deterministic,
+                record: encode_record(&new.record),
+            });
+            tokens.push(new.token);
+        }
+        group.tokens.extend(new_tokens);
+        group.deterministic.extend(mine);
+        group.staged.extend(staged);
+        Ok(tokens)
+    }
+}
+
+impl Trees {
+    /// Inserts logged entries into the trees (on the apply thread, and for
+    /// replay: every insert is idempotent).
+    pub(super) fn apply(&self, staged: &[Staged]) -> Result<(), StorageFailure> {
+        let failed = |e| sled_failure("inserting logged records", &e);
+        for s in staged {
+            let id = s.token.as_bytes();
+            if s.deterministic {
+                self.deterministic
+                    .insert(&index_prefix(&s.index)[..], &id[..])
+                    .map_err(failed)?;
+            }
+            self.blind_index
+                .insert(&index_entry(&s.index, &s.token)[..], &[][..])
+                .map_err(failed)?;
+            self.records
+                .insert(&id[..], s.record.as_slice())
+                .map_err(failed)?;
+        }
+        Ok(())
+    }
+}
+
+/// Inserts logged keys into the `keys` tree (idempotent, for replay too).
+fn apply_keys(tree: &sled::Tree, keys: &[WrappedKey]) -> Result<(), StorageFailure> {
+    for key in keys {
+        tree.insert(&key_id(key.purpose, key.version)[..], encode_key(key))
+            .map_err(|e| sled_failure("inserting logged keys", &e))?;
+    }
+    Ok(())
+}
+
+impl SledWriter {
+    /// Makes the trees durable on their own, then empties the log. Waits
+    /// for every logged group to be applied first: the log is their only
+    /// durable copy until this flush.
+    fn checkpoint(&mut self) -> Result<(), StorageFailure> {
+        let (start, log_bytes) = (std::time::Instant::now(), self.wal.len());
+        self.applier.shared().wait_until(0)?;
+        let applied = start.elapsed();
+        #[cfg(test)]
+        Faults::take(&self.faults.checkpoint, "checkpoint")?;
+        self.db
+            .flush()
+            .map_err(|e| sled_failure("flushing sled", &e))?;
+        self.data_file
+            .sync_data()
+            .map_err(|e| StorageFailure::io("fdatasync of sled's data file", &e))?;
+        self.wal
+            .reset()
+            .map_err(|e| StorageFailure::of_error("resetting the write-ahead log", &e))?;
+        tracing::debug!(
+            log_bytes,
+            wait_for_apply_ms = applied.as_millis() as u64,
+            total_ms = start.elapsed().as_millis() as u64,
+            "checkpoint"
+        );
+        Ok(())
+    }
+
+    /// Applies the frames a crash left in the log, then checkpoints.
+    pub(super) fn replay(&mut self, frames: &[Vec<u8>]) -> Result<(), StoreError> {
+        let (mut records, mut keys) = (0, 0);
+        for frame in frames {
+            let frame = decode_frame(frame)?;
+            records += frame.records.len();
+            keys += frame.keys.len();
+            apply_keys(&self.keys, &frame.keys).map_err(StoreError::Backend)?;
+            self.trees
+                .apply(&frame.records)
+                .map_err(StoreError::Backend)?;
+        }
+        self.checkpoint().map_err(StoreError::Backend)?;
+        tracing::info!(
+            frames = frames.len(),
+            records,
+            keys,
+            "replayed the write-ahead log"
+        );
+        Ok(())
+    }
+
+    /// Logs the group's frame and syncs it: from then on it is durable.
+    fn log(&mut self, group: &Group) -> Result<(), StorageFailure> {
+        #[cfg(test)]
+        Faults::take(&self.faults.append, "appending to the write-ahead log")?;
+        self.wal
+            .append(&encode_frame(&group.keys, &group.staged))
+            .map_err(|e| StorageFailure::of_error("appending to the write-ahead log", &e))
+    }
+
+    /// What follows the sync of a group's frame: make it visible (records
+    /// to the overlay and the apply thread, keys into their tree), then
+    /// checkpoint when due. Both visibility steps are tried even if one
+    /// fails (reads find as much as possible); a failure of either skips
+    /// the checkpoint, so the log keeps the group.
+    fn after_sync(&mut self, group: Group) -> Result<(), StorageFailure> {
+        let keys_written = !group.keys.is_empty();
+        #[cfg(test)]
+        let injected = Faults::take(
+            &self.faults.publish,
+            "handing logged writes to the apply thread",
+        );
+        #[cfg(not(test))]
+        let injected = Ok(());
+        let published = injected.and_then(|()| self.applier.publish(group.staged));
+        let keys = apply_keys(&self.keys, &group.keys);
+        published?;
+        keys?;
+        #[cfg(test)]
+        let forced = self
+            .faults
+            .checkpoint
+            .load(std::sync::atomic::Ordering::SeqCst)
+            != 0;
+        #[cfg(not(test))]
+        let forced = false;
+        if forced || keys_written || self.wal.len() >= CHECKPOINT_BYTES {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+}
+
+impl Committer for SledWriter {
+    type Write = Write;
+    type Output = Written;
+
+    fn commit(&mut self, writes: Vec<Write>) -> Commit<Written> {
+        // One group may still be applying while this one is staged and
+        // synced; a second would only grow the overlay.
+        if let Err(e) = self.applier.shared().wait_until(1) {
+            self.stopped = true;
+            return Commit::Failed(e);
+        }
+        let mut group = Group::default();
+        let outcomes = writes
+            .into_iter()
+            .map(|w| match w {
+                Write::Records(records) => self
+                    .stage_records(&records, &mut group)
+                    .map(Written::Tokens),
+                Write::Keys(keys) => self.stage_keys(&keys, &mut group).map(|()| Written::Keys),
+            })
+            .collect();
+        if group.staged.is_empty() && group.keys.is_empty() {
+            return Commit::Done(outcomes);
+        }
+        if let Err(e) = self.log(&group) {
+            self.stopped = true;
+            return Commit::Failed(e);
+        }
+        // Logged and durable: the callers get their outcomes whatever
+        // fails from here, and the next start replays the frame.
+        match self.after_sync(group) {
+            Ok(()) => Commit::Done(outcomes),
+            Err(e) => {
+                self.stopped = true;
+                Commit::DoneThenFailed(outcomes, e)
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        if self.stopped {
+            tracing::warn!("storage failed earlier: no checkpoint at close; the next start replays the write-ahead log");
+            return;
+        }
+        if let Err(e) = self.checkpoint() {
+            tracing::error!(error = %e, "checkpoint at close failed; the next start replays the log");
+        }
+    }
+}

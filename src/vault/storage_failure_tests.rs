@@ -1,0 +1,102 @@
+//! The vault over a real sled store whose checkpoint is made to fail after
+//! a batch's log sync (a test-only fault of the store's writer).
+
+use super::*;
+use crate::audit::FileAuditLog;
+use crate::domain::value::FieldInput;
+use crate::store::{SledConfig, SledStore, DEFAULT_MAX_QUEUED_WRITES};
+use std::path::Path;
+
+const POLICY: &str = r#"
+version = 1
+
+[[rules]]
+name = "orders tokenize"
+callers = ["spiffe://t.example/orders"]
+action = "tokenize"
+kinds = ["phone"]
+
+[[rules]]
+name = "support phone"
+callers = ["spiffe://t.example/support"]
+action = "detokenize"
+kinds = ["phone"]
+purposes = ["callback"]
+reveal = "full"
+"#;
+
+fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn caller(name: &str) -> CallerId {
+    ok(CallerId::spiffe(&format!("spiffe://t.example/{name}")))
+}
+
+/// A vault over the store in `dir`, and the store.
+async fn vault(dir: &Path, master: &MasterKey) -> (Vault, Arc<SledStore>) {
+    let store = Arc::new(ok(SledStore::reopen_in_test(&SledConfig {
+        path: dir.join("store"),
+        cache_capacity_bytes: 8 << 20,
+        max_queued_writes: DEFAULT_MAX_QUEUED_WRITES,
+    })));
+    let keyring = ok(open_keyring(store.as_ref(), master).await);
+    let audit = Arc::new(ok(FileAuditLog::open(&dir.join("audit.log")).await));
+    let vault = Vault::new(
+        store.clone(),
+        keyring,
+        ok(Policy::from_toml(POLICY)),
+        audit,
+        Settings::default(),
+    );
+    (vault, store)
+}
+
+#[tokio::test]
+async fn a_batch_whose_checkpoint_fails_after_its_log_sync_gets_its_tokens_and_they_detokenize_after_a_restart(
+) {
+    let dir = ok(tempfile::tempdir());
+    let master = MasterKey::generate();
+    let phones = ["+1 202-555-0111", "+1 202-555-0122"];
+    let tokens: Vec<String> = {
+        let (vault, store) = vault(dir.path(), &master).await;
+        store.fail_next_checkpoint(5); // EIO
+        let items = phones
+            .iter()
+            .map(|p| Ok(FieldInput::simple(FieldKind::Phone, p)))
+            .collect();
+        let got = ok(vault.tokenize(&caller("orders"), None, items).await);
+        let tokens = got
+            .into_iter()
+            .map(|t| t.map(|t| t.to_string()))
+            .collect::<Result<Vec<_>, _>>();
+        let tokens = tokens.unwrap_or_else(|e| panic!("a durable batch got {e:?}"));
+        // Later writes are refused, saying why, and health would say so.
+        let later = vec![Ok(FieldInput::simple(FieldKind::Phone, "+1 202-555-0133"))];
+        match vault.tokenize(&caller("orders"), None, later).await {
+            Err(VaultError::Unavailable(msg)) => {
+                assert!(msg.contains("I/O error (os error 5)"), "{msg}");
+                assert!(!msg.contains("555"), "{msg}");
+            }
+            other => panic!("a write after the failure got {other:?}"),
+        }
+        assert!(vault.storage_failure().is_some());
+        tokens
+    };
+    // The restart replays the log.
+    let (vault, store) = vault(dir.path(), &master).await;
+    assert!(vault.storage_failure().is_none());
+    let got = ok(vault
+        .detokenize(&caller("support"), "callback", "", tokens)
+        .await);
+    let values: Vec<String> = got
+        .iter()
+        .map(|r| match r {
+            Ok(revealed) => revealed.value.expose().to_owned(),
+            Err(e) => panic!("{e:?}"),
+        })
+        .collect();
+    assert_eq!(values, vec!["+12025550111", "+12025550122"]);
+    let report = ok(store.check_integrity().await);
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+}
