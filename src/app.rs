@@ -158,7 +158,7 @@ pub async fn start(
     let store = SledStore::open(&SledConfig {
         path: config.store_dir(),
         cache_capacity_bytes: config.cache_capacity_mib * 1024 * 1024,
-        max_queued_writes: crate::store::DEFAULT_MAX_QUEUED_WRITES,
+        max_queued_writes: config.limits.max_queued_writes,
     })?;
     // Files an earlier run made under a looser umask become owner-only.
     crate::fsperm::tighten_tree("data_dir", &config.store_dir())?;
@@ -350,6 +350,7 @@ mod tests {
         let reopened = SledStore::open(&SledConfig {
             path: config.store_dir(),
             cache_capacity_bytes: 1 << 20,
+            max_queued_writes: 1,
         });
         assert!(reopened.is_ok(), "{:?}", reopened.err());
     }

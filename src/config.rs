@@ -143,6 +143,9 @@ pub struct Limits {
     /// Refused connections logged per minute at most; the rest are counted
     /// and reported in one line (`limits.refusal_log_lines_per_minute`).
     pub refusal_log_lines_per_minute: u32,
+    /// Writes waiting for the commit thread; further writers wait their
+    /// turn (`limits.max_queued_writes`).
+    pub max_queued_writes: usize,
 }
 
 impl Default for Limits {
@@ -161,6 +164,7 @@ impl Default for Limits {
             keepalive_timeout_secs: 20,
             handshake_timeout_secs: 10,
             refusal_log_lines_per_minute: 10,
+            max_queued_writes: crate::store::DEFAULT_MAX_QUEUED_WRITES,
         }
     }
 }
@@ -238,6 +242,7 @@ struct RawLimits {
     keepalive_timeout_secs: Option<i64>,
     handshake_timeout_secs: Option<i64>,
     refusal_log_lines_per_minute: Option<i64>,
+    max_queued_writes: Option<i64>,
 }
 
 /// A `[limits]` integer within `range`, or the default.
@@ -357,6 +362,12 @@ impl RawLimits {
                 0..=10_000,
                 i64::from(d.refusal_log_lines_per_minute),
             )? as u32,
+            max_queued_writes: limit(
+                "limits.max_queued_writes",
+                self.max_queued_writes,
+                1..=1_000_000,
+                d.max_queued_writes as i64,
+            )? as usize,
         })
     }
 }
@@ -591,7 +602,7 @@ env = "FIELDVAULT_MASTER_KEY"
         assert!(c.tls_options.identity_from_cn);
         assert!(c.reflection);
         let text = format!(
-            "reflection = false\n{}\n[limits]\nmax_connections = 200\nidle_timeout_secs = 5\nkeepalive_interval_secs = 0\n",
+            "reflection = false\n{}\n[limits]\nmax_connections = 200\nidle_timeout_secs = 5\nkeepalive_interval_secs = 0\nmax_queued_writes = 8\n",
             FULL.replace(
                 "[tls]",
                 "[tls]\nmin_version = \"1.2\"\nidentity_from_cn = false"
@@ -605,6 +616,7 @@ env = "FIELDVAULT_MASTER_KEY"
         assert_eq!(c.limits.idle_timeout_secs, 5);
         assert_eq!(c.limits.keepalive_interval_secs, 0);
         assert_eq!(c.limits.max_concurrent_streams, 32);
+        assert_eq!(c.limits.max_queued_writes, 8);
     }
 
     #[test]
