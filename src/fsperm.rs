@@ -125,6 +125,9 @@ pub fn read_checked(
 /// files checked, the data dir and the store dir owner-only (created 0700,
 /// or tightened to 0700). The policy file and the master key are checked
 /// where they are read ([`read_checked`], `MasterKey::from_file`).
+/// What marks a data dir as fieldvault's: its store, or the dev setup.
+const DATA_DIR_MARKERS: &[&str] = &["store", "dev"];
+
 pub fn prepare_for_start(config: &crate::config::Config) -> Result<(), PermError> {
     restrict_umask();
     let tls = &config.tls;
@@ -135,8 +138,8 @@ pub fn prepare_for_start(config: &crate::config::Config) -> Result<(), PermError
     ] {
         open_checked(setting, path, access)?;
     }
-    ensure_private_dir("data_dir", &config.data_dir, Some("store"))?;
-    ensure_private_dir("data_dir", &config.store_dir(), None)
+    ensure_private_dir("data_dir", &config.data_dir, DATA_DIR_MARKERS)?;
+    ensure_private_dir("data_dir", &config.store_dir(), &[])
 }
 
 /// Sets the process umask to 077, so every file the server (and sled,
@@ -153,13 +156,14 @@ pub fn restrict_umask() -> u32 {
 /// and the blind index: nobody else needs to list them.
 ///
 /// An existing directory is only changed when it is plainly fieldvault's:
-/// empty, or already holding the store (`marker`). Anything else (a data
+/// empty, or already holding one of `markers` (for the data dir: the store,
+/// or the dev setup); no markers means the directory is always fieldvault's. Anything else (a data
 /// dir pointed at a shared directory by mistake) is refused with the
 /// `chmod` to run, rather than changed under other programs' feet.
 pub fn ensure_private_dir(
     setting: &'static str,
     dir: &Path,
-    marker: Option<&str>,
+    markers: &[&str],
 ) -> Result<(), PermError> {
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -172,16 +176,12 @@ pub fn ensure_private_dir(
     if mode & 0o077 == 0 {
         return Ok(());
     }
-    let ours = match marker {
-        None => true,
-        Some(marker) => {
-            dir.join(marker).is_dir()
-                || std::fs::read_dir(dir)
-                    .map_err(io_error(setting, dir))?
-                    .next()
-                    .is_none()
-        }
-    };
+    let ours = markers.is_empty()
+        || markers.iter().any(|m| dir.join(m).is_dir())
+        || std::fs::read_dir(dir)
+            .map_err(io_error(setting, dir))?
+            .next()
+            .is_none();
     let refused = || {
         check_mode(setting, dir, mode, Access::OwnerOnly).map_err(|e| match e {
             PermError::Mode {
@@ -337,22 +337,22 @@ mod tests {
         };
         // Missing: created 0700 (parents too).
         let new = tmp.path().join("a/b");
-        assert!(ensure_private_dir("data_dir", &new, Some("store")).is_ok());
+        assert!(ensure_private_dir("data_dir", &new, DATA_DIR_MARKERS).is_ok());
         assert_eq!(mode(&new), 0o700);
         // Empty, or holding a store: tightened.
         set(&new, 0o755);
-        assert!(ensure_private_dir("data_dir", &new, Some("store")).is_ok());
+        assert!(ensure_private_dir("data_dir", &new, DATA_DIR_MARKERS).is_ok());
         assert_eq!(mode(&new), 0o700);
         std::fs::create_dir(new.join("store")).unwrap_or_else(|e| panic!("{e}"));
         set(&new, 0o750);
-        assert!(ensure_private_dir("data_dir", &new, Some("store")).is_ok());
+        assert!(ensure_private_dir("data_dir", &new, DATA_DIR_MARKERS).is_ok());
         assert_eq!(mode(&new), 0o700);
         // Holding something else: refused, untouched.
         let shared = tmp.path().join("shared");
         std::fs::create_dir(&shared).unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(shared.join("other"), b"x").unwrap_or_else(|e| panic!("{e}"));
         set(&shared, 0o755);
-        let err = ensure_private_dir("data_dir", &shared, Some("store"))
+        let err = ensure_private_dir("data_dir", &shared, DATA_DIR_MARKERS)
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
