@@ -6,6 +6,7 @@
 //! survive `kill -9` and power loss.
 
 mod apply;
+mod file;
 mod group_commit;
 mod integrity;
 mod layout;

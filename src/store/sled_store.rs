@@ -68,7 +68,7 @@ impl SledStore {
             blind_index,
             deterministic,
         };
-        let (wal, frames) = Wal::open(&config.path.join(WAL_FILE)).map_err(|e| {
+        let (wal, frames) = Wal::open(&super::file::RealFs, &config.path.join(WAL_FILE)).map_err(|e| {
             StoreError::Backend(StorageFailure::of_error("opening the write-ahead log", &e))
         })?;
         let apply_trees = trees.clone();
@@ -462,7 +462,7 @@ mod tests {
         // key) but before applying them: the frames are in the log, the
         // trees lack them.
         {
-            let (mut wal, frames) = ok(Wal::open(&dir.path().join(WAL_FILE)));
+            let (mut wal, frames) = ok(Wal::open(&super::super::file::RealFs, &dir.path().join(WAL_FILE)));
             assert!(frames.is_empty(), "a clean close leaves an empty log");
             let staged = |t: TokenId, idx: u8, det: bool| Staged {
                 token: t,
@@ -501,7 +501,7 @@ mod tests {
             "replaying `a` again changed nothing"
         );
         drop(store);
-        let (_, frames) = ok(Wal::open(&dir.path().join(WAL_FILE)));
+        let (_, frames) = ok(Wal::open(&super::super::file::RealFs, &dir.path().join(WAL_FILE)));
         assert!(frames.is_empty(), "the replay was checkpointed");
     }
 
