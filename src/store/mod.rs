@@ -10,6 +10,9 @@ mod file;
 mod group_commit;
 mod integrity;
 mod layout;
+#[cfg(test)]
+mod power_loss;
+mod salvage;
 mod sled_store;
 mod wal;
 mod worker;
@@ -19,8 +22,9 @@ use crate::crypto::{BlindIndex, SealedRecord, WrappedKey};
 use crate::domain::TokenId;
 use async_trait::async_trait;
 
-pub use group_commit::DEFAULT_MAX_QUEUED_WRITES;
+pub use salvage::{salvage, Action as SalvageAction, Dropped, SalvageError, SalvageReport};
 pub use sled_store::{SledConfig, SledStore};
+pub use wal::WalError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -111,11 +111,9 @@ pub(crate) fn header(generation: u64) -> [u8; HEADER_LEN as usize] {
 }
 
 /// The generation in a format-2 header, if the header verifies.
-fn read_header(bytes: &[u8]) -> Option<u64> {
+pub(crate) fn read_header(bytes: &[u8]) -> Option<u64> {
     let h = bytes.get(..HEADER_LEN as usize)?;
-    if &h[..8] != MAGIC
-        || h[16..20] != crc32fast::hash(&h[..16]).to_be_bytes()
-        || h[20..] != [0; 4]
+    if &h[..8] != MAGIC || h[16..20] != crc32fast::hash(&h[..16]).to_be_bytes() || h[20..] != [0; 4]
     {
         return None;
     }
@@ -219,7 +217,6 @@ pub(crate) fn next_frame(
 /// How a format-2 log reads.
 #[derive(Debug)]
 pub(crate) struct Scan {
-    pub(crate) generation: u64,
     /// The frames of this generation, in order, up to the first that does
     /// not verify.
     pub(crate) frames: Vec<FrameAt>,
@@ -247,7 +244,6 @@ pub(crate) fn scan(bytes: &[u8], generation: u64) -> Scan {
                 bad = Some("frame sequence number out of order");
                 // It verifies itself: it is the valid data after the gap.
                 return Scan {
-                    generation,
                     frames,
                     end: at as u64,
                     bad,
@@ -266,7 +262,6 @@ pub(crate) fn scan(bytes: &[u8], generation: u64) -> Scan {
     }
     let next_valid = bad.and_then(|_| next_frame(bytes, at + 1, |f| f.generation >= generation));
     Scan {
-        generation,
         frames,
         end: at as u64,
         bad,
@@ -310,7 +305,8 @@ pub(crate) fn is_v1(bytes: &[u8]) -> bool {
 /// prefix of a header.
 fn interrupted_header(bytes: &[u8]) -> bool {
     let n = bytes.len().min(8);
-    bytes.len() <= HEADER_LEN as usize && (bytes.iter().all(|b| *b == 0) || bytes[..n] == MAGIC[..n])
+    bytes.len() <= HEADER_LEN as usize
+        && (bytes.iter().all(|b| *b == 0) || bytes[..n] == MAGIC[..n])
 }
 
 pub(crate) struct Wal {
@@ -583,7 +579,11 @@ mod tests {
             Err(e) => panic!("wrong error: {e}"),
             Ok(_) => panic!("a damaged log opened"),
         }
-        assert_eq!(ok(std::fs::read(path)), bytes, "the damaged log was changed");
+        assert_eq!(
+            ok(std::fs::read(path)),
+            bytes,
+            "the damaged log was changed"
+        );
     }
 
     #[test]
@@ -596,7 +596,10 @@ mod tests {
         assert_refused_untouched(&path, &bytes, offsets[1]);
         let message = open(&path).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(message.contains(&path.display().to_string()), "{message}");
-        assert!(message.contains(&format!("byte {}", offsets[1])), "{message}");
+        assert!(
+            message.contains(&format!("byte {}", offsets[1])),
+            "{message}"
+        );
         assert!(message.contains("fieldvault store salvage"), "{message}");
     }
 
@@ -663,7 +666,10 @@ mod tests {
     fn a_foreign_file_is_refused() {
         let dir = ok(tempfile::tempdir());
         let path = dir.path().join("wal");
-        ok(std::fs::write(&path, b"not a log at all, and longer than a header"));
+        ok(std::fs::write(
+            &path,
+            b"not a log at all, and longer than a header",
+        ));
         assert!(matches!(open(&path), Err(WalError::BadHeader { .. })));
     }
 
@@ -706,7 +712,10 @@ mod tests {
         ok(std::fs::write(&path, v1_log(4, &[b"one", b"two"])));
         let (mut wal, frames) = ok(open(&path));
         assert_eq!(frames, vec![b"one".to_vec(), b"two".to_vec()]);
-        assert!(wal.append(b"x").is_err(), "nothing appended before the reset");
+        assert!(
+            wal.append(b"x").is_err(),
+            "nothing appended before the reset"
+        );
         ok(wal.reset());
         ok(wal.append(b"three"));
         drop(wal);
