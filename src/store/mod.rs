@@ -22,9 +22,9 @@ use crate::crypto::{BlindIndex, SealedRecord, WrappedKey};
 use crate::domain::TokenId;
 use async_trait::async_trait;
 
+pub use group_commit::DEFAULT_MAX_QUEUED_WRITES;
 pub use salvage::{salvage, Action as SalvageAction, Dropped, SalvageError, SalvageReport};
 pub use sled_store::{SledConfig, SledStore};
-pub use wal::WalError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -45,6 +45,7 @@
 //! [`WalError::OldFormatDamaged`] instead of guessing.
 
 use super::file::{FileSystem, StorageFile};
+use super::{FailureCause, StorageFailure};
 use std::path::{Path, PathBuf};
 
 pub(crate) const MAGIC: &[u8; 8] = b"FVWAL\x00\x00\x02";
@@ -97,6 +98,17 @@ impl WalError {
         Self::Io {
             path: path.display().to_string(),
             source,
+        }
+    }
+
+    /// As a typed storage failure: damage is `Corrupt`, an I/O error keeps
+    /// its kind.
+    pub(crate) fn failure(&self) -> StorageFailure {
+        match self {
+            Self::Io { path, source } => StorageFailure::io(path, source),
+            Self::BadHeader { .. } | Self::Damaged { .. } | Self::OldFormatDamaged { .. } => {
+                StorageFailure::new(FailureCause::Corrupt, self.to_string())
+            }
         }
     }
 }
