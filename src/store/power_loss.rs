@@ -398,6 +398,7 @@ impl Chain {
         SledConfig {
             path: self.fs.disk().sled_dir.clone(),
             cache_capacity_bytes: 4 << 20,
+            max_queued_writes: super::DEFAULT_MAX_QUEUED_WRITES,
         }
     }
 
@@ -503,6 +504,7 @@ async fn verify(chain: &Chain, store: &SledStore) {
     };
     let got = store.get_records(tokens.clone()).await.unwrap();
     for ((token, want), got) in tokens.iter().zip(&expected).zip(&got) {
+        let got = got.as_ref().unwrap_or_else(|e| panic!("reading {token}: {e}"));
         assert_eq!(got, want, "acknowledged token {token} after the cut");
     }
     let stored_keys = store.keys().await.unwrap();
