@@ -22,27 +22,41 @@ const WAL_HEADER: usize = 24;
 const FRAME_HEADER: usize = 28;
 
 /// Runs the binary with a bound: a process still running after 60 s is
-/// killed and the test fails, saying which command hung.
+/// killed and the test fails, saying which command hung. A server that
+/// starts listening is stopped at once (its output then says so).
 fn run_bounded(args: &[&str]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
     let mut child = Command::new(BIN)
         .args(args)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        let listening = std::fs::read_to_string(&out_path)
+            .unwrap_or_default()
+            .contains("listening on");
+        if listening || Instant::now() > deadline {
             let _ = child.kill();
-            let _ = child.wait();
-            panic!("fieldvault {args:?} still running after 60 s");
+            let status = child.wait().unwrap();
+            assert!(listening, "fieldvault {args:?} still running after 60 s");
+            break status;
         }
         std::thread::sleep(Duration::from_millis(50));
+    };
+    Output {
+        status,
+        stdout: std::fs::read(&out_path).unwrap(),
+        stderr: std::fs::read(&err_path).unwrap(),
     }
-    child.wait_with_output().unwrap()
 }
 
 fn text(out: &Output) -> String {
