@@ -504,7 +504,9 @@ async fn verify(chain: &Chain, store: &SledStore) {
     };
     let got = store.get_records(tokens.clone()).await.unwrap();
     for ((token, want), got) in tokens.iter().zip(&expected).zip(&got) {
-        let got = got.as_ref().unwrap_or_else(|e| panic!("reading {token}: {e}"));
+        let got = got
+            .as_ref()
+            .unwrap_or_else(|e| panic!("reading {token}: {e}"));
         assert_eq!(got, want, "acknowledged token {token} after the cut");
     }
     let stored_keys = store.keys().await.unwrap();
