@@ -238,13 +238,30 @@ pub fn salvage(store_dir: &Path) -> Result<SalvageReport, SalvageError> {
         return Err(SalvageError::NoLog(log.display().to_string()));
     }
     // sled's lock on its data file: a running server holds it, and holding
-    // it here keeps a server from starting while the log is rewritten.
-    let _lock = sled::Config::new()
-        .path(store_dir)
-        .cache_capacity(1 << 20)
-        .flush_every_ms(None)
-        .open()
-        .map_err(|e| SalvageError::Locked(store_dir.display().to_string(), e.to_string()))?;
+    // it here keeps a server from starting while the log is rewritten. A
+    // process that just exited may hold it a moment longer (sled's
+    // background writes), so a conflict is retried for up to a second.
+    let mut tries = 0;
+    let _lock = loop {
+        match sled::Config::new()
+            .path(store_dir)
+            .cache_capacity(1 << 20)
+            .flush_every_ms(None)
+            .open()
+        {
+            Ok(db) => break db,
+            Err(e) if tries < 50 && e.to_string().contains("could not acquire lock") => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => {
+                return Err(SalvageError::Locked(
+                    store_dir.display().to_string(),
+                    e.to_string(),
+                ))
+            }
+        }
+    };
     let bytes = read_file(&log).map_err(io(&log))?;
     let plan = plan(&bytes).ok_or_else(|| SalvageError::NotALog(log.display().to_string()))?;
     let mut report = SalvageReport {
@@ -385,7 +402,10 @@ mod tests {
     /// A store directory holding a sled db and a log of `payloads`; returns
     /// the frame offsets.
     fn store_with_log(dir: &Path, payloads: &[&[u8]]) -> Vec<u64> {
-        drop(ok(sled::open(dir)));
+        drop(ok(sled::Config::new()
+            .path(dir)
+            .flush_every_ms(None)
+            .open()));
         let (mut wal, _) = ok(Wal::open(&RealFs, &dir.join(WAL_FILE)));
         let mut offsets = Vec::new();
         let mut at = HEADER_LEN;
