@@ -109,11 +109,13 @@ struct Disk {
     /// Completed checkpoint syncs and power cuts, for the report.
     checkpoints: u64,
     cuts: u64,
+    /// Which operation each cut hit.
+    cut_at: HashMap<&'static str, u64>,
 }
 
 impl Disk {
     /// Counts one operation; fails once the power is out.
-    fn tick(&mut self) -> io::Result<()> {
+    fn tick(&mut self, op: &'static str) -> io::Result<()> {
         if self.power_off {
             return Err(io::Error::other("power is out"));
         }
@@ -121,6 +123,7 @@ impl Disk {
             Some(0) => {
                 self.power_off = true;
                 self.cuts += 1;
+                *self.cut_at.entry(op).or_default() += 1;
                 Err(io::Error::other("power cut"))
             }
             Some(n) => {
@@ -216,16 +219,19 @@ struct PowerFile {
 }
 
 impl PowerFile {
-    fn with<T>(&self, f: impl FnOnce(&mut FileModel) -> T) -> io::Result<T> {
+    fn with<T>(&self, op: &'static str, f: impl FnOnce(&mut FileModel) -> T) -> io::Result<T> {
         let mut disk = self.fs.disk();
-        disk.tick()?;
+        disk.tick(op)?;
         Ok(f(disk.files.get_mut(&self.path).unwrap()))
     }
 
     /// The operation at the cut may still partly reach the disk.
     fn pending(&self, op: Pending) -> io::Result<()> {
         let mut disk = self.fs.disk();
-        let result = disk.tick();
+        let result = disk.tick(match op {
+            Pending::Write { .. } => "log write",
+            Pending::SetLen(_) => "log truncation",
+        });
         let file = disk.files.get_mut(&self.path).unwrap();
         if result.is_ok() || disk_just_cut(&result) {
             apply(&mut file.current, &op);
@@ -241,7 +247,7 @@ fn disk_just_cut(result: &io::Result<()>) -> bool {
 
 impl StorageFile for PowerFile {
     fn read_to_end(&mut self) -> io::Result<Vec<u8>> {
-        self.with(|f| f.current.clone())
+        self.with("log read", |f| f.current.clone())
     }
 
     fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
@@ -252,14 +258,17 @@ impl StorageFile for PowerFile {
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
-        self.with(|f| {
+        self.with("log fdatasync", |f| {
             f.durable = f.current.clone();
             f.pending.clear();
         })
     }
 
     fn sync_all(&mut self) -> io::Result<()> {
-        self.sync_data()
+        self.with("log fsync", |f| {
+            f.durable = f.current.clone();
+            f.pending.clear();
+        })
     }
 
     fn set_len(&mut self, len: u64) -> io::Result<()> {
@@ -294,7 +303,7 @@ impl StorageFile for SledDataFile {
 
     fn sync_data(&mut self) -> io::Result<()> {
         let mut disk = self.0.disk();
-        disk.tick()?;
+        disk.tick("checkpoint fdatasync of sled's file")?;
         let mut snapshot = Vec::new();
         let dir = disk.sled_dir.clone();
         read_tree(&dir, &dir, &mut snapshot);
@@ -315,7 +324,7 @@ impl StorageFile for SledDataFile {
 impl FileSystem for PowerFs {
     fn open_or_create(&self, path: &Path) -> io::Result<Box<dyn StorageFile>> {
         let mut disk = self.disk();
-        disk.tick()?;
+        disk.tick("log open")?;
         disk.files.entry(path.to_path_buf()).or_default();
         Ok(Box::new(PowerFile {
             fs: self.clone(),
@@ -324,13 +333,13 @@ impl FileSystem for PowerFs {
     }
 
     fn open_existing(&self, _path: &Path) -> io::Result<Box<dyn StorageFile>> {
-        self.disk().tick()?;
+        self.disk().tick("sled file open")?;
         Ok(Box::new(SledDataFile(self.clone())))
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut disk = self.disk();
-        disk.tick()?;
+        disk.tick("directory fsync")?;
         for (path, file) in disk.files.iter_mut() {
             if path.parent() == Some(dir) {
                 file.linked = true;
@@ -552,8 +561,9 @@ impl Drop for SeedOnPanic {
     }
 }
 
-/// Runs one chain of cuts; returns (cuts, checkpoints, acknowledged records).
-fn run_chain(seed: u64, cuts: usize) -> (u64, u64, usize) {
+/// Runs one chain of cuts; returns (cuts, checkpoints, acknowledged
+/// records, cuts per operation).
+fn run_chain(seed: u64, cuts: usize) -> (u64, u64, usize, HashMap<&'static str, u64>) {
     let _guard = SeedOnPanic(seed);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -611,7 +621,7 @@ fn run_chain(seed: u64, cuts: usize) -> (u64, u64, usize) {
     drop(store);
     let records = chain.acked().records.len();
     let disk = chain.fs.disk();
-    (disk.cuts, disk.checkpoints, records)
+    (disk.cuts, disk.checkpoints, records, disk.cut_at.clone())
 }
 
 #[test]
@@ -633,15 +643,21 @@ fn every_acknowledged_write_survives_power_cuts_under_concurrent_writes() {
     let (mut total_cuts, mut checkpoints, mut records) = (0, 0, 0);
     let chains = seeds.len();
     let started = std::time::Instant::now();
+    let mut cut_at: HashMap<&'static str, u64> = HashMap::new();
     for seed in seeds {
-        let (c, k, r) = run_chain(seed, CUTS_PER_CHAIN);
+        let (c, k, r, at) = run_chain(seed, CUTS_PER_CHAIN);
         total_cuts += c;
         checkpoints += k;
         records += r;
+        for (op, n) in at {
+            *cut_at.entry(op).or_default() += n;
+        }
     }
+    let mut cut_at: Vec<_> = cut_at.into_iter().collect();
+    cut_at.sort();
     eprintln!(
         "power-loss test: {chains} chains, {total_cuts} power cuts, {checkpoints} checkpoints, \
-         {records} acknowledged records checked, {:.1} s",
+         {records} acknowledged records checked, {:.1} s; cuts hit: {cut_at:?}",
         started.elapsed().as_secs_f64()
     );
     assert!(

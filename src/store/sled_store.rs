@@ -93,6 +93,19 @@ impl SledStore {
         };
         let (wal, frames) = Wal::open(io.fs, &config.path.join(WAL_FILE))
             .map_err(|e| StoreError::Backend(e.failure()))?;
+        // sled never fsyncs a directory: make its files' entries, and the
+        // store directory's own, durable (power loss, not only kill -9).
+        for dir in [Some(config.path.as_path()), config.path.parent()]
+            .into_iter()
+            .flatten()
+        {
+            io.fs.sync_dir(dir).map_err(|e| {
+                StoreError::Backend(StorageFailure::io(
+                    format!("fsync of directory {}", dir.display()),
+                    &e,
+                ))
+            })?;
+        }
         let apply_trees = trees.clone();
         let applier = Applier::start(move |group| apply_trees.apply(group))?;
         let unapplied = applier.shared().clone();
