@@ -252,8 +252,12 @@ pub(crate) fn scan(bytes: &[u8], generation: u64) -> Scan {
                 at = f.end() as usize;
                 frames.push(f);
             }
-            Ok(f) if f.generation == generation => {
-                bad = Some("frame sequence number out of order");
+            Ok(f) if f.generation >= generation => {
+                bad = Some(if f.generation == generation {
+                    "frame sequence number out of order"
+                } else {
+                    "frame of a later generation than the header"
+                });
                 // It verifies itself: it is the valid data after the gap.
                 return Scan {
                     frames,
@@ -263,7 +267,7 @@ pub(crate) fn scan(bytes: &[u8], generation: u64) -> Scan {
                 };
             }
             Ok(_) => {
-                bad = Some("frame of another generation");
+                bad = Some("frame of an earlier generation");
                 break;
             }
             Err(why) => {
@@ -655,6 +659,19 @@ mod tests {
                 assert_eq!(ok(std::fs::read(&path)), bytes, "byte {byte} bit {bit}");
             }
         }
+    }
+
+    /// A frame cut out whole leaves frames that verify, but the sequence
+    /// numbers show the gap.
+    #[test]
+    fn a_frame_missing_from_the_middle_refuses_to_open() {
+        let dir = ok(tempfile::tempdir());
+        let path = dir.path().join("wal");
+        let offsets = log_with(&path, &[b"zero", b"one", b"two"]);
+        let clean = ok(std::fs::read(&path));
+        let mut bytes = clean[..offsets[1] as usize].to_vec();
+        bytes.extend_from_slice(&clean[offsets[2] as usize..]);
+        assert_refused_untouched(&path, &bytes, offsets[1]);
     }
 
     #[test]
