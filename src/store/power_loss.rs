@@ -22,8 +22,9 @@
 //! key, and a clean integrity check.
 //!
 //! `FIELDVAULT_POWER_SEED=N` replays one failing chain (its seed is printed
-//! when it fails); `FIELDVAULT_POWER_CUTS=N` runs more cuts than the
-//! default 200.
+//! when it fails): the same cut points, torn pages and values; which writes
+//! share a frame still depends on thread timing. `FIELDVAULT_POWER_CUTS=N`
+//! runs more cuts than the default 200.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
