@@ -172,3 +172,49 @@ fn a_flipped_bit_in_the_first_frame_stops_the_server_and_salvage_keeps_the_rest(
     }
     drop(server);
 }
+
+#[test]
+fn a_torn_last_frame_is_cut_off_and_the_server_starts_with_the_tokens_before_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let data_s = data.to_str().unwrap();
+    let log = tmp.path().join("server.log");
+    let wal = data.join("store").join("fieldvault.wal");
+
+    let server = start_dev(&data, &log).unwrap();
+    let tokens: Vec<String> = PHONES[..3]
+        .iter()
+        .map(|p| tokenize(&server.addr, data_s, p))
+        .collect();
+    server.kill9();
+    // The last frame cut short, as a crash during its write leaves it
+    // (its caller was never answered in real life).
+    let bytes = std::fs::read(&wal).unwrap();
+    let torn = bytes.len() - 7;
+    std::fs::write(&wal, &bytes[..torn]).unwrap();
+
+    let server = start_dev(&data, &log).unwrap();
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.contains("interrupted write"), "{logs}");
+    let mut args = vec![
+        "detokenize",
+        "--purpose",
+        "callback",
+        "--addr",
+        &server.addr,
+        "--dev-identity",
+        "support",
+        "--data-dir",
+        data_s,
+    ];
+    args.extend(tokens.iter().map(String::as_str));
+    let out = run_bounded(&args);
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(lines.len(), 3, "{}", text(&out));
+    assert!(lines[0].contains("FIELD_KIND_PHONE"), "{}", lines[0]);
+    assert!(lines[1].contains("FIELD_KIND_PHONE"), "{}", lines[1]);
+    assert!(lines[2].contains("error"), "{}", lines[2]);
+}
