@@ -37,6 +37,9 @@ enum Command {
     Tokenize(TokenizeArgs),
     /// Reveal the values behind tokens (audited).
     Detokenize(DetokenizeArgs),
+    /// Offline store maintenance, with the server stopped.
+    #[command(subcommand)]
+    Store(StoreCommand),
 }
 
 #[derive(Args)]
@@ -175,6 +178,7 @@ async fn run() -> ExitCode {
         }
         Command::Tokenize(args) => tokenize(args).await,
         Command::Detokenize(args) => detokenize(args).await,
+        Command::Store(command) => store_command(command),
     };
     match result {
         Ok(code) => code,
@@ -424,4 +428,43 @@ async fn detokenize(args: DetokenizeArgs) -> Result<ExitCode, String> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Rescue a damaged write-ahead log (the server refused to start
+    /// naming it): keep every frame that verifies, report what is dropped,
+    /// keep the original beside it. Restoring a backup is the alternative;
+    /// see README, Durability.
+    Salvage(StoreArgs),
+}
+
+#[derive(Args)]
+struct StoreArgs {
+    /// The server's config file (its data_dir holds the store).
+    #[arg(long, conflicts_with = "dev", required_unless_present = "dev")]
+    config: Option<PathBuf>,
+    /// The store of a `serve --dev` setup.
+    #[arg(long)]
+    dev: bool,
+    /// Data directory for --dev.
+    #[arg(long, default_value = DEFAULT_DATA_DIR, requires = "dev")]
+    data_dir: PathBuf,
+}
+
+fn store_command(command: StoreCommand) -> Result<ExitCode, String> {
+    let StoreCommand::Salvage(args) = command;
+    // The salvaged log and the copy of the original hold ciphertext and
+    // wrapped keys: owner-only, like every file the server creates.
+    fieldvault::fsperm::restrict_umask();
+    let store_dir = match args.config {
+        Some(path) => fieldvault::config::Config::load(&path, &|k| std::env::var(k).ok())
+            .map_err(|e| e.to_string())?
+            .store_dir(),
+        // `serve --dev` keeps its store where `Config::store_dir` puts it.
+        None => args.data_dir.join("store"),
+    };
+    let report = fieldvault::store::salvage(&store_dir).map_err(|e| e.to_string())?;
+    print!("{report}");
+    Ok(ExitCode::SUCCESS)
 }

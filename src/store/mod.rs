@@ -6,9 +6,13 @@
 //! survive `kill -9` and power loss.
 
 mod apply;
+mod file;
 mod group_commit;
 mod integrity;
 mod layout;
+#[cfg(test)]
+mod power_loss;
+mod salvage;
 mod sled_store;
 mod wal;
 mod worker;
@@ -19,6 +23,7 @@ use crate::domain::TokenId;
 use async_trait::async_trait;
 
 pub use group_commit::DEFAULT_MAX_QUEUED_WRITES;
+pub use salvage::{salvage, Action as SalvageAction, Dropped, SalvageError, SalvageReport};
 pub use sled_store::{SledConfig, SledStore};
 
 #[derive(Debug, thiserror::Error)]

@@ -7,6 +7,7 @@
 //! then the trees.
 
 use super::apply::{Applier, Unapplied};
+use super::file::{FileSystem, RealFs};
 use super::group_commit::GroupCommit;
 use super::integrity;
 use super::layout::{
@@ -19,7 +20,6 @@ use super::{IntegrityReport, NewRecord, RecordRead, StorageFailure, Store, Store
 use crate::crypto::{BlindIndex, WrappedKey};
 use crate::domain::TokenId;
 use async_trait::async_trait;
-use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -49,14 +49,37 @@ struct Inner {
     faults: Arc<super::writer::Faults>,
 }
 
+/// How a store reaches its files: the real ones, or in the power-loss
+/// test a file system that loses unsynced writes at a power cut.
+pub(crate) struct StoreIo<'a> {
+    pub(crate) fs: &'a dyn FileSystem,
+    /// Checkpoint threshold, when not the default.
+    pub(crate) checkpoint_bytes: Option<u64>,
+    /// sled's own periodic flush (default 500 ms); the power-loss test
+    /// turns it off so that sled's files change only between checkpoints.
+    pub(crate) sled_flush_every_ms: Option<u64>,
+}
+
 impl SledStore {
     pub fn open(config: &SledConfig) -> Result<Self, StoreError> {
+        Self::open_with(
+            config,
+            &StoreIo {
+                fs: &RealFs,
+                checkpoint_bytes: None,
+                sled_flush_every_ms: Some(500),
+            },
+        )
+    }
+
+    pub(crate) fn open_with(config: &SledConfig, io: &StoreIo<'_>) -> Result<Self, StoreError> {
         let path = config.path.display();
         std::fs::create_dir_all(&config.path)
             .map_err(|e| StoreError::Backend(StorageFailure::io(&path, &e)))?;
         let db = sled::Config::new()
             .path(&config.path)
             .cache_capacity(config.cache_capacity_bytes)
+            .flush_every_ms(io.sled_flush_every_ms)
             .open()
             .map_err(|e| StoreError::Backend(sled_failure(&format!("opening {path}"), &e)))?;
         let records = db.open_tree("records").map_err(backend)?;
@@ -68,25 +91,42 @@ impl SledStore {
             blind_index,
             deterministic,
         };
-        let (wal, frames) = Wal::open(&config.path.join(WAL_FILE)).map_err(|e| {
-            StoreError::Backend(StorageFailure::of_error("opening the write-ahead log", &e))
-        })?;
+        let (wal, frames) = Wal::open(io.fs, &config.path.join(WAL_FILE))
+            .map_err(|e| StoreError::Backend(e.failure()))?;
+        // sled never fsyncs a directory: make its files' entries, and the
+        // store directory's own, durable (power loss, not only kill -9).
+        for dir in [Some(config.path.as_path()), config.path.parent()]
+            .into_iter()
+            .flatten()
+        {
+            io.fs.sync_dir(dir).map_err(|e| {
+                StoreError::Backend(StorageFailure::io(
+                    format!("fsync of directory {}", dir.display()),
+                    &e,
+                ))
+            })?;
+        }
         let apply_trees = trees.clone();
         let applier = Applier::start(move |group| apply_trees.apply(group))?;
         let unapplied = applier.shared().clone();
         let mut writer = SledWriter::new(
             db,
-            File::open(data_file_path(&config.path)).map_err(|e| {
-                StoreError::Backend(StorageFailure::io(
-                    format!("opening {}", data_file_path(&config.path).display()),
-                    &e,
-                ))
-            })?,
+            io.fs
+                .open_existing(&data_file_path(&config.path))
+                .map_err(|e| {
+                    StoreError::Backend(StorageFailure::io(
+                        format!("opening {}", data_file_path(&config.path).display()),
+                        &e,
+                    ))
+                })?,
             wal,
             trees.clone(),
             keys.clone(),
             applier,
         );
+        if let Some(bytes) = io.checkpoint_bytes {
+            writer.set_checkpoint_bytes(bytes);
+        }
         if !frames.is_empty() {
             writer.replay(&frames)?;
         }
@@ -462,7 +502,10 @@ mod tests {
         // key) but before applying them: the frames are in the log, the
         // trees lack them.
         {
-            let (mut wal, frames) = ok(Wal::open(&dir.path().join(WAL_FILE)));
+            let (mut wal, frames) = ok(Wal::open(
+                &super::super::file::RealFs,
+                &dir.path().join(WAL_FILE),
+            ));
             assert!(frames.is_empty(), "a clean close leaves an empty log");
             let staged = |t: TokenId, idx: u8, det: bool| Staged {
                 token: t,
@@ -501,7 +544,10 @@ mod tests {
             "replaying `a` again changed nothing"
         );
         drop(store);
-        let (_, frames) = ok(Wal::open(&dir.path().join(WAL_FILE)));
+        let (_, frames) = ok(Wal::open(
+            &super::super::file::RealFs,
+            &dir.path().join(WAL_FILE),
+        ));
         assert!(frames.is_empty(), "the replay was checkpointed");
     }
 

@@ -34,6 +34,7 @@
 //! [`Unapplied`]: super::apply::Unapplied
 
 use super::apply::{Applier, Staged};
+use super::file::StorageFile;
 use super::group_commit::{Commit, Committer};
 use super::layout::{
     backend, decode_frame, encode_frame, encode_key, encode_record, index_entry, index_prefix,
@@ -44,7 +45,6 @@ use super::{NewRecord, StorageFailure, StoreError};
 use crate::crypto::WrappedKey;
 use crate::domain::TokenId;
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
 
 /// The log is checkpointed once it holds this much. Bounds the replay after
 /// a crash (about 15k records) and the stall of one checkpoint.
@@ -63,7 +63,10 @@ pub(super) struct Trees {
 pub(super) struct SledWriter {
     db: sled::Db,
     /// sled's data file, kept open to fdatasync it at checkpoints.
-    data_file: File,
+    data_file: Box<dyn StorageFile>,
+    /// Checkpoint once the log holds this much ([`CHECKPOINT_BYTES`];
+    /// small in the power-loss test).
+    checkpoint_bytes: u64,
     wal: Wal,
     trees: Trees,
     keys: sled::Tree,
@@ -101,9 +104,15 @@ impl Faults {
 }
 
 impl SledWriter {
+    /// Checkpoint once the log holds `bytes` (the power-loss test makes
+    /// checkpoints frequent, so power cuts land inside them).
+    pub(super) fn set_checkpoint_bytes(&mut self, bytes: u64) {
+        self.checkpoint_bytes = bytes;
+    }
+
     pub(super) fn new(
         db: sled::Db,
-        data_file: File,
+        data_file: Box<dyn StorageFile>,
         wal: Wal,
         trees: Trees,
         keys: sled::Tree,
@@ -112,6 +121,7 @@ impl SledWriter {
         Self {
             db,
             data_file,
+            checkpoint_bytes: CHECKPOINT_BYTES,
             wal,
             trees,
             keys,
@@ -350,7 +360,7 @@ impl SledWriter {
             != 0;
         #[cfg(not(test))]
         let forced = false;
-        if forced || keys_written || self.wal.len() >= CHECKPOINT_BYTES {
+        if forced || keys_written || self.wal.len() >= self.checkpoint_bytes {
             self.checkpoint()?;
         }
         Ok(())

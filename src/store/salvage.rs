@@ -1,0 +1,505 @@
+//! `fieldvault store salvage`: what an operator runs when the server refuses
+//! to start because the write-ahead log is damaged (and there is no backup
+//! to restore, or the backup is older than the log).
+//!
+//! It keeps every frame of the log's generation that verifies, reports what
+//! it drops (byte ranges, and the frame sequence numbers that are missing),
+//! copies the original log beside it (`fieldvault.wal.corrupt-<unix time>`),
+//! and puts the salvaged log in its place through a synced temporary file,
+//! a rename and a directory `fsync`, so that at every moment
+//! `fieldvault.wal` is either the original or the salvaged log. It runs on
+//! a stopped server only: it holds sled's lock on the store while it works.
+//! A log that verifies, or merely ends in an interrupted write (which the
+//! server cuts at start), is left alone.
+
+use super::file::{read_file, sync_dir};
+use super::wal::{
+    encode_frame, frame_at, header, is_v1, next_frame, scan_v1, FrameAt, HEADER_LEN, MAGIC,
+};
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::ops::RangeInclusive;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// The log's file name in the store directory.
+pub(crate) const WAL_FILE: &str = "fieldvault.wal";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SalvageError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}: no write-ahead log there (is this the store directory of the server's config?)")]
+    NoLog(String),
+    #[error(
+        "{0}: cannot lock the store ({1}); is the server still running? Stop it before salvaging"
+    )]
+    Locked(String, String),
+    #[error(
+        "{0}: not a fieldvault write-ahead log, and no frame in it verifies; nothing to salvage"
+    )]
+    NotALog(String),
+}
+
+/// A byte range of the log that salvage drops.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dropped {
+    pub offset: u64,
+    pub bytes: u64,
+    pub reason: String,
+}
+
+/// What salvage found and did.
+#[derive(Debug)]
+pub struct SalvageReport {
+    pub log: PathBuf,
+    pub generation: u64,
+    /// Frames kept (they verify and belong to the log's generation).
+    pub kept_frames: usize,
+    pub kept_payload_bytes: u64,
+    pub dropped: Vec<Dropped>,
+    /// Sequence numbers of frames that are gone (gaps between kept frames).
+    pub missing_sequences: Vec<RangeInclusive<u64>>,
+    /// Whether bytes after the last kept frame did not verify: frames after
+    /// it (if any) are gone and their number is unknown.
+    pub unknown_tail: bool,
+    pub action: Action,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// The log verifies: nothing changed.
+    NothingToDo,
+    /// The log only ends in an interrupted write, which the server cuts at
+    /// start: nothing changed.
+    TornTailOnly,
+    /// The salvaged log replaced the original, which was copied here.
+    Salvaged { original_copy: PathBuf },
+}
+
+/// The frames to keep and what is dropped, from the log's bytes.
+struct Plan {
+    generation: u64,
+    header_ok: bool,
+    kept: Vec<(u64, Vec<u8>)>,
+    kept_payload_bytes: u64,
+    dropped: Vec<Dropped>,
+    missing: Vec<RangeInclusive<u64>>,
+    unknown_tail: bool,
+    /// Only the end of the log fails to verify, nothing valid after it.
+    torn_tail_only: bool,
+}
+
+fn plan(bytes: &[u8]) -> Option<Plan> {
+    if is_v1(bytes) {
+        return Some(plan_v1(bytes));
+    }
+    let header_gen = super::wal::read_header(bytes);
+    let mut dropped = Vec::new();
+    if header_gen.is_none() {
+        dropped.push(Dropped {
+            offset: 0,
+            bytes: HEADER_LEN.min(bytes.len() as u64),
+            reason: "header does not verify".into(),
+        });
+    }
+    let mut all: Vec<FrameAt> = Vec::new();
+    let mut at = HEADER_LEN as usize;
+    while at < bytes.len() {
+        match frame_at(bytes, at) {
+            Ok(f) => {
+                at = f.end() as usize;
+                all.push(f);
+            }
+            Err(why) => {
+                let stop =
+                    next_frame(bytes, at + 1, |_| true).map_or(bytes.len(), |f| f.offset as usize);
+                dropped.push(Dropped {
+                    offset: at as u64,
+                    bytes: (stop - at) as u64,
+                    reason: why.into(),
+                });
+                at = stop;
+            }
+        }
+    }
+    if header_gen.is_none() && all.is_empty() && !bytes.starts_with(MAGIC) {
+        return None;
+    }
+    let generation = header_gen
+        .or_else(|| all.iter().map(|f| f.generation).max())
+        .unwrap_or(1);
+    let mut kept = Vec::new();
+    let mut missing = Vec::new();
+    let mut next_seq = 0u64;
+    let mut kept_payload_bytes = 0;
+    for f in &all {
+        let reason = if f.generation != generation {
+            format!(
+                "a frame of generation {} (the log is at {generation})",
+                f.generation
+            )
+        } else if f.sequence < next_seq {
+            format!("frame sequence {} repeated or out of order", f.sequence)
+        } else {
+            if f.sequence > next_seq {
+                missing.push(next_seq..=f.sequence - 1);
+            }
+            next_seq = f.sequence + 1;
+            let payload = f.payload(bytes).to_vec();
+            kept_payload_bytes += payload.len() as u64;
+            kept.push((f.offset, payload));
+            continue;
+        };
+        dropped.push(Dropped {
+            offset: f.offset,
+            bytes: f.len,
+            reason,
+        });
+    }
+    dropped.sort_by_key(|d| d.offset);
+    let last_kept_end = kept
+        .last()
+        .and_then(|(o, _)| all.iter().find(|f| f.offset == *o))
+        .map_or(HEADER_LEN, FrameAt::end);
+    let unknown_tail = dropped.iter().any(|d| d.offset >= last_kept_end);
+    let torn_tail_only = header_gen.is_some()
+        && missing.is_empty()
+        && dropped.len() <= 1
+        && dropped
+            .iter()
+            .all(|d| d.offset == last_kept_end && d.offset + d.bytes == bytes.len() as u64);
+    Some(Plan {
+        generation,
+        header_ok: header_gen.is_some(),
+        kept,
+        kept_payload_bytes,
+        dropped,
+        missing,
+        unknown_tail,
+        torn_tail_only,
+    })
+}
+
+/// Format 1 has no markers: the frames before the first bad one are all
+/// that can be found.
+fn plan_v1(bytes: &[u8]) -> Plan {
+    let (generation, frames, end) = scan_v1(bytes);
+    let kept: Vec<(u64, Vec<u8>)> = frames
+        .iter()
+        .map(|(s, e)| (*s as u64, bytes[*s..*e].to_vec()))
+        .collect();
+    let mut dropped = Vec::new();
+    if end < bytes.len() {
+        dropped.push(Dropped {
+            offset: end as u64,
+            bytes: (bytes.len() - end) as u64,
+            reason: "format-1 frame does not verify (that format cannot find later frames)".into(),
+        });
+    }
+    Plan {
+        generation,
+        header_ok: true,
+        kept_payload_bytes: kept.iter().map(|(_, p)| p.len() as u64).sum(),
+        kept,
+        unknown_tail: !dropped.is_empty(),
+        dropped,
+        missing: Vec::new(),
+        // Format 1 is refused at open when anything does not verify, so
+        // it must be rewritten even for a torn tail.
+        torn_tail_only: false,
+    }
+}
+
+/// The salvaged log: a fresh header and the kept frames, renumbered from 0.
+fn salvaged_bytes(plan: &Plan) -> Vec<u8> {
+    let mut out = header(plan.generation).to_vec();
+    for (seq, (_, payload)) in plan.kept.iter().enumerate() {
+        // A kept payload came out of a frame, so it fits in one.
+        if let Some(frame) = encode_frame(plan.generation, seq as u64, payload) {
+            out.extend_from_slice(&frame);
+        }
+    }
+    out
+}
+
+/// Salvages the write-ahead log in `store_dir` (the server's
+/// `data_dir/store`). The server must be stopped.
+pub fn salvage(store_dir: &Path) -> Result<SalvageReport, SalvageError> {
+    let log = store_dir.join(WAL_FILE);
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| SalvageError::Io { path, source }
+    };
+    if !log.is_file() || !store_dir.join("db").is_file() {
+        return Err(SalvageError::NoLog(log.display().to_string()));
+    }
+    // sled's lock on its data file: a running server holds it, and holding
+    // it here keeps a server from starting while the log is rewritten. A
+    // process that just exited may hold it a moment longer (sled's
+    // background writes), so a conflict is retried for up to a second.
+    let mut tries = 0;
+    let _lock = loop {
+        match sled::Config::new()
+            .path(store_dir)
+            .cache_capacity(1 << 20)
+            .flush_every_ms(None)
+            .open()
+        {
+            Ok(db) => break db,
+            Err(e) if tries < 50 && e.to_string().contains("could not acquire lock") => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => {
+                return Err(SalvageError::Locked(
+                    store_dir.display().to_string(),
+                    e.to_string(),
+                ))
+            }
+        }
+    };
+    let bytes = read_file(&log).map_err(io(&log))?;
+    let plan = plan(&bytes).ok_or_else(|| SalvageError::NotALog(log.display().to_string()))?;
+    let mut report = SalvageReport {
+        log: log.clone(),
+        generation: plan.generation,
+        kept_frames: plan.kept.len(),
+        kept_payload_bytes: plan.kept_payload_bytes,
+        dropped: plan.dropped.clone(),
+        missing_sequences: plan.missing.clone(),
+        unknown_tail: plan.unknown_tail,
+        action: Action::NothingToDo,
+    };
+    if plan.header_ok && plan.dropped.is_empty() && !is_v1(&bytes) {
+        return Ok(report);
+    }
+    if plan.torn_tail_only {
+        report.action = Action::TornTailOnly;
+        return Ok(report);
+    }
+    // 1. A copy of the original, durable before anything else changes.
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut copy = store_dir.join(format!("{WAL_FILE}.corrupt-{stamp}"));
+    let mut n = 1;
+    while copy.exists() {
+        copy = store_dir.join(format!("{WAL_FILE}.corrupt-{stamp}-{n}"));
+        n += 1;
+    }
+    write_durably(&copy, &bytes).map_err(io(&copy))?;
+    // 2. The salvaged log in a temporary file, synced, renamed over the
+    //    original, and the rename made durable.
+    let tmp = store_dir.join(format!("{WAL_FILE}.salvage-tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    write_durably(&tmp, &salvaged_bytes(&plan)).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &log).map_err(io(&log))?;
+    sync_dir(store_dir).map_err(io(store_dir))?;
+    report.action = Action::Salvaged {
+        original_copy: copy,
+    };
+    Ok(report)
+}
+
+/// Creates `path` (0600; it must not exist), writes `bytes`, syncs the
+/// file and its directory.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+impl std::fmt::Display for SalvageReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut s = String::new();
+        let _ = writeln!(s, "write-ahead log: {}", self.log.display());
+        let _ = writeln!(
+            s,
+            "frames that verify (generation {}): {} ({} bytes of records)",
+            self.generation, self.kept_frames, self.kept_payload_bytes
+        );
+        for d in &self.dropped {
+            let _ = writeln!(
+                s,
+                "dropped: {} bytes at byte {} ({})",
+                d.bytes, d.offset, d.reason
+            );
+        }
+        if !self.missing_sequences.is_empty() {
+            let list: Vec<String> = self
+                .missing_sequences
+                .iter()
+                .map(|r| {
+                    if r.start() == r.end() {
+                        r.start().to_string()
+                    } else {
+                        format!("{}-{}", r.start(), r.end())
+                    }
+                })
+                .collect();
+            let _ = writeln!(s, "frames missing (sequence numbers): {}", list.join(", "));
+        }
+        if self.unknown_tail && self.action != Action::TornTailOnly {
+            let _ = writeln!(
+                s,
+                "the bytes after the last frame that verifies are dropped: an interrupted last \
+                 write, or damaged frames whose number cannot be known"
+            );
+        }
+        match &self.action {
+            Action::NothingToDo => {
+                let _ = writeln!(s, "the log verifies: nothing changed; start the server.");
+            }
+            Action::TornTailOnly => {
+                let _ = writeln!(
+                    s,
+                    "the log only ends in an interrupted write, never acknowledged; the server \
+                     cuts it off at start. Nothing changed; start the server."
+                );
+            }
+            Action::Salvaged { original_copy } => {
+                let _ = writeln!(
+                    s,
+                    "the original log is kept, unchanged, at {}",
+                    original_copy.display()
+                );
+                let _ = writeln!(s, "the salvaged log replaced {}", self.log.display());
+                let _ = writeln!(
+                    s,
+                    "next: writes in the dropped bytes are lost from this store. If a backup \
+                     holds them, restore the store from it instead (stop, restore data_dir, \
+                     start). Otherwise start the server: it replays the {} kept frames and \
+                     checkpoints. Tokens acknowledged in the dropped frames now answer \
+                     NOT_FOUND; tell their owners. Keep the .corrupt copy until you are sure, \
+                     and check the disk (SMART, dmesg) before trusting it again.",
+                    self.kept_frames
+                );
+            }
+        }
+        f.write_str(&s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::file::RealFs;
+    use super::super::wal::{Wal, FRAME_HEADER_LEN};
+    use super::*;
+
+    fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+        r.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A store directory holding a sled db and a log of `payloads`; returns
+    /// the frame offsets.
+    fn store_with_log(dir: &Path, payloads: &[&[u8]]) -> Vec<u64> {
+        drop(ok(sled::Config::new()
+            .path(dir)
+            .flush_every_ms(None)
+            .open()));
+        let (mut wal, _) = ok(Wal::open(&RealFs, &dir.join(WAL_FILE)));
+        let mut offsets = Vec::new();
+        let mut at = HEADER_LEN;
+        for p in payloads {
+            offsets.push(at);
+            ok(wal.append(p));
+            at += (FRAME_HEADER_LEN + p.len()) as u64;
+        }
+        offsets
+    }
+
+    #[test]
+    fn salvage_keeps_the_frames_that_verify_and_reports_what_it_dropped() {
+        let dir = ok(tempfile::tempdir());
+        let payloads: [&[u8]; 5] = [b"zero", b"one", b"two", b"three", b"four"];
+        let offsets = store_with_log(dir.path(), &payloads);
+        let log = dir.path().join(WAL_FILE);
+        let mut bytes = ok(std::fs::read(&log));
+        // Damage frames 1 and 2 (a payload bit, a length bit).
+        bytes[offsets[1] as usize + FRAME_HEADER_LEN] ^= 1;
+        bytes[offsets[2] as usize + 6] ^= 0x40;
+        ok(std::fs::write(&log, &bytes));
+        assert!(Wal::open(&RealFs, &log).is_err());
+
+        let report = ok(salvage(dir.path()));
+        assert_eq!(report.kept_frames, 3);
+        assert_eq!(report.missing_sequences, vec![1..=2]);
+        assert_eq!(report.dropped.len(), 1, "{:?}", report.dropped);
+        assert_eq!(report.dropped[0].offset, offsets[1]);
+        assert_eq!(report.dropped[0].bytes, offsets[3] - offsets[1]);
+        assert!(!report.unknown_tail);
+        let Action::Salvaged { original_copy } = &report.action else {
+            panic!("{:?}", report.action);
+        };
+        assert_eq!(
+            ok(std::fs::read(original_copy)),
+            bytes,
+            "original kept as is"
+        );
+        let text = report.to_string();
+        assert!(text.contains(&format!("at byte {}", offsets[1])), "{text}");
+        assert!(text.contains("sequence numbers): 1-2"), "{text}");
+        // The salvaged log opens with the frames that verified.
+        let (_, frames) = ok(Wal::open(&RealFs, &log));
+        assert_eq!(
+            frames,
+            vec![b"zero".to_vec(), b"three".to_vec(), b"four".to_vec()]
+        );
+        // And salvaging again finds nothing to do.
+        let again = ok(salvage(dir.path()));
+        assert_eq!(again.action, Action::NothingToDo);
+    }
+
+    #[test]
+    fn salvage_of_a_log_with_a_damaged_header_keeps_its_frames() {
+        let dir = ok(tempfile::tempdir());
+        store_with_log(dir.path(), &[b"a", b"b"]);
+        let log = dir.path().join(WAL_FILE);
+        let mut bytes = ok(std::fs::read(&log));
+        bytes[10] ^= 2;
+        ok(std::fs::write(&log, &bytes));
+        assert!(Wal::open(&RealFs, &log).is_err());
+        let report = ok(salvage(dir.path()));
+        assert_eq!(report.kept_frames, 2);
+        assert_eq!(report.dropped[0].offset, 0);
+        assert_eq!(ok(Wal::open(&RealFs, &log)).1.len(), 2);
+    }
+
+    #[test]
+    fn salvage_leaves_an_intact_or_merely_torn_log_alone() {
+        let dir = ok(tempfile::tempdir());
+        store_with_log(dir.path(), &[b"a", b"b"]);
+        let log = dir.path().join(WAL_FILE);
+        assert_eq!(ok(salvage(dir.path())).action, Action::NothingToDo);
+        let mut bytes = ok(std::fs::read(&log));
+        bytes.truncate(bytes.len() - 1);
+        ok(std::fs::write(&log, &bytes));
+        let report = ok(salvage(dir.path()));
+        assert_eq!(report.action, Action::TornTailOnly);
+        assert_eq!(ok(std::fs::read(&log)), bytes);
+        let names: Vec<_> = ok(std::fs::read_dir(dir.path()))
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("corrupt"))
+            .collect();
+        assert!(names.is_empty(), "{names:?}");
+    }
+
+    #[test]
+    fn salvage_refuses_while_the_store_is_open() {
+        let dir = ok(tempfile::tempdir());
+        store_with_log(dir.path(), &[b"a"]);
+        let db = ok(sled::open(dir.path()));
+        assert!(matches!(salvage(dir.path()), Err(SalvageError::Locked(..))));
+        drop(db);
+    }
+}
