@@ -15,7 +15,9 @@ async fn attempt(addr: &str, tls: ClientTlsConfig) -> Result<pb::TokenizeRespons
         .unwrap()
         .tls_config(tls)
         .unwrap()
-        .connect()
+        .connect_timeout(CONNECT_DEADLINE)
+        .timeout(CALL_DEADLINE);
+    let channel = bounded(CONNECT_DEADLINE * 2, "connecting", channel.connect())
         .await
         .map_err(|e| format!("connect: {e:?}"))?;
     let mut client = VaultClient::new(channel);
@@ -60,10 +62,19 @@ async fn raw_handshake(vault: &TestVault, client_cert: Option<&str>) -> String {
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(vault.addr()).await.unwrap();
-    let mut tls = match connector
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
+    let tcp = bounded(
+        CONNECT_DEADLINE,
+        "TCP connect",
+        tokio::net::TcpStream::connect(vault.addr()),
+    )
+    .await
+    .unwrap();
+    let mut tls = match bounded(
+        CONNECT_DEADLINE,
+        "the TLS handshake",
+        connector.connect(ServerName::try_from("localhost").unwrap(), tcp),
+    )
+    .await
     {
         Ok(tls) => tls,
         Err(e) => return e.to_string(),
@@ -73,7 +84,13 @@ async fn raw_handshake(vault: &TestVault, client_cert: Option<&str>) -> String {
         return e.to_string();
     }
     let mut buf = [0u8; 64];
-    match tls.read(&mut buf).await {
+    match bounded(
+        CALL_DEADLINE,
+        "the server's first bytes",
+        tls.read(&mut buf),
+    )
+    .await
+    {
         Ok(n) if n > 0 => "accepted".to_owned(),
         Ok(_) => "closed".to_owned(),
         Err(e) => e.to_string(),
