@@ -26,9 +26,8 @@
 mod common;
 
 use common::process::{start_with_config, start_with_config_and_file_limit, ServerProcess};
-use common::{bounded, write, Pki};
+use common::{bounded, write_config_file, Pki};
 use fieldvault::client::ClientTls;
-use fieldvault::crypto::MasterKey;
 use fieldvault::grpc::pb::{self, FieldKind};
 use fieldvault::store::{IntegrityReport, SledConfig, SledStore, Store};
 use std::collections::HashMap;
@@ -81,38 +80,17 @@ struct Harness {
 impl Harness {
     fn new(dir: &Path) -> Self {
         let pki = Pki::new(&dir.join("pki"));
-        write(&dir.join("policy.toml"), POLICY.as_bytes());
-        write(
-            &dir.join("master.key"),
-            MasterKey::generate().to_hex().as_bytes(),
+        let config = write_config_file(
+            dir,
+            &pki,
+            POLICY,
+            (&dir.join("data"), &dir.join("data/audit.log")),
+            "cache_capacity_mib = 16",
+            "[token_modes]\nphone = \"deterministic\"\naddress = \"random\"",
         );
-        let p = |name: &str| dir.join(name).display().to_string();
-        let config = format!(
-            r#"listen = "127.0.0.1:0"
-data_dir = "{data}"
-policy_file = "{policy}"
-audit_log = "{audit}"
-cache_capacity_mib = 16
-[token_modes]
-phone = "deterministic"
-address = "random"
-[tls]
-cert = "{pki}/server.pem"
-key = "{pki}/server.key"
-client_ca = "{pki}/ca.pem"
-[master_key]
-file = "{key}"
-"#,
-            data = p("data"),
-            policy = p("policy.toml"),
-            audit = p("data/audit.log"),
-            pki = pki.dir.display(),
-            key = p("master.key"),
-        );
-        write(&dir.join("fieldvault.toml"), config.as_bytes());
         Self {
             dir: dir.to_path_buf(),
-            config: dir.join("fieldvault.toml"),
+            config,
             log: dir.join("server.log"),
             pki,
         }

@@ -10,12 +10,11 @@ use bytes::Bytes;
 use common::process::{self, ServerProcess};
 use common::*;
 use fieldvault::client;
-use fieldvault::crypto::MasterKey;
 use fieldvault::dev::DEV_POLICY;
 use fieldvault::grpc::pb::{self, FieldKind};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -203,35 +202,14 @@ fn start_child(extra_config: &str) -> ChildVault {
 fn start_child_with(extra_config: &str, nofile: Option<u64>) -> ChildVault {
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new(&tmp.path().join("pki"));
-    let policy = tmp.path().join("policy.toml");
-    write(&policy, DEV_POLICY.as_bytes());
-    let master = tmp.path().join("master.key");
-    write(&master, MasterKey::generate().to_hex().as_bytes());
-    let dir = pki.dir.clone();
-    let p = |path: PathBuf| path.display().to_string();
-    let config = format!(
-        r#"listen = "127.0.0.1:0"
-data_dir = "{data}"
-policy_file = "{policy}"
-audit_log = "{audit}"
-[tls]
-cert = "{cert}"
-key = "{key}"
-client_ca = "{ca}"
-[master_key]
-file = "{master}"
-{extra_config}
-"#,
-        data = p(tmp.path().join("data")),
-        policy = p(policy),
-        audit = p(tmp.path().join("audit.log")),
-        cert = p(dir.join("server.pem")),
-        key = p(dir.join("server.key")),
-        ca = p(dir.join("ca.pem")),
-        master = p(master),
+    let config_path = write_config_file(
+        tmp.path(),
+        &pki,
+        DEV_POLICY,
+        (&tmp.path().join("data"), &tmp.path().join("audit.log")),
+        "",
+        extra_config,
     );
-    let config_path = tmp.path().join("fieldvault.toml");
-    write(&config_path, config.as_bytes());
     let log = tmp.path().join("server.log");
     let server = match nofile {
         None => process::start_with_config(&config_path, &log),

@@ -8,7 +8,6 @@ mod common;
 use common::process::{start_with_config_under_umask, ServerProcess};
 use common::*;
 use fieldvault::app;
-use fieldvault::crypto::MasterKey;
 use fieldvault::domain::TokenId;
 use fieldvault::grpc::pb::{FieldKind, NationalIdScheme};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -81,38 +80,16 @@ struct ConfigFiles {
 /// DIR/logs (neither exists yet), keys and policy 0600.
 fn config_files(dir: &Path) -> ConfigFiles {
     let pki = Pki::new(&dir.join("pki"));
-    write(
-        &dir.join("policy.toml"),
-        fieldvault::dev::DEV_POLICY.as_bytes(),
+    let config = write_config_file(
+        dir,
+        &pki,
+        fieldvault::dev::DEV_POLICY,
+        (&dir.join("data"), &dir.join("logs/audit/audit.log")),
+        "",
+        "[token_modes]\nphone = \"deterministic\"",
     );
-    write(
-        &dir.join("master.key"),
-        MasterKey::generate().to_hex().as_bytes(),
-    );
-    let p = |name: &str| dir.join(name).display().to_string();
-    let config = format!(
-        r#"listen = "127.0.0.1:0"
-data_dir = "{data}"
-policy_file = "{policy}"
-audit_log = "{audit}"
-[token_modes]
-phone = "deterministic"
-[tls]
-cert = "{pki}/server.pem"
-key = "{pki}/server.key"
-client_ca = "{pki}/ca.pem"
-[master_key]
-file = "{key}"
-"#,
-        data = p("data"),
-        policy = p("policy.toml"),
-        audit = p("logs/audit/audit.log"),
-        pki = pki.dir.display(),
-        key = p("master.key"),
-    );
-    write(&dir.join("fieldvault.toml"), config.as_bytes());
     ConfigFiles {
-        config: dir.join("fieldvault.toml"),
+        config,
         data: dir.join("data"),
         logs: dir.join("logs"),
         server_log: dir.join("server.log"),

@@ -126,6 +126,49 @@ impl Pki {
     }
 }
 
+/// The files `fieldvault serve --config` needs, written under `dir`: the
+/// policy (`policy`, 0600), a new master key (0600) and `fieldvault.toml`,
+/// which listens on 127.0.0.1:0, keeps its data in `data_dir` and its audit
+/// log at `audit_log`, uses the TLS files of `pki`, and carries `top`
+/// (top-level keys) and `tables` (such as `[token_modes]` or `[limits]`).
+/// Returns the config file's path.
+pub fn write_config_file(
+    dir: &Path,
+    pki: &Pki,
+    policy: &str,
+    (data_dir, audit_log): (&Path, &Path),
+    top: &str,
+    tables: &str,
+) -> PathBuf {
+    let policy_file = dir.join("policy.toml");
+    write(&policy_file, policy.as_bytes());
+    let master = dir.join("master.key");
+    write(&master, MasterKey::generate().to_hex().as_bytes());
+    let config = format!(
+        r#"listen = "127.0.0.1:0"
+data_dir = "{data}"
+policy_file = "{policy}"
+audit_log = "{audit}"
+[master_key]
+file = "{master}"
+[tls]
+cert = "{pki}/server.pem"
+key = "{pki}/server.key"
+client_ca = "{pki}/ca.pem"
+"#,
+        data = data_dir.display(),
+        policy = policy_file.display(),
+        audit = audit_log.display(),
+        master = master.display(),
+        pki = pki.dir.display(),
+    );
+    // Top-level keys go before the first table, or they would land in it.
+    let text = format!("{top}\n{config}{tables}\n");
+    let path = dir.join("fieldvault.toml");
+    write(&path, text.as_bytes());
+    path
+}
+
 /// A server under test with its own temporary data dir.
 pub struct TestVault {
     pub tmp: tempfile::TempDir,
