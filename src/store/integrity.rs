@@ -4,7 +4,7 @@ use super::layout::{backend, decode_record, token_from};
 use super::writer::Trees;
 use super::{IntegrityReport, StoreError};
 use crate::domain::TokenId;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Checks that every record decodes and has exactly one blind-index entry,
 /// and that every index entry and deterministic mapping points at an
@@ -76,4 +76,70 @@ pub(super) fn check(trees: &Trees) -> Result<IntegrityReport, StoreError> {
         }
     }
     Ok(report)
+}
+
+/// What [`remove_partial_entries`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartialEntries {
+    /// Records that had no blind-index entry, by token.
+    pub records: Vec<TokenId>,
+    /// Blind-index entries naming a token that has no record.
+    pub index_entries: u64,
+    /// Deterministic mappings naming a token that has no record.
+    pub deterministic_entries: u64,
+}
+
+impl PartialEntries {
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.index_entries == 0 && self.deterministic_entries == 0
+    }
+}
+
+/// Removes what a write-ahead-log frame leaves behind when it is dropped
+/// (salvage) after sled had stored part of it on its own (its background
+/// flush writes the trees between checkpoints): index entries and
+/// deterministic mappings without their record, and records without their
+/// index entry (which erase-by-value could not find). A frame sled holds
+/// whole stays. Offline only: the caller holds the store with no writes
+/// in flight, and makes the removals durable (a checkpoint) afterwards.
+pub(super) fn remove_partial_entries(trees: &Trees) -> Result<PartialEntries, StoreError> {
+    let mut removed = PartialEntries::default();
+    let mut records: HashSet<[u8; 16]> = HashSet::new();
+    for key in trees.records.iter().keys() {
+        let key = key.map_err(backend)?;
+        if let Ok(token) = token_from(&key) {
+            records.insert(*token.as_bytes());
+        }
+    }
+    let mut indexed: HashSet<[u8; 16]> = HashSet::new();
+    for key in trees.blind_index.iter().keys() {
+        let key = key.map_err(backend)?;
+        let Some(Ok(token)) = key.get(36..).map(token_from) else {
+            continue;
+        };
+        if records.contains(token.as_bytes()) {
+            indexed.insert(*token.as_bytes());
+        } else {
+            trees.blind_index.remove(&key).map_err(backend)?;
+            removed.index_entries += 1;
+        }
+    }
+    for entry in trees.deterministic.iter() {
+        let (prefix, token) = entry.map_err(backend)?;
+        let Ok(token) = token_from(&token) else {
+            continue;
+        };
+        if !indexed.contains(token.as_bytes()) {
+            trees.deterministic.remove(&prefix).map_err(backend)?;
+            removed.deterministic_entries += 1;
+        }
+    }
+    for token in records.difference(&indexed) {
+        trees.records.remove(&token[..]).map_err(backend)?;
+        if let Ok(token) = TokenId::from_bytes(*token) {
+            removed.records.push(token);
+        }
+    }
+    removed.records.sort();
+    Ok(removed)
 }

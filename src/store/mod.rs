@@ -23,6 +23,7 @@ use crate::domain::TokenId;
 use async_trait::async_trait;
 
 pub use group_commit::DEFAULT_MAX_QUEUED_WRITES;
+pub use integrity::PartialEntries;
 pub use salvage::{salvage, Action as SalvageAction, Dropped, SalvageError, SalvageReport};
 pub use sled_store::{SledConfig, SledStore};
 

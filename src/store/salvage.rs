@@ -13,6 +13,8 @@
 //! server cuts at start), is left alone.
 
 use super::file::{read_file, sync_dir};
+use super::integrity::PartialEntries;
+use super::sled_store::{SledConfig, SledStore};
 use super::wal::{
     encode_frame, frame_at, header, is_v1, next_frame, scan_v1, FrameAt, HEADER_LEN, MAGIC,
 };
@@ -42,6 +44,12 @@ pub enum SalvageError {
         "{0}: not a fieldvault write-ahead log, and no frame in it verifies; nothing to salvage"
     )]
     NotALog(String),
+    #[error(
+        "{0}: the salvaged log is in place (the original is kept beside it), but replaying it \
+         and removing what the dropped frames left in the store failed: {1}; fix the cause \
+         and run salvage again"
+    )]
+    Reconcile(String, String),
 }
 
 /// A byte range of the log that salvage drops.
@@ -67,6 +75,9 @@ pub struct SalvageReport {
     /// it (if any) are gone and their number is unknown.
     pub unknown_tail: bool,
     pub action: Action,
+    /// After a salvage: the remnants of the dropped frames that sled had
+    /// stored in part, removed once the kept frames were replayed.
+    pub partial: PartialEntries,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -242,7 +253,7 @@ pub fn salvage(store_dir: &Path) -> Result<SalvageReport, SalvageError> {
     // process that just exited may hold it a moment longer (sled's
     // background writes), so a conflict is retried for up to a second.
     let mut tries = 0;
-    let _lock = loop {
+    let lock = loop {
         match sled::Config::new()
             .path(store_dir)
             .cache_capacity(1 << 20)
@@ -273,8 +284,11 @@ pub fn salvage(store_dir: &Path) -> Result<SalvageReport, SalvageError> {
         missing_sequences: plan.missing.clone(),
         unknown_tail: plan.unknown_tail,
         action: Action::NothingToDo,
+        partial: PartialEntries::default(),
     };
-    if plan.header_ok && plan.dropped.is_empty() && !is_v1(&bytes) {
+    // A frame missing whole (no bad bytes left) still needs the log
+    // renumbered: the server refuses a gap in the sequence.
+    if plan.header_ok && plan.dropped.is_empty() && plan.missing.is_empty() && !is_v1(&bytes) {
         return Ok(report);
     }
     if plan.torn_tail_only {
@@ -302,6 +316,22 @@ pub fn salvage(store_dir: &Path) -> Result<SalvageReport, SalvageError> {
     report.action = Action::Salvaged {
         original_copy: copy,
     };
+    // 3. sled writes its trees on its own between checkpoints, so it may
+    //    hold a dropped frame whole, in part or not at all. Replay the kept
+    //    frames (opening the store does, and checkpoints), then remove what
+    //    a dropped frame left half-written, so the trees agree again; the
+    //    close makes that durable (its checkpoint).
+    drop(lock);
+    let store = SledStore::reopen(&SledConfig {
+        path: store_dir.to_path_buf(),
+        cache_capacity_bytes: 16 << 20,
+        max_queued_writes: 1,
+    })
+    .map_err(|e| SalvageError::Reconcile(store_dir.display().to_string(), e.to_string()))?;
+    report.partial = store
+        .remove_partial_entries()
+        .map_err(|e| SalvageError::Reconcile(store_dir.display().to_string(), e.to_string()))?;
+    drop(store);
     Ok(report)
 }
 
@@ -375,13 +405,38 @@ impl std::fmt::Display for SalvageReport {
                 let _ = writeln!(s, "the salvaged log replaced {}", self.log.display());
                 let _ = writeln!(
                     s,
-                    "next: writes in the dropped bytes are lost from this store. If a backup \
-                     holds them, restore the store from it instead (stop, restore data_dir, \
-                     start). Otherwise start the server: it replays the {} kept frames and \
-                     checkpoints. Tokens acknowledged in the dropped frames now answer \
-                     NOT_FOUND; tell their owners. Keep the .corrupt copy until you are sure, \
-                     and check the disk (SMART, dmesg) before trusting it again.",
+                    "the {} kept frames were replayed into the store",
                     self.kept_frames
+                );
+                let p = &self.partial;
+                if p.is_empty() {
+                    let _ = writeln!(
+                        s,
+                        "the store held no half-written remnant of the dropped frames"
+                    );
+                } else {
+                    let _ = writeln!(
+                        s,
+                        "removed what the dropped frames had left half-written in the store: {} \
+                         records without their index entry, {} index entries and {} \
+                         deterministic mappings without their record",
+                        p.records.len(),
+                        p.index_entries,
+                        p.deterministic_entries
+                    );
+                    for token in &p.records {
+                        let _ = writeln!(s, "removed record: {token}");
+                    }
+                }
+                let _ = writeln!(
+                    s,
+                    "next: writes in the dropped frames are lost from this store, unless sled \
+                     had already stored them whole on its own (then they stay). If a backup \
+                     holds them, restore the store from it instead (stop, restore data_dir, \
+                     start). Otherwise start the server. Tokens acknowledged in the dropped \
+                     frames (and the removed records above) answer NOT_FOUND; tell their \
+                     owners. Keep the .corrupt copy until you are sure, and check the disk \
+                     (SMART, dmesg) before trusting it again."
                 );
             }
         }
@@ -391,17 +446,56 @@ impl std::fmt::Display for SalvageReport {
 
 #[cfg(test)]
 mod tests {
+    use super::super::apply::Staged;
     use super::super::file::RealFs;
+    use super::super::layout::{encode_frame as encode_frame_payload, encode_record};
     use super::super::wal::{Wal, FRAME_HEADER_LEN};
+    use super::super::Store;
     use super::*;
+    use crate::crypto::{BlindIndex, KeyVersion, SealedRecord, NONCE_LEN};
+    use crate::domain::{FieldKind, TokenId};
 
     fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
         r.unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// A frame payload as the store logs it: one random-mode record of
+    /// `token` under blind index `mac`.
+    fn record_frame(token: TokenId, mac: u8, deterministic: bool) -> Vec<u8> {
+        let record = SealedRecord {
+            kind: FieldKind::Phone,
+            key_version: KeyVersion(1),
+            nonce: [mac; NONCE_LEN],
+            ciphertext: vec![mac; 40],
+        };
+        encode_frame_payload(
+            &[],
+            &[Staged {
+                token,
+                index: BlindIndex {
+                    version: KeyVersion(1),
+                    mac: [mac; 32],
+                },
+                deterministic,
+                record: encode_record(&record),
+            }],
+        )
+    }
+
+    /// `n` frames of one record each, with their tokens.
+    fn record_frames(n: usize) -> (Vec<Vec<u8>>, Vec<TokenId>) {
+        let tokens: Vec<TokenId> = (0..n).map(|_| TokenId::new_random()).collect();
+        let frames = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| record_frame(*t, i as u8, false))
+            .collect();
+        (frames, tokens)
+    }
+
     /// A store directory holding a sled db and a log of `payloads`; returns
     /// the frame offsets.
-    fn store_with_log(dir: &Path, payloads: &[&[u8]]) -> Vec<u64> {
+    fn store_with_log(dir: &Path, payloads: &[Vec<u8>]) -> Vec<u64> {
         drop(ok(sled::Config::new()
             .path(dir)
             .flush_every_ms(None)
@@ -417,10 +511,18 @@ mod tests {
         offsets
     }
 
+    fn open_store(dir: &Path) -> SledStore {
+        ok(SledStore::reopen(&SledConfig {
+            path: dir.to_path_buf(),
+            cache_capacity_bytes: 1 << 20,
+            max_queued_writes: 1,
+        }))
+    }
+
     #[test]
     fn salvage_keeps_the_frames_that_verify_and_reports_what_it_dropped() {
         let dir = ok(tempfile::tempdir());
-        let payloads: [&[u8]; 5] = [b"zero", b"one", b"two", b"three", b"four"];
+        let (payloads, tokens) = record_frames(5);
         let offsets = store_with_log(dir.path(), &payloads);
         let log = dir.path().join(WAL_FILE);
         let mut bytes = ok(std::fs::read(&log));
@@ -448,12 +550,18 @@ mod tests {
         let text = report.to_string();
         assert!(text.contains(&format!("at byte {}", offsets[1])), "{text}");
         assert!(text.contains("sequence numbers): 1-2"), "{text}");
-        // The salvaged log opens with the frames that verified.
+        // The kept frames were replayed (and the log checkpointed): their
+        // records are in the store, the dropped ones are not.
+        assert!(report.partial.is_empty(), "{:?}", report.partial);
         let (_, frames) = ok(Wal::open(&RealFs, &log));
+        assert!(frames.is_empty(), "the replay was checkpointed");
+        let store = open_store(dir.path());
+        let got = ok(futures_read(&store, &tokens));
         assert_eq!(
-            frames,
-            vec![b"zero".to_vec(), b"three".to_vec(), b"four".to_vec()]
+            got.iter().map(Option::is_some).collect::<Vec<_>>(),
+            [true, false, false, true, true]
         );
+        drop(store);
         // And salvaging again finds nothing to do.
         let again = ok(salvage(dir.path()));
         assert_eq!(again.action, Action::NothingToDo);
@@ -462,7 +570,8 @@ mod tests {
     #[test]
     fn salvage_of_a_log_with_a_damaged_header_keeps_its_frames() {
         let dir = ok(tempfile::tempdir());
-        store_with_log(dir.path(), &[b"a", b"b"]);
+        let (payloads, tokens) = record_frames(2);
+        store_with_log(dir.path(), &payloads);
         let log = dir.path().join(WAL_FILE);
         let mut bytes = ok(std::fs::read(&log));
         bytes[10] ^= 2;
@@ -471,13 +580,16 @@ mod tests {
         let report = ok(salvage(dir.path()));
         assert_eq!(report.kept_frames, 2);
         assert_eq!(report.dropped[0].offset, 0);
-        assert_eq!(ok(Wal::open(&RealFs, &log)).1.len(), 2);
+        let store = open_store(dir.path());
+        assert!(ok(futures_read(&store, &tokens))
+            .iter()
+            .all(Option::is_some));
     }
 
     #[test]
     fn salvage_leaves_an_intact_or_merely_torn_log_alone() {
         let dir = ok(tempfile::tempdir());
-        store_with_log(dir.path(), &[b"a", b"b"]);
+        store_with_log(dir.path(), &record_frames(2).0);
         let log = dir.path().join(WAL_FILE);
         assert_eq!(ok(salvage(dir.path())).action, Action::NothingToDo);
         let mut bytes = ok(std::fs::read(&log));
@@ -497,9 +609,113 @@ mod tests {
     #[test]
     fn salvage_refuses_while_the_store_is_open() {
         let dir = ok(tempfile::tempdir());
-        store_with_log(dir.path(), &[b"a"]);
+        store_with_log(dir.path(), &record_frames(1).0);
         let db = ok(sled::open(dir.path()));
         assert!(matches!(salvage(dir.path()), Err(SalvageError::Locked(..))));
         drop(db);
+    }
+
+    /// The records of `tokens` through the store's own read path.
+    fn futures_read(
+        store: &SledStore,
+        tokens: &[TokenId],
+    ) -> Result<Vec<Option<SealedRecord>>, String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let read = runtime
+            .block_on(store.get_records(tokens.to_vec()))
+            .map_err(|e| e.to_string())?;
+        read.into_iter()
+            .map(|r| r.map_err(|e| e.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_frame_missing_whole_from_the_middle_is_salvaged_not_left_alone() {
+        let dir = ok(tempfile::tempdir());
+        let (payloads, _) = record_frames(3);
+        let offsets = store_with_log(dir.path(), &payloads);
+        let log = dir.path().join(WAL_FILE);
+        let mut bytes = ok(std::fs::read(&log));
+        // Frame 1 cut out whole: every byte left verifies, seq 1 is gone.
+        bytes.drain(offsets[1] as usize..offsets[2] as usize);
+        ok(std::fs::write(&log, &bytes));
+        assert!(Wal::open(&RealFs, &log).is_err(), "the server refuses it");
+        let report = ok(salvage(dir.path()));
+        assert_eq!(report.missing_sequences, vec![1..=1]);
+        assert!(
+            matches!(report.action, Action::Salvaged { .. }),
+            "{:?}",
+            report.action
+        );
+        assert!(Wal::open(&RealFs, &log).is_ok(), "the server starts again");
+    }
+
+    #[test]
+    fn salvage_removes_what_a_dropped_frame_left_half_written_in_the_store() {
+        let dir = ok(tempfile::tempdir());
+        // Frames 0, 2 and 3 are damaged and dropped; frame 1 verifies.
+        // sled had stored frame 0 whole (it stays), frame 2 only in part
+        // (its deterministic mapping and index entry, not the record) and
+        // frame 3 as a record without its index entry.
+        let tokens: Vec<TokenId> = (0..4).map(|_| TokenId::new_random()).collect();
+        let payloads: Vec<Vec<u8>> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| record_frame(*t, 10 + i as u8, i == 2))
+            .collect();
+        let offsets = store_with_log(dir.path(), &payloads);
+        {
+            let store = open_store(dir.path());
+            drop(store);
+        }
+        // The open above replayed and checkpointed everything; put the
+        // log back and take the remnants apart as a crash would leave them.
+        let log = dir.path().join(WAL_FILE);
+        drop(store_with_log(dir.path(), &payloads));
+        {
+            let db = ok(sled::Config::new().path(dir.path()).open());
+            let records = ok(db.open_tree("records"));
+            let index = ok(db.open_tree("blind_index"));
+            ok(records.remove(tokens[2].as_bytes()));
+            let mut entry = vec![0, 0, 0, 1];
+            entry.extend_from_slice(&[13u8; 32]);
+            entry.extend_from_slice(tokens[3].as_bytes());
+            assert!(ok(index.remove(entry)).is_some());
+            ok(db.flush());
+        }
+        let mut bytes = ok(std::fs::read(&log));
+        assert_eq!(offsets.len(), 4);
+        for i in [0usize, 2, 3] {
+            bytes[offsets[i] as usize + FRAME_HEADER_LEN] ^= 1;
+        }
+        ok(std::fs::write(&log, &bytes));
+
+        let report = ok(salvage(dir.path()));
+        assert!(
+            matches!(report.action, Action::Salvaged { .. }),
+            "{:?}",
+            report.action
+        );
+        assert_eq!(report.partial.records, vec![tokens[3]]);
+        assert_eq!(report.partial.index_entries, 1);
+        assert_eq!(report.partial.deterministic_entries, 1);
+        let text = report.to_string();
+        assert!(
+            text.contains(&format!("removed record: {}", tokens[3])),
+            "{text}"
+        );
+
+        let store = open_store(dir.path());
+        let got = ok(futures_read(&store, &tokens));
+        assert_eq!(
+            got.iter().map(Option::is_some).collect::<Vec<_>>(),
+            [true, true, false, false],
+            "frame 0 was whole in sled and stays; 2 and 3 are gone"
+        );
+        let runtime = ok(tokio::runtime::Builder::new_current_thread().build());
+        let integrity = ok(runtime.block_on(store.check_integrity()));
+        assert!(integrity.problems.is_empty(), "{:?}", integrity.problems);
     }
 }

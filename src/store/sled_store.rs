@@ -145,12 +145,11 @@ impl SledStore {
         })
     }
 
-    /// [`SledStore::open`] for tests that reopen a store they just
-    /// dropped: sled's background log writes can hold its file lock for a
-    /// moment after the last handle is gone, so a lock conflict is retried
-    /// (at most 100 times, 20 ms apart).
-    #[cfg(test)]
-    pub(crate) fn reopen_in_test(config: &SledConfig) -> Result<Self, StoreError> {
+    /// [`SledStore::open`] for a store this process (or one that just
+    /// exited) has just closed: sled's background log writes can hold its
+    /// file lock for a moment after the last handle is gone, so a lock
+    /// conflict is retried (at most 100 times, 20 ms apart).
+    pub(crate) fn reopen(config: &SledConfig) -> Result<Self, StoreError> {
         let mut tries = 0;
         loop {
             match Self::open(config) {
@@ -161,6 +160,22 @@ impl SledStore {
                 other => return other,
             }
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn reopen_in_test(config: &SledConfig) -> Result<Self, StoreError> {
+        Self::reopen(config)
+    }
+
+    /// Removes the remnants of dropped log frames (see
+    /// [`integrity::remove_partial_entries`]); they are durable once the
+    /// store is closed (its checkpoint). For `store salvage`, offline.
+    pub(crate) fn remove_partial_entries(&self) -> Result<integrity::PartialEntries, StoreError> {
+        self.inner
+            .unapplied
+            .wait_until(0)
+            .map_err(StoreError::Backend)?;
+        integrity::remove_partial_entries(&self.inner.trees)
     }
 
     /// Test fault: the checkpoint after the next group's log sync fails
