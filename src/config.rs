@@ -512,7 +512,12 @@ impl Config {
 
     /// Where the sled store lives.
     pub fn store_dir(&self) -> PathBuf {
-        self.data_dir.join("store")
+        Self::store_dir_in(&self.data_dir)
+    }
+
+    /// Where the store of a server whose `data_dir` is `data_dir` lives.
+    pub fn store_dir_in(data_dir: &Path) -> PathBuf {
+        data_dir.join("store")
     }
 }
 

@@ -440,9 +440,10 @@ enum StoreCommand {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("setup").required(true).args(["config", "dev"])))]
 struct StoreArgs {
     /// The server's config file (its data_dir holds the store).
-    #[arg(long, conflicts_with = "dev", required_unless_present = "dev")]
+    #[arg(long)]
     config: Option<PathBuf>,
     /// The store of a `serve --dev` setup.
     #[arg(long)]
@@ -461,8 +462,7 @@ fn store_command(command: StoreCommand) -> Result<ExitCode, String> {
         Some(path) => fieldvault::config::Config::load(&path, &|k| std::env::var(k).ok())
             .map_err(|e| e.to_string())?
             .store_dir(),
-        // `serve --dev` keeps its store where `Config::store_dir` puts it.
-        None => args.data_dir.join("store"),
+        None => fieldvault::config::Config::store_dir_in(&args.data_dir),
     };
     let report = fieldvault::store::salvage(&store_dir).map_err(|e| e.to_string())?;
     print!("{report}");

@@ -23,7 +23,7 @@ const WAL_NEW_RECORD: u8 = 1;
 const WAL_NEW_KEY: u8 = 2;
 
 /// The write-ahead log, beside sled's own files.
-pub(super) const WAL_FILE: &str = "fieldvault.wal";
+pub(crate) const WAL_FILE: &str = "fieldvault.wal";
 
 pub(super) fn data_file_path(dir: &Path) -> PathBuf {
     dir.join("db")

@@ -14,6 +14,7 @@
 
 use super::file::{read_file, sync_dir};
 use super::integrity::PartialEntries;
+use super::layout::{data_file_path, WAL_FILE};
 use super::sled_store::{SledConfig, SledStore};
 use super::wal::{
     encode_frame, frame_at, header, is_v1, next_frame, scan_v1, FrameAt, HEADER_LEN, MAGIC,
@@ -23,9 +24,6 @@ use std::io::Write as _;
 use std::ops::RangeInclusive;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-
-/// The log's file name in the store directory.
-pub(crate) const WAL_FILE: &str = "fieldvault.wal";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SalvageError {
@@ -37,9 +35,12 @@ pub enum SalvageError {
     #[error("{0}: no write-ahead log there (is this the store directory of the server's config?)")]
     NoLog(String),
     #[error(
-        "{0}: cannot lock the store ({1}); is the server still running? Stop it before salvaging"
+        "{0}: another process holds the store's lock; is the server still running? Stop it \
+         before salvaging"
     )]
-    Locked(String, String),
+    Locked(String),
+    #[error("{0}: cannot open the store: {1}")]
+    Open(String, String),
     #[error(
         "{0}: not a fieldvault write-ahead log, and no frame in it verifies; nothing to salvage"
     )]
@@ -245,7 +246,7 @@ pub fn salvage(store_dir: &Path) -> Result<SalvageReport, SalvageError> {
         let path = path.display().to_string();
         move |source| SalvageError::Io { path, source }
     };
-    if !log.is_file() || !store_dir.join("db").is_file() {
+    if !log.is_file() || !data_file_path(store_dir).is_file() {
         return Err(SalvageError::NoLog(log.display().to_string()));
     }
     // sled's lock on its data file: a running server holds it, and holding
@@ -261,12 +262,15 @@ pub fn salvage(store_dir: &Path) -> Result<SalvageReport, SalvageError> {
             .open()
         {
             Ok(db) => break db,
-            Err(e) if tries < 50 && e.to_string().contains("could not acquire lock") => {
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                if tries == 50 {
+                    return Err(SalvageError::Locked(store_dir.display().to_string()));
+                }
                 tries += 1;
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             Err(e) => {
-                return Err(SalvageError::Locked(
+                return Err(SalvageError::Open(
                     store_dir.display().to_string(),
                     e.to_string(),
                 ))
@@ -611,7 +615,7 @@ mod tests {
         let dir = ok(tempfile::tempdir());
         store_with_log(dir.path(), &record_frames(1).0);
         let db = ok(sled::open(dir.path()));
-        assert!(matches!(salvage(dir.path()), Err(SalvageError::Locked(..))));
+        assert!(matches!(salvage(dir.path()), Err(SalvageError::Locked(_))));
         drop(db);
     }
 
