@@ -141,9 +141,15 @@ struct DetokenizeArgs {
     conn: Conn,
 }
 
+/// The log filter when `RUST_LOG` is unset. The HTTP/2 and TLS libraries
+/// log a WARN line per misbehaving peer (a rapid-reset client made `h2`
+/// write 200 lines in 15 s), which the server's own rate-limited refusal
+/// lines already cover: only their errors are shown.
+const DEFAULT_LOG_FILTER: &str = "info,h2=error,hyper=error,rustls=error,tower=error";
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

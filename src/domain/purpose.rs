@@ -16,6 +16,37 @@ pub enum TextError {
     BadCharacters,
     #[error("may not hold control characters")]
     ControlCharacters,
+    #[error("may not hold bidirectional formatting or invisible characters (U+061C, U+200B-U+200F, U+202A-U+202E, U+2060, U+2066-U+2069, U+FEFF)")]
+    FormatCharacters,
+}
+
+/// Characters that reorder how text is displayed or hide in it, so a
+/// value, a mailbox or an audit line could show as something it is not
+/// ("Trojan Source"): the bidirectional overrides U+202A–U+202E and
+/// isolates U+2066–U+2069, and the invisible U+200B, U+2060 and U+FEFF.
+/// `strict` adds the bidirectional marks (U+061C, U+200E, U+200F) and the
+/// zero-width (non-)joiners (U+200C, U+200D), which right-to-left and some
+/// other scripts need in ordinary text (addresses) but an identifier-like
+/// text (a mailbox name, a justification) does not.
+pub(crate) fn is_format_character(c: char, strict: bool) -> bool {
+    match c {
+        '\u{202A}'..='\u{202E}'
+        | '\u{2066}'..='\u{2069}'
+        | '\u{200B}'
+        | '\u{2060}'
+        | '\u{FEFF}' => true,
+        '\u{061C}' | '\u{200C}'..='\u{200F}' => strict,
+        _ => false,
+    }
+}
+
+/// Why a text with [`is_format_character`] is refused.
+pub(crate) fn format_character_reason(strict: bool) -> &'static str {
+    if strict {
+        "holds bidirectional formatting or invisible characters (U+061C, U+200B-U+200F, U+202A-U+202E, U+2060, U+2066-U+2069, U+FEFF)"
+    } else {
+        "holds bidirectional override or isolate characters or invisible ones (U+202A-U+202E, U+2066-U+2069, U+200B, U+2060, U+FEFF)"
+    }
 }
 
 impl Purpose {
@@ -63,6 +94,11 @@ impl Justification {
         if s.chars().any(char::is_control) {
             return Err(TextError::ControlCharacters);
         }
+        // It is written to the audit log as it is: nothing in it may change
+        // how the audit line reads.
+        if s.chars().any(|c| is_format_character(c, true)) {
+            return Err(TextError::FormatCharacters);
+        }
         Ok(Self(s.to_owned()))
     }
 
@@ -74,6 +110,25 @@ impl Justification {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_justification_cannot_reorder_or_hide_text_in_the_audit_line() {
+        assert!(Justification::parse("SUP-1234, customer asked").is_ok());
+        for c in [
+            '\u{202E}', '\u{2067}', '\u{200E}', '\u{061C}', '\u{200B}', '\u{FEFF}',
+        ] {
+            assert_eq!(
+                Justification::parse(&format!("SUP-1{c}234")),
+                Err(TextError::FormatCharacters),
+                "U+{:04X}",
+                c as u32
+            );
+        }
+        assert_eq!(
+            Justification::parse("SUP-1\u{85}234"),
+            Err(TextError::ControlCharacters)
+        );
+    }
 
     #[test]
     fn purposes_are_strict_tokens() {

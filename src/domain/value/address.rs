@@ -7,7 +7,7 @@
 //! normalised: street names, abbreviations ("St" vs "Street"), the order of
 //! parts in a free-form address, transliteration between scripts.
 
-use super::{is_bidi_control, ValueError, WipedString, BIDI_REASON};
+use super::{format_character_reason, is_format_character, ValueError, WipedString};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use unicode_normalization::UnicodeNormalization;
@@ -84,15 +84,20 @@ pub(super) fn normalise_text(
     field: &'static str,
     raw: &str,
 ) -> Result<Zeroizing<String>, ValueError> {
-    if raw.chars().any(|c| c.is_control() && !c.is_whitespace()) {
+    // Tabs and line breaks are whitespace (collapsed below); every other
+    // control character, C1 ones such as U+0085 included, is refused.
+    if raw
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    {
         return Err(ValueError::new(field, "holds control characters"));
     }
     let mut nfkc = WipedString::with_capacity(raw.len());
     for c in raw.nfkc() {
         nfkc.push(c);
     }
-    if nfkc.as_str().chars().any(is_bidi_control) {
-        return Err(ValueError::new(field, BIDI_REASON));
+    if nfkc.as_str().chars().any(|c| is_format_character(c, false)) {
+        return Err(ValueError::new(field, format_character_reason(false)));
     }
     let mut out = WipedString::with_capacity(nfkc.as_str().len());
     for (i, word) in nfkc.as_str().split_whitespace().enumerate() {

@@ -8,7 +8,7 @@
 //! empty label, labels of at most 63 bytes). The local part may not hold
 //! bidirectional overrides or isolates.
 
-use super::{is_bidi_control, ValueError, WipedString, BIDI_REASON};
+use super::{format_character_reason, is_format_character, ValueError, WipedString};
 use idna::uts46::{AsciiDenyList, DnsLength, Hyphens, Uts46};
 use zeroize::Zeroizing;
 
@@ -27,10 +27,13 @@ pub(super) fn canonical(raw: &str) -> Result<String, ValueError> {
             "the part before '@' holds spaces or control characters",
         ));
     }
-    if local.chars().any(is_bidi_control) {
+    if local.chars().any(|c| is_format_character(c, true)) {
         return Err(ValueError::new(
             "value",
-            format!("not an email address: the part before '@' {BIDI_REASON}"),
+            format!(
+                "not an email address: the part before '@' {}",
+                format_character_reason(true)
+            ),
         ));
     }
     if local.contains('@') && !(local.starts_with('"') && local.ends_with('"')) {
@@ -67,6 +70,14 @@ pub(super) fn canonical(raw: &str) -> Result<String, ValueError> {
         }
         if label.starts_with('-') || label.ends_with('-') {
             return Err(fail("a label of the domain starts or ends with '-'"));
+        }
+        // "ab--cd": '--' in the third and fourth places is reserved for
+        // encoded labels (RFC 5891 4.2.3.1); only a valid "xn--" label,
+        // checked below, may have it.
+        if label.get(2..4) == Some("--") && !label.starts_with("xn--") {
+            return Err(fail(
+                "a label of the domain has '--' in its third and fourth places (reserved for xn-- labels)",
+            ));
         }
     }
     let strict = Uts46::new()

@@ -117,15 +117,7 @@ impl WipedString {
     }
 }
 
-/// Bidirectional overrides and isolates (U+202A–U+202E, U+2066–U+2069):
-/// they reorder how text is displayed, so a value could show as something
-/// it is not (a "Trojan Source" address or mailbox).
-pub(super) fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
-}
-
-pub(super) const BIDI_REASON: &str =
-    "holds bidirectional override or isolate characters (U+202A-U+202E, U+2066-U+2069)";
+pub(super) use crate::domain::purpose::{format_character_reason, is_format_character};
 
 fn only_for(field: &'static str, kind: &str) -> ValueError {
     ValueError::new(field, format!("applies only to {kind} fields"))

@@ -71,12 +71,35 @@ fn fields_that_do_not_belong_to_the_kind_are_refused() {
     assert_eq!(field(FieldInput::simple(FieldKind::Email, " ")), "value");
 }
 
-/// The bidirectional overrides and isolates, each hidden in otherwise
-/// valid text.
-const BIDI: [char; 9] = [
+/// The bidirectional overrides and isolates and the invisible characters
+/// refused everywhere, each hidden in otherwise valid text.
+const BIDI: [char; 12] = [
     '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}', '\u{2066}', '\u{2067}', '\u{2068}',
-    '\u{2069}',
+    '\u{2069}', '\u{200B}', '\u{2060}', '\u{FEFF}',
 ];
+
+/// Refused in identifier-like text (an email local part) on top of
+/// [`BIDI`]: the bidirectional marks and the zero-width (non-)joiners.
+const MARKS_AND_JOINERS: [char; 5] = ['\u{061C}', '\u{200C}', '\u{200D}', '\u{200E}', '\u{200F}'];
+
+#[test]
+fn c1_controls_are_refused_in_addresses_even_when_unicode_calls_them_whitespace() {
+    for c in ['\u{85}', '\u{80}', '\u{9F}'] {
+        let err = canon(&FieldInput::simple(
+            FieldKind::Address,
+            &format!("1 Example Way{c}ZZ"),
+        ))
+        .err()
+        .unwrap_or_else(|| panic!("U+{:04X} accepted", c as u32));
+        assert!(err.reason.contains("control characters"), "{}", err.reason);
+    }
+    // Tabs and line breaks are whitespace, collapsed.
+    assert!(canon(&FieldInput::simple(
+        FieldKind::Address,
+        "1 Example Way\t\r\nZZ"
+    ))
+    .is_ok());
+}
 
 #[test]
 fn bidi_overrides_and_isolates_are_refused_in_every_address_part_without_echoing_it() {
@@ -125,7 +148,7 @@ fn bidi_overrides_and_isolates_are_refused_in_every_address_part_without_echoing
 
 #[test]
 fn bidi_controls_in_an_email_local_part_are_refused() {
-    for c in BIDI {
+    for c in BIDI.into_iter().chain(MARKS_AND_JOINERS) {
         let email = format!("test{c}moc.elpmaxe@example.com");
         let err = canon(&FieldInput::simple(FieldKind::Email, &email))
             .err()
@@ -158,6 +181,7 @@ fn email_domains_that_break_host_name_rules_are_refused_with_the_rule() {
         ("a@zzqx.com.", "empty label"),
         ("a@.zzqx.com", "empty label"),
         ("a@zzqx", "at least two labels"),
+        ("a@zz--qx.com", "third and fourth places"),
     ] {
         let got = reason(email);
         assert!(got.contains(rule), "{email}: {got}");
