@@ -40,6 +40,18 @@ pub enum PermError {
         who: &'static str,
         fix: &'static str,
     },
+    /// The file is fine, but anyone who can write its directory can put
+    /// another file in its place before the next start (or reload).
+    #[error(
+        "{setting} {path}: its directory {dir} (mode {mode:04o}) lets group or others replace \
+         the file; run: chmod g-w,o-w {dir} (or set the sticky bit, chmod +t)"
+    )]
+    Directory {
+        setting: &'static str,
+        path: String,
+        dir: String,
+        mode: u32,
+    },
     #[error("{setting} {path}: {source}")]
     Io {
         setting: &'static str,
@@ -101,10 +113,28 @@ pub fn check_mode(
 
 /// Opens `path` once and checks the mode of that open file (no window
 /// between the check and the read). Read it from the returned handle.
+/// The directory the file is named in must not let group or others
+/// replace it (writable without the sticky bit).
 pub fn open_checked(setting: &'static str, path: &Path, access: Access) -> Result<File, PermError> {
     let file = File::open(path).map_err(io_error(setting, path))?;
     let meta = file.metadata().map_err(io_error(setting, path))?;
     check_mode(setting, path, meta.mode(), access)?;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mode = std::fs::metadata(dir)
+        .map_err(io_error(setting, dir))?
+        .mode()
+        & 0o7777;
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        return Err(PermError::Directory {
+            setting,
+            path: path.display().to_string(),
+            dir: dir.display().to_string(),
+            mode,
+        });
+    }
     Ok(file)
 }
 
@@ -301,6 +331,39 @@ mod tests {
             .contains("readable and writable by group;"));
         for ok in [0o600, 0o400, 0o700] {
             assert!(check_mode("tls.key", p, ok, Access::OwnerOnly).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_file_in_a_directory_others_can_write_is_refused_unless_the_directory_is_sticky() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tmp.path().join("conf");
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.join("policy.toml");
+        std::fs::write(&path, "version = 1\n").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let set_dir = |m| {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(m))
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        for bad in [0o777, 0o775, 0o757] {
+            set_dir(bad);
+            let err = read_checked("policy_file", &path, Access::NoOtherWrites)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                err.contains(&format!(
+                    "its directory {} (mode {bad:04o}) lets group or others replace the file",
+                    dir.display()
+                )),
+                "{err}"
+            );
+        }
+        for fine in [0o755, 0o700, 0o1777] {
+            set_dir(fine);
+            assert!(read_checked("policy_file", &path, Access::NoOtherWrites).is_ok());
         }
     }
 
