@@ -59,6 +59,7 @@ pub(crate) fn item_status(prefix: &str, e: &ItemError) -> tonic_types::Status {
         }
         ItemError::NotFound => (Code::NotFound, format!("{prefix}: {e}"), Vec::new()),
         ItemError::DataLoss => (Code::DataLoss, format!("{prefix}: {e}"), Vec::new()),
+        ItemError::Unavailable => (Code::Unavailable, format!("{prefix}: {e}"), Vec::new()),
         ItemError::Internal => (Code::Internal, format!("{prefix}: {e}"), Vec::new()),
     };
     tonic_types::Status {

@@ -50,6 +50,17 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the stored data itself is bad (tampered or corrupt), as
+    /// opposed to the storage failing to read or write it now (a retry,
+    /// or a restart after fixing the disk, may succeed).
+    pub fn is_corruption(&self) -> bool {
+        match self {
+            Self::Corrupt { .. } => true,
+            Self::Backend(f) | Self::WritesStopped(f) => f.cause == FailureCause::Corrupt,
+            Self::AlreadyExists(_) => false,
+        }
+    }
+
     /// The typed cause of a storage failure, if this is one.
     pub fn failure(&self) -> Option<&StorageFailure> {
         match self {

@@ -70,6 +70,10 @@ pub enum ItemError {
     /// The stored record failed its integrity check; nothing is revealed.
     #[error("stored record failed its integrity check; nothing revealed")]
     DataLoss,
+    /// Storage could not read the record now (an I/O failure, not bad
+    /// data); a retry after the disk is fixed may succeed.
+    #[error("storage could not read this record now; nothing revealed; retry later")]
+    Unavailable,
     #[error("internal error")]
     Internal,
 }
@@ -81,6 +85,7 @@ impl ItemError {
             ItemError::NotFound => "not_found",
             ItemError::PermissionDenied(_) => "permission_denied",
             ItemError::DataLoss => "data_loss",
+            ItemError::Unavailable => "unavailable",
             ItemError::Internal => "internal",
         }
     }
@@ -367,9 +372,15 @@ impl Vault {
                 // `records` yields one entry per parsed token, in order.
                 let record = match records.next() {
                     Some(Ok(Some(record))) => record,
-                    Some(Err(e)) => {
-                        tracing::error!(token = %token, error = %e, "stored record cannot be read");
+                    Some(Err(e)) if e.is_corruption() => {
+                        tracing::error!(token = %token, error = %e, "stored record is corrupt");
                         return Err(ItemError::DataLoss);
+                    }
+                    // The disk failed to read it now (after a full disk,
+                    // sled refuses reads too): nothing says it is lost.
+                    Some(Err(e)) => {
+                        tracing::error!(token = %token, error = %e, "stored record cannot be read now");
+                        return Err(ItemError::Unavailable);
                     }
                     Some(Ok(None)) | None => return Err(ItemError::NotFound),
                 };
