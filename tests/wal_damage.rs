@@ -107,6 +107,21 @@ fn detokenize(addr: &str, data: &str, tokens: &[String]) -> (Vec<String>, String
     (lines, text(&out))
 }
 
+/// Every file of the store directory with its bytes.
+fn store_files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p.file_name().unwrap().to_string_lossy().into_owned(), bytes)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
 /// `PHONES[i]` in E.164, as a full reveal prints it.
 fn e164(i: usize) -> String {
     format!("+1202555014{}", i + 1)
@@ -168,9 +183,14 @@ fn a_flipped_bit_in_the_first_frame_stops_the_server_and_salvage_keeps_the_rest(
     bytes[WAL_HEADER + FRAME_HEADER + 5] ^= 0x08;
     std::fs::write(&wal, &bytes).unwrap();
 
+    let store_before = store_files(&data.join("store"));
     let out = serve_dev(data_s);
     let said = text(&out);
     assert!(!out.status.success(), "the server started: {said}");
+    assert!(
+        store_files(&data.join("store")) == store_before,
+        "the refused start changed the store's files"
+    );
     assert!(said.contains(&wal.display().to_string()), "{said}");
     assert!(said.contains(&format!("byte {WAL_HEADER}")), "{said}");
     assert!(said.contains("fieldvault store salvage"), "{said}");

@@ -36,6 +36,9 @@ pub(crate) trait FileSystem: Send + Sync {
     /// `fsync` of a directory: makes the creation, removal or rename of an
     /// entry in it durable.
     fn sync_dir(&self, dir: &Path) -> std::io::Result<()>;
+    /// The whole content of `path`, or `None` if there is no such file;
+    /// changes nothing.
+    fn read_existing(&self, path: &Path) -> std::io::Result<Option<Vec<u8>>>;
 }
 
 /// The operating system's files.
@@ -93,6 +96,14 @@ impl FileSystem for RealFs {
 
     fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
         sync_dir(dir)
+    }
+
+    fn read_existing(&self, path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+        match read_file(path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 

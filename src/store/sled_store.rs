@@ -76,6 +76,10 @@ impl SledStore {
         let path = config.path.display();
         std::fs::create_dir_all(&config.path)
             .map_err(|e| StoreError::Backend(StorageFailure::io(&path, &e)))?;
+        // A damaged log refuses the start before sled opens (and writes
+        // its own files), so the store is left exactly as it was.
+        super::wal::check(io.fs, &config.path.join(WAL_FILE))
+            .map_err(|e| StoreError::Backend(e.failure()))?;
         let db = sled::Config::new()
             .path(&config.path)
             .cache_capacity(config.cache_capacity_bytes)

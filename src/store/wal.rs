@@ -226,6 +226,72 @@ pub(crate) fn next_frame(
     None
 }
 
+/// What a log's bytes hold, once they are known not to be damaged.
+enum Inspected {
+    /// Empty, or only an interrupted first header write: start afresh.
+    Fresh,
+    /// Format 1 whose frames verify to its end.
+    V1,
+    /// Format 2: the header's generation and the frames' scan (which may
+    /// end in an interrupted write, never in damage).
+    V2 { generation: u64, scan: Scan },
+}
+
+/// Tells damage (refuse to start, touch nothing) from everything else,
+/// reading only.
+fn inspect(path: &Path, bytes: &[u8]) -> Result<Inspected, WalError> {
+    let torn_header = read_header(bytes).is_none() && !is_v1(bytes) && interrupted_header(bytes);
+    if bytes.is_empty() || torn_header {
+        return Ok(Inspected::Fresh);
+    }
+    if is_v1(bytes) {
+        let (_, _, end) = scan_v1(bytes);
+        if end < bytes.len() {
+            return Err(WalError::OldFormatDamaged {
+                path: path.display().to_string(),
+                offset: end as u64,
+            });
+        }
+        return Ok(Inspected::V1);
+    }
+    let Some(generation) = read_header(bytes) else {
+        // A damaged header over frames that verify is damage; a file
+        // with neither is not a log.
+        let next = next_frame(bytes, HEADER_LEN as usize, |_| true);
+        if bytes.starts_with(MAGIC) || next.is_some() {
+            return Err(WalError::Damaged {
+                path: path.display().to_string(),
+                offset: 0,
+                next_valid: next.map_or(HEADER_LEN, |f| f.offset),
+                reason: "header does not verify".into(),
+            });
+        }
+        return Err(WalError::BadHeader {
+            path: path.display().to_string(),
+        });
+    };
+    let scan = scan(bytes, generation);
+    if let Some(next) = &scan.next_valid {
+        return Err(WalError::Damaged {
+            path: path.display().to_string(),
+            offset: scan.end,
+            next_valid: next.offset,
+            reason: scan.bad.unwrap_or("frame does not verify").into(),
+        });
+    }
+    Ok(Inspected::V2 { generation, scan })
+}
+
+/// Reads the log at `path` (if there is one) and fails as [`Wal::open`]
+/// would on damage, changing nothing: the store checks this before it
+/// opens sled, so a refused start leaves the store as it was.
+pub(crate) fn check(fs: &dyn FileSystem, path: &Path) -> Result<(), WalError> {
+    match fs.read_existing(path).map_err(|e| WalError::io(path, e))? {
+        Some(bytes) => inspect(path, &bytes).map(|_| ()),
+        None => Ok(()),
+    }
+}
+
 /// How a format-2 log reads.
 #[derive(Debug)]
 pub(crate) struct Scan {
@@ -355,51 +421,25 @@ impl Wal {
             end: HEADER_LEN,
             old_format: false,
         };
-        let torn_header =
-            read_header(&bytes).is_none() && !is_v1(&bytes) && interrupted_header(&bytes);
-        if bytes.is_empty() || torn_header {
-            if !bytes.is_empty() {
-                tracing::warn!(
-                    path = %path.display(),
-                    bytes = bytes.len(),
-                    "write-ahead log holds only an interrupted header write; starting it afresh"
-                );
+        let (generation, scan) = match inspect(path, &bytes)? {
+            Inspected::Fresh => {
+                if !bytes.is_empty() {
+                    tracing::warn!(
+                        path = %path.display(),
+                        bytes = bytes.len(),
+                        "write-ahead log holds only an interrupted header write; starting it afresh"
+                    );
+                }
+                wal.reset()?;
+                // The file may be new: make its directory entry durable.
+                if let Some(dir) = path.parent() {
+                    fs.sync_dir(dir).map_err(io)?;
+                }
+                return Ok((wal, Vec::new()));
             }
-            wal.reset()?;
-            // The file may be new: make its directory entry durable.
-            if let Some(dir) = path.parent() {
-                fs.sync_dir(dir).map_err(io)?;
-            }
-            return Ok((wal, Vec::new()));
-        }
-        if is_v1(&bytes) {
-            return wal.open_v1(&bytes);
-        }
-        let Some(generation) = read_header(&bytes) else {
-            // A damaged header over frames that verify is damage; a file
-            // with neither is not a log.
-            let next = next_frame(&bytes, HEADER_LEN as usize, |_| true);
-            if bytes.starts_with(MAGIC) || next.is_some() {
-                return Err(WalError::Damaged {
-                    path: path.display().to_string(),
-                    offset: 0,
-                    next_valid: next.map_or(HEADER_LEN, |f| f.offset),
-                    reason: "header does not verify".into(),
-                });
-            }
-            return Err(WalError::BadHeader {
-                path: path.display().to_string(),
-            });
+            Inspected::V1 => return wal.open_v1(&bytes),
+            Inspected::V2 { generation, scan } => (generation, scan),
         };
-        let scan = scan(&bytes, generation);
-        if let Some(next) = scan.next_valid {
-            return Err(WalError::Damaged {
-                path: path.display().to_string(),
-                offset: scan.end,
-                next_valid: next.offset,
-                reason: scan.bad.unwrap_or("frame does not verify").into(),
-            });
-        }
         if scan.end < bytes.len() as u64 {
             tracing::warn!(
                 path = %path.display(),
