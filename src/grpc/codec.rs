@@ -551,6 +551,448 @@ where
     }
 
     fn call(&mut self, req: R) -> Self::Future {
-        MAX_BATCH_ITEMS.scope(self.max_batch_items, self.inner.call(req))
+        // Set while the service builds its future and while it runs, so
+        // the limit holds wherever the service creates its codec.
+        let n = self.max_batch_items;
+        let future = MAX_BATCH_ITEMS.sync_scope(n, || self.inner.call(req));
+        MAX_BATCH_ITEMS.scope(n, future)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+    use tonic_types::StatusExt;
+
+    fn varint_bytes(mut n: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        while n >= 0x80 {
+            out.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+        out
+    }
+
+    /// A length-delimited field.
+    fn ld(number: u64, payload: &[u8]) -> Vec<u8> {
+        let mut out = varint_bytes(number << 3 | 2);
+        out.extend(varint_bytes(payload.len() as u64));
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn repeat(part: &[u8], n: usize) -> Vec<u8> {
+        part.repeat(n)
+    }
+
+    /// A Field holding an address with `lines` empty street lines.
+    fn field_with_street_lines(lines: usize) -> Vec<u8> {
+        ld(5, &repeat(&ld(5, b""), lines))
+    }
+
+    fn tokenize(bytes: &[u8], max: usize) -> Result<(), Status> {
+        <pb::TokenizeRequest as DecodeBound>::check(bytes, max)
+    }
+
+    fn detokenize(bytes: &[u8], max: usize) -> Result<(), Status> {
+        <pb::DetokenizeRequest as DecodeBound>::check(bytes, max)
+    }
+
+    /// The refusal's message, after checking it is INVALID_ARGUMENT with a
+    /// BadRequest naming the same field as the message.
+    fn refusal(result: Result<(), Status>) -> String {
+        let status = result.expect_err("the bytes should be refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        let bad = status
+            .get_details_bad_request()
+            .expect("a google.rpc.BadRequest detail");
+        let field = &bad.field_violations[0].field;
+        assert!(
+            status.message().starts_with(&format!("{field}: ")),
+            "{field} / {}",
+            status.message()
+        );
+        status.message().to_owned()
+    }
+
+    #[test]
+    fn a_tokenize_request_of_empty_fields_past_the_batch_limit_is_refused_with_its_count() {
+        let ok = repeat(&ld(1, b""), 1000);
+        assert!(tokenize(&ok, 1000).is_ok());
+        let over = repeat(&ld(1, b""), 1001);
+        assert_eq!(
+            refusal(tokenize(&over, 1000)),
+            "fields: holds 1001 items; at most 1000 are allowed per call"
+        );
+        assert_eq!(
+            refusal(tokenize(&ok, 7)),
+            "fields: holds 1000 items; at most 7 are allowed per call"
+        );
+    }
+
+    #[test]
+    fn a_detokenize_request_of_empty_tokens_past_the_batch_limit_is_refused_with_its_count() {
+        let mut bytes = repeat(&ld(1, b""), 11);
+        bytes.extend(ld(2, b"callback"));
+        assert!(detokenize(&bytes, 11).is_ok());
+        assert_eq!(
+            refusal(detokenize(&bytes, 10)),
+            "tokens: holds 11 items; at most 10 are allowed per call"
+        );
+    }
+
+    #[test]
+    fn street_lines_past_the_validators_bound_are_refused_naming_the_field() {
+        let mut bytes = repeat(&ld(1, b""), 3);
+        bytes.extend(ld(1, &field_with_street_lines(MAX_STREET_LINES)));
+        assert!(tokenize(&bytes, 1000).is_ok());
+        bytes.extend(ld(1, &field_with_street_lines(MAX_STREET_LINES + 1)));
+        assert_eq!(
+            refusal(tokenize(&bytes, 1000)),
+            format!(
+                "fields[4].address.street_lines: holds {} items; at most {MAX_STREET_LINES} \
+                 are allowed",
+                MAX_STREET_LINES + 1
+            )
+        );
+    }
+
+    #[test]
+    fn street_lines_count_over_every_occurrence_of_an_address_since_prost_merges_them() {
+        // Two `address` fields of one Field decode into one address with
+        // the lines of both.
+        let half = field_with_street_lines(MAX_STREET_LINES / 2 + 1);
+        let field = [half.clone(), half].concat();
+        let refused = refusal(tokenize(&ld(1, &field), 1000));
+        assert!(
+            refused.starts_with("fields[0].address.street_lines: holds 10 items"),
+            "{refused}"
+        );
+        // Two Fields with half each are fine.
+        let two = [
+            ld(1, &field_with_street_lines(5)),
+            ld(1, &field_with_street_lines(5)),
+        ]
+        .concat();
+        assert!(tokenize(&two, 1000).is_ok());
+    }
+
+    #[test]
+    fn millions_of_items_are_counted_in_one_pass_without_walking_past_the_bound() {
+        let bytes = repeat(&ld(1, &field_with_street_lines(1)), 1_000_000);
+        assert_eq!(
+            refusal(tokenize(&bytes, 1000)),
+            "fields: holds 1000000 items; at most 1000 are allowed per call"
+        );
+        let lines = ld(1, &field_with_street_lines(1_000_000));
+        assert_eq!(
+            refusal(tokenize(&lines, 1000)),
+            "fields[0].address.street_lines: holds 1000000 items; at most 8 are allowed"
+        );
+    }
+
+    #[test]
+    fn truncated_varints_are_refused_where_they_end() {
+        // A key cut short.
+        assert_eq!(
+            refusal(tokenize(&[0x80], 10)),
+            "TokenizeRequest: is truncated: it ends inside a varint"
+        );
+        // A length cut short.
+        assert_eq!(
+            refusal(tokenize(&[0x0a, 0x80], 10)),
+            "fields[0]: is truncated: it ends inside a varint"
+        );
+        // An enum inside a Field, cut short by the Field's own length.
+        let field = ld(1, &[0x08, 0x81]);
+        assert_eq!(
+            refusal(tokenize(&field, 10)),
+            "fields[0].kind: is truncated: it ends inside a varint"
+        );
+        // Eleven continuation bytes, and a tenth byte past 64 bits.
+        let mut long = vec![0x08];
+        long.extend([0xff; 11]);
+        assert!(refusal(tokenize(&ld(1, &long), 10)).contains("longer than 64 bits"));
+        let mut overflow = vec![0x08];
+        overflow.extend([0xff; 9]);
+        overflow.push(0x02);
+        assert!(refusal(tokenize(&ld(1, &overflow), 10)).contains("longer than 64 bits"));
+        let mut max = vec![0x08];
+        max.extend([0xff; 9]);
+        max.push(0x01);
+        assert!(tokenize(&ld(1, &max), 10).is_ok(), "u64::MAX is a varint");
+    }
+
+    #[test]
+    fn lengths_past_the_end_of_their_message_are_refused() {
+        assert_eq!(
+            refusal(tokenize(&[0x0a, 0x05, 0x00], 10)),
+            "fields[0]: is truncated: a length runs past the end of its message"
+        );
+        // The value's length fits the request but not its Field.
+        let mut bytes = vec![0x0a, 0x03, 0x12, 0x05, b'x'];
+        bytes.extend([b'y'; 8]);
+        assert_eq!(
+            refusal(tokenize(&bytes, 10)),
+            "fields[0].value: is truncated: a length runs past the end of its message"
+        );
+        // A length no usize holds.
+        let mut huge = vec![0x12];
+        huge.extend(varint_bytes(u64::MAX));
+        assert!(refusal(detokenize(&huge, 10)).starts_with("purpose: is truncated"));
+        // An unknown fixed64 cut short.
+        assert_eq!(
+            refusal(detokenize(&[0x79, 1, 2, 3], 10)),
+            "DetokenizeRequest: is truncated: it ends inside a fixed-size field"
+        );
+    }
+
+    #[test]
+    fn a_string_that_is_not_utf8_is_refused_naming_its_path() {
+        let field = [vec![0x08, 0x01], ld(2, &[b'+', 0xff, 0xfe])].concat();
+        let bytes = [ld(1, &ld(2, b"ok")), ld(1, &field)].concat();
+        assert_eq!(
+            refusal(tokenize(&bytes, 10)),
+            "fields[1].value: is not valid UTF-8"
+        );
+        let address = ld(5, &[ld(5, b"1 Example Way"), ld(5, &[0xc3])].concat());
+        assert_eq!(
+            refusal(tokenize(&ld(1, &address), 10)),
+            "fields[0].address.street_lines[1]: is not valid UTF-8"
+        );
+        assert_eq!(
+            refusal(detokenize(&[ld(1, b"fv1_a"), ld(1, &[0x80])].concat(), 10)),
+            "tokens[1]: is not valid UTF-8"
+        );
+        assert_eq!(
+            refusal(detokenize(&ld(3, &[0xed, 0xa0, 0x80]), 10)),
+            "justification: is not valid UTF-8"
+        );
+    }
+
+    #[test]
+    fn a_known_field_with_the_wrong_wire_type_is_refused() {
+        assert_eq!(
+            refusal(tokenize(&[0x08, 0x01], 10)),
+            "fields[0]: has wire type 0; this field is sent with wire type 2"
+        );
+        assert_eq!(
+            refusal(tokenize(&ld(1, &ld(1, b"")), 10)),
+            "fields[0].kind: has wire type 2; this field is sent with wire type 0"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_skipped_and_groups_and_bad_wire_types_are_refused() {
+        // field 9 as varint, fixed64, length-delimited and fixed32.
+        let unknown = [
+            vec![0x48, 0x96, 0x01],
+            vec![0x49, 1, 2, 3, 4, 5, 6, 7, 8],
+            ld(9, &[0xff, 0xff]),
+            vec![0x4d, 1, 2, 3, 4],
+        ]
+        .concat();
+        let field = [unknown.clone(), ld(2, b"x")].concat();
+        assert!(tokenize(&[unknown.clone(), ld(1, &field)].concat(), 10).is_ok());
+        // Groups: a start and an end group.
+        assert!(refusal(tokenize(&[0x4b, 0x4c], 10)).contains("group"));
+        assert!(refusal(tokenize(&ld(1, &[0x4c]), 10)).starts_with("fields[0]: holds a group"));
+        // Wire types 6 and 7.
+        assert!(refusal(tokenize(&[0x4e], 10)).contains("invalid wire type"));
+        assert!(refusal(tokenize(&[0x4f], 10)).contains("invalid wire type"));
+        // Field number 0 and one past 2^29 - 1.
+        assert!(refusal(tokenize(&[0x02, 0x00], 10)).contains("invalid field number 0"));
+        let mut big = varint_bytes((1u64 << 29) << 3);
+        big.push(0);
+        assert!(refusal(tokenize(&big, 10)).contains("invalid field number"));
+    }
+
+    #[test]
+    fn every_legal_request_passes_and_decodes_to_what_was_sent() {
+        let address = pb::PostalAddress {
+            country: "US".into(),
+            street_lines: vec!["1 Example Way".into(); MAX_STREET_LINES],
+            ..Default::default()
+        };
+        let request = pb::TokenizeRequest {
+            fields: vec![
+                pb::Field {
+                    kind: pb::FieldKind::Address as i32,
+                    address: Some(address),
+                    ..Default::default()
+                };
+                1000
+            ],
+            purpose: Some("billing".into()),
+        };
+        let bytes = request.encode_to_vec();
+        assert!(tokenize(&bytes, 1000).is_ok());
+        let request = pb::DetokenizeRequest {
+            tokens: vec!["fv1_AAAAAAAAAAAAAAAAAAAAAA".into(); 1000],
+            purpose: "callback".into(),
+            justification: "ticket TEST-1".into(),
+        };
+        assert!(detokenize(&request.encode_to_vec(), 1000).is_ok());
+    }
+
+    #[test]
+    fn a_prost_error_in_a_request_is_invalid_argument_and_in_a_response_internal() {
+        // Invalid UTF-8 inside a field, as prost reports it.
+        let bytes = ld(1, &ld(2, &[0xff]));
+        let error = pb::TokenizeRequest::decode(bytes.as_slice()).unwrap_err();
+        let status = <pb::TokenizeRequest as DecodeBound>::decode_error(error.clone());
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(
+            status.message(),
+            "TokenizeRequest: is not a valid message: Field.value: TokenizeRequest.fields: \
+             invalid string value: data is not UTF-8 encoded"
+        );
+        let status = <pb::TokenizeResponse as DecodeBound>::decode_error(error);
+        assert_eq!(status.code(), Code::Internal);
+        assert!(<pb::TokenizeResponse as DecodeBound>::check(&[0xff], 0).is_ok());
+    }
+
+    #[test]
+    fn the_schema_bounds_every_repeated_field_of_every_request_message_in_the_proto() {
+        use prost_types::field_descriptor_proto::{Label, Type};
+        let set = prost_types::FileDescriptorSet::decode(pb::FILE_DESCRIPTOR_SET).unwrap();
+        let file = set
+            .file
+            .iter()
+            .find(|f| f.package() == "fieldvault.v1")
+            .unwrap();
+        let message = |name: &str| {
+            file.message_type
+                .iter()
+                .find(|m| m.name() == name)
+                .unwrap_or_else(|| panic!("{name} is not in the proto"))
+        };
+        // Every message reachable from a request, against its schema.
+        let mut todo: Vec<&Schema> = vec![&TOKENIZE_REQUEST, &DETOKENIZE_REQUEST];
+        let mut seen = 0;
+        while let Some(schema) = todo.pop() {
+            seen += 1;
+            assert!(schema.fields.len() <= MAX_FIELDS, "{}", schema.name);
+            let proto = message(schema.name);
+            assert_eq!(
+                proto.field.len(),
+                schema.fields.len(),
+                "{}: the schema lists every field of the proto",
+                schema.name
+            );
+            for f in &proto.field {
+                let spec = schema
+                    .fields
+                    .iter()
+                    .find(|s| i64::from(s.number) == i64::from(f.number()))
+                    .unwrap_or_else(|| panic!("{}.{} is not in the schema", schema.name, f.name()));
+                assert_eq!(spec.name, f.name());
+                let repeated = f.label() == Label::Repeated;
+                assert_eq!(
+                    repeated,
+                    spec.count != Count::One,
+                    "{}.{}: a repeated field has a bound, a singular one none",
+                    schema.name,
+                    f.name()
+                );
+                match (f.r#type(), spec.shape) {
+                    (Type::Enum, Shape::Varint) | (Type::String, Shape::Str) => {}
+                    (Type::Message, Shape::Msg(sub)) => {
+                        assert_eq!(f.type_name(), format!(".fieldvault.v1.{}", sub.name));
+                        todo.push(sub);
+                    }
+                    (t, s) => panic!(
+                        "{}.{}: {t:?} in the proto, {s:?} here",
+                        schema.name,
+                        f.name()
+                    ),
+                }
+            }
+        }
+        assert_eq!(seen, 4, "two requests, Field and PostalAddress");
+        // The street-line bound is the validators'.
+        assert_eq!(
+            POSTAL_ADDRESS.fields[4].count,
+            Count::AtMost(crate::domain::value::MAX_STREET_LINES)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_batch_limit_is_the_wrapped_servers_and_the_config_default_elsewhere() {
+        #[derive(Clone)]
+        struct Echo;
+        impl tower_service::Service<()> for Echo {
+            type Response = usize;
+            type Error = std::convert::Infallible;
+            type Future = std::future::Ready<Result<usize, Self::Error>>;
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+                Poll::Ready(Ok(()))
+            }
+            fn call(&mut self, (): ()) -> Self::Future {
+                std::future::ready(Ok(max_batch_items()))
+            }
+        }
+        /// Reads the limit only when polled, as tonic's generated services do.
+        #[derive(Clone)]
+        struct Lazy;
+        impl tower_service::Service<()> for Lazy {
+            type Response = usize;
+            type Error = std::convert::Infallible;
+            type Future =
+                std::pin::Pin<Box<dyn std::future::Future<Output = Result<usize, Self::Error>>>>;
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+                Poll::Ready(Ok(()))
+            }
+            fn call(&mut self, (): ()) -> Self::Future {
+                Box::pin(async {
+                    tokio::task::yield_now().await;
+                    Ok(max_batch_items())
+                })
+            }
+        }
+        use tower_service::Service;
+        assert_eq!(BatchLimit::new(Echo, 7).call(()).await, Ok(7));
+        assert_eq!(BatchLimit::new(Lazy, 9).call(()).await, Ok(9));
+        assert_eq!(Lazy.call(()).await, Ok(DEFAULT_MAX_BATCH_ITEMS));
+        assert_eq!(Echo.call(()).await, Ok(DEFAULT_MAX_BATCH_ITEMS));
+    }
+
+    proptest::proptest! {
+        /// The walk is at least as strict as prost: whatever it lets through
+        /// decodes.
+        #[test]
+        fn whatever_the_walk_accepts_prost_decodes(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            flip in 0usize..64,
+            mask in 1u8..=255,
+        ) {
+            let legal = pb::TokenizeRequest {
+                fields: vec![pb::Field {
+                    kind: 2,
+                    value: "x".into(),
+                    address: Some(pb::PostalAddress {
+                        country: "US".into(),
+                        street_lines: vec!["1 Example Way".into()],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                purpose: Some("p".into()),
+            }
+            .encode_to_vec();
+            let mut mutated = legal.clone();
+            let i = flip % mutated.len();
+            mutated[i] ^= mask;
+            for candidate in [bytes, mutated] {
+                if tokenize(&candidate, 1000).is_ok() {
+                    proptest::prop_assert!(pb::TokenizeRequest::decode(candidate.as_slice()).is_ok());
+                }
+                if detokenize(&candidate, 1000).is_ok() {
+                    proptest::prop_assert!(pb::DetokenizeRequest::decode(candidate.as_slice()).is_ok());
+                }
+            }
+        }
     }
 }
