@@ -345,6 +345,77 @@ async fn a_field_with_as_many_street_lines_as_the_largest_message_holds_is_refus
     .await;
 }
 
+/// A normal call must answer within this, whatever else is going on.
+const NORMAL_CALL_DEADLINE: Duration = Duration::from_secs(1);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_concurrent_calls_of_millions_of_empty_fields_neither_bloat_the_server_nor_slow_other_callers(
+) {
+    let vault = start_child();
+    let addr = vault.server.addr.clone();
+    let pid = vault.server.pid();
+    let orders = timeout(
+        STEP,
+        fieldvault::client::connect(&addr, &vault.pki.client_tls("orders")),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let normal_call = |mut orders: pb::vault_client::VaultClient<_>| async move {
+        let started = Instant::now();
+        let results = timeout(
+            NORMAL_CALL_DEADLINE,
+            tokenize(
+                &mut orders,
+                vec![field(FieldKind::Phone, "+1 202-555-0143")],
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("a normal call took more than {NORMAL_CALL_DEADLINE:?}"))
+        .unwrap();
+        assert!(results[0].is_ok(), "{results:?}");
+        started.elapsed()
+    };
+    normal_call(orders.clone()).await;
+    let before = proc_mib(pid, "VmRSS:");
+    let part = ld(1, b"");
+    let n = fill(&part, 0);
+    let message = Arc::new(part.repeat(n));
+    let floods: Vec<_> = (0..3)
+        .map(|_| {
+            let (addr, dir, message) = (addr.clone(), vault.pki.dir.clone(), message.clone());
+            tokio::spawn(async move {
+                raw_call(&addr, &dir, "intruder", TOKENIZE, &message, BIG_CALL).await
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    let mut calls = 0;
+    while calls < 5 || !floods.iter().all(|f| f.is_finished()) {
+        slowest = slowest.max(normal_call(orders.clone()).await);
+        calls += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let peak = proc_mib(pid, "VmHWM:");
+    for flood in floods {
+        let status = flood.await.unwrap();
+        assert_invalid_argument(
+            &status,
+            "fields",
+            &format!("fields: holds {n} items; at most 1000 are allowed per call"),
+        );
+    }
+    eprintln!(
+        "3 concurrent calls of {n} empty fields: RSS {before} MiB before, {peak} MiB peak; \
+         {calls} normal calls meanwhile, the slowest {slowest:?}"
+    );
+    assert!(
+        peak < before + RSS_GROWTH_BOUND_MIB,
+        "the server's RSS went from {before} MiB to a peak of {peak} MiB"
+    );
+    assert!(slowest < NORMAL_CALL_DEADLINE, "{slowest:?}");
+}
+
 // ---------------------------------------------------------------------------
 // Malformed protobuf: the caller's error, named.
 

@@ -33,6 +33,7 @@ use super::error::invalid_argument;
 use super::pb;
 use crate::config::DEFAULT_MAX_BATCH_ITEMS;
 use crate::domain::value::MAX_STREET_LINES;
+use bytes::Buf;
 use prost::Message;
 use std::fmt;
 use std::marker::PhantomData;
@@ -56,6 +57,9 @@ fn max_batch_items() -> usize {
 /// A message the codec decodes: requests check their encoded bytes against
 /// their bounds before prost decodes them; responses check nothing.
 pub trait DecodeBound {
+    /// A request (decoded by the server), not a response.
+    const IS_REQUEST: bool;
+
     /// Refuses `bytes` (one encoded message) if decoding it would exceed a
     /// bound; `max_items` is the server's `max_batch_items`.
     fn check(bytes: &[u8], max_items: usize) -> Result<(), Status>;
@@ -68,6 +72,8 @@ pub trait DecodeBound {
 macro_rules! request {
     ($message:ty, $schema:expr) => {
         impl DecodeBound for $message {
+            const IS_REQUEST: bool = true;
+
             fn check(bytes: &[u8], max_items: usize) -> Result<(), Status> {
                 walk_message(&$schema, bytes, max_items)
             }
@@ -87,6 +93,8 @@ macro_rules! request {
 macro_rules! response {
     ($message:ty) => {
         impl DecodeBound for $message {
+            const IS_REQUEST: bool = false;
+
             fn check(_: &[u8], _: usize) -> Result<(), Status> {
                 Ok(())
             }
@@ -498,7 +506,31 @@ impl<U: Message + Default + DecodeBound> Decoder for BoundedDecoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        use bytes::Buf;
+        // Walking and decoding a large message takes a while (tens of ms
+        // for the largest in a release build, most of a second in a debug
+        // one): off the runtime's worker, so other calls go on meanwhile.
+        if buf.remaining() >= BLOCKING_DECODE_BYTES && U::IS_REQUEST && multi_thread_runtime() {
+            tokio::task::block_in_place(|| self.decode_now(buf))
+        } else {
+            self.decode_now(buf)
+        }
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::default()
+    }
+}
+
+/// Messages from this size on are walked and decoded outside the runtime.
+const BLOCKING_DECODE_BYTES: usize = 256 * 1024;
+
+fn multi_thread_runtime() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
+impl<U: Message + Default + DecodeBound> BoundedDecoder<U> {
+    fn decode_now(&self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         // tonic hands the whole message over in one contiguous buffer; if a
         // version ever did not, it is made contiguous (without a copy for
         // tonic's BytesMut).
@@ -510,10 +542,6 @@ impl<U: Message + Default + DecodeBound> Decoder for BoundedDecoder<U> {
             U::check(&bytes, self.max_items)?;
             U::decode(bytes).map(Some).map_err(U::decode_error)
         }
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::default()
     }
 }
 
