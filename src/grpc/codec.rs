@@ -947,6 +947,19 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_decoded_item_holds_at_most_a_kib_beyond_its_wire_bytes() {
+        // README, "Limits": the struct, its street lines' `String`s and, for
+        // each of its strings (value, region, six address parts, the
+        // street lines), an allocation rounded up by the
+        // allocator (at most 16 bytes more than its wire bytes).
+        let field = std::mem::size_of::<pb::Field>()
+            + MAX_STREET_LINES * std::mem::size_of::<String>()
+            + (8 + MAX_STREET_LINES) * 16;
+        assert!(field <= 1024, "{field}");
+        assert!(std::mem::size_of::<String>() + 16 <= 1024);
+    }
+
     #[tokio::test]
     async fn the_batch_limit_is_the_wrapped_servers_and_the_config_default_elsewhere() {
         #[derive(Clone)]
