@@ -589,6 +589,7 @@ where
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use tonic::Code;
     use tonic_types::StatusExt;
