@@ -5,12 +5,14 @@
 //! bytes (`0a 00`) decode into one empty `Field` of a few hundred bytes, so
 //! an 8.8 MB TokenizeRequest of empty fields became 4.4 million structs and
 //! took the server from 97 MiB to 2.1 GB, before the batch-size check that
-//! runs on the decoded request could refuse it. Here a walk over the encoded
-//! bytes, which allocates nothing, counts every repeated field of a request
-//! first and refuses the call with INVALID_ARGUMENT naming the field; what
-//! prost then decodes holds at most `max_batch_items` items, each with at
-//! most [`MAX_STREET_LINES`] street lines, so its memory is the message's
-//! wire size plus a few hundred bytes an item.
+//! runs on the decoded request could refuse it. Here one pass over the
+//! encoded bytes (allocating at most a small tally per address) counts
+//! every repeated field of a request first and refuses the call with
+//! INVALID_ARGUMENT naming the field; what prost then decodes holds at most
+//! `max_batch_items` items, each with at most [`MAX_STREET_LINES`] street
+//! lines, so its memory is the message's wire size plus under 1 KiB an item.
+//! A large request is walked and decoded inside `block_in_place`, so that
+//! other calls keep a runtime worker meanwhile.
 //!
 //! The walk is also stricter than prost where it can name the field: a
 //! string that is not UTF-8, a length that runs past its message, a varint
@@ -64,7 +66,8 @@ pub trait DecodeBound {
     /// bound; `max_items` is the server's `max_batch_items`.
     fn check(bytes: &[u8], max_items: usize) -> Result<(), Status>;
 
-    /// The status for an error prost found decoding this message.
+    /// The status for an error prost found decoding this message (its
+    /// message names messages and fields, never a value).
     fn decode_error(error: prost::DecodeError) -> Status;
 }
 
