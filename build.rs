@@ -16,6 +16,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .extern_path(".google.rpc", "::tonic_types")
+        // Request messages are checked against their bounds before they are
+        // decoded (decoding amplifies: src/grpc/codec.rs).
+        .codec_path("crate::grpc::codec::BoundedCodec")
         .file_descriptor_set_path(out_dir.join("fieldvault_descriptor.bin"))
         .compile_with_config(
             config,

@@ -212,6 +212,8 @@ pub async fn start(
         .into_server()
         .max_decoding_message_size(limits.max_message_bytes)
         .max_encoding_message_size(limits.max_message_bytes);
+    // Requests are counted against max_batch_items before they are decoded.
+    let vault_service = crate::grpc::codec::BatchLimit::new(vault_service, config.max_batch_items);
 
     let (incoming, accept) = crate::tls::incoming_with(
         listener,

@@ -2,6 +2,7 @@
 //! implementations, protobuf <-> domain conversions, the one place vault
 //! errors become gRPC statuses, and peer certificate -> caller identity.
 
+pub mod codec;
 mod error;
 mod service;
 
