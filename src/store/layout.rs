@@ -109,6 +109,17 @@ pub(super) fn encode_frame(keys: &[WrappedKey], records: &[Staged]) -> Vec<u8> {
     out
 }
 
+/// Bytes a record adds to a frame: its entry header (tag, token, index,
+/// deterministic flag, length) and its encoding.
+pub(super) fn frame_record_bytes(r: &SealedRecord) -> usize {
+    1 + 16 + 36 + 1 + 4 + (2 + 4 + NONCE_LEN + r.ciphertext.len())
+}
+
+/// Bytes a wrapped key adds to a frame.
+pub(super) fn frame_key_bytes(k: &WrappedKey) -> usize {
+    1 + 4 + (2 + 4 + NONCE_LEN + k.ciphertext.len())
+}
+
 /// Splits `n` bytes off the front of `b`.
 fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], StoreError> {
     if b.len() < n {

@@ -22,7 +22,9 @@ use crate::crypto::{BlindIndex, SealedRecord, WrappedKey};
 use crate::domain::TokenId;
 use async_trait::async_trait;
 
-pub use group_commit::DEFAULT_MAX_QUEUED_WRITES;
+pub use group_commit::{
+    DEFAULT_MAX_QUEUED_WRITES, MAX_GROUP_BYTES, MAX_QUEUED_BYTES, MAX_WRITE_BYTES,
+};
 pub use salvage::{salvage, Action as SalvageAction, Dropped, SalvageError, SalvageReport};
 pub use sled_store::{SledConfig, SledStore};
 
@@ -46,6 +48,10 @@ pub enum StoreError {
     /// itself was reported once, when it happened. Nothing was written.
     #[error("writes are refused since storage failed ({0}); restart after fixing the disk")]
     WritesStopped(StorageFailure),
+    /// One write is larger than the store takes at once; nothing was
+    /// written and later writes go on.
+    #[error("one write of {bytes} bytes is more than the {limit} bytes the store logs at once")]
+    TooLarge { bytes: usize, limit: usize },
 }
 
 impl StoreError {
@@ -53,7 +59,7 @@ impl StoreError {
     pub fn failure(&self) -> Option<&StorageFailure> {
         match self {
             Self::Backend(f) | Self::WritesStopped(f) => Some(f),
-            Self::AlreadyExists(_) | Self::Corrupt { .. } => None,
+            Self::AlreadyExists(_) | Self::Corrupt { .. } | Self::TooLarge { .. } => None,
         }
     }
 }
