@@ -271,9 +271,8 @@ pub fn accept_limits(limits: &crate::limits::Resolved) -> crate::tls::AcceptLimi
 /// (`limits.max_message_bytes` for the Vault service).
 pub fn server_builder(
     limits: &crate::limits::Resolved,
-) -> tonic::transport::Server<
-    tower_layer::Stack<crate::limits::GuardLayer, tower_layer::Identity>,
-> {
+) -> tonic::transport::Server<tower_layer::Stack<crate::limits::GuardLayer, tower_layer::Identity>>
+{
     tonic::transport::Server::builder()
         .max_concurrent_streams(limits.max_concurrent_streams)
         .initial_stream_window_size(limits.stream_window_bytes)

@@ -521,7 +521,9 @@ mod tests {
         for i in 1..=15u32 {
             let cost = if i == 7 { MAX_GROUP_BYTES + 1 } else { big };
             let gc = gc.clone();
-            tasks.push(tokio::spawn(async move { (i, gc.submit((i, cost)).await.ok()) }));
+            tasks.push(tokio::spawn(
+                async move { (i, gc.submit((i, cost)).await.ok()) },
+            ));
         }
         // Every write is queued before the first group is answered.
         for _ in 0..1000 {

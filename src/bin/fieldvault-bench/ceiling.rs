@@ -62,9 +62,8 @@ impl pb::vault_server::Vault for NullVault {
 /// and the same message bounds, until the process ends. Prints
 /// `listening on ADDR` like the real server.
 pub async fn serve(config: &Config) -> Result<(), String> {
-    let limits =
-        fieldvault::limits::Resolved::new(config, fieldvault::limits::nofile_soft_limit())
-            .map_err(|e| e.to_string())?;
+    let limits = fieldvault::limits::Resolved::new(config, fieldvault::limits::nofile_soft_limit())
+        .map_err(|e| e.to_string())?;
     let tls = fieldvault::tls::server_config_with(
         &config.tls.cert,
         &config.tls.key,
