@@ -327,14 +327,17 @@ impl Default for ConnActivity {
 impl ConnActivity {
     /// Counts a stream as open until the guard drops.
     pub fn stream_opened(self: &Arc<Self>) -> StreamGuard {
+        // Under the lock, like the decrement in `StreamGuard::drop`, so
+        // `idle_since` sees the count and the time together.
+        let _since = lock(&self.idle_since);
         self.open.fetch_add(1, Ordering::SeqCst);
         StreamGuard(self.clone())
     }
 
     /// When the connection last became idle, or `None` while streams are open.
     pub fn idle_since(&self) -> Option<Instant> {
-        let since = *lock(&self.idle_since);
-        (self.open.load(Ordering::SeqCst) == 0).then_some(since)
+        let since = lock(&self.idle_since);
+        (self.open.load(Ordering::SeqCst) == 0).then_some(*since)
     }
 
     pub fn open_streams(&self) -> usize {

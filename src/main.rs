@@ -189,8 +189,8 @@ async fn run() -> ExitCode {
     }
 }
 
-/// SIGXFSZ on Linux (asm-generic and x86), and on the BSDs and macOS.
-const SIGXFSZ: i32 = 25;
+/// SIGXFSZ, from the platform's own headers (through rustix).
+const SIGXFSZ: i32 = rustix::process::Signal::XFSZ.as_raw();
 
 async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     // A file-size limit (RLIMIT_FSIZE) sends SIGXFSZ to a process whose

@@ -41,8 +41,14 @@ pub enum StoreError {
     },
     /// The backend failed (I/O, lock, flush or sync), with its typed
     /// cause. A write that gets this was not acknowledged.
-    #[error("storage failed: {0}")]
+    #[error("{0}")]
     Backend(StorageFailure),
+    /// The store's files are damaged where replay cannot go on safely (a
+    /// write-ahead log frame that does not verify, followed by one that
+    /// does): the message names the file and the offset, and what an
+    /// operator does. Only at open.
+    #[error("{0}")]
+    Damaged(String),
     /// An earlier storage failure (the typed cause) stopped writes: the
     /// store refuses every write until the process restarts; the failure
     /// itself was reported once, when it happened. Nothing was written.
@@ -59,7 +65,10 @@ impl StoreError {
     pub fn failure(&self) -> Option<&StorageFailure> {
         match self {
             Self::Backend(f) | Self::WritesStopped(f) => Some(f),
-            Self::AlreadyExists(_) | Self::Corrupt { .. } | Self::TooLarge { .. } => None,
+            Self::AlreadyExists(_)
+            | Self::Corrupt { .. }
+            | Self::TooLarge { .. }
+            | Self::Damaged(_) => None,
         }
     }
 }

@@ -14,7 +14,7 @@ use super::layout::{
     backend, data_file_path, decode_key, decode_record, index_prefix, sled_failure, token_from,
     WAL_FILE,
 };
-use super::wal::Wal;
+use super::wal::{Wal, WalError};
 use super::writer::{SledWriter, Trees, Write, Written};
 use super::{IntegrityReport, NewRecord, RecordRead, StorageFailure, Store, StoreError};
 use crate::crypto::{BlindIndex, WrappedKey};
@@ -91,8 +91,11 @@ impl SledStore {
             blind_index,
             deterministic,
         };
-        let (wal, frames) = Wal::open(io.fs, &config.path.join(WAL_FILE))
-            .map_err(|e| StoreError::Backend(e.failure()))?;
+        let (wal, frames) = Wal::open(io.fs, &config.path.join(WAL_FILE)).map_err(|e| match e {
+            WalError::Io { .. } => StoreError::Backend(e.failure()),
+            // Its own message says it all: no cause prefix.
+            _ => StoreError::Damaged(e.to_string()),
+        })?;
         // sled never fsyncs a directory: make its files' entries, and the
         // store directory's own, durable (power loss, not only kill -9).
         for dir in [Some(config.path.as_path()), config.path.parent()]
