@@ -272,6 +272,36 @@ mod tests {
     }
 
     #[test]
+    fn the_group_cost_of_records_and_keys_is_exactly_their_bytes_in_the_frame() {
+        let records: Vec<SealedRecord> = [10, 4000, 0]
+            .into_iter()
+            .map(|n| SealedRecord {
+                ciphertext: vec![3; n],
+                ..record(FieldKind::Address)
+            })
+            .collect();
+        let staged: Vec<Staged> = records
+            .iter()
+            .map(|r| Staged {
+                token: TokenId::new_random(),
+                index: index(2),
+                deterministic: false,
+                record: encode_record(r),
+            })
+            .collect();
+        let key = WrappedKey {
+            purpose: KeyPurpose::Index,
+            version: KeyVersion(3),
+            nonce: [5; NONCE_LEN],
+            ciphertext: vec![6; 48],
+        };
+        let frame = encode_frame(std::slice::from_ref(&key), &staged);
+        let cost: usize =
+            records.iter().map(frame_record_bytes).sum::<usize>() + frame_key_bytes(&key);
+        assert_eq!(frame.len(), cost);
+    }
+
+    #[test]
     fn a_logged_frame_round_trips_and_damage_is_reported() {
         let token = TokenId::new_random();
         let staged = Staged {
