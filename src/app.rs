@@ -215,36 +215,9 @@ pub async fn start(
     // Requests are counted against max_batch_items before they are decoded.
     let vault_service = crate::grpc::codec::BatchLimit::new(vault_service, config.max_batch_items);
 
-    let (incoming, accept) = crate::tls::incoming_with(
-        listener,
-        tls,
-        crate::tls::AcceptLimits {
-            max_connections: limits.max_connections,
-            identities: crate::limits::Identities::new(
-                limits.max_connections_per_identity,
-                limits.max_request_bytes_per_identity,
-            ),
-            handshake_timeout: limits.handshake_timeout,
-            idle_timeout: Some(limits.idle_timeout),
-            identity_from_cn: limits.identity_from_cn,
-            refusals: Arc::new(crate::limits::RefusalLog::new(
-                limits.refusal_log_lines_per_minute,
-            )),
-        },
-    );
+    let (incoming, accept) = crate::tls::incoming_with(listener, tls, accept_limits(&limits));
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-    let router = tonic::transport::Server::builder()
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .initial_stream_window_size(limits.stream_window_bytes)
-        .initial_connection_window_size(limits.connection_window_bytes)
-        .http2_max_header_list_size(crate::limits::MAX_HEADER_LIST_BYTES)
-        .http2_keepalive_interval(limits.keepalive_interval)
-        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
-        .timeout(limits.request_timeout)
-        .layer(crate::limits::GuardLayer::new(
-            limits.max_request_bytes,
-            limits.max_message_bytes,
-        ))
+    let router = server_builder(&limits)
         .add_service(health_service)
         .add_optional_service(reflection)
         .add_service(vault_service);
@@ -271,6 +244,48 @@ pub async fn start(
         accept,
         health,
     })
+}
+
+/// What the accept loop enforces under `limits`: the vault's and the
+/// bench ceiling's.
+pub fn accept_limits(limits: &crate::limits::Resolved) -> crate::tls::AcceptLimits {
+    crate::tls::AcceptLimits {
+        max_connections: limits.max_connections,
+        max_pending_handshakes: limits.max_pending_handshakes,
+        max_handshakes_per_ip: limits.max_handshakes_per_ip,
+        identities: crate::limits::Identities::new(
+            limits.max_connections_per_identity,
+            limits.max_request_bytes_per_identity,
+        ),
+        handshake_timeout: limits.handshake_timeout,
+        idle_timeout: Some(limits.idle_timeout),
+        identity_from_cn: limits.identity_from_cn,
+        refusals: Arc::new(crate::limits::RefusalLog::new(
+            limits.refusal_log_lines_per_minute,
+        )),
+    }
+}
+
+/// The tonic server settings and layers under `limits` (HTTP/2 streams,
+/// windows, headers, keepalive; the byte budget, stream tracking and the
+/// request timeout): the vault's and the bench ceiling's, so the two differ
+/// only in the service behind them. Services keep their own message bounds
+/// (`limits.max_message_bytes` for the Vault service).
+pub fn server_builder(
+    limits: &crate::limits::Resolved,
+) -> tonic::transport::Server<tower_layer::Stack<crate::limits::GuardLayer, tower_layer::Identity>>
+{
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .initial_stream_window_size(limits.stream_window_bytes)
+        .initial_connection_window_size(limits.connection_window_bytes)
+        .http2_max_header_list_size(crate::limits::MAX_HEADER_LIST_BYTES)
+        .http2_keepalive_interval(limits.keepalive_interval)
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .layer(
+            crate::limits::GuardLayer::new(limits.max_request_bytes, limits.max_message_bytes)
+                .with_request_timeout(limits.request_timeout),
+        )
 }
 
 /// Reports NOT_SERVING (for the Vault service and the server as a whole)

@@ -146,6 +146,14 @@ pub struct Limits {
     /// Writes waiting for the commit thread; further writers wait their
     /// turn (`limits.max_queued_writes`).
     pub max_queued_writes: usize,
+    /// TLS handshakes in progress from one source IP address
+    /// (`limits.max_handshakes_per_ip`); more are closed at once.
+    pub max_handshakes_per_ip: usize,
+    /// TLS handshakes in progress from everyone
+    /// (`limits.max_pending_handshakes`); more are closed at once. `None`:
+    /// 256, or a quarter of `max_connections` if that is lower, so
+    /// connections that finished their handshake keep most slots.
+    pub max_pending_handshakes: Option<usize>,
 }
 
 impl Default for Limits {
@@ -165,6 +173,8 @@ impl Default for Limits {
             handshake_timeout_secs: 10,
             refusal_log_lines_per_minute: 10,
             max_queued_writes: crate::store::DEFAULT_MAX_QUEUED_WRITES,
+            max_handshakes_per_ip: 32,
+            max_pending_handshakes: None,
         }
     }
 }
@@ -243,6 +253,8 @@ struct RawLimits {
     handshake_timeout_secs: Option<i64>,
     refusal_log_lines_per_minute: Option<i64>,
     max_queued_writes: Option<i64>,
+    max_handshakes_per_ip: Option<i64>,
+    max_pending_handshakes: Option<i64>,
 }
 
 /// A `[limits]` integer within `range`, or the default.
@@ -289,6 +301,22 @@ impl RawLimits {
                 return Err(ConfigError::Field {
                     field: "limits.max_connections_per_identity",
                     reason: format!("{per_identity} is above limits.max_connections ({total})"),
+                });
+            }
+        }
+        let max_pending_handshakes = self
+            .max_pending_handshakes
+            .map(|v| limit("limits.max_pending_handshakes", Some(v), 1..=1_000_000, 0))
+            .transpose()?
+            .map(|v| v as usize);
+        if let (Some(pending), Some(total)) = (max_pending_handshakes, max_connections) {
+            if pending >= total {
+                return Err(ConfigError::Field {
+                    field: "limits.max_pending_handshakes",
+                    reason: format!(
+                        "{pending} must be below limits.max_connections ({total}), so \
+                         connections that finished their handshake keep slots"
+                    ),
                 });
             }
         }
@@ -368,6 +396,13 @@ impl RawLimits {
                 1..=1_000_000,
                 d.max_queued_writes as i64,
             )? as usize,
+            max_handshakes_per_ip: limit(
+                "limits.max_handshakes_per_ip",
+                self.max_handshakes_per_ip,
+                1..=1_000_000,
+                d.max_handshakes_per_ip as i64,
+            )? as usize,
+            max_pending_handshakes,
         })
     }
 }

@@ -151,13 +151,13 @@ pub fn read_checked(
     Ok(text)
 }
 
+/// What marks a data dir as fieldvault's: its store, or the dev setup.
+const DATA_DIR_MARKERS: &[&str] = &["store", "dev"];
+
 /// What the server does before it opens anything: umask 077, the TLS
 /// files checked, the data dir and the store dir owner-only (created 0700,
 /// or tightened to 0700). The policy file and the master key are checked
 /// where they are read ([`read_checked`], `MasterKey::from_file`).
-/// What marks a data dir as fieldvault's: its store, or the dev setup.
-const DATA_DIR_MARKERS: &[&str] = &["store", "dev"];
-
 pub fn prepare_for_start(config: &crate::config::Config) -> Result<(), PermError> {
     restrict_umask();
     let tls = &config.tls;

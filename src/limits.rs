@@ -32,6 +32,9 @@ use tonic::Status;
 pub const RESERVED_FDS: u64 = 64;
 /// `limits.max_connections` when unset (and the fd limit allows it).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1000;
+/// `limits.max_pending_handshakes` when unset (and a quarter of
+/// `max_connections` is not lower).
+pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 256;
 /// `limits.max_request_bytes_per_identity` when unset (at least one
 /// largest legal message).
 pub const DEFAULT_REQUEST_BYTES_PER_IDENTITY: u64 = 32 * 1024 * 1024;
@@ -99,6 +102,8 @@ pub fn max_message_bytes(max_batch_items: usize) -> usize {
 pub struct Resolved {
     pub max_connections: usize,
     pub max_connections_per_identity: usize,
+    pub max_pending_handshakes: usize,
+    pub max_handshakes_per_ip: usize,
     pub max_concurrent_streams: u32,
     pub stream_window_bytes: u32,
     pub connection_window_bytes: u32,
@@ -161,6 +166,20 @@ impl Resolved {
             ));
         }
         let max_connections_per_identity = l.max_connections_per_identity.min(max_connections);
+        let max_pending_handshakes = match l.max_pending_handshakes {
+            Some(n) if n >= max_connections => {
+                return Err(field_err(
+                    "limits.max_pending_handshakes",
+                    format!(
+                        "{n} must be below limits.max_connections ({max_connections}), so \
+                         connections that finished their handshake keep slots"
+                    ),
+                ))
+            }
+            Some(n) => n,
+            None => DEFAULT_MAX_PENDING_HANDSHAKES.min((max_connections / 4).max(1)),
+        };
+        let max_handshakes_per_ip = l.max_handshakes_per_ip.min(max_pending_handshakes);
         let max_message_bytes = max_message_bytes(config.max_batch_items);
         let message = max_message_bytes as u64;
         let per_identity = match l.max_request_bytes_per_identity {
@@ -190,6 +209,8 @@ impl Resolved {
         Ok(Self {
             max_connections,
             max_connections_per_identity,
+            max_pending_handshakes,
+            max_handshakes_per_ip,
             max_concurrent_streams: l.max_concurrent_streams,
             stream_window_bytes: l.stream_window_bytes,
             connection_window_bytes: l.connection_window_bytes,
@@ -306,14 +327,17 @@ impl Default for ConnActivity {
 impl ConnActivity {
     /// Counts a stream as open until the guard drops.
     pub fn stream_opened(self: &Arc<Self>) -> StreamGuard {
+        // Under the lock, like the decrement in `StreamGuard::drop`, so
+        // `idle_since` sees the count and the time together.
+        let _since = lock(&self.idle_since);
         self.open.fetch_add(1, Ordering::SeqCst);
         StreamGuard(self.clone())
     }
 
     /// When the connection last became idle, or `None` while streams are open.
     pub fn idle_since(&self) -> Option<Instant> {
-        let since = *lock(&self.idle_since);
-        (self.open.load(Ordering::SeqCst) == 0).then_some(since)
+        let since = lock(&self.idle_since);
+        (self.open.load(Ordering::SeqCst) == 0).then_some(*since)
     }
 
     pub fn open_streams(&self) -> usize {
@@ -417,6 +441,9 @@ impl Drop for IdentitySlot {
 pub struct GuardLayer {
     total: Arc<Semaphore>,
     max_message_bytes: usize,
+    /// A call that has not answered within this long gets
+    /// DEADLINE_EXCEEDED (`limits.request_timeout_secs`).
+    request_timeout: Option<Duration>,
 }
 
 impl GuardLayer {
@@ -428,7 +455,15 @@ impl GuardLayer {
                     .min(Semaphore::MAX_PERMITS),
             )),
             max_message_bytes,
+            request_timeout: None,
         }
+    }
+
+    /// Answers DEADLINE_EXCEEDED to a call that has not answered within
+    /// `timeout` (tonic's own `Server::timeout` answers CANCELLED).
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Some(timeout);
+        self
     }
 
     /// Bytes of the total budget not in use (for tests and metrics).
@@ -475,10 +510,7 @@ where
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let peer = req.extensions().get::<crate::tls::Peer>().cloned();
-        let stream = peer
-            .as_ref()
-            .and_then(|p| p.activity())
-            .map(|a| a.stream_opened());
+        let stream = peer.as_ref().map(|p| p.activity().stream_opened());
         let identity = peer.as_ref().and_then(|p| p.budget());
         let layer = self.layer.clone();
         let req = req.map(|body| {
@@ -497,8 +529,22 @@ where
         // The service that was polled ready is the one called.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        let timeout = self.layer.request_timeout;
         Box::pin(async move {
-            let response = inner.call(req).await?;
+            let call = inner.call(req);
+            let response = match timeout {
+                Some(limit) => match tokio::time::timeout(limit, call).await {
+                    Ok(response) => response?,
+                    Err(_) => {
+                        return Ok(Status::deadline_exceeded(format!(
+                            "the call did not finish within limits.request_timeout_secs ({}s)",
+                            limit.as_secs()
+                        ))
+                        .into_http())
+                    }
+                },
+                None => call.await?,
+            };
             Ok(response.map(|body| {
                 Body::new(TrackedBody {
                     inner: body,

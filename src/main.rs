@@ -195,8 +195,8 @@ async fn run() -> ExitCode {
     }
 }
 
-/// SIGXFSZ on Linux (asm-generic and x86), and on the BSDs and macOS.
-const SIGXFSZ: i32 = 25;
+/// SIGXFSZ, from the platform's own headers (through rustix).
+const SIGXFSZ: i32 = rustix::process::Signal::XFSZ.as_raw();
 
 async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     // A file-size limit (RLIMIT_FSIZE) sends SIGXFSZ to a process whose
@@ -249,13 +249,23 @@ async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     let mut server = fieldvault::app::start(&config, &env)
         .await
         .map_err(|e| e.to_string())?;
+    // Handlers installed before "listening on": a SIGTERM or SIGINT sent as
+    // soon as that line appears must not find the default action (death).
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
     println!("listening on {}", server.local_addr());
     let shutdown = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            _ = recv(&mut int) => {}
+            _ = recv(&mut term) => {}
         }
     };
     // Either way, `shutdown` waits for every task holding the store, so it

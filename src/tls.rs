@@ -11,10 +11,12 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -156,8 +158,8 @@ impl Peer {
     }
 
     /// The connection's open-stream counter.
-    pub fn activity(&self) -> Option<Arc<ConnActivity>> {
-        Some(self.0.activity.clone())
+    pub fn activity(&self) -> Arc<ConnActivity> {
+        self.0.activity.clone()
     }
 
     /// The identity's budget of request bytes (see [`crate::limits`]).
@@ -265,6 +267,10 @@ impl AsyncWrite for PeerStream {
 #[derive(Clone, Debug)]
 pub struct AcceptLimits {
     pub max_connections: usize,
+    /// TLS handshakes in progress from everyone; below `max_connections`.
+    pub max_pending_handshakes: usize,
+    /// TLS handshakes in progress from one source IP address.
+    pub max_handshakes_per_ip: usize,
     pub identities: Arc<Identities>,
     pub handshake_timeout: Duration,
     pub idle_timeout: Option<Duration>,
@@ -278,6 +284,8 @@ impl Default for AcceptLimits {
         let d = crate::config::Limits::default();
         Self {
             max_connections: crate::limits::DEFAULT_MAX_CONNECTIONS,
+            max_pending_handshakes: crate::limits::DEFAULT_MAX_PENDING_HANDSHAKES,
+            max_handshakes_per_ip: d.max_handshakes_per_ip,
             identities: Identities::new(
                 d.max_connections_per_identity,
                 crate::limits::DEFAULT_REQUEST_BYTES_PER_IDENTITY,
@@ -303,8 +311,68 @@ pub fn incoming(
     incoming_with(listener, config, AcceptLimits::default())
 }
 
+/// TLS handshakes in progress, in total and per source IP address.
+#[derive(Debug)]
+struct Handshakes {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// One handshake in progress; see [`Handshakes`].
+struct HandshakeSlot {
+    handshakes: Arc<Mutex<Handshakes>>,
+    ip: IpAddr,
+}
+
+fn lock_handshakes(m: &Mutex<Handshakes>) -> std::sync::MutexGuard<'_, Handshakes> {
+    // Plain counters: a panic while holding the lock leaves them usable.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Why a handshake was not started.
+enum HandshakeRefusal {
+    Total,
+    PerIp,
+}
+
+fn start_handshake(
+    handshakes: &Arc<Mutex<Handshakes>>,
+    ip: IpAddr,
+    limits: &AcceptLimits,
+) -> Result<HandshakeSlot, HandshakeRefusal> {
+    let mut h = lock_handshakes(handshakes);
+    if h.total >= limits.max_pending_handshakes {
+        return Err(HandshakeRefusal::Total);
+    }
+    let from_ip = h.per_ip.entry(ip).or_insert(0);
+    if *from_ip >= limits.max_handshakes_per_ip {
+        return Err(HandshakeRefusal::PerIp);
+    }
+    *from_ip += 1;
+    h.total += 1;
+    Ok(HandshakeSlot {
+        handshakes: handshakes.clone(),
+        ip,
+    })
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut h = lock_handshakes(&self.handshakes);
+        h.total = h.total.saturating_sub(1);
+        if let Some(n) = h.per_ip.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                h.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// [`incoming`] under explicit limits. At `max_connections` open (TLS
-/// handshakes included), a new TCP connection is closed at once; a
+/// handshakes included), a new TCP connection is closed at once; so is one
+/// past `max_pending_handshakes` handshakes in progress, or past
+/// `max_handshakes_per_ip` of them from its source address; a
 /// connection whose identity already holds its
 /// `limits.max_connections_per_identity` is closed right after the
 /// handshake. Refusals are logged at most
@@ -320,6 +388,10 @@ pub fn incoming_with(
     let acceptor = TlsAcceptor::from(config);
     let (tx, rx) = mpsc::channel(256);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let handshakes = Arc::new(Mutex::new(Handshakes {
+        total: 0,
+        per_ip: HashMap::new(),
+    }));
     let task = tokio::spawn(async move {
         let mut report = tokio::time::interval(Duration::from_secs(60));
         report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -356,14 +428,38 @@ pub fn incoming_with(
                 );
                 continue;
             };
+            let handshake = match start_handshake(&handshakes, peer.ip(), &limits) {
+                Ok(handshake) => handshake,
+                Err(HandshakeRefusal::Total) => {
+                    drop(tcp);
+                    crate::log_refusal!(
+                        limits.refusals,
+                        %peer,
+                        max_pending_handshakes = limits.max_pending_handshakes,
+                        "connection refused: limits.max_pending_handshakes reached"
+                    );
+                    continue;
+                }
+                Err(HandshakeRefusal::PerIp) => {
+                    drop(tcp);
+                    crate::log_refusal!(
+                        limits.refusals,
+                        %peer,
+                        max_handshakes_per_ip = limits.max_handshakes_per_ip,
+                        "connection refused: limits.max_handshakes_per_ip reached for this address"
+                    );
+                    continue;
+                }
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             let limits = limits.clone();
             tokio::spawn(async move {
-                let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp))
-                    .await
-                {
+                let handshaken =
+                    tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await;
+                drop(handshake);
+                let tls = match handshaken {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
                         crate::log_refusal!(limits.refusals, %peer, error = %e, "TLS handshake refused");

@@ -526,6 +526,9 @@ async fn connections_past_the_global_cap_are_closed_at_once_and_existing_ones_ke
     let vault = TestVault::start_with(|c| {
         c.limits.max_connections = Some(6);
         c.limits.max_connections_per_identity = 6;
+        // The connection cap, not the handshake caps, is under test.
+        c.limits.max_pending_handshakes = Some(5);
+        c.limits.max_handshakes_per_ip = 5;
     })
     .await;
     let mut held = Vec::new();
@@ -586,7 +589,12 @@ async fn connections_past_the_global_cap_are_closed_at_once_and_existing_ones_ke
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_connections_under_a_low_descriptor_limit_exhausts_no_descriptors() {
     // 200 open files: the default cap becomes 200 - 64 = 136 connections.
-    let vault = start_child_with("[limits]\nhandshake_timeout_secs = 2\n", Some(200));
+    // The connection cap is under test, not the handshake caps below it.
+    let vault = start_child_with(
+        "[limits]\nhandshake_timeout_secs = 2\nmax_pending_handshakes = 135\n\
+         max_handshakes_per_ip = 135\n",
+        Some(200),
+    );
     let addr = vault.server.addr.clone();
     let mut orders = orders_client(&addr, &vault.pki).await;
     normal_call(&mut orders).await;
@@ -624,6 +632,91 @@ async fn a_flood_of_connections_under_a_low_descriptor_limit_exhausts_no_descrip
         refusal_lines <= 10,
         "{refusal_lines} refusal lines: not rate-limited"
     );
+}
+
+#[tokio::test]
+async fn a_call_whose_body_never_finishes_gets_deadline_exceeded_after_the_request_timeout() {
+    let vault = TestVault::start_with(|c| c.limits.request_timeout_secs = 1).await;
+    let conn = h2_connect(&vault.addr(), &vault.pki.dir, "orders")
+        .await
+        .unwrap();
+    let mut ready = timeout(STEP, conn.send.clone().ready())
+        .await
+        .unwrap()
+        .unwrap();
+    let (resp, mut body) = ready.send_request(grpc_request(TOKENIZE), false).unwrap();
+    // A prefix announcing 9 bytes, and one of them: the body never ends.
+    body.send_data(Bytes::from_static(&[0, 0, 0, 0, 9, 1]), false)
+        .unwrap();
+    let start = Instant::now();
+    let resp = timeout(STEP, resp).await.unwrap().unwrap();
+    let waited = start.elapsed();
+    let status = match resp.headers().get("grpc-status") {
+        Some(s) => s.to_str().unwrap().to_owned(),
+        None => {
+            let mut body = resp.into_body();
+            while let Some(chunk) = timeout(STEP, body.data()).await.unwrap() {
+                chunk.unwrap();
+            }
+            let trailers = timeout(STEP, body.trailers()).await.unwrap().unwrap();
+            trailers.unwrap()["grpc-status"]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    assert_eq!(
+        status,
+        (tonic::Code::DeadlineExceeded as i32).to_string(),
+        "answered after {waited:?}"
+    );
+    assert!(waited >= Duration::from_millis(900), "{waited:?}");
+}
+
+/// A TCP connection from `source` (any 127.x address reaches a server on
+/// 127.0.0.1) that never says anything.
+async fn silent_socket_from(source: &str, addr: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    timeout(STEP, socket.connect(addr.parse().unwrap()))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn silent_sockets_from_one_address_past_its_handshake_cap_cannot_keep_another_client_out() {
+    let vault = TestVault::start_with(|c| {
+        c.limits.max_connections = Some(16);
+        c.limits.max_pending_handshakes = Some(8);
+        c.limits.max_handshakes_per_ip = 4;
+    })
+    .await;
+    let addr = vault.addr();
+    // 40 silent sockets from one host: without the per-address cap they
+    // would hold all 16 connection slots until the handshake timeout (10 s).
+    let mut silent = Vec::new();
+    for _ in 0..40 {
+        silent.push(silent_socket_from("127.0.0.2", &addr).await);
+    }
+    let mut closed = 0;
+    for s in &mut silent {
+        let mut buf = [0u8; 1];
+        match timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => closed += 1,
+            Ok(Ok(_)) => panic!("the server spoke first"),
+            Err(_) => {}
+        }
+    }
+    assert_eq!(
+        closed, 36,
+        "past 4 handshakes from one address, closed at once"
+    );
+    // Another host's client connects and calls, well within the handshake
+    // timeout the silent sockets could otherwise have held slots for.
+    let mut orders = orders_client(&addr, &vault.pki).await;
+    normal_call(&mut orders).await;
+    drop(silent);
 }
 
 #[tokio::test]
@@ -810,8 +903,10 @@ fn the_defaults_documented_in_the_example_config_are_the_real_defaults() {
         documented.limits.max_request_bytes,
         Some(fieldvault::limits::DEFAULT_REQUEST_BYTES)
     );
+    assert_eq!(documented.limits.max_pending_handshakes, Some(256));
     let derived = fieldvault::config::Limits {
         max_connections: None,
+        max_pending_handshakes: None,
         max_request_bytes_per_identity: None,
         max_request_bytes: None,
         ..documented.limits.clone()

@@ -194,6 +194,17 @@ fn a_flipped_bit_in_the_first_frame_stops_the_server_and_salvage_keeps_the_rest(
     assert!(said.contains(&wal.display().to_string()), "{said}");
     assert!(said.contains(&format!("byte {WAL_HEADER}")), "{said}");
     assert!(said.contains("fieldvault store salvage"), "{said}");
+    // One prefix, then the file: not "storage: storage failed: storage files
+    // are corrupt: …".
+    assert!(
+        said.contains(&format!(
+            "storage: {}: write-ahead log damaged at byte",
+            wal.display()
+        )),
+        "{said}"
+    );
+    assert!(!said.contains("storage failed"), "{said}");
+    assert!(!said.contains("files are corrupt"), "{said}");
     assert!(!said.contains("listening on"), "{said}");
     assert_eq!(std::fs::read(&wal).unwrap(), bytes, "the log was changed");
 

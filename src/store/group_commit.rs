@@ -18,10 +18,18 @@
 //! A failure after a batch is durable (see [`Commit::DoneThenFailed`])
 //! stops later writes only: the batch's callers get their real outcomes.
 //!
-//! Backpressure: at most `max_queued` writes are handed to the commit
-//! thread and not yet answered, cancelled ones included; more wait in
-//! [`GroupCommit::submit`] (an async wait on a semaphore, not a blocked
-//! runtime thread).
+//! Backpressure: at most `max_queued` writes, and at most
+//! [`MAX_QUEUED_BYTES`] of them (as [`Committer::cost`] counts), are handed
+//! to the commit thread and not yet answered, cancelled ones included; more
+//! wait in [`GroupCommit::submit`] (an async wait on semaphores, not a
+//! blocked runtime thread).
+//!
+//! Group size: one group takes queued writes, in order, only while its
+//! cost stays within [`MAX_GROUP_BYTES`]; the rest wait for the next group.
+//! A write costing more than that forms a group of its own, and a write
+//! costing more than [`MAX_WRITE_BYTES`] is refused alone (see
+//! [`StoreError::TooLarge`]) before it reaches the commit thread, so no
+//! group can outgrow the write-ahead log's frame bound and stop the store.
 
 use super::worker::Worker;
 use super::{StorageFailure, StoreError};
@@ -55,6 +63,10 @@ pub(crate) trait Committer: Send + 'static {
 
     /// Called once when the store closes, after the last commit.
     fn close(&mut self) {}
+
+    /// The bytes `write` adds to a group (its share of the log frame): the
+    /// group and queue bounds count this.
+    fn cost(write: &Self::Write) -> usize;
 }
 
 struct Job<C: Committer> {
@@ -64,6 +76,9 @@ struct Job<C: Committer> {
     /// its caller stops waiting: a cancelled call still occupies the
     /// commit thread).
     permit: OwnedSemaphorePermit,
+    /// Its bytes of [`MAX_QUEUED_BYTES`], given back with `permit`.
+    bytes_permit: OwnedSemaphorePermit,
+    cost: usize,
 }
 
 /// Writes waiting for the commit thread (queued or being committed) are
@@ -71,11 +86,28 @@ struct Job<C: Committer> {
 /// a runtime thread, until earlier ones are answered.
 pub const DEFAULT_MAX_QUEUED_WRITES: usize = 256;
 
+/// One group (one log frame) holds at most this many bytes of writes,
+/// unless a single write is larger (it then forms a group of its own).
+pub const MAX_GROUP_BYTES: usize = 16 << 20;
+
+/// The largest single write: half the write-ahead log's frame bound, so a
+/// frame (its header included) always fits. Larger writes are refused with
+/// [`StoreError::TooLarge`]; the store goes on.
+pub const MAX_WRITE_BYTES: usize = super::wal::MAX_FRAME / 2;
+
+/// Bytes of writes waiting for the commit thread (queued or being
+/// committed): more wait in `submit`. A write larger than this waits until
+/// the queue is empty, then takes all of it.
+pub const MAX_QUEUED_BYTES: usize = 64 << 20;
+
 pub(crate) struct GroupCommit<C: Committer> {
     queue: Option<mpsc::Sender<Job<C>>>,
     /// One permit per write handed to the commit thread and not yet
     /// answered: the bound of the queue.
     permits: Arc<Semaphore>,
+    /// One permit per byte of those writes (capped at [`MAX_QUEUED_BYTES`]
+    /// for one write).
+    bytes: Arc<Semaphore>,
     failure: Arc<Mutex<Option<StorageFailure>>>,
     thread: Worker,
 }
@@ -107,6 +139,7 @@ impl<C: Committer> GroupCommit<C> {
         Ok(Self {
             queue: Some(tx),
             permits: Arc::new(Semaphore::new(max_queued.max(1))),
+            bytes: Arc::new(Semaphore::new(MAX_QUEUED_BYTES)),
             failure,
             thread,
         })
@@ -124,11 +157,25 @@ impl<C: Committer> GroupCommit<C> {
         if let Some(e) = self.failure() {
             return Err(StoreError::WritesStopped(e));
         }
-        // The semaphore is never closed.
+        let cost = C::cost(&write);
+        if cost > MAX_WRITE_BYTES {
+            return Err(StoreError::TooLarge {
+                bytes: cost,
+                limit: MAX_WRITE_BYTES,
+            });
+        }
+        // The semaphores are never closed.
         let permit = self
             .permits
             .clone()
             .acquire_owned()
+            .await
+            .map_err(|_| gone())?;
+        let queued = u32::try_from(cost.clamp(1, MAX_QUEUED_BYTES)).unwrap_or(u32::MAX);
+        let bytes_permit = self
+            .bytes
+            .clone()
+            .acquire_many_owned(queued)
             .await
             .map_err(|_| gone())?;
         if let Some(e) = self.failure() {
@@ -142,6 +189,8 @@ impl<C: Committer> GroupCommit<C> {
                 write,
                 reply,
                 permit,
+                bytes_permit,
+                cost,
             })
             .map_err(|_| gone())?;
         rx.await.unwrap_or_else(|_| Err(gone()))
@@ -165,10 +214,32 @@ fn answer<O>(
     }
 }
 
+/// The next group: `first`, then queued jobs in order while the group's
+/// cost stays within `max_bytes`. The job that would pass it is left in
+/// `next` to start the next group.
+fn take_group<C: Committer>(
+    first: Job<C>,
+    rx: &mpsc::Receiver<Job<C>>,
+    next: &mut Option<Job<C>>,
+    max_bytes: usize,
+) -> Vec<Job<C>> {
+    let mut bytes = first.cost;
+    let mut jobs = vec![first];
+    while let Ok(job) = rx.try_recv() {
+        if bytes.saturating_add(job.cost) > max_bytes {
+            *next = Some(job);
+            break;
+        }
+        bytes += job.cost;
+        jobs.push(job);
+    }
+    jobs
+}
+
 fn run<C: Committer>(rx: mpsc::Receiver<Job<C>>, mut committer: C, failure: &Failure) {
-    while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        jobs.extend(rx.try_iter());
+    let mut next: Option<Job<C>> = None;
+    while let Some(first) = next.take().or_else(|| rx.recv().ok()) {
+        let jobs = take_group(first, &rx, &mut next, MAX_GROUP_BYTES);
         // Bind first: a guard in the match scrutinee would live through the
         // arms and deadlock the lock below.
         let earlier = lock(failure).clone();
@@ -182,7 +253,7 @@ fn run<C: Committer>(rx: mpsc::Receiver<Job<C>>, mut committer: C, failure: &Fai
         let (writes, replies): (Vec<_>, Vec<_>) = jobs
             .into_iter()
             .map(|j| {
-                permits.push(j.permit);
+                permits.push((j.permit, j.bytes_permit));
                 (j.write, j.reply)
             })
             .unzip();
@@ -271,6 +342,10 @@ mod tests {
                 return Commit::DoneThenFailed(outcomes, enospc());
             }
             Commit::Done(outcomes)
+        }
+
+        fn cost(_: &u32) -> usize {
+            1
         }
     }
 
@@ -387,6 +462,123 @@ mod tests {
             let _ = self.go.recv_timeout(Duration::from_secs(10));
             Commit::Done(writes.into_iter().map(Ok).collect())
         }
+
+        fn cost(_: &u32) -> usize {
+            1
+        }
+    }
+
+    /// Writes that say their own cost; reports each group's writes, and
+    /// holds the first group until told to go on.
+    struct Sized {
+        groups: std::sync::mpsc::Sender<Vec<(u32, usize)>>,
+        first_go: Option<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl Committer for Sized {
+        type Write = (u32, usize);
+        type Output = u32;
+
+        fn commit(&mut self, writes: Vec<(u32, usize)>) -> Commit<u32> {
+            let _ = self.groups.send(writes.clone());
+            if let Some(go) = self.first_go.take() {
+                let _ = go.recv_timeout(Duration::from_secs(10));
+            }
+            Commit::Done(writes.into_iter().map(|(id, _)| Ok(id)).collect())
+        }
+
+        fn cost(write: &(u32, usize)) -> usize {
+            write.1
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn many_large_writes_are_split_into_groups_under_the_byte_cap_and_all_answered() {
+        let (groups_tx, groups) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel();
+        let gc = Arc::new(
+            GroupCommit::start(
+                Sized {
+                    groups: groups_tx,
+                    first_go: Some(go_rx),
+                },
+                DEFAULT_MAX_QUEUED_WRITES,
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let big = 3 << 20;
+        let first = tokio::spawn({
+            let gc = gc.clone();
+            async move { gc.submit((0, big)).await.ok() }
+        });
+        // The first group holds the commit thread while the rest queue up.
+        let held = groups
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("no group reached the commit thread: {e}"));
+        assert_eq!(held, vec![(0, big)]);
+        let mut tasks = Vec::new();
+        // One write larger than a group on its own, among 3 MiB ones.
+        for i in 1..=15u32 {
+            let cost = if i == 7 { MAX_GROUP_BYTES + 1 } else { big };
+            let gc = gc.clone();
+            tasks.push(tokio::spawn(
+                async move { (i, gc.submit((i, cost)).await.ok()) },
+            ));
+        }
+        // Every write is queued before the first group is answered.
+        for _ in 0..1000 {
+            if gc.permits.available_permits() == DEFAULT_MAX_QUEUED_WRITES - 16 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            gc.permits.available_permits(),
+            DEFAULT_MAX_QUEUED_WRITES - 16
+        );
+        let _ = go.send(());
+        assert_eq!(first.await.ok().flatten(), Some(0));
+        for t in tasks {
+            let (i, out) = t.await.unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(out, Some(i), "write {i} gets its outcome");
+        }
+        let mut seen = 1;
+        while let Ok(group) = groups.try_recv() {
+            seen += group.len();
+            let bytes: usize = group.iter().map(|w| w.1).sum();
+            assert!(
+                group.len() == 1 || bytes <= MAX_GROUP_BYTES,
+                "a group of {} writes holds {bytes} bytes",
+                group.len()
+            );
+        }
+        assert_eq!(seen, 16, "every write was committed once");
+    }
+
+    #[tokio::test]
+    async fn a_write_larger_than_a_frame_allows_is_refused_alone_and_later_writes_go_on() {
+        let (groups_tx, groups) = std::sync::mpsc::channel();
+        let gc = GroupCommit::start(
+            Sized {
+                groups: groups_tx,
+                first_go: None,
+            },
+            DEFAULT_MAX_QUEUED_WRITES,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let refused = gc.submit((1, MAX_WRITE_BYTES + 1)).await;
+        assert!(
+            matches!(refused, Err(StoreError::TooLarge { bytes, limit })
+                if bytes == MAX_WRITE_BYTES + 1 && limit == MAX_WRITE_BYTES),
+            "{refused:?}"
+        );
+        assert!(gc.failure().is_none(), "the store goes on");
+        assert_eq!(gc.submit((2, 100)).await.ok(), Some(2));
+        assert_eq!(
+            groups.try_recv().ok(),
+            Some(vec![(2, 100)]),
+            "the refused write never reached the commit thread"
+        );
     }
 
     #[test]

@@ -109,6 +109,17 @@ pub(super) fn encode_frame(keys: &[WrappedKey], records: &[Staged]) -> Vec<u8> {
     out
 }
 
+/// Bytes a record adds to a frame: its entry header (tag, token, index,
+/// deterministic flag, length) and its encoding.
+pub(super) fn frame_record_bytes(r: &SealedRecord) -> usize {
+    1 + 16 + 36 + 1 + 4 + (2 + 4 + NONCE_LEN + r.ciphertext.len())
+}
+
+/// Bytes a wrapped key adds to a frame.
+pub(super) fn frame_key_bytes(k: &WrappedKey) -> usize {
+    1 + 4 + (2 + 4 + NONCE_LEN + k.ciphertext.len())
+}
+
 /// Splits `n` bytes off the front of `b`.
 fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], StoreError> {
     if b.len() < n {
@@ -258,6 +269,36 @@ mod tests {
 
     fn ok<T>(r: Result<T, StoreError>) -> T {
         r.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_group_cost_of_records_and_keys_is_exactly_their_bytes_in_the_frame() {
+        let records: Vec<SealedRecord> = [10, 4000, 0]
+            .into_iter()
+            .map(|n| SealedRecord {
+                ciphertext: vec![3; n],
+                ..record(FieldKind::Address)
+            })
+            .collect();
+        let staged: Vec<Staged> = records
+            .iter()
+            .map(|r| Staged {
+                token: TokenId::new_random(),
+                index: index(2),
+                deterministic: false,
+                record: encode_record(r),
+            })
+            .collect();
+        let key = WrappedKey {
+            purpose: KeyPurpose::Index,
+            version: KeyVersion(3),
+            nonce: [5; NONCE_LEN],
+            ciphertext: vec![6; 48],
+        };
+        let frame = encode_frame(std::slice::from_ref(&key), &staged);
+        let cost: usize =
+            records.iter().map(frame_record_bytes).sum::<usize>() + frame_key_bytes(&key);
+        assert_eq!(frame.len(), cost);
     }
 
     #[test]

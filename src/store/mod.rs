@@ -22,7 +22,9 @@ use crate::crypto::{BlindIndex, SealedRecord, WrappedKey};
 use crate::domain::TokenId;
 use async_trait::async_trait;
 
-pub use group_commit::DEFAULT_MAX_QUEUED_WRITES;
+pub use group_commit::{
+    DEFAULT_MAX_QUEUED_WRITES, MAX_GROUP_BYTES, MAX_QUEUED_BYTES, MAX_WRITE_BYTES,
+};
 pub use integrity::PartialEntries;
 pub use salvage::{salvage, Action as SalvageAction, Dropped, SalvageError, SalvageReport};
 pub use sled_store::{SledConfig, SledStore};
@@ -40,13 +42,23 @@ pub enum StoreError {
     },
     /// The backend failed (I/O, lock, flush or sync), with its typed
     /// cause. A write that gets this was not acknowledged.
-    #[error("storage failed: {0}")]
+    #[error("{0}")]
     Backend(StorageFailure),
+    /// The store's files are damaged where replay cannot go on safely (a
+    /// write-ahead log frame that does not verify, followed by one that
+    /// does): the message names the file and the offset, and what an
+    /// operator does. Only at open.
+    #[error("{0}")]
+    Damaged(String),
     /// An earlier storage failure (the typed cause) stopped writes: the
     /// store refuses every write until the process restarts; the failure
     /// itself was reported once, when it happened. Nothing was written.
     #[error("writes are refused since storage failed ({0}); restart after fixing the disk")]
     WritesStopped(StorageFailure),
+    /// One write is larger than the store takes at once; nothing was
+    /// written and later writes go on.
+    #[error("one write of {bytes} bytes is more than the {limit} bytes the store logs at once")]
+    TooLarge { bytes: usize, limit: usize },
 }
 
 impl StoreError {
@@ -55,9 +67,9 @@ impl StoreError {
     /// or a restart after fixing the disk, may succeed).
     pub fn is_corruption(&self) -> bool {
         match self {
-            Self::Corrupt { .. } => true,
+            Self::Corrupt { .. } | Self::Damaged(_) => true,
             Self::Backend(f) | Self::WritesStopped(f) => f.cause == FailureCause::Corrupt,
-            Self::AlreadyExists(_) => false,
+            Self::AlreadyExists(_) | Self::TooLarge { .. } => false,
         }
     }
 
@@ -65,7 +77,10 @@ impl StoreError {
     pub fn failure(&self) -> Option<&StorageFailure> {
         match self {
             Self::Backend(f) | Self::WritesStopped(f) => Some(f),
-            Self::AlreadyExists(_) | Self::Corrupt { .. } => None,
+            Self::AlreadyExists(_)
+            | Self::Corrupt { .. }
+            | Self::TooLarge { .. }
+            | Self::Damaged(_) => None,
         }
     }
 }

@@ -14,7 +14,7 @@ use super::layout::{
     backend, data_file_path, decode_key, decode_record, index_prefix, sled_failure, token_from,
     WAL_FILE,
 };
-use super::wal::Wal;
+use super::wal::{Wal, WalError};
 use super::writer::{SledWriter, Trees, Write, Written};
 use super::{IntegrityReport, NewRecord, RecordRead, StorageFailure, Store, StoreError};
 use crate::crypto::{BlindIndex, WrappedKey};
@@ -78,8 +78,7 @@ impl SledStore {
             .map_err(|e| StoreError::Backend(StorageFailure::io(&path, &e)))?;
         // A damaged log refuses the start before sled opens (and writes
         // its own files), so the store is left exactly as it was.
-        super::wal::check(io.fs, &config.path.join(WAL_FILE))
-            .map_err(|e| StoreError::Backend(e.failure()))?;
+        super::wal::check(io.fs, &config.path.join(WAL_FILE)).map_err(wal_error)?;
         let db = sled::Config::new()
             .path(&config.path)
             .cache_capacity(config.cache_capacity_bytes)
@@ -95,8 +94,7 @@ impl SledStore {
             blind_index,
             deterministic,
         };
-        let (wal, frames) = Wal::open(io.fs, &config.path.join(WAL_FILE))
-            .map_err(|e| StoreError::Backend(e.failure()))?;
+        let (wal, frames) = Wal::open(io.fs, &config.path.join(WAL_FILE)).map_err(wal_error)?;
         // sled never fsyncs a directory: make its files' entries, and the
         // store directory's own, durable (power loss, not only kill -9).
         for dir in [Some(config.path.as_path()), config.path.parent()]
@@ -291,6 +289,15 @@ const INLINE_READS: usize = 8;
 
 /// Reads each record on its own: a corrupt one, or a read error for one
 /// key, fails that item only.
+/// A log that cannot be opened: an I/O failure, or damage (whose own
+/// message says it all, with no cause prefix).
+fn wal_error(e: WalError) -> StoreError {
+    match e {
+        WalError::Io { .. } => StoreError::Backend(e.failure()),
+        _ => StoreError::Damaged(e.to_string()),
+    }
+}
+
 fn read_records(inner: &Inner, tokens: &[TokenId]) -> Result<Vec<RecordRead>, StoreError> {
     Ok(tokens
         .iter()

@@ -56,7 +56,7 @@ pub(crate) const FRAME_MARKER: [u8; 4] = *b"FVfr";
 pub(crate) const FRAME_HEADER_LEN: usize = 28;
 const FRAME_HEADER_LEN_V1: usize = 8;
 /// A frame larger than this is corrupt, not a real write.
-const MAX_FRAME: usize = 256 << 20;
+pub(crate) const MAX_FRAME: usize = 256 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {

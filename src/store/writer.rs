@@ -37,8 +37,8 @@ use super::apply::{Applier, Staged};
 use super::file::StorageFile;
 use super::group_commit::{Commit, Committer};
 use super::layout::{
-    backend, decode_frame, encode_frame, encode_key, encode_record, index_entry, index_prefix,
-    key_id, sled_failure, token_from,
+    backend, decode_frame, encode_frame, encode_key, encode_record, frame_key_bytes,
+    frame_record_bytes, index_entry, index_prefix, key_id, sled_failure, token_from,
 };
 use super::wal::Wal;
 use super::{NewRecord, StorageFailure, StoreError};
@@ -403,6 +403,13 @@ impl Committer for SledWriter {
                 self.stopped = true;
                 Commit::DoneThenFailed(outcomes, e)
             }
+        }
+    }
+
+    fn cost(write: &Write) -> usize {
+        match write {
+            Write::Records(records) => records.iter().map(|r| frame_record_bytes(&r.record)).sum(),
+            Write::Keys(keys) => keys.iter().map(frame_key_bytes).sum(),
         }
     }
 

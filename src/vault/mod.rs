@@ -274,6 +274,15 @@ impl Vault {
             Vec::new()
         } else {
             self.store.insert_records(to_store).await.map_err(|e| {
+                if let StoreError::TooLarge { bytes, limit } = e {
+                    return VaultError::InvalidArgument {
+                        field: "fields",
+                        reason: format!(
+                            "the batch is {bytes} bytes once sealed, more than the {limit} \
+                             bytes one call may store; split it into smaller batches"
+                        ),
+                    };
+                }
                 match e {
                     // Reported at ERROR once, when writes stopped; one line per
                     // refused call after that would only flood the log.

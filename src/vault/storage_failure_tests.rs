@@ -83,6 +83,19 @@ async fn a_batch_whose_checkpoint_fails_after_its_log_sync_gets_its_tokens_and_t
         assert!(vault.storage_failure().is_some());
         tokens
     };
+    // Closed (the vault and the store are dropped, the commit thread
+    // joined). sled flushes its own trees on drop, so the tokens coming
+    // back would prove nothing about the log: what must hold is that no
+    // checkpoint ran after the failure, so the log still holds the batch's
+    // frame (format 2: a 24-byte header, then a frame starting "FVfr").
+    let wal = ok(std::fs::read(
+        dir.path().join("store").join("fieldvault.wal"),
+    ));
+    assert!(
+        wal.len() > 24 + 28 && wal.get(24..28) == Some(&b"FVfr"[..]),
+        "the log was emptied after the failure ({} bytes)",
+        wal.len()
+    );
     // The restart replays the log.
     let (vault, store) = vault(dir.path(), &master).await;
     assert!(vault.storage_failure().is_none());

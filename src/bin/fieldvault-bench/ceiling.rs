@@ -1,5 +1,6 @@
 //! The transport ceiling: the `fieldvault.v1.Vault` service with no work
-//! behind it, on the same mTLS accept loop, so the benchmark can show how
+//! behind it, on the same mTLS accept loop with the same server settings,
+//! layers and limits, so the benchmark can show how
 //! close the real vault gets to what TLS + HTTP/2 + protobuf allow.
 
 use fieldvault::config::Config;
@@ -55,20 +56,34 @@ impl pb::vault_server::Vault for NullVault {
     }
 }
 
-/// Serves [`NullVault`] with the TLS settings of `config` until the process
-/// ends. Prints `listening on ADDR` like the real server.
+/// Serves [`NullVault`] with the TLS settings and limits of `config`, on
+/// the vault's own accept loop and tonic settings and layers
+/// ([`fieldvault::app::server_builder`], [`fieldvault::app::accept_limits`])
+/// and the same message bounds, until the process ends. Prints
+/// `listening on ADDR` like the real server.
 pub async fn serve(config: &Config) -> Result<(), String> {
-    let tls =
-        fieldvault::tls::server_config(&config.tls.cert, &config.tls.key, &config.tls.client_ca)
-            .map_err(|e| e.to_string())?;
+    let limits = fieldvault::limits::Resolved::new(config, fieldvault::limits::nofile_soft_limit())
+        .map_err(|e| e.to_string())?;
+    let tls = fieldvault::tls::server_config_with(
+        &config.tls.cert,
+        &config.tls.key,
+        &config.tls.client_ca,
+        limits.tls_min_version,
+    )
+    .map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("listen {}: {e}", config.listen))?;
     let addr: SocketAddr = listener.local_addr().map_err(|e| e.to_string())?;
-    let (incoming, _accept) = fieldvault::tls::incoming(listener, tls);
+    let (incoming, _accept) =
+        fieldvault::tls::incoming_with(listener, tls, fieldvault::app::accept_limits(&limits));
     println!("listening on {addr}");
-    tonic::transport::Server::builder()
-        .add_service(pb::vault_server::VaultServer::new(NullVault))
+    fieldvault::app::server_builder(&limits)
+        .add_service(
+            pb::vault_server::VaultServer::new(NullVault)
+                .max_decoding_message_size(limits.max_message_bytes)
+                .max_encoding_message_size(limits.max_message_bytes),
+        )
         .serve_with_incoming(incoming)
         .await
         .map_err(|e| e.to_string())
