@@ -9,8 +9,8 @@
 //! encoded bytes (allocating at most a small tally per address) counts
 //! every repeated field of a request first and refuses the call with
 //! INVALID_ARGUMENT naming the field; what prost then decodes holds at most
-//! `max_batch_items` items, each with at most [`MAX_STREET_LINES`] street
-//! lines, so its memory is the message's wire size plus under 1 KiB an item.
+//! `max_batch_items` items, each with at most
+//! [`MAX_STREET_LINES_ON_THE_WIRE`] street lines, so its memory is the message's wire size plus under 1 KiB an item.
 //! A large request is walked and decoded inside `block_in_place`, so that
 //! other calls keep a runtime worker meanwhile.
 //!
@@ -35,6 +35,13 @@ use super::error::invalid_argument;
 use super::pb;
 use crate::config::DEFAULT_MAX_BATCH_ITEMS;
 use crate::domain::value::MAX_STREET_LINES;
+
+/// Street lines one address may carry on the wire. The validator allows
+/// [`MAX_STREET_LINES`] and refuses more *per item*, so a batch still
+/// reports per item (invariant 6); only past this larger bound, which no
+/// honest client reaches and which keeps decoding small, does the whole
+/// call fail before decoding.
+pub const MAX_STREET_LINES_ON_THE_WIRE: usize = 4 * MAX_STREET_LINES;
 use bytes::Buf;
 use prost::Message;
 use std::fmt;
@@ -178,7 +185,7 @@ static POSTAL_ADDRESS: Schema = Schema {
             5,
             "street_lines",
             Shape::Str,
-            Count::AtMost(MAX_STREET_LINES),
+            Count::AtMost(MAX_STREET_LINES_ON_THE_WIRE),
         ),
         field(6, "postal_code", Shape::Str, Count::One),
         field(7, "recipient", Shape::Str, Count::One),
@@ -676,17 +683,26 @@ mod tests {
     }
 
     #[test]
-    fn street_lines_past_the_validators_bound_are_refused_naming_the_field() {
+    fn street_lines_past_the_wire_bound_are_refused_naming_the_field() {
         let mut bytes = repeat(&ld(1, b""), 3);
-        bytes.extend(ld(1, &field_with_street_lines(MAX_STREET_LINES)));
-        assert!(tokenize(&bytes, 1000).is_ok());
+        // Past the validator's bound but within the wire's: left to the
+        // validator, which answers for that item alone.
         bytes.extend(ld(1, &field_with_street_lines(MAX_STREET_LINES + 1)));
+        bytes.extend(ld(
+            1,
+            &field_with_street_lines(MAX_STREET_LINES_ON_THE_WIRE),
+        ));
+        assert!(tokenize(&bytes, 1000).is_ok());
+        bytes.extend(ld(
+            1,
+            &field_with_street_lines(MAX_STREET_LINES_ON_THE_WIRE + 1),
+        ));
         assert_eq!(
             refusal(tokenize(&bytes, 1000)),
             format!(
-                "fields[4].address.street_lines: holds {} items; at most {MAX_STREET_LINES} \
-                 are allowed",
-                MAX_STREET_LINES + 1
+                "fields[5].address.street_lines: holds {} items; at most \
+                 {MAX_STREET_LINES_ON_THE_WIRE} are allowed",
+                MAX_STREET_LINES_ON_THE_WIRE + 1
             )
         );
     }
@@ -695,17 +711,21 @@ mod tests {
     fn street_lines_count_over_every_occurrence_of_an_address_since_prost_merges_them() {
         // Two `address` fields of one Field decode into one address with
         // the lines of both.
-        let half = field_with_street_lines(MAX_STREET_LINES / 2 + 1);
+        let half = field_with_street_lines(MAX_STREET_LINES_ON_THE_WIRE / 2 + 1);
         let field = [half.clone(), half].concat();
         let refused = refusal(tokenize(&ld(1, &field), 1000));
         assert!(
-            refused.starts_with("fields[0].address.street_lines: holds 10 items"),
+            refused.starts_with(&format!(
+                "fields[0].address.street_lines: holds {} items",
+                MAX_STREET_LINES_ON_THE_WIRE + 2
+            )),
             "{refused}"
         );
         // Two Fields with half each are fine.
+        let five = MAX_STREET_LINES_ON_THE_WIRE / 2 + 1;
         let two = [
-            ld(1, &field_with_street_lines(5)),
-            ld(1, &field_with_street_lines(5)),
+            ld(1, &field_with_street_lines(five)),
+            ld(1, &field_with_street_lines(five)),
         ]
         .concat();
         assert!(tokenize(&two, 1000).is_ok());
@@ -721,7 +741,10 @@ mod tests {
         let lines = ld(1, &field_with_street_lines(1_000_000));
         assert_eq!(
             refusal(tokenize(&lines, 1000)),
-            "fields[0].address.street_lines: holds 1000000 items; at most 8 are allowed"
+            format!(
+                "fields[0].address.street_lines: holds 1000000 items; at most \
+                 {MAX_STREET_LINES_ON_THE_WIRE} are allowed"
+            )
         );
     }
 
@@ -944,11 +967,12 @@ mod tests {
             }
         }
         assert_eq!(seen, 4, "two requests, Field and PostalAddress");
-        // The street-line bound is the validators'.
+        // The street-line bound leaves the validators' to the validator.
         assert_eq!(
             POSTAL_ADDRESS.fields[4].count,
-            Count::AtMost(crate::domain::value::MAX_STREET_LINES)
+            Count::AtMost(MAX_STREET_LINES_ON_THE_WIRE)
         );
+        assert!(MAX_STREET_LINES_ON_THE_WIRE > crate::domain::value::MAX_STREET_LINES);
     }
 
     #[test]
