@@ -972,7 +972,7 @@ mod tests {
             POSTAL_ADDRESS.fields[4].count,
             Count::AtMost(MAX_STREET_LINES_ON_THE_WIRE)
         );
-        assert!(MAX_STREET_LINES_ON_THE_WIRE > crate::domain::value::MAX_STREET_LINES);
+        const { assert!(MAX_STREET_LINES_ON_THE_WIRE > crate::domain::value::MAX_STREET_LINES) };
     }
 
     #[test]
