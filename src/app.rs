@@ -208,6 +208,10 @@ pub async fn start(
     } else {
         None
     };
+    // Callers no rule names get a small budget of their own (limits.rs).
+    let rules_of = vault.clone();
+    let rule_check: crate::limits::RuleCheck =
+        Arc::new(move |caller| rules_of.policy().names(caller));
     let vault_service = VaultService::new(vault)
         .into_server()
         .max_decoding_message_size(limits.max_message_bytes)
@@ -217,7 +221,7 @@ pub async fn start(
 
     let (incoming, accept) = crate::tls::incoming_with(listener, tls, accept_limits(&limits));
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-    let router = server_builder(&limits)
+    let router = server_builder(&limits, Some(rule_check))
         .add_service(health_service)
         .add_optional_service(reflection)
         .add_service(vault_service);
@@ -271,10 +275,20 @@ pub fn accept_limits(limits: &crate::limits::Resolved) -> crate::tls::AcceptLimi
 /// request timeout): the vault's and the bench ceiling's, so the two differ
 /// only in the service behind them. Services keep their own message bounds
 /// (`limits.max_message_bytes` for the Vault service).
+/// `rule_check` tells callers the policy knows from those it names in no
+/// rule (see [`crate::limits::GuardLayer::with_rule_check`]); the ceiling
+/// has no policy and passes `None`.
 pub fn server_builder(
     limits: &crate::limits::Resolved,
+    rule_check: Option<crate::limits::RuleCheck>,
 ) -> tonic::transport::Server<tower_layer::Stack<crate::limits::GuardLayer, tower_layer::Identity>>
 {
+    let mut guard =
+        crate::limits::GuardLayer::new(limits.max_request_bytes, limits.max_message_bytes)
+            .with_request_timeout(limits.request_timeout);
+    if let Some(check) = rule_check {
+        guard = guard.with_rule_check(check);
+    }
     tonic::transport::Server::builder()
         .max_concurrent_streams(limits.max_concurrent_streams)
         .initial_stream_window_size(limits.stream_window_bytes)
@@ -282,10 +296,7 @@ pub fn server_builder(
         .http2_max_header_list_size(crate::limits::MAX_HEADER_LIST_BYTES)
         .http2_keepalive_interval(limits.keepalive_interval)
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
-        .layer(
-            crate::limits::GuardLayer::new(limits.max_request_bytes, limits.max_message_bytes)
-                .with_request_timeout(limits.request_timeout),
-        )
+        .layer(guard)
 }
 
 /// Reports NOT_SERVING (for the Vault service and the server as a whole)

@@ -436,14 +436,39 @@ impl Drop for IdentitySlot {
     }
 }
 
+/// Whether a caller has any rule in the policy in force (see
+/// [`GuardLayer::with_rule_check`]).
+pub type RuleCheck = Arc<dyn Fn(&crate::domain::CallerId) -> bool + Send + Sync>;
+
 /// The tower layer that enforces the byte budget and counts open streams.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct GuardLayer {
     total: Arc<Semaphore>,
+    /// The budget of callers no policy rule names (and of certificates
+    /// that name no identity), shared by all of them: one largest message.
+    /// They can be refused only, so they never take from `total`, and any
+    /// number of them cannot starve the callers the policy knows.
+    unprivileged: Arc<Semaphore>,
+    rule_check: Option<RuleCheck>,
     max_message_bytes: usize,
     /// A call that has not answered within this long gets
     /// DEADLINE_EXCEEDED (`limits.request_timeout_secs`).
     request_timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for GuardLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardLayer")
+            .field("total_available", &self.total.available_permits())
+            .field(
+                "unprivileged_available",
+                &self.unprivileged.available_permits(),
+            )
+            .field("rule_check", &self.rule_check.is_some())
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
 }
 
 impl GuardLayer {
@@ -454,9 +479,24 @@ impl GuardLayer {
                     .unwrap_or(usize::MAX)
                     .min(Semaphore::MAX_PERMITS),
             )),
+            unprivileged: Arc::new(Semaphore::new(
+                (max_message_bytes + 5).min(Semaphore::MAX_PERMITS),
+            )),
+            rule_check: None,
             max_message_bytes,
             request_timeout: None,
         }
+    }
+
+    /// Callers for whom `has_rules` is false (the policy names them in no
+    /// rule, so every call of theirs is refused) draw from a small budget
+    /// of their own instead of the shared one: a handful of certificates
+    /// with no rights can no longer hold every byte of
+    /// `limits.max_request_bytes`. Without a check every caller counts as
+    /// known (the bench's ceiling has no policy).
+    pub fn with_rule_check(mut self, has_rules: RuleCheck) -> Self {
+        self.rule_check = Some(has_rules);
+        self
     }
 
     /// Answers DEADLINE_EXCEEDED to a call that has not answered within
@@ -513,6 +553,16 @@ where
         let stream = peer.as_ref().map(|p| p.activity().stream_opened());
         let identity = peer.as_ref().and_then(|p| p.budget());
         let layer = self.layer.clone();
+        let known = match (&layer.rule_check, peer.as_ref().map(|p| p.caller())) {
+            (None, _) => true,
+            (Some(has_rules), Some(Ok(caller))) => has_rules(&caller),
+            (Some(_), _) => false,
+        };
+        let pool = if known {
+            layer.total.clone()
+        } else {
+            layer.unprivileged.clone()
+        };
         let req = req.map(|body| {
             Body::new(BudgetedBody {
                 inner: body,
@@ -522,7 +572,8 @@ where
                 held: 0,
                 permits: Vec::new(),
                 identity,
-                total: layer.total.clone(),
+                total: pool,
+                known,
                 max_message_bytes: layer.max_message_bytes,
             })
         });
@@ -568,6 +619,9 @@ struct BudgetedBody {
     permits: Vec<OwnedSemaphorePermit>,
     identity: Option<Arc<Semaphore>>,
     total: Arc<Semaphore>,
+    /// `total` is the shared pool of the callers the policy knows (false:
+    /// the small pool of callers it names in no rule).
+    known: bool,
     max_message_bytes: usize,
 }
 
@@ -621,11 +675,15 @@ impl BudgetedBody {
             })?;
             self.permits.push(permit);
         }
+        let known = self.known;
         let permit = self.total.clone().try_acquire_many_owned(n).map_err(|_| {
-            Status::resource_exhausted(
+            Status::resource_exhausted(if known {
                 "requests in progress hold all the bytes limits.max_request_bytes \
-                 allows; retry later",
-            )
+                 allows; retry later"
+            } else {
+                "callers the policy names in no rule share a budget of one largest \
+                 message, which requests in progress hold; retry later"
+            })
         })?;
         self.permits.push(permit);
         Ok(())
@@ -742,6 +800,7 @@ mod tests {
             permits: Vec::new(),
             identity: Some(identity.clone()),
             total: Arc::new(Semaphore::new(1000)),
+            known: true,
             max_message_bytes: 1 << 20,
         };
         // A prefix split over two frames announcing 60 bytes, one byte of it.

@@ -432,6 +432,37 @@ async fn a_thousand_half_open_4_mib_streams_on_each_of_several_connections_neith
     assert!(result.refused >= 7000, "{result:?}");
 }
 
+/// Four callers with no rule each holding what one identity may (8 streams
+/// announcing 4 MiB: 32 MiB each, 128 MiB in all, the whole shared budget)
+/// must not starve a caller the policy knows: callers no rule names share
+/// one largest message of budget of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_without_rules_cannot_spend_the_budget_of_callers_the_policy_knows() {
+    let vault = TestVault::start().await;
+    for name in ["nobody1", "nobody2"] {
+        vault.pki.issue_client(name, name, None);
+    }
+    let addr = vault.addr();
+    let mut held = Vec::new();
+    let mut pending = 0;
+    for name in ["intruder", "rotator", "nobody1", "nobody2"] {
+        let (result, conns, bodies) = flood(&addr, &vault.pki.dir, name, 1, 8).await;
+        pending += result.pending;
+        held.push((conns, bodies));
+    }
+    // Their shared budget holds two 4 MiB messages; every other stream of
+    // theirs was refused rather than buffered.
+    assert!(
+        pending <= 2,
+        "{pending} streams of callers without rules held"
+    );
+    let mut orders = orders_client(&addr, &vault.pki).await;
+    for _ in 0..10 {
+        normal_call(&mut orders).await;
+    }
+    drop(held);
+}
+
 // ---------------------------------------------------------------------------
 // Connection caps, idle timeout, TLS and identity options: in-process.
 

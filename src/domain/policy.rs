@@ -231,6 +231,14 @@ impl Policy {
         &self.rules
     }
 
+    /// Whether any rule names `caller` (for any action): a caller no rule
+    /// names is refused every call.
+    pub fn names(&self, caller: &CallerId) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.callers.iter().any(|c| c == caller.as_str()))
+    }
+
     /// Whether `caller` may perform `action` with `purpose` at all, before
     /// the field kinds are known. `Ok` means at least one rule could allow
     /// some kind; each item is then checked with [`Policy::decide`].

@@ -78,7 +78,7 @@ pub async fn serve(config: &Config) -> Result<(), String> {
     let (incoming, _accept) =
         fieldvault::tls::incoming_with(listener, tls, fieldvault::app::accept_limits(&limits));
     println!("listening on {addr}");
-    fieldvault::app::server_builder(&limits)
+    fieldvault::app::server_builder(&limits, None)
         .add_service(
             pb::vault_server::VaultServer::new(NullVault)
                 .max_decoding_message_size(limits.max_message_bytes)
