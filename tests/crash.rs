@@ -297,6 +297,9 @@ async fn verify_while_writes_fail(
     (revealed, unavailable)
 }
 
+/// Tokens each kill round waits for before its random wait and the kill.
+const MIN_ACKED_PER_ROUND: usize = 20;
+
 /// The one test this harness runs, as libtest would name it.
 const TEST_NAME: &str = "crash";
 /// Longest a single phase (start, load, kill, verify, ...) may take.
@@ -471,10 +474,26 @@ async fn run(rounds: u32, time_limit: Duration) {
     for round in 0..rounds {
         phase(format!("round {round}: the server to start"));
         let server = harness.start();
+        let acked_before = acked.lock().unwrap().len();
         let writers = spawn_writers(&harness, &server, &mut rng, &acked);
-        // Let the load run, then kill -9 mid-flight.
+        // Let the load run until the round has something to lose (a round
+        // killed before its first answer checks nothing new), then a random
+        // while longer, then kill -9 mid-flight.
+        phase(format!(
+            "round {round}: {MIN_ACKED_PER_ROUND} tokens acknowledged before the kill"
+        ));
+        bounded(
+            Duration::from_secs(60),
+            "the first acknowledged tokens of the round",
+            async {
+                while acked.lock().unwrap().len() < acked_before + MIN_ACKED_PER_ROUND {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+        )
+        .await;
         phase(format!("round {round}: load before the kill"));
-        tokio::time::sleep(Duration::from_millis(200 + rng.next() % 500)).await;
+        tokio::time::sleep(Duration::from_millis(rng.next() % 500)).await;
         phase(format!("round {round}: kill -9 of the server"));
         server.kill9();
         let mut calls = 0;
