@@ -78,29 +78,36 @@ pub(super) fn check(trees: &Trees) -> Result<IntegrityReport, StoreError> {
     Ok(report)
 }
 
-/// What [`remove_partial_entries`] removed.
+/// What [`remove_partial_entries`] removed, and what it found and kept.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PartialEntries {
-    /// Records that had no blind-index entry, by token.
-    pub records: Vec<TokenId>,
-    /// Blind-index entries naming a token that has no record.
+    /// Blind-index entries naming a token that has no record: removed.
     pub index_entries: u64,
-    /// Deterministic mappings naming a token that has no record.
+    /// Deterministic mappings naming a token without a record and its
+    /// index entry: removed.
     pub deterministic_entries: u64,
+    /// Records that have no blind-index entry, by token: kept. A frame is
+    /// applied mapping, index entry, record, in that order, so a partly
+    /// stored frame never leaves one of these; a lost index entry (damage
+    /// elsewhere) does, and the record still decrypts: deleting it would
+    /// destroy a value nobody can restore.
+    pub unindexed_records: Vec<TokenId>,
 }
 
 impl PartialEntries {
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty() && self.index_entries == 0 && self.deterministic_entries == 0
+        self.unindexed_records.is_empty()
+            && self.index_entries == 0
+            && self.deterministic_entries == 0
     }
 }
 
 /// Removes what a write-ahead-log frame leaves behind when it is dropped
 /// (salvage) after sled had stored part of it on its own (its background
 /// flush writes the trees between checkpoints): index entries and
-/// deterministic mappings without their record, and records without their
-/// index entry (which erase-by-value could not find). A frame sled holds
-/// whole stays. Offline only: the caller holds the store with no writes
+/// deterministic mappings without their record. A frame sled holds whole
+/// stays. Records without their index entry are reported, not removed
+/// (see [`PartialEntries::unindexed_records`]). Offline only: the caller holds the store with no writes
 /// in flight, and makes the removals durable (a checkpoint) afterwards.
 pub(super) fn remove_partial_entries(trees: &Trees) -> Result<PartialEntries, StoreError> {
     let mut removed = PartialEntries::default();
@@ -135,11 +142,10 @@ pub(super) fn remove_partial_entries(trees: &Trees) -> Result<PartialEntries, St
         }
     }
     for token in records.difference(&indexed) {
-        trees.records.remove(&token[..]).map_err(backend)?;
         if let Ok(token) = TokenId::from_bytes(*token) {
-            removed.records.push(token);
+            removed.unindexed_records.push(token);
         }
     }
-    removed.records.sort();
+    removed.unindexed_records.sort();
     Ok(removed)
 }

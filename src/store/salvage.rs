@@ -19,6 +19,7 @@ use super::sled_store::{SledConfig, SledStore};
 use super::wal::{
     encode_frame, frame_at, header, is_v1, next_frame, scan_v1, FrameAt, HEADER_LEN, MAGIC,
 };
+use super::StoreError;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::ops::RangeInclusive;
@@ -292,13 +293,49 @@ pub fn salvage(store_dir: &Path) -> Result<SalvageReport, SalvageError> {
     };
     // A frame missing whole (no bad bytes left) still needs the log
     // renumbered: the server refuses a gap in the sequence.
-    if plan.header_ok && plan.dropped.is_empty() && plan.missing.is_empty() && !is_v1(&bytes) {
-        return Ok(report);
+    let verifies =
+        plan.header_ok && plan.dropped.is_empty() && plan.missing.is_empty() && !is_v1(&bytes);
+    if !verifies {
+        if plan.torn_tail_only {
+            // Nothing acknowledged is missing, and the interrupted write
+            // was never applied, so sled holds nothing of it either.
+            report.action = Action::TornTailOnly;
+            return Ok(report);
+        }
+        report.action = replace_log(store_dir, &log, &bytes, &plan)?;
     }
-    if plan.torn_tail_only {
-        report.action = Action::TornTailOnly;
-        return Ok(report);
-    }
+    // sled writes its trees on its own between checkpoints, so it may hold
+    // a dropped frame whole, in part or not at all. Replay the kept frames
+    // (opening the store does, and checkpoints), then remove what a dropped
+    // frame left half-written, so the trees agree again; the close makes
+    // that durable (its checkpoint). This runs on a log that verifies too:
+    // a salvage cut short after it replaced the log is finished by the next.
+    drop(lock);
+    let reconcile =
+        |e: StoreError| SalvageError::Reconcile(store_dir.display().to_string(), e.to_string());
+    let store = SledStore::reopen(&SledConfig {
+        path: store_dir.to_path_buf(),
+        cache_capacity_bytes: 16 << 20,
+        max_queued_writes: 1,
+    })
+    .map_err(reconcile)?;
+    report.partial = store.remove_partial_entries().map_err(reconcile)?;
+    drop(store);
+    Ok(report)
+}
+
+/// Keeps a durable copy of the original log, then puts the salvaged one in
+/// its place (synced temporary file, rename, directory fsync).
+fn replace_log(
+    store_dir: &Path,
+    log: &Path,
+    bytes: &[u8],
+    plan: &Plan,
+) -> Result<Action, SalvageError> {
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| SalvageError::Io { path, source }
+    };
     // 1. A copy of the original, durable before anything else changes.
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -309,34 +346,46 @@ pub fn salvage(store_dir: &Path) -> Result<SalvageReport, SalvageError> {
         copy = store_dir.join(format!("{WAL_FILE}.corrupt-{stamp}-{n}"));
         n += 1;
     }
-    write_durably(&copy, &bytes).map_err(io(&copy))?;
+    write_durably(&copy, bytes).map_err(io(&copy))?;
     // 2. The salvaged log in a temporary file, synced, renamed over the
     //    original, and the rename made durable.
     let tmp = store_dir.join(format!("{WAL_FILE}.salvage-tmp"));
     let _ = std::fs::remove_file(&tmp);
-    write_durably(&tmp, &salvaged_bytes(&plan)).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, &log).map_err(io(&log))?;
+    write_durably(&tmp, &salvaged_bytes(plan)).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, log).map_err(io(log))?;
     sync_dir(store_dir).map_err(io(store_dir))?;
-    report.action = Action::Salvaged {
+    Ok(Action::Salvaged {
         original_copy: copy,
-    };
-    // 3. sled writes its trees on its own between checkpoints, so it may
-    //    hold a dropped frame whole, in part or not at all. Replay the kept
-    //    frames (opening the store does, and checkpoints), then remove what
-    //    a dropped frame left half-written, so the trees agree again; the
-    //    close makes that durable (its checkpoint).
-    drop(lock);
-    let store = SledStore::reopen(&SledConfig {
-        path: store_dir.to_path_buf(),
-        cache_capacity_bytes: 16 << 20,
-        max_queued_writes: 1,
     })
-    .map_err(|e| SalvageError::Reconcile(store_dir.display().to_string(), e.to_string()))?;
-    report.partial = store
-        .remove_partial_entries()
-        .map_err(|e| SalvageError::Reconcile(store_dir.display().to_string(), e.to_string()))?;
-    drop(store);
-    Ok(report)
+}
+
+/// What the reconciliation of the trees found.
+fn write_partial(s: &mut String, p: &PartialEntries) {
+    if p.index_entries == 0 && p.deterministic_entries == 0 {
+        let _ = writeln!(
+            s,
+            "the store held no half-written remnant of a dropped frame"
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "removed what dropped frames had left half-written in the store: {} index entries \
+             and {} deterministic mappings without their record",
+            p.index_entries, p.deterministic_entries
+        );
+    }
+    if !p.unindexed_records.is_empty() {
+        let _ = writeln!(
+            s,
+            "kept {} records that have no blind-index entry (they still reveal, but \
+             erase-by-value and deterministic lookups cannot find them; the integrity check \
+             reports them); restoring a backup is the only way to rebuild their index:",
+            p.unindexed_records.len()
+        );
+        for token in &p.unindexed_records {
+            let _ = writeln!(s, "record without index entry: {token}");
+        }
+    }
 }
 
 /// Creates `path` (0600; it must not exist), writes `bytes`, syncs the
@@ -391,7 +440,13 @@ impl std::fmt::Display for SalvageReport {
         }
         match &self.action {
             Action::NothingToDo => {
-                let _ = writeln!(s, "the log verifies: nothing changed; start the server.");
+                let _ = writeln!(
+                    s,
+                    "the log verifies: nothing in it to salvage (its frames were replayed, as a \
+                     start does)"
+                );
+                write_partial(&mut s, &self.partial);
+                let _ = writeln!(s, "start the server.");
             }
             Action::TornTailOnly => {
                 let _ = writeln!(
@@ -412,34 +467,14 @@ impl std::fmt::Display for SalvageReport {
                     "the {} kept frames were replayed into the store",
                     self.kept_frames
                 );
-                let p = &self.partial;
-                if p.is_empty() {
-                    let _ = writeln!(
-                        s,
-                        "the store held no half-written remnant of the dropped frames"
-                    );
-                } else {
-                    let _ = writeln!(
-                        s,
-                        "removed what the dropped frames had left half-written in the store: {} \
-                         records without their index entry, {} index entries and {} \
-                         deterministic mappings without their record",
-                        p.records.len(),
-                        p.index_entries,
-                        p.deterministic_entries
-                    );
-                    for token in &p.records {
-                        let _ = writeln!(s, "removed record: {token}");
-                    }
-                }
+                write_partial(&mut s, &self.partial);
                 let _ = writeln!(
                     s,
                     "next: writes in the dropped frames are lost from this store, unless sled \
                      had already stored them whole on its own (then they stay). If a backup \
                      holds them, restore the store from it instead (stop, restore data_dir, \
                      start). Otherwise start the server. Tokens acknowledged in the dropped \
-                     frames (and the removed records above) answer NOT_FOUND; tell their \
-                     owners. Keep the .corrupt copy until you are sure, and check the disk \
+                     frames answer NOT_FOUND; tell their owners. Keep the .corrupt copy until you are sure, and check the disk \
                      (SMART, dmesg) before trusting it again."
                 );
             }
@@ -592,10 +627,12 @@ mod tests {
 
     #[test]
     fn salvage_leaves_an_intact_or_merely_torn_log_alone() {
+        let intact = ok(tempfile::tempdir());
+        store_with_log(intact.path(), &record_frames(2).0);
+        assert_eq!(ok(salvage(intact.path())).action, Action::NothingToDo);
         let dir = ok(tempfile::tempdir());
         store_with_log(dir.path(), &record_frames(2).0);
         let log = dir.path().join(WAL_FILE);
-        assert_eq!(ok(salvage(dir.path())).action, Action::NothingToDo);
         let mut bytes = ok(std::fs::read(&log));
         bytes.truncate(bytes.len() - 1);
         ok(std::fs::write(&log, &bytes));
@@ -702,12 +739,12 @@ mod tests {
             "{:?}",
             report.action
         );
-        assert_eq!(report.partial.records, vec![tokens[3]]);
+        assert_eq!(report.partial.unindexed_records, vec![tokens[3]]);
         assert_eq!(report.partial.index_entries, 1);
         assert_eq!(report.partial.deterministic_entries, 1);
         let text = report.to_string();
         assert!(
-            text.contains(&format!("removed record: {}", tokens[3])),
+            text.contains(&format!("record without index entry: {}", tokens[3])),
             "{text}"
         );
 
@@ -715,11 +752,28 @@ mod tests {
         let got = ok(futures_read(&store, &tokens));
         assert_eq!(
             got.iter().map(Option::is_some).collect::<Vec<_>>(),
-            [true, true, false, false],
-            "frame 0 was whole in sled and stays; 2 and 3 are gone"
+            [true, true, false, true],
+            "frame 0 was whole in sled and stays; 2 is gone; 3 still reveals (kept)"
         );
         let runtime = ok(tokio::runtime::Builder::new_current_thread().build());
         let integrity = ok(runtime.block_on(store.check_integrity()));
-        assert!(integrity.problems.is_empty(), "{:?}", integrity.problems);
+        assert_eq!(
+            integrity.problems,
+            vec![format!("record {} has 0 blind-index entries", tokens[3])],
+            "only the kept record without its index entry is left to report"
+        );
+        drop(store);
+
+        // A salvage cut short after it replaced the log leaves a log that
+        // verifies and remnants in sled: running it again finishes the job.
+        {
+            let db = ok(sled::Config::new().path(dir.path()).open());
+            let deterministic = ok(db.open_tree("deterministic"));
+            ok(deterministic.insert([7u8; 36], TokenId::new_random().as_bytes()));
+            ok(db.flush());
+        }
+        let again = ok(salvage(dir.path()));
+        assert_eq!(again.action, Action::NothingToDo);
+        assert_eq!(again.partial.deterministic_entries, 1, "{again}");
     }
 }
