@@ -16,36 +16,61 @@ pub enum TextError {
     BadCharacters,
     #[error("may not hold control characters")]
     ControlCharacters,
-    #[error("may not hold bidirectional formatting or invisible characters (U+061C, U+200B-U+200F, U+202A-U+202E, U+2060, U+2066-U+2069, U+FEFF)")]
+    #[error("may not hold invisible or bidirectional formatting characters (Unicode default-ignorable code points such as U+200B-U+200F, U+202A-U+202E, U+2066-U+2069, U+FEFF) or line and paragraph separators (U+2028, U+2029)")]
     FormatCharacters,
 }
 
 /// Characters that reorder how text is displayed or hide in it, so a
 /// value, a mailbox or an audit line could show as something it is not
-/// ("Trojan Source"): the bidirectional overrides U+202A–U+202E and
-/// isolates U+2066–U+2069, and the invisible U+200B, U+2060 and U+FEFF.
-/// `strict` adds the bidirectional marks (U+061C, U+200E, U+200F) and the
-/// zero-width (non-)joiners (U+200C, U+200D), which right-to-left and some
-/// other scripts need in ordinary text (addresses) but an identifier-like
-/// text (a mailbox name, a justification) does not.
+/// ("Trojan Source", "ASCII smuggling" with tag characters), and two
+/// values that look the same would get two deterministic tokens: every
+/// Unicode Default_Ignorable_Code_Point (the bidirectional overrides and
+/// isolates, zero-width characters, soft hyphen, variation selectors, tag
+/// characters, Hangul fillers, …) and the interlinear annotation controls
+/// U+FFF9–U+FFFB. Outside `strict` text, the bidirectional marks (U+061C,
+/// U+200E, U+200F) and the zero-width (non-)joiners (U+200C, U+200D) are
+/// allowed: right-to-left and some other scripts need them in ordinary
+/// text (addresses); an identifier-like text (a mailbox name, a
+/// justification) does not.
 pub(crate) fn is_format_character(c: char, strict: bool) -> bool {
     match c {
-        '\u{202A}'..='\u{202E}'
-        | '\u{2066}'..='\u{2069}'
-        | '\u{200B}'
-        | '\u{2060}'
-        | '\u{FEFF}' => true,
         '\u{061C}' | '\u{200C}'..='\u{200F}' => strict,
-        _ => false,
+        _ => is_default_ignorable(c) || matches!(c, '\u{FFF9}'..='\u{FFFB}'),
     }
+}
+
+/// Unicode's Default_Ignorable_Code_Point property (DerivedCoreProperties,
+/// stable since Unicode 6 apart from the ranges reserved for it, which are
+/// included).
+fn is_default_ignorable(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFF8}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
 }
 
 /// Why a text with [`is_format_character`] is refused.
 pub(crate) fn format_character_reason(strict: bool) -> &'static str {
     if strict {
-        "holds bidirectional formatting or invisible characters (U+061C, U+200B-U+200F, U+202A-U+202E, U+2060, U+2066-U+2069, U+FEFF)"
+        "holds invisible or bidirectional formatting characters (Unicode default-ignorable code points such as U+00AD, U+200B-U+200F, U+202A-U+202E, U+2060-U+206F, U+FE00-U+FE0F, U+FEFF, tag characters)"
     } else {
-        "holds bidirectional override or isolate characters or invisible ones (U+202A-U+202E, U+2066-U+2069, U+200B, U+2060, U+FEFF)"
+        "holds invisible characters or bidirectional overrides or isolates (U+202A-U+202E, U+2066-U+2069, and other Unicode default-ignorable code points such as U+00AD, U+200B, U+FEFF, tag characters; the marks U+200E, U+200F, U+061C and the joiners U+200C, U+200D are fine)"
     }
 }
 
@@ -96,7 +121,9 @@ impl Justification {
         }
         // It is written to the audit log as it is: nothing in it may change
         // how the audit line reads.
-        if s.chars().any(|c| is_format_character(c, true)) {
+        if s.chars()
+            .any(|c| is_format_character(c, true) || matches!(c, '\u{2028}' | '\u{2029}'))
+        {
             return Err(TextError::FormatCharacters);
         }
         Ok(Self(s.to_owned()))

@@ -73,9 +73,31 @@ fn fields_that_do_not_belong_to_the_kind_are_refused() {
 
 /// The bidirectional overrides and isolates and the invisible characters
 /// refused everywhere, each hidden in otherwise valid text.
-const BIDI: [char; 12] = [
-    '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}', '\u{2066}', '\u{2067}', '\u{2068}',
-    '\u{2069}', '\u{200B}', '\u{2060}', '\u{FEFF}',
+const BIDI: [char; 24] = [
+    '\u{202A}',
+    '\u{202B}',
+    '\u{202C}',
+    '\u{202D}',
+    '\u{202E}',
+    '\u{2066}',
+    '\u{2067}',
+    '\u{2068}',
+    '\u{2069}',
+    '\u{200B}',
+    '\u{2060}',
+    '\u{FEFF}',
+    '\u{00AD}',
+    '\u{034F}',
+    '\u{180E}',
+    '\u{2061}',
+    '\u{2064}',
+    '\u{206A}',
+    '\u{3164}',
+    '\u{FE0F}',
+    '\u{FFF9}',
+    '\u{FFFB}',
+    '\u{E0041}',
+    '\u{E0100}',
 ];
 
 /// Refused in identifier-like text (an email local part) on top of
