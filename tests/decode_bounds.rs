@@ -10,15 +10,13 @@ mod common;
 
 use bytes::Bytes;
 use common::process::{self, ServerProcess};
+use common::raw::*;
 use common::*;
 use fieldvault::dev::DEV_POLICY;
 use fieldvault::grpc::pb::{self, FieldKind};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -62,50 +60,6 @@ fn ld(number: u64, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-async fn h2_connect(
-    addr: &str,
-    pki_dir: &Path,
-    name: &str,
-) -> (h2::client::SendRequest<Bytes>, tokio::task::JoinHandle<()>) {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(pki_dir.join("ca.pem")).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let certs = CertificateDer::pem_file_iter(pki_dir.join(format!("{name}.pem")))
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_file(pki_dir.join(format!("{name}.key"))).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(certs, key)
-        .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = timeout(STEP, TcpStream::connect(addr))
-        .await
-        .unwrap()
-        .unwrap();
-    let tls = timeout(
-        STEP,
-        connector.connect(ServerName::try_from("localhost").unwrap(), tcp),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    let (send, conn) = timeout(STEP, h2::client::handshake(tls))
-        .await
-        .unwrap()
-        .unwrap();
-    let driver = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    (send, driver)
-}
-
 /// Sends `message` (protobuf bytes) as one gRPC call on `path` as `name`
 /// and returns the call's status (OK included), within `deadline`.
 async fn raw_call(
@@ -116,7 +70,7 @@ async fn raw_call(
     message: &[u8],
     deadline: Duration,
 ) -> tonic::Status {
-    let (send, driver) = h2_connect(addr, pki_dir, name).await;
+    let H2Conn { send, driver } = h2_connect(addr, pki_dir, name).await.unwrap();
     let mut framed = Vec::with_capacity(message.len() + 5);
     framed.push(0);
     framed.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
@@ -188,21 +142,6 @@ fn start_child() -> ChildVault {
         pki,
         server,
     }
-}
-
-/// A line of /proc/PID/status in MiB (VmRSS: now; VmHWM: the peak).
-fn proc_mib(pid: u32, key: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .unwrap()
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .unwrap();
-    kb / 1024
 }
 
 /// Sends `message` on `path` as the no-rights `intruder` to a fresh server

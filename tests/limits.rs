@@ -8,12 +8,11 @@ mod common;
 
 use bytes::Bytes;
 use common::process::{self, ServerProcess};
+use common::raw::*;
 use common::*;
 use fieldvault::client;
 use fieldvault::dev::DEV_POLICY;
 use fieldvault::grpc::pb::{self, FieldKind};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -26,84 +25,6 @@ use tokio::time::timeout;
 const NORMAL_CALL_DEADLINE: Duration = Duration::from_secs(1);
 /// Bound on any single step of a test (connect, handshake, response).
 const STEP: Duration = Duration::from_secs(5);
-
-// ---------------------------------------------------------------------------
-// A raw HTTP/2 client over tokio-rustls, to do what a well-behaved gRPC
-// client would not.
-
-fn client_config(
-    pki_dir: &Path,
-    name: &str,
-    versions: &[&'static rustls::SupportedProtocolVersion],
-) -> rustls::ClientConfig {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(pki_dir.join("ca.pem")).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let certs = CertificateDer::pem_file_iter(pki_dir.join(format!("{name}.pem")))
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_file(pki_dir.join(format!("{name}.key"))).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions)
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(certs, key)
-        .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    config
-}
-
-async fn tls_connect(
-    addr: &str,
-    pki_dir: &Path,
-    name: &str,
-    versions: &[&'static rustls::SupportedProtocolVersion],
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
-    let connector =
-        tokio_rustls::TlsConnector::from(Arc::new(client_config(pki_dir, name, versions)));
-    let tcp = timeout(STEP, TcpStream::connect(addr))
-        .await
-        .map_err(|_| "TCP connect timed out".to_owned())?
-        .map_err(|e| format!("TCP connect: {e}"))?;
-    timeout(
-        STEP,
-        connector.connect(ServerName::try_from("localhost").unwrap(), tcp),
-    )
-    .await
-    .map_err(|_| "TLS handshake timed out".to_owned())?
-    .map_err(|e| format!("TLS handshake: {e}"))
-}
-
-struct H2Conn {
-    send: h2::client::SendRequest<Bytes>,
-    /// Ends when the connection does.
-    driver: tokio::task::JoinHandle<()>,
-}
-
-async fn h2_connect(addr: &str, pki_dir: &Path, name: &str) -> Result<H2Conn, String> {
-    let tls = tls_connect(addr, pki_dir, name, &[&rustls::version::TLS13]).await?;
-    let (send, conn) = timeout(STEP, h2::client::handshake(tls))
-        .await
-        .map_err(|_| "h2 handshake timed out".to_owned())?
-        .map_err(|e| format!("h2 handshake: {e}"))?;
-    let driver = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(H2Conn { send, driver })
-}
-
-fn grpc_request(path: &str) -> http::Request<()> {
-    http::Request::builder()
-        .method("POST")
-        .uri(format!("https://localhost{path}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap()
-}
 
 const TOKENIZE: &str = "/fieldvault.v1.Vault/Tokenize";
 
@@ -224,17 +145,7 @@ fn start_child_with(extra_config: &str, nofile: Option<u64>) -> ChildVault {
 }
 
 fn rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .unwrap()
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .unwrap();
-    kb / 1024
+    proc_mib(pid, "VmRSS:")
 }
 
 /// What became of the streams of a flood.

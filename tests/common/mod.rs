@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod process;
+pub mod raw;
 
 use fieldvault::app::{self, Server};
 use fieldvault::client::ClientTls;
