@@ -39,30 +39,11 @@ pub(crate) fn is_format_character(c: char, strict: bool) -> bool {
     }
 }
 
-/// Unicode's Default_Ignorable_Code_Point property (DerivedCoreProperties,
-/// stable since Unicode 6 apart from the ranges reserved for it, which are
-/// included).
+/// Unicode's Default_Ignorable_Code_Point property, from ICU4X's compiled
+/// Unicode data (`icu_properties`, already in the tree through `idna`).
 fn is_default_ignorable(c: char) -> bool {
-    matches!(
-        c,
-        '\u{00AD}'
-            | '\u{034F}'
-            | '\u{061C}'
-            | '\u{115F}'..='\u{1160}'
-            | '\u{17B4}'..='\u{17B5}'
-            | '\u{180B}'..='\u{180F}'
-            | '\u{200B}'..='\u{200F}'
-            | '\u{202A}'..='\u{202E}'
-            | '\u{2060}'..='\u{206F}'
-            | '\u{3164}'
-            | '\u{FE00}'..='\u{FE0F}'
-            | '\u{FEFF}'
-            | '\u{FFA0}'
-            | '\u{FFF0}'..='\u{FFF8}'
-            | '\u{1BCA0}'..='\u{1BCA3}'
-            | '\u{1D173}'..='\u{1D17A}'
-            | '\u{E0000}'..='\u{E0FFF}'
-    )
+    use icu_properties::props::{BinaryProperty, DefaultIgnorableCodePoint};
+    DefaultIgnorableCodePoint::for_char(c)
 }
 
 /// Why a text with [`is_format_character`] is refused.
