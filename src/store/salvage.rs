@@ -104,6 +104,8 @@ struct Plan {
     unknown_tail: bool,
     /// Only the end of the log fails to verify, nothing valid after it.
     torn_tail_only: bool,
+    /// The kept frames sit in the file in sequence order.
+    in_order: bool,
 }
 
 fn plan(bytes: &[u8]) -> Option<Plan> {
@@ -145,49 +147,73 @@ fn plan(bytes: &[u8]) -> Option<Plan> {
     let generation = header_gen
         .or_else(|| all.iter().map(|f| f.generation).max())
         .unwrap_or(1);
+    // Frames are kept in sequence order, wherever they sit in the file: a
+    // frame that verifies is never dropped for being out of place (storage
+    // that reorders blocks), only a second frame with a sequence number
+    // already kept.
+    let mut ordered: Vec<&FrameAt> = Vec::with_capacity(all.len());
+    for f in &all {
+        if f.generation == generation {
+            ordered.push(f);
+        } else {
+            dropped.push(Dropped {
+                offset: f.offset,
+                bytes: f.len,
+                reason: format!(
+                    "a frame of generation {} (the log is at {generation})",
+                    f.generation
+                ),
+            });
+        }
+    }
+    ordered.sort_by_key(|f| (f.sequence, f.offset));
     let mut kept = Vec::new();
     let mut missing = Vec::new();
     let mut next_seq = 0u64;
     let mut kept_payload_bytes = 0;
-    for f in &all {
-        let reason = if f.generation != generation {
-            format!(
-                "a frame of generation {} (the log is at {generation})",
-                f.generation
-            )
-        } else if f.sequence < next_seq {
-            format!("frame sequence {} repeated or out of order", f.sequence)
-        } else {
-            if f.sequence > next_seq {
-                missing.push(next_seq..=f.sequence - 1);
-            }
-            next_seq = f.sequence + 1;
-            let payload = f.payload(bytes).to_vec();
-            kept_payload_bytes += payload.len() as u64;
-            kept.push((f.offset, payload));
+    let mut last_kept_end = HEADER_LEN;
+    for f in ordered {
+        if f.sequence < next_seq {
+            let same = kept
+                .last()
+                .is_some_and(|(_, p): &(u64, Vec<u8>)| p.as_slice() == f.payload(bytes));
+            dropped.push(Dropped {
+                offset: f.offset,
+                bytes: f.len,
+                reason: if same {
+                    format!("a copy of frame sequence {}", f.sequence)
+                } else {
+                    format!(
+                        "a second, different frame with sequence {} (the first is kept)",
+                        f.sequence
+                    )
+                },
+            });
             continue;
-        };
-        dropped.push(Dropped {
-            offset: f.offset,
-            bytes: f.len,
-            reason,
-        });
+        }
+        if f.sequence > next_seq {
+            missing.push(next_seq..=f.sequence - 1);
+        }
+        next_seq = f.sequence + 1;
+        let payload = f.payload(bytes).to_vec();
+        kept_payload_bytes += payload.len() as u64;
+        kept.push((f.offset, payload));
+        last_kept_end = last_kept_end.max(f.end());
     }
     dropped.sort_by_key(|d| d.offset);
-    let last_kept_end = kept
-        .last()
-        .and_then(|(o, _)| all.iter().find(|f| f.offset == *o))
-        .map_or(HEADER_LEN, FrameAt::end);
     let unknown_tail = dropped.iter().any(|d| d.offset >= last_kept_end);
     let torn_tail_only = header_gen.is_some()
         && missing.is_empty()
+        && kept.windows(2).all(|w| w[0].0 < w[1].0)
         && dropped.len() <= 1
         && dropped
             .iter()
             .all(|d| d.offset == last_kept_end && d.offset + d.bytes == bytes.len() as u64);
+    let in_order = kept.windows(2).all(|w| w[0].0 < w[1].0);
     Some(Plan {
         generation,
         header_ok: header_gen.is_some(),
+        in_order,
         kept,
         kept_payload_bytes,
         dropped,
@@ -224,6 +250,7 @@ fn plan_v1(bytes: &[u8]) -> Plan {
         // Format 1 is refused at open when anything does not verify, so
         // it must be rewritten even for a torn tail.
         torn_tail_only: false,
+        in_order: true,
     }
 }
 
@@ -293,8 +320,11 @@ pub fn salvage(store_dir: &Path) -> Result<SalvageReport, SalvageError> {
     };
     // A frame missing whole (no bad bytes left) still needs the log
     // renumbered: the server refuses a gap in the sequence.
-    let verifies =
-        plan.header_ok && plan.dropped.is_empty() && plan.missing.is_empty() && !is_v1(&bytes);
+    let verifies = plan.header_ok
+        && plan.in_order
+        && plan.dropped.is_empty()
+        && plan.missing.is_empty()
+        && !is_v1(&bytes);
     if !verifies {
         if plan.torn_tail_only {
             // Nothing acknowledged is missing, and the interrupted write
@@ -775,5 +805,36 @@ mod tests {
         let again = ok(salvage(dir.path()));
         assert_eq!(again.action, Action::NothingToDo);
         assert_eq!(again.partial.deterministic_entries, 1, "{again}");
+    }
+
+    #[test]
+    fn frames_out_of_place_in_the_file_are_kept_in_sequence_order() {
+        let dir = ok(tempfile::tempdir());
+        let (payloads, tokens) = record_frames(4);
+        let offsets = store_with_log(dir.path(), &payloads);
+        let log = dir.path().join(WAL_FILE);
+        let mut bytes = ok(std::fs::read(&log));
+        // Frames 1 and 2 swapped (equal lengths), every frame intact.
+        let (a, b, c) = (
+            offsets[1] as usize,
+            offsets[2] as usize,
+            offsets[3] as usize,
+        );
+        let (first, second) = (bytes[a..b].to_vec(), bytes[b..c].to_vec());
+        assert_eq!(first.len(), second.len());
+        bytes[a..b].copy_from_slice(&second);
+        bytes[b..c].copy_from_slice(&first);
+        ok(std::fs::write(&log, &bytes));
+        assert!(Wal::open(&RealFs, &log).is_err(), "the server refuses it");
+
+        let report = ok(salvage(dir.path()));
+        assert_eq!(report.kept_frames, 4);
+        assert!(report.missing_sequences.is_empty(), "{report}");
+        assert!(report.dropped.is_empty(), "{report}");
+        assert!(matches!(report.action, Action::Salvaged { .. }), "{report}");
+        let store = open_store(dir.path());
+        assert!(ok(futures_read(&store, &tokens))
+            .iter()
+            .all(Option::is_some));
     }
 }
