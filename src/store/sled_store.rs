@@ -78,7 +78,8 @@ impl SledStore {
             .map_err(|e| StoreError::Backend(StorageFailure::io(&path, &e)))?;
         // A damaged log refuses the start before sled opens (and writes
         // its own files), so the store is left exactly as it was.
-        super::wal::check(io.fs, &config.path.join(WAL_FILE)).map_err(wal_error)?;
+        let store_exists = data_file_path(&config.path).exists();
+        super::wal::check(io.fs, &config.path.join(WAL_FILE), store_exists).map_err(wal_error)?;
         let db = sled::Config::new()
             .path(&config.path)
             .cache_capacity(config.cache_capacity_bytes)
@@ -759,6 +760,44 @@ mod tests {
         );
         assert_eq!(got[1].as_ref().ok(), Some(&Some(record(FieldKind::Phone))));
         assert_eq!(got[2].as_ref().ok(), Some(&None));
+    }
+
+    #[tokio::test]
+    async fn a_store_whose_log_is_gone_refuses_to_open_until_an_empty_log_is_put_back() {
+        let dir =
+            ok(tempfile::tempdir()
+                .map_err(|e| StoreError::Backend(StorageFailure::io("tempdir", &e))));
+        let a = TokenId::new_random();
+        {
+            let store = open(dir.path());
+            ok(store
+                .insert_records(vec![new(a, FieldKind::Phone, 1, false)])
+                .await);
+        }
+        let log = dir.path().join(WAL_FILE);
+        ok(std::fs::remove_file(&log)
+            .map_err(|e| StoreError::Backend(StorageFailure::io("rm", &e))));
+        let config = SledConfig {
+            path: dir.path().to_path_buf(),
+            cache_capacity_bytes: 8 << 20,
+            max_queued_writes: 1,
+        };
+        let refused = SledStore::reopen(&config).err().map(|e| e.to_string());
+        assert!(
+            refused
+                .as_deref()
+                .is_some_and(|e| e.contains("the write-ahead log is missing")),
+            "{refused:?}"
+        );
+        assert!(!log.exists(), "the refusal created nothing");
+        // The operator's way on: an empty log, as the message says.
+        ok(std::fs::write(&log, b"")
+            .map_err(|e| StoreError::Backend(StorageFailure::io("touch", &e))));
+        let store = open(dir.path());
+        assert!(matches!(
+            ok(store.get_records(vec![a]).await)[0],
+            Ok(Some(_))
+        ));
     }
 
     #[tokio::test]

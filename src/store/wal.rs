@@ -91,6 +91,17 @@ pub enum WalError {
          (README, Durability)"
     )]
     OldFormatDamaged { path: String, offset: u64 },
+    /// The store exists but its log does not: the log is never deleted,
+    /// so something outside fieldvault removed it (or the filesystem lost
+    /// it), with whatever was logged since the last checkpoint.
+    #[error(
+        "{path}: the write-ahead log is missing, but the store beside it exists: writes \
+         acknowledged since the last checkpoint may be lost. The server will not start. \
+         Restore the store from a backup; or, to go on with what the store holds (all of it \
+         if the server had stopped cleanly), create an empty log (`touch {path}`, mode 0600) \
+         and start again (README, Durability)"
+    )]
+    Missing { path: String },
 }
 
 impl WalError {
@@ -106,9 +117,10 @@ impl WalError {
     pub(crate) fn failure(&self) -> StorageFailure {
         match self {
             Self::Io { path, source } => StorageFailure::io(path, source),
-            Self::BadHeader { .. } | Self::Damaged { .. } | Self::OldFormatDamaged { .. } => {
-                StorageFailure::new(FailureCause::Corrupt, self.to_string())
-            }
+            Self::BadHeader { .. }
+            | Self::Damaged { .. }
+            | Self::OldFormatDamaged { .. }
+            | Self::Missing { .. } => StorageFailure::new(FailureCause::Corrupt, self.to_string()),
         }
     }
 }
@@ -285,9 +297,14 @@ fn inspect(path: &Path, bytes: &[u8]) -> Result<Inspected, WalError> {
 /// Reads the log at `path` (if there is one) and fails as [`Wal::open`]
 /// would on damage, changing nothing: the store checks this before it
 /// opens sled, so a refused start leaves the store as it was.
-pub(crate) fn check(fs: &dyn FileSystem, path: &Path) -> Result<(), WalError> {
+/// `store_exists`: the store beside the log was created before (its log
+/// must be there too).
+pub(crate) fn check(fs: &dyn FileSystem, path: &Path, store_exists: bool) -> Result<(), WalError> {
     match fs.read_existing(path).map_err(|e| WalError::io(path, e))? {
         Some(bytes) => inspect(path, &bytes).map(|_| ()),
+        None if store_exists => Err(WalError::Missing {
+            path: path.display().to_string(),
+        }),
         None => Ok(()),
     }
 }
