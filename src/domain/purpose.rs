@@ -16,7 +16,7 @@ pub enum TextError {
     BadCharacters,
     #[error("may not hold control characters")]
     ControlCharacters,
-    #[error("may not hold invisible or bidirectional formatting characters (Unicode default-ignorable code points such as U+200B-U+200F, U+202A-U+202E, U+2066-U+2069, U+FEFF) or line and paragraph separators (U+2028, U+2029)")]
+    #[error("may not hold invisible, formatting, private-use or unassigned characters (Unicode default-ignorable code points such as U+200B-U+200F, U+202A-U+202E, U+2066-U+2069, U+FEFF; format characters; U+E000-U+F8FF; noncharacters) or line and paragraph separators (U+2028, U+2029)")]
     FormatCharacters,
 }
 
@@ -32,11 +32,25 @@ pub enum TextError {
 /// allowed: right-to-left and some other scripts need them in ordinary
 /// text (addresses); an identifier-like text (a mailbox name, a
 /// justification) does not.
+///
+/// Also refused: every other format character (General_Category Cf, such
+/// as U+FFF9–U+FFFB or the Egyptian hieroglyph format controls), private-use
+/// code points and unassigned ones (noncharacters included): nothing a
+/// person types, and nothing that displays predictably.
 pub(crate) fn is_format_character(c: char, strict: bool) -> bool {
     match c {
         '\u{061C}' | '\u{200C}'..='\u{200F}' => strict,
-        _ => is_default_ignorable(c) || matches!(c, '\u{FFF9}'..='\u{FFFB}'),
+        _ => is_default_ignorable(c) || is_format_private_or_unassigned(c),
     }
+}
+
+fn is_format_private_or_unassigned(c: char) -> bool {
+    use icu_properties::props::GeneralCategory;
+    use icu_properties::CodePointMapData;
+    matches!(
+        CodePointMapData::<GeneralCategory>::new().get(c),
+        GeneralCategory::Format | GeneralCategory::PrivateUse | GeneralCategory::Unassigned
+    )
 }
 
 /// Unicode's Default_Ignorable_Code_Point property, from ICU4X's compiled
@@ -49,9 +63,9 @@ fn is_default_ignorable(c: char) -> bool {
 /// Why a text with [`is_format_character`] is refused.
 pub(crate) fn format_character_reason(strict: bool) -> &'static str {
     if strict {
-        "holds invisible or bidirectional formatting characters (Unicode default-ignorable code points such as U+00AD, U+200B-U+200F, U+202A-U+202E, U+2060-U+206F, U+FE00-U+FE0F, U+FEFF, tag characters)"
+        "holds invisible, formatting, private-use or unassigned characters (Unicode default-ignorable code points such as U+00AD, U+200B-U+200F, U+202A-U+202E, U+2060-U+206F, U+FE00-U+FE0F, U+FEFF, tag characters; format characters; U+E000-U+F8FF; noncharacters) or bidirectional formatting"
     } else {
-        "holds invisible characters or bidirectional overrides or isolates (U+202A-U+202E, U+2066-U+2069, and other Unicode default-ignorable code points such as U+00AD, U+200B, U+FEFF, tag characters; the marks U+200E, U+200F, U+061C and the joiners U+200C, U+200D are fine)"
+        "holds invisible, formatting, private-use or unassigned characters or bidirectional overrides or isolates (U+202A-U+202E, U+2066-U+2069, and other Unicode default-ignorable code points such as U+00AD, U+200B, U+FEFF, tag characters; format characters; U+E000-U+F8FF; noncharacters; the marks U+200E, U+200F, U+061C and the joiners U+200C, U+200D are fine)"
     }
 }
 

@@ -73,7 +73,7 @@ fn fields_that_do_not_belong_to_the_kind_are_refused() {
 
 /// The bidirectional overrides and isolates and the invisible characters
 /// refused everywhere, each hidden in otherwise valid text.
-const BIDI: [char; 24] = [
+const BIDI: [char; 29] = [
     '\u{202A}',
     '\u{202B}',
     '\u{202C}',
@@ -98,6 +98,11 @@ const BIDI: [char; 24] = [
     '\u{FFFB}',
     '\u{E0041}',
     '\u{E0100}',
+    '\u{E000}',
+    '\u{FDD0}',
+    '\u{FFFE}',
+    '\u{0378}',
+    '\u{13430}',
 ];
 
 /// Refused in identifier-like text (an email local part) on top of
