@@ -109,7 +109,7 @@ pub(super) fn normalise_text(
     if out.as_str().len() > MAX_PART_BYTES {
         return Err(ValueError::new(
             field,
-            format!("is longer than {MAX_PART_BYTES} bytes"),
+            format!("is longer than {MAX_PART_BYTES} bytes once normalised (NFKC)"),
         ));
     }
     Ok(out.into_zeroizing())
