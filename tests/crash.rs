@@ -220,9 +220,14 @@ fn spawn_writers(
         .collect()
 }
 
-/// Every acknowledged token must come back with exactly its value, and each
-/// deterministic value must have exactly one token.
-async fn verify(addr: &str, tls: &ClientTls, acked: &HashMap<String, (FieldKind, String)>) {
+/// Detokenizes every acknowledged token, 500 a call, and hands each one
+/// with its outcome to `check`.
+async fn detokenize_acked(
+    addr: &str,
+    tls: &ClientTls,
+    acked: &HashMap<String, (FieldKind, String)>,
+    mut check: impl FnMut(&str, Option<pb::detokenize_result::Outcome>),
+) {
     let mut client = common::connect(addr, tls).await;
     let tokens: Vec<&String> = acked.keys().collect();
     for chunk in tokens.chunks(500) {
@@ -236,16 +241,25 @@ async fn verify(addr: &str, tls: &ClientTls, acked: &HashMap<String, (FieldKind,
             .unwrap()
             .into_inner();
         for (token, result) in chunk.iter().zip(response.results) {
-            let (kind, value) = &acked[*token];
-            match result.outcome {
-                Some(pb::detokenize_result::Outcome::Revealed(v)) => {
-                    assert_eq!(v.kind, *kind as i32, "{token}");
-                    assert_eq!(&v.value, value, "acknowledged token {token} lost its value");
-                }
-                other => panic!("acknowledged token {token} did not survive: {other:?}"),
-            }
+            check(token, result.outcome);
         }
     }
+}
+
+/// Every acknowledged token must come back with exactly its value, and each
+/// deterministic value must have exactly one token.
+async fn verify(addr: &str, tls: &ClientTls, acked: &HashMap<String, (FieldKind, String)>) {
+    detokenize_acked(addr, tls, acked, |token, outcome| {
+        let (kind, value) = &acked[token];
+        match outcome {
+            Some(pb::detokenize_result::Outcome::Revealed(v)) => {
+                assert_eq!(v.kind, *kind as i32, "{token}");
+                assert_eq!(&v.value, value, "acknowledged token {token} lost its value");
+            }
+            other => panic!("acknowledged token {token} did not survive: {other:?}"),
+        }
+    })
+    .await;
     let mut per_phone: HashMap<&str, &str> = HashMap::new();
     for (token, (kind, value)) in acked {
         if *kind == FieldKind::Phone {
@@ -266,34 +280,20 @@ async fn verify_while_writes_fail(
     tls: &ClientTls,
     acked: &HashMap<String, (FieldKind, String)>,
 ) -> (usize, usize) {
-    let mut client = common::connect(addr, tls).await;
-    let tokens: Vec<&String> = acked.keys().collect();
     let (mut revealed, mut unavailable) = (0, 0);
-    for chunk in tokens.chunks(500) {
-        let response = client
-            .detokenize(pb::DetokenizeRequest {
-                tokens: chunk.iter().map(|t| (*t).clone()).collect(),
-                purpose: "crash-check".into(),
-                justification: "crash harness".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        for (token, result) in chunk.iter().zip(response.results) {
-            match result.outcome {
-                Some(pb::detokenize_result::Outcome::Revealed(v)) => {
-                    assert_eq!(&v.value, &acked[*token].1, "{token} revealed another value");
-                    revealed += 1;
-                }
-                Some(pb::detokenize_result::Outcome::Error(e))
-                    if e.code == tonic::Code::Unavailable as i32 =>
-                {
-                    unavailable += 1;
-                }
-                other => panic!("acknowledged token {token}, storage failed: {other:?}"),
-            }
+    detokenize_acked(addr, tls, acked, |token, outcome| match outcome {
+        Some(pb::detokenize_result::Outcome::Revealed(v)) => {
+            assert_eq!(&v.value, &acked[token].1, "{token} revealed another value");
+            revealed += 1;
         }
-    }
+        Some(pb::detokenize_result::Outcome::Error(e))
+            if e.code == tonic::Code::Unavailable as i32 =>
+        {
+            unavailable += 1;
+        }
+        other => panic!("acknowledged token {token}, storage failed: {other:?}"),
+    })
+    .await;
     (revealed, unavailable)
 }
 

@@ -250,22 +250,7 @@ pub(super) fn decode_key(b: &[u8]) -> Result<WrappedKey, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn record(kind: FieldKind) -> SealedRecord {
-        SealedRecord {
-            kind,
-            key_version: KeyVersion(7),
-            nonce: [9; NONCE_LEN],
-            ciphertext: vec![1; 40],
-        }
-    }
-
-    fn index(byte: u8) -> BlindIndex {
-        BlindIndex {
-            version: KeyVersion(1),
-            mac: [byte; 32],
-        }
-    }
+    use crate::store::fixtures::{index, record};
 
     fn ok<T>(r: Result<T, StoreError>) -> T {
         r.unwrap_or_else(|e| panic!("{e}"))

@@ -7,6 +7,8 @@
 
 mod apply;
 mod file;
+#[cfg(test)]
+mod fixtures;
 mod group_commit;
 mod integrity;
 mod layout;

@@ -78,6 +78,10 @@ impl SledStore {
             .map_err(|e| StoreError::Backend(StorageFailure::io(&path, &e)))?;
         // A damaged log refuses the start before sled opens (and writes
         // its own files), so the store is left exactly as it was.
+        // The log is read again by `Wal::open` once sled's lock is held:
+        // the bytes read here, before the lock, could be stale by then (a
+        // server that ran and stopped in between), and the second read of
+        // at most one checkpoint's worth of log costs milliseconds.
         let store_exists = data_file_path(&config.path).exists();
         super::wal::check(io.fs, &config.path.join(WAL_FILE), store_exists).map_err(wal_error)?;
         let db = sled::Config::new()
@@ -321,6 +325,7 @@ mod tests {
     use crate::crypto::{KeyPurpose, KeyVersion, SealedRecord, NONCE_LEN};
     use crate::domain::FieldKind;
     use crate::store::apply::Staged;
+    use crate::store::fixtures::{index, record};
     use crate::store::layout::{encode_frame, encode_record, index_entry};
     use crate::store::FailureCause;
     use std::collections::HashMap;
@@ -333,22 +338,6 @@ mod tests {
             max_queued_writes: crate::store::DEFAULT_MAX_QUEUED_WRITES,
         })
         .unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    fn record(kind: FieldKind) -> SealedRecord {
-        SealedRecord {
-            kind,
-            key_version: KeyVersion(7),
-            nonce: [9; NONCE_LEN],
-            ciphertext: vec![1; 40],
-        }
-    }
-
-    fn index(byte: u8) -> BlindIndex {
-        BlindIndex {
-            version: KeyVersion(1),
-            mac: [byte; 32],
-        }
     }
 
     fn new(token: TokenId, kind: FieldKind, idx: u8, deterministic: bool) -> NewRecord {
