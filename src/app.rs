@@ -149,7 +149,7 @@ pub async fn start(
     let policy = Policy::from_toml(&policy_text)?;
     crate::domain::value::warm_up();
     let limits = crate::limits::Resolved::new(config, crate::limits::nofile_soft_limit())?;
-    let tls = crate::tls::server_config_with(
+    let tls = crate::tls::server_config(
         &config.tls.cert,
         &config.tls.key,
         &config.tls.client_ca,
@@ -219,7 +219,7 @@ pub async fn start(
     // Requests are counted against max_batch_items before they are decoded.
     let vault_service = crate::grpc::codec::BatchLimit::new(vault_service, config.max_batch_items);
 
-    let (incoming, accept) = crate::tls::incoming_with(listener, tls, accept_limits(&limits));
+    let (incoming, accept) = crate::tls::incoming(listener, tls, accept_limits(&limits));
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let router = server_builder(&limits, Some(rule_check))
         .add_service(health_service)

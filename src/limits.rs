@@ -505,11 +505,6 @@ impl GuardLayer {
         self.request_timeout = Some(timeout);
         self
     }
-
-    /// Bytes of the total budget not in use (for tests and metrics).
-    pub fn available_bytes(&self) -> usize {
-        self.total.available_permits()
-    }
 }
 
 impl<S> tower_layer::Layer<S> for GuardLayer {

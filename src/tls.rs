@@ -28,10 +28,6 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
-/// How long a client has to finish the TLS handshake unless
-/// `limits.handshake_timeout_secs` says otherwise.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{field}: {path}: {reason}")]
@@ -77,17 +73,9 @@ static TLS13_AND_12: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
 /// A server config that demands a client certificate chained to `client_ca`,
-/// speaks TLS 1.3 only and offers HTTP/2 only.
+/// speaks TLS 1.3 only (TLS 1.2 too if `min_version` says so) and offers
+/// HTTP/2 only.
 pub fn server_config(
-    cert: &Path,
-    key: &Path,
-    client_ca: &Path,
-) -> Result<Arc<ServerConfig>, TlsError> {
-    server_config_with(cert, key, client_ca, TlsMinVersion::Tls13)
-}
-
-/// [`server_config`] with TLS 1.2 allowed if `min_version` says so.
-pub fn server_config_with(
     cert: &Path,
     key: &Path,
     client_ca: &Path,
@@ -278,39 +266,6 @@ pub struct AcceptLimits {
     pub refusals: Arc<RefusalLog>,
 }
 
-impl Default for AcceptLimits {
-    /// The `[limits]` defaults, for callers without a config.
-    fn default() -> Self {
-        let d = crate::config::Limits::default();
-        Self {
-            max_connections: crate::limits::DEFAULT_MAX_CONNECTIONS,
-            max_pending_handshakes: crate::limits::DEFAULT_MAX_PENDING_HANDSHAKES,
-            max_handshakes_per_ip: d.max_handshakes_per_ip,
-            identities: Identities::new(
-                d.max_connections_per_identity,
-                crate::limits::DEFAULT_REQUEST_BYTES_PER_IDENTITY,
-            ),
-            handshake_timeout: HANDSHAKE_TIMEOUT,
-            idle_timeout: Some(Duration::from_secs(d.idle_timeout_secs)),
-            identity_from_cn: true,
-            refusals: Arc::new(RefusalLog::new(d.refusal_log_lines_per_minute)),
-        }
-    }
-}
-
-/// Accepts TCP connections and completes TLS handshakes concurrently; only
-/// connections that presented a valid client certificate come out of the
-/// stream. Abort the returned task to stop accepting.
-pub fn incoming(
-    listener: TcpListener,
-    config: Arc<ServerConfig>,
-) -> (
-    ReceiverStream<Result<PeerStream, std::io::Error>>,
-    JoinHandle<()>,
-) {
-    incoming_with(listener, config, AcceptLimits::default())
-}
-
 /// TLS handshakes in progress, in total and per source IP address.
 #[derive(Debug)]
 struct Handshakes {
@@ -369,7 +324,9 @@ impl Drop for HandshakeSlot {
     }
 }
 
-/// [`incoming`] under explicit limits. At `max_connections` open (TLS
+/// Accepts TCP connections and completes TLS handshakes concurrently; only
+/// connections that presented a valid client certificate come out of the
+/// stream. Abort the returned task to stop accepting. At `max_connections` open (TLS
 /// handshakes included), a new TCP connection is closed at once; so is one
 /// past `max_pending_handshakes` handshakes in progress, or past
 /// `max_handshakes_per_ip` of them from its source address; a
@@ -377,7 +334,7 @@ impl Drop for HandshakeSlot {
 /// `limits.max_connections_per_identity` is closed right after the
 /// handshake. Refusals are logged at most
 /// `limits.refusal_log_lines_per_minute` times a minute.
-pub fn incoming_with(
+pub fn incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
     limits: AcceptLimits,

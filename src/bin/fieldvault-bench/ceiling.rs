@@ -64,7 +64,7 @@ impl pb::vault_server::Vault for NullVault {
 pub async fn serve(config: &Config) -> Result<(), String> {
     let limits = fieldvault::limits::Resolved::new(config, fieldvault::limits::nofile_soft_limit())
         .map_err(|e| e.to_string())?;
-    let tls = fieldvault::tls::server_config_with(
+    let tls = fieldvault::tls::server_config(
         &config.tls.cert,
         &config.tls.key,
         &config.tls.client_ca,
@@ -76,7 +76,7 @@ pub async fn serve(config: &Config) -> Result<(), String> {
         .map_err(|e| format!("listen {}: {e}", config.listen))?;
     let addr: SocketAddr = listener.local_addr().map_err(|e| e.to_string())?;
     let (incoming, _accept) =
-        fieldvault::tls::incoming_with(listener, tls, fieldvault::app::accept_limits(&limits));
+        fieldvault::tls::incoming(listener, tls, fieldvault::app::accept_limits(&limits));
     println!("listening on {addr}");
     fieldvault::app::server_builder(&limits, None)
         .add_service(
