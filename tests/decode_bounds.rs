@@ -105,6 +105,11 @@ async fn raw_call(
     status
 }
 
+/// [`raw_call`] as `orders` on an in-process test server.
+async fn orders_call(vault: &TestVault, path: &str, message: &[u8]) -> tonic::Status {
+    raw_call(&vault.addr(), &vault.pki.dir, "orders", path, message, STEP).await
+}
+
 /// Checks `status` is INVALID_ARGUMENT, its message `message`, and its
 /// google.rpc.BadRequest names `field`.
 fn assert_invalid_argument(status: &tonic::Status, field: &str, message: &str) {
@@ -383,15 +388,7 @@ async fn a_field_value_that_is_not_utf8_is_invalid_argument_naming_the_field() {
     ]
     .concat();
     let message = [ld(1, &good), ld(1, &bad)].concat();
-    let status = raw_call(
-        &vault.addr(),
-        &vault.pki.dir,
-        "orders",
-        TOKENIZE,
-        &message,
-        STEP,
-    )
-    .await;
+    let status = orders_call(&vault, TOKENIZE, &message).await;
     assert_invalid_argument(
         &status,
         "fields[1].value",
@@ -405,15 +402,7 @@ async fn a_truncated_message_is_invalid_argument_naming_where_it_ends() {
     let vault = TestVault::start().await;
     // A field that announces 16 bytes and carries 3.
     let message = [0x0a, 0x10, 0x08, 0x01, 0x12];
-    let status = raw_call(
-        &vault.addr(),
-        &vault.pki.dir,
-        "orders",
-        TOKENIZE,
-        &message,
-        STEP,
-    )
-    .await;
+    let status = orders_call(&vault, TOKENIZE, &message).await;
     assert_invalid_argument(
         &status,
         "fields[0]",
@@ -443,15 +432,7 @@ async fn nesting_past_what_prost_allows_is_invalid_argument_not_internal() {
     // 200 nested groups in an unknown field: prost stops at a depth of 100.
     let mut message = vec![0x4b; 200];
     message.extend([0x4c; 200]);
-    let status = raw_call(
-        &vault.addr(),
-        &vault.pki.dir,
-        "orders",
-        TOKENIZE,
-        &message,
-        STEP,
-    )
-    .await;
+    let status = orders_call(&vault, TOKENIZE, &message).await;
     assert_invalid_argument(
         &status,
         "TokenizeRequest",
