@@ -10,7 +10,8 @@
 //! every repeated field of a request first and refuses the call with
 //! INVALID_ARGUMENT naming the field; what prost then decodes holds at most
 //! `max_batch_items` items, each with at most
-//! [`MAX_STREET_LINES_ON_THE_WIRE`] street lines, so its memory is the message's wire size plus under 1 KiB an item.
+//! [`MAX_STREET_LINES_ON_THE_WIRE`] street lines, so its memory is the
+//! message's wire size plus under 1 KiB an item.
 //! A large request is walked and decoded inside `block_in_place`, so that
 //! other calls keep a runtime worker meanwhile.
 //!
