@@ -16,7 +16,7 @@ pub enum TextError {
     BadCharacters,
     #[error("may not hold control characters")]
     ControlCharacters,
-    #[error("may not hold invisible, formatting, private-use or unassigned characters (Unicode default-ignorable code points such as U+200B-U+200F, U+202A-U+202E, U+2066-U+2069, U+FEFF; format characters; U+E000-U+F8FF; noncharacters) or line and paragraph separators (U+2028, U+2029)")]
+    #[error("may not hold invisible, formatting, private-use or unassigned characters (Unicode default-ignorable code points such as U+200B, U+202A-U+202E, U+2066-U+2069, U+FEFF, tag characters; format characters; U+E000-U+F8FF; noncharacters) or line and paragraph separators (U+2028, U+2029)")]
     FormatCharacters,
 }
 
@@ -25,21 +25,25 @@ pub enum TextError {
 /// ("Trojan Source", "ASCII smuggling" with tag characters), and two
 /// values that look the same would get two deterministic tokens: every
 /// Unicode Default_Ignorable_Code_Point (the bidirectional overrides and
-/// isolates, zero-width characters, soft hyphen, variation selectors, tag
-/// characters, Hangul fillers, …) and the interlinear annotation controls
-/// U+FFF9–U+FFFB. Outside `strict` text, the bidirectional marks (U+061C,
-/// U+200E, U+200F) and the zero-width (non-)joiners (U+200C, U+200D) are
-/// allowed: right-to-left and some other scripts need them in ordinary
-/// text (addresses); an identifier-like text (a mailbox name, a
-/// justification) does not.
+/// isolates, zero-width space, soft hyphen, variation selectors, tag
+/// characters, Hangul fillers, …), every other format character
+/// (General_Category Cf, such as U+FFF9–U+FFFB), and private-use and
+/// unassigned code points (noncharacters included).
 ///
-/// Also refused: every other format character (General_Category Cf, such
-/// as U+FFF9–U+FFFB or the Egyptian hieroglyph format controls), private-use
-/// code points and unassigned ones (noncharacters included): nothing a
-/// person types, and nothing that displays predictably.
+/// Outside `strict` text (addresses, justifications: ordinary writing in
+/// any script) these stay allowed, because scripts need them: the
+/// bidirectional marks U+061C, U+200E, U+200F (right-to-left text), the
+/// zero-width (non-)joiners U+200C, U+200D (Indic scripts, Persian, emoji
+/// sequences), the emoji presentation selectors U+FE0E, U+FE0F (phone
+/// keyboards add them), and the Mongolian variation selectors and vowel
+/// separator U+180B–U+180F. A `strict` text (a mailbox name) refuses them
+/// too.
 pub(crate) fn is_format_character(c: char, strict: bool) -> bool {
     match c {
-        '\u{061C}' | '\u{200C}'..='\u{200F}' => strict,
+        '\u{061C}'
+        | '\u{200C}'..='\u{200F}'
+        | '\u{FE0E}'..='\u{FE0F}'
+        | '\u{180B}'..='\u{180F}' => strict,
         _ => is_default_ignorable(c) || is_format_private_or_unassigned(c),
     }
 }
@@ -65,7 +69,7 @@ pub(crate) fn format_character_reason(strict: bool) -> &'static str {
     if strict {
         "holds invisible, formatting, private-use or unassigned characters (Unicode default-ignorable code points such as U+00AD, U+200B-U+200F, U+202A-U+202E, U+2060-U+206F, U+FE00-U+FE0F, U+FEFF, tag characters; format characters; U+E000-U+F8FF; noncharacters) or bidirectional formatting"
     } else {
-        "holds invisible, formatting, private-use or unassigned characters or bidirectional overrides or isolates (U+202A-U+202E, U+2066-U+2069, and other Unicode default-ignorable code points such as U+00AD, U+200B, U+FEFF, tag characters; format characters; U+E000-U+F8FF; noncharacters; the marks U+200E, U+200F, U+061C and the joiners U+200C, U+200D are fine)"
+        "holds invisible, formatting, private-use or unassigned characters or bidirectional overrides or isolates (U+202A-U+202E, U+2066-U+2069, and other Unicode default-ignorable code points such as U+00AD, U+200B, U+FEFF, tag characters; format characters; U+E000-U+F8FF; noncharacters; the marks U+200E, U+200F, U+061C, the joiners U+200C, U+200D, the emoji selectors U+FE0E, U+FE0F and the Mongolian U+180B-U+180F are fine)"
     }
 }
 
@@ -115,9 +119,9 @@ impl Justification {
             return Err(TextError::ControlCharacters);
         }
         // It is written to the audit log as it is: nothing in it may change
-        // how the audit line reads.
+        // how the audit line reads (ordinary writing in any script may).
         if s.chars()
-            .any(|c| is_format_character(c, true) || matches!(c, '\u{2028}' | '\u{2029}'))
+            .any(|c| is_format_character(c, false) || matches!(c, '\u{2028}' | '\u{2029}'))
         {
             return Err(TextError::FormatCharacters);
         }
@@ -136,9 +140,13 @@ mod tests {
     #[test]
     fn a_justification_cannot_reorder_or_hide_text_in_the_audit_line() {
         assert!(Justification::parse("SUP-1234, customer asked").is_ok());
-        for c in [
-            '\u{202E}', '\u{2067}', '\u{200E}', '\u{061C}', '\u{200B}', '\u{FEFF}',
-        ] {
+        // Ordinary writing in right-to-left and joining scripts is fine.
+        assert!(Justification::parse("\u{05E9}\u{05D9}\u{05D7}\u{05D4}\u{200F} SUP-1").is_ok());
+        assert!(Justification::parse(
+            "\u{0645}\u{06CC}\u{200C}\u{062E}\u{0648}\u{0627}\u{0647}\u{0645}"
+        )
+        .is_ok());
+        for c in ['\u{202E}', '\u{2067}', '\u{200B}', '\u{FEFF}'] {
             assert_eq!(
                 Justification::parse(&format!("SUP-1{c}234")),
                 Err(TextError::FormatCharacters),

@@ -33,7 +33,15 @@ pub enum SalvageError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{0}: no write-ahead log there (is this the store directory of the server's config?)")]
+    #[error("{0}: no store there (is this the store directory of the server's config?)")]
+    NoStore(String),
+    /// The store exists and its log does not: nothing to salvage from.
+    #[error(
+        "{0}: the write-ahead log is missing, so there is nothing to salvage from; writes \
+         acknowledged since the last checkpoint may be lost. Restore the store from a backup; \
+         or, to go on with what the store holds, create an empty log (`touch {0}`, mode 0600) \
+         and start the server (README, Durability)"
+    )]
     NoLog(String),
     #[error(
         "{0}: another process holds the store's lock; is the server still running? Stop it \
@@ -274,7 +282,10 @@ pub fn salvage(store_dir: &Path) -> Result<SalvageReport, SalvageError> {
         let path = path.display().to_string();
         move |source| SalvageError::Io { path, source }
     };
-    if !log.is_file() || !data_file_path(store_dir).is_file() {
+    if !data_file_path(store_dir).is_file() {
+        return Err(SalvageError::NoStore(store_dir.display().to_string()));
+    }
+    if !log.is_file() {
         return Err(SalvageError::NoLog(log.display().to_string()));
     }
     // sled's lock on its data file: a running server holds it, and holding
@@ -498,15 +509,25 @@ impl std::fmt::Display for SalvageReport {
                     self.kept_frames
                 );
                 write_partial(&mut s, &self.partial);
-                let _ = writeln!(
-                    s,
-                    "next: writes in the dropped frames are lost from this store, unless sled \
-                     had already stored them whole on its own (then they stay). If a backup \
-                     holds them, restore the store from it instead (stop, restore data_dir, \
-                     start). Otherwise start the server. Tokens acknowledged in the dropped \
-                     frames answer NOT_FOUND; tell their owners. Keep the .corrupt copy until you are sure, and check the disk \
-                     (SMART, dmesg) before trusting it again."
-                );
+                if self.dropped.is_empty() && self.missing_sequences.is_empty() {
+                    let _ = writeln!(
+                        s,
+                        "next: nothing was dropped (the frames were only out of place); start \
+                         the server. Keep the .corrupt copy until you are sure, and check the \
+                         disk (SMART, dmesg) before trusting it again."
+                    );
+                } else {
+                    let _ = writeln!(
+                        s,
+                        "next: writes in the dropped frames are lost from this store, unless \
+                         sled had already stored them whole on its own (then they stay). If a \
+                         backup holds them, restore the store from it instead (stop, restore \
+                         data_dir, start). Otherwise start the server. Tokens acknowledged in \
+                         the dropped frames answer NOT_FOUND; tell their owners. Keep the \
+                         .corrupt copy until you are sure, and check the disk (SMART, dmesg) \
+                         before trusting it again."
+                    );
+                }
             }
         }
         f.write_str(&s)
