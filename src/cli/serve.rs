@@ -1,0 +1,167 @@
+//! `fieldvault serve` and `fieldvault store`: the server and offline store
+//! maintenance.
+
+use super::{DEFAULT_ADDR, DEFAULT_DATA_DIR};
+use clap::{Args, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    /// Development mode: create (or reuse) a dev CA, certificates for the
+    /// sample callers, a master key and a sample policy under DATA_DIR/dev/.
+    #[arg(long)]
+    dev: bool,
+    /// Config file (required without --dev). See deploy/fieldvault.toml.
+    #[arg(long, conflicts_with = "dev")]
+    config: Option<PathBuf>,
+    /// Data directory for --dev.
+    #[arg(long, default_value = DEFAULT_DATA_DIR, requires = "dev")]
+    data_dir: PathBuf,
+    /// Address to listen on in --dev mode.
+    #[arg(long, default_value = DEFAULT_ADDR, requires = "dev")]
+    listen: SocketAddr,
+}
+
+/// SIGXFSZ, from the platform's own headers (through rustix).
+const SIGXFSZ: i32 = rustix::process::Signal::XFSZ.as_raw();
+
+pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
+    // A file-size limit (RLIMIT_FSIZE) sends SIGXFSZ to a process whose
+    // write would cross it, and the default action kills the process.
+    // With a handler installed the write fails with EFBIG instead, which
+    // the store reports as a storage failure ("file size limit reached"):
+    // writes stop, health reports NOT_SERVING, reads go on. Installed
+    // before the store opens; the stream is kept (and drained) for the
+    // life of the server.
+    let mut xfsz = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(SIGXFSZ))
+        .map_err(|e| format!("installing a SIGXFSZ handler: {e}"))?;
+    tokio::spawn(async move {
+        while xfsz.recv().await.is_some() {
+            tracing::debug!("SIGXFSZ: a write crossed the file-size limit and fails with EFBIG");
+        }
+    });
+    let env = |k: &str| std::env::var(k).ok();
+    let config = if args.dev {
+        let (config, created) =
+            fieldvault::dev::prepare(&args.data_dir, args.listen).map_err(|e| e.to_string())?;
+        let dir = fieldvault::dev::dev_dir(&args.data_dir);
+        println!(
+            "fieldvault dev mode ({} {})",
+            if created { "created" } else { "reusing" },
+            dir.display()
+        );
+        println!("  CA certificate : {}", dir.join("ca.pem").display());
+        println!(
+            "  server         : {} (localhost, 127.0.0.1)",
+            dir.join("server.pem").display()
+        );
+        for name in fieldvault::dev::DEV_CALLERS {
+            println!(
+                "  caller {name:<8}: {0}.pem / {0}.key  ({1})",
+                dir.join(name).display(),
+                fieldvault::dev::spiffe_id(name)
+            );
+        }
+        println!("  master key     : {}", dir.join("master.key").display());
+        println!("  policy         : {}", config.policy_file.display());
+        println!("  store          : {}", config.store_dir().display());
+        println!("  audit log      : {}", config.audit_log.display());
+        config
+    } else {
+        let path = args
+            .config
+            .ok_or("serve needs --config FILE (or --dev for a development setup)")?;
+        fieldvault::config::Config::load(&path, &env).map_err(|e| e.to_string())?
+    };
+    let mut server = fieldvault::app::start(&config, &env)
+        .await
+        .map_err(|e| e.to_string())?;
+    // Handlers installed before "listening on": a SIGTERM or SIGINT sent as
+    // soon as that line appears must not find the default action (death).
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+    println!("listening on {}", server.local_addr());
+    let shutdown = async {
+        async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            _ = recv(&mut int) => {}
+            _ = recv(&mut term) => {}
+        }
+    };
+    // Either way, `shutdown` waits for every task holding the store, so it
+    // is closed and checkpointed before the process exits; a server task
+    // that failed or panicked makes the exit code non-zero.
+    let ended_on_its_own = tokio::select! {
+        result = server.wait_ref() => Some(result),
+        _ = shutdown => None,
+    };
+    match ended_on_its_own {
+        None => {
+            tracing::info!("shutting down: finishing in-flight calls");
+            server
+                .shutdown()
+                .await
+                .map_err(|e| format!("server failed: {e}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(result) => {
+            let closed = server.shutdown().await;
+            let failure = match result {
+                Err(e) => e,
+                Ok(()) => match closed {
+                    Err(e) => e,
+                    Ok(()) => return Err("server stopped on its own".into()),
+                },
+            };
+            Err(format!("server failed: {failure}"))
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub(crate) enum StoreCommand {
+    /// Rescue a damaged write-ahead log (the server refused to start
+    /// naming it): keep every frame that verifies, report what is dropped,
+    /// keep the original beside it. Restoring a backup is the alternative;
+    /// see README, Durability.
+    Salvage(StoreArgs),
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("setup").required(true).args(["config", "dev"])))]
+pub(crate) struct StoreArgs {
+    /// The server's config file (its data_dir holds the store).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The store of a `serve --dev` setup.
+    #[arg(long)]
+    dev: bool,
+    /// Data directory for --dev.
+    #[arg(long, default_value = DEFAULT_DATA_DIR, requires = "dev")]
+    data_dir: PathBuf,
+}
+
+pub(crate) fn store_command(command: StoreCommand) -> Result<ExitCode, String> {
+    let StoreCommand::Salvage(args) = command;
+    // The salvaged log and the copy of the original hold ciphertext and
+    // wrapped keys: owner-only, like every file the server creates.
+    fieldvault::fsperm::restrict_umask();
+    let store_dir = match args.config {
+        Some(path) => fieldvault::config::Config::load(&path, &|k| std::env::var(k).ok())
+            .map_err(|e| e.to_string())?
+            .store_dir(),
+        None => fieldvault::config::Config::store_dir_in(&args.data_dir),
+    };
+    let report = fieldvault::store::salvage(&store_dir).map_err(|e| e.to_string())?;
+    print!("{report}");
+    Ok(ExitCode::SUCCESS)
+}
