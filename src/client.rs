@@ -24,6 +24,20 @@ pub enum ClientError {
     Read { path: String, reason: String },
     #[error("connecting to {addr}: {reason}")]
     Connect { addr: String, reason: String },
+    /// The command line does not say how to connect.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl ClientError {
+    /// The gRPC status code that best names this failure, so that a
+    /// whole-call failure reads the same as a server-side one (`--json`).
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            Self::Read { .. } | Self::Usage(_) => tonic::Code::InvalidArgument,
+            Self::Connect { .. } => tonic::Code::Unavailable,
+        }
+    }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, ClientError> {

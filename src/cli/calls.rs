@@ -1,52 +1,10 @@
 //! The client commands: `tokenize` and `detokenize`.
 
-use super::{DEFAULT_ADDR, DEFAULT_DATA_DIR};
+use super::conn::Conn;
 use clap::Args;
-use fieldvault::client::{connect, ClientTls};
 use fieldvault::grpc::pb;
 use std::io::BufRead;
-use std::path::PathBuf;
 use std::process::ExitCode;
-
-#[derive(Args)]
-struct Conn {
-    /// Server address, host:port.
-    #[arg(long, default_value = DEFAULT_ADDR, env = "FIELDVAULT_ADDR")]
-    addr: String,
-    /// CA certificate that signed the server certificate (PEM).
-    #[arg(long, requires_all = ["cert", "key"], conflicts_with = "dev_identity")]
-    ca: Option<PathBuf>,
-    /// Client certificate (PEM).
-    #[arg(long, requires_all = ["ca", "key"])]
-    cert: Option<PathBuf>,
-    /// Client private key (PEM).
-    #[arg(long, requires_all = ["ca", "cert"])]
-    key: Option<PathBuf>,
-    /// Use the dev identity NAME (orders, support, rotator, intruder) from
-    /// DATA_DIR/dev/ made by `serve --dev`.
-    #[arg(long, value_name = "NAME")]
-    dev_identity: Option<String>,
-    /// Data directory holding dev/ for --dev-identity.
-    #[arg(long, default_value = DEFAULT_DATA_DIR)]
-    data_dir: PathBuf,
-    /// Print one JSON object per item instead of text.
-    #[arg(long)]
-    json: bool,
-}
-
-impl Conn {
-    fn tls(&self) -> Result<ClientTls, String> {
-        match (&self.dev_identity, &self.ca, &self.cert, &self.key) {
-            (Some(name), None, None, None) => {
-                ClientTls::dev(&self.data_dir, name).map_err(|e| e.to_string())
-            }
-            (None, Some(ca), Some(cert), Some(key)) => {
-                ClientTls::from_files(ca, cert, key).map_err(|e| e.to_string())
-            }
-            _ => Err("give either --dev-identity NAME or all of --ca, --cert and --key".into()),
-        }
-    }
-}
 
 #[derive(Args)]
 pub(crate) struct TokenizeArgs {
@@ -119,9 +77,7 @@ pub(crate) async fn tokenize(args: TokenizeArgs) -> Result<ExitCode, String> {
         pb::NationalIdScheme::Unspecified,
         fieldvault::grpc::scheme_to_pb,
     );
-    let mut client = connect(&args.conn.addr, &args.conn.tls()?)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut client = args.conn.connect().await.map_err(|e| e.to_string())?;
     let request = pb::TokenizeRequest {
         fields: values
             .into_iter()
@@ -176,9 +132,7 @@ pub(crate) async fn tokenize(args: TokenizeArgs) -> Result<ExitCode, String> {
 }
 
 pub(crate) async fn detokenize(args: DetokenizeArgs) -> Result<ExitCode, String> {
-    let mut client = connect(&args.conn.addr, &args.conn.tls()?)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut client = args.conn.connect().await.map_err(|e| e.to_string())?;
     let response = client
         .detokenize(pb::DetokenizeRequest {
             tokens: args.tokens,

@@ -2,6 +2,7 @@
 //! maintenance. Each subcommand lives in its own file.
 
 mod calls;
+mod conn;
 mod serve;
 
 use clap::{Parser, Subcommand};
