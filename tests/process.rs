@@ -108,11 +108,11 @@ fn dev_mode_quickstart_survives_kill_9_and_leaves_no_plaintext_on_disk_or_in_log
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
         lines[0],
-        format!("{phone_token}\tFIELD_KIND_PHONE\tREVEAL_FULL\t{PHONE_CANONICAL}")
+        format!("{phone_token}\tphone\tfull\t{PHONE_CANONICAL}")
     );
     assert_eq!(
         lines[1],
-        format!("{address_token}\tFIELD_KIND_ADDRESS\tREVEAL_MASKED\t***")
+        format!("{address_token}\taddress\tmasked\t***")
     );
 
     // A refused call exits non-zero and says why.
@@ -120,7 +120,7 @@ fn dev_mode_quickstart_survives_kill_9_and_leaves_no_plaintext_on_disk_or_in_log
     args.extend(support);
     let out = cli(&args);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("PermissionDenied"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PERMISSION_DENIED"));
     drop(server);
 
     let needles: [&[u8]; 5] = [

@@ -132,7 +132,7 @@ fn assert_reveals(line: &str, i: usize) {
     let fields: Vec<&str> = line.split('\t').collect();
     assert_eq!(
         fields.get(1..).unwrap_or_default(),
-        ["FIELD_KIND_PHONE", "REVEAL_FULL", e164(i).as_str()],
+        ["phone", "full", e164(i).as_str()],
         "token {i}: {line}"
     );
 }

@@ -1,10 +1,26 @@
 //! The client commands: `tokenize` and `detokenize`.
+//!
+//! Every input item (argument or `--stdin` line, blank ones too) gets
+//! exactly one output line, in input order. Input is sent in chunks of at
+//! most `--batch-size` items, so any amount of it works and memory stays
+//! bounded. When a chunk fails as a whole, the command stops: the items
+//! answered so far are printed, then the whole-call error (naming the first
+//! unanswered item), and it exits with [`output::EXIT_CALL_FAILED`].
 
 use super::conn::Conn;
+use super::input::{self, Line};
+use super::output::{self, address_json, call_failed, Failure, EXIT_ITEM_FAILED, EXIT_OK};
 use clap::Args;
+use fieldvault::domain::value::MAX_VALUE_BYTES;
 use fieldvault::grpc::pb;
-use std::io::BufRead;
+use fieldvault::grpc::pb::vault_client::VaultClient;
 use std::process::ExitCode;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use tonic::Code;
+
+/// The server's default `max_batch_items`.
+const DEFAULT_BATCH_SIZE: usize = 1000;
 
 #[derive(Args)]
 pub(crate) struct TokenizeArgs {
@@ -22,10 +38,22 @@ pub(crate) struct TokenizeArgs {
     /// Purpose, when the caller's policy requires one for tokenize.
     #[arg(long)]
     purpose: Option<String>,
+    /// Address only: each value is a structured address, a JSON object with
+    /// the fields of PostalAddress (country, region, city, district,
+    /// street_lines, postal_code, recipient), e.g.
+    /// '{"country":"US","city":"Testville","street_lines":["17 Fakestreet Lane"]}'.
+    #[arg(long)]
+    address_json: bool,
     /// Read values from standard input, one per line, instead of arguments
-    /// (keeps them out of the process list and shell history).
+    /// (keeps them out of the process list and shell history). Every line
+    /// gets one output line; a blank line is an error for that item.
     #[arg(long, conflicts_with = "values")]
     stdin: bool,
+    /// Items per call: larger input is sent in chunks of this size. The
+    /// server's limit is its max_batch_items (1000 by default); a smaller
+    /// limit the server announces is followed on its own.
+    #[arg(long, default_value_t = DEFAULT_BATCH_SIZE, value_parser = batch_size)]
+    batch_size: usize,
     /// The values.
     #[arg(required_unless_present = "stdin")]
     values: Vec<String>,
@@ -41,153 +69,498 @@ pub(crate) struct DetokenizeArgs {
     /// Free text for the audit log (e.g. a ticket number).
     #[arg(long, default_value = "")]
     justification: String,
+    /// Read tokens from standard input, one per line, instead of arguments.
+    /// Every line gets one output line; a blank line is an error for that
+    /// item.
+    #[arg(long, conflicts_with = "tokens")]
+    stdin: bool,
+    /// Items per call (see tokenize --batch-size).
+    #[arg(long, default_value_t = DEFAULT_BATCH_SIZE, value_parser = batch_size)]
+    batch_size: usize,
     /// The tokens.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "stdin")]
     tokens: Vec<String>,
     #[command(flatten)]
     conn: Conn,
 }
 
-fn status_line(e: &tonic::Status) -> String {
-    format!("{:?}: {}", e.code(), e.message())
+fn batch_size(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        _ => Err("must be a whole number from 1 to 1000000".into()),
+    }
 }
 
-fn item_error(s: &tonic_types::Status) -> (String, String) {
-    (
-        format!("{:?}", tonic::Code::from_i32(s.code)),
-        s.message.clone(),
-    )
+/// Where the items come from: the arguments, or standard input.
+enum Source {
+    Args(std::vec::IntoIter<String>),
+    Stdin(mpsc::Receiver<Result<Line, String>>),
 }
 
-pub(crate) async fn tokenize(args: TokenizeArgs) -> Result<ExitCode, String> {
-    let values = if args.stdin {
-        std::io::stdin()
-            .lock()
-            .lines()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("reading standard input: {e}"))?
-            .into_iter()
-            .filter(|l| !l.trim().is_empty())
-            .collect()
+impl Source {
+    fn new(stdin: bool, args: Vec<String>, max_line_bytes: usize) -> Self {
+        if stdin {
+            Self::Stdin(input::stdin_lines(max_line_bytes))
+        } else {
+            Self::Args(args.into_iter())
+        }
+    }
+
+    async fn next(&mut self) -> Option<Result<Line, String>> {
+        match self {
+            Self::Args(args) => args.next().map(|a| Ok(Line::Text(a))),
+            Self::Stdin(rx) => rx.recv().await,
+        }
+    }
+}
+
+/// One kind of call, sent in chunks.
+trait Call {
+    type Item: Clone;
+    type Answer;
+    /// The request's list field, as the server names items (`fields[3]`).
+    const LIST: &'static str;
+    fn item_bytes(item: &Self::Item) -> usize;
+    async fn send(
+        &mut self,
+        items: Vec<Self::Item>,
+    ) -> Result<Vec<Result<Self::Answer, Failure>>, Failure>;
+    fn print(&self, index: usize, item: Option<&Self::Item>, answer: Result<Self::Answer, Failure>);
+}
+
+/// The limit a server announced in "holds N items; at most M are allowed
+/// per call".
+fn allowed_per_call(f: &Failure) -> Option<usize> {
+    if f.code != Code::InvalidArgument {
+        return None;
+    }
+    let rest = f.message.split("at most ").nth(1)?;
+    let (n, tail) = rest.split_once(' ')?;
+    tail.starts_with("are allowed per call")
+        .then(|| n.parse().ok())
+        .flatten()
+}
+
+/// Sends `items` (whose input indices are `globals`) in calls of at most
+/// `*batch` items. Returns the answers of the items answered, in order, and
+/// the whole-call failure that stopped it, if any. A server limit below
+/// `*batch` lowers it and the call is retried (nothing was stored).
+async fn send_all<C: Call>(
+    call: &mut C,
+    items: &[C::Item],
+    globals: &[usize],
+    batch: &mut usize,
+) -> (Vec<Result<C::Answer, Failure>>, Option<Failure>) {
+    let mut answers = Vec::with_capacity(items.len());
+    let mut start = 0;
+    while start < items.len() {
+        let end = (start + *batch).min(items.len());
+        let map = |k: usize| globals.get(start + k).copied();
+        match call.send(items[start..end].to_vec()).await {
+            Ok(got) if got.len() == end - start => {
+                answers.extend(
+                    got.into_iter()
+                        .map(|a| a.map_err(|f| f.reindex(C::LIST, map))),
+                );
+                start = end;
+            }
+            Ok(got) => {
+                let f = Failure::new(
+                    Code::Internal,
+                    format!("the server answered {} items of {}", got.len(), end - start),
+                );
+                return (answers, Some(f));
+            }
+            Err(f) => match allowed_per_call(&f) {
+                Some(n) if n >= 1 && n < end - start => *batch = n,
+                _ => return (answers, Some(f.reindex(C::LIST, map))),
+            },
+        }
+    }
+    (answers, None)
+}
+
+/// Reads items from `source`, turns each line into an item with `build`
+/// (or a failure of that item alone), sends them in chunks and prints one
+/// line per item.
+async fn run<C: Call>(
+    call: &mut C,
+    mut source: Source,
+    build: impl Fn(usize, Line) -> Result<C::Item, Failure>,
+    mut batch: usize,
+    json: bool,
+) -> ExitCode {
+    let max_bytes = fieldvault::limits::max_message_bytes(batch);
+    let mut next_index = 0;
+    let mut any_failed = false;
+    let mut carry: Option<(usize, Result<C::Item, Failure>)> = None;
+    let mut read_error = None;
+    loop {
+        // Gather a chunk: at most `batch` items, at most `max_bytes` sent.
+        let mut chunk: Vec<(usize, Result<C::Item, Failure>)> = Vec::new();
+        let mut bytes = 0;
+        while chunk.len() < batch {
+            let next = match carry.take() {
+                Some(next) => next,
+                None => match source.next().await {
+                    None => break,
+                    Some(Err(e)) => {
+                        read_error = Some(e);
+                        break;
+                    }
+                    Some(Ok(line)) => {
+                        let index = next_index;
+                        next_index += 1;
+                        (index, build(index, line))
+                    }
+                },
+            };
+            if let Ok(item) = &next.1 {
+                let b = C::item_bytes(item);
+                if bytes > 0 && bytes + b > max_bytes {
+                    carry = Some(next);
+                    break;
+                }
+                bytes += b;
+            }
+            chunk.push(next);
+        }
+        if chunk.is_empty() {
+            break;
+        }
+        let (globals, items): (Vec<usize>, Vec<C::Item>) = chunk
+            .iter()
+            .filter_map(|(i, item)| item.as_ref().ok().map(|item| (*i, item.clone())))
+            .unzip();
+        let (answers, failure) = if items.is_empty() {
+            (Vec::new(), None)
+        } else {
+            send_all(call, &items, &globals, &mut batch).await
+        };
+        let mut answers = answers.into_iter();
+        let mut sent = items.iter();
+        for (index, item) in chunk {
+            let (item, answer) = match item {
+                Err(local) => (None, Err(local)),
+                Ok(_) => match answers.next() {
+                    Some(answer) => (sent.next(), answer),
+                    None => {
+                        // Unanswered: the call failed from here on.
+                        let f = failure.unwrap_or_else(|| {
+                            Failure::new(Code::Internal, "the server sent too few answers")
+                        });
+                        return call_failed(json, &f, Some(index));
+                    }
+                },
+            };
+            any_failed |= answer.is_err();
+            call.print(index, item, answer);
+        }
+        if let Some(f) = failure {
+            // Every item of the chunk was answered, yet a failure: only
+            // possible when the failing call covered no item.
+            return call_failed(json, &f, Some(next_index));
+        }
+        if let Some(e) = read_error.take() {
+            return call_failed(
+                json,
+                &Failure::new(Code::InvalidArgument, e),
+                Some(next_index),
+            );
+        }
+    }
+    if let Some(e) = read_error {
+        return call_failed(
+            json,
+            &Failure::new(Code::InvalidArgument, e),
+            Some(next_index),
+        );
+    }
+    ExitCode::from(if any_failed {
+        EXIT_ITEM_FAILED
     } else {
-        args.values
+        EXIT_OK
+    })
+}
+
+/// A line that cannot become an item, as the failure of that item.
+fn bad_line(field: &str, line: &Line, max: usize) -> Option<Failure> {
+    match line {
+        Line::Text(_) => None,
+        Line::TooLong => Some(Failure::invalid(
+            field,
+            &format!("is longer than {max} bytes"),
+        )),
+        Line::NotUtf8 => Some(Failure::invalid(field, "is not valid UTF-8")),
+    }
+}
+
+struct Tokenize {
+    client: VaultClient<Channel>,
+    purpose: Option<String>,
+    json: bool,
+}
+
+impl Call for Tokenize {
+    type Item = pb::Field;
+    type Answer = String;
+    const LIST: &'static str = "fields";
+
+    fn item_bytes(item: &pb::Field) -> usize {
+        prost::Message::encoded_len(item) + 6
+    }
+
+    async fn send(
+        &mut self,
+        fields: Vec<pb::Field>,
+    ) -> Result<Vec<Result<String, Failure>>, Failure> {
+        let response = self
+            .client
+            .tokenize(pb::TokenizeRequest {
+                fields,
+                purpose: self.purpose.clone(),
+            })
+            .await
+            .map_err(|s| Failure::from_status(&s))?
+            .into_inner();
+        Ok(response
+            .results
+            .into_iter()
+            .map(|r| match r.outcome {
+                Some(pb::tokenize_result::Outcome::Token(t)) => Ok(t),
+                Some(pb::tokenize_result::Outcome::Error(e)) => Err(Failure::from_item(&e)),
+                None => Err(Failure::new(
+                    Code::Internal,
+                    "the server sent an empty result",
+                )),
+            })
+            .collect())
+    }
+
+    fn print(&self, index: usize, _item: Option<&pb::Field>, answer: Result<String, Failure>) {
+        match (self.json, answer) {
+            (true, Ok(token)) => {
+                println!("{}", serde_json::json!({"index": index, "token": token}))
+            }
+            (true, Err(f)) => {
+                println!("{}", serde_json::json!({"index": index, "error": f.json()}))
+            }
+            (false, Ok(token)) => println!("{token}"),
+            (false, Err(f)) => println!("error {}", f.text()),
+        }
+    }
+}
+
+pub(crate) async fn tokenize(args: TokenizeArgs) -> ExitCode {
+    let json = args.conn.json;
+    let address_json = args.address_json;
+    if address_json && args.kind != fieldvault::domain::FieldKind::Address {
+        let f = Failure::new(
+            Code::InvalidArgument,
+            "--address-json: only with --kind address",
+        );
+        return call_failed(json, &f, None);
+    }
+    // A structured address may be longer than a value; either way one
+    // line is at most one largest legal field, so a chunk of `batch_size`
+    // items stays under the server's message limit.
+    let max_line = if address_json {
+        fieldvault::limits::max_field_bytes()
+    } else {
+        MAX_VALUE_BYTES
     };
-    let kind = fieldvault::grpc::kind_to_pb(args.kind);
+    let kind = fieldvault::grpc::kind_to_pb(args.kind) as i32;
     let scheme = args.scheme.map_or(
         pb::NationalIdScheme::Unspecified,
         fieldvault::grpc::scheme_to_pb,
-    );
-    let mut client = args.conn.connect().await.map_err(|e| e.to_string())?;
-    let request = pb::TokenizeRequest {
-        fields: values
-            .into_iter()
-            .map(|value| pb::Field {
-                kind: kind as i32,
-                value,
-                region: args.region.clone().unwrap_or_default(),
-                scheme: scheme as i32,
-                address: None,
-            })
-            .collect(),
-        purpose: args.purpose,
-    };
-    let response = client
-        .tokenize(request)
-        .await
-        .map_err(|e| status_line(&e))?
-        .into_inner();
-    let mut failed = false;
-    for (i, result) in response.results.iter().enumerate() {
-        match &result.outcome {
-            Some(pb::tokenize_result::Outcome::Token(token)) => {
-                if args.conn.json {
-                    println!("{}", serde_json::json!({"index": i, "token": token}));
-                } else {
-                    println!("{token}");
-                }
-            }
-            Some(pb::tokenize_result::Outcome::Error(e)) => {
-                failed = true;
-                let (code, message) = item_error(e);
-                if args.conn.json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"index": i, "error": {"code": code, "message": message}})
-                    );
-                } else {
-                    println!("error {code}: {message}");
-                }
-            }
-            None => {
-                failed = true;
-                println!("error: empty result for item {i}");
-            }
+    ) as i32;
+    let region = args.region.clone().unwrap_or_default();
+    let build = move |index: usize, line: Line| {
+        let field = if address_json {
+            format!("fields[{index}].address")
+        } else {
+            format!("fields[{index}].value")
+        };
+        if let Some(f) = bad_line(&field, &line, max_line) {
+            return Err(f);
         }
-    }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+        let Line::Text(text) = line else {
+            return Err(Failure::new(Code::Internal, "unreachable"));
+        };
+        let (value, address) = if address_json {
+            if text.trim().is_empty() {
+                return Err(Failure::invalid(&field, "is empty"));
+            }
+            let address = input::parse_address(&text).map_err(|r| Failure::invalid(&field, &r))?;
+            (String::new(), Some(address))
+        } else {
+            (text, None)
+        };
+        Ok(pb::Field {
+            kind,
+            value,
+            region: region.clone(),
+            scheme,
+            address,
+        })
+    };
+    let source = Source::new(args.stdin, args.values, max_line);
+    let client = match args.conn.connect().await {
+        Ok(client) => client,
+        Err(e) => return call_failed(json, &Failure::from_client(&e), Some(0)),
+    };
+    let mut call = Tokenize {
+        client,
+        purpose: args.purpose,
+        json,
+    };
+    run(&mut call, source, build, args.batch_size, json).await
 }
 
-pub(crate) async fn detokenize(args: DetokenizeArgs) -> Result<ExitCode, String> {
-    let mut client = args.conn.connect().await.map_err(|e| e.to_string())?;
-    let response = client
-        .detokenize(pb::DetokenizeRequest {
-            tokens: args.tokens,
-            purpose: args.purpose,
-            justification: args.justification,
-        })
-        .await
-        .map_err(|e| status_line(&e))?
-        .into_inner();
-    let mut failed = false;
-    for result in &response.results {
-        match &result.outcome {
-            Some(pb::detokenize_result::Outcome::Revealed(v)) => {
-                let kind = pb::FieldKind::try_from(v.kind).map_or("unknown", |k| k.as_str_name());
-                let reveal = pb::Reveal::try_from(v.reveal).map_or("unknown", |r| r.as_str_name());
-                if args.conn.json {
-                    let mut obj = serde_json::json!({"token": result.token, "kind": kind, "reveal": reveal, "value": v.value});
-                    if let Ok(scheme) = pb::NationalIdScheme::try_from(v.scheme) {
-                        if scheme != pb::NationalIdScheme::Unspecified {
-                            obj["scheme"] = scheme.as_str_name().into();
-                        }
+/// A token line longer than this is refused without sending it; a token
+/// is 26 characters.
+const MAX_TOKEN_LINE: usize = 1024;
+
+struct Detokenize {
+    client: VaultClient<Channel>,
+    purpose: String,
+    justification: String,
+    json: bool,
+}
+
+impl Call for Detokenize {
+    type Item = String;
+    type Answer = pb::DetokenizeResult;
+    const LIST: &'static str = "tokens";
+
+    fn item_bytes(item: &String) -> usize {
+        item.len() + 6
+    }
+
+    async fn send(
+        &mut self,
+        tokens: Vec<String>,
+    ) -> Result<Vec<Result<pb::DetokenizeResult, Failure>>, Failure> {
+        let response = self
+            .client
+            .detokenize(pb::DetokenizeRequest {
+                tokens,
+                purpose: self.purpose.clone(),
+                justification: self.justification.clone(),
+            })
+            .await
+            .map_err(|s| Failure::from_status(&s))?
+            .into_inner();
+        Ok(response
+            .results
+            .into_iter()
+            .map(|r| match &r.outcome {
+                Some(pb::detokenize_result::Outcome::Revealed(_)) => Ok(r),
+                Some(pb::detokenize_result::Outcome::Error(e)) => Err(Failure::from_item(e)),
+                None => Err(Failure::new(
+                    Code::Internal,
+                    "the server sent an empty result",
+                )),
+            })
+            .collect())
+    }
+
+    fn print(
+        &self,
+        index: usize,
+        item: Option<&String>,
+        answer: Result<pb::DetokenizeResult, Failure>,
+    ) {
+        let token = item.map_or("", String::as_str);
+        let revealed = match answer {
+            Ok(pb::DetokenizeResult {
+                outcome: Some(pb::detokenize_result::Outcome::Revealed(v)),
+                ..
+            }) => Ok(v),
+            Ok(_) => Err(Failure::new(
+                Code::Internal,
+                "the server sent an empty result",
+            )),
+            Err(f) => Err(f),
+        };
+        match revealed {
+            Ok(v) => {
+                let kind = output::kind_name(v.kind);
+                let reveal = output::reveal_name(v.reveal);
+                let scheme = output::scheme_name(v.scheme);
+                if self.json {
+                    let mut obj = serde_json::json!({
+                        "index": index, "token": token, "kind": kind,
+                        "reveal": reveal, "value": v.value,
+                    });
+                    if let Some(scheme) = scheme {
+                        obj["scheme"] = scheme.into();
                     }
                     if let Some(a) = &v.address {
-                        obj["address"] = serde_json::json!({
-                            "country": a.country, "region": a.region, "city": a.city,
-                            "district": a.district, "street_lines": a.street_lines,
-                            "postal_code": a.postal_code, "recipient": a.recipient,
-                        });
+                        obj["address"] = address_json(a);
                     }
                     println!("{obj}");
                 } else {
-                    println!("{}\t{}\t{}\t{}", result.token, kind, reveal, v.value);
+                    let mut line = format!("{token}\t{kind}\t{reveal}\t{}", v.value);
+                    if let Some(scheme) = scheme {
+                        line.push('\t');
+                        line.push_str(&scheme);
+                    } else if let Some(a) = &v.address {
+                        line.push('\t');
+                        line.push_str(&address_json(a).to_string());
+                    }
+                    println!("{line}");
                 }
             }
-            Some(pb::detokenize_result::Outcome::Error(e)) => {
-                failed = true;
-                let (code, message) = item_error(e);
-                if args.conn.json {
+            Err(f) => {
+                if self.json {
                     println!(
                         "{}",
-                        serde_json::json!({"token": result.token, "error": {"code": code, "message": message}})
+                        serde_json::json!({"index": index, "token": token, "error": f.json()})
                     );
                 } else {
-                    println!("{}\terror {code}: {message}", result.token);
+                    println!("{token}\terror {}", f.text());
                 }
-            }
-            None => {
-                failed = true;
-                println!("{}\terror: empty result", result.token);
             }
         }
     }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+}
+
+pub(crate) async fn detokenize(args: DetokenizeArgs) -> ExitCode {
+    let json = args.conn.json;
+    let build = |index: usize, line: Line| match line {
+        Line::Text(token) => Ok(token),
+        other => Err(
+            bad_line(&format!("tokens[{index}]"), &other, MAX_TOKEN_LINE)
+                .unwrap_or_else(|| Failure::new(Code::Internal, "unreachable")),
+        ),
+    };
+    let source = Source::new(args.stdin, args.tokens, MAX_TOKEN_LINE);
+    let client = match args.conn.connect().await {
+        Ok(client) => client,
+        Err(e) => return call_failed(json, &Failure::from_client(&e), Some(0)),
+    };
+    let mut call = Detokenize {
+        client,
+        purpose: args.purpose,
+        justification: args.justification,
+        json,
+    };
+    run(&mut call, source, build, args.batch_size, json).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_batch_limit_is_read_from_its_message() {
+        let f = Failure::invalid("fields", "holds 1000 items; at most 7 are allowed per call");
+        assert_eq!(allowed_per_call(&f), Some(7));
+        let f = Failure::invalid(
+            "fields[3].address.street_lines",
+            "holds 40 items; at most 32 are allowed",
+        );
+        assert_eq!(allowed_per_call(&f), None);
+    }
 }

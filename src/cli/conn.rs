@@ -42,6 +42,12 @@ impl Conn {
         fieldvault::client::connect(&self.addr, &tls).await
     }
 
+    /// An mTLS channel to `--addr`, for the other services (health).
+    pub(crate) async fn channel(&self) -> Result<Channel, ClientError> {
+        let tls = self.tls().map_err(ClientError::Usage)?;
+        fieldvault::client::channel(&self.addr, &tls).await
+    }
+
     fn tls(&self) -> Result<ClientTls, String> {
         match (&self.dev_identity, &self.ca, &self.cert, &self.key) {
             (Some(name), None, None, None) => {

@@ -3,6 +3,9 @@
 
 mod calls;
 mod conn;
+mod health;
+mod input;
+mod output;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +33,9 @@ enum Command {
     Tokenize(calls::TokenizeArgs),
     /// Reveal the values behind tokens (audited).
     Detokenize(calls::DetokenizeArgs),
+    /// Check the server's grpc.health.v1 status over mTLS (an exec probe):
+    /// exit 0 when SERVING.
+    Health(health::HealthArgs),
     /// Offline store maintenance, with the server stopped.
     #[command(subcommand)]
     Store(serve::StoreCommand),
@@ -57,8 +63,9 @@ pub(crate) async fn run() -> ExitCode {
             init_logging();
             serve::serve(args).await
         }
-        Command::Tokenize(args) => calls::tokenize(args).await,
-        Command::Detokenize(args) => calls::detokenize(args).await,
+        Command::Tokenize(args) => Ok(calls::tokenize(args).await),
+        Command::Detokenize(args) => Ok(calls::detokenize(args).await),
+        Command::Health(args) => Ok(health::health(args).await),
         Command::Store(command) => serve::store_command(command),
     };
     match result {

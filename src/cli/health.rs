@@ -1,0 +1,64 @@
+//! `fieldvault health`: a gRPC health check over mTLS, as an exec probe
+//! (Kubernetes' own gRPC probe cannot present a client certificate).
+
+use super::conn::Conn;
+use super::output::{call_failed, Failure, EXIT_ITEM_FAILED, EXIT_OK};
+use clap::Args;
+use std::process::ExitCode;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+#[derive(Args)]
+pub(crate) struct HealthArgs {
+    /// The service to ask about: empty for the server as a whole, or
+    /// fieldvault.v1.Vault.
+    #[arg(long, default_value = "")]
+    service: String,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+/// The status as grpc.health.v1 names it (`SERVING`).
+fn status_name(status: i32) -> String {
+    match ServingStatus::try_from(status) {
+        Ok(s) => s.as_str_name().to_owned(),
+        Err(_) => format!("UNKNOWN({status})"),
+    }
+}
+
+/// Exit 0 when the server answers SERVING, 1 when it answers anything else
+/// (NOT_SERVING, SERVICE_UNKNOWN, …), 2 when the check itself fails
+/// (unreachable, TLS, an unknown service).
+pub(crate) async fn health(args: HealthArgs) -> ExitCode {
+    let json = args.conn.json;
+    let channel = match args.conn.channel().await {
+        Ok(channel) => channel,
+        Err(e) => return call_failed(json, &Failure::from_client(&e), None),
+    };
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: args.service.clone(),
+        })
+        .await;
+    let status = match response {
+        Ok(r) => r.into_inner().status,
+        Err(s) => return call_failed(json, &Failure::from_status(&s), None),
+    };
+    let name = status_name(status);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"service": args.service, "status": name})
+        );
+    } else if args.service.is_empty() {
+        println!("{name}");
+    } else {
+        println!("{}: {name}", args.service);
+    }
+    ExitCode::from(if status == ServingStatus::Serving as i32 {
+        EXIT_OK
+    } else {
+        EXIT_ITEM_FAILED
+    })
+}
