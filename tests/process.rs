@@ -110,10 +110,7 @@ fn dev_mode_quickstart_survives_kill_9_and_leaves_no_plaintext_on_disk_or_in_log
         lines[0],
         format!("{phone_token}\tphone\tfull\t{PHONE_CANONICAL}")
     );
-    assert_eq!(
-        lines[1],
-        format!("{address_token}\taddress\tmasked\t***")
-    );
+    assert_eq!(lines[1], format!("{address_token}\taddress\tmasked\t***"));
 
     // A refused call exits non-zero and says why.
     let mut args = vec!["detokenize", "--purpose", "marketing", &phone_token];

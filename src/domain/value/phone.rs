@@ -94,16 +94,77 @@ pub(super) fn canonical(raw: &str, region: Option<PhoneRegion>) -> Result<String
         return Err(invalid("extensions are not accepted"));
     }
     if !phonenumber::is_valid(&number) {
-        let region_name = number
-            .country()
-            .id()
-            .map(|id| id.as_ref().to_owned())
-            .unwrap_or_else(|| format!("+{}", number.code().value()));
-        return Err(invalid(format!(
-            "not a valid number for region {region_name}"
+        let national_format = plus.is_empty() && hint.is_some();
+        return Err(invalid(not_valid_reason(
+            &number,
+            hint.filter(|_| national_format),
         )));
     }
     Ok(number.format().mode(Mode::E164).to_string())
+}
+
+/// Why a number that parsed is not valid, naming what it was checked
+/// against: the region it was read in (national format), or its country
+/// calling code (`+1` is shared by 25 regions, so it is no region), and how
+/// many digits follow the calling code when no number there has that many.
+/// It never quotes a digit of the number.
+fn not_valid_reason(number: &phonenumber::PhoneNumber, read_in: Option<country::Id>) -> String {
+    let code = number.code().value();
+    let regions = phonenumber::metadata::DATABASE
+        .by_code(&code)
+        .unwrap_or_default();
+    let against = match read_in {
+        Some(region) => format!("region {}", region.as_ref()),
+        None => match regions.as_slice() {
+            [only] if only.id() != "001" => {
+                format!("country calling code +{code} ({})", only.id())
+            }
+            _ => format!("country calling code +{code}"),
+        },
+    };
+    let mut lengths: Vec<u16> = regions
+        .iter()
+        .flat_map(|m| {
+            // This metadata leaves the general descriptor's lengths empty:
+            // those of the numbers people give (fixed-line, mobile), not of
+            // rare kinds (Canada's 7-digit UAN numbers).
+            let d = m.descriptors();
+            [Some(d.general()), d.fixed_line(), d.mobile()]
+                .into_iter()
+                .flatten()
+                .flat_map(|desc| desc.possible_length().iter().copied())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    let national = number.national();
+    let digits = u16::from(national.zeros())
+        + if national.value() == 0 {
+            0
+        } else {
+            // At most 20 digits: a u64.
+            u16::try_from(national.value().ilog10() + 1).unwrap_or(u16::MAX)
+        };
+    if lengths.is_empty() || lengths.contains(&digits) {
+        return format!("not a valid number for {against}: no number range there holds it");
+    }
+    let expected = match lengths.as_slice() {
+        [one] => one.to_string(),
+        [first @ .., last] => format!(
+            "{} or {last}",
+            first
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        [] => String::new(),
+    };
+    format!(
+        "not a valid number for {against}: {digits} digits follow the calling code, \
+         fixed-line and mobile numbers there have {expected}"
+    )
 }
 
 /// The country calling code of a canonical E.164 number (`86` for `+86…`).
@@ -155,7 +216,12 @@ mod tests {
             "{}",
             reason("+86 1", None)
         );
-        assert!(reason("+86 138", None).contains("not a valid number for region CN"));
+        assert_eq!(
+            reason("+86 138", None),
+            "not a valid number for country calling code +86 (CN): \
+             3 digits follow the calling code, fixed-line and mobile numbers there have \
+             7, 8, 9, 10 or 11"
+        );
         let r = reason("12812345678", cn());
         assert!(r.contains("not a valid number"), "{r}");
         assert!(reason("13812345678", None).contains("no country calling code"));
@@ -163,6 +229,34 @@ mod tests {
         assert!(reason("hello", None).contains("not a number"));
         // The reason never quotes the input.
         assert!(!r.contains("1281"));
+    }
+
+    #[test]
+    fn a_shared_calling_code_is_named_as_a_calling_code_not_a_region() {
+        let reason = |raw: &str, region| canonical(raw, region).err().map(|e| e.reason);
+        // +1 is shared by the US, Canada and 23 other regions.
+        let r = reason("+1 202-555-01", None).unwrap_or_default();
+        assert_eq!(
+            r,
+            "not a valid number for country calling code +1: \
+             8 digits follow the calling code, fixed-line and mobile numbers there have 10"
+        );
+        // The right length, in no number range: said so, no digit quoted.
+        let r = reason("+1 000-555-0142", None).unwrap_or_default();
+        assert_eq!(
+            r,
+            "not a valid number for country calling code +1: no number range there holds it"
+        );
+        // A national number names the region it was read in.
+        let r = reason("12812345678", cn()).unwrap_or_default();
+        assert!(r.starts_with("not a valid number for region CN: "), "{r}");
+        for r in [reason("+1 202-555-01", None), reason("12812345678", cn())] {
+            let r = r.unwrap_or_default();
+            assert!(
+                !r.contains("202") && !r.contains("555") && !r.contains("1281"),
+                "{r}"
+            );
+        }
     }
 
     #[test]
