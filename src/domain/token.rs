@@ -60,7 +60,7 @@ impl TokenId {
     pub fn from_bytes(bytes: [u8; 16]) -> Result<Self, TokenParseError> {
         let uuid = Uuid::from_bytes(bytes);
         if uuid.get_version_num() != 4 || uuid.get_variant() != uuid::Variant::RFC4122 {
-            return Err(TokenParseError::Malformed);
+            return Err(TokenParseError::NotIssued);
         }
         Ok(Self(uuid))
     }
@@ -86,9 +86,25 @@ pub enum TokenParseError {
     Empty,
     #[error("token does not start with the '{TOKEN_PREFIX}' format prefix")]
     UnknownFormat,
-    #[error("token is malformed")]
-    Malformed,
+    #[error(
+        "token is {0} characters long; a token is {TOKEN_LEN} ('{TOKEN_PREFIX}' and {BODY_LEN} more)"
+    )]
+    WrongLength(usize),
+    #[error(
+        "token has a character other than A-Z, a-z, 0-9, '-' and '_' at position {0} \
+         (counting from 1)"
+    )]
+    BadCharacter(usize),
+    #[error("token's last character is not one a token ends with (mistyped?)")]
+    NotCanonical,
+    #[error("token is not one this vault issues (its bits do not form a token id: mistyped?)")]
+    NotIssued,
 }
+
+/// Characters after the prefix: 16 bytes in unpadded base64.
+const BODY_LEN: usize = 22;
+/// A token's length in characters.
+const TOKEN_LEN: usize = TOKEN_PREFIX.len() + BODY_LEN;
 
 impl FromStr for TokenId {
     type Err = TokenParseError;
@@ -100,18 +116,29 @@ impl FromStr for TokenId {
         let body = s
             .strip_prefix(TOKEN_PREFIX)
             .ok_or(TokenParseError::UnknownFormat)?;
-        if body.len() != 22 {
-            return Err(TokenParseError::Malformed);
+        if let Some(i) = body
+            .chars()
+            .position(|c| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        {
+            return Err(TokenParseError::BadCharacter(TOKEN_PREFIX.len() + i + 1));
+        }
+        // Only ASCII from here: bytes are characters.
+        if body.len() != BODY_LEN {
+            return Err(TokenParseError::WrongLength(
+                TOKEN_PREFIX.len() + body.len(),
+            ));
         }
         let bytes = URL_SAFE_NO_PAD
             .decode(body)
-            .map_err(|_| TokenParseError::Malformed)?;
-        let bytes: [u8; 16] = bytes.try_into().map_err(|_| TokenParseError::Malformed)?;
+            .map_err(|_| TokenParseError::NotCanonical)?;
+        let bytes: [u8; 16] = bytes
+            .try_into()
+            .map_err(|_| TokenParseError::WrongLength(s.len()))?;
         let id = Self::from_bytes(bytes)?;
         // Reject non-canonical encodings (base64 slack bits), so one record
         // has exactly one token string.
         if id.to_string() != s {
-            return Err(TokenParseError::Malformed);
+            return Err(TokenParseError::NotCanonical);
         }
         Ok(id)
     }
@@ -119,6 +146,7 @@ impl FromStr for TokenId {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -149,16 +177,68 @@ mod tests {
         );
         assert_eq!(
             "fv1_abc".parse::<TokenId>(),
-            Err(TokenParseError::Malformed)
+            Err(TokenParseError::WrongLength(7))
         );
         assert_eq!(
             "fv1_!!!!!!!!!!!!!!!!!!!!!!".parse::<TokenId>(),
-            Err(TokenParseError::Malformed)
+            Err(TokenParseError::BadCharacter(5))
         );
         // Valid base64 but not a v4 UUID.
         assert_eq!(
             "fv1_AAAAAAAAAAAAAAAAAAAAAA".parse::<TokenId>(),
-            Err(TokenParseError::Malformed)
+            Err(TokenParseError::NotIssued)
+        );
+    }
+
+    #[test]
+    fn a_malformed_token_says_why_in_a_short_message_that_quotes_nothing() {
+        let t = TokenId::new_random().to_string();
+        let cases = [
+            (
+                format!("{t}x"),
+                "token is 27 characters long; a token is 26 ('fv1_' and 22 more)",
+            ),
+            (
+                t[..25].to_owned(),
+                "token is 25 characters long; a token is 26 ('fv1_' and 22 more)",
+            ),
+            (
+                format!("{}.{}", &t[..10], &t[11..]),
+                "token has a character other than A-Z, a-z, 0-9, '-' and '_' at position 11 \
+                 (counting from 1)",
+            ),
+            (
+                "fv1_AAAAAAAAAAAAAAAAAAAAAA".to_owned(),
+                "token is not one this vault issues (its bits do not form a token id: mistyped?)",
+            ),
+            (
+                "tok_AAAAAAAAAAAAAAAAAAAAAA".to_owned(),
+                "token does not start with the 'fv1_' format prefix",
+            ),
+        ];
+        for (input, message) in cases {
+            let got = input
+                .parse::<TokenId>()
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert_eq!(got, message, "{input}");
+            assert!(got.len() < 100, "{got}");
+        }
+        // 16 bytes end in 4 slack bits: the final base64 character of a
+        // canonical token is one of 'A', 'Q', 'g', 'w'.
+        let mut chars: Vec<char> = t.chars().collect();
+        let last = chars.len() - 1;
+        chars[last] = match chars[last] {
+            'A' => 'B',
+            'Q' => 'R',
+            'g' => 'h',
+            _ => 'x',
+        };
+        let bumped: String = chars.into_iter().collect();
+        assert_eq!(
+            bumped.parse::<TokenId>(),
+            Err(TokenParseError::NotCanonical)
         );
     }
 }
