@@ -1,0 +1,451 @@
+//! The client commands as a user runs them: the real `fieldvault` binary
+//! against a real `serve --dev` server over mTLS (certificates made by
+//! rcgen at start), input on stdin, output on stdout, exit codes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::process::{start_dev, ServerProcess, BIN, CLI_DEADLINE};
+use serde_json::Value;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A dev server in a fresh data dir, and the connection arguments of each
+/// dev identity.
+struct Dev {
+    _tmp: tempfile::TempDir,
+    data: String,
+    server: ServerProcess,
+}
+
+impl Dev {
+    fn start() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let server = start_dev(&data, &tmp.path().join("server.log")).unwrap();
+        Self {
+            data: data.to_str().unwrap().to_owned(),
+            _tmp: tmp,
+            server,
+        }
+    }
+
+    /// `args` then the connection flags for dev identity `who`.
+    fn args(&self, who: &str, args: &[&str]) -> Vec<String> {
+        let mut all: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        all.extend(
+            [
+                "--addr",
+                &self.server.addr,
+                "--dev-identity",
+                who,
+                "--data-dir",
+                &self.data,
+            ]
+            .map(str::to_owned),
+        );
+        all
+    }
+
+    fn run(&self, who: &str, args: &[&str], stdin: &str) -> Output {
+        run(&self.args(who, args), stdin)
+    }
+}
+
+/// Runs the CLI with `args`, writing `stdin` to its standard input;
+/// panics (after killing it) past [`CLI_DEADLINE`].
+fn run<S: AsRef<std::ffi::OsStr>>(args: &[S], stdin: &str) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.as_bytes().to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = pipe.read_to_end(&mut out);
+            out
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > CLI_DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the CLI still ran after {CLI_DEADLINE:?}: killed");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    writer.join().unwrap();
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn show(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn json_lines(out: &Output) -> Vec<Value> {
+    stdout(out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// A fake number, `+1 202-555-01xx`, and its E.164 form.
+fn phone(i: usize) -> (String, String) {
+    let n = i % 100;
+    (format!("+1 202-555-01{n:02}"), format!("+120255501{n:02}"))
+}
+
+/// An address on a port nothing listens on.
+fn closed_port() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    addr
+}
+
+#[test]
+fn stdin_gives_every_line_one_output_line_in_order_and_a_blank_line_is_an_error_at_its_place() {
+    let dev = Dev::start();
+    let input = "+1 202-555-0101\n\n+1 202-555-01\n+1 202-555-0103\n";
+    let out = dev.run("orders", &["tokenize", "--kind", "phone", "--stdin"], input);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{}", show(&out));
+    assert!(lines[0].starts_with("fv1_"), "{text}");
+    assert_eq!(
+        lines[1],
+        "error INVALID_ARGUMENT: fields[1].value: is empty"
+    );
+    // +1 is a calling code shared by 25 regions, not a region.
+    assert_eq!(
+        lines[2],
+        "error INVALID_ARGUMENT: fields[2].value: not a valid number for country calling \
+         code +1: 8 digits follow the calling code, fixed-line and mobile numbers there have 10"
+    );
+    assert!(lines[3].starts_with("fv1_"), "{text}");
+
+    // The same in JSON: one object per line, the index of its input line,
+    // the canonical code and the BadRequest field violation.
+    let out = dev.run(
+        "orders",
+        &["tokenize", "--kind", "phone", "--stdin", "--json"],
+        input,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let items = json_lines(&out);
+    assert_eq!(items.len(), 4, "{}", show(&out));
+    for (i, item) in items.iter().enumerate() {
+        assert_eq!(item["index"], i, "{item}");
+    }
+    assert!(items[0]["token"].as_str().unwrap().starts_with("fv1_"));
+    assert_eq!(
+        items[1]["error"],
+        serde_json::json!({
+            "code": "INVALID_ARGUMENT",
+            "message": "fields[1].value: is empty",
+            "field_violations": [{"field": "fields[1].value", "description": "is empty"}],
+        })
+    );
+
+    // detokenize --stdin: a blank line and a malformed token keep their
+    // places, and say why.
+    let t0 = lines[0];
+    let t3 = lines[3];
+    let short = &t0[..25];
+    let tokens = format!("{t0}\n\n{short}\n{t3}\n");
+    let out = dev.run(
+        "support",
+        &["detokenize", "--purpose", "callback", "--stdin", "--json"],
+        &tokens,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let items = json_lines(&out);
+    assert_eq!(items.len(), 4, "{}", show(&out));
+    assert_eq!(items[0]["token"], t0);
+    assert_eq!(items[0]["kind"], "phone");
+    assert_eq!(items[0]["reveal"], "full");
+    assert_eq!(items[0]["value"], "+12025550101");
+    assert_eq!(items[1]["error"]["code"], "INVALID_ARGUMENT");
+    assert_eq!(items[1]["error"]["message"], "tokens[1]: token is empty");
+    assert_eq!(
+        items[2]["error"]["message"],
+        "tokens[2]: token is 25 characters long; a token is 26 ('fv1_' and 22 more)"
+    );
+    assert_eq!(items[3]["value"], "+12025550103");
+
+    // Text: the kind and reveal as the command line and policy spell them.
+    let out = dev.run("support", &["detokenize", "--purpose", "callback", t3], "");
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(stdout(&out), format!("{t3}\tphone\tfull\t+12025550103\n"));
+}
+
+#[test]
+fn stdin_beyond_the_batch_limit_is_sent_in_chunks_and_detokenizes_back_in_order() {
+    const N: usize = 2500;
+    let dev = Dev::start();
+    let input: String = (0..N).map(|i| phone(i).0 + "\n").collect();
+    let out = dev.run(
+        "orders",
+        &["tokenize", "--kind", "phone", "--stdin"],
+        &input,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let tokens = stdout(&out);
+    assert_eq!(tokens.lines().count(), N);
+    assert!(tokens.lines().all(|t| t.starts_with("fv1_")));
+    let out = dev.run(
+        "support",
+        &["detokenize", "--purpose", "callback", "--stdin"],
+        &tokens,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let revealed = stdout(&out);
+    let lines: Vec<&str> = revealed.lines().collect();
+    assert_eq!(lines.len(), N);
+    for (i, (line, token)) in lines.iter().zip(tokens.lines()).enumerate() {
+        assert_eq!(
+            *line,
+            format!("{token}\tphone\tfull\t{}", phone(i).1),
+            "line {i}"
+        );
+    }
+
+    // A server limit below --batch-size: the chunks shrink to it.
+    let out = dev.run(
+        "orders",
+        &[
+            "tokenize",
+            "--kind",
+            "phone",
+            "--stdin",
+            "--batch-size",
+            "2000",
+        ],
+        &input,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(stdout(&out).lines().count(), N);
+}
+
+#[test]
+fn json_whole_call_errors_are_one_json_object_on_stdout_with_the_canonical_code() {
+    let dev = Dev::start();
+    let out = dev.run(
+        "orders",
+        &["tokenize", "--kind", "phone", phone(7).0.as_str()],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let token = stdout(&out).trim().to_owned();
+
+    // A purpose the policy does not list: the call is refused as a whole.
+    let out = dev.run(
+        "support",
+        &["detokenize", "--purpose", "marketing", "--json", &token],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let objects = json_lines(&out);
+    assert_eq!(objects.len(), 1, "{}", show(&out));
+    assert_eq!(objects[0]["error"]["code"], "PERMISSION_DENIED");
+    assert!(
+        objects[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("purpose 'marketing' is not allowed"),
+        "{}",
+        objects[0]
+    );
+    assert_eq!(objects[0]["unanswered_from"], 0);
+    // Text mode: nothing on stdout, the reason on stderr, same code name.
+    let out = dev.run(
+        "support",
+        &["detokenize", "--purpose", "marketing", &token],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(out.stdout.is_empty(), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("fieldvault: PERMISSION_DENIED: "),
+        "{}",
+        show(&out)
+    );
+
+    // Nothing listens: the connection fails, still one JSON object.
+    let args = [
+        "tokenize",
+        "--kind",
+        "phone",
+        "--json",
+        "--addr",
+        &closed_port(),
+        "--dev-identity",
+        "orders",
+        "--data-dir",
+        &dev.data,
+        "+1 202-555-0108",
+    ];
+    let out = run(&args, "");
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let objects = json_lines(&out);
+    assert_eq!(objects.len(), 1, "{}", show(&out));
+    assert_eq!(objects[0]["error"]["code"], "UNAVAILABLE", "{}", objects[0]);
+}
+
+/// Adds a rule to the dev policy so that support sees addresses in full
+/// for purpose `label`.
+fn allow_full_addresses(data: &Path) {
+    let policy = data.join("dev/policy.toml");
+    let mut text = std::fs::read_to_string(&policy).unwrap();
+    text.push_str(
+        "\n[[rules]]\ncallers = [\"spiffe://fieldvault.dev/support\"]\naction = \"detokenize\"\n\
+         kinds = [\"address\"]\npurposes = [\"label\"]\nreveal = \"full\"\n",
+    );
+    std::fs::write(&policy, text).unwrap();
+}
+
+#[test]
+fn a_structured_address_goes_in_as_json_and_comes_back_structured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let log = tmp.path().join("server.log");
+    drop(start_dev(&data, &log).unwrap());
+    allow_full_addresses(&data);
+    let dev = Dev {
+        server: start_dev(&data, &log).unwrap(),
+        data: data.to_str().unwrap().to_owned(),
+        _tmp: tmp,
+    };
+    let address = r#"{"recipient":"Test Person","street_lines":["17 Fakestreet Lane"],"city":"Testville","region":"ZZ","postal_code":"99999","country":"United States of America"}"#;
+    let input = format!("{address}\n{{\"zip\":\"99999\"}}\n");
+    let out = dev.run(
+        "orders",
+        &[
+            "tokenize",
+            "--kind",
+            "address",
+            "--address-json",
+            "--stdin",
+            "--json",
+        ],
+        &input,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let items = json_lines(&out);
+    assert_eq!(items.len(), 2, "{}", show(&out));
+    let token = items[0]["token"].as_str().unwrap().to_owned();
+    assert_eq!(items[1]["error"]["code"], "INVALID_ARGUMENT");
+    assert_eq!(
+        items[1]["error"]["field_violations"][0]["field"],
+        "fields[1].address"
+    );
+    assert!(!items[1].to_string().contains("99999"), "{}", items[1]);
+
+    let out = dev.run(
+        "support",
+        &["detokenize", "--purpose", "label", "--json", &token],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let items = json_lines(&out);
+    assert_eq!(items[0]["kind"], "address");
+    assert_eq!(items[0]["reveal"], "full");
+    assert_eq!(
+        items[0]["address"],
+        serde_json::json!({
+            "recipient": "Test Person",
+            "street_lines": ["17 Fakestreet Lane"],
+            "district": "",
+            "city": "Testville",
+            "region": "ZZ",
+            "postal_code": "99999",
+            "country": "US",
+        })
+    );
+    // Text: the one-line form, then the structured parts as JSON.
+    let out = dev.run("support", &["detokenize", "--purpose", "label", &token], "");
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let text = stdout(&out);
+    let columns: Vec<&str> = text.trim_end().split('\t').collect();
+    assert_eq!(columns[..3], [token.as_str(), "address", "full"]);
+    let parts: Value = serde_json::from_str(columns[4]).unwrap();
+    assert_eq!(parts, items[0]["address"]);
+
+    // --address-json is for addresses only.
+    let out = dev.run(
+        "orders",
+        &["tokenize", "--kind", "phone", "--address-json", "{}"],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+}
+
+#[test]
+fn health_exits_0_when_serving_and_non_zero_when_unreachable() {
+    let dev = Dev::start();
+    let out = dev.run("intruder", &["health"], "");
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(stdout(&out), "SERVING\n");
+    let out = dev.run(
+        "intruder",
+        &["health", "--json", "--service", "fieldvault.v1.Vault"],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(
+        json_lines(&out),
+        [serde_json::json!({"service": "fieldvault.v1.Vault", "status": "SERVING"})]
+    );
+
+    let args = [
+        "health",
+        "--json",
+        "--addr",
+        &closed_port(),
+        "--dev-identity",
+        "intruder",
+        "--data-dir",
+        &dev.data,
+    ];
+    let out = run(&args, "");
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert_eq!(json_lines(&out)[0]["error"]["code"], "UNAVAILABLE");
+    let text: Vec<&str> = args.into_iter().filter(|a| *a != "--json").collect();
+    let out = run(&text, "");
+    assert_ne!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("fieldvault: UNAVAILABLE: "),
+        "{}",
+        show(&out)
+    );
+}
