@@ -11,7 +11,7 @@ use super::conn::Conn;
 use super::input::{self, Line};
 use super::output::{self, address_json, call_failed, Failure, EXIT_ITEM_FAILED, EXIT_OK};
 use clap::Args;
-use fieldvault::domain::value::MAX_VALUE_BYTES;
+use fieldvault::domain::value::{MAX_STREET_LINES, MAX_VALUE_BYTES};
 use fieldvault::grpc::pb;
 use fieldvault::grpc::pb::vault_client::VaultClient;
 use std::process::ExitCode;
@@ -392,6 +392,14 @@ pub(crate) async fn tokenize(args: TokenizeArgs) -> ExitCode {
                 return Err(Failure::invalid(&field, "is empty"));
             }
             let address = input::parse_address(&text).map_err(|r| Failure::invalid(&field, &r))?;
+            // More than the server decodes would fail the whole chunk:
+            // refused here, for this item alone, as the server would.
+            if address.street_lines.len() > MAX_STREET_LINES {
+                return Err(Failure::invalid(
+                    &format!("{field}.street_lines"),
+                    &format!("holds more than {MAX_STREET_LINES} lines"),
+                ));
+            }
             (String::new(), Some(address))
         } else {
             (text, None)
@@ -551,7 +559,136 @@ pub(crate) async fn detokenize(args: DetokenizeArgs) -> ExitCode {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::cell::RefCell;
+
+    /// A stand-in server for the chunking logic alone: answers each item
+    /// with its text, or refuses the whole call when it holds `refuse`, or
+    /// when it holds more than `limit` items (as the server words it).
+    struct Echo {
+        limit: usize,
+        refuse: &'static str,
+        calls: Vec<usize>,
+        printed: RefCell<Vec<String>>,
+    }
+
+    impl Call for Echo {
+        type Item = String;
+        type Answer = String;
+        const LIST: &'static str = "tokens";
+
+        fn item_bytes(item: &String) -> usize {
+            item.len()
+        }
+
+        async fn send(
+            &mut self,
+            items: Vec<String>,
+        ) -> Result<Vec<Result<String, Failure>>, Failure> {
+            self.calls.push(items.len());
+            if items.len() > self.limit {
+                return Err(Failure::invalid(
+                    "tokens",
+                    &format!(
+                        "holds {} items; at most {} are allowed per call",
+                        items.len(),
+                        self.limit
+                    ),
+                ));
+            }
+            if items.iter().any(|i| i == self.refuse) {
+                return Err(Failure::new(Code::PermissionDenied, "refused"));
+            }
+            Ok(items
+                .into_iter()
+                .enumerate()
+                .map(|(k, i)| {
+                    if i.is_empty() {
+                        Err(Failure::invalid(&format!("tokens[{k}]"), "token is empty"))
+                    } else {
+                        Ok(i)
+                    }
+                })
+                .collect())
+        }
+
+        fn print(&self, index: usize, _item: Option<&String>, answer: Result<String, Failure>) {
+            let line = match answer {
+                Ok(a) => format!("{index} {a}"),
+                Err(f) => format!("{index} {}", f.message),
+            };
+            self.printed.borrow_mut().push(line);
+        }
+    }
+
+    fn echo(limit: usize, refuse: &'static str) -> Echo {
+        Echo {
+            limit,
+            refuse,
+            calls: Vec::new(),
+            printed: RefCell::new(Vec::new()),
+        }
+    }
+
+    fn lines(items: &[&str]) -> Source {
+        Source::Args(
+            items
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect::<Vec<_>>()
+                .into_iter(),
+        )
+    }
+
+    fn build(index: usize, line: Line) -> Result<String, Failure> {
+        match line {
+            Line::Text(t) => Ok(t),
+            _ => Err(Failure::invalid(&format!("tokens[{index}]"), "bad line")),
+        }
+    }
+
+    #[tokio::test]
+    async fn chunks_keep_input_order_and_item_paths_count_in_the_whole_input() {
+        let mut call = echo(1000, "-");
+        let code = run(&mut call, lines(&["a", "b", "", "d", "e"]), build, 2, false).await;
+        assert_eq!(code, ExitCode::from(EXIT_ITEM_FAILED));
+        assert_eq!(call.calls, [2, 2, 1]);
+        assert_eq!(
+            call.printed.into_inner(),
+            ["0 a", "1 b", "2 tokens[2]: token is empty", "3 d", "4 e"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lower_server_limit_shrinks_the_chunks_and_loses_nothing() {
+        let mut call = echo(2, "-");
+        let code = run(
+            &mut call,
+            lines(&["a", "b", "c", "d", "e"]),
+            build,
+            4,
+            false,
+        )
+        .await;
+        assert_eq!(code, ExitCode::from(EXIT_OK));
+        assert_eq!(call.calls, [4, 2, 2, 1]);
+        assert_eq!(
+            call.printed.into_inner(),
+            ["0 a", "1 b", "2 c", "3 d", "4 e"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_chunk_refused_as_a_whole_stops_after_the_answered_items_with_exit_2() {
+        let mut call = echo(1000, "c");
+        let code = run(&mut call, lines(&["a", "b", "c", "d", "e"]), build, 2, true).await;
+        assert_eq!(code, ExitCode::from(output::EXIT_CALL_FAILED));
+        // The first chunk was answered; the second was refused; the third
+        // was never sent.
+        assert_eq!(call.calls, [2, 2]);
+        assert_eq!(call.printed.into_inner(), ["0 a", "1 b"]);
+    }
 
     #[test]
     fn the_server_batch_limit_is_read_from_its_message() {
