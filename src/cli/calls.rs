@@ -9,7 +9,7 @@
 
 use super::conn::Conn;
 use super::input::{self, Line};
-use super::output::{self, address_json, call_failed, Failure, EXIT_ITEM_FAILED, EXIT_OK};
+use super::output::{self, address_json, call_failed, emit, Failure, EXIT_ITEM_FAILED, EXIT_OK};
 use clap::Args;
 use fieldvault::domain::value::{MAX_STREET_LINES, MAX_VALUE_BYTES};
 use fieldvault::grpc::pb;
@@ -340,13 +340,13 @@ impl Call for Tokenize {
     fn print(&self, index: usize, _item: Option<&pb::Field>, answer: Result<String, Failure>) {
         match (self.json, answer) {
             (true, Ok(token)) => {
-                println!("{}", serde_json::json!({"index": index, "token": token}))
+                emit!("{}", serde_json::json!({"index": index, "token": token}))
             }
             (true, Err(f)) => {
-                println!("{}", serde_json::json!({"index": index, "error": f.json()}))
+                emit!("{}", serde_json::json!({"index": index, "error": f.json()}))
             }
-            (false, Ok(token)) => println!("{token}"),
-            (false, Err(f)) => println!("error {}", f.text()),
+            (false, Ok(token)) => emit!("{token}"),
+            (false, Err(f)) => emit!("error {}", f.text()),
         }
     }
 }
@@ -507,7 +507,7 @@ impl Call for Detokenize {
                     if let Some(a) = &v.address {
                         obj["address"] = address_json(a);
                     }
-                    println!("{obj}");
+                    emit!("{obj}");
                 } else {
                     let mut line = format!("{token}\t{kind}\t{reveal}\t{}", v.value);
                     if let Some(scheme) = scheme {
@@ -517,17 +517,17 @@ impl Call for Detokenize {
                         line.push('\t');
                         line.push_str(&address_json(a).to_string());
                     }
-                    println!("{line}");
+                    emit!("{line}");
                 }
             }
             Err(f) => {
                 if self.json {
-                    println!(
+                    emit!(
                         "{}",
                         serde_json::json!({"index": index, "token": token, "error": f.json()})
                     );
                 } else {
-                    println!("{token}\terror {}", f.text());
+                    emit!("{token}\terror {}", f.text());
                 }
             }
         }

@@ -2,7 +2,7 @@
 //! (Kubernetes' own gRPC probe cannot present a client certificate).
 
 use super::conn::Conn;
-use super::output::{call_failed, Failure, EXIT_ITEM_FAILED, EXIT_OK};
+use super::output::{call_failed, emit, Failure, EXIT_ITEM_FAILED, EXIT_OK};
 use clap::Args;
 use std::process::ExitCode;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -47,14 +47,14 @@ pub(crate) async fn health(args: HealthArgs) -> ExitCode {
     };
     let name = status_name(status);
     if json {
-        println!(
+        emit!(
             "{}",
             serde_json::json!({"service": args.service, "status": name})
         );
     } else if args.service.is_empty() {
-        println!("{name}");
+        emit!("{name}");
     } else {
-        println!("{}: {name}", args.service);
+        emit!("{}: {name}", args.service);
     }
     ExitCode::from(if status == ServingStatus::Serving as i32 {
         EXIT_OK

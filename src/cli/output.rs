@@ -16,6 +16,19 @@ pub(crate) const EXIT_ITEM_FAILED: u8 = 1;
 /// arguments, unreadable input): the output is missing some or all items.
 pub(crate) const EXIT_CALL_FAILED: u8 = 2;
 
+/// Prints one output line. A reader that went away (`| head -1`) ends
+/// the command quietly, exit code 2: the output it got is incomplete.
+macro_rules! emit {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        if writeln!(out, $($arg)*).and_then(|()| out.flush()).is_err() {
+            std::process::exit(i32::from($crate::cli::output::EXIT_CALL_FAILED));
+        }
+    }};
+}
+pub(crate) use emit;
+
 /// The canonical name of a gRPC status code, as in the gRPC spec and the
 /// README (`INVALID_ARGUMENT`, not `InvalidArgument`).
 pub(crate) fn code_name(code: tonic::Code) -> &'static str {
@@ -214,7 +227,7 @@ pub(crate) fn call_failed(
         if let Some(n) = unanswered_from {
             obj["unanswered_from"] = n.into();
         }
-        println!("{obj}");
+        emit!("{obj}");
     } else {
         eprintln!("fieldvault: {}", failure.text());
         if let Some(n) = unanswered_from.filter(|n| *n > 0) {
