@@ -22,7 +22,12 @@ use tonic::Code;
 /// The server's default `max_batch_items`.
 const DEFAULT_BATCH_SIZE: usize = 1000;
 
+const EXIT_CODES_HELP: &str = "Exit codes: 0 every item succeeded; 1 every item was answered and \
+    some failed (see their lines); 2 the call failed as a whole or the arguments are wrong: \
+    the output is incomplete (with --json, the error is a JSON object on stdout).";
+
 #[derive(Args)]
+#[command(after_help = EXIT_CODES_HELP)]
 pub(crate) struct TokenizeArgs {
     /// Field kind of every value: phone, email, address or national_id.
     #[arg(long)]
@@ -62,6 +67,7 @@ pub(crate) struct TokenizeArgs {
 }
 
 #[derive(Args)]
+#[command(after_help = EXIT_CODES_HELP)]
 pub(crate) struct DetokenizeArgs {
     /// Why the values are needed; must be a purpose the policy lists.
     #[arg(long)]
