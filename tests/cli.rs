@@ -449,3 +449,71 @@ fn health_exits_0_when_serving_and_non_zero_when_unreachable() {
         show(&out)
     );
 }
+
+#[test]
+fn a_call_failing_mid_input_keeps_the_answered_lines_names_the_first_unanswered_and_exits_2() {
+    let dev = Dev::start();
+    let args = dev.args(
+        "orders",
+        &[
+            "tokenize",
+            "--kind",
+            "phone",
+            "--stdin",
+            "--json",
+            "--batch-size",
+            "1",
+        ],
+    );
+    let mut child = Command::new(BIN)
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The first line is answered (a chunk of one)...
+    input.write_all(b"+1 202-555-0111\n").unwrap();
+    input.flush().unwrap();
+    let first = rx.recv_timeout(CLI_DEADLINE).unwrap();
+    let first: Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(first["index"], 0, "{first}");
+    assert!(first["token"].as_str().unwrap().starts_with("fv1_"));
+    // ...then the server goes away before the second.
+    dev.server.kill9();
+    input.write_all(b"+1 202-555-0112\n").unwrap();
+    drop(input);
+    let last = rx.recv_timeout(CLI_DEADLINE).unwrap();
+    let last: Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(last["unanswered_from"], 1, "{last}");
+    assert_eq!(last["error"]["code"], "UNAVAILABLE", "{last}");
+    assert!(last.get("index").is_none(), "{last}");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > CLI_DEADLINE {
+            let _ = child.kill();
+            panic!("the CLI still ran after {CLI_DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(2));
+    assert!(
+        rx.recv_timeout(Duration::from_secs(5)).is_err(),
+        "nothing more"
+    );
+}

@@ -10,8 +10,10 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 #[derive(Args)]
-#[command(after_help = "Exit codes: 0 SERVING; 1 the server answered another status \
-    (NOT_SERVING); 2 the check could not be made (unreachable, TLS, unknown service).")]
+#[command(
+    after_help = "Exit codes: 0 SERVING; 1 the server answered another status \
+    (NOT_SERVING); 2 the check could not be made (unreachable, TLS, unknown service)."
+)]
 pub(crate) struct HealthArgs {
     /// The service to ask about: empty for the server as a whole, or
     /// fieldvault.v1.Vault.
