@@ -150,7 +150,8 @@ fn allowed_per_call(f: &Failure) -> Option<usize> {
 /// Sends `items` (whose input indices are `globals`) in calls of at most
 /// `*batch` items. Returns the answers of the items answered, in order, and
 /// the whole-call failure that stopped it, if any. A server limit below
-/// `*batch` lowers it and the call is retried (nothing was stored).
+/// `*batch` lowers it and the call is retried (nothing was stored), and
+/// so does a message over the server's size limit (OUT_OF_RANGE).
 async fn send_all<C: Call>(
     call: &mut C,
     items: &[C::Item],
@@ -179,6 +180,9 @@ async fn send_all<C: Call>(
             }
             Err(f) => match allowed_per_call(&f) {
                 Some(n) if n >= 1 && n < end - start => *batch = n,
+                // The message is over the server's size limit (its
+                // max_batch_items is below ours): nothing was read, halve.
+                _ if f.code == Code::OutOfRange && end - start > 1 => *batch = (end - start) / 2,
                 _ => return (answers, Some(f.reindex(C::LIST, map))),
             },
         }
@@ -574,6 +578,8 @@ mod tests {
     /// when it holds more than `limit` items (as the server words it).
     struct Echo {
         limit: usize,
+        /// More item bytes than this in one call: OUT_OF_RANGE.
+        max_bytes: usize,
         refuse: &'static str,
         calls: Vec<usize>,
         printed: RefCell<Vec<String>>,
@@ -593,6 +599,9 @@ mod tests {
             items: Vec<String>,
         ) -> Result<Vec<Result<String, Failure>>, Failure> {
             self.calls.push(items.len());
+            if items.iter().map(String::len).sum::<usize>() > self.max_bytes {
+                return Err(Failure::new(Code::OutOfRange, "message too large"));
+            }
             if items.len() > self.limit {
                 return Err(Failure::invalid(
                     "tokens",
@@ -631,6 +640,7 @@ mod tests {
     fn echo(limit: usize, refuse: &'static str) -> Echo {
         Echo {
             limit,
+            max_bytes: usize::MAX,
             refuse,
             calls: Vec::new(),
             printed: RefCell::new(Vec::new()),
@@ -683,6 +693,32 @@ mod tests {
             call.printed.into_inner(),
             ["0 a", "1 b", "2 c", "3 d", "4 e"]
         );
+    }
+
+    #[tokio::test]
+    async fn a_message_over_the_server_size_limit_is_split_until_it_fits() {
+        let mut call = echo(1000, "-");
+        call.max_bytes = 2;
+        let code = run(
+            &mut call,
+            lines(&["a", "b", "c", "d", "e"]),
+            build,
+            4,
+            false,
+        )
+        .await;
+        assert_eq!(code, ExitCode::from(EXIT_OK));
+        assert_eq!(call.calls, [4, 2, 2, 1]);
+        assert_eq!(
+            call.printed.into_inner(),
+            ["0 a", "1 b", "2 c", "3 d", "4 e"]
+        );
+        // A single item too large fails the call: no endless halving.
+        let mut call = echo(1000, "-");
+        call.max_bytes = 0;
+        let code = run(&mut call, lines(&["a", "b"]), build, 2, false).await;
+        assert_eq!(code, ExitCode::from(output::EXIT_CALL_FAILED));
+        assert_eq!(call.calls, [2, 1]);
     }
 
     #[tokio::test]
