@@ -94,7 +94,7 @@ pub(crate) async fn tokenize(args: TokenizeArgs) -> Result<ExitCode, String> {
     let response = client
         .tokenize(request)
         .await
-        .map_err(|e| status_line(&e))?
+        .map_err(|e| status_line(&args.conn.call_status(e)))?
         .into_inner();
     let mut failed = false;
     for (i, result) in response.results.iter().enumerate() {
@@ -140,7 +140,7 @@ pub(crate) async fn detokenize(args: DetokenizeArgs) -> Result<ExitCode, String>
             justification: args.justification,
         })
         .await
-        .map_err(|e| status_line(&e))?
+        .map_err(|e| status_line(&args.conn.call_status(e)))?
         .into_inner();
     let mut failed = false;
     for result in &response.results {
