@@ -256,6 +256,12 @@ pub async fn channel_with(
     }
 }
 
+/// Checks that `addr` is `HOST:PORT` or an `https://` URI, before anything
+/// else is read (a missing port says so, rather than "connection refused").
+pub fn check_addr(addr: &str) -> Result<(), ClientError> {
+    Target::parse(addr).map(|_| ())
+}
+
 /// `addr` parsed: what to connect to and which name the server's
 /// certificate must carry.
 #[derive(Debug)]

@@ -48,6 +48,7 @@ pub(crate) struct Conn {
 impl Conn {
     /// An mTLS client of the Vault service at `--addr`.
     pub(crate) async fn connect(&self) -> Result<VaultClient<Channel>, ClientError> {
+        fieldvault::client::check_addr(&self.addr)?;
         let tls = self.tls()?;
         let options = ConnectOptions {
             connect_timeout: self.connect_timeout,
