@@ -632,7 +632,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" | "min" => value * 60.0,
         other => return Err(format!("{text:?}: unknown unit {other:?} (use ms, s or m)")),
     };
-    if !(secs > 0.0) || !secs.is_finite() || secs > 86_400.0 {
+    if secs <= 0.0 || secs.is_nan() || secs > 86_400.0 {
         return Err(format!(
             "{text:?} is out of range (more than 0, at most a day)"
         ));
@@ -902,6 +902,7 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]

@@ -112,6 +112,26 @@ impl log::Log for DemoteHarmless {
     }
 }
 
+pub(crate) async fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => {
+            init_logging();
+            serve::serve(args).await
+        }
+        Command::Tokenize(args) => calls::tokenize(args).await,
+        Command::Detokenize(args) => calls::detokenize(args).await,
+        Command::Store(command) => serve::store_command(command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("fieldvault: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,25 +163,5 @@ mod tests {
             .target("rustls::msgs::handshake")
             .build();
         assert_eq!(demoted(&record), None);
-    }
-}
-
-pub(crate) async fn run() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Serve(args) => {
-            init_logging();
-            serve::serve(args).await
-        }
-        Command::Tokenize(args) => calls::tokenize(args).await,
-        Command::Detokenize(args) => calls::detokenize(args).await,
-        Command::Store(command) => serve::store_command(command),
-    };
-    match result {
-        Ok(code) => code,
-        Err(message) => {
-            eprintln!("fieldvault: {message}");
-            ExitCode::FAILURE
-        }
     }
 }
