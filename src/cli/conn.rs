@@ -25,7 +25,7 @@ pub(crate) struct Conn {
     #[arg(long, requires_all = ["ca", "cert"])]
     key: Option<PathBuf>,
     /// Use the dev identity NAME (orders, support, rotator, intruder) from
-    /// DATA_DIR/dev/ made by `serve --dev`.
+    /// DATA_DIR/dev/ made by `serve --dev`: a name, not a path.
     #[arg(long, value_name = "NAME")]
     dev_identity: Option<String>,
     /// Data directory holding dev/ for --dev-identity (relative to the
@@ -48,13 +48,21 @@ pub(crate) struct Conn {
 impl Conn {
     /// An mTLS client of the Vault service at `--addr`.
     pub(crate) async fn connect(&self) -> Result<VaultClient<Channel>, ClientError> {
+        Ok(VaultClient::new(self.channel().await?))
+    }
+
+    /// An mTLS channel to `--addr`, for any service the server offers
+    /// (health, reflection): connecting is bounded by `--connect-timeout`
+    /// and every call on it by `--timeout`. Map a failed call's status
+    /// through [`Conn::call_status`].
+    pub(crate) async fn channel(&self) -> Result<Channel, ClientError> {
         fieldvault::client::check_addr(&self.addr)?;
         let tls = self.tls()?;
         let options = ConnectOptions {
             connect_timeout: self.connect_timeout,
             call_timeout: Some(self.timeout),
         };
-        fieldvault::client::connect_with(&self.addr, &tls, &options)
+        fieldvault::client::channel_with(&self.addr, &tls, &options)
             .await
             .map_err(|e| match e {
                 ClientError::ConnectTimeout { .. } => {
