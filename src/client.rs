@@ -911,7 +911,10 @@ mod tests {
         assert!(e.contains("missing port"), "{e}");
         assert!(Target::parse("localhost:50051").is_ok());
         let v6 = Target::parse("[::1]:50051").unwrap();
-        assert_eq!((v6.host.as_str(), v6.authority.as_str()), ("::1", "[::1]:50051"));
+        assert_eq!(
+            (v6.host.as_str(), v6.authority.as_str()),
+            ("::1", "[::1]:50051")
+        );
         assert!(http::Uri::try_from(format!("http://{}", v6.authority)).is_ok());
         assert_eq!(Target::parse("https://vault.example").unwrap().port, 443);
         assert!(Target::parse("http://127.0.0.1:1").is_err());

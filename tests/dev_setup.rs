@@ -333,3 +333,68 @@ fn logs_written_to_a_file_carry_no_colour_codes() {
     assert!(logs.contains("INFO"), "{logs}");
     assert!(!logs.contains('\u{1b}'), "colour codes in a file: {logs:?}");
 }
+
+/// A ClientHello that names `127.0.0.1` as SNI, as Node.js sends when it
+/// connects to an IP address (rustls itself never sends an IP address as
+/// SNI: its hello for `localhost` is made, then the name swapped for one of
+/// the same length).
+fn client_hello_with_ip_sni() -> Vec<u8> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let mut conn = rustls::ClientConnection::new(
+        std::sync::Arc::new(config),
+        rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+    )
+    .unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    let at = hello
+        .windows(9)
+        .position(|w| w == b"localhost")
+        .expect("the SNI is in the hello");
+    hello[at..at + 9].copy_from_slice(b"127.0.0.1");
+    hello
+}
+
+#[test]
+fn an_ip_address_sent_as_sni_is_logged_at_debug_level_not_as_a_warning() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let log = tmp.path().join("server.log");
+    let args = [
+        "serve",
+        "--dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    // RUST_LOG as an operator sets it (the default filter hides every
+    // rustls warning anyway), with rustls's debug lines shown: the line
+    // must be there, at debug level.
+    let server = common::process::start(&args, "info,rustls=debug", &log).unwrap();
+    let mut tcp = std::net::TcpStream::connect(&server.addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp.write_all(&client_hello_with_ip_sni()).unwrap();
+    let mut reply = [0u8; 64];
+    let _ = tcp.read(&mut reply);
+    let started = Instant::now();
+    let logs = loop {
+        let logs = std::fs::read_to_string(&log).unwrap();
+        if logs.contains("Illegal SNI") || started.elapsed() > Duration::from_secs(10) {
+            break logs;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        logs.contains("DEBUG rustls::msgs::handshake: Illegal SNI extension: ignoring IP address"),
+        "{logs}"
+    );
+    assert!(!logs.contains("WARN rustls"), "{logs}");
+    assert!(server.terminate(STOP).success());
+}
