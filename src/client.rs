@@ -1,8 +1,50 @@
 //! A thin mTLS client for the CLI, tests and the benchmark.
+//!
+//! It brings its own connector (TCP, then rustls through tokio-rustls)
+//! instead of tonic's TLS settings, so that a failure says what is wrong
+//! rather than `transport error`:
+//! - the key and the certificate are checked to belong together before
+//!   anything is sent;
+//! - the server certificate's verification error is rustls's own, with
+//!   the certificate the server presented;
+//! - in TLS 1.3 the server checks our certificate after the client has
+//!   finished its side of the handshake, so a refusal (the server's alert)
+//!   only shows on the first read. The connector waits for the server's
+//!   first bytes (its HTTP/2 SETTINGS, which a fieldvault server sends
+//!   at once) or its alert before handing the connection to HTTP/2, and
+//!   adds what it can see locally: the certificate's issuer against the
+//!   CA given, a missing clientAuth extended key usage, an expiry.
+//!
+//! Every step of connecting (TCP, TLS, the server's first bytes, HTTP/2)
+//! shares one deadline, and every call on the channel has a deadline.
 
 use crate::grpc::pb::vault_client::VaultClient;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    AlertDescription, CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore,
+};
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+/// How long connecting may take by default: TCP, TLS and HTTP/2 together.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one call may take by default, from sending to the last byte of
+/// the answer (the server's own bound, `request_timeout_secs`, is 30 s).
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The PEM material a client presents and trusts.
 #[derive(Clone)]
@@ -10,6 +52,16 @@ pub struct ClientTls {
     pub ca_pem: Vec<u8>,
     pub cert_pem: Vec<u8>,
     pub key_pem: zeroize::Zeroizing<Vec<u8>>,
+    /// Where each came from, for error messages.
+    pub files: Option<TlsFiles>,
+}
+
+/// The files a [`ClientTls`] was read from.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl std::fmt::Debug for ClientTls {
@@ -18,12 +70,39 @@ impl std::fmt::Debug for ClientTls {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+/// Deadlines of a connection.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectOptions {
+    /// TCP connect, TLS handshake, the server's first bytes and the
+    /// HTTP/2 handshake, together; also bounds each reconnection.
+    pub connect_timeout: Duration,
+    /// Each call on the channel; `None`: no client-side bound.
+    pub call_timeout: Option<Duration>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            call_timeout: Some(DEFAULT_CALL_TIMEOUT),
+        }
+    }
+}
+
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("{path}: {reason}")]
     Read { path: String, reason: String },
+    /// The server is not reachable (refused, reset, unknown host).
     #[error("connecting to {addr}: {reason}")]
     Connect { addr: String, reason: String },
+    /// Connecting took longer than the connect deadline.
+    #[error("connecting to {addr}: {reason}")]
+    ConnectTimeout { addr: String, reason: String },
+    /// Our certificate or key is unusable, the server's certificate is not
+    /// trusted, or the server refused our certificate.
+    #[error("connecting to {addr}: {reason}")]
+    Tls { addr: String, reason: String },
     /// The command line does not say how to connect.
     #[error("{0}")]
     Usage(String),
@@ -36,6 +115,33 @@ impl ClientError {
         match self {
             Self::Read { .. } | Self::Usage(_) => tonic::Code::InvalidArgument,
             Self::Connect { .. } => tonic::Code::Unavailable,
+            Self::ConnectTimeout { .. } => tonic::Code::DeadlineExceeded,
+            Self::Tls { .. } => tonic::Code::Unauthenticated,
+        }
+    }
+
+    /// The same error with `hint` appended to its reason (a connect
+    /// timeout names the flag that sets it, say).
+    pub fn with_hint(self, hint: &str) -> Self {
+        let add = |reason: String| format!("{reason} {hint}");
+        match self {
+            Self::Read { path, reason } => Self::Read {
+                path,
+                reason: add(reason),
+            },
+            Self::Connect { addr, reason } => Self::Connect {
+                addr,
+                reason: add(reason),
+            },
+            Self::ConnectTimeout { addr, reason } => Self::ConnectTimeout {
+                addr,
+                reason: add(reason),
+            },
+            Self::Tls { addr, reason } => Self::Tls {
+                addr,
+                reason: add(reason),
+            },
+            Self::Usage(m) => Self::Usage(add(m)),
         }
     }
 }
@@ -53,55 +159,806 @@ impl ClientTls {
             ca_pem: read(ca)?,
             cert_pem: read(cert)?,
             key_pem: zeroize::Zeroizing::new(read(key)?),
+            files: Some(TlsFiles {
+                ca: ca.to_path_buf(),
+                cert: cert.to_path_buf(),
+                key: key.to_path_buf(),
+            }),
         })
     }
 
     /// The dev identity `name` from `DATA_DIR/dev/` (see `serve --dev`).
+    /// `name` must be a plain name (not a path); an unknown one is refused
+    /// with the list of identities there.
     pub fn dev(data_dir: &Path, name: &str) -> Result<Self, ClientError> {
         let dir: PathBuf = crate::dev::dev_dir(data_dir);
+        crate::dev::check_identity(data_dir, name)
+            .map_err(|e| ClientError::Usage(e.to_string()))?;
         Self::from_files(
             &dir.join("ca.pem"),
             &dir.join(format!("{name}.pem")),
             &dir.join(format!("{name}.key")),
         )
     }
+
+    fn label(&self, which: fn(&TlsFiles) -> &PathBuf, default: &str) -> String {
+        self.files
+            .as_ref()
+            .map_or_else(|| default.to_owned(), |f| which(f).display().to_string())
+    }
+    fn ca_label(&self) -> String {
+        self.label(|f| &f.ca, "the CA certificate")
+    }
+    fn cert_label(&self) -> String {
+        self.label(|f| &f.cert, "the client certificate")
+    }
+    fn key_label(&self) -> String {
+        self.label(|f| &f.key, "the client key")
+    }
 }
 
-/// Connects to `addr` (`host:port`, or a full `https://` URI) over mTLS.
+/// Connects to `addr` (`host:port`, or a full `https://` URI) over mTLS,
+/// with the default deadlines.
 pub async fn connect(addr: &str, tls: &ClientTls) -> Result<VaultClient<Channel>, ClientError> {
-    let channel = channel(addr, tls).await?;
-    Ok(VaultClient::new(channel))
+    connect_with(addr, tls, &ConnectOptions::default()).await
 }
 
-/// An mTLS channel, for any of the services the server offers.
+/// [`connect`] with chosen deadlines.
+pub async fn connect_with(
+    addr: &str,
+    tls: &ClientTls,
+    options: &ConnectOptions,
+) -> Result<VaultClient<Channel>, ClientError> {
+    Ok(VaultClient::new(channel_with(addr, tls, options).await?))
+}
+
+/// An mTLS channel, for any of the services the server offers, with the
+/// default deadlines.
 pub async fn channel(addr: &str, tls: &ClientTls) -> Result<Channel, ClientError> {
-    let uri = if addr.starts_with("https://") {
-        addr.to_owned()
-    } else {
-        format!("https://{addr}")
+    channel_with(addr, tls, &ConnectOptions::default()).await
+}
+
+/// [`channel`] with chosen deadlines.
+pub async fn channel_with(
+    addr: &str,
+    tls: &ClientTls,
+    options: &ConnectOptions,
+) -> Result<Channel, ClientError> {
+    let target = Arc::new(Target::parse(addr)?);
+    let prepared = Arc::new(Prepared::new(tls, &target.addr)?);
+    let stage = Arc::new(AtomicU8::new(Stage::Tcp as u8));
+    let connector = Connector {
+        target: target.clone(),
+        prepared,
+        timeout: options.connect_timeout,
+        stage: stage.clone(),
     };
     let err = |reason: String| ClientError::Connect {
-        addr: addr.to_owned(),
+        addr: target.addr.clone(),
         reason,
     };
-    let tls_config = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&tls.ca_pem))
-        .identity(Identity::from_pem(&tls.cert_pem, tls.key_pem.as_slice()));
-    Endpoint::from_shared(uri)
-        .map_err(|e| err(e.to_string()))?
-        .tls_config(tls_config)
-        .map_err(|e| err(e.to_string()))?
-        .connect()
-        .await
-        .map_err(|e| err(format!("{e}: {}", source_chain(&e))))
+    // The connector does TLS itself: tonic sees plain `http`.
+    let mut endpoint = Endpoint::from_shared(format!("http://{}", target.authority))
+        .map_err(|e| err(e.to_string()))?;
+    if let Some(call) = options.call_timeout {
+        endpoint = endpoint.timeout(call);
+    }
+    match tokio::time::timeout(
+        options.connect_timeout,
+        endpoint.connect_with_connector(connector),
+    )
+    .await
+    {
+        Ok(Ok(channel)) => Ok(channel),
+        Ok(Err(e)) => Err(find_client_error(&e).unwrap_or_else(|| err(error_chain(&e)))),
+        Err(_) => Err(Stage::from(stage.load(Ordering::SeqCst))
+            .timed_out(&target.addr, options.connect_timeout)),
+    }
 }
 
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut out = Vec::new();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push(s.to_string());
-        cur = s.source();
+/// Checks that `addr` is `HOST:PORT` or an `https://` URI, before anything
+/// else is read (a missing port says so, rather than "connection refused").
+pub fn check_addr(addr: &str) -> Result<(), ClientError> {
+    Target::parse(addr).map(|_| ())
+}
+
+/// `addr` parsed: what to connect to and which name the server's
+/// certificate must carry.
+#[derive(Debug)]
+struct Target {
+    /// As given, for messages.
+    addr: String,
+    /// `host:port`.
+    authority: String,
+    host: String,
+    port: u16,
+    server_name: ServerName<'static>,
+}
+
+impl Target {
+    fn parse(addr: &str) -> Result<Self, ClientError> {
+        let usage = |why: &str| {
+            ClientError::Usage(format!(
+                "--addr {addr}: {why} (give HOST:PORT, such as 127.0.0.1:50051, or https://HOST[:PORT])"
+            ))
+        };
+        let (authority, default_port) = if let Some(rest) = addr.strip_prefix("https://") {
+            (rest.trim_end_matches('/'), Some(443))
+        } else if addr.contains("://") {
+            return Err(usage("only https:// addresses are served"));
+        } else {
+            (addr, None)
+        };
+        if authority.is_empty() {
+            return Err(usage("no host"));
+        }
+        let parsed: http::uri::Authority = authority
+            .parse()
+            .map_err(|_| usage("not a host and port"))?;
+        if parsed.as_str().contains('@') {
+            return Err(usage("not a host and port"));
+        }
+        let port = match (parsed.port_u16(), default_port) {
+            (Some(p), _) | (None, Some(p)) => p,
+            (None, None) => return Err(usage("missing port")),
+        };
+        let host = parsed
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        if host.is_empty() {
+            return Err(usage("no host"));
+        }
+        let server_name = ServerName::try_from(host.clone())
+            .map_err(|_| usage("not a valid host name or IP address"))?;
+        Ok(Self {
+            addr: addr.to_owned(),
+            authority: format!("{}:{port}", parsed.host()),
+            host,
+            port,
+            server_name,
+        })
     }
-    out.join(": ")
+}
+
+/// The client's TLS material, parsed and checked once.
+struct Prepared {
+    provider: Arc<CryptoProvider>,
+    roots: Arc<RootCertStore>,
+    certified: Arc<CertifiedKey>,
+    /// What to say when the server refuses our certificate.
+    local_hints: Vec<String>,
+    ca_label: String,
+}
+
+impl Prepared {
+    fn new(tls: &ClientTls, addr: &str) -> Result<Self, ClientError> {
+        let bad = |reason: String| ClientError::Tls {
+            addr: addr.to_owned(),
+            reason,
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cas = CertificateDer::pem_slice_iter(&tls.ca_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(format!("{}: not a PEM certificate: {e}", tls.ca_label())))?;
+        if cas.is_empty() {
+            return Err(bad(format!("{}: holds no PEM certificate", tls.ca_label())));
+        }
+        let mut roots = RootCertStore::empty();
+        for ca in &cas {
+            roots.add(ca.clone()).map_err(|e| {
+                bad(format!(
+                    "{}: not a usable CA certificate: {e}",
+                    tls.ca_label()
+                ))
+            })?;
+        }
+        let chain = CertificateDer::pem_slice_iter(&tls.cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(format!("{}: not a PEM certificate: {e}", tls.cert_label())))?;
+        if chain.is_empty() {
+            return Err(bad(format!(
+                "{}: holds no PEM certificate",
+                tls.cert_label()
+            )));
+        }
+        let key = PrivateKeyDer::from_pem_slice(&tls.key_pem)
+            .map_err(|e| bad(format!("{}: not a PEM private key: {e}", tls.key_label())))?;
+        let leaf = chain[0].clone();
+        let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| match e {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => bad(format!(
+                "the private key {} does not match the certificate {} (a key and a certificate \
+                 of different identities?); nothing was sent",
+                tls.key_label(),
+                tls.cert_label()
+            )),
+            e => bad(format!(
+                "{} with {}: {e}",
+                tls.cert_label(),
+                tls.key_label()
+            )),
+        })?;
+        Ok(Self {
+            provider,
+            roots: Arc::new(roots),
+            certified: Arc::new(certified),
+            local_hints: local_hints(&leaf, &cas, &tls.cert_label(), &tls.ca_label()),
+            ca_label: tls.ca_label(),
+        })
+    }
+
+    /// A fresh client config for one connection attempt, whose verifier
+    /// keeps the certificate the server presented if it fails.
+    fn config(&self) -> Result<(Arc<ClientConfig>, Arc<Recording>), String> {
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(self.roots.clone(), self.provider.clone())
+                .build()
+                .map_err(|e| e.to_string())?;
+        let verifier = Arc::new(Recording {
+            inner,
+            presented: Mutex::new(None),
+        });
+        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier.clone())
+            .with_client_cert_resolver(Arc::new(SingleCert(self.certified.clone())));
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok((Arc::new(config), verifier))
+    }
+}
+
+/// What we can tell about our own certificate that would make a server
+/// refuse it.
+fn local_hints(
+    leaf: &CertificateDer<'_>,
+    cas: &[CertificateDer<'_>],
+    cert_label: &str,
+    ca_label: &str,
+) -> Vec<String> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let mut hints = Vec::new();
+    let Ok((_, cert)) = X509Certificate::from_der(leaf) else {
+        return hints;
+    };
+    if let Ok(Some(eku)) = cert.extended_key_usage() {
+        let eku = eku.value;
+        if !eku.client_auth && !eku.any {
+            let mut allowed = Vec::new();
+            if eku.server_auth {
+                allowed.push("serverAuth");
+            }
+            if eku.code_signing {
+                allowed.push("codeSigning");
+            }
+            if eku.email_protection {
+                allowed.push("emailProtection");
+            }
+            let allowed = if allowed.is_empty() {
+                String::new()
+            } else {
+                format!(" (it allows {} only)", allowed.join(", "))
+            };
+            hints.push(format!(
+                "{cert_label} is not a client certificate: its extended key usage lacks \
+                 clientAuth{allowed}"
+            ));
+        }
+    }
+    let issuer = cert.issuer().to_string();
+    let ca_subjects: Vec<String> = cas
+        .iter()
+        .filter_map(|ca| X509Certificate::from_der(ca).ok())
+        .map(|(_, ca)| ca.subject().to_string())
+        .collect();
+    if !ca_subjects.is_empty() && !ca_subjects.contains(&issuer) {
+        hints.push(format!(
+            "{cert_label} was issued by \"{issuer}\", not by the CA in {ca_label} (\"{}\"), \
+             which the server usually trusts",
+            ca_subjects.join("\", \"")
+        ));
+    }
+    if !cert.validity().is_valid() {
+        hints.push(format!(
+            "{cert_label} is valid only from {} to {}",
+            cert.validity().not_before,
+            cert.validity().not_after
+        ));
+    }
+    hints
+}
+
+/// One client certificate for every server.
+#[derive(Debug)]
+struct SingleCert(Arc<CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for SingleCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// The webpki verifier, keeping the certificate it refused.
+#[derive(Debug)]
+struct Recording {
+    inner: Arc<WebPkiServerVerifier>,
+    presented: Mutex<Option<CertificateDer<'static>>>,
+}
+
+impl Recording {
+    /// Subject and issuer of the certificate the server presented, if it
+    /// was refused.
+    fn presented(&self) -> Option<String> {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let der = self.presented.lock().ok()?.clone()?;
+        let (_, cert) = X509Certificate::from_der(&der).ok()?;
+        Some(format!(
+            "the server presented \"{}\", issued by \"{}\"",
+            cert.subject(),
+            cert.issuer()
+        ))
+    }
+}
+
+impl ServerCertVerifier for Recording {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verdict = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        );
+        if verdict.is_err() {
+            if let Ok(mut presented) = self.presented.lock() {
+                *presented = Some(end_entity.clone().into_owned());
+            }
+        }
+        verdict
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Where connecting is, for the message when the deadline passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Stage {
+    Tcp = 0,
+    Tls = 1,
+    FirstBytes = 2,
+    Http2 = 3,
+}
+
+impl From<u8> for Stage {
+    fn from(v: u8) -> Self {
+        match v {
+            0 => Self::Tcp,
+            1 => Self::Tls,
+            2 => Self::FirstBytes,
+            _ => Self::Http2,
+        }
+    }
+}
+
+impl Stage {
+    fn timed_out(self, addr: &str, after: Duration) -> ClientError {
+        let what = match self {
+            Self::Tcp => "no TCP connection",
+            Self::Tls => {
+                "the TCP connection was accepted but the TLS handshake did not complete \
+                 (is this a fieldvault server, and is it overloaded?)"
+            }
+            Self::FirstBytes => {
+                "the TLS handshake completed but the server sent nothing (is this a fieldvault \
+                 server?)"
+            }
+            Self::Http2 => "the HTTP/2 connection was not established",
+        };
+        ClientError::ConnectTimeout {
+            addr: addr.to_owned(),
+            reason: format!(
+                "timed out after {} (the connect timeout): {what}",
+                format_duration(after)
+            ),
+        }
+    }
+}
+
+/// `10s`, `500ms`, `1m30s`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 != 0 {
+        format!("{ms}ms")
+    } else if ms >= 60_000 && ms % 60_000 != 0 {
+        format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1000)
+    } else if ms >= 60_000 {
+        format!("{}m", ms / 60_000)
+    } else {
+        format!("{}s", ms / 1000)
+    }
+}
+
+/// Parses `10`, `10s`, `500ms`, `2m`, `1.5s`: a bare number is seconds.
+/// Zero and negative durations are refused.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (such as 10s, 500ms, 2m)"))?;
+    let secs = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" | "min" => value * 60.0,
+        other => return Err(format!("{text:?}: unknown unit {other:?} (use ms, s or m)")),
+    };
+    if secs <= 0.0 || secs.is_nan() || secs > 86_400.0 {
+        return Err(format!(
+            "{text:?} is out of range (more than 0, at most a day)"
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Makes connections for tonic: TCP, TLS, and the server's first bytes.
+#[derive(Clone)]
+struct Connector {
+    target: Arc<Target>,
+    prepared: Arc<Prepared>,
+    timeout: Duration,
+    stage: Arc<AtomicU8>,
+}
+
+type ConnectFuture =
+    Pin<Box<dyn Future<Output = Result<hyper_util::rt::TokioIo<Stream>, ClientError>> + Send>>;
+
+impl tower_service::Service<http::Uri> for Connector {
+    type Response = hyper_util::rt::TokioIo<Stream>;
+    type Error = ClientError;
+    type Future = ConnectFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let deadline = Instant::now() + this.timeout;
+            let stream = this.connect(deadline).await?;
+            this.stage.store(Stage::Http2 as u8, Ordering::SeqCst);
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        })
+    }
+}
+
+impl Connector {
+    fn set(&self, stage: Stage) {
+        self.stage.store(stage as u8, Ordering::SeqCst);
+    }
+
+    async fn connect(&self, deadline: Instant) -> Result<Stream, ClientError> {
+        let addr = &self.target.addr;
+        let timed_out = |stage: Stage| stage.timed_out(addr, self.timeout);
+        let unreachable = |reason: String| ClientError::Connect {
+            addr: addr.clone(),
+            reason,
+        };
+        let tls_err = |reason: String| ClientError::Tls {
+            addr: addr.clone(),
+            reason,
+        };
+        self.set(Stage::Tcp);
+        let tcp = tokio::time::timeout_at(
+            deadline,
+            TcpStream::connect((self.target.host.as_str(), self.target.port)),
+        )
+        .await
+        .map_err(|_| timed_out(Stage::Tcp))?
+        .map_err(|e| unreachable(tcp_reason(&e)))?;
+        let _ = tcp.set_nodelay(true);
+
+        self.set(Stage::Tls);
+        let (config, verifier) = self.prepared.config().map_err(tls_err)?;
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let mut tls = tokio::time::timeout_at(
+            deadline,
+            connector.connect(self.target.server_name.clone(), tcp),
+        )
+        .await
+        .map_err(|_| timed_out(Stage::Tls))?
+        .map_err(|e| self.handshake_error(&e, &verifier))?;
+
+        // TLS 1.3: the server judges our certificate after our side of the
+        // handshake is done; its verdict is its first bytes or an alert.
+        self.set(Stage::FirstBytes);
+        let mut first = vec![0u8; 16 * 1024];
+        let n = tokio::time::timeout_at(deadline, tls.read(&mut first))
+            .await
+            .map_err(|_| timed_out(Stage::FirstBytes))?
+            .map_err(|e| self.handshake_error(&e, &verifier))?;
+        if n == 0 {
+            return Err(unreachable(
+                "the server closed the connection right after the TLS handshake without a \
+                 word (over a connection limit? the server's log says why)"
+                    .to_owned(),
+            ));
+        }
+        first.truncate(n);
+        Ok(Stream {
+            first,
+            pos: 0,
+            inner: tls,
+        })
+    }
+
+    /// Says what a failed handshake (or first read) means from here.
+    fn handshake_error(&self, e: &std::io::Error, verifier: &Recording) -> ClientError {
+        let addr = self.target.addr.clone();
+        let Some(rustls_err) = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        else {
+            return ClientError::Connect {
+                addr,
+                reason: format!("the server closed the connection during the TLS handshake ({e})"),
+            };
+        };
+        let presented = verifier
+            .presented()
+            .map(|p| format!("; {p}"))
+            .unwrap_or_default();
+        let reason = match rustls_err {
+            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => format!(
+                "the server's certificate is not signed by the CA in {}{presented}",
+                self.prepared.ca_label
+            ),
+            rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            ) => format!(
+                "the server's certificate is not valid for {} ({rustls_err}){presented}",
+                self.target.host
+            ),
+            rustls::Error::InvalidCertificate(
+                CertificateError::Expired | CertificateError::ExpiredContext { .. },
+            ) => format!("the server's certificate has expired ({rustls_err}){presented}"),
+            rustls::Error::InvalidCertificate(other) => {
+                format!("the server's certificate was refused: {other:?}{presented}")
+            }
+            rustls::Error::AlertReceived(alert) => self.refused(*alert),
+            other => format!("TLS handshake failed: {other}"),
+        };
+        ClientError::Tls { addr, reason }
+    }
+
+    /// The server sent `alert`: it refused us.
+    fn refused(&self, alert: AlertDescription) -> String {
+        let meaning = match alert {
+            AlertDescription::UnknownCA => {
+                "it does not trust the CA that issued our certificate".to_owned()
+            }
+            AlertDescription::UnsupportedCertificate => {
+                "our certificate is not meant for a client (extended key usage)".to_owned()
+            }
+            AlertDescription::CertificateExpired => "our certificate has expired".to_owned(),
+            AlertDescription::CertificateRevoked => "our certificate is revoked".to_owned(),
+            AlertDescription::CertificateRequired => "it requires a client certificate".to_owned(),
+            AlertDescription::BadCertificate => "it found our certificate invalid".to_owned(),
+            AlertDescription::DecryptError => {
+                "our handshake signature did not verify (a key that does not match the \
+                 certificate?)"
+                    .to_owned()
+            }
+            AlertDescription::ProtocolVersion => {
+                "we share no TLS version (the server may require TLS 1.3)".to_owned()
+            }
+            AlertDescription::NoApplicationProtocol => {
+                "we share no application protocol (the server speaks HTTP/2, h2)".to_owned()
+            }
+            other => format!("for a reason it did not say ({other:?})"),
+        };
+        let mut out =
+            format!("the server refused our certificate: {meaning} (TLS alert {alert:?})");
+        if !self.prepared.local_hints.is_empty() {
+            out.push_str("; ");
+            out.push_str(&self.prepared.local_hints.join("; "));
+        }
+        out
+    }
+}
+
+fn tcp_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => {
+            format!("connection refused: is the server running and listening there? ({e})")
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// The TLS stream with the server's first bytes put back in front.
+pub struct Stream {
+    first: Vec<u8>,
+    pos: usize,
+    inner: tokio_rustls::client::TlsStream<TcpStream>,
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.pos < this.first.len() {
+            let n = (this.first.len() - this.pos).min(buf.remaining());
+            buf.put_slice(&this.first[this.pos..this.pos + n]);
+            this.pos += n;
+            if this.pos == this.first.len() {
+                this.first = Vec::new();
+                this.pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Our own error, if connecting failed in the connector.
+fn find_client_error(e: &(dyn std::error::Error + 'static)) -> Option<ClientError> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(found) = err.downcast_ref::<ClientError>() {
+            return Some(found.clone());
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// An error and its sources, each said once: libraries often repeat their
+/// source's text in their own (`tcp connect error: tcp connect error: …`).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        let text = err.to_string();
+        let repeated = parts.iter().any(|p| p.contains(&text));
+        if !text.is_empty() && !repeated {
+            // A part that merely wraps this one adds nothing.
+            parts.retain(|p| !text.contains(p.as_str()));
+            parts.push(text);
+        }
+        cur = err.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn an_address_without_a_port_is_refused_as_missing_its_port() {
+        let e = Target::parse("127.0.0.1").unwrap_err().to_string();
+        assert!(e.contains("missing port"), "{e}");
+        assert!(Target::parse("localhost:50051").is_ok());
+        let v6 = Target::parse("[::1]:50051").unwrap();
+        assert_eq!(
+            (v6.host.as_str(), v6.authority.as_str()),
+            ("::1", "[::1]:50051")
+        );
+        assert!(http::Uri::try_from(format!("http://{}", v6.authority)).is_ok());
+        assert_eq!(Target::parse("https://vault.example").unwrap().port, 443);
+        assert!(Target::parse("http://127.0.0.1:1").is_err());
+    }
+
+    #[test]
+    fn durations_read_as_seconds_milliseconds_or_minutes() {
+        assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5h").is_err());
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");
+        assert_eq!(format_duration(Duration::from_secs(10)), "10s");
+    }
+
+    #[test]
+    fn an_error_chain_says_each_part_once() {
+        #[derive(Debug)]
+        struct E(&'static str, Option<Box<E>>);
+        impl std::fmt::Display for E {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for E {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.1.as_deref().map(|e| e as _)
+            }
+        }
+        let e = E(
+            "tcp connect error",
+            Some(Box::new(E(
+                "tcp connect error",
+                Some(Box::new(E("Connection refused (os error 111)", None))),
+            ))),
+        );
+        assert_eq!(
+            error_chain(&e),
+            "tcp connect error: Connection refused (os error 111)"
+        );
+    }
 }

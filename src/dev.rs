@@ -32,8 +32,39 @@ pub enum DevError {
     Io { path: String, reason: String },
     #[error("certificate generation failed: {0}")]
     Cert(#[from] rcgen::Error),
-    #[error("{0} exists but {1} is missing; delete {0} to regenerate the dev setup")]
+    #[error(
+        "{0} exists but {1} is missing; run `fieldvault serve --dev --reset` to start over \
+         (it deletes the dev setup, the store and the audit log)"
+    )]
     Incomplete(String, String),
+    #[error(
+        "--dev-identity {0:?} is not an identity name (letters, digits, '-' and '_'); \
+         to use certificate files, give --ca, --cert and --key"
+    )]
+    NotAName(String),
+    #[error("no dev identity {name:?} in {dir}; the identities there: {known}")]
+    UnknownIdentity {
+        name: String,
+        dir: String,
+        known: String,
+    },
+    #[error(
+        "no dev setup in {dir} (looked in {absolute}): start `fieldvault serve --dev` in the \
+         directory holding ./fieldvault-data first, or point --data-dir (or FIELDVAULT_DATA_DIR) \
+         at the data directory of the dev server"
+    )]
+    NoSetup { dir: String, absolute: String },
+    #[error("the store {0} is in use by another process (a running server?): stop it first")]
+    InUse(String),
+    #[error(
+        "--reset: {data_dir} holds a store but no dev/ setup, so it does not look like a dev \
+         data directory and is left alone; if it is one, delete {store} and {audit} yourself"
+    )]
+    NotDev {
+        data_dir: String,
+        store: String,
+        audit: String,
+    },
 }
 
 fn io_err(path: &Path, e: impl std::fmt::Display) -> DevError {
@@ -72,6 +103,109 @@ fn expected_files() -> Vec<String> {
         files.push(format!("{name}.key"));
     }
     files
+}
+
+/// The names of the client identities in `dir`: every `NAME.pem` with a
+/// `NAME.key` beside it, the CA and the server excepted, sorted.
+pub fn identities(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.strip_suffix(".pem")?.to_owned();
+            let is_caller = name != "ca" && name != "server" && is_identity_name(&name);
+            (is_caller && dir.join(format!("{name}.key")).exists()).then_some(name)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+fn is_identity_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Checks that `name` is a dev identity of the setup in `data_dir`: a
+/// plain name (not a path) whose certificate and key are in
+/// `DATA_DIR/dev/`. The errors say which identities there are, or where
+/// the setup was looked for.
+pub fn check_identity(data_dir: &Path, name: &str) -> Result<(), DevError> {
+    if !is_identity_name(name) || name == "ca" || name == "server" {
+        return Err(DevError::NotAName(name.to_owned()));
+    }
+    let dir = dev_dir(data_dir);
+    if !dir.join("ca.pem").exists() {
+        let absolute = std::path::absolute(&dir).unwrap_or_else(|_| dir.clone());
+        return Err(DevError::NoSetup {
+            dir: dir.display().to_string(),
+            absolute: absolute.display().to_string(),
+        });
+    }
+    if dir.join(format!("{name}.pem")).exists() && dir.join(format!("{name}.key")).exists() {
+        return Ok(());
+    }
+    let known = identities(&dir);
+    Err(DevError::UnknownIdentity {
+        name: name.to_owned(),
+        dir: dir.display().to_string(),
+        known: if known.is_empty() {
+            "none".to_owned()
+        } else {
+            known.join(", ")
+        },
+    })
+}
+
+/// `serve --dev --reset`: deletes the dev setup, the store and the audit
+/// log of `data_dir` (and nothing else there), so that the next start
+/// makes a new setup. Refuses while a server holds the store, and when
+/// `data_dir` holds a store but no dev setup (not a dev data dir).
+/// Returns what it deleted.
+pub fn reset(data_dir: &Path) -> Result<Vec<PathBuf>, DevError> {
+    let dev = dev_dir(data_dir);
+    let store = Config::store_dir_in(data_dir);
+    let audit = data_dir.join("audit.log");
+    if !dev.exists() && store.exists() {
+        return Err(DevError::NotDev {
+            data_dir: data_dir.display().to_string(),
+            store: store.display().to_string(),
+            audit: audit.display().to_string(),
+        });
+    }
+    // sled holds an exclusive flock on store/db while the store is open.
+    // Held until the store is gone, so no server opens it meanwhile.
+    let db = store.join("db");
+    let _lock = match std::fs::File::open(&db) {
+        Ok(file) => {
+            use rustix::fs::{flock, FlockOperation};
+            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => Some(file),
+                Err(rustix::io::Errno::WOULDBLOCK) => {
+                    return Err(DevError::InUse(store.display().to_string()))
+                }
+                Err(e) => return Err(io_err(&db, e)),
+            }
+        }
+        Err(_) => None,
+    };
+    let mut removed = Vec::new();
+    for dir in [&dev, &store] {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(|e| io_err(dir, e))?;
+            removed.push(dir.clone());
+        }
+    }
+    if audit.exists() {
+        std::fs::remove_file(&audit).map_err(|e| io_err(&audit, e))?;
+        removed.push(audit);
+    }
+    Ok(removed)
 }
 
 /// Creates the dev CA, certificates, master key and policy unless they

@@ -7,7 +7,7 @@
 //! answered so far are printed, then the whole-call error (naming the first
 //! unanswered item), and it exits with [`output::EXIT_CALL_FAILED`].
 
-use super::conn::Conn;
+use super::conn::{CallStatus, Conn};
 use super::input::{self, Line};
 use super::output::{self, address_json, call_failed, emit, Failure, EXIT_ITEM_FAILED, EXIT_OK};
 use clap::Args;
@@ -306,6 +306,7 @@ fn bad_line(field: &str, line: &Line, max: usize) -> Option<Failure> {
 }
 
 struct Tokenize {
+    status: CallStatus,
     client: VaultClient<Channel>,
     purpose: Option<String>,
     json: bool,
@@ -331,7 +332,7 @@ impl Call for Tokenize {
                 purpose: self.purpose.clone(),
             })
             .await
-            .map_err(|s| Failure::from_status(&s))?
+            .map_err(|s| Failure::from_status(&self.status.map(s)))?
             .into_inner();
         Ok(response
             .results
@@ -428,6 +429,7 @@ pub(crate) async fn tokenize(args: TokenizeArgs) -> ExitCode {
         Err(e) => return call_failed(json, &Failure::from_client(&e), Some(0)),
     };
     let mut call = Tokenize {
+        status: args.conn.call_status(),
         client,
         purpose: args.purpose,
         json,
@@ -440,6 +442,7 @@ pub(crate) async fn tokenize(args: TokenizeArgs) -> ExitCode {
 const MAX_TOKEN_LINE: usize = 1024;
 
 struct Detokenize {
+    status: CallStatus,
     client: VaultClient<Channel>,
     purpose: String,
     justification: String,
@@ -467,7 +470,7 @@ impl Call for Detokenize {
                 justification: self.justification.clone(),
             })
             .await
-            .map_err(|s| Failure::from_status(&s))?
+            .map_err(|s| Failure::from_status(&self.status.map(s)))?
             .into_inner();
         Ok(response
             .results
@@ -559,6 +562,7 @@ pub(crate) async fn detokenize(args: DetokenizeArgs) -> ExitCode {
         Err(e) => return call_failed(json, &Failure::from_client(&e), Some(0)),
     };
     let mut call = Detokenize {
+        status: args.conn.call_status(),
         client,
         purpose: args.purpose,
         justification: args.justification,

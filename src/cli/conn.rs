@@ -4,9 +4,10 @@
 use super::DEFAULT_ADDR;
 use super::DEFAULT_DATA_DIR;
 use clap::Args;
-use fieldvault::client::{ClientError, ClientTls};
+use fieldvault::client::{ClientError, ClientTls, ConnectOptions};
 use fieldvault::grpc::pb::vault_client::VaultClient;
 use std::path::PathBuf;
+use std::time::Duration;
 use tonic::transport::Channel;
 
 #[derive(Args)]
@@ -24,13 +25,23 @@ pub(crate) struct Conn {
     #[arg(long, requires_all = ["ca", "cert"])]
     key: Option<PathBuf>,
     /// Use the dev identity NAME (orders, support, rotator, intruder) from
-    /// DATA_DIR/dev/ made by `serve --dev`.
+    /// DATA_DIR/dev/ made by `serve --dev`: a name, not a path.
     #[arg(long, value_name = "NAME")]
     dev_identity: Option<String>,
-    /// Data directory holding dev/ for --dev-identity.
-    #[arg(long, default_value = DEFAULT_DATA_DIR)]
+    /// Data directory holding dev/ for --dev-identity (relative to the
+    /// current directory).
+    #[arg(long, default_value = DEFAULT_DATA_DIR, env = "FIELDVAULT_DATA_DIR")]
     data_dir: PathBuf,
-    /// Print one JSON object per item instead of text.
+    /// Give up connecting after this long: TCP, TLS handshake and HTTP/2
+    /// together (10s, 500ms, 1m; a bare number is seconds).
+    #[arg(long, default_value = "10s", env = "FIELDVAULT_CONNECT_TIMEOUT", value_name = "DURATION", value_parser = fieldvault::client::parse_duration)]
+    connect_timeout: Duration,
+    /// Deadline of each call, from sending it to the last byte of the answer
+    /// (10s, 500ms, 1m; a bare number is seconds).
+    #[arg(long, default_value = "30s", env = "FIELDVAULT_TIMEOUT", value_name = "DURATION", value_parser = fieldvault::client::parse_duration)]
+    timeout: Duration,
+    /// Print every outcome as JSON on stdout, one object per line: each
+    /// item, and a whole-call failure too.
     #[arg(long)]
     pub(crate) json: bool,
 }
@@ -38,25 +49,65 @@ pub(crate) struct Conn {
 impl Conn {
     /// An mTLS client of the Vault service at `--addr`.
     pub(crate) async fn connect(&self) -> Result<VaultClient<Channel>, ClientError> {
-        let tls = self.tls().map_err(ClientError::Usage)?;
-        fieldvault::client::connect(&self.addr, &tls).await
+        Ok(VaultClient::new(self.channel().await?))
     }
 
-    /// An mTLS channel to `--addr`, for the other services (health).
+    /// An mTLS channel to `--addr`, for any service the server offers
+    /// (health, reflection): connecting is bounded by `--connect-timeout`
+    /// and every call on it by `--timeout`. Map a failed call's status
+    /// through [`Conn::call_status`].
     pub(crate) async fn channel(&self) -> Result<Channel, ClientError> {
-        let tls = self.tls().map_err(ClientError::Usage)?;
-        fieldvault::client::channel(&self.addr, &tls).await
+        fieldvault::client::check_addr(&self.addr)?;
+        let tls = self.tls()?;
+        let options = ConnectOptions {
+            connect_timeout: self.connect_timeout,
+            call_timeout: Some(self.timeout),
+        };
+        fieldvault::client::channel_with(&self.addr, &tls, &options)
+            .await
+            .map_err(|e| match e {
+                ClientError::ConnectTimeout { .. } => {
+                    e.with_hint("(set with --connect-timeout or FIELDVAULT_CONNECT_TIMEOUT)")
+                }
+                e => e,
+            })
     }
 
-    fn tls(&self) -> Result<ClientTls, String> {
+    /// A failed call's status, with a deadline that passed named as such:
+    /// tonic reports its own call timeout as `Cancelled: Timeout expired`.
+    pub(crate) fn call_status(&self) -> CallStatus {
+        CallStatus {
+            timeout: self.timeout,
+        }
+    }
+
+    fn tls(&self) -> Result<ClientTls, ClientError> {
         match (&self.dev_identity, &self.ca, &self.cert, &self.key) {
-            (Some(name), None, None, None) => {
-                ClientTls::dev(&self.data_dir, name).map_err(|e| e.to_string())
-            }
-            (None, Some(ca), Some(cert), Some(key)) => {
-                ClientTls::from_files(ca, cert, key).map_err(|e| e.to_string())
-            }
-            _ => Err("give either --dev-identity NAME or all of --ca, --cert and --key".into()),
+            (Some(name), None, None, None) => ClientTls::dev(&self.data_dir, name),
+            (None, Some(ca), Some(cert), Some(key)) => ClientTls::from_files(ca, cert, key),
+            _ => Err(ClientError::Usage(
+                "give either --dev-identity NAME or all of --ca, --cert and --key".into(),
+            )),
+        }
+    }
+}
+
+/// Maps a failed call's status: a call timeout that passed is named as
+/// such (tonic reports it as `Cancelled: Timeout expired`).
+#[derive(Clone, Copy)]
+pub(crate) struct CallStatus {
+    timeout: std::time::Duration,
+}
+
+impl CallStatus {
+    pub(crate) fn map(self, status: tonic::Status) -> tonic::Status {
+        if status.code() == tonic::Code::Cancelled && status.message() == "Timeout expired" {
+            tonic::Status::deadline_exceeded(format!(
+                "no answer within {} (the call timeout; set with --timeout or FIELDVAULT_TIMEOUT)",
+                fieldvault::client::format_duration(self.timeout)
+            ))
+        } else {
+            status
         }
     }
 }

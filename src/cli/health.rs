@@ -47,7 +47,10 @@ pub(crate) async fn health(args: HealthArgs) -> ExitCode {
         .await;
     let status = match response {
         Ok(r) => r.into_inner().status,
-        Err(s) => return call_failed(json, &Failure::from_status(&s), None),
+        Err(s) => {
+            let s = args.conn.call_status().map(s);
+            return call_failed(json, &Failure::from_status(&s), None);
+        }
     };
     let name = status_name(status);
     if json {

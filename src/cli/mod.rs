@@ -50,10 +50,72 @@ const DEFAULT_LOG_FILTER: &str = "info,h2=error,hyper=error,rustls=error,tower=e
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
-    tracing_subscriber::fmt()
+    let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .init();
+        .with_ansi(colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
+        .finish();
+    // Not `try_init`: that installs a plain `log` bridge of its own.
+    if tracing::subscriber::set_global_default(subscriber).is_ok() {
+        // `log` records (rustls logs through `log`) go to tracing, through
+        // the filter that demotes one harmless warning.
+        use tracing_log::AsLog;
+        let max = tracing::level_filters::LevelFilter::current().as_log();
+        if log::set_boxed_logger(Box::new(DemoteHarmless(tracing_log::LogTracer::new()))).is_ok() {
+            log::set_max_level(max);
+        }
+    }
+}
+
+/// Colour codes only for a person at a terminal: never into a file, a pipe
+/// or journald, and never when `NO_COLOR` is set to anything but empty
+/// (no-color.org).
+fn colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// rustls warns, once per connection, when a client sends an IP address
+/// as SNI (Node.js does when it connects to 127.0.0.1). That is expected
+/// and harmless (the name is ignored and the certificate still checked),
+/// so it is logged at debug level instead.
+struct DemoteHarmless(tracing_log::LogTracer);
+
+const SNI_IP_WARNING: &str = "Illegal SNI extension: ignoring IP address";
+
+fn demoted(record: &log::Record<'_>) -> Option<log::Level> {
+    let harmless = record.level() == log::Level::Warn
+        && record.target().starts_with("rustls")
+        && record.args().to_string().starts_with(SNI_IP_WARNING);
+    harmless.then_some(log::Level::Debug)
+}
+
+impl log::Log for DemoteHarmless {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        match demoted(record) {
+            Some(level) => self.0.log(
+                &log::Record::builder()
+                    .args(*record.args())
+                    .level(level)
+                    .target(record.target())
+                    .module_path(record.module_path())
+                    .file(record.file())
+                    .line(record.line())
+                    .build(),
+            ),
+            None => self.0.log(record),
+        }
+    }
+
+    fn flush(&self) {
+        self.0.flush()
+    }
 }
 
 pub(crate) async fn run() -> ExitCode {
@@ -74,5 +136,39 @@ pub(crate) async fn run() -> ExitCode {
             eprintln!("fieldvault: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(colour(true, None));
+        assert!(colour(true, Some(OsStr::new(""))));
+        assert!(!colour(true, Some(OsStr::new("1"))));
+        assert!(!colour(false, None));
+    }
+
+    #[test]
+    fn the_sni_ip_address_warning_is_demoted_to_debug_and_others_are_not() {
+        let sni = format_args!(
+            "Illegal SNI extension: ignoring IP address presented as hostname (3132372e302e302e31)"
+        );
+        let record = log::Record::builder()
+            .args(sni)
+            .level(log::Level::Warn)
+            .target("rustls::msgs::handshake")
+            .build();
+        assert_eq!(demoted(&record), Some(log::Level::Debug));
+        let other = format_args!("Illegal SNI extension: duplicate host_name received");
+        let record = log::Record::builder()
+            .args(other)
+            .level(log::Level::Warn)
+            .target("rustls::msgs::handshake")
+            .build();
+        assert_eq!(demoted(&record), None);
     }
 }

@@ -16,12 +16,57 @@ pub(crate) struct ServeArgs {
     /// Config file (required without --dev). See deploy/fieldvault.toml.
     #[arg(long, conflicts_with = "dev")]
     config: Option<PathBuf>,
-    /// Data directory for --dev.
-    #[arg(long, default_value = DEFAULT_DATA_DIR, requires = "dev")]
-    data_dir: PathBuf,
-    /// Address to listen on in --dev mode.
-    #[arg(long, default_value = DEFAULT_ADDR, requires = "dev")]
-    listen: SocketAddr,
+    /// Data directory for --dev (default ./fieldvault-data, or
+    /// FIELDVAULT_DATA_DIR). With --config, data_dir is set in the file.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on in --dev mode (default 127.0.0.1:50051). With
+    /// --config, listen is set in the file.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// With --dev: delete the dev setup (DATA_DIR/dev), the store and the
+    /// audit log first, and start over with new certificates and a new
+    /// master key. Every token made before becomes unreadable.
+    #[arg(long, requires = "dev")]
+    reset: bool,
+}
+
+/// `--data-dir`, else `FIELDVAULT_DATA_DIR`, else `./fieldvault-data`.
+fn dev_data_dir(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| {
+        std::env::var_os("FIELDVAULT_DATA_DIR")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
+    .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+}
+
+/// `--listen` and `--data-dir` configure --dev only: with --config the
+/// file is the one place these are set, so a flag that would be ignored
+/// is refused instead.
+fn refuse_dev_flags_with_config(
+    config: &std::path::Path,
+    flags: &[(&str, bool)],
+) -> Result<(), String> {
+    let given: Vec<&str> = flags
+        .iter()
+        .filter(|(_, given)| *given)
+        .map(|(name, _)| *name)
+        .collect();
+    if given.is_empty() {
+        return Ok(());
+    }
+    let settings: Vec<String> = given
+        .iter()
+        .map(|f| format!("`{}`", f.trim_start_matches("--").replace('-', "_")))
+        .collect();
+    Err(format!(
+        "{} appl{} to --dev only; with --config, set {} in {}",
+        given.join(" and "),
+        if given.len() == 1 { "ies" } else { "y" },
+        settings.join(" and "),
+        config.display()
+    ))
 }
 
 /// SIGXFSZ, from the platform's own headers (through rustix).
@@ -44,9 +89,25 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     });
     let env = |k: &str| std::env::var(k).ok();
     let config = if args.dev {
+        let data_dir = dev_data_dir(args.data_dir);
+        let listen = match args.listen {
+            Some(addr) => addr,
+            None => DEFAULT_ADDR
+                .parse()
+                .map_err(|e| format!("default listen address {DEFAULT_ADDR}: {e}"))?,
+        };
+        if args.reset {
+            let removed = fieldvault::dev::reset(&data_dir).map_err(|e| e.to_string())?;
+            if removed.is_empty() {
+                println!("reset: nothing to delete in {}", data_dir.display());
+            }
+            for path in removed {
+                println!("reset: deleted {}", path.display());
+            }
+        }
         let (config, created) =
-            fieldvault::dev::prepare(&args.data_dir, args.listen).map_err(|e| e.to_string())?;
-        let dir = fieldvault::dev::dev_dir(&args.data_dir);
+            fieldvault::dev::prepare(&data_dir, listen).map_err(|e| e.to_string())?;
+        let dir = fieldvault::dev::dev_dir(&data_dir);
         println!(
             "fieldvault dev mode ({} {})",
             if created { "created" } else { "reusing" },
@@ -73,11 +134,25 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         let path = args
             .config
             .ok_or("serve needs --config FILE (or --dev for a development setup)")?;
+        refuse_dev_flags_with_config(
+            &path,
+            &[
+                ("--listen", args.listen.is_some()),
+                ("--data-dir", args.data_dir.is_some()),
+            ],
+        )?;
         fieldvault::config::Config::load(&path, &env).map_err(|e| e.to_string())?
     };
     let mut server = fieldvault::app::start(&config, &env)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match e {
+            // A dev store under another master key: the way out is a reset.
+            fieldvault::app::StartError::Keyring(_) if args.dev => format!(
+                "{e}; to start the dev setup over, run `fieldvault serve --dev --reset` \
+                 (deletes the store: tokens made so far become unreadable)"
+            ),
+            e => e.to_string(),
+        })?;
     // Handlers installed before "listening on": a SIGTERM or SIGINT sent as
     // soon as that line appears must not find the default action (death).
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -145,9 +220,10 @@ pub(crate) struct StoreArgs {
     /// The store of a `serve --dev` setup.
     #[arg(long)]
     dev: bool,
-    /// Data directory for --dev.
-    #[arg(long, default_value = DEFAULT_DATA_DIR, requires = "dev")]
-    data_dir: PathBuf,
+    /// Data directory for --dev (default ./fieldvault-data, or
+    /// FIELDVAULT_DATA_DIR).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 pub(crate) fn store_command(command: StoreCommand) -> Result<ExitCode, String> {
@@ -156,10 +232,13 @@ pub(crate) fn store_command(command: StoreCommand) -> Result<ExitCode, String> {
     // wrapped keys: owner-only, like every file the server creates.
     fieldvault::fsperm::restrict_umask();
     let store_dir = match args.config {
-        Some(path) => fieldvault::config::Config::load(&path, &|k| std::env::var(k).ok())
-            .map_err(|e| e.to_string())?
-            .store_dir(),
-        None => fieldvault::config::Config::store_dir_in(&args.data_dir),
+        Some(path) => {
+            refuse_dev_flags_with_config(&path, &[("--data-dir", args.data_dir.is_some())])?;
+            fieldvault::config::Config::load(&path, &|k| std::env::var(k).ok())
+                .map_err(|e| e.to_string())?
+                .store_dir()
+        }
+        None => fieldvault::config::Config::store_dir_in(&dev_data_dir(args.data_dir)),
     };
     let report = fieldvault::store::salvage(&store_dir).map_err(|e| e.to_string())?;
     print!("{report}");

@@ -16,8 +16,11 @@ pub enum MasterKeyError {
     /// Open to group or others, or unreadable.
     #[error("{0}")]
     File(#[from] crate::fsperm::PermError),
-    #[error("master key {origin}: expected 64 hex characters (32 bytes)")]
-    Format { origin: String },
+    #[error(
+        "master key {origin}: {found}; it must hold the key as 64 hex characters \
+         (32 bytes), as `openssl rand -hex 32` prints"
+    )]
+    Format { origin: String, found: String },
 }
 
 impl MasterKey {
@@ -33,8 +36,14 @@ impl MasterKey {
     /// names where the text came from, for the error message.
     pub fn from_hex(text: &str, origin: &str) -> Result<Self, MasterKeyError> {
         let mut key = Zeroizing::new([0u8; 32]);
-        hex::decode_to_slice(text.trim(), key.as_mut()).map_err(|_| MasterKeyError::Format {
+        let text = text.trim();
+        hex::decode_to_slice(text, key.as_mut()).map_err(|_| MasterKeyError::Format {
             origin: origin.to_owned(),
+            found: if text.chars().all(|c| c.is_ascii_hexdigit()) {
+                format!("holds {} hex characters", text.chars().count())
+            } else {
+                "holds characters that are not hex digits".to_owned()
+            },
         })?;
         Ok(Self(key))
     }
@@ -64,8 +73,14 @@ impl MasterKey {
             len += n;
         }
         let origin = format!("file {}", path.display());
+        // Never echoed: a binary file may be the key itself, raw.
         let text = std::str::from_utf8(&buf[..len]).map_err(|_| MasterKeyError::Format {
             origin: origin.clone(),
+            found: if len == buf.len() {
+                format!("holds binary data (at least {len} bytes), not text")
+            } else {
+                format!("holds {len} bytes of binary data, not text")
+            },
         })?;
         Self::from_hex(text, &origin)
     }
@@ -148,6 +163,29 @@ mod tests {
             .unwrap_or_default();
         assert!(
             err.contains("64 hex characters") && !err.contains(&key.to_hex()[..16]),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_binary_key_file_is_refused_saying_what_it_must_hold() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("master.key");
+        // 32 raw bytes, not valid UTF-8: the key in binary form.
+        let raw: Vec<u8> = (0..32u8).map(|i| 0x80 | i).collect();
+        std::fs::write(&path, &raw).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = MasterKey::from_file(&path)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("holds 32 bytes of binary data, not text")
+                && err.contains("64 hex characters")
+                && err.contains("openssl rand -hex 32")
+                && !err.contains("UTF-8"),
             "{err}"
         );
     }

@@ -16,7 +16,9 @@ use super::layout::{
 };
 use super::wal::{Wal, WalError};
 use super::writer::{SledWriter, Trees, Write, Written};
-use super::{IntegrityReport, NewRecord, RecordRead, StorageFailure, Store, StoreError};
+use super::{
+    FailureCause, IntegrityReport, NewRecord, RecordRead, StorageFailure, Store, StoreError,
+};
 use crate::crypto::{BlindIndex, WrappedKey};
 use crate::domain::TokenId;
 use async_trait::async_trait;
@@ -60,6 +62,27 @@ pub(crate) struct StoreIo<'a> {
     pub(crate) sled_flush_every_ms: Option<u64>,
 }
 
+/// sled's error when another process holds the store's lock is an
+/// `Other` I/O error ("could not acquire lock on …: Os { code: 11, … }"):
+/// say what it means.
+fn open_failure(path: &str, e: &sled::Error) -> StorageFailure {
+    match e {
+        sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock") => {
+            StorageFailure::new(
+                FailureCause::Io {
+                    kind: std::io::ErrorKind::WouldBlock,
+                    errno: Some(rustix::io::Errno::WOULDBLOCK.raw_os_error()),
+                },
+                format!(
+                    "opening {path}: the store is in use by another process (another fieldvault \
+                     server on the same data_dir?); stop it, or give this server its own data_dir"
+                ),
+            )
+        }
+        e => sled_failure(&format!("opening {path}"), e),
+    }
+}
+
 impl SledStore {
     pub fn open(config: &SledConfig) -> Result<Self, StoreError> {
         Self::open_with(
@@ -89,7 +112,7 @@ impl SledStore {
             .cache_capacity(config.cache_capacity_bytes)
             .flush_every_ms(io.sled_flush_every_ms)
             .open()
-            .map_err(|e| StoreError::Backend(sled_failure(&format!("opening {path}"), &e)))?;
+            .map_err(|e| StoreError::Backend(open_failure(&path.to_string(), &e)))?;
         let records = db.open_tree("records").map_err(backend)?;
         let blind_index = db.open_tree("blind_index").map_err(backend)?;
         let deterministic = db.open_tree("deterministic").map_err(backend)?;
@@ -327,7 +350,7 @@ mod tests {
     use crate::store::apply::Staged;
     use crate::store::fixtures::{index, record};
     use crate::store::layout::{encode_frame, encode_record, index_entry};
-    use crate::store::FailureCause;
+
     use std::collections::HashMap;
     use std::path::Path;
 

@@ -145,7 +145,7 @@ fn start_in_shell(
     spawn(command, "info", log_path)
 }
 
-fn start(args: &[&str], log_level: &str, log_path: &Path) -> Result<ServerProcess, String> {
+pub fn start(args: &[&str], log_level: &str, log_path: &Path) -> Result<ServerProcess, String> {
     let mut command = Command::new(BIN);
     command.args(args);
     spawn(command, log_level, log_path)

@@ -1,0 +1,96 @@
+//! Helpers for the tests of how the CLI connects and of the dev setup:
+//! the real binary run with a clean environment, a port that accepts and
+//! never answers, a TLS server that never answers a call.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use super::process::{output_within, BIN};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// The environment variables the CLI reads: removed from every command
+/// these helpers run, so the test's own environment cannot steer it.
+pub const CLI_ENV: &[&str] = &[
+    "FIELDVAULT_ADDR",
+    "FIELDVAULT_DATA_DIR",
+    "FIELDVAULT_CONNECT_TIMEOUT",
+    "FIELDVAULT_TIMEOUT",
+    "RUST_LOG",
+];
+
+/// Runs the CLI in `cwd` with `args` and `env` (and none of [`CLI_ENV`]
+/// otherwise), killed past `deadline`.
+pub fn cli_in(cwd: &Path, args: &[&str], env: &[(&str, &str)], deadline: Duration) -> Output {
+    let mut command = Command::new(BIN);
+    command.current_dir(cwd).args(args);
+    for k in CLI_ENV {
+        command.env_remove(k);
+    }
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    output_within(command, deadline)
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A port on 127.0.0.1 that accepts TCP connections and never sends a
+/// byte (the connections are held open for `hold`, then dropped).
+pub fn silent_port(hold: Duration) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut held = Vec::new();
+        while started.elapsed() < hold {
+            match listener.accept() {
+                Ok((socket, _)) => held.push(socket),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
+    addr
+}
+
+/// An mTLS server (the vault's own TLS settings, certificates of `pki_dir`)
+/// that completes the handshake and HTTP/2, accepts calls and never
+/// answers them. Runs on the current tokio runtime until it is dropped.
+pub async fn unanswering_server(pki_dir: &Path) -> String {
+    let config = fieldvault::tls::server_config(
+        &pki_dir.join("server.pem"),
+        &pki_dir.join("server.key"),
+        &pki_dir.join("ca.pem"),
+        fieldvault::config::TlsMinVersion::Tls13,
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut conn) = h2::server::handshake(tls).await else {
+                    return;
+                };
+                // Calls are accepted and held, never answered.
+                let mut held = Vec::new();
+                while let Some(Ok(call)) = conn.accept().await {
+                    held.push(call);
+                }
+            });
+        }
+    });
+    addr
+}

@@ -1,0 +1,400 @@
+//! The server's setup has no dead ends, tested with the real binary: the
+//! dev reset, `--config` with dev-only flags, `--dev-identity` names, the
+//! data directory hint, a second server on the same store, and logs
+//! without colour codes in a file.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::conn::{cli_in, stderr, stdout};
+use common::process::{start_dev, BIN, START_DEADLINE};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const RUN: Duration = Duration::from_secs(30);
+const STOP: Duration = Duration::from_secs(30);
+
+fn tokenize_as_orders(
+    cwd: &Path,
+    addr: &str,
+    data_dir: &Path,
+    value: &str,
+) -> std::process::Output {
+    cli_in(
+        cwd,
+        &[
+            "tokenize",
+            "--addr",
+            addr,
+            "--dev-identity",
+            "orders",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--kind",
+            "phone",
+            value,
+        ],
+        &[],
+        RUN,
+    )
+}
+
+#[test]
+fn serve_dev_reset_starts_over_and_the_new_setup_works() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let log = tmp.path().join("server.log");
+    let server = start_dev(&data, &log).unwrap();
+    let out = tokenize_as_orders(tmp.path(), &server.addr, &data, "+1 202-555-0150");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let old_ca = std::fs::read(data.join("dev/ca.pem")).unwrap();
+    assert!(server.terminate(STOP).success());
+
+    // The old way out (delete DATA_DIR/dev) leaves the store under the old
+    // master key: the server refuses to start and names the reset.
+    std::fs::remove_dir_all(data.join("dev")).unwrap();
+    let refused = start_dev(&data, &log)
+        .err()
+        .expect("started on a store under another key");
+    assert!(
+        refused.contains("fieldvault serve --dev --reset"),
+        "{refused}"
+    );
+
+    let reset = common::process::start(
+        &[
+            "serve",
+            "--dev",
+            "--reset",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        "info",
+        &log,
+    )
+    .unwrap();
+    for removed in ["dev", "store", "audit.log"] {
+        let line = format!("reset: deleted {}", data.join(removed).display());
+        assert!(
+            reset.stdout.contains(&line),
+            "{line:?} not in {}",
+            reset.stdout
+        );
+    }
+    assert_ne!(std::fs::read(data.join("dev/ca.pem")).unwrap(), old_ca);
+    let out = tokenize_as_orders(tmp.path(), &reset.addr, &data, "+1 202-555-0151");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("fv1_"), "{}", stdout(&out));
+
+    // While it runs, a reset is refused: the store is in use.
+    let again = cli_in(
+        tmp.path(),
+        &[
+            "serve",
+            "--dev",
+            "--reset",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+        RUN,
+    );
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("is in use by another process"),
+        "{}",
+        stderr(&again)
+    );
+    assert!(data.join("dev/ca.pem").exists());
+    assert!(reset.terminate(STOP).success());
+}
+
+#[test]
+fn a_reset_leaves_a_data_dir_without_a_dev_setup_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(data.join("store")).unwrap();
+    let out = cli_in(
+        tmp.path(),
+        &[
+            "serve",
+            "--dev",
+            "--reset",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+        RUN,
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("does not look like a dev data directory"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(data.join("store").exists());
+}
+
+#[test]
+fn serve_with_a_config_file_refuses_the_dev_only_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("fieldvault.toml").display().to_string();
+    for (flags, said) in [
+        (
+            vec!["--listen", "127.0.0.1:0"],
+            format!("--listen applies to --dev only; with --config, set `listen` in {config}"),
+        ),
+        (
+            vec!["--data-dir", "elsewhere"],
+            format!("--data-dir applies to --dev only; with --config, set `data_dir` in {config}"),
+        ),
+        (
+            vec!["--listen", "127.0.0.1:0", "--data-dir", "elsewhere"],
+            "--listen and --data-dir apply to --dev only".to_owned(),
+        ),
+    ] {
+        let mut args = vec!["serve", "--config", &config];
+        args.extend(flags);
+        let out = cli_in(tmp.path(), &args, &[], RUN);
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains(&said),
+            "{said:?} not in {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn dev_identity_lists_the_identities_and_refuses_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("fieldvault-data");
+    fieldvault::dev::prepare(&data, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let run = |name: &str| {
+        cli_in(
+            tmp.path(),
+            &[
+                "tokenize",
+                "--dev-identity",
+                name,
+                "--kind",
+                "phone",
+                "+1 202-555-0152",
+            ],
+            &[],
+            RUN,
+        )
+    };
+    let out = run("admin");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(
+            "no dev identity \"admin\" in ./fieldvault-data/dev; the identities there: intruder, orders, rotator, support"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    for not_a_name in ["../dev/support", "/etc/passwd", "server", "ca"] {
+        let out = run(not_a_name);
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains(&format!(
+                "--dev-identity {not_a_name:?} is not an identity name"
+            )),
+            "{}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn a_client_run_elsewhere_says_where_it_looked_and_how_to_point_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("vault").join("fieldvault-data");
+    fieldvault::dev::prepare(&data, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let args = [
+        "tokenize",
+        "--dev-identity",
+        "orders",
+        "--kind",
+        "phone",
+        "+1 202-555-0153",
+    ];
+    let out = cli_in(&elsewhere, &args, &[], RUN);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    for needle in [
+        "no dev setup in ./fieldvault-data/dev",
+        &format!(
+            "looked in {}",
+            elsewhere.join("fieldvault-data/dev").display()
+        ),
+        "--data-dir (or FIELDVAULT_DATA_DIR)",
+    ] {
+        assert!(err.contains(needle), "{needle:?} not in {err}");
+    }
+    // FIELDVAULT_DATA_DIR points it there: the setup is found, and the
+    // command gets as far as connecting (to a port nothing listens on).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let out = cli_in(
+        &elsewhere,
+        &args,
+        &[
+            ("FIELDVAULT_DATA_DIR", data.to_str().unwrap()),
+            ("FIELDVAULT_ADDR", &closed),
+        ],
+        RUN,
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("connection refused"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_second_server_on_the_same_data_dir_says_the_store_is_in_use() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let first = start_dev(&data, &tmp.path().join("first.log")).unwrap();
+    let second = cli_in(
+        tmp.path(),
+        &[
+            "serve",
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+        RUN,
+    );
+    assert!(!second.status.success());
+    let err = stderr(&second);
+    assert!(
+        err.contains("the store is in use by another process (another fieldvault server on the same data_dir?)"),
+        "{err}"
+    );
+    assert!(!err.contains("WouldBlock"), "{err}");
+    assert!(first.terminate(STOP).success());
+}
+
+#[test]
+fn logs_written_to_a_file_carry_no_colour_codes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let log_path = tmp.path().join("server.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+        .env_remove("NO_COLOR")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("listening on") && tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    let started = Instant::now();
+    let listening = rx.recv_timeout(START_DEADLINE).is_ok();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(listening, "not listening after {:?}", started.elapsed());
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    assert!(logs.contains("INFO"), "{logs}");
+    assert!(!logs.contains('\u{1b}'), "colour codes in a file: {logs:?}");
+}
+
+/// A ClientHello that names `127.0.0.1` as SNI, as Node.js sends when it
+/// connects to an IP address (rustls itself never sends an IP address as
+/// SNI: its hello for `localhost` is made, then the name swapped for one of
+/// the same length).
+fn client_hello_with_ip_sni() -> Vec<u8> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let mut conn = rustls::ClientConnection::new(
+        std::sync::Arc::new(config),
+        rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+    )
+    .unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    let at = hello
+        .windows(9)
+        .position(|w| w == b"localhost")
+        .expect("the SNI is in the hello");
+    hello[at..at + 9].copy_from_slice(b"127.0.0.1");
+    hello
+}
+
+#[test]
+fn an_ip_address_sent_as_sni_is_logged_at_debug_level_not_as_a_warning() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let log = tmp.path().join("server.log");
+    let args = [
+        "serve",
+        "--dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    // RUST_LOG as an operator sets it (the default filter hides every
+    // rustls warning anyway), with rustls's debug lines shown: the line
+    // must be there, at debug level.
+    let server = common::process::start(&args, "info,rustls=debug", &log).unwrap();
+    let mut tcp = std::net::TcpStream::connect(&server.addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp.write_all(&client_hello_with_ip_sni()).unwrap();
+    let mut reply = [0u8; 64];
+    let _ = tcp.read(&mut reply);
+    let started = Instant::now();
+    let logs = loop {
+        let logs = std::fs::read_to_string(&log).unwrap();
+        if logs.contains("Illegal SNI") || started.elapsed() > Duration::from_secs(10) {
+            break logs;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        logs.contains("DEBUG rustls::msgs::handshake: Illegal SNI extension: ignoring IP address"),
+        "{logs}"
+    );
+    assert!(!logs.contains("WARN rustls"), "{logs}");
+    assert!(server.terminate(STOP).success());
+}
