@@ -205,6 +205,14 @@ async function main() {
 }
 
 main().catch((err) => {
-  console.error(`example: ${err.code !== undefined ? `call failed: ${err.message}` : err.stack}`);
+  if (err instanceof assert.AssertionError) {
+    console.error(`example: unexpected result: ${err.message}`);
+  } else if (typeof err.code === 'number') {
+    console.error(`example: call failed: ${grpc.status[err.code]}: ${err.details}`);
+  } else if (err.code === 'ENOENT') {
+    console.error(`example: ${err.message} (--data-dir names the data dir of serve --dev)`);
+  } else {
+    console.error(`example: ${err.message}`);
+  }
   process.exitCode = 1;
 });

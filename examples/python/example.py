@@ -175,6 +175,9 @@ def main() -> int:
     except grpc.RpcError as e:
         print(f"example: call failed: {e.code().name}: {e.details()}", file=sys.stderr)
         return 1
+    except FileNotFoundError as e:
+        print(f"example: {e} (--data-dir names the data dir of serve --dev)", file=sys.stderr)
+        return 1
     except Mismatch as e:
         print(f"example: unexpected result: {e}", file=sys.stderr)
         return 1
