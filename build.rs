@@ -20,9 +20,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // decoded (decoding amplifies: src/grpc/codec.rs).
         .codec_path("crate::grpc::codec::BoundedCodec")
         .file_descriptor_set_path(out_dir.join("fieldvault_descriptor.bin"))
+        // error_details.proto generates no Rust (google.rpc is tonic_types'),
+        // but it lands in the descriptor set, so reflection can describe the
+        // google.rpc.BadRequest that per-item errors carry.
         .compile_with_config(
             config,
-            &[PathBuf::from("proto/fieldvault/v1/vault.proto")],
+            &[
+                PathBuf::from("proto/fieldvault/v1/vault.proto"),
+                PathBuf::from("proto/google/rpc/error_details.proto"),
+            ],
             &[PathBuf::from("proto"), protoc_bin_vendored::include_path()?],
         )?;
     println!("cargo:rerun-if-changed=proto");

@@ -196,17 +196,31 @@ pub async fn start(
     let health = tokio::spawn(watch_storage(vault.clone(), health_reporter));
     let health_service =
         health_service.max_decoding_message_size(crate::limits::SMALL_SERVICE_MESSAGE_BYTES);
-    let reflection = if config.reflection {
-        Some(
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                .build_v1()
-                .map_err(|e| StartError::Reflection(e.to_string()))?
-                .max_decoding_message_size(crate::limits::SMALL_SERVICE_MESSAGE_BYTES),
+    // Reflection in both versions: v1alpha for grpcurl before 1.8.7 and
+    // Python's grpcio-reflection. The descriptor set includes
+    // google/rpc/error_details.proto (build.rs).
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let (reflection, reflection_v1alpha) = if config.reflection {
+        (
+            Some(
+                reflection()
+                    .build_v1()
+                    .map_err(|e| StartError::Reflection(e.to_string()))?
+                    .max_decoding_message_size(crate::limits::SMALL_SERVICE_MESSAGE_BYTES),
+            ),
+            Some(
+                reflection()
+                    .build_v1alpha()
+                    .map_err(|e| StartError::Reflection(e.to_string()))?
+                    .max_decoding_message_size(crate::limits::SMALL_SERVICE_MESSAGE_BYTES),
+            ),
         )
     } else {
-        None
+        (None, None)
     };
     // Callers no rule names get a small budget of their own (limits.rs).
     let rules_of = vault.clone();
@@ -224,6 +238,7 @@ pub async fn start(
     let router = server_builder(&limits, Some(rule_check))
         .add_service(health_service)
         .add_optional_service(reflection)
+        .add_optional_service(reflection_v1alpha)
         .add_service(vault_service);
     let serve = tokio::spawn(async move {
         router
