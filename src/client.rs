@@ -366,6 +366,7 @@ impl Prepared {
         let key = PrivateKeyDer::from_pem_slice(&tls.key_pem)
             .map_err(|e| bad(format!("{}: not a PEM private key: {e}", tls.key_label())))?;
         let leaf = chain[0].clone();
+        let intermediates = chain[1..].to_vec();
         let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| match e {
             rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => bad(format!(
                 "the private key {} does not match the certificate {} (a key and a certificate \
@@ -379,11 +380,19 @@ impl Prepared {
                 tls.key_label()
             )),
         })?;
+        let local_hints = local_hints(
+            &leaf,
+            &intermediates,
+            &cas,
+            &provider,
+            &tls.cert_label(),
+            &tls.ca_label(),
+        );
         Ok(Self {
             provider,
             roots: Arc::new(roots),
             certified: Arc::new(certified),
-            local_hints: local_hints(&leaf, &cas, &tls.cert_label(), &tls.ca_label()),
+            local_hints,
             ca_label: tls.ca_label(),
         })
     }
@@ -414,7 +423,9 @@ impl Prepared {
 /// refuse it.
 fn local_hints(
     leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
     cas: &[CertificateDer<'_>],
+    provider: &Arc<CryptoProvider>,
     cert_label: &str,
     ca_label: &str,
 ) -> Vec<String> {
@@ -453,11 +464,21 @@ fn local_hints(
         .filter_map(|ca| X509Certificate::from_der(ca).ok())
         .map(|(_, ca)| ca.subject().to_string())
         .collect();
+    // Verified as a server would, with the --ca certificates as roots: a
+    // dev CA of another data dir carries the same name, so comparing
+    // names alone would miss it.
+    let chain_error = verify_as_client(leaf, intermediates, cas, provider);
     if !ca_subjects.is_empty() && !ca_subjects.contains(&issuer) {
         hints.push(format!(
             "{cert_label} was issued by \"{issuer}\", not by the CA in {ca_label} (\"{}\"), \
              which the server usually trusts",
             ca_subjects.join("\", \"")
+        ));
+    } else if let Some(e) = chain_error {
+        hints.push(format!(
+            "{cert_label} names \"{issuer}\" as its issuer but does not verify against the CA \
+             in {ca_label} ({e}): it was issued by another CA of the same name (a dev setup of \
+             another data dir, or one made before a reset?)"
         ));
     }
     if !cert.validity().is_valid() {
@@ -468,6 +489,29 @@ fn local_hints(
         ));
     }
     hints
+}
+
+/// Why a server trusting only `cas` would refuse `leaf` as a client
+/// certificate, if it would (checked with webpki, as the server does).
+fn verify_as_client(
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    cas: &[CertificateDer<'_>],
+    provider: &Arc<CryptoProvider>,
+) -> Option<rustls::Error> {
+    let mut roots = RootCertStore::empty();
+    for ca in cas {
+        roots.add(ca.clone()).ok()?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .ok()?;
+    verifier
+        .verify_client_cert(leaf, intermediates, UnixTime::now())
+        .err()
 }
 
 /// One client certificate for every server.
@@ -753,6 +797,13 @@ impl Connector {
                 "the server's certificate is not signed by the CA in {}{presented}",
                 self.prepared.ca_label
             ),
+            // Its issuer has the name of our CA, but not its key.
+            rustls::Error::InvalidCertificate(CertificateError::BadSignature) => format!(
+                "the server's certificate is not signed by the CA in {}: its issuer has the same \
+                 name but another key (a CA of another setup, such as a dev data dir made \
+                 elsewhere or before a reset){presented}",
+                self.prepared.ca_label
+            ),
             rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             ) => format!(
@@ -784,9 +835,12 @@ impl Connector {
             AlertDescription::CertificateRevoked => "our certificate is revoked".to_owned(),
             AlertDescription::CertificateRequired => "it requires a client certificate".to_owned(),
             AlertDescription::BadCertificate => "it found our certificate invalid".to_owned(),
+            // Our key matches our certificate (checked before connecting),
+            // so the signature that failed is most likely the one on our
+            // certificate: a CA of the same name but another key.
             AlertDescription::DecryptError => {
-                "our handshake signature did not verify (a key that does not match the \
-                 certificate?)"
+                "a signature did not verify (on our certificate: issued by another CA with the \
+                 name of the one it trusts?)"
                     .to_owned()
             }
             AlertDescription::ProtocolVersion => {

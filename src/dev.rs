@@ -65,6 +65,17 @@ pub enum DevError {
         store: String,
         audit: String,
     },
+    #[error(
+        "{data_dir} holds a store ({store}) but no dev/ setup: dev mode would make a new master \
+         key that cannot open it. Serve that store with the config it was made with \
+         (--config), or give dev mode a data directory of its own (--data-dir)"
+    )]
+    StoreWithoutSetup { data_dir: String, store: String },
+    #[error(
+        "--dev-identity {0:?} is the {0} certificate of the dev setup, not a caller; \
+         the callers are the other NAME.pem/NAME.key pairs in DATA_DIR/dev/ (orders, support, …)"
+    )]
+    NotACaller(String),
 }
 
 fn io_err(path: &Path, e: impl std::fmt::Display) -> DevError {
@@ -136,7 +147,10 @@ fn is_identity_name(name: &str) -> bool {
 /// `DATA_DIR/dev/`. The errors say which identities there are, or where
 /// the setup was looked for.
 pub fn check_identity(data_dir: &Path, name: &str) -> Result<(), DevError> {
-    if !is_identity_name(name) || name == "ca" || name == "server" {
+    if name == "ca" || name == "server" {
+        return Err(DevError::NotACaller(name.to_owned()));
+    }
+    if !is_identity_name(name) {
         return Err(DevError::NotAName(name.to_owned()));
     }
     let dir = dev_dir(data_dir);
@@ -213,6 +227,15 @@ pub fn reset(data_dir: &Path) -> Result<Vec<PathBuf>, DevError> {
 /// was created.
 pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<(Config, bool), DevError> {
     let dir = dev_dir(data_dir);
+    let store = Config::store_dir_in(data_dir);
+    if !dir.exists() && store.exists() {
+        // Making a setup here would put a new master key beside a store
+        // it cannot open, and then `--reset` would delete that store.
+        return Err(DevError::StoreWithoutSetup {
+            data_dir: data_dir.display().to_string(),
+            store: store.display().to_string(),
+        });
+    }
     let created = if dir.join("ca.pem").exists() {
         for f in expected_files() {
             if !dir.join(&f).exists() {

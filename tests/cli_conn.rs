@@ -104,6 +104,31 @@ async fn a_client_certificate_from_another_ca_is_refused_naming_the_alert_and_it
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_from_another_ca_of_the_same_name_is_named_as_such() {
+    let vault = TestVault::start().await;
+    // twin.pem: issued by a CA named like the server's, with another key
+    // (the dev CA of another data dir): names alone do not tell them apart.
+    let out = tokenize_with(
+        &vault.addr(),
+        &vault.pki.dir,
+        "ca.pem",
+        "twin.pem",
+        "twin.key",
+        &[],
+    )
+    .await;
+    assert_failed_with(
+        &out,
+        &[
+            "the server refused our certificate",
+            "twin.pem names \"CN=fieldvault test CA\" as its issuer but does not verify against the CA in",
+            "issued by another CA of the same name",
+        ],
+    );
+    assert!(!stderr(&out).contains("a key that does not match"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_auth_only_certificate_is_refused_naming_the_missing_client_auth_usage() {
     let vault = TestVault::start().await;
     // server.pem: same CA, extended key usage serverAuth only.
@@ -190,6 +215,38 @@ async fn a_server_certificate_from_another_ca_is_refused_as_not_signed_by_the_gi
             "the server's certificate is not signed by the CA in",
             "ca.pem",
             "issued by \"CN=an unrelated CA\"",
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_certificate_from_another_ca_of_the_same_name_is_refused_as_not_signed_by_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let twin = fieldvault::devpki::DevCa::new("fieldvault test CA").unwrap();
+    let server = twin.issue_server(&["localhost", "127.0.0.1"]).unwrap();
+    let cert = tmp.path().join("twin-server.pem");
+    let key = tmp.path().join("twin-server.key");
+    write(&cert, server.cert_pem.as_bytes());
+    write(&key, server.key_pem.as_bytes());
+    let vault = TestVault::start_with(|c| {
+        c.tls.cert = cert.clone();
+        c.tls.key = key.clone();
+    })
+    .await;
+    let out = tokenize_with(
+        &vault.addr(),
+        &vault.pki.dir,
+        "ca.pem",
+        "orders.pem",
+        "orders.key",
+        &[],
+    )
+    .await;
+    assert_failed_with(
+        &out,
+        &[
+            "the server's certificate is not signed by the CA in",
+            "its issuer has the same name but another key",
         ],
     );
 }

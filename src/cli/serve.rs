@@ -134,6 +134,20 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         let path = args
             .config
             .ok_or("serve needs --config FILE (or --dev for a development setup)")?;
+        if args.reset {
+            return Err(format!(
+                "--reset applies to --dev only: a store served with --config is never deleted \
+                 by fieldvault (its data_dir is set in {})",
+                path.display()
+            ));
+        }
+        if args.reset {
+            return Err(format!(
+                "--reset applies to --dev only: a store served with --config is never deleted \
+                 by fieldvault (its data_dir is set in {})",
+                path.display()
+            ));
+        }
         refuse_dev_flags_with_config(
             &path,
             &[

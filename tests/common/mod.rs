@@ -73,8 +73,9 @@ pub fn write(path: &Path, contents: &[u8]) {
 }
 
 /// A CA, a server certificate, the four sample callers (SPIFFE IDs in the
-/// dev trust domain, so the dev policy applies) and a stranger: a client
-/// certificate from another CA.
+/// dev trust domain, so the dev policy applies), a stranger (a client
+/// certificate from another CA) and a twin (from another CA of the same
+/// name).
 pub struct Pki {
     pub dir: PathBuf,
     pub ca: DevCa,
@@ -99,6 +100,14 @@ impl Pki {
             .unwrap();
         write(&dir.join("stranger.pem"), stranger.cert_pem.as_bytes());
         write(&dir.join("stranger.key"), stranger.key_pem.as_bytes());
+        // twin.pem: from a CA with this CA's name but another key (the dev
+        // CA of another data dir).
+        let twin = DevCa::new("fieldvault test CA")
+            .unwrap()
+            .issue_client("orders", Some(&spiffe_id("orders")))
+            .unwrap();
+        write(&dir.join("twin.pem"), twin.cert_pem.as_bytes());
+        write(&dir.join("twin.key"), twin.key_pem.as_bytes());
         Self {
             dir: dir.to_path_buf(),
             ca,
