@@ -18,6 +18,13 @@ pub const DEV_TRUST_DOMAIN: &str = "fieldvault.dev";
 /// The sample policy installed in dev mode.
 pub const DEV_POLICY: &str = include_str!("../deploy/dev/policy.toml");
 
+/// Written into a data directory when dev mode makes its setup there: the
+/// mark `serve --dev --reset` looks for before it deletes anything.
+pub const DEV_MARKER: &str = "fieldvault-dev.txt";
+
+const DEV_MARKER_TEXT: &str = "This data directory was made by `fieldvault serve --dev`.\n\
+    `fieldvault serve --dev --reset` deletes dev/, store/ and audit.log here.\n";
+
 pub fn dev_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("dev")
 }
@@ -71,6 +78,13 @@ pub enum DevError {
          (--config), or give dev mode a data directory of its own (--data-dir)"
     )]
     StoreWithoutSetup { data_dir: String, store: String },
+    #[error(
+        "{data_dir} is a dev data directory whose dev/ setup was deleted, but its store ({store}) \
+         remains, encrypted under the deleted master key: run `fieldvault serve --dev --reset` \
+         to start over (it deletes the store and the audit log: tokens made so far become \
+         unreadable)"
+    )]
+    SetupDeleted { data_dir: String, store: String },
     #[error(
         "--dev-identity {0:?} is the {0} certificate of the dev setup, not a caller; \
          the callers are the other NAME.pem/NAME.key pairs in DATA_DIR/dev/ (orders, support, …)"
@@ -176,16 +190,28 @@ pub fn check_identity(data_dir: &Path, name: &str) -> Result<(), DevError> {
     })
 }
 
+/// Whether `data_dir` was made by dev mode: it carries [`DEV_MARKER`], or
+/// (a setup made before the marker existed) a dev CA and master key.
+fn is_dev_data_dir(data_dir: &Path) -> bool {
+    let dev = dev_dir(data_dir);
+    data_dir.join(DEV_MARKER).is_file()
+        || (dev.join("ca.pem").is_file() && dev.join("master.key").is_file())
+}
+
 /// `serve --dev --reset`: deletes the dev setup, the store and the audit
-/// log of `data_dir` (and nothing else there), so that the next start
-/// makes a new setup. Refuses while a server holds the store, and when
-/// `data_dir` holds a store but no dev setup (not a dev data dir).
-/// Returns what it deleted.
+/// log of `data_dir`, so that the next start makes a new setup. Only in a
+/// directory dev mode made (see [`is_dev_data_dir`]), and of `dev/` only
+/// the files dev mode writes: a `dev/` folder of someone else's, or a
+/// production data dir, is left alone. Refuses while a server holds the
+/// store. Returns what it deleted.
 pub fn reset(data_dir: &Path) -> Result<Vec<PathBuf>, DevError> {
     let dev = dev_dir(data_dir);
     let store = Config::store_dir_in(data_dir);
     let audit = data_dir.join("audit.log");
-    if !dev.exists() && store.exists() {
+    if !is_dev_data_dir(data_dir) {
+        if !dev.exists() && !store.exists() && !audit.exists() {
+            return Ok(Vec::new());
+        }
         return Err(DevError::NotDev {
             data_dir: data_dir.display().to_string(),
             store: store.display().to_string(),
@@ -209,11 +235,24 @@ pub fn reset(data_dir: &Path) -> Result<Vec<PathBuf>, DevError> {
         Err(_) => None,
     };
     let mut removed = Vec::new();
-    for dir in [&dev, &store] {
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).map_err(|e| io_err(dir, e))?;
-            removed.push(dir.clone());
+    if dev.is_dir() {
+        for name in expected_files() {
+            let file = dev.join(name);
+            if file.is_file() {
+                std::fs::remove_file(&file).map_err(|e| io_err(&file, e))?;
+            }
         }
+        // Only when nothing else is in it: files dev mode did not write
+        // are not ours to delete.
+        if std::fs::remove_dir(&dev).is_ok() {
+            removed.push(dev.clone());
+        } else {
+            removed.push(dev.join("(the files dev mode made)"));
+        }
+    }
+    if store.exists() {
+        std::fs::remove_dir_all(&store).map_err(|e| io_err(&store, e))?;
+        removed.push(store);
     }
     if audit.exists() {
         std::fs::remove_file(&audit).map_err(|e| io_err(&audit, e))?;
@@ -228,12 +267,15 @@ pub fn reset(data_dir: &Path) -> Result<Vec<PathBuf>, DevError> {
 pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<(Config, bool), DevError> {
     let dir = dev_dir(data_dir);
     let store = Config::store_dir_in(data_dir);
-    if !dir.exists() && store.exists() {
-        // Making a setup here would put a new master key beside a store
-        // it cannot open, and then `--reset` would delete that store.
-        return Err(DevError::StoreWithoutSetup {
-            data_dir: data_dir.display().to_string(),
-            store: store.display().to_string(),
+    if !dir.join("ca.pem").exists() && store.exists() {
+        // A new setup here would put a new master key beside a store it
+        // cannot open.
+        let marked = data_dir.join(DEV_MARKER).is_file();
+        let (data_dir, store) = (data_dir.display().to_string(), store.display().to_string());
+        return Err(if marked {
+            DevError::SetupDeleted { data_dir, store }
+        } else {
+            DevError::StoreWithoutSetup { data_dir, store }
         });
     }
     let created = if dir.join("ca.pem").exists() {
@@ -247,6 +289,10 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<(Config, bool), De
         create(&dir)?;
         true
     };
+    let marker = data_dir.join(DEV_MARKER);
+    if !marker.exists() {
+        write_private(&marker, DEV_MARKER_TEXT.as_bytes())?;
+    }
     let config = Config {
         listen,
         data_dir: data_dir.to_path_buf(),
@@ -277,7 +323,12 @@ fn create(dir: &Path) -> Result<(), DevError> {
         .mode(0o700)
         .create(dir)
         .map_err(|e| io_err(dir, e))?;
-    let ca = DevCa::new("fieldvault dev CA")?;
+    // Named apart from the CA of any other dev setup, so that a
+    // certificate of another data dir is told apart by name too.
+    let ca = DevCa::new(&format!(
+        "fieldvault dev CA {}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    ))?;
     let server = ca.issue_server(&["localhost", "127.0.0.1"])?;
     write_private(&dir.join("server.pem"), server.cert_pem.as_bytes())?;
     write_private(&dir.join("server.key"), server.key_pem.as_bytes())?;

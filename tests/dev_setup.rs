@@ -53,15 +53,18 @@ fn serve_dev_reset_starts_over_and_the_new_setup_works() {
     assert!(server.terminate(STOP).success());
 
     // The old way out (delete DATA_DIR/dev) leaves the store under the old
-    // master key: the server refuses to start and names the reset.
+    // master key: the server refuses to start, makes no new setup beside
+    // it, and names the reset.
     std::fs::remove_dir_all(data.join("dev")).unwrap();
     let refused = start_dev(&data, &log)
         .err()
         .expect("started on a store under another key");
     assert!(
-        refused.contains("fieldvault serve --dev --reset"),
+        refused.contains("whose dev/ setup was deleted")
+            && refused.contains("fieldvault serve --dev --reset"),
         "{refused}"
     );
+    assert!(!data.join("dev").exists());
 
     let reset = common::process::start(
         &[
@@ -77,7 +80,7 @@ fn serve_dev_reset_starts_over_and_the_new_setup_works() {
         &log,
     )
     .unwrap();
-    for removed in ["dev", "store", "audit.log"] {
+    for removed in ["store", "audit.log"] {
         let line = format!("reset: deleted {}", data.join(removed).display());
         assert!(
             reset.stdout.contains(&line),
@@ -116,6 +119,57 @@ fn serve_dev_reset_starts_over_and_the_new_setup_works() {
 }
 
 #[test]
+fn a_reset_deletes_only_what_dev_mode_made() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A port already taken: the server stops right after the reset.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let reset = |data: &Path| {
+        cli_in(
+            tmp.path(),
+            &[
+                "serve",
+                "--dev",
+                "--reset",
+                "--listen",
+                &taken,
+                "--data-dir",
+                data.to_str().unwrap(),
+            ],
+            &[],
+            RUN,
+        )
+    };
+    // A folder of someone else's that happens to hold dev/ and audit.log:
+    // not a dev data dir, nothing is deleted.
+    let project = tmp.path().join("project");
+    std::fs::create_dir_all(project.join("dev")).unwrap();
+    std::fs::write(project.join("dev/deploy.sh"), "echo fake\n").unwrap();
+    std::fs::write(project.join("audit.log"), "notes\n").unwrap();
+    let out = reset(&project);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("does not look like a dev data directory"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(project.join("dev/deploy.sh").exists());
+    assert!(project.join("audit.log").exists());
+
+    // A dev data dir with a file of the user's in dev/: the setup's files
+    // go, that file stays.
+    let data = tmp.path().join("data");
+    fieldvault::dev::prepare(&data, "127.0.0.1:0".parse().unwrap()).unwrap();
+    assert!(data.join(fieldvault::dev::DEV_MARKER).exists());
+    std::fs::write(data.join("dev/notes.txt"), "mine\n").unwrap();
+    let out = reset(&data);
+    // The reset is done before the server fails to listen on the taken port.
+    assert!(stdout(&out).contains("reset: deleted"), "{}", stdout(&out));
+    assert!(data.join("dev/notes.txt").exists());
+    assert!(data.join("dev/ca.pem").exists(), "a new setup is made");
+}
+
+#[test]
 fn a_reset_leaves_a_data_dir_without_a_dev_setup_alone() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
@@ -142,6 +196,37 @@ fn a_reset_leaves_a_data_dir_without_a_dev_setup_alone() {
 }
 
 #[test]
+fn dev_mode_refuses_a_data_dir_holding_a_store_but_no_dev_setup_and_creates_nothing() {
+    // A production data dir (or a dev one whose dev/ was deleted by hand):
+    // a new dev setup there would hold a master key that cannot open the
+    // store, and the reset it then suggests would delete the store.
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(data.join("store")).unwrap();
+    let out = cli_in(
+        tmp.path(),
+        &[
+            "serve",
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+        RUN,
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("holds a store") && stderr(&out).contains("but no dev/ setup"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!data.join("dev").exists());
+    assert!(data.join("store").exists());
+}
+
+#[test]
 fn serve_with_a_config_file_refuses_the_dev_only_flags() {
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("fieldvault.toml").display().to_string();
@@ -157,6 +242,10 @@ fn serve_with_a_config_file_refuses_the_dev_only_flags() {
         (
             vec!["--listen", "127.0.0.1:0", "--data-dir", "elsewhere"],
             "--listen and --data-dir apply to --dev only".to_owned(),
+        ),
+        (
+            vec!["--reset"],
+            format!("--reset applies to --dev only: a store served with --config is never deleted by fieldvault (its data_dir is set in {config})"),
         ),
     ] {
         let mut args = vec!["serve", "--config", &config];
@@ -200,12 +289,23 @@ fn dev_identity_lists_the_identities_and_refuses_paths() {
         "{}",
         stderr(&out)
     );
-    for not_a_name in ["../dev/support", "/etc/passwd", "server", "ca"] {
+    for not_a_name in ["../dev/support", "/etc/passwd", "orders/../support"] {
         let out = run(not_a_name);
         assert!(!out.status.success());
         assert!(
             stderr(&out).contains(&format!(
                 "--dev-identity {not_a_name:?} is not an identity name"
+            )),
+            "{}",
+            stderr(&out)
+        );
+    }
+    for not_a_caller in ["server", "ca"] {
+        let out = run(not_a_caller);
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains(&format!(
+                "--dev-identity {not_a_caller:?} is the {not_a_caller} certificate of the dev setup, not a caller"
             )),
             "{}",
             stderr(&out)
