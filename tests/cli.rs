@@ -517,3 +517,62 @@ fn a_call_failing_mid_input_keeps_the_answered_lines_names_the_first_unanswered_
         "nothing more"
     );
 }
+
+#[test]
+fn a_batch_of_the_largest_addresses_is_revealed_in_one_call_and_audited_once() {
+    const N: usize = 1000;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let log = tmp.path().join("server.log");
+    drop(start_dev(&data, &log).unwrap());
+    allow_full_addresses(&data);
+    let dev = Dev {
+        server: start_dev(&data, &log).unwrap(),
+        data: data.to_str().unwrap().to_owned(),
+        _tmp: tmp,
+    };
+    // Every part at its longest (256 bytes): the answer for 1000 of them
+    // is over tonic's default 4 MiB.
+    let part = |tag: &str| tag.repeat(256 / tag.len());
+    let address = serde_json::json!({
+        "country": "US",
+        "postal_code": "99999",
+        "region": part("Zregion "),
+        "city": part("Testvill"),
+        "district": part("Distric "),
+        "recipient": part("Test Per"),
+        "street_lines": vec![part("Fakestr "); 8],
+    })
+    .to_string();
+    let input: String = (0..N).map(|_| address.clone() + "\n").collect();
+    let out = dev.run(
+        "orders",
+        &["tokenize", "--kind", "address", "--address-json", "--stdin"],
+        &input,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let tokens = stdout(&out);
+    assert_eq!(tokens.lines().count(), N);
+    let audit = data.join("audit.log");
+    let detokenize_calls = || {
+        std::fs::read_to_string(&audit)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("\"action\":\"detokenize\""))
+            .count()
+    };
+    assert_eq!(detokenize_calls(), 0);
+
+    let out = dev.run(
+        "support",
+        &["detokenize", "--purpose", "label", "--stdin"],
+        &tokens,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let revealed = stdout(&out);
+    assert_eq!(revealed.lines().count(), N);
+    assert!(revealed.lines().all(|l| l.contains("\taddress\tfull\t")));
+    assert!(revealed.len() > 4 * 1024 * 1024, "{}", revealed.len());
+    // One call revealed (and audited) them all, once.
+    assert_eq!(detokenize_calls(), 1);
+}

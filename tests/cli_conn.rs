@@ -7,7 +7,9 @@
 
 mod common;
 
-use common::conn::{cli_in, silent_port, stderr, stdout, unanswering_server};
+use common::conn::{
+    cli_in, silent_port, stalling_server, stderr, stdout, unanswering_server, Answer,
+};
 use common::*;
 use std::path::Path;
 use std::process::Output;
@@ -318,6 +320,87 @@ async fn a_call_the_server_never_answers_fails_at_the_call_deadline() {
         ],
     );
     assert!(took < Duration::from_secs(8), "{took:?}");
+}
+
+/// The CLI with `args`, then the certificate flags of orders (files in
+/// `dir`), run off the async runtime.
+async fn cli_with_files(addr: &str, dir: &Path, args: &[&str]) -> Output {
+    let file = |name: &str| dir.join(name).display().to_string();
+    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    all.extend([
+        "--addr".into(),
+        addr.into(),
+        "--ca".into(),
+        file("ca.pem"),
+        "--cert".into(),
+        file("orders.pem"),
+        "--key".into(),
+        file("orders.key"),
+    ]);
+    let cwd = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        cli_in(&cwd, &all, &[], RUN)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_whose_body_never_completes_fails_at_the_call_deadline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let commands: [&[&str]; 3] = [
+        &["health", "--json"],
+        &["tokenize", "--json", "--kind", "phone", "+1 202-555-0146"],
+        &[
+            "detokenize",
+            "--json",
+            "--purpose",
+            "callback",
+            "fv1_AAAAAAAAAAAAAAAAAAAAAA",
+        ],
+    ];
+    for answer in [Answer::HeadersThenStall, Answer::HeadersThenTrickle] {
+        let addr = stalling_server(&pki.dir, answer).await;
+        let runs = commands.map(|args| {
+            let mut args = args.to_vec();
+            args.extend(["--timeout", "2s"]);
+            let (addr, dir) = (addr.clone(), pki.dir.clone());
+            let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            tokio::spawn(async move {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let started = Instant::now();
+                let out = cli_with_files(&addr, &dir, &args).await;
+                (out, started.elapsed())
+            })
+        });
+        for (run, args) in runs.into_iter().zip(commands) {
+            let (out, took) = run.await.unwrap();
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{answer:?} {args:?}: {}",
+                stderr(&out)
+            );
+            let json: serde_json::Value = serde_json::from_str(stdout(&out).trim())
+                .unwrap_or_else(|e| panic!("{answer:?} {args:?}: {e}: {}", stdout(&out)));
+            assert_eq!(json["error"]["code"], "DEADLINE_EXCEEDED", "{json}");
+            assert!(
+                json["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("no answer within 2s (the call timeout"),
+                "{json}"
+            );
+            // Generous for a loaded 2-core machine; without the bound on
+            // the body it hangs until killed.
+            assert!(
+                took < Duration::from_secs(15),
+                "{answer:?} {args:?}: {took:?}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -7,7 +7,7 @@
 //! answered so far are printed, then the whole-call error (naming the first
 //! unanswered item), and it exits with [`output::EXIT_CALL_FAILED`].
 
-use super::conn::{CallStatus, Conn};
+use super::conn::{answer_limit, CallStatus, Conn};
 use super::input::{self, Line};
 use super::output::{self, address_json, call_failed, emit, Failure, EXIT_ITEM_FAILED, EXIT_OK};
 use clap::Args;
@@ -147,11 +147,43 @@ fn allowed_per_call(f: &Failure) -> Option<usize> {
         .flatten()
 }
 
+/// tonic's words when a message is over the receiver's size limit: from
+/// the server, the request was refused before a byte of it was read.
+const DECODE_LIMIT: &str = "Error, decoded message length too large";
+
+/// The server refused the request for its size (OUT_OF_RANGE, tonic's
+/// decode limit): nothing was read, so a smaller chunk is safe to send.
+fn server_refused_size(f: &Failure) -> bool {
+    f.code == Code::OutOfRange && f.message.starts_with(DECODE_LIMIT)
+}
+
+/// A whole-call failure from `status`. An answer over this client's own
+/// limit (`answer_limit`) reads like the server's refusal of a request,
+/// but the server handled every item (and audited a reveal): it is said
+/// as such and never retried.
+fn call_failure(status: &tonic::Status, answer_limit: usize) -> Failure {
+    let ours = format!("the limit is: {answer_limit} bytes");
+    if status.code() == Code::OutOfRange
+        && status.message().starts_with(DECODE_LIMIT)
+        && status.message().ends_with(&ours)
+    {
+        return Failure::new(
+            Code::OutOfRange,
+            format!(
+                "the server's answer is larger than this client accepts ({answer_limit} bytes); \
+                 the server handled the chunk, so it was not sent again (lower --batch-size)"
+            ),
+        );
+    }
+    Failure::from_status(status)
+}
+
 /// Sends `items` (whose input indices are `globals`) in calls of at most
 /// `*batch` items. Returns the answers of the items answered, in order, and
 /// the whole-call failure that stopped it, if any. A server limit below
-/// `*batch` lowers it and the call is retried (nothing was stored), and
-/// so does a message over the server's size limit (OUT_OF_RANGE).
+/// `*batch` lowers it and the call is retried (nothing was stored), and a
+/// request the server refused for its size (OUT_OF_RANGE before reading
+/// it) is split in halves; nothing else is ever sent twice.
 async fn send_all<C: Call>(
     call: &mut C,
     items: &[C::Item],
@@ -180,9 +212,12 @@ async fn send_all<C: Call>(
             }
             Err(f) => match allowed_per_call(&f) {
                 Some(n) if n >= 1 && n < end - start => *batch = n,
-                // The message is over the server's size limit (its
-                // max_batch_items is below ours): nothing was read, halve.
-                _ if f.code == Code::OutOfRange && end - start > 1 => *batch = (end - start) / 2,
+                // The request is over the server's size limit (its
+                // max_batch_items is below ours): it read nothing, halve.
+                // Any other OUT_OF_RANGE (an answer too large to send or
+                // to accept) comes after the items were handled: never
+                // sent again.
+                _ if server_refused_size(&f) && end - start > 1 => *batch = (end - start) / 2,
                 _ => return (answers, Some(f.reindex(C::LIST, map))),
             },
         }
@@ -307,6 +342,7 @@ fn bad_line(field: &str, line: &Line, max: usize) -> Option<Failure> {
 
 struct Tokenize {
     status: CallStatus,
+    answer_limit: usize,
     client: VaultClient<Channel>,
     purpose: Option<String>,
     json: bool,
@@ -325,14 +361,15 @@ impl Call for Tokenize {
         &mut self,
         fields: Vec<pb::Field>,
     ) -> Result<Vec<Result<String, Failure>>, Failure> {
+        let request = pb::TokenizeRequest {
+            fields,
+            purpose: self.purpose.clone(),
+        };
         let response = self
-            .client
-            .tokenize(pb::TokenizeRequest {
-                fields,
-                purpose: self.purpose.clone(),
-            })
+            .status
+            .bound(self.client.tokenize(request))
             .await
-            .map_err(|s| Failure::from_status(&self.status.map(s)))?
+            .map_err(|s| call_failure(&s, self.answer_limit))?
             .into_inner();
         Ok(response
             .results
@@ -424,12 +461,13 @@ pub(crate) async fn tokenize(args: TokenizeArgs) -> ExitCode {
         })
     };
     let source = Source::new(args.stdin, args.values, max_line);
-    let client = match args.conn.connect().await {
+    let client = match args.conn.connect(args.batch_size).await {
         Ok(client) => client,
         Err(e) => return call_failed(json, &Failure::from_client(&e), Some(0)),
     };
     let mut call = Tokenize {
         status: args.conn.call_status(),
+        answer_limit: answer_limit(args.batch_size),
         client,
         purpose: args.purpose,
         json,
@@ -443,6 +481,7 @@ const MAX_TOKEN_LINE: usize = 1024;
 
 struct Detokenize {
     status: CallStatus,
+    answer_limit: usize,
     client: VaultClient<Channel>,
     purpose: String,
     justification: String,
@@ -462,15 +501,16 @@ impl Call for Detokenize {
         &mut self,
         tokens: Vec<String>,
     ) -> Result<Vec<Result<pb::DetokenizeResult, Failure>>, Failure> {
+        let request = pb::DetokenizeRequest {
+            tokens,
+            purpose: self.purpose.clone(),
+            justification: self.justification.clone(),
+        };
         let response = self
-            .client
-            .detokenize(pb::DetokenizeRequest {
-                tokens,
-                purpose: self.purpose.clone(),
-                justification: self.justification.clone(),
-            })
+            .status
+            .bound(self.client.detokenize(request))
             .await
-            .map_err(|s| Failure::from_status(&self.status.map(s)))?
+            .map_err(|s| call_failure(&s, self.answer_limit))?
             .into_inner();
         Ok(response
             .results
@@ -557,12 +597,13 @@ pub(crate) async fn detokenize(args: DetokenizeArgs) -> ExitCode {
         ),
     };
     let source = Source::new(args.stdin, args.tokens, MAX_TOKEN_LINE);
-    let client = match args.conn.connect().await {
+    let client = match args.conn.connect(args.batch_size).await {
         Ok(client) => client,
         Err(e) => return call_failed(json, &Failure::from_client(&e), Some(0)),
     };
     let mut call = Detokenize {
         status: args.conn.call_status(),
+        answer_limit: answer_limit(args.batch_size),
         client,
         purpose: args.purpose,
         justification: args.justification,
@@ -585,6 +626,8 @@ mod tests {
         /// More item bytes than this in one call: OUT_OF_RANGE.
         max_bytes: usize,
         refuse: &'static str,
+        /// Every answer is over the client's own limit (4000 bytes).
+        answer_too_large: bool,
         calls: Vec<usize>,
         printed: RefCell<Vec<String>>,
     }
@@ -604,7 +647,16 @@ mod tests {
         ) -> Result<Vec<Result<String, Failure>>, Failure> {
             self.calls.push(items.len());
             if items.iter().map(String::len).sum::<usize>() > self.max_bytes {
-                return Err(Failure::new(Code::OutOfRange, "message too large"));
+                return Err(Failure::new(
+                    Code::OutOfRange,
+                    format!("{DECODE_LIMIT}: found 9 bytes, the limit is: 2 bytes"),
+                ));
+            }
+            if self.answer_too_large {
+                let status = tonic::Status::out_of_range(format!(
+                    "{DECODE_LIMIT}: found 9000 bytes, the limit is: 4000 bytes"
+                ));
+                return Err(call_failure(&status, 4000));
             }
             if items.len() > self.limit {
                 return Err(Failure::invalid(
@@ -646,6 +698,7 @@ mod tests {
             limit,
             max_bytes: usize::MAX,
             refuse,
+            answer_too_large: false,
             calls: Vec::new(),
             printed: RefCell::new(Vec::new()),
         }
@@ -723,6 +776,33 @@ mod tests {
         let code = run(&mut call, lines(&["a", "b"]), build, 2, false).await;
         assert_eq!(code, ExitCode::from(output::EXIT_CALL_FAILED));
         assert_eq!(call.calls, [2, 1]);
+    }
+
+    #[tokio::test]
+    async fn an_answer_over_the_client_limit_is_never_sent_again() {
+        let mut call = echo(1000, "-");
+        call.answer_too_large = true;
+        let code = run(&mut call, lines(&["a", "b", "c", "d"]), build, 4, true).await;
+        assert_eq!(code, ExitCode::from(output::EXIT_CALL_FAILED));
+        // One call: the server handled (and audited) it; no halves.
+        assert_eq!(call.calls, [4]);
+        assert!(call.printed.into_inner().is_empty());
+        // The server's own encode limit: handled too, not retried.
+        let f = call_failure(
+            &tonic::Status::out_of_range(
+                "Error, encoded message length too large: found 9 bytes, the limit is: 2 bytes",
+            ),
+            4000,
+        );
+        assert!(!server_refused_size(&f));
+        let f = call_failure(
+            &tonic::Status::out_of_range(
+                "Error, decoded message length too large: found 9000 bytes, the limit is: 4000 bytes",
+            ),
+            4000,
+        );
+        assert!(!server_refused_size(&f), "{f:?}");
+        assert!(f.message.contains("not sent again"), "{f:?}");
     }
 
     #[tokio::test]

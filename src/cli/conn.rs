@@ -47,9 +47,15 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    /// An mTLS client of the Vault service at `--addr`.
-    pub(crate) async fn connect(&self) -> Result<VaultClient<Channel>, ClientError> {
-        Ok(VaultClient::new(self.channel().await?))
+    /// An mTLS client of the Vault service at `--addr`, for chunks of at
+    /// most `batch` items: it accepts any answer the server may send for
+    /// such a chunk (tonic's default limit, 4 MiB, is below what 1000
+    /// largest addresses take, and an answer refused here was already
+    /// revealed and audited by the server).
+    pub(crate) async fn connect(&self, batch: usize) -> Result<VaultClient<Channel>, ClientError> {
+        Ok(VaultClient::new(self.channel().await?)
+            .max_decoding_message_size(answer_limit(batch))
+            .max_encoding_message_size(usize::MAX))
     }
 
     /// An mTLS channel to `--addr`, for any service the server offers
@@ -102,12 +108,37 @@ pub(crate) struct CallStatus {
 impl CallStatus {
     pub(crate) fn map(self, status: tonic::Status) -> tonic::Status {
         if status.code() == tonic::Code::Cancelled && status.message() == "Timeout expired" {
-            tonic::Status::deadline_exceeded(format!(
-                "no answer within {} (the call timeout; set with --timeout or FIELDVAULT_TIMEOUT)",
-                fieldvault::client::format_duration(self.timeout)
-            ))
+            self.deadline_exceeded()
         } else {
             status
         }
     }
+
+    fn deadline_exceeded(self) -> tonic::Status {
+        tonic::Status::deadline_exceeded(format!(
+            "no answer within {} (the call timeout; set with --timeout or FIELDVAULT_TIMEOUT)",
+            fieldvault::client::format_duration(self.timeout)
+        ))
+    }
+
+    /// Runs a unary call within `--timeout`, the answer's body included
+    /// (tonic's own call timeout stops at the response headers: a server
+    /// that sends them and then stalls would hang the call), and maps a
+    /// failure through [`CallStatus::map`].
+    pub(crate) async fn bound<T>(
+        self,
+        call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+    ) -> Result<T, tonic::Status> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result.map_err(|s| self.map(s)),
+            Err(_) => Err(self.deadline_exceeded()),
+        }
+    }
+}
+
+/// The largest answer accepted for a chunk of `batch` items: twice the
+/// most the server may send for it (its `max_message_bytes` for that many
+/// items bounds its answers too).
+pub(crate) fn answer_limit(batch: usize) -> usize {
+    fieldvault::limits::max_message_bytes(batch).saturating_mul(2)
 }

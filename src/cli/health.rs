@@ -40,17 +40,17 @@ pub(crate) async fn health(args: HealthArgs) -> ExitCode {
         Ok(channel) => channel,
         Err(e) => return call_failed(json, &Failure::from_client(&e), None),
     };
-    let response = HealthClient::new(channel)
-        .check(HealthCheckRequest {
+    let mut client = HealthClient::new(channel);
+    let response = args
+        .conn
+        .call_status()
+        .bound(client.check(HealthCheckRequest {
             service: args.service.clone(),
-        })
+        }))
         .await;
     let status = match response {
         Ok(r) => r.into_inner().status,
-        Err(s) => {
-            let s = args.conn.call_status().map(s);
-            return call_failed(json, &Failure::from_status(&s), None);
-        }
+        Err(s) => return call_failed(json, &Failure::from_status(&s), None),
     };
     let name = status_name(status);
     if json {

@@ -60,10 +60,28 @@ pub fn silent_port(hold: Duration) -> String {
     addr
 }
 
+/// How a test server answers a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Never: no headers, no body.
+    Never,
+    /// `:status 200` and the gRPC content type, then nothing.
+    HeadersThenStall,
+    /// The headers, then one body byte a second (a gRPC message that
+    /// never completes).
+    HeadersThenTrickle,
+}
+
 /// An mTLS server (the vault's own TLS settings, certificates of `pki_dir`)
 /// that completes the handshake and HTTP/2, accepts calls and never
 /// answers them. Runs on the current tokio runtime until it is dropped.
 pub async fn unanswering_server(pki_dir: &Path) -> String {
+    stalling_server(pki_dir, Answer::Never).await
+}
+
+/// Like [`unanswering_server`], answering each call as `answer` says and
+/// never finishing it.
+pub async fn stalling_server(pki_dir: &Path, answer: Answer) -> String {
     let config = fieldvault::tls::server_config(
         &pki_dir.join("server.pem"),
         &pki_dir.join("server.key"),
@@ -84,10 +102,38 @@ pub async fn unanswering_server(pki_dir: &Path) -> String {
                 let Ok(mut conn) = h2::server::handshake(tls).await else {
                     return;
                 };
-                // Calls are accepted and held, never answered.
+                // Calls are accepted and held, never finished.
                 let mut held = Vec::new();
-                while let Some(Ok(call)) = conn.accept().await {
-                    held.push(call);
+                while let Some(Ok((request, mut respond))) = conn.accept().await {
+                    if answer == Answer::Never {
+                        held.push((request, respond));
+                        continue;
+                    }
+                    let headers = http::Response::builder()
+                        .status(200)
+                        .header("content-type", "application/grpc")
+                        .body(())
+                        .unwrap();
+                    let Ok(mut body) = respond.send_response(headers, false) else {
+                        continue;
+                    };
+                    tokio::spawn(async move {
+                        let _request = request;
+                        // A 5-byte gRPC prefix announcing 100 bytes, then
+                        // (trickling) a byte a second; at most a minute.
+                        let mut prefix = Some(bytes::Bytes::from_static(&[0, 0, 0, 0, 100]));
+                        for _ in 0..60 {
+                            if answer == Answer::HeadersThenTrickle {
+                                let chunk = prefix
+                                    .take()
+                                    .unwrap_or_else(|| bytes::Bytes::from_static(&[0]));
+                                if body.send_data(chunk, false).is_err() {
+                                    return;
+                                }
+                            }
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    });
                 }
             });
         }
