@@ -294,7 +294,7 @@ async fn run<C: Call>(
                         let f = failure.unwrap_or_else(|| {
                             Failure::new(Code::Internal, "the server sent too few answers")
                         });
-                        return call_failed(json, &f, Some(index));
+                        return call_failed(json, &f, index);
                     }
                 },
             };
@@ -304,13 +304,13 @@ async fn run<C: Call>(
         if let Some(f) = failure {
             // Every item of the chunk was answered, yet a failure: only
             // possible when the failing call covered no item.
-            return call_failed(json, &f, Some(next_index));
+            return call_failed(json, &f, next_index);
         }
         if let Some(e) = read_error.take() {
             return call_failed(
                 json,
                 &Failure::new(Code::InvalidArgument, e),
-                Some(next_index),
+                next_index,
             );
         }
     }
@@ -318,7 +318,7 @@ async fn run<C: Call>(
         return call_failed(
             json,
             &Failure::new(Code::InvalidArgument, e),
-            Some(next_index),
+            next_index,
         );
     }
     ExitCode::from(if any_failed {
@@ -407,7 +407,7 @@ pub(crate) async fn tokenize(args: TokenizeArgs) -> ExitCode {
             Code::InvalidArgument,
             "--address-json: only with --kind address",
         );
-        return call_failed(json, &f, None);
+        return call_failed(json, &f, 0);
     }
     // A structured address may be longer than a value; either way one
     // line is at most one largest legal field, so a chunk of `batch_size`
@@ -463,7 +463,7 @@ pub(crate) async fn tokenize(args: TokenizeArgs) -> ExitCode {
     let source = Source::new(args.stdin, args.values, max_line);
     let client = match args.conn.connect(args.batch_size).await {
         Ok(client) => client,
-        Err(e) => return call_failed(json, &Failure::from_client(&e), Some(0)),
+        Err(e) => return call_failed(json, &Failure::from_client(&e), 0),
     };
     let mut call = Tokenize {
         status: args.conn.call_status(),
@@ -599,7 +599,7 @@ pub(crate) async fn detokenize(args: DetokenizeArgs) -> ExitCode {
     let source = Source::new(args.stdin, args.tokens, MAX_TOKEN_LINE);
     let client = match args.conn.connect(args.batch_size).await {
         Ok(client) => client,
-        Err(e) => return call_failed(json, &Failure::from_client(&e), Some(0)),
+        Err(e) => return call_failed(json, &Failure::from_client(&e), 0),
     };
     let mut call = Detokenize {
         status: args.conn.call_status(),

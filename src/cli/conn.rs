@@ -16,13 +16,15 @@ pub(crate) struct Conn {
     #[arg(long, default_value = DEFAULT_ADDR, env = "FIELDVAULT_ADDR")]
     addr: String,
     /// CA certificate that signed the server certificate (PEM).
-    #[arg(long, requires_all = ["cert", "key"], conflicts_with = "dev_identity")]
+    /// (Which of these and --dev-identity go together is checked in
+    /// `tls()`, to name the mistake rather than the first flag missing.)
+    #[arg(long)]
     ca: Option<PathBuf>,
     /// Client certificate (PEM).
-    #[arg(long, requires_all = ["ca", "key"])]
+    #[arg(long)]
     cert: Option<PathBuf>,
     /// Client private key (PEM).
-    #[arg(long, requires_all = ["ca", "cert"])]
+    #[arg(long)]
     key: Option<PathBuf>,
     /// Use the dev identity NAME (orders, support, rotator, intruder) from
     /// DATA_DIR/dev/ made by `serve --dev`: a name, not a path.
@@ -88,12 +90,28 @@ impl Conn {
     }
 
     fn tls(&self) -> Result<ClientTls, ClientError> {
+        let files = [("--ca", &self.ca), ("--cert", &self.cert), ("--key", &self.key)];
+        let usage = |m: String| Err(ClientError::Usage(m));
         match (&self.dev_identity, &self.ca, &self.cert, &self.key) {
             (Some(name), None, None, None) => ClientTls::dev(&self.data_dir, name),
             (None, Some(ca), Some(cert), Some(key)) => ClientTls::from_files(ca, cert, key),
-            _ => Err(ClientError::Usage(
+            (Some(_), ..) => usage(
+                "give either --dev-identity or --ca/--cert/--key, not both".into(),
+            ),
+            (None, None, None, None) => usage(
                 "give either --dev-identity NAME or all of --ca, --cert and --key".into(),
-            )),
+            ),
+            (None, ..) => {
+                let missing: Vec<&str> = files
+                    .iter()
+                    .filter(|(_, v)| v.is_none())
+                    .map(|(flag, _)| *flag)
+                    .collect();
+                usage(format!(
+                    "{} missing: --ca, --cert and --key go together",
+                    missing.join(" and ")
+                ))
+            }
         }
     }
 }
