@@ -13,7 +13,11 @@
 //!   first bytes (its HTTP/2 SETTINGS, which a fieldvault server sends
 //!   at once) or its alert before handing the connection to HTTP/2, and
 //!   adds what it can see locally: the certificate's issuer against the
-//!   CA given, a missing clientAuth extended key usage, an expiry.
+//!   CA given, a missing clientAuth extended key usage, an expiry. It
+//!   waits [`FIRST_BYTES_WINDOW`] (1 s) at most, or what is left of the
+//!   connect deadline if that is shorter: a front end that speaks only
+//!   after the client's HTTP/2 preface still gets the connection, and
+//!   the call deadline bounds a server that stays silent.
 //!
 //! Every step of connecting (TCP, TLS, the server's first bytes, HTTP/2)
 //! shares one deadline, and every call on the channel has a deadline.
@@ -42,6 +46,10 @@ use tonic::transport::{Channel, Endpoint};
 
 /// How long connecting may take by default: TCP, TLS and HTTP/2 together.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the connector waits, after the TLS handshake, for the server's
+/// first bytes (its SETTINGS, or a TLS 1.3 alert refusing our certificate)
+/// before it hands the connection to HTTP/2 anyway.
+pub const FIRST_BYTES_WINDOW: Duration = Duration::from_secs(1);
 /// How long one call may take by default, from sending to the last byte of
 /// the answer (the server's own bound, `request_timeout_secs`, is 30 s).
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -356,7 +364,8 @@ impl Target {
         };
         let port = match (port_text, default_port) {
             (Some(text), _) => {
-                let valid = !text.is_empty() && text.len() <= 5 && text.bytes().all(|b| b.is_ascii_digit());
+                let valid =
+                    !text.is_empty() && text.len() <= 5 && text.bytes().all(|b| b.is_ascii_digit());
                 match text.parse::<u16>() {
                     Ok(p) if valid && p >= 1 => p,
                     _ => return Err(usage("the port is not a number from 1 to 65535")),
@@ -828,12 +837,24 @@ impl Connector {
 
         // TLS 1.3: the server judges our certificate after our side of the
         // handshake is done; its verdict is its first bytes or an alert.
+        // Waited for a short window only: an HTTP/2 front end (a proxy)
+        // may wait for our preface before it says anything, so a quiet
+        // server gets the connection anyway (the call deadline bounds it
+        // if it stays silent). Reading is cancel-safe: nothing is lost.
         self.set(Stage::FirstBytes);
+        let window = (Instant::now() + FIRST_BYTES_WINDOW).min(deadline);
         let mut first = vec![0u8; 16 * 1024];
-        let n = tokio::time::timeout_at(deadline, tls.read(&mut first))
-            .await
-            .map_err(|_| timed_out(Stage::FirstBytes))?
-            .map_err(|e| self.handshake_error(&e, &verifier))?;
+        let n = match tokio::time::timeout_at(window, tls.read(&mut first)).await {
+            Ok(read) => read.map_err(|e| self.handshake_error(&e, &verifier))?,
+            Err(_) if window < deadline => {
+                return Ok(Stream {
+                    first: Vec::new(),
+                    pos: 0,
+                    inner: tls,
+                })
+            }
+            Err(_) => return Err(timed_out(Stage::FirstBytes)),
+        };
         if n == 0 {
             return Err(unreachable(
                 "the server closed the connection right after the TLS handshake without a \
@@ -1091,7 +1112,10 @@ mod tests {
             "[::1]:x",
         ] {
             let e = Target::parse(bad).unwrap_err().to_string();
-            assert!(e.contains("the port is not a number from 1 to 65535"), "{bad}: {e}");
+            assert!(
+                e.contains("the port is not a number from 1 to 65535"),
+                "{bad}: {e}"
+            );
         }
         assert_eq!(Target::parse("localhost:65535").unwrap().port, 65535);
         assert_eq!(Target::parse("https://[::1]").unwrap().port, 443);

@@ -307,19 +307,11 @@ async fn run<C: Call>(
             return call_failed(json, &f, next_index);
         }
         if let Some(e) = read_error.take() {
-            return call_failed(
-                json,
-                &Failure::new(Code::InvalidArgument, e),
-                next_index,
-            );
+            return call_failed(json, &Failure::new(Code::InvalidArgument, e), next_index);
         }
     }
     if let Some(e) = read_error {
-        return call_failed(
-            json,
-            &Failure::new(Code::InvalidArgument, e),
-            next_index,
-        );
+        return call_failed(json, &Failure::new(Code::InvalidArgument, e), next_index);
     }
     ExitCode::from(if any_failed {
         EXIT_ITEM_FAILED

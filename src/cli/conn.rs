@@ -90,17 +90,21 @@ impl Conn {
     }
 
     fn tls(&self) -> Result<ClientTls, ClientError> {
-        let files = [("--ca", &self.ca), ("--cert", &self.cert), ("--key", &self.key)];
+        let files = [
+            ("--ca", &self.ca),
+            ("--cert", &self.cert),
+            ("--key", &self.key),
+        ];
         let usage = |m: String| Err(ClientError::Usage(m));
         match (&self.dev_identity, &self.ca, &self.cert, &self.key) {
             (Some(name), None, None, None) => ClientTls::dev(&self.data_dir, name),
             (None, Some(ca), Some(cert), Some(key)) => ClientTls::from_files(ca, cert, key),
-            (Some(_), ..) => usage(
-                "give either --dev-identity or --ca/--cert/--key, not both".into(),
-            ),
-            (None, None, None, None) => usage(
-                "give either --dev-identity NAME or all of --ca, --cert and --key".into(),
-            ),
+            (Some(_), ..) => {
+                usage("give either --dev-identity or --ca/--cert/--key, not both".into())
+            }
+            (None, None, None, None) => {
+                usage("give either --dev-identity NAME or all of --ca, --cert and --key".into())
+            }
             (None, ..) => {
                 let missing: Vec<&str> = files
                     .iter()

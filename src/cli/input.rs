@@ -136,7 +136,11 @@ pub(crate) fn parse_address(json: &str) -> Result<pb::PostalAddress, String> {
             }
             // Not quoted: a key may hold an address (`{"17 Fakestreet
             // Lane": …}`).
-            _ => return Err(format!("has an unknown field (the fields are {ADDRESS_FIELDS})")),
+            _ => {
+                return Err(format!(
+                    "has an unknown field (the fields are {ADDRESS_FIELDS})"
+                ))
+            }
         };
         match v {
             serde_json::Value::String(s) => *slot = s,

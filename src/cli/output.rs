@@ -219,7 +219,8 @@ fn reindex_path(s: &str, list: &str, map: &impl Fn(usize) -> Option<usize>) -> S
 /// answer (0: none did). Returns [`EXIT_CALL_FAILED`].
 pub(crate) fn call_failed(json: bool, failure: &Failure, unanswered_from: usize) -> ExitCode {
     if json {
-        let obj = serde_json::json!({ "error": failure.json(), "unanswered_from": unanswered_from });
+        let obj =
+            serde_json::json!({ "error": failure.json(), "unanswered_from": unanswered_from });
         emit!("{obj}");
     } else {
         eprintln!("fieldvault: {}", failure.text());

@@ -17,7 +17,9 @@ const FROM_ENV: &[(&str, &str)] = &[
 pub(crate) fn clap_words_are_safe(kind: ErrorKind) -> bool {
     matches!(
         kind,
-        ErrorKind::MissingRequiredArgument | ErrorKind::ArgumentConflict | ErrorKind::MissingSubcommand
+        ErrorKind::MissingRequiredArgument
+            | ErrorKind::ArgumentConflict
+            | ErrorKind::MissingSubcommand
     )
 }
 
@@ -172,10 +174,16 @@ mod tests {
         }
         let m = error(&["tokenize", "--kind", "phone", "--bogus", NUMBER], &[]);
         assert_eq!(m, "unexpected argument --bogus; see --help");
-        let m = error(&["detokenize", "--purpose", "callback", "--stdin", NUMBER], &[]);
+        let m = error(
+            &["detokenize", "--purpose", "callback", "--stdin", NUMBER],
+            &[],
+        );
         assert!(!m.contains("202"), "{m}");
         let m = error(&[NUMBER], &[]);
-        assert!(!m.contains("202") && m.starts_with("unknown command"), "{m}");
+        assert!(
+            !m.contains("202") && m.starts_with("unknown command"),
+            "{m}"
+        );
     }
 
     #[test]

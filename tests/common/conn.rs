@@ -8,6 +8,7 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
 
 /// The environment variables the CLI reads: removed from every command
 /// these helpers run, so the test's own environment cannot steer it.
@@ -70,6 +71,12 @@ pub enum Answer {
     /// The headers, then one body byte a second (a gRPC message that
     /// never completes).
     HeadersThenTrickle,
+    /// Not a word after the TLS handshake, HTTP/2 preface or not.
+    Silent,
+    /// Like an HTTP/2 front end that speaks only after the client's
+    /// preface: nothing until it has read it, then HTTP/2, never
+    /// answering a call.
+    AfterPrefaceNever,
 }
 
 /// An mTLS server (the vault's own TLS settings, certificates of `pki_dir`)
@@ -96,16 +103,36 @@ pub async fn stalling_server(pki_dir: &Path, answer: Answer) -> String {
         while let Ok((tcp, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let Ok(mut conn) = h2::server::handshake(tls).await else {
+                if answer == Answer::Silent {
+                    // Reads (and drops) whatever comes, for at most a minute.
+                    let mut sink = [0u8; 1024];
+                    let _ = tokio::time::timeout(Duration::from_secs(60), async {
+                        while matches!(tls.read(&mut sink).await, Ok(n) if n > 0) {}
+                    })
+                    .await;
+                    return;
+                }
+                let mut preface = Vec::new();
+                if answer == Answer::AfterPrefaceNever {
+                    // The client's preface first (24 bytes), then replayed
+                    // in front of the stream for h2.
+                    preface = vec![0u8; 24];
+                    if tls.read_exact(&mut preface).await.is_err() {
+                        return;
+                    }
+                }
+                let (read, write) = tokio::io::split(tls);
+                let stream = tokio::io::join(std::io::Cursor::new(preface).chain(read), write);
+                let Ok(mut conn) = h2::server::handshake(stream).await else {
                     return;
                 };
                 // Calls are accepted and held, never finished.
                 let mut held = Vec::new();
                 while let Some(Ok((request, mut respond))) = conn.accept().await {
-                    if answer == Answer::Never {
+                    if matches!(answer, Answer::Never | Answer::AfterPrefaceNever) {
                         held.push((request, respond));
                         continue;
                     }
