@@ -90,12 +90,21 @@ pub(crate) struct DetokenizeArgs {
     conn: Conn,
 }
 
+/// The largest `--batch-size`: ten times the server's default
+/// max_batch_items (a server refuses more than its own limit anyway), and
+/// what one chunk may hold in memory.
+const MAX_BATCH_SIZE: usize = 10_000;
+
 fn batch_size(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
-        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
-        _ => Err("must be a whole number from 1 to 1000000".into()),
+        Ok(n) if (1..=MAX_BATCH_SIZE).contains(&n) => Ok(n),
+        _ => Err(format!("must be a whole number from 1 to {MAX_BATCH_SIZE}")),
     }
 }
+
+/// When input pauses this long (a line filter, a coprocess), the lines
+/// read so far are sent without waiting for a full chunk.
+const INPUT_PAUSE: std::time::Duration = std::time::Duration::from_millis(150);
 
 /// Where the items come from: the arguments, or standard input.
 enum Source {
@@ -118,6 +127,23 @@ impl Source {
             Self::Stdin(rx) => rx.recv().await,
         }
     }
+
+    /// The next line; when `bounded`, [`Next::Paused`] if none comes
+    /// within [`INPUT_PAUSE`] (receiving is cancel-safe: nothing is lost).
+    async fn next_within(&mut self, bounded: bool) -> Next {
+        if !bounded {
+            return Next::Line(self.next().await);
+        }
+        match tokio::time::timeout(INPUT_PAUSE, self.next()).await {
+            Ok(next) => Next::Line(next),
+            Err(_) => Next::Paused,
+        }
+    }
+}
+
+enum Next {
+    Line(Option<Result<Line, String>>),
+    Paused,
 }
 
 /// One kind of call, sent in chunks.
@@ -247,13 +273,15 @@ async fn run<C: Call>(
         while chunk.len() < batch {
             let next = match carry.take() {
                 Some(next) => next,
-                None => match source.next().await {
-                    None => break,
-                    Some(Err(e)) => {
+                None => match source.next_within(!chunk.is_empty()).await {
+                    // Input paused: answer what came so far.
+                    Next::Paused => break,
+                    Next::Line(None) => break,
+                    Next::Line(Some(Err(e))) => {
                         read_error = Some(e);
                         break;
                     }
-                    Some(Ok(line)) => {
+                    Next::Line(Some(Ok(line))) => {
                         let index = next_index;
                         next_index += 1;
                         (index, build(index, line))
@@ -273,10 +301,21 @@ async fn run<C: Call>(
         if chunk.is_empty() {
             break;
         }
-        let (globals, items): (Vec<usize>, Vec<C::Item>) = chunk
-            .iter()
-            .filter_map(|(i, item)| item.as_ref().ok().map(|item| (*i, item.clone())))
-            .unzip();
+        // The items move out of the chunk (not copied): the chunk keeps
+        // each line's index and its local failure, if any.
+        let mut globals = Vec::with_capacity(chunk.len());
+        let mut items = Vec::with_capacity(chunk.len());
+        let slots: Vec<(usize, Option<Failure>)> = chunk
+            .into_iter()
+            .map(|(i, item)| match item {
+                Ok(item) => {
+                    globals.push(i);
+                    items.push(item);
+                    (i, None)
+                }
+                Err(local) => (i, Some(local)),
+            })
+            .collect();
         let (answers, failure) = if items.is_empty() {
             (Vec::new(), None)
         } else {
@@ -284,10 +323,10 @@ async fn run<C: Call>(
         };
         let mut answers = answers.into_iter();
         let mut sent = items.iter();
-        for (index, item) in chunk {
-            let (item, answer) = match item {
-                Err(local) => (None, Err(local)),
-                Ok(_) => match answers.next() {
+        for (index, local) in slots {
+            let (item, answer) = match local {
+                Some(local) => (None, Err(local)),
+                None => match answers.next() {
                     Some(answer) => (sent.next(), answer),
                     None => {
                         // Unanswered: the call failed from here on.

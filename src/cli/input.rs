@@ -27,8 +27,10 @@ pub(crate) fn stdin_lines(max_line_bytes: usize) -> mpsc::Receiver<Result<Line, 
     std::thread::spawn(move || {
         let stdin = std::io::stdin();
         let mut reader = stdin.lock();
+        let mut first = true;
         loop {
             let next = match read_line(&mut reader, max_line_bytes) {
+                Ok(Some(line)) if std::mem::take(&mut first) => Ok(without_bom(line)),
                 Ok(Some(line)) => Ok(line),
                 Ok(None) => break,
                 Err(e) => Err(format!("reading standard input: {e}")),
@@ -40,6 +42,18 @@ pub(crate) fn stdin_lines(max_line_bytes: usize) -> mpsc::Receiver<Result<Line, 
         }
     });
     rx
+}
+
+/// The first line without a UTF-8 byte-order mark (Windows editors
+/// write one): it belongs to no value.
+pub(crate) fn without_bom(line: Line) -> Line {
+    match line {
+        Line::Text(t) => match t.strip_prefix('\u{feff}') {
+            Some(rest) => Line::Text(rest.to_owned()),
+            None => Line::Text(t),
+        },
+        other => other,
+    }
 }
 
 /// Reads one line of at most `max` bytes (line ending excluded) from `r`;
@@ -175,6 +189,16 @@ mod tests {
         );
         assert_eq!(lines(b"", 10), vec![]);
         assert_eq!(lines(b"\n", 10), vec![text("")]);
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_dropped_from_the_first_line() {
+        let got = lines(b"\xef\xbb\xbf+1 202-555-0101\n", 100);
+        assert_eq!(
+            without_bom(got.into_iter().next().unwrap()),
+            Line::Text("+1 202-555-0101".into())
+        );
+        assert_eq!(without_bom(Line::Text("a".into())), Line::Text("a".into()));
     }
 
     #[test]
