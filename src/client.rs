@@ -757,13 +757,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => value * 3_600_000.0,
         _ => return Err("unknown unit (use ms, s, m or h)".to_owned()),
     };
-    // Rounded to whole milliseconds: what is printed is what is used.
-    let ms = ms.round();
+    // At least 1 ms as given, then rounded to whole milliseconds: what is
+    // printed is what is used.
     if !(1.0..=86_400_000.0).contains(&ms) {
         return Err("out of range (from 1ms to a day)".to_owned());
     }
     // In range and whole: the conversion is exact.
-    Ok(Duration::from_millis(ms as u64))
+    Ok(Duration::from_millis(ms.round() as u64))
 }
 
 /// Makes connections for tonic: TCP, TLS, and the server's first bytes.

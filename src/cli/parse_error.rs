@@ -98,9 +98,15 @@ pub(crate) fn message(
         }
         ErrorKind::InvalidUtf8 => format!("{name}: not valid UTF-8; see --help"),
         kind if clap_words_are_safe(kind) => {
+            // Its first paragraph, on one line (the usage follows).
             let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or_default();
-            first.strip_prefix("error: ").unwrap_or(first).to_owned()
+            let words: Vec<&str> = rendered
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let text = words.join(" ");
+            text.strip_prefix("error: ").unwrap_or(&text).to_owned()
         }
         _ => "the command line is not valid; see --help".to_owned(),
     }
