@@ -130,10 +130,21 @@ pub(crate) struct CallStatus {
 impl CallStatus {
     pub(crate) fn map(self, status: tonic::Status) -> tonic::Status {
         if status.code() == tonic::Code::Cancelled && status.message() == "Timeout expired" {
-            self.deadline_exceeded()
-        } else {
-            status
+            return self.deadline_exceeded();
         }
+        // A connection that broke under a call (the server stopped, a
+        // reset) comes as `Unknown: transport error`: it is UNAVAILABLE,
+        // said with its cause.
+        if status.code() == tonic::Code::Unknown && status.message() == "transport error" {
+            let cause = std::error::Error::source(&status)
+                .map(|e| format!(" ({})", fieldvault::client::error_chain(e)))
+                .unwrap_or_default();
+            return tonic::Status::unavailable(format!(
+                "the connection to the server broke during the call{cause}: the server may have \
+                 stopped; the items of this call may or may not have been handled"
+            ));
+        }
+        status
     }
 
     fn deadline_exceeded(self) -> tonic::Status {
@@ -163,4 +174,29 @@ impl CallStatus {
 /// items bounds its answers too).
 pub(crate) fn answer_limit(batch: usize) -> usize {
     fieldvault::limits::max_message_bytes(batch).saturating_mul(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_broken_under_a_call_is_unavailable_and_a_passed_deadline_is_named() {
+        let status = CallStatus {
+            timeout: Duration::from_secs(2),
+        };
+        let s = status.map(tonic::Status::unknown("transport error"));
+        assert_eq!(s.code(), tonic::Code::Unavailable);
+        assert!(
+            s.message()
+                .starts_with("the connection to the server broke"),
+            "{s:?}"
+        );
+        let s = status.map(tonic::Status::cancelled("Timeout expired"));
+        assert_eq!(s.code(), tonic::Code::DeadlineExceeded);
+        assert!(s.message().starts_with("no answer within 2s"), "{s:?}");
+        // Anything else is left as the server said it.
+        let s = status.map(tonic::Status::unknown("something else"));
+        assert_eq!(s.code(), tonic::Code::Unknown);
+    }
 }
