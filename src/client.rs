@@ -908,45 +908,15 @@ impl Connector {
                 CertificateError::Expired | CertificateError::ExpiredContext { .. },
             ) => format!("the server's certificate has expired ({rustls_err}){presented}"),
             rustls::Error::InvalidCertificate(other) => {
-                format!("{}{presented}", self.certificate_refused(other))
+                format!(
+                    "{}{presented}",
+                    certificate_refused(other, &self.prepared.ca_label)
+                )
             }
             rustls::Error::AlertReceived(alert) => self.refused(*alert),
             other => format!("TLS handshake failed: {other}"),
         };
         ClientError::Tls { addr, reason }
-    }
-
-    /// Why the server's certificate was refused, in words, for the cases
-    /// not named above; rustls's own description otherwise.
-    fn certificate_refused(&self, e: &CertificateError) -> String {
-        let text = e.to_string();
-        match e {
-            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
-                format!(
-                    "the server's certificate is not valid yet (is this machine's clock \
-                     right?) ({text})"
-                )
-            }
-            CertificateError::Revoked => "the server's certificate is revoked".to_owned(),
-            CertificateError::BadEncoding => {
-                "the server sent a certificate that is not valid DER".to_owned()
-            }
-            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
-                "the server's certificate is not meant for a server (its extended key usage \
-                 lacks serverAuth)"
-                    .to_owned()
-            }
-            CertificateError::UnhandledCriticalExtension => {
-                "the server's certificate has a critical extension this client does not know"
-                    .to_owned()
-            }
-            CertificateError::Other(_) if text.contains("CaUsedAsEndEntity") => format!(
-                "the server presented a CA certificate as its own (a self-signed certificate?): \
-                 it must present a server certificate issued by the CA in {}",
-                self.prepared.ca_label
-            ),
-            _ => format!("the server's certificate was refused: {text}"),
-        }
     }
 
     /// The server sent `alert`: it refused us.
@@ -985,6 +955,55 @@ impl Connector {
             out.push_str(&self.prepared.local_hints.join("; "));
         }
         out
+    }
+}
+
+/// Why the server's certificate was refused, in words, for the cases the
+/// connector does not name itself; rustls's own description (Display, not
+/// Debug) otherwise. `ca_label` names the CA file.
+fn certificate_refused(e: &CertificateError, ca_label: &str) -> String {
+    let text = e.to_string();
+    match e {
+        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => format!(
+            "the server's certificate is not valid yet (is this machine's clock right?) ({text})"
+        ),
+        CertificateError::Revoked => "the server's certificate is revoked".to_owned(),
+        CertificateError::BadEncoding => {
+            "the server sent a certificate that is not valid DER".to_owned()
+        }
+        CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+            "the server's certificate is not meant for a server (its extended key usage lacks \
+             serverAuth)"
+                .to_owned()
+        }
+        CertificateError::UnhandledCriticalExtension => {
+            "the server's certificate has a critical extension this client does not know".to_owned()
+        }
+        CertificateError::UnknownRevocationStatus => {
+            "the server's certificate has no known revocation status".to_owned()
+        }
+        CertificateError::ExpiredRevocationList
+        | CertificateError::ExpiredRevocationListContext { .. } => {
+            "the certificate revocation list has expired".to_owned()
+        }
+        CertificateError::UnsupportedSignatureAlgorithmContext { .. }
+        | CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => {
+            "the server's certificate is signed with an algorithm this client does not support"
+                .to_owned()
+        }
+        CertificateError::InvalidOcspResponse => {
+            "the server sent an invalid OCSP response for its certificate".to_owned()
+        }
+        CertificateError::Other(_) if text.contains("CaUsedAsEndEntity") => format!(
+            "the server presented a CA certificate as its own (a self-signed certificate?): it \
+             must present a server certificate issued by the CA in {ca_label}"
+        ),
+        // rustls's Display of the rest is its Debug output; of `Other`,
+        // the wrapped error says more than the wrapper.
+        CertificateError::Other(other) => {
+            format!("the server's certificate was refused ({})", other.0)
+        }
+        _ => format!("the server's certificate was refused ({text})"),
     }
 }
 
@@ -1156,6 +1175,22 @@ mod tests {
             let e = parse_duration(bad).unwrap_err();
             assert!(!e.contains("202") && !e.contains("1e3"), "{e}");
         }
+    }
+
+    #[test]
+    fn certificate_errors_are_said_in_words_and_never_as_debug_output() {
+        let said = |e: CertificateError| certificate_refused(&e, "ca.pem");
+        assert!(said(CertificateError::NotValidYet).contains("not valid yet"));
+        assert_eq!(
+            said(CertificateError::Revoked),
+            "the server's certificate is revoked"
+        );
+        assert!(said(CertificateError::InvalidPurpose).contains("lacks serverAuth"));
+        assert!(said(CertificateError::UnknownRevocationStatus).contains("revocation status"));
+        let other = said(CertificateError::Other(rustls::OtherError(Arc::new(
+            std::io::Error::other("a reason"),
+        ))));
+        assert_eq!(other, "the server's certificate was refused (a reason)");
     }
 
     #[test]

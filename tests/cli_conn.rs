@@ -574,7 +574,7 @@ fn a_rejected_flag_value_is_never_echoed_and_with_json_the_error_is_json() {
             vec!["tokenize", "--kind", "phone", "--addr", NUMBER, "x"],
             "--addr: ",
         ),
-        (vec![NUMBER], "unknown command"),
+        (vec![NUMBER], "unrecognized subcommand"),
     ];
     for (args, expected) in cases {
         let mut args = args.clone();

@@ -146,12 +146,11 @@ fn parse() -> Result<Cli, ExitCode> {
         let failure = output::Failure::new(tonic::Code::InvalidArgument, message);
         return Err(output::call_failed(true, &failure, 0));
     }
-    match message {
+    if parse_error::clap_words_are_safe(e.kind()) {
         // Clap's own words quote no value for these: kept, with its usage.
-        _ if parse_error::clap_words_are_safe(e.kind()) => {
-            let _ = e.print();
-        }
-        message => eprintln!("fieldvault: {message}"),
+        let _ = e.print();
+    } else {
+        eprintln!("fieldvault: {message}");
     }
     Err(ExitCode::from(output::EXIT_CALL_FAILED))
 }

@@ -89,8 +89,8 @@ pub(crate) fn message(
             ),
         },
         ErrorKind::InvalidSubcommand => format!(
-            "unknown command{tip}; the commands are serve, tokenize, detokenize, health and \
-             store; see --help"
+            "unrecognized subcommand{tip}; the commands are serve, tokenize, detokenize, health \
+             and store; see --help"
         ),
         ErrorKind::NoEquals => format!("{name} needs its value after '='; see --help"),
         ErrorKind::TooManyValues | ErrorKind::WrongNumberOfValues | ErrorKind::TooFewValues => {
@@ -187,7 +187,7 @@ mod tests {
         assert!(!m.contains("202"), "{m}");
         let m = error(&[NUMBER], &[]);
         assert!(
-            !m.contains("202") && m.starts_with("unknown command"),
+            !m.contains("202") && m.starts_with("unrecognized subcommand"),
             "{m}"
         );
     }
