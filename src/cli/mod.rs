@@ -150,7 +150,7 @@ fn parse() -> Result<Cli, ExitCode> {
         // Clap's own words quote no value for these: kept, with its usage.
         let _ = e.print();
     } else {
-        eprintln!("fieldvault: {message}");
+        eprintln!("fieldvault: INVALID_ARGUMENT: {message}");
     }
     Err(ExitCode::from(output::EXIT_CALL_FAILED))
 }
