@@ -13,7 +13,11 @@
 //!   first bytes (its HTTP/2 SETTINGS, which a fieldvault server sends
 //!   at once) or its alert before handing the connection to HTTP/2, and
 //!   adds what it can see locally: the certificate's issuer against the
-//!   CA given, a missing clientAuth extended key usage, an expiry.
+//!   CA given, a missing clientAuth extended key usage, an expiry. It
+//!   waits [`FIRST_BYTES_WINDOW`] (1 s) at most, or what is left of the
+//!   connect deadline if that is shorter: a front end that speaks only
+//!   after the client's HTTP/2 preface still gets the connection, and
+//!   the call deadline bounds a server that stays silent.
 //!
 //! Every step of connecting (TCP, TLS, the server's first bytes, HTTP/2)
 //! shares one deadline, and every call on the channel has a deadline.
@@ -42,6 +46,10 @@ use tonic::transport::{Channel, Endpoint};
 
 /// How long connecting may take by default: TCP, TLS and HTTP/2 together.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the connector waits, after the TLS handshake, for the server's
+/// first bytes (its SETTINGS, or a TLS 1.3 alert refusing our certificate)
+/// before it hands the connection to HTTP/2 anyway.
+pub const FIRST_BYTES_WINDOW: Duration = Duration::from_secs(1);
 /// How long one call may take by default, from sending to the last byte of
 /// the answer (the server's own bound, `request_timeout_secs`, is 30 s).
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -99,10 +107,14 @@ pub enum ClientError {
     /// Connecting took longer than the connect deadline.
     #[error("connecting to {addr}: {reason}")]
     ConnectTimeout { addr: String, reason: String },
-    /// Our certificate or key is unusable, the server's certificate is not
-    /// trusted, or the server refused our certificate.
+    /// The server's certificate is not trusted, or the server refused our
+    /// certificate.
     #[error("connecting to {addr}: {reason}")]
     Tls { addr: String, reason: String },
+    /// Our CA, certificate or key file holds nothing usable, or the key
+    /// does not belong to the certificate: found before connecting.
+    #[error("{0}")]
+    Files(String),
     /// The command line does not say how to connect.
     #[error("{0}")]
     Usage(String),
@@ -113,7 +125,7 @@ impl ClientError {
     /// whole-call failure reads the same as a server-side one (`--json`).
     pub fn code(&self) -> tonic::Code {
         match self {
-            Self::Read { .. } | Self::Usage(_) => tonic::Code::InvalidArgument,
+            Self::Read { .. } | Self::Usage(_) | Self::Files(_) => tonic::Code::InvalidArgument,
             Self::Connect { .. } => tonic::Code::Unavailable,
             Self::ConnectTimeout { .. } => tonic::Code::DeadlineExceeded,
             Self::Tls { .. } => tonic::Code::Unauthenticated,
@@ -142,15 +154,49 @@ impl ClientError {
                 reason: add(reason),
             },
             Self::Usage(m) => Self::Usage(add(m)),
+            Self::Files(m) => Self::Files(add(m)),
         }
     }
 }
 
+/// The largest CA, certificate or key file read: PEM files are a few KB.
+pub const MAX_PEM_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Reads a PEM file: a regular file (not a FIFO or a device, which could
+/// block or never end) of at most [`MAX_PEM_FILE_BYTES`].
 fn read(path: &Path) -> Result<Vec<u8>, ClientError> {
-    std::fs::read(path).map_err(|e| ClientError::Read {
+    use std::io::Read;
+    let err = |reason: String| ClientError::Read {
         path: path.display().to_string(),
-        reason: e.to_string(),
-    })
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(err(if meta.is_dir() {
+            "is a directory, not a PEM file".to_owned()
+        } else {
+            "is not a regular file (a device, FIFO or socket), not a PEM file".to_owned()
+        }));
+    }
+    let too_large = || {
+        err(format!(
+            "is larger than {} KiB: not a PEM certificate or key",
+            MAX_PEM_FILE_BYTES / 1024
+        ))
+    };
+    if meta.len() > MAX_PEM_FILE_BYTES {
+        return Err(too_large());
+    }
+    let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    let mut out = Vec::new();
+    // Bounded even if the file grows after the check.
+    file.take(MAX_PEM_FILE_BYTES + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| err(e.to_string()))?;
+    if out.len() as u64 > MAX_PEM_FILE_BYTES {
+        return Err(too_large());
+    }
+    Ok(out)
 }
 
 impl ClientTls {
@@ -225,7 +271,7 @@ pub async fn channel_with(
     options: &ConnectOptions,
 ) -> Result<Channel, ClientError> {
     let target = Arc::new(Target::parse(addr)?);
-    let prepared = Arc::new(Prepared::new(tls, &target.addr)?);
+    let prepared = Arc::new(Prepared::new(tls)?);
     let stage = Arc::new(AtomicU8::new(Stage::Tcp as u8));
     let connector = Connector {
         target: target.clone(),
@@ -276,10 +322,12 @@ struct Target {
 }
 
 impl Target {
+    /// Parses `addr`. Its messages do not quote it: a mistyped command line
+    /// may put a value there.
     fn parse(addr: &str) -> Result<Self, ClientError> {
         let usage = |why: &str| {
             ClientError::Usage(format!(
-                "--addr {addr}: {why} (give HOST:PORT, such as 127.0.0.1:50051, or https://HOST[:PORT])"
+                "--addr: {why} (give HOST:PORT, such as 127.0.0.1:50051, or https://HOST[:PORT])"
             ))
         };
         let (authority, default_port) = if let Some(rest) = addr.strip_prefix("https://") {
@@ -292,16 +340,46 @@ impl Target {
         if authority.is_empty() {
             return Err(usage("no host"));
         }
-        let parsed: http::uri::Authority = authority
+        // The port, if any: after a bracketed IPv6 address, or after the
+        // last ':' of anything else.
+        let (host_part, port_text) = if let Some(rest) = authority.strip_prefix('[') {
+            let Some((v6, after)) = rest.split_once(']') else {
+                return Err(usage("an IPv6 address without its closing ']'"));
+            };
+            match after {
+                "" => (format!("[{v6}]"), None),
+                _ => match after.strip_prefix(':') {
+                    Some(port) => (format!("[{v6}]"), Some(port)),
+                    None => return Err(usage("not a host and port")),
+                },
+            }
+        } else {
+            match authority.rsplit_once(':') {
+                Some((host, _)) if host.contains(':') => {
+                    return Err(usage("an IPv6 address goes in brackets ([::1]:50051)"))
+                }
+                Some((host, port)) => (host.to_owned(), Some(port)),
+                None => (authority.to_owned(), None),
+            }
+        };
+        let port = match (port_text, default_port) {
+            (Some(text), _) => {
+                let valid =
+                    !text.is_empty() && text.len() <= 5 && text.bytes().all(|b| b.is_ascii_digit());
+                match text.parse::<u16>() {
+                    Ok(p) if valid && p >= 1 => p,
+                    _ => return Err(usage("the port is not a number from 1 to 65535")),
+                }
+            }
+            (None, Some(p)) => p,
+            (None, None) => return Err(usage("missing port")),
+        };
+        let parsed: http::uri::Authority = format!("{host_part}:{port}")
             .parse()
             .map_err(|_| usage("not a host and port"))?;
         if parsed.as_str().contains('@') {
             return Err(usage("not a host and port"));
         }
-        let port = match (parsed.port_u16(), default_port) {
-            (Some(p), _) | (None, Some(p)) => p,
-            (None, None) => return Err(usage("missing port")),
-        };
         let host = parsed
             .host()
             .trim_start_matches('[')
@@ -333,11 +411,9 @@ struct Prepared {
 }
 
 impl Prepared {
-    fn new(tls: &ClientTls, addr: &str) -> Result<Self, ClientError> {
-        let bad = |reason: String| ClientError::Tls {
-            addr: addr.to_owned(),
-            reason,
-        };
+    fn new(tls: &ClientTls) -> Result<Self, ClientError> {
+        // Local mistakes in the files given: nothing was sent.
+        let bad = ClientError::Files;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let cas = CertificateDer::pem_slice_iter(&tls.ca_pem)
             .collect::<Result<Vec<_>, _>>()
@@ -645,11 +721,13 @@ impl Stage {
     }
 }
 
-/// `10s`, `500ms`, `1m30s`.
+/// `10s`, `500ms`, `1m30s`, `2h`.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms % 1000 != 0 {
         format!("{ms}ms")
+    } else if ms >= 3_600_000 && ms % 3_600_000 == 0 {
+        format!("{}h", ms / 3_600_000)
     } else if ms >= 60_000 && ms % 60_000 != 0 {
         format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1000)
     } else if ms >= 60_000 {
@@ -659,8 +737,10 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
-/// Parses `10`, `10s`, `500ms`, `2m`, `1.5s`: a bare number is seconds.
-/// Zero and negative durations are refused.
+/// Parses `10`, `10s`, `500ms`, `2m`, `1h`, `1.5s`: a bare number is
+/// seconds. The result is whole milliseconds, from 1 ms to a day. The
+/// message never quotes the text (it may be a value given in the wrong
+/// place).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t
@@ -669,19 +749,21 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = t.split_at(split);
     let value: f64 = number
         .parse()
-        .map_err(|_| format!("{text:?} is not a duration (such as 10s, 500ms, 2m)"))?;
-    let secs = match unit.trim() {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "m" | "min" => value * 60.0,
-        other => return Err(format!("{text:?}: unknown unit {other:?} (use ms, s or m)")),
+        .map_err(|_| "not a duration (such as 10s, 500ms, 2m, 1h)".to_owned())?;
+    let ms = match unit.trim() {
+        "" | "s" => value * 1000.0,
+        "ms" => value,
+        "m" | "min" => value * 60_000.0,
+        "h" => value * 3_600_000.0,
+        _ => return Err("unknown unit (use ms, s, m or h)".to_owned()),
     };
-    if secs <= 0.0 || secs.is_nan() || secs > 86_400.0 {
-        return Err(format!(
-            "{text:?} is out of range (more than 0, at most a day)"
-        ));
+    // At least 1 ms as given, then rounded to whole milliseconds: what is
+    // printed is what is used.
+    if !(1.0..=86_400_000.0).contains(&ms) {
+        return Err("out of range (from 1ms to a day)".to_owned());
     }
-    Ok(Duration::from_secs_f64(secs))
+    // In range and whole: the conversion is exact.
+    Ok(Duration::from_millis(ms.round() as u64))
 }
 
 /// Makes connections for tonic: TCP, TLS, and the server's first bytes.
@@ -755,12 +837,24 @@ impl Connector {
 
         // TLS 1.3: the server judges our certificate after our side of the
         // handshake is done; its verdict is its first bytes or an alert.
+        // Waited for a short window only: an HTTP/2 front end (a proxy)
+        // may wait for our preface before it says anything, so a quiet
+        // server gets the connection anyway (the call deadline bounds it
+        // if it stays silent). Reading is cancel-safe: nothing is lost.
         self.set(Stage::FirstBytes);
+        let window = (Instant::now() + FIRST_BYTES_WINDOW).min(deadline);
         let mut first = vec![0u8; 16 * 1024];
-        let n = tokio::time::timeout_at(deadline, tls.read(&mut first))
-            .await
-            .map_err(|_| timed_out(Stage::FirstBytes))?
-            .map_err(|e| self.handshake_error(&e, &verifier))?;
+        let n = match tokio::time::timeout_at(window, tls.read(&mut first)).await {
+            Ok(read) => read.map_err(|e| self.handshake_error(&e, &verifier))?,
+            Err(_) if window < deadline => {
+                return Ok(Stream {
+                    first: Vec::new(),
+                    pos: 0,
+                    inner: tls,
+                })
+            }
+            Err(_) => return Err(timed_out(Stage::FirstBytes)),
+        };
         if n == 0 {
             return Err(unreachable(
                 "the server closed the connection right after the TLS handshake without a \
@@ -814,7 +908,10 @@ impl Connector {
                 CertificateError::Expired | CertificateError::ExpiredContext { .. },
             ) => format!("the server's certificate has expired ({rustls_err}){presented}"),
             rustls::Error::InvalidCertificate(other) => {
-                format!("the server's certificate was refused: {other:?}{presented}")
+                format!(
+                    "{}{presented}",
+                    certificate_refused(other, &self.prepared.ca_label)
+                )
             }
             rustls::Error::AlertReceived(alert) => self.refused(*alert),
             other => format!("TLS handshake failed: {other}"),
@@ -858,6 +955,55 @@ impl Connector {
             out.push_str(&self.prepared.local_hints.join("; "));
         }
         out
+    }
+}
+
+/// Why the server's certificate was refused, in words, for the cases the
+/// connector does not name itself; rustls's own description (Display, not
+/// Debug) otherwise. `ca_label` names the CA file.
+fn certificate_refused(e: &CertificateError, ca_label: &str) -> String {
+    let text = e.to_string();
+    match e {
+        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => format!(
+            "the server's certificate is not valid yet (is this machine's clock right?) ({text})"
+        ),
+        CertificateError::Revoked => "the server's certificate is revoked".to_owned(),
+        CertificateError::BadEncoding => {
+            "the server sent a certificate that is not valid DER".to_owned()
+        }
+        CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+            "the server's certificate is not meant for a server (its extended key usage lacks \
+             serverAuth)"
+                .to_owned()
+        }
+        CertificateError::UnhandledCriticalExtension => {
+            "the server's certificate has a critical extension this client does not know".to_owned()
+        }
+        CertificateError::UnknownRevocationStatus => {
+            "the server's certificate has no known revocation status".to_owned()
+        }
+        CertificateError::ExpiredRevocationList
+        | CertificateError::ExpiredRevocationListContext { .. } => {
+            "the certificate revocation list has expired".to_owned()
+        }
+        CertificateError::UnsupportedSignatureAlgorithmContext { .. }
+        | CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => {
+            "the server's certificate is signed with an algorithm this client does not support"
+                .to_owned()
+        }
+        CertificateError::InvalidOcspResponse => {
+            "the server sent an invalid OCSP response for its certificate".to_owned()
+        }
+        CertificateError::Other(_) if text.contains("CaUsedAsEndEntity") => format!(
+            "the server presented a CA certificate as its own (a self-signed certificate?): it \
+             must present a server certificate issued by the CA in {ca_label}"
+        ),
+        // rustls's Display of the rest is its Debug output; of `Other`,
+        // the wrapped error says more than the wrapper.
+        CertificateError::Other(other) => {
+            format!("the server's certificate was refused ({})", other.0)
+        }
+        _ => format!("the server's certificate was refused ({text})"),
     }
 }
 
@@ -975,6 +1121,31 @@ mod tests {
     }
 
     #[test]
+    fn a_port_that_is_not_a_number_from_1_to_65535_is_named_as_such() {
+        for bad in [
+            "localhost:abc",
+            "localhost:99999",
+            "127.0.0.1:+50771",
+            "127.0.0.1:0",
+            "127.0.0.1:",
+            "[::1]:x",
+        ] {
+            let e = Target::parse(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("the port is not a number from 1 to 65535"),
+                "{bad}: {e}"
+            );
+        }
+        assert_eq!(Target::parse("localhost:65535").unwrap().port, 65535);
+        assert_eq!(Target::parse("https://[::1]").unwrap().port, 443);
+        let e = Target::parse("::1:50051").unwrap_err().to_string();
+        assert!(e.contains("in brackets"), "{e}");
+        // The message does not quote what was given.
+        let e = Target::parse("+1 202-555-0123").unwrap_err().to_string();
+        assert!(!e.contains("202"), "{e}");
+    }
+
+    #[test]
     fn durations_read_as_seconds_milliseconds_or_minutes() {
         assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
         assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
@@ -983,10 +1154,43 @@ mod tests {
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert!(parse_duration("0").is_err());
         assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5h").is_err());
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert!(parse_duration("25h").is_err());
+        assert!(parse_duration("5d").is_err());
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
         assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");
         assert_eq!(format_duration(Duration::from_secs(10)), "10s");
+        assert_eq!(format_duration(Duration::from_secs(7200)), "2h");
+    }
+
+    #[test]
+    fn a_duration_below_a_millisecond_is_refused_and_messages_quote_no_text() {
+        for tiny in ["0.0000000001", "0.5ms", "0.0001s"] {
+            let e = parse_duration(tiny).unwrap_err();
+            assert!(e.contains("from 1ms to a day"), "{tiny}: {e}");
+        }
+        assert_eq!(parse_duration("1ms").unwrap(), Duration::from_millis(1));
+        assert_eq!(parse_duration("1.4ms").unwrap(), Duration::from_millis(1));
+        for bad in ["+1 202-555-0123", "2025550123x", "1e3"] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(!e.contains("202") && !e.contains("1e3"), "{e}");
+        }
+    }
+
+    #[test]
+    fn certificate_errors_are_said_in_words_and_never_as_debug_output() {
+        let said = |e: CertificateError| certificate_refused(&e, "ca.pem");
+        assert!(said(CertificateError::NotValidYet).contains("not valid yet"));
+        assert_eq!(
+            said(CertificateError::Revoked),
+            "the server's certificate is revoked"
+        );
+        assert!(said(CertificateError::InvalidPurpose).contains("lacks serverAuth"));
+        assert!(said(CertificateError::UnknownRevocationStatus).contains("revocation status"));
+        let other = said(CertificateError::Other(rustls::OtherError(Arc::new(
+            std::io::Error::other("a reason"),
+        ))));
+        assert_eq!(other, "the server's certificate was refused (a reason)");
     }
 
     #[test]

@@ -517,3 +517,186 @@ fn a_call_failing_mid_input_keeps_the_answered_lines_names_the_first_unanswered_
         "nothing more"
     );
 }
+
+#[test]
+fn a_batch_of_the_largest_addresses_is_revealed_in_one_call_and_audited_once() {
+    const N: usize = 1000;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let log = tmp.path().join("server.log");
+    drop(start_dev(&data, &log).unwrap());
+    allow_full_addresses(&data);
+    let dev = Dev {
+        server: start_dev(&data, &log).unwrap(),
+        data: data.to_str().unwrap().to_owned(),
+        _tmp: tmp,
+    };
+    // Every part at its longest (256 bytes): the answer for 1000 of them
+    // is over tonic's default 4 MiB.
+    let part = |tag: &str| tag.repeat(256 / tag.len());
+    let address = serde_json::json!({
+        "country": "US",
+        "postal_code": "99999",
+        "region": part("Zregion "),
+        "city": part("Testvill"),
+        "district": part("Distric "),
+        "recipient": part("Test Per"),
+        "street_lines": vec![part("Fakestr "); 8],
+    })
+    .to_string();
+    let input: String = (0..N).map(|_| address.clone() + "\n").collect();
+    let out = dev.run(
+        "orders",
+        &["tokenize", "--kind", "address", "--address-json", "--stdin"],
+        &input,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let tokens = stdout(&out);
+    assert_eq!(tokens.lines().count(), N);
+    let audit = data.join("audit.log");
+    let detokenize_calls = || {
+        std::fs::read_to_string(&audit)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("\"action\":\"detokenize\""))
+            .count()
+    };
+    assert_eq!(detokenize_calls(), 0);
+
+    let out = dev.run(
+        "support",
+        &["detokenize", "--purpose", "label", "--stdin"],
+        &tokens,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let revealed = stdout(&out);
+    assert_eq!(revealed.lines().count(), N);
+    assert!(revealed.lines().all(|l| l.contains("\taddress\tfull\t")));
+    assert!(revealed.len() > 4 * 1024 * 1024, "{}", revealed.len());
+    // One call revealed (and audited) them all, once.
+    assert_eq!(detokenize_calls(), 1);
+}
+
+#[test]
+fn stdin_lines_are_answered_when_input_pauses_and_a_byte_order_mark_is_dropped() {
+    let dev = Dev::start();
+    // A BOM before the first line (as Windows editors write): not part of
+    // the value.
+    let out = dev.run(
+        "orders",
+        &["tokenize", "--kind", "phone", "--stdin"],
+        "\u{feff}+1 202-555-0121\n+1 202-555-0122\n",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(stdout(&out).lines().count(), 2);
+
+    // A coprocess: one line in, its answer out while stdin stays open.
+    let args = dev.args("orders", &["tokenize", "--kind", "phone", "--stdin"]);
+    let mut child = Command::new(BIN)
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    for n in ["+1 202-555-0123\n", "+1 202-555-0124\n"] {
+        input.write_all(n.as_bytes()).unwrap();
+        input.flush().unwrap();
+        // Without an answer per pause, nothing comes before EOF.
+        let token = rx.recv_timeout(Duration::from_secs(20));
+        assert!(
+            token.as_deref().is_ok_and(|t| t.starts_with("fv1_")),
+            "no answer while stdin is open: {token:?}"
+        );
+    }
+    drop(input);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > CLI_DEADLINE {
+            let _ = child.kill();
+            panic!("the CLI still ran after {CLI_DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn health_of_an_unknown_service_names_it() {
+    let dev = Dev::start();
+    let out = dev.run(
+        "intruder",
+        &["health", "--json", "--service", "nope.Svc"],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let json = &json_lines(&out)[0];
+    assert_eq!(json["error"]["code"], "NOT_FOUND", "{json}");
+    assert!(
+        json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("--service \"nope.Svc\" is not registered on this server"),
+        "{json}"
+    );
+}
+
+#[test]
+fn a_second_server_names_the_port_or_the_store_in_use_without_raw_errors() {
+    let dev = Dev::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let other = tmp.path().join("other");
+    let log = tmp.path().join("second.log");
+    let err = common::process::start(
+        &[
+            "serve",
+            "--dev",
+            "--listen",
+            &dev.server.addr,
+            "--data-dir",
+            other.to_str().unwrap(),
+        ],
+        "info",
+        &log,
+    )
+    .err()
+    .expect("a second server on the same port started");
+    assert!(
+        err.contains("the address is in use (another fieldvault server, or another program, listens there?); choose another with --listen ADDR"),
+        "{err}"
+    );
+    let err = common::process::start(
+        &[
+            "serve",
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &dev.data,
+        ],
+        "info",
+        &log,
+    )
+    .err()
+    .expect("a second server on the same store started");
+    assert!(
+        err.contains("the store is in use by another process"),
+        "{err}"
+    );
+    assert!(!err.contains("os error 11"), "{err}");
+}

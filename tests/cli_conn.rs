@@ -7,7 +7,9 @@
 
 mod common;
 
-use common::conn::{cli_in, silent_port, stderr, stdout, unanswering_server};
+use common::conn::{
+    cli_in, silent_port, stalling_server, stderr, stdout, unanswering_server, Answer,
+};
 use common::*;
 use std::path::Path;
 use std::process::Output;
@@ -320,6 +322,144 @@ async fn a_call_the_server_never_answers_fails_at_the_call_deadline() {
     assert!(took < Duration::from_secs(8), "{took:?}");
 }
 
+/// The CLI with `args`, then the certificate flags of orders (files in
+/// `dir`), run off the async runtime.
+async fn cli_with_files(addr: &str, dir: &Path, args: &[&str]) -> Output {
+    let file = |name: &str| dir.join(name).display().to_string();
+    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    all.extend([
+        "--addr".into(),
+        addr.into(),
+        "--ca".into(),
+        file("ca.pem"),
+        "--cert".into(),
+        file("orders.pem"),
+        "--key".into(),
+        file("orders.key"),
+    ]);
+    let cwd = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        cli_in(&cwd, &all, &[], RUN)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_whose_body_never_completes_fails_at_the_call_deadline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let commands: [&[&str]; 3] = [
+        &["health", "--json"],
+        &["tokenize", "--json", "--kind", "phone", "+1 202-555-0146"],
+        &[
+            "detokenize",
+            "--json",
+            "--purpose",
+            "callback",
+            "fv1_AAAAAAAAAAAAAAAAAAAAAA",
+        ],
+    ];
+    for answer in [Answer::HeadersThenStall, Answer::HeadersThenTrickle] {
+        let addr = stalling_server(&pki.dir, answer).await;
+        let runs = commands.map(|args| {
+            let mut args = args.to_vec();
+            args.extend(["--timeout", "2s"]);
+            let (addr, dir) = (addr.clone(), pki.dir.clone());
+            let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            tokio::spawn(async move {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let started = Instant::now();
+                let out = cli_with_files(&addr, &dir, &args).await;
+                (out, started.elapsed())
+            })
+        });
+        for (run, args) in runs.into_iter().zip(commands) {
+            let (out, took) = run.await.unwrap();
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{answer:?} {args:?}: {}",
+                stderr(&out)
+            );
+            let json: serde_json::Value = serde_json::from_str(stdout(&out).trim())
+                .unwrap_or_else(|e| panic!("{answer:?} {args:?}: {e}: {}", stdout(&out)));
+            assert_eq!(json["error"]["code"], "DEADLINE_EXCEEDED", "{json}");
+            assert!(
+                json["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("no answer within 2s (the call timeout"),
+                "{json}"
+            );
+            // Generous for a loaded 2-core machine; without the bound on
+            // the body it hangs until killed.
+            assert!(
+                took < Duration::from_secs(15),
+                "{answer:?} {args:?}: {took:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_front_end_that_waits_for_the_preface_gets_the_connection_and_a_silent_one_is_bounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    // Speaks HTTP/2 only after our preface: connecting succeeds after the
+    // first-bytes window (1 s), well before the connect deadline, and the
+    // call (never answered) ends at the call deadline.
+    let addr = stalling_server(&pki.dir, Answer::AfterPrefaceNever).await;
+    let started = Instant::now();
+    let out = cli_with_files(
+        &addr,
+        &pki.dir,
+        &[
+            "health",
+            "--json",
+            "--connect-timeout",
+            "20s",
+            "--timeout",
+            "2s",
+        ],
+    )
+    .await;
+    let took = started.elapsed();
+    let json: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(json["error"]["code"], "DEADLINE_EXCEEDED", "{json}");
+    assert!(
+        json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("(the call timeout"),
+        "{json}"
+    );
+    assert!(took < Duration::from_secs(15), "{took:?}");
+
+    // Never a word after TLS: bounded by the deadlines all the same.
+    let addr = stalling_server(&pki.dir, Answer::Silent).await;
+    let started = Instant::now();
+    let out = cli_with_files(
+        &addr,
+        &pki.dir,
+        &[
+            "health",
+            "--json",
+            "--connect-timeout",
+            "3s",
+            "--timeout",
+            "2s",
+        ],
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(json["error"]["code"], "DEADLINE_EXCEEDED", "{json}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+}
+
 #[test]
 fn an_address_without_a_port_is_refused_as_missing_its_port() {
     let tmp = tempfile::tempdir().unwrap();
@@ -342,7 +482,7 @@ fn an_address_without_a_port_is_refused_as_missing_its_port() {
         &[],
         RUN,
     );
-    assert_failed_with(&out, &["--addr 127.0.0.1: missing port"]);
+    assert_failed_with(&out, &["--addr: missing port"]);
     assert!(!stderr(&out).contains("refused"), "{}", stderr(&out));
 }
 
@@ -383,4 +523,331 @@ fn a_refused_connection_is_said_once_without_repeated_prefixes() {
     let err = stderr(&out);
     assert_eq!(err.matches("onnection refused").count(), 2, "{err}");
     assert!(!err.contains("tcp connect error"), "{err}");
+}
+
+/// A fake number, given where a flag's value belongs.
+const NUMBER: &str = "+1 202-555-0147";
+
+fn assert_quotes_no_number(out: &Output) {
+    let all = format!("{}{}", stdout(out), stderr(out));
+    assert!(
+        !all.contains("202") && !all.contains("0147"),
+        "the value was echoed: {all}"
+    );
+}
+
+/// The one JSON object a `--json` run printed.
+fn json_object(out: &Output) -> serde_json::Value {
+    let text = stdout(out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "stdout: {text}\nstderr: {}", stderr(out));
+    serde_json::from_str(lines[0]).unwrap()
+}
+
+#[test]
+fn a_rejected_flag_value_is_never_echoed_and_with_json_the_error_is_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let id = ["--dev-identity", "orders"];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["tokenize", "--kind", NUMBER, "x"],
+            "invalid value for --kind: ",
+        ),
+        (
+            vec!["tokenize", "--kind", "national_id", "--scheme", NUMBER, "x"],
+            "invalid value for --scheme: ",
+        ),
+        (
+            vec!["tokenize", "--kind", "phone", "--batch-size", NUMBER, "x"],
+            "invalid value for --batch-size: ",
+        ),
+        (
+            vec!["tokenize", "--kind", "phone", "--timeout", NUMBER, "x"],
+            "invalid value for --timeout: ",
+        ),
+        (
+            vec!["health", "--connect-timeout", NUMBER],
+            "invalid value for --connect-timeout: ",
+        ),
+        (vec!["health", NUMBER], "unexpected argument"),
+        (
+            vec!["tokenize", "--kind", "phone", "--addr", NUMBER, "x"],
+            "--addr: ",
+        ),
+        (vec![NUMBER], "unrecognized subcommand"),
+    ];
+    for (args, expected) in cases {
+        let mut args = args.clone();
+        args.extend(id);
+        let out = cli_in(tmp.path(), &args, &[], RUN);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert_quotes_no_number(&out);
+        assert!(
+            stderr(&out).contains(expected),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        assert!(stdout(&out).is_empty(), "{args:?}: {}", stdout(&out));
+        // With --json: one object on stdout, the same words.
+        args.push("--json");
+        let out = cli_in(tmp.path(), &args, &[], RUN);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert_quotes_no_number(&out);
+        let json = json_object(&out);
+        assert_eq!(json["error"]["code"], "INVALID_ARGUMENT", "{json}");
+        assert!(
+            json["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(expected),
+            "{args:?}: {json}"
+        );
+        assert_eq!(json["unanswered_from"], 0, "{json}");
+    }
+    // A parser error that names only arguments, as JSON too.
+    let out = cli_in(tmp.path(), &["tokenize", "--json", "x"], &[], RUN);
+    let json = json_object(&out);
+    assert!(
+        json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--kind"),
+        "{json}"
+    );
+    // Help and version are printed as they are, exit 0.
+    let out = cli_in(tmp.path(), &["tokenize", "--help", "--json"], &[], RUN);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stdout(&out).contains("Usage:"), "{}", stdout(&out));
+}
+
+#[test]
+fn batch_size_and_durations_take_sane_values_and_a_bad_variable_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = ["health", "--dev-identity", "orders"];
+    let run = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = base.to_vec();
+        args.extend(extra);
+        cli_in(tmp.path(), &args, env, RUN)
+    };
+    let out = cli_in(
+        tmp.path(),
+        &["tokenize", "--kind", "phone", "--batch-size", "10001", "x"],
+        &[],
+        RUN,
+    );
+    assert!(
+        stderr(&out)
+            .contains("invalid value for --batch-size: must be a whole number from 1 to 10000"),
+        "{}",
+        stderr(&out)
+    );
+    for tiny in ["0.0000000001", "0.5ms"] {
+        let out = run(&["--timeout", tiny], &[]);
+        assert!(
+            stderr(&out).contains("invalid value for --timeout: out of range (from 1ms to a day)"),
+            "{tiny}: {}",
+            stderr(&out)
+        );
+    }
+    // An hour is a duration: the command goes on (to the missing dev setup).
+    let out = run(&["--timeout", "1h", "--connect-timeout", "1h"], &[]);
+    assert!(!stderr(&out).contains("invalid value"), "{}", stderr(&out));
+    let out = run(&[], &[("FIELDVAULT_TIMEOUT", "abc")]);
+    assert!(
+        stderr(&out)
+            .contains("invalid value for --timeout (from FIELDVAULT_TIMEOUT): not a duration"),
+        "{}",
+        stderr(&out)
+    );
+    // The flag given on the command line: the variable is not named.
+    let out = run(&["--timeout", "abc"], &[("FIELDVAULT_TIMEOUT", "abc")]);
+    assert!(
+        stderr(&out).contains("invalid value for --timeout: not a duration"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn ports_must_be_numbers_from_1_to_65535_and_empty_variables_count_as_unset() {
+    let tmp = tempfile::tempdir().unwrap();
+    for addr in [
+        "localhost:abc",
+        "localhost:99999",
+        "127.0.0.1:+50771",
+        "127.0.0.1:0",
+    ] {
+        let out = cli_in(
+            tmp.path(),
+            &["health", "--addr", addr, "--dev-identity", "orders"],
+            &[],
+            RUN,
+        );
+        assert_failed_with(&out, &["--addr: the port is not a number from 1 to 65535"]);
+    }
+    // Empty FIELDVAULT_ADDR and FIELDVAULT_DATA_DIR: their defaults apply,
+    // so the command gets as far as the (missing) dev setup in
+    // ./fieldvault-data.
+    let out = cli_in(
+        tmp.path(),
+        &["health", "--dev-identity", "orders"],
+        &[("FIELDVAULT_ADDR", ""), ("FIELDVAULT_DATA_DIR", "")],
+        RUN,
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        !err.contains("no host") && !err.contains("a value is required"),
+        "{err}"
+    );
+    assert!(err.contains("fieldvault-data"), "{err}");
+}
+
+#[test]
+fn local_certificate_file_mistakes_are_invalid_arguments_and_reads_are_bounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let dir = pki.dir.display().to_string();
+    let health = |ca: &str, cert: &str| {
+        cli_in(
+            tmp.path(),
+            &[
+                "health",
+                "--json",
+                "--addr",
+                "127.0.0.1:9",
+                "--ca",
+                ca,
+                "--cert",
+                cert,
+                "--key",
+                &format!("{dir}/orders.key"),
+            ],
+            &[],
+            RUN,
+        )
+    };
+    let ca = format!("{dir}/ca.pem");
+    // A key file given as the certificate: a local mistake, nothing sent.
+    let json = json_object(&health(&ca, &format!("{dir}/orders.key")));
+    assert_eq!(json["error"]["code"], "INVALID_ARGUMENT", "{json}");
+    let message = json["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("orders.key: holds no PEM certificate"),
+        "{json}"
+    );
+    assert!(!message.contains("connecting to"), "{json}");
+
+    // A FIFO would block, a device never end, a huge file fill memory.
+    let fifo = tmp.path().join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let big = tmp.path().join("big.pem");
+    std::fs::write(&big, vec![b'A'; 2 * 1024 * 1024]).unwrap();
+    for (path, reason) in [
+        (fifo.display().to_string(), "is not a regular file"),
+        (big.display().to_string(), "is larger than 1024 KiB"),
+        ("/dev/zero".to_owned(), "is not a regular file"),
+        (dir.clone(), "is a directory"),
+    ] {
+        let started = Instant::now();
+        let json = json_object(&health(&path, &format!("{dir}/orders.pem")));
+        assert_eq!(json["error"]["code"], "INVALID_ARGUMENT", "{json}");
+        let message = json["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&format!("{path}: {reason}")), "{json}");
+        assert!(started.elapsed() < Duration::from_secs(15));
+    }
+}
+
+#[test]
+fn dev_identity_with_certificate_files_names_the_conflict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = cli_in(
+        tmp.path(),
+        &["health", "--dev-identity", "orders", "--cert", "orders.pem"],
+        &[],
+        RUN,
+    );
+    assert_failed_with(
+        &out,
+        &["give either --dev-identity or --ca/--cert/--key, not both"],
+    );
+    let out = cli_in(
+        tmp.path(),
+        &["health", "--cert", "orders.pem", "--key", "orders.key"],
+        &[],
+        RUN,
+    );
+    assert_failed_with(&out, &["--ca missing: --ca, --cert and --key go together"]);
+}
+
+#[test]
+fn address_json_with_another_kind_is_a_whole_call_error_with_unanswered_from() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = cli_in(
+        tmp.path(),
+        &[
+            "tokenize",
+            "--json",
+            "--kind",
+            "phone",
+            "--address-json",
+            r#"{"country":"US"}"#,
+            "--dev-identity",
+            "orders",
+        ],
+        &[],
+        RUN,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let json = json_object(&out);
+    assert_eq!(json["error"]["code"], "INVALID_ARGUMENT", "{json}");
+    assert_eq!(json["unanswered_from"], 0, "{json}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_signed_server_certificate_is_named_in_words() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The server presents a CA certificate (self-signed) as its own, and
+    // the client trusts exactly that certificate.
+    let own = fieldvault::devpki::DevCa::new("a self-signed server").unwrap();
+    let cert = tmp.path().join("self.pem");
+    let key = tmp.path().join("self.key");
+    write(&cert, own.cert_pem().as_bytes());
+    write(&key, own.key_pem().as_bytes());
+    let vault = TestVault::start_with(|c| {
+        c.tls.cert = cert.clone();
+        c.tls.key = key.clone();
+    })
+    .await;
+    let dir = vault.pki.dir.display().to_string();
+    let (addr, cwd, cert) = (vault.addr(), tmp.path().to_path_buf(), cert.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        cli_in(
+            &cwd,
+            &[
+                "health",
+                "--addr",
+                &addr,
+                "--ca",
+                cert.to_str().unwrap(),
+                "--cert",
+                &format!("{dir}/orders.pem"),
+                "--key",
+                &format!("{dir}/orders.key"),
+            ],
+            &[],
+            RUN,
+        )
+    })
+    .await
+    .unwrap();
+    assert_failed_with(
+        &out,
+        &["the server presented a CA certificate as its own (a self-signed certificate?)"],
+    );
+    assert!(!stderr(&out).contains("OtherError"), "{}", stderr(&out));
 }

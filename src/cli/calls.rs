@@ -7,7 +7,7 @@
 //! answered so far are printed, then the whole-call error (naming the first
 //! unanswered item), and it exits with [`output::EXIT_CALL_FAILED`].
 
-use super::conn::{CallStatus, Conn};
+use super::conn::{answer_limit, CallStatus, Conn};
 use super::input::{self, Line};
 use super::output::{self, address_json, call_failed, emit, Failure, EXIT_ITEM_FAILED, EXIT_OK};
 use clap::Args;
@@ -90,12 +90,21 @@ pub(crate) struct DetokenizeArgs {
     conn: Conn,
 }
 
+/// The largest `--batch-size`: ten times the server's default
+/// max_batch_items (a server refuses more than its own limit anyway), and
+/// what one chunk may hold in memory.
+const MAX_BATCH_SIZE: usize = 10_000;
+
 fn batch_size(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
-        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
-        _ => Err("must be a whole number from 1 to 1000000".into()),
+        Ok(n) if (1..=MAX_BATCH_SIZE).contains(&n) => Ok(n),
+        _ => Err(format!("must be a whole number from 1 to {MAX_BATCH_SIZE}")),
     }
 }
+
+/// When input pauses this long (a line filter, a coprocess), the lines
+/// read so far are sent without waiting for a full chunk.
+const INPUT_PAUSE: std::time::Duration = std::time::Duration::from_millis(150);
 
 /// Where the items come from: the arguments, or standard input.
 enum Source {
@@ -118,6 +127,23 @@ impl Source {
             Self::Stdin(rx) => rx.recv().await,
         }
     }
+
+    /// The next line; when `bounded`, [`Next::Paused`] if none comes
+    /// within [`INPUT_PAUSE`] (receiving is cancel-safe: nothing is lost).
+    async fn next_within(&mut self, bounded: bool) -> Next {
+        if !bounded {
+            return Next::Line(self.next().await);
+        }
+        match tokio::time::timeout(INPUT_PAUSE, self.next()).await {
+            Ok(next) => Next::Line(next),
+            Err(_) => Next::Paused,
+        }
+    }
+}
+
+enum Next {
+    Line(Option<Result<Line, String>>),
+    Paused,
 }
 
 /// One kind of call, sent in chunks.
@@ -147,11 +173,43 @@ fn allowed_per_call(f: &Failure) -> Option<usize> {
         .flatten()
 }
 
+/// tonic's words when a message is over the receiver's size limit: from
+/// the server, the request was refused before a byte of it was read.
+const DECODE_LIMIT: &str = "Error, decoded message length too large";
+
+/// The server refused the request for its size (OUT_OF_RANGE, tonic's
+/// decode limit): nothing was read, so a smaller chunk is safe to send.
+fn server_refused_size(f: &Failure) -> bool {
+    f.code == Code::OutOfRange && f.message.starts_with(DECODE_LIMIT)
+}
+
+/// A whole-call failure from `status`. An answer over this client's own
+/// limit (`answer_limit`) reads like the server's refusal of a request,
+/// but the server handled every item (and audited a reveal): it is said
+/// as such and never retried.
+fn call_failure(status: &tonic::Status, answer_limit: usize) -> Failure {
+    let ours = format!("the limit is: {answer_limit} bytes");
+    if status.code() == Code::OutOfRange
+        && status.message().starts_with(DECODE_LIMIT)
+        && status.message().ends_with(&ours)
+    {
+        return Failure::new(
+            Code::OutOfRange,
+            format!(
+                "the server's answer is larger than this client accepts ({answer_limit} bytes); \
+                 the server handled the chunk, so it was not sent again (lower --batch-size)"
+            ),
+        );
+    }
+    Failure::from_status(status)
+}
+
 /// Sends `items` (whose input indices are `globals`) in calls of at most
 /// `*batch` items. Returns the answers of the items answered, in order, and
 /// the whole-call failure that stopped it, if any. A server limit below
-/// `*batch` lowers it and the call is retried (nothing was stored), and
-/// so does a message over the server's size limit (OUT_OF_RANGE).
+/// `*batch` lowers it and the call is retried (nothing was stored), and a
+/// request the server refused for its size (OUT_OF_RANGE before reading
+/// it) is split in halves; nothing else is ever sent twice.
 async fn send_all<C: Call>(
     call: &mut C,
     items: &[C::Item],
@@ -180,9 +238,12 @@ async fn send_all<C: Call>(
             }
             Err(f) => match allowed_per_call(&f) {
                 Some(n) if n >= 1 && n < end - start => *batch = n,
-                // The message is over the server's size limit (its
-                // max_batch_items is below ours): nothing was read, halve.
-                _ if f.code == Code::OutOfRange && end - start > 1 => *batch = (end - start) / 2,
+                // The request is over the server's size limit (its
+                // max_batch_items is below ours): it read nothing, halve.
+                // Any other OUT_OF_RANGE (an answer too large to send or
+                // to accept) comes after the items were handled: never
+                // sent again.
+                _ if server_refused_size(&f) && end - start > 1 => *batch = (end - start) / 2,
                 _ => return (answers, Some(f.reindex(C::LIST, map))),
             },
         }
@@ -212,13 +273,15 @@ async fn run<C: Call>(
         while chunk.len() < batch {
             let next = match carry.take() {
                 Some(next) => next,
-                None => match source.next().await {
-                    None => break,
-                    Some(Err(e)) => {
+                None => match source.next_within(!chunk.is_empty()).await {
+                    // Input paused: answer what came so far.
+                    Next::Paused => break,
+                    Next::Line(None) => break,
+                    Next::Line(Some(Err(e))) => {
                         read_error = Some(e);
                         break;
                     }
-                    Some(Ok(line)) => {
+                    Next::Line(Some(Ok(line))) => {
                         let index = next_index;
                         next_index += 1;
                         (index, build(index, line))
@@ -238,10 +301,21 @@ async fn run<C: Call>(
         if chunk.is_empty() {
             break;
         }
-        let (globals, items): (Vec<usize>, Vec<C::Item>) = chunk
-            .iter()
-            .filter_map(|(i, item)| item.as_ref().ok().map(|item| (*i, item.clone())))
-            .unzip();
+        // The items move out of the chunk (not copied): the chunk keeps
+        // each line's index and its local failure, if any.
+        let mut globals = Vec::with_capacity(chunk.len());
+        let mut items = Vec::with_capacity(chunk.len());
+        let slots: Vec<(usize, Option<Failure>)> = chunk
+            .into_iter()
+            .map(|(i, item)| match item {
+                Ok(item) => {
+                    globals.push(i);
+                    items.push(item);
+                    (i, None)
+                }
+                Err(local) => (i, Some(local)),
+            })
+            .collect();
         let (answers, failure) = if items.is_empty() {
             (Vec::new(), None)
         } else {
@@ -249,17 +323,17 @@ async fn run<C: Call>(
         };
         let mut answers = answers.into_iter();
         let mut sent = items.iter();
-        for (index, item) in chunk {
-            let (item, answer) = match item {
-                Err(local) => (None, Err(local)),
-                Ok(_) => match answers.next() {
+        for (index, local) in slots {
+            let (item, answer) = match local {
+                Some(local) => (None, Err(local)),
+                None => match answers.next() {
                     Some(answer) => (sent.next(), answer),
                     None => {
                         // Unanswered: the call failed from here on.
                         let f = failure.unwrap_or_else(|| {
                             Failure::new(Code::Internal, "the server sent too few answers")
                         });
-                        return call_failed(json, &f, Some(index));
+                        return call_failed(json, &f, index);
                     }
                 },
             };
@@ -269,22 +343,14 @@ async fn run<C: Call>(
         if let Some(f) = failure {
             // Every item of the chunk was answered, yet a failure: only
             // possible when the failing call covered no item.
-            return call_failed(json, &f, Some(next_index));
+            return call_failed(json, &f, next_index);
         }
         if let Some(e) = read_error.take() {
-            return call_failed(
-                json,
-                &Failure::new(Code::InvalidArgument, e),
-                Some(next_index),
-            );
+            return call_failed(json, &Failure::new(Code::InvalidArgument, e), next_index);
         }
     }
     if let Some(e) = read_error {
-        return call_failed(
-            json,
-            &Failure::new(Code::InvalidArgument, e),
-            Some(next_index),
-        );
+        return call_failed(json, &Failure::new(Code::InvalidArgument, e), next_index);
     }
     ExitCode::from(if any_failed {
         EXIT_ITEM_FAILED
@@ -307,6 +373,7 @@ fn bad_line(field: &str, line: &Line, max: usize) -> Option<Failure> {
 
 struct Tokenize {
     status: CallStatus,
+    answer_limit: usize,
     client: VaultClient<Channel>,
     purpose: Option<String>,
     json: bool,
@@ -325,14 +392,15 @@ impl Call for Tokenize {
         &mut self,
         fields: Vec<pb::Field>,
     ) -> Result<Vec<Result<String, Failure>>, Failure> {
+        let request = pb::TokenizeRequest {
+            fields,
+            purpose: self.purpose.clone(),
+        };
         let response = self
-            .client
-            .tokenize(pb::TokenizeRequest {
-                fields,
-                purpose: self.purpose.clone(),
-            })
+            .status
+            .bound(self.client.tokenize(request))
             .await
-            .map_err(|s| Failure::from_status(&self.status.map(s)))?
+            .map_err(|s| call_failure(&s, self.answer_limit))?
             .into_inner();
         Ok(response
             .results
@@ -370,7 +438,7 @@ pub(crate) async fn tokenize(args: TokenizeArgs) -> ExitCode {
             Code::InvalidArgument,
             "--address-json: only with --kind address",
         );
-        return call_failed(json, &f, None);
+        return call_failed(json, &f, 0);
     }
     // A structured address may be longer than a value; either way one
     // line is at most one largest legal field, so a chunk of `batch_size`
@@ -424,12 +492,13 @@ pub(crate) async fn tokenize(args: TokenizeArgs) -> ExitCode {
         })
     };
     let source = Source::new(args.stdin, args.values, max_line);
-    let client = match args.conn.connect().await {
+    let client = match args.conn.connect(args.batch_size).await {
         Ok(client) => client,
-        Err(e) => return call_failed(json, &Failure::from_client(&e), Some(0)),
+        Err(e) => return call_failed(json, &Failure::from_client(&e), 0),
     };
     let mut call = Tokenize {
         status: args.conn.call_status(),
+        answer_limit: answer_limit(args.batch_size),
         client,
         purpose: args.purpose,
         json,
@@ -443,6 +512,7 @@ const MAX_TOKEN_LINE: usize = 1024;
 
 struct Detokenize {
     status: CallStatus,
+    answer_limit: usize,
     client: VaultClient<Channel>,
     purpose: String,
     justification: String,
@@ -462,15 +532,16 @@ impl Call for Detokenize {
         &mut self,
         tokens: Vec<String>,
     ) -> Result<Vec<Result<pb::DetokenizeResult, Failure>>, Failure> {
+        let request = pb::DetokenizeRequest {
+            tokens,
+            purpose: self.purpose.clone(),
+            justification: self.justification.clone(),
+        };
         let response = self
-            .client
-            .detokenize(pb::DetokenizeRequest {
-                tokens,
-                purpose: self.purpose.clone(),
-                justification: self.justification.clone(),
-            })
+            .status
+            .bound(self.client.detokenize(request))
             .await
-            .map_err(|s| Failure::from_status(&self.status.map(s)))?
+            .map_err(|s| call_failure(&s, self.answer_limit))?
             .into_inner();
         Ok(response
             .results
@@ -557,12 +628,13 @@ pub(crate) async fn detokenize(args: DetokenizeArgs) -> ExitCode {
         ),
     };
     let source = Source::new(args.stdin, args.tokens, MAX_TOKEN_LINE);
-    let client = match args.conn.connect().await {
+    let client = match args.conn.connect(args.batch_size).await {
         Ok(client) => client,
-        Err(e) => return call_failed(json, &Failure::from_client(&e), Some(0)),
+        Err(e) => return call_failed(json, &Failure::from_client(&e), 0),
     };
     let mut call = Detokenize {
         status: args.conn.call_status(),
+        answer_limit: answer_limit(args.batch_size),
         client,
         purpose: args.purpose,
         justification: args.justification,
@@ -585,6 +657,8 @@ mod tests {
         /// More item bytes than this in one call: OUT_OF_RANGE.
         max_bytes: usize,
         refuse: &'static str,
+        /// Every answer is over the client's own limit (4000 bytes).
+        answer_too_large: bool,
         calls: Vec<usize>,
         printed: RefCell<Vec<String>>,
     }
@@ -604,7 +678,16 @@ mod tests {
         ) -> Result<Vec<Result<String, Failure>>, Failure> {
             self.calls.push(items.len());
             if items.iter().map(String::len).sum::<usize>() > self.max_bytes {
-                return Err(Failure::new(Code::OutOfRange, "message too large"));
+                return Err(Failure::new(
+                    Code::OutOfRange,
+                    format!("{DECODE_LIMIT}: found 9 bytes, the limit is: 2 bytes"),
+                ));
+            }
+            if self.answer_too_large {
+                let status = tonic::Status::out_of_range(format!(
+                    "{DECODE_LIMIT}: found 9000 bytes, the limit is: 4000 bytes"
+                ));
+                return Err(call_failure(&status, 4000));
             }
             if items.len() > self.limit {
                 return Err(Failure::invalid(
@@ -646,6 +729,7 @@ mod tests {
             limit,
             max_bytes: usize::MAX,
             refuse,
+            answer_too_large: false,
             calls: Vec::new(),
             printed: RefCell::new(Vec::new()),
         }
@@ -723,6 +807,33 @@ mod tests {
         let code = run(&mut call, lines(&["a", "b"]), build, 2, false).await;
         assert_eq!(code, ExitCode::from(output::EXIT_CALL_FAILED));
         assert_eq!(call.calls, [2, 1]);
+    }
+
+    #[tokio::test]
+    async fn an_answer_over_the_client_limit_is_never_sent_again() {
+        let mut call = echo(1000, "-");
+        call.answer_too_large = true;
+        let code = run(&mut call, lines(&["a", "b", "c", "d"]), build, 4, true).await;
+        assert_eq!(code, ExitCode::from(output::EXIT_CALL_FAILED));
+        // One call: the server handled (and audited) it; no halves.
+        assert_eq!(call.calls, [4]);
+        assert!(call.printed.into_inner().is_empty());
+        // The server's own encode limit: handled too, not retried.
+        let f = call_failure(
+            &tonic::Status::out_of_range(
+                "Error, encoded message length too large: found 9 bytes, the limit is: 2 bytes",
+            ),
+            4000,
+        );
+        assert!(!server_refused_size(&f));
+        let f = call_failure(
+            &tonic::Status::out_of_range(
+                "Error, decoded message length too large: found 9000 bytes, the limit is: 4000 bytes",
+            ),
+            4000,
+        );
+        assert!(!server_refused_size(&f), "{f:?}");
+        assert!(f.message.contains("not sent again"), "{f:?}");
     }
 
     #[tokio::test]

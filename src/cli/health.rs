@@ -38,19 +38,30 @@ pub(crate) async fn health(args: HealthArgs) -> ExitCode {
     let json = args.conn.json;
     let channel = match args.conn.channel().await {
         Ok(channel) => channel,
-        Err(e) => return call_failed(json, &Failure::from_client(&e), None),
+        Err(e) => return call_failed(json, &Failure::from_client(&e), 0),
     };
-    let response = HealthClient::new(channel)
-        .check(HealthCheckRequest {
+    let mut client = HealthClient::new(channel);
+    let response = args
+        .conn
+        .call_status()
+        .bound(client.check(HealthCheckRequest {
             service: args.service.clone(),
-        })
+        }))
         .await;
     let status = match response {
         Ok(r) => r.into_inner().status,
-        Err(s) => {
-            let s = args.conn.call_status().map(s);
-            return call_failed(json, &Failure::from_status(&s), None);
+        Err(s) if s.code() == tonic::Code::NotFound => {
+            let f = Failure::new(
+                tonic::Code::NotFound,
+                format!(
+                    "--service {:?} is not registered on this server (ask about \"\" for the \
+                     server as a whole, or fieldvault.v1.Vault)",
+                    args.service
+                ),
+            );
+            return call_failed(json, &f, 0);
         }
+        Err(s) => return call_failed(json, &Failure::from_status(&s), 0),
     };
     let name = status_name(status);
     if json {

@@ -27,8 +27,10 @@ pub(crate) fn stdin_lines(max_line_bytes: usize) -> mpsc::Receiver<Result<Line, 
     std::thread::spawn(move || {
         let stdin = std::io::stdin();
         let mut reader = stdin.lock();
+        let mut first = true;
         loop {
             let next = match read_line(&mut reader, max_line_bytes) {
+                Ok(Some(line)) if std::mem::take(&mut first) => Ok(without_bom(line)),
                 Ok(Some(line)) => Ok(line),
                 Ok(None) => break,
                 Err(e) => Err(format!("reading standard input: {e}")),
@@ -40,6 +42,18 @@ pub(crate) fn stdin_lines(max_line_bytes: usize) -> mpsc::Receiver<Result<Line, 
         }
     });
     rx
+}
+
+/// The first line without a UTF-8 byte-order mark (Windows editors
+/// write one): it belongs to no value.
+pub(crate) fn without_bom(line: Line) -> Line {
+    match line {
+        Line::Text(t) => match t.strip_prefix('\u{feff}') {
+            Some(rest) => Line::Text(rest.to_owned()),
+            None => Line::Text(t),
+        },
+        other => other,
+    }
 }
 
 /// Reads one line of at most `max` bytes (line ending excluded) from `r`;
@@ -134,11 +148,12 @@ pub(crate) fn parse_address(json: &str) -> Result<pb::PostalAddress, String> {
                 }
                 continue;
             }
+            // Not quoted: a key may hold an address (`{"17 Fakestreet
+            // Lane": …}`).
             _ => {
-                let shown: String = key.chars().take(32).collect();
                 return Err(format!(
-                    "unknown field '{shown}' (the fields are {ADDRESS_FIELDS})"
-                ));
+                    "has an unknown field (the fields are {ADDRESS_FIELDS})"
+                ))
             }
         };
         match v {
@@ -177,6 +192,16 @@ mod tests {
     }
 
     #[test]
+    fn a_byte_order_mark_is_dropped_from_the_first_line() {
+        let got = lines(b"\xef\xbb\xbf+1 202-555-0101\n", 100);
+        assert_eq!(
+            without_bom(got.into_iter().next().unwrap()),
+            Line::Text("+1 202-555-0101".into())
+        );
+        assert_eq!(without_bom(Line::Text("a".into())), Line::Text("a".into()));
+    }
+
+    #[test]
     fn an_overlong_line_is_dropped_whole_and_the_next_line_is_read() {
         let got = lines(b"0123456789\n0123456789ab\nok\n\xff\n", 10);
         assert_eq!(
@@ -199,8 +224,10 @@ mod tests {
         assert_eq!(a.country, "US");
         assert_eq!(a.street_lines, vec!["17 Fakestreet Lane".to_owned()]);
         let e = parse_address(r#"{"zip":"99999"}"#).unwrap_err();
+        assert!(e.contains("unknown field") && !e.contains("99999"), "{e}");
+        let e = parse_address(r#"{"17 Fakestreet Lane":"x"}"#).unwrap_err();
         assert!(
-            e.contains("unknown field 'zip'") && !e.contains("99999"),
+            e.contains("has an unknown field") && !e.contains("Fakestreet"),
             "{e}"
         );
         let e = parse_address(r#"{"city":["Testville"]}"#).unwrap_err();

@@ -6,6 +6,7 @@ mod conn;
 mod health;
 mod input;
 mod output;
+mod parse_error;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -118,8 +119,72 @@ impl log::Log for DemoteHarmless {
     }
 }
 
+/// The command line parsed. A mistake the parser finds is reported like
+/// any other argument mistake (INVALID_ARGUMENT, exit 2; one JSON object on
+/// stdout when `--json` is among the arguments) and never quotes the
+/// rejected value: a value in the wrong place may be a phone number.
+fn parse() -> Result<Cli, ExitCode> {
+    use clap::{CommandFactory, FromArgMatches};
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let json = args.iter().skip(1).any(|a| a == "--json");
+    let result = unset_empty_env(Cli::command())
+        .try_get_matches_from(&args)
+        .and_then(|m| Cli::from_arg_matches(&m));
+    let e = match result {
+        Ok(cli) => return Ok(cli),
+        Err(e) => e,
+    };
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
+        _ => {}
+    }
+    let message = parse_error::message(&e, &args, &|k| std::env::var_os(k));
+    if json {
+        let failure = output::Failure::new(tonic::Code::InvalidArgument, message);
+        return Err(output::call_failed(true, &failure, 0));
+    }
+    if parse_error::clap_words_are_safe(e.kind()) {
+        // Clap's own words quote no value for these: kept, with its usage.
+        let _ = e.print();
+    } else {
+        eprintln!("fieldvault: INVALID_ARGUMENT: {message}");
+    }
+    Err(ExitCode::from(output::EXIT_CALL_FAILED))
+}
+
+/// An environment variable set to the empty string is treated as unset,
+/// as `serve` does (a flag's default then applies).
+fn unset_empty_env(mut cmd: clap::Command) -> clap::Command {
+    let empty: Vec<clap::Id> = cmd
+        .get_arguments()
+        .filter(|a| {
+            a.get_env()
+                .and_then(std::env::var_os)
+                .is_some_and(|v| v.is_empty())
+        })
+        .map(|a| a.get_id().clone())
+        .collect();
+    for id in empty {
+        cmd = cmd.mut_arg(id, |a| a.env(None::<&str>));
+    }
+    let subcommands: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_owned())
+        .collect();
+    for name in subcommands {
+        cmd = cmd.mut_subcommand(name, unset_empty_env);
+    }
+    cmd
+}
+
 pub(crate) async fn run() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let result = match cli.command {
         Command::Serve(args) => {
             init_logging();

@@ -217,20 +217,14 @@ fn reindex_path(s: &str, list: &str, map: &impl Fn(usize) -> Option<usize>) -> S
 /// (`{"error": {...}, "unanswered_from": N}`), else a line on stderr.
 /// `unanswered_from` is the index of the first input item that got no
 /// answer (0: none did). Returns [`EXIT_CALL_FAILED`].
-pub(crate) fn call_failed(
-    json: bool,
-    failure: &Failure,
-    unanswered_from: Option<usize>,
-) -> ExitCode {
+pub(crate) fn call_failed(json: bool, failure: &Failure, unanswered_from: usize) -> ExitCode {
     if json {
-        let mut obj = serde_json::json!({ "error": failure.json() });
-        if let Some(n) = unanswered_from {
-            obj["unanswered_from"] = n.into();
-        }
+        let obj =
+            serde_json::json!({ "error": failure.json(), "unanswered_from": unanswered_from });
         emit!("{obj}");
     } else {
         eprintln!("fieldvault: {}", failure.text());
-        if let Some(n) = unanswered_from.filter(|n| *n > 0) {
+        if let Some(n) = Some(unanswered_from).filter(|n| *n > 0) {
             eprintln!(
                 "fieldvault: items from index {n} (input line {}) on were not answered; \
                  the output above is complete up to there",

@@ -165,6 +165,31 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
                 "{e}; to start the dev setup over, run `fieldvault serve --dev --reset` \
                  (deletes the store: tokens made so far become unreadable)"
             ),
+            fieldvault::app::StartError::Bind { addr, reason }
+                if reason.starts_with("Address already in use") =>
+            {
+                format!(
+                    "listen {addr}: the address is in use (another fieldvault server, or another \
+                     program, listens there?); choose another with {}",
+                    if args.dev {
+                        "--listen ADDR"
+                    } else {
+                        "`listen` in the config file"
+                    }
+                )
+            }
+            // The message says the store is in use: sled's errno adds nothing.
+            fieldvault::app::StartError::Store(fieldvault::store::StoreError::Backend(f))
+                if matches!(
+                    f.cause,
+                    fieldvault::store::FailureCause::Io {
+                        kind: std::io::ErrorKind::WouldBlock,
+                        ..
+                    }
+                ) =>
+            {
+                format!("storage: {}", f.detail)
+            }
             e => e.to_string(),
         })?;
     // Handlers installed before "listening on": a SIGTERM or SIGINT sent as

@@ -190,7 +190,7 @@ impl Policy {
             .iter()
             .map(|k| k.parse::<FieldKind>())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad("kinds", e.to_string()))?;
+            .map_err(|e| bad("kinds", format!("'{}': {e}", e.0)))?;
         let purposes = r
             .purposes
             .iter()

@@ -8,6 +8,7 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
 
 /// The environment variables the CLI reads: removed from every command
 /// these helpers run, so the test's own environment cannot steer it.
@@ -60,10 +61,34 @@ pub fn silent_port(hold: Duration) -> String {
     addr
 }
 
+/// How a test server answers a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Never: no headers, no body.
+    Never,
+    /// `:status 200` and the gRPC content type, then nothing.
+    HeadersThenStall,
+    /// The headers, then one body byte a second (a gRPC message that
+    /// never completes).
+    HeadersThenTrickle,
+    /// Not a word after the TLS handshake, HTTP/2 preface or not.
+    Silent,
+    /// Like an HTTP/2 front end that speaks only after the client's
+    /// preface: nothing until it has read it, then HTTP/2, never
+    /// answering a call.
+    AfterPrefaceNever,
+}
+
 /// An mTLS server (the vault's own TLS settings, certificates of `pki_dir`)
 /// that completes the handshake and HTTP/2, accepts calls and never
 /// answers them. Runs on the current tokio runtime until it is dropped.
 pub async fn unanswering_server(pki_dir: &Path) -> String {
+    stalling_server(pki_dir, Answer::Never).await
+}
+
+/// Like [`unanswering_server`], answering each call as `answer` says and
+/// never finishing it.
+pub async fn stalling_server(pki_dir: &Path, answer: Answer) -> String {
     let config = fieldvault::tls::server_config(
         &pki_dir.join("server.pem"),
         &pki_dir.join("server.key"),
@@ -78,16 +103,64 @@ pub async fn unanswering_server(pki_dir: &Path) -> String {
         while let Ok((tcp, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let Ok(mut conn) = h2::server::handshake(tls).await else {
+                if answer == Answer::Silent {
+                    // Reads (and drops) whatever comes, for at most a minute.
+                    let mut sink = [0u8; 1024];
+                    let _ = tokio::time::timeout(Duration::from_secs(60), async {
+                        while matches!(tls.read(&mut sink).await, Ok(n) if n > 0) {}
+                    })
+                    .await;
+                    return;
+                }
+                let mut preface = Vec::new();
+                if answer == Answer::AfterPrefaceNever {
+                    // The client's preface first (24 bytes), then replayed
+                    // in front of the stream for h2.
+                    preface = vec![0u8; 24];
+                    if tls.read_exact(&mut preface).await.is_err() {
+                        return;
+                    }
+                }
+                let (read, write) = tokio::io::split(tls);
+                let stream = tokio::io::join(std::io::Cursor::new(preface).chain(read), write);
+                let Ok(mut conn) = h2::server::handshake(stream).await else {
                     return;
                 };
-                // Calls are accepted and held, never answered.
+                // Calls are accepted and held, never finished.
                 let mut held = Vec::new();
-                while let Some(Ok(call)) = conn.accept().await {
-                    held.push(call);
+                while let Some(Ok((request, mut respond))) = conn.accept().await {
+                    if matches!(answer, Answer::Never | Answer::AfterPrefaceNever) {
+                        held.push((request, respond));
+                        continue;
+                    }
+                    let headers = http::Response::builder()
+                        .status(200)
+                        .header("content-type", "application/grpc")
+                        .body(())
+                        .unwrap();
+                    let Ok(mut body) = respond.send_response(headers, false) else {
+                        continue;
+                    };
+                    tokio::spawn(async move {
+                        let _request = request;
+                        // A 5-byte gRPC prefix announcing 100 bytes, then
+                        // (trickling) a byte a second; at most a minute.
+                        let mut prefix = Some(bytes::Bytes::from_static(&[0, 0, 0, 0, 100]));
+                        for _ in 0..60 {
+                            if answer == Answer::HeadersThenTrickle {
+                                let chunk = prefix
+                                    .take()
+                                    .unwrap_or_else(|| bytes::Bytes::from_static(&[0]));
+                                if body.send_data(chunk, false).is_err() {
+                                    return;
+                                }
+                            }
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    });
                 }
             });
         }

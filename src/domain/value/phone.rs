@@ -78,8 +78,13 @@ pub(super) fn canonical(raw: &str, region: Option<PhoneRegion>) -> Result<String
     let number = phonenumber::parse(hint, compact.as_str()).map_err(|e| {
         invalid(match e {
             ParseError::NoNumber => "not a number".to_owned(),
+            // A '+' was given: the digits after it are no calling code.
+            ParseError::InvalidCountryCode if !plus.is_empty() => {
+                "unknown country calling code: no country or service uses the code after '+'"
+                    .to_owned()
+            }
             ParseError::InvalidCountryCode => match region {
-                Some(_) => "invalid country calling code".to_owned(),
+                Some(_) => "unknown country calling code after the international prefix".to_owned(),
                 None => {
                     "no country calling code and no region to read it in (send 'region' or use +CC)"
                         .to_owned()
@@ -87,7 +92,12 @@ pub(super) fn canonical(raw: &str, region: Option<PhoneRegion>) -> Result<String
             },
             ParseError::TooShortAfterIdd | ParseError::TooShortNsn => "too short".to_owned(),
             ParseError::TooLong => "too long".to_owned(),
-            other => format!("not a number ({other})"),
+            // The parser's own words (`malformed integer part …: cannot
+            // parse integer from empty string`) say nothing to a caller.
+            ParseError::MalformedInteger(_) => {
+                "not a number: the digits after the country calling code form no phone number"
+                    .to_owned()
+            }
         })
     })?;
     if number.extension().is_some() {
@@ -257,6 +267,24 @@ mod tests {
                 "{r}"
             );
         }
+    }
+
+    #[test]
+    fn an_unassigned_calling_code_is_named_as_such_and_zeros_get_a_clean_message() {
+        let reason = |raw: &str| {
+            canonical(raw, None)
+                .err()
+                .map(|e| e.reason)
+                .unwrap_or_default()
+        };
+        for raw in ["+999 202 555 0142", "+0 202 555 0142"] {
+            let r = reason(raw);
+            assert!(r.starts_with("unknown country calling code"), "{raw}: {r}");
+            assert!(!r.contains("use +CC") && !r.contains("202"), "{raw}: {r}");
+        }
+        let r = reason("+86 000000000000000000");
+        assert!(r.starts_with("not a number"), "{r}");
+        assert!(!r.contains("integer") && !r.contains("000"), "{r}");
     }
 
     #[test]
