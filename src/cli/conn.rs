@@ -133,9 +133,15 @@ impl CallStatus {
             return self.deadline_exceeded();
         }
         // A connection that broke under a call (the server stopped, a
-        // reset) comes as `Unknown: transport error`: it is UNAVAILABLE,
-        // said with its cause.
-        if status.code() == tonic::Code::Unknown && status.message() == "transport error" {
+        // reset) comes as `Unknown: transport error`, or as `Cancelled:
+        // operation was canceled` when the connection closed before the
+        // request was sent on it: it is UNAVAILABLE, said with its cause.
+        // (The server never cancels a call itself.)
+        let broken = (status.code() == tonic::Code::Unknown
+            && status.message() == "transport error")
+            || (status.code() == tonic::Code::Cancelled
+                && status.message() == "operation was canceled");
+        if broken {
             let cause = std::error::Error::source(&status)
                 .map(|e| format!(" ({})", fieldvault::client::error_chain(e)))
                 .unwrap_or_default();
@@ -185,6 +191,8 @@ mod tests {
         let status = CallStatus {
             timeout: Duration::from_secs(2),
         };
+        let s = status.map(tonic::Status::cancelled("operation was canceled"));
+        assert_eq!(s.code(), tonic::Code::Unavailable);
         let s = status.map(tonic::Status::unknown("transport error"));
         assert_eq!(s.code(), tonic::Code::Unavailable);
         assert!(

@@ -141,13 +141,6 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
                 path.display()
             ));
         }
-        if args.reset {
-            return Err(format!(
-                "--reset applies to --dev only: a store served with --config is never deleted \
-                 by fieldvault (its data_dir is set in {})",
-                path.display()
-            ));
-        }
         refuse_dev_flags_with_config(
             &path,
             &[
