@@ -327,7 +327,7 @@ impl Target {
     fn parse(addr: &str) -> Result<Self, ClientError> {
         let usage = |why: &str| {
             ClientError::Usage(format!(
-                "--addr: {why} (give HOST:PORT, such as 127.0.0.1:50051, or https://HOST[:PORT])"
+                "--addr: {why} (give HOST:PORT, such as 127.0.0.1:50051, or https://HOST[:PORT], port 443 by default)"
             ))
         };
         let (authority, default_port) = if let Some(rest) = addr.strip_prefix("https://") {
