@@ -543,7 +543,16 @@ fn local_hints(
     // Verified as a server would, with the --ca certificates as roots: a
     // dev CA of another data dir carries the same name, so comparing
     // names alone would miss it.
-    let chain_error = verify_as_client(leaf, intermediates, cas, provider);
+    // Only a signature that fails (or an issuer not found) means another
+    // CA; an extended key usage or a validity period is said on its own.
+    let chain_error = verify_as_client(leaf, intermediates, cas, provider).filter(|e| {
+        matches!(
+            e,
+            rustls::Error::InvalidCertificate(
+                CertificateError::BadSignature | CertificateError::UnknownIssuer
+            )
+        )
+    });
     if !ca_subjects.is_empty() && !ca_subjects.contains(&issuer) {
         hints.push(format!(
             "{cert_label} was issued by \"{issuer}\", not by the CA in {ca_label} (\"{}\"), \

@@ -151,6 +151,8 @@ async fn a_server_auth_only_certificate_is_refused_naming_the_missing_client_aut
             "server.pem is not a client certificate: its extended key usage lacks clientAuth (it allows serverAuth only)",
         ],
     );
+    // Its CA is the right one: no hint of another CA.
+    assert!(!stderr(&out).contains("another CA"), "{}", stderr(&out));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
