@@ -44,17 +44,17 @@ pub enum DevError {
          (it deletes the dev setup, the store and the audit log)"
     )]
     Incomplete(String, String),
+    // The name given is not quoted: a value typed into the wrong place
+    // must not end up in a log.
     #[error(
-        "--dev-identity {0:?} is not an identity name (letters, digits, '-' and '_'); \
-         to use certificate files, give --ca, --cert and --key"
+        "--dev-identity: not an identity name (a name has letters, digits, '-' and '_', and is \
+         not a path); to use certificate files, give --ca, --cert and --key"
     )]
-    NotAName(String),
-    #[error("no dev identity {name:?} in {dir}; the identities there: {known}")]
-    UnknownIdentity {
-        name: String,
-        dir: String,
-        known: String,
-    },
+    NotAName,
+    #[error(
+        "--dev-identity: no dev identity of that name in {dir}; the identities there: {known}"
+    )]
+    UnknownIdentity { dir: String, known: String },
     #[error(
         "no dev setup in {dir} (looked in {absolute}): start `fieldvault serve --dev` in the \
          directory holding ./fieldvault-data first, or point --data-dir (or FIELDVAULT_DATA_DIR) \
@@ -64,14 +64,25 @@ pub enum DevError {
     #[error("the store {0} is in use by another process (a running server?): stop it first")]
     InUse(String),
     #[error(
-        "--reset: {data_dir} holds a store but no dev/ setup, so it does not look like a dev \
-         data directory and is left alone; if it is one, delete {store} and {audit} yourself"
+        "--reset: {data_dir} holds {found} but no dev setup (no {marker}, no dev CA and master \
+         key), so it does not look like a dev data directory and is left alone; if it is one, \
+         delete what you no longer need yourself"
     )]
     NotDev {
         data_dir: String,
-        store: String,
-        audit: String,
+        found: String,
+        marker: &'static str,
     },
+    #[error(
+        "--reset: {0} is a symbolic link; its target is not deleted. Remove the link yourself \
+         (or point --data-dir at the directory it leads to)"
+    )]
+    Linked(String),
+    #[error(
+        "{0} already holds files dev mode did not make; dev mode does not write its setup among \
+         them: give it a data directory of its own (--data-dir)"
+    )]
+    ForeignDevDir(String),
     #[error(
         "{data_dir} holds a store ({store}) but no dev/ setup: dev mode would make a new master \
          key that cannot open it. Serve that store with the config it was made with \
@@ -86,7 +97,7 @@ pub enum DevError {
     )]
     SetupDeleted { data_dir: String, store: String },
     #[error(
-        "--dev-identity {0:?} is the {0} certificate of the dev setup, not a caller; \
+        "--dev-identity {0}: that is the {0} certificate of the dev setup, not a caller; \
          the callers are the other NAME.pem/NAME.key pairs in DATA_DIR/dev/ (orders, support, …)"
     )]
     NotACaller(String),
@@ -165,7 +176,7 @@ pub fn check_identity(data_dir: &Path, name: &str) -> Result<(), DevError> {
         return Err(DevError::NotACaller(name.to_owned()));
     }
     if !is_identity_name(name) {
-        return Err(DevError::NotAName(name.to_owned()));
+        return Err(DevError::NotAName);
     }
     let dir = dev_dir(data_dir);
     if !dir.join("ca.pem").exists() {
@@ -180,7 +191,6 @@ pub fn check_identity(data_dir: &Path, name: &str) -> Result<(), DevError> {
     }
     let known = identities(&dir);
     Err(DevError::UnknownIdentity {
-        name: name.to_owned(),
         dir: dir.display().to_string(),
         known: if known.is_empty() {
             "none".to_owned()
@@ -195,7 +205,11 @@ pub fn check_identity(data_dir: &Path, name: &str) -> Result<(), DevError> {
 fn is_dev_data_dir(data_dir: &Path) -> bool {
     let dev = dev_dir(data_dir);
     data_dir.join(DEV_MARKER).is_file()
-        || (dev.join("ca.pem").is_file() && dev.join("master.key").is_file())
+        || (!is_link(&dev) && dev.join("ca.pem").is_file() && dev.join("master.key").is_file())
+}
+
+fn is_link(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
 }
 
 /// `serve --dev --reset`: deletes the dev setup, the store and the audit
@@ -209,14 +223,24 @@ pub fn reset(data_dir: &Path) -> Result<Vec<PathBuf>, DevError> {
     let store = Config::store_dir_in(data_dir);
     let audit = data_dir.join("audit.log");
     if !is_dev_data_dir(data_dir) {
-        if !dev.exists() && !store.exists() && !audit.exists() {
+        let found: Vec<&str> = [(&dev, "dev/"), (&store, "store/"), (&audit, "audit.log")]
+            .into_iter()
+            .filter(|(path, _)| std::fs::symlink_metadata(path).is_ok())
+            .map(|(_, name)| name)
+            .collect();
+        if found.is_empty() {
             return Ok(Vec::new());
         }
         return Err(DevError::NotDev {
             data_dir: data_dir.display().to_string(),
-            store: store.display().to_string(),
-            audit: audit.display().to_string(),
+            found: found.join(", "),
+            marker: DEV_MARKER,
         });
+    }
+    // A linked dev/ would have the files of its target deleted (another
+    // setup's master key, say).
+    if is_link(&dev) {
+        return Err(DevError::Linked(dev.display().to_string()));
     }
     // sled holds an exclusive flock on store/db while the store is open.
     // Held until the store is gone, so no server opens it meanwhile.
@@ -286,13 +310,16 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<(Config, bool), De
         }
         false
     } else {
+        let marker = data_dir.join(DEV_MARKER);
+        clear_for_setup(&dir, marker.is_file())?;
+        // Marked before the setup is written, so that a creation cut short
+        // is recognised as dev mode's own next time.
+        mark(data_dir)?;
         create(&dir)?;
         true
     };
-    let marker = data_dir.join(DEV_MARKER);
-    if !marker.exists() {
-        write_private(&marker, DEV_MARKER_TEXT.as_bytes())?;
-    }
+    // A setup made before the marker existed gets one.
+    mark(data_dir)?;
     let config = Config {
         listen,
         data_dir: data_dir.to_path_buf(),
@@ -314,6 +341,44 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<(Config, bool), De
         limits: Default::default(),
     };
     Ok((config, created))
+}
+
+fn mark(data_dir: &Path) -> Result<(), DevError> {
+    let marker = data_dir.join(DEV_MARKER);
+    if marker.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(data_dir).map_err(|e| io_err(data_dir, e))?;
+    write_private(&marker, DEV_MARKER_TEXT.as_bytes())
+}
+
+/// Before a setup is made in `dir` (it has no `ca.pem`, written last): in
+/// a data dir dev mode did not make (`marked` false), any file there is
+/// someone else's and the setup is refused. In one it made, the files a
+/// setup writes are the remains of a creation cut short and are removed;
+/// other files (the user's own) stay.
+fn clear_for_setup(dir: &Path, marked: bool) -> Result<(), DevError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    // Through a link, the files are another directory's, marker or not.
+    let marked = marked && !is_link(dir);
+    let ours = expected_files();
+    let mut leftovers = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| io_err(dir, e))?;
+        if !marked {
+            return Err(DevError::ForeignDevDir(dir.display().to_string()));
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.file_type().is_ok_and(|t| t.is_file()) && ours.contains(&name) {
+            leftovers.push(entry.path());
+        }
+    }
+    for path in leftovers {
+        std::fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
+    }
+    Ok(())
 }
 
 fn create(dir: &Path) -> Result<(), DevError> {

@@ -170,6 +170,89 @@ fn a_reset_deletes_only_what_dev_mode_made() {
 }
 
 #[test]
+fn a_reset_does_not_follow_a_linked_dev_dir_and_dev_mode_keeps_out_of_a_foreign_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let serve = |data: &Path, reset: bool| {
+        let mut args = vec![
+            "serve",
+            "--dev",
+            "--listen",
+            &taken,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ];
+        if reset {
+            args.push("--reset");
+        }
+        cli_in(tmp.path(), &args, &[], RUN)
+    };
+    // Another data dir's setup, reached through a link: its master key
+    // must survive a reset of the linking dir, marker or not.
+    let real = tmp.path().join("real");
+    fieldvault::dev::prepare(&real, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let master = std::fs::read(real.join("dev/master.key")).unwrap();
+    let linking = tmp.path().join("linking");
+    std::fs::create_dir_all(&linking).unwrap();
+    std::os::unix::fs::symlink(real.join("dev"), linking.join("dev")).unwrap();
+    for marked in [false, true] {
+        if marked {
+            std::fs::write(linking.join(fieldvault::dev::DEV_MARKER), "x\n").unwrap();
+        }
+        let out = serve(&linking, true);
+        assert!(!out.status.success());
+        assert!(!stdout(&out).contains("reset: deleted"), "{}", stdout(&out));
+        assert_eq!(
+            std::fs::read(real.join("dev/master.key")).unwrap(),
+            master,
+            "{}",
+            stderr(&out)
+        );
+    }
+
+    // A marked data dir whose dev/ links to a folder holding files named
+    // like a setup's (a production config directory): nothing there is
+    // removed or written.
+    let etc = tmp.path().join("etc-fieldvault");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(etc.join("master.key"), "production\n").unwrap();
+    let marked = tmp.path().join("marked");
+    std::fs::create_dir_all(&marked).unwrap();
+    std::fs::write(marked.join(fieldvault::dev::DEV_MARKER), "x\n").unwrap();
+    std::os::unix::fs::symlink(&etc, marked.join("dev")).unwrap();
+    let out = serve(&marked, false);
+    assert!(!out.status.success());
+    assert_eq!(
+        std::fs::read_to_string(etc.join("master.key")).unwrap(),
+        "production\n"
+    );
+    assert_eq!(std::fs::read_dir(&etc).unwrap().count(), 1);
+
+    // Someone's own dev/ folder in the data dir: dev mode writes nothing
+    // among its files.
+    let home = tmp.path().join("home");
+    std::fs::create_dir_all(home.join("dev")).unwrap();
+    std::fs::write(home.join("dev/policy.toml"), "# mine\n").unwrap();
+    let out = serve(&home, false);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("already holds files dev mode did not make"),
+        "{}",
+        stderr(&out)
+    );
+    let names: Vec<_> = std::fs::read_dir(home.join("dev"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["policy.toml"]);
+    assert_eq!(
+        std::fs::read_to_string(home.join("dev/policy.toml")).unwrap(),
+        "# mine\n"
+    );
+}
+
+#[test]
 fn a_reset_leaves_a_data_dir_without_a_dev_setup_alone() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
@@ -280,22 +363,31 @@ fn dev_identity_lists_the_identities_and_refuses_paths() {
             RUN,
         )
     };
-    let out = run("admin");
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains(
-            "no dev identity \"admin\" in ./fieldvault-data/dev; the identities there: intruder, orders, rotator, support"
-        ),
-        "{}",
-        stderr(&out)
-    );
-    for not_a_name in ["../dev/support", "/etc/passwd", "orders/../support"] {
+    // What was typed is never quoted back: it may be a value typed into
+    // the wrong place.
+    for unknown in ["admin", "12025550153"] {
+        let out = run(unknown);
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains(
+                "--dev-identity: no dev identity of that name in ./fieldvault-data/dev; the identities there: intruder, orders, rotator, support"
+            ),
+            "{}",
+            stderr(&out)
+        );
+        assert!(!stderr(&out).contains(unknown), "{}", stderr(&out));
+    }
+    for not_a_name in [
+        "../dev/support",
+        "/etc/passwd",
+        "orders/../support",
+        "+1 202-555-0153",
+    ] {
         let out = run(not_a_name);
         assert!(!out.status.success());
         assert!(
-            stderr(&out).contains(&format!(
-                "--dev-identity {not_a_name:?} is not an identity name"
-            )),
+            stderr(&out).contains("--dev-identity: not an identity name")
+                && !stderr(&out).contains(not_a_name),
             "{}",
             stderr(&out)
         );
@@ -305,7 +397,7 @@ fn dev_identity_lists_the_identities_and_refuses_paths() {
         assert!(!out.status.success());
         assert!(
             stderr(&out).contains(&format!(
-                "--dev-identity {not_a_caller:?} is the {not_a_caller} certificate of the dev setup, not a caller"
+                "--dev-identity {not_a_caller}: that is the {not_a_caller} certificate of the dev setup, not a caller"
             )),
             "{}",
             stderr(&out)
