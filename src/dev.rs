@@ -394,7 +394,7 @@ fn create(dir: &Path) -> Result<(), DevError> {
         "fieldvault dev CA {}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     ))?;
-    let server = ca.issue_server(&["localhost", "127.0.0.1"])?;
+    let server = ca.issue_server(&["localhost", "127.0.0.1", "::1"])?;
     write_private(&dir.join("server.pem"), server.cert_pem.as_bytes())?;
     write_private(&dir.join("server.key"), server.key_pem.as_bytes())?;
     for name in DEV_CALLERS {

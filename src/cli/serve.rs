@@ -115,7 +115,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         );
         println!("  CA certificate : {}", dir.join("ca.pem").display());
         println!(
-            "  server         : {} (localhost, 127.0.0.1)",
+            "  server         : {} (localhost, 127.0.0.1, ::1)",
             dir.join("server.pem").display()
         );
         for name in fieldvault::dev::DEV_CALLERS {
