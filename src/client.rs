@@ -930,41 +930,92 @@ impl Connector {
 
     /// The server sent `alert`: it refused us.
     fn refused(&self, alert: AlertDescription) -> String {
-        let meaning = match alert {
-            AlertDescription::UnknownCA => {
-                "it does not trust the CA that issued our certificate".to_owned()
-            }
-            AlertDescription::UnsupportedCertificate => {
-                "our certificate is not meant for a client (extended key usage)".to_owned()
-            }
-            AlertDescription::CertificateExpired => "our certificate has expired".to_owned(),
-            AlertDescription::CertificateRevoked => "our certificate is revoked".to_owned(),
-            AlertDescription::CertificateRequired => "it requires a client certificate".to_owned(),
-            AlertDescription::BadCertificate => "it found our certificate invalid".to_owned(),
-            // Our key matches our certificate (checked before connecting),
-            // so the signature that failed is most likely the one on our
-            // certificate: a CA of the same name but another key.
-            AlertDescription::DecryptError => {
-                "a signature did not verify (on our certificate: issued by another CA with the \
-                 name of the one it trusts?)"
-                    .to_owned()
-            }
-            AlertDescription::ProtocolVersion => {
-                "we share no TLS version (the server may require TLS 1.3)".to_owned()
-            }
-            AlertDescription::NoApplicationProtocol => {
-                "we share no application protocol (the server speaks HTTP/2, h2)".to_owned()
-            }
-            other => format!("for a reason it did not say ({other:?})"),
-        };
-        let mut out =
-            format!("the server refused our certificate: {meaning} (TLS alert {alert:?})");
-        if !self.prepared.local_hints.is_empty() {
-            out.push_str("; ");
-            out.push_str(&self.prepared.local_hints.join("; "));
-        }
-        out
+        refusal(alert, &self.prepared.local_hints)
     }
+}
+
+/// What the server's `alert` refusing our certificate means, with `hints`:
+/// what we can tell locally about our certificate.
+fn refusal(alert: AlertDescription, hints: &[String]) -> String {
+    let meaning = match alert {
+        AlertDescription::UnknownCA => {
+            "it does not trust the CA that issued our certificate".to_owned()
+        }
+        AlertDescription::UnsupportedCertificate => {
+            "our certificate is not meant for a client (extended key usage)".to_owned()
+        }
+        AlertDescription::CertificateExpired => "our certificate has expired".to_owned(),
+        AlertDescription::CertificateRevoked => "our certificate is revoked".to_owned(),
+        AlertDescription::CertificateRequired => "it requires a client certificate".to_owned(),
+        AlertDescription::BadCertificate => "it found our certificate invalid".to_owned(),
+        // Our key matches our certificate (checked before connecting),
+        // so the signature that failed is most likely the one on our
+        // certificate: a CA of the same name but another key.
+        AlertDescription::DecryptError => {
+            "a signature did not verify (on our certificate: issued by another CA with the \
+             name of the one it trusts?)"
+                .to_owned()
+        }
+        AlertDescription::ProtocolVersion => {
+            "we share no TLS version (the server may require TLS 1.3)".to_owned()
+        }
+        AlertDescription::NoApplicationProtocol => {
+            "we share no application protocol (the server speaks HTTP/2, h2)".to_owned()
+        }
+        other => format!("for a reason it did not say ({other:?})"),
+    };
+    let mut out = format!("the server refused our certificate: {meaning} (TLS alert {alert:?})");
+    if !hints.is_empty() {
+        out.push_str("; ");
+        out.push_str(&hints.join("; "));
+    }
+    out
+}
+
+/// The server's refusal of our certificate, if `e` (or an error in its
+/// chain) is a TLS alert it sent: in TLS 1.3 a slow server's alert may
+/// come after the connector handed the connection to HTTP/2, and the call
+/// then fails with it. Worded as when connecting, with `hints` (see
+/// [`refusal_hints`]).
+pub fn alert_refusal(e: &(dyn std::error::Error + 'static), hints: &[String]) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        // An io::Error's source() skips the error it wraps: look inside.
+        let rustls_err = err.downcast_ref::<rustls::Error>().or_else(|| {
+            err.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(rustls::Error::AlertReceived(alert)) = rustls_err {
+            return Some(refusal(*alert, hints));
+        }
+        // h2 keeps an I/O error's kind and text only: rustls's words.
+        if let Some(alert) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| alert_named(&io.to_string()))
+        {
+            return Some(refusal(alert, hints));
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// The alert in rustls's words for it, `received fatal alert: UnknownCA`.
+fn alert_named(text: &str) -> Option<AlertDescription> {
+    let name = text.strip_prefix("received fatal alert: ")?;
+    (0..=u8::MAX)
+        .map(AlertDescription::from)
+        .find(|a| format!("{a:?}") == name)
+}
+
+/// What can be told locally about why a server would refuse our
+/// certificate (for [`alert_refusal`]); nothing if the files are unusable
+/// (connecting says why).
+pub fn refusal_hints(tls: &ClientTls) -> Vec<String> {
+    Prepared::new(tls)
+        .map(|p| p.local_hints)
+        .unwrap_or_default()
 }
 
 /// Why the server's certificate was refused, in words, for the cases the
@@ -1200,6 +1251,30 @@ mod tests {
             std::io::Error::other("a reason"),
         ))));
         assert_eq!(other, "the server's certificate was refused (a reason)");
+    }
+
+    #[test]
+    fn a_tls_alert_in_an_error_chain_is_worded_as_a_refusal_with_the_hints() {
+        // As h2 hands it on: an I/O error with rustls's words only.
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "received fatal alert: UnknownCA",
+        );
+        let said = alert_refusal(&io, &["a hint".to_owned()]).unwrap();
+        assert!(
+            said.starts_with("the server refused our certificate: it does not trust the CA")
+                && said.ends_with("(TLS alert UnknownCA); a hint"),
+            "{said}"
+        );
+        let wrapped = std::io::Error::other(rustls::Error::AlertReceived(
+            AlertDescription::CertificateExpired,
+        ));
+        assert!(alert_refusal(&wrapped, &[])
+            .unwrap()
+            .contains("has expired"));
+        let other = std::io::Error::other("received fatal alert: Nonsense");
+        assert!(alert_refusal(&other, &[]).is_none());
+        assert!(alert_refusal(&std::io::Error::other("reset"), &[]).is_none());
     }
 
     #[test]

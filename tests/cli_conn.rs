@@ -8,7 +8,8 @@
 mod common;
 
 use common::conn::{
-    cli_in, silent_port, stalling_server, stderr, stdout, unanswering_server, Answer,
+    cli_in, silent_port, slow_verdict_relay, stalling_server, stderr, stdout, unanswering_server,
+    Answer,
 };
 use common::*;
 use std::path::Path;
@@ -103,6 +104,70 @@ async fn a_client_certificate_from_another_ca_is_refused_naming_the_alert_and_it
             "stranger.pem was issued by \"CN=some other CA\", not by the CA in",
         ],
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_of_our_certificate_after_the_first_bytes_window_is_unauthenticated_not_unavailable(
+) {
+    let vault = TestVault::start().await;
+    // The server's alert comes 1.5 s after our Finished: after the
+    // connector's 1 s window, so the call itself fails with it.
+    let relay = slow_verdict_relay(vault.addr(), Duration::from_millis(1500)).await;
+    for (command, extra) in [("tokenize", &["--json"][..]), ("health", &["--json"][..])] {
+        let out = if command == "tokenize" {
+            tokenize_with(
+                &relay,
+                &vault.pki.dir,
+                "ca.pem",
+                "stranger.pem",
+                "stranger.key",
+                extra,
+            )
+            .await
+        } else {
+            let file = |name: &str| vault.pki.dir.join(name).display().to_string();
+            let mut args: Vec<String> = vec![
+                "health".into(),
+                "--addr".into(),
+                relay.clone(),
+                "--ca".into(),
+                file("ca.pem"),
+                "--cert".into(),
+                file("stranger.pem"),
+                "--key".into(),
+                file("stranger.key"),
+            ];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let cwd = vault.pki.dir.clone();
+            tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                cli_in(&cwd, &args, &[], RUN)
+            })
+            .await
+            .unwrap()
+        };
+        assert_eq!(out.status.code(), Some(2), "{command}: {}", stderr(&out));
+        let json: serde_json::Value = serde_json::from_str(stdout(&out).trim())
+            .unwrap_or_else(|e| panic!("{command}: {e}: {}", stdout(&out)));
+        assert_eq!(
+            json["error"]["code"],
+            "UNAUTHENTICATED",
+            "{command}: {json} {}",
+            stderr(&out)
+        );
+        let message = json["error"]["message"].as_str().unwrap();
+        for needle in [
+            "the server refused our certificate",
+            "TLS alert UnknownCA",
+            "stranger.pem was issued by \"CN=some other CA\"",
+        ] {
+            assert!(
+                message.contains(needle),
+                "{command}: {needle:?} not in {message}"
+            );
+        }
+        assert!(!message.contains("may or may not"), "{command}: {message}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@ use clap::Args;
 use fieldvault::client::{ClientError, ClientTls, ConnectOptions};
 use fieldvault::grpc::pb::vault_client::VaultClient;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::Channel;
 
@@ -46,6 +47,10 @@ pub(crate) struct Conn {
     /// item, and a whole-call failure too.
     #[arg(long)]
     pub(crate) json: bool,
+    /// What can be told locally about our certificate, for a refusal that
+    /// comes during a call (set by [`Conn::channel`]).
+    #[arg(skip)]
+    hints: std::sync::OnceLock<Arc<[String]>>,
 }
 
 impl Conn {
@@ -67,6 +72,9 @@ impl Conn {
     pub(crate) async fn channel(&self) -> Result<Channel, ClientError> {
         fieldvault::client::check_addr(&self.addr)?;
         let tls = self.tls()?;
+        let _ = self
+            .hints
+            .set(fieldvault::client::refusal_hints(&tls).into());
         let options = ConnectOptions {
             connect_timeout: self.connect_timeout,
             call_timeout: Some(self.timeout),
@@ -86,6 +94,7 @@ impl Conn {
     pub(crate) fn call_status(&self) -> CallStatus {
         CallStatus {
             timeout: self.timeout,
+            hints: self.hints.get().cloned().unwrap_or_else(|| Arc::new([])),
         }
     }
 
@@ -122,15 +131,25 @@ impl Conn {
 
 /// Maps a failed call's status: a call timeout that passed is named as
 /// such (tonic reports it as `Cancelled: Timeout expired`).
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub(crate) struct CallStatus {
     timeout: std::time::Duration,
+    /// See [`fieldvault::client::refusal_hints`].
+    hints: Arc<[String]>,
 }
 
 impl CallStatus {
-    pub(crate) fn map(self, status: tonic::Status) -> tonic::Status {
+    pub(crate) fn map(&self, status: tonic::Status) -> tonic::Status {
         if status.code() == tonic::Code::Cancelled && status.message() == "Timeout expired" {
             return self.deadline_exceeded();
+        }
+        // The server refused our certificate with a TLS alert that came
+        // after the connector's first-bytes window (a slow server, TLS
+        // 1.3): it never accepted the connection, nothing was handled.
+        if let Some(refused) = std::error::Error::source(&status)
+            .and_then(|e| fieldvault::client::alert_refusal(e, &self.hints))
+        {
+            return tonic::Status::unauthenticated(refused);
         }
         // A connection that broke under a call (the server stopped, a
         // reset) comes as `Unknown: transport error`, or as `Cancelled:
@@ -153,7 +172,7 @@ impl CallStatus {
         status
     }
 
-    fn deadline_exceeded(self) -> tonic::Status {
+    fn deadline_exceeded(&self) -> tonic::Status {
         tonic::Status::deadline_exceeded(format!(
             "no answer within {} (the call timeout; set with --timeout or FIELDVAULT_TIMEOUT)",
             fieldvault::client::format_duration(self.timeout)
@@ -165,7 +184,7 @@ impl CallStatus {
     /// that sends them and then stalls would hang the call), and maps a
     /// failure through [`CallStatus::map`].
     pub(crate) async fn bound<T>(
-        self,
+        &self,
         call: impl std::future::Future<Output = Result<T, tonic::Status>>,
     ) -> Result<T, tonic::Status> {
         match tokio::time::timeout(self.timeout, call).await {
@@ -190,6 +209,7 @@ mod tests {
     fn a_connection_broken_under_a_call_is_unavailable_and_a_passed_deadline_is_named() {
         let status = CallStatus {
             timeout: Duration::from_secs(2),
+            hints: Arc::new([]),
         };
         let s = status.map(tonic::Status::cancelled("operation was canceled"));
         assert_eq!(s.code(), tonic::Code::Unavailable);
