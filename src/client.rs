@@ -417,7 +417,13 @@ impl Prepared {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let cas = CertificateDer::pem_slice_iter(&tls.ca_pem)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad(format!("{}: not a PEM certificate: {e}", tls.ca_label())))?;
+            .map_err(|e| {
+                bad(format!(
+                    "{}: not a PEM certificate: {}",
+                    tls.ca_label(),
+                    pem_error(&e)
+                ))
+            })?;
         if cas.is_empty() {
             return Err(bad(format!("{}: holds no PEM certificate", tls.ca_label())));
         }
@@ -432,15 +438,26 @@ impl Prepared {
         }
         let chain = CertificateDer::pem_slice_iter(&tls.cert_pem)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad(format!("{}: not a PEM certificate: {e}", tls.cert_label())))?;
+            .map_err(|e| {
+                bad(format!(
+                    "{}: not a PEM certificate: {}",
+                    tls.cert_label(),
+                    pem_error(&e)
+                ))
+            })?;
         if chain.is_empty() {
             return Err(bad(format!(
                 "{}: holds no PEM certificate",
                 tls.cert_label()
             )));
         }
-        let key = PrivateKeyDer::from_pem_slice(&tls.key_pem)
-            .map_err(|e| bad(format!("{}: not a PEM private key: {e}", tls.key_label())))?;
+        let key = PrivateKeyDer::from_pem_slice(&tls.key_pem).map_err(|e| {
+            bad(format!(
+                "{}: not a PEM private key: {}",
+                tls.key_label(),
+                pem_error(&e)
+            ))
+        })?;
         let leaf = chain[0].clone();
         let intermediates = chain[1..].to_vec();
         let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| match e {
@@ -492,6 +509,24 @@ impl Prepared {
             .with_client_cert_resolver(Arc::new(SingleCert(self.certified.clone())));
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok((Arc::new(config), verifier))
+    }
+}
+
+/// A PEM reading error in words that quote nothing of the file (the
+/// library's own Display lists the bytes of the offending line, which may
+/// be anything, personal data included).
+fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    match e {
+        Error::MissingSectionEnd { .. } => "a PEM section without its END line".to_owned(),
+        Error::IllegalSectionStart { .. } => {
+            "a malformed PEM section (its BEGIN line is not \"-----BEGIN LABEL-----\")".to_owned()
+        }
+        Error::Base64Decode(_) => "a PEM section whose body is not valid base64".to_owned(),
+        Error::NoItemsFound => "holds no PEM section of the expected kind".to_owned(),
+        Error::SectionTooLarge => "a PEM section that is too large".to_owned(),
+        Error::Io(io) => format!("could not be read ({})", io.kind()),
+        _ => "not readable as PEM".to_owned(),
     }
 }
 

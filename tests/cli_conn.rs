@@ -830,6 +830,55 @@ fn local_certificate_file_mistakes_are_invalid_arguments_and_reads_are_bounded()
 }
 
 #[test]
+fn a_malformed_pem_file_is_named_and_no_byte_of_it_is_quoted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let good = |name: &str| pki.dir.join(name).display().to_string();
+    let bad = tmp.path().join("bad.pem");
+    let bad = bad.display().to_string();
+    for content in [
+        // A BEGIN line that is not one.
+        "-----BEGIN X+1 202-555-0123\n",
+        // A section without its END line (the label is quoted in it).
+        "-----BEGIN +1 202-555-0123-----\nAAAA\n",
+        // A body that is not base64.
+        "-----BEGIN CERTIFICATE-----\n+1 202-555-0123\n-----END CERTIFICATE-----\n",
+    ] {
+        std::fs::write(&bad, content).unwrap();
+        for (flag, what) in [
+            ("--ca", "not a PEM certificate"),
+            ("--cert", "not a PEM certificate"),
+            ("--key", "not a PEM private key"),
+        ] {
+            let mut files = [
+                ("--ca", good("ca.pem")),
+                ("--cert", good("orders.pem")),
+                ("--key", good("orders.key")),
+            ];
+            files.iter_mut().find(|(f, _)| *f == flag).unwrap().1 = bad.clone();
+            let mut args = vec!["health", "--json", "--addr", "127.0.0.1:9"];
+            for (f, path) in &files {
+                args.push(f);
+                args.push(path);
+            }
+            let out = cli_in(tmp.path(), &args, &[], RUN);
+            let json = json_object(&out);
+            assert_eq!(json["error"]["code"], "INVALID_ARGUMENT", "{json}");
+            let message = json["error"]["message"].as_str().unwrap();
+            assert!(message.starts_with(&format!("{bad}: {what}: ")), "{json}");
+            // Neither the text nor its bytes ("202" is 50, 48, 50); the
+            // paths aside (a temporary name may hold digits).
+            let said = format!("{message}{}", stderr(&out))
+                .replace(&bad, "")
+                .replace(&pki.dir.display().to_string(), "");
+            for quoted in ["202", "50, 48, 50", "[", "0123"] {
+                assert!(!said.contains(quoted), "{flag} {content:?}: {said}");
+            }
+        }
+    }
+}
+
+#[test]
 fn dev_identity_with_certificate_files_names_the_conflict() {
     let tmp = tempfile::tempdir().unwrap();
     let out = cli_in(
