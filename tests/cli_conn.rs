@@ -471,6 +471,24 @@ async fn an_answer_whose_body_never_completes_fails_at_the_call_deadline() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_answer_larger_than_any_health_answer_is_refused_at_once_in_words() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    // Announces 1 MiB (under tonic's default 4 MiB limit), never sends it.
+    let addr = stalling_server(&pki.dir, Answer::HeadersThenLarge).await;
+    let out = cli_with_files(&addr, &pki.dir, &["health", "--json", "--timeout", "10s"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(json["error"]["code"], "OUT_OF_RANGE", "{json}");
+    let message = json["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("larger than a health answer can be (4096 bytes at most)"),
+        "{json}"
+    );
+    assert!(!message.contains("decoded message length"), "{json}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_front_end_that_waits_for_the_preface_gets_the_connection_and_a_silent_one_is_bounded() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new(&tmp.path().join("pki"));

@@ -73,6 +73,9 @@ pub enum Answer {
     HeadersThenTrickle,
     /// Not a word after the TLS handshake, HTTP/2 preface or not.
     Silent,
+    /// The headers, then a gRPC message announced as 1 MiB (far more
+    /// than any health answer) whose body never comes.
+    HeadersThenLarge,
     /// Like an HTTP/2 front end that speaks only after the client's
     /// preface: nothing until it has read it, then HTTP/2, never
     /// answering a call.
@@ -148,7 +151,18 @@ pub async fn stalling_server(pki_dir: &Path, answer: Answer) -> String {
                         let _request = request;
                         // A 5-byte gRPC prefix announcing 100 bytes, then
                         // (trickling) a byte a second; at most a minute.
-                        let mut prefix = Some(bytes::Bytes::from_static(&[0, 0, 0, 0, 100]));
+                        let mut prefix = Some(if answer == Answer::HeadersThenLarge {
+                            bytes::Bytes::from_static(&[0, 0, 0x10, 0, 0])
+                        } else {
+                            bytes::Bytes::from_static(&[0, 0, 0, 0, 100])
+                        });
+                        if answer == Answer::HeadersThenLarge {
+                            if let Some(prefix) = prefix.take() {
+                                if body.send_data(prefix, false).is_err() {
+                                    return;
+                                }
+                            }
+                        }
                         for _ in 0..60 {
                             if answer == Answer::HeadersThenTrickle {
                                 let chunk = prefix
