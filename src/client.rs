@@ -330,6 +330,9 @@ impl Target {
                 "--addr: {why} (give HOST:PORT, such as 127.0.0.1:50051, or https://HOST[:PORT], port 443 by default)"
             ))
         };
+        // Surrounding whitespace (a pasted or quoted value) is not part
+        // of it.
+        let addr = addr.trim();
         let (authority, default_port) = if let Some(rest) = addr.strip_prefix("https://") {
             (rest.trim_end_matches('/'), Some(443))
         } else if addr.contains("://") {
@@ -337,6 +340,9 @@ impl Target {
         } else {
             (addr, None)
         };
+        if authority.contains(['/', '?', '#']) {
+            return Err(usage("an address has no path"));
+        }
         if authority.is_empty() {
             return Err(usage("no host"));
         }
@@ -1238,6 +1244,22 @@ mod tests {
         // The message does not quote what was given.
         let e = Target::parse("+1 202-555-0123").unwrap_err().to_string();
         assert!(!e.contains("202"), "{e}");
+    }
+
+    #[test]
+    fn an_address_with_a_path_is_refused_as_such_and_whitespace_around_it_is_dropped() {
+        for bad in [
+            "https://127.0.0.1:50801/path",
+            "127.0.0.1:50801/v1",
+            "https://vault.example/x",
+            "https://vault.example?x",
+        ] {
+            let e = Target::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("an address has no path"), "{bad}: {e}");
+        }
+        let t = Target::parse(" 127.0.0.1:50801 \n").unwrap();
+        assert_eq!((t.authority.as_str(), t.port), ("127.0.0.1:50801", 50801));
+        assert_eq!(Target::parse("\thttps://[::1]/ ").unwrap().port, 443);
     }
 
     #[test]
