@@ -50,6 +50,14 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// first bytes (its SETTINGS, or a TLS 1.3 alert refusing our certificate)
 /// before it hands the connection to HTTP/2 anyway.
 pub const FIRST_BYTES_WINDOW: Duration = Duration::from_secs(1);
+/// The first-bytes window for a connect timeout of `connect_timeout`:
+/// [`FIRST_BYTES_WINDOW`], or half the connect timeout if that is shorter,
+/// so that a front end that speaks only after our HTTP/2 preface still
+/// has time to answer it.
+fn first_bytes_window(connect_timeout: Duration) -> Duration {
+    FIRST_BYTES_WINDOW.min(connect_timeout / 2)
+}
+
 /// How long one call may take by default, from sending to the last byte of
 /// the answer (the server's own bound, `request_timeout_secs`, is 30 s).
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -892,7 +900,7 @@ impl Connector {
         // server gets the connection anyway (the call deadline bounds it
         // if it stays silent). Reading is cancel-safe: nothing is lost.
         self.set(Stage::FirstBytes);
-        let window = (Instant::now() + FIRST_BYTES_WINDOW).min(deadline);
+        let window = (Instant::now() + first_bytes_window(self.timeout)).min(deadline);
         let mut first = vec![0u8; 16 * 1024];
         let n = match tokio::time::timeout_at(window, tls.read(&mut first)).await {
             Ok(read) => read.map_err(|e| self.handshake_error(&e, &verifier))?,

@@ -489,6 +489,33 @@ async fn a_health_answer_larger_than_any_health_answer_is_refused_at_once_in_wor
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_front_end_that_waits_for_the_preface_gets_the_connection_with_a_short_connect_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let addr = stalling_server(&pki.dir, Answer::AfterPrefaceNever).await;
+    // The first-bytes window (half of 1 s here) leaves time for HTTP/2:
+    // connecting succeeds and the call (never answered) meets its own
+    // deadline, rather than "the server sent nothing".
+    let out = cli_with_files(
+        &addr,
+        &pki.dir,
+        &[
+            "health",
+            "--json",
+            "--connect-timeout",
+            "1s",
+            "--timeout",
+            "1s",
+        ],
+    )
+    .await;
+    let json: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(json["error"]["code"], "DEADLINE_EXCEEDED", "{json}");
+    let message = json["error"]["message"].as_str().unwrap();
+    assert!(message.contains("(the call timeout"), "{json}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_front_end_that_waits_for_the_preface_gets_the_connection_and_a_silent_one_is_bounded() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new(&tmp.path().join("pki"));
