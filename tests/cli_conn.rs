@@ -384,9 +384,31 @@ async fn a_call_the_server_never_answers_fails_at_the_call_deadline() {
         &[
             "no answer within 1s (the call timeout",
             "--timeout or FIELDVAULT_TIMEOUT",
+            "the server may have stored the values of this call",
         ],
     );
     assert!(took < Duration::from_secs(8), "{took:?}");
+    // A reveal past its deadline may have happened (and been audited).
+    let out = cli_with_files(
+        &addr,
+        &pki.dir,
+        &[
+            "detokenize",
+            "--purpose",
+            "callback",
+            "--timeout",
+            "1s",
+            "fv1_AAAAAAAAAAAAAAAAAAAAAA",
+        ],
+    )
+    .await;
+    assert_failed_with(
+        &out,
+        &[
+            "no answer within 1s (the call timeout",
+            "the server may have revealed the tokens of this call (and audited the reveal)",
+        ],
+    );
 }
 
 /// The CLI with `args`, then the certificate flags of orders (files in

@@ -505,7 +505,10 @@ pub(crate) async fn tokenize(args: TokenizeArgs) -> ExitCode {
         Err(e) => return call_failed(json, &Failure::from_client(&e), 0),
     };
     let mut call = Tokenize {
-        status: args.conn.call_status(),
+        status: args.conn.call_status().when_late(
+            "the server may have stored the values of this call (and made their tokens) before \
+             it passed",
+        ),
         answer_limit: answer_limit(args.batch_size),
         client,
         purpose: args.purpose,
@@ -641,7 +644,10 @@ pub(crate) async fn detokenize(args: DetokenizeArgs) -> ExitCode {
         Err(e) => return call_failed(json, &Failure::from_client(&e), 0),
     };
     let mut call = Detokenize {
-        status: args.conn.call_status(),
+        status: args.conn.call_status().when_late(
+            "the server may have revealed the tokens of this call (and audited the reveal) \
+             before it passed",
+        ),
         answer_limit: answer_limit(args.batch_size),
         client,
         purpose: args.purpose,

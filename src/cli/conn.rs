@@ -94,6 +94,7 @@ impl Conn {
     pub(crate) fn call_status(&self) -> CallStatus {
         CallStatus {
             timeout: self.timeout,
+            late: "",
             hints: self.hints.get().cloned().unwrap_or_else(|| Arc::new([])),
         }
     }
@@ -134,6 +135,9 @@ impl Conn {
 #[derive(Clone)]
 pub(crate) struct CallStatus {
     timeout: std::time::Duration,
+    /// What the server may have done before a deadline passed, said with
+    /// it (see [`CallStatus::when_late`]).
+    late: &'static str,
     /// See [`fieldvault::client::refusal_hints`].
     hints: Arc<[String]>,
 }
@@ -172,9 +176,20 @@ impl CallStatus {
         status
     }
 
+    /// The same, saying `late` (what the server may have done with the
+    /// call before it passed) when the call deadline passes.
+    pub(crate) fn when_late(self, late: &'static str) -> Self {
+        Self { late, ..self }
+    }
+
     fn deadline_exceeded(&self) -> tonic::Status {
+        let late = if self.late.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", self.late)
+        };
         tonic::Status::deadline_exceeded(format!(
-            "no answer within {} (the call timeout; set with --timeout or FIELDVAULT_TIMEOUT)",
+            "no answer within {} (the call timeout; set with --timeout or FIELDVAULT_TIMEOUT){late}",
             fieldvault::client::format_duration(self.timeout)
         ))
     }
@@ -209,6 +224,7 @@ mod tests {
     fn a_connection_broken_under_a_call_is_unavailable_and_a_passed_deadline_is_named() {
         let status = CallStatus {
             timeout: Duration::from_secs(2),
+            late: "",
             hints: Arc::new([]),
         };
         let s = status.map(tonic::Status::cancelled("operation was canceled"));
