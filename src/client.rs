@@ -278,14 +278,40 @@ pub async fn channel_with(
     tls: &ClientTls,
     options: &ConnectOptions,
 ) -> Result<Channel, ClientError> {
+    Ok(channel_heard(addr, tls, options).await?.0)
+}
+
+/// Whether the server has sent a byte after the TLS handshake on any of a
+/// channel's connections: a call that times out on a server that never
+/// did is most likely not talking to a gRPC server at all.
+#[derive(Clone, Debug, Default)]
+pub struct Heard(Arc<std::sync::atomic::AtomicBool>);
+
+impl Heard {
+    pub fn anything(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+    fn set(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// [`channel_with`], and whether the server has said anything on it yet.
+pub async fn channel_heard(
+    addr: &str,
+    tls: &ClientTls,
+    options: &ConnectOptions,
+) -> Result<(Channel, Heard), ClientError> {
     let target = Arc::new(Target::parse(addr)?);
     let prepared = Arc::new(Prepared::new(tls)?);
     let stage = Arc::new(AtomicU8::new(Stage::Tcp as u8));
+    let heard = Heard::default();
     let connector = Connector {
         target: target.clone(),
         prepared,
         timeout: options.connect_timeout,
         stage: stage.clone(),
+        heard: heard.clone(),
     };
     let err = |reason: String| ClientError::Connect {
         addr: target.addr.clone(),
@@ -303,7 +329,7 @@ pub async fn channel_with(
     )
     .await
     {
-        Ok(Ok(channel)) => Ok(channel),
+        Ok(Ok(channel)) => Ok((channel, heard)),
         Ok(Err(e)) => Err(find_client_error(&e).unwrap_or_else(|| err(error_chain(&e)))),
         Err(_) => Err(Stage::from(stage.load(Ordering::SeqCst))
             .timed_out(&target.addr, options.connect_timeout)),
@@ -831,6 +857,7 @@ struct Connector {
     prepared: Arc<Prepared>,
     timeout: Duration,
     stage: Arc<AtomicU8>,
+    heard: Heard,
 }
 
 type ConnectFuture =
@@ -909,6 +936,7 @@ impl Connector {
                     first: Vec::new(),
                     pos: 0,
                     inner: tls,
+                    heard: self.heard.clone(),
                 })
             }
             Err(_) => return Err(timed_out(Stage::FirstBytes)),
@@ -921,10 +949,12 @@ impl Connector {
             ));
         }
         first.truncate(n);
+        self.heard.set();
         Ok(Stream {
             first,
             pos: 0,
             inner: tls,
+            heard: self.heard.clone(),
         })
     }
 
@@ -1130,6 +1160,7 @@ pub struct Stream {
     first: Vec<u8>,
     pos: usize,
     inner: tokio_rustls::client::TlsStream<TcpStream>,
+    heard: Heard,
 }
 
 impl AsyncRead for Stream {
@@ -1149,7 +1180,12 @@ impl AsyncRead for Stream {
             }
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.heard.set();
+        }
+        read
     }
 }
 

@@ -562,13 +562,10 @@ async fn a_front_end_that_waits_for_the_preface_gets_the_connection_and_a_silent
     let took = started.elapsed();
     let json: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert_eq!(json["error"]["code"], "DEADLINE_EXCEEDED", "{json}");
-    assert!(
-        json["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("(the call timeout"),
-        "{json}"
-    );
+    let message = json["error"]["message"].as_str().unwrap();
+    assert!(message.contains("(the call timeout"), "{json}");
+    // It spoke HTTP/2: not "sent nothing".
+    assert!(!message.contains("sent nothing"), "{json}");
     assert!(took < Duration::from_secs(15), "{took:?}");
 
     // Never a word after TLS: bounded by the deadlines all the same.
@@ -591,6 +588,14 @@ async fn a_front_end_that_waits_for_the_preface_gets_the_connection_and_a_silent
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let json: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert_eq!(json["error"]["code"], "DEADLINE_EXCEEDED", "{json}");
+    // Said as such: nothing at all came from it.
+    assert!(
+        json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the server sent nothing at all after the TLS handshake"),
+        "{json}"
+    );
     assert!(took < Duration::from_secs(15), "{took:?}");
 }
 

@@ -51,6 +51,9 @@ pub(crate) struct Conn {
     /// comes during a call (set by [`Conn::channel`]).
     #[arg(skip)]
     hints: std::sync::OnceLock<Arc<[String]>>,
+    /// Whether the server has sent anything (set by [`Conn::channel`]).
+    #[arg(skip)]
+    heard: std::sync::OnceLock<fieldvault::client::Heard>,
 }
 
 impl Conn {
@@ -79,14 +82,16 @@ impl Conn {
             connect_timeout: self.connect_timeout,
             call_timeout: Some(self.timeout),
         };
-        fieldvault::client::channel_with(&self.addr, &tls, &options)
+        let (channel, heard) = fieldvault::client::channel_heard(&self.addr, &tls, &options)
             .await
             .map_err(|e| match e {
                 ClientError::ConnectTimeout { .. } => {
                     e.with_hint("(set with --connect-timeout or FIELDVAULT_CONNECT_TIMEOUT)")
                 }
                 e => e,
-            })
+            })?;
+        let _ = self.heard.set(heard);
+        Ok(channel)
     }
 
     /// A failed call's status, with a deadline that passed named as such:
@@ -95,6 +100,7 @@ impl Conn {
         CallStatus {
             timeout: self.timeout,
             late: "",
+            heard: self.heard.get().cloned(),
             hints: self.hints.get().cloned().unwrap_or_else(|| Arc::new([])),
         }
     }
@@ -138,6 +144,8 @@ pub(crate) struct CallStatus {
     /// What the server may have done before a deadline passed, said with
     /// it (see [`CallStatus::when_late`]).
     late: &'static str,
+    /// Whether the server has sent anything on the channel, if known.
+    heard: Option<fieldvault::client::Heard>,
     /// See [`fieldvault::client::refusal_hints`].
     hints: Arc<[String]>,
 }
@@ -183,11 +191,17 @@ impl CallStatus {
     }
 
     fn deadline_exceeded(&self) -> tonic::Status {
-        let late = if self.late.is_empty() {
-            String::new()
-        } else {
-            format!("; {}", self.late)
-        };
+        let mut late = String::new();
+        if self.heard.as_ref().is_some_and(|h| !h.anything()) {
+            late.push_str(
+                "; the server sent nothing at all after the TLS handshake (is this a fieldvault \
+                 server?)",
+            );
+        }
+        if !self.late.is_empty() {
+            late.push_str("; ");
+            late.push_str(self.late);
+        }
         tonic::Status::deadline_exceeded(format!(
             "no answer within {} (the call timeout; set with --timeout or FIELDVAULT_TIMEOUT){late}",
             fieldvault::client::format_duration(self.timeout)
@@ -225,6 +239,7 @@ mod tests {
         let status = CallStatus {
             timeout: Duration::from_secs(2),
             late: "",
+            heard: None,
             hints: Arc::new([]),
         };
         let s = status.map(tonic::Status::cancelled("operation was canceled"));
