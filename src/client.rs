@@ -50,6 +50,14 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// first bytes (its SETTINGS, or a TLS 1.3 alert refusing our certificate)
 /// before it hands the connection to HTTP/2 anyway.
 pub const FIRST_BYTES_WINDOW: Duration = Duration::from_secs(1);
+/// The first-bytes window for a connect timeout of `connect_timeout`:
+/// [`FIRST_BYTES_WINDOW`], or half the connect timeout if that is shorter,
+/// so that a front end that speaks only after our HTTP/2 preface still
+/// has time to answer it.
+fn first_bytes_window(connect_timeout: Duration) -> Duration {
+    FIRST_BYTES_WINDOW.min(connect_timeout / 2)
+}
+
 /// How long one call may take by default, from sending to the last byte of
 /// the answer (the server's own bound, `request_timeout_secs`, is 30 s).
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -270,14 +278,40 @@ pub async fn channel_with(
     tls: &ClientTls,
     options: &ConnectOptions,
 ) -> Result<Channel, ClientError> {
+    Ok(channel_heard(addr, tls, options).await?.0)
+}
+
+/// Whether the server has sent a byte after the TLS handshake on any of a
+/// channel's connections: a call that times out on a server that never
+/// did is most likely not talking to a gRPC server at all.
+#[derive(Clone, Debug, Default)]
+pub struct Heard(Arc<std::sync::atomic::AtomicBool>);
+
+impl Heard {
+    pub fn anything(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+    fn set(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// [`channel_with`], and whether the server has said anything on it yet.
+pub async fn channel_heard(
+    addr: &str,
+    tls: &ClientTls,
+    options: &ConnectOptions,
+) -> Result<(Channel, Heard), ClientError> {
     let target = Arc::new(Target::parse(addr)?);
     let prepared = Arc::new(Prepared::new(tls)?);
     let stage = Arc::new(AtomicU8::new(Stage::Tcp as u8));
+    let heard = Heard::default();
     let connector = Connector {
         target: target.clone(),
         prepared,
         timeout: options.connect_timeout,
         stage: stage.clone(),
+        heard: heard.clone(),
     };
     let err = |reason: String| ClientError::Connect {
         addr: target.addr.clone(),
@@ -295,7 +329,7 @@ pub async fn channel_with(
     )
     .await
     {
-        Ok(Ok(channel)) => Ok(channel),
+        Ok(Ok(channel)) => Ok((channel, heard)),
         Ok(Err(e)) => Err(find_client_error(&e).unwrap_or_else(|| err(error_chain(&e)))),
         Err(_) => Err(Stage::from(stage.load(Ordering::SeqCst))
             .timed_out(&target.addr, options.connect_timeout)),
@@ -330,6 +364,9 @@ impl Target {
                 "--addr: {why} (give HOST:PORT, such as 127.0.0.1:50051, or https://HOST[:PORT], port 443 by default)"
             ))
         };
+        // Surrounding whitespace (a pasted or quoted value) is not part
+        // of it.
+        let addr = addr.trim();
         let (authority, default_port) = if let Some(rest) = addr.strip_prefix("https://") {
             (rest.trim_end_matches('/'), Some(443))
         } else if addr.contains("://") {
@@ -337,6 +374,9 @@ impl Target {
         } else {
             (addr, None)
         };
+        if authority.contains(['/', '?', '#']) {
+            return Err(usage("an address has no path"));
+        }
         if authority.is_empty() {
             return Err(usage("no host"));
         }
@@ -417,7 +457,13 @@ impl Prepared {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let cas = CertificateDer::pem_slice_iter(&tls.ca_pem)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad(format!("{}: not a PEM certificate: {e}", tls.ca_label())))?;
+            .map_err(|e| {
+                bad(format!(
+                    "{}: not a PEM certificate: {}",
+                    tls.ca_label(),
+                    pem_error(&e)
+                ))
+            })?;
         if cas.is_empty() {
             return Err(bad(format!("{}: holds no PEM certificate", tls.ca_label())));
         }
@@ -432,15 +478,26 @@ impl Prepared {
         }
         let chain = CertificateDer::pem_slice_iter(&tls.cert_pem)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad(format!("{}: not a PEM certificate: {e}", tls.cert_label())))?;
+            .map_err(|e| {
+                bad(format!(
+                    "{}: not a PEM certificate: {}",
+                    tls.cert_label(),
+                    pem_error(&e)
+                ))
+            })?;
         if chain.is_empty() {
             return Err(bad(format!(
                 "{}: holds no PEM certificate",
                 tls.cert_label()
             )));
         }
-        let key = PrivateKeyDer::from_pem_slice(&tls.key_pem)
-            .map_err(|e| bad(format!("{}: not a PEM private key: {e}", tls.key_label())))?;
+        let key = PrivateKeyDer::from_pem_slice(&tls.key_pem).map_err(|e| {
+            bad(format!(
+                "{}: not a PEM private key: {}",
+                tls.key_label(),
+                pem_error(&e)
+            ))
+        })?;
         let leaf = chain[0].clone();
         let intermediates = chain[1..].to_vec();
         let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| match e {
@@ -492,6 +549,24 @@ impl Prepared {
             .with_client_cert_resolver(Arc::new(SingleCert(self.certified.clone())));
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok((Arc::new(config), verifier))
+    }
+}
+
+/// A PEM reading error in words that quote nothing of the file (the
+/// library's own Display lists the bytes of the offending line, which may
+/// be anything, personal data included).
+fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    match e {
+        Error::MissingSectionEnd { .. } => "a PEM section without its END line".to_owned(),
+        Error::IllegalSectionStart { .. } => {
+            "a malformed PEM section (its BEGIN line is not \"-----BEGIN LABEL-----\")".to_owned()
+        }
+        Error::Base64Decode(_) => "a PEM section whose body is not valid base64".to_owned(),
+        Error::NoItemsFound => "holds no PEM section of the expected kind".to_owned(),
+        Error::SectionTooLarge => "a PEM section that is too large".to_owned(),
+        Error::Io(io) => format!("could not be read ({})", io.kind()),
+        _ => "not readable as PEM".to_owned(),
     }
 }
 
@@ -782,6 +857,7 @@ struct Connector {
     prepared: Arc<Prepared>,
     timeout: Duration,
     stage: Arc<AtomicU8>,
+    heard: Heard,
 }
 
 type ConnectFuture =
@@ -851,7 +927,7 @@ impl Connector {
         // server gets the connection anyway (the call deadline bounds it
         // if it stays silent). Reading is cancel-safe: nothing is lost.
         self.set(Stage::FirstBytes);
-        let window = (Instant::now() + FIRST_BYTES_WINDOW).min(deadline);
+        let window = (Instant::now() + first_bytes_window(self.timeout)).min(deadline);
         let mut first = vec![0u8; 16 * 1024];
         let n = match tokio::time::timeout_at(window, tls.read(&mut first)).await {
             Ok(read) => read.map_err(|e| self.handshake_error(&e, &verifier))?,
@@ -860,6 +936,7 @@ impl Connector {
                     first: Vec::new(),
                     pos: 0,
                     inner: tls,
+                    heard: self.heard.clone(),
                 })
             }
             Err(_) => return Err(timed_out(Stage::FirstBytes)),
@@ -872,10 +949,12 @@ impl Connector {
             ));
         }
         first.truncate(n);
+        self.heard.set();
         Ok(Stream {
             first,
             pos: 0,
             inner: tls,
+            heard: self.heard.clone(),
         })
     }
 
@@ -930,41 +1009,92 @@ impl Connector {
 
     /// The server sent `alert`: it refused us.
     fn refused(&self, alert: AlertDescription) -> String {
-        let meaning = match alert {
-            AlertDescription::UnknownCA => {
-                "it does not trust the CA that issued our certificate".to_owned()
-            }
-            AlertDescription::UnsupportedCertificate => {
-                "our certificate is not meant for a client (extended key usage)".to_owned()
-            }
-            AlertDescription::CertificateExpired => "our certificate has expired".to_owned(),
-            AlertDescription::CertificateRevoked => "our certificate is revoked".to_owned(),
-            AlertDescription::CertificateRequired => "it requires a client certificate".to_owned(),
-            AlertDescription::BadCertificate => "it found our certificate invalid".to_owned(),
-            // Our key matches our certificate (checked before connecting),
-            // so the signature that failed is most likely the one on our
-            // certificate: a CA of the same name but another key.
-            AlertDescription::DecryptError => {
-                "a signature did not verify (on our certificate: issued by another CA with the \
-                 name of the one it trusts?)"
-                    .to_owned()
-            }
-            AlertDescription::ProtocolVersion => {
-                "we share no TLS version (the server may require TLS 1.3)".to_owned()
-            }
-            AlertDescription::NoApplicationProtocol => {
-                "we share no application protocol (the server speaks HTTP/2, h2)".to_owned()
-            }
-            other => format!("for a reason it did not say ({other:?})"),
-        };
-        let mut out =
-            format!("the server refused our certificate: {meaning} (TLS alert {alert:?})");
-        if !self.prepared.local_hints.is_empty() {
-            out.push_str("; ");
-            out.push_str(&self.prepared.local_hints.join("; "));
-        }
-        out
+        refusal(alert, &self.prepared.local_hints)
     }
+}
+
+/// What the server's `alert` refusing our certificate means, with `hints`:
+/// what we can tell locally about our certificate.
+fn refusal(alert: AlertDescription, hints: &[String]) -> String {
+    let meaning = match alert {
+        AlertDescription::UnknownCA => {
+            "it does not trust the CA that issued our certificate".to_owned()
+        }
+        AlertDescription::UnsupportedCertificate => {
+            "our certificate is not meant for a client (extended key usage)".to_owned()
+        }
+        AlertDescription::CertificateExpired => "our certificate has expired".to_owned(),
+        AlertDescription::CertificateRevoked => "our certificate is revoked".to_owned(),
+        AlertDescription::CertificateRequired => "it requires a client certificate".to_owned(),
+        AlertDescription::BadCertificate => "it found our certificate invalid".to_owned(),
+        // Our key matches our certificate (checked before connecting),
+        // so the signature that failed is most likely the one on our
+        // certificate: a CA of the same name but another key.
+        AlertDescription::DecryptError => {
+            "a signature did not verify (on our certificate: issued by another CA with the \
+             name of the one it trusts?)"
+                .to_owned()
+        }
+        AlertDescription::ProtocolVersion => {
+            "we share no TLS version (the server may require TLS 1.3)".to_owned()
+        }
+        AlertDescription::NoApplicationProtocol => {
+            "we share no application protocol (the server speaks HTTP/2, h2)".to_owned()
+        }
+        other => format!("for a reason it did not say ({other:?})"),
+    };
+    let mut out = format!("the server refused our certificate: {meaning} (TLS alert {alert:?})");
+    if !hints.is_empty() {
+        out.push_str("; ");
+        out.push_str(&hints.join("; "));
+    }
+    out
+}
+
+/// The server's refusal of our certificate, if `e` (or an error in its
+/// chain) is a TLS alert it sent: in TLS 1.3 a slow server's alert may
+/// come after the connector handed the connection to HTTP/2, and the call
+/// then fails with it. Worded as when connecting, with `hints` (see
+/// [`refusal_hints`]).
+pub fn alert_refusal(e: &(dyn std::error::Error + 'static), hints: &[String]) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        // An io::Error's source() skips the error it wraps: look inside.
+        let rustls_err = err.downcast_ref::<rustls::Error>().or_else(|| {
+            err.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(rustls::Error::AlertReceived(alert)) = rustls_err {
+            return Some(refusal(*alert, hints));
+        }
+        // h2 keeps an I/O error's kind and text only: rustls's words.
+        if let Some(alert) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| alert_named(&io.to_string()))
+        {
+            return Some(refusal(alert, hints));
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// The alert in rustls's words for it, `received fatal alert: UnknownCA`.
+fn alert_named(text: &str) -> Option<AlertDescription> {
+    let name = text.strip_prefix("received fatal alert: ")?;
+    (0..=u8::MAX)
+        .map(AlertDescription::from)
+        .find(|a| format!("{a:?}") == name)
+}
+
+/// What can be told locally about why a server would refuse our
+/// certificate (for [`alert_refusal`]); nothing if the files are unusable
+/// (connecting says why).
+pub fn refusal_hints(tls: &ClientTls) -> Vec<String> {
+    Prepared::new(tls)
+        .map(|p| p.local_hints)
+        .unwrap_or_default()
 }
 
 /// Why the server's certificate was refused, in words, for the cases the
@@ -1030,6 +1160,7 @@ pub struct Stream {
     first: Vec<u8>,
     pos: usize,
     inner: tokio_rustls::client::TlsStream<TcpStream>,
+    heard: Heard,
 }
 
 impl AsyncRead for Stream {
@@ -1049,7 +1180,12 @@ impl AsyncRead for Stream {
             }
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.heard.set();
+        }
+        read
     }
 }
 
@@ -1155,6 +1291,22 @@ mod tests {
     }
 
     #[test]
+    fn an_address_with_a_path_is_refused_as_such_and_whitespace_around_it_is_dropped() {
+        for bad in [
+            "https://127.0.0.1:50801/path",
+            "127.0.0.1:50801/v1",
+            "https://vault.example/x",
+            "https://vault.example?x",
+        ] {
+            let e = Target::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("an address has no path"), "{bad}: {e}");
+        }
+        let t = Target::parse(" 127.0.0.1:50801 \n").unwrap();
+        assert_eq!((t.authority.as_str(), t.port), ("127.0.0.1:50801", 50801));
+        assert_eq!(Target::parse("\thttps://[::1]/ ").unwrap().port, 443);
+    }
+
+    #[test]
     fn durations_read_as_seconds_milliseconds_or_minutes() {
         assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
         assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
@@ -1200,6 +1352,30 @@ mod tests {
             std::io::Error::other("a reason"),
         ))));
         assert_eq!(other, "the server's certificate was refused (a reason)");
+    }
+
+    #[test]
+    fn a_tls_alert_in_an_error_chain_is_worded_as_a_refusal_with_the_hints() {
+        // As h2 hands it on: an I/O error with rustls's words only.
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "received fatal alert: UnknownCA",
+        );
+        let said = alert_refusal(&io, &["a hint".to_owned()]).unwrap();
+        assert!(
+            said.starts_with("the server refused our certificate: it does not trust the CA")
+                && said.ends_with("(TLS alert UnknownCA); a hint"),
+            "{said}"
+        );
+        let wrapped = std::io::Error::other(rustls::Error::AlertReceived(
+            AlertDescription::CertificateExpired,
+        ));
+        assert!(alert_refusal(&wrapped, &[])
+            .unwrap()
+            .contains("has expired"));
+        let other = std::io::Error::other("received fatal alert: Nonsense");
+        assert!(alert_refusal(&other, &[]).is_none());
+        assert!(alert_refusal(&std::io::Error::other("reset"), &[]).is_none());
     }
 
     #[test]

@@ -637,6 +637,102 @@ fn stdin_lines_are_answered_when_input_pauses_and_a_byte_order_mark_is_dropped()
 }
 
 #[test]
+fn a_steady_stdin_stream_is_answered_while_it_flows_not_at_eof() {
+    let dev = Dev::start();
+    // One line every 100 ms (as `tail -f` gives): no pause of 150 ms ever
+    // comes, yet each line is answered within about 150 ms of arriving.
+    let args = dev.args(
+        "orders",
+        &["tokenize", "--kind", "phone", "--stdin", "--json"],
+    );
+    let mut child = Command::new(BIN)
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    const LINES: usize = 20;
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let writer = {
+        let written = written.clone();
+        std::thread::spawn(move || {
+            for i in 0..LINES {
+                // Line 7 is blank: an error at its place.
+                let line = if i == 7 {
+                    "\n".to_owned()
+                } else {
+                    format!("{}\n", phone(i).0)
+                };
+                if input.write_all(line.as_bytes()).is_err() {
+                    return;
+                }
+                let _ = input.flush();
+                written.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            // The pipe stays open until the test has seen what it needs
+            // (bounded).
+            let _ = done_rx.recv_timeout(Duration::from_secs(30));
+            drop(input);
+        })
+    };
+    let first = rx.recv_timeout(Duration::from_secs(20));
+    let written_at_first = written.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(first.is_ok(), "no answer while stdin is open: {first:?}");
+    assert!(
+        written_at_first < LINES,
+        "the first answer came only after all {LINES} lines were written"
+    );
+    let mut lines = vec![first.unwrap()];
+    while lines.len() < LINES {
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => lines.push(line),
+            Err(e) => panic!("{e}: after {} lines: {lines:?}", lines.len()),
+        }
+    }
+    let _ = done_tx.send(());
+    writer.join().unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > CLI_DEADLINE {
+            let _ = child.kill();
+            panic!("the CLI still ran after {CLI_DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(1), "{lines:?}");
+    for (i, line) in lines.iter().enumerate() {
+        let item: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(item["index"], i, "{line}");
+        if i == 7 {
+            assert_eq!(item["error"]["code"], "INVALID_ARGUMENT", "{line}");
+        } else {
+            assert!(
+                item["token"].as_str().unwrap().starts_with("fv1_"),
+                "{line}"
+            );
+        }
+    }
+}
+
+#[test]
 fn health_of_an_unknown_service_names_it() {
     let dev = Dev::start();
     let out = dev.run(

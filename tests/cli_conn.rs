@@ -8,7 +8,8 @@
 mod common;
 
 use common::conn::{
-    cli_in, silent_port, stalling_server, stderr, stdout, unanswering_server, Answer,
+    cli_in, silent_port, slow_verdict_relay, stalling_server, stderr, stdout, unanswering_server,
+    Answer,
 };
 use common::*;
 use std::path::Path;
@@ -103,6 +104,70 @@ async fn a_client_certificate_from_another_ca_is_refused_naming_the_alert_and_it
             "stranger.pem was issued by \"CN=some other CA\", not by the CA in",
         ],
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_of_our_certificate_after_the_first_bytes_window_is_unauthenticated_not_unavailable(
+) {
+    let vault = TestVault::start().await;
+    // The server's alert comes 1.5 s after our Finished: after the
+    // connector's 1 s window, so the call itself fails with it.
+    let relay = slow_verdict_relay(vault.addr(), Duration::from_millis(1500)).await;
+    for (command, extra) in [("tokenize", &["--json"][..]), ("health", &["--json"][..])] {
+        let out = if command == "tokenize" {
+            tokenize_with(
+                &relay,
+                &vault.pki.dir,
+                "ca.pem",
+                "stranger.pem",
+                "stranger.key",
+                extra,
+            )
+            .await
+        } else {
+            let file = |name: &str| vault.pki.dir.join(name).display().to_string();
+            let mut args: Vec<String> = vec![
+                "health".into(),
+                "--addr".into(),
+                relay.clone(),
+                "--ca".into(),
+                file("ca.pem"),
+                "--cert".into(),
+                file("stranger.pem"),
+                "--key".into(),
+                file("stranger.key"),
+            ];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let cwd = vault.pki.dir.clone();
+            tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                cli_in(&cwd, &args, &[], RUN)
+            })
+            .await
+            .unwrap()
+        };
+        assert_eq!(out.status.code(), Some(2), "{command}: {}", stderr(&out));
+        let json: serde_json::Value = serde_json::from_str(stdout(&out).trim())
+            .unwrap_or_else(|e| panic!("{command}: {e}: {}", stdout(&out)));
+        assert_eq!(
+            json["error"]["code"],
+            "UNAUTHENTICATED",
+            "{command}: {json} {}",
+            stderr(&out)
+        );
+        let message = json["error"]["message"].as_str().unwrap();
+        for needle in [
+            "the server refused our certificate",
+            "TLS alert UnknownCA",
+            "stranger.pem was issued by \"CN=some other CA\"",
+        ] {
+            assert!(
+                message.contains(needle),
+                "{command}: {needle:?} not in {message}"
+            );
+        }
+        assert!(!message.contains("may or may not"), "{command}: {message}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,9 +384,31 @@ async fn a_call_the_server_never_answers_fails_at_the_call_deadline() {
         &[
             "no answer within 1s (the call timeout",
             "--timeout or FIELDVAULT_TIMEOUT",
+            "the server may have stored the values of this call",
         ],
     );
     assert!(took < Duration::from_secs(8), "{took:?}");
+    // A reveal past its deadline may have happened (and been audited).
+    let out = cli_with_files(
+        &addr,
+        &pki.dir,
+        &[
+            "detokenize",
+            "--purpose",
+            "callback",
+            "--timeout",
+            "1s",
+            "fv1_AAAAAAAAAAAAAAAAAAAAAA",
+        ],
+    )
+    .await;
+    assert_failed_with(
+        &out,
+        &[
+            "no answer within 1s (the call timeout",
+            "the server may have revealed the tokens of this call (and audited the reveal)",
+        ],
+    );
 }
 
 /// The CLI with `args`, then the certificate flags of orders (files in
@@ -406,6 +493,51 @@ async fn an_answer_whose_body_never_completes_fails_at_the_call_deadline() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_health_answer_larger_than_any_health_answer_is_refused_at_once_in_words() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    // Announces 1 MiB (under tonic's default 4 MiB limit), never sends it.
+    let addr = stalling_server(&pki.dir, Answer::HeadersThenLarge).await;
+    let out = cli_with_files(&addr, &pki.dir, &["health", "--json", "--timeout", "10s"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(json["error"]["code"], "OUT_OF_RANGE", "{json}");
+    let message = json["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("larger than a health answer can be (4096 bytes at most)"),
+        "{json}"
+    );
+    assert!(!message.contains("decoded message length"), "{json}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_front_end_that_waits_for_the_preface_gets_the_connection_with_a_short_connect_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let addr = stalling_server(&pki.dir, Answer::AfterPrefaceNever).await;
+    // The first-bytes window (half of 1 s here) leaves time for HTTP/2:
+    // connecting succeeds and the call (never answered) meets its own
+    // deadline, rather than "the server sent nothing".
+    let out = cli_with_files(
+        &addr,
+        &pki.dir,
+        &[
+            "health",
+            "--json",
+            "--connect-timeout",
+            "1s",
+            "--timeout",
+            "1s",
+        ],
+    )
+    .await;
+    let json: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(json["error"]["code"], "DEADLINE_EXCEEDED", "{json}");
+    let message = json["error"]["message"].as_str().unwrap();
+    assert!(message.contains("(the call timeout"), "{json}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_front_end_that_waits_for_the_preface_gets_the_connection_and_a_silent_one_is_bounded() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new(&tmp.path().join("pki"));
@@ -430,13 +562,10 @@ async fn a_front_end_that_waits_for_the_preface_gets_the_connection_and_a_silent
     let took = started.elapsed();
     let json: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert_eq!(json["error"]["code"], "DEADLINE_EXCEEDED", "{json}");
-    assert!(
-        json["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("(the call timeout"),
-        "{json}"
-    );
+    let message = json["error"]["message"].as_str().unwrap();
+    assert!(message.contains("(the call timeout"), "{json}");
+    // It spoke HTTP/2: not "sent nothing".
+    assert!(!message.contains("sent nothing"), "{json}");
     assert!(took < Duration::from_secs(15), "{took:?}");
 
     // Never a word after TLS: bounded by the deadlines all the same.
@@ -459,6 +588,14 @@ async fn a_front_end_that_waits_for_the_preface_gets_the_connection_and_a_silent
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let json: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert_eq!(json["error"]["code"], "DEADLINE_EXCEEDED", "{json}");
+    // Said as such: nothing at all came from it.
+    assert!(
+        json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the server sent nothing at all after the TLS handshake"),
+        "{json}"
+    );
     assert!(took < Duration::from_secs(15), "{took:?}");
 }
 
@@ -761,6 +898,55 @@ fn local_certificate_file_mistakes_are_invalid_arguments_and_reads_are_bounded()
         let message = json["error"]["message"].as_str().unwrap();
         assert!(message.contains(&format!("{path}: {reason}")), "{json}");
         assert!(started.elapsed() < Duration::from_secs(15));
+    }
+}
+
+#[test]
+fn a_malformed_pem_file_is_named_and_no_byte_of_it_is_quoted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let good = |name: &str| pki.dir.join(name).display().to_string();
+    let bad = tmp.path().join("bad.pem");
+    let bad = bad.display().to_string();
+    for content in [
+        // A BEGIN line that is not one.
+        "-----BEGIN X+1 202-555-0123\n",
+        // A section without its END line (the label is quoted in it).
+        "-----BEGIN +1 202-555-0123-----\nAAAA\n",
+        // A body that is not base64.
+        "-----BEGIN CERTIFICATE-----\n+1 202-555-0123\n-----END CERTIFICATE-----\n",
+    ] {
+        std::fs::write(&bad, content).unwrap();
+        for (flag, what) in [
+            ("--ca", "not a PEM certificate"),
+            ("--cert", "not a PEM certificate"),
+            ("--key", "not a PEM private key"),
+        ] {
+            let mut files = [
+                ("--ca", good("ca.pem")),
+                ("--cert", good("orders.pem")),
+                ("--key", good("orders.key")),
+            ];
+            files.iter_mut().find(|(f, _)| *f == flag).unwrap().1 = bad.clone();
+            let mut args = vec!["health", "--json", "--addr", "127.0.0.1:9"];
+            for (f, path) in &files {
+                args.push(f);
+                args.push(path);
+            }
+            let out = cli_in(tmp.path(), &args, &[], RUN);
+            let json = json_object(&out);
+            assert_eq!(json["error"]["code"], "INVALID_ARGUMENT", "{json}");
+            let message = json["error"]["message"].as_str().unwrap();
+            assert!(message.starts_with(&format!("{bad}: {what}: ")), "{json}");
+            // Neither the text nor its bytes ("202" is 50, 48, 50); the
+            // paths aside (a temporary name may hold digits).
+            let said = format!("{message}{}", stderr(&out))
+                .replace(&bad, "")
+                .replace(&pki.dir.display().to_string(), "");
+            for quoted in ["202", "50, 48, 50", "[", "0123"] {
+                assert!(!said.contains(quoted), "{flag} {content:?}: {said}");
+            }
+        }
     }
 }
 

@@ -102,8 +102,10 @@ fn batch_size(s: &str) -> Result<usize, String> {
     }
 }
 
-/// When input pauses this long (a line filter, a coprocess), the lines
-/// read so far are sent without waiting for a full chunk.
+/// The longest a line read from standard input waits for more lines to
+/// share its call: the lines read within this time of a chunk's first line
+/// are sent together (a line filter, a coprocess, `tail -f` get their
+/// answers while input stays open), and a fast stream still fills chunks.
 const INPUT_PAUSE: std::time::Duration = std::time::Duration::from_millis(150);
 
 /// Where the items come from: the arguments, or standard input.
@@ -128,13 +130,14 @@ impl Source {
         }
     }
 
-    /// The next line; when `bounded`, [`Next::Paused`] if none comes
-    /// within [`INPUT_PAUSE`] (receiving is cancel-safe: nothing is lost).
-    async fn next_within(&mut self, bounded: bool) -> Next {
-        if !bounded {
+    /// The next line; [`Next::Paused`] if none comes by `flush_at` (the
+    /// deadline of the chunk being gathered, if it has begun). Receiving
+    /// is cancel-safe: nothing is lost.
+    async fn next_by(&mut self, flush_at: Option<tokio::time::Instant>) -> Next {
+        let Some(flush_at) = flush_at else {
             return Next::Line(self.next().await);
-        }
-        match tokio::time::timeout(INPUT_PAUSE, self.next()).await {
+        };
+        match tokio::time::timeout_at(flush_at, self.next()).await {
             Ok(next) => Next::Line(next),
             Err(_) => Next::Paused,
         }
@@ -270,11 +273,15 @@ async fn run<C: Call>(
         // Gather a chunk: at most `batch` items, at most `max_bytes` sent.
         let mut chunk: Vec<(usize, Result<C::Item, Failure>)> = Vec::new();
         let mut bytes = 0;
+        // Set by the chunk's first line: the chunk is sent then at the
+        // latest, however steadily lines keep coming.
+        let mut flush_at = None;
         while chunk.len() < batch {
             let next = match carry.take() {
                 Some(next) => next,
-                None => match source.next_within(!chunk.is_empty()).await {
-                    // Input paused: answer what came so far.
+                None => match source.next_by(flush_at).await {
+                    // The chunk's first line has waited long enough:
+                    // answer what came so far.
                     Next::Paused => break,
                     Next::Line(None) => break,
                     Next::Line(Some(Err(e))) => {
@@ -297,6 +304,7 @@ async fn run<C: Call>(
                 bytes += b;
             }
             chunk.push(next);
+            flush_at.get_or_insert_with(|| tokio::time::Instant::now() + INPUT_PAUSE);
         }
         if chunk.is_empty() {
             break;
@@ -497,7 +505,10 @@ pub(crate) async fn tokenize(args: TokenizeArgs) -> ExitCode {
         Err(e) => return call_failed(json, &Failure::from_client(&e), 0),
     };
     let mut call = Tokenize {
-        status: args.conn.call_status(),
+        status: args.conn.call_status().when_late(
+            "the server may have stored the values of this call (and made their tokens) before \
+             it passed",
+        ),
         answer_limit: answer_limit(args.batch_size),
         client,
         purpose: args.purpose,
@@ -633,7 +644,10 @@ pub(crate) async fn detokenize(args: DetokenizeArgs) -> ExitCode {
         Err(e) => return call_failed(json, &Failure::from_client(&e), 0),
     };
     let mut call = Detokenize {
-        status: args.conn.call_status(),
+        status: args.conn.call_status().when_late(
+            "the server may have revealed the tokens of this call (and audited the reveal) \
+             before it passed",
+        ),
         answer_limit: answer_limit(args.batch_size),
         client,
         purpose: args.purpose,

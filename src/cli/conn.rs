@@ -7,6 +7,7 @@ use clap::Args;
 use fieldvault::client::{ClientError, ClientTls, ConnectOptions};
 use fieldvault::grpc::pb::vault_client::VaultClient;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::Channel;
 
@@ -46,6 +47,13 @@ pub(crate) struct Conn {
     /// item, and a whole-call failure too.
     #[arg(long)]
     pub(crate) json: bool,
+    /// What can be told locally about our certificate, for a refusal that
+    /// comes during a call (set by [`Conn::channel`]).
+    #[arg(skip)]
+    hints: std::sync::OnceLock<Arc<[String]>>,
+    /// Whether the server has sent anything (set by [`Conn::channel`]).
+    #[arg(skip)]
+    heard: std::sync::OnceLock<fieldvault::client::Heard>,
 }
 
 impl Conn {
@@ -67,18 +75,23 @@ impl Conn {
     pub(crate) async fn channel(&self) -> Result<Channel, ClientError> {
         fieldvault::client::check_addr(&self.addr)?;
         let tls = self.tls()?;
+        let _ = self
+            .hints
+            .set(fieldvault::client::refusal_hints(&tls).into());
         let options = ConnectOptions {
             connect_timeout: self.connect_timeout,
             call_timeout: Some(self.timeout),
         };
-        fieldvault::client::channel_with(&self.addr, &tls, &options)
+        let (channel, heard) = fieldvault::client::channel_heard(&self.addr, &tls, &options)
             .await
             .map_err(|e| match e {
                 ClientError::ConnectTimeout { .. } => {
                     e.with_hint("(set with --connect-timeout or FIELDVAULT_CONNECT_TIMEOUT)")
                 }
                 e => e,
-            })
+            })?;
+        let _ = self.heard.set(heard);
+        Ok(channel)
     }
 
     /// A failed call's status, with a deadline that passed named as such:
@@ -86,6 +99,9 @@ impl Conn {
     pub(crate) fn call_status(&self) -> CallStatus {
         CallStatus {
             timeout: self.timeout,
+            late: "",
+            heard: self.heard.get().cloned(),
+            hints: self.hints.get().cloned().unwrap_or_else(|| Arc::new([])),
         }
     }
 
@@ -122,15 +138,30 @@ impl Conn {
 
 /// Maps a failed call's status: a call timeout that passed is named as
 /// such (tonic reports it as `Cancelled: Timeout expired`).
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub(crate) struct CallStatus {
     timeout: std::time::Duration,
+    /// What the server may have done before a deadline passed, said with
+    /// it (see [`CallStatus::when_late`]).
+    late: &'static str,
+    /// Whether the server has sent anything on the channel, if known.
+    heard: Option<fieldvault::client::Heard>,
+    /// See [`fieldvault::client::refusal_hints`].
+    hints: Arc<[String]>,
 }
 
 impl CallStatus {
-    pub(crate) fn map(self, status: tonic::Status) -> tonic::Status {
+    pub(crate) fn map(&self, status: tonic::Status) -> tonic::Status {
         if status.code() == tonic::Code::Cancelled && status.message() == "Timeout expired" {
             return self.deadline_exceeded();
+        }
+        // The server refused our certificate with a TLS alert that came
+        // after the connector's first-bytes window (a slow server, TLS
+        // 1.3): it never accepted the connection, nothing was handled.
+        if let Some(refused) = std::error::Error::source(&status)
+            .and_then(|e| fieldvault::client::alert_refusal(e, &self.hints))
+        {
+            return tonic::Status::unauthenticated(refused);
         }
         // A connection that broke under a call (the server stopped, a
         // reset) comes as `Unknown: transport error`, or as `Cancelled:
@@ -153,9 +184,26 @@ impl CallStatus {
         status
     }
 
-    fn deadline_exceeded(self) -> tonic::Status {
+    /// The same, saying `late` (what the server may have done with the
+    /// call before it passed) when the call deadline passes.
+    pub(crate) fn when_late(self, late: &'static str) -> Self {
+        Self { late, ..self }
+    }
+
+    fn deadline_exceeded(&self) -> tonic::Status {
+        let mut late = String::new();
+        if self.heard.as_ref().is_some_and(|h| !h.anything()) {
+            late.push_str(
+                "; the server sent nothing at all after the TLS handshake (is this a fieldvault \
+                 server?)",
+            );
+        }
+        if !self.late.is_empty() {
+            late.push_str("; ");
+            late.push_str(self.late);
+        }
         tonic::Status::deadline_exceeded(format!(
-            "no answer within {} (the call timeout; set with --timeout or FIELDVAULT_TIMEOUT)",
+            "no answer within {} (the call timeout; set with --timeout or FIELDVAULT_TIMEOUT){late}",
             fieldvault::client::format_duration(self.timeout)
         ))
     }
@@ -165,7 +213,7 @@ impl CallStatus {
     /// that sends them and then stalls would hang the call), and maps a
     /// failure through [`CallStatus::map`].
     pub(crate) async fn bound<T>(
-        self,
+        &self,
         call: impl std::future::Future<Output = Result<T, tonic::Status>>,
     ) -> Result<T, tonic::Status> {
         match tokio::time::timeout(self.timeout, call).await {
@@ -190,6 +238,9 @@ mod tests {
     fn a_connection_broken_under_a_call_is_unavailable_and_a_passed_deadline_is_named() {
         let status = CallStatus {
             timeout: Duration::from_secs(2),
+            late: "",
+            heard: None,
+            hints: Arc::new([]),
         };
         let s = status.map(tonic::Status::cancelled("operation was canceled"));
         assert_eq!(s.code(), tonic::Code::Unavailable);

@@ -23,6 +23,9 @@ pub(crate) struct HealthArgs {
     conn: Conn,
 }
 
+/// The largest health answer accepted (a real one is under 10 bytes).
+const MAX_ANSWER_BYTES: usize = 4096;
+
 /// The status as grpc.health.v1 names it (`SERVING`).
 fn status_name(status: i32) -> String {
     match ServingStatus::try_from(status) {
@@ -40,7 +43,8 @@ pub(crate) async fn health(args: HealthArgs) -> ExitCode {
         Ok(channel) => channel,
         Err(e) => return call_failed(json, &Failure::from_client(&e), 0),
     };
-    let mut client = HealthClient::new(channel);
+    // A health answer is a few bytes: anything much larger is not one.
+    let mut client = HealthClient::new(channel).max_decoding_message_size(MAX_ANSWER_BYTES);
     let response = args
         .conn
         .call_status()
@@ -57,6 +61,20 @@ pub(crate) async fn health(args: HealthArgs) -> ExitCode {
                     "--service {:?} is not registered on this server (ask about \"\" for the \
                      server as a whole, or fieldvault.v1.Vault)",
                     args.service
+                ),
+            );
+            return call_failed(json, &f, 0);
+        }
+        Err(s)
+            if s.code() == tonic::Code::OutOfRange
+                && s.message()
+                    .starts_with("Error, decoded message length too large") =>
+        {
+            let f = Failure::new(
+                tonic::Code::OutOfRange,
+                format!(
+                    "the server's answer is larger than a health answer can be ({MAX_ANSWER_BYTES} \
+                     bytes at most): is this a fieldvault server?"
                 ),
             );
             return call_failed(json, &f, 0);

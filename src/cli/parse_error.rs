@@ -36,16 +36,68 @@ fn flag_name(arg: &str) -> &str {
     arg.split([' ', '=']).next().unwrap_or(arg)
 }
 
-/// An unexpected argument, shown only when it looks like a flag name
-/// (`--kidn`); anything else may be a value given in the wrong place.
+/// An unexpected argument, shown only when it is shaped as this CLI's
+/// flag names are (`--kidn`: lowercase ASCII letters and dashes); anything
+/// else (`--Main-Street-17`) may be a value given in the wrong place.
 fn shown_if_flag(arg: &str) -> Option<&str> {
     let name = flag_name(arg);
     let body = name.strip_prefix("--").or_else(|| name.strip_prefix('-'))?;
     let flag_like = !body.is_empty()
         && body.len() <= 40
-        && body.starts_with(|c: char| c.is_ascii_alphabetic())
-        && body.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        && body.starts_with(|c: char| c.is_ascii_lowercase())
+        && body.chars().all(|c| c.is_ascii_lowercase() || c == '-');
     flag_like.then_some(name)
+}
+
+/// The (sub)command `args` name: `store` for `fieldvault store bogus`.
+fn command_of(args: &[OsString]) -> clap::Command {
+    use clap::CommandFactory;
+    let mut cmd = crate::cli::Cli::command();
+    for a in args.iter().skip(1) {
+        let Some(a) = a.to_str() else { break };
+        if a.starts_with('-') {
+            continue;
+        }
+        match cmd.find_subcommand(a) {
+            Some(sub) => cmd = sub.clone(),
+            None => break,
+        }
+    }
+    cmd
+}
+
+/// `serve, tokenize, detokenize, health and store`.
+fn subcommands_of(cmd: &clap::Command) -> String {
+    let names: Vec<&str> = cmd
+        .get_subcommands()
+        .map(clap::Command::get_name)
+        .filter(|n| *n != "help")
+        .collect();
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        Some((last, _)) => (*last).to_owned(),
+        None => String::new(),
+    }
+}
+
+/// The flag whose value is the first argument that is not UTF-8
+/// (`--purpose <bytes>` or `--purpose=<bytes>`), if it is one of `cmd`'s.
+fn flag_of_invalid_utf8(cmd: &clap::Command, args: &[OsString]) -> Option<String> {
+    let at = args.iter().position(|a| a.to_str().is_none())?;
+    let is_flag = |name: &str| {
+        name.strip_prefix("--").is_some_and(|long| {
+            cmd.get_arguments()
+                .any(|a| a.get_long() == Some(long) && a.get_action().takes_values())
+        })
+    };
+    let lossy = args[at].to_string_lossy();
+    if let Some((name, _)) = lossy.split_once('=') {
+        if is_flag(name) {
+            return Some(name.to_owned());
+        }
+    }
+    let before = args.get(at.checked_sub(1)?)?.to_str()?;
+    is_flag(before).then(|| before.to_owned())
 }
 
 /// The message for `e`, without the value it rejected. `args` is the
@@ -88,15 +140,29 @@ pub(crate) fn message(
                  spaces, or check the flags before it){tip}; see --help"
             ),
         },
-        ErrorKind::InvalidSubcommand => format!(
-            "unrecognized subcommand{tip}; the commands are serve, tokenize, detokenize, health \
-             and store; see --help"
-        ),
+        ErrorKind::InvalidSubcommand => {
+            let cmd = command_of(args);
+            let (whose, usage) = if cmd.get_name() == "fieldvault" {
+                ("the commands are", " --help".to_owned())
+            } else {
+                ("its subcommands are", format!(" {} --help", cmd.get_name()))
+            };
+            format!(
+                "unrecognized subcommand{tip}; {whose} {}; see{usage}",
+                subcommands_of(&cmd)
+            )
+        }
         ErrorKind::NoEquals => format!("{name} needs its value after '='; see --help"),
         ErrorKind::TooManyValues | ErrorKind::WrongNumberOfValues | ErrorKind::TooFewValues => {
             format!("wrong number of values for {name}; see --help")
         }
-        ErrorKind::InvalidUtf8 => format!("{name}: not valid UTF-8; see --help"),
+        ErrorKind::InvalidUtf8 => {
+            let flag = flag_of_invalid_utf8(&command_of(args), args);
+            format!(
+                "{}: not valid UTF-8; see --help",
+                flag.as_deref().unwrap_or(name)
+            )
+        }
         kind if clap_words_are_safe(kind) => {
             // Its first paragraph, on one line (the usage follows).
             let rendered = e.render().to_string();
@@ -190,6 +256,64 @@ mod tests {
             !m.contains("202") && m.starts_with("unrecognized subcommand"),
             "{m}"
         );
+    }
+
+    #[test]
+    fn an_unknown_subcommand_lists_the_subcommands_of_its_own_command() {
+        let m = error(&["store", "bogus"], &[]);
+        assert_eq!(
+            m,
+            "unrecognized subcommand; its subcommands are salvage; see store --help"
+        );
+        let m = error(&["bogus"], &[]);
+        assert_eq!(
+            m,
+            "unrecognized subcommand; the commands are serve, tokenize, detokenize, health \
+             and store; see --help"
+        );
+    }
+
+    #[test]
+    fn only_lowercase_flag_shaped_names_are_shown_never_a_flag_shaped_value() {
+        let m = error(&["tokenize", "--kind", "address", "--Main-Street-17"], &[]);
+        assert!(!m.contains("Main") && !m.contains("17"), "{m}");
+        let m = error(&["tokenize", "--kind", "phone", "--kidn", "x"], &[]);
+        assert!(m.starts_with("unexpected argument --kidn"), "{m}");
+    }
+
+    #[test]
+    fn an_argument_that_is_not_utf8_names_its_flag() {
+        use std::os::unix::ffi::OsStringExt;
+        let bad = OsString::from_vec(vec![b'+', b'1', 0xff, b'2']);
+        for args in [
+            vec![
+                OsString::from("detokenize"),
+                "--purpose".into(),
+                bad.clone(),
+                "t".into(),
+            ],
+            vec![
+                OsString::from("detokenize"),
+                {
+                    let mut flag = OsString::from("--purpose=");
+                    flag.push(&bad);
+                    flag
+                },
+                "t".into(),
+            ],
+        ] {
+            let all: Vec<OsString> = std::iter::once(OsString::from("fieldvault"))
+                .chain(args)
+                .collect();
+            let e = crate::cli::Cli::command()
+                .try_get_matches_from(&all)
+                .and_then(|m| crate::cli::Cli::from_arg_matches(&m))
+                .err()
+                .unwrap();
+            assert_eq!(e.kind(), ErrorKind::InvalidUtf8);
+            let m = message(&e, &all, &|_| None);
+            assert_eq!(m, "--purpose: not valid UTF-8; see --help");
+        }
     }
 
     #[test]

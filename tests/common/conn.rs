@@ -73,6 +73,9 @@ pub enum Answer {
     HeadersThenTrickle,
     /// Not a word after the TLS handshake, HTTP/2 preface or not.
     Silent,
+    /// The headers, then a gRPC message announced as 1 MiB (far more
+    /// than any health answer) whose body never comes.
+    HeadersThenLarge,
     /// Like an HTTP/2 front end that speaks only after the client's
     /// preface: nothing until it has read it, then HTTP/2, never
     /// answering a call.
@@ -148,7 +151,18 @@ pub async fn stalling_server(pki_dir: &Path, answer: Answer) -> String {
                         let _request = request;
                         // A 5-byte gRPC prefix announcing 100 bytes, then
                         // (trickling) a byte a second; at most a minute.
-                        let mut prefix = Some(bytes::Bytes::from_static(&[0, 0, 0, 0, 100]));
+                        let mut prefix = Some(if answer == Answer::HeadersThenLarge {
+                            bytes::Bytes::from_static(&[0, 0, 0x10, 0, 0])
+                        } else {
+                            bytes::Bytes::from_static(&[0, 0, 0, 0, 100])
+                        });
+                        if answer == Answer::HeadersThenLarge {
+                            if let Some(prefix) = prefix.take() {
+                                if body.send_data(prefix, false).is_err() {
+                                    return;
+                                }
+                            }
+                        }
                         for _ in 0..60 {
                             if answer == Answer::HeadersThenTrickle {
                                 let chunk = prefix
@@ -162,6 +176,77 @@ pub async fn stalling_server(pki_dir: &Path, answer: Answer) -> String {
                         }
                     });
                 }
+            });
+        }
+    });
+    addr
+}
+
+/// A TCP relay to `upstream` that holds back what the server sends once
+/// the client has spoken a second time (after the server's first flight:
+/// in TLS 1.3, the client's certificate and Finished) for `delay`: the
+/// server's verdict on our certificate (its alert, or its first HTTP/2
+/// bytes) comes late, as from a slow or distant server. Runs on the
+/// current tokio runtime; each connection lasts at most a minute.
+pub async fn slow_verdict_relay(upstream: String, delay: Duration) -> String {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let (mut client_rd, mut client_wr) = client.into_split();
+                let (mut server_rd, mut server_wr) = server.into_split();
+                let server_spoke = Arc::new(AtomicBool::new(false));
+                let client_answered = Arc::new(AtomicBool::new(false));
+                let up = {
+                    let (server_spoke, client_answered) =
+                        (server_spoke.clone(), client_answered.clone());
+                    async move {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        while let Ok(n) = client_rd.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                            // Set before the bytes reach the server: its
+                            // answer to them is read after this.
+                            if server_spoke.load(Ordering::SeqCst) {
+                                client_answered.store(true, Ordering::SeqCst);
+                            }
+                            if server_wr.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = server_wr.shutdown().await;
+                    }
+                };
+                let down = async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    let mut delayed = false;
+                    while let Ok(n) = server_rd.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if !delayed && client_answered.load(Ordering::SeqCst) {
+                            delayed = true;
+                            tokio::time::sleep(delay).await;
+                        }
+                        server_spoke.store(true, Ordering::SeqCst);
+                        if client_wr.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = client_wr.shutdown().await;
+                };
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(up, down) })
+                        .await;
             });
         }
     });
