@@ -12,12 +12,38 @@ use common::conn::{
     Answer,
 };
 use common::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
 /// Every CLI run here is killed past this.
 const RUN: Duration = Duration::from_secs(30);
+
+/// The CLI with `args`, then `--addr addr` and the certificate flags
+/// `--ca`, `--cert`, `--key` (the files `certs` names in `dir`), run in
+/// `dir` off the async runtime.
+async fn cli_with_certs(addr: &str, dir: &Path, certs: [&str; 3], args: &[&str]) -> Output {
+    let file = |name: &str| dir.join(name).display().to_string();
+    let [ca, cert, key] = certs;
+    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    all.extend([
+        "--addr".into(),
+        addr.into(),
+        "--ca".into(),
+        file(ca),
+        "--cert".into(),
+        file(cert),
+        "--key".into(),
+        file(key),
+    ]);
+    let cwd = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        cli_in(&cwd, &all, &[], RUN)
+    })
+    .await
+    .unwrap()
+}
 
 /// `tokenize` of one fake phone number with explicit certificate files
 /// (names in `dir`) and `extra` flags, run off the async runtime.
@@ -29,29 +55,31 @@ async fn tokenize_with(
     key: &str,
     extra: &[&str],
 ) -> Output {
-    let file = |name: &str| dir.join(name).display().to_string();
-    let mut args: Vec<String> = vec![
-        "tokenize".into(),
-        "--addr".into(),
-        addr.into(),
-        "--ca".into(),
-        file(ca),
-        "--cert".into(),
-        file(cert),
-        "--key".into(),
-        file(key),
-        "--kind".into(),
-        "phone".into(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args.push("+1 202-555-0142".into());
-    let cwd = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        cli_in(&cwd, &args, &[], RUN)
+    let mut args = vec!["tokenize", "--kind", "phone"];
+    args.extend(extra);
+    args.push("+1 202-555-0142");
+    cli_with_certs(addr, dir, [ca, cert, key], &args).await
+}
+
+/// A [`TestVault`] whose server presents `cert_pem` and `key_pem`
+/// (written to `dir` as `stem.pem` and `stem.key`); also the certificate's
+/// path.
+async fn vault_presenting(
+    dir: &Path,
+    stem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> (TestVault, PathBuf) {
+    let cert = dir.join(format!("{stem}.pem"));
+    let key = dir.join(format!("{stem}.key"));
+    write(&cert, cert_pem.as_bytes());
+    write(&key, key_pem.as_bytes());
+    let vault = TestVault::start_with(|c| {
+        c.tls.cert = cert.clone();
+        c.tls.key = key.clone();
     })
-    .await
-    .unwrap()
+    .await;
+    (vault, cert)
 }
 
 fn assert_failed_with(out: &Output, needles: &[&str]) {
@@ -125,26 +153,15 @@ async fn a_refusal_of_our_certificate_after_the_first_bytes_window_is_unauthenti
             )
             .await
         } else {
-            let file = |name: &str| vault.pki.dir.join(name).display().to_string();
-            let mut args: Vec<String> = vec![
-                "health".into(),
-                "--addr".into(),
-                relay.clone(),
-                "--ca".into(),
-                file("ca.pem"),
-                "--cert".into(),
-                file("stranger.pem"),
-                "--key".into(),
-                file("stranger.key"),
-            ];
-            args.extend(extra.iter().map(|s| s.to_string()));
-            let cwd = vault.pki.dir.clone();
-            tokio::task::spawn_blocking(move || {
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                cli_in(&cwd, &args, &[], RUN)
-            })
+            let mut args = vec!["health"];
+            args.extend(extra);
+            cli_with_certs(
+                &relay,
+                &vault.pki.dir,
+                ["ca.pem", "stranger.pem", "stranger.key"],
+                &args,
+            )
             .await
-            .unwrap()
         };
         assert_eq!(out.status.code(), Some(2), "{command}: {}", stderr(&out));
         let json: serde_json::Value = serde_json::from_str(stdout(&out).trim())
@@ -260,14 +277,12 @@ async fn a_server_certificate_from_another_ca_is_refused_as_not_signed_by_the_gi
     let tmp = tempfile::tempdir().unwrap();
     let other = fieldvault::devpki::DevCa::new("an unrelated CA").unwrap();
     let server = other.issue_server(&["localhost", "127.0.0.1"]).unwrap();
-    let cert = tmp.path().join("other-server.pem");
-    let key = tmp.path().join("other-server.key");
-    write(&cert, server.cert_pem.as_bytes());
-    write(&key, server.key_pem.as_bytes());
-    let vault = TestVault::start_with(|c| {
-        c.tls.cert = cert.clone();
-        c.tls.key = key.clone();
-    })
+    let (vault, _) = vault_presenting(
+        tmp.path(),
+        "other-server",
+        &server.cert_pem,
+        &server.key_pem,
+    )
     .await;
     let out = tokenize_with(
         &vault.addr(),
@@ -293,15 +308,8 @@ async fn a_server_certificate_from_another_ca_of_the_same_name_is_refused_as_not
     let tmp = tempfile::tempdir().unwrap();
     let twin = fieldvault::devpki::DevCa::new("fieldvault test CA").unwrap();
     let server = twin.issue_server(&["localhost", "127.0.0.1"]).unwrap();
-    let cert = tmp.path().join("twin-server.pem");
-    let key = tmp.path().join("twin-server.key");
-    write(&cert, server.cert_pem.as_bytes());
-    write(&key, server.key_pem.as_bytes());
-    let vault = TestVault::start_with(|c| {
-        c.tls.cert = cert.clone();
-        c.tls.key = key.clone();
-    })
-    .await;
+    let (vault, _) =
+        vault_presenting(tmp.path(), "twin-server", &server.cert_pem, &server.key_pem).await;
     let out = tokenize_with(
         &vault.addr(),
         &vault.pki.dir,
@@ -414,25 +422,7 @@ async fn a_call_the_server_never_answers_fails_at_the_call_deadline() {
 /// The CLI with `args`, then the certificate flags of orders (files in
 /// `dir`), run off the async runtime.
 async fn cli_with_files(addr: &str, dir: &Path, args: &[&str]) -> Output {
-    let file = |name: &str| dir.join(name).display().to_string();
-    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    all.extend([
-        "--addr".into(),
-        addr.into(),
-        "--ca".into(),
-        file("ca.pem"),
-        "--cert".into(),
-        file("orders.pem"),
-        "--key".into(),
-        file("orders.key"),
-    ]);
-    let cwd = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let all: Vec<&str> = all.iter().map(String::as_str).collect();
-        cli_in(&cwd, &all, &[], RUN)
-    })
-    .await
-    .unwrap()
+    cli_with_certs(addr, dir, ["ca.pem", "orders.pem", "orders.key"], args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1002,37 +992,15 @@ async fn a_self_signed_server_certificate_is_named_in_words() {
     // The server presents a CA certificate (self-signed) as its own, and
     // the client trusts exactly that certificate.
     let own = fieldvault::devpki::DevCa::new("a self-signed server").unwrap();
-    let cert = tmp.path().join("self.pem");
-    let key = tmp.path().join("self.key");
-    write(&cert, own.cert_pem().as_bytes());
-    write(&key, own.key_pem().as_bytes());
-    let vault = TestVault::start_with(|c| {
-        c.tls.cert = cert.clone();
-        c.tls.key = key.clone();
-    })
+    let (vault, cert) = vault_presenting(tmp.path(), "self", own.cert_pem(), &own.key_pem()).await;
+    // The client trusts that certificate itself (an absolute path).
+    let out = cli_with_certs(
+        &vault.addr(),
+        &vault.pki.dir,
+        [cert.to_str().unwrap(), "orders.pem", "orders.key"],
+        &["health"],
+    )
     .await;
-    let dir = vault.pki.dir.display().to_string();
-    let (addr, cwd, cert) = (vault.addr(), tmp.path().to_path_buf(), cert.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        cli_in(
-            &cwd,
-            &[
-                "health",
-                "--addr",
-                &addr,
-                "--ca",
-                cert.to_str().unwrap(),
-                "--cert",
-                &format!("{dir}/orders.pem"),
-                "--key",
-                &format!("{dir}/orders.key"),
-            ],
-            &[],
-            RUN,
-        )
-    })
-    .await
-    .unwrap();
     assert_failed_with(
         &out,
         &["the server presented a CA certificate as its own (a self-signed certificate?)"],
