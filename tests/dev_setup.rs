@@ -41,6 +41,20 @@ fn tokenize_as_orders(
     )
 }
 
+/// `serve --dev`, then `flags`, then `--data-dir data`.
+fn dev_args<'a>(data: &'a Path, flags: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["serve", "--dev"];
+    args.extend(flags);
+    args.extend(["--data-dir", data.to_str().unwrap()]);
+    args
+}
+
+/// Runs `serve --dev` with `flags` on `data` in `cwd` to its end (bounded
+/// by [`RUN`]): for the runs that are refused or stop by themselves.
+fn serve_dev_in(cwd: &Path, data: &Path, flags: &[&str]) -> std::process::Output {
+    cli_in(cwd, &dev_args(data, flags), &[], RUN)
+}
+
 #[test]
 fn serve_dev_reset_starts_over_and_the_new_setup_works() {
     let tmp = tempfile::tempdir().unwrap();
@@ -67,15 +81,7 @@ fn serve_dev_reset_starts_over_and_the_new_setup_works() {
     assert!(!data.join("dev").exists());
 
     let reset = common::process::start(
-        &[
-            "serve",
-            "--dev",
-            "--reset",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
+        &dev_args(&data, &["--reset", "--listen", "127.0.0.1:0"]),
         "info",
         &log,
     )
@@ -94,20 +100,7 @@ fn serve_dev_reset_starts_over_and_the_new_setup_works() {
     assert!(stdout(&out).starts_with("fv1_"), "{}", stdout(&out));
 
     // While it runs, a reset is refused: the store is in use.
-    let again = cli_in(
-        tmp.path(),
-        &[
-            "serve",
-            "--dev",
-            "--reset",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-        &[],
-        RUN,
-    );
+    let again = serve_dev_in(tmp.path(), &data, &["--reset", "--listen", "127.0.0.1:0"]);
     assert!(!again.status.success());
     assert!(
         stderr(&again).contains("is in use by another process"),
@@ -124,22 +117,7 @@ fn a_reset_deletes_only_what_dev_mode_made() {
     // A port already taken: the server stops right after the reset.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = taken.local_addr().unwrap().to_string();
-    let reset = |data: &Path| {
-        cli_in(
-            tmp.path(),
-            &[
-                "serve",
-                "--dev",
-                "--reset",
-                "--listen",
-                &taken,
-                "--data-dir",
-                data.to_str().unwrap(),
-            ],
-            &[],
-            RUN,
-        )
-    };
+    let reset = |data: &Path| serve_dev_in(tmp.path(), data, &["--reset", "--listen", &taken]);
     // A folder of someone else's that happens to hold dev/ and audit.log:
     // not a dev data dir, nothing is deleted.
     let project = tmp.path().join("project");
@@ -175,18 +153,11 @@ fn a_reset_does_not_follow_a_linked_dev_dir_and_dev_mode_keeps_out_of_a_foreign_
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = taken.local_addr().unwrap().to_string();
     let serve = |data: &Path, reset: bool| {
-        let mut args = vec![
-            "serve",
-            "--dev",
-            "--listen",
-            &taken,
-            "--data-dir",
-            data.to_str().unwrap(),
-        ];
+        let mut flags = vec!["--listen", taken.as_str()];
         if reset {
-            args.push("--reset");
+            flags.push("--reset");
         }
-        cli_in(tmp.path(), &args, &[], RUN)
+        serve_dev_in(tmp.path(), data, &flags)
     };
     // Another data dir's setup, reached through a link: its master key
     // must survive a reset of the linking dir, marker or not.
@@ -257,18 +228,7 @@ fn a_reset_leaves_a_data_dir_without_a_dev_setup_alone() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     std::fs::create_dir_all(data.join("store")).unwrap();
-    let out = cli_in(
-        tmp.path(),
-        &[
-            "serve",
-            "--dev",
-            "--reset",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-        &[],
-        RUN,
-    );
+    let out = serve_dev_in(tmp.path(), &data, &["--reset"]);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("does not look like a dev data directory"),
@@ -286,19 +246,7 @@ fn dev_mode_refuses_a_data_dir_holding_a_store_but_no_dev_setup_and_creates_noth
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     std::fs::create_dir_all(data.join("store")).unwrap();
-    let out = cli_in(
-        tmp.path(),
-        &[
-            "serve",
-            "--dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-        &[],
-        RUN,
-    );
+    let out = serve_dev_in(tmp.path(), &data, &["--listen", "127.0.0.1:0"]);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("holds a store") && stderr(&out).contains("but no dev/ setup"),
@@ -462,19 +410,7 @@ fn a_second_server_on_the_same_data_dir_says_the_store_is_in_use() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let first = start_dev(&data, &tmp.path().join("first.log")).unwrap();
-    let second = cli_in(
-        tmp.path(),
-        &[
-            "serve",
-            "--dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ],
-        &[],
-        RUN,
-    );
+    let second = serve_dev_in(tmp.path(), &data, &["--listen", "127.0.0.1:0"]);
     assert!(!second.status.success());
     let err = stderr(&second);
     assert!(
@@ -492,14 +428,7 @@ fn logs_written_to_a_file_carry_no_colour_codes() {
     let log_path = tmp.path().join("server.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ])
+        .args(dev_args(&data, &["--listen", "127.0.0.1:0"]))
         .env_remove("NO_COLOR")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
@@ -558,14 +487,7 @@ fn an_ip_address_sent_as_sni_is_logged_at_debug_level_not_as_a_warning() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let log = tmp.path().join("server.log");
-    let args = [
-        "serve",
-        "--dev",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ];
+    let args = dev_args(&data, &["--listen", "127.0.0.1:0"]);
     // RUST_LOG as an operator sets it (the default filter hides every
     // rustls warning anyway), with rustls's debug lines shown: the line
     // must be there, at debug level.
