@@ -45,20 +45,16 @@ async fn cli_with_certs(addr: &str, dir: &Path, certs: [&str; 3], args: &[&str])
     .unwrap()
 }
 
+/// The certificate files of orders, as the test PKI names them.
+const ORDERS: [&str; 3] = ["ca.pem", "orders.pem", "orders.key"];
+
 /// `tokenize` of one fake phone number with explicit certificate files
 /// (names in `dir`) and `extra` flags, run off the async runtime.
-async fn tokenize_with(
-    addr: &str,
-    dir: &Path,
-    ca: &str,
-    cert: &str,
-    key: &str,
-    extra: &[&str],
-) -> Output {
+async fn tokenize_with(addr: &str, dir: &Path, certs: [&str; 3], extra: &[&str]) -> Output {
     let mut args = vec!["tokenize", "--kind", "phone"];
     args.extend(extra);
     args.push("+1 202-555-0142");
-    cli_with_certs(addr, dir, [ca, cert, key], &args).await
+    cli_with_certs(addr, dir, certs, &args).await
 }
 
 /// A [`TestVault`] whose server presents `cert_pem` and `key_pem`
@@ -82,6 +78,18 @@ async fn vault_presenting(
     (vault, cert)
 }
 
+/// A [`TestVault`] whose server certificate (for localhost and
+/// 127.0.0.1) is issued by a new CA named `ca_name`, not by the CA its
+/// clients trust; and the folder holding that certificate.
+async fn vault_with_a_server_certificate_from(ca_name: &str) -> (TestVault, tempfile::TempDir) {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = fieldvault::devpki::DevCa::new(ca_name).unwrap();
+    let server = ca.issue_server(&["localhost", "127.0.0.1"]).unwrap();
+    let (vault, _) =
+        vault_presenting(tmp.path(), "server", &server.cert_pem, &server.key_pem).await;
+    (vault, tmp)
+}
+
 fn assert_failed_with(out: &Output, needles: &[&str]) {
     let err = stderr(out);
     assert!(!out.status.success(), "succeeded: {}{err}", stdout(out));
@@ -97,15 +105,7 @@ fn assert_failed_with(out: &Output, needles: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_right_certificates_tokenize() {
     let vault = TestVault::start().await;
-    let out = tokenize_with(
-        &vault.addr(),
-        &vault.pki.dir,
-        "ca.pem",
-        "orders.pem",
-        "orders.key",
-        &[],
-    )
-    .await;
+    let out = tokenize_with(&vault.addr(), &vault.pki.dir, ORDERS, &[]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).starts_with("fv1_"), "{}", stdout(&out));
 }
@@ -117,9 +117,7 @@ async fn a_client_certificate_from_another_ca_is_refused_naming_the_alert_and_it
     let out = tokenize_with(
         &vault.addr(),
         &vault.pki.dir,
-        "ca.pem",
-        "stranger.pem",
-        "stranger.key",
+        ["ca.pem", "stranger.pem", "stranger.key"],
         &[],
     )
     .await;
@@ -146,9 +144,7 @@ async fn a_refusal_of_our_certificate_after_the_first_bytes_window_is_unauthenti
             tokenize_with(
                 &relay,
                 &vault.pki.dir,
-                "ca.pem",
-                "stranger.pem",
-                "stranger.key",
+                ["ca.pem", "stranger.pem", "stranger.key"],
                 extra,
             )
             .await
@@ -195,9 +191,7 @@ async fn a_client_certificate_from_another_ca_of_the_same_name_is_named_as_such(
     let out = tokenize_with(
         &vault.addr(),
         &vault.pki.dir,
-        "ca.pem",
-        "twin.pem",
-        "twin.key",
+        ["ca.pem", "twin.pem", "twin.key"],
         &[],
     )
     .await;
@@ -219,9 +213,7 @@ async fn a_server_auth_only_certificate_is_refused_naming_the_missing_client_aut
     let out = tokenize_with(
         &vault.addr(),
         &vault.pki.dir,
-        "ca.pem",
-        "server.pem",
-        "server.key",
+        ["ca.pem", "server.pem", "server.key"],
         &[],
     )
     .await;
@@ -245,9 +237,7 @@ async fn a_key_of_another_identity_is_refused_before_connecting() {
     let out = tokenize_with(
         &dead,
         &vault.pki.dir,
-        "ca.pem",
-        "orders.pem",
-        "support.key",
+        ["ca.pem", "orders.pem", "support.key"],
         &[],
     )
     .await;
@@ -263,9 +253,7 @@ async fn a_key_of_another_identity_is_refused_before_connecting() {
     let out = tokenize_with(
         &vault.addr(),
         &vault.pki.dir,
-        "ca.pem",
-        "orders.pem",
-        "support.key",
+        ["ca.pem", "orders.pem", "support.key"],
         &[],
     )
     .await;
@@ -274,25 +262,8 @@ async fn a_key_of_another_identity_is_refused_before_connecting() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_certificate_from_another_ca_is_refused_as_not_signed_by_the_given_ca() {
-    let tmp = tempfile::tempdir().unwrap();
-    let other = fieldvault::devpki::DevCa::new("an unrelated CA").unwrap();
-    let server = other.issue_server(&["localhost", "127.0.0.1"]).unwrap();
-    let (vault, _) = vault_presenting(
-        tmp.path(),
-        "other-server",
-        &server.cert_pem,
-        &server.key_pem,
-    )
-    .await;
-    let out = tokenize_with(
-        &vault.addr(),
-        &vault.pki.dir,
-        "ca.pem",
-        "orders.pem",
-        "orders.key",
-        &[],
-    )
-    .await;
+    let (vault, _tmp) = vault_with_a_server_certificate_from("an unrelated CA").await;
+    let out = tokenize_with(&vault.addr(), &vault.pki.dir, ORDERS, &[]).await;
     assert_failed_with(
         &out,
         &[
@@ -305,20 +276,8 @@ async fn a_server_certificate_from_another_ca_is_refused_as_not_signed_by_the_gi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_certificate_from_another_ca_of_the_same_name_is_refused_as_not_signed_by_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let twin = fieldvault::devpki::DevCa::new("fieldvault test CA").unwrap();
-    let server = twin.issue_server(&["localhost", "127.0.0.1"]).unwrap();
-    let (vault, _) =
-        vault_presenting(tmp.path(), "twin-server", &server.cert_pem, &server.key_pem).await;
-    let out = tokenize_with(
-        &vault.addr(),
-        &vault.pki.dir,
-        "ca.pem",
-        "orders.pem",
-        "orders.key",
-        &[],
-    )
-    .await;
+    let (vault, _tmp) = vault_with_a_server_certificate_from("fieldvault test CA").await;
+    let out = tokenize_with(&vault.addr(), &vault.pki.dir, ORDERS, &[]).await;
     assert_failed_with(
         &out,
         &[
@@ -377,15 +336,7 @@ async fn a_call_the_server_never_answers_fails_at_the_call_deadline() {
     let pki = Pki::new(&tmp.path().join("pki"));
     let addr = unanswering_server(&pki.dir).await;
     let started = Instant::now();
-    let out = tokenize_with(
-        &addr,
-        &pki.dir,
-        "ca.pem",
-        "orders.pem",
-        "orders.key",
-        &["--timeout", "1s"],
-    )
-    .await;
+    let out = tokenize_with(&addr, &pki.dir, ORDERS, &["--timeout", "1s"]).await;
     let took = started.elapsed();
     assert_failed_with(
         &out,
@@ -422,7 +373,7 @@ async fn a_call_the_server_never_answers_fails_at_the_call_deadline() {
 /// The CLI with `args`, then the certificate flags of orders (files in
 /// `dir`), run off the async runtime.
 async fn cli_with_files(addr: &str, dir: &Path, args: &[&str]) -> Output {
-    cli_with_certs(addr, dir, ["ca.pem", "orders.pem", "orders.key"], args).await
+    cli_with_certs(addr, dir, ORDERS, args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
