@@ -57,6 +57,12 @@ async fn tokenize_with(addr: &str, dir: &Path, certs: [&str; 3], extra: &[&str])
     cli_with_certs(addr, dir, certs, &args).await
 }
 
+/// `tokenize` of one fake phone number at `vault` with the certificate
+/// files `certs` of its test PKI.
+async fn tokenize_at(vault: &TestVault, certs: [&str; 3]) -> Output {
+    tokenize_with(&vault.addr(), &vault.pki.dir, certs, &[]).await
+}
+
 /// A [`TestVault`] whose server presents `cert_pem` and `key_pem`
 /// (written to `dir` as `stem.pem` and `stem.key`); also the certificate's
 /// path.
@@ -105,7 +111,7 @@ fn assert_failed_with(out: &Output, needles: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_right_certificates_tokenize() {
     let vault = TestVault::start().await;
-    let out = tokenize_with(&vault.addr(), &vault.pki.dir, ORDERS, &[]).await;
+    let out = tokenize_at(&vault, ORDERS).await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).starts_with("fv1_"), "{}", stdout(&out));
 }
@@ -114,13 +120,7 @@ async fn the_right_certificates_tokenize() {
 async fn a_client_certificate_from_another_ca_is_refused_naming_the_alert_and_its_issuer() {
     let vault = TestVault::start().await;
     // stranger.pem: issued by "some other CA" to "orders".
-    let out = tokenize_with(
-        &vault.addr(),
-        &vault.pki.dir,
-        ["ca.pem", "stranger.pem", "stranger.key"],
-        &[],
-    )
-    .await;
+    let out = tokenize_at(&vault, ["ca.pem", "stranger.pem", "stranger.key"]).await;
     assert_failed_with(
         &out,
         &[
@@ -188,13 +188,7 @@ async fn a_client_certificate_from_another_ca_of_the_same_name_is_named_as_such(
     let vault = TestVault::start().await;
     // twin.pem: issued by a CA named like the server's, with another key
     // (the dev CA of another data dir): names alone do not tell them apart.
-    let out = tokenize_with(
-        &vault.addr(),
-        &vault.pki.dir,
-        ["ca.pem", "twin.pem", "twin.key"],
-        &[],
-    )
-    .await;
+    let out = tokenize_at(&vault, ["ca.pem", "twin.pem", "twin.key"]).await;
     assert_failed_with(
         &out,
         &[
@@ -210,13 +204,7 @@ async fn a_client_certificate_from_another_ca_of_the_same_name_is_named_as_such(
 async fn a_server_auth_only_certificate_is_refused_naming_the_missing_client_auth_usage() {
     let vault = TestVault::start().await;
     // server.pem: same CA, extended key usage serverAuth only.
-    let out = tokenize_with(
-        &vault.addr(),
-        &vault.pki.dir,
-        ["ca.pem", "server.pem", "server.key"],
-        &[],
-    )
-    .await;
+    let out = tokenize_at(&vault, ["ca.pem", "server.pem", "server.key"]).await;
     assert_failed_with(
         &out,
         &[
@@ -250,20 +238,14 @@ async fn a_key_of_another_identity_is_refused_before_connecting() {
         ],
     );
     // And against the real server, the same.
-    let out = tokenize_with(
-        &vault.addr(),
-        &vault.pki.dir,
-        ["ca.pem", "orders.pem", "support.key"],
-        &[],
-    )
-    .await;
+    let out = tokenize_at(&vault, ["ca.pem", "orders.pem", "support.key"]).await;
     assert_failed_with(&out, &["support.key does not match the certificate"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_certificate_from_another_ca_is_refused_as_not_signed_by_the_given_ca() {
     let (vault, _tmp) = vault_with_a_server_certificate_from("an unrelated CA").await;
-    let out = tokenize_with(&vault.addr(), &vault.pki.dir, ORDERS, &[]).await;
+    let out = tokenize_at(&vault, ORDERS).await;
     assert_failed_with(
         &out,
         &[
@@ -277,7 +259,7 @@ async fn a_server_certificate_from_another_ca_is_refused_as_not_signed_by_the_gi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_certificate_from_another_ca_of_the_same_name_is_refused_as_not_signed_by_it() {
     let (vault, _tmp) = vault_with_a_server_certificate_from("fieldvault test CA").await;
-    let out = tokenize_with(&vault.addr(), &vault.pki.dir, ORDERS, &[]).await;
+    let out = tokenize_at(&vault, ORDERS).await;
     assert_failed_with(
         &out,
         &[
