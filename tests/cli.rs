@@ -9,7 +9,8 @@ use common::process::{start_dev, ServerProcess, BIN, CLI_DEADLINE};
 use serde_json::Value;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 /// A dev server in a fresh data dir, and the connection arguments of each
@@ -29,6 +30,21 @@ impl Dev {
             data: data.to_str().unwrap().to_owned(),
             _tmp: tmp,
             server,
+        }
+    }
+
+    /// A dev server whose policy also lets support see addresses in full
+    /// for purpose `label` (the setup made by a first start, then edited).
+    fn start_allowing_full_addresses() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let log = tmp.path().join("server.log");
+        drop(start_dev(&data, &log).unwrap());
+        allow_full_addresses(&data);
+        Self {
+            server: start_dev(&data, &log).unwrap(),
+            data: data.to_str().unwrap().to_owned(),
+            _tmp: tmp,
         }
     }
 
@@ -78,10 +94,22 @@ fn run<S: AsRef<std::ffi::OsStr>>(args: &[S], stdin: &str) -> Output {
     };
     let stdout = drain(Box::new(child.stdout.take().unwrap()));
     let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let status = wait_within(&mut child);
+    writer.join().unwrap();
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+/// Waits for `child` to exit; panics (after killing it) past
+/// [`CLI_DEADLINE`].
+fn wait_within(child: &mut Child) -> ExitStatus {
     let started = Instant::now();
-    let status = loop {
+    loop {
         if let Some(status) = child.try_wait().unwrap() {
-            break status;
+            return status;
         }
         if started.elapsed() > CLI_DEADLINE {
             let _ = child.kill();
@@ -89,13 +117,32 @@ fn run<S: AsRef<std::ffi::OsStr>>(args: &[S], stdin: &str) -> Output {
             panic!("the CLI still ran after {CLI_DEADLINE:?}: killed");
         }
         std::thread::sleep(Duration::from_millis(10));
-    };
-    writer.join().unwrap();
-    Output {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
     }
+}
+
+/// Starts the CLI with `args` as a coprocess: its stdin to write to, and
+/// its stdout lines as they come.
+fn spawn_coprocess(args: &[String]) -> (Child, ChildStdin, Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = child.stdin.take().unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, input, rx)
 }
 
 fn stdout(out: &Output) -> String {
@@ -336,16 +383,7 @@ fn allow_full_addresses(data: &Path) {
 
 #[test]
 fn a_structured_address_goes_in_as_json_and_comes_back_structured() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let log = tmp.path().join("server.log");
-    drop(start_dev(&data, &log).unwrap());
-    allow_full_addresses(&data);
-    let dev = Dev {
-        server: start_dev(&data, &log).unwrap(),
-        data: data.to_str().unwrap().to_owned(),
-        _tmp: tmp,
-    };
+    let dev = Dev::start_allowing_full_addresses();
     let address = r#"{"recipient":"Test Person","street_lines":["17 Fakestreet Lane"],"city":"Testville","region":"ZZ","postal_code":"99999","country":"United States of America"}"#;
     let input = format!("{address}\n{{\"zip\":\"99999\"}}\n");
     let out = dev.run(
@@ -465,25 +503,7 @@ fn a_call_failing_mid_input_keeps_the_answered_lines_names_the_first_unanswered_
             "1",
         ],
     );
-    let mut child = Command::new(BIN)
-        .args(&args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut child, mut input, rx) = spawn_coprocess(&args);
     // The first line is answered (a chunk of one)...
     input.write_all(b"+1 202-555-0111\n").unwrap();
     input.flush().unwrap();
@@ -500,17 +520,7 @@ fn a_call_failing_mid_input_keeps_the_answered_lines_names_the_first_unanswered_
     assert_eq!(last["unanswered_from"], 1, "{last}");
     assert_eq!(last["error"]["code"], "UNAVAILABLE", "{last}");
     assert!(last.get("index").is_none(), "{last}");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > CLI_DEADLINE {
-            let _ = child.kill();
-            panic!("the CLI still ran after {CLI_DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = wait_within(&mut child);
     assert_eq!(status.code(), Some(2));
     assert!(
         rx.recv_timeout(Duration::from_secs(5)).is_err(),
@@ -521,16 +531,7 @@ fn a_call_failing_mid_input_keeps_the_answered_lines_names_the_first_unanswered_
 #[test]
 fn a_batch_of_the_largest_addresses_is_revealed_in_one_call_and_audited_once() {
     const N: usize = 1000;
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let log = tmp.path().join("server.log");
-    drop(start_dev(&data, &log).unwrap());
-    allow_full_addresses(&data);
-    let dev = Dev {
-        server: start_dev(&data, &log).unwrap(),
-        data: data.to_str().unwrap().to_owned(),
-        _tmp: tmp,
-    };
+    let dev = Dev::start_allowing_full_addresses();
     // Every part at its longest (256 bytes): the answer for 1000 of them
     // is over tonic's default 4 MiB.
     let part = |tag: &str| tag.repeat(256 / tag.len());
@@ -553,7 +554,7 @@ fn a_batch_of_the_largest_addresses_is_revealed_in_one_call_and_audited_once() {
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let tokens = stdout(&out);
     assert_eq!(tokens.lines().count(), N);
-    let audit = data.join("audit.log");
+    let audit = Path::new(&dev.data).join("audit.log");
     let detokenize_calls = || {
         std::fs::read_to_string(&audit)
             .unwrap()
@@ -592,25 +593,7 @@ fn stdin_lines_are_answered_when_input_pauses_and_a_byte_order_mark_is_dropped()
 
     // A coprocess: one line in, its answer out while stdin stays open.
     let args = dev.args("orders", &["tokenize", "--kind", "phone", "--stdin"]);
-    let mut child = Command::new(BIN)
-        .args(&args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut child, mut input, rx) = spawn_coprocess(&args);
     for n in ["+1 202-555-0123\n", "+1 202-555-0124\n"] {
         input.write_all(n.as_bytes()).unwrap();
         input.flush().unwrap();
@@ -622,17 +605,7 @@ fn stdin_lines_are_answered_when_input_pauses_and_a_byte_order_mark_is_dropped()
         );
     }
     drop(input);
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > CLI_DEADLINE {
-            let _ = child.kill();
-            panic!("the CLI still ran after {CLI_DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = wait_within(&mut child);
     assert_eq!(status.code(), Some(0));
 }
 
@@ -645,25 +618,7 @@ fn a_steady_stdin_stream_is_answered_while_it_flows_not_at_eof() {
         "orders",
         &["tokenize", "--kind", "phone", "--stdin", "--json"],
     );
-    let mut child = Command::new(BIN)
-        .args(&args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut child, mut input, rx) = spawn_coprocess(&args);
     const LINES: usize = 20;
     let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
@@ -706,17 +661,7 @@ fn a_steady_stdin_stream_is_answered_while_it_flows_not_at_eof() {
     }
     let _ = done_tx.send(());
     writer.join().unwrap();
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > CLI_DEADLINE {
-            let _ = child.kill();
-            panic!("the CLI still ran after {CLI_DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = wait_within(&mut child);
     assert_eq!(status.code(), Some(1), "{lines:?}");
     for (i, line) in lines.iter().enumerate() {
         let item: Value = serde_json::from_str(line).unwrap();
@@ -758,38 +703,22 @@ fn a_second_server_names_the_port_or_the_store_in_use_without_raw_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let other = tmp.path().join("other");
     let log = tmp.path().join("second.log");
-    let err = common::process::start(
-        &[
-            "serve",
-            "--dev",
-            "--listen",
-            &dev.server.addr,
-            "--data-dir",
-            other.to_str().unwrap(),
-        ],
-        "info",
-        &log,
-    )
-    .err()
-    .expect("a second server on the same port started");
+    // Why a second `serve --dev` on `listen` and `data` did not start.
+    let refusal = |listen: &str, data: &str| {
+        common::process::start(
+            &["serve", "--dev", "--listen", listen, "--data-dir", data],
+            "info",
+            &log,
+        )
+        .err()
+    };
+    let err = refusal(&dev.server.addr, other.to_str().unwrap())
+        .expect("a second server on the same port started");
     assert!(
         err.contains("the address is in use (another fieldvault server, or another program, listens there?); choose another with --listen ADDR"),
         "{err}"
     );
-    let err = common::process::start(
-        &[
-            "serve",
-            "--dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            &dev.data,
-        ],
-        "info",
-        &log,
-    )
-    .err()
-    .expect("a second server on the same store started");
+    let err = refusal("127.0.0.1:0", &dev.data).expect("a second server on the same store started");
     assert!(
         err.contains("the store is in use by another process"),
         "{err}"
