@@ -766,6 +766,25 @@ mod tests {
         }
     }
 
+    /// Runs the lines "a" to "e" through `call` with a batch size of 4;
+    /// asserts they all pass, in order, in calls of 4, 2, 2 and 1 items.
+    async fn assert_five_lines_pass_in_calls_of_4_2_2_1(mut call: Echo) {
+        let code = run(
+            &mut call,
+            lines(&["a", "b", "c", "d", "e"]),
+            build,
+            4,
+            false,
+        )
+        .await;
+        assert_eq!(code, ExitCode::from(EXIT_OK));
+        assert_eq!(call.calls, [4, 2, 2, 1]);
+        assert_eq!(
+            call.printed.into_inner(),
+            ["0 a", "1 b", "2 c", "3 d", "4 e"]
+        );
+    }
+
     #[tokio::test]
     async fn chunks_keep_input_order_and_item_paths_count_in_the_whole_input() {
         let mut call = echo(1000, "-");
@@ -780,41 +799,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_lower_server_limit_shrinks_the_chunks_and_loses_nothing() {
-        let mut call = echo(2, "-");
-        let code = run(
-            &mut call,
-            lines(&["a", "b", "c", "d", "e"]),
-            build,
-            4,
-            false,
-        )
-        .await;
-        assert_eq!(code, ExitCode::from(EXIT_OK));
-        assert_eq!(call.calls, [4, 2, 2, 1]);
-        assert_eq!(
-            call.printed.into_inner(),
-            ["0 a", "1 b", "2 c", "3 d", "4 e"]
-        );
+        assert_five_lines_pass_in_calls_of_4_2_2_1(echo(2, "-")).await;
     }
 
     #[tokio::test]
     async fn a_message_over_the_server_size_limit_is_split_until_it_fits() {
         let mut call = echo(1000, "-");
         call.max_bytes = 2;
-        let code = run(
-            &mut call,
-            lines(&["a", "b", "c", "d", "e"]),
-            build,
-            4,
-            false,
-        )
-        .await;
-        assert_eq!(code, ExitCode::from(EXIT_OK));
-        assert_eq!(call.calls, [4, 2, 2, 1]);
-        assert_eq!(
-            call.printed.into_inner(),
-            ["0 a", "1 b", "2 c", "3 d", "4 e"]
-        );
+        assert_five_lines_pass_in_calls_of_4_2_2_1(call).await;
         // A single item too large fails the call: no endless halving.
         let mut call = echo(1000, "-");
         call.max_bytes = 0;
