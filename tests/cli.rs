@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::conn::closed_port;
 use common::process::{start_dev, ServerProcess, BIN, CLI_DEADLINE};
 use serde_json::Value;
 use std::io::Write;
@@ -169,14 +170,6 @@ fn json_lines(out: &Output) -> Vec<Value> {
 fn phone(i: usize) -> (String, String) {
     let n = i % 100;
     (format!("+1 202-555-01{n:02}"), format!("+120255501{n:02}"))
-}
-
-/// An address on a port nothing listens on.
-fn closed_port() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    drop(listener);
-    addr
 }
 
 #[test]

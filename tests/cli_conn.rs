@@ -8,8 +8,8 @@
 mod common;
 
 use common::conn::{
-    cli_in, silent_port, slow_verdict_relay, stalling_server, stderr, stdout, unanswering_server,
-    Answer,
+    cli_in, closed_port, silent_port, slow_verdict_relay, stalling_server, stderr, stdout,
+    unanswering_server, Answer,
 };
 use common::*;
 use std::path::{Path, PathBuf};
@@ -552,12 +552,7 @@ fn an_address_without_a_port_is_refused_as_missing_its_port() {
 fn a_refused_connection_is_said_once_without_repeated_prefixes() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new(&tmp.path().join("pki"));
-    // A port nothing listens on: bound, then closed.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let addr = closed_port();
     let dir = pki.dir.display().to_string();
     let out = cli_in(
         tmp.path(),

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::conn::{cli_in, stderr, stdout};
+use common::conn::{cli_in, closed_port, stderr, stdout};
 use common::process::{start_dev, BIN, START_DEADLINE};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -383,11 +383,7 @@ fn a_client_run_elsewhere_says_where_it_looked_and_how_to_point_it() {
     }
     // FIELDVAULT_DATA_DIR points it there: the setup is found, and the
     // command gets as far as connecting (to a port nothing listens on).
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let closed = closed_port();
     let out = cli_in(
         &elsewhere,
         &args,

@@ -42,6 +42,14 @@ pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// An address on 127.0.0.1 that nothing listens on (bound, then closed).
+pub fn closed_port() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    addr
+}
+
 /// A port on 127.0.0.1 that accepts TCP connections and never sends a
 /// byte (the connections are held open for `hold`, then dropped).
 pub fn silent_port(hold: Duration) -> String {
