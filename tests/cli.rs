@@ -66,8 +66,11 @@ impl Dev {
         all
     }
 
-    fn run(&self, who: &str, args: &[&str], stdin: &str) -> Output {
-        run(&self.args(who, args), stdin)
+    /// Runs the CLI as `who` with `args` and `stdin`; asserts that it
+    /// exits with `code`.
+    #[track_caller]
+    fn run_to_exit(&self, code: i32, who: &str, args: &[&str], stdin: &str) -> Output {
+        run_to_exit(code, &self.args(who, args), stdin)
     }
 }
 
@@ -146,6 +149,14 @@ fn spawn_coprocess(args: &[String]) -> (Child, ChildStdin, Receiver<String>) {
     (child, input, rx)
 }
 
+/// [`run`], asserting that the CLI exits with `code`.
+#[track_caller]
+fn run_to_exit<S: AsRef<std::ffi::OsStr>>(code: i32, args: &[S], stdin: &str) -> Output {
+    let out = run(args, stdin);
+    assert_eq!(out.status.code(), Some(code), "{}", show(&out));
+    out
+}
+
 fn stdout(out: &Output) -> String {
     String::from_utf8(out.stdout.clone()).unwrap()
 }
@@ -176,8 +187,12 @@ fn phone(i: usize) -> (String, String) {
 fn stdin_gives_every_line_one_output_line_in_order_and_a_blank_line_is_an_error_at_its_place() {
     let dev = Dev::start();
     let input = "+1 202-555-0101\n\n+1 202-555-01\n+1 202-555-0103\n";
-    let out = dev.run("orders", &["tokenize", "--kind", "phone", "--stdin"], input);
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let out = dev.run_to_exit(
+        1,
+        "orders",
+        &["tokenize", "--kind", "phone", "--stdin"],
+        input,
+    );
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 4, "{}", show(&out));
@@ -196,12 +211,12 @@ fn stdin_gives_every_line_one_output_line_in_order_and_a_blank_line_is_an_error_
 
     // The same in JSON: one object per line, the index of its input line,
     // the canonical code and the BadRequest field violation.
-    let out = dev.run(
+    let out = dev.run_to_exit(
+        1,
         "orders",
         &["tokenize", "--kind", "phone", "--stdin", "--json"],
         input,
     );
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     let items = json_lines(&out);
     assert_eq!(items.len(), 4, "{}", show(&out));
     for (i, item) in items.iter().enumerate() {
@@ -223,12 +238,12 @@ fn stdin_gives_every_line_one_output_line_in_order_and_a_blank_line_is_an_error_
     let t3 = lines[3];
     let short = &t0[..25];
     let tokens = format!("{t0}\n\n{short}\n{t3}\n");
-    let out = dev.run(
+    let out = dev.run_to_exit(
+        1,
         "support",
         &["detokenize", "--purpose", "callback", "--stdin", "--json"],
         &tokens,
     );
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     let items = json_lines(&out);
     assert_eq!(items.len(), 4, "{}", show(&out));
     assert_eq!(items[0]["token"], t0);
@@ -244,8 +259,12 @@ fn stdin_gives_every_line_one_output_line_in_order_and_a_blank_line_is_an_error_
     assert_eq!(items[3]["value"], "+12025550103");
 
     // Text: the kind and reveal as the command line and policy spell them.
-    let out = dev.run("support", &["detokenize", "--purpose", "callback", t3], "");
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let out = dev.run_to_exit(
+        0,
+        "support",
+        &["detokenize", "--purpose", "callback", t3],
+        "",
+    );
     assert_eq!(stdout(&out), format!("{t3}\tphone\tfull\t+12025550103\n"));
 }
 
@@ -254,21 +273,21 @@ fn stdin_beyond_the_batch_limit_is_sent_in_chunks_and_detokenizes_back_in_order(
     const N: usize = 2500;
     let dev = Dev::start();
     let input: String = (0..N).map(|i| phone(i).0 + "\n").collect();
-    let out = dev.run(
+    let out = dev.run_to_exit(
+        0,
         "orders",
         &["tokenize", "--kind", "phone", "--stdin"],
         &input,
     );
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let tokens = stdout(&out);
     assert_eq!(tokens.lines().count(), N);
     assert!(tokens.lines().all(|t| t.starts_with("fv1_")));
-    let out = dev.run(
+    let out = dev.run_to_exit(
+        0,
         "support",
         &["detokenize", "--purpose", "callback", "--stdin"],
         &tokens,
     );
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let revealed = stdout(&out);
     let lines: Vec<&str> = revealed.lines().collect();
     assert_eq!(lines.len(), N);
@@ -281,7 +300,8 @@ fn stdin_beyond_the_batch_limit_is_sent_in_chunks_and_detokenizes_back_in_order(
     }
 
     // A server limit below --batch-size: the chunks shrink to it.
-    let out = dev.run(
+    let out = dev.run_to_exit(
+        0,
         "orders",
         &[
             "tokenize",
@@ -293,28 +313,27 @@ fn stdin_beyond_the_batch_limit_is_sent_in_chunks_and_detokenizes_back_in_order(
         ],
         &input,
     );
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     assert_eq!(stdout(&out).lines().count(), N);
 }
 
 #[test]
 fn json_whole_call_errors_are_one_json_object_on_stdout_with_the_canonical_code() {
     let dev = Dev::start();
-    let out = dev.run(
+    let out = dev.run_to_exit(
+        0,
         "orders",
         &["tokenize", "--kind", "phone", phone(7).0.as_str()],
         "",
     );
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let token = stdout(&out).trim().to_owned();
 
     // A purpose the policy does not list: the call is refused as a whole.
-    let out = dev.run(
+    let out = dev.run_to_exit(
+        2,
         "support",
         &["detokenize", "--purpose", "marketing", "--json", &token],
         "",
     );
-    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
     let objects = json_lines(&out);
     assert_eq!(objects.len(), 1, "{}", show(&out));
     assert_eq!(objects[0]["error"]["code"], "PERMISSION_DENIED");
@@ -328,12 +347,12 @@ fn json_whole_call_errors_are_one_json_object_on_stdout_with_the_canonical_code(
     );
     assert_eq!(objects[0]["unanswered_from"], 0);
     // Text mode: nothing on stdout, the reason on stderr, same code name.
-    let out = dev.run(
+    let out = dev.run_to_exit(
+        2,
         "support",
         &["detokenize", "--purpose", "marketing", &token],
         "",
     );
-    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
     assert!(out.stdout.is_empty(), "{}", show(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).starts_with("fieldvault: PERMISSION_DENIED: "),
@@ -355,8 +374,7 @@ fn json_whole_call_errors_are_one_json_object_on_stdout_with_the_canonical_code(
         &dev.data,
         "+1 202-555-0108",
     ];
-    let out = run(&args, "");
-    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let out = run_to_exit(2, &args, "");
     let objects = json_lines(&out);
     assert_eq!(objects.len(), 1, "{}", show(&out));
     assert_eq!(objects[0]["error"]["code"], "UNAVAILABLE", "{}", objects[0]);
@@ -379,7 +397,8 @@ fn a_structured_address_goes_in_as_json_and_comes_back_structured() {
     let dev = Dev::start_allowing_full_addresses();
     let address = r#"{"recipient":"Test Person","street_lines":["17 Fakestreet Lane"],"city":"Testville","region":"ZZ","postal_code":"99999","country":"United States of America"}"#;
     let input = format!("{address}\n{{\"zip\":\"99999\"}}\n");
-    let out = dev.run(
+    let out = dev.run_to_exit(
+        1,
         "orders",
         &[
             "tokenize",
@@ -391,7 +410,6 @@ fn a_structured_address_goes_in_as_json_and_comes_back_structured() {
         ],
         &input,
     );
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     let items = json_lines(&out);
     assert_eq!(items.len(), 2, "{}", show(&out));
     let token = items[0]["token"].as_str().unwrap().to_owned();
@@ -402,12 +420,12 @@ fn a_structured_address_goes_in_as_json_and_comes_back_structured() {
     );
     assert!(!items[1].to_string().contains("99999"), "{}", items[1]);
 
-    let out = dev.run(
+    let out = dev.run_to_exit(
+        0,
         "support",
         &["detokenize", "--purpose", "label", "--json", &token],
         "",
     );
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let items = json_lines(&out);
     assert_eq!(items[0]["kind"], "address");
     assert_eq!(items[0]["reveal"], "full");
@@ -424,8 +442,12 @@ fn a_structured_address_goes_in_as_json_and_comes_back_structured() {
         })
     );
     // Text: the one-line form, then the structured parts as JSON.
-    let out = dev.run("support", &["detokenize", "--purpose", "label", &token], "");
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let out = dev.run_to_exit(
+        0,
+        "support",
+        &["detokenize", "--purpose", "label", &token],
+        "",
+    );
     let text = stdout(&out);
     let columns: Vec<&str> = text.trim_end().split('\t').collect();
     assert_eq!(columns[..3], [token.as_str(), "address", "full"]);
@@ -433,26 +455,25 @@ fn a_structured_address_goes_in_as_json_and_comes_back_structured() {
     assert_eq!(parts, items[0]["address"]);
 
     // --address-json is for addresses only.
-    let out = dev.run(
+    dev.run_to_exit(
+        2,
         "orders",
         &["tokenize", "--kind", "phone", "--address-json", "{}"],
         "",
     );
-    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
 }
 
 #[test]
 fn health_exits_0_when_serving_and_non_zero_when_unreachable() {
     let dev = Dev::start();
-    let out = dev.run("intruder", &["health"], "");
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let out = dev.run_to_exit(0, "intruder", &["health"], "");
     assert_eq!(stdout(&out), "SERVING\n");
-    let out = dev.run(
+    let out = dev.run_to_exit(
+        0,
         "intruder",
         &["health", "--json", "--service", "fieldvault.v1.Vault"],
         "",
     );
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     assert_eq!(
         json_lines(&out),
         [serde_json::json!({"service": "fieldvault.v1.Vault", "status": "SERVING"})]
@@ -468,8 +489,7 @@ fn health_exits_0_when_serving_and_non_zero_when_unreachable() {
         "--data-dir",
         &dev.data,
     ];
-    let out = run(&args, "");
-    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let out = run_to_exit(2, &args, "");
     assert_eq!(json_lines(&out)[0]["error"]["code"], "UNAVAILABLE");
     let text: Vec<&str> = args.into_iter().filter(|a| *a != "--json").collect();
     let out = run(&text, "");
@@ -539,12 +559,12 @@ fn a_batch_of_the_largest_addresses_is_revealed_in_one_call_and_audited_once() {
     })
     .to_string();
     let input: String = (0..N).map(|_| address.clone() + "\n").collect();
-    let out = dev.run(
+    let out = dev.run_to_exit(
+        0,
         "orders",
         &["tokenize", "--kind", "address", "--address-json", "--stdin"],
         &input,
     );
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let tokens = stdout(&out);
     assert_eq!(tokens.lines().count(), N);
     let audit = Path::new(&dev.data).join("audit.log");
@@ -557,12 +577,12 @@ fn a_batch_of_the_largest_addresses_is_revealed_in_one_call_and_audited_once() {
     };
     assert_eq!(detokenize_calls(), 0);
 
-    let out = dev.run(
+    let out = dev.run_to_exit(
+        0,
         "support",
         &["detokenize", "--purpose", "label", "--stdin"],
         &tokens,
     );
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let revealed = stdout(&out);
     assert_eq!(revealed.lines().count(), N);
     assert!(revealed.lines().all(|l| l.contains("\taddress\tfull\t")));
@@ -576,12 +596,12 @@ fn stdin_lines_are_answered_when_input_pauses_and_a_byte_order_mark_is_dropped()
     let dev = Dev::start();
     // A BOM before the first line (as Windows editors write): not part of
     // the value.
-    let out = dev.run(
+    let out = dev.run_to_exit(
+        0,
         "orders",
         &["tokenize", "--kind", "phone", "--stdin"],
         "\u{feff}+1 202-555-0121\n+1 202-555-0122\n",
     );
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     assert_eq!(stdout(&out).lines().count(), 2);
 
     // A coprocess: one line in, its answer out while stdin stays open.
@@ -673,12 +693,12 @@ fn a_steady_stdin_stream_is_answered_while_it_flows_not_at_eof() {
 #[test]
 fn health_of_an_unknown_service_names_it() {
     let dev = Dev::start();
-    let out = dev.run(
+    let out = dev.run_to_exit(
+        2,
         "intruder",
         &["health", "--json", "--service", "nope.Svc"],
         "",
     );
-    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
     let json = &json_lines(&out)[0];
     assert_eq!(json["error"]["code"], "NOT_FOUND", "{json}");
     assert!(
