@@ -110,6 +110,18 @@ pub(crate) struct Failure {
     pub(crate) violations: Vec<(String, String)>,
 }
 
+/// The field violations of a `google.rpc.BadRequest` detail, if any.
+fn violations(bad_request: Option<tonic_types::BadRequest>) -> Vec<(String, String)> {
+    bad_request
+        .map(|b| {
+            b.field_violations
+                .into_iter()
+                .map(|v| (v.field, v.description))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 impl Failure {
     pub(crate) fn new(code: tonic::Code, message: impl Into<String>) -> Self {
         Self {
@@ -133,15 +145,7 @@ impl Failure {
         Self {
             code: tonic::Code::from_i32(s.code),
             message: s.message.clone(),
-            violations: s
-                .get_details_bad_request()
-                .map(|b| {
-                    b.field_violations
-                        .into_iter()
-                        .map(|v| (v.field, v.description))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            violations: violations(s.get_details_bad_request()),
         }
     }
 
@@ -150,15 +154,7 @@ impl Failure {
         Self {
             code: s.code(),
             message: s.message().to_owned(),
-            violations: s
-                .get_details_bad_request()
-                .map(|b| {
-                    b.field_violations
-                        .into_iter()
-                        .map(|v| (v.field, v.description))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            violations: violations(s.get_details_bad_request()),
         }
     }
 
