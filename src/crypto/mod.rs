@@ -8,9 +8,11 @@
 
 mod keyring;
 mod master;
+mod token_cipher;
 
 pub use keyring::{BlindIndex, KeyPurpose, KeyVersion, Keyring, SealedRecord, WrappedKey};
 pub use master::{MasterKey, MasterKeyError};
+pub use token_cipher::{TokenCipher, TOKEN_BLOCK_LEN, TOKEN_BLOCK_VERSION};
 
 /// Length of an AES-GCM nonce in bytes (96 bits, random per seal).
 pub const NONCE_LEN: usize = 12;
