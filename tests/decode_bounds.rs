@@ -42,13 +42,9 @@ const DETOKENIZE: &str = "/fieldvault.v1.Vault/Detokenize";
 // ---------------------------------------------------------------------------
 // Raw protobuf and a raw HTTP/2 client.
 
-fn varint(mut n: u64) -> Vec<u8> {
+fn varint(n: u64) -> Vec<u8> {
     let mut out = Vec::new();
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
+    prost::encoding::encode_varint(n, &mut out);
     out
 }
 

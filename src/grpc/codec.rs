@@ -605,13 +605,9 @@ mod tests {
     use tonic::Code;
     use tonic_types::StatusExt;
 
-    fn varint_bytes(mut n: u64) -> Vec<u8> {
+    fn varint_bytes(n: u64) -> Vec<u8> {
         let mut out = Vec::new();
-        while n >= 0x80 {
-            out.push((n as u8) | 0x80);
-            n >>= 7;
-        }
-        out.push(n as u8);
+        prost::encoding::encode_varint(n, &mut out);
         out
     }
 
