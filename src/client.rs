@@ -278,7 +278,7 @@ pub async fn channel_with(
     tls: &ClientTls,
     options: &ConnectOptions,
 ) -> Result<Channel, ClientError> {
-    Ok(channel_heard(addr, tls, options).await?.0)
+    Ok(channel_heard(addr, tls, options).await?.channel)
 }
 
 /// Whether the server has sent a byte after the TLS handshake on any of a
@@ -296,14 +296,26 @@ impl Heard {
     }
 }
 
-/// [`channel_with`], and whether the server has said anything on it yet.
+/// A channel, and what the client knows of its connection.
+pub struct Connected {
+    pub channel: Channel,
+    /// Whether the server has said anything on it yet.
+    pub heard: Heard,
+    /// What the client can see of its own certificate that would make a
+    /// server refuse it, for a refusal that comes after connecting
+    /// ([`alert_refusal`]).
+    pub refusal_hints: Arc<[String]>,
+}
+
+/// [`channel_with`], with what the client knows of the connection.
 pub async fn channel_heard(
     addr: &str,
     tls: &ClientTls,
     options: &ConnectOptions,
-) -> Result<(Channel, Heard), ClientError> {
+) -> Result<Connected, ClientError> {
     let target = Arc::new(Target::parse(addr)?);
     let prepared = Arc::new(Prepared::new(tls)?);
+    let refusal_hints = prepared.local_hints.clone();
     let stage = Arc::new(AtomicU8::new(Stage::Tcp as u8));
     let heard = Heard::default();
     let connector = Connector {
@@ -329,7 +341,11 @@ pub async fn channel_heard(
     )
     .await
     {
-        Ok(Ok(channel)) => Ok((channel, heard)),
+        Ok(Ok(channel)) => Ok(Connected {
+            channel,
+            heard,
+            refusal_hints,
+        }),
         Ok(Err(e)) => Err(find_client_error(&e).unwrap_or_else(|| err(error_chain(&e)))),
         Err(_) => Err(Stage::from(stage.load(Ordering::SeqCst))
             .timed_out(&target.addr, options.connect_timeout)),
@@ -446,7 +462,7 @@ struct Prepared {
     roots: Arc<RootCertStore>,
     certified: Arc<CertifiedKey>,
     /// What to say when the server refuses our certificate.
-    local_hints: Vec<String>,
+    local_hints: Arc<[String]>,
     ca_label: String,
 }
 
@@ -525,7 +541,7 @@ impl Prepared {
             provider,
             roots: Arc::new(roots),
             certified: Arc::new(certified),
-            local_hints,
+            local_hints: local_hints.into(),
             ca_label: tls.ca_label(),
         })
     }
@@ -1055,7 +1071,7 @@ fn refusal(alert: AlertDescription, hints: &[String]) -> String {
 /// chain) is a TLS alert it sent: in TLS 1.3 a slow server's alert may
 /// come after the connector handed the connection to HTTP/2, and the call
 /// then fails with it. Worded as when connecting, with `hints` (see
-/// [`refusal_hints`]).
+/// [`Connected::refusal_hints`]).
 pub fn alert_refusal(e: &(dyn std::error::Error + 'static), hints: &[String]) -> Option<String> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
@@ -1086,15 +1102,6 @@ fn alert_named(text: &str) -> Option<AlertDescription> {
     (0..=u8::MAX)
         .map(AlertDescription::from)
         .find(|a| format!("{a:?}") == name)
-}
-
-/// What can be told locally about why a server would refuse our
-/// certificate (for [`alert_refusal`]); nothing if the files are unusable
-/// (connecting says why).
-pub fn refusal_hints(tls: &ClientTls) -> Vec<String> {
-    Prepared::new(tls)
-        .map(|p| p.local_hints)
-        .unwrap_or_default()
 }
 
 /// Why the server's certificate was refused, in words, for the cases the

@@ -75,14 +75,11 @@ impl Conn {
     pub(crate) async fn channel(&self) -> Result<Channel, ClientError> {
         fieldvault::client::check_addr(&self.addr)?;
         let tls = self.tls()?;
-        let _ = self
-            .hints
-            .set(fieldvault::client::refusal_hints(&tls).into());
         let options = ConnectOptions {
             connect_timeout: self.connect_timeout,
             call_timeout: Some(self.timeout),
         };
-        let (channel, heard) = fieldvault::client::channel_heard(&self.addr, &tls, &options)
+        let connected = fieldvault::client::channel_heard(&self.addr, &tls, &options)
             .await
             .map_err(|e| match e {
                 ClientError::ConnectTimeout { .. } => {
@@ -90,8 +87,9 @@ impl Conn {
                 }
                 e => e,
             })?;
-        let _ = self.heard.set(heard);
-        Ok(channel)
+        let _ = self.heard.set(connected.heard);
+        let _ = self.hints.set(connected.refusal_hints);
+        Ok(connected.channel)
     }
 
     /// A failed call's status, with a deadline that passed named as such:
@@ -146,7 +144,7 @@ pub(crate) struct CallStatus {
     late: &'static str,
     /// Whether the server has sent anything on the channel, if known.
     heard: Option<fieldvault::client::Heard>,
-    /// See [`fieldvault::client::refusal_hints`].
+    /// See [`fieldvault::client::Connected::refusal_hints`].
     hints: Arc<[String]>,
 }
 
