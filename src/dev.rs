@@ -217,8 +217,8 @@ fn is_link(path: &Path) -> bool {
 /// directory dev mode made (see [`is_dev_data_dir`]), and of `dev/` only
 /// the files dev mode writes: a `dev/` folder of someone else's, or a
 /// production data dir, is left alone. Refuses while a server holds the
-/// store. Returns what it deleted.
-pub fn reset(data_dir: &Path) -> Result<Vec<PathBuf>, DevError> {
+/// store. Returns what it deleted, in words (paths).
+pub fn reset(data_dir: &Path) -> Result<Vec<String>, DevError> {
     let dev = dev_dir(data_dir);
     let store = Config::store_dir_in(data_dir);
     let audit = data_dir.join("audit.log");
@@ -269,18 +269,21 @@ pub fn reset(data_dir: &Path) -> Result<Vec<PathBuf>, DevError> {
         // Only when nothing else is in it: files dev mode did not write
         // are not ours to delete.
         if std::fs::remove_dir(&dev).is_ok() {
-            removed.push(dev.clone());
+            removed.push(dev.display().to_string());
         } else {
-            removed.push(dev.join("(the files dev mode made)"));
+            removed.push(format!(
+                "the setup files in {} (the other files there stay)",
+                dev.display()
+            ));
         }
     }
     if store.exists() {
         std::fs::remove_dir_all(&store).map_err(|e| io_err(&store, e))?;
-        removed.push(store);
+        removed.push(store.display().to_string());
     }
     if audit.exists() {
         std::fs::remove_file(&audit).map_err(|e| io_err(&audit, e))?;
-        removed.push(audit);
+        removed.push(audit.display().to_string());
     }
     Ok(removed)
 }

@@ -101,8 +101,8 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
             if removed.is_empty() {
                 println!("reset: nothing to delete in {}", data_dir.display());
             }
-            for path in removed {
-                println!("reset: deleted {}", path.display());
+            for what in removed {
+                println!("reset: deleted {what}");
             }
         }
         let (config, created) =
