@@ -254,31 +254,15 @@ impl ClientTls {
 /// Connects to `addr` (`host:port`, or a full `https://` URI) over mTLS,
 /// with the default deadlines.
 pub async fn connect(addr: &str, tls: &ClientTls) -> Result<VaultClient<Channel>, ClientError> {
-    connect_with(addr, tls, &ConnectOptions::default()).await
-}
-
-/// [`connect`] with chosen deadlines.
-pub async fn connect_with(
-    addr: &str,
-    tls: &ClientTls,
-    options: &ConnectOptions,
-) -> Result<VaultClient<Channel>, ClientError> {
-    Ok(VaultClient::new(channel_with(addr, tls, options).await?))
+    Ok(VaultClient::new(channel(addr, tls).await?))
 }
 
 /// An mTLS channel, for any of the services the server offers, with the
 /// default deadlines.
 pub async fn channel(addr: &str, tls: &ClientTls) -> Result<Channel, ClientError> {
-    channel_with(addr, tls, &ConnectOptions::default()).await
-}
-
-/// [`channel`] with chosen deadlines.
-pub async fn channel_with(
-    addr: &str,
-    tls: &ClientTls,
-    options: &ConnectOptions,
-) -> Result<Channel, ClientError> {
-    Ok(channel_heard(addr, tls, options).await?.channel)
+    Ok(channel_heard(addr, tls, &ConnectOptions::default())
+        .await?
+        .channel)
 }
 
 /// Whether the server has sent a byte after the TLS handshake on any of a
@@ -307,7 +291,8 @@ pub struct Connected {
     pub refusal_hints: Arc<[String]>,
 }
 
-/// [`channel_with`], with what the client knows of the connection.
+/// An mTLS channel with chosen deadlines, and what the client knows of
+/// its connection.
 pub async fn channel_heard(
     addr: &str,
     tls: &ClientTls,
