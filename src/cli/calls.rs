@@ -163,17 +163,12 @@ trait Call {
     fn print(&self, index: usize, item: Option<&Self::Item>, answer: Result<Self::Answer, Failure>);
 }
 
-/// The limit a server announced in "holds N items; at most M are allowed
-/// per call".
+/// The item limit a server announced when it refused a chunk for it.
 fn allowed_per_call(f: &Failure) -> Option<usize> {
     if f.code != Code::InvalidArgument {
         return None;
     }
-    let rest = f.message.split("at most ").nth(1)?;
-    let (n, tail) = rest.split_once(' ')?;
-    tail.starts_with("are allowed per call")
-        .then(|| n.parse().ok())
-        .flatten()
+    fieldvault::domain::batch::allowed_per_call(&f.message)
 }
 
 /// tonic's words when a message is over the receiver's size limit: from

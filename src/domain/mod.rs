@@ -1,6 +1,7 @@
 //! The vault's vocabulary: field kinds, tokens, callers, purposes, secret
 //! values, validation, masking and policy decisions. Nothing here does I/O.
 
+pub mod batch;
 mod caller;
 mod kind;
 pub mod policy;

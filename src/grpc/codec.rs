@@ -313,7 +313,7 @@ fn check_counts(
             Count::BatchItems if n > max_items => {
                 return Err(refuse(
                     &here,
-                    &format!("holds {n} items; at most {max_items} are allowed per call"),
+                    &crate::domain::batch::too_many_items(n, max_items),
                 ))
             }
             Count::AtMost(max) if n > max => {

@@ -197,10 +197,7 @@ impl Vault {
         if len > self.settings.max_batch_items {
             return Err(VaultError::InvalidArgument {
                 field,
-                reason: format!(
-                    "holds {len} items; at most {} are allowed per call",
-                    self.settings.max_batch_items
-                ),
+                reason: crate::domain::batch::too_many_items(len, self.settings.max_batch_items),
             });
         }
         Ok(())
