@@ -79,10 +79,16 @@ pub enum DevError {
     )]
     Linked(String),
     #[error(
-        "{0} already holds files dev mode did not make; dev mode does not write its setup among \
-         them: give it a data directory of its own (--data-dir)"
+        "{0} is a symbolic link or already holds files dev mode did not make; dev mode does not \
+         write its setup through it or among them: give it a data directory of its own \
+         (--data-dir)"
     )]
     ForeignDevDir(String),
+    #[error(
+        "--reset: {0} is not what dev mode made there (a directory for dev/ and store/, a file \
+         for audit.log and store/db); nothing was deleted"
+    )]
+    Unexpected(String),
     #[error(
         "{data_dir} holds a store ({store}) but no dev/ setup: dev mode would make a new master \
          key that cannot open it. Serve that store with the config it was made with \
@@ -201,11 +207,33 @@ pub fn check_identity(data_dir: &Path, name: &str) -> Result<(), DevError> {
 }
 
 /// Whether `data_dir` was made by dev mode: it carries [`DEV_MARKER`], or
-/// (a setup made before the marker existed) a dev CA and master key.
+/// (a setup made before the marker existed) a master key and a CA that
+/// dev mode made, by its name: file names alone could be anyone's.
 fn is_dev_data_dir(data_dir: &Path) -> bool {
     let dev = dev_dir(data_dir);
     data_dir.join(DEV_MARKER).is_file()
-        || (!is_link(&dev) && dev.join("ca.pem").is_file() && dev.join("master.key").is_file())
+        || (!is_link(&dev) && dev.join("master.key").is_file() && holds_dev_ca(&dev))
+}
+
+/// The subject of every dev CA starts with this.
+const DEV_CA_NAME: &str = "fieldvault dev CA";
+
+/// Whether `dir/ca.pem` is a CA certificate dev mode made.
+fn holds_dev_ca(dir: &Path) -> bool {
+    let path = dir.join("ca.pem");
+    let small_file =
+        std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.len() < 1 << 20);
+    let Some(pem) = small_file.then(|| std::fs::read(&path).ok()).flatten() else {
+        return false;
+    };
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(&pem) else {
+        return false;
+    };
+    pem.parse_x509().is_ok_and(|cert| {
+        cert.subject()
+            .iter_common_name()
+            .any(|cn| cn.as_str().is_ok_and(|cn| cn.starts_with(DEV_CA_NAME)))
+    })
 }
 
 fn is_link(path: &Path) -> bool {
@@ -242,9 +270,32 @@ pub fn reset(data_dir: &Path) -> Result<Vec<String>, DevError> {
     if is_link(&dev) {
         return Err(DevError::Linked(dev.display().to_string()));
     }
+    // Everything is checked before anything is deleted: a reset stops
+    // whole or not at all.
+    let kind_of = |path: &Path| std::fs::symlink_metadata(path).ok().map(|m| m.file_type());
+    let db = store.join("db");
+    for (path, ok) in [
+        (&dev, kind_of(&dev).is_none_or(|t| t.is_dir())),
+        (
+            &store,
+            kind_of(&store).is_none_or(|t| t.is_dir() || t.is_symlink()),
+        ),
+        (
+            &audit,
+            kind_of(&audit).is_none_or(|t| t.is_file() || t.is_symlink()),
+        ),
+        // Opened below for its lock: a FIFO there would block the open.
+        (
+            &db,
+            is_link(&store) || kind_of(&db).is_none_or(|t| t.is_file()),
+        ),
+    ] {
+        if !ok {
+            return Err(DevError::Unexpected(path.display().to_string()));
+        }
+    }
     // sled holds an exclusive flock on store/db while the store is open.
     // Held until the store is gone, so no server opens it meanwhile.
-    let db = store.join("db");
     let _lock = match std::fs::File::open(&db) {
         Ok(file) => {
             use rustix::fs::{flock, FlockOperation};
@@ -306,6 +357,9 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<(Config, bool), De
         });
     }
     let created = if dir.join("ca.pem").exists() {
+        if !is_dev_data_dir(data_dir) {
+            return Err(DevError::ForeignDevDir(dir.display().to_string()));
+        }
         for f in expected_files() {
             if !dir.join(&f).exists() {
                 return Err(DevError::Incomplete(dir.display().to_string(), f));
@@ -364,8 +418,12 @@ fn clear_for_setup(dir: &Path, marked: bool) -> Result<(), DevError> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(());
     };
-    // Through a link, the files are another directory's, marker or not.
-    let marked = marked && !is_link(dir);
+    // Through a link, the files would be another directory's, marker or
+    // not: the setup is not written through it (as reset does not delete
+    // through it).
+    if is_link(dir) {
+        return Err(DevError::ForeignDevDir(dir.display().to_string()));
+    }
     let ours = expected_files();
     let mut leftovers = Vec::new();
     for entry in entries {
@@ -394,7 +452,7 @@ fn create(dir: &Path) -> Result<(), DevError> {
     // Named apart from the CA of any other dev setup, so that a
     // certificate of another data dir is told apart by name too.
     let ca = DevCa::new(&format!(
-        "fieldvault dev CA {}",
+        "{DEV_CA_NAME} {}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     ))?;
     let server = ca.issue_server(&["localhost", "127.0.0.1", "::1"])?;

@@ -200,6 +200,21 @@ fn a_reset_does_not_follow_a_linked_dev_dir_and_dev_mode_keeps_out_of_a_foreign_
     );
     assert_eq!(std::fs::read_dir(&etc).unwrap().count(), 1);
 
+    // A dev/ linking to an empty folder: no setup is written through it.
+    let empty = tmp.path().join("empty-target");
+    std::fs::create_dir_all(&empty).unwrap();
+    let through = tmp.path().join("through");
+    std::fs::create_dir_all(&through).unwrap();
+    std::os::unix::fs::symlink(&empty, through.join("dev")).unwrap();
+    let out = serve(&through, false);
+    assert!(!out.status.success());
+    assert_eq!(
+        std::fs::read_dir(&empty).unwrap().count(),
+        0,
+        "{}",
+        stderr(&out)
+    );
+
     // Someone's own dev/ folder in the data dir: dev mode writes nothing
     // among its files.
     let home = tmp.path().join("home");
@@ -221,6 +236,82 @@ fn a_reset_does_not_follow_a_linked_dev_dir_and_dev_mode_keeps_out_of_a_foreign_
         std::fs::read_to_string(home.join("dev/policy.toml")).unwrap(),
         "# mine\n"
     );
+}
+
+#[test]
+fn a_reset_trusts_no_file_names_and_checks_everything_before_deleting_anything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = closed_port();
+    let reset = |data: &Path| serve_dev_in(tmp.path(), data, &["--reset", "--listen", &port]);
+    let nothing_deleted = |data: &Path, out: &std::process::Output| {
+        assert!(!out.status.success());
+        assert!(!stdout(out).contains("reset: deleted"), "{}", stdout(out));
+        for kept in ["dev/ca.pem", "dev/master.key", "store", "audit.log"] {
+            assert!(
+                std::fs::symlink_metadata(data.join(kept)).is_ok(),
+                "{kept} was deleted: {}",
+                stderr(out)
+            );
+        }
+    };
+    let fill = |data: &Path| {
+        std::fs::create_dir_all(data.join("dev")).unwrap();
+        std::fs::create_dir_all(data.join("store")).unwrap();
+        std::fs::write(data.join("dev/master.key"), "production\n").unwrap();
+        std::fs::write(data.join("audit.log"), "production\n").unwrap();
+    };
+    // A production data dir that keeps its own CA and master key in dev/,
+    // no marker: the file names are dev mode's, the CA is not.
+    let production = tmp.path().join("production");
+    fill(&production);
+    let own_ca = fieldvault::devpki::DevCa::new("Example Corp CA").unwrap();
+    std::fs::write(production.join("dev/ca.pem"), own_ca.cert_pem()).unwrap();
+    let out = reset(&production);
+    nothing_deleted(&production, &out);
+    assert!(
+        stderr(&out).contains("does not look like a dev data directory"),
+        "{}",
+        stderr(&out)
+    );
+    // Plain `serve --dev` there does not claim that dev/ either.
+    let out = serve_dev_in(tmp.path(), &production, &["--listen", &port]);
+    assert!(
+        stderr(&out).contains("already holds files dev mode did not make")
+            || stderr(&out).contains("holds a store"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A dev data dir (marked) where something is not what dev mode made:
+    // a FIFO at store/db (whose open would block), audit.log a directory.
+    // Nothing is deleted, and the FIFO does not hang the reset (RUN bounds
+    // it, and the message is checked).
+    for odd in ["fifo", "audit-dir"] {
+        let data = tmp.path().join(odd);
+        fill(&data);
+        std::fs::write(data.join("dev/ca.pem"), own_ca.cert_pem()).unwrap();
+        std::fs::write(data.join(fieldvault::dev::DEV_MARKER), "x\n").unwrap();
+        if odd == "fifo" {
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                data.join("store/db"),
+                rustix::fs::FileType::Fifo,
+                rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+                0,
+            )
+            .unwrap();
+        } else {
+            std::fs::remove_file(data.join("audit.log")).unwrap();
+            std::fs::create_dir(data.join("audit.log")).unwrap();
+        }
+        let out = reset(&data);
+        nothing_deleted(&data, &out);
+        assert!(
+            stderr(&out).contains("is not what dev mode made there"),
+            "{odd}: {}",
+            stderr(&out)
+        );
+    }
 }
 
 #[test]
