@@ -127,6 +127,13 @@ pub(crate) fn parse_address(json: &str) -> Result<pb::PostalAddress, String> {
             "must be a JSON object with the fields {ADDRESS_FIELDS}"
         ));
     };
+    // serde_json keeps the last of repeated keys; a field given twice is
+    // refused instead of one of its values silently dropped.
+    if let Ok(ObjectKeys(keys)) = serde_json::from_str::<ObjectKeys>(json) {
+        if keys.len() != map.len() {
+            return Err("holds a field twice".into());
+        }
+    }
     let mut a = pb::PostalAddress::default();
     for (key, v) in map {
         let slot = match key.as_str() {
@@ -163,6 +170,32 @@ pub(crate) fn parse_address(json: &str) -> Result<pb::PostalAddress, String> {
         }
     }
     Ok(a)
+}
+
+/// The keys of a JSON object, in order, repeats included.
+struct ObjectKeys(Vec<String>);
+
+impl<'de> serde::Deserialize<'de> for ObjectKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Keys;
+        impl<'de> serde::de::Visitor<'de> for Keys {
+            type Value = ObjectKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ObjectKeys, A::Error> {
+                let mut keys = Vec::new();
+                while let Some((k, serde::de::IgnoredAny)) = map.next_entry::<String, _>()? {
+                    keys.push(k);
+                }
+                Ok(ObjectKeys(keys))
+            }
+        }
+        d.deserialize_map(Keys)
+    }
 }
 
 #[cfg(test)]
@@ -213,6 +246,15 @@ mod tests {
                 Line::NotUtf8
             ]
         );
+    }
+
+    #[test]
+    fn a_field_given_twice_is_refused_not_half_dropped() {
+        let e = parse_address(
+            r#"{"street_lines":["1 Main"],"street_lines":["202-555-0175"],"country":"US"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e, "holds a field twice");
     }
 
     #[test]
