@@ -128,11 +128,11 @@ async fn random_mode_gives_a_new_token_each_time_but_indexes_them_all() {
     let canonical = canonicalise(&FieldInput::simple(Kind::Phone, "+8613812345678"), None).unwrap();
     let index = keyring.blind_index(Kind::Phone, &canonical).unwrap();
     let mut indexed: Vec<String> = store
-        .tokens_by_index(index)
+        .records_by_index(index)
         .await
         .unwrap()
-        .iter()
-        .map(|t| t.to_string())
+        .into_iter()
+        .map(|id| keyring.token_of(id).to_string())
         .collect();
     indexed.sort();
     assert_eq!(indexed, tokens);

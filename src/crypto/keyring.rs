@@ -1,5 +1,6 @@
+use super::token_cipher::TokenCipher;
 use super::{CryptoError, MasterKey, NONCE_LEN};
-use crate::domain::{FieldKind, Plaintext, TokenId};
+use crate::domain::{FieldKind, Plaintext, RecordId, TokenId};
 use aes_gcm::aead::rand_core::RngCore;
 use aes_gcm::aead::{Aead, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
@@ -21,6 +22,9 @@ pub enum KeyPurpose {
     Data,
     /// HMAC-SHA256 key of the blind index (value -> tokens).
     Index,
+    /// AES-256 key of the token permutation (record id -> token). One
+    /// version only, never rotated: rotating it would change every token.
+    Token,
 }
 
 impl KeyPurpose {
@@ -29,11 +33,12 @@ impl KeyPurpose {
         match self {
             KeyPurpose::Data => 1,
             KeyPurpose::Index => 2,
+            KeyPurpose::Token => 3,
         }
     }
 
     pub fn from_code(code: u8) -> Option<Self> {
-        [KeyPurpose::Data, KeyPurpose::Index]
+        [KeyPurpose::Data, KeyPurpose::Index, KeyPurpose::Token]
             .into_iter()
             .find(|p| p.code() == code)
     }
@@ -63,8 +68,8 @@ impl fmt::Debug for BlindIndex {
     }
 }
 
-/// One encrypted value as stored. Not secret; useless without its token id,
-/// kind and key version, which the associated data binds.
+/// One encrypted value as stored. Not secret; useless without its record
+/// id, kind and key version, which the associated data binds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SealedRecord {
     pub kind: FieldKind,
@@ -84,10 +89,12 @@ fn wrap_aad(purpose: KeyPurpose, version: KeyVersion) -> Vec<u8> {
     aad
 }
 
-fn record_aad(token: &TokenId, kind: FieldKind, version: KeyVersion) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(RECORD_AAD_LABEL.len() + 16 + 1 + 4);
+/// The record's id stands for its token: the token key maps one to the
+/// other, one to one, and never changes.
+fn record_aad(id: RecordId, kind: FieldKind, version: KeyVersion) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(RECORD_AAD_LABEL.len() + 8 + 1 + 4);
     aad.extend_from_slice(RECORD_AAD_LABEL);
-    aad.extend_from_slice(token.as_bytes());
+    aad.extend_from_slice(&id.0.to_be_bytes());
     aad.push(kind.code());
     aad.extend_from_slice(&version.0.to_be_bytes());
     aad
@@ -123,13 +130,18 @@ fn open_with(
 
 /// The unwrapped keys: data keys as ready AES-256-GCM ciphers (building
 /// the cipher costs more than sealing a short value, so it is cached per
-/// version) and blind-index HMAC keys. Key material is wiped on drop.
+/// version), blind-index HMAC keys and the token key. Key material is
+/// wiped on drop.
 pub struct Keyring {
     active: KeyVersion,
     ciphers: BTreeMap<KeyVersion, Aes256Gcm>,
     index_active: KeyVersion,
     index_keys: BTreeMap<KeyVersion, Zeroizing<[u8; 32]>>,
+    tokens: TokenCipher,
 }
+
+/// The token key's one version.
+const TOKEN_KEY_VERSION: KeyVersion = KeyVersion(1);
 
 fn random_key() -> Zeroizing<[u8; 32]> {
     let mut key = Zeroizing::new([0u8; 32]);
@@ -154,16 +166,18 @@ fn wrap(
 }
 
 impl Keyring {
-    /// A keyring with a fresh data key v1 and index key v1, and both keys
-    /// wrapped for storage.
+    /// A keyring with a fresh data key v1, index key v1 and token key, and
+    /// the three keys wrapped for storage.
     pub fn create(master: &MasterKey) -> Result<(Self, Vec<WrappedKey>), CryptoError> {
         let version = KeyVersion(1);
         let kek = Aes256Gcm::new(master.bytes().into());
         let dek = random_key();
         let index_key = random_key();
+        let token_key = random_key();
         let wrapped = vec![
             wrap(&kek, KeyPurpose::Data, version, &dek)?,
             wrap(&kek, KeyPurpose::Index, version, &index_key)?,
+            wrap(&kek, KeyPurpose::Token, TOKEN_KEY_VERSION, &token_key)?,
         ];
         let mut ciphers = BTreeMap::new();
         ciphers.insert(version, Aes256Gcm::new(dek.as_ref().into()));
@@ -175,18 +189,20 @@ impl Keyring {
                 ciphers,
                 index_active: version,
                 index_keys,
+                tokens: TokenCipher::new(&token_key),
             },
             wrapped,
         ))
     }
 
     /// Unwraps every stored key; the highest version of each purpose becomes
-    /// active. Fails if any key does not unwrap (the wrong master key) or a
-    /// purpose has no key.
+    /// active. Fails if any key does not unwrap (the wrong master key), a
+    /// purpose has no key, or the token key is not exactly one version 1.
     pub fn unlock(master: &MasterKey, wrapped: &[WrappedKey]) -> Result<Self, CryptoError> {
         let kek = Aes256Gcm::new(master.bytes().into());
         let mut ciphers = BTreeMap::new();
         let mut index_keys = BTreeMap::new();
+        let mut tokens = None;
         for w in wrapped {
             let mut raw = open_with(
                 &kek,
@@ -205,6 +221,12 @@ impl Keyring {
                 KeyPurpose::Index => {
                     index_keys.insert(w.version, key);
                 }
+                KeyPurpose::Token => {
+                    if w.version != TOKEN_KEY_VERSION || tokens.is_some() {
+                        return Err(CryptoError::TokenKey);
+                    }
+                    tokens = Some(TokenCipher::new(&key));
+                }
             }
         }
         let active = *ciphers.keys().next_back().ok_or(CryptoError::Empty)?;
@@ -214,6 +236,7 @@ impl Keyring {
             ciphers,
             index_active,
             index_keys,
+            tokens: tokens.ok_or(CryptoError::TokenKey)?,
         })
     }
 
@@ -244,10 +267,22 @@ impl Keyring {
         self.active
     }
 
-    /// Seals a canonical value for `token` under the active data key.
+    /// The token of record `id`.
+    pub fn token_of(&self, id: RecordId) -> TokenId {
+        TokenId::from_bytes(self.tokens.block_of(id.0))
+    }
+
+    /// The record id inside `token`, or `None` when the token key did not
+    /// make it (guessed, garbled, or issued by another vault): no store
+    /// lookup is needed to know that such a token has no record.
+    pub fn record_of(&self, token: &TokenId) -> Option<RecordId> {
+        self.tokens.sequence_of(token.as_bytes()).map(RecordId)
+    }
+
+    /// Seals a canonical value for record `id` under the active data key.
     pub fn seal(
         &self,
-        token: &TokenId,
+        id: RecordId,
         kind: FieldKind,
         value: &Plaintext,
     ) -> Result<SealedRecord, CryptoError> {
@@ -256,7 +291,7 @@ impl Keyring {
             .get(&self.active)
             .ok_or(CryptoError::UnknownKeyVersion(self.active.0))?;
         let nonce = random_nonce();
-        let aad = record_aad(token, kind, self.active);
+        let aad = record_aad(id, kind, self.active);
         let ciphertext = seal_with(cipher, &nonce, &aad, value.expose().as_bytes())?;
         Ok(SealedRecord {
             kind,
@@ -266,14 +301,14 @@ impl Keyring {
         })
     }
 
-    /// Opens the record stored under `token`. Any change to the ciphertext,
-    /// nonce, kind, version or token makes this fail with `Integrity`.
-    pub fn open(&self, token: &TokenId, record: &SealedRecord) -> Result<Plaintext, CryptoError> {
+    /// Opens the record stored as `id`. Any change to the ciphertext,
+    /// nonce, kind, version or id makes this fail with `Integrity`.
+    pub fn open(&self, id: RecordId, record: &SealedRecord) -> Result<Plaintext, CryptoError> {
         let cipher = self
             .ciphers
             .get(&record.key_version)
             .ok_or(CryptoError::UnknownKeyVersion(record.key_version.0))?;
-        let aad = record_aad(token, record.kind, record.key_version);
+        let aad = record_aad(id, record.kind, record.key_version);
         let bytes = open_with(cipher, &record.nonce, &aad, &record.ciphertext)?;
         String::from_utf8(bytes).map(Plaintext::new).map_err(|e| {
             e.into_bytes().zeroize();
@@ -334,13 +369,13 @@ mod tests {
     #[test]
     fn a_sealed_record_opens_after_unlock_with_the_same_master_key() {
         let (master, ring, wrapped) = sample();
-        let token = TokenId::new_random();
+        let token = RecordId(41);
         let rec = ring
-            .seal(&token, FieldKind::Phone, &value())
+            .seal(token, FieldKind::Phone, &value())
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(!rec.ciphertext.windows(4).any(|w| w == b"5550"));
         let reopened = Keyring::unlock(&master, &wrapped).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(reopened.open(&token, &rec), Ok(value()));
+        assert_eq!(reopened.open(token, &rec), Ok(value()));
     }
 
     #[test]
@@ -354,53 +389,87 @@ mod tests {
     }
 
     #[test]
-    fn the_wrong_data_key_cannot_open_a_record() {
-        let (_, ring, _) = sample();
-        let (_, other_ring, _) = sample();
-        let token = TokenId::new_random();
-        let rec = ring
-            .seal(&token, FieldKind::Phone, &value())
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(other_ring.open(&token, &rec), Err(CryptoError::Integrity));
+    fn the_token_key_survives_unlock_and_maps_record_ids_both_ways() {
+        let (master, ring, wrapped) = sample();
+        let reopened = Keyring::unlock(&master, &wrapped).unwrap_or_else(|e| panic!("{e}"));
+        for id in [0u64, 1, 2, 1 << 40, u64::MAX].map(RecordId) {
+            let token = ring.token_of(id);
+            assert_eq!(reopened.token_of(id), token, "the token key is stored");
+            assert_eq!(reopened.record_of(&token), Some(id));
+        }
+        let (_, other, _) = sample();
+        assert_eq!(other.record_of(&ring.token_of(RecordId(7))), None);
     }
 
     #[test]
-    fn a_record_is_bound_to_its_token_kind_version_and_bytes() {
+    fn keys_without_exactly_one_token_key_do_not_unlock() {
+        let (master, _, wrapped) = sample();
+        let without: Vec<WrappedKey> = wrapped
+            .iter()
+            .filter(|w| w.purpose != KeyPurpose::Token)
+            .cloned()
+            .collect();
+        assert_eq!(
+            Keyring::unlock(&master, &without).err(),
+            Some(CryptoError::TokenKey)
+        );
+        let kek = Aes256Gcm::new(master.bytes().into());
+        let mut twice = wrapped.clone();
+        twice.push(
+            wrap(&kek, KeyPurpose::Token, KeyVersion(2), &[9; 32])
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        assert_eq!(
+            Keyring::unlock(&master, &twice).err(),
+            Some(CryptoError::TokenKey)
+        );
+    }
+
+    #[test]
+    fn the_wrong_data_key_cannot_open_a_record() {
         let (_, ring, _) = sample();
-        let token = TokenId::new_random();
+        let (_, other_ring, _) = sample();
+        let token = RecordId(41);
         let rec = ring
-            .seal(&token, FieldKind::Phone, &value())
+            .seal(token, FieldKind::Phone, &value())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(other_ring.open(token, &rec), Err(CryptoError::Integrity));
+    }
+
+    #[test]
+    fn a_record_is_bound_to_its_record_id_kind_version_and_bytes() {
+        let (_, ring, _) = sample();
+        let token = RecordId(41);
+        let rec = ring
+            .seal(token, FieldKind::Phone, &value())
             .unwrap_or_else(|e| panic!("{e}"));
 
-        assert_eq!(
-            ring.open(&TokenId::new_random(), &rec),
-            Err(CryptoError::Integrity)
-        );
+        assert_eq!(ring.open(RecordId(42), &rec), Err(CryptoError::Integrity));
         let relabelled = SealedRecord {
             kind: FieldKind::NationalId,
             ..rec.clone()
         };
-        assert_eq!(ring.open(&token, &relabelled), Err(CryptoError::Integrity));
+        assert_eq!(ring.open(token, &relabelled), Err(CryptoError::Integrity));
         let other_version = SealedRecord {
             key_version: KeyVersion(2),
             ..rec.clone()
         };
         assert_eq!(
-            ring.open(&token, &other_version),
+            ring.open(token, &other_version),
             Err(CryptoError::UnknownKeyVersion(2))
         );
         for i in 0..rec.ciphertext.len() {
             let mut flipped = rec.clone();
             flipped.ciphertext[i] ^= 0x01;
             assert_eq!(
-                ring.open(&token, &flipped),
+                ring.open(token, &flipped),
                 Err(CryptoError::Integrity),
                 "byte {i}"
             );
         }
         let mut nonce = rec.clone();
         nonce.nonce[0] ^= 0x80;
-        assert_eq!(ring.open(&token, &nonce), Err(CryptoError::Integrity));
+        assert_eq!(ring.open(token, &nonce), Err(CryptoError::Integrity));
     }
 
     #[test]
@@ -447,12 +516,12 @@ mod tests {
     #[test]
     fn two_seals_of_one_value_differ() {
         let (_, ring, _) = sample();
-        let token = TokenId::new_random();
+        let token = RecordId(41);
         let a = ring
-            .seal(&token, FieldKind::Phone, &value())
+            .seal(token, FieldKind::Phone, &value())
             .unwrap_or_else(|e| panic!("{e}"));
         let b = ring
-            .seal(&token, FieldKind::Phone, &value())
+            .seal(token, FieldKind::Phone, &value())
             .unwrap_or_else(|e| panic!("{e}"));
         assert_ne!(a.nonce, b.nonce);
         assert_ne!(a.ciphertext, b.ciphertext);

@@ -33,4 +33,12 @@ pub enum CryptoError {
     Seal,
     #[error("keyring holds no data key")]
     Empty,
+    /// The stored keys do not hold exactly one token key (version 1): a
+    /// store made by a development build before tokens encrypted a
+    /// sequence number, or tampering.
+    #[error(
+        "the store's keys hold no token key, or more than one: a store made before tokens \
+         encrypted a sequence number cannot be read by this version"
+    )]
+    TokenKey,
 }

@@ -1,4 +1,4 @@
-//! Tokens as a keyed permutation of a sequence number (issue 11).
+//! Tokens as a keyed permutation of a sequence number.
 //!
 //! A new record gets the next value of a 64-bit sequence; its token is one
 //! AES-256 block encryption, under a dedicated token key, of a block that
@@ -9,10 +9,8 @@
 //! rejects a guessed or garbled token before any store read: a random block
 //! passes with probability 2^-64.
 //!
-//! Not used by the vault yet: the store still keys records by random UUID.
-//! The next steps of issue 11 wire it in (the token key wrapped by the
-//! master key, the sequence behind the `Store` trait, record keys as the
-//! sequence number big-endian).
+//! The token key is generated once with the keyring, stored wrapped by the
+//! master key, and never rotated (see `Keyring::token_of`).
 
 use aes::cipher::{BlockDecrypt, BlockEncrypt, KeyInit};
 use aes::Aes256;

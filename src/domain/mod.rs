@@ -14,4 +14,4 @@ pub use caller::{CallerId, CallerIdError};
 pub use kind::{FieldKind, UnknownFieldKind};
 pub use purpose::{Justification, Purpose, TextError};
 pub use secret::Plaintext;
-pub use token::{TokenId, TokenMode, TokenModes, TokenParseError, TOKEN_PREFIX};
+pub use token::{RecordId, TokenId, TokenMode, TokenModes, TokenParseError, TOKEN_PREFIX};

@@ -3,7 +3,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use std::fmt;
 use std::str::FromStr;
-use uuid::Uuid;
 
 /// How tokens are issued for a field kind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
@@ -41,35 +40,30 @@ impl TokenModes {
 /// a later format can coexist with this one.
 pub const TOKEN_PREFIX: &str = "fv1_";
 
-/// The identity of a stored record: a random (v4) UUID, 122 random bits,
-/// carrying nothing of the value. On the wire it is `fv1_` followed by the
-/// 16 bytes in unpadded URL-safe base64 (26 characters in all).
+/// A token as callers see it: 16 opaque bytes, on the wire `fv1_` followed
+/// by the bytes in unpadded URL-safe base64 (26 characters in all).
+///
+/// The bytes are one AES-256 block encryption, under the vault's token key,
+/// of the record's [`RecordId`] and fixed format bits (see
+/// `crypto::TokenCipher`). Parsing checks only the syntax; whether this
+/// vault issued the token is known once the token key has decrypted it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TokenId(Uuid);
+pub struct TokenId([u8; 16]);
 
 impl TokenId {
-    pub fn new_random() -> Self {
-        Self(Uuid::new_v4())
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
     }
 
     pub fn as_bytes(&self) -> &[u8; 16] {
-        self.0.as_bytes()
-    }
-
-    /// Rebuilds a token id from its stored bytes. Only v4 UUIDs are token ids.
-    pub fn from_bytes(bytes: [u8; 16]) -> Result<Self, TokenParseError> {
-        let uuid = Uuid::from_bytes(bytes);
-        if uuid.get_version_num() != 4 || uuid.get_variant() != uuid::Variant::RFC4122 {
-            return Err(TokenParseError::NotIssued);
-        }
-        Ok(Self(uuid))
+        &self.0
     }
 }
 
 impl fmt::Display for TokenId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(TOKEN_PREFIX)?;
-        f.write_str(&URL_SAFE_NO_PAD.encode(self.0.as_bytes()))
+        f.write_str(&URL_SAFE_NO_PAD.encode(self.0))
     }
 }
 
@@ -77,6 +71,20 @@ impl fmt::Display for TokenId {
 impl fmt::Debug for TokenId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "TokenId({self})")
+    }
+}
+
+/// The identity of a stored record: its place in the store's 64-bit
+/// sequence. Sequence numbers are handed out by the store, ascending, and
+/// never reused; the token of a record is the encryption of its id. Shows
+/// the order of creation, so it stays inside the vault: callers see tokens,
+/// operators' tools may see ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RecordId(pub u64);
+
+impl fmt::Display for RecordId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "record #{}", self.0)
     }
 }
 
@@ -97,8 +105,6 @@ pub enum TokenParseError {
     BadCharacter(usize),
     #[error("token's last character is not one a token ends with (mistyped?)")]
     NotCanonical,
-    #[error("token is not one this vault issues (its bits do not form a token id: mistyped?)")]
-    NotIssued,
 }
 
 /// Characters after the prefix: 16 bytes in unpadded base64.
@@ -134,7 +140,7 @@ impl FromStr for TokenId {
         let bytes: [u8; 16] = bytes
             .try_into()
             .map_err(|_| TokenParseError::WrongLength(s.len()))?;
-        let id = Self::from_bytes(bytes)?;
+        let id = Self(bytes);
         // Reject non-canonical encodings (base64 slack bits), so one record
         // has exactly one token string.
         if id.to_string() != s {
@@ -149,23 +155,26 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// Arbitrary token bytes (the tests here check syntax, not issuance).
+    fn token(n: u8) -> TokenId {
+        let mut bytes = [0u8; 16];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = n.wrapping_mul(97).wrapping_add(i as u8).wrapping_mul(31);
+        }
+        TokenId::from_bytes(bytes)
+    }
+
     #[test]
     fn a_token_is_short_url_safe_and_round_trips() {
-        for _ in 0..100 {
-            let t = TokenId::new_random();
+        for n in 0..=255u8 {
+            let t = token(n);
             let s = t.to_string();
-            assert!(s.len() <= 40, "{s}");
             assert_eq!(s.len(), 26);
             assert!(s
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
             assert_eq!(s.parse::<TokenId>(), Ok(t));
         }
-    }
-
-    #[test]
-    fn two_tokens_differ() {
-        assert_ne!(TokenId::new_random(), TokenId::new_random());
     }
 
     #[test]
@@ -183,16 +192,16 @@ mod tests {
             "fv1_!!!!!!!!!!!!!!!!!!!!!!".parse::<TokenId>(),
             Err(TokenParseError::BadCharacter(5))
         );
-        // Valid base64 but not a v4 UUID.
+        // Syntax only: whether the vault issued it is decided with its key.
         assert_eq!(
             "fv1_AAAAAAAAAAAAAAAAAAAAAA".parse::<TokenId>(),
-            Err(TokenParseError::NotIssued)
+            Ok(TokenId::from_bytes([0; 16]))
         );
     }
 
     #[test]
     fn a_malformed_token_says_why_in_a_short_message_that_quotes_nothing() {
-        let t = TokenId::new_random().to_string();
+        let t = token(7).to_string();
         let cases = [
             (
                 format!("{t}x"),
@@ -206,10 +215,6 @@ mod tests {
                 format!("{}.{}", &t[..10], &t[11..]),
                 "token has a character other than A-Z, a-z, 0-9, '-' and '_' at position 11 \
                  (counting from 1)",
-            ),
-            (
-                "fv1_AAAAAAAAAAAAAAAAAAAAAA".to_owned(),
-                "token is not one this vault issues (its bits do not form a token id: mistyped?)",
             ),
             (
                 "tok_AAAAAAAAAAAAAAAAAAAAAA".to_owned(),

@@ -57,7 +57,9 @@ pub(crate) fn item_status(prefix: &str, e: &ItemError) -> tonic_types::Status {
         ItemError::PermissionDenied(d) => {
             (Code::PermissionDenied, format!("{prefix}: {d}"), Vec::new())
         }
-        ItemError::NotFound => (Code::NotFound, format!("{prefix}: {e}"), Vec::new()),
+        ItemError::NotFound | ItemError::NotIssued => {
+            (Code::NotFound, format!("{prefix}: {e}"), Vec::new())
+        }
         ItemError::DataLoss => (Code::DataLoss, format!("{prefix}: {e}"), Vec::new()),
         ItemError::Unavailable => (Code::Unavailable, format!("{prefix}: {e}"), Vec::new()),
         ItemError::Internal => (Code::Internal, format!("{prefix}: {e}"), Vec::new()),

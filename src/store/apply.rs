@@ -32,14 +32,14 @@ use super::layout::index_prefix;
 use super::worker::Worker;
 use super::{StorageFailure, StoreError};
 use crate::crypto::BlindIndex;
-use crate::domain::TokenId;
+use crate::domain::RecordId;
 use std::collections::HashMap;
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, RwLock};
 
 /// A record decided on the commit thread: logged, then applied.
 #[derive(Clone, Debug)]
 pub(super) struct Staged {
-    pub(super) token: TokenId,
+    pub(super) id: RecordId,
     pub(super) index: BlindIndex,
     pub(super) deterministic: bool,
     /// The encoded record, as the `records` tree stores it.
@@ -49,32 +49,32 @@ pub(super) struct Staged {
 /// Entries that are durable (logged) but not yet in the trees.
 #[derive(Default)]
 struct Overlay {
-    records: HashMap<[u8; 16], Vec<u8>>,
-    deterministic: HashMap<[u8; 36], TokenId>,
-    index: HashMap<[u8; 36], Vec<TokenId>>,
+    records: HashMap<RecordId, Vec<u8>>,
+    deterministic: HashMap<[u8; 36], RecordId>,
+    index: HashMap<[u8; 36], Vec<RecordId>>,
 }
 
 impl Overlay {
     fn add(&mut self, group: &[Staged]) {
         for s in group {
             let prefix = index_prefix(&s.index);
-            self.records.insert(*s.token.as_bytes(), s.record.clone());
+            self.records.insert(s.id, s.record.clone());
             if s.deterministic {
-                self.deterministic.insert(prefix, s.token);
+                self.deterministic.insert(prefix, s.id);
             }
-            self.index.entry(prefix).or_default().push(s.token);
+            self.index.entry(prefix).or_default().push(s.id);
         }
     }
 
     fn remove(&mut self, group: &[Staged]) {
         for s in group {
             let prefix = index_prefix(&s.index);
-            self.records.remove(s.token.as_bytes());
+            self.records.remove(&s.id);
             if s.deterministic {
                 self.deterministic.remove(&prefix);
             }
             if let Some(tokens) = self.index.get_mut(&prefix) {
-                tokens.retain(|t| *t != s.token);
+                tokens.retain(|t| *t != s.id);
                 if tokens.is_empty() {
                     self.index.remove(&prefix);
                 }
@@ -114,22 +114,18 @@ impl Unapplied {
         self.progress.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The encoded record of an unapplied token.
-    pub(super) fn record(&self, token: &TokenId) -> Option<Vec<u8>> {
-        self.overlay().records.get(token.as_bytes()).cloned()
+    /// The encoded record of an unapplied record id.
+    pub(super) fn record(&self, id: RecordId) -> Option<Vec<u8>> {
+        self.overlay().records.get(&id).cloned()
     }
 
-    pub(super) fn has_token(&self, token: &TokenId) -> bool {
-        self.overlay().records.contains_key(token.as_bytes())
-    }
-
-    /// The unapplied deterministic token of a blind index.
-    pub(super) fn deterministic(&self, prefix: &[u8; 36]) -> Option<TokenId> {
+    /// The unapplied deterministic record of a blind index.
+    pub(super) fn deterministic(&self, prefix: &[u8; 36]) -> Option<RecordId> {
         self.overlay().deterministic.get(prefix).copied()
     }
 
-    /// Unapplied tokens under a blind index.
-    pub(super) fn tokens_by_index(&self, prefix: &[u8; 36]) -> Vec<TokenId> {
+    /// Unapplied records under a blind index.
+    pub(super) fn records_by_index(&self, prefix: &[u8; 36]) -> Vec<RecordId> {
         self.overlay()
             .index
             .get(prefix)
@@ -267,8 +263,9 @@ mod tests {
     use crate::crypto::KeyVersion;
 
     fn staged(mac: u8, deterministic: bool) -> Staged {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Staged {
-            token: TokenId::new_random(),
+            id: RecordId(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
             index: BlindIndex {
                 version: KeyVersion(1),
                 mac: [mac; 32],
@@ -286,7 +283,7 @@ mod tests {
     ) -> (
         impl FnMut(&[Staged]) -> Result<(), StorageFailure> + Send + 'static,
         mpsc::Sender<()>,
-        Arc<Mutex<Vec<TokenId>>>,
+        Arc<Mutex<Vec<RecordId>>>,
     ) {
         let (go, wait) = mpsc::channel::<()>();
         let applied = Arc::new(Mutex::new(Vec::new()));
@@ -300,7 +297,7 @@ mod tests {
                 ));
             }
             let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
-            seen.extend(group.iter().map(|s| s.token));
+            seen.extend(group.iter().map(|s| s.id));
             Ok(())
         };
         (apply, go, applied)
@@ -318,22 +315,19 @@ mod tests {
         let same_value = staged(2, false);
         ok(applier.publish(vec![random.clone(), det.clone(), same_value.clone()]));
         let u = applier.shared().clone();
-        assert_eq!(u.record(&random.token), Some(vec![1; 8]));
-        assert!(u.has_token(&det.token));
+        assert_eq!(u.record(random.id), Some(vec![1; 8]));
+        assert!(u.record(det.id).is_some());
         let prefix = index_prefix(&det.index);
-        assert_eq!(u.deterministic(&prefix), Some(det.token));
+        assert_eq!(u.deterministic(&prefix), Some(det.id));
         assert_eq!(u.deterministic(&index_prefix(&random.index)), None);
-        assert_eq!(
-            u.tokens_by_index(&prefix),
-            vec![det.token, same_value.token]
-        );
+        assert_eq!(u.records_by_index(&prefix), vec![det.id, same_value.id]);
 
         ok(go.send(()));
         ok(u.wait_until(0));
         assert_eq!(applied.lock().map(|a| a.len()).unwrap_or(0), 3);
-        assert_eq!(u.record(&random.token), None, "applied entries leave");
+        assert_eq!(u.record(random.id), None, "applied entries leave");
         assert_eq!(u.deterministic(&prefix), None);
-        assert!(u.tokens_by_index(&prefix).is_empty());
+        assert!(u.records_by_index(&prefix).is_empty());
         assert!(u.failure().is_none());
     }
 
@@ -352,7 +346,7 @@ mod tests {
             .unwrap_or_default();
         assert!(err.starts_with("storage full"), "{err}");
         assert!(u.failure().is_some());
-        assert_eq!(u.record(&s.token), Some(vec![3; 8]), "still readable");
+        assert_eq!(u.record(s.id), Some(vec![3; 8]), "still readable");
     }
 
     #[test]

@@ -2,25 +2,38 @@
 //! tree keys, records, wrapped keys and write-ahead-log frames.
 //!
 //! Layout (big-endian integers; encodings start with a format byte):
-//! - `records`: token id (16 bytes) → encoded [`SealedRecord`];
-//! - `blind_index`: index version (4) ‖ mac (32) ‖ token id (16) → empty,
-//!   every token of a value, random or deterministic;
-//! - `deterministic`: index version (4) ‖ mac (32) → token id, the one
-//!   deterministic token of a value;
-//! - `keys`: purpose (1) ‖ version (4) → encoded [`WrappedKey`].
+//! - `records`: record id (8) → encoded [`SealedRecord`]. Ids come from
+//!   the store's sequence, so new records are inserted in ascending key
+//!   order (sled appends to its last leaf instead of splitting random
+//!   ones);
+//! - `blind_index`: index version (4) ‖ mac (32) ‖ record id (8) → empty,
+//!   every record of a value, random or deterministic;
+//! - `deterministic`: index version (4) ‖ mac (32) → record id, the one
+//!   deterministic record of a value;
+//! - `keys`: purpose (1) ‖ version (4) → encoded [`WrappedKey`];
+//! - `meta`: [`CEILING_KEY`] → u64, the sequence's durable ceiling: every
+//!   id below it may have been handed out, so none is handed out again.
 
 use super::apply::Staged;
 use super::{FailureCause, StorageFailure, StoreError};
 use crate::crypto::{BlindIndex, KeyPurpose, KeyVersion, SealedRecord, WrappedKey, NONCE_LEN};
-use crate::domain::{FieldKind, TokenId};
+use crate::domain::{FieldKind, RecordId};
 use std::path::{Path, PathBuf};
 
 const RECORD_FORMAT: u8 = 1;
 const KEY_FORMAT: u8 = 1;
-/// Write-ahead log entry tag: a new record with its index entries.
-const WAL_NEW_RECORD: u8 = 1;
+/// Write-ahead log entry tag of the development builds before record ids
+/// (a record keyed by a random token id): refused on replay.
+const WAL_OLD_RECORD: u8 = 1;
 /// Write-ahead log entry tag: a new wrapped key.
 const WAL_NEW_KEY: u8 = 2;
+/// Write-ahead log entry tag: a new record with its index entries.
+const WAL_NEW_RECORD: u8 = 3;
+/// Write-ahead log entry tag: the sequence's ceiling was raised.
+const WAL_CEILING: u8 = 4;
+
+/// The `meta` key of the sequence's ceiling.
+pub(super) const CEILING_KEY: &[u8] = b"sequence_ceiling";
 
 /// The write-ahead log, beside sled's own files.
 pub(crate) const WAL_FILE: &str = "fieldvault.wal";
@@ -37,11 +50,16 @@ pub(super) fn index_prefix(index: &BlindIndex) -> [u8; 36] {
     key
 }
 
-pub(super) fn index_entry(index: &BlindIndex, token: &TokenId) -> [u8; 52] {
-    let mut key = [0u8; 52];
+pub(super) fn index_entry(index: &BlindIndex, id: RecordId) -> [u8; 44] {
+    let mut key = [0u8; 44];
     key[..36].copy_from_slice(&index_prefix(index));
-    key[36..].copy_from_slice(token.as_bytes());
+    key[36..].copy_from_slice(&record_key(id));
     key
+}
+
+/// A record id as a tree key: big-endian, so keys sort by id.
+pub(super) fn record_key(id: RecordId) -> [u8; 8] {
+    id.0.to_be_bytes()
 }
 
 pub(super) fn key_id(purpose: KeyPurpose, version: KeyVersion) -> [u8; 5] {
@@ -51,16 +69,21 @@ pub(super) fn key_id(purpose: KeyPurpose, version: KeyVersion) -> [u8; 5] {
     id
 }
 
-pub(super) fn token_from(bytes: &[u8]) -> Result<TokenId, StoreError> {
-    let corrupt = StoreError::Corrupt {
-        what: "token reference",
-        reason: "not a token id",
-    };
-    let array: [u8; 16] = bytes.try_into().map_err(|_| corrupt)?;
-    TokenId::from_bytes(array).map_err(|_| StoreError::Corrupt {
-        what: "token reference",
-        reason: "not a token id",
-    })
+pub(super) fn record_id_from(bytes: &[u8]) -> Result<RecordId, StoreError> {
+    let array: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt {
+        what: "record reference",
+        reason: "not a record id",
+    })?;
+    Ok(RecordId(u64::from_be_bytes(array)))
+}
+
+/// The ceiling as stored in `meta`.
+pub(super) fn ceiling_from(bytes: &[u8]) -> Result<u64, StoreError> {
+    let array: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt {
+        what: "sequence ceiling",
+        reason: "not 8 bytes",
+    })?;
+    Ok(u64::from_be_bytes(array))
 }
 
 /// A sled error as a typed storage failure.
@@ -79,19 +102,29 @@ pub(super) fn sled_failure(doing: &str, e: &sled::Error) -> StorageFailure {
     }
 }
 
-/// One group as logged: new wrapped keys, and new records with their
-/// index entries. Replaying it inserts all of them (idempotently).
+/// One group as logged: a raised sequence ceiling, new wrapped keys, and
+/// new records with their index entries. Replaying it inserts all of them
+/// (idempotently; a ceiling only ever rises).
 #[derive(Debug, Default)]
 pub(super) struct Frame {
+    pub(super) ceiling: Option<u64>,
     pub(super) keys: Vec<WrappedKey>,
     pub(super) records: Vec<Staged>,
 }
 
-/// Entries: `WAL_NEW_KEY` ‖ length (4) ‖ encoded key, or `WAL_NEW_RECORD`
-/// ‖ token id (16) ‖ index version (4) ‖ mac (32) ‖ deterministic (1) ‖
-/// length (4) ‖ encoded record.
-pub(super) fn encode_frame(keys: &[WrappedKey], records: &[Staged]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(keys.len() * 80 + records.len() * 128);
+/// Entries: `WAL_CEILING` ‖ ceiling (8), `WAL_NEW_KEY` ‖ length (4) ‖
+/// encoded key, or `WAL_NEW_RECORD` ‖ record id (8) ‖ index version (4) ‖
+/// mac (32) ‖ deterministic (1) ‖ length (4) ‖ encoded record.
+pub(super) fn encode_frame(
+    ceiling: Option<u64>,
+    keys: &[WrappedKey],
+    records: &[Staged],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + keys.len() * 80 + records.len() * 112);
+    if let Some(ceiling) = ceiling {
+        out.push(WAL_CEILING);
+        out.extend_from_slice(&ceiling.to_be_bytes());
+    }
     for k in keys {
         let key = encode_key(k);
         out.push(WAL_NEW_KEY);
@@ -100,7 +133,7 @@ pub(super) fn encode_frame(keys: &[WrappedKey], records: &[Staged]) -> Vec<u8> {
     }
     for s in records {
         out.push(WAL_NEW_RECORD);
-        out.extend_from_slice(s.token.as_bytes());
+        out.extend_from_slice(&record_key(s.id));
         out.extend_from_slice(&index_prefix(&s.index));
         out.push(u8::from(s.deterministic));
         out.extend_from_slice(&(s.record.len() as u32).to_be_bytes());
@@ -109,11 +142,14 @@ pub(super) fn encode_frame(keys: &[WrappedKey], records: &[Staged]) -> Vec<u8> {
     out
 }
 
-/// Bytes a record adds to a frame: its entry header (tag, token, index,
-/// deterministic flag, length) and its encoding.
+/// Bytes a record adds to a frame: its entry header (tag, record id,
+/// index, deterministic flag, length) and its encoding.
 pub(super) fn frame_record_bytes(r: &SealedRecord) -> usize {
-    1 + 16 + 36 + 1 + 4 + (2 + 4 + NONCE_LEN + r.ciphertext.len())
+    1 + 8 + 36 + 1 + 4 + (2 + 4 + NONCE_LEN + r.ciphertext.len())
 }
+
+/// Bytes a ceiling adds to a frame.
+pub(super) const FRAME_CEILING_BYTES: usize = 1 + 8;
 
 /// Bytes a wrapped key adds to a frame.
 pub(super) fn frame_key_bytes(k: &WrappedKey) -> usize {
@@ -153,9 +189,19 @@ pub(super) fn decode_frame(mut b: &[u8]) -> Result<Frame, StoreError> {
                 out.keys.push(decode_key(take_sized(&mut b)?)?);
                 continue;
             }
+            WAL_CEILING => {
+                let ceiling = ceiling_from(take(&mut b, 8)?)?;
+                out.ceiling = out.ceiling.max(Some(ceiling));
+                continue;
+            }
+            WAL_OLD_RECORD => {
+                return Err(corrupt(
+                    "a record of a development build before record ids (start from a new store)",
+                ))
+            }
             _ => return Err(corrupt("unknown entry type")),
         }
-        let token = token_from(take(&mut b, 16)?)?;
+        let id = record_id_from(take(&mut b, 8)?)?;
         let prefix = take(&mut b, 36)?;
         let mut mac = [0u8; 32];
         mac.copy_from_slice(&prefix[4..]);
@@ -173,7 +219,7 @@ pub(super) fn decode_frame(mut b: &[u8]) -> Result<Frame, StoreError> {
         let record = take_sized(&mut b)?.to_vec();
         decode_record(&record)?;
         out.records.push(Staged {
-            token,
+            id,
             index,
             deterministic,
             record,
@@ -267,8 +313,9 @@ mod tests {
             .collect();
         let staged: Vec<Staged> = records
             .iter()
-            .map(|r| Staged {
-                token: TokenId::new_random(),
+            .zip(0..)
+            .map(|(r, n)| Staged {
+                id: RecordId(n),
                 index: index(2),
                 deterministic: false,
                 record: encode_record(r),
@@ -280,17 +327,18 @@ mod tests {
             nonce: [5; NONCE_LEN],
             ciphertext: vec![6; 48],
         };
-        let frame = encode_frame(std::slice::from_ref(&key), &staged);
-        let cost: usize =
-            records.iter().map(frame_record_bytes).sum::<usize>() + frame_key_bytes(&key);
+        let frame = encode_frame(Some(9), std::slice::from_ref(&key), &staged);
+        let cost: usize = records.iter().map(frame_record_bytes).sum::<usize>()
+            + frame_key_bytes(&key)
+            + FRAME_CEILING_BYTES;
         assert_eq!(frame.len(), cost);
     }
 
     #[test]
     fn a_logged_frame_round_trips_and_damage_is_reported() {
-        let token = TokenId::new_random();
+        let id = RecordId(77);
         let staged = Staged {
-            token,
+            id,
             index: index(4),
             deterministic: true,
             record: encode_record(&record(FieldKind::Address)),
@@ -301,17 +349,18 @@ mod tests {
             nonce: [5; NONCE_LEN],
             ciphertext: vec![6; 48],
         };
-        let frame = encode_frame(std::slice::from_ref(&key), &[staged]);
+        let frame = encode_frame(Some(1 << 16), std::slice::from_ref(&key), &[staged]);
         let back = ok(decode_frame(&frame));
         assert_eq!(back.records.len(), 1);
         assert_eq!(
             (
-                back.records[0].token,
+                back.records[0].id,
                 back.records[0].index,
                 back.records[0].deterministic
             ),
-            (token, index(4), true)
+            (id, index(4), true)
         );
+        assert_eq!(back.ceiling, Some(1 << 16));
         assert_eq!(back.keys, vec![key]);
         assert!(decode_frame(&frame[..frame.len() - 1]).is_err());
         let mut bad = frame.clone();

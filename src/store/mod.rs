@@ -15,13 +15,14 @@ mod layout;
 #[cfg(test)]
 mod power_loss;
 mod salvage;
+mod sequence;
 mod sled_store;
 mod wal;
 mod worker;
 mod writer;
 
 use crate::crypto::{BlindIndex, SealedRecord, WrappedKey};
-use crate::domain::TokenId;
+use crate::domain::RecordId;
 use async_trait::async_trait;
 
 pub use group_commit::{
@@ -181,8 +182,8 @@ impl StorageFailure {
     }
 }
 
-/// The result of [`Store::check_integrity`]. Problems name tokens, never
-/// values.
+/// The result of [`Store::check_integrity`]. Problems name record ids,
+/// never values.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IntegrityReport {
     pub records: u64,
@@ -194,11 +195,13 @@ pub struct IntegrityReport {
 /// A record to add, with its blind-index entry.
 #[derive(Clone, Debug)]
 pub struct NewRecord {
-    pub token: TokenId,
+    /// An id from [`Store::allocate`] of this store, used once.
+    pub id: RecordId,
     pub record: SealedRecord,
     pub index: BlindIndex,
-    /// Deterministic mode: if a deterministic token already exists for this
-    /// blind index, nothing is written and that token is returned instead.
+    /// Deterministic mode: if a deterministic record already exists for
+    /// this blind index, nothing is written and that record's id is
+    /// returned instead.
     pub deterministic: bool,
 }
 
@@ -211,14 +214,22 @@ pub trait Store: Send + Sync + 'static {
     /// version) is taken. Durable when it returns.
     async fn insert_keys(&self, keys: Vec<WrappedKey>) -> Result<(), StoreError>;
 
+    /// `n` new record ids, ascending, none ever handed out before by this
+    /// store (or by any node sharing it), and none handed out again, even
+    /// after a crash that lost the call that took them. Cheap: the sled
+    /// store takes them from memory and logs a raised ceiling once per
+    /// 65,536 ids; a shared database takes them from its own sequence.
+    async fn allocate(&self, n: usize) -> Result<Vec<RecordId>, StoreError>;
+
     /// Adds records and their blind-index entries atomically (a crash never
     /// leaves one without the other) and returns, per record in order, the
-    /// token that now stands for it: its own, or for a deterministic record
-    /// whose value already has a deterministic token, that token. Concurrent
-    /// calls for one deterministic value agree on one token.
-    /// `AlreadyExists` if a new token is taken (nothing written then).
-    /// Durable when it returns.
-    async fn insert_records(&self, records: Vec<NewRecord>) -> Result<Vec<TokenId>, StoreError>;
+    /// id that now stands for it: its own, or for a deterministic record
+    /// whose value already has a deterministic record, that record's id
+    /// (the new id then stays unused). Concurrent calls for one
+    /// deterministic value agree on one id. Ids are not looked up: each
+    /// must come from [`Store::allocate`] and be used once; an id the
+    /// store never handed out fails the call. Durable when it returns.
+    async fn insert_records(&self, records: Vec<NewRecord>) -> Result<Vec<RecordId>, StoreError>;
 
     /// Why the store refuses writes, if it does (a failed flush or fsync is
     /// fatal: the server reports unhealthy and stops acknowledging writes).
@@ -230,16 +241,16 @@ pub trait Store: Send + Sync + 'static {
     /// operators and the crash harness, not for the request path.
     async fn check_integrity(&self) -> Result<IntegrityReport, StoreError>;
 
-    /// Every token whose value has this blind index (random and
+    /// Every record whose value has this blind index (random and
     /// deterministic), for erase-by-value and consistency checks.
-    async fn tokens_by_index(&self, index: BlindIndex) -> Result<Vec<TokenId>, StoreError>;
+    async fn records_by_index(&self, index: BlindIndex) -> Result<Vec<RecordId>, StoreError>;
 
-    /// The records for `tokens`, in the same order: `Ok(Some)` when found,
+    /// The records for `ids`, in the same order: `Ok(Some)` when found,
     /// `Ok(None)` when absent, `Err` for one record that cannot be read
     /// (its stored bytes do not decode, or the backend failed to read that
     /// key), so one bad record does not withhold the others. The call fails
     /// as a whole only when nothing could be read.
-    async fn get_records(&self, tokens: Vec<TokenId>) -> Result<Vec<RecordRead>, StoreError>;
+    async fn get_records(&self, ids: Vec<RecordId>) -> Result<Vec<RecordRead>, StoreError>;
 }
 
 /// One record read by [`Store::get_records`].

@@ -18,8 +18,10 @@
 //!
 //! After each cut the store is reopened (sometimes with a second cut while
 //! it replays the log) and must hold every record it acknowledged, with
-//! each deterministic value still on its first token, every acknowledged
-//! key, and a clean integrity check.
+//! each deterministic value still on its first record, every acknowledged
+//! key, and a clean integrity check; and across every cut the sequence
+//! never hands out one record id twice (ids taken by writes the cut lost
+//! included).
 //!
 //! `FIELDVAULT_POWER_SEED=N` replays one failing chain (its seed is printed
 //! when it fails): the same cut points, torn pages and values; which writes
@@ -32,7 +34,7 @@ use super::file::{FileSystem, StorageFile};
 use super::sled_store::{SledConfig, SledStore, StoreIo};
 use super::{NewRecord, Store};
 use crate::crypto::{BlindIndex, KeyPurpose, KeyVersion, SealedRecord, WrappedKey, NONCE_LEN};
-use crate::domain::{FieldKind, TokenId};
+use crate::domain::{FieldKind, RecordId};
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -359,10 +361,13 @@ impl FileSystem for PowerFs {
 /// What the store acknowledged.
 #[derive(Default)]
 struct Acked {
-    records: HashMap<TokenId, SealedRecord>,
-    /// Deterministic value (its index byte pair) -> its token.
-    deterministic: HashMap<u16, TokenId>,
+    records: HashMap<RecordId, SealedRecord>,
+    /// Deterministic value (its index byte pair) -> its record.
+    deterministic: HashMap<u16, RecordId>,
     keys: Vec<WrappedKey>,
+    /// Every id the sequence handed out, acknowledged or not, across every
+    /// power cut: none may come twice.
+    allocated: std::collections::HashSet<RecordId>,
 }
 
 fn sealed(n: u64) -> SealedRecord {
@@ -463,8 +468,17 @@ async fn write_until_cut(chain: &Chain, store: &SledStore, seed: u64) {
                     continue;
                 }
                 let batch = 1 + rng.below(3);
+                let Ok(ids) = store.allocate(batch as usize).await else {
+                    return;
+                };
+                {
+                    let mut acked = acked.lock().unwrap();
+                    for id in &ids {
+                        assert!(acked.allocated.insert(*id), "{id} was handed out twice");
+                    }
+                }
                 let mut records = Vec::new();
-                for _ in 0..batch {
+                for id in ids {
                     let n = next.fetch_add(1, Relaxed);
                     let deterministic = task == 2 || (task == 3 && rng.coin());
                     let value = if deterministic {
@@ -473,7 +487,7 @@ async fn write_until_cut(chain: &Chain, store: &SledStore, seed: u64) {
                         n
                     };
                     records.push(NewRecord {
-                        token: TokenId::new_random(),
+                        id,
                         record: sealed(n),
                         index: index(value),
                         deterministic,
@@ -483,7 +497,7 @@ async fn write_until_cut(chain: &Chain, store: &SledStore, seed: u64) {
                     Ok(tokens) => {
                         let mut acked = acked.lock().unwrap();
                         for (new, token) in records.iter().zip(tokens) {
-                            if new.token == token {
+                            if new.id == token {
                                 acked.records.insert(token, new.record.clone());
                             }
                             if new.deterministic {
@@ -510,12 +524,12 @@ async fn write_until_cut(chain: &Chain, store: &SledStore, seed: u64) {
 async fn verify(chain: &Chain, store: &SledStore) {
     let (tokens, expected, det, keys) = {
         let acked = chain.acked();
-        let tokens: Vec<TokenId> = acked.records.keys().copied().collect();
+        let tokens: Vec<RecordId> = acked.records.keys().copied().collect();
         let expected: Vec<Option<SealedRecord>> = tokens
             .iter()
             .map(|t| acked.records.get(t).cloned())
             .collect();
-        let det: Vec<(u16, TokenId)> = acked.deterministic.iter().map(|(v, t)| (*v, *t)).collect();
+        let det: Vec<(u16, RecordId)> = acked.deterministic.iter().map(|(v, t)| (*v, *t)).collect();
         (tokens, expected, det, acked.keys.clone())
     };
     let got = store.get_records(tokens.clone()).await.unwrap();
@@ -537,9 +551,14 @@ async fn verify(chain: &Chain, store: &SledStore) {
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     for (value, token) in det {
         let value = DET_BASE + u64::from(value);
+        let id = store.allocate(1).await.unwrap()[0];
+        assert!(
+            chain.acked().allocated.insert(id),
+            "{id} was handed out twice"
+        );
         let again = store
             .insert_records(vec![NewRecord {
-                token: TokenId::new_random(),
+                id,
                 record: sealed(0),
                 index: index(value),
                 deterministic: true,

@@ -423,8 +423,8 @@ fn write_partial(s: &mut String, p: &PartialEntries) {
              reports them); restoring a backup is the only way to rebuild their index:",
             p.unindexed_records.len()
         );
-        for token in &p.unindexed_records {
-            let _ = writeln!(s, "record without index entry: {token}");
+        for id in &p.unindexed_records {
+            let _ = writeln!(s, "{id}: no blind-index entry");
         }
     }
 }
@@ -543,15 +543,15 @@ mod tests {
     use super::super::Store;
     use super::*;
     use crate::crypto::{BlindIndex, KeyVersion, SealedRecord, NONCE_LEN};
-    use crate::domain::{FieldKind, TokenId};
+    use crate::domain::{FieldKind, RecordId};
 
     fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
         r.unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// A frame payload as the store logs it: one random-mode record of
-    /// `token` under blind index `mac`.
-    fn record_frame(token: TokenId, mac: u8, deterministic: bool) -> Vec<u8> {
+    /// A frame payload as the store logs it: one random-mode record `id`
+    /// under blind index `mac` (and the ceiling that was logged before it).
+    fn record_frame(id: RecordId, mac: u8, deterministic: bool) -> Vec<u8> {
         let record = SealedRecord {
             kind: FieldKind::Phone,
             key_version: KeyVersion(1),
@@ -559,9 +559,10 @@ mod tests {
             ciphertext: vec![mac; 40],
         };
         encode_frame_payload(
+            Some(1 << 16),
             &[],
             &[Staged {
-                token,
+                id,
                 index: BlindIndex {
                     version: KeyVersion(1),
                     mac: [mac; 32],
@@ -572,9 +573,9 @@ mod tests {
         )
     }
 
-    /// `n` frames of one record each, with their tokens.
-    fn record_frames(n: usize) -> (Vec<Vec<u8>>, Vec<TokenId>) {
-        let tokens: Vec<TokenId> = (0..n).map(|_| TokenId::new_random()).collect();
+    /// `n` frames of one record each, with their ids.
+    fn record_frames(n: usize) -> (Vec<Vec<u8>>, Vec<RecordId>) {
+        let tokens: Vec<RecordId> = (0..n as u64).map(RecordId).collect();
         let frames = tokens
             .iter()
             .enumerate()
@@ -710,7 +711,7 @@ mod tests {
     /// The records of `tokens` through the store's own read path.
     fn futures_read(
         store: &SledStore,
-        tokens: &[TokenId],
+        tokens: &[RecordId],
     ) -> Result<Vec<Option<SealedRecord>>, String> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -751,7 +752,7 @@ mod tests {
         // sled had stored frame 0 whole (it stays), frame 2 only in part
         // (its deterministic mapping and index entry, not the record) and
         // frame 3 as a record without its index entry.
-        let tokens: Vec<TokenId> = (0..4).map(|_| TokenId::new_random()).collect();
+        let tokens: Vec<RecordId> = (0..4).map(RecordId).collect();
         let payloads: Vec<Vec<u8>> = tokens
             .iter()
             .enumerate()
@@ -770,10 +771,10 @@ mod tests {
             let db = ok(sled::Config::new().path(dir.path()).open());
             let records = ok(db.open_tree("records"));
             let index = ok(db.open_tree("blind_index"));
-            ok(records.remove(tokens[2].as_bytes()));
+            ok(records.remove(tokens[2].0.to_be_bytes()));
             let mut entry = vec![0, 0, 0, 1];
             entry.extend_from_slice(&[13u8; 32]);
-            entry.extend_from_slice(tokens[3].as_bytes());
+            entry.extend_from_slice(&tokens[3].0.to_be_bytes());
             assert!(ok(index.remove(entry)).is_some());
             ok(db.flush());
         }
@@ -795,7 +796,7 @@ mod tests {
         assert_eq!(report.partial.deterministic_entries, 1);
         let text = report.to_string();
         assert!(
-            text.contains(&format!("record without index entry: {}", tokens[3])),
+            text.contains(&format!("{}: no blind-index entry", tokens[3])),
             "{text}"
         );
 
@@ -810,7 +811,7 @@ mod tests {
         let integrity = ok(runtime.block_on(store.check_integrity()));
         assert_eq!(
             integrity.problems,
-            vec![format!("record {} has 0 blind-index entries", tokens[3])],
+            vec![format!("{} has 0 blind-index entries", tokens[3])],
             "only the kept record without its index entry is left to report"
         );
         drop(store);
@@ -820,7 +821,7 @@ mod tests {
         {
             let db = ok(sled::Config::new().path(dir.path()).open());
             let deterministic = ok(db.open_tree("deterministic"));
-            ok(deterministic.insert([7u8; 36], TokenId::new_random().as_bytes()));
+            ok(deterministic.insert([7u8; 36], &99u64.to_be_bytes()[..]));
             ok(db.flush());
         }
         let again = ok(salvage(dir.path()));

@@ -11,16 +11,17 @@ use super::file::{FileSystem, RealFs};
 use super::group_commit::GroupCommit;
 use super::integrity;
 use super::layout::{
-    backend, data_file_path, decode_key, decode_record, index_prefix, sled_failure, token_from,
-    WAL_FILE,
+    backend, data_file_path, decode_key, decode_record, index_prefix, record_id_from, record_key,
+    sled_failure, WAL_FILE,
 };
+use super::sequence::Sequence;
 use super::wal::{Wal, WalError};
-use super::writer::{SledWriter, Trees, Write, Written};
+use super::writer::{stored_ceiling, SledWriter, Trees, Write, Written};
 use super::{
     FailureCause, IntegrityReport, NewRecord, RecordRead, StorageFailure, Store, StoreError,
 };
 use crate::crypto::{BlindIndex, WrappedKey};
-use crate::domain::TokenId;
+use crate::domain::RecordId;
 use async_trait::async_trait;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,8 +45,10 @@ pub struct SledStore {
 struct Inner {
     trees: Trees,
     keys: sled::Tree,
+    meta: sled::Tree,
     /// Acknowledged writes the apply thread has not inserted yet.
     unapplied: Arc<Unapplied>,
+    sequence: Sequence,
     commit: GroupCommit<SledWriter>,
     #[cfg(test)]
     faults: Arc<super::writer::Faults>,
@@ -117,6 +120,7 @@ impl SledStore {
         let blind_index = db.open_tree("blind_index").map_err(backend)?;
         let deterministic = db.open_tree("deterministic").map_err(backend)?;
         let keys = db.open_tree("keys").map_err(backend)?;
+        let meta = db.open_tree("meta").map_err(backend)?;
         let trees = Trees {
             records,
             blind_index,
@@ -152,6 +156,7 @@ impl SledStore {
             wal,
             trees.clone(),
             keys.clone(),
+            meta.clone(),
             applier,
         );
         if let Some(bytes) = io.checkpoint_bytes {
@@ -160,6 +165,9 @@ impl SledStore {
         if !frames.is_empty() {
             writer.replay(&frames)?;
         }
+        let sequence = open_sequence(&trees, &meta)?;
+        writer.set_ceiling(sequence.1);
+        let sequence = Sequence::new(sequence.0, sequence.1);
         #[cfg(test)]
         let faults = writer.faults();
         let commit = GroupCommit::start(writer, config.max_queued_writes)?;
@@ -167,7 +175,9 @@ impl SledStore {
             inner: Arc::new(Inner {
                 trees,
                 keys,
+                meta,
                 unapplied,
+                sequence,
                 commit,
                 #[cfg(test)]
                 faults,
@@ -251,18 +261,34 @@ impl Store for SledStore {
     async fn insert_keys(&self, keys: Vec<WrappedKey>) -> Result<(), StoreError> {
         match self.inner.commit.submit(Write::Keys(keys)).await? {
             Written::Keys => Ok(()),
-            Written::Tokens(_) => Err(StoreError::Backend(StorageFailure::internal(
-                "a key write returned tokens",
-            ))),
+            _ => Err(unexpected("a key write")),
         }
     }
 
-    async fn insert_records(&self, records: Vec<NewRecord>) -> Result<Vec<TokenId>, StoreError> {
+    async fn allocate(&self, n: usize) -> Result<Vec<RecordId>, StoreError> {
+        let n = n as u64;
+        let sequence = &self.inner.sequence;
+        loop {
+            if let Some(first) = sequence.take(n)? {
+                return Ok((first..first + n).map(RecordId).collect());
+            }
+            // One raise at a time; a caller that waited here usually finds
+            // the ceiling raised and takes its ids at once.
+            let _raising = sequence.raising().await;
+            let Some(ceiling) = sequence.wanted_ceiling(n)? else {
+                continue;
+            };
+            match self.inner.commit.submit(Write::Ceiling(ceiling)).await? {
+                Written::Ceiling => sequence.raised(ceiling),
+                _ => return Err(unexpected("a ceiling write")),
+            }
+        }
+    }
+
+    async fn insert_records(&self, records: Vec<NewRecord>) -> Result<Vec<RecordId>, StoreError> {
         match self.inner.commit.submit(Write::Records(records)).await? {
-            Written::Tokens(tokens) => Ok(tokens),
-            Written::Keys => Err(StoreError::Backend(StorageFailure::internal(
-                "a record write returned no tokens",
-            ))),
+            Written::Records(ids) => Ok(ids),
+            _ => Err(unexpected("a record write")),
         }
     }
 
@@ -277,28 +303,28 @@ impl Store for SledStore {
         self.blocking(|inner| {
             // Compare the trees once every acknowledged write is in them.
             inner.unapplied.wait_until(0).map_err(StoreError::Backend)?;
-            integrity::check(&inner.trees)
+            integrity::check(&inner.trees, stored_ceiling(&inner.meta)?)
         })
         .await
     }
 
-    async fn tokens_by_index(&self, index: BlindIndex) -> Result<Vec<TokenId>, StoreError> {
+    async fn records_by_index(&self, index: BlindIndex) -> Result<Vec<RecordId>, StoreError> {
         self.blocking(move |inner| {
             let prefix = index_prefix(&index);
             // Overlay first: an entry leaves it only once it is in the tree.
-            let mut tokens = inner.unapplied.tokens_by_index(&prefix);
+            let mut ids = inner.unapplied.records_by_index(&prefix);
             for key in inner.trees.blind_index.scan_prefix(prefix).keys() {
-                tokens.push(token_from(&key.map_err(backend)?[36..])?);
+                ids.push(record_id_from(&key.map_err(backend)?[36..])?);
             }
             // An entry applied during the scan shows up in both.
-            tokens.sort_unstable();
-            tokens.dedup();
-            Ok(tokens)
+            ids.sort_unstable();
+            ids.dedup();
+            Ok(ids)
         })
         .await
     }
 
-    async fn get_records(&self, tokens: Vec<TokenId>) -> Result<Vec<RecordRead>, StoreError> {
+    async fn get_records(&self, tokens: Vec<RecordId>) -> Result<Vec<RecordRead>, StoreError> {
         // A few point reads are a few microseconds from sled's cache (at
         // worst a page-cache `pread`): cheaper inline than the thread hop of
         // `spawn_blocking`, which cost ~10% of a single-token detokenize.
@@ -309,6 +335,50 @@ impl Store for SledStore {
         }
         self.blocking(move |inner| read_records(inner, &tokens))
             .await
+    }
+}
+
+/// A write that came back with another kind of outcome: a bug.
+fn unexpected(what: &str) -> StoreError {
+    StoreError::Backend(StorageFailure::internal(format!(
+        "{what} returned another kind of outcome"
+    )))
+}
+
+/// Where the sequence starts after open: `(next, ceiling)`. The durable
+/// ceiling bounds every id handed out before, so the sequence goes on from
+/// there. A record at or above it (the ceiling lost or tampered with) is
+/// stepped over, with a warning, so no id is handed out twice.
+fn open_sequence(trees: &Trees, meta: &sled::Tree) -> Result<(u64, u64), StoreError> {
+    let ceiling = stored_ceiling(meta)?;
+    let last = match trees.records.last().map_err(backend)? {
+        Some((key, _)) if key.len() != 8 => {
+            return Err(StoreError::Damaged(
+                "the store's records are keyed by token, as development builds before record \
+                 ids kept them; this version cannot read them: start from a new data_dir \
+                 (`fieldvault serve --dev --reset` for the dev setup)"
+                    .into(),
+            ))
+        }
+        Some((key, _)) => Some(record_id_from(&key)?),
+        None => None,
+    };
+    match last {
+        Some(last) if last.0 >= ceiling => {
+            tracing::warn!(
+                ceiling,
+                last = last.0,
+                "the store holds a record at or above its sequence ceiling; new records start after it"
+            );
+            let next = last.0.checked_add(1).ok_or_else(|| {
+                StoreError::Backend(StorageFailure::internal(
+                    "the record-id sequence is exhausted",
+                ))
+            })?;
+            // Not durable yet: the first allocation logs a ceiling above it.
+            Ok((next, next))
+        }
+        _ => Ok((ceiling, ceiling)),
     }
 }
 
@@ -326,15 +396,15 @@ fn wal_error(e: WalError) -> StoreError {
     }
 }
 
-fn read_records(inner: &Inner, tokens: &[TokenId]) -> Result<Vec<RecordRead>, StoreError> {
-    Ok(tokens
+fn read_records(inner: &Inner, ids: &[RecordId]) -> Result<Vec<RecordRead>, StoreError> {
+    Ok(ids
         .iter()
-        .map(|t| {
+        .map(|&id| {
             // Overlay first: an entry leaves it only once it is in the tree.
-            if let Some(bytes) = inner.unapplied.record(t) {
+            if let Some(bytes) = inner.unapplied.record(id) {
                 return decode_record(&bytes).map(Some);
             }
-            match inner.trees.records.get(t.as_bytes()).map_err(backend)? {
+            match inner.trees.records.get(record_key(id)).map_err(backend)? {
                 Some(bytes) => decode_record(&bytes).map(Some),
                 None => Ok(None),
             }
@@ -349,7 +419,7 @@ mod tests {
     use crate::domain::FieldKind;
     use crate::store::apply::Staged;
     use crate::store::fixtures::{index, record};
-    use crate::store::layout::{encode_frame, encode_record, index_entry};
+    use crate::store::layout::{encode_frame, encode_record, index_entry, record_key};
 
     use std::collections::HashMap;
     use std::path::Path;
@@ -363,9 +433,9 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn new(token: TokenId, kind: FieldKind, idx: u8, deterministic: bool) -> NewRecord {
+    fn new(id: RecordId, kind: FieldKind, idx: u8, deterministic: bool) -> NewRecord {
         NewRecord {
-            token,
+            id,
             record: record(kind),
             index: index(idx),
             deterministic,
@@ -385,12 +455,20 @@ mod tests {
         r.unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// `N` new ids from the store's sequence.
+    async fn ids<const N: usize>(store: &SledStore) -> [RecordId; N] {
+        let ids = ok(store.allocate(N).await);
+        ids.try_into()
+            .unwrap_or_else(|_| panic!("allocate returned another count"))
+    }
+
     #[tokio::test]
     async fn records_round_trip_and_survive_reopening() {
         let dir = ok(tempfile::tempdir());
-        let (a, b) = (TokenId::new_random(), TokenId::new_random());
+        let [a, b, absent];
         {
             let store = open(dir.path());
+            [a, b, absent] = ids(&store).await;
             let got = ok(store
                 .insert_records(vec![
                     new(a, FieldKind::Phone, 1, false),
@@ -400,7 +478,7 @@ mod tests {
             assert_eq!(got, vec![a, b]);
         }
         let store = open(dir.path());
-        let got = read(&store, vec![b, TokenId::new_random(), a]).await;
+        let got = read(&store, vec![b, absent, a]).await;
         assert_eq!(
             got,
             vec![
@@ -409,37 +487,74 @@ mod tests {
                 Some(record(FieldKind::Phone))
             ]
         );
-        assert_eq!(ok(store.tokens_by_index(index(1)).await), vec![a]);
+        assert_eq!(ok(store.records_by_index(index(1)).await), vec![a]);
     }
 
     #[tokio::test]
-    async fn a_taken_token_fails_the_whole_batch() {
+    async fn an_id_the_sequence_never_handed_out_fails_its_call_and_stores_nothing_of_it() {
         let dir = ok(tempfile::tempdir());
         let store = open(dir.path());
-        let (a, b) = (TokenId::new_random(), TokenId::new_random());
-        ok(store
-            .insert_records(vec![new(a, FieldKind::Phone, 1, false)])
-            .await);
-        let err = store
+        let [a] = ids(&store).await;
+        let beyond = RecordId(a.0 + super::super::sequence::CEILING_STEP + 1);
+        let refused = store
             .insert_records(vec![
-                new(b, FieldKind::Phone, 2, false),
-                new(a, FieldKind::NationalId, 3, false),
+                new(a, FieldKind::Phone, 1, false),
+                new(beyond, FieldKind::Phone, 2, false),
             ])
             .await;
-        assert!(matches!(err, Err(StoreError::AlreadyExists("token"))));
-        let got = read(&store, vec![a, b]).await;
-        assert_eq!(got, vec![Some(record(FieldKind::Phone)), None]);
-        // The same new token twice in one call is refused too.
-        let c = TokenId::new_random();
-        let err = store
-            .insert_records(vec![
-                new(c, FieldKind::Phone, 4, false),
-                new(c, FieldKind::Email, 5, false),
-            ])
-            .await;
-        assert!(matches!(err, Err(StoreError::AlreadyExists("token"))));
-        assert_eq!(read(&store, vec![c]).await, vec![None]);
-        assert!(ok(store.tokens_by_index(index(2)).await).is_empty());
+        assert!(
+            matches!(&refused, Err(StoreError::Backend(f)) if f.detail.contains("never handed out")),
+            "{refused:?}"
+        );
+        assert_eq!(read(&store, vec![a, beyond]).await, vec![None, None]);
+        assert!(store.failure().is_none(), "the store goes on");
+        assert_eq!(
+            ok(store
+                .insert_records(vec![new(a, FieldKind::Phone, 1, false)])
+                .await),
+            vec![a]
+        );
+    }
+
+    #[tokio::test]
+    async fn ids_ascend_and_none_is_handed_out_again_after_a_reopen_even_unused_ones() {
+        let dir = ok(tempfile::tempdir());
+        let mut seen = std::collections::HashSet::new();
+        let mut last = None;
+        for round in 0..3 {
+            let store = open(dir.path());
+            // More than one ceiling step, in calls of several sizes: the
+            // ceiling is raised while calls take ids.
+            let mut calls = Vec::new();
+            for n in [1usize, 7, 1000, 40_000, 30_000] {
+                let store = store.clone();
+                calls.push(tokio::spawn(async move { store.allocate(n).await }));
+            }
+            for call in calls {
+                let got = ok(ok(call.await));
+                assert!(
+                    got.windows(2).all(|w| w[1].0 == w[0].0 + 1),
+                    "one call's ids are consecutive"
+                );
+                for id in got {
+                    assert!(seen.insert(id), "round {round}: {id} handed out twice");
+                }
+            }
+            // Use one id only; the rest are lost with the process.
+            let [used] = ids(&store).await;
+            assert!(seen.insert(used));
+            assert!(
+                last.is_none_or(|l: RecordId| used > l),
+                "ids ascend across reopens"
+            );
+            last = Some(used);
+            ok(store
+                .insert_records(vec![new(used, FieldKind::Email, round, false)])
+                .await);
+            let report = ok(store.check_integrity().await);
+            assert!(report.problems.is_empty(), "{:?}", report.problems);
+        }
+        assert_eq!(seen.len(), 3 * (1 + 7 + 1000 + 40_000 + 30_000 + 1));
     }
 
     /// Back-to-back writes: each call is staged while the previous group
@@ -450,10 +565,10 @@ mod tests {
     async fn answered_writes_are_visible_whether_or_not_applied_yet() {
         let dir = ok(tempfile::tempdir());
         let store = open(dir.path());
-        let mut first: HashMap<u8, TokenId> = HashMap::new();
+        let mut first: HashMap<u8, RecordId> = HashMap::new();
         for round in 0..300u32 {
             let value = (round % 7) as u8;
-            let (det, random) = (TokenId::new_random(), TokenId::new_random());
+            let [det, random] = ids(&store).await;
             let got = ok(store
                 .insert_records(vec![
                     new(det, FieldKind::Phone, value, true),
@@ -464,7 +579,7 @@ mod tests {
             assert_eq!(got, vec![det_token, random], "round {round}");
             let read = read(&store, vec![det_token, random]).await;
             assert!(read.iter().all(Option::is_some), "round {round}");
-            assert!(ok(store.tokens_by_index(index(value)).await).contains(&random));
+            assert!(ok(store.records_by_index(index(value)).await).contains(&random));
         }
         let report = ok(store.check_integrity().await);
         assert!(report.problems.is_empty(), "{:?}", report.problems);
@@ -476,12 +591,7 @@ mod tests {
     async fn a_deterministic_value_keeps_its_first_token_and_random_ones_add_up() {
         let dir = ok(tempfile::tempdir());
         let store = open(dir.path());
-        let (a, b, c, d) = (
-            TokenId::new_random(),
-            TokenId::new_random(),
-            TokenId::new_random(),
-            TokenId::new_random(),
-        );
+        let [a, b, c, d] = ids(&store).await;
         // Within one batch and across batches, the first deterministic token wins.
         let got = ok(store
             .insert_records(vec![
@@ -504,7 +614,7 @@ mod tests {
                 .await),
             vec![d]
         );
-        let mut all = ok(store.tokens_by_index(index(5)).await);
+        let mut all = ok(store.records_by_index(index(5)).await);
         all.sort();
         let mut expected = vec![a, d];
         expected.sort();
@@ -524,15 +634,12 @@ mod tests {
     #[tokio::test]
     async fn logged_writes_that_never_reached_the_trees_are_replayed_on_open() {
         let dir = ok(tempfile::tempdir());
-        let (a, b, c) = (
-            TokenId::new_random(),
-            TokenId::new_random(),
-            TokenId::new_random(),
-        );
-        // A clean store holding `a`.
+        let [a, b, c];
+        // A clean store holding `a`; `b` and `c` were handed out too.
         drop(open(dir.path()));
         {
             let store = open(dir.path());
+            [a, b, c] = ids(&store).await;
             ok(store
                 .insert_records(vec![new(a, FieldKind::Phone, 1, true)])
                 .await);
@@ -546,14 +653,15 @@ mod tests {
                 &dir.path().join(WAL_FILE),
             ));
             assert!(frames.is_empty(), "a clean close leaves an empty log");
-            let staged = |t: TokenId, idx: u8, det: bool| Staged {
-                token: t,
+            let staged = |id: RecordId, idx: u8, det: bool| Staged {
+                id,
                 index: index(idx),
                 deterministic: det,
                 record: encode_record(&record(FieldKind::Email)),
             };
-            ok(wal.append(&encode_frame(&[], &[staged(b, 2, true)])));
+            ok(wal.append(&encode_frame(None, &[], &[staged(b, 2, true)])));
             ok(wal.append(&encode_frame(
+                None,
                 &[wrapped(KeyPurpose::Data, 2)],
                 &[staged(c, 3, false), staged(a, 1, true)],
             )));
@@ -561,14 +669,14 @@ mod tests {
         let store = open(dir.path());
         let got = read(&store, vec![a, b, c]).await;
         assert!(got.iter().all(Option::is_some), "{got:?}");
-        assert_eq!(ok(store.tokens_by_index(index(2)).await), vec![b]);
+        assert_eq!(ok(store.records_by_index(index(2)).await), vec![b]);
         assert_eq!(
             ok(store.keys().await),
             vec![wrapped(KeyPurpose::Data, 2)],
             "a logged key is replayed"
         );
         // A replayed deterministic mapping is honoured by later writes.
-        let d = TokenId::new_random();
+        let [d] = ids(&store).await;
         assert_eq!(
             ok(store
                 .insert_records(vec![new(d, FieldKind::Phone, 2, true)])
@@ -594,7 +702,7 @@ mod tests {
     async fn the_integrity_check_finds_a_record_without_its_index_entry() {
         let dir = ok(tempfile::tempdir());
         let store = open(dir.path());
-        let (a, b) = (TokenId::new_random(), TokenId::new_random());
+        let [a, b] = ids(&store).await;
         ok(store
             .insert_records(vec![
                 new(a, FieldKind::Phone, 1, true),
@@ -604,14 +712,14 @@ mod tests {
         // Damage the trees once the apply thread has filled them.
         ok(store.inner.unapplied.wait_until(0));
         let trees = &store.inner.trees;
-        ok(trees.blind_index.remove(index_entry(&index(1), &a)));
-        ok(trees.records.remove(b.as_bytes()));
+        ok(trees.blind_index.remove(index_entry(&index(1), a)));
+        ok(trees.records.remove(record_key(b)));
         let report = ok(store.check_integrity().await);
         assert_eq!(report.problems.len(), 3, "{:?}", report.problems);
     }
 
     /// Reads records, failing the test on any unreadable one.
-    async fn read(store: &SledStore, tokens: Vec<TokenId>) -> Vec<Option<SealedRecord>> {
+    async fn read(store: &SledStore, tokens: Vec<RecordId>) -> Vec<Option<SealedRecord>> {
         ok(store.get_records(tokens).await)
             .into_iter()
             .map(ok)
@@ -626,13 +734,10 @@ mod tests {
     async fn a_batch_whose_checkpoint_fails_after_its_log_sync_gets_its_tokens_and_they_are_there_after_a_restart(
     ) {
         let dir = ok(tempfile::tempdir());
-        let (a, b, later) = (
-            TokenId::new_random(),
-            TokenId::new_random(),
-            TokenId::new_random(),
-        );
+        let [a, b, later];
         {
             let store = open(dir.path());
+            [a, b, later] = ids(&store).await;
             // EIO from the checkpoint that follows the next group's sync.
             inject(&store.inner.faults.checkpoint, 5);
             let got = store
@@ -669,7 +774,7 @@ mod tests {
                 None
             ]
         );
-        assert_eq!(ok(store.tokens_by_index(index(1)).await), vec![a]);
+        assert_eq!(ok(store.records_by_index(index(1)).await), vec![a]);
         let report = ok(store.check_integrity().await);
         assert!(report.problems.is_empty(), "{:?}", report.problems);
         assert!(store.failure().is_none(), "a restart writes again");
@@ -679,9 +784,10 @@ mod tests {
     async fn a_failed_publish_after_the_log_sync_answers_with_the_tokens_and_stops_later_writes_with_the_cause(
     ) {
         let dir = ok(tempfile::tempdir());
-        let (a, later) = (TokenId::new_random(), TokenId::new_random());
+        let [a, later];
         {
             let store = open(dir.path());
+            [a, later] = ids(&store).await;
             // ENOSPC when handing the synced group to the apply thread.
             inject(&store.inner.faults.publish, 28);
             let got = store
@@ -747,11 +853,7 @@ mod tests {
     async fn a_record_that_does_not_decode_fails_alone() {
         let dir = ok(tempfile::tempdir());
         let store = open(dir.path());
-        let (a, b, absent) = (
-            TokenId::new_random(),
-            TokenId::new_random(),
-            TokenId::new_random(),
-        );
+        let [a, b, absent] = ids(&store).await;
         ok(store
             .insert_records(vec![
                 new(a, FieldKind::Phone, 1, false),
@@ -763,7 +865,7 @@ mod tests {
             .inner
             .trees
             .records
-            .insert(a.as_bytes(), &[9u8, 9, 9][..]));
+            .insert(record_key(a), &[9u8, 9, 9][..]));
         let got = ok(store.get_records(vec![a, b, absent]).await);
         assert!(
             matches!(got[0], Err(StoreError::Corrupt { what: "record", .. })),
@@ -779,9 +881,10 @@ mod tests {
         let dir =
             ok(tempfile::tempdir()
                 .map_err(|e| StoreError::Backend(StorageFailure::io("tempdir", &e))));
-        let a = TokenId::new_random();
+        let a;
         {
             let store = open(dir.path());
+            [a] = ids(&store).await;
             ok(store
                 .insert_records(vec![new(a, FieldKind::Phone, 1, false)])
                 .await);

@@ -3,8 +3,9 @@
 //!
 //! Writes: every write goes through one commit thread ([`GroupCommit`]).
 //! For each group of queued calls it decides the outcomes (deterministic
-//! hits, taken tokens), appends the new entries — record, blind-index entry,
-//! deterministic mapping — as one frame to the write-ahead log ([`Wal`],
+//! hits), appends the new entries — record, blind-index entry,
+//! deterministic mapping, a raised sequence ceiling — as one frame to the
+//! write-ahead log ([`Wal`],
 //! `fdatasync`ed), then answers the calls. An apply thread ([`Applier`])
 //! inserts each synced group into the three trees while the commit thread
 //! goes on with the next group; until then lookups find the group in an
@@ -37,13 +38,14 @@ use super::apply::{Applier, Staged};
 use super::file::StorageFile;
 use super::group_commit::{Commit, Committer};
 use super::layout::{
-    backend, decode_frame, encode_frame, encode_key, encode_record, frame_key_bytes,
-    frame_record_bytes, index_entry, index_prefix, key_id, sled_failure, token_from,
+    backend, ceiling_from, decode_frame, encode_frame, encode_key, encode_record, frame_key_bytes,
+    frame_record_bytes, index_entry, index_prefix, key_id, record_id_from, record_key,
+    sled_failure, CEILING_KEY, FRAME_CEILING_BYTES,
 };
 use super::wal::Wal;
 use super::{NewRecord, StorageFailure, StoreError};
 use crate::crypto::WrappedKey;
-use crate::domain::TokenId;
+use crate::domain::RecordId;
 use std::collections::{HashMap, HashSet};
 
 /// The log is checkpointed once it holds this much. Bounds the replay after
@@ -70,6 +72,10 @@ pub(super) struct SledWriter {
     wal: Wal,
     trees: Trees,
     keys: sled::Tree,
+    meta: sled::Tree,
+    /// The sequence's durable ceiling: record ids at or above it were never
+    /// handed out, so a write naming one is refused.
+    ceiling: u64,
     applier: Applier,
     /// Set once storage failed: no checkpoint from then on.
     stopped: bool,
@@ -116,6 +122,7 @@ impl SledWriter {
         wal: Wal,
         trees: Trees,
         keys: sled::Tree,
+        meta: sled::Tree,
         applier: Applier,
     ) -> Self {
         Self {
@@ -125,6 +132,8 @@ impl SledWriter {
             wal,
             trees,
             keys,
+            meta,
+            ceiling: 0,
             applier,
             stopped: false,
             #[cfg(test)]
@@ -143,20 +152,23 @@ impl SledWriter {
 #[derive(Default)]
 struct Group {
     staged: Vec<Staged>,
-    tokens: HashSet<[u8; 16]>,
-    deterministic: HashMap<[u8; 36], TokenId>,
+    deterministic: HashMap<[u8; 36], RecordId>,
     keys: Vec<WrappedKey>,
     key_ids: HashSet<[u8; 5]>,
+    ceiling: Option<u64>,
 }
 
 pub(super) enum Write {
     Records(Vec<NewRecord>),
     Keys(Vec<WrappedKey>),
+    /// Raise the sequence's ceiling to this (never lowers it).
+    Ceiling(u64),
 }
 
 pub(super) enum Written {
-    Tokens(Vec<TokenId>),
+    Records(Vec<RecordId>),
     Keys,
+    Ceiling,
 }
 
 impl SledWriter {
@@ -181,19 +193,27 @@ impl SledWriter {
     }
 
     /// Decides one call's records against the trees and the group so far:
-    /// a deterministic value that already has a token gets that token, the
-    /// rest are staged. All or nothing: a taken token stages none of them.
-    /// Only the commit thread writes, so nothing changes between this
+    /// a deterministic value that already has a record gets that record's
+    /// id, the rest are staged. Ids are not looked up (the sequence never
+    /// hands one out twice); an id at or above the durable ceiling was
+    /// never handed out, and fails the call with nothing staged. Only the
+    /// commit thread writes, so nothing changes between the deterministic
     /// lookup and the insert.
     fn stage_records(
         &self,
-        records: &[NewRecord],
+        records: Vec<NewRecord>,
         group: &mut Group,
-    ) -> Result<Vec<TokenId>, StoreError> {
-        let mut tokens = Vec::with_capacity(records.len());
-        let mut staged: Vec<Staged> = Vec::new();
-        let mut new_tokens: HashSet<[u8; 16]> = HashSet::new();
-        let mut mine: HashMap<[u8; 36], TokenId> = HashMap::new();
+    ) -> Result<Vec<RecordId>, StoreError> {
+        let ceiling = self.ceiling.max(group.ceiling.unwrap_or(0));
+        if let Some(bad) = records.iter().find(|r| r.id.0 >= ceiling) {
+            return Err(StoreError::Backend(StorageFailure::internal(format!(
+                "{} was never handed out by this store's sequence",
+                bad.id
+            ))));
+        }
+        let mut ids = Vec::with_capacity(records.len());
+        let first_staged = group.staged.len();
+        let mut mine: HashMap<[u8; 36], RecordId> = HashMap::new();
         for new in records {
             let prefix = index_prefix(&new.index);
             if new.deterministic {
@@ -203,43 +223,41 @@ impl SledWriter {
                     .copied()
                     .or_else(|| self.applier.shared().deterministic(&prefix))
                 {
-                    Some(token) => Some(token),
-                    None => match self.trees.deterministic.get(prefix).map_err(backend)? {
-                        Some(bytes) => {
-                            Some(token_from(&bytes).map_err(|_| StoreError::Corrupt {
-                                what: "deterministic index",
-                                reason: "not a token id",
-                            })?)
+                    Some(id) => Some(id),
+                    None => match self.trees.deterministic.get(prefix) {
+                        Ok(Some(bytes)) => match record_id_from(&bytes) {
+                            Ok(id) => Some(id),
+                            Err(_) => {
+                                group.staged.truncate(first_staged);
+                                return Err(StoreError::Corrupt {
+                                    what: "deterministic index",
+                                    reason: "not a record id",
+                                });
+                            }
+                        },
+                        Ok(None) => None,
+                        Err(e) => {
+                            group.staged.truncate(first_staged);
+                            return Err(backend(e));
                         }
-                        None => None,
                     },
                 };
-                if let Some(token) = known {
-                    tokens.push(token);
+                if let Some(id) = known {
+                    ids.push(id);
                     continue;
                 }
-                mine.insert(prefix, new.token);
+                mine.insert(prefix, new.id);
             }
-            let id = new.token.as_bytes();
-            if group.tokens.contains(id)
-                || !new_tokens.insert(*id)
-                || self.applier.shared().has_token(&new.token)
-                || self.trees.records.contains_key(id).map_err(backend)?
-            {
-                return Err(StoreError::AlreadyExists("token"));
-            }
-            staged.push(Staged {
-                token: new.token,
+            ids.push(new.id);
+            group.staged.push(Staged {
+                id: new.id,
                 index: new.index,
                 deterministic: new.deterministic,
                 record: encode_record(&new.record),
             });
-            tokens.push(new.token);
         }
-        group.tokens.extend(new_tokens);
         group.deterministic.extend(mine);
-        group.staged.extend(staged);
-        Ok(tokens)
+        Ok(ids)
     }
 }
 
@@ -249,20 +267,47 @@ impl Trees {
     pub(super) fn apply(&self, staged: &[Staged]) -> Result<(), StorageFailure> {
         let failed = |e| sled_failure("inserting logged records", &e);
         for s in staged {
-            let id = s.token.as_bytes();
+            let id = record_key(s.id);
             if s.deterministic {
                 self.deterministic
                     .insert(&index_prefix(&s.index)[..], &id[..])
                     .map_err(failed)?;
             }
             self.blind_index
-                .insert(&index_entry(&s.index, &s.token)[..], &[][..])
+                .insert(&index_entry(&s.index, s.id)[..], &[][..])
                 .map_err(failed)?;
             self.records
                 .insert(&id[..], s.record.as_slice())
                 .map_err(failed)?;
         }
         Ok(())
+    }
+}
+
+/// Raises the ceiling in `meta` to `ceiling`, never lowering it
+/// (idempotent, for replay too).
+fn apply_ceiling(meta: &sled::Tree, ceiling: u64) -> Result<(), StorageFailure> {
+    let failed =
+        |e: StoreError| StorageFailure::new(crate::store::FailureCause::Corrupt, e.to_string());
+    let stored = match meta
+        .get(CEILING_KEY)
+        .map_err(|e| sled_failure("reading the sequence ceiling", &e))?
+    {
+        Some(bytes) => ceiling_from(&bytes).map_err(failed)?,
+        None => 0,
+    };
+    if ceiling > stored {
+        meta.insert(CEILING_KEY, &ceiling.to_be_bytes()[..])
+            .map_err(|e| sled_failure("raising the sequence ceiling", &e))?;
+    }
+    Ok(())
+}
+
+/// The durable ceiling in `meta` (0 for a new store).
+pub(super) fn stored_ceiling(meta: &sled::Tree) -> Result<u64, StoreError> {
+    match meta.get(CEILING_KEY).map_err(backend)? {
+        Some(bytes) => ceiling_from(&bytes),
+        None => Ok(0),
     }
 }
 
@@ -303,6 +348,12 @@ impl SledWriter {
         Ok(())
     }
 
+    /// The durable ceiling, once the log is replayed: records at or above
+    /// it are refused.
+    pub(super) fn set_ceiling(&mut self, ceiling: u64) {
+        self.ceiling = ceiling;
+    }
+
     /// Applies the frames a crash left in the log, then checkpoints.
     pub(super) fn replay(&mut self, frames: &[Vec<u8>]) -> Result<(), StoreError> {
         let (mut records, mut keys) = (0, 0);
@@ -310,6 +361,9 @@ impl SledWriter {
             let frame = decode_frame(frame)?;
             records += frame.records.len();
             keys += frame.keys.len();
+            if let Some(ceiling) = frame.ceiling {
+                apply_ceiling(&self.meta, ceiling).map_err(StoreError::Backend)?;
+            }
             apply_keys(&self.keys, &frame.keys).map_err(StoreError::Backend)?;
             self.trees
                 .apply(&frame.records)
@@ -330,7 +384,7 @@ impl SledWriter {
         #[cfg(test)]
         Faults::take(&self.faults.append, "appending to the write-ahead log")?;
         self.wal
-            .append(&encode_frame(&group.keys, &group.staged))
+            .append(&encode_frame(group.ceiling, &group.keys, &group.staged))
             .map_err(|e| StorageFailure::of_error("appending to the write-ahead log", &e))
     }
 
@@ -350,8 +404,15 @@ impl SledWriter {
         let injected = Ok(());
         let published = injected.and_then(|()| self.applier.publish(group.staged));
         let keys = apply_keys(&self.keys, &group.keys);
+        let ceiling = match group.ceiling {
+            Some(ceiling) => apply_ceiling(&self.meta, ceiling).map(|()| {
+                self.ceiling = self.ceiling.max(ceiling);
+            }),
+            None => Ok(()),
+        };
         published?;
         keys?;
+        ceiling?;
         #[cfg(test)]
         let forced = self
             .faults
@@ -383,12 +444,18 @@ impl Committer for SledWriter {
             .into_iter()
             .map(|w| match w {
                 Write::Records(records) => self
-                    .stage_records(&records, &mut group)
-                    .map(Written::Tokens),
+                    .stage_records(records, &mut group)
+                    .map(Written::Records),
                 Write::Keys(keys) => self.stage_keys(&keys, &mut group).map(|()| Written::Keys),
+                Write::Ceiling(ceiling) => {
+                    if ceiling > self.ceiling {
+                        group.ceiling = group.ceiling.max(Some(ceiling));
+                    }
+                    Ok(Written::Ceiling)
+                }
             })
             .collect();
-        if group.staged.is_empty() && group.keys.is_empty() {
+        if group.staged.is_empty() && group.keys.is_empty() && group.ceiling.is_none() {
             return Commit::Done(outcomes);
         }
         if let Err(e) = self.log(&group) {
@@ -410,6 +477,7 @@ impl Committer for SledWriter {
         match write {
             Write::Records(records) => records.iter().map(|r| frame_record_bytes(&r.record)).sum(),
             Write::Keys(keys) => keys.iter().map(frame_key_bytes).sum(),
+            Write::Ceiling(_) => FRAME_CEILING_BYTES,
         }
     }
 

@@ -7,7 +7,8 @@ use crate::crypto::{CryptoError, Keyring, MasterKey};
 use crate::domain::policy::{Action, Denial, Policy, RevealLevel};
 use crate::domain::value::{canonicalise, render, Address, FieldInput, IdScheme, PhoneRegion};
 use crate::domain::{
-    CallerId, FieldKind, Justification, Plaintext, Purpose, TokenId, TokenMode, TokenModes,
+    CallerId, FieldKind, Justification, Plaintext, Purpose, RecordId, TokenId, TokenMode,
+    TokenModes,
 };
 use crate::store::{NewRecord, StorageFailure, Store, StoreError};
 use std::sync::{Arc, RwLock};
@@ -65,6 +66,11 @@ pub enum ItemError {
     },
     #[error("no record for this token")]
     NotFound,
+    /// The token key did not make this token (guessed, garbled, or from
+    /// another vault): known without reading the store. Audited as such;
+    /// callers are answered exactly as for [`ItemError::NotFound`].
+    #[error("no record for this token")]
+    NotIssued,
     #[error("{0}")]
     PermissionDenied(Denial),
     /// The stored record failed its integrity check; nothing is revealed.
@@ -83,6 +89,7 @@ impl ItemError {
         match self {
             ItemError::InvalidArgument { .. } => "invalid_argument",
             ItemError::NotFound => "not_found",
+            ItemError::NotIssued => "not_issued",
             ItemError::PermissionDenied(_) => "permission_denied",
             ItemError::DataLoss => "data_loss",
             ItemError::Unavailable => "unavailable",
@@ -187,6 +194,29 @@ impl Vault {
         }
     }
 
+    /// A failed allocation or insert as the caller sees it: nothing was
+    /// stored.
+    fn write_failed(&self, e: StoreError) -> VaultError {
+        if let StoreError::TooLarge { bytes, limit } = e {
+            return VaultError::InvalidArgument {
+                field: "fields",
+                reason: format!(
+                    "the batch is {bytes} bytes once sealed, more than the {limit} \
+                     bytes one call may store; split it into smaller batches"
+                ),
+            };
+        }
+        match e {
+            // Reported at ERROR once, when writes stopped; one line per
+            // refused call after that would only flood the log.
+            StoreError::WritesStopped(_) => {
+                tracing::debug!(error = %e, "write refused; nothing acknowledged")
+            }
+            _ => tracing::error!(error = %e, "storing records failed; nothing acknowledged"),
+        }
+        unavailable(&e, "nothing was stored")
+    }
+
     fn check_batch(&self, len: usize, field: &'static str) -> Result<(), VaultError> {
         if len == 0 {
             return Err(VaultError::InvalidArgument {
@@ -228,10 +258,14 @@ impl Vault {
             .map_err(VaultError::PermissionDenied)?;
 
         // Per item: Ok(index into `to_store`) or the item's error.
+        let internal = |e: crate::crypto::CryptoError| {
+            tracing::error!(error = %e, "sealing failed");
+            ItemError::Internal
+        };
         let mut slots: Vec<Result<usize, ItemError>> = Vec::with_capacity(items.len());
-        let mut to_store = Vec::with_capacity(items.len());
+        let mut prepared = Vec::with_capacity(items.len());
         for item in items {
-            let prepared = item.and_then(|item| {
+            let ready = item.and_then(|item| {
                 policy
                     .decide(caller, Action::Tokenize, item.kind, purpose.as_ref())
                     .map_err(ItemError::PermissionDenied)?;
@@ -241,61 +275,57 @@ impl Vault {
                         reason: e.reason,
                     }
                 })?;
-                let token = TokenId::new_random();
-                let internal = |e: crate::crypto::CryptoError| {
-                    tracing::error!(error = %e, "sealing failed");
-                    ItemError::Internal
-                };
-                let record = self
-                    .keyring
-                    .seal(&token, item.kind, &canonical)
-                    .map_err(internal)?;
                 let index = self
                     .keyring
                     .blind_index(item.kind, &canonical)
                     .map_err(internal)?;
-                Ok(NewRecord {
-                    token,
+                Ok((item.kind, canonical, index))
+            });
+            slots.push(ready.map(|ready| {
+                prepared.push(ready);
+                prepared.len() - 1
+            }));
+        }
+        let ids = if prepared.is_empty() {
+            Vec::new()
+        } else {
+            self.store
+                .allocate(prepared.len())
+                .await
+                .map_err(|e| self.write_failed(e))?
+        };
+        // A record is sealed for its id: the associated data binds it.
+        let mut to_store = Vec::with_capacity(prepared.len());
+        let mut sealed: Vec<Result<usize, ItemError>> = Vec::with_capacity(prepared.len());
+        for ((kind, canonical, index), id) in prepared.into_iter().zip(ids) {
+            let record = self.keyring.seal(id, kind, &canonical).map_err(internal);
+            sealed.push(record.map(|record| {
+                to_store.push(NewRecord {
+                    id,
                     record,
                     index,
-                    deterministic: self.settings.token_modes.for_kind(item.kind)
+                    deterministic: self.settings.token_modes.for_kind(kind)
                         == TokenMode::Deterministic,
-                })
-            });
-            slots.push(prepared.map(|new| {
-                to_store.push(new);
+                });
                 to_store.len() - 1
             }));
         }
-        let tokens = if to_store.is_empty() {
+        let stored: Vec<RecordId> = if to_store.is_empty() {
             Vec::new()
         } else {
-            self.store.insert_records(to_store).await.map_err(|e| {
-                if let StoreError::TooLarge { bytes, limit } = e {
-                    return VaultError::InvalidArgument {
-                        field: "fields",
-                        reason: format!(
-                            "the batch is {bytes} bytes once sealed, more than the {limit} \
-                             bytes one call may store; split it into smaller batches"
-                        ),
-                    };
-                }
-                match e {
-                    // Reported at ERROR once, when writes stopped; one line per
-                    // refused call after that would only flood the log.
-                    StoreError::WritesStopped(_) => {
-                        tracing::debug!(error = %e, "write refused; nothing acknowledged")
-                    }
-                    _ => {
-                        tracing::error!(error = %e, "storing records failed; nothing acknowledged")
-                    }
-                }
-                unavailable(&e, "nothing was stored")
-            })?
+            self.store
+                .insert_records(to_store)
+                .await
+                .map_err(|e| self.write_failed(e))?
         };
         let results: Vec<Result<TokenId, ItemError>> = slots
             .into_iter()
-            .map(|slot| slot.and_then(|i| tokens.get(i).copied().ok_or(ItemError::Internal)))
+            .map(|slot| {
+                let at =
+                    slot.and_then(|i| sealed.get(i).cloned().unwrap_or(Err(ItemError::Internal)))?;
+                let id = stored.get(at).copied().ok_or(ItemError::Internal)?;
+                Ok(self.keyring.token_of(id))
+            })
             .collect();
         let stored = results.iter().filter(|r| r.is_ok()).count();
         tracing::debug!(caller = %caller, items = results.len(), stored, "tokenize");
@@ -341,19 +371,30 @@ impl Vault {
             return Err(VaultError::PermissionDenied(denial));
         }
 
-        let parsed: Vec<Result<TokenId, ItemError>> = tokens
+        // Syntax first, then the token key: a token it did not make is
+        // answered without a store read.
+        let parsed: Vec<Result<(TokenId, RecordId), (Option<TokenId>, ItemError)>> = tokens
             .iter()
             .map(|t| {
-                t.parse::<TokenId>()
-                    .map_err(|e| ItemError::InvalidArgument {
-                        field: None,
-                        reason: e.to_string(),
-                    })
+                let token = t.parse::<TokenId>().map_err(|e| {
+                    let reason = e.to_string();
+                    (
+                        None,
+                        ItemError::InvalidArgument {
+                            field: None,
+                            reason,
+                        },
+                    )
+                })?;
+                match self.keyring.record_of(&token) {
+                    Some(id) => Ok((token, id)),
+                    None => Err((Some(token), ItemError::NotIssued)),
+                }
             })
             .collect();
-        let ids: Vec<TokenId> = parsed
+        let ids: Vec<RecordId> = parsed
             .iter()
-            .filter_map(|p| p.as_ref().ok().copied())
+            .filter_map(|p| p.as_ref().ok().map(|(_, id)| *id))
             .collect();
         let mut records = self
             .store
@@ -373,7 +414,12 @@ impl Vault {
                 outcome: "",
                 rule: None,
             };
-            let outcome = p.and_then(|token| {
+            let outcome = p
+                .map_err(|(token, e)| {
+                    item.token = token.map(|t| t.to_string());
+                    e
+                })
+                .and_then(|(token, id)| {
                 item.token = Some(token.to_string());
                 // `records` yields one entry per parsed token, in order.
                 let record = match records.next() {
@@ -396,7 +442,7 @@ impl Vault {
                     .map_err(ItemError::PermissionDenied)?;
                 item.rule = Some(grant.rule);
                 let reveal = grant.reveal.ok_or(ItemError::Internal)?;
-                let canonical = self.keyring.open(&token, &record).map_err(|e| match e {
+                let canonical = self.keyring.open(id, &record).map_err(|e| match e {
                     CryptoError::Integrity => {
                         tracing::error!(token = %token, "stored record failed authentication");
                         ItemError::DataLoss
@@ -430,6 +476,7 @@ impl Vault {
                 Err(ItemError::PermissionDenied(_)) if !self.settings.explicit_kind_denials => {
                     Err(ItemError::NotFound)
                 }
+                Err(ItemError::NotIssued) => Err(ItemError::NotFound),
                 other => other,
             };
             results.push(outcome);
