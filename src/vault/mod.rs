@@ -15,6 +15,8 @@ use std::sync::{Arc, RwLock};
 
 #[cfg(test)]
 mod storage_failure_tests;
+#[cfg(test)]
+mod token_tests;
 
 /// What a deployment sets.
 #[derive(Clone, Copy, Debug)]
@@ -396,10 +398,12 @@ impl Vault {
             .iter()
             .filter_map(|p| p.as_ref().ok().map(|(_, id)| *id))
             .collect();
-        let mut records = self
-            .store
-            .get_records(ids)
-            .await
+        let read = if ids.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.store.get_records(ids).await
+        };
+        let mut records = read
             .map_err(|e| {
                 tracing::error!(error = %e, "reading records failed");
                 unavailable(&e, "nothing was revealed")

@@ -1,0 +1,143 @@
+//! Tokens at the vault: a token the token key did not make is answered
+//! without reading the store. The store here is a real sled store behind a
+//! wrapper that counts the record ids the vault asks it for.
+
+use super::*;
+use crate::audit::FileAuditLog;
+use crate::crypto::{BlindIndex, WrappedKey};
+use crate::domain::value::FieldInput;
+use crate::store::{IntegrityReport, RecordRead, SledConfig, SledStore, DEFAULT_MAX_QUEUED_WRITES};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+const POLICY: &str = r#"
+version = 1
+
+[[rules]]
+name = "orders tokenize"
+callers = ["spiffe://t.example/orders"]
+action = "tokenize"
+kinds = ["phone"]
+
+[[rules]]
+name = "support phone"
+callers = ["spiffe://t.example/support"]
+action = "detokenize"
+kinds = ["phone"]
+purposes = ["callback"]
+reveal = "full"
+"#;
+
+fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn caller(name: &str) -> CallerId {
+    ok(CallerId::spiffe(&format!("spiffe://t.example/{name}")))
+}
+
+/// A sled store that counts the record ids read through it.
+struct Counting {
+    inner: SledStore,
+    ids_read: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Store for Counting {
+    async fn keys(&self) -> Result<Vec<WrappedKey>, StoreError> {
+        self.inner.keys().await
+    }
+    async fn insert_keys(&self, keys: Vec<WrappedKey>) -> Result<(), StoreError> {
+        self.inner.insert_keys(keys).await
+    }
+    async fn allocate(&self, n: usize) -> Result<Vec<RecordId>, StoreError> {
+        self.inner.allocate(n).await
+    }
+    async fn insert_records(&self, records: Vec<NewRecord>) -> Result<Vec<RecordId>, StoreError> {
+        self.inner.insert_records(records).await
+    }
+    fn failure(&self) -> Option<StorageFailure> {
+        self.inner.failure()
+    }
+    async fn check_integrity(&self) -> Result<IntegrityReport, StoreError> {
+        self.inner.check_integrity().await
+    }
+    async fn records_by_index(&self, index: BlindIndex) -> Result<Vec<RecordId>, StoreError> {
+        self.inner.records_by_index(index).await
+    }
+    async fn get_records(&self, ids: Vec<RecordId>) -> Result<Vec<RecordRead>, StoreError> {
+        self.ids_read.fetch_add(ids.len(), Ordering::SeqCst);
+        self.inner.get_records(ids).await
+    }
+}
+
+#[tokio::test]
+async fn a_flipped_bit_anywhere_in_a_token_is_not_found_without_a_store_read() {
+    let dir = ok(tempfile::tempdir());
+    let store = Arc::new(Counting {
+        inner: ok(SledStore::open(&SledConfig {
+            path: dir.path().join("store"),
+            cache_capacity_bytes: 8 << 20,
+            max_queued_writes: DEFAULT_MAX_QUEUED_WRITES,
+        })),
+        ids_read: AtomicUsize::new(0),
+    });
+    let master = MasterKey::generate();
+    let keyring = ok(open_keyring(store.as_ref(), &master).await);
+    let audit_path = dir.path().join("audit.log");
+    let audit = Arc::new(ok(FileAuditLog::open(&audit_path).await));
+    let vault = Vault::new(
+        store.clone(),
+        keyring,
+        ok(Policy::from_toml(POLICY)),
+        audit,
+        Settings::default(),
+    );
+    let items = vec![Ok(FieldInput::simple(FieldKind::Phone, "+1 202-555-0164"))];
+    let token = match ok(vault.tokenize(&caller("orders"), None, items).await).pop() {
+        Some(Ok(token)) => token,
+        other => panic!("tokenize: {other:?}"),
+    };
+
+    // Every one-bit change of the token's 128 bits, in one call.
+    let flipped: Vec<String> = (0..128)
+        .map(|bit| {
+            let mut bytes = *token.as_bytes();
+            bytes[bit / 8] ^= 1 << (bit % 8);
+            TokenId::from_bytes(bytes).to_string()
+        })
+        .collect();
+    let got = ok(vault
+        .detokenize(&caller("support"), "callback", "", flipped.clone())
+        .await);
+    assert_eq!(got.len(), 128);
+    for (bit, outcome) in got.iter().enumerate() {
+        assert!(
+            matches!(outcome, Err(ItemError::NotFound)),
+            "bit {bit}: {outcome:?}"
+        );
+    }
+    assert_eq!(
+        store.ids_read.load(Ordering::SeqCst),
+        0,
+        "a token the key did not make was looked up"
+    );
+    // The audit trail says which tokens the key did not make.
+    let log = ok(std::fs::read_to_string(&audit_path));
+    let event: serde_json::Value = ok(serde_json::from_str(log.lines().last().unwrap_or("")));
+    let items = event["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(items.len(), 128);
+    for (item, token) in items.iter().zip(&flipped) {
+        assert_eq!(item["outcome"], "not_issued");
+        assert_eq!(item["token"], token.as_str());
+    }
+
+    // The token itself is one read, and reveals its value.
+    let got = ok(vault
+        .detokenize(&caller("support"), "callback", "", vec![token.to_string()])
+        .await);
+    match &got[..] {
+        [Ok(revealed)] => assert_eq!(revealed.value.expose(), "+12025550164"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.ids_read.load(Ordering::SeqCst), 1);
+}
