@@ -3,6 +3,9 @@
 //! random moment, restarted on the same data dir, and checked:
 //! - every acknowledged token detokenizes to exactly its value;
 //! - a deterministic value still maps to one token, across all rounds;
+//! - no token is issued twice, across every round and kill: a random-mode
+//!   address token never comes back, a phone token always stands for the
+//!   same phone (tokens encrypt a sequence number the store never reuses);
 //! - records and indexes agree (the store's integrity check, at the end).
 //!
 //! Then one disk-full round, on a fresh data dir: the server runs with a
@@ -192,12 +195,32 @@ async fn writer(
         let mut acked = acked.lock().unwrap();
         for (result, value) in response.into_inner().results.into_iter().zip(expected) {
             match result.outcome {
-                Some(pb::tokenize_result::Outcome::Token(t)) => {
-                    acked.insert(t, value);
-                }
+                Some(pb::tokenize_result::Outcome::Token(t)) => note_answer(&mut acked, t, value),
                 other => panic!("an item failed while the server was up: {other:?}"),
             }
         }
+    }
+}
+
+/// Records one answered token, across every round and kill: a token is
+/// never issued twice. An address (random mode) gets a new token on every
+/// call, so any address token seen before was issued twice; a phone
+/// (deterministic mode) keeps its token, so a phone token seen before must
+/// stand for the same phone.
+fn note_answer(
+    acked: &mut HashMap<String, (FieldKind, String)>,
+    token: String,
+    value: (FieldKind, String),
+) {
+    match acked.get(&token) {
+        None => {
+            acked.insert(token, value);
+        }
+        Some(previous) if previous.0 == FieldKind::Phone && *previous == value => {}
+        Some(previous) => panic!(
+            "token {token} was issued twice: for a {:?} and now for a {:?}",
+            previous.0, value.0
+        ),
     }
 }
 
