@@ -7,12 +7,13 @@ use crate::domain::RecordId;
 use std::collections::{HashMap, HashSet};
 
 /// Checks that every record decodes, lies below the sequence's durable
-/// `ceiling` and has exactly one blind-index entry, and that every index
-/// entry and deterministic mapping points at an existing record. Reads
-/// every tree: call it once every acknowledged write is applied.
+/// `ceiling` and has exactly one index entry (a blind-index entry, or for
+/// a deterministic record its deterministic mapping), and that every index
+/// entry and mapping points at an existing record. Reads every tree: call
+/// it once every acknowledged write is applied.
 pub(super) fn check(trees: &Trees, ceiling: u64) -> Result<IntegrityReport, StoreError> {
     let mut report = IntegrityReport::default();
-    // record -> number of blind-index entries naming it
+    // record -> number of index entries naming it
     let mut indexed: HashMap<RecordId, u32> = HashMap::new();
     for entry in trees.records.iter() {
         let (key, value) = entry.map_err(backend)?;
@@ -49,37 +50,29 @@ pub(super) fn check(trees: &Trees, ceiling: u64) -> Result<IntegrityReport, Stor
                 .push("a blind-index key is malformed".into()),
         }
     }
-    let mut unindexed: Vec<(RecordId, u32)> = indexed
+    for entry in trees.deterministic.iter() {
+        let (_, id) = entry.map_err(backend)?;
+        report.deterministic_entries += 1;
+        match record_id_from(&id) {
+            Ok(id) => match indexed.get_mut(&id) {
+                Some(n) => *n += 1,
+                None => report.problems.push(format!(
+                    "deterministic entry names {id}, which does not exist"
+                )),
+            },
+            Err(_) => report
+                .problems
+                .push("a deterministic entry is malformed".into()),
+        }
+    }
+    let mut miscounted: Vec<(RecordId, u32)> = indexed
         .iter()
         .filter(|(_, n)| **n != 1)
         .map(|(id, n)| (*id, *n))
         .collect();
-    unindexed.sort_unstable();
-    for (id, n) in unindexed {
-        report
-            .problems
-            .push(format!("{id} has {n} blind-index entries"));
-    }
-    for entry in trees.deterministic.iter() {
-        let (prefix, id) = entry.map_err(backend)?;
-        report.deterministic_entries += 1;
-        let Ok(id) = record_id_from(&id) else {
-            report
-                .problems
-                .push("a deterministic entry is malformed".into());
-            continue;
-        };
-        let mut entry = prefix.to_vec();
-        entry.extend_from_slice(&id.0.to_be_bytes());
-        if !indexed.contains_key(&id) {
-            report.problems.push(format!(
-                "deterministic entry names {id}, which does not exist"
-            ));
-        } else if !trees.blind_index.contains_key(&entry).map_err(backend)? {
-            report.problems.push(format!(
-                "deterministic {id} is not under the same blind index"
-            ));
-        }
+    miscounted.sort_unstable();
+    for (id, n) in miscounted {
+        report.problems.push(format!("{id} has {n} index entries"));
     }
     Ok(report)
 }
@@ -87,14 +80,14 @@ pub(super) fn check(trees: &Trees, ceiling: u64) -> Result<IntegrityReport, Stor
 /// What [`remove_partial_entries`] removed, and what it found and kept.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PartialEntries {
-    /// Blind-index entries naming a token that has no record: removed.
+    /// Blind-index entries naming a record that does not exist: removed.
     pub index_entries: u64,
-    /// Deterministic mappings naming a token without a record and its
-    /// index entry: removed.
+    /// Deterministic mappings naming a record that does not exist: removed.
     pub deterministic_entries: u64,
-    /// Records that have no blind-index entry, by id: kept. A frame is
-    /// applied mapping, index entry, record, in that order, so a partly
-    /// stored frame never leaves one of these; a lost index entry (damage
+    /// Records that have no index entry (blind-index entry or
+    /// deterministic mapping), by id: kept. A frame is applied index entry
+    /// first, record second, so a partly stored frame never leaves one of
+    /// these; a lost index entry (damage
     /// elsewhere) does, and the record still decrypts: deleting it would
     /// destroy a value nobody can restore.
     pub unindexed_records: Vec<RecordId>,
@@ -142,7 +135,9 @@ pub(super) fn remove_partial_entries(trees: &Trees) -> Result<PartialEntries, St
         let Ok(id) = record_id_from(&id) else {
             continue;
         };
-        if !indexed.contains(&id) {
+        if records.contains(&id) {
+            indexed.insert(id);
+        } else {
             trees.deterministic.remove(&prefix).map_err(backend)?;
             removed.deterministic_entries += 1;
         }

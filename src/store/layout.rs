@@ -7,9 +7,10 @@
 //!   order (sled appends to its last leaf instead of splitting random
 //!   ones);
 //! - `blind_index`: index version (4) ‖ mac (32) ‖ record id (8) → empty,
-//!   every record of a value, random or deterministic;
+//!   every random-mode record of a value;
 //! - `deterministic`: index version (4) ‖ mac (32) → record id, the one
-//!   deterministic record of a value;
+//!   deterministic record of a value (its only index entry: a value's
+//!   records are its `blind_index` entries and this mapping);
 //! - `keys`: purpose (1) ‖ version (4) → encoded [`WrappedKey`];
 //! - `meta`: [`CEILING_KEY`] → u64, the sequence's durable ceiling: every
 //!   id below it may have been handed out, so none is handed out again.

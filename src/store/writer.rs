@@ -268,14 +268,17 @@ impl Trees {
         let failed = |e| sled_failure("inserting logged records", &e);
         for s in staged {
             let id = record_key(s.id);
+            // One index insert per record: the deterministic mapping is the
+            // index entry of a deterministic record.
             if s.deterministic {
                 self.deterministic
                     .insert(&index_prefix(&s.index)[..], &id[..])
                     .map_err(failed)?;
+            } else {
+                self.blind_index
+                    .insert(&index_entry(&s.index, s.id)[..], &[][..])
+                    .map_err(failed)?;
             }
-            self.blind_index
-                .insert(&index_entry(&s.index, s.id)[..], &[][..])
-                .map_err(failed)?;
             self.records
                 .insert(&id[..], s.record.as_slice())
                 .map_err(failed)?;
