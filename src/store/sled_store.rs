@@ -422,7 +422,7 @@ mod tests {
     use crate::domain::FieldKind;
     use crate::store::apply::Staged;
     use crate::store::fixtures::{index, record};
-    use crate::store::layout::{encode_frame, encode_record, index_entry, record_key};
+    use crate::store::layout::{encode_frame, encode_record, record_key};
 
     use std::collections::HashMap;
     use std::path::Path;

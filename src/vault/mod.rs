@@ -147,6 +147,10 @@ fn unavailable(e: &StoreError, what: &str) -> VaultError {
     VaultError::Unavailable(format!("storage is unavailable ({cause}); {what}"))
 }
 
+/// A token of a detokenize call: its record id, or its error (with the
+/// token itself when it parsed, for the audit trail).
+type ParsedToken = Result<(TokenId, RecordId), (Option<TokenId>, ItemError)>;
+
 /// The vault. Cheap to share behind an `Arc`.
 pub struct Vault {
     store: Arc<dyn Store>,
@@ -375,7 +379,7 @@ impl Vault {
 
         // Syntax first, then the token key: a token it did not make is
         // answered without a store read.
-        let parsed: Vec<Result<(TokenId, RecordId), (Option<TokenId>, ItemError)>> = tokens
+        let parsed: Vec<ParsedToken> = tokens
             .iter()
             .map(|t| {
                 let token = t.parse::<TokenId>().map_err(|e| {
