@@ -38,7 +38,8 @@ pub enum CryptoError {
     /// sequence number, or tampering.
     #[error(
         "the store's keys hold no token key, or more than one: a store made before tokens \
-         encrypted a sequence number cannot be read by this version"
+         encrypted a sequence number cannot be read by this version; start from a new data \
+         dir (`fieldvault serve --dev --reset` for the dev setup)"
     )]
     TokenKey,
 }

@@ -925,6 +925,30 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn a_store_whose_records_are_keyed_by_token_is_refused_with_what_to_do() {
+        let dir = ok(tempfile::tempdir());
+        {
+            let db = ok(sled::Config::new().path(dir.path()).open());
+            let records = ok(db.open_tree("records"));
+            ok(records.insert([7u8; 16], &[1u8; 40][..]));
+            ok(db.flush());
+        }
+        ok(std::fs::write(dir.path().join(WAL_FILE), b""));
+        let refused = SledStore::reopen(&SledConfig {
+            path: dir.path().to_path_buf(),
+            cache_capacity_bytes: 8 << 20,
+            max_queued_writes: 1,
+        })
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(
+            refused.contains("keyed by token") && refused.contains("--reset"),
+            "{refused}"
+        );
+    }
+
     #[tokio::test]
     async fn keys_are_insert_once() {
         let dir = ok(tempfile::tempdir());
