@@ -92,9 +92,10 @@ fn wrap_aad(purpose: KeyPurpose, version: KeyVersion) -> Vec<u8> {
 /// The record's id stands for its token: the token key maps one to the
 /// other, one to one, and never changes.
 fn record_aad(id: RecordId, kind: FieldKind, version: KeyVersion) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(RECORD_AAD_LABEL.len() + 8 + 1 + 4);
+    let mut aad = Vec::with_capacity(RECORD_AAD_LABEL.len() + 16 + 1 + 4);
     aad.extend_from_slice(RECORD_AAD_LABEL);
-    aad.extend_from_slice(&id.0.to_be_bytes());
+    aad.extend_from_slice(&id.seq.to_be_bytes());
+    aad.extend_from_slice(&id.epoch.to_be_bytes());
     aad.push(kind.code());
     aad.extend_from_slice(&version.0.to_be_bytes());
     aad
@@ -269,14 +270,18 @@ impl Keyring {
 
     /// The token of record `id`.
     pub fn token_of(&self, id: RecordId) -> TokenId {
-        TokenId::from_bytes(self.tokens.block_of(id.0))
+        TokenId::from_bytes(self.tokens.block_of(id.epoch, id.seq))
     }
 
-    /// The record id inside `token`, or `None` when the token key did not
-    /// make it (guessed, garbled, or issued by another vault): no store
-    /// lookup is needed to know that such a token has no record.
+    /// The record id inside `token`, or `None` when its version byte shows
+    /// the token key did not make it. A token it did not make (guessed,
+    /// garbled, or issued by another vault) also carries an epoch the store
+    /// never used, with near certainty: the caller checks that too, and
+    /// then knows without a store read that such a token has no record.
     pub fn record_of(&self, token: &TokenId) -> Option<RecordId> {
-        self.tokens.sequence_of(token.as_bytes()).map(RecordId)
+        self.tokens
+            .open(token.as_bytes())
+            .map(|(epoch, seq)| RecordId { seq, epoch })
     }
 
     /// Seals a canonical value for record `id` under the active data key.
@@ -369,7 +374,7 @@ mod tests {
     #[test]
     fn a_sealed_record_opens_after_unlock_with_the_same_master_key() {
         let (master, ring, wrapped) = sample();
-        let token = RecordId(41);
+        let token = RecordId::new(41, 9);
         let rec = ring
             .seal(token, FieldKind::Phone, &value())
             .unwrap_or_else(|e| panic!("{e}"));
@@ -392,13 +397,16 @@ mod tests {
     fn the_token_key_survives_unlock_and_maps_record_ids_both_ways() {
         let (master, ring, wrapped) = sample();
         let reopened = Keyring::unlock(&master, &wrapped).unwrap_or_else(|e| panic!("{e}"));
-        for id in [0u64, 1, 2, 1 << 40, u64::MAX].map(RecordId) {
+        for id in [0u64, 1, 2, 1 << 40, u64::MAX].map(|seq| RecordId::new(seq, 5)) {
             let token = ring.token_of(id);
             assert_eq!(reopened.token_of(id), token, "the token key is stored");
             assert_eq!(reopened.record_of(&token), Some(id));
         }
         let (_, other, _) = sample();
-        assert_eq!(other.record_of(&ring.token_of(RecordId(7))), None);
+        assert_ne!(
+            other.record_of(&ring.token_of(RecordId::new(7, 9))),
+            Some(RecordId::new(7, 9))
+        );
     }
 
     #[test]
@@ -429,7 +437,7 @@ mod tests {
     fn the_wrong_data_key_cannot_open_a_record() {
         let (_, ring, _) = sample();
         let (_, other_ring, _) = sample();
-        let token = RecordId(41);
+        let token = RecordId::new(41, 9);
         let rec = ring
             .seal(token, FieldKind::Phone, &value())
             .unwrap_or_else(|e| panic!("{e}"));
@@ -439,12 +447,20 @@ mod tests {
     #[test]
     fn a_record_is_bound_to_its_record_id_kind_version_and_bytes() {
         let (_, ring, _) = sample();
-        let token = RecordId(41);
+        let token = RecordId::new(41, 9);
         let rec = ring
             .seal(token, FieldKind::Phone, &value())
             .unwrap_or_else(|e| panic!("{e}"));
 
-        assert_eq!(ring.open(RecordId(42), &rec), Err(CryptoError::Integrity));
+        assert_eq!(
+            ring.open(RecordId::new(42, 9), &rec),
+            Err(CryptoError::Integrity)
+        );
+        assert_eq!(
+            ring.open(RecordId::new(41, 10), &rec),
+            Err(CryptoError::Integrity),
+            "the same sequence number under another epoch"
+        );
         let relabelled = SealedRecord {
             kind: FieldKind::NationalId,
             ..rec.clone()
@@ -516,7 +532,7 @@ mod tests {
     #[test]
     fn two_seals_of_one_value_differ() {
         let (_, ring, _) = sample();
-        let token = RecordId(41);
+        let token = RecordId::new(41, 9);
         let a = ring
             .seal(token, FieldKind::Phone, &value())
             .unwrap_or_else(|e| panic!("{e}"));

@@ -14,6 +14,12 @@ pub use keyring::{BlindIndex, KeyPurpose, KeyVersion, Keyring, SealedRecord, Wra
 pub use master::{MasterKey, MasterKeyError};
 pub use token_cipher::{TokenCipher, TOKEN_BLOCK_LEN, TOKEN_BLOCK_VERSION};
 
+/// 64 bits from the operating system's random source.
+pub fn random_u64() -> u64 {
+    use aes_gcm::aead::rand_core::RngCore;
+    aes_gcm::aead::OsRng.next_u64()
+}
+
 /// Length of an AES-GCM nonce in bytes (96 bits, random per seal).
 pub const NONCE_LEN: usize = 12;
 

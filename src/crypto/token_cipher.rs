@@ -2,12 +2,16 @@
 //!
 //! A new record gets the next value of a 64-bit sequence; its token is one
 //! AES-256 block encryption, under a dedicated token key, of a block that
-//! holds a format version, fixed zero bits and the sequence number. The
-//! permutation makes tokens unique by construction (distinct inputs, distinct
-//! blocks) and shows nothing of the order, the value or the kind to anyone
-//! without the token key. Decrypting a token and checking its format bits
-//! rejects a guessed or garbled token before any store read: a random block
-//! passes with probability 2^-64.
+//! holds a format version, the 56-bit epoch of the store process that
+//! handed the number out, and the sequence number. The permutation makes
+//! tokens unique by construction (distinct inputs, distinct blocks) and
+//! shows nothing of the order, the value or the kind to anyone without the
+//! token key.
+//!
+//! Decrypting a token and checking its version byte and its epoch (one the
+//! store knows: a handful, one per process that ever wrote) rejects a
+//! guessed or garbled token before any store read: a random block passes
+//! with probability about 2^-64 per known epoch.
 //!
 //! The token key is generated once with the keyring, stored wrapped by the
 //! master key, and never rotated (see `Keyring::token_of`).
@@ -21,9 +25,9 @@ pub const TOKEN_BLOCK_VERSION: u8 = 1;
 /// Length of a token block, one AES block.
 pub const TOKEN_BLOCK_LEN: usize = 16;
 
-/// Encrypts sequence numbers into token blocks and back, under the token
-/// key. The key schedule is wiped on drop (the `aes` crate's `zeroize`
-/// feature).
+/// Encrypts (epoch, sequence number) pairs into token blocks and back,
+/// under the token key. The key schedule is wiped on drop (the `aes`
+/// crate's `zeroize` feature).
 pub struct TokenCipher {
     aes: Aes256,
 }
@@ -41,9 +45,11 @@ impl TokenCipher {
         }
     }
 
-    /// The token block of sequence number `seq`.
-    pub fn block_of(&self, seq: u64) -> [u8; TOKEN_BLOCK_LEN] {
+    /// The token block of sequence number `seq` handed out under `epoch`
+    /// (below 2^56: its top byte is dropped).
+    pub fn block_of(&self, epoch: u64, seq: u64) -> [u8; TOKEN_BLOCK_LEN] {
         let mut block = [0u8; TOKEN_BLOCK_LEN];
+        block[..8].copy_from_slice(&epoch.to_be_bytes());
         block[0] = TOKEN_BLOCK_VERSION;
         block[8..].copy_from_slice(&seq.to_be_bytes());
         let mut b = block.into();
@@ -51,20 +57,22 @@ impl TokenCipher {
         b.into()
     }
 
-    /// The sequence number inside `block`, or `None` when its format bits
-    /// are wrong: a block this key never made (guessed, garbled, or made
-    /// under another token key).
-    pub fn sequence_of(&self, block: &[u8; TOKEN_BLOCK_LEN]) -> Option<u64> {
+    /// The (epoch, sequence number) inside `block`, or `None` when its
+    /// version byte is wrong. The caller also checks the epoch: only with
+    /// it does a block this key never made fail with probability 1 - 2^-64.
+    pub fn open(&self, block: &[u8; TOKEN_BLOCK_LEN]) -> Option<(u64, u64)> {
         let mut b = (*block).into();
         self.aes.decrypt_block(&mut b);
-        let plain: [u8; TOKEN_BLOCK_LEN] = b.into();
-        let (format, seq) = plain.split_at(8);
-        if format[0] != TOKEN_BLOCK_VERSION || format[1..].iter().any(|&x| x != 0) {
+        let mut plain: [u8; TOKEN_BLOCK_LEN] = b.into();
+        if plain[0] != TOKEN_BLOCK_VERSION {
             return None;
         }
-        let mut bytes = [0u8; 8];
-        bytes.copy_from_slice(seq);
-        Some(u64::from_be_bytes(bytes))
+        plain[0] = 0;
+        let mut epoch = [0u8; 8];
+        epoch.copy_from_slice(&plain[..8]);
+        let mut seq = [0u8; 8];
+        seq.copy_from_slice(&plain[8..]);
+        Some((u64::from_be_bytes(epoch), u64::from_be_bytes(seq)))
     }
 }
 
@@ -81,11 +89,15 @@ mod tests {
         TokenCipher::new(&key)
     }
 
+    const EPOCH: u64 = 0x00c0_ffee_1234_5678;
+
     #[test]
-    fn a_token_block_decrypts_to_its_sequence_number() {
+    fn a_token_block_decrypts_to_its_epoch_and_sequence_number() {
         let c = cipher();
         for seq in (0..10_000u64).chain([u64::MAX - 1, u64::MAX, 1 << 32, 1 << 63]) {
-            assert_eq!(c.sequence_of(&c.block_of(seq)), Some(seq));
+            for epoch in [0, 1, EPOCH, (1 << 56) - 1] {
+                assert_eq!(c.open(&c.block_of(epoch, seq)), Some((epoch, seq)));
+            }
         }
     }
 
@@ -93,11 +105,15 @@ mod tests {
     fn a_flipped_bit_anywhere_in_a_token_block_is_rejected() {
         let c = cipher();
         for seq in [0u64, 1, 2, 1_000, 123_456_789, u64::MAX] {
-            let block = c.block_of(seq);
+            let block = c.block_of(EPOCH, seq);
             for bit in 0..TOKEN_BLOCK_LEN * 8 {
                 let mut garbled = block;
                 garbled[bit / 8] ^= 1 << (bit % 8);
-                assert_eq!(c.sequence_of(&garbled), None, "seq {seq}, bit {bit}");
+                // Wrong version byte, or an epoch the store does not know.
+                assert!(
+                    c.open(&garbled).is_none_or(|(epoch, _)| epoch != EPOCH),
+                    "seq {seq}, bit {bit}"
+                );
             }
         }
     }
@@ -107,8 +123,18 @@ mod tests {
         let other = TokenCipher::new(&[7u8; 32]);
         let c = cipher();
         for seq in 0..1_000u64 {
-            assert_eq!(c.sequence_of(&other.block_of(seq)), None);
+            assert!(c
+                .open(&other.block_of(EPOCH, seq))
+                .is_none_or(|(epoch, _)| epoch != EPOCH));
         }
+    }
+
+    #[test]
+    fn one_sequence_number_under_two_epochs_gives_two_unrelated_tokens() {
+        let c = cipher();
+        let (a, b) = (c.block_of(EPOCH, 42), c.block_of(EPOCH + 1, 42));
+        assert!(common_prefix_bits(&a, &b) < 40);
+        assert_ne!(a, b);
     }
 
     /// Length, in bits, of the common prefix of two blocks.
@@ -120,7 +146,7 @@ mod tests {
     fn consecutive_sequence_numbers_give_tokens_with_no_visible_order() {
         let c = cipher();
         let n = 100_000u64;
-        let blocks: Vec<[u8; 16]> = (0..n).map(|s| c.block_of(s)).collect();
+        let blocks: Vec<[u8; 16]> = (0..n).map(|s| c.block_of(EPOCH, s)).collect();
         // Neighbours in the sequence share no more prefix than random
         // blocks do: among 100k pairs the longest common prefix of random
         // 128-bit values is about log2(100k) ≈ 17 bits; 40 would be a

@@ -75,16 +75,37 @@ impl fmt::Debug for TokenId {
 }
 
 /// The identity of a stored record: its place in the store's 64-bit
-/// sequence. Sequence numbers are handed out by the store, ascending, and
-/// never reused; the token of a record is the encryption of its id. Shows
-/// the order of creation, so it stays inside the vault: callers see tokens,
+/// sequence, and the *epoch* of the store process that handed it out.
+///
+/// Sequence numbers are handed out by the store, ascending, and never
+/// reused by one store. The epoch is a random 56-bit value each process
+/// that opens the store draws (and logs before handing out any number), so
+/// that a store restored from a backup, or copied to a second vault, hands
+/// out ids that differ from the ones issued after the copy was taken even
+/// where the sequence numbers repeat: a token issued after a backup never
+/// comes to stand for another value once the backup is restored.
+///
+/// The token of a record is the encryption of its id. The id shows the
+/// order of creation, so it stays inside the vault: callers see tokens,
 /// operators' tools may see ids.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RecordId(pub u64);
+pub struct RecordId {
+    pub seq: u64,
+    pub epoch: u64,
+}
+
+impl RecordId {
+    /// Epochs are below 2^56 (they fill 7 bytes of a token block).
+    pub const EPOCH_LIMIT: u64 = 1 << 56;
+
+    pub fn new(seq: u64, epoch: u64) -> Self {
+        Self { seq, epoch }
+    }
+}
 
 impl fmt::Display for RecordId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "record #{}", self.0)
+        write!(f, "record #{} (epoch {:014x})", self.seq, self.epoch)
     }
 }
 

@@ -265,7 +265,7 @@ mod tests {
     fn staged(mac: u8, deterministic: bool) -> Staged {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Staged {
-            id: RecordId(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
+            id: RecordId::new(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed), 1),
             index: BlindIndex {
                 version: KeyVersion(1),
                 mac: [mac; 32],

@@ -7,11 +7,16 @@ use crate::domain::RecordId;
 use std::collections::{HashMap, HashSet};
 
 /// Checks that every record decodes, lies below the sequence's durable
-/// `ceiling` and has exactly one index entry (a blind-index entry, or for
+/// `ceiling`, is of one of the recorded `epochs`, and has exactly one
+/// index entry (a blind-index entry, or for
 /// a deterministic record its deterministic mapping), and that every index
 /// entry and mapping points at an existing record. Reads every tree: call
 /// it once every acknowledged write is applied.
-pub(super) fn check(trees: &Trees, ceiling: u64) -> Result<IntegrityReport, StoreError> {
+pub(super) fn check(
+    trees: &Trees,
+    ceiling: u64,
+    epochs: &HashSet<u64>,
+) -> Result<IntegrityReport, StoreError> {
     let mut report = IntegrityReport::default();
     // record -> number of index entries naming it
     let mut indexed: HashMap<RecordId, u32> = HashMap::new();
@@ -23,10 +28,15 @@ pub(super) fn check(trees: &Trees, ceiling: u64) -> Result<IntegrityReport, Stor
                 if decode_record(&value).is_err() {
                     report.problems.push(format!("{id} does not decode"));
                 }
-                if id.0 >= ceiling {
+                if id.seq >= ceiling {
                     report.problems.push(format!(
                         "{id} is at or above the sequence ceiling ({ceiling})"
                     ));
+                }
+                if !epochs.contains(&id.epoch) {
+                    report
+                        .problems
+                        .push(format!("{id} is of an epoch the store never recorded"));
                 }
                 indexed.insert(id, 0);
             }

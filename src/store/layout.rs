@@ -2,18 +2,20 @@
 //! tree keys, records, wrapped keys and write-ahead-log frames.
 //!
 //! Layout (big-endian integers; encodings start with a format byte):
-//! - `records`: record id (8) → encoded [`SealedRecord`]. Ids come from
-//!   the store's sequence, so new records are inserted in ascending key
-//!   order (sled appends to its last leaf instead of splitting random
-//!   ones);
-//! - `blind_index`: index version (4) ‖ mac (32) ‖ record id (8) → empty,
+//! - `records`: record id → encoded [`SealedRecord`]. A record id is its
+//!   sequence number (8) ‖ its epoch (8): ids come from the store's
+//!   sequence, so new records are inserted in ascending key order (sled
+//!   appends to its last leaf instead of splitting random ones);
+//! - `blind_index`: index version (4) ‖ mac (32) ‖ record id (16) → empty,
 //!   every random-mode record of a value;
 //! - `deterministic`: index version (4) ‖ mac (32) → record id, the one
 //!   deterministic record of a value (its only index entry: a value's
 //!   records are its `blind_index` entries and this mapping);
 //! - `keys`: purpose (1) ‖ version (4) → encoded [`WrappedKey`];
-//! - `meta`: [`CEILING_KEY`] → u64, the sequence's durable ceiling: every
-//!   id below it may have been handed out, so none is handed out again.
+//! - `meta`: [`CEILING_KEY`] → u64, the sequence's durable ceiling (every
+//!   sequence number below it may have been handed out, so none is handed
+//!   out again); [`EPOCH_PREFIX`] ‖ epoch (8) → empty, every epoch that
+//!   ever handed out ids.
 
 use super::apply::Staged;
 use super::{FailureCause, StorageFailure, StoreError};
@@ -35,6 +37,15 @@ const WAL_CEILING: u8 = 4;
 
 /// The `meta` key of the sequence's ceiling.
 pub(super) const CEILING_KEY: &[u8] = b"sequence_ceiling";
+/// The `meta` keys of known epochs start with this.
+pub(super) const EPOCH_PREFIX: &[u8] = b"epoch/";
+
+/// The `meta` key of `epoch`.
+pub(super) fn epoch_key(epoch: u64) -> Vec<u8> {
+    let mut key = EPOCH_PREFIX.to_vec();
+    key.extend_from_slice(&epoch.to_be_bytes());
+    key
+}
 
 /// The write-ahead log, beside sled's own files.
 pub(crate) const WAL_FILE: &str = "fieldvault.wal";
@@ -51,16 +62,20 @@ pub(super) fn index_prefix(index: &BlindIndex) -> [u8; 36] {
     key
 }
 
-pub(super) fn index_entry(index: &BlindIndex, id: RecordId) -> [u8; 44] {
-    let mut key = [0u8; 44];
+pub(super) fn index_entry(index: &BlindIndex, id: RecordId) -> [u8; 52] {
+    let mut key = [0u8; 52];
     key[..36].copy_from_slice(&index_prefix(index));
     key[36..].copy_from_slice(&record_key(id));
     key
 }
 
-/// A record id as a tree key: big-endian, so keys sort by id.
-pub(super) fn record_key(id: RecordId) -> [u8; 8] {
-    id.0.to_be_bytes()
+/// A record id as a tree key: sequence number, then epoch, big-endian, so
+/// keys sort by sequence number.
+pub(super) fn record_key(id: RecordId) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&id.seq.to_be_bytes());
+    key[8..].copy_from_slice(&id.epoch.to_be_bytes());
+    key
 }
 
 pub(super) fn key_id(purpose: KeyPurpose, version: KeyVersion) -> [u8; 5] {
@@ -71,11 +86,18 @@ pub(super) fn key_id(purpose: KeyPurpose, version: KeyVersion) -> [u8; 5] {
 }
 
 pub(super) fn record_id_from(bytes: &[u8]) -> Result<RecordId, StoreError> {
-    let array: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt {
+    let corrupt = || StoreError::Corrupt {
         what: "record reference",
         reason: "not a record id",
-    })?;
-    Ok(RecordId(u64::from_be_bytes(array)))
+    };
+    let array: [u8; 16] = bytes.try_into().map_err(|_| corrupt())?;
+    let (seq, epoch) = array.split_at(8);
+    let seq = u64::from_be_bytes(seq.try_into().map_err(|_| corrupt())?);
+    let epoch = u64::from_be_bytes(epoch.try_into().map_err(|_| corrupt())?);
+    if epoch >= RecordId::EPOCH_LIMIT {
+        return Err(corrupt());
+    }
+    Ok(RecordId::new(seq, epoch))
 }
 
 /// The ceiling as stored in `meta`.
@@ -103,28 +125,38 @@ pub(super) fn sled_failure(doing: &str, e: &sled::Error) -> StorageFailure {
     }
 }
 
-/// One group as logged: a raised sequence ceiling, new wrapped keys, and
+/// A raised sequence ceiling, with the epoch of the process that raised
+/// it (logged before that process hands out any id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Ceiling {
+    pub(super) ceiling: u64,
+    pub(super) epoch: u64,
+}
+
+/// One group as logged: raised sequence ceilings, new wrapped keys, and
 /// new records with their index entries. Replaying it inserts all of them
 /// (idempotently; a ceiling only ever rises).
 #[derive(Debug, Default)]
 pub(super) struct Frame {
-    pub(super) ceiling: Option<u64>,
+    pub(super) ceilings: Vec<Ceiling>,
     pub(super) keys: Vec<WrappedKey>,
     pub(super) records: Vec<Staged>,
 }
 
-/// Entries: `WAL_CEILING` ‖ ceiling (8), `WAL_NEW_KEY` ‖ length (4) ‖
-/// encoded key, or `WAL_NEW_RECORD` ‖ record id (8) ‖ index version (4) ‖
-/// mac (32) ‖ deterministic (1) ‖ length (4) ‖ encoded record.
+/// Entries: `WAL_CEILING` ‖ ceiling (8) ‖ epoch (8), `WAL_NEW_KEY` ‖
+/// length (4) ‖ encoded key, or `WAL_NEW_RECORD` ‖ record id (16) ‖ index
+/// version (4) ‖ mac (32) ‖ deterministic (1) ‖ length (4) ‖ encoded
+/// record.
 pub(super) fn encode_frame(
-    ceiling: Option<u64>,
+    ceiling: Option<Ceiling>,
     keys: &[WrappedKey],
     records: &[Staged],
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(9 + keys.len() * 80 + records.len() * 112);
-    if let Some(ceiling) = ceiling {
+    let mut out = Vec::with_capacity(17 + keys.len() * 80 + records.len() * 120);
+    if let Some(c) = ceiling {
         out.push(WAL_CEILING);
-        out.extend_from_slice(&ceiling.to_be_bytes());
+        out.extend_from_slice(&c.ceiling.to_be_bytes());
+        out.extend_from_slice(&c.epoch.to_be_bytes());
     }
     for k in keys {
         let key = encode_key(k);
@@ -146,11 +178,11 @@ pub(super) fn encode_frame(
 /// Bytes a record adds to a frame: its entry header (tag, record id,
 /// index, deterministic flag, length) and its encoding.
 pub(super) fn frame_record_bytes(r: &SealedRecord) -> usize {
-    1 + 8 + 36 + 1 + 4 + (2 + 4 + NONCE_LEN + r.ciphertext.len())
+    1 + 16 + 36 + 1 + 4 + (2 + 4 + NONCE_LEN + r.ciphertext.len())
 }
 
 /// Bytes a ceiling adds to a frame.
-pub(super) const FRAME_CEILING_BYTES: usize = 1 + 8;
+pub(super) const FRAME_CEILING_BYTES: usize = 1 + 8 + 8;
 
 /// Bytes a wrapped key adds to a frame.
 pub(super) fn frame_key_bytes(k: &WrappedKey) -> usize {
@@ -192,7 +224,11 @@ pub(super) fn decode_frame(mut b: &[u8]) -> Result<Frame, StoreError> {
             }
             WAL_CEILING => {
                 let ceiling = ceiling_from(take(&mut b, 8)?)?;
-                out.ceiling = out.ceiling.max(Some(ceiling));
+                let epoch = ceiling_from(take(&mut b, 8)?)?;
+                if epoch >= RecordId::EPOCH_LIMIT {
+                    return Err(corrupt("epoch out of range"));
+                }
+                out.ceilings.push(Ceiling { ceiling, epoch });
                 continue;
             }
             WAL_OLD_RECORD => {
@@ -202,7 +238,7 @@ pub(super) fn decode_frame(mut b: &[u8]) -> Result<Frame, StoreError> {
             }
             _ => return Err(corrupt("unknown entry type")),
         }
-        let id = record_id_from(take(&mut b, 8)?)?;
+        let id = record_id_from(take(&mut b, 16)?)?;
         let prefix = take(&mut b, 36)?;
         let mut mac = [0u8; 32];
         mac.copy_from_slice(&prefix[4..]);
@@ -316,7 +352,7 @@ mod tests {
             .iter()
             .zip(0..)
             .map(|(r, n)| Staged {
-                id: RecordId(n),
+                id: RecordId::new(n, 3),
                 index: index(2),
                 deterministic: false,
                 record: encode_record(r),
@@ -328,7 +364,14 @@ mod tests {
             nonce: [5; NONCE_LEN],
             ciphertext: vec![6; 48],
         };
-        let frame = encode_frame(Some(9), std::slice::from_ref(&key), &staged);
+        let frame = encode_frame(
+            Some(Ceiling {
+                ceiling: 9,
+                epoch: 3,
+            }),
+            std::slice::from_ref(&key),
+            &staged,
+        );
         let cost: usize = records.iter().map(frame_record_bytes).sum::<usize>()
             + frame_key_bytes(&key)
             + FRAME_CEILING_BYTES;
@@ -337,7 +380,7 @@ mod tests {
 
     #[test]
     fn a_logged_frame_round_trips_and_damage_is_reported() {
-        let id = RecordId(77);
+        let id = RecordId::new(77, 5);
         let staged = Staged {
             id,
             index: index(4),
@@ -350,7 +393,11 @@ mod tests {
             nonce: [5; NONCE_LEN],
             ciphertext: vec![6; 48],
         };
-        let frame = encode_frame(Some(1 << 16), std::slice::from_ref(&key), &[staged]);
+        let ceiling = Ceiling {
+            ceiling: 1 << 16,
+            epoch: 5,
+        };
+        let frame = encode_frame(Some(ceiling), std::slice::from_ref(&key), &[staged]);
         let back = ok(decode_frame(&frame));
         assert_eq!(back.records.len(), 1);
         assert_eq!(
@@ -361,7 +408,7 @@ mod tests {
             ),
             (id, index(4), true)
         );
-        assert_eq!(back.ceiling, Some(1 << 16));
+        assert_eq!(back.ceilings, vec![ceiling]);
         assert_eq!(back.keys, vec![key]);
         assert!(decode_frame(&frame[..frame.len() - 1]).is_err());
         let mut bad = frame.clone();

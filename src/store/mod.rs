@@ -216,10 +216,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// `n` new record ids, ascending, none ever handed out before by this
     /// store (or by any node sharing it), and none handed out again, even
-    /// after a crash that lost the call that took them. Cheap: the sled
-    /// store takes them from memory and logs a raised ceiling once per
-    /// 65,536 ids; a shared database takes them from its own sequence.
+    /// after a crash that lost the call that took them, or after the store
+    /// was restored from a copy (the epoch differs). Cheap: the sled store
+    /// takes them from memory and logs a raised ceiling once per 65,536
+    /// ids; a shared database takes them from its own sequence.
     async fn allocate(&self, n: usize) -> Result<Vec<RecordId>, StoreError>;
+
+    /// Whether ids were ever handed out under `epoch` (see [`RecordId`]):
+    /// from memory, no read. A token whose epoch the store does not know
+    /// was not issued by this vault.
+    fn knows_epoch(&self, epoch: u64) -> bool;
 
     /// Adds records and their blind-index entries atomically (a crash never
     /// leaves one without the other) and returns, per record in order, the

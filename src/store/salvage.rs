@@ -538,7 +538,9 @@ impl std::fmt::Display for SalvageReport {
 mod tests {
     use super::super::apply::Staged;
     use super::super::file::RealFs;
-    use super::super::layout::{encode_frame as encode_frame_payload, encode_record};
+    use super::super::layout::{
+        encode_frame as encode_frame_payload, encode_record, record_key, Ceiling,
+    };
     use super::super::wal::{Wal, FRAME_HEADER_LEN};
     use super::super::Store;
     use super::*;
@@ -559,7 +561,10 @@ mod tests {
             ciphertext: vec![mac; 40],
         };
         encode_frame_payload(
-            Some(1 << 16),
+            Some(Ceiling {
+                ceiling: 1 << 16,
+                epoch: EPOCH,
+            }),
             &[],
             &[Staged {
                 id,
@@ -573,9 +578,12 @@ mod tests {
         )
     }
 
+    /// The epoch of the process that logged the test frames.
+    const EPOCH: u64 = 0x0011_2233_4455_6677;
+
     /// `n` frames of one record each, with their ids.
     fn record_frames(n: usize) -> (Vec<Vec<u8>>, Vec<RecordId>) {
-        let tokens: Vec<RecordId> = (0..n as u64).map(RecordId).collect();
+        let tokens: Vec<RecordId> = (0..n as u64).map(|seq| RecordId::new(seq, EPOCH)).collect();
         let frames = tokens
             .iter()
             .enumerate()
@@ -753,7 +761,7 @@ mod tests {
         // (its index entry, not the record) and frame 3 as a record without
         // its index entry. (A partial deterministic mapping is the second
         // run's case below.)
-        let tokens: Vec<RecordId> = (0..4).map(RecordId).collect();
+        let tokens: Vec<RecordId> = (0..4).map(|seq| RecordId::new(seq, EPOCH)).collect();
         let payloads: Vec<Vec<u8>> = tokens
             .iter()
             .enumerate()
@@ -772,10 +780,10 @@ mod tests {
             let db = ok(sled::Config::new().path(dir.path()).open());
             let records = ok(db.open_tree("records"));
             let index = ok(db.open_tree("blind_index"));
-            ok(records.remove(tokens[2].0.to_be_bytes()));
+            ok(records.remove(record_key(tokens[2])));
             let mut entry = vec![0, 0, 0, 1];
             entry.extend_from_slice(&[13u8; 32]);
-            entry.extend_from_slice(&tokens[3].0.to_be_bytes());
+            entry.extend_from_slice(&record_key(tokens[3]));
             assert!(ok(index.remove(entry)).is_some());
             ok(db.flush());
         }
@@ -822,7 +830,7 @@ mod tests {
         {
             let db = ok(sled::Config::new().path(dir.path()).open());
             let deterministic = ok(db.open_tree("deterministic"));
-            ok(deterministic.insert([7u8; 36], &99u64.to_be_bytes()[..]));
+            ok(deterministic.insert([7u8; 36], &[0u8; 16][..]));
             ok(db.flush());
         }
         let again = ok(salvage(dir.path()));

@@ -8,6 +8,12 @@
 //! handed out twice, not even one taken by a call that crashed before its
 //! record was logged: such ids are skipped, at most [`CEILING_STEP`] per
 //! restart, out of 2^64.
+//!
+//! Each process also draws a random *epoch* when it opens the store, logs
+//! it with its first ceiling raise, and hands out every id under it. A
+//! store restored from a copy goes back to the copy's ceiling, so sequence
+//! numbers handed out after the copy are handed out again; the epoch
+//! differs, so the ids (and tokens) do not.
 
 use super::{StorageFailure, StoreError};
 use std::sync::{Mutex, MutexGuard};
@@ -26,6 +32,8 @@ struct State {
 }
 
 pub(super) struct Sequence {
+    /// This process's epoch.
+    epoch: u64,
     state: Mutex<State>,
     /// Held while a raise is logged, so concurrent callers wait for one
     /// raise instead of logging one each.
@@ -39,10 +47,11 @@ fn exhausted() -> StoreError {
 }
 
 impl Sequence {
-    /// A sequence that hands out `next` first and may hand out ids below
-    /// `ceiling` without logging anything.
-    pub(super) fn new(next: u64, ceiling: u64) -> Self {
+    /// A sequence that hands out `next` first, under `epoch`, and may hand
+    /// out ids below `ceiling` without logging anything.
+    pub(super) fn new(next: u64, ceiling: u64, epoch: u64) -> Self {
         Self {
+            epoch,
             state: Mutex::new(State {
                 next,
                 ceiling: ceiling.max(next),
@@ -81,6 +90,10 @@ impl Sequence {
         Ok(Some(end.saturating_add(CEILING_STEP)))
     }
 
+    pub(super) fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// Records that `ceiling` is durable.
     pub(super) fn raised(&self, ceiling: u64) {
         let mut state = self.state();
@@ -103,7 +116,7 @@ mod tests {
 
     #[test]
     fn ids_are_taken_below_the_ceiling_only_and_never_twice() {
-        let seq = Sequence::new(10, 20);
+        let seq = Sequence::new(10, 20, 1);
         assert_eq!(ok(seq.take(4)), Some(10));
         assert_eq!(ok(seq.take(6)), Some(14));
         assert_eq!(ok(seq.take(1)), None, "the ceiling is reached");
@@ -118,7 +131,7 @@ mod tests {
 
     #[test]
     fn the_end_of_the_sequence_is_an_error_not_a_wrap() {
-        let seq = Sequence::new(u64::MAX - 1, u64::MAX);
+        let seq = Sequence::new(u64::MAX - 1, u64::MAX, 1);
         assert_eq!(ok(seq.take(1)), Some(u64::MAX - 1));
         assert!(seq.take(2).is_err());
         assert!(seq.wanted_ceiling(2).is_err());

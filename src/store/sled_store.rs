@@ -11,8 +11,8 @@ use super::file::{FileSystem, RealFs};
 use super::group_commit::GroupCommit;
 use super::integrity;
 use super::layout::{
-    backend, data_file_path, decode_key, decode_record, index_prefix, record_id_from, record_key,
-    sled_failure, WAL_FILE,
+    backend, ceiling_from, data_file_path, decode_key, decode_record, index_prefix, record_id_from,
+    record_key, sled_failure, Ceiling, CEILING_KEY, EPOCH_PREFIX, WAL_FILE,
 };
 use super::sequence::Sequence;
 use super::wal::{Wal, WalError};
@@ -23,6 +23,7 @@ use super::{
 use crate::crypto::{BlindIndex, WrappedKey};
 use crate::domain::RecordId;
 use async_trait::async_trait;
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -49,6 +50,8 @@ struct Inner {
     /// Acknowledged writes the apply thread has not inserted yet.
     unapplied: Arc<Unapplied>,
     sequence: Sequence,
+    /// Every epoch that ever handed out ids, this process's included.
+    epochs: HashSet<u64>,
     commit: GroupCommit<SledWriter>,
     #[cfg(test)]
     faults: Arc<super::writer::Faults>,
@@ -165,9 +168,12 @@ impl SledStore {
         if !frames.is_empty() {
             writer.replay(&frames)?;
         }
-        let sequence = open_sequence(&trees, &meta)?;
-        writer.set_ceiling(sequence.1);
-        let sequence = Sequence::new(sequence.0, sequence.1);
+        let (next, ceiling) = open_sequence(&trees, &meta)?;
+        let mut epochs = stored_epochs(&meta)?;
+        let epoch = new_epoch(&epochs);
+        epochs.insert(epoch);
+        writer.set_sequence(ceiling, epoch);
+        let sequence = Sequence::new(next, ceiling, epoch);
         #[cfg(test)]
         let faults = writer.faults();
         let commit = GroupCommit::start(writer, config.max_queued_writes)?;
@@ -178,6 +184,7 @@ impl SledStore {
                 meta,
                 unapplied,
                 sequence,
+                epochs,
                 commit,
                 #[cfg(test)]
                 faults,
@@ -270,7 +277,10 @@ impl Store for SledStore {
         let sequence = &self.inner.sequence;
         loop {
             if let Some(first) = sequence.take(n)? {
-                return Ok((first..first + n).map(RecordId).collect());
+                let epoch = sequence.epoch();
+                return Ok((first..first + n)
+                    .map(|seq| RecordId::new(seq, epoch))
+                    .collect());
             }
             // One raise at a time; a caller that waited here usually finds
             // the ceiling raised and takes its ids at once.
@@ -278,11 +288,19 @@ impl Store for SledStore {
             let Some(ceiling) = sequence.wanted_ceiling(n)? else {
                 continue;
             };
-            match self.inner.commit.submit(Write::Ceiling(ceiling)).await? {
+            let raise = Ceiling {
+                ceiling,
+                epoch: sequence.epoch(),
+            };
+            match self.inner.commit.submit(Write::Ceiling(raise)).await? {
                 Written::Ceiling => sequence.raised(ceiling),
                 _ => return Err(unexpected("a ceiling write")),
             }
         }
+    }
+
+    fn knows_epoch(&self, epoch: u64) -> bool {
+        self.inner.epochs.contains(&epoch)
     }
 
     async fn insert_records(&self, records: Vec<NewRecord>) -> Result<Vec<RecordId>, StoreError> {
@@ -303,7 +321,11 @@ impl Store for SledStore {
         self.blocking(|inner| {
             // Compare the trees once every acknowledged write is in them.
             inner.unapplied.wait_until(0).map_err(StoreError::Backend)?;
-            integrity::check(&inner.trees, stored_ceiling(&inner.meta)?)
+            integrity::check(
+                &inner.trees,
+                stored_ceiling(&inner.meta)?,
+                &stored_epochs(&inner.meta)?,
+            )
         })
         .await
     }
@@ -355,7 +377,9 @@ fn unexpected(what: &str) -> StoreError {
 fn open_sequence(trees: &Trees, meta: &sled::Tree) -> Result<(u64, u64), StoreError> {
     let ceiling = stored_ceiling(meta)?;
     let last = match trees.records.last().map_err(backend)? {
-        Some((key, _)) if key.len() != 8 => {
+        // Every store this version wrote raised a ceiling before its first
+        // record: records without one are of an older layout.
+        Some(_) if meta.get(CEILING_KEY).map_err(backend)?.is_none() => {
             return Err(StoreError::Damaged(
                 "the store's records are keyed by token, as development builds before record \
                  ids kept them; this version cannot read them: start from a new data_dir \
@@ -367,13 +391,13 @@ fn open_sequence(trees: &Trees, meta: &sled::Tree) -> Result<(u64, u64), StoreEr
         None => None,
     };
     match last {
-        Some(last) if last.0 >= ceiling => {
+        Some(last) if last.seq >= ceiling => {
             tracing::warn!(
                 ceiling,
-                last = last.0,
+                last = last.seq,
                 "the store holds a record at or above its sequence ceiling; new records start after it"
             );
-            let next = last.0.checked_add(1).ok_or_else(|| {
+            let next = last.seq.checked_add(1).ok_or_else(|| {
                 StoreError::Backend(StorageFailure::internal(
                     "the record-id sequence is exhausted",
                 ))
@@ -382,6 +406,27 @@ fn open_sequence(trees: &Trees, meta: &sled::Tree) -> Result<(u64, u64), StoreEr
             Ok((next, next))
         }
         _ => Ok((ceiling, ceiling)),
+    }
+}
+
+/// Every epoch the store has recorded.
+fn stored_epochs(meta: &sled::Tree) -> Result<HashSet<u64>, StoreError> {
+    let mut epochs = HashSet::new();
+    for key in meta.scan_prefix(EPOCH_PREFIX).keys() {
+        let key = key.map_err(backend)?;
+        epochs.insert(ceiling_from(&key[EPOCH_PREFIX.len()..])?);
+    }
+    Ok(epochs)
+}
+
+/// A random epoch below [`RecordId::EPOCH_LIMIT`] that `known` does not
+/// hold.
+fn new_epoch(known: &HashSet<u64>) -> u64 {
+    loop {
+        let epoch = crate::crypto::random_u64() % RecordId::EPOCH_LIMIT;
+        if !known.contains(&epoch) {
+            return epoch;
+        }
     }
 }
 
@@ -498,7 +543,7 @@ mod tests {
         let dir = ok(tempfile::tempdir());
         let store = open(dir.path());
         let [a] = ids(&store).await;
-        let beyond = RecordId(a.0 + super::super::sequence::CEILING_STEP + 1);
+        let beyond = RecordId::new(a.seq + super::super::sequence::CEILING_STEP + 1, a.epoch);
         let refused = store
             .insert_records(vec![
                 new(a, FieldKind::Phone, 1, false),
@@ -536,7 +581,7 @@ mod tests {
             for call in calls {
                 let got = ok(ok(call.await));
                 assert!(
-                    got.windows(2).all(|w| w[1].0 == w[0].0 + 1),
+                    got.windows(2).all(|w| w[1].seq == w[0].seq + 1),
                     "one call's ids are consecutive"
                 );
                 for id in got {
@@ -923,6 +968,54 @@ mod tests {
             ok(store.get_records(vec![a]).await)[0],
             Ok(Some(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_store_restored_from_a_copy_never_hands_out_an_id_issued_after_the_copy() {
+        let dir = ok(tempfile::tempdir());
+        let (live, copy) = (dir.path().join("live"), dir.path().join("copy"));
+        let before;
+        {
+            let store = open(&live);
+            [before] = ids(&store).await;
+            ok(store
+                .insert_records(vec![new(before, FieldKind::Phone, 1, false)])
+                .await);
+        }
+        ok(std::fs::create_dir(&copy));
+        for entry in ok(std::fs::read_dir(&live)) {
+            let entry = ok(entry);
+            if entry.path().is_file() {
+                ok(std::fs::copy(entry.path(), copy.join(entry.file_name())));
+            }
+        }
+        // Issued after the copy was taken.
+        let after;
+        {
+            let store = open(&live);
+            [after] = ids(&store).await;
+            ok(store
+                .insert_records(vec![new(after, FieldKind::Email, 2, false)])
+                .await);
+        }
+        // The copy is restored: its ceiling is the old one, so the same
+        // sequence numbers come again, under a new epoch.
+        let store = open(&copy);
+        let [again] = ids(&store).await;
+        assert_eq!(again.seq, after.seq, "the sequence went back with the copy");
+        assert_ne!(again, after);
+        assert!(!store.knows_epoch(after.epoch), "the copy never saw it");
+        assert!(store.knows_epoch(before.epoch) && store.knows_epoch(again.epoch));
+        ok(store
+            .insert_records(vec![new(again, FieldKind::Phone, 3, false)])
+            .await);
+        assert_eq!(
+            read(&store, vec![after, before]).await,
+            vec![None, Some(record(FieldKind::Phone))],
+            "an id issued after the copy finds no record, not the new one"
+        );
+        let report = ok(store.check_integrity().await);
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
     }
 
     #[test]

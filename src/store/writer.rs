@@ -38,9 +38,9 @@ use super::apply::{Applier, Staged};
 use super::file::StorageFile;
 use super::group_commit::{Commit, Committer};
 use super::layout::{
-    backend, ceiling_from, decode_frame, encode_frame, encode_key, encode_record, frame_key_bytes,
-    frame_record_bytes, index_entry, index_prefix, key_id, record_id_from, record_key,
-    sled_failure, CEILING_KEY, FRAME_CEILING_BYTES,
+    backend, ceiling_from, decode_frame, encode_frame, encode_key, encode_record, epoch_key,
+    frame_key_bytes, frame_record_bytes, index_entry, index_prefix, key_id, record_id_from,
+    record_key, sled_failure, Ceiling, CEILING_KEY, FRAME_CEILING_BYTES,
 };
 use super::wal::Wal;
 use super::{NewRecord, StorageFailure, StoreError};
@@ -73,9 +73,12 @@ pub(super) struct SledWriter {
     trees: Trees,
     keys: sled::Tree,
     meta: sled::Tree,
-    /// The sequence's durable ceiling: record ids at or above it were never
-    /// handed out, so a write naming one is refused.
+    /// The sequence's durable ceiling: sequence numbers at or above it
+    /// were never handed out, so a write naming one is refused.
     ceiling: u64,
+    /// This process's epoch: a write naming another was not handed out by
+    /// this process, and is refused.
+    epoch: u64,
     applier: Applier,
     /// Set once storage failed: no checkpoint from then on.
     stopped: bool,
@@ -134,6 +137,7 @@ impl SledWriter {
             keys,
             meta,
             ceiling: 0,
+            epoch: 0,
             applier,
             stopped: false,
             #[cfg(test)]
@@ -155,14 +159,15 @@ struct Group {
     deterministic: HashMap<[u8; 36], RecordId>,
     keys: Vec<WrappedKey>,
     key_ids: HashSet<[u8; 5]>,
-    ceiling: Option<u64>,
+    ceiling: Option<Ceiling>,
 }
 
 pub(super) enum Write {
     Records(Vec<NewRecord>),
     Keys(Vec<WrappedKey>),
-    /// Raise the sequence's ceiling to this (never lowers it).
-    Ceiling(u64),
+    /// Raise the sequence's ceiling (never lowers it), and record the
+    /// epoch of the process raising it.
+    Ceiling(Ceiling),
 }
 
 pub(super) enum Written {
@@ -195,8 +200,9 @@ impl SledWriter {
     /// Decides one call's records against the trees and the group so far:
     /// a deterministic value that already has a record gets that record's
     /// id, the rest are staged. Ids are not looked up (the sequence never
-    /// hands one out twice); an id at or above the durable ceiling was
-    /// never handed out, and fails the call with nothing staged. Only the
+    /// hands one out twice); an id at or above the durable ceiling, or of
+    /// another epoch, was not handed out by this process, and fails the
+    /// call with nothing staged. Only the
     /// commit thread writes, so nothing changes between the deterministic
     /// lookup and the insert.
     fn stage_records(
@@ -204,8 +210,11 @@ impl SledWriter {
         records: Vec<NewRecord>,
         group: &mut Group,
     ) -> Result<Vec<RecordId>, StoreError> {
-        let ceiling = self.ceiling.max(group.ceiling.unwrap_or(0));
-        if let Some(bad) = records.iter().find(|r| r.id.0 >= ceiling) {
+        let ceiling = self.ceiling.max(group.ceiling.map_or(0, |c| c.ceiling));
+        if let Some(bad) = records
+            .iter()
+            .find(|r| r.id.seq >= ceiling || r.id.epoch != self.epoch)
+        {
             return Err(StoreError::Backend(StorageFailure::internal(format!(
                 "{} was never handed out by this store's sequence",
                 bad.id
@@ -318,9 +327,12 @@ impl Trees {
     }
 }
 
-/// Raises the ceiling in `meta` to `ceiling`, never lowering it
-/// (idempotent, for replay too).
-fn apply_ceiling(meta: &sled::Tree, ceiling: u64) -> Result<(), StorageFailure> {
+/// Raises the ceiling in `meta` to `c.ceiling`, never lowering it, and
+/// records `c.epoch` (idempotent, for replay too).
+fn apply_ceiling(meta: &sled::Tree, c: Ceiling) -> Result<(), StorageFailure> {
+    meta.insert(epoch_key(c.epoch), &[][..])
+        .map_err(|e| sled_failure("recording the epoch", &e))?;
+    let ceiling = c.ceiling;
     let failed =
         |e: StoreError| StorageFailure::new(crate::store::FailureCause::Corrupt, e.to_string());
     let stored = match meta
@@ -382,10 +394,12 @@ impl SledWriter {
         Ok(())
     }
 
-    /// The durable ceiling, once the log is replayed: records at or above
-    /// it are refused.
-    pub(super) fn set_ceiling(&mut self, ceiling: u64) {
+    /// The durable ceiling, once the log is replayed, and this process's
+    /// epoch: records at or above the ceiling, or of another epoch, are
+    /// refused.
+    pub(super) fn set_sequence(&mut self, ceiling: u64, epoch: u64) {
         self.ceiling = ceiling;
+        self.epoch = epoch;
     }
 
     /// Applies the frames a crash left in the log, then checkpoints.
@@ -395,8 +409,8 @@ impl SledWriter {
             let frame = decode_frame(frame)?;
             records += frame.records.len();
             keys += frame.keys.len();
-            if let Some(ceiling) = frame.ceiling {
-                apply_ceiling(&self.meta, ceiling).map_err(StoreError::Backend)?;
+            for ceiling in &frame.ceilings {
+                apply_ceiling(&self.meta, *ceiling).map_err(StoreError::Backend)?;
             }
             apply_keys(&self.keys, &frame.keys).map_err(StoreError::Backend)?;
             self.trees
@@ -439,8 +453,8 @@ impl SledWriter {
         let published = injected.and_then(|()| self.applier.publish(group.staged));
         let keys = apply_keys(&self.keys, &group.keys);
         let ceiling = match group.ceiling {
-            Some(ceiling) => apply_ceiling(&self.meta, ceiling).map(|()| {
-                self.ceiling = self.ceiling.max(ceiling);
+            Some(c) => apply_ceiling(&self.meta, c).map(|()| {
+                self.ceiling = self.ceiling.max(c.ceiling);
             }),
             None => Ok(()),
         };
@@ -481,9 +495,16 @@ impl Committer for SledWriter {
                     .stage_records(records, &mut group)
                     .map(Written::Records),
                 Write::Keys(keys) => self.stage_keys(&keys, &mut group).map(|()| Written::Keys),
-                Write::Ceiling(ceiling) => {
-                    if ceiling > self.ceiling {
-                        group.ceiling = group.ceiling.max(Some(ceiling));
+                Write::Ceiling(c) => {
+                    if c.epoch != self.epoch {
+                        return Err(StoreError::Backend(StorageFailure::internal(
+                            "a ceiling raise of another epoch",
+                        )));
+                    }
+                    if c.ceiling > self.ceiling
+                        && group.ceiling.is_none_or(|g| g.ceiling < c.ceiling)
+                    {
+                        group.ceiling = Some(c);
                     }
                     Ok(Written::Ceiling)
                 }

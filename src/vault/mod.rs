@@ -393,8 +393,8 @@ impl Vault {
                     )
                 })?;
                 match self.keyring.record_of(&token) {
-                    Some(id) => Ok((token, id)),
-                    None => Err((Some(token), ItemError::NotIssued)),
+                    Some(id) if self.store.knows_epoch(id.epoch) => Ok((token, id)),
+                    _ => Err((Some(token), ItemError::NotIssued)),
                 }
             })
             .collect();

@@ -52,6 +52,9 @@ impl Store for Counting {
     async fn allocate(&self, n: usize) -> Result<Vec<RecordId>, StoreError> {
         self.inner.allocate(n).await
     }
+    fn knows_epoch(&self, epoch: u64) -> bool {
+        self.inner.knows_epoch(epoch)
+    }
     async fn insert_records(&self, records: Vec<NewRecord>) -> Result<Vec<RecordId>, StoreError> {
         self.inner.insert_records(records).await
     }
