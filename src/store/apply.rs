@@ -119,6 +119,11 @@ impl Unapplied {
         self.overlay().records.get(&id).cloned()
     }
 
+    /// Whether nothing is waiting to be applied.
+    pub(super) fn is_empty(&self) -> bool {
+        self.overlay().records.is_empty()
+    }
+
     /// The unapplied deterministic record of a blind index.
     pub(super) fn deterministic(&self, prefix: &[u8; 36]) -> Option<RecordId> {
         self.overlay().deterministic.get(prefix).copied()

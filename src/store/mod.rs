@@ -210,6 +210,10 @@ pub trait Store: Send + Sync + 'static {
     /// Every wrapped key (data and index keys), in (purpose, version) order.
     async fn keys(&self) -> Result<Vec<WrappedKey>, StoreError>;
 
+    /// Whether the store was never used: no record stored, no id handed
+    /// out. Only such a store may be given new keys.
+    async fn is_unused(&self) -> Result<bool, StoreError>;
+
     /// Adds wrapped keys, all or none; `AlreadyExists` if any (purpose,
     /// version) is taken. Durable when it returns.
     async fn insert_keys(&self, keys: Vec<WrappedKey>) -> Result<(), StoreError>;

@@ -299,6 +299,15 @@ impl Store for SledStore {
         }
     }
 
+    async fn is_unused(&self) -> Result<bool, StoreError> {
+        self.blocking(|inner| {
+            Ok(inner.trees.records.is_empty()
+                && inner.unapplied.is_empty()
+                && inner.meta.get(CEILING_KEY).map_err(backend)?.is_none())
+        })
+        .await
+    }
+
     fn knows_epoch(&self, epoch: u64) -> bool {
         self.inner.epochs.contains(&epoch)
     }

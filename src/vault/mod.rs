@@ -111,8 +111,11 @@ pub struct Revealed {
     pub address: Option<Address>,
 }
 
-/// Unlocks the stored data keys with `master`, or, on an empty store,
-/// creates data key v1 and stores it wrapped.
+/// Unlocks the stored keys with `master`, or, on a store that was never
+/// used, creates the data, index and token keys and stores them wrapped.
+/// A store that holds records (or handed out ids) but no keys lost them:
+/// it is refused, never given new keys (every earlier token would then
+/// silently read as one this vault never issued).
 pub async fn open_keyring(
     store: &dyn Store,
     master: &MasterKey,
@@ -121,17 +124,26 @@ pub async fn open_keyring(
     if !wrapped.is_empty() {
         return Ok(Keyring::unlock(master, &wrapped)?);
     }
+    if !store.is_unused().await? {
+        return Err(KeyringSetupError::KeysMissing);
+    }
     let (keyring, first) = Keyring::create(master)?;
     store.insert_keys(first).await?;
     tracing::info!(
         version = keyring.active_version().0,
-        "created the first data key and blind-index key"
+        "created the first data key, blind-index key and token key"
     );
     Ok(keyring)
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringSetupError {
+    #[error(
+        "keyring: the store holds records but no keys (its keys were lost or damaged); \
+         new keys would make every earlier token unreadable, so none are made: restore the \
+         store from a backup"
+    )]
+    KeysMissing,
     #[error("keyring: {0}")]
     Crypto(#[from] CryptoError),
     #[error("keyring: {0}")]

@@ -46,6 +46,9 @@ impl Store for Counting {
     async fn keys(&self) -> Result<Vec<WrappedKey>, StoreError> {
         self.inner.keys().await
     }
+    async fn is_unused(&self) -> Result<bool, StoreError> {
+        self.inner.is_unused().await
+    }
     async fn insert_keys(&self, keys: Vec<WrappedKey>) -> Result<(), StoreError> {
         self.inner.insert_keys(keys).await
     }
@@ -143,4 +146,44 @@ async fn a_flipped_bit_anywhere_in_a_token_is_not_found_without_a_store_read() {
         other => panic!("{other:?}"),
     }
     assert_eq!(store.ids_read.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_store_with_records_but_no_keys_is_refused_not_given_new_keys() {
+    let dir = ok(tempfile::tempdir());
+    let config = SledConfig {
+        path: dir.path().join("store"),
+        cache_capacity_bytes: 8 << 20,
+        max_queued_writes: DEFAULT_MAX_QUEUED_WRITES,
+    };
+    let master = MasterKey::generate();
+    {
+        let store = Arc::new(ok(SledStore::reopen_in_test(&config)));
+        assert!(ok(store.is_unused().await));
+        let keyring = ok(open_keyring(store.as_ref(), &master).await);
+        let audit = Arc::new(ok(FileAuditLog::open(&dir.path().join("audit.log")).await));
+        let vault = Vault::new(
+            store.clone(),
+            keyring,
+            ok(Policy::from_toml(POLICY)),
+            audit,
+            Settings::default(),
+        );
+        let items = vec![Ok(FieldInput::simple(FieldKind::Phone, "+1 202-555-0165"))];
+        assert!(ok(vault.tokenize(&caller("orders"), None, items).await)[0].is_ok());
+    }
+    // The keys are lost (damage, a bad repair, a partial restore).
+    {
+        let db = ok(sled::Config::new().path(&config.path).open());
+        ok(ok(db.open_tree("keys")).clear());
+        ok(db.flush());
+    }
+    let store = ok(SledStore::reopen_in_test(&config));
+    assert!(!ok(store.is_unused().await));
+    let refused = open_keyring(&store, &master).await;
+    assert!(
+        matches!(refused, Err(KeyringSetupError::KeysMissing)),
+        "{refused:?}"
+    );
+    assert!(ok(store.keys().await).is_empty(), "no key was made");
 }
