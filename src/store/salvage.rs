@@ -868,4 +868,68 @@ mod tests {
             .iter()
             .all(Option::is_some));
     }
+
+    /// A dropped frame may hold the only copy of a ceiling raise and of
+    /// acknowledged records above the stored ceiling. Frame 1 raised the
+    /// ceiling from 64 to 200, frame 2 stored id 150 (acknowledged), frame
+    /// 3 stored id 20 (taken before the raise, committed after it). Frames
+    /// 1 and 2 are damaged and sled held neither. After salvage the store
+    /// goes on from 64 and hands out sequence number 150 again, but under
+    /// a new epoch: never the id (nor the token) acknowledged for 150.
+    #[test]
+    fn after_salvage_no_id_of_a_dropped_frame_is_handed_out_again() {
+        let dir = ok(tempfile::tempdir());
+        let frame = |ceiling: Option<u64>, seq: Option<u64>, mac: u8| {
+            let staged: Vec<Staged> = seq
+                .map(|seq| Staged {
+                    id: RecordId::new(seq, EPOCH),
+                    index: BlindIndex {
+                        version: KeyVersion(1),
+                        mac: [mac; 32],
+                    },
+                    deterministic: false,
+                    record: encode_record(&SealedRecord {
+                        kind: FieldKind::Phone,
+                        key_version: KeyVersion(1),
+                        nonce: [mac; NONCE_LEN],
+                        ciphertext: vec![mac; 40],
+                    }),
+                })
+                .into_iter()
+                .collect();
+            let ceiling = ceiling.map(|ceiling| Ceiling {
+                ceiling,
+                epoch: EPOCH,
+            });
+            encode_frame_payload(ceiling, &[], &staged)
+        };
+        let payloads = vec![
+            frame(Some(64), Some(10), 1),
+            frame(Some(200), None, 0),
+            frame(None, Some(150), 2),
+            frame(None, Some(20), 3),
+        ];
+        let offsets = store_with_log(dir.path(), &payloads);
+        let log = dir.path().join(WAL_FILE);
+        let mut bytes = ok(std::fs::read(&log));
+        bytes[offsets[1] as usize + FRAME_HEADER_LEN] ^= 1;
+        bytes[offsets[2] as usize + FRAME_HEADER_LEN] ^= 1;
+        ok(std::fs::write(&log, &bytes));
+        let report = ok(salvage(dir.path()));
+        assert_eq!(report.missing_sequences, vec![1..=2], "{report}");
+        let store = open_store(dir.path());
+        let runtime = ok(tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build());
+        let ids = ok(runtime.block_on(store.allocate(200)));
+        assert!(
+            ids.iter().any(|id| id.seq == 150),
+            "the sequence went back (the test's premise)"
+        );
+        assert!(
+            !ids.contains(&RecordId::new(150, EPOCH)),
+            "id 150, acknowledged in a dropped frame, is handed out again"
+        );
+        assert!(store.knows_epoch(EPOCH), "the kept frames recorded it");
+    }
 }
