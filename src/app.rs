@@ -22,7 +22,11 @@ pub enum StartError {
     MasterKeyEnvMissing(String),
     #[error("storage: {0}")]
     Store(#[from] StoreError),
-    #[error("{0} (is this the right master key for this data_dir?)")]
+    #[error("{0}{hint}", hint = if .0.is_wrong_master_key() {
+        " (is this the right master key for this data_dir?)"
+    } else {
+        ""
+    })]
     Keyring(#[from] KeyringSetupError),
     #[error("policy_file: {0}")]
     Policy(#[from] PolicyError),

@@ -153,11 +153,15 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     let mut server = fieldvault::app::start(&config, &env)
         .await
         .map_err(|e| match e {
-            // A dev store under another master key: the way out is a reset.
-            fieldvault::app::StartError::Keyring(_) if args.dev => format!(
-                "{e}; to start the dev setup over, run `fieldvault serve --dev --reset` \
-                 (deletes the store: tokens made so far become unreadable)"
-            ),
+            // A dev store under another master key, or one that lost its
+            // keys: the other way out is a reset. (An old-format store's
+            // message says so itself.)
+            fieldvault::app::StartError::Keyring(ref k) if args.dev && !k.is_old_format() => {
+                format!(
+                    "{e}; or start the dev setup over with `fieldvault serve --dev --reset` \
+                     (deletes the store: tokens made so far become unreadable)"
+                )
+            }
             fieldvault::app::StartError::Bind { addr, reason }
                 if reason.starts_with("Address already in use") =>
             {

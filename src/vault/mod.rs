@@ -150,6 +150,20 @@ pub enum KeyringSetupError {
     Store(#[from] StoreError),
 }
 
+impl KeyringSetupError {
+    /// Whether the stored keys did not unwrap: the master key is not the
+    /// one they were wrapped with.
+    pub fn is_wrong_master_key(&self) -> bool {
+        matches!(self, Self::Crypto(CryptoError::Unwrap(_)))
+    }
+
+    /// Whether the store was made by a development build before tokens
+    /// encrypted a sequence number (its message says what to do).
+    pub fn is_old_format(&self) -> bool {
+        matches!(self, Self::Crypto(CryptoError::TokenKey))
+    }
+}
+
 /// A storage failure as callers see it: its kind ("storage full", "I/O
 /// error (os error 5)"), never a value or a path.
 fn unavailable(e: &StoreError, what: &str) -> VaultError {

@@ -186,4 +186,19 @@ async fn a_store_with_records_but_no_keys_is_refused_not_given_new_keys() {
         "{refused:?}"
     );
     assert!(ok(store.keys().await).is_empty(), "no key was made");
+    // At start, the message says what is wrong, and does not send the
+    // operator after the master key, which is not involved.
+    let message = crate::app::StartError::Keyring(KeyringSetupError::KeysMissing).to_string();
+    assert!(
+        message.contains("restore the store from a backup"),
+        "{message}"
+    );
+    assert!(!message.contains("master key"), "{message}");
+    let wrong_key =
+        crate::app::StartError::Keyring(KeyringSetupError::Crypto(CryptoError::Unwrap(1)))
+            .to_string();
+    assert!(
+        wrong_key.contains("is this the right master key"),
+        "{wrong_key}"
+    );
 }
