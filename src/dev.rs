@@ -405,7 +405,11 @@ fn mark(data_dir: &Path) -> Result<(), DevError> {
     if marker.exists() {
         return Ok(());
     }
-    std::fs::create_dir_all(data_dir).map_err(|e| io_err(data_dir, e))?;
+    // Private from the start (0700, as `serve` would set it anyway), so a
+    // first start has nothing to warn about.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(data_dir)
+        .map_err(|e| io_err(data_dir, e))?;
     write_private(&marker, DEV_MARKER_TEXT.as_bytes())
 }
 

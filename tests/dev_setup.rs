@@ -61,6 +61,13 @@ fn serve_dev_reset_starts_over_and_the_new_setup_works() {
     let data = tmp.path().join("data");
     let log = tmp.path().join("server.log");
     let server = start_dev(&data, &log).unwrap();
+    // The data dir dev mode made is private from the start: nothing to
+    // warn about on a first start (tests run under the usual umask 022).
+    let first_log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !first_log.contains("open to group or others"),
+        "{first_log}"
+    );
     let out = tokenize_as_orders(tmp.path(), &server.addr, &data, "+1 202-555-0150");
     assert!(out.status.success(), "{}", stderr(&out));
     let old_ca = std::fs::read(data.join("dev/ca.pem")).unwrap();

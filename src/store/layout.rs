@@ -25,15 +25,28 @@ use std::path::{Path, PathBuf};
 
 const RECORD_FORMAT: u8 = 1;
 const KEY_FORMAT: u8 = 1;
-/// Write-ahead log entry tag of the development builds before record ids
-/// (a record keyed by a random token id): refused on replay.
-const WAL_OLD_RECORD: u8 = 1;
+/// Write-ahead log entry tags of development builds before this layout (a
+/// record keyed by a random token id; a record id and a ceiling without an
+/// epoch): refused on replay.
+const WAL_OLD_TAGS: [u8; 3] = [1, 3, 4];
 /// Write-ahead log entry tag: a new wrapped key.
 const WAL_NEW_KEY: u8 = 2;
 /// Write-ahead log entry tag: a new record with its index entries.
-const WAL_NEW_RECORD: u8 = 3;
+const WAL_NEW_RECORD: u8 = 5;
 /// Write-ahead log entry tag: the sequence's ceiling was raised.
-const WAL_CEILING: u8 = 4;
+const WAL_CEILING: u8 = 6;
+
+/// The `meta` key of the store's layout version, written with the first
+/// ceiling raise, so before any record.
+pub(super) const FORMAT_KEY: &[u8] = b"format";
+/// This layout's version (records keyed by sequence number and epoch).
+pub(super) const STORE_FORMAT: u8 = 1;
+
+/// Why a store of an earlier development layout is refused.
+pub(super) const OLD_LAYOUT: &str = "the store was made by a development build before this \
+     layout (records keyed by token, or ids without an epoch), or its `meta` tree is lost; \
+     this version cannot read it: start from a new data_dir (`fieldvault serve --dev --reset` \
+     for the dev setup), or restore the store from a backup";
 
 /// The `meta` key of the sequence's ceiling.
 pub(super) const CEILING_KEY: &[u8] = b"sequence_ceiling";
@@ -231,10 +244,8 @@ pub(super) fn decode_frame(mut b: &[u8]) -> Result<Frame, StoreError> {
                 out.ceilings.push(Ceiling { ceiling, epoch });
                 continue;
             }
-            WAL_OLD_RECORD => {
-                return Err(corrupt(
-                    "a record of a development build before record ids (start from a new store)",
-                ))
+            tag if WAL_OLD_TAGS.contains(&tag) => {
+                return Err(StoreError::Damaged(OLD_LAYOUT.to_owned()))
             }
             _ => return Err(corrupt("unknown entry type")),
         }
@@ -414,6 +425,18 @@ mod tests {
         let mut bad = frame.clone();
         bad[0] = 9;
         assert!(decode_frame(&bad).is_err());
+    }
+
+    #[test]
+    fn a_log_entry_of_an_earlier_development_layout_says_what_to_do() {
+        for tag in WAL_OLD_TAGS {
+            let got = decode_frame(&[tag, 0, 0, 0]).err().map(|e| e.to_string());
+            assert!(
+                got.as_deref()
+                    .is_some_and(|e| e.contains("before this layout") && e.contains("--reset")),
+                "{got:?}"
+            );
+        }
     }
 
     #[test]

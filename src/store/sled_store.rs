@@ -12,7 +12,8 @@ use super::group_commit::GroupCommit;
 use super::integrity;
 use super::layout::{
     backend, ceiling_from, data_file_path, decode_key, decode_record, index_prefix, record_id_from,
-    record_key, sled_failure, Ceiling, CEILING_KEY, EPOCH_PREFIX, WAL_FILE,
+    record_key, sled_failure, Ceiling, CEILING_KEY, EPOCH_PREFIX, FORMAT_KEY, OLD_LAYOUT,
+    STORE_FORMAT, WAL_FILE,
 };
 use super::sequence::Sequence;
 use super::wal::{Wal, WalError};
@@ -168,8 +169,8 @@ impl SledStore {
         if !frames.is_empty() {
             writer.replay(&frames)?;
         }
-        let (next, ceiling) = open_sequence(&trees, &meta)?;
         let mut epochs = stored_epochs(&meta)?;
+        let (next, ceiling) = open_sequence(&trees, &meta, &epochs)?;
         let epoch = new_epoch(&epochs);
         epochs.insert(epoch);
         writer.set_sequence(ceiling, epoch);
@@ -379,43 +380,59 @@ fn unexpected(what: &str) -> StoreError {
     )))
 }
 
-/// Where the sequence starts after open: `(next, ceiling)`. The durable
-/// ceiling bounds every id handed out before, so the sequence goes on from
-/// there. A record at or above it (the ceiling lost or tampered with) is
-/// stepped over, with a warning, so no id is handed out twice.
-fn open_sequence(trees: &Trees, meta: &sled::Tree) -> Result<(u64, u64), StoreError> {
+/// Where the sequence starts after open: `(next, ceiling)`, with the
+/// store's layout and recorded epochs checked against its records. The
+/// durable ceiling bounds every sequence number handed out before, so the
+/// sequence goes on from there. A record at or above it (the ceiling lost
+/// or tampered with) is stepped over, with a warning: this process's new
+/// epoch keeps its ids apart from any handed out before anyway.
+///
+/// Refused: records without the layout marker (an earlier development
+/// layout, or the `meta` tree lost), and a newest record whose epoch the
+/// store never recorded (the `meta` tree damaged: every token would read
+/// as one this vault never issued).
+fn open_sequence(
+    trees: &Trees,
+    meta: &sled::Tree,
+    epochs: &HashSet<u64>,
+) -> Result<(u64, u64), StoreError> {
     let ceiling = stored_ceiling(meta)?;
-    let last = match trees.records.last().map_err(backend)? {
-        // Every store this version wrote raised a ceiling before its first
-        // record: records without one are of an older layout.
-        Some(_) if meta.get(CEILING_KEY).map_err(backend)?.is_none() => {
+    let Some((key, _)) = trees.records.last().map_err(backend)? else {
+        return Ok((ceiling, ceiling));
+    };
+    match meta.get(FORMAT_KEY).map_err(backend)? {
+        Some(format) if format.as_ref() == [STORE_FORMAT] => {}
+        Some(_) => {
             return Err(StoreError::Damaged(
-                "the store's records are keyed by token, as development builds before record \
-                 ids kept them; this version cannot read them: start from a new data_dir \
-                 (`fieldvault serve --dev --reset` for the dev setup)"
+                "the store's layout is not one this version reads (made by a newer version?)"
                     .into(),
             ))
         }
-        Some((key, _)) => Some(record_id_from(&key)?),
-        None => None,
-    };
-    match last {
-        Some(last) if last.seq >= ceiling => {
-            tracing::warn!(
-                ceiling,
-                last = last.seq,
-                "the store holds a record at or above its sequence ceiling; new records start after it"
-            );
-            let next = last.seq.checked_add(1).ok_or_else(|| {
-                StoreError::Backend(StorageFailure::internal(
-                    "the record-id sequence is exhausted",
-                ))
-            })?;
-            // Not durable yet: the first allocation logs a ceiling above it.
-            Ok((next, next))
-        }
-        _ => Ok((ceiling, ceiling)),
+        None => return Err(StoreError::Damaged(OLD_LAYOUT.to_owned())),
     }
+    let last = record_id_from(&key)?;
+    if !epochs.contains(&last.epoch) {
+        return Err(StoreError::Damaged(format!(
+            "the store's newest record ({last}) is of an epoch its `meta` tree never \
+             recorded: the tree is lost or damaged, and every token would read as one this \
+             vault never issued; restore the store from a backup"
+        )));
+    }
+    if last.seq < ceiling {
+        return Ok((ceiling, ceiling));
+    }
+    tracing::warn!(
+        ceiling,
+        last = last.seq,
+        "the store holds a record at or above its sequence ceiling; new records start after it"
+    );
+    let next = last.seq.checked_add(1).ok_or_else(|| {
+        StoreError::Backend(StorageFailure::internal(
+            "the record-id sequence is exhausted",
+        ))
+    })?;
+    // Not durable yet: the first allocation logs a ceiling above it.
+    Ok((next, next))
 }
 
 /// Every epoch the store has recorded.
@@ -1027,6 +1044,39 @@ mod tests {
         assert!(report.problems.is_empty(), "{:?}", report.problems);
     }
 
+    #[tokio::test]
+    async fn a_store_whose_record_of_epochs_is_lost_is_refused_not_opened_with_every_token_unknown()
+    {
+        let dir = ok(tempfile::tempdir());
+        {
+            let store = open(dir.path());
+            let [a] = ids(&store).await;
+            ok(store
+                .insert_records(vec![new(a, FieldKind::Phone, 1, false)])
+                .await);
+        }
+        {
+            let db = ok(sled::Config::new().path(dir.path()).open());
+            let meta = ok(db.open_tree("meta"));
+            for key in meta.scan_prefix(EPOCH_PREFIX).keys() {
+                ok(meta.remove(ok(key)));
+            }
+            ok(db.flush());
+        }
+        let refused = SledStore::reopen(&SledConfig {
+            path: dir.path().to_path_buf(),
+            cache_capacity_bytes: 8 << 20,
+            max_queued_writes: 1,
+        })
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(
+            refused.contains("never recorded") && refused.contains("restore the store"),
+            "{refused}"
+        );
+    }
+
     #[test]
     fn a_store_whose_records_are_keyed_by_token_is_refused_with_what_to_do() {
         let dir = ok(tempfile::tempdir());
@@ -1046,7 +1096,7 @@ mod tests {
         .map(|e| e.to_string())
         .unwrap_or_default();
         assert!(
-            refused.contains("keyed by token") && refused.contains("--reset"),
+            refused.contains("before this layout") && refused.contains("--reset"),
             "{refused}"
         );
     }

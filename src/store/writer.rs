@@ -40,7 +40,7 @@ use super::group_commit::{Commit, Committer};
 use super::layout::{
     backend, ceiling_from, decode_frame, encode_frame, encode_key, encode_record, epoch_key,
     frame_key_bytes, frame_record_bytes, index_entry, index_prefix, key_id, record_id_from,
-    record_key, sled_failure, Ceiling, CEILING_KEY, FRAME_CEILING_BYTES,
+    record_key, sled_failure, Ceiling, CEILING_KEY, FORMAT_KEY, FRAME_CEILING_BYTES, STORE_FORMAT,
 };
 use super::wal::Wal;
 use super::{NewRecord, StorageFailure, StoreError};
@@ -330,6 +330,8 @@ impl Trees {
 /// Raises the ceiling in `meta` to `c.ceiling`, never lowering it, and
 /// records `c.epoch` (idempotent, for replay too).
 fn apply_ceiling(meta: &sled::Tree, c: Ceiling) -> Result<(), StorageFailure> {
+    meta.insert(FORMAT_KEY, &[STORE_FORMAT][..])
+        .map_err(|e| sled_failure("recording the store's layout", &e))?;
     meta.insert(epoch_key(c.epoch), &[][..])
         .map_err(|e| sled_failure("recording the epoch", &e))?;
     let ceiling = c.ceiling;

@@ -139,9 +139,9 @@ pub async fn open_keyring(
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringSetupError {
     #[error(
-        "keyring: the store holds records but no keys (its keys were lost or damaged); \
-         new keys would make every earlier token unreadable, so none are made: restore the \
-         store from a backup"
+        "keyring: the store holds records or has handed out tokens, but has no keys (its \
+         keys were lost or damaged); new keys would make every earlier token unreadable, so \
+         none are made: restore the store from a backup"
     )]
     KeysMissing,
     #[error("keyring: {0}")]
