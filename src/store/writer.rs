@@ -284,7 +284,8 @@ impl Trees {
     /// Index keys are random (a MAC), so each insert lands on a leaf sled
     /// must find and rewrite: about 4× an ascending record insert at 1M
     /// records. A large group splits them over two threads (sled's trees
-    /// take concurrent inserts), then appends the records in id order.
+    /// take concurrent inserts), then inserts the records in the order they
+    /// were staged (nearly ascending: calls take ids in turn).
     pub(super) fn apply(&self, staged: &[Staged]) -> Result<(), StorageFailure> {
         if staged.len() >= PARALLEL_INDEX_FROM {
             let (first, second) = staged.split_at(staged.len() / 2);
