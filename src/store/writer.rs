@@ -3,10 +3,9 @@
 //!
 //! Writes: every write goes through one commit thread ([`GroupCommit`]).
 //! For each group of queued calls it decides the outcomes (deterministic
-//! hits), appends the new entries — record, blind-index entry,
+//! hits), appends the new entries — record, blind-index entry or
 //! deterministic mapping, a raised sequence ceiling — as one frame to the
-//! write-ahead log ([`Wal`],
-//! `fdatasync`ed), then answers the calls. An apply thread ([`Applier`])
+//! write-ahead log ([`Wal`], `fdatasync`ed), then answers the calls. An apply thread ([`Applier`])
 //! inserts each synced group into the three trees while the commit thread
 //! goes on with the next group; until then lookups find the group in an
 //! overlay ([`Unapplied`]). After a crash the log is replayed on open, so
@@ -202,9 +201,8 @@ impl SledWriter {
     /// id, the rest are staged. Ids are not looked up (the sequence never
     /// hands one out twice); an id at or above the durable ceiling, or of
     /// another epoch, was not handed out by this process, and fails the
-    /// call with nothing staged. Only the
-    /// commit thread writes, so nothing changes between the deterministic
-    /// lookup and the insert.
+    /// call with nothing staged. Only the commit thread writes, so nothing
+    /// changes between the deterministic lookup and the insert.
     fn stage_records(
         &self,
         records: Vec<NewRecord>,
