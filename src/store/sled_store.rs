@@ -90,6 +90,21 @@ fn open_failure(path: &str, e: &sled::Error) -> StorageFailure {
     }
 }
 
+/// Whether opening failed because another handle holds the store's lock
+/// (as [`open_failure`] reports it).
+fn is_lock_conflict(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Backend(StorageFailure {
+            cause: FailureCause::Io {
+                kind: std::io::ErrorKind::WouldBlock,
+                ..
+            },
+            ..
+        })
+    )
+}
+
 impl SledStore {
     pub fn open(config: &SledConfig) -> Result<Self, StoreError> {
         Self::open_with(
@@ -201,7 +216,7 @@ impl SledStore {
         let mut tries = 0;
         loop {
             match Self::open(config) {
-                Err(e) if tries < 100 && e.to_string().contains("could not acquire lock") => {
+                Err(e) if tries < 100 && is_lock_conflict(&e) => {
                     tries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
@@ -1098,6 +1113,34 @@ mod tests {
         assert!(
             refused.contains("before this layout") && refused.contains("--reset"),
             "{refused}"
+        );
+    }
+
+    #[test]
+    fn reopen_waits_for_a_handle_that_still_holds_the_lock() {
+        let dir = ok(tempfile::tempdir());
+        let config = SledConfig {
+            path: dir.path().to_path_buf(),
+            cache_capacity_bytes: 8 << 20,
+            max_queued_writes: 1,
+        };
+        let held = ok(SledStore::open(&config));
+        assert!(
+            SledStore::open(&config)
+                .err()
+                .is_some_and(|e| is_lock_conflict(&e)),
+            "a second open while the first holds the lock is a lock conflict"
+        );
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(held);
+        });
+        let reopened = SledStore::reopen(&config);
+        ok(release.join().map_err(|_| "the releasing thread panicked"));
+        assert!(
+            reopened.is_ok(),
+            "{:?}",
+            reopened.err().map(|e| e.to_string())
         );
     }
 
