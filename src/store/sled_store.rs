@@ -1078,14 +1078,7 @@ mod tests {
             }
             ok(db.flush());
         }
-        let refused = SledStore::reopen(&SledConfig {
-            path: dir.path().to_path_buf(),
-            cache_capacity_bytes: 8 << 20,
-            max_queued_writes: 1,
-        })
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
+        let refused = refusal(dir.path());
         assert!(
             refused.contains("never recorded") && refused.contains("restore the store"),
             "{refused}"
@@ -1102,18 +1095,23 @@ mod tests {
             ok(db.flush());
         }
         ok(std::fs::write(dir.path().join(WAL_FILE), b""));
-        let refused = SledStore::reopen(&SledConfig {
-            path: dir.path().to_path_buf(),
+        let refused = refusal(dir.path());
+        assert!(
+            refused.contains("before this layout") && refused.contains("--reset"),
+            "{refused}"
+        );
+    }
+
+    /// Why opening the store in `dir` is refused ("" if it opens).
+    fn refusal(dir: &Path) -> String {
+        SledStore::reopen(&SledConfig {
+            path: dir.to_path_buf(),
             cache_capacity_bytes: 8 << 20,
             max_queued_writes: 1,
         })
         .err()
         .map(|e| e.to_string())
-        .unwrap_or_default();
-        assert!(
-            refused.contains("before this layout") && refused.contains("--reset"),
-            "{refused}"
-        );
+        .unwrap_or_default()
     }
 
     #[test]

@@ -16,6 +16,8 @@ use std::sync::{Arc, RwLock};
 #[cfg(test)]
 mod storage_failure_tests;
 #[cfg(test)]
+mod test_support;
+#[cfg(test)]
 mod token_tests;
 
 /// What a deployment sets.

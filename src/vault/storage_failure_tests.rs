@@ -1,37 +1,11 @@
 //! The vault over a real sled store whose checkpoint is made to fail after
 //! a batch's log sync (a test-only fault of the store's writer).
 
+use super::test_support::{caller, ok, vault_over};
 use super::*;
-use crate::audit::FileAuditLog;
 use crate::domain::value::FieldInput;
 use crate::store::{SledConfig, SledStore, DEFAULT_MAX_QUEUED_WRITES};
 use std::path::Path;
-
-const POLICY: &str = r#"
-version = 1
-
-[[rules]]
-name = "orders tokenize"
-callers = ["spiffe://t.example/orders"]
-action = "tokenize"
-kinds = ["phone"]
-
-[[rules]]
-name = "support phone"
-callers = ["spiffe://t.example/support"]
-action = "detokenize"
-kinds = ["phone"]
-purposes = ["callback"]
-reveal = "full"
-"#;
-
-fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn caller(name: &str) -> CallerId {
-    ok(CallerId::spiffe(&format!("spiffe://t.example/{name}")))
-}
 
 /// A vault over the store in `dir`, and the store. The same process
 /// reopens a store it just closed: sled's background flusher may hold the
@@ -53,16 +27,7 @@ async fn vault(dir: &Path, master: &MasterKey) -> (Vault, Arc<SledStore>) {
             other => break Arc::new(ok(other)),
         }
     };
-    let keyring = ok(open_keyring(store.as_ref(), master).await);
-    let audit = Arc::new(ok(FileAuditLog::open(&dir.join("audit.log")).await));
-    let vault = Vault::new(
-        store.clone(),
-        keyring,
-        ok(Policy::from_toml(POLICY)),
-        audit,
-        Settings::default(),
-    );
-    (vault, store)
+    (vault_over(store.clone(), dir, master).await, store)
 }
 
 #[tokio::test]

@@ -2,38 +2,12 @@
 //! without reading the store. The store here is a real sled store behind a
 //! wrapper that counts the record ids the vault asks it for.
 
+use super::test_support::{caller, ok, vault_over};
 use super::*;
-use crate::audit::FileAuditLog;
 use crate::crypto::{BlindIndex, WrappedKey};
 use crate::domain::value::FieldInput;
 use crate::store::{IntegrityReport, RecordRead, SledConfig, SledStore, DEFAULT_MAX_QUEUED_WRITES};
 use std::sync::atomic::{AtomicUsize, Ordering};
-
-const POLICY: &str = r#"
-version = 1
-
-[[rules]]
-name = "orders tokenize"
-callers = ["spiffe://t.example/orders"]
-action = "tokenize"
-kinds = ["phone"]
-
-[[rules]]
-name = "support phone"
-callers = ["spiffe://t.example/support"]
-action = "detokenize"
-kinds = ["phone"]
-purposes = ["callback"]
-reveal = "full"
-"#;
-
-fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn caller(name: &str) -> CallerId {
-    ok(CallerId::spiffe(&format!("spiffe://t.example/{name}")))
-}
 
 /// A sled store that counts the record ids read through it.
 struct Counting {
@@ -88,16 +62,8 @@ async fn a_flipped_bit_anywhere_in_a_token_is_not_found_without_a_store_read() {
         ids_read: AtomicUsize::new(0),
     });
     let master = MasterKey::generate();
-    let keyring = ok(open_keyring(store.as_ref(), &master).await);
+    let vault = vault_over(store.clone(), dir.path(), &master).await;
     let audit_path = dir.path().join("audit.log");
-    let audit = Arc::new(ok(FileAuditLog::open(&audit_path).await));
-    let vault = Vault::new(
-        store.clone(),
-        keyring,
-        ok(Policy::from_toml(POLICY)),
-        audit,
-        Settings::default(),
-    );
     let items = vec![Ok(FieldInput::simple(FieldKind::Phone, "+1 202-555-0164"))];
     let token = match ok(vault.tokenize(&caller("orders"), None, items).await).pop() {
         Some(Ok(token)) => token,
@@ -160,15 +126,7 @@ async fn a_store_with_records_but_no_keys_is_refused_not_given_new_keys() {
     {
         let store = Arc::new(ok(SledStore::reopen_in_test(&config)));
         assert!(ok(store.is_unused().await));
-        let keyring = ok(open_keyring(store.as_ref(), &master).await);
-        let audit = Arc::new(ok(FileAuditLog::open(&dir.path().join("audit.log")).await));
-        let vault = Vault::new(
-            store.clone(),
-            keyring,
-            ok(Policy::from_toml(POLICY)),
-            audit,
-            Settings::default(),
-        );
+        let vault = vault_over(store, dir.path(), &master).await;
         let items = vec![Ok(FieldInput::simple(FieldKind::Phone, "+1 202-555-0165"))];
         assert!(ok(vault.tokenize(&caller("orders"), None, items).await)[0].is_ok());
     }

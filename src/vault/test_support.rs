@@ -1,0 +1,47 @@
+//! What the vault's unit tests share: a small policy, its callers, and a
+//! vault over a given store.
+
+use super::*;
+use crate::audit::FileAuditLog;
+use std::path::Path;
+
+/// `orders` tokenizes phones; `support` reveals them for `callback`.
+pub(super) const POLICY: &str = r#"
+version = 1
+
+[[rules]]
+name = "orders tokenize"
+callers = ["spiffe://t.example/orders"]
+action = "tokenize"
+kinds = ["phone"]
+
+[[rules]]
+name = "support phone"
+callers = ["spiffe://t.example/support"]
+action = "detokenize"
+kinds = ["phone"]
+purposes = ["callback"]
+reveal = "full"
+"#;
+
+pub(super) fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub(super) fn caller(name: &str) -> CallerId {
+    ok(CallerId::spiffe(&format!("spiffe://t.example/{name}")))
+}
+
+/// A vault over `store` (keys unlocked or made with `master`), with
+/// [`POLICY`], auditing to `dir/audit.log`.
+pub(super) async fn vault_over(store: Arc<dyn Store>, dir: &Path, master: &MasterKey) -> Vault {
+    let keyring = ok(open_keyring(store.as_ref(), master).await);
+    let audit = Arc::new(ok(FileAuditLog::open(&dir.join("audit.log")).await));
+    Vault::new(
+        store,
+        keyring,
+        ok(Policy::from_toml(POLICY)),
+        audit,
+        Settings::default(),
+    )
+}
