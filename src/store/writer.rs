@@ -326,13 +326,20 @@ impl Trees {
     }
 }
 
+/// Records in `meta` that `epoch` handed out ids, with the store's layout
+/// marker (idempotent).
+fn record_epoch(meta: &sled::Tree, epoch: u64) -> Result<(), StorageFailure> {
+    meta.insert(FORMAT_KEY, &[STORE_FORMAT][..])
+        .map_err(|e| sled_failure("recording the store's layout", &e))?;
+    meta.insert(epoch_key(epoch), &[][..])
+        .map_err(|e| sled_failure("recording the epoch", &e))?;
+    Ok(())
+}
+
 /// Raises the ceiling in `meta` to `c.ceiling`, never lowering it, and
 /// records `c.epoch` (idempotent, for replay too).
 fn apply_ceiling(meta: &sled::Tree, c: Ceiling) -> Result<(), StorageFailure> {
-    meta.insert(FORMAT_KEY, &[STORE_FORMAT][..])
-        .map_err(|e| sled_failure("recording the store's layout", &e))?;
-    meta.insert(epoch_key(c.epoch), &[][..])
-        .map_err(|e| sled_failure("recording the epoch", &e))?;
+    record_epoch(meta, c.epoch)?;
     let ceiling = c.ceiling;
     let failed =
         |e: StoreError| StorageFailure::new(crate::store::FailureCause::Corrupt, e.to_string());
@@ -412,6 +419,13 @@ impl SledWriter {
             keys += frame.keys.len();
             for ceiling in &frame.ceilings {
                 apply_ceiling(&self.meta, *ceiling).map_err(StoreError::Backend)?;
+            }
+            // The frame that raised the ceiling recorded these epochs; a
+            // salvage may have dropped it while keeping frames of records
+            // under them, which must stay readable.
+            let epochs: HashSet<u64> = frame.records.iter().map(|r| r.id.epoch).collect();
+            for epoch in epochs {
+                record_epoch(&self.meta, epoch).map_err(StoreError::Backend)?;
             }
             apply_keys(&self.keys, &frame.keys).map_err(StoreError::Backend)?;
             self.trees
