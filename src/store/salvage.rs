@@ -521,8 +521,8 @@ impl std::fmt::Display for SalvageReport {
                         s,
                         "next: writes in the dropped frames are lost from this store, unless \
                          sled had already stored them whole on its own (then they stay). If a \
-                         backup holds them, restore the store from it instead (stop, restore \
-                         data_dir, start). Otherwise start the server. Tokens acknowledged in \
+                         backup holds them, restore the store from it instead (stop, replace \
+                         the store directory with it, keep the audit log, start). Otherwise start the server. Tokens acknowledged in \
                          the dropped frames answer NOT_FOUND; tell their owners. Keep the \
                          .corrupt copy until you are sure, and check the disk (SMART, dmesg) \
                          before trusting it again."

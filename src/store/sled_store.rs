@@ -128,7 +128,9 @@ impl SledStore {
         // server that ran and stopped in between), and the second read of
         // at most one checkpoint's worth of log costs milliseconds.
         let store_exists = data_file_path(&config.path).exists();
-        super::wal::check(io.fs, &config.path.join(WAL_FILE), store_exists).map_err(wal_error)?;
+        let operator_log = super::wal::check(io.fs, &config.path.join(WAL_FILE), store_exists)
+            .map_err(wal_error)?
+            && store_exists;
         let db = sled::Config::new()
             .path(&config.path)
             .cache_capacity(config.cache_capacity_bytes)
@@ -183,6 +185,24 @@ impl SledStore {
         }
         if !frames.is_empty() {
             writer.replay(&frames)?;
+        }
+        if operator_log {
+            // An operator put an empty log in place of a lost one, to go on
+            // with what sled holds. sled writes its trees on its own, so a
+            // crash may have left a group half-stored: an index entry or a
+            // deterministic mapping without its record (a deterministic
+            // Tokenize would answer that dead token for ever). Remove them,
+            // as salvage does, before serving.
+            let removed = writer.reconcile()?;
+            if !removed.is_empty() {
+                tracing::warn!(
+                    index_entries = removed.index_entries,
+                    deterministic_entries = removed.deterministic_entries,
+                    unindexed_records = removed.unindexed_records.len(),
+                    "the write-ahead log was replaced by an empty one: removed what a crash had \
+                     left half-stored in the store"
+                );
+            }
         }
         let mut epochs = stored_epochs(&meta)?;
         let (next, ceiling) = open_sequence(&trees, &meta, &epochs)?;
@@ -423,14 +443,25 @@ fn open_sequence(
                     .into(),
             ))
         }
+        // Records of this layout without the marker: the tree is lost.
+        None if record_id_from(&key).is_ok() => {
+            return Err(StoreError::Damaged(META_LOST.to_owned()))
+        }
         None => return Err(StoreError::Damaged(OLD_LAYOUT.to_owned())),
     }
     let last = record_id_from(&key)?;
-    if !epochs.contains(&last.epoch) {
+    // The oldest and the newest record: a cheap check that catches a lost
+    // tree (a full one would read every record key at every start).
+    let first = match trees.records.first().map_err(backend)? {
+        Some((key, _)) => record_id_from(&key)?,
+        None => last,
+    };
+    if let Some(id) = [first, last]
+        .into_iter()
+        .find(|id| !epochs.contains(&id.epoch))
+    {
         return Err(StoreError::Damaged(format!(
-            "the store's newest record ({last}) is of an epoch its `meta` tree never \
-             recorded: the tree is lost or damaged, and every token would read as one this \
-             vault never issued; restore the store from a backup"
+            "the store holds {id}, of an epoch its `meta` tree never recorded: {META_LOST}"
         )));
     }
     if last.seq < ceiling {
@@ -449,6 +480,11 @@ fn open_sequence(
     // Not durable yet: the first allocation logs a ceiling above it.
     Ok((next, next))
 }
+
+/// Why a store whose `meta` tree is lost or damaged is refused.
+const META_LOST: &str = "the store's `meta` tree (sequence ceiling and epochs) is lost or \
+     damaged, and every token would read as one this vault never issued; restore the store \
+     from a backup";
 
 /// Every epoch the store has recorded.
 fn stored_epochs(meta: &sled::Tree) -> Result<HashSet<u64>, StoreError> {
@@ -1060,6 +1096,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_empty_log_put_in_place_after_a_crash_leaves_no_mapping_without_its_record() {
+        let dir = ok(tempfile::tempdir());
+        let (stored, lost);
+        {
+            let store = open(dir.path());
+            [stored, lost] = ids(&store).await;
+            ok(store
+                .insert_records(vec![new(stored, FieldKind::Phone, 1, true)])
+                .await);
+        }
+        // As a crash leaves a group sled stored in part: the mapping of
+        // value 2 and an index entry of value 3, without their records;
+        // then the log is lost and an operator puts an empty one back.
+        {
+            let db = ok(sled::Config::new().path(dir.path()).open());
+            let deterministic = ok(db.open_tree("deterministic"));
+            ok(deterministic.insert(index_prefix(&index(2)), &record_key(lost)[..]));
+            let blind_index = ok(db.open_tree("blind_index"));
+            ok(blind_index.insert(crate::store::layout::index_entry(&index(3), lost), &[][..]));
+            ok(db.flush());
+        }
+        ok(std::fs::write(dir.path().join(WAL_FILE), b""));
+        let store = open(dir.path());
+        let report = ok(store.check_integrity().await);
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        // Value 2 gets a token of its own that reveals, not the dead one.
+        let [fresh] = ids(&store).await;
+        assert_eq!(
+            ok(store
+                .insert_records(vec![new(fresh, FieldKind::Phone, 2, true)])
+                .await),
+            vec![fresh]
+        );
+        assert_eq!(ok(store.records_by_index(index(3)).await), vec![]);
+        assert_eq!(
+            read(&store, vec![stored, fresh]).await,
+            vec![
+                Some(record(FieldKind::Phone)),
+                Some(record(FieldKind::Phone))
+            ]
+        );
+    }
+
+    #[tokio::test]
     async fn a_store_whose_record_of_epochs_is_lost_is_refused_not_opened_with_every_token_unknown()
     {
         let dir = ok(tempfile::tempdir());
@@ -1083,6 +1163,34 @@ mod tests {
             refused.contains("never recorded") && refused.contains("restore the store"),
             "{refused}"
         );
+        assert!(
+            !refused.contains("--reset"),
+            "a reset would destroy what a backup restores"
+        );
+        assert!(refused.contains("meta"), "{refused}");
+    }
+
+    #[tokio::test]
+    async fn a_store_whose_meta_tree_is_lost_is_told_to_restore_not_to_reset() {
+        let dir = ok(tempfile::tempdir());
+        {
+            let store = open(dir.path());
+            let [a] = ids(&store).await;
+            ok(store
+                .insert_records(vec![new(a, FieldKind::Phone, 1, false)])
+                .await);
+        }
+        {
+            let db = ok(sled::Config::new().path(dir.path()).open());
+            ok(ok(db.open_tree("meta")).clear());
+            ok(db.flush());
+        }
+        let refused = refusal(dir.path());
+        assert!(
+            refused.contains("`meta` tree") && refused.contains("restore the store from a backup"),
+            "{refused}"
+        );
+        assert!(!refused.contains("--reset"), "{refused}");
     }
 
     #[test]

@@ -299,13 +299,20 @@ fn inspect(path: &Path, bytes: &[u8]) -> Result<Inspected, WalError> {
 /// opens sled, so a refused start leaves the store as it was.
 /// `store_exists`: the store beside the log was created before (its log
 /// must be there too).
-pub(crate) fn check(fs: &dyn FileSystem, path: &Path, store_exists: bool) -> Result<(), WalError> {
+///
+/// `Ok(true)` when the log is an empty file: one an operator created to go
+/// on with what sled holds (a log the server wrote always has a header).
+pub(crate) fn check(
+    fs: &dyn FileSystem,
+    path: &Path,
+    store_exists: bool,
+) -> Result<bool, WalError> {
     match fs.read_existing(path).map_err(|e| WalError::io(path, e))? {
-        Some(bytes) => inspect(path, &bytes).map(|_| ()),
+        Some(bytes) => inspect(path, &bytes).map(|_| bytes.is_empty()),
         None if store_exists => Err(WalError::Missing {
             path: path.display().to_string(),
         }),
-        None => Ok(()),
+        None => Ok(false),
     }
 }
 

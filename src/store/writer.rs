@@ -410,6 +410,17 @@ impl SledWriter {
         self.epoch = epoch;
     }
 
+    /// Removes what half-applied groups left in the trees (see
+    /// [`integrity::remove_partial_entries`]), then checkpoints so the
+    /// removal is durable. For a store opened with an operator's empty log.
+    ///
+    /// [`integrity::remove_partial_entries`]: super::integrity::remove_partial_entries
+    pub(super) fn reconcile(&mut self) -> Result<super::PartialEntries, StoreError> {
+        let removed = super::integrity::remove_partial_entries(&self.trees)?;
+        self.checkpoint().map_err(StoreError::Backend)?;
+        Ok(removed)
+    }
+
     /// Applies the frames a crash left in the log, then checkpoints.
     pub(super) fn replay(&mut self, frames: &[Vec<u8>]) -> Result<(), StoreError> {
         let (mut records, mut keys) = (0, 0);
