@@ -113,10 +113,11 @@ pub(super) fn record_id_from(bytes: &[u8]) -> Result<RecordId, StoreError> {
     Ok(RecordId::new(seq, epoch))
 }
 
-/// The ceiling as stored in `meta`.
-pub(super) fn ceiling_from(bytes: &[u8]) -> Result<u64, StoreError> {
+/// A big-endian u64 as stored in `meta` and the log (a ceiling, an
+/// epoch).
+pub(super) fn u64_from(bytes: &[u8]) -> Result<u64, StoreError> {
     let array: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt {
-        what: "sequence ceiling",
+        what: "sequence ceiling or epoch",
         reason: "not 8 bytes",
     })?;
     Ok(u64::from_be_bytes(array))
@@ -236,8 +237,8 @@ pub(super) fn decode_frame(mut b: &[u8]) -> Result<Frame, StoreError> {
                 continue;
             }
             WAL_CEILING => {
-                let ceiling = ceiling_from(take(&mut b, 8)?)?;
-                let epoch = ceiling_from(take(&mut b, 8)?)?;
+                let ceiling = u64_from(take(&mut b, 8)?)?;
+                let epoch = u64_from(take(&mut b, 8)?)?;
                 if epoch >= RecordId::EPOCH_LIMIT {
                     return Err(corrupt("epoch out of range"));
                 }

@@ -11,8 +11,8 @@ use super::file::{FileSystem, RealFs};
 use super::group_commit::GroupCommit;
 use super::integrity;
 use super::layout::{
-    backend, ceiling_from, data_file_path, decode_key, decode_record, index_prefix, record_id_from,
-    record_key, sled_failure, Ceiling, CEILING_KEY, EPOCH_PREFIX, FORMAT_KEY, OLD_LAYOUT,
+    backend, data_file_path, decode_key, decode_record, index_prefix, record_id_from, record_key,
+    sled_failure, u64_from, Ceiling, CEILING_KEY, EPOCH_PREFIX, FORMAT_KEY, OLD_LAYOUT,
     STORE_FORMAT, WAL_FILE,
 };
 use super::sequence::Sequence;
@@ -491,7 +491,7 @@ fn stored_epochs(meta: &sled::Tree) -> Result<HashSet<u64>, StoreError> {
     let mut epochs = HashSet::new();
     for key in meta.scan_prefix(EPOCH_PREFIX).keys() {
         let key = key.map_err(backend)?;
-        epochs.insert(ceiling_from(&key[EPOCH_PREFIX.len()..])?);
+        epochs.insert(u64_from(&key[EPOCH_PREFIX.len()..])?);
     }
     Ok(epochs)
 }
@@ -1109,14 +1109,12 @@ mod tests {
         // As a crash leaves a group sled stored in part: the mapping of
         // value 2 and an index entry of value 3, without their records;
         // then the log is lost and an operator puts an empty one back.
-        {
-            let db = ok(sled::Config::new().path(dir.path()).open());
+        edit_closed(dir.path(), |db| {
             let deterministic = ok(db.open_tree("deterministic"));
             ok(deterministic.insert(index_prefix(&index(2)), &record_key(lost)[..]));
             let blind_index = ok(db.open_tree("blind_index"));
             ok(blind_index.insert(crate::store::layout::index_entry(&index(3), lost), &[][..]));
-            ok(db.flush());
-        }
+        });
         ok(std::fs::write(dir.path().join(WAL_FILE), b""));
         let store = open(dir.path());
         let report = ok(store.check_integrity().await);
@@ -1143,21 +1141,13 @@ mod tests {
     async fn a_store_whose_record_of_epochs_is_lost_is_refused_not_opened_with_every_token_unknown()
     {
         let dir = ok(tempfile::tempdir());
-        {
-            let store = open(dir.path());
-            let [a] = ids(&store).await;
-            ok(store
-                .insert_records(vec![new(a, FieldKind::Phone, 1, false)])
-                .await);
-        }
-        {
-            let db = ok(sled::Config::new().path(dir.path()).open());
+        one_record(dir.path()).await;
+        edit_closed(dir.path(), |db| {
             let meta = ok(db.open_tree("meta"));
             for key in meta.scan_prefix(EPOCH_PREFIX).keys() {
                 ok(meta.remove(ok(key)));
             }
-            ok(db.flush());
-        }
+        });
         let refused = refusal(dir.path());
         assert!(
             refused.contains("never recorded") && refused.contains("restore the store"),
@@ -1173,18 +1163,8 @@ mod tests {
     #[tokio::test]
     async fn a_store_whose_meta_tree_is_lost_is_told_to_restore_not_to_reset() {
         let dir = ok(tempfile::tempdir());
-        {
-            let store = open(dir.path());
-            let [a] = ids(&store).await;
-            ok(store
-                .insert_records(vec![new(a, FieldKind::Phone, 1, false)])
-                .await);
-        }
-        {
-            let db = ok(sled::Config::new().path(dir.path()).open());
-            ok(ok(db.open_tree("meta")).clear());
-            ok(db.flush());
-        }
+        one_record(dir.path()).await;
+        edit_closed(dir.path(), |db| ok(ok(db.open_tree("meta")).clear()));
         let refused = refusal(dir.path());
         assert!(
             refused.contains("`meta` tree") && refused.contains("restore the store from a backup"),
@@ -1196,18 +1176,32 @@ mod tests {
     #[test]
     fn a_store_whose_records_are_keyed_by_token_is_refused_with_what_to_do() {
         let dir = ok(tempfile::tempdir());
-        {
-            let db = ok(sled::Config::new().path(dir.path()).open());
-            let records = ok(db.open_tree("records"));
-            ok(records.insert([7u8; 16], &[1u8; 40][..]));
-            ok(db.flush());
-        }
+        edit_closed(dir.path(), |db| {
+            ok(ok(db.open_tree("records")).insert([7u8; 16], &[1u8; 40][..]));
+        });
         ok(std::fs::write(dir.path().join(WAL_FILE), b""));
         let refused = refusal(dir.path());
         assert!(
             refused.contains("before this layout") && refused.contains("--reset"),
             "{refused}"
         );
+    }
+
+    /// Leaves a closed store in `dir` holding one random-mode record.
+    async fn one_record(dir: &Path) {
+        let store = open(dir);
+        let [a] = ids(&store).await;
+        ok(store
+            .insert_records(vec![new(a, FieldKind::Phone, 1, false)])
+            .await);
+    }
+
+    /// Edits the closed store in `dir` with sled directly, as damage or a
+    /// crash would leave it.
+    fn edit_closed(dir: &Path, edit: impl FnOnce(&sled::Db)) {
+        let db = ok(sled::Config::new().path(dir).open());
+        edit(&db);
+        ok(db.flush());
     }
 
     /// Why opening the store in `dir` is refused ("" if it opens).

@@ -37,9 +37,9 @@ use super::apply::{Applier, Staged};
 use super::file::StorageFile;
 use super::group_commit::{Commit, Committer};
 use super::layout::{
-    backend, ceiling_from, decode_frame, encode_frame, encode_key, encode_record, epoch_key,
-    frame_key_bytes, frame_record_bytes, index_entry, index_prefix, key_id, record_id_from,
-    record_key, sled_failure, Ceiling, CEILING_KEY, FORMAT_KEY, FRAME_CEILING_BYTES, STORE_FORMAT,
+    backend, decode_frame, encode_frame, encode_key, encode_record, epoch_key, frame_key_bytes,
+    frame_record_bytes, index_entry, index_prefix, key_id, record_id_from, record_key,
+    sled_failure, u64_from, Ceiling, CEILING_KEY, FORMAT_KEY, FRAME_CEILING_BYTES, STORE_FORMAT,
 };
 use super::wal::Wal;
 use super::{NewRecord, StorageFailure, StoreError};
@@ -347,7 +347,7 @@ fn apply_ceiling(meta: &sled::Tree, c: Ceiling) -> Result<(), StorageFailure> {
         .get(CEILING_KEY)
         .map_err(|e| sled_failure("reading the sequence ceiling", &e))?
     {
-        Some(bytes) => ceiling_from(&bytes).map_err(failed)?,
+        Some(bytes) => u64_from(&bytes).map_err(failed)?,
         None => 0,
     };
     if ceiling > stored {
@@ -360,7 +360,7 @@ fn apply_ceiling(meta: &sled::Tree, c: Ceiling) -> Result<(), StorageFailure> {
 /// The durable ceiling in `meta` (0 for a new store).
 pub(super) fn stored_ceiling(meta: &sled::Tree) -> Result<u64, StoreError> {
     match meta.get(CEILING_KEY).map_err(backend)? {
-        Some(bytes) => ceiling_from(&bytes),
+        Some(bytes) => u64_from(&bytes),
         None => Ok(0),
     }
 }
