@@ -13,6 +13,12 @@ use crate::domain::{
 use crate::store::{NewRecord, StorageFailure, Store, StoreError};
 use std::sync::{Arc, RwLock};
 
+pub use keys::{
+    JobState, JobStatus, KeyState, KeyStatus, KeyVersionStatus, MAX_FAILED_TOKENS,
+    MAX_REWRAP_RATE,
+};
+
+mod keys;
 #[cfg(test)]
 mod storage_failure_tests;
 #[cfg(test)]
@@ -56,6 +62,13 @@ pub enum VaultError {
     /// Storage or audit is failing; retrying later may succeed.
     #[error("{0}")]
     Unavailable(String),
+    /// What the call names does not exist (a key version).
+    #[error("{0}")]
+    NotFound(String),
+    /// The call cannot be done in the current state (retiring a key
+    /// version records still use; a second master-key rotation).
+    #[error("{0}")]
+    FailedPrecondition(String),
 }
 
 /// A failure of one item of a batch. `field` names the part of the item
