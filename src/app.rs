@@ -179,6 +179,7 @@ pub async fn start(
             default_region: config.default_phone_region,
             token_modes: config.token_modes,
             explicit_kind_denials: config.explicit_kind_denials,
+            keys: config.keys,
         },
     ));
 

@@ -28,6 +28,8 @@ use std::fmt;
 pub enum Action {
     Tokenize,
     Detokenize,
+    /// Key administration (the KeyAdmin service).
+    Keys,
 }
 
 impl Action {
@@ -35,6 +37,7 @@ impl Action {
         match self {
             Action::Tokenize => "tokenize",
             Action::Detokenize => "detokenize",
+            Action::Keys => "keys",
         }
     }
 }
@@ -197,6 +200,7 @@ impl Policy {
             .map(|p| Purpose::parse(p).map_err(|e| bad("purposes", format!("'{p}' {e}"))))
             .collect::<Result<Vec<_>, _>>()?;
         match r.action {
+            Action::Keys => {}
             Action::Detokenize => {
                 if purposes.is_empty() {
                     return Err(bad(
