@@ -14,8 +14,7 @@ use crate::store::{NewRecord, StorageFailure, Store, StoreError};
 use std::sync::{Arc, RwLock};
 
 pub use keys::{
-    JobState, JobStatus, KeyState, KeyStatus, KeyVersionStatus, MAX_FAILED_TOKENS,
-    MAX_REWRAP_RATE,
+    JobState, JobStatus, KeyState, KeyStatus, KeyVersionStatus, MAX_FAILED_TOKENS, MAX_REWRAP_RATE,
 };
 
 mod keys;
