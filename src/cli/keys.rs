@@ -351,9 +351,9 @@ async fn rewrap(args: RewrapArgs) -> ExitCode {
                 }
                 if !json {
                     eprintln!(
-                        "fieldvault: stopped waiting; the rewrap goes on on the server (follow \
-                         it again with `fieldvault keys rewrap --wait`, which does not start a \
-                         second one)"
+                        "fieldvault: stopped waiting; the rewrap itself goes on on the server \
+                         (or resumes when it starts again): follow it with `fieldvault keys \
+                         rewrap --wait`, which does not start a second one"
                     );
                 }
                 return code;
