@@ -5,7 +5,7 @@ use crate::audit::FileAuditLog;
 use crate::config::{Config, MasterKeySource};
 use crate::crypto::{MasterKey, MasterKeyError};
 use crate::domain::policy::{Policy, PolicyError};
-use crate::grpc::{pb, VaultService};
+use crate::grpc::{pb, KeyAdminService, VaultService};
 use crate::store::{SledConfig, SledStore, StoreError};
 use crate::tls::TlsError;
 use crate::vault::{open_keyring, KeyringSetupError, Settings, Vault};
@@ -63,6 +63,9 @@ pub struct Server {
     serve: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     accept: JoinHandle<()>,
     health: JoinHandle<()>,
+    /// For stopping its background jobs (rewrap, index rebuild, schedule)
+    /// at shutdown: they hold the store.
+    vault: Option<Arc<Vault>>,
 }
 
 impl Server {
@@ -86,6 +89,11 @@ impl Server {
         // futures (and the handles to the store they hold) are dropped.
         let _ = (&mut self.accept).await;
         let _ = (&mut self.health).await;
+        // Jobs end after their current batch; their state is stored and
+        // they resume at the next start.
+        if let Some(vault) = self.vault.take() {
+            vault.stop_background().await;
+        }
         served
     }
 
@@ -198,6 +206,9 @@ pub async fn start(
     health_reporter
         .set_serving::<pb::vault_server::VaultServer<VaultService>>()
         .await;
+    health_reporter
+        .set_serving::<pb::key_admin_server::KeyAdminServer<KeyAdminService>>()
+        .await;
     let health = tokio::spawn(watch_storage(vault.clone(), health_reporter));
     let health_service =
         health_service.max_decoding_message_size(crate::limits::SMALL_SERVICE_MESSAGE_BYTES);
@@ -231,6 +242,15 @@ pub async fn start(
     let rules_of = vault.clone();
     let rule_check: crate::limits::RuleCheck =
         Arc::new(move |caller| rules_of.policy().names(caller));
+    // Key administration: requests are a number or a path, answers a few
+    // hundred bytes per key version (and at most 100 failed tokens).
+    let key_admin_service = KeyAdminService::new(vault.clone())
+        .into_server()
+        .max_decoding_message_size(crate::limits::SMALL_SERVICE_MESSAGE_BYTES);
+    // Nothing below can fail: resume the jobs a crash or restart
+    // interrupted and run the rotation schedule (once per server).
+    vault.start_background();
+    let background = vault.clone();
     let vault_service = VaultService::new(vault)
         .into_server()
         .max_decoding_message_size(limits.max_message_bytes)
@@ -244,7 +264,8 @@ pub async fn start(
         .add_service(health_service)
         .add_optional_service(reflection)
         .add_optional_service(reflection_v1alpha)
-        .add_service(vault_service);
+        .add_service(vault_service)
+        .add_service(key_admin_service);
     let serve = tokio::spawn(async move {
         router
             .serve_with_incoming_shutdown(incoming, async {
@@ -267,6 +288,7 @@ pub async fn start(
         serve: Some(serve),
         accept,
         health,
+        vault: Some(background),
     })
 }
 
@@ -319,8 +341,8 @@ pub fn server_builder(
         .layer(guard)
 }
 
-/// Reports NOT_SERVING (for the Vault service and the server as a whole)
-/// once storage has failed: a failed flush or fsync is fatal for writes.
+/// Reports NOT_SERVING (for the Vault and KeyAdmin services and the server
+/// as a whole) once storage has failed: a failed flush or fsync is fatal for writes.
 async fn watch_storage(vault: Arc<Vault>, reporter: tonic_health::server::HealthReporter) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
     loop {
@@ -329,6 +351,9 @@ async fn watch_storage(vault: Arc<Vault>, reporter: tonic_health::server::Health
             tracing::error!(%failure, "storage failed: reporting NOT_SERVING");
             reporter
                 .set_not_serving::<pb::vault_server::VaultServer<VaultService>>()
+                .await;
+            reporter
+                .set_not_serving::<pb::key_admin_server::KeyAdminServer<KeyAdminService>>()
                 .await;
             reporter
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
@@ -358,6 +383,7 @@ mod tests {
             serve: Some(serve),
             accept: tokio::spawn(std::future::pending()),
             health: tokio::spawn(std::future::pending()),
+            vault: None,
         };
         (server, rx)
     }

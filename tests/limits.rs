@@ -350,13 +350,13 @@ async fn a_thousand_half_open_4_mib_streams_on_each_of_several_connections_neith
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_without_rules_cannot_spend_the_budget_of_callers_the_policy_knows() {
     let vault = TestVault::start().await;
-    for name in ["nobody1", "nobody2"] {
+    for name in ["nobody1", "nobody2", "nobody3"] {
         vault.pki.issue_client(name, name, None);
     }
     let addr = vault.addr();
     let mut held = Vec::new();
     let mut pending = 0;
-    for name in ["intruder", "rotator", "nobody1", "nobody2"] {
+    for name in ["intruder", "nobody1", "nobody2", "nobody3"] {
         let (result, conns, bodies) = flood(&addr, &vault.pki.dir, name, 1, 8).await;
         pending += result.pending;
         held.push((conns, bodies));

@@ -122,7 +122,11 @@ async fn reflection_v1alpha_lists_the_vault_and_resolves_google_rpc_bad_request(
         panic!("ListServices did not answer with a service list");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for service in ["fieldvault.v1.Vault", "grpc.health.v1.Health"] {
+    for service in [
+        "fieldvault.v1.Vault",
+        "fieldvault.v1.KeyAdmin",
+        "grpc.health.v1.Health",
+    ] {
         assert!(names.contains(&service.to_owned()), "{names:?}");
     }
 

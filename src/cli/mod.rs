@@ -5,6 +5,7 @@ mod calls;
 mod conn;
 mod health;
 mod input;
+mod keys;
 mod output;
 mod parse_error;
 mod serve;
@@ -34,6 +35,10 @@ enum Command {
     Tokenize(calls::TokenizeArgs),
     /// Reveal the values behind tokens (audited).
     Detokenize(calls::DetokenizeArgs),
+    /// Key administration on a running server: rotate, rewrap, retire, status
+    /// (the caller needs a policy rule with action "keys").
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// Check the server's grpc.health.v1 status over mTLS (an exec probe):
     /// exit 0 when SERVING.
     Health(health::HealthArgs),
@@ -193,6 +198,7 @@ pub(crate) async fn run() -> ExitCode {
         Command::Tokenize(args) => Ok(calls::tokenize(args).await),
         Command::Detokenize(args) => Ok(calls::detokenize(args).await),
         Command::Health(args) => Ok(health::health(args).await),
+        Command::Keys(command) => Ok(keys::keys(command).await),
         Command::Store(command) => serve::store_command(command),
     };
     match result {

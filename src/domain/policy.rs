@@ -12,12 +12,19 @@
 //! [[rules]]
 //! name = "support: phone in full for callbacks"
 //! callers = ["spiffe://fieldvault.dev/support"]
-//! action = "detokenize"            # or "tokenize"
+//! action = "detokenize"            # "tokenize", "detokenize" or "keys"
 //! kinds = ["phone"]                # phone, email, address, national_id
 //! purposes = ["callback"]          # required for detokenize rules
 //! reveal = "full"                  # detokenize only: "full", "masked" or "none"
+//!
+//! [[rules]]
+//! name = "the rotation job administers keys"
+//! callers = ["spiffe://fieldvault.dev/rotator"]
+//! action = "keys"                  # the KeyAdmin service: no kinds, purposes or reveal
 //! ```
 //! When several rules allow the same detokenize, the most revealing wins.
+//! A `keys` rule allows every KeyAdmin call (rotate, rewrap, retire, status)
+//! and no data: it reveals nothing and tokenizes nothing.
 
 use super::{CallerId, FieldKind, Purpose};
 use serde::Deserialize;
@@ -73,6 +80,7 @@ pub struct Rule {
     pub name: String,
     pub callers: Vec<String>,
     pub action: Action,
+    /// Empty for a keys rule (it allows no data).
     pub kinds: Vec<FieldKind>,
     /// Empty for a tokenize rule means "any purpose, or none".
     pub purposes: Vec<Purpose>,
@@ -140,9 +148,11 @@ struct RawRule {
     name: Option<String>,
     callers: Vec<String>,
     action: Action,
-    kinds: Vec<String>,
-    #[serde(default)]
-    purposes: Vec<String>,
+    /// Required for tokenize and detokenize rules; refused for keys rules.
+    kinds: Option<Vec<String>>,
+    /// `None` when absent, so that a keys rule with `purposes = []` is
+    /// refused too.
+    purposes: Option<Vec<String>>,
     reveal: Option<RevealLevel>,
 }
 
@@ -185,22 +195,51 @@ impl Policy {
                 ));
             }
         }
-        if r.kinds.is_empty() {
+        if r.action == Action::Keys {
+            // Key administration concerns no field kind, purpose or reveal:
+            // a rule that names one was meant as something else.
+            let refuse = |field: &'static str| {
+                bad(
+                    field,
+                    "a keys rule allows key administration only and takes no kinds, purposes \
+                     or reveal"
+                        .into(),
+                )
+            };
+            if r.kinds.is_some() {
+                return Err(refuse("kinds"));
+            }
+            if r.purposes.is_some() {
+                return Err(refuse("purposes"));
+            }
+            if r.reveal.is_some() {
+                return Err(refuse("reveal"));
+            }
+            return Ok(Rule {
+                name: r.name.unwrap_or_else(|| format!("rules[{index}]")),
+                callers: r.callers,
+                action: r.action,
+                kinds: Vec::new(),
+                purposes: Vec::new(),
+                reveal: None,
+            });
+        }
+        let kinds = r.kinds.unwrap_or_default();
+        if kinds.is_empty() {
             return Err(bad("kinds", "must name at least one field kind".into()));
         }
-        let kinds = r
-            .kinds
+        let kinds = kinds
             .iter()
             .map(|k| k.parse::<FieldKind>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| bad("kinds", format!("'{}': {e}", e.0)))?;
         let purposes = r
             .purposes
+            .unwrap_or_default()
             .iter()
             .map(|p| Purpose::parse(p).map_err(|e| bad("purposes", format!("'{p}' {e}"))))
             .collect::<Result<Vec<_>, _>>()?;
         match r.action {
-            Action::Keys => {}
             Action::Detokenize => {
                 if purposes.is_empty() {
                     return Err(bad(
@@ -220,6 +259,8 @@ impl Policy {
                     return Err(bad("reveal", "only detokenize rules reveal".into()));
                 }
             }
+            // Handled above.
+            Action::Keys => {}
         }
         Ok(Rule {
             name: r.name.unwrap_or_else(|| format!("rules[{index}]")),
@@ -246,6 +287,8 @@ impl Policy {
     /// Whether `caller` may perform `action` with `purpose` at all, before
     /// the field kinds are known. `Ok` means at least one rule could allow
     /// some kind; each item is then checked with [`Policy::decide`].
+    /// For [`Action::Keys`] (with no purpose) this is the whole decision:
+    /// `Ok` exactly for the callers a keys rule names.
     pub fn check_call(
         &self,
         caller: &CallerId,
@@ -476,6 +519,12 @@ reveal = "masked"
             ),
             ("version = 1\n[[rules]]\ncallers=['a']\naction='tokenize'\nkinds=['phone']\nreveal='full'", "rules[0].reveal"),
             ("version = 1\n[[rules]]\ncallers=['a']\naction='delete'\nkinds=['phone']", "unknown variant"),
+            // Only keys rules go without kinds.
+            ("version = 1\n[[rules]]\ncallers=['a']\naction='tokenize'", "rules[0].kinds: must name"),
+            (
+                "version = 1\n[[rules]]\ncallers=['a']\naction='detokenize'\npurposes=['x']\nreveal='full'",
+                "rules[0].kinds: must name",
+            ),
             ("version = 1\nrule = 3", "unknown field"),
         ];
         for (text, expected) in cases {
@@ -485,5 +534,109 @@ reveal = "masked"
                 .unwrap_or_default();
             assert!(err.contains(expected), "{text:?}: {err}");
         }
+    }
+
+    const WITH_KEYS: &str = r#"
+version = 1
+
+[[rules]]
+name = "orders tokenize"
+callers = ["spiffe://t.example/orders"]
+action = "tokenize"
+kinds = ["phone"]
+
+[[rules]]
+name = "support phone"
+callers = ["spiffe://t.example/support"]
+action = "detokenize"
+kinds = ["phone"]
+purposes = ["callback"]
+reveal = "full"
+
+[[rules]]
+name = "rotation job"
+callers = ["spiffe://t.example/rotator", "key-admin-cn"]
+action = "keys"
+"#;
+
+    #[test]
+    fn only_callers_a_keys_rule_names_may_administer_keys() {
+        let p = Policy::from_toml(WITH_KEYS).unwrap_or_else(|e| panic!("{e}"));
+        let keys = |c: &CallerId| p.check_call(c, Action::Keys, None).map_err(|d| d.on);
+        assert_eq!(keys(&caller("rotator")), Ok(()));
+        let cn = CallerId::common_name("key-admin-cn").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(keys(&cn), Ok(()));
+        assert_eq!(keys(&caller("orders")), Err(DeniedOn::Action));
+        assert_eq!(keys(&caller("support")), Err(DeniedOn::Action));
+        assert_eq!(keys(&caller("intruder")), Err(DeniedOn::Caller));
+        let msg = p
+            .check_call(&caller("support"), Action::Keys, None)
+            .err()
+            .map(|d| d.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            msg,
+            "caller 'spiffe://t.example/support' has no rule allowing keys"
+        );
+        // The rule is parsed as a keys rule with nothing else to it.
+        let rule = &p.rules()[2];
+        assert_eq!(rule.action, Action::Keys);
+        assert_eq!(rule.name, "rotation job");
+        assert!(rule.kinds.is_empty() && rule.purposes.is_empty() && rule.reveal.is_none());
+    }
+
+    #[test]
+    fn a_keys_rule_grants_no_data_rights() {
+        let p = Policy::from_toml(WITH_KEYS).unwrap_or_else(|e| panic!("{e}"));
+        let rotator = caller("rotator");
+        let cb = purpose("callback");
+        assert_eq!(
+            p.check_call(&rotator, Action::Tokenize, None)
+                .map_err(|d| d.on),
+            Err(DeniedOn::Action)
+        );
+        assert_eq!(
+            p.check_call(&rotator, Action::Detokenize, Some(&cb))
+                .map_err(|d| d.on),
+            Err(DeniedOn::Action)
+        );
+        for kind in FieldKind::ALL {
+            for action in [Action::Tokenize, Action::Detokenize] {
+                assert!(p.decide(&rotator, action, kind, Some(&cb)).is_err());
+            }
+            // Nor does asking with the keys action itself reach any kind.
+            assert_eq!(
+                p.decide(&rotator, Action::Keys, kind, None)
+                    .map_err(|d| d.on),
+                Err(DeniedOn::Kind)
+            );
+        }
+    }
+
+    #[test]
+    fn a_keys_rule_with_kinds_purposes_or_reveal_is_refused_naming_the_field() {
+        let head = "version = 1\n[[rules]]\ncallers=['a']\naction='keys'\n";
+        let cases = [
+            ("kinds=['phone']", "rules[0].kinds: a keys rule"),
+            ("kinds=[]", "rules[0].kinds: a keys rule"),
+            ("purposes=['rotation']", "rules[0].purposes: a keys rule"),
+            ("purposes=[]", "rules[0].purposes: a keys rule"),
+            ("reveal='none'", "rules[0].reveal: a keys rule"),
+        ];
+        for (line, expected) in cases {
+            let text = format!("{head}{line}");
+            let err = Policy::from_toml(&text)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(expected), "{text:?}: {err}");
+        }
+        // Its callers are checked like any rule's.
+        let err = Policy::from_toml("version = 1\n[[rules]]\ncallers=[]\naction='keys'")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("rules[0].callers"), "{err}");
+        assert!(Policy::from_toml(head).is_ok());
     }
 }

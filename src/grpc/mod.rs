@@ -4,8 +4,10 @@
 
 pub mod codec;
 mod error;
+mod key_admin;
 mod service;
 
+pub use key_admin::KeyAdminService;
 pub use service::{kind_to_pb, scheme_to_pb, VaultService};
 
 /// Generated protobuf types and gRPC stubs for `fieldvault.v1`.

@@ -26,7 +26,7 @@ impl VaultService {
 
 /// The caller proven by the connection's client certificate, read once per
 /// connection by the TLS accept loop.
-fn caller<T>(req: &Request<T>) -> Result<Arc<CallerId>, Status> {
+pub(super) fn caller<T>(req: &Request<T>) -> Result<Arc<CallerId>, Status> {
     let peer = req
         .extensions()
         .get::<Peer>()
