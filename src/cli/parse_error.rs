@@ -268,8 +268,8 @@ mod tests {
         let m = error(&["bogus"], &[]);
         assert_eq!(
             m,
-            "unrecognized subcommand; the commands are serve, tokenize, detokenize, health \
-             and store; see --help"
+            "unrecognized subcommand; the commands are serve, tokenize, detokenize, keys, \
+             health and store; see --help"
         );
     }
 
