@@ -201,7 +201,7 @@ impl JobRun {
 /// Where a job is: the last record (rewrap) or index entry (index
 /// rebuild) it handled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Cursor {
+pub(super) enum Cursor {
     Start,
     Record(RecordId),
     Index(KeyVersion, IndexEntry),
@@ -211,22 +211,22 @@ enum Cursor {
 /// written atomically with each batch, so a restart resumes where the
 /// last durable batch ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct JobRecord {
-    target: u32,
-    running: bool,
-    done: u64,
-    rate: u32,
-    started_ms: u64,
-    finished_ms: u64,
-    failed_count: u64,
-    failed: Vec<RecordId>,
-    cursor: Cursor,
+pub(super) struct JobRecord {
+    pub(super) target: u32,
+    pub(super) running: bool,
+    pub(super) done: u64,
+    pub(super) rate: u32,
+    pub(super) started_ms: u64,
+    pub(super) finished_ms: u64,
+    pub(super) failed_count: u64,
+    pub(super) failed: Vec<RecordId>,
+    pub(super) cursor: Cursor,
 }
 
 const JOB_FORMAT: u8 = 1;
 
 impl JobRecord {
-    fn encode(&self) -> Vec<u8> {
+    pub(super) fn encode(&self) -> Vec<u8> {
         let mut out = vec![JOB_FORMAT];
         out.extend_from_slice(&self.target.to_be_bytes());
         out.push(u8::from(self.running));
@@ -260,7 +260,7 @@ impl JobRecord {
         out
     }
 
-    fn decode(b: &[u8]) -> Option<Self> {
+    pub(super) fn decode(b: &[u8]) -> Option<Self> {
         let mut r = Reader(b);
         if r.u8()? != JOB_FORMAT {
             return None;
@@ -1181,6 +1181,12 @@ impl Vault {
         }
         .await;
         logged(caller, "rotate_master_key", result)
+    }
+
+    /// Holds the lock a master-key rotation takes (tests).
+    #[cfg(test)]
+    pub(super) async fn key_jobs_master_lock_for_test(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.key_jobs.master.lock().await
     }
 
     /// Resumes the background jobs a crash or a restart interrupted, and

@@ -18,6 +18,8 @@ pub use keys::{
     MAX_FAILED_TOKENS, MAX_REWRAP_RATE,
 };
 
+#[cfg(test)]
+mod key_tests;
 mod keys;
 #[cfg(test)]
 mod storage_failure_tests;

@@ -5,7 +5,8 @@ use super::*;
 use crate::audit::FileAuditLog;
 use std::path::Path;
 
-/// `orders` tokenizes phones; `support` reveals them for `callback`.
+/// `orders` tokenizes phones; `support` reveals them for `callback`;
+/// `rotator` administers keys.
 pub(super) const POLICY: &str = r#"
 version = 1
 
@@ -22,6 +23,11 @@ action = "detokenize"
 kinds = ["phone"]
 purposes = ["callback"]
 reveal = "full"
+
+[[rules]]
+name = "rotator keys"
+callers = ["spiffe://t.example/rotator"]
+action = "keys"
 "#;
 
 pub(super) fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {

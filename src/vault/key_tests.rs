@@ -1,0 +1,177 @@
+//! The key lifecycle at the vault, over a real sled store: what the wire
+//! tests cannot arrange (a record damaged on disk, a rotation held open).
+
+use super::keys::{Cursor, JobRecord};
+use super::test_support::{caller, ok, vault_over};
+use super::*;
+use crate::domain::value::FieldInput;
+use crate::store::{SledConfig, SledStore, DEFAULT_MAX_QUEUED_WRITES};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn config(dir: &Path) -> SledConfig {
+    SledConfig {
+        path: dir.join("store"),
+        cache_capacity_bytes: 8 << 20,
+        max_queued_writes: DEFAULT_MAX_QUEUED_WRITES,
+    }
+}
+
+async fn open_vault(dir: &Path, master: &MasterKey) -> Arc<Vault> {
+    let store: Arc<dyn Store> = Arc::new(ok(SledStore::reopen_in_test(&config(dir))));
+    Arc::new(vault_over(store, dir, master).await)
+}
+
+/// sled on a store this process just closed (its lock can outlive the
+/// last handle for a moment).
+fn sled_of_closed(dir: &Path) -> sled::Db {
+    for _ in 0..100 {
+        if let Ok(db) = sled::open(dir.join("store")) {
+            return db;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ok(sled::open(dir.join("store")))
+}
+
+async fn phones(vault: &Vault, values: &[&str]) -> Vec<TokenId> {
+    let items = values
+        .iter()
+        .map(|v| Ok(FieldInput::simple(FieldKind::Phone, v)))
+        .collect();
+    ok(vault.tokenize(&caller("orders"), None, items).await)
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| panic!("{e}")))
+        .collect()
+}
+
+async fn finished_rewrap(vault: &Vault) -> JobStatus {
+    let started = Instant::now();
+    loop {
+        let job = ok(vault.rewrap_status(&caller("rotator")).await);
+        if job.state == JobState::Finished {
+            return job;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{job:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_rewrap_reports_a_record_that_fails_its_check_by_token_leaves_it_and_moves_the_rest() {
+    let dir = ok(tempfile::tempdir());
+    let master = MasterKey::generate();
+    let tokens = {
+        let vault = open_vault(dir.path(), &master).await;
+        phones(
+            &vault,
+            &["+1 202-555-0110", "+1 202-555-0111", "+1 202-555-0112"],
+        )
+        .await
+    };
+    // Damage the middle record's ciphertext on disk, store closed.
+    let damaged_key;
+    let damaged_bytes;
+    {
+        let db = sled_of_closed(dir.path());
+        let records = ok(db.open_tree("records"));
+        let (key, mut value) = ok(records.iter().nth(1).unwrap_or_else(|| panic!("3 records")));
+        let last = value.len() - 1;
+        let mut bytes = value.to_vec();
+        bytes[last] ^= 0x01;
+        value = bytes.into();
+        ok(records.insert(&key, value.clone()));
+        ok(db.flush());
+        damaged_key = key;
+        damaged_bytes = value;
+    }
+    let vault = open_vault(dir.path(), &master).await;
+    ok(vault.rotate_data_key(&caller("rotator")).await);
+    ok(vault.start_rewrap(&caller("rotator"), Some(1000)).await);
+    let job = finished_rewrap(&vault).await;
+    assert_eq!((job.done, job.failed, job.remaining), (2, 1, 1), "{job:?}");
+    assert_eq!(job.failed_tokens, vec![tokens[1]]);
+    // Retiring v1 is refused while the damaged record is on it.
+    let refused = vault.retire_key_version(&caller("rotator"), 1).await;
+    assert!(
+        matches!(&refused, Err(VaultError::FailedPrecondition(m)) if m.contains("still protects 1 records")),
+        "{refused:?}"
+    );
+    vault.stop_background().await;
+    drop(vault);
+    // Never rewritten: the same bytes as damaged.
+    let db = sled_of_closed(dir.path());
+    let records = ok(db.open_tree("records"));
+    assert_eq!(ok(records.get(&damaged_key)), Some(damaged_bytes));
+}
+
+#[tokio::test]
+async fn a_second_master_key_rotation_while_one_runs_is_refused_and_changes_nothing() {
+    let dir = ok(tempfile::tempdir());
+    let master = MasterKey::generate();
+    let vault = open_vault(dir.path(), &master).await;
+    let new = dir.path().join("new.key");
+    ok(std::fs::write(
+        &new,
+        MasterKey::generate().to_hex().as_bytes(),
+    ));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        ok(std::fs::set_permissions(
+            &new,
+            std::fs::Permissions::from_mode(0o600),
+        ));
+    }
+    let running = vault.key_jobs_master_lock_for_test().await;
+    let refused = vault.rotate_master_key(&caller("rotator"), &new).await;
+    assert!(
+        matches!(&refused, Err(VaultError::FailedPrecondition(m)) if m.contains("already running")),
+        "{refused:?}"
+    );
+    drop(running);
+    let status = ok(vault.key_status(&caller("rotator")).await);
+    assert_eq!(status.master_rotated_unix_ms, None);
+    ok(vault.rotate_master_key(&caller("rotator"), &new).await);
+    assert!(ok(vault.key_status(&caller("rotator")).await)
+        .master_rotated_unix_ms
+        .is_some());
+}
+
+#[test]
+fn a_job_state_round_trips_and_damage_is_refused() {
+    let record = JobRecord {
+        target: 3,
+        running: true,
+        done: 12,
+        rate: 500,
+        started_ms: 1_700_000_000_000,
+        finished_ms: 0,
+        failed_count: 2,
+        failed: vec![RecordId::new(7, 9), RecordId::new(8, 9)],
+        cursor: Cursor::Record(RecordId::new(40, 9)),
+    };
+    let bytes = record.encode();
+    assert_eq!(JobRecord::decode(&bytes), Some(record.clone()));
+    assert_eq!(JobRecord::decode(&bytes[..bytes.len() - 1]), None);
+    let mut extra = bytes.clone();
+    extra.push(0);
+    assert_eq!(JobRecord::decode(&extra), None);
+    let mut other_format = bytes;
+    other_format[0] = 9;
+    assert_eq!(JobRecord::decode(&other_format), None);
+}
+
+#[tokio::test]
+async fn callers_without_the_keys_action_change_no_key() {
+    let dir = ok(tempfile::tempdir());
+    let vault = open_vault(dir.path(), &MasterKey::generate()).await;
+    for who in ["orders", "support", "intruder"] {
+        let refused = vault.rotate_data_key(&caller(who)).await;
+        assert!(
+            matches!(refused, Err(VaultError::PermissionDenied(_))),
+            "{who}: {refused:?}"
+        );
+    }
+    let status = ok(vault.key_status(&caller("rotator")).await);
+    assert_eq!(status.data_keys.len(), 1);
+}
