@@ -13,6 +13,7 @@
 
 use fieldvault::client::{self, ClientTls};
 use fieldvault::grpc::pb;
+use fieldvault::grpc::pb::key_admin_client::KeyAdminClient;
 use fieldvault::grpc::pb::vault_client::VaultClient;
 use hdrhistogram::Histogram;
 use std::io::{BufRead, BufReader};
@@ -46,6 +47,9 @@ pub struct BenchOptions {
     pub purpose: String,
     /// The `fieldvault` binary to start (default: next to this one).
     pub vault_bin: Option<PathBuf>,
+    /// Run the rewrap phase at this rate (records/s): detokenize-1 without
+    /// and during a rewrap, then the rewrap's own top speed.
+    pub rewrap_rate: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,8 +126,23 @@ pub struct Row {
     pub vault_rss_mib: Option<f64>,
 }
 
+/// The rewrap phase: detokenize-1 without and during a rewrap, and the
+/// records per second the rewrap moved at the asked rate and unthrottled.
+#[derive(Clone, Debug)]
+pub struct RewrapReport {
+    pub rate: u32,
+    pub without: Measurement,
+    pub during: Measurement,
+    /// Records moved per second while detokenize-1 ran beside it.
+    pub moved_per_sec_under_load: f64,
+    /// Records moved per second at the highest rate, with no other load.
+    pub moved_per_sec_unthrottled: f64,
+    pub records: u64,
+}
+
 pub struct Report {
     pub rows: Vec<Row>,
+    pub rewrap: Option<RewrapReport>,
     pub stored_tokens: u64,
     pub store_bytes: u64,
     pub startup_seconds: Option<f64>,
@@ -136,7 +155,11 @@ impl Report {
         self.rows
             .iter()
             .map(|r| r.vault.failed + r.ceiling.failed)
-            .sum()
+            .sum::<u64>()
+            + self
+                .rewrap
+                .as_ref()
+                .map_or(0, |r| r.without.failed + r.during.failed)
     }
 
     /// The report as a Markdown table and notes.
@@ -169,6 +192,27 @@ impl Report {
             ));
         }
         out.push('\n');
+        if let Some(r) = &self.rewrap {
+            out.push_str(&format!(
+                "rewrap of {} records: {:.0} records/s at rate {} beside detokenize-1, {:.0} records/s unthrottled with no other load\n",
+                r.records, r.moved_per_sec_under_load, r.rate, r.moved_per_sec_unthrottled
+            ));
+            out.push_str("| detokenize-1 | ops/s | p50 ms | p99 ms | max ms | failed |\n|---|---:|---:|---:|---:|---:|\n");
+            for (what, m) in [
+                ("without a rewrap", &r.without),
+                ("during a rewrap", &r.during),
+            ] {
+                out.push_str(&format!(
+                    "| {what} | {:.0} | {:.2} | {:.2} | {:.2} | {} |\n",
+                    m.ops_per_sec(),
+                    m.p50_us as f64 / 1000.0,
+                    m.p99_us as f64 / 1000.0,
+                    m.max_us as f64 / 1000.0,
+                    m.failed
+                ));
+            }
+            out.push('\n');
+        }
         if self.stored_tokens > 0 {
             out.push_str(&format!(
                 "store: {} tokens, {:.1} MiB on disk, {:.0} bytes per token\n",
@@ -298,6 +342,10 @@ action = "detokenize"
 kinds = ["phone", "email"]
 purposes = ["bench"]
 reveal = "full"
+[[rules]]
+name = "bench key rotation"
+callers = ["spiffe://fieldvault.dev/rotator"]
+action = "keys"
 "#;
 
 /// Writes a config for the vault (and the ceiling) under `dir` using a dev
@@ -699,13 +747,28 @@ pub async fn run(options: BenchOptions) -> Result<Report, String> {
             vault_rss_mib,
         });
     }
-    drop(vault_load);
     drop(ceiling_load);
     drop(ceiling);
+    let rewrap = match options.rewrap_rate {
+        Some(rate) => Some(
+            rewrap_phase(
+                &dir,
+                vault.addr(),
+                vault_load.clone(),
+                &options,
+                rate,
+                stored,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    drop(vault_load);
     let Target::Own(vault) = vault else {
         // Not our server: its disk use and restart are not ours to measure.
         return Ok(Report {
             rows,
+            rewrap,
             stored_tokens: 0,
             store_bytes: 0,
             startup_seconds: None,
@@ -729,11 +792,96 @@ pub async fn run(options: BenchOptions) -> Result<Report, String> {
     }
     Ok(Report {
         rows,
+        rewrap,
         stored_tokens: stored,
         store_bytes,
         startup_seconds: Some(startup.as_secs_f64()),
         rss_after_restart_mib,
         options,
+    })
+}
+
+/// Records the rewrap has moved so far.
+async fn rewrap_done(admin: &mut KeyAdminClient<Channel>) -> Result<(u64, u64), String> {
+    let job = admin
+        .get_rewrap_status(pb::GetRewrapStatusRequest {})
+        .await
+        .map_err(|e| format!("rewrap status: {}", e.message()))?
+        .into_inner()
+        .job
+        .ok_or("rewrap status: no job")?;
+    Ok((job.done, job.remaining))
+}
+
+/// Detokenize-1 without a rewrap, then rotate the data key and measure it
+/// again while a rewrap runs at `rate`; then the rewrap unthrottled, alone.
+async fn rewrap_phase(
+    dir: &Path,
+    addr: &str,
+    load: Arc<Load>,
+    options: &BenchOptions,
+    rate: u32,
+    records: u64,
+) -> Result<RewrapReport, String> {
+    let tls = ClientTls::dev(dir, "rotator").map_err(|e| e.to_string())?;
+    let mut admin = KeyAdminClient::new(
+        client::channel(addr, &tls)
+            .await
+            .map_err(|e| e.to_string())?,
+    );
+    eprintln!("running detokenize-1 without a rewrap…");
+    tokio::time::sleep(settle_time(options.duration)).await;
+    let without = measure(
+        load.clone(),
+        Scenario::Detokenize,
+        options.duration,
+        options.concurrency,
+    )
+    .await;
+    admin
+        .rotate_data_key(pb::RotateDataKeyRequest {})
+        .await
+        .map_err(|e| format!("rotate: {}", e.message()))?;
+    admin
+        .start_rewrap(pb::StartRewrapRequest {
+            rate_per_second: Some(rate),
+        })
+        .await
+        .map_err(|e| format!("start rewrap: {}", e.message()))?;
+    eprintln!("running detokenize-1 during a rewrap at {rate} records/s…");
+    let (before, _) = rewrap_done(&mut admin).await?;
+    let t = Instant::now();
+    let during = measure(
+        load,
+        Scenario::Detokenize,
+        options.duration,
+        options.concurrency,
+    )
+    .await;
+    let (after, _) = rewrap_done(&mut admin).await?;
+    let moved_per_sec_under_load = (after - before) as f64 / t.elapsed().as_secs_f64();
+    eprintln!("rewrap unthrottled, no other load…");
+    admin
+        .start_rewrap(pb::StartRewrapRequest {
+            rate_per_second: Some(fieldvault::vault::MAX_REWRAP_RATE),
+        })
+        .await
+        .map_err(|e| format!("raise the rewrap rate: {}", e.message()))?;
+    let (before, _) = rewrap_done(&mut admin).await?;
+    let t = Instant::now();
+    tokio::time::sleep(options.duration).await;
+    let (after, remaining) = rewrap_done(&mut admin).await?;
+    let moved_per_sec_unthrottled = (after - before) as f64 / t.elapsed().as_secs_f64();
+    if remaining == 0 {
+        eprintln!("(the rewrap finished within the window: the unthrottled rate is a lower bound)");
+    }
+    Ok(RewrapReport {
+        rate,
+        without,
+        during,
+        moved_per_sec_under_load,
+        moved_per_sec_unthrottled,
+        records,
     })
 }
 

@@ -78,6 +78,10 @@ struct BenchArgs {
     /// this executable).
     #[arg(long)]
     vault_bin: Option<PathBuf>,
+    /// After the scenarios, measure detokenize-1 without and during a
+    /// rewrap at this rate (records/s), then the rewrap's top speed.
+    #[arg(long)]
+    rewrap_rate: Option<u32>,
 }
 
 fn main() -> ExitCode {
@@ -131,6 +135,7 @@ async fn bench(args: BenchArgs) -> Result<ExitCode, String> {
         addr: args.addr,
         purpose: args.purpose,
         vault_bin: args.vault_bin,
+        rewrap_rate: args.rewrap_rate,
     })
     .await?;
     print!("{}", report.to_markdown());
