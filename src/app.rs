@@ -63,6 +63,9 @@ pub struct Server {
     serve: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
     accept: JoinHandle<()>,
     health: JoinHandle<()>,
+    /// For stopping its background jobs (rewrap, index rebuild, schedule)
+    /// at shutdown: they hold the store.
+    vault: Option<Arc<Vault>>,
 }
 
 impl Server {
@@ -86,6 +89,11 @@ impl Server {
         // futures (and the handles to the store they hold) are dropped.
         let _ = (&mut self.accept).await;
         let _ = (&mut self.health).await;
+        // Jobs end after their current batch; their state is stored and
+        // they resume at the next start.
+        if let Some(vault) = self.vault.take() {
+            vault.stop_background().await;
+        }
         served
     }
 
@@ -179,6 +187,7 @@ pub async fn start(
             default_region: config.default_phone_region,
             token_modes: config.token_modes,
             explicit_kind_denials: config.explicit_kind_denials,
+            keys: config.keys,
         },
     ));
 
@@ -241,6 +250,7 @@ pub async fn start(
     // Nothing below can fail: resume the jobs a crash or restart
     // interrupted and run the rotation schedule (once per server).
     vault.start_background();
+    let background = vault.clone();
     let vault_service = VaultService::new(vault)
         .into_server()
         .max_decoding_message_size(limits.max_message_bytes)
@@ -278,6 +288,7 @@ pub async fn start(
         serve: Some(serve),
         accept,
         health,
+        vault: Some(background),
     })
 }
 
@@ -372,6 +383,7 @@ mod tests {
             serve: Some(serve),
             accept: tokio::spawn(std::future::pending()),
             health: tokio::spawn(std::future::pending()),
+            vault: None,
         };
         (server, rx)
     }

@@ -26,6 +26,11 @@
 //! [limits]                                # optional, every key: see [`Limits`]
 //! max_connections = 1000
 //!
+//! [keys]                                  # optional: the key lifecycle
+//! rotate_data_key_every = "90d"           # rotate, then rewrap, on a schedule
+//! rewrap_rate = 5000                      # records/s when a rewrap names none
+//! retire_after_rewrap = false             # destroy old data keys once unused
+//!
 //! [master_key]
 //! file = "/etc/fieldvault/master.key"     # 64 hex chars, mode 0600
 //! # or: env = "FIELDVAULT_MASTER_KEY"     # the variable holding the hex key
@@ -67,6 +72,8 @@ pub struct Config {
     pub tls_options: TlsOptions,
     /// Whether gRPC server reflection is offered (`reflection`, default true).
     pub reflection: bool,
+    /// `[keys]`: rotation schedule, rewrap rate, automatic retirement.
+    pub keys: crate::vault::KeySettings,
     /// `[limits]`: connections, streams, message sizes, timeouts.
     pub limits: Limits,
 }
@@ -225,6 +232,55 @@ struct RawConfig {
     reflection: Option<bool>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    keys: RawKeys,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawKeys {
+    rotate_data_key_every: Option<String>,
+    rewrap_rate: Option<i64>,
+    retire_after_rewrap: Option<bool>,
+}
+
+impl RawKeys {
+    fn parse(self) -> Result<crate::vault::KeySettings, ConfigError> {
+        use crate::vault::{KeySettings, DEFAULT_REWRAP_RATE, MAX_REWRAP_RATE};
+        let rotate_every = self
+            .rotate_data_key_every
+            .map(|text| {
+                let every = humantime::parse_duration(&text).map_err(|e| ConfigError::Field {
+                    field: "keys.rotate_data_key_every",
+                    reason: format!("'{text}' is not a duration such as \"90d\" or \"12h\" ({e})"),
+                })?;
+                if every < std::time::Duration::from_secs(1) {
+                    return Err(ConfigError::Field {
+                        field: "keys.rotate_data_key_every",
+                        reason: "must be at least 1s".into(),
+                    });
+                }
+                Ok(every)
+            })
+            .transpose()?;
+        let rewrap_rate = match self.rewrap_rate {
+            None => DEFAULT_REWRAP_RATE,
+            Some(r) if (1..=i64::from(MAX_REWRAP_RATE)).contains(&r) => r as u32,
+            Some(r) => {
+                return Err(ConfigError::Field {
+                    field: "keys.rewrap_rate",
+                    reason: format!(
+                        "{r} records per second: must be between 1 and {MAX_REWRAP_RATE}"
+                    ),
+                })
+            }
+        };
+        Ok(KeySettings {
+            rewrap_rate,
+            retire_after_rewrap: self.retire_after_rewrap.unwrap_or(false),
+            rotate_every,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -519,6 +575,7 @@ impl Config {
             identity_from_cn: raw_tls.identity_from_cn.unwrap_or(true),
         };
         let limits = raw.limits.parse()?;
+        let keys = raw.keys.parse()?;
         Ok(Self {
             listen,
             data_dir,
@@ -543,6 +600,7 @@ impl Config {
             tls_options,
             reflection: raw.reflection.unwrap_or(true),
             limits,
+            keys,
         })
     }
 

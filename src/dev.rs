@@ -396,6 +396,7 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<(Config, bool), De
         tls_options: Default::default(),
         reflection: true,
         limits: Default::default(),
+        keys: Default::default(),
     };
     Ok((config, created))
 }

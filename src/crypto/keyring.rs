@@ -131,13 +131,21 @@ fn open_with(
 
 /// The unwrapped keys: data keys as ready AES-256-GCM ciphers (building
 /// the cipher costs more than sealing a short value, so it is cached per
-/// version), blind-index HMAC keys and the token key. Key material is
-/// wiped on drop.
+/// version), blind-index HMAC keys and the token key, with the master key
+/// that wraps them (to wrap new versions). Key material is wiped on drop.
+///
+/// A keyring never changes: rotation, retirement and a new master key
+/// each make a new keyring ([`Keyring::with_new_key`],
+/// [`Keyring::without`], [`Keyring::rewrapped`]) that replaces the old one
+/// whole, so a call sees one consistent set of keys.
 pub struct Keyring {
+    kek: Aes256Gcm,
+    master_fingerprint: [u8; 8],
+    /// Every key, raw (to wrap again under a new master key).
+    raw: BTreeMap<(KeyPurpose, KeyVersion), Zeroizing<[u8; 32]>>,
     active: KeyVersion,
     ciphers: BTreeMap<KeyVersion, Aes256Gcm>,
     index_active: KeyVersion,
-    index_keys: BTreeMap<KeyVersion, Zeroizing<[u8; 32]>>,
     tokens: TokenCipher,
 }
 
@@ -171,29 +179,13 @@ impl Keyring {
     /// the three keys wrapped for storage.
     pub fn create(master: &MasterKey) -> Result<(Self, Vec<WrappedKey>), CryptoError> {
         let version = KeyVersion(1);
-        let kek = Aes256Gcm::new(master.bytes().into());
-        let dek = random_key();
-        let index_key = random_key();
-        let token_key = random_key();
-        let wrapped = vec![
-            wrap(&kek, KeyPurpose::Data, version, &dek)?,
-            wrap(&kek, KeyPurpose::Index, version, &index_key)?,
-            wrap(&kek, KeyPurpose::Token, TOKEN_KEY_VERSION, &token_key)?,
-        ];
-        let mut ciphers = BTreeMap::new();
-        ciphers.insert(version, Aes256Gcm::new(dek.as_ref().into()));
-        let mut index_keys = BTreeMap::new();
-        index_keys.insert(version, index_key);
-        Ok((
-            Self {
-                active: version,
-                ciphers,
-                index_active: version,
-                index_keys,
-                tokens: TokenCipher::new(&token_key),
-            },
-            wrapped,
-        ))
+        let mut raw = BTreeMap::new();
+        raw.insert((KeyPurpose::Data, version), random_key());
+        raw.insert((KeyPurpose::Index, version), random_key());
+        raw.insert((KeyPurpose::Token, TOKEN_KEY_VERSION), random_key());
+        let ring = Self::build(master, raw)?;
+        let wrapped = ring.wrap_all()?;
+        Ok((ring, wrapped))
     }
 
     /// Unwraps every stored key; the highest version of each purpose becomes
@@ -201,44 +193,147 @@ impl Keyring {
     /// purpose has no key, or the token key is not exactly one version 1.
     pub fn unlock(master: &MasterKey, wrapped: &[WrappedKey]) -> Result<Self, CryptoError> {
         let kek = Aes256Gcm::new(master.bytes().into());
-        let mut ciphers = BTreeMap::new();
-        let mut index_keys = BTreeMap::new();
-        let mut tokens = None;
+        let mut raw = BTreeMap::new();
         for w in wrapped {
-            let mut raw = open_with(
+            let mut bytes = open_with(
                 &kek,
                 &w.nonce,
                 &wrap_aad(w.purpose, w.version),
                 &w.ciphertext,
             )
             .map_err(|_| CryptoError::Unwrap(w.version.0))?;
-            let key: Result<[u8; 32], _> = raw.as_slice().try_into();
-            raw.zeroize();
+            let key: Result<[u8; 32], _> = bytes.as_slice().try_into();
+            bytes.zeroize();
             let key = Zeroizing::new(key.map_err(|_| CryptoError::Unwrap(w.version.0))?);
-            match w.purpose {
-                KeyPurpose::Data => {
-                    ciphers.insert(w.version, Aes256Gcm::new(key.as_ref().into()));
-                }
-                KeyPurpose::Index => {
-                    index_keys.insert(w.version, key);
-                }
-                KeyPurpose::Token => {
-                    if w.version != TOKEN_KEY_VERSION || tokens.is_some() {
-                        return Err(CryptoError::TokenKey);
-                    }
-                    tokens = Some(TokenCipher::new(&key));
-                }
+            if w.purpose == KeyPurpose::Token
+                && (w.version != TOKEN_KEY_VERSION || raw.contains_key(&(w.purpose, w.version)))
+            {
+                return Err(CryptoError::TokenKey);
             }
+            raw.insert((w.purpose, w.version), key);
         }
-        let active = *ciphers.keys().next_back().ok_or(CryptoError::Empty)?;
-        let index_active = *index_keys.keys().next_back().ok_or(CryptoError::Empty)?;
+        Self::build(master, raw)
+    }
+
+    /// A keyring over raw keys: the highest data and index versions are
+    /// active.
+    fn build(
+        master: &MasterKey,
+        raw: BTreeMap<(KeyPurpose, KeyVersion), Zeroizing<[u8; 32]>>,
+    ) -> Result<Self, CryptoError> {
+        Self::build_with(
+            Aes256Gcm::new(master.bytes().into()),
+            master.fingerprint(),
+            raw,
+        )
+    }
+
+    fn build_with(
+        kek: Aes256Gcm,
+        master_fingerprint: [u8; 8],
+        raw: BTreeMap<(KeyPurpose, KeyVersion), Zeroizing<[u8; 32]>>,
+    ) -> Result<Self, CryptoError> {
+        let versions = |purpose| {
+            raw.keys()
+                .filter(move |(p, _)| *p == purpose)
+                .map(|(_, v)| *v)
+        };
+        let active = versions(KeyPurpose::Data).max().ok_or(CryptoError::Empty)?;
+        let index_active = versions(KeyPurpose::Index)
+            .max()
+            .ok_or(CryptoError::Empty)?;
+        let ciphers = raw
+            .iter()
+            .filter(|((p, _), _)| *p == KeyPurpose::Data)
+            .map(|((_, v), key)| (*v, Aes256Gcm::new(key.as_ref().into())))
+            .collect();
+        let tokens = match raw.get(&(KeyPurpose::Token, TOKEN_KEY_VERSION)) {
+            Some(key) if versions(KeyPurpose::Token).count() == 1 => TokenCipher::new(key),
+            _ => return Err(CryptoError::TokenKey),
+        };
         Ok(Self {
+            kek,
+            master_fingerprint,
+            raw,
             active,
             ciphers,
             index_active,
-            index_keys,
-            tokens: tokens.ok_or(CryptoError::TokenKey)?,
+            tokens,
         })
+    }
+
+    /// Every key wrapped under this keyring's master key.
+    fn wrap_all(&self) -> Result<Vec<WrappedKey>, CryptoError> {
+        self.raw
+            .iter()
+            .map(|((purpose, version), key)| wrap(&self.kek, *purpose, *version, key))
+            .collect()
+    }
+
+    /// The same keys under the same master key, with changes to the raw
+    /// keys applied.
+    fn derive(
+        &self,
+        change: impl FnOnce(&mut BTreeMap<(KeyPurpose, KeyVersion), Zeroizing<[u8; 32]>>),
+    ) -> Result<Self, CryptoError> {
+        let mut raw = self.raw.clone();
+        change(&mut raw);
+        Self::build_with(self.kek.clone(), self.master_fingerprint, raw)
+    }
+
+    /// This keyring plus a fresh `purpose` key at `version` (which becomes
+    /// active), and that key wrapped for storage. Token keys never rotate.
+    pub fn with_new_key(
+        &self,
+        purpose: KeyPurpose,
+        version: KeyVersion,
+    ) -> Result<(Self, WrappedKey), CryptoError> {
+        if purpose == KeyPurpose::Token || self.raw.contains_key(&(purpose, version)) {
+            return Err(CryptoError::Seal);
+        }
+        let key = random_key();
+        let wrapped = wrap(&self.kek, purpose, version, &key)?;
+        let ring = self.derive(|raw| {
+            raw.insert((purpose, version), key);
+        })?;
+        Ok((ring, wrapped))
+    }
+
+    /// This keyring without one data or index version (never the last of
+    /// its purpose).
+    pub fn without(&self, purpose: KeyPurpose, version: KeyVersion) -> Result<Self, CryptoError> {
+        self.derive(|raw| {
+            raw.remove(&(purpose, version));
+        })
+    }
+
+    /// The same keys under `new_master`, and every key wrapped under it.
+    pub fn rewrapped(
+        &self,
+        new_master: &MasterKey,
+    ) -> Result<(Self, Vec<WrappedKey>), CryptoError> {
+        let ring = Self::build(new_master, self.raw.clone())?;
+        let wrapped = ring.wrap_all()?;
+        Ok((ring, wrapped))
+    }
+
+    /// The fingerprint of the master key that wraps this keyring's keys.
+    pub fn master_fingerprint(&self) -> [u8; 8] {
+        self.master_fingerprint
+    }
+
+    /// The versions this keyring holds for `purpose`, ascending.
+    pub fn versions(&self, purpose: KeyPurpose) -> Vec<KeyVersion> {
+        self.raw
+            .keys()
+            .filter(|(p, _)| *p == purpose)
+            .map(|(_, v)| *v)
+            .collect()
+    }
+
+    /// The active blind-index key version.
+    pub fn active_index_version(&self) -> KeyVersion {
+        self.index_active
     }
 
     /// The blind index of a canonical value of `kind` under the active
@@ -249,17 +344,28 @@ impl Keyring {
         kind: FieldKind,
         canonical: &Plaintext,
     ) -> Result<BlindIndex, CryptoError> {
+        self.blind_index_under(self.index_active, kind, canonical)
+    }
+
+    /// The blind index of a canonical value under index key `version` (an
+    /// older one during an index rebuild).
+    pub fn blind_index_under(
+        &self,
+        version: KeyVersion,
+        kind: FieldKind,
+        canonical: &Plaintext,
+    ) -> Result<BlindIndex, CryptoError> {
         let key = self
-            .index_keys
-            .get(&self.index_active)
-            .ok_or(CryptoError::UnknownKeyVersion(self.index_active.0))?;
+            .raw
+            .get(&(KeyPurpose::Index, version))
+            .ok_or(CryptoError::UnknownKeyVersion(version.0))?;
         let mut mac =
             <Hmac<Sha256> as Mac>::new_from_slice(key.as_ref()).map_err(|_| CryptoError::Seal)?;
         mac.update(INDEX_LABEL);
         mac.update(&[kind.code()]);
         mac.update(canonical.expose().as_bytes());
         Ok(BlindIndex {
-            version: self.index_active,
+            version,
             mac: mac.finalize().into_bytes().into(),
         })
     }
@@ -306,6 +412,13 @@ impl Keyring {
         })
     }
 
+    /// The record opened and sealed again under the active data key (a
+    /// rewrap). The plaintext is wiped before this returns.
+    pub fn reseal(&self, id: RecordId, record: &SealedRecord) -> Result<SealedRecord, CryptoError> {
+        let value = self.open(id, record)?;
+        self.seal(id, record.kind, &value)
+    }
+
     /// Opens the record stored as `id`. Any change to the ciphertext,
     /// nonce, kind, version or id makes this fail with `Integrity`.
     pub fn open(&self, id: RecordId, record: &SealedRecord) -> Result<Plaintext, CryptoError> {
@@ -328,6 +441,7 @@ impl fmt::Debug for Keyring {
             .field("active", &self.active)
             .field("versions", &self.ciphers.keys().collect::<Vec<_>>())
             .field("index_active", &self.index_active)
+            .field("index_versions", &self.versions(KeyPurpose::Index))
             .finish_non_exhaustive()
     }
 }

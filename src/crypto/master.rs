@@ -93,6 +93,20 @@ impl MasterKey {
     pub(crate) fn bytes(&self) -> &[u8; 32] {
         &self.0
     }
+
+    /// A short public name for this key (8 bytes of an HMAC under it):
+    /// tells two master keys apart in messages and in the store's record
+    /// of replaced keys, and reveals nothing of the key.
+    pub fn fingerprint(&self) -> [u8; 8] {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(self.0.as_ref())
+            .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+        mac.update(b"fieldvault/master-key-fingerprint/v1");
+        let full = mac.finalize().into_bytes();
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&full[..8]);
+        out
+    }
 }
 
 impl fmt::Debug for MasterKey {

@@ -7,6 +7,7 @@ mod kind;
 pub mod policy;
 mod purpose;
 mod secret;
+pub mod time;
 mod token;
 pub mod value;
 

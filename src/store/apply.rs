@@ -31,7 +31,7 @@
 use super::layout::index_prefix;
 use super::worker::Worker;
 use super::{StorageFailure, StoreError};
-use crate::crypto::BlindIndex;
+use crate::crypto::{BlindIndex, KeyVersion};
 use crate::domain::RecordId;
 use std::collections::HashMap;
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, RwLock};
@@ -46,6 +46,41 @@ pub(super) struct Staged {
     pub(super) record: Vec<u8>,
 }
 
+/// A record re-sealed under data-key version `to` (it was under `from`):
+/// decided on the commit thread (compare-and-set on `from`), logged, then
+/// applied.
+#[derive(Clone, Debug)]
+pub(super) struct Rewritten {
+    pub(super) id: RecordId,
+    pub(super) from: KeyVersion,
+    pub(super) to: KeyVersion,
+    /// The encoded record, as the `records` tree stores it.
+    pub(super) record: Vec<u8>,
+}
+
+/// A record's index entry moved from `old` to `new` (an index rebuild).
+#[derive(Clone, Debug)]
+pub(super) struct Reindexed {
+    pub(super) id: RecordId,
+    pub(super) old: BlindIndex,
+    pub(super) new: BlindIndex,
+    pub(super) deterministic: bool,
+}
+
+/// One synced group's record changes, as the apply thread takes them.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Batch {
+    pub(super) new: Vec<Staged>,
+    pub(super) rewrites: Vec<Rewritten>,
+    pub(super) reindexed: Vec<Reindexed>,
+}
+
+impl Batch {
+    pub(super) fn is_empty(&self) -> bool {
+        self.new.is_empty() && self.rewrites.is_empty() && self.reindexed.is_empty()
+    }
+}
+
 /// Entries that are durable (logged) but not yet in the trees.
 #[derive(Default)]
 struct Overlay {
@@ -55,29 +90,62 @@ struct Overlay {
 }
 
 impl Overlay {
-    fn add(&mut self, group: &[Staged]) {
-        for s in group {
-            let prefix = index_prefix(&s.index);
+    fn add(&mut self, group: &Batch) {
+        for s in &group.new {
             self.records.insert(s.id, s.record.clone());
-            if s.deterministic {
-                self.deterministic.insert(prefix, s.id);
-            }
-            self.index.entry(prefix).or_default().push(s.id);
+            self.add_index(s.id, &s.index, s.deterministic);
+        }
+        for r in &group.rewrites {
+            self.records.insert(r.id, r.record.clone());
+        }
+        // The former entry stays in the tree until applied: both name the
+        // same record meanwhile.
+        for r in &group.reindexed {
+            self.add_index(r.id, &r.new, r.deterministic);
         }
     }
 
-    fn remove(&mut self, group: &[Staged]) {
-        for s in group {
-            let prefix = index_prefix(&s.index);
-            self.records.remove(&s.id);
-            if s.deterministic {
-                self.deterministic.remove(&prefix);
+    fn add_index(&mut self, id: RecordId, index: &BlindIndex, deterministic: bool) {
+        let prefix = index_prefix(index);
+        if deterministic {
+            self.deterministic.insert(prefix, id);
+        }
+        self.index.entry(prefix).or_default().push(id);
+    }
+
+    /// Removes an applied group's entries, each only if a later group did
+    /// not replace it meanwhile (a record rewritten while its insert was
+    /// applying keeps the newer bytes here until those are applied too).
+    fn remove(&mut self, group: &Batch) {
+        let records = group
+            .new
+            .iter()
+            .map(|s| (s.id, &s.record))
+            .chain(group.rewrites.iter().map(|r| (r.id, &r.record)));
+        for (id, bytes) in records {
+            if self.records.get(&id) == Some(bytes) {
+                self.records.remove(&id);
             }
-            if let Some(tokens) = self.index.get_mut(&prefix) {
-                tokens.retain(|t| *t != s.id);
-                if tokens.is_empty() {
-                    self.index.remove(&prefix);
-                }
+        }
+        for s in &group.new {
+            self.remove_index(s.id, &s.index, s.deterministic);
+        }
+        for r in &group.reindexed {
+            self.remove_index(r.id, &r.new, r.deterministic);
+        }
+    }
+
+    fn remove_index(&mut self, id: RecordId, index: &BlindIndex, deterministic: bool) {
+        let prefix = index_prefix(index);
+        if deterministic && self.deterministic.get(&prefix) == Some(&id) {
+            self.deterministic.remove(&prefix);
+        }
+        if let Some(tokens) = self.index.get_mut(&prefix) {
+            if let Some(at) = tokens.iter().position(|t| *t == id) {
+                tokens.remove(at);
+            }
+            if tokens.is_empty() {
+                self.index.remove(&prefix);
             }
         }
     }
@@ -173,7 +241,7 @@ impl Unapplied {
 
 /// The apply thread and the handle that feeds it.
 pub(super) struct Applier {
-    queue: Option<mpsc::Sender<Vec<Staged>>>,
+    queue: Option<mpsc::Sender<Batch>>,
     thread: Worker,
     shared: Arc<Unapplied>,
 }
@@ -183,7 +251,7 @@ impl Applier {
     /// (idempotently).
     pub(super) fn start<F>(apply: F) -> Result<Self, StoreError>
     where
-        F: FnMut(&[Staged]) -> Result<(), StorageFailure> + Send + 'static,
+        F: FnMut(&Batch) -> Result<(), StorageFailure> + Send + 'static,
     {
         let shared = Arc::new(Unapplied::default());
         let (tx, rx) = mpsc::channel();
@@ -209,7 +277,7 @@ impl Applier {
     /// Makes a logged group visible to lookups and queues it for applying.
     /// A failure stops applying (see [`Unapplied::wait_until`]): the group
     /// stays in the overlay and the log.
-    pub(super) fn publish(&self, group: Vec<Staged>) -> Result<(), StorageFailure> {
+    pub(super) fn publish(&self, group: Batch) -> Result<(), StorageFailure> {
         if group.is_empty() {
             return Ok(());
         }
@@ -227,9 +295,9 @@ impl Applier {
     }
 }
 
-fn run<F>(rx: mpsc::Receiver<Vec<Staged>>, mut apply: F, shared: &Unapplied)
+fn run<F>(rx: mpsc::Receiver<Batch>, mut apply: F, shared: &Unapplied)
 where
-    F: FnMut(&[Staged]) -> Result<(), StorageFailure>,
+    F: FnMut(&Batch) -> Result<(), StorageFailure>,
 {
     while let Ok(group) = rx.recv() {
         if shared.failure().is_some() {
@@ -265,7 +333,6 @@ impl Drop for Applier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::KeyVersion;
 
     fn staged(mac: u8, deterministic: bool) -> Staged {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -286,14 +353,14 @@ mod tests {
     fn gated(
         fail: bool,
     ) -> (
-        impl FnMut(&[Staged]) -> Result<(), StorageFailure> + Send + 'static,
+        impl FnMut(&Batch) -> Result<(), StorageFailure> + Send + 'static,
         mpsc::Sender<()>,
         Arc<Mutex<Vec<RecordId>>>,
     ) {
         let (go, wait) = mpsc::channel::<()>();
         let applied = Arc::new(Mutex::new(Vec::new()));
         let seen = applied.clone();
-        let apply = move |group: &[Staged]| {
+        let apply = move |group: &Batch| {
             let _ = wait.recv();
             if fail {
                 return Err(StorageFailure::new(
@@ -302,10 +369,17 @@ mod tests {
                 ));
             }
             let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
-            seen.extend(group.iter().map(|s| s.id));
+            seen.extend(group.new.iter().map(|s| s.id));
             Ok(())
         };
         (apply, go, applied)
+    }
+
+    fn batch(new: Vec<Staged>) -> Batch {
+        Batch {
+            new,
+            ..Batch::default()
+        }
     }
 
     fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
@@ -318,7 +392,7 @@ mod tests {
         let applier = ok(Applier::start(apply));
         let (random, det) = (staged(1, false), staged(2, true));
         let same_value = staged(2, false);
-        ok(applier.publish(vec![random.clone(), det.clone(), same_value.clone()]));
+        ok(applier.publish(batch(vec![random.clone(), det.clone(), same_value.clone()])));
         let u = applier.shared().clone();
         assert_eq!(u.record(random.id), Some(vec![1; 8]));
         assert!(u.record(det.id).is_some());
@@ -341,7 +415,7 @@ mod tests {
         let (apply, go, _) = gated(true);
         let applier = ok(Applier::start(apply));
         let s = staged(3, false);
-        ok(applier.publish(vec![s.clone()]));
+        ok(applier.publish(batch(vec![s.clone()])));
         ok(go.send(()));
         let u = applier.shared().clone();
         let err = u
@@ -356,12 +430,10 @@ mod tests {
 
     #[test]
     fn a_panicking_apply_thread_fails_waiters_instead_of_hanging_them() {
-        let applier = ok(Applier::start(
-            |_: &[Staged]| -> Result<(), StorageFailure> {
-                panic!("sled bug (expected in this test)")
-            },
-        ));
-        ok(applier.publish(vec![staged(4, false)]));
+        let applier = ok(Applier::start(|_: &Batch| -> Result<(), StorageFailure> {
+            panic!("sled bug (expected in this test)")
+        }));
+        ok(applier.publish(batch(vec![staged(4, false)])));
         let err = applier
             .shared()
             .wait_until(0)

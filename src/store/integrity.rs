@@ -1,8 +1,9 @@
 //! The integrity check: do the record trees agree with each other?
 
-use super::layout::{backend, decode_record, record_id_from};
+use super::layout::{backend, decode_record, encoded_record_version, record_id_from};
 use super::writer::Trees;
-use super::{IntegrityReport, StoreError};
+use super::{IntegrityReport, KeyUsage, StoreError};
+use crate::crypto::{KeyPurpose, KeyVersion};
 use crate::domain::RecordId;
 use std::collections::{HashMap, HashSet};
 
@@ -108,6 +109,49 @@ impl PartialEntries {
         self.unindexed_records.is_empty()
             && self.index_entries == 0
             && self.deterministic_entries == 0
+    }
+}
+
+/// Counts the records of each data-key version and the index entries of
+/// each index-key version, by reading every tree: for a store of an
+/// earlier build, and after an operator's empty log or a salvage, when the
+/// stored counters may be behind the trees.
+pub(super) fn count_usage(trees: &Trees) -> Result<KeyUsage, StoreError> {
+    let mut usage = KeyUsage::new();
+    for value in trees.records.iter().values() {
+        let value = value.map_err(backend)?;
+        let version = encoded_record_version(&value);
+        *usage.entry((KeyPurpose::Data, version)).or_default() += 1;
+    }
+    for tree in [&trees.blind_index, &trees.deterministic] {
+        for key in tree.iter().keys() {
+            let key = key.map_err(backend)?;
+            if let Some(v) = key.get(..4) {
+                let version = KeyVersion(u32::from_be_bytes([v[0], v[1], v[2], v[3]]));
+                *usage.entry((KeyPurpose::Index, version)).or_default() += 1;
+            }
+        }
+    }
+    Ok(usage)
+}
+
+/// `data v1: 3, index v1: 3`, for reports.
+pub(super) fn describe_usage(usage: &KeyUsage) -> String {
+    let parts: Vec<String> = usage
+        .iter()
+        .map(|((purpose, version), n)| {
+            let purpose = match purpose {
+                KeyPurpose::Data => "data",
+                KeyPurpose::Index => "index",
+                KeyPurpose::Token => "token",
+            };
+            format!("{purpose} v{}: {n}", version.0)
+        })
+        .collect();
+    if parts.is_empty() {
+        "none".to_owned()
+    } else {
+        parts.join(", ")
     }
 }
 

@@ -17,8 +17,8 @@
 //!   out again); [`EPOCH_PREFIX`] ‖ epoch (8) → empty, every epoch that
 //!   ever handed out ids.
 
-use super::apply::Staged;
-use super::{FailureCause, StorageFailure, StoreError};
+use super::apply::{Reindexed, Rewritten, Staged};
+use super::{FailureCause, KeyUsage, StorageFailure, StoreError};
 use crate::crypto::{BlindIndex, KeyPurpose, KeyVersion, SealedRecord, WrappedKey, NONCE_LEN};
 use crate::domain::{FieldKind, RecordId};
 use std::path::{Path, PathBuf};
@@ -35,6 +35,20 @@ const WAL_NEW_KEY: u8 = 2;
 const WAL_NEW_RECORD: u8 = 5;
 /// Write-ahead log entry tag: the sequence's ceiling was raised.
 const WAL_CEILING: u8 = 6;
+/// Write-ahead log entry tag: a record re-sealed under another data-key
+/// version (a rewrap).
+const WAL_REWRITE: u8 = 7;
+/// Write-ahead log entry tag: a record's index entry moved to another
+/// index-key version (an index rebuild).
+const WAL_REINDEX: u8 = 8;
+/// Write-ahead log entry tag: a `meta` entry set or removed (key
+/// lifecycle facts, a background job's state).
+const WAL_META: u8 = 9;
+/// Write-ahead log entry tag: a wrapped key destroyed (a retired version).
+const WAL_DROP_KEY: u8 = 10;
+/// Write-ahead log entry tag: an existing wrapped key replaced (the same
+/// key, wrapped under a new master key).
+const WAL_REWRAPPED_KEY: u8 = 11;
 
 /// The `meta` key of the store's layout version, written with the first
 /// ceiling raise, so before any record.
@@ -52,6 +66,18 @@ pub(super) const OLD_LAYOUT: &str = "the store was made by a development build b
 pub(super) const CEILING_KEY: &[u8] = b"sequence_ceiling";
 /// The `meta` keys of known epochs start with this.
 pub(super) const EPOCH_PREFIX: &[u8] = b"epoch/";
+
+/// The `meta` key of the key-version counters (see [`encode_counts`]).
+pub(super) const COUNTS_KEY: &[u8] = b"counts";
+/// The `meta` keys of key lifecycle facts start with this: `key/` ‖
+/// purpose (1) ‖ version (4) → created (u64 ms) ‖ retired (u64 ms, 0 while
+/// live).
+pub(super) const KEY_INFO_PREFIX: &[u8] = b"key/";
+/// The `meta` keys of replaced master keys start with this: `master/` ‖
+/// fingerprint (8) → replaced at (u64 ms).
+pub(super) const MASTER_PREFIX: &[u8] = b"master/";
+/// The `meta` keys of background jobs' states start with this.
+pub(super) const JOB_PREFIX: &[u8] = b"job/";
 
 /// The `meta` key of `epoch`.
 pub(super) fn epoch_key(epoch: u64) -> Vec<u8> {
@@ -148,23 +174,58 @@ pub(super) struct Ceiling {
 }
 
 /// One group as logged: raised sequence ceilings, new wrapped keys, and
-/// new records with their index entries. Replaying it inserts all of them
-/// (idempotently; a ceiling only ever rises).
+/// new records with their index entries, and the rarer [`Changes`].
+/// Replaying it applies all of them (idempotently; a ceiling only ever
+/// rises).
 #[derive(Debug, Default)]
 pub(super) struct Frame {
     pub(super) ceilings: Vec<Ceiling>,
     pub(super) keys: Vec<WrappedKey>,
     pub(super) records: Vec<Staged>,
+    pub(super) changes: Changes,
+}
+
+/// A `meta` entry set (`Some`) or removed (`None`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct MetaOp {
+    pub(super) key: Vec<u8>,
+    pub(super) value: Option<Vec<u8>>,
+}
+
+/// What key lifecycle work writes: records re-sealed or re-indexed, keys
+/// re-wrapped or destroyed, `meta` entries (key facts, job states).
+#[derive(Clone, Debug, Default)]
+pub(super) struct Changes {
+    pub(super) rewrites: Vec<Rewritten>,
+    pub(super) reindexed: Vec<Reindexed>,
+    pub(super) rewrapped_keys: Vec<WrappedKey>,
+    pub(super) dropped_keys: Vec<(KeyPurpose, KeyVersion)>,
+    pub(super) meta: Vec<MetaOp>,
+}
+
+impl Changes {
+    pub(super) fn is_empty(&self) -> bool {
+        self.rewrites.is_empty()
+            && self.reindexed.is_empty()
+            && self.rewrapped_keys.is_empty()
+            && self.dropped_keys.is_empty()
+            && self.meta.is_empty()
+    }
 }
 
 /// Entries: `WAL_CEILING` ‖ ceiling (8) ‖ epoch (8), `WAL_NEW_KEY` ‖
 /// length (4) ‖ encoded key, or `WAL_NEW_RECORD` ‖ record id (16) ‖ index
 /// version (4) ‖ mac (32) ‖ deterministic (1) ‖ length (4) ‖ encoded
-/// record.
+/// record; then the [`Changes`]: `WAL_REWRITE` ‖ record id (16) ‖ former
+/// data-key version (4) ‖ length (4) ‖ encoded record, `WAL_REINDEX` ‖
+/// record id (16) ‖ former index (36) ‖ new index (36) ‖ deterministic (1),
+/// `WAL_REWRAPPED_KEY` ‖ length (4) ‖ encoded key, `WAL_DROP_KEY` ‖ key id
+/// (5), `WAL_META` ‖ length (4) ‖ key ‖ present (1) [‖ length (4) ‖ value].
 pub(super) fn encode_frame(
     ceiling: Option<Ceiling>,
     keys: &[WrappedKey],
     records: &[Staged],
+    changes: &Changes,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(17 + keys.len() * 80 + records.len() * 120);
     if let Some(c) = ceiling {
@@ -173,10 +234,7 @@ pub(super) fn encode_frame(
         out.extend_from_slice(&c.epoch.to_be_bytes());
     }
     for k in keys {
-        let key = encode_key(k);
-        out.push(WAL_NEW_KEY);
-        out.extend_from_slice(&(key.len() as u32).to_be_bytes());
-        out.extend_from_slice(&key);
+        put_sized(&mut out, WAL_NEW_KEY, &encode_key(k));
     }
     for s in records {
         out.push(WAL_NEW_RECORD);
@@ -186,7 +244,46 @@ pub(super) fn encode_frame(
         out.extend_from_slice(&(s.record.len() as u32).to_be_bytes());
         out.extend_from_slice(&s.record);
     }
+    for r in &changes.rewrites {
+        out.push(WAL_REWRITE);
+        out.extend_from_slice(&record_key(r.id));
+        out.extend_from_slice(&r.from.0.to_be_bytes());
+        out.extend_from_slice(&(r.record.len() as u32).to_be_bytes());
+        out.extend_from_slice(&r.record);
+    }
+    for r in &changes.reindexed {
+        out.push(WAL_REINDEX);
+        out.extend_from_slice(&record_key(r.id));
+        out.extend_from_slice(&index_prefix(&r.old));
+        out.extend_from_slice(&index_prefix(&r.new));
+        out.push(u8::from(r.deterministic));
+    }
+    for k in &changes.rewrapped_keys {
+        put_sized(&mut out, WAL_REWRAPPED_KEY, &encode_key(k));
+    }
+    for (purpose, version) in &changes.dropped_keys {
+        out.push(WAL_DROP_KEY);
+        out.extend_from_slice(&key_id(*purpose, *version));
+    }
+    for m in &changes.meta {
+        put_sized(&mut out, WAL_META, &m.key);
+        match &m.value {
+            Some(v) => {
+                out.push(1);
+                out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                out.extend_from_slice(v);
+            }
+            None => out.push(0),
+        }
+    }
     out
+}
+
+/// `tag` ‖ length (4) ‖ `bytes`.
+fn put_sized(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
+    out.push(tag);
+    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(bytes);
 }
 
 /// Bytes a record adds to a frame: its entry header (tag, record id,
@@ -223,19 +320,54 @@ fn take_sized<'a>(b: &mut &'a [u8]) -> Result<&'a [u8], StoreError> {
     take(b, len)
 }
 
+/// A blind index as logged and keyed: version (4) ‖ mac (32).
+fn index_from(prefix: &[u8]) -> BlindIndex {
+    let mut mac = [0u8; 32];
+    mac.copy_from_slice(&prefix[4..36]);
+    BlindIndex {
+        version: KeyVersion(u32::from_be_bytes([
+            prefix[0], prefix[1], prefix[2], prefix[3],
+        ])),
+        mac,
+    }
+}
+
+/// The data-key version of an encoded record (0 if it is too short to
+/// tell: `decode_record` refuses it anyway).
+pub(super) fn encoded_record_version(b: &[u8]) -> KeyVersion {
+    match b.get(2..6) {
+        Some(v) => KeyVersion(u32::from_be_bytes([v[0], v[1], v[2], v[3]])),
+        None => KeyVersion(0),
+    }
+}
+
 pub(super) fn decode_frame(mut b: &[u8]) -> Result<Frame, StoreError> {
     let corrupt = |reason| StoreError::Corrupt {
         what: "write-ahead log entry",
         reason,
     };
+    let flag = |b: u8| match b {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(corrupt("bad flag")),
+    };
     let mut out = Frame::default();
     while !b.is_empty() {
         match take(&mut b, 1)?[0] {
-            WAL_NEW_RECORD => {}
-            WAL_NEW_KEY => {
-                out.keys.push(decode_key(take_sized(&mut b)?)?);
-                continue;
+            WAL_NEW_RECORD => {
+                let id = record_id_from(take(&mut b, 16)?)?;
+                let index = index_from(take(&mut b, 36)?);
+                let deterministic = flag(take(&mut b, 1)?[0])?;
+                let record = take_sized(&mut b)?.to_vec();
+                decode_record(&record)?;
+                out.records.push(Staged {
+                    id,
+                    index,
+                    deterministic,
+                    record,
+                });
             }
+            WAL_NEW_KEY => out.keys.push(decode_key(take_sized(&mut b)?)?),
             WAL_CEILING => {
                 let ceiling = u64_from(take(&mut b, 8)?)?;
                 let epoch = u64_from(take(&mut b, 8)?)?;
@@ -243,38 +375,129 @@ pub(super) fn decode_frame(mut b: &[u8]) -> Result<Frame, StoreError> {
                     return Err(corrupt("epoch out of range"));
                 }
                 out.ceilings.push(Ceiling { ceiling, epoch });
-                continue;
+            }
+            WAL_REWRITE => {
+                let id = record_id_from(take(&mut b, 16)?)?;
+                let from = KeyVersion(u32_from(take(&mut b, 4)?));
+                let record = take_sized(&mut b)?.to_vec();
+                let to = decode_record(&record)?.key_version;
+                out.changes.rewrites.push(Rewritten {
+                    id,
+                    from,
+                    to,
+                    record,
+                });
+            }
+            WAL_REINDEX => {
+                let id = record_id_from(take(&mut b, 16)?)?;
+                let old = index_from(take(&mut b, 36)?);
+                let new = index_from(take(&mut b, 36)?);
+                let deterministic = flag(take(&mut b, 1)?[0])?;
+                out.changes.reindexed.push(Reindexed {
+                    id,
+                    old,
+                    new,
+                    deterministic,
+                });
+            }
+            WAL_REWRAPPED_KEY => out
+                .changes
+                .rewrapped_keys
+                .push(decode_key(take_sized(&mut b)?)?),
+            WAL_DROP_KEY => {
+                let id = take(&mut b, 5)?;
+                let purpose = KeyPurpose::from_code(id[0]).ok_or(corrupt("unknown key purpose"))?;
+                out.changes
+                    .dropped_keys
+                    .push((purpose, KeyVersion(u32_from(&id[1..5]))));
+            }
+            WAL_META => {
+                let key = take_sized(&mut b)?.to_vec();
+                let value = if flag(take(&mut b, 1)?[0])? {
+                    Some(take_sized(&mut b)?.to_vec())
+                } else {
+                    None
+                };
+                out.changes.meta.push(MetaOp { key, value });
             }
             tag if WAL_OLD_TAGS.contains(&tag) => {
                 return Err(StoreError::Damaged(OLD_LAYOUT.to_owned()))
             }
             _ => return Err(corrupt("unknown entry type")),
         }
-        let id = record_id_from(take(&mut b, 16)?)?;
-        let prefix = take(&mut b, 36)?;
-        let mut mac = [0u8; 32];
-        mac.copy_from_slice(&prefix[4..]);
-        let index = BlindIndex {
-            version: KeyVersion(u32::from_be_bytes([
-                prefix[0], prefix[1], prefix[2], prefix[3],
-            ])),
-            mac,
-        };
-        let deterministic = match take(&mut b, 1)?[0] {
-            0 => false,
-            1 => true,
-            _ => return Err(corrupt("bad flag")),
-        };
-        let record = take_sized(&mut b)?.to_vec();
-        decode_record(&record)?;
-        out.records.push(Staged {
-            id,
-            index,
-            deterministic,
-            record,
-        });
     }
     Ok(out)
+}
+
+/// The key-version counters as kept in `meta`: format (1) ‖ the log
+/// generation they include (8) ‖ count (4) ‖ per version: purpose (1) ‖
+/// version (4) ‖ records (8). "Include" means every frame of that
+/// generation is counted: a replay of its frames adds nothing.
+pub(super) fn encode_counts(generation: u64, usage: &KeyUsage) -> Vec<u8> {
+    let mut out = Vec::with_capacity(13 + usage.len() * 13);
+    out.push(COUNTS_FORMAT);
+    out.extend_from_slice(&generation.to_be_bytes());
+    out.extend_from_slice(&(usage.len() as u32).to_be_bytes());
+    for ((purpose, version), n) in usage {
+        out.push(purpose.code());
+        out.extend_from_slice(&version.0.to_be_bytes());
+        out.extend_from_slice(&n.to_be_bytes());
+    }
+    out
+}
+
+pub(super) fn decode_counts(mut b: &[u8]) -> Result<(u64, KeyUsage), StoreError> {
+    let corrupt = |reason| StoreError::Corrupt {
+        what: "key-version counters",
+        reason,
+    };
+    if take(&mut b, 1)?[0] != COUNTS_FORMAT {
+        return Err(corrupt("unknown format"));
+    }
+    let generation = u64_from(take(&mut b, 8)?)?;
+    let n = u32_from(take(&mut b, 4)?);
+    let mut usage = KeyUsage::new();
+    for _ in 0..n {
+        let purpose =
+            KeyPurpose::from_code(take(&mut b, 1)?[0]).ok_or(corrupt("unknown purpose"))?;
+        let version = KeyVersion(u32_from(take(&mut b, 4)?));
+        usage.insert((purpose, version), u64_from(take(&mut b, 8)?)?);
+    }
+    if !b.is_empty() {
+        return Err(corrupt("trailing bytes"));
+    }
+    Ok((generation, usage))
+}
+
+const COUNTS_FORMAT: u8 = 1;
+
+/// The `meta` key of a key version's lifecycle facts.
+pub(super) fn key_info_key(purpose: KeyPurpose, version: KeyVersion) -> Vec<u8> {
+    let mut key = KEY_INFO_PREFIX.to_vec();
+    key.extend_from_slice(&key_id(purpose, version));
+    key
+}
+
+/// created (8) ‖ retired (8, 0 while live).
+pub(super) fn encode_key_info(created_unix_ms: u64, retired_unix_ms: Option<u64>) -> Vec<u8> {
+    let mut out = created_unix_ms.to_be_bytes().to_vec();
+    out.extend_from_slice(&retired_unix_ms.unwrap_or(0).to_be_bytes());
+    out
+}
+
+pub(super) fn decode_key_info(b: &[u8]) -> Result<(u64, Option<u64>), StoreError> {
+    if b.len() != 16 {
+        return Err(StoreError::Corrupt {
+            what: "key facts",
+            reason: "not 16 bytes",
+        });
+    }
+    let retired = u64_from(&b[8..])?;
+    Ok((u64_from(&b[..8])?, Some(retired).filter(|r| *r != 0)))
+}
+
+fn u32_from(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
 pub(super) fn encode_record(r: &SealedRecord) -> Vec<u8> {
@@ -383,6 +606,7 @@ mod tests {
             }),
             std::slice::from_ref(&key),
             &staged,
+            &Changes::default(),
         );
         let cost: usize = records.iter().map(frame_record_bytes).sum::<usize>()
             + frame_key_bytes(&key)
@@ -409,7 +633,12 @@ mod tests {
             ceiling: 1 << 16,
             epoch: 5,
         };
-        let frame = encode_frame(Some(ceiling), std::slice::from_ref(&key), &[staged]);
+        let frame = encode_frame(
+            Some(ceiling),
+            std::slice::from_ref(&key),
+            &[staged],
+            &Changes::default(),
+        );
         let back = ok(decode_frame(&frame));
         assert_eq!(back.records.len(), 1);
         assert_eq!(

@@ -21,9 +21,10 @@ mod wal;
 mod worker;
 mod writer;
 
-use crate::crypto::{BlindIndex, SealedRecord, WrappedKey};
+use crate::crypto::{BlindIndex, KeyPurpose, KeyVersion, SealedRecord, WrappedKey};
 use crate::domain::RecordId;
 use async_trait::async_trait;
+use std::collections::BTreeMap;
 
 pub use group_commit::{
     DEFAULT_MAX_QUEUED_WRITES, MAX_GROUP_BYTES, MAX_QUEUED_BYTES, MAX_WRITE_BYTES,
@@ -62,6 +63,22 @@ pub enum StoreError {
     /// written and later writes go on.
     #[error("one write of {bytes} bytes is more than the {limit} bytes the store logs at once")]
     TooLarge { bytes: usize, limit: usize },
+    /// A write names a key version the store does not hold (retired
+    /// meanwhile, or never made); nothing was written. Sealing again with
+    /// the current keys and retrying succeeds.
+    #[error("{purpose} key version {version} is not a live key of this store")]
+    StaleKey { purpose: &'static str, version: u32 },
+    /// A key version still in use cannot be retired; nothing changed.
+    #[error("{purpose} key version {version} still protects {count} records")]
+    KeyInUse {
+        purpose: &'static str,
+        version: u32,
+        count: u64,
+    },
+    /// A re-wrap under a new master key did not name exactly the live
+    /// keys (another key change came first); nothing changed.
+    #[error("the keys changed while they were re-wrapped; nothing changed, try again")]
+    KeysChanged,
 }
 
 impl StoreError {
@@ -72,7 +89,11 @@ impl StoreError {
         match self {
             Self::Corrupt { .. } | Self::Damaged(_) => true,
             Self::Backend(f) | Self::WritesStopped(f) => f.cause == FailureCause::Corrupt,
-            Self::AlreadyExists(_) | Self::TooLarge { .. } => false,
+            Self::AlreadyExists(_)
+            | Self::TooLarge { .. }
+            | Self::StaleKey { .. }
+            | Self::KeyInUse { .. }
+            | Self::KeysChanged => false,
         }
     }
 
@@ -83,7 +104,10 @@ impl StoreError {
             Self::AlreadyExists(_)
             | Self::Corrupt { .. }
             | Self::TooLarge { .. }
-            | Self::Damaged(_) => None,
+            | Self::Damaged(_)
+            | Self::StaleKey { .. }
+            | Self::KeyInUse { .. }
+            | Self::KeysChanged => None,
         }
     }
 }
@@ -200,9 +224,106 @@ pub struct NewRecord {
     pub record: SealedRecord,
     pub index: BlindIndex,
     /// Deterministic mode: if a deterministic record already exists for
-    /// this blind index, nothing is written and that record's id is
-    /// returned instead.
+    /// this blind index (or for one of `older_indexes`), nothing is
+    /// written and that record's id is returned instead.
     pub deterministic: bool,
+    /// The same value's blind index under older index-key versions that
+    /// an index rebuild has not finished with: consulted for a
+    /// deterministic match. Empty outside a rebuild.
+    pub older_indexes: Vec<BlindIndex>,
+}
+
+/// Per key version, how many records (data keys) or index entries (index
+/// keys) use it. Kept as counters by the store, not found by a scan.
+pub type KeyUsage = BTreeMap<(KeyPurpose, KeyVersion), u64>;
+
+/// A record re-sealed under another data-key version: it replaces the
+/// stored record only if that is still sealed under `from`.
+#[derive(Clone, Debug)]
+pub struct Rewrite {
+    pub id: RecordId,
+    pub from: KeyVersion,
+    pub record: SealedRecord,
+}
+
+/// One blind-index entry: a value's index naming a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub id: RecordId,
+    pub index: BlindIndex,
+    /// The record's deterministic mapping (else a random-mode entry).
+    pub deterministic: bool,
+}
+
+/// An index entry to move to `new` (same record and value, another
+/// index-key version), only if the entry still exists.
+#[derive(Clone, Copy, Debug)]
+pub struct Reindex {
+    pub entry: IndexEntry,
+    pub new: BlindIndex,
+}
+
+/// A background job whose state the store keeps for the vault (opaque
+/// bytes, written atomically with the job's batches).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Job {
+    Rewrap,
+    IndexRebuild,
+}
+
+impl Job {
+    pub fn name(self) -> &'static str {
+        match self {
+            Job::Rewrap => "rewrap",
+            Job::IndexRebuild => "index_rebuild",
+        }
+    }
+}
+
+/// A key version's lifecycle facts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub purpose: KeyPurpose,
+    pub version: KeyVersion,
+    /// `None` for keys made before the store recorded this.
+    pub created_unix_ms: Option<u64>,
+    pub retired_unix_ms: Option<u64>,
+}
+
+/// Every key version the store has held, and the master keys it no
+/// longer accepts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyCatalog {
+    /// Live and retired versions, in (purpose, version) order.
+    pub keys: Vec<KeyInfo>,
+    /// Fingerprints of master keys replaced by a rotation, with when.
+    pub replaced_masters: Vec<([u8; 8], u64)>,
+}
+
+/// A change to the stored keys, atomic and durable.
+#[derive(Clone, Debug)]
+pub enum KeyChange {
+    /// New versions (a rotation); `AlreadyExists` if a version is taken.
+    Add {
+        keys: Vec<WrappedKey>,
+        at_unix_ms: u64,
+    },
+    /// Destroys a version's wrapped key: `KeyInUse` while a record (data
+    /// key) or index entry (index key) uses it; later writes naming it
+    /// fail with `StaleKey`.
+    Retire {
+        purpose: KeyPurpose,
+        version: KeyVersion,
+        at_unix_ms: u64,
+    },
+    /// Every live key re-wrapped under a new master key (`KeysChanged`
+    /// unless `keys` names exactly the live versions); `replaced` is the
+    /// fingerprint of the master key they were wrapped with.
+    Rewrap {
+        keys: Vec<WrappedKey>,
+        replaced: [u8; 8],
+        at_unix_ms: u64,
+    },
 }
 
 #[async_trait]
@@ -261,6 +382,63 @@ pub trait Store: Send + Sync + 'static {
     /// key), so one bad record does not withhold the others. The call fails
     /// as a whole only when nothing could be read.
     async fn get_records(&self, ids: Vec<RecordId>) -> Result<Vec<RecordRead>, StoreError>;
+
+    /// How many records or index entries each key version protects, from
+    /// the store's counters (no scan, no I/O).
+    fn key_usage(&self) -> KeyUsage;
+
+    /// Every key version's lifecycle facts, and the replaced master keys.
+    async fn key_catalog(&self) -> Result<KeyCatalog, StoreError>;
+
+    /// Applies a key change atomically; durable when it returns.
+    async fn change_keys(&self, change: KeyChange) -> Result<(), StoreError>;
+
+    /// At most `limit` records in id order, after `after` (from the first
+    /// when `None`), each decoded or with its error (a record that does not
+    /// decode is reported, not skipped). For background jobs: the records
+    /// the trees hold, so a caller that must see every record checks the
+    /// counters ([`Store::key_usage`]) after a pass.
+    async fn scan_records(
+        &self,
+        after: Option<RecordId>,
+        limit: usize,
+    ) -> Result<Vec<(RecordId, RecordRead)>, StoreError>;
+
+    /// Replaces each record that is still sealed under its `from` version
+    /// (compare-and-set: a record changed or deleted meanwhile is left
+    /// alone), through the same log and overlay as every write, with the
+    /// job's new state in the same atomic write. Per rewrite, whether it
+    /// was applied. `StaleKey` if a record is sealed under a version the
+    /// store does not hold.
+    async fn rewrite_records(
+        &self,
+        rewrites: Vec<Rewrite>,
+        job: Option<(Job, Vec<u8>)>,
+    ) -> Result<Vec<bool>, StoreError>;
+
+    /// At most `limit` index entries made with index-key `version`, after
+    /// `after` (random-mode entries first, then deterministic mappings).
+    async fn scan_index(
+        &self,
+        version: KeyVersion,
+        after: Option<IndexEntry>,
+        limit: usize,
+    ) -> Result<Vec<IndexEntry>, StoreError>;
+
+    /// Moves each entry that still exists to its new index (compare-and-
+    /// set), with the job's new state, atomically. Per move, whether it was
+    /// applied.
+    async fn reindex(
+        &self,
+        moves: Vec<Reindex>,
+        job: Option<(Job, Vec<u8>)>,
+    ) -> Result<Vec<bool>, StoreError>;
+
+    /// A job's last stored state.
+    async fn job_state(&self, job: Job) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Stores a job's state; durable when it returns.
+    async fn set_job_state(&self, job: Job, state: Vec<u8>) -> Result<(), StoreError>;
 }
 
 /// One record read by [`Store::get_records`].

@@ -491,6 +491,7 @@ async fn write_until_cut(chain: &Chain, store: &SledStore, seed: u64) {
                         record: sealed(n),
                         index: index(value),
                         deterministic,
+                        older_indexes: Vec::new(),
                     });
                 }
                 match store.insert_records(records.clone()).await {
@@ -562,6 +563,7 @@ async fn verify(chain: &Chain, store: &SledStore) {
                 record: sealed(0),
                 index: index(value),
                 deterministic: true,
+                older_indexes: Vec::new(),
             }])
             .await
             .unwrap();

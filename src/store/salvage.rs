@@ -575,6 +575,7 @@ mod tests {
                 deterministic,
                 record: encode_record(&record),
             }],
+            &Default::default(),
         )
     }
 
@@ -901,7 +902,7 @@ mod tests {
                 ceiling,
                 epoch: EPOCH,
             });
-            encode_frame_payload(ceiling, &[], &staged)
+            encode_frame_payload(ceiling, &[], &staged, &Default::default())
         };
         let payloads = vec![
             frame(Some(64), Some(10), 1),

@@ -533,6 +533,12 @@ impl Wal {
         Ok(())
     }
 
+    /// The log's generation: every frame in it belongs to it, and a reset
+    /// moves to the next.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Bytes of frames since the last reset.
     pub(crate) fn len(&self) -> u64 {
         self.end.saturating_sub(HEADER_LEN)

@@ -33,19 +33,22 @@
 //! [`GroupCommit`]: super::group_commit::GroupCommit
 //! [`Unapplied`]: super::apply::Unapplied
 
-use super::apply::{Applier, Staged};
+use super::apply::{Applier, Batch, Reindexed, Rewritten, Staged};
 use super::file::StorageFile;
 use super::group_commit::{Commit, Committer};
 use super::layout::{
-    backend, decode_frame, encode_frame, encode_key, encode_record, epoch_key, frame_key_bytes,
-    frame_record_bytes, index_entry, index_prefix, key_id, record_id_from, record_key,
-    sled_failure, u64_from, Ceiling, CEILING_KEY, FORMAT_KEY, FRAME_CEILING_BYTES, STORE_FORMAT,
+    backend, decode_frame, decode_key_info, decode_record, encode_counts, encode_frame, encode_key,
+    encode_key_info, encode_record, encoded_record_version, epoch_key, frame_key_bytes,
+    frame_record_bytes, index_entry, index_prefix, key_id, key_info_key, record_id_from,
+    record_key, sled_failure, u64_from, Ceiling, Changes, MetaOp, CEILING_KEY, COUNTS_KEY,
+    FORMAT_KEY, FRAME_CEILING_BYTES, JOB_PREFIX, KEY_INFO_PREFIX, MASTER_PREFIX, STORE_FORMAT,
 };
 use super::wal::Wal;
-use super::{NewRecord, StorageFailure, StoreError};
-use crate::crypto::WrappedKey;
+use super::{Job, KeyChange, KeyUsage, NewRecord, Reindex, Rewrite, StorageFailure, StoreError};
+use crate::crypto::{KeyPurpose, KeyVersion, WrappedKey};
 use crate::domain::RecordId;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 /// The log is checkpointed once it holds this much. Bounds the replay after
 /// a crash (about 15k records) and the stall of one checkpoint.
@@ -79,6 +82,12 @@ pub(super) struct SledWriter {
     /// this process, and is refused.
     epoch: u64,
     applier: Applier,
+    /// Records (index entries) per key version, counting every logged
+    /// group; shared with readers. Written to `meta` at each checkpoint.
+    usage: Arc<Mutex<KeyUsage>>,
+    /// The retired key versions (purpose, version): a write naming one is
+    /// refused (`StaleKey`), and the version is never made again.
+    retired: HashSet<[u8; 5]>,
     /// Set once storage failed: no checkpoint from then on.
     stopped: bool,
     #[cfg(test)]
@@ -138,6 +147,8 @@ impl SledWriter {
             ceiling: 0,
             epoch: 0,
             applier,
+            usage: Arc::default(),
+            retired: HashSet::new(),
             stopped: false,
             #[cfg(test)]
             faults: Default::default(),
@@ -159,20 +170,87 @@ struct Group {
     keys: Vec<WrappedKey>,
     key_ids: HashSet<[u8; 5]>,
     ceiling: Option<Ceiling>,
+    changes: Changes,
+    /// Records this group rewrites, with their new bytes.
+    rewritten: HashMap<RecordId, Vec<u8>>,
+    /// Index entries this group moves.
+    moved: HashSet<(RecordId, [u8; 36])>,
+    /// What the group changes in the key-version counters.
+    deltas: BTreeMap<(KeyPurpose, KeyVersion), i64>,
+    /// Key versions the group adds or destroys (`true`: added).
+    key_changes: HashMap<[u8; 5], bool>,
+}
+
+impl Group {
+    fn count(&mut self, purpose: KeyPurpose, version: KeyVersion, by: i64) {
+        *self.deltas.entry((purpose, version)).or_default() += by;
+    }
 }
 
 pub(super) enum Write {
     Records(Vec<NewRecord>),
-    Keys(Vec<WrappedKey>),
     /// Raise the sequence's ceiling (never lowers it), and record the
     /// epoch of the process raising it.
     Ceiling(Ceiling),
+    Rewrites(Vec<Rewrite>, Option<(Job, Vec<u8>)>),
+    Reindex(Vec<Reindex>, Option<(Job, Vec<u8>)>),
+    KeyChange(KeyChange),
+    JobState(Job, Vec<u8>),
 }
 
 pub(super) enum Written {
     Records(Vec<RecordId>),
-    Keys,
     Ceiling,
+    Applied(Vec<bool>),
+    Changed,
+}
+
+/// The `meta` entry of a job's state.
+fn job_op(job: Job, state: Vec<u8>) -> MetaOp {
+    let mut key = JOB_PREFIX.to_vec();
+    key.extend_from_slice(job.name().as_bytes());
+    MetaOp {
+        key,
+        value: Some(state),
+    }
+}
+
+fn purpose_name(purpose: KeyPurpose) -> &'static str {
+    match purpose {
+        KeyPurpose::Data => "data",
+        KeyPurpose::Index => "index",
+        KeyPurpose::Token => "token",
+    }
+}
+
+/// Adds a group's (or a replayed frame's) counter changes.
+fn add_deltas(usage: &mut KeyUsage, deltas: &BTreeMap<(KeyPurpose, KeyVersion), i64>) {
+    for (at, by) in deltas {
+        let n = usage.entry(*at).or_default();
+        *n = n.saturating_add_signed(*by);
+        if *n == 0 {
+            usage.remove(at);
+        }
+    }
+}
+
+/// The counter changes of a logged frame's records.
+fn frame_deltas(records: &[Staged], changes: &Changes) -> BTreeMap<(KeyPurpose, KeyVersion), i64> {
+    let mut d: BTreeMap<(KeyPurpose, KeyVersion), i64> = BTreeMap::new();
+    for s in records {
+        *d.entry((KeyPurpose::Data, encoded_record_version(&s.record)))
+            .or_default() += 1;
+        *d.entry((KeyPurpose::Index, s.index.version)).or_default() += 1;
+    }
+    for r in &changes.rewrites {
+        *d.entry((KeyPurpose::Data, r.from)).or_default() -= 1;
+        *d.entry((KeyPurpose::Data, r.to)).or_default() += 1;
+    }
+    for r in &changes.reindexed {
+        *d.entry((KeyPurpose::Index, r.old.version)).or_default() -= 1;
+        *d.entry((KeyPurpose::Index, r.new.version)).or_default() += 1;
+    }
+    d
 }
 
 impl SledWriter {
@@ -186,10 +264,14 @@ impl SledWriter {
             let id = key_id(key.purpose, key.version);
             if group.key_ids.contains(&id)
                 || !mine.insert(id)
+                || self.retired.contains(&id)
                 || self.keys.contains_key(id).map_err(backend)?
             {
                 return Err(StoreError::AlreadyExists("key version"));
             }
+        }
+        for id in &mine {
+            group.key_changes.insert(*id, true);
         }
         group.key_ids.extend(mine);
         group.keys.extend_from_slice(keys);
@@ -218,37 +300,28 @@ impl SledWriter {
                 bad.id
             ))));
         }
+        for r in &records {
+            self.check_live(KeyPurpose::Data, r.record.key_version, group)?;
+            self.check_live(KeyPurpose::Index, r.index.version, group)?;
+        }
         let mut ids = Vec::with_capacity(records.len());
         let first_staged = group.staged.len();
         let mut mine: HashMap<[u8; 36], RecordId> = HashMap::new();
         for new in records {
             let prefix = index_prefix(&new.index);
             if new.deterministic {
-                let known = match mine
-                    .get(&prefix)
-                    .or_else(|| group.deterministic.get(&prefix))
-                    .copied()
-                    .or_else(|| self.applier.shared().deterministic(&prefix))
-                {
-                    Some(id) => Some(id),
-                    None => match self.trees.deterministic.get(prefix) {
-                        Ok(Some(bytes)) => match record_id_from(&bytes) {
-                            Ok(id) => Some(id),
-                            Err(_) => {
-                                group.staged.truncate(first_staged);
-                                return Err(StoreError::Corrupt {
-                                    what: "deterministic index",
-                                    reason: "not a record id",
-                                });
-                            }
-                        },
-                        Ok(None) => None,
+                let mut known = None;
+                for index in std::iter::once(&new.index).chain(&new.older_indexes) {
+                    match self.deterministic_of(&index_prefix(index), &mine, group) {
+                        Ok(None) => continue,
+                        Ok(found) => known = found,
                         Err(e) => {
                             group.staged.truncate(first_staged);
-                            return Err(backend(e));
+                            return Err(e);
                         }
-                    },
-                };
+                    }
+                    break;
+                }
                 if let Some(id) = known {
                     ids.push(id);
                     continue;
@@ -256,6 +329,8 @@ impl SledWriter {
                 mine.insert(prefix, new.id);
             }
             ids.push(new.id);
+            group.count(KeyPurpose::Data, new.record.key_version, 1);
+            group.count(KeyPurpose::Index, new.index.version, 1);
             group.staged.push(Staged {
                 id: new.id,
                 index: new.index,
@@ -265,6 +340,278 @@ impl SledWriter {
         }
         group.deterministic.extend(mine);
         Ok(ids)
+    }
+
+    /// The deterministic record of an index prefix: this call's, the
+    /// group's, the overlay's, or the tree's.
+    fn deterministic_of(
+        &self,
+        prefix: &[u8; 36],
+        mine: &HashMap<[u8; 36], RecordId>,
+        group: &Group,
+    ) -> Result<Option<RecordId>, StoreError> {
+        if let Some(id) = mine
+            .get(prefix)
+            .or_else(|| group.deterministic.get(prefix))
+            .copied()
+            .or_else(|| self.applier.shared().deterministic(prefix))
+        {
+            return Ok(Some(id));
+        }
+        match self.trees.deterministic.get(prefix).map_err(backend)? {
+            Some(bytes) => record_id_from(&bytes)
+                .map(Some)
+                .map_err(|_| StoreError::Corrupt {
+                    what: "deterministic index",
+                    reason: "not a record id",
+                }),
+            None => Ok(None),
+        }
+    }
+
+    /// `StaleKey` if this key version is retired (or the group retires it):
+    /// a record sealed under it, or an index entry made with it, would
+    /// never be read again.
+    fn check_live(
+        &self,
+        purpose: KeyPurpose,
+        version: KeyVersion,
+        group: &Group,
+    ) -> Result<(), StoreError> {
+        let id = key_id(purpose, version);
+        let live = group
+            .key_changes
+            .get(&id)
+            .copied()
+            .unwrap_or_else(|| !self.retired.contains(&id));
+        if live {
+            Ok(())
+        } else {
+            Err(StoreError::StaleKey {
+                purpose: purpose_name(purpose),
+                version: version.0,
+            })
+        }
+    }
+
+    /// The encoded record `id` as the group, the overlay or the tree hold
+    /// it now.
+    fn current_record(&self, id: RecordId, group: &Group) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(bytes) = group.rewritten.get(&id) {
+            return Ok(Some(bytes.clone()));
+        }
+        if let Some(bytes) = self.applier.shared().record(id) {
+            return Ok(Some(bytes));
+        }
+        Ok(self
+            .trees
+            .records
+            .get(record_key(id))
+            .map_err(backend)?
+            .map(|b| b.to_vec()))
+    }
+
+    /// Stages each rewrite whose record is still sealed under `from`
+    /// (compare-and-set), with the job's state. Reads come first, so a
+    /// failure stages nothing of the call.
+    fn stage_rewrites(
+        &self,
+        rewrites: Vec<Rewrite>,
+        job: Option<(Job, Vec<u8>)>,
+        group: &mut Group,
+    ) -> Result<Vec<bool>, StoreError> {
+        for r in &rewrites {
+            self.check_live(KeyPurpose::Data, r.record.key_version, group)?;
+        }
+        let current = rewrites
+            .iter()
+            .map(|r| self.current_record(r.id, group))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut applied = Vec::with_capacity(rewrites.len());
+        for (r, now) in rewrites.into_iter().zip(current) {
+            let still = now
+                .and_then(|b| decode_record(&b).ok())
+                .is_some_and(|rec| rec.key_version == r.from);
+            applied.push(still);
+            if !still {
+                continue;
+            }
+            let to = r.record.key_version;
+            let bytes = encode_record(&r.record);
+            group.count(KeyPurpose::Data, r.from, -1);
+            group.count(KeyPurpose::Data, to, 1);
+            group.rewritten.insert(r.id, bytes.clone());
+            group.changes.rewrites.push(Rewritten {
+                id: r.id,
+                from: r.from,
+                to,
+                record: bytes,
+            });
+        }
+        if let Some((job, state)) = job {
+            group.changes.meta.push(job_op(job, state));
+        }
+        Ok(applied)
+    }
+
+    /// Whether an index entry exists now and was not moved already.
+    fn entry_exists(&self, m: &Reindex, group: &Group) -> Result<bool, StoreError> {
+        let old = index_prefix(&m.entry.index);
+        let id = m.entry.id;
+        if group.moved.contains(&(id, old))
+            || self
+                .applier
+                .shared()
+                .records_by_index(&index_prefix(&m.new))
+                .contains(&id)
+        {
+            return Ok(false);
+        }
+        if self.applier.shared().records_by_index(&old).contains(&id) {
+            return Ok(true);
+        }
+        if m.entry.deterministic {
+            let mapped = self.trees.deterministic.get(old).map_err(backend)?;
+            Ok(mapped.is_some_and(|b| record_id_from(&b).ok() == Some(id)))
+        } else {
+            self.trees
+                .blind_index
+                .contains_key(index_entry(&m.entry.index, id))
+                .map_err(backend)
+        }
+    }
+
+    /// Stages each move whose entry still exists (compare-and-set), with
+    /// the job's state. Reads come first.
+    fn stage_reindex(
+        &self,
+        moves: Vec<Reindex>,
+        job: Option<(Job, Vec<u8>)>,
+        group: &mut Group,
+    ) -> Result<Vec<bool>, StoreError> {
+        for m in &moves {
+            self.check_live(KeyPurpose::Index, m.new.version, group)?;
+        }
+        let exists = moves
+            .iter()
+            .map(|m| self.entry_exists(m, group))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (m, &exists) in moves.iter().zip(&exists) {
+            if !exists {
+                continue;
+            }
+            let old = m.entry.index;
+            group.moved.insert((m.entry.id, index_prefix(&old)));
+            group.count(KeyPurpose::Index, old.version, -1);
+            group.count(KeyPurpose::Index, m.new.version, 1);
+            if m.entry.deterministic {
+                group.deterministic.insert(index_prefix(&m.new), m.entry.id);
+            }
+            group.changes.reindexed.push(Reindexed {
+                id: m.entry.id,
+                old,
+                new: m.new,
+                deterministic: m.entry.deterministic,
+            });
+        }
+        if let Some((job, state)) = job {
+            group.changes.meta.push(job_op(job, state));
+        }
+        Ok(exists)
+    }
+
+    /// Records (index entries) using a key version, counting the group.
+    fn usage_of(&self, purpose: KeyPurpose, version: KeyVersion, group: &Group) -> u64 {
+        let stored = self
+            .usage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(purpose, version))
+            .copied()
+            .unwrap_or(0);
+        let pending = group.deltas.get(&(purpose, version)).copied().unwrap_or(0);
+        stored.saturating_add_signed(pending)
+    }
+
+    /// Stages a key change: all or nothing.
+    fn stage_key_change(&self, change: KeyChange, group: &mut Group) -> Result<(), StoreError> {
+        match change {
+            KeyChange::Add { keys, at_unix_ms } => {
+                self.stage_keys(&keys, group)?;
+                for k in &keys {
+                    group.changes.meta.push(MetaOp {
+                        key: key_info_key(k.purpose, k.version),
+                        value: Some(encode_key_info(at_unix_ms, None)),
+                    });
+                }
+            }
+            KeyChange::Retire {
+                purpose,
+                version,
+                at_unix_ms,
+            } => {
+                let id = key_id(purpose, version);
+                let exists = match group.key_changes.get(&id) {
+                    Some(added) => *added,
+                    None => self.keys.contains_key(id).map_err(backend)?,
+                };
+                if !exists {
+                    return Err(StoreError::StaleKey {
+                        purpose: purpose_name(purpose),
+                        version: version.0,
+                    });
+                }
+                let count = self.usage_of(purpose, version, group);
+                if count > 0 {
+                    return Err(StoreError::KeyInUse {
+                        purpose: purpose_name(purpose),
+                        version: version.0,
+                        count,
+                    });
+                }
+                let info = key_info_key(purpose, version);
+                let created = match self.meta.get(&info).map_err(backend)? {
+                    Some(b) => decode_key_info(&b)?.0,
+                    None => 0,
+                };
+                group.key_changes.insert(key_id(purpose, version), false);
+                group.changes.dropped_keys.push((purpose, version));
+                group.changes.meta.push(MetaOp {
+                    key: info,
+                    value: Some(encode_key_info(created, Some(at_unix_ms.max(1)))),
+                });
+            }
+            KeyChange::Rewrap {
+                keys,
+                replaced,
+                at_unix_ms,
+            } => {
+                let named: HashSet<[u8; 5]> =
+                    keys.iter().map(|k| key_id(k.purpose, k.version)).collect();
+                let mut live = HashSet::new();
+                for key in self.keys.iter().keys() {
+                    let key = key.map_err(backend)?;
+                    if let Ok(id) = <[u8; 5]>::try_from(&key[..]) {
+                        live.insert(id);
+                    }
+                }
+                if !group.key_changes.is_empty()
+                    || !group.changes.rewrapped_keys.is_empty()
+                    || named != live
+                    || named.len() != keys.len()
+                {
+                    return Err(StoreError::KeysChanged);
+                }
+                group.changes.rewrapped_keys.extend(keys);
+                let mut key = MASTER_PREFIX.to_vec();
+                key.extend_from_slice(&replaced);
+                group.changes.meta.push(MetaOp {
+                    key,
+                    value: Some(at_unix_ms.to_be_bytes().to_vec()),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -284,7 +631,8 @@ impl Trees {
     /// records. A large group splits them over two threads (sled's trees
     /// take concurrent inserts), then inserts the records in the order they
     /// were staged (nearly ascending: calls take ids in turn).
-    pub(super) fn apply(&self, staged: &[Staged]) -> Result<(), StorageFailure> {
+    pub(super) fn apply(&self, batch: &Batch) -> Result<(), StorageFailure> {
+        let staged = &batch.new;
         if staged.len() >= PARALLEL_INDEX_FROM {
             let (first, second) = staged.split_at(staged.len() / 2);
             std::thread::scope(|scope| {
@@ -298,11 +646,44 @@ impl Trees {
         } else {
             self.apply_index(staged)?;
         }
+        self.apply_moves(&batch.reindexed)?;
         let failed = |e| sled_failure("inserting logged records", &e);
         for s in staged {
             self.records
                 .insert(&record_key(s.id)[..], s.record.as_slice())
                 .map_err(failed)?;
+        }
+        for r in &batch.rewrites {
+            self.records
+                .insert(&record_key(r.id)[..], r.record.as_slice())
+                .map_err(failed)?;
+        }
+        Ok(())
+    }
+
+    /// Moves index entries: the new one goes in before the old one goes,
+    /// so a lookup always finds the record under one of them.
+    fn apply_moves(&self, moves: &[Reindexed]) -> Result<(), StorageFailure> {
+        let failed = |e| sled_failure("moving logged index entries", &e);
+        for m in moves {
+            if m.deterministic {
+                let old = index_prefix(&m.old);
+                self.deterministic
+                    .insert(&index_prefix(&m.new)[..], &record_key(m.id)[..])
+                    .map_err(failed)?;
+                // Only this record's mapping goes (idempotent on replay).
+                self.deterministic
+                    .compare_and_swap(old, Some(&record_key(m.id)[..]), None as Option<&[u8]>)
+                    .map_err(failed)?
+                    .ok();
+            } else {
+                self.blind_index
+                    .insert(&index_entry(&m.new, m.id)[..], &[][..])
+                    .map_err(failed)?;
+                self.blind_index
+                    .remove(&index_entry(&m.old, m.id)[..])
+                    .map_err(failed)?;
+            }
         }
         Ok(())
     }
@@ -374,7 +755,62 @@ fn apply_keys(tree: &sled::Tree, keys: &[WrappedKey]) -> Result<(), StorageFailu
     Ok(())
 }
 
+/// Applies logged key and `meta` changes to their trees (idempotent, for
+/// replay too).
+fn apply_key_changes(
+    keys: &sled::Tree,
+    meta: &sled::Tree,
+    changes: &Changes,
+) -> Result<(), StorageFailure> {
+    apply_keys(keys, &changes.rewrapped_keys)?;
+    for (purpose, version) in &changes.dropped_keys {
+        keys.remove(&key_id(*purpose, *version)[..])
+            .map_err(|e| sled_failure("destroying a retired key", &e))?;
+    }
+    for m in &changes.meta {
+        match &m.value {
+            Some(v) => meta.insert(&m.key[..], &v[..]).map(|_| ()),
+            None => meta.remove(&m.key[..]).map(|_| ()),
+        }
+        .map_err(|e| sled_failure("writing logged key facts and job states", &e))?;
+    }
+    Ok(())
+}
+
 impl SledWriter {
+    /// The key-version counters, shared with readers.
+    pub(super) fn usage(&self) -> Arc<Mutex<KeyUsage>> {
+        self.usage.clone()
+    }
+
+    /// Starts counting from the stored counters: `Some((generation,
+    /// usage))` as the last checkpoint wrote them. Frames replayed later are
+    /// added unless the counters already include their generation.
+    pub(super) fn set_usage(&mut self, usage: KeyUsage) {
+        *self.usage.lock().unwrap_or_else(|p| p.into_inner()) = usage;
+    }
+
+    /// Checkpoints, so that the log moves to its next generation.
+    pub(super) fn fresh_generation(&mut self) -> Result<(), StoreError> {
+        self.checkpoint().map_err(StoreError::Backend)
+    }
+
+    /// The retired key versions, from their facts in `meta` (after a
+    /// replay).
+    pub(super) fn load_retired_keys(&mut self) -> Result<(), StoreError> {
+        self.retired.clear();
+        for entry in self.meta.scan_prefix(KEY_INFO_PREFIX) {
+            let (key, value) = entry.map_err(backend)?;
+            if decode_key_info(&value)?.1.is_none() {
+                continue;
+            }
+            if let Ok(id) = <[u8; 5]>::try_from(&key[KEY_INFO_PREFIX.len()..]) {
+                self.retired.insert(id);
+            }
+        }
+        Ok(())
+    }
+
     /// Makes the trees durable on their own, then empties the log. Waits
     /// for every logged group to be applied first: the log is their only
     /// durable copy until this flush.
@@ -384,6 +820,15 @@ impl SledWriter {
         let applied = start.elapsed();
         #[cfg(test)]
         Faults::take(&self.faults.checkpoint, "checkpoint")?;
+        // The counters as of every frame of this generation, flushed with
+        // the trees they count.
+        let counts = encode_counts(
+            self.wal.generation(),
+            &self.usage.lock().unwrap_or_else(|p| p.into_inner()),
+        );
+        self.meta
+            .insert(COUNTS_KEY, counts)
+            .map_err(|e| sled_failure("writing the key-version counters", &e))?;
         self.db
             .flush()
             .map_err(|e| sled_failure("flushing sled", &e))?;
@@ -422,7 +867,7 @@ impl SledWriter {
     }
 
     /// Applies the frames a crash left in the log, then checkpoints.
-    pub(super) fn replay(&mut self, frames: &[Vec<u8>]) -> Result<(), StoreError> {
+    pub(super) fn replay(&mut self, frames: &[Vec<u8>], counted: bool) -> Result<(), StoreError> {
         let (mut records, mut keys) = (0, 0);
         for frame in frames {
             let frame = decode_frame(frame)?;
@@ -439,9 +884,21 @@ impl SledWriter {
                 record_epoch(&self.meta, epoch).map_err(StoreError::Backend)?;
             }
             apply_keys(&self.keys, &frame.keys).map_err(StoreError::Backend)?;
-            self.trees
-                .apply(&frame.records)
+            apply_key_changes(&self.keys, &self.meta, &frame.changes)
                 .map_err(StoreError::Backend)?;
+            if !counted {
+                let deltas = frame_deltas(&frame.records, &frame.changes);
+                add_deltas(
+                    &mut self.usage.lock().unwrap_or_else(|p| p.into_inner()),
+                    &deltas,
+                );
+            }
+            let batch = Batch {
+                new: frame.records,
+                rewrites: frame.changes.rewrites,
+                reindexed: frame.changes.reindexed,
+            };
+            self.trees.apply(&batch).map_err(StoreError::Backend)?;
         }
         self.checkpoint().map_err(StoreError::Backend)?;
         tracing::info!(
@@ -458,7 +915,12 @@ impl SledWriter {
         #[cfg(test)]
         Faults::take(&self.faults.append, "appending to the write-ahead log")?;
         self.wal
-            .append(&encode_frame(group.ceiling, &group.keys, &group.staged))
+            .append(&encode_frame(
+                group.ceiling,
+                &group.keys,
+                &group.staged,
+                &group.changes,
+            ))
             .map_err(|e| StorageFailure::of_error("appending to the write-ahead log", &e))
     }
 
@@ -468,7 +930,20 @@ impl SledWriter {
     /// fails (reads find as much as possible); a failure of either skips
     /// the checkpoint, so the log keeps the group.
     fn after_sync(&mut self, group: Group) -> Result<(), StorageFailure> {
-        let keys_written = !group.keys.is_empty();
+        add_deltas(
+            &mut self.usage.lock().unwrap_or_else(|p| p.into_inner()),
+            &group.deltas,
+        );
+        for (id, live) in &group.key_changes {
+            if *live {
+                self.retired.remove(id);
+            } else {
+                self.retired.insert(*id);
+            }
+        }
+        let keys_written = !group.keys.is_empty()
+            || !group.changes.rewrapped_keys.is_empty()
+            || !group.changes.dropped_keys.is_empty();
         #[cfg(test)]
         let injected = Faults::take(
             &self.faults.publish,
@@ -476,8 +951,32 @@ impl SledWriter {
         );
         #[cfg(not(test))]
         let injected = Ok(());
-        let published = injected.and_then(|()| self.applier.publish(group.staged));
-        let keys = apply_keys(&self.keys, &group.keys);
+        let Changes {
+            rewrites,
+            reindexed,
+            rewrapped_keys,
+            dropped_keys,
+            meta,
+        } = group.changes;
+        let published = injected.and_then(|()| {
+            self.applier.publish(Batch {
+                new: group.staged,
+                rewrites,
+                reindexed,
+            })
+        });
+        let keys = apply_keys(&self.keys, &group.keys).and_then(|()| {
+            apply_key_changes(
+                &self.keys,
+                &self.meta,
+                &Changes {
+                    rewrapped_keys,
+                    dropped_keys,
+                    meta,
+                    ..Changes::default()
+                },
+            )
+        });
         let ceiling = match group.ceiling {
             Some(c) => apply_ceiling(&self.meta, c).map(|()| {
                 self.ceiling = self.ceiling.max(c.ceiling);
@@ -520,7 +1019,6 @@ impl Committer for SledWriter {
                 Write::Records(records) => self
                     .stage_records(records, &mut group)
                     .map(Written::Records),
-                Write::Keys(keys) => self.stage_keys(&keys, &mut group).map(|()| Written::Keys),
                 Write::Ceiling(c) => {
                     if c.epoch != self.epoch {
                         return Err(StoreError::Backend(StorageFailure::internal(
@@ -534,9 +1032,26 @@ impl Committer for SledWriter {
                     }
                     Ok(Written::Ceiling)
                 }
+                Write::Rewrites(rewrites, job) => self
+                    .stage_rewrites(rewrites, job, &mut group)
+                    .map(Written::Applied),
+                Write::Reindex(moves, job) => self
+                    .stage_reindex(moves, job, &mut group)
+                    .map(Written::Applied),
+                Write::KeyChange(change) => self
+                    .stage_key_change(change, &mut group)
+                    .map(|()| Written::Changed),
+                Write::JobState(job, state) => {
+                    group.changes.meta.push(job_op(job, state));
+                    Ok(Written::Changed)
+                }
             })
             .collect();
-        if group.staged.is_empty() && group.keys.is_empty() && group.ceiling.is_none() {
+        if group.staged.is_empty()
+            && group.keys.is_empty()
+            && group.ceiling.is_none()
+            && group.changes.is_empty()
+        {
             return Commit::Done(outcomes);
         }
         if let Err(e) = self.log(&group) {
@@ -557,8 +1072,22 @@ impl Committer for SledWriter {
     fn cost(write: &Write) -> usize {
         match write {
             Write::Records(records) => records.iter().map(|r| frame_record_bytes(&r.record)).sum(),
-            Write::Keys(keys) => keys.iter().map(frame_key_bytes).sum(),
             Write::Ceiling(_) => FRAME_CEILING_BYTES,
+            Write::Rewrites(rewrites, job) => {
+                rewrites
+                    .iter()
+                    .map(|r| 1 + 16 + 4 + 4 + frame_record_bytes(&r.record))
+                    .sum::<usize>()
+                    + job.as_ref().map_or(0, |(_, s)| 64 + s.len())
+            }
+            Write::Reindex(moves, job) => {
+                moves.len() * (1 + 16 + 36 + 36 + 1) + job.as_ref().map_or(0, |(_, s)| 64 + s.len())
+            }
+            Write::KeyChange(KeyChange::Add { keys, .. } | KeyChange::Rewrap { keys, .. }) => {
+                keys.iter().map(|k| frame_key_bytes(k) + 64).sum()
+            }
+            Write::KeyChange(KeyChange::Retire { .. }) => 128,
+            Write::JobState(_, state) => 64 + state.len(),
         }
     }
 

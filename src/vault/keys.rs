@@ -7,9 +7,16 @@
 //! the caller and the outcome.
 
 use super::{Vault, VaultError};
-use crate::domain::{CallerId, TokenId};
+use crate::audit::now_unix_ms;
+use crate::crypto::{CryptoError, KeyPurpose, KeyVersion, MasterKey};
+use crate::domain::policy::Action;
+use crate::domain::{CallerId, RecordId, TokenId};
+use crate::store::{IndexEntry, Job, KeyChange, KeyInfo, Reindex, Rewrite, StoreError};
+use std::collections::HashSet;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// The state of one key version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,16 +111,449 @@ pub struct KeyStatus {
     pub master_rotated_unix_ms: Option<u64>,
 }
 
+/// The highest rewrap rate a caller may ask for, records per second.
+pub const MAX_REWRAP_RATE: u32 = 1_000_000;
+
+/// What a deployment sets for the key lifecycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeySettings {
+    /// Records per second a rewrap or index rebuild moves when the caller
+    /// names no rate.
+    pub rewrap_rate: u32,
+    /// Retire every older data-key version once a rewrap has moved all its
+    /// records.
+    pub retire_after_rewrap: bool,
+    /// Rotate the data key once the active one is this old, and start the
+    /// rewrap; `None`: only on request.
+    pub rotate_every: Option<Duration>,
+}
+
+impl Default for KeySettings {
+    fn default() -> Self {
+        Self {
+            rewrap_rate: DEFAULT_REWRAP_RATE,
+            retire_after_rewrap: false,
+            rotate_every: None,
+        }
+    }
+}
+
+/// The default rewrap rate, records per second.
+pub const DEFAULT_REWRAP_RATE: u32 = 5_000;
+
+/// The most records one rewrap batch moves (one group-commit write).
+const MAX_BATCH: usize = 512;
+
+/// The background jobs of this process.
+#[derive(Default)]
+pub(super) struct KeyJobs {
+    /// Serialises key changes (rotate, retire, re-wrap under a new master
+    /// key, a job's own retirements).
+    admin: tokio::sync::Mutex<()>,
+    /// Held while a master-key rotation runs: a second one is refused.
+    master: tokio::sync::Mutex<()>,
+    rewrap: JobRun,
+    rebuild: JobRun,
+    /// Set when the server stops: jobs end after their current batch.
+    stopping: AtomicBool,
+    stop: tokio::sync::Notify,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// One job kind's run in this process.
+#[derive(Default)]
+struct JobRun {
+    running: AtomicBool,
+    /// The running job's rate, records per second (changed by a second
+    /// start).
+    rate: AtomicU32,
+    progress: Mutex<Option<(Instant, u64, u64)>>,
+}
+
+impl JobRun {
+    /// Notes `done` now; the measured rate is over the run so far.
+    fn note(&self, done: u64) {
+        let mut p = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        match &mut *p {
+            Some((_, _, last)) => *last = done,
+            None => *p = Some((Instant::now(), done, done)),
+        }
+    }
+
+    fn measured(&self) -> f64 {
+        if !self.running.load(Ordering::SeqCst) {
+            return 0.0;
+        }
+        match *self.progress.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some((since, first, last)) => {
+                let secs = since.elapsed().as_secs_f64();
+                if secs > 0.0 {
+                    (last - first) as f64 / secs
+                } else {
+                    0.0
+                }
+            }
+            None => 0.0,
+        }
+    }
+}
+
+/// Where a job is: the last record (rewrap) or index entry (index
+/// rebuild) it handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cursor {
+    Start,
+    Record(RecordId),
+    Index(KeyVersion, IndexEntry),
+}
+
+/// A job's state as the store keeps it (opaque bytes to the store),
+/// written atomically with each batch, so a restart resumes where the
+/// last durable batch ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct JobRecord {
+    target: u32,
+    running: bool,
+    done: u64,
+    rate: u32,
+    started_ms: u64,
+    finished_ms: u64,
+    failed_count: u64,
+    failed: Vec<RecordId>,
+    cursor: Cursor,
+}
+
+const JOB_FORMAT: u8 = 1;
+
+impl JobRecord {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = vec![JOB_FORMAT];
+        out.extend_from_slice(&self.target.to_be_bytes());
+        out.push(u8::from(self.running));
+        out.extend_from_slice(&self.done.to_be_bytes());
+        out.extend_from_slice(&self.rate.to_be_bytes());
+        out.extend_from_slice(&self.started_ms.to_be_bytes());
+        out.extend_from_slice(&self.finished_ms.to_be_bytes());
+        out.extend_from_slice(&self.failed_count.to_be_bytes());
+        out.extend_from_slice(&(self.failed.len() as u16).to_be_bytes());
+        for id in &self.failed {
+            out.extend_from_slice(&id.seq.to_be_bytes());
+            out.extend_from_slice(&id.epoch.to_be_bytes());
+        }
+        match self.cursor {
+            Cursor::Start => out.push(0),
+            Cursor::Record(id) => {
+                out.push(1);
+                out.extend_from_slice(&id.seq.to_be_bytes());
+                out.extend_from_slice(&id.epoch.to_be_bytes());
+            }
+            Cursor::Index(version, e) => {
+                out.push(2);
+                out.extend_from_slice(&version.0.to_be_bytes());
+                out.extend_from_slice(&e.id.seq.to_be_bytes());
+                out.extend_from_slice(&e.id.epoch.to_be_bytes());
+                out.extend_from_slice(&e.index.version.0.to_be_bytes());
+                out.extend_from_slice(&e.index.mac);
+                out.push(u8::from(e.deterministic));
+            }
+        }
+        out
+    }
+
+    fn decode(b: &[u8]) -> Option<Self> {
+        let mut r = Reader(b);
+        if r.u8()? != JOB_FORMAT {
+            return None;
+        }
+        let target = r.u32()?;
+        let running = r.u8()? == 1;
+        let done = r.u64()?;
+        let rate = r.u32()?;
+        let started_ms = r.u64()?;
+        let finished_ms = r.u64()?;
+        let failed_count = r.u64()?;
+        let n = r.u16()?;
+        let mut failed = Vec::with_capacity(usize::from(n));
+        for _ in 0..n {
+            failed.push(RecordId::new(r.u64()?, r.u64()?));
+        }
+        let cursor = match r.u8()? {
+            0 => Cursor::Start,
+            1 => Cursor::Record(RecordId::new(r.u64()?, r.u64()?)),
+            2 => {
+                let version = KeyVersion(r.u32()?);
+                let id = RecordId::new(r.u64()?, r.u64()?);
+                let index_version = KeyVersion(r.u32()?);
+                let mac: [u8; 32] = r.take(32)?.try_into().ok()?;
+                let deterministic = r.u8()? == 1;
+                Cursor::Index(
+                    version,
+                    IndexEntry {
+                        id,
+                        index: crate::crypto::BlindIndex {
+                            version: index_version,
+                            mac,
+                        },
+                        deterministic,
+                    },
+                )
+            }
+            _ => return None,
+        };
+        r.0.is_empty().then_some(Self {
+            target,
+            running,
+            done,
+            rate,
+            started_ms,
+            finished_ms,
+            failed_count,
+            failed,
+            cursor,
+        })
+    }
+
+    fn fail(&mut self, id: RecordId, seen: &mut HashSet<RecordId>) {
+        if seen.insert(id) {
+            self.failed_count += 1;
+            if self.failed.len() < MAX_FAILED_TOKENS {
+                self.failed.push(id);
+            }
+        }
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_be_bytes)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+    }
+}
+
+/// A storage error of a key operation as callers see it.
+fn store_failed(e: &StoreError, what: &str) -> VaultError {
+    tracing::error!(error = %e, "{what} failed");
+    super::unavailable(e, "nothing changed")
+}
+
+fn crypto_failed(e: &CryptoError) -> VaultError {
+    tracing::error!(error = %e, "key operation: crypto failed");
+    VaultError::Unavailable("a key could not be made or wrapped; nothing changed".into())
+}
+
+/// Logs a key operation with its caller and outcome (the audit-trail
+/// issue moves this into the audit trail).
+fn logged<T>(
+    caller: &CallerId,
+    op: &'static str,
+    result: Result<T, VaultError>,
+) -> Result<T, VaultError> {
+    match &result {
+        Ok(_) => tracing::info!(caller = %caller, op, outcome = "ok", "key operation"),
+        Err(e) => tracing::warn!(caller = %caller, op, outcome = %e, "key operation refused"),
+    }
+    result
+}
+
+fn versions_list(infos: &[&KeyInfo]) -> String {
+    let v: Vec<String> = infos.iter().map(|k| k.version.0.to_string()).collect();
+    v.join(", ")
+}
+
 impl Vault {
+    fn check_keys_right(&self, caller: &CallerId) -> Result<(), VaultError> {
+        self.policy()
+            .check_call(caller, Action::Keys, None)
+            .map_err(VaultError::PermissionDenied)
+    }
+
     /// Makes a new data-key version, active for new writes from now on.
     pub async fn rotate_data_key(&self, caller: &CallerId) -> Result<u32, VaultError> {
-        let _ = caller;
-        Err(VaultError::Unavailable("not yet built".into()))
+        let result = async {
+            self.check_keys_right(caller)?;
+            self.rotate(KeyPurpose::Data).await
+        }
+        .await;
+        logged(caller, "rotate_data_key", result)
+    }
+
+    /// Adds a version of `purpose` (one above every version the store ever
+    /// held, retired ones too) and makes it active.
+    async fn rotate(&self, purpose: KeyPurpose) -> Result<u32, VaultError> {
+        let _admin = self.key_jobs.admin.lock().await;
+        let catalog = self
+            .store
+            .key_catalog()
+            .await
+            .map_err(|e| store_failed(&e, "reading the key catalog"))?;
+        let highest = catalog
+            .keys
+            .iter()
+            .filter(|k| k.purpose == purpose)
+            .map(|k| k.version.0)
+            .max()
+            .unwrap_or(0);
+        let version = KeyVersion(highest.checked_add(1).ok_or_else(|| {
+            VaultError::FailedPrecondition("no key version is left above the highest one".into())
+        })?);
+        let ring = self.keyring();
+        let (next, wrapped) = ring
+            .with_new_key(purpose, version)
+            .map_err(|e| crypto_failed(&e))?;
+        self.store
+            .change_keys(KeyChange::Add {
+                keys: vec![wrapped],
+                at_unix_ms: now_unix_ms(),
+            })
+            .await
+            .map_err(|e| store_failed(&e, "storing a new key version"))?;
+        self.replace_keyring(next);
+        Ok(version.0)
     }
 
     pub async fn key_status(&self, caller: &CallerId) -> Result<KeyStatus, VaultError> {
-        let _ = caller;
-        Err(VaultError::Unavailable("not yet built".into()))
+        self.check_keys_right(caller)?;
+        let catalog = self
+            .store
+            .key_catalog()
+            .await
+            .map_err(|e| super::unavailable(&e, "no status"))?;
+        let usage = self.store.key_usage();
+        let ring = self.keyring();
+        let of = |purpose: KeyPurpose, active: KeyVersion| {
+            catalog
+                .keys
+                .iter()
+                .filter(|k| k.purpose == purpose)
+                .map(|k| KeyVersionStatus {
+                    version: k.version.0,
+                    state: if k.retired_unix_ms.is_some() {
+                        KeyState::Retired
+                    } else if k.version == active {
+                        KeyState::Active
+                    } else {
+                        KeyState::DecryptOnly
+                    },
+                    created_unix_ms: k.created_unix_ms,
+                    retired_unix_ms: k.retired_unix_ms,
+                    records: usage.get(&(purpose, k.version)).copied().unwrap_or(0),
+                })
+                .collect()
+        };
+        Ok(KeyStatus {
+            data_keys: of(KeyPurpose::Data, ring.active_version()),
+            index_keys: of(KeyPurpose::Index, ring.active_index_version()),
+            rewrap: self.job_status(Job::Rewrap).await?,
+            index_rebuild: self.job_status(Job::IndexRebuild).await?,
+            master_rotated_unix_ms: catalog.replaced_masters.iter().map(|(_, at)| *at).max(),
+        })
+    }
+
+    fn run_of(&self, job: Job) -> &JobRun {
+        match job {
+            Job::Rewrap => &self.key_jobs.rewrap,
+            Job::IndexRebuild => &self.key_jobs.rebuild,
+        }
+    }
+
+    async fn job_record(&self, job: Job) -> Result<Option<JobRecord>, VaultError> {
+        let bytes = self
+            .store
+            .job_state(job)
+            .await
+            .map_err(|e| super::unavailable(&e, "no status"))?;
+        Ok(bytes.and_then(|b| {
+            let record = JobRecord::decode(&b);
+            if record.is_none() {
+                tracing::error!(
+                    job = job.name(),
+                    "stored job state does not decode; starting the job afresh"
+                );
+            }
+            record
+        }))
+    }
+
+    /// Records (index entries) still on an older live version than
+    /// `target`.
+    fn remaining(&self, purpose: KeyPurpose, target: KeyVersion) -> u64 {
+        self.store
+            .key_usage()
+            .iter()
+            .filter(|((p, v), _)| *p == purpose && *v != target)
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
+    async fn job_status(&self, job: Job) -> Result<JobStatus, VaultError> {
+        let record = self.job_record(job).await?;
+        let run = self.run_of(job);
+        let purpose = match job {
+            Job::Rewrap => KeyPurpose::Data,
+            Job::IndexRebuild => KeyPurpose::Index,
+        };
+        let ring = self.keyring();
+        let active = match job {
+            Job::Rewrap => ring.active_version(),
+            Job::IndexRebuild => ring.active_index_version(),
+        };
+        Ok(match record {
+            None => JobStatus {
+                state: JobState::Idle,
+                target_version: active.0,
+                done: 0,
+                remaining: self.remaining(purpose, active),
+                rate_per_second: 0,
+                measured_per_second: 0.0,
+                started_unix_ms: None,
+                finished_unix_ms: None,
+                failed: 0,
+                failed_tokens: Vec::new(),
+            },
+            Some(r) => JobStatus {
+                state: if r.running {
+                    JobState::Running
+                } else {
+                    JobState::Finished
+                },
+                target_version: r.target,
+                done: r.done,
+                remaining: self.remaining(purpose, KeyVersion(r.target)),
+                // A running job's rate may have been changed by a second
+                // start since its state was stored.
+                rate_per_second: match run.rate.load(Ordering::SeqCst) {
+                    rate if r.running && rate > 0 => rate,
+                    _ => r.rate,
+                },
+                measured_per_second: run.measured(),
+                started_unix_ms: Some(r.started_ms).filter(|t| *t != 0),
+                finished_unix_ms: Some(r.finished_ms).filter(|t| *t != 0),
+                failed: r.failed_count,
+                failed_tokens: r.failed.iter().map(|id| ring.token_of(*id)).collect(),
+            },
+        })
     }
 
     /// Starts the rewrap job (harmless when it runs already: the running
@@ -125,13 +565,284 @@ impl Vault {
         caller: &CallerId,
         rate: Option<u32>,
     ) -> Result<JobStatus, VaultError> {
-        let _ = (caller, rate);
-        Err(VaultError::Unavailable("not yet built".into()))
+        let result = async {
+            self.check_keys_right(caller)?;
+            let rate = check_rate(rate, self.settings.keys.rewrap_rate)?;
+            self.start_job(Job::Rewrap, rate).await?;
+            self.job_status(Job::Rewrap).await
+        }
+        .await;
+        logged(caller, "start_rewrap", result)
+    }
+
+    /// Starts `job` at `rate` unless it runs; a running job takes the new
+    /// rate.
+    async fn start_job(self: &Arc<Self>, job: Job, rate: u32) -> Result<(), VaultError> {
+        let _admin = self.key_jobs.admin.lock().await;
+        let run = self.run_of(job);
+        run.rate.store(rate, Ordering::SeqCst);
+        if run.running.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let ring = self.keyring();
+        let target = match job {
+            Job::Rewrap => ring.active_version(),
+            Job::IndexRebuild => ring.active_index_version(),
+        };
+        let record = JobRecord {
+            target: target.0,
+            running: true,
+            done: 0,
+            rate,
+            started_ms: now_unix_ms(),
+            finished_ms: 0,
+            failed_count: 0,
+            failed: Vec::new(),
+            cursor: Cursor::Start,
+        };
+        self.store
+            .set_job_state(job, record.encode())
+            .await
+            .map_err(|e| store_failed(&e, "starting a job"))?;
+        self.spawn_job(job, record);
+        Ok(())
+    }
+
+    fn spawn_job(self: &Arc<Self>, job: Job, record: JobRecord) {
+        let run = self.run_of(job);
+        if run.running.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if run.rate.load(Ordering::SeqCst) == 0 {
+            run.rate.store(record.rate.max(1), Ordering::SeqCst);
+        }
+        *run.progress.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let vault = self.clone();
+        let task = tokio::spawn(async move {
+            let outcome = match job {
+                Job::Rewrap => vault.run_rewrap(record).await,
+                Job::IndexRebuild => vault.run_rebuild(record).await,
+            };
+            vault.run_of(job).running.store(false, Ordering::SeqCst);
+            match outcome {
+                Ok(true) => tracing::info!(job = job.name(), "job finished"),
+                Ok(false) => tracing::info!(
+                    job = job.name(),
+                    "job paused: the server is stopping; it resumes at the next start"
+                ),
+                Err(e) => {
+                    tracing::error!(job = job.name(), error = %e, "job stopped; it resumes at the next start")
+                }
+            }
+        });
+        self.key_jobs
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(task);
+    }
+
+    fn stopping(&self) -> bool {
+        self.key_jobs.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `until`, or less when the server stops.
+    async fn pause_until(&self, until: Instant) {
+        let now = Instant::now();
+        if until > now && !self.stopping() {
+            tokio::select! {
+                _ = tokio::time::sleep(until - now) => {}
+                _ = self.key_jobs.stop.notified() => {}
+            }
+        }
+    }
+
+    /// A store call of a job, retried while storage fails for a moment
+    /// (never past a stop, never once writes stopped for good).
+    async fn retry_store<T, F, Fut>(&self, what: &str, mut call: F) -> Result<Option<T>, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        loop {
+            match call().await {
+                Ok(v) => return Ok(Some(v)),
+                Err(e @ StoreError::StaleKey { .. }) => return Err(e),
+                Err(e) if self.store.failure().is_some() || e.is_corruption() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "{what} failed; retrying in a second");
+                    self.pause_until(Instant::now() + Duration::from_secs(1))
+                        .await;
+                    if self.stopping() {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves every record on an older data-key version to the active one,
+    /// batch by batch, throttled to the job's rate. `Ok(true)` when done,
+    /// `Ok(false)` when the server stops first.
+    async fn run_rewrap(self: &Arc<Self>, mut record: JobRecord) -> Result<bool, StoreError> {
+        let run = &self.key_jobs.rewrap;
+        let mut seen_failed: HashSet<RecordId> = HashSet::new();
+        let mut progressed = false;
+        let mut next_at = Instant::now();
+        run.note(record.done);
+        loop {
+            if self.stopping() {
+                return Ok(false);
+            }
+            let rate = run.rate.load(Ordering::SeqCst).max(1);
+            let batch = (rate as usize / 20).clamp(1, MAX_BATCH);
+            let ring = self.keyring();
+            let target = ring.active_version();
+            record.target = target.0;
+            let after = match record.cursor {
+                Cursor::Record(id) => Some(id),
+                _ => None,
+            };
+            let Some(page) = self
+                .retry_store("reading records to rewrap", || {
+                    self.store.scan_records(after, batch)
+                })
+                .await?
+            else {
+                return Ok(false);
+            };
+            let Some((last, _)) = page.last() else {
+                // A pass is over. Records written under an older key while
+                // it ran, or moved by a rotation meanwhile, need another.
+                let remaining = self.remaining(KeyPurpose::Data, target);
+                if remaining > 0 && progressed {
+                    progressed = false;
+                    record.cursor = Cursor::Start;
+                    continue;
+                }
+                record.running = false;
+                record.finished_ms = now_unix_ms();
+                record.cursor = Cursor::Start;
+                let state = record.encode();
+                if self
+                    .retry_store("finishing the rewrap", || {
+                        self.store.set_job_state(Job::Rewrap, state.clone())
+                    })
+                    .await?
+                    .is_none()
+                {
+                    return Ok(false);
+                }
+                tracing::info!(
+                    target_version = target.0,
+                    done = record.done,
+                    failed = record.failed_count,
+                    remaining,
+                    "rewrap finished"
+                );
+                if self.settings.keys.retire_after_rewrap {
+                    self.retire_unused(KeyPurpose::Data, "rewrap job").await;
+                }
+                return Ok(true);
+            };
+            let last = *last;
+            let mut rewrites = Vec::new();
+            for (id, read) in &page {
+                match read {
+                    Ok(Some(sealed)) if sealed.key_version == target => {}
+                    Ok(Some(sealed)) => match ring.reseal(*id, sealed) {
+                        Ok(resealed) => rewrites.push(Rewrite {
+                            id: *id,
+                            from: sealed.key_version,
+                            record: resealed,
+                        }),
+                        Err(e) => {
+                            tracing::error!(token = %ring.token_of(*id), error = %e, "rewrap: record failed its integrity check; left as it is");
+                            record.fail(*id, &mut seen_failed);
+                        }
+                    },
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(token = %ring.token_of(*id), error = %e, "rewrap: record does not decode; left as it is");
+                        record.fail(*id, &mut seen_failed);
+                    }
+                }
+            }
+            let n = rewrites.len();
+            let mut next = record.clone();
+            next.cursor = Cursor::Record(last);
+            next.done += n as u64;
+            let state = next.encode();
+            let applied = if n == 0 {
+                match self
+                    .retry_store("saving the rewrap's place", || {
+                        self.store.set_job_state(Job::Rewrap, state.clone())
+                    })
+                    .await?
+                {
+                    Some(()) => Vec::new(),
+                    None => return Ok(false),
+                }
+            } else {
+                let rewrites = &rewrites;
+                match self
+                    .retry_store("rewrapping records", || {
+                        self.store
+                            .rewrite_records(rewrites.clone(), Some((Job::Rewrap, state.clone())))
+                    })
+                    .await
+                {
+                    Ok(Some(applied)) => applied,
+                    Ok(None) => return Ok(false),
+                    // The target was retired or replaced meanwhile: this
+                    // batch again, with the keys now in force.
+                    Err(StoreError::StaleKey { .. }) => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            let moved = applied.iter().filter(|a| **a).count() as u64;
+            progressed |= moved > 0;
+            record.cursor = Cursor::Record(last);
+            record.done += moved;
+            run.note(record.done);
+            // Throttle on records moved: the rate bounds the write load the
+            // job adds to live traffic.
+            next_at += Duration::from_secs_f64(n as f64 / f64::from(rate));
+            let now = Instant::now();
+            if next_at < now {
+                next_at = now;
+            }
+            self.pause_until(next_at).await;
+        }
+    }
+
+    /// Retires every live version of `purpose` except the active one that
+    /// protects nothing (after a finished rewrap or index rebuild).
+    async fn retire_unused(&self, purpose: KeyPurpose, by: &'static str) {
+        let ring = self.keyring();
+        let active = match purpose {
+            KeyPurpose::Index => ring.active_index_version(),
+            _ => ring.active_version(),
+        };
+        let usage = self.store.key_usage();
+        for version in ring.versions(purpose) {
+            if version == active || usage.get(&(purpose, version)).copied().unwrap_or(0) > 0 {
+                continue;
+            }
+            match self.retire(purpose, version).await {
+                Ok(()) => {
+                    tracing::info!(by, purpose = ?purpose, version = version.0, "retired a key version no record uses")
+                }
+                Err(e) => {
+                    tracing::warn!(by, purpose = ?purpose, version = version.0, error = %e, "could not retire a key version")
+                }
+            }
+        }
     }
 
     pub async fn rewrap_status(&self, caller: &CallerId) -> Result<JobStatus, VaultError> {
-        let _ = caller;
-        Err(VaultError::Unavailable("not yet built".into()))
+        self.check_keys_right(caller)?;
+        self.job_status(Job::Rewrap).await
     }
 
     /// Destroys data-key version `version`. FAILED_PRECONDITION while a
@@ -142,14 +853,269 @@ impl Vault {
         caller: &CallerId,
         version: u32,
     ) -> Result<(), VaultError> {
-        let _ = (caller, version);
-        Err(VaultError::Unavailable("not yet built".into()))
+        let result = async {
+            self.check_keys_right(caller)?;
+            self.retire(KeyPurpose::Data, KeyVersion(version)).await
+        }
+        .await;
+        logged(caller, "retire_key_version", result)
+    }
+
+    async fn retire(&self, purpose: KeyPurpose, version: KeyVersion) -> Result<(), VaultError> {
+        let _admin = self.key_jobs.admin.lock().await;
+        let catalog = self
+            .store
+            .key_catalog()
+            .await
+            .map_err(|e| store_failed(&e, "reading the key catalog"))?;
+        let of_purpose: Vec<&KeyInfo> = catalog
+            .keys
+            .iter()
+            .filter(|k| k.purpose == purpose)
+            .collect();
+        let what = match purpose {
+            KeyPurpose::Index => "index key",
+            _ => "data key",
+        };
+        let Some(info) = of_purpose.iter().find(|k| k.version == version) else {
+            return Err(VaultError::NotFound(format!(
+                "{what} version {} does not exist (versions: {})",
+                version.0,
+                versions_list(&of_purpose)
+            )));
+        };
+        if let Some(at) = info.retired_unix_ms {
+            return Err(VaultError::FailedPrecondition(format!(
+                "{what} version {} was already retired at {}",
+                version.0,
+                crate::domain::time::rfc3339(at)
+            )));
+        }
+        let ring = self.keyring();
+        let active = match purpose {
+            KeyPurpose::Index => ring.active_index_version(),
+            _ => ring.active_version(),
+        };
+        if version == active {
+            return Err(VaultError::FailedPrecondition(format!(
+                "{what} version {} is the active version; rotate first (`fieldvault keys rotate`), \
+                 rewrap, then retire it",
+                version.0
+            )));
+        }
+        let in_use = |count: u64| {
+            VaultError::FailedPrecondition(format!(
+                "{what} version {} still protects {count} records; run a rewrap first \
+                 (`fieldvault keys rewrap --wait`), then retire it",
+                version.0
+            ))
+        };
+        let count = self
+            .store
+            .key_usage()
+            .get(&(purpose, version))
+            .copied()
+            .unwrap_or(0);
+        if count > 0 {
+            return Err(in_use(count));
+        }
+        match self
+            .store
+            .change_keys(KeyChange::Retire {
+                purpose,
+                version,
+                at_unix_ms: now_unix_ms(),
+            })
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::KeyInUse { count, .. }) => return Err(in_use(count)),
+            Err(e) => return Err(store_failed(&e, "retiring a key version")),
+        }
+        let next = ring
+            .without(purpose, version)
+            .map_err(|e| crypto_failed(&e))?;
+        self.replace_keyring(next);
+        Ok(())
     }
 
     /// Makes a new blind-index key version and starts the index rebuild.
     pub async fn rotate_index_key(self: &Arc<Self>, caller: &CallerId) -> Result<u32, VaultError> {
-        let _ = caller;
-        Err(VaultError::Unavailable("not yet built".into()))
+        let result = async {
+            self.check_keys_right(caller)?;
+            let version = self.rotate(KeyPurpose::Index).await?;
+            self.start_job(Job::IndexRebuild, self.settings.keys.rewrap_rate)
+                .await?;
+            Ok(version)
+        }
+        .await;
+        logged(caller, "rotate_index_key", result)
+    }
+
+    /// Moves every index entry made with an older index key to the active
+    /// one; retires each older version once nothing uses it.
+    async fn run_rebuild(self: &Arc<Self>, mut record: JobRecord) -> Result<bool, StoreError> {
+        let run = &self.key_jobs.rebuild;
+        let mut seen_failed: HashSet<RecordId> = HashSet::new();
+        let mut progressed = false;
+        let mut next_at = Instant::now();
+        run.note(record.done);
+        loop {
+            if self.stopping() {
+                return Ok(false);
+            }
+            let rate = run.rate.load(Ordering::SeqCst).max(1);
+            let batch = (rate as usize / 20).clamp(1, MAX_BATCH);
+            let ring = self.keyring();
+            let target = ring.active_index_version();
+            record.target = target.0;
+            let older: Vec<KeyVersion> = ring
+                .versions(KeyPurpose::Index)
+                .into_iter()
+                .filter(|v| *v != target)
+                .collect();
+            // The version being scanned and where: from the cursor, or the
+            // first older version.
+            let (version, after) = match record.cursor {
+                Cursor::Index(v, e) if older.contains(&v) => (Some(v), Some(e)),
+                _ => (older.first().copied(), None),
+            };
+            let Some(version) = version else {
+                // Nothing older is left.
+                record.running = false;
+                record.finished_ms = now_unix_ms();
+                record.cursor = Cursor::Start;
+                let state = record.encode();
+                if self
+                    .retry_store("finishing the index rebuild", || {
+                        self.store.set_job_state(Job::IndexRebuild, state.clone())
+                    })
+                    .await?
+                    .is_none()
+                {
+                    return Ok(false);
+                }
+                tracing::info!(
+                    target_version = target.0,
+                    done = record.done,
+                    "index rebuild finished"
+                );
+                return Ok(true);
+            };
+            let Some(page) = self
+                .retry_store("reading index entries", || {
+                    self.store.scan_index(version, after, batch)
+                })
+                .await?
+            else {
+                return Ok(false);
+            };
+            let Some(last) = page.last().copied() else {
+                // This version's pass is over.
+                let left = self
+                    .store
+                    .key_usage()
+                    .get(&(KeyPurpose::Index, version))
+                    .copied()
+                    .unwrap_or(0);
+                if left == 0 {
+                    // Lookups need it no more: destroy it.
+                    if let Err(e) = self.retire(KeyPurpose::Index, version).await {
+                        tracing::warn!(version = version.0, error = %e, "could not retire the former index key; retrying");
+                        self.pause_until(Instant::now() + Duration::from_secs(1))
+                            .await;
+                    }
+                    record.cursor = Cursor::Start;
+                    continue;
+                }
+                if progressed {
+                    progressed = false;
+                    record.cursor = Cursor::Start;
+                    continue;
+                }
+                // Entries that cannot be moved (their record fails its
+                // check): the job ends, the old key stays for them.
+                record.running = false;
+                record.finished_ms = now_unix_ms();
+                let state = record.encode();
+                if self
+                    .retry_store("finishing the index rebuild", || {
+                        self.store.set_job_state(Job::IndexRebuild, state.clone())
+                    })
+                    .await?
+                    .is_none()
+                {
+                    return Ok(false);
+                }
+                tracing::warn!(
+                    version = version.0,
+                    left,
+                    failed = record.failed_count,
+                    "index rebuild finished with entries it could not move"
+                );
+                return Ok(true);
+            };
+            let ids: Vec<RecordId> = page.iter().map(|e| e.id).collect();
+            let Some(reads) = self
+                .retry_store("reading records to re-index", || {
+                    self.store.get_records(ids.clone())
+                })
+                .await?
+            else {
+                return Ok(false);
+            };
+            let mut moves = Vec::new();
+            for (entry, read) in page.iter().zip(reads) {
+                let sealed = match read {
+                    Ok(Some(sealed)) => sealed,
+                    // An entry without its record: not this job's to fix.
+                    Ok(None) => continue,
+                    Err(_) => {
+                        record.fail(entry.id, &mut seen_failed);
+                        continue;
+                    }
+                };
+                let new = ring
+                    .open(entry.id, &sealed)
+                    .and_then(|value| ring.blind_index_under(target, sealed.kind, &value));
+                match new {
+                    Ok(new) => moves.push(Reindex { entry: *entry, new }),
+                    Err(e) => {
+                        tracing::error!(token = %ring.token_of(entry.id), error = %e, "index rebuild: record failed its integrity check; its entry stays");
+                        record.fail(entry.id, &mut seen_failed);
+                    }
+                }
+            }
+            let n = moves.len();
+            let mut next = record.clone();
+            next.cursor = Cursor::Index(version, last);
+            next.done += n as u64;
+            let state = next.encode();
+            let moves = &moves;
+            let applied = match self
+                .retry_store("moving index entries", || {
+                    self.store
+                        .reindex(moves.clone(), Some((Job::IndexRebuild, state.clone())))
+                })
+                .await
+            {
+                Ok(Some(applied)) => applied,
+                Ok(None) => return Ok(false),
+                Err(StoreError::StaleKey { .. }) => continue,
+                Err(e) => return Err(e),
+            };
+            let moved = applied.iter().filter(|a| **a).count() as u64;
+            progressed |= moved > 0;
+            record.cursor = Cursor::Index(version, last);
+            record.done += moved;
+            run.note(record.done);
+            next_at += Duration::from_secs_f64(n.max(1) as f64 / f64::from(rate));
+            let now = Instant::now();
+            if next_at < now {
+                next_at = now;
+            }
+            self.pause_until(next_at).await;
+        }
     }
 
     /// Re-wraps every key under the master key in `new_key_file` (read by
@@ -159,14 +1125,174 @@ impl Vault {
         caller: &CallerId,
         new_key_file: &Path,
     ) -> Result<(), VaultError> {
-        let _ = (caller, new_key_file);
-        Err(VaultError::Unavailable("not yet built".into()))
+        let result = async {
+            self.check_keys_right(caller)?;
+            let Ok(_running) = self.key_jobs.master.try_lock() else {
+                return Err(VaultError::FailedPrecondition(
+                    "a master-key rotation is already running; wait for it to finish".into(),
+                ));
+            };
+            let bad = |reason: String| VaultError::InvalidArgument {
+                field: "new_key_file",
+                reason,
+            };
+            if !new_key_file.is_absolute() {
+                return Err(bad("must be an absolute path (the server reads it)".into()));
+            }
+            let new = MasterKey::from_file(new_key_file).map_err(|e| bad(e.to_string()))?;
+            let _admin = self.key_jobs.admin.lock().await;
+            let ring = self.keyring();
+            if new.fingerprint() == ring.master_fingerprint() {
+                return Err(bad("is the master key in use now; give a new one".into()));
+            }
+            let catalog = self
+                .store
+                .key_catalog()
+                .await
+                .map_err(|e| store_failed(&e, "reading the key catalog"))?;
+            if catalog
+                .replaced_masters
+                .iter()
+                .any(|(fp, _)| *fp == new.fingerprint())
+            {
+                return Err(bad(
+                    "is a master key this store used before and replaced; give a new one".into(),
+                ));
+            }
+            let (next, wrapped) = ring.rewrapped(&new).map_err(|e| crypto_failed(&e))?;
+            self.store
+                .change_keys(KeyChange::Rewrap {
+                    keys: wrapped,
+                    replaced: ring.master_fingerprint(),
+                    at_unix_ms: now_unix_ms(),
+                })
+                .await
+                .map_err(|e| match e {
+                    StoreError::KeysChanged => VaultError::FailedPrecondition(e.to_string()),
+                    e => store_failed(&e, "re-wrapping the keys"),
+                })?;
+            self.replace_keyring(next);
+            tracing::warn!(
+                new_fingerprint = %hex::encode(new.fingerprint()),
+                "every key is now wrapped by the new master key: start the server with the new \
+                 key file from now on (the old master key is refused)"
+            );
+            Ok(())
+        }
+        .await;
+        logged(caller, "rotate_master_key", result)
     }
 
     /// Resumes the background jobs a crash or a restart interrupted, and
-    /// runs the rotation schedule. Called once by the server at start.
-    pub fn start_background(self: &Arc<Self>) {}
+    /// runs the rotation schedule. Called once by the server at start;
+    /// [`Vault::stop_background`] ends them.
+    pub fn start_background(self: &Arc<Self>) {
+        let vault = self.clone();
+        let task = tokio::spawn(async move {
+            for job in [Job::Rewrap, Job::IndexRebuild] {
+                match vault.job_record(job).await {
+                    Ok(Some(record)) if record.running => {
+                        tracing::info!(
+                            job = job.name(),
+                            done = record.done,
+                            "resuming an interrupted job"
+                        );
+                        vault
+                            .run_of(job)
+                            .rate
+                            .store(record.rate.max(1), Ordering::SeqCst);
+                        vault.spawn_job(job, record);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(job = job.name(), error = %e, "could not read the job's state; it does not resume")
+                    }
+                }
+            }
+            if let Some(every) = vault.settings.keys.rotate_every {
+                vault.run_schedule(every).await;
+            }
+        });
+        self.key_jobs
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(task);
+    }
+
+    /// Rotates the data key whenever the active one is `every` old, then
+    /// starts the rewrap. A key of unknown age counts from this start.
+    async fn run_schedule(self: &Arc<Self>, every: Duration) {
+        let started = now_unix_ms();
+        let check = (every / 10).clamp(Duration::from_millis(100), Duration::from_secs(3600));
+        let scheduler = CallerId::common_name("schedule")
+            .unwrap_or_else(|_| unreachable!("'schedule' is a valid common name"));
+        loop {
+            if self.stopping() {
+                return;
+            }
+            let active = self.keyring().active_version();
+            let created = match self.store.key_catalog().await {
+                Ok(c) => c
+                    .keys
+                    .iter()
+                    .find(|k| k.purpose == KeyPurpose::Data && k.version == active)
+                    .and_then(|k| k.created_unix_ms)
+                    .unwrap_or(started),
+                Err(e) => {
+                    tracing::warn!(error = %e, "key schedule: could not read the key catalog");
+                    started
+                }
+            };
+            let due = created.saturating_add(every.as_millis() as u64);
+            if now_unix_ms() >= due {
+                let rotated = self.rotate(KeyPurpose::Data).await;
+                let rotated = logged(&scheduler, "rotate_data_key", rotated);
+                if rotated.is_ok() {
+                    let started = self
+                        .start_job(Job::Rewrap, self.settings.keys.rewrap_rate)
+                        .await;
+                    let _ = logged(&scheduler, "start_rewrap", started);
+                }
+            }
+            self.pause_until(Instant::now() + check).await;
+        }
+    }
+
+    /// Ends the background jobs after their current batch (their state is
+    /// stored; they resume at the next start) and waits for them.
+    pub async fn stop_background(&self) {
+        self.key_jobs.stopping.store(true, Ordering::SeqCst);
+        self.key_jobs.stop.notify_waiters();
+        loop {
+            let task = self
+                .key_jobs
+                .tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop();
+            let Some(task) = task else { return };
+            // Notified once; a task that was not waiting yet sees the flag.
+            self.key_jobs.stop.notify_waiters();
+            let _ = task.await;
+        }
+    }
 }
 
-/// The highest rewrap rate a caller may ask for, records per second.
-pub const MAX_REWRAP_RATE: u32 = 1_000_000;
+/// The rate to run at: the caller's, checked, or `default`.
+fn check_rate(rate: Option<u32>, default: u32) -> Result<u32, VaultError> {
+    match rate {
+        None => Ok(default.max(1)),
+        Some(0) => Err(VaultError::InvalidArgument {
+            field: "rate_per_second",
+            reason: "must be at least 1 record per second".into(),
+        }),
+        Some(r) if r > MAX_REWRAP_RATE => Err(VaultError::InvalidArgument {
+            field: "rate_per_second",
+            reason: format!(
+                "{r} is more than the {MAX_REWRAP_RATE} records per second a rewrap may run at"
+            ),
+        }),
+        Some(r) => Ok(r),
+    }
+}

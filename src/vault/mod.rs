@@ -3,7 +3,7 @@
 //! sled.
 
 use crate::audit::{now_unix_ms, AuditEvent, AuditItem, AuditSink};
-use crate::crypto::{CryptoError, Keyring, MasterKey};
+use crate::crypto::{CryptoError, KeyPurpose, Keyring, MasterKey};
 use crate::domain::policy::{Action, Denial, Policy, RevealLevel};
 use crate::domain::value::{canonicalise, render, Address, FieldInput, IdScheme, PhoneRegion};
 use crate::domain::{
@@ -14,7 +14,8 @@ use crate::store::{NewRecord, StorageFailure, Store, StoreError};
 use std::sync::{Arc, RwLock};
 
 pub use keys::{
-    JobState, JobStatus, KeyState, KeyStatus, KeyVersionStatus, MAX_FAILED_TOKENS, MAX_REWRAP_RATE,
+    JobState, JobStatus, KeySettings, KeyState, KeyStatus, KeyVersionStatus, DEFAULT_REWRAP_RATE,
+    MAX_FAILED_TOKENS, MAX_REWRAP_RATE,
 };
 
 mod keys;
@@ -38,6 +39,8 @@ pub struct Settings {
     /// default: such a token is answered exactly as an unknown one, and only
     /// the audit log records the truth.
     pub explicit_kind_denials: bool,
+    /// Key rotation, rewrap and retirement.
+    pub keys: KeySettings,
 }
 
 impl Default for Settings {
@@ -47,6 +50,7 @@ impl Default for Settings {
             default_region: None,
             token_modes: TokenModes::default(),
             explicit_kind_denials: false,
+            keys: KeySettings::default(),
         }
     }
 }
@@ -136,7 +140,24 @@ pub async fn open_keyring(
 ) -> Result<Keyring, KeyringSetupError> {
     let wrapped = store.keys().await?;
     if !wrapped.is_empty() {
-        return Ok(Keyring::unlock(master, &wrapped)?);
+        return match Keyring::unlock(master, &wrapped) {
+            Err(e @ CryptoError::Unwrap(_)) => {
+                // Say so when this is a master key a rotation replaced.
+                let catalog = store.key_catalog().await?;
+                let fingerprint = master.fingerprint();
+                match catalog
+                    .replaced_masters
+                    .iter()
+                    .find(|(fp, _)| *fp == fingerprint)
+                {
+                    Some((_, at)) => Err(KeyringSetupError::ReplacedMaster {
+                        at: crate::domain::time::rfc3339(*at),
+                    }),
+                    None => Err(e.into()),
+                }
+            }
+            other => Ok(other?),
+        };
     }
     if !store.is_unused().await? {
         return Err(KeyringSetupError::KeysMissing);
@@ -158,6 +179,11 @@ pub enum KeyringSetupError {
          none are made: restore the store from a backup"
     )]
     KeysMissing,
+    #[error(
+        "keyring: this master key was replaced by `fieldvault keys rotate-master` at {at}: the \
+         store's keys are wrapped by the new one only; start with the new master key file"
+    )]
+    ReplacedMaster { at: String },
     #[error("keyring: {0}")]
     Crypto(#[from] CryptoError),
     #[error("keyring: {0}")]
@@ -180,7 +206,7 @@ impl KeyringSetupError {
 
 /// A storage failure as callers see it: its kind ("storage full", "I/O
 /// error (os error 5)"), never a value or a path.
-fn unavailable(e: &StoreError, what: &str) -> VaultError {
+pub(super) fn unavailable(e: &StoreError, what: &str) -> VaultError {
     let cause = e
         .failure()
         .map_or_else(|| "storage error".to_owned(), |f| f.cause.to_string());
@@ -194,10 +220,12 @@ type ParsedToken = Result<(TokenId, RecordId), (Option<TokenId>, ItemError)>;
 /// The vault. Cheap to share behind an `Arc`.
 pub struct Vault {
     store: Arc<dyn Store>,
-    keyring: Keyring,
+    /// Swapped whole by key rotation ([`Vault::keyring`]).
+    keyring: RwLock<Arc<Keyring>>,
     policy: RwLock<Arc<Policy>>,
     audit: Arc<dyn AuditSink>,
     settings: Settings,
+    key_jobs: keys::KeyJobs,
 }
 
 impl Vault {
@@ -210,10 +238,11 @@ impl Vault {
     ) -> Self {
         Self {
             store,
-            keyring,
+            keyring: RwLock::new(Arc::new(keyring)),
             policy: RwLock::new(Arc::new(policy)),
             audit,
             settings,
+            key_jobs: keys::KeyJobs::default(),
         }
     }
 
@@ -225,6 +254,23 @@ impl Vault {
         match self.policy.read() {
             Ok(p) => p.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The keys in force. Swapped whole by a key change, so a call sees
+    /// one consistent keyring.
+    pub(crate) fn keyring(&self) -> Arc<Keyring> {
+        // As for the policy: the Arc inside a poisoned lock is whole.
+        match self.keyring.read() {
+            Ok(k) => k.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn replace_keyring(&self, keyring: Keyring) {
+        match self.keyring.write() {
+            Ok(mut k) => *k = Arc::new(keyring),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(keyring),
         }
     }
 
@@ -279,6 +325,55 @@ impl Vault {
         Ok(())
     }
 
+    /// The records to store for canonical values and their ids, sealed
+    /// (the associated data binds the id) and indexed with `ring`; per
+    /// value, the position of its record or its error.
+    fn seal_all(
+        &self,
+        ring: &Keyring,
+        prepared: &[(FieldKind, Plaintext)],
+        ids: &[RecordId],
+    ) -> (Vec<Result<usize, ItemError>>, Vec<NewRecord>) {
+        let internal = |e: CryptoError| {
+            tracing::error!(error = %e, "sealing failed");
+            ItemError::Internal
+        };
+        let index_versions = ring.versions(KeyPurpose::Index);
+        let active_index = ring.active_index_version();
+        let mut to_store = Vec::with_capacity(prepared.len());
+        let sealed = prepared
+            .iter()
+            .zip(ids)
+            .map(|((kind, canonical), id)| {
+                let deterministic =
+                    self.settings.token_modes.for_kind(*kind) == TokenMode::Deterministic;
+                let index = ring.blind_index(*kind, canonical).map_err(internal)?;
+                // During an index rebuild a value may be known only under an
+                // older index key: a deterministic lookup consults them too.
+                let older_indexes = if deterministic {
+                    index_versions
+                        .iter()
+                        .filter(|v| **v != active_index)
+                        .map(|v| ring.blind_index_under(*v, *kind, canonical))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(internal)?
+                } else {
+                    Vec::new()
+                };
+                let record = ring.seal(*id, *kind, canonical).map_err(internal)?;
+                to_store.push(NewRecord {
+                    id: *id,
+                    record,
+                    index,
+                    deterministic,
+                    older_indexes,
+                });
+                Ok(to_store.len() - 1)
+            })
+            .collect();
+        (sealed, to_store)
+    }
+
     /// Stores each valid, allowed item under a new token. Returns only once
     /// every stored record is durable. An item that already failed to decode
     /// at the edge is passed in as its error, so the batch limit counts it
@@ -303,11 +398,7 @@ impl Vault {
             .check_call(caller, Action::Tokenize, purpose.as_ref())
             .map_err(VaultError::PermissionDenied)?;
 
-        // Per item: Ok(index into `to_store`) or the item's error.
-        let internal = |e: crate::crypto::CryptoError| {
-            tracing::error!(error = %e, "sealing failed");
-            ItemError::Internal
-        };
+        // Per item: Ok(index into `prepared`) or the item's error.
         let mut slots: Vec<Result<usize, ItemError>> = Vec::with_capacity(items.len());
         let mut prepared = Vec::with_capacity(items.len());
         for item in items {
@@ -321,11 +412,7 @@ impl Vault {
                         reason: e.reason,
                     }
                 })?;
-                let index = self
-                    .keyring
-                    .blind_index(item.kind, &canonical)
-                    .map_err(internal)?;
-                Ok((item.kind, canonical, index))
+                Ok((item.kind, canonical))
             });
             slots.push(ready.map(|ready| {
                 prepared.push(ready);
@@ -340,29 +427,24 @@ impl Vault {
                 .await
                 .map_err(|e| self.write_failed(e))?
         };
-        // A record is sealed for its id: the associated data binds it.
-        let mut to_store = Vec::with_capacity(prepared.len());
-        let mut sealed: Vec<Result<usize, ItemError>> = Vec::with_capacity(prepared.len());
-        for ((kind, canonical, index), id) in prepared.into_iter().zip(ids) {
-            let record = self.keyring.seal(id, kind, &canonical).map_err(internal);
-            sealed.push(record.map(|record| {
-                to_store.push(NewRecord {
-                    id,
-                    record,
-                    index,
-                    deterministic: self.settings.token_modes.for_kind(kind)
-                        == TokenMode::Deterministic,
-                });
-                to_store.len() - 1
-            }));
-        }
-        let stored: Vec<RecordId> = if to_store.is_empty() {
-            Vec::new()
-        } else {
-            self.store
-                .insert_records(to_store)
-                .await
-                .map_err(|e| self.write_failed(e))?
+        // A key version retired between sealing and storing (a rotation
+        // and a finished rewrap) is refused by the store: seal again with
+        // the keys now in force, once.
+        let mut ring = self.keyring();
+        let mut retried = false;
+        let (sealed, stored) = loop {
+            let (sealed, to_store) = self.seal_all(&ring, &prepared, &ids);
+            if to_store.is_empty() {
+                break (sealed, Vec::new());
+            }
+            match self.store.insert_records(to_store).await {
+                Ok(stored) => break (sealed, stored),
+                Err(StoreError::StaleKey { .. }) if !retried => {
+                    retried = true;
+                    ring = self.keyring();
+                }
+                Err(e) => return Err(self.write_failed(e)),
+            }
         };
         let results: Vec<Result<TokenId, ItemError>> = slots
             .into_iter()
@@ -370,7 +452,7 @@ impl Vault {
                 let at =
                     slot.and_then(|i| sealed.get(i).cloned().unwrap_or(Err(ItemError::Internal)))?;
                 let id = stored.get(at).copied().ok_or(ItemError::Internal)?;
-                Ok(self.keyring.token_of(id))
+                Ok(ring.token_of(id))
             })
             .collect();
         let stored = results.iter().filter(|r| r.is_ok()).count();
@@ -419,6 +501,7 @@ impl Vault {
 
         // Syntax first, then the token key: a token it did not make is
         // answered without a store read.
+        let ring = self.keyring();
         let parsed: Vec<ParsedToken> = tokens
             .iter()
             .map(|t| {
@@ -432,7 +515,7 @@ impl Vault {
                         },
                     )
                 })?;
-                match self.keyring.record_of(&token) {
+                match ring.record_of(&token) {
                     Some(id) if self.store.knows_epoch(id.epoch) => Ok((token, id)),
                     _ => Err((Some(token), ItemError::NotIssued)),
                 }
@@ -490,9 +573,14 @@ impl Vault {
                     .map_err(ItemError::PermissionDenied)?;
                 item.rule = Some(grant.rule);
                 let reveal = grant.reveal.ok_or(ItemError::Internal)?;
-                let canonical = self.keyring.open(id, &record).map_err(|e| match e {
+                let canonical = ring.open(id, &record).map_err(|e| match e {
                     CryptoError::Integrity => {
                         tracing::error!(token = %token, "stored record failed authentication");
+                        ItemError::DataLoss
+                    }
+                    // A copy from before its key version was retired.
+                    CryptoError::UnknownKeyVersion(version) => {
+                        tracing::error!(token = %token, version, "stored record is sealed under a retired or unknown data-key version");
                         ItemError::DataLoss
                     }
                     other => {

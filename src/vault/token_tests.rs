@@ -48,6 +48,54 @@ impl Store for Counting {
         self.ids_read.fetch_add(ids.len(), Ordering::SeqCst);
         self.inner.get_records(ids).await
     }
+    fn key_usage(&self) -> crate::store::KeyUsage {
+        self.inner.key_usage()
+    }
+    async fn key_catalog(&self) -> Result<crate::store::KeyCatalog, StoreError> {
+        self.inner.key_catalog().await
+    }
+    async fn change_keys(&self, change: crate::store::KeyChange) -> Result<(), StoreError> {
+        self.inner.change_keys(change).await
+    }
+    async fn scan_records(
+        &self,
+        after: Option<RecordId>,
+        limit: usize,
+    ) -> Result<Vec<(RecordId, RecordRead)>, StoreError> {
+        self.inner.scan_records(after, limit).await
+    }
+    async fn rewrite_records(
+        &self,
+        rewrites: Vec<crate::store::Rewrite>,
+        job: Option<(crate::store::Job, Vec<u8>)>,
+    ) -> Result<Vec<bool>, StoreError> {
+        self.inner.rewrite_records(rewrites, job).await
+    }
+    async fn scan_index(
+        &self,
+        version: crate::crypto::KeyVersion,
+        after: Option<crate::store::IndexEntry>,
+        limit: usize,
+    ) -> Result<Vec<crate::store::IndexEntry>, StoreError> {
+        self.inner.scan_index(version, after, limit).await
+    }
+    async fn reindex(
+        &self,
+        moves: Vec<crate::store::Reindex>,
+        job: Option<(crate::store::Job, Vec<u8>)>,
+    ) -> Result<Vec<bool>, StoreError> {
+        self.inner.reindex(moves, job).await
+    }
+    async fn job_state(&self, job: crate::store::Job) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.job_state(job).await
+    }
+    async fn set_job_state(
+        &self,
+        job: crate::store::Job,
+        state: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.inner.set_job_state(job, state).await
+    }
 }
 
 #[tokio::test]

@@ -224,6 +224,7 @@ impl TestVault {
             tls_options: Default::default(),
             reflection: true,
             limits: Default::default(),
+            keys: Default::default(),
         };
         adjust(&mut config);
         let server = bounded(
