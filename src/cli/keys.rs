@@ -450,13 +450,7 @@ fn format_secs(secs: u64) -> String {
 /// A time the server sent (Unix ms, 0 for unknown) as RFC 3339 UTC to the
 /// second, or `None`.
 fn rfc3339(unix_ms: u64) -> Option<String> {
-    if unix_ms == 0 {
-        return None;
-    }
-    let secs = i64::try_from(unix_ms / 1000).ok()?;
-    let t = time::OffsetDateTime::from_unix_timestamp(secs).ok()?;
-    t.format(&time::format_description::well_known::Rfc3339)
-        .ok()
+    (unix_ms != 0).then(|| fieldvault::domain::time::rfc3339(unix_ms))
 }
 
 fn key_state_name(state: i32) -> String {
