@@ -139,7 +139,11 @@ async fn a_refusal_of_our_certificate_after_the_first_bytes_window_is_unauthenti
     // The server's alert comes 1.5 s after our Finished: after the
     // connector's 1 s window, so the call itself fails with it.
     let relay = slow_verdict_relay(vault.addr(), Duration::from_millis(1500)).await;
-    for (command, extra) in [("tokenize", &["--json"][..]), ("health", &["--json"][..])] {
+    for (command, extra) in [
+        ("tokenize", &["--json"][..]),
+        ("health", &["--json"][..]),
+        ("keys", &["status", "--json"][..]),
+    ] {
         let out = if command == "tokenize" {
             tokenize_with(
                 &relay,
@@ -149,7 +153,7 @@ async fn a_refusal_of_our_certificate_after_the_first_bytes_window_is_unauthenti
             )
             .await
         } else {
-            let mut args = vec!["health"];
+            let mut args = vec![command];
             args.extend(extra);
             cli_with_certs(
                 &relay,

@@ -15,8 +15,8 @@ use tonic_health::pb::HealthCheckRequest;
     (NOT_SERVING); 2 the check could not be made (unreachable, TLS, unknown service)."
 )]
 pub(crate) struct HealthArgs {
-    /// The service to ask about: empty for the server as a whole, or
-    /// fieldvault.v1.Vault.
+    /// The service to ask about: empty for the server as a whole,
+    /// fieldvault.v1.Vault or fieldvault.v1.KeyAdmin.
     #[arg(long, default_value = "")]
     service: String,
     #[command(flatten)]
@@ -59,7 +59,7 @@ pub(crate) async fn health(args: HealthArgs) -> ExitCode {
                 tonic::Code::NotFound,
                 format!(
                     "--service {:?} is not registered on this server (ask about \"\" for the \
-                     server as a whole, or fieldvault.v1.Vault)",
+                     server as a whole, fieldvault.v1.Vault or fieldvault.v1.KeyAdmin)",
                     args.service
                 ),
             );

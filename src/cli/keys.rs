@@ -372,24 +372,32 @@ async fn rewrap(args: RewrapArgs) -> ExitCode {
     }
     if job.failed > 0 {
         if !json {
-            eprintln!(
-                "fieldvault: the rewrap finished, but {} record(s) failed their integrity check \
-                 and were left as they are (their key version cannot be retired while they \
-                 remain){}",
-                job.failed,
-                if job.failed_tokens.len() as u64 == job.failed {
-                    ":".to_owned()
-                } else {
-                    format!("; the first {}:", job.failed_tokens.len())
-                }
-            );
-            for token in &job.failed_tokens {
-                eprintln!("  {token}");
-            }
+            eprint!("{}", failed_records(&job));
         }
         return ExitCode::from(EXIT_ITEM_FAILED);
     }
     ExitCode::from(EXIT_OK)
+}
+
+/// What `keys rewrap --wait` says on stderr when records failed their
+/// integrity check: how many, and their tokens (the first of them when the
+/// server lists only some).
+fn failed_records(job: &pb::JobStatus) -> String {
+    let listed = job.failed_tokens.len();
+    let mut out = format!(
+        "fieldvault: the rewrap finished, but {} record(s) failed their integrity check and \
+         were left as they are (their key version cannot be retired while they remain){}\n",
+        job.failed,
+        if listed as u64 == job.failed {
+            ":".to_owned()
+        } else {
+            format!("; the first {listed}:")
+        }
+    );
+    for token in &job.failed_tokens {
+        out.push_str(&format!("  {token}\n"));
+    }
+    out
 }
 
 /// Whether a job has nothing more to do: finished, or never started with
@@ -442,13 +450,7 @@ fn format_secs(secs: u64) -> String {
 /// A time the server sent (Unix ms, 0 for unknown) as RFC 3339 UTC to the
 /// second, or `None`.
 fn rfc3339(unix_ms: u64) -> Option<String> {
-    if unix_ms == 0 {
-        return None;
-    }
-    let secs = i64::try_from(unix_ms / 1000).ok()?;
-    let t = time::OffsetDateTime::from_unix_timestamp(secs).ok()?;
-    t.format(&time::format_description::well_known::Rfc3339)
-        .ok()
+    (unix_ms != 0).then(|| fieldvault::domain::time::rfc3339(unix_ms))
 }
 
 fn key_state_name(state: i32) -> String {
@@ -663,6 +665,24 @@ mod tests {
             "rewrap to v2: 10/7200010 records (0.0%), 1000/s, ETA 2h00m, 2 failed"
         );
         assert_eq!(format_secs(185), "3m05s");
+    }
+
+    #[test]
+    fn failed_records_are_counted_and_listed_by_token() {
+        let mut j = job(pb::JobState::Finished, 3, 0);
+        j.failed = 2;
+        j.failed_tokens = vec![
+            "fv1_AAAAAAAAAAAAAAAAAAAAAA".into(),
+            "fv1_BBBBBBBBBBBBBBBBBBBBBA".into(),
+        ];
+        assert_eq!(
+            failed_records(&j),
+            "fieldvault: the rewrap finished, but 2 record(s) failed their integrity check and \
+             were left as they are (their key version cannot be retired while they remain):\n  \
+             fv1_AAAAAAAAAAAAAAAAAAAAAA\n  fv1_BBBBBBBBBBBBBBBBBBBBBA\n"
+        );
+        j.failed = 250;
+        assert!(failed_records(&j).contains("remain); the first 2:\n"));
     }
 
     #[test]

@@ -271,6 +271,12 @@ mod tests {
             "unrecognized subcommand; the commands are serve, tokenize, detokenize, keys, \
              health and store; see --help"
         );
+        let m = error(&["keys", "bogus"], &[]);
+        assert_eq!(
+            m,
+            "unrecognized subcommand; its subcommands are status, rotate, rewrap, retire, \
+             rotate-index and rotate-master; see keys --help"
+        );
     }
 
     #[test]
