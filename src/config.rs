@@ -719,6 +719,43 @@ env = "FIELDVAULT_MASTER_KEY"
     }
 
     #[test]
+    fn the_key_lifecycle_settings_default_to_no_schedule_and_bad_ones_name_their_key() {
+        let c = Config::from_toml(FULL, &no_env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.keys, crate::vault::KeySettings::default());
+        assert_eq!(c.keys.rotate_every, None);
+        let with = |keys: &str| Config::from_toml(&format!("{FULL}\n[keys]\n{keys}\n"), &no_env);
+        let c =
+            with("rotate_data_key_every = \"90d\"\nrewrap_rate = 200\nretire_after_rewrap = true")
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.keys.rotate_every,
+            Some(std::time::Duration::from_secs(90 * 86_400))
+        );
+        assert_eq!(c.keys.rewrap_rate, 200);
+        assert!(c.keys.retire_after_rewrap);
+        for (keys, field) in [
+            (
+                "rotate_data_key_every = \"often\"",
+                "keys.rotate_data_key_every",
+            ),
+            (
+                "rotate_data_key_every = \"0s\"",
+                "keys.rotate_data_key_every",
+            ),
+            ("rewrap_rate = 0", "keys.rewrap_rate"),
+            ("rewrap_rate = 1000001", "keys.rewrap_rate"),
+        ] {
+            let e = with(keys).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.starts_with(&format!("config: {field}: ")), "{keys}: {e}");
+        }
+        let e = with("rotate_every = \"1d\"").err().map(|e| e.to_string());
+        assert!(
+            e.as_deref().is_some_and(|e| e.contains("rotate_every")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn environment_overrides_the_file() {
         let env = |k: &str| (k == "FIELDVAULT_LISTEN").then(|| "0.0.0.0:6000".to_owned());
         let c = Config::from_toml(FULL, &env).unwrap_or_else(|e| panic!("{e}"));
