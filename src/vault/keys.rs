@@ -635,11 +635,13 @@ impl Vault {
                 }
             }
         });
-        self.key_jobs
+        let mut tasks = self
+            .key_jobs
             .tasks
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(task);
+            .unwrap_or_else(|p| p.into_inner());
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
     }
 
     fn stopping(&self) -> bool {
@@ -648,11 +650,16 @@ impl Vault {
 
     /// Waits until `until`, or less when the server stops.
     async fn pause_until(&self, until: Instant) {
+        // Registered before the flag is read, so a stop between the two
+        // still wakes this wait.
+        let stop = self.key_jobs.stop.notified();
+        tokio::pin!(stop);
+        stop.as_mut().enable();
         let now = Instant::now();
         if until > now && !self.stopping() {
             tokio::select! {
                 _ = tokio::time::sleep(until - now) => {}
-                _ = self.key_jobs.stop.notified() => {}
+                _ = stop => {}
             }
         }
     }
@@ -688,6 +695,9 @@ impl Vault {
         let run = &self.key_jobs.rewrap;
         let mut seen_failed: HashSet<RecordId> = HashSet::new();
         let mut progressed = false;
+        // Only a pass from the first record, moving nothing, shows that
+        // what remains cannot be moved (a resumed pass began midway).
+        let mut full_pass = record.cursor == Cursor::Start;
         let mut next_at = Instant::now();
         run.note(record.done);
         loop {
@@ -715,8 +725,9 @@ impl Vault {
                 // A pass is over. Records written under an older key while
                 // it ran, or moved by a rotation meanwhile, need another.
                 let remaining = self.remaining(KeyPurpose::Data, target);
-                if remaining > 0 && progressed {
+                if remaining > 0 && (progressed || !full_pass) {
                     progressed = false;
+                    full_pass = true;
                     record.cursor = Cursor::Start;
                     continue;
                 }
@@ -958,6 +969,7 @@ impl Vault {
         let run = &self.key_jobs.rebuild;
         let mut seen_failed: HashSet<RecordId> = HashSet::new();
         let mut progressed = false;
+        let mut full_pass = record.cursor == Cursor::Start;
         let mut next_at = Instant::now();
         run.note(record.done);
         loop {
@@ -1028,8 +1040,9 @@ impl Vault {
                     record.cursor = Cursor::Start;
                     continue;
                 }
-                if progressed {
+                if progressed || !full_pass {
                     progressed = false;
+                    full_pass = true;
                     record.cursor = Cursor::Start;
                     continue;
                 }
