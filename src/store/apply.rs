@@ -443,7 +443,11 @@ mod tests {
         assert!(!u.is_empty());
         ok(go.send(()));
         ok(u.wait_until(0));
-        assert_eq!(u.record(inserted.id), None, "gone once the rewrite is applied");
+        assert_eq!(
+            u.record(inserted.id),
+            None,
+            "gone once the rewrite is applied"
+        );
         assert!(u.is_empty());
     }
 

@@ -811,7 +811,10 @@ mod tests {
         frame[last] = 2;
         assert!(matches!(
             decode_frame(&frame),
-            Err(StoreError::Corrupt { reason: "bad flag", .. })
+            Err(StoreError::Corrupt {
+                reason: "bad flag",
+                ..
+            })
         ));
         // A destroyed key of an unknown purpose.
         let mut frame = encode_frame(None, &[], &[], &one_each[3]);
@@ -842,7 +845,10 @@ mod tests {
         assert_eq!(ok(decode_counts(&bytes)), (42, usage));
         for cut in 0..bytes.len() {
             assert!(
-                matches!(decode_counts(&bytes[..cut]), Err(StoreError::Corrupt { .. })),
+                matches!(
+                    decode_counts(&bytes[..cut]),
+                    Err(StoreError::Corrupt { .. })
+                ),
                 "cut at {cut}"
             );
         }
