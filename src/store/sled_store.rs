@@ -2134,7 +2134,7 @@ mod tests {
     async fn scan_index_pages_through_random_then_deterministic_entries_of_one_version_only() {
         let dir = ok(tempfile::tempdir());
         let store = open(dir.path());
-        let [r1, r2, r3, d1, d2, other_r, other_d] = ids(&store).await;
+        let [r1, r2, r3, r4, d1, d2, other_r, other_d] = ids(&store).await;
         let entry = |id, index, deterministic| IndexEntry {
             id,
             index,
@@ -2144,6 +2144,9 @@ mod tests {
             .insert_records(vec![
                 new(d2, FieldKind::Phone, 5, true),
                 new(r3, FieldKind::Phone, 3, false),
+                // A random entry whose index sorts after the deterministic
+                // ones: paging on from those must not come back to it.
+                new(r4, FieldKind::Phone, 6, false),
                 new(r1, FieldKind::Phone, 1, false),
                 new(r2, FieldKind::Phone, 1, false),
                 new(d1, FieldKind::Phone, 4, true),
@@ -2175,6 +2178,7 @@ mod tests {
                 entry(r1, index(1), false),
                 entry(r2, index(1), false),
                 entry(r3, index(3), false),
+                entry(r4, index(6), false),
                 entry(d1, index(4), true),
                 entry(d2, index(5), true),
             ]
@@ -2293,6 +2297,62 @@ mod tests {
             assert_eq!(ok(store.records_by_index(idx).await), found, "{idx:?}");
         }
         assert_eq!(store.key_usage(), moved);
+        assert_clean(&store).await;
+    }
+
+    #[tokio::test]
+    async fn a_record_named_twice_in_one_rewrite_call_is_rewritten_once() {
+        let dir = ok(tempfile::tempdir());
+        let store = open(dir.path());
+        let [a] = ids(&store).await;
+        ok(store
+            .insert_records(vec![new(a, FieldKind::Phone, 1, false)])
+            .await);
+        let applied = ok(store
+            .rewrite_records(vec![rewrite(a, 7, 8, 1), rewrite(a, 7, 9, 2)], None)
+            .await);
+        assert_eq!(applied, vec![true, false], "the second finds it moved");
+        assert_eq!(
+            read(&store, vec![a]).await,
+            vec![Some(sealed(FieldKind::Phone, 8, 1))]
+        );
+        assert_eq!(
+            store.key_usage(),
+            usage(&[(KeyPurpose::Data, 8, 1), (KeyPurpose::Index, 1, 1)])
+        );
+        assert_clean(&store).await;
+    }
+
+    #[tokio::test]
+    async fn an_entry_named_twice_in_one_reindex_call_is_moved_once() {
+        let dir = ok(tempfile::tempdir());
+        let store = open(dir.path());
+        let [a, b] = ids(&store).await;
+        ok(store
+            .insert_records(vec![
+                new(a, FieldKind::Phone, 1, false),
+                new(b, FieldKind::Phone, 2, true),
+            ])
+            .await);
+        let moves = |id, idx, deterministic| {
+            let m = Reindex {
+                entry: IndexEntry {
+                    id,
+                    index: index(idx),
+                    deterministic,
+                },
+                new: index_v(2, idx),
+            };
+            [m, m]
+        };
+        let applied = ok(store
+            .reindex([moves(a, 1, false), moves(b, 2, true)].concat(), None)
+            .await);
+        assert_eq!(applied, vec![true, false, true, false]);
+        assert_eq!(
+            store.key_usage(),
+            usage(&[(KeyPurpose::Data, 7, 2), (KeyPurpose::Index, 2, 2)])
+        );
         assert_clean(&store).await;
     }
 
