@@ -2357,6 +2357,163 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn counters_stored_with_the_current_log_generation_still_count_the_frames_logged_after_them(
+    ) {
+        let dir = ok(tempfile::tempdir());
+        one_record(dir.path()).await;
+        // As a crash between a checkpoint's counters and its log reset
+        // leaves it, with no frame in the log: the counters name the log's
+        // generation.
+        let generation = ok(Wal::open(
+            &super::super::file::RealFs,
+            &dir.path().join(WAL_FILE),
+        ))
+        .0
+        .generation();
+        let one = usage(&[(KeyPurpose::Data, 7, 1), (KeyPurpose::Index, 1, 1)]);
+        edit_closed(dir.path(), |db| {
+            let meta = ok(db.open_tree("meta"));
+            ok(meta.insert(COUNTS_KEY, encode_counts(generation, &one)));
+        });
+        {
+            let store = open(dir.path());
+            assert_eq!(store.key_usage(), one);
+            let [b] = ids(&store).await;
+            // No checkpoint from here on (EIO): the next start replays.
+            store.fail_next_checkpoint(5);
+            ok(store
+                .insert_records(vec![new(b, FieldKind::Phone, 2, false)])
+                .await);
+        }
+        let store = open(dir.path());
+        assert_eq!(
+            store.key_usage(),
+            usage(&[(KeyPurpose::Data, 7, 2), (KeyPurpose::Index, 1, 2)]),
+            "the replayed record is counted"
+        );
+        assert_clean(&store).await;
+    }
+
+    #[tokio::test]
+    async fn an_index_key_version_is_retired_once_its_entries_moved_and_nothing_moves_to_a_retired_one(
+    ) {
+        let dir = ok(tempfile::tempdir());
+        let store = open(dir.path());
+        ok(store
+            .insert_keys(vec![
+                wrapped(KeyPurpose::Index, 1),
+                wrapped(KeyPurpose::Index, 2),
+                wrapped(KeyPurpose::Index, 3),
+            ])
+            .await);
+        let [a, b, c] = ids(&store).await;
+        ok(store
+            .insert_records(vec![
+                new(a, FieldKind::Phone, 1, false),
+                new(b, FieldKind::Phone, 2, true),
+            ])
+            .await);
+        let refused = store.change_keys(retire(KeyPurpose::Index, 1, 2000)).await;
+        assert!(
+            matches!(
+                refused,
+                Err(StoreError::KeyInUse {
+                    purpose: "index",
+                    version: 1,
+                    count: 2
+                })
+            ),
+            "{refused:?}"
+        );
+        let moves = [(a, 1, false), (b, 2, true)]
+            .into_iter()
+            .map(|(id, idx, deterministic)| Reindex {
+                entry: IndexEntry {
+                    id,
+                    index: index(idx),
+                    deterministic,
+                },
+                new: index_v(2, idx),
+            })
+            .collect();
+        assert_eq!(ok(store.reindex(moves, None).await), vec![true, true]);
+        ok(store.change_keys(retire(KeyPurpose::Index, 1, 2000)).await);
+        ok(store.change_keys(retire(KeyPurpose::Index, 3, 2000)).await);
+        // Nothing moves to, or is indexed under, a retired version.
+        let to_retired = store
+            .reindex(
+                vec![Reindex {
+                    entry: IndexEntry {
+                        id: a,
+                        index: index_v(2, 1),
+                        deterministic: false,
+                    },
+                    new: index_v(3, 1),
+                }],
+                None,
+            )
+            .await;
+        assert!(
+            matches!(
+                to_retired,
+                Err(StoreError::StaleKey {
+                    purpose: "index",
+                    version: 3
+                })
+            ),
+            "{to_retired:?}"
+        );
+        let under_retired = store
+            .insert_records(vec![new(c, FieldKind::Phone, 3, false)])
+            .await;
+        assert!(
+            matches!(
+                under_retired,
+                Err(StoreError::StaleKey {
+                    purpose: "index",
+                    version: 1
+                })
+            ),
+            "{under_retired:?}"
+        );
+        assert_eq!(ok(store.records_by_index(index_v(2, 1)).await), vec![a]);
+        assert_eq!(read(&store, vec![c]).await, vec![None]);
+        assert_eq!(
+            store.key_usage(),
+            usage(&[(KeyPurpose::Data, 7, 2), (KeyPurpose::Index, 2, 2)])
+        );
+        assert_eq!(ok(store.keys().await), vec![wrapped(KeyPurpose::Index, 2)]);
+        assert_clean(&store).await;
+    }
+
+    #[tokio::test]
+    async fn a_job_state_is_kept_per_job_and_survives_reopening() {
+        let dir = ok(tempfile::tempdir());
+        {
+            let store = open(dir.path());
+            assert_eq!(ok(store.job_state(Job::Rewrap).await), None);
+            ok(store.set_job_state(Job::Rewrap, b"first".to_vec()).await);
+            ok(store.set_job_state(Job::Rewrap, b"second".to_vec()).await);
+            ok(store
+                .set_job_state(Job::IndexRebuild, b"other".to_vec())
+                .await);
+            assert_eq!(
+                ok(store.job_state(Job::Rewrap).await),
+                Some(b"second".to_vec())
+            );
+        }
+        let store = open(dir.path());
+        assert_eq!(
+            ok(store.job_state(Job::Rewrap).await),
+            Some(b"second".to_vec())
+        );
+        assert_eq!(
+            ok(store.job_state(Job::IndexRebuild).await),
+            Some(b"other".to_vec())
+        );
+    }
+
+    #[tokio::test]
     async fn the_key_version_counters_survive_a_clean_reopen_and_are_recounted_when_lost() {
         let dir = ok(tempfile::tempdir());
         let expected = usage(&[
