@@ -2513,6 +2513,71 @@ mod tests {
         );
     }
 
+    /// Back-to-back: each rewrite and move is staged while the group that
+    /// inserted (or moved) its record may still be applying, so its
+    /// compare-and-set reads the overlay as often as the trees.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rewrites_and_moves_right_after_their_insert_see_it_whether_or_not_applied_yet() {
+        let dir = ok(tempfile::tempdir());
+        let store = open(dir.path());
+        let rounds = 150u8;
+        for value in 0..rounds {
+            let [r, d] = ids(&store).await;
+            ok(store
+                .insert_records(vec![
+                    new(r, FieldKind::Phone, value, false),
+                    new(d, FieldKind::Phone, value, true),
+                ])
+                .await);
+            assert_eq!(
+                ok(store
+                    .rewrite_records(vec![rewrite(r, 7, 8, value)], None)
+                    .await),
+                vec![true],
+                "round {value}"
+            );
+            let moves: Vec<Reindex> = [(r, false), (d, true)]
+                .into_iter()
+                .map(|(id, deterministic)| Reindex {
+                    entry: IndexEntry {
+                        id,
+                        index: index(value),
+                        deterministic,
+                    },
+                    new: index_v(2, value),
+                })
+                .collect();
+            assert_eq!(
+                ok(store.reindex(moves.clone(), None).await),
+                vec![true, true],
+                "round {value}"
+            );
+            assert_eq!(
+                ok(store.reindex(moves, None).await),
+                vec![false, false],
+                "round {value}"
+            );
+            assert_eq!(
+                read(&store, vec![r]).await,
+                vec![Some(sealed(FieldKind::Phone, 8, value))],
+                "round {value}"
+            );
+            let mut found = ok(store.records_by_index(index_v(2, value)).await);
+            found.sort();
+            assert_eq!(found, vec![r, d], "round {value}");
+        }
+        let n = u64::from(rounds);
+        assert_eq!(
+            store.key_usage(),
+            usage(&[
+                (KeyPurpose::Data, 7, n),
+                (KeyPurpose::Data, 8, n),
+                (KeyPurpose::Index, 2, 2 * n),
+            ])
+        );
+        assert_clean(&store).await;
+    }
+
     #[tokio::test]
     async fn the_key_version_counters_survive_a_clean_reopen_and_are_recounted_when_lost() {
         let dir = ok(tempfile::tempdir());
