@@ -2529,13 +2529,18 @@ mod tests {
                     new(d, FieldKind::Phone, value, true),
                 ])
                 .await);
-            assert_eq!(
-                ok(store
-                    .rewrite_records(vec![rewrite(r, 7, 8, value)], None)
-                    .await),
-                vec![true],
-                "round {value}"
-            );
+            // The commit thread stages a write while at most the group
+            // before it is unapplied: alternate which one follows the
+            // insert.
+            if value % 2 == 0 {
+                assert_eq!(
+                    ok(store
+                        .rewrite_records(vec![rewrite(r, 7, 8, value)], None)
+                        .await),
+                    vec![true],
+                    "round {value}"
+                );
+            }
             let moves: Vec<Reindex> = [(r, false), (d, true)]
                 .into_iter()
                 .map(|(id, deterministic)| Reindex {
@@ -2557,6 +2562,15 @@ mod tests {
                 vec![false, false],
                 "round {value}"
             );
+            if value % 2 == 1 {
+                assert_eq!(
+                    ok(store
+                        .rewrite_records(vec![rewrite(r, 7, 8, value)], None)
+                        .await),
+                    vec![true],
+                    "round {value}"
+                );
+            }
             assert_eq!(
                 read(&store, vec![r]).await,
                 vec![Some(sealed(FieldKind::Phone, 8, value))],
