@@ -2593,6 +2593,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_record_that_does_not_decode_is_never_rewritten() {
+        let dir = ok(tempfile::tempdir());
+        let store = open(dir.path());
+        let [a] = ids(&store).await;
+        ok(store
+            .insert_records(vec![new(a, FieldKind::Phone, 1, false)])
+            .await);
+        ok(store.inner.unapplied.wait_until(0));
+        // Its format byte damaged; its key version still reads as 7.
+        let mut damaged = encode_record(&record(FieldKind::Phone));
+        damaged[0] = 9;
+        ok(store
+            .inner
+            .trees
+            .records
+            .insert(record_key(a), damaged.clone()));
+        assert_eq!(
+            ok(store.rewrite_records(vec![rewrite(a, 7, 8, 1)], None).await),
+            vec![false]
+        );
+        ok(store.inner.unapplied.wait_until(0));
+        assert_eq!(
+            ok(store.inner.trees.records.get(record_key(a))).map(|b| b.to_vec()),
+            Some(damaged),
+            "left as it was, for the operator"
+        );
+        assert_eq!(
+            store.key_usage(),
+            usage(&[(KeyPurpose::Data, 7, 1), (KeyPurpose::Index, 1, 1)])
+        );
+    }
+
+    #[tokio::test]
     async fn the_key_version_counters_survive_a_clean_reopen_and_are_recounted_when_lost() {
         let dir = ok(tempfile::tempdir());
         let expected = usage(&[
