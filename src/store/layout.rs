@@ -652,9 +652,16 @@ mod tests {
         assert_eq!(back.ceilings, vec![ceiling]);
         assert_eq!(back.keys, vec![key]);
         assert!(decode_frame(&frame[..frame.len() - 1]).is_err());
+        // Tag 9 is a `meta` entry now: an unknown tag is one no entry has.
         let mut bad = frame.clone();
-        bad[0] = 9;
-        assert!(decode_frame(&bad).is_err());
+        bad[0] = 99;
+        assert!(matches!(
+            decode_frame(&bad),
+            Err(StoreError::Corrupt {
+                reason: "unknown entry type",
+                ..
+            })
+        ));
     }
 
     /// One of each key-lifecycle entry: a rewrite, a random and a
