@@ -411,6 +411,80 @@ mod tests {
     }
 
     #[test]
+    fn a_rewrite_published_while_its_insert_is_applying_keeps_the_newer_bytes_visible() {
+        let (apply, go, _) = gated(false);
+        let applier = ok(Applier::start(apply));
+        // Dropped before the applier, so a failed assertion ends the test
+        // instead of leaving the apply thread waiting for a go-ahead.
+        let go = go;
+        let inserted = staged(5, false);
+        ok(applier.publish(batch(vec![inserted.clone()])));
+        let newer = vec![6; 8];
+        ok(applier.publish(Batch {
+            rewrites: vec![Rewritten {
+                id: inserted.id,
+                from: KeyVersion(1),
+                to: KeyVersion(2),
+                record: newer.clone(),
+            }],
+            ..Batch::default()
+        }));
+        let u = applier.shared().clone();
+        assert_eq!(u.record(inserted.id), Some(newer.clone()));
+        // The insert is applied (its older bytes reach the tree); the
+        // rewrite is not yet.
+        ok(go.send(()));
+        ok(u.wait_until(1));
+        assert_eq!(
+            u.record(inserted.id),
+            Some(newer),
+            "the older group's apply leaves the newer bytes in the overlay"
+        );
+        assert!(!u.is_empty());
+        ok(go.send(()));
+        ok(u.wait_until(0));
+        assert_eq!(
+            u.record(inserted.id),
+            None,
+            "gone once the rewrite is applied"
+        );
+        assert!(u.is_empty());
+    }
+
+    #[test]
+    fn a_moved_index_entry_is_found_under_its_new_index_until_applied() {
+        let (apply, go, _) = gated(false);
+        let applier = ok(Applier::start(apply));
+        let go = go;
+        let (random, det) = (staged(7, false), staged(8, true));
+        let moved = |s: &Staged, mac: u8| Reindexed {
+            id: s.id,
+            old: s.index,
+            new: BlindIndex {
+                version: KeyVersion(2),
+                mac: [mac; 32],
+            },
+            deterministic: s.deterministic,
+        };
+        let moves = vec![moved(&random, 9), moved(&det, 10)];
+        ok(applier.publish(Batch {
+            reindexed: moves.clone(),
+            ..Batch::default()
+        }));
+        let u = applier.shared().clone();
+        let (random_new, det_new) = (index_prefix(&moves[0].new), index_prefix(&moves[1].new));
+        assert_eq!(u.records_by_index(&random_new), vec![random.id]);
+        assert_eq!(u.deterministic(&random_new), None);
+        assert_eq!(u.records_by_index(&det_new), vec![det.id]);
+        assert_eq!(u.deterministic(&det_new), Some(det.id));
+        ok(go.send(()));
+        ok(u.wait_until(0));
+        assert!(u.records_by_index(&random_new).is_empty());
+        assert!(u.records_by_index(&det_new).is_empty());
+        assert_eq!(u.deterministic(&det_new), None);
+    }
+
+    #[test]
     fn a_failed_apply_is_reported_and_keeps_its_entries_readable() {
         let (apply, go, _) = gated(true);
         let applier = ok(Applier::start(apply));

@@ -652,9 +652,228 @@ mod tests {
         assert_eq!(back.ceilings, vec![ceiling]);
         assert_eq!(back.keys, vec![key]);
         assert!(decode_frame(&frame[..frame.len() - 1]).is_err());
+        // Tag 9 is a `meta` entry now: an unknown tag is one no entry has.
         let mut bad = frame.clone();
-        bad[0] = 9;
-        assert!(decode_frame(&bad).is_err());
+        bad[0] = 99;
+        assert!(matches!(
+            decode_frame(&bad),
+            Err(StoreError::Corrupt {
+                reason: "unknown entry type",
+                ..
+            })
+        ));
+    }
+
+    /// One of each key-lifecycle entry: a rewrite, a random and a
+    /// deterministic index move, a re-wrapped key, a destroyed key, a
+    /// `meta` entry set and one removed.
+    fn lifecycle_changes() -> Changes {
+        let sealed = SealedRecord {
+            key_version: KeyVersion(8),
+            ..record(FieldKind::Phone)
+        };
+        Changes {
+            rewrites: vec![Rewritten {
+                id: RecordId::new(12, 5),
+                from: KeyVersion(7),
+                to: KeyVersion(8),
+                record: encode_record(&sealed),
+            }],
+            reindexed: vec![
+                Reindexed {
+                    id: RecordId::new(13, 5),
+                    old: index(3),
+                    new: BlindIndex {
+                        version: KeyVersion(2),
+                        mac: [4; 32],
+                    },
+                    deterministic: false,
+                },
+                Reindexed {
+                    id: RecordId::new(14, 5),
+                    old: index(5),
+                    new: BlindIndex {
+                        version: KeyVersion(2),
+                        mac: [6; 32],
+                    },
+                    deterministic: true,
+                },
+            ],
+            rewrapped_keys: vec![WrappedKey {
+                purpose: KeyPurpose::Token,
+                version: KeyVersion(1),
+                nonce: [7; NONCE_LEN],
+                ciphertext: vec![8; 48],
+            }],
+            dropped_keys: vec![(KeyPurpose::Data, KeyVersion(7))],
+            meta: vec![
+                MetaOp {
+                    key: b"job/rewrap".to_vec(),
+                    value: Some(vec![1, 2, 3]),
+                },
+                MetaOp {
+                    key: b"job/index_rebuild".to_vec(),
+                    value: None,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn every_key_lifecycle_entry_round_trips_through_a_logged_frame() {
+        let changes = lifecycle_changes();
+        let frame = encode_frame(None, &[], &[], &changes);
+        let back = ok(decode_frame(&frame)).changes;
+        let rewrites: Vec<_> = back
+            .rewrites
+            .iter()
+            .map(|r| (r.id, r.from, r.to, r.record.clone()))
+            .collect();
+        assert_eq!(
+            rewrites,
+            vec![(
+                RecordId::new(12, 5),
+                KeyVersion(7),
+                KeyVersion(8),
+                changes.rewrites[0].record.clone()
+            )]
+        );
+        let moves = |c: &Changes| -> Vec<_> {
+            c.reindexed
+                .iter()
+                .map(|r| (r.id, r.old, r.new, r.deterministic))
+                .collect()
+        };
+        assert_eq!(moves(&back), moves(&changes));
+        assert_eq!(back.rewrapped_keys, changes.rewrapped_keys);
+        assert_eq!(back.dropped_keys, changes.dropped_keys);
+        assert_eq!(back.meta, changes.meta);
+        // Beside records, keys and a ceiling, in the same frame.
+        let staged = Staged {
+            id: RecordId::new(15, 5),
+            index: index(9),
+            deterministic: false,
+            record: encode_record(&record(FieldKind::Email)),
+        };
+        let ceiling = Ceiling {
+            ceiling: 64,
+            epoch: 5,
+        };
+        let mixed = ok(decode_frame(&encode_frame(
+            Some(ceiling),
+            &[],
+            &[staged],
+            &changes,
+        )));
+        assert_eq!(mixed.ceilings, vec![ceiling]);
+        assert_eq!(mixed.records.len(), 1);
+        assert_eq!(moves(&mixed.changes), moves(&changes));
+        assert_eq!(mixed.changes.meta, changes.meta);
+    }
+
+    #[test]
+    fn a_cut_short_or_damaged_key_lifecycle_entry_is_reported_corrupt() {
+        let all = lifecycle_changes();
+        let one_each = [
+            Changes {
+                rewrites: all.rewrites.clone(),
+                ..Changes::default()
+            },
+            Changes {
+                reindexed: all.reindexed[1..].to_vec(),
+                ..Changes::default()
+            },
+            Changes {
+                rewrapped_keys: all.rewrapped_keys.clone(),
+                ..Changes::default()
+            },
+            Changes {
+                dropped_keys: all.dropped_keys.clone(),
+                ..Changes::default()
+            },
+            Changes {
+                meta: all.meta[..1].to_vec(),
+                ..Changes::default()
+            },
+            Changes {
+                meta: all.meta[1..].to_vec(),
+                ..Changes::default()
+            },
+        ];
+        for changes in &one_each {
+            let frame = encode_frame(None, &[], &[], changes);
+            assert!(decode_frame(&frame).is_ok());
+            for cut in 1..frame.len() {
+                assert!(
+                    matches!(decode_frame(&frame[..cut]), Err(StoreError::Corrupt { .. })),
+                    "tag {} cut at {cut} of {}",
+                    frame[0],
+                    frame.len()
+                );
+            }
+        }
+        // A move's deterministic flag that is neither 0 nor 1.
+        let mut frame = encode_frame(None, &[], &[], &one_each[1]);
+        let last = frame.len() - 1;
+        frame[last] = 2;
+        assert!(matches!(
+            decode_frame(&frame),
+            Err(StoreError::Corrupt {
+                reason: "bad flag",
+                ..
+            })
+        ));
+        // A destroyed key of an unknown purpose.
+        let mut frame = encode_frame(None, &[], &[], &one_each[3]);
+        frame[1] = 99;
+        assert!(matches!(
+            decode_frame(&frame),
+            Err(StoreError::Corrupt {
+                reason: "unknown key purpose",
+                ..
+            })
+        ));
+        // A rewrite whose record does not decode.
+        let mut frame = encode_frame(None, &[], &[], &one_each[0]);
+        frame[1 + 16 + 4 + 4] = 9;
+        assert!(matches!(
+            decode_frame(&frame),
+            Err(StoreError::Corrupt { what: "record", .. })
+        ));
+    }
+
+    #[test]
+    fn the_key_version_counters_round_trip_and_damage_is_reported() {
+        let mut usage = KeyUsage::new();
+        usage.insert((KeyPurpose::Data, KeyVersion(1)), 3);
+        usage.insert((KeyPurpose::Data, KeyVersion(2)), u64::MAX);
+        usage.insert((KeyPurpose::Index, KeyVersion(1)), 0);
+        let bytes = encode_counts(42, &usage);
+        assert_eq!(ok(decode_counts(&bytes)), (42, usage));
+        for cut in 0..bytes.len() {
+            assert!(
+                matches!(
+                    decode_counts(&bytes[..cut]),
+                    Err(StoreError::Corrupt { .. })
+                ),
+                "cut at {cut}"
+            );
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode_counts(&longer).is_err(), "trailing bytes");
+        let mut bad = bytes;
+        bad[0] = 2;
+        assert!(decode_counts(&bad).is_err(), "unknown format");
+    }
+
+    #[test]
+    fn key_facts_round_trip_with_zero_meaning_live() {
+        let live = encode_key_info(1_700_000_000_000, None);
+        assert_eq!(ok(decode_key_info(&live)), (1_700_000_000_000, None));
+        let retired = encode_key_info(5, Some(9));
+        assert_eq!(ok(decode_key_info(&retired)), (5, Some(9)));
+        assert!(decode_key_info(&retired[..15]).is_err());
     }
 
     #[test]

@@ -818,9 +818,12 @@ mod tests {
     use super::*;
     use crate::crypto::{KeyPurpose, KeyVersion, SealedRecord, NONCE_LEN};
     use crate::domain::FieldKind;
-    use crate::store::apply::Staged;
+    use crate::store::apply::{Reindexed, Rewritten, Staged};
     use crate::store::fixtures::{index, record};
-    use crate::store::layout::{encode_frame, encode_record, record_key};
+    use crate::store::layout::{
+        encode_counts, encode_frame, encode_key_info, encode_record, key_info_key, record_key,
+        Changes, MetaOp,
+    };
 
     use std::collections::HashMap;
     use std::path::Path;
@@ -1524,6 +1527,1143 @@ mod tests {
             "{:?}",
             reopened.err().map(|e| e.to_string())
         );
+    }
+
+    // Key lifecycle: rewrites, index moves, key changes, job states and the
+    // key-version counters.
+
+    /// A record of `kind` sealed under data-key `version` (`byte` tells
+    /// one sealing from another).
+    fn sealed(kind: FieldKind, version: u32, byte: u8) -> SealedRecord {
+        SealedRecord {
+            key_version: KeyVersion(version),
+            ciphertext: vec![byte; 40],
+            ..record(kind)
+        }
+    }
+
+    /// Blind index `version` of the value numbered `byte`.
+    fn index_v(version: u32, byte: u8) -> BlindIndex {
+        BlindIndex {
+            version: KeyVersion(version),
+            mac: [byte; 32],
+        }
+    }
+
+    /// `id` re-sealed from data-key version `from` to `to`.
+    fn rewrite(id: RecordId, from: u32, to: u32, byte: u8) -> Rewrite {
+        Rewrite {
+            id,
+            from: KeyVersion(from),
+            record: sealed(FieldKind::Phone, to, byte),
+        }
+    }
+
+    fn usage(entries: &[(KeyPurpose, u32, u64)]) -> KeyUsage {
+        entries
+            .iter()
+            .map(|(p, v, n)| ((*p, KeyVersion(*v)), *n))
+            .collect()
+    }
+
+    fn retire(purpose: KeyPurpose, version: u32, at_unix_ms: u64) -> KeyChange {
+        KeyChange::Retire {
+            purpose,
+            version: KeyVersion(version),
+            at_unix_ms,
+        }
+    }
+
+    /// A key of the same version wrapped anew (other bytes).
+    fn rewrapped(purpose: KeyPurpose, version: u32) -> WrappedKey {
+        WrappedKey {
+            ciphertext: vec![5; 48],
+            ..wrapped(purpose, version)
+        }
+    }
+
+    async fn assert_clean(store: &SledStore) {
+        let report = ok(store.check_integrity().await);
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    }
+
+    fn key_info(catalog: &KeyCatalog, purpose: KeyPurpose, version: u32) -> Option<&KeyInfo> {
+        catalog
+            .keys
+            .iter()
+            .find(|k| k.purpose == purpose && k.version == KeyVersion(version))
+    }
+
+    #[tokio::test]
+    async fn a_rewrite_replaces_only_a_record_still_under_its_from_version_and_moves_the_counters()
+    {
+        let dir = ok(tempfile::tempdir());
+        let [a, b, absent];
+        let moved = usage(&[
+            (KeyPurpose::Data, 7, 1),
+            (KeyPurpose::Data, 8, 1),
+            (KeyPurpose::Index, 1, 2),
+        ]);
+        let expected = vec![
+            Some(sealed(FieldKind::Phone, 8, 1)),
+            Some(record(FieldKind::Phone)),
+            None,
+        ];
+        {
+            let store = open(dir.path());
+            [a, b, absent] = ids(&store).await;
+            ok(store
+                .insert_records(vec![
+                    new(a, FieldKind::Phone, 1, false),
+                    new(b, FieldKind::Phone, 2, true),
+                ])
+                .await);
+            let applied = ok(store
+                .rewrite_records(
+                    vec![
+                        rewrite(a, 7, 8, 1),
+                        rewrite(b, 6, 8, 2),
+                        rewrite(absent, 7, 8, 3),
+                    ],
+                    None,
+                )
+                .await);
+            assert_eq!(applied, vec![true, false, false]);
+            assert_eq!(read(&store, vec![a, b, absent]).await, expected);
+            assert_eq!(
+                ok(store.rewrite_records(vec![rewrite(a, 7, 8, 4)], None).await),
+                vec![false],
+                "a record already moved is left alone"
+            );
+            assert_eq!(read(&store, vec![a]).await, expected[..1].to_vec());
+            assert_eq!(store.key_usage(), moved);
+            assert_clean(&store).await;
+        }
+        let store = open(dir.path());
+        assert_eq!(read(&store, vec![a, b, absent]).await, expected);
+        assert_eq!(store.key_usage(), moved);
+        assert_clean(&store).await;
+    }
+
+    #[tokio::test]
+    async fn a_rewrite_acknowledged_before_a_failed_checkpoint_is_replayed_with_its_counters_and_job_state(
+    ) {
+        let dir = ok(tempfile::tempdir());
+        let [a, b];
+        {
+            let store = open(dir.path());
+            [a, b] = ids(&store).await;
+            ok(store
+                .insert_records(vec![
+                    new(a, FieldKind::Phone, 1, false),
+                    new(b, FieldKind::Phone, 2, true),
+                ])
+                .await);
+            // The checkpoint after the rewrite's log sync fails (EIO): the
+            // writer stops, nothing is checkpointed (not even at close), so
+            // the next start replays the log as after a crash.
+            store.fail_next_checkpoint(5);
+            let applied = store
+                .rewrite_records(
+                    vec![rewrite(a, 7, 8, 1)],
+                    Some((Job::Rewrap, b"cursor a".to_vec())),
+                )
+                .await;
+            assert_eq!(ok(applied), vec![true]);
+            assert!(store.failure().is_some());
+        }
+        let store = open(dir.path());
+        assert_eq!(
+            read(&store, vec![a, b]).await,
+            vec![
+                Some(sealed(FieldKind::Phone, 8, 1)),
+                Some(record(FieldKind::Phone))
+            ]
+        );
+        assert_eq!(
+            ok(store.job_state(Job::Rewrap).await),
+            Some(b"cursor a".to_vec())
+        );
+        assert_eq!(
+            store.key_usage(),
+            usage(&[
+                (KeyPurpose::Data, 7, 1),
+                (KeyPurpose::Data, 8, 1),
+                (KeyPurpose::Index, 1, 2),
+            ])
+        );
+        assert_clean(&store).await;
+    }
+
+    /// What [`crashed_during_key_work`] leaves, once replayed.
+    fn after_key_work() -> KeyUsage {
+        usage(&[
+            (KeyPurpose::Data, 7, 2),
+            (KeyPurpose::Data, 8, 1),
+            (KeyPurpose::Index, 1, 1),
+            (KeyPurpose::Index, 2, 2),
+        ])
+    }
+
+    /// A closed store with data keys v6, v7, v8 and index keys v1, v2, and
+    /// three records under data v7 and index v1: `a` random (value 1), `b`
+    /// deterministic (value 2), `c` random (value 3). Then, as a crash
+    /// before the checkpoint leaves it, two logged frames the trees never
+    /// got: `a` re-sealed under v8, `b` and `c` moved to index v2, data v7
+    /// re-wrapped, data v6 retired and destroyed, the rewrap job's state
+    /// set, the index rebuild's set then removed. Returns the records and
+    /// the log's generation.
+    async fn crashed_during_key_work(dir: &Path) -> ([RecordId; 3], u64) {
+        let [a, b, c];
+        {
+            let store = open(dir);
+            ok(store
+                .insert_keys(vec![
+                    wrapped(KeyPurpose::Data, 6),
+                    wrapped(KeyPurpose::Data, 7),
+                    wrapped(KeyPurpose::Data, 8),
+                    wrapped(KeyPurpose::Index, 1),
+                    wrapped(KeyPurpose::Index, 2),
+                ])
+                .await);
+            [a, b, c] = ids(&store).await;
+            ok(store
+                .insert_records(vec![
+                    new(a, FieldKind::Phone, 1, false),
+                    new(b, FieldKind::Phone, 2, true),
+                    new(c, FieldKind::Phone, 3, false),
+                ])
+                .await);
+        }
+        let job_key = |job: Job| [JOB_PREFIX, job.name().as_bytes()].concat();
+        let first = Changes {
+            rewrites: vec![Rewritten {
+                id: a,
+                from: KeyVersion(7),
+                to: KeyVersion(8),
+                record: encode_record(&sealed(FieldKind::Phone, 8, 1)),
+            }],
+            reindexed: vec![
+                Reindexed {
+                    id: b,
+                    old: index(2),
+                    new: index_v(2, 2),
+                    deterministic: true,
+                },
+                Reindexed {
+                    id: c,
+                    old: index(3),
+                    new: index_v(2, 3),
+                    deterministic: false,
+                },
+            ],
+            rewrapped_keys: vec![rewrapped(KeyPurpose::Data, 7)],
+            dropped_keys: vec![(KeyPurpose::Data, KeyVersion(6))],
+            meta: vec![
+                MetaOp {
+                    key: key_info_key(KeyPurpose::Data, KeyVersion(6)),
+                    value: Some(encode_key_info(1000, Some(2000))),
+                },
+                MetaOp {
+                    key: job_key(Job::Rewrap),
+                    value: Some(b"done".to_vec()),
+                },
+                MetaOp {
+                    key: job_key(Job::IndexRebuild),
+                    value: Some(b"running".to_vec()),
+                },
+            ],
+        };
+        let second = Changes {
+            meta: vec![MetaOp {
+                key: job_key(Job::IndexRebuild),
+                value: None,
+            }],
+            ..Changes::default()
+        };
+        let (mut wal, frames) = ok(Wal::open(&super::super::file::RealFs, &dir.join(WAL_FILE)));
+        assert!(frames.is_empty(), "a clean close leaves an empty log");
+        ok(wal.append(&encode_frame(None, &[], &[], &first)));
+        ok(wal.append(&encode_frame(None, &[], &[], &second)));
+        ([a, b, c], wal.generation())
+    }
+
+    /// Checks the store [`crashed_during_key_work`] left, replayed.
+    async fn assert_key_work_replayed(store: &SledStore, [a, b, c]: [RecordId; 3]) {
+        assert_eq!(
+            read(store, vec![a, b, c]).await,
+            vec![
+                Some(sealed(FieldKind::Phone, 8, 1)),
+                Some(record(FieldKind::Phone)),
+                Some(record(FieldKind::Phone)),
+            ]
+        );
+        assert_eq!(ok(store.records_by_index(index_v(2, 2)).await), vec![b]);
+        assert_eq!(ok(store.records_by_index(index_v(2, 3)).await), vec![c]);
+        assert!(ok(store.records_by_index(index(2)).await).is_empty());
+        assert!(ok(store.records_by_index(index(3)).await).is_empty());
+        assert_eq!(store.key_usage(), after_key_work());
+        let keys = ok(store.keys().await);
+        assert!(keys.contains(&rewrapped(KeyPurpose::Data, 7)), "{keys:?}");
+        assert!(!keys.contains(&wrapped(KeyPurpose::Data, 7)));
+        assert!(!keys.iter().any(|k| k.version == KeyVersion(6)));
+        assert_eq!(keys.len(), 4);
+        let catalog = ok(store.key_catalog().await);
+        assert_eq!(
+            key_info(&catalog, KeyPurpose::Data, 6).map(|k| k.retired_unix_ms),
+            Some(Some(2000))
+        );
+        assert_eq!(
+            ok(store.job_state(Job::Rewrap).await),
+            Some(b"done".to_vec())
+        );
+        assert_eq!(ok(store.job_state(Job::IndexRebuild).await), None);
+        assert_clean(store).await;
+    }
+
+    #[tokio::test]
+    async fn key_work_logged_before_a_crash_is_replayed_with_its_counters() {
+        let dir = ok(tempfile::tempdir());
+        let (records, _) = crashed_during_key_work(dir.path()).await;
+        {
+            let store = open(dir.path());
+            assert_key_work_replayed(&store, records).await;
+            // The retired version stays retired after the replay.
+            let [d] = ids(&store).await;
+            let refused = store
+                .insert_records(vec![NewRecord {
+                    record: sealed(FieldKind::Phone, 6, 1),
+                    ..new(d, FieldKind::Phone, 4, false)
+                }])
+                .await;
+            assert!(
+                matches!(
+                    refused,
+                    Err(StoreError::StaleKey {
+                        purpose: "data",
+                        version: 6
+                    })
+                ),
+                "{refused:?}"
+            );
+            // The moved deterministic mapping answers for its value.
+            assert_eq!(
+                ok(store
+                    .insert_records(vec![NewRecord {
+                        index: index_v(2, 2),
+                        ..new(d, FieldKind::Phone, 2, true)
+                    }])
+                    .await),
+                vec![records[1]]
+            );
+        }
+        // Counted once: a second start replays nothing and adds nothing.
+        let store = open(dir.path());
+        assert_key_work_replayed(&store, records).await;
+    }
+
+    #[tokio::test]
+    async fn a_replayed_frame_that_the_stored_counters_already_include_is_not_counted_again() {
+        let dir = ok(tempfile::tempdir());
+        let (records, generation) = crashed_during_key_work(dir.path()).await;
+        // As a crash between a checkpoint's counters and its log reset
+        // leaves it: the counters include every frame of the log.
+        edit_closed(dir.path(), |db| {
+            let meta = ok(db.open_tree("meta"));
+            ok(meta.insert(COUNTS_KEY, encode_counts(generation, &after_key_work())));
+        });
+        let store = open(dir.path());
+        assert_key_work_replayed(&store, records).await;
+    }
+
+    #[tokio::test]
+    async fn a_data_key_version_is_retired_only_once_no_record_uses_it_and_never_comes_back() {
+        let dir = ok(tempfile::tempdir());
+        let a;
+        {
+            let store = open(dir.path());
+            ok(store
+                .change_keys(KeyChange::Add {
+                    keys: vec![
+                        wrapped(KeyPurpose::Data, 7),
+                        wrapped(KeyPurpose::Data, 8),
+                        wrapped(KeyPurpose::Index, 1),
+                    ],
+                    at_unix_ms: 1000,
+                })
+                .await);
+            [a] = ids(&store).await;
+            ok(store
+                .insert_records(vec![new(a, FieldKind::Phone, 1, false)])
+                .await);
+            let refused = store.change_keys(retire(KeyPurpose::Data, 7, 2000)).await;
+            assert!(
+                matches!(
+                    refused,
+                    Err(StoreError::KeyInUse {
+                        purpose: "data",
+                        version: 7,
+                        count: 1
+                    })
+                ),
+                "{refused:?}"
+            );
+            assert_eq!(ok(store.keys().await).len(), 3, "nothing changed");
+            assert_eq!(
+                key_info(&ok(store.key_catalog().await), KeyPurpose::Data, 7)
+                    .and_then(|k| k.retired_unix_ms),
+                None
+            );
+            assert_eq!(
+                ok(store.rewrite_records(vec![rewrite(a, 7, 8, 1)], None).await),
+                vec![true]
+            );
+            ok(store.change_keys(retire(KeyPurpose::Data, 7, 2000)).await);
+            assert_retired(&store, a).await;
+        }
+        let store = open(dir.path());
+        assert_retired(&store, a).await;
+        assert_clean(&store).await;
+    }
+
+    /// Data key v7 is retired (created at 1000, retired at 2000); `a` is
+    /// sealed under v8 and indexed under index v1.
+    async fn assert_retired(store: &SledStore, a: RecordId) {
+        assert_eq!(
+            ok(store.keys().await),
+            vec![wrapped(KeyPurpose::Data, 8), wrapped(KeyPurpose::Index, 1)],
+            "the wrapped key is destroyed"
+        );
+        let catalog = ok(store.key_catalog().await);
+        assert_eq!(
+            key_info(&catalog, KeyPurpose::Data, 7),
+            Some(&KeyInfo {
+                purpose: KeyPurpose::Data,
+                version: KeyVersion(7),
+                created_unix_ms: Some(1000),
+                retired_unix_ms: Some(2000),
+            })
+        );
+        assert_eq!(
+            key_info(&catalog, KeyPurpose::Data, 8).map(|k| k.retired_unix_ms),
+            Some(None)
+        );
+        let before = store.key_usage();
+        fn stale<T>(r: &Result<T, StoreError>) -> bool {
+            matches!(
+                r,
+                Err(StoreError::StaleKey {
+                    purpose: "data",
+                    version: 7
+                })
+            )
+        }
+        // A record sealed under the retired version is refused, with
+        // nothing stored.
+        let [b] = ids(store).await;
+        let refused = store
+            .insert_records(vec![NewRecord {
+                record: sealed(FieldKind::Phone, 7, 2),
+                ..new(b, FieldKind::Phone, 5, false)
+            }])
+            .await;
+        assert!(stale(&refused), "{refused:?}");
+        assert_eq!(read(store, vec![b]).await, vec![None]);
+        assert!(ok(store.records_by_index(index(5)).await).is_empty());
+        let refused = store.rewrite_records(vec![rewrite(a, 8, 7, 3)], None).await;
+        assert!(stale(&refused), "{refused:?}");
+        assert_eq!(
+            read(store, vec![a]).await,
+            vec![Some(sealed(FieldKind::Phone, 8, 1))]
+        );
+        assert_eq!(store.key_usage(), before);
+        // Never made again, whichever way.
+        for again in [
+            store.insert_keys(vec![wrapped(KeyPurpose::Data, 7)]).await,
+            store
+                .change_keys(KeyChange::Add {
+                    keys: vec![wrapped(KeyPurpose::Data, 7)],
+                    at_unix_ms: 3000,
+                })
+                .await,
+        ] {
+            assert!(
+                matches!(again, Err(StoreError::AlreadyExists(_))),
+                "{again:?}"
+            );
+        }
+        // Retiring it again, or a version that never existed.
+        let again = store.change_keys(retire(KeyPurpose::Data, 7, 3000)).await;
+        assert!(stale(&again), "{again:?}");
+        let never = store.change_keys(retire(KeyPurpose::Data, 99, 3000)).await;
+        assert!(
+            matches!(
+                never,
+                Err(StoreError::StaleKey {
+                    purpose: "data",
+                    version: 99
+                })
+            ),
+            "{never:?}"
+        );
+        // An index key in use is refused the same way.
+        let in_use = store.change_keys(retire(KeyPurpose::Index, 1, 3000)).await;
+        assert!(
+            matches!(
+                in_use,
+                Err(StoreError::KeyInUse {
+                    purpose: "index",
+                    version: 1,
+                    count: 1
+                })
+            ),
+            "{in_use:?}"
+        );
+        assert_eq!(ok(store.keys().await).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_master_key_rewrap_replaces_exactly_the_live_keys_and_remembers_the_old_master() {
+        let dir = ok(tempfile::tempdir());
+        let live = [
+            (KeyPurpose::Data, 7),
+            (KeyPurpose::Index, 1),
+            (KeyPurpose::Token, 1),
+        ];
+        let originals: Vec<WrappedKey> = live.iter().map(|(p, v)| wrapped(*p, *v)).collect();
+        let renewed: Vec<WrappedKey> = live.iter().map(|(p, v)| rewrapped(*p, *v)).collect();
+        {
+            let store = open(dir.path());
+            let mut keys = originals.clone();
+            keys.push(wrapped(KeyPurpose::Data, 6));
+            ok(store.insert_keys(keys).await);
+            // A retired version is not a live key: not named in a rewrap.
+            ok(store.change_keys(retire(KeyPurpose::Data, 6, 2000)).await);
+            let rewrap = |keys: Vec<WrappedKey>| KeyChange::Rewrap {
+                keys,
+                replaced: [1; 8],
+                at_unix_ms: 5000,
+            };
+            let wrong = [
+                renewed[..2].to_vec(),
+                [renewed.clone(), vec![rewrapped(KeyPurpose::Data, 6)]].concat(),
+                [renewed.clone(), vec![rewrapped(KeyPurpose::Data, 8)]].concat(),
+                [renewed[..2].to_vec(), vec![renewed[0].clone()]].concat(),
+            ];
+            for keys in wrong {
+                let refused = store.change_keys(rewrap(keys)).await;
+                assert!(
+                    matches!(refused, Err(StoreError::KeysChanged)),
+                    "{refused:?}"
+                );
+            }
+            assert_eq!(ok(store.keys().await), originals, "nothing changed");
+            assert!(ok(store.key_catalog().await).replaced_masters.is_empty());
+            ok(store.change_keys(rewrap(renewed.clone())).await);
+            assert_eq!(ok(store.keys().await), renewed);
+            assert_eq!(
+                ok(store.key_catalog().await).replaced_masters,
+                vec![([1; 8], 5000)]
+            );
+        }
+        let store = open(dir.path());
+        assert_eq!(ok(store.keys().await), renewed);
+        let catalog = ok(store.key_catalog().await);
+        assert_eq!(catalog.replaced_masters, vec![([1; 8], 5000)]);
+        assert_eq!(catalog.keys.len(), 4, "live and retired versions");
+    }
+
+    #[tokio::test]
+    async fn scan_records_pages_through_every_record_in_id_order_and_reports_one_that_does_not_decode(
+    ) {
+        let dir = ok(tempfile::tempdir());
+        let store = open(dir.path());
+        let all: [RecordId; 5] = ids(&store).await;
+        // Two calls, the later ids first.
+        ok(store
+            .insert_records(
+                all[3..]
+                    .iter()
+                    .map(|id| new(*id, FieldKind::Phone, 1, false))
+                    .collect(),
+            )
+            .await);
+        ok(store
+            .insert_records(
+                all[..3]
+                    .iter()
+                    .map(|id| new(*id, FieldKind::Phone, 1, false))
+                    .collect(),
+            )
+            .await);
+        ok(store.inner.unapplied.wait_until(0));
+        let (mut seen, mut after) = (Vec::new(), None);
+        for _ in 0..10 {
+            let page = ok(store.scan_records(after, 2).await);
+            if page.is_empty() {
+                break;
+            }
+            assert!(page.len() <= 2);
+            for (id, got) in page {
+                assert_eq!(ok(got), Some(record(FieldKind::Phone)));
+                seen.push(id);
+                after = Some(id);
+            }
+        }
+        assert_eq!(seen, all.to_vec());
+        ok(store
+            .inner
+            .trees
+            .records
+            .insert(record_key(all[2]), &[9u8, 9, 9][..]));
+        let page = ok(store.scan_records(Some(all[0]), 10).await);
+        let got: Vec<(RecordId, bool)> = page.iter().map(|(id, r)| (*id, r.is_ok())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (all[1], true),
+                (all[2], false),
+                (all[3], true),
+                (all[4], true)
+            ],
+            "reported, not skipped"
+        );
+    }
+
+    #[tokio::test]
+    async fn scan_index_pages_through_random_then_deterministic_entries_of_one_version_only() {
+        let dir = ok(tempfile::tempdir());
+        let store = open(dir.path());
+        let [r1, r2, r3, r4, d1, d2, other_r, other_d] = ids(&store).await;
+        let entry = |id, index, deterministic| IndexEntry {
+            id,
+            index,
+            deterministic,
+        };
+        ok(store
+            .insert_records(vec![
+                new(d2, FieldKind::Phone, 5, true),
+                new(r3, FieldKind::Phone, 3, false),
+                // A random entry whose index sorts after the deterministic
+                // ones: paging on from those must not come back to it.
+                new(r4, FieldKind::Phone, 6, false),
+                new(r1, FieldKind::Phone, 1, false),
+                new(r2, FieldKind::Phone, 1, false),
+                new(d1, FieldKind::Phone, 4, true),
+                NewRecord {
+                    index: index_v(2, 1),
+                    ..new(other_r, FieldKind::Phone, 1, false)
+                },
+                NewRecord {
+                    index: index_v(2, 4),
+                    ..new(other_d, FieldKind::Phone, 4, true)
+                },
+            ])
+            .await);
+        ok(store.inner.unapplied.wait_until(0));
+        let (mut seen, mut after, mut pages) = (Vec::new(), None, 0);
+        for _ in 0..10 {
+            let page = ok(store.scan_index(KeyVersion(1), after, 2).await);
+            if page.is_empty() {
+                break;
+            }
+            assert!(page.len() <= 2);
+            pages += 1;
+            after = page.last().copied();
+            seen.extend(page);
+        }
+        assert_eq!(
+            seen,
+            vec![
+                entry(r1, index(1), false),
+                entry(r2, index(1), false),
+                entry(r3, index(3), false),
+                entry(r4, index(6), false),
+                entry(d1, index(4), true),
+                entry(d2, index(5), true),
+            ]
+        );
+        assert_eq!(pages, 3);
+        assert_eq!(
+            ok(store.scan_index(KeyVersion(2), None, 10).await),
+            vec![
+                entry(other_r, index_v(2, 1), false),
+                entry(other_d, index_v(2, 4), true)
+            ]
+        );
+        assert!(ok(store.scan_index(KeyVersion(3), None, 10).await).is_empty());
+        assert!(ok(store.scan_index(KeyVersion(1), None, 0).await).is_empty());
+    }
+
+    #[tokio::test]
+    async fn reindex_moves_entries_to_the_new_index_once_and_a_deterministic_value_is_found_under_an_older_index(
+    ) {
+        let dir = ok(tempfile::tempdir());
+        let [a, b, c, d];
+        let moved = usage(&[
+            (KeyPurpose::Data, 7, 3),
+            (KeyPurpose::Index, 1, 1),
+            (KeyPurpose::Index, 2, 2),
+        ]);
+        {
+            let store = open(dir.path());
+            [a, b, c, d] = ids(&store).await;
+            ok(store
+                .insert_records(vec![
+                    new(a, FieldKind::Phone, 1, false),
+                    new(b, FieldKind::Phone, 2, true),
+                    new(c, FieldKind::Phone, 9, true),
+                ])
+                .await);
+            let moves = vec![
+                Reindex {
+                    entry: IndexEntry {
+                        id: a,
+                        index: index(1),
+                        deterministic: false,
+                    },
+                    new: index_v(2, 1),
+                },
+                Reindex {
+                    entry: IndexEntry {
+                        id: b,
+                        index: index(2),
+                        deterministic: true,
+                    },
+                    new: index_v(2, 2),
+                },
+            ];
+            let job = Some((Job::IndexRebuild, b"after b".to_vec()));
+            assert_eq!(
+                ok(store.reindex(moves.clone(), job).await),
+                vec![true, true]
+            );
+            assert_eq!(
+                ok(store.reindex(moves.clone(), None).await),
+                vec![false, false],
+                "a second move of the same entries, maybe before they are applied"
+            );
+            ok(store.inner.unapplied.wait_until(0));
+            assert_eq!(
+                ok(store.reindex(moves, None).await),
+                vec![false, false],
+                "a second move of the same entries, applied"
+            );
+            let never = Reindex {
+                entry: IndexEntry {
+                    id: d,
+                    index: index(7),
+                    deterministic: false,
+                },
+                new: index_v(2, 7),
+            };
+            assert_eq!(ok(store.reindex(vec![never], None).await), vec![false]);
+            assert_eq!(store.key_usage(), moved);
+            assert_eq!(
+                ok(store.job_state(Job::IndexRebuild).await),
+                Some(b"after b".to_vec())
+            );
+            // Value 9 is not moved yet: an insert under the new index
+            // version, naming the old one, finds its record.
+            let got = store
+                .insert_records(vec![NewRecord {
+                    index: index_v(2, 9),
+                    older_indexes: vec![index(9)],
+                    ..new(d, FieldKind::Phone, 9, true)
+                }])
+                .await;
+            assert_eq!(ok(got), vec![c]);
+            // Value 2 is moved: found under the new index.
+            let got = store
+                .insert_records(vec![NewRecord {
+                    index: index_v(2, 2),
+                    older_indexes: vec![index(2)],
+                    ..new(d, FieldKind::Phone, 2, true)
+                }])
+                .await;
+            assert_eq!(ok(got), vec![b]);
+            assert_eq!(read(&store, vec![d]).await, vec![None]);
+            assert_eq!(store.key_usage(), moved, "nothing was added");
+            assert_clean(&store).await;
+        }
+        let store = open(dir.path());
+        for (idx, found) in [
+            (index_v(2, 1), vec![a]),
+            (index_v(2, 2), vec![b]),
+            (index(1), vec![]),
+            (index(2), vec![]),
+            (index(9), vec![c]),
+        ] {
+            assert_eq!(ok(store.records_by_index(idx).await), found, "{idx:?}");
+        }
+        assert_eq!(store.key_usage(), moved);
+        assert_clean(&store).await;
+    }
+
+    #[tokio::test]
+    async fn a_record_named_twice_in_one_rewrite_call_is_rewritten_once() {
+        let dir = ok(tempfile::tempdir());
+        let store = open(dir.path());
+        let [a] = ids(&store).await;
+        ok(store
+            .insert_records(vec![new(a, FieldKind::Phone, 1, false)])
+            .await);
+        let applied = ok(store
+            .rewrite_records(vec![rewrite(a, 7, 8, 1), rewrite(a, 7, 9, 2)], None)
+            .await);
+        assert_eq!(applied, vec![true, false], "the second finds it moved");
+        assert_eq!(
+            read(&store, vec![a]).await,
+            vec![Some(sealed(FieldKind::Phone, 8, 1))]
+        );
+        assert_eq!(
+            store.key_usage(),
+            usage(&[(KeyPurpose::Data, 8, 1), (KeyPurpose::Index, 1, 1)])
+        );
+        assert_clean(&store).await;
+    }
+
+    #[tokio::test]
+    async fn an_entry_named_twice_in_one_reindex_call_is_moved_once() {
+        let dir = ok(tempfile::tempdir());
+        let store = open(dir.path());
+        let [a, b] = ids(&store).await;
+        ok(store
+            .insert_records(vec![
+                new(a, FieldKind::Phone, 1, false),
+                new(b, FieldKind::Phone, 2, true),
+            ])
+            .await);
+        let moves = |id, idx, deterministic| {
+            let m = Reindex {
+                entry: IndexEntry {
+                    id,
+                    index: index(idx),
+                    deterministic,
+                },
+                new: index_v(2, idx),
+            };
+            [m, m]
+        };
+        let applied = ok(store
+            .reindex([moves(a, 1, false), moves(b, 2, true)].concat(), None)
+            .await);
+        assert_eq!(applied, vec![true, false, true, false]);
+        assert_eq!(
+            store.key_usage(),
+            usage(&[(KeyPurpose::Data, 7, 2), (KeyPurpose::Index, 2, 2)])
+        );
+        assert_clean(&store).await;
+    }
+
+    #[tokio::test]
+    async fn counters_stored_with_the_current_log_generation_still_count_the_frames_logged_after_them(
+    ) {
+        let dir = ok(tempfile::tempdir());
+        one_record(dir.path()).await;
+        // As a crash between a checkpoint's counters and its log reset
+        // leaves it, with no frame in the log: the counters name the log's
+        // generation.
+        let generation = ok(Wal::open(
+            &super::super::file::RealFs,
+            &dir.path().join(WAL_FILE),
+        ))
+        .0
+        .generation();
+        let one = usage(&[(KeyPurpose::Data, 7, 1), (KeyPurpose::Index, 1, 1)]);
+        edit_closed(dir.path(), |db| {
+            let meta = ok(db.open_tree("meta"));
+            ok(meta.insert(COUNTS_KEY, encode_counts(generation, &one)));
+        });
+        {
+            let store = open(dir.path());
+            assert_eq!(store.key_usage(), one);
+            let [b] = ids(&store).await;
+            // No checkpoint from here on (EIO): the next start replays.
+            store.fail_next_checkpoint(5);
+            ok(store
+                .insert_records(vec![new(b, FieldKind::Phone, 2, false)])
+                .await);
+        }
+        let store = open(dir.path());
+        assert_eq!(
+            store.key_usage(),
+            usage(&[(KeyPurpose::Data, 7, 2), (KeyPurpose::Index, 1, 2)]),
+            "the replayed record is counted"
+        );
+        assert_clean(&store).await;
+    }
+
+    #[tokio::test]
+    async fn an_index_key_version_is_retired_once_its_entries_moved_and_nothing_moves_to_a_retired_one(
+    ) {
+        let dir = ok(tempfile::tempdir());
+        let store = open(dir.path());
+        ok(store
+            .insert_keys(vec![
+                wrapped(KeyPurpose::Index, 1),
+                wrapped(KeyPurpose::Index, 2),
+                wrapped(KeyPurpose::Index, 3),
+            ])
+            .await);
+        let [a, b, c] = ids(&store).await;
+        ok(store
+            .insert_records(vec![
+                new(a, FieldKind::Phone, 1, false),
+                new(b, FieldKind::Phone, 2, true),
+            ])
+            .await);
+        let refused = store.change_keys(retire(KeyPurpose::Index, 1, 2000)).await;
+        assert!(
+            matches!(
+                refused,
+                Err(StoreError::KeyInUse {
+                    purpose: "index",
+                    version: 1,
+                    count: 2
+                })
+            ),
+            "{refused:?}"
+        );
+        let moves = [(a, 1, false), (b, 2, true)]
+            .into_iter()
+            .map(|(id, idx, deterministic)| Reindex {
+                entry: IndexEntry {
+                    id,
+                    index: index(idx),
+                    deterministic,
+                },
+                new: index_v(2, idx),
+            })
+            .collect();
+        assert_eq!(ok(store.reindex(moves, None).await), vec![true, true]);
+        ok(store.change_keys(retire(KeyPurpose::Index, 1, 2000)).await);
+        ok(store.change_keys(retire(KeyPurpose::Index, 3, 2000)).await);
+        // Nothing moves to, or is indexed under, a retired version.
+        let to_retired = store
+            .reindex(
+                vec![Reindex {
+                    entry: IndexEntry {
+                        id: a,
+                        index: index_v(2, 1),
+                        deterministic: false,
+                    },
+                    new: index_v(3, 1),
+                }],
+                None,
+            )
+            .await;
+        assert!(
+            matches!(
+                to_retired,
+                Err(StoreError::StaleKey {
+                    purpose: "index",
+                    version: 3
+                })
+            ),
+            "{to_retired:?}"
+        );
+        let under_retired = store
+            .insert_records(vec![new(c, FieldKind::Phone, 3, false)])
+            .await;
+        assert!(
+            matches!(
+                under_retired,
+                Err(StoreError::StaleKey {
+                    purpose: "index",
+                    version: 1
+                })
+            ),
+            "{under_retired:?}"
+        );
+        assert_eq!(ok(store.records_by_index(index_v(2, 1)).await), vec![a]);
+        assert_eq!(read(&store, vec![c]).await, vec![None]);
+        assert_eq!(
+            store.key_usage(),
+            usage(&[(KeyPurpose::Data, 7, 2), (KeyPurpose::Index, 2, 2)])
+        );
+        assert_eq!(ok(store.keys().await), vec![wrapped(KeyPurpose::Index, 2)]);
+        assert_clean(&store).await;
+    }
+
+    #[tokio::test]
+    async fn a_job_state_is_kept_per_job_and_survives_reopening() {
+        let dir = ok(tempfile::tempdir());
+        {
+            let store = open(dir.path());
+            assert_eq!(ok(store.job_state(Job::Rewrap).await), None);
+            ok(store.set_job_state(Job::Rewrap, b"first".to_vec()).await);
+            ok(store.set_job_state(Job::Rewrap, b"second".to_vec()).await);
+            ok(store
+                .set_job_state(Job::IndexRebuild, b"other".to_vec())
+                .await);
+            assert_eq!(
+                ok(store.job_state(Job::Rewrap).await),
+                Some(b"second".to_vec())
+            );
+        }
+        let store = open(dir.path());
+        assert_eq!(
+            ok(store.job_state(Job::Rewrap).await),
+            Some(b"second".to_vec())
+        );
+        assert_eq!(
+            ok(store.job_state(Job::IndexRebuild).await),
+            Some(b"other".to_vec())
+        );
+    }
+
+    /// Back-to-back: each rewrite and move is staged while the group that
+    /// inserted (or moved) its record may still be applying, so its
+    /// compare-and-set reads the overlay as often as the trees.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rewrites_and_moves_right_after_their_insert_see_it_whether_or_not_applied_yet() {
+        let dir = ok(tempfile::tempdir());
+        let store = open(dir.path());
+        let rounds = 150u8;
+        for value in 0..rounds {
+            let [r, d] = ids(&store).await;
+            ok(store
+                .insert_records(vec![
+                    new(r, FieldKind::Phone, value, false),
+                    new(d, FieldKind::Phone, value, true),
+                ])
+                .await);
+            // The commit thread stages a write while at most the group
+            // before it is unapplied: alternate which one follows the
+            // insert.
+            if value % 2 == 0 {
+                assert_eq!(
+                    ok(store
+                        .rewrite_records(vec![rewrite(r, 7, 8, value)], None)
+                        .await),
+                    vec![true],
+                    "round {value}"
+                );
+            }
+            let moves: Vec<Reindex> = [(r, false), (d, true)]
+                .into_iter()
+                .map(|(id, deterministic)| Reindex {
+                    entry: IndexEntry {
+                        id,
+                        index: index(value),
+                        deterministic,
+                    },
+                    new: index_v(2, value),
+                })
+                .collect();
+            assert_eq!(
+                ok(store.reindex(moves.clone(), None).await),
+                vec![true, true],
+                "round {value}"
+            );
+            assert_eq!(
+                ok(store.reindex(moves, None).await),
+                vec![false, false],
+                "round {value}"
+            );
+            if value % 2 == 1 {
+                assert_eq!(
+                    ok(store
+                        .rewrite_records(vec![rewrite(r, 7, 8, value)], None)
+                        .await),
+                    vec![true],
+                    "round {value}"
+                );
+            }
+            assert_eq!(
+                read(&store, vec![r]).await,
+                vec![Some(sealed(FieldKind::Phone, 8, value))],
+                "round {value}"
+            );
+            let mut found = ok(store.records_by_index(index_v(2, value)).await);
+            found.sort();
+            assert_eq!(found, vec![r, d], "round {value}");
+        }
+        let n = u64::from(rounds);
+        assert_eq!(
+            store.key_usage(),
+            usage(&[
+                (KeyPurpose::Data, 7, n),
+                (KeyPurpose::Data, 8, n),
+                (KeyPurpose::Index, 2, 2 * n),
+            ])
+        );
+        assert_clean(&store).await;
+    }
+
+    #[tokio::test]
+    async fn a_record_that_does_not_decode_is_never_rewritten() {
+        let dir = ok(tempfile::tempdir());
+        let store = open(dir.path());
+        let [a] = ids(&store).await;
+        ok(store
+            .insert_records(vec![new(a, FieldKind::Phone, 1, false)])
+            .await);
+        ok(store.inner.unapplied.wait_until(0));
+        // Its format byte damaged; its key version still reads as 7.
+        let mut damaged = encode_record(&record(FieldKind::Phone));
+        damaged[0] = 9;
+        ok(store
+            .inner
+            .trees
+            .records
+            .insert(record_key(a), damaged.clone()));
+        assert_eq!(
+            ok(store.rewrite_records(vec![rewrite(a, 7, 8, 1)], None).await),
+            vec![false]
+        );
+        ok(store.inner.unapplied.wait_until(0));
+        assert_eq!(
+            ok(store.inner.trees.records.get(record_key(a))).map(|b| b.to_vec()),
+            Some(damaged),
+            "left as it was, for the operator"
+        );
+        assert_eq!(
+            store.key_usage(),
+            usage(&[(KeyPurpose::Data, 7, 1), (KeyPurpose::Index, 1, 1)])
+        );
+    }
+
+    #[tokio::test]
+    async fn the_key_version_counters_survive_a_clean_reopen_and_are_recounted_when_lost() {
+        let dir = ok(tempfile::tempdir());
+        let expected = usage(&[
+            (KeyPurpose::Data, 7, 1),
+            (KeyPurpose::Data, 8, 2),
+            (KeyPurpose::Index, 1, 2),
+            (KeyPurpose::Index, 2, 1),
+        ]);
+        {
+            let store = open(dir.path());
+            let [a, b, c] = ids(&store).await;
+            ok(store
+                .insert_records(vec![
+                    new(a, FieldKind::Phone, 1, false),
+                    NewRecord {
+                        record: sealed(FieldKind::Phone, 8, 1),
+                        ..new(b, FieldKind::Phone, 2, true)
+                    },
+                    NewRecord {
+                        record: sealed(FieldKind::Phone, 8, 2),
+                        index: index_v(2, 3),
+                        ..new(c, FieldKind::Phone, 3, false)
+                    },
+                ])
+                .await);
+            assert_eq!(store.key_usage(), expected);
+        }
+        drop(open(dir.path()));
+        let store = open(dir.path());
+        assert_eq!(store.key_usage(), expected, "after two clean reopens");
+        drop(store);
+        edit_closed(dir.path(), |db| {
+            let meta = ok(db.open_tree("meta"));
+            assert!(ok(meta.remove(COUNTS_KEY)).is_some());
+        });
+        let store = open(dir.path());
+        assert_eq!(store.key_usage(), expected, "recounted");
+        assert_clean(&store).await;
     }
 
     #[tokio::test]

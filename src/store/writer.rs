@@ -429,6 +429,8 @@ impl SledWriter {
             .collect::<Result<Vec<_>, _>>()?;
         let mut applied = Vec::with_capacity(rewrites.len());
         for (r, now) in rewrites.into_iter().zip(current) {
+            // A record this call rewrote already is compared as rewritten.
+            let now = group.rewritten.get(&r.id).cloned().or(now);
             let still = now
                 .and_then(|b| decode_record(&b).ok())
                 .is_some_and(|rec| rec.key_version == r.from);
@@ -492,12 +494,16 @@ impl SledWriter {
         for m in &moves {
             self.check_live(KeyPurpose::Index, m.new.version, group)?;
         }
-        let exists = moves
+        let mut exists = moves
             .iter()
             .map(|m| self.entry_exists(m, group))
             .collect::<Result<Vec<_>, _>>()?;
-        for (m, &exists) in moves.iter().zip(&exists) {
-            if !exists {
+        for (m, exists) in moves.iter().zip(&mut exists) {
+            // An entry this call moved already is gone from where it was.
+            *exists &= !group
+                .moved
+                .contains(&(m.entry.id, index_prefix(&m.entry.index)));
+            if !*exists {
                 continue;
             }
             let old = m.entry.index;
