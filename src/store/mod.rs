@@ -63,9 +63,9 @@ pub enum StoreError {
     /// written and later writes go on.
     #[error("one write of {bytes} bytes is more than the {limit} bytes the store logs at once")]
     TooLarge { bytes: usize, limit: usize },
-    /// A write names a key version the store does not hold (retired
-    /// meanwhile, or never made); nothing was written. Sealing again with
-    /// the current keys and retrying succeeds.
+    /// A write names a key version the store has retired (meanwhile), or a
+    /// retirement names one it does not hold; nothing was written. Sealing
+    /// again with the current keys and retrying succeeds.
     #[error("{purpose} key version {version} is not a live key of this store")]
     StaleKey { purpose: &'static str, version: u32 },
     /// A key version still in use cannot be retired; nothing changed.
@@ -368,8 +368,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Checks that records and indexes agree: every record decodes and has
     /// exactly one blind-index entry; every index entry and deterministic
-    /// mapping points at an existing record. Reads everything: for
-    /// operators and the crash harness, not for the request path.
+    /// mapping points at an existing record; the key-version counters
+    /// match a recount. Reads everything: for operators and the crash
+    /// harness, not for the request path, and with no writes running (a
+    /// write between the recount and the comparison reads as a mismatch).
     async fn check_integrity(&self) -> Result<IntegrityReport, StoreError>;
 
     /// Every record whose value has this blind index (random and

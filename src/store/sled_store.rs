@@ -191,7 +191,13 @@ impl SledStore {
         // The counters as the last checkpoint left them; they include the
         // log's frames when that checkpoint stopped before emptying it.
         let counts = match meta.get(COUNTS_KEY).map_err(backend)? {
-            Some(bytes) => Some(decode_counts(&bytes)?),
+            Some(bytes) => match decode_counts(&bytes) {
+                Ok(counts) => Some(counts),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the key-version counters do not decode: counting again");
+                    None
+                }
+            },
             None => None,
         };
         let counted = counts.as_ref().is_some_and(|(g, _)| *g == generation);

@@ -556,6 +556,13 @@ impl SledWriter {
                 version,
                 at_unix_ms,
             } => {
+                if purpose == KeyPurpose::Token {
+                    // Every token is this key's: it is never destroyed.
+                    return Err(StoreError::StaleKey {
+                        purpose: purpose_name(purpose),
+                        version: version.0,
+                    });
+                }
                 let id = key_id(purpose, version);
                 let exists = match group.key_changes.get(&id) {
                     Some(added) => *added,
