@@ -168,3 +168,114 @@ fn the_server_refuses_the_wrong_master_key() {
     let err = start_dev(&data, &log).err().unwrap();
     assert!(err.contains("master key does not match"), "{err}");
 }
+
+/// Polls `keys status --json` (at most a minute) until `job` is finished.
+fn wait_for_job(conn: &[String], job: &str) -> serde_json::Value {
+    let started = std::time::Instant::now();
+    loop {
+        let mut args = vec!["keys", "status", "--json"];
+        args.extend(conn.iter().map(String::as_str));
+        let status: serde_json::Value = serde_json::from_str(run_ok(&args).trim()).unwrap();
+        if status[job]["state"] == "finished" {
+            return status;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "{job} did not finish: {status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn rotating_every_key_leaves_no_plaintext_and_no_master_key_on_disk_or_in_logs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let data_s = data.to_str().unwrap();
+    let log = tmp.path().join("server.log");
+    let server = start_dev(&data, &log).unwrap();
+    let addr = server.addr.clone();
+    let conn = |who: &'static str| {
+        ["--addr", &addr, "--dev-identity", who, "--data-dir", data_s].map(str::to_owned)
+    };
+    let (orders, rotator) = (conn("orders"), conn("rotator"));
+    let mut args = vec!["tokenize", "--kind", "phone", PHONE];
+    args.extend(orders.iter().map(String::as_str));
+    let phone_token = run_ok(&args).trim().to_owned();
+    let mut args = vec!["tokenize", "--kind", "address", ADDRESS];
+    args.extend(orders.iter().map(String::as_str));
+    run_ok(&args);
+
+    let old_master = std::fs::read_to_string(data.join("dev/master.key")).unwrap();
+    let new_master = fieldvault::crypto::MasterKey::generate().to_hex();
+    let new_key = tmp.path().join("new-master.key");
+    std::fs::write(&new_key, new_master.as_bytes()).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&new_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let mut outputs = String::new();
+    for command in [
+        vec!["keys", "rotate"],
+        vec!["keys", "rewrap", "--wait"],
+        vec!["keys", "retire", "1"],
+        vec!["keys", "rotate-index"],
+    ] {
+        let mut args = command.clone();
+        args.extend(rotator.iter().map(String::as_str));
+        let out = cli(&args);
+        assert!(out.status.success(), "{command:?}: {out:?}");
+        outputs.push_str(&String::from_utf8_lossy(&out.stdout));
+        outputs.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    let status = wait_for_job(&rotator, "index_rebuild");
+    assert_eq!(status["index_keys"][0]["state"], "retired", "{status}");
+    let mut args = vec!["keys", "rotate-master", "--new-key-file"];
+    let new_key_s = new_key.to_str().unwrap();
+    args.push(new_key_s);
+    args.extend(rotator.iter().map(String::as_str));
+    outputs.push_str(&run_ok(&args));
+    server.kill9();
+    // The dev setup now needs the new key.
+    std::fs::rename(&new_key, data.join("dev/master.key")).unwrap();
+    let server = start_dev(&data, &log).unwrap();
+    let addr = server.addr.clone();
+    let mut args = vec!["detokenize", "--purpose", "callback", &phone_token];
+    let support = [
+        "--addr",
+        &addr,
+        "--dev-identity",
+        "support",
+        "--data-dir",
+        data_s,
+    ];
+    args.extend(support);
+    assert!(run_ok(&args).contains(PHONE_CANONICAL));
+    drop(server);
+
+    let values: [&[u8]; 4] = [
+        PHONE_CANONICAL.as_bytes(),
+        b"2025550176",
+        b"Fakestreet",
+        b"Testville",
+    ];
+    let hits = files_containing(&data.join("store"), &values);
+    assert!(hits.is_empty(), "plaintext at rest: {hits:?}");
+    let hits = files_containing(tmp.path(), &values);
+    assert!(
+        hits.is_empty(),
+        "plaintext in the data dir or logs: {hits:?}"
+    );
+    // Key material: only the key file itself holds the (new) master key;
+    // the replaced one is nowhere (its file was overwritten).
+    let keys: [&[u8]; 2] = [old_master.trim().as_bytes(), new_master.as_bytes()];
+    let mut hits = files_containing(tmp.path(), &keys);
+    hits.retain(|h| !h.starts_with(&data.join("dev/master.key").display().to_string()));
+    assert!(hits.is_empty(), "master key material: {hits:?}");
+    for key in keys {
+        assert!(
+            !outputs.as_bytes().windows(key.len()).any(|w| w == key),
+            "a master key in the CLI's output"
+        );
+    }
+}
