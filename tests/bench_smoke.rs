@@ -71,6 +71,38 @@ fn a_short_benchmark_run_succeeds_on_every_call() {
 }
 
 #[test]
+fn the_rewrap_phase_runs_end_to_end_and_reports_each_load() {
+    let stdout = bench(&[
+        "--duration",
+        "0.3",
+        "--preload",
+        "300",
+        "--concurrency",
+        "4",
+        "--connections",
+        "1",
+        "--scenarios",
+        "detokenize-1",
+        "--rewrap-rate",
+        "1000",
+    ]);
+    assert!(stdout.contains("rewrap of 300 records:"), "{stdout}");
+    for row in [
+        "| without a rewrap |",
+        "| during a rewrap at 1000/s |",
+        "| during an unthrottled rewrap |",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(row))
+            .unwrap_or_else(|| panic!("no row {row}: {stdout}"));
+        // The failed column is the second to last.
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        assert_eq!(cells[cells.len() - 3], "0", "{line}");
+    }
+}
+
+#[test]
 fn the_benchmark_loads_a_vault_that_is_already_running() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_dev(dir.path(), &dir.path().join("server.log")).unwrap();
