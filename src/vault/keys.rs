@@ -664,6 +664,30 @@ impl Vault {
         }
     }
 
+    /// Stores a job as finished; `Ok(false)` when the server stops first.
+    async fn finish(&self, job: Job, record: &mut JobRecord) -> Result<bool, StoreError> {
+        record.running = false;
+        record.finished_ms = now_unix_ms();
+        let state = record.encode();
+        Ok(self
+            .retry_store("finishing a job", || {
+                self.store.set_job_state(job, state.clone())
+            })
+            .await?
+            .is_some())
+    }
+
+    /// Waits so that `n` records more keep a job at `rate` per second; a
+    /// job that fell behind (slow batches) does not burst to catch up.
+    async fn throttle(&self, next_at: &mut Instant, n: usize, rate: u32) {
+        *next_at += Duration::from_secs_f64(n as f64 / f64::from(rate));
+        let now = Instant::now();
+        if *next_at < now {
+            *next_at = now;
+        }
+        self.pause_until(*next_at).await;
+    }
+
     /// A store call of a job, retried while storage fails for a moment
     /// (never past a stop, never once writes stopped for good).
     async fn retry_store<T, F, Fut>(&self, what: &str, mut call: F) -> Result<Option<T>, StoreError>
@@ -731,17 +755,8 @@ impl Vault {
                     record.cursor = Cursor::Start;
                     continue;
                 }
-                record.running = false;
-                record.finished_ms = now_unix_ms();
                 record.cursor = Cursor::Start;
-                let state = record.encode();
-                if self
-                    .retry_store("finishing the rewrap", || {
-                        self.store.set_job_state(Job::Rewrap, state.clone())
-                    })
-                    .await?
-                    .is_none()
-                {
+                if !self.finish(Job::Rewrap, &mut record).await? {
                     return Ok(false);
                 }
                 tracing::info!(
@@ -818,12 +833,7 @@ impl Vault {
             run.note(record.done);
             // Throttle on records moved: the rate bounds the write load the
             // job adds to live traffic.
-            next_at += Duration::from_secs_f64(n as f64 / f64::from(rate));
-            let now = Instant::now();
-            if next_at < now {
-                next_at = now;
-            }
-            self.pause_until(next_at).await;
+            self.throttle(&mut next_at, n, rate).await;
         }
     }
 
@@ -994,17 +1004,8 @@ impl Vault {
             };
             let Some(version) = version else {
                 // Nothing older is left.
-                record.running = false;
-                record.finished_ms = now_unix_ms();
                 record.cursor = Cursor::Start;
-                let state = record.encode();
-                if self
-                    .retry_store("finishing the index rebuild", || {
-                        self.store.set_job_state(Job::IndexRebuild, state.clone())
-                    })
-                    .await?
-                    .is_none()
-                {
+                if !self.finish(Job::IndexRebuild, &mut record).await? {
                     return Ok(false);
                 }
                 tracing::info!(
@@ -1048,16 +1049,7 @@ impl Vault {
                 }
                 // Entries that cannot be moved (their record fails its
                 // check): the job ends, the old key stays for them.
-                record.running = false;
-                record.finished_ms = now_unix_ms();
-                let state = record.encode();
-                if self
-                    .retry_store("finishing the index rebuild", || {
-                        self.store.set_job_state(Job::IndexRebuild, state.clone())
-                    })
-                    .await?
-                    .is_none()
-                {
+                if !self.finish(Job::IndexRebuild, &mut record).await? {
                     return Ok(false);
                 }
                 tracing::warn!(
@@ -1122,12 +1114,7 @@ impl Vault {
             record.cursor = Cursor::Index(version, last);
             record.done += moved;
             run.note(record.done);
-            next_at += Duration::from_secs_f64(n.max(1) as f64 / f64::from(rate));
-            let now = Instant::now();
-            if next_at < now {
-                next_at = now;
-            }
-            self.pause_until(next_at).await;
+            self.throttle(&mut next_at, n.max(1), rate).await;
         }
     }
 
