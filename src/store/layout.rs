@@ -321,7 +321,7 @@ fn take_sized<'a>(b: &mut &'a [u8]) -> Result<&'a [u8], StoreError> {
 }
 
 /// A blind index as logged and keyed: version (4) ‖ mac (32).
-fn index_from(prefix: &[u8]) -> BlindIndex {
+pub(super) fn index_from(prefix: &[u8]) -> BlindIndex {
     let mut mac = [0u8; 32];
     mac.copy_from_slice(&prefix[4..36]);
     BlindIndex {

@@ -12,9 +12,9 @@ use super::group_commit::GroupCommit;
 use super::integrity;
 use super::layout::{
     backend, data_file_path, decode_counts, decode_key, decode_key_info, decode_record,
-    index_entry, index_prefix, key_id, record_id_from, record_key, sled_failure, u64_from, Ceiling,
-    CEILING_KEY, COUNTS_KEY, EPOCH_PREFIX, FORMAT_KEY, JOB_PREFIX, KEY_INFO_PREFIX, MASTER_PREFIX,
-    OLD_LAYOUT, STORE_FORMAT, WAL_FILE,
+    index_entry, index_from, index_prefix, key_id, record_id_from, record_key, sled_failure,
+    u64_from, Ceiling, CEILING_KEY, COUNTS_KEY, EPOCH_PREFIX, FORMAT_KEY, JOB_PREFIX,
+    KEY_INFO_PREFIX, MASTER_PREFIX, OLD_LAYOUT, STORE_FORMAT, WAL_FILE,
 };
 use super::sequence::Sequence;
 use super::wal::{Wal, WalError};
@@ -607,7 +607,7 @@ impl Store for SledStore {
                     }
                     out.push(IndexEntry {
                         id: record_id_from(&key[36..])?,
-                        index: index_of(&key[..36]),
+                        index: index_from(&key[..36]),
                         deterministic: false,
                     });
                 }
@@ -636,7 +636,7 @@ impl Store for SledStore {
                 }
                 out.push(IndexEntry {
                     id: record_id_from(&id)?,
-                    index: index_of(&key),
+                    index: index_from(&key),
                     deterministic: true,
                 });
             }
@@ -675,18 +675,6 @@ impl Store for SledStore {
             Written::Changed => Ok(()),
             _ => Err(unexpected("a job state")),
         }
-    }
-}
-
-/// A blind index from its 36-byte key prefix (version ‖ mac).
-fn index_of(prefix: &[u8]) -> BlindIndex {
-    let mut mac = [0u8; 32];
-    mac.copy_from_slice(&prefix[4..36]);
-    BlindIndex {
-        version: KeyVersion(u32::from_be_bytes([
-            prefix[0], prefix[1], prefix[2], prefix[3],
-        ])),
-        mac,
     }
 }
 
