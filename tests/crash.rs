@@ -550,14 +550,7 @@ fn start_watchdog(limit: Duration, dir: PathBuf) {
         } else {
             continue;
         };
-        let mut log_tail = String::new();
-        for name in ["server.log", "disk-full/server.log"] {
-            if let Ok(log) = std::fs::read_to_string(dir.join(name)) {
-                let lines: Vec<&str> = log.lines().collect();
-                let tail = lines[lines.len().saturating_sub(20)..].join("\n");
-                log_tail.push_str(&format!("--- last lines of {name}:\n{tail}\n"));
-            }
-        }
+        let log_tail = log_tails(&dir, 20);
         eprintln!(
             "crash harness FAILED: {why}.\n  waiting for: {what} (for {:.1}s, {:.1}s into the run)\n  \
              data dir kept: {}\n{log_tail}",
@@ -568,6 +561,36 @@ fn start_watchdog(limit: Duration, dir: PathBuf) {
         common::process::kill_live_servers();
         std::process::exit(2);
     });
+}
+
+/// The last `n` lines of the server logs under `dir`.
+fn log_tails(dir: &Path, n: usize) -> String {
+    let mut log_tail = String::new();
+    for name in ["server.log", "disk-full/server.log"] {
+        if let Ok(log) = std::fs::read_to_string(dir.join(name)) {
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(n)..].join("\n");
+            log_tail.push_str(&format!("--- last lines of {name}:\n{tail}\n"));
+        }
+    }
+    log_tail
+}
+
+/// On a failed check (a panic of the harness's main thread): the default
+/// report, then the tail of the server logs and the data dir, which is
+/// kept for a post-mortem.
+fn report_failures_with_logs(dir: PathBuf) {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        if std::thread::current().name() == Some("main") {
+            eprintln!(
+                "crash harness FAILED; data dir kept: {}\n{}",
+                dir.display(),
+                log_tails(&dir, 40)
+            );
+        }
+    }));
 }
 
 fn main() {
@@ -601,10 +624,12 @@ fn main() {
 }
 
 async fn run(rounds: u32, time_limit: Duration) {
-    let tmp = tempfile::tempdir().unwrap();
-    start_watchdog(time_limit, tmp.path().to_path_buf());
+    // Kept when a check fails; removed at the end of a run that passes.
+    let tmp = tempfile::tempdir().unwrap().keep();
+    start_watchdog(time_limit, tmp.clone());
+    report_failures_with_logs(tmp.clone());
     phase("making the certificates and config");
-    let harness = Harness::new(tmp.path());
+    let harness = Harness::new(&tmp);
 
     let acked: Acked = Arc::new(Mutex::new(HashMap::new()));
     let seed = std::time::SystemTime::now()
@@ -683,7 +708,8 @@ async fn run(rounds: u32, time_limit: Duration) {
     );
 
     phase("disk-full round: certificates and config");
-    disk_full_round(&Harness::new(&tmp.path().join("disk-full")), &mut rng).await;
+    disk_full_round(&Harness::new(&tmp.join("disk-full")), &mut rng).await;
+    std::fs::remove_dir_all(&tmp).unwrap();
     println!(
         "crash: {rounds} kill rounds passed; {REWRAP_ROUNDS} rewrap rounds, {INDEX_ROUNDS} \
          index-rebuild round(s) and {MASTER_ROUNDS} master-key rounds passed; disk-full round \
@@ -1098,12 +1124,20 @@ async fn job_round(
             "{label}: the job lost progress it had reported before kill {kill}: \
              {before:?} then {after:?}"
         );
-        assert_eq!(
-            after.done + after.remaining,
-            before.done + before.remaining,
-            "{label}: done + remaining changed across kill {kill} (no record was added to or \
-             removed from an older version): {before:?} then {after:?}"
-        );
+        if after.done + after.remaining != before.done + before.remaining {
+            // Which is off: the counters or the job's stored progress? The
+            // integrity check recounts the trees (and fails first if the
+            // counters disagree with them).
+            let log_tail = log_tails(&harness.dir, 30);
+            drop(server);
+            harness.check_integrity().await;
+            panic!(
+                "{label}: done + remaining changed across kill {kill} (no record was added to \
+                 or removed from an older version): {before:?} then {after:?}; the integrity \
+                 check is clean (the counters agree with the trees), so the job's stored \
+                 progress misses records it moved.\n{log_tail}"
+            );
+        }
         writers = spawn_writers(harness, &server, rng, acked, KEY_ROUND_LOAD_PAUSE);
         if job == KeyJob::IndexRebuild {
             check_pool_phones(label, &server.addr, harness, acked).await;
