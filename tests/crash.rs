@@ -8,6 +8,27 @@
 //!   same phone (tokens encrypt a sequence number the store never reuses);
 //! - records and indexes agree (the store's integrity check, at the end).
 //!
+//! Then, on the same store and under a lighter load, the key lifecycle:
+//! - rewrap rounds: rotate the data key, start a rewrap at a rate that
+//!   makes it last about [`JOB_SECONDS`], kill -9 at a random moment while
+//!   it runs (status running, records left), once or twice; after each
+//!   restart the job must resume by itself without losing the progress it
+//!   had stored (`done + remaining` unchanged), keep moving records and
+//!   finish. Then no record is left on an older version (counters 0),
+//!   retiring the older versions succeeds, every acknowledged token still
+//!   detokenizes (their old keys are destroyed now) and the integrity
+//!   check (records, indexes, key-version counters) is clean;
+//! - an index-rebuild round: the same with RotateIndexKey; each pool phone
+//!   tokenized again after the restart, while the rebuild runs and after
+//!   it, gets the token it had; the job retires the older index key;
+//! - master-key rounds: a new key file is written and the server killed
+//!   before RotateMasterKey, during it or right after it (in turn). Then
+//!   the server is started with the old key file and with the new one:
+//!   exactly one must come up and serve every acknowledged token (the new
+//!   one when the call was answered, the old one when it was never made);
+//!   the other start must exit saying the master key is wrong (for the old
+//!   key after a rotation: naming `rotate-master`).
+//!
 //! Then one disk-full round, on a fresh data dir: the server runs with a
 //! 1 MiB file size limit under the same load. The first write past it fails
 //! (EFBIG, as on a full disk); every later write must be refused with
@@ -15,15 +36,17 @@
 //! Restarted without the limit, it must hold every token acknowledged
 //! before the failure, and its records and indexes must agree.
 //!
-//! `cargo test --test crash` runs 20 rounds; `-- --rounds N` runs more.
+//! `cargo test --test crash` runs 20 kill rounds, then 3 rewrap rounds, 1
+//! index-rebuild round, 6 master-key rounds and the disk-full round (about
+//! two minutes on 2 cores); `-- --rounds N` runs N kill rounds instead.
 //! The harness is the test named `crash`: like a libtest harness it honours
 //! name filters (`cargo test foo` skips it), `--exact`, `--skip`, `--list`
 //! and `--ignored`. It never hangs: every call has a deadline, every wait a
 //! bound, and a watchdog ends the run past `--time-limit SECS` (default
-//! 60 + 15 per round) or when one phase takes longer than 180 s, printing
-//! what it was waiting for, the tail of the server log and the data dir.
-//! Later issues add rounds killed mid-rewrap and mid-erase: a round is
-//! "start, load with a workload, kill -9, restart, verify".
+//! 180 + 15 per kill round) or when one phase takes longer than 180 s,
+//! printing what it was waiting for, the tail of the server log and the
+//! data dir. Later issues add rounds killed mid-erase: a round is "start,
+//! load with a workload, kill -9, restart, verify".
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -31,12 +54,15 @@ mod common;
 use common::process::{start_with_config, start_with_config_and_file_limit, ServerProcess};
 use common::{bounded, write_config_file, Pki};
 use fieldvault::client::ClientTls;
+use fieldvault::crypto::MasterKey;
+use fieldvault::grpc::pb::key_admin_client::KeyAdminClient;
 use fieldvault::grpc::pb::{self, FieldKind};
 use fieldvault::store::{IntegrityReport, SledConfig, SledStore, Store};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -53,6 +79,9 @@ action = "detokenize"
 kinds = ["phone", "address"]
 purposes = ["crash-check"]
 reveal = "full"
+[[rules]]
+callers = ["spiffe://fieldvault.dev/rotator"]
+action = "keys"
 "#;
 
 /// How many distinct deterministic phone values the load cycles through.
@@ -76,9 +105,21 @@ impl Rng {
 struct Harness {
     dir: PathBuf,
     config: PathBuf,
+    /// The config as first written, with [`FIRST_REWRAP_RATE`] and the
+    /// first master key file: [`Harness::write_config`] edits a copy.
+    config_text: String,
+    first_master: PathBuf,
+    /// The master key file the server starts with now.
+    master: Mutex<PathBuf>,
+    /// `[keys] rewrap_rate` now.
+    rewrap_rate: Mutex<u32>,
     log: PathBuf,
     pki: Pki,
 }
+
+/// `[keys] rewrap_rate` as first written: the rate of an index rebuild
+/// (RotateIndexKey names none). The index round sets its own.
+const FIRST_REWRAP_RATE: u32 = 1000;
 
 impl Harness {
     fn new(dir: &Path) -> Self {
@@ -89,14 +130,79 @@ impl Harness {
             POLICY,
             (&dir.join("data"), &dir.join("data/audit.log")),
             "cache_capacity_mib = 16",
-            "[token_modes]\nphone = \"deterministic\"\naddress = \"random\"",
+            &format!(
+                "[token_modes]\nphone = \"deterministic\"\naddress = \"random\"\n\
+                 [keys]\nrewrap_rate = {FIRST_REWRAP_RATE}"
+            ),
         );
+        let config_text = std::fs::read_to_string(&config).unwrap();
+        let first_master = dir.join("master.key");
+        assert!(config_text.contains(&Self::master_line(&first_master)));
         Self {
             dir: dir.to_path_buf(),
             config,
+            config_text,
+            master: Mutex::new(first_master.clone()),
+            rewrap_rate: Mutex::new(FIRST_REWRAP_RATE),
+            first_master,
             log: dir.join("server.log"),
             pki,
         }
+    }
+
+    fn master_line(master: &Path) -> String {
+        format!("file = \"{}\"", master.display())
+    }
+
+    /// Writes the config to `path`, with `master` as the master key file
+    /// and `rewrap_rate` as the default rate of the key jobs.
+    fn write_config(&self, path: &Path, master: &Path, rewrap_rate: u32) {
+        let text = self
+            .config_text
+            .replace(
+                &Self::master_line(&self.first_master),
+                &Self::master_line(master),
+            )
+            .replace(
+                &format!("rewrap_rate = {FIRST_REWRAP_RATE}"),
+                &format!("rewrap_rate = {rewrap_rate}"),
+            );
+        common::write(path, text.as_bytes());
+    }
+
+    /// From now on the server starts with `master` and `rewrap_rate`.
+    fn reconfigure(&self, master: &Path, rewrap_rate: u32) {
+        self.write_config(&self.config, master, rewrap_rate);
+        *self.master.lock().unwrap() = master.to_path_buf();
+        *self.rewrap_rate.lock().unwrap() = rewrap_rate;
+    }
+
+    fn master(&self) -> PathBuf {
+        self.master.lock().unwrap().clone()
+    }
+
+    fn rewrap_rate(&self) -> u32 {
+        *self.rewrap_rate.lock().unwrap()
+    }
+
+    /// Starts the server with the master key file `master` instead of the
+    /// current one; its log (and, on failure, the error) holds only this
+    /// start's lines, and is appended to the server log afterwards.
+    fn try_start_with_master(&self, master: &Path, what: &str) -> Result<ServerProcess, String> {
+        let config = self.dir.join("fieldvault-attempt.toml");
+        self.write_config(&config, master, self.rewrap_rate());
+        let log = self.dir.join("attempt.log");
+        let _ = std::fs::remove_file(&log);
+        let started = start_with_config(&config, &log);
+        let lines = std::fs::read_to_string(&log).unwrap_or_default();
+        let mut server_log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        use std::io::Write;
+        writeln!(server_log, "--- crash harness: start with {what}\n{lines}").unwrap();
+        started
     }
 
     fn start(&self) -> ServerProcess {
@@ -141,13 +247,15 @@ fn phone_value(n: u64) -> (String, String) {
 }
 
 /// Tokenizes until a call fails (the server was killed, or refused the
-/// write); records every acknowledged token. Returns the number of calls
-/// acknowledged and the status of the call that failed.
+/// write), waiting `pause` after each call; records every acknowledged
+/// token. Returns the number of calls acknowledged and the status of the
+/// call that failed.
 async fn writer(
     addr: String,
     tls: ClientTls,
     seed: u64,
     acked: Acked,
+    pause: Duration,
 ) -> (u64, Option<tonic::Status>) {
     let Ok(channel) = common::try_channel(&addr, &tls).await else {
         return (0, None);
@@ -192,12 +300,19 @@ async fn writer(
             Err(status) => return (calls, Some(status)),
         };
         calls += 1;
-        let mut acked = acked.lock().unwrap();
-        for (result, value) in response.into_inner().results.into_iter().zip(expected) {
-            match result.outcome {
-                Some(pb::tokenize_result::Outcome::Token(t)) => note_answer(&mut acked, t, value),
-                other => panic!("an item failed while the server was up: {other:?}"),
+        {
+            let mut acked = acked.lock().unwrap();
+            for (result, value) in response.into_inner().results.into_iter().zip(expected) {
+                match result.outcome {
+                    Some(pb::tokenize_result::Outcome::Token(t)) => {
+                        note_answer(&mut acked, t, value)
+                    }
+                    other => panic!("an item failed while the server was up: {other:?}"),
+                }
             }
+        }
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
         }
     }
 }
@@ -224,13 +339,17 @@ fn note_answer(
     }
 }
 
-/// Starts `WRITERS` concurrent [`writer`]s against `server`.
+type Writers = Vec<tokio::task::JoinHandle<(u64, Option<tonic::Status>)>>;
+
+/// Starts `WRITERS` concurrent [`writer`]s against `server`, each waiting
+/// `pause` between its calls.
 fn spawn_writers(
     harness: &Harness,
     server: &ServerProcess,
     rng: &mut Rng,
     acked: &Acked,
-) -> Vec<tokio::task::JoinHandle<(u64, Option<tonic::Status>)>> {
+    pause: Duration,
+) -> Writers {
     (0..WRITERS)
         .map(|w| {
             tokio::spawn(writer(
@@ -238,6 +357,7 @@ fn spawn_writers(
                 harness.tls("orders"),
                 rng.next() ^ w as u64,
                 acked.clone(),
+                pause,
             ))
         })
         .collect()
@@ -398,7 +518,7 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
     if !selected {
         return Ok(Mode::Skip);
     }
-    let time_limit = time_limit.unwrap_or(Duration::from_secs(60 + 15 * u64::from(rounds)));
+    let time_limit = time_limit.unwrap_or(Duration::from_secs(180 + 15 * u64::from(rounds)));
     Ok(Mode::Run { rounds, time_limit })
 }
 
@@ -430,14 +550,7 @@ fn start_watchdog(limit: Duration, dir: PathBuf) {
         } else {
             continue;
         };
-        let mut log_tail = String::new();
-        for name in ["server.log", "disk-full/server.log"] {
-            if let Ok(log) = std::fs::read_to_string(dir.join(name)) {
-                let lines: Vec<&str> = log.lines().collect();
-                let tail = lines[lines.len().saturating_sub(20)..].join("\n");
-                log_tail.push_str(&format!("--- last lines of {name}:\n{tail}\n"));
-            }
-        }
+        let log_tail = log_tails(&dir, 20);
         eprintln!(
             "crash harness FAILED: {why}.\n  waiting for: {what} (for {:.1}s, {:.1}s into the run)\n  \
              data dir kept: {}\n{log_tail}",
@@ -448,6 +561,36 @@ fn start_watchdog(limit: Duration, dir: PathBuf) {
         common::process::kill_live_servers();
         std::process::exit(2);
     });
+}
+
+/// The last `n` lines of the server logs under `dir`.
+fn log_tails(dir: &Path, n: usize) -> String {
+    let mut log_tail = String::new();
+    for name in ["server.log", "disk-full/server.log"] {
+        if let Ok(log) = std::fs::read_to_string(dir.join(name)) {
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(n)..].join("\n");
+            log_tail.push_str(&format!("--- last lines of {name}:\n{tail}\n"));
+        }
+    }
+    log_tail
+}
+
+/// On a failed check (a panic of the harness's main thread): the default
+/// report, then the tail of the server logs and the data dir, which is
+/// kept for a post-mortem.
+fn report_failures_with_logs(dir: PathBuf) {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default(info);
+        if std::thread::current().name() == Some("main") {
+            eprintln!(
+                "crash harness FAILED; data dir kept: {}\n{}",
+                dir.display(),
+                log_tails(&dir, 40)
+            );
+        }
+    }));
 }
 
 fn main() {
@@ -481,10 +624,12 @@ fn main() {
 }
 
 async fn run(rounds: u32, time_limit: Duration) {
-    let tmp = tempfile::tempdir().unwrap();
-    start_watchdog(time_limit, tmp.path().to_path_buf());
+    // Kept when a check fails; removed at the end of a run that passes.
+    let tmp = tempfile::tempdir().unwrap().keep();
+    start_watchdog(time_limit, tmp.clone());
+    report_failures_with_logs(tmp.clone());
     phase("making the certificates and config");
-    let harness = Harness::new(tmp.path());
+    let harness = Harness::new(&tmp);
 
     let acked: Acked = Arc::new(Mutex::new(HashMap::new()));
     let seed = std::time::SystemTime::now()
@@ -498,7 +643,7 @@ async fn run(rounds: u32, time_limit: Duration) {
         phase(format!("round {round}: the server to start"));
         let server = harness.start();
         let acked_before = acked.lock().unwrap().len();
-        let writers = spawn_writers(&harness, &server, &mut rng, &acked);
+        let writers = spawn_writers(&harness, &server, &mut rng, &acked, Duration::ZERO);
         // Let the load run until the round has something to lose (a round
         // killed before its first answer checks nothing new), then a random
         // while longer, then kill -9 mid-flight.
@@ -543,6 +688,8 @@ async fn run(rounds: u32, time_limit: Duration) {
         );
     }
 
+    let key_lines = key_rounds(&harness, &mut rng, &acked).await;
+
     // Finally, the store itself: records and indexes agree.
     phase("the integrity check of the store");
     let report = harness.check_integrity().await;
@@ -561,8 +708,17 @@ async fn run(rounds: u32, time_limit: Duration) {
     );
 
     phase("disk-full round: certificates and config");
-    disk_full_round(&Harness::new(&tmp.path().join("disk-full")), &mut rng).await;
-    println!("crash: {rounds} passed, 0 failed; disk-full round passed");
+    disk_full_round(&Harness::new(&tmp.join("disk-full")), &mut rng).await;
+    std::fs::remove_dir_all(&tmp).unwrap();
+    println!(
+        "crash: {rounds} kill rounds passed; {REWRAP_ROUNDS} rewrap rounds, {INDEX_ROUNDS} \
+         index-rebuild round(s) and {MASTER_ROUNDS} master-key rounds passed; disk-full round \
+         passed; 0 failed; {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    for line in key_lines {
+        println!("  {line}");
+    }
 }
 
 /// The health status the server reports for `service` ("" for the whole
@@ -584,7 +740,7 @@ async fn disk_full_round(harness: &Harness, rng: &mut Rng) {
     let acked: Acked = Arc::new(Mutex::new(HashMap::new()));
     phase("disk-full round: the server to start with a 1 MiB file size limit");
     let mut server = harness.start_with_file_limit(1 << 20);
-    let writers = spawn_writers(harness, &server, rng, &acked);
+    let writers = spawn_writers(harness, &server, rng, &acked, Duration::ZERO);
     // Each writer runs until its first refused call.
     let mut calls = 0;
     for (i, w) in writers.into_iter().enumerate() {
@@ -690,4 +846,668 @@ async fn disk_full_round(harness: &Harness, rng: &mut Rng) {
         snapshot.len(),
         report.records
     );
+}
+
+/// Rounds killed mid rewrap on the same store as the kill rounds.
+const REWRAP_ROUNDS: u32 = 3;
+/// Rounds killed mid index rebuild.
+const INDEX_ROUNDS: u32 = 1;
+/// Rounds killed around a master-key rotation: before the call, during it
+/// or right after it, in turn.
+const MASTER_ROUNDS: u32 = 6;
+/// During the key rounds each writer waits this long between its calls:
+/// live traffic, without the store growing by thousands of records a
+/// second while a job runs.
+const KEY_ROUND_LOAD_PAUSE: Duration = Duration::from_millis(100);
+/// How long a key job should take at the rate the harness gives it, so
+/// that a kill at a random moment lands mid-job.
+const JOB_SECONDS: u64 = 6;
+/// The fewest records a job round moves (the harness tokenizes more first
+/// when the store holds fewer).
+const MIN_JOB_RECORDS: usize = 1000;
+/// The longest a job may take to finish after its last restart.
+const JOB_FINISH_LIMIT: Duration = Duration::from_secs(120);
+/// The longest a running job may go without moving a record (at 100
+/// records/s or more, it moves a batch every 50 ms).
+const JOB_STALL_LIMIT: Duration = Duration::from_secs(15);
+
+/// The rate (records/s) at which a job over `records` takes about
+/// [`JOB_SECONDS`].
+fn job_rate(records: u64) -> u32 {
+    (records / JOB_SECONDS).clamp(100, 5000) as u32
+}
+
+/// A uniformly random fraction in [0, 1).
+fn fraction(rng: &mut Rng) -> f64 {
+    (rng.next() % 1_000_000) as f64 / 1_000_000.0
+}
+
+async fn admin(addr: &str, harness: &Harness) -> KeyAdminClient<Channel> {
+    KeyAdminClient::new(common::channel(addr, &harness.tls("rotator")).await)
+}
+
+async fn key_status(client: &mut KeyAdminClient<Channel>) -> pb::GetKeyStatusResponse {
+    client
+        .get_key_status(pb::GetKeyStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Waits until at least `n` tokens are acknowledged in all.
+async fn acked_at_least(acked: &Acked, n: usize) {
+    bounded(
+        Duration::from_secs(60),
+        "tokens to be acknowledged",
+        async {
+            while acked.lock().unwrap().len() < n {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        },
+    )
+    .await;
+}
+
+/// Waits for writers whose server was killed to notice; returns the calls
+/// they had acknowledged.
+async fn writers_stopped(label: &str, writers: Writers) -> u64 {
+    let mut calls = 0;
+    for (i, w) in writers.into_iter().enumerate() {
+        phase(format!("{label}: writer {i} to stop after the kill"));
+        calls += bounded(WRITER_STOP_DEADLINE, "a writer to stop after the kill", w)
+            .await
+            .unwrap()
+            .0;
+    }
+    calls
+}
+
+/// Stops writers whose server is up. A call cut off this way was never
+/// acknowledged, so it is not counted.
+async fn abort_writers(writers: Writers) {
+    for w in writers {
+        w.abort();
+        let _ = w.await;
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum KeyJob {
+    Rewrap,
+    IndexRebuild,
+}
+
+impl KeyJob {
+    fn of(self, status: &pb::GetKeyStatusResponse) -> pb::JobStatus {
+        match self {
+            Self::Rewrap => status.rewrap.clone(),
+            Self::IndexRebuild => status.index_rebuild.clone(),
+        }
+        .expect("GetKeyStatus reports both jobs")
+    }
+
+    fn versions(self, status: &pb::GetKeyStatusResponse) -> &[pb::KeyVersionStatus] {
+        match self {
+            Self::Rewrap => &status.data_keys,
+            Self::IndexRebuild => &status.index_keys,
+        }
+    }
+}
+
+/// Reads the job's status until its done + remaining is `total` (one
+/// batch may show in the counters before it shows in the job's stored
+/// progress: a read in between comes up short). `Err` with every status
+/// read when none of 20 reads, 25 ms apart, adds up; also returns how many
+/// reads came up short.
+async fn job_status_with_total(
+    keys: &mut KeyAdminClient<Channel>,
+    job: KeyJob,
+    total: u64,
+) -> (Result<pb::JobStatus, Vec<pb::JobStatus>>, u32) {
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        let now = KeyJob::of(job, &key_status(keys).await);
+        if now.done + now.remaining == total {
+            return (Ok(now), seen.len() as u32);
+        }
+        seen.push(now);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let short = seen.len() as u32;
+    (Err(seen), short)
+}
+
+/// Tokenizes every pool phone once more: each phone acknowledged before
+/// must get the token it had (a deterministic token never changes, not
+/// during an index rebuild, not after it). Returns how many kept theirs.
+async fn check_pool_phones(label: &str, addr: &str, harness: &Harness, acked: &Acked) -> usize {
+    let mut client = common::connect(addr, &harness.tls("orders")).await;
+    let fields = (0..PHONE_POOL)
+        .map(|n| pb::Field {
+            kind: FieldKind::Phone as i32,
+            value: phone_value(n).0,
+            ..Default::default()
+        })
+        .collect();
+    let results = client
+        .tokenize(pb::TokenizeRequest {
+            fields,
+            purpose: None,
+        })
+        .await
+        .unwrap_or_else(|s| panic!("{label}: tokenizing the pool phones failed: {s:?}"))
+        .into_inner()
+        .results;
+    let mut acked = acked.lock().unwrap();
+    let known: HashMap<String, String> = acked
+        .iter()
+        .filter(|(_, (kind, _))| *kind == FieldKind::Phone)
+        .map(|(token, (_, value))| (value.clone(), token.clone()))
+        .collect();
+    let mut kept = 0;
+    let mut changed = Vec::new();
+    for (n, result) in (0..PHONE_POOL).zip(results) {
+        let Some(pb::tokenize_result::Outcome::Token(token)) = result.outcome else {
+            changed.push(format!(
+                "pool phone {n} did not tokenize: {:?}",
+                result.outcome
+            ));
+            continue;
+        };
+        let canonical = phone_value(n).1;
+        match known.get(&canonical) {
+            Some(before) if *before == token => kept += 1,
+            Some(before) => {
+                changed.push(format!("pool phone {n}: {before} before, now {token}"));
+            }
+            None => note_answer(&mut acked, token, (FieldKind::Phone, canonical)),
+        }
+    }
+    // Not while holding the lock: the writers still need it.
+    drop(acked);
+    assert!(
+        changed.is_empty(),
+        "{label}: deterministic tokens changed: {changed:#?}"
+    );
+    kept
+}
+
+/// A round killed mid-job: under load, rotate the data key and start a
+/// rewrap (or rotate the index key, which starts the rebuild), kill -9 at
+/// a random moment while it runs (once or twice), restart; the job must
+/// resume by itself, keep its stored progress and counters, and finish.
+/// Then no record (index entry) is left on an older version, the older
+/// versions retire, every acknowledged token detokenizes to its value and
+/// the store's integrity check is clean. Returns the status at the end and
+/// a line for the summary.
+async fn job_round(
+    harness: &Harness,
+    label: &str,
+    job: KeyJob,
+    rng: &mut Rng,
+    acked: &Acked,
+) -> (pb::GetKeyStatusResponse, String) {
+    let started = Instant::now();
+    phase(format!("{label}: the server to start"));
+    let mut server = harness.start();
+    if acked.lock().unwrap().len() < MIN_JOB_RECORDS {
+        phase(format!(
+            "{label}: {MIN_JOB_RECORDS} tokens in the store before the job"
+        ));
+        let fill = spawn_writers(harness, &server, rng, acked, Duration::ZERO);
+        acked_at_least(acked, MIN_JOB_RECORDS).await;
+        abort_writers(fill).await;
+    }
+    let mut writers = spawn_writers(harness, &server, rng, acked, KEY_ROUND_LOAD_PAUSE);
+    phase(format!("{label}: tokens acknowledged before the rotation"));
+    let before_round = acked.lock().unwrap().len();
+    acked_at_least(acked, before_round + MIN_ACKED_PER_ROUND).await;
+    let mut keys = admin(&server.addr, harness).await;
+
+    phase(format!("{label}: rotate and start the job"));
+    let (target, rate) = match job {
+        KeyJob::Rewrap => {
+            let target = keys
+                .rotate_data_key(pb::RotateDataKeyRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .version;
+            let status = key_status(&mut keys).await;
+            let older: u64 = status
+                .data_keys
+                .iter()
+                .filter(|k| k.version != target)
+                .map(|k| k.records)
+                .sum();
+            let rate = job_rate(older);
+            let job = keys
+                .start_rewrap(pb::StartRewrapRequest {
+                    rate_per_second: Some(rate),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .job
+                .unwrap();
+            assert_eq!(job.state(), pb::JobState::Running, "{label}: {job:?}");
+            (target, rate)
+        }
+        KeyJob::IndexRebuild => {
+            let target = keys
+                .rotate_index_key(pb::RotateIndexKeyRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .version;
+            (target, harness.rewrap_rate())
+        }
+    };
+
+    let kills = 1 + rng.next() % 2;
+    let mut last = None;
+    let mut phones_while_running = 0;
+    let mut calls = 0;
+    // What the job moves in all: done + remaining. The two are not one
+    // snapshot (a batch's counters can show before its stored progress),
+    // so a read can fall one batch short: the largest of a few reads.
+    let mut total = 0;
+    for _ in 0..5 {
+        let now = KeyJob::of(job, &key_status(&mut keys).await);
+        total = total.max(now.done + now.remaining);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut short_reads = 0;
+    for kill in 0..kills {
+        let now = KeyJob::of(job, &key_status(&mut keys).await);
+        // A random moment while it runs: within the first 60% of what is
+        // left at its rate.
+        let left = now.remaining as f64 / f64::from(rate);
+        let wait = left * (0.05 + 0.55 * fraction(rng));
+        phase(format!("{label}: {wait:.2}s of the job before kill {kill}"));
+        tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+        let (before, short) = job_status_with_total(&mut keys, job, total).await;
+        short_reads += short;
+        let before = before.unwrap_or_else(|seen| {
+            panic!("{label}: before kill {kill}, done + remaining is not {total}: {seen:?}")
+        });
+        assert_eq!(
+            before.state(),
+            pb::JobState::Running,
+            "{label}: the job ended before kill {kill} (rate {rate}/s): {before:?}"
+        );
+        assert!(
+            before.remaining > 0 && before.target_version == target,
+            "{label}: no kill mid-job: {before:?}"
+        );
+        phase(format!("{label}: kill -9 {kill} of the server mid-job"));
+        server.kill9();
+        calls += writers_stopped(label, writers).await;
+
+        phase(format!("{label}: the server to restart after kill {kill}"));
+        server = harness.start();
+        keys = admin(&server.addr, harness).await;
+        let (after, short) = job_status_with_total(&mut keys, job, total).await;
+        short_reads += short;
+        let after = match after {
+            Ok(after) => after,
+            Err(seen) => {
+                // Which is off: the counters or the job's stored progress?
+                // The integrity check recounts the trees (and fails first
+                // if the counters disagree with them).
+                let log_tail = log_tails(&harness.dir, 30);
+                drop(server);
+                harness.check_integrity().await;
+                panic!(
+                    "{label}: done + remaining changed across kill {kill} (no record was added \
+                     to or removed from an older version): {before:?}, then after the restart \
+                     {seen:#?}; the integrity check is clean (the counters agree with the \
+                     trees), so the job's stored progress misses records it moved.\n{log_tail}"
+                );
+            }
+        };
+        assert!(
+            matches!(
+                after.state(),
+                pb::JobState::Running | pb::JobState::Finished
+            ),
+            "{label}: after kill {kill} the job neither resumed nor finished: {after:?}"
+        );
+        assert_eq!(after.target_version, target, "{label}: {after:?}");
+        assert!(
+            after.done >= before.done,
+            "{label}: the job lost progress it had reported before kill {kill}: \
+             {before:?} then {after:?}"
+        );
+        writers = spawn_writers(harness, &server, rng, acked, KEY_ROUND_LOAD_PAUSE);
+        if job == KeyJob::IndexRebuild {
+            check_pool_phones(label, &server.addr, harness, acked).await;
+            if after.state() == pb::JobState::Running {
+                phones_while_running += 1;
+            }
+        }
+        last = Some((before, after));
+        if KeyJob::of(job, &key_status(&mut keys).await).state() != pb::JobState::Running {
+            break;
+        }
+    }
+    let (before, after) = last.expect("at least one kill");
+
+    phase(format!("{label}: the resumed job to finish"));
+    let mut seen = after.done;
+    let mut progressed_at = Instant::now();
+    let finished = bounded(JOB_FINISH_LIMIT, "the resumed job to finish", async {
+        loop {
+            let now = KeyJob::of(job, &key_status(&mut keys).await);
+            assert!(
+                now.done >= seen,
+                "{label}: the job's done went back: {seen} then {now:?}"
+            );
+            if now.done > seen {
+                progressed_at = Instant::now();
+            }
+            // The status reads the stored progress, then the counters: the
+            // batches committed in between (one, rarely two) show in the
+            // counters only.
+            let sum = now.done + now.remaining;
+            let batch = u64::from(rate / 20).clamp(1, 512);
+            assert!(
+                sum <= total && total - sum <= 2 * batch,
+                "{label}: done + remaining is {sum}, not {total} (nor a batch or two of \
+                 {batch} short): {now:?}"
+            );
+            if sum != total {
+                short_reads += 1;
+            }
+            assert!(
+                progressed_at.elapsed() < JOB_STALL_LIMIT,
+                "{label}: the job says it runs, but moved nothing for {JOB_STALL_LIMIT:?} \
+                 after the restart (it did not resume?): {now:?}"
+            );
+            seen = now.done;
+            match now.state() {
+                pb::JobState::Finished => return now,
+                pb::JobState::Running => {}
+                other => panic!("{label}: the resumed job is {other:?}: {now:?}"),
+            }
+            if job == KeyJob::IndexRebuild {
+                check_pool_phones(label, &server.addr, harness, acked).await;
+                phones_while_running += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    })
+    .await;
+    abort_writers(writers).await;
+    assert_eq!(finished.target_version, target, "{label}: {finished:?}");
+    assert_eq!(
+        (finished.remaining, finished.failed),
+        (0, 0),
+        "{label}: the finished job left records behind: {finished:?}"
+    );
+    assert_eq!(
+        finished.done, total,
+        "{label}: the job did not move each record exactly once: {before:?} then {finished:?}"
+    );
+    if after.remaining > 0 {
+        assert!(
+            finished.done > after.done,
+            "{label}: the job did not go on after the restart: {after:?} then {finished:?}"
+        );
+    }
+
+    phase(format!("{label}: counters and retirement"));
+    let mut status = key_status(&mut keys).await;
+    for key in KeyJob::versions(job, &status) {
+        if key.version == target {
+            assert_eq!(key.state(), pb::KeyState::Active, "{label}: {key:?}");
+            assert!(key.records > 0, "{label}: {key:?}");
+        } else {
+            assert_eq!(
+                key.records, 0,
+                "{label}: an older version still counts records after the job: {key:?}"
+            );
+        }
+    }
+    let mut retired_now = Vec::new();
+    match job {
+        KeyJob::Rewrap => {
+            for key in &status.data_keys {
+                if key.state() == pb::KeyState::DecryptOnly {
+                    keys.retire_key_version(pb::RetireKeyVersionRequest {
+                        version: key.version,
+                    })
+                    .await
+                    .unwrap_or_else(|s| {
+                        panic!("{label}: retiring version {} failed: {s:?}", key.version)
+                    });
+                    retired_now.push(key.version);
+                }
+            }
+            assert!(
+                !retired_now.is_empty(),
+                "{label}: no version to retire: {status:?}"
+            );
+            status = key_status(&mut keys).await;
+        }
+        KeyJob::IndexRebuild => {
+            check_pool_phones(label, &server.addr, harness, acked).await;
+            assert!(
+                phones_while_running > 0,
+                "{label}: the pool phones were never tokenized while the rebuild ran"
+            );
+        }
+    }
+    for key in KeyJob::versions(job, &status) {
+        if key.version != target {
+            assert_eq!(
+                key.state(),
+                pb::KeyState::Retired,
+                "{label}: an older version is not retired: {key:?}"
+            );
+        }
+    }
+
+    // The older keys are destroyed now: a record left on one would not
+    // open.
+    let snapshot = acked.lock().unwrap().clone();
+    phase(format!(
+        "{label}: detokenize of {} acknowledged tokens",
+        snapshot.len()
+    ));
+    verify(&server.addr, &harness.tls("support"), &snapshot).await;
+    drop(server);
+    phase(format!("{label}: the integrity check of the store"));
+    harness.check_integrity().await;
+    let line = format!(
+        "{label}: {} to version {target} at {rate}/s, killed {kills}x mid-job (last at {}/{}), \
+         resumed and finished; {calls} calls acknowledged before the kills; {} retired; {} \
+         tokens verified; integrity clean; {short_reads} status reads a batch short; {:.1}s",
+        match job {
+            KeyJob::Rewrap => "rewrap",
+            KeyJob::IndexRebuild => "index rebuild",
+        },
+        before.done,
+        before.done + before.remaining,
+        if retired_now.is_empty() {
+            "the older index key was".to_owned()
+        } else {
+            format!("data-key versions {retired_now:?}")
+        },
+        snapshot.len(),
+        started.elapsed().as_secs_f64()
+    );
+    (status, line)
+}
+
+/// Starts the server with the master key file `master`; if it comes up,
+/// every acknowledged token must detokenize to its value. `Err` holds what
+/// the refused start printed.
+async fn start_with_master(
+    harness: &Harness,
+    master: &Path,
+    what: &str,
+    acked: &HashMap<String, (FieldKind, String)>,
+) -> Result<(), String> {
+    let server = harness.try_start_with_master(master, what)?;
+    verify(&server.addr, &harness.tls("support"), acked).await;
+    drop(server);
+    Ok(())
+}
+
+/// A round killed around a master-key rotation (see the module doc).
+/// Returns which key the server starts with afterwards and when it was
+/// killed.
+async fn master_round(
+    harness: &Harness,
+    round: u32,
+    rng: &mut Rng,
+    acked: &Acked,
+) -> (&'static str, &'static str) {
+    let label = format!("master round {round}");
+    let old = harness.master();
+    let new = harness.dir.join(format!("master-{round}.key"));
+    common::write(&new, MasterKey::generate().to_hex().as_bytes());
+    phase(format!("{label}: the server to start"));
+    let server = harness.start();
+    let writers = spawn_writers(harness, &server, rng, acked, KEY_ROUND_LOAD_PAUSE);
+    let before_round = acked.lock().unwrap().len();
+    acked_at_least(acked, before_round + MIN_ACKED_PER_ROUND).await;
+    let mut keys = admin(&server.addr, harness).await;
+    let request = pb::RotateMasterKeyRequest {
+        new_key_file: new.to_str().unwrap().to_owned(),
+    };
+    phase(format!("{label}: kill -9 around RotateMasterKey"));
+    // (when, whether the rotation was asked for, whether it was answered)
+    let (when, requested, answered) = match round % 3 {
+        0 => {
+            tokio::time::sleep(Duration::from_millis(rng.next() % 200)).await;
+            server.kill9();
+            ("before the call", false, false)
+        }
+        1 => {
+            let call = tokio::spawn(async move { keys.rotate_master_key(request).await });
+            tokio::time::sleep(Duration::from_micros(rng.next() % 20_000)).await;
+            server.kill9();
+            let outcome = bounded(
+                common::CALL_DEADLINE + Duration::from_secs(5),
+                "RotateMasterKey to end after the kill",
+                call,
+            )
+            .await
+            .unwrap();
+            ("during the call", true, outcome.is_ok())
+        }
+        _ => {
+            keys.rotate_master_key(request)
+                .await
+                .unwrap_or_else(|s| panic!("{label}: RotateMasterKey failed: {s:?}"));
+            tokio::time::sleep(Duration::from_millis(rng.next() % 300)).await;
+            server.kill9();
+            ("right after the call", true, true)
+        }
+    };
+    writers_stopped(&label, writers).await;
+
+    let snapshot = acked.lock().unwrap().clone();
+    phase(format!("{label}: a start with the old master key"));
+    let with_old = start_with_master(harness, &old, "the old master key", &snapshot).await;
+    phase(format!("{label}: a start with the new master key"));
+    let with_new = start_with_master(harness, &new, "the new master key", &snapshot).await;
+    let refused_clearly = |refusal: &str| {
+        assert!(
+            !refusal.contains("not listening after"),
+            "{label}: a start with the wrong master key hung instead of exiting:\n{refusal}"
+        );
+        assert!(
+            refusal.contains("master key"),
+            "{label}: the refused start does not say the master key is wrong:\n{refusal}"
+        );
+    };
+    match (with_old, with_new) {
+        (Ok(()), Err(refusal)) => {
+            assert!(
+                !answered,
+                "{label}: RotateMasterKey was answered OK (killed {when}), yet the old master \
+                 key opens the store and the new one does not:\n{refusal}"
+            );
+            refused_clearly(&refusal);
+            ("old", when)
+        }
+        (Err(refusal), Ok(())) => {
+            assert!(
+                requested,
+                "{label}: the new master key opens the store, but no rotation was asked for"
+            );
+            refused_clearly(&refusal);
+            assert!(
+                refusal.contains("rotate-master"),
+                "{label}: the old master key is refused without naming `rotate-master`:\n{refusal}"
+            );
+            harness.reconfigure(&new, harness.rewrap_rate());
+            ("new", when)
+        }
+        (Ok(()), Ok(())) => panic!(
+            "{label}: the server starts with both the old and the new master key (killed {when})"
+        ),
+        (Err(old), Err(new)) => panic!(
+            "{label}: the server starts with neither master key (killed {when}).\n\
+             --- with the old key:\n{old}\n--- with the new key:\n{new}"
+        ),
+    }
+}
+
+/// The rewrap, index-rebuild and master-key rounds, on the kill rounds'
+/// store; returns the lines for the summary.
+async fn key_rounds(harness: &Harness, rng: &mut Rng, acked: &Acked) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut status = None;
+    for round in 0..REWRAP_ROUNDS {
+        let (s, line) = job_round(
+            harness,
+            &format!("rewrap round {round}"),
+            KeyJob::Rewrap,
+            rng,
+            acked,
+        )
+        .await;
+        println!("{line}");
+        lines.push(line);
+        status = Some(s);
+    }
+    for round in 0..INDEX_ROUNDS {
+        // RotateIndexKey names no rate: the config's sets it, so that the
+        // rebuild takes a while.
+        let entries: u64 = status
+            .as_ref()
+            .map(|s| s.index_keys.iter().map(|k| k.records).sum())
+            .unwrap_or(MIN_JOB_RECORDS as u64);
+        harness.reconfigure(&harness.master(), job_rate(entries));
+        let (_, line) = job_round(
+            harness,
+            &format!("index round {round}"),
+            KeyJob::IndexRebuild,
+            rng,
+            acked,
+        )
+        .await;
+        println!("{line}");
+        lines.push(line);
+    }
+    harness.reconfigure(&harness.master(), FIRST_REWRAP_RATE);
+    let mut outcomes: Vec<String> = Vec::new();
+    for round in 0..MASTER_ROUNDS {
+        let (key, when) = master_round(harness, round, rng, acked).await;
+        let line = format!(
+            "master round {round}: killed {when}: the server starts with the {key} master key \
+             only and serves every acknowledged token"
+        );
+        println!("{line}");
+        outcomes.push(format!("{when}: {key}"));
+    }
+    lines.push(format!(
+        "master-key rounds: exactly one key opens the store each time ({})",
+        outcomes.join("; ")
+    ));
+    lines
 }
