@@ -16,7 +16,7 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 /// Who may touch a file besides its owner.
@@ -51,6 +51,14 @@ pub enum PermError {
         path: String,
         dir: String,
         mode: u32,
+    },
+    /// A directory, a FIFO, a device or a socket where a file belongs:
+    /// refused before anything is read (a FIFO would block the reader).
+    #[error("{setting} {path}: is {kind}, not a regular file")]
+    NotAFile {
+        setting: &'static str,
+        path: String,
+        kind: &'static str,
     },
     #[error("{setting} {path}: {source}")]
     Io {
@@ -116,8 +124,31 @@ pub fn check_mode(
 /// The directory the file is named in must not let group or others
 /// replace it (writable without the sticky bit).
 pub fn open_checked(setting: &'static str, path: &Path, access: Access) -> Result<File, PermError> {
-    let file = File::open(path).map_err(io_error(setting, path))?;
+    // Non-blocking, so that a FIFO with no writer cannot hold the opener
+    // (the file type is checked next, before any read).
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(io_error(setting, path))?;
     let meta = file.metadata().map_err(io_error(setting, path))?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        use std::os::unix::fs::FileTypeExt;
+        return Err(PermError::NotAFile {
+            setting,
+            path: path.display().to_string(),
+            kind: if kind.is_dir() {
+                "a directory"
+            } else if kind.is_fifo() {
+                "a FIFO"
+            } else if kind.is_socket() {
+                "a socket"
+            } else {
+                "a device"
+            },
+        });
+    }
     check_mode(setting, path, meta.mode(), access)?;
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,

@@ -58,8 +58,10 @@ pub(crate) struct RewrapArgs {
     #[arg(long, value_name = "N", value_parser = rate)]
     rate: Option<u32>,
     /// Wait until the rewrap has finished, printing its progress on stderr
-    /// about once a second (records done / total, rate, ETA). Interrupting
-    /// the wait does not stop the job.
+    /// (records done / total, rate, ETA): about once a second on a
+    /// terminal, every 10 seconds otherwise. Interrupting the wait does not
+    /// stop the job; without --rate, waiting on a running job keeps its
+    /// rate.
     #[arg(long)]
     wait: bool,
     #[command(flatten)]
@@ -279,8 +281,10 @@ async fn rotate_master(args: RotateMasterArgs) -> ExitCode {
         Ok(_) if json => emit!("{}", json!({ "new_key_file": text })),
         Ok(_) => emit!(
             "master key rotated: every key is now wrapped under the key in {text} (on the \
-             server). Start the server with that key from now on (master_key in its config); \
-             it refuses the old one."
+             server). Start the server with that key from now on: point master_key in its \
+             config at it, or move it over the old key file (serve --dev: mv {text} \
+             DATA_DIR/dev/master.key); the old key is refused. Backups made before now need \
+             the old key: keep it as long as you keep them."
         ),
         Err(code) => return code,
     }

@@ -35,8 +35,9 @@ enum Command {
     Tokenize(calls::TokenizeArgs),
     /// Reveal the values behind tokens (audited).
     Detokenize(calls::DetokenizeArgs),
-    /// Key administration on a running server: rotate, rewrap, retire, status
-    /// (the caller needs a policy rule with action "keys").
+    /// Key administration on a running server: status, rotate, rewrap,
+    /// retire, rotate-index, rotate-master (the caller needs a policy rule
+    /// with action "keys").
     #[command(subcommand)]
     Keys(keys::KeysCommand),
     /// Check the server's grpc.health.v1 status over mTLS (an exec probe):

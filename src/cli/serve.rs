@@ -156,6 +156,17 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
             // A dev store under another master key, or one that lost its
             // keys: the other way out is a reset. (An old-format store's
             // message says so itself.)
+            // The way out in dev mode: the new key in dev/master.key.
+            fieldvault::app::StartError::Keyring(ref k)
+                if args.dev && k.is_replaced_master_key() =>
+            {
+                format!(
+                    "{e}; in dev mode: mv <the new key file> {}",
+                    fieldvault::dev::dev_dir(&config.data_dir)
+                        .join("master.key")
+                        .display()
+                )
+            }
             fieldvault::app::StartError::Keyring(ref k) if args.dev && !k.is_old_format() => {
                 format!(
                     "{e}; or start the dev setup over with `fieldvault serve --dev --reset` \

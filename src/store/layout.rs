@@ -76,6 +76,9 @@ pub(super) const KEY_INFO_PREFIX: &[u8] = b"key/";
 /// The `meta` keys of replaced master keys start with this: `master/` ‖
 /// fingerprint (8) → replaced at (u64 ms).
 pub(super) const MASTER_PREFIX: &[u8] = b"master/";
+/// The `meta` key of the file the master key in force was read from by
+/// the last rotation.
+pub(super) const MASTER_FILE_KEY: &[u8] = b"master_file";
 /// The `meta` keys of background jobs' states start with this.
 pub(super) const JOB_PREFIX: &[u8] = b"job/";
 

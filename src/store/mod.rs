@@ -298,6 +298,9 @@ pub struct KeyCatalog {
     pub keys: Vec<KeyInfo>,
     /// Fingerprints of master keys replaced by a rotation, with when.
     pub replaced_masters: Vec<([u8; 8], u64)>,
+    /// The file the last rotation read the master key in force from (for
+    /// the message that refuses a replaced one).
+    pub master_key_file: Option<String>,
 }
 
 /// A change to the stored keys, atomic and durable.
@@ -323,6 +326,8 @@ pub enum KeyChange {
         keys: Vec<WrappedKey>,
         replaced: [u8; 8],
         at_unix_ms: u64,
+        /// Where the new master key was read from (a path, not a secret).
+        new_key_file: String,
     },
 }
 

@@ -14,7 +14,7 @@ use super::layout::{
     backend, data_file_path, decode_counts, decode_key, decode_key_info, decode_record,
     index_entry, index_from, index_prefix, key_id, record_id_from, record_key, sled_failure,
     u64_from, Ceiling, CEILING_KEY, COUNTS_KEY, EPOCH_PREFIX, FORMAT_KEY, JOB_PREFIX,
-    KEY_INFO_PREFIX, MASTER_PREFIX, OLD_LAYOUT, STORE_FORMAT, WAL_FILE,
+    KEY_INFO_PREFIX, MASTER_FILE_KEY, MASTER_PREFIX, OLD_LAYOUT, STORE_FORMAT, WAL_FILE,
 };
 use super::sequence::Sequence;
 use super::wal::{Wal, WalError};
@@ -519,9 +519,15 @@ impl Store for SledStore {
                     replaced_masters.push((fp, u64_from(&v)?));
                 }
             }
+            let master_key_file = inner
+                .meta
+                .get(MASTER_FILE_KEY)
+                .map_err(backend)?
+                .map(|v| String::from_utf8_lossy(&v).into_owned());
             Ok(KeyCatalog {
                 keys: keys.into_values().collect(),
                 replaced_masters,
+                master_key_file,
             })
         })
         .await
@@ -2037,6 +2043,7 @@ mod tests {
                 keys,
                 replaced: [1; 8],
                 at_unix_ms: 5000,
+                new_key_file: "/keys/new.key".into(),
             };
             let wrong = [
                 renewed[..2].to_vec(),
@@ -2064,6 +2071,7 @@ mod tests {
         assert_eq!(ok(store.keys().await), renewed);
         let catalog = ok(store.key_catalog().await);
         assert_eq!(catalog.replaced_masters, vec![([1; 8], 5000)]);
+        assert_eq!(catalog.master_key_file.as_deref(), Some("/keys/new.key"));
         assert_eq!(catalog.keys.len(), 4, "live and retired versions");
     }
 

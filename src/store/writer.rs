@@ -41,7 +41,8 @@ use super::layout::{
     encode_key_info, encode_record, encoded_record_version, epoch_key, frame_key_bytes,
     frame_record_bytes, index_entry, index_prefix, key_id, key_info_key, record_id_from,
     record_key, sled_failure, u64_from, Ceiling, Changes, MetaOp, CEILING_KEY, COUNTS_KEY,
-    FORMAT_KEY, FRAME_CEILING_BYTES, JOB_PREFIX, KEY_INFO_PREFIX, MASTER_PREFIX, STORE_FORMAT,
+    FORMAT_KEY, FRAME_CEILING_BYTES, JOB_PREFIX, KEY_INFO_PREFIX, MASTER_FILE_KEY, MASTER_PREFIX,
+    STORE_FORMAT,
 };
 use super::wal::Wal;
 use super::{Job, KeyChange, KeyUsage, NewRecord, Reindex, Rewrite, StorageFailure, StoreError};
@@ -598,6 +599,7 @@ impl SledWriter {
                 keys,
                 replaced,
                 at_unix_ms,
+                new_key_file,
             } => {
                 let named: HashSet<[u8; 5]> =
                     keys.iter().map(|k| key_id(k.purpose, k.version)).collect();
@@ -621,6 +623,10 @@ impl SledWriter {
                 group.changes.meta.push(MetaOp {
                     key,
                     value: Some(at_unix_ms.to_be_bytes().to_vec()),
+                });
+                group.changes.meta.push(MetaOp {
+                    key: MASTER_FILE_KEY.to_vec(),
+                    value: Some(new_key_file.into_bytes()),
                 });
             }
         }

@@ -175,3 +175,74 @@ async fn callers_without_the_keys_action_change_no_key() {
     let status = ok(vault.key_status(&caller("rotator")).await);
     assert_eq!(status.data_keys.len(), 1);
 }
+
+#[tokio::test]
+async fn a_new_master_key_file_that_is_not_a_regular_file_is_refused_without_blocking() {
+    let dir = ok(tempfile::tempdir());
+    let vault = open_vault(dir.path(), &MasterKey::generate()).await;
+    let fifo = dir.path().join("fifo.key");
+    ok(rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    ));
+    for (path, kind) in [(fifo, "a FIFO"), (dir.path().to_path_buf(), "a directory")] {
+        // A FIFO with no writer would block an open that waits for one.
+        let refused = tokio::time::timeout(
+            Duration::from_secs(20),
+            vault.rotate_master_key(&caller("rotator"), &path),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("rotate-master blocked on {kind}"));
+        assert!(
+            matches!(&refused, Err(VaultError::InvalidArgument { field: "new_key_file", reason })
+                if reason.contains(&format!("is {kind}, not a regular file"))),
+            "{kind}: {refused:?}"
+        );
+    }
+    let status = ok(vault.key_status(&caller("rotator")).await);
+    assert_eq!(status.master_rotated_unix_ms, None);
+}
+
+#[tokio::test]
+async fn after_a_later_rotation_the_rewrap_reads_idle_with_the_records_to_move() {
+    let dir = ok(tempfile::tempdir());
+    let vault = open_vault(dir.path(), &MasterKey::generate()).await;
+    phones(&vault, &["+1 202-555-0113", "+1 202-555-0114"]).await;
+    ok(vault.rotate_data_key(&caller("rotator")).await);
+    ok(vault.start_rewrap(&caller("rotator"), None).await);
+    let job = finished_rewrap(&vault).await;
+    assert_eq!((job.target_version, job.done, job.remaining), (2, 2, 0));
+    ok(vault.rotate_data_key(&caller("rotator")).await);
+    let job = ok(vault.rewrap_status(&caller("rotator")).await);
+    assert_eq!(
+        (job.state, job.target_version, job.remaining),
+        (JobState::Idle, 3, 2),
+        "{job:?}"
+    );
+}
+
+#[tokio::test]
+async fn following_a_running_rewrap_without_a_rate_keeps_its_rate() {
+    let dir = ok(tempfile::tempdir());
+    let vault = open_vault(dir.path(), &MasterKey::generate()).await;
+    phones(
+        &vault,
+        &["+1 202-555-0115", "+1 202-555-0116", "+1 202-555-0117"],
+    )
+    .await;
+    ok(vault.rotate_data_key(&caller("rotator")).await);
+    // One record a second: still running at the second call.
+    ok(vault.start_rewrap(&caller("rotator"), Some(1)).await);
+    let job = ok(vault.start_rewrap(&caller("rotator"), None).await);
+    assert_eq!(
+        (job.state, job.rate_per_second),
+        (JobState::Running, 1),
+        "{job:?}"
+    );
+    let job = ok(vault.start_rewrap(&caller("rotator"), Some(1000)).await);
+    assert_eq!(job.rate_per_second, 1000, "a rate given applies");
+    vault.stop_background().await;
+}

@@ -141,6 +141,9 @@ impl Default for KeySettings {
 /// The default rewrap rate, records per second.
 pub const DEFAULT_REWRAP_RATE: u32 = 5_000;
 
+/// How long reading a new master key file may take.
+const KEY_FILE_READ_LIMIT: Duration = Duration::from_secs(5);
+
 /// The most records one rewrap batch moves (one group-commit write).
 const MAX_BATCH: usize = 512;
 
@@ -366,13 +369,16 @@ fn crypto_failed(e: &CryptoError) -> VaultError {
 /// Logs a key operation with its caller and outcome (the audit-trail
 /// issue moves this into the audit trail).
 fn logged<T>(
-    caller: &CallerId,
+    caller: &dyn std::fmt::Display,
     op: &'static str,
     result: Result<T, VaultError>,
 ) -> Result<T, VaultError> {
     match &result {
         Ok(_) => tracing::info!(caller = %caller, op, outcome = "ok", "key operation"),
-        Err(e) => tracing::warn!(caller = %caller, op, outcome = %e, "key operation refused"),
+        Err(e) => {
+            let outcome = e.to_string();
+            tracing::warn!(caller = %caller, op, outcome, "key operation refused")
+        }
     }
     result
 }
@@ -532,6 +538,20 @@ impl Vault {
                 failed: 0,
                 failed_tokens: Vec::new(),
             },
+            // A job that finished before a later rotation says nothing
+            // about the records now to move: idle, with those.
+            Some(r) if !r.running && r.target != active.0 => JobStatus {
+                state: JobState::Idle,
+                target_version: active.0,
+                done: 0,
+                remaining: self.remaining(purpose, active),
+                rate_per_second: 0,
+                measured_per_second: 0.0,
+                started_unix_ms: None,
+                finished_unix_ms: None,
+                failed: 0,
+                failed_tokens: Vec::new(),
+            },
             Some(r) => JobStatus {
                 state: if r.running {
                     JobState::Running
@@ -567,7 +587,7 @@ impl Vault {
     ) -> Result<JobStatus, VaultError> {
         let result = async {
             self.check_keys_right(caller)?;
-            let rate = check_rate(rate, self.settings.keys.rewrap_rate)?;
+            let rate = check_rate(rate)?;
             self.start_job(Job::Rewrap, rate).await?;
             self.job_status(Job::Rewrap).await
         }
@@ -575,15 +595,20 @@ impl Vault {
         logged(caller, "start_rewrap", result)
     }
 
-    /// Starts `job` at `rate` unless it runs; a running job takes the new
-    /// rate.
-    async fn start_job(self: &Arc<Self>, job: Job, rate: u32) -> Result<(), VaultError> {
+    /// Starts `job` at `rate` (`None`: the configured default) unless it
+    /// runs; a running job takes a rate given, and keeps its own when none
+    /// is (following a job with `keys rewrap --wait` changes nothing).
+    async fn start_job(self: &Arc<Self>, job: Job, rate: Option<u32>) -> Result<(), VaultError> {
         let _admin = self.key_jobs.admin.lock().await;
         let run = self.run_of(job);
-        run.rate.store(rate, Ordering::SeqCst);
         if run.running.load(Ordering::SeqCst) {
+            if let Some(rate) = rate {
+                run.rate.store(rate, Ordering::SeqCst);
+            }
             return Ok(());
         }
+        let rate = rate.unwrap_or(self.settings.keys.rewrap_rate).max(1);
+        run.rate.store(rate, Ordering::SeqCst);
         let ring = self.keyring();
         let target = match job {
             Job::Rewrap => ring.active_version(),
@@ -965,8 +990,7 @@ impl Vault {
         let result = async {
             self.check_keys_right(caller)?;
             let version = self.rotate(KeyPurpose::Index).await?;
-            self.start_job(Job::IndexRebuild, self.settings.keys.rewrap_rate)
-                .await?;
+            self.start_job(Job::IndexRebuild, None).await?;
             Ok(version)
         }
         .await;
@@ -1139,7 +1163,25 @@ impl Vault {
             if !new_key_file.is_absolute() {
                 return Err(bad("must be an absolute path (the server reads it)".into()));
             }
-            let new = MasterKey::from_file(new_key_file).map_err(|e| bad(e.to_string()))?;
+            // Off the runtime's threads and bounded: a file on a hung
+            // mount must not hold a worker (a FIFO is refused unread).
+            let path = new_key_file.to_path_buf();
+            let read = tokio::task::spawn_blocking(move || MasterKey::from_file(&path));
+            let new = match tokio::time::timeout(KEY_FILE_READ_LIMIT, read).await {
+                Err(_) => {
+                    return Err(bad(format!(
+                        "could not be read within {} s (a hung file system?); nothing changed",
+                        KEY_FILE_READ_LIMIT.as_secs()
+                    )))
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "reading the new master key failed");
+                    return Err(VaultError::Unavailable(
+                        "the new master key could not be read; nothing changed".into(),
+                    ));
+                }
+                Ok(Ok(read)) => read.map_err(|e| bad(e.to_string()))?,
+            };
             let _admin = self.key_jobs.admin.lock().await;
             let ring = self.keyring();
             if new.fingerprint() == ring.master_fingerprint() {
@@ -1165,6 +1207,7 @@ impl Vault {
                     keys: wrapped,
                     replaced: ring.master_fingerprint(),
                     at_unix_ms: now_unix_ms(),
+                    new_key_file: new_key_file.display().to_string(),
                 })
                 .await
                 .map_err(|e| match e {
@@ -1231,8 +1274,8 @@ impl Vault {
     async fn run_schedule(self: &Arc<Self>, every: Duration) {
         let started = now_unix_ms();
         let check = (every / 10).clamp(Duration::from_millis(100), Duration::from_secs(3600));
-        let scheduler = CallerId::common_name("schedule")
-            .unwrap_or_else(|_| unreachable!("'schedule' is a valid common name"));
+        // Not a certificate identity: no certificate can name itself so.
+        let scheduler = "(the [keys] schedule)";
         loop {
             if self.stopping() {
                 return;
@@ -1255,9 +1298,7 @@ impl Vault {
                 let rotated = self.rotate(KeyPurpose::Data).await;
                 let rotated = logged(&scheduler, "rotate_data_key", rotated);
                 if rotated.is_ok() {
-                    let started = self
-                        .start_job(Job::Rewrap, self.settings.keys.rewrap_rate)
-                        .await;
+                    let started = self.start_job(Job::Rewrap, None).await;
                     let _ = logged(&scheduler, "start_rewrap", started);
                 }
             }
@@ -1285,10 +1326,10 @@ impl Vault {
     }
 }
 
-/// The rate to run at: the caller's, checked, or `default`.
-fn check_rate(rate: Option<u32>, default: u32) -> Result<u32, VaultError> {
+/// The caller's rate, checked (`None`: none given).
+fn check_rate(rate: Option<u32>) -> Result<Option<u32>, VaultError> {
     match rate {
-        None => Ok(default.max(1)),
+        None => Ok(None),
         Some(0) => Err(VaultError::InvalidArgument {
             field: "rate_per_second",
             reason: "must be at least 1 record per second".into(),
@@ -1299,6 +1340,6 @@ fn check_rate(rate: Option<u32>, default: u32) -> Result<u32, VaultError> {
                 "{r} is more than the {MAX_REWRAP_RATE} records per second a rewrap may run at"
             ),
         }),
-        Some(r) => Ok(r),
+        Some(r) => Ok(Some(r)),
     }
 }

@@ -154,6 +154,9 @@ pub async fn open_keyring(
                 {
                     Some((_, at)) => Err(KeyringSetupError::ReplacedMaster {
                         at: crate::domain::time::rfc3339(*at),
+                        new_key_file: catalog
+                            .master_key_file
+                            .unwrap_or_else(|| "the file given to rotate-master".into()),
                     }),
                     None => Err(e.into()),
                 }
@@ -183,9 +186,10 @@ pub enum KeyringSetupError {
     KeysMissing,
     #[error(
         "keyring: this master key was replaced by `fieldvault keys rotate-master` at {at}: the \
-         store's keys are wrapped by the new one only; start with the new master key file"
+         store's keys are wrapped by the new one only, read from {new_key_file}; start with that \
+         key (point master_key at it, or move it over this key file)"
     )]
-    ReplacedMaster { at: String },
+    ReplacedMaster { at: String, new_key_file: String },
     #[error("keyring: {0}")]
     Crypto(#[from] CryptoError),
     #[error("keyring: {0}")]
@@ -197,6 +201,12 @@ impl KeyringSetupError {
     /// one they were wrapped with.
     pub fn is_wrong_master_key(&self) -> bool {
         matches!(self, Self::Crypto(CryptoError::Unwrap(_)))
+    }
+
+    /// Whether the master key given was replaced by a rotation (its
+    /// message says which file holds the new one).
+    pub fn is_replaced_master_key(&self) -> bool {
+        matches!(self, Self::ReplacedMaster { .. })
     }
 
     /// Whether the store was made by a development build before tokens
