@@ -202,6 +202,16 @@ async fn a_new_master_key_file_that_is_not_a_regular_file_is_refused_without_blo
             "{kind}: {refused:?}"
         );
     }
+    // A path that would forge log lines is refused before it is used.
+    let forged = dir
+        .path()
+        .join("x\n2026-11-27T10:46:00Z  INFO key operation outcome=\"ok\"");
+    let refused = vault.rotate_master_key(&caller("rotator"), &forged).await;
+    assert!(
+        matches!(&refused, Err(VaultError::InvalidArgument { field: "new_key_file", reason })
+            if reason.contains("control characters") && !reason.contains("INFO")),
+        "{refused:?}"
+    );
     let status = ok(vault.key_status(&caller("rotator")).await);
     assert_eq!(status.master_rotated_unix_ms, None);
 }

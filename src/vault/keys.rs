@@ -178,8 +178,8 @@ impl JobRun {
     fn note(&self, done: u64) {
         let mut p = self.progress.lock().unwrap_or_else(|p| p.into_inner());
         match &mut *p {
-            Some((_, _, last)) => *last = done,
-            None => *p = Some((Instant::now(), done, done)),
+            Some((_, first, last)) if done >= *first => *last = done,
+            _ => *p = Some((Instant::now(), done, done)),
         }
     }
 
@@ -191,7 +191,7 @@ impl JobRun {
             Some((since, first, last)) => {
                 let secs = since.elapsed().as_secs_f64();
                 if secs > 0.0 {
-                    (last - first) as f64 / secs
+                    last.saturating_sub(first) as f64 / secs
                 } else {
                     0.0
                 }
@@ -375,9 +375,9 @@ fn logged<T>(
 ) -> Result<T, VaultError> {
     match &result {
         Ok(_) => tracing::info!(caller = %caller, op, outcome = "ok", "key operation"),
+        // Debug-escaped: a message may quote what the caller sent.
         Err(e) => {
-            let outcome = e.to_string();
-            tracing::warn!(caller = %caller, op, outcome, "key operation refused")
+            tracing::warn!(caller = %caller, op, outcome = ?e.to_string(), "key operation refused")
         }
     }
     result
@@ -757,7 +757,13 @@ impl Vault {
             let batch = (rate as usize / 20).clamp(1, MAX_BATCH);
             let ring = self.keyring();
             let target = ring.active_version();
-            record.target = target.0;
+            if record.target != target.0 {
+                // A rotation while the job ran: from here it counts the
+                // records moved to the new target (and rates them afresh).
+                record.target = target.0;
+                record.done = 0;
+                run.note(0);
+            }
             let after = match record.cursor {
                 Cursor::Record(id) => Some(id),
                 _ => None,
@@ -1014,7 +1020,13 @@ impl Vault {
             let batch = (rate as usize / 20).clamp(1, MAX_BATCH);
             let ring = self.keyring();
             let target = ring.active_index_version();
-            record.target = target.0;
+            if record.target != target.0 {
+                // A rotation while the job ran: from here it counts the
+                // records moved to the new target (and rates them afresh).
+                record.target = target.0;
+                record.done = 0;
+                run.note(0);
+            }
             let older: Vec<KeyVersion> = ring
                 .versions(KeyPurpose::Index)
                 .into_iter()
@@ -1160,6 +1172,14 @@ impl Vault {
                 field: "new_key_file",
                 reason,
             };
+            if new_key_file
+                .to_str()
+                .is_none_or(|p| p.chars().any(char::is_control))
+            {
+                return Err(bad(
+                    "holds control characters or is not UTF-8; give a plain path".into(),
+                ));
+            }
             if !new_key_file.is_absolute() {
                 return Err(bad("must be an absolute path (the server reads it)".into()));
             }
