@@ -440,7 +440,8 @@ impl Vault {
     }
 
     pub async fn key_status(&self, caller: &CallerId) -> Result<KeyStatus, VaultError> {
-        self.check_keys_right(caller)?;
+        self.check_keys_right(caller)
+            .or_else(|e| logged(caller, "get_key_status", Err(e)))?;
         let catalog = self
             .store
             .key_catalog()
@@ -893,7 +894,9 @@ impl Vault {
     }
 
     pub async fn rewrap_status(&self, caller: &CallerId) -> Result<JobStatus, VaultError> {
-        self.check_keys_right(caller)?;
+        // Reads are logged when refused only (`--wait` polls every second).
+        self.check_keys_right(caller)
+            .or_else(|e| logged(caller, "get_rewrap_status", Err(e)))?;
         self.job_status(Job::Rewrap).await
     }
 
