@@ -444,6 +444,10 @@ pub trait Store: Send + Sync + 'static {
     /// A job's last stored state.
     async fn job_state(&self, job: Job) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// A job's last stored state and the counters, as of one moment: the
+    /// batch that stored the state is counted, and no later one.
+    async fn job_progress(&self, job: Job) -> Result<(Option<Vec<u8>>, KeyUsage), StoreError>;
+
     /// Stores a job's state; durable when it returns.
     async fn set_job_state(&self, job: Job, state: Vec<u8>) -> Result<(), StoreError>;
 }

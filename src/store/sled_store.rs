@@ -671,6 +671,18 @@ impl Store for SledStore {
         .await
     }
 
+    async fn job_progress(&self, job: Job) -> Result<(Option<Vec<u8>>, KeyUsage), StoreError> {
+        self.blocking(move |inner| {
+            // The writer changes both under this lock.
+            let usage = inner.usage.lock().unwrap_or_else(|p| p.into_inner());
+            let mut key = JOB_PREFIX.to_vec();
+            key.extend_from_slice(job.name().as_bytes());
+            let state = inner.meta.get(key).map_err(backend)?.map(|v| v.to_vec());
+            Ok((state, usage.clone()))
+        })
+        .await
+    }
+
     async fn set_job_state(&self, job: Job, state: Vec<u8>) -> Result<(), StoreError> {
         match self
             .inner

@@ -949,10 +949,6 @@ impl SledWriter {
     /// fails (reads find as much as possible); a failure of either skips
     /// the checkpoint, so the log keeps the group.
     fn after_sync(&mut self, group: Group) -> Result<(), StorageFailure> {
-        add_deltas(
-            &mut self.usage.lock().unwrap_or_else(|p| p.into_inner()),
-            &group.deltas,
-        );
         for (id, live) in &group.key_changes {
             if *live {
                 self.retired.remove(id);
@@ -984,6 +980,11 @@ impl SledWriter {
                 reindexed,
             })
         });
+        // The counters and the job states change together, under the
+        // counters' lock: a reader of both (`job_progress`) sees one group
+        // whole or not at all.
+        let usage = self.usage.clone();
+        let mut counters = usage.lock().unwrap_or_else(|p| p.into_inner());
         let keys = apply_keys(&self.keys, &group.keys).and_then(|()| {
             apply_key_changes(
                 &self.keys,
@@ -996,6 +997,8 @@ impl SledWriter {
                 },
             )
         });
+        add_deltas(&mut counters, &group.deltas);
+        drop(counters);
         let ceiling = match group.ceiling {
             Some(c) => apply_ceiling(&self.meta, c).map(|()| {
                 self.ceiling = self.ceiling.max(c.ceiling);

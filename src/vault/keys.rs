@@ -491,68 +491,52 @@ impl Vault {
             .job_state(job)
             .await
             .map_err(|e| super::unavailable(&e, "no status"))?;
-        Ok(bytes.and_then(|b| {
-            let record = JobRecord::decode(&b);
-            if record.is_none() {
-                tracing::error!(
-                    job = job.name(),
-                    "stored job state does not decode; starting the job afresh"
-                );
-            }
-            record
-        }))
+        Ok(decode_job(job, bytes))
     }
 
     /// Records (index entries) still on an older live version than
     /// `target`.
     fn remaining(&self, purpose: KeyPurpose, target: KeyVersion) -> u64 {
-        self.store
-            .key_usage()
-            .iter()
-            .filter(|((p, v), _)| *p == purpose && *v != target)
-            .map(|(_, n)| *n)
-            .sum()
+        remaining_in(&self.store.key_usage(), purpose, target)
     }
 
     async fn job_status(&self, job: Job) -> Result<JobStatus, VaultError> {
-        let record = self.job_record(job).await?;
+        // The job's state and the counters from one moment, so that done
+        // and remaining add up.
+        let (bytes, usage) = self
+            .store
+            .job_progress(job)
+            .await
+            .map_err(|e| super::unavailable(&e, "no status"))?;
+        let record = decode_job(job, bytes);
         let run = self.run_of(job);
         let purpose = match job {
             Job::Rewrap => KeyPurpose::Data,
             Job::IndexRebuild => KeyPurpose::Index,
         };
+        let remaining = |target| remaining_in(&usage, purpose, target);
         let ring = self.keyring();
         let active = match job {
             Job::Rewrap => ring.active_version(),
             Job::IndexRebuild => ring.active_index_version(),
         };
+        let idle = || JobStatus {
+            state: JobState::Idle,
+            target_version: active.0,
+            done: 0,
+            remaining: remaining(active),
+            rate_per_second: 0,
+            measured_per_second: 0.0,
+            started_unix_ms: None,
+            finished_unix_ms: None,
+            failed: 0,
+            failed_tokens: Vec::new(),
+        };
         Ok(match record {
-            None => JobStatus {
-                state: JobState::Idle,
-                target_version: active.0,
-                done: 0,
-                remaining: self.remaining(purpose, active),
-                rate_per_second: 0,
-                measured_per_second: 0.0,
-                started_unix_ms: None,
-                finished_unix_ms: None,
-                failed: 0,
-                failed_tokens: Vec::new(),
-            },
+            None => idle(),
             // A job that finished before a later rotation says nothing
             // about the records now to move: idle, with those.
-            Some(r) if !r.running && r.target != active.0 => JobStatus {
-                state: JobState::Idle,
-                target_version: active.0,
-                done: 0,
-                remaining: self.remaining(purpose, active),
-                rate_per_second: 0,
-                measured_per_second: 0.0,
-                started_unix_ms: None,
-                finished_unix_ms: None,
-                failed: 0,
-                failed_tokens: Vec::new(),
-            },
+            Some(r) if !r.running && r.target != active.0 => idle(),
             Some(r) => JobStatus {
                 state: if r.running {
                     JobState::Running
@@ -561,7 +545,7 @@ impl Vault {
                 },
                 target_version: r.target,
                 done: r.done,
-                remaining: self.remaining(purpose, KeyVersion(r.target)),
+                remaining: remaining(KeyVersion(r.target)),
                 // A running job's rate may have been changed by a second
                 // start since its state was stored.
                 rate_per_second: match run.rate.load(Ordering::SeqCst) {
@@ -1347,6 +1331,30 @@ impl Vault {
             let _ = task.await;
         }
     }
+}
+
+/// A stored job state, decoded (`None`, logged, when it does not decode:
+/// the job then starts afresh).
+fn decode_job(job: Job, bytes: Option<Vec<u8>>) -> Option<JobRecord> {
+    bytes.and_then(|b| {
+        let record = JobRecord::decode(&b);
+        if record.is_none() {
+            tracing::error!(
+                job = job.name(),
+                "stored job state does not decode; starting the job afresh"
+            );
+        }
+        record
+    })
+}
+
+/// Records (index entries) on versions of `purpose` other than `target`.
+fn remaining_in(usage: &crate::store::KeyUsage, purpose: KeyPurpose, target: KeyVersion) -> u64 {
+    usage
+        .iter()
+        .filter(|((p, v), _)| *p == purpose && *v != target)
+        .map(|(_, n)| *n)
+        .sum()
 }
 
 /// The caller's rate, checked (`None`: none given).

@@ -89,6 +89,12 @@ impl Store for Counting {
     async fn job_state(&self, job: crate::store::Job) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.job_state(job).await
     }
+    async fn job_progress(
+        &self,
+        job: crate::store::Job,
+    ) -> Result<(Option<Vec<u8>>, crate::store::KeyUsage), StoreError> {
+        self.inner.job_progress(job).await
+    }
     async fn set_job_state(
         &self,
         job: crate::store::Job,
