@@ -1108,9 +1108,8 @@ async fn job_round(
     let mut last = None;
     let mut phones_while_running = 0;
     let mut calls = 0;
-    // What the job moves in all: done + remaining. The two are not one
-    // snapshot (a batch's counters can show before its stored progress),
-    // so a read can fall one batch short: the largest of a few reads.
+    // What the job moves in all: done + remaining, one snapshot (the job's
+    // stored progress and the counters are read as of one moment).
     let mut total = 0;
     for _ in 0..5 {
         let now = KeyJob::of(job, &key_status(&mut keys).await);
@@ -1206,9 +1205,8 @@ async fn job_round(
             if now.done > seen {
                 progressed_at = Instant::now();
             }
-            // The status reads the stored progress, then the counters: the
-            // batches committed in between (one, rarely two) show in the
-            // counters only.
+            // One snapshot: a read a batch short means the status mixed
+            // two moments (counted below, and the round fails on it).
             let sum = now.done + now.remaining;
             let batch = u64::from(rate / 20).clamp(1, 512);
             assert!(
@@ -1319,6 +1317,10 @@ async fn job_round(
     drop(server);
     phase(format!("{label}: the integrity check of the store"));
     harness.check_integrity().await;
+    assert_eq!(
+        short_reads, 0,
+        "{label}: the status mixed two moments {short_reads} times (done + remaining short)"
+    );
     let line = format!(
         "{label}: {} to version {target} at {rate}/s, killed {kills}x mid-job (last at {}/{}), \
          resumed and finished; {calls} calls acknowledged before the kills; {} retired; {} \
