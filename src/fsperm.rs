@@ -60,6 +60,16 @@ pub enum PermError {
         path: String,
         kind: &'static str,
     },
+    /// A key file another user owns (who could read or replace it).
+    #[error(
+        "{setting} {path}: owned by uid {owner}, not by this server's user (uid {me}) or root"
+    )]
+    Owner {
+        setting: &'static str,
+        path: String,
+        owner: u32,
+        me: u32,
+    },
     #[error("{setting} {path}: {source}")]
     Io {
         setting: &'static str,
@@ -165,6 +175,38 @@ pub fn open_checked(setting: &'static str, path: &Path, access: Access) -> Resul
             dir: dir.display().to_string(),
             mode,
         });
+    }
+    Ok(file)
+}
+
+/// [`open_checked`], and stricter, for a key file named at run time (a new
+/// master key): it must be owned by this process's user or root, and no
+/// directory above it may let group or others replace what it holds
+/// (writable without the sticky bit), up to the root.
+pub fn open_checked_strict(setting: &'static str, path: &Path) -> Result<File, PermError> {
+    let file = open_checked(setting, path, Access::OwnerOnly)?;
+    let owner = file.metadata().map_err(io_error(setting, path))?.uid();
+    let me = rustix::process::geteuid().as_raw();
+    if owner != me && owner != 0 {
+        return Err(PermError::Owner {
+            setting,
+            path: path.display().to_string(),
+            owner,
+            me,
+        });
+    }
+    let mut dir = path.parent();
+    while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty()) {
+        let mode = std::fs::metadata(d).map_err(io_error(setting, d))?.mode() & 0o7777;
+        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+            return Err(PermError::Directory {
+                setting,
+                path: path.display().to_string(),
+                dir: d.display().to_string(),
+                mode,
+            });
+        }
+        dir = d.parent();
     }
     Ok(file)
 }

@@ -54,8 +54,21 @@ impl MasterKey {
     /// is the file read. The text lands in a fixed, wiped buffer (no
     /// reallocation leaves a copy behind).
     pub fn from_file(path: &Path) -> Result<Self, MasterKeyError> {
+        let file = crate::fsperm::open_checked("file", path, crate::fsperm::Access::OwnerOnly)?;
+        Self::read_from(file, path)
+    }
+
+    /// [`MasterKey::from_file`] for a key named at run time (a master-key
+    /// rotation): also refused when another user owns the file or a
+    /// directory above it lets others replace it
+    /// ([`crate::fsperm::open_checked_strict`]).
+    pub fn from_new_file(path: &Path) -> Result<Self, MasterKeyError> {
+        let file = crate::fsperm::open_checked_strict("file", path)?;
+        Self::read_from(file, path)
+    }
+
+    fn read_from(mut file: std::fs::File, path: &Path) -> Result<Self, MasterKeyError> {
         use std::io::Read;
-        let mut file = crate::fsperm::open_checked("file", path, crate::fsperm::Access::OwnerOnly)?;
         // 64 hex characters and a little whitespace; anything longer is not
         // a key file.
         let mut buf = Zeroizing::new([0u8; 256]);

@@ -256,3 +256,43 @@ async fn following_a_running_rewrap_without_a_rate_keeps_its_rate() {
     assert_eq!(job.rate_per_second, 1000, "a rate given applies");
     vault.stop_background().await;
 }
+
+#[tokio::test]
+async fn a_new_master_key_under_a_directory_others_can_change_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = ok(tempfile::tempdir());
+    let vault = open_vault(dir.path(), &MasterKey::generate()).await;
+    // Anyone could move `sub` aside and put a key they know in its place.
+    let open_dir = dir.path().join("shared");
+    let sub = open_dir.join("sub");
+    ok(std::fs::create_dir_all(&sub));
+    ok(std::fs::set_permissions(
+        &open_dir,
+        std::fs::Permissions::from_mode(0o777),
+    ));
+    ok(std::fs::set_permissions(
+        &sub,
+        std::fs::Permissions::from_mode(0o700),
+    ));
+    let key = sub.join("new.key");
+    ok(std::fs::write(
+        &key,
+        MasterKey::generate().to_hex().as_bytes(),
+    ));
+    ok(std::fs::set_permissions(
+        &key,
+        std::fs::Permissions::from_mode(0o600),
+    ));
+    let refused = vault.rotate_master_key(&caller("rotator"), &key).await;
+    assert!(
+        matches!(&refused, Err(VaultError::InvalidArgument { field: "new_key_file", reason })
+            if reason.contains("lets group or others replace")),
+        "{refused:?}"
+    );
+    // With the directory closed, the same file is taken.
+    ok(std::fs::set_permissions(
+        &open_dir,
+        std::fs::Permissions::from_mode(0o755),
+    ));
+    ok(vault.rotate_master_key(&caller("rotator"), &key).await);
+}

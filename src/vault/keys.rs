@@ -1173,7 +1173,7 @@ impl Vault {
             // Off the runtime's threads and bounded: a file on a hung
             // mount must not hold a worker (a FIFO is refused unread).
             let path = new_key_file.to_path_buf();
-            let read = tokio::task::spawn_blocking(move || MasterKey::from_file(&path));
+            let read = tokio::task::spawn_blocking(move || MasterKey::from_new_file(&path));
             let new = match tokio::time::timeout(KEY_FILE_READ_LIMIT, read).await {
                 Err(_) => {
                     return Err(bad(format!(
@@ -1301,7 +1301,11 @@ impl Vault {
                 }
             };
             let due = created.saturating_add(every.as_millis() as u64);
-            if now_unix_ms() >= due {
+            // Never a rotation while the rewrap of the last one runs: a
+            // period shorter than a rewrap would chase a moving target and
+            // pile up versions.
+            let rewrapping = self.key_jobs.rewrap.running.load(Ordering::SeqCst);
+            if now_unix_ms() >= due && !rewrapping {
                 let rotated = self.rotate(KeyPurpose::Data).await;
                 let rotated = logged(&scheduler, "rotate_data_key", rotated);
                 if rotated.is_ok() {
