@@ -296,3 +296,19 @@ async fn a_new_master_key_under_a_directory_others_can_change_is_refused() {
     ));
     ok(vault.rotate_master_key(&caller("rotator"), &key).await);
 }
+
+#[tokio::test]
+async fn rotation_stops_at_the_live_version_limit_until_old_versions_retire() {
+    let dir = ok(tempfile::tempdir());
+    let vault = open_vault(dir.path(), &MasterKey::generate()).await;
+    for _ in 1..super::keys::MAX_LIVE_VERSIONS {
+        ok(vault.rotate_data_key(&caller("rotator")).await);
+    }
+    let refused = vault.rotate_data_key(&caller("rotator")).await;
+    assert!(
+        matches!(&refused, Err(VaultError::FailedPrecondition(m)) if m.contains("retire older versions")),
+        "{refused:?}"
+    );
+    ok(vault.retire_key_version(&caller("rotator"), 1).await);
+    ok(vault.rotate_data_key(&caller("rotator")).await);
+}

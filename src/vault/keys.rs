@@ -141,6 +141,10 @@ impl Default for KeySettings {
 /// The default rewrap rate, records per second.
 pub const DEFAULT_REWRAP_RATE: u32 = 5_000;
 
+/// The most live (not retired) versions of a data or index key: every
+/// one is held in memory and listed by `keys status`.
+pub const MAX_LIVE_VERSIONS: usize = 100;
+
 /// How long reading a new master key file may take.
 const KEY_FILE_READ_LIMIT: Duration = Duration::from_secs(5);
 
@@ -414,6 +418,17 @@ impl Vault {
             .key_catalog()
             .await
             .map_err(|e| store_failed(&e, "reading the key catalog"))?;
+        let live = catalog
+            .keys
+            .iter()
+            .filter(|k| k.purpose == purpose && k.retired_unix_ms.is_none())
+            .count();
+        if live >= MAX_LIVE_VERSIONS {
+            return Err(VaultError::FailedPrecondition(format!(
+                "{live} versions of this key are live (at most {MAX_LIVE_VERSIONS}): rewrap and \
+                 retire older versions before rotating again"
+            )));
+        }
         let highest = catalog
             .keys
             .iter()
