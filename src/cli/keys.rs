@@ -84,8 +84,9 @@ pub(crate) struct RotateMasterArgs {
     /// The new master key file (64 hex characters, mode 0600). The SERVER
     /// reads it, so it is a path on the server's machine: the key never
     /// travels over the network. A relative path is made absolute here
-    /// (against this command's working directory, symbolic links resolved
-    /// when the file exists here) before it is sent.
+    /// (against this command's working directory) before it is sent;
+    /// symbolic links are left for the server to follow (a Kubernetes
+    /// secret's links differ between pods).
     #[arg(long, value_name = "FILE")]
     new_key_file: PathBuf,
     #[command(flatten)]
@@ -242,14 +243,10 @@ async fn rotate_index(args: KeysArgs) -> ExitCode {
     ExitCode::from(EXIT_OK)
 }
 
-/// The path sent for `--new-key-file`: absolute, and with symbolic links
-/// resolved when the file exists on this machine (it usually is the
-/// server's). A file that does not exist here may exist on the server.
+/// The path sent for `--new-key-file`: absolute, links not resolved (the
+/// server resolves them on its own machine, where they may differ).
 fn absolute_key_file(path: &Path) -> std::io::Result<PathBuf> {
-    match std::fs::canonicalize(path) {
-        Ok(canonical) => Ok(canonical),
-        Err(_) => std::path::absolute(path),
-    }
+    std::path::absolute(path)
 }
 
 async fn rotate_master(args: RotateMasterArgs) -> ExitCode {
@@ -760,13 +757,19 @@ Master key: never rotated";
         assert_eq!(key_version("3"), Ok(3));
     }
 
+    fn ok_dir() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"))
+    }
+
     #[test]
     fn a_relative_key_file_is_sent_absolute() {
         let sent = absolute_key_file(Path::new("no-such-dir/new.key")).unwrap_or_default();
         assert!(sent.is_absolute(), "{sent:?}");
         assert!(sent.ends_with("no-such-dir/new.key"), "{sent:?}");
-        let dir = std::env::temp_dir();
-        let sent = absolute_key_file(&dir).unwrap_or_default();
-        assert_eq!(Some(sent), std::fs::canonicalize(&dir).ok());
+        // Links are the server's to follow: not resolved here.
+        let dir = ok_dir();
+        let link = dir.path().join("link.key");
+        let _ = std::os::unix::fs::symlink("..data/new.key", &link);
+        assert_eq!(absolute_key_file(&link).unwrap_or_default(), link);
     }
 }

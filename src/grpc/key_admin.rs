@@ -148,6 +148,11 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
         request: Request<pb::StartRewrapRequest>,
     ) -> Result<Response<pb::StartRewrapResponse>, Status> {
         let caller = caller(&request)?;
+        // Default deny first: a caller without the right learns nothing,
+        // not even which arguments are wrong.
+        self.vault
+            .may_administer_keys(&caller)
+            .map_err(call_status)?;
         let rate = rewrap_rate(request.get_ref().rate_per_second)?;
         let job = self
             .vault
@@ -179,6 +184,9 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
         request: Request<pb::RetireKeyVersionRequest>,
     ) -> Result<Response<pb::RetireKeyVersionResponse>, Status> {
         let caller = caller(&request)?;
+        self.vault
+            .may_administer_keys(&caller)
+            .map_err(call_status)?;
         let version = request.get_ref().version;
         if version == 0 {
             return Err(invalid_argument(
@@ -211,6 +219,9 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
         request: Request<pb::RotateMasterKeyRequest>,
     ) -> Result<Response<pb::RotateMasterKeyResponse>, Status> {
         let caller = caller(&request)?;
+        self.vault
+            .may_administer_keys(&caller)
+            .map_err(call_status)?;
         let path = new_key_file(&request.get_ref().new_key_file)?;
         self.vault
             .rotate_master_key(&caller, path)

@@ -312,3 +312,29 @@ async fn rotation_stops_at_the_live_version_limit_until_old_versions_retire() {
     ok(vault.retire_key_version(&caller("rotator"), 1).await);
     ok(vault.rotate_data_key(&caller("rotator")).await);
 }
+
+#[tokio::test]
+async fn an_index_rotation_whose_rebuild_never_started_is_rebuilt_at_the_next_start() {
+    let dir = ok(tempfile::tempdir());
+    let vault = open_vault(dir.path(), &MasterKey::generate()).await;
+    phones(&vault, &["+1 202-555-0118", "+1 202-555-0119"]).await;
+    // As if the server died between storing the new index key and the
+    // rebuild's first state.
+    ok(vault.rotate(crate::crypto::KeyPurpose::Index).await);
+    vault.start_background();
+    let started = Instant::now();
+    loop {
+        let status = ok(vault.key_status(&caller("rotator")).await);
+        let states: Vec<(u32, KeyState, u64)> = status
+            .index_keys
+            .iter()
+            .map(|k| (k.version, k.state, k.records))
+            .collect();
+        if states == [(1, KeyState::Retired, 0), (2, KeyState::Active, 2)] {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{status:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    vault.stop_background().await;
+}

@@ -145,6 +145,9 @@ pub const DEFAULT_REWRAP_RATE: u32 = 5_000;
 /// one is held in memory and listed by `keys status`.
 pub const MAX_LIVE_VERSIONS: usize = 100;
 
+/// The longest new master key path taken (it is echoed in messages).
+const MAX_KEY_FILE_PATH: usize = 1024;
+
 /// How long reading a new master key file may take.
 const KEY_FILE_READ_LIMIT: Duration = Duration::from_secs(5);
 
@@ -393,6 +396,13 @@ fn versions_list(infos: &[&KeyInfo]) -> String {
 }
 
 impl Vault {
+    /// PERMISSION_DENIED (logged) unless the policy gives `caller` action
+    /// `keys`: for the wire, before it checks a request's arguments.
+    pub fn may_administer_keys(&self, caller: &CallerId) -> Result<(), VaultError> {
+        self.check_keys_right(caller)
+            .or_else(|e| logged(caller, "key_admin", Err(e)))
+    }
+
     fn check_keys_right(&self, caller: &CallerId) -> Result<(), VaultError> {
         self.policy()
             .check_call(caller, Action::Keys, None)
@@ -411,7 +421,7 @@ impl Vault {
 
     /// Adds a version of `purpose` (one above every version the store ever
     /// held, retired ones too) and makes it active.
-    async fn rotate(&self, purpose: KeyPurpose) -> Result<u32, VaultError> {
+    pub(super) async fn rotate(&self, purpose: KeyPurpose) -> Result<u32, VaultError> {
         let _admin = self.key_jobs.admin.lock().await;
         let catalog = self
             .store
@@ -1174,6 +1184,11 @@ impl Vault {
                 field: "new_key_file",
                 reason,
             };
+            if new_key_file.as_os_str().len() > MAX_KEY_FILE_PATH {
+                return Err(bad(format!(
+                    "is longer than {MAX_KEY_FILE_PATH} bytes; give a plain path"
+                )));
+            }
             if new_key_file
                 .to_str()
                 .is_none_or(|p| p.chars().any(char::is_control))
@@ -1277,6 +1292,29 @@ impl Vault {
                     Ok(_) => {}
                     Err(e) => {
                         tracing::error!(job = job.name(), error = %e, "could not read the job's state; it does not resume")
+                    }
+                }
+            }
+            // A rotation whose job never got stored (a crash between the
+            // key and the job's first state): the index key has no other
+            // way to finish; a scheduled rotation's rewrap neither.
+            let ring = vault.keyring();
+            let orphans = [
+                (
+                    Job::IndexRebuild,
+                    ring.versions(KeyPurpose::Index).len() > 1,
+                ),
+                (
+                    Job::Rewrap,
+                    vault.settings.keys.rotate_every.is_some()
+                        && vault.remaining(KeyPurpose::Data, ring.active_version()) > 0,
+                ),
+            ];
+            for (job, pending) in orphans {
+                if pending && !vault.run_of(job).running.load(Ordering::SeqCst) {
+                    tracing::info!(job = job.name(), "starting a job a crash left unstarted");
+                    if let Err(e) = vault.start_job(job, None).await {
+                        tracing::error!(job = job.name(), error = %e, "could not start the job");
                     }
                 }
             }
