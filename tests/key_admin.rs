@@ -196,6 +196,33 @@ async fn a_rewrap_rate_of_zero_or_past_the_maximum_is_invalid_argument_naming_ra
 }
 
 #[tokio::test]
+async fn a_caller_without_the_keys_right_is_denied_before_its_arguments_are_judged() {
+    let vault = TestVault::start().await;
+    let mut intruder = admin(&vault, "intruder").await;
+    let denied = [
+        intruder
+            .start_rewrap(pb::StartRewrapRequest {
+                rate_per_second: Some(0),
+            })
+            .await
+            .unwrap_err(),
+        intruder
+            .retire_key_version(pb::RetireKeyVersionRequest { version: 0 })
+            .await
+            .unwrap_err(),
+        intruder
+            .rotate_master_key(pb::RotateMasterKeyRequest {
+                new_key_file: "relative.key".into(),
+            })
+            .await
+            .unwrap_err(),
+    ];
+    for status in denied {
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    }
+}
+
+#[tokio::test]
 async fn an_empty_or_relative_new_key_file_is_invalid_argument_naming_new_key_file() {
     let vault = TestVault::start().await;
     let mut rotator = admin(&vault, "rotator").await;
