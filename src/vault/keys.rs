@@ -190,6 +190,23 @@ impl JobRun {
         }
     }
 
+    /// The job's rate now, and the batch that keeps it smooth (a twentieth
+    /// of a second's worth, at most [`MAX_BATCH`]).
+    fn pace(&self) -> (u32, usize) {
+        let rate = self.rate.load(Ordering::SeqCst).max(1);
+        (rate, (rate as usize / 20).clamp(1, MAX_BATCH))
+    }
+
+    /// After a rotation while the job ran, it counts the records moved to
+    /// the new target from zero (and rates them afresh).
+    fn retarget(&self, record: &mut JobRecord, target: KeyVersion) {
+        if record.target != target.0 {
+            record.target = target.0;
+            record.done = 0;
+            self.note(0);
+        }
+    }
+
     fn measured(&self) -> f64 {
         if !self.running.load(Ordering::SeqCst) {
             return 0.0;
@@ -763,17 +780,10 @@ impl Vault {
             if self.stopping() {
                 return Ok(false);
             }
-            let rate = run.rate.load(Ordering::SeqCst).max(1);
-            let batch = (rate as usize / 20).clamp(1, MAX_BATCH);
+            let (rate, batch) = run.pace();
             let ring = self.keyring();
             let target = ring.active_version();
-            if record.target != target.0 {
-                // A rotation while the job ran: from here it counts the
-                // records moved to the new target (and rates them afresh).
-                record.target = target.0;
-                record.done = 0;
-                run.note(0);
-            }
+            run.retarget(&mut record, target);
             let after = match record.cursor {
                 Cursor::Record(id) => Some(id),
                 _ => None,
@@ -1028,17 +1038,10 @@ impl Vault {
             if self.stopping() {
                 return Ok(false);
             }
-            let rate = run.rate.load(Ordering::SeqCst).max(1);
-            let batch = (rate as usize / 20).clamp(1, MAX_BATCH);
+            let (rate, batch) = run.pace();
             let ring = self.keyring();
             let target = ring.active_index_version();
-            if record.target != target.0 {
-                // A rotation while the job ran: from here it counts the
-                // records moved to the new target (and rates them afresh).
-                record.target = target.0;
-                record.done = 0;
-                run.note(0);
-            }
+            run.retarget(&mut record, target);
             let older: Vec<KeyVersion> = ring
                 .versions(KeyPurpose::Index)
                 .into_iter()

@@ -810,15 +810,20 @@ pub async fn run(options: BenchOptions) -> Result<Report, String> {
     })
 }
 
-/// Records the rewrap has moved so far.
-async fn rewrap_done(admin: &mut KeyAdminClient<Channel>) -> Result<(u64, u64), String> {
-    let job = admin
+/// The rewrap job as the server reports it.
+async fn rewrap_job(admin: &mut KeyAdminClient<Channel>) -> Result<pb::JobStatus, String> {
+    Ok(admin
         .get_rewrap_status(pb::GetRewrapStatusRequest {})
         .await
         .map_err(|e| format!("rewrap status: {}", e.message()))?
         .into_inner()
         .job
-        .ok_or("rewrap status: no job")?;
+        .ok_or("rewrap status: no job")?)
+}
+
+/// Records the rewrap has moved so far, and those left.
+async fn rewrap_done(admin: &mut KeyAdminClient<Channel>) -> Result<(u64, u64), String> {
+    let job = rewrap_job(admin).await?;
     Ok((job.done, job.remaining))
 }
 
@@ -865,15 +870,8 @@ async fn detokenize_during_rewrap(
 /// Waits for the running rewrap to finish (polling every 100 ms).
 async fn rewrap_finished(admin: &mut KeyAdminClient<Channel>) -> Result<(), String> {
     loop {
-        let (_, remaining) = rewrap_done(admin).await?;
-        let job = admin
-            .get_rewrap_status(pb::GetRewrapStatusRequest {})
-            .await
-            .map_err(|e| format!("rewrap status: {}", e.message()))?
-            .into_inner()
-            .job
-            .ok_or("rewrap status: no job")?;
-        if remaining == 0 && job.state == pb::JobState::Finished as i32 {
+        let job = rewrap_job(admin).await?;
+        if job.remaining == 0 && job.state == pb::JobState::Finished as i32 {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
