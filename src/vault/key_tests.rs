@@ -2,7 +2,7 @@
 //! tests cannot arrange (a record damaged on disk, a rotation held open).
 
 use super::keys::{Cursor, JobRecord};
-use super::test_support::{caller, ok, vault_over};
+use super::test_support::{caller, ok, vault_over, vault_with};
 use super::*;
 use crate::domain::value::FieldInput;
 use crate::store::{SledConfig, SledStore, DEFAULT_MAX_QUEUED_WRITES};
@@ -337,4 +337,52 @@ async fn an_index_rotation_whose_rebuild_never_started_is_rebuilt_at_the_next_st
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     vault.stop_background().await;
+}
+
+#[tokio::test]
+async fn with_retire_after_rewrap_a_finished_rewrap_retires_the_emptied_versions() {
+    let dir = ok(tempfile::tempdir());
+    let store: Arc<dyn Store> = Arc::new(ok(SledStore::reopen_in_test(&config(dir.path()))));
+    let settings = Settings {
+        keys: KeySettings {
+            retire_after_rewrap: true,
+            ..KeySettings::default()
+        },
+        ..Settings::default()
+    };
+    let vault = Arc::new(vault_with(store, dir.path(), &MasterKey::generate(), settings).await);
+    let tokens = phones(&vault, &["+1 202-555-0120", "+1 202-555-0121"]).await;
+    ok(vault.rotate_data_key(&caller("rotator")).await);
+    ok(vault.rotate_data_key(&caller("rotator")).await);
+    ok(vault.start_rewrap(&caller("rotator"), None).await);
+    finished_rewrap(&vault).await;
+    let started = Instant::now();
+    loop {
+        let status = ok(vault.key_status(&caller("rotator")).await);
+        let states: Vec<(u32, KeyState, u64)> = status
+            .data_keys
+            .iter()
+            .map(|k| (k.version, k.state, k.records))
+            .collect();
+        if states
+            == [
+                (1, KeyState::Retired, 0),
+                (2, KeyState::Retired, 0),
+                (3, KeyState::Active, 2),
+            ]
+        {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{status:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let revealed = ok(vault
+        .detokenize(
+            &caller("support"),
+            "callback",
+            "",
+            tokens.iter().map(ToString::to_string).collect(),
+        )
+        .await);
+    assert!(revealed.iter().all(Result::is_ok), "{revealed:?}");
 }

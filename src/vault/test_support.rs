@@ -41,6 +41,16 @@ pub(super) fn caller(name: &str) -> CallerId {
 /// A vault over `store` (keys unlocked or made with `master`), with
 /// [`POLICY`], auditing to `dir/audit.log`.
 pub(super) async fn vault_over(store: Arc<dyn Store>, dir: &Path, master: &MasterKey) -> Vault {
+    vault_with(store, dir, master, Settings::default()).await
+}
+
+/// [`vault_over`] with `settings`.
+pub(super) async fn vault_with(
+    store: Arc<dyn Store>,
+    dir: &Path,
+    master: &MasterKey,
+    settings: Settings,
+) -> Vault {
     let keyring = ok(open_keyring(store.as_ref(), master).await);
     let audit = Arc::new(ok(FileAuditLog::open(&dir.join("audit.log")).await));
     Vault::new(
@@ -48,6 +58,6 @@ pub(super) async fn vault_over(store: Arc<dyn Store>, dir: &Path, master: &Maste
         keyring,
         ok(Policy::from_toml(POLICY)),
         audit,
-        Settings::default(),
+        settings,
     )
 }
