@@ -70,6 +70,19 @@ pub enum PermError {
         owner: u32,
         me: u32,
     },
+    /// A directory above a key file that another user owns (who could
+    /// replace what it holds).
+    #[error(
+        "{setting} {path}: its directory {dir} is owned by uid {owner}, not by this server's \
+         user (uid {me}) or root"
+    )]
+    DirectoryOwner {
+        setting: &'static str,
+        path: String,
+        dir: String,
+        owner: u32,
+        me: u32,
+    },
     #[error("{setting} {path}: {source}")]
     Io {
         setting: &'static str,
@@ -181,8 +194,9 @@ pub fn open_checked(setting: &'static str, path: &Path, access: Access) -> Resul
 
 /// [`open_checked`], and stricter, for a key file named at run time (a new
 /// master key): it must be owned by this process's user or root, and no
-/// directory above it may let group or others replace what it holds
-/// (writable without the sticky bit), up to the root.
+/// directory above it, as named or where its links lead, may be owned by
+/// another user or let group or others replace what it holds (writable
+/// without the sticky bit), up to the root.
 pub fn open_checked_strict(setting: &'static str, path: &Path) -> Result<File, PermError> {
     let file = open_checked(setting, path, Access::OwnerOnly)?;
     let owner = file.metadata().map_err(io_error(setting, path))?.uid();
@@ -195,18 +209,33 @@ pub fn open_checked_strict(setting: &'static str, path: &Path) -> Result<File, P
             me,
         });
     }
-    let mut dir = path.parent();
-    while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty()) {
-        let mode = std::fs::metadata(d).map_err(io_error(setting, d))?.mode() & 0o7777;
-        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
-            return Err(PermError::Directory {
-                setting,
-                path: path.display().to_string(),
-                dir: d.display().to_string(),
-                mode,
-            });
+    // The directories of the path as given and of where it leads (links
+    // resolved): a link must not lead the check around an open directory.
+    let resolved = std::fs::canonicalize(path).map_err(io_error(setting, path))?;
+    for start in [path, resolved.as_path()] {
+        let mut dir = start.parent();
+        while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty()) {
+            let meta = std::fs::metadata(d).map_err(io_error(setting, d))?;
+            let mode = meta.mode() & 0o7777;
+            if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+                return Err(PermError::Directory {
+                    setting,
+                    path: path.display().to_string(),
+                    dir: d.display().to_string(),
+                    mode,
+                });
+            }
+            if meta.uid() != me && meta.uid() != 0 {
+                return Err(PermError::DirectoryOwner {
+                    setting,
+                    path: path.display().to_string(),
+                    dir: d.display().to_string(),
+                    owner: meta.uid(),
+                    me,
+                });
+            }
+            dir = d.parent();
         }
-        dir = d.parent();
     }
     Ok(file)
 }

@@ -153,20 +153,22 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     let mut server = fieldvault::app::start(&config, &env)
         .await
         .map_err(|e| match e {
-            // A dev store under another master key, or one that lost its
-            // keys: the other way out is a reset. (An old-format store's
-            // message says so itself.)
-            // The way out in dev mode: the new key in dev/master.key.
+            // A master key a rotation replaced: in dev mode, the way out is
+            // the new key in dev/master.key.
             fieldvault::app::StartError::Keyring(ref k)
-                if args.dev && k.is_replaced_master_key() =>
+                if args.dev && k.replaced_by().is_some() =>
             {
                 format!(
-                    "{e}; in dev mode: mv <the new key file> {}",
+                    "{e}; in dev mode: mv {} {}",
+                    k.replaced_by().unwrap_or_default(),
                     fieldvault::dev::dev_dir(&config.data_dir)
                         .join("master.key")
                         .display()
                 )
             }
+            // A dev store under another master key, or one that lost its
+            // keys: the other way out is a reset. (An old-format store's
+            // message says so itself.)
             fieldvault::app::StartError::Keyring(ref k) if args.dev && !k.is_old_format() => {
                 format!(
                     "{e}; or start the dev setup over with `fieldvault serve --dev --reset` \

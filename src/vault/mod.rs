@@ -203,10 +203,13 @@ impl KeyringSetupError {
         matches!(self, Self::Crypto(CryptoError::Unwrap(_)))
     }
 
-    /// Whether the master key given was replaced by a rotation (its
-    /// message says which file holds the new one).
-    pub fn is_replaced_master_key(&self) -> bool {
-        matches!(self, Self::ReplacedMaster { .. })
+    /// The file the new master key was read from, when the master key
+    /// given was replaced by a rotation.
+    pub fn replaced_by(&self) -> Option<&str> {
+        match self {
+            Self::ReplacedMaster { new_key_file, .. } => Some(new_key_file),
+            _ => None,
+        }
     }
 
     /// Whether the store was made by a development build before tokens
