@@ -401,14 +401,14 @@ fn failed_records(job: &pb::JobStatus) -> String {
     out
 }
 
-/// Whether a job has nothing more to do: finished, or never started with
-/// nothing to move.
+/// Whether there is nothing more to wait for: the job finished, or none
+/// runs (idle: never started, or a rotation came after it finished; a
+/// wait would never end).
 fn finished(job: &pb::JobStatus) -> bool {
-    match pb::JobState::try_from(job.state) {
-        Ok(pb::JobState::Finished) => true,
-        Ok(pb::JobState::Idle) => job.remaining == 0,
-        _ => false,
-    }
+    matches!(
+        pb::JobState::try_from(job.state),
+        Ok(pb::JobState::Finished | pb::JobState::Idle)
+    )
 }
 
 /// `rewrap to v3: 1200/5000 records (24.0%), 480/s, ETA 8s`
@@ -687,10 +687,12 @@ mod tests {
     }
 
     #[test]
-    fn a_job_is_finished_when_it_says_so_or_never_had_anything_to_move() {
+    fn a_wait_ends_when_the_job_finished_or_none_runs() {
         assert!(finished(&job(pb::JobState::Finished, 5, 0)));
         assert!(finished(&job(pb::JobState::Idle, 0, 0)));
-        assert!(!finished(&job(pb::JobState::Idle, 0, 3)));
+        // Idle with records to move: a rotation came after the job; no
+        // job runs, so waiting would never end.
+        assert!(finished(&job(pb::JobState::Idle, 0, 3)));
         assert!(!finished(&job(pb::JobState::Running, 5, 0)));
         assert!(!finished(&job(pb::JobState::Unspecified, 5, 0)));
     }
