@@ -10,6 +10,8 @@
 //! Events hold identities, purposes, tokens, field kinds and outcomes —
 //! never a value.
 
+pub mod chain;
+
 use async_trait::async_trait;
 use serde::Serialize;
 use std::io::Write;
