@@ -11,6 +11,7 @@
 //! never a value.
 
 pub mod chain;
+pub mod writer;
 
 use async_trait::async_trait;
 use serde::Serialize;
