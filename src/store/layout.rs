@@ -82,6 +82,11 @@ pub(super) const MASTER_FILE_KEY: &[u8] = b"master_file";
 /// The `meta` keys of background jobs' states start with this.
 pub(super) const JOB_PREFIX: &[u8] = b"job/";
 
+/// The `meta` key of a background job's state.
+pub(super) fn job_key(job: super::Job) -> Vec<u8> {
+    [JOB_PREFIX, job.name().as_bytes()].concat()
+}
+
 /// The `meta` key of `epoch`.
 pub(super) fn epoch_key(epoch: u64) -> Vec<u8> {
     let mut key = EPOCH_PREFIX.to_vec();
@@ -293,6 +298,12 @@ fn put_sized(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
 /// index, deterministic flag, length) and its encoding.
 pub(super) fn frame_record_bytes(r: &SealedRecord) -> usize {
     1 + 16 + 36 + 1 + 4 + (2 + 4 + NONCE_LEN + r.ciphertext.len())
+}
+
+/// Bytes a rewritten record adds to a frame: its entry header (tag,
+/// record id, former version, length) and its encoding.
+pub(super) fn frame_rewrite_bytes(r: &SealedRecord) -> usize {
+    1 + 16 + 4 + 4 + (2 + 4 + NONCE_LEN + r.ciphertext.len())
 }
 
 /// Bytes a ceiling adds to a frame.
@@ -602,6 +613,16 @@ mod tests {
             nonce: [5; NONCE_LEN],
             ciphertext: vec![6; 48],
         };
+        let rewrites: Vec<Rewritten> = records
+            .iter()
+            .zip(0..)
+            .map(|(r, n)| Rewritten {
+                id: RecordId::new(n, 3),
+                from: KeyVersion(1),
+                to: r.key_version,
+                record: encode_record(r),
+            })
+            .collect();
         let frame = encode_frame(
             Some(Ceiling {
                 ceiling: 9,
@@ -609,9 +630,13 @@ mod tests {
             }),
             std::slice::from_ref(&key),
             &staged,
-            &Changes::default(),
+            &Changes {
+                rewrites,
+                ..Changes::default()
+            },
         );
         let cost: usize = records.iter().map(frame_record_bytes).sum::<usize>()
+            + records.iter().map(frame_rewrite_bytes).sum::<usize>()
             + frame_key_bytes(&key)
             + FRAME_CEILING_BYTES;
         assert_eq!(frame.len(), cost);

@@ -12,8 +12,8 @@ use super::group_commit::GroupCommit;
 use super::integrity;
 use super::layout::{
     backend, data_file_path, decode_counts, decode_key, decode_key_info, decode_record,
-    index_entry, index_from, index_prefix, key_id, record_id_from, record_key, sled_failure,
-    u64_from, Ceiling, CEILING_KEY, COUNTS_KEY, EPOCH_PREFIX, FORMAT_KEY, JOB_PREFIX,
+    index_entry, index_from, index_prefix, job_key, key_id, record_id_from, record_key,
+    sled_failure, u64_from, Ceiling, CEILING_KEY, COUNTS_KEY, EPOCH_PREFIX, FORMAT_KEY,
     KEY_INFO_PREFIX, MASTER_FILE_KEY, MASTER_PREFIX, OLD_LAYOUT, STORE_FORMAT, WAL_FILE,
 };
 use super::sequence::Sequence;
@@ -664,9 +664,11 @@ impl Store for SledStore {
 
     async fn job_state(&self, job: Job) -> Result<Option<Vec<u8>>, StoreError> {
         self.blocking(move |inner| {
-            let mut key = JOB_PREFIX.to_vec();
-            key.extend_from_slice(job.name().as_bytes());
-            Ok(inner.meta.get(key).map_err(backend)?.map(|v| v.to_vec()))
+            Ok(inner
+                .meta
+                .get(job_key(job))
+                .map_err(backend)?
+                .map(|v| v.to_vec()))
         })
         .await
     }
@@ -675,9 +677,11 @@ impl Store for SledStore {
         self.blocking(move |inner| {
             // The writer changes both under this lock.
             let usage = inner.usage.lock().unwrap_or_else(|p| p.into_inner());
-            let mut key = JOB_PREFIX.to_vec();
-            key.extend_from_slice(job.name().as_bytes());
-            let state = inner.meta.get(key).map_err(backend)?.map(|v| v.to_vec());
+            let state = inner
+                .meta
+                .get(job_key(job))
+                .map_err(backend)?
+                .map(|v| v.to_vec());
             Ok((state, usage.clone()))
         })
         .await
@@ -1747,7 +1751,6 @@ mod tests {
                 ])
                 .await);
         }
-        let job_key = |job: Job| [JOB_PREFIX, job.name().as_bytes()].concat();
         let first = Changes {
             rewrites: vec![Rewritten {
                 id: a,

@@ -39,10 +39,10 @@ use super::group_commit::{Commit, Committer};
 use super::layout::{
     backend, decode_frame, decode_key_info, decode_record, encode_counts, encode_frame, encode_key,
     encode_key_info, encode_record, encoded_record_version, epoch_key, frame_key_bytes,
-    frame_record_bytes, index_entry, index_prefix, key_id, key_info_key, record_id_from,
-    record_key, sled_failure, u64_from, Ceiling, Changes, MetaOp, CEILING_KEY, COUNTS_KEY,
-    FORMAT_KEY, FRAME_CEILING_BYTES, JOB_PREFIX, KEY_INFO_PREFIX, MASTER_FILE_KEY, MASTER_PREFIX,
-    STORE_FORMAT,
+    frame_record_bytes, frame_rewrite_bytes, index_entry, index_prefix, job_key, key_id,
+    key_info_key, record_id_from, record_key, sled_failure, u64_from, Ceiling, Changes, MetaOp,
+    CEILING_KEY, COUNTS_KEY, FORMAT_KEY, FRAME_CEILING_BYTES, KEY_INFO_PREFIX, MASTER_FILE_KEY,
+    MASTER_PREFIX, STORE_FORMAT,
 };
 use super::wal::Wal;
 use super::{Job, KeyChange, KeyUsage, NewRecord, Reindex, Rewrite, StorageFailure, StoreError};
@@ -208,10 +208,8 @@ pub(super) enum Written {
 
 /// The `meta` entry of a job's state.
 fn job_op(job: Job, state: Vec<u8>) -> MetaOp {
-    let mut key = JOB_PREFIX.to_vec();
-    key.extend_from_slice(job.name().as_bytes());
     MetaOp {
-        key,
+        key: job_key(job),
         value: Some(state),
     }
 }
@@ -1098,7 +1096,7 @@ impl Committer for SledWriter {
             Write::Rewrites(rewrites, job) => {
                 rewrites
                     .iter()
-                    .map(|r| 1 + 16 + 4 + 4 + frame_record_bytes(&r.record))
+                    .map(|r| frame_rewrite_bytes(&r.record))
                     .sum::<usize>()
                     + job.as_ref().map_or(0, |(_, s)| 64 + s.len())
             }
