@@ -22,7 +22,6 @@ use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How long a caller waits for its event to be durable.
@@ -39,17 +38,9 @@ struct Request {
     reply: Reply,
 }
 
-/// What the thread has written: the chain's state after the last durable
-/// event, how many batches it synced (for tests and metrics).
-#[derive(Debug, Default)]
-struct Shared {
-    batches: u64,
-}
-
 pub struct ChainWriter {
     queue: Option<SyncSender<Request>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    shared: Arc<Mutex<Shared>>,
+    thread: Option<std::thread::JoinHandle<u64>>,
 }
 
 /// The thread's side.
@@ -93,16 +84,13 @@ impl ChainWriter {
             state,
         };
         let (tx, rx) = mpsc::sync_channel(QUEUE);
-        let shared = Arc::new(Mutex::new(Shared::default()));
-        let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("fieldvault-audit".into())
-            .spawn(move || run(owner, rx, &thread_shared))
+            .spawn(move || run(owner, rx))
             .map_err(|e| AuditError(format!("starting the audit thread: {e}")))?;
         Ok(Self {
             queue: Some(tx),
             thread: Some(thread),
-            shared,
         })
     }
 
@@ -134,14 +122,6 @@ impl ChainWriter {
             Ok(Ok(outcome)) => outcome.map_err(AuditError),
         }
     }
-
-    /// Batches synced so far.
-    pub fn batches(&self) -> u64 {
-        self.shared
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .batches
-    }
 }
 
 impl Drop for ChainWriter {
@@ -169,7 +149,9 @@ fn whole_lines_end(file: &File, len: u64) -> std::io::Result<u64> {
     Ok(0)
 }
 
-fn run(mut owner: Owner, rx: Receiver<Request>, shared: &Mutex<Shared>) {
+/// Writes batches until the queue closes; how many it synced.
+fn run(mut owner: Owner, rx: Receiver<Request>) -> u64 {
+    let mut synced = 0;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -179,9 +161,7 @@ fn run(mut owner: Owner, rx: Receiver<Request>, shared: &Mutex<Shared>) {
             }
         }
         let outcome = owner.commit(&batch);
-        if outcome.is_ok() {
-            shared.lock().unwrap_or_else(|p| p.into_inner()).batches += 1;
-        }
+        synced += u64::from(outcome.is_ok());
         for (i, request) in batch.into_iter().enumerate() {
             let answer = match &outcome {
                 Ok(first_seq) => Ok(first_seq + i as u64),
@@ -191,6 +171,7 @@ fn run(mut owner: Owner, rx: Receiver<Request>, shared: &Mutex<Shared>) {
             let _ = request.reply.send(answer);
         }
     }
+    synced
 }
 
 impl Owner {
@@ -251,6 +232,7 @@ impl Owner {
 mod tests {
     use super::super::chain::verify_text;
     use super::*;
+    use std::sync::Arc;
 
     fn key() -> AuditKey {
         AuditKey::new([3; 32])
@@ -322,9 +304,7 @@ mod tests {
             answers.push(answer);
         }
         drop(tx);
-        let shared = Mutex::new(Shared::default());
-        run(owner, rx, &shared);
-        assert_eq!(shared.lock().map(|s| s.batches).unwrap_or(0), 1);
+        assert_eq!(run(owner, rx), 1, "one batch, one sync");
         for (n, mut answer) in answers.into_iter().enumerate() {
             assert_eq!(answer.try_recv().ok(), Some(Ok(n as u64)));
         }
