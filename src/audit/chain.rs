@@ -60,6 +60,15 @@ impl AuditKey {
     }
 }
 
+impl AuditKey {
+    /// A short public name of this key (16 hex digits), written in the
+    /// first event of every file: a file made under another key (another
+    /// vault's) is named as such instead of failing on its first MAC.
+    pub fn id(&self) -> String {
+        hex::encode(&self.mac(b"fieldvault/audit-key-id/v1")[..8])
+    }
+}
+
 impl fmt::Debug for AuditKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("AuditKey(<redacted>)")

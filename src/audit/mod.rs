@@ -11,6 +11,8 @@
 //! never a value.
 
 pub mod chain;
+pub mod event;
+pub mod verify;
 pub mod writer;
 
 use async_trait::async_trait;
