@@ -12,6 +12,8 @@
 
 pub mod chain;
 pub mod event;
+pub mod keyfile;
+pub mod trail;
 pub mod verify;
 pub mod writer;
 

@@ -25,6 +25,10 @@ pub enum KeyPurpose {
     /// AES-256 key of the token permutation (record id -> token). One
     /// version only, never rotated: rotating it would change every token.
     Token,
+    /// HMAC-SHA256 key chaining the audit trail. One version only, never
+    /// rotated: the trail's files verify under it for as long as they are
+    /// kept.
+    Audit,
 }
 
 impl KeyPurpose {
@@ -34,12 +38,18 @@ impl KeyPurpose {
             KeyPurpose::Data => 1,
             KeyPurpose::Index => 2,
             KeyPurpose::Token => 3,
+            KeyPurpose::Audit => 4,
         }
     }
 
     pub fn from_code(code: u8) -> Option<Self> {
-        [KeyPurpose::Data, KeyPurpose::Index, KeyPurpose::Token]
-            .into_iter()
+        [
+            KeyPurpose::Data,
+            KeyPurpose::Index,
+            KeyPurpose::Token,
+            KeyPurpose::Audit,
+        ]
+        .into_iter()
             .find(|p| p.code() == code)
     }
 }
@@ -151,6 +161,8 @@ pub struct Keyring {
 
 /// The token key's one version.
 const TOKEN_KEY_VERSION: KeyVersion = KeyVersion(1);
+/// The one version of a key that never rotates (the token and audit keys).
+const SINGLE_VERSION: KeyVersion = KeyVersion(1);
 
 fn random_key() -> Zeroizing<[u8; 32]> {
     let mut key = Zeroizing::new([0u8; 32]);
@@ -174,6 +186,27 @@ fn wrap(
     })
 }
 
+/// Unwraps one stored key with `master` (the audit verifier's way to the
+/// audit key without the store).
+pub fn unwrap_one(
+    master: &MasterKey,
+    wrapped: &WrappedKey,
+) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
+    let kek = Aes256Gcm::new(master.bytes().into());
+    let mut bytes = open_with(
+        &kek,
+        &wrapped.nonce,
+        &wrap_aad(wrapped.purpose, wrapped.version),
+        &wrapped.ciphertext,
+    )
+    .map_err(|_| CryptoError::Unwrap(wrapped.version.0))?;
+    let key: Result<[u8; 32], _> = bytes.as_slice().try_into();
+    bytes.zeroize();
+    Ok(Zeroizing::new(
+        key.map_err(|_| CryptoError::Unwrap(wrapped.version.0))?,
+    ))
+}
+
 impl Keyring {
     /// A keyring with a fresh data key v1, index key v1 and token key, and
     /// the three keys wrapped for storage.
@@ -183,6 +216,7 @@ impl Keyring {
         raw.insert((KeyPurpose::Data, version), random_key());
         raw.insert((KeyPurpose::Index, version), random_key());
         raw.insert((KeyPurpose::Token, TOKEN_KEY_VERSION), random_key());
+        raw.insert((KeyPurpose::Audit, SINGLE_VERSION), random_key());
         let ring = Self::build(master, raw)?;
         let wrapped = ring.wrap_all()?;
         Ok((ring, wrapped))
@@ -209,6 +243,9 @@ impl Keyring {
                 && (w.version != TOKEN_KEY_VERSION || raw.contains_key(&(w.purpose, w.version)))
             {
                 return Err(CryptoError::TokenKey);
+            }
+            if w.purpose == KeyPurpose::Audit && w.version != SINGLE_VERSION {
+                return Err(CryptoError::Unwrap(w.version.0));
             }
             raw.insert((w.purpose, w.version), key);
         }
@@ -288,7 +325,9 @@ impl Keyring {
         purpose: KeyPurpose,
         version: KeyVersion,
     ) -> Result<(Self, WrappedKey), CryptoError> {
-        if purpose == KeyPurpose::Token || self.raw.contains_key(&(purpose, version)) {
+        if matches!(purpose, KeyPurpose::Token | KeyPurpose::Audit)
+            || self.raw.contains_key(&(purpose, version))
+        {
             return Err(CryptoError::Seal);
         }
         let key = random_key();
@@ -315,6 +354,37 @@ impl Keyring {
         let ring = Self::build(new_master, self.raw.clone())?;
         let wrapped = ring.wrap_all()?;
         Ok((ring, wrapped))
+    }
+
+    /// The audit key, if the store holds one yet (stores made before the
+    /// chained trail get one at their first start: [`Keyring::with_audit_key`]).
+    pub fn audit_key(&self) -> Option<crate::audit::chain::AuditKey> {
+        self.raw
+            .get(&(KeyPurpose::Audit, SINGLE_VERSION))
+            .map(|key| crate::audit::chain::AuditKey::new(**key))
+    }
+
+    /// This keyring plus a fresh audit key, and that key wrapped for
+    /// storage; `None` when it has one already.
+    pub fn with_audit_key(&self) -> Result<Option<(Self, WrappedKey)>, CryptoError> {
+        if self.raw.contains_key(&(KeyPurpose::Audit, SINGLE_VERSION)) {
+            return Ok(None);
+        }
+        let key = random_key();
+        let wrapped = wrap(&self.kek, KeyPurpose::Audit, SINGLE_VERSION, &key)?;
+        let ring = self.derive(|raw| {
+            raw.insert((KeyPurpose::Audit, SINGLE_VERSION), key);
+        })?;
+        Ok(Some((ring, wrapped)))
+    }
+
+    /// The audit key wrapped under this keyring's master key (a fresh
+    /// nonce each time), to keep beside the trail for `audit verify`.
+    pub fn wrapped_audit_key(&self) -> Result<Option<WrappedKey>, CryptoError> {
+        self.raw
+            .get(&(KeyPurpose::Audit, SINGLE_VERSION))
+            .map(|key| wrap(&self.kek, KeyPurpose::Audit, SINGLE_VERSION, key))
+            .transpose()
     }
 
     /// The fingerprint of the master key that wraps this keyring's keys.

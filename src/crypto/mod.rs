@@ -10,7 +10,9 @@ mod keyring;
 mod master;
 mod token_cipher;
 
-pub use keyring::{BlindIndex, KeyPurpose, KeyVersion, Keyring, SealedRecord, WrappedKey};
+pub use keyring::{
+    unwrap_one, BlindIndex, KeyPurpose, KeyVersion, Keyring, SealedRecord, WrappedKey,
+};
 pub use master::{MasterKey, MasterKeyError};
 pub use token_cipher::{TokenCipher, TOKEN_BLOCK_LEN, TOKEN_BLOCK_VERSION};
 

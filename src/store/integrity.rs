@@ -144,6 +144,7 @@ pub(super) fn describe_usage(usage: &KeyUsage) -> String {
                 KeyPurpose::Data => "data",
                 KeyPurpose::Index => "index",
                 KeyPurpose::Token => "token",
+                KeyPurpose::Audit => "audit",
             };
             format!("{purpose} v{}: {n}", version.0)
         })

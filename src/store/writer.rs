@@ -219,6 +219,7 @@ fn purpose_name(purpose: KeyPurpose) -> &'static str {
         KeyPurpose::Data => "data",
         KeyPurpose::Index => "index",
         KeyPurpose::Token => "token",
+        KeyPurpose::Audit => "audit",
     }
 }
 
@@ -555,8 +556,9 @@ impl SledWriter {
                 version,
                 at_unix_ms,
             } => {
-                if purpose == KeyPurpose::Token {
-                    // Every token is this key's: it is never destroyed.
+                if matches!(purpose, KeyPurpose::Token | KeyPurpose::Audit) {
+                    // Every token is the token key's, every file of the
+                    // trail the audit key's: they are never destroyed.
                     return Err(StoreError::StaleKey {
                         purpose: purpose_name(purpose),
                         version: version.0,

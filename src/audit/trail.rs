@@ -1,0 +1,104 @@
+//! The files of a trail on disk: the active file (`audit_log` in the
+//! config) and the files size-based rotation moved aside beside it,
+//! `<name>.<UTC time>-<first sequence number>` (for `audit.log`,
+//! `audit.log.20261127T121500Z-4096`). Files moved aside because they did
+//! not verify at start (`<name>.broken-<time>`) or were written before the
+//! chained trail (`<name>.unchained-<time>`) are not part of it.
+
+use std::path::{Path, PathBuf};
+
+/// The name a rotation gives the active file whose first event is
+/// `first_seq`, at `unix_ms`.
+pub fn rotated_name(audit_log: &Path, unix_ms: u64, first_seq: u64) -> PathBuf {
+    sibling(audit_log, &format!("{}-{first_seq}", compact_time(unix_ms)))
+}
+
+/// The name a file moved aside at start gets: `<name>.<why>-<UTC time>`.
+pub fn aside_name(audit_log: &Path, why: &str, unix_ms: u64) -> PathBuf {
+    sibling(audit_log, &format!("{why}-{}", compact_time(unix_ms)))
+}
+
+fn sibling(audit_log: &Path, suffix: &str) -> PathBuf {
+    let mut name = audit_log.file_name().unwrap_or_default().to_os_string();
+    name.push(".");
+    name.push(suffix);
+    audit_log.with_file_name(name)
+}
+
+/// `20261127T121500Z`.
+fn compact_time(unix_ms: u64) -> String {
+    crate::domain::time::rfc3339(unix_ms)
+        .replace(['-', ':'], "")
+        .to_string()
+}
+
+/// Whether `suffix` (what follows `<name>.`) names a rotated file.
+fn is_rotated_suffix(suffix: &str) -> bool {
+    let Some((time, seq)) = suffix.split_once('-') else {
+        return false;
+    };
+    let time = time.as_bytes();
+    time.len() == 16
+        && time[8] == b'T'
+        && time[15] == b'Z'
+        && time[..8].iter().all(u8::is_ascii_digit)
+        && time[9..15].iter().all(u8::is_ascii_digit)
+        && !seq.is_empty()
+        && seq.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The trail's files: the rotated ones (oldest first) and then the active
+/// file, those that exist.
+pub fn files_of(audit_log: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let dir = match audit_log.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = audit_log
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let prefix = format!("{name}.");
+    let mut rotated: Vec<PathBuf> = Vec::new();
+    for entry in std::fs::read_dir(&dir)? {
+        let entry = entry?;
+        let file_name = entry.file_name();
+        let Some(file_name) = file_name.to_str() else {
+            continue;
+        };
+        if let Some(suffix) = file_name.strip_prefix(&prefix) {
+            if is_rotated_suffix(suffix) {
+                rotated.push(audit_log.with_file_name(file_name));
+            }
+        }
+    }
+    rotated.sort();
+    if audit_log.exists() {
+        rotated.push(audit_log.to_path_buf());
+    }
+    Ok(rotated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotated_files_are_found_beside_the_active_one_and_others_are_not() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let log = dir.path().join("audit.log");
+        let r1 = rotated_name(&log, 1_795_600_246_999, 0);
+        let r2 = rotated_name(&log, 1_795_600_300_000, 4096);
+        assert_eq!(
+            r1.file_name().and_then(|n| n.to_str()),
+            Some("audit.log.20261125T095046Z-0")
+        );
+        for p in [&log, &r1, &r2, &aside_name(&log, "broken", 1), &log.with_extension("log.key")]
+        {
+            std::fs::write(p, "x").unwrap_or_else(|e| panic!("{e}"));
+        }
+        let files = files_of(&log).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(files, vec![r1, r2, log]);
+    }
+}
