@@ -1,7 +1,8 @@
 //! The files of a trail on disk: the active file (`audit_log` in the
 //! config) and the files size-based rotation moved aside beside it,
 //! `<name>.<UTC time>-<first sequence number>` (for `audit.log`,
-//! `audit.log.20261127T121500Z-4096`). Files moved aside because they did
+//! `audit.log.20261127T121500Z-000000004096`; the sequence number is
+//! zero-padded so that names sort in chain order). Files moved aside because they did
 //! not verify at start (`<name>.broken-<time>`) or were written before the
 //! chained trail (`<name>.unchained-<time>`) are not part of it.
 
@@ -10,7 +11,7 @@ use std::path::{Path, PathBuf};
 /// The name a rotation gives the active file whose first event is
 /// `first_seq`, at `unix_ms`.
 pub fn rotated_name(audit_log: &Path, unix_ms: u64, first_seq: u64) -> PathBuf {
-    sibling(audit_log, &format!("{}-{first_seq}", compact_time(unix_ms)))
+    sibling(audit_log, &format!("{}-{first_seq:012}", compact_time(unix_ms)))
 }
 
 /// The name a file moved aside at start gets: `<name>.<why>-<UTC time>`.
@@ -92,7 +93,7 @@ mod tests {
         let r2 = rotated_name(&log, 1_795_600_300_000, 4096);
         assert_eq!(
             r1.file_name().and_then(|n| n.to_str()),
-            Some("audit.log.20261125T095046Z-0")
+            Some("audit.log.20261125T095046Z-000000000000")
         );
         for p in [&log, &r1, &r2, &aside_name(&log, "broken", 1), &log.with_extension("log.key")]
         {

@@ -1,5 +1,4 @@
-//! The chained, group-committed audit writer (issue 13, second part; the
-//! server does not use it yet).
+//! The chained, group-committed audit writer.
 //!
 //! One thread owns the audit file. Callers queue events and wait; the
 //! thread takes every event queued, seals each into the chain
@@ -11,21 +10,38 @@
 //! hung disk holds the thread, not the callers) and a full queue refuses at
 //! once. A failed write or sync cuts the file back to the end of the last
 //! good event, so no torn line is left for the next event to be glued onto,
-//! and the chain does not advance. Before each batch the thread checks that
-//! the path still names the file it holds open: an audit file renamed,
-//! removed or replaced under the server stops every later event (and so
-//! every reveal) with a message saying so.
+//! and the chain does not advance. While events are refused the sink
+//! reports its failure ([`SinkHealth`]) and the thread tries again every
+//! half second by itself; the first event it gets durable after an outage
+//! is `audit.sink_recovered`, which says since when and how many events
+//! were refused, so the gap is in the chain.
+//!
+//! Files: before each batch the thread checks that the path still names
+//! the file it holds open. A file renamed or removed under the server is
+//! noted: a new file is made at the path, and its first event
+//! (`audit.file_start`) says what happened to the one before, continuing
+//! the chain. A file the server did not write found at the path (the file
+//! was replaced) is never appended to: events are refused until it is moved
+//! away. When the file reaches its size limit it is renamed beside itself
+//! ([`super::trail::rotated_name`]) and a new one begins the same way.
 
 use super::chain::{seal_line, AuditKey, ChainState};
+use super::event::{Decision, Event};
+use super::verify::{CHAIN_STARTED, CHAIN_START, FILE_START, KEY_ID};
 use super::AuditError;
+use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// How long a caller waits for its event to be durable.
-pub const APPEND_DEADLINE: Duration = Duration::from_secs(1);
+/// How long a caller waits for its event to be durable: refused in time
+/// for its answer to leave within a second.
+pub const APPEND_DEADLINE: Duration = Duration::from_millis(800);
+/// How often the thread tries again while the sink fails.
+const RETRY_EVERY: Duration = Duration::from_millis(500);
 /// Events waiting for the thread at most; more are refused at once.
 const QUEUE: usize = 4096;
 /// Events one batch takes at most.
@@ -34,13 +50,102 @@ const MAX_BATCH: usize = 1024;
 type Reply = tokio::sync::oneshot::Sender<Result<u64, String>>;
 
 struct Request {
-    event_json: String,
+    /// `None`: write what is pending (a file's first event, a recovery
+    /// note) and answer.
+    event_json: Option<String>,
     reply: Reply,
+}
+
+/// Whether the sink works, shared by the thread, the callers and health.
+#[derive(Default)]
+pub struct SinkHealth {
+    outage: Mutex<Option<Outage>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Outage {
+    since_ms: u64,
+    cause: String,
+    refused: u64,
+}
+
+impl SinkHealth {
+    /// Why events are refused now, if they are.
+    pub fn failure(&self) -> Option<String> {
+        self.lock().as_ref().map(|o| {
+            format!(
+                "since {}: {} ({} events refused)",
+                crate::domain::time::rfc3339(o.since_ms),
+                o.cause,
+                o.refused
+            )
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Outage>> {
+        // The guarded value is replaced whole; a panic cannot leave it half set.
+        self.outage.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn refused(&self, cause: &str, events: u64) {
+        let mut outage = self.lock();
+        match outage.as_mut() {
+            Some(o) => o.refused += events,
+            None => {
+                tracing::error!(cause, "audit trail failing: events (and reveals) are refused");
+                *outage = Some(Outage {
+                    since_ms: super::now_unix_ms(),
+                    cause: cause.to_owned(),
+                    refused: events,
+                });
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Option<Outage> {
+        self.lock().clone()
+    }
+
+    /// Ends the outage `seen` was taken of (not a later one).
+    fn recovered(&self, seen: &Outage) {
+        let mut outage = self.lock();
+        if outage.as_ref().is_some_and(|o| o.since_ms == seen.since_ms) {
+            tracing::info!(
+                refused = seen.refused,
+                "audit trail works again: events are recorded"
+            );
+            *outage = None;
+        }
+    }
+}
+
+/// The first event of a new file.
+#[derive(Clone, Debug)]
+pub struct Header {
+    /// `audit.chain_start` (sequence 0) or `audit.file_start`.
+    pub new_chain: bool,
+    pub reason: String,
+    pub details: BTreeMap<String, serde_json::Value>,
+}
+
+/// Where a writer begins.
+pub struct Start {
+    /// The chain after the file's last event (or before the header).
+    pub state: ChainState,
+    /// The sequence number of the file's first event.
+    pub file_first_seq: u64,
+    /// When the chain began (RFC 3339), carried into every file.
+    pub chain_started: String,
+    /// The file is new: its first event, written before any other.
+    pub header: Option<Header>,
+    /// A file this large is rotated before the next batch (0: never).
+    pub max_file_bytes: u64,
 }
 
 pub struct ChainWriter {
     queue: Option<SyncSender<Request>>,
     thread: Option<std::thread::JoinHandle<u64>>,
+    health: Arc<SinkHealth>,
 }
 
 /// The thread's side.
@@ -53,35 +158,45 @@ struct Owner {
     end: u64,
     key: AuditKey,
     state: ChainState,
+    file_first_seq: u64,
+    chain_started: String,
+    /// The open file is new and this is its first event, still to write.
+    header: Option<Header>,
+    max_file_bytes: u64,
+    health: Arc<SinkHealth>,
 }
 
 impl ChainWriter {
-    /// Opens (or creates, 0600) the audit file at `path`, whose events end
-    /// the chain at `state` (verified by the caller), and starts the thread.
-    /// Whatever follows the last whole line (a write torn by a crash) is cut
-    /// off first.
-    pub fn open(path: &Path, key: AuditKey, state: ChainState) -> Result<Self, AuditError> {
+    /// Opens (or creates, 0600) the audit file at `path` and starts the
+    /// thread. Whatever follows the last whole line (a write torn by a
+    /// crash) is cut off first.
+    pub fn open(path: &Path, key: AuditKey, start: Start) -> Result<Self, AuditError> {
         let failed = |e: std::io::Error| AuditError(format!("{}: {e}", path.display()));
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(failed)?;
+        let file = open_file(path, false).map_err(failed)?;
         let meta = file.metadata().map_err(failed)?;
         let end = whole_lines_end(&file, meta.len()).map_err(failed)?;
         if end < meta.len() {
+            tracing::warn!(
+                path = %path.display(),
+                bytes = meta.len() - end,
+                "cut a torn last line off the audit file (a write the server never acknowledged)"
+            );
             file.set_len(end).map_err(failed)?;
             file.sync_data().map_err(failed)?;
         }
+        let health = Arc::new(SinkHealth::default());
         let owner = Owner {
             path: path.to_path_buf(),
             identity: (meta.dev(), meta.ino()),
             file,
             end,
             key,
-            state,
+            state: start.state,
+            file_first_seq: start.file_first_seq,
+            chain_started: start.chain_started,
+            header: start.header,
+            max_file_bytes: start.max_file_bytes,
+            health: health.clone(),
         };
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let thread = std::thread::Builder::new()
@@ -91,34 +206,55 @@ impl ChainWriter {
         Ok(Self {
             queue: Some(tx),
             thread: Some(thread),
+            health,
         })
+    }
+
+    /// Whether the sink works (for health and the vault).
+    pub fn health(&self) -> Arc<SinkHealth> {
+        self.health.clone()
     }
 
     /// Appends one event (a JSON object); its sequence number once it is
     /// durable. Fails within [`APPEND_DEADLINE`] when it cannot be.
     pub async fn append(&self, event_json: String) -> Result<u64, AuditError> {
+        self.send(Some(event_json)).await
+    }
+
+    /// Makes what is pending durable (a new file's first event); the next
+    /// sequence number.
+    pub async fn sync_pending(&self) -> Result<u64, AuditError> {
+        self.send(None).await
+    }
+
+    async fn send(&self, event_json: Option<String>) -> Result<u64, AuditError> {
+        let refused = |cause: String| {
+            self.health.refused(&cause, 1);
+            AuditError(cause)
+        };
         let (reply, answer) = tokio::sync::oneshot::channel();
         let queue = self
             .queue
             .as_ref()
-            .ok_or_else(|| AuditError("the audit writer is closed".into()))?;
+            .ok_or_else(|| refused("the audit writer is closed".into()))?;
         match queue.try_send(Request { event_json, reply }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                return Err(AuditError(
+                return Err(refused(
                     "the audit writer is behind (its queue is full); nothing was recorded".into(),
                 ))
             }
             Err(TrySendError::Disconnected(_)) => {
-                return Err(AuditError("the audit writer stopped".into()))
+                return Err(refused("the audit writer stopped".into()))
             }
         }
         match tokio::time::timeout(APPEND_DEADLINE, answer).await {
-            Err(_) => Err(AuditError(format!(
-                "the audit event was not durable within {} ms (a hung disk?)",
+            Err(_) => Err(refused(format!(
+                "an audit event was not durable within {} ms (a hung disk?)",
                 APPEND_DEADLINE.as_millis()
             ))),
-            Ok(Err(_)) => Err(AuditError("the audit writer stopped".into())),
+            Ok(Err(_)) => Err(refused("the audit writer stopped".into())),
+            // The thread counted this refusal with its batch.
             Ok(Ok(outcome)) => outcome.map_err(AuditError),
         }
     }
@@ -130,6 +266,28 @@ impl Drop for ChainWriter {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// Opens the audit file at `path` for reading and writing, owner-only;
+/// `new`: it must not exist yet.
+fn open_file(path: &Path, new: bool) -> std::io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).mode(0o600);
+    if new {
+        options.create_new(true);
+    } else {
+        options.create(true).truncate(false);
+    }
+    options.open(path)
+}
+
+/// Syncs the directory holding `path`, so a rename or a new file in it
+/// survives a power loss.
+fn sync_dir_of(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),
+        _ => File::open(".")?.sync_all(),
     }
 }
 
@@ -152,19 +310,40 @@ fn whole_lines_end(file: &File, len: u64) -> std::io::Result<u64> {
 /// Writes batches until the queue closes; how many it synced.
 fn run(mut owner: Owner, rx: Receiver<Request>) -> u64 {
     let mut synced = 0;
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+    loop {
+        let first = if owner.health.snapshot().is_some() {
+            match rx.recv_timeout(RETRY_EVERY) {
+                Ok(first) => Some(first),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(first) => Some(first),
+                Err(_) => break,
+            }
+        };
+        let mut batch: Vec<Request> = first.into_iter().collect();
+        while !batch.is_empty() && batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(next) => batch.push(next),
                 Err(_) => break,
             }
         }
+        // A caller that gave up (its deadline passed) was answered
+        // UNAVAILABLE and revealed nothing: its event is not written.
+        batch.retain(|r| !r.reply.is_closed());
         let outcome = owner.commit(&batch);
-        synced += u64::from(outcome.is_ok());
+        match &outcome {
+            Ok(_) => synced += 1,
+            Err(e) => {
+                let live = batch.iter().filter(|r| r.event_json.is_some()).count() as u64;
+                owner.health.refused(e, live);
+            }
+        }
         for (i, request) in batch.into_iter().enumerate() {
             let answer = match &outcome {
-                Ok(first_seq) => Ok(first_seq + i as u64),
+                Ok(seqs) => Ok(seqs.get(i).copied().unwrap_or(owner.state.next_seq)),
                 Err(e) => Err(e.clone()),
             };
             // A caller that gave up no longer listens.
@@ -174,17 +353,44 @@ fn run(mut owner: Owner, rx: Receiver<Request>) -> u64 {
     synced
 }
 
+/// What became of the file at the path.
+enum AtPath {
+    Ours,
+    Gone,
+    Other,
+}
+
 impl Owner {
-    /// Writes and syncs a batch; the sequence number of its first event.
-    fn commit(&mut self, batch: &[Request]) -> Result<u64, String> {
-        self.check_identity()?;
-        let first = self.state.next_seq;
+    /// Writes and syncs a batch: the sequence number of each request's
+    /// event (or, for a request without one, the next).
+    fn commit(&mut self, batch: &[Request]) -> Result<Vec<u64>, String> {
+        self.ensure_file()?;
+        let outage = self.health.snapshot();
         let mut state = self.state;
         let mut bytes = String::new();
-        for request in batch {
-            let (line, next) = seal_line(&self.key, state, &request.event_json);
+        let mut seal = |json: &str, state: &mut ChainState| {
+            let (line, next) = seal_line(&self.key, *state, json);
             bytes.push_str(&line);
-            state = next;
+            let seq = state.next_seq;
+            *state = next;
+            seq
+        };
+        if let Some(header) = &self.header {
+            let json = self.header_event(header).to_json();
+            seal(&json, &mut state);
+        }
+        if let Some(outage) = &outage {
+            seal(&recovered_event(outage).to_json(), &mut state);
+        }
+        let seqs: Vec<u64> = batch
+            .iter()
+            .map(|r| match &r.event_json {
+                Some(json) => seal(json, &mut state),
+                None => state.next_seq,
+            })
+            .collect();
+        if bytes.is_empty() {
+            return Ok(seqs);
         }
         let written = self
             .file
@@ -206,26 +412,133 @@ impl Owner {
         }
         self.end += bytes.len() as u64;
         self.state = state;
-        Ok(first)
+        self.header = None;
+        if let Some(outage) = &outage {
+            self.health.recovered(outage);
+        }
+        Ok(seqs)
     }
 
-    /// `Err` when the path no longer names the file this writer holds
-    /// (renamed, removed or replaced).
-    fn check_identity(&self) -> Result<(), String> {
-        match std::fs::metadata(&self.path) {
-            Ok(meta) if (meta.dev(), meta.ino()) == self.identity => Ok(()),
-            Ok(_) => Err(format!(
-                "the audit file {} was replaced under the server; nothing is recorded (or \
-                 revealed) until it is restarted",
-                self.path.display()
-            )),
-            Err(e) => Err(format!(
-                "the audit file {} is gone ({e}); nothing is recorded (or revealed) until the \
-                 server is restarted",
-                self.path.display()
-            )),
+    fn at_path(&self) -> AtPath {
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(meta) if (meta.dev(), meta.ino()) == self.identity => AtPath::Ours,
+            Ok(_) => AtPath::Other,
+            Err(_) => AtPath::Gone,
         }
     }
+
+    /// Makes sure the path names the file the next events go to: the open
+    /// one, or a new one after a rotation or after the open one was renamed
+    /// or removed. `Err` when a file the server did not write is there.
+    fn ensure_file(&mut self) -> Result<(), String> {
+        let reason = match self.at_path() {
+            AtPath::Other => {
+                return Err(format!(
+                    "the audit file {} was replaced under the server by a file it did not \
+                     write; nothing is recorded (or revealed) until that file is moved away",
+                    self.path.display()
+                ))
+            }
+            AtPath::Ours if self.max_file_bytes > 0 && self.end >= self.max_file_bytes => {
+                let to = super::trail::rotated_name(
+                    &self.path,
+                    super::now_unix_ms(),
+                    self.file_first_seq,
+                );
+                std::fs::rename(&self.path, &to)
+                    .and_then(|()| sync_dir_of(&self.path))
+                    .map_err(|e| {
+                        format!("rotating the audit file to {} failed: {e}", to.display())
+                    })?;
+                tracing::info!(to = %to.display(), "rotated the audit file");
+                format!(
+                    "rotation: the file before reached {} bytes and was renamed {}",
+                    self.end,
+                    to.file_name().unwrap_or_default().to_string_lossy()
+                )
+            }
+            AtPath::Ours => return Ok(()),
+            AtPath::Gone if self.header.is_some() => {
+                // A new file not yet begun went away: begin it again.
+                self.header
+                    .as_ref()
+                    .map(|h| h.reason.clone())
+                    .unwrap_or_default()
+            }
+            AtPath::Gone => {
+                tracing::warn!(
+                    path = %self.path.display(),
+                    "the audit file was renamed or removed under the server; a new one begins"
+                );
+                format!(
+                    "the file before was renamed or removed under the running server after \
+                     event {}",
+                    self.state.next_seq.saturating_sub(1)
+                )
+            }
+        };
+        let file = open_file(&self.path, true)
+            .and_then(|f| sync_dir_of(&self.path).map(|()| f))
+            .map_err(|e| {
+                format!(
+                    "creating the audit file {} failed: {e}; nothing is recorded (or revealed)",
+                    self.path.display()
+                )
+            })?;
+        let meta = file
+            .metadata()
+            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        let new_chain = self.header.as_ref().is_some_and(|h| h.new_chain);
+        let details = self
+            .header
+            .take()
+            .map(|h| h.details)
+            .unwrap_or_default();
+        self.file = file;
+        self.identity = (meta.dev(), meta.ino());
+        self.end = 0;
+        self.file_first_seq = self.state.next_seq;
+        self.header = Some(Header {
+            new_chain,
+            reason,
+            details,
+        });
+        Ok(())
+    }
+
+    fn header_event(&self, header: &Header) -> Event {
+        let mut event = Event::new(if header.new_chain {
+            CHAIN_START
+        } else {
+            FILE_START
+        });
+        event.reason = Some(header.reason.clone());
+        event.details = header.details.clone();
+        event
+            .details
+            .insert(KEY_ID.into(), serde_json::Value::String(self.key.id()));
+        event.details.insert(
+            CHAIN_STARTED.into(),
+            serde_json::Value::String(self.chain_started.clone()),
+        );
+        event
+    }
+}
+
+/// The note that ends an outage: since when, why, how many events were
+/// refused (none of them was answered with a value).
+fn recovered_event(outage: &Outage) -> Event {
+    let mut event = Event::new("audit.sink_recovered");
+    event.decision = Decision::Allowed;
+    event.reason = Some(outage.cause.clone());
+    event.details.insert(
+        "failed_since".into(),
+        serde_json::Value::String(crate::domain::time::rfc3339(outage.since_ms)),
+    );
+    event
+        .details
+        .insert("refused_events".into(), serde_json::Value::from(outage.refused));
+    event
 }
 
 #[cfg(test)]
@@ -242,6 +555,16 @@ mod tests {
         r.unwrap_or_else(|e| panic!("{e}"))
     }
 
+    fn start(state: ChainState) -> Start {
+        Start {
+            state,
+            file_first_seq: state.next_seq,
+            chain_started: "2026-11-27T00:00:00.000Z".into(),
+            header: None,
+            max_file_bytes: 0,
+        }
+    }
+
     fn event(n: usize) -> String {
         format!("{{\"action\":\"detokenize\",\"n\":{n}}}")
     }
@@ -250,7 +573,7 @@ mod tests {
     async fn concurrent_events_share_syncs_and_the_trail_verifies_across_a_reopen() {
         let dir = ok(tempfile::tempdir());
         let path = dir.path().join("audit.log");
-        let writer = Arc::new(ok(ChainWriter::open(&path, key(), ChainState::GENESIS)));
+        let writer = Arc::new(ok(ChainWriter::open(&path, key(), start(ChainState::GENESIS))));
         let mut calls = Vec::new();
         for n in 0..200 {
             let writer = writer.clone();
@@ -268,7 +591,7 @@ mod tests {
         let state = ok(verify_text(&key(), ChainState::GENESIS, &text));
         assert_eq!(state.next_seq, 200);
         // A restart continues the chain.
-        let writer = ok(ChainWriter::open(&path, key(), state));
+        let writer = ok(ChainWriter::open(&path, key(), start(state)));
         assert_eq!(ok(writer.append(event(200)).await), 200);
         drop(writer);
         let text = ok(std::fs::read_to_string(&path));
@@ -291,6 +614,11 @@ mod tests {
             end: 0,
             key: key(),
             state: ChainState::GENESIS,
+            file_first_seq: 0,
+            chain_started: String::new(),
+            header: None,
+            max_file_bytes: 0,
+            health: Arc::default(),
         };
         // Fifty events queued before the thread looks: one batch, one sync.
         let (tx, rx) = mpsc::sync_channel(QUEUE);
@@ -298,7 +626,7 @@ mod tests {
         for n in 0..50 {
             let (reply, answer) = tokio::sync::oneshot::channel();
             ok(tx.send(Request {
-                event_json: event(n),
+                event_json: Some(event(n)),
                 reply,
             }));
             answers.push(answer);
@@ -319,7 +647,7 @@ mod tests {
     async fn a_torn_last_line_is_cut_off_at_open_so_no_event_is_glued_onto_it() {
         let dir = ok(tempfile::tempdir());
         let path = dir.path().join("audit.log");
-        let writer = ok(ChainWriter::open(&path, key(), ChainState::GENESIS));
+        let writer = ok(ChainWriter::open(&path, key(), start(ChainState::GENESIS)));
         ok(writer.append(event(0)).await);
         drop(writer);
         let good = ok(std::fs::read_to_string(&path));
@@ -329,7 +657,7 @@ mod tests {
             &path,
             format!("{good}{{\"seq\":1,\"prev\":\"ab"),
         ));
-        let writer = ok(ChainWriter::open(&path, key(), state));
+        let writer = ok(ChainWriter::open(&path, key(), start(state)));
         ok(writer.append(event(1)).await);
         drop(writer);
         let text = ok(std::fs::read_to_string(&path));
@@ -340,24 +668,72 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_audit_file_renamed_or_removed_under_the_writer_stops_every_event() {
+    async fn a_file_renamed_under_the_writer_is_noted_in_a_new_one_and_a_stranger_is_never_appended_to(
+    ) {
         let dir = ok(tempfile::tempdir());
         let path = dir.path().join("audit.log");
-        let writer = ok(ChainWriter::open(&path, key(), ChainState::GENESIS));
+        let writer = ok(ChainWriter::open(&path, key(), start(ChainState::GENESIS)));
         ok(writer.append(event(0)).await);
-        ok(std::fs::rename(&path, dir.path().join("moved.log")));
-        let e = writer.append(event(1)).await.err().map(|e| e.to_string());
-        assert!(e.as_deref().is_some_and(|e| e.contains("is gone")), "{e:?}");
-        // A new file at the path is not the one the chain is in.
-        ok(std::fs::write(&path, b""));
-        let e = writer.append(event(2)).await.err().map(|e| e.to_string());
+        let moved = dir.path().join("moved.log");
+        ok(std::fs::rename(&path, &moved));
+        // The next event goes to a new file that says what happened.
+        assert_eq!(ok(writer.append(event(1)).await), 2);
+        let text = ok(std::fs::read_to_string(&path));
+        let first = text.lines().next().unwrap_or_default();
+        assert!(
+            first.contains(FILE_START) && first.contains("renamed or removed"),
+            "{first}"
+        );
+        // Both files verify and follow each other.
+        let old = ok(std::fs::read_to_string(&moved));
+        let state = ok(verify_text(&key(), ChainState::GENESIS, &old));
+        assert_eq!(verify_text(&key(), state, &text).map(|s| s.next_seq), Ok(3));
+
+        // A file the server did not write, put at the path: refused, and
+        // left untouched; once it is moved away, events go on.
+        ok(std::fs::rename(&path, dir.path().join("second.log")));
+        ok(std::fs::write(&path, b"not ours\n"));
+        let e = writer.append(event(3)).await.err().map(|e| e.to_string());
         assert!(
             e.as_deref().is_some_and(|e| e.contains("replaced")),
             "{e:?}"
         );
-        // Nothing was written to either.
-        let moved = ok(std::fs::read_to_string(dir.path().join("moved.log")));
-        assert_eq!(moved.lines().count(), 1);
-        assert_eq!(ok(std::fs::read_to_string(&path)), "");
+        assert!(writer.health().failure().is_some());
+        assert_eq!(ok(std::fs::read_to_string(&path)), "not ours\n");
+        ok(std::fs::remove_file(&path));
+        // The thread retries by itself: the outage ends without a caller.
+        for _ in 0..50 {
+            if writer.health().failure().is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(writer.health().failure(), None);
+        let text = ok(std::fs::read_to_string(&path));
+        assert!(text.contains("audit.sink_recovered"), "{text}");
+        assert!(text.contains("\"refused_events\":1"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_full_file_is_rotated_and_the_chain_runs_on_in_the_new_one() {
+        let dir = ok(tempfile::tempdir());
+        let path = dir.path().join("audit.log");
+        let mut s = start(ChainState::GENESIS);
+        s.max_file_bytes = 300;
+        let writer = ok(ChainWriter::open(&path, key(), s));
+        for n in 0..10 {
+            ok(writer.append(event(n)).await);
+        }
+        drop(writer);
+        let files = ok(super::super::trail::files_of(&path));
+        assert!(files.len() >= 3, "{files:?}");
+        let mut state = ChainState::GENESIS;
+        let mut events = 0;
+        for file in &files {
+            let text = ok(std::fs::read_to_string(file));
+            state = ok(verify_text(&key(), state, &text));
+            events += text.lines().filter(|l| l.contains("\"n\":")).count();
+        }
+        assert_eq!(events, 10);
     }
 }
