@@ -1,14 +1,14 @@
 //! Wiring: config → master key, store, keyring, policy, audit → a tonic
 //! server behind fieldvault's own mTLS accept loop.
 
-use crate::audit::FileAuditLog;
+use crate::audit::{AuditTrail, TrailOptions};
 use crate::config::{Config, MasterKeySource};
 use crate::crypto::{MasterKey, MasterKeyError};
 use crate::domain::policy::{Policy, PolicyError};
 use crate::grpc::{pb, KeyAdminService, VaultService};
 use crate::store::{SledConfig, SledStore, StoreError};
 use crate::tls::TlsError;
-use crate::vault::{open_keyring, KeyringSetupError, Settings, Vault};
+use crate::vault::{ensure_audit_key, open_keyring, KeyringSetupError, Settings, Vault};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -127,7 +127,34 @@ impl Drop for Server {
     }
 }
 
-fn load_master_key(
+/// Opens the audit trail at `config.audit_log` under the keyring's audit
+/// key: verifies the active file and continues its chain, or refuses.
+async fn open_audit_trail(
+    config: &Config,
+    keyring: &crate::crypto::Keyring,
+    key_is_new: bool,
+) -> Result<AuditTrail, StartError> {
+    let missing = || crate::audit::AuditError("the keyring has no audit key".into());
+    let key = keyring.audit_key().ok_or_else(missing)?;
+    let wrapped = keyring
+        .wrapped_audit_key()
+        .map_err(|e| crate::audit::AuditError(e.to_string()))?
+        .ok_or_else(missing)?;
+    Ok(AuditTrail::open(
+        &config.audit_log,
+        key,
+        &wrapped,
+        keyring.master_fingerprint(),
+        TrailOptions {
+            max_file_bytes: config.audit.max_file_bytes,
+            start_new_chain: config.audit.start_new_chain,
+            key_is_new,
+        },
+    )
+    .await?)
+}
+
+pub fn load_master_key(
     source: &MasterKeySource,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<MasterKey, StartError> {
@@ -175,8 +202,9 @@ pub async fn start(
     // Files an earlier run made under a looser umask become owner-only.
     crate::fsperm::tighten_tree("data_dir", &config.store_dir())?;
     let keyring = open_keyring(&store, &master).await?;
+    let (keyring, audit_key_is_new) = ensure_audit_key(&store, keyring).await?;
     drop(master);
-    let audit = FileAuditLog::open(&config.audit_log).await?;
+    let audit = open_audit_trail(config, &keyring, audit_key_is_new).await?;
     let vault = Arc::new(Vault::new(
         Arc::new(store),
         keyring,
@@ -342,22 +370,50 @@ pub fn server_builder(
 }
 
 /// Reports NOT_SERVING (for the Vault and KeyAdmin services and the server
-/// as a whole) once storage has failed: a failed flush or fsync is fatal for writes.
+/// as a whole) once storage has failed (a failed flush or fsync is fatal
+/// for writes, for good), and while the audit trail refuses events (it
+/// recovers by itself: SERVING again once it does).
 async fn watch_storage(vault: Arc<Vault>, reporter: tonic_health::server::HealthReporter) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    let mut serving = true;
     loop {
         tick.tick().await;
-        if let Some(failure) = vault.storage_failure() {
-            tracing::error!(%failure, "storage failed: reporting NOT_SERVING");
-            reporter
-                .set_not_serving::<pb::vault_server::VaultServer<VaultService>>()
-                .await;
-            reporter
-                .set_not_serving::<pb::key_admin_server::KeyAdminServer<KeyAdminService>>()
-                .await;
-            reporter
-                .set_service_status("", tonic_health::ServingStatus::NotServing)
-                .await;
+        let storage = vault.storage_failure();
+        let audit = vault.audit_failure();
+        let healthy = storage.is_none() && audit.is_none();
+        if healthy == serving {
+            continue;
+        }
+        serving = healthy;
+        let status = if healthy {
+            tracing::info!("the audit trail works again: reporting SERVING");
+            tonic_health::ServingStatus::Serving
+        } else {
+            match (&storage, &audit) {
+                (Some(failure), _) => {
+                    tracing::error!(%failure, "storage failed: reporting NOT_SERVING")
+                }
+                (None, Some(failure)) => {
+                    tracing::error!(%failure, "the audit trail refuses events: reporting NOT_SERVING")
+                }
+                (None, None) => {}
+            }
+            tonic_health::ServingStatus::NotServing
+        };
+        reporter
+            .set_service_status(
+                <pb::vault_server::VaultServer<VaultService> as tonic::server::NamedService>::NAME,
+                status,
+            )
+            .await;
+        reporter
+            .set_service_status(
+                <pb::key_admin_server::KeyAdminServer<KeyAdminService> as tonic::server::NamedService>::NAME,
+                status,
+            )
+            .await;
+        reporter.set_service_status("", status).await;
+        if storage.is_some() {
             return;
         }
     }

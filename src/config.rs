@@ -31,6 +31,11 @@
 //! rewrap_rate = 5000                      # records/s when a rewrap names none
 //! retire_after_rewrap = false             # destroy old data keys once unused
 //!
+//! [audit]                                 # optional: the audit trail at audit_log
+//! max_file_bytes = 67108864               # rotate the file at this size (64 MiB)
+//! start_new_chain = false                 # true: a trail that does not verify at
+//!                                         # start is moved aside, a new chain begins
+//!
 //! [master_key]
 //! file = "/etc/fieldvault/master.key"     # 64 hex chars, mode 0600
 //! # or: env = "FIELDVAULT_MASTER_KEY"     # the variable holding the hex key
@@ -76,6 +81,33 @@ pub struct Config {
     pub keys: crate::vault::KeySettings,
     /// `[limits]`: connections, streams, message sizes, timeouts.
     pub limits: Limits,
+    /// `[audit]`: rotation size, and what to do with a broken trail.
+    pub audit: AuditSettings,
+}
+
+/// `[audit]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuditSettings {
+    /// The active file is rotated once it reaches this size.
+    pub max_file_bytes: u64,
+    /// Whether a trail that does not verify at start is moved aside and a
+    /// new chain begun (recorded as its first event) instead of refusing
+    /// to start.
+    pub start_new_chain: bool,
+}
+
+/// 64 MiB: verified in well under a second at start.
+pub const DEFAULT_AUDIT_FILE_BYTES: u64 = 64 * 1024 * 1024;
+/// Smaller files would rotate every few events.
+pub const MIN_AUDIT_FILE_BYTES: u64 = 64 * 1024;
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: DEFAULT_AUDIT_FILE_BYTES,
+            start_new_chain: false,
+        }
+    }
 }
 
 /// The lowest TLS version the server accepts.
@@ -234,6 +266,34 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     keys: RawKeys,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    max_file_bytes: Option<i64>,
+    start_new_chain: Option<bool>,
+}
+
+impl RawAudit {
+    fn parse(self) -> Result<AuditSettings, ConfigError> {
+        let max_file_bytes = match self.max_file_bytes {
+            None => DEFAULT_AUDIT_FILE_BYTES,
+            Some(n) if n >= MIN_AUDIT_FILE_BYTES as i64 => n as u64,
+            Some(n) => {
+                return Err(ConfigError::Field {
+                    field: "audit.max_file_bytes",
+                    reason: format!("{n}: must be at least {MIN_AUDIT_FILE_BYTES} bytes"),
+                })
+            }
+        };
+        Ok(AuditSettings {
+            max_file_bytes,
+            start_new_chain: self.start_new_chain.unwrap_or(false),
+        })
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -576,6 +636,7 @@ impl Config {
         };
         let limits = raw.limits.parse()?;
         let keys = raw.keys.parse()?;
+        let audit = raw.audit.parse()?;
         Ok(Self {
             listen,
             data_dir,
@@ -601,6 +662,7 @@ impl Config {
             reflection: raw.reflection.unwrap_or(true),
             limits,
             keys,
+            audit,
         })
     }
 

@@ -397,6 +397,7 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<(Config, bool), De
         reflection: true,
         limits: Default::default(),
         keys: Default::default(),
+        audit: Default::default(),
     };
     Ok((config, created))
 }

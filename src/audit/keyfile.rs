@@ -41,11 +41,22 @@ pub fn save(
     wrapped: &WrappedKey,
     master_fingerprint: [u8; 8],
 ) -> Result<(), AuditError> {
+    save_wrapped(audit_log, &key.id(), wrapped, master_fingerprint)
+}
+
+/// [`save`] when only the key's id is at hand (after a master-key
+/// rotation re-wrapped it).
+pub fn save_wrapped(
+    audit_log: &Path,
+    key_id: &str,
+    wrapped: &WrappedKey,
+    master_fingerprint: [u8; 8],
+) -> Result<(), AuditError> {
     let path = path_for(audit_log);
     let failed = |e: std::io::Error| AuditError(format!("{}: {e}", path.display()));
     let body = KeyFile {
         format: FORMAT.into(),
-        key_id: key.id(),
+        key_id: key_id.to_owned(),
         master_fingerprint: hex::encode(master_fingerprint),
         nonce: hex::encode(wrapped.nonce),
         wrapped: hex::encode(&wrapped.ciphertext),
@@ -136,6 +147,7 @@ mod tests {
         let log = dir.path().join("audit.log");
         let master = MasterKey::generate();
         let (ring, _) = ok(crate::crypto::Keyring::create(&master));
+        let (ring, _) = ok(ring.with_audit_key()).unwrap_or_else(|| panic!("had an audit key"));
         let key = ring.audit_key().unwrap_or_else(|| panic!("no audit key"));
         let wrapped = ok(ring.wrapped_audit_key()).unwrap_or_else(|| panic!("no audit key"));
         ok(save(&log, &key, &wrapped, master.fingerprint()));

@@ -1,14 +1,16 @@
-//! The audit trail of reveals. Every Detokenize call writes one event before
-//! any value leaves the vault; if the write fails, nothing is revealed
-//! (invariant 4: fail closed).
+//! The audit trail: one event per call, whatever its outcome, made durable
+//! before the answer leaves (invariant 4: a reveal that cannot be audited
+//! does not happen).
 //!
-//! This first version appends JSON lines to a file and flushes each event to
-//! the operating system before answering (it survives `kill -9`; it is not
-//! yet fsynced per event). Hash chaining, `fieldvault audit verify` and
-//! group-committed fsync come with the audit-trail issue.
-//!
-//! Events hold identities, purposes, tokens, field kinds and outcomes —
-//! never a value.
+//! - [`event`]: what an event says (never a value, full or masked).
+//! - [`chain`]: each event sealed into a hash chain under the audit key.
+//! - [`writer`]: one thread, group commit (one `fdatasync` per batch),
+//!   rotation, fail closed within a second, recovery by itself.
+//! - [`verify`], [`trail`], [`keyfile`]: checking a trail of files, where
+//!   they are, the audit key beside them for the verifier.
+//! - [`AuditTrail`]: the sink the server uses: at start it verifies the
+//!   active file and continues its chain, or refuses to start when it does
+//!   not verify (unless told to begin a new chain, which it then records).
 
 pub mod chain;
 pub mod event;
@@ -18,32 +20,10 @@ pub mod verify;
 pub mod writer;
 
 use async_trait::async_trait;
-use serde::Serialize;
-use std::io::Write;
+use chain::{AuditKey, ChainState};
+use event::Event;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct AuditEvent {
-    pub unix_ms: u64,
-    pub caller: String,
-    pub action: &'static str,
-    pub purpose: Option<String>,
-    pub justification: Option<String>,
-    /// `ok`, or why the whole call was refused.
-    pub outcome: String,
-    pub items: Vec<AuditItem>,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct AuditItem {
-    /// The token as sent when it parsed; `None` for a malformed one.
-    pub token: Option<String>,
-    pub kind: Option<&'static str>,
-    /// `full`, `masked`, or the error code (`not_found`, `permission_denied`, …).
-    pub outcome: &'static str,
-    pub rule: Option<String>,
-}
+use writer::{ChainWriter, Header, SinkHealth, Start};
 
 #[derive(Debug, thiserror::Error)]
 #[error("audit log unavailable: {0}")]
@@ -51,55 +31,268 @@ pub struct AuditError(pub String);
 
 #[async_trait]
 pub trait AuditSink: Send + Sync + 'static {
-    /// Returns only once the event is written; an error means the caller must
-    /// not reveal anything.
-    async fn record(&self, event: &AuditEvent) -> Result<(), AuditError>;
+    /// Returns only once the event is durable; an error means the caller
+    /// must not reveal anything.
+    async fn record(&self, event: &Event) -> Result<(), AuditError>;
+
+    /// Why events are refused now, if they are (health reports
+    /// NOT_SERVING meanwhile).
+    fn failure(&self) -> Option<String>;
+
+    /// The audit key is wrapped under a new master key now: the copy kept
+    /// for the verifier follows.
+    fn key_rewrapped(
+        &self,
+        wrapped: &crate::crypto::WrappedKey,
+        master_fingerprint: [u8; 8],
+    ) -> Result<(), AuditError>;
 }
 
-/// Appends one JSON object per line to a file.
-pub struct FileAuditLog {
+/// How the trail opens.
+#[derive(Clone, Copy, Debug)]
+pub struct TrailOptions {
+    /// Rotate the active file at this size.
+    pub max_file_bytes: u64,
+    /// A trail that does not verify is moved aside and a new chain begun
+    /// (instead of refusing to start).
+    pub start_new_chain: bool,
+    /// The audit key was made just now (a new store, or a store from
+    /// before the chained trail): no trail is expected yet.
+    pub key_is_new: bool,
+}
+
+/// The chained, durable trail at one path (see the module docs).
+pub struct AuditTrail {
     path: PathBuf,
-    /// Opened in append mode; each event is one `write(2)` of a whole line,
-    /// so lines never interleave and there is no user-space buffer to lose.
-    file: Mutex<std::fs::File>,
+    key_id: String,
+    writer: ChainWriter,
+    health: std::sync::Arc<SinkHealth>,
 }
 
-impl FileAuditLog {
-    pub async fn open(path: &Path) -> Result<Self, AuditError> {
-        if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
+/// Where a trail opened at start goes on from.
+struct Resume {
+    state: ChainState,
+    file_first_seq: u64,
+    chain_started: String,
+    header: Option<Header>,
+}
+
+fn header(new_chain: bool, reason: String) -> Option<Header> {
+    Some(Header {
+        new_chain,
+        reason,
+        details: Default::default(),
+    })
+}
+
+fn new_chain(reason: String) -> Resume {
+    Resume {
+        state: ChainState::GENESIS,
+        file_first_seq: 0,
+        chain_started: event::now_rfc3339_millis(),
+        header: header(true, reason),
+    }
+}
+
+/// The file's text up to its last newline (a torn last line is the
+/// writer's to cut), `None` when that is nothing.
+fn whole_lines(path: &Path) -> Result<Option<String>, AuditError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(AuditError(format!("{}: {e}", path.display()))),
+    };
+    let end = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    if end == 0 {
+        return Ok(None);
+    }
+    let mut bytes = bytes;
+    bytes.truncate(end);
+    // Not UTF-8: the verifier below names it as not a trail.
+    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+fn refuse_broken(path: &Path, why: &str) -> AuditError {
+    AuditError(format!(
+        "the audit trail does not verify: {why}. Nothing was changed and the server does not \
+         start: find out what happened to the trail (`fieldvault audit verify`). To keep the \
+         file aside and begin a new chain, recorded as the new chain's first event, set \
+         start_new_chain = true under [audit] in the config, or start once with `fieldvault \
+         serve --audit-new-chain` (the trail at {})",
+        path.display()
+    ))
+}
+
+impl AuditTrail {
+    /// Opens the trail at `path` under `key` (whose wrapped form,
+    /// `wrapped` under the master key with `master_fingerprint`, is kept
+    /// beside it for the verifier).
+    pub async fn open(
+        path: &Path,
+        key: AuditKey,
+        wrapped: &crate::crypto::WrappedKey,
+        master_fingerprint: [u8; 8],
+        options: TrailOptions,
+    ) -> Result<Self, AuditError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
                 .map_err(|e| AuditError(format!("{}: {e}", parent.display())))?;
         }
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| AuditError(format!("{}: {e}", path.display())))?;
+        keyfile::save(path, &key, wrapped, master_fingerprint)?;
+        let resume = Self::resume(path, &key, options)?;
+        let key_id = key.id();
+        let writer = ChainWriter::open(
+            path,
+            key,
+            Start {
+                state: resume.state,
+                file_first_seq: resume.file_first_seq,
+                chain_started: resume.chain_started,
+                header: resume.header.clone(),
+                max_file_bytes: options.max_file_bytes,
+            },
+        )?;
+        if let Some(h) = &resume.header {
+            writer.sync_pending().await?;
+            tracing::info!(
+                path = %path.display(),
+                new_chain = h.new_chain,
+                reason = %h.reason,
+                "audit trail: a new file begins"
+            );
+        } else {
+            tracing::info!(
+                path = %path.display(),
+                next_event = resume.state.next_seq,
+                "audit trail verified; its chain goes on"
+            );
+        }
+        let health = writer.health();
         Ok(Self {
             path: path.to_path_buf(),
-            file: Mutex::new(file),
+            key_id,
+            writer,
+            health,
         })
+    }
+
+    /// Decides where the chain goes on from, moving a broken or old file
+    /// aside when that is allowed.
+    fn resume(path: &Path, key: &AuditKey, options: TrailOptions) -> Result<Resume, AuditError> {
+        let now = now_unix_ms();
+        let move_aside = |from: &Path, why: &str| -> Result<PathBuf, AuditError> {
+            let to = trail::aside_name(path, why, now);
+            std::fs::rename(from, &to)
+                .map_err(|e| AuditError(format!("moving {} aside: {e}", from.display())))?;
+            Ok(to)
+        };
+        if let Some(text) = whole_lines(path)? {
+            return match verify::verify_file_text(key, path, &text) {
+                Ok(summary) => Ok(Resume {
+                    state: summary.end,
+                    file_first_seq: summary.start.next_seq,
+                    chain_started: summary.chain_started,
+                    header: None,
+                }),
+                Err(brk) if brk.reason.starts_with("an unchained audit log") => {
+                    let to = move_aside(path, "unchained")?;
+                    tracing::warn!(moved_to = %to.display(), "an audit log written before the chained trail was moved aside");
+                    Ok(new_chain(format!(
+                        "an audit log written by an earlier fieldvault, without a chain, was \
+                         moved to {}",
+                        to.display()
+                    )))
+                }
+                Err(brk) if options.start_new_chain => {
+                    let to = move_aside(path, "broken")?;
+                    tracing::error!(%brk, moved_to = %to.display(), "the audit trail did not verify at start; start_new_chain is set: a new chain begins");
+                    Ok(new_chain(format!(
+                        "the trail did not verify at start ({brk}); start_new_chain was set: \
+                         the file was moved to {} and this new chain begins",
+                        to.display()
+                    )))
+                }
+                Err(brk) => {
+                    tracing::error!(%brk, "the audit trail does not verify; refusing to start");
+                    Err(refuse_broken(path, &brk.to_string()))
+                }
+            };
+        }
+        // No usable active file: a crash between a rotation's rename and
+        // the new file's first event, or it was removed.
+        if path.exists() {
+            std::fs::remove_file(path)
+                .map_err(|e| AuditError(format!("{}: {e}", path.display())))?;
+        }
+        let rotated = trail::files_of(path)
+            .map_err(|e| AuditError(format!("{}: {e}", path.display())))?;
+        if let Some(last) = rotated.last() {
+            let text = whole_lines(last)?.unwrap_or_default();
+            return match verify::verify_file_text(key, last, &text) {
+                Ok(summary) => Ok(Resume {
+                    state: summary.end,
+                    file_first_seq: summary.end.next_seq,
+                    chain_started: summary.chain_started,
+                    header: header(
+                        false,
+                        format!(
+                            "the active file was missing at start (a rotation cut short, or \
+                             the file was removed) after event {} of {}",
+                            summary.end.next_seq.saturating_sub(1),
+                            last.file_name().unwrap_or_default().to_string_lossy()
+                        ),
+                    ),
+                }),
+                Err(brk) if options.start_new_chain => Ok(new_chain(format!(
+                    "the trail did not verify at start ({brk}); start_new_chain was set: a new \
+                     chain begins"
+                ))),
+                Err(brk) => Err(refuse_broken(path, &brk.to_string())),
+            };
+        }
+        if options.key_is_new {
+            return Ok(new_chain("a new trail".into()));
+        }
+        if options.start_new_chain {
+            return Ok(new_chain(
+                "the trail was missing at start; start_new_chain was set: a new chain begins"
+                    .into(),
+            ));
+        }
+        Err(refuse_broken(
+            path,
+            "the trail is missing, but this vault has written one before (its audit key is \
+             not new): it was deleted or moved",
+        ))
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The audit key's public id (as in the first event of every file).
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
 }
 
 #[async_trait]
-impl AuditSink for FileAuditLog {
-    async fn record(&self, event: &AuditEvent) -> Result<(), AuditError> {
-        let mut line = serde_json::to_vec(event).map_err(|e| AuditError(e.to_string()))?;
-        line.push(b'\n');
-        // A short, non-blocking-in-practice page-cache write: done inline
-        // rather than through a blocking-pool hop. A poisoned lock only
-        // means another writer panicked; the file handle is still sound.
-        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        file.write_all(&line)
-            .map_err(|e| AuditError(format!("{}: {e}", self.path.display())))
+impl AuditSink for AuditTrail {
+    async fn record(&self, event: &Event) -> Result<(), AuditError> {
+        self.writer.append(event.to_json()).await.map(|_| ())
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.health.failure()
+    }
+
+    fn key_rewrapped(
+        &self,
+        wrapped: &crate::crypto::WrappedKey,
+        master_fingerprint: [u8; 8],
+    ) -> Result<(), AuditError> {
+        // The key itself is unchanged; only its wrapping is new.
+        keyfile::save_wrapped(&self.path, &self.key_id, wrapped, master_fingerprint)
     }
 }
 
@@ -108,37 +301,4 @@ pub fn now_unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn events_are_appended_as_json_lines() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let path = dir.path().join("audit/audit.log");
-        let log = FileAuditLog::open(&path)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let event = AuditEvent {
-            unix_ms: 1,
-            caller: "spiffe://t.example/support".into(),
-            action: "detokenize",
-            purpose: Some("callback".into()),
-            justification: None,
-            outcome: "ok".into(),
-            items: vec![AuditItem {
-                token: Some("fv1_x".into()),
-                kind: Some("phone"),
-                outcome: "full",
-                rule: Some("r".into()),
-            }],
-        };
-        log.record(&event).await.unwrap_or_else(|e| panic!("{e}"));
-        log.record(&event).await.unwrap_or_else(|e| panic!("{e}"));
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(text.lines().count(), 2);
-        assert!(text.lines().all(|l| l.contains("\"purpose\":\"callback\"")));
-    }
 }

@@ -216,7 +216,6 @@ impl Keyring {
         raw.insert((KeyPurpose::Data, version), random_key());
         raw.insert((KeyPurpose::Index, version), random_key());
         raw.insert((KeyPurpose::Token, TOKEN_KEY_VERSION), random_key());
-        raw.insert((KeyPurpose::Audit, SINGLE_VERSION), random_key());
         let ring = Self::build(master, raw)?;
         let wrapped = ring.wrap_all()?;
         Ok((ring, wrapped))

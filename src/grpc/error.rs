@@ -17,6 +17,7 @@ pub(crate) fn call_status(e: VaultError) -> Status {
     match e {
         VaultError::InvalidArgument { field, reason } => invalid_argument(field, &reason),
         VaultError::PermissionDenied(denial) => Status::permission_denied(denial.to_string()),
+        VaultError::Unauthenticated(why) => Status::unauthenticated(why),
         VaultError::Unavailable(msg) => Status::unavailable(msg),
         VaultError::NotFound(msg) => Status::not_found(msg),
         VaultError::FailedPrecondition(msg) => Status::failed_precondition(msg),

@@ -2,9 +2,9 @@ use super::error::{call_status, item_status};
 use super::pb;
 use crate::domain::policy::RevealLevel;
 use crate::domain::value::{Address, FieldInput, IdScheme};
-use crate::domain::{CallerId, FieldKind, Plaintext};
+use crate::domain::{FieldKind, Plaintext};
 use crate::tls::Peer;
-use crate::vault::{ItemError, Vault};
+use crate::vault::{new_request_id, Call, ItemError, Vault};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -24,15 +24,37 @@ impl VaultService {
     }
 }
 
-/// The caller proven by the connection's client certificate, read once per
-/// connection by the TLS accept loop.
-pub(super) fn caller<T>(req: &Request<T>) -> Result<Arc<CallerId>, Status> {
-    let peer = req
-        .extensions()
-        .get::<Peer>()
-        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-    peer.caller()
-        .map_err(|e| Status::unauthenticated(e.to_string()))
+/// A request as the vault sees it: a new request id and the caller proven
+/// by the connection's client certificate (read once per connection by the
+/// TLS accept loop), or why it proved none. A call without an identity is
+/// still handed to the vault, which audits and refuses it.
+pub(super) fn call_of<T>(req: &Request<T>) -> Call {
+    let caller = match req.extensions().get::<Peer>() {
+        None => Err("a client certificate is required".to_owned()),
+        Some(peer) => peer.caller().map_err(|e| e.to_string()),
+    };
+    Call::new(new_request_id(), caller)
+}
+
+/// The answer to `call`, carrying its request id (`x-request-id`), which
+/// names its audit event.
+pub(super) fn answer<T>(call: &Call, result: Result<T, Status>) -> Result<Response<T>, Status> {
+    let id = tonic::metadata::MetadataValue::try_from(call.request_id.as_str()).ok();
+    match result {
+        Ok(body) => {
+            let mut response = Response::new(body);
+            if let Some(id) = id {
+                response.metadata_mut().insert("x-request-id", id);
+            }
+            Ok(response)
+        }
+        Err(mut status) => {
+            if let Some(id) = id {
+                status.metadata_mut().insert("x-request-id", id);
+            }
+            Err(status)
+        }
+    }
 }
 
 fn kind_from_pb(kind: i32) -> Result<FieldKind, ItemError> {
@@ -145,14 +167,17 @@ impl pb::vault_server::Vault for VaultService {
         &self,
         request: Request<pb::TokenizeRequest>,
     ) -> Result<Response<pb::TokenizeResponse>, Status> {
-        let caller = caller(&request)?;
+        let call = call_of(&request);
         let req = request.into_inner();
         let items = req.fields.into_iter().map(field_from_pb).collect();
-        let results = self
+        let results = match self
             .vault
-            .tokenize(&caller, req.purpose.as_deref(), items)
+            .tokenize(call.clone(), req.purpose.as_deref(), items)
             .await
-            .map_err(call_status)?;
+        {
+            Ok(results) => results,
+            Err(e) => return answer(&call, Err(call_status(e))),
+        };
         let results = results
             .into_iter()
             .enumerate()
@@ -166,25 +191,28 @@ impl pb::vault_server::Vault for VaultService {
                 }),
             })
             .collect();
-        Ok(Response::new(pb::TokenizeResponse { results }))
+        answer(&call, Ok(pb::TokenizeResponse { results }))
     }
 
     async fn detokenize(
         &self,
         request: Request<pb::DetokenizeRequest>,
     ) -> Result<Response<pb::DetokenizeResponse>, Status> {
-        let caller = caller(&request)?;
+        let call = call_of(&request);
         let req = request.into_inner();
-        let results = self
+        let results = match self
             .vault
             .detokenize(
-                &caller,
+                call.clone(),
                 &req.purpose,
                 &req.justification,
                 req.tokens.clone(),
             )
             .await
-            .map_err(call_status)?;
+        {
+            Ok(results) => results,
+            Err(e) => return answer(&call, Err(call_status(e))),
+        };
         let results = req
             .tokens
             .into_iter()
@@ -210,6 +238,6 @@ impl pb::vault_server::Vault for VaultService {
                 }),
             })
             .collect();
-        Ok(Response::new(pb::DetokenizeResponse { results }))
+        answer(&call, Ok(pb::DetokenizeResponse { results }))
     }
 }

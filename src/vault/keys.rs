@@ -6,11 +6,11 @@
 //! Every operation here is allowed by policy action `keys` and logged with
 //! the caller and the outcome.
 
-use super::{Vault, VaultError};
+use super::{Call, Vault, VaultError};
 use crate::audit::now_unix_ms;
 use crate::crypto::{CryptoError, KeyPurpose, KeyVersion, MasterKey};
 use crate::domain::policy::Action;
-use crate::domain::{CallerId, RecordId, TokenId};
+use crate::domain::{RecordId, TokenId};
 use crate::store::{IndexEntry, Job, KeyChange, KeyInfo, Reindex, Rewrite, StoreError};
 use std::collections::HashSet;
 use std::path::Path;
@@ -390,21 +390,19 @@ fn crypto_failed(e: &CryptoError) -> VaultError {
     VaultError::Unavailable("a key could not be made or wrapped; nothing changed".into())
 }
 
-/// Logs a key operation with its caller and outcome (the audit-trail
-/// issue moves this into the audit trail).
+/// Logs a key operation with its outcome (the audit trail has its event).
 fn logged<T>(
-    caller: &dyn std::fmt::Display,
+    request_id: &str,
     op: &'static str,
-    result: Result<T, VaultError>,
-) -> Result<T, VaultError> {
-    match &result {
-        Ok(_) => tracing::info!(caller = %caller, op, outcome = "ok", "key operation"),
+    result: &Result<T, VaultError>,
+) {
+    match result {
+        Ok(_) => tracing::info!(request_id, op, outcome = "ok", "key operation"),
         // Debug-escaped: a message may quote what the caller sent.
         Err(e) => {
-            tracing::warn!(caller = %caller, op, outcome = ?e.to_string(), "key operation refused")
+            tracing::warn!(request_id, op, outcome = ?e.to_string(), "key operation refused")
         }
     }
-    result
 }
 
 fn versions_list(infos: &[&KeyInfo]) -> String {
@@ -413,27 +411,73 @@ fn versions_list(infos: &[&KeyInfo]) -> String {
 }
 
 impl Vault {
-    /// PERMISSION_DENIED (logged) unless the policy gives `caller` action
-    /// `keys`: for the wire, before it checks a request's arguments.
-    pub fn may_administer_keys(&self, caller: &CallerId) -> Result<(), VaultError> {
-        self.check_keys_right(caller)
-            .or_else(|e| logged(caller, "key_admin", Err(e)))
-    }
-
-    fn check_keys_right(&self, caller: &CallerId) -> Result<(), VaultError> {
+    /// The caller of `call` may administer keys (policy action `keys`),
+    /// checked before any argument: a caller without the right learns
+    /// nothing, not even which arguments are wrong. `changes`: the call
+    /// would change keys, so it is refused while the audit trail refuses
+    /// events (its event could not follow it).
+    fn key_admin_allowed(&self, call: &Call, changes: bool) -> Result<(), VaultError> {
+        let caller = call.caller()?;
         self.policy()
             .check_call(caller, Action::Keys, None)
-            .map_err(VaultError::PermissionDenied)
+            .map_err(VaultError::PermissionDenied)?;
+        if changes {
+            self.audit_ready()?;
+        }
+        Ok(())
+    }
+
+    /// Records the event of key operation `op` (`keys.<op>`) with
+    /// `details`, and logs it.
+    async fn key_call_done<T>(
+        &self,
+        call: &Call,
+        op: &'static str,
+        details: Vec<(&'static str, serde_json::Value)>,
+        result: Result<T, VaultError>,
+    ) -> Result<T, VaultError> {
+        logged(&call.request_id, op, &result);
+        let mut event = call.event(&format!("keys.{op}"));
+        for (name, value) in details {
+            event.details.insert(name.into(), value);
+        }
+        self.record_call(event, result).await
+    }
+
+    /// Records the event of a key operation the `[keys]` schedule made
+    /// (no caller: `details.by` says who).
+    async fn scheduled_done<T>(
+        &self,
+        op: &'static str,
+        details: Vec<(&'static str, serde_json::Value)>,
+        result: Result<T, VaultError>,
+    ) -> Result<T, VaultError> {
+        let call = Call::new(
+            super::new_request_id(),
+            Err("the [keys] schedule".into()),
+        );
+        logged(&call.request_id, op, &result);
+        let mut event = call.event(&format!("keys.{op}"));
+        event
+            .details
+            .insert("by".into(), "the [keys] schedule".into());
+        for (name, value) in details {
+            event.details.insert(name.into(), value);
+        }
+        self.record_call(event, result).await
     }
 
     /// Makes a new data-key version, active for new writes from now on.
-    pub async fn rotate_data_key(&self, caller: &CallerId) -> Result<u32, VaultError> {
+    pub async fn rotate_data_key(&self, call: impl Into<Call>) -> Result<u32, VaultError> {
+        let call = call.into();
         let result = async {
-            self.check_keys_right(caller)?;
+            self.key_admin_allowed(&call, true)?;
             self.rotate(KeyPurpose::Data).await
         }
         .await;
-        logged(caller, "rotate_data_key", result)
+        let details = result.as_ref().map_or(Vec::new(), |v| vec![("version", (*v).into())]);
+        self.key_call_done(&call, "rotate_data_key", details, result)
+            .await
     }
 
     /// Adds a version of `purpose` (one above every version the store ever
@@ -481,9 +525,18 @@ impl Vault {
         Ok(version.0)
     }
 
-    pub async fn key_status(&self, caller: &CallerId) -> Result<KeyStatus, VaultError> {
-        self.check_keys_right(caller)
-            .or_else(|e| logged(caller, "get_key_status", Err(e)))?;
+    pub async fn key_status(&self, call: impl Into<Call>) -> Result<KeyStatus, VaultError> {
+        let call = call.into();
+        let result = async {
+            self.key_admin_allowed(&call, false)?;
+            self.key_status_now().await
+        }
+        .await;
+        self.key_call_done(&call, "get_key_status", Vec::new(), result)
+            .await
+    }
+
+    async fn key_status_now(&self) -> Result<KeyStatus, VaultError> {
         let catalog = self
             .store
             .key_catalog()
@@ -609,17 +662,20 @@ impl Vault {
     /// configured default.
     pub async fn start_rewrap(
         self: &Arc<Self>,
-        caller: &CallerId,
+        call: impl Into<Call>,
         rate: Option<u32>,
     ) -> Result<JobStatus, VaultError> {
+        let call = call.into();
         let result = async {
-            self.check_keys_right(caller)?;
+            self.key_admin_allowed(&call, true)?;
             let rate = check_rate(rate)?;
             self.start_job(Job::Rewrap, rate).await?;
             self.job_status(Job::Rewrap).await
         }
         .await;
-        logged(caller, "start_rewrap", result)
+        let details = rate.map_or(Vec::new(), |r| vec![("rate_per_second", r.into())]);
+        self.key_call_done(&call, "start_rewrap", details, result)
+            .await
     }
 
     /// Starts `job` at `rate` (`None`: the configured default) unless it
@@ -912,11 +968,15 @@ impl Vault {
         }
     }
 
-    pub async fn rewrap_status(&self, caller: &CallerId) -> Result<JobStatus, VaultError> {
-        // Reads are logged when refused only (`--wait` polls every second).
-        self.check_keys_right(caller)
-            .or_else(|e| logged(caller, "get_rewrap_status", Err(e)))?;
-        self.job_status(Job::Rewrap).await
+    pub async fn rewrap_status(&self, call: impl Into<Call>) -> Result<JobStatus, VaultError> {
+        let call = call.into();
+        let result = async {
+            self.key_admin_allowed(&call, false)?;
+            self.job_status(Job::Rewrap).await
+        }
+        .await;
+        self.key_call_done(&call, "get_rewrap_status", Vec::new(), result)
+            .await
     }
 
     /// Destroys data-key version `version`. FAILED_PRECONDITION while a
@@ -924,15 +984,28 @@ impl Vault {
     /// version that never existed.
     pub async fn retire_key_version(
         &self,
-        caller: &CallerId,
+        call: impl Into<Call>,
         version: u32,
     ) -> Result<(), VaultError> {
+        let call = call.into();
         let result = async {
-            self.check_keys_right(caller)?;
+            self.key_admin_allowed(&call, true)?;
+            if version == 0 {
+                return Err(VaultError::InvalidArgument {
+                    field: "version",
+                    reason: "must be set: key versions start at 1".into(),
+                });
+            }
             self.retire(KeyPurpose::Data, KeyVersion(version)).await
         }
         .await;
-        logged(caller, "retire_key_version", result)
+        self.key_call_done(
+            &call,
+            "retire_key_version",
+            vec![("version", version.into())],
+            result,
+        )
+        .await
     }
 
     async fn retire(&self, purpose: KeyPurpose, version: KeyVersion) -> Result<(), VaultError> {
@@ -1014,15 +1087,21 @@ impl Vault {
     }
 
     /// Makes a new blind-index key version and starts the index rebuild.
-    pub async fn rotate_index_key(self: &Arc<Self>, caller: &CallerId) -> Result<u32, VaultError> {
+    pub async fn rotate_index_key(
+        self: &Arc<Self>,
+        call: impl Into<Call>,
+    ) -> Result<u32, VaultError> {
+        let call = call.into();
         let result = async {
-            self.check_keys_right(caller)?;
+            self.key_admin_allowed(&call, true)?;
             let version = self.rotate(KeyPurpose::Index).await?;
             self.start_job(Job::IndexRebuild, None).await?;
             Ok(version)
         }
         .await;
-        logged(caller, "rotate_index_key", result)
+        let details = result.as_ref().map_or(Vec::new(), |v| vec![("version", (*v).into())]);
+        self.key_call_done(&call, "rotate_index_key", details, result)
+            .await
     }
 
     /// Moves every index entry made with an older index key to the active
@@ -1173,11 +1252,20 @@ impl Vault {
     /// the server; 64 hex characters, owner-only permissions).
     pub async fn rotate_master_key(
         &self,
-        caller: &CallerId,
+        call: impl Into<Call>,
         new_key_file: &Path,
     ) -> Result<(), VaultError> {
+        let call = call.into();
         let result = async {
-            self.check_keys_right(caller)?;
+            self.key_admin_allowed(&call, true)?;
+            if new_key_file.as_os_str().is_empty() {
+                return Err(VaultError::InvalidArgument {
+                    field: "new_key_file",
+                    reason: "is required: the absolute path of the new master key file on the \
+                             server's machine"
+                        .into(),
+                });
+            }
             let Ok(_running) = self.key_jobs.master.try_lock() else {
                 return Err(VaultError::FailedPrecondition(
                     "a master-key rotation is already running; wait for it to finish".into(),
@@ -1259,7 +1347,14 @@ impl Vault {
                     StoreError::KeysChanged => VaultError::FailedPrecondition(e.to_string()),
                     e => store_failed(&e, "re-wrapping the keys"),
                 })?;
+            // The copy of the audit key kept for the verifier follows.
+            let audit_key = next.wrapped_audit_key().ok().flatten();
             self.replace_keyring(next);
+            if let Some(wrapped) = audit_key {
+                if let Err(e) = self.audit.key_rewrapped(&wrapped, new.fingerprint()) {
+                    tracing::error!(error = %e, "could not update the audit key kept beside the trail; `fieldvault audit verify` needs the old master key until the next start");
+                }
+            }
             tracing::warn!(
                 new_fingerprint = %hex::encode(new.fingerprint()),
                 "every key is now wrapped by the new master key: start the server with the new \
@@ -1268,7 +1363,13 @@ impl Vault {
             Ok(())
         }
         .await;
-        logged(caller, "rotate_master_key", result)
+        let fingerprint = self.keyring().master_fingerprint();
+        let details = match &result {
+            Ok(()) => vec![("new_master_fingerprint", hex::encode(fingerprint).into())],
+            Err(_) => Vec::new(),
+        };
+        self.key_call_done(&call, "rotate_master_key", details, result)
+            .await
     }
 
     /// Holds the lock a master-key rotation takes (tests).
@@ -1343,7 +1444,6 @@ impl Vault {
         let started = now_unix_ms();
         let check = (every / 10).clamp(Duration::from_millis(100), Duration::from_secs(3600));
         // Not a certificate identity: no certificate can name itself so.
-        let scheduler = "(the [keys] schedule)";
         loop {
             if self.stopping() {
                 return;
@@ -1368,10 +1468,17 @@ impl Vault {
             let rewrapping = self.key_jobs.rewrap.running.load(Ordering::SeqCst);
             if now_unix_ms() >= due && !rewrapping {
                 let rotated = self.rotate(KeyPurpose::Data).await;
-                let rotated = logged(&scheduler, "rotate_data_key", rotated);
+                let details = rotated
+                    .as_ref()
+                    .map_or(Vec::new(), |v| vec![("version", (*v).into())]);
+                let rotated = self
+                    .scheduled_done("rotate_data_key", details, rotated)
+                    .await;
                 if rotated.is_ok() {
                     let started = self.start_job(Job::Rewrap, None).await;
-                    let _ = logged(&scheduler, "start_rewrap", started);
+                    let _ = self
+                        .scheduled_done("start_rewrap", Vec::new(), started)
+                        .await;
                 }
             }
             self.pause_until(Instant::now() + check).await;
@@ -1428,7 +1535,10 @@ fn check_rate(rate: Option<u32>) -> Result<Option<u32>, VaultError> {
         None => Ok(None),
         Some(0) => Err(VaultError::InvalidArgument {
             field: "rate_per_second",
-            reason: "must be at least 1 record per second".into(),
+            reason: format!(
+                "must be at least 1 record per second (leave it unset for the server's \
+                 default); at most {MAX_REWRAP_RATE}"
+            ),
         }),
         Some(r) if r > MAX_REWRAP_RATE => Err(VaultError::InvalidArgument {
             field: "rate_per_second",

@@ -2,22 +2,25 @@
 //! keyring, the store and the audit trail. Knows nothing of protobuf or
 //! sled.
 
-use crate::audit::{now_unix_ms, AuditEvent, AuditItem, AuditSink};
+use crate::audit::event::{Event, Item};
+use crate::audit::AuditSink;
 use crate::crypto::{CryptoError, KeyPurpose, Keyring, MasterKey};
 use crate::domain::policy::{Action, Denial, Policy, RevealLevel};
 use crate::domain::value::{canonicalise, render, Address, FieldInput, IdScheme, PhoneRegion};
 use crate::domain::{
-    CallerId, FieldKind, Justification, Plaintext, Purpose, RecordId, TokenId, TokenMode,
+    FieldKind, Justification, Plaintext, Purpose, RecordId, TokenId, TokenMode,
     TokenModes,
 };
 use crate::store::{NewRecord, StorageFailure, Store, StoreError};
 use std::sync::{Arc, RwLock};
 
+pub use audited::{new_request_id, Call};
 pub use keys::{
     JobState, JobStatus, KeySettings, KeyState, KeyStatus, KeyVersionStatus, DEFAULT_REWRAP_RATE,
     MAX_FAILED_TOKENS, MAX_REWRAP_RATE,
 };
 
+mod audited;
 #[cfg(test)]
 mod key_tests;
 mod keys;
@@ -64,6 +67,9 @@ pub enum VaultError {
     InvalidArgument { field: &'static str, reason: String },
     #[error("{0}")]
     PermissionDenied(Denial),
+    /// The client certificate proved no identity (why).
+    #[error("{0}")]
+    Unauthenticated(String),
     /// Storage or audit is failing; retrying later may succeed.
     #[error("{0}")]
     Unavailable(String),
@@ -174,6 +180,27 @@ pub async fn open_keyring(
         "created the first data key, blind-index key and token key"
     );
     Ok(keyring)
+}
+
+/// Gives a keyring its audit key when its store holds none yet (a new
+/// store, or one made before the chained audit trail): made, stored
+/// wrapped under the master key, and added. Returns the keyring and
+/// whether its audit key is new (no trail is expected yet).
+pub async fn ensure_audit_key(
+    store: &dyn Store,
+    keyring: Keyring,
+) -> Result<(Keyring, bool), KeyringSetupError> {
+    let Some((with_key, wrapped)) = keyring.with_audit_key()? else {
+        return Ok((keyring, false));
+    };
+    store
+        .change_keys(crate::store::KeyChange::Add {
+            keys: vec![wrapped],
+            at_unix_ms: crate::audit::now_unix_ms(),
+        })
+        .await?;
+    tracing::info!("created the audit key (it chains the audit trail)");
+    Ok((with_key, true))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -393,12 +420,33 @@ impl Vault {
     /// every stored record is durable. An item that already failed to decode
     /// at the edge is passed in as its error, so the batch limit counts it
     /// and the result still has one entry per item, in order.
+    ///
+    /// Audited like every call; it fails closed like a reveal: while the
+    /// trail refuses events nothing is stored, and a call whose event does
+    /// not become durable is answered UNAVAILABLE (its records, stored but
+    /// never handed out, stay unreachable: their tokens were never sent).
     pub async fn tokenize(
         &self,
-        caller: &CallerId,
+        call: impl Into<Call>,
         purpose: Option<&str>,
         items: Vec<Result<FieldInput, ItemError>>,
     ) -> Result<Vec<Result<TokenId, ItemError>>, VaultError> {
+        let call = call.into();
+        let mut event = call.event(Action::Tokenize.as_str());
+        let result = self
+            .tokenize_audited(&call, &mut event, purpose, items)
+            .await;
+        self.record_call(event, result).await
+    }
+
+    async fn tokenize_audited(
+        &self,
+        call: &Call,
+        event: &mut Event,
+        purpose: Option<&str>,
+        items: Vec<Result<FieldInput, ItemError>>,
+    ) -> Result<Vec<Result<TokenId, ItemError>>, VaultError> {
+        let caller = call.caller()?;
         self.check_batch(items.len(), "fields")?;
         let purpose = purpose
             .map(|p| {
@@ -408,19 +456,24 @@ impl Vault {
                 })
             })
             .transpose()?;
+        event.purpose = purpose.as_ref().map(|p| p.to_string());
         let policy = self.policy();
         policy
             .check_call(caller, Action::Tokenize, purpose.as_ref())
             .map_err(VaultError::PermissionDenied)?;
+        self.audit_ready()?;
 
         // Per item: Ok(index into `prepared`) or the item's error.
         let mut slots: Vec<Result<usize, ItemError>> = Vec::with_capacity(items.len());
         let mut prepared = Vec::with_capacity(items.len());
         for item in items {
+            let mut audited = Item::default();
             let ready = item.and_then(|item| {
-                policy
+                audited.kind = Some(item.kind.as_str().to_owned());
+                let grant = policy
                     .decide(caller, Action::Tokenize, item.kind, purpose.as_ref())
                     .map_err(ItemError::PermissionDenied)?;
+                audited.rule = Some(grant.rule);
                 let canonical = canonicalise(&item, self.settings.default_region).map_err(|e| {
                     ItemError::InvalidArgument {
                         field: Some(e.field),
@@ -433,6 +486,7 @@ impl Vault {
                 prepared.push(ready);
                 prepared.len() - 1
             }));
+            event.items.push(audited);
         }
         let ids = if prepared.is_empty() {
             Vec::new()
@@ -470,8 +524,17 @@ impl Vault {
                 Ok(ring.token_of(id))
             })
             .collect();
+        for (item, result) in event.items.iter_mut().zip(&results) {
+            match result {
+                Ok(token) => {
+                    item.token = Some(token.to_string());
+                    item.outcome = "stored".into();
+                }
+                Err(e) => item.outcome = e.audit_code().into(),
+            }
+        }
         let stored = results.iter().filter(|r| r.is_ok()).count();
-        tracing::debug!(caller = %caller, items = results.len(), stored, "tokenize");
+        tracing::debug!(caller = %caller, request_id = %call.request_id, items = results.len(), stored, "tokenize");
         Ok(results)
     }
 
@@ -480,39 +543,56 @@ impl Vault {
     /// cannot be written, the call fails and nothing is revealed.
     pub async fn detokenize(
         &self,
-        caller: &CallerId,
+        call: impl Into<Call>,
         purpose: &str,
         justification: &str,
         tokens: Vec<String>,
     ) -> Result<Vec<Result<Revealed, ItemError>>, VaultError> {
+        let call = call.into();
+        let mut event = call.event(Action::Detokenize.as_str());
+        // The tokens asked for, whatever happens next (a refused call's
+        // items stay `refused`); a string that is not a token is not copied.
+        event.items = tokens
+            .iter()
+            .take(self.settings.max_batch_items)
+            .map(|t| Item {
+                token: t.parse::<TokenId>().ok().map(|_| t.clone()),
+                outcome: "refused".into(),
+                ..Item::default()
+            })
+            .collect();
+        let result = self
+            .detokenize_audited(&call, &mut event, purpose, justification, tokens)
+            .await;
+        self.record_call(event, result).await
+    }
+
+    async fn detokenize_audited(
+        &self,
+        call: &Call,
+        event: &mut Event,
+        purpose: &str,
+        justification: &str,
+        tokens: Vec<String>,
+    ) -> Result<Vec<Result<Revealed, ItemError>>, VaultError> {
+        let caller = call.caller()?;
         self.check_batch(tokens.len(), "tokens")?;
         let purpose = Purpose::parse(purpose).map_err(|e| VaultError::InvalidArgument {
             field: "purpose",
             reason: format!("{e}; detokenize needs a purpose a policy rule lists"),
         })?;
+        event.purpose = Some(purpose.to_string());
         let justification =
             Justification::parse(justification).map_err(|e| VaultError::InvalidArgument {
                 field: "justification",
                 reason: e.to_string(),
             })?;
-        let mut event = AuditEvent {
-            unix_ms: now_unix_ms(),
-            caller: caller.to_string(),
-            action: Action::Detokenize.as_str(),
-            purpose: Some(purpose.to_string()),
-            justification: Some(justification.as_str().to_owned()).filter(|j| !j.is_empty()),
-            outcome: "ok".into(),
-            items: Vec::new(),
-        };
+        event.justification =
+            Some(justification.as_str().to_owned()).filter(|j| !j.is_empty());
         let policy = self.policy();
-        if let Err(denial) = policy.check_call(caller, Action::Detokenize, Some(&purpose)) {
-            event.outcome = format!("permission_denied: {denial}");
-            // The call is refused either way; a failing audit log is logged.
-            if let Err(e) = self.audit.record(&event).await {
-                tracing::error!(error = %e, "could not audit a refused detokenize");
-            }
-            return Err(VaultError::PermissionDenied(denial));
-        }
+        policy
+            .check_call(caller, Action::Detokenize, Some(&purpose))
+            .map_err(VaultError::PermissionDenied)?;
 
         // Syntax first, then the token key: a token it did not make is
         // answered without a store read.
@@ -553,13 +633,9 @@ impl Vault {
             .into_iter();
 
         let mut results = Vec::with_capacity(parsed.len());
+        let mut items = Vec::with_capacity(parsed.len());
         for p in parsed {
-            let mut item = AuditItem {
-                token: None,
-                kind: None,
-                outcome: "",
-                rule: None,
-            };
+            let mut item = Item::default();
             let outcome = p
                 .map_err(|(token, e)| {
                     item.token = token.map(|t| t.to_string());
@@ -582,7 +658,7 @@ impl Vault {
                     }
                     Some(Ok(None)) | None => return Err(ItemError::NotFound),
                 };
-                item.kind = Some(record.kind.as_str());
+                item.kind = Some(record.kind.as_str().to_owned());
                 let grant = policy
                     .decide(caller, Action::Detokenize, record.kind, Some(&purpose))
                     .map_err(ItemError::PermissionDenied)?;
@@ -618,8 +694,9 @@ impl Vault {
             item.outcome = match &outcome {
                 Ok(r) => r.reveal.as_str(),
                 Err(e) => e.audit_code(),
-            };
-            event.items.push(item);
+            }
+            .into();
+            items.push(item);
             // The audit item above keeps the truth (kind, permission_denied);
             // the caller learns no more than for a token that does not exist,
             // unless the deployment asks for explicit denials.
@@ -633,12 +710,9 @@ impl Vault {
             results.push(outcome);
         }
 
-        self.audit.record(&event).await.map_err(|e| {
-            tracing::error!(error = %e, "audit write failed; reveal refused");
-            VaultError::Unavailable("audit log is unavailable; nothing was revealed".into())
-        })?;
+        event.items = items;
         let revealed = results.iter().filter(|r| r.is_ok()).count();
-        tracing::debug!(caller = %caller, purpose = %purpose, items = results.len(), revealed, "detokenize");
+        tracing::debug!(caller = %caller, request_id = %call.request_id, purpose = %purpose, items = results.len(), revealed, "detokenize");
         Ok(results)
     }
 }

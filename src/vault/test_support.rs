@@ -2,7 +2,7 @@
 //! vault over a given store.
 
 use super::*;
-use crate::audit::FileAuditLog;
+use crate::domain::CallerId;
 use std::path::Path;
 
 /// `orders` tokenizes phones; `support` reveals them for `callback`;
@@ -52,7 +52,19 @@ pub(super) async fn vault_with(
     settings: Settings,
 ) -> Vault {
     let keyring = ok(open_keyring(store.as_ref(), master).await);
-    let audit = Arc::new(ok(FileAuditLog::open(&dir.join("audit.log")).await));
+    let (keyring, key_is_new) = ok(ensure_audit_key(store.as_ref(), keyring).await);
+    let audit = Arc::new(ok(crate::audit::AuditTrail::open(
+        &dir.join("audit.log"),
+        keyring.audit_key().unwrap_or_else(|| panic!("no audit key")),
+        &ok(keyring.wrapped_audit_key()).unwrap_or_else(|| panic!("no audit key")),
+        keyring.master_fingerprint(),
+        crate::audit::TrailOptions {
+            max_file_bytes: crate::config::DEFAULT_AUDIT_FILE_BYTES,
+            start_new_chain: false,
+            key_is_new,
+        },
+    )
+    .await));
     Vault::new(
         store,
         keyring,

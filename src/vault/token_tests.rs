@@ -150,7 +150,10 @@ async fn a_flipped_bit_anywhere_in_a_token_is_not_found_without_a_store_read() {
     // The audit trail says which tokens the key did not make.
     let log = ok(std::fs::read_to_string(&audit_path));
     let event: serde_json::Value = ok(serde_json::from_str(log.lines().last().unwrap_or("")));
-    let items = event["items"].as_array().cloned().unwrap_or_default();
+    let items = event["event"]["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(items.len(), 128);
     for (item, token) in items.iter().zip(&flipped) {
         assert_eq!(item["outcome"], "not_issued");

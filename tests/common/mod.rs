@@ -225,6 +225,7 @@ impl TestVault {
             reflection: true,
             limits: Default::default(),
             keys: Default::default(),
+            audit: Default::default(),
         };
         adjust(&mut config);
         let server = bounded(

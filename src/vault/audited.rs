@@ -1,0 +1,122 @@
+//! One audit event per call, whatever its outcome: who called (or why the
+//! certificate proved no one), the request id, what was asked, what was
+//! decided, by which rule, and why. Calls refused for their identity or
+//! their arguments are audited like any other.
+//!
+//! A call that reveals values or changes keys is answered only once its
+//! event is durable; when the trail cannot take it the call fails with
+//! UNAVAILABLE and nothing is revealed. A refusal is answered as a refusal
+//! even when its event could not be written (it is logged instead).
+
+use super::{Vault, VaultError};
+use crate::audit::event::{Decision, Event};
+use crate::domain::CallerId;
+use std::sync::Arc;
+
+/// Who made a call and its request id: what the call's audit event starts
+/// from. Made at the edge (the gRPC layer) for every request.
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub request_id: String,
+    /// The identity the client certificate proved, or why it proved none.
+    pub caller: Result<Arc<CallerId>, String>,
+}
+
+/// A new request id (a random UUID).
+pub fn new_request_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+impl Call {
+    pub fn new(request_id: String, caller: Result<Arc<CallerId>, String>) -> Self {
+        Self { request_id, caller }
+    }
+
+    /// The proven caller; UNAUTHENTICATED when the certificate named none.
+    pub(super) fn caller(&self) -> Result<&CallerId, VaultError> {
+        self.caller
+            .as_deref()
+            .map_err(|why| VaultError::Unauthenticated(why.clone()))
+    }
+
+    /// An event of `action` for this call.
+    pub(super) fn event(&self, action: &str) -> Event {
+        let mut event = Event::new(action);
+        event.request_id = Some(self.request_id.clone());
+        event.caller = self.caller.as_ref().ok().map(|c| c.to_string());
+        event
+    }
+}
+
+/// A call by `caller` with a new request id (the vault's own callers: its
+/// scheduler, tests).
+impl From<&CallerId> for Call {
+    fn from(caller: &CallerId) -> Self {
+        Self::new(new_request_id(), Ok(Arc::new(caller.clone())))
+    }
+}
+
+impl VaultError {
+    /// How the audit trail files this refusal, and its status code.
+    pub(super) fn decision(&self) -> (Decision, &'static str) {
+        match self {
+            VaultError::InvalidArgument { .. } => (Decision::Rejected, "invalid_argument"),
+            VaultError::PermissionDenied(_) => (Decision::Denied, "permission_denied"),
+            VaultError::Unauthenticated(_) => (Decision::Denied, "unauthenticated"),
+            VaultError::Unavailable(_) => (Decision::Failed, "unavailable"),
+            VaultError::NotFound(_) => (Decision::Rejected, "not_found"),
+            VaultError::FailedPrecondition(_) => (Decision::Rejected, "failed_precondition"),
+        }
+    }
+}
+
+impl Vault {
+    /// Records `event` for a call that ended with `result`, and returns
+    /// what the caller gets: `result`, or UNAVAILABLE for a success whose
+    /// event is not durable.
+    pub(super) async fn record_call<T>(
+        &self,
+        mut event: Event,
+        result: Result<T, VaultError>,
+    ) -> Result<T, VaultError> {
+        if let Err(e) = &result {
+            let (decision, code) = e.decision();
+            event.decision = decision;
+            event.code = code.into();
+            event.reason = Some(e.to_string());
+        }
+        event.settle();
+        let recorded = self.audit.record(&event).await;
+        match (recorded, result) {
+            (Ok(()), result) => result,
+            (Err(e), Ok(_)) => {
+                // The event holds no value; a key operation that took effect
+                // is at least in the server log.
+                tracing::error!(error = %e, event = %event.to_json(), "the audit trail did not take this call's event; the call fails");
+                Err(VaultError::Unavailable(
+                    "the audit trail is unavailable; nothing was revealed or returned".into(),
+                ))
+            }
+            (Err(e), Err(refusal)) => {
+                tracing::error!(error = %e, event = %event.to_json(), "the audit trail did not take a refused call's event");
+                Err(refusal)
+            }
+        }
+    }
+
+    /// UNAVAILABLE while the trail refuses events: a call that would change
+    /// something is refused before it does.
+    pub(super) fn audit_ready(&self) -> Result<(), VaultError> {
+        match self.audit.failure() {
+            None => Ok(()),
+            Some(why) => Err(VaultError::Unavailable(format!(
+                "the audit trail is unavailable ({why}); nothing was done"
+            ))),
+        }
+    }
+
+    /// Why the audit trail refuses events now, if it does (health).
+    pub fn audit_failure(&self) -> Option<String> {
+        self.audit.failure()
+    }
+}
