@@ -332,9 +332,13 @@ pub fn reset(data_dir: &Path) -> Result<Vec<String>, DevError> {
         std::fs::remove_dir_all(&store).map_err(|e| io_err(&store, e))?;
         removed.push(store.display().to_string());
     }
-    if audit.exists() {
-        std::fs::remove_file(&audit).map_err(|e| io_err(&audit, e))?;
-        removed.push(audit.display().to_string());
+    // The trail's files: the active one, rotated ones, the wrapped audit
+    // key beside them and files moved aside (a new key would not verify
+    // them, and the next start would refuse them).
+    let trail = crate::audit::trail::everything_of(&audit).map_err(|e| io_err(&audit, e))?;
+    for file in trail {
+        std::fs::remove_file(&file).map_err(|e| io_err(&file, e))?;
+        removed.push(file.display().to_string());
     }
     Ok(removed)
 }

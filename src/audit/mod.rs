@@ -224,8 +224,8 @@ impl AuditTrail {
             std::fs::remove_file(path)
                 .map_err(|e| AuditError(format!("{}: {e}", path.display())))?;
         }
-        let rotated = trail::files_of(path)
-            .map_err(|e| AuditError(format!("{}: {e}", path.display())))?;
+        let rotated =
+            trail::files_of(path).map_err(|e| AuditError(format!("{}: {e}", path.display())))?;
         if let Some(last) = rotated.last() {
             let text = whole_lines(last)?.unwrap_or_default();
             return match verify::verify_file_text(key, last, &text) {
@@ -273,6 +273,13 @@ impl AuditTrail {
     /// The audit key's public id (as in the first event of every file).
     pub fn key_id(&self) -> &str {
         &self.key_id
+    }
+
+    /// Holds the writer before its next write until dropped (tests: a hung
+    /// disk).
+    #[cfg(test)]
+    pub(crate) fn stall(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writer.stall()
     }
 }
 

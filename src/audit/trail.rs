@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 /// The name a rotation gives the active file whose first event is
 /// `first_seq`, at `unix_ms`.
 pub fn rotated_name(audit_log: &Path, unix_ms: u64, first_seq: u64) -> PathBuf {
-    sibling(audit_log, &format!("{}-{first_seq:012}", compact_time(unix_ms)))
+    sibling(
+        audit_log,
+        &format!("{}-{first_seq:012}", compact_time(unix_ms)),
+    )
 }
 
 /// The name a file moved aside at start gets: `<name>.<why>-<UTC time>`.
@@ -81,6 +84,34 @@ pub fn files_of(audit_log: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(rotated)
 }
 
+/// Every file the server keeps for the trail at `audit_log`: its files,
+/// the wrapped audit key beside them (and its temporary file) and the
+/// files moved aside at start (what `serve --dev --reset` deletes).
+pub fn everything_of(audit_log: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = files_of(audit_log)?;
+    let dir = match audit_log.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let prefix = format!(
+        "{}.",
+        audit_log.file_name().unwrap_or_default().to_string_lossy()
+    );
+    for entry in std::fs::read_dir(&dir)? {
+        let file_name = entry?.file_name();
+        let Some(suffix) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        if matches!(suffix, "key" | "key.tmp")
+            || suffix.starts_with("broken-")
+            || suffix.starts_with("unchained-")
+        {
+            out.push(audit_log.with_file_name(&file_name));
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,8 +126,13 @@ mod tests {
             r1.file_name().and_then(|n| n.to_str()),
             Some("audit.log.20261125T095046Z-000000000000")
         );
-        for p in [&log, &r1, &r2, &aside_name(&log, "broken", 1), &log.with_extension("log.key")]
-        {
+        for p in [
+            &log,
+            &r1,
+            &r2,
+            &aside_name(&log, "broken", 1),
+            &log.with_extension("log.key"),
+        ] {
             std::fs::write(p, "x").unwrap_or_else(|e| panic!("{e}"));
         }
         let files = files_of(&log).unwrap_or_else(|e| panic!("{e}"));

@@ -27,7 +27,7 @@
 
 use super::chain::{seal_line, AuditKey, ChainState};
 use super::event::{Decision, Event};
-use super::verify::{CHAIN_STARTED, CHAIN_START, FILE_START, KEY_ID};
+use super::verify::{CHAIN_START, CHAIN_STARTED, FILE_START, KEY_ID};
 use super::AuditError;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -92,7 +92,10 @@ impl SinkHealth {
         match outage.as_mut() {
             Some(o) => o.refused += events,
             None => {
-                tracing::error!(cause, "audit trail failing: events (and reveals) are refused");
+                tracing::error!(
+                    cause,
+                    "audit trail failing: events (and reveals) are refused"
+                );
                 *outage = Some(Outage {
                     since_ms: super::now_unix_ms(),
                     cause: cause.to_owned(),
@@ -146,6 +149,10 @@ pub struct ChainWriter {
     queue: Option<SyncSender<Request>>,
     thread: Option<std::thread::JoinHandle<u64>>,
     health: Arc<SinkHealth>,
+    /// Held by a test, it holds the thread just before it writes: a hung
+    /// disk.
+    #[cfg(test)]
+    stall: Arc<Mutex<()>>,
 }
 
 /// The thread's side.
@@ -164,6 +171,8 @@ struct Owner {
     header: Option<Header>,
     max_file_bytes: u64,
     health: Arc<SinkHealth>,
+    #[cfg(test)]
+    stall: Arc<Mutex<()>>,
 }
 
 impl ChainWriter {
@@ -185,6 +194,8 @@ impl ChainWriter {
             file.sync_data().map_err(failed)?;
         }
         let health = Arc::new(SinkHealth::default());
+        #[cfg(test)]
+        let stall = Arc::new(Mutex::new(()));
         let owner = Owner {
             path: path.to_path_buf(),
             identity: (meta.dev(), meta.ino()),
@@ -197,6 +208,8 @@ impl ChainWriter {
             header: start.header,
             max_file_bytes: start.max_file_bytes,
             health: health.clone(),
+            #[cfg(test)]
+            stall: stall.clone(),
         };
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let thread = std::thread::Builder::new()
@@ -207,7 +220,16 @@ impl ChainWriter {
             queue: Some(tx),
             thread: Some(thread),
             health,
+            #[cfg(test)]
+            stall,
         })
+    }
+
+    /// Holds the thread before its next write until dropped (tests: a
+    /// hung disk).
+    #[cfg(test)]
+    pub(crate) fn stall(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.stall.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether the sink works (for health and the vault).
@@ -392,6 +414,8 @@ impl Owner {
         if bytes.is_empty() {
             return Ok(seqs);
         }
+        #[cfg(test)]
+        let _stalled = self.stall.lock().unwrap_or_else(|p| p.into_inner());
         let written = self
             .file
             .write_all_at(bytes.as_bytes(), self.end)
@@ -489,11 +513,7 @@ impl Owner {
             .metadata()
             .map_err(|e| format!("{}: {e}", self.path.display()))?;
         let new_chain = self.header.as_ref().is_some_and(|h| h.new_chain);
-        let details = self
-            .header
-            .take()
-            .map(|h| h.details)
-            .unwrap_or_default();
+        let details = self.header.take().map(|h| h.details).unwrap_or_default();
         self.file = file;
         self.identity = (meta.dev(), meta.ino());
         self.end = 0;
@@ -535,9 +555,10 @@ fn recovered_event(outage: &Outage) -> Event {
         "failed_since".into(),
         serde_json::Value::String(crate::domain::time::rfc3339(outage.since_ms)),
     );
-    event
-        .details
-        .insert("refused_events".into(), serde_json::Value::from(outage.refused));
+    event.details.insert(
+        "refused_events".into(),
+        serde_json::Value::from(outage.refused),
+    );
     event
 }
 
@@ -573,7 +594,11 @@ mod tests {
     async fn concurrent_events_share_syncs_and_the_trail_verifies_across_a_reopen() {
         let dir = ok(tempfile::tempdir());
         let path = dir.path().join("audit.log");
-        let writer = Arc::new(ok(ChainWriter::open(&path, key(), start(ChainState::GENESIS))));
+        let writer = Arc::new(ok(ChainWriter::open(
+            &path,
+            key(),
+            start(ChainState::GENESIS),
+        )));
         let mut calls = Vec::new();
         for n in 0..200 {
             let writer = writer.clone();
@@ -619,6 +644,7 @@ mod tests {
             header: None,
             max_file_bytes: 0,
             health: Arc::default(),
+            stall: Arc::default(),
         };
         // Fifty events queued before the thread looks: one batch, one sync.
         let (tx, rx) = mpsc::sync_channel(QUEUE);
@@ -712,6 +738,45 @@ mod tests {
         let text = ok(std::fs::read_to_string(&path));
         assert!(text.contains("audit.sink_recovered"), "{text}");
         assert!(text.contains("\"refused_events\":1"), "{text}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(clippy::await_holding_lock)]
+    async fn a_hung_disk_refuses_callers_at_the_deadline_and_the_trail_records_the_outage_after() {
+        let dir = ok(tempfile::tempdir());
+        let path = dir.path().join("audit.log");
+        let writer = ok(ChainWriter::open(&path, key(), start(ChainState::GENESIS)));
+        ok(writer.append(event(0)).await);
+        {
+            let _hung = writer.stall();
+            let e = writer.append(event(1)).await.err().map(|e| e.to_string());
+            assert!(
+                e.as_deref()
+                    .is_some_and(|e| e.contains("not durable within")),
+                "{e:?}"
+            );
+            assert!(writer.health().failure().is_some());
+            // Behind a hung write, the next caller is refused too, and its
+            // event is not written later (it gave up first).
+            assert!(writer.append(event(2)).await.is_err());
+        }
+        for _ in 0..50 {
+            if writer.health().failure().is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(writer.health().failure(), None);
+        ok(writer.append(event(3)).await);
+        drop(writer);
+        let text = ok(std::fs::read_to_string(&path));
+        ok(verify_text(&key(), ChainState::GENESIS, &text));
+        // The event whose write hung may land (the trail may over-report a
+        // refused call, never miss an answered one); the one queued behind
+        // it, whose caller gave up, does not.
+        assert!(!text.contains("\"n\":2"), "{text}");
+        assert!(text.contains("\"n\":3"));
+        assert!(text.contains("audit.sink_recovered"), "{text}");
     }
 
     #[tokio::test]

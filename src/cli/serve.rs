@@ -29,6 +29,12 @@ pub(crate) struct ServeArgs {
     /// master key. Every token made before becomes unreadable.
     #[arg(long, requires = "dev")]
     reset: bool,
+    /// For this start only: if the audit trail does not verify (or is
+    /// missing), move it aside and begin a new chain, recording that as the
+    /// new chain's first event, instead of refusing to start. Like
+    /// `start_new_chain = true` under [audit] in the config.
+    #[arg(long)]
+    audit_new_chain: bool,
 }
 
 /// `--data-dir`, else `FIELDVAULT_DATA_DIR`, else `./fieldvault-data`.
@@ -150,6 +156,10 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         )?;
         fieldvault::config::Config::load(&path, &env).map_err(|e| e.to_string())?
     };
+    let mut config = config;
+    if args.audit_new_chain {
+        config.audit.start_new_chain = true;
+    }
     let mut server = fieldvault::app::start(&config, &env)
         .await
         .map_err(|e| match e {

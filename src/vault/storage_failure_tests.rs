@@ -94,3 +94,51 @@ async fn a_batch_whose_checkpoint_fails_after_its_log_sync_gets_its_tokens_and_t
     let report = ok(store.check_integrity().await);
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)]
+async fn a_reveal_behind_a_hung_audit_disk_is_refused_unavailable_and_reveals_nothing() {
+    let dir = ok(tempfile::tempdir());
+    let master = MasterKey::generate();
+    let store: Arc<dyn Store> = Arc::new(ok(SledStore::open(&SledConfig {
+        path: dir.path().join("store"),
+        cache_capacity_bytes: 8 << 20,
+        max_queued_writes: DEFAULT_MAX_QUEUED_WRITES,
+    })));
+    let (vault, trail) =
+        super::test_support::vault_and_trail(store, dir.path(), &master, Settings::default()).await;
+    let items = vec![Ok(FieldInput::simple(FieldKind::Phone, "+1 202-555-0133"))];
+    let token = match ok(vault.tokenize(&caller("orders"), None, items).await).pop() {
+        Some(Ok(token)) => token.to_string(),
+        other => panic!("tokenize: {other:?}"),
+    };
+    {
+        let _hung = trail.stall();
+        let refused = vault
+            .detokenize(&caller("support"), "callback", "", vec![token.clone()])
+            .await;
+        assert!(
+            matches!(&refused, Err(VaultError::Unavailable(m)) if m.contains("audit")),
+            "{refused:?}"
+        );
+        assert!(vault.audit_failure().is_some());
+        // While the trail refuses events, a tokenize stores nothing.
+        let items = vec![Ok(FieldInput::simple(FieldKind::Phone, "+1 202-555-0134"))];
+        let refused = vault.tokenize(&caller("orders"), None, items).await;
+        assert!(
+            matches!(&refused, Err(VaultError::Unavailable(_))),
+            "{refused:?}"
+        );
+    }
+    // It recovers by itself once the disk answers.
+    for _ in 0..50 {
+        if vault.audit_failure().is_none() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let revealed = ok(vault
+        .detokenize(&caller("support"), "callback", "", vec![token])
+        .await);
+    assert!(revealed[0].is_ok());
+}

@@ -51,11 +51,23 @@ pub(super) async fn vault_with(
     master: &MasterKey,
     settings: Settings,
 ) -> Vault {
+    vault_and_trail(store, dir, master, settings).await.0
+}
+
+/// [`vault_with`], and the audit trail it writes to.
+pub(super) async fn vault_and_trail(
+    store: Arc<dyn Store>,
+    dir: &Path,
+    master: &MasterKey,
+    settings: Settings,
+) -> (Vault, Arc<crate::audit::AuditTrail>) {
     let keyring = ok(open_keyring(store.as_ref(), master).await);
     let (keyring, key_is_new) = ok(ensure_audit_key(store.as_ref(), keyring).await);
-    let audit = Arc::new(ok(crate::audit::AuditTrail::open(
+    let trail = Arc::new(ok(crate::audit::AuditTrail::open(
         &dir.join("audit.log"),
-        keyring.audit_key().unwrap_or_else(|| panic!("no audit key")),
+        keyring
+            .audit_key()
+            .unwrap_or_else(|| panic!("no audit key")),
         &ok(keyring.wrapped_audit_key()).unwrap_or_else(|| panic!("no audit key")),
         keyring.master_fingerprint(),
         crate::audit::TrailOptions {
@@ -65,11 +77,12 @@ pub(super) async fn vault_with(
         },
     )
     .await));
-    Vault::new(
+    let vault = Vault::new(
         store,
         keyring,
         ok(Policy::from_toml(POLICY)),
-        audit,
+        trail.clone(),
         settings,
-    )
+    );
+    (vault, trail)
 }

@@ -1,0 +1,500 @@
+//! The audit trail end to end over real mTLS: one event per call of every
+//! audited kind with its fields, no value in any file, the chain across a
+//! restart, a trail edited while the server was down, and a sink that fails
+//! under the running server (refused fast, recovered by itself).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use fieldvault::audit::{keyfile, trail, verify};
+use fieldvault::crypto::MasterKey;
+use fieldvault::grpc::pb;
+use fieldvault::grpc::pb::key_admin_client::KeyAdminClient;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+const PHONE: &str = "+1 202-555-0142";
+const PHONE_CANONICAL: &str = "+12025550142";
+const STREET: &str = "1 Fakestreet Lane";
+const CITY: &str = "Testville";
+
+/// Every event of every file of the trail at `audit_log`, in order.
+fn events(audit_log: &Path) -> Vec<Value> {
+    let mut out = Vec::new();
+    for file in trail::files_of(audit_log).unwrap() {
+        for line in std::fs::read_to_string(&file).unwrap().lines() {
+            let line: Value = serde_json::from_str(line).unwrap();
+            out.push(line["event"].clone());
+        }
+    }
+    out
+}
+
+/// The one event of request `id`.
+fn event_of(audit_log: &Path, id: &str) -> Value {
+    let found: Vec<Value> = events(audit_log)
+        .into_iter()
+        .filter(|e| e["request_id"] == id)
+        .collect();
+    assert_eq!(found.len(), 1, "events of request {id}: {found:?}");
+    found.into_iter().next().unwrap()
+}
+
+fn master_of(vault: &TestVault) -> MasterKey {
+    match &vault.config.master_key {
+        fieldvault::config::MasterKeySource::File(p) => MasterKey::from_file(p).unwrap(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Verifies the whole trail; the files in chain order.
+fn verified(vault: &TestVault) -> Vec<verify::FileSummary> {
+    let key = keyfile::load(&vault.config.audit_log, &master_of(vault)).unwrap();
+    let files = trail::files_of(&vault.config.audit_log).unwrap();
+    verify::verify_files(&key, &files).unwrap_or_else(|e| panic!("the trail broke: {e}"))
+}
+
+fn request_id<T>(r: &Result<tonic::Response<T>, tonic::Status>) -> String {
+    let metadata = match r {
+        Ok(resp) => resp.metadata(),
+        Err(status) => status.metadata(),
+    };
+    metadata
+        .get("x-request-id")
+        .expect("every answer names its request id")
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn detokenize_request(tokens: &[String], purpose: &str) -> pb::DetokenizeRequest {
+    pb::DetokenizeRequest {
+        tokens: tokens.to_vec(),
+        purpose: purpose.into(),
+        justification: "ticket TEST-1".into(),
+    }
+}
+
+fn tokens_of(event: &Value) -> Vec<String> {
+    event["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["token"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_of_every_audited_kind_leaves_one_event_with_its_fields_and_no_value() {
+    let vault = TestVault::start().await;
+    let log = vault.config.audit_log.clone();
+    let mut orders = vault.client("orders").await;
+    let mut support = vault.client("support").await;
+    let mut intruder = vault.client("intruder").await;
+
+    // Tokenize, allowed: the issued tokens, kinds and rules.
+    let mut address = field(pb::FieldKind::Address, "");
+    address.address = Some(pb::PostalAddress {
+        country: "US".into(),
+        city: CITY.into(),
+        street_lines: vec![STREET.into()],
+        postal_code: "20500".into(),
+        ..Default::default()
+    });
+    let r = orders
+        .tokenize(pb::TokenizeRequest {
+            fields: vec![field(pb::FieldKind::Phone, PHONE), address],
+            purpose: None,
+        })
+        .await;
+    let id = request_id(&r);
+    let tokens: Vec<String> = r
+        .unwrap()
+        .into_inner()
+        .results
+        .into_iter()
+        .map(|r| match r.outcome.unwrap() {
+            pb::tokenize_result::Outcome::Token(t) => t,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let e = event_of(&log, &id);
+    assert_eq!(e["action"], "tokenize");
+    assert_eq!(e["caller"], "spiffe://fieldvault.dev/orders");
+    assert_eq!(e["decision"], "allowed");
+    assert_eq!(e["code"], "ok");
+    assert_eq!(e["kinds"], serde_json::json!(["address", "phone"]));
+    assert_eq!(tokens_of(&e), tokens);
+    assert_eq!(
+        e["rules"],
+        serde_json::json!(["orders may tokenize every kind"])
+    );
+    assert!(e["time"].as_str().unwrap().ends_with('Z'), "{e}");
+
+    // Tokenize, denied and rejected.
+    let r = intruder
+        .tokenize(pb::TokenizeRequest {
+            fields: vec![field(pb::FieldKind::Phone, PHONE)],
+            purpose: None,
+        })
+        .await;
+    assert_eq!(
+        r.as_ref().unwrap_err().code(),
+        tonic::Code::PermissionDenied
+    );
+    let e = event_of(&log, &request_id(&r));
+    assert_eq!(
+        (e["decision"].as_str(), e["code"].as_str()),
+        (Some("denied"), Some("permission_denied"))
+    );
+    assert_eq!(e["caller"], "spiffe://fieldvault.dev/intruder");
+    assert!(e["reason"].as_str().unwrap().contains("intruder"), "{e}");
+    let r = orders
+        .tokenize(pb::TokenizeRequest {
+            fields: vec![field(pb::FieldKind::Phone, PHONE)],
+            purpose: Some("no such purpose!".into()),
+        })
+        .await;
+    assert_eq!(r.as_ref().unwrap_err().code(), tonic::Code::InvalidArgument);
+    let e = event_of(&log, &request_id(&r));
+    assert_eq!(
+        (e["decision"].as_str(), e["code"].as_str()),
+        (Some("rejected"), Some("invalid_argument"))
+    );
+    assert!(e["reason"].as_str().unwrap().starts_with("purpose:"), "{e}");
+
+    // Detokenize, allowed: full and masked per item, with the rules.
+    let r = support
+        .detokenize(detokenize_request(&tokens, "callback"))
+        .await;
+    let id = request_id(&r);
+    let revealed = r.unwrap().into_inner().results;
+    let masked_address = match revealed[1].outcome.clone().unwrap() {
+        pb::detokenize_result::Outcome::Revealed(v) => v.value,
+        other => panic!("{other:?}"),
+    };
+    let e = event_of(&log, &id);
+    assert_eq!(e["action"], "detokenize");
+    assert_eq!(e["caller"], "spiffe://fieldvault.dev/support");
+    assert_eq!(e["purpose"], "callback");
+    assert_eq!(e["justification"], "ticket TEST-1");
+    assert_eq!(e["decision"], "allowed");
+    assert_eq!(tokens_of(&e), tokens);
+    let outcomes: Vec<&str> = e["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["full", "masked"]);
+    assert_eq!(e["kinds"], serde_json::json!(["address", "phone"]));
+    assert_eq!(e["rules"].as_array().unwrap().len(), 2, "{e}");
+
+    // Detokenize refused for its purpose and for its arguments: the
+    // tokens asked for are named.
+    let r = support
+        .detokenize(detokenize_request(&tokens, "marketing"))
+        .await;
+    assert_eq!(
+        r.as_ref().unwrap_err().code(),
+        tonic::Code::PermissionDenied
+    );
+    let e = event_of(&log, &request_id(&r));
+    assert_eq!(e["decision"], "denied");
+    assert_eq!(e["purpose"], "marketing");
+    assert_eq!(tokens_of(&e), tokens);
+    let r = support.detokenize(detokenize_request(&tokens, "")).await;
+    assert_eq!(r.as_ref().unwrap_err().code(), tonic::Code::InvalidArgument);
+    let e = event_of(&log, &request_id(&r));
+    assert_eq!(
+        (e["decision"].as_str(), e["code"].as_str()),
+        (Some("rejected"), Some("invalid_argument"))
+    );
+    assert_eq!(tokens_of(&e), tokens);
+    // A string that is not a token is not copied into the trail.
+    let r = support
+        .detokenize(detokenize_request(&[PHONE.to_owned()], "callback"))
+        .await;
+    let e = event_of(&log, &request_id(&r));
+    assert_eq!(e["items"][0]["token"], Value::Null, "{e}");
+    assert_eq!(e["items"][0]["outcome"], "invalid_argument");
+
+    // A certificate posing as another workload (a CN that looks like a
+    // SPIFFE ID, no SAN): refused for its identity, audited without one.
+    vault
+        .pki
+        .issue_client("lookalike", "spiffe://fieldvault.dev/support", None);
+    let mut lookalike = connect(&vault.addr(), &vault.pki.client_tls("lookalike")).await;
+    let r = lookalike
+        .detokenize(detokenize_request(&tokens, "callback"))
+        .await;
+    assert_eq!(r.as_ref().unwrap_err().code(), tonic::Code::Unauthenticated);
+    let e = event_of(&log, &request_id(&r));
+    assert_eq!(
+        (e["decision"].as_str(), e["code"].as_str()),
+        (Some("denied"), Some("unauthenticated"))
+    );
+    assert_eq!(e["caller"], Value::Null);
+    assert!(!e["reason"].as_str().unwrap().is_empty());
+    assert_eq!(tokens_of(&e), tokens);
+
+    // KeyAdmin: allowed, rejected for an argument, denied.
+    let mut rotator =
+        KeyAdminClient::new(channel(&vault.addr(), &vault.pki.client_tls("rotator")).await);
+    let r = rotator.rotate_data_key(pb::RotateDataKeyRequest {}).await;
+    let id = request_id(&r);
+    let version = r.unwrap().into_inner().version;
+    let e = event_of(&log, &id);
+    assert_eq!(e["action"], "keys.rotate_data_key");
+    assert_eq!(e["caller"], "spiffe://fieldvault.dev/rotator");
+    assert_eq!(e["decision"], "allowed");
+    assert_eq!(e["details"]["version"], version);
+    let r = rotator.get_key_status(pb::GetKeyStatusRequest {}).await;
+    let e = event_of(&log, &request_id(&r));
+    assert_eq!(
+        (e["action"].as_str(), e["decision"].as_str()),
+        (Some("keys.get_key_status"), Some("allowed"))
+    );
+    let r = rotator
+        .start_rewrap(pb::StartRewrapRequest {
+            rate_per_second: Some(0),
+        })
+        .await;
+    assert_eq!(r.as_ref().unwrap_err().code(), tonic::Code::InvalidArgument);
+    let e = event_of(&log, &request_id(&r));
+    assert_eq!(
+        (e["action"].as_str(), e["decision"].as_str()),
+        (Some("keys.start_rewrap"), Some("rejected"))
+    );
+    let r = KeyAdminClient::new(channel(&vault.addr(), &vault.pki.client_tls("support")).await)
+        .retire_key_version(pb::RetireKeyVersionRequest { version: 1 })
+        .await;
+    assert_eq!(
+        r.as_ref().unwrap_err().code(),
+        tonic::Code::PermissionDenied
+    );
+    let e = event_of(&log, &request_id(&r));
+    assert_eq!(
+        (e["action"].as_str(), e["decision"].as_str()),
+        (Some("keys.retire_key_version"), Some("denied"))
+    );
+    assert_eq!(e["caller"], "spiffe://fieldvault.dev/support");
+
+    // No value, full or masked, in any file beside the trail.
+    let dir = log.parent().unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.is_file() || !path.to_string_lossy().contains("audit") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for value in [
+            PHONE,
+            PHONE_CANONICAL,
+            STREET,
+            CITY,
+            masked_address.as_str(),
+        ] {
+            assert!(
+                !text.contains(value),
+                "{} holds a value or its masked form",
+                path.display()
+            );
+        }
+    }
+    // And the chain verifies: one file, one chain.
+    let files = verified(&vault);
+    assert_eq!(files.len(), 1);
+    assert!(files[0].new_chain.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_continues_the_chain_and_an_edit_made_while_down_stops_the_next_start() {
+    let mut vault = TestVault::start().await;
+    let log = vault.config.audit_log.clone();
+    let mut orders = vault.client("orders").await;
+    let tokens = tokens_for(&mut orders, vec![field(pb::FieldKind::Phone, PHONE)]).await;
+    let mut support = vault.client("support").await;
+    detokenize(&mut support, "callback", &tokens).await.unwrap();
+
+    // A restart goes on with the same chain, in the same file.
+    vault.restart().await;
+    let mut support = vault.client("support").await;
+    detokenize(&mut support, "callback", &tokens).await.unwrap();
+    let files = verified(&vault);
+    assert_eq!(files.len(), 1);
+    let all = events(&log);
+    assert_eq!(
+        all.iter()
+            .filter(|e| e["action"] == "audit.chain_start")
+            .count(),
+        1
+    );
+    assert_eq!(files[0].end.next_seq, all.len() as u64);
+    vault.stop().await;
+
+    // An event edited while the server was down: the next start refuses,
+    // names the line and changes nothing.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let edited = text.replacen("\"purpose\":\"callback\"", "\"purpose\":\"shipping\"", 1);
+    assert_ne!(edited, text);
+    std::fs::write(&log, &edited).unwrap();
+    let refused = fieldvault::app::start(&vault.config, &no_env).await;
+    let message = refused
+        .err()
+        .expect("a broken trail was accepted")
+        .to_string();
+    assert!(
+        message.contains("does not verify") && message.contains("line 3"),
+        "{message}"
+    );
+    assert!(message.contains("start_new_chain"), "{message}");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), edited);
+
+    // Asked to, it moves the file aside and records that as the first
+    // event of a new chain.
+    vault.config.audit.start_new_chain = true;
+    vault.restart().await;
+    let first = events(&log).into_iter().next().unwrap();
+    assert_eq!(first["action"], "audit.chain_start");
+    let reason = first["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("did not verify") && reason.contains("broken-"),
+        "{reason}"
+    );
+    let aside: Vec<PathBuf> = std::fs::read_dir(log.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("audit.log.broken-"))
+        .collect();
+    assert_eq!(aside.len(), 1);
+    assert_eq!(std::fs::read_to_string(&aside[0]).unwrap(), edited);
+    let mut support = vault.client("support").await;
+    detokenize(&mut support, "callback", &tokens).await.unwrap();
+    let files = verified(&vault);
+    assert_eq!(files[0].end.next_seq, 2);
+}
+
+async fn health(vault: &TestVault) -> i32 {
+    let channel = channel(&vault.addr(), &vault.pki.client_tls("orders")).await;
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "fieldvault.v1.Vault".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+}
+
+/// Waits (bounded) until health reports `status`.
+async fn health_becomes(vault: &TestVault, status: tonic_health::ServingStatus) {
+    let mut last = -1;
+    for _ in 0..50 {
+        last = health(vault).await;
+        if last == status as i32 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("health stayed {last}, not {status:?}");
+}
+
+/// A reveal while the sink fails: UNAVAILABLE, fast, nothing revealed.
+async fn refused_fast(vault: &TestVault, tokens: &[String]) {
+    let mut support = vault.client("support").await;
+    let started = Instant::now();
+    let r = support
+        .detokenize(detokenize_request(tokens, "callback"))
+        .await;
+    let took = started.elapsed();
+    let status = r.expect_err("a reveal was answered without its audit event");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("audit"), "{status:?}");
+    // The issue's bound is 1 s; the slack covers a loaded test machine.
+    assert!(took < Duration::from_millis(1500), "refused after {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_directory_removed_under_the_server_stops_reveals_fast_until_it_is_back() {
+    let vault = TestVault::start_with(|c| {
+        c.audit_log = c.data_dir.with_file_name("logs").join("audit.log");
+    })
+    .await;
+    let log = vault.config.audit_log.clone();
+    let mut orders = vault.client("orders").await;
+    let tokens = tokens_for(&mut orders, vec![field(pb::FieldKind::Phone, PHONE)]).await;
+    let mut support = vault.client("support").await;
+    detokenize(&mut support, "callback", &tokens).await.unwrap();
+
+    let key = keyfile::load(&log, &master_of(&vault)).unwrap();
+    let dir = log.parent().unwrap().to_path_buf();
+    std::fs::remove_dir_all(&dir).unwrap();
+    refused_fast(&vault, &tokens).await;
+    health_becomes(&vault, tonic_health::ServingStatus::NotServing).await;
+    // Tokenize fails closed too: nothing is stored while nothing is audited.
+    let status = tokenize(&mut orders, vec![field(pb::FieldKind::Phone, PHONE)])
+        .await
+        .expect_err("a tokenize was answered without its audit event");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+
+    // The directory is back: the server recovers by itself.
+    std::fs::create_dir_all(&dir).unwrap();
+    health_becomes(&vault, tonic_health::ServingStatus::Serving).await;
+    let revealed = detokenize(&mut support, "callback", &tokens).await.unwrap();
+    assert!(revealed[0].is_ok());
+    // The new file says what happened, and the outage is in the chain.
+    let all = events(&log);
+    assert_eq!(all[0]["action"], "audit.file_start");
+    assert!(
+        all[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("renamed or removed"),
+        "{}",
+        all[0]
+    );
+    let recovered: Vec<&Value> = all
+        .iter()
+        .filter(|e| e["action"] == "audit.sink_recovered")
+        .collect();
+    assert_eq!(recovered.len(), 1, "{all:?}");
+    assert!(recovered[0]["details"]["refused_events"].as_u64().unwrap() >= 2);
+    // The new file verifies on its own (its first event continues the
+    // chain of the file that was removed).
+    let files = verify::verify_files(&key, std::slice::from_ref(&log)).unwrap();
+    assert!(files[0].new_chain.is_none());
+    assert!(files[0].start.next_seq > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_put_in_place_of_the_audit_file_is_never_appended_to() {
+    let vault = TestVault::start().await;
+    let log = vault.config.audit_log.clone();
+    let mut orders = vault.client("orders").await;
+    let tokens = tokens_for(&mut orders, vec![field(pb::FieldKind::Phone, PHONE)]).await;
+    let moved = log.with_file_name("moved.log");
+    std::fs::rename(&log, &moved).unwrap();
+    std::fs::write(&log, "not the server's\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o400)).unwrap();
+
+    refused_fast(&vault, &tokens).await;
+    health_becomes(&vault, tonic_health::ServingStatus::NotServing).await;
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "not the server's\n");
+
+    std::fs::remove_file(&log).unwrap();
+    health_becomes(&vault, tonic_health::ServingStatus::Serving).await;
+    let mut support = vault.client("support").await;
+    assert!(detokenize(&mut support, "callback", &tokens).await.unwrap()[0].is_ok());
+    // The moved file and the new one form one chain.
+    let key = keyfile::load(&log, &master_of(&vault)).unwrap();
+    let files = verify::verify_files(&key, &[moved, log.clone()]).unwrap();
+    assert_eq!(files.len(), 2);
+    assert_eq!(files[1].start, files[0].end);
+}
