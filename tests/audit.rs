@@ -338,9 +338,21 @@ async fn a_restart_continues_the_chain_and_an_edit_made_while_down_stops_the_nex
     assert_eq!(files[0].end.next_seq, all.len() as u64);
     vault.stop().await;
 
+    // Whole events cut off the end while the server was down: the chain
+    // that is left is valid, but shorter than the server recorded.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let cut: String = text
+        .split_inclusive('\n')
+        .take(text.lines().count() - 2)
+        .collect();
+    std::fs::write(&log, &cut).unwrap();
+    let refused = fieldvault::app::start(&vault.config, &no_env).await;
+    let message = refused.err().expect("a cut trail was accepted").to_string();
+    assert!(message.contains("were cut off its end"), "{message}");
+    std::fs::write(&log, &text).unwrap();
+
     // An event edited while the server was down: the next start refuses,
     // names the line and changes nothing.
-    let text = std::fs::read_to_string(&log).unwrap();
     let edited = text.replacen("\"purpose\":\"callback\"", "\"purpose\":\"shipping\"", 1);
     assert_ne!(edited, text);
     std::fs::write(&log, &edited).unwrap();

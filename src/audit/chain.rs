@@ -61,6 +61,12 @@ impl AuditKey {
 }
 
 impl AuditKey {
+    /// HMAC-SHA256 of the chain's label and `data` (other records the
+    /// trail keeps add a label of their own).
+    pub(crate) fn mac_of(&self, data: &[u8]) -> [u8; 32] {
+        self.mac(data)
+    }
+
     /// A short public name of this key (16 hex digits), written in the
     /// first event of every file: a file made under another key (another
     /// vault's) is named as such instead of failing on its first MAC.

@@ -14,6 +14,7 @@
 
 pub mod chain;
 pub mod event;
+pub mod head;
 pub mod keyfile;
 pub mod trail;
 pub mod verify;
@@ -186,8 +187,34 @@ impl AuditTrail {
                 .map_err(|e| AuditError(format!("moving {} aside: {e}", from.display())))?;
             Ok(to)
         };
+        // Where the writer last recorded the trail's end.
+        let recorded = head::read(path, key);
+        let reaches = |start: ChainState, end: ChainState, text: &str| -> Result<(), String> {
+            match &recorded {
+                Ok(Some(r)) => head::check(*r, start, end, text),
+                Ok(None) => {
+                    tracing::warn!(
+                        "no record of where the audit trail ends beside it: events cut off its \
+                         end could not be told"
+                    );
+                    Ok(())
+                }
+                Err(e) => Err(format!(
+                    "the record of where the trail ends is damaged: {e}"
+                )),
+            }
+        };
         if let Some(text) = whole_lines(path)? {
-            return match verify::verify_file_text(key, path, &text) {
+            let verified = verify::verify_file_text(key, path, &text).and_then(|summary| {
+                reaches(summary.start, summary.end, &text)
+                    .map(|()| summary)
+                    .map_err(|reason| verify::TrailBreak {
+                        path: path.to_path_buf(),
+                        line: None,
+                        reason,
+                    })
+            });
+            return match verified {
                 Ok(summary) => Ok(Resume {
                     state: summary.end,
                     file_first_seq: summary.start.next_seq,
@@ -228,7 +255,16 @@ impl AuditTrail {
             trail::files_of(path).map_err(|e| AuditError(format!("{}: {e}", path.display())))?;
         if let Some(last) = rotated.last() {
             let text = whole_lines(last)?.unwrap_or_default();
-            return match verify::verify_file_text(key, last, &text) {
+            let verified = verify::verify_file_text(key, last, &text).and_then(|summary| {
+                reaches(summary.start, summary.end, &text)
+                    .map(|()| summary)
+                    .map_err(|reason| verify::TrailBreak {
+                        path: path.to_path_buf(),
+                        line: None,
+                        reason: format!("the active file is missing and {reason}"),
+                    })
+            });
+            return match verified {
                 Ok(summary) => Ok(Resume {
                     state: summary.end,
                     file_first_seq: summary.end.next_seq,

@@ -102,7 +102,7 @@ pub fn everything_of(audit_log: &Path) -> std::io::Result<Vec<PathBuf>> {
         let Some(suffix) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
             continue;
         };
-        if matches!(suffix, "key" | "key.tmp")
+        if matches!(suffix, "key" | "key.tmp" | "head")
             || suffix.starts_with("broken-")
             || suffix.starts_with("unchained-")
         {

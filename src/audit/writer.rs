@@ -171,6 +171,8 @@ struct Owner {
     header: Option<Header>,
     max_file_bytes: u64,
     health: Arc<SinkHealth>,
+    /// Where the trail ends, rewritten after every batch ([`super::head`]).
+    head_file: Option<File>,
     #[cfg(test)]
     stall: Arc<Mutex<()>>,
 }
@@ -193,6 +195,8 @@ impl ChainWriter {
             file.set_len(end).map_err(failed)?;
             file.sync_data().map_err(failed)?;
         }
+        let head_file = super::head::open(path)
+            .map_err(|e| AuditError(format!("{}: {e}", super::head::path_for(path).display())))?;
         let health = Arc::new(SinkHealth::default());
         #[cfg(test)]
         let stall = Arc::new(Mutex::new(()));
@@ -208,6 +212,7 @@ impl ChainWriter {
             header: start.header,
             max_file_bytes: start.max_file_bytes,
             health: health.clone(),
+            head_file: Some(head_file),
             #[cfg(test)]
             stall: stall.clone(),
         };
@@ -437,6 +442,13 @@ impl Owner {
         self.end += bytes.len() as u64;
         self.state = state;
         self.header = None;
+        if let Some(file) = &self.head_file {
+            if let Err(e) = super::head::write(file, &self.key, state) {
+                // The events are durable; only the check of the trail's
+                // end at the next start is weaker.
+                tracing::warn!(error = %e, "could not record where the audit trail ends");
+            }
+        }
         if let Some(outage) = &outage {
             self.health.recovered(outage);
         }
@@ -517,6 +529,8 @@ impl Owner {
         self.file = file;
         self.identity = (meta.dev(), meta.ino());
         self.end = 0;
+        // A directory made again needs its record of the end again.
+        self.head_file = super::head::open(&self.path).ok();
         self.file_first_seq = self.state.next_seq;
         self.header = Some(Header {
             new_chain,
@@ -644,6 +658,7 @@ mod tests {
             header: None,
             max_file_bytes: 0,
             health: Arc::default(),
+            head_file: None,
             stall: Arc::default(),
         };
         // Fifty events queued before the thread looks: one batch, one sync.
