@@ -345,3 +345,127 @@ pub fn now_unix_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+        r.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn keys() -> (AuditKey, crate::crypto::WrappedKey) {
+        let master = crate::crypto::MasterKey::generate();
+        let (ring, _) = ok(crate::crypto::Keyring::create(&master));
+        let (ring, wrapped) = ok(ring.with_audit_key()).unwrap_or_else(|| panic!("had one"));
+        (ring.audit_key().unwrap_or_else(|| panic!("none")), wrapped)
+    }
+
+    async fn open(
+        path: &Path,
+        key_is_new: bool,
+        start_new_chain: bool,
+    ) -> Result<AuditTrail, AuditError> {
+        let (key, wrapped) = keys();
+        open_with(path, key, &wrapped, key_is_new, start_new_chain).await
+    }
+
+    async fn open_with(
+        path: &Path,
+        key: AuditKey,
+        wrapped: &crate::crypto::WrappedKey,
+        key_is_new: bool,
+        start_new_chain: bool,
+    ) -> Result<AuditTrail, AuditError> {
+        AuditTrail::open(
+            path,
+            key,
+            wrapped,
+            [0; 8],
+            TrailOptions {
+                max_file_bytes: 0,
+                start_new_chain,
+                key_is_new,
+            },
+        )
+        .await
+    }
+
+    fn first_event(path: &Path) -> Event {
+        let text = ok(std::fs::read_to_string(path));
+        let line = text.lines().next().unwrap_or_default();
+        verify::parse_line(line)
+            .map(|(_, _, e)| e)
+            .unwrap_or_else(|| panic!("{line}"))
+    }
+
+    #[tokio::test]
+    async fn an_unchained_log_of_an_earlier_version_is_moved_aside_and_a_new_chain_says_where() {
+        let dir = ok(tempfile::tempdir());
+        let path = dir.path().join("audit.log");
+        let old = "{\"unix_ms\":1,\"caller\":\"spiffe://t.example/support\",\"items\":[]}\n";
+        ok(std::fs::write(&path, old));
+        drop(ok(open(&path, true, false).await));
+        let first = first_event(&path);
+        assert_eq!(first.action, verify::CHAIN_START);
+        assert!(
+            first
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("unchained-")),
+            "{first:?}"
+        );
+        let aside: Vec<_> = ok(std::fs::read_dir(dir.path()))
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains("unchained-"))
+            .collect();
+        assert_eq!(aside.len(), 1);
+        assert_eq!(ok(std::fs::read_to_string(aside[0].path())), old);
+    }
+
+    #[tokio::test]
+    async fn a_missing_trail_of_a_vault_that_wrote_one_stops_the_start_unless_told() {
+        let dir = ok(tempfile::tempdir());
+        let path = dir.path().join("audit.log");
+        let e = open(&path, false, false).await.err().map(|e| e.0);
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains("the trail is missing")),
+            "{e:?}"
+        );
+        assert!(!path.exists());
+        drop(ok(open(&path, false, true).await));
+        let first = first_event(&path);
+        assert_eq!(first.action, verify::CHAIN_START);
+        assert!(first
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("missing")));
+    }
+
+    #[tokio::test]
+    async fn an_active_file_missing_after_a_rotation_goes_on_from_the_rotated_one() {
+        let dir = ok(tempfile::tempdir());
+        let path = dir.path().join("audit.log");
+        // The wrapped copy beside the trail does not matter here.
+        let (_, wrapped) = keys();
+        let raw = [7u8; 32];
+        let trail = ok(open_with(&path, AuditKey::new(raw), &wrapped, true, false).await);
+        ok(trail.record(&Event::new("detokenize")).await);
+        drop(trail);
+        // A crash between the rotation's rename and the new file.
+        let rotated = trail::rotated_name(&path, now_unix_ms(), 0);
+        ok(std::fs::rename(&path, &rotated));
+        let trail = ok(open_with(&path, AuditKey::new(raw), &wrapped, false, false).await);
+        ok(trail.record(&Event::new("detokenize")).await);
+        drop(trail);
+        let first = first_event(&path);
+        assert_eq!(first.action, verify::FILE_START);
+        let files = ok(verify::verify_files(
+            &AuditKey::new(raw),
+            &ok(trail::files_of(&path)),
+        ));
+        assert_eq!(files.len(), 2);
+        assert_eq!(files[1].end.next_seq, 4);
+    }
+}
