@@ -33,6 +33,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -46,6 +47,9 @@ const RETRY_EVERY: Duration = Duration::from_millis(500);
 const QUEUE: usize = 4096;
 /// Events one batch takes at most.
 const MAX_BATCH: usize = 1024;
+/// Bytes of events waiting for the thread at most (a 1,000-token reveal's
+/// event is about 100 KB); more are refused at once.
+const MAX_QUEUED_BYTES: usize = 64 << 20;
 
 type Reply = tokio::sync::oneshot::Sender<Result<u64, String>>;
 
@@ -149,6 +153,8 @@ pub struct ChainWriter {
     queue: Option<SyncSender<Request>>,
     thread: Option<std::thread::JoinHandle<u64>>,
     health: Arc<SinkHealth>,
+    /// Bytes of events queued and not yet taken by the thread.
+    queued: Arc<AtomicUsize>,
     /// Held by a test, it holds the thread just before it writes: a hung
     /// disk.
     #[cfg(test)]
@@ -171,6 +177,7 @@ struct Owner {
     header: Option<Header>,
     max_file_bytes: u64,
     health: Arc<SinkHealth>,
+    queued: Arc<AtomicUsize>,
     /// Where the trail ends, rewritten after every batch ([`super::head`]).
     head_file: Option<File>,
     #[cfg(test)]
@@ -198,6 +205,7 @@ impl ChainWriter {
         let head_file = super::head::open(path)
             .map_err(|e| AuditError(format!("{}: {e}", super::head::path_for(path).display())))?;
         let health = Arc::new(SinkHealth::default());
+        let queued = Arc::new(AtomicUsize::new(0));
         #[cfg(test)]
         let stall = Arc::new(Mutex::new(()));
         let owner = Owner {
@@ -212,6 +220,7 @@ impl ChainWriter {
             header: start.header,
             max_file_bytes: start.max_file_bytes,
             health: health.clone(),
+            queued: queued.clone(),
             head_file: Some(head_file),
             #[cfg(test)]
             stall: stall.clone(),
@@ -225,6 +234,7 @@ impl ChainWriter {
             queue: Some(tx),
             thread: Some(thread),
             health,
+            queued,
             #[cfg(test)]
             stall,
         })
@@ -264,16 +274,21 @@ impl ChainWriter {
             .queue
             .as_ref()
             .ok_or_else(|| refused("the audit writer is closed".into()))?;
-        match queue.try_send(Request { event_json, reply }) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                return Err(refused(
-                    "the audit writer is behind (its queue is full); nothing was recorded".into(),
-                ))
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                return Err(refused("the audit writer stopped".into()))
-            }
+        let bytes = event_json.as_ref().map_or(0, String::len);
+        if self.queued.fetch_add(bytes, Ordering::SeqCst) + bytes > MAX_QUEUED_BYTES {
+            self.queued.fetch_sub(bytes, Ordering::SeqCst);
+            return Err(refused(
+                "the audit writer is behind (its queue is full); nothing was recorded".into(),
+            ));
+        }
+        if let Err(e) = queue.try_send(Request { event_json, reply }) {
+            self.queued.fetch_sub(bytes, Ordering::SeqCst);
+            return Err(refused(match e {
+                TrySendError::Full(_) => {
+                    "the audit writer is behind (its queue is full); nothing was recorded".into()
+                }
+                TrySendError::Disconnected(_) => "the audit writer stopped".into(),
+            }));
         }
         match tokio::time::timeout(APPEND_DEADLINE, answer).await {
             Err(_) => Err(refused(format!(
@@ -357,6 +372,11 @@ fn run(mut owner: Owner, rx: Receiver<Request>) -> u64 {
                 Err(_) => break,
             }
         }
+        let taken: usize = batch
+            .iter()
+            .map(|r| r.event_json.as_ref().map_or(0, String::len))
+            .sum();
+        owner.queued.fetch_sub(taken, Ordering::SeqCst);
         // A caller that gave up (its deadline passed) was answered
         // UNAVAILABLE and revealed nothing: its event is not written.
         batch.retain(|r| !r.reply.is_closed());
@@ -658,6 +678,7 @@ mod tests {
             header: None,
             max_file_bytes: 0,
             health: Arc::default(),
+            queued: Arc::default(),
             head_file: None,
             stall: Arc::default(),
         };

@@ -134,7 +134,10 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         println!("  master key     : {}", dir.join("master.key").display());
         println!("  policy         : {}", config.policy_file.display());
         println!("  store          : {}", config.store_dir().display());
-        println!("  audit log      : {}", config.audit_log.display());
+        println!(
+            "  audit trail    : {}  (check it: fieldvault audit verify)",
+            config.audit_log.display()
+        );
         config
     } else {
         let path = args
