@@ -302,11 +302,28 @@ impl ChainWriter {
     }
 }
 
+/// How long closing the writer waits for its thread to write what is
+/// queued; a thread held longer by a hung disk is left behind (the process
+/// is about to exit) instead of hanging the shutdown.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 impl Drop for ChainWriter {
     fn drop(&mut self) {
         self.queue.take();
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            let deadline = std::time::Instant::now() + CLOSE_WAIT;
+            while !thread.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            } else {
+                tracing::error!(
+                    "the audit thread is still writing after {} s (a hung disk?); closing \
+                     without it",
+                    CLOSE_WAIT.as_secs()
+                );
+            }
         }
     }
 }
