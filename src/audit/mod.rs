@@ -13,6 +13,8 @@
 pub mod chain;
 pub mod event;
 pub mod keyfile;
+pub mod report;
+pub mod search;
 pub mod trail;
 pub mod verify;
 pub mod writer;

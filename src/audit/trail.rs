@@ -94,8 +94,13 @@ mod tests {
             r1.file_name().and_then(|n| n.to_str()),
             Some("audit.log.20261125T095046Z-0")
         );
-        for p in [&log, &r1, &r2, &aside_name(&log, "broken", 1), &log.with_extension("log.key")]
-        {
+        for p in [
+            &log,
+            &r1,
+            &r2,
+            &aside_name(&log, "broken", 1),
+            &log.with_extension("log.key"),
+        ] {
             std::fs::write(p, "x").unwrap_or_else(|e| panic!("{e}"));
         }
         let files = files_of(&log).unwrap_or_else(|e| panic!("{e}"));
