@@ -127,7 +127,7 @@ impl Drop for Server {
     }
 }
 
-fn load_master_key(
+pub fn load_master_key(
     source: &MasterKeySource,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<MasterKey, StartError> {

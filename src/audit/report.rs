@@ -303,6 +303,10 @@ pub struct Report {
     pub trail_events: Vec<TrailEvent>,
 }
 
+/// Counts by reveal level, in the order of [`LEVELS`].
+type Levels = [u64; 3];
+/// Caller, purpose and field kind.
+type RevealKey<'a> = (&'a Option<String>, &'a Option<String>, &'a Option<String>);
 /// Caller and purpose.
 type Who = (Option<String>, Option<String>);
 type RefusedCallKey = (Who, String, Decision, String, Option<String>);
@@ -696,8 +700,7 @@ impl Report {
             "Items of allowed Detokenize calls, by the reveal level the policy gave. A value \
              is revealed at level full or masked; none reveals nothing of it.\n\n",
         );
-        let mut pivot: BTreeMap<(&Option<String>, &Option<String>, &Option<String>), [u64; 3]> =
-            BTreeMap::new();
+        let mut pivot: BTreeMap<RevealKey<'_>, Levels> = BTreeMap::new();
         for r in &self.reveals {
             let slot = pivot.entry((&r.caller, &r.purpose, &r.kind)).or_default();
             if let Some(i) = LEVELS.iter().position(|l| *l == r.level) {
