@@ -1096,6 +1096,7 @@ mod tests {
     const SUPPORT: &str = "spiffe://dev.fieldvault.local/support";
     const COURIER: &str = "spiffe://dev.fieldvault.local/courier";
     const ROTATOR: &str = "spiffe://dev.fieldvault.local/rotator";
+    const ANALYST: &str = "spiffe://dev.fieldvault.local/analyst";
 
     fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
         r.unwrap_or_else(|e| panic!("{e}"))
@@ -1164,6 +1165,15 @@ mod tests {
             "2026-11-27T09:10:00.000Z",
             "detokenize",
             SUPPORT,
+            Some("fraud"),
+        );
+        e.items = vec![item("fv1_p3", "phone", "none")];
+        v.push(e);
+        // An analyst whose reveals show nothing: not among the busiest.
+        let mut e = call(
+            "2026-11-27T09:20:00.000Z",
+            "detokenize",
+            ANALYST,
             Some("fraud"),
         );
         e.items = vec![item("fv1_p3", "phone", "none")];
@@ -1282,12 +1292,13 @@ mod tests {
         let (r, _dir) = known_report();
         assert_eq!(r.since, "2026-11-27T00:00:00.000Z");
         assert_eq!(r.until, "2026-11-28T00:00:00.000Z");
-        // 14 calls in the day and the start events of the two files
+        // 15 calls in the day and the start events of the two files
         // (00:00:00 on the 27th); not the two calls outside it.
-        assert_eq!(r.events, 16);
+        assert_eq!(r.events, 17);
         assert_eq!(
             r.reveals,
             vec![
+                reveal(ANALYST, "fraud", "phone", "none", 1),
                 reveal(COURIER, "delivery", "address", "masked", 3),
                 reveal(SUPPORT, "callback", "address", "masked", 1),
                 reveal(SUPPORT, "callback", "phone", "full", 2),
@@ -1400,15 +1411,8 @@ mod tests {
         assert_eq!(r.key_operations[0].caller.as_deref(), Some(ROTATOR));
         assert_eq!(
             r.busiest_callers,
+            // Tied at 3 values revealed: by name. The analyst revealed none.
             vec![
-                BusyCaller {
-                    caller: Some(SUPPORT.into()),
-                    values_revealed: 3,
-                    full: 2,
-                    masked: 1,
-                    none: 1,
-                    calls: 3,
-                },
                 BusyCaller {
                     caller: Some(COURIER.into()),
                     values_revealed: 3,
@@ -1417,10 +1421,15 @@ mod tests {
                     none: 0,
                     calls: 1,
                 },
+                BusyCaller {
+                    caller: Some(SUPPORT.into()),
+                    values_revealed: 3,
+                    full: 2,
+                    masked: 1,
+                    none: 1,
+                    calls: 3,
+                },
             ]
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
         );
         let calls: Vec<(&str, [u64; 4])> = r
             .calls
@@ -1435,7 +1444,7 @@ mod tests {
         assert_eq!(
             calls,
             vec![
-                ("detokenize", [4, 2, 1, 1]),
+                ("detokenize", [5, 2, 1, 1]),
                 ("keys.get_key_status", [1, 0, 0, 0]),
                 ("keys.retire_key_version", [0, 1, 0, 0]),
                 ("keys.rotate_data_key", [1, 0, 0, 0]),
@@ -1456,9 +1465,9 @@ mod tests {
                 r.verification,
                 Verification::Verified {
                     files: 2,
-                    events: 18,
+                    events: 19,
                     first_seq: 0,
-                    last_seq: 17,
+                    last_seq: 18,
                     from_chain_start: true,
                     ..
                 }
@@ -1475,7 +1484,7 @@ mod tests {
         assert!(md.starts_with("# fieldvault audit report\n"), "{md}");
         for needle in [
             "**Period:** 2026-11-27T00:00:00.000Z to 2026-11-28T00:00:00.000Z",
-            "**Integrity:** Verified: the chain verified: 18 events (sequence 0 to 17) in 2 files",
+            "**Integrity:** Verified: the chain verified: 19 events (sequence 0 to 18) in 2 files",
             "## Reveals by caller and purpose",
             "| spiffe://dev.fieldvault.local/support | callback | phone | 2 | 0 | 0 | 2 |",
             "| spiffe://dev.fieldvault.local/courier | delivery | address | 0 | 3 | 0 | 3 |",
@@ -1484,7 +1493,7 @@ mod tests {
             "| 2026-11-27T11:00:00.000Z | spiffe://dev.fieldvault.local/rotator | keys.rotate_data_key | allowed | ok | new_version=2 | - |",
             "| 1 | spiffe://dev.fieldvault.local/courier | 3 | 0 | 3 | 1 |",
             "| 2 | spiffe://dev.fieldvault.local/support | 3 | 2 | 1 | 3 |",
-            "| detokenize | 4 | 2 | 1 | 1 |",
+            "| detokenize | 5 | 2 | 1 | 1 |",
             "audit.sink_recovered | the audit file is writable again |",
         ] {
             assert!(md.contains(needle), "missing {needle:?} in\n{md}");
