@@ -1139,7 +1139,8 @@ mod tests {
         let mut e = call("2026-11-27T08:00:01.000Z", "tokenize", SUPPORT, None);
         e.items = vec![item("fv1_p3", "phone", "stored")];
         v.push(e);
-        // Support reveals: 2 full phones, 1 masked address, 1 not found.
+        // Support reveals: 2 full phones, 1 masked phone, 1 masked
+        // address, 1 not found.
         let mut e = call(
             "2026-11-27T09:00:00.000Z",
             "detokenize",
@@ -1158,7 +1159,10 @@ mod tests {
             SUPPORT,
             Some("callback"),
         );
-        e.items = vec![item("fv1_p2", "phone", "full")];
+        e.items = vec![
+            item("fv1_p2", "phone", "full"),
+            item("fv1_p3", "phone", "masked"),
+        ];
         v.push(e);
         // Support, another purpose: a phone at level none.
         let mut e = call(
@@ -1302,6 +1306,7 @@ mod tests {
                 reveal(COURIER, "delivery", "address", "masked", 3),
                 reveal(SUPPORT, "callback", "address", "masked", 1),
                 reveal(SUPPORT, "callback", "phone", "full", 2),
+                reveal(SUPPORT, "callback", "phone", "masked", 1),
                 reveal(SUPPORT, "fraud", "phone", "none", 1),
             ]
         );
@@ -1411,8 +1416,16 @@ mod tests {
         assert_eq!(r.key_operations[0].caller.as_deref(), Some(ROTATOR));
         assert_eq!(
             r.busiest_callers,
-            // Tied at 3 values revealed: by name. The analyst revealed none.
+            // The analyst revealed nothing (level none only).
             vec![
+                BusyCaller {
+                    caller: Some(SUPPORT.into()),
+                    values_revealed: 4,
+                    full: 2,
+                    masked: 2,
+                    none: 1,
+                    calls: 3,
+                },
                 BusyCaller {
                     caller: Some(COURIER.into()),
                     values_revealed: 3,
@@ -1420,14 +1433,6 @@ mod tests {
                     masked: 3,
                     none: 0,
                     calls: 1,
-                },
-                BusyCaller {
-                    caller: Some(SUPPORT.into()),
-                    values_revealed: 3,
-                    full: 2,
-                    masked: 1,
-                    none: 1,
-                    calls: 3,
                 },
             ]
         );
@@ -1486,13 +1491,13 @@ mod tests {
             "**Period:** 2026-11-27T00:00:00.000Z to 2026-11-28T00:00:00.000Z",
             "**Integrity:** Verified: the chain verified: 19 events (sequence 0 to 18) in 2 files",
             "## Reveals by caller and purpose",
-            "| spiffe://dev.fieldvault.local/support | callback | phone | 2 | 0 | 0 | 2 |",
+            "| spiffe://dev.fieldvault.local/support | callback | phone | 2 | 1 | 0 | 3 |",
             "| spiffe://dev.fieldvault.local/courier | delivery | address | 0 | 3 | 0 | 3 |",
             "| spiffe://dev.fieldvault.local/support | - | phone | 3 |",
             "| spiffe://dev.fieldvault.local/courier | marketing | detokenize | denied | permission_denied | unknown purpose | 2 | 3 |",
             "| 2026-11-27T11:00:00.000Z | spiffe://dev.fieldvault.local/rotator | keys.rotate_data_key | allowed | ok | new_version=2 | - |",
-            "| 1 | spiffe://dev.fieldvault.local/courier | 3 | 0 | 3 | 1 |",
-            "| 2 | spiffe://dev.fieldvault.local/support | 3 | 2 | 1 | 3 |",
+            "| 1 | spiffe://dev.fieldvault.local/support | 4 | 2 | 2 | 3 |",
+            "| 2 | spiffe://dev.fieldvault.local/courier | 3 | 0 | 3 | 1 |",
             "| detokenize | 5 | 2 | 1 | 1 |",
             "audit.sink_recovered | the audit file is writable again |",
         ] {
