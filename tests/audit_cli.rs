@@ -286,6 +286,30 @@ fn verify_names_an_edited_event() {
 }
 
 #[test]
+fn verify_names_a_line_made_binary() {
+    let v = Vault::new();
+    let paths = v.write_trail(&three_files());
+    let mut bytes = std::fs::read(&paths[1]).unwrap();
+    let third = bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(1)
+        .unwrap()
+        .0;
+    bytes[third + 20] = 0xff;
+    std::fs::write(&paths[1], bytes).unwrap();
+    let out = broken(&v);
+    assert!(
+        out.starts_with(&format!(
+            "BROKEN: {}, line 3: is not UTF-8 text: edited or damaged\n",
+            paths[1].display()
+        )),
+        "{out}"
+    );
+}
+
+#[test]
 fn verify_names_an_edited_event_in_a_rotated_file() {
     let v = Vault::new();
     let paths = v.write_trail(&three_files());

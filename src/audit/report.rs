@@ -462,8 +462,9 @@ impl Tally {
                 .then_with(|| a.caller.cmp(&b.caller))
         });
         busiest.truncate(BUSIEST);
-        let level_rank = |l: &str| LEVELS.iter().position(|x| *x == l).unwrap_or(LEVELS.len());
-        let mut reveals: Vec<RevealCount> = self
+        // In the map's order: caller, purpose, kind, then level, whose
+        // names sort as LEVELS does (full, masked, none).
+        let reveals: Vec<RevealCount> = self
             .reveals
             .into_iter()
             .map(|(((caller, purpose), kind, level), count)| RevealCount {
@@ -474,14 +475,6 @@ impl Tally {
                 count,
             })
             .collect();
-        reveals.sort_by(|a, b| {
-            (&a.caller, &a.purpose, &a.kind, level_rank(&a.level)).cmp(&(
-                &b.caller,
-                &b.purpose,
-                &b.kind,
-                level_rank(&b.level),
-            ))
-        });
         Report {
             since: super::search::format_ms(since_ms),
             until: super::search::format_ms(until_ms),
@@ -1547,6 +1540,13 @@ mod tests {
             .lines()
             .filter(|l| !l.starts_with("verification"))
             .all(|l| l.split(',').count() == 10));
+    }
+
+    #[test]
+    fn reveal_levels_sort_by_name_as_they_are_listed() {
+        let mut sorted = LEVELS;
+        sorted.sort();
+        assert_eq!(sorted, LEVELS);
     }
 
     #[test]
