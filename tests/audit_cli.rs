@@ -835,9 +835,7 @@ fn report_gives_exact_counts_in_every_format() {
     let md = report("md");
     assert!(md.starts_with("# fieldvault audit report\n"), "{md}");
     assert!(
-        md.contains(
-            "**Integrity:** Verified: the chain verified: 9 events (sequence 0 to 8) in 2 files"
-        ),
+        md.contains("**Integrity:** the chain verified: 9 events (sequence 0 to 8) in 2 files"),
         "{md}"
     );
     assert!(
@@ -866,7 +864,7 @@ fn report_over_a_broken_trail_says_so_and_exits_1() {
     );
     assert!(
         md.contains(&format!(
-            "**Integrity:** NOT VERIFIED: the chain DOES NOT VERIFY: {}, line 2: event 5 does not verify",
+            "**Integrity:** the chain DOES NOT VERIFY: {}, line 2: event 5 does not verify",
             paths[1].display()
         )),
         "{md}"

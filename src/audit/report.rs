@@ -639,13 +639,8 @@ impl Report {
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
-        let mark = if self.verification.is_verified() {
-            "Verified"
-        } else {
-            "NOT VERIFIED"
-        };
         out.push_str(&format!(
-            "- **Integrity:** {mark}: {}.\n",
+            "- **Integrity:** {}.\n",
             md(Some(&self.verification.sentence()))
         ));
         if !self.verification.is_verified() {
@@ -654,7 +649,13 @@ impl Report {
                  counts below are what the files say, not a verified record.\n",
             );
         }
-        out.push_str(&format!("- **Events in the period:** {}\n", self.events));
+        let trail = self.trail_events.len() as u64;
+        out.push_str(&format!(
+            "- **Events in the period:** {} ({} call{}, {trail} recorded by the trail itself)\n",
+            self.events,
+            self.events - trail,
+            plural(self.events - trail),
+        ));
         if self.undated_events > 0 || self.skipped_lines > 0 {
             out.push_str(&format!(
                 "- **Not counted:** {} event{} without a readable time, {} line{} that are not \
@@ -1482,7 +1483,8 @@ mod tests {
         assert!(md.starts_with("# fieldvault audit report\n"), "{md}");
         for needle in [
             "**Period:** 2026-11-27T00:00:00.000Z to 2026-11-28T00:00:00.000Z",
-            "**Integrity:** Verified: the chain verified: 19 events (sequence 0 to 18) in 2 files",
+            "**Integrity:** the chain verified: 19 events (sequence 0 to 18) in 2 files",
+            "**Events in the period:** 17 (14 calls, 3 recorded by the trail itself)",
             "## Reveals by caller and purpose",
             "| spiffe://dev.fieldvault.local/support | callback | phone | 2 | 1 | 0 | 3 |",
             "| spiffe://dev.fieldvault.local/courier | delivery | address | 0 | 3 | 0 | 3 |",
@@ -1508,7 +1510,7 @@ mod tests {
         };
         let md = r.markdown();
         assert!(
-            md.contains("**Integrity:** NOT VERIFIED: the chain DOES NOT VERIFY: audit.log, line 4: event 3 does not verify."),
+            md.contains("**Integrity:** the chain DOES NOT VERIFY: audit.log, line 4: event 3 does not verify."),
             "{md}"
         );
         assert!(r.csv().contains("verification,,,,,,broken,,"));
