@@ -79,8 +79,8 @@ pub(crate) struct Source {
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// Audit files to read instead of the whole trail, in any order (they
-    /// are put in chain order). The audit key is still the one beside the
-    /// config's audit_log.
+    /// are put in chain order). verify and report still take the audit key
+    /// from beside the config's audit_log.
     #[arg(value_name = "AUDIT_FILE")]
     files: Vec<PathBuf>,
 }
