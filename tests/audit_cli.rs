@@ -36,23 +36,45 @@ fn run_in(args: &[&str], data_dir: Option<&Path>) -> Output {
         Some(dir) => command.env("FIELDVAULT_DATA_DIR", dir),
         None => command.env_remove("FIELDVAULT_DATA_DIR"),
     };
+    command.args(args);
+    output_within(command)
+}
+
+/// Runs `command` to its end; kills it past [`DEADLINE`]. Its output is
+/// drained as it comes, so a long one cannot block it.
+fn output_within(mut command: Command) -> Output {
     let mut child = command
-        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = pipe.read_to_end(&mut out);
+            out
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
     let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
         if started.elapsed() > DEADLINE {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("fieldvault {args:?} still ran after {DEADLINE:?}: killed");
+            panic!("{command:?} still ran after {DEADLINE:?}: killed");
         }
         std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
     }
-    child.wait_with_output().unwrap()
 }
 
 #[track_caller]
@@ -406,6 +428,38 @@ fn verify_names_a_truncation_mid_line() {
 }
 
 #[test]
+fn verify_names_events_cut_off_the_end_of_a_rotated_file_or_its_start_event_deleted() {
+    let v = Vault::new();
+    let paths = v.write_trail(&three_files());
+    edit_lines(&paths[0], |l| {
+        l.pop();
+    });
+    let out = broken(&v);
+    assert!(
+        out.starts_with(&format!(
+            "BROKEN: {}, line 1: begins at event 4 but {} ends at event 2: events 3..3 are \
+             missing (a file deleted, or events cut off the end of the one before)",
+            paths[1].display(),
+            paths[0].display()
+        )),
+        "{out}"
+    );
+    let v = Vault::new();
+    let paths = v.write_trail(&three_files());
+    edit_lines(&paths[1], |l| {
+        l.remove(0);
+    });
+    let out = broken(&v);
+    assert!(
+        out.starts_with(&format!(
+            "BROKEN: {}, line 1: its first event is `detokenize`, not the start of a file",
+            paths[1].display()
+        )),
+        "{out}"
+    );
+}
+
+#[test]
 fn verify_names_a_missing_rotated_file() {
     let v = Vault::new();
     let paths = v.write_trail(&three_files());
@@ -497,6 +551,32 @@ fn verify_says_precisely_what_an_empty_foreign_or_other_vaults_file_is() {
     );
     let err = verify_file(&v.dir.path().join("nowhere.log"));
     assert!(err.contains("nowhere.log: cannot read it"), "{err}");
+}
+
+#[test]
+fn verify_takes_the_master_key_from_the_environment_variable_the_config_names() {
+    let v = Vault::new();
+    v.write_trail(&three_files());
+    let hex = std::fs::read_to_string(v.dir.path().join("keys/master.key")).unwrap();
+    let text = std::fs::read_to_string(&v.config).unwrap();
+    let file_line = format!("file = \"{}/keys/master.key\"", v.dir.path().display());
+    assert!(text.contains(&file_line));
+    std::fs::write(
+        &v.config,
+        text.replace(&file_line, "env = \"AUDIT_CLI_TEST_MASTER_KEY\""),
+    )
+    .unwrap();
+    let mut command = Command::new(BIN);
+    command
+        .args(["audit", "verify", "--config", v.config()])
+        .env("AUDIT_CLI_TEST_MASTER_KEY", hex.trim());
+    let out = output_within(command);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let (_, err) = run_to_exit(2, &["audit", "verify", "--config", v.config()]);
+    assert!(
+        err.contains("master_key.env: environment variable AUDIT_CLI_TEST_MASTER_KEY is not set"),
+        "{err}"
+    );
 }
 
 #[test]
