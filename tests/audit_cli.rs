@@ -460,6 +460,29 @@ fn verify_names_events_cut_off_the_end_of_a_rotated_file_or_its_start_event_dele
 }
 
 #[test]
+fn verify_waits_for_a_line_being_written_instead_of_calling_it_cut_short() {
+    let v = Vault::new();
+    let paths = v.write_trail(&three_files());
+    let whole = std::fs::read(&paths[2]).unwrap();
+    let (head, tail) = whole.split_at(whole.len() - 40);
+    std::fs::write(&paths[2], head).unwrap();
+    let mut command = Command::new(BIN);
+    command.args(["audit", "verify", "--config", v.config()]);
+    let path = paths[2].clone();
+    let tail = tail.to_vec();
+    let writer = std::thread::spawn(move || {
+        // Well within the second verify waits for an unfinished line.
+        std::thread::sleep(Duration::from_millis(100));
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+        file.write_all(&tail).unwrap();
+    });
+    let out = output_within(command);
+    writer.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
+#[test]
 fn verify_names_a_missing_rotated_file() {
     let v = Vault::new();
     let paths = v.write_trail(&three_files());

@@ -303,10 +303,11 @@ fn precheck(key: &AuditKey, path: &Path) -> Result<Option<TrailBreak>, String> {
         if let Some(id) = event.details.get(KEY_ID).and_then(|v| v.as_str()) {
             if id != ours {
                 return Err(format!(
-                    "{}: a trail of another vault: written under audit key {id}, and this \
+                    "{}: a trail of another vault: written under audit key {}, and this \
                      vault's audit key is {ours} (give the --config or --data-dir of the vault \
                      that wrote it)",
-                    path.display()
+                    path.display(),
+                    search::printable(id)
                 ));
             }
         }
@@ -335,14 +336,59 @@ struct Checked {
     summaries: Option<Vec<FileSummary>>,
 }
 
-/// Checks the trail, or says why nothing could be verified.
+/// How long a file whose last line has no newline yet is waited for (a
+/// running server may be writing it), in steps of [`UNFINISHED_STEP`].
+const UNFINISHED_STEPS: u32 = 20;
+const UNFINISHED_STEP: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Waits (briefly) while `path` ends in a line without its newline: an
+/// event being written as the file is read. A file still cut short after
+/// that is checked as it is (and named as cut short).
+fn wait_for_unfinished_line(path: &Path) {
+    use std::io::{Read, Seek, SeekFrom};
+    let ends_unfinished = || {
+        let mut file = std::fs::File::open(path).ok()?;
+        file.seek(SeekFrom::End(-1)).ok()?;
+        let mut last = [0u8; 1];
+        file.read_exact(&mut last).ok()?;
+        Some(last[0] != b'\n')
+    };
+    for _ in 0..UNFINISHED_STEPS {
+        if ends_unfinished() != Some(true) {
+            return;
+        }
+        std::thread::sleep(UNFINISHED_STEP);
+    }
+}
+
+/// Checks the trail, or says why nothing could be verified. The whole
+/// trail is checked again, once, when a rotation changed its files while
+/// they were read.
 fn check(source: &Source) -> Result<Checked, String> {
     let trail = trail_of(source)?;
     let key = trail.key()?;
     let (files, whole) = trail.files(&source.files)?;
+    let first = check_files(&key, files.clone(), whole);
+    let intact = matches!(&first, Ok(c) if c.verification.is_verified());
+    if intact || !whole {
+        return first;
+    }
+    // A rotation between listing the files and reading them shows as a
+    // file missing or vanished: listed again, and checked again if the
+    // files changed.
+    match trail.files(&source.files) {
+        Ok((now, _)) if now != files => check_files(&key, now, whole),
+        _ => first,
+    }
+}
+
+fn check_files(key: &AuditKey, files: Vec<PathBuf>, whole: bool) -> Result<Checked, String> {
+    for path in &files {
+        wait_for_unfinished_line(path);
+    }
     let mut early_break = None;
     for path in &files {
-        if let Some(b) = precheck(&key, path)? {
+        if let Some(b) = precheck(key, path)? {
             early_break.get_or_insert(b);
         }
     }
@@ -354,7 +400,7 @@ fn check(source: &Source) -> Result<Checked, String> {
             summaries: None,
         });
     }
-    let result = verify_files(&key, &files);
+    let result = verify_files(key, &files);
     if let Err(b) = &result {
         if b.line.is_none() {
             // The file changed or vanished since it was read above.
