@@ -574,6 +574,23 @@ fn md(text: Option<&str>) -> String {
     out
 }
 
+/// The files, all of them up to [`FILES_LISTED`], else the first ones,
+/// an ellipsis and the last (the JSON form lists every one).
+fn file_list(files: &[String]) -> String {
+    let cells: Vec<String> = files.iter().map(|f| md(Some(f))).collect();
+    if cells.len() <= FILES_LISTED {
+        return cells.join(", ");
+    }
+    format!(
+        "{}, …, {}",
+        cells[..FILES_LISTED - 1].join(", "),
+        cells[cells.len() - 1]
+    )
+}
+
+/// How many files the Markdown report names in full.
+const FILES_LISTED: usize = 5;
+
 fn mdo(text: &Option<String>) -> String {
     md(text.as_deref())
 }
@@ -633,11 +650,7 @@ impl Report {
             "- **Trail:** {} file{}: {}\n",
             self.files.len(),
             plural(self.files.len() as u64),
-            self.files
-                .iter()
-                .map(|f| md(Some(f)))
-                .collect::<Vec<_>>()
-                .join(", ")
+            file_list(&self.files)
         ));
         out.push_str(&format!(
             "- **Integrity:** {}.\n",
@@ -1542,6 +1555,16 @@ mod tests {
             .lines()
             .filter(|l| !l.starts_with("verification"))
             .all(|l| l.split(',').count() == 10));
+    }
+
+    #[test]
+    fn the_markdown_names_five_files_at_most() {
+        let files: Vec<String> = (0..7).map(|i| format!("audit.log.{i}")).collect();
+        assert_eq!(
+            file_list(&files),
+            "audit.log.0, audit.log.1, audit.log.2, audit.log.3, …, audit.log.6"
+        );
+        assert_eq!(file_list(&files[..5]).matches(", ").count(), 4);
     }
 
     #[test]
