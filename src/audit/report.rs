@@ -801,7 +801,11 @@ impl Report {
             "No call was refused in this period.",
         );
         out.push_str("### Refused items\n\n");
-        out.push_str("Items refused within calls the vault carried out, by error code.\n\n");
+        out.push_str(
+            "Items that got an error within calls the vault carried out, by error code \
+             (permission_denied: the policy refused it; not_found, not_issued: no such token; \
+             invalid_argument: malformed).\n\n",
+        );
         let rows: Vec<Vec<String>> = self
             .refused_items
             .iter()
