@@ -671,12 +671,13 @@ impl Report {
         ));
         if self.undated_events > 0 || self.skipped_lines > 0 {
             out.push_str(&format!(
-                "- **Not counted:** {} event{} without a readable time, {} line{} that are not \
-                 audit events\n",
+                "- **Not counted:** {} event{} without a readable time, {} line{} that {} not \
+                 an audit event (torn or damaged)\n",
                 self.undated_events,
                 plural(self.undated_events),
                 self.skipped_lines,
-                plural(self.skipped_lines)
+                plural(self.skipped_lines),
+                if self.skipped_lines == 1 { "is" } else { "are" }
             ));
         }
         out.push('\n');
@@ -1559,6 +1560,43 @@ mod tests {
             .lines()
             .filter(|l| !l.starts_with("verification"))
             .all(|l| l.split(',').count() == 10));
+    }
+
+    #[test]
+    fn lines_and_events_that_cannot_be_counted_are_said() {
+        let dir = ok(tempfile::tempdir());
+        let mut undated = at("sometime", "detokenize");
+        undated.caller = Some(SUPPORT.into());
+        let (mut text, _) = sealed(ChainState::GENESIS, CHAIN_START, &known_calls()[1..3]);
+        let (line, _) = super::super::chain::seal_line(
+            &key(),
+            ChainState {
+                next_seq: 3,
+                head: [0; 32],
+            },
+            &undated.to_json(),
+        );
+        text.push_str(&line);
+        text.push_str("{\"seq\":4,\"prev\n");
+        let path = dir.path().join("audit.log");
+        ok(std::fs::write(&path, text));
+        let since = ok(super::super::search::parse_time("2026-11-27"));
+        let until = ok(super::super::search::parse_time("2026-11-28"));
+        let broken = Verification::Broken {
+            file: "audit.log".into(),
+            line: Some(4),
+            reason: "r".into(),
+        };
+        let r = ok(build(&[path], since, until, broken));
+        assert_eq!((r.events, r.undated_events, r.skipped_lines), (3, 1, 1));
+        let md = r.markdown();
+        assert!(
+            md.contains(
+                "- **Not counted:** 1 event without a readable time, 1 line that is not an audit \
+                 event (torn or damaged)\n"
+            ),
+            "{md}"
+        );
     }
 
     #[test]
