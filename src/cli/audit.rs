@@ -111,10 +111,11 @@ pub(crate) struct SearchArgs {
     /// Events with this declared purpose.
     #[arg(long, value_name = "PURPOSE")]
     purpose: Option<String>,
-    /// Events at or after this time.
+    /// Events at or after this time: RFC 3339 with a zone
+    /// (2026-11-27T10:00:00Z) or a date (2026-11-27: midnight UTC).
     #[arg(long, value_name = "TIME", value_parser = time)]
     since: Option<u64>,
-    /// Events before this time.
+    /// Events before this time, written as --since is.
     #[arg(long, value_name = "TIME", value_parser = time)]
     until: Option<u64>,
     /// One JSON object a line: {"seq":N,"file":…,"line":N,"event":{…}}.
@@ -133,10 +134,11 @@ pub(crate) enum Format {
 
 #[derive(Args)]
 pub(crate) struct ReportArgs {
-    /// The start of the period (included).
+    /// The start of the period (included): RFC 3339 with a zone
+    /// (2026-11-27T10:00:00Z) or a date (2026-11-27: midnight UTC).
     #[arg(long, value_name = "TIME", value_parser = time)]
     since: u64,
-    /// The end of the period (excluded).
+    /// The end of the period (excluded), written as --since is.
     #[arg(long, value_name = "TIME", value_parser = time)]
     until: u64,
     /// md: Markdown, to read or hand over as is; csv: one row shape
