@@ -16,6 +16,8 @@ pub mod chain;
 pub mod event;
 pub mod head;
 pub mod keyfile;
+pub mod report;
+pub mod search;
 pub mod trail;
 pub mod verify;
 pub mod writer;

@@ -1,6 +1,7 @@
 //! The command line: `serve`, the client commands and offline store
 //! maintenance. Each subcommand lives in its own file.
 
+mod audit;
 mod calls;
 mod conn;
 mod health;
@@ -46,6 +47,10 @@ enum Command {
     /// Offline store maintenance, with the server stopped.
     #[command(subcommand)]
     Store(serve::StoreCommand),
+    /// The audit trail, offline: verify its hash chain, search its events,
+    /// report on a period.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 /// The log filter when `RUST_LOG` is unset. The HTTP/2 and TLS libraries
@@ -201,6 +206,7 @@ pub(crate) async fn run() -> ExitCode {
         Command::Health(args) => Ok(health::health(args).await),
         Command::Keys(command) => Ok(keys::keys(command).await),
         Command::Store(command) => serve::store_command(command),
+        Command::Audit(command) => Ok(audit::audit(command)),
     };
     match result {
         Ok(code) => code,

@@ -269,7 +269,13 @@ mod tests {
         assert_eq!(
             m,
             "unrecognized subcommand; the commands are serve, tokenize, detokenize, keys, \
-             health and store; see --help"
+             health, store and audit; see --help"
+        );
+        let m = error(&["audit", "bogus"], &[]);
+        assert_eq!(
+            m,
+            "unrecognized subcommand; its subcommands are verify, search and report; see audit \
+             --help"
         );
         let m = error(&["keys", "bogus"], &[]);
         assert_eq!(
