@@ -113,6 +113,7 @@ fn make_keys(master_path: &Path, log: &Path) -> AuditKey {
     let master = MasterKey::generate();
     write_private(master_path, master.to_hex().as_bytes());
     let (ring, _) = Keyring::create(&master).unwrap();
+    let (ring, _) = ring.with_audit_key().unwrap().unwrap();
     let key = ring.audit_key().unwrap();
     let wrapped = ring.wrapped_audit_key().unwrap().unwrap();
     std::fs::create_dir_all(log.parent().unwrap()).unwrap();
@@ -455,6 +456,34 @@ fn verify_names_events_cut_off_the_end_of_a_rotated_file_or_its_start_event_dele
             "BROKEN: {}, line 1: its first event is `detokenize`, not the start of a file",
             paths[1].display()
         )),
+        "{out}"
+    );
+}
+
+#[test]
+fn verify_names_whole_events_cut_off_the_end_of_the_active_file_from_the_servers_record() {
+    let v = Vault::new();
+    v.write_trail(&three_files());
+    // Where the server recorded the end: after the last event.
+    let text = std::fs::read_to_string(&v.log).unwrap();
+    let state = fieldvault::audit::verify::verify_files(&v.key, &[v.log.clone()]).unwrap()[0].end;
+    std::fs::write(
+        fieldvault::audit::head::path_for(&v.log),
+        fieldvault::audit::head::encode(&v.key, state),
+    )
+    .unwrap();
+    run_to_exit(0, &["audit", "verify", "--config", v.config()]);
+    // Two whole events cut off: the chain left is valid, the record says
+    // it is short.
+    let cut: String = text.split_inclusive('\n').take(2).collect();
+    std::fs::write(&v.log, cut).unwrap();
+    let out = broken(&v);
+    assert!(out.contains("events 10..11 were cut off its end"), "{out}");
+    // A record edited to hide it does not verify.
+    std::fs::write(fieldvault::audit::head::path_for(&v.log), "{}").unwrap();
+    let out = broken(&v);
+    assert!(
+        out.contains("record of where the trail ends is damaged"),
         "{out}"
     );
 }

@@ -33,9 +33,9 @@ const VERIFY_HELP: &str = "Exit codes: 0 the trail is intact; 1 it is not: the f
     arguments, no audit key file beside the trail, a master key that does not unwrap it, a file \
     that cannot be read, an empty file, a file that is not an audit trail, or a trail of another \
     vault.\n\nWith no AUDIT_FILE, the whole trail is verified: the config's audit_log and the \
-    rotated files beside it, which must begin with the start of a chain. The chain alone \
-    cannot tell whole events cut off the end of the newest file; compare the last event with \
-    the server's.";
+    rotated files beside it, which must begin with the start of a chain, and must reach the \
+    end the server recorded beside them (audit.log.head: whole events cut off the end are named \
+    too).";
 
 const SEARCH_HELP: &str = "Needs no key: events are read, not verified (run `fieldvault audit \
     verify` for that); lines that are not events are skipped and counted on stderr. Times are \
@@ -370,18 +370,63 @@ fn check(source: &Source) -> Result<Checked, String> {
     let trail = trail_of(source)?;
     let key = trail.key()?;
     let (files, whole) = trail.files(&source.files)?;
+    // Where the server recorded the trail's end, read before the trail
+    // (the record follows the trail, so it never runs ahead of it here).
+    let recorded = if whole {
+        fieldvault::audit::head::read(&trail.audit_log, &key)
+    } else {
+        Ok(None)
+    };
     let first = check_files(&key, files.clone(), whole);
     let intact = matches!(&first, Ok(c) if c.verification.is_verified());
-    if intact || !whole {
+    if intact {
+        return first.map(|c| reaches_recorded_end(c, recorded));
+    }
+    if !whole {
         return first;
     }
     // A rotation between listing the files and reading them shows as a
     // file missing or vanished: listed again, and checked again if the
     // files changed.
     match trail.files(&source.files) {
-        Ok((now, _)) if now != files => check_files(&key, now, whole),
+        Ok((now, _)) if now != files => {
+            check_files(&key, now, whole).map(|c| reaches_recorded_end(c, recorded))
+        }
         _ => first,
     }
+}
+
+/// A whole trail that verified must also reach the end the server recorded
+/// beside it (`<audit_log>.head`): a chain cut at an event boundary is
+/// still a valid chain.
+fn reaches_recorded_end(
+    mut checked: Checked,
+    recorded: Result<Option<fieldvault::audit::chain::ChainState>, String>,
+) -> Checked {
+    if !checked.verification.is_verified() {
+        return checked;
+    }
+    let Some(last) = checked.summaries.as_ref().and_then(|s| s.last()) else {
+        return checked;
+    };
+    let outcome = match recorded {
+        Ok(None) => Ok(()),
+        Err(e) => Err(format!(
+            "the record of where the trail ends is damaged: {e}"
+        )),
+        Ok(Some(recorded)) => {
+            let text = std::fs::read_to_string(&last.path).unwrap_or_default();
+            fieldvault::audit::head::check(recorded, last.start, last.end, &text)
+        }
+    };
+    if let Err(reason) = outcome {
+        checked.verification = Verification::broken(&TrailBreak {
+            path: last.path.clone(),
+            line: None,
+            reason,
+        });
+    }
+    checked
 }
 
 fn check_files(key: &AuditKey, files: Vec<PathBuf>, whole: bool) -> Result<Checked, String> {
