@@ -466,7 +466,9 @@ fn verify_names_whole_events_cut_off_the_end_of_the_active_file_from_the_servers
     v.write_trail(&three_files());
     // Where the server recorded the end: after the last event.
     let text = std::fs::read_to_string(&v.log).unwrap();
-    let state = fieldvault::audit::verify::verify_files(&v.key, &[v.log.clone()]).unwrap()[0].end;
+    let state = fieldvault::audit::verify::verify_files(&v.key, std::slice::from_ref(&v.log))
+        .unwrap()[0]
+        .end;
     std::fs::write(
         fieldvault::audit::head::path_for(&v.log),
         fieldvault::audit::head::encode(&v.key, state),
