@@ -47,7 +47,8 @@
 //!   verifier, no value appears, and the restarted server continued the
 //!   chain (sequence numbers run on, one `audit.chain_start`);
 //! - an audit full-disk round: a file-size limit set on the running server
-//!   (prlimit) that only the audit file reaches; once reveals fill it, each
+//!   (prlimit) that the audit file reaches and the server's log is filled
+//!   up to (the log shares the full disk); once reveals fill it, each
 //!   is refused UNAVAILABLE within 1.5 s (the issue's 1 s, with slack for a
 //!   loaded machine), reveals nothing, health reports NOT_SERVING and no
 //!   torn line is left; with the limit raised, reveals work again by
@@ -57,7 +58,8 @@
 //! `cargo test --test crash` runs 20 kill rounds, then 3 rewrap rounds, 1
 //! index-rebuild round, 6 master-key rounds, the disk-full round, 4 audit
 //! kill rounds and the audit full-disk round (about two minutes on 2
-//! cores); `-- --rounds N` runs N kill rounds instead.
+//! cores); `-- --rounds N` runs N kill rounds instead, `-- --audit-only`
+//! only the audit rounds.
 //! The harness is the test named `crash`: like a libtest harness it honours
 //! name filters (`cargo test foo` skips it), `--exact`, `--skip`, `--list`
 //! and `--ignored`. It never hangs: every call has a deadline, every wait a
@@ -475,24 +477,24 @@ const PHASE_LIMIT: Duration = Duration::from_secs(180);
 #[derive(Debug, PartialEq)]
 enum Mode {
     /// `--list`: print the test like libtest, run nothing.
-    List {
-        listed: bool,
-    },
+    List { listed: bool },
     /// Filtered out (a name filter that does not match, `--skip`, `--ignored`).
     Skip,
     Run {
         rounds: u32,
         time_limit: Duration,
+        /// `--audit-only`: only the audit rounds.
+        audit_only: bool,
     },
 }
 
 /// Reads libtest's arguments (filters, `--exact`, `--skip`, `--list`,
 /// `--ignored`; the rest are accepted and ignored) and the harness's own
-/// (`--rounds N`, `--time-limit SECS`).
+/// (`--rounds N`, `--time-limit SECS`, `--audit-only`).
 fn parse_args(args: &[String]) -> Result<Mode, String> {
     let mut filters = Vec::new();
     let mut skips = Vec::new();
-    let (mut exact, mut list, mut only_ignored) = (false, false, false);
+    let (mut exact, mut list, mut only_ignored, mut audit_only) = (false, false, false, false);
     let (mut rounds, mut time_limit) = (20u32, None);
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -513,6 +515,7 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
                     .map_err(|e| format!("--time-limit: {e}"))?;
                 time_limit = Some(Duration::from_secs(secs));
             }
+            "--audit-only" => audit_only = true,
             "--exact" => exact = true,
             "--list" => list = true,
             "--ignored" => only_ignored = true,
@@ -543,7 +546,11 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
         return Ok(Mode::Skip);
     }
     let time_limit = time_limit.unwrap_or(Duration::from_secs(180 + 15 * u64::from(rounds)));
-    Ok(Mode::Run { rounds, time_limit })
+    Ok(Mode::Run {
+        rounds,
+        time_limit,
+        audit_only,
+    })
 }
 
 /// What the harness is doing now, for the watchdog.
@@ -598,7 +605,15 @@ fn log_tails(dir: &Path, n: usize) -> String {
     ] {
         if let Ok(log) = std::fs::read_to_string(dir.join(name)) {
             let lines: Vec<&str> = log.lines().collect();
-            let tail = lines[lines.len().saturating_sub(n)..].join("\n");
+            // A line is cut short: one may hold a whole audit event.
+            let tail = lines[lines.len().saturating_sub(n)..]
+                .iter()
+                .map(|l| match l.char_indices().nth(400) {
+                    Some((i, _)) => format!("{}…", &l[..i]),
+                    None => (*l).to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
             log_tail.push_str(&format!("--- last lines of {name}:\n{tail}\n"));
         }
     }
@@ -631,7 +646,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let (rounds, time_limit) = match mode {
+    let (rounds, time_limit, audit_only) = match mode {
         Mode::List { listed } => {
             if listed {
                 println!("{TEST_NAME}: test");
@@ -642,37 +657,83 @@ fn main() {
             println!("\nrunning 0 tests\n\ntest result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 1 filtered out\n");
             return;
         }
-        Mode::Run { rounds, time_limit } => (rounds, time_limit),
+        Mode::Run {
+            rounds,
+            time_limit,
+            audit_only,
+        } => (rounds, time_limit, audit_only),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(run(rounds, time_limit));
+    runtime.block_on(run(rounds, time_limit, audit_only));
 }
 
-async fn run(rounds: u32, time_limit: Duration) {
+async fn run(rounds: u32, time_limit: Duration, audit_only: bool) {
     // Kept when a check fails; removed at the end of a run that passes.
     let tmp = tempfile::tempdir().unwrap().keep();
     start_watchdog(time_limit, tmp.clone());
     report_failures_with_logs(tmp.clone());
-    phase("making the certificates and config");
-    let harness = Harness::new(&tmp);
-
-    let acked: Acked = Arc::new(Mutex::new(HashMap::new()));
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64;
+    let rounds = if audit_only { 0 } else { rounds };
     println!("crash harness: {rounds} rounds, seed {seed}");
     let mut rng = Rng(seed | 1);
+    let started = Instant::now();
+    let mut lines = Vec::new();
+    if !audit_only {
+        lines = store_rounds(&tmp, rounds, &mut rng).await;
+    }
+
+    let audit_started = Instant::now();
+    phase("audit kill rounds: certificates and config");
+    let audit_harness = Harness::with_tables(
+        &tmp.join("audit-kill"),
+        &format!("[audit]\nmax_file_bytes = {AUDIT_ROTATE_BYTES}"),
+    );
+    lines.extend(audit_kill_rounds(&audit_harness, &mut rng).await);
+    phase("audit full-disk round: certificates and config");
+    let audit_full_line = audit_full_round(&Harness::new(&tmp.join("audit-full"))).await;
+    println!("{audit_full_line}");
+    lines.push(audit_full_line);
+    std::fs::remove_dir_all(&tmp).unwrap();
+    let store = if audit_only {
+        "the store's rounds skipped (--audit-only)".to_owned()
+    } else {
+        format!(
+            "{rounds} kill rounds passed; {REWRAP_ROUNDS} rewrap rounds, {INDEX_ROUNDS} \
+             index-rebuild round(s) and {MASTER_ROUNDS} master-key rounds passed; disk-full \
+             round passed"
+        )
+    };
+    println!(
+        "crash: {store}; {AUDIT_KILL_ROUNDS} audit kill rounds and the audit full-disk round \
+         passed ({:.1}s); 0 failed; {:.1}s",
+        audit_started.elapsed().as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    for line in lines {
+        println!("  {line}");
+    }
+}
+
+/// The kill rounds, the key rounds and the disk-full round of the store
+/// (see the module doc), under `tmp`; returns the lines for the summary.
+async fn store_rounds(tmp: &Path, rounds: u32, rng: &mut Rng) -> Vec<String> {
+    phase("making the certificates and config");
+    let harness = Harness::new(tmp);
+
+    let acked: Acked = Arc::new(Mutex::new(HashMap::new()));
     let started = Instant::now();
     for round in 0..rounds {
         phase(format!("round {round}: the server to start"));
         let server = harness.start();
         let acked_before = acked.lock().unwrap().len();
-        let writers = spawn_writers(&harness, &server, &mut rng, &acked, Duration::ZERO);
+        let writers = spawn_writers(&harness, &server, rng, &acked, Duration::ZERO);
         // Let the load run until the round has something to lose (a round
         // killed before its first answer checks nothing new), then a random
         // while longer, then kill -9 mid-flight.
@@ -717,7 +778,7 @@ async fn run(rounds: u32, time_limit: Duration) {
         );
     }
 
-    let key_lines = key_rounds(&harness, &mut rng, &acked).await;
+    let mut lines = key_rounds(&harness, rng, &acked).await;
 
     // Finally, the store itself: records and indexes agree.
     phase("the integrity check of the store");
@@ -749,35 +810,12 @@ async fn run(rounds: u32, time_limit: Duration) {
         trail.events
     );
     println!("{trail_line}");
+    lines.push(trail_line);
 
     phase("disk-full round: certificates and config");
-    disk_full_round(&Harness::new(&tmp.join("disk-full")), &mut rng).await;
+    disk_full_round(&Harness::new(&tmp.join("disk-full")), rng).await;
 
-    phase("audit kill rounds: certificates and config");
-    let audit_harness = Harness::with_tables(
-        &tmp.join("audit-kill"),
-        &format!("[audit]\nmax_file_bytes = {AUDIT_ROTATE_BYTES}"),
-    );
-    let audit_lines = audit_kill_rounds(&audit_harness, &mut rng).await;
-    phase("audit full-disk round: certificates and config");
-    let audit_full_line = audit_full_round(&Harness::new(&tmp.join("audit-full"))).await;
-    println!("{audit_full_line}");
-    std::fs::remove_dir_all(&tmp).unwrap();
-    println!(
-        "crash: {rounds} kill rounds passed; {REWRAP_ROUNDS} rewrap rounds, {INDEX_ROUNDS} \
-         index-rebuild round(s) and {MASTER_ROUNDS} master-key rounds passed; disk-full round \
-         passed; {AUDIT_KILL_ROUNDS} audit kill rounds and the audit full-disk round passed; 0 \
-         failed; {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
-    for line in key_lines
-        .into_iter()
-        .chain([trail_line])
-        .chain(audit_lines)
-        .chain([audit_full_line])
-    {
-        println!("  {line}");
-    }
+    lines
 }
 
 /// The health status the server reports for `service` ("" for the whole
@@ -1730,17 +1768,26 @@ async fn audited_client(
                     for (result, known) in results.iter().zip(&picked) {
                         match &result.outcome {
                             Some(pb::detokenize_result::Outcome::Revealed(v)) => {
-                                assert_eq!(v.value, known.value, "{} revealed another value", known.token)
+                                assert_eq!(
+                                    v.value, known.value,
+                                    "{} revealed another value",
+                                    known.token
+                                )
                             }
                             other => panic!("pool token {} did not reveal: {other:?}", known.token),
                         }
                     }
-                    (id, "detokenize", picked.iter().map(|k| k.token.clone()).collect())
+                    (
+                        id,
+                        "detokenize",
+                        picked.iter().map(|k| k.token.clone()).collect(),
+                    )
                 })
         };
         match outcome {
             Ok((id, action, tokens)) => {
-                let request_id = id.unwrap_or_else(|| panic!("a {action} answer without x-request-id"));
+                let request_id =
+                    id.unwrap_or_else(|| panic!("a {action} answer without x-request-id"));
                 answered.lock().unwrap().push(Answered {
                     request_id,
                     action,
@@ -1778,7 +1825,11 @@ fn check_trail(audit_log: &Path, master: &Path, expected: &[Answered], when: &st
     let master = MasterKey::from_file(master).unwrap();
     let key = keyfile::load(audit_log, &master).unwrap_or_else(|e| panic!("{when}: {e}"));
     let files = trail::files_of(audit_log).unwrap();
-    assert!(!files.is_empty(), "{when}: no audit file at {}", audit_log.display());
+    assert!(
+        !files.is_empty(),
+        "{when}: no audit file at {}",
+        audit_log.display()
+    );
     let summaries = verify::verify_files(&key, &files)
         .unwrap_or_else(|b| panic!("{when}: the audit trail does not verify: {b}"));
     let mut seq_of = HashMap::new();
@@ -1802,7 +1853,11 @@ fn check_trail(audit_log: &Path, master: &Path, expected: &[Answered], when: &st
         }
         for (i, line) in text.lines().enumerate() {
             let (seq, _, event) = verify::parse_line(line).unwrap_or_else(|| {
-                panic!("{when}: {} line {} is not a chained event: {line}", file.display(), i + 1)
+                panic!(
+                    "{when}: {} line {} is not a chained event: {line}",
+                    file.display(),
+                    i + 1
+                )
             });
             seqs.push(seq);
             match event.action.as_str() {
@@ -1933,7 +1988,9 @@ async fn audit_kill_round(
     let server = harness.start();
     let pool = match pool {
         Some(pool) => pool.clone(),
-        None => pool.insert(Arc::new(fake_phone_pool(&server.addr, harness).await)).clone(),
+        None => pool
+            .insert(Arc::new(fake_phone_pool(&server.addr, harness).await))
+            .clone(),
     };
     let answered: AnsweredLog = Arc::new(Mutex::new(Vec::new()));
     let clients: Vec<_> = (0..AUDIT_CLIENTS)
@@ -1948,7 +2005,7 @@ async fn audit_kill_round(
         })
         .collect();
     phase(format!(
-        "{label}: {MIN_REVEALS_PER_ROUND} reveals answered before the kill"
+        "{label}: {MIN_REVEALS_PER_ROUND} reveals answered and a rotation before the kill"
     ));
     let reveals = |answered: &AnsweredLog| {
         answered
@@ -1958,11 +2015,19 @@ async fn audit_kill_round(
             .filter(|a| a.action == "detokenize")
             .count()
     };
+    // And a rotation under this round's load, so the kill lands in a trail
+    // of several files.
+    let files = || {
+        fieldvault::audit::trail::files_of(&audit_log)
+            .unwrap()
+            .len()
+    };
+    let files_at_start = files();
     bounded(
         Duration::from_secs(60),
-        "the first reveals of the round",
+        "the first reveals of the round and a rotation",
         async {
-            while reveals(&answered) < MIN_REVEALS_PER_ROUND {
+            while reveals(&answered) < MIN_REVEALS_PER_ROUND || files() == files_at_start {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         },
@@ -1987,7 +2052,9 @@ async fn audit_kill_round(
     );
     all_answered.extend(answered);
 
-    phase(format!("{label}: the server to restart (it verifies the trail)"));
+    phase(format!(
+        "{label}: the server to restart (it verifies the trail)"
+    ));
     let server = harness.start();
     phase(format!("{label}: the trail after the restart"));
     let before = check_trail(
@@ -2093,6 +2160,25 @@ fn set_file_size_limit(pid: u32, limit: Option<u64>) {
     assert_eq!(file_size_limit(pid), limit, "prlimit did not take");
 }
 
+/// Appends to `path` until it holds `size` bytes: a line saying why, then
+/// dots.
+fn fill_up_to(path: &Path, size: u64) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    let note = b"--- crash harness: this log is filled up to the server's file-size limit \
+                 (the log shares the full disk) ---\n";
+    let len = file.metadata().unwrap().len();
+    assert!(
+        len + note.len() as u64 + 1 < size,
+        "the log is already near the limit"
+    );
+    file.write_all(note).unwrap();
+    let dots = size - len - note.len() as u64 - 1;
+    file.write_all(&vec![b'.'; dots as usize]).unwrap();
+    file.write_all(b"\n").unwrap();
+    assert_eq!(file.metadata().unwrap().len(), size);
+}
+
 /// The largest file under `dir`.
 fn largest_file(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
@@ -2112,8 +2198,9 @@ fn largest_file(dir: &Path) -> u64 {
 
 /// The audit trail on a full disk: the server runs under a file-size limit
 /// (RLIMIT_FSIZE, set on the running process: a write past it fails with
-/// EFBIG, as on a full disk) that only the audit file reaches (reveals
-/// write nothing else). Concurrent reveals of 100 tokens each fill the
+/// EFBIG, as on a full disk) that the audit file reaches (reveals write
+/// nothing to the store) and the server's log (stderr, a file here) is
+/// filled up to: a log line it cannot write must not trip it. Concurrent reveals of 100 tokens each fill the
 /// audit file up to the limit; from then on every refused reveal must be
 /// answered UNAVAILABLE within [`REFUSAL_DEADLINE`] and reveal nothing,
 /// health must report NOT_SERVING, and the file must hold no torn line
@@ -2138,8 +2225,14 @@ async fn audit_full_round(harness: &Harness) -> String {
     // its files only the audit file still grows.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let limit = (largest_file(&harness.dir) + (512 << 10)).next_multiple_of(4096);
-    phase(format!("{label}: the file-size limit ({limit} bytes) to be reached"));
+    phase(format!(
+        "{label}: the file-size limit ({limit} bytes) to be reached"
+    ));
     set_file_size_limit(pid, Some(limit));
+    // The server's log shares the full disk: it is filled up to the limit
+    // (by this process, which has none), so every line the server logs
+    // from now on fails to be written.
+    fill_up_to(&harness.log, limit);
 
     // Four clients reveal the 100 tokens over and over until told to stop;
     // each call's outcome and how long it took are kept.
@@ -2179,18 +2272,22 @@ async fn audit_full_round(harness: &Harness) -> String {
     phase(format!("{label}: health to report NOT_SERVING"));
     let mut health_client =
         HealthClient::new(common::channel(&server.addr, &harness.tls("support")).await);
-    bounded(Duration::from_secs(10), "health to report NOT_SERVING", async {
-        loop {
-            let reported = [
-                health(&mut health_client, "").await,
-                health(&mut health_client, "fieldvault.v1.Vault").await,
-            ];
-            if reported == [ServingStatus::NotServing as i32; 2] {
-                return;
+    bounded(
+        Duration::from_secs(10),
+        "health to report NOT_SERVING",
+        async {
+            loop {
+                let reported = [
+                    health(&mut health_client, "").await,
+                    health(&mut health_client, "fieldvault.v1.Vault").await,
+                ];
+                if reported == [ServingStatus::NotServing as i32; 2] {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
+        },
+    )
     .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for task in load {
@@ -2244,20 +2341,29 @@ async fn audit_full_round(harness: &Harness) -> String {
 
     // Still refused right before the limit is raised.
     let (still, took) = reveal_once(&mut client, &pool).await;
-    assert!(still.is_err(), "{label}: a reveal at the limit was answered");
+    assert!(
+        still.is_err(),
+        "{label}: a reveal at the limit was answered"
+    );
     assert!(took <= REFUSAL_DEADLINE, "{label}: {took:?}");
 
-    phase(format!("{label}: reveals to work again once the limit is raised"));
+    phase(format!(
+        "{label}: reveals to work again once the limit is raised"
+    ));
     set_file_size_limit(pid, None);
     let raised = Instant::now();
-    let recovered_id = bounded(Duration::from_secs(10), "a reveal after the limit was raised", async {
-        loop {
-            if let (Ok(id), _) = reveal_once(&mut client, &pool).await {
-                return id;
+    let recovered_id = bounded(
+        Duration::from_secs(10),
+        "a reveal after the limit was raised",
+        async {
+            loop {
+                if let (Ok(id), _) = reveal_once(&mut client, &pool).await {
+                    return id;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
+        },
+    )
     .await;
     let recovered_after = raised.elapsed();
     assert!(
@@ -2266,18 +2372,22 @@ async fn audit_full_round(harness: &Harness) -> String {
     );
     ok_ids.push(recovered_id.clone());
     phase(format!("{label}: health to report SERVING again"));
-    bounded(Duration::from_secs(10), "health to report SERVING again", async {
-        loop {
-            let reported = [
-                health(&mut health_client, "").await,
-                health(&mut health_client, "fieldvault.v1.Vault").await,
-            ];
-            if reported == [ServingStatus::Serving as i32; 2] {
-                return;
+    bounded(
+        Duration::from_secs(10),
+        "health to report SERVING again",
+        async {
+            loop {
+                let reported = [
+                    health(&mut health_client, "").await,
+                    health(&mut health_client, "fieldvault.v1.Vault").await,
+                ];
+                if reported == [ServingStatus::Serving as i32; 2] {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
+        },
+    )
     .await;
     let serving_after = raised.elapsed();
     drop(client);
@@ -2294,7 +2404,12 @@ async fn audit_full_round(harness: &Harness) -> String {
             tokens: pool.iter().map(|k| k.token.clone()).collect(),
         })
         .collect();
-    let facts = check_trail(&audit_log, &harness.master(), &expected, &format!("{label}, at the end"));
+    let facts = check_trail(
+        &audit_log,
+        &harness.master(),
+        &expected,
+        &format!("{label}, at the end"),
+    );
     let recovered_seq = facts.seq_of[&recovered_id];
     let (last_recovery, refused_events) = facts
         .recovered

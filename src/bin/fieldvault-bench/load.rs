@@ -924,12 +924,16 @@ impl AuditSinks<'_> {
     /// directory of its own under `compare` (removed afterwards; the trail
     /// is moved back, its chain whole).
     async fn compare(&self, audit_log: &Path, compare: &Path) -> Result<Vec<AuditSinkRun>, String> {
-        let durable = self.detokenize("where the vault keeps it", audit_log).await?;
+        let durable = self
+            .detokenize("where the vault keeps it", audit_log)
+            .await?;
         let moved_dir = private_dir(compare, "fieldvault-bench-audit")?;
         let moved_log = moved_dir.join("audit.log");
         let moved = match move_trail(audit_log, &moved_log) {
             Ok(()) => {
-                let run = self.detokenize("moved (--compare-audit-dir)", &moved_log).await;
+                let run = self
+                    .detokenize("moved (--compare-audit-dir)", &moved_log)
+                    .await;
                 move_trail(&moved_log, audit_log).and(run)
             }
             Err(e) => Err(e),
@@ -940,11 +944,23 @@ impl AuditSinks<'_> {
 
     /// Detokenize-1 for the run's duration (after a short warm-up) on a
     /// vault started with its audit trail at `audit_log`.
-    async fn detokenize(&self, sink: &'static str, audit_log: &Path) -> Result<AuditSinkRun, String> {
+    async fn detokenize(
+        &self,
+        sink: &'static str,
+        audit_log: &Path,
+    ) -> Result<AuditSinkRun, String> {
         let o = self.options;
-        let config = write_config(self.dir, "bench-audit-sink.toml", o.cache_capacity_mib, audit_log)?;
+        let config = write_config(
+            self.dir,
+            "bench-audit-sink.toml",
+            o.cache_capacity_mib,
+            audit_log,
+        )?;
         let config = config.to_str().ok_or("non-UTF-8 path")?;
-        eprintln!("running detokenize-1 with the audit trail at {}…", audit_log.display());
+        eprintln!(
+            "running detokenize-1 with the audit trail at {}…",
+            audit_log.display()
+        );
         let (vault, _) = ServerChild::spawn(self.bin, &["serve", "--config", config])?;
         let reader_tls = ClientTls::dev(self.dir, "support").map_err(|e| e.to_string())?;
         let load = Arc::new(Load {
