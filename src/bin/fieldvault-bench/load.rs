@@ -301,7 +301,7 @@ impl Report {
                 moved.filesystem
             ));
             if durable.filesystem == "tmpfs" {
-                out.push_str("note: the trail where it is sits on a tmpfs too: not durable\n");
+                out.push_str("note: the trail where it is sits on a tmpfs: it is not durable\n");
             }
             if moved.filesystem != "tmpfs" {
                 out.push_str(&format!(
