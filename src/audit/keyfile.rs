@@ -158,9 +158,7 @@ mod tests {
         assert_eq!(ok(load(&log, &master)).id(), key.id());
         let other = load(&log, &MasterKey::generate()).err().map(|e| e.0);
         assert!(
-            other
-                .as_deref()
-                .is_some_and(|e| e.contains("does not unwrap")),
+            other.as_deref().is_some_and(|e| e.contains("does not unwrap")),
             "{other:?}"
         );
         ok(std::fs::write(path_for(&log), "hello"));

@@ -224,8 +224,8 @@ impl AuditTrail {
             std::fs::remove_file(path)
                 .map_err(|e| AuditError(format!("{}: {e}", path.display())))?;
         }
-        let rotated =
-            trail::files_of(path).map_err(|e| AuditError(format!("{}: {e}", path.display())))?;
+        let rotated = trail::files_of(path)
+            .map_err(|e| AuditError(format!("{}: {e}", path.display())))?;
         if let Some(last) = rotated.last() {
             let text = whole_lines(last)?.unwrap_or_default();
             return match verify::verify_file_text(key, last, &text) {

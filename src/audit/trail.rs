@@ -11,10 +11,7 @@ use std::path::{Path, PathBuf};
 /// The name a rotation gives the active file whose first event is
 /// `first_seq`, at `unix_ms`.
 pub fn rotated_name(audit_log: &Path, unix_ms: u64, first_seq: u64) -> PathBuf {
-    sibling(
-        audit_log,
-        &format!("{}-{first_seq:012}", compact_time(unix_ms)),
-    )
+    sibling(audit_log, &format!("{}-{first_seq:012}", compact_time(unix_ms)))
 }
 
 /// The name a file moved aside at start gets: `<name>.<why>-<UTC time>`.
@@ -98,13 +95,8 @@ mod tests {
             r1.file_name().and_then(|n| n.to_str()),
             Some("audit.log.20261125T095046Z-000000000000")
         );
-        for p in [
-            &log,
-            &r1,
-            &r2,
-            &aside_name(&log, "broken", 1),
-            &log.with_extension("log.key"),
-        ] {
+        for p in [&log, &r1, &r2, &aside_name(&log, "broken", 1), &log.with_extension("log.key")]
+        {
             std::fs::write(p, "x").unwrap_or_else(|e| panic!("{e}"));
         }
         let files = files_of(&log).unwrap_or_else(|e| panic!("{e}"));

@@ -27,7 +27,7 @@
 
 use super::chain::{seal_line, AuditKey, ChainState};
 use super::event::{Decision, Event};
-use super::verify::{CHAIN_START, CHAIN_STARTED, FILE_START, KEY_ID};
+use super::verify::{CHAIN_STARTED, CHAIN_START, FILE_START, KEY_ID};
 use super::AuditError;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -92,10 +92,7 @@ impl SinkHealth {
         match outage.as_mut() {
             Some(o) => o.refused += events,
             None => {
-                tracing::error!(
-                    cause,
-                    "audit trail failing: events (and reveals) are refused"
-                );
+                tracing::error!(cause, "audit trail failing: events (and reveals) are refused");
                 *outage = Some(Outage {
                     since_ms: super::now_unix_ms(),
                     cause: cause.to_owned(),
@@ -492,7 +489,11 @@ impl Owner {
             .metadata()
             .map_err(|e| format!("{}: {e}", self.path.display()))?;
         let new_chain = self.header.as_ref().is_some_and(|h| h.new_chain);
-        let details = self.header.take().map(|h| h.details).unwrap_or_default();
+        let details = self
+            .header
+            .take()
+            .map(|h| h.details)
+            .unwrap_or_default();
         self.file = file;
         self.identity = (meta.dev(), meta.ino());
         self.end = 0;
@@ -534,10 +535,9 @@ fn recovered_event(outage: &Outage) -> Event {
         "failed_since".into(),
         serde_json::Value::String(crate::domain::time::rfc3339(outage.since_ms)),
     );
-    event.details.insert(
-        "refused_events".into(),
-        serde_json::Value::from(outage.refused),
-    );
+    event
+        .details
+        .insert("refused_events".into(), serde_json::Value::from(outage.refused));
     event
 }
 
@@ -573,11 +573,7 @@ mod tests {
     async fn concurrent_events_share_syncs_and_the_trail_verifies_across_a_reopen() {
         let dir = ok(tempfile::tempdir());
         let path = dir.path().join("audit.log");
-        let writer = Arc::new(ok(ChainWriter::open(
-            &path,
-            key(),
-            start(ChainState::GENESIS),
-        )));
+        let writer = Arc::new(ok(ChainWriter::open(&path, key(), start(ChainState::GENESIS))));
         let mut calls = Vec::new();
         for n in 0..200 {
             let writer = writer.clone();

@@ -50,7 +50,7 @@ impl KeyPurpose {
             KeyPurpose::Audit,
         ]
         .into_iter()
-        .find(|p| p.code() == code)
+            .find(|p| p.code() == code)
     }
 }
 

@@ -99,7 +99,10 @@ impl pb::key_admin_server::KeyAdmin for KeyAdminService {
     ) -> Result<Response<pb::GetKeyStatusResponse>, Status> {
         let call = call_of(&request);
         let result = self.vault.key_status(call.clone()).await;
-        answer(&call, result.map(|s| status_to_pb(&s)).map_err(call_status))
+        answer(
+            &call,
+            result.map(|s| status_to_pb(&s)).map_err(call_status),
+        )
     }
 
     async fn start_rewrap(

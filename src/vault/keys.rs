@@ -391,7 +391,11 @@ fn crypto_failed(e: &CryptoError) -> VaultError {
 }
 
 /// Logs a key operation with its outcome (the audit trail has its event).
-fn logged<T>(request_id: &str, op: &'static str, result: &Result<T, VaultError>) {
+fn logged<T>(
+    request_id: &str,
+    op: &'static str,
+    result: &Result<T, VaultError>,
+) {
     match result {
         Ok(_) => tracing::info!(request_id, op, outcome = "ok", "key operation"),
         // Debug-escaped: a message may quote what the caller sent.
@@ -448,7 +452,10 @@ impl Vault {
         details: Vec<(&'static str, serde_json::Value)>,
         result: Result<T, VaultError>,
     ) -> Result<T, VaultError> {
-        let call = Call::new(super::new_request_id(), Err("the [keys] schedule".into()));
+        let call = Call::new(
+            super::new_request_id(),
+            Err("the [keys] schedule".into()),
+        );
         logged(&call.request_id, op, &result);
         let mut event = call.event(&format!("keys.{op}"));
         event
@@ -468,9 +475,7 @@ impl Vault {
             self.rotate(KeyPurpose::Data).await
         }
         .await;
-        let details = result
-            .as_ref()
-            .map_or(Vec::new(), |v| vec![("version", (*v).into())]);
+        let details = result.as_ref().map_or(Vec::new(), |v| vec![("version", (*v).into())]);
         self.key_call_done(&call, "rotate_data_key", details, result)
             .await
     }
@@ -1094,9 +1099,7 @@ impl Vault {
             Ok(version)
         }
         .await;
-        let details = result
-            .as_ref()
-            .map_or(Vec::new(), |v| vec![("version", (*v).into())]);
+        let details = result.as_ref().map_or(Vec::new(), |v| vec![("version", (*v).into())]);
         self.key_call_done(&call, "rotate_index_key", details, result)
             .await
     }

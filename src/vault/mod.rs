@@ -8,7 +8,8 @@ use crate::crypto::{CryptoError, KeyPurpose, Keyring, MasterKey};
 use crate::domain::policy::{Action, Denial, Policy, RevealLevel};
 use crate::domain::value::{canonicalise, render, Address, FieldInput, IdScheme, PhoneRegion};
 use crate::domain::{
-    FieldKind, Justification, Plaintext, Purpose, RecordId, TokenId, TokenMode, TokenModes,
+    FieldKind, Justification, Plaintext, Purpose, RecordId, TokenId, TokenMode,
+    TokenModes,
 };
 use crate::store::{NewRecord, StorageFailure, Store, StoreError};
 use std::sync::{Arc, RwLock};
@@ -586,7 +587,8 @@ impl Vault {
                 field: "justification",
                 reason: e.to_string(),
             })?;
-        event.justification = Some(justification.as_str().to_owned()).filter(|j| !j.is_empty());
+        event.justification =
+            Some(justification.as_str().to_owned()).filter(|j| !j.is_empty());
         let policy = self.policy();
         policy
             .check_call(caller, Action::Detokenize, Some(&purpose))

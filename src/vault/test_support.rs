@@ -55,9 +55,7 @@ pub(super) async fn vault_with(
     let (keyring, key_is_new) = ok(ensure_audit_key(store.as_ref(), keyring).await);
     let audit = Arc::new(ok(crate::audit::AuditTrail::open(
         &dir.join("audit.log"),
-        keyring
-            .audit_key()
-            .unwrap_or_else(|| panic!("no audit key")),
+        keyring.audit_key().unwrap_or_else(|| panic!("no audit key")),
         &ok(keyring.wrapped_audit_key()).unwrap_or_else(|| panic!("no audit key")),
         keyring.master_fingerprint(),
         crate::audit::TrailOptions {
