@@ -25,7 +25,12 @@ const SCENARIOS: [&str; 6] = [
 
 /// Every scenario has a row whose last column (failed calls) is 0.
 fn assert_no_failed_calls(stdout: &str) {
-    for scenario in SCENARIOS {
+    assert_no_failed_calls_in(stdout, &SCENARIOS);
+}
+
+/// Each of `scenarios` has a row whose last column (failed calls) is 0.
+fn assert_no_failed_calls_in(stdout: &str, scenarios: &[&str]) {
+    for scenario in scenarios {
         let row = stdout
             .lines()
             .find(|l| l.starts_with(&format!("| {scenario} |")))
@@ -179,4 +184,87 @@ fn the_benchmark_names_a_missing_server_binary() {
         stderr.contains("no-such-fieldvault: no fieldvault server binary there"),
         "{stderr}"
     );
+}
+
+#[test]
+fn the_audit_sink_phase_measures_detokenize_with_the_trail_where_it_is_and_moved() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let audit = dir.path().join("audit");
+    // Any directory will do here; the benchmark's note says it is no tmpfs.
+    let compare = dir.path().join("compare");
+    std::fs::create_dir(&compare).unwrap();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let stdout = bench(&[
+        "--duration",
+        "0.3",
+        "--preload",
+        "300",
+        "--concurrency",
+        "4",
+        "--connections",
+        "1",
+        "--scenarios",
+        "detokenize-1",
+        "--data-dir",
+        &path(&data),
+        "--audit-dir",
+        &path(&audit),
+        "--compare-audit-dir",
+        &path(&compare),
+    ]);
+    assert_no_failed_calls_in(&stdout, &["detokenize-1"]);
+    let row = |sink: &str| {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {sink} |")))
+            .unwrap_or_else(|| panic!("no row for the trail {sink}: {stdout}"))
+            .to_owned();
+        let cells: Vec<String> = line.split('|').map(|c| c.trim().to_owned()).collect();
+        // | sink | file | filesystem | ops/s | p50 | p99 | max | failed |
+        assert_eq!(cells[cells.len() - 2], "0", "{line}");
+        assert!(cells[4].parse::<f64>().unwrap() > 0.0, "{line}");
+        cells
+    };
+    let durable = row("where the vault keeps it");
+    assert_eq!(durable[2], path(&audit.join("audit.log")), "{durable:?}");
+    let moved = row("moved (--compare-audit-dir)");
+    assert!(moved[2].starts_with(&path(&compare)), "{moved:?}");
+    assert!(
+        stdout.contains("the throughput of the trail on"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("is not a tmpfs"), "{stdout}");
+
+    // The trail went to --audit-dir, not the data dir, and is back there
+    // after the phase, whole; nothing is left in the compared directory.
+    assert!(!data.join("audit.log").exists());
+    assert_eq!(std::fs::read_dir(&compare).unwrap().count(), 0);
+    let master = fieldvault::crypto::MasterKey::from_file(
+        &fieldvault::dev::dev_dir(&data).join("master.key"),
+    )
+    .unwrap();
+    let log = audit.join("audit.log");
+    let key = fieldvault::audit::keyfile::load(&log, &master).unwrap();
+    let files = fieldvault::audit::trail::files_of(&log).unwrap();
+    let summaries = fieldvault::audit::verify::verify_files(&key, &files).unwrap();
+    let events: u64 = summaries.iter().map(|s| s.events()).sum();
+    assert!(events > 10, "{events} events");
+}
+
+#[test]
+fn the_audit_sink_options_are_refused_with_a_running_vault() {
+    for option in ["--audit-dir", "--compare-audit-dir"] {
+        let out = run_bench(&[
+            "--addr",
+            "127.0.0.1:1",
+            "--data-dir",
+            "/nonexistent",
+            option,
+            "/dev/shm",
+        ]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("cannot be used with"), "{option}: {stderr}");
+    }
 }

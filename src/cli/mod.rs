@@ -65,6 +65,11 @@ fn init_logging() {
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr a file on a full disk)
+        // is dropped. Its default reports the failure with `eprintln!`,
+        // which panics when stderr cannot be written: every thread that
+        // logs (a request, the audit or commit thread) would panic.
+        .log_internal_errors(false)
         .with_ansi(colour(
             std::io::IsTerminal::is_terminal(&std::io::stderr()),
             std::env::var_os("NO_COLOR").as_deref(),

@@ -50,6 +50,11 @@ pub struct BenchOptions {
     /// Run the rewrap phase at this rate (records/s): detokenize-1 without
     /// and during a rewrap, then the rewrap's own top speed.
     pub rewrap_rate: Option<u32>,
+    /// Where the vault writes its audit trail (`None`: the data dir).
+    pub audit_dir: Option<PathBuf>,
+    /// Run the audit-sink phase: detokenize-1 with the trail where it is,
+    /// then with it moved here (a tmpfs such as /dev/shm), side by side.
+    pub compare_audit_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,9 +148,23 @@ pub struct RewrapReport {
     pub records: u64,
 }
 
+/// Detokenize-1 on a freshly started vault with its audit trail in one
+/// place (the audit-sink phase).
+#[derive(Clone, Debug)]
+pub struct AuditSinkRun {
+    /// What the row is: the trail where the vault keeps it, or moved.
+    pub sink: &'static str,
+    pub audit_log: PathBuf,
+    /// The filesystem type the trail is on (from /proc/mounts).
+    pub filesystem: String,
+    pub measurement: Measurement,
+}
+
 pub struct Report {
     pub rows: Vec<Row>,
     pub rewrap: Option<RewrapReport>,
+    /// The audit-sink phase: the durable trail, then the trail moved.
+    pub audit_sinks: Vec<AuditSinkRun>,
     pub stored_tokens: u64,
     pub store_bytes: u64,
     pub startup_seconds: Option<f64>,
@@ -162,6 +181,11 @@ impl Report {
             + self.rewrap.as_ref().map_or(0, |r| {
                 r.without.failed + r.during.failed + r.during_unthrottled.failed
             })
+            + self
+                .audit_sinks
+                .iter()
+                .map(|s| s.measurement.failed)
+                .sum::<u64>()
     }
 
     /// The report as a Markdown table and notes.
@@ -222,6 +246,9 @@ impl Report {
             }
             out.push('\n');
         }
+        if !self.audit_sinks.is_empty() {
+            out.push_str(&self.audit_sinks_markdown());
+        }
         if self.stored_tokens > 0 {
             out.push_str(&format!(
                 "store: {} tokens, {:.1} MiB on disk, {:.0} bytes per token\n",
@@ -239,6 +266,52 @@ impl Report {
                     .map_or("-".into(), |m| format!("{m:.0}"))
             ));
         }
+        out
+    }
+}
+
+impl Report {
+    /// The audit-sink phase: one row per sink, and the ratio.
+    fn audit_sinks_markdown(&self) -> String {
+        let mut out = String::from(
+            "detokenize-1 by audit sink (a fresh server on the same store for each; every \
+             event fdatasync'ed before the answer, one sync per batch):\n\
+             | audit trail | file | filesystem | ops/s | p50 ms | p99 ms | max ms | failed |\n\
+             |---|---|---|---:|---:|---:|---:|---:|\n",
+        );
+        for s in &self.audit_sinks {
+            let m = &s.measurement;
+            out.push_str(&format!(
+                "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} |\n",
+                s.sink,
+                s.audit_log.display(),
+                s.filesystem,
+                m.ops_per_sec(),
+                m.p50_us as f64 / 1000.0,
+                m.p99_us as f64 / 1000.0,
+                m.max_us as f64 / 1000.0,
+                m.failed
+            ));
+        }
+        if let [durable, moved] = self.audit_sinks.as_slice() {
+            out.push_str(&format!(
+                "the trail where it is ({}) gives {:.2}x the throughput of the trail on {}\n",
+                durable.filesystem,
+                durable.measurement.ops_per_sec() / moved.measurement.ops_per_sec().max(1.0),
+                moved.filesystem
+            ));
+            if durable.filesystem == "tmpfs" {
+                out.push_str("note: the trail where it is sits on a tmpfs: it is not durable\n");
+            }
+            if moved.filesystem != "tmpfs" {
+                out.push_str(&format!(
+                    "note: {} is not a tmpfs ({}): use /dev/shm to compare with a memory sink\n",
+                    moved.audit_log.parent().unwrap_or(Path::new("")).display(),
+                    moved.filesystem
+                ));
+            }
+        }
+        out.push('\n');
         out
     }
 }
@@ -357,9 +430,15 @@ callers = ["spiffe://fieldvault.dev/rotator"]
 action = "keys"
 "#;
 
-/// Writes a config for the vault (and the ceiling) under `dir` using a dev
-/// PKI, phone tokens deterministic and email tokens random.
-fn write_config(dir: &Path, cache_capacity_mib: u64) -> Result<PathBuf, String> {
+/// Writes a config (`name` under `dir`) for the vault (and the ceiling)
+/// using a dev PKI, phone tokens deterministic and email tokens random, the
+/// audit trail at `audit_log`.
+fn write_config(
+    dir: &Path,
+    name: &str,
+    cache_capacity_mib: u64,
+    audit_log: &Path,
+) -> Result<PathBuf, String> {
     let (config, _) = fieldvault::dev::prepare(dir, "127.0.0.1:0".parse().map_err(|_| "addr")?)
         .map_err(|e| e.to_string())?;
     let policy = dir.join("bench-policy.toml");
@@ -385,13 +464,13 @@ file = "{key}"
 "#,
         data = dir.display(),
         policy = policy.display(),
-        audit = dir.join("audit.log").display(),
+        audit = audit_log.display(),
         cert = config.tls.cert.display(),
         tls_key = config.tls.key.display(),
         ca = config.tls.client_ca.display(),
         key = key.display(),
     );
-    let path = dir.join("bench.toml");
+    let path = dir.join(name);
     std::fs::write(&path, text).map_err(|e| e.to_string())?;
     Ok(path)
 }
@@ -677,7 +756,8 @@ pub async fn run(options: BenchOptions) -> Result<Report, String> {
             dir.display()
         ));
     }
-    let config = write_config(&dir, options.cache_capacity_mib)?;
+    let audit_log = options.audit_dir.as_ref().unwrap_or(&dir).join("audit.log");
+    let config = write_config(&dir, "bench.toml", options.cache_capacity_mib, &audit_log)?;
     let config_s = config.to_str().ok_or("non-UTF-8 path")?;
     let vault = match &options.addr {
         Some(addr) => Target::External(addr.clone()),
@@ -704,6 +784,7 @@ pub async fn run(options: BenchOptions) -> Result<Report, String> {
     let tokens = preload(&vault_writers, &values, options.preload.max(1)).await?;
     eprintln!("preloaded in {:.1}s", t.elapsed().as_secs_f64());
     let tokens = Arc::new(tokens);
+    let preloaded = tokens.clone();
     let vault_load = Arc::new(Load {
         writers: vault_writers,
         readers: clients(vault.addr(), &reader_tls, k).await?,
@@ -778,6 +859,7 @@ pub async fn run(options: BenchOptions) -> Result<Report, String> {
         return Ok(Report {
             rows,
             rewrap,
+            audit_sinks: Vec::new(),
             stored_tokens: 0,
             store_bytes: 0,
             startup_seconds: None,
@@ -796,18 +878,154 @@ pub async fn run(options: BenchOptions) -> Result<Report, String> {
     let rss_after_restart_mib = restarted.rss_mib();
     restarted.stop();
 
+    let audit_sinks = match &options.compare_audit_dir {
+        Some(compare) => {
+            let bin = vault_binary(&own, options.vault_bin.as_deref())?;
+            let sinks = AuditSinks {
+                bin: &bin,
+                dir: &dir,
+                tokens: preloaded,
+                options: &options,
+            };
+            let runs = sinks.compare(&audit_log, compare).await;
+            if runs.is_err() && options.data_dir.is_none() {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            runs?
+        }
+        None => Vec::new(),
+    };
     if options.data_dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(Report {
         rows,
         rewrap,
+        audit_sinks,
         stored_tokens: stored,
         store_bytes,
         startup_seconds: Some(startup.as_secs_f64()),
         rss_after_restart_mib,
         options,
     })
+}
+
+/// The audit-sink phase: detokenize-1 on a freshly started vault with its
+/// audit trail where it is, then with the trail moved elsewhere.
+struct AuditSinks<'a> {
+    bin: &'a Path,
+    dir: &'a Path,
+    tokens: Arc<Vec<String>>,
+    options: &'a BenchOptions,
+}
+
+impl AuditSinks<'_> {
+    /// Measures with the trail at `audit_log`, then with it moved into a
+    /// directory of its own under `compare` (removed afterwards; the trail
+    /// is moved back, its chain whole).
+    async fn compare(&self, audit_log: &Path, compare: &Path) -> Result<Vec<AuditSinkRun>, String> {
+        let durable = self
+            .detokenize("where the vault keeps it", audit_log)
+            .await?;
+        let moved_dir = private_dir(compare, "fieldvault-bench-audit")?;
+        let moved_log = moved_dir.join("audit.log");
+        let moved = match move_trail(audit_log, &moved_log) {
+            Ok(()) => {
+                let run = self
+                    .detokenize("moved (--compare-audit-dir)", &moved_log)
+                    .await;
+                move_trail(&moved_log, audit_log).and(run)
+            }
+            Err(e) => Err(e),
+        };
+        let _ = std::fs::remove_dir_all(&moved_dir);
+        Ok(vec![durable, moved?])
+    }
+
+    /// Detokenize-1 for the run's duration (after a short warm-up) on a
+    /// vault started with its audit trail at `audit_log`.
+    async fn detokenize(
+        &self,
+        sink: &'static str,
+        audit_log: &Path,
+    ) -> Result<AuditSinkRun, String> {
+        let o = self.options;
+        let config = write_config(
+            self.dir,
+            "bench-audit-sink.toml",
+            o.cache_capacity_mib,
+            audit_log,
+        )?;
+        let config = config.to_str().ok_or("non-UTF-8 path")?;
+        eprintln!(
+            "running detokenize-1 with the audit trail at {}…",
+            audit_log.display()
+        );
+        let (vault, _) = ServerChild::spawn(self.bin, &["serve", "--config", config])?;
+        let reader_tls = ClientTls::dev(self.dir, "support").map_err(|e| e.to_string())?;
+        let load = Arc::new(Load {
+            writers: Vec::new(),
+            readers: clients(&vault.addr, &reader_tls, o.connections.max(1)).await?,
+            values: Values {
+                next: AtomicU64::new(0),
+            },
+            tokens: self.tokens.clone(),
+            purpose: o.purpose.clone(),
+        });
+        tokio::time::sleep(settle_time(o.duration)).await;
+        let warm_up = (o.duration / 4).min(Duration::from_secs(1));
+        measure(load.clone(), Scenario::Detokenize, warm_up, o.concurrency).await;
+        let measurement = measure(load, Scenario::Detokenize, o.duration, o.concurrency).await;
+        vault.stop();
+        Ok(AuditSinkRun {
+            sink,
+            audit_log: audit_log.to_path_buf(),
+            filesystem: filesystem_of(audit_log.parent().unwrap_or(Path::new("/"))),
+            measurement,
+        })
+    }
+}
+
+/// Moves the audit trail at `from` (every file of it, and the audit key
+/// kept beside it) to `to`, whose name must be the same: copied, then the
+/// originals removed (`to` may be on another filesystem).
+fn move_trail(from: &Path, to: &Path) -> Result<(), String> {
+    use fieldvault::audit::{keyfile, trail};
+    let to_dir = to.parent().ok_or("the audit log has no directory")?;
+    std::fs::create_dir_all(to_dir).map_err(|e| format!("{}: {e}", to_dir.display()))?;
+    let mut files = trail::files_of(from).map_err(|e| format!("{}: {e}", from.display()))?;
+    files.push(keyfile::path_for(from));
+    for file in &files {
+        let target = to_dir.join(file.file_name().ok_or("a trail file without a name")?);
+        std::fs::copy(file, &target)
+            .map_err(|e| format!("copying {} to {}: {e}", file.display(), target.display()))?;
+    }
+    for file in &files {
+        std::fs::remove_file(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    }
+    Ok(())
+}
+
+/// The type of the filesystem holding `path` (`ext4`, `tmpfs`, …), from
+/// the longest mount point in /proc/mounts that contains it.
+fn filesystem_of(path: &Path) -> String {
+    let (Ok(path), Ok(mounts)) = (path.canonicalize(), std::fs::read_to_string("/proc/mounts"))
+    else {
+        return "?".into();
+    };
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_, mount_point, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+            // Spaces in mount points are escaped as \040.
+            let mount_point = PathBuf::from(mount_point.replace("\\040", " "));
+            path.starts_with(&mount_point)
+                .then(|| (mount_point.as_os_str().len(), fstype.to_owned()))
+        })
+        // The last of the longest: a later mount hides an earlier one.
+        .max_by_key(|(len, _)| *len)
+        .map_or_else(|| "?".into(), |(_, fstype)| fstype)
 }
 
 /// The rewrap job as the server reports it.
@@ -960,12 +1178,17 @@ fn vault_binary(own: &Path, explicit: Option<&Path>) -> Result<PathBuf, String> 
 
 /// A fresh private directory for a run without `--data-dir`.
 fn tempfile_dir() -> Result<PathBuf, String> {
+    private_dir(&std::env::temp_dir(), "fieldvault-bench")
+}
+
+/// A fresh private directory `<prefix>-<pid>-<nanos>` under `parent`.
+fn private_dir(parent: &Path, prefix: &str) -> Result<PathBuf, String> {
     use std::os::unix::fs::DirBuilderExt;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!("fieldvault-bench-{}-{nanos}", std::process::id()));
+    let dir = parent.join(format!("{prefix}-{}-{nanos}", std::process::id()));
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

@@ -7,6 +7,9 @@
 //! ```text
 //! cargo build --release
 //! ./target/release/fieldvault-bench --duration 5 --preload 1000000
+//! # detokenize-1 with the durable audit trail, then with it on a tmpfs:
+//! ./target/release/fieldvault-bench --duration 5 --preload 100000 \
+//!     --scenarios detokenize-1 --compare-audit-dir /dev/shm
 //! ```
 
 mod ceiling;
@@ -82,6 +85,15 @@ struct BenchArgs {
     /// rewrap at this rate (records/s), then the rewrap's top speed.
     #[arg(long)]
     rewrap_rate: Option<u32>,
+    /// Where the vault writes its audit trail (default: the data dir).
+    #[arg(long, conflicts_with = "addr")]
+    audit_dir: Option<PathBuf>,
+    /// At the end, measure detokenize-1 on a freshly started vault with its
+    /// audit trail where it is (--audit-dir or the data dir), then with the
+    /// trail moved to this directory (/dev/shm for a tmpfs sink), and print
+    /// both side by side. The trail is moved back afterwards.
+    #[arg(long, conflicts_with = "addr")]
+    compare_audit_dir: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -136,6 +148,8 @@ async fn bench(args: BenchArgs) -> Result<ExitCode, String> {
         purpose: args.purpose,
         vault_bin: args.vault_bin,
         rewrap_rate: args.rewrap_rate,
+        audit_dir: args.audit_dir,
+        compare_audit_dir: args.compare_audit_dir,
     })
     .await?;
     print!("{}", report.to_markdown());
