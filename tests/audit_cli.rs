@@ -5,6 +5,8 @@
 //! the server's audit tests.)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use fieldvault::audit::chain::{seal_line, AuditKey, ChainState};
 use fieldvault::audit::event::{Decision, Event, Item};
 use fieldvault::audit::search::format_ms;
@@ -12,8 +14,8 @@ use fieldvault::audit::verify::{CHAIN_START, CHAIN_STARTED, FILE_START, KEY_ID};
 use fieldvault::crypto::{Keyring, MasterKey};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_fieldvault");
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -40,41 +42,9 @@ fn run_in(args: &[&str], data_dir: Option<&Path>) -> Output {
     output_within(command)
 }
 
-/// Runs `command` to its end; kills it past [`DEADLINE`]. Its output is
-/// drained as it comes, so a long one cannot block it.
-fn output_within(mut command: Command) -> Output {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
-        std::thread::spawn(move || {
-            let mut out = Vec::new();
-            let _ = pipe.read_to_end(&mut out);
-            out
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().unwrap()));
-    let stderr = drain(Box::new(child.stderr.take().unwrap()));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{command:?} still ran after {DEADLINE:?}: killed");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Output {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-    }
+/// Runs `command` to its end; kills it past [`DEADLINE`].
+fn output_within(command: Command) -> Output {
+    common::process::output_within(command, DEADLINE)
 }
 
 #[track_caller]
