@@ -792,53 +792,27 @@ fn search_json_prints_one_event_object_a_line() {
 fn search_refuses_a_bad_time_or_decision_naming_the_flag() {
     let v = Vault::new();
     v.write_trail(&a_day());
-    let (_, err) = run_to_exit(
-        2,
-        &[
-            "audit",
-            "search",
-            "--config",
-            v.config(),
+    for (flag, value, expected) in [
+        (
             "--since",
             "yesterday",
-        ],
-    );
-    assert!(
-        err.contains("invalid value for --since: expected an RFC 3339 time"),
-        "{err}"
-    );
-    let (_, err) = run_to_exit(
-        2,
-        &[
-            "audit",
-            "search",
-            "--config",
-            v.config(),
+            "invalid value for --since: expected an RFC 3339 time",
+        ),
+        (
             "--until",
             "2026-11-27T10:00:00",
-        ],
-    );
-    assert!(
-        err.contains("invalid value for --until: no time zone"),
-        "{err}"
-    );
-    let (_, err) = run_to_exit(
-        2,
-        &[
-            "audit",
-            "search",
-            "--config",
-            v.config(),
+            "invalid value for --until: no time zone",
+        ),
+        (
             "--decision",
             "maybe",
-        ],
-    );
-    assert!(
-        err.contains(
-            "invalid value for --decision: expected one of: allowed, denied, rejected, failed"
+            "invalid value for --decision: expected one of: allowed, denied, rejected, failed",
         ),
-        "{err}"
-    );
+    ] {
+        let args = ["audit", "search", "--config", v.config(), flag, value];
+        let (_, err) = run_to_exit(2, &args);
+        assert!(err.contains(expected), "{err}");
+    }
     let (_, err) = run_to_exit(
         2,
         &[
