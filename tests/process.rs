@@ -133,6 +133,33 @@ fn dev_mode_quickstart_survives_kill_9_and_leaves_no_plaintext_on_disk_or_in_log
     assert!(logs.len() > 1000, "trace logs were captured");
     let hits = files_containing(tmp.path(), &needles);
     assert!(hits.is_empty(), "plaintext in data dir or logs: {hits:?}");
+
+    // The audit trail across the kill: it verifies, and neither a search
+    // nor a report of it shows a value.
+    let out = run_ok(&["audit", "verify", "--data-dir", data_s]);
+    assert!(out.starts_with("intact: "), "{out}");
+    let searched = run_ok(&["audit", "search", "--json", "--data-dir", data_s]);
+    assert!(searched.contains(&phone_token), "{searched}");
+    let report = run_ok(&[
+        "audit",
+        "report",
+        "--since",
+        "2000-01-01",
+        "--until",
+        "2100-01-01",
+        "--data-dir",
+        data_s,
+    ]);
+    assert!(
+        report.contains("| spiffe://fieldvault.dev/support | callback | phone | 1 |"),
+        "{report}"
+    );
+    for out in [&searched, &report] {
+        for needle in needles {
+            let needle = String::from_utf8_lossy(needle);
+            assert!(!out.contains(needle.as_ref()), "a value in audit output");
+        }
+    }
 }
 
 #[test]
