@@ -510,3 +510,117 @@ async fn a_file_put_in_place_of_the_audit_file_is_never_appended_to() {
     assert_eq!(files.len(), 2);
     assert_eq!(files[1].start, files[0].end);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_over_a_known_sequence_of_real_calls_gives_exactly_the_expected_counts() {
+    use fieldvault::audit::report::{build, Verification};
+    let vault = TestVault::start().await;
+    let log = vault.config.audit_log.clone();
+    let mut orders = vault.client("orders").await;
+    let mut support = vault.client("support").await;
+    let mut intruder = vault.client("intruder").await;
+    let since = fieldvault::audit::now_unix_ms();
+
+    let phones = tokens_for(
+        &mut orders,
+        vec![
+            field(pb::FieldKind::Phone, "+1 202-555-0101"),
+            field(pb::FieldKind::Phone, "+1 202-555-0102"),
+            field(pb::FieldKind::Email, "someone@example.com"),
+        ],
+    )
+    .await;
+    // Two reveals in full and one masked, in two calls.
+    detokenize(&mut support, "callback", &phones[..2])
+        .await
+        .unwrap();
+    detokenize(&mut support, "callback", &phones[2..])
+        .await
+        .unwrap();
+    // Refused whole: a purpose no rule lists (twice), a caller no rule names.
+    for _ in 0..2 {
+        detokenize(&mut support, "marketing", &phones)
+            .await
+            .unwrap_err();
+    }
+    detokenize(&mut intruder, "callback", &phones[..1])
+        .await
+        .unwrap_err();
+    // An item refused inside an allowed call: a token this vault never made.
+    let unknown = "fv1_AAAAAAAAAAAAAAAAAAAAAA".to_owned();
+    let results = detokenize(&mut support, "callback", &[phones[0].clone(), unknown])
+        .await
+        .unwrap();
+    assert!(results[0].is_ok() && results[1].is_err());
+    let mut rotator =
+        KeyAdminClient::new(channel(&vault.addr(), &vault.pki.client_tls("rotator")).await);
+    rotator
+        .rotate_data_key(pb::RotateDataKeyRequest {})
+        .await
+        .unwrap();
+    let until = fieldvault::audit::now_unix_ms() + 1;
+
+    let files = trail::files_of(&log).unwrap();
+    let key = keyfile::load(&log, &master_of(&vault)).unwrap();
+    let verification = Verification::of(verify::verify_files(&key, &files), true);
+    assert!(verification.is_verified());
+    let report = build(&files, since, until, verification).unwrap();
+
+    let calls: Vec<(&str, u64, u64)> = report
+        .calls
+        .iter()
+        .map(|c| {
+            (
+                c.action.as_str(),
+                c.allowed,
+                c.denied + c.rejected + c.failed,
+            )
+        })
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("detokenize", 3, 3),
+            ("keys.rotate_data_key", 1, 0),
+            ("tokenize", 1, 0)
+        ]
+    );
+    let reveals: Vec<(Option<&str>, &str, u64)> = report
+        .reveals
+        .iter()
+        .map(|r| (r.kind.as_deref(), r.level.as_str(), r.count))
+        .collect();
+    assert_eq!(
+        reveals,
+        [(Some("email"), "masked", 1), (Some("phone"), "full", 3)]
+    );
+    let tokenized: Vec<(Option<&str>, u64)> = report
+        .tokenized
+        .iter()
+        .map(|t| (t.kind.as_deref(), t.count))
+        .collect();
+    assert_eq!(tokenized, [(Some("email"), 1), (Some("phone"), 2)]);
+    let refused: Vec<(Option<&str>, u64, u64)> = report
+        .refused_calls
+        .iter()
+        .map(|r| (r.purpose.as_deref(), r.calls, r.tokens))
+        .collect();
+    assert_eq!(
+        refused,
+        [(Some("callback"), 1, 1), (Some("marketing"), 2, 6)]
+    );
+    let items: Vec<(&str, u64)> = report
+        .refused_items
+        .iter()
+        .map(|r| (r.code.as_str(), r.count))
+        .collect();
+    assert_eq!(items, [("not_issued", 1)]);
+    assert_eq!(report.key_operations.len(), 1);
+    assert_eq!(report.key_operations[0].details["version"], 2);
+    let busiest: Vec<(Option<&str>, u64)> = report
+        .busiest_callers
+        .iter()
+        .map(|b| (b.caller.as_deref(), b.values_revealed))
+        .collect();
+    assert_eq!(busiest, [(Some("spiffe://fieldvault.dev/support"), 4)]);
+}
