@@ -13,7 +13,7 @@
 
 use super::chain::{AuditKey, ChainState};
 use std::fs::File;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// The record's fixed size: rewritten whole, in place, in one write.
@@ -76,7 +76,7 @@ pub fn decode(key: &AuditKey, bytes: &[u8]) -> Result<ChainState, String> {
 /// is none.
 pub fn read(audit_log: &Path, key: &AuditKey) -> Result<Option<ChainState>, String> {
     let path = path_for(audit_log);
-    match std::fs::read(&path) {
+    match super::trail::read(&path) {
         Ok(bytes) => decode(key, &bytes)
             .map(Some)
             .map_err(|e| format!("{}: {e}", path.display())),
@@ -85,15 +85,10 @@ pub fn read(audit_log: &Path, key: &AuditKey) -> Result<Option<ChainState>, Stri
     }
 }
 
-/// The record file, open for rewriting in place.
+/// The record file, open for rewriting in place (created 0600; never
+/// through a link).
 pub fn open(audit_log: &Path) -> std::io::Result<File> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path_for(audit_log))
+    super::trail::open(&path_for(audit_log), super::trail::Open::Write)
 }
 
 /// Rewrites the record in `file` with `state`.

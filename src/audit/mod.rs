@@ -100,7 +100,7 @@ fn new_chain(reason: String) -> Resume {
 /// The file's text up to its last newline (a torn last line is the
 /// writer's to cut), `None` when that is nothing.
 fn whole_lines(path: &Path) -> Result<Option<String>, AuditError> {
-    let bytes = match std::fs::read(path) {
+    let bytes = match trail::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(AuditError(format!("{}: {e}", path.display()))),

@@ -214,7 +214,7 @@ pub fn chain_order(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ReadError> {
 }
 
 fn open(path: &Path) -> Result<std::fs::File, ReadError> {
-    std::fs::File::open(path).map_err(|e| read_error(path, e))
+    super::trail::open(path, super::trail::Open::Read).map_err(|e| read_error(path, e))
 }
 
 fn read_error(path: &Path, e: std::io::Error) -> ReadError {

@@ -8,6 +8,65 @@
 
 use std::path::{Path, PathBuf};
 
+/// How [`open`] opens a file of the trail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Open {
+    Read,
+    /// Read and write; created (0600) when missing.
+    Write,
+    /// Read and write; it must not exist yet.
+    New,
+}
+
+/// Opens a file of the trail (an audit file, its head record): never
+/// through a symbolic link (whoever can write the audit directory must not
+/// make the server write elsewhere), never blocking on a FIFO, and only a
+/// regular file.
+pub fn open(path: &Path, how: Open) -> std::io::Result<std::fs::File> {
+    use rustix::fs::OFlags;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options
+        .read(true)
+        .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32);
+    match how {
+        Open::Read => {}
+        Open::Write => {
+            options.write(true).create(true).truncate(false).mode(0o600);
+        }
+        Open::New => {
+            options.write(true).create_new(true).mode(0o600);
+        }
+    }
+    let file = options.open(path).map_err(|e| {
+        if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+            std::io::Error::other(
+                "is a symbolic link: the audit trail's files must be regular files (give \
+                 audit_log the real path)",
+            )
+        } else {
+            e
+        }
+    })?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
+        return Err(std::io::Error::other(if kind.is_dir() {
+            "is a directory, not an audit file"
+        } else {
+            "is not a regular file (a FIFO, a socket or a device), not an audit file"
+        }));
+    }
+    Ok(file)
+}
+
+/// The whole content of a file of the trail, opened as [`open`] does.
+pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    open(path, Open::Read)?.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// The name a rotation gives the active file whose first event is
 /// `first_seq`, at `unix_ms`.
 pub fn rotated_name(audit_log: &Path, unix_ms: u64, first_seq: u64) -> PathBuf {
@@ -17,9 +76,18 @@ pub fn rotated_name(audit_log: &Path, unix_ms: u64, first_seq: u64) -> PathBuf {
     )
 }
 
-/// The name a file moved aside at start gets: `<name>.<why>-<UTC time>`.
+/// The name a file moved aside gets: `<name>.<why>-<UTC time>`, with
+/// `-2`, `-3`, … when that is taken (a file moved aside is never written
+/// over).
 pub fn aside_name(audit_log: &Path, why: &str, unix_ms: u64) -> PathBuf {
-    sibling(audit_log, &format!("{why}-{}", compact_time(unix_ms)))
+    let base = format!("{why}-{}", compact_time(unix_ms));
+    let mut candidate = sibling(audit_log, &base);
+    let mut n = 2;
+    while std::fs::symlink_metadata(&candidate).is_ok() {
+        candidate = sibling(audit_log, &format!("{base}-{n}"));
+        n += 1;
+    }
+    candidate
 }
 
 fn sibling(audit_log: &Path, suffix: &str) -> PathBuf {
@@ -104,6 +172,7 @@ pub fn everything_of(audit_log: &Path) -> std::io::Result<Vec<PathBuf>> {
         };
         if matches!(suffix, "key" | "key.tmp" | "head")
             || suffix.starts_with("broken-")
+            || suffix.starts_with("altered-")
             || suffix.starts_with("unchained-")
         {
             out.push(audit_log.with_file_name(&file_name));

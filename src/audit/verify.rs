@@ -176,7 +176,7 @@ pub fn verify_file_text(
 pub fn verify_files(key: &AuditKey, paths: &[PathBuf]) -> Result<Vec<FileSummary>, TrailBreak> {
     let mut files = Vec::with_capacity(paths.len());
     for path in paths {
-        let text = std::fs::read(path).map_err(|e| broke(path, None, e.to_string()))?;
+        let text = super::trail::read(path).map_err(|e| broke(path, None, e.to_string()))?;
         let text = String::from_utf8(text)
             .map_err(|_| broke(path, None, "not a fieldvault audit trail: not UTF-8 text"))?;
         files.push(verify_file_text(key, path, &text)?);

@@ -31,7 +31,7 @@ use super::verify::{CHAIN_START, CHAIN_STARTED, FILE_START, KEY_ID};
 use super::AuditError;
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -328,17 +328,11 @@ impl Drop for ChainWriter {
     }
 }
 
-/// Opens the audit file at `path` for reading and writing, owner-only;
-/// `new`: it must not exist yet.
+/// Opens the audit file at `path` for reading and writing, owner-only,
+/// never through a link; `new`: it must not exist yet.
 fn open_file(path: &Path, new: bool) -> std::io::Result<File> {
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true).write(true).mode(0o600);
-    if new {
-        options.create_new(true);
-    } else {
-        options.create(true).truncate(false);
-    }
-    options.open(path)
+    use super::trail::Open;
+    super::trail::open(path, if new { Open::New } else { Open::Write })
 }
 
 /// Syncs the directory holding `path`, so a rename or a new file in it
@@ -492,6 +486,14 @@ impl Owner {
         Ok(seqs)
     }
 
+    /// Whether the open file's size is not what the server wrote.
+    fn size_changed(&self) -> Result<bool, String> {
+        self.file
+            .metadata()
+            .map(|m| m.len() != self.end)
+            .map_err(|e| format!("{}: {e}", self.path.display()))
+    }
+
     fn at_path(&self) -> AtPath {
         match std::fs::symlink_metadata(&self.path) {
             Ok(meta) if (meta.dev(), meta.ino()) == self.identity => AtPath::Ours,
@@ -511,6 +513,36 @@ impl Owner {
                      write; nothing is recorded (or revealed) until that file is moved away",
                     self.path.display()
                 ))
+            }
+            AtPath::Ours if self.size_changed()? => {
+                // Cut (`> audit.log`, logrotate's copytruncate) or written
+                // to by someone else: never written over, never appended
+                // to. Moved aside as it is; a new file notes it, and the
+                // events it lost show as a gap to `audit verify`.
+                let held = self.file.metadata().map(|m| m.len()).unwrap_or(0);
+                let to = super::trail::aside_name(&self.path, "altered", super::now_unix_ms());
+                std::fs::rename(&self.path, &to)
+                    .and_then(|()| sync_dir_of(&self.path))
+                    .map_err(|e| {
+                        format!(
+                            "the audit file {} was changed under the server, and moving it \
+                             aside failed: {e}; nothing is recorded (or revealed)",
+                            self.path.display()
+                        )
+                    })?;
+                tracing::error!(
+                    path = %self.path.display(),
+                    written = self.end,
+                    held,
+                    moved_to = %to.display(),
+                    "the audit file was cut or written to under the server; it was moved aside and a new one begins"
+                );
+                format!(
+                    "the file before was changed under the running server (the server had \
+                     written {} bytes, it held {held}) and was moved to {}",
+                    self.end,
+                    to.file_name().unwrap_or_default().to_string_lossy()
+                )
             }
             AtPath::Ours if self.max_file_bytes > 0 && self.end >= self.max_file_bytes => {
                 let to = super::trail::rotated_name(
@@ -830,6 +862,45 @@ mod tests {
         assert!(!text.contains("\"n\":2"), "{text}");
         assert!(text.contains("\"n\":3"));
         assert!(text.contains("audit.sink_recovered"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_file_cut_or_written_to_under_the_writer_is_moved_aside_and_never_written_over() {
+        let dir = ok(tempfile::tempdir());
+        let path = dir.path().join("audit.log");
+        let writer = ok(ChainWriter::open(&path, key(), start(ChainState::GENESIS)));
+        ok(writer.append(event(0)).await);
+        ok(writer.append(event(1)).await);
+        // logrotate's copytruncate.
+        ok(std::fs::OpenOptions::new().write(true).open(&path).and_then(|f| f.set_len(0)));
+        assert_eq!(ok(writer.append(event(2)).await), 3);
+        let text = ok(std::fs::read_to_string(&path));
+        assert!(!text.contains('\0'), "written over a hole");
+        let first = text.lines().next().unwrap_or_default();
+        assert!(
+            first.contains(FILE_START) && first.contains("changed under the running server"),
+            "{first}"
+        );
+        // Bytes appended by someone else: the same.
+        ok(std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"junk\n")));
+        ok(writer.append(event(3)).await);
+        drop(writer);
+        let aside: Vec<String> = ok(std::fs::read_dir(dir.path()))
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".altered-"))
+            .collect();
+        assert_eq!(aside.len(), 2, "{aside:?}");
+        let junk = aside
+            .iter()
+            .map(|n| ok(std::fs::read_to_string(dir.path().join(n))))
+            .find(|t| t.ends_with("junk\n"));
+        assert!(junk.is_some(), "the appended bytes were not kept as they were");
+        let text = ok(std::fs::read_to_string(&path));
+        assert!(text.lines().nth(1).is_some_and(|l| l.contains("\"n\":3")));
     }
 
     #[tokio::test]

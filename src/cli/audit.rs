@@ -258,7 +258,8 @@ impl Trail {
 /// chain is checked.
 fn precheck(key: &AuditKey, path: &Path) -> Result<Option<TrailBreak>, String> {
     let bytes =
-        std::fs::read(path).map_err(|e| format!("{}: cannot read it: {e}", path.display()))?;
+        fieldvault::audit::trail::read(path)
+            .map_err(|e| format!("{}: cannot read it: {e}", path.display()))?;
     if bytes.is_empty() {
         return Err(format!(
             "{}: the file is empty: it holds no audit event (not a trail file, or one cut to \
@@ -349,7 +350,7 @@ const UNFINISHED_STEP: std::time::Duration = std::time::Duration::from_millis(50
 fn wait_for_unfinished_line(path: &Path) {
     use std::io::{Read, Seek, SeekFrom};
     let ends_unfinished = || {
-        let mut file = std::fs::File::open(path).ok()?;
+        let mut file = fieldvault::audit::trail::open(path, fieldvault::audit::trail::Open::Read).ok()?;
         file.seek(SeekFrom::End(-1)).ok()?;
         let mut last = [0u8; 1];
         file.read_exact(&mut last).ok()?;
@@ -415,7 +416,9 @@ fn reaches_recorded_end(
             "the record of where the trail ends is damaged: {e}"
         )),
         Ok(Some(recorded)) => {
-            let text = std::fs::read_to_string(&last.path).unwrap_or_default();
+            let text = fieldvault::audit::trail::read(&last.path)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
             fieldvault::audit::head::check(recorded, last.start, last.end, &text)
         }
     };
@@ -474,7 +477,7 @@ fn check_files(key: &AuditKey, files: Vec<PathBuf>, whole: bool) -> Result<Check
 
 /// The event on `line` of `path`, as one line, if it reads.
 fn event_at(path: &Path, line: usize) -> Option<String> {
-    let text = std::fs::read(path).ok()?;
+    let text = fieldvault::audit::trail::read(path).ok()?;
     let raw = text.split(|b| *b == b'\n').nth(line.checked_sub(1)?)?;
     let (seq, _, event) = parse_line(std::str::from_utf8(raw).ok()?)?;
     Some(search::one_line(&Found {
