@@ -153,6 +153,12 @@ fn write_trail(key: &AuditKey, log: &Path, files: &[Vec<Event>]) -> Vec<PathBuf>
         std::fs::write(&path, text).unwrap();
         paths.push(path);
     }
+    // Where the trail ends, as the server records it beside the trail.
+    std::fs::write(
+        fieldvault::audit::head::path_for(log),
+        fieldvault::audit::head::encode(key, state),
+    )
+    .unwrap();
     paths
 }
 

@@ -180,128 +180,164 @@ impl AuditTrail {
     }
 
     /// Decides where the chain goes on from, moving a broken or old file
-    /// aside when that is allowed.
+    /// aside when that is allowed. Nothing is deleted unless it provably
+    /// holds nothing the server acknowledged.
     fn resume(path: &Path, key: &AuditKey, options: TrailOptions) -> Result<Resume, AuditError> {
         let now = now_unix_ms();
-        let move_aside = |from: &Path, why: &str| -> Result<PathBuf, AuditError> {
-            let to = trail::aside_name(path, why, now);
-            std::fs::rename(from, &to)
-                .map_err(|e| AuditError(format!("moving {} aside: {e}", from.display())))?;
-            Ok(to)
-        };
-        // Where the writer last recorded the trail's end.
-        let recorded = head::read(path, key);
-        let reaches = |start: ChainState, end: ChainState, text: &str| -> Result<(), String> {
-            match &recorded {
-                Ok(Some(r)) => head::check(*r, start, end, text),
-                Ok(None) => {
-                    tracing::warn!(
-                        "no record of where the audit trail ends beside it: events cut off its \
-                         end could not be told"
-                    );
-                    Ok(())
+        // A trail that does not verify: refused, or (when told) the file
+        // moved aside and a new chain begun that says why.
+        let broken = |reason: String, file: Option<&Path>| -> Result<Resume, AuditError> {
+            tracing::error!(%reason, "the audit trail does not verify");
+            if !options.start_new_chain {
+                return Err(refuse_broken(path, &reason));
+            }
+            let moved = match file.filter(|f| f.exists()) {
+                Some(f) => {
+                    let to = trail::aside_name(path, "broken", now);
+                    std::fs::rename(f, &to)
+                        .map_err(|e| AuditError(format!("moving {} aside: {e}", f.display())))?;
+                    format!(": the file was moved to {}", to.display())
                 }
-                Err(e) => Err(format!(
-                    "the record of where the trail ends is damaged: {e}"
-                )),
+                None => String::new(),
+            };
+            tracing::warn!("start_new_chain is set: a new audit chain begins");
+            Ok(new_chain(format!(
+                "the trail did not verify at start ({reason}); start_new_chain was set{moved}; \
+                 this new chain begins"
+            )))
+        };
+        // Where the writer recorded the trail's end. A new audit key has
+        // written nothing yet: whatever record is there is not its own.
+        let recorded = if options.key_is_new {
+            None
+        } else {
+            match head::read(path, key) {
+                Ok(Some(r)) => Some(r),
+                Ok(None) => {
+                    return broken(
+                        format!(
+                            "{} is missing: the record of where the trail ends was deleted, so \
+                             events cut off the end could not be told",
+                            head::path_for(path).display()
+                        ),
+                        Some(path),
+                    )
+                }
+                Err(e) => {
+                    return broken(
+                        format!("the record of where the trail ends is damaged: {e}"),
+                        Some(path),
+                    )
+                }
             }
         };
+
         if let Some(text) = whole_lines(path)? {
-            let verified = verify::verify_file_text(key, path, &text).and_then(|summary| {
-                reaches(summary.start, summary.end, &text)
-                    .map(|()| summary)
-                    .map_err(|reason| verify::TrailBreak {
-                        path: path.to_path_buf(),
-                        line: None,
-                        reason,
-                    })
-            });
-            return match verified {
-                Ok(summary) => Ok(Resume {
-                    state: summary.end,
-                    file_first_seq: summary.start.next_seq,
-                    chain_started: summary.chain_started,
-                    header: None,
-                }),
-                Err(brk) if brk.reason.starts_with("an unchained audit log") => {
-                    let to = move_aside(path, "unchained")?;
+            let summary = match verify::verify_file_text(key, path, &text) {
+                Ok(summary) => summary,
+                // An upgrade: only when this vault's audit key is new.
+                Err(brk)
+                    if options.key_is_new && brk.reason.starts_with("an unchained audit log") =>
+                {
+                    let to = trail::aside_name(path, "unchained", now);
+                    std::fs::rename(path, &to)
+                        .map_err(|e| AuditError(format!("moving {} aside: {e}", path.display())))?;
                     tracing::warn!(moved_to = %to.display(), "an audit log written before the chained trail was moved aside");
-                    Ok(new_chain(format!(
+                    return Ok(new_chain(format!(
                         "an audit log written by an earlier fieldvault, without a chain, was \
                          moved to {}",
                         to.display()
-                    )))
+                    )));
                 }
-                Err(brk) if options.start_new_chain => {
-                    let to = move_aside(path, "broken")?;
-                    tracing::error!(%brk, moved_to = %to.display(), "the audit trail did not verify at start; start_new_chain is set: a new chain begins");
-                    Ok(new_chain(format!(
-                        "the trail did not verify at start ({brk}); start_new_chain was set: \
-                         the file was moved to {} and this new chain begins",
-                        to.display()
-                    )))
-                }
-                Err(brk) => {
-                    tracing::error!(%brk, "the audit trail does not verify; refusing to start");
-                    Err(refuse_broken(path, &brk.to_string()))
-                }
+                Err(brk) => return broken(brk.to_string(), Some(path)),
             };
+            if let Some(r) = recorded {
+                if let Err(reason) = head::check(r, summary.start, summary.end, &text) {
+                    return broken(format!("{}: {reason}", path.display()), Some(path));
+                }
+            }
+            return Ok(Resume {
+                state: summary.end,
+                file_first_seq: summary.start.next_seq,
+                chain_started: summary.chain_started,
+                header: None,
+            });
         }
-        // No usable active file: a crash between a rotation's rename and
-        // the new file's first event, or it was removed.
+
+        // No whole event in an active file (missing, empty, or its first
+        // write cut short): fine only where the trail provably ends
+        // before it: at the end of the newest rotated file, or before the
+        // first event.
+        let rotated = trail::files_of(path)
+            .map_err(|e| AuditError(format!("{}: {e}", path.display())))?
+            .into_iter()
+            .filter(|f| f != path)
+            .collect::<Vec<_>>();
+        let base = match rotated.last() {
+            None => None,
+            Some(last) => {
+                let text = whole_lines(last)?.unwrap_or_default();
+                match verify::verify_file_text(key, last, &text) {
+                    Ok(summary) => Some(summary),
+                    Err(brk) => return broken(brk.to_string(), None),
+                }
+            }
+        };
+        let base_state = base.as_ref().map_or(ChainState::GENESIS, |s| s.end);
+        let begins_where_it_ended = match recorded {
+            Some(r) => r == base_state,
+            None => options.key_is_new,
+        };
+        if !begins_where_it_ended {
+            let what = if path.exists() {
+                "holds no whole event"
+            } else {
+                "is missing"
+            };
+            let reason = match recorded {
+                Some(r) if r.next_seq > base_state.next_seq => format!(
+                    "the active file {} {what}, but the server recorded events up to {}: \
+                     events {}..{} are missing",
+                    path.display(),
+                    r.next_seq - 1,
+                    base_state.next_seq,
+                    r.next_seq - 1
+                ),
+                _ => format!(
+                    "the active file {} {what}, and the trail does not end where the server \
+                     recorded",
+                    path.display()
+                ),
+            };
+            return broken(reason, Some(path));
+        }
         if path.exists() {
+            // Its only line, if any, was never acknowledged (the record of
+            // the end says nothing was written after `base_state`).
             std::fs::remove_file(path)
                 .map_err(|e| AuditError(format!("{}: {e}", path.display())))?;
         }
-        let rotated =
-            trail::files_of(path).map_err(|e| AuditError(format!("{}: {e}", path.display())))?;
-        if let Some(last) = rotated.last() {
-            let text = whole_lines(last)?.unwrap_or_default();
-            let verified = verify::verify_file_text(key, last, &text).and_then(|summary| {
-                reaches(summary.start, summary.end, &text)
-                    .map(|()| summary)
-                    .map_err(|reason| verify::TrailBreak {
-                        path: path.to_path_buf(),
-                        line: None,
-                        reason: format!("the active file is missing and {reason}"),
-                    })
-            });
-            return match verified {
-                Ok(summary) => Ok(Resume {
-                    state: summary.end,
-                    file_first_seq: summary.end.next_seq,
-                    chain_started: summary.chain_started,
-                    header: header(
-                        false,
-                        format!(
-                            "the active file was missing at start (a rotation cut short, or \
-                             the file was removed) after event {} of {}",
-                            summary.end.next_seq.saturating_sub(1),
-                            last.file_name().unwrap_or_default().to_string_lossy()
-                        ),
+        Ok(match base {
+            None => new_chain("a new trail".into()),
+            Some(summary) => Resume {
+                state: summary.end,
+                file_first_seq: summary.end.next_seq,
+                chain_started: summary.chain_started,
+                header: header(
+                    false,
+                    format!(
+                        "the active file was missing or empty at start (a rotation or a first \
+                         write cut short) after event {} of {}",
+                        summary.end.next_seq.saturating_sub(1),
+                        rotated
+                            .last()
+                            .and_then(|l| l.file_name())
+                            .unwrap_or_default()
+                            .to_string_lossy()
                     ),
-                }),
-                Err(brk) if options.start_new_chain => Ok(new_chain(format!(
-                    "the trail did not verify at start ({brk}); start_new_chain was set: a new \
-                     chain begins"
-                ))),
-                Err(brk) => Err(refuse_broken(path, &brk.to_string())),
-            };
-        }
-        if options.key_is_new {
-            return Ok(new_chain("a new trail".into()));
-        }
-        if options.start_new_chain {
-            return Ok(new_chain(
-                "the trail was missing at start; start_new_chain was set: a new chain begins"
-                    .into(),
-            ));
-        }
-        Err(refuse_broken(
-            path,
-            "the trail is missing, but this vault has written one before (its audit key is \
-             not new): it was deleted or moved",
-        ))
+                ),
+            },
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -432,7 +468,7 @@ mod tests {
         let e = open(&path, false, false).await.err().map(|e| e.0);
         assert!(
             e.as_deref()
-                .is_some_and(|e| e.contains("the trail is missing")),
+                .is_some_and(|e| e.contains("audit.log.head is missing")),
             "{e:?}"
         );
         assert!(!path.exists());
@@ -443,6 +479,80 @@ mod tests {
             .reason
             .as_deref()
             .is_some_and(|r| r.contains("missing")));
+    }
+
+    /// A trail of `n` calls under `raw`, as a vault whose audit key is new
+    /// makes it; closed again.
+    async fn a_trail(path: &Path, raw: [u8; 32], n: usize) {
+        let (_, wrapped) = keys();
+        let trail = ok(open_with(path, AuditKey::new(raw), &wrapped, true, false).await);
+        for _ in 0..n {
+            ok(trail.record(&Event::new("detokenize")).await);
+        }
+    }
+
+    /// Opens the trail as the next start of that vault does.
+    async fn reopen(path: &Path, raw: [u8; 32]) -> Result<AuditTrail, AuditError> {
+        let (_, wrapped) = keys();
+        open_with(path, AuditKey::new(raw), &wrapped, false, false).await
+    }
+
+    #[tokio::test]
+    async fn a_trail_cut_at_the_end_with_its_record_deleted_or_emptied_stops_the_start() {
+        let dir = ok(tempfile::tempdir());
+        let path = dir.path().join("audit.log");
+        let raw = [3u8; 32];
+        a_trail(&path, raw, 4).await;
+        let text = ok(std::fs::read_to_string(&path));
+        let cut: String = text.split_inclusive('\n').take(2).collect();
+        ok(std::fs::write(&path, &cut));
+        ok(std::fs::remove_file(head::path_for(&path)));
+        let e = reopen(&path, raw).await.err().map(|e| e.0);
+        assert!(
+            e.as_deref().is_some_and(|e| e.contains("is missing")),
+            "{e:?}"
+        );
+        ok(std::fs::write(head::path_for(&path), b""));
+        let e = reopen(&path, raw).await.err().map(|e| e.0);
+        assert!(e.as_deref().is_some_and(|e| e.contains("damaged")), "{e:?}");
+        // Nothing was changed.
+        assert_eq!(ok(std::fs::read_to_string(&path)), cut);
+    }
+
+    #[tokio::test]
+    async fn a_start_and_stop_without_a_call_leaves_a_trail_the_next_start_takes() {
+        let dir = ok(tempfile::tempdir());
+        let path = dir.path().join("audit.log");
+        let raw = [4u8; 32];
+        a_trail(&path, raw, 0).await;
+        drop(ok(reopen(&path, raw).await));
+        drop(ok(reopen(&path, raw).await));
+    }
+
+    #[tokio::test]
+    async fn an_active_file_emptied_or_replaced_by_an_unchained_line_is_refused_and_kept() {
+        let dir = ok(tempfile::tempdir());
+        let path = dir.path().join("audit.log");
+        let raw = [5u8; 32];
+        a_trail(&path, raw, 3).await;
+        ok(std::fs::write(&path, b""));
+        let e = reopen(&path, raw).await.err().map(|e| e.0);
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains("events 0..3 are missing")),
+            "{e:?}"
+        );
+        assert!(path.exists(), "the emptied file was deleted");
+        // A line posing as the log of an earlier version, in a vault whose
+        // audit key is not new: not an upgrade.
+        let old = "{\"unix_ms\":1,\"caller\":\"spiffe://t.example/support\",\"items\":[]}\n";
+        ok(std::fs::write(&path, old));
+        let e = reopen(&path, raw).await.err().map(|e| e.0);
+        assert!(
+            e.as_deref().is_some_and(|e| e.contains("unchained")),
+            "{e:?}"
+        );
+        assert_eq!(ok(std::fs::read_to_string(&path)), old);
     }
 
     #[tokio::test]

@@ -174,9 +174,20 @@ pub fn verify_file_text(
 /// order each file must begin where the one before it ended (or begin a
 /// new chain). Returns the files in chain order.
 pub fn verify_files(key: &AuditKey, paths: &[PathBuf]) -> Result<Vec<FileSummary>, TrailBreak> {
-    let mut files = Vec::with_capacity(paths.len());
+    // Every file is opened before any is read: a rotation while a long
+    // trail is read renames the active file, and the open handle still
+    // reads the file listed (a consistent snapshot, not a false gap).
+    let mut opened = Vec::with_capacity(paths.len());
     for path in paths {
-        let text = super::trail::read(path).map_err(|e| broke(path, None, e.to_string()))?;
+        let file = super::trail::open(path, super::trail::Open::Read)
+            .map_err(|e| broke(path, None, e.to_string()))?;
+        opened.push((path, file));
+    }
+    let mut files = Vec::with_capacity(paths.len());
+    for (path, mut file) in opened {
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut text)
+            .map_err(|e| broke(path, None, e.to_string()))?;
         let text = String::from_utf8(text)
             .map_err(|_| broke(path, None, "not a fieldvault audit trail: not UTF-8 text"))?;
         files.push(verify_file_text(key, path, &text)?);

@@ -202,8 +202,18 @@ impl ChainWriter {
             file.set_len(end).map_err(failed)?;
             file.sync_data().map_err(failed)?;
         }
+        // The record of the end is written (and synced, with its
+        // directory) before anything is served: from now on the trail is
+        // never without one.
+        let head_path = super::head::path_for(path);
         let head_file = super::head::open(path)
-            .map_err(|e| AuditError(format!("{}: {e}", super::head::path_for(path).display())))?;
+            .and_then(|f| {
+                super::head::write(&f, &key, start.state)?;
+                f.sync_data()?;
+                sync_dir_of(&head_path)?;
+                Ok(f)
+            })
+            .map_err(|e| AuditError(format!("{}: {e}", head_path.display())))?;
         let health = Arc::new(SinkHealth::default());
         let queued = Arc::new(AtomicUsize::new(0));
         #[cfg(test)]
@@ -872,7 +882,10 @@ mod tests {
         ok(writer.append(event(0)).await);
         ok(writer.append(event(1)).await);
         // logrotate's copytruncate.
-        ok(std::fs::OpenOptions::new().write(true).open(&path).and_then(|f| f.set_len(0)));
+        ok(std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(0)));
         assert_eq!(ok(writer.append(event(2)).await), 3);
         let text = ok(std::fs::read_to_string(&path));
         assert!(!text.contains('\0'), "written over a hole");
@@ -898,7 +911,10 @@ mod tests {
             .iter()
             .map(|n| ok(std::fs::read_to_string(dir.path().join(n))))
             .find(|t| t.ends_with("junk\n"));
-        assert!(junk.is_some(), "the appended bytes were not kept as they were");
+        assert!(
+            junk.is_some(),
+            "the appended bytes were not kept as they were"
+        );
         let text = ok(std::fs::read_to_string(&path));
         assert!(text.lines().nth(1).is_some_and(|l| l.contains("\"n\":3")));
     }

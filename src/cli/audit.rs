@@ -257,9 +257,8 @@ impl Trail {
 /// of this vault at all (exit 2), a break when its damage shows before the
 /// chain is checked.
 fn precheck(key: &AuditKey, path: &Path) -> Result<Option<TrailBreak>, String> {
-    let bytes =
-        fieldvault::audit::trail::read(path)
-            .map_err(|e| format!("{}: cannot read it: {e}", path.display()))?;
+    let bytes = fieldvault::audit::trail::read(path)
+        .map_err(|e| format!("{}: cannot read it: {e}", path.display()))?;
     if bytes.is_empty() {
         return Err(format!(
             "{}: the file is empty: it holds no audit event (not a trail file, or one cut to \
@@ -350,7 +349,8 @@ const UNFINISHED_STEP: std::time::Duration = std::time::Duration::from_millis(50
 fn wait_for_unfinished_line(path: &Path) {
     use std::io::{Read, Seek, SeekFrom};
     let ends_unfinished = || {
-        let mut file = fieldvault::audit::trail::open(path, fieldvault::audit::trail::Open::Read).ok()?;
+        let mut file =
+            fieldvault::audit::trail::open(path, fieldvault::audit::trail::Open::Read).ok()?;
         file.seek(SeekFrom::End(-1)).ok()?;
         let mut last = [0u8; 1];
         file.read_exact(&mut last).ok()?;
@@ -373,18 +373,14 @@ fn check(source: &Source) -> Result<Checked, String> {
     let (files, whole) = trail.files(&source.files)?;
     // Where the server recorded the trail's end, read before the trail
     // (the record follows the trail, so it never runs ahead of it here).
-    let recorded = if whole {
-        fieldvault::audit::head::read(&trail.audit_log, &key)
-    } else {
-        Ok(None)
-    };
+    if !whole {
+        return check_files(&key, files, whole);
+    }
+    let recorded = fieldvault::audit::head::read(&trail.audit_log, &key);
     let first = check_files(&key, files.clone(), whole);
     let intact = matches!(&first, Ok(c) if c.verification.is_verified());
     if intact {
         return first.map(|c| reaches_recorded_end(c, recorded));
-    }
-    if !whole {
-        return first;
     }
     // A rotation between listing the files and reading them shows as a
     // file missing or vanished: listed again, and checked again if the
@@ -411,7 +407,11 @@ fn reaches_recorded_end(
         return checked;
     };
     let outcome = match recorded {
-        Ok(None) => Ok(()),
+        Ok(None) => Err(format!(
+            "{} is missing: the server writes it beside the trail (where the trail ends); \
+             without it, events cut off the end cannot be told",
+            fieldvault::audit::head::path_for(&last.path).display()
+        )),
         Err(e) => Err(format!(
             "the record of where the trail ends is damaged: {e}"
         )),
