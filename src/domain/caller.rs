@@ -15,7 +15,11 @@ pub enum CallerId {
 pub enum CallerIdError {
     #[error("SPIFFE ID must look like spiffe://trust-domain/path")]
     BadSpiffeId,
-    #[error("common name is empty or holds control characters")]
+    #[error(
+        "common name must be 1 to 256 printable ASCII characters without leading or trailing \
+         spaces (an identity must not be confusable with another: no control, invisible, \
+         bidirectional or look-alike characters)"
+    )]
     BadCommonName,
     #[error("common name looks like a SPIFFE ID; SPIFFE IDs are taken only from a URI SAN")]
     CommonNameLooksLikeSpiffe,
@@ -44,13 +48,18 @@ impl CallerId {
     }
 
     /// A common name becomes an identity only if it cannot be confused with
-    /// a SPIFFE ID: otherwise a certificate with `CN=spiffe://…` and no URI
-    /// SAN would impersonate a workload.
+    /// a SPIFFE ID or another identity: otherwise a certificate with
+    /// `CN=spiffe://…` and no URI SAN would impersonate a workload, and one
+    /// with a zero-width or right-to-left mark, a leading space or a
+    /// Cyrillic `ѕ` would read as another caller in the audit trail and its
+    /// reports. So: printable ASCII only, no space at either end, and no
+    /// `spiffe:` anywhere in it.
     pub fn common_name(cn: &str) -> Result<Self, CallerIdError> {
-        if cn.to_ascii_lowercase().starts_with("spiffe:") {
+        if cn.to_ascii_lowercase().contains("spiffe:") {
             return Err(CallerIdError::CommonNameLooksLikeSpiffe);
         }
-        if cn.trim().is_empty() || cn.len() > 256 || cn.chars().any(char::is_control) {
+        let printable = cn.bytes().all(|b| (b' '..=b'~').contains(&b));
+        if cn.is_empty() || cn.len() > 256 || !printable || cn.trim() != cn {
             return Err(CallerIdError::BadCommonName);
         }
         Ok(Self::CommonName(cn.to_owned()))
@@ -101,5 +110,27 @@ mod tests {
             Ok("orders".to_owned())
         );
         assert!(CallerId::common_name(" ").is_err());
+    }
+
+    #[test]
+    fn a_common_name_that_would_read_as_another_caller_is_refused() {
+        for cn in [
+            " spiffe://fieldvault.dev/support",
+            "support spiffe://fieldvault.dev/support",
+            "\u{200B}spiffe://fieldvault.dev/support",
+            "\u{202E}troppus/ved.tluavdleif//:effips",
+            "support\u{2028}orders",
+            "\u{0455}upport",
+            "\u{FF53}upport",
+            " support",
+            "support ",
+            "supp\u{00AD}ort",
+        ] {
+            assert!(CallerId::common_name(cn).is_err(), "{cn:?}");
+        }
+        assert_eq!(
+            CallerId::common_name("billing batch-7").map(|c| c.to_string()),
+            Ok("billing batch-7".to_owned())
+        );
     }
 }
