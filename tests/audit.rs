@@ -226,22 +226,34 @@ async fn every_call_of_every_audited_kind_leaves_one_event_with_its_fields_and_n
 
     // A certificate posing as another workload (a CN that looks like a
     // SPIFFE ID, no SAN): refused for its identity, audited without one.
-    vault
-        .pki
-        .issue_client("lookalike", "spiffe://fieldvault.dev/support", None);
-    let mut lookalike = connect(&vault.addr(), &vault.pki.client_tls("lookalike")).await;
-    let r = lookalike
-        .detokenize(detokenize_request(&tokens, "callback"))
-        .await;
-    assert_eq!(r.as_ref().unwrap_err().code(), tonic::Code::Unauthenticated);
-    let e = event_of(&log, &request_id(&r));
-    assert_eq!(
-        (e["decision"].as_str(), e["code"].as_str()),
-        (Some("denied"), Some("unauthenticated"))
-    );
-    assert_eq!(e["caller"], Value::Null);
-    assert!(!e["reason"].as_str().unwrap().is_empty());
-    assert_eq!(tokens_of(&e), tokens);
+    // A zero-width space in a name reads as that name: refused too.
+    for (stem, cn) in [
+        ("lookalike", "spiffe://fieldvault.dev/support"),
+        ("zero-width", "\u{200B}spiffe://fieldvault.dev/support"),
+        ("hidden-mark", "supp\u{200B}ort"),
+    ] {
+        vault.pki.issue_client(stem, cn, None);
+        let mut lookalike = connect(&vault.addr(), &vault.pki.client_tls(stem)).await;
+        let r = lookalike
+            .detokenize(detokenize_request(&tokens, "callback"))
+            .await;
+        assert_eq!(
+            r.as_ref().unwrap_err().code(),
+            tonic::Code::Unauthenticated,
+            "{stem}"
+        );
+        let e = event_of(&log, &request_id(&r));
+        assert_eq!(
+            (e["decision"].as_str(), e["code"].as_str()),
+            (Some("denied"), Some("unauthenticated"))
+        );
+        assert_eq!(e["caller"], Value::Null);
+        assert!(!e["reason"].as_str().unwrap().is_empty());
+        assert_eq!(tokens_of(&e), tokens);
+        // What the call declared is kept.
+        assert_eq!(e["purpose"], "callback");
+        assert_eq!(e["justification"], "ticket TEST-1");
+    }
 
     // KeyAdmin: allowed, rejected for an argument, denied.
     let mut rotator =

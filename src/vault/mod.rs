@@ -445,6 +445,14 @@ impl Vault {
         purpose: Option<&str>,
         items: Vec<Result<FieldInput, ItemError>>,
     ) -> Result<Vec<Result<TokenId, ItemError>>, VaultError> {
+        // The kinds asked for are in the event even when the call is
+        // refused before they are looked at.
+        event.kinds = items
+            .iter()
+            .take(self.settings.max_batch_items)
+            .filter_map(|i| i.as_ref().ok().map(|f| f.kind.as_str().to_owned()))
+            .collect();
+        event.purpose = purpose.and_then(|p| Purpose::parse(p).ok()).map(|p| p.to_string());
         let caller = call.caller()?;
         self.check_batch(items.len(), "fields")?;
         let purpose = purpose
@@ -574,6 +582,13 @@ impl Vault {
         justification: &str,
         tokens: Vec<String>,
     ) -> Result<Vec<Result<Revealed, ItemError>>, VaultError> {
+        // What the call declared is in the event even when it is refused
+        // for its identity (only what parses: the refusal says the rest).
+        event.purpose = Purpose::parse(purpose).ok().map(|p| p.to_string());
+        event.justification = Justification::parse(justification)
+            .ok()
+            .map(|j| j.as_str().to_owned())
+            .filter(|j| !j.is_empty());
         let caller = call.caller()?;
         self.check_batch(tokens.len(), "tokens")?;
         let purpose = Purpose::parse(purpose).map_err(|e| VaultError::InvalidArgument {
