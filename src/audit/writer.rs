@@ -180,6 +180,8 @@ struct Owner {
     queued: Arc<AtomicUsize>,
     /// Where the trail ends, rewritten after every batch ([`super::head`]).
     head_file: Option<File>,
+    /// Writing it failed (said once).
+    head_failing: bool,
     #[cfg(test)]
     stall: Arc<Mutex<()>>,
 }
@@ -232,6 +234,7 @@ impl ChainWriter {
             health: health.clone(),
             queued: queued.clone(),
             head_file: Some(head_file),
+            head_failing: false,
             #[cfg(test)]
             stall: stall.clone(),
         };
@@ -483,12 +486,25 @@ impl Owner {
         self.end += bytes.len() as u64;
         self.state = state;
         self.header = None;
-        if let Some(file) = &self.head_file {
-            if let Err(e) = super::head::write(file, &self.key, state) {
-                // The events are durable; only the check of the trail's
-                // end at the next start is weaker.
-                tracing::warn!(error = %e, "could not record where the audit trail ends");
+        // The events are durable; a record of the end that cannot be
+        // written makes the next start refuse the trail (it ends past the
+        // record... or the record is missing): said once, not per batch.
+        let recorded = match &self.head_file {
+            Some(file) => super::head::write(file, &self.key, state).map_err(|e| e.to_string()),
+            None => Err("it could not be opened".into()),
+        };
+        match (recorded, self.head_failing) {
+            (Err(e), false) => {
+                tracing::error!(error = %e, "could not record where the audit trail ends; the next start may refuse the trail until this is fixed");
+                self.head_failing = true;
+                self.head_file = super::head::open(&self.path).ok();
             }
+            (Err(_), true) => self.head_file = super::head::open(&self.path).ok(),
+            (Ok(()), true) => {
+                tracing::info!("the record of where the audit trail ends is written again");
+                self.head_failing = false;
+            }
+            (Ok(()), false) => {}
         }
         if let Some(outage) = &outage {
             self.health.recovered(outage);
@@ -739,6 +755,7 @@ mod tests {
             health: Arc::default(),
             queued: Arc::default(),
             head_file: None,
+            head_failing: false,
             stall: Arc::default(),
         };
         // Fifty events queued before the thread looks: one batch, one sync.

@@ -86,6 +86,13 @@ impl Vault {
             event.reason = Some(e.to_string());
         }
         event.settle();
+        // While the trail is known to refuse events, a refusal is not held
+        // behind it (a hung disk would hold every refused call for the
+        // whole deadline): it goes to the server log instead.
+        if result.is_err() && self.audit.failure().is_some() {
+            self.log_unrecorded(&event);
+            return result;
+        }
         let recorded = self.audit.record(&event).await;
         match (recorded, result) {
             (Ok(()), result) => result,
@@ -105,13 +112,28 @@ impl Vault {
             }
             (Err(e), Err(refusal)) => {
                 tracing::debug!(error = %e, "the audit trail did not take a refused call's event");
+                self.log_unrecorded(&event);
                 Err(refusal)
             }
         }
     }
 
+    /// A refused call's event the trail could not take, in the server log
+    /// (it holds no value), at most 60 a minute with a count of the rest:
+    /// a caller probing while the trail is down still leaves a trace.
+    fn log_unrecorded(&self, event: &Event) {
+        if let Some(suppressed) = self.unrecorded_log.admit() {
+            tracing::warn!(
+                event = %event.to_json(),
+                not_logged_before = suppressed,
+                "a refused call's audit event could not be written (the trail is unavailable)"
+            );
+        }
+    }
+
     /// UNAVAILABLE while the trail refuses events: a call that would change
-    /// something is refused before it does.
+    /// or reveal something is refused before it does (and before it waits
+    /// for a trail known to be stuck).
     pub(super) fn audit_ready(&self) -> Result<(), VaultError> {
         match self.audit.failure() {
             None => Ok(()),

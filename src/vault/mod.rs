@@ -267,6 +267,8 @@ pub struct Vault {
     audit: Arc<dyn AuditSink>,
     settings: Settings,
     key_jobs: keys::KeyJobs,
+    /// Refused calls whose events the trail could not take, logged instead.
+    unrecorded_log: crate::limits::RefusalLog,
 }
 
 impl Vault {
@@ -284,6 +286,7 @@ impl Vault {
             audit,
             settings,
             key_jobs: keys::KeyJobs::default(),
+            unrecorded_log: crate::limits::RefusalLog::new(60),
         }
     }
 
@@ -452,7 +455,9 @@ impl Vault {
             .take(self.settings.max_batch_items)
             .filter_map(|i| i.as_ref().ok().map(|f| f.kind.as_str().to_owned()))
             .collect();
-        event.purpose = purpose.and_then(|p| Purpose::parse(p).ok()).map(|p| p.to_string());
+        event.purpose = purpose
+            .and_then(|p| Purpose::parse(p).ok())
+            .map(|p| p.to_string());
         let caller = call.caller()?;
         self.check_batch(items.len(), "fields")?;
         let purpose = purpose
@@ -606,6 +611,9 @@ impl Vault {
         policy
             .check_call(caller, Action::Detokenize, Some(&purpose))
             .map_err(VaultError::PermissionDenied)?;
+        // Refused at once while the trail refuses events: no store read,
+        // no wait behind a stuck trail.
+        self.audit_ready()?;
 
         // Syntax first, then the token key: a token it did not make is
         // answered without a store read.
