@@ -222,6 +222,19 @@ fn verify_passes_on_an_intact_trail_across_rotated_files() {
 }
 
 #[test]
+fn a_file_an_operators_log_rotation_renamed_is_still_part_of_the_trail() {
+    let v = Vault::new();
+    let paths = v.write_trail(&three_files());
+    // logrotate's names: audit.log.1 the newer, audit.log.2 the older.
+    std::fs::rename(&paths[1], v.log.with_file_name("audit.log.1")).unwrap();
+    std::fs::rename(&paths[0], v.log.with_file_name("audit.log.2")).unwrap();
+    let (out, _) = run_to_exit(0, &["audit", "verify", "--config", v.config()]);
+    assert!(out.starts_with("intact: 3 files, 12 events"), "{out}");
+    let (out, _) = run_to_exit(0, &["audit", "search", "--config", v.config(), "--json"]);
+    assert_eq!(out.lines().count(), 12, "{out}");
+}
+
+#[test]
 fn verify_passes_on_a_dev_data_dir_and_on_files_named_in_any_order() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

@@ -42,6 +42,10 @@ pub trait AuditSink: Send + Sync + 'static {
     /// NOT_SERVING meanwhile).
     fn failure(&self) -> Option<String>;
 
+    /// An event was not even offered during an outage (the call was
+    /// refused at once): counted with the outage's refused events.
+    fn not_offered(&self);
+
     /// The audit key is wrapped under a new master key now: the copy kept
     /// for the verifier follows.
     fn key_rewrapped(
@@ -120,8 +124,10 @@ fn refuse_broken(path: &Path, why: &str) -> AuditError {
         "the audit trail does not verify: {why}. Nothing was changed and the server does not \
          start: find out what happened to the trail (`fieldvault audit verify`). To keep the \
          file aside and begin a new chain, recorded as the new chain's first event, set \
-         start_new_chain = true under [audit] in the config, or start once with `fieldvault \
-         serve --audit-new-chain` (the trail at {})",
+         start_new_chain = true under [audit] in the config, or start once with \
+         --audit-new-chain added to the serve command (`fieldvault serve --dev \
+         --audit-new-chain`, `fieldvault serve --config FILE --audit-new-chain`) (the trail \
+         at {})",
         path.display()
     ))
 }
@@ -365,6 +371,10 @@ impl AuditSink for AuditTrail {
 
     fn failure(&self) -> Option<String> {
         self.health.failure()
+    }
+
+    fn not_offered(&self) {
+        self.health.count_refused();
     }
 
     fn key_rewrapped(

@@ -152,6 +152,50 @@ pub fn files_of(audit_log: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(rotated)
 }
 
+/// The trail's files as the offline commands read them: [`files_of`], and
+/// any other `<name>.<suffix>` beside them whose first line is a chained
+/// event (a file an operator's log rotation renamed, `audit.log.1`), but
+/// not the files the server moved aside. Unordered: the readers put them
+/// in chain order.
+pub fn readable_files_of(audit_log: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = files_of(audit_log)?;
+    let dir = match audit_log.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let prefix = format!(
+        "{}.",
+        audit_log.file_name().unwrap_or_default().to_string_lossy()
+    );
+    for entry in std::fs::read_dir(&dir)? {
+        let file_name = entry?.file_name();
+        let Some(suffix) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let ours = is_rotated_suffix(suffix)
+            || matches!(suffix, "key" | "key.tmp" | "head")
+            || ["broken-", "unchained-", "altered-"]
+                .iter()
+                .any(|p| suffix.starts_with(p));
+        let path = audit_log.with_file_name(&file_name);
+        if !ours && first_line_is_chained(&path) {
+            out.push(path);
+        }
+    }
+    Ok(out)
+}
+
+/// Whether the file's first line is a chained audit event.
+fn first_line_is_chained(path: &Path) -> bool {
+    use std::io::BufRead;
+    let Ok(file) = open(path, Open::Read) else {
+        return false;
+    };
+    let mut line = String::new();
+    let mut reader = std::io::BufReader::new(std::io::Read::take(file, 1 << 20));
+    reader.read_line(&mut line).is_ok() && super::verify::parse_line(line.trim_end()).is_some()
+}
+
 /// Every file the server keeps for the trail at `audit_log`: its files,
 /// the wrapped audit key beside them (and its temporary file) and the
 /// files moved aside at start (what `serve --dev --reset` deletes).

@@ -109,6 +109,13 @@ impl SinkHealth {
         }
     }
 
+    /// Counts a refused event in the outage under way, if there is one.
+    pub(crate) fn count_refused(&self) {
+        if let Some(o) = self.lock().as_mut() {
+            o.refused += 1;
+        }
+    }
+
     fn snapshot(&self) -> Option<Outage> {
         self.lock().clone()
     }
@@ -597,10 +604,8 @@ impl Owner {
                     .unwrap_or_default()
             }
             AtPath::Gone => {
-                tracing::warn!(
-                    path = %self.path.display(),
-                    "the audit file was renamed or removed under the server; a new one begins"
-                );
+                // Logged once the new file exists (its creation may fail
+                // and be tried again every half second).
                 format!(
                     "the file before was renamed or removed under the running server after \
                      event {}",
@@ -619,6 +624,7 @@ impl Owner {
         let meta = file
             .metadata()
             .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        tracing::warn!(path = %self.path.display(), %reason, "a new audit file begins");
         let new_chain = self.header.as_ref().is_some_and(|h| h.new_chain);
         let details = self.header.take().map(|h| h.details).unwrap_or_default();
         self.file = file;

@@ -94,7 +94,7 @@ pub(crate) struct VerifyArgs {
 #[derive(Args)]
 pub(crate) struct SearchArgs {
     /// Events of this caller identity (exactly as in the trail, e.g.
-    /// spiffe://dev.fieldvault.local/support).
+    /// spiffe://fieldvault.dev/support).
     #[arg(long, value_name = "ID")]
     caller: Option<String>,
     /// Events naming this token among their items.
@@ -237,7 +237,7 @@ impl Trail {
         if !given.is_empty() {
             return Ok((given.to_vec(), false));
         }
-        let files = fieldvault::audit::trail::files_of(&self.audit_log).map_err(|e| {
+        let files = fieldvault::audit::trail::readable_files_of(&self.audit_log).map_err(|e| {
             format!(
                 "{}: cannot list the trail's files: {e}",
                 self.audit_log.display()

@@ -135,8 +135,9 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         println!("  policy         : {}", config.policy_file.display());
         println!("  store          : {}", config.store_dir().display());
         println!(
-            "  audit trail    : {}  (check it: fieldvault audit verify)",
-            config.audit_log.display()
+            "  audit trail    : {}  (check it: fieldvault audit verify --data-dir {})",
+            config.audit_log.display(),
+            config.data_dir.display()
         );
         config
     } else {

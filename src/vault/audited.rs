@@ -90,6 +90,7 @@ impl Vault {
         // behind it (a hung disk would hold every refused call for the
         // whole deadline): it goes to the server log instead.
         if result.is_err() && self.audit.failure().is_some() {
+            self.audit.not_offered();
             self.log_unrecorded(&event);
             return result;
         }
