@@ -490,7 +490,10 @@ async fn an_audit_directory_removed_under_the_server_stops_reveals_fast_until_it
     assert_eq!(recovered.len(), 1, "{all:?}");
     assert!(recovered[0]["details"]["refused_events"].as_u64().unwrap() >= 2);
     // The new file verifies on its own (its first event continues the
-    // chain of the file that was removed).
+    // chain of the file that was removed), with the key file the server
+    // put back beside it.
+    let again = keyfile::load(&log, &master_of(&vault)).unwrap();
+    assert_eq!(again.id(), key.id());
     let files = verify::verify_files(&key, std::slice::from_ref(&log)).unwrap();
     assert!(files[0].new_chain.is_none());
     assert!(files[0].start.next_seq > 0);

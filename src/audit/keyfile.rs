@@ -40,7 +40,7 @@ pub fn save(
     key: &AuditKey,
     wrapped: &WrappedKey,
     master_fingerprint: [u8; 8],
-) -> Result<(), AuditError> {
+) -> Result<String, AuditError> {
     save_wrapped(audit_log, &key.id(), wrapped, master_fingerprint)
 }
 
@@ -51,9 +51,18 @@ pub fn save_wrapped(
     key_id: &str,
     wrapped: &WrappedKey,
     master_fingerprint: [u8; 8],
-) -> Result<(), AuditError> {
-    let path = path_for(audit_log);
-    let failed = |e: std::io::Error| AuditError(format!("{}: {e}", path.display()));
+) -> Result<String, AuditError> {
+    let text = render(key_id, wrapped, master_fingerprint)?;
+    write_text(audit_log, &text)?;
+    Ok(text)
+}
+
+/// The key file's text.
+fn render(
+    key_id: &str,
+    wrapped: &WrappedKey,
+    master_fingerprint: [u8; 8],
+) -> Result<String, AuditError> {
     let body = KeyFile {
         format: FORMAT.into(),
         key_id: key_id.to_owned(),
@@ -63,6 +72,14 @@ pub fn save_wrapped(
     };
     let mut text = serde_json::to_string_pretty(&body).map_err(|e| AuditError(e.to_string()))?;
     text.push('\n');
+    Ok(text)
+}
+
+/// Writes a key file's `text` beside the trail at `audit_log`, replacing
+/// it whole (a new directory gets it again: see the writer).
+pub fn write_text(audit_log: &Path, text: &str) -> Result<(), AuditError> {
+    let path = path_for(audit_log);
+    let failed = |e: std::io::Error| AuditError(format!("{}: {e}", path.display()));
     let tmp = path.with_extension("key.tmp");
     {
         use std::io::Write;
@@ -90,13 +107,15 @@ pub fn save_wrapped(
 /// with `master`.
 pub fn load(audit_log: &Path, master: &MasterKey) -> Result<AuditKey, AuditError> {
     let path = path_for(audit_log);
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        AuditError(format!(
-            "{}: {e} (the server writes the wrapped audit key there when it starts; start it \
+    let text = super::trail::read(&path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .map_err(|e| {
+            AuditError(format!(
+                "{}: {e} (the server writes the wrapped audit key there when it starts; start it \
              once with this config, or give the config the trail was written with)",
-            path.display()
-        ))
-    })?;
+                path.display()
+            ))
+        })?;
     let bad = |what: &str| {
         AuditError(format!(
             "{}: not a fieldvault audit key file ({what})",

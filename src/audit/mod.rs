@@ -26,6 +26,7 @@ use async_trait::async_trait;
 use chain::{AuditKey, ChainState};
 use event::Event;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use writer::{ChainWriter, Header, SinkHealth, Start};
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +75,9 @@ pub struct AuditTrail {
     key_id: String,
     writer: ChainWriter,
     health: std::sync::Arc<SinkHealth>,
+    /// The key file beside the trail, as written last (the writer puts it
+    /// back in a directory made again under the server).
+    keyfile_text: Arc<std::sync::Mutex<String>>,
 }
 
 /// Where a trail opened at start goes on from.
@@ -147,7 +151,12 @@ impl AuditTrail {
             std::fs::create_dir_all(parent)
                 .map_err(|e| AuditError(format!("{}: {e}", parent.display())))?;
         }
-        keyfile::save(path, &key, wrapped, master_fingerprint)?;
+        let keyfile_text = Arc::new(std::sync::Mutex::new(keyfile::save(
+            path,
+            &key,
+            wrapped,
+            master_fingerprint,
+        )?));
         let resume = Self::resume(path, &key, options)?;
         let key_id = key.id();
         let writer = ChainWriter::open(
@@ -159,6 +168,7 @@ impl AuditTrail {
                 chain_started: resume.chain_started,
                 header: resume.header.clone(),
                 max_file_bytes: options.max_file_bytes,
+                keyfile_text: Some(keyfile_text.clone()),
             },
         )?;
         if let Some(h) = &resume.header {
@@ -182,6 +192,7 @@ impl AuditTrail {
             key_id,
             writer,
             health,
+            keyfile_text,
         })
     }
 
@@ -383,7 +394,9 @@ impl AuditSink for AuditTrail {
         master_fingerprint: [u8; 8],
     ) -> Result<(), AuditError> {
         // The key itself is unchanged; only its wrapping is new.
-        keyfile::save_wrapped(&self.path, &self.key_id, wrapped, master_fingerprint)
+        let text = keyfile::save_wrapped(&self.path, &self.key_id, wrapped, master_fingerprint)?;
+        *self.keyfile_text.lock().unwrap_or_else(|p| p.into_inner()) = text;
+        Ok(())
     }
 }
 

@@ -154,6 +154,9 @@ pub struct Start {
     pub header: Option<Header>,
     /// A file this large is rotated before the next batch (0: never).
     pub max_file_bytes: u64,
+    /// The wrapped audit key's file, put back beside a new file when it is
+    /// gone (a directory removed and made again under the server).
+    pub keyfile_text: Option<Arc<Mutex<String>>>,
 }
 
 pub struct ChainWriter {
@@ -189,6 +192,7 @@ struct Owner {
     head_file: Option<File>,
     /// Writing it failed (said once).
     head_failing: bool,
+    keyfile_text: Option<Arc<Mutex<String>>>,
     #[cfg(test)]
     stall: Arc<Mutex<()>>,
 }
@@ -242,6 +246,7 @@ impl ChainWriter {
             queued: queued.clone(),
             head_file: Some(head_file),
             head_failing: false,
+            keyfile_text: start.keyfile_text,
             #[cfg(test)]
             stall: stall.clone(),
         };
@@ -630,8 +635,17 @@ impl Owner {
         self.file = file;
         self.identity = (meta.dev(), meta.ino());
         self.end = 0;
-        // A directory made again needs its record of the end again.
+        // A directory made again needs its record of the end again, and
+        // the key file for the verifier.
         self.head_file = super::head::open(&self.path).ok();
+        if let Some(text) = &self.keyfile_text {
+            if !super::keyfile::path_for(&self.path).exists() {
+                let text = text.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                if let Err(e) = super::keyfile::write_text(&self.path, &text) {
+                    tracing::warn!(error = %e, "could not put the audit key file back beside the trail");
+                }
+            }
+        }
         self.file_first_seq = self.state.next_seq;
         self.header = Some(Header {
             new_chain,
@@ -698,6 +712,7 @@ mod tests {
             chain_started: "2026-11-27T00:00:00.000Z".into(),
             header: None,
             max_file_bytes: 0,
+            keyfile_text: None,
         }
     }
 
@@ -762,6 +777,7 @@ mod tests {
             queued: Arc::default(),
             head_file: None,
             head_failing: false,
+            keyfile_text: None,
             stall: Arc::default(),
         };
         // Fifty events queued before the thread looks: one batch, one sync.
