@@ -230,6 +230,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_link_or_a_fifo_is_never_opened_as_a_file_of_the_trail() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let victim = dir.path().join("master.key");
+        std::fs::write(&victim, "keep").unwrap_or_else(|e| panic!("{e}"));
+        let link = dir.path().join("audit.log.head");
+        std::os::unix::fs::symlink(&victim, &link).unwrap_or_else(|e| panic!("{e}"));
+        for how in [Open::Read, Open::Write, Open::New] {
+            let e = open(&link, how).err().map(|e| e.to_string());
+            assert!(e.is_some(), "{how:?} opened a link");
+        }
+        let e = open(&link, Open::Write).err().map(|e| e.to_string());
+        assert!(
+            e.as_deref().is_some_and(|e| e.contains("symbolic link")),
+            "{e:?}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&victim).unwrap_or_default(),
+            "keep"
+        );
+        // A FIFO with no writer: refused at once, not waited on.
+        let fifo = dir.path().join("audit.log");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|s| s.success()) {
+            let e = read(&fifo).err().map(|e| e.to_string());
+            assert!(
+                e.as_deref().is_some_and(|e| e.contains("not a regular file")),
+                "{e:?}"
+            );
+        }
+    }
+
+    #[test]
     fn rotated_files_are_found_beside_the_active_one_and_others_are_not() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let log = dir.path().join("audit.log");
