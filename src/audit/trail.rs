@@ -245,17 +245,15 @@ mod tests {
             e.as_deref().is_some_and(|e| e.contains("symbolic link")),
             "{e:?}"
         );
-        assert_eq!(
-            std::fs::read_to_string(&victim).unwrap_or_default(),
-            "keep"
-        );
+        assert_eq!(std::fs::read_to_string(&victim).unwrap_or_default(), "keep");
         // A FIFO with no writer: refused at once, not waited on.
         let fifo = dir.path().join("audit.log");
         let made = std::process::Command::new("mkfifo").arg(&fifo).status();
         if made.is_ok_and(|s| s.success()) {
             let e = read(&fifo).err().map(|e| e.to_string());
             assert!(
-                e.as_deref().is_some_and(|e| e.contains("not a regular file")),
+                e.as_deref()
+                    .is_some_and(|e| e.contains("not a regular file")),
                 "{e:?}"
             );
         }

@@ -986,15 +986,15 @@ impl AuditSinks<'_> {
     }
 }
 
-/// Moves the audit trail at `from` (every file of it, and the audit key
-/// kept beside it) to `to`, whose name must be the same: copied, then the
-/// originals removed (`to` may be on another filesystem).
+/// Moves the audit trail at `from` (every file the server keeps for it:
+/// its files, the audit key and the record of its end beside them) to
+/// `to`, whose name must be the same: copied, then the originals removed
+/// (`to` may be on another filesystem).
 fn move_trail(from: &Path, to: &Path) -> Result<(), String> {
-    use fieldvault::audit::{keyfile, trail};
+    use fieldvault::audit::trail;
     let to_dir = to.parent().ok_or("the audit log has no directory")?;
     std::fs::create_dir_all(to_dir).map_err(|e| format!("{}: {e}", to_dir.display()))?;
-    let mut files = trail::files_of(from).map_err(|e| format!("{}: {e}", from.display()))?;
-    files.push(keyfile::path_for(from));
+    let files = trail::everything_of(from).map_err(|e| format!("{}: {e}", from.display()))?;
     for file in &files {
         let target = to_dir.join(file.file_name().ok_or("a trail file without a name")?);
         std::fs::copy(file, &target)
