@@ -737,6 +737,9 @@ fn search_filters_by_caller_token_action_decision_purpose_and_time() {
         "2026-11-27T09:20:00.000Z #3 detokenize allowed caller=spiffe://dev.fieldvault.local/courier \
          purpose=delivery request=req-20 items=[fv1_a1/address:masked]\n"
     ), "{out}");
+    let out = search(&["--request-id", "req-20"]);
+    assert_eq!(lines(&out).len(), 1, "{out}");
+    assert!(out.contains(" #3 "), "{out}");
     let out = search(&["--token", "fv1_p1"]);
     let seqs: Vec<&str> = lines(&out)
         .iter()

@@ -30,6 +30,8 @@ pub struct Filter {
     pub since_ms: Option<u64>,
     /// Events before this time (unix ms): the end is excluded.
     pub until_ms: Option<u64>,
+    /// The call's request id (the `x-request-id` its answer carried).
+    pub request_id: Option<String>,
 }
 
 impl Filter {
@@ -45,6 +47,13 @@ impl Filter {
             .purpose
             .as_ref()
             .is_some_and(|p| event.purpose.as_ref() != Some(p))
+        {
+            return false;
+        }
+        if self
+            .request_id
+            .as_ref()
+            .is_some_and(|r| event.request_id.as_ref() != Some(r))
         {
             return false;
         }

@@ -111,6 +111,9 @@ pub(crate) struct SearchArgs {
     /// Events with this declared purpose.
     #[arg(long, value_name = "PURPOSE")]
     purpose: Option<String>,
+    /// The event of the call whose answer carried this x-request-id.
+    #[arg(long, value_name = "ID")]
+    request_id: Option<String>,
     /// Events at or after this time: RFC 3339 with a zone
     /// (2026-11-27T10:00:00Z) or a date (2026-11-27: midnight UTC).
     #[arg(long, value_name = "TIME", value_parser = time)]
@@ -589,6 +592,7 @@ fn search_command(args: SearchArgs) -> ExitCode {
         purpose: args.purpose,
         since_ms: args.since,
         until_ms: args.until,
+        request_id: args.request_id,
     };
     let mut matched = 0u64;
     let stats = search::search(&files, &filter, |found| {
