@@ -232,6 +232,18 @@ fn a_file_an_operators_log_rotation_renamed_is_still_part_of_the_trail() {
     assert!(out.starts_with("intact: 3 files, 12 events"), "{out}");
     let (out, _) = run_to_exit(0, &["audit", "search", "--config", v.config(), "--json"]);
     assert_eq!(out.lines().count(), 12, "{out}");
+    // A copy is not read as part of the trail; a numbered one is, and is
+    // named as a second copy of the same events.
+    std::fs::copy(&v.log, v.log.with_file_name("audit.log.bak")).unwrap();
+    let (out, _) = run_to_exit(0, &["audit", "verify", "--config", v.config()]);
+    assert!(out.starts_with("intact: 3 files, 12 events"), "{out}");
+    std::fs::copy(
+        v.log.with_file_name("audit.log.2"),
+        v.log.with_file_name("audit.log.3"),
+    )
+    .unwrap();
+    let out = broken(&v);
+    assert!(out.contains("begins the same chain"), "{out}");
 }
 
 #[test]

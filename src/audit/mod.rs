@@ -330,9 +330,18 @@ impl AuditTrail {
         }
         if path.exists() {
             // Its only line, if any, was never acknowledged (the record of
-            // the end says nothing was written after `base_state`).
-            std::fs::remove_file(path)
-                .map_err(|e| AuditError(format!("{}: {e}", path.display())))?;
+            // the end says nothing was written after `base_state`): an
+            // empty file goes, bytes are kept aside (they were not ours to
+            // destroy).
+            let empty = std::fs::symlink_metadata(path).is_ok_and(|m| m.len() == 0);
+            let gone = if empty {
+                std::fs::remove_file(path)
+            } else {
+                let to = trail::aside_name(path, "altered", now);
+                tracing::warn!(moved_to = %to.display(), "an audit file without a whole event was moved aside");
+                std::fs::rename(path, &to)
+            };
+            gone.map_err(|e| AuditError(format!("{}: {e}", path.display())))?;
         }
         Ok(match base {
             None => new_chain("a new trail".into()),

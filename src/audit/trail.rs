@@ -48,7 +48,15 @@ pub fn open(path: &Path, how: Open) -> std::io::Result<std::fs::File> {
             e
         }
     })?;
-    let kind = file.metadata()?.file_type();
+    let meta = file.metadata()?;
+    let kind = meta.file_type();
+    // A second name for a file (a hard link to the master key, say) must
+    // not make the server write it.
+    if how != Open::Read && std::os::unix::fs::MetadataExt::nlink(&meta) > 1 {
+        return Err(std::io::Error::other(
+            "has another hard link: the audit trail's files must be the server's own",
+        ));
+    }
     if !kind.is_file() {
         return Err(std::io::Error::other(if kind.is_dir() {
             "is a directory, not an audit file"
@@ -153,10 +161,10 @@ pub fn files_of(audit_log: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 /// The trail's files as the offline commands read them: [`files_of`], and
-/// any other `<name>.<suffix>` beside them whose first line is a chained
-/// event (a file an operator's log rotation renamed, `audit.log.1`), but
-/// not the files the server moved aside. Unordered: the readers put them
-/// in chain order.
+/// the files an operator's log rotation numbered beside them
+/// (`audit.log.1`, `audit.log.2`: digits only, whose first line is a
+/// chained event). Not copies (`audit.log.bak`) nor the files the server
+/// moved aside. Unordered: the readers put them in chain order.
 pub fn readable_files_of(audit_log: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut out = files_of(audit_log)?;
     let dir = match audit_log.parent() {
@@ -178,7 +186,8 @@ pub fn readable_files_of(audit_log: &Path) -> std::io::Result<Vec<PathBuf>> {
                 .iter()
                 .any(|p| suffix.starts_with(p));
         let path = audit_log.with_file_name(&file_name);
-        if !ours && first_line_is_chained(&path) {
+        let numbered = !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit());
+        if !ours && numbered && first_line_is_chained(&path) {
             out.push(path);
         }
     }

@@ -174,6 +174,17 @@ pub fn verify_file_text(
 /// order each file must begin where the one before it ended (or begin a
 /// new chain). Returns the files in chain order.
 pub fn verify_files(key: &AuditKey, paths: &[PathBuf]) -> Result<Vec<FileSummary>, TrailBreak> {
+    verify_files_to(key, paths, None)
+}
+
+/// [`verify_files`], and the trail must reach `recorded`, the end the
+/// server recorded beside it ([`super::head`]), checked on the same open
+/// file as the chain.
+pub fn verify_files_to(
+    key: &AuditKey,
+    paths: &[PathBuf],
+    recorded: Option<ChainState>,
+) -> Result<Vec<FileSummary>, TrailBreak> {
     // Every file is opened before any is read: a rotation while a long
     // trail is read renames the active file, and the open handle still
     // reads the file listed (a consistent snapshot, not a false gap).
@@ -184,15 +195,30 @@ pub fn verify_files(key: &AuditKey, paths: &[PathBuf]) -> Result<Vec<FileSummary
         opened.push((path, file));
     }
     let mut files = Vec::with_capacity(paths.len());
-    for (path, mut file) in opened {
+    let mut last: Option<(usize, String)> = None;
+    for (i, (path, file)) in opened.iter_mut().enumerate() {
         let mut text = Vec::new();
-        std::io::Read::read_to_end(&mut file, &mut text)
+        std::io::Read::read_to_end(file, &mut text)
             .map_err(|e| broke(path, None, e.to_string()))?;
         let text = String::from_utf8(text)
             .map_err(|_| broke(path, None, "not a fieldvault audit trail: not UTF-8 text"))?;
-        files.push(verify_file_text(key, path, &text)?);
+        let summary = verify_file_text(key, path, &text)?;
+        // Kept: the text of the file furthest along the chain so far.
+        let further = last.as_ref().is_none_or(|(j, _)| {
+            let before: &FileSummary = &files[*j];
+            (summary.chain_started.as_str(), summary.start.next_seq)
+                > (before.chain_started.as_str(), before.start.next_seq)
+        });
+        files.push(summary);
+        if recorded.is_some() && further {
+            last = Some((i, text));
+        }
     }
     check_order(&mut files)?;
+    if let (Some(recorded), Some((_, text)), Some(end)) = (recorded, &last, files.last()) {
+        super::head::check(recorded, end.start, end.end, text)
+            .map_err(|reason| broke(&end.path, None, reason))?;
+    }
     Ok(files)
 }
 
@@ -206,6 +232,17 @@ pub fn check_order(files: &mut [FileSummary]) -> Result<(), TrailBreak> {
     });
     for pair in files.windows(2) {
         let (before, after) = (&pair[0], &pair[1]);
+        if after.new_chain.is_some() && after.chain_started == before.chain_started {
+            return Err(broke(
+                &after.path,
+                Some(1),
+                format!(
+                    "begins the same chain as {}: two files hold the same events (a copy \
+                     of one of the trail's files?)",
+                    before.path.display()
+                ),
+            ));
+        }
         if after.new_chain.is_some() {
             continue;
         }

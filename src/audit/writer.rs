@@ -360,6 +360,11 @@ fn open_file(path: &Path, new: bool) -> std::io::Result<File> {
     super::trail::open(path, if new { Open::New } else { Open::Write })
 }
 
+/// Whether `path` names an empty regular file (not through a link).
+fn is_empty_regular_file(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file() && m.len() == 0)
+}
+
 /// Syncs the directory holding `path`, so a rename or a new file in it
 /// survives a power loss.
 fn sync_dir_of(path: &Path) -> std::io::Result<()> {
@@ -544,7 +549,19 @@ impl Owner {
     /// one, or a new one after a rotation or after the open one was renamed
     /// or removed. `Err` when a file the server did not write is there.
     fn ensure_file(&mut self) -> Result<(), String> {
+        // An empty file someone made in place of the one renamed away
+        // (logrotate's `create`) holds nothing to keep: it becomes the new
+        // file. Anything else there is never appended to.
+        let mut adopt = false;
         let reason = match self.at_path() {
+            AtPath::Other if is_empty_regular_file(&self.path) => {
+                adopt = true;
+                format!(
+                    "the file before was renamed or removed under the running server after \
+                     event {}; the empty file made in its place is this one",
+                    self.state.next_seq.saturating_sub(1)
+                )
+            }
             AtPath::Other => {
                 return Err(format!(
                     "the audit file {} was replaced under the server by a file it did not \
@@ -618,7 +635,13 @@ impl Owner {
                 )
             }
         };
-        let file = open_file(&self.path, true)
+        let file = open_file(&self.path, !adopt)
+            .and_then(|f| {
+                if adopt && f.metadata()?.len() != 0 {
+                    return Err(std::io::Error::other("it is no longer empty"));
+                }
+                Ok(f)
+            })
             .and_then(|f| sync_dir_of(&self.path).map(|()| f))
             .map_err(|e| {
                 format!(
@@ -629,7 +652,11 @@ impl Owner {
         let meta = file
             .metadata()
             .map_err(|e| format!("{}: {e}", self.path.display()))?;
-        tracing::warn!(path = %self.path.display(), %reason, "a new audit file begins");
+        if reason.starts_with("rotation") {
+            tracing::info!(path = %self.path.display(), %reason, "a new audit file begins");
+        } else {
+            tracing::warn!(path = %self.path.display(), %reason, "a new audit file begins");
+        }
         let new_chain = self.header.as_ref().is_some_and(|h| h.new_chain);
         let details = self.header.take().map(|h| h.details).unwrap_or_default();
         self.file = file;
@@ -911,6 +938,28 @@ mod tests {
         assert!(!text.contains("\"n\":2"), "{text}");
         assert!(text.contains("\"n\":3"));
         assert!(text.contains("audit.sink_recovered"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn an_empty_file_made_in_place_of_a_renamed_one_becomes_the_new_file() {
+        let dir = ok(tempfile::tempdir());
+        let path = dir.path().join("audit.log");
+        let writer = ok(ChainWriter::open(&path, key(), start(ChainState::GENESIS)));
+        ok(writer.append(event(0)).await);
+        // logrotate: rename, then `create`.
+        ok(std::fs::rename(&path, dir.path().join("audit.log.1")));
+        ok(std::fs::write(&path, b""));
+        assert_eq!(ok(writer.append(event(1)).await), 2);
+        drop(writer);
+        let text = ok(std::fs::read_to_string(&path));
+        let first = text.lines().next().unwrap_or_default();
+        assert!(
+            first.contains("the empty file made in its place"),
+            "{first}"
+        );
+        let old = ok(std::fs::read_to_string(dir.path().join("audit.log.1")));
+        let state = ok(verify_text(&key(), ChainState::GENESIS, &old));
+        assert_eq!(verify_text(&key(), state, &text).map(|s| s.next_seq), Ok(3));
     }
 
     #[tokio::test]

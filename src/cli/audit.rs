@@ -11,7 +11,8 @@ use fieldvault::audit::event::{Decision, Event};
 use fieldvault::audit::report::{self, Verification};
 use fieldvault::audit::search::{self, Filter, Found};
 use fieldvault::audit::verify::{
-    parse_line, verify_files, FileSummary, TrailBreak, CHAIN_START, FILE_START, KEY_ID,
+    parse_line, verify_files, verify_files_to, FileSummary, TrailBreak, CHAIN_START, FILE_START,
+    KEY_ID,
 };
 use fieldvault::config::{Config, MasterKeySource};
 use std::path::{Path, PathBuf};
@@ -373,69 +374,50 @@ fn wait_for_unfinished_line(path: &Path) {
 fn check(source: &Source) -> Result<Checked, String> {
     let trail = trail_of(source)?;
     let key = trail.key()?;
-    let (files, whole) = trail.files(&source.files)?;
-    // Where the server recorded the trail's end, read before the trail
-    // (the record follows the trail, so it never runs ahead of it here).
+    let (mut files, whole) = trail.files(&source.files)?;
     if !whole {
-        return check_files(&key, files, whole);
+        return check_files(&key, files, None);
     }
-    let recorded = fieldvault::audit::head::read(&trail.audit_log, &key);
-    let first = check_files(&key, files.clone(), whole);
-    let intact = matches!(&first, Ok(c) if c.verification.is_verified());
-    if intact {
-        return first.map(|c| reaches_recorded_end(c, recorded));
-    }
-    // A rotation between listing the files and reading them shows as a
-    // file missing or vanished: listed again, and checked again if the
-    // files changed.
-    match trail.files(&source.files) {
-        Ok((now, _)) if now != files => {
-            check_files(&key, now, whole).map(|c| reaches_recorded_end(c, recorded))
+    // A live trail: a rotation between listing the files, reading the
+    // record of the end and opening them shows as a file missing or a gap.
+    // Listed again and checked again while the listing changes.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        // Where the server recorded the trail's end, read before the
+        // files are opened (the record follows the trail, so it never runs
+        // ahead of what is opened after it).
+        let recorded = match fieldvault::audit::head::read(&trail.audit_log, &key) {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => Err(format!(
+                "{} is missing: the server writes it beside the trail (where the trail ends); \
+                 without it, events cut off the end cannot be told",
+                fieldvault::audit::head::path_for(&trail.audit_log).display()
+            )),
+            Err(e) => Err(format!(
+                "the record of where the trail ends is damaged: {e}"
+            )),
+        };
+        let checked = check_files(&key, files.clone(), Some(recorded));
+        let intact = matches!(&checked, Ok(c) if c.verification.is_verified());
+        if intact || attempts >= 5 {
+            return checked;
         }
-        _ => first,
+        match trail.files(&source.files) {
+            Ok((now, _)) if now != files => files = now,
+            _ => return checked,
+        }
     }
 }
 
-/// A whole trail that verified must also reach the end the server recorded
-/// beside it (`<audit_log>.head`): a chain cut at an event boundary is
-/// still a valid chain.
-fn reaches_recorded_end(
-    mut checked: Checked,
-    recorded: Result<Option<fieldvault::audit::chain::ChainState>, String>,
-) -> Checked {
-    if !checked.verification.is_verified() {
-        return checked;
-    }
-    let Some(last) = checked.summaries.as_ref().and_then(|s| s.last()) else {
-        return checked;
-    };
-    let outcome = match recorded {
-        Ok(None) => Err(format!(
-            "{} is missing: the server writes it beside the trail (where the trail ends); \
-             without it, events cut off the end cannot be told",
-            fieldvault::audit::head::path_for(&last.path).display()
-        )),
-        Err(e) => Err(format!(
-            "the record of where the trail ends is damaged: {e}"
-        )),
-        Ok(Some(recorded)) => {
-            let text = fieldvault::audit::trail::read(&last.path)
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default();
-            fieldvault::audit::head::check(recorded, last.start, last.end, &text)
-        }
-    };
-    if let Err(reason) = outcome {
-        checked.verification = Verification::broken(&TrailBreak {
-            path: last.path.clone(),
-            line: None,
-            reason,
-        });
-    }
-    checked
-}
-
-fn check_files(key: &AuditKey, files: Vec<PathBuf>, whole: bool) -> Result<Checked, String> {
+/// Checks `files`; `recorded`: the whole trail, which must also reach the
+/// end the server recorded beside it (or why that record cannot be read).
+fn check_files(
+    key: &AuditKey,
+    files: Vec<PathBuf>,
+    recorded: Option<Result<fieldvault::audit::chain::ChainState, String>>,
+) -> Result<Checked, String> {
+    let whole = recorded.is_some();
     for path in &files {
         wait_for_unfinished_line(path);
     }
@@ -453,10 +435,23 @@ fn check_files(key: &AuditKey, files: Vec<PathBuf>, whole: bool) -> Result<Check
             summaries: None,
         });
     }
-    let result = verify_files(key, &files);
+    let result = match &recorded {
+        None => verify_files(key, &files),
+        Some(Ok(end)) => verify_files_to(key, &files, Some(*end)),
+        Some(Err(why)) => verify_files(key, &files).and_then(|summaries| {
+            let last = summaries.last().map(|s| s.path.clone()).unwrap_or_default();
+            Err(TrailBreak {
+                path: last,
+                line: None,
+                reason: why.clone(),
+            })
+        }),
+    };
     if let Err(b) = &result {
-        if b.line.is_none() {
-            // The file changed or vanished since it was read above.
+        // The file changed or vanished since it was read above; a trail
+        // short of its recorded end is a break (exit 1).
+        let about_the_recorded_end = whole && b.reason.contains("record");
+        if b.line.is_none() && !about_the_recorded_end {
             return Err(b.to_string());
         }
     }

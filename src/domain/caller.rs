@@ -16,9 +16,9 @@ pub enum CallerIdError {
     #[error("SPIFFE ID must look like spiffe://trust-domain/path")]
     BadSpiffeId,
     #[error(
-        "common name must be 1 to 256 printable ASCII characters without leading or trailing \
-         spaces (an identity must not be confusable with another: no control, invisible, \
-         bidirectional or look-alike characters)"
+        "common name must be 1 to 256 printable ASCII characters, beginning with a letter or \
+         a digit, without trailing spaces (an identity must not be confusable with another: no \
+         control, invisible, bidirectional or look-alike characters)"
     )]
     BadCommonName,
     #[error("common name looks like a SPIFFE ID; SPIFFE IDs are taken only from a URI SAN")]
@@ -52,14 +52,16 @@ impl CallerId {
     /// `CN=spiffe://…` and no URI SAN would impersonate a workload, and one
     /// with a zero-width or right-to-left mark, a leading space or a
     /// Cyrillic `ѕ` would read as another caller in the audit trail and its
-    /// reports. So: printable ASCII only, no space at either end, and no
-    /// `spiffe:` anywhere in it.
+    /// reports. So: printable ASCII only, beginning with a letter or a
+    /// digit (`-` is how reports show "no caller"), no space at the end,
+    /// and no `spiffe` anywhere in it.
     pub fn common_name(cn: &str) -> Result<Self, CallerIdError> {
-        if cn.to_ascii_lowercase().contains("spiffe:") {
+        if cn.to_ascii_lowercase().contains("spiffe") {
             return Err(CallerIdError::CommonNameLooksLikeSpiffe);
         }
         let printable = cn.bytes().all(|b| (b' '..=b'~').contains(&b));
-        if cn.is_empty() || cn.len() > 256 || !printable || cn.trim() != cn {
+        let starts_well = cn.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric());
+        if !starts_well || cn.len() > 256 || !printable || cn.trim() != cn {
             return Err(CallerIdError::BadCommonName);
         }
         Ok(Self::CommonName(cn.to_owned()))
@@ -121,6 +123,9 @@ mod tests {
             "\u{202E}troppus/ved.tluavdleif//:effips",
             "support\u{2028}orders",
             "\u{0455}upport",
+            "spiffe//fieldvault.dev/support",
+            "spiffe;//fieldvault.dev/support",
+            "-",
             "\u{FF53}upport",
             " support",
             "support ",
