@@ -127,32 +127,44 @@ fn is_rotated_suffix(suffix: &str) -> bool {
         && seq.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// The trail's files: the rotated ones (oldest first) and then the active
-/// file, those that exist.
-pub fn files_of(audit_log: &Path) -> std::io::Result<Vec<PathBuf>> {
+/// The files beside the trail named `<name>.<suffix>`: each suffix and path.
+fn siblings(audit_log: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     let dir = match audit_log.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = audit_log
-        .file_name()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .into_owned();
-    let prefix = format!("{name}.");
-    let mut rotated: Vec<PathBuf> = Vec::new();
+    let prefix = format!(
+        "{}.",
+        audit_log.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let mut out = Vec::new();
     for entry in std::fs::read_dir(&dir)? {
-        let entry = entry?;
-        let file_name = entry.file_name();
-        let Some(file_name) = file_name.to_str() else {
-            continue;
-        };
-        if let Some(suffix) = file_name.strip_prefix(&prefix) {
-            if is_rotated_suffix(suffix) {
-                rotated.push(audit_log.with_file_name(file_name));
-            }
+        let file_name = entry?.file_name();
+        if let Some(suffix) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) {
+            out.push((suffix.to_owned(), audit_log.with_file_name(&file_name)));
         }
     }
+    Ok(out)
+}
+
+/// Whether `suffix` names a file the server keeps beside the trail that is
+/// not an audit file of it: the key file, the record of the end, the files
+/// it moved aside.
+fn is_kept_beside(suffix: &str) -> bool {
+    matches!(suffix, "key" | "key.tmp" | "head")
+        || ["broken-", "unchained-", "altered-"]
+            .iter()
+            .any(|p| suffix.starts_with(p))
+}
+
+/// The trail's files: the rotated ones (oldest first) and then the active
+/// file, those that exist.
+pub fn files_of(audit_log: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut rotated: Vec<PathBuf> = siblings(audit_log)?
+        .into_iter()
+        .filter(|(suffix, _)| is_rotated_suffix(suffix))
+        .map(|(_, path)| path)
+        .collect();
     rotated.sort();
     if audit_log.exists() {
         rotated.push(audit_log.to_path_buf());
@@ -167,27 +179,9 @@ pub fn files_of(audit_log: &Path) -> std::io::Result<Vec<PathBuf>> {
 /// moved aside. Unordered: the readers put them in chain order.
 pub fn readable_files_of(audit_log: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut out = files_of(audit_log)?;
-    let dir = match audit_log.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let prefix = format!(
-        "{}.",
-        audit_log.file_name().unwrap_or_default().to_string_lossy()
-    );
-    for entry in std::fs::read_dir(&dir)? {
-        let file_name = entry?.file_name();
-        let Some(suffix) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
-            continue;
-        };
-        let ours = is_rotated_suffix(suffix)
-            || matches!(suffix, "key" | "key.tmp" | "head")
-            || ["broken-", "unchained-", "altered-"]
-                .iter()
-                .any(|p| suffix.starts_with(p));
-        let path = audit_log.with_file_name(&file_name);
+    for (suffix, path) in siblings(audit_log)? {
         let numbered = !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit());
-        if !ours && numbered && first_line_is_chained(&path) {
+        if numbered && first_line_is_chained(&path) {
             out.push(path);
         }
     }
@@ -206,31 +200,17 @@ fn first_line_is_chained(path: &Path) -> bool {
 }
 
 /// Every file the server keeps for the trail at `audit_log`: its files,
-/// the wrapped audit key beside them (and its temporary file) and the
-/// files moved aside at start (what `serve --dev --reset` deletes).
+/// the wrapped audit key beside them (and its temporary file), the record
+/// of its end and the files moved aside (what `serve --dev --reset`
+/// deletes).
 pub fn everything_of(audit_log: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut out = files_of(audit_log)?;
-    let dir = match audit_log.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let prefix = format!(
-        "{}.",
-        audit_log.file_name().unwrap_or_default().to_string_lossy()
+    out.extend(
+        siblings(audit_log)?
+            .into_iter()
+            .filter(|(suffix, _)| is_kept_beside(suffix))
+            .map(|(_, path)| path),
     );
-    for entry in std::fs::read_dir(&dir)? {
-        let file_name = entry?.file_name();
-        let Some(suffix) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
-            continue;
-        };
-        if matches!(suffix, "key" | "key.tmp" | "head")
-            || suffix.starts_with("broken-")
-            || suffix.starts_with("altered-")
-            || suffix.starts_with("unchained-")
-        {
-            out.push(audit_log.with_file_name(&file_name));
-        }
-    }
     Ok(out)
 }
 
