@@ -17,13 +17,17 @@
 //! were refused, so the gap is in the chain.
 //!
 //! Files: before each batch the thread checks that the path still names
-//! the file it holds open. A file renamed or removed under the server is
-//! noted: a new file is made at the path, and its first event
-//! (`audit.file_start`) says what happened to the one before, continuing
-//! the chain. A file the server did not write found at the path (the file
-//! was replaced) is never appended to: events are refused until it is moved
+//! the file it holds open, at the size it wrote. A file renamed or removed
+//! under the server is noted: a new file is made at the path (or an empty
+//! one made there is taken), and its first event (`audit.file_start`) says
+//! what happened to the one before, continuing the chain. A file cut or
+//! written to under the server is moved aside as it is and noted the same
+//! way. A file the server did not write found at the path (the file was
+//! replaced) is never appended to: events are refused until it is moved
 //! away. When the file reaches its size limit it is renamed beside itself
 //! ([`super::trail::rotated_name`]) and a new one begins the same way.
+//! After every batch the record of where the trail ends
+//! ([`super::head`]) is rewritten.
 
 use super::chain::{seal_line, AuditKey, ChainState};
 use super::event::{Decision, Event};
