@@ -366,15 +366,6 @@ impl AuditTrail {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The audit key's public id (as in the first event of every file).
-    pub fn key_id(&self) -> &str {
-        &self.key_id
-    }
-
     /// Holds the writer before its next write until dropped (tests: a hung
     /// disk).
     #[cfg(test)]

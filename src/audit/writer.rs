@@ -30,7 +30,7 @@
 //! ([`super::head`]) is rewritten.
 
 use super::chain::{seal_line, AuditKey, ChainState};
-use super::event::{Decision, Event};
+use super::event::Event;
 use super::verify::{CHAIN_START, CHAIN_STARTED, FILE_START, KEY_ID};
 use super::AuditError;
 use std::collections::BTreeMap;
@@ -709,7 +709,6 @@ impl Owner {
 /// refused (none of them was answered with a value).
 fn recovered_event(outage: &Outage) -> Event {
     let mut event = Event::new("audit.sink_recovered");
-    event.decision = Decision::Allowed;
     event.reason = Some(outage.cause.clone());
     event.details.insert(
         "failed_since".into(),
