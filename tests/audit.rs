@@ -72,6 +72,20 @@ fn request_id<T>(r: &Result<tonic::Response<T>, tonic::Status>) -> String {
         .to_owned()
 }
 
+/// The one event of a call refused with `code`.
+fn refused_event<T: std::fmt::Debug>(
+    audit_log: &Path,
+    r: &Result<tonic::Response<T>, tonic::Status>,
+    code: tonic::Code,
+) -> Value {
+    assert_eq!(
+        r.as_ref().err().map(tonic::Status::code),
+        Some(code),
+        "{r:?}"
+    );
+    event_of(audit_log, &request_id(r))
+}
+
 fn detokenize_request(tokens: &[String], purpose: &str) -> pb::DetokenizeRequest {
     pb::DetokenizeRequest {
         tokens: tokens.to_vec(),
@@ -143,11 +157,7 @@ async fn every_call_of_every_audited_kind_leaves_one_event_with_its_fields_and_n
             purpose: None,
         })
         .await;
-    assert_eq!(
-        r.as_ref().unwrap_err().code(),
-        tonic::Code::PermissionDenied
-    );
-    let e = event_of(&log, &request_id(&r));
+    let e = refused_event(&log, &r, tonic::Code::PermissionDenied);
     assert_eq!(
         (e["decision"].as_str(), e["code"].as_str()),
         (Some("denied"), Some("permission_denied"))
@@ -160,8 +170,7 @@ async fn every_call_of_every_audited_kind_leaves_one_event_with_its_fields_and_n
             purpose: Some("no such purpose!".into()),
         })
         .await;
-    assert_eq!(r.as_ref().unwrap_err().code(), tonic::Code::InvalidArgument);
-    let e = event_of(&log, &request_id(&r));
+    let e = refused_event(&log, &r, tonic::Code::InvalidArgument);
     assert_eq!(
         (e["decision"].as_str(), e["code"].as_str()),
         (Some("rejected"), Some("invalid_argument"))
@@ -200,17 +209,12 @@ async fn every_call_of_every_audited_kind_leaves_one_event_with_its_fields_and_n
     let r = support
         .detokenize(detokenize_request(&tokens, "marketing"))
         .await;
-    assert_eq!(
-        r.as_ref().unwrap_err().code(),
-        tonic::Code::PermissionDenied
-    );
-    let e = event_of(&log, &request_id(&r));
+    let e = refused_event(&log, &r, tonic::Code::PermissionDenied);
     assert_eq!(e["decision"], "denied");
     assert_eq!(e["purpose"], "marketing");
     assert_eq!(tokens_of(&e), tokens);
     let r = support.detokenize(detokenize_request(&tokens, "")).await;
-    assert_eq!(r.as_ref().unwrap_err().code(), tonic::Code::InvalidArgument);
-    let e = event_of(&log, &request_id(&r));
+    let e = refused_event(&log, &r, tonic::Code::InvalidArgument);
     assert_eq!(
         (e["decision"].as_str(), e["code"].as_str()),
         (Some("rejected"), Some("invalid_argument"))
@@ -277,8 +281,7 @@ async fn every_call_of_every_audited_kind_leaves_one_event_with_its_fields_and_n
             rate_per_second: Some(0),
         })
         .await;
-    assert_eq!(r.as_ref().unwrap_err().code(), tonic::Code::InvalidArgument);
-    let e = event_of(&log, &request_id(&r));
+    let e = refused_event(&log, &r, tonic::Code::InvalidArgument);
     assert_eq!(
         (e["action"].as_str(), e["decision"].as_str()),
         (Some("keys.start_rewrap"), Some("rejected"))
@@ -286,11 +289,7 @@ async fn every_call_of_every_audited_kind_leaves_one_event_with_its_fields_and_n
     let r = KeyAdminClient::new(channel(&vault.addr(), &vault.pki.client_tls("support")).await)
         .retire_key_version(pb::RetireKeyVersionRequest { version: 1 })
         .await;
-    assert_eq!(
-        r.as_ref().unwrap_err().code(),
-        tonic::Code::PermissionDenied
-    );
-    let e = event_of(&log, &request_id(&r));
+    let e = refused_event(&log, &r, tonic::Code::PermissionDenied);
     assert_eq!(
         (e["action"].as_str(), e["decision"].as_str()),
         (Some("keys.retire_key_version"), Some("denied"))
