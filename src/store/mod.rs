@@ -22,7 +22,7 @@ mod worker;
 mod writer;
 
 use crate::crypto::{BlindIndex, KeyPurpose, KeyVersion, SealedRecord, WrappedKey};
-use crate::domain::RecordId;
+use crate::domain::{FieldKind, RecordId};
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 
@@ -450,6 +450,98 @@ pub trait Store: Send + Sync + 'static {
 
     /// Stores a job's state; durable when it returns.
     async fn set_job_state(&self, job: Job, state: Vec<u8>) -> Result<(), StoreError>;
+
+    /// Adds each amount to its counter, all or none, atomically with every
+    /// other charge (concurrent charges of one counter never pass its
+    /// limit together); durable when it returns `Added`. Nothing is
+    /// written when it returns `Over`.
+    async fn charge(&self, charges: Vec<Charge>) -> Result<Charged, StoreError>;
+
+    /// Every stored counter (of any window; the caller knows which windows
+    /// are current).
+    async fn counters(&self) -> Result<Vec<CounterValue>, StoreError>;
+
+    /// Freezes a caller; durable when it returns. A caller already frozen
+    /// stays frozen as it was: its freeze is returned and nothing changes.
+    async fn freeze(&self, freeze: Freeze) -> Result<Option<Freeze>, StoreError>;
+
+    /// Unfreezes a caller; durable when it returns. The freeze lifted, or
+    /// `None` (nothing written) when the caller was not frozen.
+    async fn unfreeze(&self, caller: &str) -> Result<Option<Freeze>, StoreError>;
+
+    /// The caller's freeze, if frozen. On every call's path: cheap.
+    async fn frozen(&self, caller: &str) -> Result<Option<Freeze>, StoreError>;
+
+    /// Every frozen caller, in caller order.
+    async fn freezes(&self) -> Result<Vec<Freeze>, StoreError>;
+
+    /// Stores canaries, all or none; durable when it returns. Each id must
+    /// come from [`Store::allocate`] of this store and be used once, as a
+    /// record's (an id the store never handed out fails the call).
+    async fn add_canaries(&self, canaries: Vec<Canary>) -> Result<(), StoreError>;
+
+    /// The canary of each id, in order (`None`: not a canary).
+    async fn canaries_of(&self, ids: Vec<RecordId>) -> Result<Vec<Option<Canary>>, StoreError>;
+
+    /// Every canary, in id order.
+    async fn canaries(&self) -> Result<Vec<Canary>, StoreError>;
+}
+
+/// An amount to add to a durable counter of the current window (values a
+/// caller revealed under a quota, its quota refusals, the unknown tokens it
+/// sent). Counter names are chosen by the vault and carry no value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Charge {
+    pub counter: String,
+    /// The start of the window this amount counts in: a stored count of an
+    /// earlier window is dropped first (the window has passed); one of a
+    /// later window (a clock that went back) is kept and added to.
+    pub window_start_ms: u64,
+    pub amount: u64,
+    /// The call adds nothing if the count would pass this.
+    pub limit: Option<u64>,
+}
+
+/// What [`Store::charge`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Charged {
+    /// Every amount was added: the new counts, in order.
+    Added(Vec<u64>),
+    /// Nothing was added: the charge at `index` would pass its limit; its
+    /// counter holds `count` in that window.
+    Over { index: usize, count: u64 },
+}
+
+/// A counter as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CounterValue {
+    pub counter: String,
+    pub window_start_ms: u64,
+    pub count: u64,
+}
+
+/// A frozen caller: every call from it is refused until an operator
+/// unfreezes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Freeze {
+    /// The caller's identity (a SPIFFE ID or a common name).
+    pub caller: String,
+    pub since_unix_ms: u64,
+    /// Why (no value: the trigger and the rule or operator).
+    pub reason: String,
+    /// Who froze it: `vault` for an automatic freeze, else the operator.
+    pub by: String,
+}
+
+/// A canary token's record id: issued by [`Store::allocate`] like a
+/// record's, so its token looks like any other, but no value is behind it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Canary {
+    pub id: RecordId,
+    pub kind: FieldKind,
+    pub created_unix_ms: u64,
+    /// The operator who created it.
+    pub by: String,
 }
 
 /// One record read by [`Store::get_records`].

@@ -64,6 +64,42 @@ impl Store for Counting {
     ) -> Result<Vec<(RecordId, RecordRead)>, StoreError> {
         self.inner.scan_records(after, limit).await
     }
+    async fn charge(
+        &self,
+        charges: Vec<crate::store::Charge>,
+    ) -> Result<crate::store::Charged, StoreError> {
+        self.inner.charge(charges).await
+    }
+    async fn counters(&self) -> Result<Vec<crate::store::CounterValue>, StoreError> {
+        self.inner.counters().await
+    }
+    async fn freeze(
+        &self,
+        freeze: crate::store::Freeze,
+    ) -> Result<Option<crate::store::Freeze>, StoreError> {
+        self.inner.freeze(freeze).await
+    }
+    async fn unfreeze(&self, caller: &str) -> Result<Option<crate::store::Freeze>, StoreError> {
+        self.inner.unfreeze(caller).await
+    }
+    async fn frozen(&self, caller: &str) -> Result<Option<crate::store::Freeze>, StoreError> {
+        self.inner.frozen(caller).await
+    }
+    async fn freezes(&self) -> Result<Vec<crate::store::Freeze>, StoreError> {
+        self.inner.freezes().await
+    }
+    async fn add_canaries(&self, canaries: Vec<crate::store::Canary>) -> Result<(), StoreError> {
+        self.inner.add_canaries(canaries).await
+    }
+    async fn canaries_of(
+        &self,
+        ids: Vec<RecordId>,
+    ) -> Result<Vec<Option<crate::store::Canary>>, StoreError> {
+        self.inner.canaries_of(ids).await
+    }
+    async fn canaries(&self) -> Result<Vec<crate::store::Canary>, StoreError> {
+        self.inner.canaries().await
+    }
     async fn rewrite_records(
         &self,
         rewrites: Vec<crate::store::Rewrite>,
