@@ -4,8 +4,8 @@
 use crate::audit::{AuditTrail, TrailOptions};
 use crate::config::{Config, MasterKeySource};
 use crate::crypto::{MasterKey, MasterKeyError};
-use crate::domain::policy::{Policy, PolicyError};
-use crate::grpc::{pb, KeyAdminService, VaultService};
+use crate::domain::policy::PolicyError;
+use crate::grpc::{pb, AdminService, KeyAdminService, VaultService};
 use crate::store::{SledConfig, SledStore, StoreError};
 use crate::tls::TlsError;
 use crate::vault::{ensure_audit_key, open_keyring, KeyringSetupError, Settings, Vault};
@@ -180,12 +180,8 @@ pub async fn start(
 ) -> Result<Server, StartError> {
     crate::fsperm::prepare_for_start(config)?;
     let master = load_master_key(&config.master_key, env)?;
-    let policy_text = crate::fsperm::read_checked(
-        "policy_file",
-        &config.policy_file,
-        crate::fsperm::Access::NoOtherWrites,
-    )?;
-    let policy = Policy::from_toml(&policy_text)?;
+    let (policy_file, policy) = crate::policy_file::PolicyFile::open(&config.policy_file)?;
+    let policy_file = Arc::new(policy_file);
     crate::domain::value::warm_up();
     let limits = crate::limits::Resolved::new(config, crate::limits::nofile_soft_limit())?;
     let tls = crate::tls::server_config(
@@ -237,7 +233,17 @@ pub async fn start(
     health_reporter
         .set_serving::<pb::key_admin_server::KeyAdminServer<KeyAdminService>>()
         .await;
-    let health = tokio::spawn(watch_storage(vault.clone(), health_reporter));
+    health_reporter
+        .set_serving::<pb::admin_server::AdminServer<AdminService>>()
+        .await;
+    vault.watch_policy(policy_file.clone());
+    let watched = vault.clone();
+    let health = tokio::spawn(async move {
+        tokio::join!(
+            watch_storage(watched.clone(), health_reporter),
+            watch_policy(watched, policy_file)
+        );
+    });
     let health_service =
         health_service.max_decoding_message_size(crate::limits::SMALL_SERVICE_MESSAGE_BYTES);
     // Reflection in both versions: v1alpha for grpcurl before 1.8.7 and
@@ -275,6 +281,11 @@ pub async fn start(
     let key_admin_service = KeyAdminService::new(vault.clone())
         .into_server()
         .max_decoding_message_size(crate::limits::SMALL_SERVICE_MESSAGE_BYTES);
+    // Abuse administration: small requests, answers of a few hundred bytes
+    // per caller or canary.
+    let admin_service = AdminService::new(vault.clone())
+        .into_server()
+        .max_decoding_message_size(crate::limits::SMALL_SERVICE_MESSAGE_BYTES);
     // Nothing below can fail: resume the jobs a crash or restart
     // interrupted and run the rotation schedule (once per server).
     vault.start_background();
@@ -293,7 +304,8 @@ pub async fn start(
         .add_optional_service(reflection)
         .add_optional_service(reflection_v1alpha)
         .add_service(vault_service)
-        .add_service(key_admin_service);
+        .add_service(key_admin_service)
+        .add_service(admin_service);
     let serve = tokio::spawn(async move {
         router
             .serve_with_incoming_shutdown(incoming, async {
@@ -369,7 +381,47 @@ pub fn server_builder(
         .layer(guard)
 }
 
-/// Reports NOT_SERVING (for the Vault and KeyAdmin services and the server
+/// Re-reads the policy file once a second if it changed (calls see a
+/// change at once: they check too) and on SIGHUP, and audits every reload
+/// (`policy.reload`), applied or rejected.
+async fn watch_policy(vault: Arc<Vault>, file: Arc<crate::policy_file::PolicyFile>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; the policy file is still re-read when it changes");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        let forced = tokio::select! {
+            _ = tick.tick() => false,
+            Some(()) = async {
+                match hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                tracing::info!(policy_file = %file.path().display(), "SIGHUP: re-reading the policy file");
+                true
+            }
+        };
+        file.reload_into(forced, &|p| vault.replace_policy(p));
+        for outcome in file.take_outcomes() {
+            let result = match outcome {
+                crate::policy_file::Reload::Unchanged => continue,
+                crate::policy_file::Reload::Applied { rules } => Ok(rules),
+                crate::policy_file::Reload::Rejected { error } => Err(error),
+            };
+            vault
+                .record_policy_reload(&file.path().display().to_string(), result)
+                .await;
+        }
+    }
+}
+
+/// Reports NOT_SERVING (for the Vault, KeyAdmin and Admin services and the server
 /// as a whole) once storage has failed (a failed flush or fsync is fatal
 /// for writes, for good), and while the audit trail refuses events (it
 /// recovers by itself: SERVING again once it does).
@@ -409,6 +461,12 @@ async fn watch_storage(vault: Arc<Vault>, reporter: tonic_health::server::Health
         reporter
             .set_service_status(
                 <pb::key_admin_server::KeyAdminServer<KeyAdminService> as tonic::server::NamedService>::NAME,
+                status,
+            )
+            .await;
+        reporter
+            .set_service_status(
+                <pb::admin_server::AdminServer<AdminService> as tonic::server::NamedService>::NAME,
                 status,
             )
             .await;

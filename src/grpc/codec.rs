@@ -139,6 +139,18 @@ response!(pb::RetireKeyVersionResponse);
 response!(pb::RotateIndexKeyResponse);
 response!(pb::RotateMasterKeyResponse);
 
+// Admin (admin.proto).
+request!(pb::ListCallersRequest, LIST_CALLERS_REQUEST);
+request!(pb::FreezeCallerRequest, FREEZE_CALLER_REQUEST);
+request!(pb::UnfreezeCallerRequest, UNFREEZE_CALLER_REQUEST);
+request!(pb::CreateCanariesRequest, CREATE_CANARIES_REQUEST);
+request!(pb::ListCanariesRequest, LIST_CANARIES_REQUEST);
+response!(pb::ListCallersResponse);
+response!(pb::FreezeCallerResponse);
+response!(pb::UnfreezeCallerResponse);
+response!(pb::CreateCanariesResponse);
+response!(pb::ListCanariesResponse);
+
 // ---------------------------------------------------------------------------
 // The schema: for each request message, the fields the walk checks. Fields
 // not listed are skipped by wire type, as prost skips unknown fields; a
@@ -274,9 +286,40 @@ static ROTATE_MASTER_KEY_REQUEST: Schema = Schema {
     fields: &[field(1, "new_key_file", Shape::Str, Count::One)],
 };
 
+static LIST_CALLERS_REQUEST: Schema = Schema {
+    name: "ListCallersRequest",
+    fields: &[],
+};
+
+static FREEZE_CALLER_REQUEST: Schema = Schema {
+    name: "FreezeCallerRequest",
+    fields: &[
+        field(1, "caller", Shape::Str, Count::One),
+        field(2, "reason", Shape::Str, Count::One),
+    ],
+};
+
+static UNFREEZE_CALLER_REQUEST: Schema = Schema {
+    name: "UnfreezeCallerRequest",
+    fields: &[field(1, "caller", Shape::Str, Count::One)],
+};
+
+static CREATE_CANARIES_REQUEST: Schema = Schema {
+    name: "CreateCanariesRequest",
+    fields: &[
+        field(1, "kind", Shape::Varint, Count::One),
+        field(2, "count", Shape::Varint, Count::One),
+    ],
+};
+
+static LIST_CANARIES_REQUEST: Schema = Schema {
+    name: "ListCanariesRequest",
+    fields: &[],
+};
+
 /// Every request message, by the schema it is walked against.
 #[cfg(test)]
-static REQUESTS: [&Schema; 9] = [
+static REQUESTS: [&Schema; 14] = [
     &TOKENIZE_REQUEST,
     &DETOKENIZE_REQUEST,
     &ROTATE_DATA_KEY_REQUEST,
@@ -286,6 +329,11 @@ static REQUESTS: [&Schema; 9] = [
     &RETIRE_KEY_VERSION_REQUEST,
     &ROTATE_INDEX_KEY_REQUEST,
     &ROTATE_MASTER_KEY_REQUEST,
+    &LIST_CALLERS_REQUEST,
+    &FREEZE_CALLER_REQUEST,
+    &UNFREEZE_CALLER_REQUEST,
+    &CREATE_CANARIES_REQUEST,
+    &LIST_CANARIES_REQUEST,
 ];
 
 // ---------------------------------------------------------------------------
@@ -983,7 +1031,11 @@ mod tests {
             .iter()
             .filter(|f| f.package() == "fieldvault.v1")
             .collect();
-        assert_eq!(files.len(), 2, "vault.proto and key_admin.proto");
+        assert_eq!(
+            files.len(),
+            3,
+            "vault.proto, key_admin.proto and admin.proto"
+        );
         let message = |name: &str| {
             files
                 .iter()

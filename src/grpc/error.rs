@@ -21,6 +21,27 @@ pub(crate) fn call_status(e: VaultError) -> Status {
         VaultError::Unavailable(msg) => Status::unavailable(msg),
         VaultError::NotFound(msg) => Status::not_found(msg),
         VaultError::FailedPrecondition(msg) => Status::failed_precondition(msg),
+        VaultError::Frozen { ref caller, .. } => {
+            let mut details = ErrorDetails::new();
+            details.add_precondition_failure_violation("FROZEN", caller.clone(), e.to_string());
+            Status::with_error_details(Code::FailedPrecondition, e.to_string(), details)
+        }
+        VaultError::QuotaExceeded {
+            ref caller,
+            ref rule,
+            ref quota,
+            resets_at_unix_ms,
+            ..
+        } => {
+            let mut details = ErrorDetails::new();
+            details.add_quota_failure_violation(
+                format!("caller:{caller} rule:{rule}"),
+                format!("{quota}"),
+            );
+            let wait = resets_at_unix_ms.saturating_sub(crate::audit::now_unix_ms());
+            details.set_retry_info(Some(std::time::Duration::from_millis(wait)));
+            Status::with_error_details(Code::ResourceExhausted, e.to_string(), details)
+        }
     }
 }
 

@@ -2,11 +2,13 @@
 //! implementations, protobuf <-> domain conversions, the one place vault
 //! errors become gRPC statuses, and peer certificate -> caller identity.
 
+mod admin;
 pub mod codec;
 mod error;
 mod key_admin;
 mod service;
 
+pub use admin::AdminService;
 pub use key_admin::KeyAdminService;
 pub use service::{kind_to_pb, scheme_to_pb, VaultService};
 

@@ -57,7 +57,7 @@ pub(super) fn answer<T>(call: &Call, result: Result<T, Status>) -> Result<Respon
     }
 }
 
-fn kind_from_pb(kind: i32) -> Result<FieldKind, ItemError> {
+pub(crate) fn kind_from_pb(kind: i32) -> Result<FieldKind, ItemError> {
     match pb::FieldKind::try_from(kind) {
         Ok(pb::FieldKind::Phone) => Ok(FieldKind::Phone),
         Ok(pb::FieldKind::Address) => Ok(FieldKind::Address),

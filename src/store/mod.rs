@@ -457,6 +457,10 @@ pub trait Store: Send + Sync + 'static {
     /// written when it returns `Over`.
     async fn charge(&self, charges: Vec<Charge>) -> Result<Charged, StoreError>;
 
+    /// Removes counters (an unknown name is skipped); durable when it
+    /// returns.
+    async fn reset_counters(&self, counters: Vec<String>) -> Result<(), StoreError>;
+
     /// Every stored counter (of any window; the caller knows which windows
     /// are current).
     async fn counters(&self) -> Result<Vec<CounterValue>, StoreError>;

@@ -20,9 +20,9 @@ use super::sequence::Sequence;
 use super::wal::{Wal, WalError};
 use super::writer::{stored_ceiling, SledWriter, Trees, Write, Written};
 use super::{
-    Canary, Charge, Charged, CounterValue, Freeze,
-    FailureCause, IndexEntry, IntegrityReport, Job, KeyCatalog, KeyChange, KeyInfo, KeyUsage,
-    NewRecord, RecordRead, Reindex, Rewrite, StorageFailure, Store, StoreError,
+    Canary, Charge, Charged, CounterValue, FailureCause, Freeze, IndexEntry, IntegrityReport, Job,
+    KeyCatalog, KeyChange, KeyInfo, KeyUsage, NewRecord, RecordRead, Reindex, Rewrite,
+    StorageFailure, Store, StoreError,
 };
 use crate::crypto::{BlindIndex, KeyPurpose, KeyVersion, WrappedKey};
 use crate::domain::RecordId;
@@ -730,6 +730,11 @@ impl Store for SledStore {
             Written::Changed => Ok(()),
             _ => Err(unexpected("a job state")),
         }
+    }
+
+    // TODO(issue 14): merge with the sled implementation of counters.
+    async fn reset_counters(&self, _counters: Vec<String>) -> Result<(), StoreError> {
+        Err(not_yet())
     }
 }
 

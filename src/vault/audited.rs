@@ -66,6 +66,8 @@ impl VaultError {
             VaultError::Unavailable(_) => (Decision::Failed, "unavailable"),
             VaultError::NotFound(_) => (Decision::Rejected, "not_found"),
             VaultError::FailedPrecondition(_) => (Decision::Rejected, "failed_precondition"),
+            VaultError::Frozen { .. } => (Decision::Denied, "failed_precondition"),
+            VaultError::QuotaExceeded { .. } => (Decision::Denied, "resource_exhausted"),
         }
     }
 }
@@ -141,6 +143,27 @@ impl Vault {
             Some(why) => Err(VaultError::Unavailable(format!(
                 "the audit trail is unavailable ({why}); nothing was done"
             ))),
+        }
+    }
+
+    /// Audits a reload of the policy file: `Ok(rules)` in force, or why
+    /// it was rejected (the policy in force stays).
+    pub async fn record_policy_reload(&self, file: &str, result: Result<usize, String>) {
+        let mut event = Event::new("policy.reload");
+        event.details.insert("file".into(), file.into());
+        match result {
+            Ok(rules) => {
+                event.details.insert("rules".into(), rules.into());
+            }
+            Err(why) => {
+                event.decision = Decision::Rejected;
+                event.code = "invalid_argument".into();
+                event.reason = Some(why);
+            }
+        }
+        event.settle();
+        if let Err(e) = self.audit.record(&event).await {
+            tracing::error!(error = %e, event = %event.to_json(), "the audit trail did not take a policy reload's event");
         }
     }
 

@@ -412,10 +412,12 @@ impl Vault {
     /// nothing, not even which arguments are wrong. `changes`: the call
     /// would change keys, so it is refused while the audit trail refuses
     /// events (its event could not follow it).
-    fn key_admin_allowed(&self, call: &Call, changes: bool) -> Result<(), VaultError> {
+    async fn key_admin_allowed(&self, call: &Call, changes: bool) -> Result<(), VaultError> {
         let caller = call.caller()?;
-        self.policy()
-            .check_call(caller, Action::Keys, None)
+        let policy = self.policy();
+        self.admit(caller, &policy).await?;
+        policy
+            .check_call(caller, Action::Keys, None, None)
             .map_err(VaultError::PermissionDenied)?;
         if changes {
             self.audit_ready()?;
@@ -464,7 +466,7 @@ impl Vault {
     pub async fn rotate_data_key(&self, call: impl Into<Call>) -> Result<u32, VaultError> {
         let call = call.into();
         let result = async {
-            self.key_admin_allowed(&call, true)?;
+            self.key_admin_allowed(&call, true).await?;
             self.rotate(KeyPurpose::Data).await
         }
         .await;
@@ -523,7 +525,7 @@ impl Vault {
     pub async fn key_status(&self, call: impl Into<Call>) -> Result<KeyStatus, VaultError> {
         let call = call.into();
         let result = async {
-            self.key_admin_allowed(&call, false)?;
+            self.key_admin_allowed(&call, false).await?;
             self.key_status_now().await
         }
         .await;
@@ -662,7 +664,7 @@ impl Vault {
     ) -> Result<JobStatus, VaultError> {
         let call = call.into();
         let result = async {
-            self.key_admin_allowed(&call, true)?;
+            self.key_admin_allowed(&call, true).await?;
             let rate = check_rate(rate)?;
             self.start_job(Job::Rewrap, rate).await?;
             self.job_status(Job::Rewrap).await
@@ -966,7 +968,7 @@ impl Vault {
     pub async fn rewrap_status(&self, call: impl Into<Call>) -> Result<JobStatus, VaultError> {
         let call = call.into();
         let result = async {
-            self.key_admin_allowed(&call, false)?;
+            self.key_admin_allowed(&call, false).await?;
             self.job_status(Job::Rewrap).await
         }
         .await;
@@ -984,7 +986,7 @@ impl Vault {
     ) -> Result<(), VaultError> {
         let call = call.into();
         let result = async {
-            self.key_admin_allowed(&call, true)?;
+            self.key_admin_allowed(&call, true).await?;
             if version == 0 {
                 return Err(VaultError::InvalidArgument {
                     field: "version",
@@ -1088,7 +1090,7 @@ impl Vault {
     ) -> Result<u32, VaultError> {
         let call = call.into();
         let result = async {
-            self.key_admin_allowed(&call, true)?;
+            self.key_admin_allowed(&call, true).await?;
             let version = self.rotate(KeyPurpose::Index).await?;
             self.start_job(Job::IndexRebuild, None).await?;
             Ok(version)
@@ -1254,7 +1256,7 @@ impl Vault {
     ) -> Result<(), VaultError> {
         let call = call.into();
         let result = async {
-            self.key_admin_allowed(&call, true)?;
+            self.key_admin_allowed(&call, true).await?;
             if new_key_file.as_os_str().is_empty() {
                 return Err(VaultError::InvalidArgument {
                     field: "new_key_file",

@@ -13,13 +13,18 @@ use crate::domain::{
 use crate::store::{NewRecord, StorageFailure, Store, StoreError};
 use std::sync::{Arc, RwLock};
 
+pub use admin::{CallerStatus, QuotaUse, MAX_CANARIES_PER_CALL, MAX_FREEZE_REASON};
 pub use audited::{new_request_id, Call};
+pub use guard::{alert_line, FreezeTrigger, ALERT_TARGET};
 pub use keys::{
     JobState, JobStatus, KeySettings, KeyState, KeyStatus, KeyVersionStatus, DEFAULT_REWRAP_RATE,
     MAX_FAILED_TOKENS, MAX_REWRAP_RATE,
 };
 
+mod admin;
 mod audited;
+mod guard;
+use guard::RuleUse;
 #[cfg(test)]
 mod key_tests;
 mod keys;
@@ -79,6 +84,29 @@ pub enum VaultError {
     /// version records still use; a second master-key rotation).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The caller is frozen: every call from it is refused until an
+    /// operator unfreezes it.
+    #[error("caller '{caller}' frozen since {}, reason: {reason}; every call is refused until an operator unfreezes it", crate::domain::time::rfc3339(*since_unix_ms))]
+    Frozen {
+        caller: String,
+        since_unix_ms: u64,
+        reason: String,
+    },
+    /// A quota of the rule that would reveal the values is used up; nothing
+    /// was revealed.
+    #[error(
+        "quota exceeded: rule '{rule}' allows caller '{caller}' {} values per {}; {used} \
+         revealed in this {}, this call asks {asked}; resets at {}; nothing was revealed",
+        quota.limit, quota.per.as_str(), quota.per.as_str(), crate::domain::time::rfc3339(*resets_at_unix_ms)
+    )]
+    QuotaExceeded {
+        caller: String,
+        rule: String,
+        quota: crate::domain::policy::Quota,
+        used: u64,
+        asked: u64,
+        resets_at_unix_ms: u64,
+    },
 }
 
 /// A failure of one item of a batch. `field` names the part of the item
@@ -258,12 +286,24 @@ pub(super) fn unavailable(e: &StoreError, what: &str) -> VaultError {
 /// token itself when it parsed, for the audit trail).
 type ParsedToken = Result<(TokenId, RecordId), (Option<TokenId>, ItemError)>;
 
+/// Where a live policy comes from (the policy file): asked on every call
+/// whether it changed.
+pub trait PolicySource: Send + Sync {
+    /// Calls `install` with the new policy when the source changed since
+    /// it was last asked and holds a valid one (before any other caller
+    /// learns that it changed); otherwise the policy in force stays.
+    /// Cheap when nothing changed: it is on every call's path.
+    fn refresh(&self, install: &dyn Fn(Policy));
+}
+
 /// The vault. Cheap to share behind an `Arc`.
 pub struct Vault {
     store: Arc<dyn Store>,
     /// Swapped whole by key rotation ([`Vault::keyring`]).
     keyring: RwLock<Arc<Keyring>>,
     policy: RwLock<Arc<Policy>>,
+    /// Checked for a new policy at every call, once set.
+    policy_source: std::sync::OnceLock<Arc<dyn PolicySource>>,
     audit: Arc<dyn AuditSink>,
     settings: Settings,
     key_jobs: keys::KeyJobs,
@@ -283,6 +323,7 @@ impl Vault {
             store,
             keyring: RwLock::new(Arc::new(keyring)),
             policy: RwLock::new(Arc::new(policy)),
+            policy_source: std::sync::OnceLock::new(),
             audit,
             settings,
             key_jobs: keys::KeyJobs::default(),
@@ -293,6 +334,9 @@ impl Vault {
     /// The policy in force. Swapped whole by [`Vault::replace_policy`], so a
     /// call sees one consistent policy.
     pub fn policy(&self) -> Arc<Policy> {
+        if let Some(source) = self.policy_source.get() {
+            source.refresh(&|new| self.replace_policy(new));
+        }
         // A poisoned lock only means a writer panicked between two whole
         // assignments; the Arc inside is still a complete policy.
         match self.policy.read() {
@@ -321,6 +365,12 @@ impl Vault {
     /// Why storage refuses writes, if it does (see [`Store::failure`]).
     pub fn storage_failure(&self) -> Option<StorageFailure> {
         self.store.failure()
+    }
+
+    /// Makes every call first ask `source` whether the policy changed
+    /// (once; a second source is ignored).
+    pub fn watch_policy(&self, source: Arc<dyn PolicySource>) {
+        let _ = self.policy_source.set(source);
     }
 
     pub fn replace_policy(&self, policy: Policy) {
@@ -470,8 +520,9 @@ impl Vault {
             .transpose()?;
         event.purpose = purpose.as_ref().map(|p| p.to_string());
         let policy = self.policy();
+        self.admit(caller, &policy).await?;
         policy
-            .check_call(caller, Action::Tokenize, purpose.as_ref())
+            .check_call(caller, Action::Tokenize, purpose.as_ref(), None)
             .map_err(VaultError::PermissionDenied)?;
         self.audit_ready()?;
 
@@ -483,7 +534,7 @@ impl Vault {
             let ready = item.and_then(|item| {
                 audited.kind = Some(item.kind.as_str().to_owned());
                 let grant = policy
-                    .decide(caller, Action::Tokenize, item.kind, purpose.as_ref())
+                    .decide(caller, Action::Tokenize, item.kind, purpose.as_ref(), None)
                     .map_err(ItemError::PermissionDenied)?;
                 audited.rule = Some(grant.rule);
                 let canonical = canonicalise(&item, self.settings.default_region).map_err(|e| {
@@ -608,12 +659,8 @@ impl Vault {
             })?;
         event.justification = Some(justification.as_str().to_owned()).filter(|j| !j.is_empty());
         let policy = self.policy();
-        policy
-            .check_call(caller, Action::Detokenize, Some(&purpose))
-            .map_err(VaultError::PermissionDenied)?;
-        // Refused at once while the trail refuses events: no store read,
-        // no wait behind a stuck trail.
-        self.audit_ready()?;
+        self.admit(caller, &policy).await?;
+        let given = Some(justification.as_str()).filter(|j| !j.is_empty());
 
         // Syntax first, then the token key: a token it did not make is
         // answered without a store read.
@@ -641,20 +688,60 @@ impl Vault {
             .iter()
             .filter_map(|p| p.as_ref().ok().map(|(_, id)| *id))
             .collect();
+        if let Err(denial) = policy.check_call(caller, Action::Detokenize, Some(&purpose), given) {
+            // A canary freezes whatever the policy says.
+            if self.canaries_among(&ids).await?.iter().any(Option::is_some) {
+                return Err(self.canary_tripped(call, caller, event).await);
+            }
+            return Err(VaultError::PermissionDenied(denial));
+        }
+        // Refused at once while the trail refuses events: no store read,
+        // no wait behind a stuck trail.
+        self.audit_ready()?;
+
         let read = if ids.is_empty() {
             Ok(Vec::new())
         } else {
-            self.store.get_records(ids).await
+            self.store.get_records(ids.clone()).await
         };
-        let mut records = read
-            .map_err(|e| {
-                tracing::error!(error = %e, "reading records failed");
-                unavailable(&e, "nothing was revealed")
-            })?
-            .into_iter();
+        let read = read.map_err(|e| {
+            tracing::error!(error = %e, "reading records failed");
+            unavailable(&e, "nothing was revealed")
+        })?;
+        // A canary is never a record: only tokens with no record may be one.
+        let missing: Vec<RecordId> = ids
+            .iter()
+            .zip(&read)
+            .filter(|(_, r)| matches!(r, Ok(None)))
+            .map(|(id, _)| *id)
+            .collect();
+        let canaries = self.canaries_among(&missing).await?;
+        if canaries.iter().any(Option::is_some) {
+            let canary_ids: Vec<RecordId> = missing
+                .iter()
+                .zip(&canaries)
+                .filter(|(_, c)| c.is_some())
+                .map(|(id, _)| *id)
+                .collect();
+            for (item, p) in event.items.iter_mut().zip(&parsed) {
+                if let Ok((_, id)) = p {
+                    if canary_ids.contains(id) {
+                        item.outcome = "canary".into();
+                    }
+                }
+            }
+            return Err(self.canary_tripped(call, caller, event).await);
+        }
+        // Tokens that name nothing: a scan past the policy's threshold
+        // freezes the caller.
+        let unknown = parsed.iter().filter(|p| p.is_err()).count() + missing.len();
+        self.count_unknown(call, caller, &policy, unknown as u64)
+            .await?;
+        let mut records = read.into_iter();
 
         let mut results = Vec::with_capacity(parsed.len());
         let mut items = Vec::with_capacity(parsed.len());
+        let mut uses: Vec<RuleUse> = Vec::new();
         for p in parsed {
             let mut item = Item::default();
             let outcome = p
@@ -681,10 +768,20 @@ impl Vault {
                 };
                 item.kind = Some(record.kind.as_str().to_owned());
                 let grant = policy
-                    .decide(caller, Action::Detokenize, record.kind, Some(&purpose))
+                    .decide(caller, Action::Detokenize, record.kind, Some(&purpose), given)
                     .map_err(ItemError::PermissionDenied)?;
-                item.rule = Some(grant.rule);
+                item.rule = Some(grant.rule.clone());
                 let reveal = grant.reveal.ok_or(ItemError::Internal)?;
+                if reveal.shows_value() && !grant.quotas.is_empty() {
+                    match uses.iter_mut().find(|u: &&mut RuleUse| u.rule == grant.rule) {
+                        Some(u) => u.values += 1,
+                        None => uses.push(RuleUse {
+                            rule: grant.rule,
+                            quotas: grant.quotas,
+                            values: 1,
+                        }),
+                    }
+                }
                 let canonical = ring.open(id, &record).map_err(|e| match e {
                     CryptoError::Integrity => {
                         tracing::error!(token = %token, "stored record failed authentication");
@@ -732,6 +829,16 @@ impl Vault {
         }
 
         event.items = items;
+        // Counted, durably, before any value leaves; over a quota nothing
+        // does.
+        if let Err(e) = self.charge_quotas(call, caller, &policy, &uses).await {
+            for item in &mut event.items {
+                if item.outcome == "full" || item.outcome == "masked" {
+                    item.outcome = "over_quota".into();
+                }
+            }
+            return Err(e);
+        }
         let revealed = results.iter().filter(|r| r.is_ok()).count();
         tracing::debug!(caller = %caller, request_id = %call.request_id, purpose = %purpose, items = results.len(), revealed, "detokenize");
         Ok(results)

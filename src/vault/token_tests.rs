@@ -70,6 +70,9 @@ impl Store for Counting {
     ) -> Result<crate::store::Charged, StoreError> {
         self.inner.charge(charges).await
     }
+    async fn reset_counters(&self, counters: Vec<String>) -> Result<(), StoreError> {
+        self.inner.reset_counters(counters).await
+    }
     async fn counters(&self) -> Result<Vec<crate::store::CounterValue>, StoreError> {
         self.inner.counters().await
     }

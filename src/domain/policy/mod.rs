@@ -1,0 +1,812 @@
+//! Who may do what with which field kinds, for which purposes, how much,
+//! and who may do nothing at all.
+//!
+//! A policy is a list of allow rules; anything no rule allows is denied
+//! (default deny). A denial says which dimension failed — a deny-listed
+//! caller, caller, action, kind, purpose or justification — so an operator
+//! can fix the policy, and never mentions a value.
+//!
+//! File format (TOML):
+//! ```toml
+//! version = 1
+//! # Refused before any rule is consulted (a leaver, a compromised workload).
+//! deny = ["spiffe://fieldvault.dev/leaver"]
+//!
+//! # When abuse freezes a caller (these are the defaults; count = 0: never).
+//! [freeze]
+//! quota_hits = { count = 3, within = "1h" }       # the 3rd quota refusal
+//! unknown_tokens = { count = 100, within = "1h" } # more than 100 unknown tokens
+//!
+//! [[rules]]
+//! name = "support: phone in full for callbacks"
+//! callers = ["spiffe://fieldvault.dev/support"]
+//! action = "detokenize"            # "tokenize", "detokenize", "keys" or "admin"
+//! kinds = ["phone"]                # phone, email, address, national_id
+//! purposes = ["callback"]          # required for detokenize rules
+//! reveal = "full"                  # detokenize only: "full", "masked" or "none"
+//! quota = ["100/minute", "2000/day"]   # detokenize only: values revealed per caller
+//! justification = "SUP-[0-9]+"     # detokenize only: the whole justification must match
+//!
+//! [[rules]]
+//! name = "the rotation job administers keys"
+//! callers = ["spiffe://fieldvault.dev/rotator"]
+//! action = "keys"                  # the KeyAdmin service: no kinds, purposes or reveal
+//! ```
+//! When several rules allow the same detokenize, the most revealing wins
+//! (among equals, the first in the file); its quota counts the values it
+//! reveals. A `keys` rule allows every KeyAdmin call (rotate, rewrap,
+//! retire, status) and no data; an `admin` rule allows the Admin service
+//! (callers, freezes, canaries) and no data.
+
+mod quota;
+#[cfg(test)]
+mod tests;
+
+pub use quota::{window_start, FreezeRules, Period, Quota, Trigger, MAX_QUOTA};
+
+use super::{CallerId, FieldKind, Purpose};
+use serde::Deserialize;
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Tokenize,
+    Detokenize,
+    /// Key administration (the KeyAdmin service).
+    Keys,
+    /// Abuse administration (the Admin service): callers, freezes, canaries.
+    Admin,
+}
+
+impl Action {
+    pub const ALL: [Action; 4] = [
+        Action::Tokenize,
+        Action::Detokenize,
+        Action::Keys,
+        Action::Admin,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Tokenize => "tokenize",
+            Action::Detokenize => "detokenize",
+            Action::Keys => "keys",
+            Action::Admin => "admin",
+        }
+    }
+
+    /// Whether rules for this action concern field kinds (else they allow
+    /// an administrative service and no data).
+    pub fn is_data(self) -> bool {
+        matches!(self, Action::Tokenize | Action::Detokenize)
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Action {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Action::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown action '{s}' (expected tokenize, detokenize, keys or admin)")
+            })
+    }
+}
+
+/// How much of a value a reveal shows. Ordered: `None < Masked < Full`.
+/// `None` reveals only metadata (the kind, a national ID's scheme).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevealLevel {
+    None,
+    Masked,
+    Full,
+}
+
+impl RevealLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevealLevel::None => "none",
+            RevealLevel::Masked => "masked",
+            RevealLevel::Full => "full",
+        }
+    }
+
+    /// Whether a value leaves at this level (what a quota counts).
+    pub fn shows_value(self) -> bool {
+        self != RevealLevel::None
+    }
+}
+
+/// A justification pattern: the whole justification must match.
+#[derive(Clone, Debug)]
+pub struct Pattern {
+    source: String,
+    regex: regex::Regex,
+}
+
+/// The longest pattern a rule may give.
+pub const MAX_PATTERN_LEN: usize = 512;
+
+impl Pattern {
+    pub fn new(source: &str) -> Result<Self, String> {
+        if source.is_empty() {
+            return Err("must not be empty (leave the field out to require nothing)".into());
+        }
+        if source.len() > MAX_PATTERN_LEN {
+            return Err(format!("is longer than {MAX_PATTERN_LEN} characters"));
+        }
+        let regex = regex::RegexBuilder::new(&format!("^(?:{source})$"))
+            .size_limit(1 << 20)
+            .build()
+            .map_err(|e| {
+                format!(
+                    "'{source}' does not compile: {}",
+                    e.to_string().replace('\n', " ")
+                )
+            })?;
+        Ok(Self {
+            source: source.to_owned(),
+            regex,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    pub fn matches(&self, justification: &str) -> bool {
+        self.regex.is_match(justification)
+    }
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for Pattern {}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub name: String,
+    /// The line of the file where the rule starts (0 when not from a file).
+    pub line: usize,
+    pub callers: Vec<String>,
+    pub action: Action,
+    /// Empty for a keys or admin rule (it allows no data).
+    pub kinds: Vec<FieldKind>,
+    /// Empty for a tokenize rule means "any purpose, or none".
+    pub purposes: Vec<Purpose>,
+    /// Set for detokenize rules, never for tokenize rules.
+    pub reveal: Option<RevealLevel>,
+    /// Detokenize only: values revealed per caller under this rule.
+    pub quotas: Vec<Quota>,
+    /// Detokenize only: the justification a request must give.
+    pub justification: Option<Pattern>,
+}
+
+impl Rule {
+    fn names(&self, caller: &CallerId) -> bool {
+        self.callers.iter().any(|c| c == caller.as_str())
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    rules: Vec<Rule>,
+    deny: Vec<String>,
+    freeze: FreezeRules,
+}
+
+/// The dimension of a request that no rule matched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeniedOn {
+    /// The caller is on the policy's deny list.
+    DenyList,
+    Caller,
+    Action,
+    Kind,
+    Purpose,
+    /// A rule matched but requires a justification the request did not
+    /// give (or gave malformed).
+    Justification,
+}
+
+/// Why a request was denied. Its message names the caller, the action, the
+/// kind and the purpose — all non-sensitive — and the failed dimension;
+/// never the justification given.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Denial {
+    pub on: DeniedOn,
+    message: String,
+}
+
+/// What a matching rule allows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// `Some` for detokenize, `None` for tokenize.
+    pub reveal: Option<RevealLevel>,
+    /// The name of the rule that granted it (for the audit log).
+    pub rule: String,
+    /// The rule's line in the policy file.
+    pub line: usize,
+    /// The rule's quotas (detokenize).
+    pub quotas: Vec<Quota>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// TOML syntax, an unknown field or a value of the wrong type; the
+    /// message names the line and column.
+    #[error("policy: {0}")]
+    Syntax(String),
+    #[error("policy: unsupported version {0} (this build reads version 1)")]
+    Version(u32),
+    #[error("policy: line {line}: rules[{index}].{field}: {reason}")]
+    Rule {
+        index: usize,
+        line: usize,
+        field: &'static str,
+        reason: String,
+    },
+    /// A top-level setting (`deny`, `freeze`).
+    #[error("policy: line {line}: {field}: {reason}")]
+    Setting {
+        line: usize,
+        field: String,
+        reason: String,
+    },
+}
+
+type Spanned<T> = toml::Spanned<T>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    version: u32,
+    #[serde(default)]
+    deny: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    freeze: Option<RawFreeze>,
+    #[serde(default)]
+    rules: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFreeze {
+    quota_hits: Option<Spanned<RawTrigger>>,
+    unknown_tokens: Option<Spanned<RawTrigger>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrigger {
+    count: u64,
+    within: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: Option<String>,
+    callers: Vec<String>,
+    action: Action,
+    /// Required for tokenize and detokenize rules; refused for keys and
+    /// admin rules.
+    kinds: Option<Vec<String>>,
+    /// `None` when absent, so that a keys rule with `purposes = []` is
+    /// refused too.
+    purposes: Option<Vec<String>>,
+    reveal: Option<RevealLevel>,
+    quota: Option<OneOrMany>,
+    justification: Option<String>,
+}
+
+/// The longest rule name (it is in audit events and quota counters).
+pub const MAX_RULE_NAME: usize = 200;
+
+/// The line (1-based) of byte `at` of `text`.
+fn line_of(text: &str, at: usize) -> usize {
+    text.as_bytes()[..at.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+fn valid_identity(c: &str) -> bool {
+    if c.starts_with("spiffe://") {
+        CallerId::spiffe(c).is_ok()
+    } else {
+        CallerId::common_name(c).is_ok()
+    }
+}
+
+impl Policy {
+    /// Parses and validates a policy file. Errors name the line, the rule
+    /// and the field.
+    pub fn from_toml(text: &str) -> Result<Self, PolicyError> {
+        let raw: RawPolicy = toml::from_str(text)
+            .map_err(|e| PolicyError::Syntax(e.to_string().trim_end().replace('\n', " | ")))?;
+        if raw.version != 1 {
+            return Err(PolicyError::Version(raw.version));
+        }
+        let deny = match raw.deny {
+            None => Vec::new(),
+            Some(list) => {
+                let line = line_of(text, list.span().start);
+                let list = list.into_inner();
+                if let Some(bad) = list.iter().find(|c| !valid_identity(c)) {
+                    return Err(PolicyError::Setting {
+                        line,
+                        field: "deny".into(),
+                        reason: format!("'{bad}' is neither a SPIFFE ID nor a common name"),
+                    });
+                }
+                list
+            }
+        };
+        let mut freeze = FreezeRules::default();
+        if let Some(f) = raw.freeze {
+            if let Some(t) = f.quota_hits {
+                freeze.quota_hits = Self::trigger(text, "freeze.quota_hits", t)?;
+            }
+            if let Some(t) = f.unknown_tokens {
+                freeze.unknown_tokens = Self::trigger(text, "freeze.unknown_tokens", t)?;
+            }
+        }
+        let rules = raw
+            .rules
+            .into_iter()
+            .enumerate()
+            .map(|(index, r)| {
+                let line = line_of(text, r.span().start);
+                Self::rule(index, line, r.into_inner())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            rules,
+            deny,
+            freeze,
+        })
+    }
+
+    fn trigger(text: &str, field: &str, raw: Spanned<RawTrigger>) -> Result<Trigger, PolicyError> {
+        let line = line_of(text, raw.span().start);
+        let raw = raw.into_inner();
+        let bad = |reason: String| PolicyError::Setting {
+            line,
+            field: field.to_owned(),
+            reason,
+        };
+        if raw.count == 0 {
+            if raw.within.is_some() {
+                return Err(bad("count = 0 never freezes; leave out 'within'".into()));
+            }
+            return Ok(Trigger {
+                count: 0,
+                window_ms: 1,
+            });
+        }
+        let within = raw
+            .within
+            .ok_or_else(|| bad("must say 'within', e.g. within = \"1h\"".into()))?;
+        let window = humantime::parse_duration(&within)
+            .map_err(|e| bad(format!("within = '{within}': {e}")))?;
+        let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        if !(1_000..=7 * 86_400_000).contains(&window_ms) || window_ms % 1_000 != 0 {
+            return Err(bad(format!(
+                "within = '{within}': must be whole seconds, from 1s to 7d"
+            )));
+        }
+        if raw.count > MAX_QUOTA {
+            return Err(bad(format!("count must be at most {MAX_QUOTA}")));
+        }
+        Ok(Trigger {
+            count: raw.count,
+            window_ms,
+        })
+    }
+
+    fn rule(index: usize, line: usize, r: RawRule) -> Result<Rule, PolicyError> {
+        let bad = |field: &'static str, reason: String| PolicyError::Rule {
+            index,
+            line,
+            field,
+            reason,
+        };
+        let name = r.name.unwrap_or_else(|| format!("rules[{index}]"));
+        if name.is_empty() || name.len() > MAX_RULE_NAME || name.chars().any(char::is_control) {
+            return Err(bad(
+                "name",
+                format!("must be 1 to {MAX_RULE_NAME} characters, without control characters"),
+            ));
+        }
+        if r.callers.is_empty() {
+            return Err(bad("callers", "must name at least one caller".into()));
+        }
+        if let Some(c) = r.callers.iter().find(|c| !valid_identity(c)) {
+            return Err(bad(
+                "callers",
+                format!("'{c}' is neither a SPIFFE ID nor a common name"),
+            ));
+        }
+        if !r.action.is_data() {
+            // Administration concerns no field kind, purpose or reveal:
+            // a rule that names one was meant as something else.
+            let action = r.action;
+            let refuse = |field: &'static str| {
+                bad(
+                    field,
+                    format!(
+                        "a{} {action} rule allows {} only and takes no kinds, purposes, \
+                         reveal, quota or justification",
+                        if action == Action::Admin { "n" } else { "" },
+                        if action == Action::Admin {
+                            "the Admin service (callers, freezes, canaries)"
+                        } else {
+                            "key administration"
+                        }
+                    ),
+                )
+            };
+            for (field, set) in [
+                ("kinds", r.kinds.is_some()),
+                ("purposes", r.purposes.is_some()),
+                ("reveal", r.reveal.is_some()),
+                ("quota", r.quota.is_some()),
+                ("justification", r.justification.is_some()),
+            ] {
+                if set {
+                    return Err(refuse(field));
+                }
+            }
+            return Ok(Rule {
+                name,
+                line,
+                callers: r.callers,
+                action: r.action,
+                kinds: Vec::new(),
+                purposes: Vec::new(),
+                reveal: None,
+                quotas: Vec::new(),
+                justification: None,
+            });
+        }
+        let kinds = r.kinds.unwrap_or_default();
+        if kinds.is_empty() {
+            return Err(bad("kinds", "must name at least one field kind".into()));
+        }
+        let kinds = kinds
+            .iter()
+            .map(|k| k.parse::<FieldKind>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad("kinds", format!("'{}': {e}", e.0)))?;
+        let purposes = r
+            .purposes
+            .unwrap_or_default()
+            .iter()
+            .map(|p| Purpose::parse(p).map_err(|e| bad("purposes", format!("'{p}' {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let quota_texts = match r.quota {
+            None => Vec::new(),
+            Some(OneOrMany::One(q)) => vec![q],
+            Some(OneOrMany::Many(q)) => {
+                if q.is_empty() {
+                    return Err(bad("quota", "is empty (leave it out for no quota)".into()));
+                }
+                q
+            }
+        };
+        let mut quotas: Vec<Quota> = Vec::with_capacity(quota_texts.len());
+        for text in &quota_texts {
+            let q: Quota = text.parse().map_err(|e| bad("quota", e))?;
+            if quotas.iter().any(|o| o.per == q.per) {
+                return Err(bad(
+                    "quota",
+                    format!("two limits per {}; give one", q.per.as_str()),
+                ));
+            }
+            quotas.push(q);
+        }
+        quotas.sort_by_key(|q| q.per);
+        let justification = r
+            .justification
+            .as_deref()
+            .map(Pattern::new)
+            .transpose()
+            .map_err(|e| bad("justification", e))?;
+        match r.action {
+            Action::Detokenize => {
+                if purposes.is_empty() {
+                    return Err(bad(
+                        "purposes",
+                        "a detokenize rule must list its purposes".into(),
+                    ));
+                }
+                if r.reveal.is_none() {
+                    return Err(bad(
+                        "reveal",
+                        "a detokenize rule must say 'full', 'masked' or 'none'".into(),
+                    ));
+                }
+            }
+            Action::Tokenize => {
+                for (field, set) in [
+                    ("reveal", r.reveal.is_some()),
+                    ("quota", !quotas.is_empty()),
+                    ("justification", justification.is_some()),
+                ] {
+                    if set {
+                        return Err(bad(field, format!("only detokenize rules take {field}")));
+                    }
+                }
+            }
+            // Handled above.
+            Action::Keys | Action::Admin => {}
+        }
+        Ok(Rule {
+            name,
+            line,
+            callers: r.callers,
+            action: r.action,
+            kinds,
+            purposes,
+            reveal: r.reveal,
+            quotas,
+            justification,
+        })
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// The identities refused before any rule is consulted.
+    pub fn deny_list(&self) -> &[String] {
+        &self.deny
+    }
+
+    pub fn freeze_rules(&self) -> FreezeRules {
+        self.freeze
+    }
+
+    /// Every identity a rule or the deny list names, once, in order.
+    pub fn identities(&self) -> Vec<String> {
+        let mut all: Vec<String> = Vec::new();
+        for c in self.rules.iter().flat_map(|r| &r.callers).chain(&self.deny) {
+            if !all.contains(c) {
+                all.push(c.clone());
+            }
+        }
+        all
+    }
+
+    /// Whether any rule names `caller` (for any action) and the deny list
+    /// does not: any other caller is refused every call.
+    pub fn names(&self, caller: &CallerId) -> bool {
+        !self.is_denied(caller) && self.rules.iter().any(|r| r.names(caller))
+    }
+
+    /// Whether `caller` is on the deny list.
+    pub fn is_denied(&self, caller: &CallerId) -> bool {
+        self.deny.iter().any(|c| c == caller.as_str())
+    }
+
+    /// The refusal of a deny-listed caller, before any rule.
+    pub fn check_deny_list(&self, caller: &CallerId) -> Result<(), Denial> {
+        if self.is_denied(caller) {
+            return Err(Denial {
+                on: DeniedOn::DenyList,
+                message: format!("caller '{caller}' is on the policy's deny list"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether `caller` may perform `action` with `purpose` (and, for
+    /// detokenize, `justification`; `None` for other actions) at all,
+    /// before the field kinds are known. `Ok` means at least one rule could
+    /// allow some kind; each item is then checked with [`Policy::decide`].
+    /// For keys and admin (with no purpose) this is the whole decision:
+    /// `Ok` exactly for the callers such a rule names.
+    pub fn check_call(
+        &self,
+        caller: &CallerId,
+        action: Action,
+        purpose: Option<&Purpose>,
+        justification: Option<&str>,
+    ) -> Result<(), Denial> {
+        let rules = self.for_caller_and_action(caller, action)?;
+        let for_purpose: Vec<&Rule> = rules
+            .into_iter()
+            .filter(|r| purpose_matches(r, purpose))
+            .collect();
+        if for_purpose.is_empty() {
+            return Err(purpose_denial(caller, action, None, purpose));
+        }
+        if for_purpose
+            .iter()
+            .any(|r| justification_matches(r, justification))
+        {
+            Ok(())
+        } else {
+            Err(justification_denial(
+                caller,
+                action,
+                None,
+                &for_purpose,
+                justification,
+            ))
+        }
+    }
+
+    /// The decision for one field of one request.
+    pub fn decide(
+        &self,
+        caller: &CallerId,
+        action: Action,
+        kind: FieldKind,
+        purpose: Option<&Purpose>,
+        justification: Option<&str>,
+    ) -> Result<Grant, Denial> {
+        let rules = self.for_caller_and_action(caller, action)?;
+        let for_kind: Vec<&Rule> = rules
+            .into_iter()
+            .filter(|r| r.kinds.contains(&kind))
+            .collect();
+        if for_kind.is_empty() {
+            return Err(Denial {
+                on: DeniedOn::Kind,
+                message: format!("caller '{caller}' may not {action} field kind '{kind}'"),
+            });
+        }
+        let for_purpose: Vec<&Rule> = for_kind
+            .into_iter()
+            .filter(|r| purpose_matches(r, purpose))
+            .collect();
+        if for_purpose.is_empty() {
+            return Err(purpose_denial(caller, action, Some(kind), purpose));
+        }
+        // The most revealing; among equals, the first in the file.
+        let mut best: Option<&Rule> = None;
+        for r in &for_purpose {
+            if justification_matches(r, justification) && best.is_none_or(|b| r.reveal > b.reveal) {
+                best = Some(r);
+            }
+        }
+        best.map(|r| Grant {
+            reveal: r.reveal,
+            rule: r.name.clone(),
+            line: r.line,
+            quotas: r.quotas.clone(),
+        })
+        .ok_or_else(|| {
+            justification_denial(caller, action, Some(kind), &for_purpose, justification)
+        })
+    }
+
+    fn for_caller_and_action(
+        &self,
+        caller: &CallerId,
+        action: Action,
+    ) -> Result<Vec<&Rule>, Denial> {
+        self.check_deny_list(caller)?;
+        let for_caller: Vec<&Rule> = self.rules.iter().filter(|r| r.names(caller)).collect();
+        if for_caller.is_empty() {
+            return Err(Denial {
+                on: DeniedOn::Caller,
+                message: format!("no policy rule names caller '{caller}'"),
+            });
+        }
+        let for_action: Vec<&Rule> = for_caller
+            .into_iter()
+            .filter(|r| r.action == action)
+            .collect();
+        if for_action.is_empty() {
+            return Err(Denial {
+                on: DeniedOn::Action,
+                message: format!("caller '{caller}' has no rule allowing {action}"),
+            });
+        }
+        Ok(for_action)
+    }
+}
+
+fn purpose_matches(rule: &Rule, purpose: Option<&Purpose>) -> bool {
+    match purpose {
+        Some(p) => rule.purposes.is_empty() || rule.purposes.contains(p),
+        None => rule.purposes.is_empty(),
+    }
+}
+
+fn justification_matches(rule: &Rule, justification: Option<&str>) -> bool {
+    match (&rule.justification, justification) {
+        (None, _) => true,
+        (Some(p), Some(j)) => p.matches(j),
+        (Some(_), None) => false,
+    }
+}
+
+fn purpose_denial(
+    caller: &CallerId,
+    action: Action,
+    kind: Option<FieldKind>,
+    purpose: Option<&Purpose>,
+) -> Denial {
+    let what = match kind {
+        Some(k) => format!("{action} field kind '{k}'"),
+        None => action.to_string(),
+    };
+    let message = match purpose {
+        Some(p) => format!("purpose '{p}' is not allowed for caller '{caller}' to {what}"),
+        None => format!("caller '{caller}' must declare an allowed purpose to {what}"),
+    };
+    Denial {
+        on: DeniedOn::Purpose,
+        message,
+    }
+}
+
+/// Every rule in `rules` requires a justification the request does not
+/// give: the denial names the first rule's pattern, never what was given.
+fn justification_denial(
+    caller: &CallerId,
+    action: Action,
+    kind: Option<FieldKind>,
+    rules: &[&Rule],
+    justification: Option<&str>,
+) -> Denial {
+    let what = match kind {
+        Some(k) => format!("{action} field kind '{k}'"),
+        None => action.to_string(),
+    };
+    let pattern = rules
+        .iter()
+        .find_map(|r| r.justification.as_ref().map(|p| (r, p)));
+    let (rule, pattern) = match pattern {
+        Some(found) => found,
+        // Unreachable: a rule without a pattern matches any justification.
+        None => {
+            return Denial {
+                on: DeniedOn::Justification,
+                message: format!(
+                    "caller '{caller}' gave no justification a rule accepts to {what}"
+                ),
+            }
+        }
+    };
+    let given = match justification {
+        Some(_) => "the justification given does not match it",
+        None => "none was given",
+    };
+    Denial {
+        on: DeniedOn::Justification,
+        message: format!(
+            "rule '{}' requires a justification matching '{}' for caller '{caller}' to \
+             {what}; {given}",
+            rule.name,
+            pattern.as_str()
+        ),
+    }
+}
