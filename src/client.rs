@@ -257,6 +257,105 @@ pub async fn connect(addr: &str, tls: &ClientTls) -> Result<VaultClient<Channel>
     Ok(VaultClient::new(channel(addr, tls).await?))
 }
 
+/// The Admin service (`fieldvault.v1.Admin`: frozen callers, quota use,
+/// canary tokens) with one method per call. The caller's identity needs a
+/// policy rule with `action = "admin"`; every call is audited. A refused
+/// call comes back as the server's status (FAILED_PRECONDITION for
+/// unfreezing a caller that is not frozen, INVALID_ARGUMENT naming the
+/// field, PERMISSION_DENIED without an admin rule).
+#[derive(Clone, Debug)]
+pub struct Admin {
+    client: crate::grpc::pb::admin_client::AdminClient<Channel>,
+}
+
+impl Admin {
+    /// Over a channel made by [`channel`] or [`channel_heard`] (its call
+    /// deadline bounds every call).
+    pub fn new(channel: Channel) -> Self {
+        Self {
+            client: crate::grpc::pb::admin_client::AdminClient::new(channel),
+        }
+    }
+
+    /// Connects to `addr` with the default deadlines.
+    pub async fn connect(addr: &str, tls: &ClientTls) -> Result<Self, ClientError> {
+        Ok(Self::new(channel(addr, tls).await?))
+    }
+
+    /// Every caller the policy names, or that is frozen or has a quota
+    /// count: its freeze, whether it is deny-listed, its quota use now.
+    pub async fn list_callers(
+        &mut self,
+    ) -> Result<Vec<crate::grpc::pb::CallerStatus>, tonic::Status> {
+        let request = crate::grpc::pb::ListCallersRequest {};
+        Ok(self
+            .client
+            .list_callers(request)
+            .await?
+            .into_inner()
+            .callers)
+    }
+
+    /// Freezes `caller` (a SPIFFE ID or a common name) now, for `reason`.
+    pub async fn freeze_caller(
+        &mut self,
+        caller: &str,
+        reason: &str,
+    ) -> Result<crate::grpc::pb::CallerFreeze, tonic::Status> {
+        let request = crate::grpc::pb::FreezeCallerRequest {
+            caller: caller.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let answer = self.client.freeze_caller(request).await?.into_inner();
+        answer
+            .freeze
+            .ok_or_else(|| tonic::Status::internal("the server's answer holds no freeze"))
+    }
+
+    /// Lifts `caller`'s freeze; returns the freeze lifted.
+    pub async fn unfreeze_caller(
+        &mut self,
+        caller: &str,
+    ) -> Result<crate::grpc::pb::CallerFreeze, tonic::Status> {
+        let request = crate::grpc::pb::UnfreezeCallerRequest {
+            caller: caller.to_owned(),
+        };
+        let answer = self.client.unfreeze_caller(request).await?.into_inner();
+        answer
+            .lifted
+            .ok_or_else(|| tonic::Status::internal("the server's answer holds no freeze lifted"))
+    }
+
+    /// Creates `count` canary tokens (1 to 1000) for `kind`.
+    pub async fn create_canaries(
+        &mut self,
+        kind: crate::domain::FieldKind,
+        count: u32,
+    ) -> Result<Vec<String>, tonic::Status> {
+        let request = crate::grpc::pb::CreateCanariesRequest {
+            kind: crate::grpc::kind_to_pb(kind) as i32,
+            count,
+        };
+        Ok(self
+            .client
+            .create_canaries(request)
+            .await?
+            .into_inner()
+            .tokens)
+    }
+
+    /// Every canary token, in creation order.
+    pub async fn list_canaries(&mut self) -> Result<Vec<crate::grpc::pb::Canary>, tonic::Status> {
+        let request = crate::grpc::pb::ListCanariesRequest {};
+        Ok(self
+            .client
+            .list_canaries(request)
+            .await?
+            .into_inner()
+            .canaries)
+    }
+}
+
 /// An mTLS channel, for any of the services the server offers, with the
 /// default deadlines.
 pub async fn channel(addr: &str, tls: &ClientTls) -> Result<Channel, ClientError> {

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// The sample callers, each with a certificate `NAME.pem` / `NAME.key`.
-pub const DEV_CALLERS: [&str; 4] = ["orders", "support", "rotator", "intruder"];
+pub const DEV_CALLERS: [&str; 5] = ["orders", "support", "rotator", "admin", "intruder"];
 /// The SPIFFE trust domain of dev identities.
 pub const DEV_TRUST_DOMAIN: &str = "fieldvault.dev";
 /// The sample policy installed in dev mode.
@@ -102,6 +102,16 @@ pub enum DevError {
          unreadable)"
     )]
     SetupDeleted { data_dir: String, store: String },
+    #[error(
+        "{dir}: issuing the missing dev identities ({missing}) with the dev CA failed: {reason}; \
+         run `fieldvault serve --dev --reset` to start over (it deletes the dev setup, the store \
+         and the audit log)"
+    )]
+    Upgrade {
+        dir: String,
+        missing: String,
+        reason: String,
+    },
     #[error(
         "--dev-identity {0}: that is the {0} certificate of the dev setup, not a caller; \
          the callers are the other NAME.pem/NAME.key pairs in DATA_DIR/dev/ (orders, support, …)"
@@ -364,6 +374,7 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<(Config, bool), De
         if !is_dev_data_dir(data_dir) {
             return Err(DevError::ForeignDevDir(dir.display().to_string()));
         }
+        upgrade(&dir)?;
         for f in expected_files() {
             if !dir.join(&f).exists() {
                 return Err(DevError::Incomplete(dir.display().to_string(), f));
@@ -404,6 +415,73 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<(Config, bool), De
         audit: Default::default(),
     };
     Ok((config, created))
+}
+
+/// A setup made by an older version lacks the identities added since
+/// (`admin`): they are issued with the setup's own CA (so every other file
+/// stays as it is), and the user's policy is left alone, with a log line
+/// when it has no rule for them. Does nothing without the CA key (the
+/// check for missing files then names it).
+fn upgrade(dir: &Path) -> Result<(), DevError> {
+    // Issued when its certificate is missing; a key without its
+    // certificate is the remains of an issue cut short and is replaced.
+    let missing: Vec<&str> = DEV_CALLERS
+        .into_iter()
+        .filter(|name| !dir.join(format!("{name}.pem")).exists())
+        .collect();
+    if missing.is_empty() || !dir.join("ca.key").exists() {
+        return Ok(());
+    }
+    let failed = |reason: String| DevError::Upgrade {
+        dir: dir.display().to_string(),
+        missing: missing.join(", "),
+        reason,
+    };
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read_to_string(&path).map_err(|e| failed(format!("{}: {e}", path.display())))
+    };
+    let ca_key = zeroize::Zeroizing::new(read("ca.key")?);
+    let ca = DevCa::load(&read("ca.pem")?, &ca_key).map_err(|e| failed(e.to_string()))?;
+    for name in &missing {
+        let client = ca.issue_client(name, Some(&spiffe_id(name)))?;
+        let key = dir.join(format!("{name}.key"));
+        if key.is_file() {
+            std::fs::remove_file(&key).map_err(|e| io_err(&key, e))?;
+        }
+        // The key first: the certificate marks the identity complete.
+        write_private(&key, client.key_pem.as_bytes())?;
+        write_private(&dir.join(format!("{name}.pem")), client.cert_pem.as_bytes())?;
+    }
+    tracing::info!(
+        dir = %dir.display(),
+        "dev setup: issued the dev identities it lacked ({}) with its dev CA",
+        missing.join(", ")
+    );
+    let policy = dir.join("policy.toml");
+    if !has_admin_rule(&policy) {
+        tracing::warn!(
+            "dev setup: {} predates the admin rule and quotas of this version's dev policy and \
+             is left as it is: run `fieldvault serve --dev --reset` to start over with the new \
+             one, or compare it with deploy/dev/policy.toml",
+            policy.display()
+        );
+    }
+    Ok(())
+}
+
+/// Whether the policy file at `path` gives the dev identity `admin` an
+/// admin rule (a file that cannot be read or parsed does not).
+fn has_admin_rule(path: &Path) -> bool {
+    let admin = spiffe_id("admin");
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| crate::domain::policy::Policy::from_toml(&text).ok())
+        .is_some_and(|p| {
+            p.rules().iter().any(|r| {
+                r.action == crate::domain::policy::Action::Admin && r.callers.contains(&admin)
+            })
+        })
 }
 
 fn mark(data_dir: &Path) -> Result<(), DevError> {

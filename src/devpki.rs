@@ -4,7 +4,7 @@
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    KeyUsagePurpose, PublicKeyData, SanType,
 };
 use zeroize::Zeroizing;
 
@@ -20,9 +20,36 @@ pub struct DevCa {
     cert_pem: String,
 }
 
+/// Why a CA's certificate and key could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("the CA certificate is not a PEM certificate: {0}")]
+    Certificate(String),
+    #[error(
+        "the CA certificate's subject is not a single common name, as dev mode makes it: \
+         not a dev CA"
+    )]
+    NotDevSubject,
+    #[error("the CA key is not a PEM private key: {0}")]
+    Key(String),
+    #[error("the CA key does not belong to the CA certificate")]
+    KeyMismatch,
+}
+
 impl DevCa {
     pub fn new(common_name: &str) -> Result<Self, rcgen::Error> {
         let key = KeyPair::generate()?;
+        let params = Self::ca_params(common_name)?;
+        let cert_pem = params.self_signed(&key)?.pem();
+        Ok(Self {
+            issuer: Issuer::new(params, key),
+            cert_pem,
+        })
+    }
+
+    /// The parameters of a dev CA named `common_name` (its subject is
+    /// that one common name).
+    fn ca_params(common_name: &str) -> Result<CertificateParams, rcgen::Error> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params
             .distinguished_name
@@ -33,10 +60,40 @@ impl DevCa {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        let cert_pem = params.self_signed(&key)?.pem();
+        Ok(params)
+    }
+
+    /// A CA made by [`DevCa::new`] earlier, from its certificate and key
+    /// (PEM), to issue more certificates: they chain to the same
+    /// certificate. Its subject must be one common name (as `new` makes
+    /// it; the issuer name of what it issues is built from it), and the
+    /// key must be the certificate's.
+    pub fn load(cert_pem: &str, key_pem: &str) -> Result<Self, LoadError> {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+            .map_err(|e| LoadError::Certificate(e.to_string()))?;
+        let cert = pem
+            .parse_x509()
+            .map_err(|e| LoadError::Certificate(e.to_string()))?;
+        let subject = cert.subject();
+        let names: Vec<&str> = subject
+            .iter_common_name()
+            .filter_map(|cn| cn.as_str().ok())
+            .collect();
+        let [common_name] = names.as_slice() else {
+            return Err(LoadError::NotDevSubject);
+        };
+        if subject.iter_attributes().count() != 1 {
+            return Err(LoadError::NotDevSubject);
+        }
+        let key = KeyPair::from_pem(key_pem).map_err(|e| LoadError::Key(e.to_string()))?;
+        if key.subject_public_key_info() != cert.public_key().raw {
+            return Err(LoadError::KeyMismatch);
+        }
+        let params =
+            Self::ca_params(common_name).map_err(|e| LoadError::Certificate(e.to_string()))?;
         Ok(Self {
             issuer: Issuer::new(params, key),
-            cert_pem,
+            cert_pem: cert_pem.to_owned(),
         })
     }
 

@@ -411,12 +411,12 @@ fn dev_identity_lists_the_identities_and_refuses_paths() {
     };
     // What was typed is never quoted back: it may be a value typed into
     // the wrong place.
-    for unknown in ["admin", "12025550153"] {
+    for unknown in ["auditor", "12025550153"] {
         let out = run(unknown);
         assert!(!out.status.success());
         assert!(
             stderr(&out).contains(
-                "--dev-identity: no dev identity of that name in ./fieldvault-data/dev; the identities there: intruder, orders, rotator, support"
+                "--dev-identity: no dev identity of that name in ./fieldvault-data/dev; the identities there: admin, intruder, orders, rotator, support"
             ),
             "{}",
             stderr(&out)

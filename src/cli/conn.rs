@@ -27,7 +27,7 @@ pub(crate) struct Conn {
     /// Client private key (PEM).
     #[arg(long)]
     key: Option<PathBuf>,
-    /// Use the dev identity NAME (orders, support, rotator, intruder) from
+    /// Use the dev identity NAME (orders, support, rotator, admin, intruder) from
     /// DATA_DIR/dev/ made by `serve --dev`: a name, not a path.
     #[arg(long, value_name = "NAME")]
     dev_identity: Option<String>,

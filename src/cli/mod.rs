@@ -1,6 +1,7 @@
 //! The command line: `serve`, the client commands and offline store
 //! maintenance. Each subcommand lives in its own file.
 
+mod admin;
 mod audit;
 mod calls;
 mod conn;
@@ -9,6 +10,7 @@ mod input;
 mod keys;
 mod output;
 mod parse_error;
+mod policy;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -51,6 +53,19 @@ enum Command {
     /// report on a period.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Abuse administration on a running server: list callers (frozen,
+    /// deny-listed, quota use), freeze and unfreeze them (the caller needs
+    /// a policy rule with action "admin").
+    #[command(subcommand)]
+    Callers(admin::CallersCommand),
+    /// Canary tokens on a running server: create them for a kind, list
+    /// them (the caller needs a policy rule with action "admin").
+    #[command(subcommand)]
+    Canary(admin::CanaryCommand),
+    /// A policy file, offline: check it, or explain which rule decides a
+    /// call.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 /// The log filter when `RUST_LOG` is unset. The HTTP/2 and TLS libraries
@@ -212,6 +227,9 @@ pub(crate) async fn run() -> ExitCode {
         Command::Keys(command) => Ok(keys::keys(command).await),
         Command::Store(command) => serve::store_command(command),
         Command::Audit(command) => Ok(audit::audit(command)),
+        Command::Callers(command) => Ok(admin::callers(command).await),
+        Command::Canary(command) => Ok(admin::canary(command).await),
+        Command::Policy(command) => Ok(policy::policy(command)),
     };
     match result {
         Ok(code) => code,
