@@ -763,7 +763,7 @@ fn an_old_dev_setup_gets_the_admin_identity_from_its_own_ca_and_keeps_its_policy
     assert_eq!(mode & 0o777, 0o600);
 
     // The server takes the new certificate (chained to the same CA): its
-    // call gets as far as the policy, which has no admin rule.
+    // call gets as far as the policy, which does not name it.
     let dev_args = |args: &[&str]| {
         let mut all = args.to_vec();
         all.extend([
@@ -781,7 +781,7 @@ fn an_old_dev_setup_gets_the_admin_identity_from_its_own_ca_and_keeps_its_policy
     let out = run_to_exit(2, &args, "");
     assert!(
         stderr(&out).contains("PERMISSION_DENIED")
-            && stderr(&out).contains("has no rule allowing admin"),
+            && stderr(&out).contains("no policy rule names caller 'spiffe://fieldvault.dev/admin'"),
         "{}",
         show(&out)
     );

@@ -269,7 +269,7 @@ mod tests {
         assert_eq!(
             m,
             "unrecognized subcommand; the commands are serve, tokenize, detokenize, keys, \
-             health, store and audit; see --help"
+             health, store, audit, callers, canary and policy; see --help"
         );
         let m = error(&["audit", "bogus"], &[]);
         assert_eq!(
