@@ -550,6 +550,14 @@ impl Policy {
                         "a detokenize rule must say 'full', 'masked' or 'none'".into(),
                     ));
                 }
+                if r.reveal == Some(RevealLevel::None) && !quotas.is_empty() {
+                    return Err(bad(
+                        "quota",
+                        "a quota counts values revealed, and a reveal = 'none' rule reveals \
+                         none"
+                            .into(),
+                    ));
+                }
             }
             Action::Tokenize => {
                 for (field, set) in [

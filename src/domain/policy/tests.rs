@@ -456,6 +456,10 @@ fn bad_quotas_patterns_and_settings_are_refused_naming_line_and_field() {
         (rule("quota = '0/minute'"), "rules[0].quota: '0/minute': the limit must be"),
         (rule("quota = ['1/minute', '2/minute']"), "rules[0].quota: two limits per minute"),
         (rule("quota = []"), "rules[0].quota: is empty"),
+        (
+            rule("quota = '5/day'").replace("'full'", "'none'"),
+            "rules[0].quota: a quota counts values revealed",
+        ),
         (rule("justification = 'SUP-[0-9'"), "line 3: rules[0].justification: 'SUP-[0-9' does not compile"),
         (rule("justification = ''"), "rules[0].justification: must not be empty"),
         (
