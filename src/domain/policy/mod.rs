@@ -545,12 +545,6 @@ impl Policy {
             quotas.push(q);
         }
         quotas.sort_by_key(|q| q.per);
-        if !quotas.is_empty() && !named {
-            return Err(bad(
-                "name",
-                "a rule with a quota needs a name: its counts are kept under it".into(),
-            ));
-        }
         let justification = r
             .justification
             .as_deref()
@@ -593,6 +587,12 @@ impl Policy {
             }
             // Handled above.
             Action::Keys | Action::Admin => {}
+        }
+        if !quotas.is_empty() && !named {
+            return Err(bad(
+                "name",
+                "a rule with a quota needs a name: its counts are kept under it".into(),
+            ));
         }
         Ok(Rule {
             name,
