@@ -55,11 +55,22 @@
 //!   themselves, health reports SERVING and the trail holds an
 //!   `audit.sink_recovered` event and verifies.
 //!
+//! Abuse controls (issue 14), on a store of their own: abuse kill rounds.
+//! Support reveals under a day quota (a durable counter charged per call)
+//! while an admin freezes and unfreezes callers and creates canary tokens;
+//! the server is SIGKILLed at a random moment. After each restart the
+//! quota count is at least every value answered (a value is counted before
+//! it leaves) and at most every value asked for; each freeze target is as
+//! last answered (or as the operation in flight left it); every canary
+//! answered is listed. At the end the trail verifies, holds no value, and
+//! the store's integrity check is clean.
+//!
 //! `cargo test --test crash` runs 20 kill rounds, then 3 rewrap rounds, 1
 //! index-rebuild round, 6 master-key rounds, the disk-full round, 4 audit
-//! kill rounds and the audit full-disk round (about two minutes on 2
-//! cores); `-- --rounds N` runs N kill rounds instead, `-- --audit-only`
-//! only the audit rounds.
+//! kill rounds, the audit full-disk round and 3 abuse kill rounds (about
+//! two and a half minutes on 2 cores); `-- --rounds N` runs N kill rounds
+//! instead, `-- --audit-only` only the audit and abuse rounds,
+//! `-- --abuse-only` only the abuse rounds.
 //! The harness is the test named `crash`: like a libtest harness it honours
 //! name filters (`cargo test foo` skips it), `--exact`, `--skip`, `--list`
 //! and `--ignored`. It never hangs: every call has a deadline, every wait a
@@ -149,11 +160,16 @@ impl Harness {
 
     /// [`Harness::new`] with `tables` (such as `[audit]`) added to the config.
     fn with_tables(dir: &Path, tables: &str) -> Self {
+        Self::with_policy(dir, POLICY, tables)
+    }
+
+    /// [`Harness::with_tables`] with another policy.
+    fn with_policy(dir: &Path, policy: &str, tables: &str) -> Self {
         let pki = Pki::new(&dir.join("pki"));
         let config = write_config_file(
             dir,
             &pki,
-            POLICY,
+            policy,
             (&dir.join("data"), &dir.join("data/audit.log")),
             "cache_capacity_mib = 16",
             &format!(
@@ -510,6 +526,8 @@ enum Mode {
         time_limit: Duration,
         /// `--audit-only`: only the audit rounds.
         audit_only: bool,
+        /// `--abuse-only`: only the abuse-control rounds.
+        abuse_only: bool,
     },
 }
 
@@ -520,6 +538,7 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
     let mut filters = Vec::new();
     let mut skips = Vec::new();
     let (mut exact, mut list, mut only_ignored, mut audit_only) = (false, false, false, false);
+    let mut abuse_only = false;
     let (mut rounds, mut time_limit) = (20u32, None);
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -541,6 +560,7 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
                 time_limit = Some(Duration::from_secs(secs));
             }
             "--audit-only" => audit_only = true,
+            "--abuse-only" => abuse_only = true,
             "--exact" => exact = true,
             "--list" => list = true,
             "--ignored" => only_ignored = true,
@@ -575,6 +595,7 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
         rounds,
         time_limit,
         audit_only,
+        abuse_only,
     })
 }
 
@@ -627,6 +648,7 @@ fn log_tails(dir: &Path, n: usize) -> String {
         "disk-full/server.log",
         "audit-kill/server.log",
         "audit-full/server.log",
+        "abuse-kill/server.log",
     ] {
         if let Ok(log) = std::fs::read_to_string(dir.join(name)) {
             let lines: Vec<&str> = log.lines().collect();
@@ -671,7 +693,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let (rounds, time_limit, audit_only) = match mode {
+    let (rounds, time_limit, audit_only, abuse_only) = match mode {
         Mode::List { listed } => {
             if listed {
                 println!("{TEST_NAME}: test");
@@ -686,17 +708,18 @@ fn main() {
             rounds,
             time_limit,
             audit_only,
-        } => (rounds, time_limit, audit_only),
+            abuse_only,
+        } => (rounds, time_limit, audit_only, abuse_only),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(run(rounds, time_limit, audit_only));
+    runtime.block_on(run(rounds, time_limit, audit_only, abuse_only));
 }
 
-async fn run(rounds: u32, time_limit: Duration, audit_only: bool) {
+async fn run(rounds: u32, time_limit: Duration, audit_only: bool, abuse_only: bool) {
     // Kept when a check fails; removed at the end of a run that passes.
     let tmp = tempfile::tempdir().unwrap().keep();
     start_watchdog(time_limit, tmp.clone());
@@ -705,13 +728,26 @@ async fn run(rounds: u32, time_limit: Duration, audit_only: bool) {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64;
-    let rounds = if audit_only { 0 } else { rounds };
+    let rounds = if audit_only || abuse_only { 0 } else { rounds };
     println!("crash harness: {rounds} rounds, seed {seed}");
     let mut rng = Rng(seed | 1);
     let started = Instant::now();
     let mut lines = Vec::new();
-    if !audit_only {
+    if !audit_only && !abuse_only {
         lines = store_rounds(&tmp, rounds, &mut rng).await;
+    }
+    if abuse_only {
+        let abuse = abuse_kill_rounds(&tmp.join("abuse-kill"), &mut rng).await;
+        std::fs::remove_dir_all(&tmp).unwrap();
+        println!(
+            "crash: only the abuse rounds (--abuse-only): {ABUSE_KILL_ROUNDS} abuse kill rounds \
+             passed; 0 failed; {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        for line in abuse {
+            println!("  {line}");
+        }
+        return;
     }
 
     let audit_started = Instant::now();
@@ -725,6 +761,8 @@ async fn run(rounds: u32, time_limit: Duration, audit_only: bool) {
     let audit_full_line = audit_full_round(&Harness::new(&tmp.join("audit-full"))).await;
     println!("{audit_full_line}");
     lines.push(audit_full_line);
+    let audit_took = audit_started.elapsed();
+    lines.extend(abuse_kill_rounds(&tmp.join("abuse-kill"), &mut rng).await);
     std::fs::remove_dir_all(&tmp).unwrap();
     let store = if audit_only {
         "the store's rounds skipped (--audit-only)".to_owned()
@@ -737,8 +775,8 @@ async fn run(rounds: u32, time_limit: Duration, audit_only: bool) {
     };
     println!(
         "crash: {store}; {AUDIT_KILL_ROUNDS} audit kill rounds and the audit full-disk round \
-         passed ({:.1}s); 0 failed; {:.1}s",
-        audit_started.elapsed().as_secs_f64(),
+         passed ({:.1}s); {ABUSE_KILL_ROUNDS} abuse kill rounds passed; 0 failed; {:.1}s",
+        audit_took.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
     for line in lines {
@@ -2465,4 +2503,355 @@ async fn audit_full_round(harness: &Harness) -> String {
         serving_after.as_secs_f64(),
         facts.events
     )
+}
+
+// ---------------------------------------------------------------------------
+// Abuse controls (issue 14): quota counters, freezes and canaries are store
+// writes like records; each is killed mid-flight here.
+
+const ABUSE_POLICY: &str = r#"
+version = 1
+[freeze]
+quota_hits = { count = 0 }
+unknown_tokens = { count = 0 }
+[[rules]]
+callers = ["spiffe://fieldvault.dev/orders"]
+action = "tokenize"
+kinds = ["phone"]
+[[rules]]
+name = "support crash-check"
+callers = ["spiffe://fieldvault.dev/support"]
+action = "detokenize"
+kinds = ["phone"]
+purposes = ["crash-check"]
+reveal = "full"
+quota = ["100000000/day"]
+[[rules]]
+name = "operators"
+callers = ["spiffe://fieldvault.dev/admin"]
+action = "admin"
+"#;
+
+const ABUSE_KILL_ROUNDS: u32 = 3;
+/// Concurrent revealers (each a quota charge per call).
+const ABUSE_REVEALERS: usize = 3;
+/// Callers each round's admin freezes and unfreezes, in turn.
+const FREEZE_TARGETS: usize = 4;
+
+/// Values asked for and values answered, across every round (one UTC day).
+#[derive(Default)]
+struct Reveals {
+    asked: u64,
+    answered: u64,
+}
+
+/// What the admin knows of a freeze target: its state as last answered,
+/// and the operation in flight (sent, not answered: it may or may not
+/// have happened when the server died).
+#[derive(Clone, Copy, Default, Debug)]
+struct TargetState {
+    frozen: bool,
+    in_flight: Option<bool>,
+}
+
+/// Reveals 1 to 5 pool tokens per call until the server is gone; counts
+/// every value asked for before the call and every value answered.
+async fn quota_revealer(
+    addr: String,
+    tls: ClientTls,
+    seed: u64,
+    pool: Arc<Vec<Known>>,
+    reveals: Arc<Mutex<Reveals>>,
+) {
+    let Ok(channel) = common::try_channel(&addr, &tls).await else {
+        return;
+    };
+    let mut client = pb::vault_client::VaultClient::new(channel);
+    let mut rng = Rng(seed | 1);
+    loop {
+        let n = 1 + (rng.next() % 5) as usize;
+        let start = (rng.next() % (pool.len() - n) as u64) as usize;
+        let known = &pool[start..start + n];
+        reveals.lock().unwrap().asked += n as u64;
+        match client
+            .detokenize(pb::DetokenizeRequest {
+                tokens: known.iter().map(|k| k.token.clone()).collect(),
+                purpose: "crash-check".into(),
+                justification: String::new(),
+            })
+            .await
+        {
+            Ok(response) => {
+                let results = response.into_inner().results;
+                for (r, k) in results.iter().zip(known) {
+                    match &r.outcome {
+                        Some(pb::detokenize_result::Outcome::Revealed(v)) => {
+                            assert_eq!(v.value, k.value)
+                        }
+                        other => panic!("{} did not reveal: {other:?}", k.token),
+                    }
+                }
+                reveals.lock().unwrap().answered += n as u64;
+            }
+            Err(status) if request_id(status.metadata()).is_none() => return,
+            Err(status) => panic!("a reveal was refused: {status:?}"),
+        }
+    }
+}
+
+/// Freezes and unfreezes its targets in turn until the server is gone,
+/// keeping each target's answered state and the operation in flight.
+async fn freezer(
+    addr: String,
+    tls: ClientTls,
+    targets: Vec<String>,
+    states: Arc<Mutex<HashMap<String, TargetState>>>,
+    canaries: Arc<Mutex<Vec<String>>>,
+) {
+    let Ok(channel) = common::try_channel(&addr, &tls).await else {
+        return;
+    };
+    let mut admin = pb::admin_client::AdminClient::new(channel);
+    for step in 0.. {
+        let target = &targets[step % targets.len()];
+        let freeze = !states.lock().unwrap()[target].frozen;
+        states.lock().unwrap().get_mut(target).unwrap().in_flight = Some(freeze);
+        let outcome = if freeze {
+            admin
+                .freeze_caller(pb::FreezeCallerRequest {
+                    caller: target.clone(),
+                    reason: format!("crash round step {step}"),
+                })
+                .await
+                .map(|_| ())
+        } else {
+            admin
+                .unfreeze_caller(pb::UnfreezeCallerRequest {
+                    caller: target.clone(),
+                })
+                .await
+                .map(|_| ())
+        };
+        match outcome {
+            Ok(()) => {
+                let mut states = states.lock().unwrap();
+                let s = states.get_mut(target).unwrap();
+                s.frozen = freeze;
+                s.in_flight = None;
+            }
+            Err(status) if request_id(status.metadata()).is_none() => return,
+            Err(status) => panic!("freezing {target} ({freeze}) was refused: {status:?}"),
+        }
+        // Now and then a canary.
+        if step % 3 == 0 {
+            match admin
+                .create_canaries(pb::CreateCanariesRequest {
+                    kind: FieldKind::Phone as i32,
+                    count: 2,
+                })
+                .await
+            {
+                Ok(r) => canaries.lock().unwrap().extend(r.into_inner().tokens),
+                Err(status) if request_id(status.metadata()).is_none() => return,
+                Err(status) => panic!("creating canaries was refused: {status:?}"),
+            }
+        }
+    }
+}
+
+async fn abuse_kill_round(
+    harness: &Harness,
+    round: u32,
+    rng: &mut Rng,
+    pool: &mut Option<Arc<Vec<Known>>>,
+    reveals: &Arc<Mutex<Reveals>>,
+    all_canaries: &Arc<Mutex<Vec<String>>>,
+) -> String {
+    let label = format!("abuse kill round {round}");
+    phase(format!("{label}: the server to start"));
+    let server = harness.start();
+    let pool = match pool {
+        Some(pool) => pool.clone(),
+        None => pool
+            .insert(Arc::new(fake_phone_pool(&server.addr, harness).await))
+            .clone(),
+    };
+    let targets: Vec<String> = (0..FREEZE_TARGETS)
+        .map(|i| format!("crash-target-{round}-{i}"))
+        .collect();
+    let states: Arc<Mutex<HashMap<String, TargetState>>> = Arc::new(Mutex::new(
+        targets
+            .iter()
+            .map(|t| (t.clone(), TargetState::default()))
+            .collect(),
+    ));
+    let (answered_before, canaries_before) = (
+        reveals.lock().unwrap().answered,
+        all_canaries.lock().unwrap().len(),
+    );
+    let mut tasks: Vec<tokio::task::JoinHandle<()>> = (0..ABUSE_REVEALERS)
+        .map(|c| {
+            tokio::spawn(quota_revealer(
+                server.addr.clone(),
+                harness.tls("support"),
+                rng.next() ^ c as u64,
+                pool.clone(),
+                reveals.clone(),
+            ))
+        })
+        .collect();
+    tasks.push(tokio::spawn(freezer(
+        server.addr.clone(),
+        harness.tls("admin"),
+        targets.clone(),
+        states.clone(),
+        all_canaries.clone(),
+    )));
+    phase(format!(
+        "{label}: reveals, freezes and canaries before the kill"
+    ));
+    bounded(Duration::from_secs(60), "load before the kill", async {
+        loop {
+            let revealed = reveals.lock().unwrap().answered - answered_before;
+            let canaries = all_canaries.lock().unwrap().len() - canaries_before;
+            if revealed >= 50 && canaries >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(rng.next() % 400)).await;
+    phase(format!("{label}: kill -9 of the server"));
+    server.kill9();
+    for t in tasks {
+        bounded(WRITER_STOP_DEADLINE, "a client to stop after the kill", t)
+            .await
+            .unwrap();
+    }
+
+    phase(format!("{label}: the server to restart"));
+    let server = harness.start();
+    let mut admin = pb::admin_client::AdminClient::new(
+        common::channel(&server.addr, &harness.tls("admin")).await,
+    );
+    let callers = admin
+        .list_callers(pb::ListCallersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .callers;
+    // The quota count: every value answered was counted before it left,
+    // and nothing counted was never asked for.
+    let used = callers
+        .iter()
+        .find(|c| c.caller == "spiffe://fieldvault.dev/support")
+        .and_then(|c| c.quotas.first())
+        .map(|q| q.used)
+        .unwrap_or(0);
+    let (asked, answered) = {
+        let r = reveals.lock().unwrap();
+        (r.asked, r.answered)
+    };
+    let same_day = {
+        let day = |ms: u128| ms / 86_400_000;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        day(now) == day(now - 120_000)
+    };
+    if same_day {
+        assert!(
+            answered <= used && used <= asked,
+            "{label}: the quota counts {used} values; {answered} were answered and {asked} asked for"
+        );
+    }
+    // Each freeze target is as last answered, or as the operation in
+    // flight at the kill left it.
+    let frozen: HashMap<&str, bool> = callers
+        .iter()
+        .map(|c| (c.caller.as_str(), c.frozen.is_some()))
+        .collect();
+    let states = states.lock().unwrap().clone();
+    let mut in_flight = 0;
+    for (target, s) in &states {
+        let now = frozen.get(target.as_str()).copied().unwrap_or(false);
+        assert!(
+            now == s.frozen || Some(now) == s.in_flight,
+            "{label}: {target} is {} after the restart; answered {:?}",
+            if now { "frozen" } else { "not frozen" },
+            s
+        );
+        in_flight += usize::from(s.in_flight.is_some());
+    }
+    // Every canary answered is kept.
+    let listed: std::collections::HashSet<String> = admin
+        .list_canaries(pb::ListCanariesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .canaries
+        .into_iter()
+        .map(|c| c.token)
+        .collect();
+    let canaries = all_canaries.lock().unwrap().clone();
+    for c in &canaries {
+        assert!(
+            listed.contains(c),
+            "{label}: canary {c} was answered but is gone"
+        );
+    }
+    drop(admin);
+    phase(format!("{label}: the server to stop"));
+    let status = server.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{label}: the server exited {status:?}");
+    format!(
+        "{label}: quota counts {used} values ({answered} answered, {asked} asked); \
+         {FREEZE_TARGETS} freeze targets as answered ({in_flight} in flight at the kill); \
+         {} canaries kept",
+        canaries.len()
+    )
+}
+
+/// Abuse kill rounds (a store of their own): support reveals under a quota
+/// while an admin freezes and unfreezes callers and creates canaries; the
+/// server is SIGKILLed at a random moment. After each restart the quota
+/// count is at least every value answered (a value is counted before it
+/// leaves) and at most every value asked; each freeze is as answered (or
+/// as the operation in flight left it); every canary answered is there;
+/// at the end the trail verifies and holds no value.
+async fn abuse_kill_rounds(dir: &Path, rng: &mut Rng) -> Vec<String> {
+    phase("abuse kill rounds: certificates and config");
+    let harness = Harness::with_policy(dir, ABUSE_POLICY, "");
+    harness
+        .pki
+        .issue_client("admin", "admin", Some("spiffe://fieldvault.dev/admin"));
+    let reveals = Arc::new(Mutex::new(Reveals::default()));
+    let canaries = Arc::new(Mutex::new(Vec::new()));
+    let mut pool = None;
+    let mut lines = Vec::new();
+    for round in 0..ABUSE_KILL_ROUNDS {
+        let line = abuse_kill_round(&harness, round, rng, &mut pool, &reveals, &canaries).await;
+        println!("{line}");
+        lines.push(line);
+    }
+    phase("abuse kill rounds: the trail and the store");
+    let audit_log = dir.join("data/audit.log");
+    let key = fieldvault::audit::keyfile::load(
+        &audit_log,
+        &MasterKey::from_file(&harness.master()).unwrap(),
+    )
+    .unwrap();
+    let files = fieldvault::audit::trail::files_of(&audit_log).unwrap();
+    fieldvault::audit::verify::verify_files(&key, &files)
+        .unwrap_or_else(|e| panic!("the abuse rounds' trail does not verify: {e}"));
+    for file in fieldvault::audit::trail::everything_of(&audit_log).unwrap_or_default() {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        for part in AUDIT_ROUND_VALUE_PARTS {
+            assert!(!text.contains(part), "{} holds a value", file.display());
+        }
+    }
+    harness.check_integrity().await;
+    lines
 }

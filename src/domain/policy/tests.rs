@@ -247,3 +247,265 @@ fn a_keys_rule_with_kinds_purposes_or_reveal_is_refused_naming_the_field() {
     assert!(err.contains("rules[0].callers"), "{err}");
     assert!(Policy::from_toml(head).is_ok());
 }
+
+const ABUSE: &str = r#"
+version = 1
+deny = ["spiffe://t.example/leaver"]
+
+[freeze]
+quota_hits = { count = 2, within = "10m" }
+unknown_tokens = { count = 0 }
+
+[[rules]]
+name = "support callback"
+callers = ["spiffe://t.example/support", "spiffe://t.example/leaver"]
+action = "detokenize"
+kinds = ["phone"]
+purposes = ["callback"]
+reveal = "full"
+quota = ["60/minute", "2000/day"]
+justification = "SUP-[0-9]+"
+
+[[rules]]
+name = "support masked without a ticket"
+callers = ["spiffe://t.example/support"]
+action = "detokenize"
+kinds = ["phone", "address"]
+purposes = ["callback"]
+reveal = "masked"
+
+[[rules]]
+name = "billing needs a ticket"
+callers = ["spiffe://t.example/billing"]
+action = "detokenize"
+kinds = ["address"]
+purposes = ["invoice"]
+reveal = "full"
+justification = "INV-[0-9]{4}"
+
+[[rules]]
+name = "operators"
+callers = ["ops-admin"]
+action = "admin"
+"#;
+
+fn abuse() -> Policy {
+    Policy::from_toml(ABUSE).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn quotas_justification_deny_list_and_freeze_rules_are_read() {
+    let p = abuse();
+    let rule = &p.rules()[0];
+    assert_eq!(rule.line, 9);
+    assert_eq!(
+        rule.quotas
+            .iter()
+            .map(|q| q.to_string())
+            .collect::<Vec<_>>(),
+        ["60/minute", "2000/day"]
+    );
+    assert_eq!(
+        rule.justification.as_ref().map(|j| j.as_str()),
+        Some("SUP-[0-9]+")
+    );
+    assert_eq!(p.deny_list(), ["spiffe://t.example/leaver"]);
+    let f = p.freeze_rules();
+    assert_eq!((f.quota_hits.count, f.quota_hits.window_ms), (2, 600_000));
+    assert!(f.unknown_tokens.is_off());
+    // Defaults without a [freeze] table.
+    assert_eq!(policy().freeze_rules(), FreezeRules::default());
+}
+
+#[test]
+fn a_justification_pattern_must_match_the_whole_justification() {
+    let p = abuse();
+    let cb = purpose("callback");
+    let reveal = |j: Option<&str>| {
+        p.decide(
+            &caller("support"),
+            Action::Detokenize,
+            FieldKind::Phone,
+            Some(&cb),
+            j,
+        )
+        .map(|g| (g.reveal, g.rule))
+    };
+    // A ticket: the full rule, with its quota.
+    assert_eq!(
+        reveal(Some("SUP-123")),
+        Ok((Some(RevealLevel::Full), "support callback".to_owned()))
+    );
+    // No ticket, or a malformed one, or one inside other text: the rule
+    // without a pattern (masked) decides.
+    for j in [None, Some("SUP-"), Some("see SUP-123"), Some("SUP-123 ")] {
+        assert_eq!(
+            reveal(j),
+            Ok((
+                Some(RevealLevel::Masked),
+                "support masked without a ticket".to_owned()
+            )),
+            "{j:?}"
+        );
+    }
+    // Where the only rule needs a ticket, the call is refused and says so
+    // (naming the pattern, never what was given).
+    let inv = purpose("invoice");
+    let billing = caller("billing");
+    let missing = p
+        .check_call(&billing, Action::Detokenize, Some(&inv), None)
+        .err();
+    assert_eq!(
+        missing.as_ref().map(|d| d.on),
+        Some(DeniedOn::Justification)
+    );
+    let msg = missing.map(|d| d.to_string()).unwrap_or_default();
+    assert!(
+        msg.contains("'INV-[0-9]{4}'") && msg.contains("none was given"),
+        "{msg}"
+    );
+    let malformed = p
+        .check_call(
+            &billing,
+            Action::Detokenize,
+            Some(&inv),
+            Some("INV-12 secret"),
+        )
+        .err()
+        .map(|d| d.to_string())
+        .unwrap_or_default();
+    assert!(malformed.contains("does not match"), "{malformed}");
+    assert!(!malformed.contains("secret"), "{malformed}");
+    assert!(p
+        .check_call(&billing, Action::Detokenize, Some(&inv), Some("INV-1234"))
+        .is_ok());
+    assert_eq!(
+        p.decide(
+            &billing,
+            Action::Detokenize,
+            FieldKind::Address,
+            Some(&inv),
+            Some("INV-99")
+        )
+        .map_err(|d| d.on),
+        Err(DeniedOn::Justification)
+    );
+}
+
+#[test]
+fn a_deny_listed_caller_is_refused_before_any_rule() {
+    let p = abuse();
+    let leaver = caller("leaver");
+    let cb = purpose("callback");
+    assert!(!p.names(&leaver));
+    for action in Action::ALL {
+        assert_eq!(
+            p.check_call(&leaver, action, Some(&cb), Some("SUP-1"))
+                .map_err(|d| d.on),
+            Err(DeniedOn::DenyList),
+            "{action}"
+        );
+    }
+    assert_eq!(
+        p.decide(
+            &leaver,
+            Action::Detokenize,
+            FieldKind::Phone,
+            Some(&cb),
+            Some("SUP-1")
+        )
+        .map_err(|d| d.to_string()),
+        Err("caller 'spiffe://t.example/leaver' is on the policy's deny list".to_owned())
+    );
+}
+
+#[test]
+fn only_callers_an_admin_rule_names_may_administer_callers() {
+    let p = abuse();
+    let ops = CallerId::common_name("ops-admin").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.check_call(&ops, Action::Admin, None, None), Ok(()));
+    assert_eq!(
+        p.check_call(&caller("support"), Action::Admin, None, None)
+            .map_err(|d| d.on),
+        Err(DeniedOn::Action)
+    );
+    // And an admin rule reveals nothing.
+    for kind in FieldKind::ALL {
+        assert!(p
+            .decide(
+                &ops,
+                Action::Detokenize,
+                kind,
+                Some(&purpose("callback")),
+                None
+            )
+            .is_err());
+    }
+}
+
+#[test]
+fn bad_quotas_patterns_and_settings_are_refused_naming_line_and_field() {
+    let rule = |extra: &str| {
+        format!(
+            "version = 1\n\n[[rules]]\nname = 'r'\ncallers = ['a']\naction = 'detokenize'\nkinds = \
+             ['phone']\npurposes = ['x']\nreveal = 'full'\n{extra}\n"
+        )
+    };
+    let cases = [
+        (rule("quota = ['100/week']"), "line 3: rules[0].quota: '100/week': unknown unit"),
+        (rule("quota = '0/minute'"), "rules[0].quota: '0/minute': the limit must be"),
+        (rule("quota = ['1/minute', '2/minute']"), "rules[0].quota: two limits per minute"),
+        (rule("quota = []"), "rules[0].quota: is empty"),
+        (
+            rule("quota = '5/day'") + "[[rules]]\nname = 'r'\ncallers = ['b']\naction = 'keys'\n",
+            "line 11: rules[1].name: 'r' is also the name of the rule at line 3",
+        ),
+        (
+            rule("quota = '5/day'").replace("name = 'r'\n", ""),
+            "rules[0].name: a rule with a quota needs a name",
+        ),
+        (
+            rule("quota = '5/day'").replace("'full'", "'none'"),
+            "rules[0].quota: a quota counts values revealed",
+        ),
+        (rule("justification = 'SUP-[0-9'"), "line 3: rules[0].justification: 'SUP-[0-9' does not compile"),
+        (rule("justification = ''"), "rules[0].justification: must not be empty"),
+        (
+            "version = 1\n[[rules]]\ncallers = ['a']\naction = 'tokenize'\nkinds = ['phone']\nquota = ['1/minute']".into(),
+            "line 2: rules[0].quota: only detokenize rules take quota",
+        ),
+        (
+            "version = 1\n[[rules]]\ncallers = ['a']\naction = 'admin'\nkinds = ['phone']".into(),
+            "rules[0].kinds: an admin rule allows the Admin service",
+        ),
+        (
+            "version = 1\n[[rules]]\ncallers = ['a']\naction = 'erase'".into(),
+            "line 4",
+        ),
+        (
+            "version = 1\n[[rules]]\ncallers = ['a']\naction = 'tokenize'\nkinds = ['fax']".into(),
+            "line 2: rules[0].kinds: 'fax'",
+        ),
+        ("version = 1\ndeny = ['bad id ']".into(), "line 2: deny: 'bad id '"),
+        (
+            "version = 1\n[freeze]\nquota_hits = { count = 3 }".into(),
+            "line 3: freeze.quota_hits: must say 'within'",
+        ),
+        (
+            "version = 1\n[freeze]\nquota_hits = { count = 3, within = '10 fortnights' }".into(),
+            "freeze.quota_hits: within = '10 fortnights'",
+        ),
+        (
+            "version = 1\n[freeze]\nunknown_tokens = { count = 3, within = '30d' }".into(),
+            "from 1s to 7d",
+        ),
+        ("version = 1\n[freeze]\nscans = 3".into(), "unknown field"),
+    ];
+    for (text, expected) in cases {
+        let err = Policy::from_toml(&text)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains(expected), "{text:?}: {err}");
+    }
+}
