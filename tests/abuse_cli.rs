@@ -657,7 +657,10 @@ fn the_dev_policy_lets_support_reveal_100_phone_numbers_a_minute_and_callers_lis
     // revealed, the limit and its reset named.
     let out = dev.run(2, "support", &detokenize, &all);
     assert!(
-        stderr(&out).contains("RESOURCE_EXHAUSTED") && stderr(&out).contains("100/minute"),
+        stderr(&out).contains("RESOURCE_EXHAUSTED: quota exceeded")
+            && stderr(&out).contains("100 values per minute")
+            && stderr(&out).contains("this call asks 101")
+            && stderr(&out).contains("nothing was revealed"),
         "{}",
         show(&out)
     );

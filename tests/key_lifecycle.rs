@@ -102,7 +102,13 @@ async fn assert_reveal(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rewrap_under_live_traffic_fails_no_request_and_changes_no_token() {
-    let vault = TestVault::start().await;
+    // Its readers reveal more than the dev quota allows in a minute.
+    let vault = TestVault::start_with(|c| {
+        let policy = c.data_dir.with_file_name("no-quota-policy.toml");
+        common::write(&policy, common::dev_policy_without_quotas().as_bytes());
+        c.policy_file = policy;
+    })
+    .await;
     let mut orders = vault.client("orders").await;
     let mut rotator = admin(&vault).await;
     let mut expected = HashMap::new();
