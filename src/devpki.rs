@@ -145,3 +145,50 @@ impl DevCa {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+        r.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn parsed(pem: &str) -> Vec<u8> {
+        let (_, pem) = ok(x509_parser::pem::parse_x509_pem(pem.as_bytes()));
+        pem.contents
+    }
+
+    #[test]
+    fn a_loaded_ca_issues_certificates_that_chain_to_the_same_certificate() {
+        let ca = ok(DevCa::new("fieldvault dev CA 1a2b3c4d"));
+        let loaded = ok(DevCa::load(ca.cert_pem(), &ca.key_pem()));
+        assert_eq!(loaded.cert_pem(), ca.cert_pem());
+        let issued = ok(loaded.issue_client("admin", Some("spiffe://fieldvault.dev/admin")));
+        let ca_der = parsed(ca.cert_pem());
+        let issued_der = parsed(&issued.cert_pem);
+        let (_, ca_cert) = ok(x509_parser::parse_x509_certificate(&ca_der));
+        let (_, cert) = ok(x509_parser::parse_x509_certificate(&issued_der));
+        // The issuer name, byte for byte (that the CA's key signed it, a
+        // server checks: tests/abuse_cli.rs, the old dev setup).
+        assert_eq!(cert.issuer().as_raw(), ca_cert.subject().as_raw());
+    }
+
+    #[test]
+    fn a_key_of_another_ca_or_no_pem_is_refused() {
+        let ca = ok(DevCa::new("fieldvault dev CA 1a2b3c4d"));
+        let other = ok(DevCa::new("fieldvault dev CA 5e6f7a8b"));
+        assert!(matches!(
+            DevCa::load(ca.cert_pem(), &other.key_pem()),
+            Err(LoadError::KeyMismatch)
+        ));
+        assert!(matches!(
+            DevCa::load("not a certificate", &ca.key_pem()),
+            Err(LoadError::Certificate(_))
+        ));
+        assert!(matches!(
+            DevCa::load(ca.cert_pem(), "not a key"),
+            Err(LoadError::Key(_))
+        ));
+    }
+}
