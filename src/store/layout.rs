@@ -1088,6 +1088,73 @@ mod tests {
     }
 
     #[test]
+    fn counters_freezes_and_canaries_round_trip_and_damage_is_reported_corrupt() {
+        use crate::store::{Canary, Freeze};
+        let counter = encode_counter(60_000, u64::MAX);
+        assert_eq!(ok(decode_counter(&counter)), (60_000, u64::MAX));
+        assert_eq!(
+            ok(counter_name(&counter_key("reveal/support/callback"))),
+            "reveal/support/callback"
+        );
+        let freeze = Freeze {
+            caller: "spiffe://example.org/support".into(),
+            since_unix_ms: 1_700_000_000_000,
+            reason: "quota hit 3 times in 10 minutes".into(),
+            by: "vault".into(),
+        };
+        let frozen = encode_freeze(&freeze);
+        assert_eq!(frozen.len(), encoded_freeze_bytes(&freeze));
+        let caller = ok(freeze_caller(&freeze_key(&freeze.caller)));
+        assert_eq!(ok(decode_freeze(caller.clone(), &frozen)), freeze);
+        let canary = Canary {
+            id: RecordId::new(77, 5),
+            kind: FieldKind::Email,
+            created_unix_ms: 9,
+            by: "admin".into(),
+        };
+        let key = canary_key(canary.id);
+        let bytes = encode_canary(&canary);
+        assert_eq!(bytes.len(), encoded_canary_bytes(&canary));
+        assert_eq!(ok(decode_canary(&key, &bytes)), canary);
+        // Canary keys sort as record ids do.
+        assert!(canary_key(RecordId::new(2, 9)) < canary_key(RecordId::new(256, 1)));
+        let corrupt = |r: Result<(), StoreError>, what: &str| {
+            assert!(
+                matches!(&r, Err(StoreError::Corrupt { what: w, .. }) if *w == what),
+                "{what}: {r:?}"
+            );
+        };
+        for (bytes, what) in [
+            (&counter, "counter"),
+            (&frozen, "freeze"),
+            (&bytes, "canary"),
+        ] {
+            let decode = |b: &[u8]| match what {
+                "counter" => decode_counter(b).map(drop),
+                "freeze" => decode_freeze(caller.clone(), b).map(drop),
+                _ => decode_canary(&key, b).map(drop),
+            };
+            for cut in 0..bytes.len() {
+                corrupt(decode(&bytes[..cut]), what);
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            corrupt(decode(&longer), what);
+            let mut format = bytes.clone();
+            format[0] = 2;
+            corrupt(decode(&format), what);
+        }
+        let mut kind = bytes.clone();
+        kind[1] = 99;
+        corrupt(decode_canary(&key, &kind).map(drop), "canary");
+        corrupt(decode_canary(b"canary/short", &bytes).map(drop), "canary");
+        let mut not_utf8 = frozen.clone();
+        not_utf8[1 + 8 + 4] = 0xff;
+        corrupt(decode_freeze(caller, &not_utf8).map(drop), "freeze");
+        corrupt(freeze_caller(b"freeze/\xff").map(drop), "freeze");
+    }
+
+    #[test]
     fn key_facts_round_trip_with_zero_meaning_live() {
         let live = encode_key_info(1_700_000_000_000, None);
         assert_eq!(ok(decode_key_info(&live)), (1_700_000_000_000, None));

@@ -3386,4 +3386,68 @@ mod tests {
         let store = open(dir.path());
         assert_abuse_state(&store, ids, "after a second reopen").await;
     }
+
+    #[test]
+    fn the_group_cost_of_a_charge_freeze_unfreeze_or_canary_is_its_bytes_in_the_frame() {
+        use crate::store::group_commit::Committer;
+        use crate::store::layout::{
+            canary_key, counter_key, encode_canary, encode_counter, encode_freeze, freeze_key,
+        };
+        let frame_bytes = |ops: Vec<MetaOp>| {
+            encode_frame(
+                None,
+                &[],
+                &[],
+                &Changes {
+                    meta: ops,
+                    ..Changes::default()
+                },
+            )
+            .len()
+        };
+        let charges = vec![
+            charge("reveal/support/callback/minute", 60_000, 3, Some(60)),
+            charge("unknown-tokens/support", 0, 1, None),
+        ];
+        let ops = charges
+            .iter()
+            .map(|c| MetaOp {
+                key: counter_key(&c.counter),
+                value: Some(encode_counter(c.window_start_ms, 3)),
+            })
+            .collect();
+        assert_eq!(SledWriter::cost(&Write::Charge(charges)), frame_bytes(ops));
+        let f = freeze_of("spiffe://example.org/support", 1000, "canary token");
+        let op = MetaOp {
+            key: freeze_key(&f.caller),
+            value: Some(encode_freeze(&f)),
+        };
+        assert_eq!(
+            SledWriter::cost(&Write::Freeze(f.clone())),
+            frame_bytes(vec![op])
+        );
+        let op = MetaOp {
+            key: freeze_key(&f.caller),
+            value: None,
+        };
+        assert_eq!(
+            SledWriter::cost(&Write::Unfreeze(f.caller.clone())),
+            frame_bytes(vec![op])
+        );
+        let canaries = vec![
+            canary(RecordId::new(1, 2), FieldKind::Phone),
+            canary(RecordId::new(3, 2), FieldKind::Email),
+        ];
+        let ops = canaries
+            .iter()
+            .map(|c| MetaOp {
+                key: canary_key(c.id),
+                value: Some(encode_canary(c)),
+            })
+            .collect();
+        assert_eq!(
+            SledWriter::cost(&Write::Canaries(canaries)),
+            frame_bytes(ops)
+        );
+    }
 }
