@@ -15,7 +15,10 @@
 //! - `meta`: [`CEILING_KEY`] → u64, the sequence's durable ceiling (every
 //!   sequence number below it may have been handed out, so none is handed
 //!   out again); [`EPOCH_PREFIX`] ‖ epoch (8) → empty, every epoch that
-//!   ever handed out ids.
+//!   ever handed out ids; [`COUNTER_PREFIX`] ‖ name → a durable counter,
+//!   [`FREEZE_PREFIX`] ‖ caller → a frozen caller, [`CANARY_PREFIX`] ‖
+//!   record id (16) → a canary (abuse controls: written through the log
+//!   as `WAL_META` entries, like job states).
 
 use super::apply::{Reindexed, Rewritten, Staged};
 use super::{FailureCause, KeyUsage, StorageFailure, StoreError};
