@@ -567,6 +567,9 @@ impl Store for SledStore {
                 stored_ceiling(&inner.meta)?,
                 &stored_epochs(&inner.meta)?,
             )?;
+            report
+                .problems
+                .extend(integrity::check_abuse_controls(&inner.meta, &inner.trees)?);
             let counted = integrity::count_usage(&inner.trees)?;
             if counted != kept {
                 report.problems.push(format!(
@@ -3449,5 +3452,75 @@ mod tests {
             SledWriter::cost(&Write::Canaries(canaries)),
             frame_bytes(ops)
         );
+    }
+
+    #[tokio::test]
+    async fn damaged_counters_freezes_and_canaries_are_reported_and_a_damaged_freeze_stays_frozen()
+    {
+        let dir = ok(tempfile::tempdir());
+        let [a, record_id] = {
+            let store = open(dir.path());
+            let [a, record_id] = ids(&store).await;
+            ok(store
+                .insert_records(vec![new(record_id, FieldKind::Phone, 1, false)])
+                .await);
+            ok(store.charge(vec![charge("minute", 60_000, 1, None)]).await);
+            ok(store.freeze(freeze_of("support", 1000, "scan")).await);
+            ok(store.add_canaries(vec![canary(a, FieldKind::Phone)]).await);
+            assert_clean(&store).await;
+            [a, record_id]
+        };
+        edit_closed(dir.path(), |db| {
+            let meta = ok(db.open_tree("meta"));
+            for key in [
+                crate::store::layout::counter_key("minute"),
+                crate::store::layout::freeze_key("support"),
+                crate::store::layout::canary_key(a),
+            ] {
+                ok(meta.insert(key, &[9u8, 9][..]));
+            }
+            // A canary on a record's id.
+            let c = canary(record_id, FieldKind::Phone);
+            ok(meta.insert(
+                crate::store::layout::canary_key(record_id),
+                crate::store::layout::encode_canary(&c),
+            ));
+        });
+        let store = open(dir.path());
+        let report = ok(store.check_integrity().await);
+        assert_eq!(
+            report.problems,
+            vec![
+                "counter \"minute\": stored counter is corrupt: unknown format".to_owned(),
+                "the freeze of \"support\": stored freeze is corrupt: unknown format".to_owned(),
+                "a canary: stored canary is corrupt: unknown format".to_owned(),
+                format!("canary {record_id} is also a record"),
+            ]
+        );
+        // Fail closed: the caller stays frozen until an operator lifts it.
+        let kept = ok(store.frozen("support").await);
+        assert_eq!(
+            kept.as_ref().map(|f| f.reason.as_str()),
+            Some(super::super::writer::CORRUPT_FREEZE)
+        );
+        assert_eq!(ok(store.unfreeze("support").await), kept);
+        assert_eq!(ok(store.frozen("support").await), None);
+        let charged = store.charge(vec![charge("minute", 60_000, 1, None)]).await;
+        assert!(
+            matches!(
+                charged,
+                Err(StoreError::Corrupt {
+                    what: "counter",
+                    ..
+                })
+            ),
+            "{charged:?}"
+        );
+        let read = store.canaries_of(vec![a]).await;
+        assert!(
+            matches!(read, Err(StoreError::Corrupt { what: "canary", .. })),
+            "{read:?}"
+        );
+        assert!(store.failure().is_none(), "the store goes on");
     }
 }

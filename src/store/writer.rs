@@ -61,6 +61,9 @@ use std::sync::{Arc, Mutex, RwLock};
 /// every call's path, so it reads memory only).
 pub(super) type Frozen = Arc<RwLock<BTreeMap<String, Freeze>>>;
 
+/// The reason of a freeze whose stored bytes do not decode.
+pub(super) const CORRUPT_FREEZE: &str = "the stored freeze is corrupt";
+
 /// The log is checkpointed once it holds this much. Bounds the replay after
 /// a crash (about 15k records) and the stall of one checkpoint.
 const CHECKPOINT_BYTES: u64 = 4 << 20;
@@ -963,12 +966,33 @@ impl SledWriter {
     }
 
     /// The frozen callers, from their freezes in `meta` (after a replay).
+    /// A freeze that does not decode keeps its caller frozen (fail closed:
+    /// an operator unfreezes it), with a warning; the integrity check
+    /// reports it too.
     pub(super) fn load_freezes(&mut self) -> Result<(), StoreError> {
         let mut frozen = BTreeMap::new();
         for entry in self.meta.scan_prefix(FREEZE_PREFIX) {
             let (key, value) = entry.map_err(backend)?;
-            let caller = freeze_caller(&key)?;
-            frozen.insert(caller.clone(), decode_freeze(caller, &value)?);
+            let Ok(caller) = freeze_caller(&key) else {
+                // No caller identity (a `String`) can match it.
+                tracing::warn!("a stored freeze names a caller that is not UTF-8: ignored");
+                continue;
+            };
+            let freeze = decode_freeze(caller.clone(), &value).unwrap_or_else(|e| {
+                tracing::warn!(
+                    caller,
+                    error = %e,
+                    "a stored freeze does not decode: the caller stays frozen until an \
+                     operator unfreezes it"
+                );
+                Freeze {
+                    caller: caller.clone(),
+                    since_unix_ms: 0,
+                    reason: CORRUPT_FREEZE.to_owned(),
+                    by: "store".to_owned(),
+                }
+            });
+            frozen.insert(caller, freeze);
         }
         *self.frozen.write().unwrap_or_else(|p| p.into_inner()) = frozen;
         Ok(())
