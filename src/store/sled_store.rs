@@ -19,7 +19,7 @@ use super::layout::{
 };
 use super::sequence::Sequence;
 use super::wal::{Wal, WalError};
-use super::writer::{stored_ceiling, Frozen, SledWriter, Trees, Write, Written};
+use super::writer::{stored_ceiling, CanaryIds, Frozen, SledWriter, Trees, Write, Written};
 use super::{
     Canary, Charge, Charged, CounterValue, FailureCause, Freeze, IndexEntry, IntegrityReport, Job,
     KeyCatalog, KeyChange, KeyInfo, KeyUsage, NewRecord, RecordRead, Reindex, Rewrite,
@@ -61,6 +61,8 @@ struct Inner {
     usage: Arc<Mutex<KeyUsage>>,
     /// The frozen callers (the writer keeps them).
     frozen: Frozen,
+    /// The canaries' ids (the writer keeps them).
+    canary_ids: CanaryIds,
     commit: GroupCommit<SledWriter>,
     #[cfg(test)]
     faults: Arc<super::writer::Faults>,
@@ -247,8 +249,10 @@ impl SledStore {
         }
         writer.load_retired_keys()?;
         writer.load_freezes()?;
+        writer.load_canary_ids()?;
         let usage = writer.usage();
         let frozen = writer.frozen();
+        let canary_ids = writer.canary_ids();
         let mut epochs = stored_epochs(&meta)?;
         let (next, ceiling) = open_sequence(&trees, &meta, &epochs)?;
         let epoch = new_epoch(&epochs);
@@ -268,6 +272,7 @@ impl SledStore {
                 epochs,
                 usage,
                 frozen,
+                canary_ids,
                 commit,
                 #[cfg(test)]
                 faults,
@@ -352,10 +357,19 @@ fn check_len(what: &'static str, text: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The canary of each id, from `meta`.
+/// The canary of each id: `None` from memory for an id that is not one,
+/// the canary from `meta` for one that is.
 fn read_canaries(inner: &Inner, ids: &[RecordId]) -> Result<Vec<Option<Canary>>, StoreError> {
+    let hits: Vec<bool> = {
+        let canaries = inner.canary_ids.read().unwrap_or_else(|p| p.into_inner());
+        ids.iter().map(|id| canaries.contains(id)).collect()
+    };
     ids.iter()
-        .map(|&id| {
+        .zip(hits)
+        .map(|(&id, hit)| {
+            if !hit {
+                return Ok(None);
+            }
             let key = canary_key(id);
             match inner.meta.get(&key).map_err(backend)? {
                 Some(bytes) => decode_canary(&key, &bytes).map(Some),
@@ -458,8 +472,9 @@ impl Store for SledStore {
     }
 
     async fn canaries_of(&self, ids: Vec<RecordId>) -> Result<Vec<Option<Canary>>, StoreError> {
-        // On the detokenize path: a few point reads inline, as
-        // `get_records` does.
+        // On the detokenize path: ids that are no canary are answered from
+        // memory; a few point reads of canaries inline, as `get_records`
+        // does.
         if ids.len() <= INLINE_READS {
             return read_canaries(&self.inner, &ids);
         }

@@ -61,6 +61,10 @@ use std::sync::{Arc, Mutex, RwLock};
 /// every call's path, so it reads memory only).
 pub(super) type Frozen = Arc<RwLock<BTreeMap<String, Freeze>>>;
 
+/// The ids of every canary, shared with readers: a detokenize asks about
+/// each token, and nearly none is a canary, so only a hit reads `meta`.
+pub(super) type CanaryIds = Arc<RwLock<HashSet<RecordId>>>;
+
 /// The reason of a freeze whose stored bytes do not decode.
 pub(super) const CORRUPT_FREEZE: &str = "the stored freeze is corrupt";
 
@@ -105,6 +109,8 @@ pub(super) struct SledWriter {
     /// The frozen callers, shared with readers; changed in `after_sync`,
     /// before the callers are answered.
     frozen: Frozen,
+    /// The canaries' ids, shared with readers; changed in `after_sync`.
+    canary_ids: CanaryIds,
     /// Set once storage failed: no checkpoint from then on.
     stopped: bool,
     #[cfg(test)]
@@ -167,6 +173,7 @@ impl SledWriter {
             usage: Arc::default(),
             retired: HashSet::new(),
             frozen: Frozen::default(),
+            canary_ids: CanaryIds::default(),
             stopped: false,
             #[cfg(test)]
             faults: Default::default(),
@@ -667,7 +674,11 @@ impl SledWriter {
         for c in canaries {
             if !mine.insert(c.id)
                 || group.canaries.contains(&c.id)
-                || self.meta.contains_key(canary_key(c.id)).map_err(backend)?
+                || self
+                    .canary_ids
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(&c.id)
             {
                 return Err(StoreError::AlreadyExists("canary"));
             }
@@ -965,6 +976,26 @@ impl SledWriter {
         self.frozen.clone()
     }
 
+    /// The canaries' ids, shared with readers.
+    pub(super) fn canary_ids(&self) -> CanaryIds {
+        self.canary_ids.clone()
+    }
+
+    /// The canaries' ids, from their keys in `meta` (after a replay). A
+    /// key that is not a record id names no token: skipped (the integrity
+    /// check reports it).
+    pub(super) fn load_canary_ids(&mut self) -> Result<(), StoreError> {
+        let mut ids = HashSet::new();
+        for key in self.meta.scan_prefix(CANARY_PREFIX).keys() {
+            let key = key.map_err(backend)?;
+            if let Ok(id) = record_id_from(&key[CANARY_PREFIX.len()..]) {
+                ids.insert(id);
+            }
+        }
+        *self.canary_ids.write().unwrap_or_else(|p| p.into_inner()) = ids;
+        Ok(())
+    }
+
     /// The frozen callers, from their freezes in `meta` (after a replay).
     /// A freeze that does not decode keeps its caller frozen (fail closed:
     /// an operator unfreezes it), with a warning; the integrity check
@@ -1197,6 +1228,12 @@ impl SledWriter {
         drop(counters);
         // Acknowledged, so in force, even if the `meta` insert failed (the
         // next start replays the frame).
+        if !group.canaries.is_empty() {
+            self.canary_ids
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(&group.canaries);
+        }
         if !group.freezes.is_empty() {
             let mut frozen = self.frozen.write().unwrap_or_else(|p| p.into_inner());
             for (caller, freeze) in group.freezes {
