@@ -23,6 +23,15 @@
 //! frame is synced (on the commit thread, before the callers are answered),
 //! replayed from the log like records, and followed by a checkpoint.
 //!
+//! `meta` writes — key facts, job states, and the abuse controls' durable
+//! counters, freezes and canaries — go the same way as `WAL_META` entries,
+//! inserted into `meta` on the commit thread before the callers are
+//! answered (so they need no overlay). Charges are compare-and-set: staged
+//! against the counts the group has set so far, else the tree's. The
+//! frozen callers and the canaries' ids are also kept in memory, shared
+//! with readers, loaded at open (after the replay) and changed after each
+//! sync: a freeze check or a canary miss reads no tree.
+//!
 //! Errors: a failure before the frame is synced fails the whole group; a
 //! failure after it (publishing to the apply thread, inserting keys, the
 //! checkpoint) does not take back what is durable — the callers get their
