@@ -652,6 +652,9 @@ async fn a_freeze_writes_one_alert_line_and_sighup_rereads_the_policy() {
     assert!(server.is_running(), "SIGHUP must not end the server");
     // Still serving, under the (same) policy re-read.
     assert!(tokenize(&mut orders, phones(1)).await.is_ok());
+    // Open connections would hold a graceful stop.
+    drop((orders, admin, support));
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let exit = server.terminate(Duration::from_secs(30));
     assert!(exit.success(), "{exit:?}");
 
