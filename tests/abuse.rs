@@ -3,6 +3,8 @@
 //! unknown tokens, unfreeze, canary tokens, justification patterns, the
 //! deny list and the live policy file.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;
