@@ -264,7 +264,10 @@ fn the_end_phase_options_are_refused_with_a_running_vault() {
         let out = run_bench(&args);
         assert!(!out.status.success());
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("cannot be used with"), "{option:?}: {stderr}");
+        assert!(
+            stderr.contains("cannot be used with"),
+            "{option:?}: {stderr}"
+        );
     }
 }
 
@@ -296,9 +299,7 @@ fn the_quota_phase_measures_detokenize_with_quotas_off_and_on_and_the_vault_coun
             assert!(cells[3].parse::<f64>().unwrap() > 0.0, "{line}");
         }
         assert!(
-            stdout.contains(&format!(
-                "{scenario}: quotas on give "
-            )),
+            stdout.contains(&format!("{scenario}: quotas on give ")),
             "{stdout}"
         );
     }

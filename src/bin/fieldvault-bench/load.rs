@@ -1235,10 +1235,7 @@ impl Quotas<'_> {
         } else {
             ("bench-quotas-on.toml", "on")
         };
-        let (vault, load) = self
-            .0
-            .start(name, audit_log, &bench_policy(quotas))
-            .await?;
+        let (vault, load) = self.0.start(name, audit_log, &bench_policy(quotas)).await?;
         let mut admin = if quotas.is_empty() {
             None
         } else {
@@ -1584,10 +1581,16 @@ mod tests {
 
     #[test]
     fn failed_calls_with_quotas_on_fail_the_run_and_leave_no_ratio() {
-        let report = quota_report(measurement(1000, 0, 1.0, 1), measurement(1000, 1000, 1.0, 1));
+        let report = quota_report(
+            measurement(1000, 0, 1.0, 1),
+            measurement(1000, 1000, 1.0, 1),
+        );
         assert_eq!(report.failed_calls(), 1000);
         let text = report.to_markdown();
-        assert!(text.contains("detokenize-1: no ratio: 1000 calls failed"), "{text}");
+        assert!(
+            text.contains("detokenize-1: no ratio: 1000 calls failed"),
+            "{text}"
+        );
         assert!(!text.contains("quotas on give"), "{text}");
     }
 
@@ -1596,10 +1599,22 @@ mod tests {
         let report = quota_report(measurement(1000, 0, 1.0, 1), measurement(800, 0, 1.0, 1));
         assert_eq!(report.failed_calls(), 0);
         let text = report.to_markdown();
-        assert!(text.contains("| detokenize-1 | off | 1000 | 1000 | 2.00 | 4.00 | 9.00 | 0 |"), "{text}");
-        assert!(text.contains("| detokenize-1 | on | 800 | 800 | 2.00 | 4.00 | 9.00 | 0 |"), "{text}");
-        assert!(text.contains("detokenize-1: quotas on give 0.80x the throughput of quotas off"), "{text}");
-        assert!(text.contains(r#"quota = ["1000000000/minute", "1000000000/day"]"#), "{text}");
+        assert!(
+            text.contains("| detokenize-1 | off | 1000 | 1000 | 2.00 | 4.00 | 9.00 | 0 |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| detokenize-1 | on | 800 | 800 | 2.00 | 4.00 | 9.00 | 0 |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("detokenize-1: quotas on give 0.80x the throughput of quotas off"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"quota = ["1000000000/minute", "1000000000/day"]"#),
+            "{text}"
+        );
         assert!(text.contains("the vault counted 800 values"), "{text}");
     }
 
@@ -1607,8 +1622,11 @@ mod tests {
     fn the_policy_with_quotas_gives_only_the_reader_rule_its_quotas() {
         let off = bench_policy(&[]);
         let on = bench_policy(&never_biting_quotas());
-        assert!(!off.contains("quota"), "{off}");
-        let reader = on.split("[[rules]]").find(|r| r.contains(READER_RULE)).unwrap();
+        assert!(!off.contains("quota ="), "{off}");
+        let reader = on
+            .split("[[rules]]")
+            .find(|r| r.contains(READER_RULE))
+            .unwrap();
         assert!(
             reader.contains(r#"quota = ["1000000000/minute", "1000000000/day"]"#),
             "{on}"
