@@ -588,3 +588,98 @@ async fn admin_calls_need_the_admin_action_and_bad_arguments_change_nothing() {
     .await
     .is_ok());
 }
+
+/// The real binary: the alert line a freeze writes to the log, once, in its
+/// documented format; SIGHUP re-reads the policy and the server lives on;
+/// no value in the log.
+#[tokio::test]
+async fn a_freeze_writes_one_alert_line_and_sighup_rereads_the_policy() {
+    use common::process::start_with_config;
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    pki.issue_client("admin", "admin", Some(&spiffe_id("admin")));
+    let config = write_config_file(
+        tmp.path(),
+        &pki,
+        POLICY,
+        (&tmp.path().join("data"), &tmp.path().join("data/audit.log")),
+        "",
+        "",
+    );
+    let log = tmp.path().join("server.log");
+    let mut server = start_with_config(&config, &log).unwrap();
+    let mut orders = connect(&server.addr, &pki.client_tls("orders")).await;
+    let real = tokens_for(&mut orders, phones(3)).await;
+    let mut admin = AdminClient::new(channel(&server.addr, &pki.client_tls("admin")).await);
+    let canary = admin
+        .create_canaries(pb::CreateCanariesRequest {
+            kind: pb::FieldKind::Phone as i32,
+            count: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens;
+    let mut support = connect(&server.addr, &pki.client_tls("support")).await;
+    assert!(reveal(&mut support, &real, "", "callback").await.is_ok());
+    let asked = [real.clone(), canary.clone()].concat();
+    let refused = reveal(&mut support, &asked, "", "callback")
+        .await
+        .unwrap_err();
+    assert_frozen(&refused, "canary");
+    // Asking again: refused, no second alert.
+    assert!(reveal(&mut support, &canary, "", "callback").await.is_err());
+
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    bounded(
+        Duration::from_secs(10),
+        "the policy reload after SIGHUP",
+        async {
+            loop {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.contains("policy reloaded") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        },
+    )
+    .await;
+    assert!(server.is_running(), "SIGHUP must not end the server");
+    // Still serving, under the (same) policy re-read.
+    assert!(tokenize(&mut orders, phones(1)).await.is_ok());
+    // Open connections would hold a graceful stop.
+    drop((orders, admin, support));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let exit = server.terminate(Duration::from_secs(30));
+    assert!(exit.success(), "{exit:?}");
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let alerts: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("ALERT caller_frozen"))
+        .collect();
+    assert_eq!(alerts.len(), 1, "{text}");
+    let alert = alerts[0];
+    assert!(
+        alert.contains("WARN") && alert.contains("fieldvault::alert"),
+        "{alert}"
+    );
+    assert!(
+        alert.contains(
+            "ALERT caller_frozen caller=\"spiffe://fieldvault.dev/support\" trigger=canary since="
+        ) && alert.contains(" by=\"vault\" request_id=")
+            && alert.ends_with("reason=\"asked to detokenize a canary token\""),
+        "{alert}"
+    );
+    for part in ["202-555", "+1202555", "2025550"] {
+        assert!(
+            !text.contains(part),
+            "the server log holds a value:\n{text}"
+        );
+    }
+}

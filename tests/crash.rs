@@ -55,11 +55,22 @@
 //!   themselves, health reports SERVING and the trail holds an
 //!   `audit.sink_recovered` event and verifies.
 //!
+//! Abuse controls (issue 14), on a store of their own: abuse kill rounds.
+//! Support reveals under a day quota (a durable counter charged per call)
+//! while an admin freezes and unfreezes callers and creates canary tokens;
+//! the server is SIGKILLed at a random moment. After each restart the
+//! quota count is at least every value answered (a value is counted before
+//! it leaves) and at most every value asked for; each freeze target is as
+//! last answered (or as the operation in flight left it); every canary
+//! answered is listed. At the end the trail verifies, holds no value, and
+//! the store's integrity check is clean.
+//!
 //! `cargo test --test crash` runs 20 kill rounds, then 3 rewrap rounds, 1
 //! index-rebuild round, 6 master-key rounds, the disk-full round, 4 audit
-//! kill rounds and the audit full-disk round (about two minutes on 2
-//! cores); `-- --rounds N` runs N kill rounds instead, `-- --audit-only`
-//! only the audit rounds.
+//! kill rounds, the audit full-disk round and 3 abuse kill rounds (about
+//! two and a half minutes on 2 cores); `-- --rounds N` runs N kill rounds
+//! instead, `-- --audit-only` only the audit and abuse rounds,
+//! `-- --abuse-only` only the abuse rounds.
 //! The harness is the test named `crash`: like a libtest harness it honours
 //! name filters (`cargo test foo` skips it), `--exact`, `--skip`, `--list`
 //! and `--ignored`. It never hangs: every call has a deadline, every wait a

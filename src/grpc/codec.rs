@@ -1101,7 +1101,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(seen, 11, "nine requests, Field and PostalAddress");
+        assert_eq!(seen, 16, "fourteen requests, Field and PostalAddress");
         // The street-line bound leaves the validators' to the validator.
         assert_eq!(
             POSTAL_ADDRESS.fields[4].count,

@@ -1,6 +1,10 @@
 //! The integrity check: do the record trees agree with each other?
 
-use super::layout::{backend, decode_record, encoded_record_version, record_id_from};
+use super::layout::{
+    backend, counter_name, decode_canary, decode_counter, decode_freeze, decode_record,
+    encoded_record_version, freeze_caller, record_id_from, record_key, CANARY_PREFIX,
+    COUNTER_PREFIX, FREEZE_PREFIX,
+};
 use super::writer::Trees;
 use super::{IntegrityReport, KeyUsage, StoreError};
 use crate::crypto::{KeyPurpose, KeyVersion};
@@ -86,6 +90,51 @@ pub(super) fn check(
         report.problems.push(format!("{id} has {n} index entries"));
     }
     Ok(report)
+}
+
+/// Problems with the abuse-control entries of `meta`: a counter, freeze or
+/// canary that does not decode, and a canary whose id is also a record's
+/// (it would turn that record's reveals into freezes). Names counters,
+/// callers and record ids, never a value.
+pub(super) fn check_abuse_controls(
+    meta: &sled::Tree,
+    trees: &Trees,
+) -> Result<Vec<String>, StoreError> {
+    let mut problems = Vec::new();
+    for entry in meta.scan_prefix(COUNTER_PREFIX) {
+        let (key, value) = entry.map_err(backend)?;
+        let name = counter_name(&key).unwrap_or_else(|_| "(not UTF-8)".to_owned());
+        if let Err(e) = decode_counter(&value) {
+            problems.push(format!("counter {name:?}: {e}"));
+        }
+    }
+    for entry in meta.scan_prefix(FREEZE_PREFIX) {
+        let (key, value) = entry.map_err(backend)?;
+        match freeze_caller(&key) {
+            Ok(caller) => {
+                if let Err(e) = decode_freeze(caller.clone(), &value) {
+                    problems.push(format!("the freeze of {caller:?}: {e}"));
+                }
+            }
+            Err(e) => problems.push(format!("a freeze's caller: {e}")),
+        }
+    }
+    for entry in meta.scan_prefix(CANARY_PREFIX) {
+        let (key, value) = entry.map_err(backend)?;
+        match decode_canary(&key, &value) {
+            Ok(canary) => {
+                if trees
+                    .records
+                    .contains_key(record_key(canary.id))
+                    .map_err(backend)?
+                {
+                    problems.push(format!("canary {} is also a record", canary.id));
+                }
+            }
+            Err(e) => problems.push(format!("a canary: {e}")),
+        }
+    }
+    Ok(problems)
 }
 
 /// What [`remove_partial_entries`] removed, and what it found and kept.

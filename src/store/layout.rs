@@ -15,7 +15,10 @@
 //! - `meta`: [`CEILING_KEY`] → u64, the sequence's durable ceiling (every
 //!   sequence number below it may have been handed out, so none is handed
 //!   out again); [`EPOCH_PREFIX`] ‖ epoch (8) → empty, every epoch that
-//!   ever handed out ids.
+//!   ever handed out ids; [`COUNTER_PREFIX`] ‖ name → a durable counter,
+//!   [`FREEZE_PREFIX`] ‖ caller → a frozen caller, [`CANARY_PREFIX`] ‖
+//!   record id (16) → a canary (abuse controls: written through the log
+//!   as `WAL_META` entries, like job states).
 
 use super::apply::{Reindexed, Rewritten, Staged};
 use super::{FailureCause, KeyUsage, StorageFailure, StoreError};
@@ -81,6 +84,198 @@ pub(super) const MASTER_PREFIX: &[u8] = b"master/";
 pub(super) const MASTER_FILE_KEY: &[u8] = b"master_file";
 /// The `meta` keys of background jobs' states start with this.
 pub(super) const JOB_PREFIX: &[u8] = b"job/";
+
+/// The `meta` keys of durable counters start with this: `counter/` ‖
+/// name → [`encode_counter`].
+pub(super) const COUNTER_PREFIX: &[u8] = b"counter/";
+/// The `meta` keys of frozen callers start with this: `freeze/` ‖ caller
+/// → [`encode_freeze`]. Keys sort by caller (a `String` orders by its
+/// bytes).
+pub(super) const FREEZE_PREFIX: &[u8] = b"freeze/";
+/// The `meta` keys of canaries start with this: `canary/` ‖ record id (16,
+/// as [`record_key`], so canaries list in id order) → [`encode_canary`].
+pub(super) const CANARY_PREFIX: &[u8] = b"canary/";
+
+const COUNTER_FORMAT: u8 = 1;
+const FREEZE_FORMAT: u8 = 1;
+const CANARY_FORMAT: u8 = 1;
+
+/// The `meta` key of a counter.
+pub(super) fn counter_key(name: &str) -> Vec<u8> {
+    [COUNTER_PREFIX, name.as_bytes()].concat()
+}
+
+/// The `meta` key of a caller's freeze.
+pub(super) fn freeze_key(caller: &str) -> Vec<u8> {
+    [FREEZE_PREFIX, caller.as_bytes()].concat()
+}
+
+/// The `meta` key of a canary.
+pub(super) fn canary_key(id: RecordId) -> Vec<u8> {
+    [CANARY_PREFIX, &record_key(id)[..]].concat()
+}
+
+/// A counter as stored: format (1) ‖ window start (u64 ms) ‖ count (8).
+pub(super) fn encode_counter(window_start_ms: u64, count: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(17);
+    out.push(COUNTER_FORMAT);
+    out.extend_from_slice(&window_start_ms.to_be_bytes());
+    out.extend_from_slice(&count.to_be_bytes());
+    out
+}
+
+/// `(window start, count)` of a stored counter.
+pub(super) fn decode_counter(b: &[u8]) -> Result<(u64, u64), StoreError> {
+    let corrupt = |reason| StoreError::Corrupt {
+        what: "counter",
+        reason,
+    };
+    let mut b = b;
+    if take_as(&mut b, 1, "counter")?[0] != COUNTER_FORMAT {
+        return Err(corrupt("unknown format"));
+    }
+    let window = u64_from(take_as(&mut b, 8, "counter")?)?;
+    let count = u64_from(take_as(&mut b, 8, "counter")?)?;
+    if !b.is_empty() {
+        return Err(corrupt("trailing bytes"));
+    }
+    Ok((window, count))
+}
+
+/// The counter name of a `counter/` key.
+pub(super) fn counter_name(key: &[u8]) -> Result<String, StoreError> {
+    name_after(key, COUNTER_PREFIX, "counter")
+}
+
+/// The caller of a `freeze/` key.
+pub(super) fn freeze_caller(key: &[u8]) -> Result<String, StoreError> {
+    name_after(key, FREEZE_PREFIX, "freeze")
+}
+
+fn name_after(key: &[u8], prefix: &[u8], what: &'static str) -> Result<String, StoreError> {
+    key.strip_prefix(prefix)
+        .and_then(|name| String::from_utf8(name.to_vec()).ok())
+        .ok_or(StoreError::Corrupt {
+            what,
+            reason: "key is not UTF-8",
+        })
+}
+
+/// A freeze as stored (the caller is its key): format (1) ‖ since (u64
+/// ms) ‖ length (4) ‖ reason ‖ length (4) ‖ by.
+pub(super) fn encode_freeze(f: &super::Freeze) -> Vec<u8> {
+    let mut out = Vec::with_capacity(17 + f.reason.len() + f.by.len());
+    out.push(FREEZE_FORMAT);
+    out.extend_from_slice(&f.since_unix_ms.to_be_bytes());
+    put_str(&mut out, &f.reason);
+    put_str(&mut out, &f.by);
+    out
+}
+
+/// Bytes [`encode_freeze`] makes.
+pub(super) fn encoded_freeze_bytes(f: &super::Freeze) -> usize {
+    1 + 8 + 4 + f.reason.len() + 4 + f.by.len()
+}
+
+pub(super) fn decode_freeze(caller: String, b: &[u8]) -> Result<super::Freeze, StoreError> {
+    let mut b = b;
+    if take_as(&mut b, 1, "freeze")?[0] != FREEZE_FORMAT {
+        return Err(StoreError::Corrupt {
+            what: "freeze",
+            reason: "unknown format",
+        });
+    }
+    let since_unix_ms = u64_from(take_as(&mut b, 8, "freeze")?)?;
+    let reason = take_str(&mut b, "freeze")?;
+    let by = take_str(&mut b, "freeze")?;
+    if !b.is_empty() {
+        return Err(StoreError::Corrupt {
+            what: "freeze",
+            reason: "trailing bytes",
+        });
+    }
+    Ok(super::Freeze {
+        caller,
+        since_unix_ms,
+        reason,
+        by,
+    })
+}
+
+/// A canary as stored (the id is its key): format (1) ‖ field kind (1) ‖
+/// created (u64 ms) ‖ length (4) ‖ by.
+pub(super) fn encode_canary(c: &super::Canary) -> Vec<u8> {
+    let mut out = Vec::with_capacity(14 + c.by.len());
+    out.push(CANARY_FORMAT);
+    out.push(c.kind.code());
+    out.extend_from_slice(&c.created_unix_ms.to_be_bytes());
+    put_str(&mut out, &c.by);
+    out
+}
+
+/// Bytes [`encode_canary`] makes.
+pub(super) fn encoded_canary_bytes(c: &super::Canary) -> usize {
+    1 + 1 + 8 + 4 + c.by.len()
+}
+
+/// The canary a `canary/` entry stores.
+pub(super) fn decode_canary(key: &[u8], b: &[u8]) -> Result<super::Canary, StoreError> {
+    let corrupt = |reason| StoreError::Corrupt {
+        what: "canary",
+        reason,
+    };
+    let id = key
+        .strip_prefix(CANARY_PREFIX)
+        .ok_or(corrupt("not a canary key"))
+        .and_then(|id| record_id_from(id).map_err(|_| corrupt("key is not a record id")))?;
+    let mut b = b;
+    if take_as(&mut b, 1, "canary")?[0] != CANARY_FORMAT {
+        return Err(corrupt("unknown format"));
+    }
+    let kind = FieldKind::from_code(take_as(&mut b, 1, "canary")?[0])
+        .ok_or(corrupt("unknown field kind"))?;
+    let created_unix_ms = u64_from(take_as(&mut b, 8, "canary")?)?;
+    let by = take_str(&mut b, "canary")?;
+    if !b.is_empty() {
+        return Err(corrupt("trailing bytes"));
+    }
+    Ok(super::Canary {
+        id,
+        kind,
+        created_unix_ms,
+        by,
+    })
+}
+
+/// Bytes a `meta` entry adds to a frame: tag, key length, key, present
+/// flag, and the value with its length.
+pub(super) fn frame_meta_bytes(key_len: usize, value_len: Option<usize>) -> usize {
+    1 + 4 + key_len + 1 + value_len.map_or(0, |v| 4 + v)
+}
+
+/// Length (4) ‖ UTF-8 bytes.
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// [`take`] for a `meta` value: a short value is `what`, corrupt.
+fn take_as<'a>(b: &mut &'a [u8], n: usize, what: &'static str) -> Result<&'a [u8], StoreError> {
+    take(b, n).map_err(|_| StoreError::Corrupt {
+        what,
+        reason: "cut short",
+    })
+}
+
+/// A length (4) and that many bytes of UTF-8.
+fn take_str(b: &mut &[u8], what: &'static str) -> Result<String, StoreError> {
+    let len = take_as(b, 4, what)?;
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    String::from_utf8(take_as(b, len, what)?.to_vec()).map_err(|_| StoreError::Corrupt {
+        what,
+        reason: "text is not UTF-8",
+    })
+}
 
 /// The `meta` key of a background job's state.
 pub(super) fn job_key(job: super::Job) -> Vec<u8> {
@@ -893,6 +1088,73 @@ mod tests {
         let mut bad = bytes;
         bad[0] = 2;
         assert!(decode_counts(&bad).is_err(), "unknown format");
+    }
+
+    #[test]
+    fn counters_freezes_and_canaries_round_trip_and_damage_is_reported_corrupt() {
+        use crate::store::{Canary, Freeze};
+        let counter = encode_counter(60_000, u64::MAX);
+        assert_eq!(ok(decode_counter(&counter)), (60_000, u64::MAX));
+        assert_eq!(
+            ok(counter_name(&counter_key("reveal/support/callback"))),
+            "reveal/support/callback"
+        );
+        let freeze = Freeze {
+            caller: "spiffe://example.org/support".into(),
+            since_unix_ms: 1_700_000_000_000,
+            reason: "quota hit 3 times in 10 minutes".into(),
+            by: "vault".into(),
+        };
+        let frozen = encode_freeze(&freeze);
+        assert_eq!(frozen.len(), encoded_freeze_bytes(&freeze));
+        let caller = ok(freeze_caller(&freeze_key(&freeze.caller)));
+        assert_eq!(ok(decode_freeze(caller.clone(), &frozen)), freeze);
+        let canary = Canary {
+            id: RecordId::new(77, 5),
+            kind: FieldKind::Email,
+            created_unix_ms: 9,
+            by: "admin".into(),
+        };
+        let key = canary_key(canary.id);
+        let bytes = encode_canary(&canary);
+        assert_eq!(bytes.len(), encoded_canary_bytes(&canary));
+        assert_eq!(ok(decode_canary(&key, &bytes)), canary);
+        // Canary keys sort as record ids do.
+        assert!(canary_key(RecordId::new(2, 9)) < canary_key(RecordId::new(256, 1)));
+        let corrupt = |r: Result<(), StoreError>, what: &str| {
+            assert!(
+                matches!(&r, Err(StoreError::Corrupt { what: w, .. }) if *w == what),
+                "{what}: {r:?}"
+            );
+        };
+        for (bytes, what) in [
+            (&counter, "counter"),
+            (&frozen, "freeze"),
+            (&bytes, "canary"),
+        ] {
+            let decode = |b: &[u8]| match what {
+                "counter" => decode_counter(b).map(drop),
+                "freeze" => decode_freeze(caller.clone(), b).map(drop),
+                _ => decode_canary(&key, b).map(drop),
+            };
+            for cut in 0..bytes.len() {
+                corrupt(decode(&bytes[..cut]), what);
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            corrupt(decode(&longer), what);
+            let mut format = bytes.clone();
+            format[0] = 2;
+            corrupt(decode(&format), what);
+        }
+        let mut kind = bytes.clone();
+        kind[1] = 99;
+        corrupt(decode_canary(&key, &kind).map(drop), "canary");
+        corrupt(decode_canary(b"canary/short", &bytes).map(drop), "canary");
+        let mut not_utf8 = frozen.clone();
+        not_utf8[1 + 8 + 4] = 0xff;
+        corrupt(decode_freeze(caller, &not_utf8).map(drop), "freeze");
+        corrupt(freeze_caller(b"freeze/\xff").map(drop), "freeze");
     }
 
     #[test]

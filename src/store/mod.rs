@@ -79,7 +79,20 @@ pub enum StoreError {
     /// keys (another key change came first); nothing changed.
     #[error("the keys changed while they were re-wrapped; nothing changed, try again")]
     KeysChanged,
+    /// A counter name, caller, reason or operator name is longer than the
+    /// store keeps ([`MAX_NAME_BYTES`]); nothing was written.
+    #[error("{what} is {bytes} bytes, more than the {limit} bytes the store keeps")]
+    TooLong {
+        what: &'static str,
+        bytes: usize,
+        limit: usize,
+    },
 }
+
+/// The longest counter name, caller, freeze reason or operator name
+/// ("by") the store keeps, in bytes: room for a SPIFFE ID (at most 2048
+/// bytes) and a rule name (at most 200) in one counter name.
+pub const MAX_NAME_BYTES: usize = 4096;
 
 impl StoreError {
     /// Whether the stored data itself is bad (tampered or corrupt), as
@@ -93,7 +106,8 @@ impl StoreError {
             | Self::TooLarge { .. }
             | Self::StaleKey { .. }
             | Self::KeyInUse { .. }
-            | Self::KeysChanged => false,
+            | Self::KeysChanged
+            | Self::TooLong { .. } => false,
         }
     }
 
@@ -107,7 +121,8 @@ impl StoreError {
             | Self::Damaged(_)
             | Self::StaleKey { .. }
             | Self::KeyInUse { .. }
-            | Self::KeysChanged => None,
+            | Self::KeysChanged
+            | Self::TooLong { .. } => None,
         }
     }
 }

@@ -19,7 +19,9 @@
 //! After each cut the store is reopened (sometimes with a second cut while
 //! it replays the log) and must hold every record it acknowledged, with
 //! each deterministic value still on its first record, every acknowledged
-//! key, and a clean integrity check; and across every cut the sequence
+//! key and freeze, a counter at least as high as its acknowledged charges
+//! (and no higher than the charges tried), and a clean integrity check;
+//! and across every cut the sequence
 //! never hands out one record id twice (ids taken by writes the cut lost
 //! included).
 //!
@@ -32,7 +34,7 @@
 
 use super::file::{FileSystem, StorageFile};
 use super::sled_store::{SledConfig, SledStore, StoreIo};
-use super::{NewRecord, Store};
+use super::{Charge, Charged, Freeze, NewRecord, Store};
 use crate::crypto::{BlindIndex, KeyPurpose, KeyVersion, SealedRecord, WrappedKey, NONCE_LEN};
 use crate::domain::{FieldKind, RecordId};
 use std::collections::HashMap;
@@ -368,7 +370,16 @@ struct Acked {
     /// Every id the sequence handed out, acknowledged or not, across every
     /// power cut: none may come twice.
     allocated: std::collections::HashSet<RecordId>,
+    /// Charges of 1 to [`COUNTER`] acknowledged, and tried (a charge whose
+    /// call failed may or may not be logged): the count lies between.
+    charges: u64,
+    charges_tried: u64,
+    /// Callers whose freeze was acknowledged.
+    frozen: Vec<String>,
 }
+
+/// The counter the workload charges.
+const COUNTER: &str = "power/charges";
 
 fn sealed(n: u64) -> SealedRecord {
     let mut ciphertext = n.to_be_bytes().to_vec();
@@ -459,6 +470,46 @@ async fn write_until_cut(chain: &Chain, store: &SledStore, seed: u64) {
         tasks.push(tokio::spawn(async move {
             use std::sync::atomic::Ordering::Relaxed;
             loop {
+                if task == 3 && rng.below(6) == 0 {
+                    acked.lock().unwrap().charges_tried += 1;
+                    let charge = Charge {
+                        counter: COUNTER.to_owned(),
+                        window_start_ms: 0,
+                        amount: 1,
+                        limit: None,
+                    };
+                    match store.charge(vec![charge]).await {
+                        Ok(Charged::Added(counts)) => {
+                            let mut acked = acked.lock().unwrap();
+                            acked.charges += 1;
+                            assert!(
+                                (acked.charges..=acked.charges_tried).contains(&counts[0]),
+                                "count {} after {} acknowledged charges of {} tried",
+                                counts[0],
+                                acked.charges,
+                                acked.charges_tried
+                            );
+                        }
+                        Ok(over) => panic!("a charge without a limit: {over:?}"),
+                        Err(_) => return,
+                    }
+                    continue;
+                }
+                if task == 3 && rng.below(20) == 0 {
+                    let caller = format!("power-{}", next.fetch_add(1, Relaxed));
+                    let freeze = Freeze {
+                        caller: caller.clone(),
+                        since_unix_ms: 1,
+                        reason: "power-loss test".to_owned(),
+                        by: "vault".to_owned(),
+                    };
+                    match store.freeze(freeze).await {
+                        Ok(None) => acked.lock().unwrap().frozen.push(caller),
+                        Ok(Some(f)) => panic!("{caller} was frozen already: {f:?}"),
+                        Err(_) => return,
+                    }
+                    continue;
+                }
                 if task == 3 && rng.below(25) == 0 {
                     let version = next.fetch_add(1, Relaxed) as u32 + 2;
                     match store.insert_keys(vec![key(version)]).await {
@@ -550,6 +601,33 @@ async fn verify(chain: &Chain, store: &SledStore) {
     }
     let report = store.check_integrity().await.unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let count = store
+        .counters()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.counter == COUNTER)
+        .map_or(0, |c| c.count);
+    let frozen = {
+        let mut acked = chain.acked();
+        assert!(
+            (acked.charges..=acked.charges_tried).contains(&count),
+            "count {count} after {} acknowledged charges of {} tried",
+            acked.charges,
+            acked.charges_tried
+        );
+        // From here on the count is durable (the reopen checkpointed it).
+        acked.charges = count;
+        acked.charges_tried = count;
+        acked.frozen.clone()
+    };
+    for caller in &frozen {
+        assert!(
+            store.frozen(caller).await.unwrap().is_some(),
+            "acknowledged freeze of {caller} lost"
+        );
+    }
+    assert!(store.freezes().await.unwrap().len() >= frozen.len());
     for (value, token) in det {
         let value = DET_BASE + u64::from(value);
         let id = store.allocate(1).await.unwrap()[0];

@@ -11,18 +11,19 @@ use super::file::{FileSystem, RealFs};
 use super::group_commit::GroupCommit;
 use super::integrity;
 use super::layout::{
-    backend, data_file_path, decode_counts, decode_key, decode_key_info, decode_record,
-    index_entry, index_from, index_prefix, job_key, key_id, record_id_from, record_key,
-    sled_failure, u64_from, Ceiling, CEILING_KEY, COUNTS_KEY, EPOCH_PREFIX, FORMAT_KEY,
+    backend, canary_key, counter_name, data_file_path, decode_canary, decode_counter,
+    decode_counts, decode_key, decode_key_info, decode_record, index_entry, index_from,
+    index_prefix, job_key, key_id, record_id_from, record_key, sled_failure, u64_from, Ceiling,
+    CANARY_PREFIX, CEILING_KEY, COUNTER_PREFIX, COUNTS_KEY, EPOCH_PREFIX, FORMAT_KEY,
     KEY_INFO_PREFIX, MASTER_FILE_KEY, MASTER_PREFIX, OLD_LAYOUT, STORE_FORMAT, WAL_FILE,
 };
 use super::sequence::Sequence;
 use super::wal::{Wal, WalError};
-use super::writer::{stored_ceiling, SledWriter, Trees, Write, Written};
+use super::writer::{stored_ceiling, CanaryIds, Frozen, SledWriter, Trees, Write, Written};
 use super::{
     Canary, Charge, Charged, CounterValue, FailureCause, Freeze, IndexEntry, IntegrityReport, Job,
     KeyCatalog, KeyChange, KeyInfo, KeyUsage, NewRecord, RecordRead, Reindex, Rewrite,
-    StorageFailure, Store, StoreError,
+    StorageFailure, Store, StoreError, MAX_NAME_BYTES,
 };
 use crate::crypto::{BlindIndex, KeyPurpose, KeyVersion, WrappedKey};
 use crate::domain::RecordId;
@@ -58,6 +59,10 @@ struct Inner {
     epochs: HashSet<u64>,
     /// Records (index entries) per key version (the writer counts).
     usage: Arc<Mutex<KeyUsage>>,
+    /// The frozen callers (the writer keeps them).
+    frozen: Frozen,
+    /// The canaries' ids (the writer keeps them).
+    canary_ids: CanaryIds,
     commit: GroupCommit<SledWriter>,
     #[cfg(test)]
     faults: Arc<super::writer::Faults>,
@@ -243,7 +248,11 @@ impl SledStore {
             writer.set_usage(usage);
         }
         writer.load_retired_keys()?;
+        writer.load_freezes()?;
+        writer.load_canary_ids()?;
         let usage = writer.usage();
+        let frozen = writer.frozen();
+        let canary_ids = writer.canary_ids();
         let mut epochs = stored_epochs(&meta)?;
         let (next, ceiling) = open_sequence(&trees, &meta, &epochs)?;
         let epoch = new_epoch(&epochs);
@@ -262,6 +271,8 @@ impl SledStore {
                 sequence,
                 epochs,
                 usage,
+                frozen,
+                canary_ids,
                 commit,
                 #[cfg(test)]
                 faults,
@@ -333,39 +344,173 @@ impl SledStore {
     }
 }
 
-// TODO(issue 14): the sled implementation of counters, freezes and canaries.
-fn not_yet() -> StoreError {
-    StoreError::Backend(StorageFailure::internal("not implemented yet"))
+/// `TooLong` if `text` (a counter name, a caller, …) is longer than the
+/// store keeps.
+fn check_len(what: &'static str, text: &str) -> Result<(), StoreError> {
+    if text.len() > MAX_NAME_BYTES {
+        return Err(StoreError::TooLong {
+            what,
+            bytes: text.len(),
+            limit: MAX_NAME_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// The canary of each id: `None` from memory for an id that is not one,
+/// the canary from `meta` for one that is.
+fn read_canaries(inner: &Inner, ids: &[RecordId]) -> Result<Vec<Option<Canary>>, StoreError> {
+    let hits: Vec<bool> = {
+        let canaries = inner.canary_ids.read().unwrap_or_else(|p| p.into_inner());
+        ids.iter().map(|id| canaries.contains(id)).collect()
+    };
+    ids.iter()
+        .zip(hits)
+        .map(|(&id, hit)| {
+            if !hit {
+                return Ok(None);
+            }
+            let key = canary_key(id);
+            match inner.meta.get(&key).map_err(backend)? {
+                Some(bytes) => decode_canary(&key, &bytes).map(Some),
+                None => Ok(None),
+            }
+        })
+        .collect()
 }
 
 #[async_trait]
 impl Store for SledStore {
-    async fn charge(&self, _charges: Vec<Charge>) -> Result<Charged, StoreError> {
-        Err(not_yet())
+    async fn charge(&self, charges: Vec<Charge>) -> Result<Charged, StoreError> {
+        for c in &charges {
+            check_len("counter name", &c.counter)?;
+        }
+        if charges.is_empty() {
+            return Ok(Charged::Added(Vec::new()));
+        }
+        match self.inner.commit.submit(Write::Charge(charges)).await? {
+            Written::Charged(charged) => Ok(charged),
+            _ => Err(unexpected("a charge")),
+        }
     }
+
+    async fn reset_counters(&self, counters: Vec<String>) -> Result<(), StoreError> {
+        for c in &counters {
+            check_len("counter name", c)?;
+        }
+        if counters.is_empty() {
+            return Ok(());
+        }
+        match self
+            .inner
+            .commit
+            .submit(Write::ResetCounters(counters))
+            .await?
+        {
+            Written::Changed => Ok(()),
+            _ => Err(unexpected("a counter reset")),
+        }
+    }
+
     async fn counters(&self) -> Result<Vec<CounterValue>, StoreError> {
-        Err(not_yet())
+        // Counters change in `meta` before a charge is answered: no overlay.
+        self.blocking(|inner| {
+            let mut out = Vec::new();
+            for entry in inner.meta.scan_prefix(COUNTER_PREFIX) {
+                let (key, value) = entry.map_err(backend)?;
+                let (window_start_ms, count) = decode_counter(&value)?;
+                out.push(CounterValue {
+                    counter: counter_name(&key)?,
+                    window_start_ms,
+                    count,
+                });
+            }
+            Ok(out)
+        })
+        .await
     }
-    async fn freeze(&self, _freeze: Freeze) -> Result<Option<Freeze>, StoreError> {
-        Err(not_yet())
+
+    async fn freeze(&self, freeze: Freeze) -> Result<Option<Freeze>, StoreError> {
+        check_len("caller", &freeze.caller)?;
+        check_len("freeze reason", &freeze.reason)?;
+        check_len("freeze `by`", &freeze.by)?;
+        match self.inner.commit.submit(Write::Freeze(freeze)).await? {
+            Written::Freeze(existing) => Ok(existing),
+            _ => Err(unexpected("a freeze")),
+        }
     }
-    async fn unfreeze(&self, _caller: &str) -> Result<Option<Freeze>, StoreError> {
-        Err(not_yet())
+
+    async fn unfreeze(&self, caller: &str) -> Result<Option<Freeze>, StoreError> {
+        check_len("caller", caller)?;
+        match self
+            .inner
+            .commit
+            .submit(Write::Unfreeze(caller.to_owned()))
+            .await?
+        {
+            Written::Freeze(lifted) => Ok(lifted),
+            _ => Err(unexpected("an unfreeze")),
+        }
     }
-    async fn frozen(&self, _caller: &str) -> Result<Option<Freeze>, StoreError> {
-        Ok(None)
+
+    async fn frozen(&self, caller: &str) -> Result<Option<Freeze>, StoreError> {
+        // Memory only: the writer changes the map before it answers a
+        // freeze or an unfreeze.
+        Ok(self
+            .inner
+            .frozen
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(caller)
+            .cloned())
     }
+
     async fn freezes(&self) -> Result<Vec<Freeze>, StoreError> {
-        Ok(Vec::new())
+        Ok(self
+            .inner
+            .frozen
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect())
     }
-    async fn add_canaries(&self, _canaries: Vec<Canary>) -> Result<(), StoreError> {
-        Err(not_yet())
+
+    async fn add_canaries(&self, canaries: Vec<Canary>) -> Result<(), StoreError> {
+        for c in &canaries {
+            check_len("canary `by`", &c.by)?;
+        }
+        if canaries.is_empty() {
+            return Ok(());
+        }
+        match self.inner.commit.submit(Write::Canaries(canaries)).await? {
+            Written::Changed => Ok(()),
+            _ => Err(unexpected("a canary write")),
+        }
     }
+
     async fn canaries_of(&self, ids: Vec<RecordId>) -> Result<Vec<Option<Canary>>, StoreError> {
-        Ok(vec![None; ids.len()])
+        // On the detokenize path: ids that are no canary are answered from
+        // memory; a few point reads of canaries inline, as `get_records`
+        // does.
+        if ids.len() <= INLINE_READS {
+            return read_canaries(&self.inner, &ids);
+        }
+        self.blocking(move |inner| read_canaries(inner, &ids)).await
     }
+
     async fn canaries(&self) -> Result<Vec<Canary>, StoreError> {
-        Ok(Vec::new())
+        self.blocking(|inner| {
+            inner
+                .meta
+                .scan_prefix(CANARY_PREFIX)
+                .map(|entry| {
+                    let (key, value) = entry.map_err(backend)?;
+                    decode_canary(&key, &value)
+                })
+                .collect()
+        })
+        .await
     }
     async fn keys(&self) -> Result<Vec<WrappedKey>, StoreError> {
         self.blocking(|inner| {
@@ -455,6 +600,9 @@ impl Store for SledStore {
                 stored_ceiling(&inner.meta)?,
                 &stored_epochs(&inner.meta)?,
             )?;
+            report
+                .problems
+                .extend(integrity::check_abuse_controls(&inner.meta, &inner.trees)?);
             let counted = integrity::count_usage(&inner.trees)?;
             if counted != kept {
                 report.problems.push(format!(
@@ -730,11 +878,6 @@ impl Store for SledStore {
             Written::Changed => Ok(()),
             _ => Err(unexpected("a job state")),
         }
-    }
-
-    // TODO(issue 14): merge with the sled implementation of counters.
-    async fn reset_counters(&self, _counters: Vec<String>) -> Result<(), StoreError> {
-        Err(not_yet())
     }
 }
 
@@ -2742,5 +2885,710 @@ mod tests {
             ok(store.keys().await),
             vec![key(KeyPurpose::Data), key(KeyPurpose::Index)]
         );
+    }
+
+    // Durable counters, freezes and canaries (issue 14).
+
+    fn charge(counter: &str, window_start_ms: u64, amount: u64, limit: Option<u64>) -> Charge {
+        Charge {
+            counter: counter.to_owned(),
+            window_start_ms,
+            amount,
+            limit,
+        }
+    }
+
+    fn counter(name: &str, window_start_ms: u64, count: u64) -> CounterValue {
+        CounterValue {
+            counter: name.to_owned(),
+            window_start_ms,
+            count,
+        }
+    }
+
+    fn freeze_of(caller: &str, since_unix_ms: u64, reason: &str) -> Freeze {
+        Freeze {
+            caller: caller.to_owned(),
+            since_unix_ms,
+            reason: reason.to_owned(),
+            by: "vault".to_owned(),
+        }
+    }
+
+    fn canary(id: RecordId, kind: FieldKind) -> Canary {
+        Canary {
+            id,
+            kind,
+            created_unix_ms: 1_700_000_000_000 + id.seq,
+            by: "admin".to_owned(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_charge_adds_each_amount_to_its_counter_and_returns_the_new_counts() {
+        let dir = ok(tempfile::tempdir());
+        let store = open(dir.path());
+        assert!(ok(store.counters().await).is_empty());
+        assert_eq!(
+            ok(store
+                .charge(vec![
+                    charge("reveal/support/callback/minute", 60_000, 3, Some(60)),
+                    charge("reveal/support/callback/day", 0, 3, Some(2000)),
+                ])
+                .await),
+            Charged::Added(vec![3, 3])
+        );
+        assert_eq!(
+            ok(store
+                .charge(vec![
+                    charge("reveal/support/callback/minute", 60_000, 57, Some(60)),
+                    charge("reveal/support/callback/day", 0, 57, None),
+                ])
+                .await),
+            Charged::Added(vec![60, 60]),
+            "a count may reach its limit"
+        );
+        assert_eq!(
+            ok(store.counters().await),
+            vec![
+                counter("reveal/support/callback/day", 0, 60),
+                counter("reveal/support/callback/minute", 60_000, 60),
+            ]
+        );
+        assert_eq!(
+            ok(store.charge(Vec::new()).await),
+            Charged::Added(Vec::new())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reset_counter_starts_from_zero_and_stays_reset_after_a_reopen() {
+        let dir = ok(tempfile::tempdir());
+        {
+            let store = open(dir.path());
+            ok(store
+                .charge(vec![
+                    charge("hits/support", 0, 3, None),
+                    charge("unknown/support", 0, 7, None),
+                    charge("q/support", 0, 5, None),
+                ])
+                .await);
+            ok(store
+                .reset_counters(vec![
+                    "hits/support".into(),
+                    "unknown/support".into(),
+                    "absent".into(),
+                ])
+                .await);
+            assert_eq!(ok(store.counters().await), vec![counter("q/support", 0, 5)]);
+            assert_eq!(
+                ok(store
+                    .charge(vec![charge("hits/support", 0, 1, Some(1))])
+                    .await),
+                Charged::Added(vec![1])
+            );
+            ok(store.reset_counters(Vec::new()).await);
+        }
+        let store = open(dir.path());
+        assert_eq!(
+            ok(store.counters().await),
+            vec![counter("hits/support", 0, 1), counter("q/support", 0, 5)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_charge_over_its_limit_adds_nothing_of_the_call_and_names_the_charge_and_its_count() {
+        let dir = ok(tempfile::tempdir());
+        let store = open(dir.path());
+        ok(store
+            .charge(vec![charge("minute", 60_000, 58, Some(60))])
+            .await);
+        // The second charge passes its limit: the first adds nothing either.
+        assert_eq!(
+            ok(store
+                .charge(vec![
+                    charge("day", 0, 5, Some(2000)),
+                    charge("minute", 60_000, 3, Some(60)),
+                ])
+                .await),
+            Charged::Over {
+                index: 1,
+                count: 58
+            }
+        );
+        assert_eq!(
+            ok(store.counters().await),
+            vec![counter("minute", 60_000, 58)]
+        );
+        // Two charges of one counter in one call see each other; over, the
+        // count named is what the counter holds (nothing of the call).
+        assert_eq!(
+            ok(store
+                .charge(vec![
+                    charge("minute", 60_000, 1, Some(60)),
+                    charge("minute", 60_000, 2, Some(60)),
+                ])
+                .await),
+            Charged::Over {
+                index: 1,
+                count: 58
+            }
+        );
+        assert_eq!(
+            ok(store
+                .charge(vec![
+                    charge("minute", 60_000, 1, Some(60)),
+                    charge("minute", 60_000, 1, Some(60)),
+                ])
+                .await),
+            Charged::Added(vec![59, 60])
+        );
+        assert_eq!(
+            ok(store
+                .charge(vec![charge("minute", 60_000, 1, Some(60))])
+                .await),
+            Charged::Over {
+                index: 0,
+                count: 60
+            }
+        );
+        assert_eq!(
+            ok(store.counters().await),
+            vec![counter("minute", 60_000, 60)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_charge_of_a_later_window_starts_from_zero_and_one_of_an_earlier_window_adds_to_the_later(
+    ) {
+        let dir = ok(tempfile::tempdir());
+        let store = open(dir.path());
+        ok(store
+            .charge(vec![charge("minute", 60_000, 60, Some(60))])
+            .await);
+        assert_eq!(
+            ok(store
+                .charge(vec![charge("minute", 120_000, 5, Some(60))])
+                .await),
+            Charged::Added(vec![5]),
+            "the earlier window's count is dropped"
+        );
+        // A clock that went back: the stored later window is kept.
+        assert_eq!(
+            ok(store
+                .charge(vec![charge("minute", 60_000, 2, Some(60))])
+                .await),
+            Charged::Added(vec![7])
+        );
+        assert_eq!(
+            ok(store.counters().await),
+            vec![counter("minute", 120_000, 7)]
+        );
+        // Over the limit in a new window: the count named is that window's.
+        assert_eq!(
+            ok(store
+                .charge(vec![charge("minute", 180_000, 61, Some(60))])
+                .await),
+            Charged::Over { index: 0, count: 0 }
+        );
+        assert_eq!(
+            ok(store.counters().await),
+            vec![counter("minute", 120_000, 7)]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_charges_of_one_counter_never_pass_its_limit_together() {
+        let dir = ok(tempfile::tempdir());
+        let store = open(dir.path());
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut added = 0u64;
+                for _ in 0..10 {
+                    let got = store
+                        .charge(vec![
+                            charge("shared", 60_000, 1, Some(100)),
+                            charge("total", 0, 1, None),
+                        ])
+                        .await;
+                    match got {
+                        Ok(Charged::Added(counts)) => {
+                            assert!(counts[0] <= 100, "{counts:?}");
+                            added += 1;
+                        }
+                        Ok(Charged::Over { index: 0, count }) => assert_eq!(count, 100),
+                        other => panic!("{other:?}"),
+                    }
+                }
+                added
+            }));
+        }
+        let mut added = 0;
+        for t in tasks {
+            added += ok(t.await);
+        }
+        assert_eq!(added, 100, "exactly the limit's worth was added");
+        assert_eq!(
+            ok(store.counters().await),
+            vec![counter("shared", 60_000, 100), counter("total", 0, 100)],
+            "an over-limit call added nothing to its other counter"
+        );
+    }
+
+    #[tokio::test]
+    async fn freezing_a_frozen_caller_returns_its_first_freeze_and_changes_nothing() {
+        let dir = ok(tempfile::tempdir());
+        let store = open(dir.path());
+        let first = freeze_of("spiffe://example.org/support", 1000, "quota hit 3 times");
+        assert_eq!(ok(store.frozen(&first.caller).await), None);
+        assert_eq!(ok(store.freeze(first.clone()).await), None);
+        assert_eq!(
+            ok(store
+                .freeze(freeze_of(&first.caller, 2000, "canary token"))
+                .await),
+            Some(first.clone())
+        );
+        assert_eq!(ok(store.frozen(&first.caller).await), Some(first.clone()));
+        assert_eq!(ok(store.freezes().await), vec![first.clone()]);
+        // Frozen in one group with a second freeze of the same caller.
+        let (a, b) = tokio::join!(
+            store.freeze(freeze_of("courier", 5, "scan")),
+            store.freeze(freeze_of("courier", 6, "scan"))
+        );
+        let (a, b) = (ok(a), ok(b));
+        assert!(
+            a.is_none() != b.is_none(),
+            "one freezes, the other finds it: {a:?} {b:?}"
+        );
+        let kept = ok(store.frozen("courier").await);
+        assert!(kept.is_some() && a.or(b) == kept, "{kept:?}");
+        assert_eq!(
+            ok(store.freezes().await)
+                .into_iter()
+                .map(|f| f.caller)
+                .collect::<Vec<_>>(),
+            vec!["courier".to_owned(), first.caller.clone()],
+            "in caller order"
+        );
+    }
+
+    #[tokio::test]
+    async fn unfreeze_lifts_a_freeze_and_returns_none_for_a_caller_that_is_not_frozen() {
+        let dir = ok(tempfile::tempdir());
+        let store = open(dir.path());
+        assert_eq!(ok(store.unfreeze("support").await), None);
+        let f = freeze_of("support", 1000, "canary token");
+        ok(store.freeze(f.clone()).await);
+        assert_eq!(ok(store.unfreeze("support").await), Some(f));
+        assert_eq!(ok(store.frozen("support").await), None);
+        assert!(ok(store.freezes().await).is_empty());
+        assert_eq!(ok(store.unfreeze("support").await), None);
+        // Frozen again afterwards, with the new freeze.
+        let again = freeze_of("support", 3000, "scan");
+        assert_eq!(ok(store.freeze(again.clone()).await), None);
+        assert_eq!(ok(store.frozen("support").await), Some(again));
+    }
+
+    #[tokio::test]
+    async fn canaries_of_answers_in_order_with_none_for_ids_that_are_not_canaries() {
+        let dir = ok(tempfile::tempdir());
+        let store = open(dir.path());
+        let [a, b, c, record_id] = ids(&store).await;
+        ok(store
+            .insert_records(vec![new(record_id, FieldKind::Phone, 1, false)])
+            .await);
+        // Added out of id order, in two calls.
+        ok(store.add_canaries(vec![canary(c, FieldKind::Email)]).await);
+        ok(store.add_canaries(vec![canary(a, FieldKind::Phone)]).await);
+        assert_eq!(
+            ok(store.canaries_of(vec![c, record_id, a, b]).await),
+            vec![
+                Some(canary(c, FieldKind::Email)),
+                None,
+                Some(canary(a, FieldKind::Phone)),
+                None
+            ]
+        );
+        assert_eq!(
+            ok(store.canaries().await),
+            vec![canary(a, FieldKind::Phone), canary(c, FieldKind::Email)],
+            "in id order"
+        );
+        // A batch larger than the inline reads answers the same.
+        let many: Vec<RecordId> = std::iter::repeat_n([a, b], 10).flatten().collect();
+        let got = ok(store.canaries_of(many).await);
+        assert_eq!(got.len(), 20);
+        assert!(got
+            .chunks(2)
+            .all(|p| p == [Some(canary(a, FieldKind::Phone)), None]));
+    }
+
+    #[tokio::test]
+    async fn a_canary_whose_id_was_never_handed_out_or_is_taken_fails_its_call_and_stores_nothing()
+    {
+        let dir = ok(tempfile::tempdir());
+        let store = open(dir.path());
+        let [a, b, taken] = ids(&store).await;
+        let beyond = RecordId::new(a.seq + 10 * super::super::sequence::CEILING_STEP, a.epoch);
+        let other_epoch = RecordId::new(a.seq, (a.epoch + 1) % RecordId::EPOCH_LIMIT);
+        for bad in [beyond, other_epoch] {
+            let refused = store
+                .add_canaries(vec![
+                    canary(a, FieldKind::Phone),
+                    canary(bad, FieldKind::Phone),
+                ])
+                .await;
+            assert!(
+                matches!(&refused, Err(StoreError::Backend(f)) if f.detail.contains("never handed out")),
+                "{bad} {a} {refused:?}"
+            );
+        }
+        let twice = store
+            .add_canaries(vec![
+                canary(a, FieldKind::Phone),
+                canary(a, FieldKind::Email),
+            ])
+            .await;
+        assert!(
+            matches!(twice, Err(StoreError::AlreadyExists("canary"))),
+            "{twice:?}"
+        );
+        ok(store
+            .insert_records(vec![new(taken, FieldKind::Phone, 1, false)])
+            .await);
+        let record = store
+            .add_canaries(vec![
+                canary(a, FieldKind::Phone),
+                canary(taken, FieldKind::Phone),
+            ])
+            .await;
+        assert!(
+            matches!(record, Err(StoreError::AlreadyExists(_))),
+            "{record:?}"
+        );
+        assert!(ok(store.canaries().await).is_empty(), "nothing was stored");
+        ok(store.add_canaries(vec![canary(b, FieldKind::Phone)]).await);
+        let again = store
+            .add_canaries(vec![
+                canary(a, FieldKind::Phone),
+                canary(b, FieldKind::Phone),
+            ])
+            .await;
+        assert!(
+            matches!(again, Err(StoreError::AlreadyExists("canary"))),
+            "{again:?}"
+        );
+        assert_eq!(
+            ok(store.canaries().await),
+            vec![canary(b, FieldKind::Phone)]
+        );
+        assert!(store.failure().is_none(), "the store goes on");
+    }
+
+    #[tokio::test]
+    async fn a_name_longer_than_the_store_keeps_is_refused_with_its_field_and_nothing_is_written() {
+        let dir = ok(tempfile::tempdir());
+        let store = open(dir.path());
+        let long = "x".repeat(MAX_NAME_BYTES + 1);
+        let just = "y".repeat(MAX_NAME_BYTES);
+        let too_long = |r: Result<(), StoreError>, field: &str| match r {
+            Err(StoreError::TooLong { what, bytes, limit }) => {
+                assert_eq!(
+                    (what, bytes, limit),
+                    (field, MAX_NAME_BYTES + 1, MAX_NAME_BYTES)
+                );
+            }
+            other => panic!("{field}: {other:?}"),
+        };
+        too_long(
+            store
+                .charge(vec![charge("ok", 0, 1, None), charge(&long, 0, 1, None)])
+                .await
+                .map(drop),
+            "counter name",
+        );
+        too_long(
+            store.freeze(freeze_of(&long, 1, "scan")).await.map(drop),
+            "caller",
+        );
+        too_long(
+            store.freeze(freeze_of("support", 1, &long)).await.map(drop),
+            "freeze reason",
+        );
+        too_long(
+            store
+                .freeze(Freeze {
+                    by: long.clone(),
+                    ..freeze_of("support", 1, "scan")
+                })
+                .await
+                .map(drop),
+            "freeze `by`",
+        );
+        too_long(store.unfreeze(&long).await.map(drop), "caller");
+        let [a] = ids(&store).await;
+        too_long(
+            store
+                .add_canaries(vec![Canary {
+                    by: long.clone(),
+                    ..canary(a, FieldKind::Phone)
+                }])
+                .await,
+            "canary `by`",
+        );
+        assert!(ok(store.counters().await).is_empty());
+        assert!(ok(store.freezes().await).is_empty());
+        assert!(ok(store.canaries().await).is_empty());
+        // At the bound, they are kept.
+        ok(store.charge(vec![charge(&just, 0, 1, None)]).await);
+        ok(store.freeze(freeze_of(&just, 1, &just)).await);
+        assert_eq!(ok(store.counters().await), vec![counter(&just, 0, 1)]);
+        assert_eq!(
+            ok(store.frozen(&just).await),
+            Some(freeze_of(&just, 1, &just))
+        );
+    }
+
+    /// What `abuse_state` writes, as read back.
+    async fn assert_abuse_state(store: &SledStore, [a, b]: [RecordId; 2], when: &str) {
+        assert_eq!(
+            ok(store.counters().await),
+            vec![counter("day", 0, 7), counter("minute", 60_000, 5)],
+            "{when}"
+        );
+        assert_eq!(
+            ok(store.frozen("support").await),
+            Some(freeze_of("support", 1000, "quota hit 3 times")),
+            "{when}"
+        );
+        assert_eq!(ok(store.frozen("courier").await), None, "{when}");
+        assert_eq!(
+            ok(store.freezes().await),
+            vec![freeze_of("support", 1000, "quota hit 3 times")],
+            "{when}"
+        );
+        assert_eq!(
+            ok(store.canaries_of(vec![a, b]).await),
+            vec![
+                Some(canary(a, FieldKind::Phone)),
+                Some(canary(b, FieldKind::Email))
+            ],
+            "{when}"
+        );
+        // The counts go on from where they were.
+        assert_eq!(
+            ok(store
+                .charge(vec![charge("minute", 60_000, 1, Some(5))])
+                .await),
+            Charged::Over { index: 0, count: 5 },
+            "{when}"
+        );
+    }
+
+    /// Charges, two freezes (one lifted) and two canaries.
+    async fn abuse_state(store: &SledStore) -> [RecordId; 2] {
+        let [a, b] = ids(store).await;
+        ok(store
+            .charge(vec![
+                charge("minute", 60_000, 3, Some(5)),
+                charge("day", 0, 3, None),
+            ])
+            .await);
+        ok(store
+            .charge(vec![
+                charge("minute", 60_000, 2, Some(5)),
+                charge("day", 0, 4, None),
+            ])
+            .await);
+        ok(store
+            .freeze(freeze_of("support", 1000, "quota hit 3 times"))
+            .await);
+        ok(store.freeze(freeze_of("courier", 1000, "scan")).await);
+        ok(store.unfreeze("courier").await);
+        ok(store
+            .add_canaries(vec![
+                canary(a, FieldKind::Phone),
+                canary(b, FieldKind::Email),
+            ])
+            .await);
+        [a, b]
+    }
+
+    #[tokio::test]
+    async fn counts_freezes_and_canaries_survive_a_clean_reopen() {
+        let dir = ok(tempfile::tempdir());
+        let ids = {
+            let store = open(dir.path());
+            abuse_state(&store).await
+        };
+        let store = open(dir.path());
+        assert_abuse_state(&store, ids, "after a reopen").await;
+    }
+
+    #[tokio::test]
+    async fn counts_freezes_and_canaries_logged_before_a_crash_are_replayed_on_open() {
+        let dir = ok(tempfile::tempdir());
+        let ids = {
+            let store = open(dir.path());
+            let ids = abuse_state(&store).await;
+            // The checkpoint after one more write fails: the writer stops,
+            // nothing is checkpointed (not even at close), so the log keeps
+            // every frame since the open, as a crash leaves it.
+            store.fail_next_checkpoint(5);
+            ok(store.charge(vec![charge("day", 0, 0, None)]).await);
+            assert!(store.failure().is_some());
+            ids
+        };
+        // As if the process died before sled wrote the `meta` tree: only
+        // the log holds the state.
+        edit_closed(dir.path(), |db| {
+            let meta = ok(db.open_tree("meta"));
+            for prefix in [&b"counter/"[..], b"freeze/", b"canary/"] {
+                for key in meta.scan_prefix(prefix).keys() {
+                    ok(meta.remove(ok(key)));
+                }
+            }
+        });
+        let store = open(dir.path());
+        assert_abuse_state(&store, ids, "after the log's replay").await;
+        drop(store);
+        let store = open(dir.path());
+        assert_abuse_state(&store, ids, "after a second reopen").await;
+    }
+
+    #[test]
+    fn the_group_cost_of_a_charge_freeze_unfreeze_or_canary_is_its_bytes_in_the_frame() {
+        use crate::store::group_commit::Committer;
+        use crate::store::layout::{
+            canary_key, counter_key, encode_canary, encode_counter, encode_freeze, freeze_key,
+        };
+        let frame_bytes = |ops: Vec<MetaOp>| {
+            encode_frame(
+                None,
+                &[],
+                &[],
+                &Changes {
+                    meta: ops,
+                    ..Changes::default()
+                },
+            )
+            .len()
+        };
+        let charges = vec![
+            charge("reveal/support/callback/minute", 60_000, 3, Some(60)),
+            charge("unknown-tokens/support", 0, 1, None),
+        ];
+        let ops = charges
+            .iter()
+            .map(|c| MetaOp {
+                key: counter_key(&c.counter),
+                value: Some(encode_counter(c.window_start_ms, 3)),
+            })
+            .collect();
+        assert_eq!(SledWriter::cost(&Write::Charge(charges)), frame_bytes(ops));
+        let f = freeze_of("spiffe://example.org/support", 1000, "canary token");
+        let op = MetaOp {
+            key: freeze_key(&f.caller),
+            value: Some(encode_freeze(&f)),
+        };
+        assert_eq!(
+            SledWriter::cost(&Write::Freeze(f.clone())),
+            frame_bytes(vec![op])
+        );
+        let op = MetaOp {
+            key: freeze_key(&f.caller),
+            value: None,
+        };
+        assert_eq!(
+            SledWriter::cost(&Write::Unfreeze(f.caller.clone())),
+            frame_bytes(vec![op])
+        );
+        let canaries = vec![
+            canary(RecordId::new(1, 2), FieldKind::Phone),
+            canary(RecordId::new(3, 2), FieldKind::Email),
+        ];
+        let ops = canaries
+            .iter()
+            .map(|c| MetaOp {
+                key: canary_key(c.id),
+                value: Some(encode_canary(c)),
+            })
+            .collect();
+        assert_eq!(
+            SledWriter::cost(&Write::Canaries(canaries)),
+            frame_bytes(ops)
+        );
+    }
+
+    #[tokio::test]
+    async fn damaged_counters_freezes_and_canaries_are_reported_and_a_damaged_freeze_stays_frozen()
+    {
+        let dir = ok(tempfile::tempdir());
+        let [a, record_id] = {
+            let store = open(dir.path());
+            let [a, record_id] = ids(&store).await;
+            ok(store
+                .insert_records(vec![new(record_id, FieldKind::Phone, 1, false)])
+                .await);
+            ok(store.charge(vec![charge("minute", 60_000, 1, None)]).await);
+            ok(store.freeze(freeze_of("support", 1000, "scan")).await);
+            ok(store.add_canaries(vec![canary(a, FieldKind::Phone)]).await);
+            assert_clean(&store).await;
+            [a, record_id]
+        };
+        edit_closed(dir.path(), |db| {
+            let meta = ok(db.open_tree("meta"));
+            for key in [
+                crate::store::layout::counter_key("minute"),
+                crate::store::layout::freeze_key("support"),
+                crate::store::layout::canary_key(a),
+            ] {
+                ok(meta.insert(key, &[9u8, 9][..]));
+            }
+            // A canary on a record's id.
+            let c = canary(record_id, FieldKind::Phone);
+            ok(meta.insert(
+                crate::store::layout::canary_key(record_id),
+                crate::store::layout::encode_canary(&c),
+            ));
+        });
+        let store = open(dir.path());
+        let report = ok(store.check_integrity().await);
+        assert_eq!(
+            report.problems,
+            vec![
+                "counter \"minute\": stored counter is corrupt: unknown format".to_owned(),
+                "the freeze of \"support\": stored freeze is corrupt: unknown format".to_owned(),
+                "a canary: stored canary is corrupt: unknown format".to_owned(),
+                format!("canary {record_id} is also a record"),
+            ]
+        );
+        // Fail closed: the caller stays frozen until an operator lifts it.
+        let kept = ok(store.frozen("support").await);
+        assert_eq!(
+            kept.as_ref().map(|f| f.reason.as_str()),
+            Some(super::super::writer::CORRUPT_FREEZE)
+        );
+        assert_eq!(ok(store.unfreeze("support").await), kept);
+        assert_eq!(ok(store.frozen("support").await), None);
+        let charged = store.charge(vec![charge("minute", 60_000, 1, None)]).await;
+        assert!(
+            matches!(
+                charged,
+                Err(StoreError::Corrupt {
+                    what: "counter",
+                    ..
+                })
+            ),
+            "{charged:?}"
+        );
+        let read = store.canaries_of(vec![a]).await;
+        assert!(
+            matches!(read, Err(StoreError::Corrupt { what: "canary", .. })),
+            "{read:?}"
+        );
+        assert!(store.failure().is_none(), "the store goes on");
     }
 }

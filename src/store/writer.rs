@@ -23,6 +23,15 @@
 //! frame is synced (on the commit thread, before the callers are answered),
 //! replayed from the log like records, and followed by a checkpoint.
 //!
+//! `meta` writes — key facts, job states, and the abuse controls' durable
+//! counters, freezes and canaries — go the same way as `WAL_META` entries,
+//! inserted into `meta` on the commit thread before the callers are
+//! answered (so they need no overlay). Charges are compare-and-set: staged
+//! against the counts the group has set so far, else the tree's. The
+//! frozen callers and the canaries' ids are also kept in memory, shared
+//! with readers, loaded at open (after the replay) and changed after each
+//! sync: a freeze check or a canary miss reads no tree.
+//!
 //! Errors: a failure before the frame is synced fails the whole group; a
 //! failure after it (publishing to the apply thread, inserting keys, the
 //! checkpoint) does not take back what is durable — the callers get their
@@ -37,19 +46,36 @@ use super::apply::{Applier, Batch, Reindexed, Rewritten, Staged};
 use super::file::StorageFile;
 use super::group_commit::{Commit, Committer};
 use super::layout::{
-    backend, decode_frame, decode_key_info, decode_record, encode_counts, encode_frame, encode_key,
-    encode_key_info, encode_record, encoded_record_version, epoch_key, frame_key_bytes,
-    frame_record_bytes, frame_rewrite_bytes, index_entry, index_prefix, job_key, key_id,
+    backend, canary_key, counter_key, decode_counter, decode_frame, decode_freeze, decode_key_info,
+    decode_record, encode_canary, encode_counter, encode_counts, encode_frame, encode_freeze,
+    encode_key, encode_key_info, encode_record, encoded_canary_bytes, encoded_freeze_bytes,
+    encoded_record_version, epoch_key, frame_key_bytes, frame_meta_bytes, frame_record_bytes,
+    frame_rewrite_bytes, freeze_caller, freeze_key, index_entry, index_prefix, job_key, key_id,
     key_info_key, record_id_from, record_key, sled_failure, u64_from, Ceiling, Changes, MetaOp,
-    CEILING_KEY, COUNTS_KEY, FORMAT_KEY, FRAME_CEILING_BYTES, KEY_INFO_PREFIX, MASTER_FILE_KEY,
-    MASTER_PREFIX, STORE_FORMAT,
+    CANARY_PREFIX, CEILING_KEY, COUNTER_PREFIX, COUNTS_KEY, FORMAT_KEY, FRAME_CEILING_BYTES,
+    FREEZE_PREFIX, KEY_INFO_PREFIX, MASTER_FILE_KEY, MASTER_PREFIX, STORE_FORMAT,
 };
 use super::wal::Wal;
-use super::{Job, KeyChange, KeyUsage, NewRecord, Reindex, Rewrite, StorageFailure, StoreError};
+use super::{
+    Canary, Charge, Charged, Freeze, Job, KeyChange, KeyUsage, NewRecord, Reindex, Rewrite,
+    StorageFailure, StoreError,
+};
 use crate::crypto::{KeyPurpose, KeyVersion, WrappedKey};
 use crate::domain::RecordId;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// The frozen callers, by caller: what the `meta` tree holds once every
+/// logged group is applied, shared with readers (a freeze check is on
+/// every call's path, so it reads memory only).
+pub(super) type Frozen = Arc<RwLock<BTreeMap<String, Freeze>>>;
+
+/// The ids of every canary, shared with readers: a detokenize asks about
+/// each token, and nearly none is a canary, so only a hit reads `meta`.
+pub(super) type CanaryIds = Arc<RwLock<HashSet<RecordId>>>;
+
+/// The reason of a freeze whose stored bytes do not decode.
+pub(super) const CORRUPT_FREEZE: &str = "the stored freeze is corrupt";
 
 /// The log is checkpointed once it holds this much. Bounds the replay after
 /// a crash (about 15k records) and the stall of one checkpoint.
@@ -89,6 +115,11 @@ pub(super) struct SledWriter {
     /// The retired key versions (purpose, version): a write naming one is
     /// refused (`StaleKey`), and the version is never made again.
     retired: HashSet<[u8; 5]>,
+    /// The frozen callers, shared with readers; changed in `after_sync`,
+    /// before the callers are answered.
+    frozen: Frozen,
+    /// The canaries' ids, shared with readers; changed in `after_sync`.
+    canary_ids: CanaryIds,
     /// Set once storage failed: no checkpoint from then on.
     stopped: bool,
     #[cfg(test)]
@@ -150,6 +181,8 @@ impl SledWriter {
             applier,
             usage: Arc::default(),
             retired: HashSet::new(),
+            frozen: Frozen::default(),
+            canary_ids: CanaryIds::default(),
             stopped: false,
             #[cfg(test)]
             faults: Default::default(),
@@ -180,11 +213,25 @@ struct Group {
     deltas: BTreeMap<(KeyPurpose, KeyVersion), i64>,
     /// Key versions the group adds or destroys (`true`: added).
     key_changes: HashMap<[u8; 5], bool>,
+    /// The `meta` values the group sets (`None`: removes) so far, so that
+    /// a later write of the group reads them (two charges of one counter).
+    pending_meta: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Callers the group freezes (`Some`) or unfreezes (`None`).
+    freezes: BTreeMap<String, Option<Freeze>>,
+    /// Canaries the group adds.
+    canaries: HashSet<RecordId>,
 }
 
 impl Group {
     fn count(&mut self, purpose: KeyPurpose, version: KeyVersion, by: i64) {
         *self.deltas.entry((purpose, version)).or_default() += by;
+    }
+
+    /// Logs a `meta` entry set (`Some`) or removed (`None`), readable by
+    /// the rest of the group.
+    fn set_meta(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.pending_meta.insert(key.clone(), value.clone());
+        self.changes.meta.push(MetaOp { key, value });
     }
 }
 
@@ -197,6 +244,17 @@ pub(super) enum Write {
     Reindex(Vec<Reindex>, Option<(Job, Vec<u8>)>),
     KeyChange(KeyChange),
     JobState(Job, Vec<u8>),
+    /// Add to durable counters, all or none (compare-and-set on the
+    /// counts the group and the `meta` tree hold).
+    Charge(Vec<Charge>),
+    /// Freeze a caller unless it is frozen already.
+    Freeze(Freeze),
+    /// Lift a caller's freeze, if it has one.
+    Unfreeze(String),
+    /// Add canaries, all or none.
+    Canaries(Vec<Canary>),
+    /// Remove counters (an absent one is skipped).
+    ResetCounters(Vec<String>),
 }
 
 pub(super) enum Written {
@@ -204,6 +262,10 @@ pub(super) enum Written {
     Ceiling,
     Applied(Vec<bool>),
     Changed,
+    Charged(Charged),
+    /// The freeze found (freeze: the one already in force; unfreeze: the
+    /// one lifted).
+    Freeze(Option<Freeze>),
 }
 
 /// The `meta` entry of a job's state.
@@ -526,6 +588,124 @@ impl SledWriter {
         Ok(exists)
     }
 
+    /// A counter's `(window start, count)` as the group or the `meta` tree
+    /// holds it now.
+    fn current_counter(&self, key: &[u8], group: &Group) -> Result<Option<(u64, u64)>, StoreError> {
+        let bytes = match group.pending_meta.get(key) {
+            Some(pending) => pending.clone(),
+            None => self.meta.get(key).map_err(backend)?.map(|b| b.to_vec()),
+        };
+        bytes.map(|b| decode_counter(&b)).transpose()
+    }
+
+    /// Stages charges, all or none: each adds to its counter's count in
+    /// the charge's window (a count of an earlier window is dropped first;
+    /// one of a later window, a clock that went back, is kept and added
+    /// to). A charge that would pass its limit stages nothing of the call.
+    /// Reads and writes happen on the commit thread only, so the counts
+    /// read here are the counts the group's frame changes.
+    fn stage_charges(&self, charges: &[Charge], group: &mut Group) -> Result<Charged, StoreError> {
+        // This call's new values, over the group's and the tree's.
+        let mut mine: BTreeMap<Vec<u8>, (u64, u64)> = BTreeMap::new();
+        let mut counts = Vec::with_capacity(charges.len());
+        // `(window, count)` as a charge of window `start` finds it.
+        let in_window = |now: Option<(u64, u64)>, start: u64| match now {
+            Some((window, count)) if window >= start => (window, count),
+            _ => (start, 0),
+        };
+        for (index, c) in charges.iter().enumerate() {
+            let key = counter_key(&c.counter);
+            let stored = self.current_counter(&key, group)?;
+            let (window, count) = in_window(mine.get(&key).copied().or(stored), c.window_start_ms);
+            let added = count.saturating_add(c.amount);
+            if c.limit.is_some_and(|limit| added > limit) {
+                // Nothing of the call is added: the counter holds what it
+                // held before the call.
+                let (_, held) = in_window(stored, c.window_start_ms);
+                return Ok(Charged::Over { index, count: held });
+            }
+            mine.insert(key, (window, added));
+            counts.push(added);
+        }
+        for (key, (window, count)) in mine {
+            group.set_meta(key, Some(encode_counter(window, count)));
+        }
+        Ok(Charged::Added(counts))
+    }
+
+    /// A caller's freeze as the group or the writer's map holds it now.
+    fn current_freeze(&self, caller: &str, group: &Group) -> Option<Freeze> {
+        match group.freezes.get(caller) {
+            Some(change) => change.clone(),
+            None => self
+                .frozen
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(caller)
+                .cloned(),
+        }
+    }
+
+    /// Stages a freeze unless the caller is frozen already (then its freeze
+    /// is returned and nothing is staged).
+    fn stage_freeze(&self, freeze: Freeze, group: &mut Group) -> Option<Freeze> {
+        if let Some(existing) = self.current_freeze(&freeze.caller, group) {
+            return Some(existing);
+        }
+        group.set_meta(freeze_key(&freeze.caller), Some(encode_freeze(&freeze)));
+        group.freezes.insert(freeze.caller.clone(), Some(freeze));
+        None
+    }
+
+    /// Stages the lifting of a caller's freeze: the freeze lifted, or
+    /// `None` (nothing staged) if the caller is not frozen.
+    fn stage_unfreeze(&self, caller: String, group: &mut Group) -> Option<Freeze> {
+        let existing = self.current_freeze(&caller, group)?;
+        group.set_meta(freeze_key(&caller), None);
+        group.freezes.insert(caller, None);
+        Some(existing)
+    }
+
+    /// Stages canaries, all or none. Like a record's, a canary's id must
+    /// have been handed out by this process's sequence (below the durable
+    /// ceiling, of this epoch); an id named twice, already a canary, or
+    /// already a record's, fails the call (`AlreadyExists`).
+    fn stage_canaries(&self, canaries: &[Canary], group: &mut Group) -> Result<(), StoreError> {
+        let ceiling = self.ceiling.max(group.ceiling.map_or(0, |c| c.ceiling));
+        if let Some(bad) = canaries
+            .iter()
+            .find(|c| c.id.seq >= ceiling || c.id.epoch != self.epoch)
+        {
+            return Err(StoreError::Backend(StorageFailure::internal(format!(
+                "{} was never handed out by this store's sequence",
+                bad.id
+            ))));
+        }
+        let mut mine = HashSet::with_capacity(canaries.len());
+        for c in canaries {
+            if !mine.insert(c.id)
+                || group.canaries.contains(&c.id)
+                || self
+                    .canary_ids
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(&c.id)
+            {
+                return Err(StoreError::AlreadyExists("canary"));
+            }
+            if group.staged.iter().any(|s| s.id == c.id)
+                || self.current_record(c.id, group)?.is_some()
+            {
+                return Err(StoreError::AlreadyExists("record with a canary's id"));
+            }
+        }
+        for c in canaries {
+            group.set_meta(canary_key(c.id), Some(encode_canary(c)));
+        }
+        group.canaries.extend(mine);
+        Ok(())
+    }
+
     /// Records (index entries) using a key version, counting the group.
     fn usage_of(&self, purpose: KeyPurpose, version: KeyVersion, group: &Group) -> u64 {
         let stored = self
@@ -802,6 +982,64 @@ impl SledWriter {
         self.usage.clone()
     }
 
+    /// The frozen callers, shared with readers.
+    pub(super) fn frozen(&self) -> Frozen {
+        self.frozen.clone()
+    }
+
+    /// The canaries' ids, shared with readers.
+    pub(super) fn canary_ids(&self) -> CanaryIds {
+        self.canary_ids.clone()
+    }
+
+    /// The canaries' ids, from their keys in `meta` (after a replay). A
+    /// key that is not a record id names no token: skipped (the integrity
+    /// check reports it).
+    pub(super) fn load_canary_ids(&mut self) -> Result<(), StoreError> {
+        let mut ids = HashSet::new();
+        for key in self.meta.scan_prefix(CANARY_PREFIX).keys() {
+            let key = key.map_err(backend)?;
+            if let Ok(id) = record_id_from(&key[CANARY_PREFIX.len()..]) {
+                ids.insert(id);
+            }
+        }
+        *self.canary_ids.write().unwrap_or_else(|p| p.into_inner()) = ids;
+        Ok(())
+    }
+
+    /// The frozen callers, from their freezes in `meta` (after a replay).
+    /// A freeze that does not decode keeps its caller frozen (fail closed:
+    /// an operator unfreezes it), with a warning; the integrity check
+    /// reports it too.
+    pub(super) fn load_freezes(&mut self) -> Result<(), StoreError> {
+        let mut frozen = BTreeMap::new();
+        for entry in self.meta.scan_prefix(FREEZE_PREFIX) {
+            let (key, value) = entry.map_err(backend)?;
+            let Ok(caller) = freeze_caller(&key) else {
+                // No caller identity (a `String`) can match it.
+                tracing::warn!("a stored freeze names a caller that is not UTF-8: ignored");
+                continue;
+            };
+            let freeze = decode_freeze(caller.clone(), &value).unwrap_or_else(|e| {
+                tracing::warn!(
+                    caller,
+                    error = %e,
+                    "a stored freeze does not decode: the caller stays frozen until an \
+                     operator unfreezes it"
+                );
+                Freeze {
+                    caller: caller.clone(),
+                    since_unix_ms: 0,
+                    reason: CORRUPT_FREEZE.to_owned(),
+                    by: "store".to_owned(),
+                }
+            });
+            frozen.insert(caller, freeze);
+        }
+        *self.frozen.write().unwrap_or_else(|p| p.into_inner()) = frozen;
+        Ok(())
+    }
+
     /// Starts counting from the stored counters: `Some((generation,
     /// usage))` as the last checkpoint wrote them. Frames replayed later are
     /// added unless the counters already include their generation.
@@ -999,6 +1237,23 @@ impl SledWriter {
         });
         add_deltas(&mut counters, &group.deltas);
         drop(counters);
+        // Acknowledged, so in force, even if the `meta` insert failed (the
+        // next start replays the frame).
+        if !group.canaries.is_empty() {
+            self.canary_ids
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(&group.canaries);
+        }
+        if !group.freezes.is_empty() {
+            let mut frozen = self.frozen.write().unwrap_or_else(|p| p.into_inner());
+            for (caller, freeze) in group.freezes {
+                match freeze {
+                    Some(f) => frozen.insert(caller, f),
+                    None => frozen.remove(&caller),
+                };
+            }
+        }
         let ceiling = match group.ceiling {
             Some(c) => apply_ceiling(&self.meta, c).map(|()| {
                 self.ceiling = self.ceiling.max(c.ceiling);
@@ -1067,6 +1322,22 @@ impl Committer for SledWriter {
                     group.changes.meta.push(job_op(job, state));
                     Ok(Written::Changed)
                 }
+                Write::Charge(charges) => self
+                    .stage_charges(&charges, &mut group)
+                    .map(Written::Charged),
+                Write::Freeze(freeze) => Ok(Written::Freeze(self.stage_freeze(freeze, &mut group))),
+                Write::Unfreeze(caller) => {
+                    Ok(Written::Freeze(self.stage_unfreeze(caller, &mut group)))
+                }
+                Write::Canaries(canaries) => self
+                    .stage_canaries(&canaries, &mut group)
+                    .map(|()| Written::Changed),
+                Write::ResetCounters(names) => {
+                    for name in names {
+                        group.set_meta(counter_key(&name), None);
+                    }
+                    Ok(Written::Changed)
+                }
             })
             .collect();
         if group.staged.is_empty()
@@ -1110,6 +1381,23 @@ impl Committer for SledWriter {
             }
             Write::KeyChange(KeyChange::Retire { .. }) => 128,
             Write::JobState(_, state) => 64 + state.len(),
+            Write::Charge(charges) => charges
+                .iter()
+                .map(|c| frame_meta_bytes(COUNTER_PREFIX.len() + c.counter.len(), Some(17)))
+                .sum(),
+            Write::Freeze(f) => frame_meta_bytes(
+                FREEZE_PREFIX.len() + f.caller.len(),
+                Some(encoded_freeze_bytes(f)),
+            ),
+            Write::Unfreeze(caller) => frame_meta_bytes(FREEZE_PREFIX.len() + caller.len(), None),
+            Write::Canaries(canaries) => canaries
+                .iter()
+                .map(|c| frame_meta_bytes(CANARY_PREFIX.len() + 16, Some(encoded_canary_bytes(c))))
+                .sum(),
+            Write::ResetCounters(names) => names
+                .iter()
+                .map(|n| frame_meta_bytes(COUNTER_PREFIX.len() + n.len(), None))
+                .sum(),
         }
     }
 

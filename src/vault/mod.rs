@@ -296,6 +296,29 @@ pub trait PolicySource: Send + Sync {
     fn refresh(&self, install: &dyn Fn(Policy));
 }
 
+/// Marks the audit items of the canary tokens among `ids` (whose canaries
+/// are `canaries`, in order).
+fn mark_canaries(
+    event: &mut Event,
+    parsed: &[ParsedToken],
+    ids: &[RecordId],
+    canaries: &[Option<crate::store::Canary>],
+) {
+    let canary_ids: Vec<RecordId> = ids
+        .iter()
+        .zip(canaries)
+        .filter(|(_, c)| c.is_some())
+        .map(|(id, _)| *id)
+        .collect();
+    for (item, p) in event.items.iter_mut().zip(parsed) {
+        if let Ok((_, id)) = p {
+            if canary_ids.contains(id) {
+                item.outcome = "canary".into();
+            }
+        }
+    }
+}
+
 /// The vault. Cheap to share behind an `Arc`.
 pub struct Vault {
     store: Arc<dyn Store>,
@@ -690,7 +713,9 @@ impl Vault {
             .collect();
         if let Err(denial) = policy.check_call(caller, Action::Detokenize, Some(&purpose), given) {
             // A canary freezes whatever the policy says.
-            if self.canaries_among(&ids).await?.iter().any(Option::is_some) {
+            let canaries = self.canaries_among(&ids).await?;
+            if canaries.iter().any(Option::is_some) {
+                mark_canaries(event, &parsed, &ids, &canaries);
                 return Err(self.canary_tripped(call, caller, event).await);
             }
             return Err(VaultError::PermissionDenied(denial));
@@ -717,19 +742,7 @@ impl Vault {
             .collect();
         let canaries = self.canaries_among(&missing).await?;
         if canaries.iter().any(Option::is_some) {
-            let canary_ids: Vec<RecordId> = missing
-                .iter()
-                .zip(&canaries)
-                .filter(|(_, c)| c.is_some())
-                .map(|(id, _)| *id)
-                .collect();
-            for (item, p) in event.items.iter_mut().zip(&parsed) {
-                if let Ok((_, id)) = p {
-                    if canary_ids.contains(id) {
-                        item.outcome = "canary".into();
-                    }
-                }
-            }
+            mark_canaries(event, &parsed, &missing, &canaries);
             return Err(self.canary_tripped(call, caller, event).await);
         }
         // Tokens that name nothing: a scan past the policy's threshold

@@ -384,6 +384,20 @@ impl Policy {
                 Self::rule(index, line, r.into_inner())
             })
             .collect::<Result<Vec<_>, _>>()?;
+        for (index, rule) in rules.iter().enumerate() {
+            if let Some(first) = rules[..index].iter().find(|r| r.name == rule.name) {
+                return Err(PolicyError::Rule {
+                    index,
+                    line: rule.line,
+                    field: "name",
+                    reason: format!(
+                        "'{}' is also the name of the rule at line {}; names must be unique \
+                         (audit events and quota counts use them)",
+                        rule.name, first.line
+                    ),
+                });
+            }
+        }
         Ok(Self {
             rules,
             deny,
@@ -435,6 +449,7 @@ impl Policy {
             field,
             reason,
         };
+        let named = r.name.is_some();
         let name = r.name.unwrap_or_else(|| format!("rules[{index}]"));
         if name.is_empty() || name.len() > MAX_RULE_NAME || name.chars().any(char::is_control) {
             return Err(bad(
@@ -550,6 +565,14 @@ impl Policy {
                         "a detokenize rule must say 'full', 'masked' or 'none'".into(),
                     ));
                 }
+                if r.reveal == Some(RevealLevel::None) && !quotas.is_empty() {
+                    return Err(bad(
+                        "quota",
+                        "a quota counts values revealed, and a reveal = 'none' rule reveals \
+                         none"
+                            .into(),
+                    ));
+                }
             }
             Action::Tokenize => {
                 for (field, set) in [
@@ -564,6 +587,12 @@ impl Policy {
             }
             // Handled above.
             Action::Keys | Action::Admin => {}
+        }
+        if !quotas.is_empty() && !named {
+            return Err(bad(
+                "name",
+                "a rule with a quota needs a name: its counts are kept under it".into(),
+            ));
         }
         Ok(Rule {
             name,

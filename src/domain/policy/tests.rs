@@ -447,7 +447,7 @@ fn only_callers_an_admin_rule_names_may_administer_callers() {
 fn bad_quotas_patterns_and_settings_are_refused_naming_line_and_field() {
     let rule = |extra: &str| {
         format!(
-            "version = 1\n\n[[rules]]\ncallers = ['a']\naction = 'detokenize'\nkinds = \
+            "version = 1\n\n[[rules]]\nname = 'r'\ncallers = ['a']\naction = 'detokenize'\nkinds = \
              ['phone']\npurposes = ['x']\nreveal = 'full'\n{extra}\n"
         )
     };
@@ -456,6 +456,18 @@ fn bad_quotas_patterns_and_settings_are_refused_naming_line_and_field() {
         (rule("quota = '0/minute'"), "rules[0].quota: '0/minute': the limit must be"),
         (rule("quota = ['1/minute', '2/minute']"), "rules[0].quota: two limits per minute"),
         (rule("quota = []"), "rules[0].quota: is empty"),
+        (
+            rule("quota = '5/day'") + "[[rules]]\nname = 'r'\ncallers = ['b']\naction = 'keys'\n",
+            "line 11: rules[1].name: 'r' is also the name of the rule at line 3",
+        ),
+        (
+            rule("quota = '5/day'").replace("name = 'r'\n", ""),
+            "rules[0].name: a rule with a quota needs a name",
+        ),
+        (
+            rule("quota = '5/day'").replace("'full'", "'none'"),
+            "rules[0].quota: a quota counts values revealed",
+        ),
         (rule("justification = 'SUP-[0-9'"), "line 3: rules[0].justification: 'SUP-[0-9' does not compile"),
         (rule("justification = ''"), "rules[0].justification: must not be empty"),
         (
