@@ -4,6 +4,8 @@
 //! deny list and the live policy file.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

@@ -253,18 +253,75 @@ fn the_audit_sink_phase_measures_detokenize_with_the_trail_where_it_is_and_moved
 }
 
 #[test]
-fn the_audit_sink_options_are_refused_with_a_running_vault() {
-    for option in ["--audit-dir", "--compare-audit-dir"] {
-        let out = run_bench(&[
-            "--addr",
-            "127.0.0.1:1",
-            "--data-dir",
-            "/nonexistent",
-            option,
-            "/dev/shm",
-        ]);
+fn the_end_phase_options_are_refused_with_a_running_vault() {
+    for option in [
+        &["--audit-dir", "/dev/shm"][..],
+        &["--compare-audit-dir", "/dev/shm"],
+        &["--compare-quotas"],
+    ] {
+        let mut args = vec!["--addr", "127.0.0.1:1", "--data-dir", "/nonexistent"];
+        args.extend(option);
+        let out = run_bench(&args);
         assert!(!out.status.success());
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("cannot be used with"), "{option}: {stderr}");
+        assert!(
+            stderr.contains("cannot be used with"),
+            "{option:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn the_quota_phase_measures_detokenize_with_quotas_off_and_on_and_the_vault_counts_every_value() {
+    let stdout = bench(&[
+        "--duration",
+        "0.3",
+        "--preload",
+        "300",
+        "--concurrency",
+        "4",
+        "--connections",
+        "1",
+        "--scenarios",
+        "detokenize-1,detokenize-100",
+        "--compare-quotas",
+    ]);
+    assert_no_failed_calls_in(&stdout, &["detokenize-1", "detokenize-100"]);
+    for scenario in ["detokenize-1", "detokenize-100"] {
+        for setting in ["off", "on"] {
+            let line = stdout
+                .lines()
+                .find(|l| l.starts_with(&format!("| {scenario} | {setting} |")))
+                .unwrap_or_else(|| panic!("no row for {scenario}, quotas {setting}: {stdout}"));
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            // | scenario | quotas | ops/s | values/s | p50 | p99 | max | failed |
+            assert_eq!(cells[cells.len() - 2], "0", "{line}");
+            assert!(cells[3].parse::<f64>().unwrap() > 0.0, "{line}");
+        }
+        assert!(
+            stdout.contains(&format!("{scenario}: quotas on give ")),
+            "{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains(r#"quota = ["1000000000/minute", "1000000000/day"]"#),
+        "{stdout}"
+    );
+    // The quotas were in force: the vault charged every value the runs
+    // with quotas on revealed to the reader rule's day counter.
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("the vault counted "))
+        .unwrap_or_else(|| panic!("no quota count: {stdout}"));
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let [counted, revealed] = numbers[..] else {
+        panic!("{line}")
+    };
+    assert!(revealed > 0, "{line}");
+    if !stdout.contains("the day's window turned during the runs") {
+        assert_eq!(counted, revealed, "{line}");
     }
 }

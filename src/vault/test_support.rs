@@ -10,6 +10,11 @@ use std::path::Path;
 pub(super) const POLICY: &str = r#"
 version = 1
 
+# Tokens are probed in bulk here; the scan freeze has tests of its own
+# (tests/abuse.rs).
+[freeze]
+unknown_tokens = { count = 0 }
+
 [[rules]]
 name = "orders tokenize"
 callers = ["spiffe://t.example/orders"]

@@ -13,6 +13,7 @@
 
 use fieldvault::client::{self, ClientTls};
 use fieldvault::grpc::pb;
+use fieldvault::grpc::pb::admin_client::AdminClient;
 use fieldvault::grpc::pb::key_admin_client::KeyAdminClient;
 use fieldvault::grpc::pb::vault_client::VaultClient;
 use hdrhistogram::Histogram;
@@ -55,6 +56,9 @@ pub struct BenchOptions {
     /// Run the audit-sink phase: detokenize-1 with the trail where it is,
     /// then with it moved here (a tmpfs such as /dev/shm), side by side.
     pub compare_audit_dir: Option<PathBuf>,
+    /// Run the quota phase: detokenize with the reader rule's quotas off,
+    /// then on (quotas that never bite), side by side.
+    pub compare_quotas: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,11 +164,39 @@ pub struct AuditSinkRun {
     pub measurement: Measurement,
 }
 
+/// Detokenize on a freshly started vault with the reader rule's quotas
+/// off or on (the quota phase).
+#[derive(Clone, Debug)]
+pub struct QuotaRun {
+    pub scenario: Scenario,
+    /// Whether the reader rule had its quotas.
+    pub quotas_on: bool,
+    pub measurement: Measurement,
+}
+
+/// The quota phase (`--compare-quotas`): for each scenario, the run with
+/// quotas off, then the run with them on.
+#[derive(Clone, Debug)]
+pub struct QuotaReport {
+    /// The reader rule's quotas in the runs with quotas on.
+    pub quotas: Vec<String>,
+    pub runs: Vec<QuotaRun>,
+    /// Values the runs with quotas on revealed, warm-ups included.
+    pub revealed: u64,
+    /// What the vault's day counter of the reader rule grew by over those
+    /// runs (read with the Admin service's ListCallers).
+    pub counted: u64,
+    /// The day's window turned during those runs: `counted` is partial.
+    pub day_turned: bool,
+}
+
 pub struct Report {
     pub rows: Vec<Row>,
     pub rewrap: Option<RewrapReport>,
     /// The audit-sink phase: the durable trail, then the trail moved.
     pub audit_sinks: Vec<AuditSinkRun>,
+    /// The quota phase.
+    pub quotas: Option<QuotaReport>,
     pub stored_tokens: u64,
     pub store_bytes: u64,
     pub startup_seconds: Option<f64>,
@@ -186,6 +218,9 @@ impl Report {
                 .iter()
                 .map(|s| s.measurement.failed)
                 .sum::<u64>()
+            + self.quotas.as_ref().map_or(0, |q| {
+                q.runs.iter().map(|r| r.measurement.failed).sum::<u64>()
+            })
     }
 
     /// The report as a Markdown table and notes.
@@ -248,6 +283,9 @@ impl Report {
         }
         if !self.audit_sinks.is_empty() {
             out.push_str(&self.audit_sinks_markdown());
+        }
+        if let Some(q) = &self.quotas {
+            out.push_str(&quotas_markdown(q, o));
         }
         if self.stored_tokens > 0 {
             out.push_str(&format!(
@@ -314,6 +352,75 @@ impl Report {
         out.push('\n');
         out
     }
+}
+
+/// The quota phase: one row per scenario and setting, and the ratios.
+fn quotas_markdown(q: &QuotaReport, o: &BenchOptions) -> String {
+    let mut out = format!(
+        "detokenize with quotas off and on (--compare-quotas): what charging a reveal to its \
+         rule's quotas costs. Each setting on a freshly started server, on the same store with \
+         the same {} preloaded tokens, {} in flight; \"on\" gives the reader rule \
+         quota = [{}], limits that never bite, so every call adds its values to {} durable \
+         counters before they leave.\n\
+         | scenario | reader rule quotas | ops/s | values/s | p50 ms | p99 ms | max ms | failed |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|\n",
+        o.preload,
+        o.concurrency,
+        q.quotas
+            .iter()
+            .map(|q| format!("\"{q}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
+        q.quotas.len()
+    );
+    for r in &q.runs {
+        let m = &r.measurement;
+        out.push_str(&format!(
+            "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} |\n",
+            r.scenario.name(),
+            if r.quotas_on { "on" } else { "off" },
+            m.ops_per_sec(),
+            m.values_per_sec(),
+            m.p50_us as f64 / 1000.0,
+            m.p99_us as f64 / 1000.0,
+            m.max_us as f64 / 1000.0,
+            m.failed
+        ));
+    }
+    for pair in q.runs.chunks(2) {
+        let [off, on] = pair else { continue };
+        let (off_m, on_m) = (&off.measurement, &on.measurement);
+        let failed = off_m.failed + on_m.failed;
+        if failed > 0 {
+            out.push_str(&format!(
+                "{}: no ratio: {failed} calls failed\n",
+                off.scenario.name()
+            ));
+            continue;
+        }
+        out.push_str(&format!(
+            "{}: quotas on give {:.2}x the throughput of quotas off (p50 {:.2} -> {:.2} ms, \
+             p99 {:.2} -> {:.2} ms)\n",
+            off.scenario.name(),
+            on_m.ops_per_sec() / off_m.ops_per_sec().max(1.0),
+            off_m.p50_us as f64 / 1000.0,
+            on_m.p50_us as f64 / 1000.0,
+            off_m.p99_us as f64 / 1000.0,
+            on_m.p99_us as f64 / 1000.0,
+        ));
+    }
+    out.push_str(&format!(
+        "the vault counted {} values against the reader rule's day quota; the runs with \
+         quotas on revealed {} (warm-ups included)\n",
+        q.counted, q.revealed
+    ));
+    if q.day_turned {
+        out.push_str("note: the day's window turned during the runs: the count is partial\n");
+    } else if q.counted != q.revealed {
+        out.push_str("note: the vault's count and the values revealed differ\n");
+    }
+    out.push('\n');
+    out
 }
 
 /// The vault under load: started here, or already running at an address.
@@ -411,38 +518,71 @@ impl Drop for ServerChild {
     }
 }
 
-const BENCH_POLICY: &str = r#"version = 1
+/// The policy rule that lets `support` reveal (its quotas are counted
+/// under this name).
+const READER_RULE: &str = "bench reader";
+
+/// The bench's policy: `orders` tokenizes; `support` reveals phone and
+/// email in full for purpose `bench`, under `reader_quotas` (none: no
+/// quota); `rotator` administers keys and reads quota use (Admin).
+fn bench_policy(reader_quotas: &[String]) -> String {
+    let quota = if reader_quotas.is_empty() {
+        String::new()
+    } else {
+        let quoted: Vec<String> = reader_quotas.iter().map(|q| format!("\"{q}\"")).collect();
+        format!("quota = [{}]\n", quoted.join(", "))
+    };
+    format!(
+        r#"version = 1
 [[rules]]
 name = "bench writer"
 callers = ["spiffe://fieldvault.dev/orders"]
 action = "tokenize"
 kinds = ["phone", "email"]
 [[rules]]
-name = "bench reader"
+name = "{READER_RULE}"
 callers = ["spiffe://fieldvault.dev/support"]
 action = "detokenize"
 kinds = ["phone", "email"]
 purposes = ["bench"]
 reveal = "full"
-[[rules]]
+{quota}[[rules]]
 name = "bench key rotation"
 callers = ["spiffe://fieldvault.dev/rotator"]
 action = "keys"
-"#;
+[[rules]]
+name = "bench quota reading"
+callers = ["spiffe://fieldvault.dev/rotator"]
+action = "admin"
+"#
+    )
+}
+
+/// The reader rule's quotas in the quota phase: the largest limits a
+/// policy takes, per minute and per day, so they never bite, but each is a
+/// durable counter charged before a value leaves (the realistic case: a
+/// rule with a rate and a daily cap).
+fn never_biting_quotas() -> Vec<String> {
+    let max = fieldvault::domain::policy::MAX_QUOTA;
+    vec![format!("{max}/minute"), format!("{max}/day")]
+}
 
 /// Writes a config (`name` under `dir`) for the vault (and the ceiling)
 /// using a dev PKI, phone tokens deterministic and email tokens random, the
-/// audit trail at `audit_log`.
+/// audit trail at `audit_log`, and `policy` in a file beside it
+/// (`<name>-policy.toml`).
 fn write_config(
     dir: &Path,
     name: &str,
     cache_capacity_mib: u64,
     audit_log: &Path,
+    policy_text: &str,
 ) -> Result<PathBuf, String> {
     let (config, _) = fieldvault::dev::prepare(dir, "127.0.0.1:0".parse().map_err(|_| "addr")?)
         .map_err(|e| e.to_string())?;
-    let policy = dir.join("bench-policy.toml");
-    std::fs::write(&policy, BENCH_POLICY).map_err(|e| e.to_string())?;
+    let stem = name.strip_suffix(".toml").unwrap_or(name);
+    let policy = dir.join(format!("{stem}-policy.toml"));
+    std::fs::write(&policy, policy_text).map_err(|e| e.to_string())?;
     let fieldvault::config::MasterKeySource::File(key) = &config.master_key else {
         return Err("dev setup has no key file".into());
     };
@@ -757,7 +897,13 @@ pub async fn run(options: BenchOptions) -> Result<Report, String> {
         ));
     }
     let audit_log = options.audit_dir.as_ref().unwrap_or(&dir).join("audit.log");
-    let config = write_config(&dir, "bench.toml", options.cache_capacity_mib, &audit_log)?;
+    let config = write_config(
+        &dir,
+        "bench.toml",
+        options.cache_capacity_mib,
+        &audit_log,
+        &bench_policy(&[]),
+    )?;
     let config_s = config.to_str().ok_or("non-UTF-8 path")?;
     let vault = match &options.addr {
         Some(addr) => Target::External(addr.clone()),
@@ -860,6 +1006,7 @@ pub async fn run(options: BenchOptions) -> Result<Report, String> {
             rows,
             rewrap,
             audit_sinks: Vec::new(),
+            quotas: None,
             stored_tokens: 0,
             store_bytes: 0,
             startup_seconds: None,
@@ -878,30 +1025,35 @@ pub async fn run(options: BenchOptions) -> Result<Report, String> {
     let rss_after_restart_mib = restarted.rss_mib();
     restarted.stop();
 
-    let audit_sinks = match &options.compare_audit_dir {
-        Some(compare) => {
-            let bin = vault_binary(&own, options.vault_bin.as_deref())?;
-            let sinks = AuditSinks {
-                bin: &bin,
-                dir: &dir,
-                tokens: preloaded,
-                options: &options,
-            };
-            let runs = sinks.compare(&audit_log, compare).await;
-            if runs.is_err() && options.data_dir.is_none() {
-                let _ = std::fs::remove_dir_all(&dir);
-            }
-            runs?
-        }
-        None => Vec::new(),
-    };
+    let phases = async {
+        let bin = vault_binary(&own, options.vault_bin.as_deref())?;
+        let fresh = FreshVault {
+            bin: &bin,
+            dir: &dir,
+            tokens: preloaded,
+            options: &options,
+        };
+        let audit_sinks = match &options.compare_audit_dir {
+            Some(compare) => AuditSinks(&fresh).compare(&audit_log, compare).await?,
+            None => Vec::new(),
+        };
+        let quotas = if options.compare_quotas {
+            Some(Quotas(&fresh).compare(&audit_log).await?)
+        } else {
+            None
+        };
+        Ok::<_, String>((audit_sinks, quotas))
+    }
+    .await;
     if options.data_dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }
+    let (audit_sinks, quotas) = phases?;
     Ok(Report {
         rows,
         rewrap,
         audit_sinks,
+        quotas,
         stored_tokens: stored,
         store_bytes,
         startup_seconds: Some(startup.as_secs_f64()),
@@ -910,14 +1062,57 @@ pub async fn run(options: BenchOptions) -> Result<Report, String> {
     })
 }
 
-/// The audit-sink phase: detokenize-1 on a freshly started vault with its
-/// audit trail where it is, then with the trail moved elsewhere.
-struct AuditSinks<'a> {
+/// What the phases at the end share: a vault started afresh on the run's
+/// store for each measurement, loaded by `support` with the preloaded
+/// tokens.
+struct FreshVault<'a> {
     bin: &'a Path,
     dir: &'a Path,
     tokens: Arc<Vec<String>>,
     options: &'a BenchOptions,
 }
+
+impl FreshVault<'_> {
+    /// Starts a vault on a config named `name` (the audit trail at
+    /// `audit_log`, `policy`), and the reader load on it.
+    async fn start(
+        &self,
+        name: &str,
+        audit_log: &Path,
+        policy: &str,
+    ) -> Result<(ServerChild, Arc<Load>), String> {
+        let o = self.options;
+        let config = write_config(self.dir, name, o.cache_capacity_mib, audit_log, policy)?;
+        let config = config.to_str().ok_or("non-UTF-8 path")?;
+        let (vault, _) = ServerChild::spawn(self.bin, &["serve", "--config", config])?;
+        let reader_tls = ClientTls::dev(self.dir, "support").map_err(|e| e.to_string())?;
+        let load = Arc::new(Load {
+            writers: Vec::new(),
+            readers: clients(&vault.addr, &reader_tls, o.connections.max(1)).await?,
+            values: Values {
+                next: AtomicU64::new(0),
+            },
+            tokens: self.tokens.clone(),
+            purpose: o.purpose.clone(),
+        });
+        Ok((vault, load))
+    }
+
+    /// After a pause and a short warm-up, `scenario` for the run's
+    /// duration: the warm-up's measurement, then the real one.
+    async fn measure(&self, load: &Arc<Load>, scenario: Scenario) -> (Measurement, Measurement) {
+        let o = self.options;
+        tokio::time::sleep(settle_time(o.duration)).await;
+        let warm_up = (o.duration / 4).min(Duration::from_secs(1));
+        let w = measure(load.clone(), scenario, warm_up, o.concurrency).await;
+        let m = measure(load.clone(), scenario, o.duration, o.concurrency).await;
+        (w, m)
+    }
+}
+
+/// The audit-sink phase: detokenize-1 on a freshly started vault with its
+/// audit trail where it is, then with the trail moved elsewhere.
+struct AuditSinks<'a>(&'a FreshVault<'a>);
 
 impl AuditSinks<'_> {
     /// Measures with the trail at `audit_log`, then with it moved into a
@@ -949,33 +1144,15 @@ impl AuditSinks<'_> {
         sink: &'static str,
         audit_log: &Path,
     ) -> Result<AuditSinkRun, String> {
-        let o = self.options;
-        let config = write_config(
-            self.dir,
-            "bench-audit-sink.toml",
-            o.cache_capacity_mib,
-            audit_log,
-        )?;
-        let config = config.to_str().ok_or("non-UTF-8 path")?;
         eprintln!(
             "running detokenize-1 with the audit trail at {}…",
             audit_log.display()
         );
-        let (vault, _) = ServerChild::spawn(self.bin, &["serve", "--config", config])?;
-        let reader_tls = ClientTls::dev(self.dir, "support").map_err(|e| e.to_string())?;
-        let load = Arc::new(Load {
-            writers: Vec::new(),
-            readers: clients(&vault.addr, &reader_tls, o.connections.max(1)).await?,
-            values: Values {
-                next: AtomicU64::new(0),
-            },
-            tokens: self.tokens.clone(),
-            purpose: o.purpose.clone(),
-        });
-        tokio::time::sleep(settle_time(o.duration)).await;
-        let warm_up = (o.duration / 4).min(Duration::from_secs(1));
-        measure(load.clone(), Scenario::Detokenize, warm_up, o.concurrency).await;
-        let measurement = measure(load, Scenario::Detokenize, o.duration, o.concurrency).await;
+        let (vault, load) = self
+            .0
+            .start("bench-audit-sink.toml", audit_log, &bench_policy(&[]))
+            .await?;
+        let (_, measurement) = self.0.measure(&load, Scenario::Detokenize).await;
         vault.stop();
         Ok(AuditSinkRun {
             sink,
@@ -984,6 +1161,143 @@ impl AuditSinks<'_> {
             measurement,
         })
     }
+}
+
+/// The quota phase: detokenize on a freshly started vault whose reader
+/// rule has no quota, then on one whose reader rule has quotas that never
+/// bite; the same store, tokens and load.
+struct Quotas<'a>(&'a FreshVault<'a>);
+
+/// Values revealed by the successful calls of `m`.
+fn values_revealed(m: &Measurement) -> u64 {
+    (m.calls - m.failed) * m.values_per_call
+}
+
+impl Quotas<'_> {
+    /// The detokenize scenarios the phase runs: those `--scenarios` names,
+    /// else both.
+    fn scenarios(&self) -> Vec<Scenario> {
+        let asked = &self.0.options.scenarios;
+        let both = [Scenario::Detokenize, Scenario::DetokenizeBatch100];
+        let named: Vec<Scenario> = both
+            .into_iter()
+            .filter(|s| asked.iter().any(|a| a == s.name()))
+            .collect();
+        if named.is_empty() {
+            both.to_vec()
+        } else {
+            named
+        }
+    }
+
+    async fn compare(&self, audit_log: &Path) -> Result<QuotaReport, String> {
+        let scenarios = self.scenarios();
+        let quotas = never_biting_quotas();
+        let off = self.detokenize(audit_log, &[], &scenarios).await?;
+        let on = self.detokenize(audit_log, &quotas, &scenarios).await?;
+        let revealed = on.warm_up.iter().chain(&on.runs).map(values_revealed).sum();
+        let (before, after) = on.day_use.ok_or("the quota'd runs read no quota use")?;
+        let day_turned = before.resets_unix_ms != after.resets_unix_ms;
+        let counted = if day_turned {
+            after.used
+        } else {
+            after.used.saturating_sub(before.used)
+        };
+        let mut runs = Vec::new();
+        for ((scenario, off), on) in scenarios.iter().zip(off.runs).zip(on.runs) {
+            for (quotas_on, measurement) in [(false, off), (true, on)] {
+                runs.push(QuotaRun {
+                    scenario: *scenario,
+                    quotas_on,
+                    measurement,
+                });
+            }
+        }
+        Ok(QuotaReport {
+            quotas,
+            runs,
+            revealed,
+            counted,
+            day_turned,
+        })
+    }
+
+    /// Each of `scenarios` on a vault started with the reader rule's
+    /// `quotas`; with quotas, the reader's day quota use before and after.
+    async fn detokenize(
+        &self,
+        audit_log: &Path,
+        quotas: &[String],
+        scenarios: &[Scenario],
+    ) -> Result<QuotaRuns, String> {
+        let (name, setting) = if quotas.is_empty() {
+            ("bench-quotas-off.toml", "off")
+        } else {
+            ("bench-quotas-on.toml", "on")
+        };
+        let (vault, load) = self.0.start(name, audit_log, &bench_policy(quotas)).await?;
+        let mut admin = if quotas.is_empty() {
+            None
+        } else {
+            let tls = ClientTls::dev(self.0.dir, "rotator").map_err(|e| e.to_string())?;
+            let channel = client::channel(&vault.addr, &tls)
+                .await
+                .map_err(|e| e.to_string())?;
+            Some(AdminClient::new(channel))
+        };
+        let before = match admin.as_mut() {
+            Some(admin) => Some(reader_day_use(admin).await?),
+            None => None,
+        };
+        let (mut warm_up, mut runs) = (Vec::new(), Vec::new());
+        for scenario in scenarios {
+            eprintln!("running {} with quotas {setting}…", scenario.name());
+            let (w, m) = self.0.measure(&load, *scenario).await;
+            warm_up.push(w);
+            runs.push(m);
+        }
+        let day_use = match (admin.as_mut(), before) {
+            (Some(admin), Some(before)) => Some((before, reader_day_use(admin).await?)),
+            _ => None,
+        };
+        vault.stop();
+        Ok(QuotaRuns {
+            warm_up,
+            runs,
+            day_use,
+        })
+    }
+}
+
+/// One setting of the quota phase: per scenario, the warm-up and the
+/// measurement; with quotas, the reader's day quota use before and after.
+struct QuotaRuns {
+    warm_up: Vec<Measurement>,
+    runs: Vec<Measurement>,
+    day_use: Option<(pb::QuotaUse, pb::QuotaUse)>,
+}
+
+/// The `support` caller's use of the reader rule's day quota, as the
+/// vault's Admin service lists it.
+async fn reader_day_use(admin: &mut AdminClient<Channel>) -> Result<pb::QuotaUse, String> {
+    let caller = fieldvault::dev::spiffe_id("support");
+    let callers = admin
+        .list_callers(pb::ListCallersRequest {})
+        .await
+        .map_err(|e| format!("reading the reader's quota use: {}", e.message()))?
+        .into_inner()
+        .callers;
+    callers
+        .into_iter()
+        .filter(|c| c.caller == caller)
+        .flat_map(|c| c.quotas)
+        .find(|q| q.rule == READER_RULE && q.per == "day")
+        .ok_or_else(|| {
+            format!(
+                "the vault lists no day quota of rule '{READER_RULE}' for {caller}: the \
+                 quotas are not in force"
+            )
+        })
 }
 
 /// Moves the audit trail at `from` (every file the server keeps for it:
@@ -1195,4 +1509,131 @@ fn private_dir(parent: &Path, prefix: &str) -> Result<PathBuf, String> {
         .create(&dir)
         .map_err(|e| format!("{}: {e}", dir.display()))?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn measurement(calls: u64, failed: u64, seconds: f64, values_per_call: u64) -> Measurement {
+        Measurement {
+            calls,
+            failed,
+            seconds,
+            values_per_call,
+            p50_us: 2000,
+            p95_us: 3000,
+            p99_us: 4000,
+            max_us: 9000,
+            written: 0,
+        }
+    }
+
+    /// A report of the quota phase alone, detokenize-1 with `off` and
+    /// `on` as its two runs.
+    fn quota_report(off: Measurement, on: Measurement) -> Report {
+        let revealed = values_revealed(&on);
+        Report {
+            rows: Vec::new(),
+            rewrap: None,
+            audit_sinks: Vec::new(),
+            quotas: Some(QuotaReport {
+                quotas: never_biting_quotas(),
+                runs: vec![
+                    QuotaRun {
+                        scenario: Scenario::Detokenize,
+                        quotas_on: false,
+                        measurement: off,
+                    },
+                    QuotaRun {
+                        scenario: Scenario::Detokenize,
+                        quotas_on: true,
+                        measurement: on,
+                    },
+                ],
+                revealed,
+                counted: revealed,
+                day_turned: false,
+            }),
+            stored_tokens: 0,
+            store_bytes: 0,
+            startup_seconds: None,
+            rss_after_restart_mib: None,
+            options: BenchOptions {
+                duration: Duration::from_secs(5),
+                concurrency: 64,
+                connections: 4,
+                preload: 1000,
+                scenarios: Vec::new(),
+                data_dir: None,
+                cache_capacity_mib: 8,
+                addr: None,
+                purpose: "bench".into(),
+                vault_bin: None,
+                rewrap_rate: None,
+                audit_dir: None,
+                compare_audit_dir: None,
+                compare_quotas: true,
+            },
+        }
+    }
+
+    #[test]
+    fn failed_calls_with_quotas_on_fail_the_run_and_leave_no_ratio() {
+        let report = quota_report(
+            measurement(1000, 0, 1.0, 1),
+            measurement(1000, 1000, 1.0, 1),
+        );
+        assert_eq!(report.failed_calls(), 1000);
+        let text = report.to_markdown();
+        assert!(
+            text.contains("detokenize-1: no ratio: 1000 calls failed"),
+            "{text}"
+        );
+        assert!(!text.contains("quotas on give"), "{text}");
+    }
+
+    #[test]
+    fn the_quota_table_has_both_settings_and_their_ratio() {
+        let report = quota_report(measurement(1000, 0, 1.0, 1), measurement(800, 0, 1.0, 1));
+        assert_eq!(report.failed_calls(), 0);
+        let text = report.to_markdown();
+        assert!(
+            text.contains("| detokenize-1 | off | 1000 | 1000 | 2.00 | 4.00 | 9.00 | 0 |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| detokenize-1 | on | 800 | 800 | 2.00 | 4.00 | 9.00 | 0 |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("detokenize-1: quotas on give 0.80x the throughput of quotas off"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"quota = ["1000000000/minute", "1000000000/day"]"#),
+            "{text}"
+        );
+        assert!(text.contains("the vault counted 800 values"), "{text}");
+    }
+
+    #[test]
+    fn the_policy_with_quotas_gives_only_the_reader_rule_its_quotas() {
+        let off = bench_policy(&[]);
+        let on = bench_policy(&never_biting_quotas());
+        assert!(!off.contains("quota ="), "{off}");
+        let reader = on
+            .split("[[rules]]")
+            .find(|r| r.contains(READER_RULE))
+            .unwrap();
+        assert!(
+            reader.contains(r#"quota = ["1000000000/minute", "1000000000/day"]"#),
+            "{on}"
+        );
+        assert_eq!(on.matches("quota =").count(), 1, "{on}");
+        for policy in [off, on] {
+            fieldvault::domain::policy::Policy::from_toml(&policy).unwrap();
+        }
+    }
 }

@@ -10,6 +10,9 @@
 //! # detokenize-1 with the durable audit trail, then with it on a tmpfs:
 //! ./target/release/fieldvault-bench --duration 5 --preload 100000 \
 //!     --scenarios detokenize-1 --compare-audit-dir /dev/shm
+//! # detokenize-1 and -100 with the reader rule's quotas off, then on:
+//! ./target/release/fieldvault-bench --duration 5 --preload 100000 \
+//!     --scenarios detokenize-1 --compare-quotas
 //! ```
 
 mod ceiling;
@@ -94,6 +97,13 @@ struct BenchArgs {
     /// both side by side. The trail is moved back afterwards.
     #[arg(long, conflicts_with = "addr")]
     compare_audit_dir: Option<PathBuf>,
+    /// At the end, measure detokenize-1 and detokenize-100 (those of them
+    /// --scenarios names, else both) on a freshly started vault whose
+    /// reader rule has no quota, then on one whose reader rule has quotas
+    /// that never bite (two durable counters charged per call), and print
+    /// both side by side.
+    #[arg(long, conflicts_with = "addr")]
+    compare_quotas: bool,
 }
 
 fn main() -> ExitCode {
@@ -150,6 +160,7 @@ async fn bench(args: BenchArgs) -> Result<ExitCode, String> {
         rewrap_rate: args.rewrap_rate,
         audit_dir: args.audit_dir,
         compare_audit_dir: args.compare_audit_dir,
+        compare_quotas: args.compare_quotas,
     })
     .await?;
     print!("{}", report.to_markdown());
