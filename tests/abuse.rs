@@ -2,7 +2,6 @@
 //! refused whole), automatic freeze on repeated quota hits and on a scan of
 //! unknown tokens, unfreeze, canary tokens, justification patterns, the
 //! deny list and the live policy file.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
