@@ -408,7 +408,13 @@ async fn watch_policy(vault: Arc<Vault>, file: Arc<crate::policy_file::PolicyFil
             }
         };
         file.reload_into(forced, &|p| vault.replace_policy(p));
-        for outcome in file.take_outcomes() {
+        let (outcomes, more) = file.take_outcomes();
+        if more > 0 {
+            vault
+                .record_policy_reloads_not_itemised(&file.path().display().to_string(), more)
+                .await;
+        }
+        for outcome in outcomes {
             let result = match outcome {
                 crate::policy_file::Reload::Unchanged => continue,
                 crate::policy_file::Reload::Applied { rules } => Ok(rules),

@@ -58,6 +58,9 @@ struct Seen {
     in_force_since_ms: u64,
     /// Outcomes not yet taken by [`PolicyFile::take_outcomes`].
     outcomes: Vec<Reload>,
+    /// Reloads past [`MAX_PENDING_OUTCOMES`] since the last take: counted,
+    /// and audited as one event.
+    not_itemised: u64,
 }
 
 /// The policy file a server was started with.
@@ -81,6 +84,7 @@ impl PolicyFile {
                     fingerprint: before,
                     in_force_since_ms: crate::audit::now_unix_ms(),
                     outcomes: Vec::new(),
+                    not_itemised: 0,
                 }),
             },
             policy,
@@ -137,6 +141,8 @@ impl PolicyFile {
         };
         if seen.outcomes.len() < MAX_PENDING_OUTCOMES {
             seen.outcomes.push(outcome.clone());
+        } else {
+            seen.not_itemised += 1;
         }
         if let Some(p) = &policy {
             install(p.clone());
@@ -144,9 +150,12 @@ impl PolicyFile {
         (outcome, policy)
     }
 
-    /// The reloads since the last call (for the audit trail).
-    pub fn take_outcomes(&self) -> Vec<Reload> {
-        std::mem::take(&mut self.seen.lock().unwrap_or_else(|p| p.into_inner()).outcomes)
+    /// The reloads since the last call (for the audit trail), and how
+    /// many more there were past [`MAX_PENDING_OUTCOMES`].
+    pub fn take_outcomes(&self) -> (Vec<Reload>, u64) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let more = std::mem::take(&mut seen.not_itemised);
+        (std::mem::take(&mut seen.outcomes), more)
     }
 }
 
@@ -156,9 +165,20 @@ impl PolicySource for PolicyFile {
     }
 }
 
+/// The largest policy file read (a policy of thousands of rules is far
+/// smaller; a larger file would stall the call that reads it).
+pub const MAX_POLICY_BYTES: usize = 1 << 20;
+
 fn read(path: &Path) -> Result<Policy, crate::app::StartError> {
     let text =
         crate::fsperm::read_checked("policy_file", path, crate::fsperm::Access::NoOtherWrites)?;
+    if text.len() > MAX_POLICY_BYTES {
+        return Err(crate::domain::policy::PolicyError::Syntax(format!(
+            "the file is {} bytes, more than the {MAX_POLICY_BYTES} bytes a policy may be",
+            text.len()
+        ))
+        .into());
+    }
     Ok(Policy::from_toml(&text)?)
 }
 
@@ -209,9 +229,21 @@ mod tests {
             policy.map(|p| p.deny_list().to_vec()),
             Some(vec!["leaver".to_owned()])
         );
+        // Too large: rejected before it is parsed.
+        let huge = format!("{GOOD}# {}\n", "x".repeat(MAX_POLICY_BYTES));
+        ok(std::fs::write(&path, huge));
+        let Reload::Rejected { error } = file.reload(false).0 else {
+            panic!("a huge file was not rejected")
+        };
+        assert!(error.contains("more than the 1048576 bytes"), "{error}");
+        ok(std::fs::write(
+            &path,
+            "version = 1\ndeny = ['leaver']\n[[rules]]\ncallers = ['orders']\naction = 'tokenize'\nkinds = ['phone']\n",
+        ));
+        assert_eq!(file.reload(false).0, Reload::Applied { rules: 1 });
         // SIGHUP reads it again even unchanged.
         assert_eq!(file.reload(true).0, Reload::Applied { rules: 1 });
-        assert_eq!(file.take_outcomes().len(), 3);
-        assert!(file.take_outcomes().is_empty());
+        assert_eq!(file.take_outcomes().0.len(), 5);
+        assert!(file.take_outcomes().0.is_empty());
     }
 }

@@ -62,8 +62,16 @@ fn freeze_reason(reason: &str) -> Result<String, VaultError> {
     if reason.chars().count() > MAX_FREEZE_REASON {
         return Err(bad("is longer than 200 characters"));
     }
-    if reason.chars().any(char::is_control) {
-        return Err(bad("must not hold control characters"));
+    // It is written to the log's alert line and the audit trail as it is:
+    // nothing in it may change how those lines read.
+    if reason.chars().any(|c| {
+        c.is_control()
+            || crate::domain::is_format_character(c, false)
+            || matches!(c, '\u{2028}' | '\u{2029}')
+    }) {
+        return Err(bad(
+            "must not hold control, format or line-separator characters",
+        ));
     }
     Ok(reason.to_owned())
 }
@@ -98,7 +106,8 @@ impl Vault {
         match &result {
             Ok(_) => tracing::info!(request_id = %call.request_id, op, "admin call done"),
             Err(e) => {
-                tracing::info!(request_id = %call.request_id, op, error = %e, "admin call refused")
+                // Quoted: the message may hold a caller's common name.
+                tracing::info!(request_id = %call.request_id, op, error = ?e.to_string(), "admin call refused")
             }
         }
         self.record_call(event, result).await
@@ -191,6 +200,13 @@ impl Vault {
             let target = identity(caller)?;
             let reason = freeze_reason(reason)?;
             let by = call.caller()?.to_string();
+            if target.as_str() == by {
+                // It could not unfreeze itself, nor list who is frozen.
+                return Err(VaultError::InvalidArgument {
+                    field: "caller",
+                    reason: "is the caller's own identity; another admin must freeze it".into(),
+                });
+            }
             if let Some(f) = self.frozen_now(target.as_str()).await? {
                 return Err(already_frozen(&f));
             }
@@ -221,6 +237,15 @@ impl Vault {
         let result = async {
             self.admin_allowed(&call, true).await?;
             let target = identity(caller)?;
+            if self.frozen_now(target.as_str()).await?.is_none() {
+                return Err(VaultError::FailedPrecondition(format!(
+                    "caller '{target}' is not frozen"
+                )));
+            }
+            // Its trigger counts start again from zero before it can call
+            // again (while it is frozen no call of it counts), so what froze
+            // it does not freeze it again at once.
+            self.reset_freeze_counters(&target).await?;
             let lifted = self.store.unfreeze(target.as_str()).await.map_err(|e| {
                 tracing::error!(error = %e, "unfreezing a caller failed");
                 super::unavailable(&e, "nothing changed")
@@ -228,7 +253,6 @@ impl Vault {
             let lifted = lifted.ok_or_else(|| {
                 VaultError::FailedPrecondition(format!("caller '{target}' is not frozen"))
             })?;
-            self.reset_freeze_counters(&target).await?;
             tracing::info!(caller = %target, by = %call.caller()?, "caller unfrozen");
             Ok(lifted)
         }

@@ -167,6 +167,20 @@ impl Vault {
         }
     }
 
+    /// Audits reloads of the policy file that came too fast to be audited
+    /// one by one (more than a few dozen within a second): how many.
+    pub async fn record_policy_reloads_not_itemised(&self, file: &str, reloads: u64) {
+        let mut event = Event::new("policy.reload");
+        event.details.insert("file".into(), file.into());
+        event
+            .details
+            .insert("reloads_not_itemised".into(), reloads.into());
+        event.settle();
+        if let Err(e) = self.audit.record(&event).await {
+            tracing::error!(error = %e, event = %event.to_json(), "the audit trail did not take a policy reload's event");
+        }
+    }
+
     /// Why the audit trail refuses events now, if it does (health).
     pub fn audit_failure(&self) -> Option<String> {
         self.audit.failure()

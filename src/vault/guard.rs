@@ -84,12 +84,25 @@ fn quoted(s: &str) -> String {
     out
 }
 
-/// The refusal every call of a frozen caller gets.
+/// What a caller frozen automatically is told: which control froze it is
+/// for the operators (the alert line, the audit trail, `callers list`), so
+/// that a caller cannot learn which token was a canary.
+pub const AUTOMATIC_FREEZE_REASON: &str =
+    "an abuse control of the vault froze it (its operators know which)";
+
+/// The refusal every call of a frozen caller gets: an operator's reason
+/// as given (it is meant for the caller), an automatic freeze's in
+/// general terms.
 pub(super) fn frozen_refusal(freeze: &Freeze) -> VaultError {
+    let reason = if freeze.by == BY_VAULT {
+        AUTOMATIC_FREEZE_REASON.to_owned()
+    } else {
+        freeze.reason.clone()
+    };
     VaultError::Frozen {
         caller: freeze.caller.clone(),
         since_unix_ms: freeze.since_unix_ms,
-        reason: freeze.reason.clone(),
+        reason,
     }
 }
 

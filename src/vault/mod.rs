@@ -745,11 +745,6 @@ impl Vault {
             mark_canaries(event, &parsed, &missing, &canaries);
             return Err(self.canary_tripped(call, caller, event).await);
         }
-        // Tokens that name nothing: a scan past the policy's threshold
-        // freezes the caller.
-        let unknown = parsed.iter().filter(|p| p.is_err()).count() + missing.len();
-        self.count_unknown(call, caller, &policy, unknown as u64)
-            .await?;
         let mut records = read.into_iter();
 
         let mut results = Vec::with_capacity(parsed.len());
@@ -842,6 +837,24 @@ impl Vault {
         }
 
         event.items = items;
+        // Tokens that name nothing the caller may see (not a token, not
+        // issued here, not found, or of a kind it may not see: answered
+        // alike): a scan past the policy's threshold freezes the caller,
+        // and this call reveals nothing.
+        let unknown = results
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r,
+                    Err(ItemError::InvalidArgument { .. }
+                        | ItemError::NotFound
+                        | ItemError::NotIssued
+                        | ItemError::PermissionDenied(_))
+                )
+            })
+            .count();
+        self.count_unknown(call, caller, &policy, unknown as u64)
+            .await?;
         // Counted, durably, before any value leaves; over a quota nothing
         // does.
         if let Err(e) = self.charge_quotas(call, caller, &policy, &uses).await {
@@ -852,6 +865,10 @@ impl Vault {
             }
             return Err(e);
         }
+        // A freeze or a deny-list entry that came while this call ran (a
+        // canary in a parallel call, an operator) stops it here, before
+        // any value leaves.
+        self.admit(caller, &self.policy()).await?;
         let revealed = results.iter().filter(|r| r.is_ok()).count();
         tracing::debug!(caller = %caller, request_id = %call.request_id, purpose = %purpose, items = results.len(), revealed, "detokenize");
         Ok(results)

@@ -13,6 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 struct Counting {
     inner: SledStore,
     ids_read: AtomicUsize,
+    /// A freeze that lands while the next read of records runs (as an
+    /// operator's or a parallel call's would).
+    freeze_during_read: std::sync::Mutex<Option<crate::store::Freeze>>,
 }
 
 #[async_trait::async_trait]
@@ -46,6 +49,14 @@ impl Store for Counting {
     }
     async fn get_records(&self, ids: Vec<RecordId>) -> Result<Vec<RecordRead>, StoreError> {
         self.ids_read.fetch_add(ids.len(), Ordering::SeqCst);
+        let freeze = self
+            .freeze_during_read
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(freeze) = freeze {
+            ok(self.inner.freeze(freeze).await);
+        }
         self.inner.get_records(ids).await
     }
     fn key_usage(&self) -> crate::store::KeyUsage {
@@ -153,6 +164,7 @@ async fn a_flipped_bit_anywhere_in_a_token_is_not_found_without_a_store_read() {
             max_queued_writes: DEFAULT_MAX_QUEUED_WRITES,
         })),
         ids_read: AtomicUsize::new(0),
+        freeze_during_read: Default::default(),
     });
     let master = MasterKey::generate();
     let vault = vault_over(store.clone(), dir.path(), &master).await;
@@ -255,4 +267,44 @@ async fn a_store_with_records_but_no_keys_is_refused_not_given_new_keys() {
         wrong_key.contains("is this the right master key"),
         "{wrong_key}"
     );
+}
+
+#[tokio::test]
+async fn a_freeze_that_lands_while_a_reveal_runs_stops_it_before_any_value_leaves() {
+    let dir = ok(tempfile::tempdir());
+    let store = Arc::new(Counting {
+        inner: ok(SledStore::open(&SledConfig {
+            path: dir.path().join("store"),
+            cache_capacity_bytes: 8 << 20,
+            max_queued_writes: DEFAULT_MAX_QUEUED_WRITES,
+        })),
+        ids_read: AtomicUsize::new(0),
+        freeze_during_read: Default::default(),
+    });
+    let master = MasterKey::generate();
+    let vault = vault_over(store.clone(), dir.path(), &master).await;
+    let items = vec![Ok(FieldInput::simple(FieldKind::Phone, "+1 202-555-0165"))];
+    let token = match ok(vault.tokenize(&caller("orders"), None, items).await).pop() {
+        Some(Ok(token)) => token.to_string(),
+        other => panic!("tokenize: {other:?}"),
+    };
+    // Admitted, then frozen while its records are read.
+    *store
+        .freeze_during_read
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some(crate::store::Freeze {
+        caller: caller("support").to_string(),
+        since_unix_ms: 1,
+        reason: "operator test".into(),
+        by: "spiffe://t.example/admin".into(),
+    });
+    let refused = vault
+        .detokenize(&caller("support"), "callback", "", vec![token.clone()])
+        .await;
+    match refused {
+        Err(VaultError::Frozen { reason, .. }) => assert_eq!(reason, "operator test"),
+        other => panic!("revealed after the freeze: {other:?}"),
+    }
+    // The freeze was read mid-call (not at its start).
+    assert_eq!(store.ids_read.load(Ordering::SeqCst), 1);
 }

@@ -145,6 +145,17 @@ impl Pattern {
         if source.len() > MAX_PATTERN_LEN {
             return Err(format!("is longer than {MAX_PATTERN_LEN} characters"));
         }
+        // Whole on its own first: a pattern that closes the group it is
+        // wrapped in (`x)|(?:.*`) would escape the anchors.
+        regex::RegexBuilder::new(source)
+            .size_limit(1 << 20)
+            .build()
+            .map_err(|e| {
+                format!(
+                    "'{source}' does not compile: {}",
+                    e.to_string().replace('\n', " ")
+                )
+            })?;
         let regex = regex::RegexBuilder::new(&format!("^(?:{source})$"))
             .size_limit(1 << 20)
             .build()
@@ -451,10 +462,18 @@ impl Policy {
         };
         let named = r.name.is_some();
         let name = r.name.unwrap_or_else(|| format!("rules[{index}]"));
-        if name.is_empty() || name.len() > MAX_RULE_NAME || name.chars().any(char::is_control) {
+        let odd = |c: char| {
+            c.is_control()
+                || super::is_format_character(c, false)
+                || matches!(c, '\u{2028}' | '\u{2029}')
+        };
+        if name.is_empty() || name.len() > MAX_RULE_NAME || name.chars().any(odd) {
             return Err(bad(
                 "name",
-                format!("must be 1 to {MAX_RULE_NAME} characters, without control characters"),
+                format!(
+                    "must be 1 to {MAX_RULE_NAME} bytes, without control, format or \
+                     line-separator characters"
+                ),
             ));
         }
         if r.callers.is_empty() {

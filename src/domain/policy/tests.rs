@@ -471,6 +471,14 @@ fn bad_quotas_patterns_and_settings_are_refused_naming_line_and_field() {
         (rule("justification = 'SUP-[0-9'"), "line 3: rules[0].justification: 'SUP-[0-9' does not compile"),
         (rule("justification = ''"), "rules[0].justification: must not be empty"),
         (
+            rule("justification = 'SUP-[0-9]+)|(?:.*'"),
+            "rules[0].justification: 'SUP-[0-9]+)|(?:.*' does not compile",
+        ),
+        (
+            rule("").replace("name = 'r'", "name = 'r\u{202e}x'"),
+            "rules[0].name: must be 1 to 200 bytes",
+        ),
+        (
             "version = 1\n[[rules]]\ncallers = ['a']\naction = 'tokenize'\nkinds = ['phone']\nquota = ['1/minute']".into(),
             "line 2: rules[0].quota: only detokenize rules take quota",
         ),
