@@ -382,8 +382,8 @@ pub fn server_builder(
 }
 
 /// Re-reads the policy file once a second if it changed (calls see a
-/// change at once: they check too) and on SIGHUP, and audits every reload
-/// (`policy.reload`), applied or rejected.
+/// change at once: they check too, and wake this to audit it) and on
+/// SIGHUP, and audits every reload (`policy.reload`), applied or rejected.
 async fn watch_policy(vault: Arc<Vault>, file: Arc<crate::policy_file::PolicyFile>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangup = match signal(SignalKind::hangup()) {
@@ -397,6 +397,8 @@ async fn watch_policy(vault: Arc<Vault>, file: Arc<crate::policy_file::PolicyFil
     loop {
         let forced = tokio::select! {
             _ = tick.tick() => false,
+            // A call saw the change first: audit it now.
+            _ = vault.policy_changed() => false,
             Some(()) = async {
                 match hangup.as_mut() {
                     Some(h) => h.recv().await,

@@ -213,14 +213,15 @@ fn policy_check_accepts_the_dev_policy_and_names_the_line_of_a_broken_one() {
     // A quota with an unknown unit, in the rule that starts on the line
     // found here: the error names that line, the rule and the field.
     let broken_text = dev_policy.replace("\"100/minute\"", "\"100/fortnight\"");
-    let line = dev_policy
+    let line = broken_text
         .lines()
-        .position(|l| l.contains("support sees phone numbers in full"))
-        .unwrap();
+        .position(|l| l.contains("100/fortnight"))
+        .unwrap()
+        + 1;
     let broken = policy_file(tmp.path(), "broken.toml", &broken_text);
     let out = run_to_exit(1, &["policy", "check", broken.to_str().unwrap()], "");
     let err = stderr(&out);
-    // The rule's `[[rules]]` header is the line before its name.
+    // The line of the bad field itself.
     assert!(
         err.contains(&format!("line {line}: rules[1].quota:")) && err.contains("fortnight"),
         "{}",

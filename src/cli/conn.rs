@@ -17,8 +17,8 @@ pub(crate) struct Conn {
     #[arg(long, default_value = DEFAULT_ADDR, env = "FIELDVAULT_ADDR")]
     addr: String,
     /// CA certificate that signed the server certificate (PEM).
-    /// (Which of these and --dev-identity go together is checked in
-    /// `tls()`, to name the mistake rather than the first flag missing.)
+    // Which of these and --dev-identity go together is checked in `tls()`,
+    // to name the mistake rather than the first flag missing.
     #[arg(long)]
     ca: Option<PathBuf>,
     /// Client certificate (PEM).

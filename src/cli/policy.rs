@@ -141,7 +141,7 @@ fn read_policy(path: &Path) -> Result<Policy, ReadError> {
 fn error_line(e: &PolicyError) -> Option<usize> {
     match e {
         PolicyError::Rule { line, .. } | PolicyError::Setting { line, .. } => Some(*line),
-        // toml's own message: "TOML parse error at line 3, column 10 | …".
+        // toml's own error: "line 3, column 10: …".
         PolicyError::Syntax(message) => {
             let rest = &message[message.find("line ")? + "line ".len()..];
             let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
@@ -313,6 +313,13 @@ fn question(args: &ExplainArgs) -> Result<Question, Failure> {
         return Err(Failure::invalid(
             "--justification",
             "only a detokenize takes a justification: leave it out",
+        ));
+    }
+    if action == Action::Detokenize && args.purpose.is_none() {
+        // The server refuses such a call before any rule (INVALID_ARGUMENT).
+        return Err(Failure::invalid(
+            "--purpose",
+            "a detokenize needs a purpose (the server refuses one without: INVALID_ARGUMENT)",
         ));
     }
     let purpose = args
@@ -626,7 +633,12 @@ action = "admin"
     fn an_error_line_is_found_in_every_kind_of_policy_error() {
         let bad_rule = POLICY.replace("2000/day", "2000/fortnight");
         let e = Policy::from_toml(&bad_rule).err();
-        assert_eq!(e.as_ref().and_then(error_line), Some(4), "{e:?}");
+        // The line of the quota itself.
+        let quota_line = bad_rule
+            .lines()
+            .position(|l| l.contains("2000/fortnight"))
+            .map(|i| i + 1);
+        assert_eq!(e.as_ref().and_then(error_line), quota_line, "{e:?}");
         let syntax = POLICY.replace("action = \"admin\"", "action = admin");
         let e = Policy::from_toml(&syntax).err();
         assert_eq!(e.as_ref().and_then(error_line), Some(25), "{e:?}");

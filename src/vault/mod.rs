@@ -327,6 +327,9 @@ pub struct Vault {
     policy: RwLock<Arc<Policy>>,
     /// Checked for a new policy at every call, once set.
     policy_source: std::sync::OnceLock<Arc<dyn PolicySource>>,
+    /// Woken when a call put a new policy in force (its reload is audited
+    /// at once, not at the next tick of the file watcher).
+    policy_changed: tokio::sync::Notify,
     audit: Arc<dyn AuditSink>,
     settings: Settings,
     key_jobs: keys::KeyJobs,
@@ -347,6 +350,7 @@ impl Vault {
             keyring: RwLock::new(Arc::new(keyring)),
             policy: RwLock::new(Arc::new(policy)),
             policy_source: std::sync::OnceLock::new(),
+            policy_changed: tokio::sync::Notify::new(),
             audit,
             settings,
             key_jobs: keys::KeyJobs::default(),
@@ -358,7 +362,10 @@ impl Vault {
     /// call sees one consistent policy.
     pub fn policy(&self) -> Arc<Policy> {
         if let Some(source) = self.policy_source.get() {
-            source.refresh(&|new| self.replace_policy(new));
+            source.refresh(&|new| {
+                self.replace_policy(new);
+                self.policy_changed.notify_one();
+            });
         }
         // A poisoned lock only means a writer panicked between two whole
         // assignments; the Arc inside is still a complete policy.
@@ -388,6 +395,12 @@ impl Vault {
     /// Why storage refuses writes, if it does (see [`Store::failure`]).
     pub fn storage_failure(&self) -> Option<StorageFailure> {
         self.store.failure()
+    }
+
+    /// Resolves when a call has put a new policy in force since the last
+    /// time this resolved.
+    pub async fn policy_changed(&self) {
+        self.policy_changed.notified().await;
     }
 
     /// Makes every call first ask `source` whether the policy changed

@@ -150,21 +150,11 @@ impl Pattern {
         regex::RegexBuilder::new(source)
             .size_limit(1 << 20)
             .build()
-            .map_err(|e| {
-                format!(
-                    "'{source}' does not compile: {}",
-                    e.to_string().replace('\n', " ")
-                )
-            })?;
+            .map_err(|e| format!("'{source}' does not compile: {}", regex_error(&e)))?;
         let regex = regex::RegexBuilder::new(&format!("^(?:{source})$"))
             .size_limit(1 << 20)
             .build()
-            .map_err(|e| {
-                format!(
-                    "'{source}' does not compile: {}",
-                    e.to_string().replace('\n', " ")
-                )
-            })?;
+            .map_err(|e| format!("'{source}' does not compile: {}", regex_error(&e)))?;
         Ok(Self {
             source: source.to_owned(),
             regex,
@@ -178,6 +168,16 @@ impl Pattern {
     pub fn matches(&self, justification: &str) -> bool {
         self.regex.is_match(justification)
     }
+}
+
+/// What a regex error says is wrong, on one line (its display draws the
+/// pattern with a caret over several lines).
+fn regex_error(e: &regex::Error) -> String {
+    let text = e.to_string();
+    text.lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("error: ").map(str::to_owned))
+        .unwrap_or_else(|| text.replace('\n', " "))
 }
 
 impl PartialEq for Pattern {
@@ -345,6 +345,26 @@ fn line_of(text: &str, at: usize) -> usize {
         + 1
 }
 
+/// The line where `field = …` is written in the table that starts at byte
+/// `span.start` of `text` (up to the next table header).
+fn field_line(text: &str, span: std::ops::Range<usize>, field: &str) -> Option<usize> {
+    let body = text.get(span.start..)?;
+    let mut at = 0;
+    for (n, l) in body.split_inclusive('\n').enumerate() {
+        let trimmed = l.trim_start();
+        if n > 0 && trimmed.starts_with('[') {
+            return None;
+        }
+        if let Some(rest) = trimmed.strip_prefix(field) {
+            if rest.trim_start().starts_with('=') {
+                return Some(line_of(text, span.start + at));
+            }
+        }
+        at += l.len();
+    }
+    None
+}
+
 fn valid_identity(c: &str) -> bool {
     if c.starts_with("spiffe://") {
         CallerId::spiffe(c).is_ok()
@@ -357,8 +377,20 @@ impl Policy {
     /// Parses and validates a policy file. Errors name the line, the rule
     /// and the field.
     pub fn from_toml(text: &str) -> Result<Self, PolicyError> {
-        let raw: RawPolicy = toml::from_str(text)
-            .map_err(|e| PolicyError::Syntax(e.to_string().trim_end().replace('\n', " | ")))?;
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim_end().replace('\n', "; ");
+            PolicyError::Syntax(match e.span() {
+                Some(span) => {
+                    let line = line_of(text, span.start);
+                    let line_start = text[..span.start.min(text.len())]
+                        .rfind('\n')
+                        .map_or(0, |i| i + 1);
+                    let column = text[line_start..span.start.min(text.len())].chars().count() + 1;
+                    format!("line {line}, column {column}: {message}")
+                }
+                None => message,
+            })
+        })?;
         if raw.version != 1 {
             return Err(PolicyError::Version(raw.version));
         }
@@ -391,8 +423,24 @@ impl Policy {
             .into_iter()
             .enumerate()
             .map(|(index, r)| {
-                let line = line_of(text, r.span().start);
-                Self::rule(index, line, r.into_inner())
+                let span = r.span();
+                let line = line_of(text, span.start);
+                Self::rule(index, line, r.into_inner()).map_err(|e| match e {
+                    // The line of the field itself, when the rule writes it
+                    // as `field = …` (else the rule's first line).
+                    PolicyError::Rule {
+                        index,
+                        line,
+                        field,
+                        reason,
+                    } => PolicyError::Rule {
+                        index,
+                        line: field_line(text, span, field).unwrap_or(line),
+                        field,
+                        reason,
+                    },
+                    other => other,
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         for (index, rule) in rules.iter().enumerate() {

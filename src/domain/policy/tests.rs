@@ -452,7 +452,7 @@ fn bad_quotas_patterns_and_settings_are_refused_naming_line_and_field() {
         )
     };
     let cases = [
-        (rule("quota = ['100/week']"), "line 3: rules[0].quota: '100/week': unknown unit"),
+        (rule("quota = ['100/week']"), "line 10: rules[0].quota: '100/week': unknown unit"),
         (rule("quota = '0/minute'"), "rules[0].quota: '0/minute': the limit must be"),
         (rule("quota = ['1/minute', '2/minute']"), "rules[0].quota: two limits per minute"),
         (rule("quota = []"), "rules[0].quota: is empty"),
@@ -468,7 +468,7 @@ fn bad_quotas_patterns_and_settings_are_refused_naming_line_and_field() {
             rule("quota = '5/day'").replace("'full'", "'none'"),
             "rules[0].quota: a quota counts values revealed",
         ),
-        (rule("justification = 'SUP-[0-9'"), "line 3: rules[0].justification: 'SUP-[0-9' does not compile"),
+        (rule("justification = 'SUP-[0-9'"), "line 10: rules[0].justification: 'SUP-[0-9' does not compile: unclosed character class"),
         (rule("justification = ''"), "rules[0].justification: must not be empty"),
         (
             rule("justification = 'SUP-[0-9]+)|(?:.*'"),
@@ -480,7 +480,7 @@ fn bad_quotas_patterns_and_settings_are_refused_naming_line_and_field() {
         ),
         (
             "version = 1\n[[rules]]\ncallers = ['a']\naction = 'tokenize'\nkinds = ['phone']\nquota = ['1/minute']".into(),
-            "line 2: rules[0].quota: only detokenize rules take quota",
+            "line 6: rules[0].quota: only detokenize rules take quota",
         ),
         (
             "version = 1\n[[rules]]\ncallers = ['a']\naction = 'admin'\nkinds = ['phone']".into(),
@@ -492,7 +492,7 @@ fn bad_quotas_patterns_and_settings_are_refused_naming_line_and_field() {
         ),
         (
             "version = 1\n[[rules]]\ncallers = ['a']\naction = 'tokenize'\nkinds = ['fax']".into(),
-            "line 2: rules[0].kinds: 'fax'",
+            "line 5: rules[0].kinds: 'fax'",
         ),
         ("version = 1\ndeny = ['bad id ']".into(), "line 2: deny: 'bad id '"),
         (
