@@ -382,7 +382,7 @@ pub fn server_builder(
 }
 
 /// Re-reads the policy file once a second if it changed (calls see a
-/// change at once: they check too, and wake this to audit it) and on
+/// change at once: they check too, and audit it before they go on) and on
 /// SIGHUP, and audits every reload (`policy.reload`), applied or rejected.
 async fn watch_policy(vault: Arc<Vault>, file: Arc<crate::policy_file::PolicyFile>) {
     use tokio::signal::unix::{signal, SignalKind};
@@ -397,8 +397,6 @@ async fn watch_policy(vault: Arc<Vault>, file: Arc<crate::policy_file::PolicyFil
     loop {
         let forced = tokio::select! {
             _ = tick.tick() => false,
-            // A call saw the change first: audit it now.
-            _ = vault.policy_changed() => false,
             Some(()) = async {
                 match hangup.as_mut() {
                     Some(h) => h.recv().await,
@@ -410,22 +408,7 @@ async fn watch_policy(vault: Arc<Vault>, file: Arc<crate::policy_file::PolicyFil
             }
         };
         file.reload_into(forced, &|p| vault.replace_policy(p));
-        let (outcomes, more) = file.take_outcomes();
-        if more > 0 {
-            vault
-                .record_policy_reloads_not_itemised(&file.path().display().to_string(), more)
-                .await;
-        }
-        for outcome in outcomes {
-            let result = match outcome {
-                crate::policy_file::Reload::Unchanged => continue,
-                crate::policy_file::Reload::Applied { rules } => Ok(rules),
-                crate::policy_file::Reload::Rejected { error } => Err(error),
-            };
-            vault
-                .record_policy_reload(&file.path().display().to_string(), result)
-                .await;
-        }
+        vault.audit_policy_reloads().await;
     }
 }
 

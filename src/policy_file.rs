@@ -163,6 +163,23 @@ impl PolicySource for PolicyFile {
     fn refresh(&self, install: &dyn Fn(Policy)) {
         self.reload_into(false, install);
     }
+
+    fn take_reloads(&self) -> (Vec<Result<usize, String>>, u64) {
+        let (outcomes, more) = self.take_outcomes();
+        let reloads = outcomes
+            .into_iter()
+            .filter_map(|o| match o {
+                Reload::Unchanged => None,
+                Reload::Applied { rules } => Some(Ok(rules)),
+                Reload::Rejected { error } => Some(Err(error)),
+            })
+            .collect();
+        (reloads, more)
+    }
+
+    fn name(&self) -> String {
+        self.path.display().to_string()
+    }
 }
 
 /// The largest policy file read (a policy of thousands of rules is far
@@ -170,16 +187,39 @@ impl PolicySource for PolicyFile {
 pub const MAX_POLICY_BYTES: usize = 1 << 20;
 
 fn read(path: &Path) -> Result<Policy, crate::app::StartError> {
-    let text =
-        crate::fsperm::read_checked("policy_file", path, crate::fsperm::Access::NoOtherWrites)?;
-    if text.len() > MAX_POLICY_BYTES {
-        return Err(crate::domain::policy::PolicyError::Syntax(format!(
-            "the file is {} bytes, more than the {MAX_POLICY_BYTES} bytes a policy may be",
-            text.len()
-        ))
-        .into());
-    }
+    let text = read_text(path)?.map_err(crate::domain::policy::PolicyError::Syntax)?;
     Ok(Policy::from_toml(&text)?)
+}
+
+/// The policy file's text, read as the server reads it (its permission
+/// checks first): `Err` when it cannot be read or the server would not
+/// read it, `Ok(Err(why))` when it is larger than [`MAX_POLICY_BYTES`]
+/// (judged from its size before it is read).
+pub fn read_text(path: &Path) -> Result<Result<String, String>, crate::fsperm::PermError> {
+    use std::io::Read;
+    let file =
+        crate::fsperm::open_checked("policy_file", path, crate::fsperm::Access::NoOtherWrites)?;
+    let too_large = |bytes: u64| {
+        Err(format!(
+            "the file is {bytes} bytes, more than the {MAX_POLICY_BYTES} bytes a policy may be"
+        ))
+    };
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if size > MAX_POLICY_BYTES as u64 {
+        return Ok(too_large(size));
+    }
+    // Bounded even if it grows meanwhile.
+    let mut text = String::new();
+    let read = file
+        .take(MAX_POLICY_BYTES as u64 + 1)
+        .read_to_string(&mut text);
+    if let Err(e) = read {
+        return Ok(Err(format!("the file cannot be read as UTF-8 text: {e}")));
+    }
+    if text.len() > MAX_POLICY_BYTES {
+        return Ok(too_large(text.len() as u64));
+    }
+    Ok(Ok(text))
 }
 
 #[cfg(test)]

@@ -128,12 +128,9 @@ enum ReadError {
 
 /// Reads and parses `path` as the server does.
 fn read_policy(path: &Path) -> Result<Policy, ReadError> {
-    let text = fieldvault::fsperm::read_checked(
-        "policy_file",
-        path,
-        fieldvault::fsperm::Access::NoOtherWrites,
-    )
-    .map_err(|e| ReadError::Unreadable(e.to_string()))?;
+    let text = fieldvault::policy_file::read_text(path)
+        .map_err(|e| ReadError::Unreadable(e.to_string()))?
+        .map_err(|why| ReadError::Invalid(PolicyError::Syntax(why)))?;
     Policy::from_toml(&text).map_err(ReadError::Invalid)
 }
 

@@ -66,7 +66,7 @@ fn freeze_reason(reason: &str) -> Result<String, VaultError> {
     // nothing in it may change how those lines read.
     if reason.chars().any(|c| {
         c.is_control()
-            || crate::domain::is_format_character(c, false)
+            || crate::domain::is_format_character(c, true)
             || matches!(c, '\u{2028}' | '\u{2029}')
     }) {
         return Err(bad(
@@ -81,7 +81,7 @@ impl Vault {
     /// `admin`), checked before any argument.
     async fn admin_allowed(&self, call: &Call, changes: bool) -> Result<Policy, VaultError> {
         let caller = call.caller()?;
-        let policy = self.policy();
+        let policy = self.policy_for_call().await;
         self.admit(caller, &policy).await?;
         policy
             .check_call(caller, Action::Admin, None, None)
@@ -253,7 +253,7 @@ impl Vault {
             let lifted = lifted.ok_or_else(|| {
                 VaultError::FailedPrecondition(format!("caller '{target}' is not frozen"))
             })?;
-            tracing::info!(caller = %target, by = %call.caller()?, "caller unfrozen");
+            tracing::info!(caller = ?target.as_str(), by = ?call.caller()?.as_str(), "caller unfrozen");
             Ok(lifted)
         }
         .await;

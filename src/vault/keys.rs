@@ -414,7 +414,7 @@ impl Vault {
     /// events (its event could not follow it).
     async fn key_admin_allowed(&self, call: &Call, changes: bool) -> Result<(), VaultError> {
         let caller = call.caller()?;
-        let policy = self.policy();
+        let policy = self.policy_for_call().await;
         self.admit(caller, &policy).await?;
         policy
             .check_call(caller, Action::Keys, None, None)

@@ -294,6 +294,14 @@ pub trait PolicySource: Send + Sync {
     /// learns that it changed); otherwise the policy in force stays.
     /// Cheap when nothing changed: it is on every call's path.
     fn refresh(&self, install: &dyn Fn(Policy));
+
+    /// The reloads since the last take, for the audit trail (each the
+    /// number of rules now in force, or why the source was rejected), and
+    /// how many more there were than are kept one by one.
+    fn take_reloads(&self) -> (Vec<Result<usize, String>>, u64);
+
+    /// What the source is, for the audit trail (a file's path).
+    fn name(&self) -> String;
 }
 
 /// Marks the audit items of the canary tokens among `ids` (whose canaries
@@ -327,9 +335,6 @@ pub struct Vault {
     policy: RwLock<Arc<Policy>>,
     /// Checked for a new policy at every call, once set.
     policy_source: std::sync::OnceLock<Arc<dyn PolicySource>>,
-    /// Woken when a call put a new policy in force (its reload is audited
-    /// at once, not at the next tick of the file watcher).
-    policy_changed: tokio::sync::Notify,
     audit: Arc<dyn AuditSink>,
     settings: Settings,
     key_jobs: keys::KeyJobs,
@@ -350,7 +355,6 @@ impl Vault {
             keyring: RwLock::new(Arc::new(keyring)),
             policy: RwLock::new(Arc::new(policy)),
             policy_source: std::sync::OnceLock::new(),
-            policy_changed: tokio::sync::Notify::new(),
             audit,
             settings,
             key_jobs: keys::KeyJobs::default(),
@@ -362,10 +366,7 @@ impl Vault {
     /// call sees one consistent policy.
     pub fn policy(&self) -> Arc<Policy> {
         if let Some(source) = self.policy_source.get() {
-            source.refresh(&|new| {
-                self.replace_policy(new);
-                self.policy_changed.notify_one();
-            });
+            source.refresh(&|new| self.replace_policy(new));
         }
         // A poisoned lock only means a writer panicked between two whole
         // assignments; the Arc inside is still a complete policy.
@@ -397,10 +398,32 @@ impl Vault {
         self.store.failure()
     }
 
-    /// Resolves when a call has put a new policy in force since the last
-    /// time this resolved.
-    pub async fn policy_changed(&self) {
-        self.policy_changed.notified().await;
+    /// The policy in force for a call: first, reloads of the policy that
+    /// are not audited yet are (so the trail has a reload before the calls
+    /// it decided).
+    async fn policy_for_call(&self) -> Arc<Policy> {
+        let policy = self.policy();
+        self.audit_policy_reloads().await;
+        policy
+    }
+
+    /// Audits the reloads of the policy source not audited yet
+    /// (`policy.reload` events).
+    pub async fn audit_policy_reloads(&self) {
+        let Some(source) = self.policy_source.get() else {
+            return;
+        };
+        let (reloads, more) = source.take_reloads();
+        if reloads.is_empty() && more == 0 {
+            return;
+        }
+        let name = source.name();
+        for result in reloads {
+            self.record_policy_reload(&name, result).await;
+        }
+        if more > 0 {
+            self.record_policy_reloads_not_itemised(&name, more).await;
+        }
     }
 
     /// Makes every call first ask `source` whether the policy changed
@@ -555,7 +578,7 @@ impl Vault {
             })
             .transpose()?;
         event.purpose = purpose.as_ref().map(|p| p.to_string());
-        let policy = self.policy();
+        let policy = self.policy_for_call().await;
         self.admit(caller, &policy).await?;
         policy
             .check_call(caller, Action::Tokenize, purpose.as_ref(), None)
@@ -694,7 +717,7 @@ impl Vault {
                 reason: e.to_string(),
             })?;
         event.justification = Some(justification.as_str().to_owned()).filter(|j| !j.is_empty());
-        let policy = self.policy();
+        let policy = self.policy_for_call().await;
         self.admit(caller, &policy).await?;
         let given = Some(justification.as_str()).filter(|j| !j.is_empty());
 
@@ -850,19 +873,18 @@ impl Vault {
         }
 
         event.items = items;
-        // Tokens that name nothing the caller may see (not a token, not
-        // issued here, not found, or of a kind it may not see: answered
-        // alike): a scan past the policy's threshold freezes the caller,
-        // and this call reveals nothing.
-        let unknown = results
+        // Tokens that name no stored value (not a token, not issued here,
+        // not found): a scan past the policy's threshold freezes the
+        // caller, and this call reveals nothing. A real token of a kind the
+        // caller may not see is not counted (a legitimate caller meets
+        // those in mixed tables); its audit item says `permission_denied`.
+        let unknown = event
+            .items
             .iter()
-            .filter(|r| {
+            .filter(|i| {
                 matches!(
-                    r,
-                    Err(ItemError::InvalidArgument { .. }
-                        | ItemError::NotFound
-                        | ItemError::NotIssued
-                        | ItemError::PermissionDenied(_))
+                    i.outcome.as_str(),
+                    "invalid_argument" | "not_found" | "not_issued"
                 )
             })
             .count();
@@ -881,7 +903,14 @@ impl Vault {
         // A freeze or a deny-list entry that came while this call ran (a
         // canary in a parallel call, an operator) stops it here, before
         // any value leaves.
-        self.admit(caller, &self.policy()).await?;
+        if let Err(e) = self.admit(caller, &self.policy()).await {
+            for item in &mut event.items {
+                if item.outcome == "full" || item.outcome == "masked" {
+                    item.outcome = "refused".into();
+                }
+            }
+            return Err(e);
+        }
         let revealed = results.iter().filter(|r| r.is_ok()).count();
         tracing::debug!(caller = %caller, request_id = %call.request_id, purpose = %purpose, items = results.len(), revealed, "detokenize");
         Ok(results)

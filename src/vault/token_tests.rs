@@ -307,4 +307,16 @@ async fn a_freeze_that_lands_while_a_reveal_runs_stops_it_before_any_value_leave
     }
     // The freeze was read mid-call (not at its start).
     assert_eq!(store.ids_read.load(Ordering::SeqCst), 1);
+    // Its event says nothing was revealed.
+    let trail = ok(std::fs::read_to_string(dir.path().join("audit.log")));
+    let last = trail
+        .lines()
+        .rfind(|l| l.contains("\"action\":\"detokenize\""))
+        .unwrap_or_default();
+    assert!(
+        last.contains("\"decision\":\"denied\"")
+            && last.contains("\"outcome\":\"refused\"")
+            && !last.contains("\"outcome\":\"full\""),
+        "{last}"
+    );
 }

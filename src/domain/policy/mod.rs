@@ -512,7 +512,7 @@ impl Policy {
         let name = r.name.unwrap_or_else(|| format!("rules[{index}]"));
         let odd = |c: char| {
             c.is_control()
-                || super::is_format_character(c, false)
+                || super::is_format_character(c, true)
                 || matches!(c, '\u{2028}' | '\u{2029}')
         };
         if name.is_empty() || name.len() > MAX_RULE_NAME || name.chars().any(odd) {
