@@ -177,6 +177,22 @@ pub fn open_checked(setting: &'static str, path: &Path, access: Access) -> Resul
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
+    check_dir(setting, path, dir)?;
+    // Named through a link, the file lives in another directory, which
+    // must not let others replace it either.
+    if let Ok(target) = std::fs::canonicalize(path) {
+        if let Some(real_dir) = target.parent() {
+            if std::fs::canonicalize(dir).ok().as_deref() != Some(real_dir) {
+                check_dir(setting, path, real_dir)?;
+            }
+        }
+    }
+    Ok(file)
+}
+
+/// `dir` (holding `path`) must not let group or others replace what it
+/// holds: not writable by them, or sticky.
+fn check_dir(setting: &'static str, path: &Path, dir: &Path) -> Result<(), PermError> {
     let mode = std::fs::metadata(dir)
         .map_err(io_error(setting, dir))?
         .mode()
@@ -189,7 +205,7 @@ pub fn open_checked(setting: &'static str, path: &Path, access: Access) -> Resul
             mode,
         });
     }
-    Ok(file)
+    Ok(())
 }
 
 /// [`open_checked`], and stricter, for a key file named at run time (a new
@@ -467,6 +483,37 @@ mod tests {
             set_dir(fine);
             assert!(read_checked("policy_file", &path, Access::NoOtherWrites).is_ok());
         }
+    }
+
+    #[test]
+    fn a_file_named_through_a_link_is_refused_when_its_own_directory_lets_others_replace_it() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let open_dir = tmp.path().join("open");
+        let safe_dir = tmp.path().join("safe");
+        for d in [&open_dir, &safe_dir] {
+            std::fs::create_dir(d).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let real = open_dir.join("policy.toml");
+        std::fs::write(&real, "version = 1\n").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o644))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let link = safe_dir.join("policy.toml");
+        std::os::unix::fs::symlink(&real, &link).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o777))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = read_checked("policy_file", &link, Access::NoOtherWrites)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains(&format!("its directory {} (mode 0777)", open_dir.display())),
+            "{err}"
+        );
+        // A link into a directory only its owner writes (a Kubernetes
+        // volume's `..data`) is fine.
+        std::fs::set_permissions(&open_dir, std::fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(read_checked("policy_file", &link, Access::NoOtherWrites).is_ok());
     }
 
     #[test]
