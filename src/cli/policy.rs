@@ -266,12 +266,7 @@ struct Question {
 }
 
 fn question(args: &ExplainArgs) -> Result<Question, Failure> {
-    let caller = if args.caller.starts_with("spiffe://") {
-        CallerId::spiffe(&args.caller).map_err(|e| e.to_string())
-    } else {
-        CallerId::common_name(&args.caller).map_err(|e| e.to_string())
-    }
-    .map_err(|e| {
+    let caller = CallerId::parse(&args.caller).map_err(|e| {
         Failure::invalid(
             "--caller",
             &format!("neither a SPIFFE ID nor a certificate common name: {e}"),

@@ -67,6 +67,16 @@ impl CallerId {
         Ok(Self::CommonName(cn.to_owned()))
     }
 
+    /// An identity as a policy or an operator writes it: a SPIFFE ID when
+    /// it starts with `spiffe://`, else a common name.
+    pub fn parse(text: &str) -> Result<Self, CallerIdError> {
+        if text.starts_with("spiffe://") {
+            Self::spiffe(text)
+        } else {
+            Self::common_name(text)
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         match self {
             CallerId::Spiffe(s) | CallerId::CommonName(s) => s,

@@ -13,7 +13,7 @@ pub mod value;
 
 pub use caller::{CallerId, CallerIdError};
 pub use kind::{FieldKind, UnknownFieldKind};
-pub(crate) use purpose::is_format_character;
+pub(crate) use purpose::breaks_a_line;
 pub use purpose::{Justification, Purpose, TextError};
 pub use secret::Plaintext;
 pub use token::{RecordId, TokenId, TokenMode, TokenModes, TokenParseError, TOKEN_PREFIX};

@@ -38,6 +38,14 @@ pub enum TextError {
 /// keyboards add them), and the Mongolian variation selectors and vowel
 /// separator U+180B–U+180F. A `strict` text (a mailbox name) refuses them
 /// too.
+/// Whether `c` could change how a log or audit line reads: a control
+/// character, a line separator, or an invisible or bidirectional
+/// formatting character (the strict set). Operator-given text written to
+/// those lines (a freeze reason, a rule name, a key file path) refuses it.
+pub(crate) fn breaks_a_line(c: char) -> bool {
+    c.is_control() || is_format_character(c, true) || matches!(c, '\u{2028}' | '\u{2029}')
+}
+
 pub(crate) fn is_format_character(c: char, strict: bool) -> bool {
     match c {
         '\u{061C}'

@@ -35,12 +35,7 @@ pub struct QuotaUse {
 }
 
 fn identity(caller: &str) -> Result<CallerId, VaultError> {
-    let parsed = if caller.starts_with("spiffe://") {
-        CallerId::spiffe(caller).map_err(|e| e.to_string())
-    } else {
-        CallerId::common_name(caller).map_err(|e| e.to_string())
-    };
-    parsed.map_err(|e| VaultError::InvalidArgument {
+    CallerId::parse(caller).map_err(|e| VaultError::InvalidArgument {
         field: "caller",
         reason: if caller.is_empty() {
             "must name a caller (a SPIFFE ID or a certificate common name)".into()
@@ -64,11 +59,7 @@ fn freeze_reason(reason: &str) -> Result<String, VaultError> {
     }
     // It is written to the log's alert line and the audit trail as it is:
     // nothing in it may change how those lines read.
-    if reason.chars().any(|c| {
-        c.is_control()
-            || crate::domain::is_format_character(c, true)
-            || matches!(c, '\u{2028}' | '\u{2029}')
-    }) {
+    if reason.chars().any(crate::domain::breaks_a_line) {
         return Err(bad(
             "must not hold control, format or line-separator characters",
         ));

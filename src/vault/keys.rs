@@ -1279,13 +1279,10 @@ impl Vault {
                     "is longer than {MAX_KEY_FILE_PATH} bytes; give a plain path"
                 )));
             }
-            if new_key_file.to_str().is_none_or(|p| {
-                p.chars().any(|c| {
-                    c.is_control()
-                        || crate::domain::is_format_character(c, true)
-                        || matches!(c, '\u{2028}' | '\u{2029}')
-                })
-            }) {
+            if new_key_file
+                .to_str()
+                .is_none_or(|p| p.chars().any(crate::domain::breaks_a_line))
+            {
                 return Err(bad(
                     "holds control, invisible or bidirectional formatting characters, or is \
                      not UTF-8; give a plain path"

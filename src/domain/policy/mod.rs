@@ -365,14 +365,6 @@ fn field_line(text: &str, span: std::ops::Range<usize>, field: &str) -> Option<u
     None
 }
 
-fn valid_identity(c: &str) -> bool {
-    if c.starts_with("spiffe://") {
-        CallerId::spiffe(c).is_ok()
-    } else {
-        CallerId::common_name(c).is_ok()
-    }
-}
-
 impl Policy {
     /// Parses and validates a policy file. Errors name the line, the rule
     /// and the field.
@@ -399,7 +391,7 @@ impl Policy {
             Some(list) => {
                 let line = line_of(text, list.span().start);
                 let list = list.into_inner();
-                if let Some(bad) = list.iter().find(|c| !valid_identity(c)) {
+                if let Some(bad) = list.iter().find(|c| CallerId::parse(c).is_err()) {
                     return Err(PolicyError::Setting {
                         line,
                         field: "deny".into(),
@@ -510,12 +502,7 @@ impl Policy {
         };
         let named = r.name.is_some();
         let name = r.name.unwrap_or_else(|| format!("rules[{index}]"));
-        let odd = |c: char| {
-            c.is_control()
-                || super::is_format_character(c, true)
-                || matches!(c, '\u{2028}' | '\u{2029}')
-        };
-        if name.is_empty() || name.len() > MAX_RULE_NAME || name.chars().any(odd) {
+        if name.is_empty() || name.len() > MAX_RULE_NAME || name.chars().any(super::breaks_a_line) {
             return Err(bad(
                 "name",
                 format!(
@@ -527,7 +514,7 @@ impl Policy {
         if r.callers.is_empty() {
             return Err(bad("callers", "must name at least one caller".into()));
         }
-        if let Some(c) = r.callers.iter().find(|c| !valid_identity(c)) {
+        if let Some(c) = r.callers.iter().find(|c| CallerId::parse(c).is_err()) {
             return Err(bad(
                 "callers",
                 format!("'{c}' is neither a SPIFFE ID nor a common name"),
