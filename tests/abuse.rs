@@ -516,14 +516,25 @@ async fn more_unknown_tokens_than_the_threshold_freeze_the_caller() {
     assert!(got
         .iter()
         .all(|r| code(r.as_ref().unwrap_err()) == Code::NotFound));
-    // Garbage counts.
+    // Garbage counts; a real phone beside it is not revealed.
     unknown.truncate(5);
     unknown.push("not a token".into());
+    unknown.extend(tokens_for(&mut orders, phones(1)).await);
     // 15 + 6 = 21, more than 20: frozen, and this call is refused.
     let refused = reveal(&mut support, &unknown, "", "callback")
         .await
         .unwrap_err();
     assert_frozen(&refused, AUTOMATIC);
+    // Its event says the phone was not revealed.
+    let trail = std::fs::read_to_string(&vault.config.audit_log).unwrap();
+    let last = trail
+        .lines()
+        .rfind(|l| l.contains("\"action\":\"detokenize\""))
+        .unwrap();
+    assert!(
+        last.contains("\"outcome\":\"refused\"") && !last.contains("\"outcome\":\"full\""),
+        "{last}"
+    );
     // The operators see why.
     let listed = admin(&vault)
         .await

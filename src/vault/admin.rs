@@ -9,6 +9,7 @@ use crate::domain::policy::{Action, Policy, Quota};
 use crate::domain::{CallerId, FieldKind, TokenId};
 use crate::store::{Canary, Freeze};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// The most canaries one call creates.
 pub const MAX_CANARIES_PER_CALL: u32 = 1000;
@@ -70,7 +71,7 @@ fn freeze_reason(reason: &str) -> Result<String, VaultError> {
 impl Vault {
     /// The caller of `call` may use the Admin service (policy action
     /// `admin`), checked before any argument.
-    async fn admin_allowed(&self, call: &Call, changes: bool) -> Result<Policy, VaultError> {
+    async fn admin_allowed(&self, call: &Call, changes: bool) -> Result<Arc<Policy>, VaultError> {
         let caller = call.caller()?;
         let policy = self.policy_for_call().await;
         self.admit(caller, &policy).await?;
@@ -80,7 +81,7 @@ impl Vault {
         if changes {
             self.audit_ready()?;
         }
-        Ok((*policy).clone())
+        Ok(policy)
     }
 
     async fn admin_done<T>(

@@ -278,14 +278,14 @@ impl Vault {
             return Ok(());
         }
         let trigger = policy.freeze_rules().unknown_tokens;
+        if trigger.is_off() {
+            return Ok(());
+        }
         // More than `count`: the threshold is reached at count + 1.
         let reach = Trigger {
             count: trigger.count.saturating_add(1),
             window_ms: trigger.window_ms,
         };
-        if trigger.is_off() {
-            return Ok(());
-        }
         if let Some(count) = self
             .count_toward(&unknown_counter(caller), reach, n)
             .await?

@@ -888,25 +888,29 @@ impl Vault {
                 )
             })
             .count();
-        self.count_unknown(call, caller, &policy, unknown as u64)
-            .await?;
-        // Counted, durably, before any value leaves; over a quota nothing
-        // does.
-        if let Err(e) = self.charge_quotas(call, caller, &policy, &uses).await {
+        // Then, before any value leaves: the values are counted, durably,
+        // against their rules' quotas (over one, nothing leaves), and a
+        // freeze or a deny-list entry that came while this call ran (a
+        // canary in a parallel call, an operator) stops it. A call stopped
+        // here revealed nothing, and its items say so.
+        let stopped = match self
+            .count_unknown(call, caller, &policy, unknown as u64)
+            .await
+        {
+            Err(e) => Some((e, "refused")),
+            Ok(()) => match self.charge_quotas(call, caller, &policy, &uses).await {
+                Err(e) => Some((e, "over_quota")),
+                Ok(()) => self
+                    .admit(caller, &self.policy())
+                    .await
+                    .err()
+                    .map(|e| (e, "refused")),
+            },
+        };
+        if let Some((e, outcome)) = stopped {
             for item in &mut event.items {
                 if item.outcome == "full" || item.outcome == "masked" {
-                    item.outcome = "over_quota".into();
-                }
-            }
-            return Err(e);
-        }
-        // A freeze or a deny-list entry that came while this call ran (a
-        // canary in a parallel call, an operator) stops it here, before
-        // any value leaves.
-        if let Err(e) = self.admit(caller, &self.policy()).await {
-            for item in &mut event.items {
-                if item.outcome == "full" || item.outcome == "masked" {
-                    item.outcome = "refused".into();
+                    item.outcome = outcome.into();
                 }
             }
             return Err(e);
