@@ -56,8 +56,9 @@ struct Seen {
     fingerprint: Option<Fingerprint>,
     /// When the policy in force was loaded.
     in_force_since_ms: u64,
-    /// Outcomes not yet taken by [`PolicyFile::take_outcomes`].
-    outcomes: Vec<Reload>,
+    /// Reloads not yet taken for the audit trail
+    /// ([`PolicySource::take_reloads`]): rules in force, or the rejection.
+    outcomes: Vec<Result<usize, String>>,
     /// Reloads past [`MAX_PENDING_OUTCOMES`] since the last take: counted,
     /// and audited as one event.
     not_itemised: u64,
@@ -112,7 +113,7 @@ impl PolicyFile {
         }
         seen.fingerprint = now;
         let since = crate::domain::time::rfc3339(seen.in_force_since_ms);
-        let (outcome, policy) = match read(&self.path) {
+        let (recorded, policy) = match read(&self.path) {
             Ok(policy) => {
                 seen.in_force_since_ms = crate::audit::now_unix_ms();
                 tracing::info!(
@@ -121,12 +122,7 @@ impl PolicyFile {
                     deny = policy.deny_list().len(),
                     "policy reloaded: the new policy is in force from the next call"
                 );
-                (
-                    Reload::Applied {
-                        rules: policy.rules().len(),
-                    },
-                    Some(policy),
-                )
+                (Ok(policy.rules().len()), Some(policy))
             }
             Err(e) => {
                 let error = e.to_string();
@@ -136,11 +132,17 @@ impl PolicyFile {
                     "health: serving with the previous policy (in force since {since}): the \
                      changed policy file was rejected; fix it and save it again (or send SIGHUP)"
                 );
-                (Reload::Rejected { error }, None)
+                (Err(error), None)
             }
         };
+        let outcome = match &recorded {
+            Ok(rules) => Reload::Applied { rules: *rules },
+            Err(error) => Reload::Rejected {
+                error: error.clone(),
+            },
+        };
         if seen.outcomes.len() < MAX_PENDING_OUTCOMES {
-            seen.outcomes.push(outcome.clone());
+            seen.outcomes.push(recorded);
         } else {
             seen.not_itemised += 1;
         }
@@ -148,14 +150,6 @@ impl PolicyFile {
             install(p.clone());
         }
         (outcome, policy)
-    }
-
-    /// The reloads since the last call (for the audit trail), and how
-    /// many more there were past [`MAX_PENDING_OUTCOMES`].
-    pub fn take_outcomes(&self) -> (Vec<Reload>, u64) {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        let more = std::mem::take(&mut seen.not_itemised);
-        (std::mem::take(&mut seen.outcomes), more)
     }
 }
 
@@ -165,16 +159,9 @@ impl PolicySource for PolicyFile {
     }
 
     fn take_reloads(&self) -> (Vec<Result<usize, String>>, u64) {
-        let (outcomes, more) = self.take_outcomes();
-        let reloads = outcomes
-            .into_iter()
-            .filter_map(|o| match o {
-                Reload::Unchanged => None,
-                Reload::Applied { rules } => Some(Ok(rules)),
-                Reload::Rejected { error } => Some(Err(error)),
-            })
-            .collect();
-        (reloads, more)
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let more = std::mem::take(&mut seen.not_itemised);
+        (std::mem::take(&mut seen.outcomes), more)
     }
 
     fn name(&self) -> String {
@@ -283,7 +270,7 @@ mod tests {
         assert_eq!(file.reload(false).0, Reload::Applied { rules: 1 });
         // SIGHUP reads it again even unchanged.
         assert_eq!(file.reload(true).0, Reload::Applied { rules: 1 });
-        assert_eq!(file.take_outcomes().0.len(), 5);
-        assert!(file.take_outcomes().0.is_empty());
+        assert_eq!(file.take_reloads().0.len(), 5);
+        assert!(file.take_reloads().0.is_empty());
     }
 }

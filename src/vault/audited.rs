@@ -146,38 +146,14 @@ impl Vault {
         }
     }
 
-    /// Audits a reload of the policy file: `Ok(rules)` in force, or why
-    /// it was rejected (the policy in force stays).
-    pub async fn record_policy_reload(&self, file: &str, result: Result<usize, String>) {
-        let mut event = Event::new("policy.reload");
-        event.details.insert("file".into(), file.into());
-        match result {
-            Ok(rules) => {
-                event.details.insert("rules".into(), rules.into());
-            }
-            Err(why) => {
-                event.decision = Decision::Rejected;
-                event.code = "invalid_argument".into();
-                event.reason = Some(why);
-            }
-        }
+    /// Records an event of the vault's own (not a call's answer: a
+    /// freeze, a policy reload). What it records has happened already, so
+    /// an event the trail does not take goes to the server log instead
+    /// (it holds no value).
+    pub(super) async fn record_happened(&self, mut event: Event) {
         event.settle();
         if let Err(e) = self.audit.record(&event).await {
-            tracing::error!(error = %e, event = %event.to_json(), "the audit trail did not take a policy reload's event");
-        }
-    }
-
-    /// Audits reloads of the policy file that came too fast to be audited
-    /// one by one (more than a few dozen within a second): how many.
-    pub async fn record_policy_reloads_not_itemised(&self, file: &str, reloads: u64) {
-        let mut event = Event::new("policy.reload");
-        event.details.insert("file".into(), file.into());
-        event
-            .details
-            .insert("reloads_not_itemised".into(), reloads.into());
-        event.settle();
-        if let Err(e) = self.audit.record(&event).await {
-            tracing::error!(error = %e, event = %event.to_json(), "the audit trail did not take a policy reload's event");
+            tracing::error!(error = %e, event = %event.to_json(), "the audit trail did not take an event of something that happened");
         }
     }
 

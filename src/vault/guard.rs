@@ -185,10 +185,7 @@ impl Vault {
                 ] {
                     event.details.insert(key.into(), value.into());
                 }
-                event.settle();
-                if let Err(e) = self.audit.record(&event).await {
-                    tracing::error!(error = %e, event = %event.to_json(), "a caller was frozen but the audit trail did not take its event");
-                }
+                self.record_happened(event).await;
                 Ok(freeze)
             }
             Err(e) => {

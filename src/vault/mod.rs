@@ -418,11 +418,30 @@ impl Vault {
             return;
         }
         let name = source.name();
+        let event = || {
+            let mut event = Event::new("policy.reload");
+            event.details.insert("file".into(), name.as_str().into());
+            event
+        };
         for result in reloads {
-            self.record_policy_reload(&name, result).await;
+            let mut e = event();
+            match result {
+                Ok(rules) => {
+                    e.details.insert("rules".into(), rules.into());
+                }
+                Err(why) => {
+                    e.decision = crate::audit::event::Decision::Rejected;
+                    e.code = "invalid_argument".into();
+                    e.reason = Some(why);
+                }
+            }
+            self.record_happened(e).await;
         }
+        // A flood faster than the trail takes them: counted.
         if more > 0 {
-            self.record_policy_reloads_not_itemised(&name, more).await;
+            let mut e = event();
+            e.details.insert("reloads_not_itemised".into(), more.into());
+            self.record_happened(e).await;
         }
     }
 
