@@ -93,22 +93,7 @@ async fn reveal(
     justification: &str,
     purpose: &str,
 ) -> Result<Vec<Result<pb::RevealedValue, tonic_types::Status>>, tonic::Status> {
-    let resp = client
-        .detokenize(pb::DetokenizeRequest {
-            tokens: tokens.to_vec(),
-            purpose: purpose.to_owned(),
-            justification: justification.to_owned(),
-        })
-        .await?
-        .into_inner();
-    Ok(resp
-        .results
-        .into_iter()
-        .map(|r| match r.outcome.unwrap() {
-            pb::detokenize_result::Outcome::Revealed(v) => Ok(v),
-            pb::detokenize_result::Outcome::Error(e) => Err(e),
-        })
-        .collect())
+    detokenize_with(client, purpose, justification, tokens).await
 }
 
 /// Waits, if needed, until at least `need` is left in the current UTC

@@ -8,12 +8,11 @@
 mod common;
 
 use common::conn::CLI_ENV;
-use common::process::{start_dev, ServerProcess, BIN, CLI_DEADLINE};
+use common::process::{output_with_stdin, start_dev, ServerProcess, BIN, CLI_DEADLINE};
 use serde_json::Value;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 const STOP: Duration = Duration::from_secs(30);
 const SUPPORT: &str = "spiffe://fieldvault.dev/support";
@@ -29,44 +28,7 @@ fn run(args: &[&str], stdin: &str) -> Output {
     for k in CLI_ENV {
         command.env_remove(k);
     }
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let data = stdin.as_bytes().to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
-        std::thread::spawn(move || {
-            let mut out = Vec::new();
-            let _ = pipe.read_to_end(&mut out);
-            out
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().unwrap()));
-    let stderr = drain(Box::new(child.stderr.take().unwrap()));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > CLI_DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the CLI still ran after {CLI_DEADLINE:?}: killed");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    writer.join().unwrap();
-    Output {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-    }
+    output_with_stdin(command, stdin, CLI_DEADLINE)
 }
 
 fn show(out: &Output) -> String {

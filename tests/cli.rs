@@ -77,34 +77,9 @@ impl Dev {
 /// Runs the CLI with `args`, writing `stdin` to its standard input;
 /// panics (after killing it) past [`CLI_DEADLINE`].
 fn run<S: AsRef<std::ffi::OsStr>>(args: &[S], stdin: &str) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let data = stdin.as_bytes().to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
-        std::thread::spawn(move || {
-            let mut out = Vec::new();
-            let _ = pipe.read_to_end(&mut out);
-            out
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().unwrap()));
-    let stderr = drain(Box::new(child.stderr.take().unwrap()));
-    let status = wait_within(&mut child);
-    writer.join().unwrap();
-    Output {
-        status,
-        stdout: stdout.join().unwrap(),
-        stderr: stderr.join().unwrap(),
-    }
+    let mut command = Command::new(BIN);
+    command.args(args);
+    common::process::output_with_stdin(command, stdin, CLI_DEADLINE)
 }
 
 /// Waits for `child` to exit; panics (after killing it) past

@@ -339,11 +339,21 @@ pub async fn detokenize(
     purpose: &str,
     tokens: &[String],
 ) -> Result<Vec<Result<pb::RevealedValue, tonic_types::Status>>, tonic::Status> {
+    detokenize_with(client, purpose, "ticket TEST-1", tokens).await
+}
+
+/// [`detokenize`] with a justification of the test's choosing.
+pub async fn detokenize_with(
+    client: &mut VaultClient<Channel>,
+    purpose: &str,
+    justification: &str,
+    tokens: &[String],
+) -> Result<Vec<Result<pb::RevealedValue, tonic_types::Status>>, tonic::Status> {
     let resp = client
         .detokenize(pb::DetokenizeRequest {
             tokens: tokens.to_vec(),
             purpose: purpose.to_owned(),
-            justification: "ticket TEST-1".to_owned(),
+            justification: justification.to_owned(),
         })
         .await?
         .into_inner();

@@ -267,13 +267,36 @@ pub fn cli(args: &[&str]) -> Output {
 
 /// Runs `command` to completion and returns its output; panics (after
 /// killing it) if it runs longer than `deadline`.
-pub fn output_within(mut command: Command, deadline: Duration) -> Output {
+pub fn output_within(command: Command, deadline: Duration) -> Output {
+    run_within(command, None, deadline)
+}
+
+/// [`output_within`], writing `stdin` to the command's standard input.
+pub fn output_with_stdin(command: Command, stdin: &str, deadline: Duration) -> Output {
+    run_within(command, Some(stdin), deadline)
+}
+
+fn run_within(mut command: Command, stdin: Option<&str>, deadline: Duration) -> Output {
     let mut child = command
-        .stdin(Stdio::null())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Written on a thread of its own: a child that does not read its
+    // input, or reads it after writing much output, cannot block this one.
+    let writer = stdin.map(|text| {
+        let mut input = child.stdin.take().unwrap();
+        let data = text.as_bytes().to_vec();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = input.write_all(&data);
+        })
+    });
     // Drain both pipes while waiting, so a chatty child never blocks.
     let read = |mut pipe: Box<dyn std::io::Read + Send>| {
         std::thread::spawn(move || {
@@ -296,6 +319,9 @@ pub fn output_within(mut command: Command, deadline: Duration) -> Output {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    if let Some(writer) = writer {
+        writer.join().unwrap();
+    }
     Output {
         status,
         stdout: stdout.join().unwrap(),
