@@ -233,7 +233,7 @@ mod tests {
         // not read again until it changes.
         ok(std::fs::write(
             &path,
-            format!("{GOOD}\n[[rules]]\ncallers = ['x']\naction = 'erase'\n"),
+            format!("{GOOD}\n[[rules]]\ncallers = ['x']\naction = 'obliterate'\n"),
         ));
         let (outcome, policy) = file.reload(false);
         assert!(policy.is_none());

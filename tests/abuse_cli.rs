@@ -356,10 +356,12 @@ fn policy_explain_names_the_deciding_rule_the_denied_dimension_and_the_deny_list
     assert!(stdout(&out).starts_with(&format!("policy {}\n", denied.display())));
 
     // Bad arguments name the choices and quote nothing.
-    let out = explain(2, &["--caller", SUPPORT, "--action", "erase"]);
+    let out = explain(2, &["--caller", SUPPORT, "--action", "obliterate"]);
     assert!(
-        stderr(&out).contains("expected one of: tokenize, detokenize, keys, admin")
-            && !stderr(&out).contains("erase"),
+        stderr(&out).contains(
+            "expected one of: tokenize, detokenize, keys, admin, delete, inspect, erase, \
+             export, backup"
+        ) && !stderr(&out).contains("obliterate"),
         "{}",
         show(&out)
     );

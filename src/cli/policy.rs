@@ -66,7 +66,8 @@ pub(crate) struct ExplainArgs {
     /// certificate common name.
     #[arg(long, value_name = "ID")]
     caller: String,
-    /// The action: tokenize, detokenize, keys or admin.
+    /// The action: tokenize, detokenize, keys, admin, delete, inspect,
+    /// erase, export or backup.
     #[arg(long, value_name = "ACTION", value_parser = action)]
     action: Action,
     /// The field kind (tokenize and detokenize; required for them): phone,
@@ -101,7 +102,12 @@ fn action(s: &str) -> Result<Action, String> {
     Action::ALL
         .into_iter()
         .find(|a| a.as_str() == s)
-        .ok_or_else(|| "expected one of: tokenize, detokenize, keys, admin".to_owned())
+        .ok_or_else(|| {
+            format!(
+                "expected one of: {}",
+                Action::ALL.map(Action::as_str).join(", ")
+            )
+        })
 }
 
 pub(crate) fn policy(command: PolicyCommand) -> ExitCode {
@@ -394,7 +400,15 @@ fn grant_text(grant: &Grant, rule: Option<&Rule>, action: Action) -> String {
             "  allows: abuse administration (the Admin service: callers, freezes, canaries), no \
              data\n",
         ),
-        Action::Tokenize | Action::Detokenize => {}
+        Action::Backup => out.push_str(
+            "  allows: encrypted backups of the whole store (records stay sealed), no values\n",
+        ),
+        Action::Tokenize
+        | Action::Detokenize
+        | Action::Delete
+        | Action::Inspect
+        | Action::Erase
+        | Action::Export => {}
     }
     if let Some(reveal) = grant.reveal {
         out.push_str(&format!("  reveal: {}\n", reveal.as_str()));

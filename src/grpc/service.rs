@@ -150,6 +150,7 @@ fn field_from_pb(f: pb::Field) -> Result<FieldInput, ItemError> {
         region: Some(f.region).filter(|r| !r.is_empty()),
         scheme: scheme_from_pb(f.scheme)?,
         address: f.address.map(address_from_pb),
+        ttl: None,
     })
 }
 

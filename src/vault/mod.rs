@@ -20,6 +20,7 @@ pub use keys::{
     JobState, JobStatus, KeySettings, KeyState, KeyStatus, KeyVersionStatus, DEFAULT_REWRAP_RATE,
     MAX_FAILED_TOKENS, MAX_REWRAP_RATE,
 };
+pub use lifecycle::TokenInfo;
 
 mod admin;
 mod audited;
@@ -28,6 +29,7 @@ use guard::RuleUse;
 #[cfg(test)]
 mod key_tests;
 mod keys;
+mod lifecycle;
 #[cfg(test)]
 mod storage_failure_tests;
 #[cfg(test)]

@@ -57,14 +57,31 @@ pub enum Action {
     Keys,
     /// Abuse administration (the Admin service): callers, freezes, canaries.
     Admin,
+    /// Deleting tokens (their records and index entries), per token kind.
+    Delete,
+    /// Token metadata (kind, created, expires, key version, mode), never
+    /// the value, per token kind.
+    Inspect,
+    /// Erasing every token of a value, per field kind.
+    Erase,
+    /// Listing every token of a value (subject access), per field kind,
+    /// for a declared purpose.
+    Export,
+    /// Encrypted backups of the whole store.
+    Backup,
 }
 
 impl Action {
-    pub const ALL: [Action; 4] = [
+    pub const ALL: [Action; 9] = [
         Action::Tokenize,
         Action::Detokenize,
         Action::Keys,
         Action::Admin,
+        Action::Delete,
+        Action::Inspect,
+        Action::Erase,
+        Action::Export,
+        Action::Backup,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -73,13 +90,27 @@ impl Action {
             Action::Detokenize => "detokenize",
             Action::Keys => "keys",
             Action::Admin => "admin",
+            Action::Delete => "delete",
+            Action::Inspect => "inspect",
+            Action::Erase => "erase",
+            Action::Export => "export",
+            Action::Backup => "backup",
         }
     }
 
     /// Whether rules for this action concern field kinds (else they allow
     /// an administrative service and no data).
     pub fn is_data(self) -> bool {
-        matches!(self, Action::Tokenize | Action::Detokenize)
+        !matches!(self, Action::Keys | Action::Admin | Action::Backup)
+    }
+
+    /// What a rule for an administrative action allows (for errors).
+    fn administers(self) -> &'static str {
+        match self {
+            Action::Admin => "the Admin service (callers, freezes, canaries)",
+            Action::Backup => "backups of the whole store",
+            _ => "key administration",
+        }
     }
 }
 
@@ -97,7 +128,10 @@ impl std::str::FromStr for Action {
             .into_iter()
             .find(|a| a.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown action '{s}' (expected tokenize, detokenize, keys or admin)")
+                format!(
+                    "unknown action '{s}' (expected one of: {})",
+                    Action::ALL.map(Action::as_str).join(", ")
+                )
             })
     }
 }
@@ -531,11 +565,7 @@ impl Policy {
                         "a{} {action} rule allows {} only and takes no kinds, purposes, \
                          reveal, quota or justification",
                         if action == Action::Admin { "n" } else { "" },
-                        if action == Action::Admin {
-                            "the Admin service (callers, freezes, canaries)"
-                        } else {
-                            "key administration"
-                        }
+                        action.administers()
                     ),
                 )
             };
@@ -628,7 +658,18 @@ impl Policy {
                     ));
                 }
             }
-            Action::Tokenize => {
+            Action::Export if purposes.is_empty() => {
+                return Err(bad(
+                    "purposes",
+                    "an export rule must list its purposes (subject access is asked for one)"
+                        .into(),
+                ));
+            }
+            Action::Tokenize
+            | Action::Delete
+            | Action::Inspect
+            | Action::Erase
+            | Action::Export => {
                 for (field, set) in [
                     ("reveal", r.reveal.is_some()),
                     ("quota", !quotas.is_empty()),
@@ -640,7 +681,7 @@ impl Policy {
                 }
             }
             // Handled above.
-            Action::Keys | Action::Admin => {}
+            Action::Keys | Action::Admin | Action::Backup => {}
         }
         if !quotas.is_empty() && !named {
             return Err(bad(

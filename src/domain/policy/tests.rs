@@ -126,7 +126,7 @@ fn invalid_policies_name_the_rule_and_field() {
                 "rules[0].reveal",
             ),
             ("version = 1\n[[rules]]\ncallers=['a']\naction='tokenize'\nkinds=['phone']\nreveal='full'", "rules[0].reveal"),
-            ("version = 1\n[[rules]]\ncallers=['a']\naction='delete'\nkinds=['phone']", "unknown variant"),
+            ("version = 1\n[[rules]]\ncallers=['a']\naction='obliterate'\nkinds=['phone']", "unknown variant"),
             // Only keys rules go without kinds.
             ("version = 1\n[[rules]]\ncallers=['a']\naction='tokenize'", "rules[0].kinds: must name"),
             (
@@ -487,7 +487,7 @@ fn bad_quotas_patterns_and_settings_are_refused_naming_line_and_field() {
             "rules[0].kinds: an admin rule allows the Admin service",
         ),
         (
-            "version = 1\n[[rules]]\ncallers = ['a']\naction = 'erase'".into(),
+            "version = 1\n[[rules]]\ncallers = ['a']\naction = 'obliterate'".into(),
             "line 4",
         ),
         (
@@ -516,4 +516,126 @@ fn bad_quotas_patterns_and_settings_are_refused_naming_line_and_field() {
             .unwrap_or_default();
         assert!(err.contains(expected), "{text:?}: {err}");
     }
+}
+
+const LIFECYCLE: &str = r#"
+version = 1
+
+[[rules]]
+name = "orders delete"
+callers = ["spiffe://t.example/orders"]
+action = "delete"
+kinds = ["phone", "address"]
+
+[[rules]]
+name = "orders inspect"
+callers = ["spiffe://t.example/orders"]
+action = "inspect"
+kinds = ["phone"]
+
+[[rules]]
+name = "privacy erase"
+callers = ["spiffe://t.example/privacy"]
+action = "erase"
+kinds = ["phone"]
+
+[[rules]]
+name = "privacy export"
+callers = ["spiffe://t.example/privacy"]
+action = "export"
+kinds = ["phone"]
+purposes = ["dsar"]
+
+[[rules]]
+name = "ops backup"
+callers = ["spiffe://t.example/ops"]
+action = "backup"
+"#;
+
+#[test]
+fn data_lifecycle_actions_are_decided_per_kind_and_export_per_purpose() {
+    let p = Policy::from_toml(LIFECYCLE).unwrap_or_else(|e| panic!("{e}"));
+    let orders = caller("orders");
+    let privacy = caller("privacy");
+    let on = |c: &CallerId, action, kind, purpose: Option<&str>| {
+        let purpose = purpose.map(self::purpose);
+        p.decide(c, action, kind, purpose.as_ref(), None)
+            .map(|g| g.rule)
+            .map_err(|d| d.on)
+    };
+    assert_eq!(
+        on(&orders, Action::Delete, FieldKind::Address, None),
+        Ok("orders delete".to_owned())
+    );
+    assert_eq!(
+        on(&orders, Action::Inspect, FieldKind::Address, None),
+        Err(DeniedOn::Kind)
+    );
+    assert_eq!(
+        on(&orders, Action::Erase, FieldKind::Phone, None),
+        Err(DeniedOn::Action)
+    );
+    assert_eq!(
+        on(&privacy, Action::Erase, FieldKind::Phone, None),
+        Ok("privacy erase".to_owned())
+    );
+    assert_eq!(
+        on(&privacy, Action::Export, FieldKind::Phone, Some("dsar")),
+        Ok("privacy export".to_owned())
+    );
+    assert_eq!(
+        on(&privacy, Action::Export, FieldKind::Phone, None),
+        Err(DeniedOn::Purpose)
+    );
+    assert_eq!(
+        on(
+            &privacy,
+            Action::Export,
+            FieldKind::Phone,
+            Some("marketing")
+        ),
+        Err(DeniedOn::Purpose)
+    );
+    assert_eq!(
+        p.check_call(&caller("ops"), Action::Backup, None, None),
+        Ok(())
+    );
+    assert_eq!(
+        p.check_call(&orders, Action::Backup, None, None)
+            .map_err(|d| d.on),
+        Err(DeniedOn::Action)
+    );
+}
+
+#[test]
+fn lifecycle_rules_refuse_fields_that_mean_something_else() {
+    let with = |extra: &str| {
+        Policy::from_toml(&format!(
+            "version = 1\n[[rules]]\nname = \"r\"\ncallers = [\"spiffe://t.example/a\"]\n{extra}\n"
+        ))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    };
+    let export = with("action = \"export\"\nkinds = [\"phone\"]");
+    assert!(
+        export
+            .as_ref()
+            .is_err_and(|e| e.contains("rules[0].purposes") && e.contains("export rule")),
+        "{export:?}"
+    );
+    let delete = with("action = \"delete\"\nkinds = [\"phone\"]\nreveal = \"full\"");
+    assert!(
+        delete
+            .as_ref()
+            .is_err_and(|e| e.contains("rules[0].reveal")),
+        "{delete:?}"
+    );
+    let backup = with("action = \"backup\"\nkinds = [\"phone\"]");
+    assert!(
+        backup.as_ref().is_err_and(
+            |e| e.contains("rules[0].kinds") && e.contains("backups of the whole store")
+        ),
+        "{backup:?}"
+    );
+    assert_eq!(with("action = \"erase\"\nkinds = [\"email\"]"), Ok(()));
 }

@@ -59,6 +59,10 @@ pub struct FieldInput {
     pub scheme: Option<IdScheme>,
     /// Address only: the structured form, instead of `value`.
     pub address: Option<Address>,
+    /// Tokenize only: how long the token lives (`None`: the kind's
+    /// configured default, which may be forever). Checked against the
+    /// kind's maximum by the vault.
+    pub ttl: Option<std::time::Duration>,
 }
 
 impl FieldInput {
@@ -70,6 +74,7 @@ impl FieldInput {
             region: None,
             scheme: None,
             address: None,
+            ttl: None,
         }
     }
 }
