@@ -212,6 +212,7 @@ pub async fn start(
             token_modes: config.token_modes,
             explicit_kind_denials: config.explicit_kind_denials,
             keys: config.keys,
+            retention: config.retention,
         },
     ));
 

@@ -31,6 +31,14 @@
 //! rewrap_rate = 5000                      # records/s when a rewrap names none
 //! retire_after_rewrap = false             # destroy old data keys once unused
 //!
+//! [retention]                             # optional: tokens' time to live
+//! sweep_interval = "1m"                   # how often expired tokens are deleted
+//! sweep_batch = 500                       # records per durable delete batch
+//! [retention.phone]                       # optional, per kind (phone, address,
+//! default_ttl = "365d"                    # national_id, email): a token without
+//! max_ttl = "3650d"                       # a ttl lives this long (default: forever);
+//!                                         # the longest ttl a call may ask (100 years)
+//!
 //! [audit]                                 # optional: the audit trail at audit_log
 //! max_file_bytes = 67108864               # rotate the file at this size (64 MiB)
 //! start_new_chain = false                 # true: a trail that does not verify at
@@ -83,6 +91,8 @@ pub struct Config {
     pub limits: Limits,
     /// `[audit]`: rotation size, and what to do with a broken trail.
     pub audit: AuditSettings,
+    /// Tokens' time to live and the sweeper.
+    pub retention: crate::domain::Retention,
 }
 
 /// `[audit]`.
@@ -268,6 +278,119 @@ struct RawConfig {
     keys: RawKeys,
     #[serde(default)]
     audit: RawAudit,
+    #[serde(default)]
+    retention: RawRetention,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    sweep_interval: Option<String>,
+    sweep_batch: Option<i64>,
+    phone: Option<RawKindRetention>,
+    address: Option<RawKindRetention>,
+    national_id: Option<RawKindRetention>,
+    email: Option<RawKindRetention>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawKindRetention {
+    default_ttl: Option<String>,
+    max_ttl: Option<String>,
+}
+
+/// A duration setting such as "90d": more than zero, at most `max`.
+fn duration_setting(
+    field: &'static str,
+    text: &str,
+    max: std::time::Duration,
+) -> Result<std::time::Duration, ConfigError> {
+    let d = humantime::parse_duration(text).map_err(|e| ConfigError::Field {
+        field,
+        reason: format!("'{text}' is not a duration such as \"90d\" or \"12h\" ({e})"),
+    })?;
+    if d.is_zero() || d > max {
+        return Err(ConfigError::Field {
+            field,
+            reason: format!(
+                "'{text}': must be more than zero and at most {}",
+                humantime::format_duration(max)
+            ),
+        });
+    }
+    Ok(d)
+}
+
+impl RawRetention {
+    fn parse(self) -> Result<crate::domain::Retention, ConfigError> {
+        use crate::domain::retention::{MAX_SWEEP_BATCH, MAX_TTL};
+        use crate::domain::{FieldKind, Retention};
+        let mut r = Retention::default();
+        if let Some(text) = &self.sweep_interval {
+            r.sweep_interval = duration_setting(
+                "retention.sweep_interval",
+                text,
+                std::time::Duration::from_secs(24 * 3600),
+            )?;
+        }
+        match self.sweep_batch {
+            None => {}
+            Some(n) if (1..=MAX_SWEEP_BATCH as i64).contains(&n) => r.sweep_batch = n as usize,
+            Some(n) => {
+                return Err(ConfigError::Field {
+                    field: "retention.sweep_batch",
+                    reason: format!("{n}: must be between 1 and {MAX_SWEEP_BATCH}"),
+                })
+            }
+        }
+        for (kind, raw, default_field, max_field) in [
+            (
+                FieldKind::Phone,
+                self.phone,
+                "retention.phone.default_ttl",
+                "retention.phone.max_ttl",
+            ),
+            (
+                FieldKind::Address,
+                self.address,
+                "retention.address.default_ttl",
+                "retention.address.max_ttl",
+            ),
+            (
+                FieldKind::NationalId,
+                self.national_id,
+                "retention.national_id.default_ttl",
+                "retention.national_id.max_ttl",
+            ),
+            (
+                FieldKind::Email,
+                self.email,
+                "retention.email.default_ttl",
+                "retention.email.max_ttl",
+            ),
+        ] {
+            let Some(raw) = raw else { continue };
+            let rules = r.for_kind_mut(kind);
+            if let Some(text) = &raw.max_ttl {
+                rules.max_ttl = duration_setting(max_field, text, MAX_TTL)?;
+            }
+            if let Some(text) = &raw.default_ttl {
+                let d = duration_setting(default_field, text, MAX_TTL)?;
+                if d > rules.max_ttl {
+                    return Err(ConfigError::Field {
+                        field: default_field,
+                        reason: format!(
+                            "'{text}' is more than {max_field} ({})",
+                            humantime::format_duration(rules.max_ttl)
+                        ),
+                    });
+                }
+                rules.default_ttl = Some(d);
+            }
+        }
+        Ok(r)
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -637,6 +760,7 @@ impl Config {
         let limits = raw.limits.parse()?;
         let keys = raw.keys.parse()?;
         let audit = raw.audit.parse()?;
+        let retention = raw.retention.parse()?;
         Ok(Self {
             listen,
             data_dir,
@@ -663,6 +787,7 @@ impl Config {
             limits,
             keys,
             audit,
+            retention,
         })
     }
 
@@ -778,6 +903,52 @@ env = "FIELDVAULT_MASTER_KEY"
         assert_eq!(c.limits.keepalive_interval_secs, 0);
         assert_eq!(c.limits.max_concurrent_streams, 32);
         assert_eq!(c.limits.max_queued_writes, 8);
+    }
+
+    #[test]
+    fn retention_defaults_to_forever_and_bad_settings_name_their_key() {
+        use crate::domain::FieldKind;
+        use std::time::Duration;
+        let c = Config::from_toml(FULL, &no_env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.retention, crate::domain::Retention::default());
+        let with = |t: &str| Config::from_toml(&format!("{FULL}\n{t}\n"), &no_env);
+        let c = with(
+            "[retention]\nsweep_interval = \"200ms\"\nsweep_batch = 50\n\
+             [retention.phone]\ndefault_ttl = \"30d\"\nmax_ttl = \"365d\"",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.retention.sweep_interval, Duration::from_millis(200));
+        assert_eq!(c.retention.sweep_batch, 50);
+        let phone = c.retention.for_kind(FieldKind::Phone);
+        assert_eq!(phone.default_ttl, Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(phone.max_ttl, Duration::from_secs(365 * 86_400));
+        assert_eq!(c.retention.for_kind(FieldKind::Email).default_ttl, None);
+        for (t, field) in [
+            (
+                "[retention]\nsweep_interval = \"soon\"",
+                "retention.sweep_interval",
+            ),
+            ("[retention]\nsweep_batch = 0", "retention.sweep_batch"),
+            (
+                "[retention.email]\nmax_ttl = \"0s\"",
+                "retention.email.max_ttl",
+            ),
+            (
+                "[retention.address]\ndefault_ttl = \"2d\"\nmax_ttl = \"1d\"",
+                "retention.address.default_ttl",
+            ),
+            (
+                "[retention.national_id]\nmax_ttl = \"200years\"",
+                "retention.national_id.max_ttl",
+            ),
+        ] {
+            let e = with(t).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.starts_with(&format!("config: {field}: ")), "{t}: {e}");
+        }
+        let e = with("[retention.fax]\nmax_ttl = \"1d\"")
+            .err()
+            .map(|e| e.to_string());
+        assert!(e.as_deref().is_some_and(|e| e.contains("fax")), "{e:?}");
     }
 
     #[test]

@@ -413,6 +413,12 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<(Config, bool), De
         limits: Default::default(),
         keys: Default::default(),
         audit: Default::default(),
+        // Expired tokens go within a second, so `tokenize --ttl 5s` can be
+        // watched to the end.
+        retention: crate::domain::Retention {
+            sweep_interval: std::time::Duration::from_secs(1),
+            ..Default::default()
+        },
     };
     Ok((config, created))
 }

@@ -79,17 +79,48 @@ impl fmt::Debug for BlindIndex {
 }
 
 /// One encrypted value as stored. Not secret; useless without its record
-/// id, kind and key version, which the associated data binds.
+/// id, kind and key version, which the associated data binds (with its
+/// lifecycle facts).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SealedRecord {
     pub kind: FieldKind,
     pub key_version: KeyVersion,
     pub nonce: [u8; NONCE_LEN],
     pub ciphertext: Vec<u8>,
+    /// `None` for a record sealed before records carried these facts
+    /// (created and expiry unknown: it never expires).
+    pub meta: Option<RecordMeta>,
+}
+
+impl SealedRecord {
+    /// When the record expires (`None`: never).
+    pub fn expires_unix_ms(&self) -> Option<u64> {
+        self.meta.and_then(|m| m.expires_unix_ms)
+    }
+
+    /// Whether the record has expired at `now_unix_ms`: from then on its
+    /// token is answered as unknown, and the sweeper deletes it.
+    pub fn is_expired(&self, now_unix_ms: u64) -> bool {
+        self.expires_unix_ms().is_some_and(|at| at <= now_unix_ms)
+    }
+}
+
+/// A record's lifecycle facts. Stored in the clear beside the ciphertext
+/// (the store and the sweeper read them without keys) and bound into the
+/// associated data, so an edited expiry, creation time or mode makes the
+/// record fail to open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordMeta {
+    pub created_unix_ms: u64,
+    /// `None`: never expires.
+    pub expires_unix_ms: Option<u64>,
+    /// The value's one deterministic token (else a random-mode token).
+    pub deterministic: bool,
 }
 
 const WRAP_AAD_LABEL: &[u8] = b"fieldvault/wrapped-key/v1";
 const RECORD_AAD_LABEL: &[u8] = b"fieldvault/record/v1";
+const RECORD_AAD_LABEL_V2: &[u8] = b"fieldvault/record/v2";
 const INDEX_LABEL: &[u8] = b"fieldvault/blind-index/v1";
 
 fn wrap_aad(purpose: KeyPurpose, version: KeyVersion) -> Vec<u8> {
@@ -101,13 +132,28 @@ fn wrap_aad(purpose: KeyPurpose, version: KeyVersion) -> Vec<u8> {
 
 /// The record's id stands for its token: the token key maps one to the
 /// other, one to one, and never changes.
-fn record_aad(id: RecordId, kind: FieldKind, version: KeyVersion) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(RECORD_AAD_LABEL.len() + 16 + 1 + 4);
-    aad.extend_from_slice(RECORD_AAD_LABEL);
+/// A record with lifecycle facts binds them too (label v2): creation time,
+/// expiry (0: never) and mode.
+fn record_aad(
+    id: RecordId,
+    kind: FieldKind,
+    version: KeyVersion,
+    meta: Option<&RecordMeta>,
+) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(RECORD_AAD_LABEL_V2.len() + 16 + 1 + 4 + 17);
+    aad.extend_from_slice(match meta {
+        Some(_) => RECORD_AAD_LABEL_V2,
+        None => RECORD_AAD_LABEL,
+    });
     aad.extend_from_slice(&id.seq.to_be_bytes());
     aad.extend_from_slice(&id.epoch.to_be_bytes());
     aad.push(kind.code());
     aad.extend_from_slice(&version.0.to_be_bytes());
+    if let Some(m) = meta {
+        aad.extend_from_slice(&m.created_unix_ms.to_be_bytes());
+        aad.extend_from_slice(&m.expires_unix_ms.unwrap_or(0).to_be_bytes());
+        aad.push(u8::from(m.deterministic));
+    }
     aad
 }
 
@@ -459,33 +505,47 @@ impl Keyring {
             .map(|(epoch, seq)| RecordId { seq, epoch })
     }
 
-    /// Seals a canonical value for record `id` under the active data key.
+    /// Seals a canonical value for record `id` under the active data key,
+    /// with its lifecycle facts.
     pub fn seal(
         &self,
         id: RecordId,
         kind: FieldKind,
         value: &Plaintext,
+        meta: RecordMeta,
+    ) -> Result<SealedRecord, CryptoError> {
+        self.seal_as(id, kind, value, Some(meta))
+    }
+
+    fn seal_as(
+        &self,
+        id: RecordId,
+        kind: FieldKind,
+        value: &Plaintext,
+        meta: Option<RecordMeta>,
     ) -> Result<SealedRecord, CryptoError> {
         let cipher = self
             .ciphers
             .get(&self.active)
             .ok_or(CryptoError::UnknownKeyVersion(self.active.0))?;
         let nonce = random_nonce();
-        let aad = record_aad(id, kind, self.active);
+        let aad = record_aad(id, kind, self.active, meta.as_ref());
         let ciphertext = seal_with(cipher, &nonce, &aad, value.expose().as_bytes())?;
         Ok(SealedRecord {
             kind,
             key_version: self.active,
             nonce,
             ciphertext,
+            meta,
         })
     }
 
     /// The record opened and sealed again under the active data key (a
-    /// rewrap). The plaintext is wiped before this returns.
+    /// rewrap), with the same lifecycle facts. The plaintext is wiped
+    /// before this returns.
     pub fn reseal(&self, id: RecordId, record: &SealedRecord) -> Result<SealedRecord, CryptoError> {
         let value = self.open(id, record)?;
-        self.seal(id, record.kind, &value)
+        self.seal_as(id, record.kind, &value, record.meta)
     }
 
     /// Opens the record stored as `id`. Any change to the ciphertext,
@@ -495,7 +555,7 @@ impl Keyring {
             .ciphers
             .get(&record.key_version)
             .ok_or(CryptoError::UnknownKeyVersion(record.key_version.0))?;
-        let aad = record_aad(id, record.kind, record.key_version);
+        let aad = record_aad(id, record.kind, record.key_version, record.meta.as_ref());
         let bytes = open_with(cipher, &record.nonce, &aad, &record.ciphertext)?;
         String::from_utf8(bytes).map(Plaintext::new).map_err(|e| {
             e.into_bytes().zeroize();
@@ -554,12 +614,78 @@ mod tests {
         Plaintext::new("+12025550142".to_owned())
     }
 
+    const META: RecordMeta = RecordMeta {
+        created_unix_ms: 1_700_000_000_000,
+        expires_unix_ms: Some(1_800_000_000_000),
+        deterministic: false,
+    };
+
+    #[test]
+    fn a_record_is_bound_to_its_lifecycle_facts() {
+        let (_, ring, _) = sample();
+        let id = RecordId::new(41, 9);
+        let rec = ring
+            .seal(id, FieldKind::Phone, &value(), META)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(rec.meta, Some(META));
+        assert_eq!(ring.open(id, &rec), Ok(value()));
+        for edited in [
+            RecordMeta {
+                expires_unix_ms: Some(1_900_000_000_000),
+                ..META
+            },
+            RecordMeta {
+                expires_unix_ms: None,
+                ..META
+            },
+            RecordMeta {
+                created_unix_ms: 1,
+                ..META
+            },
+            RecordMeta {
+                deterministic: true,
+                ..META
+            },
+        ] {
+            let tampered = SealedRecord {
+                meta: Some(edited),
+                ..rec.clone()
+            };
+            assert_eq!(ring.open(id, &tampered), Err(CryptoError::Integrity));
+        }
+        // Nor can the facts be dropped to pass for an older record.
+        let stripped = SealedRecord {
+            meta: None,
+            ..rec.clone()
+        };
+        assert_eq!(ring.open(id, &stripped), Err(CryptoError::Integrity));
+        assert!(rec.is_expired(1_800_000_000_000) && !rec.is_expired(1_799_999_999_999));
+    }
+
+    #[test]
+    fn a_record_sealed_before_records_carried_facts_opens_and_keeps_none_through_a_reseal() {
+        let (_, ring, _) = sample();
+        let id = RecordId::new(7, 3);
+        let old = ring
+            .seal_as(id, FieldKind::Phone, &value(), None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ring.open(id, &old), Ok(value()));
+        assert!(!old.is_expired(u64::MAX));
+        let resealed = ring.reseal(id, &old).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(resealed.meta, None);
+        assert_eq!(ring.open(id, &resealed), Ok(value()));
+        let new = ring
+            .seal(id, FieldKind::Phone, &value(), META)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ring.reseal(id, &new).map(|r| r.meta), Ok(Some(META)));
+    }
+
     #[test]
     fn a_sealed_record_opens_after_unlock_with_the_same_master_key() {
         let (master, ring, wrapped) = sample();
         let token = RecordId::new(41, 9);
         let rec = ring
-            .seal(token, FieldKind::Phone, &value())
+            .seal(token, FieldKind::Phone, &value(), META)
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(!rec.ciphertext.windows(4).any(|w| w == b"5550"));
         let reopened = Keyring::unlock(&master, &wrapped).unwrap_or_else(|e| panic!("{e}"));
@@ -622,7 +748,7 @@ mod tests {
         let (_, other_ring, _) = sample();
         let token = RecordId::new(41, 9);
         let rec = ring
-            .seal(token, FieldKind::Phone, &value())
+            .seal(token, FieldKind::Phone, &value(), META)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(other_ring.open(token, &rec), Err(CryptoError::Integrity));
     }
@@ -632,7 +758,7 @@ mod tests {
         let (_, ring, _) = sample();
         let token = RecordId::new(41, 9);
         let rec = ring
-            .seal(token, FieldKind::Phone, &value())
+            .seal(token, FieldKind::Phone, &value(), META)
             .unwrap_or_else(|e| panic!("{e}"));
 
         assert_eq!(
@@ -717,10 +843,10 @@ mod tests {
         let (_, ring, _) = sample();
         let token = RecordId::new(41, 9);
         let a = ring
-            .seal(token, FieldKind::Phone, &value())
+            .seal(token, FieldKind::Phone, &value(), META)
             .unwrap_or_else(|e| panic!("{e}"));
         let b = ring
-            .seal(token, FieldKind::Phone, &value())
+            .seal(token, FieldKind::Phone, &value(), META)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_ne!(a.nonce, b.nonce);
         assert_ne!(a.ciphertext, b.ciphertext);

@@ -11,7 +11,7 @@ mod master;
 mod token_cipher;
 
 pub use keyring::{
-    unwrap_one, BlindIndex, KeyPurpose, KeyVersion, Keyring, SealedRecord, WrappedKey,
+    unwrap_one, BlindIndex, KeyPurpose, KeyVersion, Keyring, RecordMeta, SealedRecord, WrappedKey,
 };
 pub use master::{MasterKey, MasterKeyError};
 pub use token_cipher::{TokenCipher, TOKEN_BLOCK_LEN, TOKEN_BLOCK_VERSION};

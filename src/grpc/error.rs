@@ -81,7 +81,7 @@ pub(crate) fn item_status(prefix: &str, e: &ItemError) -> tonic_types::Status {
         ItemError::PermissionDenied(d) => {
             (Code::PermissionDenied, format!("{prefix}: {d}"), Vec::new())
         }
-        ItemError::NotFound | ItemError::NotIssued => {
+        ItemError::NotFound | ItemError::NotIssued | ItemError::Expired => {
             (Code::NotFound, format!("{prefix}: {e}"), Vec::new())
         }
         ItemError::DataLoss => (Code::DataLoss, format!("{prefix}: {e}"), Vec::new()),

@@ -22,11 +22,14 @@
 //! in the overlay (reads still find it; the log replays it at the next
 //! start) and [`Unapplied::failure`] reports the error.
 //!
-//! For the writes still to come (delete and erase, rewrap): the overlay only
-//! ever adds entries, so a lookup that finds nothing in it may read the
-//! trees. A delete or a rewritten record must enter the overlay too — a
-//! tombstone, or the new record — or a lookup could read the old one from a
-//! tree the apply thread has not reached yet.
+//! A rewritten record enters the overlay with its new bytes, and a deleted
+//! one as a tombstone, or a lookup could read the old one from a tree the
+//! apply thread has not reached yet. A record has exactly one index entry,
+//! so a tombstone hides its entries too: lookups by index drop the ids
+//! tombstoned. Such a lookup reads the trees while it holds the overlay
+//! ([`Unapplied::read`]): the apply thread removes a tombstone only after
+//! the record and its entries have left the trees, so an entry the lookup
+//! found in a tree is either still there or still tombstoned.
 
 use super::layout::index_prefix;
 use super::worker::Worker;
@@ -67,41 +70,107 @@ pub(super) struct Reindexed {
     pub(super) deterministic: bool,
 }
 
+/// A record deleted, with what it held: decided on the commit thread (the
+/// record as it stood, its one index entry), logged, then applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Deleted {
+    pub(super) id: RecordId,
+    /// The data-key version the record was sealed under.
+    pub(super) version: KeyVersion,
+    /// Its expiry (its entry in the expiry tree), if it had one.
+    pub(super) expires_unix_ms: Option<u64>,
+    /// Its index entries (one, unless the trees were damaged), each with
+    /// whether it is the value's deterministic mapping.
+    pub(super) entries: Vec<(BlindIndex, bool)>,
+}
+
 /// One synced group's record changes, as the apply thread takes them.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Batch {
     pub(super) new: Vec<Staged>,
     pub(super) rewrites: Vec<Rewritten>,
     pub(super) reindexed: Vec<Reindexed>,
+    pub(super) deleted: Vec<Deleted>,
 }
 
 impl Batch {
     pub(super) fn is_empty(&self) -> bool {
-        self.new.is_empty() && self.rewrites.is_empty() && self.reindexed.is_empty()
+        self.new.is_empty()
+            && self.rewrites.is_empty()
+            && self.reindexed.is_empty()
+            && self.deleted.is_empty()
     }
+}
+
+/// A record as the overlay holds it: its encoded bytes, or a tombstone.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Pending {
+    Stored(Vec<u8>),
+    Deleted,
 }
 
 /// Entries that are durable (logged) but not yet in the trees.
 #[derive(Default)]
-struct Overlay {
-    records: HashMap<RecordId, Vec<u8>>,
+pub(super) struct Overlay {
+    /// `None`: a tombstone.
+    records: HashMap<RecordId, Option<Vec<u8>>>,
     deterministic: HashMap<[u8; 36], RecordId>,
     index: HashMap<[u8; 36], Vec<RecordId>>,
+    /// Records whose index entry an unapplied move takes elsewhere, with
+    /// how many such moves are pending.
+    moved: HashMap<RecordId, usize>,
 }
 
 impl Overlay {
+    /// Record `id` as unapplied writes leave it (`None`: no unapplied write
+    /// touches it).
+    pub(super) fn record(&self, id: RecordId) -> Option<Pending> {
+        self.records.get(&id).map(|r| match r {
+            Some(bytes) => Pending::Stored(bytes.clone()),
+            None => Pending::Deleted,
+        })
+    }
+
+    /// Whether record `id` is deleted by an unapplied write.
+    pub(super) fn is_deleted(&self, id: RecordId) -> bool {
+        matches!(self.records.get(&id), Some(None))
+    }
+
+    /// The unapplied deterministic record of a blind index (tombstoned ones
+    /// included: see [`Overlay::is_deleted`]).
+    pub(super) fn deterministic(&self, prefix: &[u8; 36]) -> Option<RecordId> {
+        self.deterministic.get(prefix).copied()
+    }
+
+    /// Whether an unapplied move names record `id` (its entry in the
+    /// trees is on its way to another index).
+    pub(super) fn has_moved_target(&self, id: RecordId) -> bool {
+        self.moved.contains_key(&id)
+    }
+
+    /// Unapplied records under a blind index (tombstoned ones included).
+    pub(super) fn records_by_index(&self, prefix: &[u8; 36]) -> &[RecordId] {
+        self.index.get(prefix).map_or(&[], Vec::as_slice)
+    }
+
     fn add(&mut self, group: &Batch) {
         for s in &group.new {
-            self.records.insert(s.id, s.record.clone());
+            self.records.insert(s.id, Some(s.record.clone()));
             self.add_index(s.id, &s.index, s.deterministic);
         }
         for r in &group.rewrites {
-            self.records.insert(r.id, r.record.clone());
+            self.records.insert(r.id, Some(r.record.clone()));
+        }
+        // After the group's rewrites: a record rewritten and deleted in one
+        // group is deleted.
+        for d in &group.deleted {
+            self.records.insert(d.id, None);
         }
         // The former entry stays in the tree until applied: both name the
         // same record meanwhile.
         for r in &group.reindexed {
             self.add_index(r.id, &r.new, r.deterministic);
+            *self.moved.entry(r.id).or_default() += 1;
         }
     }
 
@@ -120,10 +189,11 @@ impl Overlay {
         let records = group
             .new
             .iter()
-            .map(|s| (s.id, &s.record))
-            .chain(group.rewrites.iter().map(|r| (r.id, &r.record)));
+            .map(|s| (s.id, Some(&s.record)))
+            .chain(group.rewrites.iter().map(|r| (r.id, Some(&r.record))))
+            .chain(group.deleted.iter().map(|d| (d.id, None)));
         for (id, bytes) in records {
-            if self.records.get(&id) == Some(bytes) {
+            if self.records.get(&id).map(Option::as_ref) == Some(bytes) {
                 self.records.remove(&id);
             }
         }
@@ -132,6 +202,12 @@ impl Overlay {
         }
         for r in &group.reindexed {
             self.remove_index(r.id, &r.new, r.deterministic);
+            if let Some(n) = self.moved.get_mut(&r.id) {
+                *n -= 1;
+                if *n == 0 {
+                    self.moved.remove(&r.id);
+                }
+            }
         }
     }
 
@@ -182,9 +258,9 @@ impl Unapplied {
         self.progress.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The encoded record of an unapplied record id.
-    pub(super) fn record(&self, id: RecordId) -> Option<Vec<u8>> {
-        self.overlay().records.get(&id).cloned()
+    /// Record `id` as unapplied writes leave it (`None`: read the tree).
+    pub(super) fn record(&self, id: RecordId) -> Option<Pending> {
+        self.overlay().record(id)
     }
 
     /// Whether nothing is waiting to be applied.
@@ -192,18 +268,12 @@ impl Unapplied {
         self.overlay().records.is_empty()
     }
 
-    /// The unapplied deterministic record of a blind index.
-    pub(super) fn deterministic(&self, prefix: &[u8; 36]) -> Option<RecordId> {
-        self.overlay().deterministic.get(prefix).copied()
-    }
-
-    /// Unapplied records under a blind index.
-    pub(super) fn records_by_index(&self, prefix: &[u8; 36]) -> Vec<RecordId> {
-        self.overlay()
-            .index
-            .get(prefix)
-            .cloned()
-            .unwrap_or_default()
+    /// Runs `f` with the overlay held: the apply thread cannot take a
+    /// tombstone away meanwhile, so a tree read inside `f` that finds an
+    /// entry of a deleted record also finds its tombstone. `f` must not
+    /// call back into this `Unapplied` (the lock is not re-entrant).
+    pub(super) fn read<R>(&self, f: impl FnOnce(&Overlay) -> R) -> R {
+        f(&self.overlay())
     }
 
     /// Why applying stopped, if it did.
@@ -387,6 +457,35 @@ mod tests {
     }
 
     #[test]
+    fn a_published_delete_hides_its_record_until_applied_even_behind_its_own_insert() {
+        let (apply, go, _) = gated(false);
+        let applier = ok(Applier::start(apply));
+        let u = applier.shared().clone();
+        let s = staged(4, true);
+        // The record's insert is still unapplied when its delete comes.
+        ok(applier.publish(batch(vec![s.clone()])));
+        ok(applier.publish(Batch {
+            deleted: vec![Deleted {
+                id: s.id,
+                version: KeyVersion(1),
+                expires_unix_ms: None,
+                entries: vec![(s.index, true)],
+            }],
+            ..Batch::default()
+        }));
+        assert_eq!(u.record(s.id), Some(Pending::Deleted));
+        assert!(u.read(|o| o.is_deleted(s.id)));
+        // The insert's apply leaves the tombstone, which is newer.
+        ok(go.send(()));
+        ok(u.wait_until(1));
+        assert_eq!(u.record(s.id), Some(Pending::Deleted));
+        ok(go.send(()));
+        ok(u.wait_until(0));
+        assert_eq!(u.record(s.id), None, "the trees have it deleted now");
+        assert!(u.is_empty());
+    }
+
+    #[test]
     fn published_entries_are_found_until_applied_then_leave_the_overlay() {
         let (apply, go, applied) = gated(false);
         let applier = ok(Applier::start(apply));
@@ -394,19 +493,25 @@ mod tests {
         let same_value = staged(2, false);
         ok(applier.publish(batch(vec![random.clone(), det.clone(), same_value.clone()])));
         let u = applier.shared().clone();
-        assert_eq!(u.record(random.id), Some(vec![1; 8]));
+        assert_eq!(u.record(random.id), Some(Pending::Stored(vec![1; 8])));
         assert!(u.record(det.id).is_some());
         let prefix = index_prefix(&det.index);
-        assert_eq!(u.deterministic(&prefix), Some(det.id));
-        assert_eq!(u.deterministic(&index_prefix(&random.index)), None);
-        assert_eq!(u.records_by_index(&prefix), vec![det.id, same_value.id]);
+        assert_eq!(u.read(|o| o.deterministic(&prefix)), Some(det.id));
+        assert_eq!(
+            u.read(|o| o.deterministic(&index_prefix(&random.index))),
+            None
+        );
+        assert_eq!(
+            u.read(|o| o.records_by_index(&prefix).to_vec()),
+            vec![det.id, same_value.id]
+        );
 
         ok(go.send(()));
         ok(u.wait_until(0));
         assert_eq!(applied.lock().map(|a| a.len()).unwrap_or(0), 3);
         assert_eq!(u.record(random.id), None, "applied entries leave");
-        assert_eq!(u.deterministic(&prefix), None);
-        assert!(u.records_by_index(&prefix).is_empty());
+        assert_eq!(u.read(|o| o.deterministic(&prefix)), None);
+        assert!(u.read(|o| o.records_by_index(&prefix).to_vec()).is_empty());
         assert!(u.failure().is_none());
     }
 
@@ -430,14 +535,14 @@ mod tests {
             ..Batch::default()
         }));
         let u = applier.shared().clone();
-        assert_eq!(u.record(inserted.id), Some(newer.clone()));
+        assert_eq!(u.record(inserted.id), Some(Pending::Stored(newer.clone())));
         // The insert is applied (its older bytes reach the tree); the
         // rewrite is not yet.
         ok(go.send(()));
         ok(u.wait_until(1));
         assert_eq!(
             u.record(inserted.id),
-            Some(newer),
+            Some(Pending::Stored(newer)),
             "the older group's apply leaves the newer bytes in the overlay"
         );
         assert!(!u.is_empty());
@@ -473,15 +578,23 @@ mod tests {
         }));
         let u = applier.shared().clone();
         let (random_new, det_new) = (index_prefix(&moves[0].new), index_prefix(&moves[1].new));
-        assert_eq!(u.records_by_index(&random_new), vec![random.id]);
-        assert_eq!(u.deterministic(&random_new), None);
-        assert_eq!(u.records_by_index(&det_new), vec![det.id]);
-        assert_eq!(u.deterministic(&det_new), Some(det.id));
+        assert_eq!(
+            u.read(|o| o.records_by_index(&random_new).to_vec()),
+            vec![random.id]
+        );
+        assert_eq!(u.read(|o| o.deterministic(&random_new)), None);
+        assert_eq!(
+            u.read(|o| o.records_by_index(&det_new).to_vec()),
+            vec![det.id]
+        );
+        assert_eq!(u.read(|o| o.deterministic(&det_new)), Some(det.id));
         ok(go.send(()));
         ok(u.wait_until(0));
-        assert!(u.records_by_index(&random_new).is_empty());
-        assert!(u.records_by_index(&det_new).is_empty());
-        assert_eq!(u.deterministic(&det_new), None);
+        assert!(u
+            .read(|o| o.records_by_index(&random_new).to_vec())
+            .is_empty());
+        assert!(u.read(|o| o.records_by_index(&det_new).to_vec()).is_empty());
+        assert_eq!(u.read(|o| o.deterministic(&det_new)), None);
     }
 
     #[test]
@@ -499,7 +612,11 @@ mod tests {
             .unwrap_or_default();
         assert!(err.starts_with("storage full"), "{err}");
         assert!(u.failure().is_some());
-        assert_eq!(u.record(s.id), Some(vec![3; 8]), "still readable");
+        assert_eq!(
+            u.record(s.id),
+            Some(Pending::Stored(vec![3; 8])),
+            "still readable"
+        );
     }
 
     #[test]

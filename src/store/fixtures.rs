@@ -10,6 +10,11 @@ pub(super) fn record(kind: FieldKind) -> SealedRecord {
         key_version: KeyVersion(7),
         nonce: [9; NONCE_LEN],
         ciphertext: vec![1; 40],
+        meta: Some(crate::crypto::RecordMeta {
+            created_unix_ms: 1_700_000_000_000,
+            expires_unix_ms: None,
+            deterministic: false,
+        }),
     }
 }
 

@@ -2,7 +2,7 @@
 
 use super::layout::{
     backend, counter_name, decode_canary, decode_counter, decode_freeze, decode_record,
-    encoded_record_version, freeze_caller, record_id_from, record_key, CANARY_PREFIX,
+    encoded_record_version, expiry_from, freeze_caller, record_id_from, record_key, CANARY_PREFIX,
     COUNTER_PREFIX, FREEZE_PREFIX,
 };
 use super::writer::Trees;
@@ -25,13 +25,20 @@ pub(super) fn check(
     let mut report = IntegrityReport::default();
     // record -> number of index entries naming it
     let mut indexed: HashMap<RecordId, u32> = HashMap::new();
+    // record -> its expiry, for records with one
+    let mut expiring: HashMap<RecordId, u64> = HashMap::new();
     for entry in trees.records.iter() {
         let (key, value) = entry.map_err(backend)?;
         report.records += 1;
         match record_id_from(&key) {
             Ok(id) => {
-                if decode_record(&value).is_err() {
-                    report.problems.push(format!("{id} does not decode"));
+                match decode_record(&value) {
+                    Err(_) => report.problems.push(format!("{id} does not decode")),
+                    Ok(r) => {
+                        if let Some(at) = r.expires_unix_ms() {
+                            expiring.insert(id, at);
+                        }
+                    }
                 }
                 if id.seq >= ceiling {
                     report.problems.push(format!(
@@ -79,6 +86,28 @@ pub(super) fn check(
                 .problems
                 .push("a deterministic entry is malformed".into()),
         }
+    }
+    for key in trees.expiry.iter().keys() {
+        let key = key.map_err(backend)?;
+        match expiry_from(&key) {
+            Ok((at, id)) => match expiring.remove(&id) {
+                Some(expires) if expires == at => {}
+                Some(_) => report.problems.push(format!(
+                    "the expiry entry of {id} disagrees with its record"
+                )),
+                None => report.problems.push(format!(
+                    "expiry entry names {id}, which does not exist or never expires"
+                )),
+            },
+            Err(_) => report.problems.push("an expiry key is malformed".into()),
+        }
+    }
+    let mut unlisted: Vec<RecordId> = expiring.into_keys().collect();
+    unlisted.sort_unstable();
+    for id in unlisted {
+        report
+            .problems
+            .push(format!("{id} expires but has no expiry entry"));
     }
     let mut miscounted: Vec<(RecordId, u32)> = indexed
         .iter()
@@ -144,6 +173,8 @@ pub struct PartialEntries {
     pub index_entries: u64,
     /// Deterministic mappings naming a record that does not exist: removed.
     pub deterministic_entries: u64,
+    /// Expiry entries naming a record that does not exist: removed.
+    pub expiry_entries: u64,
     /// Records that have no index entry (blind-index entry or
     /// deterministic mapping), by id: kept. A frame is applied index entry
     /// first, record second, so a partly stored frame never leaves one of
@@ -158,6 +189,7 @@ impl PartialEntries {
         self.unindexed_records.is_empty()
             && self.index_entries == 0
             && self.deterministic_entries == 0
+            && self.expiry_entries == 0
     }
 }
 
@@ -244,6 +276,15 @@ pub(super) fn remove_partial_entries(trees: &Trees) -> Result<PartialEntries, St
         } else {
             trees.deterministic.remove(&prefix).map_err(backend)?;
             removed.deterministic_entries += 1;
+        }
+    }
+    for key in trees.expiry.iter().keys() {
+        let key = key.map_err(backend)?;
+        if let Ok((_, id)) = expiry_from(&key) {
+            if !records.contains(&id) {
+                trees.expiry.remove(&key).map_err(backend)?;
+                removed.expiry_entries += 1;
+            }
         }
     }
     removed

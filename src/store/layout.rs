@@ -18,15 +18,25 @@
 //!   ever handed out ids; [`COUNTER_PREFIX`] ‖ name → a durable counter,
 //!   [`FREEZE_PREFIX`] ‖ caller → a frozen caller, [`CANARY_PREFIX`] ‖
 //!   record id (16) → a canary (abuse controls: written through the log
-//!   as `WAL_META` entries, like job states).
+//!   as `WAL_META` entries, like job states);
+//! - `expiry`: expires (u64 ms) ‖ record id (16) → empty, every record with
+//!   a time to live, soonest first (what the sweeper reads).
 
-use super::apply::{Reindexed, Rewritten, Staged};
+use super::apply::{Deleted, Reindexed, Rewritten, Staged};
 use super::{FailureCause, KeyUsage, StorageFailure, StoreError};
-use crate::crypto::{BlindIndex, KeyPurpose, KeyVersion, SealedRecord, WrappedKey, NONCE_LEN};
+use crate::crypto::{
+    BlindIndex, KeyPurpose, KeyVersion, RecordMeta, SealedRecord, WrappedKey, NONCE_LEN,
+};
 use crate::domain::{FieldKind, RecordId};
 use std::path::{Path, PathBuf};
 
-const RECORD_FORMAT: u8 = 1;
+/// A record without lifecycle facts (stored before records carried them).
+const RECORD_FORMAT_V1: u8 = 1;
+/// A record with its lifecycle facts ([`RecordMeta`]).
+const RECORD_FORMAT: u8 = 2;
+/// The lifecycle facts' bytes in a record: created (8) ‖ expires (8, 0:
+/// never) ‖ mode (1).
+const RECORD_META_BYTES: usize = 17;
 const KEY_FORMAT: u8 = 1;
 /// Write-ahead log entry tags of development builds before this layout (a
 /// record keyed by a random token id; a record id and a ceiling without an
@@ -52,6 +62,9 @@ const WAL_DROP_KEY: u8 = 10;
 /// Write-ahead log entry tag: an existing wrapped key replaced (the same
 /// key, wrapped under a new master key).
 const WAL_REWRAPPED_KEY: u8 = 11;
+/// Write-ahead log entry tag: a record deleted with its index and expiry
+/// entries (a tombstone).
+const WAL_DELETE: u8 = 12;
 
 /// The `meta` key of the store's layout version, written with the first
 /// ceiling raise, so before any record.
@@ -404,11 +417,14 @@ pub(super) struct Changes {
     pub(super) rewrapped_keys: Vec<WrappedKey>,
     pub(super) dropped_keys: Vec<(KeyPurpose, KeyVersion)>,
     pub(super) meta: Vec<MetaOp>,
+    /// Records deleted (after the group's rewrites and moves).
+    pub(super) deleted: Vec<Deleted>,
 }
 
 impl Changes {
     pub(super) fn is_empty(&self) -> bool {
-        self.rewrites.is_empty()
+        self.deleted.is_empty()
+            && self.rewrites.is_empty()
             && self.reindexed.is_empty()
             && self.rewrapped_keys.is_empty()
             && self.dropped_keys.is_empty()
@@ -423,7 +439,9 @@ impl Changes {
 /// data-key version (4) ‖ length (4) ‖ encoded record, `WAL_REINDEX` ‖
 /// record id (16) ‖ former index (36) ‖ new index (36) ‖ deterministic (1),
 /// `WAL_REWRAPPED_KEY` ‖ length (4) ‖ encoded key, `WAL_DROP_KEY` ‖ key id
-/// (5), `WAL_META` ‖ length (4) ‖ key ‖ present (1) [‖ length (4) ‖ value].
+/// (5), `WAL_META` ‖ length (4) ‖ key ‖ present (1) [‖ length (4) ‖ value],
+/// `WAL_DELETE` ‖ record id (16) ‖ data-key version (4) ‖ expires (8, 0:
+/// none) ‖ entries (1) ‖ per entry: index (36) ‖ deterministic (1).
 pub(super) fn encode_frame(
     ceiling: Option<Ceiling>,
     keys: &[WrappedKey],
@@ -468,6 +486,19 @@ pub(super) fn encode_frame(
         out.push(WAL_DROP_KEY);
         out.extend_from_slice(&key_id(*purpose, *version));
     }
+    for d in &changes.deleted {
+        out.push(WAL_DELETE);
+        out.extend_from_slice(&record_key(d.id));
+        out.extend_from_slice(&d.version.0.to_be_bytes());
+        out.extend_from_slice(&d.expires_unix_ms.unwrap_or(0).to_be_bytes());
+        // At most a few entries (one per record; a damaged store may hold
+        // more): capped by the commit thread.
+        out.push(d.entries.len() as u8);
+        for (index, deterministic) in &d.entries {
+            out.extend_from_slice(&index_prefix(index));
+            out.push(u8::from(*deterministic));
+        }
+    }
     for m in &changes.meta {
         put_sized(&mut out, WAL_META, &m.key);
         match &m.value {
@@ -492,13 +523,58 @@ fn put_sized(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
 /// Bytes a record adds to a frame: its entry header (tag, record id,
 /// index, deterministic flag, length) and its encoding.
 pub(super) fn frame_record_bytes(r: &SealedRecord) -> usize {
-    1 + 16 + 36 + 1 + 4 + (2 + 4 + NONCE_LEN + r.ciphertext.len())
+    1 + 16 + 36 + 1 + 4 + encoded_record_bytes(r)
 }
 
 /// Bytes a rewritten record adds to a frame: its entry header (tag,
 /// record id, former version, length) and its encoding.
 pub(super) fn frame_rewrite_bytes(r: &SealedRecord) -> usize {
-    1 + 16 + 4 + 4 + (2 + 4 + NONCE_LEN + r.ciphertext.len())
+    1 + 16 + 4 + 4 + encoded_record_bytes(r)
+}
+
+/// The length of [`encode_record`]'s output.
+pub(super) fn encoded_record_bytes(r: &SealedRecord) -> usize {
+    let meta = if r.meta.is_some() {
+        RECORD_META_BYTES
+    } else {
+        0
+    };
+    2 + 4 + meta + NONCE_LEN + r.ciphertext.len()
+}
+
+/// Bytes a deletion adds to a frame.
+pub(super) fn frame_delete_bytes(entries: usize) -> usize {
+    1 + 16 + 4 + 8 + 1 + entries * 37
+}
+
+/// The most index entries one deletion logs (a record has one; a damaged
+/// store may hold a few).
+pub(super) const MAX_DELETED_ENTRIES: usize = u8::MAX as usize;
+
+/// An expiry-tree key: expires (8) ‖ record id (16), so keys sort by
+/// expiry.
+pub(super) fn expiry_key(expires_unix_ms: u64, id: RecordId) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..8].copy_from_slice(&expires_unix_ms.to_be_bytes());
+    key[8..].copy_from_slice(&record_key(id));
+    key
+}
+
+/// The expiry and record id of an expiry-tree key.
+pub(super) fn expiry_from(key: &[u8]) -> Result<(u64, RecordId), StoreError> {
+    if key.len() != 24 {
+        return Err(StoreError::Corrupt {
+            what: "expiry entry",
+            reason: "not 24 bytes",
+        });
+    }
+    Ok((u64_from(&key[..8])?, record_id_from(&key[8..])?))
+}
+
+/// The expiry of an encoded record (`None`: never, or it does not decode:
+/// `decode_record` refuses it anyway).
+pub(super) fn encoded_record_expiry(b: &[u8]) -> Option<u64> {
+    decode_record(b).ok().and_then(|r| r.expires_unix_ms())
 }
 
 /// Bytes a ceiling adds to a frame.
@@ -620,6 +696,23 @@ pub(super) fn decode_frame(mut b: &[u8]) -> Result<Frame, StoreError> {
                     .dropped_keys
                     .push((purpose, KeyVersion(u32_from(&id[1..5]))));
             }
+            WAL_DELETE => {
+                let id = record_id_from(take(&mut b, 16)?)?;
+                let version = KeyVersion(u32_from(take(&mut b, 4)?));
+                let expires = u64_from(take(&mut b, 8)?)?;
+                let n = take(&mut b, 1)?[0];
+                let mut entries = Vec::with_capacity(n.into());
+                for _ in 0..n {
+                    let index = index_from(take(&mut b, 36)?);
+                    entries.push((index, flag(take(&mut b, 1)?[0])?));
+                }
+                out.changes.deleted.push(Deleted {
+                    id,
+                    version,
+                    expires_unix_ms: Some(expires).filter(|e| *e != 0),
+                    entries,
+                });
+            }
             WAL_META => {
                 let key = take_sized(&mut b)?.to_vec();
                 let value = if flag(take(&mut b, 1)?[0])? {
@@ -709,11 +802,22 @@ fn u32_from(b: &[u8]) -> u32 {
     u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
+/// format (1) ‖ kind (1) ‖ data-key version (4) ‖ [format 2: created (8)
+/// ‖ expires (8, 0: never) ‖ mode (1: 1 deterministic)] ‖ nonce ‖
+/// ciphertext.
 pub(super) fn encode_record(r: &SealedRecord) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + 1 + 4 + NONCE_LEN + r.ciphertext.len());
-    out.push(RECORD_FORMAT);
+    let mut out = Vec::with_capacity(encoded_record_bytes(r));
+    out.push(match r.meta {
+        Some(_) => RECORD_FORMAT,
+        None => RECORD_FORMAT_V1,
+    });
     out.push(r.kind.code());
     out.extend_from_slice(&r.key_version.0.to_be_bytes());
+    if let Some(m) = &r.meta {
+        out.extend_from_slice(&m.created_unix_ms.to_be_bytes());
+        out.extend_from_slice(&m.expires_unix_ms.unwrap_or(0).to_be_bytes());
+        out.push(u8::from(m.deterministic));
+    }
     out.extend_from_slice(&r.nonce);
     out.extend_from_slice(&r.ciphertext);
     out
@@ -724,21 +828,40 @@ pub(super) fn decode_record(b: &[u8]) -> Result<SealedRecord, StoreError> {
         what: "record",
         reason,
     };
-    if b.len() < 1 + 1 + 4 + NONCE_LEN + 16 {
+    let meta_len = match b.first() {
+        Some(&RECORD_FORMAT) => RECORD_META_BYTES,
+        Some(&RECORD_FORMAT_V1) => 0,
+        Some(_) => return Err(corrupt("unknown format")),
+        None => return Err(corrupt("too short")),
+    };
+    let at = 6 + meta_len;
+    if b.len() < at + NONCE_LEN + 16 {
         return Err(corrupt("too short"));
     }
-    if b[0] != RECORD_FORMAT {
-        return Err(corrupt("unknown format"));
-    }
     let kind = FieldKind::from_code(b[1]).ok_or(corrupt("unknown field kind"))?;
-    let version = u32::from_be_bytes([b[2], b[3], b[4], b[5]]);
+    let version = u32_from(&b[2..6]);
+    let meta = if meta_len == 0 {
+        None
+    } else {
+        let expires = u64_from(&b[14..22])?;
+        Some(RecordMeta {
+            created_unix_ms: u64_from(&b[6..14])?,
+            expires_unix_ms: Some(expires).filter(|e| *e != 0),
+            deterministic: match b[22] {
+                0 => false,
+                1 => true,
+                _ => return Err(corrupt("unknown mode")),
+            },
+        })
+    };
     let mut nonce = [0u8; NONCE_LEN];
-    nonce.copy_from_slice(&b[6..6 + NONCE_LEN]);
+    nonce.copy_from_slice(&b[at..at + NONCE_LEN]);
     Ok(SealedRecord {
         kind,
         key_version: KeyVersion(version),
         nonce,
-        ciphertext: b[6 + NONCE_LEN..].to_vec(),
+        ciphertext: b[at + NONCE_LEN..].to_vec(),
+        meta,
     })
 }
 
@@ -939,6 +1062,35 @@ mod tests {
                     value: None,
                 },
             ],
+            deleted: vec![
+                Deleted {
+                    id: RecordId::new(16, 5),
+                    version: KeyVersion(8),
+                    expires_unix_ms: Some(1_800_000_000_000),
+                    entries: vec![(index(10), true)],
+                },
+                Deleted {
+                    id: RecordId::new(17, 5),
+                    version: KeyVersion(7),
+                    expires_unix_ms: None,
+                    entries: vec![
+                        (index(11), false),
+                        (
+                            BlindIndex {
+                                version: KeyVersion(2),
+                                mac: [12; 32],
+                            },
+                            false,
+                        ),
+                    ],
+                },
+                Deleted {
+                    id: RecordId::new(18, 5),
+                    version: KeyVersion(7),
+                    expires_unix_ms: None,
+                    entries: Vec::new(),
+                },
+            ],
         }
     }
 
@@ -971,6 +1123,7 @@ mod tests {
         assert_eq!(back.rewrapped_keys, changes.rewrapped_keys);
         assert_eq!(back.dropped_keys, changes.dropped_keys);
         assert_eq!(back.meta, changes.meta);
+        assert_eq!(back.deleted, changes.deleted);
         // Beside records, keys and a ceiling, in the same frame.
         let staged = Staged {
             id: RecordId::new(15, 5),

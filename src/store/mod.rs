@@ -6,6 +6,8 @@
 //! survive `kill -9` and power loss.
 
 mod apply;
+#[cfg(test)]
+mod delete_tests;
 mod file;
 #[cfg(test)]
 mod fixtures;
@@ -248,6 +250,15 @@ pub struct NewRecord {
     pub older_indexes: Vec<BlindIndex>,
 }
 
+/// A record to delete, with its value's blind index under every live
+/// index-key version, so that its index entry is found whichever version
+/// holds it (the store keeps no map from record to entry).
+#[derive(Clone, Debug)]
+pub struct Deletion {
+    pub id: RecordId,
+    pub indexes: Vec<BlindIndex>,
+}
+
 /// Per key version, how many records (data keys) or index entries (index
 /// keys) use it. Kept as counters by the store, not found by a scan.
 pub type KeyUsage = BTreeMap<(KeyPurpose, KeyVersion), u64>;
@@ -395,8 +406,30 @@ pub trait Store: Send + Sync + 'static {
     async fn check_integrity(&self) -> Result<IntegrityReport, StoreError>;
 
     /// Every record whose value has this blind index (random and
-    /// deterministic), for erase-by-value and consistency checks.
+    /// deterministic), for erase-by-value, subject access and consistency
+    /// checks. Deleted records are not among them.
     async fn records_by_index(&self, index: BlindIndex) -> Result<Vec<RecordId>, StoreError>;
+
+    /// Deletes records with their index entry and expiry entry, atomically
+    /// (a crash never leaves one without the other) and durably (through
+    /// the same log and overlay as every write: a deleted record is never
+    /// read again, not after a crash, not by replay, not through a
+    /// concurrent rewrite, which finds it gone). Per deletion, whether its
+    /// record was there (deleting twice is harmless). `KeysChanged`, with
+    /// nothing deleted, if a deletion's indexes do not name every live
+    /// index-key version (one was added meanwhile: compute them again).
+    async fn delete_records(&self, deletions: Vec<Deletion>) -> Result<Vec<bool>, StoreError>;
+
+    /// At most `limit` records that expire at or before `now_unix_ms`, as
+    /// `(expires, id)`, soonest first, after `after` (from the first when
+    /// `None`): what the sweeper deletes. A record just written may show up
+    /// only once its write is applied.
+    async fn expired_records(
+        &self,
+        now_unix_ms: u64,
+        after: Option<(u64, RecordId)>,
+        limit: usize,
+    ) -> Result<Vec<(u64, RecordId)>, StoreError>;
 
     /// The records for `ids`, in the same order: `Ok(Some)` when found,
     /// `Ok(None)` when absent, `Err` for one record that cannot be read

@@ -389,6 +389,11 @@ fn sealed(n: u64) -> SealedRecord {
         key_version: KeyVersion(1),
         nonce: [(n % 251) as u8; NONCE_LEN],
         ciphertext,
+        meta: Some(crate::crypto::RecordMeta {
+            created_unix_ms: n,
+            expires_unix_ms: None,
+            deterministic: false,
+        }),
     }
 }
 

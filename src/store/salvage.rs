@@ -402,7 +402,7 @@ fn replace_log(
 
 /// What the reconciliation of the trees found.
 fn write_partial(s: &mut String, p: &PartialEntries) {
-    if p.index_entries == 0 && p.deterministic_entries == 0 {
+    if p.index_entries == 0 && p.deterministic_entries == 0 && p.expiry_entries == 0 {
         let _ = writeln!(
             s,
             "the store held no half-written remnant of a dropped frame"
@@ -410,9 +410,9 @@ fn write_partial(s: &mut String, p: &PartialEntries) {
     } else {
         let _ = writeln!(
             s,
-            "removed what dropped frames had left half-written in the store: {} index entries \
-             and {} deterministic mappings without their record",
-            p.index_entries, p.deterministic_entries
+            "removed what dropped frames had left half-written in the store: {} index entries, \
+             {} deterministic mappings and {} expiry entries without their record",
+            p.index_entries, p.deterministic_entries, p.expiry_entries
         );
     }
     if !p.unindexed_records.is_empty() {
@@ -559,6 +559,7 @@ mod tests {
             key_version: KeyVersion(1),
             nonce: [mac; NONCE_LEN],
             ciphertext: vec![mac; 40],
+            meta: None,
         };
         encode_frame_payload(
             Some(Ceiling {
@@ -894,6 +895,7 @@ mod tests {
                         key_version: KeyVersion(1),
                         nonce: [mac; NONCE_LEN],
                         ciphertext: vec![mac; 40],
+                        meta: None,
                     }),
                 })
                 .into_iter()

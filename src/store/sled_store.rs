@@ -6,24 +6,25 @@
 //! Reads consult the overlay of acknowledged but unapplied writes first,
 //! then the trees.
 
-use super::apply::{Applier, Unapplied};
+use super::apply::{Applier, Pending, Unapplied};
 use super::file::{FileSystem, RealFs};
 use super::group_commit::GroupCommit;
 use super::integrity;
 use super::layout::{
     backend, canary_key, counter_name, data_file_path, decode_canary, decode_counter,
-    decode_counts, decode_key, decode_key_info, decode_record, index_entry, index_from,
-    index_prefix, job_key, key_id, record_id_from, record_key, sled_failure, u64_from, Ceiling,
-    CANARY_PREFIX, CEILING_KEY, COUNTER_PREFIX, COUNTS_KEY, EPOCH_PREFIX, FORMAT_KEY,
-    KEY_INFO_PREFIX, MASTER_FILE_KEY, MASTER_PREFIX, OLD_LAYOUT, STORE_FORMAT, WAL_FILE,
+    decode_counts, decode_key, decode_key_info, decode_record, expiry_from, expiry_key,
+    index_entry, index_from, index_prefix, job_key, key_id, record_id_from, record_key,
+    sled_failure, u64_from, Ceiling, CANARY_PREFIX, CEILING_KEY, COUNTER_PREFIX, COUNTS_KEY,
+    EPOCH_PREFIX, FORMAT_KEY, KEY_INFO_PREFIX, MASTER_FILE_KEY, MASTER_PREFIX, OLD_LAYOUT,
+    STORE_FORMAT, WAL_FILE,
 };
 use super::sequence::Sequence;
 use super::wal::{Wal, WalError};
 use super::writer::{stored_ceiling, CanaryIds, Frozen, SledWriter, Trees, Write, Written};
 use super::{
-    Canary, Charge, Charged, CounterValue, FailureCause, Freeze, IndexEntry, IntegrityReport, Job,
-    KeyCatalog, KeyChange, KeyInfo, KeyUsage, NewRecord, RecordRead, Reindex, Rewrite,
-    StorageFailure, Store, StoreError, MAX_NAME_BYTES,
+    Canary, Charge, Charged, CounterValue, Deletion, FailureCause, Freeze, IndexEntry,
+    IntegrityReport, Job, KeyCatalog, KeyChange, KeyInfo, KeyUsage, NewRecord, RecordRead, Reindex,
+    Rewrite, StorageFailure, Store, StoreError, MAX_NAME_BYTES,
 };
 use crate::crypto::{BlindIndex, KeyPurpose, KeyVersion, WrappedKey};
 use crate::domain::RecordId;
@@ -152,10 +153,12 @@ impl SledStore {
         let deterministic = db.open_tree("deterministic").map_err(backend)?;
         let keys = db.open_tree("keys").map_err(backend)?;
         let meta = db.open_tree("meta").map_err(backend)?;
+        let expiry = db.open_tree("expiry").map_err(backend)?;
         let trees = Trees {
             records,
             blind_index,
             deterministic,
+            expiry,
         };
         let (wal, frames) = Wal::open(io.fs, &config.path.join(WAL_FILE)).map_err(wal_error)?;
         let generation = wal.generation();
@@ -231,6 +234,7 @@ impl SledStore {
                 tracing::warn!(
                     index_entries = removed.index_entries,
                     deterministic_entries = removed.deterministic_entries,
+                    expiry_entries = removed.expiry_entries,
                     unindexed_records = removed.unindexed_records.len(),
                     "the write-ahead log was replaced by an empty one: removed what a crash had \
                      left half-stored in the store"
@@ -619,18 +623,52 @@ impl Store for SledStore {
     async fn records_by_index(&self, index: BlindIndex) -> Result<Vec<RecordId>, StoreError> {
         self.blocking(move |inner| {
             let prefix = index_prefix(&index);
-            // Overlay first: an entry leaves it only once it is in the tree.
-            let mut ids = inner.unapplied.records_by_index(&prefix);
-            for key in inner.trees.blind_index.scan_prefix(prefix).keys() {
-                ids.push(record_id_from(&key.map_err(backend)?[36..])?);
+            // Overlay first: an entry leaves it only once it is in the
+            // tree. Held while the trees are read, so a deleted record's
+            // entry is seen with its tombstone.
+            inner.unapplied.read(|overlay| {
+                let mut ids = overlay.records_by_index(&prefix).to_vec();
+                for key in inner.trees.blind_index.scan_prefix(prefix).keys() {
+                    ids.push(record_id_from(&key.map_err(backend)?[36..])?);
+                }
+                if let Some(id) = inner.trees.deterministic.get(prefix).map_err(backend)? {
+                    ids.push(record_id_from(&id)?);
+                }
+                ids.retain(|id| !overlay.is_deleted(*id));
+                // An entry applied during the scan shows up in both.
+                ids.sort_unstable();
+                ids.dedup();
+                Ok(ids)
+            })
+        })
+        .await
+    }
+
+    async fn delete_records(&self, deletions: Vec<Deletion>) -> Result<Vec<bool>, StoreError> {
+        match self.inner.commit.submit(Write::Delete(deletions)).await? {
+            Written::Applied(deleted) => Ok(deleted),
+            _ => Err(unexpected("a deletion")),
+        }
+    }
+
+    async fn expired_records(
+        &self,
+        now_unix_ms: u64,
+        after: Option<(u64, RecordId)>,
+        limit: usize,
+    ) -> Result<Vec<(u64, RecordId)>, StoreError> {
+        self.blocking(move |inner| {
+            use std::ops::Bound::{Excluded, Included, Unbounded};
+            let start = match after {
+                Some((at, id)) => Excluded(expiry_key(at, id).to_vec()),
+                None => Unbounded,
+            };
+            let end = Included(expiry_key(now_unix_ms, RecordId::new(u64::MAX, u64::MAX)).to_vec());
+            let mut out = Vec::with_capacity(limit.min(4096));
+            for key in inner.trees.expiry.range((start, end)).keys().take(limit) {
+                out.push(expiry_from(&key.map_err(backend)?)?);
             }
-            if let Some(id) = inner.trees.deterministic.get(prefix).map_err(backend)? {
-                ids.push(record_id_from(&id)?);
-            }
-            // An entry applied during the scan shows up in both.
-            ids.sort_unstable();
-            ids.dedup();
-            Ok(ids)
+            Ok(out)
         })
         .await
     }
@@ -738,6 +776,10 @@ impl Store for SledStore {
             for entry in range.take(limit) {
                 let (key, value) = entry.map_err(backend)?;
                 let id = record_id_from(&key)?;
+                // A record deleted but not yet applied is gone.
+                if matches!(inner.unapplied.record(id), Some(Pending::Deleted)) {
+                    continue;
+                }
                 out.push((id, decode_record(&value).map(Some)));
             }
             Ok(out)
@@ -999,8 +1041,10 @@ fn read_records(inner: &Inner, ids: &[RecordId]) -> Result<Vec<RecordRead>, Stor
         .iter()
         .map(|&id| {
             // Overlay first: an entry leaves it only once it is in the tree.
-            if let Some(bytes) = inner.unapplied.record(id) {
-                return decode_record(&bytes).map(Some);
+            match inner.unapplied.record(id) {
+                Some(Pending::Stored(bytes)) => return decode_record(&bytes).map(Some),
+                Some(Pending::Deleted) => return Ok(None),
+                None => {}
             }
             match inner.trees.records.get(record_key(id)).map_err(backend)? {
                 Some(bytes) => decode_record(&bytes).map(Some),
@@ -1969,6 +2013,7 @@ mod tests {
                     value: Some(b"running".to_vec()),
                 },
             ],
+            deleted: Vec::new(),
         };
         let second = Changes {
             meta: vec![MetaOp {

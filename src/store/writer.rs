@@ -42,23 +42,24 @@
 //! [`GroupCommit`]: super::group_commit::GroupCommit
 //! [`Unapplied`]: super::apply::Unapplied
 
-use super::apply::{Applier, Batch, Reindexed, Rewritten, Staged};
+use super::apply::{Applier, Batch, Deleted, Pending, Reindexed, Rewritten, Staged};
 use super::file::StorageFile;
 use super::group_commit::{Commit, Committer};
 use super::layout::{
     backend, canary_key, counter_key, decode_counter, decode_frame, decode_freeze, decode_key_info,
     decode_record, encode_canary, encode_counter, encode_counts, encode_frame, encode_freeze,
     encode_key, encode_key_info, encode_record, encoded_canary_bytes, encoded_freeze_bytes,
-    encoded_record_version, epoch_key, frame_key_bytes, frame_meta_bytes, frame_record_bytes,
-    frame_rewrite_bytes, freeze_caller, freeze_key, index_entry, index_prefix, job_key, key_id,
-    key_info_key, record_id_from, record_key, sled_failure, u64_from, Ceiling, Changes, MetaOp,
-    CANARY_PREFIX, CEILING_KEY, COUNTER_PREFIX, COUNTS_KEY, FORMAT_KEY, FRAME_CEILING_BYTES,
-    FREEZE_PREFIX, KEY_INFO_PREFIX, MASTER_FILE_KEY, MASTER_PREFIX, STORE_FORMAT,
+    encoded_record_expiry, encoded_record_version, epoch_key, expiry_key, frame_delete_bytes,
+    frame_key_bytes, frame_meta_bytes, frame_record_bytes, frame_rewrite_bytes, freeze_caller,
+    freeze_key, index_entry, index_prefix, job_key, key_id, key_info_key, record_id_from,
+    record_key, sled_failure, u64_from, Ceiling, Changes, MetaOp, CANARY_PREFIX, CEILING_KEY,
+    COUNTER_PREFIX, COUNTS_KEY, FORMAT_KEY, FRAME_CEILING_BYTES, FREEZE_PREFIX, KEY_INFO_PREFIX,
+    MASTER_FILE_KEY, MASTER_PREFIX, STORE_FORMAT,
 };
 use super::wal::Wal;
 use super::{
-    Canary, Charge, Charged, Freeze, Job, KeyChange, KeyUsage, NewRecord, Reindex, Rewrite,
-    StorageFailure, StoreError,
+    Canary, Charge, Charged, Deletion, Freeze, Job, KeyChange, KeyUsage, NewRecord, Reindex,
+    Rewrite, StorageFailure, StoreError,
 };
 use crate::crypto::{KeyPurpose, KeyVersion, WrappedKey};
 use crate::domain::RecordId;
@@ -87,6 +88,7 @@ pub(super) struct Trees {
     pub(super) records: sled::Tree,
     pub(super) blind_index: sled::Tree,
     pub(super) deterministic: sled::Tree,
+    pub(super) expiry: sled::Tree,
 }
 
 /// The one writer: owns the write-ahead log and the apply thread, and runs
@@ -220,6 +222,8 @@ struct Group {
     freezes: BTreeMap<String, Option<Freeze>>,
     /// Canaries the group adds.
     canaries: HashSet<RecordId>,
+    /// Records the group deletes.
+    deleted: HashSet<RecordId>,
 }
 
 impl Group {
@@ -255,6 +259,9 @@ pub(super) enum Write {
     Canaries(Vec<Canary>),
     /// Remove counters (an absent one is skipped).
     ResetCounters(Vec<String>),
+    /// Delete records with their index and expiry entries (an absent one
+    /// is skipped).
+    Delete(Vec<Deletion>),
 }
 
 pub(super) enum Written {
@@ -312,6 +319,12 @@ fn frame_deltas(records: &[Staged], changes: &Changes) -> BTreeMap<(KeyPurpose, 
         *d.entry((KeyPurpose::Index, r.old.version)).or_default() -= 1;
         *d.entry((KeyPurpose::Index, r.new.version)).or_default() += 1;
     }
+    for x in &changes.deleted {
+        *d.entry((KeyPurpose::Data, x.version)).or_default() -= 1;
+        for (index, _) in &x.entries {
+            *d.entry((KeyPurpose::Index, index.version)).or_default() -= 1;
+        }
+    }
     d
 }
 
@@ -366,42 +379,230 @@ impl SledWriter {
             self.check_live(KeyPurpose::Data, r.record.key_version, group)?;
             self.check_live(KeyPurpose::Index, r.index.version, group)?;
         }
+        // Decided here, then added to the group only if the whole call
+        // succeeds (a failed read stages nothing of it).
         let mut ids = Vec::with_capacity(records.len());
-        let first_staged = group.staged.len();
+        let mut staged = Vec::with_capacity(records.len());
+        let mut expired: Vec<Deleted> = Vec::new();
         let mut mine: HashMap<[u8; 36], RecordId> = HashMap::new();
         for new in records {
             let prefix = index_prefix(&new.index);
             if new.deterministic {
                 let mut known = None;
                 for index in std::iter::once(&new.index).chain(&new.older_indexes) {
-                    match self.deterministic_of(&index_prefix(index), &mine, group) {
-                        Ok(None) => continue,
-                        Ok(found) => known = found,
-                        Err(e) => {
-                            group.staged.truncate(first_staged);
-                            return Err(e);
-                        }
+                    if let Some(id) = self.deterministic_of(&index_prefix(index), &mine, group)? {
+                        known = Some((id, *index));
+                        break;
                     }
-                    break;
                 }
-                if let Some(id) = known {
-                    ids.push(id);
-                    continue;
+                if let Some((id, index)) = known {
+                    // A value's token that has expired is answered as
+                    // unknown from then on: it is deleted here, and the
+                    // value gets a new token.
+                    let now = new.record.meta.map_or(0, |m| m.created_unix_ms);
+                    let gone = expired.iter().any(|d| d.id == id);
+                    match self.expired_mapping(id, index, now, group)? {
+                        None if !gone => {
+                            ids.push(id);
+                            continue;
+                        }
+                        None => {}
+                        Some(deleted) => expired.push(deleted),
+                    }
                 }
                 mine.insert(prefix, new.id);
             }
             ids.push(new.id);
-            group.count(KeyPurpose::Data, new.record.key_version, 1);
-            group.count(KeyPurpose::Index, new.index.version, 1);
-            group.staged.push(Staged {
+            staged.push(Staged {
                 id: new.id,
                 index: new.index,
                 deterministic: new.deterministic,
                 record: encode_record(&new.record),
             });
         }
+        for d in expired {
+            self.stage_deleted(d, group);
+        }
+        for s in &staged {
+            group.count(KeyPurpose::Data, encoded_record_version(&s.record), 1);
+            group.count(KeyPurpose::Index, s.index.version, 1);
+        }
+        group.staged.extend(staged);
         group.deterministic.extend(mine);
         Ok(ids)
+    }
+
+    /// The deletion of a value's deterministic record `id` (mapped from
+    /// `index`) if it has expired at `now_unix_ms`, else `None`. A record
+    /// staged by this group is never expired.
+    fn expired_mapping(
+        &self,
+        id: RecordId,
+        index: crate::crypto::BlindIndex,
+        now_unix_ms: u64,
+        group: &Group,
+    ) -> Result<Option<Deleted>, StoreError> {
+        if group.staged.iter().any(|s| s.id == id) {
+            return Ok(None);
+        }
+        let Some(bytes) = self.current_record(id, group)? else {
+            return Ok(None);
+        };
+        let record = decode_record(&bytes)?;
+        if !record.is_expired(now_unix_ms) {
+            return Ok(None);
+        }
+        Ok(Some(Deleted {
+            id,
+            version: record.key_version,
+            expires_unix_ms: record.expires_unix_ms(),
+            entries: vec![(index, true)],
+        }))
+    }
+
+    /// Adds a decided deletion to the group: counted, logged, and seen by
+    /// the group's later writes.
+    fn stage_deleted(&self, d: Deleted, group: &mut Group) {
+        group.count(KeyPurpose::Data, d.version, -1);
+        for (index, deterministic) in &d.entries {
+            group.count(KeyPurpose::Index, index.version, -1);
+            let prefix = index_prefix(index);
+            if *deterministic && group.deterministic.get(&prefix) == Some(&d.id) {
+                group.deterministic.remove(&prefix);
+            }
+        }
+        group.deleted.insert(d.id);
+        group.changes.deleted.push(d);
+    }
+
+    /// Whether record `id` is deleted by the group or an unapplied one.
+    fn is_deleted(&self, id: RecordId, group: &Group) -> bool {
+        group.deleted.contains(&id) || self.applier.shared().read(|o| o.is_deleted(id))
+    }
+
+    /// The live index-key versions, as the group leaves them.
+    fn live_index_versions(&self, group: &Group) -> Result<HashSet<KeyVersion>, StoreError> {
+        let mut live = HashSet::new();
+        for key in self.keys.scan_prefix([KeyPurpose::Index.code()]).keys() {
+            let key = key.map_err(backend)?;
+            if let Ok(id) = <[u8; 5]>::try_from(&key[..]) {
+                live.insert(id);
+            }
+        }
+        for (id, added) in &group.key_changes {
+            if *added {
+                live.insert(*id);
+            } else {
+                live.remove(id);
+            }
+        }
+        Ok(live
+            .into_iter()
+            .filter(|id| id[0] == KeyPurpose::Index.code() && !self.retired.contains(id))
+            .map(|id| KeyVersion(u32::from_be_bytes([id[1], id[2], id[3], id[4]])))
+            .collect())
+    }
+
+    /// Record `id`'s index entry under `index`, if it has one now (`Some`:
+    /// whether it is the deterministic mapping). The newest state wins:
+    /// the group's moves, then the overlay (new records and move targets),
+    /// then the trees.
+    fn entry_of(
+        &self,
+        id: RecordId,
+        index: &crate::crypto::BlindIndex,
+        group: &Group,
+    ) -> Result<Option<bool>, StoreError> {
+        let prefix = index_prefix(index);
+        if group.moved.contains(&(id, prefix)) {
+            return Ok(None);
+        }
+        if let Some(m) = group
+            .changes
+            .reindexed
+            .iter()
+            .find(|m| m.id == id && m.new == *index)
+        {
+            return Ok(Some(m.deterministic));
+        }
+        let (in_overlay, moved_elsewhere) = self.applier.shared().read(|o| {
+            let here = if o.deterministic(&prefix) == Some(id) {
+                Some(true)
+            } else if o.records_by_index(&prefix).contains(&id) {
+                Some(false)
+            } else {
+                None
+            };
+            (here, o.has_moved_target(id))
+        });
+        if in_overlay.is_some() {
+            return Ok(in_overlay);
+        }
+        if moved_elsewhere {
+            // An unapplied move takes this record's entry to another
+            // index: the trees' older entry is on its way out.
+            return Ok(None);
+        }
+        let mapped = self.trees.deterministic.get(prefix).map_err(backend)?;
+        if mapped.is_some_and(|b| record_id_from(&b).ok() == Some(id)) {
+            return Ok(Some(true));
+        }
+        let random = self
+            .trees
+            .blind_index
+            .contains_key(index_entry(index, id))
+            .map_err(backend)?;
+        Ok(random.then_some(false))
+    }
+
+    /// Stages each deletion whose record exists now, with its index entry
+    /// (found under one of its `indexes`) and its expiry entry; per
+    /// deletion, whether its record was there. `KeysChanged` (nothing
+    /// staged) if a deletion's indexes do not cover every live index-key
+    /// version: its entry might be under the one not named.
+    fn stage_deletes(
+        &self,
+        deletions: Vec<Deletion>,
+        group: &mut Group,
+    ) -> Result<Vec<bool>, StoreError> {
+        let live = self.live_index_versions(group)?;
+        if deletions.iter().any(|d| {
+            let named: HashSet<KeyVersion> = d.indexes.iter().map(|i| i.version).collect();
+            !live.is_subset(&named)
+        }) {
+            return Err(StoreError::KeysChanged);
+        }
+        let mut decided = Vec::with_capacity(deletions.len());
+        let mut mine = HashSet::new();
+        for d in &deletions {
+            if !mine.insert(d.id) {
+                decided.push(None);
+                continue;
+            }
+            let Some(bytes) = self.current_record(d.id, group)? else {
+                decided.push(None);
+                continue;
+            };
+            let record = decode_record(&bytes)?;
+            let mut entries = Vec::new();
+            for index in &d.indexes {
+                if let Some(deterministic) = self.entry_of(d.id, index, group)? {
+                    entries.push((*index, deterministic));
+                }
+            }
+            entries.truncate(super::layout::MAX_DELETED_ENTRIES);
+            decided.push(Some(Deleted {
+                id: d.id,
+                version: record.key_version,
+                expires_unix_ms: record.expires_unix_ms(),
+                entries,
+            }));
+        }
+        let applied = decided.iter().map(Option::is_some).collect();
+        for d in decided.into_iter().flatten() {
+            self.stage_deleted(d, group);
+        }
+        Ok(applied)
     }
 
     /// The deterministic record of an index prefix: this call's, the
@@ -412,23 +613,25 @@ impl SledWriter {
         mine: &HashMap<[u8; 36], RecordId>,
         group: &Group,
     ) -> Result<Option<RecordId>, StoreError> {
-        if let Some(id) = mine
-            .get(prefix)
-            .or_else(|| group.deterministic.get(prefix))
-            .copied()
-            .or_else(|| self.applier.shared().deterministic(prefix))
-        {
-            return Ok(Some(id));
+        if let Some(id) = mine.get(prefix).or_else(|| group.deterministic.get(prefix)) {
+            return Ok(Some(*id));
         }
-        match self.trees.deterministic.get(prefix).map_err(backend)? {
-            Some(bytes) => record_id_from(&bytes)
-                .map(Some)
-                .map_err(|_| StoreError::Corrupt {
-                    what: "deterministic index",
-                    reason: "not a record id",
-                }),
-            None => Ok(None),
-        }
+        // The overlay is held while the tree is read, so a mapping of a
+        // deleted record is seen with its tombstone (see `Unapplied::read`).
+        let found = self.applier.shared().read(|o| {
+            let id = match o.deterministic(prefix) {
+                Some(id) => id,
+                None => match self.trees.deterministic.get(prefix).map_err(backend)? {
+                    Some(bytes) => record_id_from(&bytes).map_err(|_| StoreError::Corrupt {
+                        what: "deterministic index",
+                        reason: "not a record id",
+                    })?,
+                    None => return Ok(None),
+                },
+            };
+            Ok(Some(id).filter(|id| !o.is_deleted(*id)))
+        })?;
+        Ok(found.filter(|id| !group.deleted.contains(id)))
     }
 
     /// `StaleKey` if this key version is retired (or the group retires it):
@@ -459,11 +662,16 @@ impl SledWriter {
     /// The encoded record `id` as the group, the overlay or the tree hold
     /// it now.
     fn current_record(&self, id: RecordId, group: &Group) -> Result<Option<Vec<u8>>, StoreError> {
+        if group.deleted.contains(&id) {
+            return Ok(None);
+        }
         if let Some(bytes) = group.rewritten.get(&id) {
             return Ok(Some(bytes.clone()));
         }
-        if let Some(bytes) = self.applier.shared().record(id) {
-            return Ok(Some(bytes));
+        match self.applier.shared().record(id) {
+            Some(Pending::Stored(bytes)) => return Ok(Some(bytes)),
+            Some(Pending::Deleted) => return Ok(None),
+            None => {}
         }
         Ok(self
             .trees
@@ -522,16 +730,19 @@ impl SledWriter {
     fn entry_exists(&self, m: &Reindex, group: &Group) -> Result<bool, StoreError> {
         let old = index_prefix(&m.entry.index);
         let id = m.entry.id;
-        if group.moved.contains(&(id, old))
-            || self
-                .applier
-                .shared()
-                .records_by_index(&index_prefix(&m.new))
-                .contains(&id)
-        {
+        if group.moved.contains(&(id, old)) || self.is_deleted(id, group) {
             return Ok(false);
         }
-        if self.applier.shared().records_by_index(&old).contains(&id) {
+        let (moved, here) = self.applier.shared().read(|o| {
+            (
+                o.records_by_index(&index_prefix(&m.new)).contains(&id),
+                o.records_by_index(&old).contains(&id),
+            )
+        });
+        if moved {
+            return Ok(false);
+        }
+        if here {
             return Ok(true);
         }
         if m.entry.deterministic {
@@ -857,6 +1068,40 @@ impl Trees {
                 .insert(&record_key(r.id)[..], r.record.as_slice())
                 .map_err(failed)?;
         }
+        self.apply_deletes(&batch.deleted)
+    }
+
+    /// Deletes records, then their entries (idempotent, for replay too):
+    /// sled's own flush may leave an entry without its record (salvage
+    /// removes those), never a record without its entry. A deterministic
+    /// mapping goes only if it still names the record (a new record of the
+    /// same value may have taken it).
+    fn apply_deletes(&self, deleted: &[Deleted]) -> Result<(), StorageFailure> {
+        let failed = |e| sled_failure("applying logged deletions", &e);
+        for d in deleted {
+            self.records.remove(&record_key(d.id)[..]).map_err(failed)?;
+            for (index, deterministic) in &d.entries {
+                if *deterministic {
+                    self.deterministic
+                        .compare_and_swap(
+                            index_prefix(index),
+                            Some(&record_key(d.id)[..]),
+                            None as Option<&[u8]>,
+                        )
+                        .map_err(failed)?
+                        .ok();
+                } else {
+                    self.blind_index
+                        .remove(&index_entry(index, d.id)[..])
+                        .map_err(failed)?;
+                }
+            }
+            if let Some(at) = d.expires_unix_ms {
+                self.expiry
+                    .remove(&expiry_key(at, d.id)[..])
+                    .map_err(failed)?;
+            }
+        }
         Ok(())
     }
 
@@ -892,6 +1137,11 @@ impl Trees {
     fn apply_index(&self, staged: &[Staged]) -> Result<(), StorageFailure> {
         let failed = |e| sled_failure("inserting logged index entries", &e);
         for s in staged {
+            if let Some(at) = encoded_record_expiry(&s.record) {
+                self.expiry
+                    .insert(&expiry_key(at, s.id)[..], &[][..])
+                    .map_err(failed)?;
+            }
             if s.deterministic {
                 self.deterministic
                     .insert(&index_prefix(&s.index)[..], &record_key(s.id)[..])
@@ -1154,6 +1404,7 @@ impl SledWriter {
                 new: frame.records,
                 rewrites: frame.changes.rewrites,
                 reindexed: frame.changes.reindexed,
+                deleted: frame.changes.deleted,
             };
             self.trees.apply(&batch).map_err(StoreError::Backend)?;
         }
@@ -1210,12 +1461,14 @@ impl SledWriter {
             rewrapped_keys,
             dropped_keys,
             meta,
+            deleted,
         } = group.changes;
         let published = injected.and_then(|()| {
             self.applier.publish(Batch {
                 new: group.staged,
                 rewrites,
                 reindexed,
+                deleted,
             })
         });
         // The counters and the job states change together, under the
@@ -1338,6 +1591,9 @@ impl Committer for SledWriter {
                     }
                     Ok(Written::Changed)
                 }
+                Write::Delete(deletions) => self
+                    .stage_deletes(deletions, &mut group)
+                    .map(Written::Applied),
             })
             .collect();
         if group.staged.is_empty()
@@ -1397,6 +1653,13 @@ impl Committer for SledWriter {
             Write::ResetCounters(names) => names
                 .iter()
                 .map(|n| frame_meta_bytes(COUNTER_PREFIX.len() + n.len(), None))
+                .sum(),
+            // At most one entry per record is logged; room for all named.
+            Write::Delete(deletions) => deletions
+                .iter()
+                .map(|d| {
+                    frame_delete_bytes(d.indexes.len().min(super::layout::MAX_DELETED_ENTRIES))
+                })
                 .sum(),
         }
     }

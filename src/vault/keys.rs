@@ -749,12 +749,12 @@ impl Vault {
         tasks.push(task);
     }
 
-    fn stopping(&self) -> bool {
+    pub(super) fn stopping(&self) -> bool {
         self.key_jobs.stopping.load(Ordering::SeqCst)
     }
 
     /// Waits until `until`, or less when the server stops.
-    async fn pause_until(&self, until: Instant) {
+    pub(super) async fn pause_until(&self, until: Instant) {
         // Registered before the flag is read, so a stop between the two
         // still wakes this wait.
         let stop = self.key_jobs.stop.notified();
@@ -1427,11 +1427,18 @@ impl Vault {
                 vault.run_schedule(every).await;
             }
         });
+        let sweeper = self.clone();
+        let sweep = tokio::spawn(async move { sweeper.run_sweeper().await });
         self.key_jobs
             .tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(task);
+        self.key_jobs
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(sweep);
     }
 
     /// Rotates the data key whenever the active one is `every` old, then

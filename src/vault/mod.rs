@@ -4,7 +4,7 @@
 
 use crate::audit::event::{Event, Item};
 use crate::audit::AuditSink;
-use crate::crypto::{CryptoError, KeyPurpose, Keyring, MasterKey};
+use crate::crypto::{CryptoError, KeyPurpose, Keyring, MasterKey, RecordMeta};
 use crate::domain::policy::{Action, Denial, Policy, RevealLevel};
 use crate::domain::value::{canonicalise, render, Address, FieldInput, IdScheme, PhoneRegion};
 use crate::domain::{
@@ -52,6 +52,8 @@ pub struct Settings {
     pub explicit_kind_denials: bool,
     /// Key rotation, rewrap and retirement.
     pub keys: KeySettings,
+    /// Tokens' time to live and the sweeper.
+    pub retention: crate::domain::Retention,
 }
 
 impl Default for Settings {
@@ -62,6 +64,7 @@ impl Default for Settings {
             token_modes: TokenModes::default(),
             explicit_kind_denials: false,
             keys: KeySettings::default(),
+            retention: crate::domain::Retention::default(),
         }
     }
 }
@@ -128,6 +131,12 @@ pub enum ItemError {
     /// callers are answered exactly as for [`ItemError::NotFound`].
     #[error("no record for this token")]
     NotIssued,
+    /// The token's time to live has passed: answered exactly as
+    /// [`ItemError::NotFound`] (its record is gone or about to be), audited
+    /// as such, and not counted as an unknown token (a service may well
+    /// hold tokens that expired).
+    #[error("no record for this token")]
+    Expired,
     #[error("{0}")]
     PermissionDenied(Denial),
     /// The stored record failed its integrity check; nothing is revealed.
@@ -147,6 +156,7 @@ impl ItemError {
             ItemError::InvalidArgument { .. } => "invalid_argument",
             ItemError::NotFound => "not_found",
             ItemError::NotIssued => "not_issued",
+            ItemError::Expired => "expired",
             ItemError::PermissionDenied(_) => "permission_denied",
             ItemError::DataLoss => "data_loss",
             ItemError::Unavailable => "unavailable",
@@ -505,8 +515,9 @@ impl Vault {
     fn seal_all(
         &self,
         ring: &Keyring,
-        prepared: &[(FieldKind, Plaintext)],
+        prepared: &[(FieldKind, Plaintext, Option<u64>)],
         ids: &[RecordId],
+        now_unix_ms: u64,
     ) -> (Vec<Result<usize, ItemError>>, Vec<NewRecord>) {
         let internal = |e: CryptoError| {
             tracing::error!(error = %e, "sealing failed");
@@ -518,7 +529,7 @@ impl Vault {
         let sealed = prepared
             .iter()
             .zip(ids)
-            .map(|((kind, canonical), id)| {
+            .map(|((kind, canonical, expires), id)| {
                 let deterministic =
                     self.settings.token_modes.for_kind(*kind) == TokenMode::Deterministic;
                 let index = ring.blind_index(*kind, canonical).map_err(internal)?;
@@ -534,7 +545,12 @@ impl Vault {
                 } else {
                     Vec::new()
                 };
-                let record = ring.seal(*id, *kind, canonical).map_err(internal)?;
+                let meta = RecordMeta {
+                    created_unix_ms: now_unix_ms,
+                    expires_unix_ms: *expires,
+                    deterministic,
+                };
+                let record = ring.seal(*id, *kind, canonical, meta).map_err(internal)?;
                 to_store.push(NewRecord {
                     id: *id,
                     record,
@@ -606,6 +622,8 @@ impl Vault {
             .map_err(VaultError::PermissionDenied)?;
         self.audit_ready()?;
 
+        // One creation time for the call's records.
+        let now = crate::audit::now_unix_ms();
         // Per item: Ok(index into `prepared`) or the item's error.
         let mut slots: Vec<Result<usize, ItemError>> = Vec::with_capacity(items.len());
         let mut prepared = Vec::with_capacity(items.len());
@@ -623,7 +641,15 @@ impl Vault {
                         reason: e.reason,
                     }
                 })?;
-                Ok((item.kind, canonical))
+                let expires = self
+                    .settings
+                    .retention
+                    .expiry(item.kind, item.ttl, now)
+                    .map_err(|e| ItemError::InvalidArgument {
+                        field: Some("ttl"),
+                        reason: e.to_string(),
+                    })?;
+                Ok((item.kind, canonical, expires))
             });
             slots.push(ready.map(|ready| {
                 prepared.push(ready);
@@ -645,7 +671,7 @@ impl Vault {
         let mut ring = self.keyring();
         let mut retried = false;
         let (sealed, stored) = loop {
-            let (sealed, to_store) = self.seal_all(&ring, &prepared, &ids);
+            let (sealed, to_store) = self.seal_all(&ring, &prepared, &ids, now);
             if to_store.is_empty() {
                 break (sealed, Vec::new());
             }
@@ -797,6 +823,7 @@ impl Vault {
             .filter(|(_, r)| matches!(r, Ok(None)))
             .map(|(id, _)| *id)
             .collect();
+        let now = crate::audit::now_unix_ms();
         let canaries = self.canaries_among(&missing).await?;
         if canaries.iter().any(Option::is_some) {
             mark_canaries(event, &parsed, &missing, &canaries);
@@ -818,6 +845,10 @@ impl Vault {
                 item.token = Some(token.to_string());
                 // `records` yields one entry per parsed token, in order.
                 let record = match records.next() {
+                    Some(Ok(Some(record))) if record.is_expired(now) => {
+                        item.kind = Some(record.kind.as_str().to_owned());
+                        return Err(ItemError::Expired);
+                    }
                     Some(Ok(Some(record))) => record,
                     Some(Err(e)) if e.is_corruption() => {
                         tracing::error!(token = %token, error = %e, "stored record is corrupt");
@@ -887,7 +918,7 @@ impl Vault {
                 Err(ItemError::PermissionDenied(_)) if !self.settings.explicit_kind_denials => {
                     Err(ItemError::NotFound)
                 }
-                Err(ItemError::NotIssued) => Err(ItemError::NotFound),
+                Err(ItemError::NotIssued | ItemError::Expired) => Err(ItemError::NotFound),
                 other => other,
             };
             results.push(outcome);

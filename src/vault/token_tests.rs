@@ -47,6 +47,20 @@ impl Store for Counting {
     async fn records_by_index(&self, index: BlindIndex) -> Result<Vec<RecordId>, StoreError> {
         self.inner.records_by_index(index).await
     }
+    async fn delete_records(
+        &self,
+        deletions: Vec<crate::store::Deletion>,
+    ) -> Result<Vec<bool>, StoreError> {
+        self.inner.delete_records(deletions).await
+    }
+    async fn expired_records(
+        &self,
+        now_unix_ms: u64,
+        after: Option<(u64, RecordId)>,
+        limit: usize,
+    ) -> Result<Vec<(u64, RecordId)>, StoreError> {
+        self.inner.expired_records(now_unix_ms, after, limit).await
+    }
     async fn get_records(&self, ids: Vec<RecordId>) -> Result<Vec<RecordRead>, StoreError> {
         self.ids_read.fetch_add(ids.len(), Ordering::SeqCst);
         let freeze = self

@@ -236,6 +236,7 @@ impl TestVault {
             limits: Default::default(),
             keys: Default::default(),
             audit: Default::default(),
+            retention: Default::default(),
         };
         adjust(&mut config);
         let server = bounded(
