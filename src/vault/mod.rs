@@ -31,6 +31,8 @@ mod key_tests;
 mod keys;
 mod lifecycle;
 #[cfg(test)]
+mod lifecycle_tests;
+#[cfg(test)]
 mod storage_failure_tests;
 #[cfg(test)]
 mod test_support;

@@ -5,8 +5,9 @@ use super::*;
 use crate::domain::CallerId;
 use std::path::Path;
 
-/// `orders` tokenizes phones; `support` reveals them for `callback`;
-/// `rotator` administers keys.
+/// `orders` tokenizes, deletes and inspects phones; `support` reveals them
+/// for `callback`; `rotator` administers keys; `privacy` erases and exports
+/// (for `dsar`).
 pub(super) const POLICY: &str = r#"
 version = 1
 
@@ -33,6 +34,31 @@ reveal = "full"
 name = "rotator keys"
 callers = ["spiffe://t.example/rotator"]
 action = "keys"
+
+[[rules]]
+name = "orders delete"
+callers = ["spiffe://t.example/orders"]
+action = "delete"
+kinds = ["phone"]
+
+[[rules]]
+name = "orders inspect"
+callers = ["spiffe://t.example/orders"]
+action = "inspect"
+kinds = ["phone"]
+
+[[rules]]
+name = "privacy erase"
+callers = ["spiffe://t.example/privacy"]
+action = "erase"
+kinds = ["phone"]
+
+[[rules]]
+name = "privacy export"
+callers = ["spiffe://t.example/privacy"]
+action = "export"
+kinds = ["phone"]
+purposes = ["dsar"]
 "#;
 
 pub(super) fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
