@@ -202,8 +202,8 @@ async fn erasing_a_value_deletes_its_tokens_in_both_modes_and_any_format_and_it_
             },
         )
         .await);
-    let mut tokens: Vec<TokenId> = exported.iter().map(|i| i.token.clone()).collect();
-    let mut expected = vec![r1.clone(), r2.clone(), d1.clone()];
+    let mut tokens: Vec<TokenId> = exported.iter().map(|i| i.token).collect();
+    let mut expected = vec![r1, r2, d1];
     tokens.sort_by_key(ToString::to_string);
     expected.sort_by_key(ToString::to_string);
     assert_eq!(tokens, expected);
