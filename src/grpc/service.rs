@@ -1,10 +1,10 @@
-use super::error::{call_status, item_status};
+use super::error::{call_status, invalid_argument, item_status};
 use super::pb;
 use crate::domain::policy::RevealLevel;
 use crate::domain::value::{Address, FieldInput, IdScheme};
-use crate::domain::{FieldKind, Plaintext};
+use crate::domain::{FieldKind, Plaintext, TokenMode};
 use crate::tls::Peer;
-use crate::vault::{new_request_id, Call, ItemError, Vault};
+use crate::vault::{new_request_id, Call, ItemError, TokenInfo, Vault};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -145,13 +145,100 @@ fn address_to_pb(a: &Address) -> pb::PostalAddress {
 fn field_from_pb(f: pb::Field) -> Result<FieldInput, ItemError> {
     Ok(FieldInput {
         kind: kind_from_pb(f.kind)?,
+        ttl: f.ttl.map(ttl_from_pb).transpose()?,
         // The String moves into the zeroizing wrapper without a copy.
         value: Plaintext::new(f.value),
         region: Some(f.region).filter(|r| !r.is_empty()),
         scheme: scheme_from_pb(f.scheme)?,
         address: f.address.map(address_from_pb),
-        ttl: None,
     })
+}
+
+/// A time to live as sent: more than zero, or the item's
+/// `InvalidArgument` naming `ttl`. Its maximum is the vault's to check
+/// (per kind, from the config). A duration is no secret: the reason
+/// quotes it.
+pub(crate) fn ttl_from_pb(d: prost_types::Duration) -> Result<std::time::Duration, ItemError> {
+    let invalid = |reason: String| ItemError::InvalidArgument {
+        field: Some("ttl"),
+        reason,
+    };
+    let (seconds, nanos) = (d.seconds, d.nanos);
+    if !(-999_999_999..=999_999_999).contains(&nanos)
+        || (seconds > 0 && nanos < 0)
+        || (seconds < 0 && nanos > 0)
+    {
+        return Err(invalid(format!(
+            "is not a valid google.protobuf.Duration (seconds {seconds}, nanos {nanos}: nanos \
+             must be from -999999999 to 999999999, with the sign of seconds)"
+        )));
+    }
+    if seconds < 0 || nanos < 0 || (seconds == 0 && nanos == 0) {
+        let sign = if seconds < 0 || nanos < 0 { "-" } else { "" };
+        let shown = match nanos {
+            0 => format!("{sign}{}s", seconds.unsigned_abs()),
+            _ => format!(
+                "{sign}{}.{:09}s",
+                seconds.unsigned_abs(),
+                nanos.unsigned_abs()
+            ),
+        };
+        return Err(invalid(format!(
+            "is {shown}; a time to live must be more than zero (leave it out for the kind's \
+             default)"
+        )));
+    }
+    // Both are non-negative here, and nanos under a second.
+    Ok(std::time::Duration::new(
+        seconds.unsigned_abs(),
+        nanos.unsigned_abs(),
+    ))
+}
+
+/// The field of an EraseValue or ExportValue request, or INVALID_ARGUMENT
+/// naming its part (`field.kind`, `field.ttl`). The value itself is
+/// validated by the vault, as Tokenize's is.
+fn value_field_from_pb(f: Option<pb::Field>) -> Result<FieldInput, tonic::Status> {
+    let Some(f) = f else {
+        return Err(invalid_argument(
+            "field",
+            "is required: the kind and value whose tokens are meant",
+        ));
+    };
+    if f.ttl.is_some() {
+        return Err(invalid_argument(
+            "field.ttl",
+            "only Tokenize takes a time to live; leave it out here",
+        ));
+    }
+    field_from_pb(f).map_err(|e| match e {
+        ItemError::InvalidArgument { field, reason } => match field {
+            Some(part) => invalid_argument(&format!("field.{part}"), &reason),
+            None => invalid_argument("field", &reason),
+        },
+        other => tonic::Status::internal(other.to_string()),
+    })
+}
+
+fn mode_to_pb(mode: Option<TokenMode>) -> pb::TokenMode {
+    match mode {
+        Some(TokenMode::Random) => pb::TokenMode::Random,
+        Some(TokenMode::Deterministic) => pb::TokenMode::Deterministic,
+        None => pb::TokenMode::Unspecified,
+    }
+}
+
+/// Token metadata on the wire: 0 for a creation time not recorded and an
+/// expiry that never comes.
+fn info_to_pb(info: TokenInfo) -> pb::TokenInfo {
+    pb::TokenInfo {
+        token: info.token.to_string(),
+        kind: kind_to_pb(info.kind) as i32,
+        created_unix_ms: info.created_unix_ms.unwrap_or(0),
+        expires_unix_ms: info.expires_unix_ms.unwrap_or(0),
+        key_version: info.key_version,
+        mode: mode_to_pb(info.mode) as i32,
+    }
 }
 
 fn reveal_to_pb(level: RevealLevel) -> pb::Reveal {
@@ -240,5 +327,106 @@ impl pb::vault_server::Vault for VaultService {
             })
             .collect();
         answer(&call, Ok(pb::DetokenizeResponse { results }))
+    }
+
+    async fn delete_tokens(
+        &self,
+        request: Request<pb::DeleteTokensRequest>,
+    ) -> Result<Response<pb::DeleteTokensResponse>, Status> {
+        let call = call_of(&request);
+        let tokens = request.into_inner().tokens;
+        let results = match self
+            .vault
+            .delete_tokens(call.clone(), tokens.clone())
+            .await
+        {
+            Ok(results) => results,
+            Err(e) => return answer(&call, Err(call_status(e))),
+        };
+        let results = tokens
+            .into_iter()
+            .zip(results)
+            .enumerate()
+            .map(|(i, (token, r))| pb::DeleteTokensResult {
+                token,
+                outcome: Some(match r {
+                    Ok(kind) => pb::delete_tokens_result::Outcome::Deleted(kind_to_pb(kind) as i32),
+                    Err(e) => pb::delete_tokens_result::Outcome::Error(item_status(
+                        &format!("tokens[{i}]"),
+                        &e,
+                    )),
+                }),
+            })
+            .collect();
+        answer(&call, Ok(pb::DeleteTokensResponse { results }))
+    }
+
+    async fn get_token_info(
+        &self,
+        request: Request<pb::GetTokenInfoRequest>,
+    ) -> Result<Response<pb::GetTokenInfoResponse>, Status> {
+        let call = call_of(&request);
+        let tokens = request.into_inner().tokens;
+        let results = match self.vault.token_info(call.clone(), tokens.clone()).await {
+            Ok(results) => results,
+            Err(e) => return answer(&call, Err(call_status(e))),
+        };
+        let results = tokens
+            .into_iter()
+            .zip(results)
+            .enumerate()
+            .map(|(i, (token, r))| pb::GetTokenInfoResult {
+                token,
+                outcome: Some(match r {
+                    Ok(info) => pb::get_token_info_result::Outcome::Info(info_to_pb(info)),
+                    Err(e) => pb::get_token_info_result::Outcome::Error(item_status(
+                        &format!("tokens[{i}]"),
+                        &e,
+                    )),
+                }),
+            })
+            .collect();
+        answer(&call, Ok(pb::GetTokenInfoResponse { results }))
+    }
+
+    async fn erase_value(
+        &self,
+        request: Request<pb::EraseValueRequest>,
+    ) -> Result<Response<pb::EraseValueResponse>, Status> {
+        let call = call_of(&request);
+        let field = match value_field_from_pb(request.into_inner().field) {
+            Ok(field) => field,
+            Err(status) => return answer(&call, Err(status)),
+        };
+        let result = self
+            .vault
+            .erase_value(call.clone(), field)
+            .await
+            .map(|erased| pb::EraseValueResponse {
+                erased_tokens: erased.iter().map(ToString::to_string).collect(),
+            })
+            .map_err(call_status);
+        answer(&call, result)
+    }
+
+    async fn export_value(
+        &self,
+        request: Request<pb::ExportValueRequest>,
+    ) -> Result<Response<pb::ExportValueResponse>, Status> {
+        let call = call_of(&request);
+        let req = request.into_inner();
+        let field = match value_field_from_pb(req.field) {
+            Ok(field) => field,
+            Err(status) => return answer(&call, Err(status)),
+        };
+        let result = self
+            .vault
+            .export_value(call.clone(), &req.purpose, field)
+            .await
+            .map(|tokens| pb::ExportValueResponse {
+                tokens: tokens.into_iter().map(info_to_pb).collect(),
+            })
+            .map_err(call_status);
+        answer(&call, result)
     }
 }
