@@ -102,7 +102,10 @@ fn bad_item_field(status: &tonic_types::Status) -> String {
         .get_details_bad_request()
         .unwrap_or_else(|| panic!("no BadRequest detail in {status:?}"));
     let field = bad.field_violations[0].field.clone();
-    assert!(status.message.starts_with(&format!("{field}: ")), "{status:?}");
+    assert!(
+        status.message.starts_with(&format!("{field}: ")),
+        "{status:?}"
+    );
     field
 }
 
@@ -364,7 +367,10 @@ async fn deleting_a_token_twice_is_harmless_and_an_unknown_token_is_reported_per
         "tokens[2]"
     );
     // Twice: the call succeeds, the token is NOT_FOUND for that item.
-    let again = deleter.delete_tokens(vec![tokens[0].clone()]).await.unwrap();
+    let again = deleter
+        .delete_tokens(vec![tokens[0].clone()])
+        .await
+        .unwrap();
     assert_eq!(code(again[0].as_ref().unwrap_err()), Code::NotFound);
     assert_eq!(detokenizes(&vault, &tokens[0]).await, Err(Code::NotFound));
     assert_eq!(detokenizes(&vault, &tokens[1]).await, Ok(()));
@@ -469,7 +475,8 @@ async fn erase_by_value_removes_every_token_of_a_phone_number_in_both_modes_and_
     .await;
     let other = tokens_for(&mut orders, vec![phone(OTHER_PHONE)]).await;
     // Under a second index key too.
-    let mut rotator = KeyAdminClient::new(channel(&vault.addr(), &vault.pki.client_tls("rotator")).await);
+    let mut rotator =
+        KeyAdminClient::new(channel(&vault.addr(), &vault.pki.client_tls("rotator")).await);
     let version = rotator
         .rotate_index_key(pb::RotateIndexKeyRequest {})
         .await
@@ -663,10 +670,7 @@ async fn every_lifecycle_call_is_audited_naming_tokens_and_no_value_is_left_on_d
         .await
         .unwrap();
     assert_eq!(exported.len(), 1);
-    let erased = as_admin
-        .erase_value(phone("(202) 555-0143"))
-        .await
-        .unwrap();
+    let erased = as_admin.erase_value(phone("(202) 555-0143")).await.unwrap();
     assert_eq!(erased, vec![tokens[0].clone()]);
     // And refused ones.
     lifecycle(&vault, "orders")

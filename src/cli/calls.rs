@@ -744,8 +744,10 @@ pub(crate) async fn detokenize(args: DetokenizeArgs) -> ExitCode {
 fn token_item(index: usize, line: Line) -> Result<String, Failure> {
     match line {
         Line::Text(token) => Ok(token),
-        other => Err(bad_line(&format!("tokens[{index}]"), &other, MAX_TOKEN_LINE)
-            .unwrap_or_else(|| Failure::new(Code::Internal, "unreachable"))),
+        other => Err(
+            bad_line(&format!("tokens[{index}]"), &other, MAX_TOKEN_LINE)
+                .unwrap_or_else(|| Failure::new(Code::Internal, "unreachable")),
+        ),
     }
 }
 
@@ -1096,6 +1098,31 @@ mod tests {
         // was never sent.
         assert_eq!(call.calls, [2, 2]);
         assert_eq!(call.printed.into_inner(), ["0 a", "1 b"]);
+    }
+
+    #[test]
+    fn a_ttl_is_a_humantime_duration_of_more_than_zero_and_a_refusal_quotes_no_text() {
+        use std::time::Duration;
+        assert_eq!(ttl_arg("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(ttl_arg("90d"), Ok(Duration::from_secs(90 * 86_400)));
+        assert_eq!(ttl_arg("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(ttl_arg("500ms"), Ok(Duration::from_millis(500)));
+        assert!(ttl_arg("0s").unwrap_err().starts_with("is 0s;"));
+        assert!(ttl_arg("-5s").unwrap_err().starts_with("is negative;"));
+        for text in ["+1 202-555-0143", "2025550143", "soon", ""] {
+            let e = ttl_arg(text).unwrap_err();
+            assert!(
+                e.starts_with("is not a duration") || e.starts_with("has an unknown unit"),
+                "{e}"
+            );
+            assert!(!e.contains("555") && !e.contains("soon"), "{e}");
+        }
+        let e = ttl_arg("5 fortnights").unwrap_err();
+        assert!(e.starts_with("has an unknown unit"), "{e}");
+        assert!(!e.contains("fortnight"), "{e}");
+        assert!(ttl_arg("99999999999999999999y")
+            .unwrap_err()
+            .starts_with("is longer than any"));
     }
 
     #[test]

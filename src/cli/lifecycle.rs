@@ -136,8 +136,7 @@ impl ValueArgs {
             if text.trim().is_empty() {
                 return Err(Failure::invalid(named, "is empty"));
             }
-            let address =
-                input::parse_address(&text).map_err(|r| Failure::invalid(named, &r))?;
+            let address = input::parse_address(&text).map_err(|r| Failure::invalid(named, &r))?;
             if address.street_lines.len() > MAX_STREET_LINES {
                 return Err(Failure::invalid(
                     "field.address.street_lines",

@@ -1205,6 +1205,67 @@ mod tests {
     }
 
     #[test]
+    fn lifecycle_requests_are_bounded_and_walked_naming_their_fields() {
+        let delete =
+            |bytes: &[u8], max| <pb::DeleteTokensRequest as DecodeBound>::check(bytes, max);
+        let info = |bytes: &[u8], max| <pb::GetTokenInfoRequest as DecodeBound>::check(bytes, max);
+        let erase = |bytes: &[u8]| <pb::EraseValueRequest as DecodeBound>::check(bytes, 10);
+        let export = |bytes: &[u8]| <pb::ExportValueRequest as DecodeBound>::check(bytes, 10);
+        let tokens = repeat(&ld(1, b""), 11);
+        assert!(delete(&tokens, 11).is_ok());
+        assert_eq!(
+            refusal(delete(&tokens, 10)),
+            "tokens: holds 11 items; at most 10 are allowed per call"
+        );
+        assert_eq!(
+            refusal(info(&tokens, 10)),
+            "tokens: holds 11 items; at most 10 are allowed per call"
+        );
+        assert_eq!(
+            refusal(info(&[ld(1, b"fv1_a"), ld(1, &[0xff])].concat(), 10)),
+            "tokens[1]: is not valid UTF-8"
+        );
+        // The field of an erase or export is walked as Tokenize's fields
+        // are, its time to live included.
+        let phone = [vec![0x08, 0x01], ld(2, &[b'+', 0xff])].concat();
+        assert_eq!(
+            refusal(erase(&ld(1, &phone))),
+            "field.value: is not valid UTF-8"
+        );
+        let ttl = ld(6, &ld(1, b"5"));
+        assert_eq!(
+            refusal(export(&[ld(1, &ttl), ld(2, b"dsar")].concat())),
+            "field.ttl.seconds: has wire type 2; this field is sent with wire type 0"
+        );
+        assert_eq!(
+            refusal(export(&ld(2, &[0xc3]))),
+            "purpose: is not valid UTF-8"
+        );
+        let lines = field_with_street_lines(MAX_STREET_LINES_ON_THE_WIRE + 1);
+        assert!(refusal(erase(&ld(1, &lines))).starts_with("field.address.street_lines: holds"));
+        // A legal one, with a negative time to live (the handler refuses
+        // it, naming the item): a ten-byte varint on the wire.
+        let request = pb::TokenizeRequest {
+            fields: vec![pb::Field {
+                kind: pb::FieldKind::Phone as i32,
+                value: "+1 202-555-0143".into(),
+                ttl: Some(prost_types::Duration {
+                    seconds: -5,
+                    nanos: -1,
+                }),
+                ..Default::default()
+            }],
+            purpose: None,
+        };
+        assert!(tokenize(&request.encode_to_vec(), 10).is_ok());
+        let request = pb::ExportValueRequest {
+            field: request.fields.into_iter().next(),
+            purpose: "dsar".into(),
+        };
+        assert!(export(&request.encode_to_vec()).is_ok());
+    }
+
+    #[test]
     fn a_decoded_item_holds_at_most_a_kib_beyond_its_wire_bytes() {
         // README, "Limits": the struct, its street lines' `String`s and, for
         // each of its strings (value, region, six address parts, the

@@ -335,11 +335,7 @@ impl pb::vault_server::Vault for VaultService {
     ) -> Result<Response<pb::DeleteTokensResponse>, Status> {
         let call = call_of(&request);
         let tokens = request.into_inner().tokens;
-        let results = match self
-            .vault
-            .delete_tokens(call.clone(), tokens.clone())
-            .await
-        {
+        let results = match self.vault.delete_tokens(call.clone(), tokens.clone()).await {
             Ok(results) => results,
             Err(e) => return answer(&call, Err(call_status(e))),
         };
@@ -428,5 +424,112 @@ impl pb::vault_server::Vault for VaultService {
             })
             .map_err(call_status);
         answer(&call, result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn ttl(seconds: i64, nanos: i32) -> Result<std::time::Duration, String> {
+        ttl_from_pb(prost_types::Duration { seconds, nanos }).map_err(|e| match e {
+            ItemError::InvalidArgument {
+                field: Some("ttl"),
+                reason,
+            } => reason,
+            other => panic!("{other:?}"),
+        })
+    }
+
+    #[test]
+    fn a_time_to_live_must_be_more_than_zero_and_a_valid_duration() {
+        assert_eq!(ttl(2, 0), Ok(std::time::Duration::from_secs(2)));
+        assert_eq!(ttl(0, 1_000_000), Ok(std::time::Duration::from_millis(1)));
+        assert_eq!(
+            ttl(90 * 86_400, 0),
+            Ok(std::time::Duration::from_secs(90 * 86_400))
+        );
+        assert!(ttl(0, 0)
+            .unwrap_err()
+            .starts_with("is 0s; a time to live must be more than zero"));
+        assert!(ttl(-5, 0).unwrap_err().starts_with("is -5s;"));
+        assert!(ttl(0, -500_000_000)
+            .unwrap_err()
+            .starts_with("is -0.500000000s;"));
+        assert!(ttl(-1, -1).unwrap_err().starts_with("is -1.000000001s;"));
+        for (s, n) in [(1, -1), (-1, 1), (0, 1_000_000_000), (0, i32::MIN)] {
+            assert!(
+                ttl(s, n)
+                    .unwrap_err()
+                    .starts_with("is not a valid google.protobuf.Duration"),
+                "{s} {n}"
+            );
+        }
+        assert_eq!(
+            ttl(i64::MAX, 999_999_999),
+            Ok(std::time::Duration::new(i64::MAX as u64, 999_999_999))
+        );
+    }
+
+    #[test]
+    fn an_erase_or_export_field_is_refused_at_the_edge_naming_its_part() {
+        let phone = || pb::Field {
+            kind: pb::FieldKind::Phone as i32,
+            value: "+1 202-555-0143".into(),
+            ..Default::default()
+        };
+        let named = |f: Option<pb::Field>| {
+            let status = value_field_from_pb(f).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert!(!status.message().contains("555"), "{status:?}");
+            status.message().split(':').next().unwrap().to_owned()
+        };
+        assert_eq!(named(None), "field");
+        let with_ttl = pb::Field {
+            ttl: Some(prost_types::Duration {
+                seconds: 60,
+                nanos: 0,
+            }),
+            ..phone()
+        };
+        assert_eq!(named(Some(with_ttl)), "field.ttl");
+        assert_eq!(named(Some(pb::Field { kind: 0, ..phone() })), "field.kind");
+        let scheme = pb::Field {
+            scheme: 99,
+            ..phone()
+        };
+        assert_eq!(named(Some(scheme)), "field.scheme");
+        let ok = value_field_from_pb(Some(phone())).unwrap();
+        assert_eq!(ok.kind, FieldKind::Phone);
+        assert_eq!(ok.ttl, None);
+    }
+
+    #[test]
+    fn token_metadata_goes_on_the_wire_with_zero_for_unknown_and_never() {
+        let token: crate::domain::TokenId = "fv1_AAAAAAAAAAAAAAAAAAAAAA".parse().unwrap();
+        let info = info_to_pb(TokenInfo {
+            token,
+            kind: FieldKind::Email,
+            created_unix_ms: None,
+            expires_unix_ms: None,
+            key_version: 3,
+            mode: None,
+        });
+        assert_eq!(info.token, "fv1_AAAAAAAAAAAAAAAAAAAAAA");
+        assert_eq!(info.kind, pb::FieldKind::Email as i32);
+        assert_eq!((info.created_unix_ms, info.expires_unix_ms), (0, 0));
+        assert_eq!(info.key_version, 3);
+        assert_eq!(info.mode, pb::TokenMode::Unspecified as i32);
+        let info = info_to_pb(TokenInfo {
+            token,
+            kind: FieldKind::Phone,
+            created_unix_ms: Some(5),
+            expires_unix_ms: Some(7),
+            key_version: 1,
+            mode: Some(TokenMode::Deterministic),
+        });
+        assert_eq!((info.created_unix_ms, info.expires_unix_ms), (5, 7));
+        assert_eq!(info.mode, pb::TokenMode::Deterministic as i32);
     }
 }
