@@ -282,52 +282,97 @@ async fn a_token_with_a_two_second_ttl_detokenizes_before_and_is_not_found_after
     assert!(hits.is_empty(), "plaintext at rest: {hits:?}");
 }
 
+/// Checks each refused item names `fields[i].ttl` and no value, and
+/// returns the messages by index.
+fn ttl_refusals(results: &[Result<String, tonic_types::Status>]) -> Vec<String> {
+    results
+        .iter()
+        .enumerate()
+        .skip(1)
+        .map(|(i, r)| {
+            let e = r.as_ref().unwrap_err();
+            assert_eq!(bad_item_field(e), format!("fields[{i}].ttl"), "{e:?}");
+            assert!(!e.message.contains("555"), "no value in {e:?}");
+            e.message.clone()
+        })
+        .collect()
+}
+
 #[tokio::test]
-async fn a_ttl_of_zero_negative_or_over_the_kinds_maximum_fails_that_item_alone_naming_its_ttl() {
-    let vault = start().await;
+async fn a_ttl_of_zero_negative_or_not_a_duration_fails_that_item_alone_naming_its_ttl() {
+    // Refused at the edge: no retention settings needed.
+    let vault = TestVault::start().await;
     let mut orders = vault.client("orders").await;
+    let nanos = |seconds, nanos| prost_types::Duration { seconds, nanos };
     let results = tokenize(
         &mut orders,
         vec![
-            with_ttl(phone(OTHER_PHONE), secs(60)),
+            phone(OTHER_PHONE),
             with_ttl(phone(PHONE), secs(0)),
             with_ttl(phone(PHONE), secs(-5)),
-            // Phones live 30 days at most.
-            with_ttl(phone(PHONE), secs(31 * 86_400)),
-            with_ttl(
-                phone(PHONE),
-                prost_types::Duration {
-                    seconds: 1,
-                    nanos: -1,
-                },
-            ),
-            with_ttl(
-                phone(PHONE),
-                prost_types::Duration {
-                    seconds: 0,
-                    nanos: -500_000_000,
-                },
-            ),
+            with_ttl(phone(PHONE), nanos(0, -500_000_000)),
+            with_ttl(phone(PHONE), nanos(1, -1)),
+            with_ttl(phone(PHONE), nanos(0, 1_000_000_000)),
         ],
     )
     .await
     .unwrap();
     assert!(results[0].is_ok(), "{results:?}");
-    for (i, r) in results.iter().enumerate().skip(1) {
-        let e = r.as_ref().unwrap_err();
-        assert_eq!(bad_item_field(e), format!("fields[{i}].ttl"), "{e:?}");
-        assert!(!e.message.contains("555"), "no value in {e:?}");
-    }
-    let says = |i: usize| results[i].as_ref().unwrap_err().message.clone();
-    assert!(says(1).contains("more than zero"), "{}", says(1));
-    assert!(says(2).contains("-5s"), "{}", says(2));
-    assert!(says(5).contains("-0.5"), "{}", says(5));
+    let says = ttl_refusals(&results);
     assert!(
-        says(4).contains("not a valid google.protobuf.Duration"),
-        "{}",
-        says(4)
+        says[0].contains("is 0s") && says[0].contains("more than zero"),
+        "{says:?}"
     );
-    // Nothing was stored for the refused items: the value has no token.
+    assert!(says[1].contains("is -5s"), "{says:?}");
+    assert!(says[2].contains("is -0.500000000s"), "{says:?}");
+    assert!(
+        says[3].contains("not a valid google.protobuf.Duration"),
+        "{says:?}"
+    );
+    assert!(
+        says[4].contains("not a valid google.protobuf.Duration"),
+        "{says:?}"
+    );
+    // Nothing was stored for the refused items: the value has no token
+    // (the other number's token is the only record).
+    let mut vault = vault;
+    let report = integrity(&mut vault).await;
+    assert_eq!(report.records, 1, "{report:?}");
+}
+
+#[tokio::test]
+async fn a_ttl_over_the_kinds_maximum_fails_that_item_alone_naming_its_ttl() {
+    let vault = start().await;
+    let mut orders = vault.client("orders").await;
+    let results = tokenize(
+        &mut orders,
+        vec![
+            with_ttl(phone(OTHER_PHONE), secs(30 * 86_400)),
+            // Phones live 30 days at most.
+            with_ttl(phone(PHONE), secs(30 * 86_400 + 1)),
+            with_ttl(phone(PHONE), secs(i64::MAX)),
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(results[0].is_ok(), "{results:?}");
+    let says = ttl_refusals(&results);
+    assert!(
+        says.iter()
+            .all(|m| m.contains("30d") || m.contains("2592000")),
+        "{says:?}"
+    );
+    // Emails have no maximum here: a long one is taken.
+    let long = tokenize(
+        &mut orders,
+        vec![with_ttl(
+            field(FieldKind::Email, EMAIL),
+            secs(3650 * 86_400),
+        )],
+    )
+    .await
+    .unwrap();
+    assert!(long[0].is_ok(), "{long:?}");
     let mut admin = lifecycle(&vault, "admin").await;
     assert!(admin
         .export_value(phone(PHONE), "dsar")
