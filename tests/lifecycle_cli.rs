@@ -165,9 +165,11 @@ fn tokenize_with_a_ttl_then_info_export_erase_and_delete_from_the_command_line_a
     let info = &json_lines(&out)[0];
     assert_eq!(info["index"], 0);
     assert_eq!(info["token"], expiring.as_str());
-    assert_eq!(
-        info["expires_unix_ms"].as_u64().unwrap() - info["created_unix_ms"].as_u64().unwrap(),
-        90 * 86_400_000
+    let lived =
+        info["expires_unix_ms"].as_u64().unwrap() - info["created_unix_ms"].as_u64().unwrap();
+    assert!(
+        (90 * 86_400_000..=90 * 86_400_000 + 500).contains(&lived),
+        "{info}"
     );
     // An unknown token: its own line, exit 1.
     let out = dev.run(
