@@ -157,6 +157,11 @@ const MAX_BATCH_SIZE: usize = 10_000;
 pub(crate) fn ttl_arg(s: &str) -> Result<std::time::Duration, String> {
     const FORM: &str = "give a duration such as 2s, 15m, 12h or 90d";
     let t = s.trim();
+    // Negative durations reach here (the flag takes values that start
+    // with '-'), and so does a flag given where the duration goes.
+    if t.starts_with("--") {
+        return Err(format!("needs a duration after it ({FORM})"));
+    }
     if t.starts_with('-') {
         return Err(format!(
             "is negative; a time to live must be more than zero ({FORM})"
@@ -1109,6 +1114,9 @@ mod tests {
         assert_eq!(ttl_arg("500ms"), Ok(Duration::from_millis(500)));
         assert!(ttl_arg("0s").unwrap_err().starts_with("is 0s;"));
         assert!(ttl_arg("-5s").unwrap_err().starts_with("is negative;"));
+        assert!(ttl_arg("--json")
+            .unwrap_err()
+            .starts_with("needs a duration"));
         for text in ["+1 202-555-0143", "2025550143", "soon", ""] {
             let e = ttl_arg(text).unwrap_err();
             assert!(
