@@ -356,6 +356,120 @@ impl Admin {
     }
 }
 
+/// The data-lifecycle calls of the Vault service (README, "Data
+/// lifecycle"), one method per call: delete tokens, describe them, erase
+/// and export every token of a value. Each needs its policy action
+/// (`delete`, `inspect`, `erase`, `export`); every call is audited. Batch
+/// calls answer per token, in request order; a call refused as a whole
+/// comes back as the server's status.
+///
+/// A time to live is set on the field sent to Tokenize: see [`ttl`].
+#[derive(Clone, Debug)]
+pub struct Lifecycle {
+    client: VaultClient<Channel>,
+}
+
+/// A per-token outcome: the answer, or the item's `google.rpc.Status`
+/// (NOT_FOUND, INVALID_ARGUMENT naming `tokens[i]`).
+pub type ItemResult<T> = Result<T, tonic_types::Status>;
+
+/// A time to live for [`crate::grpc::pb::Field::ttl`]: `Field { ttl:
+/// Some(client::ttl(d)), .. }`. Saturates past `i64::MAX` seconds (the
+/// server refuses anything over the kind's maximum anyway).
+pub fn ttl(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        // Under a billion: fits.
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+impl Lifecycle {
+    /// Over a channel made by [`channel`] or [`channel_heard`] (its call
+    /// deadline bounds every call).
+    pub fn new(channel: Channel) -> Self {
+        Self {
+            client: VaultClient::new(channel),
+        }
+    }
+
+    /// Connects to `addr` with the default deadlines.
+    pub async fn connect(addr: &str, tls: &ClientTls) -> Result<Self, ClientError> {
+        Ok(Self::new(channel(addr, tls).await?))
+    }
+
+    /// Deletes `tokens`; per token its kind, or NOT_FOUND (unknown,
+    /// deleted already, expired, or of a kind the caller may not delete).
+    pub async fn delete_tokens(
+        &mut self,
+        tokens: Vec<String>,
+    ) -> Result<Vec<ItemResult<crate::grpc::pb::FieldKind>>, tonic::Status> {
+        use crate::grpc::pb::delete_tokens_result::Outcome;
+        let request = crate::grpc::pb::DeleteTokensRequest { tokens };
+        let answer = self.client.delete_tokens(request).await?.into_inner();
+        answer
+            .results
+            .into_iter()
+            .map(|r| match r.outcome {
+                Some(Outcome::Deleted(kind)) => Ok(Ok(crate::grpc::pb::FieldKind::try_from(kind)
+                    .unwrap_or(crate::grpc::pb::FieldKind::Unspecified))),
+                Some(Outcome::Error(e)) => Ok(Err(e)),
+                None => Err(empty_result()),
+            })
+            .collect()
+    }
+
+    /// What the vault holds about `tokens` (never their values).
+    pub async fn token_info(
+        &mut self,
+        tokens: Vec<String>,
+    ) -> Result<Vec<ItemResult<crate::grpc::pb::TokenInfo>>, tonic::Status> {
+        use crate::grpc::pb::get_token_info_result::Outcome;
+        let request = crate::grpc::pb::GetTokenInfoRequest { tokens };
+        let answer = self.client.get_token_info(request).await?.into_inner();
+        answer
+            .results
+            .into_iter()
+            .map(|r| match r.outcome {
+                Some(Outcome::Info(info)) => Ok(Ok(info)),
+                Some(Outcome::Error(e)) => Ok(Err(e)),
+                None => Err(empty_result()),
+            })
+            .collect()
+    }
+
+    /// Erases every token of `field`'s canonical value; returns them.
+    pub async fn erase_value(
+        &mut self,
+        field: crate::grpc::pb::Field,
+    ) -> Result<Vec<String>, tonic::Status> {
+        let request = crate::grpc::pb::EraseValueRequest { field: Some(field) };
+        Ok(self
+            .client
+            .erase_value(request)
+            .await?
+            .into_inner()
+            .erased_tokens)
+    }
+
+    /// Every unexpired token of `field`'s canonical value, for `purpose`.
+    pub async fn export_value(
+        &mut self,
+        field: crate::grpc::pb::Field,
+        purpose: &str,
+    ) -> Result<Vec<crate::grpc::pb::TokenInfo>, tonic::Status> {
+        let request = crate::grpc::pb::ExportValueRequest {
+            field: Some(field),
+            purpose: purpose.to_owned(),
+        };
+        Ok(self.client.export_value(request).await?.into_inner().tokens)
+    }
+}
+
+fn empty_result() -> tonic::Status {
+    tonic::Status::internal("the server sent a result with neither an answer nor an error")
+}
+
 /// An mTLS channel, for any of the services the server offers, with the
 /// default deadlines.
 pub async fn channel(addr: &str, tls: &ClientTls) -> Result<Channel, ClientError> {

@@ -375,6 +375,7 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<(Config, bool), De
             return Err(DevError::ForeignDevDir(dir.display().to_string()));
         }
         upgrade(&dir)?;
+        note_missing_lifecycle_rules(&dir.join("policy.toml"));
         for f in expected_files() {
             if !dir.join(&f).exists() {
                 return Err(DevError::Incomplete(dir.display().to_string(), f));
@@ -474,6 +475,44 @@ fn upgrade(dir: &Path) -> Result<(), DevError> {
         );
     }
     Ok(())
+}
+
+/// A dev policy made before the data-lifecycle rules (issue 15) is left
+/// as it is (it is the user's file): one log line says what it lacks.
+fn note_missing_lifecycle_rules(policy: &Path) {
+    use crate::domain::policy::Action;
+    let (orders, admin) = (spiffe_id("orders"), spiffe_id("admin"));
+    let Some(p) = std::fs::read_to_string(policy)
+        .ok()
+        .and_then(|text| crate::domain::policy::Policy::from_toml(&text).ok())
+    else {
+        return;
+    };
+    let has = |action: Action, who: &str| {
+        p.rules()
+            .iter()
+            .any(|r| r.action == action && r.callers.iter().any(|c| c == who))
+    };
+    let missing: Vec<&str> = [
+        (Action::Delete, &orders, "orders: delete"),
+        (Action::Inspect, &orders, "orders: inspect"),
+        (Action::Erase, &admin, "admin: erase"),
+        (Action::Export, &admin, "admin: export"),
+    ]
+    .into_iter()
+    .filter(|(action, who, _)| !has(*action, who))
+    .map(|(_, _, what)| what)
+    .collect();
+    if !missing.is_empty() {
+        tracing::warn!(
+            "dev setup: {} predates the data-lifecycle rules of this version's dev policy \
+             (it lacks {}) and is left as it is: those calls are denied until you add the rules \
+             of deploy/dev/policy.toml (the server reloads the file) or start over with \
+             `fieldvault serve --dev --reset`",
+            policy.display(),
+            missing.join(", ")
+        );
+    }
 }
 
 /// Whether the policy file at `path` gives the dev identity `admin` an

@@ -493,3 +493,58 @@ async fn more_street_lines_than_an_address_may_have_fail_that_item_and_far_more_
         ),
     );
 }
+
+// ---------------------------------------------------------------------------
+// The data-lifecycle requests (README, "Data lifecycle"): bounded and
+// walked like Tokenize and Detokenize, before any handler runs.
+
+const DELETE_TOKENS: &str = "/fieldvault.v1.Vault/DeleteTokens";
+const GET_TOKEN_INFO: &str = "/fieldvault.v1.Vault/GetTokenInfo";
+const ERASE_VALUE: &str = "/fieldvault.v1.Vault/EraseValue";
+const EXPORT_VALUE: &str = "/fieldvault.v1.Vault/ExportValue";
+
+#[tokio::test]
+async fn lifecycle_requests_past_the_batch_limit_or_malformed_are_refused_naming_the_field() {
+    let vault = TestVault::start().await;
+    let tokens = ld(1, b"fv1_AAAAAAAAAAAAAAAAAAAAAA").repeat(1001);
+    for path in [DELETE_TOKENS, GET_TOKEN_INFO] {
+        let status = orders_call(&vault, path, &tokens).await;
+        assert_invalid_argument(
+            &status,
+            "tokens",
+            "tokens: holds 1001 items; at most 1000 are allowed per call",
+        );
+        let status = orders_call(&vault, path, &[ld(1, b"fv1_"), ld(1, &[0xfe])].concat()).await;
+        assert_invalid_argument(&status, "tokens[1]", "tokens[1]: is not valid UTF-8");
+    }
+    // The value of an erase or export: named, never quoted.
+    let phone = [
+        vec![0x08, FieldKind::Phone as u8],
+        ld(2, b"+1 202-555-01\xff"),
+    ]
+    .concat();
+    for path in [ERASE_VALUE, EXPORT_VALUE] {
+        let status = orders_call(&vault, path, &ld(1, &phone)).await;
+        assert_invalid_argument(&status, "field.value", "field.value: is not valid UTF-8");
+        assert!(!status.message().contains("555"));
+    }
+    // A time to live sent as a string where its seconds go.
+    let ttl = [vec![0x08, FieldKind::Phone as u8], ld(6, &ld(1, b"60"))].concat();
+    let status = orders_call(&vault, TOKENIZE, &ld(1, &ttl)).await;
+    assert_invalid_argument(
+        &status,
+        "fields[0].ttl.seconds",
+        "fields[0].ttl.seconds: has wire type 2; this field is sent with wire type 0",
+    );
+    let status = orders_call(
+        &vault,
+        EXPORT_VALUE,
+        &[ld(1, &ttl), ld(2, &[0xc3])].concat(),
+    )
+    .await;
+    assert_invalid_argument(
+        &status,
+        "field.ttl.seconds",
+        "field.ttl.seconds: has wire type 2; this field is sent with wire type 0",
+    );
+}

@@ -1,4 +1,5 @@
-//! The client commands: `tokenize` and `detokenize`.
+//! The client commands that take a batch: `tokenize`, `detokenize`,
+//! `delete` and `info`.
 //!
 //! Every input item (argument or `--stdin` line, blank ones too) gets
 //! exactly one output line, in input order. Input is sent in chunks of at
@@ -43,6 +44,13 @@ pub(crate) struct TokenizeArgs {
     /// Purpose, when the caller's policy requires one for tokenize.
     #[arg(long)]
     purpose: Option<String>,
+    /// How long every token of this call lives (2s, 15m, 12h, 90d,
+    /// "1h 30m"): it detokenizes as NOT_FOUND from then on and its record
+    /// is deleted. Default: the kind's configured default (which may be
+    /// forever); over the kind's maximum, each value fails alone
+    /// (INVALID_ARGUMENT naming fields[i].ttl).
+    #[arg(long, value_name = "DURATION", value_parser = ttl_arg, allow_hyphen_values = true)]
+    ttl: Option<std::time::Duration>,
     /// Address only: each value is a structured address, a JSON object with
     /// the fields of PostalAddress (country, region, city, district,
     /// street_lines, postal_code, recipient), e.g.
@@ -90,10 +98,93 @@ pub(crate) struct DetokenizeArgs {
     conn: Conn,
 }
 
+const DELETE_EXIT_CODES_HELP: &str = "Exit codes: 0 every token was deleted; 1 every token \
+    was answered and some were not deleted (see their lines): a token that is unknown, deleted \
+    already, expired or of a kind this caller may not delete is NOT_FOUND, all four alike, so \
+    a NOT_FOUND line does not prove the token is gone; 2 the call failed as a whole or the \
+    arguments are wrong: the output is incomplete (with --json, the error is a JSON object on \
+    stdout). The caller needs a policy rule with action \"delete\" for the tokens' kinds; \
+    every call is audited.";
+
+const INFO_EXIT_CODES_HELP: &str = "Exit codes: 0 every token was described; 1 every token was \
+    answered and some failed (NOT_FOUND: unknown, deleted, expired or of a kind this caller \
+    may not inspect); 2 the call failed as a whole or the arguments are wrong: the output is \
+    incomplete (with --json, the error is a JSON object on stdout). The caller needs a policy \
+    rule with action \"inspect\"; every call is audited. Nothing here reveals a value.";
+
+#[derive(Args)]
+#[command(after_help = DELETE_EXIT_CODES_HELP)]
+pub(crate) struct DeleteArgs {
+    /// Read tokens from standard input, one per line, instead of arguments.
+    /// Every line gets one output line; a blank line is an error for that
+    /// item.
+    #[arg(long, conflicts_with = "tokens")]
+    stdin: bool,
+    /// Items per call (see tokenize --batch-size).
+    #[arg(long, default_value_t = DEFAULT_BATCH_SIZE, value_parser = batch_size)]
+    batch_size: usize,
+    /// The tokens.
+    #[arg(required_unless_present = "stdin")]
+    tokens: Vec<String>,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Args)]
+#[command(after_help = INFO_EXIT_CODES_HELP)]
+pub(crate) struct InfoArgs {
+    /// Read tokens from standard input, one per line, instead of arguments.
+    #[arg(long, conflicts_with = "tokens")]
+    stdin: bool,
+    /// Items per call (see tokenize --batch-size).
+    #[arg(long, default_value_t = DEFAULT_BATCH_SIZE, value_parser = batch_size)]
+    batch_size: usize,
+    /// The tokens.
+    #[arg(required_unless_present = "stdin")]
+    tokens: Vec<String>,
+    #[command(flatten)]
+    conn: Conn,
+}
+
 /// The largest `--batch-size`: ten times the server's default
 /// max_batch_items (a server refuses more than its own limit anyway), and
 /// what one chunk may hold in memory.
 const MAX_BATCH_SIZE: usize = 10_000;
+
+/// `--ttl`: a humantime duration of more than zero. The reason quotes
+/// only what was understood (a duration is no secret), never the text: a
+/// value in the wrong place may be personal data.
+pub(crate) fn ttl_arg(s: &str) -> Result<std::time::Duration, String> {
+    const FORM: &str = "give a duration such as 2s, 15m, 12h or 90d";
+    let t = s.trim();
+    // Negative durations reach here (the flag takes values that start
+    // with '-'), and so does a flag given where the duration goes.
+    if t.starts_with("--") {
+        return Err(format!("needs a duration after it ({FORM})"));
+    }
+    if t.starts_with('-') {
+        return Err(format!(
+            "is negative; a time to live must be more than zero ({FORM})"
+        ));
+    }
+    match humantime::parse_duration(t) {
+        Ok(d) if d.is_zero() => Err(format!(
+            "is 0s; a time to live must be more than zero (leave --ttl out for the kind's \
+             default; {FORM})"
+        )),
+        Ok(d) if d.as_secs() > i64::MAX as u64 => {
+            Err(format!("is longer than any time to live ({FORM})"))
+        }
+        Ok(d) => Ok(d),
+        Err(humantime::DurationError::NumberOverflow) => {
+            Err(format!("is longer than any time to live ({FORM})"))
+        }
+        Err(humantime::DurationError::UnknownUnit { .. }) => Err(format!(
+            "has an unknown unit (use ms, s, m, h, d, w, M or y: {FORM})"
+        )),
+        Err(_) => Err(format!("is not a duration ({FORM})")),
+    }
+}
 
 fn batch_size(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
@@ -457,6 +548,7 @@ pub(crate) async fn tokenize(args: TokenizeArgs) -> ExitCode {
         fieldvault::grpc::scheme_to_pb,
     ) as i32;
     let region = args.region.clone().unwrap_or_default();
+    let ttl = args.ttl.map(fieldvault::client::ttl);
     let build = move |index: usize, line: Line| {
         let field = if address_json {
             format!("fields[{index}].address")
@@ -492,6 +584,7 @@ pub(crate) async fn tokenize(args: TokenizeArgs) -> ExitCode {
             region: region.clone(),
             scheme,
             address,
+            ttl,
         })
     };
     let source = Source::new(args.stdin, args.values, max_line);
@@ -650,6 +743,170 @@ pub(crate) async fn detokenize(args: DetokenizeArgs) -> ExitCode {
         json,
     };
     run(&mut call, source, build, args.batch_size, json).await
+}
+
+/// A token item from an argument or a line.
+fn token_item(index: usize, line: Line) -> Result<String, Failure> {
+    match line {
+        Line::Text(token) => Ok(token),
+        other => Err(
+            bad_line(&format!("tokens[{index}]"), &other, MAX_TOKEN_LINE)
+                .unwrap_or_else(|| Failure::new(Code::Internal, "unreachable")),
+        ),
+    }
+}
+
+struct Delete {
+    status: CallStatus,
+    answer_limit: usize,
+    client: VaultClient<Channel>,
+    json: bool,
+}
+
+impl Call for Delete {
+    type Item = String;
+    type Answer = i32;
+    const LIST: &'static str = "tokens";
+
+    fn item_bytes(item: &String) -> usize {
+        item.len() + 6
+    }
+
+    async fn send(&mut self, tokens: Vec<String>) -> Result<Vec<Result<i32, Failure>>, Failure> {
+        let request = pb::DeleteTokensRequest { tokens };
+        let response = self
+            .status
+            .bound(self.client.delete_tokens(request))
+            .await
+            .map_err(|s| call_failure(&s, self.answer_limit))?
+            .into_inner();
+        Ok(response
+            .results
+            .into_iter()
+            .map(|r| match r.outcome {
+                Some(pb::delete_tokens_result::Outcome::Deleted(kind)) => Ok(kind),
+                Some(pb::delete_tokens_result::Outcome::Error(e)) => Err(Failure::from_item(&e)),
+                None => Err(Failure::new(
+                    Code::Internal,
+                    "the server sent an empty result",
+                )),
+            })
+            .collect())
+    }
+
+    fn print(&self, index: usize, item: Option<&String>, answer: Result<i32, Failure>) {
+        let token = item.map_or("", String::as_str);
+        match (self.json, answer) {
+            (true, Ok(kind)) => emit!(
+                "{}",
+                serde_json::json!({
+                    "index": index, "token": token, "deleted": true,
+                    "kind": output::kind_name(kind),
+                })
+            ),
+            (true, Err(f)) => emit!(
+                "{}",
+                serde_json::json!({"index": index, "token": token, "error": f.json()})
+            ),
+            (false, Ok(kind)) => emit!("{token}\tdeleted\t{}", output::kind_name(kind)),
+            (false, Err(f)) => emit!("{token}\terror {}", f.text()),
+        }
+    }
+}
+
+pub(crate) async fn delete(args: DeleteArgs) -> ExitCode {
+    let json = args.conn.json;
+    let source = Source::new(args.stdin, args.tokens, MAX_TOKEN_LINE);
+    let client = match args.conn.connect(args.batch_size).await {
+        Ok(client) => client,
+        Err(e) => return call_failed(json, &Failure::from_client(&e), 0),
+    };
+    let mut call = Delete {
+        status: args.conn.call_status().when_late(
+            "the server may have deleted the tokens of this call before it passed (deleting \
+             again is harmless)",
+        ),
+        answer_limit: answer_limit(args.batch_size),
+        client,
+        json,
+    };
+    run(&mut call, source, token_item, args.batch_size, json).await
+}
+
+struct Info {
+    status: CallStatus,
+    answer_limit: usize,
+    client: VaultClient<Channel>,
+    json: bool,
+}
+
+impl Call for Info {
+    type Item = String;
+    type Answer = pb::TokenInfo;
+    const LIST: &'static str = "tokens";
+
+    fn item_bytes(item: &String) -> usize {
+        item.len() + 6
+    }
+
+    async fn send(
+        &mut self,
+        tokens: Vec<String>,
+    ) -> Result<Vec<Result<pb::TokenInfo, Failure>>, Failure> {
+        let request = pb::GetTokenInfoRequest { tokens };
+        let response = self
+            .status
+            .bound(self.client.get_token_info(request))
+            .await
+            .map_err(|s| call_failure(&s, self.answer_limit))?
+            .into_inner();
+        Ok(response
+            .results
+            .into_iter()
+            .map(|r| match r.outcome {
+                Some(pb::get_token_info_result::Outcome::Info(info)) => Ok(info),
+                Some(pb::get_token_info_result::Outcome::Error(e)) => Err(Failure::from_item(&e)),
+                None => Err(Failure::new(
+                    Code::Internal,
+                    "the server sent an empty result",
+                )),
+            })
+            .collect())
+    }
+
+    fn print(&self, index: usize, item: Option<&String>, answer: Result<pb::TokenInfo, Failure>) {
+        let token = item.map_or("", String::as_str);
+        match (self.json, answer) {
+            (true, Ok(info)) => {
+                let mut obj = output::token_info_json(&info);
+                obj["index"] = index.into();
+                obj["token"] = token.into();
+                emit!("{obj}")
+            }
+            (true, Err(f)) => emit!(
+                "{}",
+                serde_json::json!({"index": index, "token": token, "error": f.json()})
+            ),
+            (false, Ok(info)) => emit!("{}", output::token_info_text(token, &info)),
+            (false, Err(f)) => emit!("{token}\terror {}", f.text()),
+        }
+    }
+}
+
+pub(crate) async fn info(args: InfoArgs) -> ExitCode {
+    let json = args.conn.json;
+    let source = Source::new(args.stdin, args.tokens, MAX_TOKEN_LINE);
+    let client = match args.conn.connect(args.batch_size).await {
+        Ok(client) => client,
+        Err(e) => return call_failed(json, &Failure::from_client(&e), 0),
+    };
+    let mut call = Info {
+        status: args.conn.call_status(),
+        answer_limit: answer_limit(args.batch_size),
+        client,
+        json,
+    };
+    run(&mut call, source, token_item, args.batch_size, json).await
 }
 
 #[cfg(test)]
@@ -846,6 +1103,34 @@ mod tests {
         // was never sent.
         assert_eq!(call.calls, [2, 2]);
         assert_eq!(call.printed.into_inner(), ["0 a", "1 b"]);
+    }
+
+    #[test]
+    fn a_ttl_is_a_humantime_duration_of_more_than_zero_and_a_refusal_quotes_no_text() {
+        use std::time::Duration;
+        assert_eq!(ttl_arg("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(ttl_arg("90d"), Ok(Duration::from_secs(90 * 86_400)));
+        assert_eq!(ttl_arg("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(ttl_arg("500ms"), Ok(Duration::from_millis(500)));
+        assert!(ttl_arg("0s").unwrap_err().starts_with("is 0s;"));
+        assert!(ttl_arg("-5s").unwrap_err().starts_with("is negative;"));
+        assert!(ttl_arg("--json")
+            .unwrap_err()
+            .starts_with("needs a duration"));
+        for text in ["+1 202-555-0143", "2025550143", "soon", ""] {
+            let e = ttl_arg(text).unwrap_err();
+            assert!(
+                e.starts_with("is not a duration") || e.starts_with("has an unknown unit"),
+                "{e}"
+            );
+            assert!(!e.contains("555") && !e.contains("soon"), "{e}");
+        }
+        let e = ttl_arg("5 fortnights").unwrap_err();
+        assert!(e.starts_with("has an unknown unit"), "{e}");
+        assert!(!e.contains("fortnight"), "{e}");
+        assert!(ttl_arg("99999999999999999999y")
+            .unwrap_err()
+            .starts_with("is longer than any"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod conn;
 mod health;
 mod input;
 mod keys;
+mod lifecycle;
 mod output;
 mod parse_error;
 mod policy;
@@ -38,6 +39,19 @@ enum Command {
     Tokenize(calls::TokenizeArgs),
     /// Reveal the values behind tokens (audited).
     Detokenize(calls::DetokenizeArgs),
+    /// Delete tokens: their records and index entries, for good (policy
+    /// action "delete"; audited).
+    Delete(calls::DeleteArgs),
+    /// What the vault holds about tokens, never their values: kind,
+    /// created, expires, key version, mode (policy action "inspect";
+    /// audited).
+    Info(calls::InfoArgs),
+    /// Erase every token of a value, in every format it was sent in
+    /// (policy action "erase"; audited): the right to be forgotten.
+    Erase(lifecycle::EraseArgs),
+    /// List every token of a value with its metadata, never the value
+    /// (policy action "export" with a purpose; audited): subject access.
+    Export(lifecycle::ExportArgs),
     /// Key administration on a running server: status, rotate, rewrap,
     /// retire, rotate-index, rotate-master (the caller needs a policy rule
     /// with action "keys").
@@ -223,6 +237,10 @@ pub(crate) async fn run() -> ExitCode {
         }
         Command::Tokenize(args) => Ok(calls::tokenize(args).await),
         Command::Detokenize(args) => Ok(calls::detokenize(args).await),
+        Command::Delete(args) => Ok(calls::delete(args).await),
+        Command::Info(args) => Ok(calls::info(args).await),
+        Command::Erase(args) => Ok(lifecycle::erase(args).await),
+        Command::Export(args) => Ok(lifecycle::export(args).await),
         Command::Health(args) => Ok(health::health(args).await),
         Command::Keys(command) => Ok(keys::keys(command).await),
         Command::Store(command) => serve::store_command(command),

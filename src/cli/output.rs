@@ -101,6 +101,56 @@ pub(crate) fn address_json(a: &pb::PostalAddress) -> serde_json::Value {
     })
 }
 
+/// A token mode as the config spells it (`random`, `deterministic`), or
+/// `unknown` (a record stored before records carried their mode).
+pub(crate) fn mode_name(mode: i32) -> String {
+    match pb::TokenMode::try_from(mode) {
+        Ok(pb::TokenMode::Random) => "random".into(),
+        Ok(pb::TokenMode::Deterministic) => "deterministic".into(),
+        Ok(pb::TokenMode::Unspecified) => "unknown".into(),
+        Err(_) => format!("unknown({mode})"),
+    }
+}
+
+/// A time in milliseconds since the epoch as RFC 3339, or `none` (0).
+fn time_or(unix_ms: u64, none: &str) -> String {
+    if unix_ms == 0 {
+        none.to_owned()
+    } else {
+        fieldvault::domain::time::rfc3339(unix_ms)
+    }
+}
+
+/// Token metadata on one line, tab-separated: token, kind, created,
+/// expires (`never`), key version (`v3`), mode. Never a value.
+pub(crate) fn token_info_text(token: &str, info: &pb::TokenInfo) -> String {
+    format!(
+        "{token}\t{}\tcreated {}\texpires {}\tkey v{}\t{}",
+        kind_name(info.kind),
+        time_or(info.created_unix_ms, "unknown"),
+        time_or(info.expires_unix_ms, "never"),
+        info.key_version,
+        mode_name(info.mode)
+    )
+}
+
+/// Token metadata as JSON: times as milliseconds (null: unknown, never)
+/// and as RFC 3339.
+pub(crate) fn token_info_json(info: &pb::TokenInfo) -> serde_json::Value {
+    let ms = |v: u64| (v != 0).then_some(v);
+    let text = |v: u64| (v != 0).then(|| fieldvault::domain::time::rfc3339(v));
+    serde_json::json!({
+        "token": info.token,
+        "kind": kind_name(info.kind),
+        "created_unix_ms": ms(info.created_unix_ms),
+        "created": text(info.created_unix_ms),
+        "expires_unix_ms": ms(info.expires_unix_ms),
+        "expires": text(info.expires_unix_ms),
+        "key_version": info.key_version,
+        "mode": mode_name(info.mode),
+    })
+}
+
 /// A failure, of one item or of a whole call, in the printed vocabulary.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Failure {

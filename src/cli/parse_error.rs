@@ -268,8 +268,9 @@ mod tests {
         let m = error(&["bogus"], &[]);
         assert_eq!(
             m,
-            "unrecognized subcommand; the commands are serve, tokenize, detokenize, keys, \
-             health, store, audit, callers, canary and policy; see --help"
+            "unrecognized subcommand; the commands are serve, tokenize, detokenize, delete, \
+             info, erase, export, keys, health, store, audit, callers, canary and policy; see \
+             --help"
         );
         let m = error(&["audit", "bogus"], &[]);
         assert_eq!(

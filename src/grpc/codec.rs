@@ -119,8 +119,16 @@ macro_rules! response {
 
 request!(pb::TokenizeRequest, TOKENIZE_REQUEST);
 request!(pb::DetokenizeRequest, DETOKENIZE_REQUEST);
+request!(pb::DeleteTokensRequest, DELETE_TOKENS_REQUEST);
+request!(pb::GetTokenInfoRequest, GET_TOKEN_INFO_REQUEST);
+request!(pb::EraseValueRequest, ERASE_VALUE_REQUEST);
+request!(pb::ExportValueRequest, EXPORT_VALUE_REQUEST);
 response!(pb::TokenizeResponse);
 response!(pb::DetokenizeResponse);
+response!(pb::DeleteTokensResponse);
+response!(pb::GetTokenInfoResponse);
+response!(pb::EraseValueResponse);
+response!(pb::ExportValueResponse);
 
 // KeyAdmin (key_admin.proto): small requests without repeated fields, still
 // walked, so a malformed one is refused naming its field like any other.
@@ -223,6 +231,15 @@ static POSTAL_ADDRESS: Schema = Schema {
     ],
 };
 
+/// A well-known type: its name is the full one.
+static DURATION: Schema = Schema {
+    name: "google.protobuf.Duration",
+    fields: &[
+        field(1, "seconds", Shape::Varint, Count::One),
+        field(2, "nanos", Shape::Varint, Count::One),
+    ],
+};
+
 static FIELD: Schema = Schema {
     name: "Field",
     fields: &[
@@ -231,6 +248,7 @@ static FIELD: Schema = Schema {
         field(3, "region", Shape::Str, Count::One),
         field(4, "scheme", Shape::Varint, Count::One),
         field(5, "address", Shape::Msg(&POSTAL_ADDRESS), Count::One),
+        field(6, "ttl", Shape::Msg(&DURATION), Count::One),
     ],
 };
 
@@ -248,6 +266,29 @@ static DETOKENIZE_REQUEST: Schema = Schema {
         field(1, "tokens", Shape::Str, Count::BatchItems),
         field(2, "purpose", Shape::Str, Count::One),
         field(3, "justification", Shape::Str, Count::One),
+    ],
+};
+
+static DELETE_TOKENS_REQUEST: Schema = Schema {
+    name: "DeleteTokensRequest",
+    fields: &[field(1, "tokens", Shape::Str, Count::BatchItems)],
+};
+
+static GET_TOKEN_INFO_REQUEST: Schema = Schema {
+    name: "GetTokenInfoRequest",
+    fields: &[field(1, "tokens", Shape::Str, Count::BatchItems)],
+};
+
+static ERASE_VALUE_REQUEST: Schema = Schema {
+    name: "EraseValueRequest",
+    fields: &[field(1, "field", Shape::Msg(&FIELD), Count::One)],
+};
+
+static EXPORT_VALUE_REQUEST: Schema = Schema {
+    name: "ExportValueRequest",
+    fields: &[
+        field(1, "field", Shape::Msg(&FIELD), Count::One),
+        field(2, "purpose", Shape::Str, Count::One),
     ],
 };
 
@@ -319,9 +360,13 @@ static LIST_CANARIES_REQUEST: Schema = Schema {
 
 /// Every request message, by the schema it is walked against.
 #[cfg(test)]
-static REQUESTS: [&Schema; 14] = [
+static REQUESTS: [&Schema; 18] = [
     &TOKENIZE_REQUEST,
     &DETOKENIZE_REQUEST,
+    &DELETE_TOKENS_REQUEST,
+    &GET_TOKEN_INFO_REQUEST,
+    &ERASE_VALUE_REQUEST,
+    &EXPORT_VALUE_REQUEST,
     &ROTATE_DATA_KEY_REQUEST,
     &GET_KEY_STATUS_REQUEST,
     &START_REWRAP_REQUEST,
@@ -1036,12 +1081,23 @@ mod tests {
             3,
             "vault.proto, key_admin.proto and admin.proto"
         );
+        // A message by its schema's name: a name of fieldvault.v1, or the
+        // full name of a well-known type (google.protobuf.Duration).
         let message = |name: &str| {
-            files
+            let (package, short) = name.rsplit_once('.').unwrap_or(("fieldvault.v1", name));
+            set.file
                 .iter()
+                .filter(|f| f.package() == package)
                 .flat_map(|f| &f.message_type)
-                .find(|m| m.name() == name)
+                .find(|m| m.name() == short)
                 .unwrap_or_else(|| panic!("{name} is not in the proto"))
+        };
+        let full_name = |name: &str| {
+            if name.contains('.') {
+                format!(".{name}")
+            } else {
+                format!(".fieldvault.v1.{name}")
+            }
         };
         // Every method of every service takes a request that has a schema,
         // and every schema is the request of some method.
@@ -1088,9 +1144,10 @@ mod tests {
                     f.name()
                 );
                 match (f.r#type(), spec.shape) {
-                    (Type::Enum | Type::Uint32, Shape::Varint) | (Type::String, Shape::Str) => {}
+                    (Type::Enum | Type::Uint32 | Type::Int64 | Type::Int32, Shape::Varint)
+                    | (Type::String, Shape::Str) => {}
                     (Type::Message, Shape::Msg(sub)) => {
-                        assert_eq!(f.type_name(), format!(".fieldvault.v1.{}", sub.name));
+                        assert_eq!(f.type_name(), full_name(sub.name));
                         todo.push(sub);
                     }
                     (t, s) => panic!(
@@ -1101,7 +1158,13 @@ mod tests {
                 }
             }
         }
-        assert_eq!(seen, 16, "fourteen requests, Field and PostalAddress");
+        // Field and what it holds are walked once per request that holds
+        // it (Tokenize, EraseValue, ExportValue).
+        assert_eq!(
+            seen,
+            18 + 3 * 3,
+            "eighteen requests; Field, PostalAddress and Duration thrice"
+        );
         // The street-line bound leaves the validators' to the validator.
         assert_eq!(
             POSTAL_ADDRESS.fields[4].count,
@@ -1139,6 +1202,67 @@ mod tests {
             refusal(status(&[0x0a, 0x05])),
             "GetKeyStatusRequest: is truncated: a length runs past the end of its message"
         );
+    }
+
+    #[test]
+    fn lifecycle_requests_are_bounded_and_walked_naming_their_fields() {
+        let delete =
+            |bytes: &[u8], max| <pb::DeleteTokensRequest as DecodeBound>::check(bytes, max);
+        let info = |bytes: &[u8], max| <pb::GetTokenInfoRequest as DecodeBound>::check(bytes, max);
+        let erase = |bytes: &[u8]| <pb::EraseValueRequest as DecodeBound>::check(bytes, 10);
+        let export = |bytes: &[u8]| <pb::ExportValueRequest as DecodeBound>::check(bytes, 10);
+        let tokens = repeat(&ld(1, b""), 11);
+        assert!(delete(&tokens, 11).is_ok());
+        assert_eq!(
+            refusal(delete(&tokens, 10)),
+            "tokens: holds 11 items; at most 10 are allowed per call"
+        );
+        assert_eq!(
+            refusal(info(&tokens, 10)),
+            "tokens: holds 11 items; at most 10 are allowed per call"
+        );
+        assert_eq!(
+            refusal(info(&[ld(1, b"fv1_a"), ld(1, &[0xff])].concat(), 10)),
+            "tokens[1]: is not valid UTF-8"
+        );
+        // The field of an erase or export is walked as Tokenize's fields
+        // are, its time to live included.
+        let phone = [vec![0x08, 0x01], ld(2, &[b'+', 0xff])].concat();
+        assert_eq!(
+            refusal(erase(&ld(1, &phone))),
+            "field.value: is not valid UTF-8"
+        );
+        let ttl = ld(6, &ld(1, b"5"));
+        assert_eq!(
+            refusal(export(&[ld(1, &ttl), ld(2, b"dsar")].concat())),
+            "field.ttl.seconds: has wire type 2; this field is sent with wire type 0"
+        );
+        assert_eq!(
+            refusal(export(&ld(2, &[0xc3]))),
+            "purpose: is not valid UTF-8"
+        );
+        let lines = field_with_street_lines(MAX_STREET_LINES_ON_THE_WIRE + 1);
+        assert!(refusal(erase(&ld(1, &lines))).starts_with("field.address.street_lines: holds"));
+        // A legal one, with a negative time to live (the handler refuses
+        // it, naming the item): a ten-byte varint on the wire.
+        let request = pb::TokenizeRequest {
+            fields: vec![pb::Field {
+                kind: pb::FieldKind::Phone as i32,
+                value: "+1 202-555-0143".into(),
+                ttl: Some(prost_types::Duration {
+                    seconds: -5,
+                    nanos: -1,
+                }),
+                ..Default::default()
+            }],
+            purpose: None,
+        };
+        assert!(tokenize(&request.encode_to_vec(), 10).is_ok());
+        let request = pb::ExportValueRequest {
+            field: request.fields.into_iter().next(),
+            purpose: "dsar".into(),
+        };
+        assert!(export(&request.encode_to_vec()).is_ok());
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod pb {
                 .field("region", &self.region)
                 .field("scheme", &self.scheme)
                 .field("address", &self.address)
+                .field("ttl", &self.ttl)
                 .finish()
         }
     }

@@ -1,10 +1,10 @@
-use super::error::{call_status, item_status};
+use super::error::{call_status, invalid_argument, item_status};
 use super::pb;
 use crate::domain::policy::RevealLevel;
 use crate::domain::value::{Address, FieldInput, IdScheme};
-use crate::domain::{FieldKind, Plaintext};
+use crate::domain::{FieldKind, Plaintext, TokenMode};
 use crate::tls::Peer;
-use crate::vault::{new_request_id, Call, ItemError, Vault};
+use crate::vault::{new_request_id, Call, ItemError, TokenInfo, Vault};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -145,13 +145,100 @@ fn address_to_pb(a: &Address) -> pb::PostalAddress {
 fn field_from_pb(f: pb::Field) -> Result<FieldInput, ItemError> {
     Ok(FieldInput {
         kind: kind_from_pb(f.kind)?,
+        ttl: f.ttl.map(ttl_from_pb).transpose()?,
         // The String moves into the zeroizing wrapper without a copy.
         value: Plaintext::new(f.value),
         region: Some(f.region).filter(|r| !r.is_empty()),
         scheme: scheme_from_pb(f.scheme)?,
         address: f.address.map(address_from_pb),
-        ttl: None,
     })
+}
+
+/// A time to live as sent: more than zero, or the item's
+/// `InvalidArgument` naming `ttl`. Its maximum is the vault's to check
+/// (per kind, from the config). A duration is no secret: the reason
+/// quotes it.
+pub(crate) fn ttl_from_pb(d: prost_types::Duration) -> Result<std::time::Duration, ItemError> {
+    let invalid = |reason: String| ItemError::InvalidArgument {
+        field: Some("ttl"),
+        reason,
+    };
+    let (seconds, nanos) = (d.seconds, d.nanos);
+    if !(-999_999_999..=999_999_999).contains(&nanos)
+        || (seconds > 0 && nanos < 0)
+        || (seconds < 0 && nanos > 0)
+    {
+        return Err(invalid(format!(
+            "is not a valid google.protobuf.Duration (seconds {seconds}, nanos {nanos}: nanos \
+             must be from -999999999 to 999999999, with the sign of seconds)"
+        )));
+    }
+    if seconds < 0 || nanos < 0 || (seconds == 0 && nanos == 0) {
+        let sign = if seconds < 0 || nanos < 0 { "-" } else { "" };
+        let shown = match nanos {
+            0 => format!("{sign}{}s", seconds.unsigned_abs()),
+            _ => format!(
+                "{sign}{}.{:09}s",
+                seconds.unsigned_abs(),
+                nanos.unsigned_abs()
+            ),
+        };
+        return Err(invalid(format!(
+            "is {shown}; a time to live must be more than zero (leave it out for the kind's \
+             default)"
+        )));
+    }
+    // Both are non-negative here, and nanos under a second.
+    Ok(std::time::Duration::new(
+        seconds.unsigned_abs(),
+        nanos.unsigned_abs(),
+    ))
+}
+
+/// The field of an EraseValue or ExportValue request, or INVALID_ARGUMENT
+/// naming its part (`field.kind`, `field.ttl`). The value itself is
+/// validated by the vault, as Tokenize's is.
+fn value_field_from_pb(f: Option<pb::Field>) -> Result<FieldInput, tonic::Status> {
+    let Some(f) = f else {
+        return Err(invalid_argument(
+            "field",
+            "is required: the kind and value whose tokens are meant",
+        ));
+    };
+    if f.ttl.is_some() {
+        return Err(invalid_argument(
+            "field.ttl",
+            "only Tokenize takes a time to live; leave it out here",
+        ));
+    }
+    field_from_pb(f).map_err(|e| match e {
+        ItemError::InvalidArgument { field, reason } => match field {
+            Some(part) => invalid_argument(&format!("field.{part}"), &reason),
+            None => invalid_argument("field", &reason),
+        },
+        other => tonic::Status::internal(other.to_string()),
+    })
+}
+
+fn mode_to_pb(mode: Option<TokenMode>) -> pb::TokenMode {
+    match mode {
+        Some(TokenMode::Random) => pb::TokenMode::Random,
+        Some(TokenMode::Deterministic) => pb::TokenMode::Deterministic,
+        None => pb::TokenMode::Unspecified,
+    }
+}
+
+/// Token metadata on the wire: 0 for a creation time not recorded and an
+/// expiry that never comes.
+fn info_to_pb(info: TokenInfo) -> pb::TokenInfo {
+    pb::TokenInfo {
+        token: info.token.to_string(),
+        kind: kind_to_pb(info.kind) as i32,
+        created_unix_ms: info.created_unix_ms.unwrap_or(0),
+        expires_unix_ms: info.expires_unix_ms.unwrap_or(0),
+        key_version: info.key_version,
+        mode: mode_to_pb(info.mode) as i32,
+    }
 }
 
 fn reveal_to_pb(level: RevealLevel) -> pb::Reveal {
@@ -240,5 +327,209 @@ impl pb::vault_server::Vault for VaultService {
             })
             .collect();
         answer(&call, Ok(pb::DetokenizeResponse { results }))
+    }
+
+    async fn delete_tokens(
+        &self,
+        request: Request<pb::DeleteTokensRequest>,
+    ) -> Result<Response<pb::DeleteTokensResponse>, Status> {
+        let call = call_of(&request);
+        let tokens = request.into_inner().tokens;
+        let results = match self.vault.delete_tokens(call.clone(), tokens.clone()).await {
+            Ok(results) => results,
+            Err(e) => return answer(&call, Err(call_status(e))),
+        };
+        let results = tokens
+            .into_iter()
+            .zip(results)
+            .enumerate()
+            .map(|(i, (token, r))| pb::DeleteTokensResult {
+                token,
+                outcome: Some(match r {
+                    Ok(kind) => pb::delete_tokens_result::Outcome::Deleted(kind_to_pb(kind) as i32),
+                    Err(e) => pb::delete_tokens_result::Outcome::Error(item_status(
+                        &format!("tokens[{i}]"),
+                        &e,
+                    )),
+                }),
+            })
+            .collect();
+        answer(&call, Ok(pb::DeleteTokensResponse { results }))
+    }
+
+    async fn get_token_info(
+        &self,
+        request: Request<pb::GetTokenInfoRequest>,
+    ) -> Result<Response<pb::GetTokenInfoResponse>, Status> {
+        let call = call_of(&request);
+        let tokens = request.into_inner().tokens;
+        let results = match self.vault.token_info(call.clone(), tokens.clone()).await {
+            Ok(results) => results,
+            Err(e) => return answer(&call, Err(call_status(e))),
+        };
+        let results = tokens
+            .into_iter()
+            .zip(results)
+            .enumerate()
+            .map(|(i, (token, r))| pb::GetTokenInfoResult {
+                token,
+                outcome: Some(match r {
+                    Ok(info) => pb::get_token_info_result::Outcome::Info(info_to_pb(info)),
+                    Err(e) => pb::get_token_info_result::Outcome::Error(item_status(
+                        &format!("tokens[{i}]"),
+                        &e,
+                    )),
+                }),
+            })
+            .collect();
+        answer(&call, Ok(pb::GetTokenInfoResponse { results }))
+    }
+
+    async fn erase_value(
+        &self,
+        request: Request<pb::EraseValueRequest>,
+    ) -> Result<Response<pb::EraseValueResponse>, Status> {
+        let call = call_of(&request);
+        let field = match value_field_from_pb(request.into_inner().field) {
+            Ok(field) => field,
+            Err(status) => return answer(&call, Err(status)),
+        };
+        let result = self
+            .vault
+            .erase_value(call.clone(), field)
+            .await
+            .map(|erased| pb::EraseValueResponse {
+                erased_tokens: erased.iter().map(ToString::to_string).collect(),
+            })
+            .map_err(call_status);
+        answer(&call, result)
+    }
+
+    async fn export_value(
+        &self,
+        request: Request<pb::ExportValueRequest>,
+    ) -> Result<Response<pb::ExportValueResponse>, Status> {
+        let call = call_of(&request);
+        let req = request.into_inner();
+        let field = match value_field_from_pb(req.field) {
+            Ok(field) => field,
+            Err(status) => return answer(&call, Err(status)),
+        };
+        let result = self
+            .vault
+            .export_value(call.clone(), &req.purpose, field)
+            .await
+            .map(|tokens| pb::ExportValueResponse {
+                tokens: tokens.into_iter().map(info_to_pb).collect(),
+            })
+            .map_err(call_status);
+        answer(&call, result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn ttl(seconds: i64, nanos: i32) -> Result<std::time::Duration, String> {
+        ttl_from_pb(prost_types::Duration { seconds, nanos }).map_err(|e| match e {
+            ItemError::InvalidArgument {
+                field: Some("ttl"),
+                reason,
+            } => reason,
+            other => panic!("{other:?}"),
+        })
+    }
+
+    #[test]
+    fn a_time_to_live_must_be_more_than_zero_and_a_valid_duration() {
+        assert_eq!(ttl(2, 0), Ok(std::time::Duration::from_secs(2)));
+        assert_eq!(ttl(0, 1_000_000), Ok(std::time::Duration::from_millis(1)));
+        assert_eq!(
+            ttl(90 * 86_400, 0),
+            Ok(std::time::Duration::from_secs(90 * 86_400))
+        );
+        assert!(ttl(0, 0)
+            .unwrap_err()
+            .starts_with("is 0s; a time to live must be more than zero"));
+        assert!(ttl(-5, 0).unwrap_err().starts_with("is -5s;"));
+        assert!(ttl(0, -500_000_000)
+            .unwrap_err()
+            .starts_with("is -0.500000000s;"));
+        assert!(ttl(-1, -1).unwrap_err().starts_with("is -1.000000001s;"));
+        for (s, n) in [(1, -1), (-1, 1), (0, 1_000_000_000), (0, i32::MIN)] {
+            assert!(
+                ttl(s, n)
+                    .unwrap_err()
+                    .starts_with("is not a valid google.protobuf.Duration"),
+                "{s} {n}"
+            );
+        }
+        assert_eq!(
+            ttl(i64::MAX, 999_999_999),
+            Ok(std::time::Duration::new(i64::MAX as u64, 999_999_999))
+        );
+    }
+
+    #[test]
+    fn an_erase_or_export_field_is_refused_at_the_edge_naming_its_part() {
+        let phone = || pb::Field {
+            kind: pb::FieldKind::Phone as i32,
+            value: "+1 202-555-0143".into(),
+            ..Default::default()
+        };
+        let named = |f: Option<pb::Field>| {
+            let status = value_field_from_pb(f).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert!(!status.message().contains("555"), "{status:?}");
+            status.message().split(':').next().unwrap().to_owned()
+        };
+        assert_eq!(named(None), "field");
+        let with_ttl = pb::Field {
+            ttl: Some(prost_types::Duration {
+                seconds: 60,
+                nanos: 0,
+            }),
+            ..phone()
+        };
+        assert_eq!(named(Some(with_ttl)), "field.ttl");
+        assert_eq!(named(Some(pb::Field { kind: 0, ..phone() })), "field.kind");
+        let scheme = pb::Field {
+            scheme: 99,
+            ..phone()
+        };
+        assert_eq!(named(Some(scheme)), "field.scheme");
+        let ok = value_field_from_pb(Some(phone())).unwrap();
+        assert_eq!(ok.kind, FieldKind::Phone);
+        assert_eq!(ok.ttl, None);
+    }
+
+    #[test]
+    fn token_metadata_goes_on_the_wire_with_zero_for_unknown_and_never() {
+        let token: crate::domain::TokenId = "fv1_AAAAAAAAAAAAAAAAAAAAAA".parse().unwrap();
+        let info = info_to_pb(TokenInfo {
+            token,
+            kind: FieldKind::Email,
+            created_unix_ms: None,
+            expires_unix_ms: None,
+            key_version: 3,
+            mode: None,
+        });
+        assert_eq!(info.token, "fv1_AAAAAAAAAAAAAAAAAAAAAA");
+        assert_eq!(info.kind, pb::FieldKind::Email as i32);
+        assert_eq!((info.created_unix_ms, info.expires_unix_ms), (0, 0));
+        assert_eq!(info.key_version, 3);
+        assert_eq!(info.mode, pb::TokenMode::Unspecified as i32);
+        let info = info_to_pb(TokenInfo {
+            token,
+            kind: FieldKind::Phone,
+            created_unix_ms: Some(5),
+            expires_unix_ms: Some(7),
+            key_version: 1,
+            mode: Some(TokenMode::Deterministic),
+        });
+        assert_eq!((info.created_unix_ms, info.expires_unix_ms), (5, 7));
+        assert_eq!(info.mode, pb::TokenMode::Deterministic as i32);
     }
 }

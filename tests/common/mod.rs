@@ -254,6 +254,39 @@ impl TestVault {
         }
     }
 
+    /// Starts a server from a config file written by [`write_config_file`]
+    /// with `policy`, `top` (top-level keys) and `tables` (such as
+    /// `[retention]` or `[token_modes]`): for settings a test sets as a
+    /// user would, in TOML. The data dir is `data/` and the audit log
+    /// `data/audit.log` in the test's temporary dir, as for [`Self::start`].
+    pub async fn start_with_toml(policy: &str, top: &str, tables: &str) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let pki = Pki::new(&tmp.path().join("pki"));
+        let data = tmp.path().join("data");
+        let path = write_config_file(
+            tmp.path(),
+            &pki,
+            policy,
+            (&data, &data.join("audit.log")),
+            top,
+            tables,
+        );
+        let config = Config::load(&path, &no_env).unwrap_or_else(|e| panic!("{e}"));
+        let server = bounded(
+            SERVER_DEADLINE,
+            "the server to start",
+            app::start(&config, &no_env),
+        )
+        .await
+        .unwrap();
+        Self {
+            tmp,
+            pki,
+            config,
+            server: Some(server),
+        }
+    }
+
     pub fn addr(&self) -> String {
         self.server.as_ref().unwrap().local_addr().to_string()
     }

@@ -54,6 +54,35 @@ impl pb::vault_server::Vault for NullVault {
             .collect();
         Ok(Response::new(pb::DetokenizeResponse { results }))
     }
+
+    // The data-lifecycle calls are not benchmarked.
+    async fn delete_tokens(
+        &self,
+        _: Request<pb::DeleteTokensRequest>,
+    ) -> Result<Response<pb::DeleteTokensResponse>, Status> {
+        Err(Status::unimplemented("not part of the transport ceiling"))
+    }
+
+    async fn get_token_info(
+        &self,
+        _: Request<pb::GetTokenInfoRequest>,
+    ) -> Result<Response<pb::GetTokenInfoResponse>, Status> {
+        Err(Status::unimplemented("not part of the transport ceiling"))
+    }
+
+    async fn erase_value(
+        &self,
+        _: Request<pb::EraseValueRequest>,
+    ) -> Result<Response<pb::EraseValueResponse>, Status> {
+        Err(Status::unimplemented("not part of the transport ceiling"))
+    }
+
+    async fn export_value(
+        &self,
+        _: Request<pb::ExportValueRequest>,
+    ) -> Result<Response<pb::ExportValueResponse>, Status> {
+        Err(Status::unimplemented("not part of the transport ceiling"))
+    }
 }
 
 /// Serves [`NullVault`] with the TLS settings and limits of `config`, on
