@@ -1,4 +1,4 @@
-use super::error::{call_status, invalid_argument, item_status};
+use super::error::{call_status, item_status};
 use super::pb;
 use crate::domain::policy::RevealLevel;
 use crate::domain::value::{Address, FieldInput, IdScheme};
@@ -198,26 +198,22 @@ pub(crate) fn ttl_from_pb(d: prost_types::Duration) -> Result<std::time::Duratio
 /// The field of an EraseValue or ExportValue request, or INVALID_ARGUMENT
 /// naming its part (`field.kind`, `field.ttl`). The value itself is
 /// validated by the vault, as Tokenize's is.
-fn value_field_from_pb(f: Option<pb::Field>) -> Result<FieldInput, tonic::Status> {
+/// The one field of an erase or export, or why it is refused (the vault
+/// audits the refusal and names `field.<part>`).
+fn value_field_from_pb(f: Option<pb::Field>) -> Result<FieldInput, ItemError> {
     let Some(f) = f else {
-        return Err(invalid_argument(
-            "field",
-            "is required: the kind and value whose tokens are meant",
-        ));
+        return Err(ItemError::InvalidArgument {
+            field: None,
+            reason: "is required: the kind and value whose tokens are meant".into(),
+        });
     };
     if f.ttl.is_some() {
-        return Err(invalid_argument(
-            "field.ttl",
-            "only Tokenize takes a time to live; leave it out here",
-        ));
+        return Err(ItemError::InvalidArgument {
+            field: Some("ttl"),
+            reason: "only Tokenize takes a time to live; leave it out here".into(),
+        });
     }
-    field_from_pb(f).map_err(|e| match e {
-        ItemError::InvalidArgument { field, reason } => match field {
-            Some(part) => invalid_argument(&format!("field.{part}"), &reason),
-            None => invalid_argument("field", &reason),
-        },
-        other => tonic::Status::internal(other.to_string()),
-    })
+    field_from_pb(f)
 }
 
 fn mode_to_pb(mode: Option<TokenMode>) -> pb::TokenMode {
@@ -390,10 +386,7 @@ impl pb::vault_server::Vault for VaultService {
         request: Request<pb::EraseValueRequest>,
     ) -> Result<Response<pb::EraseValueResponse>, Status> {
         let call = call_of(&request);
-        let field = match value_field_from_pb(request.into_inner().field) {
-            Ok(field) => field,
-            Err(status) => return answer(&call, Err(status)),
-        };
+        let field = value_field_from_pb(request.into_inner().field);
         let result = self
             .vault
             .erase_value(call.clone(), field)
@@ -411,10 +404,7 @@ impl pb::vault_server::Vault for VaultService {
     ) -> Result<Response<pb::ExportValueResponse>, Status> {
         let call = call_of(&request);
         let req = request.into_inner();
-        let field = match value_field_from_pb(req.field) {
-            Ok(field) => field,
-            Err(status) => return answer(&call, Err(status)),
-        };
+        let field = value_field_from_pb(req.field);
         let result = self
             .vault
             .export_value(call.clone(), &req.purpose, field)
@@ -479,11 +469,13 @@ mod tests {
             value: "+1 202-555-0143".into(),
             ..Default::default()
         };
-        let named = |f: Option<pb::Field>| {
-            let status = value_field_from_pb(f).unwrap_err();
-            assert_eq!(status.code(), tonic::Code::InvalidArgument);
-            assert!(!status.message().contains("555"), "{status:?}");
-            status.message().split(':').next().unwrap().to_owned()
+        // The vault names the path `field.<part>` (or `field`).
+        let named = |f: Option<pb::Field>| match value_field_from_pb(f) {
+            Err(ItemError::InvalidArgument { field, reason }) => {
+                assert!(!reason.contains("555"), "{reason}");
+                field.map_or("field".to_owned(), |part| format!("field.{part}"))
+            }
+            other => panic!("{:?}", other.map(|_| "a field")),
         };
         assert_eq!(named(None), "field");
         let with_ttl = pb::Field {

@@ -53,6 +53,7 @@ fn field_path(part: &'static str) -> &'static str {
         "scheme" => "field.scheme",
         "address" => "field.address",
         "kind" => "field.kind",
+        "ttl" => "field.ttl",
         _ => "field",
     }
 }
@@ -175,17 +176,20 @@ impl Vault {
     /// Deletes every token of the field's canonical value (random and
     /// deterministic, under every index-key version): policy action
     /// `erase` for the field's kind. The value is validated like
-    /// Tokenize's (`InvalidArgument` naming `field.…`). Returns the tokens
-    /// erased, in id order (empty when there were none). Audited (kind and
-    /// tokens, never the value).
+    /// Tokenize's (`InvalidArgument` naming `field.…`; a field the wire
+    /// could not decode comes in as its error, to be audited). Returns the
+    /// tokens erased, in id order (empty when there were none). Audited
+    /// (kind and tokens, never the value).
     pub async fn erase_value(
         &self,
         call: impl Into<Call>,
-        field: FieldInput,
+        field: Result<FieldInput, ItemError>,
     ) -> Result<Vec<TokenId>, VaultError> {
         let call = call.into();
         let mut event = call.event(Action::Erase.as_str());
-        event.kinds = vec![field.kind.as_str().to_owned()];
+        if let Ok(f) = &field {
+            event.kinds = vec![f.kind.as_str().to_owned()];
+        }
         let result = self.erase_audited(&call, &mut event, field).await;
         self.record_call(event, result).await
     }
@@ -194,12 +198,13 @@ impl Vault {
         &self,
         call: &Call,
         event: &mut Event,
-        field: FieldInput,
+        field: Result<FieldInput, ItemError>,
     ) -> Result<Vec<TokenId>, VaultError> {
         let caller = call.caller()?;
-        let kind = field.kind;
         let policy = self.policy_for_call().await;
         self.admit(caller, &policy).await?;
+        let field = field.map_err(field_refused)?;
+        let kind = field.kind;
         let grant = policy
             .decide(caller, Action::Erase, kind, None, None)
             .map_err(VaultError::PermissionDenied)?;
@@ -258,11 +263,13 @@ impl Vault {
         &self,
         call: impl Into<Call>,
         purpose: &str,
-        field: FieldInput,
+        field: Result<FieldInput, ItemError>,
     ) -> Result<Vec<TokenInfo>, VaultError> {
         let call = call.into();
         let mut event = call.event(Action::Export.as_str());
-        event.kinds = vec![field.kind.as_str().to_owned()];
+        if let Ok(f) = &field {
+            event.kinds = vec![f.kind.as_str().to_owned()];
+        }
         event.purpose = Purpose::parse(purpose).ok().map(|p| p.to_string());
         let result = self.export_audited(&call, &mut event, purpose, field).await;
         self.record_call(event, result).await
@@ -273,16 +280,17 @@ impl Vault {
         call: &Call,
         event: &mut Event,
         purpose: &str,
-        field: FieldInput,
+        field: Result<FieldInput, ItemError>,
     ) -> Result<Vec<TokenInfo>, VaultError> {
         let caller = call.caller()?;
-        let kind = field.kind;
+        let policy = self.policy_for_call().await;
+        self.admit(caller, &policy).await?;
         let purpose = Purpose::parse(purpose).map_err(|e| VaultError::InvalidArgument {
             field: "purpose",
             reason: format!("{e}; export needs a purpose a policy rule lists"),
         })?;
-        let policy = self.policy_for_call().await;
-        self.admit(caller, &policy).await?;
+        let field = field.map_err(field_refused)?;
+        let kind = field.kind;
         let grant = policy
             .decide(caller, Action::Export, kind, Some(&purpose), None)
             .map_err(VaultError::PermissionDenied)?;
@@ -679,6 +687,34 @@ fn info_of(
             }
         }),
     })
+}
+
+/// A field the wire could not decode, as the call's error.
+fn field_refused(e: ItemError) -> VaultError {
+    match e {
+        ItemError::InvalidArgument {
+            field: Some(part),
+            reason,
+        } => {
+            let path = field_path(part);
+            VaultError::InvalidArgument {
+                field: path,
+                reason: if path == "field" {
+                    format!("{part}: {reason}")
+                } else {
+                    reason
+                },
+            }
+        }
+        ItemError::InvalidArgument {
+            field: None,
+            reason,
+        } => VaultError::InvalidArgument {
+            field: "field",
+            reason,
+        },
+        other => VaultError::Unavailable(other.to_string()),
+    }
 }
 
 fn crypto_failed(e: &CryptoError) -> VaultError {

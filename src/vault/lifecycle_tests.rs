@@ -196,10 +196,10 @@ async fn erasing_a_value_deletes_its_tokens_in_both_modes_and_any_format_and_it_
         .export_value(
             &caller("privacy"),
             "dsar",
-            FieldInput {
+            Ok(FieldInput {
                 region: Some("US".into()),
                 ..phone("202.555.0143", None)
-            },
+            }),
         )
         .await);
     let mut tokens: Vec<TokenId> = exported.iter().map(|i| i.token).collect();
@@ -223,15 +223,15 @@ async fn erasing_a_value_deletes_its_tokens_in_both_modes_and_any_format_and_it_
     // A caller without the action is refused, whatever it asks.
     for refused in [
         vault
-            .export_value(&caller("orders"), "dsar", phone(NUMBER, None))
+            .export_value(&caller("orders"), "dsar", Ok(phone(NUMBER, None)))
             .await
             .err(),
         vault
-            .export_value(&caller("privacy"), "marketing", phone(NUMBER, None))
+            .export_value(&caller("privacy"), "marketing", Ok(phone(NUMBER, None)))
             .await
             .err(),
         vault
-            .erase_value(&caller("orders"), phone(NUMBER, None))
+            .erase_value(&caller("orders"), Ok(phone(NUMBER, None)))
             .await
             .err(),
     ] {
@@ -242,7 +242,7 @@ async fn erasing_a_value_deletes_its_tokens_in_both_modes_and_any_format_and_it_
     }
     // A malformed value: the same validation as Tokenize, naming the field.
     let bad = vault
-        .erase_value(&caller("privacy"), phone("not a number", None))
+        .erase_value(&caller("privacy"), Ok(phone("not a number", None)))
         .await
         .err();
     assert!(
@@ -259,10 +259,10 @@ async fn erasing_a_value_deletes_its_tokens_in_both_modes_and_any_format_and_it_
     let mut erased = ok(vault
         .erase_value(
             &caller("privacy"),
-            FieldInput {
+            Ok(FieldInput {
                 region: Some("US".into()),
                 ..phone("(202) 555-0143", None)
-            },
+            }),
         )
         .await);
     erased.sort_by_key(ToString::to_string);
@@ -272,11 +272,11 @@ async fn erasing_a_value_deletes_its_tokens_in_both_modes_and_any_format_and_it_
     }
     assert!(reveals(&vault, &other).await, "another value's token stays");
     assert!(ok(vault
-        .export_value(&caller("privacy"), "dsar", phone(NUMBER, None))
+        .export_value(&caller("privacy"), "dsar", Ok(phone(NUMBER, None)))
         .await)
     .is_empty());
     assert!(ok(vault
-        .erase_value(&caller("privacy"), phone(NUMBER, None))
+        .erase_value(&caller("privacy"), Ok(phone(NUMBER, None)))
         .await)
     .is_empty());
     let again = tokenize(&vault, NUMBER, None).await;
