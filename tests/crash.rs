@@ -65,12 +65,24 @@
 //! answered is listed. At the end the trail verifies, holds no value, and
 //! the store's integrity check is clean.
 //!
+//! Data lifecycle (issue 15), on a store of its own: lifecycle kill rounds.
+//! Tokenize load while two deleters delete acknowledged tokens and an
+//! eraser erases pool phones (deterministic) and addresses (random); the
+//! server is SIGKILLed at a random moment. After each restart no token
+//! whose deletion was answered detokenizes, every acknowledged token never
+//! deleted reveals its value, a call in flight at the kill went one way or
+//! the other, and every pool phone tokenized again gets a token that was
+//! never deleted. An erasure's answer must name every token of its value
+//! acknowledged before it was sent. At the end the trail verifies, holds
+//! no value, and the integrity check is clean.
+//!
 //! `cargo test --test crash` runs 20 kill rounds, then 3 rewrap rounds, 1
 //! index-rebuild round, 6 master-key rounds, the disk-full round, 4 audit
-//! kill rounds, the audit full-disk round and 3 abuse kill rounds (about
-//! two and a half minutes on 2 cores); `-- --rounds N` runs N kill rounds
-//! instead, `-- --audit-only` only the audit and abuse rounds,
-//! `-- --abuse-only` only the abuse rounds.
+//! kill rounds, the audit full-disk round, 3 abuse kill rounds and 3
+//! lifecycle kill rounds (about three minutes on 2 cores); `-- --rounds N`
+//! runs N kill rounds instead, `-- --audit-only` only the audit, abuse and
+//! lifecycle rounds, `-- --abuse-only` only the abuse rounds,
+//! `-- --lifecycle-only` only the lifecycle rounds.
 //! The harness is the test named `crash`: like a libtest harness it honours
 //! name filters (`cargo test foo` skips it), `--exact`, `--skip`, `--list`
 //! and `--ignored`. It never hangs: every call has a deadline, every wait a
@@ -528,6 +540,8 @@ enum Mode {
         audit_only: bool,
         /// `--abuse-only`: only the abuse-control rounds.
         abuse_only: bool,
+        /// `--lifecycle-only`: only the data-lifecycle rounds.
+        lifecycle_only: bool,
     },
 }
 
@@ -538,7 +552,7 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
     let mut filters = Vec::new();
     let mut skips = Vec::new();
     let (mut exact, mut list, mut only_ignored, mut audit_only) = (false, false, false, false);
-    let mut abuse_only = false;
+    let (mut abuse_only, mut lifecycle_only) = (false, false);
     let (mut rounds, mut time_limit) = (20u32, None);
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -561,6 +575,7 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
             }
             "--audit-only" => audit_only = true,
             "--abuse-only" => abuse_only = true,
+            "--lifecycle-only" => lifecycle_only = true,
             "--exact" => exact = true,
             "--list" => list = true,
             "--ignored" => only_ignored = true,
@@ -596,6 +611,7 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
         time_limit,
         audit_only,
         abuse_only,
+        lifecycle_only,
     })
 }
 
@@ -649,6 +665,7 @@ fn log_tails(dir: &Path, n: usize) -> String {
         "audit-kill/server.log",
         "audit-full/server.log",
         "abuse-kill/server.log",
+        "lifecycle-kill/server.log",
     ] {
         if let Ok(log) = std::fs::read_to_string(dir.join(name)) {
             let lines: Vec<&str> = log.lines().collect();
@@ -693,7 +710,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let (rounds, time_limit, audit_only, abuse_only) = match mode {
+    let (rounds, time_limit, audit_only, abuse_only, lifecycle_only) = match mode {
         Mode::List { listed } => {
             if listed {
                 println!("{TEST_NAME}: test");
@@ -709,17 +726,30 @@ fn main() {
             time_limit,
             audit_only,
             abuse_only,
-        } => (rounds, time_limit, audit_only, abuse_only),
+            lifecycle_only,
+        } => (rounds, time_limit, audit_only, abuse_only, lifecycle_only),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(run(rounds, time_limit, audit_only, abuse_only));
+    runtime.block_on(run(
+        rounds,
+        time_limit,
+        audit_only,
+        abuse_only,
+        lifecycle_only,
+    ));
 }
 
-async fn run(rounds: u32, time_limit: Duration, audit_only: bool, abuse_only: bool) {
+async fn run(
+    rounds: u32,
+    time_limit: Duration,
+    audit_only: bool,
+    abuse_only: bool,
+    lifecycle_only: bool,
+) {
     // Kept when a check fails; removed at the end of a run that passes.
     let tmp = tempfile::tempdir().unwrap().keep();
     start_watchdog(time_limit, tmp.clone());
@@ -728,11 +758,28 @@ async fn run(rounds: u32, time_limit: Duration, audit_only: bool, abuse_only: bo
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64;
-    let rounds = if audit_only || abuse_only { 0 } else { rounds };
+    let rounds = if audit_only || abuse_only || lifecycle_only {
+        0
+    } else {
+        rounds
+    };
     println!("crash harness: {rounds} rounds, seed {seed}");
     let mut rng = Rng(seed | 1);
     let started = Instant::now();
     let mut lines = Vec::new();
+    if lifecycle_only {
+        let lifecycle = lifecycle_kill_rounds(&tmp.join("lifecycle-kill"), &mut rng).await;
+        std::fs::remove_dir_all(&tmp).unwrap();
+        println!(
+            "crash: only the lifecycle rounds (--lifecycle-only): {LIFECYCLE_KILL_ROUNDS} \
+             lifecycle kill rounds passed; 0 failed; {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        for line in lifecycle {
+            println!("  {line}");
+        }
+        return;
+    }
     if !audit_only && !abuse_only {
         lines = store_rounds(&tmp, rounds, &mut rng).await;
     }
@@ -763,6 +810,7 @@ async fn run(rounds: u32, time_limit: Duration, audit_only: bool, abuse_only: bo
     lines.push(audit_full_line);
     let audit_took = audit_started.elapsed();
     lines.extend(abuse_kill_rounds(&tmp.join("abuse-kill"), &mut rng).await);
+    lines.extend(lifecycle_kill_rounds(&tmp.join("lifecycle-kill"), &mut rng).await);
     std::fs::remove_dir_all(&tmp).unwrap();
     let store = if audit_only {
         "the store's rounds skipped (--audit-only)".to_owned()
@@ -775,7 +823,8 @@ async fn run(rounds: u32, time_limit: Duration, audit_only: bool, abuse_only: bo
     };
     println!(
         "crash: {store}; {AUDIT_KILL_ROUNDS} audit kill rounds and the audit full-disk round \
-         passed ({:.1}s); {ABUSE_KILL_ROUNDS} abuse kill rounds passed; 0 failed; {:.1}s",
+         passed ({:.1}s); {ABUSE_KILL_ROUNDS} abuse kill rounds passed; \
+         {LIFECYCLE_KILL_ROUNDS} lifecycle kill rounds passed; 0 failed; {:.1}s",
         audit_took.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
@@ -2853,5 +2902,423 @@ async fn abuse_kill_rounds(dir: &Path, rng: &mut Rng) -> Vec<String> {
         }
     }
     harness.check_integrity().await;
+    lines
+}
+
+// ---------------------------------------------------------------------------
+// Data lifecycle (issue 15): deletes and erasures are store writes
+// (tombstones through the log and the overlay); each is killed mid-flight
+// here, under tokenize load.
+
+const LIFECYCLE_POLICY: &str = r#"
+version = 1
+[freeze]
+unknown_tokens = { count = 0 }
+[[rules]]
+callers = ["spiffe://fieldvault.dev/orders"]
+action = "tokenize"
+kinds = ["phone", "address"]
+[[rules]]
+callers = ["spiffe://fieldvault.dev/orders"]
+action = "delete"
+kinds = ["phone", "address"]
+[[rules]]
+callers = ["spiffe://fieldvault.dev/support"]
+action = "detokenize"
+kinds = ["phone", "address"]
+purposes = ["crash-check"]
+reveal = "full"
+[[rules]]
+callers = ["spiffe://fieldvault.dev/admin"]
+action = "erase"
+kinds = ["phone", "address"]
+"#;
+
+const LIFECYCLE_KILL_ROUNDS: u32 = 3;
+
+/// What the deleters and erasers know, across every round: tokens whose
+/// deletion was answered (they must never detokenize again), and what was
+/// in flight at the kill (sent, not answered: either outcome is right).
+#[derive(Default)]
+struct Deletions {
+    gone: std::collections::HashSet<String>,
+    /// Tokens of delete calls in flight.
+    maybe_tokens: std::collections::HashSet<String>,
+    /// Values (kind, canonical) of erase calls in flight.
+    maybe_values: std::collections::HashSet<(i32, String)>,
+    /// Delete calls answered; erase calls answered; tokens they removed.
+    deletes: u64,
+    erases: u64,
+    removed: u64,
+}
+
+/// Deletes 1 to 4 acknowledged tokens per call until the server is gone.
+async fn deleter(
+    addr: String,
+    tls: ClientTls,
+    seed: u64,
+    acked: Acked,
+    state: Arc<Mutex<Deletions>>,
+) {
+    let Ok(channel) = common::try_channel(&addr, &tls).await else {
+        return;
+    };
+    let mut client = pb::vault_client::VaultClient::new(channel);
+    let mut rng = Rng(seed | 1);
+    loop {
+        let picked: Vec<String> = {
+            let acked = acked.lock().unwrap();
+            let state = state.lock().unwrap();
+            let live: Vec<&String> = acked.keys().filter(|t| !state.gone.contains(*t)).collect();
+            if live.len() < 10 {
+                Vec::new()
+            } else {
+                let n = 1 + (rng.next() % 4) as usize;
+                (0..n)
+                    .map(|_| live[(rng.next() % live.len() as u64) as usize].clone())
+                    .collect()
+            }
+        };
+        if picked.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        state
+            .lock()
+            .unwrap()
+            .maybe_tokens
+            .extend(picked.iter().cloned());
+        match client
+            .delete_tokens(pb::DeleteTokensRequest {
+                tokens: picked.clone(),
+            })
+            .await
+        {
+            Ok(response) => {
+                let mut state = state.lock().unwrap();
+                for (token, r) in picked.iter().zip(response.into_inner().results) {
+                    match r.outcome {
+                        Some(pb::delete_tokens_result::Outcome::Deleted(_)) => {
+                            state.removed += 1;
+                        }
+                        // Named twice in the call, or erased meanwhile:
+                        // absent either way.
+                        Some(pb::delete_tokens_result::Outcome::Error(e))
+                            if e.code == tonic::Code::NotFound as i32 => {}
+                        other => panic!("deleting {token} failed: {other:?}"),
+                    }
+                    state.gone.insert(token.clone());
+                    state.maybe_tokens.remove(token);
+                }
+                state.deletes += 1;
+            }
+            Err(status) if request_id(status.metadata()).is_none() => return,
+            Err(status) => panic!("a delete was refused: {status:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Erases pool phones (deterministic) and acknowledged addresses (random)
+/// until the server is gone. Every token of the value acknowledged before
+/// the erase was sent must be in its answer (or gone already).
+async fn eraser(
+    addr: String,
+    tls: ClientTls,
+    seed: u64,
+    acked: Acked,
+    state: Arc<Mutex<Deletions>>,
+) {
+    let Ok(channel) = common::try_channel(&addr, &tls).await else {
+        return;
+    };
+    let mut client = pb::vault_client::VaultClient::new(channel);
+    let mut rng = Rng(seed | 1);
+    loop {
+        let (kind, raw, canonical) = if rng.next() % 2 == 0 {
+            let (raw, canonical) = phone_value(rng.next());
+            (FieldKind::Phone, raw, canonical)
+        } else {
+            let picked = {
+                let acked = acked.lock().unwrap();
+                let addresses: Vec<&String> = acked
+                    .values()
+                    .filter(|(k, _)| *k == FieldKind::Address)
+                    .map(|(_, v)| v)
+                    .collect();
+                (!addresses.is_empty())
+                    .then(|| addresses[(rng.next() % addresses.len() as u64) as usize].clone())
+            };
+            let Some(v) = picked else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            (FieldKind::Address, v.clone(), v)
+        };
+        let before: Vec<String> = acked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, (k, v))| *k == kind && *v == canonical)
+            .map(|(t, _)| t.clone())
+            .collect();
+        let key = (kind as i32, canonical.clone());
+        state.lock().unwrap().maybe_values.insert(key.clone());
+        match client
+            .erase_value(pb::EraseValueRequest {
+                field: Some(pb::Field {
+                    kind: kind as i32,
+                    value: raw,
+                    ..Default::default()
+                }),
+            })
+            .await
+        {
+            Ok(response) => {
+                let erased = response.into_inner().erased_tokens;
+                let mut state = state.lock().unwrap();
+                for t in &before {
+                    assert!(
+                        erased.contains(t) || state.gone.contains(t),
+                        "an erase missed {t}, a token of its value acknowledged before it"
+                    );
+                }
+                state.removed += erased.len() as u64;
+                state.gone.extend(erased);
+                state.erases += 1;
+                state.maybe_values.remove(&key);
+            }
+            Err(status) if request_id(status.metadata()).is_none() => return,
+            Err(status) => panic!("an erase was refused: {status:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+}
+
+/// After a restart: a token whose deletion was answered is not found; one
+/// touched by a call in flight at the kill may be either (and is settled
+/// now); every other acknowledged token reveals exactly its value.
+/// Returns how many tokens live and how many were in doubt.
+async fn check_lifecycle(
+    label: &str,
+    addr: &str,
+    harness: &Harness,
+    acked: &Acked,
+    state: &Arc<Mutex<Deletions>>,
+) -> (usize, usize) {
+    let acked = acked.lock().unwrap().clone();
+    let (gone, maybe_tokens, maybe_values) = {
+        let s = state.lock().unwrap();
+        (
+            s.gone.clone(),
+            s.maybe_tokens.clone(),
+            s.maybe_values.clone(),
+        )
+    };
+    let (mut live, mut doubtful) = (0, 0);
+    let mut settled_gone = Vec::new();
+    let mut problems = Vec::new();
+    detokenize_acked(addr, &harness.tls("support"), &acked, |token, outcome| {
+        let (kind, value) = &acked[token];
+        let in_doubt =
+            maybe_tokens.contains(token) || maybe_values.contains(&(*kind as i32, value.clone()));
+        let revealed = match outcome {
+            Some(pb::detokenize_result::Outcome::Revealed(v)) => {
+                if v.value != *value {
+                    problems.push(format!("{token} revealed another value"));
+                }
+                true
+            }
+            Some(pb::detokenize_result::Outcome::Error(e))
+                if e.code == tonic::Code::NotFound as i32 =>
+            {
+                false
+            }
+            other => {
+                problems.push(format!("{token}: {other:?}"));
+                return;
+            }
+        };
+        if gone.contains(token) {
+            if revealed {
+                problems.push(format!("{token} was deleted and came back"));
+            }
+        } else if in_doubt {
+            doubtful += 1;
+            if !revealed {
+                settled_gone.push(token.to_owned());
+            } else {
+                live += 1;
+            }
+        } else if revealed {
+            live += 1;
+        } else {
+            problems.push(format!(
+                "{token} was acknowledged, never deleted, and is lost"
+            ));
+        }
+    })
+    .await;
+    assert!(problems.is_empty(), "{label}: {problems:?}");
+    let gone = {
+        let mut s = state.lock().unwrap();
+        s.gone.extend(settled_gone);
+        s.maybe_tokens.clear();
+        s.maybe_values.clear();
+        s.gone.clone()
+    };
+    // A deterministic value whose token was deleted or erased gets a new
+    // one: tokenize every pool phone; none may answer a deleted token.
+    let mut orders = common::connect(addr, &harness.tls("orders")).await;
+    let fields = (0..PHONE_POOL)
+        .map(|n| pb::Field {
+            kind: FieldKind::Phone as i32,
+            value: phone_value(n).0,
+            ..Default::default()
+        })
+        .collect();
+    for token in common::tokens_for(&mut orders, fields).await {
+        assert!(
+            !gone.contains(&token),
+            "{label}: a pool phone was answered with its deleted token {token}"
+        );
+    }
+    (live, doubtful)
+}
+
+async fn lifecycle_kill_round(
+    harness: &Harness,
+    round: u32,
+    rng: &mut Rng,
+    acked: &Acked,
+    state: &Arc<Mutex<Deletions>>,
+) -> String {
+    let label = format!("lifecycle kill round {round}");
+    phase(format!("{label}: the server to start"));
+    let server = harness.start();
+    let (deletes_before, erases_before) = {
+        let s = state.lock().unwrap();
+        (s.deletes, s.erases)
+    };
+    let writers = spawn_writers(harness, &server, rng, acked, Duration::from_millis(2));
+    let mut tasks: Vec<tokio::task::JoinHandle<()>> = (0..2)
+        .map(|d| {
+            tokio::spawn(deleter(
+                server.addr.clone(),
+                harness.tls("orders"),
+                rng.next() ^ d,
+                acked.clone(),
+                state.clone(),
+            ))
+        })
+        .collect();
+    tasks.push(tokio::spawn(eraser(
+        server.addr.clone(),
+        harness.tls("admin"),
+        rng.next(),
+        acked.clone(),
+        state.clone(),
+    )));
+    phase(format!(
+        "{label}: deletes and erasures under load before the kill"
+    ));
+    bounded(
+        Duration::from_secs(90),
+        "deletes and erasures before the kill",
+        async {
+            loop {
+                let (deletes, erases) = {
+                    let s = state.lock().unwrap();
+                    (s.deletes - deletes_before, s.erases - erases_before)
+                };
+                if deletes >= 30 && erases >= 5 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(rng.next() % 300)).await;
+    phase(format!("{label}: kill -9 of the server"));
+    server.kill9();
+    for t in tasks {
+        bounded(WRITER_STOP_DEADLINE, "a deleter to stop after the kill", t)
+            .await
+            .unwrap();
+    }
+    writers_stopped(&label, writers).await;
+    let in_doubt = {
+        let s = state.lock().unwrap();
+        (s.maybe_tokens.len(), s.maybe_values.len())
+    };
+
+    phase(format!(
+        "{label}: the server to restart and every token checked"
+    ));
+    let server = harness.start();
+    let (live, doubtful) = check_lifecycle(&label, &server.addr, harness, acked, state).await;
+    phase(format!("{label}: the server to stop"));
+    let status = server.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{label}: the server exited {status:?}");
+    let s = state.lock().unwrap();
+    format!(
+        "{label}: {} deletes and {} erasures answered ({} tokens removed in all), {} tokens \
+         deleted so far never came back; {live} live tokens all reveal; {doubtful} tokens in \
+         doubt ({} delete tokens, {} erase values in flight at the kill)",
+        s.deletes - deletes_before,
+        s.erases - erases_before,
+        s.removed,
+        s.gone.len(),
+        in_doubt.0,
+        in_doubt.1
+    )
+}
+
+/// Lifecycle kill rounds (a store of their own): tokenize load while
+/// deleters delete acknowledged tokens and an eraser erases phones and
+/// addresses; the server is SIGKILLed at a random moment. After each
+/// restart no token whose deletion was answered detokenizes, every
+/// acknowledged token not deleted does, and calls in flight at the kill
+/// went one way or the other; an erasure's answer names every token of its
+/// value acknowledged before it. At the end the integrity check is clean
+/// and the trail verifies and holds no value.
+async fn lifecycle_kill_rounds(dir: &Path, rng: &mut Rng) -> Vec<String> {
+    phase("lifecycle kill rounds: certificates and config");
+    let harness = Harness::with_policy(dir, LIFECYCLE_POLICY, "");
+    harness
+        .pki
+        .issue_client("admin", "admin", Some("spiffe://fieldvault.dev/admin"));
+    let acked: Acked = Arc::new(Mutex::new(HashMap::new()));
+    let state = Arc::new(Mutex::new(Deletions::default()));
+    let mut lines = Vec::new();
+    for round in 0..LIFECYCLE_KILL_ROUNDS {
+        let line = lifecycle_kill_round(&harness, round, rng, &acked, &state).await;
+        println!("{line}");
+        lines.push(line);
+    }
+    phase("lifecycle kill rounds: the trail and the store");
+    let audit_log = dir.join("data/audit.log");
+    let key = fieldvault::audit::keyfile::load(
+        &audit_log,
+        &MasterKey::from_file(&harness.master()).unwrap(),
+    )
+    .unwrap();
+    let files = fieldvault::audit::trail::files_of(&audit_log).unwrap();
+    fieldvault::audit::verify::verify_files(&key, &files)
+        .unwrap_or_else(|e| panic!("the lifecycle rounds' trail does not verify: {e}"));
+    for file in fieldvault::audit::trail::everything_of(&audit_log).unwrap_or_default() {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        assert!(
+            !text.contains("Fakestreet") && !text.contains("+86138"),
+            "{} holds a value",
+            file.display()
+        );
+    }
+    let report = harness.check_integrity().await;
+    lines.push(format!(
+        "lifecycle rounds' store: {} records, integrity clean, trail verifies",
+        report.records
+    ));
     lines
 }
