@@ -3095,6 +3095,52 @@ async fn eraser(
     }
 }
 
+/// Tokenizes addresses with a 300 ms time to live, 1 to 5 a call, until
+/// the server is gone, so the sweeper deletes records all along; returns
+/// the tokens acknowledged.
+async fn expiring_writer(addr: String, tls: ClientTls, seed: u64) -> Vec<String> {
+    let Ok(channel) = common::try_channel(&addr, &tls).await else {
+        return Vec::new();
+    };
+    let mut client = pb::vault_client::VaultClient::new(channel);
+    let mut rng = Rng(seed | 1);
+    let mut tokens = Vec::new();
+    loop {
+        let n = 1 + (rng.next() % 5) as usize;
+        let fields = (0..n)
+            .map(|_| pb::Field {
+                kind: FieldKind::Address as i32,
+                value: format!("{} Fakestreet Short Lane, Testville", rng.next() % 10_000),
+                ttl: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 300_000_000,
+                }),
+                ..Default::default()
+            })
+            .collect();
+        match client
+            .tokenize(pb::TokenizeRequest {
+                fields,
+                purpose: None,
+            })
+            .await
+        {
+            Ok(r) => {
+                for result in r.into_inner().results {
+                    match result.outcome {
+                        Some(pb::tokenize_result::Outcome::Token(t)) => tokens.push(t),
+                        other => {
+                            panic!("an expiring item failed while the server was up: {other:?}")
+                        }
+                    }
+                }
+            }
+            Err(_) => return tokens,
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// After a restart: a token whose deletion was answered is not found; one
 /// touched by a call in flight at the kill may be either (and is settled
 /// now); every other acknowledged token reveals exactly its value.
@@ -3219,6 +3265,11 @@ async fn lifecycle_kill_round(
         acked.clone(),
         state.clone(),
     )));
+    let expiring = tokio::spawn(expiring_writer(
+        server.addr.clone(),
+        harness.tls("orders"),
+        rng.next(),
+    ));
     phase(format!(
         "{label}: deletes and erasures under load before the kill"
     ));
@@ -3248,6 +3299,13 @@ async fn lifecycle_kill_round(
             .unwrap();
     }
     writers_stopped(&label, writers).await;
+    let expiring = bounded(
+        WRITER_STOP_DEADLINE,
+        "the expiring writer to stop",
+        expiring,
+    )
+    .await
+    .unwrap();
     let in_doubt = {
         let s = state.lock().unwrap();
         (s.maybe_tokens.len(), s.maybe_values.len())
@@ -3258,6 +3316,20 @@ async fn lifecycle_kill_round(
     ));
     let server = harness.start();
     let (live, doubtful) = check_lifecycle(&label, &server.addr, harness, acked, state).await;
+    // Expired by now (300 ms after they were answered): unknown, whether
+    // the sweeper reached them before the kill or not.
+    let expired: HashMap<String, (FieldKind, String)> = expiring
+        .iter()
+        .map(|t| (t.clone(), (FieldKind::Address, String::new())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    detokenize_acked(&server.addr, &harness.tls("support"), &expired, |token, outcome| {
+        assert!(
+            matches!(&outcome, Some(pb::detokenize_result::Outcome::Error(e)) if e.code == tonic::Code::NotFound as i32),
+            "{label}: {token} expired but answered {outcome:?}"
+        );
+    })
+    .await;
     phase(format!("{label}: the server to stop"));
     let status = server.terminate(Duration::from_secs(30));
     assert!(status.success(), "{label}: the server exited {status:?}");
@@ -3265,13 +3337,15 @@ async fn lifecycle_kill_round(
     format!(
         "{label}: {} deletes and {} erasures answered ({} tokens removed in all), {} tokens \
          deleted so far never came back; {live} live tokens all reveal; {doubtful} tokens in \
-         doubt ({} delete tokens, {} erase values in flight at the kill)",
+         doubt ({} delete tokens, {} erase values in flight at the kill); {} tokens with a \
+         300 ms ttl all expired",
         s.deletes - deletes_before,
         s.erases - erases_before,
         s.removed,
         s.gone.len(),
         in_doubt.0,
-        in_doubt.1
+        in_doubt.1,
+        expiring.len()
     )
 }
 
@@ -3285,7 +3359,11 @@ async fn lifecycle_kill_round(
 /// and the trail verifies and holds no value.
 async fn lifecycle_kill_rounds(dir: &Path, rng: &mut Rng) -> Vec<String> {
     phase("lifecycle kill rounds: certificates and config");
-    let harness = Harness::with_policy(dir, LIFECYCLE_POLICY, "");
+    let harness = Harness::with_policy(
+        dir,
+        LIFECYCLE_POLICY,
+        "[retention]\nsweep_interval = \"100ms\"\nsweep_batch = 50",
+    );
     harness
         .pki
         .issue_client("admin", "admin", Some("spiffe://fieldvault.dev/admin"));
@@ -3316,8 +3394,15 @@ async fn lifecycle_kill_rounds(dir: &Path, rng: &mut Rng) -> Vec<String> {
         );
     }
     let report = harness.check_integrity().await;
+    let log = std::fs::read_to_string(&harness.log).unwrap_or_default();
+    let sweeps = log.matches("sweep: expired tokens deleted").count();
+    assert!(
+        sweeps > 0,
+        "the sweeper never deleted anything during the rounds"
+    );
     lines.push(format!(
-        "lifecycle rounds' store: {} records, integrity clean, trail verifies",
+        "lifecycle rounds' store: {} records, integrity clean, trail verifies; {sweeps} \
+         sweeper passes deleted expired records between the kills",
         report.records
     ));
     lines
