@@ -1019,21 +1019,7 @@ impl Stage {
     }
 }
 
-/// `10s`, `500ms`, `1m30s`, `2h`.
-pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms % 1000 != 0 {
-        format!("{ms}ms")
-    } else if ms >= 3_600_000 && ms % 3_600_000 == 0 {
-        format!("{}h", ms / 3_600_000)
-    } else if ms >= 60_000 && ms % 60_000 != 0 {
-        format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1000)
-    } else if ms >= 60_000 {
-        format!("{}m", ms / 60_000)
-    } else {
-        format!("{}s", ms / 1000)
-    }
-}
+pub use crate::domain::time::format_duration;
 
 /// Parses `10`, `10s`, `500ms`, `2m`, `1h`, `1.5s`: a bare number is
 /// seconds. The result is whole milliseconds, from 1 ms to a day. The

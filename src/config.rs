@@ -315,7 +315,7 @@ fn duration_setting(
             field,
             reason: format!(
                 "'{text}': must be more than zero and at most {}",
-                humantime::format_duration(max)
+                crate::domain::retention::format_duration(max)
             ),
         });
     }
@@ -382,7 +382,7 @@ impl RawRetention {
                         field: default_field,
                         reason: format!(
                             "'{text}' is more than {max_field} ({})",
-                            humantime::format_duration(rules.max_ttl)
+                            crate::domain::retention::format_duration(rules.max_ttl)
                         ),
                     });
                 }

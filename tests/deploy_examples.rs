@@ -13,6 +13,11 @@ fn the_example_config_parses() {
         MasterKeySource::File("/etc/fieldvault/master.key".into())
     );
     assert_eq!(config.max_batch_items, 1000);
+    let phone = config
+        .retention
+        .for_kind(fieldvault::domain::FieldKind::Phone);
+    assert_eq!(phone.max_ttl, std::time::Duration::from_secs(3650 * 86_400));
+    assert_eq!(phone.default_ttl, None);
 }
 
 #[test]

@@ -59,6 +59,8 @@ impl Default for Retention {
     }
 }
 
+pub use super::time::format_duration;
+
 /// Why a requested time to live is refused (no value in it: a duration is
 /// not sensitive).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -67,8 +69,8 @@ pub enum TtlError {
     Zero,
     #[error(
         "{} is more than the {} this vault keeps {kind} tokens (retention.{kind}.max_ttl)",
-        humantime::format_duration(*asked),
-        humantime::format_duration(*max)
+        format_duration(*asked),
+        format_duration(*max)
     )]
     OverMax {
         kind: FieldKind,

@@ -278,6 +278,9 @@ async fn expired_records_come_soonest_first_a_page_at_a_time() {
             new(never, expiring(1, None, false), 4, false),
         ])
         .await);
+    // The expiry index is read from the trees: what the sweeper sees once
+    // the write is applied.
+    store.wait_applied();
     assert_eq!(
         ok(store.expired_records(250, None, 10).await),
         vec![(100, b), (200, c)]

@@ -322,6 +322,16 @@ impl SledStore {
         Ok(removed)
     }
 
+    /// Waits until every acknowledged write is in the trees (tests that
+    /// read what only the trees hold, such as the expiry index).
+    #[cfg(test)]
+    pub(crate) fn wait_applied(&self) {
+        self.inner
+            .unapplied
+            .wait_until(0)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
     /// Test fault: the checkpoint after the next group's log sync fails
     /// with OS error `errno`.
     #[cfg(test)]

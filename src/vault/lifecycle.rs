@@ -63,9 +63,9 @@ impl Vault {
     /// action `delete`, per token kind). Per item: the deleted token's
     /// kind, or `NotFound` (never issued, deleted already, or of a kind the
     /// caller may not delete: answered alike unless the deployment asks
-    /// for explicit denials), or `InvalidArgument` (not a token). An
-    /// expired token not swept yet is deleted like any other. Audited
-    /// (action `delete`, one item per token).
+    /// for explicit denials; an expired token too, which the sweeper
+    /// deletes), or `InvalidArgument` (not a token). Audited (action
+    /// `delete`, one item per token).
     pub async fn delete_tokens(
         &self,
         call: impl Into<Call>,
@@ -86,6 +86,7 @@ impl Vault {
         let (caller, ring, parsed) = self.per_token_call(call, Action::Delete, &tokens).await?;
         let policy = self.policy();
         let records = self.read_parsed(&parsed, "nothing was deleted").await?;
+        let now = now_unix_ms();
         // Per item: the record to delete and its value's indexes, or the
         // item's error.
         let mut outcomes: Vec<Result<FieldKind, ItemError>> = Vec::with_capacity(parsed.len());
@@ -95,6 +96,10 @@ impl Vault {
             let outcome = p.clone().map_err(|(_, e)| e).and_then(|(_, id)| {
                 let record = record?;
                 item.kind = Some(record.kind.as_str().to_owned());
+                // Unknown already, as for every call; the sweeper deletes it.
+                if record.is_expired(now) {
+                    return Err(ItemError::Expired);
+                }
                 let grant = policy
                     .decide(&caller, Action::Delete, record.kind, None, None)
                     .map_err(ItemError::PermissionDenied)?;
