@@ -658,6 +658,17 @@ impl Policy {
                     ));
                 }
             }
+            // These calls declare no purpose: a rule listing purposes
+            // could never apply.
+            Action::Delete | Action::Inspect | Action::Erase if !purposes.is_empty() => {
+                return Err(bad(
+                    "purposes",
+                    format!(
+                        "a {} rule takes no purposes (the call declares none)",
+                        r.action
+                    ),
+                ));
+            }
             Action::Export if purposes.is_empty() => {
                 return Err(bad(
                     "purposes",

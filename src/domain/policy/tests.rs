@@ -637,5 +637,12 @@ fn lifecycle_rules_refuse_fields_that_mean_something_else() {
         ),
         "{backup:?}"
     );
+    let erase = with("action = \"erase\"\nkinds = [\"phone\"]\npurposes = [\"dsar\"]");
+    assert!(
+        erase
+            .as_ref()
+            .is_err_and(|e| e.contains("rules[0].purposes") && e.contains("takes no purposes")),
+        "{erase:?}"
+    );
     assert_eq!(with("action = \"erase\"\nkinds = [\"email\"]"), Ok(()));
 }
