@@ -36,6 +36,9 @@ pub struct TokenInfo {
     pub mode: Option<TokenMode>,
 }
 
+/// The most records one durable write of an erasure deletes.
+const ERASE_BATCH: usize = 1000;
+
 /// How often a deletion is tried again when an index key was added while
 /// it was being prepared (each try computes the indexes afresh).
 const DELETE_TRIES: usize = 3;
@@ -216,6 +219,7 @@ impl Vault {
         let canonical = self.canonical_of(&field)?;
         self.audit_ready()?;
         let mut erased = Vec::new();
+        let mut finished = false;
         for _ in 0..DELETE_TRIES {
             let ring = self.keyring();
             let indexes = indexes_of(&ring, kind, &canonical).map_err(|e| crypto_failed(&e))?;
@@ -223,28 +227,48 @@ impl Vault {
                 .records_of_value(&indexes, "nothing was erased")
                 .await?;
             if ids.is_empty() {
+                finished = true;
                 break;
             }
-            let deletions = ids
-                .iter()
-                .map(|id| Deletion {
-                    id: *id,
-                    indexes: indexes.clone(),
-                })
-                .collect();
-            match self.store.delete_records(deletions).await {
-                Ok(done) => {
-                    erased.extend(
-                        ids.iter()
+            // In durable writes of at most ERASE_BATCH records, so that a
+            // value with very many tokens does not make one huge write; an
+            // erasure cut short (a crash, a failed write) has deleted whole
+            // batches, and erasing again finishes it.
+            let mut changed = false;
+            for chunk in ids.chunks(ERASE_BATCH) {
+                let deletions = chunk
+                    .iter()
+                    .map(|id| Deletion {
+                        id: *id,
+                        indexes: indexes.clone(),
+                    })
+                    .collect();
+                match self.store.delete_records(deletions).await {
+                    Ok(done) => erased.extend(
+                        chunk
+                            .iter()
                             .zip(done)
                             .filter(|(_, d)| *d)
                             .map(|(id, _)| (*id, ring.token_of(*id))),
-                    );
-                    break;
+                    ),
+                    Err(StoreError::KeysChanged) => {
+                        changed = true;
+                        break;
+                    }
+                    Err(e) => return Err(self.delete_failed(e)),
                 }
-                Err(StoreError::KeysChanged) => continue,
-                Err(e) => return Err(self.delete_failed(e)),
             }
+            if !changed {
+                finished = true;
+                break;
+            }
+        }
+        if !finished {
+            return Err(VaultError::Unavailable(format!(
+                "the index keys kept changing during the erasure; {} tokens were erased, \
+                 erase again to finish",
+                erased.len()
+            )));
         }
         erased.sort_by_key(|(id, _)| *id);
         event.items = erased
