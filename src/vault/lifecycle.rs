@@ -263,13 +263,8 @@ impl Vault {
                 break;
             }
         }
-        if !finished {
-            return Err(VaultError::Unavailable(format!(
-                "the index keys kept changing during the erasure; {} tokens were erased, \
-                 erase again to finish",
-                erased.len()
-            )));
-        }
+        // The trail names what was erased, also when the erasure stops
+        // short.
         erased.sort_by_key(|(id, _)| *id);
         event.items = erased
             .iter()
@@ -280,6 +275,13 @@ impl Vault {
                 rule: Some(grant.rule.clone()),
             })
             .collect();
+        if !finished {
+            return Err(VaultError::Unavailable(format!(
+                "the index keys kept changing during the erasure; {} tokens were erased, \
+                 erase again to finish",
+                erased.len()
+            )));
+        }
         tracing::debug!(caller = %caller, request_id = %call.request_id, kind = %kind, erased = erased.len(), "erase");
         Ok(erased.into_iter().map(|(_, t)| t).collect())
     }
