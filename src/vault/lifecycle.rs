@@ -220,6 +220,7 @@ impl Vault {
         self.audit_ready()?;
         let mut erased = Vec::new();
         let mut finished = false;
+        let mut failed = None;
         for _ in 0..DELETE_TRIES {
             let ring = self.keyring();
             let indexes = indexes_of(&ring, kind, &canonical).map_err(|e| crypto_failed(&e))?;
@@ -255,8 +256,14 @@ impl Vault {
                         changed = true;
                         break;
                     }
-                    Err(e) => return Err(self.delete_failed(e)),
+                    Err(e) => {
+                        failed = Some(self.delete_failed(e));
+                        break;
+                    }
                 }
+            }
+            if failed.is_some() {
+                break;
             }
             if !changed {
                 finished = true;
@@ -275,6 +282,9 @@ impl Vault {
                 rule: Some(grant.rule.clone()),
             })
             .collect();
+        if let Some(e) = failed {
+            return Err(e);
+        }
         if !finished {
             return Err(VaultError::Unavailable(format!(
                 "the index keys kept changing during the erasure; {} tokens were erased, \
