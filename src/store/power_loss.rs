@@ -18,8 +18,9 @@
 //!
 //! After each cut the store is reopened (sometimes with a second cut while
 //! it replays the log) and must hold every record it acknowledged, with
-//! each deterministic value still on its first record, every acknowledged
-//! key and freeze, a counter at least as high as its acknowledged charges
+//! each deterministic value still on its first record, none whose deletion
+//! it acknowledged (a deletion the cut interrupted may go either way),
+//! every acknowledged key and freeze, a counter at least as high as its acknowledged charges
 //! (and no higher than the charges tried), and a clean integrity check;
 //! and across every cut the sequence
 //! never hands out one record id twice (ids taken by writes the cut lost
@@ -34,7 +35,7 @@
 
 use super::file::{FileSystem, StorageFile};
 use super::sled_store::{SledConfig, SledStore, StoreIo};
-use super::{Charge, Charged, Freeze, NewRecord, Store};
+use super::{Charge, Charged, Deletion, Freeze, NewRecord, Store, StoreError};
 use crate::crypto::{BlindIndex, KeyPurpose, KeyVersion, SealedRecord, WrappedKey, NONCE_LEN};
 use crate::domain::{FieldKind, RecordId};
 use std::collections::HashMap;
@@ -376,6 +377,13 @@ struct Acked {
     charges_tried: u64,
     /// Callers whose freeze was acknowledged.
     frozen: Vec<String>,
+    /// Random-mode records acknowledged and not deleted (deletable).
+    random: Vec<RecordId>,
+    /// Records whose deletion was acknowledged: never read again.
+    deleted: std::collections::HashSet<RecordId>,
+    /// Records whose deletion was sent and not answered (the cut came):
+    /// either outcome is right.
+    deleting: std::collections::HashSet<RecordId>,
 }
 
 /// The counter the workload charges.
@@ -398,11 +406,15 @@ fn sealed(n: u64) -> SealedRecord {
 }
 
 fn index(value: u64) -> BlindIndex {
+    index_under(1, value)
+}
+
+fn index_under(version: u32, value: u64) -> BlindIndex {
     let mut mac = [0u8; 32];
     mac[..8].copy_from_slice(&value.to_be_bytes());
     mac[31] = 0x5A;
     BlindIndex {
-        version: KeyVersion(1),
+        version: KeyVersion(version),
         mac,
     }
 }
@@ -515,6 +527,54 @@ async fn write_until_cut(chain: &Chain, store: &SledStore, seed: u64) {
                     }
                     continue;
                 }
+                if task == 1 && rng.below(6) == 0 {
+                    // Delete an acknowledged random-mode record: its value
+                    // is its sealed number, its entry under index v1; the
+                    // deletion names every index version there is.
+                    let picked = {
+                        let mut acked = acked.lock().unwrap();
+                        if acked.random.is_empty() {
+                            None
+                        } else {
+                            let at = rng.below(acked.random.len() as u64) as usize;
+                            let id = acked.random.swap_remove(at);
+                            let value = u64::from_be_bytes(
+                                acked.records[&id].ciphertext[..8].try_into().unwrap(),
+                            );
+                            acked.deleting.insert(id);
+                            let versions: Vec<u32> =
+                                acked.keys.iter().map(|k| k.version.0).collect();
+                            Some((id, value, versions))
+                        }
+                    };
+                    let Some((id, value, mut versions)) = picked else {
+                        continue;
+                    };
+                    loop {
+                        let indexes = std::iter::once(1)
+                            .chain(versions.iter().copied())
+                            .map(|v| index_under(v, value))
+                            .collect();
+                        match store.delete_records(vec![Deletion { id, indexes }]).await {
+                            Ok(done) => {
+                                assert_eq!(done, vec![true], "{id} was acknowledged");
+                                let mut acked = acked.lock().unwrap();
+                                acked.deleting.remove(&id);
+                                acked.records.remove(&id);
+                                acked.deleted.insert(id);
+                                break;
+                            }
+                            // A key version added meanwhile (acknowledged
+                            // or in flight): name them all.
+                            Err(StoreError::KeysChanged) => {
+                                let top = next.load(Relaxed) as u32 + 2;
+                                versions = (2..=top).collect();
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                    continue;
+                }
                 if task == 3 && rng.below(25) == 0 {
                     let version = next.fetch_add(1, Relaxed) as u32 + 2;
                     match store.insert_keys(vec![key(version)]).await {
@@ -556,6 +616,9 @@ async fn write_until_cut(chain: &Chain, store: &SledStore, seed: u64) {
                         for (new, token) in records.iter().zip(tokens) {
                             if new.id == token {
                                 acked.records.insert(token, new.record.clone());
+                                if !new.deterministic {
+                                    acked.random.push(token);
+                                }
                             }
                             if new.deterministic {
                                 let value =
@@ -576,9 +639,41 @@ async fn write_until_cut(chain: &Chain, store: &SledStore, seed: u64) {
     }
 }
 
-/// Everything acknowledged is there, deterministic values keep their
-/// tokens, and the integrity check is clean.
+/// Everything acknowledged is there, nothing whose deletion was
+/// acknowledged is, deterministic values keep their tokens, and the
+/// integrity check is clean.
 async fn verify(chain: &Chain, store: &SledStore) {
+    let (deleted, deleting): (Vec<RecordId>, Vec<RecordId>) = {
+        let acked = chain.acked();
+        (
+            acked.deleted.iter().copied().collect(),
+            acked.deleting.iter().copied().collect(),
+        )
+    };
+    for (id, got) in deleted
+        .iter()
+        .zip(store.get_records(deleted.clone()).await.unwrap())
+    {
+        assert!(
+            got.unwrap().is_none(),
+            "{id} came back after its deletion was acknowledged"
+        );
+    }
+    // A deletion the cut interrupted went one way or the other; from here
+    // on it is settled.
+    let settled = store.get_records(deleting.clone()).await.unwrap();
+    {
+        let mut acked = chain.acked();
+        for (id, got) in deleting.iter().zip(settled) {
+            acked.deleting.remove(id);
+            if got.unwrap().is_none() {
+                acked.records.remove(id);
+                acked.deleted.insert(*id);
+            } else {
+                acked.random.push(*id);
+            }
+        }
+    }
     let (tokens, expected, det, keys) = {
         let acked = chain.acked();
         let tokens: Vec<RecordId> = acked.records.keys().copied().collect();
@@ -674,7 +769,7 @@ impl Drop for SeedOnPanic {
 
 /// Runs one chain of cuts; returns (cuts, checkpoints, acknowledged
 /// records, cuts per operation).
-fn run_chain(seed: u64, cuts: usize) -> (u64, u64, usize, HashMap<&'static str, u64>) {
+fn run_chain(seed: u64, cuts: usize) -> (u64, u64, usize, usize, HashMap<&'static str, u64>) {
     let _guard = SeedOnPanic(seed);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -730,9 +825,18 @@ fn run_chain(seed: u64, cuts: usize) -> (u64, u64, usize, HashMap<&'static str, 
         store = Some(s);
     }
     drop(store);
-    let records = chain.acked().records.len();
+    let (records, deleted) = {
+        let acked = chain.acked();
+        (acked.records.len(), acked.deleted.len())
+    };
     let disk = chain.fs.disk();
-    (disk.cuts, disk.checkpoints, records, disk.cut_at.clone())
+    (
+        disk.cuts,
+        disk.checkpoints,
+        records,
+        deleted,
+        disk.cut_at.clone(),
+    )
 }
 
 #[test]
@@ -751,15 +855,16 @@ fn every_acknowledged_write_survives_power_cuts_under_concurrent_writes() {
                 .collect()
         }
     };
-    let (mut total_cuts, mut checkpoints, mut records) = (0, 0, 0);
+    let (mut total_cuts, mut checkpoints, mut records, mut deleted) = (0, 0, 0, 0);
     let chains = seeds.len();
     let started = std::time::Instant::now();
     let mut cut_at: HashMap<&'static str, u64> = HashMap::new();
     for seed in seeds {
-        let (c, k, r, at) = run_chain(seed, CUTS_PER_CHAIN);
+        let (c, k, r, d, at) = run_chain(seed, CUTS_PER_CHAIN);
         total_cuts += c;
         checkpoints += k;
         records += r;
+        deleted += d;
         for (op, n) in at {
             *cut_at.entry(op).or_default() += n;
         }
@@ -768,11 +873,13 @@ fn every_acknowledged_write_survives_power_cuts_under_concurrent_writes() {
     cut_at.sort();
     eprintln!(
         "power-loss test: {chains} chains, {total_cuts} power cuts, {checkpoints} checkpoints, \
-         {records} acknowledged records checked, {:.1} s; cuts hit: {cut_at:?}",
+         {records} acknowledged records and {deleted} acknowledged deletions checked, {:.1} s; \
+         cuts hit: {cut_at:?}",
         started.elapsed().as_secs_f64()
     );
     assert!(
         total_cuts as usize >= chains * CUTS_PER_CHAIN,
         "only {total_cuts} cuts happened"
     );
+    assert!(deleted > 0, "no deletion was acknowledged before a cut");
 }
