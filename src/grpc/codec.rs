@@ -151,6 +151,10 @@ response!(pb::UnfreezeCallerResponse);
 response!(pb::CreateCanariesResponse);
 response!(pb::ListCanariesResponse);
 
+// Backup (backup.proto).
+request!(pb::BackupRequest, BACKUP_REQUEST);
+response!(pb::BackupResponse);
+
 // ---------------------------------------------------------------------------
 // The schema: for each request message, the fields the walk checks. Fields
 // not listed are skipped by wire type, as prost skips unknown fields; a
@@ -317,9 +321,14 @@ static LIST_CANARIES_REQUEST: Schema = Schema {
     fields: &[],
 };
 
+static BACKUP_REQUEST: Schema = Schema {
+    name: "BackupRequest",
+    fields: &[],
+};
+
 /// Every request message, by the schema it is walked against.
 #[cfg(test)]
-static REQUESTS: [&Schema; 14] = [
+static REQUESTS: [&Schema; 15] = [
     &TOKENIZE_REQUEST,
     &DETOKENIZE_REQUEST,
     &ROTATE_DATA_KEY_REQUEST,
@@ -334,6 +343,7 @@ static REQUESTS: [&Schema; 14] = [
     &UNFREEZE_CALLER_REQUEST,
     &CREATE_CANARIES_REQUEST,
     &LIST_CANARIES_REQUEST,
+    &BACKUP_REQUEST,
 ];
 
 // ---------------------------------------------------------------------------

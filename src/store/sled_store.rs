@@ -49,6 +49,8 @@ pub struct SledStore {
 }
 
 struct Inner {
+    /// The store's directory (backups' temporary files go there).
+    dir: PathBuf,
     trees: Trees,
     keys: sled::Tree,
     meta: sled::Tree,
@@ -264,6 +266,7 @@ impl SledStore {
         let commit = GroupCommit::start(writer, config.max_queued_writes)?;
         Ok(Self {
             inner: Arc::new(Inner {
+                dir: config.path.clone(),
                 trees,
                 keys,
                 meta,
@@ -497,6 +500,16 @@ impl Store for SledStore {
             return read_canaries(&self.inner, &ids);
         }
         self.blocking(move |inner| read_canaries(inner, &ids)).await
+    }
+
+    async fn snapshot(&self) -> Result<super::Snapshot, StoreError> {
+        let file = self
+            .blocking(|inner| super::backup::temp_file(&inner.dir))
+            .await?;
+        match self.inner.commit.submit(Write::Snapshot(file)).await? {
+            Written::Snapshot(snapshot) => Ok(snapshot),
+            _ => Err(unexpected("a snapshot")),
+        }
     }
 
     async fn canaries(&self) -> Result<Vec<Canary>, StoreError> {

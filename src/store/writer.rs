@@ -255,6 +255,9 @@ pub(super) enum Write {
     Canaries(Vec<Canary>),
     /// Remove counters (an absent one is skipped).
     ResetCounters(Vec<String>),
+    /// Write a snapshot of every tree into this (temporary) file, once
+    /// every logged group is applied: the state before this group.
+    Snapshot(std::fs::File),
 }
 
 pub(super) enum Written {
@@ -266,6 +269,7 @@ pub(super) enum Written {
     /// The freeze found (freeze: the one already in force; unfreeze: the
     /// one lifted).
     Freeze(Option<Freeze>),
+    Snapshot(super::backup::Snapshot),
 }
 
 /// The `meta` entry of a job's state.
@@ -1104,6 +1108,24 @@ impl SledWriter {
         Ok(())
     }
 
+    /// A snapshot of every tree (see [`super::backup`]), once every logged
+    /// group is applied; writes wait meanwhile (this is the commit thread).
+    fn snapshot(&self, file: std::fs::File) -> Result<super::backup::Snapshot, StoreError> {
+        let start = std::time::Instant::now();
+        self.applier
+            .shared()
+            .wait_until(0)
+            .map_err(StoreError::Backend)?;
+        let snapshot = super::backup::write_snapshot(&self.db, file)?;
+        tracing::info!(
+            records = snapshot.records(),
+            bytes = snapshot.size(),
+            writes_paused_ms = start.elapsed().as_millis() as u64,
+            "backup snapshot taken"
+        );
+        Ok(snapshot)
+    }
+
     /// The durable ceiling, once the log is replayed, and this process's
     /// epoch: records at or above the ceiling, or of another epoch, are
     /// refused.
@@ -1338,6 +1360,7 @@ impl Committer for SledWriter {
                     }
                     Ok(Written::Changed)
                 }
+                Write::Snapshot(file) => self.snapshot(file).map(Written::Snapshot),
             })
             .collect();
         if group.staged.is_empty()
@@ -1398,6 +1421,7 @@ impl Committer for SledWriter {
                 .iter()
                 .map(|n| frame_meta_bytes(COUNTER_PREFIX.len() + n.len(), None))
                 .sum(),
+            Write::Snapshot(_) => 0,
         }
     }
 
