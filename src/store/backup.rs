@@ -1108,4 +1108,70 @@ mod tests {
             "temporary files are unlinked at once"
         );
     }
+
+    /// How long writes pause for a backup of N records (README, "Backup
+    /// and restore"): prints the snapshot's time on the commit thread and
+    /// the latency of a write sent while it is taken. Not a test of time:
+    ///   FIELDVAULT_BACKUP_RECORDS=1000000 cargo test --release --lib \
+    ///     store::backup::tests::write_pause -- --ignored --nocapture
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore]
+    async fn write_pause() {
+        let n: usize = std::env::var("FIELDVAULT_BACKUP_RECORDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100_000);
+        let tmp = ok(tempfile::tempdir());
+        let store = ok(SledStore::open(&SledConfig {
+            path: tmp.path().join("store"),
+            cache_capacity_bytes: 256 << 20,
+            max_queued_writes: crate::store::DEFAULT_MAX_QUEUED_WRITES,
+        }));
+        let mut done = 0;
+        while done < n {
+            let batch = (n - done).min(1000);
+            let ids = ok(store.allocate(batch).await);
+            let records = ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| NewRecord {
+                    id: *id,
+                    record: record(FieldKind::Phone),
+                    index: crate::crypto::BlindIndex {
+                        version: KeyVersion(1),
+                        mac: *Sha256::digest((done + i).to_be_bytes()).as_ref(),
+                    },
+                    deterministic: false,
+                    older_indexes: Vec::new(),
+                })
+                .collect();
+            ok(store.insert_records(records).await);
+            done += batch;
+        }
+        let [id]: [RecordId; 1] = ok(store.allocate(1).await).try_into().unwrap();
+        let writer = store.clone();
+        let start = std::time::Instant::now();
+        let snapshot = store.snapshot();
+        let write = async move {
+            // Sent just after the snapshot is queued.
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            let sent = std::time::Instant::now();
+            ok(writer
+                .insert_records(vec![new(id, FieldKind::Phone, 200, false)])
+                .await);
+            sent.elapsed()
+        };
+        let (snapshot, waited) = tokio::join!(snapshot, write);
+        let taken = start.elapsed();
+        let mut snapshot = ok(snapshot);
+        let read_start = std::time::Instant::now();
+        let mut sink = std::io::sink();
+        ok(std::io::copy(&mut snapshot, &mut sink));
+        println!(
+            "{n} records: snapshot {} bytes taken in {taken:?} (a write sent meanwhile waited \
+             {waited:?}); read with its checksum in {:?}",
+            snapshot.size(),
+            read_start.elapsed()
+        );
+    }
 }
