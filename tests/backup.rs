@@ -515,7 +515,6 @@ async fn a_deny_listed_backup_caller_is_refused() {
         BackupServiceClient::new(channel(&vault.addr(), &vault.pki.client_tls("admin")).await);
     let status = bounded(CALL, "backup", admin.backup(pb::BackupRequest {}))
         .await
-        .err()
-        .expect("a deny-listed caller got a backup");
+        .expect_err("a deny-listed caller got a backup");
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
 }

@@ -25,7 +25,8 @@ const BACKUP_HELP: &str = "The file is written beside FILE first (owner-only), i
 const RESTORE_HELP: &str = "Offline: the server of DIR must not run. DIR must hold no store \
     (DIR/store); its certificates, keys and policy are left alone. Then start the server on \
     DIR with the master key of the store backed up: every token comes back (tokens of a retired \
-    key version stay unreadable, as they were). Exit codes: 0 restored; 2 refused (DIR holds a \
+    key version stay unreadable, as they were). The backup's audit key expects the vault's \
+    audit trail: without it (a new data dir), start once with --audit-new-chain. Exit codes: 0 restored; 2 refused (DIR holds a \
     store; the file is damaged, truncated, or of an unknown format version), and nothing was \
     changed.";
 
@@ -306,6 +307,14 @@ pub(crate) async fn restore(args: RestoreArgs) -> ExitCode {
                     fieldvault::domain::time::rfc3339(restored.summary.created_unix_ms),
                     args.data_dir.display()
                 );
+                if !args.data_dir.join("audit.log").exists() {
+                    emit!(
+                        "{} holds no audit trail of this vault: the first start needs \
+                         --audit-new-chain (or start_new_chain = true under [audit]), and the \
+                         trail begins a new chain that says why",
+                        args.data_dir.display()
+                    );
+                }
             }
             ExitCode::from(EXIT_OK)
         }

@@ -752,6 +752,7 @@ fn place(temp: &Path, store_dir: &Path, data_dir: &Path) -> Result<(), RestoreEr
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use crate::crypto::{KeyPurpose, KeyVersion, WrappedKey, NONCE_LEN};
     use crate::domain::{FieldKind, RecordId};
