@@ -504,17 +504,51 @@ async fn a_caller_without_the_backup_rule_is_permission_denied_and_the_refusal_i
 }
 
 #[tokio::test]
-async fn a_deny_listed_backup_caller_is_refused() {
+async fn a_frozen_or_deny_listed_caller_with_a_backup_rule_is_refused() {
+    // rotator may back up but is deny-listed; ops may freeze callers.
     let vault = TestVault::start_with(|config| {
         let policy = fieldvault::dev::DEV_POLICY
-            .replace("deny = []", "deny = [\"spiffe://fieldvault.dev/admin\"]");
+            .replace("deny = []", "deny = [\"spiffe://fieldvault.dev/rotator\"]")
+            + r#"
+[[rules]]
+name = "rotator may back up"
+callers = ["spiffe://fieldvault.dev/rotator"]
+action = "backup"
+
+[[rules]]
+name = "ops manages freezes"
+callers = ["spiffe://fieldvault.dev/ops"]
+action = "admin"
+"#;
         std::fs::write(&config.policy_file, policy).unwrap();
     })
     .await;
-    let mut admin =
-        BackupServiceClient::new(channel(&vault.addr(), &vault.pki.client_tls("admin")).await);
-    let status = bounded(CALL, "backup", admin.backup(pb::BackupRequest {}))
-        .await
-        .expect_err("a deny-listed caller got a backup");
+    let backup = |who: &'static str| {
+        let (addr, tls) = (vault.addr(), vault.pki.client_tls(who));
+        async move {
+            let mut client = BackupServiceClient::new(channel(&addr, &tls).await);
+            bounded(CALL, "backup", client.backup(pb::BackupRequest {}))
+                .await
+                .expect_err("a refused caller got a backup")
+        }
+    };
+    let status = backup("rotator").await;
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("deny"), "{}", status.message());
+
+    vault
+        .pki
+        .issue_client("ops", "ops", Some(&fieldvault::dev::spiffe_id("ops")));
+    let mut ops =
+        fieldvault::client::Admin::new(channel(&vault.addr(), &vault.pki.client_tls("ops")).await);
+    bounded(
+        CALL,
+        "freeze",
+        ops.freeze_caller("spiffe://fieldvault.dev/admin", "a test"),
+    )
+    .await
+    .unwrap();
+    let status = backup("admin").await;
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("frozen"), "{}", status.message());
 }
