@@ -944,6 +944,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_snapshot_holds_every_record_acknowledged_before_it_even_while_the_last_group_applies(
+    ) {
+        let tmp = ok(tempfile::tempdir());
+        let store = open(&tmp.path().join("live"));
+        let mut acknowledged = 0;
+        for round in 0..5u32 {
+            // One large group: the apply thread is still inserting it when
+            // the snapshot reaches the commit thread.
+            let ids = ok(store.allocate(2000).await);
+            let records = ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| NewRecord {
+                    id: *id,
+                    record: record(FieldKind::Phone),
+                    index: crate::crypto::BlindIndex {
+                        version: KeyVersion(1),
+                        mac: Sha256::digest(format!("{round}/{i}")).into(),
+                    },
+                    deterministic: false,
+                    older_indexes: Vec::new(),
+                })
+                .collect();
+            ok(store.insert_records(records).await);
+            acknowledged += 2000;
+            let snapshot = ok(store.snapshot().await);
+            assert_eq!(snapshot.records(), acknowledged, "round {round}");
+        }
+    }
+
+    #[tokio::test]
     async fn a_backup_cut_short_anywhere_or_with_any_byte_changed_is_refused() {
         let tmp = ok(tempfile::tempdir());
         let (store, _) = filled(&tmp.path().join("live")).await;
