@@ -1043,8 +1043,8 @@ mod tests {
             .collect();
         assert_eq!(
             files.len(),
-            3,
-            "vault.proto, key_admin.proto and admin.proto"
+            4,
+            "vault.proto, key_admin.proto, admin.proto and backup.proto"
         );
         let message = |name: &str| {
             files
@@ -1111,7 +1111,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(seen, 16, "fourteen requests, Field and PostalAddress");
+        assert_eq!(seen, 17, "fifteen requests, Field and PostalAddress");
         // The street-line bound leaves the validators' to the validator.
         assert_eq!(
             POSTAL_ADDRESS.fields[4].count,
