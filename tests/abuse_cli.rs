@@ -158,8 +158,8 @@ fn policy_check_accepts_the_dev_policy_and_names_the_line_of_a_broken_one() {
     assert_eq!(
         stdout(&out).trim(),
         format!(
-            "{}: a valid policy: 6 rules (1 tokenize, 3 detokenize, 1 keys, 1 admin), 0 \
-             deny-listed identities",
+            "{}: a valid policy: 7 rules (1 tokenize, 3 detokenize, 1 keys, 1 admin, 1 backup), \
+             0 deny-listed identities",
             good.display()
         )
     );
