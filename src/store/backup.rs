@@ -1197,13 +1197,21 @@ mod tests {
         let taken = start.elapsed();
         let mut snapshot = ok(snapshot);
         let read_start = std::time::Instant::now();
-        let mut sink = std::io::sink();
-        ok(std::io::copy(&mut snapshot, &mut sink));
+        let file = tmp.path().join("backup.fvb");
+        let mut out = ok(File::create(&file));
+        ok(std::io::copy(&mut snapshot, &mut out));
         println!(
             "{n} records: snapshot {} bytes taken in {taken:?} (a write sent meanwhile waited \
              {waited:?}); read with its checksum in {:?}",
             snapshot.size(),
             read_start.elapsed()
+        );
+        drop(store);
+        let restore_start = std::time::Instant::now();
+        ok(restore(&file, &tmp.path().join("restored")).await);
+        println!(
+            "restored (loaded, reopened, integrity-checked) in {:?}",
+            restore_start.elapsed()
         );
     }
 }
