@@ -34,9 +34,10 @@
 //!
 //! Consistency: the snapshot is taken on the commit thread once every
 //! logged group is applied, so it holds every write acknowledged before
-//! the backup started and no half of a group; writes wait meanwhile (the
-//! snapshot goes to an unlinked temporary file beside the store, and is
-//! then streamed from there without holding writes).
+//! the backup started and no half of a group; writes wait meanwhile (each
+//! table goes to an unlinked temporary file beside the store, on a thread
+//! of its own; the snapshot is then streamed from them without holding
+//! writes).
 
 use super::layout::COUNTS_KEY;
 use super::{SledConfig, SledStore, StorageFailure, Store, StoreError};
@@ -78,16 +79,23 @@ fn left_out(table: &str, key: &[u8]) -> bool {
 }
 
 /// A snapshot of the whole store in the backup format, ready to be read
-/// (in chunks, with [`Read`]): the bytes of an unlinked temporary file,
-/// then the SHA-256 of them, computed as they are read.
+/// (in chunks, with [`Read`]): its header, each table from an unlinked
+/// temporary file, its end marker, then the SHA-256 of all of them,
+/// computed as they are read.
 pub struct Snapshot {
-    file: File,
-    body_left: u64,
+    /// What is left to read, in order.
+    parts: std::collections::VecDeque<Part>,
     hasher: Sha256,
     digest: Option<([u8; DIGEST_LEN], usize)>,
     records: u64,
     bytes: u64,
     created_unix_ms: u64,
+}
+
+/// A piece of a snapshot's bytes.
+enum Part {
+    Bytes(Vec<u8>, usize),
+    File(File, u64),
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -120,19 +128,36 @@ impl Read for Snapshot {
         if buf.is_empty() {
             return Ok(0);
         }
-        if self.body_left > 0 {
-            let want = buf
-                .len()
-                .min(usize::try_from(self.body_left).unwrap_or(usize::MAX));
-            let n = self.file.read(&mut buf[..want])?;
+        while let Some(part) = self.parts.front_mut() {
+            let n = match part {
+                Part::Bytes(bytes, at) => {
+                    let n = buf.len().min(bytes.len() - *at);
+                    buf[..n].copy_from_slice(&bytes[*at..*at + n]);
+                    *at += n;
+                    n
+                }
+                Part::File(file, left) => {
+                    let want = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    let n = if want == 0 {
+                        0
+                    } else {
+                        file.read(&mut buf[..want])?
+                    };
+                    if n == 0 && *left > 0 {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "a backup's temporary file is shorter than written",
+                        ));
+                    }
+                    *left -= n as u64;
+                    n
+                }
+            };
             if n == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the backup's temporary file is shorter than written",
-                ));
+                self.parts.pop_front();
+                continue;
             }
             self.hasher.update(&buf[..n]);
-            self.body_left -= n as u64;
             return Ok(n);
         }
         let hasher = &self.hasher;
@@ -146,10 +171,14 @@ impl Read for Snapshot {
     }
 }
 
-/// A new temporary file in `dir`, readable by its owner only, already
-/// unlinked (a crash leaves nothing behind; its space is freed when the
-/// snapshot is dropped).
-pub(super) fn temp_file(dir: &Path) -> Result<File, StoreError> {
+/// New temporary files in `dir`, one for each table of [`TABLES`],
+/// readable by their owner only, already unlinked (a crash leaves nothing
+/// behind; their space is freed when the snapshot is dropped).
+pub(super) fn temp_files(dir: &Path) -> Result<Vec<File>, StoreError> {
+    TABLES.iter().map(|_| temp_file(dir)).collect()
+}
+
+fn temp_file(dir: &Path) -> Result<File, StoreError> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(format!(".backup-{}.tmp", uuid::Uuid::new_v4()));
     let failed = |doing: &str, e: &std::io::Error| {
@@ -173,32 +202,65 @@ fn now_unix_ms() -> u64 {
     crate::audit::now_unix_ms()
 }
 
-/// Writes every table of `db` to `file` in the backup format (all but the
-/// digest, which [`Snapshot`] adds as it is read). Run on the commit
-/// thread with every logged group applied: nothing changes meanwhile.
+fn write_failed(e: std::io::Error) -> StoreError {
+    StoreError::Backend(StorageFailure::io("writing a backup's temporary file", &e))
+}
+
+fn read_failed(e: sled::Error) -> StoreError {
+    StoreError::Backend(super::layout::sled_failure(
+        "reading the store for a backup",
+        &e,
+    ))
+}
+
+/// Writes one table (from its marker to its end marker) to `file`;
+/// returns the file at its start, its length and the table's entries.
+fn write_table(tree: &sled::Tree, table: &str, file: File) -> Result<(File, u64, u64), StoreError> {
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    out.write_all(&[TABLE, table.len() as u8])
+        .map_err(write_failed)?;
+    out.write_all(table.as_bytes()).map_err(write_failed)?;
+    let mut entries: u64 = 0;
+    let mut entry = Vec::with_capacity(256);
+    for item in tree.iter() {
+        let (key, value) = item.map_err(read_failed)?;
+        if left_out(table, &key) {
+            continue;
+        }
+        entry.clear();
+        entry.push(ENTRY);
+        entry.extend_from_slice(&(key.len() as u32).to_be_bytes());
+        entry.extend_from_slice(&key);
+        entry.extend_from_slice(&(value.len() as u32).to_be_bytes());
+        entry.extend_from_slice(&value);
+        out.write_all(&entry).map_err(write_failed)?;
+        entries += 1;
+    }
+    out.write_all(&[TABLE_END]).map_err(write_failed)?;
+    out.write_all(&entries.to_be_bytes())
+        .map_err(write_failed)?;
+    let mut file = out.into_inner().map_err(|e| write_failed(e.into_error()))?;
+    let len = file.stream_position().map_err(write_failed)?;
+    file.rewind().map_err(write_failed)?;
+    Ok((file, len, entries))
+}
+
+/// Writes every table of `db` in the backup format, each table to one of
+/// `files` ([`temp_files`]) on a thread of its own (the trees take
+/// concurrent reads), all but the digest, which [`Snapshot`] adds as it is
+/// read. Run on the commit thread with every logged group applied: nothing
+/// changes meanwhile.
 ///
 /// Refused: a non-empty tree that [`TABLES`] does not name (a tree added
 /// to the store but not to backups), so no backup silently leaves data
 /// out.
-pub(super) fn write_snapshot(db: &sled::Db, file: File) -> Result<Snapshot, StoreError> {
-    let failed = |e: std::io::Error| {
-        StoreError::Backend(StorageFailure::io(
-            "writing the backup's temporary file",
-            &e,
-        ))
-    };
-    let sled_failed = |e: sled::Error| {
-        StoreError::Backend(super::layout::sled_failure(
-            "reading the store for a backup",
-            &e,
-        ))
-    };
+pub(super) fn write_snapshot(db: &sled::Db, files: Vec<File>) -> Result<Snapshot, StoreError> {
     for name in db.tree_names() {
         let known = std::str::from_utf8(&name).is_ok_and(|n| TABLES.contains(&n));
         if known {
             continue;
         }
-        let tree = db.open_tree(&name).map_err(sled_failed)?;
+        let tree = db.open_tree(&name).map_err(read_failed)?;
         if !tree.is_empty() && name.as_ref() != SLED_DEFAULT_TREE {
             return Err(StoreError::Backend(StorageFailure::internal(format!(
                 "the store has a tree `{}` that backups do not know: add it to \
@@ -207,53 +269,61 @@ pub(super) fn write_snapshot(db: &sled::Db, file: File) -> Result<Snapshot, Stor
             ))));
         }
     }
+    if files.len() != TABLES.len() {
+        return Err(StoreError::Backend(StorageFailure::internal(
+            "a backup needs one temporary file per table",
+        )));
+    }
+    let trees = TABLES
+        .iter()
+        .map(|t| db.open_tree(t).map_err(read_failed))
+        .collect::<Result<Vec<_>, _>>()?;
     let created_unix_ms = now_unix_ms();
-    let mut out = BufWriter::with_capacity(1 << 20, file);
-    out.write_all(MAGIC).map_err(failed)?;
-    out.write_all(&FORMAT_VERSION.to_be_bytes())
-        .map_err(failed)?;
-    out.write_all(&created_unix_ms.to_be_bytes())
-        .map_err(failed)?;
+    let mut header = Vec::with_capacity(HEADER_LEN as usize);
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
+    header.extend_from_slice(&created_unix_ms.to_be_bytes());
+    let written: Vec<Result<(File, u64, u64), StoreError>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = TABLES
+            .iter()
+            .zip(&trees)
+            .zip(files)
+            .map(|((table, tree), file)| scope.spawn(move || write_table(tree, table, file)))
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| {
+                t.join().unwrap_or_else(|_| {
+                    Err(StoreError::Backend(StorageFailure::internal(
+                        "a backup thread panicked",
+                    )))
+                })
+            })
+            .collect()
+    });
+    let mut parts = std::collections::VecDeque::with_capacity(TABLES.len() + 2);
+    let mut bytes = header.len() as u64;
+    parts.push_back(Part::Bytes(header, 0));
     let mut records = 0;
-    for table in TABLES {
-        let tree = db.open_tree(table).map_err(sled_failed)?;
-        out.write_all(&[TABLE, table.len() as u8]).map_err(failed)?;
-        out.write_all(table.as_bytes()).map_err(failed)?;
-        let mut entries: u64 = 0;
-        for entry in tree.iter() {
-            let (key, value) = entry.map_err(sled_failed)?;
-            if left_out(table, &key) {
-                continue;
-            }
-            out.write_all(&[ENTRY]).map_err(failed)?;
-            out.write_all(&(key.len() as u32).to_be_bytes())
-                .map_err(failed)?;
-            out.write_all(&key).map_err(failed)?;
-            out.write_all(&(value.len() as u32).to_be_bytes())
-                .map_err(failed)?;
-            out.write_all(&value).map_err(failed)?;
-            entries += 1;
-        }
-        out.write_all(&[TABLE_END]).map_err(failed)?;
-        out.write_all(&entries.to_be_bytes()).map_err(failed)?;
+    for (table, result) in TABLES.iter().zip(written) {
+        let (file, len, entries) = result?;
         if *table == RECORDS {
             records = entries;
         }
+        bytes += len;
+        parts.push_back(Part::File(file, len));
     }
-    out.write_all(&[END]).map_err(failed)?;
-    out.write_all(&(TABLES.len() as u32).to_be_bytes())
-        .map_err(failed)?;
-    out.write_all(&records.to_be_bytes()).map_err(failed)?;
-    let mut file = out.into_inner().map_err(|e| failed(e.into_error()))?;
-    let body = file.stream_position().map_err(failed)?;
-    file.rewind().map_err(failed)?;
+    let mut end = vec![END];
+    end.extend_from_slice(&(TABLES.len() as u32).to_be_bytes());
+    end.extend_from_slice(&records.to_be_bytes());
+    bytes += end.len() as u64 + DIGEST_LEN as u64;
+    parts.push_back(Part::Bytes(end, 0));
     Ok(Snapshot {
-        file,
-        body_left: body,
+        parts,
         hasher: Sha256::new(),
         digest: None,
         records,
-        bytes: body + DIGEST_LEN as u64,
+        bytes,
         created_unix_ms,
     })
 }
@@ -1127,10 +1197,10 @@ mod tests {
         ok(ok(db.open_tree("records")).insert(b"k", b"v"));
         // Known and empty trees, and sled's own, are fine.
         ok(db.open_tree("future"));
-        let snapshot = ok(write_snapshot(&db, ok(temp_file(tmp.path()))));
+        let snapshot = ok(write_snapshot(&db, ok(temp_files(tmp.path()))));
         assert_eq!(snapshot.records(), 1);
         ok(ok(db.open_tree("future")).insert(b"k", b"v"));
-        let e = write_snapshot(&db, ok(temp_file(tmp.path()))).unwrap_err();
+        let e = write_snapshot(&db, ok(temp_files(tmp.path()))).unwrap_err();
         assert!(e.to_string().contains("tree `future`"), "{e}");
         assert_eq!(
             std::fs::read_dir(tmp.path())

@@ -503,10 +503,10 @@ impl Store for SledStore {
     }
 
     async fn snapshot(&self) -> Result<super::Snapshot, StoreError> {
-        let file = self
-            .blocking(|inner| super::backup::temp_file(&inner.dir))
+        let files = self
+            .blocking(|inner| super::backup::temp_files(&inner.dir))
             .await?;
-        match self.inner.commit.submit(Write::Snapshot(file)).await? {
+        match self.inner.commit.submit(Write::Snapshot(files)).await? {
             Written::Snapshot(snapshot) => Ok(snapshot),
             _ => Err(unexpected("a snapshot")),
         }

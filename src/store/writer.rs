@@ -255,9 +255,10 @@ pub(super) enum Write {
     Canaries(Vec<Canary>),
     /// Remove counters (an absent one is skipped).
     ResetCounters(Vec<String>),
-    /// Write a snapshot of every tree into this (temporary) file, once
-    /// every logged group is applied: the state before this group.
-    Snapshot(std::fs::File),
+    /// Write a snapshot of every tree into these (temporary) files, one
+    /// per table, once every logged group is applied: the state before
+    /// this group.
+    Snapshot(Vec<std::fs::File>),
 }
 
 pub(super) enum Written {
@@ -1110,13 +1111,13 @@ impl SledWriter {
 
     /// A snapshot of every tree (see [`super::backup`]), once every logged
     /// group is applied; writes wait meanwhile (this is the commit thread).
-    fn snapshot(&self, file: std::fs::File) -> Result<super::backup::Snapshot, StoreError> {
+    fn snapshot(&self, files: Vec<std::fs::File>) -> Result<super::backup::Snapshot, StoreError> {
         let start = std::time::Instant::now();
         self.applier
             .shared()
             .wait_until(0)
             .map_err(StoreError::Backend)?;
-        let snapshot = super::backup::write_snapshot(&self.db, file)?;
+        let snapshot = super::backup::write_snapshot(&self.db, files)?;
         tracing::info!(
             records = snapshot.records(),
             bytes = snapshot.size(),
@@ -1360,7 +1361,7 @@ impl Committer for SledWriter {
                     }
                     Ok(Written::Changed)
                 }
-                Write::Snapshot(file) => self.snapshot(file).map(Written::Snapshot),
+                Write::Snapshot(files) => self.snapshot(files).map(Written::Snapshot),
             })
             .collect();
         if group.staged.is_empty()
