@@ -1250,29 +1250,51 @@ mod tests {
             ok(store.insert_records(records).await);
             done += batch;
         }
-        let [id]: [RecordId; 1] = ok(store.allocate(1).await).try_into().unwrap();
+        // Writes one record at a time, before, during and after the
+        // snapshot: the longest any of them waited is the pause.
         let writer = store.clone();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writing = done.clone();
+        let writes = tokio::spawn(async move {
+            let (mut longest, mut count) = (std::time::Duration::ZERO, 0u32);
+            let mut round = 0u64;
+            while !writing.load(std::sync::atomic::Ordering::SeqCst) {
+                let [id]: [RecordId; 1] = ok(writer.allocate(1).await).try_into().unwrap();
+                let sent = std::time::Instant::now();
+                ok(writer
+                    .insert_records(vec![NewRecord {
+                        id,
+                        record: record(FieldKind::Phone),
+                        index: crate::crypto::BlindIndex {
+                            version: KeyVersion(1),
+                            mac: Sha256::digest(format!("w{round}")).into(),
+                        },
+                        deterministic: false,
+                        older_indexes: Vec::new(),
+                    }])
+                    .await);
+                longest = longest.max(sent.elapsed());
+                count += 1;
+                round += 1;
+            }
+            (longest, count)
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         let start = std::time::Instant::now();
-        let snapshot = store.snapshot();
-        let write = async move {
-            // Sent just after the snapshot is queued.
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            let sent = std::time::Instant::now();
-            ok(writer
-                .insert_records(vec![new(id, FieldKind::Phone, 200, false)])
-                .await);
-            sent.elapsed()
-        };
-        let (snapshot, waited) = tokio::join!(snapshot, write);
+        let snapshot = store.snapshot().await;
         let taken = start.elapsed();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (waited, count) = ok(writes.await);
         let mut snapshot = ok(snapshot);
         let read_start = std::time::Instant::now();
         let file = tmp.path().join("backup.fvb");
         let mut out = ok(File::create(&file));
         ok(std::io::copy(&mut snapshot, &mut out));
         println!(
-            "{n} records: snapshot {} bytes taken in {taken:?} (a write sent meanwhile waited \
-             {waited:?}); read with its checksum in {:?}",
+            "{n} records: snapshot {} bytes taken in {taken:?}; of {count} writes sent one \
+             after another meanwhile, the longest waited {waited:?}; read with its checksum \
+             in {:?}",
             snapshot.size(),
             read_start.elapsed()
         );
