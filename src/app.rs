@@ -5,7 +5,7 @@ use crate::audit::{AuditTrail, TrailOptions};
 use crate::config::{Config, MasterKeySource};
 use crate::crypto::{MasterKey, MasterKeyError};
 use crate::domain::policy::PolicyError;
-use crate::grpc::{pb, AdminService, KeyAdminService, VaultService};
+use crate::grpc::{pb, AdminService, BackupService, KeyAdminService, VaultService};
 use crate::store::{SledConfig, SledStore, StoreError};
 use crate::tls::TlsError;
 use crate::vault::{ensure_audit_key, open_keyring, KeyringSetupError, Settings, Vault};
@@ -237,6 +237,9 @@ pub async fn start(
     health_reporter
         .set_serving::<pb::admin_server::AdminServer<AdminService>>()
         .await;
+    health_reporter
+        .set_serving::<pb::backup_service_server::BackupServiceServer<BackupService>>()
+        .await;
     vault.watch_policy(policy_file.clone());
     let watched = vault.clone();
     let health = tokio::spawn(async move {
@@ -287,6 +290,10 @@ pub async fn start(
     let admin_service = AdminService::new(vault.clone())
         .into_server()
         .max_decoding_message_size(crate::limits::SMALL_SERVICE_MESSAGE_BYTES);
+    // Backups: an empty request, an answer of 1 MiB chunks.
+    let backup_service = BackupService::new(vault.clone())
+        .into_server()
+        .max_decoding_message_size(crate::limits::SMALL_SERVICE_MESSAGE_BYTES);
     // Nothing below can fail: resume the jobs a crash or restart
     // interrupted and run the rotation schedule (once per server).
     vault.start_background();
@@ -306,7 +313,8 @@ pub async fn start(
         .add_optional_service(reflection_v1alpha)
         .add_service(vault_service)
         .add_service(key_admin_service)
-        .add_service(admin_service);
+        .add_service(admin_service)
+        .add_service(backup_service);
     let serve = tokio::spawn(async move {
         router
             .serve_with_incoming_shutdown(incoming, async {
@@ -459,6 +467,12 @@ async fn watch_storage(vault: Arc<Vault>, reporter: tonic_health::server::Health
         reporter
             .set_service_status(
                 <pb::admin_server::AdminServer<AdminService> as tonic::server::NamedService>::NAME,
+                status,
+            )
+            .await;
+        reporter
+            .set_service_status(
+                <pb::backup_service_server::BackupServiceServer<BackupService> as tonic::server::NamedService>::NAME,
                 status,
             )
             .await;

@@ -159,6 +159,10 @@ response!(pb::UnfreezeCallerResponse);
 response!(pb::CreateCanariesResponse);
 response!(pb::ListCanariesResponse);
 
+// Backup (backup.proto).
+request!(pb::BackupRequest, BACKUP_REQUEST);
+response!(pb::BackupResponse);
+
 // ---------------------------------------------------------------------------
 // The schema: for each request message, the fields the walk checks. Fields
 // not listed are skipped by wire type, as prost skips unknown fields; a
@@ -358,9 +362,14 @@ static LIST_CANARIES_REQUEST: Schema = Schema {
     fields: &[],
 };
 
+static BACKUP_REQUEST: Schema = Schema {
+    name: "BackupRequest",
+    fields: &[],
+};
+
 /// Every request message, by the schema it is walked against.
 #[cfg(test)]
-static REQUESTS: [&Schema; 18] = [
+static REQUESTS: [&Schema; 19] = [
     &TOKENIZE_REQUEST,
     &DETOKENIZE_REQUEST,
     &DELETE_TOKENS_REQUEST,
@@ -379,6 +388,7 @@ static REQUESTS: [&Schema; 18] = [
     &UNFREEZE_CALLER_REQUEST,
     &CREATE_CANARIES_REQUEST,
     &LIST_CANARIES_REQUEST,
+    &BACKUP_REQUEST,
 ];
 
 // ---------------------------------------------------------------------------
@@ -1078,8 +1088,8 @@ mod tests {
             .collect();
         assert_eq!(
             files.len(),
-            3,
-            "vault.proto, key_admin.proto and admin.proto"
+            4,
+            "vault.proto, key_admin.proto, admin.proto and backup.proto"
         );
         // A message by its schema's name: a name of fieldvault.v1, or the
         // full name of a well-known type (google.protobuf.Duration).
@@ -1162,8 +1172,8 @@ mod tests {
         // it (Tokenize, EraseValue, ExportValue).
         assert_eq!(
             seen,
-            18 + 3 * 3,
-            "eighteen requests; Field, PostalAddress and Duration thrice"
+            19 + 3 * 3,
+            "nineteen requests; Field, PostalAddress and Duration thrice"
         );
         // The street-line bound leaves the validators' to the validator.
         assert_eq!(

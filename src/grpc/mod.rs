@@ -3,12 +3,14 @@
 //! errors become gRPC statuses, and peer certificate -> caller identity.
 
 mod admin;
+mod backup;
 pub mod codec;
 mod error;
 mod key_admin;
 mod service;
 
 pub use admin::AdminService;
+pub use backup::{BackupService, CHUNK_BYTES as BACKUP_CHUNK_BYTES};
 pub use key_admin::KeyAdminService;
 pub use service::{kind_to_pb, scheme_to_pb, VaultService};
 

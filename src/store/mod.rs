@@ -6,6 +6,7 @@
 //! survive `kill -9` and power loss.
 
 mod apply;
+pub mod backup;
 #[cfg(test)]
 mod delete_tests;
 mod file;
@@ -28,6 +29,7 @@ use crate::domain::{FieldKind, RecordId};
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 
+pub use backup::Snapshot;
 pub use group_commit::{
     DEFAULT_MAX_QUEUED_WRITES, MAX_GROUP_BYTES, MAX_QUEUED_BYTES, MAX_WRITE_BYTES,
 };
@@ -537,6 +539,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every canary, in id order.
     async fn canaries(&self) -> Result<Vec<Canary>, StoreError>;
+
+    /// A consistent snapshot of the whole store in the backup format
+    /// ([`backup`]): every write acknowledged before the call, no part of
+    /// one acknowledged after it; records stay sealed, keys stay wrapped
+    /// (the master key is never in it). Writes wait while it is taken; it
+    /// is then read in chunks, from a temporary copy, without holding them.
+    async fn snapshot(&self) -> Result<Snapshot, StoreError>;
 }
 
 /// An amount to add to a durable counter of the current window (values a

@@ -50,6 +50,8 @@ pub struct SledStore {
 }
 
 struct Inner {
+    /// The store's directory (backups' temporary files go there).
+    dir: PathBuf,
     trees: Trees,
     keys: sled::Tree,
     meta: sled::Tree,
@@ -268,6 +270,7 @@ impl SledStore {
         let commit = GroupCommit::start(writer, config.max_queued_writes)?;
         Ok(Self {
             inner: Arc::new(Inner {
+                dir: config.path.clone(),
                 trees,
                 keys,
                 meta,
@@ -513,6 +516,16 @@ impl Store for SledStore {
         self.blocking(move |inner| read_canaries(inner, &ids)).await
     }
 
+    async fn snapshot(&self) -> Result<super::Snapshot, StoreError> {
+        let files = self
+            .blocking(|inner| super::backup::temp_files(&inner.dir))
+            .await?;
+        match self.inner.commit.submit(Write::Snapshot(files)).await? {
+            Written::Snapshot(snapshot) => Ok(snapshot),
+            _ => Err(unexpected("a snapshot")),
+        }
+    }
+
     async fn canaries(&self) -> Result<Vec<Canary>, StoreError> {
         self.blocking(|inner| {
             inner
@@ -674,11 +687,21 @@ impl Store for SledStore {
                 None => Unbounded,
             };
             let end = Included(expiry_key(now_unix_ms, RecordId::new(u64::MAX, u64::MAX)).to_vec());
-            let mut out = Vec::with_capacity(limit.min(4096));
-            for key in inner.trees.expiry.range((start, end)).keys().take(limit) {
-                out.push(expiry_from(&key.map_err(backend)?)?);
-            }
-            Ok(out)
+            // Held while the tree is read: a record deleted but not yet
+            // applied is left out (its entry is on its way out).
+            inner.unapplied.read(|overlay| {
+                let mut out = Vec::with_capacity(limit.min(4096));
+                for key in inner.trees.expiry.range((start, end)).keys() {
+                    if out.len() == limit {
+                        break;
+                    }
+                    let (at, id) = expiry_from(&key.map_err(backend)?)?;
+                    if !overlay.is_deleted(id) {
+                        out.push((at, id));
+                    }
+                }
+                Ok(out)
+            })
         })
         .await
     }

@@ -262,6 +262,10 @@ pub(super) enum Write {
     /// Delete records with their index and expiry entries (an absent one
     /// is skipped).
     Delete(Vec<Deletion>),
+    /// Write a snapshot of every tree into these (temporary) files, one
+    /// per table, once every logged group is applied: the state before
+    /// this group.
+    Snapshot(Vec<std::fs::File>),
 }
 
 pub(super) enum Written {
@@ -273,6 +277,7 @@ pub(super) enum Written {
     /// The freeze found (freeze: the one already in force; unfreeze: the
     /// one lifted).
     Freeze(Option<Freeze>),
+    Snapshot(super::backup::Snapshot),
 }
 
 /// The `meta` entry of a job's state.
@@ -1354,6 +1359,24 @@ impl SledWriter {
         Ok(())
     }
 
+    /// A snapshot of every tree (see [`super::backup`]), once every logged
+    /// group is applied; writes wait meanwhile (this is the commit thread).
+    fn snapshot(&self, files: Vec<std::fs::File>) -> Result<super::backup::Snapshot, StoreError> {
+        let start = std::time::Instant::now();
+        self.applier
+            .shared()
+            .wait_until(0)
+            .map_err(StoreError::Backend)?;
+        let snapshot = super::backup::write_snapshot(&self.db, files)?;
+        tracing::info!(
+            records = snapshot.records(),
+            bytes = snapshot.size(),
+            writes_paused_ms = start.elapsed().as_millis() as u64,
+            "backup snapshot taken"
+        );
+        Ok(snapshot)
+    }
+
     /// The durable ceiling, once the log is replayed, and this process's
     /// epoch: records at or above the ceiling, or of another epoch, are
     /// refused.
@@ -1594,6 +1617,7 @@ impl Committer for SledWriter {
                 Write::Delete(deletions) => self
                     .stage_deletes(deletions, &mut group)
                     .map(Written::Applied),
+                Write::Snapshot(files) => self.snapshot(files).map(Written::Snapshot),
             })
             .collect();
         if group.staged.is_empty()
@@ -1661,6 +1685,7 @@ impl Committer for SledWriter {
                     frame_delete_bytes(d.indexes.len().min(super::layout::MAX_DELETED_ENTRIES))
                 })
                 .sum(),
+            Write::Snapshot(_) => 0,
         }
     }
 

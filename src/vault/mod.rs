@@ -24,6 +24,7 @@ pub use lifecycle::TokenInfo;
 
 mod admin;
 mod audited;
+mod backup;
 mod guard;
 use guard::RuleUse;
 #[cfg(test)]

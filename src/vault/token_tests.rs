@@ -128,6 +128,9 @@ impl Store for Counting {
     async fn canaries(&self) -> Result<Vec<crate::store::Canary>, StoreError> {
         self.inner.canaries().await
     }
+    async fn snapshot(&self) -> Result<crate::store::Snapshot, StoreError> {
+        self.inner.snapshot().await
+    }
     async fn rewrite_records(
         &self,
         rewrites: Vec<crate::store::Rewrite>,
