@@ -78,7 +78,7 @@ pub(crate) struct ExportArgs {
 /// The one line of standard input, or why not. More than one line is
 /// refused: one value per call, and a second line would be silently
 /// ignored otherwise.
-fn read_one_line(max: usize) -> Result<String, Failure> {
+fn read_one_line(field: &str, max: usize) -> Result<String, Failure> {
     let stdin = std::io::stdin();
     let mut reader = stdin.lock();
     let read_err = |e: std::io::Error| {
@@ -92,11 +92,11 @@ fn read_one_line(max: usize) -> Result<String, Failure> {
         None => return Err(Failure::invalid("--stdin", "standard input is empty")),
         Some(Line::TooLong) => {
             return Err(Failure::invalid(
-                "field.value",
+                field,
                 &format!("is longer than {max} bytes"),
             ))
         }
-        Some(Line::NotUtf8) => return Err(Failure::invalid("field.value", "is not valid UTF-8")),
+        Some(Line::NotUtf8) => return Err(Failure::invalid(field, "is not valid UTF-8")),
         Some(Line::Text(text)) => text,
     };
     if input::read_line(&mut reader, max)
@@ -126,13 +126,17 @@ impl ValueArgs {
         } else {
             MAX_VALUE_BYTES
         };
+        let named = if self.address_json {
+            "field.address"
+        } else {
+            "field.value"
+        };
         let text = match (&self.value, self.stdin) {
-            (_, true) => read_one_line(max)?,
+            (_, true) => read_one_line(named, max)?,
             (Some(value), false) => value.clone(),
             (None, false) => return Err(Failure::invalid("VALUE", "is required (or --stdin)")),
         };
         let (value, address) = if self.address_json {
-            let named = "field.address";
             if text.trim().is_empty() {
                 return Err(Failure::invalid(named, "is empty"));
             }
