@@ -34,6 +34,7 @@
 //! [retention]                             # optional: tokens' time to live
 //! sweep_interval = "1m"                   # how often expired tokens are deleted
 //! sweep_batch = 500                       # records per durable delete batch
+//! sweep_rate = 5000                       # records deleted per second, at most
 //! [retention.phone]                       # optional, per kind (phone, address,
 //! default_ttl = "365d"                    # national_id, email): a token without
 //! max_ttl = "3650d"                       # a ttl lives this long (default: forever);
@@ -287,6 +288,7 @@ struct RawConfig {
 struct RawRetention {
     sweep_interval: Option<String>,
     sweep_batch: Option<i64>,
+    sweep_rate: Option<i64>,
     phone: Option<RawKindRetention>,
     address: Option<RawKindRetention>,
     national_id: Option<RawKindRetention>,
@@ -324,7 +326,7 @@ fn duration_setting(
 
 impl RawRetention {
     fn parse(self) -> Result<crate::domain::Retention, ConfigError> {
-        use crate::domain::retention::{MAX_SWEEP_BATCH, MAX_TTL};
+        use crate::domain::retention::{MAX_SWEEP_BATCH, MAX_SWEEP_RATE, MAX_TTL};
         use crate::domain::{FieldKind, Retention};
         let mut r = Retention::default();
         if let Some(text) = &self.sweep_interval {
@@ -341,6 +343,18 @@ impl RawRetention {
                 return Err(ConfigError::Field {
                     field: "retention.sweep_batch",
                     reason: format!("{n}: must be between 1 and {MAX_SWEEP_BATCH}"),
+                })
+            }
+        }
+        match self.sweep_rate {
+            None => {}
+            Some(n) if (1..=i64::from(MAX_SWEEP_RATE)).contains(&n) => r.sweep_rate = n as u32,
+            Some(n) => {
+                return Err(ConfigError::Field {
+                    field: "retention.sweep_rate",
+                    reason: format!(
+                        "{n} records per second: must be between 1 and {MAX_SWEEP_RATE}"
+                    ),
                 })
             }
         }
@@ -913,12 +927,13 @@ env = "FIELDVAULT_MASTER_KEY"
         assert_eq!(c.retention, crate::domain::Retention::default());
         let with = |t: &str| Config::from_toml(&format!("{FULL}\n{t}\n"), &no_env);
         let c = with(
-            "[retention]\nsweep_interval = \"200ms\"\nsweep_batch = 50\n\
+            "[retention]\nsweep_interval = \"200ms\"\nsweep_batch = 50\nsweep_rate = 100\n\
              [retention.phone]\ndefault_ttl = \"30d\"\nmax_ttl = \"365d\"",
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.retention.sweep_interval, Duration::from_millis(200));
         assert_eq!(c.retention.sweep_batch, 50);
+        assert_eq!(c.retention.sweep_rate, 100);
         let phone = c.retention.for_kind(FieldKind::Phone);
         assert_eq!(phone.default_ttl, Some(Duration::from_secs(30 * 86_400)));
         assert_eq!(phone.max_ttl, Duration::from_secs(365 * 86_400));
@@ -929,6 +944,7 @@ env = "FIELDVAULT_MASTER_KEY"
                 "retention.sweep_interval",
             ),
             ("[retention]\nsweep_batch = 0", "retention.sweep_batch"),
+            ("[retention]\nsweep_rate = 0", "retention.sweep_rate"),
             (
                 "[retention.email]\nmax_ttl = \"0s\"",
                 "retention.email.max_ttl",

@@ -13,6 +13,10 @@ pub const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_SWEEP_BATCH: usize = 500;
 pub const MAX_SWEEP_BATCH: usize = 10_000;
+/// The sweeper's default pace, records per second: a backlog of expired
+/// tokens is deleted steadily instead of all at once beside live traffic.
+pub const DEFAULT_SWEEP_RATE: u32 = 5_000;
+pub const MAX_SWEEP_RATE: u32 = 1_000_000;
 
 /// One kind's time-to-live rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +48,9 @@ pub struct Retention {
     pub sweep_interval: Duration,
     /// The most records one sweep batch deletes (one durable write).
     pub sweep_batch: usize,
+    /// The most records the sweeper deletes per second (it pauses between
+    /// batches to keep to it).
+    pub sweep_rate: u32,
 }
 
 impl Default for Retention {
@@ -55,6 +62,7 @@ impl Default for Retention {
             email: KindRetention::default(),
             sweep_interval: DEFAULT_SWEEP_INTERVAL,
             sweep_batch: DEFAULT_SWEEP_BATCH,
+            sweep_rate: DEFAULT_SWEEP_RATE,
         }
     }
 }

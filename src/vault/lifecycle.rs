@@ -386,16 +386,25 @@ impl Vault {
     }
 
     /// Deletes expired records until none is left (at most
-    /// `sweep_batch` per durable write); returns how many it deleted. Each
-    /// batch is one audit event (`sweep`, the tokens deleted). A record
-    /// that cannot be opened is left (logged): its index entry cannot be
-    /// found without its value.
+    /// `sweep_batch` per durable write, at most `sweep_rate` a second: it
+    /// pauses between batches); returns how many it deleted. Each batch is
+    /// one audit event (`sweep`, the tokens deleted). A record that cannot
+    /// be opened is left (logged): its index entry cannot be found without
+    /// its value.
     pub async fn sweep_expired(&self) -> Result<u64, VaultError> {
         let batch = self.settings.retention.sweep_batch.max(1);
+        let rate = f64::from(self.settings.retention.sweep_rate.max(1));
         let now = now_unix_ms();
+        let started = Instant::now();
         let mut after = None;
         let mut total = 0u64;
         loop {
+            // The pace: `total` records deleted may not be ahead of
+            // `rate` per second since the pass began.
+            if total > 0 {
+                self.pause_until(started + std::time::Duration::from_secs_f64(total as f64 / rate))
+                    .await;
+            }
             if self.stopping() {
                 return Ok(total);
             }
