@@ -269,8 +269,8 @@ mod tests {
         assert_eq!(
             m,
             "unrecognized subcommand; the commands are serve, tokenize, detokenize, delete, \
-             info, erase, export, keys, health, store, audit, callers, canary and policy; see \
-             --help"
+             info, erase, export, keys, health, store, audit, callers, canary, policy, backup \
+             and restore; see --help"
         );
         let m = error(&["audit", "bogus"], &[]);
         assert_eq!(
