@@ -258,6 +258,7 @@ fn the_end_phase_options_are_refused_with_a_running_vault() {
         &["--audit-dir", "/dev/shm"][..],
         &["--compare-audit-dir", "/dev/shm"],
         &["--compare-quotas"],
+        &["--lifecycle"],
     ] {
         let mut args = vec!["--addr", "127.0.0.1:1", "--data-dir", "/nonexistent"];
         args.extend(option);
