@@ -258,6 +258,7 @@ fn the_end_phase_options_are_refused_with_a_running_vault() {
         &["--audit-dir", "/dev/shm"][..],
         &["--compare-audit-dir", "/dev/shm"],
         &["--compare-quotas"],
+        &["--lifecycle"],
     ] {
         let mut args = vec!["--addr", "127.0.0.1:1", "--data-dir", "/nonexistent"];
         args.extend(option);
@@ -323,5 +324,83 @@ fn the_quota_phase_measures_detokenize_with_quotas_off_and_on_and_the_vault_coun
     assert!(revealed > 0, "{line}");
     if !stdout.contains("the day's window turned during the runs") {
         assert_eq!(counted, revealed, "{line}");
+    }
+}
+
+/// The number after `label` in `line` (`"delete rate: 1234 tokens/s"`).
+fn number_after(line: &str, label: &str) -> f64 {
+    let rest = line
+        .split_once(label)
+        .unwrap_or_else(|| panic!("no '{label}' in {line}"))
+        .1;
+    rest.split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number after '{label}' in {line}"))
+}
+
+#[test]
+fn the_lifecycle_phase_reports_the_delete_erase_and_sweep_rates() {
+    let stdout = bench(&[
+        "--duration",
+        "0.3",
+        "--preload",
+        "200",
+        "--concurrency",
+        "4",
+        "--connections",
+        "1",
+        "--scenarios",
+        "none",
+        "--lifecycle",
+        "--delete-tokens",
+        "250",
+        "--erase-values",
+        "30",
+        "--sweep-tokens",
+        "300",
+        "--sweep-batch",
+        "50",
+    ]);
+    // No scenario ran: no scenario table.
+    assert!(!stdout.contains("| scenario |"), "{stdout}");
+    let cells = |row: &str| -> Vec<String> {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {row} |")))
+            .unwrap_or_else(|| panic!("no row {row}: {stdout}"));
+        line.split('|').map(|c| c.trim().to_owned()).collect()
+    };
+    // | operation | work | calls | seconds | rate | p50 | p99 | max | failed |
+    let delete = cells("delete");
+    assert_eq!(delete[3], "3", "250 tokens in batches of 100: {delete:?}");
+    assert_eq!(delete[9], "0", "{delete:?}");
+    let erase = cells("erase");
+    assert_eq!(erase[3], "30", "one call per value: {erase:?}");
+    assert_eq!(erase[9], "0", "every value had its 4 tokens: {erase:?}");
+    // | sweep | passes | tokens deleted | … : each sweep took every token.
+    for sweep in ["alone", "beside detokenize-1"] {
+        let row = cells(sweep);
+        assert_eq!(row[3], "300", "{row:?}");
+        assert!(row[2].parse::<u64>().unwrap() >= 1, "{row:?}");
+    }
+    for row in ["before the sweep", "during the sweep"] {
+        let row = cells(row);
+        assert_eq!(row[row.len() - 2], "0", "{row:?}");
+        assert!(row[2].parse::<f64>().unwrap() > 0.0, "{row:?}");
+    }
+    assert!(stdout.contains("sweep_batch = 50"), "{stdout}");
+    let rates = stdout
+        .lines()
+        .find(|l| l.starts_with("delete rate: "))
+        .unwrap_or_else(|| panic!("no rates: {stdout}"));
+    for label in [
+        "delete rate: ",
+        "erase rate: ",
+        "values/s (",
+        "sweep rate: ",
+        "records/s alone, ",
+    ] {
+        assert!(number_after(rates, label) > 0.0, "{label}: {rates}");
     }
 }

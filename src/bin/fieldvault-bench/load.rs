@@ -25,6 +25,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
+mod lifecycle;
+pub use lifecycle::{LifecycleOptions, LifecycleReport};
+
 /// Settings of one benchmark run.
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
@@ -59,6 +62,9 @@ pub struct BenchOptions {
     /// Run the quota phase: detokenize with the reader rule's quotas off,
     /// then on (quotas that never bite), side by side.
     pub compare_quotas: bool,
+    /// Run the lifecycle phase: delete, erase and sweep rates, and
+    /// detokenize-1 before and during a sweep.
+    pub lifecycle: Option<LifecycleOptions>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,6 +203,8 @@ pub struct Report {
     pub audit_sinks: Vec<AuditSinkRun>,
     /// The quota phase.
     pub quotas: Option<QuotaReport>,
+    /// The lifecycle phase.
+    pub lifecycle: Option<LifecycleReport>,
     pub stored_tokens: u64,
     pub store_bytes: u64,
     pub startup_seconds: Option<f64>,
@@ -221,6 +229,10 @@ impl Report {
             + self.quotas.as_ref().map_or(0, |q| {
                 q.runs.iter().map(|r| r.measurement.failed).sum::<u64>()
             })
+            + self
+                .lifecycle
+                .as_ref()
+                .map_or(0, LifecycleReport::failed_calls)
     }
 
     /// The report as a Markdown table and notes.
@@ -233,8 +245,10 @@ impl Report {
             o.connections,
             o.preload
         );
-        out.push_str("| scenario | ops/s | values/s | p50 ms | p95 ms | p99 ms | max ms | ceiling ops/s | vs ceiling | server RSS MiB | failed |\n");
-        out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        if !self.rows.is_empty() {
+            out.push_str("| scenario | ops/s | values/s | p50 ms | p95 ms | p99 ms | max ms | ceiling ops/s | vs ceiling | server RSS MiB | failed |\n");
+            out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        }
         for r in &self.rows {
             let v = &r.vault;
             out.push_str(&format!(
@@ -286,6 +300,9 @@ impl Report {
         }
         if let Some(q) = &self.quotas {
             out.push_str(&quotas_markdown(q, o));
+        }
+        if let Some(l) = &self.lifecycle {
+            out.push_str(&l.to_markdown(o));
         }
         if self.stored_tokens > 0 {
             out.push_str(&format!(
@@ -453,15 +470,37 @@ struct ServerChild {
 
 impl ServerChild {
     fn spawn(exe: &Path, args: &[&str]) -> Result<(Self, Duration), String> {
+        Self::spawn_logged(exe, args, None)
+    }
+
+    /// As [`ServerChild::spawn`]; with `sweeps`, the server also logs its
+    /// sweeper's passes, which are read from its stderr into `sweeps`
+    /// (every other line is passed on to this stderr).
+    fn spawn_logged(
+        exe: &Path,
+        args: &[&str],
+        sweeps: Option<lifecycle::SweepLog>,
+    ) -> Result<(Self, Duration), String> {
         let started = Instant::now();
-        let mut child = Command::new(exe)
+        let mut command = Command::new(exe);
+        command
             .args(args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        if sweeps.is_some() {
+            command
+                .env("RUST_LOG", lifecycle::SWEEP_LOG_FILTER)
+                .env("NO_COLOR", "1")
+                .stderr(Stdio::piped());
+        }
+        let mut child = command
             .spawn()
             .map_err(|e| format!("starting {}: {e}", exe.display()))?;
+        if let (Some(sweeps), Some(stderr)) = (sweeps, child.stderr.take()) {
+            lifecycle::read_sweeps(stderr, sweeps);
+        }
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         loop {
@@ -522,9 +561,10 @@ impl Drop for ServerChild {
 /// under this name).
 const READER_RULE: &str = "bench reader";
 
-/// The bench's policy: `orders` tokenizes; `support` reveals phone and
-/// email in full for purpose `bench`, under `reader_quotas` (none: no
-/// quota); `rotator` administers keys and reads quota use (Admin).
+/// The bench's policy: `orders` tokenizes and deletes; `support` reveals
+/// phone and email in full for purpose `bench`, under `reader_quotas`
+/// (none: no quota); `rotator` administers keys and reads quota use
+/// (Admin); `admin` erases by value.
 fn bench_policy(reader_quotas: &[String]) -> String {
     let quota = if reader_quotas.is_empty() {
         String::new()
@@ -554,6 +594,16 @@ action = "keys"
 name = "bench quota reading"
 callers = ["spiffe://fieldvault.dev/rotator"]
 action = "admin"
+[[rules]]
+name = "bench deletion"
+callers = ["spiffe://fieldvault.dev/orders"]
+action = "delete"
+kinds = ["phone", "email"]
+[[rules]]
+name = "bench erasure"
+callers = ["spiffe://fieldvault.dev/admin"]
+action = "erase"
+kinds = ["phone", "email"]
 "#
     )
 }
@@ -567,16 +617,27 @@ fn never_biting_quotas() -> Vec<String> {
     vec![format!("{max}/minute"), format!("{max}/day")]
 }
 
+/// What a phase changes in the vault's config.
+#[derive(Clone, Copy, Debug, Default)]
+struct Tuning {
+    /// Phone tokens in random mode (default: deterministic).
+    phone_random: bool,
+    /// `[retention]`: the sweeper's interval and batch (default: the
+    /// server's defaults).
+    sweep: Option<(Duration, usize)>,
+}
+
 /// Writes a config (`name` under `dir`) for the vault (and the ceiling)
-/// using a dev PKI, phone tokens deterministic and email tokens random, the
-/// audit trail at `audit_log`, and `policy` in a file beside it
-/// (`<name>-policy.toml`).
+/// using a dev PKI, phone tokens deterministic (unless `tuning` says
+/// random) and email tokens random, the audit trail at `audit_log`, and
+/// `policy` in a file beside it (`<name>-policy.toml`).
 fn write_config(
     dir: &Path,
     name: &str,
     cache_capacity_mib: u64,
     audit_log: &Path,
     policy_text: &str,
+    tuning: &Tuning,
 ) -> Result<PathBuf, String> {
     let (config, _) = fieldvault::dev::prepare(dir, "127.0.0.1:0".parse().map_err(|_| "addr")?)
         .map_err(|e| e.to_string())?;
@@ -586,6 +647,18 @@ fn write_config(
     let fieldvault::config::MasterKeySource::File(key) = &config.master_key else {
         return Err("dev setup has no key file".into());
     };
+    let phone_mode = if tuning.phone_random {
+        "random"
+    } else {
+        "deterministic"
+    };
+    let retention = match tuning.sweep {
+        Some((interval, batch)) => format!(
+            "[retention]\nsweep_interval = \"{}ms\"\nsweep_batch = {batch}\n",
+            interval.as_millis()
+        ),
+        None => String::new(),
+    };
     let text = format!(
         r#"listen = "127.0.0.1:0"
 data_dir = "{data}"
@@ -593,7 +666,7 @@ policy_file = "{policy}"
 audit_log = "{audit}"
 cache_capacity_mib = {cache_capacity_mib}
 [token_modes]
-phone = "deterministic"
+phone = "{phone_mode}"
 email = "random"
 [tls]
 cert = "{cert}"
@@ -601,7 +674,7 @@ key = "{tls_key}"
 client_ca = "{ca}"
 [master_key]
 file = "{key}"
-"#,
+{retention}"#,
         data = dir.display(),
         policy = policy.display(),
         audit = audit_log.display(),
@@ -736,6 +809,18 @@ async fn measure(
     duration: Duration,
     concurrency: usize,
 ) -> Measurement {
+    measure_until(load, scenario, duration, None, concurrency).await
+}
+
+/// Runs `scenario` with `concurrency` workers for `duration`, or until
+/// `stop` is set if that comes first.
+async fn measure_until(
+    load: Arc<Load>,
+    scenario: Scenario,
+    duration: Duration,
+    stop: Option<Arc<std::sync::atomic::AtomicBool>>,
+    concurrency: usize,
+) -> Measurement {
     let seq = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let deadline = start + duration;
@@ -743,10 +828,12 @@ async fn measure(
     for worker in 0..concurrency {
         let load = load.clone();
         let seq = seq.clone();
+        let stop = stop.clone();
         workers.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok();
             let (mut calls, mut failed) = (0u64, 0u64);
-            while Instant::now() < deadline {
+            let stopped = || stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
+            while Instant::now() < deadline && !stopped() {
                 let call = load.request(scenario, seq.fetch_add(1, Ordering::Relaxed));
                 let t = Instant::now();
                 let ok = send(&load, worker, call).await;
@@ -903,6 +990,7 @@ pub async fn run(options: BenchOptions) -> Result<Report, String> {
         options.cache_capacity_mib,
         &audit_log,
         &bench_policy(&[]),
+        &Tuning::default(),
     )?;
     let config_s = config.to_str().ok_or("non-UTF-8 path")?;
     let vault = match &options.addr {
@@ -929,6 +1017,9 @@ pub async fn run(options: BenchOptions) -> Result<Report, String> {
     let t = Instant::now();
     let tokens = preload(&vault_writers, &values, options.preload.max(1)).await?;
     eprintln!("preloaded in {:.1}s", t.elapsed().as_secs_f64());
+    // Tokens per second, for the lifecycle phase's estimate of its own
+    // preloads.
+    let preload_rate = tokens.len() as f64 / t.elapsed().as_secs_f64().max(1e-3);
     let tokens = Arc::new(tokens);
     let preloaded = tokens.clone();
     let vault_load = Arc::new(Load {
@@ -1007,6 +1098,7 @@ pub async fn run(options: BenchOptions) -> Result<Report, String> {
             rewrap,
             audit_sinks: Vec::new(),
             quotas: None,
+            lifecycle: None,
             stored_tokens: 0,
             store_bytes: 0,
             startup_seconds: None,
@@ -1042,18 +1134,23 @@ pub async fn run(options: BenchOptions) -> Result<Report, String> {
         } else {
             None
         };
-        Ok::<_, String>((audit_sinks, quotas))
+        let lifecycle = match &options.lifecycle {
+            Some(l) => Some(lifecycle::measure(&fresh, &audit_log, l, preload_rate).await?),
+            None => None,
+        };
+        Ok::<_, String>((audit_sinks, quotas, lifecycle))
     }
     .await;
     if options.data_dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }
-    let (audit_sinks, quotas) = phases?;
+    let (audit_sinks, quotas, lifecycle) = phases?;
     Ok(Report {
         rows,
         rewrap,
         audit_sinks,
         quotas,
+        lifecycle,
         stored_tokens: stored,
         store_bytes,
         startup_seconds: Some(startup.as_secs_f64()),
@@ -1082,7 +1179,14 @@ impl FreshVault<'_> {
         policy: &str,
     ) -> Result<(ServerChild, Arc<Load>), String> {
         let o = self.options;
-        let config = write_config(self.dir, name, o.cache_capacity_mib, audit_log, policy)?;
+        let config = write_config(
+            self.dir,
+            name,
+            o.cache_capacity_mib,
+            audit_log,
+            policy,
+            &Tuning::default(),
+        )?;
         let config = config.to_str().ok_or("non-UTF-8 path")?;
         let (vault, _) = ServerChild::spawn(self.bin, &["serve", "--config", config])?;
         let reader_tls = ClientTls::dev(self.dir, "support").map_err(|e| e.to_string())?;
@@ -1556,6 +1660,7 @@ mod tests {
                 counted: revealed,
                 day_turned: false,
             }),
+            lifecycle: None,
             stored_tokens: 0,
             store_bytes: 0,
             startup_seconds: None,
@@ -1575,6 +1680,7 @@ mod tests {
                 audit_dir: None,
                 compare_audit_dir: None,
                 compare_quotas: true,
+                lifecycle: None,
             },
         }
     }

@@ -13,6 +13,9 @@
 //! # detokenize-1 and -100 with the reader rule's quotas off, then on:
 //! ./target/release/fieldvault-bench --duration 5 --preload 100000 \
 //!     --scenarios detokenize-1 --compare-quotas
+//! # delete, erase and sweep rates alone (no scenario):
+//! ./target/release/fieldvault-bench --duration 5 --preload 100000 \
+//!     --scenarios none --lifecycle
 //! ```
 
 mod ceiling;
@@ -62,7 +65,7 @@ struct BenchArgs {
     preload: u64,
     /// Run only these scenarios (comma-separated): tokenize-1-random,
     /// tokenize-1-deterministic, tokenize-100, detokenize-1, detokenize-100,
-    /// mixed-80r-20w.
+    /// mixed-80r-20w; `none` for none (only the phases at the end).
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
     /// Keep the servers' data here instead of a temporary directory.
@@ -104,6 +107,27 @@ struct BenchArgs {
     /// both side by side.
     #[arg(long, conflicts_with = "addr")]
     compare_quotas: bool,
+    /// At the end, on vaults started afresh on the run's store: the delete
+    /// rate (DeleteTokens in batches of 100), the erase rate (EraseValue of
+    /// phone values with 3 random-mode tokens and 1 deterministic each),
+    /// the sweep rate of the server's sweeper (alone and beside
+    /// detokenize-1, every 200ms), and detokenize-1 before and during a
+    /// sweep.
+    #[arg(long, conflicts_with = "addr")]
+    lifecycle: bool,
+    /// Tokens the lifecycle phase deletes.
+    #[arg(long, default_value_t = 100_000, requires = "lifecycle")]
+    delete_tokens: u64,
+    /// Phone values the lifecycle phase erases (4 tokens each).
+    #[arg(long, default_value_t = 25_000, requires = "lifecycle")]
+    erase_values: u64,
+    /// Expired tokens the lifecycle phase has swept, twice (alone, then
+    /// beside detokenize-1).
+    #[arg(long, default_value_t = 100_000, requires = "lifecycle")]
+    sweep_tokens: u64,
+    /// The server's `[retention] sweep_batch` in the lifecycle phase.
+    #[arg(long, default_value_t = fieldvault::domain::retention::DEFAULT_SWEEP_BATCH, requires = "lifecycle")]
+    sweep_batch: usize,
 }
 
 fn main() -> ExitCode {
@@ -142,7 +166,7 @@ async fn bench(args: BenchArgs) -> Result<ExitCode, String> {
         return Err("--duration and --concurrency must be positive".into());
     }
     for s in &args.scenarios {
-        if !load::Scenario::ALL.iter().any(|k| k.name() == s) {
+        if s != "none" && !load::Scenario::ALL.iter().any(|k| k.name() == s) {
             return Err(format!("unknown scenario '{s}'"));
         }
     }
@@ -161,6 +185,12 @@ async fn bench(args: BenchArgs) -> Result<ExitCode, String> {
         audit_dir: args.audit_dir,
         compare_audit_dir: args.compare_audit_dir,
         compare_quotas: args.compare_quotas,
+        lifecycle: args.lifecycle.then_some(load::LifecycleOptions {
+            delete_tokens: args.delete_tokens,
+            erase_values: args.erase_values,
+            sweep_tokens: args.sweep_tokens,
+            sweep_batch: args.sweep_batch,
+        }),
     })
     .await?;
     print!("{}", report.to_markdown());
