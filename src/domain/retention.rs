@@ -4,9 +4,10 @@
 use super::FieldKind;
 use std::time::Duration;
 
-/// The longest time to live any token may have (100 years of 365 days): an
-/// expiry stays a plain millisecond count far from overflow.
-pub const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// The longest time to live any token may have: 100 years as durations
+/// are written (`100y`, a year being 365.25 days), 36,525 days. An expiry
+/// stays a plain millisecond count far from overflow.
+pub const MAX_TTL: Duration = Duration::from_secs(36_525 * 86_400);
 
 /// The sweeper's defaults: look for expired tokens every minute, delete at
 /// most this many per durable batch.
@@ -176,6 +177,8 @@ mod tests {
         );
         // Other kinds: no default (never expire), the global maximum.
         assert_eq!(r.expiry(FieldKind::Email, None, now), Ok(None));
+        // `100y` as the CLI and the config read it is the ceiling itself.
+        assert_eq!(humantime::parse_duration("100y").ok(), Some(MAX_TTL));
         assert!(r.expiry(FieldKind::Email, Some(MAX_TTL), now).is_ok());
         assert!(r
             .expiry(
