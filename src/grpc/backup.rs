@@ -19,6 +19,12 @@ pub const CHUNK_BYTES: usize = 1 << 20;
 /// Chunks read ahead of the client.
 const READ_AHEAD: usize = 4;
 
+/// A client that takes no chunk for this long has its backup ended (the
+/// stream closes short of its digest, which the client sees as a cut-short
+/// backup): a stalled client cannot hold the backup, its thread and its
+/// temporary files for ever.
+pub const STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// `fieldvault.v1.BackupService` over a [`Vault`].
 #[derive(Clone)]
 pub struct BackupService {
@@ -46,14 +52,31 @@ impl pb::backup_service_server::BackupService for BackupService {
         request: Request<pb::BackupRequest>,
     ) -> Result<Response<Chunks>, Status> {
         let call = call_of(&request);
-        let snapshot = match self.vault.backup(call.clone()).await {
-            Ok(s) => s,
+        let backup = match self.vault.backup(call.clone()).await {
+            Ok(b) => b,
             Err(e) => return answer(&call, Err(call_status(e))),
         };
         let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
         let request_id = call.request_id.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut snapshot = snapshot;
+        let runtime = tokio::runtime::Handle::current();
+        // Each chunk waits at most STALL_LIMIT for the client to take it.
+        let send = move |item: Result<pb::BackupResponse, Status>| {
+            runtime.block_on(async {
+                match tokio::time::timeout(STALL_LIMIT, tx.send(item)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err("the client went away during a backup"),
+                    Err(_) => Err("the client took no chunk of its backup for a minute; ended"),
+                }
+            })
+        };
+        // A thread of its own, not the shared blocking pool: a slow client
+        // holds this thread only, never the store's reads.
+        let spawned = std::thread::Builder::new()
+            .name("fieldvault-backup".into())
+            .spawn(move || {
+            // Dropped with the thread: the next backup may start.
+            let mut backup = backup;
+            let snapshot = &mut backup.snapshot;
             loop {
                 let mut chunk = vec![0u8; CHUNK_BYTES];
                 let mut filled = 0;
@@ -69,7 +92,7 @@ impl pb::backup_service_server::BackupService for BackupService {
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                         Err(e) => {
                             tracing::error!(%request_id, error = %e, "reading a backup snapshot failed");
-                            let _ = tx.blocking_send(Err(Status::unavailable(format!(
+                            let _ = send(Err(Status::unavailable(format!(
                                 "reading the backup failed ({}); the backup is incomplete",
                                 crate::store::FailureCause::of_io(&e)
                             ))));
@@ -78,16 +101,26 @@ impl pb::backup_service_server::BackupService for BackupService {
                     }
                 };
                 chunk.truncate(filled);
-                if !chunk.is_empty() && tx.blocking_send(Ok(pb::BackupResponse { chunk })).is_err()
-                {
-                    tracing::info!(%request_id, "the client went away during a backup");
-                    return;
+                if !chunk.is_empty() {
+                    if let Err(why) = send(Ok(pb::BackupResponse { chunk })) {
+                        tracing::info!(%request_id, "{why}");
+                        return;
+                    }
                 }
                 if end {
                     return;
                 }
             }
         });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "starting a backup thread failed");
+            return answer(
+                &call,
+                Err(Status::unavailable(
+                    "the server could not start the backup's thread; no backup was sent",
+                )),
+            );
+        }
         let stream: Chunks = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
         answer(&call, Ok(stream))
     }

@@ -351,3 +351,26 @@ async fn deleting_tokens_reports_per_item_and_twice_is_harmless() {
     let report = ok(store.check_integrity().await);
     assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
+
+#[tokio::test]
+async fn one_backup_runs_at_a_time_and_the_next_may_start_once_it_is_dropped() {
+    let dir = ok(tempfile::tempdir());
+    let master = MasterKey::generate();
+    let vault = vault_with(
+        store(dir.path()),
+        dir.path(),
+        &master,
+        settings(TokenMode::Random),
+    )
+    .await;
+    tokenize(&vault, NUMBER, None).await;
+    let first = ok(vault.backup(&caller("rotator")).await);
+    let second = vault.backup(&caller("rotator")).await.err();
+    assert!(
+        matches!(&second, Some(VaultError::FailedPrecondition(m)) if m.contains("already running")),
+        "{second:?}"
+    );
+    drop(first);
+    let third = ok(vault.backup(&caller("rotator")).await);
+    assert_eq!(third.snapshot.records(), 1);
+}

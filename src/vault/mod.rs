@@ -355,6 +355,8 @@ pub struct Vault {
     key_jobs: keys::KeyJobs,
     /// Refused calls whose events the trail could not take, logged instead.
     unrecorded_log: crate::limits::RefusalLog,
+    /// One backup at a time: its permit lives as long as its stream.
+    backups: Arc<tokio::sync::Semaphore>,
 }
 
 impl Vault {
@@ -374,6 +376,7 @@ impl Vault {
             settings,
             key_jobs: keys::KeyJobs::default(),
             unrecorded_log: crate::limits::RefusalLog::new(60),
+            backups: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 

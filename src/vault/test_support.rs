@@ -54,6 +54,11 @@ action = "erase"
 kinds = ["phone"]
 
 [[rules]]
+name = "operators back up"
+callers = ["spiffe://t.example/rotator"]
+action = "backup"
+
+[[rules]]
 name = "privacy export"
 callers = ["spiffe://t.example/privacy"]
 action = "export"
