@@ -31,6 +31,12 @@ action = "tokenize"
 kinds = ["phone", "address", "email"]
 
 [[rules]]
+name = "orders delete"
+callers = ["spiffe://fieldvault.dev/orders"]
+action = "delete"
+kinds = ["phone"]
+
+[[rules]]
 name = "support callback"
 callers = ["spiffe://fieldvault.dev/support"]
 action = "detokenize"
@@ -727,4 +733,36 @@ async fn a_freeze_writes_one_alert_line_and_sighup_rereads_the_policy() {
             "the server log holds a value:\n{text}"
         );
     }
+}
+
+#[tokio::test]
+async fn tokens_whose_records_were_deleted_do_not_count_as_unknown_toward_the_scan_freeze() {
+    let vault = start(POLICY).await;
+    let mut orders = vault.client("orders").await;
+    let mut support = vault.client("support").await;
+    // More than the policy's 20, issued by this vault, then deleted.
+    let tokens = tokens_for(&mut orders, phones(25)).await;
+    let deleted = orders
+        .delete_tokens(pb::DeleteTokensRequest {
+            tokens: tokens.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(deleted.results.iter().all(|r| matches!(
+        r.outcome,
+        Some(pb::delete_tokens_result::Outcome::Deleted(_))
+    )));
+    let got = reveal(&mut support, &tokens, "", "callback").await.unwrap();
+    assert!(got
+        .iter()
+        .all(|r| code(r.as_ref().unwrap_err()) == Code::NotFound));
+    // Not frozen: support still reveals a live token.
+    let live = tokens_for(
+        &mut orders,
+        vec![field(pb::FieldKind::Phone, "+1 202-555-0177")],
+    )
+    .await;
+    let got = reveal(&mut support, &live, "", "callback").await.unwrap();
+    assert!(got[0].is_ok(), "{got:?}");
 }

@@ -931,20 +931,18 @@ impl Vault {
         }
 
         event.items = items;
-        // Tokens that name no stored value (not a token, not issued here,
-        // not found): a scan past the policy's threshold freezes the
-        // caller, and this call reveals nothing. A real token of a kind the
-        // caller may not see is not counted (a legitimate caller meets
-        // those in mixed tables); its audit item says `permission_denied`.
+        // Tokens this vault could never have issued (not a token, or not
+        // made by its token key): a scan past the policy's threshold
+        // freezes the caller, and this call reveals nothing. A token the
+        // vault did issue is not counted when its record is gone (deleted,
+        // erased, expired and swept: `not_found`, `expired`), nor when it
+        // is of a kind the caller may not see (`permission_denied`): a
+        // legitimate service meets those in its tables, and a caller with
+        // delete rights could otherwise get another one frozen.
         let unknown = event
             .items
             .iter()
-            .filter(|i| {
-                matches!(
-                    i.outcome.as_str(),
-                    "invalid_argument" | "not_found" | "not_issued"
-                )
-            })
+            .filter(|i| matches!(i.outcome.as_str(), "invalid_argument" | "not_issued"))
             .count();
         // Then, before any value leaves: the values are counted, durably,
         // against their rules' quotas (over one, nothing leaves), and a
