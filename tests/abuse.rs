@@ -37,6 +37,12 @@ action = "delete"
 kinds = ["phone"]
 
 [[rules]]
+name = "intruder inspect"
+callers = ["spiffe://fieldvault.dev/intruder"]
+action = "inspect"
+kinds = ["phone"]
+
+[[rules]]
 name = "support callback"
 callers = ["spiffe://fieldvault.dev/support"]
 action = "detokenize"
@@ -764,5 +770,55 @@ async fn tokens_whose_records_were_deleted_do_not_count_as_unknown_toward_the_sc
     )
     .await;
     let got = reveal(&mut support, &live, "", "callback").await.unwrap();
+    assert!(got[0].is_ok(), "{got:?}");
+}
+
+#[tokio::test]
+async fn a_canary_token_freezes_a_caller_that_inspects_or_deletes_it_too() {
+    let vault = start(POLICY).await;
+    let mut admin = admin(&vault).await;
+    let canaries = admin
+        .create_canaries(pb::CreateCanariesRequest {
+            kind: pb::FieldKind::Phone as i32,
+            count: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens;
+    let mut orders = vault.client("orders").await;
+    let real = tokens_for(&mut orders, phones(1)).await;
+    let mut tokens = real.clone();
+    tokens.extend(canaries.iter().cloned());
+    let refused = orders
+        .delete_tokens(pb::DeleteTokensRequest {
+            tokens: tokens.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    let mut intruder = vault.client("intruder").await;
+    let refused = intruder
+        .get_token_info(pb::GetTokenInfoRequest { tokens })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    // Both frozen by the vault; the real token beside the canary was not
+    // deleted.
+    let callers = admin
+        .list_callers(pb::ListCallersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .callers;
+    for who in ["orders", "intruder"] {
+        let c = callers
+            .iter()
+            .find(|c| c.caller == format!("spiffe://fieldvault.dev/{who}"))
+            .unwrap();
+        assert!(c.frozen.is_some(), "{who} not frozen");
+    }
+    let mut support = vault.client("support").await;
+    let got = reveal(&mut support, &real, "", "callback").await.unwrap();
     assert!(got[0].is_ok(), "{got:?}");
 }

@@ -362,20 +362,22 @@ impl Vault {
         })
     }
 
-    /// A canary token was asked for: freeze the caller, whatever its
-    /// policy says; the call is refused as frozen and reveals nothing.
+    /// A canary token was asked for (to `action` it): freeze the caller,
+    /// whatever its policy says; the call is refused as frozen and reveals
+    /// nothing.
     pub(super) async fn canary_tripped(
         &self,
         call: &Call,
         caller: &CallerId,
         event: &mut Event,
+        action: crate::domain::policy::Action,
     ) -> VaultError {
         match self
             .freeze(
                 call,
                 caller.as_str(),
                 FreezeTrigger::Canary,
-                "asked to detokenize a canary token".into(),
+                format!("asked to {action} a canary token"),
                 BY_VAULT,
             )
             .await

@@ -89,6 +89,8 @@ impl Vault {
         let (caller, ring, parsed) = self.per_token_call(call, Action::Delete, &tokens).await?;
         let policy = self.policy();
         let records = self.read_parsed(&parsed, "nothing was deleted").await?;
+        self.trip_canaries(call, &caller, event, &parsed, &records, Action::Delete)
+            .await?;
         let now = now_unix_ms();
         // Per item: the record to delete and its value's indexes, or the
         // item's error.
@@ -156,6 +158,8 @@ impl Vault {
         let (caller, ring, parsed) = self.per_token_call(call, Action::Inspect, &tokens).await?;
         let policy = self.policy();
         let records = self.read_parsed(&parsed, "nothing was inspected").await?;
+        self.trip_canaries(call, &caller, event, &parsed, &records, Action::Inspect)
+            .await?;
         let now = now_unix_ms();
         let mut outcomes = Vec::with_capacity(parsed.len());
         for ((p, record), item) in parsed.iter().zip(records).zip(event.items.iter_mut()) {
@@ -577,6 +581,34 @@ impl Vault {
                 }
             })
             .collect())
+    }
+
+    /// A canary among the tokens of a per-token call (those with no
+    /// record) freezes the caller, as a detokenize of it does: a stolen
+    /// token list checked through inspect or delete rights is caught too.
+    async fn trip_canaries(
+        &self,
+        call: &Call,
+        caller: &CallerId,
+        event: &mut Event,
+        parsed: &[Parsed],
+        records: &[Result<SealedRecord, ItemError>],
+        action: Action,
+    ) -> Result<(), VaultError> {
+        let missing: Vec<RecordId> = parsed
+            .iter()
+            .zip(records)
+            .filter_map(|(p, r)| match (p, r) {
+                (Ok((_, id)), Err(ItemError::NotFound)) => Some(*id),
+                _ => None,
+            })
+            .collect();
+        let canaries = self.canaries_among(&missing).await?;
+        if canaries.iter().any(Option::is_some) {
+            super::mark_canaries(event, parsed, &missing, &canaries);
+            return Err(self.canary_tripped(call, caller, event, action).await);
+        }
+        Ok(())
     }
 
     /// Deletes records whose values are found by opening them; per record

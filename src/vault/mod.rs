@@ -805,7 +805,9 @@ impl Vault {
             let canaries = self.canaries_among(&ids).await?;
             if canaries.iter().any(Option::is_some) {
                 mark_canaries(event, &parsed, &ids, &canaries);
-                return Err(self.canary_tripped(call, caller, event).await);
+                return Err(self
+                    .canary_tripped(call, caller, event, Action::Detokenize)
+                    .await);
             }
             return Err(VaultError::PermissionDenied(denial));
         }
@@ -833,7 +835,9 @@ impl Vault {
         let canaries = self.canaries_among(&missing).await?;
         if canaries.iter().any(Option::is_some) {
             mark_canaries(event, &parsed, &missing, &canaries);
-            return Err(self.canary_tripped(call, caller, event).await);
+            return Err(self
+                .canary_tripped(call, caller, event, Action::Detokenize)
+                .await);
         }
         let mut records = read.into_iter();
 
