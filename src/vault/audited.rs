@@ -100,15 +100,21 @@ impl Vault {
         match (recorded, result) {
             (Ok(()), result) => result,
             (Err(e), Ok(_)) => {
-                // A key operation took effect: its event (which holds no
-                // value) is at least in the server log. A reveal or a
-                // tokenize did not (nothing left the vault); the outage is
-                // logged once by the trail, not once per call.
-                if event.action.starts_with("keys.") {
-                    tracing::error!(error = %e, event = %event.to_json(), "a key operation took effect but the audit trail did not take its event");
-                } else {
-                    tracing::debug!(error = %e, "the audit trail did not take this call's event; the call fails");
+                // A key operation, a deletion or an erasure took effect:
+                // its event (tokens, never a value) is at least in the
+                // server log, and the caller is told it happened. A reveal
+                // or a tokenize did not (nothing left the vault); the
+                // outage is logged once by the trail, not once per call.
+                let action = event.action.as_str();
+                if action.starts_with("keys.") || matches!(action, "delete" | "erase") {
+                    tracing::error!(error = %e, event = %event.to_json(), "a change took effect but the audit trail did not take its event");
+                    return Err(VaultError::Unavailable(format!(
+                        "the {} took effect, but the audit trail is unavailable and did not take \
+                         its event (the server log has it); nothing is returned",
+                        if action.starts_with("keys.") { "key operation" } else { "deletion" }
+                    )));
                 }
+                tracing::debug!(error = %e, "the audit trail did not take this call's event; the call fails");
                 Err(VaultError::Unavailable(
                     "the audit trail is unavailable; nothing was revealed or returned".into(),
                 ))
