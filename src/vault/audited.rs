@@ -111,7 +111,11 @@ impl Vault {
                     return Err(VaultError::Unavailable(format!(
                         "the {} took effect, but the audit trail is unavailable and did not take \
                          its event (the server log has it); nothing is returned",
-                        if action.starts_with("keys.") { "key operation" } else { "deletion" }
+                        if action.starts_with("keys.") {
+                            "key operation"
+                        } else {
+                            "deletion"
+                        }
                     )));
                 }
                 tracing::debug!(error = %e, "the audit trail did not take this call's event; the call fails");

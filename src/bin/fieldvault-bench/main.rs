@@ -128,6 +128,10 @@ struct BenchArgs {
     /// The server's `[retention] sweep_batch` in the lifecycle phase.
     #[arg(long, default_value_t = fieldvault::domain::retention::DEFAULT_SWEEP_BATCH, requires = "lifecycle")]
     sweep_batch: usize,
+    /// The server's `[retention] sweep_rate` in the lifecycle phase
+    /// (records per second; 1000000 measures the sweeper unthrottled).
+    #[arg(long, default_value_t = fieldvault::domain::retention::DEFAULT_SWEEP_RATE, requires = "lifecycle")]
+    sweep_rate: u32,
 }
 
 fn main() -> ExitCode {
@@ -190,6 +194,7 @@ async fn bench(args: BenchArgs) -> Result<ExitCode, String> {
             erase_values: args.erase_values,
             sweep_tokens: args.sweep_tokens,
             sweep_batch: args.sweep_batch,
+            sweep_rate: args.sweep_rate,
         }),
     })
     .await?;

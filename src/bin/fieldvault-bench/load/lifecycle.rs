@@ -50,6 +50,8 @@ pub struct LifecycleOptions {
     pub sweep_tokens: u64,
     /// The server's `[retention] sweep_batch`.
     pub sweep_batch: usize,
+    /// The server's `[retention] sweep_rate` (records per second).
+    pub sweep_rate: u32,
 }
 
 /// One pass of the server's sweeper, as its log line reports it.
@@ -219,11 +221,13 @@ impl LifecycleReport {
         }
         out.push_str(&format!(
             "\nsweep of {} expired email tokens by the server's sweeper (sweep_batch = {}, \
-             sweep_interval = {}ms), timed by its `{SWEEP_MESSAGE}` log lines:\n\
+             sweep_rate = {}/s, sweep_interval = {}ms), timed by its `{SWEEP_MESSAGE}` log \
+             lines:\n\
              | sweep | passes | tokens deleted | sweeper busy s | records/s while sweeping | expiry to last pass s | records/s from expiry |\n\
              |---|---:|---:|---:|---:|---:|---:|\n",
             s.sweep_tokens,
             s.sweep_batch,
+            s.sweep_rate,
             SWEEP_INTERVAL.as_millis()
         ));
         for (what, r) in [
@@ -266,7 +270,8 @@ impl LifecycleReport {
         }
         out.push_str(&format!(
             "delete rate: {:.0} tokens/s; erase rate: {:.0} values/s ({:.0} tokens/s); \
-             sweep rate: {:.0} records/s alone, {:.0} beside detokenize-1 (sweep_batch {}); \
+             sweep rate: {:.0} records/s alone, {:.0} beside detokenize-1 (sweep_batch {}, \
+             sweep_rate {}/s); \
              detokenize-1 during the sweep: {:.2}x the throughput before, p99 {:.2} -> {:.2} ms\n\n",
             d.per_sec(d.tokens),
             e.per_sec(e.calls - e.failed),
@@ -274,6 +279,7 @@ impl LifecycleReport {
             self.sweep_alone.per_sec_busy(),
             self.sweep_loaded.per_sec_busy(),
             s.sweep_batch,
+            s.sweep_rate,
             self.during.ops_per_sec() / self.before.ops_per_sec().max(1.0),
             self.before.p99_us as f64 / 1000.0,
             self.during.p99_us as f64 / 1000.0,
@@ -674,7 +680,7 @@ async fn sweep_part(
 ) -> Result<(SweepRun, SweepRun, Measurement, Measurement), String> {
     let m = sizes.sweep_tokens;
     let tuning = Tuning {
-        sweep: Some((SWEEP_INTERVAL, sizes.sweep_batch)),
+        sweep: Some((SWEEP_INTERVAL, sizes.sweep_batch, sizes.sweep_rate)),
         ..Tuning::default()
     };
     let sweeps: SweepLog = Arc::default();

@@ -624,7 +624,7 @@ struct Tuning {
     phone_random: bool,
     /// `[retention]`: the sweeper's interval and batch (default: the
     /// server's defaults).
-    sweep: Option<(Duration, usize)>,
+    sweep: Option<(Duration, usize, u32)>,
 }
 
 /// Writes a config (`name` under `dir`) for the vault (and the ceiling)
@@ -653,8 +653,8 @@ fn write_config(
         "deterministic"
     };
     let retention = match tuning.sweep {
-        Some((interval, batch)) => format!(
-            "[retention]\nsweep_interval = \"{}ms\"\nsweep_batch = {batch}\n",
+        Some((interval, batch, rate)) => format!(
+            "[retention]\nsweep_interval = \"{}ms\"\nsweep_batch = {batch}\nsweep_rate = {rate}\n",
             interval.as_millis()
         ),
         None => String::new(),
