@@ -483,7 +483,15 @@ fn argument_mistakes_are_refused_naming_the_flag_before_anything_is_sent() {
     assert!(!stderr(&out).contains("555"), "{}", show(&out));
     for args in [
         vec!["erase", "--kind", "phone", PHONE, PHONE_NATIONAL],
-        vec!["export", "--kind", "phone", "--purpose", "dsar", PHONE, PHONE_NATIONAL],
+        vec![
+            "export",
+            "--kind",
+            "phone",
+            "--purpose",
+            "dsar",
+            PHONE,
+            PHONE_NATIONAL,
+        ],
     ] {
         let out = run_to_exit(2, &with_conn(&args), "");
         let err = stderr(&out);
@@ -530,9 +538,15 @@ fn a_dev_setup_whose_policy_predates_the_lifecycle_rules_keeps_it_and_says_what_
     let old: String = fieldvault::dev::DEV_POLICY
         .split("[[rules]]")
         .filter(|rule| {
-            !["\"delete\"", "\"inspect\"", "\"erase\"", "\"export\"", "\"backup\""]
-                .iter()
-                .any(|a| rule.contains(&format!("action = {a}")))
+            ![
+                "\"delete\"",
+                "\"inspect\"",
+                "\"erase\"",
+                "\"export\"",
+                "\"backup\"",
+            ]
+            .iter()
+            .any(|a| rule.contains(&format!("action = {a}")))
         })
         .collect::<Vec<_>>()
         .join("[[rules]]");
@@ -548,8 +562,7 @@ fn a_dev_setup_whose_policy_predates_the_lifecycle_rules_keeps_it_and_says_what_
     assert!(
         lines[0].contains(
             "orders: delete, orders: inspect, admin: erase, admin: export, admin: backup"
-        )
-            && lines[0].contains("deploy/dev/policy.toml")
+        ) && lines[0].contains("deploy/dev/policy.toml")
             && lines[0].contains("serve --dev --reset"),
         "{}",
         lines[0]

@@ -65,17 +65,14 @@ impl Partial {
     /// A new owner-only file in `out`'s directory, or why not.
     fn beside(out: &Path) -> Result<Self, String> {
         use std::os::unix::fs::OpenOptionsExt;
-        let name = out
-            .file_name()
-            .filter(|_| !out.is_dir())
-            .ok_or_else(|| {
-                format!(
-                    "--out {}: is a directory, not a file: name a file in it, e.g. {}; nothing \
+        let name = out.file_name().filter(|_| !out.is_dir()).ok_or_else(|| {
+            format!(
+                "--out {}: is a directory, not a file: name a file in it, e.g. {}; nothing \
                      was backed up",
-                    out.display(),
-                    out.join("vault.fvb").display()
-                )
-            })?;
+                out.display(),
+                out.join("vault.fvb").display()
+            )
+        })?;
         let dir = match out.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
             _ => PathBuf::from("."),

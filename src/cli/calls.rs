@@ -180,9 +180,9 @@ pub(crate) fn ttl_arg(s: &str) -> Result<std::time::Duration, String> {
             Err(format!("is longer than any time to live ({FORM})"))
         }
         // A number alone ("5"): humantime reports an empty unit.
-        Err(humantime::DurationError::UnknownUnit { unit, .. }) if unit.is_empty() => Err(
-            format!("needs a unit, e.g. 5s or 90d (use ms, s, m, h, d, w, M or y: {FORM})"),
-        ),
+        Err(humantime::DurationError::UnknownUnit { unit, .. }) if unit.is_empty() => {
+            Err("needs a unit, e.g. 5s or 90d (units: ms, s, m, h, d, w, M, y)".to_owned())
+        }
         Err(humantime::DurationError::UnknownUnit { .. }) => Err(format!(
             "has an unknown unit (use ms, s, m, h, d, w, M or y: {FORM})"
         )),
