@@ -477,8 +477,8 @@ fn upgrade(dir: &Path) -> Result<(), DevError> {
     Ok(())
 }
 
-/// A dev policy made before the data-lifecycle rules (issue 15) is left
-/// as it is (it is the user's file): one log line says what it lacks.
+/// A dev policy made before the data-lifecycle and backup rules (issue 15)
+/// is left as it is (it is the user's file): one log line says what it lacks.
 fn note_missing_lifecycle_rules(policy: &Path) {
     use crate::domain::policy::Action;
     let (orders, admin) = (spiffe_id("orders"), spiffe_id("admin"));
@@ -498,6 +498,7 @@ fn note_missing_lifecycle_rules(policy: &Path) {
         (Action::Inspect, &orders, "orders: inspect"),
         (Action::Erase, &admin, "admin: erase"),
         (Action::Export, &admin, "admin: export"),
+        (Action::Backup, &admin, "admin: backup"),
     ]
     .into_iter()
     .filter(|(action, who, _)| !has(*action, who))

@@ -398,6 +398,20 @@ async fn restore_refuses_a_dir_with_a_store_a_truncated_file_a_flipped_byte_and_
     );
     assert_eq!(snapshot_of(&data), before, "nothing changed");
 
+    // A directory given as the backup file.
+    let fresh = vault.tmp.path().join("fresh");
+    let out = restore_cli(vault.tmp.path(), &fresh);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains(&format!(
+            "INVALID_ARGUMENT: --in {}: is a directory, not a backup file; nothing was changed",
+            vault.tmp.path().display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!fresh.exists(), "nothing made");
+
     // Damaged files into a new data dir with certificates in it.
     let target = vault.tmp.path().join("new");
     std::fs::create_dir_all(&target).unwrap();
@@ -448,7 +462,10 @@ async fn a_backup_to_a_path_that_cannot_be_written_is_refused_before_the_server_
             "No such file or directory",
         ),
         (file_in_the_way.join("vault.fvb"), "Not a directory"),
-        (tmp.clone(), "is a directory"),
+        (
+            tmp.clone(),
+            "is a directory, not a file: name a file in it, e.g. ",
+        ),
     ] {
         let (pki, out2, closed) = (pki.clone(), out.clone(), closed.clone());
         let result = tokio::task::spawn_blocking(move || backup_cli(&closed, &pki, "admin", &out2))

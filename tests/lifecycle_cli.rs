@@ -439,6 +439,7 @@ fn argument_mistakes_are_refused_naming_the_flag_before_anything_is_sent() {
         ("0s", "is 0s; a time to live must be more than zero"),
         ("-5s", "is negative"),
         ("soon", "is not a duration"),
+        ("5", "needs a unit, e.g. 5s or 90d"),
         ("+1 202-555-0161", "--ttl"),
     ] {
         let out = run_to_exit(
@@ -480,6 +481,28 @@ fn argument_mistakes_are_refused_naming_the_flag_before_anything_is_sent() {
         "",
     );
     assert!(!stderr(&out).contains("555"), "{}", show(&out));
+    for args in [
+        vec!["erase", "--kind", "phone", PHONE, PHONE_NATIONAL],
+        vec![
+            "export",
+            "--kind",
+            "phone",
+            "--purpose",
+            "dsar",
+            PHONE,
+            PHONE_NATIONAL,
+        ],
+    ] {
+        let out = run_to_exit(2, &with_conn(&args), "");
+        let err = stderr(&out);
+        assert!(
+            err.contains("INVALID_ARGUMENT")
+                && err.contains("erase and export take one value per command"),
+            "{}",
+            show(&out)
+        );
+        assert!(!err.contains("555"), "{}", show(&out));
+    }
     let out = run_to_exit(
         2,
         &with_conn(&["export", "--kind", "phone", "--stdin", "--json"]),
@@ -510,14 +533,20 @@ fn a_dev_setup_whose_policy_predates_the_lifecycle_rules_keeps_it_and_says_what_
     let data = tmp.path().join("data");
     let log = tmp.path().join("server.log");
     assert!(start_dev(&data, &log).unwrap().terminate_ok());
-    // The dev policy as it was before: without the lifecycle rules.
+    // The dev policy as it was before: without the lifecycle and backup rules.
     let policy = data.join("dev/policy.toml");
     let old: String = fieldvault::dev::DEV_POLICY
         .split("[[rules]]")
         .filter(|rule| {
-            !["\"delete\"", "\"inspect\"", "\"erase\"", "\"export\""]
-                .iter()
-                .any(|a| rule.contains(&format!("action = {a}")))
+            ![
+                "\"delete\"",
+                "\"inspect\"",
+                "\"erase\"",
+                "\"export\"",
+                "\"backup\"",
+            ]
+            .iter()
+            .any(|a| rule.contains(&format!("action = {a}")))
         })
         .collect::<Vec<_>>()
         .join("[[rules]]");
@@ -531,8 +560,9 @@ fn a_dev_setup_whose_policy_predates_the_lifecycle_rules_keeps_it_and_says_what_
         .collect();
     assert_eq!(lines.len(), 1, "{logged}");
     assert!(
-        lines[0].contains("orders: delete, orders: inspect, admin: erase, admin: export")
-            && lines[0].contains("deploy/dev/policy.toml")
+        lines[0].contains(
+            "orders: delete, orders: inspect, admin: erase, admin: export, admin: backup"
+        ) && lines[0].contains("deploy/dev/policy.toml")
             && lines[0].contains("serve --dev --reset"),
         "{}",
         lines[0]

@@ -65,10 +65,14 @@ impl Partial {
     /// A new owner-only file in `out`'s directory, or why not.
     fn beside(out: &Path) -> Result<Self, String> {
         use std::os::unix::fs::OpenOptionsExt;
-        let name = out
-            .file_name()
-            .filter(|_| !out.is_dir())
-            .ok_or_else(|| format!("--out {}: is a directory, not a file", out.display()))?;
+        let name = out.file_name().filter(|_| !out.is_dir()).ok_or_else(|| {
+            format!(
+                "--out {}: is a directory, not a file: name a file in it, e.g. {}; nothing \
+                     was backed up",
+                out.display(),
+                out.join("vault.fvb").display()
+            )
+        })?;
         let dir = match out.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
             _ => PathBuf::from("."),
@@ -242,14 +246,23 @@ pub(crate) async fn backup(args: BackupArgs) -> ExitCode {
         emit!("{}", summary_json(&summary, "file", &out));
     } else {
         emit!(
-            "backup written to {out}: {} bytes, {} records, sha256 {} (taken {})",
+            "backup written to {out}: {} bytes, {}, sha256 {} (taken {})",
             summary.bytes,
-            summary.records,
+            records(summary.records),
             summary.sha256,
             fieldvault::domain::time::rfc3339(summary.created_unix_ms)
         );
     }
     ExitCode::from(EXIT_OK)
+}
+
+/// "1 record", "2 records".
+fn records(n: u64) -> String {
+    if n == 1 {
+        "1 record".to_owned()
+    } else {
+        format!("{n} records")
+    }
 }
 
 fn summary_json(summary: &Summary, place: &str, path: &str) -> serde_json::Value {
@@ -292,6 +305,13 @@ pub(crate) async fn restore(args: RestoreArgs) -> ExitCode {
     // The store's files hold ciphertext and wrapped keys: owner-only, like
     // every file the server creates.
     fieldvault::fsperm::restrict_umask();
+    if args.input.is_dir() {
+        let message = format!(
+            "--in {}: is a directory, not a backup file; nothing was changed",
+            args.input.display()
+        );
+        return call_failed(args.json, &Failure::new(Code::InvalidArgument, message), 0);
+    }
     match fieldvault::store::backup::restore(&args.input, &args.data_dir).await {
         Ok(restored) => {
             let store = restored.store_dir.display().to_string();
@@ -299,20 +319,21 @@ pub(crate) async fn restore(args: RestoreArgs) -> ExitCode {
                 emit!("{}", summary_json(&restored.summary, "store", &store));
             } else {
                 emit!(
-                    "restored {} into {store}: {} records, sha256 {} (backup taken {}); start \
+                    "restored {} into {store}: {}, sha256 {} (backup taken {}); start \
                      the server on {} with the master key of the store backed up",
                     args.input.display(),
-                    restored.summary.records,
+                    records(restored.summary.records),
                     restored.summary.sha256,
                     fieldvault::domain::time::rfc3339(restored.summary.created_unix_ms),
                     args.data_dir.display()
                 );
                 if !args.data_dir.join("audit.log").exists() {
                     emit!(
-                        "{} holds no audit trail of this vault: the first start needs \
-                         --audit-new-chain (or start_new_chain = true under [audit]), and the \
-                         trail begins a new chain that says why",
-                        args.data_dir.display()
+                        "{dir} holds no audit trail of this vault: the first start needs \
+                         --audit-new-chain (`fieldvault serve --dev --data-dir {dir} \
+                         --audit-new-chain`, or with --config: start_new_chain = true under \
+                         [audit]), and the trail begins a new chain that says why",
+                        dir = args.data_dir.display()
                     );
                 }
             }

@@ -179,6 +179,10 @@ pub(crate) fn ttl_arg(s: &str) -> Result<std::time::Duration, String> {
         Err(humantime::DurationError::NumberOverflow) => {
             Err(format!("is longer than any time to live ({FORM})"))
         }
+        // A number alone ("5"): humantime reports an empty unit.
+        Err(humantime::DurationError::UnknownUnit { unit, .. }) if unit.is_empty() => {
+            Err("needs a unit, e.g. 5s or 90d (units: ms, s, m, h, d, w, M, y)".to_owned())
+        }
         Err(humantime::DurationError::UnknownUnit { .. }) => Err(format!(
             "has an unknown unit (use ms, s, m, h, d, w, M or y: {FORM})"
         )),
@@ -1120,11 +1124,15 @@ mod tests {
         for text in ["+1 202-555-0143", "2025550143", "soon", ""] {
             let e = ttl_arg(text).unwrap_err();
             assert!(
-                e.starts_with("is not a duration") || e.starts_with("has an unknown unit"),
+                e.starts_with("is not a duration")
+                    || e.starts_with("has an unknown unit")
+                    || e.starts_with("needs a unit"),
                 "{e}"
             );
             assert!(!e.contains("555") && !e.contains("soon"), "{e}");
         }
+        let e = ttl_arg("5").unwrap_err();
+        assert!(e.starts_with("needs a unit, e.g. 5s or 90d"), "{e}");
         let e = ttl_arg("5 fortnights").unwrap_err();
         assert!(e.starts_with("has an unknown unit"), "{e}");
         assert!(!e.contains("fortnight"), "{e}");

@@ -51,6 +51,10 @@ pub(crate) struct ValueArgs {
     /// machine (ps) and lands in shell history: prefer --stdin.
     #[arg(required_unless_present = "stdin")]
     value: Option<String>,
+    /// Values after the first: refused with a message that says why
+    /// (one value per command), never quoted.
+    #[arg(hide = true, conflicts_with = "stdin")]
+    more: Vec<String>,
 }
 
 #[derive(Args)]
@@ -131,6 +135,16 @@ impl ValueArgs {
         } else {
             "field.value"
         };
+        if !self.more.is_empty() {
+            return Err(Failure::invalid(
+                "VALUE",
+                &format!(
+                    "{} values given; erase and export take one value per command (nothing \
+                     was sent)",
+                    self.more.len() + 1
+                ),
+            ));
+        }
         let text = match (&self.value, self.stdin) {
             (_, true) => read_one_line(named, max)?,
             (Some(value), false) => value.clone(),
