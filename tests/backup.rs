@@ -466,6 +466,11 @@ async fn a_backup_to_a_path_that_cannot_be_written_is_refused_before_the_server_
             tmp.clone(),
             "is a directory, not a file: name a file in it, e.g. ",
         ),
+        // A device is refused, never replaced by a backup.
+        (
+            std::path::PathBuf::from("/dev/null"),
+            "is not a regular file (a device, socket or fifo)",
+        ),
     ] {
         let (pki, out2, closed) = (pki.clone(), out.clone(), closed.clone());
         let result = tokio::task::spawn_blocking(move || backup_cli(&closed, &pki, "admin", &out2))

@@ -73,6 +73,19 @@ impl Partial {
                 out.join("vault.fvb").display()
             )
         })?;
+        // What is at `out` now: a regular file or a symlink is replaced (the
+        // link itself, never its target); anything else (a device such as
+        // /dev/null, a socket, a fifo) is refused, never replaced.
+        if let Ok(meta) = std::fs::symlink_metadata(out) {
+            let kind = meta.file_type();
+            if !kind.is_file() && !kind.is_symlink() {
+                return Err(format!(
+                    "--out {}: is not a regular file (a device, socket or fifo); name a file \
+                     to write the backup to; nothing was backed up",
+                    out.display()
+                ));
+            }
+        }
         let dir = match out.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
             _ => PathBuf::from("."),
