@@ -216,6 +216,26 @@ fn value_field_from_pb(f: Option<pb::Field>) -> Result<FieldInput, ItemError> {
     field_from_pb(f)
 }
 
+/// One result per token of a per-token call, in order: each item's error
+/// as its `google.rpc.Status`, naming it `tokens[i]`.
+fn per_token<T, R>(
+    tokens: Vec<String>,
+    results: Vec<Result<T, ItemError>>,
+    result: impl Fn(String, Result<T, tonic_types::Status>) -> R,
+) -> Vec<R> {
+    tokens
+        .into_iter()
+        .zip(results)
+        .enumerate()
+        .map(|(i, (token, r))| {
+            result(
+                token,
+                r.map_err(|e| item_status(&format!("tokens[{i}]"), &e)),
+            )
+        })
+        .collect()
+}
+
 fn mode_to_pb(mode: Option<TokenMode>) -> pb::TokenMode {
     match mode {
         Some(TokenMode::Random) => pb::TokenMode::Random,
@@ -297,31 +317,23 @@ impl pb::vault_server::Vault for VaultService {
             Ok(results) => results,
             Err(e) => return answer(&call, Err(call_status(e))),
         };
-        let results = req
-            .tokens
-            .into_iter()
-            .zip(results)
-            .enumerate()
-            .map(|(i, (token, r))| pb::DetokenizeResult {
-                token,
-                outcome: Some(match r {
-                    Ok(revealed) => pb::detokenize_result::Outcome::Revealed(pb::RevealedValue {
-                        kind: kind_to_pb(revealed.kind) as i32,
-                        reveal: reveal_to_pb(revealed.reveal) as i32,
-                        value: revealed.value.expose().to_owned(),
-                        scheme: revealed
-                            .scheme
-                            .map_or(pb::NationalIdScheme::Unspecified, scheme_to_pb)
-                            as i32,
-                        address: revealed.address.as_ref().map(address_to_pb),
-                    }),
-                    Err(e) => pb::detokenize_result::Outcome::Error(item_status(
-                        &format!("tokens[{i}]"),
-                        &e,
-                    )),
+        use pb::detokenize_result::Outcome;
+        let results = per_token(req.tokens, results, |token, r| pb::DetokenizeResult {
+            token,
+            outcome: Some(match r {
+                Ok(revealed) => Outcome::Revealed(pb::RevealedValue {
+                    kind: kind_to_pb(revealed.kind) as i32,
+                    reveal: reveal_to_pb(revealed.reveal) as i32,
+                    value: revealed.value.expose().to_owned(),
+                    scheme: revealed
+                        .scheme
+                        .map_or(pb::NationalIdScheme::Unspecified, scheme_to_pb)
+                        as i32,
+                    address: revealed.address.as_ref().map(address_to_pb),
                 }),
-            })
-            .collect();
+                Err(e) => Outcome::Error(e),
+            }),
+        });
         answer(&call, Ok(pb::DetokenizeResponse { results }))
     }
 
@@ -335,21 +347,14 @@ impl pb::vault_server::Vault for VaultService {
             Ok(results) => results,
             Err(e) => return answer(&call, Err(call_status(e))),
         };
-        let results = tokens
-            .into_iter()
-            .zip(results)
-            .enumerate()
-            .map(|(i, (token, r))| pb::DeleteTokensResult {
-                token,
-                outcome: Some(match r {
-                    Ok(kind) => pb::delete_tokens_result::Outcome::Deleted(kind_to_pb(kind) as i32),
-                    Err(e) => pb::delete_tokens_result::Outcome::Error(item_status(
-                        &format!("tokens[{i}]"),
-                        &e,
-                    )),
-                }),
-            })
-            .collect();
+        use pb::delete_tokens_result::Outcome;
+        let results = per_token(tokens, results, |token, r| pb::DeleteTokensResult {
+            token,
+            outcome: Some(match r {
+                Ok(kind) => Outcome::Deleted(kind_to_pb(kind) as i32),
+                Err(e) => Outcome::Error(e),
+            }),
+        });
         answer(&call, Ok(pb::DeleteTokensResponse { results }))
     }
 
@@ -363,21 +368,14 @@ impl pb::vault_server::Vault for VaultService {
             Ok(results) => results,
             Err(e) => return answer(&call, Err(call_status(e))),
         };
-        let results = tokens
-            .into_iter()
-            .zip(results)
-            .enumerate()
-            .map(|(i, (token, r))| pb::GetTokenInfoResult {
-                token,
-                outcome: Some(match r {
-                    Ok(info) => pb::get_token_info_result::Outcome::Info(info_to_pb(info)),
-                    Err(e) => pb::get_token_info_result::Outcome::Error(item_status(
-                        &format!("tokens[{i}]"),
-                        &e,
-                    )),
-                }),
-            })
-            .collect();
+        use pb::get_token_info_result::Outcome;
+        let results = per_token(tokens, results, |token, r| pb::GetTokenInfoResult {
+            token,
+            outcome: Some(match r {
+                Ok(info) => Outcome::Info(info_to_pb(info)),
+                Err(e) => Outcome::Error(e),
+            }),
+        });
         answer(&call, Ok(pb::GetTokenInfoResponse { results }))
     }
 
