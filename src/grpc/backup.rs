@@ -59,13 +59,20 @@ impl pb::backup_service_server::BackupService for BackupService {
         let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
         let request_id = call.request_id.clone();
         let runtime = tokio::runtime::Handle::current();
+        // Set when the client stalled: the stream then ends with an error
+        // after what it buffered, not with OK.
+        let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stalled_here = stalled.clone();
         // Each chunk waits at most STALL_LIMIT for the client to take it.
         let send = move |item: Result<pb::BackupResponse, Status>| {
             runtime.block_on(async {
                 match tokio::time::timeout(STALL_LIMIT, tx.send(item)).await {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(_)) => Err("the client went away during a backup"),
-                    Err(_) => Err("the client took no chunk of its backup for a minute; ended"),
+                    Err(_) => {
+                        stalled_here.store(true, std::sync::atomic::Ordering::SeqCst);
+                        Err("the client took no chunk of its backup for a minute; ended")
+                    }
                 }
             })
         };
@@ -121,7 +128,44 @@ impl pb::backup_service_server::BackupService for BackupService {
                 )),
             );
         }
-        let stream: Chunks = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let stream: Chunks = Box::pin(EndsInError {
+            chunks: tokio_stream::wrappers::ReceiverStream::new(rx),
+            stalled: Some(stalled),
+        });
         answer(&call, Ok(stream))
+    }
+}
+
+/// The chunks, then, if the client stalled past [`STALL_LIMIT`], an error
+/// (so a client that reads on later sees a failed call, not a short
+/// backup answered OK).
+struct EndsInError {
+    chunks: tokio_stream::wrappers::ReceiverStream<Result<pb::BackupResponse, Status>>,
+    stalled: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl Stream for EndsInError {
+    type Item = Result<pb::BackupResponse, Status>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        match Pin::new(&mut self.chunks).poll_next(cx) {
+            Poll::Ready(None) => {
+                let stalled = self
+                    .stalled
+                    .take()
+                    .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
+                Poll::Ready(stalled.then(|| {
+                    Err(Status::deadline_exceeded(
+                        "the backup was ended: the client took no chunk for a minute; the \
+                         chunks sent are not a whole backup",
+                    ))
+                }))
+            }
+            other => other,
+        }
     }
 }

@@ -111,10 +111,10 @@ impl Vault {
                     return Err(VaultError::Unavailable(format!(
                         "the {} took effect, but the audit trail is unavailable and did not take \
                          its event (the server log has it); nothing is returned",
-                        if action.starts_with("keys.") {
-                            "key operation"
-                        } else {
-                            "deletion"
+                        match action {
+                            "erase" => "erasure",
+                            "delete" => "deletion",
+                            _ => "key operation",
                         }
                     )));
                 }
