@@ -308,15 +308,28 @@ impl TestVault {
     }
 
     /// Stops the server and starts it again on the same data dir and keys.
+    /// sled's background writes can hold the store's file lock for a moment
+    /// after its last handle is gone (a test that opened the store itself
+    /// meanwhile): a start refused for that lock is tried again, at most
+    /// 100 times, 20 ms apart.
     pub async fn restart(&mut self) {
         self.stop().await;
-        let server = bounded(
-            SERVER_DEADLINE,
-            "the server to restart",
-            app::start(&self.config, &no_env),
-        )
-        .await
-        .unwrap();
+        let mut tries = 0;
+        let server = loop {
+            let started = bounded(
+                SERVER_DEADLINE,
+                "the server to restart",
+                app::start(&self.config, &no_env),
+            )
+            .await;
+            match started {
+                Err(e) if tries < 100 && e.to_string().contains("the store is in use") => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => break other.unwrap(),
+            }
+        };
         self.server = Some(server);
     }
 }
