@@ -30,6 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 PathBuf::from("proto/fieldvault/v1/key_admin.proto"),
                 PathBuf::from("proto/fieldvault/v1/admin.proto"),
                 PathBuf::from("proto/fieldvault/v1/backup.proto"),
+                PathBuf::from("proto/fieldvault/v1/grants.proto"),
                 PathBuf::from("proto/google/rpc/error_details.proto"),
             ],
             &[PathBuf::from("proto"), protoc_bin_vendored::include_path()?],

@@ -639,6 +639,7 @@ impl Call for Detokenize {
             tokens,
             purpose: self.purpose.clone(),
             justification: self.justification.clone(),
+            grant_id: String::new(),
         };
         let response = self
             .status

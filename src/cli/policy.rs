@@ -5,7 +5,7 @@
 use super::output::{call_failed, emit, Failure};
 use clap::{Args, Subcommand};
 use fieldvault::config::Config;
-use fieldvault::domain::policy::{Action, Denial, DeniedOn, Grant, Policy, PolicyError, Rule};
+use fieldvault::domain::policy::{Action, Denial, DeniedOn, Ruling, Policy, PolicyError, Rule};
 use fieldvault::domain::{CallerId, FieldKind, Justification, Purpose};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -345,7 +345,7 @@ fn question(args: &ExplainArgs) -> Result<Question, Failure> {
 }
 
 /// The decision, as the server makes it.
-fn decide(policy: &Policy, q: &Question) -> Result<Grant, Denial> {
+fn decide(policy: &Policy, q: &Question) -> Result<Ruling, Denial> {
     policy.check_deny_list(&q.caller)?;
     policy.check_call(
         &q.caller,
@@ -368,11 +368,12 @@ fn decide(policy: &Policy, q: &Question) -> Result<Grant, Denial> {
                 .rules()
                 .iter()
                 .find(|r| r.action == q.action && r.callers.iter().any(|c| c == q.caller.as_str()));
-            Ok(Grant {
+            Ok(Ruling {
                 reveal: None,
                 rule: rule.map(|r| r.name.clone()).unwrap_or_default(),
                 line: rule.map_or(0, |r| r.line),
                 quotas: Vec::new(),
+                under_grant: false,
             })
         }
     }
@@ -386,11 +387,12 @@ fn dimension(on: DeniedOn) -> &'static str {
         DeniedOn::Kind => "kind",
         DeniedOn::Purpose => "purpose",
         DeniedOn::Justification => "justification",
+        DeniedOn::Grant => "grant",
     }
 }
 
 /// What a grant's rule says, in words, one item a line.
-fn grant_text(grant: &Grant, rule: Option<&Rule>, action: Action) -> String {
+fn grant_text(grant: &Ruling, rule: Option<&Rule>, action: Action) -> String {
     let mut out = format!("ALLOWED by rule '{}' (line {})\n", grant.rule, grant.line);
     match action {
         Action::Keys => {
@@ -402,6 +404,10 @@ fn grant_text(grant: &Grant, rule: Option<&Rule>, action: Action) -> String {
         ),
         Action::Backup => out.push_str(
             "  allows: encrypted backups of the whole store (records stay sealed), no values\n",
+        ),
+        Action::Grants => out.push_str(
+            "  allows: grant administration (requesting grants for workflows, seeing and \
+             revoking every grant), no data\n",
         ),
         Action::Tokenize
         | Action::Detokenize
@@ -434,7 +440,7 @@ fn grant_text(grant: &Grant, rule: Option<&Rule>, action: Action) -> String {
     out
 }
 
-fn grant_json(grant: &Grant, rule: Option<&Rule>) -> Value {
+fn grant_json(grant: &Ruling, rule: Option<&Rule>) -> Value {
     json!({
         "name": grant.rule,
         "line": grant.line,
@@ -548,7 +554,7 @@ action = "admin"
         kind: Option<FieldKind>,
         purpose: Option<&str>,
         justification: Option<&str>,
-    ) -> Result<Grant, Denial> {
+    ) -> Result<Ruling, Denial> {
         let policy = Policy::from_toml(POLICY).unwrap_or_else(|e| panic!("{e}"));
         let q = Question {
             caller: CallerId::spiffe(caller).unwrap_or_else(|e| panic!("{e}")),

@@ -3,6 +3,7 @@
 
 pub mod batch;
 mod caller;
+pub mod grant;
 mod kind;
 pub mod policy;
 mod purpose;

@@ -163,6 +163,20 @@ response!(pb::ListCanariesResponse);
 request!(pb::BackupRequest, BACKUP_REQUEST);
 response!(pb::BackupResponse);
 
+// Grants (grants.proto).
+request!(pb::RequestGrantRequest, REQUEST_GRANT_REQUEST);
+request!(pb::ApproveGrantRequest, APPROVE_GRANT_REQUEST);
+request!(pb::RejectGrantRequest, REJECT_GRANT_REQUEST);
+request!(pb::RevokeGrantRequest, REVOKE_GRANT_REQUEST);
+request!(pb::ListGrantsRequest, LIST_GRANTS_REQUEST);
+request!(pb::GetGrantRequest, GET_GRANT_REQUEST);
+response!(pb::RequestGrantResponse);
+response!(pb::ApproveGrantResponse);
+response!(pb::RejectGrantResponse);
+response!(pb::RevokeGrantResponse);
+response!(pb::ListGrantsResponse);
+response!(pb::GetGrantResponse);
+
 // ---------------------------------------------------------------------------
 // The schema: for each request message, the fields the walk checks. Fields
 // not listed are skipped by wire type, as prost skips unknown fields; a
@@ -175,6 +189,9 @@ response!(pb::BackupResponse);
 enum Shape {
     /// An enum or integer (wire type 0).
     Varint,
+    /// A repeated enum or integer: one per field (wire type 0) or packed,
+    /// many in one length-delimited field (wire type 2); each counts.
+    Varints,
     /// A string: length-delimited, UTF-8.
     Str,
     /// A message: length-delimited, walked.
@@ -270,6 +287,7 @@ static DETOKENIZE_REQUEST: Schema = Schema {
         field(1, "tokens", Shape::Str, Count::BatchItems),
         field(2, "purpose", Shape::Str, Count::One),
         field(3, "justification", Shape::Str, Count::One),
+        field(4, "grant_id", Shape::Str, Count::One),
     ],
 };
 
@@ -367,9 +385,67 @@ static BACKUP_REQUEST: Schema = Schema {
     fields: &[],
 };
 
+static REQUEST_GRANT_REQUEST: Schema = Schema {
+    name: "RequestGrantRequest",
+    fields: &[
+        field(1, "caller", Shape::Str, Count::One),
+        field(
+            2,
+            "kinds",
+            Shape::Varints,
+            Count::AtMost(crate::domain::grant::MAX_GRANT_KINDS),
+        ),
+        field(3, "purpose", Shape::Str, Count::One),
+        field(4, "max_reveals", Shape::Varint, Count::One),
+        field(5, "valid_for", Shape::Msg(&DURATION), Count::One),
+        field(6, "reason", Shape::Str, Count::One),
+        field(
+            7,
+            "tokens",
+            Shape::Str,
+            Count::AtMost(crate::domain::grant::MAX_GRANT_TOKENS),
+        ),
+    ],
+};
+
+static APPROVE_GRANT_REQUEST: Schema = Schema {
+    name: "ApproveGrantRequest",
+    fields: &[field(1, "grant_id", Shape::Str, Count::One)],
+};
+
+static REJECT_GRANT_REQUEST: Schema = Schema {
+    name: "RejectGrantRequest",
+    fields: &[
+        field(1, "grant_id", Shape::Str, Count::One),
+        field(2, "reason", Shape::Str, Count::One),
+    ],
+};
+
+static REVOKE_GRANT_REQUEST: Schema = Schema {
+    name: "RevokeGrantRequest",
+    fields: &[
+        field(1, "grant_id", Shape::Str, Count::One),
+        field(2, "reason", Shape::Str, Count::One),
+    ],
+};
+
+static LIST_GRANTS_REQUEST: Schema = Schema {
+    name: "ListGrantsRequest",
+    fields: &[
+        field(1, "state", Shape::Varint, Count::One),
+        field(2, "caller", Shape::Str, Count::One),
+        field(3, "limit", Shape::Varint, Count::One),
+    ],
+};
+
+static GET_GRANT_REQUEST: Schema = Schema {
+    name: "GetGrantRequest",
+    fields: &[field(1, "grant_id", Shape::Str, Count::One)],
+};
+
 /// Every request message, by the schema it is walked against.
 #[cfg(test)]
-static REQUESTS: [&Schema; 19] = [
+static REQUESTS: [&Schema; 25] = [
     &TOKENIZE_REQUEST,
     &DETOKENIZE_REQUEST,
     &DELETE_TOKENS_REQUEST,
@@ -389,6 +465,12 @@ static REQUESTS: [&Schema; 19] = [
     &CREATE_CANARIES_REQUEST,
     &LIST_CANARIES_REQUEST,
     &BACKUP_REQUEST,
+    &REQUEST_GRANT_REQUEST,
+    &APPROVE_GRANT_REQUEST,
+    &REJECT_GRANT_REQUEST,
+    &REVOKE_GRANT_REQUEST,
+    &LIST_GRANTS_REQUEST,
+    &GET_GRANT_REQUEST,
 ];
 
 // ---------------------------------------------------------------------------
@@ -548,7 +630,9 @@ fn walk(
         };
         let expected = match spec.shape {
             Shape::Varint => 0,
-            Shape::Str | Shape::Msg(_) => 2,
+            // Packed (proto3's default) or one by one.
+            Shape::Varints if wire_type == 0 => 0,
+            Shape::Str | Shape::Msg(_) | Shape::Varints => 2,
         };
         if wire_type != expected {
             return Err(refuse(
@@ -559,6 +643,20 @@ fn walk(
         match spec.shape {
             Shape::Varint => {
                 varint(&mut bytes).map_err(|reason| refuse(here, reason))?;
+            }
+            Shape::Varints if wire_type == 0 => {
+                varint(&mut bytes).map_err(|reason| refuse(here, reason))?;
+            }
+            Shape::Varints => {
+                // A packed run: each varint in it is an element (the run
+                // itself was counted as one above).
+                let mut packed = delimited(&mut bytes).map_err(|reason| refuse(here, reason))?;
+                let mut n = 0usize;
+                while !packed.is_empty() {
+                    varint(&mut packed).map_err(|reason| refuse(here, reason))?;
+                    n += 1;
+                }
+                tally.counts[index] = tally.counts[index].saturating_add(n).saturating_sub(1);
             }
             Shape::Str => {
                 let text = delimited(&mut bytes).map_err(|reason| refuse(here, reason))?;
@@ -1155,6 +1253,7 @@ mod tests {
                 );
                 match (f.r#type(), spec.shape) {
                     (Type::Enum | Type::Uint32 | Type::Int64 | Type::Int32, Shape::Varint)
+                    | (Type::Enum, Shape::Varints)
                     | (Type::String, Shape::Str) => {}
                     (Type::Message, Shape::Msg(sub)) => {
                         assert_eq!(f.type_name(), full_name(sub.name));
@@ -1169,11 +1268,12 @@ mod tests {
             }
         }
         // Field and what it holds are walked once per request that holds
-        // it (Tokenize, EraseValue, ExportValue).
+        // it (Tokenize, EraseValue, ExportValue); Duration once more
+        // (RequestGrant's valid_for).
         assert_eq!(
             seen,
-            19 + 3 * 3,
-            "nineteen requests; Field, PostalAddress and Duration thrice"
+            25 + 3 * 3 + 1,
+            "twenty-five requests; Field, PostalAddress and Duration thrice, Duration once more"
         );
         // The street-line bound leaves the validators' to the validator.
         assert_eq!(

@@ -28,6 +28,17 @@
 //! justification = "SUP-[0-9]+"     # detokenize only: the whole justification must match
 //!
 //! [[rules]]
+//! name = "fulfilment: addresses under an approved grant"
+//! callers = ["spiffe://fieldvault.dev/fulfilment"]
+//! action = "detokenize"
+//! kinds = ["address"]
+//! purposes = ["shipping"]
+//! reveal = "full"
+//! requires_grant = true            # allows nothing without an active grant
+//! approvals = 2                    # distinct approvals that make a grant active (default 1)
+//! approvers = ["spiffe://fieldvault.dev/approver1", "spiffe://fieldvault.dev/approver2"]
+//!
+//! [[rules]]
 //! name = "the rotation job administers keys"
 //! callers = ["spiffe://fieldvault.dev/rotator"]
 //! action = "keys"                  # the KeyAdmin service: no kinds, purposes or reveal
@@ -36,7 +47,14 @@
 //! (among equals, the first in the file); its quota counts the values it
 //! reveals. A `keys` rule allows every KeyAdmin call (rotate, rewrap,
 //! retire, status) and no data; an `admin` rule allows the Admin service
-//! (callers, freezes, canaries) and no data.
+//! (callers, freezes, canaries) and no data; a `grants` rule lets an
+//! operator request grants on a workflow's behalf, see every grant, revoke
+//! any, and approve those whose rule lists no approvers.
+//!
+//! A rule with `requires_grant = true` allows nothing by itself: it counts
+//! only for a detokenize that names an active grant covering the item
+//! ([`Policy::decide_under_grant`]); without one, the denial says a grant
+//! is needed.
 
 mod quota;
 #[cfg(test)]
@@ -69,10 +87,12 @@ pub enum Action {
     Export,
     /// Encrypted backups of the whole store.
     Backup,
+    /// Grant administration (the Grants service on a workflow's behalf).
+    Grants,
 }
 
 impl Action {
-    pub const ALL: [Action; 9] = [
+    pub const ALL: [Action; 10] = [
         Action::Tokenize,
         Action::Detokenize,
         Action::Keys,
@@ -82,6 +102,7 @@ impl Action {
         Action::Erase,
         Action::Export,
         Action::Backup,
+        Action::Grants,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -95,13 +116,17 @@ impl Action {
             Action::Erase => "erase",
             Action::Export => "export",
             Action::Backup => "backup",
+            Action::Grants => "grants",
         }
     }
 
     /// Whether rules for this action concern field kinds (else they allow
     /// an administrative service and no data).
     pub fn is_data(self) -> bool {
-        !matches!(self, Action::Keys | Action::Admin | Action::Backup)
+        !matches!(
+            self,
+            Action::Keys | Action::Admin | Action::Backup | Action::Grants
+        )
     }
 
     /// What a rule for an administrative action allows (for errors).
@@ -109,6 +134,10 @@ impl Action {
         match self {
             Action::Admin => "the Admin service (callers, freezes, canaries)",
             Action::Backup => "backups of the whole store",
+            Action::Grants => {
+                "grant administration (requesting grants for workflows, seeing and revoking \
+                 every grant)"
+            }
             _ => "key administration",
         }
     }
@@ -239,11 +268,33 @@ pub struct Rule {
     pub quotas: Vec<Quota>,
     /// Detokenize only: the justification a request must give.
     pub justification: Option<Pattern>,
+    /// Detokenize only: the rule allows nothing without an active grant.
+    pub grant: Option<GrantRule>,
+}
+
+/// What a rule that requires a grant asks of one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantRule {
+    /// Distinct approvals that make a grant active (1 by default).
+    pub approvals: u32,
+    /// Who may approve; empty: callers with a `grants` rule.
+    pub approvers: Vec<String>,
 }
 
 impl Rule {
     fn names(&self, caller: &CallerId) -> bool {
         self.callers.iter().any(|c| c == caller.as_str())
+    }
+
+    /// Whether the rule allows nothing without an active grant.
+    pub fn requires_grant(&self) -> bool {
+        self.grant.is_some()
+    }
+
+    /// The identities that may approve its grants (none unless it
+    /// requires a grant and lists them).
+    pub fn approvers(&self) -> impl Iterator<Item = &String> {
+        self.grant.iter().flat_map(|g| g.approvers.iter())
     }
 }
 
@@ -266,6 +317,9 @@ pub enum DeniedOn {
     /// A rule matched but requires a justification the request did not
     /// give (or gave malformed).
     Justification,
+    /// Only a rule that requires a grant matched, and the request named no
+    /// grant that covers the item.
+    Grant,
 }
 
 /// Why a request was denied. Its message names the caller, the action, the
@@ -280,7 +334,7 @@ pub struct Denial {
 
 /// What a matching rule allows.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Grant {
+pub struct Ruling {
     /// `Some` for detokenize, `None` for tokenize.
     pub reveal: Option<RevealLevel>,
     /// The name of the rule that granted it (for the audit log).
@@ -289,6 +343,9 @@ pub struct Grant {
     pub line: usize,
     /// The rule's quotas (detokenize).
     pub quotas: Vec<Quota>,
+    /// Whether the rule requires a grant (each value it reveals consumes a
+    /// unit of the grant).
+    pub under_grant: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -365,6 +422,19 @@ struct RawRule {
     reveal: Option<RevealLevel>,
     quota: Option<OneOrMany>,
     justification: Option<String>,
+    requires_grant: Option<bool>,
+    approvals: Option<u32>,
+    approvers: Option<Vec<String>>,
+}
+
+/// What [`Policy::grant_rule`] reads of a raw rule.
+struct GrantFields<'a> {
+    action: Action,
+    reveal: Option<RevealLevel>,
+    callers: &'a [String],
+    requires_grant: Option<bool>,
+    approvals: Option<u32>,
+    approvers: Option<&'a [String]>,
 }
 
 /// The longest rule name (it is in audit events and quota counters).
@@ -575,6 +645,9 @@ impl Policy {
                 ("reveal", r.reveal.is_some()),
                 ("quota", r.quota.is_some()),
                 ("justification", r.justification.is_some()),
+                ("requires_grant", r.requires_grant.is_some()),
+                ("approvals", r.approvals.is_some()),
+                ("approvers", r.approvers.is_some()),
             ] {
                 if set {
                     return Err(refuse(field));
@@ -590,8 +663,21 @@ impl Policy {
                 reveal: None,
                 quotas: Vec::new(),
                 justification: None,
+                grant: None,
             });
         }
+        let grant = Self::grant_rule(
+            GrantFields {
+                action: r.action,
+                reveal: r.reveal,
+                callers: &r.callers,
+                requires_grant: r.requires_grant,
+                approvals: r.approvals,
+                approvers: r.approvers.as_deref(),
+            },
+            named,
+        )
+        .map_err(|(field, reason)| bad(field, reason))?;
         let kinds = r.kinds.unwrap_or_default();
         if kinds.is_empty() {
             return Err(bad("kinds", "must name at least one field kind".into()));
@@ -685,6 +771,7 @@ impl Policy {
                     ("reveal", r.reveal.is_some()),
                     ("quota", !quotas.is_empty()),
                     ("justification", justification.is_some()),
+                    ("requires_grant", r.requires_grant.is_some()),
                 ] {
                     if set {
                         return Err(bad(field, format!("only detokenize rules take {field}")));
@@ -692,7 +779,7 @@ impl Policy {
                 }
             }
             // Handled above.
-            Action::Keys | Action::Admin | Action::Backup => {}
+            Action::Keys | Action::Admin | Action::Backup | Action::Grants => {}
         }
         if !quotas.is_empty() && !named {
             return Err(bad(
@@ -710,7 +797,98 @@ impl Policy {
             reveal: r.reveal,
             quotas,
             justification,
+            grant,
         })
+    }
+
+    /// A data rule's `requires_grant`, `approvals` and `approvers`.
+    fn grant_rule(
+        r: GrantFields<'_>,
+        named: bool,
+    ) -> Result<Option<GrantRule>, (&'static str, String)> {
+        if r.requires_grant != Some(true) {
+            for (field, set) in [
+                ("approvals", r.approvals.is_some()),
+                ("approvers", r.approvers.is_some()),
+            ] {
+                if set {
+                    return Err((
+                        field,
+                        "only a rule with requires_grant = true takes approvals and approvers"
+                            .into(),
+                    ));
+                }
+            }
+            return Ok(None);
+        }
+        if r.action != Action::Detokenize {
+            return Err((
+                "requires_grant",
+                "only detokenize rules take requires_grant".into(),
+            ));
+        }
+        if r.reveal == Some(RevealLevel::None) {
+            return Err((
+                "requires_grant",
+                "a grant counts values revealed, and a reveal = 'none' rule reveals none".into(),
+            ));
+        }
+        if !named {
+            return Err((
+                "name",
+                "a rule that requires a grant needs a name: grants are requested under it".into(),
+            ));
+        }
+        let approvals = r.approvals.unwrap_or(1);
+        if !(1..=crate::domain::grant::MAX_APPROVALS).contains(&approvals) {
+            return Err((
+                "approvals",
+                format!(
+                    "must be from 1 to {}",
+                    crate::domain::grant::MAX_APPROVALS
+                ),
+            ));
+        }
+        let approvers = r.approvers.unwrap_or_default().to_vec();
+        if r.approvers.is_some() && approvers.is_empty() {
+            return Err((
+                "approvers",
+                "is empty (leave it out to let callers with a grants rule approve)".into(),
+            ));
+        }
+        for (i, a) in approvers.iter().enumerate() {
+            if CallerId::parse(a).is_err() {
+                return Err((
+                    "approvers",
+                    format!("'{a}' is neither a SPIFFE ID nor a common name"),
+                ));
+            }
+            if approvers[..i].contains(a) {
+                return Err(("approvers", format!("'{a}' is listed twice")));
+            }
+            if r.callers.contains(a) {
+                return Err((
+                    "approvers",
+                    format!(
+                        "'{a}' is also one of the rule's callers; a workflow never approves its \
+                         own grants"
+                    ),
+                ));
+            }
+        }
+        if !approvers.is_empty() && approvals as usize > approvers.len() {
+            return Err((
+                "approvals",
+                format!(
+                    "asks {approvals} approvals of {} approvers: no grant could become active",
+                    approvers.len()
+                ),
+            ));
+        }
+        Ok(Some(GrantRule {
+            approvals,
+            approvers,
+        }))
     }
 
     pub fn rules(&self) -> &[Rule] {
@@ -729,7 +907,12 @@ impl Policy {
     /// Every identity a rule or the deny list names, once, in order.
     pub fn identities(&self) -> Vec<String> {
         let mut all: Vec<String> = Vec::new();
-        for c in self.rules.iter().flat_map(|r| &r.callers).chain(&self.deny) {
+        for c in self
+            .rules
+            .iter()
+            .flat_map(|r| r.callers.iter().chain(r.approvers()))
+            .chain(&self.deny)
+        {
             if !all.contains(c) {
                 all.push(c.clone());
             }
@@ -737,10 +920,97 @@ impl Policy {
         all
     }
 
-    /// Whether any rule names `caller` (for any action) and the deny list
-    /// does not: any other caller is refused every call.
+    /// Whether any rule names `caller` (for any action, or as an
+    /// approver) and the deny list does not: any other caller is refused
+    /// every call.
     pub fn names(&self, caller: &CallerId) -> bool {
-        !self.is_denied(caller) && self.rules.iter().any(|r| r.names(caller))
+        !self.is_denied(caller)
+            && self
+                .rules
+                .iter()
+                .any(|r| r.names(caller) || r.approvers().any(|a| a == caller.as_str()))
+    }
+
+    /// Whether `caller` has a `grants` rule (and is not deny-listed).
+    pub fn administers_grants(&self, caller: &CallerId) -> bool {
+        !self.is_denied(caller)
+            && self
+                .rules
+                .iter()
+                .any(|r| r.action == Action::Grants && r.names(caller))
+    }
+
+    /// Whether some rule that requires a grant lists `caller` as an
+    /// approver.
+    pub fn is_approver(&self, caller: &CallerId) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.approvers().any(|a| a == caller.as_str()))
+    }
+
+    /// The rule that would reveal each of `kinds` to `caller` for
+    /// `purpose` under a grant: one rule that requires a grant for all of
+    /// them (the most revealing for each kind, the first among equals).
+    /// Errors say which kind no such rule covers (`kinds`), or that no such
+    /// rule lists the purpose (`purpose`), or that the kinds need different
+    /// rules (`kinds`).
+    pub fn grant_rule_for(
+        &self,
+        caller: &CallerId,
+        kinds: &[FieldKind],
+        purpose: &Purpose,
+    ) -> Result<&Rule, (&'static str, String)> {
+        let mut chosen: Option<&Rule> = None;
+        for &kind in kinds {
+            let for_kind: Vec<&Rule> = self
+                .rules
+                .iter()
+                .filter(|r| {
+                    r.action == Action::Detokenize
+                        && r.requires_grant()
+                        && r.names(caller)
+                        && r.kinds.contains(&kind)
+                })
+                .collect();
+            if for_kind.is_empty() {
+                return Err((
+                    "kinds",
+                    format!(
+                        "no policy rule that requires a grant reveals field kind '{kind}' to \
+                         caller '{caller}'"
+                    ),
+                ));
+            }
+            let mut best: Option<&Rule> = None;
+            for r in for_kind.iter().filter(|r| r.purposes.contains(purpose)) {
+                if best.is_none_or(|b| r.reveal > b.reveal) {
+                    best = Some(r);
+                }
+            }
+            let Some(best) = best else {
+                return Err((
+                    "purpose",
+                    format!(
+                        "no policy rule that requires a grant reveals field kind '{kind}' to \
+                         caller '{caller}' for purpose '{purpose}'"
+                    ),
+                ));
+            };
+            match chosen {
+                Some(c) if c.name != best.name => {
+                    return Err((
+                        "kinds",
+                        format!(
+                            "the field kinds asked for are revealed under different rules \
+                             ('{}' and '{}'); request one grant per rule",
+                            c.name, best.name
+                        ),
+                    ))
+                }
+                _ => chosen = Some(best),
+            }
+        }
+        chosen.ok_or(("kinds", "must name at least one field kind".into()))
     }
 
     /// Whether `caller` is on the deny list.
@@ -772,6 +1042,29 @@ impl Policy {
         purpose: Option<&Purpose>,
         justification: Option<&str>,
     ) -> Result<(), Denial> {
+        self.check_call_under(caller, action, purpose, justification, false)
+    }
+
+    /// [`Policy::check_call`] for a call that names a grant: rules that
+    /// require one count too.
+    pub fn check_call_under_grant(
+        &self,
+        caller: &CallerId,
+        action: Action,
+        purpose: Option<&Purpose>,
+        justification: Option<&str>,
+    ) -> Result<(), Denial> {
+        self.check_call_under(caller, action, purpose, justification, true)
+    }
+
+    fn check_call_under(
+        &self,
+        caller: &CallerId,
+        action: Action,
+        purpose: Option<&Purpose>,
+        justification: Option<&str>,
+        grant: bool,
+    ) -> Result<(), Denial> {
         let rules = self.for_caller_and_action(caller, action)?;
         let for_purpose: Vec<&Rule> = rules
             .into_iter()
@@ -780,23 +1073,29 @@ impl Policy {
         if for_purpose.is_empty() {
             return Err(purpose_denial(caller, action, None, purpose));
         }
-        if for_purpose
+        let justified: Vec<&Rule> = for_purpose
             .iter()
-            .any(|r| justification_matches(r, justification))
-        {
-            Ok(())
-        } else {
-            Err(justification_denial(
+            .copied()
+            .filter(|r| justification_matches(r, justification))
+            .collect();
+        if justified.is_empty() {
+            return Err(justification_denial(
                 caller,
                 action,
                 None,
                 &for_purpose,
                 justification,
-            ))
+            ));
+        }
+        if grant || justified.iter().any(|r| !r.requires_grant()) {
+            Ok(())
+        } else {
+            Err(grant_denial(caller, action, None, justified[0]))
         }
     }
 
-    /// The decision for one field of one request.
+    /// The decision for one field of one request (rules that require a
+    /// grant allow nothing here).
     pub fn decide(
         &self,
         caller: &CallerId,
@@ -804,7 +1103,33 @@ impl Policy {
         kind: FieldKind,
         purpose: Option<&Purpose>,
         justification: Option<&str>,
-    ) -> Result<Grant, Denial> {
+    ) -> Result<Ruling, Denial> {
+        self.decide_under(caller, action, kind, purpose, justification, false)
+    }
+
+    /// The decision for one item that an active grant covers (its kind,
+    /// its purpose, its token): rules that require a grant count too, and
+    /// the most revealing rule wins as always.
+    pub fn decide_under_grant(
+        &self,
+        caller: &CallerId,
+        action: Action,
+        kind: FieldKind,
+        purpose: Option<&Purpose>,
+        justification: Option<&str>,
+    ) -> Result<Ruling, Denial> {
+        self.decide_under(caller, action, kind, purpose, justification, true)
+    }
+
+    fn decide_under(
+        &self,
+        caller: &CallerId,
+        action: Action,
+        kind: FieldKind,
+        purpose: Option<&Purpose>,
+        justification: Option<&str>,
+        grant: bool,
+    ) -> Result<Ruling, Denial> {
         let rules = self.for_caller_and_action(caller, action)?;
         let for_kind: Vec<&Rule> = rules
             .into_iter()
@@ -825,20 +1150,36 @@ impl Policy {
         }
         // The most revealing; among equals, the first in the file.
         let mut best: Option<&Rule> = None;
+        let mut needs_grant: Option<&Rule> = None;
         for r in &for_purpose {
-            if justification_matches(r, justification) && best.is_none_or(|b| r.reveal > b.reveal) {
+            if !justification_matches(r, justification) {
+                continue;
+            }
+            if r.requires_grant() && !grant {
+                needs_grant = needs_grant.or(Some(r));
+                continue;
+            }
+            if best.is_none_or(|b| r.reveal > b.reveal) {
                 best = Some(r);
             }
         }
-        best.map(|r| Grant {
-            reveal: r.reveal,
-            rule: r.name.clone(),
-            line: r.line,
-            quotas: r.quotas.clone(),
-        })
-        .ok_or_else(|| {
-            justification_denial(caller, action, Some(kind), &for_purpose, justification)
-        })
+        match (best, needs_grant) {
+            (Some(r), _) => Ok(Ruling {
+                reveal: r.reveal,
+                rule: r.name.clone(),
+                line: r.line,
+                quotas: r.quotas.clone(),
+                under_grant: r.requires_grant(),
+            }),
+            (None, Some(r)) => Err(grant_denial(caller, action, Some(kind), r)),
+            (None, None) => Err(justification_denial(
+                caller,
+                action,
+                Some(kind),
+                &for_purpose,
+                justification,
+            )),
+        }
     }
 
     fn for_caller_and_action(
@@ -880,6 +1221,23 @@ fn justification_matches(rule: &Rule, justification: Option<&str>) -> bool {
         (None, _) => true,
         (Some(p), Some(j)) => p.matches(j),
         (Some(_), None) => false,
+    }
+}
+
+/// Only `rule`, which requires a grant, would allow it, and the request
+/// named none that covers it.
+fn grant_denial(caller: &CallerId, action: Action, kind: Option<FieldKind>, rule: &Rule) -> Denial {
+    let what = match kind {
+        Some(k) => format!("{action} field kind '{k}'"),
+        None => action.to_string(),
+    };
+    Denial {
+        on: DeniedOn::Grant,
+        message: format!(
+            "rule '{}' allows caller '{caller}' to {what} only under an approved grant; the \
+             request names no active grant that covers it (grant_id)",
+            rule.name
+        ),
     }
 }
 

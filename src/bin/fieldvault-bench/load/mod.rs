@@ -742,6 +742,7 @@ impl Load {
                 tokens,
                 purpose: self.purpose.clone(),
                 justification: String::new(),
+                grant_id: String::new(),
             })
         };
         match scenario {
