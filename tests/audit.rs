@@ -91,6 +91,7 @@ fn detokenize_request(tokens: &[String], purpose: &str) -> pb::DetokenizeRequest
         tokens: tokens.to_vec(),
         purpose: purpose.into(),
         justification: "ticket TEST-1".into(),
+        grant_id: String::new(),
     }
 }
 

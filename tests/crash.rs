@@ -433,6 +433,7 @@ async fn detokenize_acked(
                 tokens: chunk.iter().map(|t| (*t).clone()).collect(),
                 purpose: "crash-check".into(),
                 justification: "crash harness".into(),
+                grant_id: String::new(),
             })
             .await
             .unwrap()
@@ -488,6 +489,7 @@ async fn verify_while_writes_fail(
                 tokens: chunk.iter().map(|t| (*t).clone()).collect(),
                 purpose: "crash-check".into(),
                 justification: "crash harness".into(),
+                grant_id: String::new(),
             })
             .await;
         let results = match response {
@@ -1874,6 +1876,7 @@ async fn audited_client(
                     tokens: picked.iter().map(|k| k.token.clone()).collect(),
                     purpose: "crash-check".into(),
                     justification: "audit crash round".into(),
+                    grant_id: String::new(),
                 })
                 .await
                 .map(|response| {
@@ -2049,6 +2052,7 @@ async fn reveal_once(
             tokens: known.iter().map(|k| k.token.clone()).collect(),
             purpose: "crash-check".into(),
             justification: "audit full-disk round".into(),
+            grant_id: String::new(),
         })
         .await;
     let took = started.elapsed();
@@ -2627,6 +2631,7 @@ async fn quota_revealer(
                 tokens: known.iter().map(|k| k.token.clone()).collect(),
                 purpose: "crash-check".into(),
                 justification: String::new(),
+                grant_id: String::new(),
             })
             .await
         {

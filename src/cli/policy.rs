@@ -5,7 +5,7 @@
 use super::output::{call_failed, emit, Failure};
 use clap::{Args, Subcommand};
 use fieldvault::config::Config;
-use fieldvault::domain::policy::{Action, Denial, DeniedOn, Ruling, Policy, PolicyError, Rule};
+use fieldvault::domain::policy::{Action, Denial, DeniedOn, Policy, PolicyError, Rule, Ruling};
 use fieldvault::domain::{CallerId, FieldKind, Justification, Purpose};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};

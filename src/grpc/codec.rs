@@ -1153,6 +1153,7 @@ mod tests {
             tokens: vec!["fv1_AAAAAAAAAAAAAAAAAAAAAA".into(); 1000],
             purpose: "callback".into(),
             justification: "ticket TEST-1".into(),
+            grant_id: String::new(),
         };
         assert!(detokenize(&request.encode_to_vec(), 1000).is_ok());
     }

@@ -401,6 +401,7 @@ pub async fn detokenize_with(
             tokens: tokens.to_vec(),
             purpose: purpose.to_owned(),
             justification: justification.to_owned(),
+            grant_id: String::new(),
         })
         .await?
         .into_inner();

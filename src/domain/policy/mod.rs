@@ -843,10 +843,7 @@ impl Policy {
         if !(1..=crate::domain::grant::MAX_APPROVALS).contains(&approvals) {
             return Err((
                 "approvals",
-                format!(
-                    "must be from 1 to {}",
-                    crate::domain::grant::MAX_APPROVALS
-                ),
+                format!("must be from 1 to {}", crate::domain::grant::MAX_APPROVALS),
             ));
         }
         let approvers = r.approvers.unwrap_or_default().to_vec();
