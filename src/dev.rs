@@ -12,7 +12,16 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 /// The sample callers, each with a certificate `NAME.pem` / `NAME.key`.
-pub const DEV_CALLERS: [&str; 5] = ["orders", "support", "rotator", "admin", "intruder"];
+pub const DEV_CALLERS: [&str; 8] = [
+    "orders",
+    "support",
+    "rotator",
+    "admin",
+    "intruder",
+    "fulfilment",
+    "approver1",
+    "approver2",
+];
 /// The SPIFFE trust domain of dev identities.
 pub const DEV_TRUST_DOMAIN: &str = "fieldvault.dev";
 /// The sample policy installed in dev mode.
@@ -478,10 +487,12 @@ fn upgrade(dir: &Path) -> Result<(), DevError> {
 }
 
 /// A dev policy made before the data-lifecycle and backup rules (issue 15)
-/// is left as it is (it is the user's file): one log line says what it lacks.
+/// or the approved-workflow rules (issue 16) is left as it is (it is the
+/// user's file): one log line says what it lacks.
 fn note_missing_lifecycle_rules(policy: &Path) {
     use crate::domain::policy::Action;
     let (orders, admin) = (spiffe_id("orders"), spiffe_id("admin"));
+    let fulfilment = spiffe_id("fulfilment");
     let Some(p) = std::fs::read_to_string(policy)
         .ok()
         .and_then(|text| crate::domain::policy::Policy::from_toml(&text).ok())
@@ -489,9 +500,11 @@ fn note_missing_lifecycle_rules(policy: &Path) {
         return;
     };
     let has = |action: Action, who: &str| {
-        p.rules()
-            .iter()
-            .any(|r| r.action == action && r.callers.iter().any(|c| c == who))
+        p.rules().iter().any(|r| {
+            r.action == action
+                && r.callers.iter().any(|c| c == who)
+                && (who != fulfilment || r.requires_grant())
+        })
     };
     let missing: Vec<&str> = [
         (Action::Delete, &orders, "orders: delete"),
@@ -499,6 +512,12 @@ fn note_missing_lifecycle_rules(policy: &Path) {
         (Action::Erase, &admin, "admin: erase"),
         (Action::Export, &admin, "admin: export"),
         (Action::Backup, &admin, "admin: backup"),
+        (
+            Action::Detokenize,
+            &fulfilment,
+            "fulfilment: detokenize under a grant",
+        ),
+        (Action::Grants, &admin, "admin: grants"),
     ]
     .into_iter()
     .filter(|(action, who, _)| !has(*action, who))
@@ -506,10 +525,10 @@ fn note_missing_lifecycle_rules(policy: &Path) {
     .collect();
     if !missing.is_empty() {
         tracing::warn!(
-            "dev setup: {} predates the data-lifecycle rules of this version's dev policy \
-             (it lacks {}) and is left as it is: those calls are denied until you add the rules \
-             of deploy/dev/policy.toml (the server reloads the file) or start over with \
-             `fieldvault serve --dev --reset`",
+            "dev setup: {} predates rules of this version's dev policy (data lifecycle, \
+             approved workflows: it lacks {}) and is left as it is: those calls are denied until \
+             you add the rules of deploy/dev/policy.toml (the server reloads the file) or start \
+             over with `fieldvault serve --dev --reset`",
             policy.display(),
             missing.join(", ")
         );
