@@ -5,7 +5,7 @@ use crate::audit::{AuditTrail, TrailOptions};
 use crate::config::{Config, MasterKeySource};
 use crate::crypto::{MasterKey, MasterKeyError};
 use crate::domain::policy::PolicyError;
-use crate::grpc::{pb, AdminService, BackupService, KeyAdminService, VaultService};
+use crate::grpc::{pb, AdminService, BackupService, GrantsService, KeyAdminService, VaultService};
 use crate::store::{SledConfig, SledStore, StoreError};
 use crate::tls::TlsError;
 use crate::vault::{ensure_audit_key, open_keyring, KeyringSetupError, Settings, Vault};
@@ -213,6 +213,7 @@ pub async fn start(
             explicit_kind_denials: config.explicit_kind_denials,
             keys: config.keys,
             retention: config.retention,
+            grants: config.grants,
         },
     ));
 
@@ -239,6 +240,9 @@ pub async fn start(
         .await;
     health_reporter
         .set_serving::<pb::backup_service_server::BackupServiceServer<BackupService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::grants_server::GrantsServer<GrantsService>>()
         .await;
     vault.watch_policy(policy_file.clone());
     let watched = vault.clone();
@@ -294,6 +298,11 @@ pub async fn start(
     let backup_service = BackupService::new(vault.clone())
         .into_server()
         .max_decoding_message_size(crate::limits::SMALL_SERVICE_MESSAGE_BYTES);
+    // Grants: a request names at most 1000 tokens (about 30 KiB); a list
+    // answers at most 1000 grants without their token lists.
+    let grants_service = GrantsService::new(vault.clone())
+        .into_server()
+        .max_decoding_message_size(crate::limits::SMALL_SERVICE_MESSAGE_BYTES);
     // Nothing below can fail: resume the jobs a crash or restart
     // interrupted and run the rotation schedule (once per server).
     vault.start_background();
@@ -314,7 +323,8 @@ pub async fn start(
         .add_service(vault_service)
         .add_service(key_admin_service)
         .add_service(admin_service)
-        .add_service(backup_service);
+        .add_service(backup_service)
+        .add_service(grants_service);
     let serve = tokio::spawn(async move {
         router
             .serve_with_incoming_shutdown(incoming, async {
@@ -473,6 +483,12 @@ async fn watch_storage(vault: Arc<Vault>, reporter: tonic_health::server::Health
         reporter
             .set_service_status(
                 <pb::backup_service_server::BackupServiceServer<BackupService> as tonic::server::NamedService>::NAME,
+                status,
+            )
+            .await;
+        reporter
+            .set_service_status(
+                <pb::grants_server::GrantsServer<GrantsService> as tonic::server::NamedService>::NAME,
                 status,
             )
             .await;

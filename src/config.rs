@@ -94,6 +94,8 @@ pub struct Config {
     pub audit: AuditSettings,
     /// Tokens' time to live and the sweeper.
     pub retention: crate::domain::Retention,
+    /// `[grants]`: the ceilings of approved-workflow grants.
+    pub grants: crate::vault::GrantSettings,
 }
 
 /// `[audit]`.
@@ -281,6 +283,52 @@ struct RawConfig {
     audit: RawAudit,
     #[serde(default)]
     retention: RawRetention,
+    #[serde(default)]
+    grants: RawGrants,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGrants {
+    max_reveals: Option<i64>,
+    max_valid_for: Option<String>,
+    max_pending: Option<i64>,
+}
+
+impl RawGrants {
+    fn parse(self) -> Result<crate::vault::GrantSettings, ConfigError> {
+        use crate::domain::grant::{MAX_MAX_REVEALS, MAX_MAX_VALID_FOR_MS};
+        let mut g = crate::vault::GrantSettings::default();
+        match self.max_reveals {
+            None => {}
+            Some(n) if (1..=i64::from(MAX_MAX_REVEALS)).contains(&n) => g.max_reveals = n as u32,
+            Some(n) => {
+                return Err(ConfigError::Field {
+                    field: "grants.max_reveals",
+                    reason: format!("{n}: must be between 1 and {MAX_MAX_REVEALS}"),
+                })
+            }
+        }
+        if let Some(text) = &self.max_valid_for {
+            let d = duration_setting(
+                "grants.max_valid_for",
+                text,
+                std::time::Duration::from_millis(MAX_MAX_VALID_FOR_MS),
+            )?;
+            g.max_valid_for_ms = u64::try_from(d.as_millis()).unwrap_or(MAX_MAX_VALID_FOR_MS);
+        }
+        match self.max_pending {
+            None => {}
+            Some(n) if (1..=10_000).contains(&n) => g.max_pending = n as usize,
+            Some(n) => {
+                return Err(ConfigError::Field {
+                    field: "grants.max_pending",
+                    reason: format!("{n}: must be between 1 and 10000"),
+                })
+            }
+        }
+        Ok(g)
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -775,6 +823,7 @@ impl Config {
         let keys = raw.keys.parse()?;
         let audit = raw.audit.parse()?;
         let retention = raw.retention.parse()?;
+        let grants = raw.grants.parse()?;
         Ok(Self {
             listen,
             data_dir,
@@ -802,6 +851,7 @@ impl Config {
             keys,
             audit,
             retention,
+            grants,
         })
     }
 

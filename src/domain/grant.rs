@@ -224,6 +224,7 @@ impl Grant {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn grant(decided: Decided) -> Grant {

@@ -1187,8 +1187,8 @@ mod tests {
             .collect();
         assert_eq!(
             files.len(),
-            4,
-            "vault.proto, key_admin.proto, admin.proto and backup.proto"
+            5,
+            "vault.proto, key_admin.proto, admin.proto, backup.proto and grants.proto"
         );
         // A message by its schema's name: a name of fieldvault.v1, or the
         // full name of a well-known type (google.protobuf.Duration).

@@ -6,11 +6,13 @@ mod admin;
 mod backup;
 pub mod codec;
 mod error;
+mod grants;
 mod key_admin;
 mod service;
 
 pub use admin::AdminService;
 pub use backup::{BackupService, CHUNK_BYTES as BACKUP_CHUNK_BYTES};
+pub use grants::GrantsService;
 pub use key_admin::KeyAdminService;
 pub use service::{kind_to_pb, scheme_to_pb, VaultService};
 

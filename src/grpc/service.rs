@@ -306,10 +306,11 @@ impl pb::vault_server::Vault for VaultService {
         let req = request.into_inner();
         let results = match self
             .vault
-            .detokenize(
+            .detokenize_under_grant(
                 call.clone(),
                 &req.purpose,
                 &req.justification,
+                &req.grant_id,
                 req.tokens.clone(),
             )
             .await

@@ -148,6 +148,12 @@ pub(super) fn check_abuse_controls(
             Err(e) => problems.push(format!("a freeze's caller: {e}")),
         }
     }
+    for entry in meta.scan_prefix(super::grant_layout::GRANT_PREFIX) {
+        let (key, value) = entry.map_err(backend)?;
+        if let Err(e) = super::grant_layout::decode_grant(&key, &value) {
+            problems.push(format!("a grant: {e}"));
+        }
+    }
     for entry in meta.scan_prefix(CANARY_PREFIX) {
         let (key, value) = entry.map_err(backend)?;
         match decode_canary(&key, &value) {

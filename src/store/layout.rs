@@ -267,13 +267,17 @@ pub(super) fn frame_meta_bytes(key_len: usize, value_len: Option<usize>) -> usiz
 }
 
 /// Length (4) ‖ UTF-8 bytes.
-fn put_str(out: &mut Vec<u8>, s: &str) {
+pub(super) fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u32).to_be_bytes());
     out.extend_from_slice(s.as_bytes());
 }
 
 /// [`take`] for a `meta` value: a short value is `what`, corrupt.
-fn take_as<'a>(b: &mut &'a [u8], n: usize, what: &'static str) -> Result<&'a [u8], StoreError> {
+pub(super) fn take_as<'a>(
+    b: &mut &'a [u8],
+    n: usize,
+    what: &'static str,
+) -> Result<&'a [u8], StoreError> {
     take(b, n).map_err(|_| StoreError::Corrupt {
         what,
         reason: "cut short",
@@ -281,7 +285,7 @@ fn take_as<'a>(b: &mut &'a [u8], n: usize, what: &'static str) -> Result<&'a [u8
 }
 
 /// A length (4) and that many bytes of UTF-8.
-fn take_str(b: &mut &[u8], what: &'static str) -> Result<String, StoreError> {
+pub(super) fn take_str(b: &mut &[u8], what: &'static str) -> Result<String, StoreError> {
     let len = take_as(b, 4, what)?;
     let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
     String::from_utf8(take_as(b, len, what)?.to_vec()).map_err(|_| StoreError::Corrupt {

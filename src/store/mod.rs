@@ -12,6 +12,7 @@ mod delete_tests;
 mod file;
 #[cfg(test)]
 mod fixtures;
+mod grant_layout;
 mod group_commit;
 mod integrity;
 mod layout;
@@ -25,6 +26,7 @@ mod worker;
 mod writer;
 
 use crate::crypto::{BlindIndex, KeyPurpose, KeyVersion, SealedRecord, WrappedKey};
+use crate::domain::grant::{Grant, GrantId};
 use crate::domain::{FieldKind, RecordId};
 use async_trait::async_trait;
 use std::collections::BTreeMap;
@@ -514,6 +516,25 @@ pub trait Store: Send + Sync + 'static {
     /// Every stored counter (of any window; the caller knows which windows
     /// are current).
     async fn counters(&self) -> Result<Vec<CounterValue>, StoreError>;
+
+    /// One stored counter, if it exists.
+    async fn counter(&self, name: &str) -> Result<Option<CounterValue>, StoreError>;
+
+    /// Stores a grant's decisions, durably. `expect: None` adds a new grant
+    /// (`AlreadyExists` if its id is taken); `Some(revision)` replaces the
+    /// stored grant only if its revision is still that one (compare-and-
+    /// set: `Ok(false)`, nothing written, when it changed meanwhile or is
+    /// absent). The store sets the revision (1, then one more per change);
+    /// `grant.revision` is ignored. What a grant has revealed is not here:
+    /// that is a counter ([`Store::charge`]), so reveals and decisions
+    /// never wait for each other.
+    async fn put_grant(&self, grant: Grant, expect: Option<u64>) -> Result<bool, StoreError>;
+
+    /// One grant, if stored.
+    async fn grant(&self, id: GrantId) -> Result<Option<Grant>, StoreError>;
+
+    /// Every grant, in id order.
+    async fn grants(&self) -> Result<Vec<Grant>, StoreError>;
 
     /// Freezes a caller; durable when it returns. A caller already frozen
     /// stays frozen as it was: its freeze is returned and nothing changes.

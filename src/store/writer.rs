@@ -44,6 +44,7 @@
 
 use super::apply::{Applier, Batch, Deleted, Pending, Reindexed, Rewritten, Staged};
 use super::file::StorageFile;
+use super::grant_layout::{decode_grant, encode_grant, grant_key, GRANT_PREFIX};
 use super::group_commit::{Commit, Committer};
 use super::layout::{
     backend, canary_key, counter_key, decode_counter, decode_frame, decode_freeze, decode_key_info,
@@ -259,6 +260,8 @@ pub(super) enum Write {
     Canaries(Vec<Canary>),
     /// Remove counters (an absent one is skipped).
     ResetCounters(Vec<String>),
+    /// Store a grant (compare-and-set on its revision: `None` adds it).
+    PutGrant(Box<crate::domain::grant::Grant>, Option<u64>),
     /// Delete records with their index and expiry entries (an absent one
     /// is skipped).
     Delete(Vec<Deletion>),
@@ -847,6 +850,35 @@ impl SledWriter {
             group.set_meta(key, Some(encode_counter(window, count)));
         }
         Ok(Charged::Added(counts))
+    }
+
+    /// Stages a grant: a new one (`expect: None`; `AlreadyExists` if its
+    /// id is stored) or a change to the stored one whose revision is still
+    /// `expect` (`Ok(false)`, nothing staged, otherwise). Read and written
+    /// on the commit thread only, like a charge, so two changes of one
+    /// grant never both pass.
+    fn stage_grant(
+        &self,
+        mut grant: crate::domain::grant::Grant,
+        expect: Option<u64>,
+        group: &mut Group,
+    ) -> Result<bool, StoreError> {
+        let key = grant_key(grant.id);
+        let stored = match group.pending_meta.get(&key) {
+            Some(pending) => pending.clone(),
+            None => self.meta.get(&key).map_err(backend)?.map(|b| b.to_vec()),
+        };
+        let revision = stored
+            .map(|b| decode_grant(&key, &b).map(|g| g.revision))
+            .transpose()?;
+        grant.revision = match (expect, revision) {
+            (None, Some(_)) => return Err(StoreError::AlreadyExists("grant")),
+            (None, None) => 1,
+            (Some(e), Some(r)) if e == r => r.saturating_add(1),
+            (Some(_), _) => return Ok(false),
+        };
+        group.set_meta(key, Some(encode_grant(&grant)));
+        Ok(true)
     }
 
     /// A caller's freeze as the group or the writer's map holds it now.
@@ -1614,6 +1646,9 @@ impl Committer for SledWriter {
                     }
                     Ok(Written::Changed)
                 }
+                Write::PutGrant(grant, expect) => self
+                    .stage_grant(*grant, expect, &mut group)
+                    .map(|put| Written::Applied(vec![put])),
                 Write::Delete(deletions) => self
                     .stage_deletes(deletions, &mut group)
                     .map(Written::Applied),
@@ -1678,6 +1713,9 @@ impl Committer for SledWriter {
                 .iter()
                 .map(|n| frame_meta_bytes(COUNTER_PREFIX.len() + n.len(), None))
                 .sum(),
+            Write::PutGrant(grant, _) => {
+                frame_meta_bytes(GRANT_PREFIX.len() + 16, Some(encode_grant(grant).len()))
+            }
             // At most one entry per record is logged; room for all named.
             Write::Delete(deletions) => deletions
                 .iter()

@@ -199,16 +199,33 @@ impl Vault {
     /// all or nothing. Over a limit: RESOURCE_EXHAUSTED naming the limit
     /// and when it resets; the refusal counts as a quota hit, and the hit
     /// that reaches the policy's threshold freezes the caller.
+    ///
+    /// With a grant, the values revealed under it are charged in the same
+    /// all-or-nothing write (at most its `max_reveals` in all): fewer units
+    /// left than asked refuses the call with FAILED_PRECONDITION, and
+    /// nothing is charged; the event records the units and the new count.
     pub(super) async fn charge_quotas(
         &self,
         call: &Call,
         caller: &CallerId,
         policy: &Policy,
         uses: &[RuleUse],
+        grant: Option<(&super::GrantView, u64)>,
+        event: &mut Event,
     ) -> Result<(), VaultError> {
         let now = now_unix_ms();
         let mut charges = Vec::new();
         let mut which = Vec::new();
+        let grant = grant.filter(|(_, units)| *units > 0);
+        if let Some((g, units)) = grant {
+            charges.push(Charge {
+                counter: super::grants::grant_counter(g.grant.id),
+                window_start_ms: 0,
+                amount: units,
+                limit: Some(u64::from(g.grant.max_reveals)),
+            });
+        }
+        let skip = charges.len();
         for u in uses.iter().filter(|u| u.values > 0) {
             for q in &u.quotas {
                 charges.push(Charge {
@@ -224,8 +241,32 @@ impl Vault {
             return Ok(());
         }
         let over = match self.store.charge(charges).await {
-            Ok(Charged::Added(_)) => return Ok(()),
-            Ok(Charged::Over { index, count }) => (index, count),
+            Ok(Charged::Added(counts)) => {
+                if let (Some((_, units)), Some(count)) = (grant, counts.first()) {
+                    event.details.insert("grant_units".into(), units.into());
+                    event.details.insert("grant_used".into(), (*count).into());
+                }
+                return Ok(());
+            }
+            Ok(Charged::Over { index, count }) if index < skip => {
+                let Some((g, units)) = grant else {
+                    return Err(VaultError::Unavailable("internal error".into()));
+                };
+                let left = u64::from(g.grant.max_reveals).saturating_sub(count);
+                return Err(VaultError::FailedPrecondition(if left == 0 {
+                    format!(
+                        "grant {} is exhausted ({count} of {} reveals used); nothing was revealed",
+                        g.grant.id, g.grant.max_reveals
+                    )
+                } else {
+                    format!(
+                        "grant {} has {left} of {} reveals left and this call would reveal \
+                         {units}; nothing was revealed (ask for at most {left})",
+                        g.grant.id, g.grant.max_reveals
+                    )
+                }));
+            }
+            Ok(Charged::Over { index, count }) => (index - skip, count),
             Err(e) => {
                 tracing::error!(error = %e, "charging quotas failed");
                 return Err(super::unavailable(&e, "nothing was revealed"));

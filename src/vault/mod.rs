@@ -15,6 +15,7 @@ use std::sync::{Arc, RwLock};
 
 pub use admin::{CallerStatus, QuotaUse, MAX_CANARIES_PER_CALL, MAX_FREEZE_REASON};
 pub use audited::{new_request_id, Call};
+pub use grants::{GrantRequest, GrantSettings, GrantView, DEFAULT_LIST_GRANTS, MAX_LIST_GRANTS};
 pub use guard::{alert_line, FreezeTrigger, ALERT_TARGET};
 pub use keys::{
     JobState, JobStatus, KeySettings, KeyState, KeyStatus, KeyVersionStatus, DEFAULT_REWRAP_RATE,
@@ -25,6 +26,9 @@ pub use lifecycle::TokenInfo;
 mod admin;
 mod audited;
 mod backup;
+#[cfg(test)]
+mod grant_tests;
+mod grants;
 mod guard;
 use guard::RuleUse;
 #[cfg(test)]
@@ -57,6 +61,8 @@ pub struct Settings {
     pub keys: KeySettings,
     /// Tokens' time to live and the sweeper.
     pub retention: crate::domain::Retention,
+    /// The ceilings of grants.
+    pub grants: GrantSettings,
 }
 
 impl Default for Settings {
@@ -68,6 +74,7 @@ impl Default for Settings {
             explicit_kind_denials: false,
             keys: KeySettings::default(),
             retention: crate::domain::Retention::default(),
+            grants: GrantSettings::default(),
         }
     }
 }
@@ -723,6 +730,22 @@ impl Vault {
         justification: &str,
         tokens: Vec<String>,
     ) -> Result<Vec<Result<Revealed, ItemError>>, VaultError> {
+        self.detokenize_under_grant(call, purpose, justification, "", tokens)
+            .await
+    }
+
+    /// [`Vault::detokenize`] naming a grant (`grant_id`; empty: none): items
+    /// it covers (its kinds, its token list) may be revealed by rules that
+    /// require a grant, and each value such a rule reveals consumes one unit
+    /// of it, durably, before anything is answered.
+    pub async fn detokenize_under_grant(
+        &self,
+        call: impl Into<Call>,
+        purpose: &str,
+        justification: &str,
+        grant_id: &str,
+        tokens: Vec<String>,
+    ) -> Result<Vec<Result<Revealed, ItemError>>, VaultError> {
         let call = call.into();
         let mut event = call.event(Action::Detokenize.as_str());
         // The tokens asked for, whatever happens next (a refused call's
@@ -737,7 +760,7 @@ impl Vault {
             })
             .collect();
         let result = self
-            .detokenize_audited(&call, &mut event, purpose, justification, tokens)
+            .detokenize_audited(&call, &mut event, purpose, justification, grant_id, tokens)
             .await;
         self.record_call(event, result).await
     }
@@ -748,6 +771,7 @@ impl Vault {
         event: &mut Event,
         purpose: &str,
         justification: &str,
+        grant_id: &str,
         tokens: Vec<String>,
     ) -> Result<Vec<Result<Revealed, ItemError>>, VaultError> {
         // What the call declared is in the event even when it is refused
@@ -773,6 +797,13 @@ impl Vault {
         let policy = self.policy_for_call().await;
         self.admit(caller, &policy).await?;
         let given = Some(justification.as_str()).filter(|j| !j.is_empty());
+        // A named grant is checked before anything is read: it must be the
+        // caller's, for this purpose, and active now.
+        let grant = if grant_id.is_empty() {
+            None
+        } else {
+            Some(self.usable_grant(caller, &purpose, grant_id, event).await?)
+        };
 
         // Syntax first, then the token key: a token it did not make is
         // answered without a store read.
@@ -800,7 +831,12 @@ impl Vault {
             .iter()
             .filter_map(|p| p.as_ref().ok().map(|(_, id)| *id))
             .collect();
-        if let Err(denial) = policy.check_call(caller, Action::Detokenize, Some(&purpose), given) {
+        let checked = if grant.is_some() {
+            policy.check_call_under_grant(caller, Action::Detokenize, Some(&purpose), given)
+        } else {
+            policy.check_call(caller, Action::Detokenize, Some(&purpose), given)
+        };
+        if let Err(denial) = checked {
             // A canary freezes whatever the policy says.
             let canaries = self.canaries_among(&ids).await?;
             if canaries.iter().any(Option::is_some) {
@@ -844,6 +880,8 @@ impl Vault {
         let mut results = Vec::with_capacity(parsed.len());
         let mut items = Vec::with_capacity(parsed.len());
         let mut uses: Vec<RuleUse> = Vec::new();
+        // Values revealed under rules that require the grant.
+        let mut grant_units: u64 = 0;
         for p in parsed {
             let mut item = Item::default();
             let outcome = p
@@ -873,17 +911,28 @@ impl Vault {
                     Some(Ok(None)) | None => return Err(ItemError::NotFound),
                 };
                 item.kind = Some(record.kind.as_str().to_owned());
-                let grant = policy
-                    .decide(caller, Action::Detokenize, record.kind, Some(&purpose), given)
-                    .map_err(ItemError::PermissionDenied)?;
-                item.rule = Some(grant.rule.clone());
-                let reveal = grant.reveal.ok_or(ItemError::Internal)?;
-                if reveal.shows_value() && !grant.quotas.is_empty() {
-                    match uses.iter_mut().find(|u: &&mut RuleUse| u.rule == grant.rule) {
+                // The grant counts for an item it covers: its kind, and its
+                // token when it lists tokens.
+                let covered = grant.as_ref().is_some_and(|g| {
+                    g.grant.kinds.contains(&record.kind) && g.grant.covers_token(&token.to_string())
+                });
+                let ruling = if covered {
+                    policy.decide_under_grant(caller, Action::Detokenize, record.kind, Some(&purpose), given)
+                } else {
+                    policy.decide(caller, Action::Detokenize, record.kind, Some(&purpose), given)
+                }
+                .map_err(ItemError::PermissionDenied)?;
+                item.rule = Some(ruling.rule.clone());
+                let reveal = ruling.reveal.ok_or(ItemError::Internal)?;
+                if reveal.shows_value() && ruling.under_grant {
+                    grant_units += 1;
+                }
+                if reveal.shows_value() && !ruling.quotas.is_empty() {
+                    match uses.iter_mut().find(|u: &&mut RuleUse| u.rule == ruling.rule) {
                         Some(u) => u.values += 1,
                         None => uses.push(RuleUse {
-                            rule: grant.rule,
-                            quotas: grant.quotas,
+                            rule: ruling.rule,
+                            quotas: ruling.quotas,
                             values: 1,
                         }),
                     }
@@ -958,7 +1007,18 @@ impl Vault {
             .await
         {
             Err(e) => Some((e, "refused")),
-            Ok(()) => match self.charge_quotas(call, caller, &policy, &uses).await {
+            Ok(()) => match self
+                .charge_quotas(
+                    call,
+                    caller,
+                    &policy,
+                    &uses,
+                    grant.as_ref().map(|g| (g, grant_units)),
+                    event,
+                )
+                .await
+            {
+                Err(e @ VaultError::FailedPrecondition(_)) => Some((e, "over_grant")),
                 Err(e) => Some((e, "over_quota")),
                 Ok(()) => self
                     .admit(caller, &self.policy())

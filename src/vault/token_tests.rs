@@ -101,6 +101,25 @@ impl Store for Counting {
     async fn counters(&self) -> Result<Vec<crate::store::CounterValue>, StoreError> {
         self.inner.counters().await
     }
+    async fn counter(&self, name: &str) -> Result<Option<crate::store::CounterValue>, StoreError> {
+        self.inner.counter(name).await
+    }
+    async fn put_grant(
+        &self,
+        grant: crate::domain::grant::Grant,
+        expect: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        self.inner.put_grant(grant, expect).await
+    }
+    async fn grant(
+        &self,
+        id: crate::domain::grant::GrantId,
+    ) -> Result<Option<crate::domain::grant::Grant>, StoreError> {
+        self.inner.grant(id).await
+    }
+    async fn grants(&self) -> Result<Vec<crate::domain::grant::Grant>, StoreError> {
+        self.inner.grants().await
+    }
     async fn freeze(
         &self,
         freeze: crate::store::Freeze,

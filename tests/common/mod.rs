@@ -237,6 +237,7 @@ impl TestVault {
             keys: Default::default(),
             audit: Default::default(),
             retention: Default::default(),
+            grants: Default::default(),
         };
         adjust(&mut config);
         let server = bounded(

@@ -332,6 +332,13 @@ pub struct Denial {
     message: String,
 }
 
+impl Denial {
+    /// A denial decided outside the rules (a grant's terms).
+    pub fn new(on: DeniedOn, message: String) -> Self {
+        Self { on, message }
+    }
+}
+
 /// What a matching rule allows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ruling {

@@ -1,0 +1,1 @@
+//! Grants, through the vault.
