@@ -359,9 +359,10 @@ fn grants_print_one_json_object_with_the_grant_id_and_its_fields() {
     assert_eq!(g["state"], "active", "{g}");
     assert!(g["activated"].is_string(), "{g}");
 
-    // Restricted to one token: the other is not revealed under it.
+    // Restricted to one token: the other is not revealed under it (that
+    // item is NOT_FOUND, as any token the caller may not see).
     let out = dev.run(
-        2,
+        1,
         "fulfilment",
         &[
             "detokenize",
@@ -374,6 +375,7 @@ fn grants_print_one_json_object_with_the_grant_id_and_its_fields() {
         ],
     );
     assert!(!stdout(&out).contains("Example Street"), "{}", show(&out));
+    assert_eq!(json(&out)["error"]["code"], "NOT_FOUND", "{}", show(&out));
     let out = dev.run(
         0,
         "fulfilment",
