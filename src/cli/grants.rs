@@ -680,6 +680,7 @@ fn show_text(g: &pb::Grant) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn grant() -> pb::Grant {
