@@ -586,3 +586,86 @@ fn grant_argument_mistakes_are_refused_naming_the_flag_before_anything_is_sent()
         show(&out)
     );
 }
+
+#[test]
+fn policy_explain_shows_a_rule_that_requires_a_grant_and_answers_under_a_grant() {
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = tmp.path().join("policy.toml");
+    std::fs::write(&policy, fieldvault::dev::DEV_POLICY).unwrap();
+    let explain = |extra: &[&str]| {
+        let mut args = vec![
+            "policy",
+            "explain",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--caller",
+            FULFILMENT,
+            "--action",
+            "detokenize",
+            "--kind",
+            "address",
+        ];
+        args.extend(extra);
+        args.iter()
+            .map(|a| (*a).to_owned())
+            .collect::<Vec<String>>()
+    };
+    let run_explain = |code: i32, extra: &[&str]| {
+        let args = explain(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_to_exit(code, &args, "")
+    };
+    // Without a grant: denied on grant, naming the rule.
+    let out = run_explain(1, &["--purpose", "shipping"]);
+    assert!(
+        stdout(&out).contains("DENIED on grant: rule 'fulfilment reveals addresses in full")
+            && stdout(&out).contains("only under an approved grant"),
+        "{}",
+        show(&out)
+    );
+    let j = json(&run_explain(1, &["--purpose", "shipping", "--json"]));
+    assert_eq!(j["denied_on"], "grant", "{j}");
+    // Under a grant: allowed in full, and the rule's approvals are shown.
+    let out = run_explain(0, &["--purpose", "shipping", "--under-grant"]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("ALLOWED by rule 'fulfilment reveals addresses in full")
+            && text.contains("  reveal: full\n")
+            && text.contains(&format!(
+                "  grant: required (only under an active grant; each value revealed consumes \
+                 one of its reveals), 2 approvals by {APPROVER1}, {APPROVER2}\n"
+            )),
+        "{}",
+        show(&out)
+    );
+    let j = json(&run_explain(
+        0,
+        &["--purpose", "shipping", "--under-grant", "--json"],
+    ));
+    assert_eq!(j["rule"]["requires_grant"], true, "{j}");
+    assert_eq!(j["rule"]["grant"]["approvals"], 2, "{j}");
+    // A grant covers its purpose only.
+    let out = run_explain(1, &["--purpose", "marketing", "--under-grant"]);
+    assert!(stdout(&out).contains("DENIED on purpose"), "{}", show(&out));
+    // --under-grant is for a detokenize only.
+    let out = run_to_exit(
+        2,
+        &[
+            "policy",
+            "explain",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--caller",
+            ADMIN,
+            "--action",
+            "grants",
+            "--under-grant",
+        ],
+        "",
+    );
+    assert!(
+        stderr(&out).contains("--under-grant: only a detokenize reveals under a grant"),
+        "{}",
+        show(&out)
+    );
+}
