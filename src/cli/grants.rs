@@ -16,8 +16,8 @@ use std::process::ExitCode;
 use tonic::transport::Channel;
 
 const EXIT_CODES_HELP: &str = "Exit codes: 0 done; 2 the call failed (connection, TLS, refused \
-    by the server, bad arguments; with --json, the error is a JSON object on stdout) and \
-    nothing changed. Approving a grant that is not pending, approving it twice, or revoking \
+    by the server, bad arguments; with --json, the error is a JSON object on stdout); a refusal \
+    changes nothing. Approving a grant that is not pending, approving it twice, or revoking \
     an ended grant fails with FAILED_PRECONDITION naming its state; an unknown grant id is \
     NOT_FOUND; a caller that may not act on the grant gets PERMISSION_DENIED. Every call is \
     audited.";
