@@ -638,7 +638,7 @@ impl Vault {
     pub async fn list_grants(
         &self,
         call: impl Into<Call>,
-        state: Option<GrantState>,
+        state: Result<Option<GrantState>, String>,
         of_caller: &str,
         limit: u32,
     ) -> Result<Vec<GrantView>, VaultError> {
@@ -648,6 +648,7 @@ impl Vault {
             let caller = call.caller()?;
             let policy = self.policy_for_call().await;
             self.admit_to_grants(caller, &policy).await?;
+            let state = state.map_err(|reason| invalid("state", reason))?;
             if limit > MAX_LIST_GRANTS {
                 return Err(invalid(
                     "limit",
