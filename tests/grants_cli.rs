@@ -9,11 +9,11 @@
 
 mod common;
 
-use common::conn::CLI_ENV;
-use common::process::{output_with_stdin, start_dev, ServerProcess, BIN, CLI_DEADLINE};
+use common::cli::*;
+use common::process::{start_dev, ServerProcess};
 use serde_json::Value;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Output;
 
 /// Obviously fake addresses.
 const ADDRESSES: [&str; 3] = [
@@ -25,45 +25,6 @@ const FULFILMENT: &str = "spiffe://fieldvault.dev/fulfilment";
 const APPROVER1: &str = "spiffe://fieldvault.dev/approver1";
 const APPROVER2: &str = "spiffe://fieldvault.dev/approver2";
 const ADMIN: &str = "spiffe://fieldvault.dev/admin";
-
-/// Runs the CLI with `args` (none of the CLI's environment variables),
-/// `stdin` on its standard input; panics past [`CLI_DEADLINE`].
-fn run(args: &[&str], stdin: &str) -> Output {
-    let mut command = Command::new(BIN);
-    command.args(args);
-    for k in CLI_ENV {
-        command.env_remove(k);
-    }
-    output_with_stdin(command, stdin, CLI_DEADLINE)
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-#[track_caller]
-fn run_to_exit(code: i32, args: &[&str], stdin: &str) -> Output {
-    let out = run(args, stdin);
-    assert_eq!(out.status.code(), Some(code), "{}", show(&out));
-    out
-}
-
-fn json(out: &Output) -> Value {
-    serde_json::from_str(stdout(out).trim()).unwrap_or_else(|e| panic!("{e}: {}", show(out)))
-}
 
 /// Asserts that a refused call said `code` and `words` on stderr and
 /// revealed no address on stdout.

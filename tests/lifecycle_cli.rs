@@ -8,11 +8,11 @@
 
 mod common;
 
-use common::conn::CLI_ENV;
-use common::process::{output_with_stdin, start_dev, ServerProcess, BIN, CLI_DEADLINE};
+use common::cli::*;
+use common::process::{start_dev, ServerProcess};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 /// One phone number in two formats (the second read in region US).
@@ -20,49 +20,6 @@ const PHONE: &str = "+1 202-555-0161";
 const PHONE_NATIONAL: &str = "(202) 555-0161";
 const PHONE_CANONICAL: &str = "+12025550161";
 const EMAIL: &str = "cli.lifecycle@example.com";
-
-/// Runs the CLI with `args` (none of the CLI's environment variables),
-/// `stdin` on its standard input; panics past [`CLI_DEADLINE`].
-fn run(args: &[&str], stdin: &str) -> Output {
-    let mut command = Command::new(BIN);
-    command.args(args);
-    for k in CLI_ENV {
-        command.env_remove(k);
-    }
-    output_with_stdin(command, stdin, CLI_DEADLINE)
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-#[track_caller]
-fn run_to_exit(code: i32, args: &[&str], stdin: &str) -> Output {
-    let out = run(args, stdin);
-    assert_eq!(out.status.code(), Some(code), "{}", show(&out));
-    out
-}
-
-/// Every line of stdout as JSON.
-fn json_lines(out: &Output) -> Vec<Value> {
-    stdout(out)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {}", show(out))))
-        .collect()
-}
 
 /// A dev server in a fresh data dir.
 struct Dev {

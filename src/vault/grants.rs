@@ -547,30 +547,22 @@ impl Vault {
         id: &str,
         reason: &str,
     ) -> Result<GrantView, VaultError> {
-        let call = call.into();
-        let mut event = call.event("grant.reject");
-        let result = match Justification::parse(reason) {
-            Err(e) => Err(invalid("reason", e.to_string())),
-            Ok(reason) => {
-                let reason = reason.as_str().to_owned();
-                self.change_grant(&call, &mut event, id, |policy, caller, view, now| {
-                    if !may_approve(policy, caller, &view.grant) {
-                        return Err(not_an_approver(caller, &view.grant, "reject"));
-                    }
-                    if view.state != GrantState::Pending {
-                        return Err(in_state(view, "only a pending grant is rejected"));
-                    }
-                    view.grant.decided = Decided::Rejected(Ended {
-                        by: caller.to_string(),
-                        at_unix_ms: now,
-                        reason: reason.clone(),
-                    });
-                    Ok(())
-                })
-                .await
-            }
-        };
-        self.record_call(event, result).await
+        self.end_grant(
+            call.into(),
+            "grant.reject",
+            id,
+            reason,
+            |policy, caller, view| {
+                if !may_approve(policy, caller, &view.grant) {
+                    return Err(not_an_approver(caller, &view.grant, "reject"));
+                }
+                if view.state != GrantState::Pending {
+                    return Err(in_state(view, "only a pending grant is rejected"));
+                }
+                Ok(Decided::Rejected)
+            },
+        )
+        .await
     }
 
     /// Revokes a pending or active grant: the next detokenize naming it is
@@ -581,19 +573,19 @@ impl Vault {
         id: &str,
         reason: &str,
     ) -> Result<GrantView, VaultError> {
-        let call = call.into();
-        let mut event = call.event("grant.revoke");
-        let result = match Justification::parse(reason) {
-            Err(e) => Err(invalid("reason", e.to_string())),
-            Ok(reason) => {
-                let reason = reason.as_str().to_owned();
-                self.change_grant(&call, &mut event, id, |policy, caller, view, now| {
+        let result = self
+            .end_grant(
+                call.into(),
+                "grant.revoke",
+                id,
+                reason,
+                |policy, caller, view| {
                     if !may_see(policy, caller, &view.grant) {
                         return Err(denied(
                             DeniedOn::Caller,
                             format!(
                                 "caller '{caller}' may not revoke grant {} (its requester, its \
-                                 workflow, its approvers and callers with a grants rule may)",
+                             workflow, its approvers and callers with a grants rule may)",
                                 view.grant.id
                             ),
                         ));
@@ -604,7 +596,34 @@ impl Vault {
                     ) {
                         return Err(in_state(view, "only a pending or active grant is revoked"));
                     }
-                    view.grant.decided = Decided::Revoked(Ended {
+                    Ok(Decided::Revoked)
+                },
+            )
+            .await;
+        if let Ok(view) = &result {
+            tracing::info!(grant = %view.grant.id, caller = %view.grant.caller, "grant revoked");
+        }
+        result
+    }
+
+    /// Ends a grant (`action`: its audit event) with `reason`, once
+    /// `check` allows the caller to and says how it ends.
+    async fn end_grant(
+        &self,
+        call: Call,
+        action: &str,
+        id: &str,
+        reason: &str,
+        check: impl Fn(&Policy, &CallerId, &GrantView) -> Result<fn(Ended) -> Decided, VaultError>,
+    ) -> Result<GrantView, VaultError> {
+        let mut event = call.event(action);
+        let result = match Justification::parse(reason) {
+            Err(e) => Err(invalid("reason", e.to_string())),
+            Ok(reason) => {
+                let reason = reason.as_str().to_owned();
+                self.change_grant(&call, &mut event, id, |policy, caller, view, now| {
+                    let end = check(policy, caller, view)?;
+                    view.grant.decided = end(Ended {
                         by: caller.to_string(),
                         at_unix_ms: now,
                         reason: reason.clone(),
@@ -614,9 +633,6 @@ impl Vault {
                 .await
             }
         };
-        if let Ok(view) = &result {
-            tracing::info!(grant = %view.grant.id, caller = %view.grant.caller, "grant revoked");
-        }
         self.record_call(event, result).await
     }
 
