@@ -94,6 +94,20 @@ async fn get(vault: &TestVault, who: &str, id: &str) -> pb::Grant {
         .unwrap()
 }
 
+/// The grants `who` sees in `state` (`Unspecified`: any).
+async fn list(vault: &TestVault, who: &str, state: GrantState) -> Vec<pb::Grant> {
+    grants(vault, who)
+        .await
+        .list_grants(pb::ListGrantsRequest {
+            state: state as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .grants
+}
+
 /// An approved grant of `max` for fulfilment; its id.
 async fn approved(vault: &TestVault, max: u32) -> String {
     let id = request(vault, "fulfilment", ask(max, 3600)).await;
@@ -641,13 +655,7 @@ async fn bad_grant_requests_and_ids_get_precise_errors_and_change_nothing() {
     let message = refused(client.request_grant(r).await, Code::PermissionDenied);
     assert!(message.contains("only for itself"), "{message}");
     // Nothing was stored by any of them.
-    let listed = grants(&vault, "admin")
-        .await
-        .list_grants(pb::ListGrantsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .grants;
+    let listed = list(&vault, "admin", GrantState::Unspecified).await;
     assert!(listed.is_empty(), "{listed:?}");
 
     // Ids: malformed, unknown.
@@ -694,13 +702,7 @@ async fn bad_grant_requests_and_ids_get_precise_errors_and_change_nothing() {
         .await
         .expect_err("not a party");
     assert_eq!(e.code(), Code::PermissionDenied);
-    let seen = grants(&vault, "support")
-        .await
-        .list_grants(pb::ListGrantsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .grants;
+    let seen = list(&vault, "support", GrantState::Unspecified).await;
     assert!(seen.is_empty(), "{seen:?}");
     // At most max_pending pending grants per workflow (the operator's
     // request above is one of them).
@@ -713,28 +715,10 @@ async fn bad_grant_requests_and_ids_get_precise_errors_and_change_nothing() {
     );
     assert!(message.contains("has 4 pending grants"), "{message}");
     // The approvers and the workflow see it; the list filters by state.
-    let pending = grants(&vault, "approver1")
-        .await
-        .list_grants(pb::ListGrantsRequest {
-            state: GrantState::Pending as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .grants;
+    let pending = list(&vault, "approver1", GrantState::Pending).await;
     assert_eq!(pending.len(), 4);
     assert_eq!(pending[3].grant_id, id, "newest first");
-    let active = grants(&vault, "fulfilment")
-        .await
-        .list_grants(pb::ListGrantsRequest {
-            state: GrantState::Active as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .grants;
+    let active = list(&vault, "fulfilment", GrantState::Active).await;
     assert!(active.is_empty());
 }
 
