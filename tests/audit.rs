@@ -660,9 +660,7 @@ async fn the_report_over_a_real_trail_shows_a_grant_its_approvals_use_and_revoca
     .await;
     let grants = |who: &'static str| {
         let vault = &vault;
-        async move {
-            GrantsClient::new(channel(&vault.addr(), &vault.pki.client_tls(who)).await)
-        }
+        async move { GrantsClient::new(channel(&vault.addr(), &vault.pki.client_tls(who)).await) }
     };
     let grant_id = grants("admin")
         .await
@@ -693,10 +691,7 @@ async fn the_report_over_a_real_trail_shows_a_grant_its_approvals_use_and_revoca
     };
     // Refused while pending.
     let pending = fulfilment.detokenize(reveal(&tokens[..1])).await;
-    assert_eq!(
-        pending.unwrap_err().code(),
-        tonic::Code::FailedPrecondition
-    );
+    assert_eq!(pending.unwrap_err().code(), tonic::Code::FailedPrecondition);
     for approver in ["approver1", "approver2"] {
         grants(approver)
             .await
@@ -748,7 +743,10 @@ async fn the_report_over_a_real_trail_shows_a_grant_its_approvals_use_and_revoca
             String::from_utf8_lossy(&out.stderr)
         );
         for part in ["Example Street", "Springfield"] {
-            assert!(!stdout.contains(part), "the report holds a value:\n{stdout}");
+            assert!(
+                !stdout.contains(part),
+                "the report holds a value:\n{stdout}"
+            );
         }
         stdout
     };
@@ -794,7 +792,12 @@ async fn the_report_over_a_real_trail_shows_a_grant_its_approvals_use_and_revoca
             &g["last_used"],
             &g["refused_calls"]
         ),
-        (&Value::from(3), &Value::from(2), &Value::from(3), &Value::from(2)),
+        (
+            &Value::from(3),
+            &Value::from(2),
+            &Value::from(3),
+            &Value::from(2)
+        ),
         "{g:#}"
     );
     let md = report("md");
@@ -809,5 +812,8 @@ async fn the_report_over_a_real_trail_shows_a_grant_its_approvals_use_and_revoca
     );
     let csv = report("csv");
     let grant_row = format!("grant,,{fulfilment_id},shipping,detokenize,,revoked,,{grant_id},3");
-    assert!(csv.lines().any(|l| l == grant_row), "missing {grant_row:?} in\n{csv}");
+    assert!(
+        csv.lines().any(|l| l == grant_row),
+        "missing {grant_row:?} in\n{csv}"
+    );
 }

@@ -3520,6 +3520,8 @@ enum GrantStop {
     Killed { in_flight: u64 },
     /// FAILED_PRECONDITION naming the grant's state (exhausted, revoked).
     Refused(String),
+    /// The clients were answered more values than the grant had left.
+    Over { answered: u64, left: u64 },
 }
 
 /// What one grant client saw.
@@ -3536,15 +3538,17 @@ struct GrantClientEnd {
 
 /// Reveals 1 to 5 pool addresses per call under `grant_id` until the
 /// server is gone or the grant refuses (exhausted, revoked); adds every
-/// value answered to `progress`. A call refused because fewer units are
-/// left than it asked makes the client ask one at a time from then on.
+/// value answered to `progress`, and stops at once when that passes
+/// `left` (the units the grant had left: more were revealed). A call
+/// refused because fewer units are left than it asked makes the client
+/// ask one at a time from then on.
 async fn grant_client(
     addr: String,
     tls: ClientTls,
     seed: u64,
     pool: Arc<Vec<Known>>,
     grant_id: String,
-    progress: Arc<std::sync::atomic::AtomicU64>,
+    (progress, left): (Arc<std::sync::atomic::AtomicU64>, u64),
 ) -> GrantClientEnd {
     let mut end = GrantClientEnd {
         answered: Vec::new(),
@@ -3580,9 +3584,15 @@ async fn grant_client(
                 for (result, known) in results.iter().zip(&picked) {
                     match &result.outcome {
                         Some(pb::detokenize_result::Outcome::Revealed(v)) => {
-                            assert!(v.value == known.value, "{} revealed another value", known.token)
+                            assert!(
+                                v.value == known.value,
+                                "{} revealed another value",
+                                known.token
+                            )
                         }
-                        other => panic!("{} did not reveal under the grant: {other:?}", known.token),
+                        other => {
+                            panic!("{} did not reveal under the grant: {other:?}", known.token)
+                        }
                     }
                 }
                 end.answered.push(Answered {
@@ -3591,7 +3601,11 @@ async fn grant_client(
                     tokens: picked.iter().map(|k| k.token.clone()).collect(),
                 });
                 end.values += n;
-                progress.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+                let answered = progress.fetch_add(n, std::sync::atomic::Ordering::SeqCst) + n;
+                if answered > left {
+                    end.stop = GrantStop::Over { answered, left };
+                    return end;
+                }
             }
             Err(status) if request_id(status.metadata()).is_none() => {
                 end.stop = GrantStop::Killed { in_flight: n };
@@ -3626,7 +3640,7 @@ fn spawn_grant_clients(
     rng: &mut Rng,
     pool: &Arc<Vec<Known>>,
     grant_id: &str,
-    progress: &Arc<std::sync::atomic::AtomicU64>,
+    (progress, left): (&Arc<std::sync::atomic::AtomicU64>, u64),
 ) -> GrantClients {
     (0..GRANT_CLIENTS)
         .map(|c| {
@@ -3636,13 +3650,14 @@ fn spawn_grant_clients(
                 rng.next() ^ c as u64,
                 pool.clone(),
                 grant_id.to_owned(),
-                progress.clone(),
+                (progress.clone(), left),
             ))
         })
         .collect()
 }
 
-/// Waits (bounded) for every client to stop.
+/// Waits (bounded) for every client to stop; fails when they were
+/// answered more values than the grant had left.
 async fn grant_clients_stopped(label: &str, clients: GrantClients) -> Vec<GrantClientEnd> {
     let mut ends = Vec::new();
     for (i, c) in clients.into_iter().enumerate() {
@@ -3652,6 +3667,11 @@ async fn grant_clients_stopped(label: &str, clients: GrantClients) -> Vec<GrantC
                 .await
                 .unwrap(),
         );
+    }
+    for end in &ends {
+        if let GrantStop::Over { answered, left } = end.stop {
+            panic!("{label}: the clients were answered {answered} values under a grant with {left} left");
+        }
     }
     ends
 }
@@ -3770,7 +3790,11 @@ async fn grant_kill_round(
     // Requested by the workflow itself or by an operator, in turn; then
     // approved by both approvers.
     phase(format!("{label}: a grant requested and approved"));
-    let requester = if round % 2 == 0 { "admin" } else { "fulfilment" };
+    let requester = if round % 2 == 0 {
+        "admin"
+    } else {
+        "fulfilment"
+    };
     let grant = grants_client(&server.addr, harness, requester)
         .await
         .request_grant(pb::RequestGrantRequest {
@@ -3819,7 +3843,7 @@ async fn grant_kill_round(
     // Concurrent reveals under it, killed at a random number of units
     // (between a fifth and three fifths of the grant): mid-use.
     let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let clients = spawn_grant_clients(harness, &server, rng, &pool, &grant_id, &progress);
+    let clients = spawn_grant_clients(harness, &server, rng, &pool, &grant_id, (&progress, n));
     let target = n / 5 + rng.next() % (2 * n / 5);
     phase(format!(
         "{label}: {target} values revealed under the grant before the kill"
@@ -3860,16 +3884,27 @@ async fn grant_kill_round(
 
     // The clients go on.
     let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let clients = spawn_grant_clients(harness, &server, rng, &pool, &grant_id, &progress);
+    let clients = spawn_grant_clients(
+        harness,
+        &server,
+        rng,
+        &pool,
+        &grant_id,
+        (&progress, n - used),
+    );
     let (after, short_after, end_state, final_used) = if round == GRANT_REVOKE_ROUND {
         // Revoked mid-use: the clients are refused from their next call,
         // and so is everyone after a restart.
         phase(format!("{label}: reveals after the restart, then a revoke"));
-        bounded(Duration::from_secs(60), "reveals before the revoke", async {
-            while progress.load(std::sync::atomic::Ordering::SeqCst) < 10 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        })
+        bounded(
+            Duration::from_secs(60),
+            "reveals before the revoke",
+            async {
+                while progress.load(std::sync::atomic::Ordering::SeqCst) < 10 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            },
+        )
         .await;
         let revoked = grants_client(&server.addr, harness, "approver1")
             .await
@@ -3916,7 +3951,9 @@ async fn grant_kill_round(
     } else {
         // Until the grant is exhausted: every unit left after the restart
         // is answered, none more.
-        phase(format!("{label}: reveals after the restart until the grant is exhausted"));
+        phase(format!(
+            "{label}: reveals after the restart until the grant is exhausted"
+        ));
         let ends = bounded(
             Duration::from_secs(90),
             "the clients to exhaust the grant",

@@ -515,7 +515,8 @@ impl Tally {
                     grant: id.to_owned(),
                     ..GrantUse::default()
                 });
-                self.grant_index.insert(id.to_owned(), self.grants.len() - 1);
+                self.grant_index
+                    .insert(id.to_owned(), self.grants.len() - 1);
                 self.grants.len() - 1
             }
         };
@@ -2073,7 +2074,8 @@ mod tests {
         let (text, _) = sealed(ChainState::GENESIS, CHAIN_START, &grant_calls());
         let path = dir.path().join("audit.log");
         ok(std::fs::write(&path, text));
-        let verification = Verification::of(verify_files(&key(), std::slice::from_ref(&path)), true);
+        let verification =
+            Verification::of(verify_files(&key(), std::slice::from_ref(&path)), true);
         let since = ok(super::super::search::parse_time("2026-11-27"));
         let until = ok(super::super::search::parse_time("2026-11-28"));
         (ok(build(&[path], since, until, verification)), dir)
@@ -2134,8 +2136,10 @@ mod tests {
             .refused_calls
             .iter()
             .any(|c| c.action == "grant.approve" && c.caller.as_deref() == Some(ADMIN)));
-        assert!(r.calls.iter().any(|c| c.action == "grant.approve"
-            && (c.allowed, c.denied) == (2, 1)));
+        assert!(r
+            .calls
+            .iter()
+            .any(|c| c.action == "grant.approve" && (c.allowed, c.denied) == (2, 1)));
     }
 
     #[test]
