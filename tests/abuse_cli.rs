@@ -158,8 +158,9 @@ fn policy_check_accepts_the_dev_policy_and_names_the_line_of_a_broken_one() {
     assert_eq!(
         stdout(&out).trim(),
         format!(
-            "{}: a valid policy: 11 rules (1 tokenize, 3 detokenize, 1 keys, 1 admin, 1 \
-             delete, 1 inspect, 1 erase, 1 export, 1 backup), 0 deny-listed identities",
+            "{}: a valid policy: 13 rules (1 tokenize, 4 detokenize, 1 keys, 1 admin, 1 \
+             delete, 1 inspect, 1 erase, 1 export, 1 backup, 1 grants), 0 deny-listed \
+             identities",
             good.display()
         )
     );

@@ -83,6 +83,14 @@ pub(crate) struct DetokenizeArgs {
     /// Free text for the audit log (e.g. a ticket number).
     #[arg(long, default_value = "")]
     justification: String,
+    /// Reveal under this approved grant (its id, as `grants request`
+    /// printed it): needed when the caller's rule requires a grant. Each
+    /// value revealed under the grant consumes one of its reveals; a grant
+    /// that is pending, rejected, revoked, expired or exhausted, or has
+    /// fewer reveals left than the call needs, refuses the call
+    /// (FAILED_PRECONDITION) and nothing is revealed.
+    #[arg(long, value_name = "ID", value_parser = fieldvault::domain::grant::GrantId::parse)]
+    grant: Option<fieldvault::domain::grant::GrantId>,
     /// Read tokens from standard input, one per line, instead of arguments.
     /// Every line gets one output line; a blank line is an error for that
     /// item.
@@ -619,6 +627,8 @@ struct Detokenize {
     client: VaultClient<Channel>,
     purpose: String,
     justification: String,
+    /// Empty: none.
+    grant_id: String,
     json: bool,
 }
 
@@ -639,7 +649,7 @@ impl Call for Detokenize {
             tokens,
             purpose: self.purpose.clone(),
             justification: self.justification.clone(),
-            grant_id: String::new(),
+            grant_id: self.grant_id.clone(),
         };
         let response = self
             .status
@@ -745,6 +755,7 @@ pub(crate) async fn detokenize(args: DetokenizeArgs) -> ExitCode {
         client,
         purpose: args.purpose,
         justification: args.justification,
+        grant_id: args.grant.map(|g| g.to_string()).unwrap_or_default(),
         json,
     };
     run(&mut call, source, build, args.batch_size, json).await

@@ -27,8 +27,9 @@ pub(crate) struct Conn {
     /// Client private key (PEM).
     #[arg(long)]
     key: Option<PathBuf>,
-    /// Use the dev identity NAME (orders, support, rotator, admin, intruder) from
-    /// DATA_DIR/dev/ made by `serve --dev`: a name, not a path.
+    /// Use the dev identity NAME (orders, support, rotator, admin, intruder,
+    /// fulfilment, approver1, approver2) from DATA_DIR/dev/ made by `serve
+    /// --dev`: a name, not a path.
     #[arg(long, value_name = "NAME")]
     dev_identity: Option<String>,
     /// Data directory holding dev/ for --dev-identity (relative to the

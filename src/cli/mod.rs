@@ -6,6 +6,7 @@ mod audit;
 mod backup;
 mod calls;
 mod conn;
+mod grants;
 mod health;
 mod input;
 mod keys;
@@ -77,6 +78,12 @@ enum Command {
     /// them (the caller needs a policy rule with action "admin").
     #[command(subcommand)]
     Canary(admin::CanaryCommand),
+    /// Approved workflows on a running server: request a grant for a
+    /// workflow to reveal N values of some kinds for one purpose until a
+    /// deadline, approve, reject, revoke, list and show grants (README,
+    /// "Approved workflows").
+    #[command(subcommand)]
+    Grants(grants::GrantsCommand),
     /// A policy file, offline: check it, or explain which rule decides a
     /// call.
     #[command(subcommand)]
@@ -255,6 +262,7 @@ pub(crate) async fn run() -> ExitCode {
         Command::Audit(command) => Ok(audit::audit(command)),
         Command::Callers(command) => Ok(admin::callers(command).await),
         Command::Canary(command) => Ok(admin::canary(command).await),
+        Command::Grants(command) => Ok(grants::grants(command).await),
         Command::Policy(command) => Ok(policy::policy(command)),
         Command::Backup(args) => Ok(backup::backup(args).await),
         Command::Restore(args) => Ok(backup::restore(args).await),

@@ -269,14 +269,20 @@ mod tests {
         assert_eq!(
             m,
             "unrecognized subcommand; the commands are serve, tokenize, detokenize, delete, \
-             info, erase, export, keys, health, store, audit, callers, canary, policy, backup \
-             and restore; see --help"
+             info, erase, export, keys, health, store, audit, callers, canary, grants, policy, \
+             backup and restore; see --help"
         );
         let m = error(&["audit", "bogus"], &[]);
         assert_eq!(
             m,
             "unrecognized subcommand; its subcommands are verify, search and report; see audit \
              --help"
+        );
+        let m = error(&["grants", "bogus"], &[]);
+        assert_eq!(
+            m,
+            "unrecognized subcommand; its subcommands are request, approve, reject, revoke, \
+             list and show; see grants --help"
         );
         let m = error(&["keys", "bogus"], &[]);
         assert_eq!(

@@ -36,7 +36,11 @@ const EXPLAIN_HELP: &str = "Decides as the server does: the deny list first, the
     else the policy_file of --config FILE, else DATA_DIR/dev/policy.toml of a `serve --dev` \
     setup (--data-dir, FIELDVAULT_DATA_DIR or ./fieldvault-data); the first line printed names \
     it. What the policy file cannot tell is left out: a frozen caller is refused whatever its \
-    rules say, and a quota may be used up (see `fieldvault callers list`).\n\nExit codes: 0 \
+    rules say, and a quota may be used up (see `fieldvault callers list`). A rule with \
+    requires_grant = true allows nothing by itself: without --under-grant such a call is \
+    DENIED on grant; with it, the answer is as if the call named an active grant that covers \
+    the item (whether one exists is the server's to say: `fieldvault grants list`).\n\nExit \
+    codes: 0 \
     allowed; 1 denied; 2 no decision (bad arguments, no policy file, a file that cannot be \
     read or is not a valid policy).";
 
@@ -67,7 +71,7 @@ pub(crate) struct ExplainArgs {
     #[arg(long, value_name = "ID")]
     caller: String,
     /// The action: tokenize, detokenize, keys, admin, delete, inspect,
-    /// erase, export or backup.
+    /// erase, export, backup or grants.
     #[arg(long, value_name = "ACTION", value_parser = action)]
     action: Action,
     /// The field kind (tokenize and detokenize; required for them): phone,
@@ -82,6 +86,10 @@ pub(crate) struct ExplainArgs {
     /// pattern; never printed).
     #[arg(long, value_name = "TEXT")]
     justification: Option<String>,
+    /// Detokenize only: decide as if the call named an active grant that
+    /// covers the item (rules with requires_grant = true count too).
+    #[arg(long)]
+    under_grant: bool,
     /// The policy file to read.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["config", "data_dir"])]
     policy: Option<PathBuf>,
@@ -269,6 +277,8 @@ struct Question {
     kind: Option<FieldKind>,
     purpose: Option<Purpose>,
     justification: Option<String>,
+    /// As if the call named an active grant that covers the item.
+    under_grant: bool,
 }
 
 fn question(args: &ExplainArgs) -> Result<Question, Failure> {
@@ -307,6 +317,12 @@ fn question(args: &ExplainArgs) -> Result<Question, Failure> {
             ),
         ));
     }
+    if args.under_grant && action != Action::Detokenize {
+        return Err(Failure::invalid(
+            "--under-grant",
+            "only a detokenize reveals under a grant: leave it out",
+        ));
+    }
     if action == Action::Tokenize && args.justification.is_some() {
         return Err(Failure::invalid(
             "--justification",
@@ -341,26 +357,25 @@ fn question(args: &ExplainArgs) -> Result<Question, Failure> {
         kind: args.kind,
         purpose,
         justification,
+        under_grant: args.under_grant,
     })
 }
 
 /// The decision, as the server makes it.
 fn decide(policy: &Policy, q: &Question) -> Result<Ruling, Denial> {
     policy.check_deny_list(&q.caller)?;
-    policy.check_call(
-        &q.caller,
-        q.action,
-        q.purpose.as_ref(),
-        q.justification.as_deref(),
-    )?;
+    let purpose = q.purpose.as_ref();
+    let justification = q.justification.as_deref();
+    if q.under_grant {
+        policy.check_call_under_grant(&q.caller, q.action, purpose, justification)?;
+    } else {
+        policy.check_call(&q.caller, q.action, purpose, justification)?;
+    }
     match q.kind {
-        Some(kind) => policy.decide(
-            &q.caller,
-            q.action,
-            kind,
-            q.purpose.as_ref(),
-            q.justification.as_deref(),
-        ),
+        Some(kind) if q.under_grant => {
+            policy.decide_under_grant(&q.caller, q.action, kind, purpose, justification)
+        }
+        Some(kind) => policy.decide(&q.caller, q.action, kind, purpose, justification),
         // keys and admin: check_call was the whole decision; the rule is
         // the first that names the caller for the action.
         None => {
@@ -436,6 +451,19 @@ fn grant_text(grant: &Ruling, rule: Option<&Rule>, action: Action) -> String {
                 None => "none required".to_owned(),
             }
         ));
+        if let Some(g) = rule.and_then(|r| r.grant.as_ref()) {
+            out.push_str(&format!(
+                "  grant: required (only under an active grant; each value revealed consumes \
+                 one of its reveals), {} approval{} by {}\n",
+                g.approvals,
+                if g.approvals == 1 { "" } else { "s" },
+                if g.approvers.is_empty() {
+                    "callers with a grants rule".to_owned()
+                } else {
+                    g.approvers.join(", ")
+                }
+            ));
+        }
     }
     out
 }
@@ -447,6 +475,11 @@ fn grant_json(grant: &Ruling, rule: Option<&Rule>) -> Value {
         "reveal": grant.reveal.map(|r| r.as_str()),
         "quotas": grant.quotas.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "justification": rule.and_then(|r| r.justification.as_ref()).map(|p| p.as_str()),
+        "requires_grant": grant.under_grant,
+        "grant": rule.and_then(|r| r.grant.as_ref()).map(|g| json!({
+            "approvals": g.approvals,
+            "approvers": g.approvers,
+        })),
     })
 }
 
@@ -562,6 +595,7 @@ action = "admin"
             kind,
             purpose: purpose.map(|p| Purpose::parse(p).unwrap_or_else(|e| panic!("{e}"))),
             justification: justification.map(str::to_owned),
+            under_grant: false,
         };
         decide(&policy, &q)
     }
@@ -638,6 +672,58 @@ action = "admin"
         assert_eq!(
             on("spiffe://fieldvault.dev/admin", Action::Admin, None, None),
             Ok("admin".to_owned())
+        );
+    }
+
+    const GRANT_POLICY: &str = r#"version = 1
+
+[[rules]]
+name = "fulfilment: addresses under a grant"
+callers = ["spiffe://fieldvault.dev/fulfilment"]
+action = "detokenize"
+kinds = ["address"]
+purposes = ["shipping"]
+reveal = "full"
+requires_grant = true
+approvals = 2
+approvers = ["spiffe://fieldvault.dev/approver1", "spiffe://fieldvault.dev/approver2"]
+"#;
+
+    #[test]
+    fn a_grant_only_rule_denies_on_grant_and_allows_under_a_grant() {
+        let policy = Policy::from_toml(GRANT_POLICY).unwrap_or_else(|e| panic!("{e}"));
+        let mut q = Question {
+            caller: CallerId::spiffe("spiffe://fieldvault.dev/fulfilment")
+                .unwrap_or_else(|e| panic!("{e}")),
+            action: Action::Detokenize,
+            kind: Some(FieldKind::Address),
+            purpose: Some(Purpose::parse("shipping").unwrap_or_else(|e| panic!("{e}"))),
+            justification: None,
+            under_grant: false,
+        };
+        let denial = decide(&policy, &q).err();
+        assert_eq!(denial.as_ref().map(|d| dimension(d.on)), Some("grant"));
+        q.under_grant = true;
+        let g = decide(&policy, &q).unwrap_or_else(|d| panic!("{d}"));
+        assert!(g.under_grant);
+        let rule = policy.rules().iter().find(|r| r.line == g.line);
+        let text = grant_text(&g, rule, Action::Detokenize);
+        assert!(
+            text.contains(
+                "grant: required (only under an active grant; each value revealed consumes one \
+                 of its reveals), 2 approvals by spiffe://fieldvault.dev/approver1, \
+                 spiffe://fieldvault.dev/approver2"
+            ),
+            "{text}"
+        );
+        let j = grant_json(&g, rule);
+        assert_eq!(j["requires_grant"], true);
+        assert_eq!(j["grant"]["approvals"], 2);
+        // A grant covers its purpose only: another purpose is still denied.
+        q.purpose = Some(Purpose::parse("marketing").unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(
+            decide(&policy, &q).map_err(|d| dimension(d.on)).err(),
+            Some("purpose")
         );
     }
 

@@ -1377,6 +1377,49 @@ mod tests {
     }
 
     #[test]
+    fn grant_requests_count_packed_and_unpacked_kinds_and_bound_their_tokens() {
+        let request = |bytes: &[u8]| <pb::RequestGrantRequest as DecodeBound>::check(bytes, 1000);
+        let max = crate::domain::grant::MAX_GRANT_KINDS;
+        // Packed (proto3's encoding of a repeated enum): each varint counts.
+        let packed = |n: usize| ld(2, &vec![0x02; n]);
+        assert!(request(&packed(max)).is_ok());
+        assert_eq!(
+            refusal(request(&packed(max + 1))),
+            format!("kinds: holds {} items; at most {max} are allowed", max + 1)
+        );
+        // One by one, and a mix of both.
+        let one = [0x10, 0x02];
+        assert!(request(&repeat(&one, max)).is_ok());
+        assert!(refusal(request(&repeat(&one, max + 1))).starts_with("kinds: holds 9 items"));
+        assert!(
+            refusal(request(&[packed(max), one.to_vec()].concat())).starts_with("kinds: holds 9")
+        );
+        // A packed run that ends inside a varint, and the wrong wire type.
+        assert_eq!(
+            refusal(request(&ld(2, &[0x80]))),
+            "kinds[0]: is truncated: it ends inside a varint"
+        );
+        assert!(refusal(request([0x15, 0, 0, 0, 0].as_slice()))
+            .starts_with("kinds[0]: has wire type 5"));
+        // Tokens: at most MAX_GRANT_TOKENS.
+        let tokens = repeat(&ld(7, b"fv1_a"), crate::domain::grant::MAX_GRANT_TOKENS + 1);
+        assert!(refusal(request(&tokens)).starts_with("tokens: holds 1001 items"));
+        // What prost makes of a legal request passes and decodes whole.
+        let legal = pb::RequestGrantRequest {
+            kinds: vec![2, 1, 4],
+            valid_for: Some(prost_types::Duration {
+                seconds: 60,
+                nanos: 0,
+            }),
+            tokens: vec!["fv1_a".into(); 3],
+            ..Default::default()
+        };
+        let bytes = legal.encode_to_vec();
+        assert!(request(&bytes).is_ok());
+        assert_eq!(pb::RequestGrantRequest::decode(&bytes[..]).unwrap(), legal);
+    }
+
+    #[test]
     fn a_decoded_item_holds_at_most_a_kib_beyond_its_wire_bytes() {
         // README, "Limits": the struct, its street lines' `String`s and, for
         // each of its strings (value, region, six address parts, the

@@ -13,6 +13,8 @@ mod file;
 #[cfg(test)]
 mod fixtures;
 mod grant_layout;
+#[cfg(test)]
+mod grant_tests;
 mod group_commit;
 mod integrity;
 mod layout;

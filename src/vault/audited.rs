@@ -106,7 +106,14 @@ impl Vault {
                 // or a tokenize did not (nothing left the vault); the
                 // outage is logged once by the trail, not once per call.
                 let action = event.action.as_str();
-                if action.starts_with("keys.") || matches!(action, "delete" | "erase") {
+                let grant_change = matches!(
+                    action,
+                    "grant.request" | "grant.approve" | "grant.reject" | "grant.revoke"
+                );
+                if action.starts_with("keys.")
+                    || matches!(action, "delete" | "erase")
+                    || grant_change
+                {
                     tracing::error!(error = %e, event = %event.to_json(), "a change took effect but the audit trail did not take its event");
                     return Err(VaultError::Unavailable(format!(
                         "the {} took effect, but the audit trail is unavailable and did not take \
@@ -114,6 +121,7 @@ impl Vault {
                         match action {
                             "erase" => "erasure",
                             "delete" => "deletion",
+                            _ if grant_change => "grant change",
                             _ => "key operation",
                         }
                     )));

@@ -1,1 +1,186 @@
-//! Grants, through the vault.
+//! Grants at the vault, over a real sled store: which rule a covered item
+//! is revealed under, what consumes a unit, and a policy that changes under
+//! an active grant.
+
+use super::test_support::{caller, ok, vault_over};
+use super::*;
+use crate::domain::value::FieldInput;
+use crate::store::{SledConfig, SledStore, DEFAULT_MAX_QUEUED_WRITES};
+use std::path::Path;
+use std::time::Duration;
+
+/// The courier sees addresses masked for shipping by a standing rule, and
+/// in full only under a grant an approver approved.
+const POLICY: &str = r#"
+version = 1
+
+[[rules]]
+name = "shop tokenizes"
+callers = ["spiffe://t.example/shop"]
+action = "tokenize"
+kinds = ["address", "phone"]
+
+[[rules]]
+name = "courier masked"
+callers = ["spiffe://t.example/courier"]
+action = "detokenize"
+kinds = ["address"]
+purposes = ["shipping"]
+reveal = "masked"
+
+[[rules]]
+name = "courier in full under a grant"
+callers = ["spiffe://t.example/courier"]
+action = "detokenize"
+kinds = ["address"]
+purposes = ["shipping"]
+reveal = "full"
+requires_grant = true
+approvers = ["spiffe://t.example/boss"]
+"#;
+
+fn store(dir: &Path) -> Arc<dyn Store> {
+    Arc::new(ok(SledStore::reopen_in_test(&SledConfig {
+        path: dir.join("store"),
+        cache_capacity_bytes: 8 << 20,
+        max_queued_writes: DEFAULT_MAX_QUEUED_WRITES,
+    })))
+}
+
+async fn vault(dir: &Path) -> Vault {
+    let vault = vault_over(store(dir), dir, &MasterKey::generate()).await;
+    vault.replace_policy(ok(Policy::from_toml(POLICY)));
+    vault
+}
+
+async fn tokens(vault: &Vault, n: usize) -> Vec<String> {
+    let items = (0..n)
+        .map(|i| {
+            Ok(FieldInput::simple(
+                FieldKind::Address,
+                &format!("{i} Example Street, Springfield"),
+            ))
+        })
+        .collect();
+    ok(vault.tokenize(&caller("shop"), None, items).await)
+        .into_iter()
+        .map(|t| ok(t).to_string())
+        .collect()
+}
+
+fn ask(tokens: Vec<String>) -> GrantRequest {
+    GrantRequest {
+        caller: String::new(),
+        kinds: Ok(vec![FieldKind::Address]),
+        purpose: "shipping".into(),
+        max_reveals: 5,
+        valid_for: Some(Ok(Duration::from_secs(3600))),
+        reason: "TEST-1".into(),
+        tokens,
+    }
+}
+
+async fn active(vault: &Vault, tokens: Vec<String>) -> String {
+    let g = ok(vault.request_grant(&caller("courier"), ask(tokens)).await);
+    let id = g.grant.id.to_string();
+    let g = ok(vault.approve_grant(&caller("boss"), &id).await);
+    assert_eq!(g.state, crate::domain::grant::GrantState::Active);
+    id
+}
+
+async fn levels(vault: &Vault, grant: &str, tokens: &[String]) -> Vec<Option<RevealLevel>> {
+    ok(vault
+        .detokenize_under_grant(&caller("courier"), "shipping", "", grant, tokens.to_vec())
+        .await)
+    .into_iter()
+    .map(|r| r.ok().map(|v| v.reveal))
+    .collect()
+}
+
+async fn used(vault: &Vault, id: &str) -> u64 {
+    ok(vault.get_grant(&caller("courier"), id).await).used
+}
+
+#[tokio::test]
+async fn a_grant_lifts_a_covered_item_to_its_rule_and_counts_only_what_that_rule_reveals() {
+    let dir = ok(tempfile::tempdir());
+    let vault = vault(dir.path()).await;
+    let t = tokens(&vault, 3).await;
+    // Without a grant the standing rule decides: masked, nothing counted.
+    assert_eq!(
+        levels(&vault, "", &t).await,
+        vec![Some(RevealLevel::Masked); 3]
+    );
+    // Under a grant for the first two tokens: those in full (one unit
+    // each), the third by the standing rule, masked, for free.
+    let id = active(&vault, t[..2].to_vec()).await;
+    assert_eq!(
+        levels(&vault, &id, &t).await,
+        vec![
+            Some(RevealLevel::Full),
+            Some(RevealLevel::Full),
+            Some(RevealLevel::Masked)
+        ]
+    );
+    assert_eq!(used(&vault, &id).await, 2);
+    // A token the vault never issued, or one deleted, consumes nothing.
+    let unknown = "fv1_AAAAAAAAAAAAAAAAAAAAAA".to_owned();
+    assert_eq!(levels(&vault, &id, &[unknown]).await, vec![None]);
+    assert_eq!(used(&vault, &id).await, 2);
+}
+
+#[tokio::test]
+async fn a_policy_that_drops_the_grant_rule_stops_reveals_under_an_active_grant_at_the_next_call() {
+    let dir = ok(tempfile::tempdir());
+    let vault = vault(dir.path()).await;
+    let t = tokens(&vault, 1).await;
+    let id = active(&vault, Vec::new()).await;
+    assert_eq!(levels(&vault, &id, &t).await, vec![Some(RevealLevel::Full)]);
+    // The grant rule is gone: the standing rule decides, and the grant is
+    // not charged.
+    let without = POLICY
+        .split("[[rules]]")
+        .filter(|r| !r.contains("requires_grant"))
+        .collect::<Vec<_>>()
+        .join("[[rules]]");
+    vault.replace_policy(ok(Policy::from_toml(&without)));
+    assert_eq!(
+        levels(&vault, &id, &t).await,
+        vec![Some(RevealLevel::Masked)]
+    );
+    assert_eq!(used(&vault, &id).await, 1);
+}
+
+#[tokio::test]
+async fn an_approver_a_rule_names_is_the_only_one_who_approves_and_a_grants_rule_is_needed_to_act_for_others(
+) {
+    let dir = ok(tempfile::tempdir());
+    let vault = vault(dir.path()).await;
+    let g = ok(vault
+        .request_grant(&caller("courier"), ask(Vec::new()))
+        .await);
+    let id = g.grant.id.to_string();
+    assert_eq!(g.grant.approvals_required, 1);
+    assert!(matches!(
+        vault.approve_grant(&caller("shop"), &id).await,
+        Err(VaultError::PermissionDenied(_))
+    ));
+    assert!(matches!(
+        vault.approve_grant(&caller("courier"), &id).await,
+        Err(VaultError::PermissionDenied(_))
+    ));
+    // The shop may not request for the courier (no grants rule).
+    let mut r = ask(Vec::new());
+    r.caller = "spiffe://t.example/courier".into();
+    assert!(matches!(
+        vault.request_grant(&caller("shop"), r).await,
+        Err(VaultError::PermissionDenied(_))
+    ));
+    // Phones are under no grant rule of the courier's.
+    let mut r = ask(Vec::new());
+    r.kinds = Ok(vec![FieldKind::Phone]);
+    assert!(matches!(
+        vault.request_grant(&caller("courier"), r).await,
+        Err(VaultError::InvalidArgument { field: "kinds", .. })
+    ));
+}

@@ -211,6 +211,19 @@ fn describe(event: &mut Event, view: &GrantView) {
 }
 
 impl Vault {
+    /// Before any grant call: the deny list and freezes, and a caller no
+    /// rule names (as a caller or an approver) is refused.
+    async fn admit_to_grants(&self, caller: &CallerId, policy: &Policy) -> Result<(), VaultError> {
+        self.admit(caller, policy).await?;
+        if !policy.names(caller) {
+            return Err(denied(
+                DeniedOn::Caller,
+                format!("no policy rule names caller '{caller}'"),
+            ));
+        }
+        Ok(())
+    }
+
     /// A grant's use so far.
     async fn grant_used(&self, id: GrantId) -> Result<u64, VaultError> {
         self.store
@@ -268,7 +281,7 @@ impl Vault {
     ) -> Result<GrantView, VaultError> {
         let caller = call.caller()?;
         let policy = self.policy_for_call().await;
-        self.admit(caller, &policy).await?;
+        self.admit_to_grants(caller, &policy).await?;
         let workflow = if r.caller.is_empty() {
             caller.clone()
         } else {
@@ -431,7 +444,7 @@ impl Vault {
     ) -> Result<GrantView, VaultError> {
         let caller = call.caller()?;
         let policy = self.policy_for_call().await;
-        self.admit(caller, &policy).await?;
+        self.admit_to_grants(caller, &policy).await?;
         let id = parse_id(id)?;
         event.details.insert("grant".into(), id.to_string().into());
         for _ in 0..RETRIES {
@@ -600,7 +613,7 @@ impl Vault {
         let result = async {
             let caller = call.caller()?;
             let policy = self.policy_for_call().await;
-            self.admit(caller, &policy).await?;
+            self.admit_to_grants(caller, &policy).await?;
             let id = parse_id(id)?;
             event.details.insert("grant".into(), id.to_string().into());
             let view = self.load_grant(id, now_unix_ms()).await?;
@@ -634,7 +647,7 @@ impl Vault {
         let result = async {
             let caller = call.caller()?;
             let policy = self.policy_for_call().await;
-            self.admit(caller, &policy).await?;
+            self.admit_to_grants(caller, &policy).await?;
             if limit > MAX_LIST_GRANTS {
                 return Err(invalid(
                     "limit",

@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used)]
+
 use super::*;
 
 const SAMPLE: &str = r#"
@@ -36,6 +38,144 @@ fn purpose(p: &str) -> Purpose {
 
 fn policy() -> Policy {
     Policy::from_toml(SAMPLE).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A rule that requires a grant, with `extra` lines appended.
+fn grant_rule(extra: &str) -> String {
+    format!(
+        r#"version = 1
+[[rules]]
+name = "courier full under a grant"
+callers = ["spiffe://t.example/courier"]
+action = "detokenize"
+kinds = ["address"]
+purposes = ["shipping"]
+reveal = "full"
+requires_grant = true
+{extra}
+"#
+    )
+}
+
+#[test]
+fn a_rule_that_requires_a_grant_allows_nothing_without_one_and_the_denial_says_so() {
+    let p = Policy::from_toml(&grant_rule("approvals = 2\napprovers = [\"a\", \"b\"]"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let courier = caller("courier");
+    let shipping = purpose("shipping");
+    let denied = p
+        .decide(
+            &courier,
+            Action::Detokenize,
+            FieldKind::Address,
+            Some(&shipping),
+            None,
+        )
+        .unwrap_err();
+    assert_eq!(denied.on, DeniedOn::Grant);
+    assert!(
+        denied.to_string().contains("only under an approved grant"),
+        "{denied}"
+    );
+    let denied = p
+        .check_call(&courier, Action::Detokenize, Some(&shipping), None)
+        .unwrap_err();
+    assert_eq!(denied.on, DeniedOn::Grant);
+    let ruling = p
+        .decide_under_grant(
+            &courier,
+            Action::Detokenize,
+            FieldKind::Address,
+            Some(&shipping),
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(ruling.under_grant);
+    assert_eq!(ruling.reveal, Some(RevealLevel::Full));
+    assert!(p
+        .check_call_under_grant(&courier, Action::Detokenize, Some(&shipping), None)
+        .is_ok());
+    // The rule's terms, and who it names.
+    let rule = p
+        .grant_rule_for(&courier, &[FieldKind::Address], &shipping)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let terms = rule.grant.clone().unwrap_or_else(|| panic!("terms"));
+    assert_eq!((terms.approvals, terms.approvers.len()), (2, 2));
+    assert!(p.names(&CallerId::parse("a").unwrap_or_else(|e| panic!("{e}"))));
+    assert!(p.is_approver(&CallerId::parse("b").unwrap_or_else(|e| panic!("{e}"))));
+    let (field, _) = p
+        .grant_rule_for(&courier, &[FieldKind::Phone], &shipping)
+        .unwrap_err();
+    assert_eq!(field, "kinds");
+    let (field, _) = p
+        .grant_rule_for(&courier, &[FieldKind::Address], &purpose("callback"))
+        .unwrap_err();
+    assert_eq!(field, "purpose");
+}
+
+#[test]
+fn grant_terms_that_could_never_be_met_or_do_not_fit_the_rule_are_refused_naming_the_field() {
+    for (extra, field, text) in [
+        ("approvals = 0", "approvals", "from 1 to 10"),
+        ("approvals = 11", "approvals", "from 1 to 10"),
+        (
+            "approvals = 3\napprovers = [\"a\", \"b\"]",
+            "approvals",
+            "no grant could become active",
+        ),
+        ("approvers = []", "approvers", "is empty"),
+        ("approvers = [\"a\", \"a\"]", "approvers", "listed twice"),
+        (
+            "approvers = [\"spiffe://t.example/courier\"]",
+            "approvers",
+            "never approves its own",
+        ),
+    ] {
+        let e = Policy::from_toml(&grant_rule(extra)).unwrap_err();
+        match &e {
+            PolicyError::Rule {
+                field: f, reason, ..
+            } => {
+                assert_eq!(*f, field, "{extra}: {e}");
+                assert!(reason.contains(text), "{extra}: {e}");
+            }
+            other => panic!("{extra}: {other}"),
+        }
+    }
+    // Only detokenize rules with a name and a reveal take requires_grant.
+    let tokenize = "version = 1\n[[rules]]\nname = \"t\"\ncallers = [\"x\"]\naction = \"tokenize\"\nkinds = [\"phone\"]\nrequires_grant = true\n";
+    assert!(Policy::from_toml(tokenize)
+        .unwrap_err()
+        .to_string()
+        .contains("requires_grant"));
+    let keys =
+        "version = 1\n[[rules]]\ncallers = [\"x\"]\naction = \"keys\"\nrequires_grant = true\n";
+    assert!(Policy::from_toml(keys)
+        .unwrap_err()
+        .to_string()
+        .contains("requires_grant"));
+    let unnamed = grant_rule("").replace("name = \"courier full under a grant\"\n", "");
+    assert!(Policy::from_toml(&unnamed)
+        .unwrap_err()
+        .to_string()
+        .contains("needs a name"));
+    let none = grant_rule("").replace("reveal = \"full\"", "reveal = \"none\"");
+    assert!(Policy::from_toml(&none)
+        .unwrap_err()
+        .to_string()
+        .contains("reveals none"));
+    let loose = "version = 1\n[[rules]]\nname = \"d\"\ncallers = [\"x\"]\naction = \"detokenize\"\nkinds = [\"phone\"]\npurposes = [\"p\"]\nreveal = \"full\"\napprovals = 2\n";
+    assert!(Policy::from_toml(loose)
+        .unwrap_err()
+        .to_string()
+        .contains("only a rule with requires_grant = true"));
+    // A grants rule is administrative: no kinds.
+    let grants =
+        "version = 1\n[[rules]]\ncallers = [\"x\"]\naction = \"grants\"\nkinds = [\"phone\"]\n";
+    assert!(Policy::from_toml(grants)
+        .unwrap_err()
+        .to_string()
+        .contains("grant administration"));
 }
 
 #[test]
