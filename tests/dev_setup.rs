@@ -416,7 +416,7 @@ fn dev_identity_lists_the_identities_and_refuses_paths() {
         assert!(!out.status.success());
         assert!(
             stderr(&out).contains(
-                "--dev-identity: no dev identity of that name in ./fieldvault-data/dev; the identities there: admin, intruder, orders, rotator, support"
+                "--dev-identity: no dev identity of that name in ./fieldvault-data/dev; the identities there: admin, approver1, approver2, fulfilment, intruder, orders, rotator, support"
             ),
             "{}",
             stderr(&out)

@@ -533,7 +533,8 @@ fn a_dev_setup_whose_policy_predates_the_lifecycle_rules_keeps_it_and_says_what_
     let data = tmp.path().join("data");
     let log = tmp.path().join("server.log");
     assert!(start_dev(&data, &log).unwrap().terminate_ok());
-    // The dev policy as it was before: without the lifecycle and backup rules.
+    // The dev policy as it was before: without the lifecycle and backup
+    // rules, nor those of approved workflows.
     let policy = data.join("dev/policy.toml");
     let old: String = fieldvault::dev::DEV_POLICY
         .split("[[rules]]")
@@ -544,9 +545,11 @@ fn a_dev_setup_whose_policy_predates_the_lifecycle_rules_keeps_it_and_says_what_
                 "\"erase\"",
                 "\"export\"",
                 "\"backup\"",
+                "\"grants\"",
             ]
             .iter()
             .any(|a| rule.contains(&format!("action = {a}")))
+                && !rule.contains("requires_grant")
         })
         .collect::<Vec<_>>()
         .join("[[rules]]");
@@ -556,12 +559,13 @@ fn a_dev_setup_whose_policy_predates_the_lifecycle_rules_keeps_it_and_says_what_
     let logged = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<&str> = logged
         .lines()
-        .filter(|l| l.contains("predates the data-lifecycle rules"))
+        .filter(|l| l.contains("predates rules of this version's dev policy"))
         .collect();
     assert_eq!(lines.len(), 1, "{logged}");
     assert!(
         lines[0].contains(
-            "orders: delete, orders: inspect, admin: erase, admin: export, admin: backup"
+            "orders: delete, orders: inspect, admin: erase, admin: export, admin: backup, \
+             fulfilment: detokenize under a grant, admin: grants"
         ) && lines[0].contains("deploy/dev/policy.toml")
             && lines[0].contains("serve --dev --reset"),
         "{}",

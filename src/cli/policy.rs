@@ -366,15 +366,30 @@ fn decide(policy: &Policy, q: &Question) -> Result<Ruling, Denial> {
     policy.check_deny_list(&q.caller)?;
     let purpose = q.purpose.as_ref();
     let justification = q.justification.as_deref();
+    // The rule a grant for this kind and purpose would be requested under
+    // (the server's choice: the most revealing rule that requires a
+    // grant); none: no grant could cover it.
+    let grant_rule = match (q.under_grant, q.kind, purpose) {
+        (true, Some(kind), Some(p)) => policy
+            .grant_rule_for(&q.caller, &[kind], p)
+            .map(|r| r.name.clone())
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
     if q.under_grant {
-        policy.check_call_under_grant(&q.caller, q.action, purpose, justification)?;
+        policy.check_call_under_grant(&q.caller, q.action, purpose, justification, &grant_rule)?;
     } else {
         policy.check_call(&q.caller, q.action, purpose, justification)?;
     }
     match q.kind {
-        Some(kind) if q.under_grant => {
-            policy.decide_under_grant(&q.caller, q.action, kind, purpose, justification)
-        }
+        Some(kind) if q.under_grant => policy.decide_under_grant(
+            &q.caller,
+            q.action,
+            kind,
+            purpose,
+            justification,
+            &grant_rule,
+        ),
         Some(kind) => policy.decide(&q.caller, q.action, kind, purpose, justification),
         // keys and admin: check_call was the whole decision; the rule is
         // the first that names the caller for the action.

@@ -184,3 +184,60 @@ async fn an_approver_a_rule_names_is_the_only_one_who_approves_and_a_grants_rule
         Err(VaultError::InvalidArgument { field: "kinds", .. })
     ));
 }
+
+#[tokio::test]
+async fn a_grant_opens_only_its_own_rule_and_an_approver_taken_off_the_rule_approves_no_more() {
+    let dir = ok(tempfile::tempdir());
+    let vault = vault(dir.path()).await;
+    let t = tokens(&vault, 1).await;
+    // Requested under the grant rule; then the rule loses its approver.
+    let pending = ok(vault
+        .request_grant(&caller("courier"), ask(Vec::new()))
+        .await);
+    let pending = pending.grant.id.to_string();
+    let id = active(&vault, Vec::new()).await;
+    let moved = POLICY.replace(
+        r#"approvers = ["spiffe://t.example/boss"]"#,
+        r#"approvers = ["spiffe://t.example/deputy"]"#,
+    );
+    vault.replace_policy(ok(Policy::from_toml(&moved)));
+    assert!(matches!(
+        vault.approve_grant(&caller("boss"), &pending).await,
+        Err(VaultError::PermissionDenied(_))
+    ));
+    // The deputy was not an approver when the grant was requested.
+    assert!(matches!(
+        vault.approve_grant(&caller("deputy"), &pending).await,
+        Err(VaultError::PermissionDenied(_))
+    ));
+    // A second rule that requires a grant, added later, is not opened by
+    // a grant approved under the first: the active grant still reveals
+    // under its own rule.
+    let wider = format!(
+        "{POLICY}\n[[rules]]\nname = \"courier phones under a grant\"\ncallers = \
+         [\"spiffe://t.example/courier\"]\naction = \"detokenize\"\nkinds = [\"address\"]\n\
+         purposes = [\"shipping\"]\nreveal = \"full\"\nrequires_grant = true\napprovers = \
+         [\"spiffe://t.example/deputy\"]\n"
+    );
+    vault.replace_policy(ok(Policy::from_toml(&wider)));
+    let revealed = ok(vault
+        .detokenize_under_grant(&caller("courier"), "shipping", "", &id, t.clone())
+        .await);
+    let rules = ok(vault.get_grant(&caller("courier"), &id).await)
+        .grant
+        .rule;
+    assert_eq!(rules, "courier in full under a grant");
+    assert!(revealed[0].is_ok());
+    let without_own = wider
+        .split("[[rules]]")
+        .filter(|r| !r.contains("\"courier in full under a grant\""))
+        .collect::<Vec<_>>()
+        .join("[[rules]]");
+    vault.replace_policy(ok(Policy::from_toml(&without_own)));
+    // Its own rule gone: the standing rule decides (masked), the other
+    // grant rule does not count.
+    assert_eq!(
+        levels(&vault, &id, &t).await,
+        vec![Some(RevealLevel::Masked)]
+    );
+}

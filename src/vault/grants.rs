@@ -104,17 +104,28 @@ fn store_failed(e: &StoreError, what: &str) -> VaultError {
     unavailable(e, "nothing changed")
 }
 
-/// Who may approve or reject `g`: an approver its rule listed (or, when it
-/// listed none, a caller with a `grants` rule); never its requester or
-/// its workflow; never a deny-listed caller.
+/// Who may approve or reject `g`: an approver its rule listed when it was
+/// requested (or, when it listed none, a caller with a `grants` rule),
+/// whom the policy in force still lets approve under that rule (an
+/// approver taken off the rule, or a rule taken out, approves no more);
+/// never its requester or its workflow; never a deny-listed caller.
 fn may_approve(policy: &Policy, caller: &CallerId, g: &Grant) -> bool {
-    !g.is_party(caller.as_str())
-        && !policy.is_denied(caller)
-        && if g.approvers.is_empty() {
+    let listed = |approvers: &[String]| {
+        if approvers.is_empty() {
             policy.administers_grants(caller)
         } else {
-            g.approvers.iter().any(|a| a == caller.as_str())
+            approvers.iter().any(|a| a == caller.as_str())
         }
+    };
+    let rule_now = policy
+        .rules()
+        .iter()
+        .find(|r| r.name == g.rule)
+        .and_then(|r| r.grant.as_ref());
+    !g.is_party(caller.as_str())
+        && !policy.is_denied(caller)
+        && listed(&g.approvers)
+        && rule_now.is_some_and(|terms| listed(&terms.approvers))
 }
 
 /// Who may see `g` and revoke it: its requester, its workflow, its
@@ -358,23 +369,30 @@ impl Vault {
                 "is required: say why (a ticket, a batch); approvers read it",
             ));
         }
+        // Kept in the form the vault writes, so that a reveal compares
+        // like with like.
         let ring = self.keyring();
+        let mut tokens: Vec<String> = Vec::with_capacity(r.tokens.len());
         for (i, t) in r.tokens.iter().enumerate() {
             let field = "tokens";
-            let issued = t
+            let token = t
                 .parse::<TokenId>()
                 .ok()
-                .and_then(|token| ring.record_of(&token))
-                .is_some_and(|id| self.store.knows_epoch(id.epoch));
-            if !issued {
-                return Err(invalid(
-                    field,
-                    format!("tokens[{i}] is not a token this vault issued"),
-                ));
-            }
-            if r.tokens[..i].contains(t) {
+                .filter(|token| {
+                    ring.record_of(token)
+                        .is_some_and(|id| self.store.knows_epoch(id.epoch))
+                })
+                .ok_or_else(|| {
+                    invalid(
+                        field,
+                        format!("tokens[{i}] is not a token this vault issued"),
+                    )
+                })?
+                .to_string();
+            if tokens.contains(&token) {
                 return Err(invalid(field, format!("tokens[{i}] is listed twice")));
             }
+            tokens.push(token);
         }
         let rule = policy
             .grant_rule_for(&workflow, &kinds, &purpose)
@@ -410,7 +428,7 @@ impl Vault {
             created_unix_ms: now,
             expires_unix_ms: now.saturating_add(valid_for_ms),
             reason,
-            tokens: r.tokens,
+            tokens,
             rule: rule.name.clone(),
             approvals_required: spec.approvals,
             approvers: spec.approvers,
@@ -638,7 +656,7 @@ impl Vault {
     pub async fn list_grants(
         &self,
         call: impl Into<Call>,
-        state: Option<GrantState>,
+        state: Result<Option<GrantState>, String>,
         of_caller: &str,
         limit: u32,
     ) -> Result<Vec<GrantView>, VaultError> {
@@ -648,6 +666,7 @@ impl Vault {
             let caller = call.caller()?;
             let policy = self.policy_for_call().await;
             self.admit_to_grants(caller, &policy).await?;
+            let state = state.map_err(|reason| invalid("state", reason))?;
             if limit > MAX_LIST_GRANTS {
                 return Err(invalid(
                     "limit",

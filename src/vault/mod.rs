@@ -831,8 +831,14 @@ impl Vault {
             .iter()
             .filter_map(|p| p.as_ref().ok().map(|(_, id)| *id))
             .collect();
-        let checked = if grant.is_some() {
-            policy.check_call_under_grant(caller, Action::Detokenize, Some(&purpose), given)
+        let checked = if let Some(g) = &grant {
+            policy.check_call_under_grant(
+                caller,
+                Action::Detokenize,
+                Some(&purpose),
+                given,
+                &g.grant.rule,
+            )
         } else {
             policy.check_call(caller, Action::Detokenize, Some(&purpose), given)
         };
@@ -913,13 +919,12 @@ impl Vault {
                 item.kind = Some(record.kind.as_str().to_owned());
                 // The grant counts for an item it covers: its kind, and its
                 // token when it lists tokens.
-                let covered = grant.as_ref().is_some_and(|g| {
+                let covering = grant.as_ref().filter(|g| {
                     g.grant.kinds.contains(&record.kind) && g.grant.covers_token(&token.to_string())
                 });
-                let ruling = if covered {
-                    policy.decide_under_grant(caller, Action::Detokenize, record.kind, Some(&purpose), given)
-                } else {
-                    policy.decide(caller, Action::Detokenize, record.kind, Some(&purpose), given)
+                let ruling = match covering {
+                    Some(g) => policy.decide_under_grant(caller, Action::Detokenize, record.kind, Some(&purpose), given, &g.grant.rule),
+                    None => policy.decide(caller, Action::Detokenize, record.kind, Some(&purpose), given),
                 }
                 .map_err(ItemError::PermissionDenied)?;
                 item.rule = Some(ruling.rule.clone());

@@ -1046,19 +1046,22 @@ impl Policy {
         purpose: Option<&Purpose>,
         justification: Option<&str>,
     ) -> Result<(), Denial> {
-        self.check_call_under(caller, action, purpose, justification, false)
+        self.check_call_under(caller, action, purpose, justification, None)
     }
 
-    /// [`Policy::check_call`] for a call that names a grant: rules that
-    /// require one count too.
+    /// [`Policy::check_call`] for a call that names a grant approved under
+    /// `rule`: that rule counts too (no other rule that requires a grant
+    /// does: a grant allows what its own rule allows, and a rule added
+    /// later does not widen it).
     pub fn check_call_under_grant(
         &self,
         caller: &CallerId,
         action: Action,
         purpose: Option<&Purpose>,
         justification: Option<&str>,
+        rule: &str,
     ) -> Result<(), Denial> {
-        self.check_call_under(caller, action, purpose, justification, true)
+        self.check_call_under(caller, action, purpose, justification, Some(rule))
     }
 
     fn check_call_under(
@@ -1067,7 +1070,7 @@ impl Policy {
         action: Action,
         purpose: Option<&Purpose>,
         justification: Option<&str>,
-        grant: bool,
+        grant: Option<&str>,
     ) -> Result<(), Denial> {
         let rules = self.for_caller_and_action(caller, action)?;
         let for_purpose: Vec<&Rule> = rules
@@ -1091,7 +1094,7 @@ impl Policy {
                 justification,
             ));
         }
-        if grant || justified.iter().any(|r| !r.requires_grant()) {
+        if justified.iter().any(|r| counts_under(r, grant)) {
             Ok(())
         } else {
             Err(grant_denial(caller, action, None, justified[0]))
@@ -1108,12 +1111,12 @@ impl Policy {
         purpose: Option<&Purpose>,
         justification: Option<&str>,
     ) -> Result<Ruling, Denial> {
-        self.decide_under(caller, action, kind, purpose, justification, false)
+        self.decide_under(caller, action, kind, purpose, justification, None)
     }
 
-    /// The decision for one item that an active grant covers (its kind,
-    /// its purpose, its token): rules that require a grant count too, and
-    /// the most revealing rule wins as always.
+    /// The decision for one item that an active grant approved under
+    /// `rule` covers (its kind, its purpose, its token): that rule counts
+    /// too, and the most revealing rule wins as always.
     pub fn decide_under_grant(
         &self,
         caller: &CallerId,
@@ -1121,8 +1124,9 @@ impl Policy {
         kind: FieldKind,
         purpose: Option<&Purpose>,
         justification: Option<&str>,
+        rule: &str,
     ) -> Result<Ruling, Denial> {
-        self.decide_under(caller, action, kind, purpose, justification, true)
+        self.decide_under(caller, action, kind, purpose, justification, Some(rule))
     }
 
     fn decide_under(
@@ -1132,7 +1136,7 @@ impl Policy {
         kind: FieldKind,
         purpose: Option<&Purpose>,
         justification: Option<&str>,
-        grant: bool,
+        grant: Option<&str>,
     ) -> Result<Ruling, Denial> {
         let rules = self.for_caller_and_action(caller, action)?;
         let for_kind: Vec<&Rule> = rules
@@ -1159,7 +1163,7 @@ impl Policy {
             if !justification_matches(r, justification) {
                 continue;
             }
-            if r.requires_grant() && !grant {
+            if !counts_under(r, grant) {
                 needs_grant = needs_grant.or(Some(r));
                 continue;
             }
@@ -1211,6 +1215,13 @@ impl Policy {
         }
         Ok(for_action)
     }
+}
+
+/// Whether `rule` counts for a call under a grant approved under the rule
+/// named `grant` (`None`: no grant): a rule that requires a grant counts
+/// only under a grant of its own.
+fn counts_under(rule: &Rule, grant: Option<&str>) -> bool {
+    !rule.requires_grant() || grant == Some(rule.name.as_str())
 }
 
 fn purpose_matches(rule: &Rule, purpose: Option<&Purpose>) -> bool {

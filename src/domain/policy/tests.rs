@@ -81,6 +81,7 @@ fn a_rule_that_requires_a_grant_allows_nothing_without_one_and_the_denial_says_s
         .check_call(&courier, Action::Detokenize, Some(&shipping), None)
         .unwrap_err();
     assert_eq!(denied.on, DeniedOn::Grant);
+    let rule = "courier full under a grant";
     let ruling = p
         .decide_under_grant(
             &courier,
@@ -88,13 +89,26 @@ fn a_rule_that_requires_a_grant_allows_nothing_without_one_and_the_denial_says_s
             FieldKind::Address,
             Some(&shipping),
             None,
+            rule,
         )
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(ruling.under_grant);
     assert_eq!(ruling.reveal, Some(RevealLevel::Full));
     assert!(p
-        .check_call_under_grant(&courier, Action::Detokenize, Some(&shipping), None)
+        .check_call_under_grant(&courier, Action::Detokenize, Some(&shipping), None, rule)
         .is_ok());
+    // A grant of another rule does not open this one.
+    let denied = p
+        .decide_under_grant(
+            &courier,
+            Action::Detokenize,
+            FieldKind::Address,
+            Some(&shipping),
+            None,
+            "another rule",
+        )
+        .unwrap_err();
+    assert_eq!(denied.on, DeniedOn::Grant);
     // The rule's terms, and who it names.
     let rule = p
         .grant_rule_for(&courier, &[FieldKind::Address], &shipping)
