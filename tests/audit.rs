@@ -639,3 +639,181 @@ async fn a_report_over_a_known_sequence_of_real_calls_gives_exactly_the_expected
         .collect();
     assert_eq!(busiest, [(Some("spiffe://fieldvault.dev/support"), 4)]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_over_a_real_trail_shows_a_grant_its_approvals_use_and_revocation() {
+    use fieldvault::dev::{spiffe_id, DEV_POLICY};
+    use fieldvault::grpc::pb::grants_client::GrantsClient;
+    let vault = TestVault::start_with_toml(DEV_POLICY, "", "").await;
+    let since = fieldvault::audit::now_unix_ms();
+    let mut orders = vault.client("orders").await;
+    let addresses: Vec<String> = (1..=3)
+        .map(|n| format!("{n} Example Street, Springfield"))
+        .collect();
+    let tokens = tokens_for(
+        &mut orders,
+        addresses
+            .iter()
+            .map(|a| field(pb::FieldKind::Address, a))
+            .collect(),
+    )
+    .await;
+    let grants = |who: &'static str| {
+        let vault = &vault;
+        async move { GrantsClient::new(channel(&vault.addr(), &vault.pki.client_tls(who)).await) }
+    };
+    let grant_id = grants("admin")
+        .await
+        .request_grant(pb::RequestGrantRequest {
+            caller: spiffe_id("fulfilment"),
+            kinds: vec![pb::FieldKind::Address as i32],
+            purpose: "shipping".into(),
+            max_reveals: 5,
+            valid_for: Some(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }),
+            reason: "ticket SHIP-1".into(),
+            tokens: Vec::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .grant
+        .unwrap()
+        .grant_id;
+    let mut fulfilment = vault.client("fulfilment").await;
+    let reveal = |tokens: &[String]| pb::DetokenizeRequest {
+        tokens: tokens.to_vec(),
+        purpose: "shipping".into(),
+        justification: String::new(),
+        grant_id: grant_id.clone(),
+    };
+    // Refused while pending.
+    let pending = fulfilment.detokenize(reveal(&tokens[..1])).await;
+    assert_eq!(pending.unwrap_err().code(), tonic::Code::FailedPrecondition);
+    for approver in ["approver1", "approver2"] {
+        grants(approver)
+            .await
+            .approve_grant(pb::ApproveGrantRequest {
+                grant_id: grant_id.clone(),
+            })
+            .await
+            .unwrap();
+    }
+    // 3 values in 2 calls.
+    fulfilment.detokenize(reveal(&tokens[..2])).await.unwrap();
+    fulfilment.detokenize(reveal(&tokens[2..])).await.unwrap();
+    grants("approver1")
+        .await
+        .revoke_grant(pb::RevokeGrantRequest {
+            grant_id: grant_id.clone(),
+            reason: "batch shipped".into(),
+        })
+        .await
+        .unwrap();
+    let revoked = fulfilment.detokenize(reveal(&tokens[..1])).await;
+    let status = revoked.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert!(status.message().contains("revoked"), "{status:?}");
+    let until = fieldvault::audit::now_unix_ms() + 1;
+
+    // The report, as a user runs it, over the server's own trail.
+    let config = vault.tmp.path().join("fieldvault.toml");
+    let report = |format: &str| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_fieldvault"));
+        command.args([
+            "audit",
+            "report",
+            "--config",
+            config.to_str().unwrap(),
+            "--since",
+            &fieldvault::audit::search::format_ms(since),
+            "--until",
+            &fieldvault::audit::search::format_ms(until),
+            "--format",
+            format,
+        ]);
+        let out = common::process::output_within(command, Duration::from_secs(30));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for part in ["Example Street", "Springfield"] {
+            assert!(
+                !stdout.contains(part),
+                "the report holds a value:\n{stdout}"
+            );
+        }
+        stdout
+    };
+    let json: Value = serde_json::from_str(&report("json")).unwrap();
+    let grants = json["grants"].as_array().unwrap();
+    assert_eq!(grants.len(), 1, "{json:#}");
+    let g = &grants[0];
+    let (fulfilment_id, admin, approver1, approver2) = (
+        spiffe_id("fulfilment"),
+        spiffe_id("admin"),
+        spiffe_id("approver1"),
+        spiffe_id("approver2"),
+    );
+    assert_eq!(g["grant"], grant_id.as_str());
+    assert_eq!(g["caller"], fulfilment_id.as_str());
+    assert_eq!(g["purpose"], "shipping");
+    assert_eq!(g["requested_by"], admin.as_str());
+    assert_eq!(
+        g["approvers"],
+        serde_json::json!([approver1.clone(), approver2.clone()])
+    );
+    assert_eq!(g["max_reveals"], 5);
+    let changes: Vec<(&str, &str)> = g["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["state"].as_str().unwrap(), c["by"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("requested", admin.as_str()),
+            ("approved", approver1.as_str()),
+            ("approved", approver2.as_str()),
+            ("active", approver2.as_str()),
+            ("revoked", approver1.as_str()),
+        ]
+    );
+    assert_eq!(
+        (
+            &g["values_revealed"],
+            &g["calls"],
+            &g["last_used"],
+            &g["refused_calls"]
+        ),
+        (
+            &Value::from(3),
+            &Value::from(2),
+            &Value::from(3),
+            &Value::from(2)
+        ),
+        "{g:#}"
+    );
+    let md = report("md");
+    let row = format!(
+        "| {grant_id} | {fulfilment_id} | shipping | {admin} | {approver1}, {approver2} | requested by {admin} at "
+    );
+    assert!(md.contains("## Grants\n"), "{md}");
+    assert!(md.contains(&row), "missing {row:?} in\n{md}");
+    assert!(
+        md.contains("; revoked by ") && md.contains(" | 5 | 3 | 2 | 3 | 2 |"),
+        "{md}"
+    );
+    let csv = report("csv");
+    let grant_row = format!("grant,,{fulfilment_id},shipping,detokenize,,revoked,,{grant_id},3");
+    assert!(
+        csv.lines().any(|l| l == grant_row),
+        "missing {grant_row:?} in\n{csv}"
+    );
+}

@@ -76,13 +76,27 @@
 //! acknowledged before it was sent. At the end the trail verifies, holds
 //! no value, and the integrity check is clean.
 //!
+//! Approved workflows (issue 16), on a store of their own: grant kill
+//! rounds. A grant of 200 reveals is requested (by an operator or by the
+//! workflow) and approved by two approvers; concurrent fulfilment clients
+//! reveal 1 to 5 addresses per call under it and the server is SIGKILLed
+//! mid-use. After the restart the grant counts at least every value
+//! answered and at most that plus the values of the calls in flight at the
+//! kill; the clients go on until it is exhausted (exactly the units left
+//! are answered, so the total never passes the grant) or, in one round,
+//! until it is revoked (refused from the next call on, and after a kill
+//! and restart too). At the end the trail verifies, every answered reveal
+//! has its event naming the grant and its units, no file of the data dir
+//! (nor the server log) holds a value, and the integrity check is clean.
+//!
 //! `cargo test --test crash` runs 20 kill rounds, then 3 rewrap rounds, 1
 //! index-rebuild round, 6 master-key rounds, the disk-full round, 4 audit
-//! kill rounds, the audit full-disk round, 3 abuse kill rounds and 3
-//! lifecycle kill rounds (about three minutes on 2 cores); `-- --rounds N`
-//! runs N kill rounds instead, `-- --audit-only` only the audit, abuse and
-//! lifecycle rounds, `-- --abuse-only` only the abuse rounds,
-//! `-- --lifecycle-only` only the lifecycle rounds.
+//! kill rounds, the audit full-disk round, 3 abuse kill rounds, 3
+//! lifecycle kill rounds and 3 grant kill rounds (about three minutes on 2
+//! cores); `-- --rounds N` runs N kill rounds instead, `-- --audit-only`
+//! only the audit, abuse, lifecycle and grant rounds, `-- --abuse-only`
+//! only the abuse rounds, `-- --lifecycle-only` only the lifecycle rounds,
+//! `-- --grants-only` only the grant rounds.
 //! The harness is the test named `crash`: like a libtest harness it honours
 //! name filters (`cargo test foo` skips it), `--exact`, `--skip`, `--list`
 //! and `--ignored`. It never hangs: every call has a deadline, every wait a
@@ -99,6 +113,7 @@ use common::process::{start_with_config, start_with_config_and_file_limit, Serve
 use common::{bounded, write_config_file, Pki};
 use fieldvault::client::ClientTls;
 use fieldvault::crypto::MasterKey;
+use fieldvault::grpc::pb::grants_client::GrantsClient;
 use fieldvault::grpc::pb::key_admin_client::KeyAdminClient;
 use fieldvault::grpc::pb::{self, FieldKind};
 use fieldvault::store::{IntegrityReport, SledConfig, SledStore, Store};
@@ -544,6 +559,8 @@ enum Mode {
         abuse_only: bool,
         /// `--lifecycle-only`: only the data-lifecycle rounds.
         lifecycle_only: bool,
+        /// `--grants-only`: only the grant rounds.
+        grants_only: bool,
     },
 }
 
@@ -554,7 +571,7 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
     let mut filters = Vec::new();
     let mut skips = Vec::new();
     let (mut exact, mut list, mut only_ignored, mut audit_only) = (false, false, false, false);
-    let (mut abuse_only, mut lifecycle_only) = (false, false);
+    let (mut abuse_only, mut lifecycle_only, mut grants_only) = (false, false, false);
     let (mut rounds, mut time_limit) = (20u32, None);
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -578,6 +595,7 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
             "--audit-only" => audit_only = true,
             "--abuse-only" => abuse_only = true,
             "--lifecycle-only" => lifecycle_only = true,
+            "--grants-only" => grants_only = true,
             "--exact" => exact = true,
             "--list" => list = true,
             "--ignored" => only_ignored = true,
@@ -614,6 +632,7 @@ fn parse_args(args: &[String]) -> Result<Mode, String> {
         audit_only,
         abuse_only,
         lifecycle_only,
+        grants_only,
     })
 }
 
@@ -668,6 +687,7 @@ fn log_tails(dir: &Path, n: usize) -> String {
         "audit-full/server.log",
         "abuse-kill/server.log",
         "lifecycle-kill/server.log",
+        "grants-kill/server.log",
     ] {
         if let Ok(log) = std::fs::read_to_string(dir.join(name)) {
             let lines: Vec<&str> = log.lines().collect();
@@ -712,7 +732,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let (rounds, time_limit, audit_only, abuse_only, lifecycle_only) = match mode {
+    let (rounds, time_limit, audit_only, abuse_only, lifecycle_only, grants_only) = match mode {
         Mode::List { listed } => {
             if listed {
                 println!("{TEST_NAME}: test");
@@ -729,7 +749,15 @@ fn main() {
             audit_only,
             abuse_only,
             lifecycle_only,
-        } => (rounds, time_limit, audit_only, abuse_only, lifecycle_only),
+            grants_only,
+        } => (
+            rounds,
+            time_limit,
+            audit_only,
+            abuse_only,
+            lifecycle_only,
+            grants_only,
+        ),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -742,6 +770,7 @@ fn main() {
         audit_only,
         abuse_only,
         lifecycle_only,
+        grants_only,
     ));
 }
 
@@ -751,6 +780,7 @@ async fn run(
     audit_only: bool,
     abuse_only: bool,
     lifecycle_only: bool,
+    grants_only: bool,
 ) {
     // Kept when a check fails; removed at the end of a run that passes.
     let tmp = tempfile::tempdir().unwrap().keep();
@@ -760,7 +790,7 @@ async fn run(
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64;
-    let rounds = if audit_only || abuse_only || lifecycle_only {
+    let rounds = if audit_only || abuse_only || lifecycle_only || grants_only {
         0
     } else {
         rounds
@@ -769,6 +799,19 @@ async fn run(
     let mut rng = Rng(seed | 1);
     let started = Instant::now();
     let mut lines = Vec::new();
+    if grants_only {
+        let grants = grant_kill_rounds(&tmp.join("grants-kill"), &mut rng).await;
+        std::fs::remove_dir_all(&tmp).unwrap();
+        println!(
+            "crash: only the grant rounds (--grants-only): {GRANT_KILL_ROUNDS} grant kill rounds \
+             passed; 0 failed; {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        for line in grants {
+            println!("  {line}");
+        }
+        return;
+    }
     if lifecycle_only {
         let lifecycle = lifecycle_kill_rounds(&tmp.join("lifecycle-kill"), &mut rng).await;
         std::fs::remove_dir_all(&tmp).unwrap();
@@ -813,6 +856,7 @@ async fn run(
     let audit_took = audit_started.elapsed();
     lines.extend(abuse_kill_rounds(&tmp.join("abuse-kill"), &mut rng).await);
     lines.extend(lifecycle_kill_rounds(&tmp.join("lifecycle-kill"), &mut rng).await);
+    lines.extend(grant_kill_rounds(&tmp.join("grants-kill"), &mut rng).await);
     std::fs::remove_dir_all(&tmp).unwrap();
     let store = if audit_only {
         "the store's rounds skipped (--audit-only)".to_owned()
@@ -826,7 +870,8 @@ async fn run(
     println!(
         "crash: {store}; {AUDIT_KILL_ROUNDS} audit kill rounds and the audit full-disk round \
          passed ({:.1}s); {ABUSE_KILL_ROUNDS} abuse kill rounds passed; \
-         {LIFECYCLE_KILL_ROUNDS} lifecycle kill rounds passed; 0 failed; {:.1}s",
+         {LIFECYCLE_KILL_ROUNDS} lifecycle kill rounds passed; {GRANT_KILL_ROUNDS} grant kill \
+         rounds passed; 0 failed; {:.1}s",
         audit_took.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
@@ -3413,6 +3458,693 @@ async fn lifecycle_kill_rounds(dir: &Path, rng: &mut Rng) -> Vec<String> {
         "lifecycle rounds' store: {} records, integrity clean, trail verifies; {sweeps} \
          sweeper passes deleted expired records between the kills",
         report.records
+    ));
+    lines
+}
+
+// ---------------------------------------------------------------------------
+// Approved workflows (issue 16): a grant's use is a durable counter charged
+// before any value leaves; each round kills the server while a workflow
+// reveals under a grant.
+
+const GRANTS_POLICY: &str = r#"
+version = 1
+[[rules]]
+callers = ["spiffe://fieldvault.dev/orders"]
+action = "tokenize"
+kinds = ["address"]
+[[rules]]
+name = "fulfilment ships under a grant"
+callers = ["spiffe://fieldvault.dev/fulfilment"]
+action = "detokenize"
+kinds = ["address"]
+purposes = ["shipping"]
+reveal = "full"
+requires_grant = true
+approvals = 2
+approvers = ["spiffe://fieldvault.dev/approver1", "spiffe://fieldvault.dev/approver2"]
+[[rules]]
+name = "operators"
+callers = ["spiffe://fieldvault.dev/admin"]
+action = "grants"
+"#;
+
+const GRANT_KILL_ROUNDS: u32 = 3;
+/// The round that also revokes its grant (after the kill, mid-use).
+const GRANT_REVOKE_ROUND: u32 = 1;
+/// Concurrent fulfilment clients revealing under one grant.
+const GRANT_CLIENTS: usize = 4;
+/// Each round's grant allows this many reveals.
+const GRANT_MAX_REVEALS: u32 = 200;
+/// Addresses the grant rounds tokenize (once) and reveal.
+const GRANT_POOL: u64 = 30;
+const FULFILMENT: &str = "spiffe://fieldvault.dev/fulfilment";
+const APPROVERS: [&str; 2] = [
+    "spiffe://fieldvault.dev/approver1",
+    "spiffe://fieldvault.dev/approver2",
+];
+/// Texts no file of the grant rounds may hold: parts of every address they
+/// tokenize.
+const GRANT_ROUND_VALUE_PARTS: [&str; 2] = ["Example Street", "Springfield"];
+
+/// A fake address.
+fn example_address(n: u64) -> String {
+    format!("{n} Example Street, Springfield")
+}
+
+/// How a grant client stopped.
+#[derive(Debug)]
+enum GrantStop {
+    /// The server went away; `in_flight` values were asked by the call it
+    /// cut off (sent, never answered: its units may or may not be used).
+    Killed { in_flight: u64 },
+    /// FAILED_PRECONDITION naming the grant's state (exhausted, revoked).
+    Refused(String),
+    /// The clients were answered more values than the grant had left.
+    Over { answered: u64, left: u64 },
+}
+
+/// What one grant client saw.
+#[derive(Debug)]
+struct GrantClientEnd {
+    /// Calls answered OK, each with its request id and tokens.
+    answered: Vec<Answered>,
+    /// Values those calls revealed.
+    values: u64,
+    /// Calls refused because fewer units were left than they asked.
+    short: u64,
+    stop: GrantStop,
+}
+
+/// Reveals 1 to 5 pool addresses per call under `grant_id` until the
+/// server is gone or the grant refuses (exhausted, revoked); adds every
+/// value answered to `progress`, and stops at once when that passes
+/// `left` (the units the grant had left: more were revealed). A call
+/// refused because fewer units are left than it asked makes the client
+/// ask one at a time from then on.
+async fn grant_client(
+    addr: String,
+    tls: ClientTls,
+    seed: u64,
+    pool: Arc<Vec<Known>>,
+    grant_id: String,
+    (progress, left): (Arc<std::sync::atomic::AtomicU64>, u64),
+) -> GrantClientEnd {
+    let mut end = GrantClientEnd {
+        answered: Vec::new(),
+        values: 0,
+        short: 0,
+        stop: GrantStop::Killed { in_flight: 0 },
+    };
+    let Ok(channel) = common::try_channel(&addr, &tls).await else {
+        return end;
+    };
+    let mut client = pb::vault_client::VaultClient::new(channel);
+    let mut rng = Rng(seed | 1);
+    let mut most = 5;
+    loop {
+        let picked: Vec<&Known> = (0..1 + rng.next() % most)
+            .map(|_| &pool[(rng.next() % pool.len() as u64) as usize])
+            .collect();
+        let n = picked.len() as u64;
+        let outcome = client
+            .detokenize(pb::DetokenizeRequest {
+                tokens: picked.iter().map(|k| k.token.clone()).collect(),
+                purpose: "shipping".into(),
+                justification: String::new(),
+                grant_id: grant_id.clone(),
+            })
+            .await;
+        match outcome {
+            Ok(response) => {
+                let request_id =
+                    request_id(response.metadata()).expect("an answer without x-request-id");
+                let results = response.into_inner().results;
+                assert_eq!(results.len(), picked.len());
+                for (result, known) in results.iter().zip(&picked) {
+                    match &result.outcome {
+                        Some(pb::detokenize_result::Outcome::Revealed(v)) => {
+                            assert!(
+                                v.value == known.value,
+                                "{} revealed another value",
+                                known.token
+                            )
+                        }
+                        other => {
+                            panic!("{} did not reveal under the grant: {other:?}", known.token)
+                        }
+                    }
+                }
+                end.answered.push(Answered {
+                    request_id,
+                    action: "detokenize",
+                    tokens: picked.iter().map(|k| k.token.clone()).collect(),
+                });
+                end.values += n;
+                let answered = progress.fetch_add(n, std::sync::atomic::Ordering::SeqCst) + n;
+                if answered > left {
+                    end.stop = GrantStop::Over { answered, left };
+                    return end;
+                }
+            }
+            Err(status) if request_id(status.metadata()).is_none() => {
+                end.stop = GrantStop::Killed { in_flight: n };
+                return end;
+            }
+            Err(status) => {
+                for part in GRANT_ROUND_VALUE_PARTS {
+                    assert!(!status.message().contains(part), "{status:?}");
+                }
+                assert_eq!(
+                    status.code(),
+                    tonic::Code::FailedPrecondition,
+                    "a reveal under grant {grant_id} was refused: {status:?}"
+                );
+                if status.message().contains("reveals left") {
+                    end.short += 1;
+                    most = 1;
+                    continue;
+                }
+                end.stop = GrantStop::Refused(status.message().to_owned());
+                return end;
+            }
+        }
+    }
+}
+
+type GrantClients = Vec<tokio::task::JoinHandle<GrantClientEnd>>;
+
+fn spawn_grant_clients(
+    harness: &Harness,
+    server: &ServerProcess,
+    rng: &mut Rng,
+    pool: &Arc<Vec<Known>>,
+    grant_id: &str,
+    (progress, left): (&Arc<std::sync::atomic::AtomicU64>, u64),
+) -> GrantClients {
+    (0..GRANT_CLIENTS)
+        .map(|c| {
+            tokio::spawn(grant_client(
+                server.addr.clone(),
+                harness.tls("fulfilment"),
+                rng.next() ^ c as u64,
+                pool.clone(),
+                grant_id.to_owned(),
+                (progress.clone(), left),
+            ))
+        })
+        .collect()
+}
+
+/// Waits (bounded) for every client to stop; fails when they were
+/// answered more values than the grant had left.
+async fn grant_clients_stopped(label: &str, clients: GrantClients) -> Vec<GrantClientEnd> {
+    let mut ends = Vec::new();
+    for (i, c) in clients.into_iter().enumerate() {
+        phase(format!("{label}: grant client {i} to stop"));
+        ends.push(
+            bounded(WRITER_STOP_DEADLINE, "a grant client to stop", c)
+                .await
+                .unwrap(),
+        );
+    }
+    for end in &ends {
+        if let GrantStop::Over { answered, left } = end.stop {
+            panic!("{label}: the clients were answered {answered} values under a grant with {left} left");
+        }
+    }
+    ends
+}
+
+/// Tokenizes the [`GRANT_POOL`] addresses (random mode: new tokens).
+async fn address_pool(addr: &str, harness: &Harness) -> Vec<Known> {
+    let mut client = common::connect(addr, &harness.tls("orders")).await;
+    let fields = (0..GRANT_POOL)
+        .map(|n| pb::Field {
+            kind: FieldKind::Address as i32,
+            value: example_address(n),
+            ..Default::default()
+        })
+        .collect();
+    let tokens = common::tokens_for(&mut client, fields).await;
+    tokens
+        .into_iter()
+        .zip(0..)
+        .map(|(token, n)| Known {
+            token,
+            value: example_address(n),
+        })
+        .collect()
+}
+
+async fn grants_client(addr: &str, harness: &Harness, who: &str) -> GrantsClient<Channel> {
+    GrantsClient::new(common::channel(addr, &harness.tls(who)).await)
+}
+
+/// The grant as the server has it now (read by the workflow itself).
+async fn grant_now(addr: &str, harness: &Harness, grant_id: &str) -> pb::Grant {
+    grants_client(addr, harness, "fulfilment")
+        .await
+        .get_grant(pb::GetGrantRequest {
+            grant_id: grant_id.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .grant
+        .unwrap()
+}
+
+/// One detokenize under `grant_id` that must be refused FAILED_PRECONDITION
+/// naming `state`.
+async fn refused_under_grant(
+    label: &str,
+    addr: &str,
+    harness: &Harness,
+    pool: &[Known],
+    grant_id: &str,
+    state: &str,
+) {
+    let mut client = common::connect(addr, &harness.tls("fulfilment")).await;
+    let status = client
+        .detokenize(pb::DetokenizeRequest {
+            tokens: vec![pool[0].token.clone()],
+            purpose: "shipping".into(),
+            justification: String::new(),
+            grant_id: grant_id.to_owned(),
+        })
+        .await
+        .expect_err("a reveal under an ended grant was answered");
+    assert_eq!(
+        status.code(),
+        tonic::Code::FailedPrecondition,
+        "{label}: {status:?}"
+    );
+    assert!(
+        status.message().contains(state) && status.message().contains(grant_id),
+        "{label}: the refusal does not name the grant and its state {state}: {status:?}"
+    );
+}
+
+/// What a grant round leaves for the trail check.
+struct GrantRound {
+    grant_id: String,
+    requested_by: String,
+    /// Its use as the server counts it at the end of the round.
+    used: u64,
+    answered: Vec<Answered>,
+}
+
+/// Sums what the clients saw: (values answered, values in flight at the
+/// kill, calls refused for too few units left).
+fn tally_grant_clients(ends: &[GrantClientEnd], answered: &mut Vec<Answered>) -> (u64, u64, u64) {
+    let (mut values, mut in_flight, mut short) = (0, 0, 0);
+    for end in ends {
+        values += end.values;
+        short += end.short;
+        if let GrantStop::Killed { in_flight: n } = end.stop {
+            in_flight += n;
+        }
+        answered.extend(end.answered.iter().cloned());
+    }
+    (values, in_flight, short)
+}
+
+async fn grant_kill_round(
+    harness: &Harness,
+    round: u32,
+    rng: &mut Rng,
+    pool: &mut Option<Arc<Vec<Known>>>,
+) -> (String, GrantRound) {
+    let label = format!("grant kill round {round}");
+    phase(format!("{label}: the server to start"));
+    let server = harness.start();
+    let pool = match pool {
+        Some(pool) => pool.clone(),
+        None => pool
+            .insert(Arc::new(address_pool(&server.addr, harness).await))
+            .clone(),
+    };
+    let n = u64::from(GRANT_MAX_REVEALS);
+
+    // Requested by the workflow itself or by an operator, in turn; then
+    // approved by both approvers.
+    phase(format!("{label}: a grant requested and approved"));
+    let requester = if round % 2 == 0 {
+        "admin"
+    } else {
+        "fulfilment"
+    };
+    let grant = grants_client(&server.addr, harness, requester)
+        .await
+        .request_grant(pb::RequestGrantRequest {
+            caller: if requester == "admin" {
+                FULFILMENT.into()
+            } else {
+                String::new()
+            },
+            kinds: vec![FieldKind::Address as i32],
+            purpose: "shipping".into(),
+            max_reveals: GRANT_MAX_REVEALS,
+            valid_for: Some(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }),
+            reason: format!("crash harness, grant round {round}"),
+            tokens: Vec::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .grant
+        .unwrap();
+    assert_eq!(grant.state, pb::GrantState::Pending as i32, "{grant:?}");
+    assert_eq!(grant.caller, FULFILMENT);
+    let grant_id = grant.grant_id.clone();
+    for (i, approver) in ["approver1", "approver2"].into_iter().enumerate() {
+        let g = grants_client(&server.addr, harness, approver)
+            .await
+            .approve_grant(pb::ApproveGrantRequest {
+                grant_id: grant_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .grant
+            .unwrap();
+        let expected = if i == 0 {
+            pb::GrantState::Pending
+        } else {
+            pb::GrantState::Active
+        };
+        assert_eq!(g.state, expected as i32, "{label}: {g:?}");
+    }
+
+    // Concurrent reveals under it, killed at a random number of units
+    // (between a fifth and three fifths of the grant): mid-use.
+    let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let clients = spawn_grant_clients(harness, &server, rng, &pool, &grant_id, (&progress, n));
+    let target = n / 5 + rng.next() % (2 * n / 5);
+    phase(format!(
+        "{label}: {target} values revealed under the grant before the kill"
+    ));
+    bounded(Duration::from_secs(60), "reveals before the kill", async {
+        while progress.load(std::sync::atomic::Ordering::SeqCst) < target {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    phase(format!("{label}: kill -9 of the server"));
+    server.kill9();
+    let ends = grant_clients_stopped(&label, clients).await;
+    for end in &ends {
+        assert!(
+            matches!(end.stop, GrantStop::Killed { .. }),
+            "{label}: a client stopped before the kill: {:?}",
+            end.stop
+        );
+    }
+    let mut answered = Vec::new();
+    let (before, in_flight, short_before) = tally_grant_clients(&ends, &mut answered);
+
+    // After the restart: every value answered was counted before it left;
+    // nothing counted was never asked for.
+    phase(format!("{label}: the server to restart"));
+    let server = harness.start();
+    let g = grant_now(&server.addr, harness, &grant_id).await;
+    let used = u64::from(g.used);
+    assert!(
+        before <= used && used <= before + in_flight,
+        "{label}: the grant counts {used} values used; {before} were answered and {in_flight} \
+         asked by calls in flight at the kill"
+    );
+    assert!(used <= n, "{label}: {used} used of {n}");
+    assert_eq!(u64::from(g.remaining), n - used, "{label}: {g:?}");
+    assert_eq!(g.state, pb::GrantState::Active as i32, "{label}: {g:?}");
+
+    // The clients go on.
+    let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let clients = spawn_grant_clients(
+        harness,
+        &server,
+        rng,
+        &pool,
+        &grant_id,
+        (&progress, n - used),
+    );
+    let (after, short_after, end_state, final_used) = if round == GRANT_REVOKE_ROUND {
+        // Revoked mid-use: the clients are refused from their next call,
+        // and so is everyone after a restart.
+        phase(format!("{label}: reveals after the restart, then a revoke"));
+        bounded(
+            Duration::from_secs(60),
+            "reveals before the revoke",
+            async {
+                while progress.load(std::sync::atomic::Ordering::SeqCst) < 10 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            },
+        )
+        .await;
+        let revoked = grants_client(&server.addr, harness, "approver1")
+            .await
+            .revoke_grant(pb::RevokeGrantRequest {
+                grant_id: grant_id.clone(),
+                reason: "crash harness: revoked mid-use".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .grant
+            .unwrap();
+        assert_eq!(revoked.state, pb::GrantState::Revoked as i32);
+        let ends = grant_clients_stopped(&label, clients).await;
+        for end in &ends {
+            assert!(
+                matches!(&end.stop, GrantStop::Refused(m) if m.contains("revoked")),
+                "{label}: a client did not stop at the revocation: {:?}",
+                end.stop
+            );
+        }
+        let (after, _, short) = tally_grant_clients(&ends, &mut answered);
+        refused_under_grant(&label, &server.addr, harness, &pool, &grant_id, "revoked").await;
+        let g = grant_now(&server.addr, harness, &grant_id).await;
+        let revoked_used = u64::from(g.used);
+        assert!(
+            before + after <= revoked_used && revoked_used - used == after,
+            "{label}: {revoked_used} used at the revocation; {before} answered before the kill, \
+             {used} counted after it, {after} answered since"
+        );
+        // The revocation is durable: killed right after, it holds.
+        phase(format!("{label}: kill -9 after the revoke, and a restart"));
+        server.kill9();
+        let server = harness.start();
+        refused_under_grant(&label, &server.addr, harness, &pool, &grant_id, "revoked").await;
+        let g = grant_now(&server.addr, harness, &grant_id).await;
+        assert_eq!(g.state, pb::GrantState::Revoked as i32, "{label}: {g:?}");
+        assert_eq!(u64::from(g.used), revoked_used, "{label}: {g:?}");
+        assert_eq!(u64::from(g.remaining), n - revoked_used, "{label}: {g:?}");
+        phase(format!("{label}: the server to stop"));
+        let status = server.terminate(Duration::from_secs(30));
+        assert!(status.success(), "{label}: the server exited {status:?}");
+        (after, short, "revoked", revoked_used)
+    } else {
+        // Until the grant is exhausted: every unit left after the restart
+        // is answered, none more.
+        phase(format!(
+            "{label}: reveals after the restart until the grant is exhausted"
+        ));
+        let ends = bounded(
+            Duration::from_secs(90),
+            "the clients to exhaust the grant",
+            grant_clients_stopped(&label, clients),
+        )
+        .await;
+        for end in &ends {
+            assert!(
+                matches!(&end.stop, GrantStop::Refused(m) if m.contains("exhausted")),
+                "{label}: a client stopped before the grant was exhausted: {:?}",
+                end.stop
+            );
+        }
+        let (after, _, short) = tally_grant_clients(&ends, &mut answered);
+        assert_eq!(
+            after,
+            n - used,
+            "{label}: {used} units were used at the restart; {after} values were answered \
+             after it, of the {} left",
+            n - used
+        );
+        let g = grant_now(&server.addr, harness, &grant_id).await;
+        assert_eq!(g.state, pb::GrantState::Exhausted as i32, "{label}: {g:?}");
+        assert_eq!((u64::from(g.used), g.remaining), (n, 0), "{label}: {g:?}");
+        phase(format!("{label}: the server to stop"));
+        let status = server.terminate(Duration::from_secs(30));
+        assert!(status.success(), "{label}: the server exited {status:?}");
+        (after, short, "exhausted", n)
+    };
+    let total = before + after;
+    assert!(
+        total <= n,
+        "{label}: {total} values were revealed under a grant of {n}"
+    );
+    let line = format!(
+        "{label}: requested by {requester}; {before} values answered before the kill ({in_flight} \
+         in flight), {used} counted after the restart; {after} more answered, then {end_state} \
+         ({total} revealed, {final_used} used of {n}; {} calls asked for more than was left)",
+        short_before + short_after
+    );
+    let facts = GrantRound {
+        grant_id,
+        requested_by: match requester {
+            "admin" => "spiffe://fieldvault.dev/admin".to_owned(),
+            _ => FULFILMENT.to_owned(),
+        },
+        used: final_used,
+        answered,
+    };
+    (line, facts)
+}
+
+/// Every event of the trail at `audit_log`, in chain order.
+fn trail_events(audit_log: &Path) -> Vec<fieldvault::audit::event::Event> {
+    let mut events = Vec::new();
+    for file in fieldvault::audit::trail::files_of(audit_log).unwrap() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for line in text.lines() {
+            let (_, _, event) = fieldvault::audit::verify::parse_line(line)
+                .unwrap_or_else(|| panic!("{}: not a chained event: {line}", file.display()));
+            events.push(event);
+        }
+    }
+    events
+}
+
+/// Files under `dir` (recursively) that hold one of `needles`.
+fn files_holding(dir: &Path, needles: &[&str]) -> Vec<String> {
+    let mut hits = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return hits;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            hits.extend(files_holding(&path, needles));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            for needle in needles {
+                if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                    hits.push(format!("{} holds {needle:?}", path.display()));
+                }
+            }
+        }
+    }
+    hits
+}
+
+/// Grant kill rounds (a store of their own): a grant of
+/// [`GRANT_MAX_REVEALS`] is requested (by an operator or the workflow) and
+/// approved twice; concurrent fulfilment clients reveal under it and the
+/// server is SIGKILLed mid-use. After the restart the grant's count is at
+/// least every value answered and at most that plus the values of calls
+/// in flight; the clients go on until the grant is exhausted (every unit
+/// left answered, none more) or, in one round, revoked (refused from then
+/// on, across a restart). At the end the trail verifies with an event
+/// naming the grant for every answered reveal, no file holds a value, and
+/// the integrity check is clean.
+async fn grant_kill_rounds(dir: &Path, rng: &mut Rng) -> Vec<String> {
+    phase("grant kill rounds: certificates and config");
+    let harness = Harness::with_policy(dir, GRANTS_POLICY, "");
+    let mut pool = None;
+    let mut lines = Vec::new();
+    let mut rounds = Vec::new();
+    for round in 0..GRANT_KILL_ROUNDS {
+        let (line, facts) = grant_kill_round(&harness, round, rng, &mut pool).await;
+        println!("{line}");
+        lines.push(line);
+        rounds.push(facts);
+    }
+
+    phase("grant kill rounds: the trail and the store");
+    let audit_log = dir.join("data/audit.log");
+    let answered: Vec<Answered> = rounds.iter().flat_map(|r| r.answered.clone()).collect();
+    let trail = check_trail(
+        &audit_log,
+        &harness.master(),
+        &answered,
+        "the grant rounds' trail",
+    );
+    let events = trail_events(&audit_log);
+    let by_request: HashMap<&str, &fieldvault::audit::event::Event> = events
+        .iter()
+        .filter_map(|e| e.request_id.as_deref().map(|id| (id, e)))
+        .collect();
+    let approvers = serde_json::Value::from(APPROVERS.to_vec());
+    for r in &rounds {
+        let when = format!("grant {}", r.grant_id);
+        // Every answered reveal: its event names the grant, who asked for
+        // it and who approved it, and the units it used.
+        for call in &r.answered {
+            let e = by_request[call.request_id.as_str()];
+            let detail = |name: &str| e.details.get(name).cloned().unwrap_or_default();
+            assert_eq!(detail("grant"), r.grant_id.as_str(), "{when}: {e:?}");
+            assert_eq!(
+                detail("grant_requested_by"),
+                r.requested_by.as_str(),
+                "{when}: {e:?}"
+            );
+            assert_eq!(detail("grant_approvers"), approvers, "{when}: {e:?}");
+            assert_eq!(
+                detail("grant_units"),
+                call.tokens.len() as u64,
+                "{when}: {e:?}"
+            );
+        }
+        // Units the trail says were used: no more than the grant counts
+        // (an event is written after its units are), and its lifecycle.
+        let naming: Vec<&fieldvault::audit::event::Event> = events
+            .iter()
+            .filter(|e| {
+                e.details.get("grant").and_then(|g| g.as_str()) == Some(r.grant_id.as_str())
+            })
+            .collect();
+        let units: u64 = naming
+            .iter()
+            .filter(|e| {
+                e.action == "detokenize"
+                    && e.decision == fieldvault::audit::event::Decision::Allowed
+            })
+            .filter_map(|e| e.details.get("grant_units").and_then(|u| u.as_u64()))
+            .sum();
+        let answered: u64 = r.answered.iter().map(|a| a.tokens.len() as u64).sum();
+        assert!(
+            answered <= units && units <= r.used,
+            "{when}: the trail has {units} units used; {answered} values were answered and the \
+             grant counts {}",
+            r.used
+        );
+        let ops: Vec<&str> = naming
+            .iter()
+            .filter(|e| e.action.starts_with("grant.") && e.action != "grant.get")
+            .map(|e| e.action.as_str())
+            .collect();
+        assert!(
+            ops.starts_with(&["grant.request", "grant.approve", "grant.approve"]),
+            "{when}: {ops:?}"
+        );
+    }
+    let mut hits = files_holding(&dir.join("data"), &GRANT_ROUND_VALUE_PARTS);
+    let log = std::fs::read_to_string(&harness.log).unwrap_or_default();
+    for part in GRANT_ROUND_VALUE_PARTS {
+        if log.contains(part) {
+            hits.push(format!("the server log holds {part:?}"));
+        }
+    }
+    assert!(hits.is_empty(), "a value was written in clear: {hits:?}");
+    let report = harness.check_integrity().await;
+    lines.push(format!(
+        "grant rounds' store: {} records, integrity clean; the trail verifies ({} events), every \
+         answered reveal's event names its grant, no file holds a value",
+        report.records, trail.events
     ));
     lines
 }

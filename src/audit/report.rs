@@ -26,6 +26,17 @@
 //! - **busiest callers**: the ten callers with the most values revealed.
 //! - **trail events**: every `audit.*` event (a new chain and why, a new
 //!   file, the sink recovering), one row each.
+//! - **grants**: every grant an event of the period names (`grant` in its
+//!   details), in the order they first appear: its workflow, who requested
+//!   it, its approvers (who approved it in the period, then those later
+//!   events name), its state changes in the period (allowed `grant.*`
+//!   events: `requested`, `approved`, `active` when an approval made it
+//!   so, `rejected`, `revoked`; `exhausted` when a reveal used its last
+//!   unit), the values revealed under it (the `grant_units` of allowed
+//!   `detokenize` events naming it) in how many calls, its count after the
+//!   last of them (`grant_used`), and the `detokenize` calls naming it that
+//!   were refused (denied or rejected: a pending, exhausted, revoked or
+//!   expired grant, too few units left, another caller's grant).
 //!
 //! CSV: a header and one row shape for every section,
 //! `section,time,caller,purpose,action,kind,outcome,code,reason,count`,
@@ -38,8 +49,14 @@
 //! `refused_item` (caller, purpose, action, kind, code, count = items),
 //! `key_operation` (time, caller, action, outcome = decision, code, reason,
 //! count 1), `busiest_caller` (caller, count = values revealed, in rank
-//! order) and `trail` (time, action, reason, count 1). A missing caller or
-//! purpose is empty.
+//! order), `trail` (time, action, reason, count 1), `grant` (caller = the
+//! workflow, purpose, action `detokenize`, outcome = its last state in the
+//! period, reason = the grant id, count = values revealed under it),
+//! `grant_refused` (the same, count = refused detokenize calls, when there
+//! were some) and
+//! `grant_change` (time, caller = who, purpose, action = the `grant.*`
+//! event, outcome = the state, reason = the grant id, count 1). A missing
+//! caller or purpose is empty.
 
 use super::event::{Decision, Event};
 use super::verify::{FileSummary, TrailBreak};
@@ -278,6 +295,52 @@ pub struct TrailEvent {
     pub reason: Option<String>,
 }
 
+/// One state change of a grant: who made it and when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantChange {
+    pub time: String,
+    /// `requested`, `approved`, `active`, `rejected`, `revoked` or
+    /// `exhausted`.
+    pub state: String,
+    /// The caller of the event that made it (for `exhausted`, the workflow
+    /// whose reveal used the last unit).
+    pub by: Option<String>,
+    /// The event's action (`grant.approve`, `detokenize`, …).
+    pub action: String,
+}
+
+/// A grant the period's events name, and its use in the period.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantUse {
+    pub grant: String,
+    /// The workflow identity that may use it.
+    pub caller: Option<String>,
+    pub purpose: Option<String>,
+    pub requested_by: Option<String>,
+    /// Distinct approvers, in the order they approved (those approving
+    /// before the period are read from later events).
+    pub approvers: Vec<String>,
+    pub max_reveals: Option<u64>,
+    /// In the period, in order.
+    pub changes: Vec<GrantChange>,
+    /// Values revealed under it in the period (`grant_units` of allowed
+    /// detokenize events naming it).
+    pub values_revealed: u64,
+    /// Allowed detokenize calls naming it.
+    pub calls: u64,
+    /// Its count after the last of those calls (`grant_used`).
+    pub last_used: Option<u64>,
+    /// Detokenize calls naming it that were refused (denied or rejected).
+    pub refused_calls: u64,
+}
+
+impl GrantUse {
+    /// Its last state change in the period, if any.
+    pub fn last_state(&self) -> Option<&str> {
+        self.changes.last().map(|c| c.state.as_str())
+    }
+}
+
 /// The report.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
@@ -301,6 +364,10 @@ pub struct Report {
     pub key_operations: Vec<KeyOperation>,
     pub busiest_callers: Vec<BusyCaller>,
     pub trail_events: Vec<TrailEvent>,
+    /// Grants named in the period, in the order they first appear (absent
+    /// from reports made before grants existed).
+    #[serde(default)]
+    pub grants: Vec<GrantUse>,
 }
 
 /// Counts by reveal level, in the order of [`LEVELS`].
@@ -324,6 +391,9 @@ pub struct Tally {
     key_operations: Vec<KeyOperation>,
     busy: BTreeMap<Option<String>, BusyCaller>,
     trail_events: Vec<TrailEvent>,
+    grants: Vec<GrantUse>,
+    /// Grant id -> its index in `grants`.
+    grant_index: BTreeMap<String, usize>,
 }
 
 fn is_level(outcome: &str) -> bool {
@@ -343,6 +413,7 @@ impl Tally {
             });
             return;
         }
+        self.add_grant(e);
         let calls = self
             .calls
             .entry(e.action.clone())
@@ -422,6 +493,100 @@ impl Tally {
                     self.busy_mut(&e.caller).calls += 1;
                 }
             }
+        }
+    }
+
+    /// What `e` says of the grant it names, if it names one.
+    fn add_grant(&mut self, e: &Event) {
+        let Some(id) = e.details.get("grant").and_then(|g| g.as_str()) else {
+            return;
+        };
+        let text = |name: &str| {
+            e.details
+                .get(name)
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        };
+        let number = |name: &str| e.details.get(name).and_then(serde_json::Value::as_u64);
+        let index = match self.grant_index.get(id) {
+            Some(i) => *i,
+            None => {
+                self.grants.push(GrantUse {
+                    grant: id.to_owned(),
+                    ..GrantUse::default()
+                });
+                self.grant_index
+                    .insert(id.to_owned(), self.grants.len() - 1);
+                self.grants.len() - 1
+            }
+        };
+        let g = &mut self.grants[index];
+        let grant_op = e.action.strip_prefix("grant.");
+        let detokenize = e.action == "detokenize";
+        // Its workflow: named by grant events, or the caller of a reveal
+        // under it that the vault carried out.
+        if let Some(workflow) = text("grant_caller") {
+            g.caller = Some(workflow);
+        } else if detokenize && e.decision == Decision::Allowed && g.caller.is_none() {
+            g.caller = e.caller.clone();
+        }
+        if grant_op.is_some() || (detokenize && e.decision == Decision::Allowed) {
+            if let Some(purpose) = &e.purpose {
+                g.purpose = Some(purpose.clone());
+            }
+        }
+        if let Some(by) = text("grant_requested_by") {
+            g.requested_by = Some(by);
+        }
+        if let Some(max) = number("grant_max_reveals") {
+            g.max_reveals = Some(max);
+        }
+        let mut approver = |name: &str| {
+            if !g.approvers.iter().any(|a| a == name) {
+                g.approvers.push(name.to_owned());
+            }
+        };
+        if let Some(serde_json::Value::Array(named)) = e.details.get("grant_approvers") {
+            for a in named.iter().filter_map(|a| a.as_str()) {
+                approver(a);
+            }
+        }
+        if grant_op == Some("approve") && e.decision == Decision::Allowed {
+            if let Some(caller) = &e.caller {
+                approver(caller);
+            }
+        }
+        let change = |g: &mut GrantUse, state: &str| {
+            g.changes.push(GrantChange {
+                time: e.time.clone(),
+                state: state.to_owned(),
+                by: e.caller.clone(),
+                action: e.action.clone(),
+            })
+        };
+        match (grant_op, e.decision) {
+            (Some("request"), Decision::Allowed) => change(g, "requested"),
+            (Some("approve"), Decision::Allowed) => {
+                change(g, "approved");
+                if text("grant_state").as_deref() == Some("active") {
+                    change(g, "active");
+                }
+            }
+            (Some("reject"), Decision::Allowed) => change(g, "rejected"),
+            (Some("revoke"), Decision::Allowed) => change(g, "revoked"),
+            (None, Decision::Allowed) if detokenize => {
+                let units = number("grant_units").unwrap_or(0);
+                g.calls += 1;
+                g.values_revealed += units;
+                if let Some(used) = number("grant_used") {
+                    g.last_used = Some(used);
+                    if units > 0 && g.max_reveals == Some(used) {
+                        change(g, "exhausted");
+                    }
+                }
+            }
+            (None, Decision::Denied | Decision::Rejected) if detokenize => g.refused_calls += 1,
+            _ => {}
         }
     }
 
@@ -530,6 +695,7 @@ impl Tally {
             key_operations: self.key_operations,
             busiest_callers: busiest,
             trail_events: self.trail_events,
+            grants: self.grants,
         }
     }
 }
@@ -634,6 +800,9 @@ fn is_count_header(h: &str) -> bool {
             | "Tokens asked"
             | "Items"
             | "Detokenize calls"
+            | "Max reveals"
+            | "Used"
+            | "Refused calls"
     )
 }
 
@@ -899,6 +1068,59 @@ impl Report {
             "No value was revealed in this period.",
         );
 
+        out.push_str("## Grants\n\n");
+        out.push_str(
+            "Approved-workflow grants the period's events name: who requested and approved \
+             each, its state changes in the period, the values revealed under it (Calls: \
+             reveals carried out under it; Used: its count after the last of them) and the \
+             reveals naming it that were refused.\n\n",
+        );
+        let rows: Vec<Vec<String>> = self
+            .grants
+            .iter()
+            .map(|g| {
+                let changes: Vec<String> = g
+                    .changes
+                    .iter()
+                    .map(|c| match &c.by {
+                        Some(by) => format!("{} by {by} at {}", c.state, c.time),
+                        None => format!("{} at {}", c.state, c.time),
+                    })
+                    .collect();
+                vec![
+                    md(Some(&g.grant)),
+                    mdo(&g.caller),
+                    mdo(&g.purpose),
+                    mdo(&g.requested_by),
+                    md(Some(&g.approvers.join(", "))),
+                    md(Some(&changes.join("; "))),
+                    g.max_reveals.map_or("-".into(), |m| m.to_string()),
+                    g.values_revealed.to_string(),
+                    g.calls.to_string(),
+                    g.last_used.map_or("-".into(), |u| u.to_string()),
+                    g.refused_calls.to_string(),
+                ]
+            })
+            .collect();
+        table(
+            &mut out,
+            &[
+                "Grant",
+                "Workflow",
+                "Purpose",
+                "Requested by",
+                "Approvers",
+                "State changes",
+                "Max reveals",
+                "Values revealed",
+                "Calls",
+                "Used",
+                "Refused calls",
+            ],
+            &rows,
+            "No grant was named in this period.",
+        );
+
         out.push_str("## Trail events\n\n");
         out.push_str(
             "What the trail recorded about itself: a new chain (and why), a new file, the \
@@ -1052,6 +1274,45 @@ impl Report {
                 "",
                 &b.values_revealed.to_string(),
             ]);
+        }
+        for g in &self.grants {
+            let last = g.last_state().unwrap_or_default();
+            let counts = [
+                ("grant", g.values_revealed),
+                ("grant_refused", g.refused_calls),
+            ];
+            // A grant row always; a refused row when some were refused.
+            for (section, count) in counts
+                .into_iter()
+                .filter(|(section, n)| *section == "grant" || *n > 0)
+            {
+                row([
+                    section,
+                    "",
+                    &o(&g.caller),
+                    &o(&g.purpose),
+                    "detokenize",
+                    "",
+                    last,
+                    "",
+                    &g.grant,
+                    &count.to_string(),
+                ]);
+            }
+            for c in &g.changes {
+                row([
+                    "grant_change",
+                    &c.time,
+                    &o(&c.by),
+                    &o(&g.purpose),
+                    &c.action,
+                    "",
+                    &c.state,
+                    "",
+                    &g.grant,
+                    "1",
+                ]);
+            }
         }
         for t in &self.trail_events {
             row([
@@ -1632,6 +1893,321 @@ mod tests {
     fn the_json_report_round_trips() {
         let (r, _dir) = known_report();
         let back: Report = ok(serde_json::from_str(&r.json()));
+        assert_eq!(back, r);
+    }
+
+    const FULFILMENT: &str = "spiffe://dev.fieldvault.local/fulfilment";
+    const ADMIN: &str = "spiffe://dev.fieldvault.local/admin";
+    const APPROVER1: &str = "spiffe://dev.fieldvault.local/approver1";
+    const APPROVER2: &str = "spiffe://dev.fieldvault.local/approver2";
+    const G1: &str = "6f1c2d3e-4b5a-4c6d-8e7f-0123456789ab";
+    const G2: &str = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+
+    /// An event of `action` by `caller` naming `grant`, with `details`.
+    fn grant_event(
+        time: &str,
+        action: &str,
+        caller: &str,
+        grant: &str,
+        details: &[(&str, serde_json::Value)],
+    ) -> Event {
+        let mut e = call(time, action, caller, Some("shipping"));
+        e.details.insert("grant".into(), grant.into());
+        for (name, value) in details {
+            e.details.insert((*name).into(), value.clone());
+        }
+        e
+    }
+
+    fn approvers(names: &[&str]) -> serde_json::Value {
+        names.iter().map(|n| serde_json::Value::from(*n)).collect()
+    }
+
+    /// G1: requested by admin for fulfilment in the period, approved twice
+    /// (after the requester's own approval was refused), 5 values revealed
+    /// in two calls (the second uses its last unit), then a reveal refused.
+    /// G2: requested and approved before the period; a reveal under it,
+    /// its revocation and a reveal refused after it. Then a detokenize that
+    /// names no grant, and a grant event outside the period.
+    fn grant_calls() -> Vec<Event> {
+        let facts = |state: &str, approved: &[&str], used: u64| {
+            vec![
+                ("grant_caller", FULFILMENT.into()),
+                ("grant_requested_by", ADMIN.into()),
+                ("grant_approvers", approvers(approved)),
+                ("grant_state", state.into()),
+                ("grant_used", used.into()),
+                ("grant_max_reveals", 5.into()),
+            ]
+        };
+        let mut v = vec![grant_event(
+            "2026-11-27T08:00:00.000Z",
+            "grant.request",
+            ADMIN,
+            G1,
+            &facts("pending", &[], 0),
+        )];
+        let mut refused = grant_event(
+            "2026-11-27T08:01:00.000Z",
+            "grant.approve",
+            ADMIN,
+            G1,
+            &facts("pending", &[], 0),
+        );
+        refused.decision = Decision::Denied;
+        refused.code = "permission_denied".into();
+        v.push(refused);
+        v.push(grant_event(
+            "2026-11-27T08:02:00.000Z",
+            "grant.approve",
+            APPROVER1,
+            G1,
+            &facts("pending", &[APPROVER1], 0),
+        ));
+        v.push(grant_event(
+            "2026-11-27T08:03:00.000Z",
+            "grant.approve",
+            APPROVER2,
+            G1,
+            &facts("active", &[APPROVER1, APPROVER2], 0),
+        ));
+        let under = |time: &str, grant: &str, units: u64, used: u64, who: &[&str]| {
+            let mut e = grant_event(
+                time,
+                "detokenize",
+                FULFILMENT,
+                grant,
+                &[
+                    ("grant_requested_by", ADMIN.into()),
+                    ("grant_approvers", approvers(who)),
+                    ("grant_units", units.into()),
+                    ("grant_used", used.into()),
+                ],
+            );
+            e.items = (0..units)
+                .map(|i| item(&format!("fv1_a{i}"), "address", "full"))
+                .collect();
+            e
+        };
+        v.push(under(
+            "2026-11-27T09:00:00.000Z",
+            G1,
+            3,
+            3,
+            &[APPROVER1, APPROVER2],
+        ));
+        v.push(under(
+            "2026-11-27T09:01:00.000Z",
+            G1,
+            2,
+            5,
+            &[APPROVER1, APPROVER2],
+        ));
+        let mut exhausted = grant_event(
+            "2026-11-27T09:02:00.000Z",
+            "detokenize",
+            FULFILMENT,
+            G1,
+            &[("grant_requested_by", ADMIN.into())],
+        );
+        exhausted.decision = Decision::Rejected;
+        exhausted.code = "failed_precondition".into();
+        exhausted.reason = Some("grant is exhausted (5 of 5 reveals used)".into());
+        exhausted.items = vec![item("fv1_a0", "address", "refused")];
+        v.push(exhausted);
+        // G2, approved before the period by approver2 and approver1.
+        v.push(under(
+            "2026-11-27T10:00:00.000Z",
+            G2,
+            1,
+            41,
+            &[APPROVER2, APPROVER1],
+        ));
+        let revoke = grant_event(
+            "2026-11-27T10:05:00.000Z",
+            "grant.revoke",
+            APPROVER1,
+            G2,
+            &[
+                ("grant_caller", FULFILMENT.into()),
+                ("grant_requested_by", FULFILMENT.into()),
+                ("grant_approvers", approvers(&[APPROVER2, APPROVER1])),
+                ("grant_state", "revoked".into()),
+                ("grant_used", 41.into()),
+                ("grant_max_reveals", 100.into()),
+            ],
+        );
+        v.push(revoke);
+        for minute in ["06", "07"] {
+            let mut refused = grant_event(
+                &format!("2026-11-27T10:{minute}:00.000Z"),
+                "detokenize",
+                FULFILMENT,
+                G2,
+                &[("grant_requested_by", FULFILMENT.into())],
+            );
+            refused.decision = Decision::Rejected;
+            refused.code = "failed_precondition".into();
+            v.push(refused);
+        }
+        let mut plain = call(
+            "2026-11-27T11:00:00.000Z",
+            "detokenize",
+            SUPPORT,
+            Some("callback"),
+        );
+        plain.items = vec![item("fv1_p1", "phone", "full")];
+        v.push(plain);
+        // The next day: not counted.
+        v.push(under(
+            "2026-11-28T00:00:00.000Z",
+            G1,
+            1,
+            6,
+            &[APPROVER1, APPROVER2],
+        ));
+        v
+    }
+
+    fn grant_report() -> (Report, tempfile::TempDir) {
+        let dir = ok(tempfile::tempdir());
+        let (text, _) = sealed(ChainState::GENESIS, CHAIN_START, &grant_calls());
+        let path = dir.path().join("audit.log");
+        ok(std::fs::write(&path, text));
+        let verification =
+            Verification::of(verify_files(&key(), std::slice::from_ref(&path)), true);
+        let since = ok(super::super::search::parse_time("2026-11-27"));
+        let until = ok(super::super::search::parse_time("2026-11-28"));
+        (ok(build(&[path], since, until, verification)), dir)
+    }
+
+    fn change(time: &str, state: &str, by: &str, action: &str) -> GrantChange {
+        GrantChange {
+            time: format!("2026-11-27T{time}:00.000Z"),
+            state: state.into(),
+            by: Some(by.into()),
+            action: action.into(),
+        }
+    }
+
+    #[test]
+    fn the_report_shows_each_grant_with_its_approvers_state_changes_and_use() {
+        let (r, _dir) = grant_report();
+        assert_eq!(
+            r.grants,
+            vec![
+                GrantUse {
+                    grant: G1.into(),
+                    caller: Some(FULFILMENT.into()),
+                    purpose: Some("shipping".into()),
+                    requested_by: Some(ADMIN.into()),
+                    approvers: vec![APPROVER1.into(), APPROVER2.into()],
+                    max_reveals: Some(5),
+                    changes: vec![
+                        change("08:00", "requested", ADMIN, "grant.request"),
+                        change("08:02", "approved", APPROVER1, "grant.approve"),
+                        change("08:03", "approved", APPROVER2, "grant.approve"),
+                        change("08:03", "active", APPROVER2, "grant.approve"),
+                        change("09:01", "exhausted", FULFILMENT, "detokenize"),
+                    ],
+                    values_revealed: 5,
+                    calls: 2,
+                    last_used: Some(5),
+                    refused_calls: 1,
+                },
+                GrantUse {
+                    grant: G2.into(),
+                    caller: Some(FULFILMENT.into()),
+                    purpose: Some("shipping".into()),
+                    requested_by: Some(FULFILMENT.into()),
+                    approvers: vec![APPROVER2.into(), APPROVER1.into()],
+                    max_reveals: Some(100),
+                    changes: vec![change("10:05", "revoked", APPROVER1, "grant.revoke")],
+                    values_revealed: 1,
+                    calls: 1,
+                    last_used: Some(41),
+                    refused_calls: 2,
+                },
+            ]
+        );
+        // The grant events count as calls too; the refused approval as a
+        // refused call.
+        assert!(r
+            .refused_calls
+            .iter()
+            .any(|c| c.action == "grant.approve" && c.caller.as_deref() == Some(ADMIN)));
+        assert!(r
+            .calls
+            .iter()
+            .any(|c| c.action == "grant.approve" && (c.allowed, c.denied) == (2, 1)));
+    }
+
+    #[test]
+    fn the_grants_section_reads_in_every_form() {
+        let (r, _dir) = grant_report();
+        let md = r.markdown();
+        let g1_row = format!(
+            "| {G1} | {FULFILMENT} | shipping | {ADMIN} | {APPROVER1}, {APPROVER2} | requested by \
+             {ADMIN} at 2026-11-27T08:00:00.000Z; approved by {APPROVER1} at \
+             2026-11-27T08:02:00.000Z; approved by {APPROVER2} at 2026-11-27T08:03:00.000Z; \
+             active by {APPROVER2} at 2026-11-27T08:03:00.000Z; exhausted by {FULFILMENT} at \
+             2026-11-27T09:01:00.000Z | 5 | 5 | 2 | 5 | 1 |"
+        );
+        let g2_row = format!(
+            "| {G2} | {FULFILMENT} | shipping | {FULFILMENT} | {APPROVER2}, {APPROVER1} | revoked \
+             by {APPROVER1} at 2026-11-27T10:05:00.000Z | 100 | 1 | 1 | 41 | 2 |"
+        );
+        for needle in [
+            "## Grants\n",
+            "| Grant | Workflow | Purpose | Requested by | Approvers | State changes | Max reveals \
+             | Values revealed | Calls | Used | Refused calls |",
+            "|---|---|---|---|---|---|---:|---:|---:|---:|---:|",
+            &g1_row,
+            &g2_row,
+        ] {
+            assert!(md.contains(needle), "missing {needle:?} in\n{md}");
+        }
+        let csv = r.csv();
+        for needle in [
+            format!("grant,,{FULFILMENT},shipping,detokenize,,exhausted,,{G1},5"),
+            format!("grant_refused,,{FULFILMENT},shipping,detokenize,,exhausted,,{G1},1"),
+            format!(
+                "grant_change,2026-11-27T08:03:00.000Z,{APPROVER2},shipping,grant.approve,,active,,{G1},1"
+            ),
+            format!("grant,,{FULFILMENT},shipping,detokenize,,revoked,,{G2},1"),
+            format!("grant_refused,,{FULFILMENT},shipping,detokenize,,revoked,,{G2},2"),
+            format!(
+                "grant_change,2026-11-27T10:05:00.000Z,{APPROVER1},shipping,grant.revoke,,revoked,,{G2},1"
+            ),
+        ] {
+            assert!(csv.lines().any(|l| l == needle), "missing {needle:?} in\n{csv}");
+        }
+        assert!(
+            csv.lines()
+                .filter(|l| !l.starts_with("verification"))
+                .all(|l| l.split(',').count() == 10),
+            "{csv}"
+        );
+        let json: serde_json::Value = ok(serde_json::from_str(&r.json()));
+        assert_eq!(json["grants"][0]["grant"], G1);
+        assert_eq!(json["grants"][0]["values_revealed"], 5);
+        assert_eq!(json["grants"][1]["changes"][0]["state"], "revoked");
+        let back: Report = ok(serde_json::from_str(&r.json()));
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn a_report_without_grant_events_says_so_and_reads_older_json() {
+        let (r, _dir) = known_report();
+        assert!(r.grants.is_empty());
+        assert!(r
+            .markdown()
+            .contains("## Grants\n\nApproved-workflow grants"));
+        assert!(r.markdown().contains("No grant was named in this period."));
+        // A report serialized before grants existed still reads.
+        let mut json: serde_json::Value = ok(serde_json::from_str(&r.json()));
+        json.as_object_mut().map(|o| o.remove("grants"));
+        let back: Report = ok(serde_json::from_value(json));
         assert_eq!(back, r);
     }
 

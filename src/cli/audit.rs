@@ -46,7 +46,9 @@ const SEARCH_HELP: &str = "Needs no key: events are read, not verified (run `fie
 
 const REPORT_HELP: &str = "Counts the events of the period: reveals by caller, purpose, field \
     kind and level; tokenized values; refused calls by reason and refused items by code; key \
-    operations; the busiest callers; and whether the whole trail verified. --since is included, \
+    operations; the busiest callers; grants (who requested and approved each, its state \
+    changes, the values revealed under it, the reveals naming it that were refused); and \
+    whether the whole trail verified. --since is included, \
     --until excluded (--since 2026-11-01 --until 2026-12-01 is November).\n\nExit codes: 0 the \
     report is printed and the trail verified; 1 the report is printed and says where the \
     trail does not verify; 2 no report (bad arguments, no audit key, a file that cannot be \
@@ -62,7 +64,8 @@ pub(crate) enum AuditCommand {
     #[command(after_help = SEARCH_HELP)]
     Search(SearchArgs),
     /// The compliance report over a period: who saw what, why, what was
-    /// refused, key operations, and whether the trail verified.
+    /// refused, key operations, grants and their use, and whether the
+    /// trail verified.
     #[command(after_help = REPORT_HELP)]
     Report(ReportArgs),
 }
