@@ -442,9 +442,7 @@ fn the_grants_phase_measures_detokenize_without_and_under_a_grant_and_the_grant_
             assert!(cells[3].parse::<f64>().unwrap() > 0.0, "{line}");
         }
         assert!(
-            stdout.contains(&format!(
-                "{scenario}: under the grant "
-            )),
+            stdout.contains(&format!("{scenario}: under the grant ")),
             "{stdout}"
         );
     }

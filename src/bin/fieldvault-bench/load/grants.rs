@@ -254,11 +254,8 @@ async fn detokenize_one(
     load: &Load,
     tokens: &[String],
 ) -> Result<Result<pb::DetokenizeResult, tonic::Status>, String> {
-    let mut client: VaultClient<Channel> = load
-        .readers
-        .first()
-        .ok_or("no reader connection")?
-        .clone();
+    let mut client: VaultClient<Channel> =
+        load.readers.first().ok_or("no reader connection")?.clone();
     let first = tokens.first().ok_or("no token")?.clone();
     let answer = client
         .detokenize(pb::DetokenizeRequest {
@@ -282,9 +279,7 @@ async fn detokenize_one(
 /// The reveal level of a result that revealed a value, and the value.
 fn revealed(result: &pb::DetokenizeResult) -> Option<(pb::Reveal, &str)> {
     match &result.outcome {
-        Some(pb::detokenize_result::Outcome::Revealed(v)) => {
-            Some((v.reveal(), v.value.as_str()))
-        }
+        Some(pb::detokenize_result::Outcome::Revealed(v)) => Some((v.reveal(), v.value.as_str())),
         _ => None,
     }
 }
@@ -421,7 +416,8 @@ async fn run_on(
     let writer_tls = ClientTls::dev(fresh.dir, "orders").map_err(|e| e.to_string())?;
     let writers = clients(addr, &writer_tls, k).await?;
     eprintln!("grants: tokenizing {} addresses…", sizes.addresses);
-    let tokens = Arc::new(tokenize_all(&writers, (0..sizes.addresses.max(1)).map(address_field)).await?);
+    let tokens =
+        Arc::new(tokenize_all(&writers, (0..sizes.addresses.max(1)).map(address_field)).await?);
     drop(writers);
     let checks = Checks { tokens: &tokens };
 
@@ -446,7 +442,9 @@ async fn run_on(
             "grant {grant_id} is {state:?} after one approval of the two its rule asks"
         ));
     }
-    checks.refused(&fulfilment, "under a grant one approver approved").await?;
+    checks
+        .refused(&fulfilment, "under a grant one approver approved")
+        .await?;
     let state = approve(fresh, addr, "approver2", &grant_id).await?;
     if state != pb::GrantState::Active {
         return Err(format!(
@@ -492,7 +490,11 @@ async fn run_on(
         revealed,
         used: u64::from(grant.used),
         remaining: u64::from(grant.remaining),
-        state: grant.state().as_str_name().trim_start_matches("GRANT_STATE_").to_owned(),
+        state: grant
+            .state()
+            .as_str_name()
+            .trim_start_matches("GRANT_STATE_")
+            .to_owned(),
     })
 }
 
@@ -619,8 +621,7 @@ mod tests {
             .iter()
             .find(|r| {
                 r.callers.contains(&caller)
-                    && r.kinds
-                        .contains(&fieldvault::domain::FieldKind::Address)
+                    && r.kinds.contains(&fieldvault::domain::FieldKind::Address)
                     && r.purposes.iter().any(|p| p.as_str() == purpose)
             })
             .unwrap_or_else(|| panic!("no rule for {caller} and {purpose}"))
