@@ -187,6 +187,9 @@ async fn bench(args: BenchArgs) -> Result<ExitCode, String> {
     if args.duration <= 0.0 || args.concurrency == 0 {
         return Err("--duration and --concurrency must be positive".into());
     }
+    if args.grants && args.grant_addresses == 0 {
+        return Err("--grant-addresses must be positive: the grants phase reveals them".into());
+    }
     for s in &args.scenarios {
         if s != "none" && !load::Scenario::ALL.iter().any(|k| k.name() == s) {
             return Err(format!("unknown scenario '{s}'"));
