@@ -259,6 +259,7 @@ fn the_end_phase_options_are_refused_with_a_running_vault() {
         &["--compare-audit-dir", "/dev/shm"],
         &["--compare-quotas"],
         &["--lifecycle"],
+        &["--grants"],
     ] {
         let mut args = vec!["--addr", "127.0.0.1:1", "--data-dir", "/nonexistent"];
         args.extend(option);
@@ -403,4 +404,57 @@ fn the_lifecycle_phase_reports_the_delete_erase_and_sweep_rates() {
     ] {
         assert!(number_after(rates, label) > 0.0, "{label}: {rates}");
     }
+}
+
+#[test]
+fn the_grants_phase_measures_detokenize_without_and_under_a_grant_and_the_grant_counts_every_value()
+{
+    let stdout = bench(&[
+        "--duration",
+        "0.3",
+        "--preload",
+        "100",
+        "--concurrency",
+        "4",
+        "--connections",
+        "1",
+        "--scenarios",
+        "none",
+        "--grants",
+        "--grant-addresses",
+        "300",
+    ]);
+    // No scenario ran: no scenario table.
+    assert!(!stdout.contains("| scenario | ops/s"), "{stdout}");
+    assert!(stdout.contains("300 addresses tokenized"), "{stdout}");
+    for scenario in ["detokenize-1", "detokenize-100"] {
+        for caller in [
+            "support, masked, no grant",
+            "fulfilment, full, under the grant",
+        ] {
+            let line = stdout
+                .lines()
+                .find(|l| l.starts_with(&format!("| {scenario} | {caller} |")))
+                .unwrap_or_else(|| panic!("no row for {scenario} as {caller}: {stdout}"));
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            // | scenario | caller | calls/s | values/s | p50 | p99 | max | failed |
+            assert_eq!(cells[cells.len() - 2], "0", "{line}");
+            assert!(cells[3].parse::<f64>().unwrap() > 0.0, "{line}");
+        }
+        assert!(
+            stdout.contains(&format!("{scenario}: under the grant ")),
+            "{stdout}"
+        );
+    }
+    // The grant was charged for every value revealed under it, and only
+    // for those: its `used`, read back with GetGrant, is their number.
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("grant count: "))
+        .unwrap_or_else(|| panic!("no grant count: {stdout}"));
+    let used = number_after(line, "used = ");
+    let revealed = number_after(line, "values revealed under the grant = ");
+    assert!(revealed > 100.0, "{line}");
+    assert_eq!(used, revealed, "{line}");
+    assert!(line.trim_end().ends_with(": exact"), "{line}");
 }

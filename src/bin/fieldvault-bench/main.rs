@@ -16,6 +16,9 @@
 //! # delete, erase and sweep rates alone (no scenario):
 //! ./target/release/fieldvault-bench --duration 5 --preload 100000 \
 //!     --scenarios none --lifecycle
+//! # detokenize without a grant (masked), then under an approved grant:
+//! ./target/release/fieldvault-bench --duration 5 --preload 1000 \
+//!     --scenarios none --grants
 //! ```
 
 mod ceiling;
@@ -132,6 +135,21 @@ struct BenchArgs {
     /// (records per second; 1000000 measures the sweeper unthrottled).
     #[arg(long, default_value_t = fieldvault::domain::retention::DEFAULT_SWEEP_RATE, requires = "lifecycle")]
     sweep_rate: u32,
+    /// At the end, on a vault started afresh on the run's store: what a
+    /// reveal under an approved-workflow grant costs. Addresses are
+    /// tokenized; detokenize-1 and detokenize-100 (those of them
+    /// --scenarios names, else both) run as `support` (masked for
+    /// `callback`, no grant: the baseline), then as `fulfilment` (in full
+    /// for `shipping` under a grant approved by `approver1` and
+    /// `approver2`, every value charged to it durably). The run fails
+    /// unless the grant's `used` equals the values revealed under it. The
+    /// grant has 10,000,000 reveals (the most a config allows): about 30 s
+    /// of detokenize-100 at 300,000 values/s; past them its calls fail.
+    #[arg(long, conflicts_with = "addr")]
+    grants: bool,
+    /// Addresses the grants phase tokenizes and reveals.
+    #[arg(long, default_value_t = 10_000, requires = "grants")]
+    grant_addresses: u64,
 }
 
 fn main() -> ExitCode {
@@ -169,6 +187,9 @@ async fn bench(args: BenchArgs) -> Result<ExitCode, String> {
     if args.duration <= 0.0 || args.concurrency == 0 {
         return Err("--duration and --concurrency must be positive".into());
     }
+    if args.grants && args.grant_addresses == 0 {
+        return Err("--grant-addresses must be positive: the grants phase reveals them".into());
+    }
     for s in &args.scenarios {
         if s != "none" && !load::Scenario::ALL.iter().any(|k| k.name() == s) {
             return Err(format!("unknown scenario '{s}'"));
@@ -196,12 +217,22 @@ async fn bench(args: BenchArgs) -> Result<ExitCode, String> {
             sweep_batch: args.sweep_batch,
             sweep_rate: args.sweep_rate,
         }),
+        grants: args.grants.then_some(load::GrantsOptions {
+            addresses: args.grant_addresses,
+        }),
     })
     .await?;
     print!("{}", report.to_markdown());
     let failed = report.failed_calls();
     if failed > 0 {
         eprintln!("fieldvault-bench: {failed} calls failed");
+        return Ok(ExitCode::FAILURE);
+    }
+    if let Some(g) = report.grants.as_ref().filter(|g| !g.counted_exactly()) {
+        eprintln!(
+            "fieldvault-bench: grant {} counts {} values used, but {} were revealed under it",
+            g.grant_id, g.used, g.revealed
+        );
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)

@@ -326,6 +326,7 @@ async fn start(
         },
         tokens: fresh.tokens.clone(),
         purpose: o.purpose.clone(),
+        grant_id: String::new(),
     });
     Ok(Started { vault, load })
 }
@@ -333,7 +334,7 @@ async fn start(
 /// Tokenizes the fields `fields` yields, [`TOKENIZE_BATCH`] per call, one
 /// call in flight per writer connection; the tokens in order. A field is
 /// made just before its call is sent (a time to live counts from then).
-async fn tokenize_all(
+pub(super) async fn tokenize_all(
     writers: &[VaultClient<Channel>],
     mut fields: impl Iterator<Item = pb::Field>,
 ) -> Result<Vec<String>, String> {

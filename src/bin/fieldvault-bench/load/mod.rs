@@ -25,7 +25,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
+mod grants;
 mod lifecycle;
+pub use grants::{GrantsOptions, GrantsReport};
 pub use lifecycle::{LifecycleOptions, LifecycleReport};
 
 /// Settings of one benchmark run.
@@ -65,6 +67,9 @@ pub struct BenchOptions {
     /// Run the lifecycle phase: delete, erase and sweep rates, and
     /// detokenize-1 before and during a sweep.
     pub lifecycle: Option<LifecycleOptions>,
+    /// Run the grants phase: detokenize without a grant (masked), then
+    /// under an approved grant (in full, every value charged to it).
+    pub grants: Option<GrantsOptions>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,6 +210,8 @@ pub struct Report {
     pub quotas: Option<QuotaReport>,
     /// The lifecycle phase.
     pub lifecycle: Option<LifecycleReport>,
+    /// The grants phase.
+    pub grants: Option<GrantsReport>,
     pub stored_tokens: u64,
     pub store_bytes: u64,
     pub startup_seconds: Option<f64>,
@@ -233,6 +240,7 @@ impl Report {
                 .lifecycle
                 .as_ref()
                 .map_or(0, LifecycleReport::failed_calls)
+            + self.grants.as_ref().map_or(0, GrantsReport::failed_calls)
     }
 
     /// The report as a Markdown table and notes.
@@ -303,6 +311,9 @@ impl Report {
         }
         if let Some(l) = &self.lifecycle {
             out.push_str(&l.to_markdown(o));
+        }
+        if let Some(g) = &self.grants {
+            out.push_str(&g.to_markdown(o));
         }
         if self.stored_tokens > 0 {
             out.push_str(&format!(
@@ -625,6 +636,9 @@ struct Tuning {
     /// `[retention]`: the sweeper's interval and batch (default: the
     /// server's defaults).
     sweep: Option<(Duration, usize, u32)>,
+    /// `[grants] max_reveals`: the ceiling of a grant (default: the
+    /// server's).
+    grants_max_reveals: Option<u32>,
 }
 
 /// Writes a config (`name` under `dir`) for the vault (and the ceiling)
@@ -659,6 +673,10 @@ fn write_config(
         ),
         None => String::new(),
     };
+    let grants = match tuning.grants_max_reveals {
+        Some(n) => format!("[grants]\nmax_reveals = {n}\n"),
+        None => String::new(),
+    };
     let text = format!(
         r#"listen = "127.0.0.1:0"
 data_dir = "{data}"
@@ -674,7 +692,7 @@ key = "{tls_key}"
 client_ca = "{ca}"
 [master_key]
 file = "{key}"
-{retention}"#,
+{retention}{grants}"#,
         data = dir.display(),
         policy = policy.display(),
         audit = audit_log.display(),
@@ -722,6 +740,8 @@ struct Load {
     values: Values,
     tokens: Arc<Vec<String>>,
     purpose: String,
+    /// The grant detokenize calls name (empty: none).
+    grant_id: String,
 }
 
 enum Call {
@@ -742,7 +762,7 @@ impl Load {
                 tokens,
                 purpose: self.purpose.clone(),
                 justification: String::new(),
-                grant_id: String::new(),
+                grant_id: self.grant_id.clone(),
             })
         };
         match scenario {
@@ -1029,6 +1049,7 @@ pub async fn run(options: BenchOptions) -> Result<Report, String> {
         values,
         tokens: tokens.clone(),
         purpose: options.purpose.clone(),
+        grant_id: String::new(),
     });
     let ceiling_load = Arc::new(Load {
         writers: clients(&ceiling.addr, &writer_tls, k).await?,
@@ -1038,6 +1059,7 @@ pub async fn run(options: BenchOptions) -> Result<Report, String> {
         },
         tokens,
         purpose: options.purpose.clone(),
+        grant_id: String::new(),
     });
 
     let mut rows = Vec::new();
@@ -1100,6 +1122,7 @@ pub async fn run(options: BenchOptions) -> Result<Report, String> {
             audit_sinks: Vec::new(),
             quotas: None,
             lifecycle: None,
+            grants: None,
             stored_tokens: 0,
             store_bytes: 0,
             startup_seconds: None,
@@ -1139,19 +1162,24 @@ pub async fn run(options: BenchOptions) -> Result<Report, String> {
             Some(l) => Some(lifecycle::measure(&fresh, &audit_log, l, preload_rate).await?),
             None => None,
         };
-        Ok::<_, String>((audit_sinks, quotas, lifecycle))
+        let grants = match &options.grants {
+            Some(g) => Some(grants::measure(&fresh, &audit_log, g).await?),
+            None => None,
+        };
+        Ok::<_, String>((audit_sinks, quotas, lifecycle, grants))
     }
     .await;
     if options.data_dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }
-    let (audit_sinks, quotas, lifecycle) = phases?;
+    let (audit_sinks, quotas, lifecycle, grants) = phases?;
     Ok(Report {
         rows,
         rewrap,
         audit_sinks,
         quotas,
         lifecycle,
+        grants,
         stored_tokens: stored,
         store_bytes,
         startup_seconds: Some(startup.as_secs_f64()),
@@ -1199,6 +1227,7 @@ impl FreshVault<'_> {
             },
             tokens: self.tokens.clone(),
             purpose: o.purpose.clone(),
+            grant_id: String::new(),
         });
         Ok((vault, load))
     }
@@ -1273,6 +1302,22 @@ impl AuditSinks<'_> {
 /// bite; the same store, tokens and load.
 struct Quotas<'a>(&'a FreshVault<'a>);
 
+/// The detokenize scenarios a phase at the end runs: those of
+/// detokenize-1 and detokenize-100 that `asked` (`--scenarios`) names,
+/// else both.
+fn detokenize_scenarios(asked: &[String]) -> Vec<Scenario> {
+    let both = [Scenario::Detokenize, Scenario::DetokenizeBatch100];
+    let named: Vec<Scenario> = both
+        .into_iter()
+        .filter(|s| asked.iter().any(|a| a == s.name()))
+        .collect();
+    if named.is_empty() {
+        both.to_vec()
+    } else {
+        named
+    }
+}
+
 /// Values revealed by the successful calls of `m`.
 fn values_revealed(m: &Measurement) -> u64 {
     (m.calls - m.failed) * m.values_per_call
@@ -1282,17 +1327,7 @@ impl Quotas<'_> {
     /// The detokenize scenarios the phase runs: those `--scenarios` names,
     /// else both.
     fn scenarios(&self) -> Vec<Scenario> {
-        let asked = &self.0.options.scenarios;
-        let both = [Scenario::Detokenize, Scenario::DetokenizeBatch100];
-        let named: Vec<Scenario> = both
-            .into_iter()
-            .filter(|s| asked.iter().any(|a| a == s.name()))
-            .collect();
-        if named.is_empty() {
-            both.to_vec()
-        } else {
-            named
-        }
+        detokenize_scenarios(&self.0.options.scenarios)
     }
 
     async fn compare(&self, audit_log: &Path) -> Result<QuotaReport, String> {
@@ -1662,6 +1697,7 @@ mod tests {
                 day_turned: false,
             }),
             lifecycle: None,
+            grants: None,
             stored_tokens: 0,
             store_bytes: 0,
             startup_seconds: None,
@@ -1682,6 +1718,7 @@ mod tests {
                 compare_audit_dir: None,
                 compare_quotas: true,
                 lifecycle: None,
+                grants: None,
             },
         }
     }
