@@ -293,6 +293,7 @@ struct RawGrants {
     max_reveals: Option<i64>,
     max_valid_for: Option<String>,
     max_pending: Option<i64>,
+    max_requests_per_day: Option<i64>,
 }
 
 impl RawGrants {
@@ -324,6 +325,16 @@ impl RawGrants {
                 return Err(ConfigError::Field {
                     field: "grants.max_pending",
                     reason: format!("{n}: must be between 1 and 10000"),
+                })
+            }
+        }
+        match self.max_requests_per_day {
+            None => {}
+            Some(n) if (1..=100_000).contains(&n) => g.max_requests_per_day = n as u64,
+            Some(n) => {
+                return Err(ConfigError::Field {
+                    field: "grants.max_requests_per_day",
+                    reason: format!("{n}: must be between 1 and 100000"),
                 })
             }
         }

@@ -30,6 +30,11 @@ pub const MAX_MAX_VALID_FOR_MS: u64 = 366 * 86_400_000;
 /// The default number of pending grants one workflow may have at once
 /// (config `[grants] max_pending`): a bound on what requests can store.
 pub const DEFAULT_MAX_PENDING: usize = 100;
+/// The default number of grants one workflow may be requested per day
+/// (config `[grants] max_requests_per_day`): grants are kept once ended
+/// (they are the record of what was approved), so this bounds how fast
+/// requests can grow the store.
+pub const DEFAULT_MAX_REQUESTS_PER_DAY: u64 = 100;
 
 /// A grant's id: a random UUID, written in its hyphenated lower-case form.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -185,6 +190,9 @@ pub struct Grant {
     pub tokens: Vec<String>,
     /// The policy rule that required it, as of the request.
     pub rule: String,
+    /// How much that rule revealed then: the most the grant reveals, even
+    /// if the rule is edited since.
+    pub reveal: super::policy::RevealLevel,
     pub approvals_required: u32,
     /// Who may approve it (empty: callers with a `grants` policy rule).
     pub approvers: Vec<String>,
@@ -241,6 +249,7 @@ mod tests {
             reason: "batch 7".into(),
             tokens: Vec::new(),
             rule: "fulfilment".into(),
+            reveal: super::super::policy::RevealLevel::Full,
             approvals_required: 2,
             approvers: vec!["approver1".into(), "approver2".into()],
             approvals: Vec::new(),

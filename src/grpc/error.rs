@@ -26,6 +26,15 @@ pub(crate) fn call_status(e: VaultError) -> Status {
             details.add_precondition_failure_violation("FROZEN", caller.clone(), e.to_string());
             Status::with_error_details(Code::FailedPrecondition, e.to_string(), details)
         }
+        VaultError::LimitReached {
+            ref message,
+            resets_at_unix_ms,
+        } => {
+            let mut details = ErrorDetails::new();
+            let wait = resets_at_unix_ms.saturating_sub(crate::audit::now_unix_ms());
+            details.set_retry_info(Some(std::time::Duration::from_millis(wait)));
+            Status::with_error_details(Code::ResourceExhausted, message.clone(), details)
+        }
         VaultError::QuotaExceeded {
             ref caller,
             ref rule,

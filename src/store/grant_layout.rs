@@ -4,7 +4,8 @@
 //!
 //! format (1) ‖ revision (8) ‖ caller ‖ requested by ‖ kinds (count 1,
 //! codes) ‖ purpose ‖ max reveals (4) ‖ created (8) ‖ expires (8) ‖ reason ‖
-//! tokens (count 4, each a string) ‖ rule ‖ approvals required (4) ‖
+//! tokens (count 4, each a string) ‖ rule ‖ reveal level (1: 1 masked, 2
+//! full) ‖ approvals required (4) ‖
 //! approvers (count 4, strings) ‖ approvals (count 4, each by ‖ at (8)) ‖
 //! decision (1: 0 pending, 1 active ‖ since (8), 2 rejected or 3 revoked
 //! ‖ by ‖ at (8) ‖ reason). Strings are a length (4) and UTF-8; integers
@@ -13,6 +14,7 @@
 use super::layout::{put_str, take_as, take_str, u64_from};
 use super::StoreError;
 use crate::domain::grant::{Approval, Decided, Ended, Grant, GrantId};
+use crate::domain::policy::RevealLevel;
 use crate::domain::{FieldKind, Purpose};
 
 /// The `meta` keys of grants start with this.
@@ -60,6 +62,11 @@ pub(super) fn encode_grant(g: &Grant) -> Vec<u8> {
         put_str(&mut out, t);
     }
     put_str(&mut out, &g.rule);
+    out.push(match g.reveal {
+        RevealLevel::None => 0,
+        RevealLevel::Masked => 1,
+        RevealLevel::Full => 2,
+    });
     put_u32(&mut out, g.approvals_required);
     put_count(&mut out, g.approvers.len());
     for a in &g.approvers {
@@ -119,6 +126,15 @@ fn take_ended(b: &mut &[u8]) -> Result<Ended, StoreError> {
 
 /// The grant a `grant/` entry stores.
 pub(super) fn decode_grant(key: &[u8], bytes: &[u8]) -> Result<Grant, StoreError> {
+    decode(key, bytes, true)
+}
+
+/// [`decode_grant`] leaving its token list out (checked, not kept).
+pub(super) fn decode_grant_without_tokens(key: &[u8], bytes: &[u8]) -> Result<Grant, StoreError> {
+    decode(key, bytes, false)
+}
+
+fn decode(key: &[u8], bytes: &[u8], with_tokens: bool) -> Result<Grant, StoreError> {
     let id: [u8; 16] = key
         .strip_prefix(GRANT_PREFIX)
         .and_then(|id| id.try_into().ok())
@@ -141,10 +157,22 @@ pub(super) fn decode_grant(key: &[u8], bytes: &[u8]) -> Result<Grant, StoreError
     let expires_unix_ms = take_u64(&mut b)?;
     let reason = take_str(&mut b, WHAT)?;
     let ntokens = take_count(&mut b, 4)?;
-    let tokens = (0..ntokens)
-        .map(|_| take_str(&mut b, WHAT))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut tokens = Vec::new();
+    for _ in 0..ntokens {
+        if with_tokens {
+            tokens.push(take_str(&mut b, WHAT)?);
+        } else {
+            let len = take_u32(&mut b)? as usize;
+            take_as(&mut b, len, WHAT)?;
+        }
+    }
     let rule = take_str(&mut b, WHAT)?;
+    let reveal = match take_as(&mut b, 1, WHAT)?[0] {
+        0 => RevealLevel::None,
+        1 => RevealLevel::Masked,
+        2 => RevealLevel::Full,
+        _ => return Err(corrupt("unknown reveal level")),
+    };
     let approvals_required = take_u32(&mut b)?;
     let napprovers = take_count(&mut b, 4)?;
     let approvers = (0..napprovers)
@@ -184,6 +212,7 @@ pub(super) fn decode_grant(key: &[u8], bytes: &[u8]) -> Result<Grant, StoreError
         reason,
         tokens,
         rule,
+        reveal,
         approvals_required,
         approvers,
         approvals,
@@ -210,6 +239,7 @@ mod tests {
             reason: "batch OPS-7".into(),
             tokens: vec!["fv1_a".into(), "fv1_b".into()],
             rule: "fulfilment".into(),
+            reveal: RevealLevel::Masked,
             approvals_required: 2,
             approvers: vec!["approver1".into(), "approver2".into()],
             approvals: vec![Approval {
@@ -238,6 +268,15 @@ mod tests {
             let g = sample(decided);
             let bytes = encode_grant(&g);
             assert_eq!(decode_grant(&grant_key(g.id), &bytes).unwrap(), g);
+            // A listing leaves the token list out and keeps the rest.
+            let listed = decode_grant_without_tokens(&grant_key(g.id), &bytes).unwrap();
+            assert_eq!(
+                listed,
+                Grant {
+                    tokens: Vec::new(),
+                    ..g
+                }
+            );
         }
     }
 
@@ -258,7 +297,7 @@ mod tests {
         // The token count (after the reason) set to 4 billion: refused
         // before anything is allocated for it.
         let at = bytes.len()
-            - (4 + g.rule.len() + 4 + 4 + 2 * (4 + 9) + 4 + (4 + 9 + 8) + 1)
+            - (4 + g.rule.len() + 1 + 4 + 4 + 2 * (4 + 9) + 4 + (4 + 9 + 8) + 1)
             - 2 * (4 + 5)
             - 4;
         let mut huge = bytes.clone();

@@ -38,6 +38,7 @@ fn grant() -> Grant {
         reason: "batch TEST-1".into(),
         tokens: Vec::new(),
         rule: "fulfilment".into(),
+        reveal: crate::domain::policy::RevealLevel::Full,
         approvals_required: 1,
         approvers: vec!["spiffe://fieldvault.dev/approver1".into()],
         approvals: Vec::new(),

@@ -535,7 +535,9 @@ pub trait Store: Send + Sync + 'static {
     /// One grant, if stored.
     async fn grant(&self, id: GrantId) -> Result<Option<Grant>, StoreError>;
 
-    /// Every grant, in id order.
+    /// Every grant, in id order, each without its token list (`tokens`
+    /// empty: [`Store::grant`] has it), so that a listing holds a few
+    /// hundred bytes per grant whatever the lists hold.
     async fn grants(&self) -> Result<Vec<Grant>, StoreError>;
 
     /// Freezes a caller; durable when it returns. A caller already frozen

@@ -8,7 +8,7 @@
 
 use super::apply::{Applier, Pending, Unapplied};
 use super::file::{FileSystem, RealFs};
-use super::grant_layout::{decode_grant, grant_key, GRANT_PREFIX};
+use super::grant_layout::{decode_grant, decode_grant_without_tokens, grant_key, GRANT_PREFIX};
 use super::group_commit::GroupCommit;
 use super::integrity;
 use super::layout::{
@@ -512,7 +512,7 @@ impl Store for SledStore {
                 .scan_prefix(GRANT_PREFIX)
                 .map(|entry| {
                     let (key, value) = entry.map_err(backend)?;
-                    decode_grant(&key, &value)
+                    decode_grant_without_tokens(&key, &value)
                 })
                 .collect()
         })

@@ -68,6 +68,7 @@ impl VaultError {
             VaultError::FailedPrecondition(_) => (Decision::Rejected, "failed_precondition"),
             VaultError::Frozen { .. } => (Decision::Denied, "failed_precondition"),
             VaultError::QuotaExceeded { .. } => (Decision::Denied, "resource_exhausted"),
+            VaultError::LimitReached { .. } => (Decision::Rejected, "resource_exhausted"),
         }
     }
 }

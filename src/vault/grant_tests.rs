@@ -136,16 +136,23 @@ async fn a_policy_that_drops_the_grant_rule_stops_reveals_under_an_active_grant_
     let t = tokens(&vault, 1).await;
     let id = active(&vault, Vec::new()).await;
     assert_eq!(levels(&vault, &id, &t).await, vec![Some(RevealLevel::Full)]);
-    // The grant rule is gone: the standing rule decides, and the grant is
-    // not charged.
+    // The grant rule is gone: a call naming the grant is refused whole
+    // (the caller has no rule that requires a grant), and the grant is not
+    // charged; without it the standing rule decides.
     let without = POLICY
         .split("[[rules]]")
         .filter(|r| !r.contains("requires_grant"))
         .collect::<Vec<_>>()
         .join("[[rules]]");
     vault.replace_policy(ok(Policy::from_toml(&without)));
+    assert!(matches!(
+        vault
+            .detokenize_under_grant(&caller("courier"), "shipping", "", &id, t.clone())
+            .await,
+        Err(VaultError::PermissionDenied(_))
+    ));
     assert_eq!(
-        levels(&vault, &id, &t).await,
+        levels(&vault, "", &t).await,
         vec![Some(RevealLevel::Masked)]
     );
     assert_eq!(used(&vault, &id).await, 1);
@@ -161,9 +168,10 @@ async fn an_approver_a_rule_names_is_the_only_one_who_approves_and_a_grants_rule
         .await);
     let id = g.grant.id.to_string();
     assert_eq!(g.grant.approvals_required, 1);
+    // The shop is none of its parties: to it the grant does not exist.
     assert!(matches!(
         vault.approve_grant(&caller("shop"), &id).await,
-        Err(VaultError::PermissionDenied(_))
+        Err(VaultError::NotFound(_))
     ));
     assert!(matches!(
         vault.approve_grant(&caller("courier"), &id).await,
@@ -205,10 +213,11 @@ async fn a_grant_opens_only_its_own_rule_and_an_approver_taken_off_the_rule_appr
         vault.approve_grant(&caller("boss"), &pending).await,
         Err(VaultError::PermissionDenied(_))
     ));
-    // The deputy was not an approver when the grant was requested.
+    // The deputy was not an approver when the grant was requested: it is
+    // none of the grant's parties, and the grant is unknown to it.
     assert!(matches!(
         vault.approve_grant(&caller("deputy"), &pending).await,
-        Err(VaultError::PermissionDenied(_))
+        Err(VaultError::NotFound(_))
     ));
     // A second rule that requires a grant, added later, is not opened by
     // a grant approved under the first: the active grant still reveals

@@ -12,10 +12,10 @@ use super::{unavailable, Call, Vault, VaultError};
 use crate::audit::event::Event;
 use crate::audit::now_unix_ms;
 use crate::domain::grant::{
-    Approval, Decided, Ended, Grant, GrantId, GrantState, DEFAULT_MAX_PENDING, DEFAULT_MAX_REVEALS,
-    DEFAULT_MAX_VALID_FOR_MS,
+    Approval, Decided, Ended, Grant, GrantId, GrantState, DEFAULT_MAX_PENDING,
+    DEFAULT_MAX_REQUESTS_PER_DAY, DEFAULT_MAX_REVEALS, DEFAULT_MAX_VALID_FOR_MS,
 };
-use crate::domain::policy::{Denial, DeniedOn, Policy};
+use crate::domain::policy::{Denial, DeniedOn, Policy, RevealLevel};
 use crate::domain::{CallerId, FieldKind, Justification, Purpose, TokenId};
 use crate::store::StoreError;
 
@@ -28,6 +28,8 @@ pub struct GrantSettings {
     pub max_valid_for_ms: u64,
     /// The most pending grants one workflow may have at once.
     pub max_pending: usize,
+    /// The most grants one workflow may be requested per day (UTC).
+    pub max_requests_per_day: u64,
 }
 
 impl Default for GrantSettings {
@@ -36,6 +38,7 @@ impl Default for GrantSettings {
             max_reveals: DEFAULT_MAX_REVEALS,
             max_valid_for_ms: DEFAULT_MAX_VALID_FOR_MS,
             max_pending: DEFAULT_MAX_PENDING,
+            max_requests_per_day: DEFAULT_MAX_REQUESTS_PER_DAY,
         }
     }
 }
@@ -363,7 +366,7 @@ impl Vault {
             .map_err(|e| invalid("reason", e.to_string()))?
             .as_str()
             .to_owned();
-        if reason.is_empty() {
+        if reason.trim().is_empty() {
             return Err(invalid(
                 "reason",
                 "is required: say why (a ticket, a batch); approvers read it",
@@ -417,6 +420,31 @@ impl Vault {
             )));
         }
         self.audit_ready()?;
+        // Requests per workflow and day, counted durably (an ended grant
+        // stays stored: this bounds how fast requests grow the store).
+        let day = crate::domain::policy::window_start(now, 86_400_000);
+        let charge = crate::store::Charge {
+            counter: format!("gr\u{1f}{workflow}"),
+            window_start_ms: day,
+            amount: 1,
+            limit: Some(limits.max_requests_per_day),
+        };
+        match self.store.charge(vec![charge]).await {
+            Ok(crate::store::Charged::Added(_)) => {}
+            Ok(crate::store::Charged::Over { count, .. }) => {
+                let resets = day.saturating_add(86_400_000);
+                return Err(VaultError::LimitReached {
+                    message: format!(
+                        "caller '{workflow}' was requested {count} grants today, the most this \
+                         server takes ([grants] max_requests_per_day); nothing was stored; it \
+                         resets at {}",
+                        crate::domain::time::rfc3339(resets)
+                    ),
+                    resets_at_unix_ms: resets,
+                });
+            }
+            Err(e) => return Err(store_failed(&e, "counting grant requests")),
+        }
         let grant = Grant {
             id: GrantId::new(),
             revision: 0,
@@ -430,6 +458,7 @@ impl Vault {
             reason,
             tokens,
             rule: rule.name.clone(),
+            reveal: rule.reveal.unwrap_or(RevealLevel::None),
             approvals_required: spec.approvals,
             approvers: spec.approvers,
             approvals: Vec::new(),
@@ -468,6 +497,11 @@ impl Vault {
         for _ in 0..RETRIES {
             let now = now_unix_ms();
             let mut view = self.load_grant(id, now).await?;
+            // A grant the caller may not see is answered as one that does
+            // not exist.
+            if !may_see(&policy, caller, &view.grant) {
+                return Err(VaultError::NotFound(format!("no grant {id}")));
+            }
             describe(event, &view);
             let revision = view.grant.revision;
             change(&policy, caller, &mut view, now)?;
@@ -521,13 +555,29 @@ impl Vault {
                 if view.state != GrantState::Pending {
                     return Err(in_state(view, "only a pending grant is approved"));
                 }
-                let g = &mut view.grant;
-                g.approvals.push(Approval {
+                view.grant.approvals.push(Approval {
                     by: caller.to_string(),
                     at_unix_ms: now,
                 });
-                if g.approvals.len() >= g.approvals_required as usize {
-                    g.decided = Decided::Active { since_unix_ms: now };
+                // Only approvals the policy in force still allows count,
+                // and a rule that asks more approvals now asks them of
+                // this grant too.
+                let g = &view.grant;
+                let counted = g
+                    .approvals
+                    .iter()
+                    .filter(|a| CallerId::parse(&a.by).is_ok_and(|by| may_approve(policy, &by, g)))
+                    .count();
+                let needed = policy
+                    .rules()
+                    .iter()
+                    .find(|r| r.name == g.rule)
+                    .and_then(|r| r.grant.as_ref())
+                    .map_or(g.approvals_required, |t| {
+                        t.approvals.max(g.approvals_required)
+                    });
+                if counted >= needed as usize {
+                    view.grant.decided = Decided::Active { since_unix_ms: now };
                 }
                 Ok(())
             })
@@ -651,14 +701,9 @@ impl Vault {
             let id = parse_id(id)?;
             event.details.insert("grant".into(), id.to_string().into());
             let view = self.load_grant(id, now_unix_ms()).await?;
+            // Answered as a grant that does not exist.
             if !may_see(&policy, caller, &view.grant) {
-                return Err(denied(
-                    DeniedOn::Caller,
-                    format!(
-                        "caller '{caller}' may not see grant {id} (its requester, its workflow, \
-                         its approvers and callers with a grants rule may)"
-                    ),
-                ));
+                return Err(VaultError::NotFound(format!("no grant {id}")));
             }
             describe(&mut event, &view);
             Ok(view)
@@ -748,12 +793,29 @@ impl Vault {
     pub(super) async fn usable_grant(
         &self,
         caller: &CallerId,
+        policy: &Policy,
         purpose: &Purpose,
         grant_id: &str,
         event: &mut Event,
     ) -> Result<GrantView, VaultError> {
         let id = parse_id(grant_id)?;
         event.details.insert("grant".into(), id.to_string().into());
+        // The policy first: a caller no rule requiring a grant names learns
+        // nothing about grants (not even whether this one exists).
+        let grant_rules = policy.rules().iter().any(|r| {
+            r.action == crate::domain::policy::Action::Detokenize
+                && r.requires_grant()
+                && r.callers.iter().any(|c| c == caller.as_str())
+        });
+        if !grant_rules {
+            return Err(denied(
+                DeniedOn::Grant,
+                format!(
+                    "no policy rule that requires a grant names caller '{caller}'; a grant_id \
+                     is for workflows whose rules require one"
+                ),
+            ));
+        }
         let view = self.load_grant(id, now_unix_ms()).await?;
         let g = &view.grant;
         for (key, value) in [
@@ -769,11 +831,9 @@ impl Vault {
         ] {
             event.details.insert(key.into(), value);
         }
+        // Another workflow's grant is answered as one that does not exist.
         if g.caller != caller.as_str() {
-            return Err(denied(
-                DeniedOn::Caller,
-                format!("grant {id} is for caller '{}', not '{caller}'", g.caller),
-            ));
+            return Err(VaultError::NotFound(format!("no grant {id}")));
         }
         if g.purpose != *purpose {
             return Err(denied(
@@ -788,5 +848,20 @@ impl Vault {
             return Err(in_state(&view, "nothing was revealed"));
         }
         Ok(view)
+    }
+
+    /// After its units are charged: whether the grant is still active (a
+    /// revocation stored meanwhile, or its deadline, stops the call; the
+    /// units it took stay spent, which never lets more values out).
+    pub(super) async fn grant_still_active(&self, id: GrantId) -> Result<(), VaultError> {
+        let now = now_unix_ms();
+        let view = self.load_grant(id, now).await?;
+        match view.grant.state(now, 0) {
+            GrantState::Active => Ok(()),
+            _ => Err(in_state(
+                &view,
+                "it changed while this call ran; nothing was revealed",
+            )),
+        }
     }
 }

@@ -107,6 +107,13 @@ pub enum VaultError {
         since_unix_ms: u64,
         reason: String,
     },
+    /// A limit of the server's (not a rule's quota) is reached for now:
+    /// nothing was done; the message says when it resets.
+    #[error("{message}")]
+    LimitReached {
+        message: String,
+        resets_at_unix_ms: u64,
+    },
     /// A quota of the rule that would reveal the values is used up; nothing
     /// was revealed.
     #[error(
@@ -797,12 +804,15 @@ impl Vault {
         let policy = self.policy_for_call().await;
         self.admit(caller, &policy).await?;
         let given = Some(justification.as_str()).filter(|j| !j.is_empty());
-        // A named grant is checked before anything is read: it must be the
-        // caller's, for this purpose, and active now.
+        // A named grant is checked before any record is read: it must be
+        // the caller's, for this purpose, and active now. A refusal waits
+        // for the canary check below (a canary trips whatever else fails).
         let grant = if grant_id.is_empty() {
-            None
+            Ok(None)
         } else {
-            Some(self.usable_grant(caller, &purpose, grant_id, event).await?)
+            self.usable_grant(caller, &policy, &purpose, grant_id, event)
+                .await
+                .map(Some)
         };
 
         // Syntax first, then the token key: a token it did not make is
@@ -831,6 +841,19 @@ impl Vault {
             .iter()
             .filter_map(|p| p.as_ref().ok().map(|(_, id)| *id))
             .collect();
+        let grant = match grant {
+            Ok(grant) => grant,
+            Err(refusal) => {
+                let canaries = self.canaries_among(&ids).await?;
+                if canaries.iter().any(Option::is_some) {
+                    mark_canaries(event, &parsed, &ids, &canaries);
+                    return Err(self
+                        .canary_tripped(call, caller, event, Action::Detokenize)
+                        .await);
+                }
+                return Err(refusal);
+            }
+        };
         let checked = if let Some(g) = &grant {
             policy.check_call_under_grant(
                 caller,
@@ -928,7 +951,14 @@ impl Vault {
                 }
                 .map_err(ItemError::PermissionDenied)?;
                 item.rule = Some(ruling.rule.clone());
-                let reveal = ruling.reveal.ok_or(ItemError::Internal)?;
+                let mut reveal = ruling.reveal.ok_or(ItemError::Internal)?;
+                if ruling.under_grant {
+                    // Never more than the rule allowed when the grant was
+                    // approved (a rule edited since does not widen it).
+                    if let Some(g) = covering {
+                        reveal = reveal.min(g.grant.reveal);
+                    }
+                }
                 if reveal.shows_value() && ruling.under_grant {
                     grant_units += 1;
                 }
@@ -1025,11 +1055,19 @@ impl Vault {
             {
                 Err(e @ VaultError::FailedPrecondition(_)) => Some((e, "over_grant")),
                 Err(e) => Some((e, "over_quota")),
-                Ok(()) => self
-                    .admit(caller, &self.policy())
-                    .await
-                    .err()
-                    .map(|e| (e, "refused")),
+                Ok(()) => match self.admit(caller, &self.policy()).await {
+                    Err(e) => Some((e, "refused")),
+                    // A revocation (or the deadline) that came while this
+                    // call ran stops it too: the units it took stay spent.
+                    Ok(()) => match grant.as_ref().filter(|_| grant_units > 0) {
+                        Some(g) => self
+                            .grant_still_active(g.grant.id)
+                            .await
+                            .err()
+                            .map(|e| (e, "refused")),
+                        None => None,
+                    },
+                },
             },
         };
         if let Some((e, outcome)) = stopped {
