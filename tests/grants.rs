@@ -874,3 +874,36 @@ async fn concurrent_approvals_of_one_grant_both_count_once_each() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_freezes_a_workflow_even_when_the_grant_it_names_is_unusable() {
+    let vault = TestVault::start().await;
+    let mut admin = fieldvault::grpc::pb::admin_client::AdminClient::new(
+        channel(&vault.addr(), &vault.pki.client_tls("admin")).await,
+    );
+    let canary = admin
+        .create_canaries(pb::CreateCanariesRequest {
+            kind: FieldKind::Address as i32,
+            count: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens;
+    let mut fulfilment = vault.client("fulfilment").await;
+    let unknown = "6f1c2d3e-4b5a-4c6d-8e7f-0123456789ab";
+    let message = refused(
+        reveal(&mut fulfilment, unknown, &canary).await,
+        Code::FailedPrecondition,
+    );
+    assert!(message.contains("frozen"), "{message}");
+    // Frozen: refused whatever it asks next.
+    let message = refused(
+        grants(&vault, "fulfilment")
+            .await
+            .request_grant(ask(5, 60))
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert!(message.contains("frozen"), "{message}");
+}

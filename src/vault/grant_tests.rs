@@ -250,3 +250,67 @@ async fn a_grant_opens_only_its_own_rule_and_an_approver_taken_off_the_rule_appr
         vec![Some(RevealLevel::Masked)]
     );
 }
+
+#[tokio::test]
+async fn only_approvals_the_policy_in_force_allows_count_and_a_stricter_rule_binds_pending_grants()
+{
+    let dir = ok(tempfile::tempdir());
+    let vault = vault(dir.path()).await;
+    let three = |approvals: u32, approvers: &str| {
+        POLICY.replace(
+            r#"approvers = ["spiffe://t.example/boss"]"#,
+            &format!("approvals = {approvals}\napprovers = [{approvers}]"),
+        )
+    };
+    let all =
+        r#""spiffe://t.example/boss", "spiffe://t.example/chief", "spiffe://t.example/deputy""#;
+    vault.replace_policy(ok(Policy::from_toml(&three(2, all))));
+    let id = ok(vault
+        .request_grant(&caller("courier"), ask(Vec::new()))
+        .await)
+    .grant
+    .id
+    .to_string();
+    ok(vault.approve_grant(&caller("boss"), &id).await);
+    // The boss is taken off the rule: its approval no longer counts.
+    let without_boss = r#""spiffe://t.example/chief", "spiffe://t.example/deputy""#;
+    vault.replace_policy(ok(Policy::from_toml(&three(2, without_boss))));
+    let g = ok(vault.approve_grant(&caller("chief"), &id).await);
+    assert_eq!(g.state, crate::domain::grant::GrantState::Pending);
+    assert_eq!(g.grant.approvals.len(), 1);
+    // The rule now asks three of its three approvers.
+    vault.replace_policy(ok(Policy::from_toml(&three(3, all))));
+    let g = ok(vault.approve_grant(&caller("deputy"), &id).await);
+    assert_eq!(
+        (g.state, g.grant.approvals_required),
+        (crate::domain::grant::GrantState::Pending, 3)
+    );
+    let g = ok(vault.approve_grant(&caller("boss"), &id).await);
+    assert_eq!(g.state, crate::domain::grant::GrantState::Active);
+}
+
+#[tokio::test]
+async fn a_rule_edited_to_reveal_more_does_not_widen_a_grant_approved_before() {
+    let dir = ok(tempfile::tempdir());
+    let vault = vault(dir.path()).await;
+    let t = tokens(&vault, 1).await;
+    let masked = POLICY.replace(
+        "reveal = \"full\"\nrequires_grant = true",
+        "reveal = \"masked\"\nrequires_grant = true",
+    );
+    vault.replace_policy(ok(Policy::from_toml(&masked)));
+    let id = active(&vault, Vec::new()).await;
+    assert_eq!(
+        levels(&vault, &id, &t).await,
+        vec![Some(RevealLevel::Masked)]
+    );
+    // The same rule now reveals in full: this grant still reveals masked.
+    vault.replace_policy(ok(Policy::from_toml(POLICY)));
+    assert_eq!(
+        levels(&vault, &id, &t).await,
+        vec![Some(RevealLevel::Masked)]
+    );
+    // The first reveal was the standing rule's (as revealing, and first in
+    // the file): free; the second the grant rule's, capped: one unit.
+    assert_eq!(used(&vault, &id).await, 1);
+}

@@ -559,15 +559,14 @@ impl Vault {
                     by: caller.to_string(),
                     at_unix_ms: now,
                 });
-                // Only approvals the policy in force still allows count,
-                // and a rule that asks more approvals now asks them of
-                // this grant too.
-                let g = &view.grant;
-                let counted = g
-                    .approvals
-                    .iter()
-                    .filter(|a| CallerId::parse(&a.by).is_ok_and(|by| may_approve(policy, &by, g)))
-                    .count();
+                // Only approvals the policy in force still allows count
+                // (one it no longer allows is dropped; the trail keeps its
+                // event), and a rule that asks more approvals now asks
+                // them of this grant too.
+                let g = view.grant.clone();
+                view.grant.approvals.retain(|a| {
+                    CallerId::parse(&a.by).is_ok_and(|by| may_approve(policy, &by, &g))
+                });
                 let needed = policy
                     .rules()
                     .iter()
@@ -576,7 +575,8 @@ impl Vault {
                     .map_or(g.approvals_required, |t| {
                         t.approvals.max(g.approvals_required)
                     });
-                if counted >= needed as usize {
+                view.grant.approvals_required = needed;
+                if view.grant.approvals.len() >= needed as usize {
                     view.grant.decided = Decided::Active { since_unix_ms: now };
                 }
                 Ok(())
