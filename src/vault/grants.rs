@@ -6,7 +6,9 @@
 //! charged with the call's quotas, all or nothing, before any value leaves
 //! (so concurrent reveals never pass `max_reveals` together, not across a
 //! crash either: a unit is durable before its value is answered). A
-//! revocation is stored before it is answered and read by the next call.
+//! revocation is stored before it is answered; a detokenize reads the
+//! grant before it reads anything and again once its units are charged, so
+//! one found revoked (or past its deadline) then reveals nothing.
 
 use super::{unavailable, Call, Vault, VaultError};
 use crate::audit::event::Event;
