@@ -533,6 +533,7 @@ pub(crate) fn grant_json(g: &pb::Grant) -> Value {
         "reason": g.reason,
         "tokens": g.tokens,
         "rule": g.rule,
+        "reveal": reveal_name(g.reveal),
         "approvals_required": g.approvals_required,
         "approvers": g.approvers,
         "approvals": approvals,
@@ -612,6 +613,16 @@ fn list_line(g: &pb::Grant) -> String {
 }
 
 /// What `show` prints, one item a line.
+/// A grant's reveal level, as the policy writes it.
+fn reveal_name(reveal: i32) -> String {
+    match pb::Reveal::try_from(reveal) {
+        Ok(pb::Reveal::Full) => "full".into(),
+        Ok(pb::Reveal::Masked) => "masked".into(),
+        Ok(pb::Reveal::None) => "none".into(),
+        _ => format!("unknown ({reveal})"),
+    }
+}
+
 fn show_text(g: &pb::Grant) -> String {
     let mut out = format!("grant {}\n", g.grant_id);
     let mut line = |label: &str, value: &str| out.push_str(&format!("  {label}: {value}\n"));
@@ -640,6 +651,7 @@ fn show_text(g: &pb::Grant) -> String {
         },
     );
     line("rule", &format!("'{}'", g.rule));
+    line("reveals at most", &reveal_name(g.reveal));
     line(
         "approvals",
         &format!("{} of {} required", g.approvals.len(), g.approvals_required),
@@ -718,6 +730,7 @@ mod tests {
             ended_by: String::new(),
             ended_unix_ms: 0,
             end_reason: String::new(),
+            reveal: pb::Reveal::Full as i32,
         }
     }
 
@@ -736,6 +749,7 @@ mod tests {
   reason: batch 7
   tokens: any token of its kinds
   rule: 'fulfilment'
+  reveals at most: full
   approvals: 2 of 2 required
     approved by spiffe://fieldvault.dev/approver1 at 2025-11-27T09:46:00Z
     approved by spiffe://fieldvault.dev/approver2 at 2025-11-27T09:47:00Z

@@ -4,7 +4,7 @@
 
 use super::error::call_status;
 use super::pb;
-use super::service::{answer, call_of, kind_from_pb, kind_to_pb, ttl_from_pb};
+use super::service::{answer, call_of, kind_from_pb, kind_to_pb, reveal_to_pb, ttl_from_pb};
 use crate::domain::grant::{Decided, GrantState};
 use crate::vault::{GrantRequest, GrantView, ItemError, Vault};
 use std::sync::Arc;
@@ -98,6 +98,7 @@ fn grant_to_pb(v: &GrantView, with_tokens: bool) -> pb::Grant {
         ended_by,
         ended_unix_ms,
         end_reason,
+        reveal: reveal_to_pb(g.reveal).into(),
     }
 }
 

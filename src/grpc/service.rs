@@ -257,7 +257,7 @@ fn info_to_pb(info: TokenInfo) -> pb::TokenInfo {
     }
 }
 
-fn reveal_to_pb(level: RevealLevel) -> pb::Reveal {
+pub(crate) fn reveal_to_pb(level: RevealLevel) -> pb::Reveal {
     match level {
         RevealLevel::Full => pb::Reveal::Full,
         RevealLevel::Masked => pb::Reveal::Masked,

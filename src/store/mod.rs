@@ -537,7 +537,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every grant, in id order, each without its token list (`tokens`
     /// empty: [`Store::grant`] has it), so that a listing holds a few
-    /// hundred bytes per grant whatever the lists hold.
+    /// hundred bytes per grant whatever the lists hold. A grant whose
+    /// stored bytes do not decode is left out (logged; the integrity check
+    /// reports it), so one bad grant does not stop every listing.
     async fn grants(&self) -> Result<Vec<Grant>, StoreError>;
 
     /// Freezes a caller; durable when it returns. A caller already frozen

@@ -314,3 +314,29 @@ async fn a_rule_edited_to_reveal_more_does_not_widen_a_grant_approved_before() {
     // the file): free; the second the grant rule's, capped: one unit.
     assert_eq!(used(&vault, &id).await, 1);
 }
+
+#[tokio::test]
+async fn a_grant_approved_while_its_rule_revealed_less_never_reveals_more_later() {
+    let dir = ok(tempfile::tempdir());
+    let vault = vault(dir.path()).await;
+    let t = tokens(&vault, 1).await;
+    // Requested while the rule reveals in full, approved once it reveals
+    // masked, then the rule is put back to full.
+    let g = ok(vault
+        .request_grant(&caller("courier"), ask(Vec::new()))
+        .await);
+    assert_eq!(g.grant.reveal, RevealLevel::Full);
+    let id = g.grant.id.to_string();
+    let masked = POLICY.replace(
+        "reveal = \"full\"\nrequires_grant = true",
+        "reveal = \"masked\"\nrequires_grant = true",
+    );
+    vault.replace_policy(ok(Policy::from_toml(&masked)));
+    let g = ok(vault.approve_grant(&caller("boss"), &id).await);
+    assert_eq!(g.grant.reveal, RevealLevel::Masked);
+    vault.replace_policy(ok(Policy::from_toml(POLICY)));
+    assert_eq!(
+        levels(&vault, &id, &t).await,
+        vec![Some(RevealLevel::Masked)]
+    );
+}

@@ -218,6 +218,7 @@ fn describe(event: &mut Event, view: &GrantView) {
         ("grant_state", view.state.as_str().into()),
         ("grant_used", view.used.into()),
         ("grant_max_reveals", g.max_reveals.into()),
+        ("grant_reveal", g.reveal.as_str().into()),
     ] {
         event.details.insert(key.into(), value);
     }
@@ -352,7 +353,7 @@ impl Vault {
         if valid_for_ms == 0 {
             return Err(invalid("valid_for", "must be at least one millisecond"));
         }
-        if valid_for_ms > limits.max_valid_for_ms {
+        if valid_for > std::time::Duration::from_millis(limits.max_valid_for_ms) {
             return Err(invalid(
                 "valid_for",
                 format!(
@@ -578,6 +579,16 @@ impl Vault {
                         t.approvals.max(g.approvals_required)
                     });
                 view.grant.approvals_required = needed;
+                // What the rule reveals now, if less: approvers approve
+                // what the rule says as they approve, never more later.
+                if let Some(now_reveals) = policy
+                    .rules()
+                    .iter()
+                    .find(|r| r.name == g.rule)
+                    .and_then(|r| r.reveal)
+                {
+                    view.grant.reveal = view.grant.reveal.min(now_reveals);
+                }
                 if view.grant.approvals.len() >= needed as usize {
                     view.grant.decided = Decided::Active { since_unix_ms: now };
                 }
@@ -672,7 +683,8 @@ impl Vault {
         let result = match Justification::parse(reason) {
             Err(e) => Err(invalid("reason", e.to_string())),
             Ok(reason) => {
-                let reason = reason.as_str().to_owned();
+                // Optional: blanks are none.
+                let reason = reason.as_str().trim().to_owned();
                 self.change_grant(&call, &mut event, id, |policy, caller, view, now| {
                     let end = check(policy, caller, view)?;
                     view.grant.decided = end(Ended {
