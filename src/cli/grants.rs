@@ -448,7 +448,19 @@ async fn list(args: ListArgs) -> ExitCode {
         Err(s) => return call_failed(session.json, &Failure::from_status(&s), 0),
     };
     if session.json {
-        let list: Vec<Value> = grants.iter().map(grant_json).collect();
+        // A listing carries no token lists (`grants show` has them): the
+        // key is left out rather than shown empty, which would read as
+        // "any token".
+        let list: Vec<Value> = grants
+            .iter()
+            .map(|g| {
+                let mut j = grant_json(g);
+                if let Some(o) = j.as_object_mut() {
+                    o.remove("tokens");
+                }
+                j
+            })
+            .collect();
         emit!("{}", json!({ "grants": list, "count": grants.len() }));
     } else {
         for g in &grants {
