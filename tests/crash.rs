@@ -723,6 +723,19 @@ fn report_failures_with_logs(dir: PathBuf) {
     }));
 }
 
+/// The summary of a run of one kind of rounds only (`flag`), and each
+/// round's line.
+fn print_only(kind: &str, flag: &str, rounds: u32, started: Instant, lines: Vec<String>) {
+    println!(
+        "crash: only the {kind} rounds ({flag}): {rounds} {kind} kill rounds passed; 0 failed; \
+         {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    for line in lines {
+        println!("  {line}");
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = match parse_args(&args) {
@@ -802,27 +815,19 @@ async fn run(
     if grants_only {
         let grants = grant_kill_rounds(&tmp.join("grants-kill"), &mut rng).await;
         std::fs::remove_dir_all(&tmp).unwrap();
-        println!(
-            "crash: only the grant rounds (--grants-only): {GRANT_KILL_ROUNDS} grant kill rounds \
-             passed; 0 failed; {:.1}s",
-            started.elapsed().as_secs_f64()
-        );
-        for line in grants {
-            println!("  {line}");
-        }
+        print_only("grant", "--grants-only", GRANT_KILL_ROUNDS, started, grants);
         return;
     }
     if lifecycle_only {
         let lifecycle = lifecycle_kill_rounds(&tmp.join("lifecycle-kill"), &mut rng).await;
         std::fs::remove_dir_all(&tmp).unwrap();
-        println!(
-            "crash: only the lifecycle rounds (--lifecycle-only): {LIFECYCLE_KILL_ROUNDS} \
-             lifecycle kill rounds passed; 0 failed; {:.1}s",
-            started.elapsed().as_secs_f64()
+        print_only(
+            "lifecycle",
+            "--lifecycle-only",
+            LIFECYCLE_KILL_ROUNDS,
+            started,
+            lifecycle,
         );
-        for line in lifecycle {
-            println!("  {line}");
-        }
         return;
     }
     if !audit_only && !abuse_only {
@@ -831,14 +836,7 @@ async fn run(
     if abuse_only {
         let abuse = abuse_kill_rounds(&tmp.join("abuse-kill"), &mut rng).await;
         std::fs::remove_dir_all(&tmp).unwrap();
-        println!(
-            "crash: only the abuse rounds (--abuse-only): {ABUSE_KILL_ROUNDS} abuse kill rounds \
-             passed; 0 failed; {:.1}s",
-            started.elapsed().as_secs_f64()
-        );
-        for line in abuse {
-            println!("  {line}");
-        }
+        print_only("abuse", "--abuse-only", ABUSE_KILL_ROUNDS, started, abuse);
         return;
     }
 

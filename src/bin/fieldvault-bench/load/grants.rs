@@ -99,42 +99,14 @@ impl GrantsReport {
              |---|---|---:|---:|---:|---:|---:|---:|\n",
             self.sizes.addresses, self.grant_id, o.concurrency, o.connections
         );
-        for r in &self.runs {
-            let m = &r.measurement;
-            out.push_str(&format!(
-                "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} |\n",
-                r.scenario.name(),
-                caller_label(r.under_grant),
-                m.ops_per_sec(),
-                m.values_per_sec(),
-                m.p50_us as f64 / 1000.0,
-                m.p99_us as f64 / 1000.0,
-                m.max_us as f64 / 1000.0,
-                m.failed
-            ));
-        }
-        for pair in self.runs.chunks(2) {
-            let [baseline, granted] = pair else { continue };
-            let (b, g) = (&baseline.measurement, &granted.measurement);
-            let failed = b.failed + g.failed;
-            if failed > 0 {
-                out.push_str(&format!(
-                    "{}: no ratio: {failed} calls failed\n",
-                    baseline.scenario.name()
-                ));
-                continue;
-            }
-            out.push_str(&format!(
-                "{}: under the grant {:.2}x the calls/s of the baseline (p50 {:.2} -> {:.2} ms, \
-                 p99 {:.2} -> {:.2} ms)\n",
-                baseline.scenario.name(),
-                g.ops_per_sec() / b.ops_per_sec().max(1e-9),
-                b.p50_us as f64 / 1000.0,
-                g.p50_us as f64 / 1000.0,
-                b.p99_us as f64 / 1000.0,
-                g.p99_us as f64 / 1000.0,
-            ));
-        }
+        let runs: Vec<(Scenario, &str, &Measurement)> = self
+            .runs
+            .iter()
+            .map(|r| (r.scenario, caller_label(r.under_grant), &r.measurement))
+            .collect();
+        super::paired_runs(&mut out, &runs, |x| {
+            format!("under the grant {x:.2}x the calls/s of the baseline")
+        });
         out.push_str(&format!(
             "grant count: GetGrant says used = {} (remaining {}, state {}); values revealed \
              under the grant = {} (checks and warm-ups included): {}\n\n",

@@ -401,42 +401,17 @@ fn quotas_markdown(q: &QuotaReport, o: &BenchOptions) -> String {
             .join(", "),
         q.quotas.len()
     );
-    for r in &q.runs {
-        let m = &r.measurement;
-        out.push_str(&format!(
-            "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} |\n",
-            r.scenario.name(),
-            if r.quotas_on { "on" } else { "off" },
-            m.ops_per_sec(),
-            m.values_per_sec(),
-            m.p50_us as f64 / 1000.0,
-            m.p99_us as f64 / 1000.0,
-            m.max_us as f64 / 1000.0,
-            m.failed
-        ));
-    }
-    for pair in q.runs.chunks(2) {
-        let [off, on] = pair else { continue };
-        let (off_m, on_m) = (&off.measurement, &on.measurement);
-        let failed = off_m.failed + on_m.failed;
-        if failed > 0 {
-            out.push_str(&format!(
-                "{}: no ratio: {failed} calls failed\n",
-                off.scenario.name()
-            ));
-            continue;
-        }
-        out.push_str(&format!(
-            "{}: quotas on give {:.2}x the throughput of quotas off (p50 {:.2} -> {:.2} ms, \
-             p99 {:.2} -> {:.2} ms)\n",
-            off.scenario.name(),
-            on_m.ops_per_sec() / off_m.ops_per_sec().max(1.0),
-            off_m.p50_us as f64 / 1000.0,
-            on_m.p50_us as f64 / 1000.0,
-            off_m.p99_us as f64 / 1000.0,
-            on_m.p99_us as f64 / 1000.0,
-        ));
-    }
+    let runs: Vec<(Scenario, &str, &Measurement)> = q
+        .runs
+        .iter()
+        .map(|r| {
+            let label = if r.quotas_on { "on" } else { "off" };
+            (r.scenario, label, &r.measurement)
+        })
+        .collect();
+    paired_runs(&mut out, &runs, |x| {
+        format!("quotas on give {x:.2}x the throughput of quotas off")
+    });
     out.push_str(&format!(
         "the vault counted {} values against the reader rule's day quota; the runs with \
          quotas on revealed {} (warm-ups included)\n",
@@ -576,6 +551,51 @@ const READER_RULE: &str = "bench reader";
 /// phone and email in full for purpose `bench`, under `reader_quotas`
 /// (none: no quota); `rotator` administers keys and reads quota use
 /// (Admin); `admin` erases by value.
+/// Table rows (scenario, `label`, calls/s, values/s, p50, p99, max,
+/// failed) of runs measured in pairs, a baseline then a variant, and per
+/// pair a line with `ratio` (the variant's calls/s over the baseline's)
+/// and both latencies; a pair with failed calls gets no ratio.
+pub(super) fn paired_runs(
+    out: &mut String,
+    runs: &[(Scenario, &str, &Measurement)],
+    ratio: impl Fn(f64) -> String,
+) {
+    for (scenario, label, m) in runs {
+        out.push_str(&format!(
+            "| {} | {label} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} |\n",
+            scenario.name(),
+            m.ops_per_sec(),
+            m.values_per_sec(),
+            m.p50_us as f64 / 1000.0,
+            m.p99_us as f64 / 1000.0,
+            m.max_us as f64 / 1000.0,
+            m.failed
+        ));
+    }
+    for pair in runs.chunks(2) {
+        let [(scenario, _, base), (_, _, variant)] = pair else {
+            continue;
+        };
+        let failed = base.failed + variant.failed;
+        if failed > 0 {
+            out.push_str(&format!(
+                "{}: no ratio: {failed} calls failed\n",
+                scenario.name()
+            ));
+            continue;
+        }
+        out.push_str(&format!(
+            "{}: {} (p50 {:.2} -> {:.2} ms, p99 {:.2} -> {:.2} ms)\n",
+            scenario.name(),
+            ratio(variant.ops_per_sec() / base.ops_per_sec().max(1e-9)),
+            base.p50_us as f64 / 1000.0,
+            variant.p50_us as f64 / 1000.0,
+            base.p99_us as f64 / 1000.0,
+            variant.p99_us as f64 / 1000.0,
+        ));
+    }
+}
+
 fn bench_policy(reader_quotas: &[String]) -> String {
     let quota = if reader_quotas.is_empty() {
         String::new()
