@@ -762,8 +762,18 @@ impl Config {
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        // serde_path_to_error names the setting by its path
+        // (`retention.sweep_batchh`), toml's message adds the line.
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            ConfigError::Syntax(if path.is_empty() || path == "." {
+                inner
+            } else {
+                format!("{path}: {inner}")
+            })
+        })?;
         let listen = env("FIELDVAULT_LISTEN")
             .or(raw.listen)
             .ok_or_else(|| missing("listen"))?;

@@ -5,6 +5,7 @@ mod admin;
 mod audit;
 mod backup;
 mod calls;
+mod config;
 mod conn;
 mod grants;
 mod health;
@@ -88,6 +89,9 @@ enum Command {
     /// call.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// A config file, offline: `config check FILE`.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
     /// Back up a running server's whole store to a file (records stay
     /// sealed, keys wrapped; the master key is never in it). The caller
     /// needs a policy rule with action "backup".
@@ -264,6 +268,7 @@ pub(crate) async fn run() -> ExitCode {
         Command::Canary(command) => Ok(admin::canary(command).await),
         Command::Grants(command) => Ok(grants::grants(command).await),
         Command::Policy(command) => Ok(policy::policy(command)),
+        Command::Config(command) => Ok(config::config(command)),
         Command::Backup(args) => Ok(backup::backup(args).await),
         Command::Restore(args) => Ok(backup::restore(args).await),
     };

@@ -1,0 +1,114 @@
+//! `fieldvault config check FILE`, the real binary: a config the server
+//! would start with passes; a bad key (named by its path), a file it names
+//! that is missing and a master key others can read are each refused,
+//! naming the setting, exit 1.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::cli::*;
+use common::{write_config_file, Pki};
+use fieldvault::dev::DEV_POLICY;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// A complete config (TLS files, policy, master key) under `dir`, with
+/// `tables` appended; its path.
+fn config(dir: &Path, tables: &str) -> PathBuf {
+    let pki = Pki::new(&dir.join("pki"));
+    let data = dir.join("data");
+    write_config_file(
+        dir,
+        &pki,
+        DEV_POLICY,
+        (&data, &data.join("audit.log")),
+        "",
+        tables,
+    )
+}
+
+fn check(path: &Path) -> std::process::Output {
+    run(&["config", "check", path.to_str().unwrap()], "")
+}
+
+#[test]
+fn a_config_the_server_would_start_with_passes_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = config(tmp.path(), "[grants]\nmax_pending = 10\n");
+    let out = run_to_exit(0, &["config", "check", path.to_str().unwrap()], "");
+    assert!(stdout(&out).contains("a valid config"), "{}", show(&out));
+    let out = run_to_exit(
+        0,
+        &["config", "check", path.to_str().unwrap(), "--json"],
+        "",
+    );
+    let j = json(&out);
+    assert_eq!(j["valid"], true);
+    assert_eq!(j["problems"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn a_bad_key_is_named_by_its_path_with_its_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = config(tmp.path(), "[retention]\nsweep_batchh = 5\n");
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("retention.sweep_batchh")
+            && err.contains("unknown field")
+            && err.contains("line"),
+        "{err}"
+    );
+    // A value of the wrong type, and one out of range, by their paths too.
+    let path = config(tmp.path(), "[grants]\nmax_reveals = \"many\"\n");
+    let err = stderr(&check(&path));
+    assert!(err.contains("grants.max_reveals"), "{err}");
+    let path = config(tmp.path(), "[grants]\nmax_pending = 0\n");
+    let err = stderr(&check(&path));
+    assert!(
+        err.contains("grants.max_pending: 0: must be between"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_file_and_a_master_key_others_can_read_are_each_named_by_their_setting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = config(tmp.path(), "");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("server.pem", "no-such-cert.pem")).unwrap();
+    let master = tmp.path().join("master.key");
+    std::fs::set_permissions(&master, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("tls.cert")
+            && err.contains("no-such-cert.pem")
+            && err.contains("No such file"),
+        "{err}"
+    );
+    assert!(
+        err.contains("master_key.file") && err.contains("readable by"),
+        "{err}"
+    );
+    // The key itself is never printed.
+    let key = std::fs::read_to_string(&master).unwrap();
+    assert!(!err.contains(key.trim()) && !stdout(&out).contains(key.trim()));
+    let j = json(&run(
+        &["config", "check", path.to_str().unwrap(), "--json"],
+        "",
+    ));
+    assert_eq!(j["valid"], false);
+    assert_eq!(j["problems"].as_array().unwrap().len(), 2, "{j}");
+    // A policy that does not parse is named too.
+    std::fs::set_permissions(&master, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(&path, text).unwrap();
+    common::write(&tmp.path().join("policy.toml"), b"version = 2\n");
+    let err = stderr(&check(&path));
+    assert!(
+        err.contains("policy_file") && err.contains("version 2"),
+        "{err}"
+    );
+}
