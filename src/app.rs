@@ -332,6 +332,9 @@ pub async fn start(
             })
             .await
     });
+    // Every setting in force, defaults and environment overrides applied
+    // (a config holds no secret: the master key only as its source).
+    tracing::info!(config = ?config, "effective config");
     tracing::info!(
         %local_addr,
         max_connections = limits.max_connections,

@@ -66,6 +66,27 @@ pub const DEFAULT_MAX_BATCH_ITEMS: usize = 1000;
 /// Performance).
 pub const DEFAULT_CACHE_CAPACITY_MIB: u64 = 8;
 
+/// Every environment variable that overrides a setting of the config
+/// file, with the setting: the one place they are listed (README,
+/// "Running in production", and `fieldvault config check` name them). The
+/// master key's `master_key.env` names a variable of the operator's
+/// choosing instead, which holds the key itself.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("FIELDVAULT_LISTEN", "listen"),
+    ("FIELDVAULT_DATA_DIR", "data_dir"),
+];
+
+/// The environment variable that overrides `setting`.
+fn env_override(setting: &str) -> &'static str {
+    ENV_OVERRIDES
+        .iter()
+        .find(|(_, s)| *s == setting)
+        .map_or("", |(var, _)| var)
+}
+
+/// A config holds no secret: the master key appears only as where it is
+/// read from (a path or a variable's name), so its `Debug` is what the
+/// server logs at start as its effective config.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -774,14 +795,14 @@ impl Config {
                 format!("{path}: {inner}")
             })
         })?;
-        let listen = env("FIELDVAULT_LISTEN")
+        let listen = env(env_override("listen"))
             .or(raw.listen)
             .ok_or_else(|| missing("listen"))?;
         let listen = listen.parse().map_err(|e| ConfigError::Field {
             field: "listen",
             reason: format!("'{listen}' is not an address:port ({e})"),
         })?;
-        let data_dir = env("FIELDVAULT_DATA_DIR")
+        let data_dir = env(env_override("data_dir"))
             .map(PathBuf::from)
             .or(raw.data_dir)
             .ok_or_else(|| missing("data_dir"))?;

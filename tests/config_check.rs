@@ -112,3 +112,37 @@ fn a_missing_file_and_a_master_key_others_can_read_are_each_named_by_their_setti
         "{err}"
     );
 }
+
+#[test]
+fn an_environment_override_is_named_and_the_server_logs_its_effective_config_without_a_secret() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = config(tmp.path(), "");
+    let out = common::conn::cli_in(
+        tmp.path(),
+        &["config", "check", path.to_str().unwrap()],
+        &[("FIELDVAULT_LISTEN", "127.0.0.1:0")],
+        common::process::CLI_DEADLINE,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(
+        stdout(&out).contains("listen: overridden by the environment (FIELDVAULT_LISTEN)"),
+        "{}",
+        show(&out)
+    );
+    // The server logs every setting in force once at start, and never the
+    // master key (only where it is read from).
+    let log = tmp.path().join("server.log");
+    let server = common::process::start_with_config(&path, &log).unwrap();
+    server.terminate(std::time::Duration::from_secs(30));
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let line = logged
+        .lines()
+        .find(|l| l.contains("effective config"))
+        .unwrap_or_else(|| panic!("no effective config line in {logged}"));
+    assert!(
+        line.contains("master.key") && line.contains("max_batch_items"),
+        "{line}"
+    );
+    let key = std::fs::read_to_string(tmp.path().join("master.key")).unwrap();
+    assert!(!logged.contains(key.trim()), "the master key is in the log");
+}

@@ -100,10 +100,24 @@ fn check(args: CheckArgs) -> ExitCode {
     if args.json {
         emit!(
             "{}",
-            json!({ "file": file, "valid": valid, "problems": problems })
+            json!({
+                "file": file,
+                "valid": valid,
+                "problems": problems,
+                "overridden_by_environment": fieldvault::config::ENV_OVERRIDES
+                    .iter()
+                    .filter(|(var, _)| env(var).is_some())
+                    .map(|(var, setting)| json!({ "setting": setting, "variable": var }))
+                    .collect::<Vec<_>>(),
+            })
         );
     } else if valid {
         emit!("{file}: a valid config; every file it names is readable and safe");
+        for (var, setting) in fieldvault::config::ENV_OVERRIDES {
+            if env(var).is_some() {
+                emit!("  {setting}: overridden by the environment ({var})");
+            }
+        }
     } else {
         for p in &problems {
             eprintln!("fieldvault: {file}: {p}");
