@@ -250,14 +250,18 @@ impl Vault {
             .map_err(|e| store_failed(&e, "reading a grant's use"))
     }
 
-    /// The grant `id` with its use and state at `now`.
-    async fn load_grant(&self, id: GrantId, now: u64) -> Result<GrantView, VaultError> {
-        let grant = self
-            .store
+    /// The grant `id` as stored (its decisions, not its use).
+    async fn read_grant(&self, id: GrantId) -> Result<Grant, VaultError> {
+        self.store
             .grant(id)
             .await
             .map_err(|e| store_failed(&e, "reading a grant"))?
-            .ok_or_else(|| VaultError::NotFound(format!("no grant {id}")))?;
+            .ok_or_else(|| VaultError::NotFound(format!("no grant {id}")))
+    }
+
+    /// The grant `id` with its use and state at `now`.
+    async fn load_grant(&self, id: GrantId, now: u64) -> Result<GrantView, VaultError> {
+        let grant = self.read_grant(id).await?;
         let used = self.grant_used(id).await?;
         let state = grant.state(now, used);
         Ok(GrantView { grant, used, state })
@@ -867,15 +871,23 @@ impl Vault {
     /// After its units are charged: whether the grant is still active (a
     /// revocation stored meanwhile, or its deadline, stops the call; the
     /// units it took stay spent, which never lets more values out).
+    /// Its decisions only: the call's own charge already kept its use
+    /// within bounds, so the count is not read again.
     pub(super) async fn grant_still_active(&self, id: GrantId) -> Result<(), VaultError> {
         let now = now_unix_ms();
-        let view = self.load_grant(id, now).await?;
-        match view.grant.state(now, 0) {
-            GrantState::Active => Ok(()),
-            _ => Err(in_state(
-                &view,
-                "it changed while this call ran; nothing was revealed",
-            )),
+        let grant = self.read_grant(id).await?;
+        let state = grant.state(now, 0);
+        if state == GrantState::Active {
+            return Ok(());
         }
+        let view = GrantView {
+            grant,
+            used: 0,
+            state,
+        };
+        Err(in_state(
+            &view,
+            "it changed while this call ran; nothing was revealed",
+        ))
     }
 }
