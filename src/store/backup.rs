@@ -831,14 +831,10 @@ fn place(temp: &Path, store_dir: &Path, data_dir: &Path) -> Result<(), RestoreEr
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use crate::crypto::{KeyPurpose, KeyVersion, WrappedKey, NONCE_LEN};
+    use crate::crypto::{KeyPurpose, KeyVersion};
     use crate::domain::{FieldKind, RecordId};
-    use crate::store::fixtures::{index, record};
+    use crate::store::fixtures::{index, new_record as new, ok, record, wrapped};
     use crate::store::{Canary, Freeze, NewRecord};
-
-    fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-        r.unwrap_or_else(|e| panic!("{e}"))
-    }
 
     fn open(dir: &Path) -> SledStore {
         ok(SledStore::reopen(&SledConfig {
@@ -846,25 +842,6 @@ mod tests {
             cache_capacity_bytes: 8 << 20,
             max_queued_writes: crate::store::DEFAULT_MAX_QUEUED_WRITES,
         }))
-    }
-
-    fn new(id: RecordId, kind: FieldKind, idx: u8, deterministic: bool) -> NewRecord {
-        NewRecord {
-            id,
-            record: record(kind),
-            index: index(idx),
-            deterministic,
-            older_indexes: Vec::new(),
-        }
-    }
-
-    fn wrapped(purpose: KeyPurpose, version: u32) -> WrappedKey {
-        WrappedKey {
-            purpose,
-            version: KeyVersion(version),
-            nonce: [3; NONCE_LEN],
-            ciphertext: vec![4; 48],
-        }
     }
 
     /// A store with keys, random and deterministic records, a canary, a

@@ -1,27 +1,13 @@
 //! Deletes, expiry and the tombstones that keep a deleted record gone.
 
 use super::apply::Deleted;
-use super::fixtures::{index, record};
+use super::fixtures::{index, ok, open, record};
 use super::layout::{encode_frame, Changes, WAL_FILE};
-use super::sled_store::{SledConfig, SledStore};
+use super::sled_store::SledStore;
 use super::wal::Wal;
 use super::{Deletion, NewRecord, Reindex, Rewrite, Store, StoreError};
 use crate::crypto::{BlindIndex, KeyPurpose, KeyVersion, RecordMeta, SealedRecord, WrappedKey};
 use crate::domain::{FieldKind, RecordId};
-use std::path::Path;
-
-fn open(dir: &Path) -> SledStore {
-    SledStore::reopen_in_test(&SledConfig {
-        path: dir.to_path_buf(),
-        cache_capacity_bytes: 8 << 20,
-        max_queued_writes: crate::store::DEFAULT_MAX_QUEUED_WRITES,
-    })
-    .unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
-}
 
 /// A record created at `created` that expires at `expires`.
 fn expiring(created: u64, expires: Option<u64>, deterministic: bool) -> SealedRecord {

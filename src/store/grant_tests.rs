@@ -2,27 +2,13 @@
 //! the write-ahead log like every `meta` write, and checked by the
 //! integrity check.
 
+use super::fixtures::{ok, open};
 use super::grant_layout::{encode_grant, grant_key};
 use super::layout::{encode_frame, Changes, MetaOp, WAL_FILE};
-use super::sled_store::{SledConfig, SledStore};
 use super::wal::Wal;
 use super::{Charge, Charged, Store, StoreError};
 use crate::domain::grant::{Approval, Decided, Grant, GrantId};
 use crate::domain::{FieldKind, Purpose};
-use std::path::Path;
-
-fn open(dir: &Path) -> SledStore {
-    SledStore::reopen_in_test(&SledConfig {
-        path: dir.to_path_buf(),
-        cache_capacity_bytes: 8 << 20,
-        max_queued_writes: crate::store::DEFAULT_MAX_QUEUED_WRITES,
-    })
-    .unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-    r.unwrap_or_else(|e| panic!("{e}"))
-}
 
 fn grant() -> Grant {
     Grant {

@@ -1175,7 +1175,7 @@ mod tests {
     use crate::crypto::{KeyPurpose, KeyVersion, SealedRecord, NONCE_LEN};
     use crate::domain::FieldKind;
     use crate::store::apply::{Reindexed, Rewritten, Staged};
-    use crate::store::fixtures::{index, record};
+    use crate::store::fixtures::{index, new_record as new, ok, open, record, wrapped};
     use crate::store::layout::{
         encode_counts, encode_frame, encode_key_info, encode_record, key_info_key, record_key,
         Changes, MetaOp,
@@ -1183,38 +1183,6 @@ mod tests {
 
     use std::collections::HashMap;
     use std::path::Path;
-
-    fn open(dir: &Path) -> SledStore {
-        SledStore::reopen_in_test(&SledConfig {
-            path: dir.to_path_buf(),
-            cache_capacity_bytes: 8 << 20,
-            max_queued_writes: crate::store::DEFAULT_MAX_QUEUED_WRITES,
-        })
-        .unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    fn new(id: RecordId, kind: FieldKind, idx: u8, deterministic: bool) -> NewRecord {
-        NewRecord {
-            id,
-            record: record(kind),
-            index: index(idx),
-            deterministic,
-            older_indexes: Vec::new(),
-        }
-    }
-
-    fn wrapped(purpose: KeyPurpose, version: u32) -> WrappedKey {
-        WrappedKey {
-            purpose,
-            version: KeyVersion(version),
-            nonce: [3; NONCE_LEN],
-            ciphertext: vec![4; 48],
-        }
-    }
-
-    fn ok<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
-        r.unwrap_or_else(|e| panic!("{e}"))
-    }
 
     /// `N` new ids from the store's sequence.
     async fn ids<const N: usize>(store: &SledStore) -> [RecordId; N] {
