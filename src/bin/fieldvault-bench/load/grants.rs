@@ -516,22 +516,8 @@ mod tests {
 
     fn options() -> super::super::BenchOptions {
         super::super::BenchOptions {
-            duration: Duration::from_secs(5),
-            concurrency: 64,
-            connections: 4,
-            preload: 1000,
-            scenarios: Vec::new(),
-            data_dir: None,
-            cache_capacity_mib: 8,
-            addr: None,
-            purpose: "bench".into(),
-            vault_bin: None,
-            rewrap_rate: None,
-            audit_dir: None,
-            compare_audit_dir: None,
-            compare_quotas: false,
-            lifecycle: None,
             grants: Some(GrantsOptions { addresses: 300 }),
+            ..super::super::BenchOptions::for_tests()
         }
     }
 

@@ -72,6 +72,32 @@ pub struct BenchOptions {
     pub grants: Option<GrantsOptions>,
 }
 
+#[cfg(test)]
+impl BenchOptions {
+    /// Options of a report made in a unit test: 5 s, 64 in flight over 4
+    /// connections, 1,000 preloaded, no phase at the end.
+    pub fn for_tests() -> Self {
+        Self {
+            duration: Duration::from_secs(5),
+            concurrency: 64,
+            connections: 4,
+            preload: 1000,
+            scenarios: Vec::new(),
+            data_dir: None,
+            cache_capacity_mib: 8,
+            addr: None,
+            purpose: "bench".into(),
+            vault_bin: None,
+            rewrap_rate: None,
+            audit_dir: None,
+            compare_audit_dir: None,
+            compare_quotas: false,
+            lifecycle: None,
+            grants: None,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scenario {
     TokenizeRandom,
@@ -1723,22 +1749,8 @@ mod tests {
             startup_seconds: None,
             rss_after_restart_mib: None,
             options: BenchOptions {
-                duration: Duration::from_secs(5),
-                concurrency: 64,
-                connections: 4,
-                preload: 1000,
-                scenarios: Vec::new(),
-                data_dir: None,
-                cache_capacity_mib: 8,
-                addr: None,
-                purpose: "bench".into(),
-                vault_bin: None,
-                rewrap_rate: None,
-                audit_dir: None,
-                compare_audit_dir: None,
                 compare_quotas: true,
-                lifecycle: None,
-                grants: None,
+                ..BenchOptions::for_tests()
             },
         }
     }
