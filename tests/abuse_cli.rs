@@ -11,7 +11,6 @@ use common::cli::*;
 use common::process::{start_dev, ServerProcess};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::Duration;
 
 const STOP: Duration = Duration::from_secs(30);
@@ -19,41 +18,7 @@ const SUPPORT: &str = "spiffe://fieldvault.dev/support";
 const ORDERS: &str = "spiffe://fieldvault.dev/orders";
 const ADMIN: &str = "spiffe://fieldvault.dev/admin";
 
-/// A dev server in a fresh data dir.
-struct Dev {
-    tmp: tempfile::TempDir,
-    data: PathBuf,
-    server: ServerProcess,
-}
-
 impl Dev {
-    fn start() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let data = tmp.path().join("data");
-        let server = start_dev(&data, &tmp.path().join("server.log")).unwrap();
-        Self { tmp, data, server }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.tmp.path().join("server.log")).unwrap()
-    }
-
-    /// Runs the CLI as dev identity `who` with `args`, asserting the exit
-    /// code.
-    #[track_caller]
-    fn run(&self, code: i32, who: &str, args: &[&str], stdin: &str) -> Output {
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend([
-            "--addr",
-            &self.server.addr,
-            "--dev-identity",
-            who,
-            "--data-dir",
-            self.data.to_str().unwrap(),
-        ]);
-        run_to_exit(code, &all, stdin)
-    }
-
     /// Tokenizes `values` (one per line) as orders.
     fn tokens(&self, values: &[String]) -> Vec<String> {
         let input: String = values.iter().map(|v| format!("{v}\n")).collect();

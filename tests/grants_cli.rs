@@ -10,9 +10,7 @@
 mod common;
 
 use common::cli::*;
-use common::process::{start_dev, ServerProcess};
 use serde_json::Value;
-use std::path::PathBuf;
 use std::process::Output;
 
 /// Obviously fake addresses.
@@ -39,46 +37,18 @@ fn refused(out: &Output, code: &str, words: &[&str]) {
     assert!(!stdout(out).contains("Example Street"), "{}", show(out));
 }
 
-/// A dev server in a fresh data dir.
-struct Dev {
-    _tmp: tempfile::TempDir,
-    data: PathBuf,
-    server: ServerProcess,
-}
-
 impl Dev {
-    fn start() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let data = tmp.path().join("data");
-        let server = start_dev(&data, &tmp.path().join("server.log")).unwrap();
-        Self {
-            _tmp: tmp,
-            data,
-            server,
-        }
-    }
-
-    /// Runs the CLI as dev identity `who` with `args`, asserting the exit
-    /// code.
+    /// [`Dev::run`] with nothing on standard input.
     #[track_caller]
-    fn run(&self, code: i32, who: &str, args: &[&str]) -> Output {
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend([
-            "--addr",
-            &self.server.addr,
-            "--dev-identity",
-            who,
-            "--data-dir",
-            self.data.to_str().unwrap(),
-        ]);
-        run_to_exit(code, &all, "")
+    fn call(&self, code: i32, who: &str, args: &[&str]) -> Output {
+        self.run(code, who, args, "")
     }
 
     /// Tokenizes the fake addresses as orders.
     fn address_tokens(&self) -> Vec<String> {
         let mut args = vec!["tokenize", "--kind", "address"];
         args.extend(ADDRESSES);
-        let out = self.run(0, "orders", &args);
+        let out = self.call(0, "orders", &args);
         let tokens: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
         assert_eq!(tokens.len(), ADDRESSES.len(), "{}", show(&out));
         tokens
@@ -86,7 +56,7 @@ impl Dev {
 
     /// `grants show ID --json` as `who`.
     fn grant(&self, who: &str, id: &str) -> Value {
-        json(&self.run(0, who, &["grants", "show", id, "--json"]))
+        json(&self.call(0, who, &["grants", "show", id, "--json"]))
     }
 }
 
@@ -100,7 +70,7 @@ fn a_workflow_reveals_addresses_only_under_a_grant_two_approvers_approved_until_
             args.extend(["--grant", g]);
         }
         args.extend(tokens);
-        dev.run(code, "fulfilment", &args)
+        dev.call(code, "fulfilment", &args)
     };
 
     // Without a grant, fulfilment's rule allows nothing.
@@ -108,7 +78,7 @@ fn a_workflow_reveals_addresses_only_under_a_grant_two_approvers_approved_until_
     refused(&out, "PERMISSION_DENIED", &["grant"]);
 
     // fulfilment asks for a grant of 2 reveals: stdout is the id alone.
-    let out = dev.run(
+    let out = dev.call(
         0,
         "fulfilment",
         &[
@@ -146,7 +116,7 @@ fn a_workflow_reveals_addresses_only_under_a_grant_two_approvers_approved_until_
     refused(&out, "FAILED_PRECONDITION", &["pending"]);
 
     // approver1 approves: still pending, one of two.
-    let out = dev.run(0, "approver1", &["grants", "approve", id]);
+    let out = dev.call(0, "approver1", &["grants", "approve", id]);
     assert_eq!(
         stdout(&out),
         format!("{id}: pending: 1 of 2 approvals ({APPROVER1})\n"),
@@ -154,15 +124,15 @@ fn a_workflow_reveals_addresses_only_under_a_grant_two_approvers_approved_until_
         show(&out)
     );
     // The workflow cannot approve its own grant, nor approver1 twice.
-    let out = dev.run(2, "fulfilment", &["grants", "approve", id]);
+    let out = dev.call(2, "fulfilment", &["grants", "approve", id]);
     refused(&out, "PERMISSION_DENIED", &[]);
-    let out = dev.run(2, "approver1", &["grants", "approve", id]);
+    let out = dev.call(2, "approver1", &["grants", "approve", id]);
     refused(&out, "FAILED_PRECONDITION", &[]);
     let out = detokenize(2, Some(id), &[&tokens[0]]);
     refused(&out, "FAILED_PRECONDITION", &["pending"]);
 
     // approver2 approves: active.
-    let out = dev.run(0, "approver2", &["grants", "approve", id]);
+    let out = dev.call(0, "approver2", &["grants", "approve", id]);
     assert!(
         stdout(&out).starts_with(&format!(
             "{id}: active: 2 of 2 approvals ({APPROVER1}, {APPROVER2}); 0 of 2 reveals used, \
@@ -185,7 +155,7 @@ fn a_workflow_reveals_addresses_only_under_a_grant_two_approvers_approved_until_
     refused(&out, "FAILED_PRECONDITION", &[]);
 
     // show: used/remaining, both approvers and when.
-    let out = dev.run(0, "approver2", &["grants", "show", id]);
+    let out = dev.call(0, "approver2", &["grants", "show", id]);
     let text = stdout(&out);
     for want in [
         format!("grant {id}\n"),
@@ -212,7 +182,7 @@ fn a_workflow_reveals_addresses_only_under_a_grant_two_approvers_approved_until_
     );
 
     // list: one line per grant, filtered by state and workflow.
-    let out = dev.run(
+    let out = dev.call(
         0,
         "fulfilment",
         &[
@@ -228,11 +198,11 @@ fn a_workflow_reveals_addresses_only_under_a_grant_two_approvers_approved_until_
         "{}",
         show(&out)
     );
-    let out = dev.run(0, "fulfilment", &["grants", "list", "--state", "pending"]);
+    let out = dev.call(0, "fulfilment", &["grants", "list", "--state", "pending"]);
     assert_eq!(stdout(&out), "", "{}", show(&out));
 
     // approver1 revokes it: the next reveal is refused, naming the state.
-    let out = dev.run(
+    let out = dev.call(
         0,
         "approver1",
         &["grants", "revoke", id, "--reason", "batch shipped"],
@@ -245,7 +215,7 @@ fn a_workflow_reveals_addresses_only_under_a_grant_two_approvers_approved_until_
     );
     let out = detokenize(2, Some(id), &[&tokens[1]]);
     refused(&out, "FAILED_PRECONDITION", &["revoked"]);
-    let out = dev.run(0, "fulfilment", &["grants", "show", id]);
+    let out = dev.call(0, "fulfilment", &["grants", "show", id]);
     assert!(
         stdout(&out).contains(&format!("  ended: by {APPROVER1} at 20"))
             && stdout(&out).contains(", reason: batch shipped\n"),
@@ -253,7 +223,7 @@ fn a_workflow_reveals_addresses_only_under_a_grant_two_approvers_approved_until_
         show(&out)
     );
     // Revoking it again changes nothing.
-    let out = dev.run(2, "approver1", &["grants", "revoke", id]);
+    let out = dev.call(2, "approver1", &["grants", "revoke", id]);
     refused(&out, "FAILED_PRECONDITION", &[]);
 }
 
@@ -262,7 +232,7 @@ fn grants_print_one_json_object_with_the_grant_id_and_its_fields() {
     let dev = Dev::start();
     let tokens = dev.address_tokens();
     // admin requests a grant on fulfilment's behalf, for one token only.
-    let out = dev.run(
+    let out = dev.call(
         0,
         "admin",
         &[
@@ -312,17 +282,17 @@ fn grants_print_one_json_object_with_the_grant_id_and_its_fields() {
     assert_eq!(expires - created, 7 * 86_400_000, "{g}");
     assert!(g["created"].as_str().unwrap().ends_with('Z'), "{g}");
 
-    let g = json(&dev.run(0, "approver2", &["grants", "approve", &id, "--json"]));
+    let g = json(&dev.call(0, "approver2", &["grants", "approve", &id, "--json"]));
     assert_eq!(g["state"], "pending", "{g}");
     assert_eq!(g["approvals"][0]["approver"], APPROVER2, "{g}");
     assert!(g["approvals"][0]["approved"].is_string(), "{g}");
-    let g = json(&dev.run(0, "approver1", &["grants", "approve", &id, "--json"]));
+    let g = json(&dev.call(0, "approver1", &["grants", "approve", &id, "--json"]));
     assert_eq!(g["state"], "active", "{g}");
     assert!(g["activated"].is_string(), "{g}");
 
     // Restricted to one token: the other is not revealed under it (that
     // item is NOT_FOUND, as any token the caller may not see).
-    let out = dev.run(
+    let out = dev.call(
         1,
         "fulfilment",
         &[
@@ -337,7 +307,7 @@ fn grants_print_one_json_object_with_the_grant_id_and_its_fields() {
     );
     assert!(!stdout(&out).contains("Example Street"), "{}", show(&out));
     assert_eq!(json(&out)["error"]["code"], "NOT_FOUND", "{}", show(&out));
-    let out = dev.run(
+    let out = dev.call(
         0,
         "fulfilment",
         &[
@@ -358,7 +328,7 @@ fn grants_print_one_json_object_with_the_grant_id_and_its_fields() {
     );
 
     // A second grant, rejected.
-    let out = dev.run(
+    let out = dev.call(
         0,
         "fulfilment",
         &[
@@ -377,7 +347,7 @@ fn grants_print_one_json_object_with_the_grant_id_and_its_fields() {
         ],
     );
     let other = stdout(&out).trim().to_owned();
-    let g = json(&dev.run(
+    let g = json(&dev.call(
         0,
         "approver1",
         &[
@@ -395,7 +365,7 @@ fn grants_print_one_json_object_with_the_grant_id_and_its_fields() {
     assert!(g["ended"].is_string(), "{g}");
 
     // list --json: newest first, filtered, limited.
-    let all = json(&dev.run(0, "admin", &["grants", "list", "--json"]));
+    let all = json(&dev.call(0, "admin", &["grants", "list", "--json"]));
     let ids: Vec<&str> = all["grants"]
         .as_array()
         .unwrap()
@@ -404,10 +374,10 @@ fn grants_print_one_json_object_with_the_grant_id_and_its_fields() {
         .collect();
     assert_eq!(ids, [other.as_str(), id.as_str()], "{all}");
     assert_eq!(all["count"], 2, "{all}");
-    let one = json(&dev.run(0, "admin", &["grants", "list", "--limit", "1", "--json"]));
+    let one = json(&dev.call(0, "admin", &["grants", "list", "--limit", "1", "--json"]));
     assert_eq!(one["grants"][0]["grant_id"], other.as_str(), "{one}");
     assert_eq!(one["count"], 1, "{one}");
-    let active = json(&dev.run(
+    let active = json(&dev.call(
         0,
         "admin",
         &["grants", "list", "--state", "active", "--json"],
@@ -417,11 +387,11 @@ fn grants_print_one_json_object_with_the_grant_id_and_its_fields() {
     assert_eq!(active["grants"][0]["remaining"], 4, "{active}");
 
     // A call refused by the server: one JSON error object.
-    let out = dev.run(2, "approver1", &["grants", "approve", &other, "--json"]);
+    let out = dev.call(2, "approver1", &["grants", "approve", &other, "--json"]);
     let e = json(&out);
     assert_eq!(e["error"]["code"], "FAILED_PRECONDITION", "{e}");
     let unknown = "6f1c2d3e-4b5a-4c6d-8e7f-0123456789ab";
-    let e = json(&dev.run(2, "admin", &["grants", "show", unknown, "--json"]));
+    let e = json(&dev.call(2, "admin", &["grants", "show", unknown, "--json"]));
     assert_eq!(e["error"]["code"], "NOT_FOUND", "{e}");
 }
 

@@ -11,8 +11,7 @@ mod common;
 use common::cli::*;
 use common::process::{start_dev, ServerProcess};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// One phone number in two formats (the second read in region US).
@@ -20,42 +19,6 @@ const PHONE: &str = "+1 202-555-0161";
 const PHONE_NATIONAL: &str = "(202) 555-0161";
 const PHONE_CANONICAL: &str = "+12025550161";
 const EMAIL: &str = "cli.lifecycle@example.com";
-
-/// A dev server in a fresh data dir.
-struct Dev {
-    tmp: tempfile::TempDir,
-    data: PathBuf,
-    server: ServerProcess,
-}
-
-impl Dev {
-    fn start() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let data = tmp.path().join("data");
-        let server = start_dev(&data, &tmp.path().join("server.log")).unwrap();
-        Self { tmp, data, server }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.tmp.path().join("server.log")).unwrap()
-    }
-
-    /// Runs the CLI as dev identity `who` with `args`, asserting the exit
-    /// code.
-    #[track_caller]
-    fn run(&self, code: i32, who: &str, args: &[&str], stdin: &str) -> Output {
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend([
-            "--addr",
-            &self.server.addr,
-            "--dev-identity",
-            who,
-            "--data-dir",
-            self.data.to_str().unwrap(),
-        ]);
-        run_to_exit(code, &all, stdin)
-    }
-}
 
 /// The files under `dir` that hold any of `needles`.
 fn files_containing(dir: &Path, needles: &[&str]) -> Vec<String> {
