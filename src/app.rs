@@ -66,6 +66,34 @@ pub struct Server {
     /// For stopping its background jobs (rewrap, index rebuild, schedule)
     /// at shutdown: they hold the store.
     vault: Option<Arc<Vault>>,
+    /// What a drain reports NOT_SERVING through (once the task that
+    /// reports storage and audit failures has stopped).
+    reporter: tonic_health::server::HealthReporter,
+    in_flight: crate::request::InFlight,
+    cut_off: crate::drain::CutOff,
+}
+
+/// How a drain ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Drained {
+    /// Calls still in flight at the deadline, cut off unanswered.
+    pub cut_off: usize,
+    /// How long the drain took.
+    pub took: std::time::Duration,
+}
+
+/// Every service health reports on, by its gRPC name, and the server as a
+/// whole ("").
+fn health_names() -> [&'static str; 6] {
+    use tonic::server::NamedService;
+    [
+        "",
+        <pb::vault_server::VaultServer<VaultService> as NamedService>::NAME,
+        <pb::key_admin_server::KeyAdminServer<KeyAdminService> as NamedService>::NAME,
+        <pb::admin_server::AdminServer<AdminService> as NamedService>::NAME,
+        <pb::backup_service_server::BackupServiceServer<BackupService> as NamedService>::NAME,
+        <pb::grants_server::GrantsServer<GrantsService> as NamedService>::NAME,
+    ]
 }
 
 impl Server {
@@ -78,23 +106,71 @@ impl Server {
     /// task of the server, so that the store they hold is closed (and
     /// checkpointed) when this returns. Reports how the server task ended:
     /// an error if it failed or panicked, now or before.
-    pub async fn shutdown(mut self) -> Result<(), ServerError> {
-        self.accept.abort();
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        self.drain(None).await.map(|_| ())
+    }
+
+    /// A drain (SIGTERM): health answers NOT_SERVING (for the server and
+    /// every service; health watches get it, then end), no new connection
+    /// is accepted and no new call taken (HTTP/2 GOAWAY), calls in flight
+    /// finish; those still running after `deadline` (if any) are cut off
+    /// unanswered. Then the background jobs stop and the store closes
+    /// (a checkpoint) before this returns.
+    pub async fn drain(
+        mut self,
+        deadline: Option<std::time::Duration>,
+    ) -> Result<Drained, ServerError> {
+        let started = std::time::Instant::now();
         self.health.abort();
+        let _ = (&mut self.health).await;
+        for name in health_names() {
+            self.reporter
+                .set_service_status(name, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+        // Closes the listening socket: a new connection is refused.
+        self.accept.abort();
+        let _ = (&mut self.accept).await;
+        let in_flight = self.in_flight.get();
+        tracing::info!(
+            in_flight,
+            deadline_secs = deadline.map(|d| d.as_secs()),
+            "draining: health reports NOT_SERVING, no new connection or call is taken, calls in flight finish"
+        );
+        // Health watches end (their status is gone), so they do not hold
+        // the drain open.
+        for name in health_names() {
+            self.reporter.clear_service_status(name).await;
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        let served = self.wait_ref().await;
-        // Aborted tasks end with a cancellation: what matters is that their
-        // futures (and the handles to the store they hold) are dropped.
-        let _ = (&mut self.accept).await;
-        let _ = (&mut self.health).await;
+        let mut cut_off = 0;
+        let served = match deadline {
+            None => self.wait_ref().await,
+            Some(limit) => match tokio::time::timeout(limit, self.wait_ref()).await {
+                Ok(served) => served,
+                Err(_) => {
+                    cut_off = self.in_flight.get();
+                    tracing::warn!(
+                        cut_off,
+                        deadline_secs = limit.as_secs(),
+                        "drain deadline (shutdown.drain_timeout_secs) passed: cutting off the calls still in flight, unanswered"
+                    );
+                    self.cut_off.cut();
+                    self.wait_ref().await
+                }
+            },
+        };
         // Jobs end after their current batch; their state is stored and
         // they resume at the next start.
         if let Some(vault) = self.vault.take() {
             vault.stop_background().await;
         }
-        served
+        served.map(|()| Drained {
+            cut_off,
+            took: started.elapsed(),
+        })
     }
 
     /// Resolves when the server task ends: after [`Server::shutdown`], or on
@@ -229,21 +305,12 @@ pub async fn start(
     })?;
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<pb::vault_server::VaultServer<VaultService>>()
-        .await;
-    health_reporter
-        .set_serving::<pb::key_admin_server::KeyAdminServer<KeyAdminService>>()
-        .await;
-    health_reporter
-        .set_serving::<pb::admin_server::AdminServer<AdminService>>()
-        .await;
-    health_reporter
-        .set_serving::<pb::backup_service_server::BackupServiceServer<BackupService>>()
-        .await;
-    health_reporter
-        .set_serving::<pb::grants_server::GrantsServer<GrantsService>>()
-        .await;
+    let reporter = health_reporter.clone();
+    for name in health_names() {
+        health_reporter
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
     vault.watch_policy(policy_file.clone());
     let watched = vault.clone();
     let health = tokio::spawn(async move {
@@ -315,8 +382,13 @@ pub async fn start(
     let vault_service = crate::grpc::codec::BatchLimit::new(vault_service, config.max_batch_items);
 
     let (incoming, accept) = crate::tls::incoming(listener, tls, accept_limits(&limits));
+    let cut_off = crate::drain::CutOff::new();
+    let cuttable = cut_off.clone();
+    let incoming =
+        tokio_stream::StreamExt::map(incoming, move |conn| conn.map(|c| cuttable.wrap(c)));
+    let in_flight = crate::request::InFlight::default();
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-    let router = server_builder(&limits, Some(rule_check))
+    let router = server_builder(&limits, Some(rule_check), in_flight.clone())
         .add_service(health_service)
         .add_optional_service(reflection)
         .add_optional_service(reflection_v1alpha)
@@ -351,6 +423,9 @@ pub async fn start(
         accept,
         health,
         vault: Some(background),
+        reporter,
+        in_flight,
+        cut_off,
     })
 }
 
@@ -381,12 +456,18 @@ pub fn accept_limits(limits: &crate::limits::Resolved) -> crate::tls::AcceptLimi
 /// (`limits.max_message_bytes` for the Vault service).
 /// `rule_check` tells callers the policy knows from those it names in no
 /// rule (see [`crate::limits::GuardLayer::with_rule_check`]); the ceiling
-/// has no policy and passes `None`.
+/// has no policy and passes `None`. Every call gets its request id first
+/// ([`crate::request`]), counted in `in_flight`.
 pub fn server_builder(
     limits: &crate::limits::Resolved,
     rule_check: Option<crate::limits::RuleCheck>,
-) -> tonic::transport::Server<tower_layer::Stack<crate::limits::GuardLayer, tower_layer::Identity>>
-{
+    in_flight: crate::request::InFlight,
+) -> tonic::transport::Server<
+    tower_layer::Stack<
+        crate::limits::GuardLayer,
+        tower_layer::Stack<crate::request::RequestLayer, tower_layer::Identity>,
+    >,
+> {
     let mut guard =
         crate::limits::GuardLayer::new(limits.max_request_bytes, limits.max_message_bytes)
             .with_request_timeout(limits.request_timeout);
@@ -400,6 +481,7 @@ pub fn server_builder(
         .http2_max_header_list_size(crate::limits::MAX_HEADER_LIST_BYTES)
         .http2_keepalive_interval(limits.keepalive_interval)
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .layer(crate::request::RequestLayer::new(in_flight))
         .layer(guard)
 }
 
@@ -465,37 +547,9 @@ async fn watch_storage(vault: Arc<Vault>, reporter: tonic_health::server::Health
             }
             tonic_health::ServingStatus::NotServing
         };
-        reporter
-            .set_service_status(
-                <pb::vault_server::VaultServer<VaultService> as tonic::server::NamedService>::NAME,
-                status,
-            )
-            .await;
-        reporter
-            .set_service_status(
-                <pb::key_admin_server::KeyAdminServer<KeyAdminService> as tonic::server::NamedService>::NAME,
-                status,
-            )
-            .await;
-        reporter
-            .set_service_status(
-                <pb::admin_server::AdminServer<AdminService> as tonic::server::NamedService>::NAME,
-                status,
-            )
-            .await;
-        reporter
-            .set_service_status(
-                <pb::backup_service_server::BackupServiceServer<BackupService> as tonic::server::NamedService>::NAME,
-                status,
-            )
-            .await;
-        reporter
-            .set_service_status(
-                <pb::grants_server::GrantsServer<GrantsService> as tonic::server::NamedService>::NAME,
-                status,
-            )
-            .await;
-        reporter.set_service_status("", status).await;
+        for name in health_names() {
+            reporter.set_service_status(name, status).await;
+        }
         if storage.is_some() {
             return;
         }
@@ -523,6 +577,9 @@ mod tests {
             accept: tokio::spawn(std::future::pending()),
             health: tokio::spawn(std::future::pending()),
             vault: None,
+            reporter: tonic_health::server::health_reporter().0,
+            in_flight: Default::default(),
+            cut_off: Default::default(),
         };
         (server, rx)
     }

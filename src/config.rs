@@ -117,6 +117,78 @@ pub struct Config {
     pub retention: crate::domain::Retention,
     /// `[grants]`: the ceilings of approved-workflow grants.
     pub grants: crate::vault::GrantSettings,
+    /// `[log]`: the server's log format and level.
+    pub log: LogSettings,
+    /// `[shutdown]`: how long a SIGTERM waits for calls in flight.
+    pub shutdown: ShutdownSettings,
+}
+
+/// How the server writes its log lines (stderr).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event (the default).
+    #[default]
+    Text,
+    /// One JSON object per line, for a log pipeline.
+    Json,
+}
+
+impl LogFormat {
+    /// `text` or `json`, as the config and `--log-format` spell them.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "text" => Some(Self::Text),
+            "json" => Some(Self::Json),
+            _ => None,
+        }
+    }
+}
+
+/// The log filter when neither `RUST_LOG` nor `log.level` says otherwise.
+/// The HTTP/2 and TLS libraries log a WARN line per misbehaving peer (a
+/// rapid-reset client made `h2` write 200 lines in 15 s), which the
+/// server's own rate-limited refusal lines already cover: only their errors
+/// are shown.
+pub const DEFAULT_LOG_LEVEL: &str = "info,h2=error,hyper=error,rustls=error,tower=error";
+
+/// `[log]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A `tracing` filter (`info`, `warn,fieldvault=debug`); `RUST_LOG`, when
+    /// set, wins.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: DEFAULT_LOG_LEVEL.to_owned(),
+        }
+    }
+}
+
+/// `[shutdown]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShutdownSettings {
+    /// How long a SIGTERM (or SIGINT) waits for calls in flight before it
+    /// cuts them off and closes the store.
+    pub drain_timeout: std::time::Duration,
+}
+
+/// 30 s: Kubernetes' default grace period is 30 s too, so set
+/// `terminationGracePeriodSeconds` above this (deploy/kubernetes).
+pub const DEFAULT_DRAIN_TIMEOUT_SECS: u64 = 30;
+/// A drain longer than an hour is a hang, not a drain.
+pub const MAX_DRAIN_TIMEOUT_SECS: i64 = 3600;
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        Self {
+            drain_timeout: std::time::Duration::from_secs(DEFAULT_DRAIN_TIMEOUT_SECS),
+        }
+    }
 }
 
 /// `[audit]`.
@@ -306,6 +378,62 @@ struct RawConfig {
     retention: RawRetention,
     #[serde(default)]
     grants: RawGrants,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    shutdown: RawShutdown,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<String>,
+    level: Option<String>,
+}
+
+impl RawLog {
+    fn parse(self) -> Result<LogSettings, ConfigError> {
+        let format = match self.format.as_deref() {
+            None => LogFormat::Text,
+            Some(text) => LogFormat::parse(text).ok_or_else(|| ConfigError::Field {
+                field: "log.format",
+                reason: format!("'{text}' is not a log format: use \"text\" or \"json\""),
+            })?,
+        };
+        let level = match self.level {
+            None => DEFAULT_LOG_LEVEL.to_owned(),
+            Some(level) => {
+                tracing_subscriber::EnvFilter::builder()
+                    .parse(&level)
+                    .map_err(|e| ConfigError::Field {
+                        field: "log.level",
+                        reason: format!("'{level}' is not a log filter ({e}): e.g. \"info\" or \"warn,fieldvault=debug\""),
+                    })?;
+                level
+            }
+        };
+        Ok(LogSettings { format, level })
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawShutdown {
+    drain_timeout_secs: Option<i64>,
+}
+
+impl RawShutdown {
+    fn parse(self) -> Result<ShutdownSettings, ConfigError> {
+        let secs = limit(
+            "shutdown.drain_timeout_secs",
+            self.drain_timeout_secs,
+            0..=MAX_DRAIN_TIMEOUT_SECS,
+            DEFAULT_DRAIN_TIMEOUT_SECS as i64,
+        )?;
+        Ok(ShutdownSettings {
+            drain_timeout: std::time::Duration::from_secs(secs as u64),
+        })
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -866,6 +994,8 @@ impl Config {
         let audit = raw.audit.parse()?;
         let retention = raw.retention.parse()?;
         let grants = raw.grants.parse()?;
+        let log = raw.log.parse()?;
+        let shutdown = raw.shutdown.parse()?;
         Ok(Self {
             listen,
             data_dir,
@@ -894,6 +1024,8 @@ impl Config {
             audit,
             retention,
             grants,
+            log,
+            shutdown,
         })
     }
 
@@ -945,6 +1077,39 @@ env = "FIELDVAULT_MASTER_KEY"
         let text = format!("explicit_kind_denials = true\n{FULL}");
         let c = Config::from_toml(&text, &no_env).unwrap_or_else(|e| panic!("{e}"));
         assert!(c.explicit_kind_denials);
+    }
+
+    #[test]
+    fn log_and_shutdown_settings_default_are_read_and_bad_ones_are_named() {
+        let c = Config::from_toml(FULL, &no_env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.log, LogSettings::default());
+        assert_eq!(c.shutdown.drain_timeout, std::time::Duration::from_secs(30));
+        let text = format!(
+            "{FULL}\n[log]\nformat = \"json\"\nlevel = \"warn,fieldvault=debug\"\n[shutdown]\ndrain_timeout_secs = 5\n"
+        );
+        let c = Config::from_toml(&text, &no_env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.log.level, "warn,fieldvault=debug");
+        assert_eq!(c.shutdown.drain_timeout, std::time::Duration::from_secs(5));
+        for (table, field) in [
+            ("[log]\nformat = \"xml\"", "log.format"),
+            ("[log]\nlevel = \"info,=[\"", "log.level"),
+            (
+                "[shutdown]\ndrain_timeout_secs = -1",
+                "shutdown.drain_timeout_secs",
+            ),
+            (
+                "[shutdown]\ndrain_timeout_secs = 3601",
+                "shutdown.drain_timeout_secs",
+            ),
+            ("[shutdown]\ndrain_secs = 3", "shutdown.drain_secs"),
+        ] {
+            let err = Config::from_toml(&format!("{FULL}\n{table}\n"), &no_env)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(field), "{table}: {err}");
+        }
     }
 
     #[test]

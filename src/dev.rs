@@ -424,6 +424,8 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<(Config, bool), De
         keys: Default::default(),
         audit: Default::default(),
         grants: Default::default(),
+        log: Default::default(),
+        shutdown: Default::default(),
         // Expired tokens go within a second, so `tokenize --ttl 5s` can be
         // watched to the end.
         retention: crate::domain::Retention {

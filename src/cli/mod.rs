@@ -101,30 +101,46 @@ enum Command {
     Restore(backup::RestoreArgs),
 }
 
-/// The log filter when `RUST_LOG` is unset. The HTTP/2 and TLS libraries
-/// log a WARN line per misbehaving peer (a rapid-reset client made `h2`
-/// write 200 lines in 15 s), which the server's own rate-limited refusal
-/// lines already cover: only their errors are shown.
-const DEFAULT_LOG_FILTER: &str = "info,h2=error,hyper=error,rustls=error,tower=error";
-
-fn init_logging() {
+/// Installs the server's logger: `settings.format` (text or JSON lines)
+/// on stderr, filtered by `RUST_LOG` when it is set, else by
+/// `settings.level`.
+pub(crate) fn init_logging(settings: &fieldvault::config::LogSettings) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
-    let subscriber = tracing_subscriber::fmt()
+        .or_else(|_| tracing_subscriber::EnvFilter::builder().parse(&settings.level))
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(fieldvault::config::DEFAULT_LOG_LEVEL)
+        });
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         // A log line that cannot be written (stderr a file on a full disk)
         // is dropped. Its default reports the failure with `eprintln!`,
         // which panics when stderr cannot be written: every thread that
         // logs (a request, the audit or commit thread) would panic.
-        .log_internal_errors(false)
-        .with_ansi(colour(
-            std::io::IsTerminal::is_terminal(&std::io::stderr()),
-            std::env::var_os("NO_COLOR").as_deref(),
-        ))
-        .finish();
+        .log_internal_errors(false);
+    let installed = match settings.format {
+        fieldvault::config::LogFormat::Text => tracing::subscriber::set_global_default(
+            builder
+                .with_ansi(colour(
+                    std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                    std::env::var_os("NO_COLOR").as_deref(),
+                ))
+                .finish(),
+        ),
+        // One object per line: the event's fields at the top level, the
+        // call's span (its request id and RPC) under "span".
+        fieldvault::config::LogFormat::Json => tracing::subscriber::set_global_default(
+            builder
+                .with_ansi(false)
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(false)
+                .finish(),
+        ),
+    };
     // Not `try_init`: that installs a plain `log` bridge of its own.
-    if tracing::subscriber::set_global_default(subscriber).is_ok() {
+    if installed.is_ok() {
         // `log` records (rustls logs through `log`) go to tracing, through
         // the filter that demotes one harmless warning.
         use tracing_log::AsLog;
@@ -250,10 +266,7 @@ pub(crate) async fn run() -> ExitCode {
         Err(code) => return code,
     };
     let result = match cli.command {
-        Command::Serve(args) => {
-            init_logging();
-            serve::serve(args).await
-        }
+        Command::Serve(args) => serve::serve(args).await,
         Command::Tokenize(args) => Ok(calls::tokenize(args).await),
         Command::Detokenize(args) => Ok(calls::detokenize(args).await),
         Command::Delete(args) => Ok(calls::delete(args).await),

@@ -35,6 +35,15 @@ pub(crate) struct ServeArgs {
     /// `start_new_chain = true` under [audit] in the config.
     #[arg(long)]
     audit_new_chain: bool,
+    /// Log format in --dev mode: `text` (the default) or `json` (one object
+    /// per line). With --config, set `format` under [log] in the file.
+    #[arg(long, value_parser = parse_log_format)]
+    log_format: Option<fieldvault::config::LogFormat>,
+}
+
+fn parse_log_format(text: &str) -> Result<fieldvault::config::LogFormat, String> {
+    fieldvault::config::LogFormat::parse(text)
+        .ok_or_else(|| format!("'{text}' is not a log format: use text or json"))
 }
 
 /// `--data-dir`, else `FIELDVAULT_DATA_DIR`, else `./fieldvault-data`.
@@ -64,7 +73,10 @@ fn refuse_dev_flags_with_config(
     }
     let settings: Vec<String> = given
         .iter()
-        .map(|f| format!("`{}`", f.trim_start_matches("--").replace('-', "_")))
+        .map(|f| match *f {
+            "--log-format" => "`format` under [log]".to_owned(),
+            f => format!("`{}`", f.trim_start_matches("--").replace('-', "_")),
+        })
         .collect();
     Err(format!(
         "{} appl{} to --dev only; with --config, set {} in {}",
@@ -95,6 +107,12 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     });
     let env = |k: &str| std::env::var(k).ok();
     let config = if args.dev {
+        // Logging first: preparing the dev setup logs what it created.
+        let log = fieldvault::config::LogSettings {
+            format: args.log_format.unwrap_or_default(),
+            ..Default::default()
+        };
+        super::init_logging(&log);
         let data_dir = dev_data_dir(args.data_dir);
         let listen = match args.listen {
             Some(addr) => addr,
@@ -111,8 +129,9 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
                 println!("reset: deleted {what}");
             }
         }
-        let (config, created) =
+        let (mut config, created) =
             fieldvault::dev::prepare(&data_dir, listen).map_err(|e| e.to_string())?;
+        config.log = log;
         let dir = fieldvault::dev::dev_dir(&data_dir);
         println!(
             "fieldvault dev mode ({} {})",
@@ -156,9 +175,12 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
             &[
                 ("--listen", args.listen.is_some()),
                 ("--data-dir", args.data_dir.is_some()),
+                ("--log-format", args.log_format.is_some()),
             ],
         )?;
-        fieldvault::config::Config::load(&path, &env).map_err(|e| e.to_string())?
+        let config = fieldvault::config::Config::load(&path, &env).map_err(|e| e.to_string())?;
+        super::init_logging(&config.log);
+        config
     };
     let mut config = config;
     if args.audit_new_chain {
@@ -245,10 +267,17 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     match ended_on_its_own {
         None => {
             tracing::info!("shutting down: finishing in-flight calls");
-            server
-                .shutdown()
+            let drained = server
+                .drain(Some(config.shutdown.drain_timeout))
                 .await
                 .map_err(|e| format!("server failed: {e}"))?;
+            // Every call answered before this line was durable before it
+            // was answered; a call cut off was never answered.
+            tracing::info!(
+                took_ms = drained.took.as_millis() as u64,
+                cut_off = drained.cut_off,
+                "shut down: the store is closed and checkpointed"
+            );
             Ok(ExitCode::SUCCESS)
         }
         Some(result) => {

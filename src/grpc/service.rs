@@ -24,16 +24,22 @@ impl VaultService {
     }
 }
 
-/// A request as the vault sees it: a new request id and the caller proven
-/// by the connection's client certificate (read once per connection by the
-/// TLS accept loop), or why it proved none. A call without an identity is
-/// still handed to the vault, which audits and refuses it.
+/// A request as the vault sees it: its request id (made by
+/// [`crate::request::RequestLayer`]; a new one if the server has none) and
+/// the caller proven by the connection's client certificate (read once per
+/// connection by the TLS accept loop), or why it proved none. A call
+/// without an identity is still handed to the vault, which audits and
+/// refuses it.
 pub(super) fn call_of<T>(req: &Request<T>) -> Call {
     let caller = match req.extensions().get::<Peer>() {
         None => Err("a client certificate is required".to_owned()),
         Some(peer) => peer.caller().map_err(|e| e.to_string()),
     };
-    Call::new(new_request_id(), caller)
+    let id = match req.extensions().get::<crate::request::RequestId>() {
+        Some(id) => id.0.clone(),
+        None => new_request_id(),
+    };
+    Call::new(id, caller)
 }
 
 /// The answer to `call`, carrying its request id (`x-request-id`), which

@@ -239,6 +239,8 @@ impl TestVault {
             audit: Default::default(),
             retention: Default::default(),
             grants: Default::default(),
+            log: Default::default(),
+            shutdown: Default::default(),
         };
         adjust(&mut config);
         let server = bounded(

@@ -157,8 +157,13 @@ fn spawn(mut command: Command, log_level: &str, log_path: &Path) -> Result<Serve
         .append(true)
         .open(log_path)
         .unwrap();
+    // An empty level leaves RUST_LOG unset: the config's `[log] level` rules.
+    if log_level.is_empty() {
+        command.env_remove("RUST_LOG");
+    } else {
+        command.env("RUST_LOG", log_level);
+    }
     let mut child = command
-        .env("RUST_LOG", log_level)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -221,13 +226,24 @@ impl ServerProcess {
 
     /// SIGTERM, then waits (at most `deadline`, then SIGKILL and panic) for
     /// the process to exit; returns how it exited.
-    pub fn terminate(mut self, deadline: Duration) -> std::process::ExitStatus {
+    pub fn terminate(self, deadline: Duration) -> std::process::ExitStatus {
+        self.signal_term();
+        self.wait_exit(deadline)
+    }
+
+    /// Sends SIGTERM and returns at once.
+    pub fn signal_term(&self) {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .unwrap()
             .success());
+    }
+
+    /// Waits (at most `deadline`, then SIGKILL and panic) for the process
+    /// to exit; returns how it exited.
+    pub fn wait_exit(mut self, deadline: Duration) -> std::process::ExitStatus {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {

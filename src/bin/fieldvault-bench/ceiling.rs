@@ -107,7 +107,7 @@ pub async fn serve(config: &Config) -> Result<(), String> {
     let (incoming, _accept) =
         fieldvault::tls::incoming(listener, tls, fieldvault::app::accept_limits(&limits));
     println!("listening on {addr}");
-    fieldvault::app::server_builder(&limits, None)
+    fieldvault::app::server_builder(&limits, None, Default::default())
         .add_service(
             pb::vault_server::VaultServer::new(NullVault)
                 .max_decoding_message_size(limits.max_message_bytes)
