@@ -1732,8 +1732,11 @@ impl Committer for SledWriter {
             tracing::warn!("storage failed earlier: no checkpoint at close; the next start replays the write-ahead log");
             return;
         }
-        if let Err(e) = self.checkpoint() {
-            tracing::error!(error = %e, "checkpoint at close failed; the next start replays the log");
+        match self.checkpoint() {
+            Ok(()) => tracing::info!("storage closed: checkpointed (the write-ahead log is empty)"),
+            Err(e) => {
+                tracing::error!(error = %e, "checkpoint at close failed; the next start replays the log")
+            }
         }
     }
 }
