@@ -517,6 +517,15 @@ fn the_key_rotation_job_runs_keys_rotate_then_rewrap_with_its_own_mounted_certif
             .collect::<Vec<_>>(),
         ["keys rotate", "keys rewrap"]
     );
+    // `keys rotate` makes a version each run: a failed job is never re-run.
+    assert_eq!(
+        at(cronjob(&docs), &["spec", "jobTemplate", "spec", "backoffLimit"]).and_then(Value::as_u64),
+        Some(0)
+    );
+    assert_eq!(
+        str_at(cronjob(&docs), &["spec", "concurrencyPolicy"]),
+        Some("Forbid")
+    );
     let volumes = seq(spec, &["volumes"]);
     for (step, args) in steps.iter().zip(&commands) {
         cli_accepts(args);
