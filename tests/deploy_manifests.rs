@@ -519,7 +519,11 @@ fn the_key_rotation_job_runs_keys_rotate_then_rewrap_with_its_own_mounted_certif
     );
     // `keys rotate` makes a version each run: a failed job is never re-run.
     assert_eq!(
-        at(cronjob(&docs), &["spec", "jobTemplate", "spec", "backoffLimit"]).and_then(Value::as_u64),
+        at(
+            cronjob(&docs),
+            &["spec", "jobTemplate", "spec", "backoffLimit"]
+        )
+        .and_then(Value::as_u64),
         Some(0)
     );
     assert_eq!(
