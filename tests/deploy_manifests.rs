@@ -600,7 +600,7 @@ fn the_pod_outlives_the_drain_deadline_on_termination() {
 }
 
 #[test]
-fn every_secret_mount_mode_passes_the_key_file_check_as_the_pod_runs() {
+fn every_secret_and_config_map_mount_mode_passes_the_servers_file_checks_as_the_pod_runs() {
     let docs = documents();
     for (what, pod) in [
         (
@@ -632,6 +632,18 @@ fn every_secret_mount_mode_passes_the_key_file_check_as_the_pod_runs() {
         };
         let mut secrets = 0;
         for volume in seq(pod, &["volumes"]) {
+            if let Some(cm) = volume.get("configMap") {
+                // The config and policy: never writable by group or others.
+                let mode = at(cm, &["defaultMode"]).map_or(0o644, k8s_mode) | 0o440;
+                let name = str_at(volume, &["name"]).unwrap();
+                fieldvault::fsperm::check_mode(
+                    "configMap",
+                    Path::new(name),
+                    mode,
+                    fieldvault::fsperm::Access::NoOtherWrites,
+                )
+                .unwrap_or_else(|e| panic!("{what}: volume {name}: {e}"));
+            }
             let Some(secret) = volume.get("secret") else {
                 continue;
             };
