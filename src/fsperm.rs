@@ -24,14 +24,22 @@ use std::path::Path;
 pub enum Access {
     /// Group and others may read but not write: policy, CA, certificates.
     NoOtherWrites,
-    /// Owner only: key files. Group or others may neither read nor write.
+    /// Key files (server key, master key): owner only, or also readable
+    /// (and nothing more) by the file's group when that group is one this
+    /// process runs in (its effective or a supplementary group) and the
+    /// owner is root or this process's user: a Kubernetes Secret mounted
+    /// with `fsGroup` is root-owned, mode 0440, its group the pod's
+    /// `fsGroup`. Others may never read; group may never write. See
+    /// [`check_key_file`].
     OwnerOnly,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum PermError {
     /// `policy_file /etc/x/policy.toml: mode 0664 is writable by group; chmod g-w,o-w /etc/x/policy.toml`
-    #[error("{setting} {path}: mode {mode:04o} is {access} by {who}; run: chmod {fix} {path}")]
+    #[error(
+        "{setting} {path}: mode {mode:04o} is {access} by {who}; run: chmod {fix} {path}{hint}"
+    )]
     Mode {
         setting: &'static str,
         path: String,
@@ -39,6 +47,37 @@ pub enum PermError {
         access: &'static str,
         who: &'static str,
         fix: &'static str,
+        /// More ways to fix it (key files: the group-readable form).
+        hint: &'static str,
+    },
+    /// A key file its group may read, where that group is not one this
+    /// process runs in: other users may be in it.
+    #[error(
+        "{setting} {path}: mode {mode:04o} lets group {gid} read it, and this server runs in \
+         no such group (its groups: {groups}); run: chgrp GROUP {path} with GROUP one of \
+         those (as a Kubernetes fsGroup does), or chmod 400 {path} and chown it to the \
+         server's user"
+    )]
+    KeyGroup {
+        setting: &'static str,
+        path: String,
+        mode: u32,
+        gid: u32,
+        groups: String,
+    },
+    /// A group-readable key file owned by a user other than root or this
+    /// process's: that user could read it and change who else may.
+    #[error(
+        "{setting} {path}: mode {mode:04o} lets its group read it, and it is owned by uid \
+         {owner}, neither root nor this server's user (uid {me}); run: chown root {path} \
+         (or chown {me}), or make it owner-only: chmod 400 {path}"
+    )]
+    KeyGroupOwner {
+        setting: &'static str,
+        path: String,
+        mode: u32,
+        owner: u32,
+        me: u32,
     },
     /// The file is fine, but anyone who can write its directory can put
     /// another file in its place before the next start (or reload).
@@ -139,8 +178,111 @@ pub fn check_mode(
             Access::NoOtherWrites => "g-w,o-w",
             Access::OwnerOnly => "600",
         },
+        hint: "",
     })
 }
+
+/// The ids a key file is checked against: this process's effective user,
+/// effective group and supplementary groups.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessIds {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+impl ProcessIds {
+    /// This process's. A failed getgroups(2) counts as no supplementary
+    /// group (stricter, never looser).
+    pub fn current() -> Self {
+        Self {
+            uid: rustix::process::geteuid().as_raw(),
+            gid: rustix::process::getegid().as_raw(),
+            groups: rustix::process::getgroups()
+                .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid || self.groups.contains(&gid)
+    }
+}
+
+/// What a key file may be ([`Access::OwnerOnly`]): `mode`, `owner` and
+/// `group` are the file's, `me` this process's ids.
+///
+/// - Nothing for others, nothing for group but read: else refused as by
+///   [`check_mode`] (`chmod 600`, or the group-readable form).
+/// - Group-readable (0440, 0640): only when the file's group is one `me`
+///   runs in (so no user outside the server's own groups gains the key),
+///   and its owner is root or `me` (so no third user can read it or
+///   loosen it).
+pub fn check_key_file(
+    setting: &'static str,
+    path: &Path,
+    mode: u32,
+    owner: u32,
+    group: u32,
+    me: &ProcessIds,
+) -> Result<(), PermError> {
+    let mode = mode & 0o7777;
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    if mode & 0o077 != 0o040 {
+        return check_mode(setting, path, mode, Access::OwnerOnly).map_err(|e| match e {
+            PermError::Mode {
+                setting,
+                path,
+                mode,
+                access,
+                who,
+                fix,
+                ..
+            } => PermError::Mode {
+                setting,
+                path,
+                mode,
+                access,
+                who,
+                fix,
+                hint: KEY_FILE_HINT,
+            },
+            other => other,
+        });
+    }
+    if !me.in_group(group) {
+        let mut groups: Vec<u32> = std::iter::once(me.gid).chain(me.groups.clone()).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        return Err(PermError::KeyGroup {
+            setting,
+            path: path.display().to_string(),
+            mode,
+            gid: group,
+            groups: groups
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    if owner != 0 && owner != me.uid {
+        return Err(PermError::KeyGroupOwner {
+            setting,
+            path: path.display().to_string(),
+            mode,
+            owner,
+            me: me.uid,
+        });
+    }
+    Ok(())
+}
+
+/// The other accepted form of a key file, after `chmod 600 PATH`.
+const KEY_FILE_HINT: &str = " (or 400; or 440 with the file's group one the server runs in and \
+     its owner root or the server's user, as a Kubernetes Secret mounted with fsGroup is)";
 
 /// Opens `path` once and checks the mode of that open file (no window
 /// between the check and the read). Read it from the returned handle.
@@ -172,7 +314,17 @@ pub fn open_checked(setting: &'static str, path: &Path, access: Access) -> Resul
             },
         });
     }
-    check_mode(setting, path, meta.mode(), access)?;
+    match access {
+        Access::OwnerOnly => check_key_file(
+            setting,
+            path,
+            meta.mode(),
+            meta.uid(),
+            meta.gid(),
+            &ProcessIds::current(),
+        )?,
+        Access::NoOtherWrites => check_mode(setting, path, meta.mode(), access)?,
+    }
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -346,6 +498,7 @@ pub fn ensure_private_dir(
                 access,
                 who,
                 fix: "700",
+                hint: "",
             },
             other => other,
         })
@@ -449,6 +602,130 @@ mod tests {
             .contains("readable and writable by group;"));
         for ok in [0o600, 0o400, 0o700] {
             assert!(check_mode("tls.key", p, ok, Access::OwnerOnly).is_ok());
+        }
+    }
+
+    /// A server running as uid 10001, primary group 10001, in the pod's
+    /// fsGroup 2000 as a supplementary group.
+    fn server_ids() -> ProcessIds {
+        ProcessIds {
+            uid: 10001,
+            gid: 10001,
+            groups: vec![2000],
+        }
+    }
+
+    #[test]
+    fn a_key_file_only_its_owner_can_read_is_accepted_whoever_its_group() {
+        let p = Path::new("/etc/fieldvault/master.key");
+        for mode in [0o400, 0o600, 0o100600] {
+            assert!(check_key_file("master_key.file", p, mode, 10001, 4242, &server_ids()).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_root_owned_key_file_its_group_may_read_is_accepted_when_the_group_is_a_supplementary_one_of_the_server(
+    ) {
+        // A Kubernetes Secret mounted with fsGroup: root:2000, 0440.
+        let p = Path::new("/etc/fieldvault/secret/master.key");
+        assert!(check_key_file("master_key.file", p, 0o440, 0, 2000, &server_ids()).is_ok());
+        // The same owned by the server's user, or in its primary group.
+        assert!(check_key_file("master_key.file", p, 0o440, 10001, 2000, &server_ids()).is_ok());
+        assert!(check_key_file("master_key.file", p, 0o640, 0, 10001, &server_ids()).is_ok());
+    }
+
+    #[test]
+    fn a_group_readable_key_file_of_a_group_the_server_is_not_in_is_refused_naming_the_groups() {
+        let p = Path::new("/k/master.key");
+        assert_eq!(
+            msg(check_key_file(
+                "master_key.file",
+                p,
+                0o440,
+                0,
+                100,
+                &server_ids()
+            )),
+            "master_key.file /k/master.key: mode 0440 lets group 100 read it, and this server \
+             runs in no such group (its groups: 2000, 10001); run: chgrp GROUP /k/master.key \
+             with GROUP one of those (as a Kubernetes fsGroup does), or chmod 400 \
+             /k/master.key and chown it to the server's user"
+        );
+    }
+
+    #[test]
+    fn a_group_readable_key_file_owned_by_a_third_user_is_refused_naming_the_owner() {
+        let p = Path::new("/k/master.key");
+        assert_eq!(
+            msg(check_key_file(
+                "master_key.file",
+                p,
+                0o440,
+                1000,
+                2000,
+                &server_ids()
+            )),
+            "master_key.file /k/master.key: mode 0440 lets its group read it, and it is owned \
+             by uid 1000, neither root nor this server's user (uid 10001); run: chown root \
+             /k/master.key (or chown 10001), or make it owner-only: chmod 400 /k/master.key"
+        );
+    }
+
+    #[test]
+    fn a_key_file_others_may_read_or_its_group_may_write_is_refused_even_in_the_servers_group() {
+        let p = Path::new("/k/master.key");
+        for (mode, what) in [
+            (0o444, "readable by group and others"),
+            (0o404, "readable by others"),
+            (0o460, "readable and writable by group"),
+            (0o420, "writable by group"),
+            (0o450, "readable by group"),
+            (0o402, "writable by others"),
+        ] {
+            assert_eq!(
+                msg(check_key_file(
+                    "master_key.file",
+                    p,
+                    mode,
+                    0,
+                    2000,
+                    &server_ids()
+                )),
+                format!(
+                    "master_key.file /k/master.key: mode {mode:04o} is {what}; run: chmod 600 \
+                     /k/master.key{KEY_FILE_HINT}"
+                ),
+                "{mode:o}"
+            );
+        }
+        assert!(KEY_FILE_HINT.contains("440") && KEY_FILE_HINT.contains("fsGroup"));
+    }
+
+    #[test]
+    fn a_real_key_file_readable_by_the_servers_own_group_opens_and_one_readable_by_others_does_not()
+    {
+        // A new file takes this process's effective group (no setgid
+        // directory here) and its user.
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("master.key");
+        std::fs::write(&path, "k").unwrap_or_else(|e| panic!("{e}"));
+        let set = |m| {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(m))
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        for ok in [0o400, 0o440, 0o640] {
+            set(ok);
+            assert!(
+                open_checked("master_key.file", &path, Access::OwnerOnly).is_ok(),
+                "{ok:o}"
+            );
+        }
+        for bad in [0o444, 0o460] {
+            set(bad);
+            assert!(
+                open_checked("master_key.file", &path, Access::OwnerOnly).is_err(),
+                "{bad:o}"
+            );
         }
     }
 

@@ -146,3 +146,31 @@ fn an_environment_override_is_named_and_the_server_logs_its_effective_config_wit
     let key = std::fs::read_to_string(tmp.path().join("master.key")).unwrap();
     assert!(!logged.contains(key.trim()), "the master key is in the log");
 }
+
+#[test]
+fn key_files_only_their_owner_and_the_servers_own_group_can_read_pass_and_a_group_that_may_write_does_not(
+) {
+    // A Kubernetes Secret mounted with fsGroup: mode 0440, its group one the
+    // server runs in (here: this process's, which a new file takes).
+    let tmp = tempfile::tempdir().unwrap();
+    let path = config(tmp.path(), "");
+    let master = tmp.path().join("master.key");
+    let tls_key = tmp.path().join("pki/server.key");
+    for file in [&master, &tls_key] {
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o440)).unwrap();
+    }
+    let out = run_to_exit(0, &["config", "check", path.to_str().unwrap()], "");
+    assert!(stdout(&out).contains("a valid config"), "{}", show(&out));
+    // Group-writable: refused, naming the setting and the fixes.
+    std::fs::set_permissions(&master, std::fs::Permissions::from_mode(0o460)).unwrap();
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("master_key.file")
+            && err.contains("mode 0460 is readable and writable by group")
+            && err.contains("chmod 600")
+            && err.contains("440"),
+        "{err}"
+    );
+}

@@ -186,11 +186,13 @@ async fn the_server_refuses_a_policy_ca_or_key_file_others_can_change_or_read() 
         (
             "tls.key",
             config.tls.key.clone(),
-            0o640,
-            "mode 0640 is readable by group; run: chmod 600",
+            // 0640 in the server's own group is accepted (a Kubernetes
+            // Secret mounted with fsGroup); a group that may write is not.
+            0o660,
+            "mode 0660 is readable and writable by group; run: chmod 600",
         ),
         (
-            "file",
+            "master_key.file",
             match &config.master_key {
                 fieldvault::config::MasterKeySource::File(path) => path.clone(),
                 other => panic!("{other:?}"),

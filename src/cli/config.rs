@@ -69,8 +69,8 @@ fn problems_of(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<Str
             use fieldvault::crypto::MasterKeyError;
             match fieldvault::crypto::MasterKey::from_file(path) {
                 Ok(_) => {}
-                // "file PATH: mode 0644 is readable by …": the setting's path.
-                Err(MasterKeyError::File(e)) => problems.push(format!("master_key.{e}")),
+                // "master_key.file PATH: mode 0644 is readable by …".
+                Err(MasterKeyError::File(e)) => problems.push(e.to_string()),
                 Err(e) => problems.push(format!("master_key.file: {e}")),
             }
         }

@@ -49,12 +49,16 @@ impl MasterKey {
     }
 
     /// Reads a key file written by [`MasterKey::to_hex`]. Refuses a file that
-    /// group or others can access. The file is opened once: its mode is
+    /// others can access or group can write, and a group-readable one unless
+    /// its group is one this process runs in and its owner root or this
+    /// process's user ([`crate::fsperm::check_key_file`]: a Kubernetes
+    /// Secret mounted with `fsGroup` is root-owned, mode 0440). The file is opened once: its mode is
     /// checked on that handle and the key read from it, so the file checked
     /// is the file read. The text lands in a fixed, wiped buffer (no
     /// reallocation leaves a copy behind).
     pub fn from_file(path: &Path) -> Result<Self, MasterKeyError> {
-        let file = crate::fsperm::open_checked("file", path, crate::fsperm::Access::OwnerOnly)?;
+        let file =
+            crate::fsperm::open_checked("master_key.file", path, crate::fsperm::Access::OwnerOnly)?;
         Self::read_from(file, path)
     }
 
@@ -139,10 +143,11 @@ mod tests {
         let path = dir.path().join("master.key");
         let key = MasterKey::generate();
         std::fs::write(&path, key.to_hex().as_bytes()).unwrap_or_else(|e| panic!("{e}"));
-        // The same message, from the same helper, as for the TLS key.
+        // The same message, from the same helper, as for the TLS key. A
+        // file readable by its own group (this process's, as a new file's
+        // group is) is accepted: fsperm's tests cover the other groups.
         for (mode, what) in [
             (0o644, "readable by group and others"),
-            (0o640, "readable by group"),
             (0o604, "readable by others"),
             (0o660, "readable and writable by group"),
             (0o620, "writable by group"),
@@ -156,13 +161,20 @@ mod tests {
             let shown = path.display();
             assert_eq!(
                 err,
-                format!("file {shown}: mode {mode:04o} is {what}; run: chmod 600 {shown}")
+                format!(
+                    "master_key.file {shown}: mode {mode:04o} is {what}; run: chmod 600 {shown} \
+                     (or 400; or 440 with the file's group one the server runs in and its \
+                     owner root or the server's user, as a Kubernetes Secret mounted with \
+                     fsGroup is)"
+                )
             );
         }
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let loaded = MasterKey::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(loaded.bytes(), key.bytes());
+        for fine in [0o600, 0o400, 0o440, 0o640] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(fine))
+                .unwrap_or_else(|e| panic!("{e}"));
+            let loaded = MasterKey::from_file(&path).unwrap_or_else(|e| panic!("{fine:o}: {e}"));
+            assert_eq!(loaded.bytes(), key.bytes());
+        }
     }
 
     #[test]
