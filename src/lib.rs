@@ -18,4 +18,5 @@ pub mod limits;
 pub mod policy_file;
 pub mod store;
 pub mod tls;
+pub mod tls_reload;
 pub mod vault;
