@@ -581,3 +581,226 @@ pub fn failure_reason(e: &std::io::Error) -> &'static str {
 pub fn count_failure(reason: &'static str) {
     metrics::counter!("fieldvault_tls_handshake_failures_total", "reason" => reason).increment(1);
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::devpki::DevCa;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn write(path: &Path, contents: &[u8]) {
+        std::fs::write(path, contents).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    /// A CA, a server certificate and key, and sources naming them (and
+    /// `crl.pem` beside them when `crl`).
+    struct Files {
+        dir: tempfile::TempDir,
+        ca: DevCa,
+        sources: TlsSources,
+    }
+
+    impl Files {
+        fn new(crl: bool) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let ca = DevCa::new("reload test CA").unwrap();
+            let p = |f: &str| dir.path().join(f);
+            write(&p("ca.pem"), ca.cert_pem().as_bytes());
+            let server = ca.issue_server(&["localhost"]).unwrap();
+            write(&p("server.pem"), server.cert_pem.as_bytes());
+            write(&p("server.key"), server.key_pem.as_bytes());
+            let sources = TlsSources {
+                cert: p("server.pem"),
+                key: p("server.key"),
+                client_ca: p("ca.pem"),
+                crls: if crl { vec![p("crl.pem")] } else { vec![] },
+                crls_may_be_missing: false,
+                min_version: TlsMinVersion::Tls13,
+            };
+            if crl {
+                let empty = ca
+                    .revocation_list(&[], 1, Duration::from_secs(3600))
+                    .unwrap();
+                write(&p("crl.pem"), empty.as_bytes());
+            }
+            Self { dir, ca, sources }
+        }
+
+        fn path(&self, f: &str) -> PathBuf {
+            self.dir.path().join(f)
+        }
+    }
+
+    fn refused(r: Reloaded) -> String {
+        match r {
+            Reloaded::Refused(why) => why,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unchanged_files_are_not_reloaded_and_a_new_certificate_is() {
+        let f = Files::new(false);
+        let tls = ServerTls::open(f.sources.clone()).unwrap();
+        let before = tls.configs().borrow().clone();
+        assert_eq!(tls.reload(false), Reloaded::Unchanged);
+        assert!(Arc::ptr_eq(&before, &tls.configs().borrow()));
+        let server = f.ca.issue_server(&["localhost"]).unwrap();
+        write(&f.path("server.key"), server.key_pem.as_bytes());
+        write(&f.path("server.pem"), server.cert_pem.as_bytes());
+        assert!(matches!(tls.reload(false), Reloaded::Applied(_)));
+        assert!(!Arc::ptr_eq(&before, &tls.configs().borrow()));
+        // Forced (SIGHUP): rebuilt even though nothing changed.
+        assert!(matches!(tls.reload(true), Reloaded::Applied(_)));
+    }
+
+    #[test]
+    fn a_key_that_does_not_match_keeps_the_old_config_and_is_reported_once() {
+        let f = Files::new(false);
+        let tls = ServerTls::open(f.sources.clone()).unwrap();
+        let before = tls.configs().borrow().clone();
+        let other = f.ca.issue_server(&["localhost"]).unwrap();
+        write(&f.path("server.pem"), other.cert_pem.as_bytes());
+        let why = refused(tls.reload(false));
+        assert!(why.contains("tls.key") && why.contains("server.key"), "{why}");
+        assert!(why.contains("does not belong"), "{why}");
+        assert!(Arc::ptr_eq(&before, &tls.configs().borrow()));
+        // The same bad files: nothing more to say.
+        assert_eq!(tls.reload(false), Reloaded::Unchanged);
+        // The matching key arrives: applied.
+        write(&f.path("server.key"), other.key_pem.as_bytes());
+        assert!(matches!(tls.reload(false), Reloaded::Applied(_)));
+        assert!(!Arc::ptr_eq(&before, &tls.configs().borrow()));
+    }
+
+    #[test]
+    fn an_empty_ca_bundle_or_an_unreadable_certificate_is_refused_naming_its_setting() {
+        let f = Files::new(false);
+        let tls = ServerTls::open(f.sources.clone()).unwrap();
+        write(&f.path("ca.pem"), b"");
+        let why = refused(tls.reload(false));
+        assert!(why.contains("tls.client_ca") && why.contains("no PEM certificate"), "{why}");
+        // Back to what is in force: nothing to do.
+        write(&f.path("ca.pem"), f.ca.cert_pem().as_bytes());
+        assert_eq!(tls.reload(false), Reloaded::Unchanged);
+        std::fs::remove_file(f.path("server.pem")).unwrap();
+        let why = refused(tls.reload(false));
+        assert!(why.contains("tls.cert"), "{why}");
+        // A key others can read is refused as at start.
+        let server = f.ca.issue_server(&["localhost"]).unwrap();
+        write(&f.path("server.pem"), server.cert_pem.as_bytes());
+        write(&f.path("server.key"), server.key_pem.as_bytes());
+        std::fs::set_permissions(f.path("server.key"), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        let why = refused(tls.reload(false));
+        assert!(why.contains("tls.key"), "{why}");
+        assert!(ServerTls::open(f.sources.clone()).is_err());
+    }
+
+    #[test]
+    fn a_crl_that_does_not_parse_or_that_another_ca_signed_is_refused() {
+        let f = Files::new(true);
+        let tls = ServerTls::open(f.sources.clone()).unwrap();
+        write(&f.path("crl.pem"), b"not a CRL at all");
+        let why = refused(tls.reload(false));
+        assert!(why.contains("tls.crls[0]") && why.contains("crl.pem"), "{why}");
+        let stranger = DevCa::new("another CA").unwrap();
+        let foreign = stranger
+            .revocation_list(&[vec![1, 2, 3]], 1, Duration::from_secs(3600))
+            .unwrap();
+        write(&f.path("crl.pem"), foreign.as_bytes());
+        let why = refused(tls.reload(false));
+        assert!(why.contains("tls.crls[0]") && why.contains("not a CA in tls.client_ca"), "{why}");
+        // Same name, another key: the signature does not verify.
+        let twin = DevCa::new("reload test CA").unwrap();
+        let forged = twin
+            .revocation_list(&[vec![1, 2, 3]], 1, Duration::from_secs(3600))
+            .unwrap();
+        write(&f.path("crl.pem"), forged.as_bytes());
+        let why = refused(tls.reload(false));
+        assert!(why.contains("not signed by that CA's key"), "{why}");
+        // The CA's own CRL, as DER: applied.
+        let good = f
+            .ca
+            .revocation_list(&[vec![1, 2, 3], vec![4, 5]], 2, Duration::from_secs(3600))
+            .unwrap();
+        let der = CertificateRevocationListDer::from_pem_slice(good.as_bytes()).unwrap();
+        write(&f.path("crl.pem"), der.as_ref());
+        match tls.reload(false) {
+            Reloaded::Applied(summary) => {
+                assert_eq!((summary.crls, summary.revoked), (1, 2));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_missing_crl_is_an_error_unless_the_crl_may_be_missing() {
+        let f = Files::new(true);
+        std::fs::remove_file(f.path("crl.pem")).unwrap();
+        let err = ServerTls::open(f.sources.clone()).err().unwrap().to_string();
+        assert!(err.contains("tls.crls") && err.contains("crl.pem"), "{err}");
+        let sources = TlsSources {
+            crls_may_be_missing: true,
+            ..f.sources.clone()
+        };
+        let tls = ServerTls::open(sources).unwrap();
+        // Made after the start: picked up.
+        let crl = f
+            .ca
+            .revocation_list(&[vec![9]], 1, Duration::from_secs(3600))
+            .unwrap();
+        write(&f.path("crl.pem"), crl.as_bytes());
+        match tls.reload(false) {
+            Reloaded::Applied(summary) => assert_eq!(summary.revoked, 1),
+            other => panic!("{other:?}"),
+        }
+        // Deleted again: nothing revoked.
+        std::fs::remove_file(f.path("crl.pem")).unwrap();
+        match tls.reload(false) {
+            Reloaded::Applied(summary) => assert_eq!((summary.crls, summary.revoked), (0, 0)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn handshake_failures_are_classified_into_the_fixed_reasons() {
+        use rustls::CertificateError as C;
+        let io = |e: rustls::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let cases = [
+            (io(rustls::Error::InvalidCertificate(C::Revoked)), reason::REVOKED),
+            (io(rustls::Error::InvalidCertificate(C::Expired)), reason::EXPIRED),
+            (
+                io(rustls::Error::InvalidCertificate(C::NotValidYet)),
+                reason::NOT_YET_VALID,
+            ),
+            (
+                io(rustls::Error::InvalidCertificate(C::UnknownIssuer)),
+                reason::UNKNOWN_CA,
+            ),
+            (
+                io(rustls::Error::InvalidCertificate(C::BadSignature)),
+                reason::BAD_CERTIFICATE,
+            ),
+            (io(rustls::Error::NoCertificatesPresented), reason::NO_CERTIFICATE),
+            (
+                io(rustls::Error::AlertReceived(rustls::AlertDescription::UnknownCA)),
+                reason::PEER_ALERT,
+            ),
+            (io(rustls::Error::NoApplicationProtocol), reason::PROTOCOL),
+            (
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "not TLS"),
+                reason::PROTOCOL,
+            ),
+            (std::io::Error::from(std::io::ErrorKind::UnexpectedEof), reason::CLOSED),
+            (std::io::Error::from(std::io::ErrorKind::ConnectionReset), reason::CLOSED),
+            (std::io::Error::other("?"), reason::OTHER),
+        ];
+        for (err, want) in cases {
+            assert_eq!(failure_reason(&err), want, "{err}");
+            assert!(reason::ALL.contains(&want));
+        }
+    }
+}
