@@ -254,3 +254,139 @@ async fn a_client_added_to_the_crl_fails_its_next_handshakes_while_others_connec
     let refused = handshake(&addr, &dir, "intruder").await.unwrap_err();
     assert!(refused.contains("CertificateRevoked"), "{refused}");
 }
+
+/// How many times `needle` is in the server's log.
+fn log_count(log: &Path, needle: &str) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches(needle)
+        .count()
+}
+
+async fn eventually_logged(log: &Path, needle: &str) {
+    eventually(&format!("the log to say {needle}"), || async {
+        log_count(log, needle) > 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_applies_a_new_crl_at_once_and_rereads_the_policy_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    pki.write_crl("crl.pem", &[]);
+    let data = tmp.path().join("data");
+    let path = write_config_file(
+        tmp.path(),
+        &pki,
+        fieldvault::dev::DEV_POLICY,
+        (&data, &data.join("audit.log")),
+        "",
+        "[limits]\nrefusal_log_lines_per_minute = 1000\n",
+    );
+    // An hour between polls: only SIGHUP can apply the change in time.
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "[tls]\n",
+        &format!(
+            "[tls]\ncrls = [\"{}\"]\nreload_interval_secs = 3600\n",
+            pki.dir.join("crl.pem").display()
+        ),
+    );
+    write(&path, text.as_bytes());
+    let log = tmp.path().join("server.log");
+    let server = process::start_with_config(&path, &log).unwrap();
+    let (addr, dir) = (server.addr.clone(), pki.dir.clone());
+    assert!(handshake(&addr, &dir, "orders").await.is_ok());
+
+    pki.write_crl("crl.pem", &["orders"]);
+    assert!(handshake(&addr, &dir, "orders").await.is_ok());
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    eventually("orders' handshakes to fail after SIGHUP", || {
+        let (addr, dir) = (addr.clone(), dir.clone());
+        async move { handshake(&addr, &dir, "orders").await.is_err() }
+    })
+    .await;
+    let refused = handshake(&addr, &dir, "orders").await.unwrap_err();
+    assert!(refused.contains("CertificateRevoked"), "{refused}");
+    assert!(handshake(&addr, &dir, "support").await.is_ok());
+    // Both SIGHUP listeners got the signal: the TLS files' and the
+    // policy file's.
+    eventually_logged(&log, "SIGHUP: re-reading the TLS files").await;
+    eventually_logged(&log, "SIGHUP: re-reading the policy file").await;
+    eventually_logged(&log, "TLS material reloaded").await;
+
+    // Every refusal is logged with its peer and a short reason.
+    let now = time::OffsetDateTime::now_utc();
+    let day = time::Duration::days(1);
+    pki.issue_client_valid("expired", "orders", now - 30 * day, now - day);
+    pki.issue_client_valid("early", "orders", now + day, now + 30 * day);
+    for name in ["expired", "early", "stranger"] {
+        assert!(handshake(&addr, &dir, name).await.is_err(), "{name}");
+    }
+    for reason in ["revoked", "expired", "not_yet_valid", "unknown_ca"] {
+        eventually_logged(&log, &format!("reason=\"{reason}\"")).await;
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("reason=\"revoked\""))
+        .unwrap();
+    assert!(line.contains("peer=127.0.0.1:"), "{line}");
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_revoke_puts_an_identity_on_the_dev_crl_which_the_dev_server_applies() {
+    let dev = cli::Dev::start();
+    let dir = dev.data.join("dev");
+    let log = dev.tmp.path().join("server.log");
+    let addr = dev.server.addr.clone();
+    assert!(handshake(&addr, &dir, "orders").await.is_ok());
+    let data = dev.data.to_str().unwrap();
+
+    let out = cli::run_to_exit(0, &["dev", "revoke", "orders", "--data-dir", data], "");
+    assert!(cli::stdout(&out).contains("revoked orders"), "{}", cli::show(&out));
+    assert!(dir.join("crl.pem").is_file());
+    eventually("orders' handshakes to fail", || {
+        let (addr, dir) = (addr.clone(), dir.clone());
+        async move {
+            matches!(handshake(&addr, &dir, "orders").await, Err(e) if e.contains("CertificateRevoked"))
+        }
+    })
+    .await;
+    assert!(handshake(&addr, &dir, "support").await.is_ok());
+    let again = cli::run_to_exit(0, &["dev", "revoke", "orders", "--data-dir", data], "");
+    assert!(cli::stdout(&again).contains("already revoked"), "{}", cli::show(&again));
+    // A second identity joins the first on the same CRL.
+    cli::run_to_exit(0, &["dev", "revoke", "intruder", "--data-dir", data], "");
+    eventually("intruder's handshakes to fail", || {
+        let (addr, dir) = (addr.clone(), dir.clone());
+        async move { handshake(&addr, &dir, "intruder").await.is_err() }
+    })
+    .await;
+    assert!(handshake(&addr, &dir, "orders").await.is_err());
+    for bad in ["ca", "nobody", "../orders"] {
+        let out = cli::run_to_exit(2, &["dev", "revoke", bad, "--data-dir", data], "");
+        assert!(cli::stderr(&out).contains("dev revoke"), "{}", cli::show(&out));
+    }
+
+    // A crl.pem that does not parse: refused, logged once (not at every
+    // poll), and the CRL in force stays.
+    write(&dir.join("crl.pem"), b"-----BEGIN X509 CRL-----\nnot base64\n");
+    let refused = "TLS files changed but cannot be used";
+    eventually_logged(&log, refused).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(log_count(&log, refused), 1);
+    assert!(handshake(&addr, &dir, "orders").await.is_err());
+    // Deleted: nothing is revoked.
+    std::fs::remove_file(dir.join("crl.pem")).unwrap();
+    eventually("orders to get in again", || {
+        let (addr, dir) = (addr.clone(), dir.clone());
+        async move { handshake(&addr, &dir, "orders").await.is_ok() }
+    })
+    .await;
+}
