@@ -311,7 +311,8 @@ pub async fn start(
     // Requests are counted against max_batch_items before they are decoded.
     let vault_service = crate::grpc::codec::BatchLimit::new(vault_service, config.max_batch_items);
 
-    let (incoming, accept) = crate::tls::incoming_with(listener, tls.configs(), accept_limits(&limits));
+    let (incoming, accept) =
+        crate::tls::incoming_with(listener, tls.configs(), accept_limits(&limits));
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let router = server_builder(&limits, Some(rule_check))
         .add_service(health_service)

@@ -68,7 +68,11 @@ impl TlsSources {
     /// Every file with the setting that names it and the access it needs.
     fn files(&self) -> Vec<(String, &Path, Access)> {
         let mut files = vec![
-            ("tls.cert".to_owned(), self.cert.as_path(), Access::NoOtherWrites),
+            (
+                "tls.cert".to_owned(),
+                self.cert.as_path(),
+                Access::NoOtherWrites,
+            ),
             ("tls.key".to_owned(), self.key.as_path(), Access::OwnerOnly),
             (
                 "tls.client_ca".to_owned(),
@@ -77,7 +81,11 @@ impl TlsSources {
             ),
         ];
         for (i, crl) in self.crls.iter().enumerate() {
-            files.push((format!("tls.crls[{i}]"), crl.as_path(), Access::NoOtherWrites));
+            files.push((
+                format!("tls.crls[{i}]"),
+                crl.as_path(),
+                Access::NoOtherWrites,
+            ));
         }
         files
     }
@@ -118,7 +126,8 @@ fn read_all(sources: &TlsSources) -> Snapshot {
 }
 
 fn read_one(setting: &str, path: &Path, access: Access, optional: bool) -> Read1 {
-    if optional && matches!(std::fs::symlink_metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+    if optional
+        && matches!(std::fs::symlink_metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
     {
         return Ok(None);
     }
@@ -133,8 +142,8 @@ fn read_one(setting: &str, path: &Path, access: Access, optional: bool) -> Read1
     } else {
         "tls.client_ca"
     };
-    let mut file = open_checked(static_setting, path, access)
-        .map_err(|e| TlsError::Invalid(e.to_string()))?;
+    let mut file =
+        open_checked(static_setting, path, access).map_err(|e| TlsError::Invalid(e.to_string()))?;
     let mut bytes = Zeroizing::new(Vec::new());
     file.read_to_end(&mut bytes)
         .map_err(|e| file_err(setting, path, e))?;
@@ -164,7 +173,11 @@ static TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TL
 static TLS13_AND_12: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
-fn certs_in(setting: &str, path: &Path, bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+fn certs_in(
+    setting: &str,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| file_err(setting, path, e))?;
@@ -413,8 +426,7 @@ impl ServerTls {
         let snapshot = read_all(&self.sources);
         let fingerprint = snapshot.fingerprint.clone();
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if !forced
-            && (fingerprint == state.applied || state.refused.as_ref() == Some(&fingerprint))
+        if !forced && (fingerprint == state.applied || state.refused.as_ref() == Some(&fingerprint))
         {
             return Reloaded::Unchanged;
         }
@@ -664,7 +676,10 @@ mod tests {
         let other = f.ca.issue_server(&["localhost"]).unwrap();
         write(&f.path("server.pem"), other.cert_pem.as_bytes());
         let why = refused(tls.reload(false));
-        assert!(why.contains("tls.key") && why.contains("server.key"), "{why}");
+        assert!(
+            why.contains("tls.key") && why.contains("server.key"),
+            "{why}"
+        );
         assert!(why.contains("does not belong"), "{why}");
         assert!(Arc::ptr_eq(&before, &tls.configs().borrow()));
         // The same bad files: nothing more to say.
@@ -681,7 +696,10 @@ mod tests {
         let tls = ServerTls::open(f.sources.clone()).unwrap();
         write(&f.path("ca.pem"), b"");
         let why = refused(tls.reload(false));
-        assert!(why.contains("tls.client_ca") && why.contains("no PEM certificate"), "{why}");
+        assert!(
+            why.contains("tls.client_ca") && why.contains("no PEM certificate"),
+            "{why}"
+        );
         // Back to what is in force: nothing to do.
         write(&f.path("ca.pem"), f.ca.cert_pem().as_bytes());
         assert_eq!(tls.reload(false), Reloaded::Unchanged);
@@ -705,14 +723,20 @@ mod tests {
         let tls = ServerTls::open(f.sources.clone()).unwrap();
         write(&f.path("crl.pem"), b"not a CRL at all");
         let why = refused(tls.reload(false));
-        assert!(why.contains("tls.crls[0]") && why.contains("crl.pem"), "{why}");
+        assert!(
+            why.contains("tls.crls[0]") && why.contains("crl.pem"),
+            "{why}"
+        );
         let stranger = DevCa::new("another CA").unwrap();
         let foreign = stranger
             .revocation_list(&[vec![1, 2, 3]], 1, Duration::from_secs(3600))
             .unwrap();
         write(&f.path("crl.pem"), foreign.as_bytes());
         let why = refused(tls.reload(false));
-        assert!(why.contains("tls.crls[0]") && why.contains("not a CA in tls.client_ca"), "{why}");
+        assert!(
+            why.contains("tls.crls[0]") && why.contains("not a CA in tls.client_ca"),
+            "{why}"
+        );
         // Same name, another key: the signature does not verify.
         let twin = DevCa::new("reload test CA").unwrap();
         let forged = twin
@@ -722,10 +746,9 @@ mod tests {
         let why = refused(tls.reload(false));
         assert!(why.contains("not signed by that CA's key"), "{why}");
         // The CA's own CRL, as DER: applied.
-        let good = f
-            .ca
-            .revocation_list(&[vec![1, 2, 3], vec![4, 5]], 2, Duration::from_secs(3600))
-            .unwrap();
+        let good =
+            f.ca.revocation_list(&[vec![1, 2, 3], vec![4, 5]], 2, Duration::from_secs(3600))
+                .unwrap();
         let der = CertificateRevocationListDer::from_pem_slice(good.as_bytes()).unwrap();
         write(&f.path("crl.pem"), der.as_ref());
         match tls.reload(false) {
@@ -740,7 +763,10 @@ mod tests {
     fn a_missing_crl_is_an_error_unless_the_crl_may_be_missing() {
         let f = Files::new(true);
         std::fs::remove_file(f.path("crl.pem")).unwrap();
-        let err = ServerTls::open(f.sources.clone()).err().unwrap().to_string();
+        let err = ServerTls::open(f.sources.clone())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("tls.crls") && err.contains("crl.pem"), "{err}");
         let sources = TlsSources {
             crls_may_be_missing: true,
@@ -748,10 +774,9 @@ mod tests {
         };
         let tls = ServerTls::open(sources).unwrap();
         // Made after the start: picked up.
-        let crl = f
-            .ca
-            .revocation_list(&[vec![9]], 1, Duration::from_secs(3600))
-            .unwrap();
+        let crl =
+            f.ca.revocation_list(&[vec![9]], 1, Duration::from_secs(3600))
+                .unwrap();
         write(&f.path("crl.pem"), crl.as_bytes());
         match tls.reload(false) {
             Reloaded::Applied(summary) => assert_eq!(summary.revoked, 1),
@@ -770,8 +795,14 @@ mod tests {
         use rustls::CertificateError as C;
         let io = |e: rustls::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
         let cases = [
-            (io(rustls::Error::InvalidCertificate(C::Revoked)), reason::REVOKED),
-            (io(rustls::Error::InvalidCertificate(C::Expired)), reason::EXPIRED),
+            (
+                io(rustls::Error::InvalidCertificate(C::Revoked)),
+                reason::REVOKED,
+            ),
+            (
+                io(rustls::Error::InvalidCertificate(C::Expired)),
+                reason::EXPIRED,
+            ),
             (
                 io(rustls::Error::InvalidCertificate(C::NotValidYet)),
                 reason::NOT_YET_VALID,
@@ -784,9 +815,14 @@ mod tests {
                 io(rustls::Error::InvalidCertificate(C::BadSignature)),
                 reason::BAD_CERTIFICATE,
             ),
-            (io(rustls::Error::NoCertificatesPresented), reason::NO_CERTIFICATE),
             (
-                io(rustls::Error::AlertReceived(rustls::AlertDescription::UnknownCA)),
+                io(rustls::Error::NoCertificatesPresented),
+                reason::NO_CERTIFICATE,
+            ),
+            (
+                io(rustls::Error::AlertReceived(
+                    rustls::AlertDescription::UnknownCA,
+                )),
                 reason::PEER_ALERT,
             ),
             (io(rustls::Error::NoApplicationProtocol), reason::PROTOCOL),
@@ -794,8 +830,14 @@ mod tests {
                 std::io::Error::new(std::io::ErrorKind::InvalidData, "not TLS"),
                 reason::PROTOCOL,
             ),
-            (std::io::Error::from(std::io::ErrorKind::UnexpectedEof), reason::CLOSED),
-            (std::io::Error::from(std::io::ErrorKind::ConnectionReset), reason::CLOSED),
+            (
+                std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+                reason::CLOSED,
+            ),
+            (
+                std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+                reason::CLOSED,
+            ),
             (std::io::Error::other("?"), reason::OTHER),
         ];
         for (err, want) in cases {

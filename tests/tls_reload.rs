@@ -144,14 +144,17 @@ async fn reloading_vault(crl: Option<&str>) -> TestVault {
 }
 
 #[tokio::test]
-async fn a_replaced_server_certificate_is_used_for_new_connections_while_open_ones_keep_working()
-{
+async fn a_replaced_server_certificate_is_used_for_new_connections_while_open_ones_keep_working() {
     let vault = reloading_vault(None).await;
     let dir = vault.pki.dir.clone();
     let mut before = open(&vault.addr(), &dir, "orders").await;
     assert_eq!(before.health().await.unwrap(), "0");
 
-    let new = vault.pki.ca.issue_server(&["localhost", "127.0.0.1"]).unwrap();
+    let new = vault
+        .pki
+        .ca
+        .issue_server(&["localhost", "127.0.0.1"])
+        .unwrap();
     // The key first, then the certificate: in between, the pair does not
     // match and the old one stays in force.
     write(&dir.join("server.key"), new.key_pem.as_bytes());
@@ -174,7 +177,11 @@ async fn a_replaced_server_certificate_is_used_for_new_connections_while_open_on
     assert_eq!(before.health().await.unwrap(), "0");
     // And a gRPC client works on the new one.
     let mut client = vault.client("orders").await;
-    tokens_for(&mut client, vec![field(pb::FieldKind::Phone, "+1 202-555-0143")]).await;
+    tokens_for(
+        &mut client,
+        vec![field(pb::FieldKind::Phone, "+1 202-555-0143")],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -183,7 +190,11 @@ async fn a_server_certificate_without_its_key_keeps_the_old_one_in_force() {
     let dir = vault.pki.dir.clone();
     let old_serial = handshake(&vault.addr(), &dir, "orders").await.unwrap();
     // A new certificate, but the key stays the old one: a mismatch.
-    let new = vault.pki.ca.issue_server(&["localhost", "127.0.0.1"]).unwrap();
+    let new = vault
+        .pki
+        .ca
+        .issue_server(&["localhost", "127.0.0.1"])
+        .unwrap();
     write(&dir.join("server.pem"), new.cert_pem.as_bytes());
     // Three reload intervals: the server has read the bad pair (and
     // refused it) by then.
@@ -195,15 +206,17 @@ async fn a_server_certificate_without_its_key_keeps_the_old_one_in_force() {
         );
     }
     let mut client = vault.client("orders").await;
-    tokens_for(&mut client, vec![field(pb::FieldKind::Phone, "+1 202-555-0144")]).await;
+    tokens_for(
+        &mut client,
+        vec![field(pb::FieldKind::Phone, "+1 202-555-0144")],
+    )
+    .await;
     // The matching key arrives: the new certificate goes in force.
     write(&dir.join("server.key"), new.key_pem.as_bytes());
     let addr = vault.addr();
     eventually("the completed pair to go in force", || {
         let (addr, dir, old) = (addr.clone(), dir.clone(), old_serial.clone());
-        async move {
-            matches!(handshake(&addr, &dir, "orders").await, Ok(serial) if serial != old)
-        }
+        async move { matches!(handshake(&addr, &dir, "orders").await, Ok(serial) if serial != old) }
     })
     .await;
 }
@@ -349,7 +362,11 @@ async fn dev_revoke_puts_an_identity_on_the_dev_crl_which_the_dev_server_applies
     let data = dev.data.to_str().unwrap();
 
     let out = cli::run_to_exit(0, &["dev", "revoke", "orders", "--data-dir", data], "");
-    assert!(cli::stdout(&out).contains("revoked orders"), "{}", cli::show(&out));
+    assert!(
+        cli::stdout(&out).contains("revoked orders"),
+        "{}",
+        cli::show(&out)
+    );
     assert!(dir.join("crl.pem").is_file());
     eventually("orders' handshakes to fail", || {
         let (addr, dir) = (addr.clone(), dir.clone());
@@ -360,7 +377,11 @@ async fn dev_revoke_puts_an_identity_on_the_dev_crl_which_the_dev_server_applies
     .await;
     assert!(handshake(&addr, &dir, "support").await.is_ok());
     let again = cli::run_to_exit(0, &["dev", "revoke", "orders", "--data-dir", data], "");
-    assert!(cli::stdout(&again).contains("already revoked"), "{}", cli::show(&again));
+    assert!(
+        cli::stdout(&again).contains("already revoked"),
+        "{}",
+        cli::show(&again)
+    );
     // A second identity joins the first on the same CRL.
     cli::run_to_exit(0, &["dev", "revoke", "intruder", "--data-dir", data], "");
     eventually("intruder's handshakes to fail", || {
@@ -371,12 +392,19 @@ async fn dev_revoke_puts_an_identity_on_the_dev_crl_which_the_dev_server_applies
     assert!(handshake(&addr, &dir, "orders").await.is_err());
     for bad in ["ca", "nobody", "../orders"] {
         let out = cli::run_to_exit(2, &["dev", "revoke", bad, "--data-dir", data], "");
-        assert!(cli::stderr(&out).contains("dev revoke"), "{}", cli::show(&out));
+        assert!(
+            cli::stderr(&out).contains("dev revoke"),
+            "{}",
+            cli::show(&out)
+        );
     }
 
     // A crl.pem that does not parse: refused, logged once (not at every
     // poll), and the CRL in force stays.
-    write(&dir.join("crl.pem"), b"-----BEGIN X509 CRL-----\nnot base64\n");
+    write(
+        &dir.join("crl.pem"),
+        b"-----BEGIN X509 CRL-----\nnot base64\n",
+    );
     let refused = "TLS files changed but cannot be used";
     eventually_logged(&log, refused).await;
     tokio::time::sleep(Duration::from_secs(3)).await;

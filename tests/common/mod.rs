@@ -174,7 +174,11 @@ impl Pki {
         let serials: Vec<Vec<u8>> = revoked.iter().map(|name| self.serial(name)).collect();
         let crl = self
             .ca
-            .revocation_list(&serials, 1 + serials.len() as u64, Duration::from_secs(3600))
+            .revocation_list(
+                &serials,
+                1 + serials.len() as u64,
+                Duration::from_secs(3600),
+            )
             .unwrap();
         // Renamed into place, as a CRL publisher would.
         let tmp = self.dir.join(format!("{file}.tmp"));
