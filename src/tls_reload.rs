@@ -157,6 +157,8 @@ pub struct Summary {
     pub serial: String,
     /// When the server certificate expires (RFC 2822-ish, from x509-parser).
     pub not_after: String,
+    /// The same, in seconds since the Unix epoch (0 if unreadable).
+    pub not_after_unix: i64,
     /// Certificates in the client CA bundle.
     pub client_cas: usize,
     /// CRLs in force (a file may hold several) and the serials they revoke.
@@ -338,16 +340,19 @@ fn build(sources: &TlsSources, snapshot: Snapshot) -> Result<Built, TlsError> {
 }
 
 fn summarize(leaf: &CertificateDer<'_>, client_cas: usize, crls: usize, revoked: usize) -> Summary {
-    let (serial, not_after) = match x509_parser::parse_x509_certificate(leaf.as_ref()) {
-        Ok((_, cert)) => (
-            cert.raw_serial_as_string().replace(':', ""),
-            cert.validity().not_after.to_string(),
-        ),
-        Err(_) => ("?".to_owned(), "?".to_owned()),
-    };
+    let (serial, not_after, not_after_unix) =
+        match x509_parser::parse_x509_certificate(leaf.as_ref()) {
+            Ok((_, cert)) => (
+                cert.raw_serial_as_string().replace(':', ""),
+                cert.validity().not_after.to_string(),
+                cert.validity().not_after.timestamp(),
+            ),
+            Err(_) => ("?".to_owned(), "?".to_owned(), 0),
+        };
     Summary {
         serial,
         not_after,
+        not_after_unix,
         client_cas,
         crls,
         revoked,
@@ -401,6 +406,9 @@ impl ServerTls {
             revoked = built.summary.revoked,
             "TLS material loaded"
         );
+        describe_metrics();
+        metrics::gauge!("fieldvault_tls_server_cert_not_after_seconds")
+            .set(built.summary.not_after_unix as f64);
         let (current, _) = watch::channel(built.config);
         Ok(Arc::new(Self {
             sources,
@@ -455,6 +463,10 @@ impl ServerTls {
                     "TLS material reloaded: new handshakes use it; open connections keep theirs"
                 );
                 self.current.send_replace(built.config);
+                metrics::counter!("fieldvault_tls_reloads_total", "outcome" => "applied")
+                    .increment(1);
+                metrics::gauge!("fieldvault_tls_server_cert_not_after_seconds")
+                    .set(built.summary.not_after_unix as f64);
                 state.applied = fingerprint;
                 state.refused = None;
                 Reloaded::Applied(built.summary)
@@ -465,6 +477,8 @@ impl ServerTls {
                     error = %e,
                     "TLS files changed but cannot be used; the material in force stays"
                 );
+                metrics::counter!("fieldvault_tls_reloads_total", "outcome" => "refused")
+                    .increment(1);
                 state.refused = Some(fingerprint);
                 Reloaded::Refused(e.to_string())
             }
@@ -585,6 +599,30 @@ pub fn failure_reason(e: &std::io::Error) -> &'static str {
         | rustls::Error::NoApplicationProtocol
         | rustls::Error::DecryptError => reason::PROTOCOL,
         _ => reason::OTHER,
+    }
+}
+
+/// Describes the TLS metrics and makes every series exist at zero, so
+/// that alerts on their rate work before the first failure.
+fn describe_metrics() {
+    metrics::describe_counter!(
+        "fieldvault_tls_handshake_failures_total",
+        "TLS handshakes that failed, by reason (revoked, expired, unknown_ca, ...)"
+    );
+    metrics::describe_counter!(
+        "fieldvault_tls_reloads_total",
+        "Reloads of the TLS files after a change or SIGHUP: applied, or refused (the old material stays)"
+    );
+    metrics::describe_gauge!(
+        "fieldvault_tls_server_cert_not_after_seconds",
+        "When the server certificate in force expires, in seconds since the Unix epoch"
+    );
+    for reason in reason::ALL {
+        metrics::counter!("fieldvault_tls_handshake_failures_total", "reason" => reason)
+            .increment(0);
+    }
+    for outcome in ["applied", "refused"] {
+        metrics::counter!("fieldvault_tls_reloads_total", "outcome" => outcome).increment(0);
     }
 }
 
@@ -844,5 +882,35 @@ mod tests {
             assert_eq!(failure_reason(&err), want, "{err}");
             assert!(reason::ALL.contains(&want));
         }
+    }
+
+    #[test]
+    fn failures_reloads_and_the_server_certificate_expiry_are_measured() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let f = Files::new(false);
+        metrics::with_local_recorder(&recorder, || {
+            let tls = ServerTls::open(f.sources.clone()).unwrap();
+            count_failure(reason::REVOKED);
+            count_failure(reason::REVOKED);
+            let other = f.ca.issue_server(&["localhost"]).unwrap();
+            write(&f.path("server.pem"), other.cert_pem.as_bytes());
+            assert!(matches!(tls.reload(false), Reloaded::Refused(_)));
+        });
+        let text = handle.render();
+        for line in [
+            "fieldvault_tls_handshake_failures_total{reason=\"revoked\"} 2",
+            "fieldvault_tls_handshake_failures_total{reason=\"expired\"} 0",
+            "fieldvault_tls_reloads_total{outcome=\"refused\"} 1",
+            "fieldvault_tls_reloads_total{outcome=\"applied\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} not in:\n{text}");
+        }
+        let expiry = text
+            .lines()
+            .find_map(|l| l.strip_prefix("fieldvault_tls_server_cert_not_after_seconds "))
+            .unwrap();
+        // rcgen's default validity ends in 4096: far in the future.
+        assert!(expiry.parse::<f64>().unwrap() > 4.0e9, "{expiry}");
     }
 }
