@@ -65,29 +65,45 @@ impl TlsSources {
         }
     }
 
-    /// Every file with the setting that names it and the access it needs.
-    fn files(&self) -> Vec<(String, &Path, Access)> {
+    /// Every file, in a fixed order: cert, key, client CA, then the CRLs.
+    fn files(&self) -> Vec<TlsFile<'_>> {
         let mut files = vec![
-            (
-                "tls.cert".to_owned(),
-                self.cert.as_path(),
-                Access::NoOtherWrites,
-            ),
-            ("tls.key".to_owned(), self.key.as_path(), Access::OwnerOnly),
-            (
-                "tls.client_ca".to_owned(),
-                self.client_ca.as_path(),
-                Access::NoOtherWrites,
-            ),
+            TlsFile::new("tls.cert", &self.cert, Access::NoOtherWrites),
+            TlsFile::new("tls.key", &self.key, Access::OwnerOnly),
+            TlsFile::new("tls.client_ca", &self.client_ca, Access::NoOtherWrites),
         ];
         for (i, crl) in self.crls.iter().enumerate() {
-            files.push((
-                format!("tls.crls[{i}]"),
-                crl.as_path(),
-                Access::NoOtherWrites,
-            ));
+            files.push(TlsFile {
+                name: format!("tls.crls[{i}]"),
+                optional: self.crls_may_be_missing,
+                ..TlsFile::new("tls.crls", crl, Access::NoOtherWrites)
+            });
         }
         files
+    }
+}
+
+/// One file of [`TlsSources`].
+struct TlsFile<'a> {
+    /// The setting that names it (`tls.crls`).
+    setting: &'static str,
+    /// The setting with the index of the file in it (`tls.crls[1]`).
+    name: String,
+    path: &'a Path,
+    access: Access,
+    /// A missing file counts as absent rather than as an error.
+    optional: bool,
+}
+
+impl<'a> TlsFile<'a> {
+    fn new(setting: &'static str, path: &'a Path, access: Access) -> Self {
+        Self {
+            setting,
+            name: setting.to_owned(),
+            path,
+            access,
+            optional: false,
+        }
     }
 }
 
@@ -110,11 +126,7 @@ struct Snapshot {
 }
 
 fn read_all(sources: &TlsSources) -> Snapshot {
-    let mut reads = Vec::new();
-    for (setting, path, access) in sources.files() {
-        let optional = sources.crls_may_be_missing && setting.starts_with("tls.crls");
-        reads.push(read_one(&setting, path, access, optional));
-    }
+    let reads: Vec<Read1> = sources.files().iter().map(read_one).collect();
     let fingerprint = reads
         .iter()
         .map(|r| match r {
@@ -125,28 +137,21 @@ fn read_all(sources: &TlsSources) -> Snapshot {
     Snapshot { reads, fingerprint }
 }
 
-fn read_one(setting: &str, path: &Path, access: Access, optional: bool) -> Read1 {
-    if optional
-        && matches!(std::fs::symlink_metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
-    {
+fn read_one(file: &TlsFile<'_>) -> Read1 {
+    let missing = || {
+        matches!(std::fs::symlink_metadata(file.path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+    };
+    if file.optional && missing() {
         return Ok(None);
     }
-    // The setting's name in the permission error is a static str: the
-    // index of a CRL is in the error's own text.
-    let static_setting = if setting.starts_with("tls.crls") {
-        "tls.crls"
-    } else if setting == "tls.key" {
-        "tls.key"
-    } else if setting == "tls.cert" {
-        "tls.cert"
-    } else {
-        "tls.client_ca"
-    };
-    let mut file =
-        open_checked(static_setting, path, access).map_err(|e| TlsError::Invalid(e.to_string()))?;
+    // Opened as at start: a regular file, with the modes the setting needs.
+    let mut handle = open_checked(file.setting, file.path, file.access)
+        .map_err(|e| TlsError::Invalid(e.to_string()))?;
     let mut bytes = Zeroizing::new(Vec::new());
-    file.read_to_end(&mut bytes)
-        .map_err(|e| file_err(setting, path, e))?;
+    handle
+        .read_to_end(&mut bytes)
+        .map_err(|e| file_err(&file.name, file.path, e))?;
     Ok(Some(bytes))
 }
 
@@ -276,7 +281,7 @@ fn build(sources: &TlsSources, snapshot: Snapshot) -> Result<Built, TlsError> {
             .unwrap_or_else(|| Err(TlsError::Invalid("internal: a file was not read".into())))
     };
     let required = |r: Option<Zeroizing<Vec<u8>>>, i: usize| {
-        r.ok_or_else(|| file_err(&files[i].0, files[i].1, "does not exist"))
+        r.ok_or_else(|| file_err(&files[i].name, files[i].path, "does not exist"))
     };
     let cert_bytes = required(next()?, 0)?;
     let key_bytes = required(next()?, 1)?;
@@ -294,7 +299,7 @@ fn build(sources: &TlsSources, snapshot: Snapshot) -> Result<Built, TlsError> {
     let mut crls = Vec::new();
     let mut revoked = 0;
     for (i, path) in sources.crls.iter().enumerate() {
-        let setting = &files[3 + i].0;
+        let setting = &files[3 + i].name;
         let Some(bytes) = next()? else {
             continue;
         };
@@ -444,7 +449,7 @@ impl ServerTls {
             .into_iter()
             .zip(fingerprint.iter().zip(state.applied.iter()))
             .filter(|(_, (new, old))| new != old)
-            .map(|((setting, _, _), _)| setting)
+            .map(|(file, _)| file.name)
             .collect();
         let changed = if changed.is_empty() {
             "nothing (forced)".to_owned()
