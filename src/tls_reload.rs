@@ -491,16 +491,30 @@ impl ServerTls {
     }
 
     /// Reloads every `interval` (when the files changed) and on SIGHUP
-    /// (always), until the task is dropped.
-    pub async fn watch(self: Arc<Self>, interval: Duration) {
+    /// (always), until the returned future is dropped. SIGHUP is listened
+    /// for from this call on, not from the first poll: a SIGHUP right
+    /// after the start (a log rotation) never meets the default action,
+    /// which ends the process. Call it within the Tokio runtime.
+    pub fn watch(
+        self: Arc<Self>,
+        interval: Duration,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut hangup = match signal(SignalKind::hangup()) {
+        let hangup = match signal(SignalKind::hangup()) {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot listen for SIGHUP; the TLS files are still re-read when they change");
                 None
             }
         };
+        self.watch_with(interval, hangup)
+    }
+
+    async fn watch_with(
+        self: Arc<Self>,
+        interval: Duration,
+        mut hangup: Option<tokio::signal::unix::Signal>,
+    ) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
