@@ -260,12 +260,7 @@ pub async fn start(
     let policy_file = Arc::new(policy_file);
     crate::domain::value::warm_up();
     let limits = crate::limits::Resolved::new(config, crate::limits::nofile_soft_limit())?;
-    let tls = crate::tls::server_config(
-        &config.tls.cert,
-        &config.tls.key,
-        &config.tls.client_ca,
-        limits.tls_min_version,
-    )?;
+    let tls = crate::tls_reload::ServerTls::open(crate::tls_reload::TlsSources::of(config))?;
     let store = SledStore::open(&SledConfig {
         path: config.store_dir(),
         cache_capacity_bytes: config.cache_capacity_mib * 1024 * 1024,
@@ -313,10 +308,12 @@ pub async fn start(
     }
     vault.watch_policy(policy_file.clone());
     let watched = vault.clone();
+    let tls_files = tls.clone().watch(config.tls_options.reload_interval);
     let health = tokio::spawn(async move {
         tokio::join!(
             watch_storage(watched.clone(), health_reporter),
-            watch_policy(watched, policy_file)
+            watch_policy(watched, policy_file),
+            tls_files
         );
     });
     let health_service =
@@ -381,7 +378,8 @@ pub async fn start(
     // Requests are counted against max_batch_items before they are decoded.
     let vault_service = crate::grpc::codec::BatchLimit::new(vault_service, config.max_batch_items);
 
-    let (incoming, accept) = crate::tls::incoming(listener, tls, accept_limits(&limits));
+    let (incoming, accept) =
+        crate::tls::incoming_with(listener, tls.configs(), accept_limits(&limits));
     let cut_off = crate::drain::CutOff::new();
     let cuttable = cut_off.clone();
     let incoming =

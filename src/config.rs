@@ -234,13 +234,29 @@ pub struct TlsOptions {
     /// subject CN (`tls.identity_from_cn`, default true). When false, such a
     /// certificate is refused right after the handshake.
     pub identity_from_cn: bool,
+    /// `tls.crls`: certificate revocation lists (PEM or DER files) checked
+    /// against client certificates (see [`crate::tls_reload`]).
+    pub crls: Vec<PathBuf>,
+    /// Whether a CRL file that does not exist counts as one revoking
+    /// nothing instead of an error: dev mode's `DATA_DIR/dev/crl.pem`,
+    /// which exists once something is revoked. Never set from a file.
+    pub crls_may_be_missing: bool,
+    /// `tls.reload_interval_secs`: how often the TLS files are read again
+    /// and, if their content changed, put in force for new handshakes.
+    pub reload_interval: std::time::Duration,
 }
+
+/// `tls.reload_interval_secs` when not set.
+pub const DEFAULT_TLS_RELOAD_INTERVAL_SECS: u64 = 5;
 
 impl Default for TlsOptions {
     fn default() -> Self {
         Self {
             min_version: TlsMinVersion::Tls13,
             identity_from_cn: true,
+            crls: Vec::new(),
+            crls_may_be_missing: false,
+            reload_interval: std::time::Duration::from_secs(DEFAULT_TLS_RELOAD_INTERVAL_SECS),
         }
     }
 }
@@ -696,6 +712,9 @@ struct RawTls {
     client_ca: PathBuf,
     min_version: Option<String>,
     identity_from_cn: Option<bool>,
+    #[serde(default)]
+    crls: Vec<PathBuf>,
+    reload_interval_secs: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -988,6 +1007,14 @@ impl Config {
         let tls_options = TlsOptions {
             min_version,
             identity_from_cn: raw_tls.identity_from_cn.unwrap_or(true),
+            crls: raw_tls.crls,
+            crls_may_be_missing: false,
+            reload_interval: std::time::Duration::from_secs(limit(
+                "tls.reload_interval_secs",
+                raw_tls.reload_interval_secs,
+                1..=86_400,
+                DEFAULT_TLS_RELOAD_INTERVAL_SECS as i64,
+            )? as u64),
         };
         let limits = raw.limits.parse()?;
         let keys = raw.keys.parse()?;
@@ -1174,6 +1201,42 @@ env = "FIELDVAULT_MASTER_KEY"
         assert_eq!(c.limits.keepalive_interval_secs, 0);
         assert_eq!(c.limits.max_concurrent_streams, 32);
         assert_eq!(c.limits.max_queued_writes, 8);
+    }
+
+    #[test]
+    fn crls_and_the_tls_reload_interval_are_read_and_checked() {
+        let c = Config::from_toml(FULL, &no_env).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.tls_options.crls.is_empty());
+        assert_eq!(
+            c.tls_options.reload_interval,
+            std::time::Duration::from_secs(5)
+        );
+        let text = FULL.replace(
+            "[tls]",
+            "[tls]\ncrls = [\"a.crl\", \"b.pem\"]\nreload_interval_secs = 1",
+        );
+        let c = Config::from_toml(&text, &no_env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.tls_options.crls,
+            vec![PathBuf::from("a.crl"), PathBuf::from("b.pem")]
+        );
+        assert!(!c.tls_options.crls_may_be_missing);
+        assert_eq!(
+            c.tls_options.reload_interval,
+            std::time::Duration::from_secs(1)
+        );
+        let text = FULL.replace("[tls]", "[tls]\nreload_interval_secs = 0");
+        let err = Config::from_toml(&text, &no_env)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("tls.reload_interval_secs"), "{err}");
+        let text = FULL.replace("[tls]", "[tls]\ncrls = \"one.crl\"");
+        let err = Config::from_toml(&text, &no_env)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("crls"), "{err}");
     }
 
     #[test]

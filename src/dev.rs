@@ -27,6 +27,9 @@ pub const DEV_TRUST_DOMAIN: &str = "fieldvault.dev";
 /// The sample policy installed in dev mode.
 pub const DEV_POLICY: &str = include_str!("../deploy/dev/policy.toml");
 
+/// The dev CRL, in `DATA_DIR/dev/`: used when it exists.
+pub const DEV_CRL: &str = "crl.pem";
+
 /// Written into a data directory when dev mode makes its setup there: the
 /// mark `serve --dev --reset` looks for before it deletes anything.
 pub const DEV_MARKER: &str = "fieldvault-dev.txt";
@@ -330,7 +333,9 @@ pub fn reset(data_dir: &Path) -> Result<Vec<String>, DevError> {
     };
     let mut removed = Vec::new();
     if dev.is_dir() {
-        for name in expected_files() {
+        // The CRL too: signed by the CA deleted here, the new CA's server
+        // would refuse it.
+        for name in expected_files().into_iter().chain([DEV_CRL.to_owned()]) {
             let file = dev.join(name);
             if file.is_file() {
                 std::fs::remove_file(&file).map_err(|e| io_err(&file, e))?;
@@ -418,7 +423,14 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<(Config, bool), De
             client_ca: dir.join("ca.pem"),
         },
         master_key: MasterKeySource::File(dir.join("master.key")),
-        tls_options: Default::default(),
+        // DATA_DIR/dev/crl.pem (`fieldvault dev revoke NAME` writes it)
+        // is applied once it exists; changes show within a second.
+        tls_options: crate::config::TlsOptions {
+            crls: vec![dir.join(DEV_CRL)],
+            crls_may_be_missing: true,
+            reload_interval: std::time::Duration::from_secs(1),
+            ..Default::default()
+        },
         reflection: true,
         limits: Default::default(),
         keys: Default::default(),
@@ -629,4 +641,79 @@ fn create(dir: &Path) -> Result<(), DevError> {
     write_private(&dir.join("ca.key"), ca.key_pem().as_bytes())?;
     write_private(&dir.join("ca.pem"), ca.cert_pem().as_bytes())?;
     Ok(())
+}
+
+/// What [`revoke`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Revoked {
+    /// The identity's certificate is now on `DATA_DIR/dev/crl.pem`, which
+    /// revokes this many certificates in all.
+    Added { total: usize, crl: PathBuf },
+    /// It was on the CRL already; nothing was written.
+    Already { crl: PathBuf },
+}
+
+/// How long a dev CRL is current (its `nextUpdate`); a server applies an
+/// overdue one anyway, with a warning.
+const DEV_CRL_VALIDITY: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
+/// `fieldvault dev revoke NAME`: puts the certificate of dev identity
+/// `name` on `DATA_DIR/dev/crl.pem` (made, or extended, and signed by the
+/// dev CA). A running dev server applies it within a second: that
+/// identity's new handshakes fail ("revoked"). Deleting crl.pem revokes
+/// nothing again.
+pub fn revoke(data_dir: &Path, name: &str) -> Result<Revoked, DevError> {
+    check_identity(data_dir, name)?;
+    let dir = dev_dir(data_dir);
+    let read = |file: &str| {
+        let path = dir.join(file);
+        std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))
+    };
+    let ca_pem = read("ca.pem")?;
+    let ca_key = zeroize::Zeroizing::new(read("ca.key")?);
+    let ca = DevCa::load(&ca_pem, &ca_key).map_err(|e| io_err(&dir.join("ca.key"), e))?;
+    let cert_path = dir.join(format!("{name}.pem"));
+    let serial = serial_of(&read(&format!("{name}.pem"))?).map_err(|e| io_err(&cert_path, e))?;
+    let crl = dir.join(DEV_CRL);
+    let (mut serials, number) = if crl.exists() {
+        revoked_in(&read(DEV_CRL)?).map_err(|e| io_err(&crl, e))?
+    } else {
+        (Vec::new(), 0)
+    };
+    if serials.contains(&serial) {
+        return Ok(Revoked::Already { crl });
+    }
+    serials.push(serial);
+    let pem = ca.revocation_list(&serials, number + 1, DEV_CRL_VALIDITY)?;
+    // A new file renamed over the old one: a server never reads half of it.
+    let tmp = dir.join(format!("{DEV_CRL}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    write_private(&tmp, pem.as_bytes())?;
+    std::fs::rename(&tmp, &crl).map_err(|e| io_err(&crl, e))?;
+    Ok(Revoked::Added {
+        total: serials.len(),
+        crl,
+    })
+}
+
+/// The serial number (DER bytes) of the certificate in `pem`.
+fn serial_of(pem: &str) -> Result<Vec<u8>, String> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| e.to_string())?;
+    let cert = pem.parse_x509().map_err(|e| e.to_string())?;
+    Ok(cert.raw_serial().to_vec())
+}
+
+/// The serials a PEM CRL revokes, and its CRL number (0 without one).
+fn revoked_in(pem: &str) -> Result<(Vec<Vec<u8>>, u64), String> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| e.to_string())?;
+    let (_, crl) = x509_parser::parse_x509_crl(&pem.contents).map_err(|e| e.to_string())?;
+    let serials = crl
+        .iter_revoked_certificates()
+        .map(|r| r.raw_serial().to_vec())
+        .collect();
+    let number = crl
+        .crl_number()
+        .and_then(|n| u64::try_from(n.clone()).ok())
+        .unwrap_or(0);
+    Ok((serials, number))
 }

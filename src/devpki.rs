@@ -3,8 +3,9 @@
 //! Never use these in production: the CA key sits next to the certificates.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PublicKeyData, SanType,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, PublicKeyData,
+    RevokedCertParams, SanType, SerialNumber,
 };
 use zeroize::Zeroizing;
 
@@ -133,6 +134,36 @@ impl DevCa {
         }
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.issue(params)
+    }
+
+    /// A certificate revocation list signed by this CA revoking the
+    /// certificates with serial numbers `serials` (their DER bytes),
+    /// numbered `number` (higher than the CRL it replaces), issued now and
+    /// due for renewal in `valid_for`. PEM.
+    pub fn revocation_list(
+        &self,
+        serials: &[Vec<u8>],
+        number: u64,
+        valid_for: std::time::Duration,
+    ) -> Result<String, rcgen::Error> {
+        let now = time::OffsetDateTime::now_utc();
+        let params = CertificateRevocationListParams {
+            this_update: now,
+            next_update: now + valid_for,
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|serial| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(serial),
+                    revocation_time: now,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.issuer)?.pem()
     }
 
     fn issue(&self, mut params: CertificateParams) -> Result<Issued, rcgen::Error> {

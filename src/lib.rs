@@ -20,4 +20,5 @@ pub mod policy_file;
 pub mod request;
 pub mod store;
 pub mod tls;
+pub mod tls_reload;
 pub mod vault;

@@ -38,6 +38,9 @@ pub enum TlsError {
     },
     #[error("TLS configuration rejected: {0}")]
     Rustls(String),
+    /// A TLS file that cannot be used, naming its setting and path.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 fn file_err(field: &'static str, path: &Path, reason: impl std::fmt::Display) -> TlsError {
@@ -342,7 +345,25 @@ pub fn incoming(
     ReceiverStream<Result<PeerStream, std::io::Error>>,
     JoinHandle<()>,
 ) {
-    let acceptor = TlsAcceptor::from(config);
+    // The sender goes: the receiver keeps answering with this config.
+    let (_, configs) = tokio::sync::watch::channel(config);
+    incoming_with(listener, configs, limits)
+}
+
+/// [`incoming`] whose new handshakes use the config `configs` holds at
+/// the time (see [`crate::tls_reload::ServerTls`]); established
+/// connections keep the one they were accepted with. A failed handshake
+/// is logged (rate-limited) with its peer address and a short reason
+/// ([`crate::tls_reload::reason`]), and counted in
+/// `fieldvault_tls_handshake_failures_total{reason}`.
+pub fn incoming_with(
+    listener: TcpListener,
+    configs: tokio::sync::watch::Receiver<Arc<ServerConfig>>,
+    limits: AcceptLimits,
+) -> (
+    ReceiverStream<Result<PeerStream, std::io::Error>>,
+    JoinHandle<()>,
+) {
     let (tx, rx) = mpsc::channel(256);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let handshakes = Arc::new(Mutex::new(Handshakes {
@@ -409,7 +430,7 @@ pub fn incoming(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
+            let acceptor = TlsAcceptor::from(configs.borrow().clone());
             let tx = tx.clone();
             let limits = limits.clone();
             tokio::spawn(async move {
@@ -419,11 +440,15 @@ pub fn incoming(
                 let tls = match handshaken {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
-                        crate::log_refusal!(limits.refusals, %peer, error = %e, "TLS handshake refused");
+                        let reason = crate::tls_reload::failure_reason(&e);
+                        crate::tls_reload::count_failure(reason);
+                        crate::log_refusal!(limits.refusals, %peer, reason, error = %e, "TLS handshake refused");
                         return;
                     }
                     Err(_) => {
-                        crate::log_refusal!(limits.refusals, %peer, "TLS handshake timed out");
+                        let reason = crate::tls_reload::reason::TIMEOUT;
+                        crate::tls_reload::count_failure(reason);
+                        crate::log_refusal!(limits.refusals, %peer, reason, "TLS handshake timed out");
                         return;
                     }
                 };

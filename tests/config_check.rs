@@ -174,3 +174,46 @@ fn key_files_only_their_owner_and_the_servers_own_group_can_read_pass_and_a_grou
         "{err}"
     );
 }
+
+#[test]
+fn a_missing_unparseable_or_foreign_crl_is_named_by_tls_crls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let data = tmp.path().join("data");
+    let path = write_config_file(
+        tmp.path(),
+        &pki,
+        DEV_POLICY,
+        (&data, &data.join("audit.log")),
+        "",
+        "",
+    );
+    let crl = pki.dir.join("crl.pem");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "[tls]\n",
+        &format!("[tls]\ncrls = [\"{}\"]\n", crl.display()),
+    );
+    common::write(&path, text.as_bytes());
+    let problem = || {
+        let out = check(&path);
+        assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("tls.crls") && err.contains(crl.to_str().unwrap()),
+            "{err}"
+        );
+        err
+    };
+    assert!(problem().contains("No such file"));
+    common::write(&crl, b"not a CRL");
+    assert!(problem().contains("not a CRL"));
+    let other = fieldvault::devpki::DevCa::new("some other CA").unwrap();
+    let foreign = other
+        .revocation_list(&[], 1, std::time::Duration::from_secs(3600))
+        .unwrap();
+    common::write(&crl, foreign.as_bytes());
+    assert!(problem().contains("not a CA in tls.client_ca"));
+    // The CA's own CRL: a valid config.
+    pki.write_crl("crl.pem", &["orders"]);
+    run_to_exit(0, &["config", "check", path.to_str().unwrap()], "");
+}

@@ -208,3 +208,56 @@ async fn without_a_spiffe_id_the_common_name_is_the_caller() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn expired_and_not_yet_valid_client_certificates_fail_in_the_handshake() {
+    let vault = TestVault::start().await;
+    let now = time::OffsetDateTime::now_utc();
+    let day = time::Duration::days(1);
+    // The same caller, the same CA: only the validity differs.
+    vault
+        .pki
+        .issue_client_valid("current", "orders", now - day, now + day);
+    vault
+        .pki
+        .issue_client_valid("expired", "orders", now - 30 * day, now - day);
+    vault
+        .pki
+        .issue_client_valid("early", "orders", now + day, now + 30 * day);
+    assert_eq!(raw_handshake(&vault, Some("current")).await, "accepted");
+    // rustls answers both with the certificate_expired alert.
+    let expired = raw_handshake(&vault, Some("expired")).await;
+    assert!(expired.contains("CertificateExpired"), "{expired}");
+    let early = raw_handshake(&vault, Some("early")).await;
+    assert!(early.contains("CertificateExpired"), "{early}");
+    // And through a gRPC client: a transport failure, never a vault answer.
+    for name in ["expired", "early"] {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(ca(&vault))
+            .identity(identity(&vault, name));
+        let err = attempt(&vault.addr(), tls).await.unwrap_err();
+        assert!(
+            err.starts_with("connect")
+                || err.starts_with("Unavailable")
+                || err.starts_with("Unknown"),
+            "{name}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn certificates_from_another_ca_or_a_ca_of_the_same_name_fail_in_the_handshake() {
+    let vault = TestVault::start().await;
+    let stranger = raw_handshake(&vault, Some("stranger")).await;
+    assert!(stranger.contains("UnknownCA"), "{stranger}");
+    // "twin": a CA of the same name as the vault's with another key; its
+    // signature does not verify (rustls says decrypt_error).
+    let twin = raw_handshake(&vault, Some("twin")).await;
+    assert!(
+        ["DecryptError", "BadCertificate", "UnknownCA"]
+            .iter()
+            .any(|alert| twin.contains(alert)),
+        "{twin}"
+    );
+    assert_eq!(raw_handshake(&vault, Some("orders")).await, "accepted");
+}

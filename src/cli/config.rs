@@ -56,6 +56,19 @@ fn problems_of(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<Str
             problems.push(e.to_string());
         }
     }
+    for path in &config.tls_options.crls {
+        if let Err(e) = open_checked("tls.crls", path, Access::NoOtherWrites) {
+            problems.push(e.to_string());
+        }
+    }
+    // Every TLS file readable: parsed as the server does (the key matches
+    // the certificate, each CRL parses and a CA in tls.client_ca signed it).
+    if problems.is_empty() {
+        let sources = fieldvault::tls_reload::TlsSources::of(config);
+        if let Err(e) = fieldvault::tls_reload::load(&sources) {
+            problems.push(e.to_string());
+        }
+    }
     match read_checked("policy_file", &config.policy_file, Access::NoOtherWrites) {
         Err(e) => problems.push(e.to_string()),
         Ok(text) => {

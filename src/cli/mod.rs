@@ -7,6 +7,7 @@ mod backup;
 mod calls;
 mod config;
 mod conn;
+mod dev;
 mod grants;
 mod health;
 mod input;
@@ -92,6 +93,10 @@ enum Command {
     /// A config file, offline: `config check FILE`.
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// The `serve --dev` setup, offline: `dev revoke NAME` puts a dev
+    /// identity's certificate on DATA_DIR/dev/crl.pem.
+    #[command(subcommand)]
+    Dev(dev::DevCommand),
     /// Back up a running server's whole store to a file (records stay
     /// sealed, keys wrapped; the master key is never in it). The caller
     /// needs a policy rule with action "backup".
@@ -282,6 +287,7 @@ pub(crate) async fn run() -> ExitCode {
         Command::Grants(command) => Ok(grants::grants(command).await),
         Command::Policy(command) => Ok(policy::policy(command)),
         Command::Config(command) => Ok(config::config(command)),
+        Command::Dev(command) => Ok(dev::dev(command)),
         Command::Backup(args) => Ok(backup::backup(args).await),
         Command::Restore(args) => Ok(backup::restore(args).await),
     };

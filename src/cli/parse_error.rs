@@ -270,7 +270,7 @@ mod tests {
             m,
             "unrecognized subcommand; the commands are serve, tokenize, detokenize, delete, \
              info, erase, export, keys, health, store, audit, callers, canary, grants, policy, \
-             config, backup and restore; see --help"
+             config, dev, backup and restore; see --help"
         );
         let m = error(&["audit", "bogus"], &[]);
         assert_eq!(

@@ -128,6 +128,71 @@ impl Pki {
         );
     }
 
+    /// A client certificate signed by this CA for dev caller `name` (its
+    /// SPIFFE ID), valid only from `not_before` to `not_after`, written as
+    /// `file_stem.pem` / `.key`: to test expired and not-yet-valid ones.
+    pub fn issue_client_valid(
+        &self,
+        file_stem: &str,
+        name: &str,
+        not_before: time::OffsetDateTime,
+        not_after: time::OffsetDateTime,
+    ) {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, SanType,
+        };
+        // The issuer as DevCa makes it: its subject is one CN (Pki::new's).
+        let ca_key = KeyPair::from_pem(&self.ca.key_pem()).unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "fieldvault test CA");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let issuer = Issuer::new(ca_params, ca_key);
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.subject_alt_names = vec![SanType::URI(spiffe_id(name).try_into().unwrap())];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = not_before;
+        params.not_after = not_after;
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        write(
+            &self.dir.join(format!("{file_stem}.pem")),
+            cert.pem().as_bytes(),
+        );
+        write(
+            &self.dir.join(format!("{file_stem}.key")),
+            key.serialize_pem().as_bytes(),
+        );
+    }
+
+    /// Writes `file` in this PKI's dir: a CRL signed by this CA revoking
+    /// the certificates `NAME.pem` of `revoked`.
+    pub fn write_crl(&self, file: &str, revoked: &[&str]) {
+        let serials: Vec<Vec<u8>> = revoked.iter().map(|name| self.serial(name)).collect();
+        let crl = self
+            .ca
+            .revocation_list(
+                &serials,
+                1 + serials.len() as u64,
+                Duration::from_secs(3600),
+            )
+            .unwrap();
+        // Renamed into place, as a CRL publisher would.
+        let tmp = self.dir.join(format!("{file}.tmp"));
+        write(&tmp, crl.as_bytes());
+        std::fs::rename(&tmp, self.dir.join(file)).unwrap();
+    }
+
+    /// The serial number (DER bytes) of `NAME.pem`.
+    pub fn serial(&self, name: &str) -> Vec<u8> {
+        let pem = std::fs::read(self.dir.join(format!("{name}.pem"))).unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+        pem.parse_x509().unwrap().raw_serial().to_vec()
+    }
+
     pub fn client_tls(&self, name: &str) -> ClientTls {
         ClientTls::from_files(
             &self.dir.join("ca.pem"),
