@@ -15,6 +15,7 @@ pub mod fsperm;
 pub mod grpc;
 pub mod identity;
 pub mod limits;
+pub mod metrics;
 pub mod policy_file;
 pub mod store;
 pub mod tls;

@@ -24,6 +24,11 @@ pub(crate) struct ServeArgs {
     /// --config, listen is set in the file.
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// With --dev: serve Prometheus metrics at http://ADDR/metrics (plain
+    /// HTTP, no authentication: keep it on loopback, e.g. 127.0.0.1:9464).
+    /// With --config, set `listen` under [metrics] in the file.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// With --dev: delete the dev setup (DATA_DIR/dev), the store and the
     /// audit log first, and start over with new certificates and a new
     /// master key. Every token made before becomes unreadable.
@@ -111,8 +116,9 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
                 println!("reset: deleted {what}");
             }
         }
-        let (config, created) =
+        let (mut config, created) =
             fieldvault::dev::prepare(&data_dir, listen).map_err(|e| e.to_string())?;
+        config.metrics.listen = args.metrics_listen;
         let dir = fieldvault::dev::dev_dir(&data_dir);
         println!(
             "fieldvault dev mode ({} {})",
@@ -158,6 +164,13 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
                 ("--data-dir", args.data_dir.is_some()),
             ],
         )?;
+        if args.metrics_listen.is_some() {
+            return Err(format!(
+                "--metrics-listen applies to --dev only; with --config, set `listen` under \
+                 [metrics] in {}",
+                path.display()
+            ));
+        }
         fieldvault::config::Config::load(&path, &env).map_err(|e| e.to_string())?
     };
     let mut config = config;
@@ -221,6 +234,9 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
     println!("listening on {}", server.local_addr());
+    if let Some(addr) = server.metrics_addr() {
+        println!("metrics on http://{addr}/metrics (plain HTTP, no authentication)");
+    }
     let shutdown = async {
         async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
             match s.as_mut() {

@@ -22,12 +22,14 @@ pub use keys::{
     MAX_FAILED_TOKENS, MAX_REWRAP_RATE,
 };
 pub use lifecycle::TokenInfo;
+pub use gauges::refresh_gauges;
 
 mod admin;
 mod audited;
 mod backup;
 #[cfg(test)]
 mod grant_tests;
+mod gauges;
 mod grants;
 mod guard;
 use guard::RuleUse;
@@ -1077,6 +1079,11 @@ impl Vault {
                 }
             }
             return Err(e);
+        }
+        if grant_units > 0 && crate::metrics::enabled() {
+            let caller = crate::metrics::caller_label(&policy, Some(caller));
+            metrics::counter!(crate::metrics::GRANT_REVEALS, "caller" => caller)
+                .increment(grant_units);
         }
         let revealed = results.iter().filter(|r| r.is_ok()).count();
         tracing::debug!(caller = %caller, request_id = %call.request_id, purpose = %purpose, items = results.len(), revealed, "detokenize");

@@ -239,6 +239,7 @@ impl TestVault {
             audit: Default::default(),
             retention: Default::default(),
             grants: Default::default(),
+            metrics: Default::default(),
         };
         adjust(&mut config);
         let server = bounded(
