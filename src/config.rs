@@ -1142,7 +1142,10 @@ env = "FIELDVAULT_MASTER_KEY"
         assert_eq!(c.metrics.listen, None);
         let text = format!("{FULL}\n[metrics]\nlisten = \"127.0.0.1:9464\"\n");
         let c = Config::from_toml(&text, &no_env).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(c.metrics.listen, Some("127.0.0.1:9464".parse().unwrap_or_else(|e| panic!("{e}"))));
+        assert_eq!(
+            c.metrics.listen,
+            Some("127.0.0.1:9464".parse().unwrap_or_else(|e| panic!("{e}")))
+        );
         for (text, expected) in [
             (
                 format!("{FULL}\n[metrics]\nlisten = \"localhost\"\n"),

@@ -107,7 +107,10 @@ fn describe() {
         ITEMS,
         "Batch items of tokenize and detokenize calls by action and outcome (stored, full, masked, permission_denied, not_found, ...)"
     );
-    describe_counter!(GRANT_REVEALS, "Values revealed under an approved grant, by caller");
+    describe_counter!(
+        GRANT_REVEALS,
+        "Values revealed under an approved grant, by caller"
+    );
     describe_counter!(
         QUOTA_REFUSALS,
         "Detokenize calls refused because a rule's quota is spent, by caller and quota period (per)"
@@ -356,7 +359,10 @@ pub fn caller_label(
 }
 
 /// [`caller_label`] of an identity as text (an audit event's caller).
-pub fn caller_label_of(policy: &crate::domain::policy::Policy, caller: Option<&str>) -> SharedString {
+pub fn caller_label_of(
+    policy: &crate::domain::policy::Policy,
+    caller: Option<&str>,
+) -> SharedString {
     let parsed = caller.and_then(|c| crate::domain::CallerId::parse(c).ok());
     caller_label(policy, parsed.as_ref())
 }
@@ -433,9 +439,7 @@ fn code_name(code: &[u8]) -> &'static str {
 }
 
 fn status_of(headers: &http::HeaderMap) -> Option<&'static str> {
-    headers
-        .get("grpc-status")
-        .map(|v| code_name(v.as_bytes()))
+    headers.get("grpc-status").map(|v| code_name(v.as_bytes()))
 }
 
 // ---- the RPC layer --------------------------------------------------------
@@ -523,7 +527,10 @@ impl CallRecord {
             return;
         }
         self.done = true;
-        let labels = [("rpc", self.rpc.clone()), ("code", SharedString::const_str(code))];
+        let labels = [
+            ("rpc", self.rpc.clone()),
+            ("code", SharedString::const_str(code)),
+        ];
         metrics::counter!(GRPC_CALLS, &labels).increment(1);
         metrics::histogram!(GRPC_SECONDS, &labels).record(self.start.elapsed().as_secs_f64());
     }

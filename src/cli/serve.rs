@@ -233,10 +233,10 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     // soon as that line appears must not find the default action (death).
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
-    println!("listening on {}", server.local_addr());
     if let Some(addr) = server.metrics_addr() {
         println!("metrics on http://{addr}/metrics (plain HTTP, no authentication)");
     }
+    println!("listening on {}", server.local_addr());
     let shutdown = async {
         async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
             match s.as_mut() {

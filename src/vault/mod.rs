@@ -15,6 +15,7 @@ use std::sync::{Arc, RwLock};
 
 pub use admin::{CallerStatus, QuotaUse, MAX_CANARIES_PER_CALL, MAX_FREEZE_REASON};
 pub use audited::{new_request_id, Call};
+pub use gauges::refresh_gauges;
 pub use grants::{GrantRequest, GrantSettings, GrantView, DEFAULT_LIST_GRANTS, MAX_LIST_GRANTS};
 pub use guard::{alert_line, FreezeTrigger, ALERT_TARGET};
 pub use keys::{
@@ -22,14 +23,13 @@ pub use keys::{
     MAX_FAILED_TOKENS, MAX_REWRAP_RATE,
 };
 pub use lifecycle::TokenInfo;
-pub use gauges::refresh_gauges;
 
 mod admin;
 mod audited;
 mod backup;
+mod gauges;
 #[cfg(test)]
 mod grant_tests;
-mod gauges;
 mod grants;
 mod guard;
 use guard::RuleUse;
