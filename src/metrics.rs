@@ -607,6 +607,61 @@ mod tests {
         assert!(known_rpcs().len() > 10, "{:?}", known_rpcs().keys());
     }
 
+    fn record() -> CallRecord {
+        CallRecord {
+            rpc: rpc_label("/fieldvault.v1.Vault/Detokenize"),
+            start: Instant::now(),
+            done: false,
+        }
+    }
+
+    #[test]
+    fn a_call_counts_once_with_the_code_of_its_trailers_or_as_none_without_one() {
+        use http_body_util::BodyExt;
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                // Trailers with a status: that code, once.
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", http::HeaderValue::from_static("5"));
+                let inner = http_body_util::Empty::<Bytes>::new()
+                    .with_trailers(async move { Some(Ok::<_, std::convert::Infallible>(trailers)) });
+                let body = RecordedBody {
+                    inner: Body::new(inner),
+                    record: record(),
+                };
+                body.collect().await.unwrap();
+                // A body that ends without trailers, and one dropped unread.
+                let body = RecordedBody {
+                    inner: Body::empty(),
+                    record: record(),
+                };
+                body.collect().await.unwrap();
+                drop(RecordedBody {
+                    inner: Body::empty(),
+                    record: record(),
+                });
+            });
+        });
+        let text = handle.render();
+        assert!(
+            text.contains(
+                "fieldvault_grpc_calls_total{rpc=\"/fieldvault.v1.Vault/Detokenize\",code=\"NotFound\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "fieldvault_grpc_calls_total{rpc=\"/fieldvault.v1.Vault/Detokenize\",code=\"none\"} 2\n"
+            ),
+            "{text}"
+        );
+    }
+
     #[test]
     fn status_codes_are_named_and_anything_else_is_invalid() {
         assert_eq!(code_name(b"0"), "OK");
