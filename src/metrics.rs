@@ -628,8 +628,9 @@ mod tests {
                 // Trailers with a status: that code, once.
                 let mut trailers = http::HeaderMap::new();
                 trailers.insert("grpc-status", http::HeaderValue::from_static("5"));
-                let inner = http_body_util::Empty::<Bytes>::new()
-                    .with_trailers(async move { Some(Ok::<_, std::convert::Infallible>(trailers)) });
+                let inner = http_body_util::Empty::<Bytes>::new().with_trailers(async move {
+                    Some(Ok::<_, std::convert::Infallible>(trailers))
+                });
                 let body = RecordedBody {
                     inner: Body::new(inner),
                     record: record(),

@@ -524,3 +524,41 @@ fn metrics_listen_on_the_command_line_is_refused_with_a_config_file() {
         "{stderr}"
     );
 }
+
+#[test]
+fn config_check_names_a_bad_metrics_address_and_notes_a_listener_off_loopback() {
+    use common::cli::{run_to_exit, stderr, stdout};
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    let data = tmp.path().join("data");
+    let config = |tables: &str| {
+        write_config_file(
+            tmp.path(),
+            &pki,
+            DEV_POLICY,
+            (&data, &data.join("audit.log")),
+            "",
+            tables,
+        )
+    };
+    let path = config("[metrics]\nlisten = \"nowhere\"\n");
+    let out = run_to_exit(1, &["config", "check", path.to_str().unwrap()], "");
+    assert!(
+        stderr(&out).contains("metrics.listen: 'nowhere' is not an address:port"),
+        "{}",
+        stderr(&out)
+    );
+    let path = config("[metrics]\nlisten = \"127.0.0.1:9464\"\n");
+    let out = run_to_exit(0, &["config", "check", path.to_str().unwrap()], "");
+    assert!(!stdout(&out).contains("note:"), "{}", stdout(&out));
+    let path = config("[metrics]\nlisten = \"0.0.0.0:9464\"\n");
+    let out = run_to_exit(0, &["config", "check", path.to_str().unwrap()], "");
+    assert!(
+        stdout(&out).contains(
+            "note: metrics.listen: 0.0.0.0:9464 is not a loopback address; the metrics endpoint \
+             is plain HTTP without authentication"
+        ),
+        "{}",
+        stdout(&out)
+    );
+}
