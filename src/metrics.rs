@@ -367,18 +367,67 @@ pub fn caller_label_of(
     caller_label(policy, parsed.as_ref())
 }
 
-/// The RPC label of a request path: the method path when a service of
-/// this server defines it, else `unknown` (a client picks the path).
-fn rpc_label(path: &str) -> SharedString {
-    static KNOWN: OnceLock<HashMap<String, SharedString>> = OnceLock::new();
-    KNOWN
-        .get_or_init(known_rpcs)
-        .get(path)
-        .cloned()
-        .unwrap_or(SharedString::const_str("unknown"))
+/// The RPCs of this server's services: the label of each, and the handles
+/// of its series per status code, registered at first use (a call then
+/// costs an index and two atomic updates, not a registry lookup).
+struct Rpcs {
+    /// Method path -> index into `labels`; 0 is `unknown`.
+    index: HashMap<String, usize>,
+    labels: Vec<SharedString>,
+    /// `labels.len() * CODES.len()` slots.
+    series: Vec<OnceLock<(metrics::Counter, metrics::Histogram)>>,
 }
 
-fn known_rpcs() -> HashMap<String, SharedString> {
+fn rpcs() -> &'static Rpcs {
+    static RPCS: OnceLock<Rpcs> = OnceLock::new();
+    RPCS.get_or_init(|| {
+        let mut labels = vec![SharedString::const_str("unknown")];
+        let mut index = HashMap::new();
+        for path in known_rpcs() {
+            index.insert(path.clone(), labels.len());
+            labels.push(SharedString::from(Arc::<str>::from(path.as_str())));
+        }
+        let series = (0..labels.len() * CODES.len())
+            .map(|_| OnceLock::new())
+            .collect();
+        Rpcs {
+            index,
+            labels,
+            series,
+        }
+    })
+}
+
+/// The RPC of a request path: a method a service of this server defines,
+/// else `unknown` (0): a client picks the path.
+fn rpc_index(path: &str) -> usize {
+    rpcs().index.get(path).copied().unwrap_or(0)
+}
+
+#[cfg(test)]
+fn rpc_label(path: &str) -> SharedString {
+    rpcs().labels[rpc_index(path)].clone()
+}
+
+/// The counter and histogram of `rpc` (an index from [`rpc_index`]) and
+/// `code` (an index into [`CODES`]).
+fn series(rpc: usize, code: usize) -> Option<&'static (metrics::Counter, metrics::Histogram)> {
+    let rpcs = rpcs();
+    let slot = rpcs.series.get(rpc * CODES.len() + code)?;
+    Some(slot.get_or_init(|| {
+        let labels = [
+            ("rpc", rpcs.labels.get(rpc).cloned().unwrap_or_default()),
+            ("code", SharedString::const_str(CODES[code % CODES.len()])),
+        ];
+        (
+            metrics::counter!(GRPC_CALLS, &labels),
+            metrics::histogram!(GRPC_SECONDS, &labels),
+        )
+    }))
+}
+
+/// Every method path of the services this server offers.
+fn known_rpcs() -> Vec<String> {
     use prost::Message;
     let mut paths: Vec<String> = vec![
         "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo".into(),
@@ -406,40 +455,46 @@ fn known_rpcs() -> HashMap<String, SharedString> {
         }
     }
     paths
-        .into_iter()
-        .map(|p| {
-            let label = SharedString::from(Arc::<str>::from(p.as_str()));
-            (p, label)
-        })
-        .collect()
 }
 
-/// The name of a gRPC status code, as other gRPC libraries print it.
-fn code_name(code: &[u8]) -> &'static str {
+/// The `code` label's values: gRPC status codes 0 to 16 by the names other
+/// gRPC libraries print, a `grpc-status` that is none of them, and no
+/// status at all.
+const CODES: [&str; 19] = [
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+    "invalid",
+    "none",
+];
+const INVALID_CODE: usize = 17;
+const NO_CODE: usize = 18;
+
+/// The index into [`CODES`] of a `grpc-status` value.
+fn code_index(code: &[u8]) -> usize {
     match code {
-        b"0" => "OK",
-        b"1" => "Canceled",
-        b"2" => "Unknown",
-        b"3" => "InvalidArgument",
-        b"4" => "DeadlineExceeded",
-        b"5" => "NotFound",
-        b"6" => "AlreadyExists",
-        b"7" => "PermissionDenied",
-        b"8" => "ResourceExhausted",
-        b"9" => "FailedPrecondition",
-        b"10" => "Aborted",
-        b"11" => "OutOfRange",
-        b"12" => "Unimplemented",
-        b"13" => "Internal",
-        b"14" => "Unavailable",
-        b"15" => "DataLoss",
-        b"16" => "Unauthenticated",
-        _ => "invalid",
+        [d @ b'0'..=b'9'] => usize::from(d - b'0'),
+        [b'1', d @ b'0'..=b'6'] => 10 + usize::from(d - b'0'),
+        _ => INVALID_CODE,
     }
 }
 
-fn status_of(headers: &http::HeaderMap) -> Option<&'static str> {
-    headers.get("grpc-status").map(|v| code_name(v.as_bytes()))
+fn status_of(headers: &http::HeaderMap) -> Option<usize> {
+    headers.get("grpc-status").map(|v| code_index(v.as_bytes()))
 }
 
 // ---- the RPC layer --------------------------------------------------------
@@ -491,7 +546,7 @@ where
             return Box::pin(inner.call(req));
         }
         let mut record = CallRecord {
-            rpc: rpc_label(req.uri().path()),
+            rpc: rpc_index(req.uri().path()),
             start: Instant::now(),
             done: false,
         };
@@ -516,29 +571,29 @@ where
 
 /// One call being counted; counted once, at its status or when dropped.
 struct CallRecord {
-    rpc: SharedString,
+    /// See [`rpc_index`].
+    rpc: usize,
     start: Instant,
     done: bool,
 }
 
 impl CallRecord {
-    fn finish(&mut self, code: &'static str) {
+    /// `code`: an index into [`CODES`].
+    fn finish(&mut self, code: usize) {
         if self.done {
             return;
         }
         self.done = true;
-        let labels = [
-            ("rpc", self.rpc.clone()),
-            ("code", SharedString::const_str(code)),
-        ];
-        metrics::counter!(GRPC_CALLS, &labels).increment(1);
-        metrics::histogram!(GRPC_SECONDS, &labels).record(self.start.elapsed().as_secs_f64());
+        if let Some((calls, seconds)) = series(self.rpc, code) {
+            calls.increment(1);
+            seconds.record(self.start.elapsed().as_secs_f64());
+        }
     }
 }
 
 impl Drop for CallRecord {
     fn drop(&mut self) {
-        self.finish("none");
+        self.finish(NO_CODE);
     }
 }
 
@@ -563,7 +618,7 @@ impl HttpBody for RecordedBody {
                     self.record.finish(code);
                 }
             }
-            Poll::Ready(Some(Err(_))) | Poll::Ready(None) => self.record.finish("none"),
+            Poll::Ready(Some(Err(_))) | Poll::Ready(None) => self.record.finish(NO_CODE),
             Poll::Pending => {}
         }
         polled
@@ -576,13 +631,6 @@ impl HttpBody for RecordedBody {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
-}
-
-// ---- small helpers for the layers below ------------------------------------
-
-/// Seconds since `start`, for a histogram.
-pub fn seconds_since(start: Instant) -> f64 {
-    start.elapsed().as_secs_f64()
 }
 
 #[cfg(test)]
@@ -604,12 +652,12 @@ mod tests {
             rpc_label("/fieldvault.v1.Vault/+1 202-555-0100").as_ref(),
             "unknown"
         );
-        assert!(known_rpcs().len() > 10, "{:?}", known_rpcs().keys());
+        assert!(known_rpcs().len() > 10, "{:?}", known_rpcs());
     }
 
     fn record() -> CallRecord {
         CallRecord {
-            rpc: rpc_label("/fieldvault.v1.Vault/Detokenize"),
+            rpc: rpc_index("/fieldvault.v1.Vault/Detokenize"),
             start: Instant::now(),
             done: false,
         }
@@ -665,10 +713,14 @@ mod tests {
 
     #[test]
     fn status_codes_are_named_and_anything_else_is_invalid() {
-        assert_eq!(code_name(b"0"), "OK");
-        assert_eq!(code_name(b"7"), "PermissionDenied");
-        assert_eq!(code_name(b"16"), "Unauthenticated");
-        assert_eq!(code_name(b"17"), "invalid");
-        assert_eq!(code_name(b"+1 202-555-0100"), "invalid");
+        let name = |code: &[u8]| CODES[code_index(code)];
+        assert_eq!(name(b"0"), "OK");
+        assert_eq!(name(b"7"), "PermissionDenied");
+        assert_eq!(name(b"16"), "Unauthenticated");
+        assert_eq!(name(b"17"), "invalid");
+        assert_eq!(name(b"07"), "invalid");
+        assert_eq!(name(b"+7"), "invalid");
+        assert_eq!(name(b"+1 202-555-0100"), "invalid");
+        assert_eq!(CODES[NO_CODE], "none");
     }
 }
