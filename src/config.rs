@@ -1153,7 +1153,7 @@ env = "FIELDVAULT_MASTER_KEY"
             ),
             (
                 format!("{FULL}\n[metrics]\nlisten = \"127.0.0.1:9464\"\npath = \"/m\"\n"),
-                "metrics: unknown field `path`",
+                "config: metrics.path: TOML parse error",
             ),
         ] {
             let err = Config::from_toml(&text, &no_env)
