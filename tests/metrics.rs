@@ -242,8 +242,64 @@ async fn calls_move_the_counters_by_what_they_did_and_the_endpoint_shows_no_valu
         .await
         .unwrap();
 
+    // An address revealed under a grant two approvers approved.
+    let mut requester = pb::grants_client::GrantsClient::new(
+        channel(&vault.addr(), &vault.pki.client_tls("fulfilment")).await,
+    );
+    let grant_id = requester
+        .request_grant(pb::RequestGrantRequest {
+            caller: String::new(),
+            kinds: vec![FieldKind::Address as i32],
+            purpose: "shipping".into(),
+            max_reveals: 5,
+            valid_for: Some(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }),
+            reason: "labels for batch TEST-7".into(),
+            tokens: Vec::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .grant
+        .unwrap()
+        .grant_id;
+    for approver in ["approver1", "approver2"] {
+        pb::grants_client::GrantsClient::new(
+            channel(&vault.addr(), &vault.pki.client_tls(approver)).await,
+        )
+        .approve_grant(pb::ApproveGrantRequest {
+            grant_id: grant_id.clone(),
+        })
+        .await
+        .unwrap();
+    }
+    let mut fulfilment = vault.client("fulfilment").await;
+    let shipped = fulfilment
+        .detokenize(pb::DetokenizeRequest {
+            tokens: vec![tokens[1].clone()],
+            purpose: "shipping".into(),
+            justification: String::new(),
+            grant_id: grant_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        matches!(
+            shipped.results[0].outcome,
+            Some(pb::detokenize_result::Outcome::Revealed(_))
+        ),
+        "{shipped:?}"
+    );
+
     let body = scrape(metrics).await;
     assert_shows_nothing_sensitive(&body, &tokens);
+    assert!(
+        !body.contains(&grant_id),
+        "the grant id is in the metrics:\n{body}"
+    );
     let after = parse(&body);
     let moved = |name: &str, labels: &[(&str, &str)]| {
         get(&after, name, labels) - get(&before, name, labels)
@@ -256,7 +312,7 @@ async fn calls_move_the_counters_by_what_they_did_and_the_endpoint_shows_no_valu
     let detokenize_rpc = "/fieldvault.v1.Vault/Detokenize";
     for (rpc, code, n) in [
         (tokenize, "OK", 1.0),
-        (detokenize_rpc, "OK", 1.0),
+        (detokenize_rpc, "OK", 2.0),
         (detokenize_rpc, "PermissionDenied", 2.0),
         (detokenize_rpc, "InvalidArgument", 1.0),
         (detokenize_rpc, "ResourceExhausted", 1.0),
@@ -297,7 +353,7 @@ async fn calls_move_the_counters_by_what_they_did_and_the_endpoint_shows_no_valu
     );
     assert_eq!(
         moved(items, &[("action", "detokenize"), ("outcome", "full")]),
-        1.0
+        2.0
     );
     assert_eq!(
         moved(items, &[("action", "detokenize"), ("outcome", "masked")]),
@@ -310,7 +366,14 @@ async fn calls_move_the_counters_by_what_they_did_and_the_endpoint_shows_no_valu
         ),
         2.0
     );
-    // Quota refusals and freezes.
+    // Grant reveals, quota refusals and freezes.
+    assert_eq!(
+        moved(
+            "fieldvault_grant_reveals_total",
+            &[("caller", &spiffe_id("fulfilment"))]
+        ),
+        1.0
+    );
     assert_eq!(
         moved(
             "fieldvault_quota_refusals_total",
