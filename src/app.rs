@@ -42,6 +42,8 @@ pub enum StartError {
     Reflection(String),
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 /// Why the server stopped on its own, or failed to stop cleanly.
@@ -66,6 +68,8 @@ pub struct Server {
     /// For stopping its background jobs (rewrap, index rebuild, schedule)
     /// at shutdown: they hold the store.
     vault: Option<Arc<Vault>>,
+    /// The metrics listener (`[metrics] listen`) and its gauge refresh.
+    metrics: Option<crate::metrics::Endpoint>,
     /// What a drain reports NOT_SERVING through (once the task that
     /// reports storage and audit failures has stopped).
     reporter: tonic_health::server::HealthReporter,
@@ -100,6 +104,11 @@ impl Server {
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bound address of the metrics listener, if there is one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|m| m.local_addr())
     }
 
     /// Stops accepting, lets in-flight calls finish, and waits for every
@@ -162,6 +171,10 @@ impl Server {
                 }
             },
         };
+        // Scrapes work until the calls are done.
+        if let Some(metrics) = self.metrics.take() {
+            metrics.stop().await;
+        }
         // Jobs end after their current batch; their state is stored and
         // they resume at the next start.
         if let Some(vault) = self.vault.take() {
@@ -367,6 +380,16 @@ pub async fn start(
     let grants_service = GrantsService::new(vault.clone())
         .into_server()
         .max_decoding_message_size(crate::limits::SMALL_SERVICE_MESSAGE_BYTES);
+    // Metrics last of what can fail: the refresh of the key and freeze
+    // gauges holds the vault only while it reads (a weak reference).
+    let metrics = match config.metrics.listen {
+        Some(addr) => {
+            let mut endpoint = crate::metrics::listen(addr).await?;
+            endpoint.attach(crate::vault::refresh_gauges(Arc::downgrade(&vault)));
+            Some(endpoint)
+        }
+        None => None,
+    };
     // Nothing below can fail: resume the jobs a crash or restart
     // interrupted and run the rotation schedule (once per server).
     vault.start_background();
@@ -414,6 +437,9 @@ pub async fn start(
         max_request_bytes = limits.max_request_bytes,
         "fieldvault listening (mTLS required)"
     );
+    if let Some(m) = &metrics {
+        tracing::info!(metrics_addr = %m.local_addr(), "metrics at http://{}/metrics (plain HTTP, no authentication)", m.local_addr());
+    }
     Ok(Server {
         local_addr,
         shutdown: Some(shutdown_tx),
@@ -424,6 +450,7 @@ pub async fn start(
         reporter,
         in_flight,
         cut_off,
+        metrics,
     })
 }
 
@@ -447,6 +474,16 @@ pub fn accept_limits(limits: &crate::limits::Resolved) -> crate::tls::AcceptLimi
     }
 }
 
+/// The layers every call goes through, outermost first: metrics, the
+/// request id, the guard (byte budget, stream tracking, request timeout).
+pub type ServerLayers = tower_layer::Stack<
+    crate::limits::GuardLayer,
+    tower_layer::Stack<
+        crate::request::RequestLayer,
+        tower_layer::Stack<crate::metrics::RpcMetricsLayer, tower_layer::Identity>,
+    >,
+>;
+
 /// The tonic server settings and layers under `limits` (HTTP/2 streams,
 /// windows, headers, keepalive; the byte budget, stream tracking and the
 /// request timeout): the vault's and the bench ceiling's, so the two differ
@@ -460,12 +497,7 @@ pub fn server_builder(
     limits: &crate::limits::Resolved,
     rule_check: Option<crate::limits::RuleCheck>,
     in_flight: crate::request::InFlight,
-) -> tonic::transport::Server<
-    tower_layer::Stack<
-        crate::limits::GuardLayer,
-        tower_layer::Stack<crate::request::RequestLayer, tower_layer::Identity>,
-    >,
-> {
+) -> tonic::transport::Server<ServerLayers> {
     let mut guard =
         crate::limits::GuardLayer::new(limits.max_request_bytes, limits.max_message_bytes)
             .with_request_timeout(limits.request_timeout);
@@ -473,6 +505,8 @@ pub fn server_builder(
         guard = guard.with_rule_check(check);
     }
     tonic::transport::Server::builder()
+        // Outermost: it sees every answer, the guard's refusals too.
+        .layer(crate::metrics::RpcMetricsLayer)
         .max_concurrent_streams(limits.max_concurrent_streams)
         .initial_stream_window_size(limits.stream_window_bytes)
         .initial_connection_window_size(limits.connection_window_bytes)
@@ -578,6 +612,7 @@ mod tests {
             reporter: tonic_health::server::health_reporter().0,
             in_flight: Default::default(),
             cut_off: Default::default(),
+            metrics: None,
         };
         (server, rx)
     }

@@ -45,6 +45,10 @@
 //! start_new_chain = false                 # true: a trail that does not verify at
 //!                                         # start is moved aside, a new chain begins
 //!
+//! [metrics]                             # optional: Prometheus text at /metrics
+//! listen = "127.0.0.1:9464"               # plain HTTP, no authentication (absent:
+//!                                         # no listener)
+//!
 //! [master_key]
 //! file = "/etc/fieldvault/master.key"     # 64 hex chars, mode 0600
 //! # or: env = "FIELDVAULT_MASTER_KEY"     # the variable holding the hex key
@@ -117,6 +121,8 @@ pub struct Config {
     pub retention: crate::domain::Retention,
     /// `[grants]`: the ceilings of approved-workflow grants.
     pub grants: crate::vault::GrantSettings,
+    /// `[metrics]`: the Prometheus scrape listener.
+    pub metrics: MetricsSettings,
     /// `[log]`: the server's log format and level.
     pub log: LogSettings,
     /// `[shutdown]`: how long a SIGTERM waits for calls in flight.
@@ -189,6 +195,15 @@ impl Default for ShutdownSettings {
             drain_timeout: std::time::Duration::from_secs(DEFAULT_DRAIN_TIMEOUT_SECS),
         }
     }
+}
+
+/// `[metrics]`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// Where the Prometheus text endpoint (`/metrics`) listens: plain HTTP
+    /// without authentication, so a loopback or otherwise private address.
+    /// `None` (no `listen`): no listener, and no metrics are kept.
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[audit]`.
@@ -398,6 +413,8 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     shutdown: RawShutdown,
+    #[serde(default)]
+    metrics: RawMetrics,
 }
 
 #[derive(Deserialize, Default)]
@@ -449,6 +466,27 @@ impl RawShutdown {
         Ok(ShutdownSettings {
             drain_timeout: std::time::Duration::from_secs(secs as u64),
         })
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
+}
+
+impl RawMetrics {
+    fn parse(self) -> Result<MetricsSettings, ConfigError> {
+        let listen = self
+            .listen
+            .map(|text| {
+                text.parse().map_err(|e| ConfigError::Field {
+                    field: "metrics.listen",
+                    reason: format!("'{text}' is not an address:port ({e})"),
+                })
+            })
+            .transpose()?;
+        Ok(MetricsSettings { listen })
     }
 }
 
@@ -1023,6 +1061,7 @@ impl Config {
         let grants = raw.grants.parse()?;
         let log = raw.log.parse()?;
         let shutdown = raw.shutdown.parse()?;
+        let metrics = raw.metrics.parse()?;
         Ok(Self {
             listen,
             data_dir,
@@ -1053,6 +1092,7 @@ impl Config {
             grants,
             log,
             shutdown,
+            metrics,
         })
     }
 
@@ -1322,6 +1362,34 @@ env = "FIELDVAULT_MASTER_KEY"
             e.as_deref().is_some_and(|e| e.contains("rotate_every")),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn metrics_listen_is_off_unless_set_and_a_bad_address_names_its_key() {
+        let c = Config::from_toml(FULL, &no_env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.metrics.listen, None);
+        let text = format!("{FULL}\n[metrics]\nlisten = \"127.0.0.1:9464\"\n");
+        let c = Config::from_toml(&text, &no_env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.metrics.listen,
+            Some("127.0.0.1:9464".parse().unwrap_or_else(|e| panic!("{e}")))
+        );
+        for (text, expected) in [
+            (
+                format!("{FULL}\n[metrics]\nlisten = \"localhost\"\n"),
+                "config: metrics.listen: 'localhost' is not an address:port",
+            ),
+            (
+                format!("{FULL}\n[metrics]\nlisten = \"127.0.0.1:9464\"\npath = \"/m\"\n"),
+                "config: metrics.path: TOML parse error",
+            ),
+        ] {
+            let err = Config::from_toml(&text, &no_env)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
     }
 
     #[test]

@@ -438,6 +438,7 @@ pub fn prepare(data_dir: &Path, listen: SocketAddr) -> Result<(Config, bool), De
         grants: Default::default(),
         log: Default::default(),
         shutdown: Default::default(),
+        metrics: Default::default(),
         // Expired tokens go within a second, so `tokenize --ttl 5s` can be
         // watched to the end.
         retention: crate::domain::Retention {

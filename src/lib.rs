@@ -16,6 +16,7 @@ pub mod fsperm;
 pub mod grpc;
 pub mod identity;
 pub mod limits;
+pub mod metrics;
 pub mod policy_file;
 pub mod request;
 pub mod store;

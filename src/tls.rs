@@ -51,6 +51,15 @@ fn file_err(field: &'static str, path: &Path, reason: impl std::fmt::Display) ->
     }
 }
 
+/// Describes the metric the accept loop emits (called once, when the
+/// metrics recorder is installed: src/metrics.rs).
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        "fieldvault_tls_handshake_failures_total",
+        "TLS handshakes that failed, by reason (a small fixed set: see src/tls.rs)"
+    );
+}
+
 /// Reads every certificate in a PEM file; `field` names the setting in errors.
 pub fn read_certs(
     field: &'static str,

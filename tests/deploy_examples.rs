@@ -18,6 +18,10 @@ fn the_example_config_parses() {
         .for_kind(fieldvault::domain::FieldKind::Phone);
     assert_eq!(phone.max_ttl, std::time::Duration::from_secs(3650 * 86_400));
     assert_eq!(phone.default_ttl, None);
+    assert_eq!(
+        config.metrics.listen,
+        Some("127.0.0.1:9464".parse().unwrap())
+    );
 }
 
 #[test]

@@ -18,19 +18,6 @@ use serde_yaml_ng::Value;
 use std::path::{Path, PathBuf};
 
 const KUBERNETES_DIR: &str = "deploy/kubernetes";
-/// The drain deadline when `[shutdown] drain_timeout_secs` is not set.
-const DEFAULT_DRAIN_SECS: u64 = 30;
-/// The settings of issue 17 the ConfigMap carries commented out until they
-/// are merged: (table, key).
-const ISSUE_17_KEYS: &[(&str, &str)] = &[
-    ("tls", "crls"),
-    ("tls", "reload_interval_secs"),
-    ("metrics", "listen"),
-    ("log", "format"),
-    ("log", "level"),
-    ("shutdown", "drain_timeout_secs"),
-];
-const MARKER: &str = "# issue-17-key: ";
 
 /// Every YAML document under deploy/kubernetes, with its file name.
 fn documents() -> Vec<(String, Value)> {
@@ -103,33 +90,20 @@ fn k8s_mode(v: &Value) -> u32 {
     }
 }
 
-/// The ConfigMap's fieldvault.toml, and the same with the lines marked
-/// `# issue-17-key:` uncommented.
-fn configmap_config(docs: &[(String, Value)]) -> (String, String) {
+/// The ConfigMap's fieldvault.toml.
+fn configmap_config(docs: &[(String, Value)]) -> String {
     let cm = find(docs, "ConfigMap", "fieldvault-config");
-    let text = str_at(cm, &["data", "fieldvault.toml"]).unwrap().to_owned();
-    let uncommented = text
-        .lines()
-        .map(|l| l.strip_prefix(MARKER).unwrap_or(l))
-        .collect::<Vec<_>>()
-        .join("\n");
-    (text, uncommented)
+    str_at(cm, &["data", "fieldvault.toml"]).unwrap().to_owned()
 }
 
 fn configmap_settings(docs: &[(String, Value)]) -> Config {
-    let (text, _) = configmap_config(docs);
+    let text = configmap_config(docs);
     Config::from_toml(&text, &|_| None).unwrap_or_else(|e| panic!("ConfigMap fieldvault.toml: {e}"))
 }
 
-/// The drain deadline the ConfigMap sets (in a marked line until
-/// `[shutdown]` is merged), or the default.
+/// The drain deadline the ConfigMap sets, or the default.
 fn configmap_drain_secs(docs: &[(String, Value)]) -> u64 {
-    let (_, uncommented) = configmap_config(docs);
-    let table: toml::Table = uncommented.parse().unwrap();
-    table
-        .get("shutdown")
-        .and_then(|s| s.get("drain_timeout_secs"))
-        .map_or(DEFAULT_DRAIN_SECS, |v| v.as_integer().unwrap() as u64)
+    configmap_settings(docs).shutdown.drain_timeout.as_secs()
 }
 
 #[test]
@@ -202,32 +176,6 @@ fn the_configmap_config_loads_with_the_servers_loader_and_its_policy_with_the_po
         "{} is not mounted",
         args[2]
     );
-}
-
-#[test]
-fn the_commented_issue_17_lines_are_the_decided_settings() {
-    let docs = documents();
-    let (text, _) = configmap_config(&docs);
-    let mut table = String::new();
-    for line in text.lines() {
-        let (is_marked, content) = match line.strip_prefix(MARKER) {
-            Some(rest) => (true, rest.trim()),
-            None => (false, line.trim()),
-        };
-        if content.starts_with('[') {
-            table = content.trim_matches(|c| c == '[' || c == ']').to_owned();
-            continue;
-        }
-        if !is_marked {
-            assert!(!line.contains("issue-17-key"), "a malformed marker: {line}");
-            continue;
-        }
-        let key = content.split('=').next().unwrap().trim();
-        assert!(
-            ISSUE_17_KEYS.contains(&(table.as_str(), key)),
-            "[{table}] {key}: not one of issue 17's decided settings"
-        );
-    }
 }
 
 /// Where `path` comes from in the server container: the volume and the
@@ -388,7 +336,7 @@ fn every_file_the_config_names_is_one_a_volume_mount_provides() {
     }
     // The CRL files of the opt-in `# crls = [...]` line (commented until an
     // operator has a CRL).
-    let (text, _) = configmap_config(&docs);
+    let text = configmap_config(&docs);
     let crls_line = text
         .lines()
         .find_map(|l| l.strip_prefix("# crls = "))
@@ -751,12 +699,7 @@ fn the_systemd_unit_runs_as_the_sysusers_user_and_starts_and_stops_as_the_server
     // Reload is SIGHUP; stop waits out the drain.
     assert!(unit_value(&unit, "ExecReload").contains("-HUP $MAINPID"));
     let stop = unit_seconds(unit_value(&unit, "TimeoutStopSec"));
-    let drain =
-        toml::from_str::<toml::Table>(&std::fs::read_to_string("deploy/fieldvault.toml").unwrap())
-            .unwrap()
-            .get("shutdown")
-            .and_then(|s| s.get("drain_timeout_secs"))
-            .map_or(DEFAULT_DRAIN_SECS, |v| v.as_integer().unwrap() as u64);
+    let drain = config.shutdown.drain_timeout.as_secs();
     assert!(
         stop > drain,
         "TimeoutStopSec {stop}s must exceed the drain deadline {drain}s"

@@ -294,39 +294,74 @@ impl ChainWriter {
     }
 
     async fn send(&self, event_json: Option<String>) -> Result<u64, AuditError> {
+        let started = std::time::Instant::now();
+        let (result, failure) = self.send_timed(event_json).await;
+        metrics::histogram!(crate::metrics::AUDIT_WRITE_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        if let Some(reason) = failure {
+            metrics::counter!(crate::metrics::AUDIT_FAILURES, "reason" => reason).increment(1);
+        }
+        result
+    }
+
+    /// [`ChainWriter::send`], and why it failed in one fixed word (a
+    /// metric's label).
+    async fn send_timed(
+        &self,
+        event_json: Option<String>,
+    ) -> (Result<u64, AuditError>, Option<&'static str>) {
         let refused = |cause: String| {
             self.health.refused(&cause, 1);
             AuditError(cause)
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let queue = self
-            .queue
-            .as_ref()
-            .ok_or_else(|| refused("the audit writer is closed".into()))?;
+        let Some(queue) = self.queue.as_ref() else {
+            return (
+                Err(refused("the audit writer is closed".into())),
+                Some("closed"),
+            );
+        };
         let bytes = event_json.as_ref().map_or(0, String::len);
         if self.queued.fetch_add(bytes, Ordering::SeqCst) + bytes > MAX_QUEUED_BYTES {
             self.queued.fetch_sub(bytes, Ordering::SeqCst);
-            return Err(refused(
-                "the audit writer is behind (its queue is full); nothing was recorded".into(),
-            ));
+            return (
+                Err(refused(
+                    "the audit writer is behind (its queue is full); nothing was recorded".into(),
+                )),
+                Some("queue_full"),
+            );
         }
         if let Err(e) = queue.try_send(Request { event_json, reply }) {
             self.queued.fetch_sub(bytes, Ordering::SeqCst);
-            return Err(refused(match e {
-                TrySendError::Full(_) => {
-                    "the audit writer is behind (its queue is full); nothing was recorded".into()
-                }
-                TrySendError::Disconnected(_) => "the audit writer stopped".into(),
-            }));
+            return match e {
+                TrySendError::Full(_) => (
+                    Err(refused(
+                        "the audit writer is behind (its queue is full); nothing was recorded"
+                            .into(),
+                    )),
+                    Some("queue_full"),
+                ),
+                TrySendError::Disconnected(_) => (
+                    Err(refused("the audit writer stopped".into())),
+                    Some("stopped"),
+                ),
+            };
         }
         match tokio::time::timeout(APPEND_DEADLINE, answer).await {
-            Err(_) => Err(refused(format!(
-                "an audit event was not durable within {} ms (a hung disk?)",
-                APPEND_DEADLINE.as_millis()
-            ))),
-            Ok(Err(_)) => Err(refused("the audit writer stopped".into())),
+            Err(_) => (
+                Err(refused(format!(
+                    "an audit event was not durable within {} ms (a hung disk?)",
+                    APPEND_DEADLINE.as_millis()
+                ))),
+                Some("timeout"),
+            ),
+            Ok(Err(_)) => (
+                Err(refused("the audit writer stopped".into())),
+                Some("stopped"),
+            ),
             // The thread counted this refusal with its batch.
-            Ok(Ok(outcome)) => outcome.map_err(AuditError),
+            Ok(Ok(Ok(seq))) => (Ok(seq), None),
+            Ok(Ok(Err(e))) => (Err(AuditError(e)), Some("write_failed")),
         }
     }
 }

@@ -99,15 +99,34 @@ fn problems_of(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<Str
             }
         },
     }
+    if config.metrics.listen == Some(config.listen) && config.listen.port() != 0 {
+        problems.push(format!(
+            "metrics.listen: {} is the gRPC listen address too; give the metrics listener a port of its own",
+            config.listen
+        ));
+    }
     problems
+}
+
+/// What is allowed but worth saying: a metrics listener off loopback
+/// serves plain HTTP to anyone who can reach it.
+fn notes_of(config: &Config) -> Vec<String> {
+    match config.metrics.listen {
+        Some(addr) if !addr.ip().is_loopback() => vec![format!(
+            "metrics.listen: {addr} is not a loopback address; the metrics endpoint is plain HTTP \
+             without authentication (it shows callers, RPCs and key versions, never values): \
+             let only the scraper reach it (a firewall, a NetworkPolicy)"
+        )],
+        _ => Vec::new(),
+    }
 }
 
 fn check(args: CheckArgs) -> ExitCode {
     let file = args.file.display().to_string();
     let env = |k: &str| std::env::var(k).ok();
-    let problems = match Config::load(&args.file, &env) {
-        Err(e) => vec![e.to_string()],
-        Ok(config) => problems_of(&config, &env),
+    let (problems, notes) = match Config::load(&args.file, &env) {
+        Err(e) => (vec![e.to_string()], Vec::new()),
+        Ok(config) => (problems_of(&config, &env), notes_of(&config)),
     };
     let valid = problems.is_empty();
     if args.json {
@@ -117,6 +136,7 @@ fn check(args: CheckArgs) -> ExitCode {
                 "file": file,
                 "valid": valid,
                 "problems": problems,
+                "notes": notes,
                 "overridden_by_environment": fieldvault::config::ENV_OVERRIDES
                     .iter()
                     .filter(|(var, _)| env(var).is_some())
@@ -126,6 +146,9 @@ fn check(args: CheckArgs) -> ExitCode {
         );
     } else if valid {
         emit!("{file}: a valid config; every file it names is readable and safe");
+        for note in &notes {
+            emit!("  note: {note}");
+        }
         for (var, setting) in fieldvault::config::ENV_OVERRIDES {
             if env(var).is_some() {
                 emit!("  {setting}: overridden by the environment ({var})");

@@ -24,6 +24,11 @@ pub(crate) struct ServeArgs {
     /// --config, listen is set in the file.
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// With --dev: serve Prometheus metrics at http://ADDR/metrics (plain
+    /// HTTP, no authentication: keep it on loopback, e.g. 127.0.0.1:9464).
+    /// With --config, set `listen` under [metrics] in the file.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// With --dev: delete the dev setup (DATA_DIR/dev), the store and the
     /// audit log first, and start over with new certificates and a new
     /// master key. Every token made before becomes unreadable.
@@ -132,6 +137,7 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
         let (mut config, created) =
             fieldvault::dev::prepare(&data_dir, listen).map_err(|e| e.to_string())?;
         config.log = log;
+        config.metrics.listen = args.metrics_listen;
         let dir = fieldvault::dev::dev_dir(&data_dir);
         println!(
             "fieldvault dev mode ({} {})",
@@ -178,6 +184,13 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
                 ("--log-format", args.log_format.is_some()),
             ],
         )?;
+        if args.metrics_listen.is_some() {
+            return Err(format!(
+                "--metrics-listen applies to --dev only; with --config, set `listen` under \
+                 [metrics] in {}",
+                path.display()
+            ));
+        }
         let config = fieldvault::config::Config::load(&path, &env).map_err(|e| e.to_string())?;
         super::init_logging(&config.log);
         config
@@ -242,6 +255,9 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
     // soon as that line appears must not find the default action (death).
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+    if let Some(addr) = server.metrics_addr() {
+        println!("metrics on http://{addr}/metrics (plain HTTP, no authentication)");
+    }
     println!("listening on {}", server.local_addr());
     let shutdown = async {
         async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {

@@ -257,7 +257,11 @@ fn run<C: Committer>(rx: mpsc::Receiver<Job<C>>, mut committer: C, failure: &Fai
                 (j.write, j.reply)
             })
             .unzip();
-        match committer.commit(writes) {
+        metrics::histogram!(crate::metrics::COMMIT_BATCH).record(writes.len() as f64);
+        let started = std::time::Instant::now();
+        let committed = committer.commit(writes);
+        metrics::histogram!(crate::metrics::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+        match committed {
             Commit::Done(outcomes) => answer(replies, outcomes),
             Commit::DoneThenFailed(outcomes, e) => {
                 tracing::error!(

@@ -527,7 +527,10 @@ impl Wal {
         self.file
             .write_all_at(&frame, self.end)
             .map_err(|e| self.io(e))?;
+        let started = std::time::Instant::now();
         self.file.sync_data().map_err(|e| self.io(e))?;
+        metrics::histogram!(crate::metrics::WAL_SYNC_SECONDS)
+            .record(started.elapsed().as_secs_f64());
         self.end += frame.len() as u64;
         self.sequence += 1;
         Ok(())

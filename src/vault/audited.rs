@@ -89,11 +89,16 @@ impl Vault {
             event.reason = Some(e.to_string());
         }
         event.settle();
+        if crate::metrics::enabled() {
+            self.count_decision(&event);
+        }
         // While the trail is known to refuse events, a refusal is not held
         // behind it (a hung disk would hold every refused call for the
         // whole deadline): it goes to the server log instead.
         if result.is_err() && self.audit.failure().is_some() {
             self.audit.not_offered();
+            metrics::counter!(crate::metrics::AUDIT_FAILURES, "reason" => "not_offered")
+                .increment(1);
             self.log_unrecorded(&event);
             return result;
         }
@@ -136,6 +141,35 @@ impl Vault {
                 tracing::debug!(error = %e, "the audit trail did not take a refused call's event");
                 self.log_unrecorded(&event);
                 Err(refusal)
+            }
+        }
+    }
+
+    /// Counts a call's decision (and a batch's items by outcome): caller
+    /// identities the policy does not name count as `unknown`; actions and
+    /// outcomes are the audit trail's fixed words.
+    fn count_decision(&self, event: &Event) {
+        use crate::metrics::{caller_label_of, DECISIONS, ITEMS};
+        let caller = caller_label_of(&self.policy(), event.caller.as_deref());
+        metrics::counter!(
+            DECISIONS,
+            "caller" => caller,
+            "action" => event.action.clone(),
+            "outcome" => event.decision.as_str()
+        )
+        .increment(1);
+        if matches!(event.action.as_str(), "tokenize" | "detokenize") {
+            for item in &event.items {
+                metrics::counter!(
+                    ITEMS,
+                    "action" => event.action.clone(),
+                    "outcome" => if item.outcome.is_empty() {
+                        metrics::SharedString::const_str("none")
+                    } else {
+                        metrics::SharedString::from(item.outcome.clone())
+                    }
+                )
+                .increment(1);
             }
         }
     }

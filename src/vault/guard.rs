@@ -175,6 +175,8 @@ impl Vault {
         match self.store.freeze(freeze.clone()).await {
             Ok(Some(earlier)) => Ok(earlier),
             Ok(None) => {
+                metrics::counter!(crate::metrics::FREEZES, "trigger" => trigger.as_str())
+                    .increment(1);
                 tracing::warn!(target: ALERT_TARGET, "{}", alert_line(&freeze, trigger, &call.request_id));
                 let mut event = call.event("caller.frozen");
                 for (key, value) in [
@@ -276,6 +278,14 @@ impl Vault {
         let Some((u, quota)) = which.get(index) else {
             return Err(VaultError::Unavailable("internal error".into()));
         };
+        if crate::metrics::enabled() {
+            metrics::counter!(
+                crate::metrics::QUOTA_REFUSALS,
+                "caller" => crate::metrics::caller_label(policy, Some(caller)),
+                "per" => quota.per.as_str()
+            )
+            .increment(1);
+        }
         let refusal = VaultError::QuotaExceeded {
             caller: caller.to_string(),
             rule: u.rule.clone(),

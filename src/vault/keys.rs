@@ -533,7 +533,7 @@ impl Vault {
             .await
     }
 
-    async fn key_status_now(&self) -> Result<KeyStatus, VaultError> {
+    pub(super) async fn key_status_now(&self) -> Result<KeyStatus, VaultError> {
         let catalog = self
             .store
             .key_catalog()

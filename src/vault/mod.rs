@@ -15,6 +15,7 @@ use std::sync::{Arc, RwLock};
 
 pub use admin::{CallerStatus, QuotaUse, MAX_CANARIES_PER_CALL, MAX_FREEZE_REASON};
 pub use audited::{new_request_id, Call};
+pub use gauges::refresh_gauges;
 pub use grants::{GrantRequest, GrantSettings, GrantView, DEFAULT_LIST_GRANTS, MAX_LIST_GRANTS};
 pub use guard::{alert_line, FreezeTrigger, ALERT_TARGET};
 pub use keys::{
@@ -26,6 +27,7 @@ pub use lifecycle::TokenInfo;
 mod admin;
 mod audited;
 mod backup;
+mod gauges;
 #[cfg(test)]
 mod grant_tests;
 mod grants;
@@ -1077,6 +1079,11 @@ impl Vault {
                 }
             }
             return Err(e);
+        }
+        if grant_units > 0 && crate::metrics::enabled() {
+            let caller = crate::metrics::caller_label(&policy, Some(caller));
+            metrics::counter!(crate::metrics::GRANT_REVEALS, "caller" => caller)
+                .increment(grant_units);
         }
         let revealed = results.iter().filter(|r| r.is_ok()).count();
         tracing::debug!(caller = %caller, request_id = %call.request_id, purpose = %purpose, items = results.len(), revealed, "detokenize");

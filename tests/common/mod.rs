@@ -306,6 +306,7 @@ impl TestVault {
             grants: Default::default(),
             log: Default::default(),
             shutdown: Default::default(),
+            metrics: Default::default(),
         };
         adjust(&mut config);
         let server = bounded(

@@ -147,6 +147,11 @@ struct BenchArgs {
     /// of detokenize-100 at 300,000 values/s; past them its calls fail.
     #[arg(long, conflicts_with = "addr")]
     grants: bool,
+    /// The vaults this starts serve Prometheus metrics (`[metrics] listen`
+    /// on a loopback port, not scraped): run once with and once without to
+    /// see what counting costs.
+    #[arg(long, conflicts_with = "addr")]
+    metrics: bool,
     /// Addresses the grants phase tokenizes and reveals.
     #[arg(long, default_value_t = 10_000, requires = "grants")]
     grant_addresses: u64,
@@ -220,6 +225,7 @@ async fn bench(args: BenchArgs) -> Result<ExitCode, String> {
         grants: args.grants.then_some(load::GrantsOptions {
             addresses: args.grant_addresses,
         }),
+        metrics: args.metrics,
     })
     .await?;
     print!("{}", report.to_markdown());

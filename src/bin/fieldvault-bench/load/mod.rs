@@ -70,6 +70,10 @@ pub struct BenchOptions {
     /// Run the grants phase: detokenize without a grant (masked), then
     /// under an approved grant (in full, every value charged to it).
     pub grants: Option<GrantsOptions>,
+    /// The vaults it starts serve Prometheus metrics (`[metrics] listen`
+    /// on a loopback port), so that a run with and one without measure
+    /// what counting costs.
+    pub metrics: bool,
 }
 
 #[cfg(test)]
@@ -94,6 +98,7 @@ impl BenchOptions {
             compare_quotas: false,
             lifecycle: None,
             grants: None,
+            metrics: false,
         }
     }
 }
@@ -279,6 +284,9 @@ impl Report {
             o.connections,
             o.preload
         );
+        if o.metrics {
+            out.push_str("the vaults serve Prometheus metrics ([metrics] listen)\n\n");
+        }
         if !self.rows.is_empty() {
             out.push_str("| scenario | ops/s | values/s | p50 ms | p95 ms | p99 ms | max ms | ceiling ops/s | vs ceiling | server RSS MiB | failed |\n");
             out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
@@ -685,6 +693,8 @@ struct Tuning {
     /// `[grants] max_reveals`: the ceiling of a grant (default: the
     /// server's).
     grants_max_reveals: Option<u32>,
+    /// `[metrics] listen` on a loopback port.
+    metrics: bool,
 }
 
 /// Writes a config (`name` under `dir`) for the vault (and the ceiling)
@@ -723,6 +733,11 @@ fn write_config(
         Some(n) => format!("[grants]\nmax_reveals = {n}\n"),
         None => String::new(),
     };
+    let metrics = if tuning.metrics {
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n"
+    } else {
+        ""
+    };
     let text = format!(
         r#"listen = "127.0.0.1:0"
 data_dir = "{data}"
@@ -738,7 +753,7 @@ key = "{tls_key}"
 client_ca = "{ca}"
 [master_key]
 file = "{key}"
-{retention}{grants}"#,
+{retention}{grants}{metrics}"#,
         data = dir.display(),
         policy = policy.display(),
         audit = audit_log.display(),
@@ -1057,7 +1072,10 @@ pub async fn run(options: BenchOptions) -> Result<Report, String> {
         options.cache_capacity_mib,
         &audit_log,
         &bench_policy(&[]),
-        &Tuning::default(),
+        &Tuning {
+            metrics: options.metrics,
+            ..Tuning::default()
+        },
     )?;
     let config_s = config.to_str().ok_or("non-UTF-8 path")?;
     let vault = match &options.addr {
@@ -1260,7 +1278,10 @@ impl FreshVault<'_> {
             o.cache_capacity_mib,
             audit_log,
             policy,
-            &Tuning::default(),
+            &Tuning {
+                metrics: o.metrics,
+                ..Tuning::default()
+            },
         )?;
         let config = config.to_str().ok_or("non-UTF-8 path")?;
         let (vault, _) = ServerChild::spawn(self.bin, &["serve", "--config", config])?;
