@@ -273,6 +273,14 @@ pub async fn start(
     let policy_file = Arc::new(policy_file);
     crate::domain::value::warm_up();
     let limits = crate::limits::Resolved::new(config, crate::limits::nofile_soft_limit())?;
+    // The metrics recorder first: what opening the TLS files records (the
+    // server certificate's expiry, every handshake-failure reason at zero)
+    // is then in the registry from the first scrape; and a metrics address
+    // in use is refused before the store is opened.
+    let mut metrics = match config.metrics.listen {
+        Some(addr) => Some(crate::metrics::listen(addr).await?),
+        None => None,
+    };
     let tls = crate::tls_reload::ServerTls::open(crate::tls_reload::TlsSources::of(config))?;
     let store = SledStore::open(&SledConfig {
         path: config.store_dir(),
@@ -380,16 +388,11 @@ pub async fn start(
     let grants_service = GrantsService::new(vault.clone())
         .into_server()
         .max_decoding_message_size(crate::limits::SMALL_SERVICE_MESSAGE_BYTES);
-    // Metrics last of what can fail: the refresh of the key and freeze
-    // gauges holds the vault only while it reads (a weak reference).
-    let metrics = match config.metrics.listen {
-        Some(addr) => {
-            let mut endpoint = crate::metrics::listen(addr).await?;
-            endpoint.attach(crate::vault::refresh_gauges(Arc::downgrade(&vault)));
-            Some(endpoint)
-        }
-        None => None,
-    };
+    // The refresh of the key and freeze gauges holds the vault only while
+    // it reads (a weak reference).
+    if let Some(endpoint) = metrics.as_mut() {
+        endpoint.attach(crate::vault::refresh_gauges(Arc::downgrade(&vault)));
+    }
     // Nothing below can fail: resume the jobs a crash or restart
     // interrupted and run the rotation schedule (once per server).
     vault.start_background();

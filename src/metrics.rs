@@ -88,8 +88,33 @@ const MAX_SCRAPE_CONNECTIONS: usize = 16;
 /// closed.
 const SCRAPE_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why the audit trail did not take an event (`reason` of
+/// [`AUDIT_FAILURES`]): the writer's refusals and a refusal answered
+/// before the event was offered.
+pub const AUDIT_FAILURE_REASONS: [&str; 6] = [
+    "closed",
+    "queue_full",
+    "stopped",
+    "timeout",
+    "write_failed",
+    "not_offered",
+];
+
+/// The counters alerts watch, at zero from the start: a series born at 1
+/// is invisible to `increase()`, so a first freeze or a one-off audit
+/// outage would not fire.
+fn zero_series() {
+    for trigger in crate::vault::FreezeTrigger::ALL {
+        metrics::counter!(FREEZES, "trigger" => trigger.as_str()).increment(0);
+    }
+    for reason in AUDIT_FAILURE_REASONS {
+        metrics::counter!(AUDIT_FAILURES, "reason" => reason).increment(0);
+    }
+}
+
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    zero_series();
     describe_counter!(
         GRPC_CALLS,
         "gRPC calls by method path (rpc) and status code (code; \"none\": the response ended or was abandoned without a grpc-status)"

@@ -350,3 +350,53 @@ async fn a_call_in_flight_past_the_drain_deadline_is_cut_off_and_the_server_exit
     assert_eq!(token.len(), 1);
     assert!(server.terminate(EXIT_DEADLINE).success());
 }
+
+/// A SIGHUP during startup (a certificate hook's `systemctl reload`) does
+/// not kill the server, and a SIGTERM then is not lost: the server drains
+/// as soon as it serves and exits 0.
+#[test]
+fn a_sighup_and_a_sigterm_during_startup_neither_kill_the_server_nor_get_lost() {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let log = std::fs::File::create(tmp.path().join("server.log")).unwrap();
+    let mut child = std::process::Command::new(common::process::BIN)
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let signal = |name: &str| {
+        assert!(std::process::Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    // The banner comes before the store and the audit trail are opened.
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let banner = lines.next().unwrap().unwrap();
+    assert!(banner.starts_with("fieldvault dev mode"), "{banner}");
+    signal("-HUP");
+    signal("-TERM");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > EXIT_DEADLINE {
+            let _ = child.kill();
+            panic!("the server did not exit after SIGTERM during startup");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let printed: Vec<String> = lines.map_while(Result::ok).collect();
+    let logs = read_log(&tmp.path().join("server.log"));
+    assert!(status.success(), "{status:?}\n{printed:?}\n{logs}");
+    assert!(logs.contains("draining"), "{logs}");
+}

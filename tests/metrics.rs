@@ -551,6 +551,21 @@ async fn without_metrics_listen_the_server_listens_on_its_grpc_port_only() {
     .unwrap();
     let addr = metrics_addr_printed(&server).unwrap_or_else(|| panic!("{}", server.stdout));
     assert_eq!(listening_sockets(server.pid()), 2);
+    // From the first scrape of a new process: the TLS material's series
+    // (the recorder is in place before the TLS files are opened) and the
+    // counters alerts watch, at zero.
+    let first = scrape(addr).await;
+    for series in [
+        "fieldvault_tls_server_cert_not_after_seconds ",
+        "fieldvault_tls_handshake_failures_total{reason=\"revoked\"} 0",
+        "fieldvault_caller_freezes_total{trigger=\"canary\"} 0",
+        "fieldvault_audit_write_failures_total{reason=\"write_failed\"} 0",
+    ] {
+        assert!(
+            first.contains(series),
+            "no {series:?} in the first scrape:\n{first}"
+        );
+    }
     let samples = scrape_until(addr, "the key gauges", |s| {
         get(
             s,
@@ -614,6 +629,24 @@ fn config_check_names_a_bad_metrics_address_and_notes_a_listener_off_loopback() 
     let path = config("[metrics]\nlisten = \"127.0.0.1:9464\"\n");
     let out = run_to_exit(0, &["config", "check", path.to_str().unwrap()], "");
     assert!(!stdout(&out).contains("note:"), "{}", stdout(&out));
+    // The gRPC port on all addresses (here through FIELDVAULT_LISTEN): the
+    // same port on loopback could not be bound.
+    for grpc in ["0.0.0.0:9464", "127.0.0.1:9464"] {
+        let out = common::conn::cli_in(
+            tmp.path(),
+            &["config", "check", path.to_str().unwrap()],
+            &[("FIELDVAULT_LISTEN", grpc)],
+            Duration::from_secs(60),
+        );
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!(
+                "metrics.listen: 127.0.0.1:9464 takes the port of the gRPC listen address {grpc}"
+            )),
+            "{}",
+            stderr(&out)
+        );
+    }
     let path = config("[metrics]\nlisten = \"0.0.0.0:9464\"\n");
     let out = run_to_exit(0, &["config", "check", path.to_str().unwrap()], "");
     assert!(

@@ -99,9 +99,20 @@ fn problems_of(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> Vec<Str
             }
         },
     }
-    if config.metrics.listen == Some(config.listen) && config.listen.port() != 0 {
+    // The same port on the same address, or on any address when either
+    // listens on all of them (0.0.0.0, ::): the second bind would fail.
+    let overlaps = |m: std::net::SocketAddr, g: std::net::SocketAddr| {
+        m.port() == g.port()
+            && m.port() != 0
+            && (m.ip() == g.ip() || m.ip().is_unspecified() || g.ip().is_unspecified())
+    };
+    if let Some(m) = config
+        .metrics
+        .listen
+        .filter(|m| overlaps(*m, config.listen))
+    {
         problems.push(format!(
-            "metrics.listen: {} is the gRPC listen address too; give the metrics listener a port of its own",
+            "metrics.listen: {m} takes the port of the gRPC listen address {}; give the metrics listener a port of its own",
             config.listen
         ));
     }

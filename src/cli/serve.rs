@@ -110,6 +110,18 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
             tracing::debug!("SIGXFSZ: a write crossed the file-size limit and fails with EFBIG");
         }
     });
+    // Handlers first, before anything slow (verifying the audit trail,
+    // replaying the write-ahead log): a SIGHUP (`systemctl reload`, a
+    // certificate renewal hook) during startup must not kill the process
+    // with its default action, and a SIGTERM or SIGINT then is kept and
+    // drains the server as soon as it serves. Once a handler is installed
+    // for a signal, its default action is gone for the life of the
+    // process; the policy and TLS watchers listen for SIGHUP themselves.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+    drop(tokio::signal::unix::signal(
+        tokio::signal::unix::SignalKind::hangup(),
+    ));
     let env = |k: &str| std::env::var(k).ok();
     let config = if args.dev {
         // Logging first: preparing the dev setup logs what it created.
@@ -251,10 +263,6 @@ pub(crate) async fn serve(args: ServeArgs) -> Result<ExitCode, String> {
             }
             e => e.to_string(),
         })?;
-    // Handlers installed before "listening on": a SIGTERM or SIGINT sent as
-    // soon as that line appears must not find the default action (death).
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
     if let Some(addr) = server.metrics_addr() {
         println!("metrics on http://{addr}/metrics (plain HTTP, no authentication)");
     }

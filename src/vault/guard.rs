@@ -38,6 +38,13 @@ pub enum FreezeTrigger {
 }
 
 impl FreezeTrigger {
+    pub const ALL: [FreezeTrigger; 4] = [
+        FreezeTrigger::Canary,
+        FreezeTrigger::QuotaHits,
+        FreezeTrigger::UnknownTokens,
+        FreezeTrigger::Operator,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             FreezeTrigger::Canary => "canary",
