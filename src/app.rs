@@ -74,7 +74,8 @@ pub struct Server {
     /// reports storage and audit failures has stopped).
     reporter: tonic_health::server::HealthReporter,
     in_flight: crate::request::InFlight,
-    cut_off: crate::drain::CutOff,
+    /// Every open connection, to cut off at the end of a drain.
+    connections: crate::drain::Connections,
 }
 
 /// How a drain ended.
@@ -166,7 +167,7 @@ impl Server {
                         deadline_secs = limit.as_secs(),
                         "drain deadline (shutdown.drain_timeout_secs) passed: cutting off the calls still in flight, unanswered"
                     );
-                    self.cut_off.cut();
+                    self.connections.cut_all();
                     self.wait_ref().await
                 }
             },
@@ -330,11 +331,14 @@ pub async fn start(
     vault.watch_policy(policy_file.clone());
     let watched = vault.clone();
     let tls_files = tls.clone().watch(config.tls_options.reload_interval);
+    let connections = crate::drain::Connections::new();
+    let rechecked = recheck_connections(connections.clone(), tls.verifiers());
     let health = tokio::spawn(async move {
         tokio::join!(
             watch_storage(watched.clone(), health_reporter),
             watch_policy(watched, policy_file),
-            tls_files
+            tls_files,
+            rechecked
         );
     });
     let health_service =
@@ -406,10 +410,13 @@ pub async fn start(
 
     let (incoming, accept) =
         crate::tls::incoming_with(listener, tls.configs(), accept_limits(&limits));
-    let cut_off = crate::drain::CutOff::new();
-    let cuttable = cut_off.clone();
-    let incoming =
-        tokio_stream::StreamExt::map(incoming, move |conn| conn.map(|c| cuttable.wrap(c)));
+    let registry = connections.clone();
+    let incoming = tokio_stream::StreamExt::map(incoming, move |conn| {
+        conn.map(|c| {
+            let certs = c.peer_certificates();
+            registry.wrap(c, certs)
+        })
+    });
     let in_flight = crate::request::InFlight::default();
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let router = server_builder(&limits, Some(rule_check), in_flight.clone())
@@ -452,7 +459,7 @@ pub async fn start(
         vault: Some(background),
         reporter,
         in_flight,
-        cut_off,
+        connections,
         metrics,
     })
 }
@@ -551,6 +558,54 @@ async fn watch_policy(vault: Arc<Vault>, file: Arc<crate::policy_file::PolicyFil
     }
 }
 
+/// How often open connections are checked again when the CAs and CRLs
+/// have not changed: a client certificate that expires while connected is
+/// closed within this.
+const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Checks every open connection's client certificate against the CAs and
+/// CRLs in force whenever they change and every [`RECHECK_EVERY`], and
+/// closes those that fail: a revocation is in force for open connections
+/// too, not only for new handshakes.
+async fn recheck_connections(
+    connections: crate::drain::Connections,
+    mut verifiers: tokio::sync::watch::Receiver<
+        Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    >,
+) {
+    let mut tick = tokio::time::interval(RECHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            changed = verifiers.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = tick.tick() => {}
+        }
+        let verifier = verifiers.borrow_and_update().clone();
+        let connections = connections.clone();
+        // Signature checks, one chain per connection: off the workers.
+        let closed = tokio::task::spawn_blocking(move || connections.recheck(verifier.as_ref()))
+            .await
+            .unwrap_or_default();
+        if !closed.is_empty() {
+            let reasons = closed
+                .iter()
+                .map(|(reason, n)| format!("{reason}={n}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            tracing::warn!(
+                closed = closed.iter().map(|(_, n)| n).sum::<usize>(),
+                reasons = %reasons,
+                "closed open connections whose client certificate the CAs and CRLs in force no longer accept"
+            );
+        }
+    }
+}
+
 /// Reports NOT_SERVING (for the Vault, KeyAdmin and Admin services and the server
 /// as a whole) once storage has failed (a failed flush or fsync is fatal
 /// for writes, for good), and while the audit trail refuses events (it
@@ -614,7 +669,7 @@ mod tests {
             vault: None,
             reporter: tonic_health::server::health_reporter().0,
             in_flight: Default::default(),
-            cut_off: Default::default(),
+            connections: Default::default(),
             metrics: None,
         };
         (server, rx)

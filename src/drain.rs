@@ -1,50 +1,152 @@
-//! Cutting connections off at the end of a drain. A SIGTERM lets calls in
-//! flight finish (HTTP/2 GOAWAY: no new call is taken); the ones still
-//! running at `shutdown.drain_timeout_secs` are cut off by closing their
-//! connections, so that every task holding the store ends and the store
-//! closes (and checkpoints) before the process exits. A call cut off was
-//! never answered, so nothing it did was acknowledged.
+//! Cutting connections off: at the end of a drain, and when the client
+//! CAs and CRLs in force no longer accept a connection's certificate.
+//!
+//! A SIGTERM lets calls in flight finish (HTTP/2 GOAWAY: no new call is
+//! taken); the ones still running at `shutdown.drain_timeout_secs` are cut
+//! off by closing their connections, so that every task holding the store
+//! ends and the store closes (and checkpoints) before the process exits. A
+//! call cut off was never answered, so nothing it did was acknowledged.
+//!
+//! A revocation is in force for connections already open too: every open
+//! connection's client certificate chain is checked again when the CAs or
+//! CRLs change (and once a minute, for certificates that expire while
+//! connected), and a connection that fails is closed at once (its calls
+//! in flight are cut off; the client's next handshake fails).
 
+use rustls::server::danger::ClientCertVerifier;
+use rustls_pki_types::{CertificateDer, UnixTime};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-/// Closes every connection made [`Cuttable`] under it.
+/// The open connections, each with its client certificate chain and a way
+/// to close it.
 #[derive(Clone, Debug, Default)]
-pub struct CutOff(CancellationToken);
+pub struct Connections(Arc<Inner>);
 
-impl CutOff {
+#[derive(Debug, Default)]
+struct Inner {
+    /// Cancelled at the end of a drain: closes every connection.
+    all: CancellationToken,
+    next: AtomicU64,
+    open: Mutex<HashMap<u64, Open>>,
+}
+
+#[derive(Debug)]
+struct Open {
+    /// The client's certificate chain, leaf first (empty: none).
+    certs: Vec<CertificateDer<'static>>,
+    cut: CancellationToken,
+}
+
+impl Inner {
+    fn open(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Open>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Connections {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// `stream`, closed when [`CutOff::cut`] is called.
-    pub fn wrap<S>(&self, stream: S) -> Cuttable<S> {
+    /// `stream`, whose client presented `certs` (leaf first), closed when
+    /// [`Connections::cut_all`] is called or a [`Connections::recheck`]
+    /// finds its certificate no longer accepted.
+    pub fn wrap<S>(&self, stream: S, certs: Vec<CertificateDer<'static>>) -> Cuttable<S> {
+        let cut = self.0.all.child_token();
+        let id = self.0.next.fetch_add(1, Ordering::Relaxed);
+        self.0.open().insert(
+            id,
+            Open {
+                certs,
+                cut: cut.clone(),
+            },
+        );
         Cuttable {
             inner: stream,
-            cut: Box::pin(self.0.clone().cancelled_owned()),
+            cut: Box::pin(cut.cancelled_owned()),
+            _registered: Some(Registered {
+                id,
+                connections: self.0.clone(),
+            }),
         }
     }
 
     /// Every connection fails its next read and write (and a read waiting
     /// for data fails now).
-    pub fn cut(&self) {
-        self.0.cancel();
+    pub fn cut_all(&self) {
+        self.0.all.cancel();
+    }
+
+    /// How many connections are open.
+    pub fn len(&self) -> usize {
+        self.0.open().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Checks every open connection's client certificate chain against
+    /// `verifier` (the CAs and CRLs in force) as a handshake would now, and
+    /// closes each that fails. Returns how many were closed, by reason.
+    pub fn recheck(&self, verifier: &dyn ClientCertVerifier) -> Vec<(&'static str, usize)> {
+        let now = UnixTime::now();
+        let mut closed: Vec<(&'static str, usize)> = Vec::new();
+        for open in self.0.open().values() {
+            if open.cut.is_cancelled() {
+                continue;
+            }
+            let Some((leaf, intermediates)) = open.certs.split_first() else {
+                continue;
+            };
+            if let Err(e) = verifier.verify_client_cert(leaf, intermediates, now) {
+                open.cut.cancel();
+                let reason = crate::tls_reload::rustls_reason(&e);
+                match closed.iter_mut().find(|(r, _)| *r == reason) {
+                    Some((_, n)) => *n += 1,
+                    None => closed.push((reason, 1)),
+                }
+            }
+        }
+        for (reason, n) in &closed {
+            metrics::counter!("fieldvault_tls_connections_closed_total", "reason" => *reason)
+                .increment(*n as u64);
+        }
+        closed
     }
 }
 
-/// A connection [`CutOff::cut`] can close.
+/// Removes its connection from [`Connections`] when the connection ends.
+#[derive(Debug)]
+struct Registered {
+    id: u64,
+    connections: Arc<Inner>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.connections.open().remove(&self.id);
+    }
+}
+
+/// A connection [`Connections`] can close.
 pub struct Cuttable<S> {
     inner: S,
     cut: Pin<Box<WaitForCancellationFutureOwned>>,
+    _registered: Option<Registered>,
 }
 
 fn cut_off() -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::ConnectionAborted,
-        "cut off at the end of the drain (shutdown.drain_timeout_secs)",
+        "closed by the server: the drain deadline passed, or the client certificate is no longer accepted",
     )
 }
 
@@ -122,8 +224,9 @@ mod tests {
     #[tokio::test]
     async fn a_cut_fails_a_pending_read_and_every_later_write() {
         let (a, mut b) = tokio::io::duplex(64);
-        let cut = CutOff::new();
-        let mut a = cut.wrap(a);
+        let connections = Connections::new();
+        let mut a = connections.wrap(a, Vec::new());
+        assert_eq!(connections.len(), 1);
         b.write_all(b"x").await.unwrap_or_else(|e| panic!("{e}"));
         let mut one = [0u8; 1];
         a.read_exact(&mut one)
@@ -134,7 +237,7 @@ mod tests {
             let read = a.read(&mut buf).await;
             (a, read)
         });
-        cut.cut();
+        connections.cut_all();
         let (mut a, read) = tokio::time::timeout(std::time::Duration::from_secs(10), reader)
             .await
             .unwrap_or_else(|_| panic!("the pending read did not end"))
@@ -148,5 +251,8 @@ mod tests {
             written.err().map(|e| e.kind()),
             Some(std::io::ErrorKind::ConnectionAborted)
         );
+        // A connection leaves the registry when it ends.
+        drop(a);
+        assert!(connections.is_empty());
     }
 }

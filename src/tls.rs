@@ -211,6 +211,19 @@ impl PeerStream {
     }
 }
 
+impl PeerStream {
+    /// The client's certificate chain as presented, leaf first (empty: it
+    /// presented none).
+    pub fn peer_certificates(&self) -> Vec<CertificateDer<'static>> {
+        self.tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default()
+    }
+}
+
 impl tonic::transport::server::Connected for PeerStream {
     type ConnectInfo = Peer;
 

@@ -27,7 +27,9 @@
 
 use crate::config::{Config, TlsMinVersion};
 use crate::fsperm::{open_checked, Access};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
@@ -171,14 +173,47 @@ pub struct Summary {
     pub revoked: usize,
 }
 
+/// The server's own certificate chain and key, checked.
+struct Identity {
+    key: Arc<CertifiedKey>,
+    serial: String,
+    not_after: String,
+    not_after_unix: i64,
+}
+
+/// What client certificates are checked against: the CA bundle and the
+/// CRLs.
+struct Trust {
+    verifier: Arc<dyn ClientCertVerifier>,
+    /// The subjects of the CAs in the bundle (DER), to tell a CA taken out
+    /// of it on a reload.
+    ca_subjects: Vec<Vec<u8>>,
+    client_cas: usize,
+    crls: usize,
+    revoked: usize,
+    /// The earliest `nextUpdate` of the CRLs in force.
+    next_update_unix: Option<i64>,
+}
+
 struct Built {
     config: Arc<ServerConfig>,
     summary: Summary,
+    identity: Identity,
+    trust: Trust,
 }
 
 static TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
 static TLS13_AND_12: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// How far a server certificate's `notBefore` may be ahead of this host's
+/// clock: a certificate issued a moment ago elsewhere is not refused for a
+/// clock a few seconds off.
+const CLOCK_SKEW_SECS: i64 = 300;
+
+fn now_unix() -> i64 {
+    x509_parser::time::ASN1Time::now().timestamp()
+}
 
 fn certs_in(
     setting: &str,
@@ -220,15 +255,31 @@ fn crls_in(
     Ok(crls)
 }
 
-/// Checks that `crl` parses and that a CA in `cas` signed it; returns
-/// how many serials it revokes. Warns (does not refuse) when its
-/// `nextUpdate` has passed.
+/// What [`check_crl`] found.
+enum CrlCheck {
+    /// Signed by a CA in the bundle: how many serials it revokes, and its
+    /// `nextUpdate`.
+    InForce {
+        revoked: usize,
+        next_update: Option<i64>,
+    },
+    /// Its issuer was taken out of `tls.client_ca` by this reload: its
+    /// certificates fail the handshake anyway, so it is left out.
+    OfWithdrawnCa,
+}
+
+/// Checks that `crl` parses and that a CA in `cas` signed it. A CRL of a
+/// CA in `withdrawn` (taken out of the bundle by this reload) is left out;
+/// any other CRL no CA in the bundle signed is refused: applying the rest
+/// without it would let certificates it revokes in again. Warns (does not
+/// refuse) when its `nextUpdate` has passed.
 fn check_crl(
     setting: &str,
     path: &Path,
     crl: &CertificateRevocationListDer<'_>,
     cas: &[CertificateDer<'static>],
-) -> Result<usize, TlsError> {
+    withdrawn: &[Vec<u8>],
+) -> Result<CrlCheck, TlsError> {
     let (_, parsed) = x509_parser::parse_x509_crl(crl.as_ref())
         .map_err(|e| file_err(setting, path, format!("not a CRL: {e}")))?;
     let issuer = parsed.issuer().as_raw();
@@ -242,8 +293,9 @@ fn check_crl(
         }
         issuer_known = true;
         if parsed.verify_signature(ca.public_key()).is_ok() {
+            let next_update = parsed.next_update().map(|n| n.timestamp());
             if let Some(next) = parsed.next_update() {
-                if next.timestamp() < x509_parser::time::ASN1Time::now().timestamp() {
+                if next.timestamp() < now_unix() {
                     tracing::warn!(
                         setting,
                         file = %path.display(),
@@ -252,8 +304,20 @@ fn check_crl(
                     );
                 }
             }
-            return Ok(parsed.iter_revoked_certificates().count());
+            return Ok(CrlCheck::InForce {
+                revoked: parsed.iter_revoked_certificates().count(),
+                next_update,
+            });
         }
+    }
+    if !issuer_known && withdrawn.iter().any(|w| w.as_slice() == issuer) {
+        tracing::warn!(
+            setting,
+            file = %path.display(),
+            issuer = %parsed.issuer(),
+            "this CRL's CA was taken out of tls.client_ca: the CRL is left out (its certificates fail the handshake anyway); remove it from tls.crls"
+        );
+        return Ok(CrlCheck::OfWithdrawnCa);
     }
     Err(file_err(
         setting,
@@ -272,96 +336,186 @@ fn check_crl(
     ))
 }
 
-fn build(sources: &TlsSources, snapshot: Snapshot) -> Result<Built, TlsError> {
-    let files = sources.files();
-    let mut reads = snapshot.reads.into_iter();
-    let mut next = || -> Result<Option<Zeroizing<Vec<u8>>>, TlsError> {
-        reads
-            .next()
-            .unwrap_or_else(|| Err(TlsError::Invalid("internal: a file was not read".into())))
-    };
-    let required = |r: Option<Zeroizing<Vec<u8>>>, i: usize| {
-        r.ok_or_else(|| file_err(&files[i].name, files[i].path, "does not exist"))
-    };
-    let cert_bytes = required(next()?, 0)?;
-    let key_bytes = required(next()?, 1)?;
-    let ca_bytes = required(next()?, 2)?;
+fn required(read: Read1, setting: &str, path: &Path) -> Result<Zeroizing<Vec<u8>>, TlsError> {
+    read?.ok_or_else(|| file_err(setting, path, "does not exist"))
+}
+
+/// The server certificate and key from their files: the key must belong
+/// to the certificate, and the certificate must be valid now (an expired
+/// one would be refused by every client).
+fn build_identity(sources: &TlsSources, cert: Read1, key: Read1) -> Result<Identity, TlsError> {
+    let cert_bytes = required(cert, "tls.cert", &sources.cert)?;
+    let key_bytes = required(key, "tls.key", &sources.key)?;
     let chain = certs_in("tls.cert", &sources.cert, &cert_bytes)?;
     let key = PrivateKeyDer::from_pem_slice(&key_bytes)
         .map_err(|e| file_err("tls.key", &sources.key, e))?;
+    let leaf = x509_parser::parse_x509_certificate(chain[0].as_ref())
+        .map_err(|e| file_err("tls.cert", &sources.cert, format!("not a certificate: {e}")))?
+        .1;
+    let validity = leaf.validity();
+    let now = now_unix();
+    if validity.not_after.timestamp() < now {
+        return Err(file_err(
+            "tls.cert",
+            &sources.cert,
+            format!(
+                "the certificate expired on {}: every client would refuse it",
+                validity.not_after
+            ),
+        ));
+    }
+    if validity.not_before.timestamp() > now + CLOCK_SKEW_SECS {
+        return Err(file_err(
+            "tls.cert",
+            &sources.cert,
+            format!(
+                "the certificate is not valid until {}: every client would refuse it",
+                validity.not_before
+            ),
+        ));
+    }
+    let serial = leaf.raw_serial_as_string().replace(':', "");
+    let not_after = validity.not_after.to_string();
+    let not_after_unix = validity.not_after.timestamp();
+    let provider = rustls::crypto::ring::default_provider();
+    let key = CertifiedKey::from_der(chain, key, &provider).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => TlsError::Invalid(format!(
+            "tls.key: {}: does not belong to the certificate in tls.cert ({})",
+            sources.key.display(),
+            sources.cert.display()
+        )),
+        other => TlsError::Invalid(format!(
+            "tls.cert / tls.key: {} / {}: {other}",
+            sources.cert.display(),
+            sources.key.display()
+        )),
+    })?;
+    Ok(Identity {
+        key: Arc::new(key),
+        serial,
+        not_after,
+        not_after_unix,
+    })
+}
+
+/// The client CA bundle and the CRLs from their files (`reads`: the CA
+/// bundle, then one per CRL file). `before`: the subjects of the CAs in
+/// force until now; a CRL of one of them that the new bundle no longer
+/// holds belongs to a withdrawn CA and is left out.
+fn build_trust(
+    sources: &TlsSources,
+    reads: Vec<Read1>,
+    before: &[Vec<u8>],
+) -> Result<Trust, TlsError> {
+    let files = sources.files();
+    let mut reads = reads.into_iter();
+    let ca_read = reads
+        .next()
+        .unwrap_or_else(|| Err(TlsError::Invalid("internal: a file was not read".into())));
+    let ca_bytes = required(ca_read, "tls.client_ca", &sources.client_ca)?;
     let cas = certs_in("tls.client_ca", &sources.client_ca, &ca_bytes)?;
     let mut roots = RootCertStore::empty();
+    let mut ca_subjects = Vec::new();
     for ca in &cas {
         roots
             .add(ca.clone())
             .map_err(|e| file_err("tls.client_ca", &sources.client_ca, e))?;
+        if let Ok((_, parsed)) = x509_parser::parse_x509_certificate(ca.as_ref()) {
+            ca_subjects.push(parsed.subject().as_raw().to_vec());
+        }
     }
     let mut crls = Vec::new();
     let mut revoked = 0;
+    let mut next_update_unix: Option<i64> = None;
     for (i, path) in sources.crls.iter().enumerate() {
         let setting = &files[3 + i].name;
-        let Some(bytes) = next()? else {
+        let read = reads
+            .next()
+            .unwrap_or_else(|| Err(TlsError::Invalid("internal: a file was not read".into())));
+        let Some(bytes) = read? else {
             continue;
         };
         for crl in crls_in(setting, path, &bytes)? {
-            revoked += check_crl(setting, path, &crl, &cas)?;
-            crls.push(crl);
+            match check_crl(setting, path, &crl, &cas, before)? {
+                CrlCheck::InForce {
+                    revoked: n,
+                    next_update,
+                } => {
+                    revoked += n;
+                    if let Some(next) = next_update {
+                        next_update_unix = Some(next_update_unix.map_or(next, |e| e.min(next)));
+                    }
+                    crls.push(crl);
+                }
+                CrlCheck::OfWithdrawnCa => {}
+            }
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let crl_count = crls.len();
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
         .with_crls(crls)
         .only_check_end_entity_revocation()
         .allow_unknown_revocation_status()
         .build()
         .map_err(|e| TlsError::Invalid(format!("tls.client_ca / tls.crls: {e}")))?;
-    let summary = summarize(&chain[0], cas.len(), crl_count, revoked);
+    Ok(Trust {
+        verifier,
+        ca_subjects,
+        client_cas: cas.len(),
+        crls: crl_count,
+        revoked,
+        next_update_unix,
+    })
+}
+
+/// A server config of `identity` checking clients against `trust`.
+fn assemble(
+    sources: &TlsSources,
+    identity: &Identity,
+    trust: &Trust,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(match sources.min_version {
             TlsMinVersion::Tls13 => TLS13_ONLY,
             TlsMinVersion::Tls12 => TLS13_AND_12,
         })
         .map_err(|e| TlsError::Rustls(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| match e {
-            rustls::Error::InconsistentKeys(_) => TlsError::Invalid(format!(
-                "tls.key: {}: does not belong to the certificate in tls.cert ({})",
-                sources.key.display(),
-                sources.cert.display()
-            )),
-            other => TlsError::Invalid(format!(
-                "tls.cert / tls.key: {} / {}: {other}",
-                sources.cert.display(),
-                sources.key.display()
-            )),
-        })?;
+        .with_client_cert_verifier(trust.verifier.clone())
+        .with_cert_resolver(Arc::new(SingleCertAndKey::from(identity.key.clone())));
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Built {
-        config: Arc::new(config),
-        summary,
-    })
+    Ok(Arc::new(config))
 }
 
-fn summarize(leaf: &CertificateDer<'_>, client_cas: usize, crls: usize, revoked: usize) -> Summary {
-    let (serial, not_after, not_after_unix) =
-        match x509_parser::parse_x509_certificate(leaf.as_ref()) {
-            Ok((_, cert)) => (
-                cert.raw_serial_as_string().replace(':', ""),
-                cert.validity().not_after.to_string(),
-                cert.validity().not_after.timestamp(),
-            ),
-            Err(_) => ("?".to_owned(), "?".to_owned(), 0),
-        };
+fn summarize(identity: &Identity, trust: &Trust) -> Summary {
     Summary {
-        serial,
-        not_after,
-        not_after_unix,
-        client_cas,
-        crls,
-        revoked,
+        serial: identity.serial.clone(),
+        not_after: identity.not_after.clone(),
+        not_after_unix: identity.not_after_unix,
+        client_cas: trust.client_cas,
+        crls: trust.crls,
+        revoked: trust.revoked,
     }
+}
+
+/// Every file read, checked and built into a config: what a start needs.
+fn build(sources: &TlsSources, snapshot: Snapshot) -> Result<Built, TlsError> {
+    let mut reads = snapshot.reads;
+    let trust_reads = reads.split_off(2);
+    let mut pair = reads.into_iter();
+    let missing = || Err(TlsError::Invalid("internal: a file was not read".into()));
+    let cert = pair.next().unwrap_or_else(missing);
+    let key = pair.next().unwrap_or_else(missing);
+    let identity = build_identity(sources, cert, key)?;
+    let trust = build_trust(sources, trust_reads, &[])?;
+    let config = assemble(sources, &identity, &trust)?;
+    Ok(Built {
+        config,
+        summary: summarize(&identity, &trust),
+        identity,
+        trust,
+    })
 }
 
 /// Builds a server config from `sources` once (no reloading): what
@@ -376,23 +530,44 @@ pub fn load(sources: &TlsSources) -> Result<(Arc<ServerConfig>, Summary), TlsErr
 pub enum Reloaded {
     /// The files are as when last read (a refused set stays refused).
     Unchanged,
-    /// A new config is in force for new handshakes.
+    /// A new config is in force for new handshakes (a part refused at the
+    /// same time is logged and keeps its old material).
     Applied(Summary),
     /// The files changed but are not usable; the old material stays.
     Refused(String),
 }
 
-struct State {
-    /// The files the config in force was built from.
+/// One part of the material (the server's certificate and key, or the
+/// client CAs and CRLs), kept apart so that a bad file of one does not
+/// hold back the other (a broken CRL must not stop a server certificate
+/// renewal).
+struct Part<T> {
+    /// In force.
+    current: T,
+    /// The files `current` was built from.
     applied: Fingerprint,
     /// The last set refused (logged once).
     refused: Option<Fingerprint>,
+}
+
+impl<T> Part<T> {
+    /// Whether `fingerprint` is worth building: new, and not refused
+    /// already (unless `forced`, as on SIGHUP).
+    fn changed(&self, fingerprint: &Fingerprint, forced: bool) -> bool {
+        *fingerprint != self.applied && (forced || self.refused.as_ref() != Some(fingerprint))
+    }
+}
+
+struct State {
+    identity: Part<Identity>,
+    trust: Part<Trust>,
 }
 
 /// The config in force for new handshakes, and how to renew it.
 pub struct ServerTls {
     sources: TlsSources,
     current: watch::Sender<Arc<ServerConfig>>,
+    verifiers: watch::Sender<Arc<dyn ClientCertVerifier>>,
     state: Mutex<State>,
 }
 
@@ -401,7 +576,7 @@ impl ServerTls {
     /// anything is wrong, as a server start must.
     pub fn open(sources: TlsSources) -> Result<Arc<Self>, TlsError> {
         let snapshot = read_all(&sources);
-        let applied = snapshot.fingerprint.clone();
+        let mut fingerprint = snapshot.fingerprint.clone();
         let built = build(&sources, snapshot)?;
         tracing::info!(
             server_cert_serial = %built.summary.serial,
@@ -412,15 +587,25 @@ impl ServerTls {
             "TLS material loaded"
         );
         describe_metrics();
-        metrics::gauge!("fieldvault_tls_server_cert_not_after_seconds")
-            .set(built.summary.not_after_unix as f64);
+        set_gauges(&built.identity, &built.trust);
         let (current, _) = watch::channel(built.config);
+        let (verifiers, _) = watch::channel(built.trust.verifier.clone());
+        let trust_fp = fingerprint.split_off(2);
         Ok(Arc::new(Self {
             sources,
             current,
+            verifiers,
             state: Mutex::new(State {
-                applied,
-                refused: None,
+                identity: Part {
+                    current: built.identity,
+                    applied: fingerprint,
+                    refused: None,
+                },
+                trust: Part {
+                    current: built.trust,
+                    applied: trust_fp,
+                    refused: None,
+                },
             }),
         }))
     }
@@ -430,64 +615,134 @@ impl ServerTls {
         self.current.subscribe()
     }
 
-    /// Reads the files again; builds and applies a new config if their
-    /// content changed (or, `forced`, in any case, as on SIGHUP). Logs
-    /// what it did: a success naming what changed, a refusal naming the
-    /// setting and file (once per set of files: polling an unchanged bad
-    /// file says nothing more, unless `forced`).
+    /// The client certificate verifier in force (the CA bundle and CRLs),
+    /// kept current: open connections are checked again when it changes.
+    pub fn verifiers(&self) -> watch::Receiver<Arc<dyn ClientCertVerifier>> {
+        self.verifiers.subscribe()
+    }
+
+    /// Reads the files again; builds and applies what changed (or, when
+    /// `forced` as on SIGHUP, also what was refused before). The server's
+    /// certificate and key are one part, the client CAs and CRLs another:
+    /// each is applied or refused on its own. Logs what it did: a success
+    /// naming what changed, a refusal naming the setting and file (once per
+    /// set of files, unless `forced`).
     pub fn reload(&self, forced: bool) -> Reloaded {
         let snapshot = read_all(&self.sources);
-        let fingerprint = snapshot.fingerprint.clone();
+        let mut fingerprint = snapshot.fingerprint;
+        let trust_fp = fingerprint.split_off(2);
+        let identity_fp = fingerprint;
+        let mut reads = snapshot.reads;
+        let trust_reads = reads.split_off(2);
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if !forced && (fingerprint == state.applied || state.refused.as_ref() == Some(&fingerprint))
-        {
+        let identity_changed = state.identity.changed(&identity_fp, forced);
+        let trust_changed = state.trust.changed(&trust_fp, forced);
+        if !identity_changed && !trust_changed {
+            if forced {
+                tracing::info!("SIGHUP: the TLS files are the ones in force");
+            }
             return Reloaded::Unchanged;
         }
-        let changed: Vec<String> = self
-            .sources
-            .files()
-            .into_iter()
-            .zip(fingerprint.iter().zip(state.applied.iter()))
-            .filter(|(_, (new, old))| new != old)
-            .map(|(file, _)| file.name)
-            .collect();
-        let changed = if changed.is_empty() {
-            "nothing (forced)".to_owned()
-        } else {
-            changed.join(", ")
+        let names: Vec<String> = self.sources.files().into_iter().map(|f| f.name).collect();
+        let changed_names = |new: &Fingerprint, old: &Fingerprint, names: &[String]| {
+            names
+                .iter()
+                .zip(new.iter().zip(old.iter()))
+                .filter(|(_, (n, o))| n != o)
+                .map(|(name, _)| name.clone())
+                .collect::<Vec<_>>()
         };
-        match build(&self.sources, snapshot) {
-            Ok(built) => {
-                tracing::info!(
-                    changed = %changed,
-                    server_cert_serial = %built.summary.serial,
-                    server_cert_not_after = %built.summary.not_after,
-                    client_cas = built.summary.client_cas,
-                    crls = built.summary.crls,
-                    revoked = built.summary.revoked,
-                    "TLS material reloaded: new handshakes use it; open connections keep theirs"
-                );
-                self.current.send_replace(built.config);
-                metrics::counter!("fieldvault_tls_reloads_total", "outcome" => "applied")
-                    .increment(1);
-                metrics::gauge!("fieldvault_tls_server_cert_not_after_seconds")
-                    .set(built.summary.not_after_unix as f64);
-                state.applied = fingerprint;
-                state.refused = None;
-                Reloaded::Applied(built.summary)
-            }
-            Err(e) => {
-                tracing::warn!(
-                    changed = %changed,
-                    error = %e,
-                    "TLS files changed but cannot be used; the material in force stays"
-                );
-                metrics::counter!("fieldvault_tls_reloads_total", "outcome" => "refused")
-                    .increment(1);
-                state.refused = Some(fingerprint);
-                Reloaded::Refused(e.to_string())
+        let mut changed = Vec::new();
+        let mut refusals = Vec::new();
+        let mut new_identity = None;
+        if identity_changed {
+            let mut pair = reads.into_iter();
+            let missing = || Err(TlsError::Invalid("internal: a file was not read".into()));
+            let cert = pair.next().unwrap_or_else(missing);
+            let key = pair.next().unwrap_or_else(missing);
+            let names_here = changed_names(&identity_fp, &state.identity.applied, &names[..2]);
+            match build_identity(&self.sources, cert, key) {
+                Ok(identity) => {
+                    changed.extend(names_here);
+                    new_identity = Some(identity);
+                }
+                Err(e) => {
+                    refusals.push((names_here.join(", "), e.to_string()));
+                    state.identity.refused = Some(identity_fp.clone());
+                }
             }
         }
+        let mut new_trust = None;
+        if trust_changed {
+            let before = state.trust.current.ca_subjects.clone();
+            let names_here = changed_names(&trust_fp, &state.trust.applied, &names[2..]);
+            match build_trust(&self.sources, trust_reads, &before) {
+                Ok(trust) => {
+                    changed.extend(names_here);
+                    new_trust = Some(trust);
+                }
+                Err(e) => {
+                    refusals.push((names_here.join(", "), e.to_string()));
+                    state.trust.refused = Some(trust_fp.clone());
+                }
+            }
+        }
+        for (what, error) in &refusals {
+            tracing::warn!(
+                changed = %what,
+                error = %error,
+                "TLS files changed but cannot be used; the material in force for them stays"
+            );
+            metrics::counter!("fieldvault_tls_reloads_total", "outcome" => "refused").increment(1);
+        }
+        if new_identity.is_none() && new_trust.is_none() {
+            let why = refusals
+                .into_iter()
+                .map(|(_, e)| e)
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Reloaded::Refused(why);
+        }
+        let identity = new_identity.as_ref().unwrap_or(&state.identity.current);
+        let trust = new_trust.as_ref().unwrap_or(&state.trust.current);
+        let config = match assemble(&self.sources, identity, trust) {
+            Ok(config) => config,
+            Err(e) => {
+                tracing::warn!(error = %e, "TLS files changed but cannot be used; the material in force stays");
+                metrics::counter!("fieldvault_tls_reloads_total", "outcome" => "refused")
+                    .increment(1);
+                return Reloaded::Refused(e.to_string());
+            }
+        };
+        let summary = summarize(identity, trust);
+        tracing::info!(
+            changed = %if changed.is_empty() { "nothing".to_owned() } else { changed.join(", ") },
+            server_cert_serial = %summary.serial,
+            server_cert_not_after = %summary.not_after,
+            client_cas = summary.client_cas,
+            crls = summary.crls,
+            revoked = summary.revoked,
+            "TLS material reloaded: new handshakes use it; open connections are checked again against the CAs and CRLs in force"
+        );
+        metrics::counter!("fieldvault_tls_reloads_total", "outcome" => "applied").increment(1);
+        set_gauges(identity, trust);
+        self.current.send_replace(config);
+        if let Some(identity) = new_identity {
+            state.identity = Part {
+                current: identity,
+                applied: identity_fp,
+                refused: None,
+            };
+        }
+        if let Some(trust) = new_trust {
+            self.verifiers.send_replace(trust.verifier.clone());
+            state.trust = Part {
+                current: trust,
+                applied: trust_fp,
+                refused: None,
+            };
+        }
+        Reloaded::Applied(summary)
     }
 
     /// Reloads every `interval` (when the files changed) and on SIGHUP
@@ -586,7 +841,6 @@ pub mod reason {
 /// The [`reason`] of a failed server-side handshake (`tokio_rustls`'s
 /// accept error).
 pub fn failure_reason(e: &std::io::Error) -> &'static str {
-    use rustls::CertificateError as C;
     use std::io::ErrorKind as K;
     let rustls_error = e
         .get_ref()
@@ -600,6 +854,13 @@ pub fn failure_reason(e: &std::io::Error) -> &'static str {
             _ => reason::OTHER,
         };
     };
+    rustls_reason(err)
+}
+
+/// The [`reason`] of a rustls error: a handshake's, or a connection's
+/// client certificate checked again.
+pub fn rustls_reason(err: &rustls::Error) -> &'static str {
+    use rustls::CertificateError as C;
     match err {
         rustls::Error::InvalidCertificate(c) => match c {
             C::Revoked => reason::REVOKED,
@@ -636,12 +897,33 @@ fn describe_metrics() {
         "fieldvault_tls_server_cert_not_after_seconds",
         "When the server certificate in force expires, in seconds since the Unix epoch"
     );
+    metrics::describe_gauge!(
+        "fieldvault_tls_crl_next_update_seconds",
+        "The earliest nextUpdate of the CRLs in force, in seconds since the Unix epoch (a CRL past it is stale: publish a fresh one)"
+    );
+    metrics::describe_counter!(
+        "fieldvault_tls_connections_closed_total",
+        "Open connections closed because the CAs and CRLs in force no longer accept their client certificate, by reason (revoked, expired, unknown_ca, ...)"
+    );
     for reason in reason::ALL {
         metrics::counter!("fieldvault_tls_handshake_failures_total", "reason" => reason)
+            .increment(0);
+        metrics::counter!("fieldvault_tls_connections_closed_total", "reason" => reason)
             .increment(0);
     }
     for outcome in ["applied", "refused"] {
         metrics::counter!("fieldvault_tls_reloads_total", "outcome" => outcome).increment(0);
+    }
+}
+
+/// The gauges of the material in force: when the server certificate
+/// expires, and when the earliest CRL is due for its next update (absent
+/// without CRLs).
+fn set_gauges(identity: &Identity, trust: &Trust) {
+    metrics::gauge!("fieldvault_tls_server_cert_not_after_seconds")
+        .set(identity.not_after_unix as f64);
+    if let Some(next) = trust.next_update_unix {
+        metrics::gauge!("fieldvault_tls_crl_next_update_seconds").set(next as f64);
     }
 }
 
@@ -721,8 +1003,108 @@ mod tests {
         write(&f.path("server.pem"), server.cert_pem.as_bytes());
         assert!(matches!(tls.reload(false), Reloaded::Applied(_)));
         assert!(!Arc::ptr_eq(&before, &tls.configs().borrow()));
-        // Forced (SIGHUP): rebuilt even though nothing changed.
-        assert!(matches!(tls.reload(true), Reloaded::Applied(_)));
+        // Forced (SIGHUP) with nothing changed: nothing to apply.
+        assert_eq!(tls.reload(true), Reloaded::Unchanged);
+    }
+
+    /// A self-signed server certificate and its key (PEM), valid from
+    /// `not_before` to `not_after`.
+    fn server_pair(
+        not_before: time::OffsetDateTime,
+        not_after: time::OffsetDateTime,
+    ) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.not_before = not_before;
+        params.not_after = not_after;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn an_expired_or_not_yet_valid_server_certificate_is_refused_and_the_old_one_stays() {
+        let f = Files::new(false);
+        let tls = ServerTls::open(f.sources.clone()).unwrap();
+        let before = tls.configs().borrow().clone();
+        let day = time::Duration::days(1);
+        let now = time::OffsetDateTime::now_utc();
+        for (from, to, says) in [
+            (now - day * 10, now - day, "expired on"),
+            (now + day, now + day * 10, "is not valid until"),
+        ] {
+            let (cert, key) = server_pair(from, to);
+            write(&f.path("server.key"), key.as_bytes());
+            write(&f.path("server.pem"), cert.as_bytes());
+            let why = refused(tls.reload(false));
+            assert!(why.contains("tls.cert") && why.contains(says), "{why}");
+            assert!(Arc::ptr_eq(&before, &tls.configs().borrow()));
+            // And at start (and in config check, which loads the same way).
+            let Err(e) = load(&f.sources) else {
+                panic!("a server certificate that {says} was loaded")
+            };
+            assert!(e.to_string().contains(says), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_broken_crl_does_not_hold_back_a_new_server_certificate_nor_the_reverse() {
+        let f = Files::new(true);
+        let tls = ServerTls::open(f.sources.clone()).unwrap();
+        let verifier = tls.verifiers().borrow().clone();
+        // A CRL with the CA's name but another key's signature, and a new
+        // server certificate, at once.
+        let impostor = DevCa::new("reload test CA").unwrap();
+        let bad = impostor
+            .revocation_list(&[vec![1]], 2, Duration::from_secs(3600))
+            .unwrap();
+        write(&f.path("crl.pem"), bad.as_bytes());
+        let server = f.ca.issue_server(&["localhost"]).unwrap();
+        write(&f.path("server.key"), server.key_pem.as_bytes());
+        write(&f.path("server.pem"), server.cert_pem.as_bytes());
+        let Reloaded::Applied(summary) = tls.reload(false) else {
+            panic!("the new server certificate was held back by the bad CRL")
+        };
+        let (_, expected) = load(&TlsSources {
+            crls: vec![],
+            ..f.sources.clone()
+        })
+        .unwrap();
+        assert_eq!(summary.serial, expected.serial);
+        // The CAs and CRLs in force stay.
+        assert!(Arc::ptr_eq(&verifier, &tls.verifiers().borrow()));
+        assert_eq!(tls.reload(false), Reloaded::Unchanged, "refused once only");
+        // A broken server key does not hold back a CRL either.
+        write(&f.path("server.key"), b"not a key");
+        let good =
+            f.ca.revocation_list(&[vec![1]], 3, Duration::from_secs(3600))
+                .unwrap();
+        write(&f.path("crl.pem"), good.as_bytes());
+        let Reloaded::Applied(summary) = tls.reload(false) else {
+            panic!("the new CRL was held back by the bad key")
+        };
+        assert_eq!(summary.revoked, 1);
+        assert!(!Arc::ptr_eq(&verifier, &tls.verifiers().borrow()));
+    }
+
+    #[test]
+    fn taking_a_ca_out_of_the_bundle_applies_and_leaves_its_crl_out() {
+        let f = Files::new(true);
+        let tls = ServerTls::open(f.sources.clone()).unwrap();
+        let successor = DevCa::new("the next CA").unwrap();
+        write(&f.path("ca.pem"), successor.cert_pem().as_bytes());
+        let Reloaded::Applied(summary) = tls.reload(false) else {
+            panic!("withdrawing a CA was refused because of its CRL")
+        };
+        assert_eq!((summary.client_cas, summary.crls), (1, 0));
+        // A CRL of a CA that was never in the bundle is still refused (a
+        // wrong file must not drop the revocations in force).
+        let stranger = DevCa::new("a stranger CA").unwrap();
+        let foreign = stranger
+            .revocation_list(&[], 1, Duration::from_secs(3600))
+            .unwrap();
+        write(&f.path("crl.pem"), foreign.as_bytes());
+        let why = refused(tls.reload(false));
+        assert!(why.contains("is not a CA in tls.client_ca"), "{why}");
     }
 
     #[test]
