@@ -784,15 +784,23 @@ fn the_readme_jobs_run_real_command_lines_as_an_identity_the_policy_and_network_
         // Its pod's component label is one the server's NetworkPolicy admits.
         let component = str_at(
             job,
-            &["spec", "template", "metadata", "labels", "app.kubernetes.io/component"],
+            &[
+                "spec",
+                "template",
+                "metadata",
+                "labels",
+                "app.kubernetes.io/component",
+            ],
         )
         .unwrap();
         let np = find(&docs, "NetworkPolicy", "fieldvault");
         assert!(
-            seq(np, &["spec", "ingress"]).iter().any(|rule| seq(rule, &["from"])
+            seq(np, &["spec", "ingress"])
                 .iter()
-                .any(|f| str_at(f, &["podSelector", "matchLabels", "app.kubernetes.io/component"])
-                    == Some(component))),
+                .any(|rule| seq(rule, &["from"]).iter().any(|f| str_at(
+                    f,
+                    &["podSelector", "matchLabels", "app.kubernetes.io/component"]
+                ) == Some(component))),
             "{command}: the NetworkPolicy admits no pod labelled {component}"
         );
         // rotate-master's key file is read by the server: a server mount has it.
