@@ -705,3 +705,114 @@ fn the_systemd_unit_runs_as_the_sysusers_user_and_starts_and_stops_as_the_server
         "TimeoutStopSec {stop}s must exceed the drain deadline {drain}s"
     );
 }
+
+/// The Jobs deploy/README.md gives (```yaml blocks of `kind: Job`).
+fn readme_jobs() -> Vec<Value> {
+    let text = std::fs::read_to_string("deploy/README.md").unwrap();
+    text.split("```yaml\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .filter(|b| b.contains("kind: Job"))
+        .map(|b| serde_yaml_ng::from_str(b).unwrap_or_else(|e| panic!("README Job: {e}\n{b}")))
+        .collect()
+}
+
+/// Whether deploy/policy.toml has a rule with `action` naming `id`.
+fn policy_names(action: &str, id: &str) -> bool {
+    let policy: toml::Table = std::fs::read_to_string("deploy/policy.toml")
+        .unwrap()
+        .parse()
+        .unwrap();
+    policy["rules"].as_array().unwrap().iter().any(|r| {
+        r["action"].as_str() == Some(action)
+            && r["callers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c.as_str() == Some(id))
+    })
+}
+
+#[test]
+fn the_readme_jobs_run_real_command_lines_as_an_identity_the_policy_and_network_policy_admit() {
+    let docs = documents();
+    let jobs = readme_jobs();
+    let mut ran: Vec<String> = Vec::new();
+    for job in &jobs {
+        let pod = at(job, &["spec", "template", "spec"]).unwrap();
+        let container = seq(pod, &["containers"])[0];
+        let args = strings(at(container, &["args"]).unwrap());
+        // `args` alone, or one shell line after `command: [sh, -c]` (its
+        // date stamp is one word to the shell).
+        let args = if at(container, &["command"]).is_some() {
+            fieldvault_args(&args[0].replace("$(date -u +%Y%m%dT%H%M%SZ)", "DATE"))
+        } else {
+            args
+        };
+        cli_accepts(&args);
+        let (command, action) = match &args[..2] {
+            [a, b] if a == "keys" && b == "rotate-master" => ("keys rotate-master", "keys"),
+            [a, ..] if a == "backup" => ("backup", "backup"),
+            other => panic!("README Job runs {other:?}"),
+        };
+        ran.push(command.into());
+        // Its client certificate is a mounted cert-manager Secret whose
+        // SPIFFE ID the policy names for the action.
+        let cert_path = Path::new(flag(&args, "--cert"));
+        let mount = seq(container, &["volumeMounts"])
+            .into_iter()
+            .find(|m| cert_path.parent() == Some(Path::new(str_at(m, &["mountPath"]).unwrap())))
+            .unwrap_or_else(|| panic!("{command}: --cert is not mounted"));
+        let volume = seq(pod, &["volumes"])
+            .into_iter()
+            .find(|v| v.get("name") == mount.get("name"))
+            .unwrap();
+        let secret = str_at(volume, &["secret", "secretName"]).unwrap();
+        let cert = docs
+            .iter()
+            .map(|(_, d)| d)
+            .find(|d| {
+                str_at(d, &["kind"]) == Some("Certificate")
+                    && str_at(d, &["spec", "secretName"]) == Some(secret)
+            })
+            .unwrap_or_else(|| panic!("{command}: no Certificate writes {secret}"));
+        let id = str_at(seq(cert, &["spec", "uris"])[0], &[]).unwrap();
+        assert!(
+            policy_names(action, id),
+            "{command}: no rule with action {action:?} names {id}"
+        );
+        // Its pod's component label is one the server's NetworkPolicy admits.
+        let component = str_at(
+            job,
+            &[
+                "spec",
+                "template",
+                "metadata",
+                "labels",
+                "app.kubernetes.io/component",
+            ],
+        )
+        .unwrap();
+        let np = find(&docs, "NetworkPolicy", "fieldvault");
+        assert!(
+            seq(np, &["spec", "ingress"])
+                .iter()
+                .any(|rule| seq(rule, &["from"]).iter().any(|f| str_at(
+                    f,
+                    &["podSelector", "matchLabels", "app.kubernetes.io/component"]
+                ) == Some(component))),
+            "{command}: the NetworkPolicy admits no pod labelled {component}"
+        );
+        // rotate-master's key file is read by the server: a server mount has it.
+        if action == "keys" {
+            let path = Path::new(flag(&args, "--new-key-file"));
+            assert!(
+                mounted_file(&docs, path).is_some(),
+                "{}: the server mounts no such file",
+                path.display()
+            );
+        }
+    }
+    ran.sort();
+    assert_eq!(ran, ["backup", "keys rotate-master"]);
+}
