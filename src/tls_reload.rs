@@ -2,28 +2,31 @@
 //! certificate and key, the client CA bundle and the CRLs are read again
 //! every `tls.reload_interval_secs` and on SIGHUP, and when their content
 //! changed a new rustls `ServerConfig` is built and put in force for new
-//! handshakes. Established connections keep the config they were
-//! accepted with (rustls binds it to the connection at accept), so they
-//! are never dropped by a reload.
+//! handshakes. A new server certificate never drops an open connection;
+//! a change of the CAs or CRLs is also checked against every open
+//! connection (see [`crate::drain::Connections::recheck`]).
 //!
-//! A bad set of files (unreadable, unsafe permissions, not PEM, a key
-//! that does not match the certificate, an empty CA bundle, a CRL that
-//! does not parse or that no CA in `tls.client_ca` signed) keeps the
-//! material in force and is logged once, naming the setting and the file,
-//! until the files change again.
+//! The material is two parts, each applied or refused on its own: the
+//! server's certificate and key, and the client CAs with the CRLs (a
+//! broken CRL must not hold back a certificate renewal). A bad part
+//! (unreadable, unsafe permissions, not PEM, a key that does not match the
+//! certificate, a server certificate expired or not yet valid, an empty CA
+//! bundle, a CRL that does not parse or that no CA in `tls.client_ca`
+//! signed) keeps its material in force and is logged once, naming the
+//! setting and the file, until its files change again.
 //!
 //! Revocation: each CRL must be signed by a CA certificate in
-//! `tls.client_ca`. Only the end-entity (client) certificate is checked
-//! against the CRLs, and a certificate no configured CRL covers (another
-//! issuer's) is accepted: a CRL speaks only for its issuer, so demanding a
-//! status for every certificate of every chain would lock out every client
-//! of an issuer that publishes none (and of an intermediate whose parent's
-//! CRL is not configured). An intermediate CA is withdrawn by taking it out
-//! of `tls.client_ca`, which reloads the same way. A CRL past its
-//! `nextUpdate` is still applied (a warning is logged): a stale list of
-//! revoked certificates is better than none, and refusing every client of
-//! the issuer because a CRL was not refreshed in time would turn a missed
-//! cron job into an outage.
+//! `tls.client_ca`; the CRL of a CA a reload takes out of the bundle is
+//! left out (its certificates fail anyway), any other unsigned one is
+//! refused. Only the end-entity (client) certificate is checked against
+//! the CRLs, and a certificate no configured CRL covers (another issuer's)
+//! is accepted: a CRL speaks only for its issuer, so demanding a status for
+//! every certificate of every chain would lock out every client of an
+//! issuer that publishes none. A CRL past its `nextUpdate` is still
+//! applied (a warning is logged, and its `nextUpdate` is a gauge): a stale
+//! list of revoked certificates is better than none, and refusing every
+//! client of the issuer because a CRL was not refreshed in time would turn
+//! a missed cron job into an outage.
 
 use crate::config::{Config, TlsMinVersion};
 use crate::fsperm::{open_checked, Access};

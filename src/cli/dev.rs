@@ -13,8 +13,8 @@ pub enum DevCommand {
     /// Revoke a dev identity's certificate: puts it on DATA_DIR/dev/crl.pem
     /// (signed by the dev CA). A running `serve --dev` applies the CRL
     /// within a second: that identity's new connections fail the TLS
-    /// handshake (logged with reason "revoked"); connections it already
-    /// has stay open. Delete crl.pem to revoke nothing again. Exit 0:
+    /// handshake (logged with reason "revoked") and the connections it
+    /// already has are closed. Delete crl.pem to revoke nothing again. Exit 0:
     /// revoked (now or before); 2: not done (the error says why).
     Revoke(RevokeArgs),
 }
