@@ -86,6 +86,11 @@ const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 /// closes the one whose last request (or accept) is oldest, so connections
 /// that send nothing, or half a request, cannot keep a scraper out.
 const MAX_SCRAPE_CONNECTIONS: usize = 16;
+/// A connection is not closed for a new one until it has been this long
+/// without a request since its accept (or its last request): time for a
+/// scraper's request to arrive, and a bound on how fast connections that
+/// reconnect when closed can churn.
+const SCRAPE_EVICTABLE_AFTER: Duration = Duration::from_millis(250);
 /// A scrape connection that sends no complete request head within this
 /// (from its accept, or from its previous answer) is closed.
 const SCRAPE_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -306,11 +311,16 @@ pub async fn listen(addr: SocketAddr) -> Result<Endpoint, MetricsError> {
 
 /// One open scrape connection, as the accept loop sees it.
 struct ScrapeConn {
-    /// When it was accepted or last sent a request: a tick of the
-    /// listener's clock (a counter, not time).
-    last_active: std::sync::atomic::AtomicU64,
+    /// When it was accepted or last sent a request, in milliseconds since
+    /// the listener started.
+    last_active_ms: std::sync::atomic::AtomicU64,
     /// Tells the connection to close (to make room for a new one).
     evict: tokio::sync::Notify,
+}
+
+/// Milliseconds since `start`.
+fn millis_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 async fn serve(
@@ -318,9 +328,10 @@ async fn serve(
     handle: metrics_exporter_prometheus::PrometheusHandle,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPE_CONNECTIONS));
-    let clock = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    // At most MAX_SCRAPE_CONNECTIONS live entries: ended ones are dropped
-    // at every accept.
+    let start = Instant::now();
+    let evictable_after = u64::try_from(SCRAPE_EVICTABLE_AFTER.as_millis()).unwrap_or(u64::MAX);
+    // The connections open: at most MAX_SCRAPE_CONNECTIONS live entries
+    // (ended ones are dropped at every accept).
     let mut open: Vec<std::sync::Weak<ScrapeConn>> = Vec::new();
     loop {
         let stream = match listener.accept().await {
@@ -332,39 +343,53 @@ async fn serve(
                 continue;
             }
         };
-        open.retain(|c| c.strong_count() > 0);
-        let slot = match slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(tokio::sync::TryAcquireError::Closed) => return,
-            Err(tokio::sync::TryAcquireError::NoPermits) => {
-                // Every slot is taken: close the connection idle longest;
-                // its task ends at once and gives its slot back.
-                let oldest = open
-                    .iter()
-                    .filter_map(std::sync::Weak::upgrade)
-                    .min_by_key(|c| c.last_active.load(Ordering::SeqCst));
-                if let Some(oldest) = oldest {
-                    oldest.evict.notify_one();
-                }
-                let Ok(slot) = slots.clone().acquire_owned().await else {
-                    return;
-                };
-                slot
+        let slot = loop {
+            open.retain(|c| c.strong_count() > 0);
+            match slots.clone().try_acquire_owned() {
+                Ok(slot) => break slot,
+                Err(tokio::sync::TryAcquireError::Closed) => return,
+                Err(tokio::sync::TryAcquireError::NoPermits) => {}
             }
+            // Every slot is taken: close the connection idle longest once
+            // it has been idle long enough; its task ends at once and gives
+            // its slot back.
+            let oldest = open
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| Some((i, c.upgrade()?)))
+                .min_by_key(|(_, c)| c.last_active_ms.load(Ordering::SeqCst));
+            let Some((index, oldest)) = oldest else {
+                // Only ending connections: their slots come back.
+                match slots.clone().acquire_owned().await {
+                    Ok(slot) => break slot,
+                    Err(_) => return,
+                }
+            };
+            let idle =
+                millis_since(start).saturating_sub(oldest.last_active_ms.load(Ordering::SeqCst));
+            if idle >= evictable_after {
+                open.swap_remove(index);
+                oldest.evict.notify_one();
+                match slots.clone().acquire_owned().await {
+                    Ok(slot) => break slot,
+                    Err(_) => return,
+                }
+            }
+            drop(oldest);
+            tokio::time::sleep(Duration::from_millis(evictable_after - idle)).await;
         };
         let conn = Arc::new(ScrapeConn {
-            last_active: std::sync::atomic::AtomicU64::new(clock.fetch_add(1, Ordering::SeqCst)),
+            last_active_ms: std::sync::atomic::AtomicU64::new(millis_since(start)),
             evict: tokio::sync::Notify::new(),
         });
         open.push(Arc::downgrade(&conn));
         let handle = handle.clone();
-        let clock = clock.clone();
         tokio::spawn(async move {
             let state = conn.clone();
             let service = hyper::service::service_fn(move |req| {
                 state
-                    .last_active
-                    .store(clock.fetch_add(1, Ordering::SeqCst), Ordering::SeqCst);
+                    .last_active_ms
+                    .store(millis_since(start), Ordering::SeqCst);
                 let answer = scrape(&handle, &req);
                 async move { Ok::<_, std::convert::Infallible>(answer) }
             });
