@@ -394,6 +394,8 @@ async fn health_checks_on_an_open_connection_during_a_drain_never_answer_not_fou
     let serving = Some(ServingStatus::Serving as i32);
     let not_serving = Some(ServingStatus::NotServing as i32);
     assert!(answers.contains(&(0, serving)), "{answers:?}");
+    // Checks the server took between the signal and its final GOAWAY.
+    assert!(answers.contains(&(0, not_serving)), "{answers:?}");
     assert!(
         answers
             .iter()
