@@ -147,10 +147,16 @@ async fn a_certificate_cn_with_quotes_is_escaped_in_text_logs_and_forges_no_fiel
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new(&tmp.path().join("pki"));
     pki.issue_client("forger", FORGED, None);
+    // A rule for the forger: its calls are logged (at debug) with its
+    // identity as the caller.
+    let policy = format!(
+        "{}\n[[rules]]\nname = \"forger\"\ncallers = ['{FORGED}']\naction = \"tokenize\"\nkinds = [\"phone\"]\n",
+        dev_policy_without_quotas()
+    );
     let config = write_config_file(
         tmp.path(),
         &pki,
-        &dev_policy_without_quotas(),
+        &policy,
         (&tmp.path().join("data"), &tmp.path().join("audit.log")),
         "",
         "[limits]\nmax_connections_per_identity = 1\n",
@@ -158,13 +164,24 @@ async fn a_certificate_cn_with_quotes_is_escaped_in_text_logs_and_forges_no_fiel
     let log = tmp.path().join("server.log");
     let server = start(
         &["serve", "--config", config.to_str().unwrap()],
-        "info",
+        "info,fieldvault=debug",
         &log,
     )
     .unwrap();
-    // The first connection is the identity's one; the second is refused
-    // after its handshake, and the refusal names the identity.
-    let _first = h2_connect(&server.addr, &pki.dir, "forger").await.unwrap();
+    // The identity's one connection: a call, logged with its caller.
+    let mut forger = VaultClient::new(channel(&server.addr, &pki.client_tls("forger")).await);
+    tokio::time::timeout(
+        CALL_DEADLINE,
+        forger.tokenize(pb::TokenizeRequest {
+            fields: vec![field(pb::FieldKind::Phone, "+1 202-555-0144")],
+            purpose: None,
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    // A second connection is refused after its handshake, and the refusal
+    // names the identity.
     let _second = h2_connect(&server.addr, &pki.dir, "forger").await;
     let refusal = "connection refused: limits.max_connections_per_identity reached";
     let started = std::time::Instant::now();
@@ -184,4 +201,13 @@ async fn a_certificate_cn_with_quotes_is_escaped_in_text_logs_and_forges_no_fiel
         "{line}"
     );
     assert!(!line.contains(r#"identity=x" level"#), "{line}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("tokenize") && l.contains("caller="))
+        .unwrap_or_else(|| panic!("no tokenize line:\n{text}"));
+    assert!(
+        line.contains(r#"caller="x\" level=ERROR message=\"forged admin login""#),
+        "{line}"
+    );
+    assert!(!text.contains("202-555-0144") && !text.contains("2025550144"));
 }
