@@ -78,6 +78,10 @@ pub struct Server {
     connections: crate::drain::Connections,
 }
 
+/// How long a drain keeps health statuses after the GOAWAY before it
+/// clears them to end the health watches (see [`Server::drain`]).
+const HEALTH_CLEAR_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// How a drain ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Drained {
@@ -121,8 +125,9 @@ impl Server {
     }
 
     /// A drain (SIGTERM): health answers NOT_SERVING (for the server and
-    /// every service; health watches get it, then end), no new connection
-    /// is accepted and no new call taken (HTTP/2 GOAWAY), calls in flight
+    /// every service; health watches get it, then end, after the GOAWAY),
+    /// no new connection is accepted and no new call taken (HTTP/2
+    /// GOAWAY), calls in flight
     /// finish; those still running after `deadline` (if any) are cut off
     /// unanswered. Then the background jobs stop and the store closes
     /// (a checkpoint) before this returns.
@@ -147,18 +152,33 @@ impl Server {
             deadline_secs = deadline.map(|d| d.as_secs()),
             "draining: health reports NOT_SERVING, no new connection or call is taken, calls in flight finish"
         );
-        // Health watches end (their status is gone), so they do not hold
-        // the drain open.
-        for name in health_names() {
-            self.reporter.clear_service_status(name).await;
-        }
+        // GOAWAY first: a client stops opening calls on its connection.
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        let signalled = std::time::Instant::now();
+        // Then health watches end (their status is gone), so they do not
+        // hold the drain open. Not before the GOAWAY and a round trip for
+        // the calls a client sent before it saw the GOAWAY: a Check until
+        // then answers NOT_SERVING, not NOT_FOUND ("service not
+        // registered"). A server with no watch open may finish sooner.
+        let early = tokio::select! {
+            served = self.wait_ref() => Some(served),
+            () = tokio::time::sleep(deadline.map_or(HEALTH_CLEAR_DELAY, |d| d.min(HEALTH_CLEAR_DELAY))) => None,
+        };
+        for name in health_names() {
+            self.reporter.clear_service_status(name).await;
+        }
         let mut cut_off = 0;
-        let served = match deadline {
-            None => self.wait_ref().await,
-            Some(limit) => match tokio::time::timeout(limit, self.wait_ref()).await {
+        let served = match (early, deadline) {
+            (Some(served), _) => served,
+            (None, None) => self.wait_ref().await,
+            (None, Some(limit)) => match tokio::time::timeout(
+                limit.saturating_sub(signalled.elapsed()),
+                self.wait_ref(),
+            )
+            .await
+            {
                 Ok(served) => served,
                 Err(_) => {
                     cut_off = self.in_flight.get();

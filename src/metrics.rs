@@ -82,11 +82,21 @@ const BATCH_BUCKETS: &[f64] = &[
 /// How often histogram samples are folded into their buckets when no one
 /// scrapes (they are held until then).
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
-/// Scrape connections served at once; more wait to be accepted.
+/// Scrape connections open at once. When all are taken, a new connection
+/// closes the one whose last request (or accept) is oldest, so connections
+/// that send nothing, or half a request, cannot keep a scraper out.
 const MAX_SCRAPE_CONNECTIONS: usize = 16;
-/// A scrape connection that sends no complete request head within this is
-/// closed.
-const SCRAPE_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection is not closed for a new one until it has been this long
+/// without a request since its accept (or its last request): time for a
+/// scraper's request to arrive, and a bound on how fast connections that
+/// reconnect when closed can churn.
+const SCRAPE_EVICTABLE_AFTER: Duration = Duration::from_millis(250);
+/// A scrape connection that sends no complete request head within this
+/// (from its accept, or from its previous answer) is closed.
+const SCRAPE_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+/// A scrape connection is closed this long after its accept, whatever it
+/// is doing.
+const SCRAPE_CONNECTION_LIFETIME: Duration = Duration::from_secs(10);
 
 /// Why the audit trail did not take an event (`reason` of
 /// [`AUDIT_FAILURES`]): the writer's refusals and a refusal answered
@@ -299,15 +309,31 @@ pub async fn listen(addr: SocketAddr) -> Result<Endpoint, MetricsError> {
     })
 }
 
+/// One open scrape connection, as the accept loop sees it.
+struct ScrapeConn {
+    /// When it was accepted or last sent a request, in milliseconds since
+    /// the listener started.
+    last_active_ms: std::sync::atomic::AtomicU64,
+    /// Tells the connection to close (to make room for a new one).
+    evict: tokio::sync::Notify,
+}
+
+/// Milliseconds since `start`.
+fn millis_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
 async fn serve(
     listener: tokio::net::TcpListener,
     handle: metrics_exporter_prometheus::PrometheusHandle,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPE_CONNECTIONS));
+    let start = Instant::now();
+    let evictable_after = u64::try_from(SCRAPE_EVICTABLE_AFTER.as_millis()).unwrap_or(u64::MAX);
+    // The connections open: at most MAX_SCRAPE_CONNECTIONS live entries
+    // (ended ones are dropped at every accept).
+    let mut open: Vec<std::sync::Weak<ScrapeConn>> = Vec::new();
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -317,19 +343,67 @@ async fn serve(
                 continue;
             }
         };
+        let slot = loop {
+            open.retain(|c| c.strong_count() > 0);
+            match slots.clone().try_acquire_owned() {
+                Ok(slot) => break slot,
+                Err(tokio::sync::TryAcquireError::Closed) => return,
+                Err(tokio::sync::TryAcquireError::NoPermits) => {}
+            }
+            // Every slot is taken: close the connection idle longest once
+            // it has been idle long enough; its task ends at once and gives
+            // its slot back.
+            let oldest = open
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| Some((i, c.upgrade()?)))
+                .min_by_key(|(_, c)| c.last_active_ms.load(Ordering::SeqCst));
+            let Some((index, oldest)) = oldest else {
+                // Only ending connections: their slots come back.
+                match slots.clone().acquire_owned().await {
+                    Ok(slot) => break slot,
+                    Err(_) => return,
+                }
+            };
+            let idle =
+                millis_since(start).saturating_sub(oldest.last_active_ms.load(Ordering::SeqCst));
+            if idle >= evictable_after {
+                open.swap_remove(index);
+                oldest.evict.notify_one();
+                match slots.clone().acquire_owned().await {
+                    Ok(slot) => break slot,
+                    Err(_) => return,
+                }
+            }
+            drop(oldest);
+            tokio::time::sleep(Duration::from_millis(evictable_after - idle)).await;
+        };
+        let conn = Arc::new(ScrapeConn {
+            last_active_ms: std::sync::atomic::AtomicU64::new(millis_since(start)),
+            evict: tokio::sync::Notify::new(),
+        });
+        open.push(Arc::downgrade(&conn));
         let handle = handle.clone();
         tokio::spawn(async move {
+            let state = conn.clone();
             let service = hyper::service::service_fn(move |req| {
-                let handle = handle.clone();
-                async move { Ok::<_, std::convert::Infallible>(scrape(&handle, &req)) }
+                state
+                    .last_active_ms
+                    .store(millis_since(start), Ordering::SeqCst);
+                let answer = scrape(&handle, &req);
+                async move { Ok::<_, std::convert::Infallible>(answer) }
             });
             let served = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(SCRAPE_HEADER_TIMEOUT)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
-            if let Err(e) = served {
-                tracing::debug!(error = %e, "metrics listener: connection failed");
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::select! {
+                served = tokio::time::timeout(SCRAPE_CONNECTION_LIFETIME, served) => {
+                    if let Ok(Err(e)) = served {
+                        tracing::debug!(error = %e, "metrics listener: connection failed");
+                    }
+                }
+                () = conn.evict.notified() => {}
             }
             drop(slot);
         });

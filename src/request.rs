@@ -5,6 +5,10 @@
 //! of the `call` span every log line of the call is written under. The
 //! layer also counts the calls in flight, which a drain reports.
 //!
+//! Every answer carries the id: the services set `x-request-id`
+//! themselves (`grpc::service::answer`); an answer without it (a method
+//! path no service defines, a refusal of an outer layer) gets it here.
+//!
 //! A client's own `x-request-id` is not taken: the id names one audit
 //! event, so the vault makes it (unique, and never text a client chose).
 
@@ -81,9 +85,12 @@ pub struct Requests<S> {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-impl<S, B> tower_service::Service<http::Request<B>> for Requests<S>
+/// The header every answer carries the call's [`RequestId`] in.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+impl<S, B, RB> tower_service::Service<http::Request<B>> for Requests<S>
 where
-    S: tower_service::Service<http::Request<B>> + Send,
+    S: tower_service::Service<http::Request<B>, Response = http::Response<RB>> + Send,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -100,15 +107,26 @@ where
         // (`/fieldvault.v1.Vault/Tokenize`); a path no service serves is
         // answered UNIMPLEMENTED and logged as sent, bounded by the header
         // list limit.
-        let span = tracing::info_span!("call", request_id = %id.0, rpc = %req.uri().path());
+        // The path as a string value: quoted and escaped in text logs (a
+        // client picks it), a plain string in JSON.
+        let span = tracing::info_span!("call", request_id = %id.0, rpc = req.uri().path());
+        // A UUID is a valid header value.
+        let header = http::HeaderValue::from_str(&id.0).ok();
         req.extensions_mut().insert(id);
         self.in_flight.0.fetch_add(1, Ordering::SeqCst);
         let entered = Entered(self.in_flight.0.clone());
         let call = self.inner.call(req);
         Box::pin(
             async move {
-                let answer = call.await;
+                let mut answer = call.await;
                 drop(entered);
+                if let (Ok(response), Some(header)) = (answer.as_mut(), header) {
+                    // The services' answers have it already: not twice.
+                    let headers = response.headers_mut();
+                    if !headers.contains_key(REQUEST_ID_HEADER) {
+                        headers.insert(REQUEST_ID_HEADER, header);
+                    }
+                }
                 answer
             }
             .instrument(span),

@@ -482,7 +482,7 @@ pub fn incoming_with(
                         crate::log_refusal!(
                             limits.refusals,
                             %peer,
-                            identity = %key,
+                            identity = key.as_str(),
                             open,
                             "connection refused: limits.max_connections_per_identity reached"
                         );

@@ -320,6 +320,94 @@ async fn sigterm_during_load_finishes_calls_in_flight_refuses_new_ones_and_loses
     }
 }
 
+/// One health Check on `send`: its grpc-status and, when OK, the status
+/// it reports; `None` once the connection takes no more calls.
+async fn check_once(send: &h2::client::SendRequest<Bytes>) -> Option<(u32, Option<i32>)> {
+    use tonic_health::pb::HealthCheckResponse;
+    let mut ready = bounded(CALL_DEADLINE, "a stream slot", send.clone().ready())
+        .await
+        .ok()?;
+    let (response, mut body) = ready
+        .send_request(grpc_request("/grpc.health.v1.Health/Check"), false)
+        .ok()?;
+    // An empty HealthCheckRequest: the server as a whole.
+    body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .ok()?;
+    let response = bounded(CALL_DEADLINE, "the check's answer", response)
+        .await
+        .ok()?;
+    let code = |v: &http::HeaderValue| v.to_str().unwrap().parse::<u32>().unwrap();
+    if let Some(status) = response.headers().get("grpc-status") {
+        return Some((code(status), None));
+    }
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = bounded(CALL_DEADLINE, "the check's body", body.data()).await {
+        bytes.extend_from_slice(&chunk.ok()?);
+    }
+    let trailers = bounded(CALL_DEADLINE, "the check's trailers", body.trailers())
+        .await
+        .ok()??;
+    let status = HealthCheckResponse::decode(bytes.get(5..)?).ok()?.status;
+    Some((code(trailers.get("grpc-status")?), Some(status)))
+}
+
+/// A Check sent on a connection opened before SIGTERM, until the server
+/// takes no more calls on it, is answered SERVING or NOT_SERVING; never
+/// NOT_FOUND ("service not registered": the statuses are cleared to end
+/// the health watches, which must come after the GOAWAY).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_on_an_open_connection_during_a_drain_never_answer_not_found() {
+    let s = setup(30);
+    let server = start_with_config(&s.config, &s.log).unwrap();
+    let conn = h2_connect(&server.addr, &s.pki.dir, "orders")
+        .await
+        .unwrap();
+    let stopped = Arc::new(AtomicBool::new(false));
+    let mut checkers = Vec::new();
+    for _ in 0..4 {
+        let send = conn.send.clone();
+        let stopped = stopped.clone();
+        checkers.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            while !stopped.load(Ordering::SeqCst) {
+                match check_once(&send).await {
+                    Some(answer) => answers.push(answer),
+                    None => break,
+                }
+            }
+            answers
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.signal_term();
+    let status = tokio::task::spawn_blocking(move || server.wait_exit(EXIT_DEADLINE))
+        .await
+        .unwrap();
+    stopped.store(true, Ordering::SeqCst);
+    let logs = read_log(&s.log);
+    assert!(status.success(), "{status:?}\n{logs}");
+    let mut answers = Vec::new();
+    for checker in checkers {
+        answers.extend(bounded(CALL_DEADLINE, "a checker", checker).await.unwrap());
+    }
+    let serving = Some(ServingStatus::Serving as i32);
+    let not_serving = Some(ServingStatus::NotServing as i32);
+    assert!(answers.contains(&(0, serving)), "{answers:?}");
+    // Checks the server took between the signal and its final GOAWAY.
+    assert!(answers.contains(&(0, not_serving)), "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|a| *a == (0, serving) || *a == (0, not_serving)),
+        "a check during the drain answered otherwise: {:?}",
+        answers
+            .iter()
+            .filter(|a| **a != (0, serving) && **a != (0, not_serving))
+            .collect::<Vec<_>>()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_in_flight_past_the_drain_deadline_is_cut_off_and_the_server_exits_zero() {
     let s = setup(1);

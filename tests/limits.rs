@@ -858,3 +858,39 @@ fn the_defaults_documented_in_the_example_config_are_the_real_defaults() {
     // The README's figure for 1000 items.
     assert_eq!(fieldvault::limits::max_message_bytes(1000), 8_802_162);
 }
+
+/// The headers of one complete empty-message call on `path`.
+async fn answer_headers(send: &mut h2::client::SendRequest<Bytes>, path: &str) -> http::HeaderMap {
+    let mut ready = timeout(STEP, send.clone().ready()).await.unwrap().unwrap();
+    let (resp, mut body) = ready.send_request(grpc_request(path), false).unwrap();
+    body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+        .unwrap();
+    timeout(STEP, resp)
+        .await
+        .unwrap()
+        .unwrap()
+        .headers()
+        .clone()
+}
+
+#[tokio::test]
+async fn an_unimplemented_method_is_answered_with_one_request_id_like_every_other_call() {
+    let vault = TestVault::start().await;
+    let mut conn = h2_connect(&vault.addr(), &vault.pki.dir, "orders")
+        .await
+        .unwrap();
+    let unknown = answer_headers(&mut conn.send, "/fieldvault.v1.Vault/NoSuchMethod").await;
+    assert_eq!(
+        unknown.get("grpc-status").map(|s| s.to_str().unwrap()),
+        Some("12"),
+        "{unknown:?}"
+    );
+    let ids: Vec<_> = unknown.get_all("x-request-id").iter().collect();
+    assert_eq!(ids.len(), 1, "{unknown:?}");
+    assert!(uuid::Uuid::parse_str(ids[0].to_str().unwrap()).is_ok());
+    // A service's own answer (a refusal, here: an empty request) keeps the
+    // one id the service set, not a second.
+    let served = answer_headers(&mut conn.send, TOKENIZE).await;
+    let ids: Vec<_> = served.get_all("x-request-id").iter().collect();
+    assert_eq!(ids.len(), 1, "{served:?}");
+}

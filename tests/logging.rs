@@ -8,6 +8,7 @@
 mod common;
 
 use common::process::start;
+use common::raw::h2_connect;
 use common::{channel, dev_policy_without_quotas, field, write_config_file, Pki, CALL_DEADLINE};
 use fieldvault::grpc::pb;
 use fieldvault::grpc::pb::vault_client::VaultClient;
@@ -135,4 +136,78 @@ fn the_dev_server_logs_json_with_log_format_and_refuses_the_flag_with_a_config()
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("`format` under [log]"), "{err}");
+}
+
+/// A client certificate's CN is printable ASCII, so it may hold `"` and
+/// `=`: in a text log it is quoted and escaped like any string field, and
+/// cannot forge a field or a level of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_cn_with_quotes_is_escaped_in_text_logs_and_forges_no_field() {
+    const FORGED: &str = r#"x" level=ERROR message="forged admin login"#;
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&tmp.path().join("pki"));
+    pki.issue_client("forger", FORGED, None);
+    // A rule for the forger: its calls are logged (at debug) with its
+    // identity as the caller.
+    let policy = format!(
+        "{}\n[[rules]]\nname = \"forger\"\ncallers = ['{FORGED}']\naction = \"tokenize\"\nkinds = [\"phone\"]\n",
+        dev_policy_without_quotas()
+    );
+    let config = write_config_file(
+        tmp.path(),
+        &pki,
+        &policy,
+        (&tmp.path().join("data"), &tmp.path().join("audit.log")),
+        "",
+        "[limits]\nmax_connections_per_identity = 1\n",
+    );
+    let log = tmp.path().join("server.log");
+    let server = start(
+        &["serve", "--config", config.to_str().unwrap()],
+        "info,fieldvault=debug",
+        &log,
+    )
+    .unwrap();
+    // The identity's one connection: a call, logged with its caller.
+    let mut forger = VaultClient::new(channel(&server.addr, &pki.client_tls("forger")).await);
+    tokio::time::timeout(
+        CALL_DEADLINE,
+        forger.tokenize(pb::TokenizeRequest {
+            fields: vec![field(pb::FieldKind::Phone, "+1 202-555-0144")],
+            purpose: None,
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    // A second connection is refused after its handshake, and the refusal
+    // names the identity.
+    let _second = h2_connect(&server.addr, &pki.dir, "forger").await;
+    let refusal = "connection refused: limits.max_connections_per_identity reached";
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&log).unwrap().contains(refusal) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no refusal logged:\n{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(server.terminate(Duration::from_secs(60)).success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line = text.lines().find(|l| l.contains(refusal)).unwrap();
+    assert!(
+        line.contains(r#"identity="x\" level=ERROR message=\"forged admin login""#),
+        "{line}"
+    );
+    assert!(!line.contains(r#"identity=x" level"#), "{line}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("tokenize") && l.contains("caller="))
+        .unwrap_or_else(|| panic!("no tokenize line:\n{text}"));
+    assert!(
+        line.contains(r#"caller="x\" level=ERROR message=\"forged admin login""#),
+        "{line}"
+    );
+    assert!(!text.contains("202-555-0144") && !text.contains("2025550144"));
 }

@@ -5,7 +5,8 @@
 //!
 //! The recorder is process-global: only
 //! [`calls_move_the_counters_by_what_they_did_and_the_endpoint_shows_no_value_or_token`]
-//! uses it in this process (the other tests run the server binary), and it
+//! makes calls in this process (the other tests run the server binary or
+//! only scrape a listener of their own), and it
 //! compares scrapes before and after its own calls, with labels no other
 //! test's calls carry.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -657,4 +658,61 @@ fn config_check_names_a_bad_metrics_address_and_notes_a_listener_off_loopback() 
         "{}",
         stdout(&out)
     );
+}
+
+/// Connections that send half a request line and reconnect as soon as
+/// they are closed (more than the listener's 16 connections) do not keep
+/// a scraper out: each scrape is answered within a second, well before
+/// the listener's 2 s header timeout would free a connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_holding_half_a_request_do_not_keep_scrapes_out() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let endpoint = fieldvault::metrics::listen("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = endpoint.local_addr();
+    let stopped = Arc::new(AtomicBool::new(false));
+    let held = Arc::new(AtomicUsize::new(0));
+    let mut holders = Vec::new();
+    for _ in 0..24 {
+        let stopped = stopped.clone();
+        let held = held.clone();
+        holders.push(tokio::spawn(async move {
+            while !stopped.load(Ordering::SeqCst) {
+                let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                if stream.write_all(b"GET /metr").await.is_err() {
+                    continue;
+                }
+                held.fetch_add(1, Ordering::SeqCst);
+                // Held until the listener closes it (or the test ends).
+                let mut byte = [0u8; 1];
+                let _ = tokio::time::timeout(SCRAPE_DEADLINE, stream.read(&mut byte)).await;
+            }
+        }));
+    }
+    let started = Instant::now();
+    while held.load(Ordering::SeqCst) < 24 {
+        assert!(
+            started.elapsed() < SCRAPE_DEADLINE,
+            "the holders never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..5 {
+        let answered = tokio::time::timeout(Duration::from_secs(1), scrape(addr)).await;
+        assert!(
+            answered.is_ok(),
+            "a scrape waited more than 1 s behind connections holding half a request"
+        );
+    }
+    stopped.store(true, Ordering::SeqCst);
+    for holder in holders {
+        holder.abort();
+    }
+    endpoint.stop().await;
 }

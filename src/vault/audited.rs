@@ -180,7 +180,7 @@ impl Vault {
     fn log_unrecorded(&self, event: &Event) {
         if let Some(suppressed) = self.unrecorded_log.admit() {
             tracing::warn!(
-                event = %event.to_json(),
+                event = event.to_json().as_str(),
                 not_logged_before = suppressed,
                 "a refused call's audit event could not be written (the trail is unavailable)"
             );

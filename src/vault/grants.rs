@@ -475,7 +475,7 @@ impl Vault {
             Ok(_) => {}
             Err(e) => return Err(store_failed(&e, "storing a grant")),
         }
-        tracing::info!(grant = %grant.id, caller = %grant.caller, requested_by = %grant.requested_by, "grant requested");
+        tracing::info!(grant = %grant.id, caller = grant.caller.as_str(), requested_by = grant.requested_by.as_str(), "grant requested");
         Ok(GrantView {
             grant: Grant {
                 revision: 1,
@@ -601,7 +601,7 @@ impl Vault {
             .await;
         if let Ok(view) = &result {
             if view.state == GrantState::Active {
-                tracing::info!(grant = %view.grant.id, caller = %view.grant.caller, "grant approved: active");
+                tracing::info!(grant = %view.grant.id, caller = view.grant.caller.as_str(), "grant approved: active");
             }
         }
         self.record_call(event, result).await
@@ -668,7 +668,7 @@ impl Vault {
             )
             .await;
         if let Ok(view) = &result {
-            tracing::info!(grant = %view.grant.id, caller = %view.grant.caller, "grant revoked");
+            tracing::info!(grant = %view.grant.id, caller = view.grant.caller.as_str(), "grant revoked");
         }
         result
     }

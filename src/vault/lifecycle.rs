@@ -129,7 +129,7 @@ impl Vault {
             .into();
         }
         let deleted = outcomes.iter().filter(|o| o.is_ok()).count();
-        tracing::debug!(caller = %caller, request_id = %call.request_id, items = outcomes.len(), deleted, "delete");
+        tracing::debug!(caller = caller.as_str(), request_id = %call.request_id, items = outcomes.len(), deleted, "delete");
         Ok(outcomes.into_iter().map(|o| self.as_answered(o)).collect())
     }
 
@@ -296,7 +296,7 @@ impl Vault {
                 erased.len()
             )));
         }
-        tracing::debug!(caller = %caller, request_id = %call.request_id, kind = %kind, erased = erased.len(), "erase");
+        tracing::debug!(caller = caller.as_str(), request_id = %call.request_id, kind = %kind, erased = erased.len(), "erase");
         Ok(erased.into_iter().map(|(_, t)| t).collect())
     }
 
@@ -385,7 +385,7 @@ impl Vault {
                 rule: Some(grant.rule.clone()),
             })
             .collect();
-        tracing::debug!(caller = %caller, request_id = %call.request_id, kind = %kind, tokens = found.len(), "export");
+        tracing::debug!(caller = caller.as_str(), request_id = %call.request_id, kind = %kind, tokens = found.len(), "export");
         Ok(found)
     }
 

@@ -725,7 +725,7 @@ impl Vault {
             }
         }
         let stored = results.iter().filter(|r| r.is_ok()).count();
-        tracing::debug!(caller = %caller, request_id = %call.request_id, items = results.len(), stored, "tokenize");
+        tracing::debug!(caller = caller.as_str(), request_id = %call.request_id, items = results.len(), stored, "tokenize");
         Ok(results)
     }
 
@@ -1086,7 +1086,7 @@ impl Vault {
                 .increment(grant_units);
         }
         let revealed = results.iter().filter(|r| r.is_ok()).count();
-        tracing::debug!(caller = %caller, request_id = %call.request_id, purpose = %purpose, items = results.len(), revealed, "detokenize");
+        tracing::debug!(caller = caller.as_str(), request_id = %call.request_id, purpose = %purpose, items = results.len(), revealed, "detokenize");
         Ok(results)
     }
 }
