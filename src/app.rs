@@ -551,28 +551,13 @@ pub fn server_builder(
 /// change at once: they check too, and audit it before they go on) and on
 /// SIGHUP, and audits every reload (`policy.reload`), applied or rejected.
 async fn watch_policy(vault: Arc<Vault>, file: Arc<crate::policy_file::PolicyFile>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangup = match signal(SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP; the policy file is still re-read when it changes");
-            None
-        }
-    };
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut reread =
+        crate::reread::Reread::new(std::time::Duration::from_secs(1), "the policy file is");
     loop {
-        let forced = tokio::select! {
-            _ = tick.tick() => false,
-            Some(()) = async {
-                match hangup.as_mut() {
-                    Some(h) => h.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                tracing::info!(policy_file = %file.path().display(), "SIGHUP: re-reading the policy file");
-                true
-            }
-        };
+        let forced = reread.next().await;
+        if forced {
+            tracing::info!(policy_file = %file.path().display(), "SIGHUP: re-reading the policy file");
+        }
         file.reload_into(forced, &|p| vault.replace_policy(p));
         vault.audit_policy_reloads().await;
     }

@@ -19,6 +19,7 @@ pub mod limits;
 pub mod metrics;
 pub mod policy_file;
 pub mod request;
+pub mod reread;
 pub mod store;
 pub mod tls;
 pub mod tls_reload;

@@ -757,41 +757,19 @@ impl ServerTls {
         self: Arc<Self>,
         interval: Duration,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        use tokio::signal::unix::{signal, SignalKind};
-        let hangup = match signal(SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; the TLS files are still re-read when they change");
-                None
-            }
-        };
-        self.watch_with(interval, hangup)
-    }
-
-    async fn watch_with(
-        self: Arc<Self>,
-        interval: Duration,
-        mut hangup: Option<tokio::signal::unix::Signal>,
-    ) {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            let forced = tokio::select! {
-                _ = tick.tick() => false,
-                Some(()) = async {
-                    match hangup.as_mut() {
-                        Some(h) => h.recv().await,
-                        None => std::future::pending().await,
-                    }
-                } => {
+        let mut reread = crate::reread::Reread::new(interval, "the TLS files are");
+        async move {
+            // The files were just read.
+            reread.skip_first_tick().await;
+            loop {
+                let forced = reread.next().await;
+                if forced {
                     tracing::info!("SIGHUP: re-reading the TLS files");
-                    true
                 }
-            };
-            let this = self.clone();
-            // File reads and key parsing: off the runtime's workers.
-            let _ = tokio::task::spawn_blocking(move || this.reload(forced)).await;
+                let this = self.clone();
+                // File reads and key parsing: off the runtime's workers.
+                let _ = tokio::task::spawn_blocking(move || this.reload(forced)).await;
+            }
         }
     }
 }

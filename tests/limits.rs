@@ -28,46 +28,6 @@ const STEP: Duration = Duration::from_secs(5);
 
 const TOKENIZE: &str = "/fieldvault.v1.Vault/Tokenize";
 
-/// Sends one complete empty-message call on `path` and returns its
-/// grpc-status (from headers or trailers), or why there was none.
-async fn grpc_status(send: &mut h2::client::SendRequest<Bytes>, path: &str) -> Result<u32, String> {
-    let mut ready = timeout(STEP, send.clone().ready())
-        .await
-        .map_err(|_| "no stream slot".to_owned())?
-        .map_err(|e| format!("connection: {e}"))?;
-    let (resp, mut body) = ready
-        .send_request(grpc_request(path), false)
-        .map_err(|e| format!("send: {e}"))?;
-    body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true)
-        .map_err(|e| format!("send data: {e}"))?;
-    let resp = timeout(STEP, resp)
-        .await
-        .map_err(|_| "no response".to_owned())?
-        .map_err(|e| format!("response: {e}"))?;
-    if let Some(s) = resp.headers().get("grpc-status") {
-        return Ok(s.to_str().unwrap().parse().unwrap());
-    }
-    let mut body = resp.into_body();
-    while let Some(chunk) = timeout(STEP, body.data())
-        .await
-        .map_err(|_| "response body stalled".to_owned())?
-    {
-        chunk.map_err(|e| format!("body: {e}"))?;
-    }
-    let trailers = timeout(STEP, body.trailers())
-        .await
-        .map_err(|_| "no trailers".to_owned())?
-        .map_err(|e| format!("trailers: {e}"))?
-        .ok_or("no trailers")?;
-    Ok(trailers
-        .get("grpc-status")
-        .ok_or("no grpc-status")?
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap())
-}
-
 /// Whether the server serves calls on this connection (any gRPC status).
 async fn alive(conn: &mut H2Conn) -> bool {
     grpc_status(&mut conn.send, TOKENIZE).await.is_ok()

@@ -8,7 +8,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::raw::{grpc_request, tls_connect};
+use common::raw::{grpc_status, tls_connect};
 use common::*;
 use fieldvault::grpc::pb;
 use std::path::Path;
@@ -94,35 +94,9 @@ async fn open(addr: &str, dir: &Path, name: &str) -> Open {
 impl Open {
     /// A health check on this very connection; its grpc-status.
     async fn health(&mut self) -> Result<String, String> {
-        let mut ready = timeout(STEP, self.send.clone().ready())
+        grpc_status(&mut self.send, HEALTH)
             .await
-            .map_err(|_| "no stream slot".to_owned())?
-            .map_err(|e| format!("connection: {e}"))?;
-        let (resp, mut body) = ready
-            .send_request(grpc_request(HEALTH), false)
-            .map_err(|e| format!("send: {e}"))?;
-        body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true)
-            .map_err(|e| format!("send data: {e}"))?;
-        let resp = timeout(STEP, resp)
-            .await
-            .map_err(|_| "no response".to_owned())?
-            .map_err(|e| format!("response: {e}"))?;
-        let mut body = resp.into_body();
-        while let Some(chunk) = timeout(STEP, body.data())
-            .await
-            .map_err(|_| "body stalled".to_owned())?
-        {
-            chunk.map_err(|e| format!("body: {e}"))?;
-        }
-        let trailers = timeout(STEP, body.trailers())
-            .await
-            .map_err(|_| "no trailers".to_owned())?
-            .map_err(|e| format!("trailers: {e}"))?
-            .ok_or("no trailers")?;
-        Ok(trailers
-            .get("grpc-status")
-            .map(|s| s.to_str().unwrap().to_owned())
-            .unwrap_or_default())
+            .map(|code| code.to_string())
     }
 }
 
