@@ -431,10 +431,12 @@ pub async fn start(
     let (incoming, accept) =
         crate::tls::incoming_with(listener, tls.configs(), accept_limits(&limits));
     let registry = connections.clone();
+    let verifiers = tls.verifiers();
     let incoming = tokio_stream::StreamExt::map(incoming, move |conn| {
         conn.map(|c| {
             let certs = c.peer_certificates();
-            registry.wrap(c, certs)
+            let verifier = verifiers.borrow().clone();
+            registry.wrap_checked(c, certs, verifier.as_ref())
         })
     });
     let in_flight = crate::request::InFlight::default();

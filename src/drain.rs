@@ -70,12 +70,42 @@ impl Connections {
         );
         Cuttable {
             inner: stream,
-            cut: Box::pin(cut.cancelled_owned()),
+            cut: Box::pin(cut.clone().cancelled_owned()),
+            token: cut,
             _registered: Some(Registered {
                 id,
                 connections: self.0.clone(),
             }),
         }
+    }
+
+    /// [`Connections::wrap`], closed at once if `verifier` (the CAs and
+    /// CRLs in force now) does not accept `certs`: a handshake that began
+    /// before a revocation was applied ends with the old verifier, and
+    /// would otherwise hold its connection until the next recheck.
+    pub fn wrap_checked<S>(
+        &self,
+        stream: S,
+        certs: Vec<CertificateDer<'static>>,
+        verifier: &dyn ClientCertVerifier,
+    ) -> Cuttable<S> {
+        let refused = certs.split_first().and_then(|(leaf, intermediates)| {
+            verifier
+                .verify_client_cert(leaf, intermediates, UnixTime::now())
+                .err()
+        });
+        let wrapped = self.wrap(stream, certs);
+        if let Some(e) = refused {
+            let reason = crate::tls_reload::rustls_reason(&e);
+            tracing::warn!(
+                reason,
+                "closed a connection whose handshake ended after its client certificate stopped being accepted"
+            );
+            metrics::counter!("fieldvault_tls_connections_closed_total", "reason" => reason)
+                .increment(1);
+            wrapped.cut_now();
+        }
+        wrapped
     }
 
     /// Every connection fails its next read and write (and a read waiting
@@ -99,15 +129,20 @@ impl Connections {
     pub fn recheck(&self, verifier: &dyn ClientCertVerifier) -> Vec<(&'static str, usize)> {
         let now = UnixTime::now();
         let mut closed: Vec<(&'static str, usize)> = Vec::new();
-        for open in self.0.open().values() {
-            if open.cut.is_cancelled() {
-                continue;
-            }
-            let Some((leaf, intermediates)) = open.certs.split_first() else {
+        // Verified outside the lock: connections open and close meanwhile.
+        let open: Vec<(Vec<CertificateDer<'static>>, CancellationToken)> = self
+            .0
+            .open()
+            .values()
+            .filter(|o| !o.cut.is_cancelled())
+            .map(|o| (o.certs.clone(), o.cut.clone()))
+            .collect();
+        for (certs, cut) in open {
+            let Some((leaf, intermediates)) = certs.split_first() else {
                 continue;
             };
             if let Err(e) = verifier.verify_client_cert(leaf, intermediates, now) {
-                open.cut.cancel();
+                cut.cancel();
                 let reason = crate::tls_reload::rustls_reason(&e);
                 match closed.iter_mut().find(|(r, _)| *r == reason) {
                     Some((_, n)) => *n += 1,
@@ -140,7 +175,15 @@ impl Drop for Registered {
 pub struct Cuttable<S> {
     inner: S,
     cut: Pin<Box<WaitForCancellationFutureOwned>>,
+    token: CancellationToken,
     _registered: Option<Registered>,
+}
+
+impl<S> Cuttable<S> {
+    /// Closes this connection: its next read and write fail.
+    fn cut_now(&self) {
+        self.token.cancel();
+    }
 }
 
 fn cut_off() -> std::io::Error {

@@ -188,8 +188,9 @@ struct Identity {
 /// CRLs.
 struct Trust {
     verifier: Arc<dyn ClientCertVerifier>,
-    /// The subjects of the CAs in the bundle (DER), to tell a CA taken out
-    /// of it on a reload.
+    /// The subjects (DER) of the CAs in the bundle and of the CAs taken out
+    /// of it while this server runs: a CRL of one of those that the bundle
+    /// no longer holds is left out on every reload, not only the first.
     ca_subjects: Vec<Vec<u8>>,
     client_cas: usize,
     crls: usize,
@@ -209,10 +210,12 @@ static TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TL
 static TLS13_AND_12: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
-/// How far a server certificate's `notBefore` may be ahead of this host's
-/// clock: a certificate issued a moment ago elsewhere is not refused for a
-/// clock a few seconds off.
-const CLOCK_SKEW_SECS: i64 = 300;
+/// At start, how far the server certificate's `notBefore` may be ahead of
+/// this host's clock (there is no other certificate to serve: one issued a
+/// moment ago elsewhere is not refused for a clock a few seconds off). A
+/// reload allows none: the certificate in force stays until the new one is
+/// valid, and the new one is tried again then.
+const START_CLOCK_SKEW_SECS: i64 = 300;
 
 fn now_unix() -> i64 {
     x509_parser::time::ASN1Time::now().timestamp()
@@ -346,7 +349,28 @@ fn required(read: Read1, setting: &str, path: &Path) -> Result<Zeroizing<Vec<u8>
 /// The server certificate and key from their files: the key must belong
 /// to the certificate, and the certificate must be valid now (an expired
 /// one would be refused by every client).
-fn build_identity(sources: &TlsSources, cert: Read1, key: Read1) -> Result<Identity, TlsError> {
+/// Why a server certificate and key were refused; `valid_from`: the
+/// certificate is fine but not valid yet (try it again then).
+struct IdentityRefused {
+    error: TlsError,
+    valid_from: Option<i64>,
+}
+
+impl From<TlsError> for IdentityRefused {
+    fn from(error: TlsError) -> Self {
+        Self {
+            error,
+            valid_from: None,
+        }
+    }
+}
+
+fn build_identity(
+    sources: &TlsSources,
+    cert: Read1,
+    key: Read1,
+    skew_secs: i64,
+) -> Result<Identity, IdentityRefused> {
     let cert_bytes = required(cert, "tls.cert", &sources.cert)?;
     let key_bytes = required(key, "tls.key", &sources.key)?;
     let chain = certs_in("tls.cert", &sources.cert, &cert_bytes)?;
@@ -365,17 +389,21 @@ fn build_identity(sources: &TlsSources, cert: Read1, key: Read1) -> Result<Ident
                 "the certificate expired on {}: every client would refuse it",
                 validity.not_after
             ),
-        ));
+        )
+        .into());
     }
-    if validity.not_before.timestamp() > now + CLOCK_SKEW_SECS {
-        return Err(file_err(
-            "tls.cert",
-            &sources.cert,
-            format!(
-                "the certificate is not valid until {}: every client would refuse it",
-                validity.not_before
+    if validity.not_before.timestamp() > now + skew_secs {
+        return Err(IdentityRefused {
+            error: file_err(
+                "tls.cert",
+                &sources.cert,
+                format!(
+                    "the certificate is not valid until {}: every client would refuse it",
+                    validity.not_before
+                ),
             ),
-        ));
+            valid_from: Some(validity.not_before.timestamp()),
+        });
     }
     let serial = leaf.raw_serial_as_string().replace(':', "");
     let not_after = validity.not_after.to_string();
@@ -462,6 +490,12 @@ fn build_trust(
         .allow_unknown_revocation_status()
         .build()
         .map_err(|e| TlsError::Invalid(format!("tls.client_ca / tls.crls: {e}")))?;
+    // CAs withdrawn before stay known as withdrawn.
+    for subject in before {
+        if !ca_subjects.contains(subject) {
+            ca_subjects.push(subject.clone());
+        }
+    }
     Ok(Trust {
         verifier,
         ca_subjects,
@@ -510,7 +544,8 @@ fn build(sources: &TlsSources, snapshot: Snapshot) -> Result<Built, TlsError> {
     let missing = || Err(TlsError::Invalid("internal: a file was not read".into()));
     let cert = pair.next().unwrap_or_else(missing);
     let key = pair.next().unwrap_or_else(missing);
-    let identity = build_identity(sources, cert, key)?;
+    let identity =
+        build_identity(sources, cert, key, START_CLOCK_SKEW_SECS).map_err(|r| r.error)?;
     let trust = build_trust(sources, trust_reads, &[])?;
     let config = assemble(sources, &identity, &trust)?;
     Ok(Built {
@@ -551,19 +586,43 @@ struct Part<T> {
     applied: Fingerprint,
     /// The last set refused (logged once).
     refused: Option<Fingerprint>,
+    /// When the refused set becomes worth building again (a server
+    /// certificate not valid yet).
+    retry_at: Option<i64>,
 }
 
 impl<T> Part<T> {
+    fn new(current: T, applied: Fingerprint) -> Self {
+        Self {
+            current,
+            applied,
+            refused: None,
+            retry_at: None,
+        }
+    }
+
     /// Whether `fingerprint` is worth building: new, and not refused
-    /// already (unless `forced`, as on SIGHUP).
+    /// already (unless `forced`, as on SIGHUP, or its time has come).
     fn changed(&self, fingerprint: &Fingerprint, forced: bool) -> bool {
-        *fingerprint != self.applied && (forced || self.refused.as_ref() != Some(fingerprint))
+        *fingerprint != self.applied
+            && (forced
+                || self.refused.as_ref() != Some(fingerprint)
+                || self.retry_at.is_some_and(|t| now_unix() >= t))
+    }
+
+    fn refuse(&mut self, fingerprint: Fingerprint, retry_at: Option<i64>) {
+        self.refused = Some(fingerprint);
+        self.retry_at = retry_at;
     }
 }
 
 struct State {
     identity: Part<Identity>,
     trust: Part<Trust>,
+    /// The files as last read when they differed from what is in force: a
+    /// change is applied once two reads in a row agree (a file written in
+    /// place, a CA bundle half appended, is not applied half written).
+    settling: Option<Fingerprint>,
 }
 
 /// The config in force for new handshakes, and how to renew it.
@@ -599,16 +658,9 @@ impl ServerTls {
             current,
             verifiers,
             state: Mutex::new(State {
-                identity: Part {
-                    current: built.identity,
-                    applied: fingerprint,
-                    refused: None,
-                },
-                trust: Part {
-                    current: built.trust,
-                    applied: trust_fp,
-                    refused: None,
-                },
+                identity: Part::new(built.identity, fingerprint),
+                trust: Part::new(built.trust, trust_fp),
+                settling: None,
             }),
         }))
     }
@@ -633,6 +685,7 @@ impl ServerTls {
     pub fn reload(&self, forced: bool) -> Reloaded {
         let snapshot = read_all(&self.sources);
         let mut fingerprint = snapshot.fingerprint;
+        let whole = fingerprint.clone();
         let trust_fp = fingerprint.split_off(2);
         let identity_fp = fingerprint;
         let mut reads = snapshot.reads;
@@ -641,11 +694,18 @@ impl ServerTls {
         let identity_changed = state.identity.changed(&identity_fp, forced);
         let trust_changed = state.trust.changed(&trust_fp, forced);
         if !identity_changed && !trust_changed {
+            state.settling = None;
             if forced {
                 tracing::info!("SIGHUP: the TLS files are the ones in force");
             }
             return Reloaded::Unchanged;
         }
+        // A change counts once two reads in a row agree (SIGHUP: at once).
+        if !forced && state.settling.as_ref() != Some(&whole) {
+            state.settling = Some(whole);
+            return Reloaded::Unchanged;
+        }
+        state.settling = None;
         let names: Vec<String> = self.sources.files().into_iter().map(|f| f.name).collect();
         let changed_names = |new: &Fingerprint, old: &Fingerprint, names: &[String]| {
             names
@@ -664,14 +724,14 @@ impl ServerTls {
             let cert = pair.next().unwrap_or_else(missing);
             let key = pair.next().unwrap_or_else(missing);
             let names_here = changed_names(&identity_fp, &state.identity.applied, &names[..2]);
-            match build_identity(&self.sources, cert, key) {
+            match build_identity(&self.sources, cert, key, 0) {
                 Ok(identity) => {
                     changed.extend(names_here);
                     new_identity = Some(identity);
                 }
-                Err(e) => {
-                    refusals.push((names_here.join(", "), e.to_string()));
-                    state.identity.refused = Some(identity_fp.clone());
+                Err(r) => {
+                    refusals.push((names_here.join(", "), r.error.to_string()));
+                    state.identity.refuse(identity_fp.clone(), r.valid_from);
                 }
             }
         }
@@ -686,7 +746,7 @@ impl ServerTls {
                 }
                 Err(e) => {
                     refusals.push((names_here.join(", "), e.to_string()));
-                    state.trust.refused = Some(trust_fp.clone());
+                    state.trust.refuse(trust_fp.clone(), None);
                 }
             }
         }
@@ -731,19 +791,11 @@ impl ServerTls {
         set_gauges(identity, trust);
         self.current.send_replace(config);
         if let Some(identity) = new_identity {
-            state.identity = Part {
-                current: identity,
-                applied: identity_fp,
-                refused: None,
-            };
+            state.identity = Part::new(identity, identity_fp);
         }
         if let Some(trust) = new_trust {
             self.verifiers.send_replace(trust.verifier.clone());
-            state.trust = Part {
-                current: trust,
-                applied: trust_fp,
-                refused: None,
-            };
+            state.trust = Part::new(trust, trust_fp);
         }
         Reloaded::Applied(summary)
     }
@@ -921,6 +973,15 @@ mod tests {
     use crate::devpki::DevCa;
     use std::os::unix::fs::PermissionsExt;
 
+    /// A reload as the watcher does it: a change is applied once two reads
+    /// in a row agree.
+    fn settled(tls: &ServerTls) -> Reloaded {
+        match tls.reload(false) {
+            Reloaded::Unchanged => tls.reload(false),
+            other => other,
+        }
+    }
+
     fn write(path: &Path, contents: &[u8]) {
         std::fs::write(path, contents).unwrap();
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -977,11 +1038,16 @@ mod tests {
         let f = Files::new(false);
         let tls = ServerTls::open(f.sources.clone()).unwrap();
         let before = tls.configs().borrow().clone();
-        assert_eq!(tls.reload(false), Reloaded::Unchanged);
+        assert_eq!(settled(&tls), Reloaded::Unchanged);
         assert!(Arc::ptr_eq(&before, &tls.configs().borrow()));
         let server = f.ca.issue_server(&["localhost"]).unwrap();
         write(&f.path("server.key"), server.key_pem.as_bytes());
         write(&f.path("server.pem"), server.cert_pem.as_bytes());
+        // The first read of a change only notes it: a second read that
+        // agrees applies it (a file written in place is not applied half
+        // written).
+        assert_eq!(tls.reload(false), Reloaded::Unchanged);
+        assert!(Arc::ptr_eq(&before, &tls.configs().borrow()));
         assert!(matches!(tls.reload(false), Reloaded::Applied(_)));
         assert!(!Arc::ptr_eq(&before, &tls.configs().borrow()));
         // Forced (SIGHUP) with nothing changed: nothing to apply.
@@ -1016,7 +1082,7 @@ mod tests {
             let (cert, key) = server_pair(from, to);
             write(&f.path("server.key"), key.as_bytes());
             write(&f.path("server.pem"), cert.as_bytes());
-            let why = refused(tls.reload(false));
+            let why = refused(settled(&tls));
             assert!(why.contains("tls.cert") && why.contains(says), "{why}");
             assert!(Arc::ptr_eq(&before, &tls.configs().borrow()));
             // And at start (and in config check, which loads the same way).
@@ -1025,6 +1091,25 @@ mod tests {
             };
             assert!(e.to_string().contains(says), "{e}");
         }
+    }
+
+    #[test]
+    fn a_server_certificate_not_valid_yet_is_applied_once_it_is() {
+        let f = Files::new(false);
+        let tls = ServerTls::open(f.sources.clone()).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let (cert, key) = server_pair(
+            now + time::Duration::seconds(2),
+            now + time::Duration::days(1),
+        );
+        write(&f.path("server.key"), key.as_bytes());
+        write(&f.path("server.pem"), cert.as_bytes());
+        let why = refused(settled(&tls));
+        assert!(why.contains("is not valid until"), "{why}");
+        assert_eq!(settled(&tls), Reloaded::Unchanged, "refused once only");
+        // Tried again once valid, without a SIGHUP.
+        std::thread::sleep(Duration::from_millis(2500));
+        assert!(matches!(settled(&tls), Reloaded::Applied(_)));
     }
 
     #[test]
@@ -1042,7 +1127,7 @@ mod tests {
         let server = f.ca.issue_server(&["localhost"]).unwrap();
         write(&f.path("server.key"), server.key_pem.as_bytes());
         write(&f.path("server.pem"), server.cert_pem.as_bytes());
-        let Reloaded::Applied(summary) = tls.reload(false) else {
+        let Reloaded::Applied(summary) = settled(&tls) else {
             panic!("the new server certificate was held back by the bad CRL")
         };
         let (_, expected) = load(&TlsSources {
@@ -1053,14 +1138,14 @@ mod tests {
         assert_eq!(summary.serial, expected.serial);
         // The CAs and CRLs in force stay.
         assert!(Arc::ptr_eq(&verifier, &tls.verifiers().borrow()));
-        assert_eq!(tls.reload(false), Reloaded::Unchanged, "refused once only");
+        assert_eq!(settled(&tls), Reloaded::Unchanged, "refused once only");
         // A broken server key does not hold back a CRL either.
         write(&f.path("server.key"), b"not a key");
         let good =
             f.ca.revocation_list(&[vec![1]], 3, Duration::from_secs(3600))
                 .unwrap();
         write(&f.path("crl.pem"), good.as_bytes());
-        let Reloaded::Applied(summary) = tls.reload(false) else {
+        let Reloaded::Applied(summary) = settled(&tls) else {
             panic!("the new CRL was held back by the bad key")
         };
         assert_eq!(summary.revoked, 1);
@@ -1073,10 +1158,25 @@ mod tests {
         let tls = ServerTls::open(f.sources.clone()).unwrap();
         let successor = DevCa::new("the next CA").unwrap();
         write(&f.path("ca.pem"), successor.cert_pem().as_bytes());
-        let Reloaded::Applied(summary) = tls.reload(false) else {
+        let Reloaded::Applied(summary) = settled(&tls) else {
             panic!("withdrawing a CA was refused because of its CRL")
         };
         assert_eq!((summary.client_cas, summary.crls), (1, 0));
+        // Later changes of the CAs or CRLs still apply, that CRL still left
+        // out (the successor's CRL is listed with it).
+        let both = format!(
+            "{}{}",
+            f.ca.revocation_list(&[vec![7]], 5, Duration::from_secs(3600))
+                .unwrap(),
+            successor
+                .revocation_list(&[vec![8]], 1, Duration::from_secs(3600))
+                .unwrap()
+        );
+        write(&f.path("crl.pem"), both.as_bytes());
+        let Reloaded::Applied(summary) = settled(&tls) else {
+            panic!("a reload after a CA withdrawal was refused because of its CRL")
+        };
+        assert_eq!((summary.crls, summary.revoked), (1, 1));
         // A CRL of a CA that was never in the bundle is still refused (a
         // wrong file must not drop the revocations in force).
         let stranger = DevCa::new("a stranger CA").unwrap();
@@ -1084,7 +1184,7 @@ mod tests {
             .revocation_list(&[], 1, Duration::from_secs(3600))
             .unwrap();
         write(&f.path("crl.pem"), foreign.as_bytes());
-        let why = refused(tls.reload(false));
+        let why = refused(settled(&tls));
         assert!(why.contains("is not a CA in tls.client_ca"), "{why}");
     }
 
@@ -1095,7 +1195,7 @@ mod tests {
         let before = tls.configs().borrow().clone();
         let other = f.ca.issue_server(&["localhost"]).unwrap();
         write(&f.path("server.pem"), other.cert_pem.as_bytes());
-        let why = refused(tls.reload(false));
+        let why = refused(settled(&tls));
         assert!(
             why.contains("tls.key") && why.contains("server.key"),
             "{why}"
@@ -1103,10 +1203,10 @@ mod tests {
         assert!(why.contains("does not belong"), "{why}");
         assert!(Arc::ptr_eq(&before, &tls.configs().borrow()));
         // The same bad files: nothing more to say.
-        assert_eq!(tls.reload(false), Reloaded::Unchanged);
+        assert_eq!(settled(&tls), Reloaded::Unchanged);
         // The matching key arrives: applied.
         write(&f.path("server.key"), other.key_pem.as_bytes());
-        assert!(matches!(tls.reload(false), Reloaded::Applied(_)));
+        assert!(matches!(settled(&tls), Reloaded::Applied(_)));
         assert!(!Arc::ptr_eq(&before, &tls.configs().borrow()));
     }
 
@@ -1115,16 +1215,16 @@ mod tests {
         let f = Files::new(false);
         let tls = ServerTls::open(f.sources.clone()).unwrap();
         write(&f.path("ca.pem"), b"");
-        let why = refused(tls.reload(false));
+        let why = refused(settled(&tls));
         assert!(
             why.contains("tls.client_ca") && why.contains("no PEM certificate"),
             "{why}"
         );
         // Back to what is in force: nothing to do.
         write(&f.path("ca.pem"), f.ca.cert_pem().as_bytes());
-        assert_eq!(tls.reload(false), Reloaded::Unchanged);
+        assert_eq!(settled(&tls), Reloaded::Unchanged);
         std::fs::remove_file(f.path("server.pem")).unwrap();
-        let why = refused(tls.reload(false));
+        let why = refused(settled(&tls));
         assert!(why.contains("tls.cert"), "{why}");
         // A key others can read is refused as at start.
         let server = f.ca.issue_server(&["localhost"]).unwrap();
@@ -1132,7 +1232,7 @@ mod tests {
         write(&f.path("server.key"), server.key_pem.as_bytes());
         std::fs::set_permissions(f.path("server.key"), std::fs::Permissions::from_mode(0o644))
             .unwrap();
-        let why = refused(tls.reload(false));
+        let why = refused(settled(&tls));
         assert!(why.contains("tls.key"), "{why}");
         assert!(ServerTls::open(f.sources.clone()).is_err());
     }
@@ -1142,7 +1242,7 @@ mod tests {
         let f = Files::new(true);
         let tls = ServerTls::open(f.sources.clone()).unwrap();
         write(&f.path("crl.pem"), b"not a CRL at all");
-        let why = refused(tls.reload(false));
+        let why = refused(settled(&tls));
         assert!(
             why.contains("tls.crls[0]") && why.contains("crl.pem"),
             "{why}"
@@ -1152,7 +1252,7 @@ mod tests {
             .revocation_list(&[vec![1, 2, 3]], 1, Duration::from_secs(3600))
             .unwrap();
         write(&f.path("crl.pem"), foreign.as_bytes());
-        let why = refused(tls.reload(false));
+        let why = refused(settled(&tls));
         assert!(
             why.contains("tls.crls[0]") && why.contains("not a CA in tls.client_ca"),
             "{why}"
@@ -1163,7 +1263,7 @@ mod tests {
             .revocation_list(&[vec![1, 2, 3]], 1, Duration::from_secs(3600))
             .unwrap();
         write(&f.path("crl.pem"), forged.as_bytes());
-        let why = refused(tls.reload(false));
+        let why = refused(settled(&tls));
         assert!(why.contains("not signed by that CA's key"), "{why}");
         // The CA's own CRL, as DER: applied.
         let good =
@@ -1171,7 +1271,7 @@ mod tests {
                 .unwrap();
         let der = CertificateRevocationListDer::from_pem_slice(good.as_bytes()).unwrap();
         write(&f.path("crl.pem"), der.as_ref());
-        match tls.reload(false) {
+        match settled(&tls) {
             Reloaded::Applied(summary) => {
                 assert_eq!((summary.crls, summary.revoked), (1, 2));
             }
@@ -1198,13 +1298,13 @@ mod tests {
             f.ca.revocation_list(&[vec![9]], 1, Duration::from_secs(3600))
                 .unwrap();
         write(&f.path("crl.pem"), crl.as_bytes());
-        match tls.reload(false) {
+        match settled(&tls) {
             Reloaded::Applied(summary) => assert_eq!(summary.revoked, 1),
             other => panic!("{other:?}"),
         }
         // Deleted again: nothing revoked.
         std::fs::remove_file(f.path("crl.pem")).unwrap();
-        match tls.reload(false) {
+        match settled(&tls) {
             Reloaded::Applied(summary) => assert_eq!((summary.crls, summary.revoked), (0, 0)),
             other => panic!("{other:?}"),
         }
@@ -1277,7 +1377,7 @@ mod tests {
             count_failure(reason::REVOKED);
             let other = f.ca.issue_server(&["localhost"]).unwrap();
             write(&f.path("server.pem"), other.cert_pem.as_bytes());
-            assert!(matches!(tls.reload(false), Reloaded::Refused(_)));
+            assert!(matches!(settled(&tls), Reloaded::Refused(_)));
         });
         let text = handle.render();
         for line in [
