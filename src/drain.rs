@@ -264,6 +264,85 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// A verifier of `ca` whose CRL revokes `revoked`, and the two client
+    /// chains: one revoked, one not.
+    fn verifier_and_clients() -> (
+        Arc<dyn ClientCertVerifier>,
+        CertificateDer<'static>,
+        CertificateDer<'static>,
+    ) {
+        use rustls_pki_types::pem::PemObject;
+        let ca = crate::devpki::DevCa::new("drain test CA").unwrap_or_else(|e| panic!("{e}"));
+        let der = |pem: &str| {
+            CertificateDer::from_pem_slice(pem.as_bytes()).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let issue = |name: &str| {
+            let issued = ca
+                .issue_client(name, Some(&crate::dev::spiffe_id(name)))
+                .unwrap_or_else(|e| panic!("{e}"));
+            der(&issued.cert_pem)
+        };
+        let (revoked, kept) = (issue("orders"), issue("support"));
+        let serial = x509_parser::parse_x509_certificate(revoked.as_ref())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .1
+            .raw_serial()
+            .to_vec();
+        let crl = ca
+            .revocation_list(&[serial], 1, std::time::Duration::from_secs(3600))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let crl = rustls_pki_types::CertificateRevocationListDer::from_pem_slice(crl.as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(der(ca.cert_pem()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .with_crls(vec![crl])
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+        (verifier, revoked, kept)
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_verifier_in_force_refuses_is_closed_as_it_is_registered_or_rechecked()
+    {
+        let (verifier, revoked, kept) = verifier_and_clients();
+        let connections = Connections::new();
+        // Registered after a handshake that ended with an older verifier.
+        let (a, _a_peer) = tokio::io::duplex(64);
+        let mut late = connections.wrap_checked(a, vec![revoked.clone()], verifier.as_ref());
+        let mut byte = [0u8; 1];
+        let read = late.read(&mut byte).await;
+        assert_eq!(
+            read.err().map(|e| e.kind()),
+            Some(std::io::ErrorKind::ConnectionAborted)
+        );
+        // Registered before the CRL: closed by the recheck; the other stays.
+        let (b, _b_peer) = tokio::io::duplex(64);
+        let (c, mut c_peer) = tokio::io::duplex(64);
+        let mut open = connections.wrap(b, vec![revoked]);
+        let mut other = connections.wrap(c, vec![kept]);
+        assert_eq!(connections.recheck(verifier.as_ref()), vec![("revoked", 1)]);
+        let read = open.read(&mut byte).await;
+        assert_eq!(
+            read.err().map(|e| e.kind()),
+            Some(std::io::ErrorKind::ConnectionAborted)
+        );
+        c_peer
+            .write_all(b"x")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        other
+            .read_exact(&mut byte)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(connections.recheck(verifier.as_ref()).is_empty());
+    }
+
     #[tokio::test]
     async fn a_cut_fails_a_pending_read_and_every_later_write() {
         let (a, mut b) = tokio::io::duplex(64);
