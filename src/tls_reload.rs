@@ -16,9 +16,9 @@
 //! setting and the file, until its files change again.
 //!
 //! Revocation: each CRL must be signed by a CA certificate in
-//! `tls.client_ca`; the CRL of a CA a reload takes out of the bundle is
-//! left out (its certificates fail anyway), any other unsigned one is
-//! refused. Only the end-entity (client) certificate is checked against
+//! `tls.client_ca`; the CRL of a CA taken out of the bundle while the
+//! server runs stays in force (a certificate of that CA may still chain to
+//! a root in the bundle), any other unsigned one is refused. Only the end-entity (client) certificate is checked against
 //! the CRLs, and a certificate no configured CRL covers (another issuer's)
 //! is accepted: a CRL speaks only for its issuer, so demanding a status for
 //! every certificate of every chain would lock out every client of an
@@ -269,16 +269,19 @@ enum CrlCheck {
         revoked: usize,
         next_update: Option<i64>,
     },
-    /// Its issuer was taken out of `tls.client_ca` by this reload: its
-    /// certificates fail the handshake anyway, so it is left out.
-    OfWithdrawnCa,
+    /// Its issuer was taken out of `tls.client_ca` while this server runs:
+    /// it stays in force (a certificate of that CA may still chain to a CA
+    /// in the bundle, an intermediate's root; its signature is then checked
+    /// against the issuer in the client's chain at the handshake). It can
+    /// only refuse more, never less.
+    OfWithdrawnCa { revoked: usize },
 }
 
 /// Checks that `crl` parses and that a CA in `cas` signed it. A CRL of a
-/// CA in `withdrawn` (taken out of the bundle by this reload) is left out;
-/// any other CRL no CA in the bundle signed is refused: applying the rest
-/// without it would let certificates it revokes in again. Warns (does not
-/// refuse) when its `nextUpdate` has passed.
+/// CA in `withdrawn` (taken out of the bundle while this server runs)
+/// stays in force; any other CRL no CA in the bundle signed is refused:
+/// applying the rest without it would let certificates it revokes in
+/// again. Warns (does not refuse) when its `nextUpdate` has passed.
 fn check_crl(
     setting: &str,
     path: &Path,
@@ -321,9 +324,11 @@ fn check_crl(
             setting,
             file = %path.display(),
             issuer = %parsed.issuer(),
-            "this CRL's CA was taken out of tls.client_ca: the CRL is left out (its certificates fail the handshake anyway); remove it from tls.crls"
+            "this CRL's CA was taken out of tls.client_ca: the CRL stays in force (a certificate of that CA may still chain to a CA in the bundle); before the next restart, remove it from tls.crls or put its CA back"
         );
-        return Ok(CrlCheck::OfWithdrawnCa);
+        return Ok(CrlCheck::OfWithdrawnCa {
+            revoked: parsed.iter_revoked_certificates().count(),
+        });
     }
     Err(file_err(
         setting,
@@ -335,7 +340,8 @@ fn check_crl(
             )
         } else {
             format!(
-                "the CRL's issuer ({}) is not a CA in tls.client_ca",
+                "the CRL's issuer ({}) is not a CA in tls.client_ca: remove this CRL (from \
+                 the file, or the file from tls.crls) or add its CA to tls.client_ca",
                 parsed.issuer()
             )
         },
@@ -478,7 +484,10 @@ fn build_trust(
                     }
                     crls.push(crl);
                 }
-                CrlCheck::OfWithdrawnCa => {}
+                CrlCheck::OfWithdrawnCa { revoked: n } => {
+                    revoked += n;
+                    crls.push(crl);
+                }
             }
         }
     }
@@ -1153,7 +1162,7 @@ mod tests {
     }
 
     #[test]
-    fn taking_a_ca_out_of_the_bundle_applies_and_leaves_its_crl_out() {
+    fn taking_a_ca_out_of_the_bundle_applies_and_keeps_its_crl_in_force() {
         let f = Files::new(true);
         let tls = ServerTls::open(f.sources.clone()).unwrap();
         let successor = DevCa::new("the next CA").unwrap();
@@ -1161,9 +1170,12 @@ mod tests {
         let Reloaded::Applied(summary) = settled(&tls) else {
             panic!("withdrawing a CA was refused because of its CRL")
         };
-        assert_eq!((summary.client_cas, summary.crls), (1, 0));
-        // Later changes of the CAs or CRLs still apply, that CRL still left
-        // out (the successor's CRL is listed with it).
+        // Its CRL stays in force: a certificate of the withdrawn CA may
+        // still chain to a CA in the bundle (an intermediate's root), and
+        // what the CRL revokes must stay revoked.
+        assert_eq!((summary.client_cas, summary.crls), (1, 1));
+        // Later changes of the CAs or CRLs still apply, that CRL still in
+        // force (the successor's CRL is listed with it).
         let both = format!(
             "{}{}",
             f.ca.revocation_list(&[vec![7]], 5, Duration::from_secs(3600))
@@ -1176,7 +1188,7 @@ mod tests {
         let Reloaded::Applied(summary) = settled(&tls) else {
             panic!("a reload after a CA withdrawal was refused because of its CRL")
         };
-        assert_eq!((summary.crls, summary.revoked), (1, 1));
+        assert_eq!((summary.crls, summary.revoked), (2, 2));
         // A CRL of a CA that was never in the bundle is still refused (a
         // wrong file must not drop the revocations in force).
         let stranger = DevCa::new("a stranger CA").unwrap();

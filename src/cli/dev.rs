@@ -12,7 +12,7 @@ use std::process::ExitCode;
 pub enum DevCommand {
     /// Revoke a dev identity's certificate: puts it on DATA_DIR/dev/crl.pem
     /// (signed by the dev CA). A running `serve --dev` applies the CRL
-    /// within a second: that identity's new connections fail the TLS
+    /// within two seconds: that identity's new connections fail the TLS
     /// handshake (logged with reason "revoked") and the connections it
     /// already has are closed. Delete crl.pem to revoke nothing again. Exit 0:
     /// revoked (now or before); 2: not done (the error says why).
@@ -33,7 +33,7 @@ pub fn dev(command: DevCommand) -> ExitCode {
         DevCommand::Revoke(args) => match fieldvault::dev::revoke(&args.data_dir, &args.name) {
             Ok(Revoked::Added { total, crl }) => {
                 emit!(
-                    "revoked {}: {} now revokes {total} certificate(s); a running dev server applies it within a second",
+                    "revoked {}: {} now revokes {total} certificate(s); a running dev server applies it within two seconds",
                     args.name,
                     crl.display()
                 );
