@@ -103,12 +103,10 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let id = RequestId::new();
-        // The RPC's path is the service and method the server routes on
-        // (`/fieldvault.v1.Vault/Tokenize`); a path no service serves is
-        // answered UNIMPLEMENTED and logged as sent, bounded by the header
-        // list limit.
-        // The path as a string value: quoted and escaped in text logs (a
-        // client picks it), a plain string in JSON.
+        // The RPC's path (`/fieldvault.v1.Vault/Tokenize`; a path no
+        // service serves is answered UNIMPLEMENTED and logged as sent,
+        // bounded by the header list limit) as a string value: quoted and
+        // escaped in text logs (a client picks it), a plain string in JSON.
         let span = tracing::info_span!("call", request_id = %id.0, rpc = req.uri().path());
         // A UUID is a valid header value.
         let header = http::HeaderValue::from_str(&id.0).ok();
