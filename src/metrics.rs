@@ -201,7 +201,6 @@ fn describe() {
         "Records the key job found corrupt (never rewritten)"
     );
     describe_gauge!(JOB_RUNNING, "1 while the key job runs, else 0");
-    crate::tls::describe_metrics();
 }
 
 // ---- recorder and listener ----------------------------------------------

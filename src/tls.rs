@@ -1,20 +1,16 @@
 //! The server side of mTLS. fieldvault owns its accept loop (rustls +
-//! tokio-rustls) rather than using tonic's TLS settings, so certificate
-//! reload and CRLs (`WebPkiClientVerifier::with_crls`) can be added without
-//! changing how the server is wired.
+//! tokio-rustls) rather than using tonic's TLS settings: each handshake
+//! takes the config in force (certificate reload and CRLs live in
+//! [`crate::tls_reload`]).
 
-use crate::config::TlsMinVersion;
 use crate::domain::CallerId;
 use crate::identity::{caller_from_cert_der_with, IdentityError};
 use crate::limits::{ConnActivity, Identities, IdentitySlot, RefusalLog};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::ServerConfig;
+use rustls_pki_types::CertificateDer;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -30,90 +26,11 @@ use tokio_stream::wrappers::ReceiverStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("{field}: {path}: {reason}")]
-    File {
-        field: &'static str,
-        path: String,
-        reason: String,
-    },
     #[error("TLS configuration rejected: {0}")]
     Rustls(String),
     /// A TLS file that cannot be used, naming its setting and path.
     #[error("{0}")]
     Invalid(String),
-}
-
-fn file_err(field: &'static str, path: &Path, reason: impl std::fmt::Display) -> TlsError {
-    TlsError::File {
-        field,
-        path: path.display().to_string(),
-        reason: reason.to_string(),
-    }
-}
-
-/// Describes the metric the accept loop emits (called once, when the
-/// metrics recorder is installed: src/metrics.rs).
-pub fn describe_metrics() {
-    metrics::describe_counter!(
-        "fieldvault_tls_handshake_failures_total",
-        "TLS handshakes that failed, by reason (a small fixed set: see src/tls.rs)"
-    );
-}
-
-/// Reads every certificate in a PEM file; `field` names the setting in errors.
-pub fn read_certs(
-    field: &'static str,
-    path: &Path,
-) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = std::fs::read(path).map_err(|e| file_err(field, path, e))?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_err(field, path, e))?;
-    if certs.is_empty() {
-        return Err(file_err(field, path, "holds no PEM certificate"));
-    }
-    Ok(certs)
-}
-
-fn read_key(field: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let pem = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| file_err(field, path, e))?);
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| file_err(field, path, e))
-}
-
-static TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
-static TLS13_AND_12: &[&rustls::SupportedProtocolVersion] =
-    &[&rustls::version::TLS13, &rustls::version::TLS12];
-
-/// A server config that demands a client certificate chained to `client_ca`,
-/// speaks TLS 1.3 only (TLS 1.2 too if `min_version` says so) and offers
-/// HTTP/2 only.
-pub fn server_config(
-    cert: &Path,
-    key: &Path,
-    client_ca: &Path,
-    min_version: TlsMinVersion,
-) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = RootCertStore::empty();
-    for ca in read_certs("tls.client_ca", client_ca)? {
-        roots
-            .add(ca)
-            .map_err(|e| file_err("tls.client_ca", client_ca, e))?;
-    }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| TlsError::Rustls(e.to_string()))?;
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(match min_version {
-            TlsMinVersion::Tls13 => TLS13_ONLY,
-            TlsMinVersion::Tls12 => TLS13_AND_12,
-        })
-        .map_err(|e| TlsError::Rustls(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(read_certs("tls.cert", cert)?, read_key("tls.key", key)?)
-        .map_err(|e| TlsError::Rustls(format!("tls.cert / tls.key: {e}")))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
 }
 
 /// Who is on the other end of a connection: read from the client

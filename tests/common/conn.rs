@@ -100,12 +100,14 @@ pub async fn unanswering_server(pki_dir: &Path) -> String {
 /// Like [`unanswering_server`], answering each call as `answer` says and
 /// never finishing it.
 pub async fn stalling_server(pki_dir: &Path, answer: Answer) -> String {
-    let config = fieldvault::tls::server_config(
-        &pki_dir.join("server.pem"),
-        &pki_dir.join("server.key"),
-        &pki_dir.join("ca.pem"),
-        fieldvault::config::TlsMinVersion::Tls13,
-    )
+    let (config, _) = fieldvault::tls_reload::load(&fieldvault::tls_reload::TlsSources {
+        cert: pki_dir.join("server.pem"),
+        key: pki_dir.join("server.key"),
+        client_ca: pki_dir.join("ca.pem"),
+        crls: Vec::new(),
+        crls_may_be_missing: false,
+        min_version: fieldvault::config::TlsMinVersion::Tls13,
+    })
     .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -93,13 +93,9 @@ impl pb::vault_server::Vault for NullVault {
 pub async fn serve(config: &Config) -> Result<(), String> {
     let limits = fieldvault::limits::Resolved::new(config, fieldvault::limits::nofile_soft_limit())
         .map_err(|e| e.to_string())?;
-    let tls = fieldvault::tls::server_config(
-        &config.tls.cert,
-        &config.tls.key,
-        &config.tls.client_ca,
-        limits.tls_min_version,
-    )
-    .map_err(|e| e.to_string())?;
+    // The TLS files as the server reads them at start (no reloading).
+    let (tls, _) = fieldvault::tls_reload::load(&fieldvault::tls_reload::TlsSources::of(config))
+        .map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("listen {}: {e}", config.listen))?;
