@@ -337,6 +337,32 @@ pub trait PolicySource: Send + Sync {
 
 /// Marks the audit items of the canary tokens among `ids` (whose canaries
 /// are `canaries`, in order).
+impl Vault {
+    /// What a detokenize refused before reading any record answers: a
+    /// canary among its tokens freezes the caller whatever refused the call
+    /// (the policy, an unusable grant); else `refusal`.
+    async fn refusal_or_canary(
+        &self,
+        call: &Call,
+        caller: &crate::domain::CallerId,
+        event: &mut Event,
+        (parsed, ids): (&[ParsedToken], &[RecordId]),
+        refusal: VaultError,
+    ) -> VaultError {
+        let canaries = match self.canaries_among(ids).await {
+            Ok(canaries) => canaries,
+            Err(e) => return e,
+        };
+        if canaries.iter().any(Option::is_some) {
+            mark_canaries(event, parsed, ids, &canaries);
+            return self
+                .canary_tripped(call, caller, event, Action::Detokenize)
+                .await;
+        }
+        refusal
+    }
+}
+
 fn mark_canaries(
     event: &mut Event,
     parsed: &[ParsedToken],
@@ -846,14 +872,9 @@ impl Vault {
         let grant = match grant {
             Ok(grant) => grant,
             Err(refusal) => {
-                let canaries = self.canaries_among(&ids).await?;
-                if canaries.iter().any(Option::is_some) {
-                    mark_canaries(event, &parsed, &ids, &canaries);
-                    return Err(self
-                        .canary_tripped(call, caller, event, Action::Detokenize)
-                        .await);
-                }
-                return Err(refusal);
+                return Err(self
+                    .refusal_or_canary(call, caller, event, (&parsed, &ids), refusal)
+                    .await);
             }
         };
         let checked = if let Some(g) = &grant {
@@ -868,15 +889,15 @@ impl Vault {
             policy.check_call(caller, Action::Detokenize, Some(&purpose), given)
         };
         if let Err(denial) = checked {
-            // A canary freezes whatever the policy says.
-            let canaries = self.canaries_among(&ids).await?;
-            if canaries.iter().any(Option::is_some) {
-                mark_canaries(event, &parsed, &ids, &canaries);
-                return Err(self
-                    .canary_tripped(call, caller, event, Action::Detokenize)
-                    .await);
-            }
-            return Err(VaultError::PermissionDenied(denial));
+            return Err(self
+                .refusal_or_canary(
+                    call,
+                    caller,
+                    event,
+                    (&parsed, &ids),
+                    VaultError::PermissionDenied(denial),
+                )
+                .await);
         }
         // Refused at once while the trail refuses events: no store read,
         // no wait behind a stuck trail.
