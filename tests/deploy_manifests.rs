@@ -101,6 +101,14 @@ fn configmap_settings(docs: &[(String, Value)]) -> Config {
     Config::from_toml(&text, &|_| None).unwrap_or_else(|e| panic!("ConfigMap fieldvault.toml: {e}"))
 }
 
+/// The cert-manager Certificate that writes the Secret `secret`.
+fn certificate_writing<'a>(docs: &'a [(String, Value)], secret: &str) -> Option<&'a Value> {
+    docs.iter().map(|(_, d)| d).find(|d| {
+        str_at(d, &["kind"]) == Some("Certificate")
+            && str_at(d, &["spec", "secretName"]) == Some(secret)
+    })
+}
+
 /// The drain deadline the ConfigMap sets, or the default.
 fn configmap_drain_secs(docs: &[(String, Value)]) -> u64 {
     configmap_settings(docs).shutdown.drain_timeout.as_secs()
@@ -505,14 +513,7 @@ fn the_key_rotation_job_runs_keys_rotate_then_rewrap_with_its_own_mounted_certif
     }
     // Its identity is the one the policy's "keys" rule names.
     let secret = str_at(volumes[0], &["secret", "secretName"]).unwrap();
-    let cert = docs
-        .iter()
-        .map(|(_, d)| d)
-        .find(|d| {
-            str_at(d, &["kind"]) == Some("Certificate")
-                && str_at(d, &["spec", "secretName"]) == Some(secret)
-        })
-        .unwrap();
+    let cert = certificate_writing(&docs, secret).unwrap();
     let id = str_at(seq(cert, &["spec", "uris"])[0], &[]).unwrap();
     let policy = std::fs::read_to_string("deploy/policy.toml").unwrap();
     let policy: toml::Table = policy.parse().unwrap();
@@ -768,13 +769,7 @@ fn the_readme_jobs_run_real_command_lines_as_an_identity_the_policy_and_network_
             .find(|v| v.get("name") == mount.get("name"))
             .unwrap();
         let secret = str_at(volume, &["secret", "secretName"]).unwrap();
-        let cert = docs
-            .iter()
-            .map(|(_, d)| d)
-            .find(|d| {
-                str_at(d, &["kind"]) == Some("Certificate")
-                    && str_at(d, &["spec", "secretName"]) == Some(secret)
-            })
+        let cert = certificate_writing(&docs, secret)
             .unwrap_or_else(|| panic!("{command}: no Certificate writes {secret}"));
         let id = str_at(seq(cert, &["spec", "uris"])[0], &[]).unwrap();
         assert!(
