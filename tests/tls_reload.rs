@@ -326,7 +326,7 @@ async fn sighup_applies_a_new_crl_at_once_and_rereads_the_policy_too() {
     let text = std::fs::read_to_string(&log).unwrap();
     let line = text
         .lines()
-        .find(|l| l.contains("reason=\"revoked\""))
+        .find(|l| l.contains("TLS handshake refused") && l.contains("reason=\"revoked\""))
         .unwrap();
     assert!(line.contains("peer=127.0.0.1:"), "{line}");
     drop(server);
